@@ -1,1 +1,25 @@
+//! End-to-end harness for capstan: real Envoy, the capstan binary and `capstan-upstream`
+//! servers as child processes on 127.0.0.1.
+//!
+//! - [`process`]: child processes with a log file, killed (with their group) on drop
+//! - [`ports`]: free loopback ports
+//! - [`locate`]: capstan / Envoy / upstream binaries, log directories
+//! - [`envoy`]: bootstrap generator, Envoy process, admin API (listeners, config_dump, stats)
+//! - [`capstan`]: `capstan run` on a config dir
+//! - [`upstreams`]: `capstan-upstream` instances
+//! - [`http`]: a minimal HTTP/1.1 client and the upstream's JSON reply
+//! - [`wait`]: `wait_until` polling with a descriptive timeout error
+//! - [`fixtures`], [`mesh`]: Istio YAML and the reviews mesh most tests start from
 
+pub mod capstan;
+pub mod envoy;
+pub mod fixtures;
+pub mod http;
+pub mod locate;
+pub mod mesh;
+pub mod ports;
+pub mod process;
+pub mod upstreams;
+pub mod wait;
+
+pub use wait::wait_until;

@@ -1,1 +1,77 @@
-fn main(){}
+//! `capstan`: the control plane binary.
+
+mod model;
+mod monitoring;
+mod run;
+mod source;
+mod translate;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "capstan",
+    version,
+    about = "An istiod-style service-mesh control plane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the Istio configuration in a folder to Envoy proxies over ADS.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Folder of Istio YAML (`*.yaml`, `*.yml`, multi-document allowed); watched for changes.
+    #[arg(long, env = "CAPSTAN_CONFIG_DIR")]
+    pub config_dir: PathBuf,
+    /// Address of the ADS gRPC server (plaintext, like istiod's 15010).
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    pub xds_addr: SocketAddr,
+    /// Address of the monitoring server: /metrics, /ready, /debug/nacks, /debug/snapshot
+    /// (like istiod's 15014).
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    pub monitoring_addr: SocketAddr,
+    /// Port of the proxies' outbound HTTP listener (0: the proxy picks a free port).
+    #[arg(long, default_value_t = 15001)]
+    pub outbound_port: u16,
+    /// Address the proxies' outbound HTTP listener binds to.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub outbound_bind: String,
+    /// DNS suffix of the cluster, used to expand short host names (`reviews` in namespace
+    /// `bookinfo` is `reviews.bookinfo.svc.<suffix>`).
+    #[arg(long, default_value = "cluster.local")]
+    pub domain_suffix: String,
+    /// How long a burst of file changes must be quiet before it is applied, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub debounce_ms: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("CAPSTAN_LOG")
+                .or_else(|_| EnvFilter::try_from_default_env())
+                .unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Run(args) => runtime.block_on(run::run(args)),
+    }
+}

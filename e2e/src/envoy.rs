@@ -1,0 +1,415 @@
+//! Real Envoy: bootstrap generation, process start, and admin API helpers.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use serde_json::{Value, json};
+
+use crate::http::{HttpClient, HttpResponse, percent_encode};
+use crate::process::ChildProcess;
+use crate::wait::wait_until;
+
+/// How long to wait for Envoy's admin interface and first xDS config.
+pub const ENVOY_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The ADS flavour Envoy speaks to the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdsMode {
+    /// State of the world (`api_type: GRPC`).
+    Sotw,
+    /// Incremental (`api_type: DELTA_GRPC`).
+    Delta,
+}
+
+impl AdsMode {
+    pub fn api_type(self) -> &'static str {
+        match self {
+            AdsMode::Sotw => "GRPC",
+            AdsMode::Delta => "DELTA_GRPC",
+        }
+    }
+}
+
+/// What goes into an Envoy bootstrap pointing at an ADS server on loopback.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub mode: AdsMode,
+    /// ADS server port on 127.0.0.1.
+    pub xds_port: u16,
+    /// Admin port on 127.0.0.1; 0 lets Envoy pick (read back via `--admin-address-path`).
+    pub admin_port: u16,
+    /// Workload (pod) name, used in the Istio-style node id.
+    pub workload: String,
+    pub namespace: String,
+}
+
+impl Bootstrap {
+    pub fn new(mode: AdsMode, xds_port: u16) -> Self {
+        Self {
+            mode,
+            xds_port,
+            admin_port: 0,
+            workload: "sleep-0".to_string(),
+            namespace: "bookinfo".to_string(),
+        }
+    }
+
+    /// Istio sidecar node id: `sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`.
+    pub fn node_id(&self) -> String {
+        format!(
+            "sidecar~127.0.0.1~{}.{ns}~{ns}.svc.cluster.local",
+            self.workload,
+            ns = self.namespace
+        )
+    }
+
+    pub fn node_cluster(&self) -> String {
+        format!("{}.{}", self.workload, self.namespace)
+    }
+
+    /// The bootstrap as JSON (Envoy reads it from a `.json` file).
+    pub fn to_json(&self) -> Value {
+        let ads_source = json!({ "ads": {}, "resource_api_version": "V3" });
+        json!({
+            "node": {
+                "id": self.node_id(),
+                "cluster": self.node_cluster(),
+                "metadata": { "NAMESPACE": self.namespace },
+            },
+            "admin": {
+                "address": { "socket_address": { "address": "127.0.0.1", "port_value": self.admin_port } },
+            },
+            "dynamic_resources": {
+                "ads_config": {
+                    "api_type": self.mode.api_type(),
+                    "transport_api_version": "V3",
+                    "grpc_services": [ { "envoy_grpc": { "cluster_name": "xds_cluster" } } ],
+                    "set_node_on_first_message_only": true,
+                },
+                "cds_config": ads_source,
+                "lds_config": ads_source,
+            },
+            "static_resources": {
+                "clusters": [ {
+                    "name": "xds_cluster",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": "xds_cluster",
+                        "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": {
+                            "socket_address": { "address": "127.0.0.1", "port_value": self.xds_port }
+                        } } } ] } ],
+                    },
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": { "http2_protocol_options": {} },
+                        },
+                    },
+                } ],
+            },
+        })
+    }
+
+    /// Writes the bootstrap to `path` (should end in `.json`).
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(&self.to_json())?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// Runs `envoy --mode validate -c <bootstrap>`; fails with Envoy's output if it rejects it.
+pub fn validate_bootstrap(envoy_bin: &Path, bootstrap: &Path) -> anyhow::Result<String> {
+    let out = Command::new(envoy_bin)
+        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+        .arg(bootstrap)
+        .output()
+        .with_context(|| format!("running {} --mode validate", envoy_bin.display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success(),
+        "Envoy rejected {}:\n{text}",
+        bootstrap.display()
+    );
+    Ok(text)
+}
+
+/// A running Envoy.
+#[derive(Debug)]
+pub struct Envoy {
+    process: ChildProcess,
+    admin: SocketAddr,
+    bootstrap_path: PathBuf,
+}
+
+impl Envoy {
+    /// Writes the bootstrap into `dir` (`<name>.json`), starts Envoy logging to `<name>.log`
+    /// there, and waits until its admin interface answers.
+    pub async fn start(
+        envoy_bin: &Path,
+        bootstrap: &Bootstrap,
+        dir: &Path,
+        name: &str,
+    ) -> anyhow::Result<Self> {
+        let bootstrap_path = dir.join(format!("{name}.json"));
+        let address_path = dir.join(format!("{name}.admin-address"));
+        let _ = std::fs::remove_file(&address_path);
+        bootstrap.write(&bootstrap_path)?;
+        let mut cmd = Command::new(envoy_bin);
+        cmd.arg("-c")
+            .arg(&bootstrap_path)
+            .arg("--admin-address-path")
+            .arg(&address_path)
+            // No shared memory: several Envoys can run side by side.
+            .arg("--disable-hot-restart")
+            .args([
+                "--concurrency",
+                "1",
+                "--log-level",
+                "info",
+                "--drain-time-s",
+                "1",
+            ]);
+        let mut process = ChildProcess::spawn(name, &mut cmd, &dir.join(format!("{name}.log")))?;
+
+        let admin = wait_until(
+            "Envoy to write its admin address",
+            ENVOY_START_TIMEOUT,
+            async || {
+                process.ensure_running()?;
+                let text = std::fs::read_to_string(&address_path)
+                    .with_context(|| format!("reading {}", address_path.display()))?;
+                text.trim()
+                    .parse::<SocketAddr>()
+                    .with_context(|| format!("parsing admin address {text:?}"))
+            },
+        )
+        .await?;
+        let envoy = Self {
+            process,
+            admin,
+            bootstrap_path,
+        };
+        envoy.wait_admin_up().await?;
+        Ok(envoy)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    pub fn process(&mut self) -> &mut ChildProcess {
+        &mut self.process
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    pub fn bootstrap_path(&self) -> &Path {
+        &self.bootstrap_path
+    }
+
+    /// GET an admin path (e.g. `/stats?filter=x`), requiring 200.
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<HttpResponse> {
+        let resp = HttpClient::new(self.admin)
+            .get(&self.admin.to_string(), path, &[])
+            .await?;
+        ensure!(
+            resp.status.is_success(),
+            "Envoy admin {path} answered {}: {}",
+            resp.status,
+            resp.text()
+        );
+        Ok(resp)
+    }
+
+    /// Waits until `/server_info` answers.
+    pub async fn wait_admin_up(&self) -> anyhow::Result<()> {
+        wait_until(
+            "Envoy admin to answer /server_info",
+            ENVOY_START_TIMEOUT,
+            async || self.admin_get("/server_info").await.map(|_| ()),
+        )
+        .await
+    }
+
+    /// The port a listener is actually bound to (`/listeners?format=json`), e.g. for a listener
+    /// configured with port 0.
+    pub async fn listener_port(&self, listener: &str) -> anyhow::Result<u16> {
+        let v: Value = self.admin_get("/listeners?format=json").await?.json()?;
+        let statuses = v["listener_statuses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let names: Vec<&str> = statuses.iter().filter_map(|s| s["name"].as_str()).collect();
+        let status = statuses
+            .iter()
+            .find(|s| s["name"] == listener)
+            .with_context(|| format!("Envoy has no listener {listener:?} (has {names:?})"))?;
+        let port = status["local_address"]["socket_address"]["port_value"]
+            .as_u64()
+            .with_context(|| format!("listener {listener:?} has no port: {status}"))?;
+        ensure!(port != 0, "listener {listener:?} is not bound yet");
+        u16::try_from(port).context("listener port out of range")
+    }
+
+    /// Waits until `listener` exists and returns its bound port.
+    pub async fn wait_listener_port(
+        &self,
+        listener: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<u16> {
+        wait_until(&format!("Envoy listener {listener}"), timeout, async || {
+            self.listener_port(listener).await
+        })
+        .await
+    }
+
+    /// `/config_dump`, with endpoints (`include_eds`) if asked.
+    pub async fn config_dump(&self, include_eds: bool) -> anyhow::Result<Value> {
+        let path = if include_eds {
+            "/config_dump?include_eds"
+        } else {
+            "/config_dump"
+        };
+        self.admin_get(path).await?.json()
+    }
+
+    /// Counters and gauges from `/stats` whose names match the regex `filter`.
+    /// Histograms (which have no single value) are left out.
+    pub async fn stats(&self, filter: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+        let text = self
+            .admin_get(&format!("/stats?filter={}", percent_encode(filter)))
+            .await?
+            .text();
+        Ok(parse_stats(&text))
+    }
+
+    /// Fails unless Envoy is connected to the control plane and has rejected nothing:
+    /// no `error_state` (or NACKED `client_status`) anywhere in `/config_dump?include_eds`
+    /// and every `*update_rejected` stat is 0 (the LDS and CDS ones must exist).
+    pub async fn ensure_no_rejected_updates(&self) -> anyhow::Result<()> {
+        let dump = self.config_dump(true).await?;
+        let mut problems = Vec::new();
+        find_rejections(&dump, "$", &mut problems);
+        ensure!(
+            problems.is_empty(),
+            "Envoy config_dump shows rejected config:\n{}",
+            problems.join("\n")
+        );
+
+        let stats = self.stats("update_rejected").await?;
+        for required in [
+            "listener_manager.lds.update_rejected",
+            "cluster_manager.cds.update_rejected",
+        ] {
+            ensure!(
+                stats.contains_key(required),
+                "stat {required} missing; have {stats:?}"
+            );
+        }
+        let rejected: Vec<_> = stats.iter().filter(|(_, v)| **v != 0).collect();
+        ensure!(
+            rejected.is_empty(),
+            "Envoy rejected xDS updates: {rejected:?}"
+        );
+
+        let connected = self.stats("^control_plane.connected_state$").await?;
+        ensure!(
+            connected.get("control_plane.connected_state") == Some(&1),
+            "Envoy is not connected to the control plane: {connected:?}"
+        );
+        Ok(())
+    }
+}
+
+/// Parses Envoy's plain-text stats (`name: value` per line), skipping non-integer values.
+pub fn parse_stats(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(": ")?;
+            Some((name.trim().to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Collects JSON paths of `error_state` keys and NACKED `client_status` values.
+fn find_rejections(v: &Value, path: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                let child_path = format!("{path}.{k}");
+                if k == "error_state" {
+                    out.push(format!("{child_path} = {child}"));
+                } else if k == "client_status" && child.as_str() == Some("NACKED") {
+                    out.push(format!("{child_path} = NACKED"));
+                } else {
+                    find_rejections(child, &child_path, out);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                find_rejections(child, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The address of a listener bound on all interfaces, as reached from loopback.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_has_istio_node_and_ads() {
+        let b = Bootstrap::new(AdsMode::Delta, 15010).to_json();
+        assert_eq!(
+            b["node"]["id"],
+            "sidecar~127.0.0.1~sleep-0.bookinfo~bookinfo.svc.cluster.local"
+        );
+        assert_eq!(b["node"]["metadata"]["NAMESPACE"], "bookinfo");
+        assert_eq!(
+            b["dynamic_resources"]["ads_config"]["api_type"],
+            "DELTA_GRPC"
+        );
+        assert_eq!(
+            b["dynamic_resources"]["lds_config"]["resource_api_version"],
+            "V3"
+        );
+    }
+
+    #[test]
+    fn parses_stats_and_finds_rejections() {
+        let s = parse_stats("a.b: 3\nc.update_rejected: 0\nh: P0(nan,1) P25(nan,2)\n");
+        assert_eq!(s.get("a.b"), Some(&3));
+        assert_eq!(s.get("c.update_rejected"), Some(&0));
+        assert!(!s.contains_key("h"));
+
+        let mut out = Vec::new();
+        let dump = json!({"configs": [{"dynamic_listeners": [
+            {"name": "ok", "active_state": {}},
+            {"name": "bad", "error_state": {"details": "boom"}}
+        ]}]});
+        find_rejections(&dump, "$", &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].contains("dynamic_listeners[1].error_state"),
+            "{out:?}"
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! Config sources: where Istio objects come from.
+
+pub mod folder;
+pub mod watch;

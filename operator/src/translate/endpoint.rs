@@ -1,0 +1,183 @@
+//! EDS: load assignments of STATIC services, per port and per subset.
+
+use std::collections::BTreeMap;
+
+use capstan_crds::networking::service_entry::{Resolution, ServicePort};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{Address, Locality, SocketAddress};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::google::protobuf::UInt32Value;
+
+use super::{cluster_name, endpoint_port, selects};
+use crate::model::{Mesh, Service};
+
+pub fn load_assignments(mesh: &Mesh) -> Vec<(String, ClusterLoadAssignment)> {
+    let mut out = Vec::new();
+    for service in mesh.services.values() {
+        if service.resolution != Resolution::Static {
+            continue;
+        }
+        for port in &service.ports {
+            let name = cluster_name(port.number, "", &service.host);
+            out.push((
+                name.clone(),
+                load_assignment(&name, service, port, &BTreeMap::new()),
+            ));
+            for subset in mesh.subsets(&service.host) {
+                let name = cluster_name(port.number, &subset.name, &service.host);
+                out.push((
+                    name.clone(),
+                    load_assignment(&name, service, port, &subset.labels),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The endpoints of `service` on `port` carrying `labels`, grouped by locality. A DNS service
+/// without endpoints resolves its own host name.
+pub fn load_assignment(
+    cluster: &str,
+    service: &Service,
+    port: &ServicePort,
+    labels: &BTreeMap<String, String>,
+) -> ClusterLoadAssignment {
+    let mut by_locality: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
+    if service.endpoints.is_empty() && service.resolution != Resolution::Static {
+        by_locality.entry("").or_default().push(lb_endpoint(
+            &service.host,
+            port.target_port.max(port.number),
+            0,
+        ));
+    }
+    for endpoint in service.endpoints.iter().filter(|e| selects(labels, e)) {
+        by_locality
+            .entry(endpoint.locality.as_str())
+            .or_default()
+            .push(lb_endpoint(
+                &endpoint.address,
+                endpoint_port(endpoint, port),
+                endpoint.weight,
+            ));
+    }
+    ClusterLoadAssignment {
+        cluster_name: cluster.to_string(),
+        endpoints: by_locality
+            .into_iter()
+            .map(|(locality, lb_endpoints)| LocalityLbEndpoints {
+                locality: locality_of(locality),
+                lb_endpoints,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn lb_endpoint(address: &str, port: u32, weight: u32) -> LbEndpoint {
+    LbEndpoint {
+        host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+            address: Some(Address {
+                address: Some(AddressKind::SocketAddress(SocketAddress {
+                    address: address.to_string(),
+                    port_specifier: Some(PortSpecifier::PortValue(port)),
+                    ..Default::default()
+                })),
+            }),
+            ..Default::default()
+        })),
+        load_balancing_weight: (weight > 0).then_some(UInt32Value { value: weight }),
+        ..Default::default()
+    }
+}
+
+/// `region/zone/subzone` as Envoy's locality.
+fn locality_of(locality: &str) -> Option<Locality> {
+    if locality.is_empty() {
+        return None;
+    }
+    let mut parts = locality.splitn(3, '/');
+    Some(Locality {
+        region: parts.next().unwrap_or_default().to_string(),
+        zone: parts.next().unwrap_or_default().to_string(),
+        sub_zone: parts.next().unwrap_or_default().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::test_support::{REVIEWS, mesh};
+
+    fn addresses(cla: &ClusterLoadAssignment) -> Vec<(String, u32)> {
+        cla.endpoints
+            .iter()
+            .flat_map(|l| &l.lb_endpoints)
+            .map(|e| match &e.host_identifier {
+                Some(HostIdentifier::Endpoint(Endpoint {
+                    address:
+                        Some(Address {
+                            address: Some(AddressKind::SocketAddress(s)),
+                        }),
+                    ..
+                })) => match s.port_specifier {
+                    Some(PortSpecifier::PortValue(p)) => (s.address.clone(), p),
+                    _ => panic!("no port"),
+                },
+                other => panic!("unexpected endpoint {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn subsets_select_endpoints_by_label_with_their_port_mapping() {
+        let assignments: BTreeMap<String, ClusterLoadAssignment> =
+            load_assignments(&mesh(REVIEWS)).into_iter().collect();
+        assert_eq!(assignments.len(), 4);
+        let all = &assignments["outbound|9080||reviews.bookinfo.svc.cluster.local"];
+        assert_eq!(addresses(all).len(), 3);
+        assert_eq!(
+            addresses(&assignments["outbound|9080|v2|reviews.bookinfo.svc.cluster.local"]),
+            vec![("127.0.0.2".to_string(), 19082)]
+        );
+        // No port mapping for the endpoint: the service port is used.
+        assert_eq!(
+            addresses(&assignments["outbound|9080|v3|reviews.bookinfo.svc.cluster.local"]),
+            vec![("127.0.0.3".to_string(), 9080)]
+        );
+    }
+
+    #[test]
+    fn localities_group_endpoints() {
+        let m = mesh(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.internal]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, locality: us-east-1/us-east-1a, weight: 3}
+  - {address: 10.0.0.2, locality: us-east-1/us-east-1b}
+"#,
+        );
+        let (_, cla) = &load_assignments(&m)[0];
+        assert_eq!(cla.endpoints.len(), 2);
+        let first = &cla.endpoints[0];
+        assert_eq!(
+            first.locality.as_ref().map(|l| l.zone.as_str()),
+            Some("us-east-1a")
+        );
+        assert_eq!(
+            first.lb_endpoints[0].load_balancing_weight,
+            Some(UInt32Value { value: 3 })
+        );
+    }
+}

@@ -1,0 +1,109 @@
+//! Translation of the config model into Envoy resources, one generator per xDS type.
+//!
+//! Names follow Istio so that users' tooling and habits carry over: clusters are
+//! `outbound|<port>|<subset>|<host>`, EDS load assignments share their cluster's name.
+
+mod cluster;
+mod endpoint;
+mod listener;
+mod route;
+
+use capstan_crds::networking::service_entry::{ServicePort, WorkloadEntry};
+use capstan_xds::{Resource, SnapshotBuilder};
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{AggregatedConfigSource, ApiVersion, ConfigSource};
+use prost::{Message, Name};
+
+use crate::model::{Mesh, Problem};
+
+/// The name of the outbound HTTP listener and of its route configuration.
+pub const OUTBOUND_HTTP: &str = "outbound_http";
+
+/// Settings of the generated proxy config that do not come from Istio objects.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub outbound_bind: String,
+    pub outbound_port: u16,
+}
+
+/// Builds every resource for `mesh`. Config that cannot be honoured is reported and left
+/// out; everything else is still built.
+pub fn build(mesh: &Mesh, options: &Options) -> (SnapshotBuilder, Vec<Problem>) {
+    let mut out = SnapshotBuilder::new();
+    let mut problems = Vec::new();
+    add_all(&mut out, cluster::clusters(mesh));
+    add_all(&mut out, endpoint::load_assignments(mesh));
+    add_all(&mut out, listener::listeners(options));
+    let (routes, route_problems) = route::route_configurations(mesh);
+    add_all(&mut out, routes);
+    problems.extend(route_problems);
+    (out, problems)
+}
+
+fn add_all<M: Message + Name>(out: &mut SnapshotBuilder, items: Vec<(String, M)>) {
+    for (name, message) in items {
+        match Resource::encode(name, &message) {
+            Some(resource) => {
+                out.add(resource);
+            }
+            None => {
+                tracing::error!(type_url = %M::type_url(), "translation built a type ADS does not serve")
+            }
+        }
+    }
+}
+
+/// `outbound|<port>|<subset>|<host>`, Istio's cluster name.
+pub fn cluster_name(port: u32, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}
+
+/// Config source for resources delivered over the same ADS stream.
+fn ads_config_source() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+/// The port an endpoint serves `port` on: its own mapping for the port's name, else the
+/// service's target port, else the port number itself.
+fn endpoint_port(endpoint: &WorkloadEntry, port: &ServicePort) -> u32 {
+    endpoint
+        .ports
+        .get(&port.name)
+        .copied()
+        .filter(|p| *p != 0)
+        .or((port.target_port != 0).then_some(port.target_port))
+        .unwrap_or(port.number)
+}
+
+/// Whether an endpoint carries every label a subset selects on.
+fn selects(
+    subset_labels: &std::collections::BTreeMap<String, String>,
+    endpoint: &WorkloadEntry,
+) -> bool {
+    subset_labels
+        .iter()
+        .all(|(k, v)| endpoint.labels.get(k) == Some(v))
+}
+
+/// Protocols served through the outbound HTTP listener. An unset protocol is sniffed by
+/// Istio; capstan treats it as HTTP.
+fn is_http(port: &ServicePort) -> bool {
+    matches!(
+        port.protocol.to_ascii_uppercase().as_str(),
+        "" | "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB"
+    )
+}
+
+fn is_http2(port: &ServicePort) -> bool {
+    matches!(
+        port.protocol.to_ascii_uppercase().as_str(),
+        "HTTP2" | "GRPC" | "GRPC-WEB"
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod test_support;

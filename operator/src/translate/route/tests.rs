@@ -1,0 +1,246 @@
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, VirtualHost,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+
+use super::route_configurations;
+use crate::translate::test_support::{REVIEWS, mesh};
+
+fn config(yaml: &str) -> (RouteConfiguration, Vec<String>) {
+    let (mut configs, problems) = route_configurations(&mesh(yaml));
+    assert_eq!(configs.len(), 1);
+    let (_, config) = configs.remove(0);
+    (config, problems.iter().map(ToString::to_string).collect())
+}
+
+fn vhost<'a>(config: &'a RouteConfiguration, name: &str) -> &'a VirtualHost {
+    config
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("no virtual host {name}"))
+}
+
+fn route_action(route: &Route) -> &RouteAction {
+    match &route.action {
+        Some(Action::Route(a)) => a,
+        other => panic!("not a route action: {other:?}"),
+    }
+}
+
+fn cluster(route: &Route) -> &str {
+    match &route_action(route).cluster_specifier {
+        Some(ClusterSpecifier::Cluster(c)) => c,
+        other => panic!("not a single cluster: {other:?}"),
+    }
+}
+
+#[test]
+fn service_without_virtual_service_gets_a_default_route_and_short_names() {
+    let (config, problems) = config(REVIEWS);
+    assert!(problems.is_empty());
+    let vh = vhost(&config, "reviews.bookinfo.svc.cluster.local:9080");
+    for domain in [
+        "reviews.bookinfo.svc.cluster.local",
+        "reviews.bookinfo.svc.cluster.local:9080",
+        "reviews.bookinfo.svc",
+        "reviews.bookinfo",
+        "reviews",
+        "reviews:9080",
+    ] {
+        assert!(
+            vh.domains.iter().any(|d| d == domain),
+            "missing {domain} in {:?}",
+            vh.domains
+        );
+    }
+    assert_eq!(vh.routes.len(), 1);
+    assert_eq!(
+        cluster(&vh.routes[0]),
+        "outbound|9080||reviews.bookinfo.svc.cluster.local"
+    );
+}
+
+#[test]
+fn header_match_and_weighted_split() {
+    let yaml = format!(
+        "{REVIEWS}---\n{}",
+        r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - name: jason
+    match:
+    - headers:
+        end-user: {exact: jason}
+      uri: {prefix: /reviews}
+    route:
+    - destination: {host: reviews, subset: v2}
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 80
+    - destination: {host: reviews.bookinfo.svc.cluster.local, subset: v3, port: {number: 9080}}
+      weight: 20
+"#
+    );
+    let (config, problems) = config(&yaml);
+    assert!(problems.is_empty(), "{problems:?}");
+    let vh = vhost(&config, "reviews.bookinfo.svc.cluster.local:9080");
+    assert_eq!(vh.routes.len(), 2);
+
+    let jason = &vh.routes[0];
+    let m = jason.r#match.as_ref().expect("match");
+    assert_eq!(
+        m.path_specifier,
+        Some(PathSpecifier::Prefix("/reviews".into()))
+    );
+    assert_eq!(m.headers.len(), 1);
+    assert_eq!(m.headers[0].name, "end-user");
+    match &m.headers[0].header_match_specifier {
+        Some(HeaderMatchSpecifier::StringMatch(s)) => {
+            assert_eq!(s.match_pattern, Some(MatchPattern::Exact("jason".into())))
+        }
+        other => panic!("unexpected header match {other:?}"),
+    }
+    assert_eq!(
+        cluster(jason),
+        "outbound|9080|v2|reviews.bookinfo.svc.cluster.local"
+    );
+
+    match &route_action(&vh.routes[1]).cluster_specifier {
+        Some(ClusterSpecifier::WeightedClusters(w)) => {
+            let got: Vec<(&str, u32)> = w
+                .clusters
+                .iter()
+                .map(|c| (c.name.as_str(), c.weight.as_ref().map_or(0, |w| w.value)))
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    ("outbound|9080|v1|reviews.bookinfo.svc.cluster.local", 80),
+                    ("outbound|9080|v3|reviews.bookinfo.svc.cluster.local", 20)
+                ]
+            );
+        }
+        other => panic!("not weighted: {other:?}"),
+    }
+}
+
+#[test]
+fn virtual_service_bound_to_a_gateway_does_not_route_sidecars() {
+    let yaml = format!(
+        "{REVIEWS}---\n{}",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  gateways: [bookinfo-gateway]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v2}
+"#
+    );
+    let (config, _) = config(&yaml);
+    let vh = vhost(&config, "reviews.bookinfo.svc.cluster.local:9080");
+    assert_eq!(
+        cluster(&vh.routes[0]),
+        "outbound|9080||reviews.bookinfo.svc.cluster.local"
+    );
+}
+
+#[test]
+fn domains_are_never_claimed_twice() {
+    // Two services whose short names collide: `reviews` in two namespaces would both claim
+    // the bare names `reviews`, which Envoy would reject.
+    let yaml = format!(
+        "{REVIEWS}---\n{}",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: other}
+spec:
+  hosts: [reviews.other.svc.cluster.local]
+  ports:
+  - {number: 9080, name: http}
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.9}
+"#
+    );
+    let (config, _) = config(&yaml);
+    let mut all: Vec<&String> = config
+        .virtual_hosts
+        .iter()
+        .flat_map(|v| &v.domains)
+        .collect();
+    let before = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), before, "duplicate domains");
+    assert!(
+        vhost(&config, "reviews.other.svc.cluster.local:9080")
+            .domains
+            .iter()
+            .any(|d| d == "reviews.other")
+    );
+}
+
+#[test]
+fn redirect_and_direct_response() {
+    let yaml = format!(
+        "{REVIEWS}---\n{}",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {exact: /old}}]
+    redirect: {uri: /new, redirectCode: 302}
+  - directResponse: {status: 418, body: {string: teapot}}
+"#
+    );
+    let (config, _) = config(&yaml);
+    let vh = vhost(&config, "reviews.bookinfo.svc.cluster.local:9080");
+    match &vh.routes[0].action {
+        Some(Action::Redirect(r)) => assert_eq!(r.response_code, 1),
+        other => panic!("not a redirect: {other:?}"),
+    }
+    match &vh.routes[1].action {
+        Some(Action::DirectResponse(d)) => assert_eq!(d.status, 418),
+        other => panic!("not a direct response: {other:?}"),
+    }
+}
+
+#[test]
+fn virtual_service_for_an_unknown_host_is_reported() {
+    let yaml = format!(
+        "{REVIEWS}---\n{}",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ghost, namespace: bookinfo}
+spec:
+  hosts: [ghost]
+  http:
+  - route:
+    - destination: {host: ghost}
+"#
+    );
+    let (_, problems) = config(&yaml);
+    assert_eq!(problems.len(), 1);
+    assert!(
+        problems[0].contains("VirtualService bookinfo/ghost: spec.hosts[0]"),
+        "{problems:?}"
+    );
+}

@@ -1,0 +1,53 @@
+//! Builds a model from YAML for translation tests.
+
+use capstan_crds::parse::parse_documents;
+
+use crate::model::Mesh;
+
+/// The mesh of `yaml`, which must be valid.
+pub fn mesh(yaml: &str) -> Mesh {
+    let documents = parse_documents("test.yaml", yaml).expect("valid YAML");
+    let objects: Vec<_> = documents
+        .into_iter()
+        .map(|d| {
+            let d = d.expect("valid document");
+            assert!(
+                d.validate().is_empty(),
+                "invalid test object: {:?}",
+                d.validate()
+            );
+            d.object
+        })
+        .collect();
+    let (mesh, problems) = Mesh::build(&objects, "cluster.local");
+    assert!(problems.is_empty(), "model problems: {problems:?}");
+    mesh
+}
+
+/// A STATIC ServiceEntry for `reviews` in `bookinfo` with three versioned endpoints, and a
+/// DestinationRule declaring those versions as subsets.
+pub const REVIEWS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews.bookinfo.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports:
+  - {number: 9080, name: http, protocol: HTTP}
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.1, ports: {http: 19081}, labels: {version: v1}}
+  - {address: 127.0.0.2, ports: {http: 19082}, labels: {version: v2}}
+  - {address: 127.0.0.3, labels: {version: v3}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+"#;

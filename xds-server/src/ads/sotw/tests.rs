@@ -1,0 +1,140 @@
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::rpc::Status;
+
+use super::*;
+use crate::ads::test_support::{apply, apply_for};
+use crate::proxy::Selector;
+use crate::resource::type_url::{CLUSTER, ENDPOINT, LISTENER};
+
+fn request(type_url: &str, names: &[&str], nonce: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        node: Some(Node {
+            id: "sidecar~10.0.0.1~a.ns1~ns1.svc.cluster.local".into(),
+            ..Default::default()
+        }),
+        type_url: type_url.into(),
+        resource_names: names.iter().map(|s| s.to_string()).collect(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+fn names(r: &SotwResponse) -> Vec<&str> {
+    r.resources.iter().map(|r| r.name()).collect()
+}
+
+#[test]
+fn wildcard_gets_everything_then_only_changes_after_the_ack() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(CLUSTER, "a", b"1"), (CLUSTER, "b", b"1")]);
+    let mut stream = SotwStream::new(cache.clone());
+    let first = stream.on_request(request(CLUSTER, &[], ""), &s1);
+    assert_eq!(first.len(), 1);
+    assert_eq!(names(&first[0]), vec!["a", "b"]);
+    assert_eq!(
+        stream.node_id(),
+        "sidecar~10.0.0.1~a.ns1~ns1.svc.cluster.local"
+    );
+
+    // A change while the first response is unanswered waits for the ACK...
+    let s2 = apply(&cache, &[(CLUSTER, "a", b"2")]);
+    assert!(stream.on_state(&s2).is_empty());
+    // ...and the ACK brings it, merged with anything else that changed meanwhile.
+    let s3 = apply(&cache, &[(CLUSTER, "c", b"1")]);
+    let next = stream.on_request(request(CLUSTER, &[], &first[0].nonce), &s3);
+    assert_eq!(next.len(), 1);
+    assert_eq!(names(&next[0]), vec!["a", "b", "c"]);
+    assert_ne!(next[0].version_info, first[0].version_info);
+
+    // ACK; a change to another type sends nothing for clusters.
+    assert!(
+        stream
+            .on_request(request(CLUSTER, &[], &next[0].nonce), &s3)
+            .is_empty()
+    );
+    let s4 = apply(&cache, &[(LISTENER, "l", b"1")]);
+    assert!(stream.on_state(&s4).is_empty());
+}
+
+#[test]
+fn named_subscription_sees_only_its_resources() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(ENDPOINT, "a", b"1"), (ENDPOINT, "b", b"1")]);
+    let mut stream = SotwStream::new(cache.clone());
+    let first = stream.on_request(request(ENDPOINT, &["a"], ""), &s1);
+    assert_eq!(names(&first[0]), vec!["a"]);
+    assert!(
+        stream
+            .on_request(request(ENDPOINT, &["a"], &first[0].nonce), &s1)
+            .is_empty()
+    );
+    // A change to a resource it did not ask for is not pushed.
+    let s2 = apply(&cache, &[(ENDPOINT, "b", b"2")]);
+    assert!(stream.on_state(&s2).is_empty());
+    // Asking for more names answers with the larger set.
+    let more = stream.on_request(request(ENDPOINT, &["a", "b"], &first[0].nonce), &s2);
+    assert_eq!(names(&more[0]), vec!["a", "b"]);
+}
+
+#[test]
+fn nack_is_recorded_and_the_rejected_content_not_resent() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(LISTENER, "l", b"1")]);
+    let mut stream = SotwStream::new(cache.clone());
+    let first = stream.on_request(request(LISTENER, &[], ""), &s1);
+    let mut nack = request(LISTENER, &[], &first[0].nonce);
+    nack.error_detail = Some(Status {
+        code: 3,
+        message: "bad listener".into(),
+        ..Default::default()
+    });
+    assert!(stream.on_request(nack, &s1).is_empty());
+    let recorded = cache.nacks();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].message, "bad listener");
+    // The next change is sent as usual.
+    let s2 = apply(&cache, &[(LISTENER, "l", b"2")]);
+    assert_eq!(stream.on_state(&s2).len(), 1);
+}
+
+#[test]
+fn stale_nonce_is_ignored() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(CLUSTER, "a", b"1")]);
+    let mut stream = SotwStream::new(cache.clone());
+    stream.on_request(request(CLUSTER, &[], ""), &s1);
+    assert!(
+        stream
+            .on_request(request(CLUSTER, &["x"], "stale"), &s1)
+            .is_empty()
+    );
+    assert!(cache.nacks().is_empty());
+}
+
+#[test]
+fn initial_request_for_an_empty_type_is_answered() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(CLUSTER, "a", b"1")]);
+    let mut stream = SotwStream::new(cache);
+    let out = stream.on_request(request(LISTENER, &[], ""), &s1);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].resources.is_empty());
+}
+
+#[test]
+fn a_change_for_another_namespace_is_not_pushed() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(LISTENER, "l", b"all")]);
+    let mut stream = SotwStream::new(cache.clone());
+    let first = stream.on_request(request(LISTENER, &[], ""), &s1);
+    stream.on_request(request(LISTENER, &[], &first[0].nonce), &s1);
+    let s2 = apply_for(&cache, Selector::namespace("ns2"), LISTENER, "l", b"ns2");
+    assert!(
+        stream.on_state(&s2).is_empty(),
+        "the ns1 proxy's view did not change"
+    );
+    let s3 = apply_for(&cache, Selector::namespace("ns1"), LISTENER, "l", b"ns1");
+    let pushed = stream.on_state(&s3);
+    assert_eq!(pushed.len(), 1);
+    assert_eq!(pushed[0].resources[0].body().as_ref(), b"ns1");
+}

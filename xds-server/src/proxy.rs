@@ -1,0 +1,234 @@
+//! Who a proxy is (from its xDS node), and selectors that say which proxies a resource is for.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::{Struct, value::Kind};
+
+/// What a proxy does, from the first part of its Istio-style node id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Role {
+    /// A workload's sidecar (`sidecar~…`).
+    #[default]
+    Sidecar,
+    /// A gateway (`router~…`).
+    Router,
+}
+
+/// The facts about a proxy that decide which resources it sees.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyInfo {
+    pub id: String,
+    pub role: Role,
+    pub namespace: Option<Arc<str>>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ProxyInfo {
+    /// Reads an Istio-style node: id `TYPE~IP~POD.NAMESPACE~NAMESPACE.svc.DOMAIN`, metadata
+    /// `NAMESPACE` (string) and `LABELS` (string map). Missing parts stay unset.
+    pub fn from_node(node: &Node) -> Self {
+        let mut parts = node.id.split('~');
+        let role = match parts.next() {
+            Some("router") => Role::Router,
+            _ => Role::Sidecar,
+        };
+        let from_id = parts
+            .nth(1)
+            .and_then(|pod| pod.split_once('.'))
+            .map(|(_, ns)| ns)
+            .filter(|ns| !ns.is_empty());
+        let metadata = node.metadata.as_ref();
+        let namespace = metadata
+            .and_then(|m| string_field(m, "NAMESPACE"))
+            .or(from_id)
+            .map(Arc::from);
+        let labels = metadata
+            .and_then(|m| m.fields.get("LABELS"))
+            .and_then(|v| match &v.kind {
+                Some(Kind::StructValue(s)) => Some(
+                    s.fields
+                        .iter()
+                        .filter_map(|(k, v)| match &v.kind {
+                            Some(Kind::StringValue(s)) => Some((k.clone(), s.clone())),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .unwrap_or_default();
+        Self {
+            id: node.id.clone(),
+            role,
+            namespace,
+            labels,
+        }
+    }
+}
+
+fn string_field<'a>(s: &'a Struct, name: &str) -> Option<&'a str> {
+    match s.fields.get(name).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StringValue(v)) if !v.is_empty() => Some(v),
+        _ => None,
+    }
+}
+
+/// Which proxies a resource is for. Every condition set must hold; the default selects all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Selector {
+    pub role: Option<Role>,
+    pub namespace: Option<Arc<str>>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Selector {
+    /// Selects every proxy.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    pub fn role(role: Role) -> Self {
+        Self {
+            role: Some(role),
+            ..Self::default()
+        }
+    }
+
+    pub fn namespace(namespace: &str) -> Self {
+        Self {
+            namespace: Some(namespace.into()),
+            ..Self::default()
+        }
+    }
+
+    pub fn matches(&self, proxy: &ProxyInfo) -> bool {
+        self.role.is_none_or(|r| r == proxy.role)
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| proxy.namespace.as_ref() == Some(ns))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| proxy.labels.get(k) == Some(v))
+    }
+
+    /// How narrow the selector is; where several variants of a resource select a proxy, the
+    /// most specific one is the proxy's.
+    pub fn specificity(&self) -> usize {
+        usize::from(self.role.is_some())
+            + 2 * usize::from(self.namespace.is_some())
+            + 4 * self.labels.len()
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Selector::all() {
+            return f.write_str("all");
+        }
+        let mut parts = Vec::new();
+        if let Some(role) = self.role {
+            parts.push(format!("role={role:?}"));
+        }
+        if let Some(ns) = &self.namespace {
+            parts.push(format!("namespace={ns}"));
+        }
+        for (k, v) in &self.labels {
+            parts.push(format!("{k}={v}"));
+        }
+        f.write_str(&parts.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::Value;
+
+    fn string(s: &str) -> Value {
+        Value {
+            kind: Some(Kind::StringValue(s.into())),
+        }
+    }
+
+    fn node(id: &str, namespace: Option<&str>, labels: &[(&str, &str)]) -> Node {
+        let mut fields = std::collections::HashMap::new();
+        if let Some(ns) = namespace {
+            fields.insert("NAMESPACE".to_string(), string(ns));
+        }
+        if !labels.is_empty() {
+            let labels = Struct {
+                fields: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), string(v)))
+                    .collect(),
+            };
+            fields.insert(
+                "LABELS".to_string(),
+                Value {
+                    kind: Some(Kind::StructValue(labels)),
+                },
+            );
+        }
+        Node {
+            id: id.into(),
+            metadata: Some(Struct { fields }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reads_istio_node_ids_and_metadata() {
+        let p = ProxyInfo::from_node(&node(
+            "sidecar~10.0.0.1~reviews-v1-abc.bookinfo~bookinfo.svc.cluster.local",
+            None,
+            &[("app", "reviews")],
+        ));
+        assert_eq!(p.role, Role::Sidecar);
+        assert_eq!(p.namespace.as_deref(), Some("bookinfo"));
+        assert_eq!(p.labels.get("app").map(String::as_str), Some("reviews"));
+
+        let gw = ProxyInfo::from_node(&node(
+            "router~10.0.0.2~gw.istio-system~x",
+            Some("ingress"),
+            &[],
+        ));
+        assert_eq!(gw.role, Role::Router);
+        assert_eq!(
+            gw.namespace.as_deref(),
+            Some("ingress"),
+            "metadata wins over the id"
+        );
+
+        let bare = ProxyInfo::from_node(&Node {
+            id: "envoy-1".into(),
+            ..Default::default()
+        });
+        assert_eq!(bare.namespace, None);
+    }
+
+    #[test]
+    fn selectors() {
+        let p = ProxyInfo::from_node(&node(
+            "sidecar~ip~a.ns1~d",
+            None,
+            &[("app", "a"), ("v", "1")],
+        ));
+        assert!(Selector::all().matches(&p));
+        assert!(Selector::namespace("ns1").matches(&p));
+        assert!(!Selector::namespace("ns2").matches(&p));
+        assert!(Selector::role(Role::Sidecar).matches(&p));
+        assert!(!Selector::role(Role::Router).matches(&p));
+        let labels = Selector {
+            labels: [("app".to_string(), "a".to_string())].into(),
+            ..Selector::default()
+        };
+        assert!(labels.matches(&p));
+        assert!(labels.specificity() > Selector::namespace("ns1").specificity());
+        assert!(Selector::namespace("ns1").specificity() > Selector::all().specificity());
+    }
+}

@@ -1,0 +1,330 @@
+//! Immutable, versioned sets of resources, and the updates that derive one from another.
+//!
+//! A snapshot holds, per type, a persistent ordered map from resource name to [`Entry`]. A new
+//! snapshot shares everything it did not change with its predecessor, so applying an update
+//! costs time proportional to the update, not to the mesh.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use imbl::OrdMap;
+
+use crate::proxy::{ProxyInfo, Selector};
+use crate::resource::{Resource, type_url};
+
+/// Number of resource types; type indices follow [`type_url::PUSH_ORDER`].
+pub const TYPES: usize = type_url::PUSH_ORDER.len();
+
+/// Index of a served type URL in [`type_url::PUSH_ORDER`].
+pub fn type_index(type_url: &str) -> Option<usize> {
+    type_url::PUSH_ORDER.iter().position(|t| *t == type_url)
+}
+
+/// Every variant of one named resource: one per selector, most specific first. A proxy gets
+/// the first variant whose selector matches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    variants: Arc<[(Selector, Resource)]>,
+}
+
+impl Entry {
+    fn new(mut variants: Vec<(Selector, Resource)>) -> Self {
+        variants
+            .sort_by(|(a, _), (b, _)| b.specificity().cmp(&a.specificity()).then_with(|| a.cmp(b)));
+        Self {
+            variants: variants.into(),
+        }
+    }
+
+    /// The variant `proxy` receives, if any selects it.
+    pub fn for_proxy(&self, proxy: &ProxyInfo) -> Option<&Resource> {
+        self.variants
+            .iter()
+            .find(|(selector, _)| selector.matches(proxy))
+            .map(|(_, r)| r)
+    }
+
+    pub fn variants(&self) -> &[(Selector, Resource)] {
+        &self.variants
+    }
+
+    fn with(&self, selector: Selector, resource: Resource) -> Option<Self> {
+        let mut variants: Vec<_> = self.variants.to_vec();
+        match variants.iter_mut().find(|(s, _)| *s == selector) {
+            Some((_, existing)) if existing.version() == resource.version() => return None,
+            Some((_, existing)) => *existing = resource,
+            None => variants.push((selector, resource)),
+        }
+        Some(Self::new(variants))
+    }
+
+    fn without(&self, selector: &Selector) -> Option<Option<Self>> {
+        let variants: Vec<_> = self
+            .variants
+            .iter()
+            .filter(|(s, _)| s != selector)
+            .cloned()
+            .collect();
+        if variants.len() == self.variants.len() {
+            return None;
+        }
+        Some((!variants.is_empty()).then(|| Self::new(variants)))
+    }
+}
+
+/// A complete, immutable configuration: every resource of every type at one version.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    version: u64,
+    types: [OrdMap<Arc<str>, Entry>; TYPES],
+}
+
+impl Snapshot {
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The entry named `name` of type `index`.
+    pub fn get(&self, index: usize, name: &str) -> Option<&Entry> {
+        self.types.get(index)?.get(name)
+    }
+
+    /// Every entry of type `index`, ordered by name.
+    pub fn entries(&self, index: usize) -> impl Iterator<Item = (&Arc<str>, &Entry)> {
+        self.types.get(index).into_iter().flat_map(|m| m.iter())
+    }
+
+    /// The resources of type `index` that `proxy` receives, ordered by name.
+    pub fn view<'a>(
+        &'a self,
+        index: usize,
+        proxy: &'a ProxyInfo,
+    ) -> impl Iterator<Item = &'a Resource> {
+        self.entries(index)
+            .filter_map(move |(_, e)| e.for_proxy(proxy))
+    }
+
+    pub fn len(&self, index: usize) -> usize {
+        self.types.get(index).map_or(0, OrdMap::len)
+    }
+
+    /// Applies `update`. Returns the new snapshot and, per type, the names whose entries
+    /// changed; `None` when the update changes nothing.
+    pub(crate) fn apply(&self, update: Update) -> Option<(Snapshot, ChangedNames)> {
+        let mut next = self.clone();
+        let mut changed: ChangedNames = Default::default();
+        for change in update.changes {
+            match change {
+                Change::Put(selector, resource) => {
+                    let Some(index) = type_index(resource.type_url()) else {
+                        continue;
+                    };
+                    let map = &mut next.types[index];
+                    let name = resource.name_arc().clone();
+                    let entry = match map.get(&name) {
+                        Some(existing) => existing.with(selector, resource),
+                        None => Some(Entry::new(vec![(selector, resource)])),
+                    };
+                    if let Some(entry) = entry {
+                        map.insert(name.clone(), entry);
+                        changed[index].push(name);
+                    }
+                }
+                Change::Remove {
+                    index,
+                    name,
+                    selector,
+                } => {
+                    let map = &mut next.types[index];
+                    let outcome = match (&selector, map.get(&name)) {
+                        (_, None) => None,
+                        (None, Some(_)) => Some(None),
+                        (Some(selector), Some(existing)) => existing.without(selector),
+                    };
+                    match outcome {
+                        None => {}
+                        Some(None) => {
+                            map.remove(&name);
+                            changed[index].push(name);
+                        }
+                        Some(Some(entry)) => {
+                            map.insert(name.clone(), entry);
+                            changed[index].push(name);
+                        }
+                    }
+                }
+            }
+        }
+        for names in &mut changed {
+            names.sort();
+            names.dedup();
+        }
+        if changed.iter().all(Vec::is_empty) {
+            return None;
+        }
+        next.version = self.version + 1;
+        Some((next, changed))
+    }
+
+    /// The update that turns this snapshot into exactly `target`. Costs time proportional to
+    /// the size of both; translators that know what changed should build an [`Update`].
+    pub(crate) fn update_to(&self, target: SnapshotBuilder) -> Update {
+        let mut update = Update::new();
+        for (index, wanted) in target.types.into_iter().enumerate() {
+            let current = &self.types[index];
+            for (name, variants) in &wanted {
+                let entry = Entry::new(variants.clone());
+                if current.get(name) != Some(&entry) {
+                    // Replace the whole entry: drop it, then put every variant.
+                    if current.contains_key(name) {
+                        update.changes.push(Change::Remove {
+                            index,
+                            name: name.clone(),
+                            selector: None,
+                        });
+                    }
+                    for (selector, resource) in variants {
+                        update.put_for(selector.clone(), resource.clone());
+                    }
+                }
+            }
+            for name in current.keys() {
+                if !wanted.contains_key(name) {
+                    update.changes.push(Change::Remove {
+                        index,
+                        name: name.clone(),
+                        selector: None,
+                    });
+                }
+            }
+        }
+        update
+    }
+}
+
+/// Per type index, the names an update changed (sorted).
+pub type ChangedNames = [Vec<Arc<str>>; TYPES];
+
+#[derive(Debug, Clone)]
+enum Change {
+    Put(Selector, Resource),
+    Remove {
+        index: usize,
+        name: Arc<str>,
+        /// `None`: every variant.
+        selector: Option<Selector>,
+    },
+}
+
+/// A batch of changes to the served resources, applied atomically.
+#[derive(Debug, Clone, Default)]
+pub struct Update {
+    changes: Vec<Change>,
+}
+
+impl Update {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces `resource` for every proxy.
+    pub fn put(&mut self, resource: Resource) -> &mut Self {
+        self.put_for(Selector::all(), resource)
+    }
+
+    /// Adds or replaces the variant of `resource` for the proxies `selector` matches.
+    pub fn put_for(&mut self, selector: Selector, resource: Resource) -> &mut Self {
+        self.changes.push(Change::Put(selector, resource));
+        self
+    }
+
+    /// Removes every variant of the resource `name` of `type_url`.
+    pub fn remove(&mut self, type_url: &str, name: &str) -> &mut Self {
+        if let Some(index) = type_index(type_url) {
+            self.changes.push(Change::Remove {
+                index,
+                name: name.into(),
+                selector: None,
+            });
+        }
+        self
+    }
+
+    /// Removes the variant of `name` for `selector`.
+    pub fn remove_for(&mut self, selector: Selector, type_url: &str, name: &str) -> &mut Self {
+        if let Some(index) = type_index(type_url) {
+            self.changes.push(Change::Remove {
+                index,
+                name: name.into(),
+                selector: Some(selector),
+            });
+        }
+        self
+    }
+
+    /// Appends `other`'s changes after this update's (later changes win).
+    pub fn merge(&mut self, other: Update) {
+        self.changes.extend(other.changes);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+}
+
+/// Collects the complete set of resources for a snapshot.
+#[derive(Debug, Default)]
+pub struct SnapshotBuilder {
+    types: [BTreeMap<Arc<str>, Vec<(Selector, Resource)>>; TYPES],
+}
+
+impl SnapshotBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a resource for every proxy.
+    pub fn add(&mut self, resource: Resource) -> &mut Self {
+        self.add_for(Selector::all(), resource)
+    }
+
+    /// Adds the variant of a resource for the proxies `selector` matches; a later variant with
+    /// the same selector replaces an earlier one.
+    pub fn add_for(&mut self, selector: Selector, resource: Resource) -> &mut Self {
+        let Some(index) = type_index(resource.type_url()) else {
+            return self;
+        };
+        let variants = self.types[index]
+            .entry(resource.name_arc().clone())
+            .or_default();
+        variants.retain(|(s, _)| *s != selector);
+        variants.push((selector, resource));
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.types
+            .iter()
+            .map(|t| t.values().map(Vec::len).sum::<usize>())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Extend<Resource> for SnapshotBuilder {
+    fn extend<I: IntoIterator<Item = Resource>>(&mut self, iter: I) {
+        for resource in iter {
+            self.add(resource);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

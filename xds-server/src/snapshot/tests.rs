@@ -1,0 +1,116 @@
+use bytes::Bytes;
+
+use super::*;
+use crate::proxy::Role;
+
+fn res(type_url: &'static str, name: &str, body: &'static [u8]) -> Resource {
+    Resource::from_bytes(type_url, name, Bytes::from_static(body))
+}
+
+fn names(changed: &[Arc<str>]) -> Vec<&str> {
+    changed.iter().map(|n| n.as_ref()).collect()
+}
+
+const CDS: usize = 0;
+const LDS: usize = 2;
+
+#[test]
+fn updates_record_only_effective_changes() {
+    let mut u = Update::new();
+    u.put(res(type_url::CLUSTER, "a", b"1"))
+        .put(res(type_url::CLUSTER, "b", b"1"));
+    let (s1, changed) = Snapshot::default().apply(u).expect("changed");
+    assert_eq!(s1.version(), 1);
+    assert_eq!(names(&changed[CDS]), vec!["a", "b"]);
+
+    // Same content again: nothing changes, no new version.
+    let mut same = Update::new();
+    same.put(res(type_url::CLUSTER, "a", b"1"));
+    assert!(s1.apply(same).is_none());
+
+    let mut u = Update::new();
+    u.put(res(type_url::CLUSTER, "a", b"2"))
+        .remove(type_url::CLUSTER, "b")
+        .remove(type_url::CLUSTER, "never-existed");
+    let (s2, changed) = s1.apply(u).expect("changed");
+    assert_eq!(names(&changed[CDS]), vec!["a", "b"]);
+    assert!(s2.get(CDS, "b").is_none());
+    assert_eq!(s2.len(CDS), 1);
+    // The predecessor is untouched.
+    assert_eq!(s1.len(CDS), 2);
+}
+
+#[test]
+fn update_to_a_full_set_diffs_per_resource() {
+    let mut b = SnapshotBuilder::new();
+    b.add(res(type_url::CLUSTER, "a", b"1"))
+        .add(res(type_url::CLUSTER, "b", b"1"))
+        .add(res(type_url::LISTENER, "l", b"1"));
+    let (s1, _) = Snapshot::default()
+        .apply(Snapshot::default().update_to(b))
+        .expect("first");
+
+    let mut b = SnapshotBuilder::new();
+    b.add(res(type_url::CLUSTER, "a", b"2"))
+        .add(res(type_url::CLUSTER, "c", b"1"))
+        .add(res(type_url::LISTENER, "l", b"1"));
+    let (s2, changed) = s1.apply(s1.update_to(b)).expect("changed");
+    assert_eq!(names(&changed[CDS]), vec!["a", "b", "c"]);
+    assert!(changed[LDS].is_empty(), "unchanged listener is not touched");
+    assert!(s2.get(CDS, "b").is_none());
+
+    let mut same = SnapshotBuilder::new();
+    same.add(res(type_url::CLUSTER, "a", b"2"))
+        .add(res(type_url::CLUSTER, "c", b"1"))
+        .add(res(type_url::LISTENER, "l", b"1"));
+    assert!(s2.apply(s2.update_to(same)).is_none());
+}
+
+#[test]
+fn proxies_get_their_most_specific_variant() {
+    let mut u = Update::new();
+    u.put(res(type_url::LISTENER, "l", b"everyone"))
+        .put_for(
+            Selector::namespace("ns1"),
+            res(type_url::LISTENER, "l", b"ns1"),
+        )
+        .put_for(
+            Selector::role(Role::Router),
+            res(type_url::LISTENER, "l", b"gateways"),
+        )
+        .put_for(
+            Selector::namespace("ns2"),
+            res(type_url::LISTENER, "only-ns2", b"x"),
+        );
+    let (s, _) = Snapshot::default().apply(u).expect("changed");
+    let proxy = |role, ns: &str| ProxyInfo {
+        role,
+        namespace: Some(ns.into()),
+        ..ProxyInfo::default()
+    };
+    let body = |p: &ProxyInfo| -> Vec<Bytes> { s.view(LDS, p).map(|r| r.body()).collect() };
+    assert_eq!(
+        body(&proxy(Role::Sidecar, "ns1")),
+        vec![Bytes::from_static(b"ns1")]
+    );
+    assert_eq!(
+        body(&proxy(Role::Sidecar, "ns3")),
+        vec![Bytes::from_static(b"everyone")]
+    );
+    assert_eq!(
+        body(&proxy(Role::Router, "ns3")),
+        vec![Bytes::from_static(b"gateways")]
+    );
+    assert_eq!(body(&proxy(Role::Sidecar, "ns2")).len(), 2);
+
+    // Removing one variant leaves the others.
+    let mut u = Update::new();
+    u.remove_for(Selector::namespace("ns1"), type_url::LISTENER, "l");
+    let (s, changed) = s.apply(u).expect("changed");
+    assert_eq!(names(&changed[LDS]), vec!["l"]);
+    let ns1 = proxy(Role::Sidecar, "ns1");
+    assert_eq!(
+        s.view(LDS, &ns1).map(|r| r.body()).collect::<Vec<_>>(),
+        vec![Bytes::from_static(b"everyone")]
+    );
+}
