@@ -1,6 +1,7 @@
 # capstan developer entry points.
 #   make run    install tools, build, run the demo (capstan + Envoy + upstreams on loopback)
 #   make test   install tools, then fmt check, clippy, build, all tests incl. e2e with real Envoy
+#   make crds   regenerate the CRD manifests in crds/generated (a test fails when they are stale)
 #
 # Respects CARGO_TARGET_DIR (cargo reads it) and CAPSTAN_TOOLS_DIR (default: ./.tools).
 
@@ -18,7 +19,7 @@ step = @echo "==> $(1)"
 # Steps of `test` and `run` must run in order, even under `make -j`.
 .NOTPARALLEL:
 
-.PHONY: all tools build run test fmt fmt-check clippy clean-tools help
+.PHONY: all tools build run test fmt fmt-check clippy clean-tools help crds
 
 all: build
 
@@ -52,6 +53,10 @@ clippy:
 test: tools fmt-check clippy build
 	$(call step,test: cargo test --workspace (e2e uses Envoy from $(ENVOY_PATH_FILE)))
 	@ENVOY_BIN="$(ENVOY_BIN_VALUE)" $(CARGO) test --workspace
+
+crds:
+	$(call step,crds: capstan-crdgen writes crds/generated)
+	@$(CARGO) run --quiet -p capstan-crds --bin capstan-crdgen
 
 clean-tools:
 	$(call step,clean-tools: removing $(CAPSTAN_TOOLS_DIR))

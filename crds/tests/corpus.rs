@@ -46,7 +46,10 @@ fn split_documents(text: &str) -> Vec<String> {
     }
     documents
         .into_iter()
-        .filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.starts_with('#')))
+        .filter(|d| {
+            d.lines()
+                .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        })
         .collect()
 }
 
@@ -107,7 +110,11 @@ fn invalid_samples_fail_at_the_expected_fields() {
         for (n, document) in split_documents(&read(&path)).iter().enumerate() {
             count += 1;
             let expected = expectations(document);
-            assert!(!expected.is_empty(), "{name} document {}: no `# expect:` line", n + 1);
+            assert!(
+                !expected.is_empty(),
+                "{name} document {}: no `# expect:` line",
+                n + 1
+            );
             let mut docs = parse_documents(&name, document).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(docs.len(), 1, "{name} document {}", n + 1);
             let problems: Vec<(String, String)> = match docs.remove(0) {
@@ -176,7 +183,9 @@ fn leaves(value: &Value, path: &str, out: &mut Vec<(String, Value)>) {
                 leaves(child, &format!("{path}[{i}]"), out);
             }
         }
-        Value::Number(n) => out.push((path.to_owned(), Value::from(n.as_f64().unwrap_or(f64::NAN)))),
+        Value::Number(n) => {
+            out.push((path.to_owned(), Value::from(n.as_f64().unwrap_or(f64::NAN))))
+        }
         _ => out.push((path.to_owned(), value.clone())),
     }
 }
@@ -188,9 +197,7 @@ fn is_zero(path: &str, value: &Value) -> bool {
         Value::Null => true,
         Value::Bool(b) => !b,
         Value::Number(n) => n.as_f64() == Some(0.0),
-        Value::String(s) => {
-            s.is_empty() || DEFAULT_ENUM_VALUES.contains(&(field, s.as_str()))
-        }
+        Value::String(s) => s.is_empty() || DEFAULT_ENUM_VALUES.contains(&(field, s.as_str())),
         Value::Array(items) => items.is_empty(),
         Value::Object(map) => map.is_empty(),
     }
@@ -213,7 +220,10 @@ fn valid_samples_round_trip_with_every_field() {
                 .map(|d| d.unwrap_or_else(|e| panic!("{e}\n{yaml}")).object)
                 .collect();
             if reparsed != [doc.object.clone()] {
-                failures.push(format!("{}: types changed; YAML was:\n{yaml}", doc.object.key()));
+                failures.push(format!(
+                    "{}: types changed; YAML was:\n{yaml}",
+                    doc.object.key()
+                ));
             }
 
             let original: Value = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
@@ -224,7 +234,10 @@ fn valid_samples_round_trip_with_every_field() {
             for (leaf, value) in before {
                 let kept = after.iter().any(|(p, v)| *p == leaf && *v == value);
                 if !kept && leaf != ".apiVersion" && !is_zero(&leaf, &value) {
-                    failures.push(format!("{}: {leaf} = {value} was dropped", doc.object.key()));
+                    failures.push(format!(
+                        "{}: {leaf} = {value} was dropped",
+                        doc.object.key()
+                    ));
                 }
             }
         }

@@ -4,7 +4,8 @@
 //! - `GET /ready`: 200 once serving;
 //! - `POST /endpoint?service=I&port=P`: endpoint 0 of `svc-I` moves to port P; 200 once the
 //!   change is in the cache;
-//! - `POST /cluster?name=NAME`: adds cluster NAME; 200 once it is in the cache.
+//! - `POST /cluster?name=NAME`: adds EDS cluster NAME (with an empty load assignment when the
+//!   name has none, as the go-control-plane peer does); 200 once it is in the cache.
 //!
 //! The mesh starts as one complete snapshot (`SnapshotCache::replace`); each change encodes
 //! the one resource it touches and applies it incrementally (`SnapshotCache::apply`).
@@ -62,11 +63,11 @@ impl State {
     /// reach the cache in the order they were made.
     fn change(
         &self,
-        change: impl FnOnce(&mut Mesh) -> Result<Resource, MeshError>,
+        change: impl FnOnce(&mut Mesh) -> Result<Vec<Resource>, MeshError>,
     ) -> Result<(), String> {
         let mut mesh = self.mesh.lock().unwrap_or_else(|e| e.into_inner());
-        let resource = change(&mut mesh).map_err(|e| e.to_string())?;
-        self.cache.apply(mesh::put(resource));
+        let resources = change(&mut mesh).map_err(|e| e.to_string())?;
+        self.cache.apply(mesh::put(resources));
         Ok(())
     }
 }
@@ -160,7 +161,7 @@ fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
         (&Method::POST, "/endpoint") => (|| {
             let service: usize = number(query, "service")?;
             let port: u32 = number(query, "port")?;
-            state.change(|mesh| mesh.set_endpoint_port(service, port))
+            state.change(|mesh| Ok(vec![mesh.set_endpoint_port(service, port)?]))
         })(),
         (&Method::POST, "/cluster") => match param(query, "name") {
             Some(name) => state.change(|mesh| mesh.add_cluster(name)),

@@ -8,7 +8,7 @@
 //! - [`wire`] and [`xds_scan`] read responses by field scans instead of full decoding, and
 //!   [`request`] writes requests from pre-encoded pieces, to keep the generator's own CPU low.
 //! - [`mesh`] is the benchmark mesh as Envoy resources; [`bench_server`] serves it from
-//!   capstan's cache.
+//!   capstan's cache; [`server_process`] runs any bench server as a child process.
 
 pub mod bench_server;
 pub mod control;
@@ -19,6 +19,7 @@ pub mod report;
 pub mod request;
 pub mod rss;
 pub mod runner;
+pub mod server_process;
 pub mod stats;
 pub mod tracker;
 pub mod wire;

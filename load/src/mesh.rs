@@ -203,6 +203,7 @@ pub struct Mesh {
     listener: Resource,
     route: Resource,
     extra_clusters: BTreeMap<String, Resource>,
+    extra_assignments: BTreeMap<String, Resource>,
 }
 
 impl Mesh {
@@ -229,6 +230,7 @@ impl Mesh {
             listener: encode(LISTENER_NAME, &listener()),
             route: encode(ROUTE_NAME, &route_configuration(services)),
             extra_clusters: BTreeMap::new(),
+            extra_assignments: BTreeMap::new(),
         }
     }
 
@@ -253,15 +255,37 @@ impl Mesh {
         Ok(slot.clone())
     }
 
-    /// Adds (or replaces) cluster `name`, shaped like a service's cluster; returns it.
-    pub fn add_cluster(&mut self, name: &str) -> Result<Resource, MeshError> {
+    /// Adds (or replaces) cluster `name`, shaped like a service's cluster. A name that has no
+    /// load assignment yet also gets an empty one, so that an Envoy can finish warming the
+    /// cluster (and go-control-plane's snapshot cache, which the peer uses, stays consistent).
+    /// Returns the resources that changed.
+    pub fn add_cluster(&mut self, name: &str) -> Result<Vec<Resource>, MeshError> {
         if name.is_empty() {
             return Err(MeshError::EmptyName);
         }
-        let resource = encode(name, &cluster(name));
+        let cluster = encode(name, &cluster(name));
         self.extra_clusters
-            .insert(name.to_string(), resource.clone());
-        Ok(resource)
+            .insert(name.to_string(), cluster.clone());
+        let mut changed = vec![cluster];
+        if !self.has_assignment(name) {
+            let empty = ClusterLoadAssignment {
+                cluster_name: name.to_string(),
+                ..Default::default()
+            };
+            let assignment = encode(name, &empty);
+            self.extra_assignments
+                .insert(name.to_string(), assignment.clone());
+            changed.push(assignment);
+        }
+        Ok(changed)
+    }
+
+    fn has_assignment(&self, name: &str) -> bool {
+        let service = name
+            .strip_prefix("svc-")
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_some_and(|i| i < self.services() && service_name(i) == name);
+        service || self.extra_assignments.contains_key(name)
     }
 
     /// Every resource, clusters first, then load assignments, the listener and the route.
@@ -270,6 +294,7 @@ impl Mesh {
             .iter()
             .chain(self.extra_clusters.values())
             .chain(&self.assignments)
+            .chain(self.extra_assignments.values())
             .chain([&self.listener, &self.route])
     }
 
@@ -282,10 +307,12 @@ impl Mesh {
     }
 }
 
-/// An update that puts `resource` for every proxy.
-pub fn put(resource: Resource) -> Update {
+/// An update that puts `resources` for every proxy.
+pub fn put(resources: impl IntoIterator<Item = Resource>) -> Update {
     let mut update = Update::new();
-    update.put(resource);
+    for resource in resources {
+        update.put(resource);
+    }
     update
 }
 
@@ -344,12 +371,29 @@ mod tests {
         assert_eq!(cla.endpoints[0].lb_endpoints.len(), 3);
 
         let marker = mesh.add_cluster("marker-0").expect("valid change");
+        let kinds: Vec<(&str, &str)> = marker.iter().map(|r| (r.type_url(), r.name())).collect();
         assert_eq!(
-            (marker.type_url(), marker.name()),
-            (type_url::CLUSTER, "marker-0")
+            kinds,
+            [
+                (type_url::CLUSTER, "marker-0"),
+                (type_url::ENDPOINT, "marker-0")
+            ],
+            "a new cluster comes with an empty load assignment"
         );
         assert_eq!(count(&mesh, type_url::CLUSTER), 5);
-        assert_eq!(put(marker).len(), 1);
+        assert_eq!(count(&mesh, type_url::ENDPOINT), 5);
+        assert_eq!(put(marker).len(), 2);
+        assert_eq!(
+            mesh.add_cluster("marker-0").expect("valid").len(),
+            1,
+            "replaced"
+        );
+        assert_eq!(
+            mesh.add_cluster("svc-1").expect("valid").len(),
+            1,
+            "keeps svc-1's"
+        );
+        assert_eq!(mesh.add_cluster("svc-9").expect("valid").len(), 2);
         assert_eq!(
             mesh.set_endpoint_port(4, 9000),
             Err(MeshError::NoSuchService(4, 4))

@@ -5,6 +5,8 @@ mod monitoring;
 mod run;
 mod source;
 mod translate;
+mod validate_cmd;
+mod webhook;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -28,6 +30,10 @@ struct Cli {
 enum Command {
     /// Serve the Istio configuration in a folder to Envoy proxies over ADS.
     Run(RunArgs),
+    /// Check Istio YAML files (like `istioctl validate`); exit status 1 if any is invalid.
+    Validate(validate_cmd::ValidateArgs),
+    /// Serve the ValidatingAdmissionWebhook (HTTPS, POST /validate) for Istio objects.
+    Webhook(webhook::WebhookArgs),
 }
 
 #[derive(Debug, Args)]
@@ -68,10 +74,15 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
+    if let Command::Validate(args) = &cli.command {
+        std::process::exit(validate_cmd::run(args));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     match cli.command {
         Command::Run(args) => runtime.block_on(run::run(args)),
+        Command::Webhook(args) => runtime.block_on(webhook::run(args)),
+        Command::Validate(_) => Ok(()),
     }
 }

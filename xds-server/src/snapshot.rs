@@ -276,10 +276,13 @@ impl Update {
     }
 }
 
+/// The variants of each resource of one type, by name.
+type Variants = BTreeMap<Arc<str>, Vec<(Selector, Resource)>>;
+
 /// Collects the complete set of resources for a snapshot.
 #[derive(Debug, Default)]
 pub struct SnapshotBuilder {
-    types: [BTreeMap<Arc<str>, Vec<(Selector, Resource)>>; TYPES],
+    types: [Variants; TYPES],
 }
 
 impl SnapshotBuilder {

@@ -9,6 +9,10 @@ use super::workload_entry::WorkloadEntrySpec;
 use crate::status::IstioStatus;
 
 /// Spec of a `ServiceEntry` (`networking.istio.io`).
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "several printer columns share a type"
+)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "networking.istio.io",

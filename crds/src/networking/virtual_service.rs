@@ -17,6 +17,10 @@ use super::http_policy::{
 use crate::status::IstioStatus;
 
 /// Spec of a `VirtualService` (`networking.istio.io`).
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "several printer columns share a type"
+)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "networking.istio.io",

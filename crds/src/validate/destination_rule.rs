@@ -6,7 +6,7 @@ use super::Errors;
 use super::rules::{self, HostRules};
 use crate::networking::destination_rule::{
     ClientTlsSettings, ConnectionPoolSettings, LoadBalancerSettings, LocalityLbSetting,
-    OutlierDetection, TrafficPolicy,
+    OutlierDetection, TrafficPolicy, ZoneAwareLbSetting,
 };
 use crate::networking::{DestinationRuleSpec, TlsMode};
 
@@ -216,10 +216,50 @@ fn load_balancer(errors: &mut Errors, field: &str, lb: &LoadBalancerSettings) {
                 errors.add(format!("{hf}.httpCookie.name"), "cookie name is required");
             }
             errors.duration(format!("{hf}.httpCookie.ttl"), &cookie.ttl);
+            let mut seen = BTreeMap::new();
+            for (i, attribute) in cookie.attributes.iter().enumerate() {
+                let af = format!("{hf}.httpCookie.attributes[{i}].name");
+                if attribute.name.is_empty() {
+                    errors.add(af, "attribute name is required");
+                } else if let Some(first) = seen.insert(attribute.name.as_str(), i) {
+                    errors.add(
+                        af,
+                        format!(
+                            "duplicate cookie attribute `{}` (also attributes[{first}])",
+                            attribute.name
+                        ),
+                    );
+                }
+            }
+        }
+        if hash.minimum_ring_size != 0 && (hash.ring_hash.is_some() || hash.maglev.is_some()) {
+            errors.add(
+                format!("{hf}.minimumRingSize"),
+                "the deprecated `minimumRingSize` cannot be combined with `ringHash` or `maglev`",
+            );
+        }
+        if let Some(maglev) = &hash.maglev {
+            let size = maglev.table_size;
+            if size == 0 || size >= 5_000_011 || !is_prime(size) {
+                errors.add(
+                    format!("{hf}.maglev.tableSize"),
+                    format!("tableSize must be a prime number below 5000011, got {size}"),
+                );
+            }
         }
     }
     if let Some(locality) = &lb.locality_lb_setting {
         locality_lb(errors, &format!("{field}.localityLbSetting"), locality);
+    }
+    if let Some(zone_aware) = &lb.zone_aware_lb_setting {
+        let zf = format!("{field}.zoneAwareLbSetting");
+        if lb.locality_lb_setting.is_some() {
+            errors.add(
+                &zf,
+                "only one of `localityLbSetting` and `zoneAwareLbSetting` may be set",
+            );
+        }
+        zone_aware_lb(errors, &zf, zone_aware);
     }
     errors.duration(
         format!("{field}.warmupDurationSecs"),
@@ -325,10 +365,44 @@ pub(crate) fn connection_pool(errors: &mut Errors, field: &str, pool: &Connectio
             ],
         );
         errors.duration(format!("{hf}.idleTimeout"), &http.idle_timeout);
+        if let Some(keepalive) = &http.http2_keep_alive {
+            let kf = format!("{hf}.http2KeepAlive");
+            for (name, value) in [
+                ("interval", &keepalive.interval),
+                ("timeout", &keepalive.timeout),
+            ] {
+                match value {
+                    None => errors.add(format!("{kf}.{name}"), format!("`{name}` is required")),
+                    Some(d) => errors.check(format!("{kf}.{name}"), rules::positive_duration(d)),
+                }
+            }
+        }
     }
 }
 
 fn outlier_detection(errors: &mut Errors, field: &str, outlier: &OutlierDetection) {
+    if !outlier.split_external_local_origin_errors
+        && outlier
+            .consecutive_local_origin_failures
+            .is_some_and(|n| n > 0)
+    {
+        errors.add(
+            format!("{field}.consecutiveLocalOriginFailures"),
+            "only used with `splitExternalLocalOriginErrors: true`",
+        );
+    }
+    for (i, code) in outlier
+        .outlier_detection_http_error_codes
+        .iter()
+        .enumerate()
+    {
+        if !(100..=599).contains(code) {
+            errors.add(
+                format!("{field}.outlierDetectionHttpErrorCodes[{i}]"),
+                format!("{code} is not an HTTP status code (100..=599)"),
+            );
+        }
+    }
     non_negative(
         errors,
         field,
@@ -404,4 +478,58 @@ fn non_negative(errors: &mut Errors, field: &str, values: &[(&str, i32)]) {
             );
         }
     }
+}
+
+/// Zone-aware load balancing fails over between regions only; zones and subzones
+/// are handled automatically.
+fn zone_aware_lb(errors: &mut Errors, field: &str, setting: &ZoneAwareLbSetting) {
+    const TOPOLOGY_LABELS: [&str; 3] = [
+        "topology.kubernetes.io/region",
+        "topology.kubernetes.io/zone",
+        "topology.istio.io/subzone",
+    ];
+    for (i, label) in setting.failover_priority.iter().enumerate() {
+        if TOPOLOGY_LABELS.contains(&label.as_str()) {
+            errors.add(
+                format!("{field}.failoverPriority[{i}]"),
+                format!("`{label}` is handled automatically by zone-aware load balancing"),
+            );
+        }
+    }
+    for (i, failover) in setting.failover.iter().enumerate() {
+        let ff = format!("{field}.failover[{i}]");
+        if failover.from == failover.to {
+            errors.add(&ff, "`from` and `to` must be different regions");
+        }
+        if [&failover.from, &failover.to]
+            .iter()
+            .any(|r| r.contains('/'))
+        {
+            errors.add(
+                &ff,
+                "only regions can be given; zones fail over automatically",
+            );
+        }
+        if [&failover.from, &failover.to]
+            .iter()
+            .any(|r| r.contains('*'))
+        {
+            errors.add(&ff, "regions cannot contain `*`");
+        }
+    }
+}
+
+/// Primality by trial division (table sizes are below 5000011).
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2;
+    while d * d <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 1;
+    }
+    true
 }

@@ -298,6 +298,24 @@ const INVALID: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "VirtualService",
+        "  hosts: ['*.example.com', a.example.com]\n  gateways: [gw]\n  http: [{route: [{destination: {host: a.example.com}}]}]\n",
+        "spec.hosts[1]",
+        "overlaps `*.example.com`",
+    ),
+    (
+        "VirtualService",
+        "  hosts: [r, R]\n  http: [{route: [{destination: {host: r}}]}]\n",
+        "spec.hosts[1]",
+        "duplicate host",
+    ),
+    (
+        "VirtualService",
+        "  hosts: [r]\n  http:\n  - {name: main, route: [{destination: {host: r}}]}\n  - {name: main, route: [{destination: {host: r}}]}\n",
+        "spec.http[1].name",
+        "duplicate route name `main`",
+    ),
+    (
+        "VirtualService",
         "  hosts: [r]\n",
         "spec",
         "at least one of `http`, `tls` or `tcp`",

@@ -28,7 +28,36 @@ pub(crate) fn validate(errors: &mut Errors, spec: &VirtualServiceSpec) {
             errors.check(field, rules::host(host, HostRules::VIRTUAL_SERVICE));
         }
     }
+    for (j, later) in spec.hosts.iter().enumerate() {
+        let earlier = spec.hosts[..j]
+            .iter()
+            .position(|h| host_covers(h, later) || host_covers(later, h));
+        if let Some(i) = earlier {
+            errors.add(
+                format!("spec.hosts[{j}]"),
+                format!(
+                    "duplicate host: `{later}` overlaps `{}` (spec.hosts[{i}])",
+                    spec.hosts[i]
+                ),
+            );
+        }
+    }
     gateways(errors, "spec.gateways", &spec.gateways);
+    let mut route_names: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, route) in spec.http.iter().enumerate() {
+        if route.name.is_empty() {
+            continue;
+        }
+        if let Some(first) = route_names.insert(&route.name, i) {
+            errors.add(
+                format!("spec.http[{i}].name"),
+                format!(
+                    "duplicate route name `{}` (also spec.http[{first}])",
+                    route.name
+                ),
+            );
+        }
+    }
     if spec.http.is_empty() && spec.tls.is_empty() && spec.tcp.is_empty() {
         errors.add(
             "spec",
@@ -497,4 +526,18 @@ fn l4_common(
         rules::labels(source_labels),
     );
     gateways(errors, &format!("{field}.gateways"), gateway_refs);
+}
+
+/// Whether host pattern `pattern` matches every name `host` matches (`*` matches
+/// everything, `*.example.com` matches `a.example.com` and `*.b.example.com`);
+/// comparison ignores case.
+fn host_covers(pattern: &str, host: &str) -> bool {
+    let (pattern, host) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
+    if pattern == host || pattern == "*" {
+        return true;
+    }
+    match pattern.strip_prefix('*') {
+        Some(suffix) => host.ends_with(suffix) && host.len() > suffix.len(),
+        None => false,
+    }
 }

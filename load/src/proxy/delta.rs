@@ -148,6 +148,13 @@ impl DeltaProxy {
             }
         }
         if self.phase == Phase::Endpoints {
+            // A server may answer a subscription to a name it does not have with a removal.
+            for name in response.removed() {
+                let name = name?;
+                if let Some(awaited) = self.awaited.as_mut() {
+                    awaited.mark(name);
+                }
+            }
             self.maybe_endpoints_done(step);
         }
         Ok(())

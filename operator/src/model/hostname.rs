@@ -14,14 +14,15 @@ pub fn resolve(host: &str, namespace: &str, domain_suffix: &str) -> String {
 /// cluster-local `name.ns.svc.<suffix>`, `name.ns.svc`, `name.ns` and `name`.
 pub fn aliases(host: &str, domain_suffix: &str) -> Vec<String> {
     let mut names = vec![host.to_string()];
-    if let Some(local) = host.strip_suffix(&format!(".svc.{domain_suffix}")) {
-        if let Some((name, namespace)) = local.split_once('.') {
-            if !name.is_empty() && !namespace.is_empty() && !namespace.contains('.') {
-                names.push(format!("{name}.{namespace}.svc"));
-                names.push(format!("{name}.{namespace}"));
-                names.push(name.to_string());
-            }
-        }
+    if let Some(local) = host.strip_suffix(&format!(".svc.{domain_suffix}"))
+        && let Some((name, namespace)) = local.split_once('.')
+        && !name.is_empty()
+        && !namespace.is_empty()
+        && !namespace.contains('.')
+    {
+        names.push(format!("{name}.{namespace}.svc"));
+        names.push(format!("{name}.{namespace}"));
+        names.push(name.to_string());
     }
     names
 }

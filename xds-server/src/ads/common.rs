@@ -83,10 +83,10 @@ impl Context {
         let metrics = self.cache.metrics();
         match error {
             None => {
-                if in_flight.change_driven {
-                    if let Some(created) = state.history.created(in_flight.version) {
-                        metrics.converged(created.elapsed().as_secs_f64());
-                    }
+                if in_flight.change_driven
+                    && let Some(created) = state.history.created(in_flight.version)
+                {
+                    metrics.converged(created.elapsed().as_secs_f64());
                 }
             }
             Some(message) => {
@@ -116,10 +116,8 @@ impl Context {
     ) {
         let metrics = self.cache.metrics();
         metrics.pushed(index, resources, bytes);
-        if change_driven {
-            if let Some(created) = state.history.created(version) {
-                metrics.push_latency(created.elapsed().as_secs_f64());
-            }
+        if change_driven && let Some(created) = state.history.created(version) {
+            metrics.push_latency(created.elapsed().as_secs_f64());
         }
     }
 }

@@ -57,10 +57,10 @@ impl DeltaStream {
         request: DeltaDiscoveryRequest,
         state: &State,
     ) -> Vec<DeltaResponse> {
-        if self.context.proxy.id.is_empty() {
-            if let Some(node) = &request.node {
-                self.context.proxy = ProxyInfo::from_node(node);
-            }
+        if self.context.proxy.id.is_empty()
+            && let Some(node) = &request.node
+        {
+            self.context.proxy = ProxyInfo::from_node(node);
         }
         let Some(index) = type_index(&request.type_url) else {
             warn!(node = %self.node_id(), type_url = %request.type_url, "request for a type capstan does not serve");

@@ -46,10 +46,10 @@ impl SotwStream {
     }
 
     pub fn on_request(&mut self, request: DiscoveryRequest, state: &State) -> Vec<SotwResponse> {
-        if self.context.proxy.id.is_empty() {
-            if let Some(node) = &request.node {
-                self.context.proxy = ProxyInfo::from_node(node);
-            }
+        if self.context.proxy.id.is_empty()
+            && let Some(node) = &request.node
+        {
+            self.context.proxy = ProxyInfo::from_node(node);
         }
         let Some(index) = type_index(&request.type_url) else {
             warn!(node = %self.node_id(), type_url = %request.type_url, "request for a type capstan does not serve");
@@ -126,13 +126,14 @@ fn push(
     if !requested && ts.synced == version {
         return None;
     }
-    if !requested && ts.sent_hash.is_some() {
-        if let Since::Names(changed) = state.history.since(index, ts.synced) {
-            if !changed.iter().any(|n| ts.subscription.wants(n)) {
-                ts.synced = version;
-                return None;
-            }
-        }
+    // Nothing the proxy subscribes to changed: no need to look at its view.
+    if !requested
+        && ts.sent_hash.is_some()
+        && let Since::Names(changed) = state.history.since(index, ts.synced)
+        && !changed.iter().any(|n| ts.subscription.wants(n))
+    {
+        ts.synced = version;
+        return None;
     }
     let proxy = &context.proxy;
     let resources: Vec<Resource> = if ts.subscription.wildcard {

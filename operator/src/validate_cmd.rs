@@ -1,0 +1,390 @@
+//! `capstan validate`: checks Istio configuration files the way the admission webhook
+//! and the folder source would, like `istioctl validate`.
+//!
+//! Every problem is one line, `FILE:LINE: document N (Kind ns/name): FIELD: MESSAGE`,
+//! followed by a summary. Documents that are not Istio configuration (a Deployment in
+//! the same file, say) are skipped. Exit status: 0 when everything is valid, 1 when
+//! anything is not, 2 on usage errors (a file that cannot be read).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use capstan_crds::{DocumentError, DocumentErrorReason, parse_documents};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+/// Exit status when every document is valid.
+pub const EXIT_VALID: i32 = 0;
+/// Exit status when any document (or file) is invalid.
+pub const EXIT_INVALID: i32 = 1;
+/// Exit status on usage errors.
+pub const EXIT_USAGE: i32 = 2;
+
+/// Name shown for standard input.
+const STDIN_NAME: &str = "<stdin>";
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// A file, a directory (searched recursively for *.yaml, *.yml and *.json) or `-`
+    /// for standard input. Repeat to check several.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE|DIR|-",
+        required = true
+    )]
+    pub files: Vec<String>,
+    /// Output format: one line per problem, or a JSON array of problems.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// One problem, as printed (and as the JSON output's array elements).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub file: String,
+    /// 1-based document number; `None` when the whole file is unreadable.
+    pub document: Option<usize>,
+    pub line: Option<u64>,
+    pub kind: Option<String>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        f.write_str(":")?;
+        if let Some(document) = self.document {
+            write!(f, " document {document}")?;
+            match (&self.kind, &self.namespace, &self.name) {
+                (Some(kind), Some(ns), Some(name)) => write!(f, " ({kind} {ns}/{name})")?,
+                (Some(kind), None, Some(name)) => write!(f, " ({kind} {name})")?,
+                (Some(kind), _, None) => write!(f, " ({kind})")?,
+                (None, _, Some(name)) => write!(f, " ({name})")?,
+                (None, _, None) => {}
+            }
+            f.write_str(":")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, " {field}:")?;
+        }
+        write!(f, " {}", self.message)
+    }
+}
+
+/// What checking some files found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub problems: Vec<Problem>,
+    pub files: usize,
+    /// Istio documents checked (valid or not).
+    pub documents: usize,
+    /// Documents with at least one problem.
+    pub invalid_documents: usize,
+    /// Documents that are not Istio configuration.
+    pub skipped: usize,
+}
+
+impl Report {
+    /// Checks one file's text and adds what it finds.
+    pub fn check_text(&mut self, file: &str, text: &str) {
+        self.files += 1;
+        let documents = match parse_documents(file, text) {
+            Ok(documents) => documents,
+            Err(err) => {
+                self.problems.push(Problem {
+                    file: file.to_owned(),
+                    document: None,
+                    line: err.line,
+                    kind: None,
+                    namespace: None,
+                    name: None,
+                    field: None,
+                    message: format!("invalid YAML: {}", err.message),
+                });
+                return;
+            }
+        };
+        for document in documents {
+            match document {
+                Err(err) if !is_istio(&err) => self.skipped += 1,
+                Err(err) => {
+                    self.documents += 1;
+                    self.invalid_documents += 1;
+                    self.problems.push(Problem {
+                        file: file.to_owned(),
+                        document: Some(err.index + 1),
+                        line: err.line,
+                        kind: err.kind,
+                        namespace: err.namespace,
+                        name: err.name,
+                        field: err.field,
+                        message: err.message,
+                    });
+                }
+                Ok(document) => {
+                    self.documents += 1;
+                    let errors = document.validate();
+                    if !errors.is_empty() {
+                        self.invalid_documents += 1;
+                    }
+                    let object = &document.object;
+                    let first = self.problems.len();
+                    for error in errors {
+                        self.problems.push(Problem {
+                            file: file.to_owned(),
+                            document: Some(document.index + 1),
+                            line: document.line_of(&error.field),
+                            kind: Some(object.kind().to_string()),
+                            namespace: object.namespace().map(str::to_owned),
+                            name: Some(object.name().to_owned()).filter(|n| !n.is_empty()),
+                            field: Some(error.field),
+                            message: error.message,
+                        });
+                    }
+                    // In file order; problems on one line keep the validator's order.
+                    self.problems[first..].sort_by_key(|p| p.line);
+                }
+            }
+        }
+    }
+
+    /// The closing line.
+    pub fn summary(&self) -> String {
+        let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+        let skipped = if self.skipped > 0 {
+            format!(
+                "; {} skipped (not Istio configuration)",
+                plural(self.skipped, "document")
+            )
+        } else {
+            String::new()
+        };
+        let scope = format!(
+            "{} in {}{skipped}",
+            plural(self.documents, "Istio document"),
+            plural(self.files, "file")
+        );
+        if self.problems.is_empty() {
+            format!("valid: {scope}")
+        } else {
+            format!(
+                "invalid: {} in {} of {scope}",
+                plural(self.problems.len(), "error"),
+                self.invalid_documents
+            )
+        }
+    }
+}
+
+/// Whether a document that failed to parse is meant as Istio configuration: its
+/// `apiVersion` names an `*.istio.io` group, or its kind is one capstan reads.
+fn is_istio(err: &DocumentError) -> bool {
+    match err.reason {
+        DocumentErrorReason::UnsupportedKind | DocumentErrorReason::UnsupportedApiVersion => {
+            let group = err
+                .api_version
+                .as_deref()
+                .and_then(|v| v.split_once('/'))
+                .map(|(group, _)| group);
+            let known_kind = err
+                .kind
+                .as_deref()
+                .is_some_and(|k| k.parse::<capstan_crds::Kind>().is_ok());
+            known_kind || group.is_some_and(|g| g.ends_with(".istio.io"))
+        }
+        _ => true,
+    }
+}
+
+/// The files an argument names: itself, or the YAML/JSON files under a directory.
+fn expand(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if !path.is_dir() {
+        // Reading it reports a missing file.
+        out.push(path.to_owned());
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    entries.sort();
+    for entry in entries {
+        let hidden = entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if entry.is_dir() {
+            expand(&entry, out)?;
+        } else if matches!(
+            entry.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
+            out.push(entry);
+        }
+    }
+    Ok(())
+}
+
+/// Runs the command; returns the exit status.
+pub fn run(args: &ValidateArgs) -> i32 {
+    let mut report = Report::default();
+    for arg in &args.files {
+        if arg == "-" {
+            let mut text = String::new();
+            if let Err(err) = std::io::stdin().read_to_string(&mut text) {
+                eprintln!("capstan validate: cannot read standard input: {err}");
+                return EXIT_USAGE;
+            }
+            report.check_text(STDIN_NAME, &text);
+            continue;
+        }
+        let mut files = Vec::new();
+        if let Err(err) = expand(Path::new(arg), &mut files) {
+            eprintln!("capstan validate: {arg}: {err}");
+            return EXIT_USAGE;
+        }
+        for file in files {
+            let name = file.display().to_string();
+            match std::fs::read(&file) {
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(text) => report.check_text(&name, &text),
+                    Err(_) => {
+                        report.files += 1;
+                        report.problems.push(Problem {
+                            file: name,
+                            document: None,
+                            line: None,
+                            kind: None,
+                            namespace: None,
+                            name: None,
+                            field: None,
+                            message: "not UTF-8 text".to_owned(),
+                        });
+                    }
+                },
+                Err(err) => {
+                    eprintln!("capstan validate: {name}: {err}");
+                    return EXIT_USAGE;
+                }
+            }
+        }
+    }
+    if let Err(err) = print(&report, args.output) {
+        eprintln!("capstan validate: cannot write the report: {err}");
+        return EXIT_USAGE;
+    }
+    if report.problems.is_empty() {
+        EXIT_VALID
+    } else {
+        EXIT_INVALID
+    }
+}
+
+fn print(report: &Report, format: Format) -> std::io::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match format {
+        Format::Text => {
+            for problem in &report.problems {
+                writeln!(out, "{problem}")?;
+            }
+            writeln!(out, "{}", report.summary())?;
+        }
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, &report.problems)?;
+            writeln!(out)?;
+            eprintln!("{}", report.summary());
+        }
+    }
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIXED: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 50
+    - destination: {host: reviews, subset: v2}
+      weight: 40
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: custom}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+";
+
+    #[test]
+    fn reports_istio_problems_and_skips_other_objects() {
+        let mut report = Report::default();
+        report.check_text("mixed.yaml", MIXED);
+        let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "mixed.yaml:11: document 2 (VirtualService bookinfo/reviews): spec.http[0].route: weights must sum to 100, got 90",
+                "mixed.yaml:18: document 3 (EnvoyFilter custom): kind: unsupported kind `EnvoyFilter` (apiVersion `networking.istio.io/v1alpha3`); supported kinds: ServiceEntry, DestinationRule, VirtualService, Gateway, Sidecar, WorkloadEntry, WorkloadGroup, PeerAuthentication, AuthorizationPolicy, RequestAuthentication",
+            ]
+        );
+        assert_eq!(report.skipped, 1);
+        assert_eq!(report.documents, 3);
+        assert_eq!(
+            report.summary(),
+            "invalid: 2 errors in 2 of 3 Istio documents in 1 file; 1 document skipped (not Istio configuration)"
+        );
+    }
+
+    #[test]
+    fn yaml_errors_are_file_problems() {
+        let mut report = Report::default();
+        report.check_text("broken.yaml", "a: [1, 2\n");
+        assert_eq!(report.problems.len(), 1);
+        let line = report.problems[0].to_string();
+        assert!(line.starts_with("broken.yaml:"), "{line}");
+        assert!(line.contains("invalid YAML"), "{line}");
+        assert_eq!(report.problems[0].document, None);
+    }
+
+    #[test]
+    fn valid_summary() {
+        let mut report = Report::default();
+        report.check_text(
+            "ok.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: r}\n",
+        );
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.summary(), "valid: 1 Istio document in 1 file");
+    }
+}

@@ -1,0 +1,205 @@
+//! `capstan webhook`: the ValidatingAdmissionWebhook for Istio configuration.
+//!
+//! Serves HTTPS (rustls, HTTP/1.1): `POST /validate` answers `admission.k8s.io/v1`
+//! AdmissionReviews (see [`review`]); `GET /ready` answers 200. The API server reaches
+//! it through the `capstan` Service in `capstan-system` (see
+//! `charts/manifests/validating-webhook.yaml`).
+
+pub mod review;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// Path the API server posts AdmissionReviews to.
+pub const VALIDATE_PATH: &str = "/validate";
+
+/// Largest request body accepted (objects are limited to about 1.5 MiB by etcd).
+const MAX_BODY: usize = 4 << 20;
+
+/// Time a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Args)]
+pub struct WebhookArgs {
+    /// PEM file with the serving certificate (and chain) the API server verifies
+    /// against the caBundle of the ValidatingWebhookConfiguration.
+    #[arg(long, env = "CAPSTAN_WEBHOOK_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM file with the private key of the serving certificate.
+    #[arg(long, env = "CAPSTAN_WEBHOOK_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// Address to listen on (like istiod's 15017).
+    #[arg(long, default_value = "0.0.0.0:15017")]
+    pub addr: SocketAddr,
+}
+
+/// Runs the webhook until Ctrl-C or SIGTERM.
+pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
+    let config = server_config(&args.tls_cert, &args.tls_key)?;
+    let listener = TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    tracing::info!(addr = %args.addr, path = VALIDATE_PATH, "validation webhook listening");
+    serve(listener, Arc::new(config), shutdown_signal()).await;
+    tracing::info!("validation webhook stopped");
+    Ok(())
+}
+
+/// TLS settings from a PEM certificate chain and private key (ring provider, TLS 1.2
+/// and 1.3, ALPN `http/1.1`).
+pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<ServerConfig> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("cannot read certificates from {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("invalid PEM certificate in {}", cert.display()))?;
+    anyhow::ensure!(!chain.is_empty(), "no certificate in {}", cert.display());
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read a private key from {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the certificate and private key do not form a usable pair")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Accepts connections on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(config);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, %err, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let connection =
+                http1::Builder::new().serve_connection(TokioIo::new(tls), service_fn(handle));
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, %err, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let response = match (request.method(), request.uri().path()) {
+        (&Method::POST, VALIDATE_PATH) => validate(request).await,
+        (_, VALIDATE_PATH) => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        (&Method::GET, "/ready") => text(StatusCode::OK, "ok\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    Ok(response)
+}
+
+async fn validate(request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body: {err}\n"),
+            );
+        }
+    };
+    match review::respond(&body) {
+        Ok(answer) => {
+            let mut response = Response::new(Full::new(Bytes::from(answer)));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(err) => {
+            tracing::warn!(%err, "rejected a malformed admission request");
+            text(StatusCode::BAD_REQUEST, &format!("{err}\n"))
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
