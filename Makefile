@@ -1,6 +1,8 @@
 # capstan developer entry points.
 #   make run    install tools, build, run the demo (capstan + Envoy + upstreams on loopback)
 #   make test   install tools, then fmt check, clippy, build, all tests incl. e2e with real Envoy
+#   make bench  build the go-control-plane peer, run the criterion benches and the ADS load matrix
+#   make bench-quick  the ADS load matrix at smoke-test size (100 proxies, 100 services)
 #   make crds   regenerate the CRD manifests in crds/generated (a test fails when they are stale)
 #
 # Respects CARGO_TARGET_DIR (cargo reads it) and CAPSTAN_TOOLS_DIR (default: ./.tools).
@@ -19,7 +21,7 @@ step = @echo "==> $(1)"
 # Steps of `test` and `run` must run in order, even under `make -j`.
 .NOTPARALLEL:
 
-.PHONY: all tools build run test fmt fmt-check clippy clean-tools help crds
+.PHONY: all tools build run test fmt fmt-check clippy clean-tools help bench bench-quick peer crds
 
 all: build
 
@@ -57,6 +59,23 @@ test: tools fmt-check clippy build
 crds:
 	$(call step,crds: capstan-crdgen writes crds/generated)
 	@$(CARGO) run --quiet -p capstan-crds --bin capstan-crdgen
+
+# The go-control-plane peer for the load benchmark; without Go the peer rows are skipped.
+GCP_PEER_VALUE = $${CAPSTAN_GCP_PEER:-$(CAPSTAN_TOOLS_DIR)/gcp-peer}
+peer:
+	$(call step,peer: go-control-plane bench server into $(CAPSTAN_TOOLS_DIR)/gcp-peer)
+	@scripts/build-peer.sh >/dev/null || echo "peer not built: capstan-bench will skip the go-control-plane rows"
+
+bench: peer
+	$(call step,bench: cargo bench -p capstan-xds (criterion))
+	@if compgen -G 'xds-server/benches/*.rs' >/dev/null; then $(CARGO) bench -p capstan-xds; \
+	 else echo "no criterion benches in xds-server/benches yet: skipped"; fi
+	$(call step,bench: capstan-bench (ADS load: capstan vs go-control-plane))
+	@CAPSTAN_GCP_PEER="$(GCP_PEER_VALUE)" $(CARGO) run --quiet --release -p capstan-load --bin capstan-bench
+
+bench-quick: peer
+	$(call step,bench-quick: capstan-bench --quick)
+	@CAPSTAN_GCP_PEER="$(GCP_PEER_VALUE)" $(CARGO) run --quiet --release -p capstan-load --bin capstan-bench -- --quick
 
 clean-tools:
 	$(call step,clean-tools: removing $(CAPSTAN_TOOLS_DIR))

@@ -83,7 +83,12 @@ async fn conformance(name: &str, mode: AdsMode) -> anyhow::Result<()> {
     let env = TestEnv::new(name)?;
     let upstreams = Upstreams::start_on_free_ports(
         Path::new(UPSTREAM_BIN),
-        &[("reviews", "v1"), ("ratings", "v1"), ("ratings", "v2")],
+        &[
+            ("reviews", "v1"),
+            ("ratings", "v1"),
+            ("ratings", "v2"),
+            ("details", "v1"),
+        ],
         &env.log_dir,
     )
     .await?;
@@ -123,7 +128,10 @@ async fn conformance(name: &str, mode: AdsMode) -> anyhow::Result<()> {
     .await
     .with_context(logs)?;
 
-    // Update: the ratings endpoint moves to the v2 instance.
+    // Update: the ratings endpoint moves to the v2 instance. (SotW sends only the changed load
+    // assignment; reviews' endpoints, not in that response, must stay in place.)
+    let eds = |m: &BTreeMap<String, f64>| m.get("{type=\"eds\"}").copied().unwrap_or(0.0);
+    let eds_before = eds(&capstan_metric(&capstan, "pushed_resources_total").await?);
     env.write_config(
         "ratings.yaml",
         &service_entry("ratings", upstreams.port("ratings", "v2")?),
@@ -135,6 +143,31 @@ async fn conformance(name: &str, mode: AdsMode) -> anyhow::Result<()> {
     })
     .await
     .with_context(logs)?;
+    let reply = proxy.upstream("reviews", "/", &[]).await?;
+    ensure!(
+        reply.version == "v1",
+        "reviews lost its endpoints: {reply:?}"
+    );
+    let eds_sent = eds(&capstan_metric(&capstan, "pushed_resources_total").await?) - eds_before;
+    ensure!(
+        eds_sent == 1.0,
+        "one endpoint change should send one load assignment, sent {eds_sent}"
+    );
+
+    // A service added later: its cluster, and then its endpoints (SotW: the new load
+    // assignment alone), arrive and route.
+    env.write_config(
+        "details.yaml",
+        &service_entry("details", upstreams.port("details", "v1")?),
+    )?;
+    wait_until("details to route", CONFIG_TIMEOUT, async || {
+        let reply = proxy.upstream("details", "/", &[]).await?;
+        ensure!(reply.service == "details", "details answered by {reply:?}");
+        Ok(())
+    })
+    .await
+    .with_context(logs)?;
+    std::fs::remove_file(env.config_dir.join("details.yaml"))?;
 
     // Removal: without its ServiceEntry the ratings cluster and route go away.
     std::fs::remove_file(env.config_dir.join("ratings.yaml"))?;

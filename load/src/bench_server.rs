@@ -133,6 +133,19 @@ pub async fn serve(
     Ok(result?)
 }
 
+/// Completes on SIGINT or SIGTERM (how `ServerProcess::stop` asks a server to exit).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 fn reply(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.into())));
     *response.status_mut() = status;

@@ -2,11 +2,12 @@
 //! stream when it changes.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use tokio::sync::watch;
 
+use crate::ads::wire::SotwResources;
 use crate::history::{ChangeSet, History};
 use crate::metrics::Metrics;
 use crate::resource::type_url;
@@ -30,6 +31,36 @@ pub struct Nack {
 pub struct State {
     pub snapshot: Snapshot,
     pub history: History,
+    /// Per type, the complete set every proxy sees, built by the first stream that needs it
+    /// (only for types where every proxy sees the same; see [`Snapshot::is_uniform`]).
+    uniform: [OnceLock<Arc<SotwResources>>; TYPES],
+}
+
+impl State {
+    fn new(snapshot: Snapshot, history: History) -> Self {
+        Self {
+            snapshot,
+            history,
+            uniform: Default::default(),
+        }
+    }
+
+    /// Every resource of type `index`, encoded once for all SotW responses of this state;
+    /// `None` when proxies see different sets.
+    pub fn uniform_view(&self, index: usize) -> Option<Arc<SotwResources>> {
+        if !self.snapshot.is_uniform(index) {
+            return None;
+        }
+        let view = self.uniform.get(index)?.get_or_init(|| {
+            let all = self
+                .snapshot
+                .entries(index)
+                .filter_map(|(_, e)| e.variants().first().map(|(_, r)| r.clone()))
+                .collect();
+            Arc::new(SotwResources::new(all))
+        });
+        Some(view.clone())
+    }
 }
 
 /// A change that took effect.
@@ -111,7 +142,7 @@ impl SnapshotCache {
                 created: Instant::now(),
                 names,
             });
-            *current = Arc::new(State { snapshot, history });
+            *current = Arc::new(State::new(snapshot, history));
             true
         });
         if let Some(applied) = &applied {

@@ -48,6 +48,11 @@ impl Entry {
         &self.variants
     }
 
+    /// Whether some proxies see something else than others under this name.
+    pub fn is_scoped(&self) -> bool {
+        !matches!(&*self.variants, [(selector, _)] if *selector == Selector::all())
+    }
+
     fn with(&self, selector: Selector, resource: Resource) -> Option<Self> {
         let mut variants: Vec<_> = self.variants.to_vec();
         match variants.iter_mut().find(|(s, _)| *s == selector) {
@@ -77,6 +82,8 @@ impl Entry {
 pub struct Snapshot {
     version: u64,
     types: [OrdMap<Arc<str>, Entry>; TYPES],
+    /// Per type, how many entries are scoped (see [`Entry::is_scoped`]).
+    scoped: [usize; TYPES],
 }
 
 impl Snapshot {
@@ -108,6 +115,28 @@ impl Snapshot {
         self.types.get(index).map_or(0, OrdMap::len)
     }
 
+    /// Whether every proxy sees the same resources of type `index`.
+    pub fn is_uniform(&self, index: usize) -> bool {
+        self.scoped.get(index).is_some_and(|n| *n == 0)
+    }
+
+    /// Replaces the entry `name` of type `index` (`None`: removes it), keeping count of
+    /// scoped entries.
+    fn set_entry(&mut self, index: usize, name: Arc<str>, entry: Option<Entry>) {
+        let old = match entry {
+            Some(entry) => {
+                if entry.is_scoped() {
+                    self.scoped[index] += 1;
+                }
+                self.types[index].insert(name, entry)
+            }
+            None => self.types[index].remove(&name),
+        };
+        if old.is_some_and(|e| e.is_scoped()) {
+            self.scoped[index] -= 1;
+        }
+    }
+
     /// Applies `update`. Returns the new snapshot and, per type, the names whose entries
     /// changed; `None` when the update changes nothing.
     pub(crate) fn apply(&self, update: Update) -> Option<(Snapshot, ChangedNames)> {
@@ -119,14 +148,13 @@ impl Snapshot {
                     let Some(index) = type_index(resource.type_url()) else {
                         continue;
                     };
-                    let map = &mut next.types[index];
                     let name = resource.name_arc().clone();
-                    let entry = match map.get(&name) {
+                    let entry = match next.types[index].get(&name) {
                         Some(existing) => existing.with(selector, resource),
                         None => Some(Entry::new(vec![(selector, resource)])),
                     };
                     if let Some(entry) = entry {
-                        map.insert(name.clone(), entry);
+                        next.set_entry(index, name.clone(), Some(entry));
                         changed[index].push(name);
                     }
                 }
@@ -135,22 +163,14 @@ impl Snapshot {
                     name,
                     selector,
                 } => {
-                    let map = &mut next.types[index];
-                    let outcome = match (&selector, map.get(&name)) {
+                    let outcome = match (&selector, next.types[index].get(&name)) {
                         (_, None) => None,
                         (None, Some(_)) => Some(None),
                         (Some(selector), Some(existing)) => existing.without(selector),
                     };
-                    match outcome {
-                        None => {}
-                        Some(None) => {
-                            map.remove(&name);
-                            changed[index].push(name);
-                        }
-                        Some(Some(entry)) => {
-                            map.insert(name.clone(), entry);
-                            changed[index].push(name);
-                        }
+                    if let Some(entry) = outcome {
+                        next.set_entry(index, name.clone(), entry);
+                        changed[index].push(name);
                     }
                 }
             }

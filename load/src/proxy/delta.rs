@@ -36,7 +36,9 @@ impl DeltaProxy {
 
     /// The first request: clusters, (legacy) wildcard, with the node.
     pub fn start(&mut self) -> Vec<Bytes> {
-        vec![request::delta(type_url::CLUSTER, "", &[], &[], &self.node)]
+        // The node goes only on the first request; it is not kept after.
+        let node = std::mem::take(&mut self.node);
+        vec![request::delta(type_url::CLUSTER, "", &[], &[], &node)]
     }
 
     pub fn synced(&self) -> bool {

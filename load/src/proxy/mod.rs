@@ -8,6 +8,7 @@
 //! when it has all of those. It ACKs every response.
 
 pub mod delta;
+pub mod grpc;
 pub mod sotw;
 pub mod stream;
 

@@ -44,7 +44,9 @@ impl SotwProxy {
 
     /// The first request: clusters, wildcard, with the node.
     pub fn start(&mut self) -> Vec<Bytes> {
-        vec![request::sotw(type_url::CLUSTER, "", "", &[], &self.node)]
+        // The node goes only on the first request; it is not kept after.
+        let node = std::mem::take(&mut self.node);
+        vec![request::sotw(type_url::CLUSTER, "", "", &[], &node)]
     }
 
     pub fn synced(&self) -> bool {

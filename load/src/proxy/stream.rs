@@ -1,18 +1,17 @@
-//! Runs a simulated proxy on a real ADS stream: gRPC over HTTP/2 (tonic), requests and
-//! responses as raw protobuf bytes so that nothing is decoded that the proxy does not read.
+//! Runs a simulated proxy on a real ADS stream: gRPC over HTTP/2 (a tonic `Channel`), requests
+//! and responses as raw protobuf bytes so that nothing is decoded that the proxy does not read
+//! (framing in [`grpc`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 
 use super::delta::DeltaProxy;
+use super::grpc;
 use super::sotw::SotwProxy;
 use super::{Env, Protocol, ProxyError, Step};
 use crate::name_set::Interner;
@@ -26,46 +25,6 @@ const DELTA_PATH: &str =
 /// Envoy's default HTTP/2 windows for its xDS connection (256 MiB): the server is never held
 /// back by the client's flow control.
 const WINDOW: u32 = 256 * 1024 * 1024;
-/// The largest response accepted (tonic's default of 4 MiB is too small for big SotW sets).
-const MAX_MESSAGE: usize = 1 << 30;
-
-/// Passes protobuf bytes through unchanged in both directions.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
 
 /// Why a proxy's stream ended.
 #[derive(Debug, thiserror::Error)]
@@ -127,27 +86,16 @@ pub async fn run(
         Protocol::Sotw => Machine::Sotw(SotwProxy::new(node, interner.empty())),
         Protocol::Delta => Machine::Delta(DeltaProxy::new(node, interner.empty())),
     };
-    let path = PathAndQuery::from_static(match protocol {
+    let path = match protocol {
         Protocol::Sotw => SOTW_PATH,
         Protocol::Delta => DELTA_PATH,
-    });
+    };
     let (tx, rx) = mpsc::unbounded_channel();
     for request in machine.start() {
-        // The receiver is alive: it is moved into the request stream below.
+        // The receiver is alive: it is handed to the stream below.
         let _ = tx.send(request);
     }
-    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE);
-    grpc.ready()
-        .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
-    let response = grpc
-        .streaming(
-            tonic::Request::new(UnboundedReceiverStream::new(rx)),
-            path,
-            RawCodec,
-        )
-        .await?;
-    let mut inbound = response.into_inner();
+    let mut inbound = grpc::open(channel, path, rx).await?;
     let mut permit = Some(permit);
     loop {
         let Some(message) = inbound.message().await? else {

@@ -1,6 +1,5 @@
 //! Pieces both protocols share: subscriptions, responses awaiting an answer, nonces.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use tracing::warn;
@@ -11,30 +10,111 @@ use crate::resource::type_url;
 use crate::snapshot::Snapshot;
 
 /// What a proxy subscribed to in one type.
+///
+/// The names are kept in a sorted vector rather than a hash set: a sidecar subscribes to the
+/// load assignment of every cluster it knows, thousands of names per proxy, and a vector of
+/// shared names is half the size of a set (memory per connected proxy is what limits how many
+/// proxies one control plane serves). Lookups are binary searches.
 #[derive(Debug, Default)]
 pub struct Subscription {
     pub wildcard: bool,
-    pub names: HashSet<Arc<str>>,
+    names: Vec<Arc<str>>,
 }
 
 impl Subscription {
     pub fn wants(&self, name: &str) -> bool {
-        self.wildcard || self.names.contains(name)
+        self.wildcard || self.contains(name)
     }
 
-    /// Adds `name`, sharing the snapshot's copy of the string when it has one. Returns whether
-    /// it was new.
-    pub fn insert(&mut self, name: &str, snapshot: &Snapshot, index: usize) -> bool {
-        if self.names.contains(name) {
-            return false;
-        }
-        let shared = snapshot
-            .get(index, name)
-            .and_then(|e| e.variants().first())
-            .map(|(_, r)| r.name_arc().clone())
-            .unwrap_or_else(|| Arc::from(name));
-        self.names.insert(shared)
+    pub fn contains(&self, name: &str) -> bool {
+        self.position(name).is_ok()
     }
+
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.names.binary_search_by(|n| n.as_ref().cmp(name))
+    }
+
+    /// The explicitly subscribed names, sorted.
+    pub fn names(&self) -> &[Arc<str>] {
+        &self.names
+    }
+
+    /// Adds every name in `names` (sorting once, not per name). Returns the names that were
+    /// new.
+    pub fn extend<'a>(
+        &mut self,
+        names: impl IntoIterator<Item = &'a str>,
+        snapshot: &Snapshot,
+        index: usize,
+    ) -> Vec<Arc<str>> {
+        let mut added: Vec<Arc<str>> = names
+            .into_iter()
+            .filter(|n| !self.contains(n))
+            .map(|n| shared_name(n, snapshot, index))
+            .collect();
+        added.sort();
+        added.dedup();
+        if !added.is_empty() {
+            self.names.extend(added.iter().cloned());
+            self.names.sort();
+        }
+        added
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        if let Ok(at) = self.position(name) {
+            self.names.remove(at);
+        }
+    }
+
+    /// Makes the explicit names exactly `names`. Returns `None` if they already were, else
+    /// the names that are new. Proxies repeat their whole subscription in every SotW request
+    /// (thousands of names), so this is one merge of two sorted lists: no lookups, and strings
+    /// already held are reused.
+    pub fn update_to(
+        &mut self,
+        names: &[String],
+        snapshot: &Snapshot,
+        index: usize,
+    ) -> Option<Vec<Arc<str>>> {
+        let mut wanted: Vec<&str> = names.iter().map(String::as_str).collect();
+        if !wanted.is_sorted() {
+            wanted.sort_unstable();
+        }
+        wanted.dedup();
+        if wanted.len() == self.names.len()
+            && wanted
+                .iter()
+                .zip(&self.names)
+                .all(|(w, n)| *w == n.as_ref())
+        {
+            return None;
+        }
+        let mut merged = Vec::with_capacity(wanted.len());
+        let mut added = Vec::new();
+        let mut held = self.names.iter().peekable();
+        for name in wanted {
+            while held.next_if(|h| h.as_ref() < name).is_some() {}
+            match held.next_if(|h| h.as_ref() == name) {
+                Some(h) => merged.push(h.clone()),
+                None => {
+                    let new = shared_name(name, snapshot, index);
+                    added.push(new.clone());
+                    merged.push(new);
+                }
+            }
+        }
+        self.names = merged;
+        Some(added)
+    }
+}
+
+fn shared_name(name: &str, snapshot: &Snapshot, index: usize) -> Arc<str> {
+    snapshot
+        .get(index, name)
+        .and_then(|e| e.variants().first())
+        .map(|(_, r)| r.name_arc().clone())
+        .unwrap_or_else(|| Arc::from(name))
 }
 
 /// A response the proxy has not answered yet. Until it does, nothing more of that type is
@@ -119,5 +199,56 @@ impl Context {
         if change_driven && let Some(created) = state.history.created(version) {
             metrics.push_latency(created.elapsed().as_secs_f64());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(s: &Subscription) -> Vec<&str> {
+        s.names().iter().map(|n| n.as_ref()).collect()
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn update_to_merges_and_reports_new_names() {
+        let snapshot = Snapshot::default();
+        let mut s = Subscription::default();
+        let added = s.update_to(&strings(&["b", "a", "c", "a"]), &snapshot, 1);
+        assert_eq!(added.map(|a| a.len()), Some(3));
+        assert_eq!(names(&s), vec!["a", "b", "c"]);
+        assert!(
+            s.update_to(&strings(&["a", "b", "c"]), &snapshot, 1)
+                .is_none(),
+            "unchanged"
+        );
+        let added = s
+            .update_to(&strings(&["a", "c", "d"]), &snapshot, 1)
+            .expect("changed");
+        assert_eq!(
+            added.iter().map(|n| n.as_ref()).collect::<Vec<_>>(),
+            vec!["d"]
+        );
+        assert_eq!(names(&s), vec!["a", "c", "d"]);
+        assert!(s.contains("c") && !s.contains("b"));
+        let added = s.update_to(&strings(&["a"]), &snapshot, 1).expect("shrunk");
+        assert!(added.is_empty());
+        assert_eq!(names(&s), vec!["a"]);
+    }
+
+    #[test]
+    fn extend_and_remove() {
+        let snapshot = Snapshot::default();
+        let mut s = Subscription::default();
+        let added = s.extend(["x", "y", "x"], &snapshot, 1);
+        assert_eq!(added.len(), 2);
+        assert!(s.extend(["y"], &snapshot, 1).is_empty());
+        s.remove("x");
+        assert_eq!(names(&s), vec!["y"]);
+        assert!(s.wants("y") && !s.wants("x"));
     }
 }

@@ -81,19 +81,22 @@ impl DeltaStream {
             // A first request naming nothing is the legacy form of a wildcard subscription.
             ts.subscription.wildcard = request.resource_names_subscribe.is_empty();
         }
-        for name in &request.resource_names_subscribe {
-            if name == "*" {
-                ts.full |= !ts.subscription.wildcard;
-                ts.subscription.wildcard = true;
-            } else if ts.subscription.insert(name, &state.snapshot, index) {
-                ts.pending.insert(Arc::from(name.as_str()));
-            }
+        if request.resource_names_subscribe.iter().any(|n| n == "*") {
+            ts.full |= !ts.subscription.wildcard;
+            ts.subscription.wildcard = true;
         }
+        let named = request
+            .resource_names_subscribe
+            .iter()
+            .map(String::as_str)
+            .filter(|n| *n != "*");
+        let added = ts.subscription.extend(named, &state.snapshot, index);
+        ts.pending.extend(added);
         for name in &request.resource_names_unsubscribe {
             if name == "*" {
                 ts.subscription.wildcard = false;
             } else {
-                ts.subscription.names.remove(name.as_str());
+                ts.subscription.remove(name);
                 ts.pending.remove(name.as_str());
             }
         }
@@ -149,7 +152,7 @@ fn push(
             if ts.subscription.wildcard {
                 resources.extend(snapshot.view(index, proxy).filter(|r| !holds(r)).cloned());
             } else {
-                for name in &ts.subscription.names {
+                for name in ts.subscription.names() {
                     match snapshot.get(index, name).and_then(|e| e.for_proxy(proxy)) {
                         Some(r) if !holds(r) => resources.push(r.clone()),
                         Some(_) => {}

@@ -1,22 +1,38 @@
-//! The ADS gRPC service, wired by hand instead of through the generated server so that
-//! responses go out through [`AdsCodec`] (shared pre-encoded resources) rather than prost.
+//! The ADS gRPC service, wired by hand: requests are decoded by tonic's `Streaming` with prost,
+//! and responses are framed here.
+//!
+//! Framing responses ourselves does two things tonic's generated server cannot: each response
+//! is written from the resources' shared pre-encoded bytes ([`WireMessage`]), and each goes
+//! into a buffer of exactly its size that is freed once sent. (tonic encodes every message of a
+//! stream into one growing buffer that it keeps for the stream's life, so a proxy that was once
+//! sent a large response would pin that much memory for as long as it stays connected.)
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use futures::Stream;
+use http_body::Frame;
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
-use tonic::server::{Grpc, NamedService, StreamingService};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::metadata::GRPC_CONTENT_TYPE;
+use tonic::server::NamedService;
+use tonic::{Status, Streaming};
+use tonic_prost::ProstDecoder;
 
-use super::wire::{AdsCodec, DeltaResponse, SotwResponse};
+use super::wire::WireMessage;
 use super::{ResponseStream, Streams};
 
 const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+
+/// Largest request accepted from a proxy (Envoy's requests are small; subscriptions of many
+/// thousand names stay far below this).
+const MAX_REQUEST: usize = 16 * 1024 * 1024;
 
 /// `envoy.service.discovery.v3.AggregatedDiscoveryService`, both methods.
 #[derive(Debug, Clone)]
@@ -36,35 +52,9 @@ impl NamedService for AdsService {
     const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 }
 
-struct Sotw(Arc<Streams>);
-
-impl StreamingService<DiscoveryRequest> for Sotw {
-    type Response = SotwResponse;
-    type ResponseStream = ResponseStream<SotwResponse>;
-    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: Request<Streaming<DiscoveryRequest>>) -> Self::Future {
-        let stream = self.0.open_sotw(request.into_inner());
-        Box::pin(async move { Ok(Response::new(stream)) })
-    }
-}
-
-struct Delta(Arc<Streams>);
-
-impl StreamingService<DeltaDiscoveryRequest> for Delta {
-    type Response = DeltaResponse;
-    type ResponseStream = ResponseStream<DeltaResponse>;
-    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        let stream = self.0.open_delta(request.into_inner());
-        Box::pin(async move { Ok(Response::new(stream)) })
-    }
-}
-
 impl<B> Service<http::Request<B>> for AdsService
 where
-    B: Body + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
@@ -76,18 +66,154 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let streams = self.streams.clone();
-        match request.uri().path() {
-            SOTW_PATH => Box::pin(async move {
-                let mut grpc = Grpc::new(AdsCodec::<SotwResponse, DiscoveryRequest>::default());
-                Ok(grpc.streaming(Sotw(streams), request).await)
-            }),
-            DELTA_PATH => Box::pin(async move {
-                let mut grpc =
-                    Grpc::new(AdsCodec::<DeltaResponse, DeltaDiscoveryRequest>::default());
-                Ok(grpc.streaming(Delta(streams), request).await)
-            }),
-            _ => Box::pin(async move { Ok(Status::unimplemented("").into_http()) }),
+        let response = match request.uri().path() {
+            SOTW_PATH => {
+                let inbound = Streaming::new_request(
+                    ProstDecoder::<DiscoveryRequest>::default(),
+                    request.into_body(),
+                    None,
+                    Some(MAX_REQUEST),
+                );
+                grpc_response(self.streams.open_sotw(inbound))
+            }
+            DELTA_PATH => {
+                let inbound = Streaming::new_request(
+                    ProstDecoder::<DeltaDiscoveryRequest>::default(),
+                    request.into_body(),
+                    None,
+                    Some(MAX_REQUEST),
+                );
+                grpc_response(self.streams.open_delta(inbound))
+            }
+            _ => Status::unimplemented("capstan serves only ADS on this port").into_http(),
+        };
+        Box::pin(async move { Ok(response) })
+    }
+}
+
+fn grpc_response<R: WireMessage>(
+    responses: ResponseStream<R>,
+) -> http::Response<tonic::body::Body> {
+    let mut response = http::Response::new(tonic::body::Body::new(FramedBody {
+        responses,
+        tail: None,
+        finished: false,
+    }));
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, GRPC_CONTENT_TYPE);
+    response
+}
+
+/// The response body of a stream: each message as a length-prefixed gRPC frame (its own
+/// bytes, then its shared tail without copying), then the trailers carrying the final status.
+struct FramedBody<R> {
+    responses: ResponseStream<R>,
+    /// The shared tail of the message whose head was just sent.
+    tail: Option<Bytes>,
+    finished: bool,
+}
+
+impl<R: WireMessage> http_body::Body for FramedBody<R> {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if let Some(tail) = self.tail.take() {
+            return Poll::Ready(Some(Ok(Frame::data(tail))));
         }
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.responses).poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(message))) => {
+                self.tail = message.shared_tail().filter(|t| !t.is_empty());
+                Poll::Ready(Some(Ok(Frame::data(head(&message)))))
+            }
+            Poll::Ready(Some(Err(status))) => {
+                self.finished = true;
+                Poll::Ready(Some(Ok(Frame::trailers(trailers(&status)))))
+            }
+            Poll::Ready(None) => {
+                self.finished = true;
+                Poll::Ready(Some(Ok(Frame::trailers(trailers(&Status::ok(""))))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished && self.tail.is_none()
+    }
+}
+
+/// The start of a gRPC message frame: uncompressed flag, big-endian length of the whole
+/// message, and the message's own fields (its shared tail follows separately).
+fn head(message: &impl WireMessage) -> Bytes {
+    let len = message.encoded_len();
+    let own = len - message.shared_tail().map_or(0, |t| t.len());
+    let mut buf = BytesMut::with_capacity(5 + own);
+    buf.put_u8(0);
+    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    message.encode(&mut buf);
+    buf.freeze()
+}
+
+fn trailers(status: &Status) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    if status.add_header(&mut headers).is_err() {
+        headers.insert(Status::GRPC_STATUS, http::HeaderValue::from_static("13"));
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ads::wire::{SotwResources, SotwResponse};
+    use crate::resource::type_url;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+    use prost::Message;
+
+    #[test]
+    fn frames_are_length_prefixed_messages() {
+        let cluster = envoy_types::pb::envoy::config::cluster::v3::Cluster {
+            name: "c".into(),
+            ..Default::default()
+        };
+        let message = SotwResponse {
+            version_info: "1".into(),
+            resources: Arc::new(SotwResources::new(vec![
+                crate::Resource::encode("c", &cluster).expect("served"),
+            ])),
+            type_url: type_url::CLUSTER,
+            nonce: "n".into(),
+        };
+        let mut bytes = head(&message).to_vec();
+        bytes.extend_from_slice(&message.shared_tail().expect("resources"));
+        assert_eq!(bytes[0], 0, "not compressed");
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        assert_eq!(len, bytes.len() - 5);
+        let decoded = DiscoveryResponse::decode(&bytes[5..]).expect("a DiscoveryResponse");
+        assert_eq!(decoded.nonce, "n");
+        assert_eq!(decoded.resources.len(), 1);
+    }
+
+    #[test]
+    fn trailers_carry_the_status() {
+        let ok = trailers(&Status::ok(""));
+        assert_eq!(ok.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
+        let failed = trailers(&Status::internal("boom"));
+        assert_eq!(
+            failed.get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"13"[..])
+        );
+        assert_eq!(
+            failed.get("grpc-message").map(|v| v.as_bytes()),
+            Some(&b"boom"[..])
+        );
     }
 }

@@ -3,25 +3,32 @@
 //! last sent. The history of changes tells cheaply whether anything the proxy subscribes to
 //! changed at all; only then is its view rebuilt and compared.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tracing::{debug, warn};
-use xxhash_rust::xxh3::Xxh3;
 
 use super::common::{Context, InFlight, Subscription};
-use super::wire::{SotwResponse, WireMessage};
+use super::wire::{SotwResources, SotwResponse, WireMessage};
 use crate::cache::{SnapshotCache, State};
 use crate::history::Since;
 use crate::proxy::ProxyInfo;
 use crate::resource::{Resource, type_url};
 use crate::snapshot::{TYPES, type_index};
 
+/// Types whose SotW responses may carry only the resources that changed.
+const PARTIAL_TYPES: [&str; 3] = [type_url::ENDPOINT, type_url::ROUTE, type_url::SECRET];
+
 #[derive(Debug, Default)]
 struct TypeState {
     subscription: Subscription,
     /// The snapshot version this proxy's view of the type was last brought up to.
     synced: u64,
-    /// Hash of the names and versions last sent; `None` before the first response.
+    /// Hash of the names and versions of the last complete view sent; `None` before the
+    /// first response and after a partial one.
     sent_hash: Option<u64>,
+    responded: bool,
     sent_nonce: Option<String>,
     in_flight: Option<InFlight>,
 }
@@ -74,26 +81,25 @@ impl SotwStream {
         let wildcard =
             request.resource_names.is_empty() || request.resource_names.iter().any(|n| n == "*");
         let subscription = &mut type_state.subscription;
-        let unchanged = subscription.wildcard == wildcard
-            && (wildcard
-                || (subscription.names.len() == request.resource_names.len()
-                    && request
-                        .resource_names
-                        .iter()
-                        .all(|n| subscription.names.contains(n.as_str()))));
-        if !unchanged {
+        let trigger = if wildcard != subscription.wildcard {
             subscription.wildcard = wildcard;
-            subscription.names.clear();
-            if !wildcard {
-                for name in &request.resource_names {
-                    subscription.insert(name, &state.snapshot, index);
-                }
+            subscription.update_to(&[], &state.snapshot, index);
+            Trigger::Request
+        } else if wildcard {
+            Trigger::Change
+        } else {
+            match subscription.update_to(&request.resource_names, &state.snapshot, index) {
+                Some(added) => Trigger::Subscribed(added),
+                None => Trigger::Change,
             }
-        }
-        // A new or changed subscription is answered from the whole view; an ACK only catches
-        // up on changes that arrived while the response was in flight.
-        let requested = !unchanged || type_state.sent_hash.is_none();
-        push(&mut self.context, index, type_state, state, requested)
+        };
+        // Until the type was answered once, any request asks for the whole view.
+        let trigger = if type_state.responded {
+            trigger
+        } else {
+            Trigger::Request
+        };
+        push(&mut self.context, index, type_state, state, trigger)
             .into_iter()
             .collect()
     }
@@ -103,57 +109,141 @@ impl SotwStream {
         let mut out = Vec::new();
         for (index, type_state) in self.types.iter_mut().enumerate() {
             if let Some(type_state) = type_state {
-                out.extend(push(&mut self.context, index, type_state, state, false));
+                out.extend(push(
+                    &mut self.context,
+                    index,
+                    type_state,
+                    state,
+                    Trigger::Change,
+                ));
             }
         }
         out
     }
 }
 
-/// The response due for one type, if any. `requested`: the proxy just asked.
+/// Why a type's response is being considered.
+#[derive(Debug)]
+enum Trigger {
+    /// The config changed (or the proxy answered while changes waited).
+    Change,
+    /// The proxy asked for something new: its first request, or a wildcard change.
+    Request,
+    /// The proxy added these names to its subscription.
+    Subscribed(Vec<Arc<str>>),
+}
+
+/// The response due for one type, if any.
 fn push(
     context: &mut Context,
     index: usize,
     ts: &mut TypeState,
     state: &State,
-    requested: bool,
+    trigger: Trigger,
 ) -> Option<SotwResponse> {
     if ts.in_flight.is_some() {
         return None;
     }
     let snapshot = &state.snapshot;
     let version = snapshot.version();
-    if !requested && ts.synced == version {
-        return None;
-    }
-    // Nothing the proxy subscribes to changed: no need to look at its view.
-    if !requested
-        && ts.sent_hash.is_some()
-        && let Since::Names(changed) = state.history.since(index, ts.synced)
-        && !changed.iter().any(|n| ts.subscription.wants(n))
-    {
-        ts.synced = version;
+    if matches!(trigger, Trigger::Change) && ts.synced == version {
         return None;
     }
     let proxy = &context.proxy;
-    let resources: Vec<Resource> = if ts.subscription.wildcard {
-        snapshot.view(index, proxy).cloned().collect()
+    let since = if ts.responded && !matches!(trigger, Trigger::Request) {
+        state.history.since(index, ts.synced)
     } else {
-        let mut names: Vec<_> = ts.subscription.names.iter().collect();
-        names.sort();
-        names
-            .into_iter()
-            .filter_map(|n| snapshot.get(index, n)?.for_proxy(proxy).cloned())
-            .collect()
+        Since::Unknown
     };
-    let hash = view_hash(&resources);
+    // Route configurations and load assignments are referenced by name, and a SotW response
+    // need not repeat the ones that did not change (listeners and clusters, the roots, must
+    // always come complete). So an endpoint change sends one load assignment, not every one
+    // the proxy has, and a new cluster sends just its own.
+    let partial = PARTIAL_TYPES.contains(&type_url::PUSH_ORDER[index]) && !ts.subscription.wildcard;
+    if let Since::Names(changed) = &since {
+        let added = match &trigger {
+            Trigger::Subscribed(added) => added.as_slice(),
+            _ => &[],
+        };
+        let wanted: BTreeSet<&Arc<str>> = changed
+            .iter()
+            .filter(|n| ts.subscription.wants(n))
+            .chain(added)
+            .collect();
+        if wanted.is_empty() {
+            // Nothing the proxy subscribes to changed: no need to look at its view.
+            ts.synced = version;
+            return None;
+        }
+        if partial {
+            let resources: Vec<Resource> = wanted
+                .into_iter()
+                .filter_map(|n| snapshot.get(index, n)?.for_proxy(proxy).cloned())
+                .collect();
+            ts.synced = version;
+            if resources.is_empty() {
+                return None;
+            }
+            // The full view is no longer what was last sent as a whole.
+            ts.sent_hash = None;
+            let change_driven = matches!(trigger, Trigger::Change);
+            return Some(send(
+                context,
+                index,
+                ts,
+                state,
+                Arc::new(SotwResources::new(resources)),
+                version.to_string(),
+                change_driven,
+            ));
+        }
+    }
+    let view = match state
+        .uniform_view(index)
+        .filter(|_| ts.subscription.wildcard)
+    {
+        Some(shared) => shared,
+        None => Arc::new(SotwResources::new(if ts.subscription.wildcard {
+            snapshot.view(index, proxy).cloned().collect()
+        } else {
+            ts.subscription
+                .names()
+                .iter()
+                .filter_map(|n| snapshot.get(index, n)?.for_proxy(proxy).cloned())
+                .collect()
+        })),
+    };
+    let hash = view.hash();
     ts.synced = version;
     if ts.sent_hash == Some(hash) {
         return None;
     }
+    ts.sent_hash = Some(hash);
+    let change_driven = matches!(trigger, Trigger::Change);
+    Some(send(
+        context,
+        index,
+        ts,
+        state,
+        view,
+        format!("{version}-{hash:016x}"),
+        change_driven,
+    ))
+}
+
+fn send(
+    context: &mut Context,
+    index: usize,
+    ts: &mut TypeState,
+    state: &State,
+    resources: Arc<SotwResources>,
+    version_info: String,
+    change_driven: bool,
+) -> SotwResponse {
+    let version = state.snapshot.version();
     let nonce = context.next_nonce();
     let response = SotwResponse {
-        version_info: format!("{version}-{hash:016x}"),
+        version_info,
         resources,
         type_url: type_url::PUSH_ORDER[index],
         nonce: nonce.clone(),
@@ -162,29 +252,18 @@ fn push(
         index,
         response.resources.len(),
         response.encoded_len(),
-        !requested,
+        change_driven,
         version,
         state,
     );
-    ts.sent_hash = Some(hash);
+    ts.responded = true;
     ts.sent_nonce = Some(nonce.clone());
     ts.in_flight = Some(InFlight {
         nonce,
         version,
-        change_driven: !requested,
+        change_driven,
     });
-    Some(response)
-}
-
-/// Names exactly this set of resources at these versions.
-fn view_hash(resources: &[Resource]) -> u64 {
-    let mut hasher = Xxh3::new();
-    for r in resources {
-        hasher.update(r.name().as_bytes());
-        hasher.update(&[0]);
-        hasher.update(&r.version().to_le_bytes());
-    }
-    hasher.digest()
+    response
 }
 
 #[cfg(test)]

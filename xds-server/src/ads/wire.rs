@@ -5,22 +5,70 @@
 //! decode them with the generated types), but the resources are copied from the bytes each
 //! [`Resource`] encoded once instead of being re-encoded per proxy.
 
-use std::marker::PhantomData;
 use std::sync::Arc;
 
-use bytes::BufMut;
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
-use tonic::Status;
-use tonic::codec::{Codec, EncodeBuf, Encoder};
-use tonic_prost::ProstDecoder;
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::resource::Resource;
+
+/// The resources of a state-of-the-world response, with their `repeated Any resources` field
+/// encoded once. Where every proxy sees the same set (a wildcard subscription to a type no
+/// resource of which is scoped to some proxies), one of these is built per snapshot and the
+/// encoded field is shared by every response: fanning a change out to N proxies then copies
+/// only each response's few header bytes.
+#[derive(Debug)]
+pub struct SotwResources {
+    resources: Vec<Resource>,
+    /// Names exactly this set of resources at these versions.
+    hash: u64,
+    encoded: Bytes,
+}
+
+impl SotwResources {
+    pub fn new(resources: Vec<Resource>) -> Self {
+        let mut hasher = Xxh3::new();
+        let len: usize = resources
+            .iter()
+            .map(|r| message_len(2, r.any_bytes().len()))
+            .sum();
+        let mut encoded = BytesMut::with_capacity(len);
+        for r in &resources {
+            hasher.update(r.name().as_bytes());
+            hasher.update(&[0]);
+            hasher.update(&r.version().to_le_bytes());
+            put_bytes(2, r.any_bytes(), &mut encoded);
+        }
+        Self {
+            resources,
+            hash: hasher.digest(),
+            encoded: encoded.freeze(),
+        }
+    }
+
+    pub fn resources(&self) -> &[Resource] {
+        &self.resources
+    }
+
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    pub fn len(&self) -> usize {
+        self.resources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+}
 
 /// A state-of-the-world response.
 #[derive(Debug, Clone)]
 pub struct SotwResponse {
     pub version_info: String,
-    pub resources: Vec<Resource>,
+    pub resources: Arc<SotwResources>,
     pub type_url: &'static str,
     pub nonce: String,
 }
@@ -35,10 +83,15 @@ pub struct DeltaResponse {
     pub nonce: String,
 }
 
-/// A message capstan writes by hand.
+/// A message capstan writes by hand: [`encode`](Self::encode) writes its own fields, and
+/// [`shared_tail`](Self::shared_tail), if any, follows as-is (protobuf fields may come in any
+/// order), so it can be sent without copying. `encoded_len` counts both.
 pub trait WireMessage: Send + 'static {
     fn encoded_len(&self) -> usize;
     fn encode(&self, buf: &mut impl BufMut);
+    fn shared_tail(&self) -> Option<Bytes> {
+        None
+    }
 }
 
 fn string_len(tag: u32, s: &str) -> usize {
@@ -68,22 +121,19 @@ fn message_len(tag: u32, len: usize) -> usize {
 impl WireMessage for SotwResponse {
     fn encoded_len(&self) -> usize {
         string_len(1, &self.version_info)
-            + self
-                .resources
-                .iter()
-                .map(|r| message_len(2, r.any_bytes().len()))
-                .sum::<usize>()
+            + self.resources.encoded.len()
             + string_len(4, self.type_url)
             + string_len(5, &self.nonce)
     }
 
     fn encode(&self, buf: &mut impl BufMut) {
         put_string(1, &self.version_info, buf);
-        for r in &self.resources {
-            put_bytes(2, r.any_bytes(), buf);
-        }
         put_string(4, self.type_url, buf);
         put_string(5, &self.nonce, buf);
+    }
+
+    fn shared_tail(&self) -> Option<Bytes> {
+        Some(self.resources.encoded.clone())
     }
 }
 
@@ -128,49 +178,6 @@ impl WireMessage for DeltaResponse {
     }
 }
 
-/// gRPC codec: decodes requests with prost, encodes responses with [`WireMessage`].
-#[derive(Debug)]
-pub struct AdsCodec<Out, In> {
-    _types: PhantomData<fn(Out) -> In>,
-}
-
-impl<Out, In> Default for AdsCodec<Out, In> {
-    fn default() -> Self {
-        Self {
-            _types: PhantomData,
-        }
-    }
-}
-
-impl<Out: WireMessage, In: prost::Message + Default + Send + 'static> Codec for AdsCodec<Out, In> {
-    type Encode = Out;
-    type Decode = In;
-    type Encoder = WireEncoder<Out>;
-    type Decoder = ProstDecoder<In>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        WireEncoder(PhantomData)
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::default()
-    }
-}
-
-#[derive(Debug)]
-pub struct WireEncoder<Out>(PhantomData<fn(Out)>);
-
-impl<Out: WireMessage> Encoder for WireEncoder<Out> {
-    type Item = Out;
-    type Error = Status;
-
-    fn encode(&mut self, item: Out, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.reserve(item.encoded_len());
-        item.encode(dst);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +207,9 @@ mod tests {
     fn encode(m: &impl WireMessage) -> Vec<u8> {
         let mut buf = Vec::new();
         m.encode(&mut buf);
+        if let Some(tail) = m.shared_tail() {
+            buf.extend_from_slice(&tail);
+        }
         assert_eq!(buf.len(), m.encoded_len());
         buf
     }
@@ -208,7 +218,7 @@ mod tests {
     fn sotw_encodes_as_a_discovery_response() {
         let r = SotwResponse {
             version_info: "7".into(),
-            resources: resources(),
+            resources: Arc::new(SotwResources::new(resources())),
             type_url: type_url::CLUSTER,
             nonce: "3".into(),
         };
@@ -217,7 +227,12 @@ mod tests {
             decoded,
             DiscoveryResponse {
                 version_info: "7".into(),
-                resources: r.resources.iter().map(Resource::to_any).collect(),
+                resources: r
+                    .resources
+                    .resources()
+                    .iter()
+                    .map(Resource::to_any)
+                    .collect(),
                 type_url: type_url::CLUSTER.into(),
                 nonce: "3".into(),
                 ..Default::default()
@@ -261,7 +276,7 @@ mod tests {
     fn empty_responses_encode() {
         let r = SotwResponse {
             version_info: String::new(),
-            resources: vec![],
+            resources: Arc::new(SotwResources::new(vec![])),
             type_url: type_url::LISTENER,
             nonce: "1".into(),
         };

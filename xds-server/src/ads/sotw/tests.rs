@@ -20,7 +20,7 @@ fn request(type_url: &str, names: &[&str], nonce: &str) -> DiscoveryRequest {
 }
 
 fn names(r: &SotwResponse) -> Vec<&str> {
-    r.resources.iter().map(|r| r.name()).collect()
+    r.resources.resources().iter().map(|r| r.name()).collect()
 }
 
 #[test]
@@ -71,9 +71,9 @@ fn named_subscription_sees_only_its_resources() {
     // A change to a resource it did not ask for is not pushed.
     let s2 = apply(&cache, &[(ENDPOINT, "b", b"2")]);
     assert!(stream.on_state(&s2).is_empty());
-    // Asking for more names answers with the larger set.
+    // Asking for one more name answers with it (load assignments need not come complete).
     let more = stream.on_request(request(ENDPOINT, &["a", "b"], &first[0].nonce), &s2);
-    assert_eq!(names(&more[0]), vec!["a", "b"]);
+    assert_eq!(names(&more[0]), vec!["b"]);
 }
 
 #[test]
@@ -136,5 +136,74 @@ fn a_change_for_another_namespace_is_not_pushed() {
     let s3 = apply_for(&cache, Selector::namespace("ns1"), LISTENER, "l", b"ns1");
     let pushed = stream.on_state(&s3);
     assert_eq!(pushed.len(), 1);
-    assert_eq!(pushed[0].resources[0].body().as_ref(), b"ns1");
+    assert_eq!(pushed[0].resources.resources()[0].body().as_ref(), b"ns1");
+}
+
+#[test]
+fn endpoint_changes_send_only_the_changed_load_assignments() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(
+        &cache,
+        &[
+            (ENDPOINT, "a", b"1"),
+            (ENDPOINT, "b", b"1"),
+            (CLUSTER, "a", b"1"),
+        ],
+    );
+    let mut stream = SotwStream::new(cache.clone());
+    let eds = stream.on_request(request(ENDPOINT, &["a", "b"], ""), &s1);
+    assert_eq!(names(&eds[0]), vec!["a", "b"]);
+    stream.on_request(request(ENDPOINT, &["a", "b"], &eds[0].nonce), &s1);
+    let cds = stream.on_request(request(CLUSTER, &[], ""), &s1);
+    stream.on_request(request(CLUSTER, &[], &cds[0].nonce), &s1);
+
+    let s2 = apply(&cache, &[(ENDPOINT, "b", b"2"), (CLUSTER, "a", b"2")]);
+    let pushed = stream.on_state(&s2);
+    assert_eq!(pushed.len(), 2);
+    let by_type = |t: &str| pushed.iter().find(|r| r.type_url == t).expect("pushed");
+    assert_eq!(
+        names(by_type(ENDPOINT)),
+        vec!["b"],
+        "only the changed load assignment"
+    );
+    assert_eq!(
+        names(by_type(CLUSTER)),
+        vec!["a"],
+        "clusters always come complete"
+    );
+
+    // Subscribing to one more load assignment sends just that one.
+    let eds_nonce = by_type(ENDPOINT).nonce.clone();
+    let s3 = apply(&cache, &[(ENDPOINT, "c", b"1")]);
+    let more = stream.on_request(request(ENDPOINT, &["a", "b", "c"], &eds_nonce), &s3);
+    assert_eq!(names(&more[0]), vec!["c"]);
+}
+
+#[test]
+fn clusters_always_come_complete() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(CLUSTER, "a", b"1"), (CLUSTER, "b", b"1")]);
+    let mut stream = SotwStream::new(cache.clone());
+    let first = stream.on_request(request(CLUSTER, &[], ""), &s1);
+    stream.on_request(request(CLUSTER, &[], &first[0].nonce), &s1);
+    let s2 = apply(&cache, &[(CLUSTER, "c", b"1")]);
+    let pushed = stream.on_state(&s2);
+    assert_eq!(names(&pushed[0]), vec!["a", "b", "c"]);
+}
+
+#[test]
+fn proxies_share_one_encoding_of_a_uniform_view() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(CLUSTER, "a", b"1"), (CLUSTER, "b", b"1")]);
+    let mut one = SotwStream::new(cache.clone());
+    let mut two = SotwStream::new(cache.clone());
+    let a = one.on_request(request(CLUSTER, &[], ""), &s1);
+    let b = two.on_request(request(CLUSTER, &[], ""), &s1);
+    assert!(Arc::ptr_eq(&a[0].resources, &b[0].resources));
+    // Once a cluster is scoped to some proxies, views are built per proxy.
+    let s2 = apply_for(&cache, Selector::namespace("ns2"), CLUSTER, "a", b"ns2");
+    assert!(s2.uniform_view(0).is_none());
+    one.on_request(request(CLUSTER, &[], &a[0].nonce), &s2);
+    let pushed = one.on_state(&s2);
+    assert!(pushed.is_empty(), "the ns1 proxy's view did not change");
 }
