@@ -58,9 +58,18 @@ pub struct RunArgs {
     /// `bookinfo` is `reviews.bookinfo.svc.<suffix>`).
     #[arg(long, default_value = "cluster.local")]
     pub domain_suffix: String,
-    /// How long a burst of file changes must be quiet before it is applied, in milliseconds.
+    /// How long a burst of file changes must be quiet before the folder is read again, in
+    /// milliseconds (editors write a file in several steps).
     #[arg(long, default_value_t = 50)]
     pub debounce_ms: u64,
+    /// Push queue: how long config changes must be quiet before they are pushed, in
+    /// milliseconds (istiod's PILOT_DEBOUNCE_AFTER is 100).
+    #[arg(long, default_value_t = 10)]
+    pub push_quiet_ms: u64,
+    /// Push queue: the longest a change waits under a continuous stream of changes, in
+    /// milliseconds (istiod's PILOT_DEBOUNCE_MAX is 10000).
+    #[arg(long, default_value_t = 1000)]
+    pub push_max_delay_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {

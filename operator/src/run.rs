@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use capstan_xds::SnapshotCache;
+use capstan_xds::{PushQueue, SnapshotCache};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
@@ -32,7 +32,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Watch before the first scan so no change slips in between.
     let mut watch = FolderWatch::new(dir, Duration::from_millis(args.debounce_ms))
         .with_context(|| format!("watching {}", dir.display()))?;
-    refresh(&mut source, &cache, &options, &args.domain_suffix)
+    let (queue, _queue_task) = PushQueue::start(
+        cache.clone(),
+        Duration::from_millis(args.push_quiet_ms),
+        Duration::from_millis(args.push_max_delay_ms),
+    );
+    refresh(&mut source, &queue, &options, &args.domain_suffix)
+        .await
         .with_context(|| format!("reading {}", dir.display()))?;
 
     let listener = TcpListener::bind(args.xds_addr)
@@ -56,7 +62,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let domain_suffix = args.domain_suffix.clone();
     let watcher = tokio::spawn(async move {
         while watch.changed().await {
-            if let Err(err) = refresh(&mut source, &cache, &options, &domain_suffix) {
+            if let Err(err) = refresh(&mut source, &queue, &options, &domain_suffix).await {
                 error!(dir = %source.dir().display(), %err, "cannot read the config folder; serving the last good config");
             }
         }
@@ -70,9 +76,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Rescans the folder and, if the objects changed, translates and sets a new snapshot.
-fn refresh(
+async fn refresh(
     source: &mut FolderSource,
-    cache: &SnapshotCache,
+    queue: &PushQueue,
     options: &translate::Options,
     domain_suffix: &str,
 ) -> std::io::Result<()> {
@@ -93,7 +99,7 @@ fn refresh(
         warn!("{problem}");
     }
     let count = resources.len();
-    match cache.replace(resources) {
+    match queue.replace(resources).await {
         Some(applied) => {
             info!(version = applied.version, resources = count, changed = %applied.summary(), "new config")
         }

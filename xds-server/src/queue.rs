@@ -4,6 +4,10 @@
 //! otherwise make one snapshot per change, and every proxy would be pushed each of them. The
 //! queue merges updates until none arrived for a quiet window, or until the oldest has waited
 //! the maximum delay, then applies them as one.
+//!
+//! When every change to a cache goes through its queue, the queue is the cache's only writer,
+//! so a complete replacement ([`PushQueue::replace`]) can be diffed against the snapshot at the
+//! moment it is applied, together with whatever else the batch holds.
 
 use std::time::Duration;
 
@@ -12,16 +16,51 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
 
 use crate::cache::{Applied, SnapshotCache};
-use crate::snapshot::Update;
+use crate::snapshot::{SnapshotBuilder, Update};
 
 /// Default quiet window: far below istiod's 100 ms, enough to merge a burst.
 pub const DEFAULT_QUIET: Duration = Duration::from_millis(10);
 /// Default maximum delay of an update under a continuous stream of changes.
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(1);
 
+enum Change {
+    Update(Update),
+    /// Serve exactly these resources.
+    Replace(SnapshotBuilder),
+}
+
 struct Submission {
-    update: Update,
+    change: Change,
     done: Option<oneshot::Sender<Option<Applied>>>,
+}
+
+/// A batch being collected: the last complete replacement, if any, and the updates after it.
+#[derive(Default)]
+struct Batch {
+    target: Option<SnapshotBuilder>,
+    updates: Update,
+}
+
+impl Batch {
+    fn add(&mut self, change: Change) {
+        match change {
+            // A replacement makes everything queued before it moot.
+            Change::Replace(target) => {
+                self.target = Some(target);
+                self.updates = Update::new();
+            }
+            Change::Update(update) => self.updates.merge(update),
+        }
+    }
+
+    fn apply(self, cache: &SnapshotCache) -> Option<Applied> {
+        let mut update = match self.target {
+            Some(target) => cache.current().snapshot.update_to(target),
+            None => Update::new(),
+        };
+        update.merge(self.updates);
+        cache.apply(update)
+    }
 }
 
 /// Hands updates to the debouncing task. Dropping every handle stops the task once it has
@@ -45,23 +84,30 @@ impl PushQueue {
 
     /// Queues `update`. Returns `false` if the queue has stopped.
     pub async fn submit(&self, update: Update) -> bool {
-        self.tx
-            .send(Submission { update, done: None })
-            .await
-            .is_ok()
+        self.send(Change::Update(update), None).await
     }
 
     /// Queues `update` and waits until the batch holding it is applied; returns what that
     /// batch changed (`None`: nothing, or the queue stopped).
     pub async fn submit_and_wait(&self, update: Update) -> Option<Applied> {
+        self.send_and_wait(Change::Update(update)).await
+    }
+
+    /// Queues a complete replacement of the served resources and waits until it is applied;
+    /// returns what changed (`None`: nothing, or the queue stopped).
+    pub async fn replace(&self, target: SnapshotBuilder) -> Option<Applied> {
+        self.send_and_wait(Change::Replace(target)).await
+    }
+
+    async fn send(&self, change: Change, done: Option<oneshot::Sender<Option<Applied>>>) -> bool {
+        self.tx.send(Submission { change, done }).await.is_ok()
+    }
+
+    async fn send_and_wait(&self, change: Change) -> Option<Applied> {
         let (done, applied) = oneshot::channel();
-        self.tx
-            .send(Submission {
-                update,
-                done: Some(done),
-            })
-            .await
-            .ok()?;
+        if !self.send(change, Some(done)).await {
+            return None;
+        }
         applied.await.ok().flatten()
     }
 }
@@ -74,20 +120,21 @@ async fn run(
 ) {
     while let Some(first) = rx.recv().await {
         let deadline = Instant::now() + max_delay;
-        let mut batch = first.update;
+        let mut batch = Batch::default();
+        batch.add(first.change);
         let mut waiters: Vec<_> = first.done.into_iter().collect();
         loop {
             let until = (Instant::now() + quiet).min(deadline);
             match timeout_at(until, rx.recv()).await {
                 Ok(Some(next)) => {
-                    batch.merge(next.update);
+                    batch.add(next.change);
                     waiters.extend(next.done);
                 }
                 // Quiet, or past the deadline, or no more senders: apply what we have.
                 Ok(None) | Err(_) => break,
             }
         }
-        let applied = cache.apply(batch);
+        let applied = batch.apply(&cache);
         for waiter in waiters {
             let _ = waiter.send(applied.clone());
         }
@@ -147,6 +194,42 @@ mod tests {
         assert!(
             version >= 2,
             "the maximum delay forced applies during the stream, got {version}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replacement_is_diffed_when_applied_and_supersedes_what_came_before() {
+        let cache = SnapshotCache::new();
+        let (queue, _task) = PushQueue::start(
+            cache.clone(),
+            Duration::from_millis(10),
+            Duration::from_secs(1),
+        );
+        let full = |names: &[&str]| {
+            let mut b = SnapshotBuilder::new();
+            for n in names {
+                b.add(Resource::from_bytes(
+                    type_url::CLUSTER,
+                    *n,
+                    Bytes::from_static(b"x"),
+                ));
+            }
+            b
+        };
+        queue.replace(full(&["a", "b"])).await.expect("applied");
+        // Queued together: an update, then a replacement, then another update.
+        assert!(queue.submit(update("c", b"x")).await);
+        let (replaced, updated) = tokio::join!(
+            queue.replace(full(&["a"])),
+            queue.submit_and_wait(update("d", b"x"))
+        );
+        assert_eq!(replaced, updated, "one batch");
+        let state = cache.current();
+        let names: Vec<&str> = state.snapshot.entries(0).map(|(n, _)| n.as_ref()).collect();
+        assert_eq!(
+            names,
+            vec!["a", "d"],
+            "c was superseded, b removed, d applied after"
         );
     }
 
