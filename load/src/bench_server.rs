@@ -8,15 +8,17 @@
 //!   name has none, as the go-control-plane peer does); 200 once it is in the cache.
 //!
 //! The mesh starts as one complete snapshot (`SnapshotCache::replace`); each change encodes
-//! the one resource it touches and applies it incrementally (`SnapshotCache::apply`).
+//! the one resource it touches and goes through the push queue as an incremental update
+//! (`PushQueue`, with `capstan run`'s defaults: 10 ms quiet window, 1 s maximum delay), so the
+//! measured latency includes the debounce a real change waits for.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use capstan_xds::{Resource, SnapshotCache};
+use capstan_xds::{DEFAULT_MAX_DELAY, DEFAULT_QUIET, PushQueue, Resource, SnapshotCache};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -54,20 +56,21 @@ pub enum ServerError {
 }
 
 struct State {
-    mesh: Mutex<Mesh>,
-    cache: SnapshotCache,
+    mesh: tokio::sync::Mutex<Mesh>,
+    queue: PushQueue,
 }
 
 impl State {
-    /// Applies `change` to the mesh and publishes the result, under one lock so that changes
-    /// reach the cache in the order they were made.
-    fn change(
+    /// Applies `change` to the mesh and publishes the result through the push queue, waiting
+    /// until it is in the cache; under one lock so that changes reach the cache in the order
+    /// they were made.
+    async fn change(
         &self,
         change: impl FnOnce(&mut Mesh) -> Result<Vec<Resource>, MeshError>,
     ) -> Result<(), String> {
-        let mut mesh = self.mesh.lock().unwrap_or_else(|e| e.into_inner());
+        let mut mesh = self.mesh.lock().await;
         let resources = change(&mut mesh).map_err(|e| e.to_string())?;
-        self.cache.apply(mesh::put(resources));
+        self.queue.submit_and_wait(mesh::put(resources)).await;
         Ok(())
     }
 }
@@ -80,9 +83,10 @@ pub async fn serve(
     let mesh = Mesh::new(args.services, args.endpoints);
     let cache = SnapshotCache::new();
     cache.replace(mesh.snapshot());
+    let (queue, _queue_task) = PushQueue::start(cache.clone(), DEFAULT_QUIET, DEFAULT_MAX_DELAY);
     let state = Arc::new(State {
-        mesh: Mutex::new(mesh),
-        cache: cache.clone(),
+        mesh: tokio::sync::Mutex::new(mesh),
+        queue,
     });
     let ads = TcpListener::bind(args.ads)
         .await
@@ -108,7 +112,7 @@ pub async fn serve(
                         tokio::spawn(async move {
                             let service = service_fn(move |request| {
                                 let state = state.clone();
-                                async move { Ok::<_, Infallible>(handle(&state, request)) }
+                                async move { Ok::<_, Infallible>(handle(&state, request).await) }
                             });
                             if let Err(e) = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(TokioIo::new(stream), service)
@@ -167,17 +171,25 @@ fn number<T: std::str::FromStr>(query: &str, name: &str) -> Result<T, String> {
         .map_err(|_| format!("query parameter {name}={value:?} is not a number"))
 }
 
-fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let query = request.uri().query().unwrap_or("");
     let result = match (request.method(), request.uri().path()) {
         (&Method::GET, "/ready") => Ok(()),
-        (&Method::POST, "/endpoint") => (|| {
-            let service: usize = number(query, "service")?;
-            let port: u32 = number(query, "port")?;
-            state.change(|mesh| Ok(vec![mesh.set_endpoint_port(service, port)?]))
-        })(),
+        (&Method::POST, "/endpoint") => {
+            match (
+                number::<usize>(query, "service"),
+                number::<u32>(query, "port"),
+            ) {
+                (Ok(service), Ok(port)) => {
+                    state
+                        .change(|mesh| Ok(vec![mesh.set_endpoint_port(service, port)?]))
+                        .await
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            }
+        }
         (&Method::POST, "/cluster") => match param(query, "name") {
-            Some(name) => state.change(|mesh| mesh.add_cluster(name)),
+            Some(name) => state.change(|mesh| mesh.add_cluster(name)).await,
             None => Err("missing query parameter name".into()),
         },
         (method, path) => return reply(StatusCode::NOT_FOUND, format!("no {method} {path}\n")),

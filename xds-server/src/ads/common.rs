@@ -71,13 +71,13 @@ impl Subscription {
     /// the names that are new. Proxies repeat their whole subscription in every SotW request
     /// (thousands of names), so this is one merge of two sorted lists: no lookups, and strings
     /// already held are reused.
-    pub fn update_to(
+    pub fn update_to<'a>(
         &mut self,
-        names: &[String],
+        names: impl IntoIterator<Item = &'a str>,
         snapshot: &Snapshot,
         index: usize,
     ) -> Option<Vec<Arc<str>>> {
-        let mut wanted: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut wanted: Vec<&str> = names.into_iter().collect();
         if !wanted.is_sorted() {
             wanted.sort_unstable();
         }
@@ -210,32 +210,25 @@ mod tests {
         s.names().iter().map(|n| n.as_ref()).collect()
     }
 
-    fn strings(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
     #[test]
     fn update_to_merges_and_reports_new_names() {
         let snapshot = Snapshot::default();
         let mut s = Subscription::default();
-        let added = s.update_to(&strings(&["b", "a", "c", "a"]), &snapshot, 1);
+        let added = s.update_to(["b", "a", "c", "a"], &snapshot, 1);
         assert_eq!(added.map(|a| a.len()), Some(3));
         assert_eq!(names(&s), vec!["a", "b", "c"]);
         assert!(
-            s.update_to(&strings(&["a", "b", "c"]), &snapshot, 1)
-                .is_none(),
+            s.update_to(["a", "b", "c"], &snapshot, 1).is_none(),
             "unchanged"
         );
-        let added = s
-            .update_to(&strings(&["a", "c", "d"]), &snapshot, 1)
-            .expect("changed");
+        let added = s.update_to(["a", "c", "d"], &snapshot, 1).expect("changed");
         assert_eq!(
             added.iter().map(|n| n.as_ref()).collect::<Vec<_>>(),
             vec!["d"]
         );
         assert_eq!(names(&s), vec!["a", "c", "d"]);
         assert!(s.contains("c") && !s.contains("b"));
-        let added = s.update_to(&strings(&["a"]), &snapshot, 1).expect("shrunk");
+        let added = s.update_to(["a"], &snapshot, 1).expect("shrunk");
         assert!(added.is_empty());
         assert_eq!(names(&s), vec!["a"]);
     }

@@ -4,6 +4,7 @@
 
 mod common;
 pub mod delta;
+pub mod request;
 pub mod service;
 pub mod sotw;
 #[cfg(test)]
@@ -13,7 +14,7 @@ pub mod wire;
 use std::future::Future;
 use std::pin::Pin;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use futures::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -25,6 +26,7 @@ use tracing::{debug, info};
 use crate::cache::{SnapshotCache, State};
 
 use self::delta::DeltaStream;
+use self::request::SotwRequest;
 use self::service::AdsService;
 use self::sotw::SotwStream;
 use self::wire::{DeltaResponse, SotwResponse};
@@ -43,7 +45,7 @@ pub struct Streams {
 }
 
 impl Streams {
-    fn open_sotw(&self, inbound: Streaming<DiscoveryRequest>) -> ResponseStream<SotwResponse> {
+    fn open_sotw(&self, inbound: Streaming<SotwRequest>) -> ResponseStream<SotwResponse> {
         let state = SotwStream::new(self.cache.clone());
         self.open(inbound, state)
     }
@@ -78,13 +80,13 @@ trait Protocol: Send + 'static {
 }
 
 impl Protocol for SotwStream {
-    type Request = DiscoveryRequest;
+    type Request = SotwRequest;
     type Response = SotwResponse;
     const DELTA: bool = false;
     fn node_id(&self) -> &str {
         SotwStream::node_id(self)
     }
-    fn on_request(&mut self, request: DiscoveryRequest, state: &State) -> Vec<SotwResponse> {
+    fn on_request(&mut self, request: SotwRequest, state: &State) -> Vec<SotwResponse> {
         SotwStream::on_request(self, request, state)
     }
     fn on_state(&mut self, state: &State) -> Vec<SotwResponse> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use futures::Stream;
 use http_body::Frame;
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
@@ -22,6 +22,7 @@ use tonic::server::NamedService;
 use tonic::{Status, Streaming};
 use tonic_prost::ProstDecoder;
 
+use super::request::SotwRequestDecoder;
 use super::wire::WireMessage;
 use super::{ResponseStream, Streams};
 
@@ -69,7 +70,7 @@ where
         let response = match request.uri().path() {
             SOTW_PATH => {
                 let inbound = Streaming::new_request(
-                    ProstDecoder::<DiscoveryRequest>::default(),
+                    SotwRequestDecoder,
                     request.into_body(),
                     None,
                     Some(MAX_REQUEST),

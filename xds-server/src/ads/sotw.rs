@@ -6,10 +6,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tracing::{debug, warn};
 
 use super::common::{Context, InFlight, Subscription};
+use super::request::SotwRequest;
 use super::wire::{SotwResources, SotwResponse, WireMessage};
 use crate::cache::{SnapshotCache, State};
 use crate::history::Since;
@@ -52,7 +52,7 @@ impl SotwStream {
         &self.context.proxy.id
     }
 
-    pub fn on_request(&mut self, request: DiscoveryRequest, state: &State) -> Vec<SotwResponse> {
+    pub fn on_request(&mut self, request: SotwRequest, state: &State) -> Vec<SotwResponse> {
         if self.context.proxy.id.is_empty()
             && let Some(node) = &request.node
         {
@@ -78,17 +78,16 @@ impl SotwStream {
             self.context
                 .answered(index, &in_flight, state, error, &request.version_info);
         }
-        let wildcard =
-            request.resource_names.is_empty() || request.resource_names.iter().any(|n| n == "*");
+        let wildcard = !request.has_names() || request.names().any(|n| n == "*");
         let subscription = &mut type_state.subscription;
         let trigger = if wildcard != subscription.wildcard {
             subscription.wildcard = wildcard;
-            subscription.update_to(&[], &state.snapshot, index);
+            subscription.update_to(std::iter::empty(), &state.snapshot, index);
             Trigger::Request
         } else if wildcard {
             Trigger::Change
         } else {
-            match subscription.update_to(&request.resource_names, &state.snapshot, index) {
+            match subscription.update_to(request.names(), &state.snapshot, index) {
                 Some(added) => Trigger::Subscribed(added),
                 None => Trigger::Change,
             }

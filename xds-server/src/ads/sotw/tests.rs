@@ -1,13 +1,15 @@
 use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::google::rpc::Status;
 
 use super::*;
+use crate::ads::request::SotwRequest;
 use crate::ads::test_support::{apply, apply_for};
 use crate::proxy::Selector;
 use crate::resource::type_url::{CLUSTER, ENDPOINT, LISTENER};
 
-fn request(type_url: &str, names: &[&str], nonce: &str) -> DiscoveryRequest {
-    DiscoveryRequest {
+fn request(type_url: &str, names: &[&str], nonce: &str) -> SotwRequest {
+    SotwRequest::from(&DiscoveryRequest {
         node: Some(Node {
             id: "sidecar~10.0.0.1~a.ns1~ns1.svc.cluster.local".into(),
             ..Default::default()
@@ -16,7 +18,7 @@ fn request(type_url: &str, names: &[&str], nonce: &str) -> DiscoveryRequest {
         resource_names: names.iter().map(|s| s.to_string()).collect(),
         response_nonce: nonce.into(),
         ..Default::default()
-    }
+    })
 }
 
 fn names(r: &SotwResponse) -> Vec<&str> {
