@@ -1,9 +1,11 @@
 //! The push queue: debounces bursts of updates into one snapshot.
 //!
 //! A burst of config changes (a rolling deployment, a `kubectl apply` of many objects) would
-//! otherwise make one snapshot per change, and every proxy would be pushed each of them. The
-//! queue merges updates until none arrived for a quiet window, or until the oldest has waited
-//! the maximum delay, then applies them as one.
+//! otherwise make one snapshot per change, and every proxy would be pushed each of them. A
+//! change that arrives after a quiet spell is applied at once (an isolated change waits for
+//! nothing); changes that follow it closely are merged until none arrived for a quiet window,
+//! or until the oldest has waited the maximum delay, then applied as one. So a burst costs at
+//! most two pushes: its first change, and everything after it.
 //!
 //! When every change to a cache goes through its queue, the queue is the cache's only writer,
 //! so a complete replacement ([`PushQueue::replace`]) can be diffed against the snapshot at the
@@ -118,12 +120,14 @@ async fn run(
     quiet: Duration,
     max_delay: Duration,
 ) {
+    let mut last_applied: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
         let deadline = Instant::now() + max_delay;
         let mut batch = Batch::default();
         batch.add(first.change);
         let mut waiters: Vec<_> = first.done.into_iter().collect();
-        loop {
+        let isolated = last_applied.is_none_or(|t| t.elapsed() >= quiet) && rx.is_empty();
+        while !isolated {
             let until = (Instant::now() + quiet).min(deadline);
             match timeout_at(until, rx.recv()).await {
                 Ok(Some(next)) => {
@@ -135,6 +139,7 @@ async fn run(
             }
         }
         let applied = batch.apply(&cache);
+        last_applied = Some(Instant::now());
         for waiter in waiters {
             let _ = waiter.send(applied.clone());
         }
@@ -158,7 +163,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_burst_becomes_one_snapshot() {
+    async fn an_isolated_change_is_applied_at_once() {
+        let cache = SnapshotCache::new();
+        let (queue, _task) = PushQueue::start(
+            cache.clone(),
+            Duration::from_millis(10),
+            Duration::from_secs(1),
+        );
+        let started = Instant::now();
+        assert!(queue.submit_and_wait(update("a", b"x")).await.is_some());
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "no debounce for a lone change"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_costs_at_most_two_snapshots() {
         let cache = SnapshotCache::new();
         let (queue, _task) = PushQueue::start(
             cache.clone(),
@@ -173,8 +195,11 @@ mod tests {
             .submit_and_wait(update("last", b"x"))
             .await
             .expect("applied");
-        assert_eq!(applied.version, 1, "one snapshot for the whole burst");
-        assert_eq!(applied.changed[0], 21);
+        assert_eq!(
+            applied.version, 2,
+            "the first change, then the rest of the burst merged"
+        );
+        assert_eq!(cache.current().snapshot.len(0), 21);
     }
 
     #[tokio::test(start_paused = true)]

@@ -184,20 +184,26 @@ impl Context {
         }
     }
 
-    /// Records a response about to be sent.
+    /// Records a response about to be sent with `nonce`, carrying `resources` in `bytes`,
+    /// and returns it as the type's response in flight.
     pub fn sending(
         &self,
         index: usize,
-        resources: usize,
-        bytes: usize,
+        nonce: &str,
+        (resources, bytes): (usize, usize),
         change_driven: bool,
-        version: u64,
         state: &State,
-    ) {
+    ) -> InFlight {
+        let version = state.snapshot.version();
         let metrics = self.cache.metrics();
         metrics.pushed(index, resources, bytes);
         if change_driven && let Some(created) = state.history.created(version) {
             metrics.push_latency(created.elapsed().as_secs_f64());
+        }
+        InFlight {
+            nonce: nonce.to_string(),
+            version,
+            change_driven,
         }
     }
 }

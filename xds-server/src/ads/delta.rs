@@ -200,22 +200,12 @@ fn push(
         resources,
         type_url: type_url::PUSH_ORDER[index],
         removed_resources: removed,
-        nonce: nonce.clone(),
-    };
-    context.sending(
-        index,
-        response.resources.len(),
-        response.encoded_len(),
-        change_driven,
-        version,
-        state,
-    );
-    ts.responded = true;
-    ts.in_flight = Some(InFlight {
         nonce,
-        version,
-        change_driven,
-    });
+    };
+    let nonce = &response.nonce;
+    let size = (response.resources.len(), response.encoded_len());
+    ts.in_flight = Some(context.sending(index, nonce, size, change_driven, state));
+    ts.responded = true;
     Some(response)
 }
 

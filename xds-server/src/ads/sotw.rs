@@ -239,29 +239,16 @@ fn send(
     version_info: String,
     change_driven: bool,
 ) -> SotwResponse {
-    let version = state.snapshot.version();
-    let nonce = context.next_nonce();
     let response = SotwResponse {
         version_info,
         resources,
         type_url: type_url::PUSH_ORDER[index],
-        nonce: nonce.clone(),
+        nonce: context.next_nonce(),
     };
-    context.sending(
-        index,
-        response.resources.len(),
-        response.encoded_len(),
-        change_driven,
-        version,
-        state,
-    );
+    let size = (response.resources.len(), response.encoded_len());
+    ts.in_flight = Some(context.sending(index, &response.nonce, size, change_driven, state));
+    ts.sent_nonce = Some(response.nonce.clone());
     ts.responded = true;
-    ts.sent_nonce = Some(nonce.clone());
-    ts.in_flight = Some(InFlight {
-        nonce,
-        version,
-        change_driven,
-    });
     response
 }
 
