@@ -127,15 +127,17 @@ async fn run(
         batch.add(first.change);
         let mut waiters: Vec<_> = first.done.into_iter().collect();
         let isolated = last_applied.is_none_or(|t| t.elapsed() >= quiet) && rx.is_empty();
-        while !isolated {
-            let until = (Instant::now() + quiet).min(deadline);
-            match timeout_at(until, rx.recv()).await {
-                Ok(Some(next)) => {
-                    batch.add(next.change);
-                    waiters.extend(next.done);
+        if !isolated {
+            loop {
+                let until = (Instant::now() + quiet).min(deadline);
+                match timeout_at(until, rx.recv()).await {
+                    Ok(Some(next)) => {
+                        batch.add(next.change);
+                        waiters.extend(next.done);
+                    }
+                    // Quiet, or past the deadline, or no more senders: apply what we have.
+                    Ok(None) | Err(_) => break,
                 }
-                // Quiet, or past the deadline, or no more senders: apply what we have.
-                Ok(None) | Err(_) => break,
             }
         }
         let applied = batch.apply(&cache);
