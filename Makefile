@@ -67,9 +67,8 @@ peer:
 	@scripts/build-peer.sh >/dev/null || echo "peer not built: capstan-bench will skip the go-control-plane rows"
 
 bench: peer
-	$(call step,bench: cargo bench -p capstan-xds (criterion))
-	@if compgen -G 'xds-server/benches/*.rs' >/dev/null; then $(CARGO) bench -p capstan-xds; \
-	 else echo "no criterion benches in xds-server/benches yet: skipped"; fi
+	$(call step,bench: cargo bench -p capstan-xds --bench snapshot (criterion))
+	@$(CARGO) bench -p capstan-xds --bench snapshot
 	$(call step,bench: capstan-bench (ADS load: capstan vs go-control-plane))
 	@CAPSTAN_GCP_PEER="$(GCP_PEER_VALUE)" $(CARGO) run --quiet --release -p capstan-load --bin capstan-bench
 

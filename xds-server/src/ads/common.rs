@@ -19,6 +19,9 @@ use crate::snapshot::Snapshot;
 pub struct Subscription {
     pub wildcard: bool,
     names: Vec<Arc<str>>,
+    /// [`SotwRequest::names_hash`](super::request::SotwRequest::names_hash) of the request
+    /// that set `names`, if a SotW request did.
+    pub sent_as: Option<u64>,
 }
 
 impl Subscription {

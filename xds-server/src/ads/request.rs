@@ -32,6 +32,9 @@ pub struct SotwRequest {
     pub type_url: String,
     pub response_nonce: String,
     pub error_detail: Option<RpcStatus>,
+    /// A hash of the resource names as sent: equal lists, equal hashes. A proxy repeats an
+    /// unchanged subscription in every ACK; comparing this tells so without reading a name.
+    pub names_hash: u64,
     /// The encoded request, for [`names`](Self::names).
     raw: Bytes,
 }
@@ -42,6 +45,7 @@ impl SotwRequest {
     /// Reads an encoded `DiscoveryRequest`.
     pub fn parse(raw: Bytes) -> Result<Self, RequestError> {
         let mut request = SotwRequest::default();
+        let mut names = xxhash_rust::xxh3::Xxh3::new();
         for field in Fields::new(&raw) {
             let (tag, value) = field?;
             match (tag, value) {
@@ -51,19 +55,21 @@ impl SotwRequest {
                 (5, Value::Bytes(v)) => request.response_nonce = utf8(v)?.to_string(),
                 (6, Value::Bytes(v)) => request.error_detail = Some(RpcStatus::decode(v)?),
                 (NAMES, Value::Bytes(v)) => {
-                    utf8(v)?;
+                    names.update(&(v.len() as u64).to_le_bytes());
+                    names.update(v);
                 }
                 _ => {}
             }
         }
+        request.names_hash = names.digest();
         request.raw = raw;
         Ok(request)
     }
 
-    /// The resource names, in the order sent.
+    /// The resource names, in the order sent. A name that is not UTF-8 names no resource
+    /// capstan has, and is left out.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         Fields::new(&self.raw).filter_map(|field| match field {
-            // `parse` checked every field and every name.
             Ok((NAMES, Value::Bytes(v))) => std::str::from_utf8(v).ok(),
             _ => None,
         })
@@ -221,10 +227,26 @@ mod tests {
     }
 
     #[test]
+    fn equal_name_lists_have_equal_hashes() {
+        let with = |names: &[&str]| {
+            SotwRequest::from(&DiscoveryRequest {
+                resource_names: names.iter().map(|n| n.to_string()).collect(),
+                response_nonce: "any".into(),
+                ..Default::default()
+            })
+            .names_hash
+        };
+        assert_eq!(with(&["a", "b"]), with(&["a", "b"]));
+        assert_ne!(with(&["a", "b"]), with(&["ab"]));
+        assert_ne!(with(&["a", "b"]), with(&["a", "b", ""]));
+        assert_ne!(with(&["a"]), with(&[]));
+    }
+
+    #[test]
     fn rejects_malformed_input() {
         for bad in [
             &[0x1a, 0x05, b'a'][..],
-            &[0x1a, 0x02, 0xff, 0xfe][..],
+            &[0x22, 0x02, 0xff, 0xfe][..],
             &[0xff][..],
             &[0x0f][..],
         ] {

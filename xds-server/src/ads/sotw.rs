@@ -82,11 +82,13 @@ impl SotwStream {
         let subscription = &mut type_state.subscription;
         let trigger = if wildcard != subscription.wildcard {
             subscription.wildcard = wildcard;
+            subscription.sent_as = None;
             subscription.update_to(std::iter::empty(), &state.snapshot, index);
             Trigger::Request
-        } else if wildcard {
+        } else if wildcard || subscription.sent_as == Some(request.names_hash) {
             Trigger::Change
         } else {
+            subscription.sent_as = Some(request.names_hash);
             match subscription.update_to(request.names(), &state.snapshot, index) {
                 Some(added) => Trigger::Subscribed(added),
                 None => Trigger::Change,
