@@ -9,6 +9,9 @@ use crate::proxy::ProxyInfo;
 use crate::resource::type_url;
 use crate::snapshot::Snapshot;
 
+/// Up to this many new names are inserted one by one; more are appended and sorted once.
+const FEW: usize = 32;
+
 /// What a proxy subscribed to in one type.
 ///
 /// The names are kept in a sorted vector rather than a hash set: a sidecar subscribes to the
@@ -57,9 +60,17 @@ impl Subscription {
             .collect();
         added.sort();
         added.dedup();
-        if !added.is_empty() {
+        if added.len() <= FEW {
+            // The common case once a proxy is in sync: one new cluster, one new name. Put it
+            // in place instead of sorting thousands of names again.
+            for name in &added {
+                if let Err(at) = self.position(name) {
+                    self.names.insert(at, name.clone());
+                }
+            }
+        } else {
             self.names.extend(added.iter().cloned());
-            self.names.sort();
+            self.names.sort_unstable();
         }
         added
     }
@@ -248,6 +259,19 @@ mod tests {
         let mut s = Subscription::default();
         let added = s.extend(["x", "y", "x"], &snapshot, 1);
         assert_eq!(added.len(), 2);
+        // Many at once, then a few into the middle: the names stay sorted either way.
+        let many: Vec<String> = (0..100).map(|i| format!("n{i:03}")).collect();
+        assert_eq!(
+            s.extend(many.iter().map(String::as_str), &snapshot, 1)
+                .len(),
+            100
+        );
+        s.extend(["n0505", "a"], &snapshot, 1);
+        assert!(s.names().windows(2).all(|w| w[0] < w[1]));
+        assert!(s.contains("n0505") && s.contains("n042") && s.contains("a"));
+        for n in many.iter().map(String::as_str).chain(["n0505", "a"]) {
+            s.remove(n);
+        }
         assert!(s.extend(["y"], &snapshot, 1).is_empty());
         s.remove("x");
         assert_eq!(names(&s), vec!["y"]);
