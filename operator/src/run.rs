@@ -44,10 +44,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.xds_addr)
         .await
         .with_context(|| format!("binding the ADS server to {}", args.xds_addr))?;
-    info!(addr = %listener.local_addr()?, "ADS server listening on {}", listener.local_addr()?);
     let monitoring = TcpListener::bind(args.monitoring_addr)
         .await
         .with_context(|| format!("binding the monitoring server to {}", args.monitoring_addr))?;
+    // Both ports are bound: what this line announces answers from now on.
+    info!(addr = %listener.local_addr()?, "ADS server listening on {}", listener.local_addr()?);
     let monitor = tokio::spawn(crate::monitoring::serve(
         monitoring,
         cache.clone(),
