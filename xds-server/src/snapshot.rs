@@ -96,6 +96,11 @@ impl Snapshot {
         self.types.get(index)?.get(name)
     }
 
+    /// The variant of resource `name` of type `index` that `proxy` receives, if any.
+    pub fn resource_for(&self, index: usize, name: &str, proxy: &ProxyInfo) -> Option<&Resource> {
+        self.get(index, name)?.for_proxy(proxy)
+    }
+
     /// Every entry of type `index`, ordered by name.
     pub fn entries(&self, index: usize) -> impl Iterator<Item = (&Arc<str>, &Entry)> {
         self.types.get(index).into_iter().flat_map(|m| m.iter())

@@ -7,7 +7,8 @@ use tracing::warn;
 use crate::cache::{Nack, SnapshotCache, State};
 use crate::proxy::ProxyInfo;
 use crate::resource::type_url;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, type_index};
+use envoy_types::pb::envoy::config::core::v3::Node;
 
 /// Up to this many new names are inserted one by one; more are appended and sorted once.
 const FEW: usize = 32;
@@ -157,6 +158,22 @@ impl Context {
             proxy: ProxyInfo::default(),
             nonces: 0,
         }
+    }
+
+    /// Takes a request's first look: learns who the proxy is from the node (sent on the first
+    /// request only) and returns the index of the requested type, or `None` (logged) for a
+    /// type capstan does not serve.
+    pub fn request_type(&mut self, node: Option<&Node>, type_url: &str) -> Option<usize> {
+        if self.proxy.id.is_empty()
+            && let Some(node) = node
+        {
+            self.proxy = ProxyInfo::from_node(node);
+        }
+        let index = type_index(type_url);
+        if index.is_none() {
+            warn!(node = %self.proxy.id, type_url, "request for a type capstan does not serve");
+        }
+        index
     }
 
     pub fn next_nonce(&mut self) -> String {

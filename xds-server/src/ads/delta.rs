@@ -7,15 +7,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use tracing::warn;
 
 use super::common::{Context, InFlight, Subscription};
 use super::wire::{DeltaResponse, WireMessage};
 use crate::cache::{SnapshotCache, State};
 use crate::history::Since;
-use crate::proxy::ProxyInfo;
 use crate::resource::{Resource, type_url};
-use crate::snapshot::{TYPES, type_index};
+use crate::snapshot::TYPES;
 
 #[derive(Debug, Default)]
 struct TypeState {
@@ -57,13 +55,10 @@ impl DeltaStream {
         request: DeltaDiscoveryRequest,
         state: &State,
     ) -> Vec<DeltaResponse> {
-        if self.context.proxy.id.is_empty()
-            && let Some(node) = &request.node
-        {
-            self.context.proxy = ProxyInfo::from_node(node);
-        }
-        let Some(index) = type_index(&request.type_url) else {
-            warn!(node = %self.node_id(), type_url = %request.type_url, "request for a type capstan does not serve");
+        let Some(index) = self
+            .context
+            .request_type(request.node.as_ref(), &request.type_url)
+        else {
             return Vec::new();
         };
         let first = self.types[index].is_none();
@@ -153,7 +148,7 @@ fn push(
                 resources.extend(snapshot.view(index, proxy).filter(|r| !holds(r)).cloned());
             } else {
                 for name in ts.subscription.names() {
-                    match snapshot.get(index, name).and_then(|e| e.for_proxy(proxy)) {
+                    match snapshot.resource_for(index, name, proxy) {
                         Some(r) if !holds(r) => resources.push(r.clone()),
                         Some(_) => {}
                         None => removed.push(name.clone()),
@@ -162,10 +157,7 @@ fn push(
             }
             // What it kept from an earlier stream that no longer exists for it.
             for name in ts.initial.keys() {
-                let exists = snapshot
-                    .get(index, name)
-                    .and_then(|e| e.for_proxy(proxy))
-                    .is_some();
+                let exists = snapshot.resource_for(index, name, proxy).is_some();
                 if !exists && ts.subscription.wants(name) {
                     removed.push(Arc::from(name.as_str()));
                 }
@@ -177,7 +169,7 @@ fn push(
                 .filter(|n| ts.subscription.wants(n))
                 .chain(ts.pending.iter().filter(|n| !changed.contains(*n)));
             for name in candidates {
-                match snapshot.get(index, name).and_then(|e| e.for_proxy(proxy)) {
+                match snapshot.resource_for(index, name, proxy) {
                     Some(r) => resources.push(r.clone()),
                     None => removed.push(name.clone()),
                 }

@@ -6,16 +6,15 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::common::{Context, InFlight, Subscription};
 use super::request::SotwRequest;
 use super::wire::{SotwResources, SotwResponse, WireMessage};
 use crate::cache::{SnapshotCache, State};
 use crate::history::Since;
-use crate::proxy::ProxyInfo;
 use crate::resource::{Resource, type_url};
-use crate::snapshot::{TYPES, type_index};
+use crate::snapshot::TYPES;
 
 /// Types whose SotW responses may carry only the resources that changed.
 const PARTIAL_TYPES: [&str; 3] = [type_url::ENDPOINT, type_url::ROUTE, type_url::SECRET];
@@ -53,13 +52,10 @@ impl SotwStream {
     }
 
     pub fn on_request(&mut self, request: SotwRequest, state: &State) -> Vec<SotwResponse> {
-        if self.context.proxy.id.is_empty()
-            && let Some(node) = &request.node
-        {
-            self.context.proxy = ProxyInfo::from_node(node);
-        }
-        let Some(index) = type_index(&request.type_url) else {
-            warn!(node = %self.node_id(), type_url = %request.type_url, "request for a type capstan does not serve");
+        let Some(index) = self
+            .context
+            .request_type(request.node.as_ref(), &request.type_url)
+        else {
             return Vec::new();
         };
         let type_state = self.types[index].get_or_insert_with(TypeState::default);
@@ -179,7 +175,7 @@ fn push(
         if partial {
             let resources: Vec<Resource> = wanted
                 .into_iter()
-                .filter_map(|n| snapshot.get(index, n)?.for_proxy(proxy).cloned())
+                .filter_map(|n| snapshot.resource_for(index, n, proxy).cloned())
                 .collect();
             ts.synced = version;
             if resources.is_empty() {
@@ -210,7 +206,7 @@ fn push(
             ts.subscription
                 .names()
                 .iter()
-                .filter_map(|n| snapshot.get(index, n)?.for_proxy(proxy).cloned())
+                .filter_map(|n| snapshot.resource_for(index, n, proxy).cloned())
                 .collect()
         })),
     };
