@@ -6,29 +6,15 @@ pub mod hostname;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use capstan_crds::IstioObject;
 use capstan_crds::networking::destination_rule::Subset;
 use capstan_crds::networking::service_entry::{Resolution, ServicePort, WorkloadEntry};
 use capstan_crds::networking::virtual_service::HttpRoute;
-
-/// The object a piece of config came from, for messages.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ObjectRef {
-    pub kind: &'static str,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for ObjectRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
-    }
-}
+use capstan_crds::{IstioObject, ObjectKey};
 
 /// Something in otherwise valid config that capstan cannot honour, reported and skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    pub object: ObjectRef,
+    pub object: ObjectKey,
     pub field: String,
     pub message: String,
 }
@@ -43,7 +29,7 @@ impl fmt::Display for Problem {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     pub host: String,
-    pub origin: ObjectRef,
+    pub origin: ObjectKey,
     pub ports: Vec<ServicePort>,
     pub resolution: Resolution,
     pub endpoints: Vec<WorkloadEntry>,
@@ -53,14 +39,14 @@ pub struct Service {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DestinationRule {
     pub host: String,
-    pub origin: ObjectRef,
+    pub origin: ObjectKey,
     pub subsets: Vec<Subset>,
 }
 
 /// A VirtualService's HTTP routing with its hosts resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VirtualService {
-    pub origin: ObjectRef,
+    pub origin: ObjectKey,
     pub hosts: Vec<String>,
     pub gateways: Vec<String>,
     pub http: Vec<HttpRoute>,
@@ -95,14 +81,14 @@ impl Mesh {
         domain_suffix: &str,
     ) -> (Mesh, Vec<Problem>) {
         let mut objects: Vec<&IstioObject> = objects.into_iter().collect();
-        objects.sort_by_key(|o| object_ref(o));
+        objects.sort_by_key(|o| o.key());
         let mut mesh = Mesh {
             domain_suffix: domain_suffix.to_string(),
             ..Mesh::default()
         };
         let mut problems = Vec::new();
         for object in objects {
-            let origin = object_ref(object);
+            let origin = object.key();
             match object {
                 IstioObject::ServiceEntry(se) => {
                     for (i, host) in se.spec.hosts.iter().enumerate() {
@@ -192,13 +178,5 @@ impl Mesh {
         sidecar()
             .find(|vs| vs.hosts.iter().any(|h| h == host))
             .or_else(|| sidecar().find(|vs| vs.hosts.iter().any(|h| hostname::matches(h, host))))
-    }
-}
-
-pub fn object_ref(object: &IstioObject) -> ObjectRef {
-    ObjectRef {
-        kind: object.kind().as_str(),
-        namespace: object.namespace_or_default().to_string(),
-        name: object.name().to_string(),
     }
 }
