@@ -1,6 +1,6 @@
 //! CDS: a cluster per service port, and one per DestinationRule subset of it.
 
-use capstan_crds::networking::service_entry::{Resolution, ServicePort};
+use capstan_crds::networking::service_entry::Resolution;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy,
 };
@@ -14,8 +14,8 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::google::protobuf::Duration;
 use envoy_types::util::pack_any;
 
-use super::{ads_config_source, cluster_name, endpoint, is_http2};
-use crate::model::{Mesh, Service};
+use super::{ServiceCluster, ads_config_source, endpoint, is_http2, service_clusters};
+use crate::model::Mesh;
 
 /// Istio's default connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration {
@@ -24,25 +24,16 @@ const CONNECT_TIMEOUT: Duration = Duration {
 };
 
 pub fn clusters(mesh: &Mesh) -> Vec<(String, Cluster)> {
-    let mut out = Vec::new();
-    for service in mesh.services.values() {
-        for port in &service.ports {
-            out.push(cluster(service, port, "", &Default::default()));
-            for subset in mesh.subsets(&service.host) {
-                out.push(cluster(service, port, &subset.name, &subset.labels));
-            }
-        }
-    }
-    out
+    service_clusters(mesh).map(cluster).collect()
 }
 
-fn cluster(
-    service: &Service,
-    port: &ServicePort,
-    subset: &str,
-    labels: &std::collections::BTreeMap<String, String>,
-) -> (String, Cluster) {
-    let name = cluster_name(port.number, subset, &service.host);
+fn cluster(spec: ServiceCluster<'_>) -> (String, Cluster) {
+    let ServiceCluster {
+        name,
+        service,
+        port,
+        labels,
+    } = spec;
     let mut cluster = Cluster {
         name: name.clone(),
         connect_timeout: Some(CONNECT_TIMEOUT),

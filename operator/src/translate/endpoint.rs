@@ -12,31 +12,17 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 
-use super::{cluster_name, endpoint_port, selects};
+use super::{endpoint_port, selects, service_clusters};
 use crate::model::{Mesh, Service};
 
 pub fn load_assignments(mesh: &Mesh) -> Vec<(String, ClusterLoadAssignment)> {
-    let mut out = Vec::new();
-    for service in mesh.services.values() {
-        if service.resolution != Resolution::Static {
-            continue;
-        }
-        for port in &service.ports {
-            let name = cluster_name(port.number, "", &service.host);
-            out.push((
-                name.clone(),
-                load_assignment(&name, service, port, &BTreeMap::new()),
-            ));
-            for subset in mesh.subsets(&service.host) {
-                let name = cluster_name(port.number, &subset.name, &service.host);
-                out.push((
-                    name.clone(),
-                    load_assignment(&name, service, port, &subset.labels),
-                ));
-            }
-        }
-    }
-    out
+    service_clusters(mesh)
+        .filter(|c| c.service.resolution == Resolution::Static)
+        .map(|c| {
+            let assignment = load_assignment(&c.name, c.service, c.port, c.labels);
+            (c.name, assignment)
+        })
+        .collect()
 }
 
 /// The endpoints of `service` on `port` carrying `labels`, grouped by locality. A DNS service

@@ -8,13 +8,15 @@ mod endpoint;
 mod listener;
 mod route;
 
+use std::collections::BTreeMap;
+
 use capstan_crds::networking::service_entry::{ServicePort, WorkloadEntry};
 use capstan_xds::{Resource, SnapshotBuilder};
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{AggregatedConfigSource, ApiVersion, ConfigSource};
 use prost::{Message, Name};
 
-use crate::model::{Mesh, Problem};
+use crate::model::{Mesh, Problem, Service};
 
 /// The name of the outbound HTTP listener and of its route configuration.
 pub const OUTBOUND_HTTP: &str = "outbound_http";
@@ -51,6 +53,42 @@ fn add_all<M: Message + Name>(out: &mut SnapshotBuilder, items: Vec<(String, M)>
             }
         }
     }
+}
+
+/// One cluster capstan builds: a service port, whole or restricted to a subset's labels.
+pub struct ServiceCluster<'a> {
+    pub name: String,
+    pub service: &'a Service,
+    pub port: &'a ServicePort,
+    /// The labels endpoints must carry (none for the whole service).
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+/// Every cluster of the mesh: per service port, one for the whole service and one per
+/// DestinationRule subset. CDS and EDS build from this same list.
+pub fn service_clusters(mesh: &Mesh) -> impl Iterator<Item = ServiceCluster<'_>> {
+    mesh.services.values().flat_map(move |service| {
+        service.ports.iter().flat_map(move |port| {
+            let whole = ServiceCluster {
+                name: cluster_name(port.number, "", &service.host),
+                service,
+                port,
+                labels: &NO_LABELS,
+            };
+            let subsets = mesh
+                .subsets(&service.host)
+                .iter()
+                .map(move |subset| ServiceCluster {
+                    name: cluster_name(port.number, &subset.name, &service.host),
+                    service,
+                    port,
+                    labels: &subset.labels,
+                });
+            std::iter::once(whole).chain(subsets)
+        })
+    })
 }
 
 /// `outbound|<port>|<subset>|<host>`, Istio's cluster name.
