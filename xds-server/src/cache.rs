@@ -190,16 +190,11 @@ impl SnapshotCache {
 mod tests {
     use super::*;
     use crate::history::Since;
-    use crate::resource::Resource;
-    use bytes::Bytes;
+    use crate::test_support::res;
 
     fn update(body: &'static [u8]) -> Update {
         let mut u = Update::new();
-        u.put(Resource::from_bytes(
-            type_url::CLUSTER,
-            "c",
-            Bytes::from_static(body),
-        ));
+        u.put(res(type_url::CLUSTER, "c", body));
         u
     }
 

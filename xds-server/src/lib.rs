@@ -15,6 +15,8 @@ mod proxy;
 mod queue;
 mod resource;
 mod snapshot;
+#[cfg(test)]
+mod test_support;
 
 pub use cache::{Applied, Nack, SnapshotCache, State};
 pub use history::{History, Since};

@@ -151,16 +151,12 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{Resource, type_url};
-    use bytes::Bytes;
+    use crate::resource::type_url;
+    use crate::test_support::res;
 
     fn update(name: &str, body: &'static [u8]) -> Update {
         let mut u = Update::new();
-        u.put(Resource::from_bytes(
-            type_url::CLUSTER,
-            name,
-            Bytes::from_static(body),
-        ));
+        u.put(res(type_url::CLUSTER, name, body));
         u
     }
 
@@ -235,11 +231,7 @@ mod tests {
         let full = |names: &[&str]| {
             let mut b = SnapshotBuilder::new();
             for n in names {
-                b.add(Resource::from_bytes(
-                    type_url::CLUSTER,
-                    *n,
-                    Bytes::from_static(b"x"),
-                ));
+                b.add(res(type_url::CLUSTER, n, b"x"));
             }
             b
         };

@@ -7,8 +7,6 @@ pub mod delta;
 pub mod request;
 pub mod service;
 pub mod sotw;
-#[cfg(test)]
-mod test_support;
 pub mod wire;
 
 use std::future::Future;

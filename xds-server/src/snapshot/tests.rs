@@ -2,10 +2,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::proxy::Role;
-
-fn res(type_url: &'static str, name: &str, body: &'static [u8]) -> Resource {
-    Resource::from_bytes(type_url, name, Bytes::from_static(body))
-}
+use crate::test_support::res;
 
 fn names(changed: &[Arc<str>]) -> Vec<&str> {
     changed.iter().map(|n| n.as_ref()).collect()

@@ -2,8 +2,8 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::rpc::Status;
 
 use super::*;
-use crate::ads::test_support::apply;
 use crate::resource::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use crate::test_support::apply;
 
 fn request(type_url: &str, subscribe: &[&str], nonce: &str) -> DeltaDiscoveryRequest {
     DeltaDiscoveryRequest {

@@ -4,9 +4,9 @@ use envoy_types::pb::google::rpc::Status;
 
 use super::*;
 use crate::ads::request::SotwRequest;
-use crate::ads::test_support::{apply, apply_for};
 use crate::proxy::Selector;
 use crate::resource::type_url::{CLUSTER, ENDPOINT, LISTENER};
+use crate::test_support::{apply, apply_for};
 
 fn request(type_url: &str, names: &[&str], nonce: &str) -> SotwRequest {
     SotwRequest::from(&DiscoveryRequest {

@@ -1,4 +1,4 @@
-//! Builds cache states for the protocol tests.
+//! Resources and cache states for the crate's tests.
 
 use std::sync::Arc;
 
