@@ -35,6 +35,9 @@ pub struct SotwRequest {
     /// A hash of the resource names as sent: equal lists, equal hashes. A proxy repeats an
     /// unchanged subscription in every ACK; comparing this tells so without reading a name.
     pub names_hash: u64,
+    /// Whether the request names no resource or names `*`: a wildcard subscription. Known
+    /// from the one pass of [`parse`](Self::parse), so an ACK is never read twice.
+    pub wildcard: bool,
     /// The encoded request, for [`names`](Self::names).
     raw: Bytes,
 }
@@ -45,9 +48,10 @@ impl SotwRequest {
     /// Reads an encoded `DiscoveryRequest`.
     pub fn parse(raw: Bytes) -> Result<Self, RequestError> {
         let mut request = SotwRequest::default();
-        let mut names = xxhash_rust::xxh3::Xxh3::new();
-        for field in Fields::new(&raw) {
-            let (tag, value) = field?;
+        let mut names = NamesHash::default();
+        let (mut named, mut star) = (false, false);
+        let mut fields = Fields::new(&raw);
+        while let Some((span, tag, value)) = fields.next_spanned(raw.len())? {
             match (tag, value) {
                 (1, Value::Bytes(v)) => request.version_info = utf8(v)?.to_string(),
                 (2, Value::Bytes(v)) => request.node = Some(Node::decode(v)?),
@@ -55,13 +59,15 @@ impl SotwRequest {
                 (5, Value::Bytes(v)) => request.response_nonce = utf8(v)?.to_string(),
                 (6, Value::Bytes(v)) => request.error_detail = Some(RpcStatus::decode(v)?),
                 (NAMES, Value::Bytes(v)) => {
-                    names.update(&(v.len() as u64).to_le_bytes());
-                    names.update(v);
+                    named = true;
+                    star |= v == b"*";
+                    names.field(&raw, span);
                 }
                 _ => {}
             }
         }
-        request.names_hash = names.digest();
+        request.names_hash = names.finish(&raw);
+        request.wildcard = !named || star;
         request.raw = raw;
         Ok(request)
     }
@@ -74,9 +80,35 @@ impl SotwRequest {
             _ => None,
         })
     }
+}
 
-    pub fn has_names(&self) -> bool {
-        self.names().next().is_some()
+/// Hashes the encoded name fields (tag, length and bytes) in the order sent. Names usually
+/// come as one run of adjacent fields, which is hashed in one call: per name, a streaming
+/// hasher costs more than the name's few bytes.
+#[derive(Default)]
+struct NamesHash {
+    hasher: xxhash_rust::xxh3::Xxh3Default,
+    /// The byte range of the current run of adjacent name fields.
+    run: Option<std::ops::Range<usize>>,
+}
+
+impl NamesHash {
+    fn field(&mut self, raw: &[u8], span: std::ops::Range<usize>) {
+        self.run = match self.run.take() {
+            Some(run) if run.end == span.start => Some(run.start..span.end),
+            Some(run) => {
+                self.hasher.update(&raw[run]);
+                Some(span)
+            }
+            None => Some(span),
+        };
+    }
+
+    fn finish(mut self, raw: &[u8]) -> u64 {
+        if let Some(run) = self.run.take() {
+            self.hasher.update(&raw[run]);
+        }
+        self.hasher.digest()
     }
 }
 
@@ -154,6 +186,22 @@ impl<'a> Fields<'a> {
             _ => return Err(RequestError::Malformed),
         };
         Ok((tag, value))
+    }
+}
+
+impl<'a> Fields<'a> {
+    /// The next field with its byte range in a message of `len` bytes (this iterator's start).
+    #[allow(clippy::type_complexity)]
+    fn next_spanned(
+        &mut self,
+        len: usize,
+    ) -> Result<Option<(std::ops::Range<usize>, u64, Value<'a>)>, RequestError> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        let start = len - self.rest.len();
+        let (tag, value) = self.field()?;
+        Ok(Some((start..len - self.rest.len(), tag, value)))
     }
 }
 
@@ -240,6 +288,36 @@ mod tests {
         assert_ne!(with(&["a", "b"]), with(&["ab"]));
         assert_ne!(with(&["a", "b"]), with(&["a", "b", ""]));
         assert_ne!(with(&["a"]), with(&[]));
+    }
+
+    #[test]
+    fn names_hash_does_not_depend_on_fields_between_names() {
+        // names "a", "b" with the type URL between them, then after them.
+        let split = [0x1a, 1, b'a', 0x22, 1, b't', 0x1a, 1, b'b'];
+        let adjacent = [0x1a, 1, b'a', 0x1a, 1, b'b', 0x22, 1, b't'];
+        let parse = |b: &[u8]| SotwRequest::parse(Bytes::copy_from_slice(b)).expect("valid");
+        let (split, adjacent) = (parse(&split), parse(&adjacent));
+        assert_eq!(split.names_hash, adjacent.names_hash);
+        assert_eq!(split.names().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(split.type_url, "t");
+        let reordered = parse(&[0x1a, 1, b'b', 0x1a, 1, b'a']);
+        assert_ne!(reordered.names_hash, adjacent.names_hash);
+    }
+
+    #[test]
+    fn wildcard_is_no_names_or_a_star() {
+        let wildcard = |names: &[&str]| {
+            SotwRequest::from(&DiscoveryRequest {
+                resource_names: names.iter().map(|n| n.to_string()).collect(),
+                ..Default::default()
+            })
+            .wildcard
+        };
+        assert!(wildcard(&[]));
+        assert!(wildcard(&["*"]));
+        assert!(wildcard(&["a", "*"]));
+        assert!(!wildcard(&["a"]));
+        assert!(!wildcard(&[""]));
     }
 
     #[test]

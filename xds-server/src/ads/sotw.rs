@@ -74,7 +74,7 @@ impl SotwStream {
             self.context
                 .answered(index, &in_flight, state, error, &request.version_info);
         }
-        let wildcard = !request.has_names() || request.names().any(|n| n == "*");
+        let wildcard = request.wildcard;
         let subscription = &mut type_state.subscription;
         let trigger = if wildcard != subscription.wildcard {
             subscription.wildcard = wildcard;
