@@ -5,13 +5,16 @@
 //!
 //! - [`runner::run`] is a whole load run; [`report::LoadReport`] what it measured.
 //! - [`proxy`] holds one simulated proxy: its xDS state machines and the stream task.
-//! - [`wire`] and [`xds_scan`] read responses by field scans instead of full decoding, and
-//!   [`request`] writes requests from pre-encoded pieces, to keep the generator's own CPU low.
+//! - [`wire`] and [`xds_scan`] read responses by field scans instead of full decoding,
+//!   [`cluster_memo`] scans a cluster's bytes once, and [`request`] writes requests from
+//!   pre-encoded pieces, to keep the generator's own CPU low.
 //! - [`mesh`] is the benchmark mesh as Envoy resources; [`bench_server`] serves it from
 //!   capstan's cache; [`server_process`] runs any bench server as a child process.
 
 pub mod bench_server;
+pub mod cluster_memo;
 pub mod control;
+pub mod cpu;
 pub mod mesh;
 pub mod name_set;
 pub mod proxy;

@@ -32,17 +32,23 @@ impl SetKey {
     }
 
     pub fn add(&mut self, name: &str) {
-        self.sum = self
-            .sum
-            .wrapping_add(xxhash_rust::xxh3::xxh3_64(name.as_bytes()));
+        self.add_hash(Self::hash(name));
+    }
+
+    /// Adds the name whose [`SetKey::hash`] is `hash`.
+    pub fn add_hash(&mut self, hash: u64) {
+        self.sum = self.sum.wrapping_add(hash);
         self.len += 1;
     }
 
     pub fn remove(&mut self, name: &str) {
-        self.sum = self
-            .sum
-            .wrapping_sub(xxhash_rust::xxh3::xxh3_64(name.as_bytes()));
+        self.sum = self.sum.wrapping_sub(Self::hash(name));
         self.len = self.len.saturating_sub(1);
+    }
+
+    /// The hash a name contributes to a key.
+    pub fn hash(name: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(name.as_bytes())
     }
 }
 

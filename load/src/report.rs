@@ -81,6 +81,13 @@ pub struct ScenarioReport {
     /// Over every proxy of every round.
     pub overall: Percentiles,
     pub bytes: u64,
+    /// CPU milliseconds the server used per change, from the first change to the end of the
+    /// last round's pause (follow-up requests included); needs the server's pid.
+    #[serde(default)]
+    pub server_cpu_ms: Option<f64>,
+    /// The same for the load generator itself.
+    #[serde(default)]
+    pub load_cpu_ms: Option<f64>,
 }
 
 /// Everything one load run measured.
@@ -175,6 +182,16 @@ impl LoadReport {
                 "",
                 fmt_bytes(scenario.bytes as f64),
             );
+            if scenario.server_cpu_ms.is_some() || scenario.load_cpu_ms.is_some() {
+                let ms = |v: Option<f64>| v.map_or_else(|| "–".into(), |v| format!("{v:.1} ms"));
+                let _ = writeln!(
+                    out,
+                    "{:<9} CPU per change: server {}, load generator {}",
+                    scenario.scenario.as_str(),
+                    ms(scenario.server_cpu_ms),
+                    ms(scenario.load_cpu_ms),
+                );
+            }
         }
         if self.failures > 0 {
             let _ = writeln!(out, "\n{} proxies failed:", self.failures);
@@ -222,6 +239,8 @@ mod tests {
                 }],
                 overall: latency,
                 bytes: 10,
+                server_cpu_ms: Some(42.5),
+                load_cpu_ms: None,
             }],
             failures: 1,
             errors: vec!["proxy 1: closed".into()],
@@ -231,11 +250,19 @@ mod tests {
         assert!(table.contains("100.0 KiB per proxy"), "{table}");
         assert!(table.contains("timeout"), "{table}");
         assert!(table.contains("proxy 1: closed"), "{table}");
+        assert!(
+            table.contains("CPU per change: server 42.5 ms, load generator –"),
+            "{table}"
+        );
         let json = serde_json::to_string(&report).expect("serialises");
         assert!(json.contains("\"scenario\":\"endpoint\""), "{json}");
         let back: LoadReport = serde_json::from_str(&json).expect("parses");
         assert_eq!(back.scenario(Scenario::Endpoint).map(|s| s.bytes), Some(10));
         assert!(back.scenario(Scenario::All).is_none());
+        let cpu = back
+            .scenario(Scenario::Endpoint)
+            .and_then(|s| s.server_cpu_ms);
+        assert_eq!(cpu, Some(42.5));
         assert_eq!("all".parse::<Scenario>(), Ok(Scenario::All));
     }
 }

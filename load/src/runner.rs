@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::control::{ControlClient, ControlError};
+use crate::cpu::CpuClock;
 use crate::name_set::Interner;
 use crate::proxy::{Protocol, stream};
 use crate::report::{LoadReport, RoundReport, RssReport, Scenario, ScenarioReport, SyncReport};
@@ -193,6 +194,7 @@ async fn measure(
     for &scenario in &config.scenarios {
         let mut rounds = Vec::new();
         let mut samples = Vec::new();
+        let cpu_before = CpuClock::read(config.server_pid);
         for round in 0..config.rounds {
             let change = config.first_change + round as u64;
             let (report, latencies) =
@@ -207,11 +209,15 @@ async fn measure(
             samples.extend(latencies);
             rounds.push(report);
         }
+        let (server_cpu_ms, load_cpu_ms) =
+            CpuClock::read(config.server_pid).ms_per_change_since(&cpu_before, rounds.len());
         scenarios.push(ScenarioReport {
             scenario,
             overall: Percentiles::of(&samples),
             bytes: rounds.iter().map(|r| r.bytes).sum(),
             rounds,
+            server_cpu_ms,
+            load_cpu_ms,
         });
     }
     Ok(LoadReport {

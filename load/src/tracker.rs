@@ -37,12 +37,20 @@ impl Target {
 
     /// Whether `cluster` is the marker this target waits for.
     pub fn is_marker(&self, cluster: &str) -> bool {
-        self.marker.is_some_and(|n| {
-            cluster
-                .strip_prefix(Self::MARKER_PREFIX)
-                .and_then(|rest| rest.parse::<u64>().ok())
-                == Some(n)
-        })
+        self.is_marker_number(Self::marker_number(cluster))
+    }
+
+    /// Whether the marker numbered `number` (see [`Target::marker_number`]) is the one this
+    /// target waits for.
+    pub fn is_marker_number(&self, number: Option<u64>) -> bool {
+        self.marker.is_some_and(|n| number == Some(n))
+    }
+
+    /// `n` if `cluster` is marker cluster `n`.
+    pub fn marker_number(cluster: &str) -> Option<u64> {
+        cluster
+            .strip_prefix(Self::MARKER_PREFIX)
+            .and_then(|rest| rest.parse::<u64>().ok())
     }
 }
 

@@ -47,12 +47,17 @@ impl<'a> SotwResponse<'a> {
 
     /// The encoded body of each resource (the `value` of each `Any` in field 2).
     pub fn resources(&self) -> impl Iterator<Item = Result<&'a [u8], WireError>> + 'a {
-        wire::repeated(self.message, 2).map(|any| any_value(any?))
+        self.anys().map(|any| any_value(any?))
+    }
+
+    /// The resources as sent: encoded `google.protobuf.Any`s (see [`any_value`]).
+    pub fn anys(&self) -> impl Iterator<Item = Result<&'a [u8], WireError>> + 'a {
+        wire::repeated(self.message, 2)
     }
 }
 
 /// The value of an encoded `google.protobuf.Any` (field 2).
-fn any_value(any: &[u8]) -> Result<&[u8], WireError> {
+pub fn any_value(any: &[u8]) -> Result<&[u8], WireError> {
     Ok(wire::last_bytes(any, 2)?.unwrap_or_default())
 }
 

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use capstan_xds::type_url;
 
 use super::{Awaited, Env, Kind, Phase, ProxyError, Step, endpoint_converged};
+use crate::cluster_memo;
 use crate::name_set::{NameSet, SetKey};
 use crate::request;
 use crate::xds_scan::{self, SotwResponse};
@@ -85,13 +86,16 @@ impl SotwProxy {
         step: &mut Step,
     ) -> Result<(), ProxyError> {
         let mut key = SetKey::default();
-        for body in response.resources() {
-            let cluster = xds_scan::cluster(body?)?;
-            if let Some(service) = cluster.eds_service {
-                key.add(service);
+        cluster_memo::with(|clusters| {
+            for any in response.anys() {
+                let cluster = clusters.cluster(any?)?;
+                if let Some(service) = cluster.eds_service {
+                    key.add_hash(service);
+                }
+                step.converged |= env.target.is_marker_number(cluster.marker);
             }
-            step.converged |= env.target.is_marker(cluster.name);
-        }
+            Ok::<_, ProxyError>(())
+        })?;
         step.requests.push(self.request(Kind::Clusters, &[]));
         if key != self.clusters.key() {
             let set = env.interner.get_or_build(key, || {

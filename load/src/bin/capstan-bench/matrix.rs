@@ -149,6 +149,14 @@ impl Row {
         Some(bytes / proxies / 1024.0)
     }
 
+    /// CPU milliseconds per change of `scenario`: (server, load generator).
+    pub fn cpu_ms(&self, scenario: Scenario) -> (Option<f64>, Option<f64>) {
+        self.report
+            .as_ref()
+            .and_then(|r| r.scenario(scenario))
+            .map_or((None, None), |s| (s.server_cpu_ms, s.load_cpu_ms))
+    }
+
     /// `capstan / self` for `metric`, when this is a peer row and both have the value.
     pub fn ratio(&self, rows: &[Row], metric: impl Fn(&Row) -> Option<f64>) -> Option<f64> {
         if self.server == Server::Capstan {

@@ -9,7 +9,7 @@ use capstan_load::stats::{Percentiles, fmt_ms};
 use crate::machine::Machine;
 use crate::matrix::{Matrix, Row, Server};
 
-const HEADER: [&str; 10] = [
+const HEADER: [&str; 11] = [
     "server",
     "xDS",
     "proxies",
@@ -19,6 +19,7 @@ const HEADER: [&str; 10] = [
     "missed",
     "server RSS KiB/proxy",
     "KiB/proxy sync·endpoint·all",
+    "CPU ms per change, server·load generator: endpoint / all",
     "capstan/peer p99 endpoint·all, RSS",
 ];
 
@@ -74,9 +75,19 @@ fn cells(row: &Row, rows: &[Row]) -> Vec<String> {
                 num(row.kib_per_proxy(Some(Scenario::Endpoint)), 2),
                 num(row.kib_per_proxy(Some(Scenario::All)), 2),
             ),
+            cpu(row),
             ratios,
         ])
         .collect()
+}
+
+/// CPU per change of the server and the load generator, endpoint then all.
+fn cpu(row: &Row) -> String {
+    let pair = |scenario| {
+        let (server, load) = row.cpu_ms(scenario);
+        format!("{}·{}", num(server, 0), num(load, 0))
+    };
+    format!("{} / {}", pair(Scenario::Endpoint), pair(Scenario::All))
 }
 
 /// Aligned columns for the terminal.
@@ -197,6 +208,8 @@ mod tests {
             rounds: Vec::new(),
             overall: latency,
             bytes: 0,
+            server_cpu_ms: Some(12.0),
+            load_cpu_ms: Some(3.4),
         };
         LoadReport {
             protocol: Protocol::Delta,
@@ -247,6 +260,7 @@ mod tests {
         let text = text(&rows);
         assert!(text.contains("0.050 · 0.050, 0.50"), "{text}");
         assert!(text.contains("not run: peer not built"), "{text}");
+        assert!(text.contains("12·3 / 12·3"), "{text}");
         let machine = Machine::describe(std::path::Path::new("."));
         let md = markdown(&rows, &machine, &Matrix::quick());
         assert_eq!(md.lines().filter(|l| l.starts_with('|')).count(), 5, "{md}");
