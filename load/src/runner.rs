@@ -8,12 +8,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::control::{ControlClient, ControlError};
 use crate::cpu::CpuClock;
 use crate::name_set::Interner;
+use crate::proxy::grpc::Connection;
 use crate::proxy::{Protocol, stream};
 use crate::report::{LoadReport, RoundReport, RssReport, Scenario, ScenarioReport, SyncReport};
 use crate::rss;
@@ -112,7 +112,7 @@ pub async fn run(config: &LoadConfig) -> Result<LoadReport, LoadError> {
 fn spawn_proxies(config: &LoadConfig, tracker: &Arc<Tracker>) -> JoinSet<()> {
     let interner = Arc::new(Interner::new());
     let semaphore = Arc::new(Semaphore::new(config.connect_concurrency));
-    let connections: Vec<Arc<OnceCell<Channel>>> =
+    let connections: Vec<Arc<OnceCell<Connection>>> =
         (0..config.proxies.div_ceil(config.streams_per_connection))
             .map(|_| Arc::new(OnceCell::new()))
             .collect();
@@ -127,9 +127,18 @@ fn spawn_proxies(config: &LoadConfig, tracker: &Arc<Tracker>) -> JoinSet<()> {
             };
             tracker.started(index);
             let result = match connection.get_or_try_init(|| stream::connect(ads)).await {
-                Ok(channel) => {
-                    let channel = channel.clone();
-                    stream::run(index, protocol, channel, tracker.clone(), interner, permit).await
+                Ok(connection) => {
+                    let connection = connection.clone();
+                    stream::run(
+                        index,
+                        protocol,
+                        ads,
+                        connection,
+                        tracker.clone(),
+                        interner,
+                        permit,
+                    )
+                    .await
                 }
                 Err(e) => Err(e),
             };

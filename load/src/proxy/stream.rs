@@ -1,17 +1,16 @@
-//! Runs a simulated proxy on a real ADS stream: gRPC over HTTP/2 (a tonic `Channel`), requests
-//! and responses as raw protobuf bytes so that nothing is decoded that the proxy does not read
-//! (framing in [`grpc`]).
+//! Runs a simulated proxy on a real ADS stream: gRPC over HTTP/2, requests and responses as raw
+//! protobuf bytes so that nothing is decoded that the proxy does not read (framing and the
+//! HTTP/2 stream in [`grpc`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
 
 use super::delta::DeltaProxy;
-use super::grpc;
+use super::grpc::{self, Connection};
 use super::sotw::SotwProxy;
 use super::{Env, Protocol, ProxyError, Step};
 use crate::name_set::Interner;
@@ -29,8 +28,6 @@ const WINDOW: u32 = 256 * 1024 * 1024;
 /// Why a proxy's stream ended.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("connecting: {0}")]
-    Connect(#[from] tonic::transport::Error),
     #[error("stream: {0}")]
     Status(#[from] Status),
     #[error("the server closed the stream")]
@@ -40,12 +37,8 @@ pub enum StreamError {
 }
 
 /// Opens one HTTP/2 connection to the ADS server, with Envoy-like settings.
-pub async fn connect(ads: SocketAddr) -> Result<Channel, StreamError> {
-    let endpoint = Endpoint::from_shared(format!("http://{ads}"))?
-        .tcp_nodelay(true)
-        .initial_stream_window_size(WINDOW)
-        .initial_connection_window_size(WINDOW);
-    Ok(endpoint.connect().await?)
+pub async fn connect(ads: SocketAddr) -> Result<Connection, StreamError> {
+    Ok(grpc::connect(ads, WINDOW).await?)
 }
 
 /// Either protocol's state machine.
@@ -70,13 +63,14 @@ impl Machine {
     }
 }
 
-/// Simulated proxy `index` on `channel`: opens its ADS stream, syncs (then gives back
-/// `permit`, letting the next proxy connect), and keeps answering responses until the stream
-/// ends or the task is aborted.
+/// Simulated proxy `index` on `connection` to `ads`: opens its ADS stream, syncs (then gives
+/// back `permit`, letting the next proxy connect), and keeps answering responses until the
+/// stream ends or the task is aborted.
 pub async fn run(
     index: usize,
     protocol: Protocol,
-    channel: Channel,
+    ads: SocketAddr,
+    connection: Connection,
     tracker: Arc<Tracker>,
     interner: Arc<Interner>,
     permit: OwnedSemaphorePermit,
@@ -90,15 +84,11 @@ pub async fn run(
         Protocol::Sotw => SOTW_PATH,
         Protocol::Delta => DELTA_PATH,
     };
-    let (tx, rx) = mpsc::unbounded_channel();
-    for request in machine.start() {
-        // The receiver is alive: it is handed to the stream below.
-        let _ = tx.send(request);
-    }
-    let mut inbound = grpc::open(channel, path, rx).await?;
+    let first = grpc::frame_all(&machine.start());
+    let mut stream = grpc::open(connection, ads, path, first).await?;
     let mut permit = Some(permit);
     loop {
-        let Some(message) = inbound.message().await? else {
+        let Some(message) = stream.message().await? else {
             return Err(StreamError::Closed);
         };
         tracker.received(message.len());
@@ -108,10 +98,9 @@ pub async fn run(
             target,
         };
         let step = machine.on_response(&message, &env)?;
-        for request in step.requests {
-            if tx.send(request).is_err() {
-                return Err(StreamError::Closed);
-            }
+        if !step.requests.is_empty() {
+            // The ACK and any new subscription leave together, as from Envoy.
+            stream.send(grpc::frame_all(&step.requests))?;
         }
         if step.synced {
             tracker.synced(index);
