@@ -13,7 +13,7 @@ use super::wire::{DeltaResponse, WireMessage};
 use crate::cache::{SnapshotCache, State};
 use crate::history::Since;
 use crate::resource::{Resource, type_url};
-use crate::snapshot::TYPES;
+use crate::snapshot::{Entry, Snapshot, TYPES};
 
 #[derive(Debug, Default)]
 struct TypeState {
@@ -27,6 +27,11 @@ struct TypeState {
     initial: HashMap<String, String>,
     /// Names subscribed since the last response, to answer even if unchanged.
     pending: BTreeSet<Arc<str>>,
+    /// The version sent of each resource whose name has variants for different proxies
+    /// (scoped). The snapshot version and the history tell which names changed; for a scoped
+    /// name that may be another proxy's variant, so this tells whether this proxy's changed.
+    /// Empty while the type has nothing scoped: it costs a uniform mesh nothing.
+    scoped_sent: HashMap<Arc<str>, u64>,
     responded: bool,
     in_flight: Option<InFlight>,
 }
@@ -169,13 +174,27 @@ fn push(
                 .filter(|n| ts.subscription.wants(n))
                 .chain(ts.pending.iter().filter(|n| !changed.contains(*n)));
             for name in candidates {
-                match snapshot.resource_for(index, name, proxy) {
-                    Some(r) => resources.push(r.clone()),
-                    None => removed.push(name.clone()),
+                let asked = ts.pending.contains(name);
+                match snapshot.get(index, name) {
+                    Some(entry) if entry.is_scoped() && !asked => {
+                        // Another proxy's variant may be what changed.
+                        let sent = ts.scoped_sent.get(name);
+                        match entry.for_proxy(proxy) {
+                            Some(r) if sent == Some(&r.version()) => {}
+                            Some(r) => resources.push(r.clone()),
+                            None if sent.is_some() => removed.push(name.clone()),
+                            None => {}
+                        }
+                    }
+                    entry => match entry.and_then(|e| e.for_proxy(proxy)) {
+                        Some(r) => resources.push(r.clone()),
+                        None => removed.push(name.clone()),
+                    },
                 }
             }
         }
     }
+    remember_scoped(ts, snapshot, index, &resources, &removed);
     ts.synced = version;
     ts.full = false;
     ts.initial = HashMap::new();
@@ -199,6 +218,30 @@ fn push(
     ts.in_flight = Some(context.sending(index, nonce, size, change_driven, state));
     ts.responded = true;
     Some(response)
+}
+
+/// Records the versions of scoped resources about to be sent, and forgets removed names.
+fn remember_scoped(
+    ts: &mut TypeState,
+    snapshot: &Snapshot,
+    index: usize,
+    resources: &[Resource],
+    removed: &[Arc<str>],
+) {
+    if snapshot.is_uniform(index) {
+        ts.scoped_sent = HashMap::new();
+        return;
+    }
+    for r in resources {
+        if snapshot.get(index, r.name()).is_some_and(Entry::is_scoped) {
+            ts.scoped_sent.insert(r.name_arc().clone(), r.version());
+        } else {
+            ts.scoped_sent.remove(r.name());
+        }
+    }
+    for name in removed {
+        ts.scoped_sent.remove(name);
+    }
 }
 
 #[cfg(test)]

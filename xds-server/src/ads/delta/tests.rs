@@ -2,8 +2,9 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::rpc::Status;
 
 use super::*;
+use crate::proxy::Selector;
 use crate::resource::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use crate::test_support::apply;
+use crate::test_support::{apply, apply_for};
 
 fn request(type_url: &str, subscribe: &[&str], nonce: &str) -> DeltaDiscoveryRequest {
     DeltaDiscoveryRequest {
@@ -170,4 +171,51 @@ fn far_behind_streams_compare_their_whole_view() {
     let caught_up = stream.on_request(request(CLUSTER, &[], &first[0].nonce), &now);
     assert_eq!(caught_up.len(), 1);
     assert!(names(&caught_up[0]).contains(&"b"));
+}
+
+#[test]
+fn another_scopes_variant_changing_sends_nothing() {
+    // The stream's proxy is in ns1; "a" has a variant for ns2 beside the one for everyone,
+    // and "b" exists only for ns2.
+    let cache = SnapshotCache::new();
+    apply(&cache, &[(CLUSTER, "a", b"all")]);
+    let s1 = apply_for(&cache, Selector::namespace("ns2"), CLUSTER, "a", b"ns2");
+    let mut stream = DeltaStream::new(cache.clone());
+    let first = stream.on_request(request(CLUSTER, &[], ""), &s1);
+    assert_eq!(names(&first[0]), vec!["a"]);
+    assert_eq!(&first[0].resources[0].body()[..], b"all");
+    assert!(
+        stream
+            .on_request(request(CLUSTER, &[], &first[0].nonce), &s1)
+            .is_empty()
+    );
+
+    let s2 = apply_for(&cache, Selector::namespace("ns2"), CLUSTER, "a", b"ns2 v2");
+    assert!(
+        stream.on_state(&s2).is_empty(),
+        "ns1's variant did not change"
+    );
+    let s3 = apply_for(&cache, Selector::namespace("ns2"), CLUSTER, "b", b"ns2");
+    assert!(
+        stream.on_state(&s3).is_empty(),
+        "nothing to remove: ns1 never had b"
+    );
+
+    let s4 = apply(&cache, &[(CLUSTER, "a", b"all v2")]);
+    let pushed = stream.on_state(&s4);
+    assert_eq!(names(&pushed[0]), vec!["a"]);
+    assert_eq!(&pushed[0].resources[0].body()[..], b"all v2");
+    assert!(
+        stream
+            .on_request(request(CLUSTER, &[], &pushed[0].nonce), &s4)
+            .is_empty()
+    );
+
+    // The variant for everyone goes: ns1 has nothing left under "a".
+    let mut update = crate::Update::new();
+    update.remove_for(Selector::all(), CLUSTER, "a");
+    cache.apply(update);
+    let pushed = stream.on_state(&cache.current());
+    assert!(names(&pushed[0]).is_empty());
+    assert_eq!(removed(&pushed[0]), vec!["a"]);
 }
