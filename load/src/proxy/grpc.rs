@@ -6,73 +6,21 @@
 //! the load generator CPU that would otherwise be charged to the server under test, since both
 //! share the machine.
 //!
-//! [`Deframer`] releases its buffer as soon as it holds no partial message, so an idle stream
-//! costs next to nothing (a buffer kept at the largest message, ~400 KiB for a proxy that
-//! synced 1,000 load assignments, would be 4 GiB for 10,000 proxies).
+//! Messages are split with capstan's own [`Deframer`], which releases its buffer as soon as it
+//! holds no partial message, so an idle stream costs next to nothing (a buffer kept at the
+//! largest message, ~400 KiB for a proxy that synced 1,000 load assignments, would be 4 GiB for
+//! 10,000 proxies).
 
 use std::net::SocketAddr;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
+use capstan_xds::ads::framing::Deframer;
+pub use capstan_xds::ads::framing::frame_all;
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use tokio::net::TcpStream;
 use tonic::Status;
 use tonic::codegen::http::{self, HeaderValue, Uri};
-
-/// gRPC's length prefix: a compression flag and a big-endian u32 length.
-const PREFIX: usize = 5;
-
-/// Splits a gRPC response body into messages.
-#[derive(Debug, Default)]
-pub struct Deframer {
-    buf: BytesMut,
-}
-
-impl Deframer {
-    /// Adds received bytes; returns the messages completed by them, in order.
-    pub fn push(&mut self, data: &[u8], out: &mut Vec<Bytes>) -> Result<(), Status> {
-        self.buf.extend_from_slice(data);
-        while self.buf.len() >= PREFIX {
-            if self.buf[0] != 0 {
-                return Err(Status::internal(
-                    "compressed gRPC message (none was negotiated)",
-                ));
-            }
-            let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
-            let len = usize::try_from(len).map_err(|_| Status::internal("message too large"))?;
-            if self.buf.len() < PREFIX + len {
-                // Room for the whole message at once, instead of growing step by step.
-                self.buf.reserve(PREFIX + len - self.buf.len());
-                break;
-            }
-            self.buf.advance(PREFIX);
-            out.push(self.buf.split_to(len).freeze());
-        }
-        if self.buf.is_empty() {
-            // Let the last message own the allocation; keep nothing while idle.
-            self.buf = BytesMut::new();
-        }
-        Ok(())
-    }
-
-    /// Whether a message has begun but not ended.
-    pub fn is_partial(&self) -> bool {
-        !self.buf.is_empty()
-    }
-}
-
-/// `messages`, each with its gRPC length prefix, in one buffer: sent as one HTTP/2 DATA
-/// frame, they leave in one write, as Envoy's ACK and its next request do.
-pub fn frame_all(messages: &[Bytes]) -> Bytes {
-    let len = messages.iter().map(|m| PREFIX + m.len()).sum();
-    let mut buf = BytesMut::with_capacity(len);
-    for message in messages {
-        buf.put_u8(0);
-        buf.put_u32(message.len() as u32);
-        buf.put_slice(message);
-    }
-    buf.freeze()
-}
 
 /// One HTTP/2 connection to an ADS server; streams are opened on clones of it.
 pub type Connection = SendRequest<Bytes>;
@@ -129,9 +77,7 @@ pub async fn open(
         .header(http::header::TE, "trailers")
         .body(())
         .map_err(|e| Status::internal(e.to_string()))?;
-    let (response, mut send) = connection
-        .send_request(request, false)
-        .map_err(h2_status)?;
+    let (response, mut send) = connection.send_request(request, false).map_err(h2_status)?;
     send.send_data(first, false).map_err(h2_status)?;
     let response = response.await.map_err(h2_status)?;
     if response.status() != http::StatusCode::OK {
@@ -202,51 +148,6 @@ fn check_status(headers: &http::HeaderMap) -> Result<(), Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(message: &'static [u8]) -> Bytes {
-        frame_all(&[Bytes::from_static(message)])
-    }
-
-    #[test]
-    fn messages_split_across_and_within_chunks() {
-        let (a, b, c) = (frame(b"first"), frame(b""), frame(&[7u8; 40_000]));
-        let mut wire = Vec::new();
-        wire.extend_from_slice(&a);
-        wire.extend_from_slice(&b);
-        wire.extend_from_slice(&c);
-        for chunk in [1, 3, 5, 16_384, wire.len()] {
-            let mut deframer = Deframer::default();
-            let mut out = Vec::new();
-            for piece in wire.chunks(chunk) {
-                deframer.push(piece, &mut out).expect("well-formed");
-            }
-            assert_eq!(out.len(), 3, "chunk size {chunk}");
-            assert_eq!(&out[0][..], b"first");
-            assert!(out[1].is_empty());
-            assert_eq!(out[2].len(), 40_000);
-            assert!(!deframer.is_partial());
-            assert_eq!(deframer.buf.capacity(), 0, "nothing kept while idle");
-        }
-    }
-
-    #[test]
-    fn partial_and_compressed_messages() {
-        let mut deframer = Deframer::default();
-        let mut out = Vec::new();
-        let whole = frame(b"abc");
-        deframer.push(&whole[..6], &mut out).expect("prefix only");
-        assert!(out.is_empty() && deframer.is_partial());
-        deframer.push(&whole[6..], &mut out).expect("rest");
-        assert_eq!(out, [Bytes::from_static(b"abc")]);
-        let both = frame_all(&[Bytes::from_static(b"ab"), Bytes::new()]);
-        let mut out = Vec::new();
-        Deframer::default().push(&both, &mut out).expect("two frames");
-        assert_eq!(out, [Bytes::from_static(b"ab"), Bytes::new()]);
-        assert_eq!(both[..], [&frame(b"ab")[..], &frame(b"")[..]].concat());
-        let mut compressed = frame(b"x").to_vec();
-        compressed[0] = 1;
-        assert!(Deframer::default().push(&compressed, &mut out).is_err());
-    }
 
     #[test]
     fn grpc_status_in_trailers() {

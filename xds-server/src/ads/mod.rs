@@ -4,6 +4,7 @@
 
 mod common;
 pub mod delta;
+pub mod framing;
 pub mod request;
 pub mod service;
 pub mod sotw;
@@ -18,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::{debug, info};
 
 use crate::cache::{SnapshotCache, State};
@@ -43,14 +44,14 @@ pub struct Streams {
 }
 
 impl Streams {
-    fn open_sotw(&self, inbound: Streaming<SotwRequest>) -> ResponseStream<SotwResponse> {
+    fn open_sotw(&self, inbound: impl Inbound<SotwRequest>) -> ResponseStream<SotwResponse> {
         let state = SotwStream::new(self.cache.clone());
         self.open(inbound, state)
     }
 
     fn open_delta(
         &self,
-        inbound: Streaming<DeltaDiscoveryRequest>,
+        inbound: impl Inbound<DeltaDiscoveryRequest>,
     ) -> ResponseStream<DeltaResponse> {
         let state = DeltaStream::new(self.cache.clone());
         self.open(inbound, state)
@@ -58,7 +59,7 @@ impl Streams {
 
     fn open<P: Protocol>(
         &self,
-        inbound: Streaming<P::Request>,
+        inbound: impl Inbound<P::Request>,
         protocol: P,
     ) -> ResponseStream<P::Response> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -66,6 +67,11 @@ impl Streams {
         Box::pin(ReceiverStream::new(rx))
     }
 }
+
+/// A stream's requests, as read from the proxy.
+trait Inbound<T>: Stream<Item = Result<T, Status>> + Send + Unpin + 'static {}
+
+impl<T, S: Stream<Item = Result<T, Status>> + Send + Unpin + 'static> Inbound<T> for S {}
 
 /// The protocol state of one stream.
 trait Protocol: Send + 'static {
@@ -110,7 +116,7 @@ impl Protocol for DeltaStream {
 /// Runs one stream until the proxy goes away.
 async fn drive<P: Protocol>(
     cache: SnapshotCache,
-    mut inbound: Streaming<P::Request>,
+    mut inbound: impl Inbound<P::Request>,
     mut protocol: P,
     tx: mpsc::Sender<Result<P::Response, Status>>,
 ) {

@@ -6,12 +6,10 @@
 //! most of what a server spends on a SotW fan-out. [`SotwRequest`] keeps the request's bytes
 //! and hands the names out as `&str` slices of them.
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use prost::Message;
-use tonic::Status;
-use tonic::codec::{DecodeBuf, Decoder};
 
 /// Why a request could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -217,22 +215,6 @@ impl<'a> Iterator for Fields<'a> {
             self.rest = &[];
         }
         Some(field)
-    }
-}
-
-/// tonic decoder for [`SotwRequest`].
-#[derive(Debug, Default)]
-pub struct SotwRequestDecoder;
-
-impl Decoder for SotwRequestDecoder {
-    type Item = SotwRequest;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<SotwRequest>, Status> {
-        let raw = src.copy_to_bytes(src.remaining());
-        SotwRequest::parse(raw)
-            .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("malformed DiscoveryRequest: {e}")))
     }
 }
 

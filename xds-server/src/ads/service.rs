@@ -1,28 +1,33 @@
-//! The ADS gRPC service, wired by hand: requests are decoded by tonic's `Streaming` with prost,
-//! and responses are framed here.
+//! The ADS gRPC service, wired by hand: requests and responses are framed here, on the
+//! HTTP/2 bodies.
 //!
 //! Framing responses ourselves does two things tonic's generated server cannot: each response
 //! is written from the resources' shared pre-encoded bytes ([`WireMessage`]), and each goes
 //! into a buffer of exactly its size that is freed once sent. (tonic encodes every message of a
 //! stream into one growing buffer that it keeps for the stream's life, so a proxy that was once
 //! sent a large response would pin that much memory for as long as it stays connected.)
+//! Requests are read with a [`Deframer`] for the same reason: it holds no buffer between
+//! messages, where tonic's keeps one as large as the largest request, an EDS subscription
+//! of a thousand names.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use futures::Stream;
 use http_body::Frame;
+use prost::Message;
+use tonic::Status;
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::metadata::GRPC_CONTENT_TYPE;
 use tonic::server::NamedService;
-use tonic::{Status, Streaming};
-use tonic_prost::ProstDecoder;
 
-use super::request::SotwRequestDecoder;
+use super::framing::Deframer;
+use super::request::SotwRequest;
 use super::wire::WireMessage;
 use super::{ResponseStream, Streams};
 
@@ -69,26 +74,88 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let response = match request.uri().path() {
             SOTW_PATH => {
-                let inbound = Streaming::new_request(
-                    SotwRequestDecoder,
-                    request.into_body(),
-                    None,
-                    Some(MAX_REQUEST),
-                );
+                let inbound = Requests::new(request.into_body(), |raw| {
+                    SotwRequest::parse(raw).map_err(|e| {
+                        Status::invalid_argument(format!("malformed DiscoveryRequest: {e}"))
+                    })
+                });
                 grpc_response(self.streams.open_sotw(inbound))
             }
             DELTA_PATH => {
-                let inbound = Streaming::new_request(
-                    ProstDecoder::<DeltaDiscoveryRequest>::default(),
-                    request.into_body(),
-                    None,
-                    Some(MAX_REQUEST),
-                );
+                let inbound = Requests::new(request.into_body(), |raw| {
+                    DeltaDiscoveryRequest::decode(raw).map_err(|e| {
+                        Status::invalid_argument(format!("malformed DeltaDiscoveryRequest: {e}"))
+                    })
+                });
                 grpc_response(self.streams.open_delta(inbound))
             }
             _ => Status::unimplemented("capstan serves only ADS on this port").into_http(),
         };
         Box::pin(async move { Ok(response) })
+    }
+}
+
+/// The requests of a stream: messages read from the request body and decoded by `decode`.
+pub struct Requests<B, T> {
+    body: Pin<Box<B>>,
+    deframer: Deframer,
+    ready: VecDeque<Bytes>,
+    decode: fn(Bytes) -> Result<T, Status>,
+    ended: bool,
+}
+
+impl<B, T> Requests<B, T> {
+    fn new(body: B, decode: fn(Bytes) -> Result<T, Status>) -> Self {
+        Self {
+            body: Box::pin(body),
+            deframer: Deframer::with_limit(MAX_REQUEST),
+            ready: VecDeque::new(),
+            decode,
+            ended: false,
+        }
+    }
+}
+
+impl<B, T> Stream for Requests<B, T>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<StdError>,
+{
+    type Item = Result<T, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(message) = this.ready.pop_front() {
+                return Poll::Ready(Some((this.decode)(message)));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match ready!(this.body.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    // Trailers end a request stream without meaning anything to ADS.
+                    if let Ok(data) = frame.into_data()
+                        && let Err(status) = this.deframer.push(&data, &mut this.ready)
+                    {
+                        this.ended = true;
+                        return Poll::Ready(Some(Err(status)));
+                    }
+                }
+                Some(Err(e)) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(Status::from_error(e.into()))));
+                }
+                None => {
+                    this.ended = true;
+                    if this.deframer.is_partial() {
+                        return Poll::Ready(Some(Err(Status::internal(
+                            "request stream ended inside a message",
+                        ))));
+                    }
+                }
+            }
+        }
     }
 }
 
