@@ -16,7 +16,8 @@ use capstan_crds::{IstioObject, Kind, parse_documents};
 use serde_json::Value;
 
 fn corpus_files(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .join("tests/corpus")
         .join(dir);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)

@@ -5,7 +5,7 @@
 //! errors at every depth), and the valid corpus samples with random subtrees replaced
 //! (deep into the validators). Case counts stay modest so the suite stays fast.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use capstan_crds::{Kind, parse_documents, parse_json, validate};
@@ -193,7 +193,9 @@ fn samples() -> &'static [Value] {
 }
 
 fn read_samples() -> Vec<Value> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/valid");
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("tests/corpus/valid");
     let mut out = Vec::new();
     let mut paths: Vec<_> = std::fs::read_dir(&dir)
         .into_iter()

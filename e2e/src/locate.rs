@@ -6,8 +6,11 @@ use anyhow::{Context, bail};
 
 /// The repository root (parent of the e2e crate).
 pub fn repo_dir() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest
+        .parent()
+        .map_or_else(|| manifest.clone(), Path::to_path_buf)
 }
 
 /// `$CAPSTAN_TOOLS_DIR`, default `<repo>/.tools` (where scripts/tools.sh installs Envoy).

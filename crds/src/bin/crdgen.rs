@@ -8,7 +8,11 @@ use capstan_crds::crd;
 
 fn main() -> ExitCode {
     let dir = std::env::args_os().nth(1).map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(crd::GENERATED_DIR),
+        || {
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+                .join(crd::GENERATED_DIR)
+        },
         PathBuf::from,
     );
     let manifests = match crd::manifests() {
