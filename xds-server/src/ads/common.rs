@@ -63,7 +63,13 @@ impl Subscription {
         added.dedup();
         if added.len() <= FEW {
             // The common case once a proxy is in sync: one new cluster, one new name. Put it
-            // in place instead of sorting thousands of names again.
+            // in place instead of sorting thousands of names again. A full vector grows by an
+            // eighth, not by doubling: one cluster added to a mesh of a thousand would
+            // otherwise cost every proxy 8 KiB more, for good.
+            if self.names.capacity() - self.names.len() < added.len() {
+                self.names
+                    .reserve_exact(added.len().max(self.names.len() / 8));
+            }
             for name in &added {
                 if let Err(at) = self.position(name) {
                     self.names.insert(at, name.clone());
@@ -293,5 +299,22 @@ mod tests {
         s.remove("x");
         assert_eq!(names(&s), vec!["y"]);
         assert!(s.wants("y") && !s.wants("x"));
+    }
+
+    #[test]
+    fn one_added_name_does_not_double_a_large_subscription() {
+        let snapshot = Snapshot::default();
+        let mut s = Subscription::default();
+        let many: Vec<String> = (0..1000).map(|i| format!("n{i:04}")).collect();
+        s.extend(many.iter().map(String::as_str), &snapshot, 1);
+        s.names.shrink_to_fit();
+        s.extend(["n0500x"], &snapshot, 1);
+        assert_eq!(s.names().len(), 1001);
+        assert!(s.names().windows(2).all(|w| w[0] < w[1]));
+        assert!(
+            s.names.capacity() <= 1000 + 1000 / 8,
+            "capacity {}",
+            s.names.capacity()
+        );
     }
 }
