@@ -90,3 +90,69 @@ async fn multiplexed_streams_sync_and_converge() {
     let endpoint = report.scenario(Scenario::Endpoint).expect("ran");
     assert_eq!(endpoint.overall.arrived, PROXIES, "{}", report.table());
 }
+
+/// A few streams open but never read (a window of 1 KiB, smaller than the first response):
+/// every other proxy still gets every change. Afterwards a stuck stream is read and still
+/// gets its first response, so it was held back, not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_proxies_do_not_hold_back_the_others() {
+    use capstan_load::proxy::grpc;
+    use capstan_load::request;
+
+    const DELTA_PATH: &str =
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+    const WINDOW: u32 = 1024;
+    let server = ServerProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_capstan-bench-server")),
+        &[],
+        50,
+        4,
+        &[],
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("bench server starts");
+    let mut stuck = Vec::new();
+    for k in 0..4 {
+        let connection = grpc::connect(server.ads, WINDOW).await.expect("connects");
+        let first = request::delta(
+            capstan_xds::type_url::CLUSTER,
+            "",
+            &[],
+            &[],
+            &request::encode_node(1000 + k),
+        );
+        let stream = grpc::open(
+            connection,
+            server.ads,
+            DELTA_PATH,
+            grpc::frame_all(&[first]),
+        )
+        .await
+        .expect("stream opens");
+        stuck.push(stream);
+    }
+
+    let mut config = LoadConfig::new(server.ads, server.control, PROXIES, Protocol::Delta);
+    config.rounds = 2;
+    config.connect_concurrency = 8;
+    config.pause = Duration::from_millis(50);
+    config.round_timeout = Duration::from_secs(120);
+    config.sync_timeout = Duration::from_secs(120);
+    config.server_pid = Some(server.pid());
+    let report = capstan_load::run(&config).await.expect("load runs");
+    assert_everyone_converged(&report);
+
+    let first = tokio::time::timeout(Duration::from_secs(60), stuck[0].message())
+        .await
+        .expect("the held-back response arrives once read")
+        .expect("the stream is healthy")
+        .expect("a response, not the end of the stream");
+    assert!(
+        first.len() > WINDOW as usize,
+        "the first response ({} bytes) could not pass a {WINDOW}-byte window unread",
+        first.len()
+    );
+    drop(stuck);
+    server.stop().await.expect("bench server stops");
+}
