@@ -9,17 +9,21 @@ use capstan_load::{LoadConfig, LoadReport, Protocol, Scenario};
 
 const PROXIES: usize = 20;
 
-async fn run_against_capstan(protocol: Protocol) -> LoadReport {
-    let server = ServerProcess::start(
+async fn start_bench_server(services: usize, endpoints: usize) -> ServerProcess {
+    ServerProcess::start(
         Path::new(env!("CARGO_BIN_EXE_capstan-bench-server")),
         &[],
-        50,
-        4,
+        services,
+        endpoints,
         &[],
         Duration::from_secs(60),
     )
     .await
-    .expect("bench server starts");
+    .expect("bench server starts")
+}
+
+/// `PROXIES` proxies of `protocol`, two rounds of each change, generous timeouts.
+fn load_config(server: &ServerProcess, protocol: Protocol) -> LoadConfig {
     let mut config = LoadConfig::new(server.ads, server.control, PROXIES, protocol);
     config.rounds = 2;
     config.connect_concurrency = 8;
@@ -27,7 +31,14 @@ async fn run_against_capstan(protocol: Protocol) -> LoadReport {
     config.round_timeout = Duration::from_secs(120);
     config.sync_timeout = Duration::from_secs(120);
     config.server_pid = Some(server.pid());
-    let report = capstan_load::run(&config).await.expect("load runs");
+    config
+}
+
+async fn run_against_capstan(protocol: Protocol) -> LoadReport {
+    let server = start_bench_server(50, 4).await;
+    let report = capstan_load::run(&load_config(&server, protocol))
+        .await
+        .expect("load runs");
     server.stop().await.expect("bench server stops");
     report
 }
@@ -68,16 +79,7 @@ async fn sotw_proxies_sync_and_converge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multiplexed_streams_sync_and_converge() {
-    let server = ServerProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_capstan-bench-server")),
-        &[],
-        10,
-        2,
-        &[],
-        Duration::from_secs(60),
-    )
-    .await
-    .expect("bench server starts");
+    let server = start_bench_server(10, 2).await;
     let mut config = LoadConfig::new(server.ads, server.control, PROXIES, Protocol::Delta);
     config.streams_per_connection = 5;
     config.scenarios = vec![Scenario::Endpoint];
@@ -98,20 +100,10 @@ async fn multiplexed_streams_sync_and_converge() {
 async fn stuck_proxies_do_not_hold_back_the_others() {
     use capstan_load::proxy::grpc;
     use capstan_load::request;
+    use capstan_xds::ads::service::DELTA_PATH;
 
-    const DELTA_PATH: &str =
-        "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
     const WINDOW: u32 = 1024;
-    let server = ServerProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_capstan-bench-server")),
-        &[],
-        50,
-        4,
-        &[],
-        Duration::from_secs(60),
-    )
-    .await
-    .expect("bench server starts");
+    let server = start_bench_server(50, 4).await;
     let mut stuck = Vec::new();
     for k in 0..4 {
         let connection = grpc::connect(server.ads, WINDOW).await.expect("connects");
@@ -133,14 +125,9 @@ async fn stuck_proxies_do_not_hold_back_the_others() {
         stuck.push(stream);
     }
 
-    let mut config = LoadConfig::new(server.ads, server.control, PROXIES, Protocol::Delta);
-    config.rounds = 2;
-    config.connect_concurrency = 8;
-    config.pause = Duration::from_millis(50);
-    config.round_timeout = Duration::from_secs(120);
-    config.sync_timeout = Duration::from_secs(120);
-    config.server_pid = Some(server.pid());
-    let report = capstan_load::run(&config).await.expect("load runs");
+    let report = capstan_load::run(&load_config(&server, Protocol::Delta))
+        .await
+        .expect("load runs");
     assert_everyone_converged(&report);
 
     let first = tokio::time::timeout(Duration::from_secs(60), stuck[0].message())

@@ -16,11 +16,8 @@ use super::{Env, Protocol, ProxyError, Step};
 use crate::name_set::Interner;
 use crate::request;
 use crate::tracker::Tracker;
+use capstan_xds::ads::service::{DELTA_PATH, SOTW_PATH};
 
-const SOTW_PATH: &str =
-    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
-const DELTA_PATH: &str =
-    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 /// Envoy's default HTTP/2 windows for its xDS connection (256 MiB): the server is never held
 /// back by the client's flow control.
 const WINDOW: u32 = 256 * 1024 * 1024;

@@ -31,9 +31,10 @@ use super::request::SotwRequest;
 use super::wire::WireMessage;
 use super::{ResponseStream, Streams};
 
-const SOTW_PATH: &str =
+/// The gRPC paths of ADS's two methods.
+pub const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
-const DELTA_PATH: &str =
+pub const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
 /// Largest request accepted from a proxy (Envoy's requests are small; subscriptions of many
