@@ -174,9 +174,9 @@ fn push(
                 .filter(|n| ts.subscription.wants(n))
                 .chain(ts.pending.iter().filter(|n| !changed.contains(*n)));
             for name in candidates {
-                let asked = ts.pending.contains(name);
                 match snapshot.get(index, name) {
-                    Some(entry) if entry.is_scoped() && !asked => {
+                    // A name just asked for is answered whatever was sent before.
+                    Some(entry) if entry.is_scoped() && !ts.pending.contains(name) => {
                         // Another proxy's variant may be what changed.
                         let sent = ts.scoped_sent.get(name);
                         match entry.for_proxy(proxy) {

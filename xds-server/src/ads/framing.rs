@@ -7,7 +7,7 @@
 //! the same write) is ~25 KiB, repeated across thousands of idle streams. The load generator
 //! reads responses with the same type.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tonic::Status;
 
 /// The length prefix: a compression flag and a big-endian u32 length.
@@ -85,11 +85,16 @@ pub fn frame_all(messages: &[Bytes]) -> Bytes {
     let len = messages.iter().map(|m| PREFIX + m.len()).sum();
     let mut buf = BytesMut::with_capacity(len);
     for message in messages {
-        bytes::BufMut::put_u8(&mut buf, 0);
-        bytes::BufMut::put_u32(&mut buf, u32::try_from(message.len()).unwrap_or(u32::MAX));
-        bytes::BufMut::put_slice(&mut buf, message);
+        put_prefix(&mut buf, message.len());
+        buf.put_slice(message);
     }
     buf.freeze()
+}
+
+/// Writes the length prefix of an uncompressed message of `len` bytes.
+pub fn put_prefix(buf: &mut impl BufMut, len: usize) {
+    buf.put_u8(0);
+    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
 }
 
 #[cfg(test)]

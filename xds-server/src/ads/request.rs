@@ -49,7 +49,7 @@ impl SotwRequest {
         let mut names = NamesHash::default();
         let (mut named, mut star) = (false, false);
         let mut fields = Fields::new(&raw);
-        while let Some((span, tag, value)) = fields.next_spanned(raw.len())? {
+        while let Some((span, tag, value)) = fields.next_spanned()? {
             match (tag, value) {
                 (1, Value::Bytes(v)) => request.version_info = utf8(v)?.to_string(),
                 (2, Value::Bytes(v)) => request.node = Some(Node::decode(v)?),
@@ -129,11 +129,29 @@ enum Value<'a> {
 /// The top-level fields of an encoded message.
 struct Fields<'a> {
     rest: &'a [u8],
+    /// The length of the whole message, to tell where a field sits in it.
+    len: usize,
 }
+
+/// A field, with its byte range in the message: key, length and payload.
+type Spanned<'a> = (std::ops::Range<usize>, u64, Value<'a>);
 
 impl<'a> Fields<'a> {
     fn new(raw: &'a [u8]) -> Self {
-        Self { rest: raw }
+        Self {
+            rest: raw,
+            len: raw.len(),
+        }
+    }
+
+    /// The next field with its byte range.
+    fn next_spanned(&mut self) -> Result<Option<Spanned<'a>>, RequestError> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        let start = self.len - self.rest.len();
+        let (tag, value) = self.field()?;
+        Ok(Some((start..self.len - self.rest.len(), tag, value)))
     }
 
     fn varint(&mut self) -> Result<u64, RequestError> {
@@ -184,22 +202,6 @@ impl<'a> Fields<'a> {
             _ => return Err(RequestError::Malformed),
         };
         Ok((tag, value))
-    }
-}
-
-impl<'a> Fields<'a> {
-    /// The next field with its byte range in a message of `len` bytes (this iterator's start).
-    #[allow(clippy::type_complexity)]
-    fn next_spanned(
-        &mut self,
-        len: usize,
-    ) -> Result<Option<(std::ops::Range<usize>, u64, Value<'a>)>, RequestError> {
-        if self.rest.is_empty() {
-            return Ok(None);
-        }
-        let start = len - self.rest.len();
-        let (tag, value) = self.field()?;
-        Ok(Some((start..len - self.rest.len(), tag, value)))
     }
 }
 

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use futures::Stream;
 use http_body::Frame;
@@ -26,7 +26,7 @@ use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::metadata::GRPC_CONTENT_TYPE;
 use tonic::server::NamedService;
 
-use super::framing::Deframer;
+use super::framing::{Deframer, PREFIX, put_prefix};
 use super::request::SotwRequest;
 use super::wire::WireMessage;
 use super::{ResponseStream, Streams};
@@ -224,9 +224,8 @@ impl<R: WireMessage> http_body::Body for FramedBody<R> {
 fn head(message: &impl WireMessage) -> Bytes {
     let len = message.encoded_len();
     let own = len - message.shared_tail().map_or(0, |t| t.len());
-    let mut buf = BytesMut::with_capacity(5 + own);
-    buf.put_u8(0);
-    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    let mut buf = BytesMut::with_capacity(PREFIX + own);
+    put_prefix(&mut buf, len);
     message.encode(&mut buf);
     buf.freeze()
 }
