@@ -10,7 +10,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::name_set::SetKey;
 use crate::tracker::Target;
@@ -30,7 +29,7 @@ pub struct ClusterFacts {
     pub marker: Option<u64>,
 }
 
-type Memo = HashMap<u128, ClusterFacts, BuildHasherDefault<Prehashed>>;
+type Memo = HashMap<u128, ClusterFacts, xxhash_rust::xxh3::Xxh3DefaultBuilder>;
 
 thread_local! {
     static MEMO: RefCell<Memo> = RefCell::default();
@@ -64,29 +63,6 @@ impl Clusters<'_> {
         }
         self.memo.insert(key, facts);
         Ok(facts)
-    }
-}
-
-/// Keys that are already hashes: use their low bits as they are.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u128 keys are hashed here; this path folds anything else in.
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
-        }
-    }
-
-    fn write_u128(&mut self, value: u128) {
-        self.0 = value as u64;
     }
 }
 
