@@ -104,7 +104,6 @@ impl Stream {
 
     /// The next message; `Ok(None)` when the server ended the stream with status OK.
     pub async fn message(&mut self) -> Result<Option<Bytes>, Status> {
-        let mut completed = Vec::new();
         loop {
             if let Some(message) = self.ready.pop_front() {
                 return Ok(Some(message));
@@ -121,8 +120,7 @@ impl Stream {
             let data = data.map_err(h2_status)?;
             // Give the window back at once: the proxy has taken the bytes.
             let _ = self.recv.flow_control().release_capacity(data.len());
-            self.deframer.push(&data, &mut completed)?;
-            self.ready.extend(completed.drain(..));
+            self.deframer.push(&data, &mut self.ready)?;
         }
     }
 }
