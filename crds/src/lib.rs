@@ -18,12 +18,14 @@ pub mod crd;
 pub mod networking;
 pub mod object;
 pub mod parse;
+pub mod protocol;
 pub mod security;
 pub mod status;
 pub mod types;
 pub mod validate;
 
 pub use object::{DEFAULT_NAMESPACE, IstioObject, Kind, ObjectKey};
+pub use protocol::{Protocol, ProtocolClass};
 pub use parse::{
     Document, DocumentError, DocumentErrorReason, FileError, ParseError, Position, parse_documents,
     parse_json, parse_single,

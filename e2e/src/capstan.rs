@@ -21,9 +21,19 @@ pub struct Capstan {
     pub xds_port: u16,
     /// Port of capstan's monitoring server (/metrics, /debug/nacks, ...).
     pub monitoring_port: u16,
-    config_dir: PathBuf,
+    source: Source,
     log_dir: PathBuf,
     starts: usize,
+}
+
+/// Where a capstan under test reads its config, and any further flags.
+#[derive(Debug, Clone)]
+enum Source {
+    Folder(PathBuf),
+    Kube {
+        kubeconfig: PathBuf,
+        args: Vec<String>,
+    },
 }
 
 impl Capstan {
@@ -41,13 +51,14 @@ impl Capstan {
             } else {
                 format!("capstan-{attempt}")
             };
-            match Self::launch(config_dir, log_dir, &name, xds_port, monitoring_port).await {
+            let source = Source::Folder(config_dir.to_path_buf());
+            match Self::launch(&source, log_dir, &name, xds_port, monitoring_port).await {
                 Ok(process) => {
                     return Ok(Self {
                         process,
                         xds_port,
                         monitoring_port,
-                        config_dir: config_dir.to_path_buf(),
+                        source,
                         log_dir: log_dir.to_path_buf(),
                         starts: 1,
                     });
@@ -60,6 +71,32 @@ impl Capstan {
         }
     }
 
+    /// Starts `capstan run --kubeconfig <kubeconfig> <args>` as `name` (log `<name>.log`) and
+    /// waits until it serves ADS (after its first complete list of every kind).
+    pub async fn start_kube(
+        kubeconfig: &Path,
+        args: &[&str],
+        log_dir: &Path,
+        name: &str,
+    ) -> anyhow::Result<Self> {
+        let (xds_port, monitoring_port) = (free_port()?, free_port()?);
+        let source = Source::Kube {
+            kubeconfig: kubeconfig.to_path_buf(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        let process = Self::launch(&source, log_dir, name, xds_port, monitoring_port)
+            .await
+            .map_err(|(e, _)| e)?;
+        Ok(Self {
+            process,
+            xds_port,
+            monitoring_port,
+            source,
+            log_dir: log_dir.to_path_buf(),
+            starts: 1,
+        })
+    }
+
     /// Stops capstan and starts a new process on the same ports and config (its log is
     /// `capstan-restart-N.log`), as after a crash or a rollout.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
@@ -67,7 +104,7 @@ impl Capstan {
         self.starts += 1;
         let name = format!("capstan-restart-{}", self.starts);
         self.process = Self::launch(
-            &self.config_dir,
+            &self.source,
             &self.log_dir,
             &name,
             self.xds_port,
@@ -79,7 +116,7 @@ impl Capstan {
     }
 
     async fn launch(
-        config_dir: &Path,
+        source: &Source,
         log_dir: &Path,
         name: &str,
         xds_port: u16,
@@ -87,7 +124,16 @@ impl Capstan {
     ) -> Result<ChildProcess, (anyhow::Error, String)> {
         let bin = locate::capstan_bin().map_err(|e| (e, String::new()))?;
         let mut cmd = Command::new(&bin);
-        cmd.arg("run").arg("--config-dir").arg(config_dir).args([
+        cmd.arg("run");
+        match source {
+            Source::Folder(dir) => {
+                cmd.arg("--config-dir").arg(dir);
+            }
+            Source::Kube { kubeconfig, args } => {
+                cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+            }
+        }
+        cmd.args([
             "--xds-addr",
             &format!("127.0.0.1:{xds_port}"),
             "--outbound-port",

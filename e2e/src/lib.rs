@@ -9,14 +9,19 @@
 //! - [`upstreams`]: `capstan-upstream` instances
 //! - [`http`]: a minimal HTTP/1.1 client and the upstream's JSON reply
 //! - [`wait`]: `wait_until` polling with a descriptive timeout error
+//! - [`netns`]: a private network namespace (with a pod network) for the Kubernetes tests
 //! - [`fixtures`], [`mesh`]: Istio YAML and the reviews mesh most tests start from
+//! - [`kube`]: a real etcd + kube-apiserver on loopback (CRDs, RBAC, kubectl) for Kubernetes tests
 
 pub mod capstan;
 pub mod envoy;
 pub mod fixtures;
 pub mod http;
+pub mod kube;
+pub mod kube_mesh;
 pub mod locate;
 pub mod mesh;
+pub mod netns;
 pub mod ports;
 pub mod process;
 pub mod upstreams;

@@ -1,9 +1,13 @@
 //! `capstan`: the control plane binary.
 
+mod index;
 mod model;
 mod monitoring;
+mod proxy_status;
+mod reconcile;
 mod run;
 mod source;
+mod status;
 mod translate;
 mod validate_cmd;
 mod webhook;
@@ -28,24 +32,30 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the Istio configuration in a folder to Envoy proxies over ADS.
+    /// Serve Istio configuration (a folder of YAML, or a Kubernetes cluster) to Envoy proxies
+    /// over ADS.
     Run(RunArgs),
     /// Check Istio YAML files (like `istioctl validate`); exit status 1 if any is invalid.
     Validate(validate_cmd::ValidateArgs),
     /// Serve the ValidatingAdmissionWebhook (HTTPS, POST /validate) for Istio objects.
     Webhook(webhook::WebhookArgs),
+    /// Show where every connected proxy stands, per xDS type (like `istioctl proxy-status`).
+    ProxyStatus(proxy_status::ProxyStatusArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Folder of Istio YAML (`*.yaml`, `*.yml`, multi-document allowed); watched for changes.
+    /// Folder mode: a folder of Istio YAML (`*.yaml`, `*.yml`, multi-document allowed),
+    /// watched for changes.
     #[arg(long, env = "CAPSTAN_CONFIG_DIR")]
-    pub config_dir: PathBuf,
+    pub config_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub kube: run::KubeArgs,
     /// Address of the ADS gRPC server (plaintext, like istiod's 15010).
     #[arg(long, default_value = "127.0.0.1:15010")]
     pub xds_addr: SocketAddr,
-    /// Address of the monitoring server: /metrics, /ready, /debug/nacks, /debug/snapshot
-    /// (like istiod's 15014).
+    /// Address of the monitoring server: /metrics, /healthz, /readyz, /debug/syncz,
+    /// /debug/config_dump, /debug/nacks, /debug/snapshot (like istiod's 15014).
     #[arg(long, default_value = "127.0.0.1:15014")]
     pub monitoring_addr: SocketAddr,
     /// Port of the proxies' outbound HTTP listener (0: the proxy picks a free port).
@@ -92,6 +102,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => runtime.block_on(run::run(args)),
         Command::Webhook(args) => runtime.block_on(webhook::run(args)),
+        Command::ProxyStatus(args) => runtime.block_on(proxy_status::run(args)),
         Command::Validate(_) => Ok(()),
     }
 }

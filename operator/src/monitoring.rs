@@ -1,23 +1,69 @@
-//! The monitoring port (istiod's 15014): Prometheus metrics, readiness, and debug views of what
-//! is being served.
+//! The monitoring port (istiod's 15014): Prometheus metrics, liveness and readiness, and
+//! debug views of what is being served and where each proxy stands.
+
+pub mod syncz;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use capstan_xds::{SnapshotCache, TYPES, type_url};
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing::{debug, info};
 
+const ENDPOINTS: &str = "endpoints: /metrics /healthz /readyz /debug/syncz \
+                         /debug/config_dump?proxy=NODE_ID /debug/nacks /debug/snapshot\n";
+
+/// Whether capstan is ready to serve proxies, and if not, what it still waits for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadyState {
+    /// What is still awaited (say, "the first config"); empty when ready.
+    pub waiting_for: Vec<String>,
+}
+
+impl ReadyState {
+    pub fn ready() -> Self {
+        Self::default()
+    }
+
+    pub fn waiting(waiting_for: Vec<String>) -> Self {
+        Self { waiting_for }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.waiting_for.is_empty()
+    }
+}
+
+/// What every request reads.
+struct Monitor {
+    cache: SnapshotCache,
+    registry: Registry,
+    ready: watch::Receiver<ReadyState>,
+    /// This capstan's name in `/debug/syncz` (istioctl's ISTIOD column).
+    instance: String,
+}
+
 /// Serves until the process ends.
-pub async fn serve(listener: TcpListener, cache: SnapshotCache, registry: Registry) {
-    let registry = Arc::new(registry);
+pub async fn serve(
+    listener: TcpListener,
+    cache: SnapshotCache,
+    registry: Registry,
+    ready: watch::Receiver<ReadyState>,
+) {
+    let monitor = Arc::new(Monitor {
+        cache,
+        registry,
+        ready,
+        instance: instance_name(),
+    });
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "monitoring server listening on {addr}");
     }
@@ -29,11 +75,10 @@ pub async fn serve(listener: TcpListener, cache: SnapshotCache, registry: Regist
                 continue;
             }
         };
-        let cache = cache.clone();
-        let registry = registry.clone();
+        let monitor = monitor.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let response = handle(&request, &cache, &registry);
+                let response = monitor.handle(&request);
                 async move { Ok::<_, Infallible>(response) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
@@ -45,54 +90,134 @@ pub async fn serve(listener: TcpListener, cache: SnapshotCache, registry: Regist
     }
 }
 
-fn handle(
-    request: &Request<Incoming>,
-    cache: &SnapshotCache,
-    registry: &Registry,
-) -> Response<Full<Bytes>> {
-    if request.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+/// The pod name under Kubernetes, else the host name, like istiod names itself.
+fn instance_name() -> String {
+    ["POD_NAME", "HOSTNAME"]
+        .iter()
+        .filter_map(|var| std::env::var(var).ok())
+        .chain(std::fs::read_to_string("/proc/sys/kernel/hostname"))
+        .map(|name| name.trim().to_string())
+        .find(|name| !name.is_empty())
+        .unwrap_or_else(|| "capstan".to_string())
+}
+
+impl Monitor {
+    fn handle<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+        if request.method() != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+        }
+        match request.uri().path() {
+            "/metrics" => {
+                let mut body = String::new();
+                match prometheus_client::encoding::text::encode(&mut body, &self.registry) {
+                    Ok(()) => text(StatusCode::OK, body),
+                    Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
+                }
+            }
+            // Answering at all is the point: the process is alive and its runtime turns.
+            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/readyz" | "/ready" => self.readyz(),
+            "/debug/syncz" => json_response(
+                StatusCode::OK,
+                &json!(syncz::syncz(&self.cache, &self.instance)),
+            ),
+            "/debug/config_dump" => {
+                let Some(proxy) = query_param(request.uri().query(), "proxy") else {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "usage: /debug/config_dump?proxy=NODE_ID (node ids: /debug/syncz)\n".into(),
+                    );
+                };
+                match syncz::config_dump(&self.cache, &proxy) {
+                    Some(dump) => json_response(StatusCode::OK, &dump),
+                    None => text(
+                        StatusCode::NOT_FOUND,
+                        format!("no proxy {proxy:?} is connected (see /debug/syncz)\n"),
+                    ),
+                }
+            }
+            "/debug/nacks" => json_response(
+                StatusCode::OK,
+                &json!(
+                    self.cache
+                        .nacks()
+                        .iter()
+                        .map(|n| json!({
+                            "node": n.node_id,
+                            "type": type_url::short(&n.type_url),
+                            "rejected": n.rejected,
+                            "message": n.message,
+                        }))
+                        .collect::<Vec<_>>()
+                ),
+            ),
+            "/debug/snapshot" => {
+                let state = self.cache.current();
+                let types: serde_json::Map<String, serde_json::Value> = (0..TYPES)
+                    .map(|i| {
+                        let names: Vec<&str> =
+                            state.snapshot.entries(i).map(|(n, _)| n.as_ref()).collect();
+                        (
+                            type_url::short(type_url::PUSH_ORDER[i]).to_string(),
+                            json!(names),
+                        )
+                    })
+                    .collect();
+                json_response(
+                    StatusCode::OK,
+                    &json!({"version": state.snapshot.version(), "resources": types}),
+                )
+            }
+            _ => text(StatusCode::NOT_FOUND, ENDPOINTS.into()),
+        }
     }
-    match request.uri().path() {
-        "/metrics" => {
-            let mut body = String::new();
-            match prometheus_client::encoding::text::encode(&mut body, registry) {
-                Ok(()) => text(StatusCode::OK, body),
-                Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
+
+    fn readyz(&self) -> Response<Full<Bytes>> {
+        let state = self.ready.borrow();
+        if state.is_ready() {
+            text(StatusCode::OK, "ready\n".into())
+        } else {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: waiting for {}\n", state.waiting_for.join(", ")),
+            )
+        }
+    }
+}
+
+/// The value of `name` in a query string, percent-decoded (node ids may arrive with `~`
+/// encoded as `%7E`). `+` is left as is: node ids do not contain spaces.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| percent_decode(value))
+        .filter(|value| !value.is_empty())
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
             }
         }
-        "/ready" => text(StatusCode::OK, "ready\n".into()),
-        "/debug/nacks" => json_response(&json!(
-            cache
-                .nacks()
-                .iter()
-                .map(|n| json!({
-                    "node": n.node_id,
-                    "type": type_url::short(&n.type_url),
-                    "rejected": n.rejected,
-                    "message": n.message,
-                }))
-                .collect::<Vec<_>>()
-        )),
-        "/debug/snapshot" => {
-            let state = cache.current();
-            let types: serde_json::Map<String, serde_json::Value> = (0..TYPES)
-                .map(|i| {
-                    let names: Vec<&str> =
-                        state.snapshot.entries(i).map(|(n, _)| n.as_ref()).collect();
-                    (
-                        type_url::short(type_url::PUSH_ORDER[i]).to_string(),
-                        json!(names),
-                    )
-                })
-                .collect();
-            json_response(&json!({"version": state.snapshot.version(), "resources": types}))
-        }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "endpoints: /metrics /ready /debug/nacks /debug/snapshot\n".into(),
-        ),
     }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -105,11 +230,14 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response
 }
 
-fn json_response(value: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = text(StatusCode::OK, format!("{value:#}\n"));
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = text(status, format!("{value:#}\n"));
     response.headers_mut().insert(
         "content-type",
         hyper::header::HeaderValue::from_static("application/json"),
     );
     response
 }
+
+#[cfg(test)]
+mod tests;

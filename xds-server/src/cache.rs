@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use crate::ads::wire::SotwResources;
+use crate::connections::Connections;
 use crate::history::{ChangeSet, History};
 use crate::metrics::Metrics;
 use crate::resource::type_url;
@@ -99,6 +100,7 @@ struct Inner {
     state: watch::Sender<Arc<State>>,
     nacks: Mutex<VecDeque<Nack>>,
     metrics: Metrics,
+    connections: Connections,
 }
 
 impl Default for SnapshotCache {
@@ -119,6 +121,7 @@ impl SnapshotCache {
                 state,
                 nacks: Mutex::new(VecDeque::new()),
                 metrics,
+                connections: Connections::new(),
             }),
         }
     }
@@ -169,6 +172,11 @@ impl SnapshotCache {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// The ADS streams connected to this cache, and how far each proxy is in sync.
+    pub fn connections(&self) -> &Connections {
+        &self.inner.connections
     }
 
     pub(crate) fn record_nack(&self, nack: Nack) {

@@ -9,6 +9,7 @@
 
 pub mod ads;
 mod cache;
+mod connections;
 mod history;
 mod metrics;
 mod proxy;
@@ -19,6 +20,9 @@ mod snapshot;
 mod test_support;
 
 pub use cache::{Applied, Nack, SnapshotCache, State};
+pub use connections::{
+    Connection, Connections, NackRecord, ResponseId, SyncStatus, TypeSync, XdsProtocol,
+};
 pub use history::{History, Since};
 pub use metrics::Metrics;
 pub use proxy::{ProxyInfo, Role, Selector};

@@ -69,6 +69,17 @@ impl ProxyInfo {
     }
 }
 
+impl ProxyInfo {
+    /// The pod name in an Istio-style node id (`TYPE~IP~POD.NAMESPACE~DOMAIN`), if the id has
+    /// that shape.
+    pub fn pod_name(&self) -> Option<&str> {
+        let mut parts = self.id.split('~');
+        let (_, _, pod, _) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let name = pod.split_once('.').map_or(pod, |(name, _)| name);
+        (!name.is_empty()).then_some(name)
+    }
+}
+
 fn string_field<'a>(s: &'a Struct, name: &str) -> Option<&'a str> {
     match s.fields.get(name).and_then(|v| v.kind.as_ref()) {
         Some(Kind::StringValue(v)) if !v.is_empty() => Some(v),
@@ -209,6 +220,9 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(bare.namespace, None);
+        assert_eq!(bare.pod_name(), None);
+        assert_eq!(p.pod_name(), Some("reviews-v1-abc"));
+        assert_eq!(gw.pod_name(), Some("gw"));
     }
 
     #[test]

@@ -50,40 +50,12 @@ impl HostRules {
     };
 }
 
-/// What a port protocol carries, as far as routing is concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ProtocolClass {
-    /// HTTP/1.1, HTTP/2, gRPC: routed by authority.
-    Http,
-    /// TLS (including HTTPS): routed by SNI.
-    Tls,
-    /// Opaque TCP or UDP.
-    Opaque,
-}
-
-/// Port protocols Istio knows (case-insensitive).
-const PROTOCOLS: &[(&str, ProtocolClass)] = &[
-    ("HTTP", ProtocolClass::Http),
-    ("HTTP2", ProtocolClass::Http),
-    ("HTTP_PROXY", ProtocolClass::Http),
-    ("GRPC", ProtocolClass::Http),
-    ("GRPC-WEB", ProtocolClass::Http),
-    ("HTTPS", ProtocolClass::Tls),
-    ("TLS", ProtocolClass::Tls),
-    ("TCP", ProtocolClass::Opaque),
-    ("UDP", ProtocolClass::Opaque),
-    ("MONGO", ProtocolClass::Opaque),
-    ("MYSQL", ProtocolClass::Opaque),
-    ("REDIS", ProtocolClass::Opaque),
-    ("THRIFT", ProtocolClass::Opaque),
-];
+pub(crate) use crate::protocol::ProtocolClass;
+use crate::protocol::Protocol;
 
 /// The class of a protocol name, or `None` when Istio does not know it.
 pub(crate) fn protocol_class(name: &str) -> Option<ProtocolClass> {
-    PROTOCOLS
-        .iter()
-        .find(|(p, _)| p.eq_ignore_ascii_case(name))
-        .map(|(_, class)| *class)
+    Protocol::parse(name).map(Protocol::class)
 }
 
 /// A known protocol name; empty means "detect" and is accepted.
@@ -91,7 +63,7 @@ pub(crate) fn protocol(name: &str) -> Check {
     if name.is_empty() || protocol_class(name).is_some() {
         return Ok(());
     }
-    let known: Vec<&str> = PROTOCOLS.iter().map(|(p, _)| *p).collect();
+    let known: Vec<&str> = Protocol::names().collect();
     Err(format!(
         "unsupported protocol `{name}`; expected one of {}",
         known.join(", ")

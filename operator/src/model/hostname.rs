@@ -1,10 +1,13 @@
 //! Istio's host-name rules: short names, FQDNs and the domains a virtual host answers to.
+//! Host names are DNS names and so case-insensitive: [`resolve`] lower-cases them, and every
+//! comparison of hosts in capstan goes through [`matches`].
 
 /// Expands a short host name the way Istio does: a name without a dot is a Kubernetes
 /// service in `namespace`; anything with a dot, and wildcards, are taken as written.
 pub fn resolve(host: &str, namespace: &str, domain_suffix: &str) -> String {
+    let host = host.to_ascii_lowercase();
     if host.contains('.') || host.starts_with('*') {
-        host.to_string()
+        host
     } else {
         format!("{host}.{namespace}.svc.{domain_suffix}")
     }
@@ -27,14 +30,25 @@ pub fn aliases(host: &str, domain_suffix: &str) -> Vec<String> {
     names
 }
 
+/// The namespace of a cluster-local host `name.namespace.svc.<suffix>`.
+pub fn local_namespace<'a>(host: &'a str, domain_suffix: &str) -> Option<&'a str> {
+    let local = host.strip_suffix(domain_suffix)?.strip_suffix(".svc.")?;
+    let (name, namespace) = local.split_once('.')?;
+    (!name.is_empty() && !namespace.is_empty() && !namespace.contains('.')).then_some(namespace)
+}
+
 /// Whether `pattern` (a host or a `*.suffix` wildcard, as in a VirtualService) covers `host`.
 pub fn matches(pattern: &str, host: &str) -> bool {
     if pattern == "*" {
         return true;
     }
     match pattern.strip_prefix('*') {
-        Some(suffix) => host.ends_with(suffix) && host.len() > suffix.len(),
-        None => pattern == host,
+        Some(suffix) => {
+            host.len() > suffix.len()
+                && host.is_char_boundary(host.len() - suffix.len())
+                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        }
+        None => pattern.eq_ignore_ascii_case(host),
     }
 }
 
@@ -81,11 +95,24 @@ mod tests {
     }
 
     #[test]
+    fn namespaces_of_cluster_local_hosts() {
+        let ns = |h| local_namespace(h, "cluster.local");
+        assert_eq!(ns("reviews.bookinfo.svc.cluster.local"), Some("bookinfo"));
+        assert_eq!(ns("api.example.com"), None);
+        assert_eq!(ns("a.b.c.svc.cluster.local"), None);
+        assert_eq!(ns(".bookinfo.svc.cluster.local"), None);
+    }
+
+    #[test]
     fn wildcard_patterns() {
         assert!(matches("*.example.com", "api.example.com"));
         assert!(!matches("*.example.com", "example.com"));
         assert!(matches("*", "anything"));
         assert!(matches("a.b", "a.b"));
         assert!(!matches("a.b", "a.c"));
+        // DNS names are case-insensitive.
+        assert!(matches("*.Example.com", "api.example.COM"));
+        assert!(matches("Reviews.default", "reviews.default"));
+        assert_eq!(resolve("Reviews", "ns", "cluster.local"), "reviews.ns.svc.cluster.local");
     }
 }

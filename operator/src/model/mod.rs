@@ -2,14 +2,18 @@
 //! name resolved to its fully qualified form.
 
 pub mod hostname;
+pub mod kube;
+pub mod service;
+pub mod unsupported;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use capstan_crds::networking::destination_rule::Subset;
-use capstan_crds::networking::service_entry::{Resolution, ServicePort, WorkloadEntry};
 use capstan_crds::networking::virtual_service::HttpRoute;
 use capstan_crds::{IstioObject, ObjectKey};
+
+use crate::index::Index;
+pub use service::{Origin, Port, Resolution, Service};
 
 /// Something in otherwise valid config that capstan cannot honour, reported and skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,14 +29,11 @@ impl fmt::Display for Problem {
     }
 }
 
-/// A service in the registry: one host of a ServiceEntry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Service {
-    pub host: String,
-    pub origin: ObjectKey,
-    pub ports: Vec<ServicePort>,
-    pub resolution: Resolution,
-    pub endpoints: Vec<WorkloadEntry>,
+/// A named set of a service's endpoints, selected by labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subset {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The subsets a DestinationRule declares for a host.
@@ -74,90 +75,110 @@ pub struct Mesh {
 }
 
 impl Mesh {
-    /// Indexes `objects`. Where two objects claim the same host, the first by namespace and
-    /// name wins and the other is reported.
-    pub fn build<'a>(
-        objects: impl IntoIterator<Item = &'a IstioObject>,
-        domain_suffix: &str,
-    ) -> (Mesh, Vec<Problem>) {
-        let mut objects: Vec<&IstioObject> = objects.into_iter().collect();
-        objects.sort_by_key(|o| o.key());
+    /// The mesh of everything `index` serves. Kubernetes Services come first: a ServiceEntry
+    /// for the host of a Service is reported and ignored for that host. Among Istio objects
+    /// claiming one host, the first by namespace and name wins and the others are reported.
+    pub fn build(index: &Index, domain_suffix: &str) -> (Mesh, Vec<Problem>) {
         let mut mesh = Mesh {
             domain_suffix: domain_suffix.to_string(),
             ..Mesh::default()
         };
+        for service in index.services() {
+            let service = kube::service(index, service, domain_suffix);
+            mesh.services.insert(service.host.clone(), service);
+        }
         let mut problems = Vec::new();
-        for object in objects {
-            let origin = object.key();
-            match object {
-                IstioObject::ServiceEntry(se) => {
-                    for (i, host) in se.spec.hosts.iter().enumerate() {
-                        let host = hostname::resolve(host, &origin.namespace, domain_suffix);
-                        if let Some(existing) = mesh.services.get(&host) {
-                            problems.push(Problem {
-                                object: origin.clone(),
-                                field: format!("spec.hosts[{i}]"),
-                                message: format!(
-                                    "host {host} is already defined by {}; this entry is ignored for it",
-                                    existing.origin
-                                ),
-                            });
-                            continue;
-                        }
-                        mesh.services.insert(
-                            host.clone(),
-                            Service {
-                                host,
-                                origin: origin.clone(),
-                                ports: se.spec.ports.clone(),
-                                resolution: se.spec.resolution,
-                                endpoints: se.spec.endpoints.clone(),
-                            },
-                        );
-                    }
-                }
-                IstioObject::DestinationRule(dr) => {
-                    let host = hostname::resolve(&dr.spec.host, &origin.namespace, domain_suffix);
-                    if let Some(existing) = mesh.destination_rules.get(&host) {
+        // The index iterates in key order: kind, then namespace and name.
+        for object in index.istio_objects() {
+            mesh.add(object, &mut problems);
+            problems.extend(unsupported::fields(object));
+        }
+        (mesh, problems)
+    }
+
+    fn add(&mut self, object: &IstioObject, problems: &mut Vec<Problem>) {
+        let origin = object.key();
+        let domain_suffix = self.domain_suffix.clone();
+        match object {
+            IstioObject::ServiceEntry(se) => {
+                for (i, host) in se.spec.hosts.iter().enumerate() {
+                    let host = hostname::resolve(host, &origin.namespace, &domain_suffix);
+                    if let Some(existing) = self.services.get(&host) {
                         problems.push(Problem {
                             object: origin.clone(),
-                            field: "spec.host".into(),
+                            field: format!("spec.hosts[{i}]"),
                             message: format!(
-                                "host {host} already has {}; this rule is ignored",
+                                "host {host} is already defined by {}; this entry is ignored for it",
                                 existing.origin
                             ),
                         });
                         continue;
                     }
-                    mesh.destination_rules.insert(
-                        host.clone(),
-                        DestinationRule {
-                            host,
-                            origin,
-                            subsets: dr.spec.subsets.clone(),
-                        },
-                    );
+                    let service = Service::from_service_entry(host.clone(), origin.clone(), &se.spec);
+                    self.services.insert(host, service);
                 }
-                IstioObject::VirtualService(vs) => {
-                    let hosts = vs
-                        .spec
-                        .hosts
-                        .iter()
-                        .map(|h| hostname::resolve(h, &origin.namespace, domain_suffix))
-                        .collect();
-                    mesh.virtual_services.push(VirtualService {
-                        origin,
-                        hosts,
-                        gateways: vs.spec.gateways.clone(),
-                        http: vs.spec.http.clone(),
-                    });
-                }
-                // Gateways, Sidecars, workloads and security policies are parsed and
-                // validated, but not translated yet.
-                _ => {}
             }
+            IstioObject::DestinationRule(dr) => {
+                let host = hostname::resolve(&dr.spec.host, &origin.namespace, &domain_suffix);
+                if let Some(existing) = self.destination_rules.get(&host) {
+                    problems.push(Problem {
+                        object: origin.clone(),
+                        field: "spec.host".into(),
+                        message: format!(
+                            "host {host} already has {}; this rule is ignored",
+                            existing.origin
+                        ),
+                    });
+                    return;
+                }
+                let subsets = dr
+                    .spec
+                    .subsets
+                    .iter()
+                    .map(|s| Subset {
+                        name: s.name.clone(),
+                        labels: s.labels.clone(),
+                    })
+                    .collect();
+                self.destination_rules.insert(
+                    host.clone(),
+                    DestinationRule {
+                        host,
+                        origin,
+                        subsets,
+                    },
+                );
+            }
+            IstioObject::VirtualService(vs) => {
+                let hosts = vs
+                    .spec
+                    .hosts
+                    .iter()
+                    .map(|h| hostname::resolve(h, &origin.namespace, &domain_suffix))
+                    .collect();
+                self.virtual_services.push(VirtualService {
+                    origin,
+                    hosts,
+                    gateways: vs.spec.gateways.clone(),
+                    http: vs.spec.http.clone(),
+                });
+            }
+            // Gateways, Sidecars, workloads and security policies are parsed and validated,
+            // but not translated yet (their status condition says so).
+            _ => {}
         }
-        (mesh, problems)
+    }
+
+    /// Re-reads the endpoints of Kubernetes Service `id` from `index`; returns the service
+    /// when it is in the mesh (a ServiceEntry never shadows a Service, so its host is its own).
+    pub fn refresh_endpoints(&mut self, index: &Index, id: &crate::index::NsName) -> Option<&Service> {
+        let host = kube::host(id, &self.domain_suffix);
+        let service = self.services.get_mut(&host)?;
+        if service.origin != Origin::Kubernetes(id.clone()) || service.resolution == Resolution::Dns {
+            return None;
+        }
+        service.endpoints = kube::endpoints(index, id);
+        self.services.get(&host)
     }
 
     /// The subsets declared for `host` (none without a DestinationRule).

@@ -1,6 +1,5 @@
 //! CDS: a cluster per service port, and one per DestinationRule subset of it.
 
-use capstan_crds::networking::service_entry::Resolution;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy,
 };
@@ -14,8 +13,8 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::google::protobuf::Duration;
 use envoy_types::util::pack_any;
 
-use super::{ServiceCluster, ads_config_source, endpoint, is_http2, service_clusters};
-use crate::model::Mesh;
+use super::{ServiceCluster, ads_config_source, endpoint, service_clusters};
+use crate::model::{Mesh, Resolution};
 
 /// Istio's default connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration {
@@ -49,7 +48,7 @@ fn cluster(spec: ServiceCluster<'_>) -> (String, Cluster) {
                 service_name: name.clone(),
             });
         }
-        Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns => {
+        Resolution::Dns | Resolution::DnsRoundRobin => {
             // Envoy resolves the names itself; the endpoints travel inside the cluster.
             let discovery = if service.resolution == Resolution::Dns {
                 DiscoveryType::StrictDns
@@ -67,7 +66,7 @@ fn cluster(spec: ServiceCluster<'_>) -> (String, Cluster) {
             }
             cluster.load_assignment = Some(assignment);
         }
-        Resolution::None => {
+        Resolution::Passthrough => {
             // Traffic goes where the client sent it.
             cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(
                 DiscoveryType::OriginalDst as i32,
@@ -75,7 +74,7 @@ fn cluster(spec: ServiceCluster<'_>) -> (String, Cluster) {
             cluster.lb_policy = LbPolicy::ClusterProvided as i32;
         }
     }
-    if is_http2(port) {
+    if port.is_http2() {
         let options = HttpProtocolOptions {
             upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
                 ExplicitHttpConfig {

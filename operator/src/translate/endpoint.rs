@@ -2,27 +2,33 @@
 
 use std::collections::BTreeMap;
 
-use capstan_crds::networking::service_entry::{Resolution, ServicePort};
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use envoy_types::pb::envoy::config::core::v3::{Address, Locality, SocketAddress};
+use envoy_types::pb::envoy::config::core::v3::{Address, HealthStatus, Locality, SocketAddress};
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 
-use super::{endpoint_port, selects, service_clusters};
-use crate::model::{Mesh, Service};
+use super::{ServiceCluster, clusters_of, service_clusters};
+use crate::index::Health;
+use crate::model::{Mesh, Port, Resolution, Service};
 
 pub fn load_assignments(mesh: &Mesh) -> Vec<(String, ClusterLoadAssignment)> {
-    service_clusters(mesh)
-        .filter(|c| c.service.resolution == Resolution::Static)
-        .map(|c| {
-            let assignment = load_assignment(&c.name, c.service, c.port, c.labels);
-            (c.name, assignment)
-        })
-        .collect()
+    service_clusters(mesh).filter_map(eds_assignment).collect()
+}
+
+/// The load assignments of one service: what an endpoint change of that service rebuilds.
+pub fn load_assignments_of(mesh: &Mesh, service: &Service) -> Vec<(String, ClusterLoadAssignment)> {
+    clusters_of(mesh, service).filter_map(eds_assignment).collect()
+}
+
+fn eds_assignment(c: ServiceCluster<'_>) -> Option<(String, ClusterLoadAssignment)> {
+    (c.service.resolution == Resolution::Static).then(|| {
+        let assignment = load_assignment(&c.name, c.service, c.port, c.labels);
+        (c.name, assignment)
+    })
 }
 
 /// The endpoints of `service` on `port` carrying `labels`, grouped by locality. A DNS service
@@ -30,7 +36,7 @@ pub fn load_assignments(mesh: &Mesh) -> Vec<(String, ClusterLoadAssignment)> {
 pub fn load_assignment(
     cluster: &str,
     service: &Service,
-    port: &ServicePort,
+    port: &Port,
     labels: &BTreeMap<String, String>,
 ) -> ClusterLoadAssignment {
     let mut by_locality: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
@@ -39,16 +45,18 @@ pub fn load_assignment(
             &service.host,
             port.target_port.max(port.number),
             0,
+            Health::Ready,
         ));
     }
-    for endpoint in service.endpoints.iter().filter(|e| selects(labels, e)) {
+    for endpoint in service.endpoints.iter().filter(|e| e.selected_by(labels)) {
         by_locality
             .entry(endpoint.locality.as_str())
             .or_default()
             .push(lb_endpoint(
                 &endpoint.address,
-                endpoint_port(endpoint, port),
+                endpoint.port_for(port),
                 endpoint.weight,
+                endpoint.health,
             ));
     }
     ClusterLoadAssignment {
@@ -65,7 +73,7 @@ pub fn load_assignment(
     }
 }
 
-fn lb_endpoint(address: &str, port: u32, weight: u32) -> LbEndpoint {
+fn lb_endpoint(address: &str, port: u32, weight: u32, health: Health) -> LbEndpoint {
     LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
             address: Some(Address {
@@ -78,6 +86,12 @@ fn lb_endpoint(address: &str, port: u32, weight: u32) -> LbEndpoint {
             ..Default::default()
         })),
         load_balancing_weight: (weight > 0).then_some(UInt32Value { value: weight }),
+        // Terminating endpoints finish their requests but get no new ones.
+        health_status: match health {
+            Health::Ready => HealthStatus::Healthy,
+            Health::Draining => HealthStatus::Draining,
+            Health::NotReady => HealthStatus::Unhealthy,
+        } as i32,
         ..Default::default()
     }
 }

@@ -8,15 +8,16 @@ mod endpoint;
 mod listener;
 mod route;
 
+pub use endpoint::load_assignments_of;
+
 use std::collections::BTreeMap;
 
-use capstan_crds::networking::service_entry::{ServicePort, WorkloadEntry};
-use capstan_xds::{Resource, SnapshotBuilder};
+use capstan_xds::{Resource, Selector, SnapshotBuilder};
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{AggregatedConfigSource, ApiVersion, ConfigSource};
 use prost::{Message, Name};
 
-use crate::model::{Mesh, Problem, Service};
+use crate::model::{Mesh, Port, Problem, Service};
 
 /// The name of the outbound HTTP listener and of its route configuration.
 pub const OUTBOUND_HTTP: &str = "outbound_http";
@@ -37,7 +38,15 @@ pub fn build(mesh: &Mesh, options: &Options) -> (SnapshotBuilder, Vec<Problem>) 
     add_all(&mut out, endpoint::load_assignments(mesh));
     add_all(&mut out, listener::listeners(options));
     let (routes, route_problems) = route::route_configurations(mesh);
-    add_all(&mut out, routes);
+    for (namespace, config) in routes {
+        let Some(resource) = Resource::encode(OUTBOUND_HTTP, &config) else {
+            continue;
+        };
+        match namespace {
+            Some(ns) => out.add_for(Selector::namespace(&ns), resource),
+            None => out.add(resource),
+        };
+    }
     problems.extend(route_problems);
     (out, problems)
 }
@@ -59,7 +68,7 @@ fn add_all<M: Message + Name>(out: &mut SnapshotBuilder, items: Vec<(String, M)>
 pub struct ServiceCluster<'a> {
     pub name: String,
     pub service: &'a Service,
-    pub port: &'a ServicePort,
+    pub port: &'a Port,
     /// The labels endpoints must carry (none for the whole service).
     pub labels: &'a BTreeMap<String, String>,
 }
@@ -69,7 +78,17 @@ static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 /// Every cluster of the mesh: per service port, one for the whole service and one per
 /// DestinationRule subset. CDS and EDS build from this same list.
 pub fn service_clusters(mesh: &Mesh) -> impl Iterator<Item = ServiceCluster<'_>> {
-    mesh.services.values().flat_map(move |service| {
+    mesh.services
+        .values()
+        .flat_map(move |service| clusters_of(mesh, service))
+}
+
+/// The clusters of one service: per port, the whole service and each subset.
+pub fn clusters_of<'a>(
+    mesh: &'a Mesh,
+    service: &'a Service,
+) -> impl Iterator<Item = ServiceCluster<'a>> {
+    {
         service.ports.iter().flat_map(move |port| {
             let whole = ServiceCluster {
                 name: cluster_name(port.number, "", &service.host),
@@ -88,7 +107,7 @@ pub fn service_clusters(mesh: &Mesh) -> impl Iterator<Item = ServiceCluster<'_>>
                 });
             std::iter::once(whole).chain(subsets)
         })
-    })
+    }
 }
 
 /// `outbound|<port>|<subset>|<host>`, Istio's cluster name.
@@ -103,44 +122,6 @@ fn ads_config_source() -> ConfigSource {
         config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
         ..Default::default()
     }
-}
-
-/// The port an endpoint serves `port` on: its own mapping for the port's name, else the
-/// service's target port, else the port number itself.
-fn endpoint_port(endpoint: &WorkloadEntry, port: &ServicePort) -> u32 {
-    endpoint
-        .ports
-        .get(&port.name)
-        .copied()
-        .filter(|p| *p != 0)
-        .or((port.target_port != 0).then_some(port.target_port))
-        .unwrap_or(port.number)
-}
-
-/// Whether an endpoint carries every label a subset selects on.
-fn selects(
-    subset_labels: &std::collections::BTreeMap<String, String>,
-    endpoint: &WorkloadEntry,
-) -> bool {
-    subset_labels
-        .iter()
-        .all(|(k, v)| endpoint.labels.get(k) == Some(v))
-}
-
-/// Protocols served through the outbound HTTP listener. An unset protocol is sniffed by
-/// Istio; capstan treats it as HTTP.
-fn is_http(port: &ServicePort) -> bool {
-    matches!(
-        port.protocol.to_ascii_uppercase().as_str(),
-        "" | "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB"
-    )
-}
-
-fn is_http2(port: &ServicePort) -> bool {
-    matches!(
-        port.protocol.to_ascii_uppercase().as_str(),
-        "HTTP2" | "GRPC" | "GRPC-WEB"
-    )
 }
 
 #[cfg(test)]

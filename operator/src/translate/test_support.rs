@@ -2,12 +2,13 @@
 
 use capstan_crds::parse::parse_documents;
 
+use crate::index::{Index, Record, Tag};
 use crate::model::Mesh;
 
 /// The mesh of `yaml`, which must be valid.
 pub fn mesh(yaml: &str) -> Mesh {
     let documents = parse_documents("test.yaml", yaml).expect("valid YAML");
-    let objects: Vec<_> = documents
+    let records: Vec<Record> = documents
         .into_iter()
         .map(|d| {
             let d = d.expect("valid document");
@@ -16,10 +17,20 @@ pub fn mesh(yaml: &str) -> Mesh {
                 "invalid test object: {:?}",
                 d.validate()
             );
-            d.object
+            Record::Istio(crate::index::IstioRecord {
+                key: d.object.key(),
+                generation: 1,
+                object: Some(d.object),
+                errors: Vec::new(),
+                observed: None,
+                status: None,
+            })
         })
         .collect();
-    let (mesh, problems) = Mesh::build(&objects, "cluster.local");
+    let mut index = Index::new();
+    let tags: Vec<Tag> = capstan_crds::Kind::ALL.iter().map(|k| Tag::Istio(*k)).collect();
+    index.reset(&tags, records);
+    let (mesh, problems) = Mesh::build(&index, "cluster.local");
     assert!(problems.is_empty(), "model problems: {problems:?}");
     mesh
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tracing::warn;
 
 use crate::cache::{Nack, SnapshotCache, State};
+use crate::connections::{Registration, XdsProtocol};
 use crate::proxy::ProxyInfo;
 use crate::resource::type_url;
 use crate::snapshot::{Snapshot, type_index};
@@ -143,6 +144,8 @@ fn shared_name(name: &str, snapshot: &Snapshot, index: usize) -> Arc<str> {
 #[derive(Debug, Clone)]
 pub struct InFlight {
     pub nonce: String,
+    /// `nonce` as the number it was made from, for the connection registry.
+    pub seq: u64,
     /// The snapshot version the response brought the proxy to.
     pub version: u64,
     /// Whether a config change (rather than the proxy's own request) caused it.
@@ -153,16 +156,21 @@ pub struct InFlight {
 #[derive(Debug)]
 pub struct Context {
     pub cache: SnapshotCache,
-    pub proxy: ProxyInfo,
+    /// Shared with the stream's entry in the connection registry.
+    pub proxy: Arc<ProxyInfo>,
     nonces: u64,
+    /// The stream's entry in [`SnapshotCache::connections`], removed when the stream ends.
+    connection: Registration,
 }
 
 impl Context {
-    pub fn new(cache: SnapshotCache) -> Self {
+    pub fn new(cache: SnapshotCache, protocol: XdsProtocol) -> Self {
+        let connection = cache.connections().register(protocol);
         Self {
             cache,
-            proxy: ProxyInfo::default(),
+            proxy: Arc::default(),
             nonces: 0,
+            connection,
         }
     }
 
@@ -173,7 +181,8 @@ impl Context {
         if self.proxy.id.is_empty()
             && let Some(node) = node
         {
-            self.proxy = ProxyInfo::from_node(node);
+            self.proxy = Arc::new(ProxyInfo::from_node(node));
+            self.connection.identify(self.proxy.clone(), node);
         }
         let index = type_index(type_url);
         if index.is_none() {
@@ -182,6 +191,8 @@ impl Context {
         index
     }
 
+    /// The nonce of the next response; [`sending`](Self::sending) must record that response
+    /// before another nonce is taken.
     pub fn next_nonce(&mut self) -> String {
         self.nonces += 1;
         self.nonces.to_string()
@@ -200,6 +211,8 @@ impl Context {
         let metrics = self.cache.metrics();
         match error {
             None => {
+                self.connection
+                    .acked(index, in_flight.version, in_flight.seq);
                 if in_flight.change_driven
                     && let Some(created) = state.history.created(in_flight.version)
                 {
@@ -211,6 +224,8 @@ impl Context {
                 warn!(node = %self.proxy.id, r#type = type_url::short(type_url), rejected, error = message,
                       "proxy rejected update; it keeps its previous config");
                 metrics.nacked(index);
+                self.connection
+                    .nacked(index, in_flight.version, in_flight.seq, message);
                 self.cache.record_nack(Nack {
                     node_id: self.proxy.id.clone(),
                     type_url: type_url.to_string(),
@@ -232,6 +247,10 @@ impl Context {
         state: &State,
     ) -> InFlight {
         let version = state.snapshot.version();
+        // The nonce is the one `next_nonce` just made: the counter names it without parsing.
+        debug_assert_eq!(nonce, self.nonces.to_string());
+        let seq = self.nonces;
+        self.connection.sent(index, version, seq);
         let metrics = self.cache.metrics();
         metrics.pushed(index, resources, bytes);
         if change_driven && let Some(created) = state.history.created(version) {
@@ -239,6 +258,7 @@ impl Context {
         }
         InFlight {
             nonce: nonce.to_string(),
+            seq,
             version,
             change_driven,
         }

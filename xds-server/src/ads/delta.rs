@@ -11,6 +11,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use super::common::{Context, InFlight, Subscription};
 use super::wire::{DeltaResponse, WireMessage};
 use crate::cache::{SnapshotCache, State};
+use crate::connections::XdsProtocol;
 use crate::history::Since;
 use crate::resource::{Resource, type_url};
 use crate::snapshot::{Entry, Snapshot, TYPES};
@@ -46,7 +47,7 @@ pub struct DeltaStream {
 impl DeltaStream {
     pub fn new(cache: SnapshotCache) -> Self {
         Self {
-            context: Context::new(cache),
+            context: Context::new(cache, XdsProtocol::Delta),
             types: Default::default(),
         }
     }

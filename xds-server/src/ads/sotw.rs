@@ -12,6 +12,7 @@ use super::common::{Context, InFlight, Subscription};
 use super::request::SotwRequest;
 use super::wire::{SotwResources, SotwResponse, WireMessage};
 use crate::cache::{SnapshotCache, State};
+use crate::connections::XdsProtocol;
 use crate::history::Since;
 use crate::resource::{Resource, type_url};
 use crate::snapshot::TYPES;
@@ -42,7 +43,7 @@ pub struct SotwStream {
 impl SotwStream {
     pub fn new(cache: SnapshotCache) -> Self {
         Self {
-            context: Context::new(cache),
+            context: Context::new(cache, XdsProtocol::Sotw),
             types: Default::default(),
         }
     }

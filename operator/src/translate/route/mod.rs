@@ -7,7 +7,6 @@ mod matching;
 
 use std::collections::BTreeSet;
 
-use capstan_crds::networking::service_entry::ServicePort;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
@@ -16,73 +15,115 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use tracing::debug;
 
-use super::{OUTBOUND_HTTP, cluster_name, is_http};
+use super::{OUTBOUND_HTTP, cluster_name};
 use crate::model::hostname;
-use crate::model::{Mesh, Problem, Service};
+use crate::model::{Mesh, Port, Problem, Service};
 
-pub fn route_configurations(mesh: &Mesh) -> (Vec<(String, RouteConfiguration)>, Vec<Problem>) {
+/// The outbound route configuration as seen from each namespace. Short names resolve in the
+/// proxy's namespace, as with Istio: `reviews` means `reviews.<proxy namespace>.svc...`, so a
+/// namespace with services of its own gets its own variant (`Some(ns)`); `None` is the
+/// variant for every other proxy, which answers only to qualified names.
+pub fn route_configurations(
+    mesh: &Mesh,
+) -> (Vec<(Option<String>, RouteConfiguration)>, Vec<Problem>) {
     let mut problems = Vec::new();
-    let mut taken = BTreeSet::new();
-    let mut virtual_hosts = Vec::new();
+    // Routes are built once per service port; only the domains differ between variants.
+    let mut entries = Vec::new();
     for service in mesh.services.values() {
-        let mut ports: Vec<&ServicePort> = service.ports.iter().filter(|p| is_http(p)).collect();
+        let mut ports: Vec<&Port> = service.ports.iter().filter(|p| p.is_http()).collect();
         ports.sort_by_key(|p| p.number);
         for (i, port) in ports.iter().enumerate() {
-            // Only the first HTTP port also answers to names without a port.
-            let domains = domains(
-                service,
-                port.number,
-                i == 0,
-                &mesh.domain_suffix,
-                &mut taken,
-            );
-            if domains.is_empty() {
-                continue;
-            }
             let routes = match mesh.virtual_service_for(&service.host) {
                 Some(vs) => action::routes(mesh, vs, port.number, &mut problems),
                 None => vec![default_route(service, port.number)],
             };
-            virtual_hosts.push(VirtualHost {
-                name: format!("{}:{}", service.host, port.number),
-                domains,
+            entries.push(HostPort {
+                service,
+                namespace: hostname::local_namespace(&service.host, &mesh.domain_suffix),
+                port: port.number,
+                // Only the first HTTP port also answers to names without a port.
+                first_port: i == 0,
                 routes,
-                ..Default::default()
             });
         }
     }
     report_unbound(mesh, &mut problems);
-    let config = RouteConfiguration {
+    let namespaces: BTreeSet<Option<&str>> = std::iter::once(None)
+        .chain(entries.iter().filter_map(|e| e.namespace.map(Some)))
+        .collect();
+    let configs = namespaces
+        .into_iter()
+        .map(|namespace| {
+            let config = config_for(&entries, namespace, &mesh.domain_suffix);
+            (namespace.map(str::to_string), config)
+        })
+        .collect();
+    (configs, problems)
+}
+
+/// One service port's virtual host, before its domains are chosen.
+struct HostPort<'a> {
+    service: &'a Service,
+    /// The namespace of a cluster-local host (`name.ns.svc.<suffix>`).
+    namespace: Option<&'a str>,
+    port: u32,
+    first_port: bool,
+    routes: Vec<Route>,
+}
+
+fn config_for(entries: &[HostPort<'_>], namespace: Option<&str>, domain_suffix: &str) -> RouteConfiguration {
+    let mut taken = BTreeSet::new();
+    let virtual_hosts = entries
+        .iter()
+        .filter_map(|entry| {
+            let same_namespace = entry.namespace.is_some() && entry.namespace == namespace;
+            let domains = domains(entry, same_namespace, domain_suffix, &mut taken);
+            (!domains.is_empty()).then(|| VirtualHost {
+                name: format!("{}:{}", entry.service.host, entry.port),
+                domains,
+                routes: entry.routes.clone(),
+                ..Default::default()
+            })
+        })
+        .collect();
+    RouteConfiguration {
         name: OUTBOUND_HTTP.to_string(),
         virtual_hosts,
         // Routes may name clusters of services that do not exist (yet); Envoy answers those
         // requests with 503 instead of rejecting the whole configuration, as with istiod.
         validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
         ..Default::default()
-    };
-    (vec![(OUTBOUND_HTTP.to_string(), config)], problems)
+    }
 }
 
-/// The Host header values that reach this service port. A name already claimed by an earlier
-/// virtual host is left out: Envoy rejects a route configuration with duplicate domains.
+/// The Host header values that reach this service port: every alias with the port, and for
+/// the first HTTP port also without it; the bare service name only from its own namespace. A
+/// name already claimed by an earlier virtual host is left out: Envoy rejects a route
+/// configuration with duplicate domains.
 fn domains(
-    service: &Service,
-    port: u32,
-    with_bare_names: bool,
+    entry: &HostPort<'_>,
+    same_namespace: bool,
     domain_suffix: &str,
     taken: &mut BTreeSet<String>,
 ) -> Vec<String> {
     let mut out = Vec::new();
-    for alias in hostname::aliases(&service.host, domain_suffix) {
-        let mut candidates = vec![format!("{alias}:{port}")];
-        if with_bare_names {
-            candidates.push(alias);
+    let aliases = hostname::aliases(&entry.service.host, domain_suffix);
+    let visible = if entry.namespace.is_some() && !same_namespace {
+        // `name` alone is the last alias of a cluster-local host.
+        &aliases[..aliases.len() - 1]
+    } else {
+        &aliases[..]
+    };
+    for alias in visible {
+        let mut candidates = vec![format!("{alias}:{}", entry.port)];
+        if entry.first_port {
+            candidates.push(alias.clone());
         }
         for domain in candidates {
             if taken.insert(domain.clone()) {
                 out.push(domain);
             } else {
-                debug!(%domain, host = %service.host, "domain already routed to another service");
+                debug!(%domain, host = %entry.service.host, "domain already routed to another service");
             }
         }
     }
@@ -122,7 +163,7 @@ fn report_unbound(mesh: &Mesh, problems: &mut Vec<Problem>) {
                     object: vs.origin.clone(),
                     field: format!("spec.hosts[{i}]"),
                     message: format!(
-                        "no ServiceEntry defines host {host}; its routes are not served"
+                        "no ServiceEntry or Kubernetes Service defines host {host}; its routes are not served"
                     ),
                 });
             }

@@ -10,10 +10,18 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use super::route_configurations;
 use crate::translate::test_support::{REVIEWS, mesh};
 
+/// The route configuration a proxy in namespace `bookinfo` gets.
 fn config(yaml: &str) -> (RouteConfiguration, Vec<String>) {
-    let (mut configs, problems) = route_configurations(&mesh(yaml));
-    assert_eq!(configs.len(), 1);
-    let (_, config) = configs.remove(0);
+    config_in(yaml, Some("bookinfo"))
+}
+
+fn config_in(yaml: &str, namespace: Option<&str>) -> (RouteConfiguration, Vec<String>) {
+    let (configs, problems) = route_configurations(&mesh(yaml));
+    let config = configs
+        .into_iter()
+        .find(|(ns, _)| ns.as_deref() == namespace)
+        .map(|(_, c)| c)
+        .unwrap_or_else(|| panic!("no variant for namespace {namespace:?}"));
     (config, problems.iter().map(ToString::to_string).collect())
 }
 
@@ -176,21 +184,64 @@ spec:
   - {address: 127.0.0.9}
 "#
     );
-    let (config, _) = config(&yaml);
-    let mut all: Vec<&String> = config
-        .virtual_hosts
-        .iter()
-        .flat_map(|v| &v.domains)
-        .collect();
-    let before = all.len();
-    all.sort();
-    all.dedup();
-    assert_eq!(all.len(), before, "duplicate domains");
-    assert!(
-        vhost(&config, "reviews.other.svc.cluster.local:9080")
-            .domains
+    for namespace in [None, Some("bookinfo"), Some("other")] {
+        let (config, _) = config_in(&yaml, namespace);
+        let mut all: Vec<&String> = config
+            .virtual_hosts
             .iter()
-            .any(|d| d == "reviews.other")
+            .flat_map(|v| &v.domains)
+            .collect();
+        let before = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), before, "duplicate domains for {namespace:?}");
+        assert!(
+            vhost(&config, "reviews.other.svc.cluster.local:9080")
+                .domains
+                .iter()
+                .any(|d| d == "reviews.other")
+        );
+    }
+}
+
+#[test]
+fn short_names_resolve_in_the_proxys_namespace() {
+    let yaml = format!(
+        "{REVIEWS}---\n{}",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: other}
+spec:
+  hosts: [reviews.other.svc.cluster.local]
+  ports:
+  - {number: 9080, name: http}
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.9}
+"#
+    );
+    let owner = |namespace: Option<&str>, domain: &str| {
+        let (config, _) = config_in(&yaml, namespace);
+        config
+            .virtual_hosts
+            .iter()
+            .find(|v| v.domains.iter().any(|d| d == domain))
+            .map(|v| v.name.clone())
+    };
+    assert_eq!(
+        owner(Some("bookinfo"), "reviews").as_deref(),
+        Some("reviews.bookinfo.svc.cluster.local:9080")
+    );
+    assert_eq!(
+        owner(Some("other"), "reviews:9080").as_deref(),
+        Some("reviews.other.svc.cluster.local:9080")
+    );
+    // A proxy of a namespace without services of its own has no bare names to resolve.
+    assert_eq!(owner(None, "reviews"), None);
+    assert_eq!(
+        owner(None, "reviews.other").as_deref(),
+        Some("reviews.other.svc.cluster.local:9080")
     );
 }
 

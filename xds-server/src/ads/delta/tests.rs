@@ -219,3 +219,63 @@ fn another_scopes_variant_changing_sends_nothing() {
     assert!(names(&pushed[0]).is_empty());
     assert_eq!(removed(&pushed[0]), vec!["a"]);
 }
+
+#[test]
+fn the_connection_registry_follows_sent_acked_and_nacked_responses() {
+    use crate::connections::{SyncStatus, XdsProtocol};
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(CLUSTER, "a", b"1"), (ROUTE, "r", b"1")]);
+    let mut stream = DeltaStream::new(cache.clone());
+    let connections = cache.connections();
+    let first = stream.on_request(request(CLUSTER, &[], ""), &s1);
+    let conn = connections
+        .find("sidecar~10.0.0.1~a.ns1~ns1.svc.cluster.local")
+        .expect("identified by its first request");
+    assert_eq!(conn.protocol(), XdsProtocol::Delta);
+    let sync = |i: usize| conn.type_sync(i).expect("a served type");
+    assert_eq!(sync(0).status, SyncStatus::Stale);
+    assert_eq!(
+        sync(0).sent.map(|s| s.nonce.to_string()),
+        Some(first[0].nonce.clone())
+    );
+    stream.on_request(request(CLUSTER, &[], &first[0].nonce), &s1);
+    assert_eq!(sync(0).status, SyncStatus::Synced);
+
+    // Routes: subscribed by name, answered, NACKed.
+    let rds = stream.on_request(request(ROUTE, &["r"], ""), &s1);
+    assert_eq!(sync(3).status, SyncStatus::Stale);
+    let mut nack = request(ROUTE, &[], &rds[0].nonce);
+    nack.error_detail = Some(Status {
+        code: 3,
+        message: "bad route".into(),
+        ..Default::default()
+    });
+    stream.on_request(nack, &s1);
+    assert_eq!(sync(3).status, SyncStatus::Nacked);
+    assert_eq!(
+        sync(3).last_nack.map(|n| n.message),
+        Some("bad route".to_string())
+    );
+    assert_eq!(sync(0).status, SyncStatus::Synced, "clusters unaffected");
+
+    // A change to clusters only: clusters stale until the ACK, routes stay NACKed.
+    let s2 = apply(&cache, &[(CLUSTER, "b", b"1")]);
+    let pushed = stream.on_state(&s2);
+    assert_eq!(pushed.len(), 1);
+    assert_eq!(sync(0).status, SyncStatus::Stale);
+    assert_eq!(sync(0).sent.map(|s| s.version), Some(s2.snapshot.version()));
+    stream.on_request(request(CLUSTER, &[], &pushed[0].nonce), &s2);
+    assert_eq!(sync(0).status, SyncStatus::Synced);
+    assert_eq!(
+        sync(0).acked.map(|s| s.version),
+        Some(s2.snapshot.version())
+    );
+    assert_eq!(sync(3).status, SyncStatus::Nacked);
+
+    drop(stream);
+    assert!(
+        connections
+            .find("sidecar~10.0.0.1~a.ns1~ns1.svc.cluster.local")
+            .is_none()
+    );
+}

@@ -209,3 +209,73 @@ fn proxies_share_one_encoding_of_a_uniform_view() {
     let pushed = one.on_state(&s2);
     assert!(pushed.is_empty(), "the ns1 proxy's view did not change");
 }
+
+#[test]
+fn the_connection_registry_follows_sent_acked_and_nacked_responses() {
+    use crate::connections::{SyncStatus, XdsProtocol};
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(CLUSTER, "a", b"1"), (LISTENER, "l", b"1")]);
+    let mut stream = SotwStream::new(cache.clone());
+    let connections = cache.connections();
+    let listed = connections.list();
+    assert_eq!(listed.len(), 1, "registered when the stream opens");
+    assert!(listed[0].proxy().is_none(), "no node seen yet");
+    assert_eq!(listed[0].protocol(), XdsProtocol::Sotw);
+
+    let cds = stream.on_request(request(CLUSTER, &[], ""), &s1);
+    let conn = connections
+        .find("sidecar~10.0.0.1~a.ns1~ns1.svc.cluster.local")
+        .expect("identified by its first request");
+    assert_eq!(
+        conn.proxy().and_then(|p| p.namespace.as_deref()),
+        Some("ns1")
+    );
+    let sync = |i: usize| conn.type_sync(i).expect("a served type");
+    assert_eq!(sync(0).status, SyncStatus::Stale);
+    let sent = sync(0).sent.expect("sent");
+    assert_eq!(sent.version, s1.snapshot.version());
+    assert_eq!(sent.nonce.to_string(), cds[0].nonce);
+    assert_eq!(sync(2).status, SyncStatus::NotSent);
+
+    // A stale nonce changes nothing; the ACK of the response in flight syncs the type.
+    stream.on_request(request(CLUSTER, &[], "999"), &s1);
+    assert_eq!(sync(0).status, SyncStatus::Stale);
+    stream.on_request(request(CLUSTER, &[], &cds[0].nonce), &s1);
+    assert_eq!(sync(0).status, SyncStatus::Synced);
+    assert_eq!(sync(0).acked, sync(0).sent);
+
+    // A change goes out: stale until answered, then NACKed with the proxy's message.
+    let s2 = apply(&cache, &[(CLUSTER, "a", b"2")]);
+    let pushed = stream.on_state(&s2);
+    assert_eq!(sync(0).status, SyncStatus::Stale);
+    assert_eq!(sync(0).sent.map(|s| s.version), Some(s2.snapshot.version()));
+    assert_eq!(
+        sync(0).acked.map(|s| s.version),
+        Some(s1.snapshot.version())
+    );
+    let mut nack = request(CLUSTER, &[], &pushed[0].nonce);
+    nack.error_detail = Some(Status {
+        code: 3,
+        message: "bad cluster".into(),
+        ..Default::default()
+    });
+    stream.on_request(nack, &s2);
+    let nacked = sync(0);
+    assert_eq!(nacked.status, SyncStatus::Nacked);
+    let last = nacked.last_nack.expect("kept");
+    assert_eq!(last.message, "bad cluster");
+    assert_eq!(last.version, s2.snapshot.version());
+
+    // The fix is sent and accepted.
+    let s3 = apply(&cache, &[(CLUSTER, "a", b"3")]);
+    let fixed = stream.on_state(&s3);
+    stream.on_request(request(CLUSTER, &[], &fixed[0].nonce), &s3);
+    assert_eq!(sync(0).status, SyncStatus::Synced);
+    assert_eq!(
+        sync(0).acked.map(|s| s.version),
+        Some(s3.snapshot.version())
+    );
+
+    drop(stream);
+    assert!(connections.is_empty(), "removed when the stream ends");
+}

@@ -1,0 +1,220 @@
+//! What the index holds: each watched object reduced, at the edge, to the fields the mesh uses.
+//! Nothing here is a Kubernetes or `crds` API struct except the validated Istio object itself,
+//! which the model reads.
+
+use std::collections::BTreeMap;
+
+use capstan_crds::{IstioObject, ObjectKey, Protocol};
+
+use crate::status::Observed;
+
+/// A namespaced name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NsName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl NsName {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for NsName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// An Istio object as last watched: its newest generation, the last version of it that
+/// validated (served), and what is wrong with the newest one, if anything.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IstioRecord {
+    pub key: ObjectKey,
+    pub generation: i64,
+    /// The last valid version; `None` if no version of the object ever validated.
+    pub object: Option<IstioObject>,
+    /// Why the newest generation is not served (empty: it is).
+    pub errors: Vec<String>,
+    /// capstan's condition as found on the object, and its whole status (kept so a status
+    /// write preserves other controllers' conditions).
+    pub observed: Option<Observed>,
+    pub status: Option<serde_json::Value>,
+}
+
+impl IstioRecord {
+    /// A record of an object that validated (the folder source validates as it reads).
+    pub fn valid(object: IstioObject) -> Self {
+        IstioRecord {
+            key: object.key(),
+            generation: object.metadata().generation.unwrap_or(0),
+            object: Some(object),
+            errors: Vec::new(),
+            observed: None,
+            status: None,
+        }
+    }
+
+    /// Whether `other` differs in what is served or reported, ignoring status.
+    pub fn same_config(&self, other: &IstioRecord) -> bool {
+        self.generation == other.generation
+            && self.object == other.object
+            && self.errors == other.errors
+    }
+}
+
+/// A Kubernetes Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeService {
+    pub id: NsName,
+    pub ports: Vec<KubeServicePort>,
+    /// `clusterIP: None`: clients connect to the endpoints' own addresses.
+    pub headless: bool,
+    /// `type: ExternalName`: a DNS alias of this name.
+    pub external_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeServicePort {
+    pub name: String,
+    pub port: u32,
+    /// From `appProtocol` or the port name; `None`: unknown (Istio sniffs it).
+    pub protocol: Option<Protocol>,
+    /// A numeric `targetPort` (0 when named or absent: the EndpointSlice says).
+    pub target_port: u32,
+}
+
+/// Health of an endpoint as its EndpointSlice reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Health {
+    /// `ready`: takes new requests.
+    Ready,
+    /// Terminating but still `serving`: finishes what it has, gets no new requests.
+    Draining,
+    /// Neither: not sent to proxies.
+    NotReady,
+}
+
+/// A `discovery.k8s.io/v1` EndpointSlice of a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceRecord {
+    pub id: NsName,
+    /// The Service (same namespace) from the `kubernetes.io/service-name` label.
+    pub service: String,
+    /// Port name → port number on the endpoints.
+    pub ports: BTreeMap<String, u32>,
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    pub address: String,
+    pub health: Health,
+    /// The Pod behind the endpoint (`targetRef`), same namespace.
+    pub pod: Option<String>,
+    pub node: Option<String>,
+    pub zone: Option<String>,
+}
+
+/// What the mesh reads of a Pod: labels select subsets, the service account is the identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRecord {
+    pub id: NsName,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    pub node: Option<String>,
+}
+
+/// A Node's place: `topology.kubernetes.io/region` and `/zone`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub name: String,
+    pub region: String,
+    pub zone: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceRecord {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The kinds of record, each fed by one watcher (or, for Istio kinds, the folder).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tag {
+    Istio(capstan_crds::Kind),
+    Service,
+    Slice,
+    Pod,
+    Node,
+    Namespace,
+}
+
+impl std::fmt::Display for Tag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tag::Istio(kind) => write!(f, "{kind}"),
+            Tag::Service => f.write_str("Service"),
+            Tag::Slice => f.write_str("EndpointSlice"),
+            Tag::Pod => f.write_str("Pod"),
+            Tag::Node => f.write_str("Node"),
+            Tag::Namespace => f.write_str("Namespace"),
+        }
+    }
+}
+
+/// One record of any kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Istio(IstioRecord),
+    Service(KubeService),
+    Slice(SliceRecord),
+    Pod(PodRecord),
+    Node(NodeRecord),
+    Namespace(NamespaceRecord),
+}
+
+/// The identity of a record.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RecordKey {
+    Istio(ObjectKey),
+    Service(NsName),
+    Slice(NsName),
+    Pod(NsName),
+    Node(String),
+    Namespace(String),
+}
+
+impl Record {
+    pub fn key(&self) -> RecordKey {
+        match self {
+            Record::Istio(r) => RecordKey::Istio(r.key.clone()),
+            Record::Service(r) => RecordKey::Service(r.id.clone()),
+            Record::Slice(r) => RecordKey::Slice(r.id.clone()),
+            Record::Pod(r) => RecordKey::Pod(r.id.clone()),
+            Record::Node(r) => RecordKey::Node(r.name.clone()),
+            Record::Namespace(r) => RecordKey::Namespace(r.name.clone()),
+        }
+    }
+
+    pub fn tag(&self) -> Tag {
+        self.key().tag()
+    }
+}
+
+impl RecordKey {
+    pub fn tag(&self) -> Tag {
+        match self {
+            RecordKey::Istio(k) => Tag::Istio(k.kind),
+            RecordKey::Service(_) => Tag::Service,
+            RecordKey::Slice(_) => Tag::Slice,
+            RecordKey::Pod(_) => Tag::Pod,
+            RecordKey::Node(_) => Tag::Node,
+            RecordKey::Namespace(_) => Tag::Namespace,
+        }
+    }
+}

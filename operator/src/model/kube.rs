@@ -1,0 +1,197 @@
+//! Kubernetes Services as mesh services: `name.namespace.svc.<domain>`, ports with their
+//! protocol, endpoints from the EndpointSlices with the labels, service account and locality
+//! of the Pods and Nodes behind them.
+
+use crate::index::{Health, Index, KubeService, NsName, SliceRecord};
+use crate::model::service::{Endpoint, Origin, Port, Resolution, Service};
+
+/// The host of a Kubernetes Service.
+pub fn host(id: &NsName, domain_suffix: &str) -> String {
+    format!("{}.{}.svc.{domain_suffix}", id.name, id.namespace)
+}
+
+/// The mesh service of `service`, with its endpoints as the index holds them now.
+pub fn service(index: &Index, service: &KubeService, domain_suffix: &str) -> Service {
+    let ports = service
+        .ports
+        .iter()
+        .map(|p| Port {
+            name: p.name.clone(),
+            number: p.port,
+            protocol: p.protocol,
+            target_port: p.target_port,
+        })
+        .collect();
+    let (resolution, endpoints) = match &service.external_name {
+        // An alias: proxies resolve the name it points at.
+        Some(name) => (
+            Resolution::Dns,
+            vec![Endpoint {
+                address: name.clone(),
+                ports: Default::default(),
+                labels: Default::default(),
+                locality: String::new(),
+                weight: 0,
+                service_account: String::new(),
+                health: Health::Ready,
+            }],
+        ),
+        None => (
+            if service.headless {
+                Resolution::Passthrough
+            } else {
+                Resolution::Static
+            },
+            endpoints(index, &service.id),
+        ),
+    };
+    Service {
+        host: host(&service.id, domain_suffix),
+        origin: Origin::Kubernetes(service.id.clone()),
+        ports,
+        resolution,
+        endpoints,
+    }
+}
+
+/// Every endpoint of the service's slices that can take traffic, in a stable order (slices
+/// overlap while the EndpointSlice controller moves endpoints: an address appears once).
+pub fn endpoints(index: &Index, id: &NsName) -> Vec<Endpoint> {
+    let mut out: Vec<Endpoint> = Vec::new();
+    for slice in index.slices_of(id) {
+        for endpoint in &slice.endpoints {
+            if endpoint.health == Health::NotReady {
+                continue;
+            }
+            out.push(endpoint_of(index, slice, endpoint));
+        }
+    }
+    out.sort_by(|a, b| a.address.cmp(&b.address).then(a.health.cmp(&b.health)));
+    // A ready copy of an address sorts first and wins over a draining one.
+    out.dedup_by(|later, first| later.address == first.address);
+    out
+}
+
+fn endpoint_of(
+    index: &Index,
+    slice: &SliceRecord,
+    endpoint: &crate::index::SliceEndpoint,
+) -> Endpoint {
+    let pod = endpoint
+        .pod
+        .as_ref()
+        .and_then(|name| index.pod(&NsName::new(&slice.id.namespace, name.as_str())));
+    let node_name = endpoint
+        .node
+        .as_deref()
+        .or_else(|| pod.and_then(|p| p.node.as_deref()));
+    let node = node_name.and_then(|n| index.node(n));
+    let region = node.map(|n| n.region.as_str()).unwrap_or_default();
+    let zone = endpoint
+        .zone
+        .as_deref()
+        .or(node.map(|n| n.zone.as_str()))
+        .unwrap_or_default();
+    let locality = match (region, zone) {
+        ("", "") => String::new(),
+        (region, "") => region.to_string(),
+        (region, zone) => format!("{region}/{zone}"),
+    };
+    Endpoint {
+        address: endpoint.address.clone(),
+        ports: slice.ports.clone(),
+        labels: pod.map(|p| p.labels.clone()).unwrap_or_default(),
+        locality,
+        weight: 0,
+        service_account: pod.map(|p| p.service_account.clone()).unwrap_or_default(),
+        health: endpoint.health,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::index::{KubeServicePort, NodeRecord, PodRecord, Record, SliceEndpoint};
+
+    fn index() -> Index {
+        let mut index = Index::new();
+        index.apply(Record::Service(KubeService {
+            id: NsName::new("shop", "cart"),
+            ports: vec![KubeServicePort {
+                name: "http".into(),
+                port: 80,
+                protocol: None,
+                target_port: 0,
+            }],
+            headless: false,
+            external_name: None,
+        }));
+        let endpoint = |address: &str, health, pod: Option<&str>| SliceEndpoint {
+            address: address.into(),
+            health,
+            pod: pod.map(str::to_string),
+            node: None,
+            zone: Some("us-east-1b".into()),
+        };
+        for (name, endpoints) in [
+            (
+                "cart-1",
+                vec![
+                    endpoint("10.0.0.1", Health::Ready, Some("cart-a")),
+                    endpoint("10.0.0.2", Health::NotReady, None),
+                    endpoint("10.0.0.3", Health::Draining, None),
+                ],
+            ),
+            // The same address in a second slice while it moves: served once, as ready.
+            ("cart-2", vec![endpoint("10.0.0.3", Health::Ready, None)]),
+        ] {
+            index.apply(Record::Slice(SliceRecord {
+                id: NsName::new("shop", name),
+                service: "cart".into(),
+                ports: BTreeMap::from([("http".to_string(), 8080)]),
+                endpoints,
+            }));
+        }
+        index.apply(Record::Pod(PodRecord {
+            id: NsName::new("shop", "cart-a"),
+            labels: BTreeMap::from([("version".to_string(), "v1".to_string())]),
+            service_account: "cart".into(),
+            node: Some("node-a".into()),
+        }));
+        index.apply(Record::Node(NodeRecord {
+            name: "node-a".into(),
+            region: "us-east-1".into(),
+            zone: "us-east-1a".into(),
+        }));
+        index
+    }
+
+    #[test]
+    fn endpoints_carry_pod_labels_identity_and_locality() {
+        let index = index();
+        let kube = index
+            .service(&NsName::new("shop", "cart"))
+            .expect("indexed")
+            .clone();
+        let service = service(&index, &kube, "cluster.local");
+        assert_eq!(service.host, "cart.shop.svc.cluster.local");
+        assert_eq!(service.resolution, Resolution::Static);
+        let addresses: Vec<(&str, Health)> = service
+            .endpoints
+            .iter()
+            .map(|e| (e.address.as_str(), e.health))
+            .collect();
+        assert_eq!(
+            addresses,
+            vec![("10.0.0.1", Health::Ready), ("10.0.0.3", Health::Ready)]
+        );
+        let first = &service.endpoints[0];
+        assert_eq!(first.labels.get("version").map(String::as_str), Some("v1"));
+        assert_eq!(first.service_account, "cart");
+        // The slice's zone wins over the node's; the region comes from the node.
+        assert_eq!(first.locality, "us-east-1/us-east-1b");
+        assert_eq!(first.port_for(&service.ports[0]), 8080);
+    }
+}

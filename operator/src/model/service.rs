@@ -1,0 +1,143 @@
+//! Services of the mesh, whichever registry they come from (ServiceEntry or Kubernetes
+//! Service), in capstan's own types: translation reads these, never API structs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use capstan_crds::networking::service_entry::{self as se, Resolution as SeResolution};
+use capstan_crds::{ObjectKey, Protocol, ProtocolClass};
+
+use crate::index::{Health, NsName};
+
+/// Where a service was declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Istio(ObjectKey),
+    Kubernetes(NsName),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Istio(key) => write!(f, "{key}"),
+            Origin::Kubernetes(id) => write!(f, "Service {id}"),
+        }
+    }
+}
+
+/// How proxies find a service's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// Endpoints come from capstan (EDS).
+    Static,
+    /// Every address of the endpoints' DNS names (STRICT_DNS).
+    Dns,
+    /// One address of one name at a time (LOGICAL_DNS).
+    DnsRoundRobin,
+    /// Traffic goes to the address the client dialled (ORIGINAL_DST).
+    Passthrough,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub name: String,
+    pub number: u32,
+    /// `None`: not declared; Istio sniffs, capstan serves it as HTTP.
+    pub protocol: Option<Protocol>,
+    /// The endpoints' port when they declare none (0: `number`).
+    pub target_port: u32,
+}
+
+impl Port {
+    /// Served through the outbound HTTP listener.
+    pub fn is_http(&self) -> bool {
+        self.protocol
+            .is_none_or(|p| p.class() == ProtocolClass::Http && p != Protocol::HttpProxy)
+    }
+
+    pub fn is_http2(&self) -> bool {
+        self.protocol.is_some_and(Protocol::is_http2)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: String,
+    /// Port name → the endpoint's own port for it.
+    pub ports: BTreeMap<String, u32>,
+    pub labels: BTreeMap<String, String>,
+    /// `region/zone/subzone`.
+    pub locality: String,
+    /// 0: the default weight.
+    pub weight: u32,
+    pub service_account: String,
+    pub health: Health,
+}
+
+impl Endpoint {
+    /// The port this endpoint serves `port` on: its own mapping for the port's name, else the
+    /// service's target port, else the service port itself. (The one rule, for every registry.)
+    pub fn port_for(&self, port: &Port) -> u32 {
+        self.ports
+            .get(&port.name)
+            .copied()
+            .filter(|p| *p != 0)
+            .or((port.target_port != 0).then_some(port.target_port))
+            .unwrap_or(port.number)
+    }
+
+    /// Whether the endpoint carries every label of `selector` (a subset's labels).
+    pub fn selected_by(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
+/// A service in the registry: one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub host: String,
+    pub origin: Origin,
+    pub ports: Vec<Port>,
+    pub resolution: Resolution,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl Service {
+    /// One host of a ServiceEntry.
+    pub fn from_service_entry(host: String, origin: ObjectKey, spec: &se::ServiceEntrySpec) -> Self {
+        Service {
+            host,
+            origin: Origin::Istio(origin),
+            ports: spec
+                .ports
+                .iter()
+                .map(|p| Port {
+                    name: p.name.clone(),
+                    number: p.number,
+                    // Validation rejects unknown names; an empty one is "not declared".
+                    protocol: Protocol::parse(&p.protocol),
+                    target_port: p.target_port,
+                })
+                .collect(),
+            resolution: match spec.resolution {
+                SeResolution::Static => Resolution::Static,
+                SeResolution::Dns => Resolution::Dns,
+                SeResolution::DnsRoundRobin | SeResolution::DynamicDns => Resolution::DnsRoundRobin,
+                SeResolution::None => Resolution::Passthrough,
+            },
+            endpoints: spec
+                .endpoints
+                .iter()
+                .map(|e| Endpoint {
+                    address: e.address.clone(),
+                    ports: e.ports.clone(),
+                    labels: e.labels.clone(),
+                    locality: e.locality.clone(),
+                    weight: e.weight,
+                    service_account: e.service_account.clone(),
+                    health: Health::Ready,
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,857 @@
+//! The status writer: patches the `Reconciled` condition onto Istio objects, on the leader
+//! only.
+//!
+//! The index publishes the *complete* desired state each time something changes: every
+//! object with what its condition should say, what the object showed when last watched and
+//! its whole current `status`. The writer is level-based rather than event-based: each pass
+//! compares the latest published set with what the objects show and patches the difference.
+//! That makes it indifferent to how often or in what order publishes arrive (the latest
+//! wins: a `watch` channel, not a queue), and it makes a new leader catch up by simply
+//! evaluating the last published set.
+//!
+//! Writes stay quiet in steady state because of two rules:
+//!
+//! - an object whose watched condition already says what it should is never patched;
+//! - an object this writer already patched with the same content is not patched again while
+//!   the watch has not caught up with that write (a publish can arrive between our patch and
+//!   its watch event). The memory of a write is dropped once the watch shows it, so if
+//!   anything later changes the condition behind our back, it is put right.
+//!
+//! Each patch is a JSON merge patch on the `status` subresource (`Api<DynamicObject>`,
+//! version `v1`), with at most [`CONCURRENCY`] in flight and each bounded by
+//! [`REQUEST_TIMEOUT`]. An object deleted meanwhile (404) is dropped silently; a 409 or 422
+//! is logged with the object and tried again on a later publish; other failures (timeouts,
+//! 5xx, 403, …) are also retried by themselves, with backoff.
+//!
+//! A merge patch replaces `status.conditions` whole, so the patch carries the other
+//! controllers' conditions as the object showed them when last watched. A condition another
+//! controller adds in the instant between that watch event and our patch would be lost;
+//! the patch does not carry a `resourceVersion` precondition because the published items
+//! do not carry one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use capstan_crds::{Kind, ObjectKey};
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::{debug, info, warn};
+
+use super::condition::{Desired, Observed};
+
+/// Most status patches in flight at once.
+pub const CONCURRENCY: usize = 8;
+/// Longest a single status patch may take before it counts as failed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The field manager recorded on our writes (`metadata.managedFields`).
+pub const FIELD_MANAGER: &str = "capstan";
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// One Istio object as the index sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusItem {
+    pub key: ObjectKey,
+    /// What its `Reconciled` condition should say.
+    pub desired: Desired,
+    /// What its `Reconciled` condition said when last watched (`None`: there is none).
+    pub observed: Option<Observed>,
+    /// Its whole `status` when last watched (other controllers' conditions are kept).
+    pub status: Option<Value>,
+}
+
+/// Why a status patch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// 404: the object (or its kind) is gone.
+    #[error("not found")]
+    Gone,
+    /// 409 or 422: the API server refused this content.
+    #[error("rejected ({code}): {message}")]
+    Rejected { code: u16, message: String },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+}
+
+impl WriteError {
+    fn classify(err: kube::Error) -> WriteError {
+        match err {
+            kube::Error::Api(status) if status.code == 404 => WriteError::Gone,
+            kube::Error::Api(status) if matches!(status.code, 409 | 422) => WriteError::Rejected {
+                code: status.code,
+                message: status.message.clone(),
+            },
+            err => WriteError::Api(err),
+        }
+    }
+}
+
+/// Sends one status patch. The API server in production; a fake in tests.
+trait Patcher: Send + Sync + 'static {
+    fn patch(
+        &self,
+        key: &ObjectKey,
+        body: Value,
+    ) -> impl Future<Output = Result<(), WriteError>> + Send;
+}
+
+struct KubePatcher {
+    client: Client,
+}
+
+impl Patcher for KubePatcher {
+    async fn patch(&self, key: &ObjectKey, body: Value) -> Result<(), WriteError> {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &key.namespace, &api_resource(key.kind));
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        api.patch_status(&key.name, &params, &Patch::Merge(&body))
+            .await
+            .map(drop)
+            .map_err(WriteError::classify)
+    }
+}
+
+/// The API coordinates of a kind at its storage version, `v1`.
+pub fn api_resource(kind: Kind) -> ApiResource {
+    let group = kind.group();
+    ApiResource {
+        group: group.to_owned(),
+        version: "v1".to_owned(),
+        api_version: format!("{group}/v1"),
+        kind: kind.as_str().to_owned(),
+        plural: kind.plural().to_owned(),
+    }
+}
+
+/// Handle to the status-writing task; cheap to clone. The task ends when every handle is
+/// dropped (or when its `JoinHandle` is aborted).
+#[derive(Debug, Clone)]
+pub struct StatusWriter {
+    published: watch::Sender<Arc<Vec<StatusItem>>>,
+}
+
+impl StatusWriter {
+    /// Starts the writer. It writes only while `leader` says `true` (and stops writing if
+    /// the elector's side of `leader` is dropped).
+    pub fn start(
+        client: kube::Client,
+        leader: watch::Receiver<bool>,
+    ) -> (StatusWriter, JoinHandle<()>) {
+        Self::start_with(KubePatcher { client }, leader, Options::default())
+    }
+
+    fn start_with<P: Patcher>(
+        patcher: P,
+        leader: watch::Receiver<bool>,
+        options: Options,
+    ) -> (StatusWriter, JoinHandle<()>) {
+        let (published, rx) = watch::channel(Arc::new(Vec::new()));
+        let task = tokio::spawn(run(Arc::new(patcher), rx, leader, options));
+        (StatusWriter { published }, task)
+    }
+
+    /// The complete desired state: every Istio object capstan currently knows, with what
+    /// the object showed when last watched (`None`: no Reconciled condition yet) and its full
+    /// current `status` JSON (so other controllers' conditions are kept).
+    ///
+    /// Replaces the previous set (latest wins); never blocks.
+    pub fn publish(&self, objects: Vec<StatusItem>) {
+        self.published.send_replace(Arc::new(objects));
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Options {
+    concurrency: usize,
+    request_timeout: Duration,
+    retry_min: Duration,
+    retry_max: Duration,
+    /// Counts finished evaluations (tests wait on it).
+    evaluations: Option<watch::Sender<u64>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            concurrency: CONCURRENCY,
+            request_timeout: REQUEST_TIMEOUT,
+            retry_min: RETRY_MIN,
+            retry_max: RETRY_MAX,
+            evaluations: None,
+        }
+    }
+}
+
+/// What the writer remembers: the content of each patch it sent that the watch has not
+/// shown back yet.
+#[derive(Debug, Default)]
+struct Ledger {
+    written: HashMap<ObjectKey, Desired>,
+}
+
+impl Ledger {
+    /// The items to patch (indices into `items`), one per key (the last one published for
+    /// a key wins), in key order. Forgets writes to objects no longer published and writes
+    /// the watch has shown back.
+    fn plan(&mut self, items: &[StatusItem]) -> Vec<usize> {
+        let latest: BTreeMap<&ObjectKey, usize> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (&item.key, i))
+            .collect();
+        self.written.retain(|key, _| latest.contains_key(key));
+        let mut plan = Vec::new();
+        for (key, i) in latest {
+            let item = &items[i];
+            if item
+                .observed
+                .as_ref()
+                .is_some_and(|o| item.desired.matches(o))
+            {
+                self.written.remove(key);
+            } else if self.written.get(key) != Some(&item.desired) {
+                plan.push(i);
+            }
+        }
+        plan
+    }
+
+    fn record(&mut self, key: ObjectKey, desired: Desired) {
+        self.written.insert(key, desired);
+    }
+
+    /// Forgets everything (on becoming leader: another replica may have written since).
+    fn clear(&mut self) {
+        self.written.clear();
+    }
+}
+
+enum Outcome {
+    Written,
+    /// Not sent: leadership lost or a newer publish arrived.
+    Skipped,
+    Failed(WriteError),
+}
+
+async fn run<P: Patcher>(
+    patcher: Arc<P>,
+    mut published: watch::Receiver<Arc<Vec<StatusItem>>>,
+    mut leader: watch::Receiver<bool>,
+    options: Options,
+) {
+    let mut ledger = Ledger::default();
+    let mut leader_open = true;
+    let mut was_leader = false;
+    let mut backoff = options.retry_min;
+    let mut retry_at: Option<Instant> = None;
+    let mut evaluations = 0u64;
+    loop {
+        let is_leader = leader_open && *leader.borrow_and_update();
+        if is_leader != was_leader {
+            if is_leader {
+                info!("status: leader; writing conditions");
+                ledger.clear();
+            } else {
+                info!("status: not leader; no longer writing conditions");
+            }
+            was_leader = is_leader;
+        }
+        if !is_leader {
+            retry_at = None;
+        }
+        if is_leader {
+            let items = published.borrow_and_update().clone();
+            let retry = pass(
+                &*patcher,
+                &items,
+                &mut ledger,
+                &published,
+                &leader,
+                &options,
+            )
+            .await;
+            if retry {
+                retry_at = Some(Instant::now() + backoff);
+                backoff = (backoff * 2).min(options.retry_max);
+            } else {
+                retry_at = None;
+                backoff = options.retry_min;
+            }
+        }
+        evaluations += 1;
+        if let Some(counter) = &options.evaluations {
+            counter.send_replace(evaluations);
+        }
+        tokio::select! {
+            changed = published.changed() => {
+                if changed.is_err() {
+                    debug!("status: every writer handle dropped; stopping");
+                    return;
+                }
+            }
+            changed = leader.changed(), if leader_open => {
+                if changed.is_err() {
+                    leader_open = false;
+                }
+            }
+            () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
+        }
+    }
+}
+
+/// Patches what [`Ledger::plan`] says; `true` if something failed in a way worth retrying
+/// by itself.
+async fn pass<P: Patcher>(
+    patcher: &P,
+    items: &[StatusItem],
+    ledger: &mut Ledger,
+    published: &watch::Receiver<Arc<Vec<StatusItem>>>,
+    leader: &watch::Receiver<bool>,
+    options: &Options,
+) -> bool {
+    let plan = ledger.plan(items);
+    if plan.is_empty() {
+        return false;
+    }
+    debug!(
+        objects = items.len(),
+        patches = plan.len(),
+        "status: writing"
+    );
+    let now = Timestamp::now();
+    let outcomes: Vec<(usize, Outcome)> = futures::stream::iter(plan)
+        .map(|i| async move {
+            let item = &items[i];
+            // Checked per item: a long pass stops early for a newer publish (the next pass
+            // starts from it) or a lost lease.
+            let leading = *leader.borrow() && leader.has_changed().is_ok();
+            if !leading || published.has_changed().unwrap_or(false) {
+                return (i, Outcome::Skipped);
+            }
+            let body = item.desired.status_patch(item.status.as_ref(), now);
+            let outcome =
+                match timeout(options.request_timeout, patcher.patch(&item.key, body)).await {
+                    Ok(Ok(())) => Outcome::Written,
+                    Ok(Err(err)) => Outcome::Failed(err),
+                    Err(_) => Outcome::Failed(WriteError::Timeout(options.request_timeout)),
+                };
+            (i, outcome)
+        })
+        .buffer_unordered(options.concurrency.max(1))
+        .collect()
+        .await;
+    let mut retry = false;
+    for (i, outcome) in outcomes {
+        let item = &items[i];
+        let key = &item.key;
+        match outcome {
+            Outcome::Written => {
+                debug!(object = %key, reason = item.desired.reason.as_str(), "status: written");
+                ledger.record(key.clone(), item.desired.clone());
+            }
+            Outcome::Skipped => {}
+            Outcome::Failed(WriteError::Gone) => {
+                debug!(object = %key, "status: object gone; dropped");
+            }
+            Outcome::Failed(err @ WriteError::Rejected { .. }) => {
+                warn!(object = %key, %err, "status: patch rejected; will retry on a later change");
+            }
+            Outcome::Failed(err) => {
+                warn!(object = %key, %err, "status: patch failed; will retry");
+                retry = true;
+            }
+        }
+    }
+    retry
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use capstan_crds::Kind;
+    use serde_json::json;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::status::condition::{ConditionStatus, Reason};
+
+    fn key(name: &str) -> ObjectKey {
+        ObjectKey {
+            kind: Kind::VirtualService,
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    fn accepted(generation: i64) -> Desired {
+        Desired {
+            generation,
+            status: ConditionStatus::True,
+            reason: Reason::Accepted,
+            message: "served to proxies".into(),
+        }
+    }
+
+    fn invalid(generation: i64, message: &str) -> Desired {
+        Desired {
+            generation,
+            status: ConditionStatus::False,
+            reason: Reason::Invalid,
+            message: message.into(),
+        }
+    }
+
+    /// What the watch would show after `desired` was written.
+    fn shown(desired: &Desired) -> Observed {
+        let patch = desired.status_patch(None, Timestamp::now());
+        Observed::from_status(&patch["status"]).expect("our condition")
+    }
+
+    fn item(name: &str, desired: Desired, observed: Option<Observed>) -> StatusItem {
+        StatusItem {
+            key: key(name),
+            desired,
+            observed,
+            status: None,
+        }
+    }
+
+    // ---- the ledger (pure) ----
+
+    #[test]
+    fn plan_writes_only_differences() {
+        let mut ledger = Ledger::default();
+        let items = vec![
+            item("new", accepted(1), None),
+            item("same", accepted(2), Some(shown(&accepted(2)))),
+            item("stale-generation", accepted(3), Some(shown(&accepted(2)))),
+            item("changed", invalid(1, "bad"), Some(shown(&accepted(1)))),
+        ];
+        let planned: Vec<&str> = ledger
+            .plan(&items)
+            .into_iter()
+            .map(|i| items[i].key.name.as_str())
+            .collect();
+        assert_eq!(planned, ["changed", "new", "stale-generation"]);
+    }
+
+    #[test]
+    fn plan_does_not_repeat_a_write_the_watch_has_not_shown_yet() {
+        let mut ledger = Ledger::default();
+        let items = vec![item("a", accepted(1), None)];
+        assert_eq!(ledger.plan(&items), [0]);
+        ledger.record(key("a"), accepted(1));
+        // A publish before the watch event of our write: nothing to do.
+        assert!(ledger.plan(&items).is_empty());
+        // The desired condition changed meanwhile: write again.
+        let changed = vec![item("a", invalid(2, "x"), None)];
+        assert_eq!(ledger.plan(&changed), [0]);
+    }
+
+    #[test]
+    fn plan_forgets_confirmed_writes_so_later_divergence_is_repaired() {
+        let mut ledger = Ledger::default();
+        ledger.record(key("a"), accepted(1));
+        // The watch shows our write: the memory goes.
+        let confirmed = vec![item("a", accepted(1), Some(shown(&accepted(1))))];
+        assert!(ledger.plan(&confirmed).is_empty());
+        assert!(ledger.written.is_empty());
+        // Someone removes or alters the condition later: same desired, written again.
+        let tampered = vec![item("a", accepted(1), None)];
+        assert_eq!(ledger.plan(&tampered), [0]);
+    }
+
+    #[test]
+    fn plan_forgets_objects_no_longer_published_and_dedups_keys() {
+        let mut ledger = Ledger::default();
+        ledger.record(key("gone"), accepted(1));
+        let items = vec![
+            item("a", accepted(1), None),
+            item("a", invalid(1, "later wins"), None),
+        ];
+        let plan = ledger.plan(&items);
+        assert_eq!(plan, [1]);
+        assert!(!ledger.written.contains_key(&key("gone")));
+    }
+
+    #[test]
+    fn api_resource_is_the_v1_storage_version() {
+        let ar = api_resource(Kind::VirtualService);
+        assert_eq!(ar.group, "networking.istio.io");
+        assert_eq!(ar.version, "v1");
+        assert_eq!(ar.api_version, "networking.istio.io/v1");
+        assert_eq!(ar.kind, "VirtualService");
+        assert_eq!(ar.plural, "virtualservices");
+        let ar = api_resource(Kind::AuthorizationPolicy);
+        assert_eq!(ar.api_version, "security.istio.io/v1");
+        assert_eq!(ar.plural, "authorizationpolicies");
+    }
+
+    #[test]
+    fn api_errors_are_classified() {
+        let api = |code| {
+            kube::Error::Api(
+                kube::core::Status::failure("m", "R")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        assert!(matches!(WriteError::classify(api(404)), WriteError::Gone));
+        assert!(matches!(
+            WriteError::classify(api(409)),
+            WriteError::Rejected { code: 409, .. }
+        ));
+        assert!(matches!(
+            WriteError::classify(api(422)),
+            WriteError::Rejected { code: 422, .. }
+        ));
+        assert!(matches!(WriteError::classify(api(500)), WriteError::Api(_)));
+        assert!(matches!(WriteError::classify(api(403)), WriteError::Api(_)));
+    }
+
+    // ---- the task, against a fake API ----
+
+    #[derive(Debug, Clone, Copy)]
+    enum Reply {
+        Ok,
+        Gone,
+        Conflict,
+        Unavailable,
+        Hang,
+    }
+
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<(ObjectKey, Value)>>,
+        replies: Mutex<HashMap<String, VecDeque<Reply>>>,
+        delay: Option<Duration>,
+        /// When set, each patch waits for a permit (the test lets them through).
+        gate: Option<Arc<Semaphore>>,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+    }
+
+    impl Fake {
+        fn reply(&self, name: &str, replies: &[Reply]) {
+            self.replies
+                .lock()
+                .expect("lock")
+                .insert(name.into(), replies.iter().copied().collect());
+        }
+
+        fn calls(&self) -> Vec<(String, Value)> {
+            self.calls
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|(k, v)| (k.name.clone(), v.clone()))
+                .collect()
+        }
+
+        fn names(&self) -> Vec<String> {
+            self.calls().into_iter().map(|(n, _)| n).collect()
+        }
+    }
+
+    impl Patcher for Arc<Fake> {
+        async fn patch(&self, key: &ObjectKey, body: Value) -> Result<(), WriteError> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            if let Some(gate) = &self.gate {
+                gate.acquire().await.expect("gate open").forget();
+            }
+            if let Some(delay) = self.delay {
+                tokio::time::sleep(delay).await;
+            }
+            let reply = self
+                .replies
+                .lock()
+                .expect("lock")
+                .get_mut(&key.name)
+                .and_then(VecDeque::pop_front)
+                .unwrap_or(Reply::Ok);
+            self.calls.lock().expect("lock").push((key.clone(), body));
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            match reply {
+                Reply::Ok => Ok(()),
+                Reply::Gone => Err(WriteError::Gone),
+                Reply::Conflict => Err(WriteError::Rejected {
+                    code: 409,
+                    message: "conflict".into(),
+                }),
+                Reply::Unavailable => Err(WriteError::Timeout(Duration::ZERO)),
+                Reply::Hang => std::future::pending().await,
+            }
+        }
+    }
+
+    struct Harness {
+        fake: Arc<Fake>,
+        writer: StatusWriter,
+        leader: watch::Sender<bool>,
+        evaluations: watch::Receiver<u64>,
+        task: JoinHandle<()>,
+    }
+
+    impl Harness {
+        fn start(fake: Fake, leading: bool) -> Harness {
+            let fake = Arc::new(fake);
+            let (leader, leader_rx) = watch::channel(leading);
+            let (counter, evaluations) = watch::channel(0);
+            let options = Options {
+                request_timeout: Duration::from_millis(200),
+                retry_min: Duration::from_millis(50),
+                retry_max: Duration::from_millis(200),
+                evaluations: Some(counter),
+                ..Options::default()
+            };
+            let (writer, task) = StatusWriter::start_with(fake.clone(), leader_rx, options);
+            Harness {
+                fake,
+                writer,
+                leader,
+                evaluations,
+                task,
+            }
+        }
+
+        /// Publishes and waits until the writer has evaluated it.
+        async fn publish(&mut self, items: Vec<StatusItem>) {
+            let before = *self.evaluations.borrow_and_update();
+            self.writer.publish(items);
+            self.settle(before).await;
+        }
+
+        async fn set_leader(&mut self, leading: bool) {
+            let before = *self.evaluations.borrow_and_update();
+            self.leader.send_replace(leading);
+            self.settle(before).await;
+        }
+
+        async fn settle(&mut self, before: u64) {
+            timeout(
+                Duration::from_secs(5),
+                self.evaluations.wait_for(|&n| n > before),
+            )
+            .await
+            .expect("the writer evaluated in time")
+            .expect("writer alive");
+        }
+
+        async fn wait_for_calls(&self, n: usize) {
+            timeout(Duration::from_secs(5), async {
+                while self.fake.calls().len() < n {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("expected {n} patches, saw {:?}", self.fake.names()));
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_a_difference_once_with_the_merge_patch_body() {
+        let mut h = Harness::start(Fake::default(), true);
+        let status = json!({"conditions": [{"type": "Other", "status": "True"}]});
+        let items = vec![
+            StatusItem {
+                status: Some(status.clone()),
+                ..item("a", invalid(4, "spec.http: bad"), None)
+            },
+            item("b", accepted(1), Some(shown(&accepted(1)))),
+        ];
+        h.publish(items.clone()).await;
+        let calls = h.fake.calls();
+        assert_eq!(calls.len(), 1, "only the object that differs: {calls:?}");
+        let (name, body) = &calls[0];
+        assert_eq!(name, "a");
+        let conditions = body["status"]["conditions"].as_array().expect("list");
+        assert_eq!(conditions[0], status["conditions"][0], "others' kept");
+        assert_eq!(conditions[1]["type"], "Reconciled");
+        assert_eq!(conditions[1]["reason"], "Invalid");
+        assert_eq!(conditions[1]["message"], "spec.http: bad");
+        assert_eq!(body["status"]["observedGeneration"], 4);
+
+        // The index publishes again before the watch shows our write: no second patch.
+        h.publish(items).await;
+        assert_eq!(h.fake.calls().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn writes_only_while_leader_and_catches_up_on_becoming_leader() {
+        let mut h = Harness::start(Fake::default(), false);
+        h.publish(vec![item("a", accepted(1), None)]).await;
+        h.publish(vec![
+            item("a", accepted(2), None),
+            item("b", accepted(1), None),
+        ])
+        .await;
+        assert!(h.fake.calls().is_empty(), "a standby writes nothing");
+
+        h.set_leader(true).await;
+        h.wait_for_calls(2).await;
+        let calls = h.fake.calls();
+        assert_eq!(h.fake.names(), ["a", "b"], "the last published set");
+        assert_eq!(calls[0].1["status"]["observedGeneration"], 2);
+
+        h.set_leader(false).await;
+        h.publish(vec![item("c", accepted(1), None)]).await;
+        assert_eq!(h.fake.calls().len(), 2, "stopped writing on stepping down");
+    }
+
+    #[tokio::test]
+    async fn becoming_leader_again_forgets_old_writes() {
+        let mut h = Harness::start(Fake::default(), true);
+        let items = vec![item("a", accepted(1), None)];
+        h.publish(items).await;
+        assert_eq!(h.fake.calls().len(), 1);
+        h.set_leader(false).await;
+        // Another replica led meanwhile; the watch still shows no condition on `a`.
+        h.set_leader(true).await;
+        h.wait_for_calls(2).await;
+    }
+
+    #[tokio::test]
+    async fn gone_objects_are_dropped_and_conflicts_retried_on_the_next_publish() {
+        let fake = Fake::default();
+        fake.reply("gone", &[Reply::Gone]);
+        fake.reply("busy", &[Reply::Conflict]);
+        let mut h = Harness::start(fake, true);
+        let items = vec![
+            item("busy", accepted(1), None),
+            item("gone", accepted(1), None),
+        ];
+        h.publish(items.clone()).await;
+        assert_eq!(h.fake.names(), ["busy", "gone"]);
+        // Neither failure schedules a retry by itself.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(h.fake.calls().len(), 2);
+        // A later publish (the index no longer has `gone`) retries the conflict.
+        h.publish(vec![items[0].clone()]).await;
+        assert_eq!(h.fake.names(), ["busy", "gone", "busy"]);
+        h.publish(vec![items[0].clone()]).await;
+        assert_eq!(h.fake.calls().len(), 3, "the retry succeeded: not again");
+    }
+
+    #[tokio::test]
+    async fn transient_failures_and_timeouts_are_retried_by_themselves() {
+        let fake = Fake::default();
+        fake.reply("flaky", &[Reply::Unavailable, Reply::Unavailable]);
+        fake.reply("slow", &[Reply::Hang]);
+        let mut h = Harness::start(fake, true);
+        h.publish(vec![
+            item("flaky", accepted(1), None),
+            item("slow", accepted(1), None),
+        ])
+        .await;
+        // flaky: fail, fail, ok; slow: hang (times out), ok.
+        h.wait_for_calls(5).await;
+        let names = h.fake.names();
+        assert_eq!(
+            names.iter().filter(|n| *n == "flaky").count(),
+            3,
+            "{names:?}"
+        );
+        assert_eq!(
+            names.iter().filter(|n| *n == "slow").count(),
+            2,
+            "{names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(h.fake.calls().len(), 5, "no more once everything landed");
+    }
+
+    #[tokio::test]
+    async fn concurrency_is_bounded() {
+        let fake = Fake {
+            delay: Some(Duration::from_millis(20)),
+            ..Fake::default()
+        };
+        let mut h = Harness::start(fake, true);
+        let items = (0..40)
+            .map(|i| item(&format!("o{i:02}"), accepted(1), None))
+            .collect();
+        h.publish(items).await;
+        assert_eq!(h.fake.calls().len(), 40);
+        let max = h.fake.max_in_flight.load(Ordering::SeqCst);
+        assert!(max <= CONCURRENCY, "{max} in flight");
+        assert!(max > 1, "patches do run concurrently ({max})");
+    }
+
+    #[tokio::test]
+    async fn the_latest_publish_wins() {
+        let gate = Arc::new(Semaphore::new(0));
+        let fake = Fake {
+            gate: Some(gate.clone()),
+            ..Fake::default()
+        };
+        let h = Harness::start(fake, true);
+        // A pass blocked on `a`'s patch...
+        h.writer.publish(vec![item("a", accepted(1), None)]);
+        timeout(Duration::from_secs(5), async {
+            while h.fake.in_flight.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("patch started");
+        // ...while two publishes arrive: only the second is ever written.
+        h.writer.publish(vec![item("b", invalid(1, "first"), None)]);
+        h.writer
+            .publish(vec![item("b", invalid(1, "second"), None)]);
+        gate.add_permits(10);
+        h.wait_for_calls(2).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let calls = h.fake.calls();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert_eq!(calls[1].0, "b");
+        assert_eq!(calls[1].1["status"]["conditions"][0]["message"], "second");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_elector_means_no_writes_and_dropped_handles_end_the_task() {
+        let mut h = Harness::start(Fake::default(), true);
+        h.publish(vec![item("a", accepted(1), None)]).await;
+        assert_eq!(h.fake.calls().len(), 1);
+        let Harness {
+            fake,
+            writer,
+            leader,
+            mut evaluations,
+            task,
+        } = h;
+        // The elector is gone (crashed or aborted) while its last word was `true`.
+        drop(leader);
+        let before = *evaluations.borrow_and_update();
+        writer.publish(vec![item("b", accepted(1), None)]);
+        timeout(
+            Duration::from_secs(5),
+            evaluations.wait_for(|&n| n > before),
+        )
+        .await
+        .expect("evaluated")
+        .expect("alive");
+        assert_eq!(fake.calls().len(), 1, "no lease, no writes");
+        drop(writer);
+        timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task ends once every handle is dropped")
+            .expect("no panic");
+    }
+}
