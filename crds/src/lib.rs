@@ -15,6 +15,7 @@
 //!   ([`validate()`] returns every [`ValidationError`] with its field path).
 
 pub mod crd;
+pub mod host;
 pub mod networking;
 pub mod object;
 pub mod parse;
@@ -25,9 +26,9 @@ pub mod types;
 pub mod validate;
 
 pub use object::{DEFAULT_NAMESPACE, IstioObject, Kind, ObjectKey};
-pub use protocol::{Protocol, ProtocolClass};
 pub use parse::{
     Document, DocumentError, DocumentErrorReason, FileError, ParseError, Position, parse_documents,
     parse_json, parse_single,
 };
+pub use protocol::{Protocol, ProtocolClass};
 pub use validate::{ValidationError, validate};

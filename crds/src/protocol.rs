@@ -151,12 +151,18 @@ mod tests {
             Protocol::of_kubernetes_port(None, "http-web"),
             Some(Protocol::Http)
         );
-        assert_eq!(Protocol::of_kubernetes_port(None, "http"), Some(Protocol::Http));
+        assert_eq!(
+            Protocol::of_kubernetes_port(None, "http"),
+            Some(Protocol::Http)
+        );
         assert_eq!(
             Protocol::of_kubernetes_port(None, "grpc-web-ui"),
             Some(Protocol::GrpcWeb)
         );
-        assert_eq!(Protocol::of_kubernetes_port(None, "tcp-db"), Some(Protocol::Tcp));
+        assert_eq!(
+            Protocol::of_kubernetes_port(None, "tcp-db"),
+            Some(Protocol::Tcp)
+        );
         // An unknown appProtocol falls back to the name, and an unknown name is unknown.
         assert_eq!(
             Protocol::of_kubernetes_port(Some("example.com/custom"), "redis"),

@@ -16,8 +16,8 @@
 //! Logs: `<profile dir>/e2e-logs/kube-<test binary>/`; the state (PKI, kubeconfigs, etcd
 //! data) lives in a temp dir removed at exit.
 //!
-//! Start-up, measured on 2 cores: ~3.3 s when the machine is quiet (etcd 0.1-0.7 s, apiserver
-//! ~2 s, CRDs + RBAC ~1.2 s, most of it kubectl runs), 5-9 s when it is busy compiling or
+//! Start-up, measured on 2 cores: ~3.4 s when the machine is quiet (etcd 0.1 s, apiserver
+//! ~2 s, CRDs + RBAC ~1.2-1.5 s, most of it kubectl runs), 5-9 s when it is busy compiling or
 //! starts two clusters at once. Later callers of `shared()` get the running cluster at once.
 
 mod keeper;
@@ -112,6 +112,8 @@ impl KubeCluster {
     }
 
     async fn start_inner(log_name: &str, shared: bool) -> anyhow::Result<KubeCluster> {
+        // A test binary in its own network namespace starts with loopback down.
+        crate::netns::network_up()?;
         let t0 = Instant::now();
         let bins = kube_bins()?;
         kubectl_bin()?;

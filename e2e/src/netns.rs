@@ -38,7 +38,23 @@ pub extern "C" fn enter_before_main() {
 /// Brings up loopback and the pod network in the namespace, once. Fails (never skips) when
 /// the binary did not opt in or the namespace could not be made.
 pub fn pod_network() -> anyhow::Result<()> {
+    match ENTERED.load(Ordering::SeqCst) {
+        1 => network_up(),
+        0 => bail!("this test binary has no `capstan_e2e::private_network!();`"),
+        errno => bail!(
+            "could not create a network namespace (unshare: {}); the Kubernetes e2e tests need root or CAP_SYS_ADMIN",
+            std::io::Error::from_raw_os_error(-errno)
+        ),
+    }
+}
+
+/// In a private namespace, brings its loopback and pod network up (once); elsewhere the
+/// host's network is used as it is. Whatever starts processes on loopback calls this first.
+pub fn network_up() -> anyhow::Result<()> {
     static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    if ENTERED.load(Ordering::SeqCst) != 1 {
+        return Ok(());
+    }
     READY
         .get_or_init(|| configure().map_err(|e| format!("{e:#}")))
         .clone()
@@ -46,14 +62,6 @@ pub fn pod_network() -> anyhow::Result<()> {
 }
 
 fn configure() -> anyhow::Result<()> {
-    match ENTERED.load(Ordering::SeqCst) {
-        1 => {}
-        0 => bail!("this test binary has no `capstan_e2e::private_network!();`"),
-        errno => bail!(
-            "could not create a network namespace (unshare: {}); the Kubernetes e2e tests need root or CAP_SYS_ADMIN",
-            std::io::Error::from_raw_os_error(-errno)
-        ),
-    }
     ip(&["link", "set", "lo", "up"])?;
     ip(&["route", "add", "local", POD_NETWORK, "dev", "lo"])?;
     Ok(())

@@ -135,6 +135,18 @@ impl ChildProcess {
         }
     }
 
+    /// Kills the process group at once (SIGKILL), as a crash or a lost node would: nothing
+    /// gets to clean up.
+    pub fn kill(&mut self) {
+        if self.exit_status().is_some() {
+            return;
+        }
+        let pgid = self.child.id() as libc::pid_t;
+        // SAFETY: plain syscall; the group is the one this child leads (process_group(0)).
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
     /// Stops the process group: SIGTERM, then SIGKILL after 5 s. Idempotent.
     pub fn stop(&mut self) {
         if self.exit_status().is_some() {

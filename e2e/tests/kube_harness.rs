@@ -232,7 +232,8 @@ spec:
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// On a current-thread runtime on purpose: the harness must not need a second worker.
+#[tokio::test]
 async fn capstan_service_account_has_exactly_its_rbac() -> anyhow::Result<()> {
     let kube = KubeCluster::shared().await?;
     let allowed: &[&[&str]] = &[

@@ -140,7 +140,10 @@ impl Reconciler {
         // Warn about what is new: a rebuild for an unrelated change repeats nothing.
         for (key, list) in &problems {
             let before = self.problems.get(key);
-            for problem in list.iter().filter(|p| !before.is_some_and(|b| b.contains(p))) {
+            for problem in list
+                .iter()
+                .filter(|p| !before.is_some_and(|b| b.contains(p)))
+            {
                 warn!("{problem}");
             }
         }

@@ -50,8 +50,8 @@ impl HostRules {
     };
 }
 
-pub(crate) use crate::protocol::ProtocolClass;
 use crate::protocol::Protocol;
+pub(crate) use crate::protocol::ProtocolClass;
 
 /// The class of a protocol name, or `None` when Istio does not know it.
 pub(crate) fn protocol_class(name: &str) -> Option<ProtocolClass> {

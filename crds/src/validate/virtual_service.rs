@@ -31,7 +31,7 @@ pub(crate) fn validate(errors: &mut Errors, spec: &VirtualServiceSpec) {
     for (j, later) in spec.hosts.iter().enumerate() {
         let earlier = spec.hosts[..j]
             .iter()
-            .position(|h| host_covers(h, later) || host_covers(later, h));
+            .position(|h| crate::host::covers(h, later) || crate::host::covers(later, h));
         if let Some(i) = earlier {
             errors.add(
                 format!("spec.hosts[{j}]"),
@@ -526,18 +526,4 @@ fn l4_common(
         rules::labels(source_labels),
     );
     gateways(errors, &format!("{field}.gateways"), gateway_refs);
-}
-
-/// Whether host pattern `pattern` matches every name `host` matches (`*` matches
-/// everything, `*.example.com` matches `a.example.com` and `*.b.example.com`);
-/// comparison ignores case.
-fn host_covers(pattern: &str, host: &str) -> bool {
-    let (pattern, host) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
-    if pattern == host || pattern == "*" {
-        return true;
-    }
-    match pattern.strip_prefix('*') {
-        Some(suffix) => host.ends_with(suffix) && host.len() > suffix.len(),
-        None => false,
-    }
 }

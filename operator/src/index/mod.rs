@@ -307,7 +307,7 @@ impl Index {
 
     /// The served (last valid) version of every Istio object.
     pub fn istio_objects(&self) -> impl Iterator<Item = &IstioObject> {
-        self.istio.values().filter_map(|r| r.object.as_ref())
+        self.istio.values().filter_map(|r| r.object.as_deref())
     }
 
     pub fn services(&self) -> impl Iterator<Item = &KubeService> {

@@ -3,6 +3,7 @@
 //! which the model reads.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use capstan_crds::{IstioObject, ObjectKey, Protocol};
 
@@ -36,8 +37,9 @@ impl std::fmt::Display for NsName {
 pub struct IstioRecord {
     pub key: ObjectKey,
     pub generation: i64,
-    /// The last valid version; `None` if no version of the object ever validated.
-    pub object: Option<IstioObject>,
+    /// The last valid version (shared: the index keeps it across invalid versions and
+    /// re-lists without copying); `None` if no version of the object ever validated.
+    pub object: Option<Arc<IstioObject>>,
     /// Why the newest generation is not served (empty: it is).
     pub errors: Vec<String>,
     /// capstan's condition as found on the object, and its whole status (kept so a status
@@ -52,7 +54,7 @@ impl IstioRecord {
         IstioRecord {
             key: object.key(),
             generation: object.metadata().generation.unwrap_or(0),
-            object: Some(object),
+            object: Some(Arc::new(object)),
             errors: Vec::new(),
             observed: None,
             status: None,

@@ -57,7 +57,9 @@ fn istio(yaml: &str, generation: i64) -> Record {
     Record::Istio(IstioRecord {
         key,
         generation,
-        object: errors.is_empty().then_some(document.object),
+        object: errors
+            .is_empty()
+            .then(|| std::sync::Arc::new(document.object)),
         errors,
         observed: None,
         status: None,
@@ -131,7 +133,10 @@ fn an_invalid_version_keeps_the_last_good_object_and_reports() {
     };
     assert!(index.apply(istio(DR_GOOD, 1)).config);
     let changes = index.apply(istio(DR_BAD, 2));
-    assert!(changes.config, "the errors are news even if nothing else is");
+    assert!(
+        changes.config,
+        "the errors are news even if nothing else is"
+    );
     let record = index
         .istio_records()
         .find(|r| r.key == key)
@@ -174,7 +179,10 @@ fn reset_deletes_what_the_list_lacks_and_leaves_other_kinds() {
     index.apply(slice("cart-1", "cart", &[("cart-a", "10.0.0.1")]));
     index.apply(istio(DR_GOOD, 1));
     // The same list again: nothing changed (a re-list after an API server outage).
-    let changes = index.reset(&[Tag::Service], vec![service("cart", 80), service("pay", 80)]);
+    let changes = index.reset(
+        &[Tag::Service],
+        vec![service("cart", 80), service("pay", 80)],
+    );
     assert!(changes.is_empty());
     // `pay` is gone from the list; the slice and the DestinationRule are other kinds.
     let changes = index.reset(&[Tag::Service], vec![service("cart", 80)]);

@@ -39,17 +39,7 @@ pub fn local_namespace<'a>(host: &'a str, domain_suffix: &str) -> Option<&'a str
 
 /// Whether `pattern` (a host or a `*.suffix` wildcard, as in a VirtualService) covers `host`.
 pub fn matches(pattern: &str, host: &str) -> bool {
-    if pattern == "*" {
-        return true;
-    }
-    match pattern.strip_prefix('*') {
-        Some(suffix) => {
-            host.len() > suffix.len()
-                && host.is_char_boundary(host.len() - suffix.len())
-                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-        }
-        None => pattern.eq_ignore_ascii_case(host),
-    }
+    capstan_crds::host::covers(pattern, host)
 }
 
 #[cfg(test)]
@@ -113,6 +103,9 @@ mod tests {
         // DNS names are case-insensitive.
         assert!(matches("*.Example.com", "api.example.COM"));
         assert!(matches("Reviews.default", "reviews.default"));
-        assert_eq!(resolve("Reviews", "ns", "cluster.local"), "reviews.ns.svc.cluster.local");
+        assert_eq!(
+            resolve("Reviews", "ns", "cluster.local"),
+            "reviews.ns.svc.cluster.local"
+        );
     }
 }

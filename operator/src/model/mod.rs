@@ -114,7 +114,8 @@ impl Mesh {
                         });
                         continue;
                     }
-                    let service = Service::from_service_entry(host.clone(), origin.clone(), &se.spec);
+                    let service =
+                        Service::from_service_entry(host.clone(), origin.clone(), &se.spec);
                     self.services.insert(host, service);
                 }
             }
@@ -171,10 +172,15 @@ impl Mesh {
 
     /// Re-reads the endpoints of Kubernetes Service `id` from `index`; returns the service
     /// when it is in the mesh (a ServiceEntry never shadows a Service, so its host is its own).
-    pub fn refresh_endpoints(&mut self, index: &Index, id: &crate::index::NsName) -> Option<&Service> {
+    pub fn refresh_endpoints(
+        &mut self,
+        index: &Index,
+        id: &crate::index::NsName,
+    ) -> Option<&Service> {
         let host = kube::host(id, &self.domain_suffix);
         let service = self.services.get_mut(&host)?;
-        if service.origin != Origin::Kubernetes(id.clone()) || service.resolution == Resolution::Dns {
+        if service.origin != Origin::Kubernetes(id.clone()) || service.resolution == Resolution::Dns
+        {
             return None;
         }
         service.endpoints = kube::endpoints(index, id);

@@ -104,7 +104,11 @@ pub struct Service {
 
 impl Service {
     /// One host of a ServiceEntry.
-    pub fn from_service_entry(host: String, origin: ObjectKey, spec: &se::ServiceEntrySpec) -> Self {
+    pub fn from_service_entry(
+        host: String,
+        origin: ObjectKey,
+        spec: &se::ServiceEntrySpec,
+    ) -> Self {
         Service {
             host,
             origin: Origin::Istio(origin),

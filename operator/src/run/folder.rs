@@ -8,8 +8,8 @@ use anyhow::Context;
 use capstan_crds::Kind;
 use tracing::{error, warn};
 
+use super::RunArgs;
 use super::{Serving, bind};
-use crate::RunArgs;
 use crate::index::{Event, IstioRecord, Record, Tag};
 use crate::reconcile::Reconciler;
 use crate::source::folder::FolderSource;

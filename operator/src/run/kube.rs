@@ -8,8 +8,8 @@ use anyhow::Context;
 use tokio::time::{Instant, sleep_until};
 use tracing::{info, warn};
 
+use super::RunArgs;
 use super::{Serving, bind};
-use crate::RunArgs;
 use crate::index::{Changes, Event, Tag};
 use crate::monitoring::ReadyState;
 use crate::reconcile::Reconciler;
@@ -31,12 +31,9 @@ pub async fn run(args: &RunArgs, mut serving: Serving) -> anyhow::Result<()> {
     // Held for the life of the process: a closed channel would read as "not leader".
     let mut _always_leader = None;
     let (status, elector) = if args.kube.write_status {
-        let config = LeaseConfig {
-            namespace: args.kube.namespace.clone(),
-            identity: args.kube.identity(),
-            lease_duration: Duration::from_secs(args.kube.lease_duration_secs),
-            ..LeaseConfig::default()
-        };
+        // Renew deadline and retry period scale with the lease, as client-go's defaults do.
+        let config = LeaseConfig::new(args.kube.namespace.clone(), args.kube.identity())
+            .with_lease_duration(Duration::from_secs(args.kube.lease_duration_secs));
         let (leader, elector) = if args.kube.leader_elect {
             let (leader, task) = Elector::start(client.clone(), config);
             (leader, Some(task))
@@ -53,7 +50,10 @@ pub async fn run(args: &RunArgs, mut serving: Serving) -> anyhow::Result<()> {
     };
     let reconciler = serving.reconciler(&args.domain_suffix, status);
     let source = source::start(client, watch_metrics);
-    info!(kinds = source.tags.len(), "watching the Kubernetes API server");
+    info!(
+        kinds = source.tags.len(),
+        "watching the Kubernetes API server"
+    );
 
     let feeder = tokio::spawn(feed(source, reconciler, serving.ready.clone()));
     // The feeder marks readiness through `ready`; ADS waits for it.
@@ -62,7 +62,10 @@ pub async fn run(args: &RunArgs, mut serving: Serving) -> anyhow::Result<()> {
         .wait_for(|state| state.waiting_for.is_empty())
         .await
         .is_ok();
-    anyhow::ensure!(waited, "the Kubernetes source stopped before its first sync");
+    anyhow::ensure!(
+        waited,
+        "the Kubernetes source stopped before its first sync"
+    );
     let result = serving.serve_ads().await;
     feeder.abort();
     monitor.abort();
@@ -149,7 +152,7 @@ pub struct KubeArgs {
     /// The namespace capstan runs in; its leader-election Lease lives there.
     #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
     pub namespace: String,
-    /// This replica's name in the Lease [default: $POD_NAME, else <hostname>-<pid>].
+    /// This replica's name in the Lease [default: $POD_NAME, else <hostname>_<random>].
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
     /// Elect one replica (Lease `capstan-leader`) to write status; `false`: this replica
@@ -170,12 +173,9 @@ impl KubeArgs {
     }
 
     pub fn identity(&self) -> String {
-        self.identity.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_default();
-            format!("{host}-{}", std::process::id())
-        })
+        self.identity
+            .clone()
+            .unwrap_or_else(crate::status::lease::default_identity)
     }
 
     pub async fn client(&self) -> anyhow::Result<kube::Client> {

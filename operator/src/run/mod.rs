@@ -1,9 +1,11 @@
 //! `capstan run`: a source (a YAML folder, or a Kubernetes API server) → index → model →
 //! translation → push queue → cache → ADS.
 
+mod args;
 mod folder;
 mod kube;
 
+pub use args::RunArgs;
 pub use kube::KubeArgs;
 
 use std::net::SocketAddr;
@@ -15,7 +17,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::RunArgs;
 use crate::monitoring::ReadyState;
 use crate::reconcile::{ReconcileMetrics, Reconciler};
 use crate::translate;

@@ -349,7 +349,7 @@ impl Elector {
                 std::future::pending::<()>().await;
             }
         };
-        let task = tokio::spawn(run(api, config, tx, shutdown));
+        let task = tokio::spawn(run(api, config, LeaderFlag(tx), shutdown));
         (rx, Elector { stop, task })
     }
 
@@ -391,10 +391,30 @@ fn usable(config: LeaseConfig) -> LeaseConfig {
     fixed
 }
 
+/// The sending side of the leader flag. Dropping it (the task ending, panicking or being
+/// aborted) sets the flag to `false` first: a flag left at `true` by a dead elector would let
+/// the status writer go on writing without the Lease.
+#[derive(Debug)]
+struct LeaderFlag(watch::Sender<bool>);
+
+impl std::ops::Deref for LeaderFlag {
+    type Target = watch::Sender<bool>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Drop for LeaderFlag {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
+}
+
 async fn run(
     api: Api<Lease>,
     config: LeaseConfig,
-    tx: watch::Sender<bool>,
+    tx: LeaderFlag,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let mut local = LocalState::default();
@@ -951,6 +971,17 @@ mod tests {
         assert!(stepped < took);
         assert!(stepped - broken_at <= secs(10));
         assert!(took - broken_at <= secs(15) + retry * 2);
+    }
+
+    #[test]
+    fn a_dropped_flag_reads_false() {
+        let (tx, mut rx) = watch::channel(false);
+        let flag = LeaderFlag(tx);
+        flag.send_replace(true);
+        assert!(*rx.borrow_and_update());
+        drop(flag);
+        assert!(!*rx.borrow_and_update(), "never left at true");
+        assert!(rx.has_changed().is_err(), "and closed");
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub fn load_assignments(mesh: &Mesh) -> Vec<(String, ClusterLoadAssignment)> {
 
 /// The load assignments of one service: what an endpoint change of that service rebuilds.
 pub fn load_assignments_of(mesh: &Mesh, service: &Service) -> Vec<(String, ClusterLoadAssignment)> {
-    clusters_of(mesh, service).filter_map(eds_assignment).collect()
+    clusters_of(mesh, service)
+        .filter_map(eds_assignment)
+        .collect()
 }
 
 fn eds_assignment(c: ServiceCluster<'_>) -> Option<(String, ClusterLoadAssignment)> {

@@ -17,18 +17,14 @@ pub fn mesh(yaml: &str) -> Mesh {
                 "invalid test object: {:?}",
                 d.validate()
             );
-            Record::Istio(crate::index::IstioRecord {
-                key: d.object.key(),
-                generation: 1,
-                object: Some(d.object),
-                errors: Vec::new(),
-                observed: None,
-                status: None,
-            })
+            Record::Istio(crate::index::IstioRecord::valid(d.object))
         })
         .collect();
     let mut index = Index::new();
-    let tags: Vec<Tag> = capstan_crds::Kind::ALL.iter().map(|k| Tag::Istio(*k)).collect();
+    let tags: Vec<Tag> = capstan_crds::Kind::ALL
+        .iter()
+        .map(|k| Tag::Istio(*k))
+        .collect();
     index.reset(&tags, records);
     let (mesh, problems) = Mesh::build(&index, "cluster.local");
     assert!(problems.is_empty(), "model problems: {problems:?}");

@@ -28,7 +28,9 @@ fn id<K: ResourceExt>(object: &K) -> NsName {
 }
 
 fn port_number(value: i32) -> Option<u32> {
-    u32::try_from(value).ok().filter(|p| (1..=65535).contains(p))
+    u32::try_from(value)
+        .ok()
+        .filter(|p| (1..=65535).contains(p))
 }
 
 pub fn service_key(service: &Service) -> RecordKey {
@@ -88,7 +90,12 @@ pub fn slice(slice: &EndpointSlice) -> Option<Record> {
         .ports
         .iter()
         .flatten()
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP").eq_ignore_ascii_case("TCP"))
+        .filter(|p| {
+            p.protocol
+                .as_deref()
+                .unwrap_or("TCP")
+                .eq_ignore_ascii_case("TCP")
+        })
         .filter_map(|p| Some((p.name.clone().unwrap_or_default(), port_number(p.port?)?)))
         .collect();
     let endpoints = slice
@@ -168,7 +175,11 @@ pub fn namespace_key(namespace: &PartialObjectMeta<Namespace>) -> RecordKey {
 pub fn namespace(namespace: &PartialObjectMeta<Namespace>) -> Option<Record> {
     Some(Record::Namespace(NamespaceRecord {
         name: namespace.name_any(),
-        labels: namespace.labels().clone().into_iter().collect::<BTreeMap<_, _>>(),
+        labels: namespace
+            .labels()
+            .clone()
+            .into_iter()
+            .collect::<BTreeMap<_, _>>(),
     }))
 }
 

@@ -66,7 +66,12 @@ pub fn record(kind: Kind, object: &DynamicObject) -> Option<Record> {
                 .into_iter()
                 .map(|e| format!("{}: {}", e.field, e.message))
                 .collect();
-            (errors.is_empty().then_some(document.object), errors)
+            (
+                errors
+                    .is_empty()
+                    .then(|| std::sync::Arc::new(document.object)),
+                errors,
+            )
         }
         Err(err) => {
             let field = err.field.clone().unwrap_or_default();

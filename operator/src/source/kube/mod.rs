@@ -4,7 +4,7 @@
 //! sent as one `Reset` when complete, so the index never holds a partial list.
 
 mod convert;
-mod istio;
+pub mod istio;
 
 use std::fmt::Debug;
 use std::time::Duration;
@@ -14,9 +14,9 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject};
-use kube::runtime::watcher::{self, Event as WatchEvent};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event as WatchEvent};
 use kube::{Client, Resource};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

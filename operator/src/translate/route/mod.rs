@@ -71,7 +71,11 @@ struct HostPort<'a> {
     routes: Vec<Route>,
 }
 
-fn config_for(entries: &[HostPort<'_>], namespace: Option<&str>, domain_suffix: &str) -> RouteConfiguration {
+fn config_for(
+    entries: &[HostPort<'_>],
+    namespace: Option<&str>,
+    domain_suffix: &str,
+) -> RouteConfiguration {
     let mut taken = BTreeSet::new();
     let virtual_hosts = entries
         .iter()

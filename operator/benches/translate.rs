@@ -1,0 +1,252 @@
+//! What translating a Kubernetes mesh costs: N Services across 10 namespaces, 10 endpoints
+//! each (EndpointSlices and Pods labelled `version: v1`/`v2`), a DestinationRule with subsets
+//! v1/v2 and a VirtualService (a header match and a weighted split) per Service, at
+//! N = 100, 1,000 and 3,000. Run with `cargo bench -p capstan --bench translate` (or
+//! `make bench`).
+//!
+//! - full translation: `Mesh::build` + `translate::build` (every resource encoded);
+//! - one VirtualService changed: what `Reconciler::rebuild` does for it today — the record
+//!   applied to the index, the mesh and every resource rebuilt, and the snapshot replaced
+//!   (the cache diffs it);
+//! - one EndpointSlice changed: what `Reconciler::refresh_endpoints` does — the slice applied,
+//!   the service's endpoints re-read, its load assignments rebuilt, encoded and applied to the
+//!   cache as an incremental update.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::time::Duration;
+
+use capstan::index::{
+    Health, Index, IstioRecord, KubeService, KubeServicePort, NsName, PodRecord, Record,
+    SliceEndpoint, SliceRecord,
+};
+use capstan::model::Mesh;
+use capstan::translate;
+use capstan_xds::{Resource, SnapshotCache, Update};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+
+const NAMESPACES: usize = 10;
+const ENDPOINTS: usize = 10;
+const DOMAIN: &str = "cluster.local";
+const SIZES: [usize; 3] = [100, 1_000, 3_000];
+
+fn namespace(i: usize) -> String {
+    format!("ns-{}", i % NAMESPACES)
+}
+
+fn service_name(i: usize) -> String {
+    format!("svc-{i}")
+}
+
+fn options() -> translate::Options {
+    translate::Options {
+        outbound_bind: "0.0.0.0".into(),
+        outbound_port: 15001,
+    }
+}
+
+fn service(i: usize) -> Record {
+    Record::Service(KubeService {
+        id: NsName::new(namespace(i), service_name(i)),
+        ports: vec![KubeServicePort {
+            name: "http".into(),
+            port: 80,
+            protocol: capstan_crds::Protocol::parse("http"),
+            target_port: 8080,
+        }],
+        headless: false,
+        external_name: None,
+    })
+}
+
+fn pod_name(i: usize, j: usize) -> String {
+    format!("svc-{i}-{j}")
+}
+
+/// Endpoint `j` of service `i`: 10.244.0.0/16, as in `capstan-kube-bench`.
+fn address(i: usize, j: usize) -> String {
+    let k = i * ENDPOINTS + j;
+    format!("10.244.{}.{}", (k / 250) % 256, k % 250 + 1)
+}
+
+fn slice(i: usize, port: u32) -> Record {
+    let endpoints = (0..ENDPOINTS)
+        .map(|j| SliceEndpoint {
+            address: address(i, j),
+            health: Health::Ready,
+            pod: Some(pod_name(i, j)),
+            node: None,
+            zone: None,
+        })
+        .collect();
+    Record::Slice(SliceRecord {
+        id: NsName::new(namespace(i), format!("svc-{i}-abcde")),
+        service: service_name(i),
+        ports: BTreeMap::from([("http".to_string(), port)]),
+        endpoints,
+    })
+}
+
+fn pod(i: usize, j: usize) -> Record {
+    let version = if j < ENDPOINTS / 2 { "v1" } else { "v2" };
+    Record::Pod(PodRecord {
+        id: NsName::new(namespace(i), pod_name(i, j)),
+        labels: BTreeMap::from([
+            ("app".to_string(), service_name(i)),
+            ("version".to_string(), version.to_string()),
+        ]),
+        service_account: service_name(i),
+        node: None,
+    })
+}
+
+fn istio(yaml: &str) -> Record {
+    let document = capstan_crds::parse_single("bench.yaml", yaml).expect("valid YAML");
+    let errors = document.validate();
+    assert!(errors.is_empty(), "invalid bench object: {errors:?}");
+    Record::Istio(IstioRecord::valid(document.object))
+}
+
+fn destination_rule(i: usize) -> Record {
+    istio(&format!(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: svc-{i}, namespace: {ns}, generation: 1}}
+spec:
+  host: svc-{i}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+",
+        ns = namespace(i)
+    ))
+}
+
+/// The VirtualService of service `i`; `generation` and the weight of v2 vary for changes.
+fn virtual_service(i: usize, generation: i64, v2_weight: u32) -> Record {
+    istio(&format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: svc-{i}, namespace: {ns}, generation: {generation}}}
+spec:
+  hosts: [svc-{i}]
+  http:
+  - match:
+    - headers: {{end-user: {{exact: jason}}}}
+    route:
+    - destination: {{host: svc-{i}, subset: v2}}
+  - route:
+    - destination: {{host: svc-{i}, subset: v1}}
+      weight: {v1_weight}
+    - destination: {{host: svc-{i}, subset: v2}}
+      weight: {v2_weight}
+",
+        ns = namespace(i),
+        v1_weight = 100 - v2_weight,
+    ))
+}
+
+/// The index of a mesh of `n` services, filled through `apply` as the watchers do.
+fn index(n: usize) -> Index {
+    let mut index = Index::new();
+    for i in 0..n {
+        index.apply(service(i));
+        for j in 0..ENDPOINTS {
+            index.apply(pod(i, j));
+        }
+        index.apply(slice(i, 8080));
+        index.apply(destination_rule(i));
+        index.apply(virtual_service(i, 1, 10));
+    }
+    index
+}
+
+fn full_translation(c: &mut Criterion) {
+    let mut group = c.benchmark_group("full translation");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1));
+    for n in SIZES {
+        let index = index(n);
+        let (mesh, problems) = Mesh::build(&index, DOMAIN);
+        assert!(problems.is_empty(), "model problems: {problems:?}");
+        let (resources, problems) = translate::build(&mesh, &options());
+        assert!(problems.is_empty(), "translation problems: {problems:?}");
+        // Per service: 3 clusters (whole, v1, v2), 3 load assignments; 1 listener and
+        // 11 route configurations (one per namespace with services, one for the rest).
+        assert!(resources.len() >= 6 * n, "{} resources", resources.len());
+        group.bench_with_input(BenchmarkId::from_parameter(n), &index, |b, index| {
+            b.iter(|| {
+                let (mesh, _) = Mesh::build(index, DOMAIN);
+                black_box(translate::build(&mesh, &options()))
+            })
+        });
+    }
+    group.finish();
+}
+
+fn one_virtual_service_changed(c: &mut Criterion) {
+    let mut group = c.benchmark_group("one VirtualService changed (full rebuild)");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1));
+    for n in SIZES {
+        let mut index = index(n);
+        let cache = SnapshotCache::new();
+        let (mesh, _) = Mesh::build(&index, DOMAIN);
+        cache.replace(translate::build(&mesh, &options()).0);
+        let mut generation = 1;
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                generation += 1;
+                let weight = if generation % 2 == 0 { 20 } else { 10 };
+                let changes = index.apply(virtual_service(n / 2, generation, weight));
+                assert!(changes.config);
+                // Reconciler::rebuild: the mesh, every resource, the snapshot diffed.
+                let (mesh, _) = Mesh::build(&index, DOMAIN);
+                let (resources, _) = translate::build(&mesh, &options());
+                black_box(cache.replace(resources))
+            })
+        });
+    }
+    group.finish();
+}
+
+fn one_endpoint_slice_changed(c: &mut Criterion) {
+    let mut group = c.benchmark_group("one EndpointSlice changed (incremental EDS)");
+    group.warm_up_time(Duration::from_secs(1));
+    for n in SIZES {
+        let mut index = index(n);
+        let cache = SnapshotCache::new();
+        let (mut mesh, _) = Mesh::build(&index, DOMAIN);
+        cache.replace(translate::build(&mesh, &options()).0);
+        let changed = n / 2;
+        let mut port = 8080;
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                port = if port == 8080 { 8081 } else { 8080 };
+                let changes = index.apply(slice(changed, port));
+                // Reconciler::refresh_endpoints.
+                let mut update = Update::new();
+                for id in &changes.endpoints {
+                    let Some(service) = mesh.refresh_endpoints(&index, id) else {
+                        continue;
+                    };
+                    let service = service.clone();
+                    for (name, assignment) in translate::load_assignments_of(&mesh, &service) {
+                        if let Some(resource) = Resource::encode(name, &assignment) {
+                            update.put(resource);
+                        }
+                    }
+                }
+                assert_eq!(update.len(), 3, "whole, v1 and v2 load assignments");
+                black_box(cache.apply(update))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    full_translation,
+    one_virtual_service_changed,
+    one_endpoint_slice_changed
+);
+criterion_main!(benches);

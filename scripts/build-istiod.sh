@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Builds istiod's `pilot-discovery`, the peer of the Kubernetes-mode benchmark
+# (capstan-kube-bench), from the Go module istio.io/istio through a wrapper module,
+# idempotently, into $CAPSTAN_TOOLS_DIR/istiod/pilot-discovery. Prints that path on stdout;
+# progress goes to stderr. Go's module and build caches go to $CAPSTAN_TOOLS_DIR/go unless
+# GOMODCACHE/GOCACHE are set (shared with scripts/build-kube.sh). Cold: ~5 min on 2 cores,
+# ~190 MB binary.
+set -euo pipefail
+
+ISTIO_VERSION="${ISTIO_VERSION:-v0.0.0-20260827124520-eed52ebb66ad}"
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS_DIR="${CAPSTAN_TOOLS_DIR:-$REPO_DIR/.tools}"
+OUT="$TOOLS_DIR/istiod"
+BIN="$OUT/pilot-discovery"
+say() { echo "build-istiod: $*" >&2; }
+
+GO="${GO:-go}"
+if ! command -v "$GO" >/dev/null; then
+    if [[ -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go; else
+        say "error: go not found (install Go >= 1.26, or set GO=/path/to/go)"; exit 1
+    fi
+fi
+mkdir -p "$OUT"
+export GOTOOLCHAIN="${GOTOOLCHAIN:-local}" CGO_ENABLED=0 GOFLAGS=-mod=mod
+export GOMODCACHE="${GOMODCACHE:-$TOOLS_DIR/go/mod}" GOCACHE="${GOCACHE:-$TOOLS_DIR/go/build}"
+
+if [[ -x "$BIN" ]] && [[ "$(cat "$OUT/version" 2>/dev/null)" == "$ISTIO_VERSION" ]]; then
+    say "pilot-discovery istio.io/istio@$ISTIO_VERSION present"
+else
+    say "building pilot-discovery from istio.io/istio@$ISTIO_VERSION with $("$GO" version) (~5 min cold) ..."
+    work="$(mktemp -d)"
+    (
+        cd "$work"
+        "$GO" mod init capstan.local/istiod >/dev/null 2>&1
+        igomod="$("$GO" mod download -json "istio.io/istio@$ISTIO_VERSION" \
+            | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+        # Replace directives and godebug settings of istio's own go.mod apply only there.
+        grep -E '^godebug ' "$igomod" >> go.mod || true
+        "$GO" get "istio.io/istio/pilot/cmd/pilot-discovery@$ISTIO_VERSION" >&2
+        "$GO" build -trimpath -ldflags "-s -w" -o "$BIN.tmp" istio.io/istio/pilot/cmd/pilot-discovery
+    )
+    rm -rf "$work"
+    mv "$BIN.tmp" "$BIN"
+    echo "$ISTIO_VERSION" > "$OUT/version"
+fi
+echo "$BIN"
