@@ -2,7 +2,9 @@
 //! and the folder source would, like `istioctl validate`.
 //!
 //! Every problem is one line, `FILE:LINE: document N (Kind ns/name): FIELD: MESSAGE`,
-//! followed by a summary. Documents that are not Istio configuration (a Deployment in
+//! followed by a summary. Valid config that capstan does not act on yet (a kind it does not
+//! translate, a field it does not apply) is reported on standard error as `warning: ...`
+//! lines in the same form; warnings do not make a document invalid. Documents that are not Istio configuration (a Deployment in
 //! the same file, say) are skipped. Exit status: 0 when everything is valid, 1 when
 //! anything is not, 2 on usage errors (a file that cannot be read).
 
@@ -10,6 +12,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use capstan_crds::{DocumentError, DocumentErrorReason, parse_documents};
+
+use crate::model::unsupported;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
@@ -88,6 +92,8 @@ impl std::fmt::Display for Problem {
 #[derive(Debug, Default)]
 pub struct Report {
     pub problems: Vec<Problem>,
+    /// Valid config that capstan does not honour yet.
+    pub warnings: Vec<Problem>,
     pub files: usize,
     /// Istio documents checked (valid or not).
     pub documents: usize,
@@ -156,8 +162,41 @@ impl Report {
                     }
                     // In file order; problems on one line keep the validator's order.
                     self.problems[first..].sort_by_key(|p| p.line);
+                    if self.problems.len() == first {
+                        self.warn_unhonoured(file, &document);
+                    }
                 }
             }
+        }
+    }
+
+    /// Warnings for what a valid document asks that capstan does not do yet.
+    fn warn_unhonoured(&mut self, file: &str, document: &capstan_crds::Document) {
+        let object = &document.object;
+        let warning = |line, field, message| Problem {
+            file: file.to_owned(),
+            document: Some(document.index + 1),
+            line,
+            kind: Some(object.kind().to_string()),
+            namespace: object.namespace().map(str::to_owned),
+            name: Some(object.name().to_owned()).filter(|n| !n.is_empty()),
+            field,
+            message,
+        };
+        if !unsupported::kind_is_translated(object.kind()) {
+            self.warnings.push(warning(
+                None,
+                None,
+                format!(
+                    "capstan validates {} but does not apply it to proxies yet",
+                    object.kind()
+                ),
+            ));
+        }
+        for problem in unsupported::fields(object) {
+            let line = document.line_of(&problem.field);
+            self.warnings
+                .push(warning(line, Some(problem.field), problem.message));
         }
     }
 
@@ -177,8 +216,16 @@ impl Report {
             plural(self.documents, "Istio document"),
             plural(self.files, "file")
         );
+        let warnings = if self.warnings.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} about config capstan does not apply yet)",
+                plural(self.warnings.len(), "warning")
+            )
+        };
         if self.problems.is_empty() {
-            format!("valid: {scope}")
+            format!("valid: {scope}{warnings}")
         } else {
             format!(
                 "invalid: {} in {} of {scope}",
@@ -296,6 +343,9 @@ pub fn run(args: &ValidateArgs) -> i32 {
 }
 
 fn print(report: &Report, format: Format) -> std::io::Result<()> {
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match format {
@@ -375,6 +425,44 @@ spec:
         assert!(line.starts_with("broken.yaml:"), "{line}");
         assert!(line.contains("invalid YAML"), "{line}");
         assert_eq!(report.problems[0].document, None);
+    }
+
+    #[test]
+    fn unhonoured_config_is_a_warning_not_an_error() {
+        let mut report = Report::default();
+        report.check_text(
+            "mesh.yaml",
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: web}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: web}
+spec:
+  host: db
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 10}}}
+",
+        );
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let lines: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("(Gateway web/gw)") && lines[0].contains("does not apply"));
+        assert!(
+            lines[1].starts_with(
+                "mesh.yaml:13: document 2 (DestinationRule web/db): spec.trafficPolicy:"
+            ),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            report
+                .summary()
+                .starts_with("valid: 2 Istio documents in 1 file (2 warnings")
+        );
     }
 
     #[test]
