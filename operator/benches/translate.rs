@@ -197,7 +197,7 @@ fn one_virtual_service_changed(c: &mut Criterion) {
                 generation += 1;
                 let weight = if generation % 2 == 0 { 20 } else { 10 };
                 let changes = index.apply(virtual_service(n / 2, generation, weight));
-                assert!(changes.config);
+                assert!(changes.config());
                 // Reconciler::rebuild: the mesh, every resource, the snapshot diffed.
                 let (mesh, _) = Mesh::build(&index, DOMAIN);
                 let (resources, _) = translate::build(&mesh, &options());

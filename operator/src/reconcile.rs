@@ -2,15 +2,17 @@
 //! hands the result to the push queue, and tells the status writer what each Istio object's
 //! condition should say.
 //!
-//! An endpoint change rebuilds only the load assignments of the services it names and goes
-//! to the cache as an `Update`; any other change rebuilds the mesh and replaces the snapshot,
-//! which the cache diffs, so proxies receive only what really changed either way.
+//! A change rebuilds only what depends on it: the model re-reads the changed objects and the
+//! hosts they claim ([`Mesh::update`]), translation rebuilds those hosts' resources
+//! ([`Translator::update`]), and an endpoint change rebuilds only the load assignments of the
+//! services it names. Each goes to the cache as an `Update`. Only the first sync builds
+//! everything (and replaces the snapshot).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use capstan_crds::ObjectKey;
-use capstan_xds::{PushQueue, Resource, Update};
+use capstan_xds::{PushQueue, Update};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -18,11 +20,11 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing::{debug, info, warn};
 
-use crate::index::{Changes, Event, Index, IstioRecord, NsName};
+use crate::index::{Changes, Event, Index, IstioRecord, RecordKey};
 use crate::model::{Mesh, Problem, unsupported};
 use crate::status::writer::{StatusItem, StatusWriter};
 use crate::status::{ConditionStatus, Desired, Reason};
-use crate::translate;
+use crate::translate::{self, Translator};
 
 /// The longest condition message written; the rest is cut (a status is no place for an
 /// unbounded list of errors).
@@ -55,7 +57,7 @@ impl ReconcileMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "reconciles",
-            "Rebuilds of proxy config, by scope: full (the mesh) or endpoints (load assignments of the services that changed)",
+            "Rebuilds of proxy config, by scope: full (everything), objects (what changed config objects claim) or endpoints (load assignments of the services that changed)",
             self.reconciles.clone(),
         );
         registry.register(
@@ -79,9 +81,13 @@ impl ReconcileMetrics {
 pub struct Reconciler {
     index: Index,
     mesh: Mesh,
-    /// Problems of the last full build, per object: status and the warning log read them.
+    translator: Translator,
+    /// Problems after the last rebuild, per object: status and the warning log read them.
     problems: BTreeMap<ObjectKey, Vec<Problem>>,
-    options: translate::Options,
+    /// Objects of kinds not translated yet, each reported once.
+    untranslated: BTreeSet<ObjectKey>,
+    /// Whether a first complete build was done (later changes are incremental).
+    built: bool,
     domain_suffix: String,
     queue: PushQueue,
     status: Option<StatusWriter>,
@@ -98,9 +104,11 @@ impl Reconciler {
     ) -> Self {
         Self {
             index: Index::new(),
-            mesh: Mesh::default(),
+            mesh: Mesh::new(&domain_suffix),
+            translator: Translator::new(options),
             problems: BTreeMap::new(),
-            options,
+            untranslated: BTreeSet::new(),
+            built: false,
             domain_suffix,
             queue,
             status,
@@ -115,47 +123,63 @@ impl Reconciler {
 
     /// Rebuilds what `changes` names and queues it for the proxies.
     pub async fn reconcile(&mut self, changes: Changes) {
-        if changes.config {
-            self.rebuild().await;
-        } else if !changes.endpoints.is_empty() {
-            self.refresh_endpoints(&changes.endpoints).await;
+        if !self.built {
+            if !changes.is_empty() {
+                self.rebuild().await;
+            }
+            return;
         }
-        if changes.config || changes.status {
+        let started = Instant::now();
+        let mut update = Update::new();
+        let mut rebuilt_hosts = BTreeSet::new();
+        if changes.config() {
+            let affected = self.mesh.update(&self.index, &changes.objects);
+            update.merge(self.translator.update(&self.mesh, &affected));
+            rebuilt_hosts = affected.hosts;
+            self.report_problems(changes.objects.iter());
+        }
+        for id in &changes.endpoints {
+            let host = crate::model::kube::host(id, &self.domain_suffix);
+            // A host rebuilt above already has its endpoints.
+            if rebuilt_hosts.contains(&host)
+                || self.mesh.refresh_endpoints(&self.index, id).is_none()
+            {
+                continue;
+            }
+            for resource in self.translator.endpoints(&self.mesh, &host) {
+                update.put(resource);
+            }
+        }
+        if !update.is_empty() {
+            self.queue.submit(update).await;
+        }
+        let scope = if changes.config() {
+            "objects"
+        } else {
+            "endpoints"
+        };
+        if changes.config() || !changes.endpoints.is_empty() {
+            self.metrics.observe(scope, started);
+        }
+        if changes.config() || changes.status {
             self.publish_status();
         }
     }
 
-    /// Rebuilds the mesh and every resource; the cache sends proxies only the difference.
+    /// Builds the mesh and every resource anew and replaces the snapshot (the cache sends
+    /// proxies only the difference).
     pub async fn rebuild(&mut self) {
         let started = Instant::now();
-        let (mesh, model_problems) = Mesh::build(&self.index, &self.domain_suffix);
-        let (resources, translate_problems) = translate::build(&mesh, &self.options);
-        let mut problems: BTreeMap<ObjectKey, Vec<Problem>> = BTreeMap::new();
-        for problem in model_problems.into_iter().chain(translate_problems) {
-            problems
-                .entry(problem.object.clone())
-                .or_default()
-                .push(problem);
-        }
-        // Warn about what is new: a rebuild for an unrelated change repeats nothing.
-        for (key, list) in &problems {
-            let before = self.problems.get(key);
-            for problem in list
-                .iter()
-                .filter(|p| !before.is_some_and(|b| b.contains(p)))
-            {
-                warn!("{problem}");
-            }
-        }
-        // Objects of kinds not translated yet are reported once each, like any problem.
-        for record in self.index.istio_records() {
-            if !unsupported::kind_is_translated(record.key.kind) && record.object.is_some() {
-                problems.entry(record.key.clone()).or_default();
-            }
-        }
-        self.report_untranslated(&problems);
-        self.problems = problems;
+        let (mesh, _) = Mesh::build(&self.index, &self.domain_suffix);
+        let resources = self.translator.full(&mesh);
         self.mesh = mesh;
+        self.built = true;
+        let keys: Vec<RecordKey> = self
+            .index
+            .istio_records()
+            .map(|r| RecordKey::Istio(r.key.clone()))
+            .collect();
+        self.report_problems(keys.iter());
         let count = resources.len();
         let applied = self.queue.replace(resources).await;
         self.metrics.observe("full", started);
@@ -170,36 +194,44 @@ impl Reconciler {
         }
     }
 
-    fn report_untranslated(&self, problems: &BTreeMap<ObjectKey, Vec<Problem>>) {
-        for key in problems.keys() {
-            if !unsupported::kind_is_translated(key.kind) && !self.problems.contains_key(key) {
+    /// Gathers the model's and translation's problems by object and warns about those not
+    /// seen before; reports each object of a kind not translated yet once (`changed`: the
+    /// objects that may have become or stopped being one).
+    fn report_problems<'a>(&mut self, changed: impl Iterator<Item = &'a RecordKey>) {
+        let mut problems: BTreeMap<ObjectKey, Vec<Problem>> = BTreeMap::new();
+        for problem in self.mesh.problems().chain(self.translator.problems()) {
+            problems
+                .entry(problem.object.clone())
+                .or_default()
+                .push(problem.clone());
+        }
+        for (key, list) in &problems {
+            let before = self.problems.get(key);
+            for problem in list
+                .iter()
+                .filter(|p| !before.is_some_and(|b| b.contains(p)))
+            {
+                warn!("{problem}");
+            }
+        }
+        self.problems = problems;
+        for key in changed {
+            let RecordKey::Istio(key) = key else {
+                continue;
+            };
+            if unsupported::kind_is_translated(key.kind) {
+                continue;
+            }
+            let served = self.index.istio(key).is_some_and(|r| r.object.is_some());
+            if !served {
+                self.untranslated.remove(key);
+            } else if self.untranslated.insert(key.clone()) {
                 warn!(
                     "{key}: capstan does not translate {} yet; it is validated and not applied",
                     key.kind
                 );
             }
         }
-    }
-
-    /// Rebuilds the load assignments of the Kubernetes Services in `ids`.
-    async fn refresh_endpoints(&mut self, ids: &BTreeSet<NsName>) {
-        let started = Instant::now();
-        let mut update = Update::new();
-        for id in ids {
-            let Some(service) = self.mesh.refresh_endpoints(&self.index, id) else {
-                continue;
-            };
-            let service = service.clone();
-            for (name, assignment) in translate::load_assignments_of(&self.mesh, &service) {
-                if let Some(resource) = Resource::encode(name, &assignment) {
-                    update.put(resource);
-                }
-            }
-        }
-        if !update.is_empty() {
-            self.queue.submit(update).await;
-        }
-        self.metrics.observe("endpoints", started);
     }
 
     /// Hands the status writer every Istio object's condition (it writes only differences,

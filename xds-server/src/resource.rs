@@ -75,6 +75,22 @@ impl Resource {
         })
     }
 
+    /// Wraps a message encoded in pieces: `chunks` concatenated are its body. (Protobuf
+    /// messages concatenate: a message built from parts, each encoded on its own, needs no
+    /// re-encoding of the parts.)
+    pub fn from_chunks<'a>(
+        type_url: &'static str,
+        name: impl Into<Arc<str>>,
+        chunks: impl Iterator<Item = &'a [u8]> + Clone,
+    ) -> Self {
+        let len = chunks.clone().map(<[u8]>::len).sum();
+        Self::build(type_url, name.into(), len, |buf| {
+            for chunk in chunks {
+                buf.put_slice(chunk);
+            }
+        })
+    }
+
     fn build(
         type_url: &'static str,
         name: Arc<str>,

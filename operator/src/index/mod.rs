@@ -22,9 +22,9 @@ pub use records::{
 /// What a call changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Changes {
-    /// Config any resource may depend on changed (an Istio object, a Service's ports): the
-    /// mesh is rebuilt.
-    pub config: bool,
+    /// Config objects whose content changed (Istio objects, Services): the model re-reads
+    /// them and translation rebuilds what they claimed or claim.
+    pub objects: BTreeSet<RecordKey>,
     /// Services whose endpoints changed; only their load assignments are rebuilt.
     pub endpoints: BTreeSet<NsName>,
     /// capstan's condition as seen on an Istio object changed: nothing to push, but the
@@ -34,18 +34,23 @@ pub struct Changes {
 
 impl Changes {
     pub fn merge(&mut self, other: Changes) {
-        self.config |= other.config;
+        self.objects.extend(other.objects);
         self.endpoints.extend(other.endpoints);
         self.status |= other.status;
     }
 
     pub fn is_empty(&self) -> bool {
-        !self.config && self.endpoints.is_empty() && !self.status
+        self.objects.is_empty() && self.endpoints.is_empty() && !self.status
     }
 
-    fn config() -> Self {
+    /// Whether config (not only endpoints or status) changed.
+    pub fn config(&self) -> bool {
+        !self.objects.is_empty()
+    }
+
+    fn object(key: RecordKey) -> Self {
         Changes {
-            config: true,
+            objects: BTreeSet::from([key]),
             ..Changes::default()
         }
     }
@@ -101,9 +106,9 @@ impl Index {
             Record::Istio(record) => self.apply_istio(record),
             Record::Service(service) => {
                 let id = service.id.clone();
-                match self.services.insert(id, service.clone()) {
+                match self.services.insert(id.clone(), service.clone()) {
                     Some(old) if old == service => Changes::default(),
-                    _ => Changes::config(),
+                    _ => Changes::object(RecordKey::Service(id)),
                 }
             }
             Record::Slice(slice) => self.apply_slice(slice),
@@ -132,14 +137,23 @@ impl Index {
     /// Removes one record; removing what is not there changes nothing.
     pub fn delete(&mut self, key: &RecordKey) -> Changes {
         match key {
-            RecordKey::Istio(key) => match self.istio.remove(key) {
-                Some(_) => Changes::config(),
-                None => Changes::default(),
-            },
-            RecordKey::Service(id) => match self.services.remove(id) {
-                Some(_) => Changes::config(),
-                None => Changes::default(),
-            },
+            RecordKey::Istio(_) | RecordKey::Service(_) => {
+                let removed = match key {
+                    RecordKey::Istio(k) => self.istio.remove(k).is_some(),
+                    RecordKey::Service(id) => self.services.remove(id).is_some(),
+                    _ => false,
+                };
+                if removed {
+                    Changes {
+                        objects: BTreeSet::from([key.clone()]),
+                        // The status writer forgets the object.
+                        status: true,
+                        ..Changes::default()
+                    }
+                } else {
+                    Changes::default()
+                }
+            }
             RecordKey::Slice(id) => match self.slices.remove(id) {
                 Some(old) => {
                     self.forget_slice(&old);
@@ -211,7 +225,7 @@ impl Index {
                 ..Changes::default()
             },
             _ => Changes {
-                config: true,
+                objects: BTreeSet::from([RecordKey::Istio(record.key.clone())]),
                 status: true,
                 ..Changes::default()
             },
@@ -300,6 +314,10 @@ impl Index {
     }
 
     // Readers, for the model.
+
+    pub fn istio(&self, key: &ObjectKey) -> Option<&IstioRecord> {
+        self.istio.get(key)
+    }
 
     pub fn istio_records(&self) -> impl Iterator<Item = &IstioRecord> {
         self.istio.values()

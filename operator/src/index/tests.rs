@@ -76,7 +76,7 @@ fn cart() -> NsName {
 #[test]
 fn an_endpoint_slice_change_names_only_its_service() {
     let mut index = Index::new();
-    assert!(index.apply(service("cart", 80)).config);
+    assert!(index.apply(service("cart", 80)).config());
     let changes = index.apply(slice("cart-1", "cart", &[("cart-a", "10.0.0.1")]));
     assert_eq!(changes, Changes::endpoints([cart()]));
     // The same slice again changes nothing.
@@ -131,10 +131,10 @@ fn an_invalid_version_keeps_the_last_good_object_and_reports() {
         namespace: "shop".into(),
         name: "cart".into(),
     };
-    assert!(index.apply(istio(DR_GOOD, 1)).config);
+    assert!(index.apply(istio(DR_GOOD, 1)).config());
     let changes = index.apply(istio(DR_BAD, 2));
     assert!(
-        changes.config,
+        changes.config(),
         "the errors are news even if nothing else is"
     );
     let record = index
@@ -186,13 +186,13 @@ fn reset_deletes_what_the_list_lacks_and_leaves_other_kinds() {
     assert!(changes.is_empty());
     // `pay` is gone from the list; the slice and the DestinationRule are other kinds.
     let changes = index.reset(&[Tag::Service], vec![service("cart", 80)]);
-    assert!(changes.config);
+    assert!(changes.config());
     assert_eq!(index.services().count(), 1);
     assert_eq!(index.slices_of(&cart()).count(), 1);
     assert_eq!(index.istio_objects().count(), 1);
     // Reset of the Istio kinds, as a folder rescan does.
     let tags: Vec<Tag> = Kind::ALL.iter().map(|k| Tag::Istio(*k)).collect();
-    assert!(index.reset(&tags, vec![]).config);
+    assert!(index.reset(&tags, vec![]).config());
     assert_eq!(index.istio_objects().count(), 0);
 }
 

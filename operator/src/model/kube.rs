@@ -10,6 +10,13 @@ pub fn host(id: &NsName, domain_suffix: &str) -> String {
     format!("{}.{}.svc.{domain_suffix}", id.name, id.namespace)
 }
 
+/// The Kubernetes Service a host would be (`name.namespace.svc.<domain>`).
+pub fn id_of_host(host: &str, domain_suffix: &str) -> Option<NsName> {
+    let namespace = super::hostname::local_namespace(host, domain_suffix)?;
+    let name = host.split_once('.')?.0;
+    Some(NsName::new(namespace, name))
+}
+
 /// The mesh service of `service`, with its endpoints as the index holds them now.
 pub fn service(index: &Index, service: &KubeService, domain_suffix: &str) -> Service {
     let ports = service

@@ -6,13 +6,13 @@ pub mod kube;
 pub mod service;
 pub mod unsupported;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use capstan_crds::networking::virtual_service::HttpRoute;
 use capstan_crds::{IstioObject, ObjectKey};
 
-use crate::index::Index;
+use crate::index::{Index, RecordKey};
 pub use service::{Origin, Port, Resolution, Service};
 
 /// Something in otherwise valid config that capstan cannot honour, reported and skipped.
@@ -65,109 +65,283 @@ impl VirtualService {
     }
 }
 
+/// What a problem of an object is about, so a rebuild of one part replaces exactly the
+/// problems that part found.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Topic {
+    /// Fields set but not honoured (`unsupported`).
+    Fields,
+    /// The object's claim on a host (another object already has it).
+    Host(String),
+}
+
 #[derive(Debug, Default)]
 pub struct Mesh {
     pub domain_suffix: String,
     pub services: BTreeMap<String, Service>,
     pub destination_rules: BTreeMap<String, DestinationRule>,
-    /// Ordered by namespace and name: for a host claimed by several, the first wins.
-    pub virtual_services: Vec<VirtualService>,
+    /// By kind, namespace and name: for a host claimed by several, the first wins.
+    pub virtual_services: BTreeMap<ObjectKey, VirtualService>,
+    /// The hosts each ServiceEntry and DestinationRule claimed when last read, so a new
+    /// version (or a deletion) finds what it no longer claims.
+    claims: HashMap<ObjectKey, Vec<String>>,
+    /// Host → the ServiceEntries, and the DestinationRules, claiming it.
+    entry_claimants: HashMap<String, BTreeSet<ObjectKey>>,
+    rule_claimants: HashMap<String, BTreeSet<ObjectKey>>,
+    problems: BTreeMap<ObjectKey, BTreeMap<Topic, Vec<Problem>>>,
+}
+
+/// What an update changed, for translation to rebuild.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Affected {
+    /// Hosts whose service or DestinationRule may have changed: their clusters, load
+    /// assignments and virtual hosts are rebuilt.
+    pub hosts: BTreeSet<String>,
+    /// Host patterns of VirtualServices that changed: the virtual hosts of every service
+    /// they cover are rebuilt.
+    pub routes: BTreeSet<String>,
+    /// The VirtualServices that changed (or went).
+    pub virtual_services: BTreeSet<ObjectKey>,
+}
+
+impl Affected {
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.routes.is_empty() && self.virtual_services.is_empty()
+    }
 }
 
 impl Mesh {
-    /// The mesh of everything `index` serves. Kubernetes Services come first: a ServiceEntry
-    /// for the host of a Service is reported and ignored for that host. Among Istio objects
-    /// claiming one host, the first by namespace and name wins and the others are reported.
-    pub fn build(index: &Index, domain_suffix: &str) -> (Mesh, Vec<Problem>) {
-        let mut mesh = Mesh {
+    pub fn new(domain_suffix: &str) -> Self {
+        Mesh {
             domain_suffix: domain_suffix.to_string(),
             ..Mesh::default()
-        };
-        for service in index.services() {
-            let service = kube::service(index, service, domain_suffix);
-            mesh.services.insert(service.host.clone(), service);
         }
-        let mut problems = Vec::new();
-        // The index iterates in key order: kind, then namespace and name.
-        for object in index.istio_objects() {
-            mesh.add(object, &mut problems);
-            problems.extend(unsupported::fields(object));
-        }
+    }
+
+    /// The mesh of everything `index` serves, and its problems.
+    pub fn build(index: &Index, domain_suffix: &str) -> (Mesh, Vec<Problem>) {
+        let mut mesh = Mesh::new(domain_suffix);
+        mesh.update(index, &everything(index));
+        let problems = mesh.problems().cloned().collect();
         (mesh, problems)
     }
 
-    fn add(&mut self, object: &IstioObject, problems: &mut Vec<Problem>) {
-        let origin = object.key();
-        let domain_suffix = self.domain_suffix.clone();
+    /// Re-reads the objects of `keys` from `index` (a key no longer there is removed) and
+    /// rebuilds the hosts they claimed or claim. Kubernetes Services come first: a
+    /// ServiceEntry for the host of a Service is reported and ignored for that host. Among
+    /// Istio objects claiming one host, the first by namespace and name wins and the others
+    /// are reported.
+    pub fn update<'a>(
+        &mut self,
+        index: &Index,
+        keys: impl IntoIterator<Item = &'a RecordKey>,
+    ) -> Affected {
+        let mut affected = Affected::default();
+        for key in keys {
+            match key {
+                RecordKey::Service(id) => {
+                    affected.hosts.insert(kube::host(id, &self.domain_suffix));
+                }
+                RecordKey::Istio(key) => self.reread(index, key, &mut affected),
+                _ => {}
+            }
+        }
+        for host in &affected.hosts {
+            self.refresh_host(index, host);
+        }
+        affected
+    }
+
+    fn reread(&mut self, index: &Index, key: &ObjectKey, affected: &mut Affected) {
+        for host in self.claims.remove(key).unwrap_or_default() {
+            for claimants in [&mut self.entry_claimants, &mut self.rule_claimants] {
+                if let Some(set) = claimants.get_mut(&host) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        claimants.remove(&host);
+                    }
+                }
+            }
+            affected.hosts.insert(host);
+        }
+        if key.kind == capstan_crds::Kind::VirtualService {
+            affected.virtual_services.insert(key.clone());
+        }
+        if let Some(old) = self.virtual_services.remove(key) {
+            affected.routes.extend(old.hosts);
+        }
+        self.problems.remove(key);
+        let Some(object) = index.istio(key).and_then(|r| r.object.as_deref()) else {
+            return;
+        };
+        let fields = unsupported::fields(object);
+        if !fields.is_empty() {
+            self.problems
+                .entry(key.clone())
+                .or_default()
+                .insert(Topic::Fields, fields);
+        }
+        let resolve = |host: &str| hostname::resolve(host, &key.namespace, &self.domain_suffix);
         match object {
             IstioObject::ServiceEntry(se) => {
-                for (i, host) in se.spec.hosts.iter().enumerate() {
-                    let host = hostname::resolve(host, &origin.namespace, &domain_suffix);
-                    if let Some(existing) = self.services.get(&host) {
-                        problems.push(Problem {
-                            object: origin.clone(),
-                            field: format!("spec.hosts[{i}]"),
-                            message: format!(
-                                "host {host} is already defined by {}; this entry is ignored for it",
-                                existing.origin
-                            ),
-                        });
-                        continue;
-                    }
-                    let service =
-                        Service::from_service_entry(host.clone(), origin.clone(), &se.spec);
-                    self.services.insert(host, service);
+                let mut hosts: Vec<String> = se.spec.hosts.iter().map(|h| resolve(h)).collect();
+                hosts.sort();
+                hosts.dedup();
+                for host in &hosts {
+                    claim(&mut self.entry_claimants, host, key);
                 }
+                affected.hosts.extend(hosts.iter().cloned());
+                self.claims.insert(key.clone(), hosts);
             }
             IstioObject::DestinationRule(dr) => {
-                let host = hostname::resolve(&dr.spec.host, &origin.namespace, &domain_suffix);
-                if let Some(existing) = self.destination_rules.get(&host) {
-                    problems.push(Problem {
-                        object: origin.clone(),
-                        field: "spec.host".into(),
-                        message: format!(
-                            "host {host} already has {}; this rule is ignored",
-                            existing.origin
-                        ),
-                    });
-                    return;
-                }
-                let subsets = dr
-                    .spec
-                    .subsets
-                    .iter()
-                    .map(|s| Subset {
-                        name: s.name.clone(),
-                        labels: s.labels.clone(),
-                    })
-                    .collect();
-                self.destination_rules.insert(
-                    host.clone(),
-                    DestinationRule {
-                        host,
-                        origin,
-                        subsets,
-                    },
-                );
+                let host = resolve(&dr.spec.host);
+                claim(&mut self.rule_claimants, &host, key);
+                affected.hosts.insert(host.clone());
+                self.claims.insert(key.clone(), vec![host]);
             }
             IstioObject::VirtualService(vs) => {
-                let hosts = vs
-                    .spec
-                    .hosts
-                    .iter()
-                    .map(|h| hostname::resolve(h, &origin.namespace, &domain_suffix))
-                    .collect();
-                self.virtual_services.push(VirtualService {
-                    origin,
-                    hosts,
-                    gateways: vs.spec.gateways.clone(),
-                    http: vs.spec.http.clone(),
-                });
+                let hosts: Vec<String> = vs.spec.hosts.iter().map(|h| resolve(h)).collect();
+                affected.routes.extend(hosts.iter().cloned());
+                self.virtual_services.insert(
+                    key.clone(),
+                    VirtualService {
+                        origin: key.clone(),
+                        hosts,
+                        gateways: vs.spec.gateways.clone(),
+                        http: vs.spec.http.clone(),
+                    },
+                );
             }
             // Gateways, Sidecars, workloads and security policies are parsed and validated,
             // but not translated yet (their status condition says so).
             _ => {}
         }
+    }
+
+    /// Decides who defines `host` now: its Kubernetes Service, else the first ServiceEntry
+    /// claiming it; and which DestinationRule applies. The losers are reported.
+    fn refresh_host(&mut self, index: &Index, host: &str) {
+        let entries: Vec<ObjectKey> = self
+            .entry_claimants
+            .get(host)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        let rules: Vec<ObjectKey> = self
+            .rule_claimants
+            .get(host)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        let topic = Topic::Host(host.to_string());
+        for key in entries.iter().chain(&rules) {
+            if let Some(topics) = self.problems.get_mut(key) {
+                topics.remove(&topic);
+            }
+        }
+        let mut service = kube::id_of_host(host, &self.domain_suffix)
+            .and_then(|id| index.service(&id))
+            .map(|s| kube::service(index, s, &self.domain_suffix));
+        for key in &entries {
+            let Some(IstioObject::ServiceEntry(se)) =
+                index.istio(key).and_then(|r| r.object.as_deref())
+            else {
+                continue;
+            };
+            match &service {
+                None => {
+                    service = Some(Service::from_service_entry(
+                        host.to_string(),
+                        key.clone(),
+                        &se.spec,
+                    ))
+                }
+                Some(existing) => {
+                    let i = se
+                        .spec
+                        .hosts
+                        .iter()
+                        .position(|h| {
+                            hostname::resolve(h, &key.namespace, &self.domain_suffix) == host
+                        })
+                        .unwrap_or(0);
+                    let problem = Problem {
+                        object: key.clone(),
+                        field: format!("spec.hosts[{i}]"),
+                        message: format!(
+                            "host {host} is already defined by {}; this entry is ignored for it",
+                            existing.origin
+                        ),
+                    };
+                    self.report(key, topic.clone(), problem);
+                }
+            }
+        }
+        match service {
+            Some(service) => self.services.insert(host.to_string(), service),
+            None => self.services.remove(host),
+        };
+
+        let mut rule: Option<DestinationRule> = None;
+        for key in &rules {
+            let Some(IstioObject::DestinationRule(dr)) =
+                index.istio(key).and_then(|r| r.object.as_deref())
+            else {
+                continue;
+            };
+            match &rule {
+                None => {
+                    rule = Some(DestinationRule {
+                        host: host.to_string(),
+                        origin: key.clone(),
+                        subsets: dr
+                            .spec
+                            .subsets
+                            .iter()
+                            .map(|s| Subset {
+                                name: s.name.clone(),
+                                labels: s.labels.clone(),
+                            })
+                            .collect(),
+                    })
+                }
+                Some(existing) => {
+                    let problem = Problem {
+                        object: key.clone(),
+                        field: "spec.host".into(),
+                        message: format!(
+                            "host {host} already has {}; this rule is ignored",
+                            existing.origin
+                        ),
+                    };
+                    self.report(key, topic.clone(), problem);
+                }
+            }
+        }
+        match rule {
+            Some(rule) => self.destination_rules.insert(host.to_string(), rule),
+            None => self.destination_rules.remove(host),
+        };
+    }
+
+    fn report(&mut self, key: &ObjectKey, topic: Topic, problem: Problem) {
+        self.problems
+            .entry(key.clone())
+            .or_default()
+            .entry(topic)
+            .or_default()
+            .push(problem);
+    }
+
+    /// Every problem the model found, by object.
+    pub fn problems(&self) -> impl Iterator<Item = &Problem> {
+        self.problems.values().flat_map(|t| t.values().flatten())
+    }
+
+    /// The problems of one object.
+    pub fn problems_of(&self, key: &ObjectKey) -> impl Iterator<Item = &Problem> {
+        self.problems
+            .get(key)
+            .into_iter()
+            .flat_map(|t| t.values().flatten())
     }
 
     /// Re-reads the endpoints of Kubernetes Service `id` from `index`; returns the service
@@ -199,11 +373,27 @@ impl Mesh {
     pub fn virtual_service_for(&self, host: &str) -> Option<&VirtualService> {
         let sidecar = || {
             self.virtual_services
-                .iter()
+                .values()
                 .filter(|vs| vs.applies_to_sidecars())
         };
         sidecar()
             .find(|vs| vs.hosts.iter().any(|h| h == host))
             .or_else(|| sidecar().find(|vs| vs.hosts.iter().any(|h| hostname::matches(h, host))))
     }
+}
+
+fn claim(claimants: &mut HashMap<String, BTreeSet<ObjectKey>>, host: &str, key: &ObjectKey) {
+    claimants
+        .entry(host.to_string())
+        .or_default()
+        .insert(key.clone());
+}
+
+/// The keys of every object in `index` the model reads.
+pub fn everything(index: &Index) -> Vec<RecordKey> {
+    index
+        .istio_records()
+        .map(|r| RecordKey::Istio(r.key.clone()))
+        .chain(index.services().map(|s| RecordKey::Service(s.id.clone())))
+        .collect()
 }

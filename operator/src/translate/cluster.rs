@@ -13,8 +13,8 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::google::protobuf::Duration;
 use envoy_types::util::pack_any;
 
-use super::{ServiceCluster, ads_config_source, endpoint, service_clusters};
-use crate::model::{Mesh, Resolution};
+use super::{ServiceCluster, ads_config_source, endpoint, service_clusters_of};
+use crate::model::{Mesh, Resolution, Service};
 
 /// Istio's default connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration {
@@ -22,8 +22,15 @@ const CONNECT_TIMEOUT: Duration = Duration {
     nanos: 0,
 };
 
+/// Every cluster of the mesh (what a full build encodes, one host at a time).
+#[cfg(test)]
 pub fn clusters(mesh: &Mesh) -> Vec<(String, Cluster)> {
-    service_clusters(mesh).map(cluster).collect()
+    super::service_clusters(mesh).map(cluster).collect()
+}
+
+/// The clusters of one service.
+pub fn clusters_of(mesh: &Mesh, service: &Service) -> Vec<(String, Cluster)> {
+    service_clusters_of(mesh, service).map(cluster).collect()
 }
 
 fn cluster(spec: ServiceCluster<'_>) -> (String, Cluster) {

@@ -11,17 +11,21 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 
-use super::{ServiceCluster, clusters_of, service_clusters};
+use super::{ServiceCluster, service_clusters_of};
 use crate::index::Health;
 use crate::model::{Mesh, Port, Resolution, Service};
 
+/// Every load assignment of the mesh (what a full build encodes, one host at a time).
+#[cfg(test)]
 pub fn load_assignments(mesh: &Mesh) -> Vec<(String, ClusterLoadAssignment)> {
-    service_clusters(mesh).filter_map(eds_assignment).collect()
+    super::service_clusters(mesh)
+        .filter_map(eds_assignment)
+        .collect()
 }
 
 /// The load assignments of one service: what an endpoint change of that service rebuilds.
 pub fn load_assignments_of(mesh: &Mesh, service: &Service) -> Vec<(String, ClusterLoadAssignment)> {
-    clusters_of(mesh, service)
+    service_clusters_of(mesh, service)
         .filter_map(eds_assignment)
         .collect()
 }

@@ -5,17 +5,18 @@
 
 mod cluster;
 mod endpoint;
+mod incremental;
 mod listener;
 mod route;
 
 pub use endpoint::load_assignments_of;
+pub use incremental::Translator;
 
 use std::collections::BTreeMap;
 
-use capstan_xds::{Resource, Selector, SnapshotBuilder};
+use capstan_xds::SnapshotBuilder;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{AggregatedConfigSource, ApiVersion, ConfigSource};
-use prost::{Message, Name};
 
 use crate::model::{Mesh, Port, Problem, Service};
 
@@ -32,36 +33,10 @@ pub struct Options {
 /// Builds every resource for `mesh`. Config that cannot be honoured is reported and left
 /// out; everything else is still built.
 pub fn build(mesh: &Mesh, options: &Options) -> (SnapshotBuilder, Vec<Problem>) {
-    let mut out = SnapshotBuilder::new();
-    let mut problems = Vec::new();
-    add_all(&mut out, cluster::clusters(mesh));
-    add_all(&mut out, endpoint::load_assignments(mesh));
-    add_all(&mut out, listener::listeners(options));
-    let (routes, route_problems) = route::route_configurations(mesh);
-    for (namespace, config) in routes {
-        let Some(resource) = Resource::encode(OUTBOUND_HTTP, &config) else {
-            continue;
-        };
-        match namespace {
-            Some(ns) => out.add_for(Selector::namespace(&ns), resource),
-            None => out.add(resource),
-        };
-    }
-    problems.extend(route_problems);
-    (out, problems)
-}
-
-fn add_all<M: Message + Name>(out: &mut SnapshotBuilder, items: Vec<(String, M)>) {
-    for (name, message) in items {
-        match Resource::encode(name, &message) {
-            Some(resource) => {
-                out.add(resource);
-            }
-            None => {
-                tracing::error!(type_url = %M::type_url(), "translation built a type ADS does not serve")
-            }
-        }
-    }
+    let mut translator = Translator::new(options.clone());
+    let snapshot = translator.full(mesh);
+    let problems = translator.problems().cloned().collect();
+    (snapshot, problems)
 }
 
 /// One cluster capstan builds: a service port, whole or restricted to a subset's labels.
@@ -77,14 +52,15 @@ static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
 /// Every cluster of the mesh: per service port, one for the whole service and one per
 /// DestinationRule subset. CDS and EDS build from this same list.
+#[cfg(test)]
 pub fn service_clusters(mesh: &Mesh) -> impl Iterator<Item = ServiceCluster<'_>> {
     mesh.services
         .values()
-        .flat_map(move |service| clusters_of(mesh, service))
+        .flat_map(move |service| service_clusters_of(mesh, service))
 }
 
 /// The clusters of one service: per port, the whole service and each subset.
-pub fn clusters_of<'a>(
+pub fn service_clusters_of<'a>(
     mesh: &'a Mesh,
     service: &'a Service,
 ) -> impl Iterator<Item = ServiceCluster<'a>> {

@@ -17,7 +17,7 @@ use tracing::debug;
 
 use super::{OUTBOUND_HTTP, cluster_name};
 use crate::model::hostname;
-use crate::model::{Mesh, Port, Problem, Service};
+use crate::model::{Mesh, Port, Problem, Service, VirtualService};
 
 /// The outbound route configuration as seen from each namespace. Short names resolve in the
 /// proxy's namespace, as with Istio: `reviews` means `reviews.<proxy namespace>.svc...`, so a
@@ -30,13 +30,8 @@ pub fn route_configurations(
     // Routes are built once per service port; only the domains differ between variants.
     let mut entries = Vec::new();
     for service in mesh.services.values() {
-        let mut ports: Vec<&Port> = service.ports.iter().filter(|p| p.is_http()).collect();
-        ports.sort_by_key(|p| p.number);
-        for (i, port) in ports.iter().enumerate() {
-            let routes = match mesh.virtual_service_for(&service.host) {
-                Some(vs) => action::routes(mesh, vs, port.number, &mut problems),
-                None => vec![default_route(service, port.number)],
-            };
+        for (i, port) in http_ports(service).into_iter().enumerate() {
+            let routes = host_port_routes(mesh, service, port.number, &mut problems);
             entries.push(HostPort {
                 service,
                 namespace: hostname::local_namespace(&service.host, &mesh.domain_suffix),
@@ -47,7 +42,9 @@ pub fn route_configurations(
             });
         }
     }
-    report_unbound(mesh, &mut problems);
+    for vs in mesh.virtual_services.values() {
+        problems.extend(unbound(mesh, vs));
+    }
     let namespaces: BTreeSet<Option<&str>> = std::iter::once(None)
         .chain(entries.iter().filter_map(|e| e.namespace.map(Some)))
         .collect();
@@ -71,6 +68,37 @@ struct HostPort<'a> {
     routes: Vec<Route>,
 }
 
+/// A service's HTTP ports, lowest first (the first also answers to names without a port).
+pub(super) fn http_ports(service: &Service) -> Vec<&Port> {
+    let mut ports: Vec<&Port> = service.ports.iter().filter(|p| p.is_http()).collect();
+    ports.sort_by_key(|p| p.number);
+    ports
+}
+
+/// The routes of a service port's virtual host: its VirtualService's, or one default route.
+pub(super) fn host_port_routes(
+    mesh: &Mesh,
+    service: &Service,
+    port: u32,
+    problems: &mut Vec<Problem>,
+) -> Vec<Route> {
+    match mesh.virtual_service_for(&service.host) {
+        Some(vs) => action::routes(mesh, vs, port, problems),
+        None => vec![default_route(service, port)],
+    }
+}
+
+/// The route configuration without virtual hosts: name and settings.
+pub(super) fn empty_config() -> RouteConfiguration {
+    RouteConfiguration {
+        name: OUTBOUND_HTTP.to_string(),
+        // Routes may name clusters of services that do not exist (yet); Envoy answers those
+        // requests with 503 instead of rejecting the whole configuration, as with istiod.
+        validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+        ..Default::default()
+    }
+}
+
 fn config_for(
     entries: &[HostPort<'_>],
     namespace: Option<&str>,
@@ -91,18 +119,39 @@ fn config_for(
         })
         .collect();
     RouteConfiguration {
-        name: OUTBOUND_HTTP.to_string(),
         virtual_hosts,
-        // Routes may name clusters of services that do not exist (yet); Envoy answers those
-        // requests with 503 instead of rejecting the whole configuration, as with istiod.
-        validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
-        ..Default::default()
+        ..empty_config()
     }
 }
 
-/// The Host header values that reach this service port: every alias with the port, and for
-/// the first HTTP port also without it; the bare service name only from its own namespace. A
-/// name already claimed by an earlier virtual host is left out: Envoy rejects a route
+/// The Host header values that reach a service port: every alias with the port, and for the
+/// first HTTP port also without it; the bare service name only from its own namespace.
+pub(super) fn candidate_domains(
+    host: &str,
+    port: u32,
+    first_port: bool,
+    same_namespace: bool,
+    domain_suffix: &str,
+) -> Vec<String> {
+    let aliases = hostname::aliases(host, domain_suffix);
+    let local = hostname::local_namespace(host, domain_suffix).is_some();
+    let visible = if local && !same_namespace {
+        // `name` alone is the last alias of a cluster-local host.
+        &aliases[..aliases.len() - 1]
+    } else {
+        &aliases[..]
+    };
+    let mut out = Vec::new();
+    for alias in visible {
+        out.push(format!("{alias}:{port}"));
+        if first_port {
+            out.push(alias.clone());
+        }
+    }
+    out
+}
+
+/// [`candidate_domains`] less those an earlier virtual host claimed: Envoy rejects a route
 /// configuration with duplicate domains.
 fn domains(
     entry: &HostPort<'_>,
@@ -110,28 +159,23 @@ fn domains(
     domain_suffix: &str,
     taken: &mut BTreeSet<String>,
 ) -> Vec<String> {
-    let mut out = Vec::new();
-    let aliases = hostname::aliases(&entry.service.host, domain_suffix);
-    let visible = if entry.namespace.is_some() && !same_namespace {
-        // `name` alone is the last alias of a cluster-local host.
-        &aliases[..aliases.len() - 1]
-    } else {
-        &aliases[..]
-    };
-    for alias in visible {
-        let mut candidates = vec![format!("{alias}:{}", entry.port)];
-        if entry.first_port {
-            candidates.push(alias.clone());
-        }
-        for domain in candidates {
-            if taken.insert(domain.clone()) {
-                out.push(domain);
-            } else {
+    let candidates = candidate_domains(
+        &entry.service.host,
+        entry.port,
+        entry.first_port,
+        same_namespace,
+        domain_suffix,
+    );
+    candidates
+        .into_iter()
+        .filter(|domain| {
+            let new = taken.insert(domain.clone());
+            if !new {
                 debug!(%domain, host = %entry.service.host, "domain already routed to another service");
             }
-        }
-    }
-    out
+            new
+        })
+        .collect()
 }
 
 fn default_route(service: &Service, port: u32) -> Route {
@@ -154,25 +198,32 @@ fn default_route(service: &Service, port: u32) -> Route {
     }
 }
 
-/// VirtualServices for hosts no service has: reported, since no proxy can route them yet.
-fn report_unbound(mesh: &Mesh, problems: &mut Vec<Problem>) {
-    for vs in mesh
-        .virtual_services
-        .iter()
-        .filter(|vs| vs.applies_to_sidecars())
-    {
-        for (i, host) in vs.hosts.iter().enumerate() {
-            if !mesh.services.keys().any(|s| hostname::matches(host, s)) {
-                problems.push(Problem {
-                    object: vs.origin.clone(),
-                    field: format!("spec.hosts[{i}]"),
-                    message: format!(
-                        "no ServiceEntry or Kubernetes Service defines host {host}; its routes are not served"
-                    ),
-                });
-            }
-        }
+/// A sidecar VirtualService's hosts that no service has: reported, since no proxy can route
+/// them yet.
+pub(super) fn unbound(mesh: &Mesh, vs: &VirtualService) -> Vec<Problem> {
+    if !vs.applies_to_sidecars() {
+        return Vec::new();
     }
+    vs.hosts
+        .iter()
+        .enumerate()
+        .filter(|(_, host)| !covers_any(mesh, host))
+        .map(|(i, host)| Problem {
+            object: vs.origin.clone(),
+            field: format!("spec.hosts[{i}]"),
+            message: format!(
+                "no ServiceEntry or Kubernetes Service defines host {host}; its routes are not served"
+            ),
+        })
+        .collect()
+}
+
+/// Whether `pattern` covers some service host. An exact host is a lookup; a wildcard scans.
+fn covers_any(mesh: &Mesh, pattern: &str) -> bool {
+    if !pattern.starts_with('*') {
+        return mesh.services.contains_key(pattern);
+    }
+    mesh.services.keys().any(|s| hostname::matches(pattern, s))
 }
 
 #[cfg(test)]

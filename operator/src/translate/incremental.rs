@@ -1,0 +1,436 @@
+//! Translation that keeps what it built, so a change rebuilds only what depends on it.
+//!
+//! Per service host it keeps the encoded clusters and load assignments; per service port the
+//! encoded virtual host, in the two forms the per-namespace route variants use. A change to
+//! one object rebuilds the resources of the hosts it claimed or claims ([`Affected`]), plus
+//! the virtual hosts whose routes read those services' ports; the route configuration is
+//! then reassembled from the kept encodings by concatenation (protobuf messages concatenate),
+//! without building or encoding the other virtual hosts again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use capstan_crds::ObjectKey;
+use capstan_xds::{Resource, Selector, SnapshotBuilder, Update, type_url};
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use prost::Message;
+use prost::bytes::Bytes;
+
+use super::{OUTBOUND_HTTP, Options, cluster, endpoint, listener, route};
+use crate::model::{Affected, Mesh, Problem, Service, hostname};
+
+/// The encoded resources of one service host.
+#[derive(Default)]
+struct HostResources {
+    clusters: Vec<Resource>,
+    assignments: Vec<Resource>,
+}
+
+/// One service port's virtual host.
+struct VirtualHostEntry {
+    /// The namespace of a cluster-local host: its proxies also reach it by bare name.
+    namespace: Option<String>,
+    /// A `RouteConfiguration` holding only this virtual host, with the bare name (for its
+    /// own namespace's variant) and without (for every other variant).
+    own: Bytes,
+    other: Bytes,
+    /// Every domain of the `own` form, to find two hosts claiming one name.
+    domains: Vec<String>,
+    /// The VirtualService whose routes it carries, and the hosts those routes send to.
+    virtual_service: Option<ObjectKey>,
+    destinations: Vec<String>,
+}
+
+pub struct Translator {
+    options: Options,
+    by_host: HashMap<String, HostResources>,
+    /// By host, then port: the order of the virtual hosts in the route configuration.
+    virtual_hosts: BTreeMap<(String, u32), VirtualHostEntry>,
+    /// Destination host → the service hosts whose routes resolved a port through it.
+    routed_through: HashMap<String, BTreeSet<String>>,
+    /// How many virtual hosts claim each domain; above one, Envoy would reject the
+    /// configuration, and the route variants are built the slow way that drops repeats.
+    domain_claims: HashMap<String, u32>,
+    repeated_domains: usize,
+    /// Namespaces with cluster-local hosts (each has a route variant), with their count.
+    namespaces: BTreeMap<String, usize>,
+    /// The route variants last built: `None` for proxies of other namespaces.
+    route_variants: BTreeSet<Option<String>>,
+    /// Problems found building routes: per VirtualService, per service host; and hosts
+    /// that no service has.
+    route_problems: BTreeMap<ObjectKey, BTreeMap<String, Vec<Problem>>>,
+    unbound: BTreeMap<ObjectKey, Vec<Problem>>,
+}
+
+impl Translator {
+    pub fn new(options: Options) -> Self {
+        Self {
+            options,
+            by_host: HashMap::new(),
+            virtual_hosts: BTreeMap::new(),
+            routed_through: HashMap::new(),
+            domain_claims: HashMap::new(),
+            repeated_domains: 0,
+            namespaces: BTreeMap::new(),
+            route_variants: BTreeSet::new(),
+            route_problems: BTreeMap::new(),
+            unbound: BTreeMap::new(),
+        }
+    }
+
+    /// Builds everything for `mesh`, forgetting what was kept.
+    pub fn full(&mut self, mesh: &Mesh) -> SnapshotBuilder {
+        *self = Translator::new(self.options.clone());
+        let everything = Affected {
+            hosts: mesh.services.keys().cloned().collect(),
+            routes: BTreeSet::new(),
+            virtual_services: mesh.virtual_services.keys().cloned().collect(),
+        };
+        // Everything is new: the update's puts are the snapshot.
+        let update = self.update(mesh, &everything);
+        let mut out = SnapshotBuilder::new();
+        for resource in self.by_host.values().flat_map(|h| h.clusters.iter()) {
+            out.add(resource.clone());
+        }
+        for resource in self.by_host.values().flat_map(|h| h.assignments.iter()) {
+            out.add(resource.clone());
+        }
+        for (name, listener) in listener::listeners(&self.options) {
+            if let Some(resource) = Resource::encode(name, &listener) {
+                out.add(resource);
+            }
+        }
+        for (namespace, resource) in self.routes(mesh) {
+            match namespace {
+                Some(ns) => out.add_for(Selector::namespace(&ns), resource),
+                None => out.add(resource),
+            };
+        }
+        drop(update);
+        out
+    }
+
+    /// Rebuilds what `affected` names; returns the resources to put and remove.
+    pub fn update(&mut self, mesh: &Mesh, affected: &Affected) -> Update {
+        let mut update = Update::new();
+        for host in &affected.hosts {
+            self.rebuild_host(mesh, host, &mut update);
+        }
+        // The virtual hosts to rebuild: the changed hosts', those whose routes read a changed
+        // host's ports, and those a changed VirtualService covered or covers.
+        let mut hosts: BTreeSet<String> = affected.hosts.clone();
+        for host in &affected.hosts {
+            hosts.extend(self.routed_through.get(host).into_iter().flatten().cloned());
+        }
+        for pattern in &affected.routes {
+            if pattern.starts_with('*') {
+                hosts.extend(
+                    mesh.services
+                        .keys()
+                        .filter(|h| hostname::matches(pattern, h))
+                        .cloned(),
+                );
+            } else {
+                hosts.insert(pattern.clone());
+            }
+        }
+        // A virtual host rebuilt for a VirtualService it no longer uses still names it.
+        let vs_hosts: Vec<String> = self
+            .virtual_hosts
+            .iter()
+            .filter(|(_, e)| {
+                e.virtual_service
+                    .as_ref()
+                    .is_some_and(|k| affected.virtual_services.contains(k))
+            })
+            .map(|((host, _), _)| host.clone())
+            .collect();
+        hosts.extend(vs_hosts);
+        for host in &hosts {
+            self.rebuild_virtual_hosts(mesh, host);
+        }
+        self.refresh_unbound(mesh, affected);
+        if !hosts.is_empty() {
+            let (variants, gone) = self.assemble_routes(mesh);
+            for (namespace, resource) in variants {
+                match namespace {
+                    Some(ns) => update.put_for(Selector::namespace(&ns), resource),
+                    None => update.put(resource),
+                };
+            }
+            for ns in gone {
+                update.remove_for(Selector::namespace(&ns), type_url::ROUTE, OUTBOUND_HTTP);
+            }
+        }
+        update
+    }
+
+    /// The load assignments of `host` again (its endpoints changed), kept and returned.
+    pub fn endpoints(&mut self, mesh: &Mesh, host: &str) -> Vec<Resource> {
+        let Some(service) = mesh.services.get(host) else {
+            return Vec::new();
+        };
+        let assignments: Vec<Resource> = endpoint::load_assignments_of(mesh, service)
+            .into_iter()
+            .filter_map(|(name, cla)| Resource::encode(name, &cla))
+            .collect();
+        if let Some(kept) = self.by_host.get_mut(host) {
+            kept.assignments = assignments.clone();
+        }
+        assignments
+    }
+
+    /// Every problem translation found, per object.
+    pub fn problems(&self) -> impl Iterator<Item = &Problem> {
+        self.route_problems
+            .values()
+            .flat_map(|by_host| by_host.values().flatten())
+            .chain(self.unbound.values().flatten())
+    }
+
+    fn rebuild_host(&mut self, mesh: &Mesh, host: &str, update: &mut Update) {
+        let new = mesh
+            .services
+            .get(host)
+            .map(|service| host_resources(mesh, service))
+            .unwrap_or_default();
+        let old = self.by_host.remove(host).unwrap_or_default();
+        for (type_url, old, new) in [
+            (type_url::CLUSTER, &old.clusters, &new.clusters),
+            (type_url::ENDPOINT, &old.assignments, &new.assignments),
+        ] {
+            for gone in old
+                .iter()
+                .filter(|o| !new.iter().any(|n| n.name() == o.name()))
+            {
+                update.remove(type_url, gone.name());
+            }
+        }
+        for resource in new.clusters.iter().chain(&new.assignments) {
+            update.put(resource.clone());
+        }
+        if !new.clusters.is_empty() {
+            self.by_host.insert(host.to_string(), new);
+        }
+    }
+
+    fn rebuild_virtual_hosts(&mut self, mesh: &Mesh, host: &str) {
+        let old: Vec<(String, u32)> = self
+            .virtual_hosts
+            .range((host.to_string(), 0)..=(host.to_string(), u32::MAX))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in old {
+            if let Some(entry) = self.virtual_hosts.remove(&key) {
+                self.forget(host, &entry);
+            }
+        }
+        let Some(service) = mesh.services.get(host) else {
+            return;
+        };
+        let namespace = hostname::local_namespace(host, &mesh.domain_suffix).map(str::to_string);
+        let virtual_service = mesh.virtual_service_for(host);
+        let destinations: Vec<String> = virtual_service
+            .map(|vs| {
+                let mut hosts: Vec<String> = vs
+                    .http
+                    .iter()
+                    .flat_map(|h| &h.route)
+                    .map(|d| {
+                        hostname::resolve(&d.destination.host, vs.namespace(), &mesh.domain_suffix)
+                    })
+                    .collect();
+                hosts.sort();
+                hosts.dedup();
+                hosts
+            })
+            .unwrap_or_default();
+        let mut problems = Vec::new();
+        for (i, port) in route::http_ports(service).into_iter().enumerate() {
+            let routes = route::host_port_routes(mesh, service, port.number, &mut problems);
+            let domains = |same_namespace| {
+                route::candidate_domains(
+                    host,
+                    port.number,
+                    i == 0,
+                    same_namespace,
+                    &mesh.domain_suffix,
+                )
+            };
+            let own_domains = domains(true);
+            let encode = |domains: Vec<String>| -> Bytes {
+                RouteConfiguration {
+                    virtual_hosts: vec![VirtualHost {
+                        name: format!("{host}:{}", port.number),
+                        domains,
+                        routes: routes.clone(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }
+                .encode_to_vec()
+                .into()
+            };
+            let entry = VirtualHostEntry {
+                namespace: namespace.clone(),
+                own: encode(own_domains.clone()),
+                other: encode(domains(false)),
+                domains: own_domains,
+                virtual_service: virtual_service.map(|vs| vs.origin.clone()),
+                destinations: destinations.clone(),
+            };
+            self.remember(host, &entry);
+            self.virtual_hosts
+                .insert((host.to_string(), port.number), entry);
+        }
+        if let Some(vs) = virtual_service {
+            let by_host = self.route_problems.entry(vs.origin.clone()).or_default();
+            if problems.is_empty() {
+                by_host.remove(host);
+            } else {
+                by_host.insert(host.to_string(), problems);
+            }
+        }
+    }
+
+    /// Records what a new virtual host depends on and claims.
+    fn remember(&mut self, host: &str, entry: &VirtualHostEntry) {
+        for destination in &entry.destinations {
+            self.routed_through
+                .entry(destination.clone())
+                .or_default()
+                .insert(host.to_string());
+        }
+        for domain in &entry.domains {
+            let claims = self.domain_claims.entry(domain.clone()).or_default();
+            *claims += 1;
+            if *claims == 2 {
+                self.repeated_domains += 1;
+            }
+        }
+        if let Some(ns) = &entry.namespace {
+            *self.namespaces.entry(ns.clone()).or_default() += 1;
+        }
+    }
+
+    /// Undoes [`Self::remember`] for a virtual host being replaced or removed.
+    fn forget(&mut self, host: &str, entry: &VirtualHostEntry) {
+        for destination in &entry.destinations {
+            if let Some(hosts) = self.routed_through.get_mut(destination) {
+                hosts.remove(host);
+                if hosts.is_empty() {
+                    self.routed_through.remove(destination);
+                }
+            }
+        }
+        for domain in &entry.domains {
+            if let Some(claims) = self.domain_claims.get_mut(domain) {
+                if *claims == 2 {
+                    self.repeated_domains -= 1;
+                }
+                *claims -= 1;
+                if *claims == 0 {
+                    self.domain_claims.remove(domain);
+                }
+            }
+        }
+        if let Some(ns) = &entry.namespace
+            && let Some(count) = self.namespaces.get_mut(ns)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.namespaces.remove(ns);
+            }
+        }
+        if let Some(vs) = &entry.virtual_service
+            && let Some(by_host) = self.route_problems.get_mut(vs)
+        {
+            by_host.remove(host);
+            if by_host.is_empty() {
+                self.route_problems.remove(vs);
+            }
+        }
+    }
+
+    /// Hosts no service has, for the VirtualServices that changed and those covering a host
+    /// that came or went.
+    fn refresh_unbound(&mut self, mesh: &Mesh, affected: &Affected) {
+        let mut keys: BTreeSet<&ObjectKey> = affected.virtual_services.iter().collect();
+        if !affected.hosts.is_empty() {
+            keys.extend(mesh.virtual_services.values().filter_map(|vs| {
+                let covers = vs
+                    .hosts
+                    .iter()
+                    .any(|pattern| affected.hosts.iter().any(|h| hostname::matches(pattern, h)));
+                covers.then_some(&vs.origin)
+            }));
+        }
+        for key in keys {
+            self.unbound.remove(key);
+            if let Some(vs) = mesh.virtual_services.get(key) {
+                let problems = route::unbound(mesh, vs);
+                if !problems.is_empty() {
+                    self.unbound.insert(key.clone(), problems);
+                }
+            }
+        }
+    }
+
+    /// The route variants from the kept virtual hosts, and the namespaces whose variant is
+    /// gone.
+    fn assemble_routes(&mut self, mesh: &Mesh) -> (Vec<(Option<String>, Resource)>, Vec<String>) {
+        let variants = self.routes(mesh);
+        let now: BTreeSet<Option<String>> = variants.iter().map(|(ns, _)| ns.clone()).collect();
+        let gone = self
+            .route_variants
+            .difference(&now)
+            .filter_map(Clone::clone)
+            .collect();
+        self.route_variants = now;
+        (variants, gone)
+    }
+
+    fn routes(&self, mesh: &Mesh) -> Vec<(Option<String>, Resource)> {
+        if self.repeated_domains > 0 {
+            // Two hosts claim one name: the slow path drops the later claims, as a full
+            // build always has.
+            let (configs, _) = route::route_configurations(mesh);
+            return configs
+                .into_iter()
+                .filter_map(|(ns, config)| Some((ns, Resource::encode(OUTBOUND_HTTP, &config)?)))
+                .collect();
+        }
+        let header: Bytes = route::empty_config().encode_to_vec().into();
+        std::iter::once(None)
+            .chain(self.namespaces.keys().map(|ns| Some(ns.clone())))
+            .map(|namespace| {
+                let chunks = std::iter::once(header.as_ref()).chain(
+                    self.virtual_hosts.values().map(|entry| {
+                        if entry.namespace.is_some() && entry.namespace == namespace {
+                            entry.own.as_ref()
+                        } else {
+                            entry.other.as_ref()
+                        }
+                    }),
+                );
+                let resource = Resource::from_chunks(type_url::ROUTE, OUTBOUND_HTTP, chunks);
+                (namespace, resource)
+            })
+            .collect()
+    }
+}
+
+fn host_resources(mesh: &Mesh, service: &Service) -> HostResources {
+    HostResources {
+        clusters: cluster::clusters_of(mesh, service)
+            .into_iter()
+            .filter_map(|(name, c)| Resource::encode(name, &c))
+            .collect(),
+        assignments: endpoint::load_assignments_of(mesh, service)
+            .into_iter()
+            .filter_map(|(name, cla)| Resource::encode(name, &cla))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

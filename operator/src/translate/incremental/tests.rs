@@ -1,0 +1,305 @@
+//! The incremental path must build exactly what a full build of the same index builds.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use capstan_crds::parse_single;
+use capstan_xds::{SnapshotCache, TYPES};
+
+use super::*;
+use crate::index::{
+    Event, Health, Index, IstioRecord, KubeService, KubeServicePort, NsName, Record, RecordKey,
+    SliceEndpoint, SliceRecord,
+};
+
+fn options() -> Options {
+    Options {
+        outbound_bind: "127.0.0.1".into(),
+        outbound_port: 15001,
+    }
+}
+
+fn istio(yaml: &str) -> Event {
+    let document = parse_single("t.yaml", yaml).expect("valid yaml");
+    assert!(document.validate().is_empty(), "{:?}", document.validate());
+    Event::Apply(Record::Istio(IstioRecord::valid(document.object)))
+}
+
+fn delete(kind: capstan_crds::Kind, namespace: &str, name: &str) -> Event {
+    Event::Delete(RecordKey::Istio(ObjectKey {
+        kind,
+        namespace: namespace.into(),
+        name: name.into(),
+    }))
+}
+
+fn service(name: &str, ports: &[(&str, u32)]) -> Event {
+    Event::Apply(Record::Service(KubeService {
+        id: NsName::new("bookinfo", name),
+        ports: ports
+            .iter()
+            .map(|(n, p)| KubeServicePort {
+                name: n.to_string(),
+                port: *p,
+                protocol: None,
+                target_port: 0,
+            })
+            .collect(),
+        headless: false,
+        external_name: None,
+    }))
+}
+
+fn slice(service: &str, addresses: &[&str]) -> Event {
+    Event::Apply(Record::Slice(SliceRecord {
+        id: NsName::new("bookinfo", format!("{service}-1")),
+        service: service.into(),
+        ports: BTreeMap::from([("http".to_string(), 8080)]),
+        endpoints: addresses
+            .iter()
+            .map(|a| SliceEndpoint {
+                address: a.to_string(),
+                health: Health::Ready,
+                pod: None,
+                node: None,
+                zone: None,
+            })
+            .collect(),
+    }))
+}
+
+/// Every resource of a snapshot: (type, name) → [(selector, version)].
+fn contents(cache: &SnapshotCache) -> BTreeMap<(usize, String), Vec<(String, u64)>> {
+    let state = cache.current();
+    let mut out = BTreeMap::new();
+    for i in 0..TYPES {
+        for (name, entry) in state.snapshot.entries(i) {
+            let variants = entry
+                .variants()
+                .iter()
+                .map(|(selector, r)| (format!("{selector:?}"), r.version()))
+                .collect();
+            out.insert((i, name.to_string()), variants);
+        }
+    }
+    out
+}
+
+fn problems<'a>(found: impl Iterator<Item = &'a Problem>) -> BTreeSet<String> {
+    found.map(ToString::to_string).collect()
+}
+
+/// Applies each event incrementally, as the reconciler does, and compares with a full build
+/// of the same index after every step.
+fn check(steps: Vec<Event>) {
+    let mut index = Index::new();
+    let (mut mesh, _) = Mesh::build(&index, "cluster.local");
+    let mut translator = Translator::new(options());
+    let cache = SnapshotCache::new();
+    cache.replace(translator.full(&mesh));
+    for (step, event) in steps.into_iter().enumerate() {
+        let described = format!("{event:?}");
+        let changes = index.handle(event);
+        let affected = mesh.update(&index, &changes.objects);
+        let mut update = translator.update(&mesh, &affected);
+        for id in &changes.endpoints {
+            let host = crate::model::kube::host(id, "cluster.local");
+            if !affected.hosts.contains(&host) && mesh.refresh_endpoints(&index, id).is_some() {
+                for resource in translator.endpoints(&mesh, &host) {
+                    update.put(resource);
+                }
+            }
+        }
+        cache.apply(update);
+
+        let (full_mesh, model_problems) = Mesh::build(&index, "cluster.local");
+        let mut full = Translator::new(options());
+        let expected = SnapshotCache::new();
+        expected.replace(full.full(&full_mesh));
+        assert_eq!(
+            contents(&cache),
+            contents(&expected),
+            "step {step} ({described}): incremental and full builds differ"
+        );
+        assert_eq!(
+            problems(mesh.problems().chain(translator.problems())),
+            problems(model_problems.iter().chain(full.problems())),
+            "step {step}: problems differ"
+        );
+    }
+}
+
+const REVIEWS_SE: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews.bookinfo.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, labels: {version: v1}}
+  - {address: 10.0.0.2, labels: {version: v2}}
+";
+
+const REVIEWS_DR: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+";
+
+fn reviews_vs(subset: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: bookinfo}}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]
+    route: [{{destination: {{host: reviews, subset: v2}}}}]
+  - route: [{{destination: {{host: reviews, subset: {subset}}}}}]
+"
+    )
+}
+
+#[test]
+fn incremental_updates_match_a_full_build() {
+    use capstan_crds::Kind;
+    check(vec![
+        istio(REVIEWS_SE),
+        istio(REVIEWS_DR),
+        istio(&reviews_vs("v1")),
+        istio(&reviews_vs("v2")),
+        // A Kubernetes Service and its endpoints.
+        service("ratings", &[("http", 9080)]),
+        slice("ratings", &["10.1.0.1", "10.1.0.2"]),
+        slice("ratings", &["10.1.0.3"]),
+        // A VirtualService routing to ratings without a port: it reads ratings' ports, so
+        // a port change of ratings must rebuild its routes.
+        istio(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: details, namespace: bookinfo}
+spec:
+  hosts: [details.bookinfo.svc.cluster.local]
+  http: [{route: [{destination: {host: ratings}}]}]
+",
+        ),
+        istio(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: details, namespace: bookinfo}
+spec:
+  hosts: [details.bookinfo.svc.cluster.local]
+  ports: [{number: 9080, name: http}]
+  resolution: STATIC
+  endpoints: [{address: 10.2.0.1}]
+",
+        ),
+        // details' routes named ratings' only port: a new number changes them.
+        service("ratings", &[("http", 9090)]),
+        service("ratings", &[("http", 9090), ("http-admin", 9091)]),
+        // A second ServiceEntry for a host a Service owns: reported, then gone.
+        istio(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings-copy, namespace: bookinfo}
+spec:
+  hosts: [ratings.bookinfo.svc.cluster.local]
+  ports: [{number: 9080, name: http}]
+  resolution: STATIC
+  endpoints: [{address: 10.3.0.1}]
+",
+        ),
+        Event::Delete(RecordKey::Service(NsName::new("bookinfo", "ratings"))),
+        delete(Kind::ServiceEntry, "bookinfo", "ratings-copy"),
+        // A wildcard VirtualService, and an external service it covers.
+        istio(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: web}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http}]
+  resolution: DNS
+",
+        ),
+        istio(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wild, namespace: web}
+spec:
+  hosts: ['*.example.com']
+  http: [{route: [{destination: {host: api.example.com}}], timeout: 3s}]
+",
+        ),
+        // A host that is another host's short name: two claims on one domain.
+        istio(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: alias, namespace: web}
+spec:
+  hosts: [reviews.bookinfo]
+  ports: [{number: 9080, name: http}]
+  resolution: DNS
+",
+        ),
+        delete(Kind::ServiceEntry, "web", "alias"),
+        // A VirtualService for a host nobody has, then the host arrives.
+        istio(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: later, namespace: web}
+spec:
+  hosts: [later.example.com]
+  http: [{route: [{destination: {host: later.example.com}}]}]
+",
+        ),
+        istio(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: later, namespace: web}
+spec:
+  hosts: [later.example.com]
+  ports: [{number: 80, name: http}]
+  resolution: DNS
+",
+        ),
+        delete(Kind::DestinationRule, "bookinfo", "reviews"),
+        delete(Kind::VirtualService, "bookinfo", "reviews"),
+        delete(Kind::VirtualService, "web", "wild"),
+        delete(Kind::ServiceEntry, "bookinfo", "reviews"),
+    ]);
+}
+
+#[test]
+fn one_virtual_service_change_rebuilds_only_the_routes() {
+    let mut index = Index::new();
+    for event in [
+        istio(REVIEWS_SE),
+        istio(REVIEWS_DR),
+        istio(&reviews_vs("v1")),
+    ] {
+        index.handle(event);
+    }
+    let (mut mesh, _) = Mesh::build(&index, "cluster.local");
+    let mut translator = Translator::new(options());
+    let cache = SnapshotCache::new();
+    cache.replace(translator.full(&mesh));
+    let changes = index.handle(istio(&reviews_vs("v2")));
+    let affected = mesh.update(&index, &changes.objects);
+    assert!(affected.hosts.is_empty(), "{affected:?}");
+    let update = translator.update(&mesh, &affected);
+    // The two variants of `outbound_http` (bookinfo's and everyone else's), nothing else.
+    assert_eq!(update.len(), 2);
+    let applied = cache.apply(update).expect("the routes changed");
+    let changed: BTreeMap<&str, usize> = capstan_xds::type_url::PUSH_ORDER
+        .iter()
+        .map(|t| capstan_xds::type_url::short(t))
+        .zip(applied.changed)
+        .collect();
+    assert_eq!(changed["cds"], 0);
+    assert_eq!(changed["eds"], 0);
+    assert_eq!(changed["rds"], 1);
+}
