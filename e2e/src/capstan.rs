@@ -42,16 +42,34 @@ impl Capstan {
     /// and waits for its `ADS server listening` line. Retries with other ports if a port was
     /// taken in between ("in use" in the log).
     pub async fn start(config_dir: &Path, log_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_from(Source::Folder(config_dir.to_path_buf()), log_dir, "capstan").await
+    }
+
+    /// Starts `capstan run --kubeconfig <kubeconfig> <args>` as `name` (log `<name>.log`) and
+    /// waits until it serves ADS (after its first complete list of every kind).
+    pub async fn start_kube(
+        kubeconfig: &Path,
+        args: &[&str],
+        log_dir: &Path,
+        name: &str,
+    ) -> anyhow::Result<Self> {
+        let source = Source::Kube {
+            kubeconfig: kubeconfig.to_path_buf(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        Self::start_from(source, log_dir, name).await
+    }
+
+    async fn start_from(source: Source, log_dir: &Path, name: &str) -> anyhow::Result<Self> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let (xds_port, monitoring_port) = (free_port()?, free_port()?);
             let name = if attempt == 1 {
-                "capstan".to_string()
+                name.to_string()
             } else {
-                format!("capstan-{attempt}")
+                format!("{name}-{attempt}")
             };
-            let source = Source::Folder(config_dir.to_path_buf());
             match Self::launch(&source, log_dir, &name, xds_port, monitoring_port).await {
                 Ok(process) => {
                     return Ok(Self {
@@ -69,32 +87,6 @@ impl Capstan {
                 Err((e, _)) => return Err(e),
             }
         }
-    }
-
-    /// Starts `capstan run --kubeconfig <kubeconfig> <args>` as `name` (log `<name>.log`) and
-    /// waits until it serves ADS (after its first complete list of every kind).
-    pub async fn start_kube(
-        kubeconfig: &Path,
-        args: &[&str],
-        log_dir: &Path,
-        name: &str,
-    ) -> anyhow::Result<Self> {
-        let (xds_port, monitoring_port) = (free_port()?, free_port()?);
-        let source = Source::Kube {
-            kubeconfig: kubeconfig.to_path_buf(),
-            args: args.iter().map(|a| a.to_string()).collect(),
-        };
-        let process = Self::launch(&source, log_dir, name, xds_port, monitoring_port)
-            .await
-            .map_err(|(e, _)| e)?;
-        Ok(Self {
-            process,
-            xds_port,
-            monitoring_port,
-            source,
-            log_dir: log_dir.to_path_buf(),
-            starts: 1,
-        })
     }
 
     /// Stops capstan and starts a new process on the same ports and config (its log is

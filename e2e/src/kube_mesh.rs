@@ -339,8 +339,8 @@ spec:
     )
 }
 
-/// `end-user: jason` → `matched`, everything else → `default`.
-pub fn header_match_yaml(namespace: &str, matched: &str, default: &str) -> String {
+/// The `reviews` VirtualService with `http` (YAML list items, indented two spaces).
+fn reviews_vs_yaml(namespace: &str, http: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -348,23 +348,27 @@ metadata: {{name: reviews, namespace: {namespace}}}
 spec:
   hosts: [reviews]
   http:
-  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]
+{http}"
+    )
+}
+
+/// `end-user: jason` → `matched`, everything else → `default`.
+pub fn header_match_yaml(namespace: &str, matched: &str, default: &str) -> String {
+    reviews_vs_yaml(
+        namespace,
+        &format!(
+            "  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]
     route: [{{destination: {{host: reviews, subset: {matched}}}}}]
   - route: [{{destination: {{host: reviews, subset: {default}}}}}]
 "
+        ),
     )
 }
 
 /// Everything to `version`.
 pub fn all_to_yaml(namespace: &str, version: &str) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews, namespace: {namespace}}}
-spec:
-  hosts: [reviews]
-  http:
-  - route: [{{destination: {{host: reviews, subset: {version}}}}}]
-"
+    reviews_vs_yaml(
+        namespace,
+        &format!("  - route: [{{destination: {{host: reviews, subset: {version}}}}}]\n"),
     )
 }

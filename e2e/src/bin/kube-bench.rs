@@ -140,8 +140,7 @@ struct Results {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -730,14 +729,20 @@ async fn measure(
             break;
         }
         if last_log.elapsed() > Duration::from_secs(5) {
-            info!(server = spec.name, synced, failed = tracker.failures(), "syncing");
+            info!(
+                server = spec.name,
+                synced,
+                failed = tracker.failures(),
+                "syncing"
+            );
             last_log = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let synced = tracker.synced_count();
-    let sync_ms =
-        ms(Tracker::offset(tracker.last_synced().saturating_sub(sync_start)));
+    let sync_ms = ms(Tracker::offset(
+        tracker.last_synced().saturating_sub(sync_start),
+    ));
     info!(server = spec.name, synced, sync_ms, errors = ?tracker.errors(), "proxies synced");
     ensure!(
         synced > 0,
@@ -820,16 +825,40 @@ fn machine() -> BTreeMap<String, String> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_default();
     BTreeMap::from([
         ("nproc".into(), run("nproc", &[])),
         ("cpu".into(), cpu),
         ("memory".into(), run("free", &["-h"])),
         ("kernel".into(), run("uname", &["-r"])),
-        ("date".into(), run("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"])),
-        ("loadavg".into(), std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()),
-        ("commit".into(), run("git", &["-C", &capstan_e2e::locate::repo_dir().display().to_string(), "rev-parse", "--short=12", "HEAD"])),
+        (
+            "date".into(),
+            run("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
+        ),
+        (
+            "loadavg".into(),
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        ),
+        (
+            "commit".into(),
+            run(
+                "git",
+                &[
+                    "-C",
+                    &capstan_e2e::locate::repo_dir().display().to_string(),
+                    "rev-parse",
+                    "--short=12",
+                    "HEAD",
+                ],
+            ),
+        ),
     ])
 }
 
@@ -876,7 +905,8 @@ fn print_table(results: &Results) {
             "| {} | {:.0} | {} | {} | {} | {} | {:.2} | {} / {} / {} | {} | {} | {} | {} | {} |",
             row.server,
             row.ready_ms,
-            row.ads_listening_ms.map_or("–".into(), |v| format!("{v:.0}")),
+            row.ads_listening_ms
+                .map_or("–".into(), |v| format!("{v:.0}")),
             kib(row.hwm_ready_kib),
             kib(row.rss_idle_kib),
             row.synced,
@@ -886,8 +916,10 @@ fn print_table(results: &Results) {
             fmt_ms(row.endpoint.max_ms),
             row.endpoint.missing(),
             median.map_or("–".into(), |v| format!("{v:.1}")),
-            row.cpu_ms_per_change.map_or("–".into(), |v| format!("{v:.0}")),
-            row.load_cpu_ms_per_change.map_or("–".into(), |v| format!("{v:.0}")),
+            row.cpu_ms_per_change
+                .map_or("–".into(), |v| format!("{v:.0}")),
+            row.load_cpu_ms_per_change
+                .map_or("–".into(), |v| format!("{v:.0}")),
             kib(row.hwm_end_kib),
         );
     }

@@ -165,13 +165,8 @@ spec:
     );
 }
 
-#[test]
-fn domains_are_never_claimed_twice() {
-    // Two services whose short names collide: `reviews` in two namespaces would both claim
-    // the bare names `reviews`, which Envoy would reject.
-    let yaml = format!(
-        "{REVIEWS}---\n{}",
-        r#"
+/// A second `reviews`, in namespace `other`.
+const OTHER_REVIEWS: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: reviews, namespace: other}
@@ -182,8 +177,13 @@ spec:
   resolution: STATIC
   endpoints:
   - {address: 127.0.0.9}
-"#
-    );
+"#;
+
+#[test]
+fn domains_are_never_claimed_twice() {
+    // Two services whose short names collide: `reviews` in two namespaces would both claim
+    // the bare names `reviews`, which Envoy would reject.
+    let yaml = format!("{REVIEWS}---\n{OTHER_REVIEWS}");
     for namespace in [None, Some("bookinfo"), Some("other")] {
         let (config, _) = config_in(&yaml, namespace);
         let mut all: Vec<&String> = config
@@ -206,21 +206,7 @@ spec:
 
 #[test]
 fn short_names_resolve_in_the_proxys_namespace() {
-    let yaml = format!(
-        "{REVIEWS}---\n{}",
-        r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: reviews, namespace: other}
-spec:
-  hosts: [reviews.other.svc.cluster.local]
-  ports:
-  - {number: 9080, name: http}
-  resolution: STATIC
-  endpoints:
-  - {address: 127.0.0.9}
-"#
-    );
+    let yaml = format!("{REVIEWS}---\n{OTHER_REVIEWS}");
     let owner = |namespace: Option<&str>, domain: &str| {
         let (config, _) = config_in(&yaml, namespace);
         config
