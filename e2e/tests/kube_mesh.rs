@@ -9,9 +9,7 @@
 use std::path::Path;
 
 use anyhow::ensure;
-use capstan_e2e::capstan::Capstan;
 use capstan_e2e::envoy::AdsMode;
-use capstan_e2e::kube::KubeCluster;
 use capstan_e2e::kube_mesh::{
     KubeReviewsMesh, TestPod, all_to_yaml, endpoint_slice_yaml, header_match_yaml,
 };
