@@ -4,13 +4,14 @@
 //! N = 100, 1,000 and 3,000. Run with `cargo bench -p capstan --bench translate` (or
 //! `make bench`).
 //!
-//! - full translation: `Mesh::build` + `translate::build` (every resource encoded);
-//! - one VirtualService changed: what `Reconciler::rebuild` does for it today — the record
-//!   applied to the index, the mesh and every resource rebuilt, and the snapshot replaced
-//!   (the cache diffs it);
-//! - one EndpointSlice changed: what `Reconciler::refresh_endpoints` does — the slice applied,
-//!   the service's endpoints re-read, its load assignments rebuilt, encoded and applied to the
-//!   cache as an incremental update.
+//! - full translation: `Mesh::build` + `translate::build` (every resource encoded), what the
+//!   first sync costs;
+//! - one VirtualService changed: what `Reconciler::reconcile` does for it — the record applied
+//!   to the index, `Mesh::update` re-reading it, `Translator::update` rebuilding what it
+//!   affects, the cache applying the update;
+//! - one EndpointSlice changed: the same for an endpoint change — the slice applied, the
+//!   service's endpoints re-read (`Mesh::refresh_endpoints`), its load assignments rebuilt and
+//!   encoded (`Translator::endpoints`) and applied to the cache.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -21,8 +22,8 @@ use capstan::index::{
     SliceEndpoint, SliceRecord,
 };
 use capstan::model::Mesh;
-use capstan::translate;
-use capstan_xds::{Resource, SnapshotCache, Update};
+use capstan::translate::{self, Translator};
+use capstan_xds::{SnapshotCache, Update};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 const NAMESPACES: usize = 10;
@@ -184,13 +185,14 @@ fn full_translation(c: &mut Criterion) {
 }
 
 fn one_virtual_service_changed(c: &mut Criterion) {
-    let mut group = c.benchmark_group("one VirtualService changed (full rebuild)");
-    group.sample_size(10).warm_up_time(Duration::from_secs(1));
+    let mut group = c.benchmark_group("one VirtualService changed");
+    group.warm_up_time(Duration::from_secs(1));
     for n in SIZES {
         let mut index = index(n);
         let cache = SnapshotCache::new();
-        let (mesh, _) = Mesh::build(&index, DOMAIN);
-        cache.replace(translate::build(&mesh, &options()).0);
+        let (mut mesh, _) = Mesh::build(&index, DOMAIN);
+        let mut translator = Translator::new(options());
+        cache.replace(translator.full(&mesh));
         let mut generation = 1;
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
@@ -198,10 +200,12 @@ fn one_virtual_service_changed(c: &mut Criterion) {
                 let weight = if generation % 2 == 0 { 20 } else { 10 };
                 let changes = index.apply(virtual_service(n / 2, generation, weight));
                 assert!(changes.config());
-                // Reconciler::rebuild: the mesh, every resource, the snapshot diffed.
-                let (mesh, _) = Mesh::build(&index, DOMAIN);
-                let (resources, _) = translate::build(&mesh, &options());
-                black_box(cache.replace(resources))
+                // Reconciler::reconcile for a config change: the model re-reads the changed
+                // objects, translation rebuilds what they affect, the cache applies it.
+                let affected = mesh.update(&index, &changes.objects);
+                let update = translator.update(&mesh, &affected);
+                assert!(!update.is_empty());
+                black_box(cache.apply(update))
             })
         });
     }
@@ -209,30 +213,29 @@ fn one_virtual_service_changed(c: &mut Criterion) {
 }
 
 fn one_endpoint_slice_changed(c: &mut Criterion) {
-    let mut group = c.benchmark_group("one EndpointSlice changed (incremental EDS)");
+    let mut group = c.benchmark_group("one EndpointSlice changed");
     group.warm_up_time(Duration::from_secs(1));
     for n in SIZES {
         let mut index = index(n);
         let cache = SnapshotCache::new();
         let (mut mesh, _) = Mesh::build(&index, DOMAIN);
-        cache.replace(translate::build(&mesh, &options()).0);
+        let mut translator = Translator::new(options());
+        cache.replace(translator.full(&mesh));
         let changed = n / 2;
         let mut port = 8080;
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
                 port = if port == 8080 { 8081 } else { 8080 };
                 let changes = index.apply(slice(changed, port));
-                // Reconciler::refresh_endpoints.
+                // Reconciler::reconcile for an endpoint change.
                 let mut update = Update::new();
                 for id in &changes.endpoints {
-                    let Some(service) = mesh.refresh_endpoints(&index, id) else {
+                    if mesh.refresh_endpoints(&index, id).is_none() {
                         continue;
-                    };
-                    let service = service.clone();
-                    for (name, assignment) in translate::load_assignments_of(&mesh, &service) {
-                        if let Some(resource) = Resource::encode(name, &assignment) {
-                            update.put(resource);
-                        }
+                    }
+                    let host = capstan::model::kube::host(id, DOMAIN);
+                    for resource in translator.endpoints(&mesh, &host) {
+                        update.put(resource);
                     }
                 }
                 assert_eq!(update.len(), 3, "whole, v1 and v2 load assignments");

@@ -91,6 +91,9 @@ struct Cli {
     /// Servers to run.
     #[arg(long, value_delimiter = ',', default_values = ["capstan", "istiod"])]
     only: Vec<String>,
+    /// Extra environment of istiod, `NAME=VALUE` (repeatable), e.g. PILOT_DEBOUNCE_AFTER=10ms.
+    #[arg(long = "istiod-env", value_name = "NAME=VALUE")]
+    istiod_env: Vec<String>,
     /// Where to write the JSON results [default: <target dir>/bench/kube.json].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -193,7 +196,7 @@ async fn main() -> anyhow::Result<()> {
                     );
                     continue;
                 }
-                ServerSpec::istiod(&istiod_bin, &cluster)?
+                ServerSpec::istiod(&istiod_bin, &cluster, &cli.istiod_env)?
             }
             other => bail!("unknown server {other:?} (capstan or istiod)"),
         };
@@ -518,7 +521,7 @@ impl ServerSpec {
         })
     }
 
-    fn istiod(bin: &Path, cluster: &KubeCluster) -> anyhow::Result<Self> {
+    fn istiod(bin: &Path, cluster: &KubeCluster, env: &[String]) -> anyhow::Result<Self> {
         let ads = loopback_port()?;
         let http = loopback_port()?;
         let mut command = Command::new(bin);
@@ -534,7 +537,17 @@ impl ServerSpec {
             .arg(format!("--ctrlz_port={}", loopback_port()?.port()))
             .env("POD_NAMESPACE", "istio-system")
             .env("POD_NAME", "istiod-kube-bench")
-            .env("REVISION", "default");
+            .env("REVISION", "default")
+            // istiod accepts 25 new xDS connections per second by default and turns the rest
+            // away ("request rate limit exceeded"); Envoys would retry with backoff. Lifted so
+            // that the sync measures istiod's pushes, not the limiter.
+            .env("PILOT_MAX_REQUESTS_PER_SECOND", "100000");
+        for pair in env {
+            let (name, value) = pair
+                .split_once('=')
+                .with_context(|| format!("--istiod-env {pair}: expected NAME=VALUE"))?;
+            command.env(name, value);
+        }
         Ok(Self {
             name: "istiod",
             command,
@@ -756,6 +769,7 @@ async fn measure(
     // The changes.
     let mut samples = Vec::new();
     let mut patch_ms = Vec::new();
+    let sync_times = tracker.sync_times();
     let cpu_before = capstan_load::cpu::CpuClock::read(Some(pid));
     for round in 0..rounds {
         *change += 1;
@@ -770,9 +784,12 @@ async fn measure(
         }
         let times = tracker.convergence(generation);
         let arrived = times.iter().flatten().count();
+        // Over the proxies that synced (a proxy the server turned away is not counted).
         let mut round_samples: Vec<Option<Duration>> = times
             .iter()
-            .map(|t| t.map(|t| Tracker::offset(t.saturating_sub(start))))
+            .zip(&sync_times)
+            .filter(|(_, synced)| synced.is_some())
+            .map(|(t, _)| t.map(|t| Tracker::offset(t.saturating_sub(start))))
             .collect();
         let round_stats = Percentiles::of(&round_samples);
         info!(
@@ -868,7 +885,7 @@ fn kib(v: Option<u64>) -> String {
 
 fn print_row(row: &Row) {
     eprintln!(
-        "{}: ready {:.0} ms, peak RSS at ready {} MiB, sync {:.0} ms ({} proxies), endpoint p50/p99/max {}/{}/{} ms, CPU {:?} ms per change",
+        "{}: ready {:.0} ms, peak RSS at ready {} MiB, sync {:.0} ms ({} proxies), endpoint p50/p99/max {}/{}/{} ms, server CPU {:.1} ms per change",
         row.server,
         row.ready_ms,
         kib(row.hwm_ready_kib),
@@ -877,7 +894,7 @@ fn print_row(row: &Row) {
         fmt_ms(row.endpoint.p50_ms),
         fmt_ms(row.endpoint.p99_ms),
         fmt_ms(row.endpoint.max_ms),
-        row.cpu_ms_per_change
+        row.cpu_ms_per_change.unwrap_or(f64::NAN)
     );
 }
 

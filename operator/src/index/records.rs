@@ -45,7 +45,7 @@ pub struct IstioRecord {
     /// capstan's condition as found on the object, and its whole status (kept so a status
     /// write preserves other controllers' conditions).
     pub observed: Option<Observed>,
-    pub status: Option<serde_json::Value>,
+    pub status: Option<Arc<serde_json::Value>>,
 }
 
 impl IstioRecord {

@@ -3,13 +3,13 @@
 
 pub mod hostname;
 pub mod kube;
+pub mod routing;
 pub mod service;
 pub mod unsupported;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use capstan_crds::networking::virtual_service::HttpRoute;
 use capstan_crds::{IstioObject, ObjectKey};
 
 use crate::index::{Index, RecordKey};
@@ -50,7 +50,7 @@ pub struct VirtualService {
     pub origin: ObjectKey,
     pub hosts: Vec<String>,
     pub gateways: Vec<String>,
-    pub http: Vec<HttpRoute>,
+    pub http: Vec<routing::HttpRoute>,
 }
 
 impl VirtualService {
@@ -73,6 +73,8 @@ enum Topic {
     Fields,
     /// The object's claim on a host (another object already has it).
     Host(String),
+    /// VirtualService routes the model could not read in full (`routing`).
+    Routes,
 }
 
 #[derive(Debug, Default)]
@@ -202,13 +204,21 @@ impl Mesh {
             IstioObject::VirtualService(vs) => {
                 let hosts: Vec<String> = vs.spec.hosts.iter().map(|h| resolve(h)).collect();
                 affected.routes.extend(hosts.iter().cloned());
+                let (http, problems) =
+                    routing::http_routes(&vs.spec.http, key, &self.domain_suffix);
+                if !problems.is_empty() {
+                    self.problems
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(Topic::Routes, problems);
+                }
                 self.virtual_services.insert(
                     key.clone(),
                     VirtualService {
                         origin: key.clone(),
                         hosts,
                         gateways: vs.spec.gateways.clone(),
-                        http: vs.spec.http.clone(),
+                        http,
                     },
                 );
             }

@@ -234,10 +234,8 @@ impl Translator {
                 let mut hosts: Vec<String> = vs
                     .http
                     .iter()
-                    .flat_map(|h| &h.route)
-                    .map(|d| {
-                        hostname::resolve(&d.destination.host, vs.namespace(), &mesh.domain_suffix)
-                    })
+                    .flat_map(|h| h.destinations())
+                    .map(|d| d.host.clone())
                     .collect();
                 hosts.sort();
                 hosts.dedup();

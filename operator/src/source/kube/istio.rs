@@ -89,7 +89,7 @@ pub fn record(kind: Kind, object: &DynamicObject) -> Option<Record> {
         object,
         errors,
         observed: status.as_ref().and_then(Observed::from_status),
-        status,
+        status: status.map(std::sync::Arc::new),
     }))
 }
 

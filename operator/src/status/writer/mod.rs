@@ -65,8 +65,9 @@ pub struct StatusItem {
     pub desired: Desired,
     /// What its `Reconciled` condition said when last watched (`None`: there is none).
     pub observed: Option<Observed>,
-    /// Its whole `status` when last watched (other controllers' conditions are kept).
-    pub status: Option<Value>,
+    /// Its whole `status` when last watched (other controllers' conditions are kept);
+    /// shared with the index, not copied per publish.
+    pub status: Option<Arc<Value>>,
 }
 
 /// Why a status patch failed.
@@ -330,7 +331,7 @@ async fn pass<P: Patcher>(
             if !*leader.borrow() || published.has_changed().unwrap_or(false) {
                 return (i, Outcome::Skipped);
             }
-            let body = item.desired.status_patch(item.status.as_ref(), now);
+            let body = item.desired.status_patch(item.status.as_deref(), now);
             let outcome =
                 match timeout(options.request_timeout, patcher.patch(&item.key, body)).await {
                     Ok(Ok(())) => Outcome::Written,

@@ -289,7 +289,7 @@ async fn writes_a_difference_once_with_the_merge_patch_body() {
     let status = json!({"conditions": [{"type": "Other", "status": "True"}]});
     let items = vec![
         StatusItem {
-            status: Some(status.clone()),
+            status: Some(Arc::new(status.clone())),
             ..item("a", invalid(4, "spec.http: bad"), None)
         },
         item("b", accepted(1), Some(shown(&accepted(1)))),

@@ -1,9 +1,6 @@
 //! VirtualService `http` routes as Envoy routes: where a request goes (weighted clusters,
 //! redirect or direct response) and how it is rewritten on the way.
 
-use capstan_crds::networking::common::parse_duration;
-use capstan_crds::networking::http_policy::{HttpDirectResponse, HttpRedirect};
-use capstan_crds::networking::virtual_service::{HttpRoute, HttpRouteDestination};
 use envoy_types::pb::envoy::config::core::v3::DataSource;
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
 use envoy_types::pb::envoy::config::route::v3::redirect_action::{
@@ -20,7 +17,8 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
 
 use super::matching::route_match;
-use crate::model::{Mesh, Problem, VirtualService, hostname};
+use crate::model::routing::{self, Destination, HttpRoute, RedirectPath};
+use crate::model::{Mesh, Problem, VirtualService};
 use crate::translate::cluster_name;
 
 /// Istio disables Envoy's default 15 s route timeout unless a VirtualService sets one.
@@ -49,13 +47,13 @@ pub fn routes(
         };
         for (j, m) in matches.into_iter().enumerate() {
             if let Some(m) = m {
-                if m.port != 0 && m.port != port {
+                if m.port.is_some_and(|p| p != port) {
                     continue;
                 }
                 if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh") {
                     continue;
                 }
-                if !m.source_labels.is_empty() || !m.source_namespace.is_empty() {
+                if m.by_source {
                     problems.push(Problem {
                         object: vs.origin.clone(),
                         field: format!("{field}.match[{j}]"),
@@ -67,7 +65,7 @@ pub fn routes(
                 }
             }
             out.push(Route {
-                name: route_name(http, i, m.map(|m| m.name.as_str())),
+                name: route_name(http, i, m.and_then(|m| m.name.as_deref())),
                 r#match: Some(route_match(m)),
                 action: Some(action.clone()),
                 ..Default::default()
@@ -78,14 +76,13 @@ pub fn routes(
 }
 
 fn route_name(http: &HttpRoute, index: usize, match_name: Option<&str>) -> String {
-    let base = if http.name.is_empty() {
-        format!("http[{index}]")
-    } else {
-        http.name.clone()
+    let base = match &http.name {
+        Some(name) => name.clone(),
+        None => format!("http[{index}]"),
     };
     match match_name {
-        Some(m) if !m.is_empty() => format!("{base}.{m}"),
-        _ => base,
+        Some(m) => format!("{base}.{m}"),
+        None => base,
     }
 }
 
@@ -97,25 +94,28 @@ fn action(
     field: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<Action> {
-    if let Some(redirect) = &http.redirect {
-        return Some(Action::Redirect(redirect_action(redirect)));
-    }
-    if let Some(response) = &http.direct_response {
-        return Some(Action::DirectResponse(direct_response(response)));
-    }
-    if http.delegate.is_some() {
-        problems.push(Problem {
-            object: vs.origin.clone(),
-            field: format!("{field}.delegate"),
-            message: "delegate is only supported for gateways; this route is not served".into(),
-        });
-        return None;
-    }
-    let destinations: Vec<&HttpRouteDestination> = if http.route.len() > 1 {
+    let all = match &http.action {
+        routing::Action::Redirect(redirect) => {
+            return Some(Action::Redirect(redirect_action(redirect)));
+        }
+        routing::Action::DirectResponse(response) => {
+            return Some(Action::DirectResponse(direct_response(response)));
+        }
+        routing::Action::Delegate => {
+            problems.push(Problem {
+                object: vs.origin.clone(),
+                field: format!("{field}.delegate"),
+                message: "delegate is only supported for gateways; this route is not served".into(),
+            });
+            return None;
+        }
+        routing::Action::Forward(destinations) => destinations,
+    };
+    let destinations: Vec<&Destination> = if all.len() > 1 {
         // Istio drops zero-weight destinations from a split.
-        http.route.iter().filter(|d| d.weight > 0).collect()
+        all.iter().filter(|d| d.weight > 0).collect()
     } else {
-        http.route.iter().collect()
+        all.iter().collect()
     };
     let cluster_specifier = match destinations.as_slice() {
         [] => {
@@ -126,15 +126,13 @@ fn action(
             });
             return None;
         }
-        [only] => ClusterSpecifier::Cluster(destination_cluster(mesh, vs, only, port)),
+        [only] => ClusterSpecifier::Cluster(destination_cluster(mesh, only, port)),
         several => ClusterSpecifier::WeightedClusters(WeightedCluster {
             clusters: several
                 .iter()
                 .map(|d| ClusterWeight {
-                    name: destination_cluster(mesh, vs, d, port),
-                    weight: Some(UInt32Value {
-                        value: u32::try_from(d.weight).unwrap_or(0),
-                    }),
+                    name: destination_cluster(mesh, d, port),
+                    weight: Some(UInt32Value { value: d.weight }),
                     ..Default::default()
                 })
                 .collect(),
@@ -146,53 +144,35 @@ fn action(
         timeout: Some(NO_TIMEOUT),
         ..Default::default()
     };
-    if let Some(timeout) = &http.timeout {
-        match parse_duration(timeout) {
-            Some(d) => {
-                action.timeout = Some(Duration {
-                    seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-                    nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-                })
-            }
-            None => problems.push(Problem {
-                object: vs.origin.clone(),
-                field: format!("{field}.timeout"),
-                message: format!("{timeout:?} is not a duration; no timeout applied"),
-            }),
-        }
+    if let Some(d) = http.timeout {
+        action.timeout = Some(Duration {
+            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+        });
     }
-    if let Some(rewrite) = &http.rewrite {
-        if !rewrite.uri.is_empty() {
-            action.prefix_rewrite = rewrite.uri.clone();
-        }
-        if !rewrite.authority.is_empty() {
-            action.host_rewrite_specifier = Some(HostRewriteSpecifier::HostRewriteLiteral(
-                rewrite.authority.clone(),
-            ));
-        }
+    if let Some(uri) = &http.rewrite.uri {
+        action.prefix_rewrite = uri.clone();
+    }
+    if let Some(authority) = &http.rewrite.authority {
+        action.host_rewrite_specifier =
+            Some(HostRewriteSpecifier::HostRewriteLiteral(authority.clone()));
     }
     Some(Action::Route(action))
 }
 
 /// The cluster for a destination. Without a port, the destination service's only port is
 /// used, else the port the request arrived for.
-fn destination_cluster(
-    mesh: &Mesh,
-    vs: &VirtualService,
-    d: &HttpRouteDestination,
-    port: u32,
-) -> String {
-    let host = hostname::resolve(&d.destination.host, vs.namespace(), &mesh.domain_suffix);
-    let port = match (&d.destination.port, mesh.services.get(&host)) {
-        (Some(selected), _) => selected.number,
+fn destination_cluster(mesh: &Mesh, d: &Destination, port: u32) -> String {
+    let port = match (d.port, mesh.services.get(&d.host)) {
+        (Some(selected), _) => selected,
         (None, Some(service)) if service.ports.len() == 1 => service.ports[0].number,
         (None, _) => port,
     };
-    cluster_name(port, &d.destination.subset, &host)
+    cluster_name(port, d.subset.as_deref().unwrap_or(""), &d.host)
 }
 
-fn redirect_action(r: &HttpRedirect) -> RedirectAction {
-    let response_code = match r.redirect_code {
+fn redirect_action(r: &routing::Redirect) -> RedirectAction {
+    let response_code = match r.code {
         302 => RedirectResponseCode::Found,
         303 => RedirectResponseCode::SeeOther,
         307 => RedirectResponseCode::TemporaryRedirect,
@@ -200,35 +180,25 @@ fn redirect_action(r: &HttpRedirect) -> RedirectAction {
         _ => RedirectResponseCode::MovedPermanently,
     };
     RedirectAction {
-        host_redirect: r.authority.clone(),
+        host_redirect: r.authority.clone().unwrap_or_default(),
         port_redirect: r.port.unwrap_or(0),
         response_code: response_code as i32,
-        scheme_rewrite_specifier: (!r.scheme.is_empty())
-            .then(|| SchemeRewriteSpecifier::SchemeRedirect(r.scheme.clone())),
-        path_rewrite_specifier: if !r.uri.is_empty() {
-            Some(PathRewriteSpecifier::PathRedirect(r.uri.clone()))
-        } else if !r.prefix_rewrite.is_empty() {
-            Some(PathRewriteSpecifier::PrefixRewrite(
-                r.prefix_rewrite.clone(),
-            ))
-        } else {
-            None
-        },
+        scheme_rewrite_specifier: r.scheme.clone().map(SchemeRewriteSpecifier::SchemeRedirect),
+        path_rewrite_specifier: r.path.as_ref().map(|path| match path {
+            RedirectPath::Replace(p) => PathRewriteSpecifier::PathRedirect(p.clone()),
+            RedirectPath::Prefix(p) => PathRewriteSpecifier::PrefixRewrite(p.clone()),
+        }),
         ..Default::default()
     }
 }
 
-fn direct_response(r: &HttpDirectResponse) -> DirectResponseAction {
+fn direct_response(r: &routing::DirectResponse) -> DirectResponseAction {
     DirectResponseAction {
         status: r.status,
-        body: r
-            .body
-            .as_ref()
-            .and_then(|b| b.string.clone())
-            .map(|s| DataSource {
-                specifier: Some(Specifier::InlineString(s)),
-                ..Default::default()
-            }),
+        body: r.body.clone().map(|s| DataSource {
+            specifier: Some(Specifier::InlineString(s)),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

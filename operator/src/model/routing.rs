@@ -1,0 +1,261 @@
+//! VirtualService HTTP routes in capstan's own types: what translation needs of a route,
+//! read once from the API structs when the model reads the object, with destination hosts
+//! resolved and the timeout parsed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use capstan_crds::ObjectKey;
+use capstan_crds::networking::common::{self as api_common, StringMatchKind, parse_duration};
+use capstan_crds::networking::http_policy as api_policy;
+use capstan_crds::networking::virtual_service as api;
+
+use super::{Problem, hostname};
+
+/// One entry of a VirtualService's `http` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRoute {
+    /// Names the Envoy route; `None` gives it a name from its position.
+    pub name: Option<String>,
+    /// OR-ed; none matches every request.
+    pub matches: Vec<HttpMatch>,
+    pub action: Action,
+    /// Applied to forwarded requests only.
+    pub rewrite: Rewrite,
+    /// `None`: no timeout, as Istio does unless a route sets one.
+    pub timeout: Option<Duration>,
+}
+
+impl HttpRoute {
+    /// Where the route forwards to; none unless it forwards.
+    pub fn destinations(&self) -> &[Destination] {
+        match &self.action {
+            Action::Forward(destinations) => destinations,
+            _ => &[],
+        }
+    }
+}
+
+/// A match condition; every field set must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpMatch {
+    /// Appended to the route's name.
+    pub name: Option<String>,
+    pub uri: Option<StringMatch>,
+    pub ignore_uri_case: bool,
+    pub scheme: Option<StringMatch>,
+    pub method: Option<StringMatch>,
+    pub authority: Option<StringMatch>,
+    /// By name as written; header names are case-insensitive, so translation folds them.
+    pub headers: BTreeMap<String, ValueMatch>,
+    pub without_headers: BTreeMap<String, ValueMatch>,
+    pub query_params: BTreeMap<String, ValueMatch>,
+    /// The service port the request arrived for; `None`: any.
+    pub port: Option<u32>,
+    /// Overrides the VirtualService's gateways for this match; empty: no override.
+    pub gateways: Vec<String>,
+    /// The match selects by the calling workload (`sourceLabels`, `sourceNamespace`), which
+    /// translation cannot honour yet and reports.
+    pub by_source: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    /// RE2 syntax; the whole value must match.
+    Regex(String),
+}
+
+/// A header or query parameter condition. Istio gives the empty match `{}` its own meaning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueMatch {
+    /// The header or parameter is there, whatever its value.
+    Present,
+    Value(StringMatch),
+}
+
+/// What a route does with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send it to these destinations, split by weight.
+    Forward(Vec<Destination>),
+    Redirect(Redirect),
+    DirectResponse(DirectResponse),
+    /// Hand the decision to another VirtualService; only gateways do that.
+    Delegate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// Fully qualified.
+    pub host: String,
+    pub subset: Option<String>,
+    /// `None`: the service's only port, else the port the request arrived for.
+    pub port: Option<u32>,
+    /// As written (negative counts as 0); a split drops zero weights.
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub authority: Option<String>,
+    pub port: Option<u32>,
+    pub path: Option<RedirectPath>,
+    /// As written; 0 is the default (301).
+    pub code: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedirectPath {
+    /// The whole path.
+    Replace(String),
+    /// The part the route's URI prefix matched.
+    Prefix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectResponse {
+    pub status: u32,
+    /// Only a `string` body; a `bytes` body is not served.
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    /// Replaces the matched path prefix.
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+}
+
+/// The routes of a VirtualService `key`, and what in them cannot be honoured. Destination
+/// hosts resolve in the VirtualService's namespace.
+pub fn http_routes(
+    routes: &[api::HttpRoute],
+    key: &ObjectKey,
+    domain_suffix: &str,
+) -> (Vec<HttpRoute>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let routes = routes
+        .iter()
+        .enumerate()
+        .map(|(i, route)| {
+            let timeout = route.timeout.as_ref().and_then(|text| {
+                let parsed = parse_duration(text);
+                if parsed.is_none() {
+                    // Validation rejects this, so only an unvalidated object gets here.
+                    problems.push(Problem {
+                        object: key.clone(),
+                        field: format!("spec.http[{i}].timeout"),
+                        message: format!("{text:?} is not a duration; no timeout applied"),
+                    });
+                }
+                parsed
+            });
+            HttpRoute {
+                name: non_empty(&route.name),
+                matches: route.matches.iter().map(http_match).collect(),
+                action: action(route, &key.namespace, domain_suffix),
+                rewrite: route.rewrite.as_ref().map(rewrite).unwrap_or_default(),
+                timeout,
+            }
+        })
+        .collect();
+    (routes, problems)
+}
+
+fn http_match(m: &api::HttpMatchRequest) -> HttpMatch {
+    // Validation rejects `{}` (and more than one criterion) outside the maps; were one to
+    // get through, it constrains nothing.
+    let single = |m: &Option<api_common::StringMatch>| m.as_ref().and_then(string_match);
+    // Anything but a single criterion is "present" in a map, as `{}` means there.
+    let map = |m: &BTreeMap<String, api_common::StringMatch>| {
+        m.iter()
+            .map(|(name, value)| {
+                let value = string_match(value).map_or(ValueMatch::Present, ValueMatch::Value);
+                (name.clone(), value)
+            })
+            .collect()
+    };
+    HttpMatch {
+        name: non_empty(&m.name),
+        uri: single(&m.uri),
+        ignore_uri_case: m.ignore_uri_case,
+        scheme: single(&m.scheme),
+        method: single(&m.method),
+        authority: single(&m.authority),
+        headers: map(&m.headers),
+        without_headers: map(&m.without_headers),
+        query_params: map(&m.query_params),
+        port: (m.port != 0).then_some(m.port),
+        gateways: m.gateways.clone(),
+        by_source: !m.source_labels.is_empty() || !m.source_namespace.is_empty(),
+    }
+}
+
+fn string_match(m: &api_common::StringMatch) -> Option<StringMatch> {
+    Some(match m.kind()? {
+        StringMatchKind::Exact(v) => StringMatch::Exact(v.to_string()),
+        StringMatchKind::Prefix(v) => StringMatch::Prefix(v.to_string()),
+        StringMatchKind::Regex(v) => StringMatch::Regex(v.to_string()),
+    })
+}
+
+/// Validation allows one action; should several be set, this order decides, as it always
+/// has.
+fn action(route: &api::HttpRoute, namespace: &str, domain_suffix: &str) -> Action {
+    if let Some(r) = &route.redirect {
+        return Action::Redirect(redirect(r));
+    }
+    if let Some(r) = &route.direct_response {
+        return Action::DirectResponse(DirectResponse {
+            status: r.status,
+            body: r.body.as_ref().and_then(|b| b.string.clone()),
+        });
+    }
+    if route.delegate.is_some() {
+        return Action::Delegate;
+    }
+    let destinations = route
+        .route
+        .iter()
+        .map(|d| Destination {
+            host: hostname::resolve(&d.destination.host, namespace, domain_suffix),
+            subset: non_empty(&d.destination.subset),
+            port: d.destination.port.as_ref().map(|p| p.number),
+            weight: u32::try_from(d.weight).unwrap_or(0),
+        })
+        .collect();
+    Action::Forward(destinations)
+}
+
+fn redirect(r: &api_policy::HttpRedirect) -> Redirect {
+    let path = if !r.uri.is_empty() {
+        Some(RedirectPath::Replace(r.uri.clone()))
+    } else {
+        non_empty(&r.prefix_rewrite).map(RedirectPath::Prefix)
+    };
+    Redirect {
+        scheme: non_empty(&r.scheme),
+        authority: non_empty(&r.authority),
+        port: r.port,
+        path,
+        code: r.redirect_code,
+    }
+}
+
+fn rewrite(r: &api_policy::HttpRewrite) -> Rewrite {
+    Rewrite {
+        uri: non_empty(&r.uri),
+        authority: non_empty(&r.authority),
+    }
+}
+
+/// The API leaves a string field empty for "not set".
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+#[cfg(test)]
+mod tests;
