@@ -6,6 +6,8 @@
 #               (~10 min cold, then cached; needs Go)
 #   make bench  build the go-control-plane peer, run the criterion benches and the ADS load matrix
 #   make bench-quick  the ADS load matrix at smoke-test size (100 proxies, 100 services)
+#   make bench-kube  Kubernetes mode vs istiod on a real kube-apiserver (1,000 services and proxies;
+#               builds istiod's pilot-discovery from Go modules, ~5 min cold)
 #   make crds   regenerate the CRD manifests in crds/generated (a test fails when they are stale)
 #
 # Respects CARGO_TARGET_DIR (cargo reads it) and CAPSTAN_TOOLS_DIR (default: ./.tools).
@@ -27,7 +29,7 @@ step = @echo "==> $(1)"
 # Steps of `test` and `run` must run in order, even under `make -j`.
 .NOTPARALLEL:
 
-.PHONY: all tools kube-tools build run test fmt fmt-check clippy clean-tools help bench bench-quick peer crds
+.PHONY: all tools kube-tools build run test fmt fmt-check clippy clean-tools help bench bench-quick bench-kube peer crds
 
 all: build
 
@@ -80,12 +82,23 @@ peer:
 bench: peer
 	$(call step,bench: cargo bench -p capstan-xds --bench snapshot (criterion))
 	@$(CARGO) bench -p capstan-xds --bench snapshot
+	$(call step,bench: cargo bench -p capstan --bench translate (criterion))
+	@$(CARGO) bench -p capstan --bench translate
 	$(call step,bench: capstan-bench (ADS load: capstan vs go-control-plane))
 	@CAPSTAN_GCP_PEER="$(GCP_PEER_VALUE)" $(CARGO) run --quiet --release -p capstan-load --bin capstan-bench
 
 bench-quick: peer
 	$(call step,bench-quick: capstan-bench --quick)
 	@CAPSTAN_GCP_PEER="$(GCP_PEER_VALUE)" $(CARGO) run --quiet --release -p capstan-load --bin capstan-bench -- --quick
+
+# istiod's pilot-discovery, the peer of the Kubernetes-mode benchmark (~5 min cold, then cached).
+ISTIOD_VALUE = $${CAPSTAN_ISTIOD:-$(CAPSTAN_TOOLS_DIR)/istiod/pilot-discovery}
+bench-kube: kube-tools
+	$(call step,bench-kube: istiod (pilot-discovery) into $(CAPSTAN_TOOLS_DIR)/istiod)
+	@scripts/build-istiod.sh >/dev/null || echo "istiod not built: capstan-kube-bench will skip the istiod row"
+	$(call step,bench-kube: capstan-kube-bench (capstan vs istiod on a real kube-apiserver))
+	@$(CARGO) build --quiet --release -p capstan -p capstan-e2e --bin capstan --bin capstan-kube-bench
+	@CAPSTAN_KUBE_BIN_DIR="$(KUBE_BIN_DIR_VALUE)" CAPSTAN_ISTIOD="$(ISTIOD_VALUE)" $(CARGO) run --quiet --release -p capstan-e2e --bin capstan-kube-bench
 
 clean-tools:
 	$(call step,clean-tools: removing $(CAPSTAN_TOOLS_DIR))

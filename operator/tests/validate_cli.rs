@@ -92,7 +92,10 @@ fn valid_files_exit_zero() {
     );
     // Valid, but not applied by capstan yet: said on standard error, kind by kind.
     let warnings = String::from_utf8_lossy(&output.stderr);
-    let lines: Vec<&str> = warnings.lines().filter(|l| l.starts_with("warning: ")).collect();
+    let lines: Vec<&str> = warnings
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
     assert_eq!(lines.len(), 2, "{warnings}");
     assert!(lines[0].contains("Gateway") && lines[0].contains("does not apply it"));
     assert!(lines[1].contains("PeerAuthentication"));

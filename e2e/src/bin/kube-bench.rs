@@ -124,6 +124,9 @@ struct Row {
     cpu_ms_per_change: Option<f64>,
     /// Load generator CPU per change.
     load_cpu_ms_per_change: Option<f64>,
+    /// What each proxy received per change (responses and their bytes).
+    bytes_per_proxy_per_change: f64,
+    responses_per_proxy_per_change: f64,
     errors: Vec<String>,
 }
 
@@ -770,6 +773,7 @@ async fn measure(
     let mut samples = Vec::new();
     let mut patch_ms = Vec::new();
     let sync_times = tracker.sync_times();
+    let (bytes_before, responses_before) = tracker.traffic();
     let cpu_before = capstan_load::cpu::CpuClock::read(Some(pid));
     for round in 0..rounds {
         *change += 1;
@@ -807,6 +811,8 @@ async fn measure(
     }
     let cpu_after = capstan_load::cpu::CpuClock::read(Some(pid));
     let (cpu, load_cpu) = cpu_after.ms_per_change_since(&cpu_before, rounds);
+    let (bytes_after, responses_after) = tracker.traffic();
+    let per_change = (rounds.max(1) * synced.max(1)) as f64;
     let row = Row {
         server: spec.name.to_string(),
         ready_ms: ms(ready),
@@ -821,6 +827,8 @@ async fn measure(
         patch_ms,
         cpu_ms_per_change: cpu,
         load_cpu_ms_per_change: load_cpu,
+        bytes_per_proxy_per_change: (bytes_after - bytes_before) as f64 / per_change,
+        responses_per_proxy_per_change: (responses_after - responses_before) as f64 / per_change,
         errors: tracker.errors(),
     };
     tasks.shutdown().await;
@@ -911,15 +919,15 @@ fn print_table(results: &Results) {
     );
     println!();
     println!(
-        "| server | start → ready ms | start → ADS listening ms | peak RSS at ready MiB | RSS idle MiB | proxies synced | sync s | endpoint change p50/p99/max ms | missed | PATCH ms (median) | server CPU ms per change | load generator CPU ms per change | peak RSS at end MiB |"
+        "| server | start → ready ms | start → ADS listening ms | peak RSS at ready MiB | RSS idle MiB | proxies synced | sync s | endpoint change p50/p99/max ms | missed | PATCH ms (median) | server CPU ms per change | load generator CPU ms per change | received per proxy per change | peak RSS at end MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in &results.rows {
         let mut patch = row.patch_ms.clone();
         patch.sort_by(f64::total_cmp);
         let median = patch.get(patch.len() / 2).copied();
         println!(
-            "| {} | {:.0} | {} | {} | {} | {} | {:.2} | {} / {} / {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {:.2} | {} / {} / {} | {} | {} | {} | {} | {:.1} responses, {} | {} |",
             row.server,
             row.ready_ms,
             row.ads_listening_ms
