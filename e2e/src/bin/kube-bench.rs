@@ -945,6 +945,8 @@ fn print_table(results: &Results) {
                 .map_or("–".into(), |v| format!("{v:.0}")),
             row.load_cpu_ms_per_change
                 .map_or("–".into(), |v| format!("{v:.0}")),
+            row.responses_per_proxy_per_change,
+            capstan_load::stats::fmt_bytes(row.bytes_per_proxy_per_change),
             kib(row.hwm_end_kib),
         );
     }
