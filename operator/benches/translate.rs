@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use capstan::index::{
@@ -83,7 +84,7 @@ fn slice(i: usize, port: u32) -> Record {
     Record::Slice(SliceRecord {
         id: NsName::new(namespace(i), format!("svc-{i}-abcde")),
         service: service_name(i),
-        ports: BTreeMap::from([("http".to_string(), port)]),
+        ports: Arc::new(BTreeMap::from([("http".to_string(), port)])),
         endpoints,
     })
 }
@@ -92,10 +93,10 @@ fn pod(i: usize, j: usize) -> Record {
     let version = if j < ENDPOINTS / 2 { "v1" } else { "v2" };
     Record::Pod(PodRecord {
         id: NsName::new(namespace(i), pod_name(i, j)),
-        labels: BTreeMap::from([
+        labels: Arc::new(BTreeMap::from([
             ("app".to_string(), service_name(i)),
             ("version".to_string(), version.to_string()),
-        ]),
+        ])),
         service_account: service_name(i),
         node: None,
     })

@@ -107,8 +107,8 @@ pub struct SliceRecord {
     pub id: NsName,
     /// The Service (same namespace) from the `kubernetes.io/service-name` label.
     pub service: String,
-    /// Port name → port number on the endpoints.
-    pub ports: BTreeMap<String, u32>,
+    /// Port name → port number on the endpoints (shared by every endpoint built from it).
+    pub ports: Arc<BTreeMap<String, u32>>,
     pub endpoints: Vec<SliceEndpoint>,
 }
 
@@ -126,7 +126,8 @@ pub struct SliceEndpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodRecord {
     pub id: NsName,
-    pub labels: BTreeMap<String, String>,
+    /// Shared with the endpoints that carry them (a mesh rebuild copies no label map).
+    pub labels: Arc<BTreeMap<String, String>>,
     pub service_account: String,
     pub node: Option<String>,
 }

@@ -9,7 +9,7 @@ fn slice(name: &str, service: &str, pods: &[(&str, &str)]) -> Record {
     Record::Slice(SliceRecord {
         id: NsName::new("shop", name),
         service: service.into(),
-        ports: BTreeMap::from([("http".to_string(), 8080)]),
+        ports: std::sync::Arc::new(BTreeMap::from([("http".to_string(), 8080)])),
         endpoints: pods
             .iter()
             .map(|(pod, address)| SliceEndpoint {
@@ -26,7 +26,10 @@ fn slice(name: &str, service: &str, pods: &[(&str, &str)]) -> Record {
 fn pod(name: &str, version: &str) -> Record {
     Record::Pod(PodRecord {
         id: NsName::new("shop", name),
-        labels: BTreeMap::from([("version".to_string(), version.to_string())]),
+        labels: std::sync::Arc::new(BTreeMap::from([(
+            "version".to_string(),
+            version.to_string(),
+        )])),
         service_account: "cart".into(),
         node: Some("node-a".into()),
     })

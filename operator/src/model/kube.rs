@@ -118,6 +118,7 @@ fn endpoint_of(
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::sync::Arc;
 
     use super::*;
     use crate::index::{KubeServicePort, NodeRecord, PodRecord, Record, SliceEndpoint};
@@ -157,13 +158,13 @@ mod tests {
             index.apply(Record::Slice(SliceRecord {
                 id: NsName::new("shop", name),
                 service: "cart".into(),
-                ports: BTreeMap::from([("http".to_string(), 8080)]),
+                ports: Arc::new(BTreeMap::from([("http".to_string(), 8080)])),
                 endpoints,
             }));
         }
         index.apply(Record::Pod(PodRecord {
             id: NsName::new("shop", "cart-a"),
-            labels: BTreeMap::from([("version".to_string(), "v1".to_string())]),
+            labels: Arc::new(BTreeMap::from([("version".to_string(), "v1".to_string())])),
             service_account: "cart".into(),
             node: Some("node-a".into()),
         }));

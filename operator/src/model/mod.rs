@@ -84,6 +84,10 @@ pub struct Mesh {
     pub destination_rules: BTreeMap<String, DestinationRule>,
     /// By kind, namespace and name: for a host claimed by several, the first wins.
     pub virtual_services: BTreeMap<ObjectKey, VirtualService>,
+    /// Exact host → the VirtualServices naming it; and those with a wildcard host. Finding
+    /// a host's VirtualService is then a lookup, not a scan of every VirtualService.
+    virtual_services_by_host: HashMap<String, BTreeSet<ObjectKey>>,
+    wildcard_virtual_services: BTreeSet<ObjectKey>,
     /// The hosts each ServiceEntry and DestinationRule claimed when last read, so a new
     /// version (or a deletion) finds what it no longer claims.
     claims: HashMap<ObjectKey, Vec<String>>,
@@ -170,6 +174,16 @@ impl Mesh {
             affected.virtual_services.insert(key.clone());
         }
         if let Some(old) = self.virtual_services.remove(key) {
+            for host in &old.hosts {
+                if is_wildcard(host) {
+                    self.wildcard_virtual_services.remove(key);
+                } else if let Some(set) = self.virtual_services_by_host.get_mut(host) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        self.virtual_services_by_host.remove(host);
+                    }
+                }
+            }
             affected.routes.extend(old.hosts);
         }
         self.problems.remove(key);
@@ -211,6 +225,13 @@ impl Mesh {
                         .entry(key.clone())
                         .or_default()
                         .insert(Topic::Routes, problems);
+                }
+                for host in &hosts {
+                    if is_wildcard(host) {
+                        self.wildcard_virtual_services.insert(key.clone());
+                    } else {
+                        claim(&mut self.virtual_services_by_host, host, key);
+                    }
                 }
                 self.virtual_services.insert(
                     key.clone(),
@@ -381,15 +402,46 @@ impl Mesh {
     /// The VirtualService routing `host`: the first (by namespace/name) naming it exactly,
     /// else the first whose wildcard host covers it.
     pub fn virtual_service_for(&self, host: &str) -> Option<&VirtualService> {
-        let sidecar = || {
+        let sidecar = |key: &ObjectKey| {
             self.virtual_services
-                .values()
+                .get(key)
                 .filter(|vs| vs.applies_to_sidecars())
         };
-        sidecar()
-            .find(|vs| vs.hosts.iter().any(|h| h == host))
-            .or_else(|| sidecar().find(|vs| vs.hosts.iter().any(|h| hostname::matches(h, host))))
+        let exact = self
+            .virtual_services_by_host
+            .get(host)
+            .into_iter()
+            .flatten()
+            .find_map(sidecar);
+        exact.or_else(|| {
+            self.wildcard_virtual_services
+                .iter()
+                .filter_map(sidecar)
+                .find(|vs| vs.hosts.iter().any(|h| hostname::matches(h, host)))
+        })
     }
+
+    /// Every VirtualService (bound to sidecars or not) with a host covering `host`.
+    pub fn virtual_services_covering<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> impl Iterator<Item = &'a ObjectKey> + 'a {
+        let exact = self
+            .virtual_services_by_host
+            .get(host)
+            .into_iter()
+            .flatten();
+        let wildcard = self.wildcard_virtual_services.iter().filter(move |key| {
+            self.virtual_services
+                .get(*key)
+                .is_some_and(|vs| vs.hosts.iter().any(|h| hostname::matches(h, host)))
+        });
+        exact.chain(wildcard)
+    }
+}
+
+fn is_wildcard(host: &str) -> bool {
+    host.starts_with('*')
 }
 
 fn claim(claimants: &mut HashMap<String, BTreeSet<ObjectKey>>, host: &str, key: &ObjectKey) {
@@ -407,3 +459,6 @@ pub fn everything(index: &Index) -> Vec<RecordKey> {
         .chain(index.services().map(|s| RecordKey::Service(s.id.clone())))
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

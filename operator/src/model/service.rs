@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use capstan_crds::networking::service_entry::{self as se, Resolution as SeResolution};
 use capstan_crds::{ObjectKey, Protocol, ProtocolClass};
@@ -64,8 +65,8 @@ impl Port {
 pub struct Endpoint {
     pub address: String,
     /// Port name → the endpoint's own port for it.
-    pub ports: BTreeMap<String, u32>,
-    pub labels: BTreeMap<String, String>,
+    pub ports: Arc<BTreeMap<String, u32>>,
+    pub labels: Arc<BTreeMap<String, String>>,
     /// `region/zone/subzone`.
     pub locality: String,
     /// 0: the default weight.
@@ -134,8 +135,8 @@ impl Service {
                 .iter()
                 .map(|e| Endpoint {
                     address: e.address.clone(),
-                    ports: e.ports.clone(),
-                    labels: e.labels.clone(),
+                    ports: Arc::new(e.ports.clone()),
+                    labels: Arc::new(e.labels.clone()),
                     locality: e.locality.clone(),
                     weight: e.weight,
                     service_account: e.service_account.clone(),

@@ -85,8 +85,8 @@ impl Translator {
             routes: BTreeSet::new(),
             virtual_services: mesh.virtual_services.keys().cloned().collect(),
         };
-        // Everything is new: the update's puts are the snapshot.
-        let update = self.update(mesh, &everything);
+        // Everything is new: what is kept afterwards is the snapshot.
+        self.rebuild(mesh, &everything, &mut Update::new());
         let mut out = SnapshotBuilder::new();
         for resource in self.by_host.values().flat_map(|h| h.clusters.iter()) {
             out.add(resource.clone());
@@ -99,21 +99,39 @@ impl Translator {
                 out.add(resource);
             }
         }
-        for (namespace, resource) in self.routes(mesh) {
+        let (variants, _) = self.assemble_routes(mesh);
+        for (namespace, resource) in variants {
             match namespace {
                 Some(ns) => out.add_for(Selector::namespace(&ns), resource),
                 None => out.add(resource),
             };
         }
-        drop(update);
         out
     }
 
     /// Rebuilds what `affected` names; returns the resources to put and remove.
     pub fn update(&mut self, mesh: &Mesh, affected: &Affected) -> Update {
         let mut update = Update::new();
+        if self.rebuild(mesh, affected, &mut update) {
+            let (variants, gone) = self.assemble_routes(mesh);
+            for (namespace, resource) in variants {
+                match namespace {
+                    Some(ns) => update.put_for(Selector::namespace(&ns), resource),
+                    None => update.put(resource),
+                };
+            }
+            for ns in gone {
+                update.remove_for(Selector::namespace(&ns), type_url::ROUTE, OUTBOUND_HTTP);
+            }
+        }
+        update
+    }
+
+    /// Rebuilds the clusters and load assignments `affected` names into `update`, and the
+    /// virtual hosts that depend on it; returns whether any virtual host was rebuilt.
+    fn rebuild(&mut self, mesh: &Mesh, affected: &Affected, update: &mut Update) -> bool {
         for host in &affected.hosts {
-            self.rebuild_host(mesh, host, &mut update);
+            self.rebuild_host(mesh, host, update);
         }
         // The virtual hosts to rebuild: the changed hosts', those whose routes read a changed
         // host's ports, and those a changed VirtualService covered or covers.
@@ -149,19 +167,7 @@ impl Translator {
             self.rebuild_virtual_hosts(mesh, host);
         }
         self.refresh_unbound(mesh, affected);
-        if !hosts.is_empty() {
-            let (variants, gone) = self.assemble_routes(mesh);
-            for (namespace, resource) in variants {
-                match namespace {
-                    Some(ns) => update.put_for(Selector::namespace(&ns), resource),
-                    None => update.put(resource),
-                };
-            }
-            for ns in gone {
-                update.remove_for(Selector::namespace(&ns), type_url::ROUTE, OUTBOUND_HTTP);
-            }
-        }
-        update
+        !hosts.is_empty()
     }
 
     /// The load assignments of `host` again (its endpoints changed), kept and returned.
@@ -353,14 +359,8 @@ impl Translator {
     /// that came or went.
     fn refresh_unbound(&mut self, mesh: &Mesh, affected: &Affected) {
         let mut keys: BTreeSet<&ObjectKey> = affected.virtual_services.iter().collect();
-        if !affected.hosts.is_empty() {
-            keys.extend(mesh.virtual_services.values().filter_map(|vs| {
-                let covers = vs
-                    .hosts
-                    .iter()
-                    .any(|pattern| affected.hosts.iter().any(|h| hostname::matches(pattern, h)));
-                covers.then_some(&vs.origin)
-            }));
+        for host in &affected.hosts {
+            keys.extend(mesh.virtual_services_covering(host));
         }
         for key in keys {
             self.unbound.remove(key);

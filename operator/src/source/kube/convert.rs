@@ -97,7 +97,7 @@ pub fn slice(slice: &EndpointSlice) -> Option<Record> {
                 .eq_ignore_ascii_case("TCP")
         })
         .filter_map(|p| Some((p.name.clone().unwrap_or_default(), port_number(p.port?)?)))
-        .collect();
+        .collect::<BTreeMap<_, _>>();
     let endpoints = slice
         .endpoints
         .iter()
@@ -134,7 +134,7 @@ pub fn slice(slice: &EndpointSlice) -> Option<Record> {
     Some(Record::Slice(SliceRecord {
         id: id(slice),
         service,
-        ports,
+        ports: std::sync::Arc::new(ports),
         endpoints,
     }))
 }
@@ -147,7 +147,7 @@ pub fn pod(pod: &Pod) -> Option<Record> {
     let spec = pod.spec.as_ref();
     Some(Record::Pod(PodRecord {
         id: id(pod),
-        labels: pod.labels().clone(),
+        labels: std::sync::Arc::new(pod.labels().clone()),
         service_account: spec
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_else(|| "default".into()),

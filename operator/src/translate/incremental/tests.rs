@@ -53,7 +53,7 @@ fn slice(service: &str, addresses: &[&str]) -> Event {
     Event::Apply(Record::Slice(SliceRecord {
         id: NsName::new("bookinfo", format!("{service}-1")),
         service: service.into(),
-        ports: BTreeMap::from([("http".to_string(), 8080)]),
+        ports: std::sync::Arc::new(BTreeMap::from([("http".to_string(), 8080)])),
         endpoints: addresses
             .iter()
             .map(|a| SliceEndpoint {

@@ -1,0 +1,100 @@
+use capstan_crds::{Kind, parse_single};
+
+use super::*;
+use crate::index::{Event, IstioRecord, Record};
+
+fn vs(namespace: &str, name: &str, hosts: &str, gateways: &str) -> Event {
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  hosts: {hosts}
+  gateways: {gateways}
+  http: [{{route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local}}}}]}}]
+"
+    );
+    let document = parse_single("t.yaml", &yaml).expect("valid yaml");
+    Event::Apply(Record::Istio(IstioRecord::valid(document.object)))
+}
+
+fn key(namespace: &str, name: &str) -> ObjectKey {
+    ObjectKey {
+        kind: Kind::VirtualService,
+        namespace: namespace.into(),
+        name: name.into(),
+    }
+}
+
+const REVIEWS: &str = "reviews.bookinfo.svc.cluster.local";
+
+#[test]
+fn a_hosts_virtual_service_is_the_first_exact_one_else_the_first_wildcard() {
+    let mut index = Index::new();
+    let mut mesh = Mesh::new("cluster.local");
+    let mut apply = |index: &mut Index, mesh: &mut Mesh, event| {
+        let changes = index.handle(event);
+        mesh.update(index, &changes.objects);
+    };
+    let chosen = |mesh: &Mesh| {
+        mesh.virtual_service_for(REVIEWS)
+            .map(|vs| vs.origin.clone())
+    };
+
+    apply(
+        &mut index,
+        &mut mesh,
+        vs("web", "wild", "['*.svc.cluster.local']", "[]"),
+    );
+    assert_eq!(chosen(&mesh), Some(key("web", "wild")));
+    // An exact host wins over any wildcard, whatever the names.
+    apply(
+        &mut index,
+        &mut mesh,
+        vs("zz", "exact", &format!("[{REVIEWS}]"), "[]"),
+    );
+    assert_eq!(chosen(&mesh), Some(key("zz", "exact")));
+    // Among exact ones, the first by namespace and name.
+    apply(
+        &mut index,
+        &mut mesh,
+        vs("bookinfo", "reviews", "[reviews]", "[]"),
+    );
+    assert_eq!(chosen(&mesh), Some(key("bookinfo", "reviews")));
+    // One bound to a gateway only does not route sidecars.
+    apply(
+        &mut index,
+        &mut mesh,
+        vs("aa", "edge", &format!("[{REVIEWS}]"), "[ingress]"),
+    );
+    assert_eq!(chosen(&mesh), Some(key("bookinfo", "reviews")));
+    let covering: Vec<ObjectKey> = mesh.virtual_services_covering(REVIEWS).cloned().collect();
+    assert_eq!(
+        covering,
+        vec![
+            key("aa", "edge"),
+            key("bookinfo", "reviews"),
+            key("zz", "exact"),
+            key("web", "wild")
+        ]
+    );
+    // Deleted, or moved to another host: the next one takes over.
+    apply(
+        &mut index,
+        &mut mesh,
+        Event::Delete(RecordKey::Istio(key("bookinfo", "reviews"))),
+    );
+    assert_eq!(chosen(&mesh), Some(key("zz", "exact")));
+    apply(
+        &mut index,
+        &mut mesh,
+        vs("zz", "exact", "[other.example.com]", "[]"),
+    );
+    assert_eq!(chosen(&mesh), Some(key("web", "wild")));
+    apply(
+        &mut index,
+        &mut mesh,
+        vs("web", "wild", "['*.example.com']", "[]"),
+    );
+    assert_eq!(chosen(&mesh), None);
+}
