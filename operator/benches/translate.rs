@@ -74,7 +74,7 @@ fn address(i: usize, j: usize) -> String {
 fn slice(i: usize, port: u32) -> Record {
     let endpoints = (0..ENDPOINTS)
         .map(|j| SliceEndpoint {
-            address: address(i, j),
+            address: address(i, j).into(),
             health: Health::Ready,
             pod: Some(pod_name(i, j)),
             node: None,
@@ -97,7 +97,7 @@ fn pod(i: usize, j: usize) -> Record {
             ("app".to_string(), service_name(i)),
             ("version".to_string(), version.to_string()),
         ])),
-        service_account: service_name(i),
+        service_account: service_name(i).into(),
         node: None,
     })
 }

@@ -114,7 +114,7 @@ pub struct SliceRecord {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SliceEndpoint {
-    pub address: String,
+    pub address: Arc<str>,
     pub health: Health,
     /// The Pod behind the endpoint (`targetRef`), same namespace.
     pub pod: Option<String>,
@@ -128,7 +128,7 @@ pub struct PodRecord {
     pub id: NsName,
     /// Shared with the endpoints that carry them (a mesh rebuild copies no label map).
     pub labels: Arc<BTreeMap<String, String>>,
-    pub service_account: String,
+    pub service_account: Arc<str>,
     pub node: Option<String>,
 }
 

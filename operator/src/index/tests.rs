@@ -13,7 +13,7 @@ fn slice(name: &str, service: &str, pods: &[(&str, &str)]) -> Record {
         endpoints: pods
             .iter()
             .map(|(pod, address)| SliceEndpoint {
-                address: address.to_string(),
+                address: (*address).into(),
                 health: Health::Ready,
                 pod: Some(pod.to_string()),
                 node: Some("node-a".into()),

@@ -34,12 +34,12 @@ pub fn service(index: &Index, service: &KubeService, domain_suffix: &str) -> Ser
         Some(name) => (
             Resolution::Dns,
             vec![Endpoint {
-                address: name.clone(),
+                address: name.as_str().into(),
                 ports: Default::default(),
                 labels: Default::default(),
                 locality: String::new(),
                 weight: 0,
-                service_account: String::new(),
+                service_account: "".into(),
                 health: Health::Ready,
             }],
         ),
@@ -189,7 +189,7 @@ mod tests {
         let addresses: Vec<(&str, Health)> = service
             .endpoints
             .iter()
-            .map(|e| (e.address.as_str(), e.health))
+            .map(|e| (&*e.address, e.health))
             .collect();
         assert_eq!(
             addresses,
@@ -197,7 +197,7 @@ mod tests {
         );
         let first = &service.endpoints[0];
         assert_eq!(first.labels.get("version").map(String::as_str), Some("v1"));
-        assert_eq!(first.service_account, "cart");
+        assert_eq!(&*first.service_account, "cart");
         // The slice's zone wins over the node's; the region comes from the node.
         assert_eq!(first.locality, "us-east-1/us-east-1b");
         assert_eq!(first.port_for(&service.ports[0]), 8080);

@@ -63,7 +63,8 @@ impl Port {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    pub address: String,
+    /// Shared with the index record it came from (a rebuild copies no address).
+    pub address: Arc<str>,
     /// Port name → the endpoint's own port for it.
     pub ports: Arc<BTreeMap<String, u32>>,
     pub labels: Arc<BTreeMap<String, String>>,
@@ -71,7 +72,7 @@ pub struct Endpoint {
     pub locality: String,
     /// 0: the default weight.
     pub weight: u32,
-    pub service_account: String,
+    pub service_account: Arc<str>,
     pub health: Health,
 }
 
@@ -134,12 +135,12 @@ impl Service {
                 .endpoints
                 .iter()
                 .map(|e| Endpoint {
-                    address: e.address.clone(),
+                    address: e.address.as_str().into(),
                     ports: Arc::new(e.ports.clone()),
                     labels: Arc::new(e.labels.clone()),
                     locality: e.locality.clone(),
                     weight: e.weight,
-                    service_account: e.service_account.clone(),
+                    service_account: e.service_account.as_str().into(),
                     health: Health::Ready,
                 })
                 .collect(),

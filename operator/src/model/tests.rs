@@ -32,7 +32,7 @@ const REVIEWS: &str = "reviews.bookinfo.svc.cluster.local";
 fn a_hosts_virtual_service_is_the_first_exact_one_else_the_first_wildcard() {
     let mut index = Index::new();
     let mut mesh = Mesh::new("cluster.local");
-    let mut apply = |index: &mut Index, mesh: &mut Mesh, event| {
+    let apply = |index: &mut Index, mesh: &mut Mesh, event| {
         let changes = index.handle(event);
         mesh.update(index, &changes.objects);
     };

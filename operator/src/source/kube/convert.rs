@@ -104,7 +104,7 @@ pub fn slice(slice: &EndpointSlice) -> Option<Record> {
         .flatten()
         .filter_map(|e| {
             // Every address of one endpoint is the same pod; the first is enough.
-            let address = e.addresses.first()?.clone();
+            let address = e.addresses.first()?.as_str().into();
             let conditions = e.conditions.as_ref();
             // Unset conditions mean true, except terminating.
             let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
@@ -149,8 +149,9 @@ pub fn pod(pod: &Pod) -> Option<Record> {
         id: id(pod),
         labels: std::sync::Arc::new(pod.labels().clone()),
         service_account: spec
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_else(|| "default".into()),
+            .and_then(|s| s.service_account_name.as_deref())
+            .unwrap_or("default")
+            .into(),
         node: spec.and_then(|s| s.node_name.clone()),
     }))
 }
@@ -243,7 +244,7 @@ mod tests {
         let health: Vec<(&str, Health)> = s
             .endpoints
             .iter()
-            .map(|e| (e.address.as_str(), e.health))
+            .map(|e| (&*e.address, e.health))
             .collect();
         assert_eq!(
             health,

@@ -57,7 +57,7 @@ fn slice(service: &str, addresses: &[&str]) -> Event {
         endpoints: addresses
             .iter()
             .map(|a| SliceEndpoint {
-                address: a.to_string(),
+                address: (*a).into(),
                 health: Health::Ready,
                 pod: None,
                 node: None,
