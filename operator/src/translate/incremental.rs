@@ -130,8 +130,8 @@ impl Translator {
     /// Rebuilds the clusters and load assignments `affected` names into `update`, and the
     /// virtual hosts that depend on it; returns whether any virtual host was rebuilt.
     fn rebuild(&mut self, mesh: &Mesh, affected: &Affected, update: &mut Update) -> bool {
-        for host in &affected.hosts {
-            self.rebuild_host(mesh, host, update);
+        for (host, new) in build_hosts(mesh, &affected.hosts) {
+            self.replace_host(host, new, update);
         }
         // The virtual hosts to rebuild: the changed hosts', those whose routes read a changed
         // host's ports, and those a changed VirtualService covered or covers.
@@ -193,12 +193,8 @@ impl Translator {
             .chain(self.unbound.values().flatten())
     }
 
-    fn rebuild_host(&mut self, mesh: &Mesh, host: &str, update: &mut Update) {
-        let new = mesh
-            .services
-            .get(host)
-            .map(|service| host_resources(mesh, service))
-            .unwrap_or_default();
+    /// Keeps `new` as the resources of `host`; what it no longer has is removed.
+    fn replace_host(&mut self, host: &str, new: HostResources, update: &mut Update) {
         let old = self.by_host.remove(host).unwrap_or_default();
         for (type_url, old, new) in [
             (type_url::CLUSTER, &old.clusters, &new.clusters),
@@ -415,6 +411,49 @@ impl Translator {
             })
             .collect()
     }
+}
+
+/// Below this many hosts, building them on one thread is quicker than starting others.
+const PARALLEL_HOSTS: usize = 256;
+
+/// The resources of each of `hosts` (empty for a host no service has any more). Many hosts
+/// (a first build) are built on every core: each host's resources depend on the mesh only.
+fn build_hosts<'a>(mesh: &Mesh, hosts: &'a BTreeSet<String>) -> Vec<(&'a str, HostResources)> {
+    let build = |chunk: &[&'a String]| -> Vec<(&'a str, HostResources)> {
+        chunk
+            .iter()
+            .map(|host| {
+                let resources = mesh
+                    .services
+                    .get(host.as_str())
+                    .map(|service| host_resources(mesh, service))
+                    .unwrap_or_default();
+                (host.as_str(), resources)
+            })
+            .collect()
+    };
+    let hosts: Vec<&String> = hosts.iter().collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if hosts.len() < PARALLEL_HOSTS || threads < 2 {
+        return build(&hosts);
+    }
+    let chunk = hosts.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = hosts
+            .chunks(chunk)
+            .skip(1)
+            .map(|part| scope.spawn(move || build(part)))
+            .collect();
+        let mut out = build(&hosts[..chunk.min(hosts.len())]);
+        for worker in workers {
+            match worker.join() {
+                Ok(part) => out.extend(part),
+                // A panic in a worker is a bug; surface it as the same panic here.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
 }
 
 fn host_resources(mesh: &Mesh, service: &Service) -> HostResources {

@@ -303,3 +303,41 @@ fn one_virtual_service_change_rebuilds_only_the_routes() {
     assert_eq!(changed["eds"], 0);
     assert_eq!(changed["rds"], 1);
 }
+
+#[test]
+fn many_hosts_are_built_in_parallel_with_the_same_result() {
+    let mut index = Index::new();
+    for i in 0..(PARALLEL_HOSTS + 44) {
+        index.handle(istio(&format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: svc-{i}, namespace: ns-{}}}
+spec:
+  hosts: [svc-{i}.example.com]
+  ports: [{{number: 80, name: http}}]
+  resolution: STATIC
+  endpoints: [{{address: 10.9.{}.{}}}]
+",
+            i % 7,
+            i / 250,
+            i % 250
+        )));
+    }
+    let (mesh, _) = Mesh::build(&index, "cluster.local");
+    let hosts: BTreeSet<String> = mesh.services.keys().cloned().collect();
+    let built = build_hosts(&mesh, &hosts);
+    let names = |r: &HostResources| -> Vec<(String, u64)> {
+        r.clusters
+            .iter()
+            .chain(&r.assignments)
+            .map(|x| (x.name().to_string(), x.version()))
+            .collect()
+    };
+    assert_eq!(built.len(), hosts.len());
+    for ((host, resources), expected) in built.iter().zip(&hosts) {
+        assert_eq!(*host, expected.as_str(), "hosts keep their order");
+        let one = host_resources(&mesh, &mesh.services[expected.as_str()]);
+        assert_eq!(names(resources), names(&one));
+        assert_eq!(resources.clusters.len(), 1);
+    }
+}
