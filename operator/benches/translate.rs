@@ -23,8 +23,9 @@ use capstan::index::{
     SliceEndpoint, SliceRecord,
 };
 use capstan::model::Mesh;
-use capstan::translate::{self, Translator};
-use capstan_xds::{SnapshotCache, Update};
+use capstan::reconcile::Pipeline;
+use capstan::translate;
+use capstan_xds::SnapshotCache;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 const NAMESPACES: usize = 10;
@@ -163,6 +164,13 @@ fn index(n: usize) -> Index {
     index
 }
 
+/// The reconciler's pipeline over that index.
+fn pipeline(n: usize) -> Pipeline {
+    let mut pipeline = Pipeline::new(options(), DOMAIN);
+    pipeline.index = index(n);
+    pipeline
+}
+
 fn full_translation(c: &mut Criterion) {
     let mut group = c.benchmark_group("full translation");
     group.sample_size(10).warm_up_time(Duration::from_secs(1));
@@ -189,22 +197,21 @@ fn one_virtual_service_changed(c: &mut Criterion) {
     let mut group = c.benchmark_group("one VirtualService changed");
     group.warm_up_time(Duration::from_secs(1));
     for n in SIZES {
-        let mut index = index(n);
+        let mut pipeline = pipeline(n);
         let cache = SnapshotCache::new();
-        let (mut mesh, _) = Mesh::build(&index, DOMAIN);
-        let mut translator = Translator::new(options());
-        cache.replace(translator.full(&mesh));
+        cache.replace(pipeline.full());
         let mut generation = 1;
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
                 generation += 1;
                 let weight = if generation % 2 == 0 { 20 } else { 10 };
-                let changes = index.apply(virtual_service(n / 2, generation, weight));
+                let changes = pipeline
+                    .index
+                    .apply(virtual_service(n / 2, generation, weight));
                 assert!(changes.config());
-                // Reconciler::reconcile for a config change: the model re-reads the changed
-                // objects, translation rebuilds what they affect, the cache applies it.
-                let affected = mesh.update(&index, &changes.objects);
-                let update = translator.update(&mesh, &affected);
+                // What Reconciler::reconcile does for a config change: the model re-reads the
+                // changed objects, translation rebuilds what they affect, the cache applies it.
+                let update = pipeline.update(&changes);
                 assert!(!update.is_empty());
                 black_box(cache.apply(update))
             })
@@ -217,28 +224,17 @@ fn one_endpoint_slice_changed(c: &mut Criterion) {
     let mut group = c.benchmark_group("one EndpointSlice changed");
     group.warm_up_time(Duration::from_secs(1));
     for n in SIZES {
-        let mut index = index(n);
+        let mut pipeline = pipeline(n);
         let cache = SnapshotCache::new();
-        let (mut mesh, _) = Mesh::build(&index, DOMAIN);
-        let mut translator = Translator::new(options());
-        cache.replace(translator.full(&mesh));
+        cache.replace(pipeline.full());
         let changed = n / 2;
         let mut port = 8080;
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
                 port = if port == 8080 { 8081 } else { 8080 };
-                let changes = index.apply(slice(changed, port));
-                // Reconciler::reconcile for an endpoint change.
-                let mut update = Update::new();
-                for id in &changes.endpoints {
-                    if mesh.refresh_endpoints(&index, id).is_none() {
-                        continue;
-                    }
-                    let host = capstan::model::kube::host(id, DOMAIN);
-                    for resource in translator.endpoints(&mesh, &host) {
-                        update.put(resource);
-                    }
-                }
+                let changes = pipeline.index.apply(slice(changed, port));
+                // What Reconciler::reconcile does for an endpoint change.
+                let update = pipeline.update(&changes);
                 assert_eq!(update.len(), 3, "whole, v1 and v2 load assignments");
                 black_box(cache.apply(update))
             })

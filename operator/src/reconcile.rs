@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use capstan_crds::ObjectKey;
-use capstan_xds::{PushQueue, Update};
+use capstan_xds::{PushQueue, SnapshotBuilder, Update};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -78,17 +78,66 @@ impl ReconcileMetrics {
     }
 }
 
+/// The index, the model and translation, kept in step: what [`Reconciler`] runs, without
+/// the push queue and status, so tests and benchmarks drive exactly the same code.
+pub struct Pipeline {
+    pub index: Index,
+    pub mesh: Mesh,
+    pub translator: Translator,
+    domain_suffix: String,
+}
+
+impl Pipeline {
+    pub fn new(options: translate::Options, domain_suffix: &str) -> Self {
+        Self {
+            index: Index::new(),
+            mesh: Mesh::new(domain_suffix),
+            translator: Translator::new(options),
+            domain_suffix: domain_suffix.to_string(),
+        }
+    }
+
+    /// Builds the model and every resource anew from the index.
+    pub fn full(&mut self) -> SnapshotBuilder {
+        let (mesh, _) = Mesh::build(&self.index, &self.domain_suffix);
+        self.mesh = mesh;
+        self.translator.full(&self.mesh)
+    }
+
+    /// Rebuilds what `changes` (from the index) names: the objects' hosts, then the load
+    /// assignments of services whose endpoints alone changed.
+    pub fn update(&mut self, changes: &Changes) -> Update {
+        let mut update = Update::new();
+        let mut rebuilt_hosts = BTreeSet::new();
+        if changes.config() {
+            let affected = self.mesh.update(&self.index, &changes.objects);
+            update.merge(self.translator.update(&self.mesh, &affected));
+            rebuilt_hosts = affected.hosts;
+        }
+        for id in &changes.endpoints {
+            let host = crate::model::kube::host(id, &self.domain_suffix);
+            // A host rebuilt above already has its endpoints.
+            if rebuilt_hosts.contains(&host)
+                || self.mesh.refresh_endpoints(&self.index, id).is_none()
+            {
+                continue;
+            }
+            for resource in self.translator.endpoints(&self.mesh, &host) {
+                update.put(resource);
+            }
+        }
+        update
+    }
+}
+
 pub struct Reconciler {
-    index: Index,
-    mesh: Mesh,
-    translator: Translator,
+    pipeline: Pipeline,
     /// Problems after the last rebuild, per object: status and the warning log read them.
     problems: BTreeMap<ObjectKey, Vec<Problem>>,
     /// Objects of kinds not translated yet, each reported once.
     untranslated: BTreeSet<ObjectKey>,
     /// Whether a first complete build was done (later changes are incremental).
     built: bool,
-    domain_suffix: String,
     queue: PushQueue,
     status: Option<StatusWriter>,
     metrics: ReconcileMetrics,
@@ -103,13 +152,10 @@ impl Reconciler {
         metrics: ReconcileMetrics,
     ) -> Self {
         Self {
-            index: Index::new(),
-            mesh: Mesh::new(&domain_suffix),
-            translator: Translator::new(options),
+            pipeline: Pipeline::new(options, &domain_suffix),
             problems: BTreeMap::new(),
             untranslated: BTreeSet::new(),
             built: false,
-            domain_suffix,
             queue,
             status,
             metrics,
@@ -118,7 +164,7 @@ impl Reconciler {
 
     /// Applies one source event to the index; nothing is rebuilt until [`Self::reconcile`].
     pub fn handle(&mut self, event: Event) -> Changes {
-        self.index.handle(event)
+        self.pipeline.index.handle(event)
     }
 
     /// Rebuilds what `changes` names and queues it for the proxies.
@@ -130,25 +176,9 @@ impl Reconciler {
             return;
         }
         let started = Instant::now();
-        let mut update = Update::new();
-        let mut rebuilt_hosts = BTreeSet::new();
+        let update = self.pipeline.update(&changes);
         if changes.config() {
-            let affected = self.mesh.update(&self.index, &changes.objects);
-            update.merge(self.translator.update(&self.mesh, &affected));
-            rebuilt_hosts = affected.hosts;
             self.report_problems(changes.objects.iter());
-        }
-        for id in &changes.endpoints {
-            let host = crate::model::kube::host(id, &self.domain_suffix);
-            // A host rebuilt above already has its endpoints.
-            if rebuilt_hosts.contains(&host)
-                || self.mesh.refresh_endpoints(&self.index, id).is_none()
-            {
-                continue;
-            }
-            for resource in self.translator.endpoints(&self.mesh, &host) {
-                update.put(resource);
-            }
         }
         if !update.is_empty() {
             self.queue.submit(update).await;
@@ -170,11 +200,10 @@ impl Reconciler {
     /// proxies only the difference).
     pub async fn rebuild(&mut self) {
         let started = Instant::now();
-        let (mesh, _) = Mesh::build(&self.index, &self.domain_suffix);
-        let resources = self.translator.full(&mesh);
-        self.mesh = mesh;
+        let resources = self.pipeline.full();
         self.built = true;
         let keys: Vec<RecordKey> = self
+            .pipeline
             .index
             .istio_records()
             .map(|r| RecordKey::Istio(r.key.clone()))
@@ -199,7 +228,12 @@ impl Reconciler {
     /// objects that may have become or stopped being one).
     fn report_problems<'a>(&mut self, changed: impl Iterator<Item = &'a RecordKey>) {
         let mut problems: BTreeMap<ObjectKey, Vec<Problem>> = BTreeMap::new();
-        for problem in self.mesh.problems().chain(self.translator.problems()) {
+        let pipeline = &self.pipeline;
+        for problem in pipeline
+            .mesh
+            .problems()
+            .chain(pipeline.translator.problems())
+        {
             problems
                 .entry(problem.object.clone())
                 .or_default()
@@ -222,7 +256,11 @@ impl Reconciler {
             if unsupported::kind_is_translated(key.kind) {
                 continue;
             }
-            let served = self.index.istio(key).is_some_and(|r| r.object.is_some());
+            let served = self
+                .pipeline
+                .index
+                .istio(key)
+                .is_some_and(|r| r.object.is_some());
             if !served {
                 self.untranslated.remove(key);
             } else if self.untranslated.insert(key.clone()) {
@@ -241,6 +279,7 @@ impl Reconciler {
             return;
         };
         let items = self
+            .pipeline
             .index
             .istio_records()
             .map(|record| StatusItem {
@@ -254,7 +293,7 @@ impl Reconciler {
     }
 
     pub fn index(&self) -> &Index {
-        &self.index
+        &self.pipeline.index
     }
 }
 

@@ -10,6 +10,7 @@ use crate::index::{
     Event, Health, Index, IstioRecord, KubeService, KubeServicePort, NsName, Record, RecordKey,
     SliceEndpoint, SliceRecord,
 };
+use crate::reconcile::Pipeline;
 
 fn options() -> Options {
     Options {
@@ -88,30 +89,18 @@ fn problems<'a>(found: impl Iterator<Item = &'a Problem>) -> BTreeSet<String> {
     found.map(ToString::to_string).collect()
 }
 
-/// Applies each event incrementally, as the reconciler does, and compares with a full build
-/// of the same index after every step.
+/// Applies each event incrementally, through the reconciler's pipeline, and compares with a
+/// full build of the same index after every step.
 fn check(steps: Vec<Event>) {
-    let mut index = Index::new();
-    let (mut mesh, _) = Mesh::build(&index, "cluster.local");
-    let mut translator = Translator::new(options());
+    let mut pipeline = Pipeline::new(options(), "cluster.local");
     let cache = SnapshotCache::new();
-    cache.replace(translator.full(&mesh));
+    cache.replace(pipeline.full());
     for (step, event) in steps.into_iter().enumerate() {
         let described = format!("{event:?}");
-        let changes = index.handle(event);
-        let affected = mesh.update(&index, &changes.objects);
-        let mut update = translator.update(&mesh, &affected);
-        for id in &changes.endpoints {
-            let host = crate::model::kube::host(id, "cluster.local");
-            if !affected.hosts.contains(&host) && mesh.refresh_endpoints(&index, id).is_some() {
-                for resource in translator.endpoints(&mesh, &host) {
-                    update.put(resource);
-                }
-            }
-        }
-        cache.apply(update);
+        let changes = pipeline.index.handle(event);
+        cache.apply(pipeline.update(&changes));
 
-        let (full_mesh, model_problems) = Mesh::build(&index, "cluster.local");
+        let (full_mesh, model_problems) = Mesh::build(&pipeline.index, "cluster.local");
         let mut full = Translator::new(options());
         let expected = SnapshotCache::new();
         expected.replace(full.full(&full_mesh));
@@ -121,7 +110,12 @@ fn check(steps: Vec<Event>) {
             "step {step} ({described}): incremental and full builds differ"
         );
         assert_eq!(
-            problems(mesh.problems().chain(translator.problems())),
+            problems(
+                pipeline
+                    .mesh
+                    .problems()
+                    .chain(pipeline.translator.problems())
+            ),
             problems(model_problems.iter().chain(full.problems())),
             "step {step}: problems differ"
         );
