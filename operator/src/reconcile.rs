@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::index::{Changes, Event, Index, IstioRecord, RecordKey};
 use crate::model::{Mesh, Problem, unsupported};
-use crate::status::writer::{StatusItem, StatusWriter};
+use crate::status::writer::{StatusItem, StatusSet, StatusWriter};
 use crate::status::{ConditionStatus, Desired, Reason};
 use crate::translate::{self, Translator};
 
@@ -138,6 +138,9 @@ pub struct Reconciler {
     untranslated: BTreeSet<ObjectKey>,
     /// Whether a first complete build was done (later changes are incremental).
     built: bool,
+    /// Every Istio object's condition as it should be, kept up to date object by object and
+    /// handed to the status writer whole (a persistent map: publishing copies nothing).
+    statuses: StatusSet,
     queue: PushQueue,
     status: Option<StatusWriter>,
     metrics: ReconcileMetrics,
@@ -156,6 +159,7 @@ impl Reconciler {
             problems: BTreeMap::new(),
             untranslated: BTreeSet::new(),
             built: false,
+            statuses: StatusSet::new(),
             queue,
             status,
             metrics,
@@ -177,8 +181,13 @@ impl Reconciler {
         }
         let started = Instant::now();
         let update = self.pipeline.update(&changes);
+        let mut statuses: BTreeSet<ObjectKey> = changes.statuses.clone();
         if changes.config() {
-            self.report_problems(changes.objects.iter());
+            statuses.extend(self.report_problems(changes.objects.iter()));
+            statuses.extend(changes.objects.iter().filter_map(|k| match k {
+                RecordKey::Istio(key) => Some(key.clone()),
+                _ => None,
+            }));
         }
         if !update.is_empty() {
             self.queue.submit(update).await;
@@ -191,7 +200,8 @@ impl Reconciler {
         if changes.config() || !changes.endpoints.is_empty() {
             self.metrics.observe(scope, started);
         }
-        if changes.config() || changes.status {
+        if !statuses.is_empty() {
+            self.refresh_statuses(&statuses);
             self.publish_status();
         }
     }
@@ -209,6 +219,14 @@ impl Reconciler {
             .map(|r| RecordKey::Istio(r.key.clone()))
             .collect();
         self.report_problems(keys.iter());
+        let all: Vec<ObjectKey> = self
+            .pipeline
+            .index
+            .istio_records()
+            .map(|r| r.key.clone())
+            .collect();
+        self.refresh_statuses(&all);
+        self.publish_status();
         let count = resources.len();
         let applied = self.queue.replace(resources).await;
         self.metrics.observe("full", started);
@@ -225,8 +243,12 @@ impl Reconciler {
 
     /// Gathers the model's and translation's problems by object and warns about those not
     /// seen before; reports each object of a kind not translated yet once (`changed`: the
-    /// objects that may have become or stopped being one).
-    fn report_problems<'a>(&mut self, changed: impl Iterator<Item = &'a RecordKey>) {
+    /// objects that may have become or stopped being one). Returns the objects whose
+    /// problems changed.
+    fn report_problems<'a>(
+        &mut self,
+        changed: impl Iterator<Item = &'a RecordKey>,
+    ) -> BTreeSet<ObjectKey> {
         let mut problems: BTreeMap<ObjectKey, Vec<Problem>> = BTreeMap::new();
         let pipeline = &self.pipeline;
         for problem in pipeline
@@ -248,6 +270,12 @@ impl Reconciler {
                 warn!("{problem}");
             }
         }
+        let differ: BTreeSet<ObjectKey> = problems
+            .keys()
+            .chain(self.problems.keys())
+            .filter(|k| problems.get(*k) != self.problems.get(*k))
+            .cloned()
+            .collect();
         self.problems = problems;
         for key in changed {
             let RecordKey::Istio(key) = key else {
@@ -270,26 +298,38 @@ impl Reconciler {
                 );
             }
         }
+        differ
+    }
+
+    /// Recomputes the conditions of `keys` (an object gone is dropped).
+    fn refresh_statuses<'a>(&mut self, keys: impl IntoIterator<Item = &'a ObjectKey>) {
+        if self.status.is_none() {
+            return;
+        }
+        for key in keys {
+            match self.pipeline.index.istio(key) {
+                Some(record) => {
+                    let item = StatusItem {
+                        key: key.clone(),
+                        desired: desired(record, self.problems.get(key)),
+                        observed: record.observed.clone(),
+                        status: record.status.clone(),
+                    };
+                    self.statuses.insert(key.clone(), item);
+                }
+                None => {
+                    self.statuses.remove(key);
+                }
+            }
+        }
     }
 
     /// Hands the status writer every Istio object's condition (it writes only differences,
     /// and only on the leader).
     pub fn publish_status(&self) {
-        let Some(writer) = &self.status else {
-            return;
-        };
-        let items = self
-            .pipeline
-            .index
-            .istio_records()
-            .map(|record| StatusItem {
-                key: record.key.clone(),
-                desired: desired(record, self.problems.get(&record.key)),
-                observed: record.observed.clone(),
-                status: record.status.clone(),
-            })
-            .collect();
-        writer.publish(items);
+        if let Some(writer) = &self.status {
+            writer.publish(self.statuses.clone());
+        }
     }
 
     pub fn index(&self) -> &Index {

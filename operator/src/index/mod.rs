@@ -27,20 +27,20 @@ pub struct Changes {
     pub objects: BTreeSet<RecordKey>,
     /// Services whose endpoints changed; only their load assignments are rebuilt.
     pub endpoints: BTreeSet<NsName>,
-    /// capstan's condition as seen on an Istio object changed: nothing to push, but the
-    /// status writer compares again.
-    pub status: bool,
+    /// Istio objects whose status as seen (capstan's condition on them) changed, and nothing
+    /// else: nothing to push, but the status writer compares again.
+    pub statuses: BTreeSet<ObjectKey>,
 }
 
 impl Changes {
     pub fn merge(&mut self, other: Changes) {
         self.objects.extend(other.objects);
         self.endpoints.extend(other.endpoints);
-        self.status |= other.status;
+        self.statuses.extend(other.statuses);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.objects.is_empty() && self.endpoints.is_empty() && !self.status
+        self.objects.is_empty() && self.endpoints.is_empty() && self.statuses.is_empty()
     }
 
     /// Whether config (not only endpoints or status) changed.
@@ -144,12 +144,7 @@ impl Index {
                     _ => false,
                 };
                 if removed {
-                    Changes {
-                        objects: BTreeSet::from([key.clone()]),
-                        // The status writer forgets the object.
-                        status: true,
-                        ..Changes::default()
-                    }
+                    Changes::object(key.clone())
                 } else {
                     Changes::default()
                 }
@@ -221,14 +216,14 @@ impl Index {
         }
         let changes = match previous {
             Some(p) if p.same_config(&record) => Changes {
-                status: p.observed != record.observed,
+                statuses: if p.observed != record.observed {
+                    BTreeSet::from([record.key.clone()])
+                } else {
+                    BTreeSet::new()
+                },
                 ..Changes::default()
             },
-            _ => Changes {
-                objects: BTreeSet::from([RecordKey::Istio(record.key.clone())]),
-                status: true,
-                ..Changes::default()
-            },
+            _ => Changes::object(RecordKey::Istio(record.key.clone())),
         };
         self.istio.insert(record.key.clone(), record);
         changes

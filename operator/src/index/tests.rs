@@ -167,7 +167,7 @@ fn a_status_only_change_is_not_config() {
     assert_eq!(
         changes,
         Changes {
-            status: true,
+            statuses: [record.key.clone()].into(),
             ..Changes::default()
         }
     );

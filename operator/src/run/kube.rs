@@ -127,7 +127,6 @@ async fn feed(
             synced = true;
             pending = Changes::default();
             reconciler.rebuild().await;
-            reconciler.publish_status();
             info!(
                 after = ?started.elapsed(),
                 objects = ?reconciler.index().counts(),

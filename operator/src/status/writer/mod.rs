@@ -29,7 +29,7 @@
 //! the patch does not carry a `resourceVersion` precondition because the published items
 //! do not carry one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +56,15 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const FIELD_MANAGER: &str = "capstan";
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// The published items by object: a persistent map, so the publisher keeps one and changes
+/// only what changed, and a publish costs no copy of the rest.
+pub type StatusSet = imbl::OrdMap<ObjectKey, StatusItem>;
+
+/// A [`StatusSet`] from items (the last item for a key wins).
+pub fn status_set(items: impl IntoIterator<Item = StatusItem>) -> StatusSet {
+    items.into_iter().map(|i| (i.key.clone(), i)).collect()
+}
 
 /// One Istio object as the index sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,7 +139,7 @@ impl Patcher for KubePatcher {
 /// dropped (or when its `JoinHandle` is aborted).
 #[derive(Debug, Clone)]
 pub struct StatusWriter {
-    published: watch::Sender<Arc<Vec<StatusItem>>>,
+    published: watch::Sender<StatusSet>,
 }
 
 impl StatusWriter {
@@ -149,7 +158,7 @@ impl StatusWriter {
         leader: watch::Receiver<bool>,
         options: Options,
     ) -> (StatusWriter, JoinHandle<()>) {
-        let (published, rx) = watch::channel(Arc::new(Vec::new()));
+        let (published, rx) = watch::channel(StatusSet::new());
         let task = tokio::spawn(run(Arc::new(patcher), rx, leader, options));
         (StatusWriter { published }, task)
     }
@@ -159,8 +168,8 @@ impl StatusWriter {
     /// current `status` JSON (so other controllers' conditions are kept).
     ///
     /// Replaces the previous set (latest wins); never blocks.
-    pub fn publish(&self, objects: Vec<StatusItem>) {
-        self.published.send_replace(Arc::new(objects));
+    pub fn publish(&self, objects: StatusSet) {
+        self.published.send_replace(objects);
     }
 }
 
@@ -194,19 +203,12 @@ struct Ledger {
 }
 
 impl Ledger {
-    /// The items to patch (indices into `items`), one per key (the last one published for
-    /// a key wins), in key order. Forgets writes to objects no longer published and writes
-    /// the watch has shown back.
-    fn plan(&mut self, items: &[StatusItem]) -> Vec<usize> {
-        let latest: BTreeMap<&ObjectKey, usize> = items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| (&item.key, i))
-            .collect();
-        self.written.retain(|key, _| latest.contains_key(key));
+    /// The items to patch, in key order. Forgets writes to objects no longer published and
+    /// writes the watch has shown back.
+    fn plan<'a>(&mut self, items: &'a StatusSet) -> Vec<&'a StatusItem> {
+        self.written.retain(|key, _| items.contains_key(key));
         let mut plan = Vec::new();
-        for (key, i) in latest {
-            let item = &items[i];
+        for (key, item) in items {
             if item
                 .observed
                 .as_ref()
@@ -214,7 +216,7 @@ impl Ledger {
             {
                 self.written.remove(key);
             } else if self.written.get(key) != Some(&item.desired) {
-                plan.push(i);
+                plan.push(item);
             }
         }
         plan
@@ -239,7 +241,7 @@ enum Outcome {
 
 async fn run<P: Patcher>(
     patcher: Arc<P>,
-    mut published: watch::Receiver<Arc<Vec<StatusItem>>>,
+    mut published: watch::Receiver<StatusSet>,
     mut leader: watch::Receiver<bool>,
     options: Options,
 ) {
@@ -307,9 +309,9 @@ async fn run<P: Patcher>(
 /// by itself.
 async fn pass<P: Patcher>(
     patcher: &P,
-    items: &[StatusItem],
+    items: &StatusSet,
     ledger: &mut Ledger,
-    published: &watch::Receiver<Arc<Vec<StatusItem>>>,
+    published: &watch::Receiver<StatusSet>,
     leader: &watch::Receiver<bool>,
     options: &Options,
 ) -> bool {
@@ -323,9 +325,11 @@ async fn pass<P: Patcher>(
         "status: writing"
     );
     let now = Timestamp::now();
-    let outcomes: Vec<(usize, Outcome)> = futures::stream::iter(plan)
+    let plan = &plan;
+    // Indices, not references, go into the stream: its futures must not borrow per item.
+    let outcomes: Vec<(usize, Outcome)> = futures::stream::iter(0..plan.len())
         .map(|i| async move {
-            let item = &items[i];
+            let item = plan[i];
             // Checked per item: a long pass stops early for a newer publish (the next pass
             // starts from it) or a lost lease.
             if !*leader.borrow() || published.has_changed().unwrap_or(false) {
@@ -345,7 +349,7 @@ async fn pass<P: Patcher>(
         .await;
     let mut retry = false;
     for (i, outcome) in outcomes {
-        let item = &items[i];
+        let item = plan[i];
         let key = &item.key;
         match outcome {
             Outcome::Written => {

@@ -52,34 +52,37 @@ fn item(name: &str, desired: Desired, observed: Option<Observed>) -> StatusItem 
 
 // ---- the ledger (pure) ----
 
+/// The names of the objects a plan patches, in order.
+fn names(plan: Vec<&StatusItem>) -> Vec<String> {
+    plan.into_iter().map(|i| i.key.name.clone()).collect()
+}
+
 #[test]
 fn plan_writes_only_differences() {
     let mut ledger = Ledger::default();
-    let items = vec![
+    let items = status_set(vec![
         item("new", accepted(1), None),
         item("same", accepted(2), Some(shown(&accepted(2)))),
         item("stale-generation", accepted(3), Some(shown(&accepted(2)))),
         item("changed", invalid(1, "bad"), Some(shown(&accepted(1)))),
-    ];
-    let planned: Vec<&str> = ledger
-        .plan(&items)
-        .into_iter()
-        .map(|i| items[i].key.name.as_str())
-        .collect();
-    assert_eq!(planned, ["changed", "new", "stale-generation"]);
+    ]);
+    assert_eq!(
+        names(ledger.plan(&items)),
+        ["changed", "new", "stale-generation"]
+    );
 }
 
 #[test]
 fn plan_does_not_repeat_a_write_the_watch_has_not_shown_yet() {
     let mut ledger = Ledger::default();
-    let items = vec![item("a", accepted(1), None)];
-    assert_eq!(ledger.plan(&items), [0]);
+    let items = status_set(vec![item("a", accepted(1), None)]);
+    assert_eq!(names(ledger.plan(&items)), ["a"]);
     ledger.record(key("a"), accepted(1));
     // A publish before the watch event of our write: nothing to do.
     assert!(ledger.plan(&items).is_empty());
     // The desired condition changed meanwhile: write again.
-    let changed = vec![item("a", invalid(2, "x"), None)];
-    assert_eq!(ledger.plan(&changed), [0]);
+    let changed = status_set(vec![item("a", invalid(2, "x"), None)]);
+    assert_eq!(names(ledger.plan(&changed)), ["a"]);
 }
 
 #[test]
@@ -87,24 +90,25 @@ fn plan_forgets_confirmed_writes_so_later_divergence_is_repaired() {
     let mut ledger = Ledger::default();
     ledger.record(key("a"), accepted(1));
     // The watch shows our write: the memory goes.
-    let confirmed = vec![item("a", accepted(1), Some(shown(&accepted(1))))];
+    let confirmed = status_set(vec![item("a", accepted(1), Some(shown(&accepted(1))))]);
     assert!(ledger.plan(&confirmed).is_empty());
     assert!(ledger.written.is_empty());
     // Someone removes or alters the condition later: same desired, written again.
-    let tampered = vec![item("a", accepted(1), None)];
-    assert_eq!(ledger.plan(&tampered), [0]);
+    let tampered = status_set(vec![item("a", accepted(1), None)]);
+    assert_eq!(names(ledger.plan(&tampered)), ["a"]);
 }
 
 #[test]
 fn plan_forgets_objects_no_longer_published_and_dedups_keys() {
     let mut ledger = Ledger::default();
     ledger.record(key("gone"), accepted(1));
-    let items = vec![
+    let items = status_set(vec![
         item("a", accepted(1), None),
         item("a", invalid(1, "later wins"), None),
-    ];
+    ]);
     let plan = ledger.plan(&items);
-    assert_eq!(plan, [1]);
+    assert_eq!(plan.len(), 1);
+    assert_eq!(plan[0].desired, invalid(1, "later wins"));
     assert!(!ledger.written.contains_key(&key("gone")));
 }
 
@@ -252,7 +256,7 @@ impl Harness {
     /// Publishes and waits until the writer has evaluated it.
     async fn publish(&mut self, items: Vec<StatusItem>) {
         let before = *self.evaluations.borrow_and_update();
-        self.writer.publish(items);
+        self.writer.publish(status_set(items));
         self.settle(before).await;
     }
 
@@ -421,7 +425,8 @@ async fn the_latest_publish_wins() {
     };
     let h = Harness::start(fake, true);
     // A pass blocked on `a`'s patch...
-    h.writer.publish(vec![item("a", accepted(1), None)]);
+    h.writer
+        .publish(status_set(vec![item("a", accepted(1), None)]));
     timeout(Duration::from_secs(5), async {
         while h.fake.in_flight.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -430,9 +435,10 @@ async fn the_latest_publish_wins() {
     .await
     .expect("patch started");
     // ...while two publishes arrive: only the second is ever written.
-    h.writer.publish(vec![item("b", invalid(1, "first"), None)]);
     h.writer
-        .publish(vec![item("b", invalid(1, "second"), None)]);
+        .publish(status_set(vec![item("b", invalid(1, "first"), None)]));
+    h.writer
+        .publish(status_set(vec![item("b", invalid(1, "second"), None)]));
     gate.add_permits(10);
     h.wait_for_calls(2).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -458,7 +464,7 @@ async fn a_fixed_leader_flag_keeps_writing_and_dropped_handles_end_the_task() {
     // (The elector itself never leaves `true` behind: see lease::LeaderFlag.)
     drop(leader);
     let before = *evaluations.borrow_and_update();
-    writer.publish(vec![item("b", accepted(1), None)]);
+    writer.publish(status_set(vec![item("b", accepted(1), None)]));
     timeout(
         Duration::from_secs(5),
         evaluations.wait_for(|&n| n > before),
