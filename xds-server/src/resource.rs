@@ -50,10 +50,16 @@ pub struct Resource {
     version: u64,
     /// `version` in hex, as sent in Delta responses.
     version_hex: [u8; 16],
-    /// `google.protobuf.Any { type_url, value }`, encoded.
+    /// `google.protobuf.Any { type_url, value }`, encoded; for a resource assembled from
+    /// parts, only its head (up to the value's length), the value being `parts`.
     any: Bytes,
-    /// Where the message itself (`Any.value`) starts within `any`.
+    /// Where the message itself (`Any.value`) starts within `any` (its end, with parts).
     body_start: usize,
+    /// The message in pieces, kept as they are: a large message assembled from pieces that
+    /// other resources share (route configurations) is never copied into one buffer; each
+    /// response writes the pieces where it would have written the whole.
+    parts: Option<Arc<[Bytes]>>,
+    parts_len: usize,
 }
 
 impl Resource {
@@ -75,20 +81,38 @@ impl Resource {
         })
     }
 
-    /// Wraps a message encoded in pieces: `chunks` concatenated are its body. (Protobuf
-    /// messages concatenate: a message built from parts, each encoded on its own, needs no
-    /// re-encoding of the parts.)
-    pub fn from_chunks<'a>(
+    /// Wraps a message given as `parts` (concatenated, they are its encoding) without
+    /// joining them. `version` must be a hash of the content that changes whenever any part
+    /// does (the caller hashes what it keeps per part: hashing every byte again per assembly
+    /// is what this avoids).
+    pub fn from_parts(
         type_url: &'static str,
         name: impl Into<Arc<str>>,
-        chunks: impl Iterator<Item = &'a [u8]> + Clone,
+        parts: Vec<Bytes>,
+        version: u64,
     ) -> Self {
-        let len = chunks.clone().map(<[u8]>::len).sum();
-        Self::build(type_url, name.into(), len, |buf| {
-            for chunk in chunks {
-                buf.put_slice(chunk);
-            }
-        })
+        let parts_len: usize = parts.iter().map(Bytes::len).sum();
+        let mut head = BytesMut::with_capacity(
+            2 + encoded_len_varint(type_url.len() as u64)
+                + type_url.len()
+                + encoded_len_varint(parts_len as u64),
+        );
+        encode_key(1, WireType::LengthDelimited, &mut head);
+        encode_varint(type_url.len() as u64, &mut head);
+        head.put_slice(type_url.as_bytes());
+        encode_key(2, WireType::LengthDelimited, &mut head);
+        encode_varint(parts_len as u64, &mut head);
+        let any = head.freeze();
+        Self {
+            type_url,
+            name: name.into(),
+            version,
+            version_hex: hex(version),
+            body_start: any.len(),
+            any,
+            parts: Some(parts.into()),
+            parts_len,
+        }
     }
 
     fn build(
@@ -109,17 +133,15 @@ impl Resource {
         write_body(&mut buf);
         let any = buf.freeze();
         let version = xxhash_rust::xxh3::xxh3_64(&any[body_start..]);
-        let mut version_hex = [0u8; 16];
-        for (i, byte) in version_hex.iter_mut().enumerate() {
-            *byte = b"0123456789abcdef"[((version >> (60 - 4 * i)) & 0xf) as usize];
-        }
         Self {
             type_url,
             name,
             version,
-            version_hex,
+            version_hex: hex(version),
             any,
             body_start,
+            parts: None,
+            parts_len: 0,
         }
     }
 
@@ -151,14 +173,27 @@ impl Resource {
         self.version_hex().to_string()
     }
 
-    /// The encoded message (not wrapped in `Any`), sharing the resource's bytes.
+    /// The encoded message (not wrapped in `Any`): the resource's own bytes, or for one
+    /// assembled from parts a joined copy (for tests and tools, not the push path).
     pub fn body(&self) -> Bytes {
-        self.any.slice(self.body_start..)
+        match &self.parts {
+            None => self.any.slice(self.body_start..),
+            Some(parts) => parts.concat().into(),
+        }
     }
 
-    /// The encoded `google.protobuf.Any` carrying the resource.
-    pub fn any_bytes(&self) -> &Bytes {
-        &self.any
+    /// Length of the encoded `google.protobuf.Any` carrying the resource.
+    pub fn any_len(&self) -> usize {
+        self.any.len() + self.parts_len
+    }
+
+    /// Writes the encoded `google.protobuf.Any` carrying the resource ([`Self::any_len`]
+    /// bytes).
+    pub fn write_any(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.any);
+        for part in self.parts.iter().flat_map(|p| p.iter()) {
+            buf.put_slice(part);
+        }
     }
 
     /// The resource as a generated `Any` (a copy; for tests and tools, not the push path).
@@ -169,14 +204,23 @@ impl Resource {
         }
     }
 
-    /// Bytes held by this resource.
+    /// Bytes held by this resource (parts shared with other resources included).
     pub fn size(&self) -> usize {
-        self.any.len()
+        self.any_len()
     }
 }
 
 /// Resources are equal when their type, name and content version are: the version is a
 /// 64-bit hash of the content, so comparing it stands in for comparing the bytes.
+/// `version` as 16 hex digits.
+fn hex(version: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = b"0123456789abcdef"[((version >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
+}
+
 impl PartialEq for Resource {
     fn eq(&self, other: &Self) -> bool {
         self.version == other.version && self.type_url == other.type_url && self.name == other.name
@@ -191,7 +235,7 @@ impl fmt::Debug for Resource {
             .field("type", &type_url::short(self.type_url))
             .field("name", &self.name)
             .field("version", &format_args!("{:016x}", self.version))
-            .field("bytes", &self.any.len())
+            .field("bytes", &self.any_len())
             .finish()
     }
 }
@@ -224,11 +268,42 @@ mod tests {
     fn any_bytes_are_a_valid_any_holding_the_message() {
         let c = cluster("reviews");
         let r = Resource::encode("reviews", &c).expect("served");
-        let any = Any::decode(r.any_bytes().clone()).expect("an Any");
+        let mut encoded = Vec::new();
+        r.write_any(&mut encoded);
+        assert_eq!(encoded.len(), r.any_len());
+        let any = Any::decode(encoded.as_slice()).expect("an Any");
         assert_eq!(any.type_url, type_url::CLUSTER);
         assert_eq!(Cluster::decode(any.value.as_slice()).expect("a Cluster"), c);
         assert_eq!(Cluster::decode(r.body()).expect("a Cluster"), c);
         assert_eq!(r.to_any(), any);
+    }
+
+    #[test]
+    fn parts_write_the_same_any_as_the_whole() {
+        let c = cluster("split");
+        let whole = Resource::encode("split", &c).expect("served");
+        let bytes = c.encode_to_vec();
+        let (a, b) = bytes.split_at(bytes.len() / 2);
+        let parts = Resource::from_parts(
+            type_url::CLUSTER,
+            "split",
+            vec![
+                Bytes::copy_from_slice(a),
+                Bytes::new(),
+                Bytes::copy_from_slice(b),
+            ],
+            whole.version(),
+        );
+        let written = |r: &Resource| {
+            let mut out = Vec::new();
+            r.write_any(&mut out);
+            out
+        };
+        assert_eq!(written(&parts), written(&whole));
+        assert_eq!(parts.any_len(), whole.any_len());
+        assert_eq!(parts.body(), whole.body());
+        assert_eq!(parts.to_any(), whole.to_any());
+        assert_eq!(parts.version_hex(), whole.version_hex());
     }
 
     #[test]

@@ -25,14 +25,31 @@ struct HostResources {
     assignments: Vec<Resource>,
 }
 
+/// Encoded bytes and their hash, computed once: a route variant assembled from many of these
+/// neither copies nor hashes them again.
+#[derive(Clone)]
+struct Hashed {
+    bytes: Bytes,
+    hash: u64,
+}
+
+impl Hashed {
+    fn new(bytes: Vec<u8>) -> Self {
+        Self {
+            hash: xxhash_rust::xxh3::xxh3_64(&bytes),
+            bytes: bytes.into(),
+        }
+    }
+}
+
 /// One service port's virtual host.
 struct VirtualHostEntry {
     /// The namespace of a cluster-local host: its proxies also reach it by bare name.
     namespace: Option<String>,
     /// A `RouteConfiguration` holding only this virtual host, with the bare name (for its
-    /// own namespace's variant) and without (for every other variant).
-    own: Bytes,
-    other: Bytes,
+    /// own namespace's variant) and without (for every other variant), and a hash of each.
+    own: Hashed,
+    other: Hashed,
     /// Every domain of the `own` form, to find two hosts claiming one name.
     domains: Vec<String>,
     /// The VirtualService whose routes it carries, and the hosts those routes send to.
@@ -257,18 +274,19 @@ impl Translator {
                 )
             };
             let own_domains = domains(true);
-            let encode = |domains: Vec<String>| -> Bytes {
-                RouteConfiguration {
-                    virtual_hosts: vec![VirtualHost {
-                        name: format!("{host}:{}", port.number),
-                        domains,
-                        routes: routes.clone(),
+            let encode = |domains: Vec<String>| {
+                Hashed::new(
+                    RouteConfiguration {
+                        virtual_hosts: vec![VirtualHost {
+                            name: format!("{host}:{}", port.number),
+                            domains,
+                            routes: routes.clone(),
+                            ..Default::default()
+                        }],
                         ..Default::default()
-                    }],
-                    ..Default::default()
-                }
-                .encode_to_vec()
-                .into()
+                    }
+                    .encode_to_vec(),
+                )
             };
             let entry = VirtualHostEntry {
                 namespace: namespace.clone(),
@@ -393,20 +411,27 @@ impl Translator {
                 .filter_map(|(ns, config)| Some((ns, Resource::encode(OUTBOUND_HTTP, &config)?)))
                 .collect();
         }
-        let header: Bytes = route::empty_config().encode_to_vec().into();
+        let header = Hashed::new(route::empty_config().encode_to_vec());
         std::iter::once(None)
             .chain(self.namespaces.keys().map(|ns| Some(ns.clone())))
             .map(|namespace| {
-                let chunks = std::iter::once(header.as_ref()).chain(
-                    self.virtual_hosts.values().map(|entry| {
+                let parts =
+                    std::iter::once(&header).chain(self.virtual_hosts.values().map(|entry| {
                         if entry.namespace.is_some() && entry.namespace == namespace {
-                            entry.own.as_ref()
+                            &entry.own
                         } else {
-                            entry.other.as_ref()
+                            &entry.other
                         }
-                    }),
-                );
-                let resource = Resource::from_chunks(type_url::ROUTE, OUTBOUND_HTTP, chunks);
+                    }));
+                // The parts are shared, not copied, and the version hashes their hashes.
+                let mut version = xxhash_rust::xxh3::Xxh3::new();
+                let mut bytes = Vec::with_capacity(self.virtual_hosts.len() + 1);
+                for part in parts {
+                    version.update(&part.hash.to_le_bytes());
+                    bytes.push(part.bytes.clone());
+                }
+                let resource =
+                    Resource::from_parts(type_url::ROUTE, OUTBOUND_HTTP, bytes, version.digest());
                 (namespace, resource)
             })
             .collect()

@@ -29,16 +29,13 @@ pub struct SotwResources {
 impl SotwResources {
     pub fn new(resources: Vec<Resource>) -> Self {
         let mut hasher = Xxh3::new();
-        let len: usize = resources
-            .iter()
-            .map(|r| message_len(2, r.any_bytes().len()))
-            .sum();
+        let len: usize = resources.iter().map(|r| message_len(2, r.any_len())).sum();
         let mut encoded = BytesMut::with_capacity(len);
         for r in &resources {
             hasher.update(r.name().as_bytes());
             hasher.update(&[0]);
             hasher.update(&r.version().to_le_bytes());
-            put_bytes(2, r.any_bytes(), &mut encoded);
+            put_any(2, r, &mut encoded);
         }
         Self {
             resources,
@@ -114,6 +111,13 @@ fn put_bytes(tag: u32, b: &[u8], buf: &mut impl BufMut) {
     buf.put_slice(b);
 }
 
+/// A resource's `Any` as field `tag`.
+fn put_any(tag: u32, r: &Resource, buf: &mut impl BufMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(r.any_len() as u64, buf);
+    r.write_any(buf);
+}
+
 fn message_len(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
 }
@@ -139,7 +143,7 @@ impl WireMessage for SotwResponse {
 
 /// Length of a Delta `Resource { version = 1, resource = 2, name = 3 }`.
 fn delta_resource_len(r: &Resource, version: &str) -> usize {
-    string_len(1, version) + message_len(2, r.any_bytes().len()) + string_len(3, r.name())
+    string_len(1, version) + message_len(2, r.any_len()) + string_len(3, r.name())
 }
 
 impl WireMessage for DeltaResponse {
@@ -166,7 +170,7 @@ impl WireMessage for DeltaResponse {
             encode_key(2, WireType::LengthDelimited, buf);
             encode_varint(delta_resource_len(r, version) as u64, buf);
             put_string(1, version, buf);
-            put_bytes(2, r.any_bytes(), buf);
+            put_any(2, r, buf);
             put_string(3, r.name(), buf);
         }
         put_string(4, self.type_url, buf);

@@ -335,3 +335,40 @@ spec:
         assert_eq!(resources.clusters.len(), 1);
     }
 }
+
+#[test]
+fn assembled_route_variants_decode_as_the_route_configurations() {
+    let mut index = Index::new();
+    for event in [
+        istio(REVIEWS_SE),
+        istio(REVIEWS_DR),
+        istio(&reviews_vs("v1")),
+        service("ratings", &[("http", 9080), ("http-admin", 9090)]),
+    ] {
+        index.handle(event);
+    }
+    let (mesh, _) = Mesh::build(&index, "cluster.local");
+    let cache = SnapshotCache::new();
+    cache.replace(Translator::new(options()).full(&mesh));
+    let state = cache.current();
+    let route_type = capstan_xds::type_index(type_url::ROUTE).expect("a served type");
+    let entry = state
+        .snapshot
+        .get(route_type, OUTBOUND_HTTP)
+        .expect("the routes are served");
+    let (expected, _) = route::route_configurations(&mesh);
+    assert_eq!(entry.variants().len(), expected.len());
+    for (namespace, config) in expected {
+        let selector = match &namespace {
+            Some(ns) => Selector::namespace(ns),
+            None => Selector::all(),
+        };
+        let (_, resource) = entry
+            .variants()
+            .iter()
+            .find(|(s, _)| *s == selector)
+            .unwrap_or_else(|| panic!("no variant for {namespace:?}"));
+        let decoded = RouteConfiguration::decode(resource.body()).expect("a RouteConfiguration");
+        assert_eq!(decoded, config, "variant {namespace:?}");
+    }
+}
