@@ -15,15 +15,9 @@ OUT="$TOOLS_DIR/istiod"
 BIN="$OUT/pilot-discovery"
 say() { echo "build-istiod: $*" >&2; }
 
-GO="${GO:-go}"
-if ! command -v "$GO" >/dev/null; then
-    if [[ -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go; else
-        say "error: go not found (install Go >= 1.26, or set GO=/path/to/go)"; exit 1
-    fi
-fi
+# shellcheck source=go-env.sh
+source "$REPO_DIR/scripts/go-env.sh"
 mkdir -p "$OUT"
-export GOTOOLCHAIN="${GOTOOLCHAIN:-local}" CGO_ENABLED=0 GOFLAGS=-mod=mod
-export GOMODCACHE="${GOMODCACHE:-$TOOLS_DIR/go/mod}" GOCACHE="${GOCACHE:-$TOOLS_DIR/go/build}"
 
 if [[ -x "$BIN" ]] && [[ "$(cat "$OUT/version" 2>/dev/null)" == "$ISTIO_VERSION" ]]; then
     say "pilot-discovery istio.io/istio@$ISTIO_VERSION present"

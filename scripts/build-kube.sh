@@ -16,15 +16,9 @@ TOOLS_DIR="${CAPSTAN_TOOLS_DIR:-$REPO_DIR/.tools}"
 OUT="$TOOLS_DIR/kube"
 say() { echo "build-kube: $*" >&2; }
 
-GO="${GO:-go}"
-if ! command -v "$GO" >/dev/null; then
-    if [[ -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go; else
-        say "error: go not found (install Go >= 1.26, or set GO=/path/to/go)"; exit 1
-    fi
-fi
+# shellcheck source=go-env.sh
+source "$REPO_DIR/scripts/go-env.sh"
 mkdir -p "$OUT"
-export GOTOOLCHAIN="${GOTOOLCHAIN:-local}" CGO_ENABLED=0 GOFLAGS=-mod=mod
-export GOMODCACHE="${GOMODCACHE:-$TOOLS_DIR/go/mod}" GOCACHE="${GOCACHE:-$TOOLS_DIR/go/build}"
 
 if [[ -x "$OUT/kube-apiserver" ]] && "$OUT/kube-apiserver" --version 2>/dev/null | grep -q "v$K8S_VERSION\$"; then
     say "kube-apiserver v$K8S_VERSION present"
