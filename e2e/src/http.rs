@@ -174,6 +174,37 @@ impl HttpClient {
     }
 }
 
+impl HttpClient {
+    /// One request for `/reviews/1` with `Host: host`; the reply must come from a `reviews`
+    /// upstream.
+    pub async fn reviews(
+        &mut self,
+        host: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<UpstreamReply> {
+        let reply = self.upstream(host, "/reviews/1", headers).await?;
+        anyhow::ensure!(
+            reply.service == "reviews",
+            "reply from the wrong service: {reply:?}"
+        );
+        Ok(reply)
+    }
+
+    /// Which versions of `reviews` answer `n` requests with `Host: reviews`.
+    pub async fn reviews_versions(
+        &mut self,
+        headers: &[(&str, &str)],
+        n: usize,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
+        let mut counts = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            let reply = self.reviews("reviews", headers).await?;
+            *counts.entry(reply.version).or_default() += 1;
+        }
+        Ok(counts)
+    }
+}
+
 /// Percent-encodes everything but RFC 3986 unreserved characters (for query values).
 pub fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

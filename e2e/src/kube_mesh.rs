@@ -146,15 +146,7 @@ impl KubeReviewsMesh {
 
     /// One request to `reviews` through Envoy.
     pub async fn reviews(&mut self, headers: &[(&str, &str)]) -> anyhow::Result<UpstreamReply> {
-        let reply = self
-            .proxy
-            .upstream("reviews", "/reviews/1", headers)
-            .await?;
-        ensure!(
-            reply.service == "reviews",
-            "reply from the wrong service: {reply:?}"
-        );
-        Ok(reply)
+        self.proxy.reviews("reviews", headers).await
     }
 
     /// Which versions answer `n` requests.
@@ -163,12 +155,7 @@ impl KubeReviewsMesh {
         headers: &[(&str, &str)],
         n: usize,
     ) -> anyhow::Result<BTreeMap<String, usize>> {
-        let mut counts = BTreeMap::new();
-        for _ in 0..n {
-            let reply = self.reviews(headers).await?;
-            *counts.entry(reply.version).or_default() += 1;
-        }
-        Ok(counts)
+        self.proxy.reviews_versions(headers, n).await
     }
 
     /// Polls until `n` requests in a row with `headers` are answered exactly by `versions`

@@ -132,12 +132,7 @@ impl ReviewsMesh {
         host: &str,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<UpstreamReply> {
-        let reply = self.proxy.upstream(host, "/reviews/1", headers).await?;
-        ensure!(
-            reply.service == "reviews",
-            "reply from the wrong service: {reply:?}"
-        );
-        Ok(reply)
+        self.proxy.reviews(host, headers).await
     }
 
     /// Versions answering `n` requests.
@@ -146,12 +141,7 @@ impl ReviewsMesh {
         headers: &[(&str, &str)],
         n: usize,
     ) -> anyhow::Result<BTreeMap<String, usize>> {
-        let mut counts = BTreeMap::new();
-        for _ in 0..n {
-            let reply = self.reviews("reviews", headers).await?;
-            *counts.entry(reply.version).or_default() += 1;
-        }
-        Ok(counts)
+        self.proxy.reviews_versions(headers, n).await
     }
 
     /// Fails unless all `n` requests with `headers` are answered by `version`.
