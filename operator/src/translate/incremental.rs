@@ -180,8 +180,8 @@ impl Translator {
             .map(|((host, _), _)| host.clone())
             .collect();
         hosts.extend(vs_hosts);
-        for host in &hosts {
-            self.rebuild_virtual_hosts(mesh, host);
+        for (host, built) in per_host(&hosts, |host| build_virtual_hosts(mesh, host)) {
+            self.install_virtual_hosts(host, built);
         }
         self.refresh_unbound(mesh, affected);
         !hosts.is_empty()
@@ -232,7 +232,8 @@ impl Translator {
         }
     }
 
-    fn rebuild_virtual_hosts(&mut self, mesh: &Mesh, host: &str) {
+    /// Replaces the virtual hosts of `host` by `built` (none: the host is gone).
+    fn install_virtual_hosts(&mut self, host: &str, built: Option<BuiltVirtualHosts>) {
         let old: Vec<(String, u32)> = self
             .virtual_hosts
             .range((host.to_string(), 0)..=(host.to_string(), u32::MAX))
@@ -243,69 +244,19 @@ impl Translator {
                 self.forget(host, &entry);
             }
         }
-        let Some(service) = mesh.services.get(host) else {
+        let Some(built) = built else {
             return;
         };
-        let namespace = hostname::local_namespace(host, &mesh.domain_suffix).map(str::to_string);
-        let virtual_service = mesh.virtual_service_for(host);
-        let destinations: Vec<String> = virtual_service
-            .map(|vs| {
-                let mut hosts: Vec<String> = vs
-                    .http
-                    .iter()
-                    .flat_map(|h| h.destinations())
-                    .map(|d| d.host.clone())
-                    .collect();
-                hosts.sort();
-                hosts.dedup();
-                hosts
-            })
-            .unwrap_or_default();
-        let mut problems = Vec::new();
-        for (i, port) in route::http_ports(service).into_iter().enumerate() {
-            let routes = route::host_port_routes(mesh, service, port.number, &mut problems);
-            let domains = |same_namespace| {
-                route::candidate_domains(
-                    host,
-                    port.number,
-                    i == 0,
-                    same_namespace,
-                    &mesh.domain_suffix,
-                )
-            };
-            let own_domains = domains(true);
-            let encode = |domains: Vec<String>| {
-                Hashed::new(
-                    RouteConfiguration {
-                        virtual_hosts: vec![VirtualHost {
-                            name: format!("{host}:{}", port.number),
-                            domains,
-                            routes: routes.clone(),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }
-                    .encode_to_vec(),
-                )
-            };
-            let entry = VirtualHostEntry {
-                namespace: namespace.clone(),
-                own: encode(own_domains.clone()),
-                other: encode(domains(false)),
-                domains: own_domains,
-                virtual_service: virtual_service.map(|vs| vs.origin.clone()),
-                destinations: destinations.clone(),
-            };
+        for (port, entry) in built.entries {
             self.remember(host, &entry);
-            self.virtual_hosts
-                .insert((host.to_string(), port.number), entry);
+            self.virtual_hosts.insert((host.to_string(), port), entry);
         }
-        if let Some(vs) = virtual_service {
-            let by_host = self.route_problems.entry(vs.origin.clone()).or_default();
-            if problems.is_empty() {
+        if let Some(vs) = built.virtual_service {
+            let by_host = self.route_problems.entry(vs).or_default();
+            if built.problems.is_empty() {
                 by_host.remove(host);
             } else {
-                by_host.insert(host.to_string(), problems);
+                by_host.insert(host.to_string(), built.problems);
             }
         }
     }
@@ -438,24 +389,87 @@ impl Translator {
     }
 }
 
+/// The virtual hosts of one service host, built from the mesh alone (so many can be built
+/// at once), with what installing them records.
+struct BuiltVirtualHosts {
+    entries: Vec<(u32, VirtualHostEntry)>,
+    virtual_service: Option<ObjectKey>,
+    problems: Vec<Problem>,
+}
+
+fn build_virtual_hosts(mesh: &Mesh, host: &str) -> Option<BuiltVirtualHosts> {
+    let service = mesh.services.get(host)?;
+    let namespace = hostname::local_namespace(host, &mesh.domain_suffix).map(str::to_string);
+    let virtual_service = mesh.virtual_service_for(host);
+    let destinations: Vec<String> = virtual_service
+        .map(|vs| {
+            let mut hosts: Vec<String> = vs
+                .http
+                .iter()
+                .flat_map(|h| h.destinations())
+                .map(|d| d.host.clone())
+                .collect();
+            hosts.sort();
+            hosts.dedup();
+            hosts
+        })
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    let mut entries = Vec::new();
+    for (i, port) in route::http_ports(service).into_iter().enumerate() {
+        let routes = route::host_port_routes(mesh, service, port.number, &mut problems);
+        let domains = |same_namespace| {
+            route::candidate_domains(
+                host,
+                port.number,
+                i == 0,
+                same_namespace,
+                &mesh.domain_suffix,
+            )
+        };
+        let own_domains = domains(true);
+        let encode = |domains: Vec<String>| {
+            Hashed::new(
+                RouteConfiguration {
+                    virtual_hosts: vec![VirtualHost {
+                        name: format!("{host}:{}", port.number),
+                        domains,
+                        routes: routes.clone(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            )
+        };
+        let entry = VirtualHostEntry {
+            namespace: namespace.clone(),
+            own: encode(own_domains.clone()),
+            other: encode(domains(false)),
+            domains: own_domains,
+            virtual_service: virtual_service.map(|vs| vs.origin.clone()),
+            destinations: destinations.clone(),
+        };
+        entries.push((port.number, entry));
+    }
+    Some(BuiltVirtualHosts {
+        entries,
+        virtual_service: virtual_service.map(|vs| vs.origin.clone()),
+        problems,
+    })
+}
+
 /// Below this many hosts, building them on one thread is quicker than starting others.
 const PARALLEL_HOSTS: usize = 256;
 
-/// The resources of each of `hosts` (empty for a host no service has any more). Many hosts
-/// (a first build) are built on every core: each host's resources depend on the mesh only.
-fn build_hosts<'a>(mesh: &Mesh, hosts: &'a BTreeSet<String>) -> Vec<(&'a str, HostResources)> {
-    let build = |chunk: &[&'a String]| -> Vec<(&'a str, HostResources)> {
-        chunk
-            .iter()
-            .map(|host| {
-                let resources = mesh
-                    .services
-                    .get(host.as_str())
-                    .map(|service| host_resources(mesh, service))
-                    .unwrap_or_default();
-                (host.as_str(), resources)
-            })
-            .collect()
+/// `f` of each host, in order. Many hosts (a first build) are spread over every core: what
+/// is built for a host depends on the mesh only.
+fn per_host<'a, T: Send>(
+    hosts: &'a BTreeSet<String>,
+    f: impl Fn(&'a str) -> T + Sync,
+) -> Vec<(&'a str, T)> {
+    let build = |chunk: &[&'a String]| -> Vec<(&'a str, T)> {
+        chunk.iter().map(|h| (h.as_str(), f(h.as_str()))).collect()
     };
     let hosts: Vec<&String> = hosts.iter().collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
@@ -467,7 +481,7 @@ fn build_hosts<'a>(mesh: &Mesh, hosts: &'a BTreeSet<String>) -> Vec<(&'a str, Ho
         let workers: Vec<_> = hosts
             .chunks(chunk)
             .skip(1)
-            .map(|part| scope.spawn(move || build(part)))
+            .map(|part| scope.spawn(|| build(part)))
             .collect();
         let mut out = build(&hosts[..chunk.min(hosts.len())]);
         for worker in workers {
@@ -478,6 +492,16 @@ fn build_hosts<'a>(mesh: &Mesh, hosts: &'a BTreeSet<String>) -> Vec<(&'a str, Ho
             }
         }
         out
+    })
+}
+
+/// The resources of each of `hosts` (empty for a host no service has any more).
+fn build_hosts<'a>(mesh: &Mesh, hosts: &'a BTreeSet<String>) -> Vec<(&'a str, HostResources)> {
+    per_host(hosts, |host| {
+        mesh.services
+            .get(host)
+            .map(|service| host_resources(mesh, service))
+            .unwrap_or_default()
     })
 }
 

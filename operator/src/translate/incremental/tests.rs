@@ -334,6 +334,8 @@ spec:
         assert_eq!(names(resources), names(&one));
         assert_eq!(resources.clusters.len(), 1);
     }
+    // The virtual hosts are built in parallel too.
+    assert_routes_decode_as_route_configurations(&mesh);
 }
 
 #[test]
@@ -348,15 +350,21 @@ fn assembled_route_variants_decode_as_the_route_configurations() {
         index.handle(event);
     }
     let (mesh, _) = Mesh::build(&index, "cluster.local");
+    assert_routes_decode_as_route_configurations(&mesh);
+}
+
+/// Every route variant a full build serves decodes as the configuration the one-piece
+/// generator builds for that namespace.
+fn assert_routes_decode_as_route_configurations(mesh: &Mesh) {
     let cache = SnapshotCache::new();
-    cache.replace(Translator::new(options()).full(&mesh));
+    cache.replace(Translator::new(options()).full(mesh));
     let state = cache.current();
     let route_type = capstan_xds::type_index(type_url::ROUTE).expect("a served type");
     let entry = state
         .snapshot
         .get(route_type, OUTBOUND_HTTP)
         .expect("the routes are served");
-    let (expected, _) = route::route_configurations(&mesh);
+    let (expected, _) = route::route_configurations(mesh);
     assert_eq!(entry.variants().len(), expected.len());
     for (namespace, config) in expected {
         let selector = match &namespace {
