@@ -314,6 +314,7 @@ impl Reconciler {
                         desired: desired(record, self.problems.get(key)),
                         observed: record.observed.clone(),
                         status: record.status.clone(),
+                        resource_version: record.resource_version.clone(),
                     };
                     self.statuses.insert(key.clone(), item);
                 }

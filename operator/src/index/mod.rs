@@ -216,7 +216,11 @@ impl Index {
         }
         let changes = match previous {
             Some(p) if p.same_config(&record) => Changes {
-                statuses: if p.observed != record.observed {
+                // A new resource version alone also renews what a status patch is
+                // conditional on.
+                statuses: if p.observed != record.observed
+                    || p.resource_version != record.resource_version
+                {
                     BTreeSet::from([record.key.clone()])
                 } else {
                     BTreeSet::new()

@@ -46,6 +46,9 @@ pub struct IstioRecord {
     /// write preserves other controllers' conditions).
     pub observed: Option<Observed>,
     pub status: Option<Arc<serde_json::Value>>,
+    /// `metadata.resourceVersion` as last watched: a status patch is made conditional on it,
+    /// so it never overwrites what another controller wrote since (`None` outside Kubernetes).
+    pub resource_version: Option<String>,
 }
 
 impl IstioRecord {
@@ -58,6 +61,7 @@ impl IstioRecord {
             errors: Vec::new(),
             observed: None,
             status: None,
+            resource_version: None,
         }
     }
 

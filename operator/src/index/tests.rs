@@ -66,6 +66,7 @@ fn istio(yaml: &str, generation: i64) -> Record {
         errors,
         observed: None,
         status: None,
+        resource_version: None,
     })
 }
 
@@ -171,7 +172,13 @@ fn a_status_only_change_is_not_config() {
             ..Changes::default()
         }
     );
-    assert!(index.apply(Record::Istio(record)).is_empty());
+    assert!(index.apply(Record::Istio(record.clone())).is_empty());
+    // A new resource version alone (someone else's status write) renews what status
+    // patches are conditional on: a status change, not config.
+    record.resource_version = Some("7".into());
+    let changes = index.apply(Record::Istio(record.clone()));
+    assert!(!changes.config());
+    assert_eq!(changes.statuses, [record.key.clone()].into());
 }
 
 #[test]

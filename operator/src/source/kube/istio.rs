@@ -44,6 +44,7 @@ pub fn record(kind: Kind, object: &DynamicObject) -> Option<Record> {
         return None;
     };
     let generation = object.metadata.generation.unwrap_or(0);
+    let resource_version = object.metadata.resource_version.clone();
     let mut value = serde_json::to_value(object).ok()?;
     let fields = value.as_object_mut()?;
     let status = fields.remove("status");
@@ -90,6 +91,7 @@ pub fn record(kind: Kind, object: &DynamicObject) -> Option<Record> {
         errors,
         observed: status.as_ref().and_then(Observed::from_status),
         status: status.map(std::sync::Arc::new),
+        resource_version,
     }))
 }
 
@@ -122,7 +124,13 @@ mod tests {
         assert!(a.errors.is_empty(), "{:?}", a.errors);
         assert!(a.object.is_some());
         assert_eq!(a.generation, 3);
-        assert_eq!(a, b, "a new resourceVersion alone is no change");
+        assert!(
+            a.same_config(&b),
+            "a new resourceVersion alone is no config change"
+        );
+        // ... but it is kept, for status patches conditional on it.
+        assert_eq!(a.resource_version.as_deref(), Some("10"));
+        assert_eq!(b.resource_version.as_deref(), Some("11"));
         assert_eq!(
             a.observed.as_ref().map(|o| o.reason.as_str()),
             Some("Accepted")

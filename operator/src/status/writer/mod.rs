@@ -77,6 +77,10 @@ pub struct StatusItem {
     /// Its whole `status` when last watched (other controllers' conditions are kept);
     /// shared with the index, not copied per publish.
     pub status: Option<Arc<Value>>,
+    /// Its `metadata.resourceVersion` when last watched: the patch applies only to that
+    /// version (409 Conflict otherwise), so a condition another controller added since is
+    /// never overwritten; the watch brings the new version and the patch is made again.
+    pub resource_version: Option<String>,
 }
 
 /// Why a status patch failed.
@@ -335,7 +339,13 @@ async fn pass<P: Patcher>(
             if !*leader.borrow() || published.has_changed().unwrap_or(false) {
                 return (i, Outcome::Skipped);
             }
-            let body = item.desired.status_patch(item.status.as_deref(), now);
+            let mut body = item.desired.status_patch(item.status.as_deref(), now);
+            if let (Some(rv), Value::Object(fields)) = (&item.resource_version, &mut body) {
+                fields.insert(
+                    "metadata".into(),
+                    serde_json::json!({ "resourceVersion": rv }),
+                );
+            }
             let outcome =
                 match timeout(options.request_timeout, patcher.patch(&item.key, body)).await {
                     Ok(Ok(())) => Outcome::Written,
@@ -359,6 +369,9 @@ async fn pass<P: Patcher>(
             Outcome::Skipped => {}
             Outcome::Failed(WriteError::Gone) => {
                 debug!(object = %key, "status: object gone; dropped");
+            }
+            Outcome::Failed(WriteError::Rejected { code: 409, .. }) => {
+                debug!(object = %key, "status: object changed since last watched; patched again when the watch shows it");
             }
             Outcome::Failed(err @ WriteError::Rejected { .. }) => {
                 warn!(object = %key, %err, "status: patch rejected; will retry on a later change");

@@ -47,6 +47,7 @@ fn item(name: &str, desired: Desired, observed: Option<Observed>) -> StatusItem 
         desired,
         observed,
         status: None,
+        resource_version: None,
     }
 }
 
@@ -294,6 +295,7 @@ async fn writes_a_difference_once_with_the_merge_patch_body() {
     let items = vec![
         StatusItem {
             status: Some(Arc::new(status.clone())),
+            resource_version: Some("42".into()),
             ..item("a", invalid(4, "spec.http: bad"), None)
         },
         item("b", accepted(1), Some(shown(&accepted(1)))),
@@ -309,6 +311,8 @@ async fn writes_a_difference_once_with_the_merge_patch_body() {
     assert_eq!(conditions[1]["reason"], "Invalid");
     assert_eq!(conditions[1]["message"], "spec.http: bad");
     assert_eq!(body["status"]["observedGeneration"], 4);
+    // Conditional on the version last watched: never over another controller's later write.
+    assert_eq!(body["metadata"]["resourceVersion"], "42");
 
     // The index publishes again before the watch shows our write: no second patch.
     h.publish(items).await;
