@@ -33,6 +33,22 @@ spec:
     )
 }
 
+/// A STATIC ServiceEntry `name.bookinfo.svc.cluster.local` with one endpoint, 127.0.0.1:`port`.
+pub fn service_entry(name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: bookinfo}}
+spec:
+  hosts: [{name}.bookinfo.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+"
+    )
+}
+
 /// DestinationRule with one subset per version label.
 pub fn reviews_destination_rule(versions: &[&str]) -> String {
     let mut subsets = String::new();

@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{Context, ensure};
 use capstan_e2e::capstan::Capstan;
 use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy, loopback};
+use capstan_e2e::fixtures::service_entry;
 use capstan_e2e::http::HttpClient;
 use capstan_e2e::locate::envoy_bin;
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, OUTBOUND_LISTENER, TestEnv};
@@ -19,21 +20,6 @@ use serde_json::Value;
 const UPSTREAM_BIN: &str = env!("CARGO_BIN_EXE_capstan-upstream");
 const RATINGS_CLUSTER: &str = "outbound|9080||ratings.bookinfo.svc.cluster.local";
 const REVIEWS_CLUSTER: &str = "outbound|9080||reviews.bookinfo.svc.cluster.local";
-
-fn service_entry(name: &str, port: u16) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: {name}, namespace: bookinfo}}
-spec:
-  hosts: [{name}.bookinfo.svc.cluster.local]
-  location: MESH_INTERNAL
-  ports: [{{number: 9080, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
-"
-    )
-}
 
 /// RE2 refuses this pattern: Envoy caps a regex's program size (100 by default), which the
 /// pattern far exceeds, so the route configuration carrying it is rejected.

@@ -6,6 +6,7 @@
 use anyhow::{Context, ensure};
 use capstan_e2e::capstan::Capstan;
 use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy, loopback};
+use capstan_e2e::fixtures::service_entry;
 use capstan_e2e::http::{HttpClient, percent_encode};
 use capstan_e2e::locate::{capstan_bin, envoy_bin};
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, OUTBOUND_LISTENER, TestEnv};
@@ -26,21 +27,6 @@ spec:
   - match: [{uri: {regex: '/(alpha|beta|gamma|delta){50}'}}]
     route: [{destination: {host: reviews}}]
 ";
-
-fn service_entry(name: &str, port: u16) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: {name}, namespace: bookinfo}}
-spec:
-  hosts: [{name}.bookinfo.svc.cluster.local]
-  location: MESH_INTERNAL
-  ports: [{{number: 9080, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
-"
-    )
-}
 
 fn bootstrap(mode: AdsMode, xds_port: u16, workload: &str) -> Bootstrap {
     let mut bootstrap = Bootstrap::new(mode, xds_port);
