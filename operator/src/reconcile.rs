@@ -99,8 +99,9 @@ impl Pipeline {
 
     /// Builds the model and every resource anew from the index.
     pub fn full(&mut self) -> SnapshotBuilder {
-        let (mesh, _) = Mesh::build(&self.index, &self.domain_suffix);
-        self.mesh = mesh;
+        self.mesh = Mesh::new(&self.domain_suffix);
+        self.mesh
+            .update(&self.index, &crate::model::everything(&self.index));
         self.translator.full(&self.mesh)
     }
 
@@ -292,10 +293,7 @@ impl Reconciler {
             if !served {
                 self.untranslated.remove(key);
             } else if self.untranslated.insert(key.clone()) {
-                warn!(
-                    "{key}: capstan does not translate {} yet; it is validated and not applied",
-                    key.kind
-                );
+                warn!("{key}: {}", unsupported::kind_message(key.kind));
             }
         }
         differ
@@ -355,10 +353,7 @@ pub fn desired(record: &IstioRecord, problems: Option<&Vec<Problem>>) -> Desired
         (
             ConditionStatus::False,
             Reason::NotSupported,
-            format!(
-                "capstan validates {} but does not apply it to proxies yet",
-                record.key.kind
-            ),
+            unsupported::kind_message(record.key.kind),
         )
     } else if let Some(problems) = problems.filter(|p| !p.is_empty()) {
         let text: Vec<String> = problems

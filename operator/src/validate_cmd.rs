@@ -187,10 +187,7 @@ impl Report {
             self.warnings.push(warning(
                 None,
                 None,
-                format!(
-                    "capstan validates {} but does not apply it to proxies yet",
-                    object.kind()
-                ),
+                unsupported::kind_message(object.kind()),
             ));
         }
         for problem in unsupported::fields(object) {

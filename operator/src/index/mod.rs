@@ -355,10 +355,6 @@ impl Index {
         self.nodes.get(name)
     }
 
-    pub fn namespace(&self, name: &str) -> Option<&NamespaceRecord> {
-        self.namespaces.get(name)
-    }
-
     /// How many records of each kind are held, for logs and metrics.
     pub fn counts(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();

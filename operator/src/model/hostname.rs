@@ -17,12 +17,7 @@ pub fn resolve(host: &str, namespace: &str, domain_suffix: &str) -> String {
 /// cluster-local `name.ns.svc.<suffix>`, `name.ns.svc`, `name.ns` and `name`.
 pub fn aliases(host: &str, domain_suffix: &str) -> Vec<String> {
     let mut names = vec![host.to_string()];
-    if let Some(local) = host.strip_suffix(&format!(".svc.{domain_suffix}"))
-        && let Some((name, namespace)) = local.split_once('.')
-        && !name.is_empty()
-        && !namespace.is_empty()
-        && !namespace.contains('.')
-    {
+    if let Some((name, namespace)) = split_local(host, domain_suffix) {
         names.push(format!("{name}.{namespace}.svc"));
         names.push(format!("{name}.{namespace}"));
         names.push(name.to_string());
@@ -32,9 +27,15 @@ pub fn aliases(host: &str, domain_suffix: &str) -> Vec<String> {
 
 /// The namespace of a cluster-local host `name.namespace.svc.<suffix>`.
 pub fn local_namespace<'a>(host: &'a str, domain_suffix: &str) -> Option<&'a str> {
+    split_local(host, domain_suffix).map(|(_, namespace)| namespace)
+}
+
+/// The name and namespace of a cluster-local host `name.namespace.svc.<suffix>`.
+pub fn split_local<'a>(host: &'a str, domain_suffix: &str) -> Option<(&'a str, &'a str)> {
     let local = host.strip_suffix(domain_suffix)?.strip_suffix(".svc.")?;
     let (name, namespace) = local.split_once('.')?;
-    (!name.is_empty() && !namespace.is_empty() && !namespace.contains('.')).then_some(namespace)
+    (!name.is_empty() && !namespace.is_empty() && !namespace.contains('.'))
+        .then_some((name, namespace))
 }
 
 /// Whether `pattern` (a host or a `*.suffix` wildcard, as in a VirtualService) covers `host`.

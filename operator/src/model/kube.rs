@@ -12,8 +12,7 @@ pub fn host(id: &NsName, domain_suffix: &str) -> String {
 
 /// The Kubernetes Service a host would be (`name.namespace.svc.<domain>`).
 pub fn id_of_host(host: &str, domain_suffix: &str) -> Option<NsName> {
-    let namespace = super::hostname::local_namespace(host, domain_suffix)?;
-    let name = host.split_once('.')?.0;
+    let (name, namespace) = super::hostname::split_local(host, domain_suffix)?;
     Some(NsName::new(namespace, name))
 }
 

@@ -54,10 +54,6 @@ pub struct VirtualService {
 }
 
 impl VirtualService {
-    pub fn namespace(&self) -> &str {
-        &self.origin.namespace
-    }
-
     /// Sidecars are the reserved gateway `mesh`, which a VirtualService without gateways
     /// binds to implicitly.
     pub fn applies_to_sidecars(&self) -> bool {
@@ -108,12 +104,6 @@ pub struct Affected {
     pub routes: BTreeSet<String>,
     /// The VirtualServices that changed (or went).
     pub virtual_services: BTreeSet<ObjectKey>,
-}
-
-impl Affected {
-    pub fn is_empty(&self) -> bool {
-        self.hosts.is_empty() && self.routes.is_empty() && self.virtual_services.is_empty()
-    }
 }
 
 impl Mesh {
@@ -365,14 +355,6 @@ impl Mesh {
     /// Every problem the model found, by object.
     pub fn problems(&self) -> impl Iterator<Item = &Problem> {
         self.problems.values().flat_map(|t| t.values().flatten())
-    }
-
-    /// The problems of one object.
-    pub fn problems_of(&self, key: &ObjectKey) -> impl Iterator<Item = &Problem> {
-        self.problems
-            .get(key)
-            .into_iter()
-            .flat_map(|t| t.values().flatten())
     }
 
     /// Re-reads the endpoints of Kubernetes Service `id` from `index`; returns the service

@@ -13,6 +13,12 @@ pub fn kind_is_translated(kind: Kind) -> bool {
     )
 }
 
+/// What `validate`, `run` and the status condition say about an object of a kind capstan
+/// does not translate.
+pub fn kind_message(kind: Kind) -> String {
+    format!("capstan validates {kind} but does not apply it to proxies yet")
+}
+
 /// The fields of `object` that are set and not honoured. Kinds capstan does not translate at
 /// all are reported by the caller, once for the whole object.
 pub fn fields(object: &IstioObject) -> Vec<Problem> {

@@ -192,10 +192,7 @@ impl Translator {
         let Some(service) = mesh.services.get(host) else {
             return Vec::new();
         };
-        let assignments: Vec<Resource> = endpoint::load_assignments_of(mesh, service)
-            .into_iter()
-            .filter_map(|(name, cla)| Resource::encode(name, &cla))
-            .collect();
+        let assignments = encoded_assignments(mesh, service);
         if let Some(kept) = self.by_host.get_mut(host) {
             kept.assignments = assignments.clone();
         }
@@ -511,11 +508,15 @@ fn host_resources(mesh: &Mesh, service: &Service) -> HostResources {
             .into_iter()
             .filter_map(|(name, c)| Resource::encode(name, &c))
             .collect(),
-        assignments: endpoint::load_assignments_of(mesh, service)
-            .into_iter()
-            .filter_map(|(name, cla)| Resource::encode(name, &cla))
-            .collect(),
+        assignments: encoded_assignments(mesh, service),
     }
+}
+
+fn encoded_assignments(mesh: &Mesh, service: &Service) -> Vec<Resource> {
+    endpoint::load_assignments_of(mesh, service)
+        .into_iter()
+        .filter_map(|(name, cla)| Resource::encode(name, &cla))
+        .collect()
 }
 
 #[cfg(test)]

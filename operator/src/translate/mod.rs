@@ -9,7 +9,6 @@ mod incremental;
 mod listener;
 mod route;
 
-pub use endpoint::load_assignments_of;
 pub use incremental::Translator;
 
 use std::collections::BTreeMap;

@@ -301,5 +301,5 @@ fn the_mesh_reports_an_invalid_timeout_until_it_is_fixed() {
 
     load(&mut index, "  - route: [{destination: {host: reviews}}]\n");
     mesh.update(&index, &crate::model::everything(&index));
-    assert_eq!(mesh.problems_of(&key).count(), 0);
+    assert_eq!(mesh.problems().filter(|p| p.object == key).count(), 0);
 }
