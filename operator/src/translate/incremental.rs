@@ -64,6 +64,9 @@ pub struct Translator {
     virtual_hosts: BTreeMap<(String, u32), VirtualHostEntry>,
     /// Destination host → the service hosts whose routes resolved a port through it.
     routed_through: HashMap<String, BTreeSet<String>>,
+    /// VirtualService → the service hosts whose virtual hosts carry its routes. (A host's
+    /// virtual hosts are always forgotten and remembered together, so a set suffices.)
+    carried_by: HashMap<ObjectKey, BTreeSet<String>>,
     /// How many virtual hosts claim each domain; above one, Envoy would reject the
     /// configuration, and the route variants are built the slow way that drops repeats.
     domain_claims: HashMap<String, u32>,
@@ -85,6 +88,7 @@ impl Translator {
             by_host: HashMap::new(),
             virtual_hosts: BTreeMap::new(),
             routed_through: HashMap::new(),
+            carried_by: HashMap::new(),
             domain_claims: HashMap::new(),
             repeated_domains: 0,
             namespaces: BTreeMap::new(),
@@ -168,18 +172,10 @@ impl Translator {
                 hosts.insert(pattern.clone());
             }
         }
-        // A virtual host rebuilt for a VirtualService it no longer uses still names it.
-        let vs_hosts: Vec<String> = self
-            .virtual_hosts
-            .iter()
-            .filter(|(_, e)| {
-                e.virtual_service
-                    .as_ref()
-                    .is_some_and(|k| affected.virtual_services.contains(k))
-            })
-            .map(|((host, _), _)| host.clone())
-            .collect();
-        hosts.extend(vs_hosts);
+        // The hosts whose virtual hosts carried a changed VirtualService's routes.
+        for key in &affected.virtual_services {
+            hosts.extend(self.carried_by.get(key).into_iter().flatten().cloned());
+        }
         for (host, built) in per_host(&hosts, |host| build_virtual_hosts(mesh, host)) {
             self.install_virtual_hosts(host, built);
         }
@@ -260,6 +256,12 @@ impl Translator {
 
     /// Records what a new virtual host depends on and claims.
     fn remember(&mut self, host: &str, entry: &VirtualHostEntry) {
+        if let Some(vs) = &entry.virtual_service {
+            self.carried_by
+                .entry(vs.clone())
+                .or_default()
+                .insert(host.to_string());
+        }
         for destination in &entry.destinations {
             self.routed_through
                 .entry(destination.clone())
@@ -280,6 +282,14 @@ impl Translator {
 
     /// Undoes [`Self::remember`] for a virtual host being replaced or removed.
     fn forget(&mut self, host: &str, entry: &VirtualHostEntry) {
+        if let Some(vs) = &entry.virtual_service
+            && let Some(hosts) = self.carried_by.get_mut(vs)
+        {
+            hosts.remove(host);
+            if hosts.is_empty() {
+                self.carried_by.remove(vs);
+            }
+        }
         for destination in &entry.destinations {
             if let Some(hosts) = self.routed_through.get_mut(destination) {
                 hosts.remove(host);
