@@ -12,6 +12,7 @@ mod cache;
 mod connections;
 mod history;
 mod metrics;
+mod parts;
 mod proxy;
 mod queue;
 mod resource;
@@ -25,6 +26,7 @@ pub use connections::{
 };
 pub use history::{History, Since};
 pub use metrics::Metrics;
+pub use parts::Parts;
 pub use proxy::{ProxyInfo, Role, Selector};
 pub use queue::{DEFAULT_MAX_DELAY, DEFAULT_QUIET, PushQueue};
 pub use resource::{Resource, type_url};

@@ -7,6 +7,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use prost::{Message, Name};
 
+use crate::parts::Parts;
+
 /// Type URLs of the resource types capstan serves, in the order ADS must deliver them so that
 /// nothing references a resource the proxy has not seen yet (clusters before their endpoints,
 /// listeners before their routes).
@@ -58,8 +60,7 @@ pub struct Resource {
     /// The message in pieces, kept as they are: a large message assembled from pieces that
     /// other resources share (route configurations) is never copied into one buffer; each
     /// response writes the pieces where it would have written the whole.
-    parts: Option<Arc<[Bytes]>>,
-    parts_len: usize,
+    parts: Option<Parts>,
 }
 
 impl Resource {
@@ -81,17 +82,12 @@ impl Resource {
         })
     }
 
-    /// Wraps a message given as `parts` (concatenated, they are its encoding) without
-    /// joining them. `version` must be a hash of the content that changes whenever any part
-    /// does (the caller hashes what it keeps per part: hashing every byte again per assembly
-    /// is what this avoids).
-    pub fn from_parts(
-        type_url: &'static str,
-        name: impl Into<Arc<str>>,
-        parts: Vec<Bytes>,
-        version: u64,
-    ) -> Self {
-        let parts_len: usize = parts.iter().map(Bytes::len).sum();
+    /// Wraps a message given as `parts` (written in order, they are its encoding) without
+    /// joining them. The version is the parts' hash: built from the hashes of the pieces, so
+    /// no byte is hashed again per assembly.
+    pub fn from_parts(type_url: &'static str, name: impl Into<Arc<str>>, parts: Parts) -> Self {
+        let parts_len = parts.len();
+        let version = parts.hash();
         let mut head = BytesMut::with_capacity(
             2 + encoded_len_varint(type_url.len() as u64)
                 + type_url.len()
@@ -110,8 +106,7 @@ impl Resource {
             version_hex: hex(version),
             body_start: any.len(),
             any,
-            parts: Some(parts.into()),
-            parts_len,
+            parts: Some(parts),
         }
     }
 
@@ -141,7 +136,6 @@ impl Resource {
             any,
             body_start,
             parts: None,
-            parts_len: 0,
         }
     }
 
@@ -178,21 +172,21 @@ impl Resource {
     pub fn body(&self) -> Bytes {
         match &self.parts {
             None => self.any.slice(self.body_start..),
-            Some(parts) => parts.concat().into(),
+            Some(parts) => parts.to_bytes(),
         }
     }
 
     /// Length of the encoded `google.protobuf.Any` carrying the resource.
     pub fn any_len(&self) -> usize {
-        self.any.len() + self.parts_len
+        self.any.len() + self.parts.as_ref().map_or(0, Parts::len)
     }
 
     /// Writes the encoded `google.protobuf.Any` carrying the resource ([`Self::any_len`]
     /// bytes).
     pub fn write_any(&self, buf: &mut impl BufMut) {
         buf.put_slice(&self.any);
-        for part in self.parts.iter().flat_map(|p| p.iter()) {
-            buf.put_slice(part);
+        if let Some(parts) = &self.parts {
+            parts.write(buf);
         }
     }
 
@@ -287,12 +281,11 @@ mod tests {
         let parts = Resource::from_parts(
             type_url::CLUSTER,
             "split",
-            vec![
-                Bytes::copy_from_slice(a),
-                Bytes::new(),
-                Bytes::copy_from_slice(b),
-            ],
-            whole.version(),
+            Parts::join([
+                Parts::leaf(Bytes::copy_from_slice(a)),
+                Parts::join([Parts::leaf(Bytes::new())]),
+                Parts::leaf(Bytes::copy_from_slice(b)),
+            ]),
         );
         let written = |r: &Resource| {
             let mut out = Vec::new();
@@ -303,7 +296,6 @@ mod tests {
         assert_eq!(parts.any_len(), whole.any_len());
         assert_eq!(parts.body(), whole.body());
         assert_eq!(parts.to_any(), whole.to_any());
-        assert_eq!(parts.version_hex(), whole.version_hex());
     }
 
     #[test]

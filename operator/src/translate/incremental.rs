@@ -6,14 +6,18 @@
 //! the virtual hosts whose routes read those services' ports; the route configuration is
 //! then reassembled from the kept encodings by concatenation (protobuf messages concatenate),
 //! without building or encoding the other virtual hosts again.
+//!
+//! The virtual hosts are grouped by namespace, and each group is kept joined ([`Parts`]) in
+//! both forms. A route variant is the header plus one joined group per namespace, so a
+//! change rejoins only its namespace's group and then assembles each variant from one piece
+//! per namespace: it never walks the virtual hosts of other namespaces.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use capstan_crds::ObjectKey;
-use capstan_xds::{Resource, Selector, SnapshotBuilder, Update, type_url};
+use capstan_xds::{Parts, Resource, Selector, SnapshotBuilder, Update, type_url};
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use prost::Message;
-use prost::bytes::Bytes;
 
 use super::{OUTBOUND_HTTP, Options, cluster, endpoint, listener, route};
 use crate::model::{Affected, Mesh, Problem, Service, hostname};
@@ -25,31 +29,26 @@ struct HostResources {
     assignments: Vec<Resource>,
 }
 
-/// Encoded bytes and their hash, computed once: a route variant assembled from many of these
-/// neither copies nor hashes them again.
-#[derive(Clone)]
-struct Hashed {
-    bytes: Bytes,
-    hash: u64,
-}
+/// The namespace of a cluster-local host, `None` for any other host: the group of its
+/// virtual hosts within the route configuration.
+type Group = Option<String>;
 
-impl Hashed {
-    fn new(bytes: Vec<u8>) -> Self {
-        Self {
-            hash: xxhash_rust::xxh3::xxh3_64(&bytes),
-            bytes: bytes.into(),
-        }
-    }
+/// A virtual host's place in the route configuration: by group, then host, then port.
+type VirtualHostKey = (Group, String, u32);
+
+/// One group's virtual hosts, joined in both forms: `own` for its namespace's variant,
+/// `other` for every other variant.
+struct Segment {
+    own: Parts,
+    other: Parts,
 }
 
 /// One service port's virtual host.
 struct VirtualHostEntry {
-    /// The namespace of a cluster-local host: its proxies also reach it by bare name.
-    namespace: Option<String>,
     /// A `RouteConfiguration` holding only this virtual host, with the bare name (for its
     /// own namespace's variant) and without (for every other variant), and a hash of each.
-    own: Hashed,
-    other: Hashed,
+    own: Parts,
+    other: Parts,
     /// Every domain of the `own` form, to find two hosts claiming one name.
     domains: Vec<String>,
     /// The VirtualService whose routes it carries, and the hosts those routes send to.
@@ -60,8 +59,12 @@ struct VirtualHostEntry {
 pub struct Translator {
     options: Options,
     by_host: HashMap<String, HostResources>,
-    /// By host, then port: the order of the virtual hosts in the route configuration.
-    virtual_hosts: BTreeMap<(String, u32), VirtualHostEntry>,
+    /// In the order of the virtual hosts in the route configuration.
+    virtual_hosts: BTreeMap<VirtualHostKey, VirtualHostEntry>,
+    /// Per group with virtual hosts, all of them joined.
+    segments: BTreeMap<Group, Segment>,
+    /// The route configuration without virtual hosts, encoded.
+    header: Parts,
     /// Destination host → the service hosts whose routes resolved a port through it.
     routed_through: HashMap<String, BTreeSet<String>>,
     /// VirtualService → the service hosts whose virtual hosts carry its routes. (A host's
@@ -71,8 +74,6 @@ pub struct Translator {
     /// configuration, and the route variants are built the slow way that drops repeats.
     domain_claims: HashMap<String, u32>,
     repeated_domains: usize,
-    /// Namespaces with cluster-local hosts (each has a route variant), with their count.
-    namespaces: BTreeMap<String, usize>,
     /// The route variants last built: `None` for proxies of other namespaces.
     route_variants: BTreeSet<Option<String>>,
     /// Problems found building routes: per VirtualService, per service host; and hosts
@@ -87,11 +88,12 @@ impl Translator {
             options,
             by_host: HashMap::new(),
             virtual_hosts: BTreeMap::new(),
+            segments: BTreeMap::new(),
+            header: Parts::leaf(route::empty_config().encode_to_vec()),
             routed_through: HashMap::new(),
             carried_by: HashMap::new(),
             domain_claims: HashMap::new(),
             repeated_domains: 0,
-            namespaces: BTreeMap::new(),
             route_variants: BTreeSet::new(),
             route_problems: BTreeMap::new(),
             unbound: BTreeMap::new(),
@@ -176,8 +178,14 @@ impl Translator {
         for key in &affected.virtual_services {
             hosts.extend(self.carried_by.get(key).into_iter().flatten().cloned());
         }
+        let mut groups = BTreeSet::new();
         for (host, built) in per_host(&hosts, |host| build_virtual_hosts(mesh, host)) {
-            self.install_virtual_hosts(host, built);
+            let group = group_of(host, &mesh.domain_suffix);
+            self.install_virtual_hosts(host, &group, built);
+            groups.insert(group);
+        }
+        for group in groups {
+            self.rejoin(group);
         }
         self.refresh_unbound(mesh, affected);
         !hosts.is_empty()
@@ -226,10 +234,16 @@ impl Translator {
     }
 
     /// Replaces the virtual hosts of `host` by `built` (none: the host is gone).
-    fn install_virtual_hosts(&mut self, host: &str, built: Option<BuiltVirtualHosts>) {
-        let old: Vec<(String, u32)> = self
+    fn install_virtual_hosts(
+        &mut self,
+        host: &str,
+        group: &Group,
+        built: Option<BuiltVirtualHosts>,
+    ) {
+        let key = |port| (group.clone(), host.to_string(), port);
+        let old: Vec<VirtualHostKey> = self
             .virtual_hosts
-            .range((host.to_string(), 0)..=(host.to_string(), u32::MAX))
+            .range(key(0)..=key(u32::MAX))
             .map(|(k, _)| k.clone())
             .collect();
         for key in old {
@@ -242,7 +256,7 @@ impl Translator {
         };
         for (port, entry) in built.entries {
             self.remember(host, &entry);
-            self.virtual_hosts.insert((host.to_string(), port), entry);
+            self.virtual_hosts.insert(key(port), entry);
         }
         if let Some(vs) = built.virtual_service {
             let by_host = self.route_problems.entry(vs).or_default();
@@ -275,9 +289,6 @@ impl Translator {
                 self.repeated_domains += 1;
             }
         }
-        if let Some(ns) = &entry.namespace {
-            *self.namespaces.entry(ns.clone()).or_default() += 1;
-        }
     }
 
     /// Undoes [`Self::remember`] for a virtual host being replaced or removed.
@@ -309,14 +320,6 @@ impl Translator {
                 }
             }
         }
-        if let Some(ns) = &entry.namespace
-            && let Some(count) = self.namespaces.get_mut(ns)
-        {
-            *count -= 1;
-            if *count == 0 {
-                self.namespaces.remove(ns);
-            }
-        }
         if let Some(vs) = &entry.virtual_service
             && let Some(by_host) = self.route_problems.get_mut(vs)
         {
@@ -325,6 +328,28 @@ impl Translator {
                 self.route_problems.remove(vs);
             }
         }
+    }
+
+    /// Joins the virtual hosts of `group` again (after some of them changed).
+    fn rejoin(&mut self, group: Group) {
+        let first = (group.clone(), String::new(), 0);
+        let entries: Vec<&VirtualHostEntry> = self
+            .virtual_hosts
+            .range(first..)
+            .take_while(|((g, _, _), _)| *g == group)
+            .map(|(_, entry)| entry)
+            .collect();
+        if entries.is_empty() {
+            self.segments.remove(&group);
+            return;
+        }
+        let other = Parts::join(entries.iter().map(|e| e.other.clone()));
+        // Hosts outside the cluster have no namespace whose variant reads them by bare name.
+        let own = match group {
+            Some(_) => Parts::join(entries.iter().map(|e| e.own.clone())),
+            None => other.clone(),
+        };
+        self.segments.insert(group, Segment { own, other });
     }
 
     /// Hosts no service has, for the VirtualServices that changed and those covering a host
@@ -369,28 +394,21 @@ impl Translator {
                 .filter_map(|(ns, config)| Some((ns, Resource::encode(OUTBOUND_HTTP, &config)?)))
                 .collect();
         }
-        let header = Hashed::new(route::empty_config().encode_to_vec());
-        std::iter::once(None)
-            .chain(self.namespaces.keys().map(|ns| Some(ns.clone())))
+        // A variant per namespace with cluster-local hosts, and one for every other proxy.
+        let namespaces = self.segments.keys().filter(|group| group.is_some());
+        std::iter::once(&None)
+            .chain(namespaces)
             .map(|namespace| {
-                let parts =
-                    std::iter::once(&header).chain(self.virtual_hosts.values().map(|entry| {
-                        if entry.namespace.is_some() && entry.namespace == namespace {
-                            &entry.own
-                        } else {
-                            &entry.other
-                        }
-                    }));
-                // The parts are shared, not copied, and the version hashes their hashes.
-                let mut version = xxhash_rust::xxh3::Xxh3::new();
-                let mut bytes = Vec::with_capacity(self.virtual_hosts.len() + 1);
-                for part in parts {
-                    version.update(&part.hash.to_le_bytes());
-                    bytes.push(part.bytes.clone());
-                }
-                let resource =
-                    Resource::from_parts(type_url::ROUTE, OUTBOUND_HTTP, bytes, version.digest());
-                (namespace, resource)
+                let segments = self.segments.iter().map(|(group, segment)| {
+                    if group.is_some() && group == namespace {
+                        segment.own.clone()
+                    } else {
+                        segment.other.clone()
+                    }
+                });
+                let parts = Parts::join(std::iter::once(self.header.clone()).chain(segments));
+                let resource = Resource::from_parts(type_url::ROUTE, OUTBOUND_HTTP, parts);
+                (namespace.clone(), resource)
             })
             .collect()
     }
@@ -406,7 +424,6 @@ struct BuiltVirtualHosts {
 
 fn build_virtual_hosts(mesh: &Mesh, host: &str) -> Option<BuiltVirtualHosts> {
     let service = mesh.services.get(host)?;
-    let namespace = hostname::local_namespace(host, &mesh.domain_suffix).map(str::to_string);
     let virtual_service = mesh.virtual_service_for(host);
     let destinations: Vec<String> = virtual_service
         .map(|vs| {
@@ -436,7 +453,7 @@ fn build_virtual_hosts(mesh: &Mesh, host: &str) -> Option<BuiltVirtualHosts> {
         };
         let own_domains = domains(true);
         let encode = |domains: Vec<String>| {
-            Hashed::new(
+            Parts::leaf(
                 RouteConfiguration {
                     virtual_hosts: vec![VirtualHost {
                         name: format!("{host}:{}", port.number),
@@ -450,7 +467,6 @@ fn build_virtual_hosts(mesh: &Mesh, host: &str) -> Option<BuiltVirtualHosts> {
             )
         };
         let entry = VirtualHostEntry {
-            namespace: namespace.clone(),
             own: encode(own_domains.clone()),
             other: encode(domains(false)),
             domains: own_domains,
@@ -466,6 +482,10 @@ fn build_virtual_hosts(mesh: &Mesh, host: &str) -> Option<BuiltVirtualHosts> {
     })
 }
 
+fn group_of(host: &str, domain_suffix: &str) -> Group {
+    hostname::local_namespace(host, domain_suffix).map(str::to_string)
+}
+
 /// Below this many hosts, building them on one thread is quicker than starting others.
 const PARALLEL_HOSTS: usize = 256;
 
@@ -479,8 +499,13 @@ fn per_host<'a, T: Send>(
         chunk.iter().map(|h| (h.as_str(), f(h.as_str()))).collect()
     };
     let hosts: Vec<&String> = hosts.iter().collect();
+    if hosts.len() < PARALLEL_HOSTS {
+        return build(&hosts);
+    }
+    // Asked only here: finding the core count reads cgroup files, which would cost a small
+    // change more than the change itself.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    if hosts.len() < PARALLEL_HOSTS || threads < 2 {
+    if threads < 2 {
         return build(&hosts);
     }
     let chunk = hosts.len().div_ceil(threads);

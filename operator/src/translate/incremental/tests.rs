@@ -380,3 +380,69 @@ fn assert_routes_decode_as_route_configurations(mesh: &Mesh) {
         assert_eq!(decoded, config, "variant {namespace:?}");
     }
 }
+
+#[test]
+fn a_change_reassembles_only_its_own_namespace() {
+    let service_in = |namespace: &str, name: &str| {
+        Event::Apply(Record::Service(KubeService {
+            id: NsName::new(namespace, name),
+            ports: vec![KubeServicePort {
+                name: "http".into(),
+                port: 80,
+                protocol: None,
+                target_port: 8080,
+            }],
+            headless: false,
+            external_name: None,
+        }))
+    };
+    let vs = |path: &str| {
+        istio(&format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: a, namespace: one}}
+spec:
+  hosts: [a]
+  http:
+  - match: [{{uri: {{prefix: {path}}}}}]
+    route: [{{destination: {{host: a}}}}]
+"
+        ))
+    };
+    let mut index = Index::new();
+    for event in [
+        service_in("one", "a"),
+        service_in("one", "a2"),
+        service_in("two", "b"),
+        service_in("two", "b2"),
+        vs("/v1"),
+    ] {
+        index.handle(event);
+    }
+    let (mut mesh, _) = Mesh::build(&index, "cluster.local");
+    let mut translator = Translator::new(options());
+    translator.full(&mesh);
+    let segment = |t: &Translator, ns: &str| {
+        let s = &t.segments[&Some(ns.to_string())];
+        (s.own.clone(), s.other.clone())
+    };
+    let (one_own, one_other) = segment(&translator, "one");
+    let (two_own, two_other) = segment(&translator, "two");
+
+    let changes = index.handle(vs("/v2"));
+    let affected = mesh.update(&index, &changes.objects);
+    let update = translator.update(&mesh, &affected);
+    assert_eq!(
+        update.len(),
+        3,
+        "a variant per namespace and one for the rest"
+    );
+
+    // The other namespace's group is the same pieces, not rebuilt; the changed one is new.
+    let (own, other) = segment(&translator, "two");
+    assert!(own.ptr_eq(&two_own) && other.ptr_eq(&two_other));
+    let (own, other) = segment(&translator, "one");
+    assert!(!own.ptr_eq(&one_own) && !other.ptr_eq(&one_other));
+    assert_ne!(own.hash(), one_own.hash());
+    assert_routes_decode_as_route_configurations(&mesh);
+}

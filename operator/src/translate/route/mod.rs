@@ -42,6 +42,9 @@ pub fn route_configurations(
             });
         }
     }
+    // Grouped by namespace (hosts outside the cluster first), so that a change touches one
+    // group of the configuration (see `Translator`); a stable sort keeps host and port order.
+    entries.sort_by(|a, b| a.namespace.cmp(&b.namespace));
     for vs in mesh.virtual_services.values() {
         problems.extend(unbound(mesh, vs));
     }
