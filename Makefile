@@ -8,6 +8,8 @@
 #   make bench-quick  the ADS load matrix at smoke-test size (100 proxies, 100 services)
 #   make bench-kube  Kubernetes mode vs istiod on a real kube-apiserver (1,000 services and proxies;
 #               builds istiod's pilot-discovery from Go modules, ~5 min cold)
+#   make bench-faults  1,000 Delta proxies' endpoint-change latency and the server's memory, alone
+#               and while the hostile clients of e2e/tests/faults_*.rs run against the same port
 #   make crds   regenerate the CRD manifests in crds/generated (a test fails when they are stale)
 #
 # Respects CARGO_TARGET_DIR (cargo reads it) and CAPSTAN_TOOLS_DIR (default: ./.tools).
@@ -29,7 +31,7 @@ step = @echo "==> $(1)"
 # Steps of `test` and `run` must run in order, even under `make -j`.
 .NOTPARALLEL:
 
-.PHONY: all tools kube-tools build run test fmt fmt-check clippy clean-tools help bench bench-quick bench-kube peer crds
+.PHONY: all tools kube-tools build run test fmt fmt-check clippy clean-tools help bench bench-quick bench-kube bench-faults peer crds
 
 all: build
 
@@ -99,6 +101,11 @@ bench-kube: kube-tools
 	$(call step,bench-kube: capstan-kube-bench (capstan vs istiod on a real kube-apiserver))
 	@$(CARGO) build --quiet --release -p capstan -p capstan-e2e --bin capstan --bin capstan-kube-bench
 	@CAPSTAN_KUBE_BIN_DIR="$(KUBE_BIN_DIR_VALUE)" CAPSTAN_ISTIOD="$(ISTIOD_VALUE)" $(CARGO) run --quiet --release -p capstan-e2e --bin capstan-kube-bench
+
+bench-faults:
+	$(call step,bench-faults: capstan-fault-bench (well-behaved proxies alone and beside hostile clients))
+	@$(CARGO) build --quiet --release -p capstan-load -p capstan-e2e --bin capstan-bench-server --bin capstan-fault-bench
+	@$(CARGO) run --quiet --release -p capstan-e2e --bin capstan-fault-bench
 
 clean-tools:
 	$(call step,clean-tools: removing $(CAPSTAN_TOOLS_DIR))

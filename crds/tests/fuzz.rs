@@ -1,4 +1,5 @@
-//! Property tests: reading and validating never panics, whatever the input.
+//! Property tests: reading and validating never panics, whatever the input, and an object
+//! has the same problems whether it comes as YAML (a file) or as JSON (an admission review).
 //!
 //! Three sources of input: YAML-ish token soup (mostly syntax errors and odd
 //! scalars), arbitrary JSON trees under a valid `apiVersion`/`kind` header (type
@@ -8,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use capstan_crds::{Kind, parse_documents, parse_json, validate};
+use capstan_crds::{DocumentErrorReason, Kind, parse_documents, parse_json, validate};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
@@ -23,13 +24,54 @@ fn exercise(text: &str) {
     }
 }
 
-fn exercise_value(value: &Value) {
-    if let Ok(yaml) = serde_saphyr::to_string(value) {
-        exercise(&yaml);
+/// What reading and validating one object finds, less line numbers (JSON has none).
+#[derive(Debug, PartialEq)]
+enum Problems {
+    Unreadable {
+        reason: DocumentErrorReason,
+        field: Option<String>,
+        message: String,
+    },
+    /// Each validation error as `field: message`.
+    Invalid(Vec<String>),
+}
+
+fn problems_of(read: Result<capstan_crds::Document, capstan_crds::DocumentError>) -> Problems {
+    match read {
+        Ok(document) => Problems::Invalid(
+            validate(&document.object)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        ),
+        Err(e) => Problems::Unreadable {
+            reason: e.reason,
+            field: e.field,
+            message: e.message,
+        },
     }
-    if let Ok(document) = parse_json("fuzz.json", value) {
-        let _ = validate(&document.object);
+}
+
+/// Reads `value` as JSON and, written out, as YAML: the two must find the same problems.
+fn exercise_value(value: &Value) -> Result<(), TestCaseError> {
+    let from_json = problems_of(parse_json("fuzz.json", value));
+    let yaml = serde_saphyr::to_string(value)
+        .map_err(|e| TestCaseError::fail(format!("{value} has no YAML form: {e}")))?;
+    exercise(&yaml);
+    if value.is_null() {
+        // As YAML, `null` is an empty file: no document to compare.
+        return Ok(());
     }
+    let documents = parse_documents("fuzz.yaml", &yaml).map_err(|e| {
+        TestCaseError::fail(format!(
+            "YAML written for {value} is unreadable: {e}\n{yaml}"
+        ))
+    })?;
+    let [document] = <[_; 1]>::try_from(documents)
+        .map_err(|d| TestCaseError::fail(format!("{} documents in\n{yaml}", d.len())))?;
+    let from_yaml = problems_of(document);
+    prop_assert_eq!(from_json, from_yaml, "as YAML:\n{}", yaml);
+    Ok(())
 }
 
 const TOKENS: &[&str] = &[
@@ -264,12 +306,12 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_specs_never_panic(value in object()) {
-        exercise_value(&value);
+    fn arbitrary_specs_read_alike_as_json_and_yaml(value in object()) {
+        exercise_value(&value)?;
     }
 
     #[test]
-    fn mutated_samples_never_panic(
+    fn mutated_samples_read_alike_as_json_and_yaml(
         picks in prop::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>(), json()), 1..4)
     ) {
         let samples = samples();
@@ -281,7 +323,7 @@ proptest! {
             if let Some(target) = node_mut(&mut value, &path) {
                 *target = replacement;
             }
-            exercise_value(&value);
+            exercise_value(&value)?;
         }
     }
 }

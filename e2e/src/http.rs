@@ -61,15 +61,28 @@ pub struct UpstreamReply {
 pub struct HttpClient {
     addr: SocketAddr,
     sender: Option<SendRequest<Empty<Bytes>>>,
+    resets: usize,
 }
 
 impl HttpClient {
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, sender: None }
+        Self {
+            addr,
+            sender: None,
+            resets: 0,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How many requests failed on a kept-alive connection and were sent again on a new one.
+    /// A peer may close an idle connection as a request goes out, so these are retried; but
+    /// a listener replaced when it should have been updated in place shows up here too, so a
+    /// test that changes config asserts there were none.
+    pub fn resets(&self) -> usize {
+        self.resets
     }
 
     async fn connect(&self) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
@@ -127,9 +140,11 @@ impl HttpClient {
         };
         let resp = match sender.send_request(build()?).await {
             Ok(resp) => resp,
-            // A kept-alive connection the peer closed meanwhile (e.g. Envoy draining a
-            // listener): GET is idempotent, so retry once on a fresh connection.
-            Err(_) if reused => {
+            // A kept-alive connection the peer closed meanwhile: GET is idempotent, so retry
+            // once on a fresh connection, counted (see `resets`).
+            Err(e) if reused => {
+                self.resets += 1;
+                tracing::warn!(addr = %self.addr, "GET {path} (Host: {host}): kept-alive connection failed ({e}); retrying on a new one");
                 sender = self.connect().await?;
                 sender.send_request(build()?).await.with_context(|| {
                     format!("GET {path} (Host: {host}) to {} (retried)", self.addr)
@@ -203,6 +218,21 @@ impl HttpClient {
         }
         Ok(counts)
     }
+
+    /// Fails unless all `n` requests with `headers` are answered by reviews `version`.
+    pub async fn expect_all_reviews(
+        &mut self,
+        headers: &[(&str, &str)],
+        version: &str,
+        n: usize,
+    ) -> anyhow::Result<()> {
+        let counts = self.reviews_versions(headers, n).await?;
+        anyhow::ensure!(
+            counts.len() == 1 && counts.get(version) == Some(&n),
+            "expected all {n} requests with {headers:?} to reach {version}, got {counts:?}"
+        );
+        Ok(())
+    }
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters (for query values).
@@ -217,3 +247,6 @@ pub fn percent_encode(s: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

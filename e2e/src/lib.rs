@@ -10,12 +10,15 @@
 //! - [`http`]: a minimal HTTP/1.1 client and the upstream's JSON reply
 //! - [`wait`]: `wait_until` polling with a descriptive timeout error
 //! - [`netns`]: a private network namespace (with a pod network) for the Kubernetes tests
+//! - [`hostile_ads`]: raw ADS clients that misbehave on purpose, for the fault tests
 //! - [`fixtures`], [`mesh`]: Istio YAML and the reviews mesh most tests start from
 //! - [`kube`]: a real etcd + kube-apiserver on loopback (CRDs, RBAC, kubectl) for Kubernetes tests
 
 pub mod capstan;
 pub mod envoy;
 pub mod fixtures;
+pub mod folder_mesh;
+pub mod hostile_ads;
 pub mod http;
 pub mod kube;
 pub mod kube_mesh;
@@ -24,6 +27,7 @@ pub mod mesh;
 pub mod netns;
 pub mod ports;
 pub mod process;
+pub mod transport;
 pub mod upstreams;
 pub mod wait;
 

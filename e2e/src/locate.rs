@@ -1,6 +1,8 @@
 //! Where things are: the repository, the cargo target dir, binaries, log directories.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
 
@@ -35,7 +37,9 @@ pub fn profile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The capstan binary: `$CAPSTAN_BIN`, else `capstan` in the cargo profile directory.
+/// The capstan binary: `$CAPSTAN_BIN`, else `capstan` in the cargo profile directory, first
+/// brought up to date by [`build_capstan`] (once per process), so a test never runs a binary
+/// older than the source it is meant to test.
 pub fn capstan_bin() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("CAPSTAN_BIN").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
@@ -44,15 +48,95 @@ pub fn capstan_bin() -> anyhow::Result<PathBuf> {
         }
         return Ok(p);
     }
-    let p = profile_dir()?.join("capstan");
-    if !p.is_file() {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_capstan().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// Runs `cargo build -p capstan --bin capstan` into the target dir and profile of the running
+/// executable (a no-op when the binary is fresh; cargo decides, from the sources). The e2e
+/// crate cannot depend on a binary (artifact dependencies are unstable), so it builds it.
+pub fn build_capstan() -> anyhow::Result<PathBuf> {
+    let profile_dir = profile_dir()?;
+    let build = BuildDirs::of(&profile_dir)?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "--quiet", "-p", "capstan", "--bin", "capstan"])
+        .arg("--target-dir")
+        .arg(&build.target_dir)
+        .args(["--profile", &build.profile])
+        .current_dir(repo_dir());
+    if let Some(triple) = &build.triple {
+        cmd.args(["--target", triple]);
+    }
+    let shown = format!("{cmd:?}");
+    let output = cmd
+        .output()
+        .with_context(|| format!("running {shown} to build the capstan binary"))?;
+    if !output.status.success() {
         bail!(
-            "capstan binary not found at {}: run `cargo build -p capstan` first \
-             (`make test` does), or set CAPSTAN_BIN",
-            p.display()
+            "building the capstan binary failed ({}): {shown}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
         );
     }
+    let p = profile_dir.join("capstan");
+    if !p.is_file() {
+        bail!("{shown} succeeded but left no binary at {}", p.display());
+    }
     Ok(p)
+}
+
+/// Where cargo put the running executable, as `cargo build` options.
+#[derive(Debug, PartialEq, Eq)]
+struct BuildDirs {
+    target_dir: PathBuf,
+    /// `--target`, when the profile dir is `<target dir>/<triple>/<profile>`.
+    triple: Option<String>,
+    /// `--profile`: `dev` builds into `debug`, every other profile into a dir of its name.
+    profile: String,
+}
+
+impl BuildDirs {
+    fn of(profile_dir: &Path) -> anyhow::Result<Self> {
+        let unknown = || {
+            anyhow::anyhow!(
+                "{} is not a cargo profile directory: set CAPSTAN_BIN",
+                profile_dir.display()
+            )
+        };
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev".to_string(),
+            Some(name) => name.to_string(),
+            None => return Err(unknown()),
+        };
+        let parent = profile_dir.parent().ok_or_else(unknown)?;
+        // cargo marks the root of every target dir with CACHEDIR.TAG; a `--target` build puts
+        // profiles one level down, under the triple.
+        let nested = !parent.join("CACHEDIR.TAG").is_file()
+            && parent
+                .parent()
+                .is_some_and(|p| p.join("CACHEDIR.TAG").is_file());
+        if nested {
+            let triple = parent
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(unknown)?;
+            let target_dir = parent.parent().ok_or_else(unknown)?;
+            return Ok(Self {
+                target_dir: target_dir.to_path_buf(),
+                triple: Some(triple.to_string()),
+                profile,
+            });
+        }
+        Ok(Self {
+            target_dir: parent.to_path_buf(),
+            triple: None,
+            profile,
+        })
+    }
 }
 
 /// The capstan-upstream binary: `$CAPSTAN_UPSTREAM_BIN`, else next to the running executable's
@@ -109,4 +193,34 @@ pub fn fresh_log_dir(name: &str) -> anyhow::Result<PathBuf> {
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_options_follow_the_profile_dir() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        std::fs::write(root.path().join("CACHEDIR.TAG"), "")?;
+        let dirs = BuildDirs::of(&root.path().join("debug"))?;
+        assert_eq!(
+            dirs,
+            BuildDirs {
+                target_dir: root.path().to_path_buf(),
+                triple: None,
+                profile: "dev".into(),
+            }
+        );
+        let dirs = BuildDirs::of(&root.path().join("x86_64-unknown-linux-gnu").join("release"))?;
+        assert_eq!(
+            dirs,
+            BuildDirs {
+                target_dir: root.path().to_path_buf(),
+                triple: Some("x86_64-unknown-linux-gnu".into()),
+                profile: "release".into(),
+            }
+        );
+        Ok(())
+    }
 }

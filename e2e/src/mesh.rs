@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
+use anyhow::Context;
 
 use crate::capstan::Capstan;
 use crate::envoy::{AdsMode, Bootstrap, Envoy, loopback};
@@ -78,6 +78,32 @@ pub struct ReviewsMesh {
 /// The file holding the reviews VirtualService.
 pub const REVIEWS_VS_FILE: &str = "reviews-vs.yaml";
 
+/// Starts reviews v1, v2 and v3 and writes their ServiceEntry, DestinationRule and
+/// `virtual_service` into `env`'s config folder.
+pub async fn start_reviews(
+    env: &TestEnv,
+    upstream_bin: &Path,
+    virtual_service: &str,
+) -> anyhow::Result<Upstreams> {
+    let versions = ["v1", "v2", "v3"];
+    let instances: Vec<_> = versions.iter().map(|v| ("reviews", *v)).collect();
+    let upstreams = Upstreams::start_on_free_ports(upstream_bin, &instances, &env.log_dir).await?;
+    let endpoints = versions
+        .iter()
+        .map(|v| Ok((*v, upstreams.port("reviews", v)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    env.write_config(
+        "reviews-se.yaml",
+        &fixtures::reviews_service_entry(&endpoints),
+    )?;
+    env.write_config(
+        "reviews-dr.yaml",
+        &fixtures::reviews_destination_rule(&versions),
+    )?;
+    env.write_config(REVIEWS_VS_FILE, virtual_service)?;
+    Ok(upstreams)
+}
+
 impl ReviewsMesh {
     pub async fn start(
         name: &str,
@@ -87,23 +113,7 @@ impl ReviewsMesh {
         virtual_service: &str,
     ) -> anyhow::Result<Self> {
         let env = TestEnv::new(name)?;
-        let versions = ["v1", "v2", "v3"];
-        let instances: Vec<_> = versions.iter().map(|v| ("reviews", *v)).collect();
-        let upstreams =
-            Upstreams::start_on_free_ports(upstream_bin, &instances, &env.log_dir).await?;
-        let endpoints = versions
-            .iter()
-            .map(|v| Ok((*v, upstreams.port("reviews", v)?)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        env.write_config(
-            "reviews-se.yaml",
-            &fixtures::reviews_service_entry(&endpoints),
-        )?;
-        env.write_config(
-            "reviews-dr.yaml",
-            &fixtures::reviews_destination_rule(&versions),
-        )?;
-        env.write_config(REVIEWS_VS_FILE, virtual_service)?;
+        let upstreams = start_reviews(&env, upstream_bin, virtual_service).await?;
 
         let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
         let envoy = Envoy::start(
@@ -151,12 +161,7 @@ impl ReviewsMesh {
         version: &str,
         n: usize,
     ) -> anyhow::Result<()> {
-        let counts = self.versions(headers, n).await?;
-        ensure!(
-            counts.len() == 1 && counts.get(version) == Some(&n),
-            "expected all {n} requests with {headers:?} to reach {version}, got {counts:?}"
-        );
-        Ok(())
+        self.proxy.expect_all_reviews(headers, version, n).await
     }
 
     /// Polls until `n` consecutive requests with `headers` reach `version`.

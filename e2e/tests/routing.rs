@@ -4,7 +4,9 @@
 //!
 //! Envoy must be installed (`make test` installs it); a missing Envoy fails the tests.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use capstan_e2e::envoy::AdsMode;
@@ -70,7 +72,8 @@ async fn header_match_routes_to_subset_delta() -> anyhow::Result<()> {
     header_match("header_match_routes_to_subset_delta", AdsMode::Delta).await
 }
 
-/// (b) An 80/20 split over v1/v3 lands within 5 sigma of 800 out of 1000.
+/// (b) Envoy holds exactly the 80/20 weights over v1/v3, and traffic follows them (within
+/// 5 sigma of 800 out of 1000: a loose check, the weights are checked exactly).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_split_80_20_within_5_sigma() -> anyhow::Result<()> {
     let name = "weighted_split_80_20_within_5_sigma";
@@ -84,6 +87,13 @@ async fn weighted_split_80_20_within_5_sigma() -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
+
+    let dump = mesh.envoy.config_dump(false).await?;
+    let weights = weighted_clusters(&dump)?;
+    ensure!(
+        weights == [("v1".to_string(), 80), ("v3".to_string(), 20)],
+        "Envoy's weighted clusters are {weights:?}, expected v1: 80, v3: 20"
+    );
 
     const N: usize = 1000;
     let counts = mesh.versions(NO_HEADERS, N).await?;
@@ -124,6 +134,11 @@ async fn edit_reroutes(name: &str, mode: AdsMode) -> anyhow::Result<()> {
         port_after == port,
         "listener moved from port {port} to {port_after}"
     );
+    ensure!(
+        mesh.proxy.resets() == 0,
+        "{} requests were reset on a kept-alive connection across the edit",
+        mesh.proxy.resets()
+    );
     mesh.envoy.ensure_no_rejected_updates().await
 }
 
@@ -152,6 +167,7 @@ async fn broken_files_are_reported_and_last_good_config_kept() -> anyhow::Result
     let name = "broken_files_are_reported_and_last_good_config_kept";
     let mut mesh = start(name, AdsMode::Sotw, &jason_v2_else_v1()).await?;
     mesh.wait_for_all(JASON, "v2", 10).await?;
+    let before = quiet_pushes(&mesh).await?;
 
     // A new file that is not YAML at all.
     mesh.env.write_config("broken.yaml", BROKEN_YAML)?;
@@ -172,6 +188,9 @@ async fn broken_files_are_reported_and_last_good_config_kept() -> anyhow::Result
         "report for canary.yaml should name the VirtualService and the weight field:\n{joined}"
     );
     check_jason_v2_else_v1(&mut mesh)
+        .await
+        .context("after broken.yaml and canary.yaml")?;
+    ensure_nothing_pushed(&mesh, &before)
         .await
         .context("after broken.yaml and canary.yaml")?;
 
@@ -198,12 +217,25 @@ async fn broken_files_are_reported_and_last_good_config_kept() -> anyhow::Result
     check_jason_v2_else_v1(&mut mesh)
         .await
         .context("after a YAML syntax error in the VS file")?;
+    ensure_nothing_pushed(&mesh, &before)
+        .await
+        .context("after the broken edits of the VS file")?;
     mesh.capstan.process.ensure_running()?;
 
     // capstan still applies good edits after all that.
     mesh.env
         .write_config(REVIEWS_VS_FILE, &reviews_vs_weighted(&[("v3", 100)]))?;
     mesh.wait_for_all(NO_HEADERS, "v3", 20).await?;
+    let after = pushes(&mesh).await?;
+    ensure!(
+        after.capstan > before.capstan && after.envoy != before.envoy,
+        "the good edit must show as a push: before {before:?}, after {after:?}"
+    );
+    ensure!(
+        mesh.proxy.resets() == 0,
+        "{} requests were reset on a kept-alive connection across the edits",
+        mesh.proxy.resets()
+    );
 
     // (e) Envoy never saw (and so never rejected) bad config.
     mesh.envoy.ensure_no_rejected_updates().await
@@ -212,4 +244,110 @@ async fn broken_files_are_reported_and_last_good_config_kept() -> anyhow::Result
 async fn check_jason_v2_else_v1(mesh: &mut ReviewsMesh) -> anyhow::Result<()> {
     mesh.expect_all(JASON, "v2", 30).await?;
     mesh.expect_all(NO_HEADERS, "v1", 30).await
+}
+
+/// How long to wait for a push that should not come. A wrongly queued push goes out within
+/// capstan's debounce (100 ms by default) and reaches a local Envoy within milliseconds; this
+/// is many times that, so such a push would be seen, yet short enough to wait twice per test.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// What shows config reaching Envoy: capstan's count of discovery responses sent, and
+/// Envoy's count of xDS updates received, per subscription.
+#[derive(Debug, PartialEq, Eq)]
+struct Pushes {
+    capstan: u64,
+    envoy: BTreeMap<String, u64>,
+}
+
+async fn pushes(mesh: &ReviewsMesh) -> anyhow::Result<Pushes> {
+    let metrics = mesh.capstan.monitoring_get("/metrics").await?.text();
+    let sent: Vec<u64> = metrics
+        .lines()
+        .filter(|l| l.starts_with("capstan_xds_pushes_total"))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("unreadable metric line {l:?}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    ensure!(
+        !sent.is_empty(),
+        "no capstan_xds_pushes_total in:\n{metrics}"
+    );
+    let envoy = mesh.envoy.stats("update_attempt$").await?;
+    ensure!(
+        envoy.contains_key("listener_manager.lds.update_attempt"),
+        "Envoy has no LDS update_attempt stat: {envoy:?}"
+    );
+    Ok(Pushes {
+        capstan: sent.iter().sum(),
+        envoy,
+    })
+}
+
+/// The push counts once they stay the same for [`SETTLE`] (startup pushes are done).
+async fn quiet_pushes(mesh: &ReviewsMesh) -> anyhow::Result<Pushes> {
+    capstan_e2e::wait_until("pushes to settle", CONFIG_TIMEOUT, async || {
+        let first = pushes(mesh).await?;
+        tokio::time::sleep(SETTLE).await;
+        let then = pushes(mesh).await?;
+        ensure!(first == then, "still pushing: {first:?} then {then:?}");
+        Ok(then)
+    })
+    .await
+}
+
+/// Fails if anything was pushed since `before`, waiting [`SETTLE`] for a push still queued.
+async fn ensure_nothing_pushed(mesh: &ReviewsMesh, before: &Pushes) -> anyhow::Result<()> {
+    tokio::time::sleep(SETTLE).await;
+    let now = pushes(mesh).await?;
+    ensure!(
+        &now == before,
+        "config was pushed although no good change was made: before {before:?}, now {now:?}"
+    );
+    Ok(())
+}
+
+/// The (subset, weight) pairs of every weighted route in Envoy's config dump.
+fn weighted_clusters(dump: &serde_json::Value) -> anyhow::Result<Vec<(String, u64)>> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    if k == "weighted_clusters" {
+                        out.push(v.clone());
+                    } else {
+                        walk(v, out);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(dump, &mut found);
+    ensure!(
+        found.len() == 1,
+        "expected one weighted route, found {}: {found:?}",
+        found.len()
+    );
+    let clusters = found[0]["clusters"]
+        .as_array()
+        .with_context(|| format!("weighted_clusters without clusters: {}", found[0]))?;
+    clusters
+        .iter()
+        .map(|c| {
+            // Cluster names are `outbound|<port>|<subset>|<host>`.
+            let subset = c["name"]
+                .as_str()
+                .and_then(|n| n.split('|').nth(2))
+                .with_context(|| format!("unexpected cluster name in {c}"))?;
+            let weight = c["weight"]
+                .as_u64()
+                .with_context(|| format!("no weight in {c}"))?;
+            Ok((subset.to_string(), weight))
+        })
+        .collect()
 }

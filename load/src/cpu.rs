@@ -84,17 +84,35 @@ mod tests {
         assert_eq!(stat_cpu_ticks("no parenthesis"), None);
     }
 
+    /// CPU time this test burns (measured by getrusage): many /proc clock ticks.
+    const BURN: Duration = Duration::from_millis(200);
+
     #[test]
-    fn this_process_uses_cpu() {
-        let before = CpuClock::read(Some(std::process::id()));
+    fn both_clocks_see_this_process_work() {
+        let pid = Some(std::process::id());
+        let before = CpuClock::read(pid);
+        let start = own_cpu_time().expect("getrusage works");
         let mut x = 0u64;
-        for i in 0..20_000_000u64 {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        while own_cpu_time().expect("getrusage works") < start + BURN {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
         }
-        let after = CpuClock::read(Some(std::process::id()));
+        let after = CpuClock::read(pid);
         let (server, own) = after.ms_per_change_since(&before, 1);
-        assert!(own.is_some_and(|ms| ms > 0.0), "{own:?}");
-        assert!(server.is_some_and(|ms| ms >= 0.0), "{server:?}");
+        let burnt = BURN.as_secs_f64() * 1e3;
+        let own = own.expect("own CPU time");
+        assert!(own >= burnt, "{own} ms");
+        // The "server" is this process read through /proc, which counts whole clock ticks
+        // (usually 10 ms): it may trail getrusage by a tick or two, not by half.
+        let server = server.expect("this process's CPU time through /proc");
+        assert!(server >= burnt / 2.0, "/proc saw {server} ms of {own} ms");
+        let (_, per_quarter) = after.ms_per_change_since(&before, 4);
+        let per_quarter = per_quarter.expect("own CPU time");
+        assert!(
+            (per_quarter - own / 4.0).abs() < 1e-9,
+            "{per_quarter} vs {own}"
+        );
         assert_eq!(cpu_time(u32::MAX), None);
     }
 }

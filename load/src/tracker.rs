@@ -275,6 +275,11 @@ mod tests {
         let round2 = tracker.convergence(g2);
         assert!(round2[0].is_none() && round2[1].is_none() && round2[2].is_some());
         tracker.converged(99, g2);
+        assert_eq!(
+            tracker.convergence(g2),
+            round2,
+            "a report from an unknown proxy changes nothing"
+        );
     }
 
     #[test]

@@ -88,6 +88,7 @@ async fn multiplexed_streams_sync_and_converge() {
     config.round_timeout = Duration::from_secs(120);
     let report = capstan_load::run(&config).await.expect("load runs");
     server.stop().await.expect("bench server stops");
+    assert_eq!(report.failures, 0, "{}", report.table());
     assert_eq!(report.sync.synced, PROXIES, "{}", report.table());
     let endpoint = report.scenario(Scenario::Endpoint).expect("ran");
     assert_eq!(endpoint.overall.arrived, PROXIES, "{}", report.table());

@@ -3,15 +3,17 @@
 
 pub mod syncz;
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use capstan_xds::net::{ConnectionLimits, GuardedListener};
 use capstan_xds::{SnapshotCache, TYPES, type_url};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -21,11 +23,15 @@ use tracing::{debug, info};
 const ENDPOINTS: &str = "endpoints: /metrics /healthz /readyz /debug/syncz \
                          /debug/config_dump?proxy=NODE_ID /debug/nacks /debug/snapshot\n";
 
-/// Whether capstan is ready to serve proxies, and if not, what it still waits for.
+/// Whether capstan is ready to serve proxies, and if not, what it still waits for and what
+/// has failed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadyState {
     /// What is still awaited (say, "the first config"); empty when ready.
     pub waiting_for: Vec<String>,
+    /// Parts that failed after start (a dead task, a folder that cannot be watched), by
+    /// name, with why.
+    pub failing: BTreeMap<String, String>,
 }
 
 impl ReadyState {
@@ -34,11 +40,24 @@ impl ReadyState {
     }
 
     pub fn waiting(waiting_for: Vec<String>) -> Self {
-        Self { waiting_for }
+        Self {
+            waiting_for,
+            ..Self::default()
+        }
     }
 
     pub fn is_ready(&self) -> bool {
-        self.waiting_for.is_empty()
+        self.waiting_for.is_empty() && self.failing.is_empty()
+    }
+
+    /// Records that `part` fails because of `why`; returns whether that changed anything.
+    pub fn fail(&mut self, part: &str, why: String) -> bool {
+        self.failing.insert(part.to_string(), why.clone()) != Some(why)
+    }
+
+    /// Records that `part` works again; returns whether it was failing.
+    pub fn recover(&mut self, part: &str) -> bool {
+        self.failing.remove(part).is_some()
     }
 }
 
@@ -51,9 +70,42 @@ struct Monitor {
     instance: String,
 }
 
-/// Serves until the process ends.
+/// Default cap on open monitoring connections. Its clients are Prometheus, the kubelet's
+/// probes and an operator's curl: a few connections; the cap bounds the descriptors and tasks
+/// that many slow or idle clients can take.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
+/// Default cap on monitoring connections from one address, so that one client (the same
+/// Prometheus, a misbehaving script) can never take every slot: the probes must still get in.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 16;
+/// Time a client has to send a request's headers, also the longest an idle keep-alive
+/// connection is kept (hyper starts the same timer while it waits for the next request).
+/// Probes and scrapes send their whole request at once.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest a connection is served. Every answer here is computed at once, so this only
+/// ends clients that stopped reading (a large config_dump to a stalled reader) or keep a
+/// connection busy forever; Prometheus simply reconnects.
+pub const MAX_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
+/// After [`MAX_CONNECTION_LIFETIME`], how long an answer in progress may still take.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves until the process ends, within the default connection limits.
 pub async fn serve(
     listener: TcpListener,
+    cache: SnapshotCache,
+    registry: Registry,
+    ready: watch::Receiver<ReadyState>,
+) {
+    let limits = ConnectionLimits {
+        max_connections: DEFAULT_MAX_CONNECTIONS,
+        max_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+    };
+    serve_with(listener, limits, cache, registry, ready).await;
+}
+
+/// Serves until the process ends, with at most `limits` connections open.
+pub async fn serve_with(
+    listener: TcpListener,
+    limits: ConnectionLimits,
     cache: SnapshotCache,
     registry: Registry,
     ready: watch::Receiver<ReadyState>,
@@ -67,14 +119,10 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "monitoring server listening on {addr}");
     }
+    let mut listener = GuardedListener::new(listener, limits, "monitoring");
     loop {
-        let (socket, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                debug!(%err, "accept failed");
-                continue;
-            }
-        };
+        let socket = listener.accept().await;
+        let peer = socket.peer();
         let monitor = monitor.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
@@ -82,8 +130,21 @@ pub async fn serve(
                 async move { Ok::<_, Infallible>(response) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(socket), service);
-            if let Err(err) = connection.await {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = tokio::time::sleep(MAX_CONNECTION_LIFETIME) => {
+                    connection.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(SHUTDOWN_GRACE, connection).await {
+                        Ok(ended) => ended,
+                        Err(_) => return debug!(%peer, "closed a monitoring connection at its age"),
+                    }
+                }
+            };
+            if let Err(err) = ended {
                 debug!(%peer, %err, "monitoring connection ended");
             }
         });
@@ -175,13 +236,22 @@ impl Monitor {
     fn readyz(&self) -> Response<Full<Bytes>> {
         let state = self.ready.borrow();
         if state.is_ready() {
-            text(StatusCode::OK, "ready\n".into())
-        } else {
-            text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: waiting for {}\n", state.waiting_for.join(", ")),
-            )
+            return text(StatusCode::OK, "ready\n".into());
         }
+        let mut reasons = Vec::new();
+        if !state.waiting_for.is_empty() {
+            reasons.push(format!("waiting for {}", state.waiting_for.join(", ")));
+        }
+        reasons.extend(
+            state
+                .failing
+                .iter()
+                .map(|(part, why)| format!("{part} failing: {why}")),
+        );
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", reasons.join("; ")),
+        )
     }
 }
 

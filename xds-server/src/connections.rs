@@ -21,6 +21,7 @@ use std::time::SystemTime;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
 
+use crate::ads::limits::{MAX_NACK_MESSAGE, MAX_NODE_FIELD, truncated};
 use crate::proxy::ProxyInfo;
 use crate::snapshot::TYPES;
 
@@ -349,7 +350,8 @@ impl Connection {
         let nack = NackRecord {
             version,
             nonce,
-            message: message.to_string(),
+            // Whatever the proxy sent, cut to size: this lives as long as the stream.
+            message: truncated(message, MAX_NACK_MESSAGE),
             at: SystemTime::now(),
         };
         {
@@ -364,14 +366,17 @@ impl Connection {
     }
 }
 
-/// The proxy's version as its node states it: Envoy sends a structured build version.
+/// The proxy's version as its node states it: Envoy sends a structured build version; any
+/// other client, a string of any length, of which as much as any node field is kept.
 fn agent_version(node: &Node) -> Option<String> {
     match node.user_agent_version_type.as_ref()? {
         UserAgentVersionType::UserAgentBuildVersion(build) => build
             .version
             .as_ref()
             .map(|v| format!("{}.{}.{}", v.major_number, v.minor_number, v.patch)),
-        UserAgentVersionType::UserAgentVersion(v) if !v.is_empty() => Some(v.clone()),
+        UserAgentVersionType::UserAgentVersion(v) if !v.is_empty() => {
+            Some(truncated(v, MAX_NODE_FIELD))
+        }
         UserAgentVersionType::UserAgentVersion(_) => None,
     }
 }
@@ -484,5 +489,31 @@ mod tests {
         assert_eq!(synced.status, SyncStatus::Synced);
         assert_eq!(synced.last_nack.map(|n| n.nonce), Some(2));
         assert!(c.type_sync(TYPES).is_none());
+    }
+
+    #[test]
+    fn what_a_proxy_sent_is_kept_cut_to_size() {
+        let connections = Connections::new();
+        let c = connections.register(XdsProtocol::Delta);
+        let node = Node {
+            id: "p".into(),
+            user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(
+                "v".repeat(1 << 20),
+            )),
+            ..Default::default()
+        };
+        c.identify(Arc::new(ProxyInfo::from_node(&node)), &node);
+        let agent = c.agent_version().expect("kept");
+        assert!(agent.len() <= 2 * 1024, "{} bytes kept", agent.len());
+        assert!(agent.starts_with("vvv"));
+        c.sent(1, 1, 1);
+        c.nacked(1, 1, 1, &"e".repeat(1 << 20));
+        let nack = c.type_sync(1).and_then(|s| s.last_nack).expect("kept");
+        assert!(
+            nack.message.len() <= 8 * 1024,
+            "{} bytes kept",
+            nack.message.len()
+        );
+        assert!(nack.message.starts_with("eee"));
     }
 }

@@ -121,4 +121,26 @@ mod tests {
         assert_eq!(names(h.since(0, HISTORY as u64 + 9)), vec!["x"]);
         assert!(h.created(1).is_none());
     }
+
+    #[test]
+    fn the_oldest_kept_version_bounds_what_is_known() {
+        let mut h = History::default();
+        let last = HISTORY as u64 + 10;
+        for v in 1..=last {
+            h.push(set(v, &[&format!("n{v}")]));
+        }
+        let oldest = last - HISTORY as u64 + 1;
+        assert!(h.created(oldest).is_some());
+        assert!(h.created(oldest - 1).is_none(), "evicted");
+        // A proxy at oldest - 1 needs oldest onwards: all kept.
+        let from_just_before = names(h.since(0, oldest - 1));
+        assert_eq!(from_just_before.len(), HISTORY);
+        assert!(from_just_before.contains(&format!("n{oldest}")));
+        // A proxy at oldest - 2 would also need oldest - 1, which is gone.
+        assert_eq!(h.since(0, oldest - 2), Since::Unknown);
+        // From oldest itself, its own changes are already held.
+        let from_oldest = names(h.since(0, oldest));
+        assert_eq!(from_oldest.len(), HISTORY - 1);
+        assert!(!from_oldest.contains(&format!("n{oldest}")));
+    }
 }

@@ -12,6 +12,7 @@ mod cache;
 mod connections;
 mod history;
 mod metrics;
+pub mod net;
 mod parts;
 mod proxy;
 mod queue;

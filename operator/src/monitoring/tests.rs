@@ -88,6 +88,31 @@ async fn healthz_answers_and_readyz_says_what_it_waits_for() {
 }
 
 #[tokio::test]
+async fn readyz_names_each_failing_part_until_it_recovers() {
+    let cache = SnapshotCache::new();
+    let (monitor, ready) = monitor(&cache);
+    ready.send_replace(ReadyState::ready());
+    ready.send_modify(|s| {
+        s.fail(
+            "the config folder watch",
+            "cannot watch /etc/mesh: No such file or directory".into(),
+        );
+    });
+    let (status, body) = get(&monitor, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body,
+        "not ready: the config folder watch failing: cannot watch /etc/mesh: No such file or directory\n"
+    );
+    assert!(ready.send_if_modified(|s| s.recover("the config folder watch")));
+    assert!(!ready.send_if_modified(|s| s.recover("the config folder watch")));
+    assert_eq!(
+        get(&monitor, "/readyz").await,
+        (StatusCode::OK, "ready\n".into())
+    );
+}
+
+#[tokio::test]
 async fn syncz_lists_each_identified_proxy_with_its_per_type_status() {
     let cache = SnapshotCache::new();
     let mut update = Update::new();

@@ -3,7 +3,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use capstan_xds::net::grpc;
 use clap::Args;
+
+use crate::monitoring;
 
 use super::KubeArgs;
 
@@ -22,6 +25,34 @@ pub struct RunArgs {
     /// /debug/config_dump, /debug/nacks, /debug/snapshot (like istiod's 15014).
     #[arg(long, default_value = "127.0.0.1:15014")]
     pub monitoring_addr: SocketAddr,
+    /// ADS: connections open at once. Beyond it new clients wait in the listen backlog until
+    /// one closes. Lowered at start to what the open-file limit (`ulimit -n`) allows.
+    #[arg(long, default_value_t = grpc::DEFAULT_MAX_CONNECTIONS as u32)]
+    pub xds_max_connections: u32,
+    /// ADS: connections open at once from one IP address (0: no cap); a connection beyond it
+    /// is closed at once. Off by default: a remote cluster's proxies all arrive through its
+    /// east-west gateway's address.
+    #[arg(long, default_value_t = grpc::DEFAULT_MAX_CONNECTIONS_PER_IP as u32)]
+    pub xds_max_connections_per_ip: u32,
+    /// ADS: concurrent HTTP/2 streams per connection (Envoy opens one). A client asking for
+    /// more waits until one of its streams ends.
+    #[arg(long, default_value_t = grpc::DEFAULT_MAX_STREAMS_PER_CONNECTION)]
+    pub xds_max_streams_per_connection: u32,
+    /// ADS: milliseconds a new connection has to send its first request (Envoy sends it at
+    /// once); a connection that sends none, or only the HTTP/2 preface, is closed then.
+    #[arg(long, default_value_t = grpc::DEFAULT_FIRST_REQUEST_TIMEOUT.as_millis() as u32)]
+    pub xds_first_request_timeout_ms: u32,
+    /// ADS: seconds after which a connection is sent GOAWAY and, 10 s later, closed; Envoy
+    /// reconnects and keeps its config meanwhile (0: never; istiod's default is 30 minutes).
+    #[arg(long, default_value_t = grpc::DEFAULT_MAX_CONNECTION_AGE.as_secs() as u32)]
+    pub xds_max_connection_age_secs: u32,
+    /// Monitoring server: connections open at once (beyond it, new clients wait).
+    #[arg(long, default_value_t = monitoring::DEFAULT_MAX_CONNECTIONS as u32)]
+    pub monitoring_max_connections: u32,
+    /// Monitoring server: connections open at once from one IP address (0: no cap); a
+    /// connection beyond it is closed at once.
+    #[arg(long, default_value_t = monitoring::DEFAULT_MAX_CONNECTIONS_PER_IP as u32)]
+    pub monitoring_max_connections_per_ip: u32,
     /// Port of the proxies' outbound HTTP listener (0: the proxy picks a free port).
     #[arg(long, default_value_t = 15001)]
     pub outbound_port: u16,
@@ -36,6 +67,11 @@ pub struct RunArgs {
     /// milliseconds (editors write a file in several steps).
     #[arg(long, default_value_t = 50)]
     pub debounce_ms: u64,
+    /// Folder mode: let a rescan that finds no objects at all replace a config that had some
+    /// (without it, an emptied or half-synced folder keeps the last good config, and the
+    /// refusal is logged).
+    #[arg(long, env = "CAPSTAN_ALLOW_EMPTY_CONFIG")]
+    pub allow_empty_config: bool,
     /// Push queue: how long config changes must be quiet before they are pushed, in
     /// milliseconds (istiod's PILOT_DEBOUNCE_AFTER is 100).
     #[arg(long, default_value_t = 10)]

@@ -1,19 +1,51 @@
 //! Folder mode: the Istio YAML in one directory, watched; each rescan is a `reset` of the
 //! Istio kinds in the index.
+//!
+//! The watcher task and the push queue are supervised: a watcher that dies is restarted, a
+//! queue that dies cannot be, and while either is down `/readyz` says so, as it does while
+//! the folder cannot be watched or read (the last good config keeps being served meanwhile).
 
-use std::path::Path;
+mod supervise;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use capstan_crds::Kind;
-use tracing::{error, warn};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tracing::{info, warn};
 
 use super::RunArgs;
 use super::{Serving, bind};
 use crate::index::{Event, IstioRecord, Record, Tag};
 use crate::reconcile::Reconciler;
-use crate::source::folder::FolderSource;
+use crate::source::folder::{FolderSource, SETTLE_WINDOW};
 use crate::source::watch::FolderWatch;
+use supervise::Readiness;
+
+/// How often the folder is rescanned without any change notification: the backstop for
+/// notifications that never come (an overflowing inotify queue, a network or FUSE file
+/// system, a symlink swapped further up the path than the folder's parent). A rescan lists
+/// the folder and hashes its files, cheap even for hundreds of files, so a missed change
+/// goes unserved for at most 10 s at little cost.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// While the folder cannot be watched (deleted, not yet recreated), how often to try again:
+/// a recreated folder is picked up within a second even if its parent is not watched.
+const REWATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long startup waits for files still being written: one still changing after this is
+/// written continuously (a log, a runaway generator), not config worth keeping every proxy
+/// waiting for; it is read once it settles.
+const STARTUP_SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// The parts of folder mode `/readyz` names when they fail.
+const WATCHER_TASK: &str = "the config folder watcher";
+const FOLDER_WATCH: &str = "the config folder watch";
+const FOLDER_READ: &str = "the config folder";
+const PUSH_QUEUE: &str = "the push queue";
 
 pub async fn run(args: &RunArgs, dir: &Path, mut serving: Serving) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -21,49 +53,166 @@ pub async fn run(args: &RunArgs, dir: &Path, mut serving: Serving) -> anyhow::Re
         "--config-dir {}: not a directory",
         dir.display()
     );
-    let mut source = FolderSource::new(dir.to_path_buf());
+    let source = FolderSource::new(dir.to_path_buf()).allow_empty(args.allow_empty_config);
+    let debounce = Duration::from_millis(args.debounce_ms);
     // Watch before the first scan so no change slips in between.
-    let mut watch = FolderWatch::new(dir, Duration::from_millis(args.debounce_ms))
+    let watch = FolderWatch::new(dir, debounce)
+        .map_err(anyhow::Error::msg)
         .with_context(|| format!("watching {}", dir.display()))?;
     let monitoring = bind(args.monitoring_addr, "the monitoring server").await?;
     let monitor = serving.monitor(monitoring);
-    let mut reconciler = serving.reconciler(&args.domain_suffix, None);
-    refresh(&mut source, &mut reconciler)
+    let reconciler = serving.reconciler(&args.domain_suffix, None);
+    let mut folder = Folder {
+        source,
+        reconciler,
+        unsettled: Vec::new(),
+    };
+    folder
+        .first_load()
         .await
         .with_context(|| format!("reading {}", dir.display()))?;
 
-    let watcher = tokio::spawn(async move {
-        while watch.changed().await {
-            if let Err(err) = refresh(&mut source, &mut reconciler).await {
-                error!(dir = %source.dir().display(), %err, "cannot read the config folder; serving the last good config");
-            }
-        }
-    });
+    let readiness = Readiness::new(serving.ready.clone());
+    let queue = serving
+        .queue_task
+        .take()
+        .map(|task| tokio::spawn(supervise::watch_task(PUSH_QUEUE, task, readiness.clone())));
+    let folder = Arc::new(Mutex::new(folder));
+    let mut first_watch = Some(watch);
+    let dir = dir.to_path_buf();
+    let watcher = tokio::spawn(supervise::restarting(
+        WATCHER_TASK,
+        readiness.clone(),
+        move || {
+            // The first run takes over the watch made at startup; a restart starts afresh.
+            let restarted = first_watch.is_none();
+            let watch = first_watch
+                .take()
+                .unwrap_or_else(|| FolderWatch::unwatched(&dir, debounce));
+            follow(
+                dir.clone(),
+                watch,
+                folder.clone(),
+                readiness.clone(),
+                restarted,
+            )
+        },
+    ));
     let result = serving.serve_ads().await;
+    // The queue's supervisor first: stopping the watcher drops the last handle on the queue,
+    // and its task ending then is shutdown, not a failure.
+    if let Some(queue) = queue {
+        queue.abort();
+    }
     watcher.abort();
     monitor.abort();
     result
 }
 
-/// Rescans the folder and, if the objects changed, rebuilds.
-async fn refresh(source: &mut FolderSource, reconciler: &mut Reconciler) -> std::io::Result<()> {
-    let (changed, problems) = source.scan()?;
-    for problem in &problems {
-        warn!("{problem}");
+/// Rescans the folder on every change notification, on a timer as a backstop, and when
+/// files waiting to settle are due; keeps the watch on whatever directory `dir` leads to.
+async fn follow(
+    dir: PathBuf,
+    mut watch: FolderWatch,
+    folder: Arc<Mutex<Folder>>,
+    readiness: Readiness,
+    restarted: bool,
+) {
+    // A restart re-applies the whole folder: the task that died may have died mid-update.
+    let mut force = restarted;
+    loop {
+        let watching = watch.ensure();
+        let tick = if watching.is_ok() {
+            RESCAN_INTERVAL
+        } else {
+            REWATCH_INTERVAL
+        };
+        readiness.set(FOLDER_WATCH, watching.err());
+        let rescan_after = match folder.lock().await.refresh(force).await {
+            Ok(rescan_after) => {
+                readiness.set(FOLDER_READ, None);
+                rescan_after
+            }
+            Err(err) => {
+                readiness.set(
+                    FOLDER_READ,
+                    Some(format!(
+                        "cannot read {}: {err}; serving the last good config",
+                        dir.display()
+                    )),
+                );
+                None
+            }
+        };
+        force = false;
+        readiness.set(WATCHER_TASK, None);
+        let wait = rescan_after.map_or(tick, |after| after.min(tick));
+        tokio::select! {
+            () = watch.changed() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
     }
-    if !changed {
-        return Ok(());
+}
+
+/// The folder source and what it feeds.
+struct Folder {
+    source: FolderSource,
+    reconciler: Reconciler,
+    /// The files last reported as waiting to settle, to report each wait once.
+    unsettled: Vec<PathBuf>,
+}
+
+impl Folder {
+    /// The first config: waits (up to [`STARTUP_SETTLE_LIMIT`]) for files being written, so
+    /// that the first proxies do not get half a file.
+    async fn first_load(&mut self) -> std::io::Result<()> {
+        let give_up = Instant::now() + STARTUP_SETTLE_LIMIT;
+        while let Some(after) = self.refresh(false).await? {
+            if Instant::now() + after > give_up {
+                warn!(
+                    files = ?self.unsettled,
+                    "still being written after {STARTUP_SETTLE_LIMIT:?}; serving without them until they settle"
+                );
+                break;
+            }
+            tokio::time::sleep(after).await;
+        }
+        Ok(())
     }
-    let (objects, duplicates) = source.objects();
-    for problem in &duplicates {
-        warn!("{problem}");
+
+    /// Rescans the folder and, if the objects changed (or `force`), rebuilds. Returns when to
+    /// rescan for files still settling.
+    async fn refresh(&mut self, force: bool) -> std::io::Result<Option<Duration>> {
+        let report = self.source.scan()?;
+        for problem in &report.problems {
+            warn!("{problem}");
+        }
+        if report.unsettled != self.unsettled && !report.unsettled.is_empty() {
+            let files: Vec<String> = report
+                .unsettled
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            info!(
+                "{}: modified within the last {SETTLE_WINDOW:?}; serving the last good content until writes settle",
+                files.join(", ")
+            );
+        }
+        self.unsettled = report.unsettled;
+        if !report.changed && !force {
+            return Ok(report.rescan_after);
+        }
+        let (objects, duplicates) = self.source.objects();
+        for problem in &duplicates {
+            warn!("{problem}");
+        }
+        let records = objects
+            .into_iter()
+            .map(|o| Record::Istio(IstioRecord::valid(o.clone())))
+            .collect();
+        let tags = Kind::ALL.iter().map(|k| Tag::Istio(*k)).collect();
+        let changes = self.reconciler.handle(Event::Reset(tags, records));
+        self.reconciler.reconcile(changes).await;
+        Ok(report.rescan_after)
     }
-    let records = objects
-        .into_iter()
-        .map(|o| Record::Istio(IstioRecord::valid(o.clone())))
-        .collect();
-    let tags = Kind::ALL.iter().map(|k| Tag::Istio(*k)).collect();
-    let changes = reconciler.handle(Event::Reset(tags, records));
-    reconciler.reconcile(changes).await;
-    Ok(())
 }

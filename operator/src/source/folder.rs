@@ -4,30 +4,71 @@
 //! not parse or validate keeps serving the last good version of that same object (same kind,
 //! namespace and name) if there was one, and is left out otherwise. Every problem is
 //! reported with file, line, document, object and field.
+//!
+//! Writers are not atomic: a file being written in place is empty or cut short, and a cut
+//! YAML file is often still valid YAML with fewer objects or fewer routes. So new content
+//! replaces a file's last good content only once the file has settled (not modified for
+//! [`SETTLE_WINDOW`]); a file that cannot be inspected or read (a dangling symlink, denied)
+//! keeps its last good content; and a scan that finds no objects at all where some were
+//! served keeps the last good config unless empty config is allowed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::Metadata;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 use capstan_crds::IstioObject;
 use capstan_crds::object::ObjectKey;
 use capstan_crds::parse::{DocumentError, parse_documents};
 
+/// How long a file must go unmodified before its new content replaces the old. A writer that
+/// truncates a file and writes it again (a shell redirection, a template pipeline, an editor
+/// saving in place) leaves it empty or cut short in between, and such writers stall for tens
+/// to a few hundred milliseconds under load; half a second covers that while an edit still
+/// reaches the proxies well within a second. A file renamed into place whole is delayed only
+/// if it was written less than this before the rename.
+pub const SETTLE_WINDOW: Duration = Duration::from_millis(500);
+
+/// The shortest wait before re-reading an unsettled file: file times are coarser than the
+/// clock, so a re-read due "now" can still find the file a hair too young; this keeps such
+/// re-reads from spinning.
+const RECHECK_FLOOR: Duration = Duration::from_millis(10);
+
 /// What a scan found wrong, one line per problem, ready for the log.
 pub type Problems = Vec<String>;
 
-#[derive(Debug, Default)]
+/// The outcome of one scan.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Whether the served objects changed.
+    pub changed: bool,
+    /// Problems met in files that changed since the last scan.
+    pub problems: Problems,
+    /// Files with new content that has not settled yet: they keep their last good content.
+    pub unsettled: Vec<PathBuf>,
+    /// When to scan again so that the unsettled files are read once they settle.
+    pub rescan_after: Option<Duration>,
+}
+
+#[derive(Debug, Default, Clone)]
 struct FileState {
     /// Hash of the content last parsed, to skip files that did not change.
     fingerprint: Option<u64>,
     /// The objects this file serves: its last good content.
     objects: Vec<IstioObject>,
+    /// New content waiting to settle: its hash, and when it was first seen.
+    pending: Option<(u64, Instant)>,
+    /// The inspection or read problem last reported, so that a lasting one is reported once.
+    reported: Option<String>,
 }
 
 #[derive(Debug)]
 pub struct FolderSource {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    settle: Duration,
+    allow_empty: bool,
 }
 
 impl FolderSource {
@@ -35,46 +76,135 @@ impl FolderSource {
         Self {
             dir: dir.into(),
             files: BTreeMap::new(),
+            settle: SETTLE_WINDOW,
+            allow_empty: false,
         }
+    }
+
+    /// How long a file must go unmodified before its new content is used (zero: at once).
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
+    }
+
+    /// Whether a scan finding no objects may replace a config that had some.
+    pub fn allow_empty(mut self, allow: bool) -> Self {
+        self.allow_empty = allow;
+        self
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Re-reads the folder. Returns whether the served objects changed, and the problems met
-    /// in files that changed since the last scan.
-    pub fn scan(&mut self) -> io::Result<(bool, Problems)> {
-        let mut problems = Vec::new();
-        let present = yaml_files(&self.dir)?;
-        let before = self.files.len();
-        self.files.retain(|path, _| present.contains(path));
-        let mut changed = self.files.len() != before;
-        for path in present {
-            let text = match std::fs::read(&path) {
-                Ok(bytes) => bytes,
-                Err(err) => {
-                    problems.push(format!(
-                        "{}: cannot read: {err}; keeping its last good content",
-                        path.display()
-                    ));
-                    continue;
-                }
-            };
-            let fingerprint = xxhash_rust::xxh3::xxh3_64(&text);
-            let state = self.files.entry(path.clone()).or_default();
-            if state.fingerprint == Some(fingerprint) {
-                continue;
-            }
-            state.fingerprint = Some(fingerprint);
-            let text = String::from_utf8_lossy(&text);
-            let objects = load(&path, &text, &state.objects, &mut problems);
-            if objects != state.objects {
-                state.objects = objects;
-                changed = true;
+    /// How many objects the folder serves (before duplicates are dropped).
+    pub fn object_count(&self) -> usize {
+        count(&self.files)
+    }
+
+    /// Re-reads the folder.
+    pub fn scan(&mut self) -> io::Result<ScanReport> {
+        let mut report = ScanReport::default();
+        let mut next = BTreeMap::new();
+        for path in yaml_files(&self.dir)? {
+            let previous = self.files.get(&path);
+            if let Some(state) = self.scan_file(&path, previous, &mut report) {
+                next.insert(path, state);
             }
         }
-        Ok((changed, problems))
+        let (before, after) = (count(&self.files), count(&next));
+        if after == 0 && before > 0 && !self.allow_empty {
+            report.problems.push(format!(
+                "{}: no objects left in the folder (it served {before}); keeping the last good \
+                 config (run with --allow-empty-config to serve an empty one)",
+                self.dir.display()
+            ));
+            return Ok(report);
+        }
+        report.changed = !self.files.keys().eq(next.keys())
+            || next.iter().any(|(path, state)| {
+                self.files.get(path).map(|s| &s.objects) != Some(&state.objects)
+            });
+        self.files = next;
+        Ok(report)
+    }
+
+    /// The state of one file after this scan; `None` when it is not config after all.
+    fn scan_file(
+        &self,
+        path: &Path,
+        previous: Option<&FileState>,
+        report: &mut ScanReport,
+    ) -> Option<FileState> {
+        let mut state = previous.cloned().unwrap_or_default();
+        let before = match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => meta,
+            // A directory (or a device) named *.yaml is not config.
+            Ok(_) => return None,
+            Err(err) => {
+                // Not the same as deleted: a dangling symlink mid-swap, a denied directory.
+                unreadable(&mut state, path, "cannot inspect", &err, report);
+                return Some(state);
+            }
+        };
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                unreadable(&mut state, path, "cannot read", &err, report);
+                return Some(state);
+            }
+        };
+        state.reported = None;
+        let fingerprint = xxhash_rust::xxh3::xxh3_64(&bytes);
+        if state.fingerprint == Some(fingerprint) {
+            state.pending = None;
+            return Some(state);
+        }
+        let after = std::fs::metadata(path).ok();
+        if let Some(wait) = self.settling(&mut state, fingerprint, &before, after.as_ref()) {
+            report.unsettled.push(path.to_path_buf());
+            report.rescan_after = Some(report.rescan_after.map_or(wait, |w| w.min(wait)));
+            return Some(state);
+        }
+        state.pending = None;
+        state.fingerprint = Some(fingerprint);
+        let text = String::from_utf8_lossy(&bytes);
+        state.objects = load(path, &text, &state.objects, &mut report.problems);
+        Some(state)
+    }
+
+    /// How much longer new content (hash `fingerprint`, file metadata `before` and `after`
+    /// reading it) must wait to settle; `None` once it has.
+    fn settling(
+        &self,
+        state: &mut FileState,
+        fingerprint: u64,
+        before: &Metadata,
+        after: Option<&Metadata>,
+    ) -> Option<Duration> {
+        if self.settle.is_zero() {
+            return None;
+        }
+        let first_seen = match state.pending {
+            Some((pending, since)) if pending == fingerprint => since,
+            _ => Instant::now(),
+        };
+        state.pending = Some((fingerprint, first_seen));
+        let still_writing = after.is_none_or(|after| {
+            after.len() != before.len() || after.modified().ok() != before.modified().ok()
+        });
+        if still_writing {
+            return Some(self.settle);
+        }
+        // By its modification time, or (for a time in the future or none at all) by how long
+        // this process has seen the same content.
+        let age = before
+            .modified()
+            .ok()
+            .and_then(|modified| SystemTime::now().duration_since(modified).ok());
+        let unchanged_for = first_seen.elapsed();
+        let settled_for = age.map_or(unchanged_for, |age| age.max(unchanged_for));
+        (settled_for < self.settle).then(|| (self.settle - settled_for).max(RECHECK_FLOOR))
     }
 
     /// Every object served, each (kind, namespace, name) once: where two files define the
@@ -107,7 +237,32 @@ impl FolderSource {
     }
 }
 
-/// The YAML files directly in `dir`, sorted.
+fn count(files: &BTreeMap<PathBuf, FileState>) -> usize {
+    files.values().map(|state| state.objects.len()).sum()
+}
+
+/// Keeps the file's last good content and reports why, once per distinct problem.
+fn unreadable(
+    state: &mut FileState,
+    path: &Path,
+    what: &str,
+    err: &io::Error,
+    report: &mut ScanReport,
+) {
+    let keeping = if state.fingerprint.is_some() {
+        "keeping its last good content"
+    } else {
+        "it serves nothing until it can be read"
+    };
+    let problem = format!("{}: {what}: {err}; {keeping}", path.display());
+    if state.reported.as_ref() != Some(&problem) {
+        report.problems.push(problem.clone());
+        state.reported = Some(problem);
+    }
+}
+
+/// The YAML files directly in `dir`, sorted; whether each is a readable file is for the
+/// caller to find out.
 fn yaml_files(dir: &Path) -> io::Result<BTreeSet<PathBuf>> {
     let mut out = BTreeSet::new();
     for entry in std::fs::read_dir(dir)? {
@@ -121,7 +276,7 @@ fn yaml_files(dir: &Path) -> io::Result<BTreeSet<PathBuf>> {
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with('.'));
-        if is_yaml && !hidden && path.is_file() {
+        if is_yaml && !hidden {
             out.insert(path);
         }
     }

@@ -164,9 +164,39 @@ spec:
             1,
             "the host itself is resolved"
         );
-        assert!(
-            c.typed_extension_protocol_options
-                .contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+        assert_eq!(upstream_protocol(c), Some(Upstream::Http2));
+    }
+
+    #[test]
+    fn http_ports_get_no_protocol_options() {
+        for (name, c) in clusters(&mesh(REVIEWS)) {
+            assert_eq!(upstream_protocol(&c), None, "{name}");
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Upstream {
+        Http2,
+        /// Anything else, as its debug text.
+        Other(String),
+    }
+
+    /// The upstream protocol a cluster's HttpProtocolOptions ask for, if it has any.
+    fn upstream_protocol(c: &Cluster) -> Option<Upstream> {
+        use prost::Message;
+        let any = c
+            .typed_extension_protocol_options
+            .get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")?;
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
         );
+        let options = HttpProtocolOptions::decode(any.value.as_slice()).expect("decodes");
+        Some(match options.upstream_protocol_options {
+            Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(_)),
+            })) => Upstream::Http2,
+            other => Upstream::Other(format!("{other:?}")),
+        })
     }
 }

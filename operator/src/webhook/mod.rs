@@ -17,13 +17,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use capstan_xds::net::{ConnectionLimits, GuardedListener};
 use clap::Args;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -39,6 +40,32 @@ const MAX_BODY: usize = 4 << 20;
 /// Time a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Time a client has to send a request's headers once the TLS handshake is done; also the
+/// longest an idle keep-alive connection is kept (hyper runs the same timer while it waits
+/// for the next request). The API server sends each review at once.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time a client has to send a request's body. The API server's own call timeout is
+/// `timeoutSeconds` (10 s by default, 30 s at most): a body slower than that has no reader.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest a connection is served; it then finishes the request in progress and closes.
+/// The API server reconnects as it needs, and no client keeps a slot forever.
+pub const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+
+/// After [`MAX_CONNECTION_LIFETIME`], how long a request in progress may still take.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Default cap on open connections: the webhook is fail-closed, so descriptors and tasks must
+/// never run out however many clients connect. The API server sends one review per
+/// connection at a time, and validating takes microseconds: a few connections carry
+/// thousands of writes a second.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Default cap on connections from one address: a quarter of the total, so that one client
+/// cannot take every slot while a single API server still has room for 256 reviews in flight.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+
 #[derive(Debug, Args)]
 pub struct WebhookArgs {
     /// PEM file with the serving certificate (and chain) the API server verifies
@@ -51,6 +78,33 @@ pub struct WebhookArgs {
     /// Address to listen on (like istiod's 15017).
     #[arg(long, default_value = "0.0.0.0:15017")]
     pub addr: SocketAddr,
+    /// Connections open at once; beyond it new clients wait in the listen backlog until one
+    /// closes. Lowered at start to what the open-file limit (`ulimit -n`) allows.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Connections open at once from one IP address (0: no cap); a connection beyond it is
+    /// closed at once.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    pub max_connections_per_ip: usize,
+}
+
+impl WebhookArgs {
+    /// The connection limits, within the process's open-file limit.
+    pub fn limits(&self) -> ConnectionLimits {
+        let wanted = ConnectionLimits {
+            max_connections: self.max_connections,
+            max_per_ip: self.max_connections_per_ip,
+        };
+        let (limits, lowered) = wanted.within_fd_limit(0);
+        if lowered {
+            tracing::warn!(
+                wanted = wanted.max_connections,
+                cap = limits.max_connections,
+                "--max-connections lowered to what the open-file limit (ulimit -n) allows"
+            );
+        }
+        limits
+    }
 }
 
 /// Runs the webhook until Ctrl-C or SIGTERM.
@@ -60,7 +114,7 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     tracing::info!(addr = %args.addr, path = VALIDATE_PATH, "validation webhook listening");
-    serve(listener, Arc::new(config), shutdown_signal()).await;
+    serve_with(listener, args.limits(), Arc::new(config), shutdown_signal()).await;
     tracing::info!("validation webhook stopped");
     Ok(())
 }
@@ -86,26 +140,36 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<ServerConfig> {
     Ok(config)
 }
 
-/// Accepts connections on `listener` until `shutdown` completes.
+/// Accepts connections on `listener` until `shutdown` completes, within the default limits.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let limits = ConnectionLimits {
+        max_connections: DEFAULT_MAX_CONNECTIONS,
+        max_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+    };
+    serve_with(listener, limits, config, shutdown).await;
+}
+
+/// Accepts connections on `listener`, at most `limits` open at once, until `shutdown`
+/// completes.
+pub async fn serve_with(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    config: Arc<ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+) {
     let acceptor = TlsAcceptor::from(config);
+    let mut listener = GuardedListener::new(listener, limits, "webhook");
     tokio::pin!(shutdown);
     loop {
-        let (tcp, peer) = tokio::select! {
+        let tcp = tokio::select! {
             () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept() => accepted,
         };
+        let peer = tcp.peer();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -119,9 +183,24 @@ pub async fn serve(
                     return;
                 }
             };
-            let connection =
-                http1::Builder::new().serve_connection(TokioIo::new(tls), service_fn(handle));
-            if let Err(err) = connection.await {
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tls), service_fn(handle));
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = tokio::time::sleep(MAX_CONNECTION_LIFETIME) => {
+                    connection.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(SHUTDOWN_GRACE, connection).await {
+                        Ok(ended) => ended,
+                        Err(_) => {
+                            return tracing::debug!(%peer, "closed a connection at its age");
+                        }
+                    }
+                }
+            };
+            if let Err(err) = ended {
                 tracing::debug!(%peer, %err, "connection ended with an error");
             }
         });
@@ -141,12 +220,22 @@ async fn handle(
 }
 
 async fn validate(request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(err) => {
+    let read = Limited::new(request.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(err)) => {
             return text(
                 StatusCode::BAD_REQUEST,
                 &format!("cannot read the body: {err}\n"),
+            );
+        }
+        Err(_) => {
+            return text(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the body did not arrive within {} s\n",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
             );
         }
     };

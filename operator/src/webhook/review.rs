@@ -165,6 +165,9 @@ fn describe(object: &Value) -> String {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -212,3 +212,23 @@ fn bad_key_material_is_reported() {
         "expected an error naming the file"
     );
 }
+
+#[tokio::test]
+async fn bodies_over_the_cap_are_refused() {
+    let server = start().await;
+    let mut body = admission_review("uid-large", [50, 50]);
+    body.resize(super::MAX_BODY + 1, b' ');
+    let (status, answer) = send(&server, Method::POST, VALIDATE_PATH, body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        String::from_utf8_lossy(&answer).contains("cannot read the body"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Just under the cap is read and decided (trailing whitespace is valid JSON).
+    let mut body = admission_review("uid-at-cap", [50, 50]);
+    body.resize(super::MAX_BODY, b' ');
+    let (status, answer) = send(&server, Method::POST, VALIDATE_PATH, body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(parse(&answer)["response"]["uid"], "uid-at-cap");
+}

@@ -7,12 +7,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use tonic::Status;
 
 use super::common::{Context, InFlight, Subscription};
+use super::limits::StreamLimits;
 use super::wire::{DeltaResponse, WireMessage};
 use crate::cache::{SnapshotCache, State};
 use crate::connections::XdsProtocol;
 use crate::history::Since;
+use crate::proxy::ProxyInfo;
 use crate::resource::{Resource, type_url};
 use crate::snapshot::{Entry, Snapshot, TYPES};
 
@@ -21,6 +24,10 @@ struct TypeState {
     subscription: Subscription,
     /// The snapshot version this proxy is in sync with for this type.
     synced: u64,
+    /// The snapshot at `synced` (cheap: it shares all but what changed since with the
+    /// current one). A proxy further behind than the history is compared against it, so
+    /// what was deleted in the gap is removed and what did not change is not resent.
+    held: Snapshot,
     /// The whole view must be compared (first response, wildcard just added, or the proxy
     /// was further behind than the history reaches).
     full: bool,
@@ -46,10 +53,31 @@ pub struct DeltaStream {
 
 impl DeltaStream {
     pub fn new(cache: SnapshotCache) -> Self {
+        Self::with_limits(cache, StreamLimits::default())
+    }
+
+    pub fn with_limits(cache: SnapshotCache, limits: StreamLimits) -> Self {
         Self {
-            context: Context::new(cache, XdsProtocol::Delta),
+            context: Context::new(cache, XdsProtocol::Delta, limits),
             types: Default::default(),
         }
+    }
+
+    /// Why the stream must end, once a request broke a limit.
+    pub fn take_failure(&mut self) -> Option<Status> {
+        self.context.take_failure()
+    }
+
+    /// The most names held by one type's subscription, and their bytes that are the proxy's
+    /// own (for tests of the limits).
+    #[cfg(test)]
+    pub(crate) fn most_names(&self) -> usize {
+        self.types
+            .iter()
+            .flatten()
+            .map(|ts| ts.subscription.names().len().max(ts.pending.len()))
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn node_id(&self) -> &str {
@@ -58,7 +86,7 @@ impl DeltaStream {
 
     pub fn on_request(
         &mut self,
-        request: DeltaDiscoveryRequest,
+        mut request: DeltaDiscoveryRequest,
         state: &State,
     ) -> Vec<DeltaResponse> {
         let Some(index) = self
@@ -78,7 +106,7 @@ impl DeltaStream {
         }
         if first {
             ts.full = true;
-            ts.initial = request.initial_resource_versions.clone();
+            ts.initial = std::mem::take(&mut request.initial_resource_versions);
             // A first request naming nothing is the legacy form of a wildcard subscription.
             ts.subscription.wildcard = request.resource_names_subscribe.is_empty();
         }
@@ -86,19 +114,32 @@ impl DeltaStream {
             ts.full |= !ts.subscription.wildcard;
             ts.subscription.wildcard = true;
         }
-        let named = request
-            .resource_names_subscribe
-            .iter()
-            .map(String::as_str)
-            .filter(|n| *n != "*");
-        let added = ts.subscription.extend(named, &state.snapshot, index);
-        ts.pending.extend(added);
+        // Removals first, in one pass, so a request that swaps names is measured against the
+        // limits by what it leaves subscribed.
+        let mut gone: Vec<&str> = Vec::new();
         for name in &request.resource_names_unsubscribe {
             if name == "*" {
                 ts.subscription.wildcard = false;
             } else {
-                ts.subscription.remove(name);
                 ts.pending.remove(name.as_str());
+                gone.push(name);
+            }
+        }
+        gone.sort_unstable();
+        ts.subscription.remove_all(gone.iter().copied());
+        let named = request
+            .resource_names_subscribe
+            .iter()
+            .map(String::as_str)
+            .filter(|n| *n != "*" && gone.binary_search(n).is_err());
+        match ts
+            .subscription
+            .extend(named, &state.snapshot, index, &self.context.limits)
+        {
+            Ok(added) => ts.pending.extend(added),
+            Err(exhausted) => {
+                self.context.fail(exhausted);
+                return Vec::new();
             }
         }
         let change_driven = answered && ts.pending.is_empty() && !ts.full;
@@ -143,6 +184,9 @@ fn push(
         state.history.since(index, ts.synced)
     };
     match since {
+        Since::Unknown if !ts.full => {
+            catch_up(ts, snapshot, index, proxy, &mut resources, &mut removed)
+        }
         Since::Unknown => {
             // Everything in the view, less what the proxy already holds at that version.
             let holds = |r: &Resource| {
@@ -197,6 +241,7 @@ fn push(
     }
     remember_scoped(ts, snapshot, index, &resources, &removed);
     ts.synced = version;
+    ts.held = snapshot.clone();
     ts.full = false;
     ts.initial = HashMap::new();
     ts.pending.clear();
@@ -219,6 +264,48 @@ fn push(
     ts.in_flight = Some(context.sending(index, nonce, size, change_driven, state));
     ts.responded = true;
     Some(response)
+}
+
+/// What changed for `proxy` between the snapshot it holds and `snapshot`, when that is
+/// further back than the history reaches: every name in either view is compared.
+fn catch_up(
+    ts: &mut TypeState,
+    snapshot: &Snapshot,
+    index: usize,
+    proxy: &ProxyInfo,
+    resources: &mut Vec<Resource>,
+    removed: &mut Vec<Arc<str>>,
+) {
+    let mut names: BTreeSet<&Arc<str>> = ts.subscription.names().iter().collect();
+    names.extend(&ts.pending);
+    if ts.subscription.wildcard {
+        names.extend(snapshot.entries(index).map(|(name, _)| name));
+        names.extend(ts.held.entries(index).map(|(name, _)| name));
+    }
+    for name in names {
+        if !ts.subscription.wants(name) {
+            continue;
+        }
+        let held = ts
+            .held
+            .resource_for(index, name, proxy)
+            .map(Resource::version);
+        // A name just asked for is answered whatever the proxy holds.
+        let asked = ts.pending.contains(name);
+        let now = snapshot
+            .get(index, name)
+            .and_then(|e| Some((e.is_scoped(), e.for_proxy(proxy)?)));
+        match now {
+            Some((_, r)) if asked || held != Some(r.version()) => resources.push(r.clone()),
+            // Unchanged, so not resent; a scoped one is remembered as if it were.
+            Some((true, r)) => {
+                ts.scoped_sent.insert(name.clone(), r.version());
+            }
+            Some((false, _)) => {}
+            None if asked || held.is_some() => removed.push(name.clone()),
+            None => {}
+        }
+    }
 }
 
 /// Records the versions of scoped resources about to be sent, and forgets removed names.

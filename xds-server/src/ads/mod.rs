@@ -5,10 +5,16 @@
 mod common;
 pub mod delta;
 pub mod framing;
+pub mod limits;
 pub mod request;
 pub mod service;
 pub mod sotw;
 pub mod wire;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,13 +24,16 @@ use futures::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+use tonic::service::interceptor::InterceptedService;
 use tracing::{debug, info};
 
 use crate::cache::{SnapshotCache, State};
+use crate::net::grpc::{GrpcLimits, mark_request};
 
 use self::delta::DeltaStream;
+use self::limits::Logged;
 use self::request::SotwRequest;
 use self::service::AdsService;
 use self::sotw::SotwStream;
@@ -81,6 +90,8 @@ trait Protocol: Send + 'static {
     fn node_id(&self) -> &str;
     fn on_request(&mut self, request: Self::Request, state: &State) -> Vec<Self::Response>;
     fn on_state(&mut self, state: &State) -> Vec<Self::Response>;
+    /// Why the stream must end, once a request broke a limit.
+    fn take_failure(&mut self) -> Option<Status>;
 }
 
 impl Protocol for SotwStream {
@@ -95,6 +106,9 @@ impl Protocol for SotwStream {
     }
     fn on_state(&mut self, state: &State) -> Vec<SotwResponse> {
         SotwStream::on_state(self, state)
+    }
+    fn take_failure(&mut self) -> Option<Status> {
+        SotwStream::take_failure(self)
     }
 }
 
@@ -111,9 +125,13 @@ impl Protocol for DeltaStream {
     fn on_state(&mut self, state: &State) -> Vec<DeltaResponse> {
         DeltaStream::on_state(self, state)
     }
+    fn take_failure(&mut self) -> Option<Status> {
+        DeltaStream::take_failure(self)
+    }
 }
 
-/// Runs one stream until the proxy goes away.
+/// Runs one stream until the proxy goes away, stops reading, or breaks a limit. A stream
+/// capstan ends gets the status saying why as its last message.
 async fn drive<P: Protocol>(
     cache: SnapshotCache,
     mut inbound: impl Inbound<P::Request>,
@@ -123,7 +141,7 @@ async fn drive<P: Protocol>(
     let connected = cache.metrics().connected(P::DELTA).clone();
     connected.inc();
     let mut states = cache.subscribe();
-    loop {
+    'stream: loop {
         let responses = tokio::select! {
             request = inbound.next() => match request {
                 Some(Ok(request)) => {
@@ -131,7 +149,10 @@ async fn drive<P: Protocol>(
                     protocol.on_request(request, &state)
                 }
                 Some(Err(status)) => {
-                    debug!(node = %protocol.node_id(), %status, "stream ended with an error");
+                    debug!(node = %Logged::new(protocol.node_id()), %status, "stream ended with an error");
+                    // A malformed request ends the stream with its reason, not with OK. (If
+                    // the proxy is gone the send fails, which is fine.)
+                    let _ = tx.send(Err(status)).await;
                     break;
                 }
                 None => break,
@@ -146,12 +167,17 @@ async fn drive<P: Protocol>(
         };
         for response in responses {
             if tx.send(Ok(response)).await.is_err() {
-                break;
+                break 'stream; // the proxy is gone
             }
+        }
+        if let Some(status) = protocol.take_failure() {
+            info!(node = %Logged::new(protocol.node_id()), code = ?status.code(), reason = status.message(), "ending stream");
+            let _ = tx.send(Err(status)).await;
+            break;
         }
     }
     connected.dec();
-    info!(node = %protocol.node_id(), delta = P::DELTA, "proxy disconnected");
+    info!(node = %Logged::new(protocol.node_id()), delta = P::DELTA, "proxy disconnected");
 }
 
 /// The ADS gRPC service over `cache`, to add to a tonic server.
@@ -159,18 +185,25 @@ pub fn service(cache: SnapshotCache) -> AdsService {
     AdsService::new(Streams { cache })
 }
 
-/// Serves ADS on `listener` until `shutdown` completes.
+/// Serves ADS on `listener` until `shutdown` completes, with the default limits.
 pub async fn serve(
     listener: TcpListener,
     cache: SnapshotCache,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        // Envoy keeps one long-lived stream per connection; thousands of proxies each hold one.
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        .add_service(service(cache))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+    serve_with(listener, cache, &GrpcLimits::default(), shutdown).await
+}
+
+/// Serves ADS on `listener` within `limits` until `shutdown` completes.
+pub async fn serve_with(
+    listener: TcpListener,
+    cache: SnapshotCache,
+    limits: &GrpcLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    limits
+        .server()
+        .add_service(InterceptedService::new(service(cache), mark_request))
+        .serve_with_incoming_shutdown(limits.incoming(listener), shutdown)
         .await
 }

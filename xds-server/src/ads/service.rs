@@ -37,9 +37,12 @@ pub const SOTW_PATH: &str =
 pub const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
-/// Largest request accepted from a proxy (Envoy's requests are small; subscriptions of many
-/// thousand names stay far below this).
-const MAX_REQUEST: usize = 16 * 1024 * 1024;
+/// Largest request accepted from a proxy: 4 MiB, gRPC's and istiod's default receive limit.
+/// Envoy's largest requests are its first EDS subscription (~60 bytes a cluster name: 10,000
+/// clusters are ~600 KiB) and a Delta reconnect's initial_resource_versions (~100 bytes a
+/// resource); a NACK's error_detail is a few KiB. The deframer reserves a message's declared
+/// length up front, so this also bounds what one stream can make the server allocate.
+const MAX_REQUEST: usize = 4 * 1024 * 1024;
 
 /// `envoy.service.discovery.v3.AggregatedDiscoveryService`, both methods.
 #[derive(Debug, Clone)]

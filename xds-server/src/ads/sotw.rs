@@ -6,9 +6,11 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use tonic::Status;
 use tracing::debug;
 
 use super::common::{Context, InFlight, Subscription};
+use super::limits::{Logged, StreamLimits};
 use super::request::SotwRequest;
 use super::wire::{SotwResources, SotwResponse, WireMessage};
 use crate::cache::{SnapshotCache, State};
@@ -42,10 +44,30 @@ pub struct SotwStream {
 
 impl SotwStream {
     pub fn new(cache: SnapshotCache) -> Self {
+        Self::with_limits(cache, StreamLimits::default())
+    }
+
+    pub fn with_limits(cache: SnapshotCache, limits: StreamLimits) -> Self {
         Self {
-            context: Context::new(cache, XdsProtocol::Sotw),
+            context: Context::new(cache, XdsProtocol::Sotw, limits),
             types: Default::default(),
         }
+    }
+
+    /// Why the stream must end, once a request broke a limit.
+    pub fn take_failure(&mut self) -> Option<Status> {
+        self.context.take_failure()
+    }
+
+    /// The most names held by one type's subscription (for tests of the limits).
+    #[cfg(test)]
+    pub(crate) fn most_names(&self) -> usize {
+        self.types
+            .iter()
+            .flatten()
+            .map(|ts| ts.subscription.names().len())
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn node_id(&self) -> &str {
@@ -64,7 +86,7 @@ impl SotwStream {
             && type_state.sent_nonce.as_deref() != Some(request.response_nonce.as_str())
         {
             // The answer to a response since superseded; the proxy answers the newer one too.
-            debug!(node = %self.context.proxy.id, r#type = type_url::short(type_url::PUSH_ORDER[index]), "stale nonce");
+            debug!(node = %Logged::new(&self.context.proxy.id), r#type = type_url::short(type_url::PUSH_ORDER[index]), "stale nonce");
             return Vec::new();
         }
         if let Some(in_flight) = type_state
@@ -80,15 +102,21 @@ impl SotwStream {
         let trigger = if wildcard != subscription.wildcard {
             subscription.wildcard = wildcard;
             subscription.sent_as = None;
-            subscription.update_to(std::iter::empty(), &state.snapshot, index);
+            subscription.clear_names();
             Trigger::Request
         } else if wildcard || subscription.sent_as == Some(request.names_hash) {
             Trigger::Change
         } else {
-            subscription.sent_as = Some(request.names_hash);
-            match subscription.update_to(request.names(), &state.snapshot, index) {
-                Some(added) => Trigger::Subscribed(added),
-                None => Trigger::Change,
+            let limits = &self.context.limits;
+            match subscription.update_to(request.names(), &state.snapshot, index, limits) {
+                Ok(added) => {
+                    subscription.sent_as = Some(request.names_hash);
+                    added.map_or(Trigger::Change, Trigger::Subscribed)
+                }
+                Err(exhausted) => {
+                    self.context.fail(exhausted);
+                    return Vec::new();
+                }
             }
         };
         // Until the type was answered once, any request asks for the whole view.

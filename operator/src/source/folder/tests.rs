@@ -1,6 +1,38 @@
 use std::fs;
+use std::path::Path;
+use std::time::Duration;
 
 use super::FolderSource;
+
+/// A settle window long enough that a test's own steps fit well inside it.
+const TEST_SETTLE: Duration = Duration::from_millis(400);
+
+/// Files written by a test are brand new: most tests do not wait for them to settle.
+fn source(dir: &Path) -> FolderSource {
+    FolderSource::new(dir).with_settle(Duration::ZERO)
+}
+
+fn settling_source(dir: &Path, settle: Duration) -> FolderSource {
+    FolderSource::new(dir).with_settle(settle)
+}
+
+fn source_allowing_empty(dir: &Path) -> FolderSource {
+    source(dir).allow_empty(true)
+}
+
+/// Whether the served objects changed, and the problems reported.
+fn scan(source: &mut FolderSource) -> (bool, Vec<String>) {
+    let report = source.scan().expect("scan");
+    (report.changed, report.problems)
+}
+
+/// Scans once every file has settled.
+fn settled_scan(source: &mut FolderSource) -> (bool, Vec<String>) {
+    std::thread::sleep(TEST_SETTLE);
+    let report = source.scan().expect("scan");
+    assert!(report.unsettled.is_empty(), "{report:?}");
+    (report.changed, report.problems)
+}
 
 const DR: &str = r#"apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -45,8 +77,8 @@ fn reads_multi_document_yaml_files_only() {
     fs::write(dir.path().join("mesh.yaml"), format!("{SE}---\n{DR}")).expect("write");
     fs::write(dir.path().join("notes.txt"), "not config").expect("write");
     fs::write(dir.path().join(".mesh.yaml.swp"), "garbage: [").expect("write");
-    let mut source = FolderSource::new(dir.path());
-    let (changed, problems) = source.scan().expect("scan");
+    let mut source = source(dir.path());
+    let (changed, problems) = scan(&mut source);
     assert!(changed);
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(
@@ -57,7 +89,7 @@ fn reads_multi_document_yaml_files_only() {
         ]
     );
     // Nothing changed on disk: nothing changes.
-    assert_eq!(source.scan().expect("scan"), (false, vec![]));
+    assert_eq!(scan(&mut source), (false, vec![]));
 }
 
 #[test]
@@ -65,10 +97,10 @@ fn broken_yaml_keeps_the_files_last_good_content() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("dr.yaml");
     fs::write(&path, DR).expect("write");
-    let mut source = FolderSource::new(dir.path());
-    source.scan().expect("scan");
+    let mut source = source(dir.path());
+    scan(&mut source);
     fs::write(&path, "apiVersion: [unclosed\n").expect("write");
-    let (changed, problems) = source.scan().expect("scan");
+    let (changed, problems) = scan(&mut source);
     assert!(!changed);
     assert_eq!(problems.len(), 1);
     assert!(problems[0].contains("dr.yaml"), "{problems:?}");
@@ -81,8 +113,8 @@ fn invalid_object_keeps_its_last_good_version_and_new_invalid_objects_are_skippe
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("dr.yaml");
     fs::write(&path, DR).expect("write");
-    let mut source = FolderSource::new(dir.path());
-    source.scan().expect("scan");
+    let mut source = source(dir.path());
+    scan(&mut source);
 
     // A typo in a field: the object is rejected, its previous version stays.
     fs::write(
@@ -93,7 +125,7 @@ fn invalid_object_keeps_its_last_good_version_and_new_invalid_objects_are_skippe
         ),
     )
     .expect("write");
-    let (changed, problems) = source.scan().expect("scan");
+    let (changed, problems) = scan(&mut source);
     assert!(!changed);
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains("dr.yaml"), "{problems:?}");
@@ -110,7 +142,7 @@ fn invalid_object_keeps_its_last_good_version_and_new_invalid_objects_are_skippe
         .replace("name: reviews,", "name: other,")
         .replace("name: v1,", "name: '',");
     fs::write(&path, format!("{DR}---\n{bad}")).expect("write");
-    let (_, problems) = source.scan().expect("scan");
+    let (_, problems) = scan(&mut source);
     assert!(
         problems
             .iter()
@@ -125,11 +157,11 @@ fn deleted_files_take_their_objects_with_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     fs::write(dir.path().join("se.yaml"), SE).expect("write");
     fs::write(dir.path().join("dr.yml"), DR).expect("write");
-    let mut source = FolderSource::new(dir.path());
-    source.scan().expect("scan");
+    let mut source = source(dir.path());
+    scan(&mut source);
     assert_eq!(names(&source).len(), 2);
     fs::remove_file(dir.path().join("dr.yml")).expect("remove");
-    assert!(source.scan().expect("scan").0);
+    assert!(scan(&mut source).0);
     assert_eq!(names(&source), vec!["ServiceEntry bookinfo/reviews"]);
 }
 
@@ -142,8 +174,8 @@ fn an_object_defined_in_two_files_is_served_once_and_reported() {
         DR.replace("name: v1,", "name: v9,"),
     )
     .expect("write");
-    let mut source = FolderSource::new(dir.path());
-    source.scan().expect("scan");
+    let mut source = source(dir.path());
+    scan(&mut source);
     let (objects, problems) = source.objects();
     assert_eq!(objects.len(), 1);
     assert_eq!(problems.len(), 1);
@@ -158,4 +190,123 @@ fn an_object_defined_in_two_files_is_served_once_and_reported() {
             .map(|d| d.spec.subsets[0].name.as_str()),
         Some("v1")
     );
+}
+
+/// A two-subset DestinationRule, and the same file cut after its first subset: still valid
+/// YAML, one subset short.
+fn dr_v1_v2() -> String {
+    format!("{DR}  - {{name: v2, labels: {{version: v2}}}}\n")
+}
+
+#[test]
+fn a_truncated_file_keeps_its_last_good_content_until_writes_settle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("dr.yaml");
+    fs::write(&path, dr_v1_v2()).expect("write");
+    let mut source = settling_source(dir.path(), TEST_SETTLE);
+    settled_scan(&mut source);
+    assert_eq!(subset_count(&source), 2);
+
+    // A writer truncated the file and has written only the first subset so far.
+    fs::write(&path, DR).expect("write");
+    let report = source.scan().expect("scan");
+    assert!(!report.changed);
+    assert_eq!(report.unsettled, vec![path.clone()]);
+    assert!(
+        report
+            .rescan_after
+            .is_some_and(|after| after <= TEST_SETTLE)
+    );
+    assert_eq!(subset_count(&source), 2, "the half-written file was served");
+
+    // It stays that way: the writer was done after all.
+    let (changed, _) = settled_scan(&mut source);
+    assert!(changed);
+    assert_eq!(subset_count(&source), 1);
+}
+
+#[test]
+fn an_emptied_file_keeps_its_objects_until_writes_settle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("se.yaml"), SE).expect("write");
+    fs::write(dir.path().join("dr.yaml"), DR).expect("write");
+    let mut source = settling_source(dir.path(), TEST_SETTLE);
+    settled_scan(&mut source);
+    assert_eq!(names(&source).len(), 2);
+
+    fs::write(dir.path().join("dr.yaml"), "").expect("truncate");
+    assert!(!scan(&mut source).0);
+    assert_eq!(names(&source).len(), 2, "the emptied file lost its objects");
+
+    assert!(settled_scan(&mut source).0);
+    assert_eq!(names(&source), vec!["ServiceEntry bookinfo/reviews"]);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_file_that_cannot_be_inspected_keeps_its_last_good_content_and_is_reported_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let real = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("se.yaml"), SE).expect("write");
+    fs::write(real.path().join("dr.yaml"), DR).expect("write");
+    std::os::unix::fs::symlink(real.path().join("dr.yaml"), dir.path().join("dr.yaml"))
+        .expect("symlink");
+    let mut source = source(dir.path());
+    scan(&mut source);
+    assert_eq!(names(&source).len(), 2);
+
+    // The link now dangles: the file cannot be inspected, which is not the same as deleted.
+    fs::remove_file(real.path().join("dr.yaml")).expect("remove");
+    let (changed, problems) = scan(&mut source);
+    assert!(!changed);
+    assert_eq!(names(&source).len(), 2, "{problems:?}");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("dr.yaml") && problems[0].contains("keeping its last good content"),
+        "{problems:?}"
+    );
+    assert_eq!(scan(&mut source), (false, vec![]), "reported twice");
+
+    // Deleting the link itself does remove the objects.
+    fs::remove_file(dir.path().join("dr.yaml")).expect("remove");
+    assert!(scan(&mut source).0);
+    assert_eq!(names(&source), vec!["ServiceEntry bookinfo/reviews"]);
+}
+
+#[test]
+fn a_folder_emptied_of_objects_keeps_the_last_good_config_unless_allowed() {
+    for allow in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("se.yaml"), SE).expect("write");
+        fs::write(dir.path().join("dr.yaml"), DR).expect("write");
+        let mut source = if allow {
+            source_allowing_empty(dir.path())
+        } else {
+            source(dir.path())
+        };
+        scan(&mut source);
+        fs::remove_file(dir.path().join("se.yaml")).expect("remove");
+        fs::remove_file(dir.path().join("dr.yaml")).expect("remove");
+        let (changed, problems) = scan(&mut source);
+        if allow {
+            assert!(changed);
+            assert!(names(&source).is_empty());
+        } else {
+            assert!(!changed);
+            assert_eq!(
+                names(&source).len(),
+                2,
+                "emptied without --allow-empty-config"
+            );
+            assert!(
+                problems.iter().any(|p| p.contains("--allow-empty-config")
+                    && p.contains("keeping the last good config")),
+                "{problems:?}"
+            );
+            // Objects coming back are served as usual.
+            fs::write(dir.path().join("dr.yaml"), DR).expect("write");
+            assert!(scan(&mut source).0);
+            assert_eq!(names(&source), vec!["DestinationRule bookinfo/reviews"]);
+        }
+    }
 }

@@ -1,4 +1,8 @@
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::redirect_action::{
+    PathRewriteSpecifier, RedirectResponseCode,
+};
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
@@ -247,14 +251,45 @@ spec:
   - directResponse: {status: 418, body: {string: teapot}}
 "#
     );
-    let (config, _) = config(&yaml);
+    let (config, problems) = config(&yaml);
+    assert!(problems.is_empty(), "{problems:?}");
     let vh = vhost(&config, "reviews.bookinfo.svc.cluster.local:9080");
+    assert_eq!(vh.routes.len(), 2);
+    assert_eq!(
+        vh.routes[0]
+            .r#match
+            .as_ref()
+            .and_then(|m| m.path_specifier.clone()),
+        Some(PathSpecifier::Path("/old".into())),
+        "the redirect applies to /old only"
+    );
     match &vh.routes[0].action {
-        Some(Action::Redirect(r)) => assert_eq!(r.response_code, 1),
+        Some(Action::Redirect(r)) => {
+            assert_eq!(r.response_code, RedirectResponseCode::Found as i32);
+            assert_eq!(
+                r.path_rewrite_specifier,
+                Some(PathRewriteSpecifier::PathRedirect("/new".into()))
+            );
+            assert!(r.host_redirect.is_empty(), "same host");
+        }
         other => panic!("not a redirect: {other:?}"),
     }
+    assert_eq!(
+        vh.routes[1]
+            .r#match
+            .as_ref()
+            .and_then(|m| m.path_specifier.clone()),
+        Some(PathSpecifier::Prefix("/".into())),
+        "the direct response catches everything else"
+    );
     match &vh.routes[1].action {
-        Some(Action::DirectResponse(d)) => assert_eq!(d.status, 418),
+        Some(Action::DirectResponse(d)) => {
+            assert_eq!(d.status, 418);
+            assert_eq!(
+                d.body.as_ref().and_then(|b| b.specifier.clone()),
+                Some(Specifier::InlineString("teapot".into()))
+            );
+        }
         other => panic!("not a direct response: {other:?}"),
     }
 }

@@ -156,21 +156,91 @@ fn initial_wildcard_request_for_an_empty_type_is_answered() {
     assert!(out[0].resources.is_empty());
 }
 
+/// Lets more versions than the history keeps go by, changing `b` each time and leaving it
+/// as `b"last"`, while a stream holds its first response un-ACKed.
+fn outrun_the_history(cache: &SnapshotCache) {
+    let bodies: [&'static [u8]; 2] = [b"x", b"y"];
+    for i in 0..(crate::history::HISTORY + 3) {
+        apply(cache, &[(CLUSTER, "b", bodies[i % 2])]);
+    }
+    apply(cache, &[(CLUSTER, "b", b"last")]);
+}
+
 #[test]
 fn far_behind_streams_compare_their_whole_view() {
     let cache = SnapshotCache::new();
-    let s1 = apply(&cache, &[(CLUSTER, "a", b"1")]);
+    let s1 = apply(
+        &cache,
+        &[
+            (CLUSTER, "a", b"1"),
+            (CLUSTER, "b", b"1"),
+            (CLUSTER, "c", b"1"),
+        ],
+    );
     let mut stream = DeltaStream::new(cache.clone());
     let first = stream.on_request(request(CLUSTER, &[], ""), &s1);
-    // More versions than the history keeps go by while the proxy has not answered.
-    let bodies: [&'static [u8]; 2] = [b"x", b"y"];
-    for i in 0..(crate::history::HISTORY + 3) {
-        apply(&cache, &[(CLUSTER, "b", bodies[i % 2])]);
-    }
+    assert_eq!(names(&first[0]), vec!["a", "b", "c"]);
+    // In the gap: c is deleted, d comes, b changes many times, a stays.
+    apply(&cache, &[(CLUSTER, "c", b""), (CLUSTER, "d", b"1")]);
+    outrun_the_history(&cache);
+    let now = cache.current();
+    assert_eq!(
+        now.history.since(0, s1.snapshot.version()),
+        crate::history::Since::Unknown,
+        "the stream must be further behind than the history reaches"
+    );
+    let caught_up = stream.on_request(request(CLUSTER, &[], &first[0].nonce), &now);
+    assert_eq!(caught_up.len(), 1);
+    assert_eq!(removed(&caught_up[0]), vec!["c"], "deleted during the gap");
+    assert_eq!(names(&caught_up[0]), vec!["b", "d"], "a did not change");
+    assert_eq!(&caught_up[0].resources[0].body()[..], b"last");
+    assert_eq!(&caught_up[0].resources[1].body()[..], b"1");
+}
+
+#[test]
+fn far_behind_named_subscriptions_get_only_what_changed() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(
+        &cache,
+        &[
+            (CLUSTER, "a", b"1"),
+            (CLUSTER, "b", b"1"),
+            (CLUSTER, "c", b"1"),
+        ],
+    );
+    let mut stream = DeltaStream::new(cache.clone());
+    let first = stream.on_request(request(CLUSTER, &["a", "b", "c"], ""), &s1);
+    assert_eq!(names(&first[0]), vec!["a", "b", "c"]);
+    apply(&cache, &[(CLUSTER, "c", b""), (CLUSTER, "d", b"1")]);
+    outrun_the_history(&cache);
     let now = cache.current();
     let caught_up = stream.on_request(request(CLUSTER, &[], &first[0].nonce), &now);
     assert_eq!(caught_up.len(), 1);
-    assert!(names(&caught_up[0]).contains(&"b"));
+    assert_eq!(
+        names(&caught_up[0]),
+        vec!["b"],
+        "a did not change, d not asked for"
+    );
+    assert_eq!(&caught_up[0].resources[0].body()[..], b"last");
+    assert_eq!(removed(&caught_up[0]), vec!["c"]);
+}
+
+#[test]
+fn far_behind_streams_see_another_scopes_variant_change_as_nothing() {
+    // ns1's proxy holds the variant for everyone; only ns2's variant changes in the gap.
+    let cache = SnapshotCache::new();
+    apply(&cache, &[(CLUSTER, "a", b"all")]);
+    let s1 = apply_for(&cache, Selector::namespace("ns2"), CLUSTER, "a", b"ns2");
+    let mut stream = DeltaStream::new(cache.clone());
+    let first = stream.on_request(request(CLUSTER, &[], ""), &s1);
+    assert_eq!(names(&first[0]), vec!["a"]);
+    apply_for(&cache, Selector::namespace("ns2"), CLUSTER, "a", b"ns2 v2");
+    outrun_the_history(&cache);
+    let now = cache.current();
+    let caught_up = stream.on_request(request(CLUSTER, &[], &first[0].nonce), &now);
+    assert_eq!(caught_up.len(), 1);
+    assert_eq!(names(&caught_up[0]), vec!["b"]);
+    assert!(removed(&caught_up[0]).is_empty());
 }
 
 #[test]

@@ -202,12 +202,51 @@ fn proxies_share_one_encoding_of_a_uniform_view() {
     let a = one.on_request(request(CLUSTER, &[], ""), &s1);
     let b = two.on_request(request(CLUSTER, &[], ""), &s1);
     assert!(Arc::ptr_eq(&a[0].resources, &b[0].resources));
+    assert!(
+        one.on_request(request(CLUSTER, &[], &a[0].nonce), &s1)
+            .is_empty()
+    );
+    let mut ns2 = SotwStream::new(cache.clone());
+    let c = ns2.on_request(request_from("ns2", CLUSTER), &s1);
+    assert!(Arc::ptr_eq(&a[0].resources, &c[0].resources));
+    let mut ack = request_from("ns2", CLUSTER);
+    ack.response_nonce = c[0].nonce.clone();
+    assert!(ns2.on_request(ack, &s1).is_empty());
+
     // Once a cluster is scoped to some proxies, views are built per proxy.
     let s2 = apply_for(&cache, Selector::namespace("ns2"), CLUSTER, "a", b"ns2");
     assert!(s2.uniform_view(0).is_none());
-    one.on_request(request(CLUSTER, &[], &a[0].nonce), &s2);
-    let pushed = one.on_state(&s2);
-    assert!(pushed.is_empty(), "the ns1 proxy's view did not change");
+    assert!(
+        one.on_state(&s2).is_empty(),
+        "the ns1 proxy's view did not change"
+    );
+    let pushed = ns2.on_state(&s2);
+    assert_eq!(pushed.len(), 1, "the ns2 proxy's view did change");
+    let bodies: Vec<_> = pushed[0]
+        .resources
+        .resources()
+        .iter()
+        .map(|r| (r.name().to_string(), r.body()))
+        .collect();
+    assert_eq!(
+        bodies,
+        vec![
+            ("a".to_string(), "ns2".into()),
+            ("b".to_string(), "1".into())
+        ]
+    );
+}
+
+/// A first wildcard request from a sidecar in namespace `ns`.
+fn request_from(ns: &str, type_url: &str) -> SotwRequest {
+    SotwRequest::from(&DiscoveryRequest {
+        node: Some(Node {
+            id: format!("sidecar~10.0.0.2~p.{ns}~{ns}.svc.cluster.local"),
+            ..Default::default()
+        }),
+        type_url: type_url.into(),
+        ..Default::default()
+    })
 }
 
 #[test]
