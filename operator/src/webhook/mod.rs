@@ -211,7 +211,7 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let response = match (request.method(), request.uri().path()) {
-        (&Method::POST, VALIDATE_PATH) => validate(request).await,
+        (&Method::POST, VALIDATE_PATH) => validate(request.into_body(), BODY_READ_TIMEOUT).await,
         (_, VALIDATE_PATH) => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         (&Method::GET, "/ready") => text(StatusCode::OK, "ok\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -219,9 +219,14 @@ async fn handle(
     Ok(response)
 }
 
-async fn validate(request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let read = Limited::new(request.into_body(), MAX_BODY).collect();
-    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+/// Reads a review of at most `MAX_BODY` bytes arriving within `read_timeout`, and answers it.
+async fn validate<B>(body: B, read_timeout: Duration) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let read = Limited::new(body, MAX_BODY).collect();
+    let body = match tokio::time::timeout(read_timeout, read).await {
         Ok(Ok(body)) => body.to_bytes(),
         Ok(Err(err)) => {
             return text(
@@ -233,8 +238,8 @@ async fn validate(request: Request<Incoming>) -> Response<Full<Bytes>> {
             return text(
                 StatusCode::REQUEST_TIMEOUT,
                 &format!(
-                    "the body did not arrive within {} s\n",
-                    BODY_READ_TIMEOUT.as_secs()
+                    "the body did not arrive within {} ms\n",
+                    read_timeout.as_millis()
                 ),
             );
         }

@@ -2,6 +2,7 @@
 //! loopback port, a rustls client posting AdmissionReviews.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -231,4 +232,20 @@ async fn bodies_over_the_cap_are_refused() {
     let (status, answer) = send(&server, Method::POST, VALIDATE_PATH, body).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(parse(&answer)["response"]["uid"], "uid-at-cap");
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_408() {
+    // Headers sent, then the body never comes (a slow client holding a webhook slot).
+    let stalled = http_body_util::StreamBody::new(futures::stream::pending::<
+        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+    >());
+    let answer = super::validate(stalled, Duration::from_millis(50));
+    // The bound only turns a hang into a failure.
+    let response = tokio::time::timeout(Duration::from_secs(30), answer)
+        .await
+        .expect("the read was never given up");
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("did not arrive within 50 ms"));
 }

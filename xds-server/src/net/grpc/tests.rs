@@ -102,3 +102,27 @@ async fn keeps_a_connection_with_a_stream() {
     assert_eq!(response.await.unwrap().status(), 200);
     connection.abort();
 }
+
+#[tokio::test]
+async fn an_aged_connection_is_closed_even_with_a_stream_open() {
+    let limits = GrpcLimits {
+        max_connection_age: Some(Duration::from_millis(200)),
+        ..GrpcLimits::default()
+    };
+    let addr = start(limits).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut send = send.ready().await.unwrap();
+    let (response, _stream) = send.send_request(delta_request(addr), false).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    // GOAWAY at the age, then closed after the grace period: the bound only stops a hang.
+    tokio::time::timeout(
+        MAX_CONNECTION_AGE_GRACE + Duration::from_secs(20),
+        connection,
+    )
+    .await
+    .expect("the connection outlived its age")
+    .unwrap()
+    .ok();
+}
