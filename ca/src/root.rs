@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 use crate::identity::SpiffeId;
@@ -15,6 +15,23 @@ pub enum CaError {
     Generate(#[from] rcgen::Error),
     #[error("SPIFFE id {0} is not a valid URI SAN")]
     InvalidIdentity(String),
+    #[error("the CSR is {0} bytes, more than the {MAX_CSR_PEM} accepted")]
+    CsrTooLarge(usize),
+    #[error("the CSR is not a PEM certification request with a valid signature")]
+    InvalidCsr,
+}
+
+/// Largest CSR accepted, PEM-encoded. A workload CSR (P-256 or RSA 4096 key, a SAN) is under
+/// 2 KiB; parsing is bounded by this whatever a caller sends.
+pub const MAX_CSR_PEM: usize = 64 * 1024;
+
+/// A workload certificate signed from a CSR: the leaf, then the chain up to and including
+/// the root, PEM-encoded (what Istio's `CreateCertificate` returns).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedChain {
+    pub chain_pem: Vec<String>,
+    /// The validity granted: the TTL asked for, capped.
+    pub ttl: Duration,
 }
 
 /// A workload certificate and its private key, PEM-encoded.
@@ -77,30 +94,63 @@ impl RootCa {
         validity: Duration,
     ) -> Result<IssuedCertificate, CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        // Istio's workload certificates have an empty subject; the identity is the URI SAN.
-        params.distinguished_name = DistinguishedName::new();
-        let uri = identity.to_string();
-        params.subject_alt_names = vec![SanType::URI(
-            uri.clone()
-                .try_into()
-                .map_err(|_| CaError::InvalidIdentity(uri))?,
-        )];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        set_validity(&mut params, validity);
-        let certificate = params.signed_by(&key, &self.issuer)?;
+        let certificate = workload_params(identity, validity)?.signed_by(&key, &self.issuer)?;
         Ok(IssuedCertificate {
             certificate_pem: certificate.pem(),
             private_key_pem: key.serialize_pem(),
         })
     }
+
+    /// Signs the public key of `csr_pem` for `identity`, valid for `ttl` capped at `max_ttl`.
+    /// Only the key is taken from the CSR: the identity comes from the caller (a verified
+    /// token), never from what the CSR asks for, and so do every other field and extension.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        identity: &SpiffeId,
+        ttl: Duration,
+        max_ttl: Duration,
+    ) -> Result<SignedChain, CaError> {
+        if csr_pem.len() > MAX_CSR_PEM {
+            return Err(CaError::CsrTooLarge(csr_pem.len()));
+        }
+        // Parsing checks the CSR's signature: the caller holds the key it asks us to certify.
+        let csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| CaError::InvalidCsr)?;
+        let ttl = ttl.min(max_ttl);
+        let request = CertificateSigningRequestParams {
+            params: workload_params(identity, ttl)?,
+            public_key: csr.public_key,
+        };
+        let leaf = request.signed_by(&self.issuer)?;
+        Ok(SignedChain {
+            chain_pem: vec![leaf.pem(), self.certificate_pem.clone()],
+            ttl,
+        })
+    }
+}
+
+/// A workload certificate's fields: Istio's empty subject, the identity as the only SAN, and
+/// the usages of a certificate that is both client and server in mTLS.
+fn workload_params(identity: &SpiffeId, validity: Duration) -> Result<CertificateParams, CaError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    let uri = identity.to_string();
+    params.subject_alt_names = vec![SanType::URI(
+        uri.clone()
+            .try_into()
+            .map_err(|_| CaError::InvalidIdentity(uri))?,
+    )];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    set_validity(&mut params, validity);
+    Ok(params)
 }
 
 fn set_validity(params: &mut CertificateParams, validity: Duration) {
@@ -113,6 +163,9 @@ fn set_validity(params: &mut CertificateParams, validity: Duration) {
 fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
+
+#[cfg(test)]
+mod csr_tests;
 
 #[cfg(test)]
 mod tests {
