@@ -9,4 +9,4 @@ mod identity;
 mod root;
 
 pub use identity::SpiffeId;
-pub use root::{CaError, IssuedCertificate, MAX_CSR_PEM, RootCa, SignedChain};
+pub use root::{CERT_FILE, CaError, IssuedCertificate, KEY_FILE, MAX_CSR_PEM, RootCa, SignedChain};

@@ -19,6 +19,12 @@ pub enum CaError {
     CsrTooLarge(usize),
     #[error("the CSR is not a PEM certification request with a valid signature")]
     InvalidCsr,
+    #[error("{0}: {1}")]
+    Io(std::path::PathBuf, std::io::Error),
+    #[error("{0}: not a usable PEM certificate or key: {1}")]
+    InvalidFile(std::path::PathBuf, rcgen::Error),
+    #[error("{0} holds only one of ca-cert.pem and ca-key.pem; refusing to replace it")]
+    IncompleteStore(std::path::PathBuf),
 }
 
 /// Largest CSR accepted, PEM-encoded. A workload CSR (P-256 or RSA 4096 key, a SAN) is under
@@ -163,6 +169,10 @@ fn set_validity(params: &mut CertificateParams, validity: Duration) {
 fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
+
+mod store;
+
+pub use store::{CERT_FILE, KEY_FILE};
 
 #[cfg(test)]
 mod csr_tests;
