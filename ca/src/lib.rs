@@ -9,4 +9,7 @@ mod identity;
 mod root;
 
 pub use identity::SpiffeId;
-pub use root::{CERT_FILE, CaError, IssuedCertificate, KEY_FILE, MAX_CSR_PEM, RootCa, SignedChain};
+pub use root::{
+    CERT_FILE, CHAIN_FILE, CaError, IssuedCertificate, KEY_FILE, MAX_CSR_PEM, ROOT_FILE, RootCa,
+    SignedChain,
+};

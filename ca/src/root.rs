@@ -25,6 +25,8 @@ pub enum CaError {
     InvalidFile(std::path::PathBuf, rcgen::Error),
     #[error("{0} holds only one of ca-cert.pem and ca-key.pem; refusing to replace it")]
     IncompleteStore(std::path::PathBuf),
+    #[error("{0}: {1}")]
+    BrokenChain(std::path::PathBuf, String),
 }
 
 /// Largest CSR accepted, PEM-encoded. A workload CSR (P-256 or RSA 4096 key, a SAN) is under
@@ -51,6 +53,9 @@ pub struct IssuedCertificate {
 pub struct RootCa {
     trust_domain: String,
     certificate_pem: String,
+    /// The certificates above the signing one, up to and including the root (empty when the
+    /// signing certificate is the root itself): what a workload's chain continues with.
+    above: Vec<String>,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -81,6 +86,7 @@ impl RootCa {
         Ok(Self {
             trust_domain: trust_domain.to_string(),
             certificate_pem: certificate.pem(),
+            above: Vec::new(),
             issuer: Issuer::new(params, key),
         })
     }
@@ -129,10 +135,9 @@ impl RootCa {
             public_key: csr.public_key,
         };
         let leaf = request.signed_by(&self.issuer)?;
-        Ok(SignedChain {
-            chain_pem: vec![leaf.pem(), self.certificate_pem.clone()],
-            ttl,
-        })
+        let mut chain_pem = vec![leaf.pem(), self.certificate_pem.clone()];
+        chain_pem.extend(self.above.iter().cloned());
+        Ok(SignedChain { chain_pem, ttl })
     }
 }
 
@@ -170,8 +175,10 @@ fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
+mod plugged;
 mod store;
 
+pub use plugged::{CHAIN_FILE, ROOT_FILE};
 pub use store::{CERT_FILE, KEY_FILE};
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ impl RootCa {
         }
     }
 
-    fn load(trust_domain: &str, cert: &Path, key: &Path) -> Result<Self, CaError> {
+    pub(super) fn load(trust_domain: &str, cert: &Path, key: &Path) -> Result<Self, CaError> {
         let certificate_pem = fs::read_to_string(cert).map_err(|e| io(cert, e))?;
         let key_pem = fs::read_to_string(key).map_err(|e| io(key, e))?;
         let key_pair =
@@ -49,6 +49,7 @@ impl RootCa {
         Ok(Self {
             trust_domain: trust_domain.to_string(),
             certificate_pem,
+            above: Vec::new(),
             issuer,
         })
     }
@@ -72,7 +73,7 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
     fs::rename(&staged, path).map_err(|e| io(path, e))
 }
 
-fn io(path: &Path, error: std::io::Error) -> CaError {
+pub(super) fn io(path: &Path, error: std::io::Error) -> CaError {
     CaError::Io(PathBuf::from(path), error)
 }
 

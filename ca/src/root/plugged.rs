@@ -1,0 +1,85 @@
+//! A plugged-in CA: an intermediate an operator's PKI issued, in the `cacerts` layout Istio
+//! users already have (`ca-cert.pem`, `ca-key.pem`, `cert-chain.pem`, `root-cert.pem`).
+//! capstan signs with the intermediate; workloads get the chain up to the operator's root.
+
+use std::fs;
+use std::path::Path;
+
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::store::{CERT_FILE, KEY_FILE, io};
+use super::{CaError, RootCa};
+
+/// The chain from the signing certificate up to the root (Istio's name).
+pub const CHAIN_FILE: &str = "cert-chain.pem";
+/// The root that workloads trust.
+pub const ROOT_FILE: &str = "root-cert.pem";
+
+impl RootCa {
+    /// The intermediate in the `cacerts` folder `dir`. Each certificate of the chain must be
+    /// signed by the next one and the last by the root: a folder whose files do not belong
+    /// together is refused, naming the file, rather than handing workloads a chain no peer
+    /// can verify.
+    pub fn load_plugged(dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
+        let mut ca = Self::load(trust_domain, &dir.join(CERT_FILE), &dir.join(KEY_FILE))?;
+        let chain_path = dir.join(CHAIN_FILE);
+        let root_path = dir.join(ROOT_FILE);
+        let chain = pem_blocks(&chain_path)?;
+        let root = pem_blocks(&root_path)?;
+        let [root] = root.as_slice() else {
+            return Err(broken(&root_path, "must hold exactly one certificate"));
+        };
+        let signing = pem_blocks(&dir.join(CERT_FILE))?;
+        let [signing] = signing.as_slice() else {
+            return Err(broken(
+                &dir.join(CERT_FILE),
+                "must hold exactly one certificate",
+            ));
+        };
+        // `cert-chain.pem` starts with the signing certificate itself; the root may or may not
+        // be at its end.
+        let mut above: Vec<pem::Pem> = chain
+            .iter()
+            .skip_while(|block| block.contents() == signing.contents())
+            .cloned()
+            .collect();
+        if above
+            .last()
+            .is_none_or(|last| last.contents() != root.contents())
+        {
+            above.push(root.clone());
+        }
+        let mut child = signing;
+        for parent in &above {
+            verify(child, parent).map_err(|why| broken(&chain_path, &why))?;
+            child = parent;
+        }
+        ca.above = above.iter().map(pem::encode).collect();
+        Ok(ca)
+    }
+}
+
+fn pem_blocks(path: &Path) -> Result<Vec<pem::Pem>, CaError> {
+    let text = fs::read_to_string(path).map_err(|e| io(path, e))?;
+    let blocks = pem::parse_many(&text).map_err(|e| broken(path, &e.to_string()))?;
+    if blocks.iter().any(|b| b.tag() != "CERTIFICATE") {
+        return Err(broken(path, "holds something other than certificates"));
+    }
+    Ok(blocks)
+}
+
+/// Whether `child` is signed by `parent`'s key.
+fn verify(child: &pem::Pem, parent: &pem::Pem) -> Result<(), String> {
+    let (_, child) = X509Certificate::from_der(child.contents()).map_err(|e| e.to_string())?;
+    let (_, parent) = X509Certificate::from_der(parent.contents()).map_err(|e| e.to_string())?;
+    child
+        .verify_signature(Some(parent.public_key()))
+        .map_err(|_| format!("{} is not signed by {}", child.subject(), parent.subject()))
+}
+
+fn broken(path: &Path, why: &str) -> CaError {
+    CaError::BrokenChain(path.to_path_buf(), why.to_string())
+}
+
+#[cfg(test)]
+mod tests;
