@@ -1,9 +1,12 @@
 //! capstan's certificate authority.
 //!
-//! Today: a self-signed root for a trust domain, and workload certificates carrying SPIFFE
-//! identities (`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`), signed by it.
-//! The CSR service (`istio.v1.auth.IstioCertificateService`), SDS, plug-in certificates and the
-//! AWS Private CA issuer build on these.
+//! The CA that signs workload certificates carrying SPIFFE identities
+//! (`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`): a self-signed root,
+//! generated once and kept in a folder ([`RootCa::load_or_generate`]), or an operator's
+//! intermediate in Istio's `cacerts` layout ([`RootCa::load_plugged`]). [`RootCa::sign_csr`]
+//! certifies a CSR's key for an identity the caller has verified (never the CSR's own). The
+//! CSR service (`istio.v1.auth.IstioCertificateService`), SDS and the AWS Private CA issuer
+//! build on these.
 
 mod identity;
 mod root;
