@@ -4,6 +4,7 @@
 //! Data flows one way: [`source`] → [`index`] → [`model`] → [`translate`] → the cache and
 //! push of `capstan_xds`; [`reconcile`] drives it, [`status`] reports back on the objects.
 
+pub mod http_connection;
 pub mod index;
 pub mod model;
 pub mod monitoring;

@@ -13,12 +13,14 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::info;
+
+use crate::http_connection::{self, ConnectionTimeouts};
 
 const ENDPOINTS: &str = "endpoints: /metrics /healthz /readyz /debug/syncz \
                          /debug/config_dump?proxy=NODE_ID /debug/nacks /debug/snapshot\n";
@@ -129,24 +131,13 @@ pub async fn serve_with(
                 let response = monitor.handle(&request);
                 async move { Ok::<_, Infallible>(response) }
             });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(socket), service);
-            tokio::pin!(connection);
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                () = tokio::time::sleep(MAX_CONNECTION_LIFETIME) => {
-                    connection.as_mut().graceful_shutdown();
-                    match tokio::time::timeout(SHUTDOWN_GRACE, connection).await {
-                        Ok(ended) => ended,
-                        Err(_) => return debug!(%peer, "closed a monitoring connection at its age"),
-                    }
-                }
+            let timeouts = ConnectionTimeouts {
+                header_read: HEADER_READ_TIMEOUT,
+                lifetime: MAX_CONNECTION_LIFETIME,
+                grace: SHUTDOWN_GRACE,
             };
-            if let Err(err) = ended {
-                debug!(%peer, %err, "monitoring connection ended");
-            }
+            http_connection::serve(TokioIo::new(socket), service, timeouts, "monitoring", peer)
+                .await;
         });
     }
 }

@@ -17,14 +17,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+
+use crate::http_connection::{self, ConnectionTimeouts};
 use capstan_xds::net::{ConnectionLimits, GuardedListener};
 use clap::Args;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -183,26 +184,13 @@ pub async fn serve_with(
                     return;
                 }
             };
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tls), service_fn(handle));
-            tokio::pin!(connection);
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                () = tokio::time::sleep(MAX_CONNECTION_LIFETIME) => {
-                    connection.as_mut().graceful_shutdown();
-                    match tokio::time::timeout(SHUTDOWN_GRACE, connection).await {
-                        Ok(ended) => ended,
-                        Err(_) => {
-                            return tracing::debug!(%peer, "closed a connection at its age");
-                        }
-                    }
-                }
+            let timeouts = ConnectionTimeouts {
+                header_read: HEADER_READ_TIMEOUT,
+                lifetime: MAX_CONNECTION_LIFETIME,
+                grace: SHUTDOWN_GRACE,
             };
-            if let Err(err) = ended {
-                tracing::debug!(%peer, %err, "connection ended with an error");
-            }
+            let io = TokioIo::new(tls);
+            http_connection::serve(io, service_fn(handle), timeouts, "webhook", peer).await;
         });
     }
 }
