@@ -8,6 +8,7 @@
 //! CSR service (`istio.v1.auth.IstioCertificateService`), SDS and the AWS Private CA issuer
 //! build on these.
 
+pub mod api;
 mod identity;
 mod root;
 
