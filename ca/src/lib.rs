@@ -9,9 +9,11 @@
 //! build on these.
 
 pub mod api;
+mod authority;
 mod identity;
 mod root;
 
+pub use authority::{Authority, CaState};
 pub use identity::SpiffeId;
 pub use root::{
     CERT_FILE, CHAIN_FILE, CaError, IssuedCertificate, KEY_FILE, MAX_CSR_PEM, ROOT_FILE, RootCa,

@@ -95,8 +95,14 @@ impl RootCa {
         &self.trust_domain
     }
 
+    /// The signing certificate (the root itself, or a plugged-in intermediate).
     pub fn certificate_pem(&self) -> &str {
         &self.certificate_pem
+    }
+
+    /// The root at the top of the chain: what workloads must trust.
+    pub fn root_pem(&self) -> &str {
+        self.above.last().unwrap_or(&self.certificate_pem)
     }
 
     /// A new key pair and a certificate for `identity`, signed by this root.
