@@ -76,7 +76,10 @@ mod tests {
         authority.set(CaState::new(second));
 
         changes.changed().await.unwrap();
-        assert_eq!(changes.borrow().trust_bundle, [second_root.clone()]);
+        assert_eq!(
+            changes.borrow().trust_bundle,
+            std::slice::from_ref(&second_root)
+        );
         assert_eq!(authority.current().trust_bundle, [second_root]);
         // A signing that started before the swap still has the state it began with.
         assert_eq!(held.trust_bundle, [first_root]);
