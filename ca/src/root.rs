@@ -27,6 +27,8 @@ pub enum CaError {
     IncompleteStore(std::path::PathBuf),
     #[error("{0}: {1}")]
     BrokenChain(std::path::PathBuf, String),
+    #[error("key generation failed: {0}")]
+    KeyGeneration(String),
 }
 
 /// Largest CSR accepted, PEM-encoded. A workload CSR (P-256 or RSA 4096 key, a SAN) is under
@@ -70,13 +72,24 @@ impl std::fmt::Debug for RootCa {
 impl RootCa {
     /// A new self-signed ECDSA P-256 root for `trust_domain`, valid for `validity`.
     pub fn generate(trust_domain: &str, validity: Duration) -> Result<Self, CaError> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        Self::generate_with(trust_domain, validity, KeyAlgorithm::EcdsaP256)
+    }
+
+    /// A new self-signed root with a key of `algorithm`.
+    pub fn generate_with(
+        trust_domain: &str,
+        validity: Duration,
+        algorithm: KeyAlgorithm,
+    ) -> Result<Self, CaError> {
+        let key = algorithm.generate()?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::OrganizationName, trust_domain);
+        // Each root gets its own name: during a rotation two roots sit in one trust bundle,
+        // and TLS stacks (Envoy's BoringSSL among them) pick the issuer by name.
         name.push(
             DnType::CommonName,
-            format!("capstan root CA ({trust_domain})"),
+            format!("capstan root CA ({trust_domain}) {}", unique_suffix()),
         );
         params.distinguished_name = name;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -166,14 +179,24 @@ fn workload_params(identity: &SpiffeId, validity: Duration) -> Result<Certificat
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
+    // Names the signer's key too, for verifiers choosing among roots of one name.
+    params.use_authority_key_identifier_extension = true;
     set_validity(&mut params, validity);
     Ok(params)
 }
 
+/// Eight random hex digits.
+fn unique_suffix() -> String {
+    use rand_core::RngCore;
+    format!("{:08x}", rand_core::OsRng.next_u32())
+}
+
+/// How far back a new certificate's notBefore is set, to tolerate clocks a little behind ours.
+const CLOCK_SKEW: Duration = Duration::from_secs(300);
+
 fn set_validity(params: &mut CertificateParams, validity: Duration) {
     let now = time_now();
-    // Tolerate clocks a little behind ours.
-    params.not_before = now - Duration::from_secs(300);
+    params.not_before = now - CLOCK_SKEW;
     params.not_after = now + validity;
 }
 
@@ -181,10 +204,22 @@ fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
+mod external;
+mod files;
+mod keys;
 mod plugged;
+mod rotation;
+mod serving;
 mod store;
 
-pub use plugged::{CHAIN_FILE, ROOT_FILE};
+pub use external::IssuedCertError;
+pub use files::{CaFiles, MAX_CA_FILE};
+pub use keys::KeyAlgorithm;
+pub use plugged::{CHAIN_FILE, PLUGGED_FILES, ROOT_FILE};
+pub use rotation::{
+    BUNDLE_FILE, NEXT_CERT_FILE, NEXT_KEY_FILE, ROOT_FILES, RotationPolicy, RotationStep,
+    new_root_files, rotation_step, state_from_files,
+};
 pub use store::{CERT_FILE, KEY_FILE};
 
 #[cfg(test)]

@@ -21,15 +21,26 @@ pub struct Capstan {
     pub xds_port: u16,
     /// Port of capstan's monitoring server (/metrics, /debug/nacks, ...).
     pub monitoring_port: u16,
+    /// Port of the TLS xDS server (and the CA), when it runs and the test did not choose
+    /// its own `--xds-tls-addr`: in Kubernetes mode, or with a CA flag.
+    pub xds_tls_port: u16,
     source: Source,
     log_dir: PathBuf,
     starts: usize,
 }
 
+/// The ports a capstan under test is started on.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    xds: u16,
+    monitoring: u16,
+    xds_tls: u16,
+}
+
 /// Where a capstan under test reads its config, and any further flags.
 #[derive(Debug, Clone)]
 enum Source {
-    Folder(PathBuf),
+    Folder(PathBuf, Vec<String>),
     Kube {
         kubeconfig: PathBuf,
         args: Vec<String>,
@@ -42,7 +53,20 @@ impl Capstan {
     /// and waits for its `ADS server listening` line. Retries with other ports if a port was
     /// taken in between ("in use" in the log).
     pub async fn start(config_dir: &Path, log_dir: &Path) -> anyhow::Result<Self> {
-        Self::start_from(Source::Folder(config_dir.to_path_buf()), log_dir, "capstan").await
+        Self::start_folder_with(config_dir, &[], log_dir, "capstan").await
+    }
+
+    /// [`Capstan::start`] with further flags (`--ca-dir DIR`, `--xds-tls-addr ADDR`, ...), as
+    /// `name` (log `<name>.log`).
+    pub async fn start_folder_with(
+        config_dir: &Path,
+        args: &[&str],
+        log_dir: &Path,
+        name: &str,
+    ) -> anyhow::Result<Self> {
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let source = Source::Folder(config_dir.to_path_buf(), args);
+        Self::start_from(source, log_dir, name).await
     }
 
     /// Starts `capstan run --kubeconfig <kubeconfig> <args>` as `name` (log `<name>.log`) and
@@ -65,17 +89,24 @@ impl Capstan {
         loop {
             attempt += 1;
             let (xds_port, monitoring_port) = (free_port()?, free_port()?);
+            let xds_tls_port = free_port()?;
             let name = if attempt == 1 {
                 name.to_string()
             } else {
                 format!("{name}-{attempt}")
             };
-            match Self::launch(&source, log_dir, &name, xds_port, monitoring_port).await {
+            let ports = Ports {
+                xds: xds_port,
+                monitoring: monitoring_port,
+                xds_tls: xds_tls_port,
+            };
+            match Self::launch(&source, log_dir, &name, ports).await {
                 Ok(process) => {
                     return Ok(Self {
                         process,
                         xds_port,
                         monitoring_port,
+                        xds_tls_port,
                         source,
                         log_dir: log_dir.to_path_buf(),
                         starts: 1,
@@ -95,15 +126,14 @@ impl Capstan {
         self.process.stop();
         self.starts += 1;
         let name = format!("capstan-restart-{}", self.starts);
-        self.process = Self::launch(
-            &self.source,
-            &self.log_dir,
-            &name,
-            self.xds_port,
-            self.monitoring_port,
-        )
-        .await
-        .map_err(|(e, _)| e)?;
+        let ports = Ports {
+            xds: self.xds_port,
+            monitoring: self.monitoring_port,
+            xds_tls: self.xds_tls_port,
+        };
+        self.process = Self::launch(&self.source, &self.log_dir, &name, ports)
+            .await
+            .map_err(|(e, _)| e)?;
         Ok(())
     }
 
@@ -111,27 +141,34 @@ impl Capstan {
         source: &Source,
         log_dir: &Path,
         name: &str,
-        xds_port: u16,
-        monitoring_port: u16,
+        ports: Ports,
     ) -> Result<ChildProcess, (anyhow::Error, String)> {
         let bin = locate::capstan_bin().map_err(|e| (e, String::new()))?;
         let mut cmd = Command::new(&bin);
         cmd.arg("run");
-        match source {
-            Source::Folder(dir) => {
+        let args = match source {
+            Source::Folder(dir, args) => {
                 cmd.arg("--config-dir").arg(dir);
+                args
             }
             Source::Kube { kubeconfig, args } => {
-                cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+                cmd.arg("--kubeconfig").arg(kubeconfig);
+                args
             }
+        };
+        cmd.args(args);
+        // Never the default 15012: tests run side by side.
+        if !args.iter().any(|a| a.starts_with("--xds-tls-addr")) {
+            cmd.arg("--xds-tls-addr")
+                .arg(format!("127.0.0.1:{}", ports.xds_tls));
         }
         cmd.args([
             "--xds-addr",
-            &format!("127.0.0.1:{xds_port}"),
+            &format!("127.0.0.1:{}", ports.xds),
             "--outbound-port",
             "0",
             "--monitoring-addr",
-            &format!("127.0.0.1:{monitoring_port}"),
+            &format!("127.0.0.1:{}", ports.monitoring),
         ]);
         let mut process = Self::spawn(cmd, log_dir, name).map_err(|e| (e, String::new()))?;
         match Self::wait_listening(&mut process).await {

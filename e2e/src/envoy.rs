@@ -13,6 +13,9 @@ use crate::http::{HttpClient, HttpResponse, percent_encode};
 use crate::process::ChildProcess;
 use crate::wait::wait_until;
 
+mod tls;
+pub use tls::XdsTls;
+
 /// How long to wait for Envoy's admin interface and first xDS config.
 pub const ENVOY_START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -45,6 +48,10 @@ pub struct Bootstrap {
     /// Workload (pod) name, used in the Istio-style node id.
     pub workload: String,
     pub namespace: String,
+    /// `SERVICE_ACCOUNT` node metadata, if set.
+    pub service_account: Option<String>,
+    /// Reach the ADS server over TLS (capstan's `--xds-tls-addr`) instead of plaintext.
+    pub tls: Option<XdsTls>,
 }
 
 impl Bootstrap {
@@ -55,6 +62,8 @@ impl Bootstrap {
             admin_port: 0,
             workload: "sleep-0".to_string(),
             namespace: "bookinfo".to_string(),
+            service_account: None,
+            tls: None,
         }
     }
 
@@ -74,11 +83,15 @@ impl Bootstrap {
     /// The bootstrap as JSON (Envoy reads it from a `.json` file).
     pub fn to_json(&self) -> Value {
         let ads_source = json!({ "ads": {}, "resource_api_version": "V3" });
-        json!({
+        let mut metadata = json!({ "NAMESPACE": self.namespace });
+        if let Some(sa) = &self.service_account {
+            metadata["SERVICE_ACCOUNT"] = json!(sa);
+        }
+        let mut bootstrap = json!({
             "node": {
                 "id": self.node_id(),
                 "cluster": self.node_cluster(),
-                "metadata": { "NAMESPACE": self.namespace },
+                "metadata": metadata,
             },
             "admin": {
                 "address": { "socket_address": { "address": "127.0.0.1", "port_value": self.admin_port } },
@@ -112,7 +125,12 @@ impl Bootstrap {
                     },
                 } ],
             },
-        })
+        });
+        if let Some(tls) = &self.tls {
+            bootstrap["static_resources"]["clusters"][0]["transport_socket"] =
+                tls.transport_socket();
+        }
+        bootstrap
     }
 
     /// Writes the bootstrap to `path` (should end in `.json`).

@@ -243,6 +243,12 @@ impl KubeCluster {
         &self.pki.capstan_token
     }
 
+    /// The PEM (PKCS#8, ECDSA P-256) key the apiserver signs service-account tokens with, for
+    /// tests that mint tokens the apiserver must judge (expired ones, say).
+    pub fn service_account_signing_key(&self) -> &Path {
+        &self.pki.sa_key
+    }
+
     pub fn log_dir(&self) -> &Path {
         &self.log_dir
     }

@@ -6,6 +6,7 @@
 //! - [`locate`]: capstan / Envoy / upstream binaries, log directories
 //! - [`envoy`]: bootstrap generator, Envoy process, admin API (listeners, config_dump, stats)
 //! - [`capstan`]: `capstan run` on a config dir
+//! - [`agent`]: `capstan agent` processes, an in-test CA for them, Envoys with static SDS bootstraps
 //! - [`upstreams`]: `capstan-upstream` instances
 //! - [`http`]: a minimal HTTP/1.1 client and the upstream's JSON reply
 //! - [`wait`]: `wait_until` polling with a descriptive timeout error
@@ -13,17 +14,21 @@
 //! - [`hostile_ads`]: raw ADS clients that misbehave on purpose, for the fault tests
 //! - [`fixtures`], [`mesh`]: Istio YAML and the reviews mesh most tests start from
 //! - [`kube`]: a real etcd + kube-apiserver on loopback (CRDs, RBAC, kubectl) for Kubernetes tests
+//! - [`moto`]: AWS Private CA on loopback (patched moto) for the Private CA issuer tests
 
+pub mod agent;
 pub mod capstan;
 pub mod envoy;
 pub mod fixtures;
 pub mod folder_mesh;
 pub mod hostile_ads;
 pub mod http;
+pub mod identity;
 pub mod kube;
 pub mod kube_mesh;
 pub mod locate;
 pub mod mesh;
+pub mod moto;
 pub mod netns;
 pub mod ports;
 pub mod process;

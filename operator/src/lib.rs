@@ -4,7 +4,10 @@
 //! Data flows one way: [`source`] → [`index`] → [`model`] → [`translate`] → the cache and
 //! push of `capstan_xds`; [`reconcile`] drives it, [`status`] reports back on the objects.
 
+pub mod agent;
+pub mod ca_store;
 pub mod http_connection;
+pub mod identity;
 pub mod index;
 pub mod model;
 pub mod monitoring;

@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 
-use capstan::{RunArgs, proxy_status, run, validate_cmd, webhook};
+use capstan::{RunArgs, agent, proxy_status, run, validate_cmd, webhook};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -28,6 +28,9 @@ enum Command {
     Webhook(webhook::WebhookArgs),
     /// Show where every connected proxy stands, per xDS type (like `istioctl proxy-status`).
     ProxyStatus(proxy_status::ProxyStatusArgs),
+    /// Run beside a workload's Envoy (Istio's pilot-agent): get its certificate from the CA,
+    /// serve it over SDS, renew it, write (and optionally run) Envoy's bootstrap.
+    Agent(agent::AgentArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => runtime.block_on(run::run(args)),
         Command::Webhook(args) => runtime.block_on(webhook::run(args)),
         Command::ProxyStatus(args) => runtime.block_on(proxy_status::run(args)),
+        Command::Agent(args) => runtime.block_on(agent::run(args)),
         Command::Validate(_) => Ok(()),
     }
 }

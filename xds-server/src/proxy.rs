@@ -23,28 +23,48 @@ pub struct ProxyInfo {
     pub id: String,
     pub role: Role,
     pub namespace: Option<Arc<str>>,
+    /// The `SERVICE_ACCOUNT` metadata: whose identity the proxy claims (checked against its
+    /// client certificate on a TLS connection).
+    pub service_account: Option<Arc<str>>,
     pub labels: BTreeMap<String, String>,
+}
+
+/// The namespace a node says it is in: its `NAMESPACE` metadata, else the namespace in its
+/// Istio-style id (`TYPE~IP~POD.NAMESPACE~…`).
+pub fn node_namespace(node: &Node) -> Option<&str> {
+    let from_id = || {
+        node.id
+            .split('~')
+            .nth(2)
+            .and_then(|pod| pod.split_once('.'))
+            .map(|(_, ns)| ns)
+            .filter(|ns| !ns.is_empty())
+    };
+    node.metadata
+        .as_ref()
+        .and_then(|m| string_field(m, "NAMESPACE"))
+        .or_else(from_id)
+}
+
+/// The service account a node says it runs as (its `SERVICE_ACCOUNT` metadata).
+pub fn node_service_account(node: &Node) -> Option<&str> {
+    node.metadata
+        .as_ref()
+        .and_then(|m| string_field(m, "SERVICE_ACCOUNT"))
 }
 
 impl ProxyInfo {
     /// Reads an Istio-style node: id `TYPE~IP~POD.NAMESPACE~NAMESPACE.svc.DOMAIN`, metadata
-    /// `NAMESPACE` (string) and `LABELS` (string map). Missing parts stay unset.
+    /// `NAMESPACE` and `SERVICE_ACCOUNT` (strings) and `LABELS` (string map). Missing parts
+    /// stay unset.
     pub fn from_node(node: &Node) -> Self {
-        let mut parts = node.id.split('~');
-        let role = match parts.next() {
+        let role = match node.id.split('~').next() {
             Some("router") => Role::Router,
             _ => Role::Sidecar,
         };
-        let from_id = parts
-            .nth(1)
-            .and_then(|pod| pod.split_once('.'))
-            .map(|(_, ns)| ns)
-            .filter(|ns| !ns.is_empty());
         let metadata = node.metadata.as_ref();
-        let namespace = metadata
-            .and_then(|m| string_field(m, "NAMESPACE"))
-            .or(from_id)
-            .map(Arc::from);
+        let namespace = node_namespace(node).map(Arc::from);
+        let service_account = node_service_account(node).map(Arc::from);
         let labels = metadata
             .and_then(|m| m.fields.get("LABELS"))
             .and_then(|v| match &v.kind {
@@ -64,6 +84,7 @@ impl ProxyInfo {
             id: node.id.clone(),
             role,
             namespace,
+            service_account,
             labels,
         }
     }
@@ -220,9 +241,28 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(bare.namespace, None);
+        assert_eq!(bare.service_account, None);
         assert_eq!(bare.pod_name(), None);
         assert_eq!(p.pod_name(), Some("reviews-v1-abc"));
         assert_eq!(gw.pod_name(), Some("gw"));
+    }
+
+    #[test]
+    fn reads_the_service_account_from_metadata_only() {
+        let mut n = node(
+            "sidecar~10.0.0.1~r-1.bookinfo~bookinfo.svc.cluster.local",
+            None,
+            &[],
+        );
+        assert_eq!(ProxyInfo::from_node(&n).service_account, None);
+        n.metadata
+            .get_or_insert_default()
+            .fields
+            .insert("SERVICE_ACCOUNT".to_string(), string("reviews"));
+        let p = ProxyInfo::from_node(&n);
+        assert_eq!(p.service_account.as_deref(), Some("reviews"));
+        assert_eq!(node_service_account(&n), Some("reviews"));
+        assert_eq!(node_namespace(&n), Some("bookinfo"));
     }
 
     #[test]

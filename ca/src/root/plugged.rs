@@ -2,18 +2,20 @@
 //! users already have (`ca-cert.pem`, `ca-key.pem`, `cert-chain.pem`, `root-cert.pem`).
 //! capstan signs with the intermediate; workloads get the chain up to the operator's root.
 
-use std::fs;
 use std::path::Path;
 
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::store::{CERT_FILE, KEY_FILE, io};
+use super::files::CaFiles;
+use super::store::{CERT_FILE, KEY_FILE};
 use super::{CaError, RootCa};
 
 /// The chain from the signing certificate up to the root (Istio's name).
 pub const CHAIN_FILE: &str = "cert-chain.pem";
 /// The root that workloads trust.
 pub const ROOT_FILE: &str = "root-cert.pem";
+/// The four files of a `cacerts` layout.
+pub const PLUGGED_FILES: [&str; 4] = [CERT_FILE, KEY_FILE, CHAIN_FILE, ROOT_FILE];
 
 impl RootCa {
     /// The intermediate in the `cacerts` folder `dir`. Each certificate of the chain must be
@@ -21,18 +23,27 @@ impl RootCa {
     /// together is refused, naming the file, rather than handing workloads a chain no peer
     /// can verify.
     pub fn load_plugged(dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
-        let mut ca = Self::load(trust_domain, &dir.join(CERT_FILE), &dir.join(KEY_FILE))?;
-        let chain_path = dir.join(CHAIN_FILE);
-        let root_path = dir.join(ROOT_FILE);
-        let chain = pem_blocks(&chain_path)?;
-        let root = pem_blocks(&root_path)?;
+        let files = CaFiles::read_dir(dir, &PLUGGED_FILES)?;
+        Self::from_plugged_files(trust_domain, &files)
+    }
+
+    /// The intermediate in a `cacerts` layout read from anywhere (a folder, a Secret).
+    pub fn from_plugged_files(trust_domain: &str, files: &CaFiles) -> Result<Self, CaError> {
+        let mut ca = Self::from_files(trust_domain, files)?;
+        let chain = pem_blocks(files, CHAIN_FILE)?;
+        let root = pem_blocks(files, ROOT_FILE)?;
         let [root] = root.as_slice() else {
-            return Err(broken(&root_path, "must hold exactly one certificate"));
+            return Err(broken(
+                files,
+                ROOT_FILE,
+                "must hold exactly one certificate",
+            ));
         };
-        let signing = pem_blocks(&dir.join(CERT_FILE))?;
+        let signing = pem_blocks(files, CERT_FILE)?;
         let [signing] = signing.as_slice() else {
             return Err(broken(
-                &dir.join(CERT_FILE),
+                files,
+                CERT_FILE,
                 "must hold exactly one certificate",
             ));
         };
@@ -51,25 +62,29 @@ impl RootCa {
         }
         let mut child = signing;
         for parent in &above {
-            verify(child, parent).map_err(|why| broken(&chain_path, &why))?;
+            verify(child, parent).map_err(|why| broken(files, CHAIN_FILE, &why))?;
             child = parent;
         }
-        ca.above = above.iter().map(pem::encode).collect();
+        ca.above = above.iter().map(super::files::encode_pem).collect();
         Ok(ca)
     }
 }
 
-fn pem_blocks(path: &Path) -> Result<Vec<pem::Pem>, CaError> {
-    let text = fs::read_to_string(path).map_err(|e| io(path, e))?;
-    let blocks = pem::parse_many(&text).map_err(|e| broken(path, &e.to_string()))?;
+fn pem_blocks(files: &CaFiles, name: &str) -> Result<Vec<pem::Pem>, CaError> {
+    let blocks =
+        pem::parse_many(files.require(name)?).map_err(|e| broken(files, name, &e.to_string()))?;
     if blocks.iter().any(|b| b.tag() != "CERTIFICATE") {
-        return Err(broken(path, "holds something other than certificates"));
+        return Err(broken(
+            files,
+            name,
+            "holds something other than certificates",
+        ));
     }
     Ok(blocks)
 }
 
 /// Whether `child` is signed by `parent`'s key.
-fn verify(child: &pem::Pem, parent: &pem::Pem) -> Result<(), String> {
+pub(super) fn verify(child: &pem::Pem, parent: &pem::Pem) -> Result<(), String> {
     let (_, child) = X509Certificate::from_der(child.contents()).map_err(|e| e.to_string())?;
     let (_, parent) = X509Certificate::from_der(parent.contents()).map_err(|e| e.to_string())?;
     child
@@ -77,8 +92,8 @@ fn verify(child: &pem::Pem, parent: &pem::Pem) -> Result<(), String> {
         .map_err(|_| format!("{} is not signed by {}", child.subject(), parent.subject()))
 }
 
-fn broken(path: &Path, why: &str) -> CaError {
-    CaError::BrokenChain(path.to_path_buf(), why.to_string())
+fn broken(files: &CaFiles, name: &str, why: &str) -> CaError {
+    CaError::BrokenChain(files.label(name), why.to_string())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rcgen::{Issuer, KeyPair};
 
+use super::files::CaFiles;
 use super::{CaError, RootCa};
 
 /// The root certificate, as Istio's `istio-ca-secret` names it.
@@ -27,7 +28,10 @@ impl RootCa {
     ) -> Result<Self, CaError> {
         let (cert, key) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
         match (cert.exists(), key.exists()) {
-            (true, true) => Self::load(trust_domain, &cert, &key),
+            (true, true) => Self::from_files(
+                trust_domain,
+                &CaFiles::read_dir(dir, &[CERT_FILE, KEY_FILE])?,
+            ),
             (false, false) => {
                 let root = Self::generate(trust_domain, validity)?;
                 fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -39,13 +43,22 @@ impl RootCa {
         }
     }
 
-    pub(super) fn load(trust_domain: &str, cert: &Path, key: &Path) -> Result<Self, CaError> {
-        let certificate_pem = fs::read_to_string(cert).map_err(|e| io(cert, e))?;
-        let key_pem = fs::read_to_string(key).map_err(|e| io(key, e))?;
-        let key_pair =
-            KeyPair::from_pem(&key_pem).map_err(|e| CaError::InvalidFile(key.into(), e))?;
+    /// The signer in `files`' `ca-cert.pem` and `ca-key.pem`.
+    pub fn from_files(trust_domain: &str, files: &CaFiles) -> Result<Self, CaError> {
+        Self::from_pem_pair(trust_domain, files, CERT_FILE, KEY_FILE)
+    }
+
+    pub(super) fn from_pem_pair(
+        trust_domain: &str,
+        files: &CaFiles,
+        cert: &str,
+        key: &str,
+    ) -> Result<Self, CaError> {
+        let certificate_pem = files.require(cert)?.to_string();
+        let key_pair = KeyPair::from_pem(files.require(key)?)
+            .map_err(|e| CaError::InvalidFile(files.label(key), e))?;
         let issuer = Issuer::from_ca_cert_pem(&certificate_pem, key_pair)
-            .map_err(|e| CaError::InvalidFile(cert.into(), e))?;
+            .map_err(|e| CaError::InvalidFile(files.label(cert), e))?;
         Ok(Self {
             trust_domain: trust_domain.to_string(),
             certificate_pem,

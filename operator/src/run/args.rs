@@ -1,6 +1,6 @@
 //! The flags of `capstan run`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use capstan_xds::net::grpc;
@@ -18,9 +18,19 @@ pub struct RunArgs {
     pub config_dir: Option<PathBuf>,
     #[command(flatten)]
     pub kube: KubeArgs,
-    /// Address of the ADS gRPC server (plaintext, like istiod's 15010).
+    /// Address of the ADS gRPC server (plaintext, like istiod's 15010). Plaintext proves
+    /// nothing about who connects, so an address other than loopback is refused unless
+    /// --xds-plaintext-insecure is given.
     #[arg(long, default_value = "127.0.0.1:15010")]
     pub xds_addr: SocketAddr,
+    /// Serve plaintext ADS on a non-loopback --xds-addr: any client that reaches it gets any
+    /// namespace's config by naming that namespace in its node.
+    #[arg(long)]
+    pub xds_plaintext_insecure: bool,
+    /// The TLS xDS port and the CA behind it (boxed: `RunArgs` is a variant of the command
+    /// enum and stays small).
+    #[command(flatten)]
+    pub tls: Box<TlsArgs>,
     /// Address of the monitoring server: /metrics, /healthz, /readyz, /debug/syncz,
     /// /debug/config_dump, /debug/nacks, /debug/snapshot (like istiod's 15014).
     #[arg(long, default_value = "127.0.0.1:15014")]
@@ -80,4 +90,100 @@ pub struct RunArgs {
     /// milliseconds (istiod's PILOT_DEBOUNCE_MAX is 10000).
     #[arg(long, default_value_t = 1000)]
     pub push_max_delay_ms: u64,
+}
+
+/// The flags of the TLS xDS port and capstan's CA.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// Address of the TLS xDS server (istiod's 15012): ADS for proxies presenting a client
+    /// certificate from capstan's CA, beside the CA's own service. Served only when a CA is
+    /// configured (--ca-dir or --cacerts-dir); `off` (or empty) disables it.
+    #[arg(long, default_value = "127.0.0.1:15012", value_parser = parse_optional_addr)]
+    pub xds_tls_addr: OptionalAddr,
+    /// DNS names in capstan's TLS serving certificate (proxies check the name they dial).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "capstan.istio-system.svc,istiod.istio-system.svc,localhost"
+    )]
+    pub xds_tls_dns_names: Vec<String>,
+    /// IP addresses in capstan's TLS serving certificate.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
+    pub xds_tls_ips: Vec<IpAddr>,
+    /// SPIFFE trust domain of the mesh (`spiffe://<trust domain>/ns/<ns>/sa/<sa>`).
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Folder of capstan's built-in root CA (`ca-cert.pem`, `ca-key.pem`): loaded if there,
+    /// else generated there (10 years). Keep it private; replicas must share it.
+    #[arg(long, env = "CAPSTAN_CA_DIR", conflicts_with = "cacerts_dir")]
+    pub ca_dir: Option<PathBuf>,
+    /// Plug-in CA: a folder in Istio's `cacerts` layout (`ca-cert.pem`, `ca-key.pem`,
+    /// `cert-chain.pem`, `root-cert.pem`) holding an intermediate of the operator's PKI;
+    /// re-read every --ca-reload-interval-secs.
+    #[arg(long, env = "CAPSTAN_CACERTS_DIR", conflicts_with = "ca_pca_arn")]
+    pub cacerts_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub ca: super::CaArgs,
+}
+
+/// An address, or none (`off` or empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+fn parse_optional_addr(value: &str) -> Result<OptionalAddr, String> {
+    match value.trim() {
+        "" | "off" => Ok(OptionalAddr(None)),
+        addr => addr
+            .parse()
+            .map(|addr| OptionalAddr(Some(addr)))
+            .map_err(|e| format!("{addr:?} is not host:port or `off`: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("capstan").chain(args.iter().copied())).map(|c| c.run)
+    }
+
+    #[test]
+    fn tls_flags_default_to_the_loopback_port_and_capstans_names() {
+        let args = parse(&[]).expect("defaults");
+        assert_eq!(
+            args.tls.xds_tls_addr,
+            OptionalAddr(Some("127.0.0.1:15012".parse().expect("addr")))
+        );
+        assert_eq!(args.tls.trust_domain, "cluster.local");
+        assert!(
+            args.tls
+                .xds_tls_dns_names
+                .contains(&"istiod.istio-system.svc".to_string())
+        );
+        assert_eq!(args.tls.xds_tls_ips, vec![IpAddr::from([127, 0, 0, 1])]);
+        assert!(!args.xds_plaintext_insecure);
+
+        for off in ["off", ""] {
+            let args = parse(&["--xds-tls-addr", off]).expect("off");
+            assert_eq!(args.tls.xds_tls_addr, OptionalAddr(None), "{off:?}");
+        }
+        assert!(parse(&["--xds-tls-addr", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn a_built_in_root_and_a_plugged_ca_exclude_each_other() {
+        let both = parse(&["--ca-dir", "/a", "--cacerts-dir", "/b"]);
+        assert!(both.is_err());
+        let one = parse(&["--cacerts-dir", "/b"]).expect("plugged");
+        assert_eq!(one.tls.cacerts_dir, Some(PathBuf::from("/b")));
+    }
 }

@@ -2,10 +2,13 @@
 //! translation → push queue → cache → ADS.
 
 mod args;
+mod ca;
+mod ca_mode;
 mod folder;
 mod kube;
 
-pub use args::RunArgs;
+pub use args::{OptionalAddr, RunArgs, TlsArgs};
+pub use ca_mode::CaArgs;
 pub use kube::KubeArgs;
 
 use std::net::SocketAddr;
@@ -15,6 +18,7 @@ use anyhow::Context;
 use capstan_xds::net::ConnectionLimits;
 use capstan_xds::net::grpc::GrpcLimits;
 use capstan_xds::{PushQueue, SnapshotCache};
+use futures::FutureExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -31,6 +35,8 @@ pub(crate) struct Serving {
     pub reconcile_metrics: ReconcileMetrics,
     pub options: translate::Options,
     pub ads: TcpListener,
+    /// The TLS xDS port, when a CA is configured.
+    pub ads_tls: Option<ca::XdsTls>,
     pub ready: watch::Sender<ReadyState>,
     pub ads_limits: GrpcLimits,
     pub monitoring_limits: ConnectionLimits,
@@ -50,9 +56,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Duration::from_millis(args.push_quiet_ms),
         Duration::from_millis(args.push_max_delay_ms),
     );
+    ensure_plaintext_allowed(&args)?;
     // Bound before anything is read, so a port in use fails at once; the ADS port accepts
     // proxies only once the first complete config is in the cache.
     let ads = bind(args.xds_addr, "the ADS server").await?;
+    let ads_tls = xds_tls(&args, &mut registry).await?;
     let (ready, _) = watch::channel(ReadyState::waiting(vec!["the first config".into()]));
     let serving = Serving {
         cache,
@@ -64,6 +72,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             outbound_port: args.outbound_port,
         },
         ads,
+        ads_tls,
         ready,
         ads_limits: ads_limits(&args),
         monitoring_limits: monitoring_limits(&args),
@@ -79,6 +88,84 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             "no config source: give --config-dir DIR (a folder of Istio YAML) or --kubeconfig FILE / --in-cluster (a Kubernetes API server)"
         ),
     }
+}
+
+/// Refuses plaintext xDS beyond loopback unless asked for: whoever reaches it is served
+/// whatever namespace its node names.
+fn ensure_plaintext_allowed(args: &RunArgs) -> anyhow::Result<()> {
+    let addr = args.xds_addr;
+    anyhow::ensure!(
+        addr.ip().is_loopback() || args.xds_plaintext_insecure,
+        "--xds-addr {addr} would serve plaintext xDS beyond this host, where any client can \
+         claim any proxy's identity; serve proxies on the TLS port (--xds-tls-addr with \
+         --ca-dir or --cacerts-dir), bind --xds-addr to loopback, or give \
+         --xds-plaintext-insecure to serve it anyway"
+    );
+    if !addr.ip().is_loopback() {
+        warn!(%addr, "serving plaintext xDS beyond loopback (--xds-plaintext-insecure)");
+    }
+    Ok(())
+}
+
+/// The TLS xDS port, when a CA is configured and the port is not turned off; in a cluster,
+/// with the CSR service beside ADS.
+async fn xds_tls(
+    args: &RunArgs,
+    registry: &mut prometheus_client::registry::Registry,
+) -> anyhow::Result<Option<ca::XdsTls>> {
+    let Some(addr) = args.tls.xds_tls_addr.0 else {
+        return Ok(None);
+    };
+    let client = match args.kube.kubernetes() {
+        true => Some(args.kube.client().await?),
+        false => None,
+    };
+    let cluster = client
+        .as_ref()
+        .map(|client| (client, args.kube.namespace.as_str()));
+    let trust_domain = &args.tls.trust_domain;
+    let running = ca_mode::start(
+        &args.tls.ca,
+        trust_domain,
+        args.tls.ca_dir.as_ref(),
+        args.tls.cacerts_dir.as_ref(),
+        cluster,
+    )
+    .await?;
+    let Some(running) = running else {
+        info!(
+            "xDS over TLS is off: no CA configured (--ca-dir, --cacerts-dir, --ca-pca-arn, or a cluster)"
+        );
+        return Ok(None);
+    };
+    let names = ca::ServingNames {
+        dns: args.tls.xds_tls_dns_names.clone(),
+        ips: args.tls.xds_tls_ips.clone(),
+    };
+    let routes = match client {
+        Some(client) => {
+            let service = ca_mode::csr_service(
+                &args.tls.ca,
+                trust_domain,
+                running.authority.clone(),
+                client,
+            );
+            service.metrics().register(registry);
+            info!(
+                "serving the CA's CreateCertificate on the TLS port (tokens checked by TokenReview)"
+            );
+            tonic::service::Routes::new(capstan_ca::api::IstioCertificateServer::new(service))
+        }
+        None => {
+            info!(
+                "CreateCertificate is not served: without a cluster there are no tokens to check"
+            );
+            tonic::service::Routes::default()
+        }
+    };
+    let tls = ca::xds_tls(addr, running, names, routes).await?;
+    tls.tls.register(registry);
+    Ok(Some(tls))
 }
 
 /// The ADS server's limits from the flags, its connection cap lowered to what the open-file
@@ -145,16 +232,51 @@ impl Serving {
         ))
     }
 
-    /// Marks capstan ready and serves ADS until a shutdown signal.
+    /// Marks capstan ready and serves ADS (plaintext, and TLS if configured) until a
+    /// shutdown signal.
     pub async fn serve_ads(self) -> anyhow::Result<()> {
         let addr = self.ads.local_addr()?;
         // Only the wait is over: a part that already failed keeps capstan not ready.
         self.ready.send_modify(|state| state.waiting_for.clear());
-        // Tests and the demo wait for this line: from now on the ADS port answers.
-        info!(%addr, "ADS server listening on {addr}");
-        capstan_xds::ads::serve_with(self.ads, self.cache, &self.ads_limits, shutdown_signal())
+        let shutdown = shutdown_signal().shared();
+        let plaintext = async {
+            capstan_xds::ads::serve_with(
+                self.ads,
+                self.cache.clone(),
+                &self.ads_limits,
+                shutdown.clone(),
+            )
             .await
-            .context("ADS server")?;
+            .context("ADS server")
+        };
+        match self.ads_tls {
+            None => {
+                // Tests and the demo wait for this line: from now on the ADS port answers.
+                info!(%addr, "ADS server listening on {addr}");
+                plaintext.await?;
+            }
+            Some(tls) => {
+                let tls_addr = tls.listener.local_addr()?;
+                let routes = tls.routes;
+                let secure = async {
+                    capstan_xds::ads::serve_tls(
+                        tls.listener,
+                        self.cache.clone(),
+                        &tls.tls,
+                        &self.ads_limits,
+                        routes,
+                        shutdown.clone(),
+                    )
+                    .await
+                    .context("xDS TLS server")
+                };
+                info!(addr = %tls_addr, "xDS TLS server listening on {tls_addr}");
+                info!(%addr, "ADS server listening on {addr}");
+                let served = tokio::try_join!(plaintext, secure);
+                tls.renewal.abort();
+                served?;
+            }
+        }
         info!("stopped");
         Ok(())
     }
@@ -194,4 +316,36 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(xds_addr: &str, insecure: bool) -> RunArgs {
+        let mut argv = vec!["capstan", "--xds-addr", xds_addr];
+        if insecure {
+            argv.push("--xds-plaintext-insecure");
+        }
+        Cli::try_parse_from(argv).expect("flags").run
+    }
+
+    #[test]
+    fn plaintext_beyond_loopback_needs_the_insecure_flag() {
+        ensure_plaintext_allowed(&args("127.0.0.1:15010", false)).expect("loopback");
+        ensure_plaintext_allowed(&args("[::1]:15010", false)).expect("loopback v6");
+        let err = ensure_plaintext_allowed(&args("0.0.0.0:15010", false)).expect_err("refused");
+        let message = err.to_string();
+        assert!(message.contains("--xds-plaintext-insecure"), "{message}");
+        assert!(message.contains("0.0.0.0:15010"), "{message}");
+        ensure_plaintext_allowed(&args("0.0.0.0:15010", true)).expect("insecure allowed");
+    }
 }

@@ -11,7 +11,8 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::value::Kind;
 use tonic::Status;
 
-/// Longest node field kept: the id, the `NAMESPACE` metadata and each `LABELS` key and value.
+/// Longest node field kept: the id, the `NAMESPACE` and `SERVICE_ACCOUNT` metadata and each
+/// `LABELS` key and value.
 /// An Istio node id is `TYPE~IP~POD.NAMESPACE~NAMESPACE.svc.DOMAIN`, under 400 bytes with
 /// Kubernetes' own name limits; a label key is at most 317 bytes and a value 63. A longer
 /// field is refused rather than cut: a cut id could name another proxy.
@@ -79,13 +80,13 @@ pub fn check_node(node: &Node) -> Result<(), Status> {
     let Some(metadata) = &node.metadata else {
         return Ok(());
     };
-    if let Some(Kind::StringValue(ns)) = metadata
-        .fields
-        .get("NAMESPACE")
-        .and_then(|v| v.kind.as_ref())
-        && ns.len() > MAX_NODE_FIELD
-    {
-        return Err(too_long("node.metadata NAMESPACE", ns.len()));
+    for field in ["NAMESPACE", "SERVICE_ACCOUNT"] {
+        if let Some(Kind::StringValue(value)) =
+            metadata.fields.get(field).and_then(|v| v.kind.as_ref())
+            && value.len() > MAX_NODE_FIELD
+        {
+            return Err(too_long(&format!("node.metadata {field}"), value.len()));
+        }
     }
     if let Some(Kind::StructValue(labels)) =
         metadata.fields.get("LABELS").and_then(|v| v.kind.as_ref())

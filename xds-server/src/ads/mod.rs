@@ -6,6 +6,7 @@ mod common;
 pub mod delta;
 pub mod framing;
 pub mod limits;
+mod peer;
 pub mod request;
 pub mod service;
 pub mod sotw;
@@ -27,10 +28,12 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
+use tonic::service::{InterceptorLayer, Routes};
 use tracing::{debug, info};
 
 use crate::cache::{SnapshotCache, State};
-use crate::net::grpc::{GrpcLimits, mark_request};
+use crate::net::grpc::{GrpcLimits, mark_call, mark_request};
+use crate::net::tls::ServerTls;
 
 use self::delta::DeltaStream;
 use self::limits::Logged;
@@ -207,3 +210,30 @@ pub async fn serve_with(
         .serve_with_incoming_shutdown(limits.incoming(listener), shutdown)
         .await
 }
+
+/// Serves ADS over TLS on `listener` within `limits` until `shutdown` completes, beside the
+/// services in `routes` (the CA's, which share istiod's port 15012). A stream's proxy must
+/// present a client certificate whose identity its node agrees with; every service sees
+/// what the handshake proved through [`peer_identity`](crate::net::tls::peer_identity).
+/// Every request on every service counts towards its connection's first-request deadline
+/// and stream rate, as on the plaintext port.
+pub async fn serve_tls(
+    listener: TcpListener,
+    cache: SnapshotCache,
+    tls: &ServerTls,
+    limits: &GrpcLimits,
+    routes: Routes,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    // Every call counts as the connection's first request; ADS streams also spend the
+    // stream budget, other services (the CA) their own call budget.
+    let mark: MarkRequest = mark_call;
+    limits
+        .server()
+        .layer(InterceptorLayer::new(mark))
+        .add_routes(routes.add_service(InterceptedService::new(service(cache), mark_request)))
+        .serve_with_incoming_shutdown(tls.incoming(listener, limits), shutdown)
+        .await
+}
+
+type MarkRequest = fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>;

@@ -26,10 +26,15 @@ use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::metadata::GRPC_CONTENT_TYPE;
 use tonic::server::NamedService;
 
+use tracing::warn;
+
 use super::framing::{Deframer, PREFIX, put_prefix};
+use super::peer::{self, Admission, Authenticated};
 use super::request::SotwRequest;
 use super::wire::WireMessage;
 use super::{ResponseStream, Streams};
+use crate::net::GuardedInfo;
+use crate::net::tls::peer_identity_of;
 
 /// The gRPC paths of ADS's two methods.
 pub const SOTW_PATH: &str =
@@ -76,14 +81,30 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let response = match request.uri().path() {
+        let path = request.uri().path();
+        let admission = match path {
+            SOTW_PATH | DELTA_PATH => peer::admit(&peer_identity_of(request.extensions())),
+            _ => Ok(Admission::Open),
+        };
+        let admission = match admission {
+            Ok(admission) => admission,
+            Err(status) => {
+                let peer = request.extensions().get::<GuardedInfo>().map(|i| i.peer);
+                warn!(?peer, reason = status.message(), "ADS stream refused");
+                return Box::pin(async move { Ok(status.into_http()) });
+            }
+        };
+        let response = match path {
             SOTW_PATH => {
                 let inbound = Requests::new(request.into_body(), |raw| {
                     SotwRequest::parse(raw).map_err(|e| {
                         Status::invalid_argument(format!("malformed DiscoveryRequest: {e}"))
                     })
                 });
-                grpc_response(self.streams.open_sotw(inbound))
+                grpc_response(
+                    self.streams
+                        .open_sotw(Authenticated::new(inbound, admission)),
+                )
             }
             DELTA_PATH => {
                 let inbound = Requests::new(request.into_body(), |raw| {
@@ -91,7 +112,10 @@ where
                         Status::invalid_argument(format!("malformed DeltaDiscoveryRequest: {e}"))
                     })
                 });
-                grpc_response(self.streams.open_delta(inbound))
+                grpc_response(
+                    self.streams
+                        .open_delta(Authenticated::new(inbound, admission)),
+                )
             }
             _ => Status::unimplemented("capstan serves only ADS on this port").into_http(),
         };

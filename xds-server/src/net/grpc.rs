@@ -59,6 +59,11 @@ pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// second and has its connection closed.
 pub const STREAM_BURST: u32 = 64;
 pub const STREAMS_PER_SECOND: f64 = 8.0;
+/// Unary calls (certificate requests) one connection may make at once, and per second after
+/// that: a node agent asks for every pod on its node when it starts (Kubernetes runs at most
+/// 110 pods per node by default), then rarely.
+pub const CALL_BURST: u32 = 256;
+pub const CALLS_PER_SECOND: f64 = 64.0;
 /// HTTP/2 keepalive: a PING after this long without frames; a dead peer's connection closes
 /// `KEEPALIVE_TIMEOUT` later.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -122,9 +127,24 @@ impl GrpcLimits {
             }
             connection.require_request_within(first_request);
             connection.limit_request_rate(STREAM_BURST, STREAMS_PER_SECOND);
+            connection.limit_call_rate(CALL_BURST, CALLS_PER_SECOND);
             Some((Ok(connection), listener))
         })
     }
+}
+
+/// A tonic interceptor for unary services beside ADS (the CA): records each call on its
+/// connection against the call budget; a call beyond it is refused and the connection closed.
+pub fn mark_call(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    if let Some(info) = request.extensions().get::<GuardedInfo>()
+        && !info.state.call_arrived()
+    {
+        tracing::warn!(peer = %info.peer, "closing a connection that makes calls too fast");
+        return Err(tonic::Status::resource_exhausted(format!(
+            "more than {CALLS_PER_SECOND} calls a second on one connection"
+        )));
+    }
+    Ok(request)
 }
 
 /// A tonic interceptor that records each request on its connection (see

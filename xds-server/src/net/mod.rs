@@ -14,6 +14,7 @@
 pub mod grpc;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -245,6 +246,9 @@ pub struct ConnectionState {
     request_seen: AtomicBool,
     closing: AtomicBool,
     rate: Mutex<Option<RequestRate>>,
+    /// Unary calls (the CA's `CreateCertificate`) have their own budget: a node agent may ask
+    /// for many workloads' certificates at once, far beyond what one proxy's streams need.
+    call_rate: Mutex<Option<RequestRate>>,
 }
 
 /// A token bucket of requests.
@@ -256,12 +260,33 @@ struct RequestRate {
     at: tokio::time::Instant,
 }
 
+impl RequestRate {
+    fn new(burst: u32, per_second: f64) -> Self {
+        Self {
+            burst: f64::from(burst),
+            per_second,
+            tokens: f64::from(burst),
+            at: tokio::time::Instant::now(),
+        }
+    }
+}
+
 impl ConnectionState {
     /// Records a request on the connection. False if it exceeds the connection's request
     /// rate: the connection is then closed at its next read or write.
     pub fn request_arrived(&self) -> bool {
+        self.take(&self.rate)
+    }
+
+    /// Records a unary call on the connection, against the call budget
+    /// ([`Guarded::limit_call_rate`]); false (and the connection closing) beyond it.
+    pub fn call_arrived(&self) -> bool {
+        self.take(&self.call_rate)
+    }
+
+    fn take(&self, bucket: &Mutex<Option<RequestRate>>) -> bool {
         self.request_seen.store(true, Ordering::Relaxed);
-        let mut rate = self.rate.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rate = bucket.lock().unwrap_or_else(|e| e.into_inner());
         let Some(rate) = rate.as_mut() else {
             return true;
         };
@@ -292,6 +317,8 @@ impl ConnectionState {
 pub struct GuardedInfo {
     pub peer: SocketAddr,
     pub state: Arc<ConnectionState>,
+    /// What TLS proved about the client ([`tls::PeerIdentity::Plaintext`] without TLS).
+    pub identity: tls::PeerIdentity,
 }
 
 impl<Io> Guarded<Io> {
@@ -314,19 +341,24 @@ impl<Io> Guarded<Io> {
     /// Closes the connection when its requests arrive faster than `per_second` after a burst
     /// of `burst` (see [`ConnectionState::request_arrived`]).
     pub fn limit_request_rate(&mut self, burst: u32, per_second: f64) {
-        let mut rate = self.state.rate.lock().unwrap_or_else(|e| e.into_inner());
-        *rate = Some(RequestRate {
-            burst: f64::from(burst),
-            per_second,
-            tokens: f64::from(burst),
-            at: tokio::time::Instant::now(),
-        });
+        *self.state.rate.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(RequestRate::new(burst, per_second));
+    }
+
+    /// The same for unary calls ([`ConnectionState::call_arrived`]).
+    pub fn limit_call_rate(&mut self, burst: u32, per_second: f64) {
+        *self
+            .state
+            .call_rate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(RequestRate::new(burst, per_second));
     }
 
     pub fn info(&self) -> GuardedInfo {
         GuardedInfo {
             peer: self.peer,
             state: self.state.clone(),
+            identity: tls::PeerIdentity::Plaintext,
         }
     }
 

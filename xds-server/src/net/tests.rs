@@ -205,6 +205,26 @@ async fn closes_a_connection_whose_requests_come_too_fast() {
     assert_eq!(err.kind(), io::ErrorKind::TimedOut);
 }
 
+#[tokio::test(start_paused = true)]
+async fn calls_have_their_own_budget_beside_streams() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut listener = GuardedListener::new(listener, limits(10, 0), "test");
+    let _client = TcpStream::connect(addr).await.unwrap();
+    let mut server = listener.accept().await;
+    server.limit_request_rate(2, 1.0);
+    server.limit_call_rate(8, 4.0);
+    let state = server.info().state;
+    // Eight certificate requests at once fit the call budget, far beyond the stream budget,
+    // and leave it untouched.
+    assert!((0..8).all(|_| state.call_arrived()));
+    assert!(state.request_arrived() && state.request_arrived());
+    assert!(!state.is_closing());
+    // The ninth call within the same instant is beyond the call budget.
+    assert!(!state.call_arrived());
+    assert!(state.is_closing());
+}
+
 #[test]
 fn reads_the_soft_open_file_limit() {
     let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
