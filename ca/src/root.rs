@@ -223,7 +223,7 @@ pub use rotation::{
 pub use store::{CERT_FILE, KEY_FILE};
 
 #[cfg(test)]
-mod csr_tests;
+pub(crate) mod csr_tests;
 
 #[cfg(test)]
 mod tests {

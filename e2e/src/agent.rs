@@ -40,11 +40,34 @@ pub struct AgentSpec<'a> {
     pub extra_args: &'a [&'a str],
 }
 
+/// Where the agent named `name` writes its Envoy bootstrap.
+pub fn bootstrap_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.bootstrap.json"))
+}
+
+/// The CA an agent asks and the xDS server its Envoy is sent to.
+#[derive(Debug, Clone)]
+pub struct AgentTarget {
+    /// `--ca-address`, e.g. `https://127.0.0.1:15012`.
+    pub ca_url: String,
+    /// `--ca-root-cert`: the roots the agent trusts for the CA, and starts its bundle with.
+    pub roots_file: PathBuf,
+    /// `--ca-server-name` (and `--xds-server-name`): the name the CA's certificate carries.
+    pub server_name: String,
+    /// `--xds-address`, written into the Envoy bootstrap.
+    pub xds_address: String,
+}
+
+/// How long an agent gets to serve its first certificate.
+const FIRST_CERTIFICATE_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Agent {
-    /// Starts `capstan agent` against `ca` and waits until it serves its first certificate.
-    pub async fn start(
+    /// Starts `capstan agent` for `spec` against `target` and returns at once (see
+    /// [`Agent::start`] to wait for its first certificate). Its bootstrap goes to
+    /// `<dir>/<name>.bootstrap.json`.
+    pub fn spawn(
         capstan_bin: &Path,
-        ca: &TestCa,
+        target: &AgentTarget,
         dir: &Path,
         spec: &AgentSpec<'_>,
     ) -> anyhow::Result<Self> {
@@ -54,10 +77,10 @@ impl Agent {
         let sds_socket = dir.join(format!("{}.sock", spec.name));
         let mut cmd = Command::new(capstan_bin);
         cmd.arg("agent")
-            .args(["--ca-address", &ca.url()])
+            .args(["--ca-address", &target.ca_url])
             .arg("--ca-root-cert")
-            .arg(&ca.roots_file)
-            .args(["--ca-server-name", CA_SERVER_NAME])
+            .arg(&target.roots_file)
+            .args(["--ca-server-name", &target.server_name])
             .arg("--token-file")
             .arg(&token_file)
             .args(["--namespace", spec.namespace])
@@ -67,23 +90,35 @@ impl Agent {
             .arg("--sds-socket")
             .arg(&sds_socket)
             .args(["--cert-ttl", spec.cert_ttl])
-            // Written, not used here: the bootstrap is checked in the agent's unit tests.
-            .args(["--xds-address", "127.0.0.1:15012"])
+            .args(["--xds-address", &target.xds_address])
+            .args(["--xds-server-name", &target.server_name])
             .arg("--bootstrap-out")
-            .arg(dir.join(format!("{}.bootstrap.json", spec.name)))
+            .arg(bootstrap_file(dir, spec.name))
             .args(spec.extra_args)
             .env("CAPSTAN_LOG", "info,capstan=debug,capstan_ca=debug");
-        let mut process =
+        let process =
             ChildProcess::spawn(spec.name, &mut cmd, &dir.join(format!("{}.log", spec.name)))?;
-        process
-            .wait_for_log("the first certificate", Duration::from_secs(60), |l| {
-                l.contains(SERVING_LINE)
-            })
-            .await?;
         Ok(Self {
             process,
             sds_socket,
         })
+    }
+
+    /// [`Agent::spawn`], then waits until the agent serves its first certificate.
+    pub async fn start(
+        capstan_bin: &Path,
+        target: &AgentTarget,
+        dir: &Path,
+        spec: &AgentSpec<'_>,
+    ) -> anyhow::Result<Self> {
+        let mut agent = Self::spawn(capstan_bin, target, dir, spec)?;
+        agent
+            .process
+            .wait_for_log("the first certificate", FIRST_CERTIFICATE_TIMEOUT, |l| {
+                l.contains(SERVING_LINE)
+            })
+            .await?;
+        Ok(agent)
     }
 
     /// How many certificates the agent has served so far.

@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use serde_json::Value;
 
-use crate::agent::{Agent, SERVING_LINE};
+pub use crate::agent::bootstrap_file;
+use crate::agent::{Agent, AgentSpec, AgentTarget};
 use crate::capstan::Capstan;
 use crate::envoy::{ENVOY_START_TIMEOUT, loopback, parse_stats};
 use crate::http::{HttpClient, HttpResponse, percent_encode};
@@ -29,8 +29,6 @@ pub const CA_AUDIENCE: &str = "istio-ca";
 pub const SERVER_NAME: &str = "localhost";
 /// The Secret capstan keeps its built-in root in, in `istio-system`.
 pub const CA_SECRET: &str = "istio-ca-secret";
-/// How long an agent gets to serve its first certificate.
-pub const FIRST_CERTIFICATE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `spiffe://cluster.local/ns/<namespace>/sa/<service_account>`.
 pub fn spiffe_uri(namespace: &str, service_account: &str) -> String {
@@ -112,6 +110,16 @@ pub struct CapstanTls {
 }
 
 impl CapstanTls {
+    /// capstan's TLS port as an agent's CA and xDS server.
+    pub fn target(&self) -> AgentTarget {
+        AgentTarget {
+            ca_url: format!("https://{}", self.addr),
+            roots_file: self.roots_file.clone(),
+            server_name: SERVER_NAME.to_string(),
+            xds_address: self.addr.to_string(),
+        }
+    }
+
     /// Reads the root capstan keeps in istio-ca-secret (capstan creates it before it listens)
     /// and writes `<dir>/mesh-roots.pem` and `<dir>/mesh-root.pem`.
     pub async fn of(capstan: &Capstan, kube: &KubeCluster, dir: &Path) -> anyhow::Result<Self> {
@@ -145,53 +153,23 @@ pub struct KubeAgentSpec<'a> {
     pub extra_args: &'a [&'a str],
 }
 
-/// Where the agent named `name` writes its Envoy bootstrap.
-pub fn bootstrap_file(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!("{name}.bootstrap.json"))
-}
-
 /// Starts `capstan agent` for `spec` with capstan's TLS port as its CA and xDS server
-/// (`--ca-server-name`/`--xds-server-name localhost`), Envoy admin on a port Envoy picks, and
-/// returns at once (see [`start_agent`] to wait for a certificate).
+/// (server name `localhost`), Envoy admin on a port Envoy picks, and returns at once (see
+/// [`start_agent`] to wait for a certificate).
 pub fn spawn_agent(
     capstan_bin: &Path,
     capstan: &CapstanTls,
     dir: &Path,
     spec: &KubeAgentSpec<'_>,
 ) -> anyhow::Result<Agent> {
-    let token_file = dir.join(format!("{}.token", spec.name));
-    std::fs::write(&token_file, spec.token)
-        .with_context(|| format!("writing {}", token_file.display()))?;
-    let sds_socket = dir.join(format!("{}.sock", spec.name));
-    let addr = capstan.addr.to_string();
-    let mut cmd = Command::new(capstan_bin);
-    cmd.arg("agent")
-        .args(["--ca-address", &format!("https://{addr}")])
-        .arg("--ca-root-cert")
-        .arg(&capstan.roots_file)
-        .args(["--ca-server-name", SERVER_NAME])
-        .arg("--token-file")
-        .arg(&token_file)
-        .args(["--namespace", spec.namespace])
-        .args(["--service-account", spec.service_account])
-        .args(["--pod-name", &format!("{}-0", spec.name)])
-        .args(["--pod-ip", "127.0.0.1"])
-        .arg("--sds-socket")
-        .arg(&sds_socket)
-        .args(["--cert-ttl", "1h"])
-        .args(["--xds-address", &addr])
-        .args(["--xds-server-name", SERVER_NAME])
-        .arg("--bootstrap-out")
-        .arg(bootstrap_file(dir, spec.name))
-        .args(["--admin-port", "0"])
-        .args(spec.extra_args)
-        .env("CAPSTAN_LOG", "info,capstan=debug,capstan_ca=debug");
-    let process =
-        ChildProcess::spawn(spec.name, &mut cmd, &dir.join(format!("{}.log", spec.name)))?;
-    Ok(Agent {
-        process,
-        sds_socket,
-    })
+    let mut extra_args = vec!["--admin-port", "0"];
+    extra_args.extend_from_slice(spec.extra_args);
+    Agent::spawn(
+        capstan_bin,
+        &capstan.target(),
+        dir,
+        &agent_spec(spec, &extra_args),
+    )
 }
 
 /// [`spawn_agent`], then waits until the agent serves its first certificate.
@@ -201,14 +179,26 @@ pub async fn start_agent(
     dir: &Path,
     spec: &KubeAgentSpec<'_>,
 ) -> anyhow::Result<Agent> {
-    let mut agent = spawn_agent(capstan_bin, capstan, dir, spec)?;
-    agent
-        .process
-        .wait_for_log("the first certificate", FIRST_CERTIFICATE_TIMEOUT, |l| {
-            l.contains(SERVING_LINE)
-        })
-        .await?;
-    Ok(agent)
+    let mut extra_args = vec!["--admin-port", "0"];
+    extra_args.extend_from_slice(spec.extra_args);
+    Agent::start(
+        capstan_bin,
+        &capstan.target(),
+        dir,
+        &agent_spec(spec, &extra_args),
+    )
+    .await
+}
+
+fn agent_spec<'a>(spec: &KubeAgentSpec<'a>, extra_args: &'a [&'a str]) -> AgentSpec<'a> {
+    AgentSpec {
+        name: spec.name,
+        namespace: spec.namespace,
+        service_account: spec.service_account,
+        token: spec.token,
+        cert_ttl: "1h",
+        extra_args,
+    }
 }
 
 /// Agent arguments making it run `envoy_bin` on its bootstrap once it has a certificate,

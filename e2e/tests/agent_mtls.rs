@@ -56,7 +56,7 @@ async fn server_side(dir: &Path, ca: &TestCa, ttl: &str) -> anyhow::Result<Serve
     let id = server_id();
     let agent = Agent::start(
         &capstan_bin()?,
-        ca,
+        &ca.target(),
         dir,
         &spec("server", &id, "server-token", ttl),
     )
@@ -109,7 +109,7 @@ async fn envoys_talk_mtls_with_agent_certificates_across_rotations() -> anyhow::
     let id = client_id();
     let client_agent = Agent::start(
         &capstan_bin()?,
-        &ca,
+        &ca.target(),
         &dir,
         &spec("client", &id, "client-token", "20s"),
     )
@@ -222,10 +222,16 @@ async fn a_client_certified_by_another_root_is_refused() -> anyhow::Result<()> {
     let server = server_side(&dir, &ca, "1h").await?;
     let bin = capstan_bin()?;
     let id = client_id();
-    let good = Agent::start(&bin, &ca, &dir, &spec("client", &id, "client-token", "1h")).await?;
+    let good = Agent::start(
+        &bin,
+        &ca.target(),
+        &dir,
+        &spec("client", &id, "client-token", "1h"),
+    )
+    .await?;
     let rogue = Agent::start(
         &bin,
-        &rogue_ca,
+        &rogue_ca.target(),
         &dir,
         &spec("rogue", &id, "rogue-token", "1h"),
     )
@@ -315,7 +321,7 @@ async fn the_agent_runs_envoy_and_exits_with_it_and_cleans_up_on_sigterm() -> an
     ];
     let mut ok = Agent::start(
         &bin,
-        &ca,
+        &ca.target(),
         &dir,
         &AgentSpec {
             extra_args: &validate,
@@ -341,7 +347,7 @@ async fn the_agent_runs_envoy_and_exits_with_it_and_cleans_up_on_sigterm() -> an
     let broken = ["--envoy-bin", envoy, "--", "--no-such-flag"];
     let mut failing = Agent::start(
         &bin,
-        &ca,
+        &ca.target(),
         &dir,
         &AgentSpec {
             extra_args: &broken,
@@ -356,8 +362,13 @@ async fn the_agent_runs_envoy_and_exits_with_it_and_cleans_up_on_sigterm() -> an
     );
 
     // SIGTERM: the agent stops and removes its socket.
-    let mut plain =
-        Agent::start(&bin, &ca, &dir, &spec("plain", &id, "client-token", "1h")).await?;
+    let mut plain = Agent::start(
+        &bin,
+        &ca.target(),
+        &dir,
+        &spec("plain", &id, "client-token", "1h"),
+    )
+    .await?;
     ensure!(plain.sds_socket.exists(), "no socket while serving");
     plain.process.stop();
     ensure!(

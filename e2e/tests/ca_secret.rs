@@ -226,3 +226,67 @@ async fn a_changed_cacerts_secret_is_reloaded_and_a_broken_one_refused() -> anyh
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trust_bundle_reaches_every_namespace_and_follows_changes() -> anyhow::Result<()> {
+    use capstan::ca_store::{ROOTS_CONFIGMAP, ROOTS_KEY, publish_roots};
+    use capstan_ca::{Authority, CaState, RootCa};
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    let kube = KubeCluster::shared().await?;
+    let admin = client(kube.admin_kubeconfig()).await?;
+    let before = kube.create_namespace("roots-before").await?;
+    let first = RootCa::generate("cluster.local", DAY)?;
+    let first_root = first.root_pem().to_string();
+    let authority = Arc::new(Authority::new(CaState::new(first)));
+    // As capstan's ServiceAccount: its RBAC must allow exactly this.
+    let task = tokio::spawn(publish_roots(
+        client(kube.capstan_kubeconfig()).await?,
+        authority.clone(),
+    ));
+
+    let roots_in = |ns: String| {
+        let api: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns);
+        async move {
+            let map = api.get_opt(ROOTS_CONFIGMAP).await?;
+            anyhow::Ok(
+                map.and_then(|m| m.data)
+                    .and_then(|mut d| d.remove(ROOTS_KEY)),
+            )
+        }
+    };
+    let wait_for = |ns: String, want: String| {
+        let roots_in = &roots_in;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let got = roots_in(ns.clone()).await?;
+                if got.as_deref() == Some(want.as_str()) {
+                    return anyhow::Ok(());
+                }
+                ensure!(
+                    std::time::Instant::now() < deadline,
+                    "{ns}/{ROOTS_CONFIGMAP} holds {got:?}, not the bundle"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    // A namespace that existed, and one made afterwards, both get the bundle.
+    wait_for(before.clone(), first_root.clone()).await?;
+    let after = kube.create_namespace("roots-after").await?;
+    wait_for(after.clone(), first_root.clone()).await?;
+
+    // A rotation's announced bundle (two roots) reaches both.
+    let next = RootCa::generate("cluster.local", DAY)?;
+    let next_root = next.root_pem().to_string();
+    let mut state = CaState::new(next);
+    state.trust_bundle.push(first_root.clone());
+    authority.set(state);
+    let both = format!("{}\n{}\n", next_root.trim_end(), first_root.trim_end());
+    wait_for(before, both.clone()).await?;
+    wait_for(after, both).await?;
+    task.abort();
+    Ok(())
+}

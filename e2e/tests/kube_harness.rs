@@ -270,6 +270,8 @@ async fn capstan_service_account_has_exactly_its_rbac() -> anyhow::Result<()> {
         &["get", "secrets/istio-ca-secret", "-n", "istio-system"],
         &["update", "secrets/istio-ca-secret", "-n", "istio-system"],
         &["watch", "secrets/cacerts", "-n", "istio-system"],
+        &["update", "configmaps/istio-ca-root-cert", "-n", "default"],
+        &["create", "configmaps", "-n", "default"],
     ];
     let forbidden: &[&[&str]] = &[
         &["delete", "services"],
@@ -279,6 +281,9 @@ async fn capstan_service_account_has_exactly_its_rbac() -> anyhow::Result<()> {
         &["get", "secrets/istio-ca-secret", "-n", "default"],
         &["update", "secrets/cacerts", "-n", "istio-system"],
         &["delete", "secrets/istio-ca-secret", "-n", "istio-system"],
+        &["get", "configmaps/kube-root-ca.crt", "-n", "default"],
+        &["update", "configmaps/some-app-config", "-n", "default"],
+        &["delete", "configmaps/istio-ca-root-cert", "-n", "default"],
         &["create", "virtualservices.networking.istio.io"],
         &["patch", "virtualservices.networking.istio.io"],
         &["list", "configmaps", "-n", "istio-system"],

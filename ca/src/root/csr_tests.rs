@@ -29,7 +29,7 @@ fn caller() -> SpiffeId {
 }
 
 /// The URI SANs and validity (seconds) of a PEM certificate, and its public key's bytes.
-fn inspect(pem: &str) -> (Vec<String>, i64, Vec<u8>) {
+pub(crate) fn inspect(pem: &str) -> (Vec<String>, i64, Vec<u8>) {
     let (_, pem) = parse_x509_pem(pem.as_bytes()).expect("pem");
     let cert = pem.parse_x509().expect("x509");
     let uris = cert
@@ -55,7 +55,7 @@ fn inspect(pem: &str) -> (Vec<String>, i64, Vec<u8>) {
     )
 }
 
-fn openssl_verify(root_pem: &str, leaf_pem: &str) -> bool {
+pub(crate) fn openssl_verify(root_pem: &str, leaf_pem: &str) -> bool {
     let dir = tempfile::tempdir().expect("tempdir");
     let (root, leaf) = (dir.path().join("root.pem"), dir.path().join("leaf.pem"));
     std::fs::write(&root, root_pem).expect("write");

@@ -1,15 +1,13 @@
 //! The service with a fake authenticator: identity from the token only, status codes per
 //! case, the TTL policy, and a chain openssl accepts.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rcgen::{CertificateParams, KeyPair, SanType};
-use x509_parser::extensions::GeneralName;
-use x509_parser::pem::parse_x509_pem;
 
 use super::*;
 use crate::authn::Caller;
+use crate::root::csr_tests::openssl_verify;
 use crate::{CaState, MAX_CSR_PEM, RootCa};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -81,40 +79,8 @@ fn bearer() -> Option<String> {
 
 /// URI SANs and validity in seconds of a PEM certificate.
 fn inspect(pem: &str) -> (Vec<String>, i64) {
-    let (_, pem) = parse_x509_pem(pem.as_bytes()).expect("pem");
-    let cert = pem.parse_x509().expect("x509");
-    let uris = cert
-        .subject_alternative_name()
-        .expect("parsable")
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some(u.to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let v = cert.validity();
-    (uris, v.not_after.timestamp() - v.not_before.timestamp())
-}
-
-fn openssl_verify(root_pem: &str, leaf_pem: &str) -> bool {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (root, leaf) = (dir.path().join("root.pem"), dir.path().join("leaf.pem"));
-    std::fs::write(&root, root_pem).expect("write");
-    std::fs::write(&leaf, leaf_pem).expect("write");
-    Command::new("openssl")
-        .arg("verify")
-        .arg("-CAfile")
-        .arg(&root)
-        .arg(&leaf)
-        .output()
-        .expect("openssl runs")
-        .status
-        .success()
+    let (uris, seconds, _) = crate::root::csr_tests::inspect(pem);
+    (uris, seconds)
 }
 
 #[tokio::test]

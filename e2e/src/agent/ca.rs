@@ -127,6 +127,17 @@ impl TestCa {
         format!("https://{}", self.addr)
     }
 
+    /// This CA as an agent's target. The bootstrap's xDS address is written but never
+    /// used: these agents' Envoys run static bootstraps.
+    pub fn target(&self) -> super::AgentTarget {
+        super::AgentTarget {
+            ca_url: self.url(),
+            roots_file: self.roots_file.clone(),
+            server_name: CA_SERVER_NAME.to_string(),
+            xds_address: "127.0.0.1:15012".to_string(),
+        }
+    }
+
     /// How many certificates this CA has signed.
     pub fn issued(&self) -> usize {
         self.issued.load(Ordering::SeqCst)

@@ -7,9 +7,12 @@
 //! - A plug-in intermediate (`cacerts`, from a Secret or a folder) is re-read periodically;
 //!   a change that holds a valid chain replaces the signer, a broken one is logged naming the
 //!   file or key and the last good signer stays.
+//! - In a cluster, the trust bundle is published to every namespace as the ConfigMap
+//!   `istio-ca-root-cert` (key `root-cert.pem`), where agents read it.
 
 mod folder;
 mod keeper;
+mod roots_configmap;
 mod secret;
 
 use std::path::PathBuf;
@@ -19,6 +22,7 @@ use capstan_ca::CaFiles;
 pub use keeper::{
     builtin_tick, keep_builtin, keep_plugged, plugged_tick, start_builtin, start_plugged,
 };
+pub use roots_configmap::{ROOTS_CONFIGMAP, ROOTS_KEY, publish_roots};
 pub use secret::SecretStore;
 
 /// Istio's name for the Secret holding the self-signed root.

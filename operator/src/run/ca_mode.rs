@@ -9,7 +9,8 @@
 //! | none, no cluster | no CA: no TLS port | |
 //!
 //! In a cluster the CSR service (`CreateCertificate`, TokenReview-authenticated) is served on
-//! the TLS port beside ADS; without a cluster there is nothing to check tokens against, so
+//! the TLS port beside ADS, and the trust bundle is published to every namespace as the
+//! ConfigMap `istio-ca-root-cert`; without a cluster there is nothing to check tokens against, so
 //! only ADS is.
 
 use std::path::PathBuf;
@@ -92,6 +93,7 @@ pub(crate) struct RunningCa {
     pub authority: Arc<Authority>,
     _pca: Option<RenewalTask>,
     keeper: Option<tokio::task::JoinHandle<()>>,
+    publisher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningCa {
@@ -102,14 +104,22 @@ impl RunningCa {
             authority,
             _pca: None,
             keeper: None,
+            publisher: None,
         }
+    }
+
+    /// Publishes the trust bundle to every namespace of the cluster (`istio-ca-root-cert`),
+    /// for as long as this CA runs.
+    pub fn publish_roots(&mut self, client: kube::Client) {
+        let task = crate::ca_store::publish_roots(client, self.authority.clone());
+        self.publisher = Some(tokio::spawn(task));
     }
 }
 
 impl Drop for RunningCa {
     fn drop(&mut self) {
-        if let Some(keeper) = &self.keeper {
-            keeper.abort();
+        for task in [&self.keeper, &self.publisher].into_iter().flatten() {
+            task.abort();
         }
     }
 }
@@ -142,6 +152,7 @@ pub(crate) async fn start(
                 authority,
                 _pca: Some(renewal),
                 keeper: None,
+                publisher: None,
             }
         }
         Source::Plugged(store) => {
@@ -155,6 +166,7 @@ pub(crate) async fn start(
                 authority,
                 _pca: None,
                 keeper: Some(keeper),
+                publisher: None,
             }
         }
         Source::Builtin(store) => {
@@ -169,6 +181,7 @@ pub(crate) async fn start(
                 authority,
                 _pca: None,
                 keeper: Some(keeper),
+                publisher: None,
             }
         }
     };

@@ -132,7 +132,7 @@ async fn xds_tls(
         cluster,
     )
     .await?;
-    let Some(running) = running else {
+    let Some(mut running) = running else {
         info!(
             "xDS over TLS is off: no CA configured (--ca-dir, --cacerts-dir, --ca-pca-arn, or a cluster)"
         );
@@ -144,6 +144,7 @@ async fn xds_tls(
     };
     let routes = match client {
         Some(client) => {
+            running.publish_roots(client.clone());
             let service = ca_mode::csr_service(
                 &args.tls.ca,
                 trust_domain,
