@@ -364,3 +364,77 @@ async fn a_failing_pca_keeps_the_old_signer_and_reports_the_error() -> anyhow::R
     assert_eq!((s.consecutive_failures, s.last_error), (0, None));
     Ok(())
 }
+
+/// `capstan run --ca-pca-arn`: the whole mode as users configure it. capstan has the Private
+/// CA issue its intermediate at start, and its TLS port presents a certificate that a client
+/// trusting only the Private CA's root accepts (and one trusting another root refuses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capstan_run_serves_tls_certified_through_the_private_ca() -> anyhow::Result<()> {
+    use capstan_e2e::capstan::Capstan;
+    use capstan_e2e::ports::free_port;
+
+    let (moto, root, _, dir) = pca("capstan_run_pca").await?;
+    let config_dir = dir.join("config");
+    std::fs::create_dir_all(&config_dir)?;
+    std::fs::write(
+        config_dir.join("mesh.yaml"),
+        capstan_e2e::fixtures::reviews_service_entry(&[]),
+    )?;
+    let tls_port = free_port()?;
+    let mut cmd = Command::new(capstan_e2e::locate::capstan_bin()?);
+    cmd.arg("run")
+        .arg("--config-dir")
+        .arg(&config_dir)
+        .args(["--xds-addr", &format!("127.0.0.1:{}", free_port()?)])
+        .args(["--monitoring-addr", &format!("127.0.0.1:{}", free_port()?)])
+        .args(["--outbound-port", "0"])
+        .args(["--xds-tls-addr", &format!("127.0.0.1:{tls_port}")])
+        .args(["--ca-pca-arn", &root.arn])
+        .args(["--ca-pca-endpoint-url", &moto.endpoint_url()])
+        .args(["--ca-pca-region", capstan_e2e::moto::REGION])
+        .args(["--ca-pca-signing-algorithm", "SHA256WITHECDSA"])
+        // Static test credentials: the default chain must never reach instance metadata.
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE");
+    let mut capstan = Capstan::spawn(cmd, &dir, "capstan")?;
+    Capstan::wait_listening(&mut capstan).await?;
+    ensure!(
+        capstan
+            .log()
+            .contains("intermediate issued by AWS Private CA"),
+        "capstan did not say where its intermediate came from:\n{}",
+        capstan.log()
+    );
+
+    tls_handshake(tls_port, &root.certificate_pem)
+        .await
+        .context("a client trusting only the Private CA's root")?;
+    let stranger = RootCa::generate(TRUST_DOMAIN, Duration::from_secs(3600))?;
+    ensure!(
+        tls_handshake(tls_port, stranger.root_pem()).await.is_err(),
+        "a client trusting another root accepted capstan's certificate"
+    );
+    Ok(())
+}
+
+/// A TLS handshake with capstan's port as `localhost`, trusting only `root_pem`.
+async fn tls_handshake(port: u16, root_pem: &str) -> anyhow::Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(
+        root_pem.as_bytes(),
+    )?)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    Ok(())
+}
