@@ -55,6 +55,14 @@ pub struct UpstreamReply {
     pub version: String,
     pub path: String,
     pub host: String,
+    #[serde(default)]
+    pub method: String,
+    /// The request headers that arrived (lower-case names, repeats joined with `,`).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The address the request came from.
+    #[serde(default)]
+    pub peer: String,
 }
 
 /// An HTTP/1.1 client for one address (e.g. an Envoy listener or admin port).
