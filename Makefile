@@ -12,6 +12,8 @@
 #               and while the hostile clients of e2e/tests/faults_*.rs run against the same port
 #   make bench-ca  CSR signings per second (TLS, TokenReview cached) and latency with 1,000 agents at
 #               once, capstan's CA vs istiod's, on a real kube-apiserver
+#   make bench-routes  VirtualService edit to a real Envoy serving the new route, with 3,000 routes
+#               configured (100 edits; p50/p99/max from the file's rename to the first request served)
 #   make crds   regenerate the CRD manifests in crds/generated (a test fails when they are stale)
 #
 # Respects CARGO_TARGET_DIR (cargo reads it) and CAPSTAN_TOOLS_DIR (default: ./.tools).
@@ -109,6 +111,15 @@ bench-ca: kube-tools
 	@scripts/build-istiod.sh >/dev/null || echo "istiod not built: capstan-ca-bench will skip its row"
 	@$(CARGO) build --quiet --release -p capstan -p capstan-e2e --bin capstan --bin capstan-ca-bench
 	@CAPSTAN_KUBE_BIN_DIR="$(KUBE_BIN_DIR_VALUE)" CAPSTAN_ISTIOD="$(ISTIOD_VALUE)" $(CARGO) run --quiet --release -p capstan-e2e --bin capstan-ca-bench
+
+# Release build of capstan, capstan-upstream and the bench; the bench runs that capstan
+# (CAPSTAN_BIN) rather than building it again under `cargo run`'s environment.
+.PHONY: bench-routes
+bench-routes: tools
+	$(call step,bench-routes: capstan-route-bench (VirtualService edits to a real Envoy, 3,000 routes))
+	@$(CARGO) build --quiet --release -p capstan -p capstan-e2e --bin capstan --bin capstan-upstream --bin capstan-route-bench
+	@ENVOY_BIN="$(ENVOY_BIN_VALUE)" CAPSTAN_BIN="$${CAPSTAN_BIN:-$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/capstan}" \
+		$(CARGO) run --quiet --release -p capstan-e2e --bin capstan-route-bench
 
 bench-faults:
 	$(call step,bench-faults: capstan-fault-bench (well-behaved proxies alone and beside hostile clients))

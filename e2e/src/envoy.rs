@@ -52,6 +52,10 @@ pub struct Bootstrap {
     pub service_account: Option<String>,
     /// Reach the ADS server over TLS (capstan's `--xds-tls-addr`) instead of plaintext.
     pub tls: Option<XdsTls>,
+    /// `sidecar`, or `router` for a gateway: the first part of the node id.
+    pub proxy_type: String,
+    /// The `LABELS` node metadata (a gateway's labels select its Gateways).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Bootstrap {
@@ -64,13 +68,31 @@ impl Bootstrap {
             namespace: "bookinfo".to_string(),
             service_account: None,
             tls: None,
+            proxy_type: "sidecar".to_string(),
+            labels: BTreeMap::new(),
         }
     }
 
-    /// Istio sidecar node id: `sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`.
+    /// A gateway's bootstrap: a `router` node with `labels`.
+    pub fn gateway(mode: AdsMode, xds_port: u16, labels: &[(&str, &str)]) -> Self {
+        Self {
+            workload: "istio-ingressgateway-0".to_string(),
+            namespace: "istio-system".to_string(),
+            proxy_type: "router".to_string(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Self::new(mode, xds_port)
+        }
+    }
+
+    /// Istio node id: `sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local` (`router~` for a
+    /// gateway).
     pub fn node_id(&self) -> String {
         format!(
-            "sidecar~127.0.0.1~{}.{ns}~{ns}.svc.cluster.local",
+            "{}~127.0.0.1~{}.{ns}~{ns}.svc.cluster.local",
+            self.proxy_type,
             self.workload,
             ns = self.namespace
         )
@@ -86,6 +108,9 @@ impl Bootstrap {
         let mut metadata = json!({ "NAMESPACE": self.namespace });
         if let Some(sa) = &self.service_account {
             metadata["SERVICE_ACCOUNT"] = json!(sa);
+        }
+        if !self.labels.is_empty() {
+            metadata["LABELS"] = json!(self.labels);
         }
         let mut bootstrap = json!({
             "node": {

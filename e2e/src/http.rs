@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::{Request, StatusCode, header};
+use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
@@ -116,15 +116,35 @@ impl HttpClient {
         headers: &[(&str, &str)],
     ) -> anyhow::Result<HttpResponse> {
         let addr = self.addr;
-        tokio::time::timeout(REQUEST_TIMEOUT, self.get_inner(host, path, headers))
+        tokio::time::timeout(REQUEST_TIMEOUT, self.send(Method::GET, host, path, headers))
             .await
             .with_context(|| {
                 format!("GET {path} (Host: {host}) to {addr} took over {REQUEST_TIMEOUT:?}")
             })?
     }
 
-    async fn get_inner(
+    /// Sends `method path` (no body) with the given Host header and extra headers. Only
+    /// for idempotent methods: a request that fails on a kept-alive connection is sent again
+    /// on a new one (see [`HttpClient::resets`]).
+    pub async fn request(
         &mut self,
+        method: Method,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<HttpResponse> {
+        let addr = self.addr;
+        let shown = method.clone();
+        tokio::time::timeout(REQUEST_TIMEOUT, self.send(method, host, path, headers))
+            .await
+            .with_context(|| {
+                format!("{shown} {path} (Host: {host}) to {addr} took over {REQUEST_TIMEOUT:?}")
+            })?
+    }
+
+    async fn send(
+        &mut self,
+        method: Method,
         host: &str,
         path: &str,
         headers: &[(&str, &str)],
@@ -139,35 +159,38 @@ impl HttpClient {
             None => (self.connect().await?, false),
         };
         let build = || {
-            let mut req = Request::get(path).header(header::HOST, host);
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header(header::HOST, host);
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
             req.body(Empty::<Bytes>::new())
-                .with_context(|| format!("building GET {path} with headers {headers:?}"))
+                .with_context(|| format!("building {method} {path} with headers {headers:?}"))
         };
         let resp = match sender.send_request(build()?).await {
             Ok(resp) => resp,
-            // A kept-alive connection the peer closed meanwhile: GET is idempotent, so retry
-            // once on a fresh connection, counted (see `resets`).
+            // A kept-alive connection the peer closed meanwhile: the method is idempotent, so
+            // retry once on a fresh connection, counted (see `resets`).
             Err(e) if reused => {
                 self.resets += 1;
-                tracing::warn!(addr = %self.addr, "GET {path} (Host: {host}): kept-alive connection failed ({e}); retrying on a new one");
+                tracing::warn!(addr = %self.addr, "{method} {path} (Host: {host}): kept-alive connection failed ({e}); retrying on a new one");
                 sender = self.connect().await?;
                 sender.send_request(build()?).await.with_context(|| {
-                    format!("GET {path} (Host: {host}) to {} (retried)", self.addr)
+                    format!("{method} {path} (Host: {host}) to {} (retried)", self.addr)
                 })?
             }
             Err(e) => {
                 return Err(e)
-                    .with_context(|| format!("GET {path} (Host: {host}) to {}", self.addr));
+                    .with_context(|| format!("{method} {path} (Host: {host}) to {}", self.addr));
             }
         };
         let (parts, body) = resp.into_parts();
         let body = body
             .collect()
             .await
-            .with_context(|| format!("reading the body of GET {path} from {}", self.addr))?
+            .with_context(|| format!("reading the body of {method} {path} from {}", self.addr))?
             .to_bytes();
         let keep = !parts
             .headers

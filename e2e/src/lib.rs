@@ -15,6 +15,7 @@
 //! - [`fixtures`], [`mesh`]: Istio YAML and the reviews mesh most tests start from
 //! - [`kube`]: a real etcd + kube-apiserver on loopback (CRDs, RBAC, kubectl) for Kubernetes tests
 //! - [`moto`]: AWS Private CA on loopback (patched moto) for the Private CA issuer tests
+//! - [`tls_pki`]: a throwaway CA and an HTTPS client for gateway and TLS-origination tests
 
 pub mod agent;
 pub mod capstan;
@@ -32,6 +33,7 @@ pub mod moto;
 pub mod netns;
 pub mod ports;
 pub mod process;
+pub mod tls_pki;
 pub mod transport;
 pub mod upstreams;
 pub mod wait;

@@ -430,35 +430,54 @@ spec:
         report.check_text(
             "mesh.yaml",
             "apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: web}
+kind: Sidecar
+metadata: {name: default, namespace: web}
 spec:
-  selector: {istio: ingressgateway}
-  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]
+  egress: [{hosts: ['./*']}]
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: db, namespace: web}
 spec:
   host: db
-  trafficPolicy: {connectionPool: {tcp: {maxConnections: 10}}}
+  trafficPolicy: {tunnel: {targetHost: proxy.example.com, targetPort: 443}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: web}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ['*']
+    tls: {mode: SIMPLE, credentialName: web-cert}
 ",
         );
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         let lines: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
-        assert_eq!(lines.len(), 2, "{lines:?}");
-        assert!(lines[0].contains("(Gateway web/gw)") && lines[0].contains("does not apply"));
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0].contains("(Sidecar web/default)") && lines[0].contains("does not apply"),
+            "{}",
+            lines[0]
+        );
         assert!(
             lines[1].starts_with(
-                "mesh.yaml:13: document 2 (DestinationRule web/db): spec.trafficPolicy:"
+                "mesh.yaml:12: document 2 (DestinationRule web/db): spec.trafficPolicy.tunnel:"
             ),
             "{}",
             lines[1]
         );
         assert!(
+            lines[2].contains("(Gateway web/gw)")
+                && lines[2].contains("spec.servers[0].tls.credentialName"),
+            "{}",
+            lines[2]
+        );
+        assert!(
             report
                 .summary()
-                .starts_with("valid: 2 Istio documents in 1 file (2 warnings")
+                .starts_with("valid: 3 Istio documents in 1 file (3 warnings")
         );
     }
 

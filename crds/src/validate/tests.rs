@@ -286,9 +286,15 @@ const INVALID: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "VirtualService",
-        "  http:\n  - route: [{destination: {host: r}}]\n",
-        "spec.hosts",
-        "at least one host",
+        "  gateways: [ingress]\n  http:\n  - route: [{destination: {host: r}}]\n",
+        "spec.gateways",
+        "must not name gateways",
+    ),
+    (
+        "VirtualService",
+        "  http:\n  - delegate: {name: other}\n",
+        "spec.http[0].delegate",
+        "cannot delegate again",
     ),
     (
         "VirtualService",

@@ -11,10 +11,23 @@ use crate::networking::{
 };
 
 pub(crate) fn validate(errors: &mut Errors, spec: &VirtualServiceSpec) {
-    // Istio treats a VirtualService without hosts as a delegate; capstan does not
-    // resolve delegates yet, so hosts are required.
+    // Without hosts, a VirtualService is a delegate (as in Istio): its routes serve the roots
+    // delegating to it, which alone say where they apply, and it delegates no further.
     if spec.hosts.is_empty() {
-        errors.add("spec.hosts", "at least one host is required");
+        if !spec.gateways.is_empty() {
+            errors.add(
+                "spec.gateways",
+                "a delegate VirtualService (one without hosts) must not name gateways; its roots do",
+            );
+        }
+        for (i, route) in spec.http.iter().enumerate() {
+            if route.delegate.is_some() {
+                errors.add(
+                    format!("spec.http[{i}].delegate"),
+                    "a delegate VirtualService (one without hosts) cannot delegate again",
+                );
+            }
+        }
     }
     let bound_to_mesh = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
     for (i, host) in spec.hosts.iter().enumerate() {

@@ -322,6 +322,24 @@ impl Index {
         self.istio.values()
     }
 
+    /// The served objects of one kind in one namespace, by name.
+    pub fn istio_in<'a>(
+        &'a self,
+        kind: capstan_crds::Kind,
+        namespace: &str,
+    ) -> impl Iterator<Item = &'a IstioObject> + 'a {
+        let first = ObjectKey {
+            kind,
+            namespace: namespace.to_string(),
+            name: String::new(),
+        };
+        let namespace = namespace.to_string();
+        self.istio
+            .range(first..)
+            .take_while(move |(k, _)| k.kind == kind && k.namespace == namespace)
+            .filter_map(|(_, r)| r.object.as_deref())
+    }
+
     /// The served (last valid) version of every Istio object.
     pub fn istio_objects(&self) -> impl Iterator<Item = &IstioObject> {
         self.istio.values().filter_map(|r| r.object.as_deref())

@@ -1,11 +1,16 @@
 //! The config model: Istio objects indexed the way translation looks them up, with every host
 //! name resolved to its fully qualified form.
 
+pub mod delegate;
+pub mod gateway;
 pub mod hostname;
 pub mod kube;
 pub mod routing;
 pub mod service;
+pub mod stream_routes;
+pub mod traffic_policy;
 pub mod unsupported;
+pub mod workloads;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -42,6 +47,8 @@ pub struct DestinationRule {
     pub host: String,
     pub origin: ObjectKey,
     pub subsets: Vec<Subset>,
+    /// Its traffic policy (top level and per subset); `None` when it sets none.
+    pub traffic_policy: Option<std::sync::Arc<traffic_policy::Policies>>,
 }
 
 /// A VirtualService's HTTP routing with its hosts resolved.
@@ -51,6 +58,9 @@ pub struct VirtualService {
     pub hosts: Vec<String>,
     pub gateways: Vec<String>,
     pub http: Vec<routing::HttpRoute>,
+    /// Served on gateways only (sidecars have no listener per port yet).
+    pub tcp: Vec<stream_routes::StreamRoute>,
+    pub tls: Vec<stream_routes::StreamRoute>,
 }
 
 impl VirtualService {
@@ -80,6 +90,7 @@ pub struct Mesh {
     pub destination_rules: BTreeMap<String, DestinationRule>,
     /// By kind, namespace and name: for a host claimed by several, the first wins.
     pub virtual_services: BTreeMap<ObjectKey, VirtualService>,
+    pub gateways: BTreeMap<ObjectKey, gateway::Gateway>,
     /// Exact host → the VirtualServices naming it; and those with a wildcard host. Finding
     /// a host's VirtualService is then a lookup, not a scan of every VirtualService.
     virtual_services_by_host: HashMap<String, BTreeSet<ObjectKey>>,
@@ -90,6 +101,13 @@ pub struct Mesh {
     /// Host → the ServiceEntries, and the DestinationRules, claiming it.
     entry_claimants: HashMap<String, BTreeSet<ObjectKey>>,
     rule_claimants: HashMap<String, BTreeSet<ObjectKey>>,
+    /// Namespace → the ServiceEntries there with a `workloadSelector`: a WorkloadEntry change
+    /// in the namespace rebuilds their hosts.
+    selecting: HashMap<String, BTreeSet<ObjectKey>>,
+    /// VirtualService → the roots delegating to it, and root → its delegates: a delegate's
+    /// change re-reads its roots.
+    delegated_by: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    delegates_of: HashMap<ObjectKey, Vec<ObjectKey>>,
     problems: BTreeMap<ObjectKey, BTreeMap<Topic, Vec<Problem>>>,
 }
 
@@ -104,6 +122,8 @@ pub struct Affected {
     pub routes: BTreeSet<String>,
     /// The VirtualServices that changed (or went).
     pub virtual_services: BTreeSet<ObjectKey>,
+    /// The Gateways that changed (or went).
+    pub gateways: BTreeSet<ObjectKey>,
 }
 
 impl Mesh {
@@ -149,6 +169,31 @@ impl Mesh {
     }
 
     fn reread(&mut self, index: &Index, key: &ObjectKey, affected: &mut Affected) {
+        self.reread_one(index, key, affected);
+        // Roots expand their delegates when read: they are read again (once: a root's own
+        // roots are not followed, as Istio follows one level).
+        let roots: Vec<ObjectKey> = self
+            .delegated_by
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter(|root| *root != key)
+            .cloned()
+            .collect();
+        for root in roots {
+            self.reread_one(index, &root, affected);
+        }
+    }
+
+    fn reread_one(&mut self, index: &Index, key: &ObjectKey, affected: &mut Affected) {
+        for target in self.delegates_of.remove(key).unwrap_or_default() {
+            if let Some(roots) = self.delegated_by.get_mut(&target) {
+                roots.remove(key);
+                if roots.is_empty() {
+                    self.delegated_by.remove(&target);
+                }
+            }
+        }
         for host in self.claims.remove(key).unwrap_or_default() {
             for claimants in [&mut self.entry_claimants, &mut self.rule_claimants] {
                 if let Some(set) = claimants.get_mut(&host) {
@@ -162,6 +207,25 @@ impl Mesh {
         }
         if key.kind == capstan_crds::Kind::VirtualService {
             affected.virtual_services.insert(key.clone());
+        }
+        if key.kind == capstan_crds::Kind::Gateway {
+            affected.gateways.insert(key.clone());
+            self.gateways.remove(key);
+        }
+        if key.kind == capstan_crds::Kind::WorkloadEntry {
+            for entry in self.selecting.get(&key.namespace).into_iter().flatten() {
+                affected
+                    .hosts
+                    .extend(self.claims.get(entry).into_iter().flatten().cloned());
+            }
+        }
+        if key.kind == capstan_crds::Kind::ServiceEntry
+            && let Some(set) = self.selecting.get_mut(&key.namespace)
+        {
+            set.remove(key);
+            if set.is_empty() {
+                self.selecting.remove(&key.namespace);
+            }
         }
         if let Some(old) = self.virtual_services.remove(key) {
             for host in &old.hosts {
@@ -196,6 +260,9 @@ impl Mesh {
                 for host in &hosts {
                     claim(&mut self.entry_claimants, host, key);
                 }
+                if se.spec.workload_selector.is_some() {
+                    claim(&mut self.selecting, &key.namespace, key);
+                }
                 affected.hosts.extend(hosts.iter().cloned());
                 self.claims.insert(key.clone(), hosts);
             }
@@ -208,8 +275,33 @@ impl Mesh {
             IstioObject::VirtualService(vs) => {
                 let hosts: Vec<String> = vs.spec.hosts.iter().map(|h| resolve(h)).collect();
                 affected.routes.extend(hosts.iter().cloned());
-                let (http, problems) =
+                let (http, mut problems) =
                     routing::http_routes(&vs.spec.http, key, &self.domain_suffix);
+                let (tcp, tcp_problems) =
+                    stream_routes::tcp_routes(&vs.spec.tcp, key, &self.domain_suffix);
+                let (tls, tls_problems) =
+                    stream_routes::tls_routes(&vs.spec.tls, key, &self.domain_suffix);
+                problems.extend(tcp_problems);
+                problems.extend(tls_problems);
+                let mut delegates = Vec::new();
+                let http = delegate::expand(
+                    index,
+                    key,
+                    &vs.spec.http,
+                    http,
+                    &self.domain_suffix,
+                    &mut delegates,
+                    &mut problems,
+                );
+                for target in &delegates {
+                    self.delegated_by
+                        .entry(target.clone())
+                        .or_default()
+                        .insert(key.clone());
+                }
+                if !delegates.is_empty() {
+                    self.delegates_of.insert(key.clone(), delegates);
+                }
                 if !problems.is_empty() {
                     self.problems
                         .entry(key.clone())
@@ -230,11 +322,18 @@ impl Mesh {
                         hosts,
                         gateways: vs.spec.gateways.clone(),
                         http,
+                        tcp,
+                        tls,
                     },
                 );
             }
-            // Gateways, Sidecars, workloads and security policies are parsed and validated,
-            // but not translated yet (their status condition says so).
+            IstioObject::Gateway(gw) => {
+                // What it cannot serve is among the unsupported fields (above).
+                let (gateway, _) = gateway::gateway(key, &gw.spec);
+                self.gateways.insert(key.clone(), gateway);
+            }
+            // Sidecars, workloads and security policies are parsed and validated, but not
+            // translated yet (their status condition says so).
             _ => {}
         }
     }
@@ -269,11 +368,13 @@ impl Mesh {
             };
             match &service {
                 None => {
-                    service = Some(Service::from_service_entry(
-                        host.to_string(),
-                        key.clone(),
-                        &se.spec,
-                    ))
+                    let mut selected =
+                        Service::from_service_entry(host.to_string(), key.clone(), &se.spec);
+                    if let Some(selector) = &se.spec.workload_selector {
+                        selected.endpoints =
+                            workloads::selected_endpoints(index, &key.namespace, &selector.labels);
+                    }
+                    service = Some(selected);
                 }
                 Some(existing) => {
                     let i = se
@@ -322,6 +423,8 @@ impl Mesh {
                                 labels: s.labels.clone(),
                             })
                             .collect(),
+                        traffic_policy: traffic_policy::Policies::from_api(&dr.spec)
+                            .map(std::sync::Arc::new),
                     })
                 }
                 Some(existing) => {

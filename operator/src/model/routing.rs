@@ -1,6 +1,7 @@
 //! VirtualService HTTP routes in capstan's own types: what translation needs of a route,
 //! read once from the API structs when the model reads the object, with destination hosts
-//! resolved and the timeout parsed.
+//! resolved and the timeout parsed. The policies (retries, fault, mirrors, headers, CORS)
+//! are in [`policy`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,6 +12,13 @@ use capstan_crds::networking::http_policy as api_policy;
 use capstan_crds::networking::virtual_service as api;
 
 use super::{Problem, hostname};
+
+mod policy;
+
+pub use policy::{
+    AbortError, Cors, Fault, FaultAbort, FaultDelay, Fraction, HeaderOps, Headers, Mirror, Retries,
+    RetryPolicy,
+};
 
 /// One entry of a VirtualService's `http` list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +32,14 @@ pub struct HttpRoute {
     pub rewrite: Rewrite,
     /// `None`: no timeout, as Istio does unless a route sets one.
     pub timeout: Option<Duration>,
+    /// Applied to forwarded requests only.
+    pub retries: Retries,
+    pub fault: Option<Fault>,
+    /// Applied to forwarded requests only.
+    pub mirrors: Vec<Mirror>,
+    /// On every request the route takes and its response.
+    pub headers: Headers,
+    pub cors: Option<Cors>,
 }
 
 impl HttpRoute {
@@ -34,6 +50,12 @@ impl HttpRoute {
             _ => &[],
         }
     }
+
+    /// Every host the route sends requests to: its destinations' and its mirrors'.
+    pub fn destination_hosts(&self) -> impl Iterator<Item = &str> {
+        let forward = self.destinations().iter().map(|d| d.host.as_str());
+        forward.chain(self.mirrors.iter().map(|m| m.host.as_str()))
+    }
 }
 
 /// A match condition; every field set must hold.
@@ -41,6 +63,8 @@ impl HttpRoute {
 pub struct HttpMatch {
     /// Appended to the route's name.
     pub name: Option<String>,
+    /// The Envoy route's own stats prefix.
+    pub stat_prefix: Option<String>,
     pub uri: Option<StringMatch>,
     pub ignore_uri_case: bool,
     pub scheme: Option<StringMatch>,
@@ -95,6 +119,8 @@ pub struct Destination {
     pub port: Option<u32>,
     /// As written (negative counts as 0); a split drops zero weights.
     pub weight: u32,
+    /// Header operations when the request goes to this destination.
+    pub headers: Headers,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +152,8 @@ pub struct DirectResponse {
 pub struct Rewrite {
     /// Replaces the matched path prefix.
     pub uri: Option<String>,
+    /// `uriRegexRewrite`: the RE2 pattern and its substitution; wins over `uri`.
+    pub uri_regex: Option<(String, String)>,
     pub authority: Option<String>,
 }
 
@@ -153,12 +181,26 @@ pub fn http_routes(
                 }
                 parsed
             });
+            let mut policies = policy::PolicyReader {
+                key,
+                field: format!("spec.http[{i}]"),
+                problems: &mut problems,
+            };
+            let retries = policies.retries(route.retries.as_ref());
+            let fault = policies.fault(route.fault.as_ref());
+            let mirrors = policies.mirrors(route, &key.namespace, domain_suffix);
+            let cors = policies.cors(route.cors_policy.as_ref());
             HttpRoute {
                 name: non_empty(&route.name),
                 matches: route.matches.iter().map(http_match).collect(),
                 action: action(route, &key.namespace, domain_suffix),
                 rewrite: route.rewrite.as_ref().map(rewrite).unwrap_or_default(),
                 timeout,
+                retries,
+                fault,
+                mirrors,
+                headers: policy::headers(route.headers.as_ref()),
+                cors,
             }
         })
         .collect();
@@ -180,6 +222,7 @@ fn http_match(m: &api::HttpMatchRequest) -> HttpMatch {
     };
     HttpMatch {
         name: non_empty(&m.name),
+        stat_prefix: non_empty(&m.stat_prefix),
         uri: single(&m.uri),
         ignore_uri_case: m.ignore_uri_case,
         scheme: single(&m.scheme),
@@ -225,6 +268,7 @@ fn action(route: &api::HttpRoute, namespace: &str, domain_suffix: &str) -> Actio
             subset: non_empty(&d.destination.subset),
             port: d.destination.port.as_ref().map(|p| p.number),
             weight: u32::try_from(d.weight).unwrap_or(0),
+            headers: policy::headers(d.headers.as_ref()),
         })
         .collect();
     Action::Forward(destinations)
@@ -248,6 +292,10 @@ fn redirect(r: &api_policy::HttpRedirect) -> Redirect {
 fn rewrite(r: &api_policy::HttpRewrite) -> Rewrite {
     Rewrite {
         uri: non_empty(&r.uri),
+        uri_regex: r
+            .uri_regex_rewrite
+            .as_ref()
+            .map(|re| (re.pattern.clone(), re.rewrite.clone())),
         authority: non_empty(&r.authority),
     }
 }

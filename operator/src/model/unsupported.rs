@@ -1,6 +1,7 @@
 //! Config capstan accepts but does not act on yet, named field by field, so that `run` warns
 //! and the object's status says so instead of the config being ignored silently.
 
+use capstan_crds::networking::destination_rule as dr;
 use capstan_crds::{IstioObject, Kind};
 
 use crate::model::Problem;
@@ -9,7 +10,11 @@ use crate::model::Problem;
 pub fn kind_is_translated(kind: Kind) -> bool {
     matches!(
         kind,
-        Kind::ServiceEntry | Kind::DestinationRule | Kind::VirtualService
+        Kind::ServiceEntry
+            | Kind::DestinationRule
+            | Kind::VirtualService
+            | Kind::Gateway
+            | Kind::WorkloadEntry
     )
 }
 
@@ -24,6 +29,8 @@ pub fn kind_message(kind: Kind) -> String {
 pub fn fields(object: &IstioObject) -> Vec<Problem> {
     let key = object.key();
     let mut out = Vec::new();
+    // Problems with a message of their own, added after the others.
+    let mut extra = Vec::new();
     let mut not_applied = |field: String, what: &str| {
         out.push(Problem {
             object: key.clone(),
@@ -37,21 +44,19 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
             if !spec.addresses.is_empty() {
                 not_applied("spec.addresses".into(), "addresses");
             }
-            if spec.workload_selector.is_some() {
-                not_applied("spec.workloadSelector".into(), "workloadSelector");
-            }
             if !spec.export_to.is_empty() {
                 not_applied("spec.exportTo".into(), "exportTo (visible everywhere)");
             }
         }
         IstioObject::DestinationRule(dr) => {
             let spec = &dr.spec;
-            if spec.traffic_policy.is_some() {
-                not_applied("spec.trafficPolicy".into(), "trafficPolicy");
+            if let Some(policy) = &spec.traffic_policy {
+                traffic_policy("spec.trafficPolicy", policy, &mut not_applied);
             }
             for (i, subset) in spec.subsets.iter().enumerate() {
-                if subset.traffic_policy.is_some() {
-                    not_applied(format!("spec.subsets[{i}].trafficPolicy"), "trafficPolicy");
+                if let Some(policy) = &subset.traffic_policy {
+                    let field = format!("spec.subsets[{i}].trafficPolicy");
+                    traffic_policy(&field, policy, &mut not_applied);
                 }
             }
             if !spec.export_to.is_empty() {
@@ -63,42 +68,144 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
         }
         IstioObject::VirtualService(vs) => {
             let spec = &vs.spec;
-            if !spec.tls.is_empty() {
-                not_applied("spec.tls".into(), "TLS routing");
+            // Gateways serve tcp and tls routes; sidecars have no listener per port yet.
+            let sidecars = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
+            if sidecars && !spec.tls.is_empty() {
+                extra.push(Problem {
+                    object: key.clone(),
+                    field: "spec.tls".into(),
+                    message: "TLS routing is not applied on sidecars yet (gateways apply it)"
+                        .into(),
+                });
             }
-            if !spec.tcp.is_empty() {
-                not_applied("spec.tcp".into(), "TCP routing");
+            if sidecars && !spec.tcp.is_empty() {
+                extra.push(Problem {
+                    object: key.clone(),
+                    field: "spec.tcp".into(),
+                    message: "TCP routing is not applied on sidecars yet (gateways apply it)"
+                        .into(),
+                });
             }
             if !spec.export_to.is_empty() {
                 not_applied("spec.exportTo".into(), "exportTo (visible everywhere)");
             }
+            // The http routes' retries, fault, mirrors, headers and corsPolicy are applied
+            // (docs/traffic-routes.md); sourceLabels/sourceNamespace matches are reported
+            // by translation, per match.
             for (i, http) in spec.http.iter().enumerate() {
                 let field = |name: &str| format!("spec.http[{i}].{name}");
-                if http.retries.is_some() {
-                    not_applied(field("retries"), "retries");
+                if http
+                    .redirect
+                    .as_ref()
+                    .is_some_and(|r| r.derive_port.is_some())
+                {
+                    not_applied(field("redirect.derivePort"), "derivePort");
                 }
-                if http.fault.is_some() {
-                    not_applied(field("fault"), "fault injection");
-                }
-                if http.mirror.is_some() || !http.mirrors.is_empty() {
-                    not_applied(field("mirror"), "mirroring");
-                }
-                if http.cors_policy.is_some() {
-                    not_applied(field("corsPolicy"), "corsPolicy");
-                }
-                if http.headers.is_some() {
-                    not_applied(field("headers"), "header manipulation");
-                }
-                for (j, route) in http.route.iter().enumerate() {
-                    if route.headers.is_some() {
-                        not_applied(field(&format!("route[{j}].headers")), "header manipulation");
-                    }
+                let body = http.direct_response.as_ref().and_then(|d| d.body.as_ref());
+                if body.is_some_and(|b| b.bytes.is_some()) {
+                    not_applied(field("directResponse.body.bytes"), "a bytes body");
                 }
             }
         }
+        IstioObject::WorkloadEntry(we) if !we.spec.network.is_empty() => {
+            not_applied("spec.network".into(), "network (multi-network meshes)");
+        }
+        IstioObject::Gateway(gw) => {
+            let (_, problems) = crate::model::gateway::gateway(&key, &gw.spec);
+            extra.extend(problems);
+        }
         _ => {}
     }
+    out.extend(extra);
     out
+}
+
+/// The parts of a DestinationRule traffic policy capstan does not apply (the rest is, see
+/// `translate/cluster/`), at the top level, per port and per subset alike.
+fn traffic_policy(
+    at: &str,
+    policy: &dr::TrafficPolicy,
+    not_applied: &mut impl FnMut(String, &str),
+) {
+    if policy.tunnel.is_some() {
+        not_applied(format!("{at}.tunnel"), "tunnel");
+    }
+    if policy.proxy_protocol.is_some() {
+        not_applied(format!("{at}.proxyProtocol"), "proxyProtocol");
+    }
+    if policy.retry_budget.is_some() {
+        not_applied(format!("{at}.retryBudget"), "retryBudget");
+    }
+    port_policy(
+        at,
+        policy.load_balancer.as_ref(),
+        policy.outlier_detection.as_ref(),
+        policy.tls.as_ref(),
+        not_applied,
+    );
+    for (i, port) in policy.port_level_settings.iter().enumerate() {
+        port_policy(
+            &format!("{at}.portLevelSettings[{i}]"),
+            port.load_balancer.as_ref(),
+            port.outlier_detection.as_ref(),
+            port.tls.as_ref(),
+            not_applied,
+        );
+    }
+}
+
+fn port_policy(
+    at: &str,
+    lb: Option<&dr::LoadBalancerSettings>,
+    outlier: Option<&dr::OutlierDetection>,
+    tls: Option<&dr::ClientTlsSettings>,
+    not_applied: &mut impl FnMut(String, &str),
+) {
+    if let Some(lb) = lb {
+        let field = |name: &str| format!("{at}.loadBalancer.{name}");
+        if lb.locality_lb_setting.is_some() {
+            not_applied(field("localityLbSetting"), "localityLbSetting");
+        }
+        if lb.zone_aware_lb_setting.is_some() {
+            not_applied(field("zoneAwareLbSetting"), "zoneAwareLbSetting");
+        }
+        if lb.warmup.is_some() {
+            not_applied(field("warmup"), "warmup");
+        }
+        if lb.warmup_duration_secs.is_some() {
+            not_applied(field("warmupDurationSecs"), "warmupDurationSecs");
+        }
+        if lb
+            .consistent_hash
+            .as_ref()
+            .and_then(|h| h.http_cookie.as_ref())
+            .is_some_and(|c| !c.attributes.is_empty())
+        {
+            not_applied(
+                field("consistentHash.httpCookie.attributes"),
+                "httpCookie.attributes",
+            );
+        }
+    }
+    if let Some(outlier) = outlier {
+        if outlier.consecutive_errors != 0 {
+            not_applied(
+                format!("{at}.outlierDetection.consecutiveErrors"),
+                "consecutiveErrors (deprecated: use consecutive5xxErrors)",
+            );
+        }
+        if !outlier.outlier_detection_http_error_codes.is_empty() {
+            not_applied(
+                format!("{at}.outlierDetection.outlierDetectionHttpErrorCodes"),
+                "outlierDetectionHttpErrorCodes",
+            );
+        }
+    }
+    if let Some(tls) = tls
+        && !tls.credential_name.is_empty()
+    {
+        not_applied(format!("{at}.tls.credentialName"), "tls.credentialName");
+    }
 }
 
 #[cfg(test)]
@@ -116,15 +223,63 @@ metadata: {name: reviews, namespace: bookinfo}
 spec:
   hosts: [reviews]
   http:
-  - route: [{destination: {host: reviews}}]
+  - route:
+    - destination: {host: reviews}
+      headers: {request: {set: {x-a: b}}}
     retries: {attempts: 3}
+    fault: {abort: {httpStatus: 503, percentage: {value: 1}}}
+    mirror: {host: reviews}
+    headers: {response: {remove: [x-b]}}
+    corsPolicy: {allowOrigins: [{exact: "https://a.example"}]}
+  - redirect: {authority: other.example, derivePort: FROM_REQUEST_PORT}
+  tcp:
   - route: [{destination: {host: reviews}}]
 "#,
         )
         .expect("valid");
         let problems = fields(&document.object);
         let named: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
-        assert_eq!(named, vec!["spec.http[0].retries"]);
+        // The http policies are applied; derivePort and TCP routing (on sidecars) are not.
+        assert_eq!(named, vec!["spec.http[1].redirect.derivePort", "spec.tcp"]);
         assert!(problems[0].message.contains("not applied"));
+    }
+
+    #[test]
+    fn destination_rule_policies_name_only_what_is_not_applied() {
+        let document = capstan_crds::parse_single(
+            "t.yaml",
+            r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: RANDOM}
+    connectionPool: {tcp: {maxConnections: 1}}
+    outlierDetection: {consecutive5xxErrors: 1}
+    tls: {mode: ISTIO_MUTUAL}
+    tunnel: {targetHost: example.com, targetPort: 443}
+    portLevelSettings:
+    - port: {number: 9080}
+      outlierDetection: {consecutive5xxErrors: 2, outlierDetectionHttpErrorCodes: [500]}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      tls: {mode: SIMPLE, credentialName: reviews-tls}
+"#,
+        )
+        .expect("valid");
+        let problems = fields(&document.object);
+        let named: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            named,
+            vec![
+                "spec.trafficPolicy.tunnel",
+                "spec.trafficPolicy.portLevelSettings[0].outlierDetection.outlierDetectionHttpErrorCodes",
+                "spec.subsets[0].trafficPolicy.tls.credentialName",
+            ]
+        );
     }
 }

@@ -1,10 +1,18 @@
-//! CDS: a cluster per service port, and one per DestinationRule subset of it.
+//! CDS: a cluster per service port, and one per DestinationRule subset of it, with the
+//! DestinationRule's traffic policy applied as istiod applies it (`cluster_traffic_policy.go`):
+//! connection pool ([`pool`]), outlier detection ([`outlier`]), load balancer ([`lb`]) and
+//! upstream TLS ([`tls`]), in that order.
+
+mod lb;
+mod outlier;
+mod pool;
+mod tls;
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy,
+    ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbPolicy,
 };
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+use envoy_types::pb::envoy::config::core::v3::{Http1ProtocolOptions, Http2ProtocolOptions};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
@@ -14,26 +22,48 @@ use envoy_types::pb::google::protobuf::Duration;
 use envoy_types::util::pack_any;
 
 use super::{ServiceCluster, ads_config_source, endpoint, service_clusters_of};
+use crate::model::traffic_policy::Policy;
 use crate::model::{Mesh, Resolution, Service};
 
-/// Istio's default connect timeout.
+/// Istio's default connect timeout (MeshConfig `connectTimeout`).
 const CONNECT_TIMEOUT: Duration = Duration {
     seconds: 10,
     nanos: 0,
 };
 
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
 /// Every cluster of the mesh (what a full build encodes, one host at a time).
 #[cfg(test)]
 pub fn clusters(mesh: &Mesh) -> Vec<(String, Cluster)> {
-    super::service_clusters(mesh).map(cluster).collect()
+    super::service_clusters(mesh)
+        .map(|c| cluster(mesh, c))
+        .collect()
 }
 
 /// The clusters of one service.
 pub fn clusters_of(mesh: &Mesh, service: &Service) -> Vec<(String, Cluster)> {
-    service_clusters_of(mesh, service).map(cluster).collect()
+    service_clusters_of(mesh, service)
+        .map(|c| cluster(mesh, c))
+        .collect()
 }
 
-fn cluster(spec: ServiceCluster<'_>) -> (String, Cluster) {
+/// The subset of a cluster named `outbound|port|subset|host` (`None` for the whole service).
+fn subset_of(name: &str) -> Option<&str> {
+    name.split('|').nth(2).filter(|s| !s.is_empty())
+}
+
+/// The traffic policy of a cluster: its host's DestinationRule's, merged for the subset and
+/// port (none: every setting at istiod's default).
+fn policy_of(mesh: &Mesh, host: &str, subset: Option<&str>, port: u32) -> Policy {
+    mesh.destination_rules
+        .get(host)
+        .and_then(|dr| dr.traffic_policy.as_ref())
+        .and_then(|p| p.for_cluster(subset, port))
+        .unwrap_or_default()
+}
+
+fn cluster(mesh: &Mesh, spec: ServiceCluster<'_>) -> (String, Cluster) {
     let ServiceCluster {
         name,
         service,
@@ -44,6 +74,7 @@ fn cluster(spec: ServiceCluster<'_>) -> (String, Cluster) {
         name: name.clone(),
         connect_timeout: Some(CONNECT_TIMEOUT),
         lb_policy: LbPolicy::RoundRobin as i32,
+        common_lb_config: Some(CommonLbConfig::default()),
         ..Default::default()
     };
     match service.resolution {
@@ -63,6 +94,12 @@ fn cluster(spec: ServiceCluster<'_>) -> (String, Cluster) {
                 DiscoveryType::LogicalDns
             };
             cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(discovery as i32));
+            // Envoy's default prefers IPv6: a name with both records (`localhost`, most
+            // dual-stack hosts) would go to an IPv6 address an IPv4 workload never listens on.
+            // istiod picks the family from the proxy's addresses; IPv4 first serves both.
+            cluster.dns_lookup_family =
+                envoy_types::pb::envoy::config::cluster::v3::cluster::DnsLookupFamily::V4Preferred
+                    as i32;
             let mut assignment = endpoint::load_assignment(&name, service, port, labels);
             if discovery == DiscoveryType::LogicalDns {
                 // A logical DNS cluster takes exactly one name.
@@ -81,23 +118,79 @@ fn cluster(spec: ServiceCluster<'_>) -> (String, Cluster) {
             cluster.lb_policy = LbPolicy::ClusterProvided as i32;
         }
     }
+    let mut http_options = HttpProtocolOptions::default();
     if port.is_http2() {
-        let options = HttpProtocolOptions {
-            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-                ExplicitHttpConfig {
-                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
-                        Http2ProtocolOptions::default(),
-                    )),
-                },
-            )),
-            ..Default::default()
+        set_http2(&mut http_options);
+    }
+    let subset = subset_of(&name);
+    let policy = policy_of(mesh, &service.host, subset, port.number);
+    pool::apply(
+        &mut cluster,
+        &mut http_options,
+        port,
+        policy.connection_pool.as_ref(),
+    );
+    outlier::apply(&mut cluster, policy.outlier_detection.as_ref());
+    lb::apply(&mut cluster, policy.load_balancer.as_ref());
+    if let Some(settings) = &policy.tls {
+        let target = tls::Target {
+            service,
+            port: port.number,
+            subset,
+            trust_domain: tls::TRUST_DOMAIN,
+            http2: is_http2(&http_options),
         };
-        cluster.typed_extension_protocol_options.insert(
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
-            pack_any(options),
-        );
+        tls::apply(&mut cluster, &mut http_options, settings, &target);
+    }
+    if http_options != HttpProtocolOptions::default() {
+        // Envoy requires the upstream protocol to be chosen: HTTP/1.1 unless set above.
+        if http_options.upstream_protocol_options.is_none() {
+            http_options.upstream_protocol_options = Some(
+                UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+                    protocol_config: Some(ProtocolConfig::HttpProtocolOptions(
+                        Http1ProtocolOptions::default(),
+                    )),
+                }),
+            );
+        }
+        cluster
+            .typed_extension_protocol_options
+            .insert(HTTP_PROTOCOL_OPTIONS.into(), pack_any(http_options));
     }
     (name, cluster)
+}
+
+/// Makes the cluster speak HTTP/2 upstream, unless its protocol is already chosen.
+fn set_http2(options: &mut HttpProtocolOptions) {
+    if options.upstream_protocol_options.is_none() {
+        options.upstream_protocol_options = Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            },
+        ));
+    }
+}
+
+/// A duration as protobuf's.
+pub fn proto_duration(d: std::time::Duration) -> Duration {
+    Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// Whether the options make an HTTP/2 cluster (istiod's `isHttp2Cluster`).
+fn is_http2(options: &HttpProtocolOptions) -> bool {
+    matches!(
+        &options.upstream_protocol_options,
+        Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(_)),
+            }
+        ))
+    )
 }
 
 #[cfg(test)]
@@ -154,6 +247,12 @@ spec:
         let (name, c) = &clusters[0];
         assert_eq!(name, "outbound|443||api.example.com");
         assert_eq!(discovery(c), DiscoveryType::StrictDns);
+        assert_eq!(
+            c.dns_lookup_family,
+            envoy_types::pb::envoy::config::cluster::v3::cluster::DnsLookupFamily::V4Preferred
+                as i32,
+            "IPv4 first: an IPv4 workload is not on the name's IPv6 address"
+        );
         let endpoints = &c
             .load_assignment
             .as_ref()
@@ -198,5 +297,123 @@ spec:
             })) => Upstream::Http2,
             other => Upstream::Other(format!("{other:?}")),
         })
+    }
+
+    const POLICY_DR: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: RANDOM}
+    connectionPool: {tcp: {maxConnections: 5}}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      outlierDetection: {consecutive5xxErrors: 2}
+      portLevelSettings:
+      - port: {number: 9080}
+        tls: {mode: ISTIO_MUTUAL}
+  - name: v2
+    labels: {version: v2}
+"#;
+
+    fn policy(c: &Cluster) -> LbPolicy {
+        LbPolicy::try_from(c.lb_policy).expect("known policy")
+    }
+
+    fn max_connections(c: &Cluster) -> Option<u32> {
+        c.circuit_breakers
+            .as_ref()
+            .and_then(|b| b.thresholds.first())
+            .and_then(|t| t.max_connections.as_ref())
+            .map(|v| v.value)
+    }
+
+    #[test]
+    fn traffic_policy_is_merged_per_subset_and_port() {
+        let yaml = REVIEWS
+            .split("---")
+            .next()
+            .expect("service entry")
+            .to_string();
+        let clusters: std::collections::BTreeMap<String, Cluster> =
+            clusters(&mesh(&format!("{yaml}---{POLICY_DR}")))
+                .into_iter()
+                .collect();
+        let whole = &clusters["outbound|9080||reviews.bookinfo.svc.cluster.local"];
+        assert_eq!(policy(whole), LbPolicy::Random);
+        assert_eq!(max_connections(whole), Some(5));
+        assert!(whole.outlier_detection.is_none() && whole.transport_socket.is_none());
+        // v1's port-level settings replace everything: only TLS, defaults elsewhere.
+        let v1 = &clusters["outbound|9080|v1|reviews.bookinfo.svc.cluster.local"];
+        assert_eq!(policy(v1), LbPolicy::LeastRequest);
+        assert_eq!(max_connections(v1), Some(u32::MAX));
+        assert!(v1.outlier_detection.is_none());
+        assert!(v1.transport_socket.is_some());
+        // v2 has no policy of its own: the top level's.
+        let v2 = &clusters["outbound|9080|v2|reviews.bookinfo.svc.cluster.local"];
+        assert_eq!(policy(v2), LbPolicy::Random);
+        assert_eq!(max_connections(v2), Some(5));
+    }
+
+    #[test]
+    fn clusters_without_a_rule_get_istiods_defaults() {
+        for (name, c) in clusters(&mesh(REVIEWS)) {
+            assert_eq!(policy(&c), LbPolicy::LeastRequest, "{name}");
+            assert_eq!(max_connections(&c), Some(u32::MAX), "{name}");
+            assert_eq!(c.connect_timeout, Some(CONNECT_TIMEOUT), "{name}");
+            assert!(c.outlier_detection.is_none() && c.transport_socket.is_none());
+        }
+    }
+
+    /// Editing only a DestinationRule's policy rebuilds its host's clusters incrementally.
+    #[test]
+    fn a_policy_edit_rebuilds_the_hosts_clusters() {
+        use crate::index::{Event, IstioRecord, Record};
+        use crate::reconcile::Pipeline;
+        use capstan_xds::{SnapshotCache, type_index, type_url};
+        use prost::Message;
+
+        let event = |yaml: &str| {
+            let document = capstan_crds::parse_single("t.yaml", yaml).expect("valid");
+            Event::Apply(Record::Istio(IstioRecord::valid(document.object)))
+        };
+        let options = super::super::Options {
+            outbound_bind: "127.0.0.1".into(),
+            outbound_port: 15001,
+        };
+        let mut pipeline = Pipeline::new(options, "cluster.local");
+        let cache = SnapshotCache::new();
+        cache.replace(pipeline.full());
+        let mut parts = REVIEWS.split("---");
+        let (se, dr) = (parts.next().expect("se"), parts.next().expect("dr"));
+        for yaml in [se, dr] {
+            let changes = pipeline.index.handle(event(yaml));
+            cache.apply(pipeline.update(&changes));
+        }
+        let cluster_named = |name: &str| {
+            let state = cache.current();
+            let index = type_index(type_url::CLUSTER).expect("cluster type");
+            let entry = state.snapshot.get(index, name).expect("cluster served");
+            Cluster::decode(entry.variants()[0].1.body()).expect("decodes")
+        };
+        let v2 = "outbound|9080|v2|reviews.bookinfo.svc.cluster.local";
+        assert_eq!(policy(&cluster_named(v2)), LbPolicy::LeastRequest);
+
+        let changes = pipeline.index.handle(event(POLICY_DR));
+        let update = pipeline.update(&changes);
+        assert!(!update.is_empty(), "the policy edit changes something");
+        cache.apply(update);
+        let after = cluster_named(v2);
+        assert_eq!(policy(&after), LbPolicy::Random);
+        assert_eq!(max_connections(&after), Some(5));
+        assert!(
+            cluster_named("outbound|9080|v1|reviews.bookinfo.svc.cluster.local")
+                .transport_socket
+                .is_some()
+        );
     }
 }

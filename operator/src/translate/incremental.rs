@@ -15,11 +15,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use capstan_crds::ObjectKey;
-use capstan_xds::{Parts, Resource, Selector, SnapshotBuilder, Update, type_url};
+use capstan_xds::{Parts, Resource, Role, Selector, SnapshotBuilder, Update, type_url};
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use prost::Message;
 
-use super::{OUTBOUND_HTTP, Options, cluster, endpoint, listener, route};
+use super::{OUTBOUND_HTTP, Options, cluster, endpoint, gateway, listener, route};
 use crate::model::{Affected, Mesh, Problem, Service, hostname};
 
 /// The encoded resources of one service host.
@@ -80,6 +80,19 @@ pub struct Translator {
     /// that no service has.
     route_problems: BTreeMap<ObjectKey, BTreeMap<String, Vec<Problem>>>,
     unbound: BTreeMap<ObjectKey, Vec<Problem>>,
+    gateways: GatewayState,
+}
+
+/// What the gateways were last built from and into: they are rebuilt whole when one of
+/// these changes (see `translate::gateway`).
+#[derive(Default)]
+struct GatewayState {
+    /// The listeners and route configurations, by selector, type and name.
+    resources: BTreeSet<(Selector, &'static str, String)>,
+    /// The VirtualServices bound to a gateway, and the hosts their routes send to.
+    bound: BTreeSet<ObjectKey>,
+    destinations: BTreeSet<String>,
+    problems: Vec<Problem>,
 }
 
 impl Translator {
@@ -97,6 +110,7 @@ impl Translator {
             route_variants: BTreeSet::new(),
             route_problems: BTreeMap::new(),
             unbound: BTreeMap::new(),
+            gateways: GatewayState::default(),
         }
     }
 
@@ -107,6 +121,7 @@ impl Translator {
             hosts: mesh.services.keys().cloned().collect(),
             routes: BTreeSet::new(),
             virtual_services: mesh.virtual_services.keys().cloned().collect(),
+            gateways: mesh.gateways.keys().cloned().collect(),
         };
         // Everything is new: what is kept afterwards is the snapshot.
         self.rebuild(mesh, &everything, &mut Update::new());
@@ -119,8 +134,12 @@ impl Translator {
         }
         for (name, listener) in listener::listeners(&self.options) {
             if let Some(resource) = Resource::encode(name, &listener) {
-                out.add(resource);
+                // Gateways have listeners of their own.
+                out.add_for(Selector::role(Role::Sidecar), resource);
             }
+        }
+        for (selector, resource) in self.build_gateways(mesh) {
+            out.add_for(selector, resource);
         }
         let (variants, _) = self.assemble_routes(mesh);
         for (namespace, resource) in variants {
@@ -135,6 +154,15 @@ impl Translator {
     /// Rebuilds what `affected` names; returns the resources to put and remove.
     pub fn update(&mut self, mesh: &Mesh, affected: &Affected) -> Update {
         let mut update = Update::new();
+        if self.gateways_affected(mesh, affected) {
+            let before = std::mem::take(&mut self.gateways.resources);
+            for (selector, resource) in self.build_gateways(mesh) {
+                update.put_for(selector, resource);
+            }
+            for (selector, type_url, name) in before.difference(&self.gateways.resources) {
+                update.remove_for(selector.clone(), type_url, name);
+            }
+        }
         if self.rebuild(mesh, affected, &mut update) {
             let (variants, gone) = self.assemble_routes(mesh);
             for (namespace, resource) in variants {
@@ -209,6 +237,55 @@ impl Translator {
             .values()
             .flat_map(|by_host| by_host.values().flatten())
             .chain(self.unbound.values().flatten())
+            .chain(&self.gateways.problems)
+    }
+
+    /// Whether a change reaches the gateways: a Gateway, a VirtualService bound to one (before
+    /// or after), or a service their routes send to.
+    fn gateways_affected(&self, mesh: &Mesh, affected: &Affected) -> bool {
+        !affected.gateways.is_empty()
+            || affected.virtual_services.iter().any(|key| {
+                self.gateways.bound.contains(key)
+                    || mesh
+                        .virtual_services
+                        .get(key)
+                        .is_some_and(gateway::binds_gateways)
+            })
+            || affected
+                .hosts
+                .iter()
+                .any(|h| self.gateways.destinations.contains(h))
+    }
+
+    /// Builds every gateway resource, remembering what they were built from.
+    fn build_gateways(&mut self, mesh: &Mesh) -> Vec<(Selector, Resource)> {
+        let built = gateway::build(mesh);
+        let mut out = Vec::new();
+        let mut resources = BTreeSet::new();
+        for (selector, listener) in &built.listeners {
+            if let Some(r) = Resource::encode(listener.name.clone(), listener) {
+                resources.insert((selector.clone(), type_url::LISTENER, listener.name.clone()));
+                out.push((selector.clone(), r));
+            }
+        }
+        for (selector, config) in &built.routes {
+            if let Some(r) = Resource::encode(config.name.clone(), config) {
+                resources.insert((selector.clone(), type_url::ROUTE, config.name.clone()));
+                out.push((selector.clone(), r));
+            }
+        }
+        self.gateways = GatewayState {
+            resources,
+            bound: mesh
+                .virtual_services
+                .iter()
+                .filter(|(_, vs)| gateway::binds_gateways(vs))
+                .map(|(k, _)| k.clone())
+                .collect(),
+            destinations: built.destinations,
+            problems: built.problems,
+        };
+        out
     }
 
     /// Keeps `new` as the resources of `host`; what it no longer has is removed.
@@ -430,8 +507,8 @@ fn build_virtual_hosts(mesh: &Mesh, host: &str) -> Option<BuiltVirtualHosts> {
             let mut hosts: Vec<String> = vs
                 .http
                 .iter()
-                .flat_map(|h| h.destinations())
-                .map(|d| d.host.clone())
+                .flat_map(|h| h.destination_hosts())
+                .map(str::to_string)
                 .collect();
             hosts.sort();
             hosts.dedup();

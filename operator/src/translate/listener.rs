@@ -5,14 +5,13 @@ use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
-use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, Rds,
+    HttpConnectionManager, Rds,
 };
 use envoy_types::util::pack_any;
 
+use super::http_filters::http_filters;
 use super::{OUTBOUND_HTTP, Options, ads_config_source};
 
 pub fn listeners(options: &Options) -> Vec<(String, Listener)> {
@@ -22,11 +21,7 @@ pub fn listeners(options: &Options) -> Vec<(String, Listener)> {
             config_source: Some(ads_config_source()),
             route_config_name: OUTBOUND_HTTP.to_string(),
         })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".to_string(),
-            config_type: Some(HttpFilterConfig::TypedConfig(pack_any(Router::default()))),
-            ..Default::default()
-        }],
+        http_filters: http_filters(),
         ..Default::default()
     };
     let listener = Listener {

@@ -5,6 +5,8 @@
 
 mod cluster;
 mod endpoint;
+mod gateway;
+mod http_filters;
 mod incremental;
 mod listener;
 mod route;

@@ -65,6 +65,7 @@ fn uri_and_pseudo_header_matches() {
       authority: {prefix: reviews}
       port: 9080
       gateways: [mesh]
+      statPrefix: reviews_v2
     route: [{destination: {host: reviews}}]
 ",
     );
@@ -72,6 +73,7 @@ fn uri_and_pseudo_header_matches() {
         m,
         HttpMatch {
             name: Some("v2".into()),
+            stat_prefix: Some("reviews_v2".into()),
             uri: Some(StringMatch::Prefix("/reviews".into())),
             ignore_uri_case: true,
             scheme: Some(StringMatch::Exact("https".into())),
@@ -178,6 +180,7 @@ fn destinations_resolve_in_the_virtual_services_namespace() {
                 subset: Some("v1".into()),
                 port: None,
                 weight: 80,
+                headers: Headers::default(),
             },
             // A name with a dot is taken as written, as Istio does.
             Destination {
@@ -185,12 +188,14 @@ fn destinations_resolve_in_the_virtual_services_namespace() {
                 subset: None,
                 port: Some(9090),
                 weight: 20,
+                headers: Headers::default(),
             },
             Destination {
                 host: "details.other.svc.cluster.local".into(),
                 subset: None,
                 port: None,
                 weight: 0,
+                headers: Headers::default(),
             },
         ])
     );
@@ -246,12 +251,19 @@ fn rewrite_and_timeout() {
     timeout: 1.5s
     route: [{destination: {host: reviews}}]
   - route: [{destination: {host: reviews}}]
+  - rewrite: {uriRegexRewrite: {match: '^/v1/(.*)', rewrite: '/\\1'}}
+    route: [{destination: {host: reviews}}]
 ",
+    );
+    assert_eq!(
+        routes[2].rewrite.uri_regex,
+        Some(("^/v1/(.*)".to_string(), r"/\1".to_string()))
     );
     assert_eq!(
         routes[0].rewrite,
         Rewrite {
             uri: Some("/v1".into()),
+            uri_regex: None,
             authority: Some("reviews.internal".into()),
         }
     );
@@ -302,4 +314,256 @@ fn the_mesh_reports_an_invalid_timeout_until_it_is_fixed() {
     load(&mut index, "  - route: [{destination: {host: reviews}}]\n");
     mesh.update(&index, &crate::model::everything(&index));
     assert_eq!(mesh.problems().filter(|p| p.object == key).count(), 0);
+}
+
+/// The routes and the problems found converting them.
+fn routes_with_problems(http: &str) -> (Vec<HttpRoute>, Vec<String>) {
+    let (api, key) = parse(http);
+    let (routes, problems) = http_routes(&api, &key, "cluster.local");
+    (routes, problems.iter().map(|p| p.field.clone()).collect())
+}
+
+#[test]
+fn retries_default_disabled_or_set() {
+    let routes = routes(
+        "  - route: [{destination: {host: reviews}}]
+  - route: [{destination: {host: reviews}}]
+    retries: {attempts: 0, retryOn: 5xx}
+  - route: [{destination: {host: reviews}}]
+    retries:
+      attempts: 3
+      perTryTimeout: 250ms
+      retryOn: 5xx,503
+      retryRemoteLocalities: true
+",
+    );
+    assert_eq!(routes[0].retries, Retries::Default);
+    assert_eq!(routes[1].retries, Retries::Disabled);
+    assert_eq!(
+        routes[2].retries,
+        Retries::Policy(RetryPolicy {
+            attempts: 3,
+            per_try_timeout: Some(Duration::from_millis(250)),
+            retry_on: Some("5xx,503".into()),
+            retry_remote_localities: true,
+            retry_ignore_previous_hosts: None,
+            backoff: None,
+        })
+    );
+}
+
+#[test]
+fn fault_percentages_as_istio_reads_them() {
+    let routes = routes(
+        "  - route: [{destination: {host: reviews}}]
+    fault:
+      delay: {fixedDelay: 1.5s, percent: 30}
+      abort: {grpcStatus: UNAVAILABLE, percentage: {value: 0.5}}
+  - route: [{destination: {host: reviews}}]
+    fault:
+      delay: {fixedDelay: 2s, percentage: {value: 12.5}}
+      abort: {httpStatus: 503}
+",
+    );
+    assert_eq!(
+        routes[0].fault,
+        Some(Fault {
+            delay: Some(FaultDelay {
+                fixed: Duration::from_millis(1500),
+                percentage: Fraction::PerHundred(30),
+            }),
+            abort: Some(FaultAbort {
+                error: AbortError::GrpcStatus(14),
+                percentage: Some(Fraction::PerMillion(5_000)),
+            }),
+        })
+    );
+    assert_eq!(
+        routes[1].fault,
+        Some(Fault {
+            delay: Some(FaultDelay {
+                fixed: Duration::from_secs(2),
+                percentage: Fraction::PerMillion(125_000),
+            }),
+            abort: Some(FaultAbort {
+                error: AbortError::HttpStatus(503),
+                percentage: None,
+            }),
+        })
+    );
+}
+
+#[test]
+fn faults_istio_cannot_apply_are_problems_and_left_out() {
+    let (routes, problems) = routes_with_problems(
+        "  - route: [{destination: {host: reviews}}]
+    fault:
+      delay: {exponentialDelay: 1s, percentage: {value: 10}}
+      abort: {http2Error: REFUSED_STREAM}
+  - route: [{destination: {host: reviews}}]
+    fault:
+      abort: {grpcStatus: NOT_A_STATUS}
+      delay: {fixedDelay: 1s}
+",
+    );
+    assert_eq!(routes[0].fault, None);
+    // The delay stays: without a percentage or percent, at 0%, as istiod builds it.
+    assert_eq!(
+        routes[1].fault,
+        Some(Fault {
+            delay: Some(FaultDelay {
+                fixed: Duration::from_secs(1),
+                percentage: Fraction::PerHundred(0),
+            }),
+            abort: None,
+        })
+    );
+    assert_eq!(
+        problems,
+        [
+            "spec.http[0].fault.delay.exponentialDelay",
+            "spec.http[0].fault.abort.http2Error",
+            "spec.http[1].fault.abort.grpcStatus",
+        ]
+    );
+}
+
+#[test]
+fn mirrors_with_their_percentages_and_zero_left_out() {
+    let routes = routes(
+        "  - route: [{destination: {host: reviews}}]
+    mirror: {host: reviews, subset: v2}
+  - route: [{destination: {host: reviews}}]
+    mirror: {host: ratings.other, port: {number: 9090}}
+    mirrorPercent: 40
+    mirrorPercentage: {value: 2.5}
+  - route: [{destination: {host: reviews}}]
+    mirror: {host: reviews}
+    mirrorPercent: 40
+  - route: [{destination: {host: reviews}}]
+    mirror: {host: reviews}
+    mirrorPercentage: {value: 0}
+  - route: [{destination: {host: reviews}}]
+    mirrors:
+    - destination: {host: reviews, subset: v3}
+    - destination: {host: reviews, subset: v2}
+      percentage: {value: 50}
+    - destination: {host: reviews, subset: v1}
+      percentage: {value: 0}
+",
+    );
+    let mirror = |host: &str, subset: Option<&str>, port, percentage| Mirror {
+        host: host.into(),
+        subset: subset.map(Into::into),
+        port,
+        percentage,
+    };
+    let reviews = "reviews.bookinfo.svc.cluster.local";
+    assert_eq!(
+        routes[0].mirrors,
+        [mirror(reviews, Some("v2"), None, Fraction::ALL)]
+    );
+    assert_eq!(
+        routes[1].mirrors,
+        [mirror(
+            "ratings.other",
+            None,
+            Some(9090),
+            Fraction::PerMillion(25_000)
+        )]
+    );
+    assert_eq!(
+        routes[2].mirrors,
+        [mirror(reviews, None, None, Fraction::PerHundred(40))]
+    );
+    assert_eq!(routes[3].mirrors, []);
+    assert_eq!(
+        routes[4].mirrors,
+        [
+            mirror(reviews, Some("v3"), None, Fraction::ALL),
+            mirror(reviews, Some("v2"), None, Fraction::PerMillion(500_000)),
+        ]
+    );
+    let hosts: Vec<&str> = routes[1].destination_hosts().collect();
+    assert_eq!(hosts, [reviews, "ratings.other"]);
+}
+
+#[test]
+fn headers_on_the_route_and_its_destinations() {
+    let routes = routes(
+        "  - route:
+    - destination: {host: reviews}
+      headers: {response: {remove: [x-b]}}
+    headers:
+      request: {set: {x-s: '1'}, add: {x-a: '2'}, remove: [x-r]}
+",
+    );
+    let route = &routes[0];
+    assert_eq!(route.headers.request.set["x-s"], "1");
+    assert_eq!(route.headers.request.add["x-a"], "2");
+    assert_eq!(route.headers.request.remove, ["x-r"]);
+    assert!(route.headers.response.is_empty());
+    let destination = &route.destinations()[0];
+    assert_eq!(destination.headers.response.remove, ["x-b"]);
+    assert!(destination.headers.request.is_empty());
+}
+
+#[test]
+fn cors_origins_methods_and_preflights() {
+    let routes = routes(
+        "  - route: [{destination: {host: reviews}}]
+    corsPolicy:
+      allowOrigins: [{exact: 'https://a.example'}, {regex: 'https://.*'}]
+      allowOrigin: ['https://ignored.example']
+      allowMethods: [GET]
+      maxAge: 24h
+      allowCredentials: false
+      unmatchedPreflights: IGNORE
+  - route: [{destination: {host: reviews}}]
+    corsPolicy: {allowOrigin: ['https://old.example']}
+",
+    );
+    assert_eq!(
+        routes[0].cors,
+        Some(Cors {
+            allow_origins: vec![
+                StringMatch::Exact("https://a.example".into()),
+                StringMatch::Regex("https://.*".into()),
+            ],
+            allow_methods: vec!["GET".into()],
+            allow_headers: vec![],
+            expose_headers: vec![],
+            max_age: Some(Duration::from_secs(86_400)),
+            allow_credentials: Some(false),
+            ignore_unmatched_preflights: true,
+        })
+    );
+    let old = routes[1].cors.as_ref().expect("cors");
+    assert_eq!(
+        old.allow_origins,
+        [StringMatch::Exact("https://old.example".into())]
+    );
+    assert!(!old.ignore_unmatched_preflights);
+}
+
+#[test]
+fn unparsable_policy_durations_are_problems_and_ignored() {
+    let (routes, problems) = routes_with_problems(
+        "  - route: [{destination: {host: reviews}}]
+    retries: {attempts: 2, perTryTimeout: soon}
+    corsPolicy: {maxAge: forever}
+",
+    );
+    let Retries::Policy(policy) = &routes[0].retries else {
+        panic!("no policy: {:?}", routes[0].retries);
+    };
+    assert_eq!(policy.per_try_timeout, None);
+    assert_eq!(routes[0].cors.as_ref().and_then(|c| c.max_age), None);
+    assert_eq!(
+        problems,
+        [
+            "spec.http[0].retries.perTryTimeout",
+            "spec.http[0].corsPolicy.maxAge"
+        ]
+    );
 }

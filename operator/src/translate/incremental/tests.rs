@@ -446,3 +446,142 @@ spec:
     assert_ne!(own.hash(), one_own.hash());
     assert_routes_decode_as_route_configurations(&mesh);
 }
+
+const INGRESS: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ['*']
+";
+
+fn shop_vs(gateways: &str, subset: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: bookinfo}}
+spec:
+  hosts: [shop.example.com]
+  gateways: {gateways}
+  http:
+  - match: [{{uri: {{prefix: /reviews}}}}]
+    route: [{{destination: {{host: reviews, subset: {subset}}}}}]
+  - route: [{{destination: {{host: ratings}}}}]
+"
+    )
+}
+
+/// Gateways are rebuilt on a change of a Gateway, of a VirtualService bound to one (before or
+/// after the change) and of a service their routes read; each step must equal a full build.
+#[test]
+fn gateway_updates_match_a_full_build() {
+    use capstan_crds::Kind;
+    check(vec![
+        istio(REVIEWS_SE),
+        istio(REVIEWS_DR),
+        service("ratings", &[("http", 9080)]),
+        istio(&shop_vs("[istio-system/ingress]", "v1")),
+        istio(INGRESS),
+        istio(&shop_vs("[istio-system/ingress]", "v2")),
+        // The route to ratings names no port: a new port of ratings changes it.
+        service("ratings", &[("http", 9090)]),
+        // Unbound from the gateway (sidecars only), then bound again.
+        istio(&shop_vs("[mesh]", "v2")),
+        istio(&shop_vs("[istio-system/ingress, mesh]", "v1")),
+        istio(&INGRESS.replace("8080", "8081")),
+        delete(Kind::Gateway, "istio-system", "ingress"),
+        delete(Kind::VirtualService, "bookinfo", "shop"),
+    ]);
+}
+
+fn workload_entry(name: &str, app: &str, address: &str) -> Event {
+    istio(&format!(
+        "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: {name}, namespace: vms}}
+spec: {{address: {address}, labels: {{app: {app}}}}}
+"
+    ))
+}
+
+/// WorkloadEntries are endpoints of the ServiceEntries selecting them: adding, relabelling
+/// and deleting one, and changing the selector, must each equal a full build.
+#[test]
+fn workload_entry_updates_match_a_full_build() {
+    use capstan_crds::Kind;
+    let entry = |app: &str| {
+        istio(&format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: billing, namespace: vms}}
+spec:
+  hosts: [billing.vms.svc.cluster.local]
+  ports: [{{number: 8080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: {app}}}}}
+"
+        ))
+    };
+    check(vec![
+        workload_entry("vm-1", "billing", "10.0.5.1"),
+        entry("billing"),
+        workload_entry("vm-2", "payroll", "10.0.5.2"),
+        workload_entry("vm-2", "billing", "10.0.5.2"),
+        workload_entry("vm-1", "billing", "10.0.5.9"),
+        delete(Kind::WorkloadEntry, "vms", "vm-1"),
+        entry("payroll"),
+        delete(Kind::ServiceEntry, "vms", "billing"),
+        workload_entry("vm-3", "billing", "10.0.5.3"),
+    ]);
+}
+
+/// A root VirtualService's delegating route takes the delegate's routes: editing, deleting
+/// and restoring the delegate, and editing the root, must each equal a full build (for the
+/// sidecars and the gateway the root is bound to).
+#[test]
+fn delegate_updates_match_a_full_build() {
+    use capstan_crds::Kind;
+    let root = |prefix: &str| {
+        istio(&format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews-root, namespace: bookinfo}}
+spec:
+  hosts: [reviews]
+  gateways: [mesh, istio-system/ingress]
+  http:
+  - match: [{{uri: {{prefix: {prefix}}}}}]
+    delegate: {{name: reviews-team, namespace: team}}
+  - route: [{{destination: {{host: reviews, subset: v1}}}}]
+"
+        ))
+    };
+    let child = |subset: &str| {
+        istio(&format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews-team, namespace: team}}
+spec:
+  http:
+  - match: [{{uri: {{prefix: /reviews/v}}, headers: {{end-user: {{exact: jason}}}}}}]
+    route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: {subset}}}}}]
+  - match: [{{uri: {{prefix: /elsewhere}}}}]
+    route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: v2}}}}]
+"
+        ))
+    };
+    check(vec![
+        istio(REVIEWS_SE),
+        istio(REVIEWS_DR),
+        istio(INGRESS),
+        root("/reviews"),
+        child("v2"),
+        child("v1"),
+        root("/"),
+        delete(Kind::VirtualService, "team", "reviews-team"),
+        child("v2"),
+        delete(Kind::VirtualService, "bookinfo", "reviews-root"),
+    ]);
+}

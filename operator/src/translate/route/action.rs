@@ -1,5 +1,9 @@
 //! VirtualService `http` routes as Envoy routes: where a request goes (weighted clusters,
-//! redirect or direct response) and how it is rewritten on the way.
+//! redirect or direct response), how it is rewritten on the way, and the route's policies
+//! (retries, mirrors, header operations, fault and CORS per-filter config).
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use envoy_types::pb::envoy::config::core::v3::DataSource;
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
@@ -11,21 +15,50 @@ use envoy_types::pb::envoy::config::route::v3::route_action::{
     ClusterSpecifier, HostRewriteSpecifier,
 };
 use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
+use envoy_types::pb::envoy::config::route::v3::weighted_cluster::cluster_weight::HostRewriteSpecifier as ClusterWeightHostRewrite;
 use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, RedirectAction, Route, RouteAction, WeightedCluster,
 };
-use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
+use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatchAndSubstitute, RegexMatcher};
+use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use envoy_types::util::pack_any;
 
+use super::convert::duration;
+use super::cors::cors_policy;
+use super::fault::http_fault;
+use super::headers::{HeaderMutations, header_mutations};
 use super::matching::route_match;
+use super::mirror::mirror_policies;
+use super::retry::retry_policy;
 use crate::model::routing::{self, Destination, HttpRoute, RedirectPath};
 use crate::model::{Mesh, Problem, VirtualService};
 use crate::translate::cluster_name;
+use crate::translate::http_filters::{CORS, FAULT};
 
 /// Istio disables Envoy's default 15 s route timeout unless a VirtualService sets one.
 pub const NO_TIMEOUT: Duration = Duration {
     seconds: 0,
     nanos: 0,
 };
+
+/// Which proxies routes are built for: sidecars (the reserved gateway `mesh`) or the proxies
+/// of one Gateway, as (namespace, name).
+#[derive(Debug, Clone, Copy)]
+pub enum Binding<'a> {
+    Mesh,
+    Gateway(&'a str, &'a str),
+}
+
+impl Binding<'_> {
+    /// Whether a match's `gateways` (as written in a VirtualService of `namespace`) name this.
+    fn named_in(self, gateways: &[String], namespace: &str) -> bool {
+        gateways.iter().any(|g| match self {
+            Binding::Mesh => g == "mesh",
+            Binding::Gateway(ns, name) => crate::model::gateway::referenced(g, namespace)
+                .is_some_and(|(n, m)| n == ns && m == name),
+        })
+    }
+}
 
 /// The Envoy routes of `vs` for requests arriving for service port `port`, in order.
 pub fn routes(
@@ -34,10 +67,21 @@ pub fn routes(
     port: u32,
     problems: &mut Vec<Problem>,
 ) -> Vec<Route> {
+    routes_bound(mesh, vs, port, Binding::Mesh, problems)
+}
+
+/// [`routes`] for the proxies of `binding`: a match naming other gateways is left out.
+pub fn routes_bound(
+    mesh: &Mesh,
+    vs: &VirtualService,
+    port: u32,
+    binding: Binding<'_>,
+    problems: &mut Vec<Problem>,
+) -> Vec<Route> {
     let mut out = Vec::new();
     for (i, http) in vs.http.iter().enumerate() {
         let field = format!("spec.http[{i}]");
-        let Some(action) = action(mesh, vs, http, port, &field, problems) else {
+        let Some(template) = route_template(mesh, vs, http, port, &field, problems) else {
             continue;
         };
         let matches: Vec<_> = if http.matches.is_empty() {
@@ -50,7 +94,7 @@ pub fn routes(
                 if m.port.is_some_and(|p| p != port) {
                     continue;
                 }
-                if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh") {
+                if !m.gateways.is_empty() && !binding.named_in(&m.gateways, &vs.origin.namespace) {
                     continue;
                 }
                 if m.by_source {
@@ -67,8 +111,8 @@ pub fn routes(
             out.push(Route {
                 name: route_name(http, i, m.and_then(|m| m.name.as_deref())),
                 r#match: Some(route_match(m)),
-                action: Some(action.clone()),
-                ..Default::default()
+                stat_prefix: m.and_then(|m| m.stat_prefix.clone()).unwrap_or_default(),
+                ..template.clone()
             });
         }
     }
@@ -86,20 +130,31 @@ fn route_name(http: &HttpRoute, index: usize, match_name: Option<&str>) -> Strin
     }
 }
 
-fn action(
+/// Everything of the Envoy route for `http` but its name and match: the action, the
+/// route's header operations (on whatever the action is, as istiod sets them) and the fault
+/// and CORS policies for their filters.
+fn route_template(
     mesh: &Mesh,
     vs: &VirtualService,
     http: &HttpRoute,
     port: u32,
     field: &str,
     problems: &mut Vec<Problem>,
-) -> Option<Action> {
-    let all = match &http.action {
-        routing::Action::Redirect(redirect) => {
-            return Some(Action::Redirect(redirect_action(redirect)));
-        }
+) -> Option<Route> {
+    let headers = header_mutations(&http.headers);
+    let authority = headers.authority.clone();
+    let mut route = Route {
+        request_headers_to_add: headers.request_to_add,
+        request_headers_to_remove: headers.request_to_remove,
+        response_headers_to_add: headers.response_to_add,
+        response_headers_to_remove: headers.response_to_remove,
+        typed_per_filter_config: per_filter_config(http),
+        ..Default::default()
+    };
+    let action = match &http.action {
+        routing::Action::Redirect(redirect) => Action::Redirect(redirect_action(redirect)),
         routing::Action::DirectResponse(response) => {
-            return Some(Action::DirectResponse(direct_response(response)));
+            Action::DirectResponse(direct_response(response))
         }
         routing::Action::Delegate => {
             problems.push(Problem {
@@ -109,66 +164,187 @@ fn action(
             });
             return None;
         }
-        routing::Action::Forward(destinations) => destinations,
-    };
-    let destinations: Vec<&Destination> = if all.len() > 1 {
-        // Istio drops zero-weight destinations from a split.
-        all.iter().filter(|d| d.weight > 0).collect()
-    } else {
-        all.iter().collect()
-    };
-    let cluster_specifier = match destinations.as_slice() {
-        [] => {
-            problems.push(Problem {
-                object: vs.origin.clone(),
-                field: format!("{field}.route"),
-                message: "no destination with a weight above 0; this route is not served".into(),
-            });
-            return None;
+        routing::Action::Forward(all) => {
+            let forward = Forward {
+                all,
+                port,
+                authority,
+            };
+            Action::Route(forward.action(mesh, vs, http, &mut route, field, problems)?)
         }
-        [only] => ClusterSpecifier::Cluster(destination_cluster(mesh, only, port)),
-        several => ClusterSpecifier::WeightedClusters(WeightedCluster {
-            clusters: several
-                .iter()
-                .map(|d| ClusterWeight {
-                    name: destination_cluster(mesh, d, port),
-                    weight: Some(UInt32Value { value: d.weight }),
-                    ..Default::default()
-                })
-                .collect(),
+    };
+    route.action = Some(action);
+    Some(route)
+}
+
+/// The fault and CORS filters' config for the route, keyed by filter name.
+///
+/// Envoy's types hold these in a `HashMap`, which prost encodes in iteration order; a map of
+/// its own random seed would encode the same route differently on each build (a new
+/// content version, a push for nothing). Every map is cloned from one empty map, so all
+/// share its seed, and the keys go in in one order: same content, same bytes.
+fn per_filter_config(http: &HttpRoute) -> HashMap<String, Any> {
+    static SEEDED: LazyLock<HashMap<String, Any>> = LazyLock::new(|| HashMap::with_capacity(2));
+    let mut out = HashMap::new();
+    if http.fault.is_none() && http.cors.is_none() {
+        return out;
+    }
+    out.clone_from(&SEEDED);
+    if let Some(fault) = &http.fault {
+        out.insert(FAULT.to_string(), pack_any(http_fault(fault)));
+    }
+    if let Some(cors) = &http.cors {
+        out.insert(CORS.to_string(), pack_any(cors_policy(cors)));
+    }
+    out
+}
+
+/// A forwarding route's destinations, for requests arriving for service port `port`.
+struct Forward<'a> {
+    all: &'a [Destination],
+    port: u32,
+    /// From the route's `headers` (`:authority`/`host`); `rewrite.authority` wins over it.
+    authority: Option<String>,
+}
+
+impl Forward<'_> {
+    /// The route action; a single destination's header operations join the route's.
+    fn action(
+        self,
+        mesh: &Mesh,
+        vs: &VirtualService,
+        http: &HttpRoute,
+        route: &mut Route,
+        field: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<RouteAction> {
+        let Forward {
+            all,
+            port,
+            authority,
+        } = self;
+        let destinations: Vec<&Destination> = if all.len() > 1 {
+            // Istio drops zero-weight destinations from a split.
+            all.iter().filter(|d| d.weight > 0).collect()
+        } else {
+            all.iter().collect()
+        };
+        let mut action = RouteAction {
+            timeout: Some(NO_TIMEOUT),
             ..Default::default()
-        }),
-    };
-    let mut action = RouteAction {
-        cluster_specifier: Some(cluster_specifier),
-        timeout: Some(NO_TIMEOUT),
+        };
+        // The route's authority, then `rewrite.authority` over it.
+        let mut host_rewrite = authority;
+        let cluster_specifier = match destinations.as_slice() {
+            [] => {
+                problems.push(Problem {
+                    object: vs.origin.clone(),
+                    field: format!("{field}.route"),
+                    message: "no destination with a weight above 0; this route is not served"
+                        .into(),
+                });
+                return None;
+            }
+            [only] => {
+                let mut own = header_mutations(&only.headers);
+                let own_authority = own.authority.take();
+                append_headers(route, own);
+                // The destination's authority only where the route sets none, as istiod.
+                if http.rewrite.authority.is_none() && host_rewrite.is_none() {
+                    host_rewrite = own_authority;
+                }
+                ClusterSpecifier::Cluster(destination_cluster(mesh, only, port))
+            }
+            several => ClusterSpecifier::WeightedClusters(WeightedCluster {
+                clusters: several.iter().map(|d| weighted(mesh, d, port)).collect(),
+                ..Default::default()
+            }),
+        };
+        let single = matches!(cluster_specifier, ClusterSpecifier::Cluster(_));
+        action.cluster_specifier = Some(cluster_specifier);
+        // A single destination balanced by consistent hash: the DestinationRule's hash key.
+        if let Some(ClusterSpecifier::Cluster(name)) = &action.cluster_specifier {
+            action.hash_policy = super::hash::for_cluster(mesh, name);
+        }
+        if let Some(d) = http.timeout {
+            action.timeout = Some(duration(d));
+        }
+        if let Some((pattern, substitution)) = &http.rewrite.uri_regex {
+            action.regex_rewrite = Some(RegexMatchAndSubstitute {
+                pattern: Some(RegexMatcher {
+                    regex: pattern.clone(),
+                    ..Default::default()
+                }),
+                substitution: substitution.clone(),
+            });
+        } else if let Some(uri) = &http.rewrite.uri {
+            action.prefix_rewrite = uri.clone();
+        }
+        if let Some(authority) = http.rewrite.authority.clone().or(host_rewrite) {
+            action.host_rewrite_specifier =
+                Some(HostRewriteSpecifier::HostRewriteLiteral(authority));
+        }
+        action.request_mirror_policies = mirror_policies(mesh, &http.mirrors, port);
+        // Last: a single destination balanced by consistent hash (it has a hash policy by
+        // now) retries without preferring other hosts, as istiod.
+        let consistent_hash = single && !action.hash_policy.is_empty();
+        action.retry_policy = retry_policy(&http.retries, consistent_hash);
+        Some(action)
+    }
+}
+
+/// A destination of a split, with its own header operations and authority.
+fn weighted(mesh: &Mesh, d: &Destination, port: u32) -> ClusterWeight {
+    let headers = header_mutations(&d.headers);
+    ClusterWeight {
+        name: destination_cluster(mesh, d, port),
+        weight: Some(UInt32Value { value: d.weight }),
+        request_headers_to_add: headers.request_to_add,
+        request_headers_to_remove: headers.request_to_remove,
+        response_headers_to_add: headers.response_to_add,
+        response_headers_to_remove: headers.response_to_remove,
+        host_rewrite_specifier: headers
+            .authority
+            .map(ClusterWeightHostRewrite::HostRewriteLiteral),
         ..Default::default()
-    };
-    if let Some(d) = http.timeout {
-        action.timeout = Some(Duration {
-            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-            nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-        });
     }
-    if let Some(uri) = &http.rewrite.uri {
-        action.prefix_rewrite = uri.clone();
-    }
-    if let Some(authority) = &http.rewrite.authority {
-        action.host_rewrite_specifier =
-            Some(HostRewriteSpecifier::HostRewriteLiteral(authority.clone()));
-    }
-    Some(Action::Route(action))
+}
+
+/// A single destination's header operations, after the route's (so its `set` wins).
+fn append_headers(route: &mut Route, headers: HeaderMutations) {
+    route.request_headers_to_add.extend(headers.request_to_add);
+    route
+        .request_headers_to_remove
+        .extend(headers.request_to_remove);
+    route
+        .response_headers_to_add
+        .extend(headers.response_to_add);
+    route
+        .response_headers_to_remove
+        .extend(headers.response_to_remove);
 }
 
 /// The cluster for a destination. Without a port, the destination service's only port is
 /// used, else the port the request arrived for.
 fn destination_cluster(mesh: &Mesh, d: &Destination, port: u32) -> String {
-    let port = match (d.port, mesh.services.get(&d.host)) {
+    cluster_for(mesh, &d.host, d.subset.as_deref(), d.port, port)
+}
+
+/// The cluster of `host`'s `subset` on port `selected`; without one, the service's only
+/// port, else `port`, the port the request arrived for.
+pub(super) fn cluster_for(
+    mesh: &Mesh,
+    host: &str,
+    subset: Option<&str>,
+    selected: Option<u32>,
+    port: u32,
+) -> String {
+    let port = match (selected, mesh.services.get(host)) {
         (Some(selected), _) => selected,
         (None, Some(service)) if service.ports.len() == 1 => service.ports[0].number,
         (None, _) => port,
     };
-    cluster_name(port, d.subset.as_deref().unwrap_or(""), &d.host)
+    cluster_name(port, subset.unwrap_or(""), host)
 }
 
 fn redirect_action(r: &routing::Redirect) -> RedirectAction {

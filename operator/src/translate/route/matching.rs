@@ -94,7 +94,7 @@ fn header(name: &str, specifier: HeaderMatchSpecifier, invert: bool) -> HeaderMa
     }
 }
 
-fn string_matcher(value: &StringMatch) -> StringMatcher {
+pub(super) fn string_matcher(value: &StringMatch) -> StringMatcher {
     let pattern = match value {
         StringMatch::Exact(v) => MatchPattern::Exact(v.clone()),
         StringMatch::Prefix(v) => MatchPattern::Prefix(v.clone()),

@@ -3,7 +3,16 @@
 //! host, or a single default route to the service when there is none.
 
 mod action;
+mod convert;
+mod cors;
+mod fault;
+mod hash;
+mod headers;
 mod matching;
+mod mirror;
+mod retry;
+
+pub(super) use action::{Binding, routes_bound};
 
 use std::collections::BTreeSet;
 
@@ -195,6 +204,8 @@ fn default_route(service: &Service, port: u32) -> Route {
                 &service.host,
             ))),
             timeout: Some(action::NO_TIMEOUT),
+            // Istio's default retries, as on a VirtualService route without `retries`.
+            retry_policy: Some(retry::default_policy()),
             ..Default::default()
         })),
         ..Default::default()
@@ -231,3 +242,9 @@ fn covers_any(mesh: &Mesh, pattern: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod policy_tests;
+
+#[cfg(test)]
+mod field_tests;

@@ -1,0 +1,564 @@
+//! capstan-route-bench: how long a VirtualService edit takes to reach a real Envoy and be
+//! served, in a mesh with thousands of routes configured.
+//!
+//! capstan (`capstan run --config-dir`) serves a folder with `--hosts` ServiceEntry hosts,
+//! each with a VirtualService of `--routes-per-host` routes (a header match, a path prefix
+//! and a default), plus the host under test, `edited.bench.svc.cluster.local`, with subsets
+//! v1 and v2 (two capstan-upstream instances) and the VirtualService `edited`: requests with
+//! `end-user: jason` go to one subset, everything else to v1. One real Envoy (SotW, or Delta
+//! with `--delta`) is connected. Each edit renames a new version of `edited`'s file into the
+//! folder, sending jason to the other subset, and times from the rename to the first request
+//! through Envoy (one kept-alive connection, polled every `--poll-us`) answered by the new
+//! subset. Prints p50/p99/max and writes them as JSON.
+//!
+//! Two kinds of edit are timed. `prepared`: the new file is written `--prepare-ms` before it
+//! is renamed into the folder, as git-sync and Kubernetes volume updates do; capstan reads a
+//! file only once it has not been modified for 500 ms (`SETTLE_WINDOW` in
+//! operator/src/source/folder.rs), so this measures capstan and Envoy. `fresh`: the file is
+//! written and renamed at once, so the settle window is included.
+//!
+//! Run: `make bench-routes`, or `cargo build --release -p capstan -p capstan-e2e --bin capstan
+//! --bin capstan-upstream --bin capstan-route-bench` and run `capstan-route-bench` from the
+//! release directory (Envoy from `$ENVOY_BIN` or `make tools`; capstan from `$CAPSTAN_BIN`,
+//! else built next to this binary).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use capstan_e2e::capstan::Capstan;
+use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy, loopback};
+use capstan_e2e::http::{HttpClient, UpstreamReply};
+use capstan_e2e::locate;
+use capstan_e2e::mesh::OUTBOUND_LISTENER;
+use capstan_e2e::upstreams::Upstreams;
+use capstan_e2e::wait_until;
+use capstan_load::stats::{Percentiles, fmt_ms};
+use clap::Parser;
+use serde::Serialize;
+use serde_json::Value;
+
+const NAMESPACE: &str = "bench";
+const EDITED_HOST: &str = "edited.bench.svc.cluster.local";
+const EDITED_FILE: &str = "edited-vs.yaml";
+const JASON: &[(&str, &str)] = &[("end-user", "jason")];
+/// How long one edit may take before it counts as missed.
+const EDIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// capstan's settle window for a file (operator/src/source/folder.rs).
+const SETTLE_WINDOW: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Parser)]
+#[command(name = "capstan-route-bench")]
+struct Cli {
+    /// ServiceEntry hosts besides the edited one, each with its own VirtualService.
+    #[arg(long, default_value_t = 1000)]
+    hosts: usize,
+    /// Routes in each host's VirtualService (header match, path prefix, ..., default).
+    #[arg(long, default_value_t = 3)]
+    routes_per_host: usize,
+    /// Hosts per file in the folder.
+    #[arg(long, default_value_t = 100)]
+    hosts_per_file: usize,
+    /// Edits timed with the file written ahead of the rename.
+    #[arg(long, default_value_t = 100)]
+    edits: usize,
+    /// Edits timed with the file written and renamed at once (settle window included).
+    #[arg(long, default_value_t = 20)]
+    fresh_edits: usize,
+    /// How long before its rename a prepared edit's file is written, in ms.
+    #[arg(long, default_value_t = 600)]
+    prepare_ms: u64,
+    /// Pause between polls of Envoy while waiting for an edit, in µs (0: none).
+    #[arg(long, default_value_t = 1000)]
+    poll_us: u64,
+    /// Use Delta xDS instead of state-of-the-world.
+    #[arg(long)]
+    delta: bool,
+    /// A further flag for `capstan run`, e.g. `--capstan-arg=--debounce-ms=10`; may be
+    /// repeated.
+    #[arg(long = "capstan-arg", allow_hyphen_values = true)]
+    capstan_args: Vec<String>,
+    /// Where to write the JSON results (default: `<profile dir>/bench/route-bench.json`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Results {
+    machine: String,
+    commit: String,
+    xds: &'static str,
+    capstan_args: Vec<String>,
+    hosts: usize,
+    routes_configured: usize,
+    envoy_virtual_hosts: usize,
+    envoy_routes: usize,
+    prepared: Run,
+    fresh: Run,
+}
+
+#[derive(Debug, Serialize)]
+struct Run {
+    latency: Percentiles,
+    /// Mean per edit from capstan's own metrics over the run: the rebuild after a folder
+    /// rescan (`capstan_reconcile_seconds`, scope objects), and from the change reaching the
+    /// push queue to Envoy's ACK (`capstan_xds_convergence_seconds`; an edit changes only the
+    /// route configuration).
+    reconcile_mean_ms: Option<f64>,
+    convergence_mean_ms: Option<f64>,
+    /// Requests sent while waiting, per edit (median).
+    polls_p50: usize,
+    samples_ms: Vec<Option<f64>>,
+}
+
+fn filler_files(cli: &Cli, port: u16) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    let per_file = cli.hosts_per_file.max(1);
+    for first in (0..cli.hosts).step_by(per_file) {
+        let mut text = String::new();
+        for i in first..(first + per_file).min(cli.hosts) {
+            let host = format!("svc-{i}.{NAMESPACE}.svc.cluster.local");
+            let _ = write!(
+                text,
+                "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: svc-{i}, namespace: {NAMESPACE}}}
+spec:
+  hosts: [{host}]
+  location: MESH_INTERNAL
+  ports: [{{number: 8080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: svc-{i}, namespace: {NAMESPACE}}}
+spec:
+  hosts: [{host}]
+  http:
+"
+            );
+            for r in 0..cli.routes_per_host {
+                let dest = format!("    route: [{{destination: {{host: {host}}}}}]\n");
+                if r + 1 == cli.routes_per_host {
+                    text.push_str("  - name: default\n");
+                } else if r == 0 {
+                    let _ = writeln!(
+                        text,
+                        "  - name: tenant\n    match: [{{headers: {{x-tenant: {{exact: tenant-{i}}}}}}}]"
+                    );
+                } else {
+                    let _ = writeln!(
+                        text,
+                        "  - name: api-{r}\n    match: [{{uri: {{prefix: /api/{r}/}}}}]"
+                    );
+                }
+                text.push_str(&dest);
+            }
+            text.push_str("---\n");
+        }
+        files.push((format!("hosts-{first:05}.yaml"), text));
+    }
+    files
+}
+
+fn edited_service(v1: u16, v2: u16) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: edited, namespace: {NAMESPACE}}}
+spec:
+  hosts: [{EDITED_HOST}]
+  location: MESH_INTERNAL
+  ports: [{{number: 8080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {v1}}}, labels: {{version: v1}}}}
+  - {{address: 127.0.0.1, ports: {{http: {v2}}}, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: edited, namespace: {NAMESPACE}}}
+spec:
+  host: {EDITED_HOST}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+"
+    )
+}
+
+/// The edited VirtualService: jason to `jason_to`, `/api/` and everything else to v1. `edit`
+/// names the jason route, so every edit is new content.
+fn edited_vs(jason_to: &str, edit: usize) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: edited, namespace: {NAMESPACE}}}
+spec:
+  hosts: [{EDITED_HOST}]
+  http:
+  - name: jason-edit-{edit}
+    match: [{{headers: {{end-user: {{exact: jason}}}}}}]
+    route: [{{destination: {{host: {EDITED_HOST}, subset: {jason_to}}}}}]
+  - name: api
+    match: [{{uri: {{prefix: /api/}}}}]
+    route: [{{destination: {{host: {EDITED_HOST}, subset: v1}}}}]
+  - name: default
+    route: [{{destination: {{host: {EDITED_HOST}, subset: v1}}}}]
+"
+    )
+}
+
+/// (virtual hosts, routes) in Envoy's route configurations.
+fn envoy_route_counts(dump: &Value) -> (usize, usize) {
+    let vhosts: Vec<&Value> = dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["dynamic_route_configs"].as_array().into_iter().flatten())
+        .flat_map(|r| {
+            r["route_config"]["virtual_hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+        })
+        .collect();
+    let routes = vhosts
+        .iter()
+        .map(|vh| vh["routes"].as_array().map_or(0, Vec::len))
+        .sum();
+    (vhosts.len(), routes)
+}
+
+struct Bench {
+    proxy: HttpClient,
+    envoy: Envoy,
+    capstan: Capstan,
+    _upstreams: Upstreams,
+    config_dir: PathBuf,
+    scratch: PathBuf,
+    log_dir: PathBuf,
+    poll: Duration,
+    /// Where jason's requests go now.
+    jason_at: String,
+    edits: usize,
+}
+
+impl Bench {
+    /// The version answering jason's request.
+    async fn jason_version(&mut self) -> anyhow::Result<String> {
+        let resp = self.proxy.get(EDITED_HOST, "/", JASON).await?;
+        let reply: UpstreamReply = resp.upstream_reply()?;
+        Ok(reply.version)
+    }
+
+    /// One edit: jason to the other subset; the time from the rename to the first request
+    /// answered by it (`None`: not within [`EDIT_TIMEOUT`]) and the requests it took.
+    async fn edit(
+        &mut self,
+        prepare: Option<Duration>,
+    ) -> anyhow::Result<(Option<Duration>, usize)> {
+        let target = if self.jason_at == "v1" { "v2" } else { "v1" };
+        self.edits += 1;
+        let staged = self.scratch.join(EDITED_FILE);
+        std::fs::write(&staged, edited_vs(target, self.edits))
+            .with_context(|| format!("writing {}", staged.display()))?;
+        if let Some(prepare) = prepare {
+            tokio::time::sleep(prepare).await;
+        }
+        let into = self.config_dir.join(EDITED_FILE);
+        let renamed = Instant::now();
+        std::fs::rename(&staged, &into)
+            .with_context(|| format!("renaming into {}", into.display()))?;
+        let mut polls = 0;
+        let arrived = loop {
+            polls += 1;
+            match self.jason_version().await {
+                Ok(v) if v == target => break Some(renamed.elapsed()),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("poll failed: {e:#}"),
+            }
+            if renamed.elapsed() > EDIT_TIMEOUT {
+                break None;
+            }
+            if !self.poll.is_zero() {
+                tokio::time::sleep(self.poll).await;
+            }
+        };
+        self.jason_at = target.to_string();
+        if arrived.is_none() {
+            // Let it land before the next edit, so edits stay independent.
+            let log_dir = self.log_dir.clone();
+            wait_until(
+                "the missed edit to land",
+                Duration::from_secs(30),
+                async || {
+                    let v = self.jason_version().await?;
+                    ensure!(v == target, "jason still reaches {v}");
+                    Ok(())
+                },
+            )
+            .await
+            .with_context(|| format!("logs in {}", log_dir.display()))?;
+        }
+        Ok((arrived, polls))
+    }
+
+    async fn run(
+        &mut self,
+        what: &str,
+        edits: usize,
+        prepare: Option<Duration>,
+    ) -> anyhow::Result<Run> {
+        let before = self.capstan.monitoring_get("/metrics").await?.text();
+        let mut samples = Vec::with_capacity(edits);
+        let mut polls = Vec::with_capacity(edits);
+        for i in 0..edits {
+            let (took, n) = self.edit(prepare).await?;
+            samples.push(took);
+            polls.push(n);
+            if (i + 1) % 10 == 0 {
+                eprintln!("{what}: {} of {edits} edits", i + 1);
+            }
+            // Some quiet between edits (a prepared edit waits anyway).
+            if prepare.is_none() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        polls.sort_unstable();
+        let after = self.capstan.monitoring_get("/metrics").await?.text();
+        let mean = |metric: &str, label: &str| {
+            let (sum, count) = (
+                metric_total(&after, &format!("{metric}_sum"), label)
+                    - metric_total(&before, &format!("{metric}_sum"), label),
+                metric_total(&after, &format!("{metric}_count"), label)
+                    - metric_total(&before, &format!("{metric}_count"), label),
+            );
+            (count > 0.0).then(|| sum / count * 1e3)
+        };
+        Ok(Run {
+            latency: Percentiles::of(&samples),
+            reconcile_mean_ms: mean("capstan_reconcile_seconds", "scope=\"objects\""),
+            convergence_mean_ms: mean("capstan_xds_convergence_seconds", ""),
+            polls_p50: polls.get(polls.len() / 2).copied().unwrap_or(0),
+            samples_ms: samples
+                .iter()
+                .map(|s| s.map(|d| d.as_secs_f64() * 1e3))
+                .collect(),
+        })
+    }
+}
+
+/// The sum of a Prometheus text-format series over the label sets containing `label`.
+fn metric_total(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                && l.contains(label)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpus} × {model}")
+}
+
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(locate::repo_dir())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "unknown".into(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        )
+}
+
+async fn setup(cli: &Cli, log_dir: &Path, tmp: &Path) -> anyhow::Result<Bench> {
+    let config_dir = tmp.join("config");
+    let scratch = tmp.join("scratch");
+    std::fs::create_dir_all(&config_dir)?;
+    std::fs::create_dir_all(&scratch)?;
+
+    let upstream_bin = locate::upstream_bin()?;
+    let upstreams = Upstreams::start_on_free_ports(
+        &upstream_bin,
+        &[("edited", "v1"), ("edited", "v2"), ("filler", "v1")],
+        log_dir,
+    )
+    .await?;
+    let filler = upstreams.port("filler", "v1")?;
+    for (name, text) in filler_files(cli, filler) {
+        std::fs::write(config_dir.join(name), text)?;
+    }
+    std::fs::write(
+        config_dir.join("edited.yaml"),
+        edited_service(
+            upstreams.port("edited", "v1")?,
+            upstreams.port("edited", "v2")?,
+        ),
+    )?;
+    std::fs::write(config_dir.join(EDITED_FILE), edited_vs("v1", 0))?;
+    // Files written just now wait out the settle window at startup: let them settle first.
+    tokio::time::sleep(SETTLE_WINDOW + Duration::from_millis(100)).await;
+
+    let flags: Vec<&str> = cli.capstan_args.iter().map(String::as_str).collect();
+    let capstan = Capstan::start_folder_with(&config_dir, &flags, log_dir, "capstan").await?;
+    let mode = if cli.delta {
+        AdsMode::Delta
+    } else {
+        AdsMode::Sotw
+    };
+    let mut bootstrap = Bootstrap::new(mode, capstan.xds_port);
+    bootstrap.namespace = NAMESPACE.to_string();
+    let envoy_bin = locate::envoy_bin()?;
+    let envoy = Envoy::start(&envoy_bin, &bootstrap, log_dir, "envoy").await?;
+    let port = envoy
+        .wait_listener_port(OUTBOUND_LISTENER, Duration::from_secs(60))
+        .await?;
+    let mut bench = Bench {
+        proxy: HttpClient::new(loopback(port)),
+        envoy,
+        capstan,
+        _upstreams: upstreams,
+        config_dir,
+        scratch,
+        log_dir: log_dir.to_path_buf(),
+        poll: Duration::from_micros(cli.poll_us),
+        jason_at: "v1".into(),
+        edits: 0,
+    };
+    wait_until(
+        "jason to reach edited v1",
+        Duration::from_secs(60),
+        async || {
+            let v = bench.jason_version().await?;
+            ensure!(v == "v1", "jason reaches {v}");
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(bench)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    ensure!(
+        cli.routes_per_host >= 1,
+        "--routes-per-host must be at least 1"
+    );
+    let log_dir = locate::fresh_log_dir("route-bench")?;
+    let tmp = tempfile::Builder::new()
+        .prefix("capstan-route-bench-")
+        .tempdir()?;
+    let mut bench = setup(&cli, &log_dir, tmp.path())
+        .await
+        .with_context(|| format!("setting up; logs in {}", log_dir.display()))?;
+
+    let dump = bench.envoy.config_dump(false).await?;
+    let (envoy_virtual_hosts, envoy_routes) = envoy_route_counts(&dump);
+    let routes_configured = cli.hosts * cli.routes_per_host + 3;
+    eprintln!(
+        "Envoy holds {envoy_routes} routes in {envoy_virtual_hosts} virtual hosts \
+         ({routes_configured} configured)"
+    );
+    if envoy_routes < routes_configured {
+        bail!("Envoy holds {envoy_routes} routes, fewer than the {routes_configured} configured");
+    }
+    bench.envoy.ensure_no_rejected_updates().await?;
+
+    let prepare = Duration::from_millis(cli.prepare_ms);
+    if prepare <= SETTLE_WINDOW {
+        eprintln!(
+            "note: --prepare-ms {} is within capstan's {SETTLE_WINDOW:?} settle window",
+            cli.prepare_ms
+        );
+    }
+    let prepared = bench.run("prepared", cli.edits, Some(prepare)).await?;
+    let fresh = bench.run("fresh", cli.fresh_edits, None).await?;
+    bench.envoy.ensure_no_rejected_updates().await?;
+    ensure!(
+        bench.proxy.resets() == 0,
+        "{} polls were reset on the kept-alive connection",
+        bench.proxy.resets()
+    );
+
+    let results = Results {
+        machine: machine(),
+        commit: commit(),
+        xds: if cli.delta { "delta" } else { "sotw" },
+        capstan_args: cli.capstan_args.clone(),
+        hosts: cli.hosts + 1,
+        routes_configured,
+        envoy_virtual_hosts,
+        envoy_routes,
+        prepared,
+        fresh,
+    };
+    println!(
+        "VirtualService edit to a serving Envoy: {} routes in {} virtual hosts, {} xDS, {}, commit {}",
+        results.envoy_routes,
+        results.envoy_virtual_hosts,
+        results.xds,
+        results.machine,
+        results.commit
+    );
+    println!(
+        "| edit | edits | p50 ms | p99 ms | max ms | missed | polls per edit (p50) | \
+         capstan rebuild, mean ms | change to Envoy's ACK, mean ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (name, run) in [("prepared", &results.prepared), ("fresh", &results.fresh)] {
+        let l = &run.latency;
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            l.count,
+            fmt_ms(l.p50_ms),
+            fmt_ms(l.p99_ms),
+            fmt_ms(l.max_ms),
+            l.missing(),
+            run.polls_p50,
+            fmt_ms(run.reconcile_mean_ms),
+            fmt_ms(run.convergence_mean_ms)
+        );
+    }
+    let out = match &cli.out {
+        Some(p) => p.clone(),
+        None => locate::profile_dir()?
+            .join("bench")
+            .join("route-bench.json"),
+    };
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "results in {}; logs in {}",
+        out.display(),
+        log_dir.display()
+    );
+    Ok(())
+}

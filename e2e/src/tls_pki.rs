@@ -1,0 +1,154 @@
+//! A throwaway CA for traffic tests (gateway TLS termination, TLS origination) and an HTTPS
+//! client that trusts only it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::{Request, header};
+use hyper_util::rt::TokioIo;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
+
+use crate::http::{HttpResponse, REQUEST_TIMEOUT};
+
+/// A CA whose certificate is written to `<dir>/<name>-ca.pem`.
+pub struct TestCa {
+    pub cert_path: PathBuf,
+    pub cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+    dir: PathBuf,
+}
+
+/// A certificate and key issued by a [`TestCa`], as PEM files.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path, name: &str) -> anyhow::Result<Self> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} test CA"));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key)?;
+        let cert_path = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&cert_path, cert.pem())
+            .with_context(|| format!("writing {}", cert_path.display()))?;
+        Ok(Self {
+            cert_path,
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// A server certificate for `dns_names`, written to `<dir>/<file>.pem` and `-key.pem`.
+    pub fn server(&self, file: &str, dns_names: &[&str]) -> anyhow::Result<Issued> {
+        let names: Vec<String> = dns_names.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(names)?;
+        params.distinguished_name.push(
+            DnType::CommonName,
+            dns_names.first().copied().unwrap_or(file),
+        );
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(file, params)
+    }
+
+    /// A client certificate naming `uri` (e.g. a SPIFFE id), written as [`TestCa::server`].
+    pub fn client(&self, file: &str, uri: &str) -> anyhow::Result<Issued> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
+        params.distinguished_name.push(DnType::CommonName, file);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(file, params)
+    }
+
+    fn issue(&self, file: &str, mut params: CertificateParams) -> anyhow::Result<Issued> {
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let issued = Issued {
+            cert: self.dir.join(format!("{file}.pem")),
+            key: self.dir.join(format!("{file}-key.pem")),
+        };
+        std::fs::write(&issued.cert, cert.pem())?;
+        std::fs::write(&issued.key, key.serialize_pem())?;
+        Ok(issued)
+    }
+}
+
+/// A TLS client trusting only `ca_pem`, presenting `client` if given.
+pub fn connector(
+    ca_pem: &str,
+    client: Option<&Issued>,
+) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some(issued) => {
+            let chain = CertificateDer::pem_file_iter(&issued.cert)?.collect::<Result<_, _>>()?;
+            let key = PrivateKeyDer::from_pem_file(&issued.key)?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// `GET path` over a new TLS connection to `addr` with SNI and Host `host`.
+pub async fn https_get(
+    connector: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> anyhow::Result<HttpResponse> {
+    let attempt = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let name = ServerName::try_from(host.to_string())?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .with_context(|| format!("TLS handshake with {addr} for {host}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let request = Request::get(path)
+            .header(header::HOST, host)
+            .body(Empty::<Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(HttpResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, attempt)
+        .await
+        .with_context(|| format!("https://{host}{path} via {addr}: no response in time"))?
+}

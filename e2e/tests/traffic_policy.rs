@@ -1,0 +1,618 @@
+//! DestinationRule traffic policy through capstan and a real Envoy, proven by real requests:
+//! circuit breaking, outlier detection, consistent hashing, the simple load balancers in
+//! Envoy's config, and TLS origination (SIMPLE and MUTUAL) to TLS upstreams.
+//! Logs: `<target>/debug/e2e-logs/<test name>/`.
+//!
+//! Envoy must be installed (`make test` installs it); a missing Envoy fails the tests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, ensure};
+use capstan_e2e::envoy::AdsMode;
+use capstan_e2e::fixtures::{REVIEWS_HOST, reviews_vs_weighted};
+use capstan_e2e::http::{HttpClient, HttpResponse};
+use capstan_e2e::mesh::{CONFIG_TIMEOUT, ReviewsMesh};
+use capstan_e2e::upstreams::{UpstreamTls, Upstreams};
+use capstan_e2e::wait_until;
+use hyper::StatusCode;
+use serde_json::Value;
+
+const UPSTREAM_BIN: &str = env!("CARGO_BIN_EXE_capstan-upstream");
+const DR_FILE: &str = "reviews-dr.yaml";
+
+async fn start(name: &str, vs: &str) -> anyhow::Result<ReviewsMesh> {
+    let envoy_bin = capstan_e2e::locate::envoy_bin()?;
+    ReviewsMesh::start(name, &envoy_bin, Path::new(UPSTREAM_BIN), AdsMode::Sotw, vs).await
+}
+
+/// A DestinationRule for reviews with subsets v1..v3, `policy` as its top-level
+/// `trafficPolicy` (flow YAML) and `subset_policies` per subset name.
+fn reviews_dr(policy: &str, subset_policies: &[(&str, &str)]) -> String {
+    let mut subsets = String::new();
+    for v in ["v1", "v2", "v3"] {
+        subsets.push_str(&format!("  - name: {v}\n    labels: {{version: {v}}}\n"));
+        if let Some((_, p)) = subset_policies.iter().find(|(s, _)| *s == v) {
+            subsets.push_str(&format!("    trafficPolicy: {p}\n"));
+        }
+    }
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: bookinfo}}
+spec:
+  host: {REVIEWS_HOST}
+  trafficPolicy: {policy}
+  subsets:
+{subsets}"
+    )
+}
+
+/// A VirtualService sending all reviews traffic to the whole service (no subset): one
+/// destination, every endpoint.
+fn reviews_vs_whole() -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: bookinfo}}
+spec:
+  hosts: [{REVIEWS_HOST}]
+  http:
+  - route:
+    - destination: {{host: {REVIEWS_HOST}}}
+"
+    )
+}
+
+fn cluster_name(subset: &str, host: &str) -> String {
+    format!("outbound|9080|{subset}|{host}")
+}
+
+/// The dynamic clusters of a config dump, by name.
+fn clusters(dump: &Value) -> BTreeMap<String, Value> {
+    dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["dynamic_active_clusters"].as_array())
+        .flatten()
+        .filter_map(|c| {
+            let cluster = c["cluster"].clone();
+            Some((cluster["name"].as_str()?.to_string(), cluster))
+        })
+        .collect()
+}
+
+/// The routes of every dynamic route configuration of a config dump.
+fn routes(dump: &Value) -> Vec<Value> {
+    dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["dynamic_route_configs"].as_array())
+        .flatten()
+        .filter_map(|r| r["route_config"]["virtual_hosts"].as_array())
+        .flatten()
+        .filter_map(|vh| vh["routes"].as_array())
+        .flatten()
+        .cloned()
+        .collect()
+}
+
+/// Waits until Envoy holds cluster `name` and `check` accepts it; returns it.
+async fn wait_cluster(
+    mesh: &ReviewsMesh,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    wait_until(
+        &format!("cluster {name} with {what}"),
+        CONFIG_TIMEOUT,
+        async || {
+            let dump = mesh.envoy.config_dump(false).await?;
+            let found = clusters(&dump);
+            let cluster = found
+                .get(name)
+                .with_context(|| format!("no cluster {name} (have {:?})", found.keys()))?;
+            ensure!(check(cluster), "cluster {name} lacks {what}: {cluster}");
+            Ok(cluster.clone())
+        },
+    )
+    .await
+    .with_context(|| format!("logs in {}", mesh.env.log_dir.display()))
+}
+
+/// One request for reviews through Envoy on a connection of its own.
+async fn request(addr: SocketAddr, headers: &[(&str, &str)]) -> anyhow::Result<HttpResponse> {
+    HttpClient::new(addr)
+        .get(REVIEWS_HOST, "/reviews/1", headers)
+        .await
+}
+
+/// Circuit breaking: one connection and one pending request allowed to a slow v1; of many
+/// concurrent requests, the overflow is answered by Envoy itself with 503 and
+/// `x-envoy-overloaded: true`, and never reaches v1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_pool_limits_overflow_with_503_overloaded() -> anyhow::Result<()> {
+    let mut mesh = start(
+        "connection_pool_limits_overflow_with_503_overloaded",
+        &reviews_vs_weighted(&[("v1", 100)]),
+    )
+    .await?;
+    mesh.env.write_config(
+        DR_FILE,
+        &reviews_dr(
+            "{connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}",
+            &[],
+        ),
+    )?;
+    let v1 = cluster_name("v1", REVIEWS_HOST);
+    let cluster = wait_cluster(&mesh, &v1, "maxConnections 1", |c| {
+        c["circuit_breakers"]["thresholds"][0]["max_connections"] == 1
+    })
+    .await?;
+    ensure!(
+        cluster["circuit_breakers"]["thresholds"][0]["max_pending_requests"] == 1,
+        "pending requests not limited: {cluster}"
+    );
+    mesh.wait_for_all(&[], "v1", 5).await?;
+
+    let before = mesh.upstreams.count("reviews", "v1").await?;
+    let addr = mesh.proxy.addr();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move { request(addr, &[("x-upstream-delay-ms", "1500")]).await })
+        })
+        .collect();
+    let mut ok = 0u64;
+    let mut overloaded = 0u64;
+    let mut other = Vec::new();
+    for task in tasks {
+        let response = task.await??;
+        let flagged = response
+            .headers
+            .get("x-envoy-overloaded")
+            .is_some_and(|v| v == "true");
+        match response.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE if flagged => overloaded += 1,
+            status => other.push((status, response.text())),
+        }
+    }
+    let reached = mesh.upstreams.count("reviews", "v1").await? - before;
+    ensure!(other.is_empty(), "unexpected answers: {other:?}");
+    ensure!(
+        ok >= 1 && overloaded >= 1,
+        "expected some 200s and some 503 overloaded, got {ok} OK and {overloaded} overloaded"
+    );
+    ensure!(
+        reached == ok,
+        "v1 answered {reached} requests, but {ok} were answered OK: the shed ones reached it"
+    );
+    mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// Outlier detection: v1 made to fail is ejected after one 5xx (requests stop reaching it),
+/// and once it recovers and the ejection time has passed it gets traffic again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_a_failing_endpoint_and_readmits_it() -> anyhow::Result<()> {
+    let mut mesh = start(
+        "outlier_detection_ejects_a_failing_endpoint_and_readmits_it",
+        &reviews_vs_whole(),
+    )
+    .await?;
+    mesh.env.write_config(
+        DR_FILE,
+        &reviews_dr(
+            "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 1, \
+             interval: 1s, baseEjectionTime: 10s, maxEjectionPercent: 100}}",
+            &[],
+        ),
+    )?;
+    let whole = cluster_name("", REVIEWS_HOST);
+    let cluster = wait_cluster(&mesh, &whole, "outlier detection", |c| {
+        c["outlier_detection"]["consecutive_5xx"] == 1
+    })
+    .await?;
+    ensure!(
+        cluster["outlier_detection"]["enforcing_consecutive_5xx"] == 100
+            && cluster["common_lb_config"]["healthy_panic_threshold"].is_object(),
+        "outlier detection not as istiod sets it: {cluster}"
+    );
+    // All three versions answer before anything fails.
+    wait_until("all three versions answering", CONFIG_TIMEOUT, async || {
+        let versions = mesh.versions(&[], 12).await?;
+        ensure!(versions.len() == 3, "{versions:?}");
+        Ok(())
+    })
+    .await?;
+
+    let before_failing = mesh.upstreams.count("reviews", "v1").await?;
+    mesh.upstreams.fail("reviews", "v1", 503).await?;
+    // Requests reach v1 and fail (Envoy's default retries send them elsewhere), until Envoy
+    // ejects it; then requests go only to v2 and v3.
+    let addr = mesh.proxy.addr();
+    let envoy = &mesh.envoy;
+    wait_until("v1 ejected", CONFIG_TIMEOUT, async || {
+        for _ in 0..10 {
+            request(addr, &[]).await?;
+        }
+        let stats = envoy
+            .stats("outbound.9080..reviews.*outlier_detection.ejections_enforced_consecutive_5xx")
+            .await?;
+        ensure!(
+            stats.values().any(|n| *n >= 1),
+            "no ejection yet: {stats:?}"
+        );
+        Ok(())
+    })
+    .await?;
+    ensure!(
+        mesh.upstreams.count("reviews", "v1").await? > before_failing,
+        "v1 got no request while failing"
+    );
+    let ejected_count = mesh.upstreams.count("reviews", "v1").await?;
+    let versions = mesh.versions(&[], 30).await?;
+    ensure!(
+        versions.keys().all(|v| v == "v2" || v == "v3"),
+        "the ejected v1 still answered: {versions:?}"
+    );
+    let after = mesh.upstreams.count("reviews", "v1").await?;
+    ensure!(
+        after == ejected_count,
+        "requests still reached the ejected v1 ({ejected_count} before 30 requests, {after} after)"
+    );
+    // Recovered, and after the ejection time, v1 gets traffic again.
+    mesh.upstreams.recover("reviews", "v1").await?;
+    let upstreams = &mesh.upstreams;
+    let proxy = &mut mesh.proxy;
+    wait_until(
+        "v1 readmitted after its ejection time",
+        std::time::Duration::from_secs(40),
+        async || {
+            proxy.reviews_versions(&[], 6).await?;
+            let now = upstreams.count("reviews", "v1").await?;
+            ensure!(now > after, "v1 still at {now} requests");
+            Ok(())
+        },
+    )
+    .await?;
+    mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// Consistent hash on a header: one value always reaches the same endpoint, different values
+/// spread over several.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_on_a_header_sticks_to_one_endpoint() -> anyhow::Result<()> {
+    let mut mesh = start(
+        "consistent_hash_on_a_header_sticks_to_one_endpoint",
+        &reviews_vs_whole(),
+    )
+    .await?;
+    mesh.env.write_config(
+        DR_FILE,
+        &reviews_dr(
+            "{loadBalancer: {consistentHash: {httpHeaderName: x-user}}}",
+            &[],
+        ),
+    )?;
+    let whole = cluster_name("", REVIEWS_HOST);
+    wait_cluster(&mesh, &whole, "RING_HASH", |c| {
+        c["lb_policy"] == "RING_HASH"
+    })
+    .await?;
+    wait_until("the route hashing on x-user", CONFIG_TIMEOUT, async || {
+        let dump = mesh.envoy.config_dump(false).await?;
+        let hashed = routes(&dump).into_iter().any(|r| {
+            r["route"]["cluster"] == whole.as_str()
+                && r["route"]["hash_policy"][0]["header"]["header_name"] == "x-user"
+        });
+        ensure!(hashed, "no route to {whole} hashes on x-user");
+        Ok(())
+    })
+    .await?;
+
+    for user in ["alice", "bob", "carol", "dave"] {
+        let versions = mesh.versions(&[("x-user", user)], 25).await?;
+        ensure!(
+            versions.len() == 1,
+            "x-user: {user} reached several endpoints: {versions:?}"
+        );
+    }
+    let mut reached = BTreeSet::new();
+    for i in 0..30 {
+        let user = format!("user-{i}");
+        let versions = mesh.versions(&[("x-user", &user)], 3).await?;
+        ensure!(versions.len() == 1, "x-user: {user}: {versions:?}");
+        reached.extend(versions.into_keys());
+    }
+    ensure!(
+        reached.len() > 1,
+        "30 different users all reached {reached:?}"
+    );
+    mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// The simple load balancers land in Envoy's clusters, merged per subset as istiod merges:
+/// the top level's for the whole service, a subset's own where it has one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_load_balancers_reach_envoy_per_subset() -> anyhow::Result<()> {
+    let mut mesh = start(
+        "simple_load_balancers_reach_envoy_per_subset",
+        &reviews_vs_whole(),
+    )
+    .await?;
+    mesh.env.write_config(
+        DR_FILE,
+        &reviews_dr(
+            "{loadBalancer: {simple: LEAST_REQUEST}}",
+            &[
+                ("v1", "{loadBalancer: {simple: RANDOM}}"),
+                ("v2", "{loadBalancer: {simple: ROUND_ROBIN}}"),
+            ],
+        ),
+    )?;
+    let v1 = cluster_name("v1", REVIEWS_HOST);
+    wait_cluster(&mesh, &v1, "RANDOM", |c| c["lb_policy"] == "RANDOM").await?;
+    let dump = mesh.envoy.config_dump(false).await?;
+    let found = clusters(&dump);
+    let policy = |subset: &str| {
+        let name = cluster_name(subset, REVIEWS_HOST);
+        found
+            .get(&name)
+            .map(|c| c["lb_policy"].as_str().unwrap_or("ROUND_ROBIN").to_string())
+    };
+    ensure!(
+        policy("").as_deref() == Some("LEAST_REQUEST"),
+        "whole service: {:?}",
+        policy("")
+    );
+    ensure!(
+        policy("v2").as_deref() == Some("ROUND_ROBIN"),
+        "v2: {:?}",
+        policy("v2")
+    );
+    ensure!(
+        policy("v3").as_deref() == Some("LEAST_REQUEST"),
+        "v3 (inherits the top level): {:?}",
+        policy("v3")
+    );
+    // Traffic still flows over every endpoint of the least-request cluster.
+    let versions = mesh.versions(&[], 30).await?;
+    ensure!(versions.len() == 3, "{versions:?}");
+    mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// A throwaway CA writing PEM files.
+struct Ca {
+    cert: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Ca {
+    fn new(dir: &Path, name: &str) -> anyhow::Result<Self> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} CA"));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key)?;
+        let path = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&path, cert.pem())?;
+        Ok(Self {
+            cert: path,
+            issuer: rcgen::Issuer::new(params, key),
+        })
+    }
+
+    /// A certificate for `names` (server and client use), as PEM files `<file>.pem`, `-key.pem`.
+    fn issue(&self, dir: &Path, file: &str, names: &[&str]) -> anyhow::Result<(PathBuf, PathBuf)> {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(DnType::CommonName, file);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let (cert_path, key_path) = (
+            dir.join(format!("{file}.pem")),
+            dir.join(format!("{file}-key.pem")),
+        );
+        std::fs::write(&cert_path, cert.pem())?;
+        std::fs::write(&key_path, key.serialize_pem())?;
+        Ok((cert_path, key_path))
+    }
+}
+
+fn host(name: &str) -> String {
+    format!("{name}.bookinfo.svc.cluster.local")
+}
+
+/// A STATIC ServiceEntry `name` with one endpoint on 127.0.0.1:`port`, and, if `tls` is
+/// given (flow YAML), a DestinationRule originating TLS to it.
+fn tls_service(name: &str, port: u16, tls: Option<&str>) -> String {
+    let host = host(name);
+    let mut out = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: bookinfo}}
+spec:
+  hosts: [{host}]
+  location: MESH_EXTERNAL
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+"
+    );
+    if let Some(tls) = tls {
+        out.push_str(&format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}, namespace: bookinfo}}
+spec:
+  host: {host}
+  trafficPolicy: {{tls: {tls}}}
+"
+        ));
+    }
+    out
+}
+
+/// TLS origination: the client speaks plain HTTP to Envoy, which speaks TLS to the upstream.
+/// SIMPLE verifies the server with `caCertificates` (a rule trusting another CA fails, and so
+/// does plain text); MUTUAL presents the client certificate an mTLS upstream requires (the
+/// same upstream refuses Envoy without one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_origination_simple_and_mutual() -> anyhow::Result<()> {
+    let mesh = start("tls_origination_simple_and_mutual", &reviews_vs_whole()).await?;
+    let dir = mesh.env.log_dir.join("pki");
+    std::fs::create_dir_all(&dir)?;
+    let ca = Ca::new(&dir, "mesh")?;
+    let rogue = Ca::new(&dir, "rogue")?;
+    let names: Vec<String> = ["secure", "untrusted", "mutual", "mutual-nocert", "plain"]
+        .iter()
+        .map(|n| host(n))
+        .collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (server_cert, server_key) = ca.issue(&dir, "server", &name_refs)?;
+    let (client_cert, client_key) = ca.issue(&dir, "client", &["envoy.client"])?;
+    let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
+    let bin = Path::new(UPSTREAM_BIN);
+    let tls = UpstreamTls {
+        cert: server_cert.clone(),
+        key: server_key.clone(),
+        client_ca: None,
+    };
+    let server_only = Upstreams::start_with_tls(
+        bin,
+        &[],
+        &[("secure", "v1", any)],
+        Some(&tls),
+        &mesh.env.log_dir,
+        "tls-upstream",
+    )
+    .await?;
+    let mtls = UpstreamTls {
+        client_ca: Some(ca.cert.clone()),
+        ..tls
+    };
+    let client_auth = Upstreams::start_with_tls(
+        bin,
+        &[],
+        &[("mutual", "v1", any)],
+        Some(&mtls),
+        &mesh.env.log_dir,
+        "mtls-upstream",
+    )
+    .await?;
+    let secure_port = server_only.port("secure", "v1")?;
+    let mutual_port = client_auth.port("mutual", "v1")?;
+    let (ca_path, rogue_path) = (ca.cert.display(), rogue.cert.display());
+    let files = [
+        (
+            "secure",
+            secure_port,
+            Some(format!("{{mode: SIMPLE, caCertificates: {ca_path}}}")),
+        ),
+        (
+            "untrusted",
+            secure_port,
+            Some(format!("{{mode: SIMPLE, caCertificates: {rogue_path}}}")),
+        ),
+        ("plain", secure_port, None),
+        (
+            "mutual",
+            mutual_port,
+            Some(format!(
+                "{{mode: MUTUAL, caCertificates: {ca_path}, clientCertificate: {}, \
+                 privateKey: {}}}",
+                client_cert.display(),
+                client_key.display()
+            )),
+        ),
+        (
+            "mutual-nocert",
+            mutual_port,
+            Some(format!("{{mode: SIMPLE, caCertificates: {ca_path}}}")),
+        ),
+    ];
+    for (name, port, tls) in &files {
+        mesh.env.write_config(
+            &format!("{name}.yaml"),
+            &tls_service(name, *port, tls.as_deref()),
+        )?;
+    }
+    for (name, _, tls) in &files {
+        let cluster = cluster_name("", &host(name));
+        let originates = tls.is_some();
+        wait_cluster(&mesh, &cluster, "its transport socket", |c| {
+            c["transport_socket"].is_object() == originates
+        })
+        .await?;
+    }
+
+    let addr = mesh.proxy.addr();
+    let get = |name: &'static str| async move {
+        HttpClient::new(addr)
+            .get(&host(name), "/tls", &[])
+            .await
+            .with_context(|| format!("GET for {name}"))
+    };
+    let mut answers = BTreeMap::new();
+    wait_until("SIMPLE and MUTUAL answering", CONFIG_TIMEOUT, async || {
+        for name in ["secure", "mutual"] {
+            let reply = get(name).await?.upstream_reply()?;
+            ensure!(
+                (reply.service.as_str(), reply.version.as_str()) == (name, "v1"),
+                "{name}: {reply:?}"
+            );
+            answers.insert(name, reply);
+        }
+        Ok(())
+    })
+    .await?;
+    ensure!(
+        answers["secure"].path == "/tls" && answers["mutual"].path == "/tls",
+        "{answers:?}"
+    );
+    // Refused: Envoy answers for the upstream (503 when the handshake fails, 502 when the
+    // TLS server cannot make sense of plain text), never with the upstream's reply.
+    for name in ["untrusted", "plain", "mutual-nocert"] {
+        let response = get(name).await?;
+        let text = response.text();
+        ensure!(
+            matches!(
+                response.status,
+                StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY
+            ) && text.contains("upstream connect error or disconnect/reset"),
+            "{name}: expected Envoy to be refused, got {} {}",
+            response.status,
+            text.trim()
+        );
+    }
+    // The mTLS upstream saw Envoy's handshake without a client certificate and refused it.
+    wait_until(
+        "the mTLS upstream to log a refused handshake",
+        CONFIG_TIMEOUT,
+        async || {
+            let log = client_auth.process.log();
+            ensure!(
+                log.contains("TLS handshake from") && log.contains("refused"),
+                "no refused handshake logged:\n{log}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    mesh.envoy.ensure_no_rejected_updates().await
+}

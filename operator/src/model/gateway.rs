@@ -1,0 +1,431 @@
+//! Gateways in capstan's own types: which proxies they select, the ports they open and the
+//! hosts each server accepts, read once from the API structs. What a server asks for that
+//! translation cannot do yet is reported here, by field.
+
+use std::collections::BTreeMap;
+
+use capstan_crds::networking::gateway::{self as api, ServerTlsMode};
+use capstan_crds::{ObjectKey, Protocol, ProtocolClass};
+
+use super::Problem;
+
+/// A Gateway: the router proxies whose labels match `selector` open its servers' ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gateway {
+    pub origin: ObjectKey,
+    pub selector: BTreeMap<String, String>,
+    /// The servers translation serves; those it cannot are reported and left out.
+    pub servers: Vec<Server>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// Position in `spec.servers`, for problems and Envoy names.
+    pub index: usize,
+    /// The port proxies listen on.
+    pub port: u32,
+    /// Istio's `port.name`, part of the route configuration name of a TLS server.
+    pub port_name: String,
+    pub kind: ServerKind,
+    pub hosts: Vec<HostPattern>,
+    /// Plain HTTP servers only: answer every request with a redirect to HTTPS.
+    pub https_redirect: bool,
+}
+
+/// What a server does with a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerKind {
+    /// Plain HTTP, routed by the Host header.
+    Http,
+    /// TLS terminated at the gateway, then HTTP routed by the Host header.
+    Https(TlsTermination),
+    /// TLS passed through untouched, routed by SNI (`tls` routes).
+    Passthrough,
+    /// Opaque TCP (`tcp` routes).
+    Tcp,
+}
+
+impl ServerKind {
+    /// Servers of one port must all be of one family: plain HTTP, TLS (terminated or passed
+    /// through, told apart by SNI), or opaque TCP.
+    pub fn family(&self) -> &'static str {
+        match self {
+            ServerKind::Http => "plain HTTP",
+            ServerKind::Https(_) | ServerKind::Passthrough => "TLS",
+            ServerKind::Tcp => "TCP",
+        }
+    }
+}
+
+/// The certificate a terminating server presents, and the client certificates it asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsTermination {
+    /// Files on the gateway proxy (PEM).
+    pub certificate: String,
+    pub private_key: String,
+    /// `MUTUAL`: the CA bundle client certificates must chain to.
+    pub client_ca: Option<String>,
+    /// `MUTUAL`: accepted client certificate SANs (any, when empty).
+    pub subject_alt_names: Vec<String>,
+}
+
+/// A server host, `[namespace/]dnsName`: which VirtualServices may bind to it (those of
+/// `namespace`, `None` for any) and the names it answers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    pub namespace: Option<String>,
+    pub host: String,
+}
+
+impl HostPattern {
+    fn parse(text: &str, gateway_namespace: &str) -> Self {
+        match text.split_once('/') {
+            Some(("*", host)) => HostPattern {
+                namespace: None,
+                host: host.to_string(),
+            },
+            Some((".", host)) => HostPattern {
+                namespace: Some(gateway_namespace.to_string()),
+                host: host.to_string(),
+            },
+            Some((ns, host)) => HostPattern {
+                namespace: Some(ns.to_string()),
+                host: host.to_string(),
+            },
+            None => HostPattern {
+                namespace: None,
+                host: text.to_string(),
+            },
+        }
+    }
+
+    /// Whether a VirtualService of `namespace` may bind to this host.
+    pub fn admits(&self, namespace: &str) -> bool {
+        self.namespace.as_deref().is_none_or(|ns| ns == namespace)
+    }
+}
+
+/// Reads a Gateway; servers translation cannot serve yet are reported and left out.
+pub fn gateway(key: &ObjectKey, spec: &api::GatewaySpec) -> (Gateway, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let mut servers = Vec::new();
+    for (index, server) in spec.servers.iter().enumerate() {
+        let field = format!("spec.servers[{index}]");
+        let mut report = |field: String, message: String| {
+            problems.push(Problem {
+                object: key.clone(),
+                field,
+                message,
+            })
+        };
+        let Some(port) = &server.port else {
+            // Validation requires a port; only an unvalidated object gets here.
+            report(format!("{field}.port"), "no port; server not served".into());
+            continue;
+        };
+        let protocol = Protocol::parse(&port.protocol);
+        let tls = server.tls.as_ref();
+        if !server.bind.is_empty() {
+            report(
+                format!("{field}.bind"),
+                "bind is not applied yet; the server listens on every address".into(),
+            );
+        }
+        if !server.default_endpoint.is_empty() {
+            report(
+                format!("{field}.defaultEndpoint"),
+                "defaultEndpoint is not applied on gateways".into(),
+            );
+        }
+        let passthrough =
+            tls.is_some_and(|t| t.mode.unwrap_or_default() == ServerTlsMode::Passthrough);
+        let kind = match (protocol.map(Protocol::class), protocol) {
+            (Some(ProtocolClass::Http), _) => ServerKind::Http,
+            (Some(ProtocolClass::Tls), Some(Protocol::Https)) if !passthrough => {
+                match terminate(tls, &field, &mut report) {
+                    Some(termination) => ServerKind::Https(termination),
+                    None => continue,
+                }
+            }
+            // A TLS server without settings passes TLS through, as in Istio.
+            (Some(ProtocolClass::Tls), _) if passthrough || tls.is_none() => {
+                ServerKind::Passthrough
+            }
+            (Some(ProtocolClass::Opaque), Some(p)) if p != Protocol::Udp => ServerKind::Tcp,
+            _ => {
+                let what = match tls.and_then(|t| t.mode) {
+                    Some(mode) if protocol == Some(Protocol::Tls) => format!("TLS {mode:?}"),
+                    _ => port.protocol.clone(),
+                };
+                report(
+                    format!("{field}.port.protocol"),
+                    format!(
+                        "{what} servers are not served yet (HTTP, HTTP2, GRPC, HTTPS with SIMPLE or \
+                         MUTUAL TLS, TLS PASSTHROUGH and TCP are); this server is not served"
+                    ),
+                );
+                continue;
+            }
+        };
+        if matches!(kind, ServerKind::Http)
+            && let Some(tls) = tls
+            && tls.mode.is_some()
+        {
+            report(
+                format!("{field}.tls.mode"),
+                "TLS settings of a plain HTTP server are ignored".into(),
+            );
+        }
+        servers.push(Server {
+            index,
+            port: if port.target_port != 0 {
+                port.target_port
+            } else {
+                port.number
+            },
+            port_name: port.name.clone(),
+            kind,
+            hosts: server
+                .hosts
+                .iter()
+                .map(|h| HostPattern::parse(h, &key.namespace))
+                .collect(),
+            https_redirect: tls.is_some_and(|t| t.https_redirect),
+        });
+    }
+    let gateway = Gateway {
+        origin: key.clone(),
+        selector: spec.selector.clone(),
+        servers,
+    };
+    (gateway, problems)
+}
+
+/// The termination of an HTTPS server, or `None` (reported) when it asks for what is not
+/// served yet.
+fn terminate(
+    tls: Option<&api::ServerTlsSettings>,
+    field: &str,
+    report: &mut impl FnMut(String, String),
+) -> Option<TlsTermination> {
+    let Some(tls) = tls else {
+        report(
+            format!("{field}.tls"),
+            "an HTTPS server needs tls settings; this server is not served".into(),
+        );
+        return None;
+    };
+    let mode = tls.mode.unwrap_or_default();
+    if !matches!(mode, ServerTlsMode::Simple | ServerTlsMode::Mutual) {
+        report(
+            format!("{field}.tls.mode"),
+            format!(
+                "{mode:?} is not served yet on HTTPS servers (SIMPLE and MUTUAL are); this \
+                 server is not served"
+            ),
+        );
+        return None;
+    }
+    if !tls.credential_name.is_empty() || !tls.credential_names.is_empty() {
+        report(
+            format!("{field}.tls.credentialName"),
+            "certificates from Secrets (credentialName) are not served yet; give \
+             serverCertificate and privateKey file paths. This server is not served"
+                .into(),
+        );
+        return None;
+    }
+    let mut unapplied = |name: &str, set: bool| {
+        if set {
+            report(
+                format!("{field}.tls.{name}"),
+                format!("{name} is not applied yet; the rest of the TLS settings are"),
+            );
+        }
+    };
+    unapplied("tlsCertificates", !tls.tls_certificates.is_empty());
+    unapplied("caCrl", !tls.ca_crl.is_empty());
+    unapplied(
+        "verifyCertificateSpki",
+        !tls.verify_certificate_spki.is_empty(),
+    );
+    unapplied(
+        "verifyCertificateHash",
+        !tls.verify_certificate_hash.is_empty(),
+    );
+    unapplied("minProtocolVersion", tls.min_protocol_version.is_some());
+    unapplied("maxProtocolVersion", tls.max_protocol_version.is_some());
+    unapplied("cipherSuites", !tls.cipher_suites.is_empty());
+    if tls.server_certificate.is_empty() || tls.private_key.is_empty() {
+        report(
+            format!("{field}.tls.serverCertificate"),
+            "SIMPLE and MUTUAL need serverCertificate and privateKey; this server is not served"
+                .into(),
+        );
+        return None;
+    }
+    let mutual = mode == ServerTlsMode::Mutual;
+    if mutual && tls.ca_certificates.is_empty() {
+        report(
+            format!("{field}.tls.caCertificates"),
+            "MUTUAL needs caCertificates to verify clients; this server is not served".into(),
+        );
+        return None;
+    }
+    Some(TlsTermination {
+        certificate: tls.server_certificate.clone(),
+        private_key: tls.private_key.clone(),
+        client_ca: mutual.then(|| tls.ca_certificates.clone()),
+        subject_alt_names: if mutual {
+            tls.subject_alt_names.clone()
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+/// The Gateway a VirtualService of `namespace` names with `reference` (`name`,
+/// `namespace/name`, or Istio's older `name.namespace[.svc.cluster.local]`); `None` for the
+/// reserved `mesh`.
+pub fn referenced(reference: &str, namespace: &str) -> Option<(String, String)> {
+    if reference == "mesh" {
+        return None;
+    }
+    Some(match reference.split_once('/') {
+        Some((ns, name)) => (ns.to_string(), name.to_string()),
+        None => match reference.split_once('.') {
+            Some((name, rest)) => {
+                let ns = rest.split('.').next().unwrap_or(namespace);
+                (ns.to_string(), name.to_string())
+            }
+            None => (namespace.to_string(), reference.to_string()),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capstan_crds::IstioObject;
+
+    fn read(yaml: &str) -> (Gateway, Vec<Problem>) {
+        let document = capstan_crds::parse_single("gw.yaml", yaml).expect("valid");
+        let IstioObject::Gateway(gw) = &document.object else {
+            panic!("not a Gateway");
+        };
+        gateway(&document.object.key(), &gw.spec)
+    }
+
+    #[test]
+    fn http_and_https_servers_are_read_with_their_host_namespaces() {
+        let (gw, problems) = read(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+    tls: {httpsRedirect: true}
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["./shop.example.com", "team/api.example.com"]
+    tls: {mode: SIMPLE, serverCertificate: /etc/certs/cert.pem, privateKey: /etc/certs/key.pem}
+"#,
+        );
+        assert_eq!(problems, vec![]);
+        assert_eq!(gw.selector["istio"], "ingressgateway");
+        assert_eq!(gw.servers.len(), 2);
+        assert!(gw.servers[0].https_redirect);
+        assert_eq!(gw.servers[0].kind, ServerKind::Http);
+        assert_eq!(
+            gw.servers[1].hosts,
+            vec![
+                HostPattern {
+                    namespace: Some("edge".into()),
+                    host: "shop.example.com".into()
+                },
+                HostPattern {
+                    namespace: Some("team".into()),
+                    host: "api.example.com".into()
+                },
+            ]
+        );
+        match &gw.servers[1].kind {
+            ServerKind::Https(t) => {
+                assert_eq!(t.certificate, "/etc/certs/cert.pem");
+                assert_eq!(t.client_ca, None);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn servers_not_served_yet_are_named_and_left_out() {
+        let (gw, problems) = read(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, credentialName: shop-cert}
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*"]
+  - port: {number: 9443, name: tls-passthrough, protocol: TLS}
+    hosts: ["*.example.com"]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 5432, name: tcp-db, protocol: TCP}
+    hosts: ["*"]
+"#,
+        );
+        let kinds: Vec<(u32, &ServerKind)> = gw.servers.iter().map(|s| (s.port, &s.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (8080, &ServerKind::Http),
+                (9443, &ServerKind::Passthrough),
+                (5432, &ServerKind::Tcp)
+            ]
+        );
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "spec.servers[0].port.protocol",
+                "spec.servers[1].tls.credentialName"
+            ]
+        );
+        assert!(
+            problems[0]
+                .message
+                .contains("TLS Simple servers are not served yet"),
+            "{}",
+            problems[0].message
+        );
+    }
+
+    #[test]
+    fn gateway_references_resolve_in_the_virtual_service_namespace() {
+        assert_eq!(referenced("mesh", "shop"), None);
+        assert_eq!(
+            referenced("ingress", "shop"),
+            Some(("shop".into(), "ingress".into()))
+        );
+        assert_eq!(
+            referenced("istio-system/ingress", "shop"),
+            Some(("istio-system".into(), "ingress".into()))
+        );
+        assert_eq!(
+            referenced("ingress.istio-system.svc.cluster.local", "shop"),
+            Some(("istio-system".into(), "ingress".into()))
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! VirtualService `tcp` and `tls` routes in capstan's own types: connections routed by port
+//! and, for TLS, by the SNI name of the client hello, never decrypted.
+
+use capstan_crds::ObjectKey;
+use capstan_crds::networking::virtual_service as api;
+
+use super::{Problem, hostname};
+
+/// One entry of `tcp` or `tls`: the first whose matches hold takes the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRoute {
+    /// OR-ed; none matches every connection.
+    pub matches: Vec<StreamMatch>,
+    pub destinations: Vec<Destination>,
+}
+
+/// Where a connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// Fully qualified.
+    pub host: String,
+    pub subset: Option<String>,
+    /// `None`: the service's only port.
+    pub port: Option<u32>,
+    /// As written (negative counts as 0); a split drops zero weights.
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamMatch {
+    /// TLS routes: the client hello's server name must be one of these (wildcards allowed).
+    pub sni_hosts: Vec<String>,
+    /// The port the connection arrived on; `None`: any.
+    pub port: Option<u32>,
+    /// Overrides the VirtualService's gateways for this match; empty: no override.
+    pub gateways: Vec<String>,
+}
+
+impl StreamMatch {
+    /// Whether this match holds on `port` of the gateway (namespace, name), for a
+    /// VirtualService of `namespace`.
+    pub fn applies_on(&self, port: u32, gateway: (&str, &str), namespace: &str) -> bool {
+        self.port.is_none_or(|p| p == port)
+            && (self.gateways.is_empty()
+                || self.gateways.iter().any(|g| {
+                    super::gateway::referenced(g, namespace)
+                        .is_some_and(|(ns, name)| ns == gateway.0 && name == gateway.1)
+                }))
+    }
+}
+
+/// The `tcp` routes of VirtualService `key`, and what in them cannot be honoured.
+pub fn tcp_routes(
+    routes: &[api::TcpRoute],
+    key: &ObjectKey,
+    domain_suffix: &str,
+) -> (Vec<StreamRoute>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let routes = routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let matches = r
+                .matches
+                .iter()
+                .enumerate()
+                .map(|(j, m)| {
+                    let field = format!("spec.tcp[{i}].match[{j}]");
+                    unsupported_l4(
+                        key,
+                        &field,
+                        &m.destination_subnets,
+                        &m.source_subnet,
+                        !m.source_labels.is_empty() || !m.source_namespace.is_empty(),
+                        &mut problems,
+                    );
+                    StreamMatch {
+                        sni_hosts: Vec::new(),
+                        port: (m.port != 0).then_some(m.port),
+                        gateways: m.gateways.clone(),
+                    }
+                })
+                .collect();
+            StreamRoute {
+                matches,
+                destinations: destinations(&r.route, &key.namespace, domain_suffix),
+            }
+        })
+        .collect();
+    (routes, problems)
+}
+
+/// The `tls` routes of VirtualService `key`, and what in them cannot be honoured.
+pub fn tls_routes(
+    routes: &[api::TlsRoute],
+    key: &ObjectKey,
+    domain_suffix: &str,
+) -> (Vec<StreamRoute>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let routes = routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let matches = r
+                .matches
+                .iter()
+                .enumerate()
+                .map(|(j, m)| {
+                    let field = format!("spec.tls[{i}].match[{j}]");
+                    unsupported_l4(
+                        key,
+                        &field,
+                        &m.destination_subnets,
+                        "",
+                        !m.source_labels.is_empty() || !m.source_namespace.is_empty(),
+                        &mut problems,
+                    );
+                    StreamMatch {
+                        sni_hosts: m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                        port: (m.port != 0).then_some(m.port),
+                        gateways: m.gateways.clone(),
+                    }
+                })
+                .collect();
+            StreamRoute {
+                matches,
+                destinations: destinations(&r.route, &key.namespace, domain_suffix),
+            }
+        })
+        .collect();
+    (routes, problems)
+}
+
+fn unsupported_l4(
+    key: &ObjectKey,
+    field: &str,
+    destination_subnets: &[String],
+    source_subnet: &str,
+    by_source: bool,
+    problems: &mut Vec<Problem>,
+) {
+    let mut report = |name: &str| {
+        problems.push(Problem {
+            object: key.clone(),
+            field: format!("{field}.{name}"),
+            message: format!("{name} is not applied yet; the match holds without it"),
+        })
+    };
+    if !destination_subnets.is_empty() {
+        report("destinationSubnets");
+    }
+    if !source_subnet.is_empty() {
+        report("sourceSubnet");
+    }
+    if by_source {
+        report("sourceLabels");
+    }
+}
+
+fn destinations(
+    route: &[api::RouteDestination],
+    namespace: &str,
+    domain_suffix: &str,
+) -> Vec<Destination> {
+    route
+        .iter()
+        .map(|d| Destination {
+            host: hostname::resolve(&d.destination.host, namespace, domain_suffix),
+            subset: (!d.destination.subset.is_empty()).then(|| d.destination.subset.clone()),
+            port: d.destination.port.as_ref().map(|p| p.number),
+            weight: u32::try_from(d.weight).unwrap_or(0),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capstan_crds::IstioObject;
+
+    #[test]
+    fn tls_and_tcp_routes_are_read_with_hosts_resolved() {
+        let document = capstan_crds::parse_single(
+            "vs.yaml",
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge, namespace: shop}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [istio-system/edge]
+  tls:
+  - match: [{sniHosts: [Secure.example.com], port: 443}]
+    route: [{destination: {host: secure, port: {number: 8443}}}]
+  tcp:
+  - match: [{port: 5432, sourceSubnet: 10.0.0.0/8}]
+    route: [{destination: {host: db, subset: primary}, weight: 100}]
+"#,
+        )
+        .expect("valid");
+        let IstioObject::VirtualService(vs) = &document.object else {
+            panic!("not a VirtualService");
+        };
+        let key = document.object.key();
+        let (tls, problems) = tls_routes(&vs.spec.tls, &key, "cluster.local");
+        assert_eq!(problems, vec![]);
+        assert_eq!(tls[0].matches[0].sni_hosts, ["secure.example.com"]);
+        assert_eq!(tls[0].destinations[0].host, "secure.shop.svc.cluster.local");
+        assert_eq!(tls[0].destinations[0].port, Some(8443));
+        let (tcp, problems) = tcp_routes(&vs.spec.tcp, &key, "cluster.local");
+        assert_eq!(tcp[0].destinations[0].subset.as_deref(), Some("primary"));
+        assert_eq!(tcp[0].matches[0].port, Some(5432));
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].field, "spec.tcp[0].match[0].sourceSubnet");
+        assert!(tcp[0].matches[0].applies_on(5432, ("istio-system", "edge"), "shop"));
+        assert!(!tcp[0].matches[0].applies_on(5433, ("istio-system", "edge"), "shop"));
+    }
+}

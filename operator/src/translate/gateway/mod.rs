@@ -1,0 +1,158 @@
+//! Gateway proxies: for each set of router proxies a Gateway selector picks, one listener per
+//! server port and the route configurations of its servers, named as istiod names them
+//! (listener `0.0.0.0_<port>`, routes `http.<port>` for plain HTTP servers and
+//! `https.<port>.<port name>.<gateway>.<namespace>` for each HTTPS server).
+//!
+//! Gateways are few and each is small, so any change that could touch them (a Gateway, a
+//! VirtualService bound to one, a service their routes send to) rebuilds them all: the cost
+//! follows the gateways' config, never the size of the mesh.
+
+mod listener;
+mod routes;
+mod stream;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use capstan_xds::{Role, Selector};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+
+use crate::model::Problem;
+use crate::model::gateway::{Gateway, Server, ServerKind};
+use crate::model::{Mesh, hostname};
+
+/// Everything the gateways of the mesh need, per selector of router proxies.
+#[derive(Debug, Default)]
+pub struct GatewayConfig {
+    pub listeners: Vec<(Selector, Listener)>,
+    pub routes: Vec<(Selector, RouteConfiguration)>,
+    pub problems: Vec<Problem>,
+    /// The service hosts the routes send to: a change to one rebuilds the gateways.
+    pub destinations: BTreeSet<String>,
+}
+
+/// One server of one Gateway, as a listener on its port sees it.
+struct Bound<'a> {
+    gateway: &'a Gateway,
+    server: &'a Server,
+}
+
+/// Builds every gateway listener and route configuration of `mesh`.
+pub fn build(mesh: &Mesh) -> GatewayConfig {
+    let mut out = GatewayConfig::default();
+    // Gateways selecting the same proxies share their listeners, port by port.
+    let mut by_selector: BTreeMap<&BTreeMap<String, String>, BTreeMap<u32, Vec<Bound<'_>>>> =
+        BTreeMap::new();
+    for gateway in mesh.gateways.values() {
+        for server in &gateway.servers {
+            by_selector
+                .entry(&gateway.selector)
+                .or_default()
+                .entry(server.port)
+                .or_default()
+                .push(Bound { gateway, server });
+        }
+    }
+    for (labels, ports) in by_selector {
+        let selector = Selector {
+            role: Some(Role::Router),
+            namespace: None,
+            labels: labels.clone(),
+        };
+        for (port, servers) in ports {
+            let servers = one_kind_per_port(port, servers, &mut out.problems);
+            let built = listener::listener(mesh, port, &servers, &mut out);
+            for server in built.served {
+                let config = routes::route_configuration(mesh, port, server, &mut out);
+                out.routes.push((selector.clone(), config));
+            }
+            if let Some(http) = built.http_route {
+                let http_servers: Vec<&Bound<'_>> = servers
+                    .iter()
+                    .filter(|b| b.server.kind == ServerKind::Http)
+                    .collect();
+                let config =
+                    routes::shared_http_configuration(mesh, port, &http, &http_servers, &mut out);
+                out.routes.push((selector.clone(), config));
+            }
+            out.listeners.push((selector.clone(), built.listener));
+        }
+    }
+    unbound_gateways(mesh, &mut out.problems);
+    // A VirtualService's routes are read once per server they bind to.
+    out.problems
+        .sort_by(|a, b| (&a.object, &a.field, &a.message).cmp(&(&b.object, &b.field, &b.message)));
+    out.problems.dedup();
+    out
+}
+
+/// Whether a VirtualService is bound to some gateway (not only to sidecars).
+pub fn binds_gateways(vs: &crate::model::VirtualService) -> bool {
+    vs.gateways.iter().any(|g| g != "mesh")
+}
+
+/// A port serves one family of servers, plain HTTP, TLS or TCP (as with istiod): the family
+/// of the first server (by Gateway namespace and name) wins, the others are reported.
+fn one_kind_per_port<'a>(
+    port: u32,
+    servers: Vec<Bound<'a>>,
+    problems: &mut Vec<Problem>,
+) -> Vec<Bound<'a>> {
+    let Some(first) = servers.first() else {
+        return servers;
+    };
+    let family = first.server.kind.family();
+    let (kept, dropped): (Vec<_>, Vec<_>) = servers
+        .into_iter()
+        .partition(|b| b.server.kind.family() == family);
+    for b in dropped {
+        problems.push(Problem {
+            object: b.gateway.origin.clone(),
+            field: format!("spec.servers[{}].port", b.server.index),
+            message: format!(
+                "port {port} already serves {family} for another server of these proxies; this \
+                 server is not served"
+            ),
+        });
+    }
+    kept
+}
+
+/// The name a virtual host answers to where a VirtualService host (as resolved) meets a
+/// server host: the narrower of the two; `None` when they do not overlap.
+fn domain_for(vs_host: &str, server_host: &str) -> Option<String> {
+    if hostname::matches(server_host, vs_host) {
+        Some(vs_host.to_string())
+    } else if hostname::matches(vs_host, server_host) {
+        Some(server_host.to_string())
+    } else {
+        None
+    }
+}
+
+/// VirtualServices naming a Gateway the mesh does not have.
+fn unbound_gateways(mesh: &Mesh, problems: &mut Vec<Problem>) {
+    for vs in mesh.virtual_services.values() {
+        for (i, reference) in vs.gateways.iter().enumerate() {
+            let Some((ns, name)) =
+                crate::model::gateway::referenced(reference, &vs.origin.namespace)
+            else {
+                continue;
+            };
+            let exists = mesh
+                .gateways
+                .keys()
+                .any(|k| k.namespace == ns && k.name == name);
+            if !exists {
+                problems.push(Problem {
+                    object: vs.origin.clone(),
+                    field: format!("spec.gateways[{i}]"),
+                    message: format!("no Gateway {ns}/{name}; these routes are not served on it"),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

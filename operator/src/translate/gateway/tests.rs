@@ -1,0 +1,261 @@
+use capstan_xds::{ProxyInfo, Role};
+use envoy_types::pb::envoy::config::core::v3::DataSource;
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::config::route::v3::virtual_host::TlsRequirementType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+use prost::Message;
+
+use super::*;
+use crate::translate::test_support::{REVIEWS, mesh};
+
+const INGRESS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*"]
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    hosts: ["shop.example.com"]
+    tls: {mode: SIMPLE, serverCertificate: /certs/cert.pem, privateKey: /certs/key.pem}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: bookinfo}
+spec:
+  hosts: ["shop.example.com"]
+  gateways: [edge/ingress]
+  http:
+  - match: [{uri: {prefix: /reviews}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+"#;
+
+fn cluster_of(config: &RouteConfiguration, domain: &str) -> Vec<String> {
+    let vh = config
+        .virtual_hosts
+        .iter()
+        .find(|vh| vh.domains.iter().any(|d| d == domain))
+        .unwrap_or_else(|| panic!("no virtual host for {domain} in {}", config.name));
+    vh.routes
+        .iter()
+        .filter_map(|r| match &r.action {
+            Some(Action::Route(a)) => match &a.cluster_specifier {
+                Some(ClusterSpecifier::Cluster(c)) => Some(c.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn router(labels: &[(&str, &str)]) -> ProxyInfo {
+    ProxyInfo {
+        role: Role::Router,
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_gateway_gets_a_listener_per_port_and_routes_named_as_istiod_names_them() {
+    let config = build(&mesh(&format!("{REVIEWS}---{INGRESS}")));
+    assert_eq!(config.problems, vec![]);
+    let names: Vec<&str> = config
+        .listeners
+        .iter()
+        .map(|(_, l)| l.name.as_str())
+        .collect();
+    assert_eq!(names, ["0.0.0.0_8080", "0.0.0.0_8443"]);
+    let routes: Vec<&str> = config.routes.iter().map(|(_, r)| r.name.as_str()).collect();
+    assert_eq!(routes, ["http.8080", "https.8443.https.ingress.edge"]);
+    let selectors = config
+        .listeners
+        .iter()
+        .map(|(s, _)| s)
+        .chain(config.routes.iter().map(|(s, _)| s));
+    for selector in selectors {
+        assert!(selector.matches(&router(&[("istio", "ingressgateway"), ("app", "x")])));
+        assert!(!selector.matches(&router(&[("istio", "egressgateway")])));
+        assert!(!selector.matches(&ProxyInfo {
+            labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
+            ..Default::default()
+        }));
+    }
+    // `*` on the HTTP server meets the VirtualService host: the narrower name is served.
+    for (_, route) in &config.routes {
+        assert_eq!(
+            cluster_of(route, "shop.example.com"),
+            ["outbound|9080|v2|reviews.bookinfo.svc.cluster.local"]
+        );
+    }
+    assert!(
+        config
+            .destinations
+            .contains("reviews.bookinfo.svc.cluster.local")
+    );
+}
+
+#[test]
+fn an_https_server_terminates_tls_for_its_hosts_with_its_files() {
+    let config = build(&mesh(&format!("{REVIEWS}---{INGRESS}")));
+    let (_, listener) = &config.listeners[1];
+    assert_eq!(listener.listener_filters.len(), 1, "TLS inspector for SNI");
+    let chain = &listener.filter_chains[0];
+    assert_eq!(
+        chain
+            .filter_chain_match
+            .as_ref()
+            .map(|m| m.server_names.clone()),
+        Some(vec!["shop.example.com".to_string()])
+    );
+    let Some(SocketConfig::TypedConfig(any)) = chain
+        .transport_socket
+        .as_ref()
+        .and_then(|t| t.config_type.clone())
+    else {
+        panic!("no TLS transport socket");
+    };
+    let tls = DownstreamTlsContext::decode(any.value.as_slice()).expect("decodes");
+    let common = tls.common_tls_context.expect("common context");
+    let cert = &common.tls_certificates[0];
+    let filename = |d: &Option<DataSource>| match d.as_ref().and_then(|d| d.specifier.clone()) {
+        Some(Specifier::Filename(f)) => f,
+        other => panic!("not a file: {other:?}"),
+    };
+    assert_eq!(filename(&cert.certificate_chain), "/certs/cert.pem");
+    assert_eq!(filename(&cert.private_key), "/certs/key.pem");
+    assert!(
+        common.validation_context_type.is_none(),
+        "SIMPLE asks no client certificate"
+    );
+}
+
+#[test]
+fn only_virtual_services_bound_to_the_gateway_and_admitted_by_its_hosts_are_served() {
+    let config = build(&mesh(&format!(
+        r#"{REVIEWS}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: ingress, namespace: edge}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: ["team/*", "./edge.example.com"]
+    tls: {{httpsRedirect: true}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: mesh-only, namespace: team}}
+spec:
+  hosts: ["mesh.example.com"]
+  http: [{{route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: team, namespace: team}}
+spec:
+  hosts: ["team.example.com"]
+  gateways: [edge/ingress]
+  http: [{{route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: v1}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: other, namespace: other}}
+spec:
+  hosts: ["other.example.com"]
+  gateways: [edge/ingress]
+  http: [{{route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local}}}}]}}]
+"#
+    )));
+    let (_, routes) = &config.routes[0];
+    let domains: Vec<&str> = routes
+        .virtual_hosts
+        .iter()
+        .flat_map(|vh| vh.domains.iter().map(String::as_str))
+        .collect();
+    assert_eq!(domains, ["team.example.com"]);
+    assert_eq!(
+        routes.virtual_hosts[0].require_tls,
+        TlsRequirementType::All as i32,
+        "httpsRedirect"
+    );
+}
+
+#[test]
+fn a_match_naming_another_gateway_is_left_out_and_a_missing_gateway_is_reported() {
+    let config = build(&mesh(&format!(
+        r#"{REVIEWS}---{INGRESS}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: both, namespace: edge}}
+spec:
+  hosts: ["both.example.com"]
+  gateways: [ingress, mesh, nowhere]
+  http:
+  - match: [{{gateways: [mesh]}}]
+    route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: v3}}}}]
+  - match: [{{gateways: [ingress]}}]
+    route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: v1}}}}]
+"#
+    )));
+    let (_, http) = &config.routes[0];
+    assert_eq!(
+        cluster_of(http, "both.example.com"),
+        ["outbound|9080|v1|reviews.bookinfo.svc.cluster.local"]
+    );
+    let fields: Vec<String> = config
+        .problems
+        .iter()
+        .map(|p| format!("{} {}", p.object, p.field))
+        .collect();
+    assert_eq!(fields.len(), 1, "{fields:?}");
+    assert!(fields[0].ends_with("spec.gateways[2]"), "{fields:?}");
+}
+
+#[test]
+fn two_tls_servers_for_one_name_on_one_port_keep_the_first() {
+    let config = build(&mesh(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: a, namespace: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, serverCertificate: /a.pem, privateKey: /a.key}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: b, namespace: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, serverCertificate: /b.pem, privateKey: /b.key}
+  - port: {number: 443, name: http, protocol: HTTP}
+    hosts: ["*"]
+"#,
+    ));
+    assert_eq!(config.listeners.len(), 1);
+    assert_eq!(config.listeners[0].1.filter_chains.len(), 1);
+    let messages: Vec<String> = config.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(messages.iter().any(|m| m.contains("Gateway edge/b")
+        && m.contains("spec.servers[0].hosts")
+        && m.contains("already terminates TLS")));
+    assert!(messages.iter().any(|m| m.contains("spec.servers[1].port")));
+}
