@@ -375,6 +375,49 @@ impl Envoy {
     }
 }
 
+/// The one weighted split in a `/config_dump`, as (subset, host, weight) read off its cluster
+/// names (`outbound|<port>|<subset>|<host>`); fails unless there is exactly one.
+pub fn weighted_clusters(dump: &Value) -> anyhow::Result<Vec<(String, String, u64)>> {
+    fn walk(v: &Value, out: &mut Vec<Value>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    if k == "weighted_clusters" {
+                        out.push(v.clone());
+                    } else {
+                        walk(v, out);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(dump, &mut found);
+    ensure!(
+        found.len() == 1,
+        "expected one weighted route, found {}: {found:?}",
+        found.len()
+    );
+    let clusters = found[0]["clusters"]
+        .as_array()
+        .with_context(|| format!("weighted_clusters without clusters: {}", found[0]))?;
+    clusters
+        .iter()
+        .map(|c| {
+            let mut parts = c["name"].as_str().unwrap_or("").split('|').skip(2);
+            let (Some(subset), Some(host)) = (parts.next(), parts.next()) else {
+                anyhow::bail!("unexpected cluster name in {c}");
+            };
+            let weight = c["weight"]
+                .as_u64()
+                .with_context(|| format!("no weight in {c}"))?;
+            Ok((subset.to_string(), host.to_string(), weight))
+        })
+        .collect()
+}
+
 /// Parses Envoy's plain-text stats (`name: value` per line), skipping non-integer values.
 pub fn parse_stats(text: &str) -> BTreeMap<String, u64> {
     text.lines()

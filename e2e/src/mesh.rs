@@ -63,6 +63,27 @@ impl TestEnv {
     }
 }
 
+/// capstan on `env`'s config folder and one sidecar Envoy (namespace `bookinfo`, ADS `mode`)
+/// whose outbound listener is up, with a client for that listener.
+pub async fn capstan_and_sidecar(
+    env: &TestEnv,
+    mode: AdsMode,
+) -> anyhow::Result<(Capstan, Envoy, HttpClient)> {
+    let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
+    let envoy = Envoy::start(
+        &locate::envoy_bin()?,
+        &Bootstrap::new(mode, capstan.xds_port),
+        &env.log_dir,
+        "envoy",
+    )
+    .await?;
+    let port = envoy
+        .wait_listener_port(OUTBOUND_LISTENER, CONFIG_TIMEOUT)
+        .await
+        .with_context(|| format!("logs in {}", env.log_dir.display()))?;
+    Ok((capstan, envoy, HttpClient::new(loopback(port))))
+}
+
 /// `reviews` v1/v2/v3 upstreams, capstan on a config dir holding their ServiceEntry,
 /// DestinationRule and a VirtualService in `reviews-vs.yaml`, and one Envoy.
 /// Fields drop in order: Envoy first, the config dir last (so capstan never sees it vanish).

@@ -293,7 +293,14 @@ impl Bookinfo {
         .await
         .context(logs)?;
         let dump = self.envoy.config_dump(false).await?;
-        let weights = weighted_clusters(&dump)?;
+        let mut weights = Vec::new();
+        for (subset, host, weight) in capstan_e2e::envoy::weighted_clusters(&dump)? {
+            ensure!(
+                host == "reviews.default.svc.cluster.local",
+                "weighted cluster of another host: {host}"
+            );
+            weights.push((subset, weight));
+        }
         let expected: Vec<(String, u64)> =
             expected.iter().map(|(s, w)| (s.to_string(), *w)).collect();
         ensure!(
@@ -333,54 +340,6 @@ fn has_header_route(dump: &Value, domain: &str, header: &str) -> bool {
         .flat_map(|vh| vh["routes"].as_array().into_iter().flatten())
         .flat_map(|r| r["match"]["headers"].as_array().into_iter().flatten())
         .any(|h| h["name"] == header)
-}
-
-/// The (subset, weight) pairs of the one weighted route in Envoy's config dump.
-fn weighted_clusters(dump: &Value) -> anyhow::Result<Vec<(String, u64)>> {
-    fn walk(v: &Value, out: &mut Vec<Value>) {
-        match v {
-            Value::Object(map) => {
-                for (k, v) in map {
-                    if k == "weighted_clusters" {
-                        out.push(v.clone());
-                    } else {
-                        walk(v, out);
-                    }
-                }
-            }
-            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
-            _ => {}
-        }
-    }
-    let mut found = Vec::new();
-    walk(dump, &mut found);
-    ensure!(
-        found.len() == 1,
-        "expected one weighted route, found {}: {found:?}",
-        found.len()
-    );
-    let clusters = found[0]["clusters"]
-        .as_array()
-        .with_context(|| format!("weighted_clusters without clusters: {}", found[0]))?;
-    clusters
-        .iter()
-        .map(|c| {
-            // Cluster names are `outbound|<port>|<subset>|<host>`.
-            let name = c["name"].as_str().unwrap_or("");
-            let mut parts = name.split('|');
-            let subset = parts
-                .nth(2)
-                .with_context(|| format!("cluster name in {c}"))?;
-            ensure!(
-                parts.next() == Some("reviews.default.svc.cluster.local"),
-                "weighted cluster of another host: {c}"
-            );
-            let weight = c["weight"]
-                .as_u64()
-                .with_context(|| format!("no weight in {c}"))?;
-            Ok((subset.to_string(), weight))
-        })
-        .collect()
 }
 
 /// Fails unless `hits` of `n` is within 5 sigma of `p * n` (binomial).

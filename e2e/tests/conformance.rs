@@ -8,11 +8,9 @@ use std::path::Path;
 
 use anyhow::{Context, ensure};
 use capstan_e2e::capstan::Capstan;
-use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy, loopback};
+use capstan_e2e::envoy::AdsMode;
 use capstan_e2e::fixtures::service_entry;
-use capstan_e2e::http::HttpClient;
-use capstan_e2e::locate::envoy_bin;
-use capstan_e2e::mesh::{CONFIG_TIMEOUT, OUTBOUND_LISTENER, TestEnv};
+use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv, capstan_and_sidecar};
 use capstan_e2e::upstreams::Upstreams;
 use capstan_e2e::wait::wait_until;
 use serde_json::Value;
@@ -86,18 +84,7 @@ async fn conformance(name: &str, mode: AdsMode) -> anyhow::Result<()> {
         "ratings.yaml",
         &service_entry("ratings", upstreams.port("ratings", "v1")?),
     )?;
-    let mut capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
-    let envoy = Envoy::start(
-        &envoy_bin()?,
-        &Bootstrap::new(mode, capstan.xds_port),
-        &env.log_dir,
-        "envoy",
-    )
-    .await?;
-    let port = envoy
-        .wait_listener_port(OUTBOUND_LISTENER, CONFIG_TIMEOUT)
-        .await?;
-    let mut proxy = HttpClient::new(loopback(port));
+    let (mut capstan, envoy, mut proxy) = capstan_and_sidecar(&env, mode).await?;
     let logs = || format!("logs in {}", env.log_dir.display());
 
     // Initial sync: both clusters, their endpoints, listener and routes.

@@ -45,14 +45,7 @@ impl GatewayMesh {
         .await?;
         env.write_config("gateway.yaml", gateway_yaml)?;
         let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
-        let envoy_bin = capstan_e2e::locate::envoy_bin()?;
-        let gateway = Envoy::start(
-            &envoy_bin,
-            &Bootstrap::gateway(AdsMode::Sotw, capstan.xds_port, INGRESS_LABELS),
-            &env.log_dir,
-            "gateway",
-        )
-        .await?;
+        let gateway = start_gateway(&env, &capstan, AdsMode::Sotw).await?;
         Ok(Self {
             gateway,
             _capstan: capstan,
@@ -86,6 +79,36 @@ impl GatewayMesh {
             .filter_map(|s| s["name"].as_str().map(str::to_string))
             .collect())
     }
+}
+
+/// An ingress gateway Envoy (a `router` labelled `istio: ingressgateway`) on `capstan`.
+async fn start_gateway(env: &TestEnv, capstan: &Capstan, mode: AdsMode) -> anyhow::Result<Envoy> {
+    Envoy::start(
+        &capstan_e2e::locate::envoy_bin()?,
+        &Bootstrap::gateway(mode, capstan.xds_port, INGRESS_LABELS),
+        &env.log_dir,
+        "gateway",
+    )
+    .await
+}
+
+/// Waits until `GET path` with Host `host` is answered by an upstream of `service`.
+async fn wait_for_service(
+    client: &mut HttpClient,
+    host: &str,
+    path: &str,
+    service: &str,
+) -> anyhow::Result<()> {
+    capstan_e2e::wait_until(
+        &format!("{host}{path} answered by {service}"),
+        CONFIG_TIMEOUT,
+        async || {
+            let reply = client.get(host, path, &[]).await?.upstream_reply()?;
+            ensure!(reply.service == service, "{reply:?}");
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// A Gateway with one plain HTTP server on `port` for every host, with `tls` settings if any.
@@ -408,19 +431,7 @@ spec:
         .wait_listener_port(capstan_e2e::mesh::OUTBOUND_LISTENER, CONFIG_TIMEOUT)
         .await?;
     let mut client = HttpClient::new(loopback(outbound));
-    capstan_e2e::wait_until(
-        "httpbin.example.com via the sidecar",
-        CONFIG_TIMEOUT,
-        async || {
-            let reply = client
-                .get("httpbin.example.com", "/get", &[])
-                .await?
-                .upstream_reply()?;
-            ensure!(reply.service == "httpbin", "{reply:?}");
-            Ok(())
-        },
-    )
-    .await?;
+    wait_for_service(&mut client, "httpbin.example.com", "/get", "httpbin").await?;
     const N: u64 = 20;
     let before = upstreams.count("httpbin", "v1").await?;
     let gateway_before = requests(&egress, "outbound|80||httpbin.example.com").await?;
@@ -568,14 +579,7 @@ spec:
     );
     env.write_config("edge.yaml", &yaml)?;
     let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
-    let envoy_bin = capstan_e2e::locate::envoy_bin()?;
-    let gateway = Envoy::start(
-        &envoy_bin,
-        &Bootstrap::gateway(AdsMode::Delta, capstan.xds_port, INGRESS_LABELS),
-        &env.log_dir,
-        "gateway",
-    )
-    .await?;
+    let gateway = start_gateway(&env, &capstan, AdsMode::Delta).await?;
     for port in [tcp_port, tls_port] {
         gateway
             .wait_listener_port(&format!("0.0.0.0_{port}"), CONFIG_TIMEOUT)
@@ -641,28 +645,16 @@ spec:
         ),
     )?;
     let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
-    let gateway = Envoy::start(
-        &capstan_e2e::locate::envoy_bin()?,
-        &Bootstrap::gateway(AdsMode::Sotw, capstan.xds_port, INGRESS_LABELS),
-        &env.log_dir,
-        "gateway",
-    )
-    .await?;
+    let gateway = start_gateway(&env, &capstan, AdsMode::Sotw).await?;
     gateway
         .wait_listener_port("0.0.0.0_8080", CONFIG_TIMEOUT)
         .await?;
     let mut client = HttpClient::new(loopback(8080));
-    capstan_e2e::wait_until(
-        "/productpage through the gateway",
-        CONFIG_TIMEOUT,
-        async || {
-            let reply = client
-                .get("bookinfo.example.com", "/productpage", &[])
-                .await?
-                .upstream_reply()?;
-            ensure!(reply.service == "productpage", "{reply:?}");
-            Ok(())
-        },
+    wait_for_service(
+        &mut client,
+        "bookinfo.example.com",
+        "/productpage",
+        "productpage",
     )
     .await?;
     for path in [

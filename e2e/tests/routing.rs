@@ -89,7 +89,10 @@ async fn weighted_split_80_20_within_5_sigma() -> anyhow::Result<()> {
     .await?;
 
     let dump = mesh.envoy.config_dump(false).await?;
-    let weights = weighted_clusters(&dump)?;
+    let weights: Vec<(String, u64)> = capstan_e2e::envoy::weighted_clusters(&dump)?
+        .into_iter()
+        .map(|(subset, _, weight)| (subset, weight))
+        .collect();
     ensure!(
         weights == [("v1".to_string(), 80), ("v3".to_string(), 20)],
         "Envoy's weighted clusters are {weights:?}, expected v1: 80, v3: 20"
@@ -307,47 +310,4 @@ async fn ensure_nothing_pushed(mesh: &ReviewsMesh, before: &Pushes) -> anyhow::R
         "config was pushed although no good change was made: before {before:?}, now {now:?}"
     );
     Ok(())
-}
-
-/// The (subset, weight) pairs of every weighted route in Envoy's config dump.
-fn weighted_clusters(dump: &serde_json::Value) -> anyhow::Result<Vec<(String, u64)>> {
-    fn walk(v: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
-        match v {
-            serde_json::Value::Object(map) => {
-                for (k, v) in map {
-                    if k == "weighted_clusters" {
-                        out.push(v.clone());
-                    } else {
-                        walk(v, out);
-                    }
-                }
-            }
-            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
-            _ => {}
-        }
-    }
-    let mut found = Vec::new();
-    walk(dump, &mut found);
-    ensure!(
-        found.len() == 1,
-        "expected one weighted route, found {}: {found:?}",
-        found.len()
-    );
-    let clusters = found[0]["clusters"]
-        .as_array()
-        .with_context(|| format!("weighted_clusters without clusters: {}", found[0]))?;
-    clusters
-        .iter()
-        .map(|c| {
-            // Cluster names are `outbound|<port>|<subset>|<host>`.
-            let subset = c["name"]
-                .as_str()
-                .and_then(|n| n.split('|').nth(2))
-                .with_context(|| format!("unexpected cluster name in {c}"))?;
-            let weight = c["weight"]
-                .as_u64()
-                .with_context(|| format!("no weight in {c}"))?;
-            Ok((subset.to_string(), weight))
-        })
-        .collect()
 }

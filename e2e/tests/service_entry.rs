@@ -4,10 +4,8 @@
 use std::path::Path;
 
 use anyhow::ensure;
-use capstan_e2e::capstan::Capstan;
-use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy, loopback};
-use capstan_e2e::http::HttpClient;
-use capstan_e2e::mesh::{CONFIG_TIMEOUT, OUTBOUND_LISTENER, TestEnv};
+use capstan_e2e::envoy::AdsMode;
+use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv, capstan_and_sidecar};
 use capstan_e2e::upstreams::Upstreams;
 
 const UPSTREAM_BIN: &str = env!("CARGO_BIN_EXE_capstan-upstream");
@@ -48,18 +46,7 @@ async fn dns_entries_are_resolved_by_envoy() -> anyhow::Result<()> {
             )
         ),
     )?;
-    let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
-    let envoy = Envoy::start(
-        &capstan_e2e::locate::envoy_bin()?,
-        &Bootstrap::new(AdsMode::Sotw, capstan.xds_port),
-        &env.log_dir,
-        "envoy",
-    )
-    .await?;
-    let port = envoy
-        .wait_listener_port(OUTBOUND_LISTENER, CONFIG_TIMEOUT)
-        .await?;
-    let mut client = HttpClient::new(loopback(port));
+    let (_capstan, envoy, mut client) = capstan_and_sidecar(&env, AdsMode::Sotw).await?;
     for name in ["strict", "logical"] {
         let host = format!("{name}.example.com");
         let reply = capstan_e2e::wait_until(&host, CONFIG_TIMEOUT, async || {

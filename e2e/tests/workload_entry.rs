@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::ensure;
-use capstan_e2e::capstan::Capstan;
-use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy, loopback};
+use capstan_e2e::envoy::AdsMode;
 use capstan_e2e::http::HttpClient;
-use capstan_e2e::mesh::{CONFIG_TIMEOUT, OUTBOUND_LISTENER, TestEnv};
+use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv, capstan_and_sidecar};
 use capstan_e2e::upstreams::Upstreams;
 
 const UPSTREAM_BIN: &str = env!("CARGO_BIN_EXE_capstan-upstream");
@@ -63,18 +62,7 @@ async fn service_entry_endpoints_follow_the_workload_entries_it_selects() -> any
     env.write_config("billing.yaml", BILLING)?;
     env.write_config("vm-1.yaml", &entry("vm-1", "billing", one))?;
     env.write_config("vm-2.yaml", &entry("vm-2", "payroll", two))?;
-    let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
-    let envoy = Envoy::start(
-        &capstan_e2e::locate::envoy_bin()?,
-        &Bootstrap::new(AdsMode::Delta, capstan.xds_port),
-        &env.log_dir,
-        "envoy",
-    )
-    .await?;
-    let port = envoy
-        .wait_listener_port(OUTBOUND_LISTENER, CONFIG_TIMEOUT)
-        .await?;
-    let mut client = HttpClient::new(loopback(port));
+    let (_capstan, envoy, mut client) = capstan_and_sidecar(&env, AdsMode::Delta).await?;
 
     // vm-2 is labelled for another service: only vm-1 answers.
     capstan_e2e::wait_until("vm-1 alone", CONFIG_TIMEOUT, async || {

@@ -55,39 +55,26 @@ pub fn tcp_routes(
     key: &ObjectKey,
     domain_suffix: &str,
 ) -> (Vec<StreamRoute>, Vec<Problem>) {
-    let mut problems = Vec::new();
-    let routes = routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let matches = r
-                .matches
-                .iter()
-                .enumerate()
-                .map(|(j, m)| {
-                    let field = format!("spec.tcp[{i}].match[{j}]");
-                    unsupported_l4(
-                        key,
-                        &field,
-                        &m.destination_subnets,
-                        &m.source_subnet,
-                        !m.source_labels.is_empty() || !m.source_namespace.is_empty(),
-                        &mut problems,
-                    );
-                    StreamMatch {
-                        sni_hosts: Vec::new(),
-                        port: (m.port != 0).then_some(m.port),
-                        gateways: m.gateways.clone(),
-                    }
-                })
-                .collect();
-            StreamRoute {
-                matches,
-                destinations: destinations(&r.route, &key.namespace, domain_suffix),
-            }
-        })
-        .collect();
-    (routes, problems)
+    let routes = routes.iter().map(|r| (&r.matches[..], &r.route[..]));
+    stream_routes(
+        "tcp",
+        routes,
+        key,
+        domain_suffix,
+        |m: &api::L4MatchAttributes| {
+            let read = StreamMatch {
+                sni_hosts: Vec::new(),
+                port: (m.port != 0).then_some(m.port),
+                gateways: m.gateways.clone(),
+            };
+            let unapplied = Unapplied {
+                destination_subnets: !m.destination_subnets.is_empty(),
+                source_subnet: !m.source_subnet.is_empty(),
+                by_source: !m.source_labels.is_empty() || !m.source_namespace.is_empty(),
+            };
+            (read, unapplied)
+        },
+    )
 }
 
 /// The `tls` routes of VirtualService `key`, and what in them cannot be honoured.
@@ -96,68 +83,85 @@ pub fn tls_routes(
     key: &ObjectKey,
     domain_suffix: &str,
 ) -> (Vec<StreamRoute>, Vec<Problem>) {
+    let routes = routes.iter().map(|r| (&r.matches[..], &r.route[..]));
+    stream_routes(
+        "tls",
+        routes,
+        key,
+        domain_suffix,
+        |m: &api::TlsMatchAttributes| {
+            let read = StreamMatch {
+                sni_hosts: m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                port: (m.port != 0).then_some(m.port),
+                gateways: m.gateways.clone(),
+            };
+            let unapplied = Unapplied {
+                destination_subnets: !m.destination_subnets.is_empty(),
+                source_subnet: false,
+                by_source: !m.source_labels.is_empty() || !m.source_namespace.is_empty(),
+            };
+            (read, unapplied)
+        },
+    )
+}
+
+/// Which match conditions are set that translation does not apply.
+struct Unapplied {
+    destination_subnets: bool,
+    source_subnet: bool,
+    by_source: bool,
+}
+
+/// Reads the `list` (`tcp` or `tls`) routes, each as its matches and destinations.
+fn stream_routes<'a, M: 'a>(
+    list: &str,
+    routes: impl Iterator<Item = (&'a [M], &'a [api::RouteDestination])>,
+    key: &ObjectKey,
+    domain_suffix: &str,
+    read: impl Fn(&M) -> (StreamMatch, Unapplied),
+) -> (Vec<StreamRoute>, Vec<Problem>) {
     let mut problems = Vec::new();
     let routes = routes
-        .iter()
         .enumerate()
-        .map(|(i, r)| {
-            let matches = r
-                .matches
+        .map(|(i, (matches, destinations))| StreamRoute {
+            matches: matches
                 .iter()
                 .enumerate()
                 .map(|(j, m)| {
-                    let field = format!("spec.tls[{i}].match[{j}]");
-                    unsupported_l4(
-                        key,
-                        &field,
-                        &m.destination_subnets,
-                        "",
-                        !m.source_labels.is_empty() || !m.source_namespace.is_empty(),
-                        &mut problems,
-                    );
-                    StreamMatch {
-                        sni_hosts: m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
-                        port: (m.port != 0).then_some(m.port),
-                        gateways: m.gateways.clone(),
-                    }
+                    let (read, unapplied) = read(m);
+                    let field = format!("spec.{list}[{i}].match[{j}]");
+                    report_unapplied(key, &field, &unapplied, &mut problems);
+                    read
                 })
-                .collect();
-            StreamRoute {
-                matches,
-                destinations: destinations(&r.route, &key.namespace, domain_suffix),
-            }
+                .collect(),
+            destinations: read_destinations(destinations, &key.namespace, domain_suffix),
         })
         .collect();
     (routes, problems)
 }
 
-fn unsupported_l4(
+fn report_unapplied(
     key: &ObjectKey,
     field: &str,
-    destination_subnets: &[String],
-    source_subnet: &str,
-    by_source: bool,
+    unapplied: &Unapplied,
     problems: &mut Vec<Problem>,
 ) {
-    let mut report = |name: &str| {
-        problems.push(Problem {
-            object: key.clone(),
-            field: format!("{field}.{name}"),
-            message: format!("{name} is not applied yet; the match holds without it"),
-        })
-    };
-    if !destination_subnets.is_empty() {
-        report("destinationSubnets");
-    }
-    if !source_subnet.is_empty() {
-        report("sourceSubnet");
-    }
-    if by_source {
-        report("sourceLabels");
+    for (name, set) in [
+        ("destinationSubnets", unapplied.destination_subnets),
+        ("sourceSubnet", unapplied.source_subnet),
+        ("sourceLabels", unapplied.by_source),
+    ] {
+        if set {
+            problems.push(Problem {
+                object: key.clone(),
+                field: format!("{field}.{name}"),
+                message: format!("{name} is not applied yet; the match holds without it"),
+            });
+        }
     }
 }
 
-fn destinations(
+fn read_destinations(
     route: &[api::RouteDestination],
     namespace: &str,
     domain_suffix: &str,
