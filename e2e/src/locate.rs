@@ -68,6 +68,14 @@ pub fn build_capstan() -> anyhow::Result<PathBuf> {
         .arg(&build.target_dir)
         .args(["--profile", &build.profile])
         .current_dir(repo_dir());
+    // What cargo sets for the running test describes this crate, not the build; build scripts
+    // (ring's) that read such a variable would see it change between this build and a plain
+    // `cargo build`, and rebuild their crate and everything above it each time.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(describes_running_crate) {
+            cmd.env_remove(&name);
+        }
+    }
     if let Some(triple) = &build.triple {
         cmd.args(["--target", triple]);
     }
@@ -87,6 +95,19 @@ pub fn build_capstan() -> anyhow::Result<PathBuf> {
         bail!("{shown} succeeded but left no binary at {}", p.display());
     }
     Ok(p)
+}
+
+/// The variables cargo sets for the crate being built or tested (not its own settings).
+fn describes_running_crate(name: &str) -> bool {
+    const PREFIXES: [&str; 4] = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_", "CARGO_CFG_"];
+    const NAMES: [&str; 5] = [
+        "CARGO_CRATE_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name)
 }
 
 /// Where cargo put the running executable, as `cargo build` options.
@@ -198,6 +219,26 @@ pub fn fresh_log_dir(name: &str) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_what_describes_the_running_crate_is_kept_from_the_capstan_build() {
+        for name in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_BIN_EXE_capstan-upstream",
+        ] {
+            assert!(describes_running_crate(name), "{name}");
+        }
+        for name in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_INCREMENTAL",
+            "PATH",
+        ] {
+            assert!(!describes_running_crate(name), "{name}");
+        }
+    }
 
     #[test]
     fn build_options_follow_the_profile_dir() -> anyhow::Result<()> {
