@@ -13,6 +13,7 @@
 //! - [`netns`]: a private network namespace (with a pod network) for the Kubernetes tests
 //! - [`hostile_ads`]: raw ADS clients that misbehave on purpose, for the fault tests
 //! - [`fixtures`], [`mesh`]: Istio YAML and the reviews mesh most tests start from
+//! - [`gateway_mesh`]: the reviews mesh with an ingress gateway Envoy, for the gateway tests
 //! - [`kube`]: a real etcd + kube-apiserver on loopback (CRDs, RBAC, kubectl) for Kubernetes tests
 //! - [`moto`]: AWS Private CA on loopback (patched moto) for the Private CA issuer tests
 //! - [`tls_pki`]: a throwaway CA and an HTTPS client for gateway and TLS-origination tests
@@ -22,6 +23,7 @@ pub mod capstan;
 pub mod envoy;
 pub mod fixtures;
 pub mod folder_mesh;
+pub mod gateway_mesh;
 pub mod hostile_ads;
 pub mod http;
 pub mod identity;

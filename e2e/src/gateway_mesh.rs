@@ -1,0 +1,159 @@
+//! A gateway Envoy on capstan, for the gateway tests (e2e/tests/gateway*.rs): the reviews mesh
+//! with one ingress gateway, the YAML those tests share, and what they read off a gateway.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, ensure};
+
+use crate::capstan::Capstan;
+use crate::envoy::{AdsMode, Bootstrap, Envoy, loopback};
+use crate::fixtures::reviews_vs_header_match;
+use crate::http::HttpClient;
+use crate::mesh::{CONFIG_TIMEOUT, TestEnv, start_reviews};
+use crate::upstreams::Upstreams;
+
+/// The labels of Istio's ingress gateway pods.
+pub const INGRESS_LABELS: &[(&str, &str)] = &[("istio", "ingressgateway")];
+
+/// The reviews mesh (its sidecar VirtualService sends jason to v2, the rest to v1), capstan,
+/// and one gateway Envoy, with `gateway_yaml` in `gateway.yaml`.
+pub struct GatewayMesh {
+    pub gateway: Envoy,
+    _capstan: Capstan,
+    _upstreams: Upstreams,
+    pub env: TestEnv,
+}
+
+impl GatewayMesh {
+    pub async fn start(
+        name: &str,
+        upstream_bin: &Path,
+        gateway_yaml: &str,
+    ) -> anyhow::Result<Self> {
+        crate::netns::network_up()?;
+        let env = TestEnv::new(name)?;
+        let upstreams = start_reviews(
+            &env,
+            upstream_bin,
+            &reviews_vs_header_match("jason", "v2", "v1"),
+        )
+        .await?;
+        env.write_config("gateway.yaml", gateway_yaml)?;
+        let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
+        let gateway = start_gateway(&env, &capstan, AdsMode::Sotw).await?;
+        Ok(Self {
+            gateway,
+            _capstan: capstan,
+            _upstreams: upstreams,
+            env,
+        })
+    }
+
+    /// Waits for the gateway's listener on `port`; returns its address.
+    pub async fn listening(&self, port: u16) -> anyhow::Result<SocketAddr> {
+        let bound = self
+            .gateway
+            .wait_listener_port(&format!("0.0.0.0_{port}"), CONFIG_TIMEOUT)
+            .await
+            .with_context(|| format!("logs in {}", self.env.log_dir.display()))?;
+        ensure!(bound == port, "listener bound {bound}, expected {port}");
+        Ok(loopback(port))
+    }
+
+    /// The names of the listeners the gateway Envoy holds.
+    pub async fn listener_names(&self) -> anyhow::Result<Vec<String>> {
+        let v: serde_json::Value = self
+            .gateway
+            .admin_get("/listeners?format=json")
+            .await?
+            .json()?;
+        Ok(v["listener_statuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["name"].as_str().map(str::to_string))
+            .collect())
+    }
+}
+
+/// An ingress gateway Envoy (a `router` labelled `istio: ingressgateway`) on `capstan`.
+pub async fn start_gateway(
+    env: &TestEnv,
+    capstan: &Capstan,
+    mode: AdsMode,
+) -> anyhow::Result<Envoy> {
+    Envoy::start(
+        &crate::locate::envoy_bin()?,
+        &Bootstrap::gateway(mode, capstan.xds_port, INGRESS_LABELS),
+        &env.log_dir,
+        "gateway",
+    )
+    .await
+}
+
+/// Waits until `GET path` with Host `host` is answered by an upstream of `service`.
+pub async fn wait_for_service(
+    client: &mut HttpClient,
+    host: &str,
+    path: &str,
+    service: &str,
+) -> anyhow::Result<()> {
+    crate::wait_until(
+        &format!("{host}{path} answered by {service}"),
+        CONFIG_TIMEOUT,
+        async || {
+            let reply = client.get(host, path, &[]).await?.upstream_reply()?;
+            ensure!(reply.service == service, "{reply:?}");
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// A Gateway with one plain HTTP server on `port` for every host, with `tls` settings if any.
+pub fn http_gateway(port: u16, tls: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: ingress, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+{tls}"#
+    )
+}
+
+/// The VirtualService bound to the gateway: `/reviews` on shop.example.com to `subset`.
+pub fn shop(subset: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: bookinfo}}
+spec:
+  hosts: [shop.example.com]
+  gateways: [istio-system/ingress]
+  http:
+  - match: [{{uri: {{prefix: /reviews}}}}]
+    route: [{{destination: {{host: reviews, subset: {subset}}}}}]
+"#
+    )
+}
+
+/// Requests `envoy` sent through `cluster` (0 when it has no such cluster).
+pub async fn cluster_requests(envoy: &Envoy, cluster: &str) -> anyhow::Result<u64> {
+    let stat = format!("cluster.{cluster}.upstream_rq_total");
+    let stats = envoy.stats(&format!("^{}$", regex_escape(&stat))).await?;
+    Ok(stats.get(&stat).copied().unwrap_or(0))
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}

@@ -1,0 +1,279 @@
+//! Gateways that forward what they do not terminate, through real Envoys: Istio's egress
+//! gateway pattern (a client's sidecar sends an external host's traffic to the egress gateway,
+//! which sends it out), and TCP and TLS-passthrough servers. Logs:
+//! `<target>/debug/e2e-logs/<test name>/`. Runs in a network namespace of its own, as
+//! e2e/tests/gateway.rs does.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::ensure;
+use capstan_e2e::capstan::Capstan;
+use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy, loopback};
+use capstan_e2e::gateway_mesh::{cluster_requests, start_gateway, wait_for_service};
+use capstan_e2e::http::HttpClient;
+use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv};
+use capstan_e2e::tls_pki::{TestCa, connector, https_get};
+use capstan_e2e::upstreams::{UpstreamTls, Upstreams};
+
+capstan_e2e::private_network!();
+
+const UPSTREAM_BIN: &str = env!("CARGO_BIN_EXE_capstan-upstream");
+
+/// Istio's egress gateway pattern: a ServiceEntry for an external host, a Gateway on the
+/// egress gateway proxies, and one VirtualService sending the mesh's traffic for the host to
+/// the egress gateway (`gateways: [mesh]`) and from there out (`gateways: [egress]`). A
+/// client's request through its sidecar reaches the external server, and it went through the
+/// egress gateway: the gateway's cluster for the external host carried every request, the
+/// sidecar's none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_traffic_leaves_through_the_egress_gateway() -> anyhow::Result<()> {
+    capstan_e2e::netns::network_up()?;
+    let name = "egress_traffic_leaves_through_the_egress_gateway";
+    let env = TestEnv::new(name)?;
+    let upstreams =
+        Upstreams::start_on_free_ports(Path::new(UPSTREAM_BIN), &[("httpbin", "v1")], &env.log_dir)
+            .await?;
+    let external_port = upstreams.port("httpbin", "v1")?;
+    let egress_port = capstan_e2e::ports::free_port()?;
+    env.write_config(
+        "egress.yaml",
+        &format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: httpbin-ext, namespace: shop}}
+spec:
+  hosts: [httpbin.example.com]
+  location: MESH_EXTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {external_port}}}}}]
+---
+# Stands in for the istio-egressgateway Service: its pods' port is the gateway's listener.
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  hosts: [istio-egressgateway.istio-system.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {egress_port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway, namespace: shop}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: {egress_port}, name: http, protocol: HTTP}}
+    hosts: [httpbin.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: direct-httpbin-through-egress-gateway, namespace: shop}}
+spec:
+  hosts: [httpbin.example.com]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match: [{{gateways: [mesh], port: 80}}]
+    route: [{{destination: {{host: istio-egressgateway.istio-system.svc.cluster.local, port: {{number: 80}}}}}}]
+  - match: [{{gateways: [istio-egressgateway], port: {egress_port}}}]
+    route: [{{destination: {{host: httpbin.example.com, port: {{number: 80}}}}}}]
+"#
+        ),
+    )?;
+    let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
+    let envoy_bin = capstan_e2e::locate::envoy_bin()?;
+    let egress = Envoy::start(
+        &envoy_bin,
+        &Bootstrap::gateway(
+            AdsMode::Sotw,
+            capstan.xds_port,
+            &[("istio", "egressgateway")],
+        ),
+        &env.log_dir,
+        "egress-gateway",
+    )
+    .await?;
+    let sidecar = Envoy::start(
+        &envoy_bin,
+        &Bootstrap::new(AdsMode::Delta, capstan.xds_port),
+        &env.log_dir,
+        "sidecar",
+    )
+    .await?;
+    egress
+        .wait_listener_port(&format!("0.0.0.0_{egress_port}"), CONFIG_TIMEOUT)
+        .await?;
+    let outbound = sidecar
+        .wait_listener_port(capstan_e2e::mesh::OUTBOUND_LISTENER, CONFIG_TIMEOUT)
+        .await?;
+    let mut client = HttpClient::new(loopback(outbound));
+    wait_for_service(&mut client, "httpbin.example.com", "/get", "httpbin").await?;
+    const N: u64 = 20;
+    let before = upstreams.count("httpbin", "v1").await?;
+    let gateway_before = cluster_requests(&egress, "outbound|80||httpbin.example.com").await?;
+    for _ in 0..N {
+        client
+            .get("httpbin.example.com", "/get", &[])
+            .await?
+            .upstream_reply()?;
+    }
+    let arrived = upstreams.count("httpbin", "v1").await? - before;
+    let through_gateway =
+        cluster_requests(&egress, "outbound|80||httpbin.example.com").await? - gateway_before;
+    let direct = cluster_requests(&sidecar, "outbound|80||httpbin.example.com").await?;
+    ensure!(
+        arrived == N,
+        "{arrived} of {N} requests reached the external server"
+    );
+    ensure!(
+        through_gateway == N,
+        "the egress gateway carried {through_gateway} of {N} requests"
+    );
+    ensure!(
+        direct == 0,
+        "the sidecar sent {direct} requests straight out"
+    );
+    egress.ensure_no_rejected_updates().await?;
+    sidecar.ensure_no_rejected_updates().await
+}
+
+/// A TCP server forwards connections to its `tcp` route's destination; a TLS PASSTHROUGH
+/// server forwards each connection by its SNI name to the `tls` route naming it, still
+/// encrypted: the client completes its handshake with the upstream's own certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_tls_passthrough_are_forwarded_unread() -> anyhow::Result<()> {
+    capstan_e2e::netns::network_up()?;
+    let name = "tcp_and_tls_passthrough_are_forwarded_unread";
+    let env = TestEnv::new(name)?;
+    let certs = tempfile::tempdir()?;
+    let ca = TestCa::new(certs.path(), "upstreams")?;
+    let server = ca.server("secure", &["a.example.com", "b.example.com"])?;
+    let any: SocketAddr = "127.0.0.1:0".parse()?;
+    let upstreams = Upstreams::start_with_tls(
+        Path::new(UPSTREAM_BIN),
+        &[("db", "v1", any)],
+        &[("secure", "a", any), ("secure", "b", any)],
+        Some(&UpstreamTls {
+            cert: server.cert.clone(),
+            key: server.key.clone(),
+            client_ca: None,
+        }),
+        &env.log_dir,
+        "upstreams",
+    )
+    .await?;
+    let (tcp_port, tls_port) = (
+        capstan_e2e::ports::free_port()?,
+        capstan_e2e::ports::free_port()?,
+    );
+    let entry = |name: &str, host: &str, port: u16, protocol: &str, number: u16| {
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  hosts: [{host}]
+  ports: [{{number: {number}, name: p, protocol: {protocol}}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{p: {port}}}}}]
+---
+"#
+        )
+    };
+    let yaml = format!(
+        r#"{db}{a}{b}apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {tcp_port}, name: tcp, protocol: TCP}}
+    hosts: ["*"]
+  - port: {{number: {tls_port}, name: tls, protocol: TLS}}
+    hosts: ["*.example.com"]
+    tls: {{mode: PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: shop}}
+spec:
+  hosts: [db]
+  gateways: [istio-system/edge]
+  tcp:
+  - match: [{{port: {tcp_port}}}]
+    route: [{{destination: {{host: db, port: {{number: 5432}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: secure, namespace: shop}}
+spec:
+  hosts: [a.example.com, b.example.com]
+  gateways: [istio-system/edge]
+  tls:
+  - match: [{{port: {tls_port}, sniHosts: [a.example.com]}}]
+    route: [{{destination: {{host: a.example.com}}}}]
+  - match: [{{port: {tls_port}, sniHosts: [b.example.com]}}]
+    route: [{{destination: {{host: b.example.com}}}}]
+"#,
+        db = entry(
+            "db",
+            "db.shop.svc.cluster.local",
+            upstreams.port("db", "v1")?,
+            "TCP",
+            5432
+        ),
+        a = entry(
+            "a",
+            "a.example.com",
+            upstreams.port("secure", "a")?,
+            "TLS",
+            443
+        ),
+        b = entry(
+            "b",
+            "b.example.com",
+            upstreams.port("secure", "b")?,
+            "TLS",
+            443
+        ),
+    );
+    env.write_config("edge.yaml", &yaml)?;
+    let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
+    let gateway = start_gateway(&env, &capstan, AdsMode::Delta).await?;
+    for port in [tcp_port, tls_port] {
+        gateway
+            .wait_listener_port(&format!("0.0.0.0_{port}"), CONFIG_TIMEOUT)
+            .await?;
+    }
+    let mut tcp = HttpClient::new(loopback(tcp_port));
+    let reply = capstan_e2e::wait_until("HTTP over the TCP server", CONFIG_TIMEOUT, async || {
+        tcp.get("anything", "/db", &[]).await?.upstream_reply()
+    })
+    .await?;
+    ensure!(reply.service == "db", "the TCP server reached {reply:?}");
+
+    let trusting = connector(&ca.cert_pem, None)?;
+    for (sni, version) in [("a.example.com", "a"), ("b.example.com", "b")] {
+        let reply = capstan_e2e::wait_until(&format!("TLS to {sni}"), CONFIG_TIMEOUT, async || {
+            https_get(&trusting, loopback(tls_port), sni, "/")
+                .await?
+                .upstream_reply()
+        })
+        .await?;
+        ensure!(
+            (reply.service.as_str(), reply.version.as_str()) == ("secure", version),
+            "SNI {sni} reached {reply:?}"
+        );
+    }
+    let unknown = https_get(&trusting, loopback(tls_port), "c.example.com", "/").await;
+    ensure!(
+        unknown.is_err(),
+        "an SNI no route names got {:?}",
+        unknown.map(|r| r.status)
+    );
+    drop(upstreams);
+    gateway.ensure_no_rejected_updates().await
+}
