@@ -568,7 +568,7 @@ fn samples_split_into_objects_by_kind_namespace_and_name() -> anyhow::Result<()>
             .all(|((kind, ns, _), _)| kind == "ServiceEntry" && ns == "default"),
         "{services:?}"
     );
-    // The sample files stay as Istio ships them: no namespace of our own.
+    // The sample objects stay as Istio ships them: no namespace of our own.
     for file in std::fs::read_dir(bookinfo_dir())? {
         let path = file?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -581,8 +581,8 @@ fn samples_split_into_objects_by_kind_namespace_and_name() -> anyhow::Result<()>
             "{name} names a namespace; Istio's sample does not"
         );
         ensure!(
-            text.starts_with("# Mirrors the Istio sample of the same name"),
-            "{name} must say which sample it mirrors"
+            text.starts_with(&format!("# The objects of Istio's bookinfo sample {name} ")),
+            "{name} must say which sample it holds"
         );
     }
     Ok(())
