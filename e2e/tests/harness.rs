@@ -37,10 +37,17 @@ async fn upstream_answers_with_its_identity() -> anyhow::Result<()> {
             resp.text()
         );
         let body: Value = resp.json()?;
+        let peer = body["peer"].as_str().unwrap_or_default();
         ensure!(
-            body == serde_json::json!({"service": "reviews", "version": "v2", "path": path, "host": "reviews:9080"}),
-            "unexpected body {body}"
+            peer.starts_with("127.0.0.1:"),
+            "the peer is the client's address: {body}"
         );
+        let mut expected = serde_json::json!({
+            "service": "reviews", "version": "v2", "path": path, "host": "reviews:9080",
+            "method": "GET", "headers": {"end-user": "jason", "host": "reviews:9080"},
+        });
+        expected["peer"] = peer.into();
+        ensure!(body == expected, "unexpected body {body}");
     }
     let reply = HttpClient::new(ups.addr("ratings", "v1")?)
         .upstream("ratings", "/ratings/0", &[])
