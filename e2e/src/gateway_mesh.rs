@@ -13,6 +13,16 @@ use crate::http::HttpClient;
 use crate::mesh::{CONFIG_TIMEOUT, TestEnv, start_reviews};
 use crate::upstreams::Upstreams;
 
+/// A port for a gateway listener, distinct within this process and below the kernel's
+/// ephemeral range (32768 and up by default). The gateway tests run in a network namespace of
+/// their own, where only their own processes bind: a port the kernel hands out for `:0` (an
+/// upstream's, Envoy's admin) can then never be the one a Gateway names, which a port found
+/// free and released (`ports::free_port`) could be by the time Envoy binds it.
+pub fn gateway_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(20_000);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The labels of Istio's ingress gateway pods.
 pub const INGRESS_LABELS: &[(&str, &str)] = &[("istio", "ingressgateway")];
 

@@ -43,7 +43,7 @@ async fn versions(
 /// of the bound VirtualService reroutes the running gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_routes_only_what_is_bound_to_the_gateway() -> anyhow::Result<()> {
-    let port = capstan_e2e::ports::free_port()?;
+    let port = capstan_e2e::gateway_mesh::gateway_port();
     let mesh = GatewayMesh::start(
         "ingress_routes_only_what_is_bound_to_the_gateway",
         Path::new(UPSTREAM_BIN),
@@ -113,8 +113,8 @@ async fn ingress_terminates_tls_simple_and_mutual() -> anyhow::Result<()> {
     let client_cert = clients.client("client", "spiffe://example.com/ns/shop/sa/buyer")?;
     let stranger = TestCa::new(certs.path(), "stranger")?;
 
-    let simple_port = capstan_e2e::ports::free_port()?;
-    let mutual_port = capstan_e2e::ports::free_port()?;
+    let simple_port = capstan_e2e::gateway_mesh::gateway_port();
+    let mutual_port = capstan_e2e::gateway_mesh::gateway_port();
     let path = |p: &Path| p.display().to_string();
     let yaml = format!(
         r#"apiVersion: networking.istio.io/v1
@@ -200,7 +200,7 @@ spec:
 /// `httpsRedirect` on a plain HTTP server answers every request with a redirect to HTTPS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_redirect_sends_clients_to_https() -> anyhow::Result<()> {
-    let port = capstan_e2e::ports::free_port()?;
+    let port = capstan_e2e::gateway_mesh::gateway_port();
     let yaml = format!(
         "{}---\n{}",
         http_gateway(port, "    tls: {httpsRedirect: true}\n"),
@@ -302,7 +302,7 @@ spec:
 /// delegate reroutes the running gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delegate_virtual_service_routes_under_its_root() -> anyhow::Result<()> {
-    let port = capstan_e2e::ports::free_port()?;
+    let port = capstan_e2e::gateway_mesh::gateway_port();
     let root = r#"apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: shop, namespace: bookinfo}

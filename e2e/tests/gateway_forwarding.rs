@@ -35,7 +35,7 @@ async fn egress_traffic_leaves_through_the_egress_gateway() -> anyhow::Result<()
         Upstreams::start_on_free_ports(Path::new(UPSTREAM_BIN), &[("httpbin", "v1")], &env.log_dir)
             .await?;
     let external_port = upstreams.port("httpbin", "v1")?;
-    let egress_port = capstan_e2e::ports::free_port()?;
+    let egress_port = capstan_e2e::gateway_mesh::gateway_port();
     env.write_config(
         "egress.yaml",
         &format!(
@@ -166,8 +166,8 @@ async fn tcp_and_tls_passthrough_are_forwarded_unread() -> anyhow::Result<()> {
     )
     .await?;
     let (tcp_port, tls_port) = (
-        capstan_e2e::ports::free_port()?,
-        capstan_e2e::ports::free_port()?,
+        capstan_e2e::gateway_mesh::gateway_port(),
+        capstan_e2e::gateway_mesh::gateway_port(),
     );
     let entry = |name: &str, host: &str, port: u16, protocol: &str, number: u16| {
         format!(
