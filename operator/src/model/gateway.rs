@@ -284,6 +284,14 @@ fn terminate(
     })
 }
 
+/// Whether `gateways`, as written in a VirtualService of `namespace`, name the Gateway
+/// (namespace, name).
+pub fn names(gateways: &[String], namespace: &str, gateway: (&str, &str)) -> bool {
+    gateways.iter().any(|g| {
+        referenced(g, namespace).is_some_and(|(ns, name)| ns == gateway.0 && name == gateway.1)
+    })
+}
+
 /// The Gateway a VirtualService of `namespace` names with `reference` (`name`,
 /// `namespace/name`, or Istio's older `name.namespace[.svc.cluster.local]`); `None` for the
 /// reserved `mesh`.

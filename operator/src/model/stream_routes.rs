@@ -42,10 +42,7 @@ impl StreamMatch {
     pub fn applies_on(&self, port: u32, gateway: (&str, &str), namespace: &str) -> bool {
         self.port.is_none_or(|p| p == port)
             && (self.gateways.is_empty()
-                || self.gateways.iter().any(|g| {
-                    super::gateway::referenced(g, namespace)
-                        .is_some_and(|(ns, name)| ns == gateway.0 && name == gateway.1)
-                }))
+                || super::gateway::names(&self.gateways, namespace, gateway))
     }
 }
 

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost}
 use envoy_types::pb::google::protobuf::BoolValue;
 
 use super::{Bound, GatewayConfig, domain_for};
-use crate::model::gateway::referenced;
+use crate::model::gateway::names;
 use crate::model::{Mesh, VirtualService};
 use crate::translate::route::{Binding, routes_bound};
 
@@ -46,10 +46,8 @@ fn configuration(
     for bound in servers {
         let origin = &bound.gateway.origin;
         for vs in mesh.virtual_services.values() {
-            let bound_here = vs.gateways.iter().any(|g| {
-                referenced(g, &vs.origin.namespace)
-                    .is_some_and(|(ns, n)| ns == origin.namespace && n == origin.name)
-            });
+            let gateway = (origin.namespace.as_str(), origin.name.as_str());
+            let bound_here = names(&vs.gateways, &vs.origin.namespace, gateway);
             if !bound_here {
                 continue;
             }

@@ -14,10 +14,10 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use envoy_types::util::pack_any;
 
 use super::{Bound, GatewayConfig, domain_for};
-use crate::model::gateway::referenced;
+use crate::model::gateway::names;
 use crate::model::stream_routes::{Destination, StreamRoute};
 use crate::model::{Mesh, Problem, VirtualService};
-use crate::translate::cluster_name;
+use crate::translate::route::cluster_for;
 
 /// The VirtualServices bound to the gateway of `bound`, in namespace and name order.
 fn bound_virtual_services<'m>(
@@ -26,10 +26,8 @@ fn bound_virtual_services<'m>(
 ) -> impl Iterator<Item = &'m VirtualService> {
     let origin = bound.gateway.origin.clone();
     mesh.virtual_services.values().filter(move |vs| {
-        vs.gateways.iter().any(|g| {
-            referenced(g, &vs.origin.namespace)
-                .is_some_and(|(ns, n)| ns == origin.namespace && n == origin.name)
-        })
+        let gateway = (origin.namespace.as_str(), origin.name.as_str());
+        names(&vs.gateways, &vs.origin.namespace, gateway)
     })
 }
 
@@ -138,14 +136,7 @@ fn tcp_proxy(
         destinations.iter().collect()
     };
     out.destinations.extend(live.iter().map(|d| d.host.clone()));
-    let cluster = |d: &Destination| {
-        let port = match (d.port, mesh.services.get(&d.host)) {
-            (Some(p), _) => p,
-            (None, Some(service)) if service.ports.len() == 1 => service.ports[0].number,
-            (None, _) => port,
-        };
-        cluster_name(port, d.subset.as_deref().unwrap_or(""), &d.host)
-    };
+    let cluster = |d: &Destination| cluster_for(mesh, &d.host, d.subset.as_deref(), d.port, port);
     let specifier = match live.as_slice() {
         [] => {
             out.problems.push(Problem {

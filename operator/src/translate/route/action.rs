@@ -52,11 +52,12 @@ pub enum Binding<'a> {
 impl Binding<'_> {
     /// Whether a match's `gateways` (as written in a VirtualService of `namespace`) name this.
     fn named_in(self, gateways: &[String], namespace: &str) -> bool {
-        gateways.iter().any(|g| match self {
-            Binding::Mesh => g == "mesh",
-            Binding::Gateway(ns, name) => crate::model::gateway::referenced(g, namespace)
-                .is_some_and(|(n, m)| n == ns && m == name),
-        })
+        match self {
+            Binding::Mesh => gateways.iter().any(|g| g == "mesh"),
+            Binding::Gateway(ns, name) => {
+                crate::model::gateway::names(gateways, namespace, (ns, name))
+            }
+        }
     }
 }
 
@@ -332,7 +333,7 @@ fn destination_cluster(mesh: &Mesh, d: &Destination, port: u32) -> String {
 
 /// The cluster of `host`'s `subset` on port `selected`; without one, the service's only
 /// port, else `port`, the port the request arrived for.
-pub(super) fn cluster_for(
+pub(in crate::translate) fn cluster_for(
     mesh: &Mesh,
     host: &str,
     subset: Option<&str>,

@@ -12,7 +12,7 @@ mod matching;
 mod mirror;
 mod retry;
 
-pub(super) use action::{Binding, routes_bound};
+pub(super) use action::{Binding, cluster_for, routes_bound};
 
 use std::collections::BTreeSet;
 
