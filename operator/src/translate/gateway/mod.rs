@@ -3,9 +3,10 @@
 //! (listener `0.0.0.0_<port>`, routes `http.<port>` for plain HTTP servers and
 //! `https.<port>.<port name>.<gateway>.<namespace>` for each HTTPS server).
 //!
-//! Gateways are few and each is small, so any change that could touch them (a Gateway, a
-//! VirtualService bound to one, a service their routes send to) rebuilds them all: the cost
-//! follows the gateways' config, never the size of the mesh.
+//! Any change that could touch them (a Gateway, a VirtualService bound to one, a service their
+//! routes send to) rebuilds them all; other changes cost them nothing. A rebuild scans the
+//! mesh's VirtualServices once per server for those bound to it (no index from Gateway to its
+//! VirtualServices yet), so it grows with the mesh's VirtualServices, not with the change.
 
 mod listener;
 mod routes;
