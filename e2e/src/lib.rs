@@ -20,6 +20,7 @@
 
 pub mod agent;
 pub mod capstan;
+pub mod capture;
 pub mod envoy;
 pub mod fixtures;
 pub mod folder_mesh;

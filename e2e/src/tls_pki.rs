@@ -35,6 +35,16 @@ pub struct Issued {
     pub key: PathBuf,
 }
 
+impl Issued {
+    /// The certificate, DER, as a server presents it.
+    pub fn cert_der(&self) -> anyhow::Result<Vec<u8>> {
+        let first = CertificateDer::pem_file_iter(&self.cert)?
+            .next()
+            .with_context(|| format!("no certificate in {}", self.cert.display()))??;
+        Ok(first.as_ref().to_vec())
+    }
+}
+
 impl TestCa {
     pub fn new(dir: &Path, name: &str) -> anyhow::Result<Self> {
         let key = KeyPair::generate()?;
@@ -151,4 +161,31 @@ pub async fn https_get(
     tokio::time::timeout(REQUEST_TIMEOUT, attempt)
         .await
         .with_context(|| format!("https://{host}{path} via {addr}: no response in time"))?
+}
+
+/// The certificate (DER) `addr` presents for SNI `host` on a new TLS connection, as a client
+/// made by `connector` accepts it.
+pub async fn served_certificate(
+    connector: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    host: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let attempt = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let tls = connector
+            .connect(ServerName::try_from(host.to_string())?, tcp)
+            .await
+            .with_context(|| format!("TLS handshake with {addr} for {host}"))?;
+        let (_, session) = tls.get_ref();
+        let leaf = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .context("the server presented no certificate")?;
+        Ok(leaf.as_ref().to_vec())
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, attempt)
+        .await
+        .with_context(|| format!("TLS handshake with {addr} for {host}: no answer in time"))?
 }

@@ -270,15 +270,19 @@ async fn capstan_service_account_has_exactly_its_rbac() -> anyhow::Result<()> {
         &["get", "secrets/istio-ca-secret", "-n", "istio-system"],
         &["update", "secrets/istio-ca-secret", "-n", "istio-system"],
         &["watch", "secrets/cacerts", "-n", "istio-system"],
+        // Gateway certificates (credentialName), read wherever the Gateways are.
+        &["list", "secrets", "--all-namespaces"],
+        &["watch", "secrets", "--all-namespaces"],
+        &["get", "secrets/shop-cert", "-n", "default"],
         &["update", "configmaps/istio-ca-root-cert", "-n", "default"],
         &["create", "configmaps", "-n", "default"],
     ];
     let forbidden: &[&[&str]] = &[
         &["delete", "services"],
-        &["get", "secrets"],
-        &["get", "secrets", "-n", "istio-system"],
-        &["get", "secrets/some-app-secret", "-n", "istio-system"],
-        &["get", "secrets/istio-ca-secret", "-n", "default"],
+        &["create", "secrets", "-n", "default"],
+        &["update", "secrets/shop-cert", "-n", "default"],
+        &["update", "secrets/some-app-secret", "-n", "istio-system"],
+        &["patch", "secrets/istio-ca-secret", "-n", "default"],
         &["update", "secrets/cacerts", "-n", "istio-system"],
         &["delete", "secrets/istio-ca-secret", "-n", "istio-system"],
         &["get", "configmaps/kube-root-ca.crt", "-n", "default"],
@@ -314,16 +318,26 @@ async fn capstan_service_account_has_exactly_its_rbac() -> anyhow::Result<()> {
         ],
     )
     .await?;
+    kube.kubectl_as(KubeUser::Capstan, &["get", "secrets", "--all-namespaces"])
+        .await?;
     let denied = kube
         .kubectl_output(
             KubeUser::Capstan,
-            &["get", "secrets", "-n", "istio-system"],
+            &[
+                "create",
+                "secret",
+                "generic",
+                "capstan-probe",
+                "-n",
+                "default",
+                "--from-literal=probe=1",
+            ],
             None,
         )
         .await?;
     ensure!(
         !denied.success() && denied.stderr.contains("forbidden"),
-        "reading secrets as capstan: {denied:?}"
+        "writing a secret as capstan: {denied:?}"
     );
     Ok(())
 }
@@ -364,8 +378,10 @@ async fn apiserver_restart_keeps_objects() -> anyhow::Result<()> {
     ensure!(after["spec"] == before["spec"], "spec changed: {after}");
     // The restarted apiserver still enforces capstan's RBAC.
     ensure!(
-        !kube.can_i(KubeUser::Capstan, &["get", "secrets"]).await?,
-        "capstan may read secrets after the restart"
+        !kube
+            .can_i(KubeUser::Capstan, &["create", "secrets", "-n", "default"])
+            .await?,
+        "capstan may create secrets after the restart"
     );
     Ok(())
 }

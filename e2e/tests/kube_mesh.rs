@@ -159,3 +159,92 @@ async fn invalid_object_gets_a_condition_and_the_last_good_config_stays() -> any
     ensure!(before == after, "status rewritten: {before} -> {after}");
     mesh.envoy.ensure_no_rejected_updates().await
 }
+
+/// A TLS Secret and a Gateway naming it, applied with kubectl: capstan (watching Secrets as
+/// its RBAC allows) serves the certificate to a gateway Envoy over SDS, HTTPS through it
+/// reaches the pods, and a re-applied Secret with a new certificate is presented on new
+/// connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_serves_the_certificate_of_a_kubectl_applied_secret() -> anyhow::Result<()> {
+    use base64::Engine;
+    use capstan_e2e::envoy::{Bootstrap, Envoy, loopback};
+    use capstan_e2e::gateway_mesh::{INGRESS_LABELS, gateway_port};
+    use capstan_e2e::tls_pki::{Issued, TestCa, connector, https_get, served_certificate};
+
+    let name = "a_gateway_serves_the_certificate_of_a_kubectl_applied_secret";
+    let upstream = Path::new(UPSTREAM_BIN);
+    let mesh = KubeReviewsMesh::start(name, upstream, AdsMode::Sotw, None, NO_STATUS).await?;
+    let ns = mesh.namespace.clone();
+    let certs = tempfile::tempdir()?;
+    let ca = TestCa::new(certs.path(), "ingress")?;
+    let first = ca.server("shop-first", &["shop.example.com"])?;
+    let second = ca.server("shop-second", &["shop.example.com"])?;
+    let secret = |issued: &Issued| -> anyhow::Result<String> {
+        let b64 = |path: &Path| -> anyhow::Result<String> {
+            Ok(base64::engine::general_purpose::STANDARD.encode(std::fs::read(path)?))
+        };
+        Ok(format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: shop-cert, namespace: {ns}}}\n\
+             type: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+            b64(&issued.cert)?,
+            b64(&issued.key)?
+        ))
+    };
+    let port = gateway_port();
+    let gateway = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: ingress, namespace: {ns}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: https, protocol: HTTPS}}
+    hosts: [shop.example.com]
+    tls: {{mode: SIMPLE, credentialName: shop-cert}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: {ns}}}
+spec:
+  hosts: [shop.example.com]
+  gateways: [ingress]
+  http: [{{route: [{{destination: {{host: reviews, subset: v2}}}}]}}]
+"
+    );
+    mesh.apply("gateway", &format!("{}---\n{gateway}", secret(&first)?))
+        .await?;
+    let envoy = Envoy::start(
+        &capstan_e2e::locate::envoy_bin()?,
+        &Bootstrap::gateway(AdsMode::Sotw, mesh.capstan.xds_port, INGRESS_LABELS),
+        &mesh.log_dir,
+        "gateway",
+    )
+    .await?;
+    envoy
+        .wait_listener_port(&format!("0.0.0.0_{port}"), CONFIG_TIMEOUT)
+        .await?;
+    let addr = loopback(port);
+    let client = connector(&ca.cert_pem, None)?;
+    let reply = wait_until("HTTPS through the gateway", CONFIG_TIMEOUT, async || {
+        https_get(&client, addr, "shop.example.com", "/reviews/1")
+            .await?
+            .upstream_reply()
+    })
+    .await?;
+    ensure!(reply.version == "v2", "HTTPS reached {reply:?}");
+    ensure!(
+        served_certificate(&client, addr, "shop.example.com").await? == first.cert_der()?,
+        "the gateway does not present the Secret's certificate"
+    );
+
+    mesh.apply("secret-rotated", &secret(&second)?).await?;
+    let wanted = second.cert_der()?;
+    wait_until("the new certificate", CONFIG_TIMEOUT, async || {
+        let served = served_certificate(&client, addr, "shop.example.com").await?;
+        ensure!(served == wanted, "still the previous certificate");
+        Ok(())
+    })
+    .await?;
+    envoy.ensure_no_rejected_updates().await?;
+    ensure_no_watch_errors(&mesh).await
+}

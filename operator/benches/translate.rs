@@ -45,6 +45,7 @@ fn options() -> translate::Options {
     translate::Options {
         outbound_bind: "0.0.0.0".into(),
         outbound_port: 15001,
+        sidecar_listeners: Default::default(),
     }
 }
 
@@ -58,6 +59,7 @@ fn service(i: usize) -> Record {
             target_port: 8080,
         }],
         headless: false,
+        cluster_ips: Vec::new(),
         external_name: None,
     })
 }

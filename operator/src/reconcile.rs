@@ -123,9 +123,7 @@ impl Pipeline {
             {
                 continue;
             }
-            for resource in self.translator.endpoints(&self.mesh, &host) {
-                update.put(resource);
-            }
+            update.merge(self.translator.endpoints(&self.mesh, &host));
         }
         update
     }

@@ -5,8 +5,12 @@
 //! followed by a summary. Valid config that capstan does not act on yet (a kind it does not
 //! translate, a field it does not apply) is reported on standard error as `warning: ...`
 //! lines in the same form; warnings do not make a document invalid. Documents that are not Istio configuration (a Deployment in
-//! the same file, say) are skipped. Exit status: 0 when everything is valid, 1 when
-//! anything is not, 2 on usage errors (a file that cannot be read).
+//! the same file, say) are skipped. A Gateway's `credentialName` is checked against the
+//! Secrets (`v1`, TLS-shaped) among all the files given: one that is missing or cannot be
+//! used is a warning. Exit status: 0 when everything is valid, 1 when anything is not, 2 on
+//! usage errors (a file that cannot be read).
+
+mod credentials;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -14,6 +18,7 @@ use std::path::{Path, PathBuf};
 use capstan_crds::{DocumentError, DocumentErrorReason, parse_documents};
 
 use crate::model::unsupported;
+use crate::source::secret::is_secret_document;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
@@ -101,6 +106,8 @@ pub struct Report {
     pub invalid_documents: usize,
     /// Documents that are not Istio configuration.
     pub skipped: usize,
+    /// Secrets read and Gateways naming them, checked by [`Report::finish`].
+    credentials: credentials::Credentials,
 }
 
 impl Report {
@@ -123,8 +130,13 @@ impl Report {
                 return;
             }
         };
+        let mut secrets = Vec::new();
         for document in documents {
             match document {
+                Err(err) if is_secret_document(err.api_version.as_deref(), err.kind.as_deref()) => {
+                    self.skipped += 1;
+                    secrets.push(err);
+                }
                 Err(err) if !is_istio(&err) => self.skipped += 1,
                 Err(err) => {
                     self.documents += 1;
@@ -168,6 +180,14 @@ impl Report {
                 }
             }
         }
+        let unreadable = self.credentials.read_secrets(file, text, &secrets);
+        self.warnings.extend(unreadable);
+    }
+
+    /// Checks what needs every file read first: the Gateways' Secrets.
+    pub fn finish(&mut self) {
+        let warnings = self.credentials.warnings();
+        self.warnings.extend(warnings);
     }
 
     /// Warnings for what a valid document asks that capstan does not do yet.
@@ -195,6 +215,8 @@ impl Report {
             self.warnings
                 .push(warning(line, Some(problem.field), problem.message));
         }
+        self.credentials
+            .note_gateway(document, warning(None, None, String::new()));
     }
 
     /// The closing line.
@@ -328,6 +350,7 @@ pub fn run(args: &ValidateArgs) -> i32 {
             }
         }
     }
+    report.finish();
     if let Err(err) = print(&report, args.output) {
         eprintln!("capstan validate: cannot write the report: {err}");
         return EXIT_USAGE;
@@ -362,133 +385,4 @@ fn print(report: &Report, format: Format) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MIXED: &str = "\
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: reviews}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - destination: {host: reviews, subset: v1}
-      weight: 50
-    - destination: {host: reviews, subset: v2}
-      weight: 40
----
-apiVersion: networking.istio.io/v1alpha3
-kind: EnvoyFilter
-metadata: {name: custom}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews}
-spec:
-  host: reviews
-";
-
-    #[test]
-    fn reports_istio_problems_and_skips_other_objects() {
-        let mut report = Report::default();
-        report.check_text("mixed.yaml", MIXED);
-        let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
-        assert_eq!(
-            lines,
-            [
-                "mixed.yaml:11: document 2 (VirtualService bookinfo/reviews): spec.http[0].route: weights must sum to 100, got 90",
-                "mixed.yaml:18: document 3 (EnvoyFilter custom): kind: unsupported kind `EnvoyFilter` (apiVersion `networking.istio.io/v1alpha3`); supported kinds: ServiceEntry, DestinationRule, VirtualService, Gateway, Sidecar, WorkloadEntry, WorkloadGroup, PeerAuthentication, AuthorizationPolicy, RequestAuthentication",
-            ]
-        );
-        assert_eq!(report.skipped, 1);
-        assert_eq!(report.documents, 3);
-        assert_eq!(
-            report.summary(),
-            "invalid: 2 errors in 2 of 3 Istio documents in 1 file; 1 document skipped (not Istio configuration)"
-        );
-    }
-
-    #[test]
-    fn yaml_errors_are_file_problems() {
-        let mut report = Report::default();
-        report.check_text("broken.yaml", "a: [1, 2\n");
-        assert_eq!(report.problems.len(), 1);
-        let line = report.problems[0].to_string();
-        assert!(line.starts_with("broken.yaml:"), "{line}");
-        assert!(line.contains("invalid YAML"), "{line}");
-        assert_eq!(report.problems[0].document, None);
-    }
-
-    #[test]
-    fn unhonoured_config_is_a_warning_not_an_error() {
-        let mut report = Report::default();
-        report.check_text(
-            "mesh.yaml",
-            "apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {name: default, namespace: web}
-spec:
-  egress: [{hosts: ['./*']}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: db, namespace: web}
-spec:
-  host: db
-  trafficPolicy: {tunnel: {targetHost: proxy.example.com, targetPort: 443}}
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: web}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 443, name: https, protocol: HTTPS}
-    hosts: ['*']
-    tls: {mode: SIMPLE, credentialName: web-cert}
-",
-        );
-        assert!(report.problems.is_empty(), "{:?}", report.problems);
-        let lines: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
-        assert_eq!(lines.len(), 3, "{lines:?}");
-        assert!(
-            lines[0].contains("(Sidecar web/default)") && lines[0].contains("does not apply"),
-            "{}",
-            lines[0]
-        );
-        assert!(
-            lines[1].starts_with(
-                "mesh.yaml:12: document 2 (DestinationRule web/db): spec.trafficPolicy.tunnel:"
-            ),
-            "{}",
-            lines[1]
-        );
-        assert!(
-            lines[2].contains("(Gateway web/gw)")
-                && lines[2].contains("spec.servers[0].tls.credentialName"),
-            "{}",
-            lines[2]
-        );
-        assert!(
-            report
-                .summary()
-                .starts_with("valid: 3 Istio documents in 1 file (3 warnings")
-        );
-    }
-
-    #[test]
-    fn valid_summary() {
-        let mut report = Report::default();
-        report.check_text(
-            "ok.yaml",
-            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: r}\n",
-        );
-        assert!(report.problems.is_empty(), "{:?}", report.problems);
-        assert_eq!(report.summary(), "valid: 1 Istio document in 1 file");
-    }
-}
+mod tests;

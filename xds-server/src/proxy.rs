@@ -27,7 +27,58 @@ pub struct ProxyInfo {
     /// client certificate on a TLS connection).
     pub service_account: Option<Arc<str>>,
     pub labels: BTreeMap<String, String>,
+    /// Where the proxy runs: its node's locality, else its topology labels.
+    pub locality: Locality,
+    /// The workload's address: the second part of an Istio-style node id.
+    pub address: Option<Arc<str>>,
 }
+
+/// `region/zone/subzone`, each part empty when unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub subzone: String,
+}
+
+impl Locality {
+    /// Reads `region/zone/subzone` (missing parts are empty).
+    pub fn parse(text: &str) -> Self {
+        let mut parts = text.splitn(3, '/').map(str::to_string);
+        Self {
+            region: parts.next().unwrap_or_default(),
+            zone: parts.next().unwrap_or_default(),
+            subzone: parts.next().unwrap_or_default(),
+        }
+    }
+
+    pub fn parts(&self) -> [&str; 3] {
+        [&self.region, &self.zone, &self.subzone]
+    }
+
+    /// `labels` with this locality's topology labels added where they are missing, as Istio
+    /// adds them to proxies' and endpoints' labels (so label rules can name them).
+    pub fn with_topology_labels(
+        &self,
+        mut labels: BTreeMap<String, String>,
+    ) -> BTreeMap<String, String> {
+        for (key, value) in [
+            (REGION_LABEL, &self.region),
+            (ZONE_LABEL, &self.zone),
+            (SUBZONE_LABEL, &self.subzone),
+        ] {
+            if !value.is_empty() && !labels.contains_key(key) {
+                labels.insert(key.to_string(), value.clone());
+            }
+        }
+        labels
+    }
+}
+
+/// The labels Kubernetes and Istio put a workload's locality in.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
 
 /// The namespace a node says it is in: its `NAMESPACE` metadata, else the namespace in its
 /// Istio-style id (`TYPE~IP~POD.NAMESPACE~…`).
@@ -80,12 +131,22 @@ impl ProxyInfo {
                 _ => None,
             })
             .unwrap_or_default();
+        let locality = node_locality(node, &labels);
+        let labels = locality.with_topology_labels(labels);
+        let address = node
+            .id
+            .split('~')
+            .nth(1)
+            .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+            .map(Arc::from);
         Self {
+            address,
             id: node.id.clone(),
             role,
             namespace,
             service_account,
             labels,
+            locality,
         }
     }
 }
@@ -98,6 +159,23 @@ impl ProxyInfo {
         let (_, _, pod, _) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         let name = pod.split_once('.').map_or(pod, |(name, _)| name);
         (!name.is_empty()).then_some(name)
+    }
+}
+
+/// The node's own locality when it has a region, else the one its topology labels give.
+fn node_locality(node: &Node, labels: &BTreeMap<String, String>) -> Locality {
+    if let Some(l) = node.locality.as_ref().filter(|l| !l.region.is_empty()) {
+        return Locality {
+            region: l.region.clone(),
+            zone: l.zone.clone(),
+            subzone: l.sub_zone.clone(),
+        };
+    }
+    let label = |key| labels.get(key).cloned().unwrap_or_default();
+    Locality {
+        region: label(REGION_LABEL),
+        zone: label(ZONE_LABEL),
+        subzone: label(SUBZONE_LABEL),
     }
 }
 
@@ -114,6 +192,11 @@ pub struct Selector {
     pub role: Option<Role>,
     pub namespace: Option<Arc<str>>,
     pub labels: BTreeMap<String, String>,
+    /// A locality prefix (`[region]`, `[region, zone]` or all three parts) the proxy's
+    /// locality must start with; empty: any.
+    pub locality: Vec<String>,
+    /// The workload address the proxy must have.
+    pub address: Option<Arc<str>>,
 }
 
 impl Selector {
@@ -136,8 +219,29 @@ impl Selector {
         }
     }
 
+    /// The proxies whose locality starts with `prefix` (at most three parts).
+    pub fn locality(prefix: &[&str]) -> Self {
+        Self {
+            locality: prefix.iter().take(3).map(|p| p.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// The sidecars of the workload at `address`.
+    pub fn workload(address: &str) -> Self {
+        Self {
+            role: Some(Role::Sidecar),
+            address: Some(address.into()),
+            ..Self::default()
+        }
+    }
+
     pub fn matches(&self, proxy: &ProxyInfo) -> bool {
         self.role.is_none_or(|r| r == proxy.role)
+            && self
+                .address
+                .as_ref()
+                .is_none_or(|a| proxy.address.as_ref() == Some(a))
             && self
                 .namespace
                 .as_ref()
@@ -146,6 +250,11 @@ impl Selector {
                 .labels
                 .iter()
                 .all(|(k, v)| proxy.labels.get(k) == Some(v))
+            && self
+                .locality
+                .iter()
+                .zip(proxy.locality.parts())
+                .all(|(want, has)| want == has)
     }
 
     /// How narrow the selector is; where several variants of a resource select a proxy, the
@@ -154,6 +263,8 @@ impl Selector {
         usize::from(self.role.is_some())
             + 2 * usize::from(self.namespace.is_some())
             + 4 * self.labels.len()
+            + 4 * self.locality.len()
+            + 64 * usize::from(self.address.is_some())
     }
 }
 
@@ -171,6 +282,12 @@ impl fmt::Display for Selector {
         }
         for (k, v) in &self.labels {
             parts.push(format!("{k}={v}"));
+        }
+        if !self.locality.is_empty() {
+            parts.push(format!("locality={}", self.locality.join("/")));
+        }
+        if let Some(address) = &self.address {
+            parts.push(format!("address={address}"));
         }
         f.write_str(&parts.join(","))
     }
@@ -244,6 +361,16 @@ mod tests {
         assert_eq!(bare.service_account, None);
         assert_eq!(bare.pod_name(), None);
         assert_eq!(p.pod_name(), Some("reviews-v1-abc"));
+        assert_eq!(p.address.as_deref(), Some("10.0.0.1"));
+        assert!(Selector::workload("10.0.0.1").matches(&p));
+        assert!(!Selector::workload("10.0.0.2").matches(&p));
+        assert!(!Selector::workload("10.0.0.2").matches(&bare));
+        assert_eq!(bare.address, None, "no address in a bare id");
+        assert!(
+            Selector::workload("10.0.0.1").specificity()
+                > Selector::namespace("bookinfo").specificity()
+                    + Selector::locality(&["a", "b", "c"]).specificity()
+        );
         assert_eq!(gw.pod_name(), Some("gw"));
     }
 
@@ -284,5 +411,48 @@ mod tests {
         assert!(labels.matches(&p));
         assert!(labels.specificity() > Selector::namespace("ns1").specificity());
         assert!(Selector::namespace("ns1").specificity() > Selector::all().specificity());
+    }
+
+    #[test]
+    fn locality_from_the_node_else_its_topology_labels() {
+        let mut n = node(
+            "sidecar~ip~a.ns1~d",
+            None,
+            &[(REGION_LABEL, "eu-west-1"), (ZONE_LABEL, "eu-west-1b")],
+        );
+        let p = ProxyInfo::from_node(&n);
+        assert_eq!(p.locality, Locality::parse("eu-west-1/eu-west-1b"));
+        n.locality = Some(envoy_types::pb::envoy::config::core::v3::Locality {
+            region: "us-east-1".into(),
+            zone: "us-east-1a".into(),
+            sub_zone: "rack4".into(),
+        });
+        let p = ProxyInfo::from_node(&n);
+        assert_eq!(p.locality, Locality::parse("us-east-1/us-east-1a/rack4"));
+        // Its labels say where it is too, unless they already did.
+        assert_eq!(
+            p.labels.get(SUBZONE_LABEL).map(String::as_str),
+            Some("rack4")
+        );
+        assert_eq!(
+            p.labels.get(ZONE_LABEL).map(String::as_str),
+            Some("eu-west-1b")
+        );
+
+        assert!(Selector::locality(&["us-east-1"]).matches(&p));
+        assert!(Selector::locality(&["us-east-1", "us-east-1a"]).matches(&p));
+        assert!(!Selector::locality(&["us-east-1", "us-east-1b"]).matches(&p));
+        assert!(!Selector::locality(&["eu-west-1"]).matches(&p));
+        assert!(
+            Selector::locality(&["us-east-1", "us-east-1a"]).specificity()
+                > Selector::locality(&["us-east-1"]).specificity()
+        );
+        let bare = ProxyInfo::from_node(&node("sidecar~ip~a.ns1~d", None, &[]));
+        assert_eq!(bare.locality, Locality::default());
+        assert!(!Selector::locality(&["us-east-1"]).matches(&bare));
+        assert_eq!(
+            Selector::locality(&["us-east-1", "us-east-1a"]).to_string(),
+            "locality=us-east-1/us-east-1a"
+        );
     }
 }

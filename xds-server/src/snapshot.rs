@@ -21,60 +21,145 @@ pub fn type_index(type_url: &str) -> Option<usize> {
 }
 
 /// Every variant of one named resource: one per selector, most specific first. A proxy gets
-/// the first variant whose selector matches it.
+/// the first variant whose selector matches it. Variants for one workload address (a sidecar's
+/// inbound listener: one per workload, thousands of them) are kept apart, by address, so that
+/// finding or changing one costs the same however many there are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     variants: Arc<[(Selector, Resource)]>,
+    by_address: imbl::HashMap<Arc<str>, Arc<[(Selector, Resource)]>>,
 }
 
 impl Entry {
-    fn new(mut variants: Vec<(Selector, Resource)>) -> Self {
-        variants
-            .sort_by(|(a, _), (b, _)| b.specificity().cmp(&a.specificity()).then_with(|| a.cmp(b)));
+    fn new(all: Vec<(Selector, Resource)>) -> Self {
+        let mut by_address: imbl::HashMap<Arc<str>, Arc<[(Selector, Resource)]>> =
+            imbl::HashMap::new();
+        let mut variants = Vec::new();
+        for (selector, resource) in all {
+            match selector.address.clone() {
+                Some(address) => {
+                    let mut same: Vec<_> = by_address
+                        .get(&address)
+                        .map(|v| v.to_vec())
+                        .unwrap_or_default();
+                    same.push((selector, resource));
+                    by_address.insert(address, sorted(same).into());
+                }
+                None => variants.push((selector, resource)),
+            }
+        }
         Self {
-            variants: variants.into(),
+            variants: sorted(variants).into(),
+            by_address,
         }
     }
 
     /// The variant `proxy` receives, if any selects it.
     pub fn for_proxy(&self, proxy: &ProxyInfo) -> Option<&Resource> {
-        self.variants
-            .iter()
+        // An address selector outranks any other (see `Selector::specificity`).
+        let own = proxy
+            .address
+            .as_ref()
+            .and_then(|a| self.by_address.get(a))
+            .into_iter()
+            .flat_map(|v| v.iter());
+        own.chain(self.variants.iter())
             .find(|(selector, _)| selector.matches(proxy))
             .map(|(_, r)| r)
     }
 
+    /// The variants not for one workload address, most specific first.
     pub fn variants(&self) -> &[(Selector, Resource)] {
         &self.variants
     }
 
+    /// Every variant, those for one workload address included (in no particular order).
+    pub fn all_variants(&self) -> impl Iterator<Item = &(Selector, Resource)> {
+        self.variants
+            .iter()
+            .chain(self.by_address.values().flat_map(|v| v.iter()))
+    }
+
     /// Whether some proxies see something else than others under this name.
     pub fn is_scoped(&self) -> bool {
-        !matches!(&*self.variants, [(selector, _)] if *selector == Selector::all())
+        !self.by_address.is_empty()
+            || !matches!(&*self.variants, [(selector, _)] if *selector == Selector::all())
     }
 
     fn with(&self, selector: Selector, resource: Resource) -> Option<Self> {
-        let mut variants: Vec<_> = self.variants.to_vec();
-        match variants.iter_mut().find(|(s, _)| *s == selector) {
-            Some((_, existing)) if existing.version() == resource.version() => return None,
-            Some((_, existing)) => *existing = resource,
-            None => variants.push((selector, resource)),
+        if let Some(address) = selector.address.clone() {
+            let mut same: Vec<_> = self
+                .by_address
+                .get(&address)
+                .map(|v| v.to_vec())
+                .unwrap_or_default();
+            replace(&mut same, selector, resource)?;
+            let mut next = self.clone();
+            next.by_address.insert(address, sorted(same).into());
+            return Some(next);
         }
-        Some(Self::new(variants))
+        let mut variants: Vec<_> = self.variants.to_vec();
+        replace(&mut variants, selector, resource)?;
+        Some(Self {
+            variants: sorted(variants).into(),
+            by_address: self.by_address.clone(),
+        })
     }
 
     fn without(&self, selector: &Selector) -> Option<Option<Self>> {
-        let variants: Vec<_> = self
-            .variants
-            .iter()
-            .filter(|(s, _)| s != selector)
-            .cloned()
-            .collect();
-        if variants.len() == self.variants.len() {
-            return None;
+        let mut next = self.clone();
+        match &selector.address {
+            Some(address) => {
+                let same = self.by_address.get(address)?;
+                let kept: Vec<_> = same
+                    .iter()
+                    .filter(|(s, _)| s != selector)
+                    .cloned()
+                    .collect();
+                if kept.len() == same.len() {
+                    return None;
+                }
+                if kept.is_empty() {
+                    next.by_address.remove(address);
+                } else {
+                    next.by_address.insert(address.clone(), kept.into());
+                }
+            }
+            None => {
+                let kept: Vec<_> = self
+                    .variants
+                    .iter()
+                    .filter(|(s, _)| s != selector)
+                    .cloned()
+                    .collect();
+                if kept.len() == self.variants.len() {
+                    return None;
+                }
+                next.variants = kept.into();
+            }
         }
-        Some((!variants.is_empty()).then(|| Self::new(variants)))
+        Some((!next.variants.is_empty() || !next.by_address.is_empty()).then_some(next))
     }
+}
+
+/// Most specific first; equal ones in selector order, so the order never depends on history.
+fn sorted(mut variants: Vec<(Selector, Resource)>) -> Vec<(Selector, Resource)> {
+    variants.sort_by(|(a, _), (b, _)| b.specificity().cmp(&a.specificity()).then_with(|| a.cmp(b)));
+    variants
+}
+
+/// Puts `resource` as `selector`'s variant; `None` when that variant is already the same.
+fn replace(
+    variants: &mut Vec<(Selector, Resource)>,
+    selector: Selector,
+    resource: Resource,
+) -> Option<()> {
+    match variants.iter_mut().find(|(s, _)| *s == selector) {
+        Some((_, existing)) if existing.version() == resource.version() => return None,
+        Some((_, existing)) => *existing = resource,
+        None => variants.push((selector, resource)),
+    }
+    Some(())
 }
 
 /// A complete, immutable configuration: every resource of every type at one version.
@@ -331,6 +416,34 @@ impl SnapshotBuilder {
             .or_default();
         variants.retain(|(s, _)| *s != selector);
         variants.push((selector, resource));
+        self
+    }
+
+    /// Applies `update`'s puts and removes, in order, to what is collected so far.
+    pub fn apply(&mut self, update: Update) -> &mut Self {
+        for change in update.changes {
+            match change {
+                Change::Put(selector, resource) => {
+                    self.add_for(selector, resource);
+                }
+                Change::Remove {
+                    index,
+                    name,
+                    selector,
+                } => {
+                    let Some(variants) = self.types[index].get_mut(&name) else {
+                        continue;
+                    };
+                    match selector {
+                        Some(selector) => variants.retain(|(s, _)| *s != selector),
+                        None => variants.clear(),
+                    }
+                    if variants.is_empty() {
+                        self.types[index].remove(&name);
+                    }
+                }
+            }
+        }
         self
     }
 

@@ -16,14 +16,14 @@ use capstan_crds::{IstioObject, ObjectKey};
 
 pub use records::{
     Health, IstioRecord, KubeService, KubeServicePort, NamespaceRecord, NodeRecord, NsName,
-    PodRecord, Record, RecordKey, SliceEndpoint, SliceRecord, Tag,
+    PodRecord, Record, RecordKey, SecretRecord, SliceEndpoint, SliceRecord, Tag,
 };
 
 /// What a call changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Changes {
-    /// Config objects whose content changed (Istio objects, Services): the model re-reads
-    /// them and translation rebuilds what they claimed or claim.
+    /// Config objects whose content changed (Istio objects, Services, Secrets): the model
+    /// re-reads them and translation rebuilds what they claimed or claim.
     pub objects: BTreeSet<RecordKey>,
     /// Services whose endpoints changed; only their load assignments are rebuilt.
     pub endpoints: BTreeSet<NsName>,
@@ -76,6 +76,8 @@ pub struct Index {
     pod_users: BTreeMap<NsName, BTreeMap<NsName, usize>>,
     nodes: BTreeMap<String, NodeRecord>,
     namespaces: BTreeMap<String, NamespaceRecord>,
+    /// TLS-shaped Secrets only (the sources drop the others).
+    secrets: BTreeMap<NsName, SecretRecord>,
 }
 
 /// One call on the index, as a value: what sources send to the task that owns the index.
@@ -131,16 +133,24 @@ impl Index {
                 self.namespaces.insert(namespace.name.clone(), namespace);
                 Changes::default()
             }
+            Record::Secret(secret) => {
+                let id = secret.id.clone();
+                match self.secrets.insert(id.clone(), secret.clone()) {
+                    Some(old) if old == secret => Changes::default(),
+                    _ => Changes::object(RecordKey::Secret(id)),
+                }
+            }
         }
     }
 
     /// Removes one record; removing what is not there changes nothing.
     pub fn delete(&mut self, key: &RecordKey) -> Changes {
         match key {
-            RecordKey::Istio(_) | RecordKey::Service(_) => {
+            RecordKey::Istio(_) | RecordKey::Service(_) | RecordKey::Secret(_) => {
                 let removed = match key {
                     RecordKey::Istio(k) => self.istio.remove(k).is_some(),
                     RecordKey::Service(id) => self.services.remove(id).is_some(),
+                    RecordKey::Secret(id) => self.secrets.remove(id).is_some(),
                     _ => false,
                 };
                 if removed {
@@ -200,12 +210,14 @@ impl Index {
         let pods = self.pods.keys().cloned().map(RecordKey::Pod);
         let nodes = self.nodes.keys().cloned().map(RecordKey::Node);
         let namespaces = self.namespaces.keys().cloned().map(RecordKey::Namespace);
+        let secrets = self.secrets.keys().cloned().map(RecordKey::Secret);
         istio
             .chain(services)
             .chain(slices)
             .chain(pods)
             .chain(nodes)
             .chain(namespaces)
+            .chain(secrets)
     }
 
     fn apply_istio(&mut self, mut record: IstioRecord) -> Changes {
@@ -373,6 +385,14 @@ impl Index {
         self.nodes.get(name)
     }
 
+    pub fn secret(&self, id: &NsName) -> Option<&SecretRecord> {
+        self.secrets.get(id)
+    }
+
+    pub fn secrets(&self) -> impl Iterator<Item = &SecretRecord> {
+        self.secrets.values()
+    }
+
     /// How many records of each kind are held, for logs and metrics.
     pub fn counts(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
@@ -385,6 +405,7 @@ impl Index {
             (Tag::Pod, self.pods.len()),
             (Tag::Node, self.nodes.len()),
             (Tag::Namespace, self.namespaces.len()),
+            (Tag::Secret, self.secrets.len()),
         ] {
             out.insert(tag.to_string(), n);
         }

@@ -80,6 +80,8 @@ pub struct KubeService {
     pub ports: Vec<KubeServicePort>,
     /// `clusterIP: None`: clients connect to the endpoints' own addresses.
     pub headless: bool,
+    /// `clusterIPs`: the addresses clients dial (a sidecar's TCP listeners match them).
+    pub cluster_ips: Vec<String>,
     /// `type: ExternalName`: a DNS alias of this name.
     pub external_name: Option<String>,
 }
@@ -150,6 +152,34 @@ pub struct NamespaceRecord {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A Secret that may hold a gateway credential: only its certificate, key and CA entries are
+/// kept (`source::secret` decides which), so nothing else of a Secret reaches the index.
+/// Its `Debug` names the entries and their sizes, never their content: records end up in
+/// logs and panic messages.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretRecord {
+    pub id: NsName,
+    /// `type`, e.g. `kubernetes.io/tls` or `Opaque` (empty when unset).
+    pub secret_type: String,
+    /// Entry name → value (decoded bytes).
+    pub data: BTreeMap<String, Arc<[u8]>>,
+}
+
+impl std::fmt::Debug for SecretRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: BTreeMap<&str, usize> = self
+            .data
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.len()))
+            .collect();
+        f.debug_struct("SecretRecord")
+            .field("id", &self.id)
+            .field("secret_type", &self.secret_type)
+            .field("entry_sizes", &sizes)
+            .finish()
+    }
+}
+
 /// The kinds of record, each fed by one watcher (or, for Istio kinds, the folder).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Tag {
@@ -159,6 +189,7 @@ pub enum Tag {
     Pod,
     Node,
     Namespace,
+    Secret,
 }
 
 impl std::fmt::Display for Tag {
@@ -170,6 +201,7 @@ impl std::fmt::Display for Tag {
             Tag::Pod => f.write_str("Pod"),
             Tag::Node => f.write_str("Node"),
             Tag::Namespace => f.write_str("Namespace"),
+            Tag::Secret => f.write_str("Secret"),
         }
     }
 }
@@ -183,6 +215,7 @@ pub enum Record {
     Pod(PodRecord),
     Node(NodeRecord),
     Namespace(NamespaceRecord),
+    Secret(SecretRecord),
 }
 
 /// The identity of a record.
@@ -194,6 +227,7 @@ pub enum RecordKey {
     Pod(NsName),
     Node(String),
     Namespace(String),
+    Secret(NsName),
 }
 
 impl Record {
@@ -205,6 +239,7 @@ impl Record {
             Record::Pod(r) => RecordKey::Pod(r.id.clone()),
             Record::Node(r) => RecordKey::Node(r.name.clone()),
             Record::Namespace(r) => RecordKey::Namespace(r.name.clone()),
+            Record::Secret(r) => RecordKey::Secret(r.id.clone()),
         }
     }
 
@@ -222,6 +257,7 @@ impl RecordKey {
             RecordKey::Pod(_) => Tag::Pod,
             RecordKey::Node(_) => Tag::Node,
             RecordKey::Namespace(_) => Tag::Namespace,
+            RecordKey::Secret(_) => Tag::Secret,
         }
     }
 }

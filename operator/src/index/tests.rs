@@ -45,6 +45,7 @@ fn service(name: &str, port: u32) -> Record {
             target_port: 8080,
         }],
         headless: false,
+        cluster_ips: Vec::new(),
         external_name: None,
     })
 }
@@ -229,4 +230,35 @@ fn deleting_a_node_or_pod_names_the_services_on_it() {
             .delete(&RecordKey::Pod(NsName::new("shop", "cart-a")))
             .is_empty()
     );
+}
+
+#[test]
+fn secrets_are_config_objects() {
+    let secret = |key: &[u8]| {
+        Record::Secret(SecretRecord {
+            id: NsName::new("edge", "shop-cert"),
+            secret_type: "kubernetes.io/tls".into(),
+            data: BTreeMap::from([
+                ("tls.crt".to_string(), std::sync::Arc::from(&b"cert"[..])),
+                ("tls.key".to_string(), std::sync::Arc::from(key)),
+            ]),
+        })
+    };
+    let key = RecordKey::Secret(NsName::new("edge", "shop-cert"));
+    let mut index = Index::new();
+    let changed = index.apply(secret(b"key"));
+    assert_eq!(changed.objects, BTreeSet::from([key.clone()]));
+    assert!(index.apply(secret(b"key")).is_empty(), "same content");
+    assert_eq!(index.apply(secret(b"new")).objects.len(), 1);
+    assert_eq!(
+        index
+            .secret(&NsName::new("edge", "shop-cert"))
+            .map(|s| &*s.data["tls.key"]),
+        Some(&b"new"[..])
+    );
+    // A re-list without it deletes it.
+    let changed = index.reset(&[Tag::Secret], vec![]);
+    assert_eq!(changed.objects, BTreeSet::from([key]));
+    assert_eq!(index.secrets().count(), 0);
+    assert_eq!(index.counts()["Secret"], 0);
 }

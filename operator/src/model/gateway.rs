@@ -60,13 +60,42 @@ impl ServerKind {
 /// The certificate a terminating server presents, and the client certificates it asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsTermination {
-    /// Files on the gateway proxy (PEM).
-    pub certificate: String,
-    pub private_key: String,
+    pub certificate: ServerCertificate,
     /// `MUTUAL`: the CA bundle client certificates must chain to.
-    pub client_ca: Option<String>,
+    pub client_ca: Option<ClientCa>,
     /// `MUTUAL`: accepted client certificate SANs (any, when empty).
     pub subject_alt_names: Vec<String>,
+}
+
+/// Where a terminating server's certificate and key come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerCertificate {
+    /// PEM files on the gateway proxy (`serverCertificate`, `privateKey`).
+    Files {
+        certificate: String,
+        private_key: String,
+    },
+    /// Secrets of the Gateway's namespace (`credentialName`, or each of `credentialNames`),
+    /// served to the proxy over SDS.
+    Secrets(Vec<Credential>),
+}
+
+/// A credential a server names, and where (for problems).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub name: String,
+    /// `spec.servers[i].tls.credentialName` or `...credentialNames[k]`.
+    pub field: String,
+}
+
+/// Where a MUTUAL server's client CA comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCa {
+    /// A PEM file on the gateway proxy (`caCertificates`).
+    File(String),
+    /// The CA of credential `name`: Secret `<name>-cacert`, else the CA entry of Secret
+    /// `<name>` (istiod's order).
+    Secret(String),
 }
 
 /// A server host, `[namespace/]dnsName`: which VirtualServices may bind to it (those of
@@ -226,15 +255,6 @@ fn terminate(
         );
         return None;
     }
-    if !tls.credential_name.is_empty() || !tls.credential_names.is_empty() {
-        report(
-            format!("{field}.tls.credentialName"),
-            "certificates from Secrets (credentialName) are not served yet; give \
-             serverCertificate and privateKey file paths. This server is not served"
-                .into(),
-        );
-        return None;
-    }
     let mut unapplied = |name: &str, set: bool| {
         if set {
             report(
@@ -256,26 +276,68 @@ fn terminate(
     unapplied("minProtocolVersion", tls.min_protocol_version.is_some());
     unapplied("maxProtocolVersion", tls.max_protocol_version.is_some());
     unapplied("cipherSuites", !tls.cipher_suites.is_empty());
-    if tls.server_certificate.is_empty() || tls.private_key.is_empty() {
+    let mutual = mode == ServerTlsMode::Mutual;
+    if mutual && !tls.ca_cert_credential_name.is_empty() {
+        // Serving another CA than the one named would accept the wrong clients.
         report(
-            format!("{field}.tls.serverCertificate"),
-            "SIMPLE and MUTUAL need serverCertificate and privateKey; this server is not served"
+            format!("{field}.tls.caCertCredentialName"),
+            "caCertCredentialName is not applied yet; this server is not served (put the CA \
+             in Secret <credentialName>-cacert)"
                 .into(),
         );
         return None;
     }
-    let mutual = mode == ServerTlsMode::Mutual;
-    if mutual && tls.ca_certificates.is_empty() {
-        report(
-            format!("{field}.tls.caCertificates"),
-            "MUTUAL needs caCertificates to verify clients; this server is not served".into(),
-        );
-        return None;
-    }
+    let credentials: Vec<Credential> = if tls.credential_name.is_empty() {
+        let field = |k| format!("{field}.tls.credentialNames[{k}]");
+        (tls.credential_names.iter().enumerate())
+            .map(|(k, name)| Credential {
+                name: name.clone(),
+                field: field(k),
+            })
+            .collect()
+    } else {
+        vec![Credential {
+            name: tls.credential_name.clone(),
+            field: format!("{field}.tls.credentialName"),
+        }]
+    };
+    // Validation allows one source of certificates: a credential, or files.
+    let (certificate, client_ca) = match credentials.first() {
+        Some(first) => {
+            let ca = mutual.then(|| ClientCa::Secret(first.name.clone()));
+            (ServerCertificate::Secrets(credentials), ca)
+        }
+        None => {
+            if tls.server_certificate.is_empty() || tls.private_key.is_empty() {
+                report(
+                    format!("{field}.tls.serverCertificate"),
+                    "SIMPLE and MUTUAL need credentialName, or serverCertificate and \
+                     privateKey; this server is not served"
+                        .into(),
+                );
+                return None;
+            }
+            if mutual && tls.ca_certificates.is_empty() {
+                report(
+                    format!("{field}.tls.caCertificates"),
+                    "MUTUAL needs caCertificates to verify clients; this server is not served"
+                        .into(),
+                );
+                return None;
+            }
+            let files = ServerCertificate::Files {
+                certificate: tls.server_certificate.clone(),
+                private_key: tls.private_key.clone(),
+            };
+            (
+                files,
+                mutual.then(|| ClientCa::File(tls.ca_certificates.clone())),
+            )
+        }
+    };
     Some(TlsTermination {
-        certificate: tls.server_certificate.clone(),
-        private_key: tls.private_key.clone(),
-        client_ca: mutual.then(|| tls.ca_certificates.clone()),
+        certificate,
+        client_ca,
         subject_alt_names: if mutual {
             tls.subject_alt_names.clone()
         } else {
@@ -362,7 +424,13 @@ spec:
         );
         match &gw.servers[1].kind {
             ServerKind::Https(t) => {
-                assert_eq!(t.certificate, "/etc/certs/cert.pem");
+                assert_eq!(
+                    t.certificate,
+                    ServerCertificate::Files {
+                        certificate: "/etc/certs/cert.pem".into(),
+                        private_key: "/etc/certs/key.pem".into()
+                    }
+                );
                 assert_eq!(t.client_ca, None);
             }
             other => panic!("{other:?}"),
@@ -384,7 +452,7 @@ spec:
     tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}
   - port: {number: 8443, name: https, protocol: HTTPS}
     hosts: ["*"]
-    tls: {mode: SIMPLE, credentialName: shop-cert}
+    tls: {mode: MUTUAL, credentialName: shop-cert, caCertCredentialName: shop-ca}
   - port: {number: 8080, name: http, protocol: HTTP}
     hosts: ["*"]
   - port: {number: 9443, name: tls-passthrough, protocol: TLS}
@@ -408,7 +476,7 @@ spec:
             fields,
             vec![
                 "spec.servers[0].port.protocol",
-                "spec.servers[1].tls.credentialName"
+                "spec.servers[1].tls.caCertCredentialName"
             ]
         );
         assert!(
@@ -417,6 +485,66 @@ spec:
                 .contains("TLS Simple servers are not served yet"),
             "{}",
             problems[0].message
+        );
+    }
+
+    #[test]
+    fn credential_names_are_served_from_secrets_with_the_ca_of_the_first() {
+        let (gw, problems) = read(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["shop.example.com"]
+    tls: {mode: SIMPLE, credentialName: shop-cert}
+  - port: {number: 8443, name: https-mutual, protocol: HTTPS}
+    hosts: ["api.example.com"]
+    tls: {mode: MUTUAL, credentialName: api-cert, subjectAltNames: [client.example.com]}
+  - port: {number: 9443, name: https-dual, protocol: HTTPS}
+    hosts: ["dual.example.com"]
+    tls: {mode: MUTUAL, credentialNames: [dual-rsa, dual-ecdsa]}
+"#,
+        );
+        assert_eq!(problems, vec![]);
+        let terminations: Vec<&TlsTermination> = gw
+            .servers
+            .iter()
+            .map(|s| match &s.kind {
+                ServerKind::Https(t) => t,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let credential = |name: &str, field: &str| Credential {
+            name: name.into(),
+            field: field.into(),
+        };
+        assert_eq!(
+            terminations[0].certificate,
+            ServerCertificate::Secrets(vec![credential(
+                "shop-cert",
+                "spec.servers[0].tls.credentialName"
+            )])
+        );
+        assert_eq!(terminations[0].client_ca, None);
+        assert_eq!(
+            terminations[1].client_ca,
+            Some(ClientCa::Secret("api-cert".into()))
+        );
+        assert_eq!(terminations[1].subject_alt_names, ["client.example.com"]);
+        assert_eq!(
+            terminations[2].certificate,
+            ServerCertificate::Secrets(vec![
+                credential("dual-rsa", "spec.servers[2].tls.credentialNames[0]"),
+                credential("dual-ecdsa", "spec.servers[2].tls.credentialNames[1]"),
+            ])
+        );
+        assert_eq!(
+            terminations[2].client_ca,
+            Some(ClientCa::Secret("dual-rsa".into()))
         );
     }
 

@@ -54,6 +54,7 @@ pub fn service(index: &Index, service: &KubeService, domain_suffix: &str) -> Ser
     Service {
         host: host(&service.id, domain_suffix),
         origin: Origin::Kubernetes(service.id.clone()),
+        addresses: service.cluster_ips.clone(),
         ports,
         resolution,
         endpoints,
@@ -133,6 +134,7 @@ mod tests {
                 target_port: 0,
             }],
             headless: false,
+            cluster_ips: Vec::new(),
             external_name: None,
         }));
         let endpoint = |address: &str, health, pod: Option<&str>| SliceEndpoint {

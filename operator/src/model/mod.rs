@@ -6,6 +6,7 @@ pub mod gateway;
 pub mod hostname;
 pub mod kube;
 pub mod routing;
+pub mod secret;
 pub mod service;
 pub mod stream_routes;
 pub mod traffic_policy;
@@ -17,7 +18,7 @@ use std::fmt;
 
 use capstan_crds::{IstioObject, ObjectKey};
 
-use crate::index::{Index, RecordKey};
+use crate::index::{Index, NsName, RecordKey};
 pub use service::{Origin, Port, Resolution, Service};
 
 /// Something in otherwise valid config that capstan cannot honour, reported and skipped.
@@ -91,6 +92,8 @@ pub struct Mesh {
     /// By kind, namespace and name: for a host claimed by several, the first wins.
     pub virtual_services: BTreeMap<ObjectKey, VirtualService>,
     pub gateways: BTreeMap<ObjectKey, gateway::Gateway>,
+    /// The TLS Secrets gateways may read credentials from, read (or why they cannot be).
+    secrets: BTreeMap<NsName, Result<secret::TlsSecret, secret::SecretError>>,
     /// Exact host → the VirtualServices naming it; and those with a wildcard host. Finding
     /// a host's VirtualService is then a lookup, not a scan of every VirtualService.
     virtual_services_by_host: HashMap<String, BTreeSet<ObjectKey>>,
@@ -124,6 +127,8 @@ pub struct Affected {
     pub virtual_services: BTreeSet<ObjectKey>,
     /// The Gateways that changed (or went).
     pub gateways: BTreeSet<ObjectKey>,
+    /// The Secrets that changed (or went).
+    pub secrets: BTreeSet<NsName>,
 }
 
 impl Mesh {
@@ -159,6 +164,13 @@ impl Mesh {
                     affected.hosts.insert(kube::host(id, &self.domain_suffix));
                 }
                 RecordKey::Istio(key) => self.reread(index, key, &mut affected),
+                RecordKey::Secret(id) => {
+                    match index.secret(id) {
+                        Some(record) => self.secrets.insert(id.clone(), secret::read(record)),
+                        None => self.secrets.remove(id),
+                    };
+                    affected.secrets.insert(id.clone());
+                }
                 _ => {}
             }
         }
@@ -477,6 +489,11 @@ impl Mesh {
         self.services.get(&host)
     }
 
+    /// Secret `id` as a credential: `None` when there is no such TLS Secret.
+    pub fn secret(&self, id: &NsName) -> Option<&Result<secret::TlsSecret, secret::SecretError>> {
+        self.secrets.get(id)
+    }
+
     /// The subsets declared for `host` (none without a DestinationRule).
     pub fn subsets(&self, host: &str) -> &[Subset] {
         self.destination_rules
@@ -542,6 +559,7 @@ pub fn everything(index: &Index) -> Vec<RecordKey> {
         .istio_records()
         .map(|r| RecordKey::Istio(r.key.clone()))
         .chain(index.services().map(|s| RecordKey::Service(s.id.clone())))
+        .chain(index.secrets().map(|s| RecordKey::Secret(s.id.clone())))
         .collect()
 }
 

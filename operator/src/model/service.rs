@@ -99,6 +99,9 @@ impl Endpoint {
 pub struct Service {
     pub host: String,
     pub origin: Origin,
+    /// The virtual addresses clients dial (ServiceEntry `addresses`, a Service's cluster
+    /// IPs): what tells TCP services on one port apart.
+    pub addresses: Vec<String>,
     pub ports: Vec<Port>,
     pub resolution: Resolution,
     pub endpoints: Vec<Endpoint>,
@@ -114,6 +117,7 @@ impl Service {
         Service {
             host,
             origin: Origin::Istio(origin),
+            addresses: spec.addresses.clone(),
             ports: spec
                 .ports
                 .iter()

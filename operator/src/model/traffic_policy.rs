@@ -46,6 +46,44 @@ pub struct LoadBalancer {
     /// `None`: unset (istiod's default, LEAST_REQUEST).
     pub simple: Option<SimpleLb>,
     pub consistent_hash: Option<ConsistentHash>,
+    /// `None`: unset, the mesh's default (enabled, no rules).
+    pub locality: Option<LocalitySetting>,
+}
+
+/// `localityLbSetting` as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalitySetting {
+    /// `enabled: false`: no locality preference at all.
+    Disabled,
+    Enabled(LocalityLb),
+}
+
+/// What decides a proxy's preference among localities: `distribute` weights, else failover
+/// priorities (region → region rules, then by label).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalityLb {
+    /// `from` locality pattern → (`to` pattern, weight) pairs.
+    pub distribute: Vec<(String, Vec<(String, u32)>)>,
+    /// (`from` region, `to` region).
+    pub failover: Vec<(String, String)>,
+    /// Label names (optionally `name=value`) in priority order.
+    pub failover_priority: Vec<String>,
+}
+
+impl Policy {
+    /// The locality preference that applies, as istiod's `GetLocalityLbSetting` picks it: the
+    /// DestinationRule's unless it disables it, else the mesh default (enabled, no rules).
+    pub fn locality_lb(&self) -> Option<LocalityLb> {
+        match self
+            .load_balancer
+            .as_ref()
+            .and_then(|lb| lb.locality.as_ref())
+        {
+            Some(LocalitySetting::Disabled) => None,
+            Some(LocalitySetting::Enabled(rules)) => Some(rules.clone()),
+            None => Some(LocalityLb::default()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,7 +336,30 @@ fn load_balancer(lb: &api::LoadBalancerSettings) -> LoadBalancer {
             Some(api::SimpleLb::Passthrough) => Some(SimpleLb::Passthrough),
         },
         consistent_hash: lb.consistent_hash.as_ref().map(consistent_hash),
+        locality: lb.locality_lb_setting.as_ref().map(locality_setting),
     }
+}
+
+fn locality_setting(setting: &api::LocalityLbSetting) -> LocalitySetting {
+    if setting.enabled == Some(false) {
+        return LocalitySetting::Disabled;
+    }
+    LocalitySetting::Enabled(LocalityLb {
+        distribute: setting
+            .distribute
+            .iter()
+            .map(|d| {
+                let to = d.to.iter().map(|(l, w)| (l.clone(), *w)).collect();
+                (d.from.clone(), to)
+            })
+            .collect(),
+        failover: setting
+            .failover
+            .iter()
+            .map(|f| (f.from.clone(), f.to.clone()))
+            .collect(),
+        failover_priority: setting.failover_priority.clone(),
+    })
 }
 
 fn consistent_hash(ch: &api::ConsistentHashLb) -> ConsistentHash {

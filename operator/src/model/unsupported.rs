@@ -41,8 +41,8 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
     match object {
         IstioObject::ServiceEntry(se) => {
             let spec = &se.spec;
-            if !spec.addresses.is_empty() {
-                not_applied("spec.addresses".into(), "addresses");
+            if spec.addresses.iter().any(|a| a.contains('/')) {
+                not_applied("spec.addresses".into(), "CIDR addresses");
             }
             if !spec.export_to.is_empty() {
                 not_applied("spec.exportTo".into(), "exportTo (visible everywhere)");
@@ -163,9 +163,6 @@ fn port_policy(
 ) {
     if let Some(lb) = lb {
         let field = |name: &str| format!("{at}.loadBalancer.{name}");
-        if lb.locality_lb_setting.is_some() {
-            not_applied(field("localityLbSetting"), "localityLbSetting");
-        }
         if lb.zone_aware_lb_setting.is_some() {
             not_applied(field("zoneAwareLbSetting"), "zoneAwareLbSetting");
         }

@@ -69,6 +69,12 @@ pub struct RunArgs {
     /// Address the proxies' outbound HTTP listener binds to.
     #[arg(long, default_value = "0.0.0.0")]
     pub outbound_bind: String,
+    /// The sidecars' listeners: `direct` (one outbound HTTP listener on --outbound-bind and
+    /// --outbound-port that applications dial) or `capture` (Istio's, behind an iptables
+    /// capture: virtualOutbound on 15001 with a listener per service port, virtualInbound
+    /// on 15006 to the workload; --outbound-bind and --outbound-port do not apply).
+    #[arg(long, default_value = "direct")]
+    pub sidecar_listeners: crate::translate::ListenerMode,
     /// DNS suffix of the cluster, used to expand short host names (`reviews` in namespace
     /// `bookinfo` is `reviews.bookinfo.svc.<suffix>`).
     #[arg(long, default_value = "cluster.local")]

@@ -1,5 +1,5 @@
 //! Folder mode: the Istio YAML in one directory, watched; each rescan is a `reset` of the
-//! Istio kinds in the index.
+//! Istio kinds and of Secrets in the index.
 //!
 //! The watcher task and the push queue are supervised: a watcher that dies is restarted, a
 //! queue that dies cannot be, and while either is down `/readyz` says so, as it does while
@@ -203,14 +203,20 @@ impl Folder {
             return Ok(report.rescan_after);
         }
         let (objects, duplicates) = self.source.objects();
-        for problem in &duplicates {
+        let (secrets, duplicate_secrets) = self.source.secrets();
+        for problem in duplicates.iter().chain(&duplicate_secrets) {
             warn!("{problem}");
         }
         let records = objects
             .into_iter()
             .map(|o| Record::Istio(IstioRecord::valid(o.clone())))
+            .chain(secrets.into_iter().map(|s| Record::Secret(s.clone())))
             .collect();
-        let tags = Kind::ALL.iter().map(|k| Tag::Istio(*k)).collect();
+        let tags = Kind::ALL
+            .iter()
+            .map(|k| Tag::Istio(*k))
+            .chain([Tag::Secret])
+            .collect();
         let changes = self.reconciler.handle(Event::Reset(tags, records));
         self.reconciler.reconcile(changes).await;
         Ok(report.rescan_after)

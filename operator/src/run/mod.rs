@@ -70,6 +70,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         options: translate::Options {
             outbound_bind: args.outbound_bind.clone(),
             outbound_port: args.outbound_port,
+            sidecar_listeners: args.sidecar_listeners,
         },
         ads,
         ads_tls,

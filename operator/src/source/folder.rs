@@ -1,4 +1,5 @@
-//! The folder source: Istio objects from the `*.yaml`/`*.yml` files of one directory.
+//! The folder source: Istio objects from the `*.yaml`/`*.yml` files of one directory, and the
+//! `v1` Secrets among them that gateways read their certificates from (`credentialName`).
 //!
 //! A file that is not valid YAML keeps serving its last good content; a document that does
 //! not parse or validate keeps serving the last good version of that same object (same kind,
@@ -20,7 +21,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use capstan_crds::IstioObject;
 use capstan_crds::object::ObjectKey;
-use capstan_crds::parse::{DocumentError, parse_documents};
+use capstan_crds::parse::{DocumentError, DocumentErrorReason, parse_documents};
+
+use super::secret::{SecretDocument, is_secret_document, secrets_in_yaml};
+use crate::index::{NsName, SecretRecord};
 
 /// How long a file must go unmodified before its new content replaces the old. A writer that
 /// truncates a file and writes it again (a shell redirection, a template pipeline, an editor
@@ -57,6 +61,8 @@ struct FileState {
     fingerprint: Option<u64>,
     /// The objects this file serves: its last good content.
     objects: Vec<IstioObject>,
+    /// The TLS Secrets it serves, likewise.
+    secrets: Vec<SecretRecord>,
     /// New content waiting to settle: its hash, and when it was first seen.
     pending: Option<(u64, Instant)>,
     /// The inspection or read problem last reported, so that a lasting one is reported once.
@@ -123,7 +129,8 @@ impl FolderSource {
         }
         report.changed = !self.files.keys().eq(next.keys())
             || next.iter().any(|(path, state)| {
-                self.files.get(path).map(|s| &s.objects) != Some(&state.objects)
+                self.files.get(path).map(|s| (&s.objects, &s.secrets))
+                    != Some((&state.objects, &state.secrets))
             });
         self.files = next;
         Ok(report)
@@ -169,7 +176,8 @@ impl FolderSource {
         state.pending = None;
         state.fingerprint = Some(fingerprint);
         let text = String::from_utf8_lossy(&bytes);
-        state.objects = load(path, &text, &state.objects, &mut report.problems);
+        let previous = (&state.objects[..], &state.secrets[..]);
+        (state.objects, state.secrets) = load(path, &text, previous, &mut report.problems);
         Some(state)
     }
 
@@ -235,10 +243,37 @@ impl FolderSource {
         }
         (out, problems)
     }
+
+    /// Every TLS Secret served, each once, as [`Self::objects`] has it.
+    pub fn secrets(&self) -> (Vec<&SecretRecord>, Problems) {
+        let mut seen: HashMap<&NsName, &Path> = HashMap::new();
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for (path, state) in &self.files {
+            for secret in &state.secrets {
+                match seen.get(&secret.id) {
+                    Some(first) => problems.push(format!(
+                        "{}: Secret {} is also defined in {}; using that one",
+                        path.display(),
+                        secret.id,
+                        first.display()
+                    )),
+                    None => {
+                        seen.insert(&secret.id, path);
+                        out.push(secret);
+                    }
+                }
+            }
+        }
+        (out, problems)
+    }
 }
 
 fn count(files: &BTreeMap<PathBuf, FileState>) -> usize {
-    files.values().map(|state| state.objects.len()).sum()
+    files
+        .values()
+        .map(|state| state.objects.len() + state.secrets.len())
+        .sum()
 }
 
 /// Keeps the file's last good content and reports why, once per distinct problem.
@@ -283,13 +318,13 @@ fn yaml_files(dir: &Path) -> io::Result<BTreeSet<PathBuf>> {
     Ok(out)
 }
 
-/// The objects `text` serves, given what the file served before.
+/// The objects and Secrets `text` serves, given what the file served before.
 fn load(
     path: &Path,
     text: &str,
-    previous: &[IstioObject],
+    (previous, previous_secrets): (&[IstioObject], &[SecretRecord]),
     problems: &mut Problems,
-) -> Vec<IstioObject> {
+) -> (Vec<IstioObject>, Vec<SecretRecord>) {
     let name = path.display().to_string();
     let documents = match parse_documents(&name, text) {
         Ok(documents) => documents,
@@ -297,11 +332,12 @@ fn load(
             problems.push(format!(
                 "error: {err}; keeping the file's last good content"
             ));
-            return previous.to_vec();
+            return (previous.to_vec(), previous_secrets.to_vec());
         }
     };
     let last_good = |key: &ObjectKey| previous.iter().find(|o| &o.key() == key).cloned();
     let mut objects = Vec::new();
+    let mut secret_documents = Vec::new();
     for document in documents {
         match document {
             Ok(document) => {
@@ -327,6 +363,13 @@ fn load(
                 }
                 objects.extend(kept);
             }
+            // Not an Istio object, but what gateways read certificates from.
+            Err(err)
+                if err.reason == DocumentErrorReason::UnsupportedKind
+                    && is_secret_document(err.api_version.as_deref(), err.kind.as_deref()) =>
+            {
+                secret_documents.push(err);
+            }
             Err(err) => {
                 let kept = document_key(&err).and_then(|key| last_good(&key));
                 problems.push(format!("error: {err}; {}", keeping(kept.is_some())));
@@ -334,7 +377,50 @@ fn load(
             }
         }
     }
-    objects
+    let secrets = load_secrets(text, &secret_documents, previous_secrets, problems);
+    (objects, secrets)
+}
+
+/// The TLS Secrets of the documents `found` (by the Istio parser, as documents of another
+/// kind); one that cannot be read keeps its last good version.
+fn load_secrets(
+    text: &str,
+    found: &[DocumentError],
+    previous: &[SecretRecord],
+    problems: &mut Problems,
+) -> Vec<SecretRecord> {
+    let indexes: Vec<usize> = found.iter().map(|d| d.index).collect();
+    let mut secrets = Vec::new();
+    for (document, (_, read)) in found.iter().zip(secrets_in_yaml(text, &indexes)) {
+        let line = document.line.map(|l| format!(":{l}")).unwrap_or_default();
+        let at = format!("{}{line}: document {}", document.file, document.index + 1);
+        match read {
+            Ok(SecretDocument::Tls(secret)) => secrets.push(secret),
+            Ok(SecretDocument::Other(id)) => problems.push(format!(
+                "{at} (Secret {id}): no TLS entries (tls.crt and tls.key, cert and key, or a CA \
+                 in ca.crt or cacert); not a gateway credential, ignored"
+            )),
+            Err(message) => {
+                let id = document.name.as_ref().map(|name| {
+                    let namespace = document
+                        .namespace
+                        .as_deref()
+                        .unwrap_or(capstan_crds::object::DEFAULT_NAMESPACE);
+                    NsName::new(namespace, name.as_str())
+                });
+                let kept = id
+                    .as_ref()
+                    .and_then(|id| previous.iter().find(|s| &s.id == id).cloned());
+                let what = id.map(|id| format!(" (Secret {id})")).unwrap_or_default();
+                problems.push(format!(
+                    "error: {at}{what}: {message}; {}",
+                    keeping(kept.is_some())
+                ));
+                secrets.extend(kept);
+            }
+        }
+    }
+    secrets
 }
 
 fn keeping(kept: bool) -> &'static str {

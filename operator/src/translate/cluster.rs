@@ -12,6 +12,9 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbPolicy,
 };
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::{
+    LocalityConfigSpecifier, LocalityWeightedLbConfig,
+};
 use envoy_types::pb::envoy::config::core::v3::{Http1ProtocolOptions, Http2ProtocolOptions};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
@@ -33,7 +36,7 @@ const CONNECT_TIMEOUT: Duration = Duration {
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
-/// Every cluster of the mesh (what a full build encodes, one host at a time).
+/// Every cluster of the mesh for proxies without a locality.
 #[cfg(test)]
 pub fn clusters(mesh: &Mesh) -> Vec<(String, Cluster)> {
     super::service_clusters(mesh)
@@ -41,10 +44,56 @@ pub fn clusters(mesh: &Mesh) -> Vec<(String, Cluster)> {
         .collect()
 }
 
+/// One cluster, for the proxies `key` names (the default: every proxy; a more specific
+/// variant of the same name wins).
+pub struct ClusterVariant {
+    pub name: String,
+    pub key: endpoint::VariantKey,
+    pub cluster: Cluster,
+}
+
 /// The clusters of one service.
-pub fn clusters_of(mesh: &Mesh, service: &Service) -> Vec<(String, Cluster)> {
+pub fn clusters_of(mesh: &Mesh, service: &Service) -> Vec<ClusterVariant> {
     service_clusters_of(mesh, service)
-        .map(|c| cluster(mesh, c))
+        .flat_map(|c| {
+            let port = c.port.number;
+            let (name, cluster) = cluster(mesh, c);
+            locality_variants(mesh, service, port, name, cluster)
+        })
+        .collect()
+}
+
+/// A cluster that carries its endpoints (DNS) once per locality its proxies can be told
+/// apart by, as EDS assignments are (`endpoint::locality`); any other cluster once.
+fn locality_variants(
+    mesh: &Mesh,
+    service: &Service,
+    port: u32,
+    name: String,
+    cluster: Cluster,
+) -> Vec<ClusterVariant> {
+    let policy = policy_of(mesh, &service.host, subset_of(&name), port);
+    let outlier = policy.outlier_detection.is_some();
+    let rules = policy
+        .locality_lb()
+        .filter(|rules| endpoint::locality_applies(rules, outlier));
+    let (Some(rules), Some(assignment)) = (rules, cluster.load_assignment.as_ref()) else {
+        return vec![ClusterVariant {
+            name,
+            key: endpoint::VariantKey::default(),
+            cluster,
+        }];
+    };
+    endpoint::locality_variants(assignment, None, &rules)
+        .into_iter()
+        .map(|(key, assignment)| ClusterVariant {
+            name: name.clone(),
+            key,
+            cluster: Cluster {
+                load_assignment: Some(assignment),
+                ..cluster.clone()
+            },
+        })
         .collect()
 }
 
@@ -55,7 +104,7 @@ fn subset_of(name: &str) -> Option<&str> {
 
 /// The traffic policy of a cluster: its host's DestinationRule's, merged for the subset and
 /// port (none: every setting at istiod's default).
-fn policy_of(mesh: &Mesh, host: &str, subset: Option<&str>, port: u32) -> Policy {
+pub(super) fn policy_of(mesh: &Mesh, host: &str, subset: Option<&str>, port: u32) -> Policy {
     mesh.destination_rules
         .get(host)
         .and_then(|dr| dr.traffic_policy.as_ref())
@@ -132,6 +181,19 @@ fn cluster(mesh: &Mesh, spec: ServiceCluster<'_>) -> (String, Cluster) {
     );
     outlier::apply(&mut cluster, policy.outlier_detection.as_ref());
     lb::apply(&mut cluster, policy.load_balancer.as_ref());
+    // Only assignments (EDS, or a DNS cluster's own) carry the locality weights; an original
+    // destination cluster has none, and Envoy would send a weighed cluster nothing.
+    if (cluster.eds_cluster_config.is_some() || cluster.load_assignment.is_some())
+        && let Some(rules) = policy.locality_lb()
+        && endpoint::weighs_localities(&rules, policy.outlier_detection.is_some())
+    {
+        cluster
+            .common_lb_config
+            .get_or_insert_default()
+            .locality_config_specifier = Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(
+            LocalityWeightedLbConfig {},
+        ));
+    }
     if let Some(settings) = &policy.tls {
         let target = tls::Target {
             service,
@@ -384,6 +446,7 @@ spec:
         let options = super::super::Options {
             outbound_bind: "127.0.0.1".into(),
             outbound_port: 15001,
+            sidecar_listeners: Default::default(),
         };
         let mut pipeline = Pipeline::new(options, "cluster.local");
         let cache = SnapshotCache::new();

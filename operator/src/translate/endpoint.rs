@@ -1,6 +1,14 @@
-//! EDS: load assignments of STATIC services, per port and per subset.
+//! EDS: load assignments of STATIC services, per port and per subset, and per locality where
+//! the cluster's locality load balancing tells proxies in different places apart.
+
+mod locality;
+
+pub use locality::{
+    VariantKey, applies as locality_applies, variants as locality_variants, weighs_localities,
+};
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
@@ -15,26 +23,72 @@ use super::{ServiceCluster, service_clusters_of};
 use crate::index::Health;
 use crate::model::{Mesh, Port, Resolution, Service};
 
-/// Every load assignment of the mesh (what a full build encodes, one host at a time).
+/// One load assignment, for the proxies `key` names (the default: every proxy; a more
+/// specific variant of the same name wins).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    pub name: String,
+    pub key: VariantKey,
+    pub assignment: ClusterLoadAssignment,
+}
+
+/// Every load assignment of the mesh for proxies without a locality.
 #[cfg(test)]
 pub fn load_assignments(mesh: &Mesh) -> Vec<(String, ClusterLoadAssignment)> {
-    super::service_clusters(mesh)
-        .filter_map(eds_assignment)
+    mesh.services
+        .values()
+        .flat_map(|s| load_assignments_of(mesh, s))
+        .filter(|a| a.key == VariantKey::default())
+        .map(|a| (a.name, a.assignment))
         .collect()
 }
 
 /// The load assignments of one service: what an endpoint change of that service rebuilds.
-pub fn load_assignments_of(mesh: &Mesh, service: &Service) -> Vec<(String, ClusterLoadAssignment)> {
+pub fn load_assignments_of(mesh: &Mesh, service: &Service) -> Vec<Assignment> {
     service_clusters_of(mesh, service)
-        .filter_map(eds_assignment)
+        .filter(|c| c.service.resolution == Resolution::Static)
+        .flat_map(|c| eds_assignments(mesh, c))
         .collect()
 }
 
-fn eds_assignment(c: ServiceCluster<'_>) -> Option<(String, ClusterLoadAssignment)> {
-    (c.service.resolution == Resolution::Static).then(|| {
-        let assignment = load_assignment(&c.name, c.service, c.port, c.labels);
-        (c.name, assignment)
-    })
+fn eds_assignments(mesh: &Mesh, c: ServiceCluster<'_>) -> Vec<Assignment> {
+    let base = load_assignment(&c.name, c.service, c.port, c.labels);
+    let policy = super::cluster::policy_of(mesh, &c.service.host, c.subset(), c.port.number);
+    let outlier = policy.outlier_detection.is_some();
+    match policy.locality_lb() {
+        Some(rules) if locality::applies(&rules, outlier) => {
+            let labels = endpoint_labels(c.service, c.labels);
+            locality::variants(&base, Some(&labels), &rules)
+                .into_iter()
+                .map(|(key, assignment)| Assignment {
+                    name: c.name.clone(),
+                    key,
+                    assignment,
+                })
+                .collect()
+        }
+        _ => vec![Assignment {
+            name: c.name,
+            key: VariantKey::default(),
+            assignment: base,
+        }],
+    }
+}
+
+/// The labels of the endpoints [`load_assignment`] puts in a STATIC cluster, grouped and
+/// ordered as it groups and orders them.
+fn endpoint_labels(
+    service: &Service,
+    labels: &BTreeMap<String, String>,
+) -> Vec<Vec<Arc<BTreeMap<String, String>>>> {
+    let mut by_locality: BTreeMap<&str, Vec<Arc<BTreeMap<String, String>>>> = BTreeMap::new();
+    for endpoint in service.endpoints.iter().filter(|e| e.selected_by(labels)) {
+        by_locality
+            .entry(endpoint.locality.as_str())
+            .or_default()
+            .push(endpoint.labels.clone());
+    }
+    by_locality.into_values().collect()
 }
 
 /// The endpoints of `service` on `port` carrying `labels`, grouped by locality. A DNS service

@@ -19,15 +19,9 @@ use capstan_xds::{Parts, Resource, Role, Selector, SnapshotBuilder, Update, type
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use prost::Message;
 
-use super::{OUTBOUND_HTTP, Options, cluster, endpoint, gateway, listener, route};
-use crate::model::{Affected, Mesh, Problem, Service, hostname};
-
-/// The encoded resources of one service host.
-#[derive(Default)]
-struct HostResources {
-    clusters: Vec<Resource>,
-    assignments: Vec<Resource>,
-}
+use super::sidecar::{CaptureState, ListenerMode};
+use super::{OUTBOUND_HTTP, Options, listener, route};
+use crate::model::{Affected, Mesh, Problem, hostname};
 
 /// The namespace of a cluster-local host, `None` for any other host: the group of its
 /// virtual hosts within the route configuration.
@@ -81,18 +75,8 @@ pub struct Translator {
     route_problems: BTreeMap<ObjectKey, BTreeMap<String, Vec<Problem>>>,
     unbound: BTreeMap<ObjectKey, Vec<Problem>>,
     gateways: GatewayState,
-}
-
-/// What the gateways were last built from and into: they are rebuilt whole when one of
-/// these changes (see `translate::gateway`).
-#[derive(Default)]
-struct GatewayState {
-    /// The listeners and route configurations, by selector, type and name.
-    resources: BTreeSet<(Selector, &'static str, String)>,
-    /// The VirtualServices bound to a gateway, and the hosts their routes send to.
-    bound: BTreeSet<ObjectKey>,
-    destinations: BTreeSet<String>,
-    problems: Vec<Problem>,
+    /// Sidecar listeners behind an iptables capture (`ListenerMode::Capture` only).
+    capture: Option<CaptureState>,
 }
 
 impl Translator {
@@ -111,6 +95,7 @@ impl Translator {
             route_problems: BTreeMap::new(),
             unbound: BTreeMap::new(),
             gateways: GatewayState::default(),
+            capture: None,
         }
     }
 
@@ -122,20 +107,30 @@ impl Translator {
             routes: BTreeSet::new(),
             virtual_services: mesh.virtual_services.keys().cloned().collect(),
             gateways: mesh.gateways.keys().cloned().collect(),
+            secrets: BTreeSet::new(),
         };
         // Everything is new: what is kept afterwards is the snapshot.
         self.rebuild(mesh, &everything, &mut Update::new());
         let mut out = SnapshotBuilder::new();
-        for resource in self.by_host.values().flat_map(|h| h.clusters.iter()) {
-            out.add(resource.clone());
+        for (selector, resource) in self.by_host.values().flat_map(|h| h.clusters.iter()) {
+            out.add_for(selector.clone(), resource.clone());
         }
-        for resource in self.by_host.values().flat_map(|h| h.assignments.iter()) {
-            out.add(resource.clone());
+        for (selector, resource) in self.by_host.values().flat_map(|h| h.assignments.iter()) {
+            out.add_for(selector.clone(), resource.clone());
         }
-        for (name, listener) in listener::listeners(&self.options) {
-            if let Some(resource) = Resource::encode(name, &listener) {
-                // Gateways have listeners of their own.
-                out.add_for(Selector::role(Role::Sidecar), resource);
+        match self.options.sidecar_listeners {
+            ListenerMode::Direct => {
+                for (name, listener) in listener::listeners(&self.options) {
+                    if let Some(resource) = Resource::encode(name, &listener) {
+                        // Gateways have listeners of their own.
+                        out.add_for(Selector::role(Role::Sidecar), resource);
+                    }
+                }
+            }
+            ListenerMode::Capture => {
+                let (state, update) = CaptureState::full(mesh);
+                out.apply(update);
+                self.capture = Some(state);
             }
         }
         for (selector, resource) in self.build_gateways(mesh) {
@@ -162,6 +157,9 @@ impl Translator {
             for (selector, type_url, name) in before.difference(&self.gateways.resources) {
                 update.remove_for(selector.clone(), type_url, name);
             }
+        }
+        if let Some(capture) = &mut self.capture {
+            capture.update(mesh, affected.hosts.iter().map(String::as_str), &mut update);
         }
         if self.rebuild(mesh, affected, &mut update) {
             let (variants, gone) = self.assemble_routes(mesh);
@@ -219,16 +217,25 @@ impl Translator {
         !hosts.is_empty()
     }
 
-    /// The load assignments of `host` again (its endpoints changed), kept and returned.
-    pub fn endpoints(&mut self, mesh: &Mesh, host: &str) -> Vec<Resource> {
+    /// The load assignments of `host` again (its endpoints changed): kept, and what to put
+    /// and remove returned.
+    pub fn endpoints(&mut self, mesh: &Mesh, host: &str) -> Update {
+        let mut update = Update::new();
         let Some(service) = mesh.services.get(host) else {
-            return Vec::new();
+            return update;
         };
         let assignments = encoded_assignments(mesh, service);
-        if let Some(kept) = self.by_host.get_mut(host) {
-            kept.assignments = assignments.clone();
+        if let Some(capture) = &mut self.capture {
+            capture.update(mesh, [host], &mut update);
         }
-        assignments
+        match self.by_host.get_mut(host) {
+            Some(kept) => {
+                let old = std::mem::replace(&mut kept.assignments, assignments);
+                replace_variants(type_url::ENDPOINT, &old, &kept.assignments, &mut update);
+            }
+            None => replace_variants(type_url::ENDPOINT, &[], &assignments, &mut update),
+        }
+        update
     }
 
     /// Every problem translation found, per object.
@@ -238,73 +245,19 @@ impl Translator {
             .flat_map(|by_host| by_host.values().flatten())
             .chain(self.unbound.values().flatten())
             .chain(&self.gateways.problems)
-    }
-
-    /// Whether a change reaches the gateways: a Gateway, a VirtualService bound to one (before
-    /// or after), or a service their routes send to.
-    fn gateways_affected(&self, mesh: &Mesh, affected: &Affected) -> bool {
-        !affected.gateways.is_empty()
-            || affected.virtual_services.iter().any(|key| {
-                self.gateways.bound.contains(key)
-                    || mesh
-                        .virtual_services
-                        .get(key)
-                        .is_some_and(gateway::binds_gateways)
-            })
-            || affected
-                .hosts
-                .iter()
-                .any(|h| self.gateways.destinations.contains(h))
-    }
-
-    /// Builds every gateway resource, remembering what they were built from.
-    fn build_gateways(&mut self, mesh: &Mesh) -> Vec<(Selector, Resource)> {
-        let built = gateway::build(mesh);
-        let mut out = Vec::new();
-        let mut resources = BTreeSet::new();
-        for (selector, listener) in &built.listeners {
-            if let Some(r) = Resource::encode(listener.name.clone(), listener) {
-                resources.insert((selector.clone(), type_url::LISTENER, listener.name.clone()));
-                out.push((selector.clone(), r));
-            }
-        }
-        for (selector, config) in &built.routes {
-            if let Some(r) = Resource::encode(config.name.clone(), config) {
-                resources.insert((selector.clone(), type_url::ROUTE, config.name.clone()));
-                out.push((selector.clone(), r));
-            }
-        }
-        self.gateways = GatewayState {
-            resources,
-            bound: mesh
-                .virtual_services
-                .iter()
-                .filter(|(_, vs)| gateway::binds_gateways(vs))
-                .map(|(k, _)| k.clone())
-                .collect(),
-            destinations: built.destinations,
-            problems: built.problems,
-        };
-        out
+            .chain(self.capture.iter().flat_map(CaptureState::problems))
     }
 
     /// Keeps `new` as the resources of `host`; what it no longer has is removed.
     fn replace_host(&mut self, host: &str, new: HostResources, update: &mut Update) {
         let old = self.by_host.remove(host).unwrap_or_default();
-        for (type_url, old, new) in [
-            (type_url::CLUSTER, &old.clusters, &new.clusters),
-            (type_url::ENDPOINT, &old.assignments, &new.assignments),
-        ] {
-            for gone in old
-                .iter()
-                .filter(|o| !new.iter().any(|n| n.name() == o.name()))
-            {
-                update.remove(type_url, gone.name());
-            }
-        }
-        for resource in new.clusters.iter().chain(&new.assignments) {
-            update.put(resource.clone());
-        }
+        replace_variants(type_url::CLUSTER, &old.clusters, &new.clusters, update);
+        replace_variants(
+            type_url::ENDPOINT,
+            &old.assignments,
+            &new.assignments,
+            update,
+        );
         if !new.clusters.is_empty() {
             self.by_host.insert(host.to_string(), new);
         }
@@ -604,32 +557,19 @@ fn per_host<'a, T: Send>(
     })
 }
 
-/// The resources of each of `hosts` (empty for a host no service has any more).
-fn build_hosts<'a>(mesh: &Mesh, hosts: &'a BTreeSet<String>) -> Vec<(&'a str, HostResources)> {
-    per_host(hosts, |host| {
-        mesh.services
-            .get(host)
-            .map(|service| host_resources(mesh, service))
-            .unwrap_or_default()
-    })
-}
+mod gateways;
+mod hosts;
 
-fn host_resources(mesh: &Mesh, service: &Service) -> HostResources {
-    HostResources {
-        clusters: cluster::clusters_of(mesh, service)
-            .into_iter()
-            .filter_map(|(name, c)| Resource::encode(name, &c))
-            .collect(),
-        assignments: encoded_assignments(mesh, service),
-    }
-}
-
-fn encoded_assignments(mesh: &Mesh, service: &Service) -> Vec<Resource> {
-    endpoint::load_assignments_of(mesh, service)
-        .into_iter()
-        .filter_map(|(name, cla)| Resource::encode(name, &cla))
-        .collect()
-}
+use gateways::GatewayState;
+#[cfg(test)]
+use hosts::host_resources;
+use hosts::{HostResources, build_hosts, encoded_assignments, replace_variants};
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod locality_tests;
+
+#[cfg(test)]
+mod capture_tests;

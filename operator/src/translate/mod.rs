@@ -5,13 +5,15 @@
 
 mod cluster;
 mod endpoint;
-mod gateway;
+pub(crate) mod gateway;
 mod http_filters;
 mod incremental;
 mod listener;
 mod route;
+mod sidecar;
 
 pub use incremental::Translator;
+pub use sidecar::ListenerMode;
 
 use std::collections::BTreeMap;
 
@@ -29,6 +31,7 @@ pub const OUTBOUND_HTTP: &str = "outbound_http";
 pub struct Options {
     pub outbound_bind: String,
     pub outbound_port: u16,
+    pub sidecar_listeners: ListenerMode,
 }
 
 /// Builds every resource for `mesh`. Config that cannot be honoured is reported and left
@@ -47,6 +50,13 @@ pub struct ServiceCluster<'a> {
     pub port: &'a Port,
     /// The labels endpoints must carry (none for the whole service).
     pub labels: &'a BTreeMap<String, String>,
+}
+
+impl ServiceCluster<'_> {
+    /// The subset this cluster is restricted to (none: the whole service).
+    pub fn subset(&self) -> Option<&str> {
+        self.name.split('|').nth(2).filter(|s| !s.is_empty())
+    }
 }
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();

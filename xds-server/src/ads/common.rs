@@ -235,7 +235,7 @@ fn unknown_bytes<'a>(
 fn shared_name(name: &str, snapshot: &Snapshot, index: usize) -> Arc<str> {
     snapshot
         .get(index, name)
-        .and_then(|e| e.variants().first())
+        .and_then(|e| e.all_variants().next())
         .map(|(_, r)| r.name_arc().clone())
         .unwrap_or_else(|| Arc::from(name))
 }

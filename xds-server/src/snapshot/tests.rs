@@ -111,3 +111,109 @@ fn proxies_get_their_most_specific_variant() {
         vec![Bytes::from_static(b"everyone")]
     );
 }
+
+#[test]
+fn a_builder_applies_puts_and_removes_in_order() {
+    let ns1 = Selector::namespace("ns1");
+    let mut u = Update::new();
+    u.put(res(type_url::CLUSTER, "a", b"1"))
+        .put_for(ns1.clone(), res(type_url::CLUSTER, "a", b"ns1"))
+        .put(res(type_url::CLUSTER, "b", b"1"))
+        .put(res(type_url::CLUSTER, "c", b"1"))
+        .remove_for(ns1.clone(), type_url::CLUSTER, "a")
+        .remove(type_url::CLUSTER, "b")
+        .remove(type_url::CLUSTER, "never-existed");
+    let mut built = SnapshotBuilder::new();
+    built.apply(u);
+    assert_eq!(built.len(), 2, "{built:?}");
+    let (s, _) = Snapshot::default()
+        .apply({
+            let mut all = Update::new();
+            for (name, variants) in &built.types[CDS] {
+                for (selector, r) in variants {
+                    assert_eq!(&**name, r.name());
+                    all.put_for(selector.clone(), r.clone());
+                }
+            }
+            all
+        })
+        .expect("changed");
+    assert!(s.get(CDS, "b").is_none());
+    let a = s.get(CDS, "a").expect("a stays for everyone");
+    assert_eq!(a.variants().len(), 1);
+    assert_eq!(a.variants()[0].0, Selector::all());
+}
+
+#[test]
+fn workload_variants_are_found_by_address() {
+    let proxy = |address: &str| ProxyInfo {
+        role: Role::Sidecar,
+        address: Some(address.into()),
+        ..ProxyInfo::default()
+    };
+    let mut u = Update::new();
+    u.put_for(
+        Selector::role(Role::Sidecar),
+        res(type_url::LISTENER, "in", b"none"),
+    );
+    for i in 0..1000 {
+        let address = format!("10.0.{}.{}", i / 250, i % 250);
+        u.put_for(
+            Selector::workload(&address),
+            Resource::from_bytes(type_url::LISTENER, "in", Bytes::from(address.clone())),
+        );
+    }
+    let (s1, _) = Snapshot::default().apply(u).expect("changed");
+    let body = |s: &Snapshot, p: &ProxyInfo| s.resource_for(LDS, "in", p).map(|r| r.body());
+    assert_eq!(body(&s1, &proxy("10.0.3.7")), Some(Bytes::from("10.0.3.7")));
+    assert_eq!(
+        body(&s1, &proxy("10.9.9.9")),
+        Some(Bytes::from_static(b"none"))
+    );
+    let router = ProxyInfo {
+        role: Role::Router,
+        address: Some("10.0.3.7".into()),
+        ..ProxyInfo::default()
+    };
+    assert_eq!(
+        body(&s1, &router),
+        None,
+        "a workload selector is for sidecars"
+    );
+    assert!(s1.get(LDS, "in").expect("entry").is_scoped());
+    assert_eq!(
+        s1.get(LDS, "in").expect("entry").all_variants().count(),
+        1001
+    );
+
+    // The same content again changes nothing; a new one, or a removal, only that workload.
+    let mut same = Update::new();
+    same.put_for(
+        Selector::workload("10.0.3.7"),
+        res(type_url::LISTENER, "in", b"10.0.3.7"),
+    );
+    assert!(s1.apply(same).is_none());
+    let mut u = Update::new();
+    u.put_for(
+        Selector::workload("10.0.3.7"),
+        res(type_url::LISTENER, "in", b"new"),
+    )
+    .remove_for(Selector::workload("10.0.0.1"), type_url::LISTENER, "in")
+    .remove_for(Selector::workload("10.77.0.1"), type_url::LISTENER, "in");
+    let (s2, changed) = s1.apply(u).expect("changed");
+    assert_eq!(names(&changed[LDS]), vec!["in"]);
+    assert_eq!(
+        body(&s2, &proxy("10.0.3.7")),
+        Some(Bytes::from_static(b"new"))
+    );
+    assert_eq!(
+        body(&s2, &proxy("10.0.0.1")),
+        Some(Bytes::from_static(b"none"))
+    );
+    assert_eq!(body(&s1, &proxy("10.0.0.1")), Some(Bytes::from("10.0.0.1")));
+    // Removing every variant removes the entry.
+    let mut u = Update::new();
+    u.remove(type_url::LISTENER, "in");
+    let (s3, _) = s2.apply(u).expect("changed");
+    assert!(s3.get(LDS, "in").is_none());
+}

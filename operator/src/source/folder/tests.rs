@@ -310,3 +310,104 @@ fn a_folder_emptied_of_objects_keeps_the_last_good_config_unless_allowed() {
         }
     }
 }
+
+/// A TLS Secret in `data` form ("Y2VydA==" is "cert", `key` is base64 already).
+fn tls_secret(name: &str, key: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: edge}}\n\
+         type: kubernetes.io/tls\ndata: {{tls.crt: Y2VydA==, tls.key: {key}}}\n"
+    )
+}
+
+/// A Secret's entries, by name.
+type Entries = Vec<(String, Vec<u8>)>;
+
+fn secret_entries(source: &FolderSource) -> Vec<(String, Entries)> {
+    source
+        .secrets()
+        .0
+        .iter()
+        .map(|s| {
+            let entries = s
+                .data
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_vec()))
+                .collect();
+            (s.id.to_string(), entries)
+        })
+        .collect()
+}
+
+#[test]
+fn tls_secrets_are_read_beside_istio_objects_and_keep_their_last_good_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("certs.yaml");
+    let generic = "apiVersion: v1\nkind: Secret\nmetadata: {name: shop-cert-cacert, namespace: edge}\n\
+                   stringData: {cacert: CA}\n";
+    let opaque = "apiVersion: v1\nkind: Secret\nmetadata: {name: db, namespace: edge}\n\
+                  stringData: {password: hunter2}\n";
+    fs::write(
+        &path,
+        format!(
+            "{DR}---\n{}---\n{generic}---\n{opaque}",
+            tls_secret("shop-cert", "a2V5")
+        ),
+    )
+    .expect("write");
+    let mut source = source(dir.path());
+    let (changed, problems) = scan(&mut source);
+    assert!(changed);
+    // The Secret without TLS entries is named, never its content.
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("document 4 (Secret edge/db)")
+            && problems[0].contains("not a gateway credential"),
+        "{problems:?}"
+    );
+    assert!(!problems[0].contains("hunter2"));
+    assert_eq!(names(&source), vec!["DestinationRule bookinfo/reviews"]);
+    let entry = |k: &str, v: &[u8]| (k.to_string(), v.to_vec());
+    assert_eq!(
+        secret_entries(&source),
+        vec![
+            (
+                "edge/shop-cert".to_string(),
+                vec![entry("tls.crt", b"cert"), entry("tls.key", b"key")]
+            ),
+            (
+                "edge/shop-cert-cacert".to_string(),
+                vec![entry("cacert", b"CA")]
+            ),
+        ]
+    );
+
+    // A new certificate replaces the old.
+    fs::write(&path, tls_secret("shop-cert", "bmV3LWtleQ==")).expect("write");
+    let (changed, problems) = scan(&mut source);
+    assert!(changed && problems.is_empty(), "{problems:?}");
+    assert_eq!(
+        secret_entries(&source)[0].1,
+        vec![entry("tls.crt", b"cert"), entry("tls.key", b"new-key")]
+    );
+
+    // Broken base64 keeps the last good version, and is not quoted.
+    fs::write(&path, tls_secret("shop-cert", "'*not-base64*'")).expect("write");
+    let (changed, problems) = scan(&mut source);
+    assert!(!changed);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("(Secret edge/shop-cert): data.tls.key: not valid base64")
+            && problems[0].contains("keeping the object's last good version")
+            && !problems[0].contains("not-base64"),
+        "{problems:?}"
+    );
+    assert_eq!(
+        secret_entries(&source)[0].1[1],
+        entry("tls.key", b"new-key")
+    );
+
+    // Removed from the file: gone.
+    fs::write(&path, DR).expect("write");
+    assert!(scan(&mut source).0);
+    assert!(source.secrets().0.is_empty());
+}

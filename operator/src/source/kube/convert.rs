@@ -71,6 +71,14 @@ pub fn service(service: &Service) -> Option<Record> {
         id: id(service),
         ports,
         headless: spec.cluster_ip.as_deref() == Some("None"),
+        cluster_ips: spec
+            .cluster_ips
+            .clone()
+            .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+            .collect(),
         external_name,
     }))
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use capstan_crds::Kind;
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject};
 use kube::core::PartialObjectMeta;
@@ -151,9 +151,30 @@ pub fn start(client: Client, metrics: WatchMetrics) -> KubeSource {
     tags.push(Tag::Namespace);
     tasks.push(spawn(
         Tag::Namespace,
-        typed_watch(Api::<PartialObjectMeta<Namespace>>::all(client), cfg()),
+        typed_watch(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            cfg(),
+        ),
         convert::namespace_key,
         convert::namespace,
+        tx.clone(),
+        metrics.clone(),
+    ));
+    // Gateway credentials. Secret values arrive whole, so the types that never hold one are
+    // filtered on the server, and lists come in small pages: a page of large Secrets is
+    // held in memory at once. Only TLS-shaped Secrets are kept, and of them only their TLS
+    // entries (`source::secret`).
+    tags.push(Tag::Secret);
+    tasks.push(spawn(
+        Tag::Secret,
+        typed_watch(
+            Api::<Secret>::all(client),
+            cfg()
+                .fields(crate::source::secret::WATCH_FIELD_SELECTOR)
+                .page_size(SECRET_PAGE_SIZE),
+        ),
+        crate::source::secret::key,
+        crate::source::secret::record,
         tx,
         metrics,
     ));
@@ -251,6 +272,10 @@ where
         }
     })
 }
+
+/// Secrets per list page. A Secret may hold up to 1 MiB; the default page of 500 could then
+/// hold half a gigabyte at once.
+const SECRET_PAGE_SIZE: u32 = 50;
 
 /// How long to wait for the first list of every kind before `run` reports what is missing.
 pub const SYNC_REPORT_AFTER: Duration = Duration::from_secs(10);

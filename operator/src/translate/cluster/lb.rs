@@ -85,7 +85,7 @@ mod tests {
     fn simple(s: SimpleLb) -> Option<LoadBalancer> {
         Some(LoadBalancer {
             simple: Some(s),
-            consistent_hash: None,
+            ..LoadBalancer::default()
         })
     }
 
@@ -131,6 +131,7 @@ mod tests {
                     key: Some(HashKey::Header("x-user".into())),
                     algorithm,
                 }),
+                ..LoadBalancer::default()
             }))
         };
         let default = hashed(HashAlgorithm::Default {

@@ -1,6 +1,7 @@
 //! LDS for gateways: one listener per port on every address. Plain HTTP servers share one
 //! filter chain and one route configuration; each HTTPS server gets a filter chain of its
-//! own, chosen by SNI, terminating TLS with its certificate.
+//! own, chosen by SNI, terminating TLS with its certificate (files on the proxy, or Secrets
+//! served over SDS).
 
 use std::collections::BTreeSet;
 
@@ -23,7 +24,9 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, Rds,
 };
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
+    CombinedCertificateValidationContext, ValidationContextType,
+};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SubjectAltNameMatcher,
@@ -34,8 +37,9 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 
+use super::credentials::{ca_sds_name, certificate_sds_name, sds_config};
 use super::{Bound, GatewayConfig, stream};
-use crate::model::gateway::{ServerKind, TlsTermination};
+use crate::model::gateway::{ClientCa, ServerCertificate, ServerKind, TlsTermination};
 use crate::model::{Mesh, Problem};
 use crate::translate::ads_config_source;
 use crate::translate::http_filters::http_filters;
@@ -222,33 +226,64 @@ fn file(path: &str) -> DataSource {
 }
 
 fn downstream_tls(tls: &TlsTermination) -> TransportSocket {
-    let validation = tls.client_ca.as_ref().map(|ca| {
-        ValidationContextType::ValidationContext(CertificateValidationContext {
-            trusted_ca: Some(file(ca)),
-            match_typed_subject_alt_names: tls
-                .subject_alt_names
-                .iter()
-                .flat_map(|san| {
-                    [SanType::Dns, SanType::Uri].map(|san_type| SubjectAltNameMatcher {
-                        san_type: san_type as i32,
-                        matcher: Some(StringMatcher {
-                            match_pattern: Some(MatchPattern::Exact(san.clone())),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    })
-                })
-                .collect(),
-            ..Default::default()
+    let subject_alt_names: Vec<SubjectAltNameMatcher> = tls
+        .subject_alt_names
+        .iter()
+        .flat_map(|san| {
+            [SanType::Dns, SanType::Uri].map(|san_type| SubjectAltNameMatcher {
+                san_type: san_type as i32,
+                matcher: Some(StringMatcher {
+                    match_pattern: Some(MatchPattern::Exact(san.clone())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
         })
+        .collect();
+    let validation = tls.client_ca.as_ref().map(|ca| match ca {
+        ClientCa::File(path) => {
+            ValidationContextType::ValidationContext(CertificateValidationContext {
+                trusted_ca: Some(file(path)),
+                match_typed_subject_alt_names: subject_alt_names,
+                ..Default::default()
+            })
+        }
+        // As istiod: the SANs here, the CA from SDS (Envoy merges the two).
+        ClientCa::Secret(name) => {
+            ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
+                default_validation_context: Some(CertificateValidationContext {
+                    match_typed_subject_alt_names: subject_alt_names,
+                    ..Default::default()
+                }),
+                validation_context_sds_secret_config: Some(sds_config(ca_sds_name(name))),
+                ..Default::default()
+            })
+        }
     });
-    let context = DownstreamTlsContext {
-        common_tls_context: Some(CommonTlsContext {
-            tls_certificates: vec![TlsCertificate {
-                certificate_chain: Some(file(&tls.certificate)),
-                private_key: Some(file(&tls.private_key)),
+    let (tls_certificates, tls_certificate_sds_secret_configs) = match &tls.certificate {
+        ServerCertificate::Files {
+            certificate,
+            private_key,
+        } => (
+            vec![TlsCertificate {
+                certificate_chain: Some(file(certificate)),
+                private_key: Some(file(private_key)),
                 ..Default::default()
             }],
+            Vec::new(),
+        ),
+        ServerCertificate::Secrets(credentials) => (
+            Vec::new(),
+            credentials
+                .iter()
+                .map(|c| sds_config(certificate_sds_name(&c.name)))
+                .collect(),
+        ),
+    };
+    let context = DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificates,
+            tls_certificate_sds_secret_configs,
             alpn_protocols: vec!["h2".to_string(), "http/1.1".to_string()],
             validation_context_type: validation,
             ..Default::default()

@@ -7,7 +7,12 @@
 //! routes send to) rebuilds them all; other changes cost them nothing. A rebuild scans the
 //! mesh's VirtualServices once per server for those bound to it (no index from Gateway to its
 //! VirtualServices yet), so it grows with the mesh's VirtualServices, not with the change.
+//!
+//! Certificates named by `credentialName` are served as SDS Secret resources to the same
+//! proxies as the listener (see `credentials`); a change to a Secret a Gateway reads
+//! rebuilds the gateways too.
 
+pub mod credentials;
 mod listener;
 mod routes;
 mod stream;
@@ -17,7 +22,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use capstan_xds::{Role, Selector};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
+use crate::index::NsName;
 use crate::model::Problem;
 use crate::model::gateway::{Gateway, Server, ServerKind};
 use crate::model::{Mesh, hostname};
@@ -30,6 +37,10 @@ pub struct GatewayConfig {
     pub problems: Vec<Problem>,
     /// The service hosts the routes send to: a change to one rebuilds the gateways.
     pub destinations: BTreeSet<String>,
+    /// The certificates and CAs of `credentialName` servers (SDS).
+    pub secrets: Vec<(Selector, Secret)>,
+    /// Every Secret looked for, found or not: its arrival or change rebuilds the gateways.
+    pub consulted_secrets: BTreeSet<NsName>,
 }
 
 /// One server of one Gateway, as a listener on its port sees it.
@@ -44,8 +55,35 @@ pub fn build(mesh: &Mesh) -> GatewayConfig {
     // Gateways selecting the same proxies share their listeners, port by port.
     let mut by_selector: BTreeMap<&BTreeMap<String, String>, BTreeMap<u32, Vec<Bound<'_>>>> =
         BTreeMap::new();
+    let mut secrets: BTreeMap<&BTreeMap<String, String>, credentials::SelectorSecrets> =
+        BTreeMap::new();
     for gateway in mesh.gateways.values() {
         for server in &gateway.servers {
+            // A server whose certificate cannot be served is left out; the others stay.
+            let served =
+                match credentials::resolve(mesh, gateway, server, &mut out.consulted_secrets) {
+                    Ok(served) => served,
+                    Err((field, err)) => {
+                        out.problems.push(Problem {
+                            object: gateway.origin.clone(),
+                            field,
+                            message: format!("{err}; this server is not served"),
+                        });
+                        continue;
+                    }
+                };
+            let added = secrets.entry(&gateway.selector).or_default().add(served);
+            if let Err((name, from)) = added {
+                out.problems.push(Problem {
+                    object: gateway.origin.clone(),
+                    field: credentials::first_field(server),
+                    message: format!(
+                        "these proxies already get {name} from Secret {from}, for another \
+                         Gateway selecting them; this server is not served"
+                    ),
+                });
+                continue;
+            }
             by_selector
                 .entry(&gateway.selector)
                 .or_default()
@@ -54,12 +92,13 @@ pub fn build(mesh: &Mesh) -> GatewayConfig {
                 .push(Bound { gateway, server });
         }
     }
+    for (labels, served) in secrets {
+        let selector = router_selector(labels);
+        out.secrets
+            .extend(served.into_secrets().map(|s| (selector.clone(), s)));
+    }
     for (labels, ports) in by_selector {
-        let selector = Selector {
-            role: Some(Role::Router),
-            namespace: None,
-            labels: labels.clone(),
-        };
+        let selector = router_selector(labels);
         for (port, servers) in ports {
             let servers = one_kind_per_port(port, servers, &mut out.problems);
             let built = listener::listener(mesh, port, &servers, &mut out);
@@ -85,6 +124,15 @@ pub fn build(mesh: &Mesh) -> GatewayConfig {
         .sort_by(|a, b| (&a.object, &a.field, &a.message).cmp(&(&b.object, &b.field, &b.message)));
     out.problems.dedup();
     out
+}
+
+/// The router proxies a Gateway selector picks.
+fn router_selector(labels: &BTreeMap<String, String>) -> Selector {
+    Selector {
+        role: Some(Role::Router),
+        labels: labels.clone(),
+        ..Selector::default()
+    }
 }
 
 /// Whether a VirtualService is bound to some gateway (not only to sidecars).
@@ -157,3 +205,6 @@ fn unbound_gateways(mesh: &Mesh, problems: &mut Vec<Problem>) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod credential_tests;

@@ -12,20 +12,21 @@ use crate::index::{
 };
 use crate::reconcile::Pipeline;
 
-fn options() -> Options {
+pub(super) fn options() -> Options {
     Options {
         outbound_bind: "127.0.0.1".into(),
         outbound_port: 15001,
+        sidecar_listeners: Default::default(),
     }
 }
 
-fn istio(yaml: &str) -> Event {
+pub(super) fn istio(yaml: &str) -> Event {
     let document = parse_single("t.yaml", yaml).expect("valid yaml");
     assert!(document.validate().is_empty(), "{:?}", document.validate());
     Event::Apply(Record::Istio(IstioRecord::valid(document.object)))
 }
 
-fn delete(kind: capstan_crds::Kind, namespace: &str, name: &str) -> Event {
+pub(super) fn delete(kind: capstan_crds::Kind, namespace: &str, name: &str) -> Event {
     Event::Delete(RecordKey::Istio(ObjectKey {
         kind,
         namespace: namespace.into(),
@@ -33,7 +34,7 @@ fn delete(kind: capstan_crds::Kind, namespace: &str, name: &str) -> Event {
     }))
 }
 
-fn service(name: &str, ports: &[(&str, u32)]) -> Event {
+pub(super) fn service(name: &str, ports: &[(&str, u32)]) -> Event {
     Event::Apply(Record::Service(KubeService {
         id: NsName::new("bookinfo", name),
         ports: ports
@@ -46,6 +47,7 @@ fn service(name: &str, ports: &[(&str, u32)]) -> Event {
             })
             .collect(),
         headless: false,
+        cluster_ips: Vec::new(),
         external_name: None,
     }))
 }
@@ -74,11 +76,11 @@ fn contents(cache: &SnapshotCache) -> BTreeMap<(usize, String), Vec<(String, u64
     let mut out = BTreeMap::new();
     for i in 0..TYPES {
         for (name, entry) in state.snapshot.entries(i) {
-            let variants = entry
-                .variants()
-                .iter()
+            let mut variants: Vec<(String, u64)> = entry
+                .all_variants()
                 .map(|(selector, r)| (format!("{selector:?}"), r.version()))
                 .collect();
+            variants.sort();
             out.insert((i, name.to_string()), variants);
         }
     }
@@ -91,8 +93,13 @@ fn problems<'a>(found: impl Iterator<Item = &'a Problem>) -> BTreeSet<String> {
 
 /// Applies each event incrementally, through the reconciler's pipeline, and compares with a
 /// full build of the same index after every step.
-fn check(steps: Vec<Event>) {
-    let mut pipeline = Pipeline::new(options(), "cluster.local");
+pub(super) fn check(steps: Vec<Event>) {
+    check_with(options(), steps);
+}
+
+/// [`check`] with other translation options.
+pub(super) fn check_with(options: Options, steps: Vec<Event>) {
+    let mut pipeline = Pipeline::new(options.clone(), "cluster.local");
     let cache = SnapshotCache::new();
     cache.replace(pipeline.full());
     for (step, event) in steps.into_iter().enumerate() {
@@ -101,7 +108,7 @@ fn check(steps: Vec<Event>) {
         cache.apply(pipeline.update(&changes));
 
         let (full_mesh, model_problems) = Mesh::build(&pipeline.index, "cluster.local");
-        let mut full = Translator::new(options());
+        let mut full = Translator::new(options.clone());
         let expected = SnapshotCache::new();
         expected.replace(full.full(&full_mesh));
         assert_eq!(
@@ -324,6 +331,7 @@ spec:
         r.clusters
             .iter()
             .chain(&r.assignments)
+            .map(|(_, a)| a)
             .map(|x| (x.name().to_string(), x.version()))
             .collect()
     };
@@ -393,6 +401,7 @@ fn a_change_reassembles_only_its_own_namespace() {
                 target_port: 8080,
             }],
             headless: false,
+            cluster_ips: Vec::new(),
             external_name: None,
         }))
     };
@@ -584,4 +593,101 @@ spec:
         child("v2"),
         delete(Kind::VirtualService, "bookinfo", "reviews-root"),
     ]);
+}
+
+fn gateway_secret(name: &str, entries: &[(&str, &str)]) -> Event {
+    Event::Apply(Record::Secret(crate::index::SecretRecord {
+        id: NsName::new("istio-system", name),
+        secret_type: String::new(),
+        data: entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), std::sync::Arc::from(v.as_bytes())))
+            .collect(),
+    }))
+}
+
+fn pem_pair(name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+    (
+        params.self_signed(&key).expect("cert").pem(),
+        key.serialize_pem(),
+    )
+}
+
+const CREDENTIAL_INGRESS: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    hosts: ['shop.example.com']
+    tls: {mode: MUTUAL, credentialName: shop-cert}
+";
+
+/// Gateways read Secrets: a Secret arriving, changing, going, and its `-cacert` companion
+/// doing the same, must each equal a full build.
+#[test]
+fn gateway_secret_updates_match_a_full_build() {
+    let (cert, key) = pem_pair("shop.example.com");
+    let (other_cert, other_key) = pem_pair("shop.example.com");
+    let secret_delete =
+        |name: &str| Event::Delete(RecordKey::Secret(NsName::new("istio-system", name)));
+    check(vec![
+        istio(REVIEWS_SE),
+        istio(&shop_vs("[istio-system/ingress]", "v1")),
+        istio(CREDENTIAL_INGRESS),
+        gateway_secret("shop-cert", &[("tls.crt", &cert), ("tls.key", &key)]),
+        gateway_secret("shop-cert-cacert", &[("ca.crt", &cert)]),
+        gateway_secret(
+            "shop-cert",
+            &[("tls.crt", &other_cert), ("tls.key", &other_key)],
+        ),
+        gateway_secret("shop-cert", &[("tls.crt", "broken"), ("tls.key", &key)]),
+        gateway_secret(
+            "shop-cert",
+            &[("tls.crt", &cert), ("tls.key", &key), ("ca.crt", &cert)],
+        ),
+        secret_delete("shop-cert-cacert"),
+        // A Secret no Gateway reads costs the gateways nothing, but is still a no-op.
+        gateway_secret("unrelated", &[("tls.crt", &cert), ("tls.key", &key)]),
+        secret_delete("shop-cert"),
+    ]);
+}
+
+/// A new certificate changes the Secret resource alone: Envoy rotates it without a listener
+/// change.
+#[test]
+fn a_secret_change_updates_only_the_served_secret() {
+    let (cert, key) = pem_pair("shop.example.com");
+    let (new_cert, new_key) = pem_pair("shop.example.com");
+    let mut pipeline = Pipeline::new(options(), "cluster.local");
+    let cache = SnapshotCache::new();
+    cache.replace(pipeline.full());
+    for event in [
+        istio(REVIEWS_SE),
+        istio(&shop_vs("[istio-system/ingress]", "v1")),
+        istio(&CREDENTIAL_INGRESS.replace("MUTUAL", "SIMPLE")),
+        gateway_secret("shop-cert", &[("tls.crt", &cert), ("tls.key", &key)]),
+    ] {
+        let changes = pipeline.index.handle(event);
+        cache.apply(pipeline.update(&changes));
+    }
+    let before = contents(&cache);
+    let secret_type = capstan_xds::type_index(capstan_xds::type_url::SECRET).expect("SDS");
+    let listener_type = capstan_xds::type_index(capstan_xds::type_url::LISTENER).expect("LDS");
+    assert!(before.contains_key(&(secret_type, "kubernetes://shop-cert".to_string())));
+    assert!(before.contains_key(&(listener_type, "0.0.0.0_8443".to_string())));
+
+    let changes = pipeline.index.handle(gateway_secret(
+        "shop-cert",
+        &[("tls.crt", &new_cert), ("tls.key", &new_key)],
+    ));
+    let applied = cache
+        .apply(pipeline.update(&changes))
+        .expect("the new certificate is served");
+    let mut changed = [0; TYPES];
+    changed[secret_type] = 1;
+    assert_eq!(applied.changed, changed, "{}", applied.summary());
 }

@@ -1,0 +1,196 @@
+//! capstan's capture-mode sidecar listeners (`--sidecar-listeners capture`) with real traffic:
+//! a real Envoy running as uid 1337 behind istio-init's iptables rules (the `capture`
+//! harness), in this binary's own network namespace. An application's connection to a
+//! service address is captured into `virtualOutbound`, handed to the port's listener, sent to
+//! the workload's address, captured again into `virtualInbound` and delivered to the
+//! application from 127.0.0.6 — the path every request takes between two pods with Istio.
+//! Here both pods are one: the sidecar of workload 10.244.1.7 calls its own services.
+//! Logs: `<target>/debug/e2e-logs/<test name>/`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, ensure};
+use capstan_e2e::capstan::Capstan;
+use capstan_e2e::capture::{self, service_ip};
+use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy};
+use capstan_e2e::http::{HttpClient, UpstreamReply};
+use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv};
+use capstan_e2e::netns::pod_ip;
+use capstan_e2e::upstreams::Upstreams;
+use capstan_e2e::wait_until;
+
+capstan_e2e::private_network!();
+
+const UPSTREAM_BIN: &str = env!("CARGO_BIN_EXE_capstan-upstream");
+
+/// Every test listens on 15001 and 15006 in the one namespace this binary has.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn service_entry(name: &str, address: u16, port: u16, protocol: &str, workload: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: bookinfo}}
+spec:
+  hosts: [{name}.bookinfo.svc.cluster.local]
+  addresses: [{}]
+  location: MESH_INTERNAL
+  ports: [{{number: {port}, name: {}, protocol: {protocol}}}]
+  resolution: STATIC
+  endpoints: [{{address: {workload}}}]
+",
+        service_ip(address),
+        protocol.to_lowercase(),
+    )
+}
+
+/// One request to `address` (a service's address, so the capture takes it) as `host`.
+async fn call(address: SocketAddr, host: &str) -> anyhow::Result<UpstreamReply> {
+    let response = HttpClient::new(address).get(host, "/whoami", &[]).await?;
+    ensure!(
+        response.status.is_success(),
+        "{address} as {host}: {} {}",
+        response.status,
+        String::from_utf8_lossy(&response.body)
+    );
+    serde_json::from_slice(&response.body).context("an upstream's reply")
+}
+
+struct CaptureMesh {
+    envoy: Envoy,
+    _capstan: Capstan,
+    upstreams: Upstreams,
+    env: TestEnv,
+}
+
+/// The workload's apps (`reviews` on 9080, `db` on 5432, `ratings` on 9090), capstan in
+/// capture mode on their ServiceEntries (reviews and db; ratings comes later), and the
+/// workload's sidecar.
+async fn start(name: &str) -> anyhow::Result<CaptureMesh> {
+    capture::install()?;
+    let env = TestEnv::new(name)?;
+    let workload = pod_ip(263); // 10.244.1.7
+    let apps = [
+        ("reviews", "v1", SocketAddr::from((workload, 9080))),
+        ("db", "v1", SocketAddr::from((workload, 5432))),
+        ("ratings", "v1", SocketAddr::from((workload, 9090))),
+    ];
+    let upstreams = Upstreams::start(Path::new(UPSTREAM_BIN), &apps, &env.log_dir, "apps").await?;
+    let workload = workload.to_string();
+    env.write_config(
+        "reviews.yaml",
+        &service_entry("reviews", 10, 9080, "HTTP", &workload),
+    )?;
+    env.write_config("db.yaml", &service_entry("db", 20, 5432, "TCP", &workload))?;
+    let capstan = Capstan::start_folder_with(
+        &env.config_dir,
+        &["--sidecar-listeners", "capture"],
+        &env.log_dir,
+        "capstan",
+    )
+    .await?;
+    let mut bootstrap = Bootstrap::new(AdsMode::Sotw, capstan.xds_port);
+    bootstrap.workload = "reviews-v1-0".to_string();
+    bootstrap.address = workload;
+    let envoy = Envoy::start_as(
+        &capstan_e2e::locate::envoy_bin()?,
+        &bootstrap,
+        &env.log_dir,
+        "sidecar",
+        capture::PROXY,
+    )
+    .await?;
+    envoy
+        .wait_listener_port("virtualInbound", CONFIG_TIMEOUT)
+        .await
+        .with_context(|| format!("logs in {}", env.log_dir.display()))?;
+    Ok(CaptureMesh {
+        envoy,
+        _capstan: capstan,
+        upstreams,
+        env,
+    })
+}
+
+/// HTTP by service address and Host, and TCP by service address, out through virtualOutbound
+/// and back in through virtualInbound; then a service added while running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_traffic_goes_out_and_back_in_through_the_sidecar() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let capture = capture::install()?;
+    let mesh = start("captured_traffic_goes_out_and_back_in_through_the_sidecar").await?;
+    let log_dir = mesh.env.log_dir.clone();
+    let before = capture.redirected()?;
+
+    // HTTP: the port's listener routes by Host to reviews' cluster.
+    let reviews = SocketAddr::from((service_ip(10), 9080));
+    let reply = wait_until("reviews through the capture", CONFIG_TIMEOUT, async || {
+        call(reviews, "reviews").await
+    })
+    .await
+    .with_context(|| format!("logs in {}", log_dir.display()))?;
+    ensure!(reply.service == "reviews", "{reply:?}");
+    ensure!(
+        reply.peer.starts_with("127.0.0.6:"),
+        "the app was not reached through the inbound listener: {reply:?}"
+    );
+    ensure!(
+        reply.headers.contains_key("x-request-id"),
+        "no Envoy on the way: {reply:?}"
+    );
+
+    // TCP: db's address and port, straight to its cluster, bytes untouched.
+    let db = SocketAddr::from((service_ip(20), 5432));
+    let reply = call(db, "anything").await?;
+    ensure!(reply.service == "db", "{reply:?}");
+    ensure!(reply.peer.starts_with("127.0.0.6:"), "{reply:?}");
+    ensure!(
+        !reply.headers.contains_key("x-request-id"),
+        "a TCP port went through an HTTP connection manager: {reply:?}"
+    );
+
+    let moved = capture.redirected()?.since(before);
+    ensure!(
+        moved.outbound >= 2 && moved.inbound >= 2,
+        "connections not captured both ways: {moved:?}"
+    );
+    let stats = mesh
+        .envoy
+        .stats("inbound|")
+        .await?
+        .into_iter()
+        .filter(|(k, v)| k.ends_with("upstream_cx_total") && *v > 0)
+        .map(|(k, _)| k)
+        .collect::<Vec<_>>();
+    ensure!(
+        stats.iter().any(|k| k.contains("inbound|9080||"))
+            && stats.iter().any(|k| k.contains("inbound|5432||")),
+        "inbound clusters unused: {stats:?}"
+    );
+
+    // A service added while running: a listener for its port and a chain for the workload.
+    let ratings = SocketAddr::from((service_ip(30), 9090));
+    ensure!(
+        call(ratings, "ratings").await.is_err(),
+        "ratings answered before it was configured"
+    );
+    mesh.env.write_config(
+        "ratings.yaml",
+        &service_entry("ratings", 30, 9090, "HTTP", &pod_ip(263).to_string()),
+    )?;
+    let reply = wait_until("ratings after it was added", CONFIG_TIMEOUT, async || {
+        call(ratings, "ratings").await
+    })
+    .await
+    .with_context(|| format!("logs in {}", log_dir.display()))?;
+    ensure!(
+        reply.service == "ratings" && reply.peer.starts_with("127.0.0.6:"),
+        "{reply:?}"
+    );
+    ensure!(
+        mesh.upstreams.count("ratings", "v1").await? >= 1,
+        "ratings counted nothing"
+    );
+    mesh.envoy.ensure_no_rejected_updates().await
+}

@@ -1,0 +1,86 @@
+//! The gateways' part of the translator: they are rebuilt whole, when something they were
+//! built from changes.
+
+use std::collections::BTreeSet;
+
+use capstan_crds::ObjectKey;
+use capstan_xds::{Resource, Selector, type_url};
+
+use super::Translator;
+use crate::model::{Affected, Mesh, Problem};
+use crate::translate::gateway;
+
+/// What the gateways were last built from and into: they are rebuilt whole when one of
+/// these changes (see `translate::gateway`).
+#[derive(Default)]
+pub(super) struct GatewayState {
+    /// The listeners and route configurations, by selector, type and name.
+    pub(super) resources: BTreeSet<(Selector, &'static str, String)>,
+    /// The VirtualServices bound to a gateway, and the hosts their routes send to.
+    pub(super) bound: BTreeSet<ObjectKey>,
+    pub(super) destinations: BTreeSet<String>,
+    /// The Secrets the gateways looked for (found or not).
+    pub(super) secrets: BTreeSet<crate::index::NsName>,
+    pub(super) problems: Vec<Problem>,
+}
+
+impl Translator {
+    /// Whether a change reaches the gateways: a Gateway, a VirtualService bound to one (before
+    /// or after), a service their routes send to, or a Secret they read.
+    pub(super) fn gateways_affected(&self, mesh: &Mesh, affected: &Affected) -> bool {
+        !affected.gateways.is_empty()
+            || affected
+                .secrets
+                .iter()
+                .any(|s| self.gateways.secrets.contains(s))
+            || affected.virtual_services.iter().any(|key| {
+                self.gateways.bound.contains(key)
+                    || mesh
+                        .virtual_services
+                        .get(key)
+                        .is_some_and(gateway::binds_gateways)
+            })
+            || affected
+                .hosts
+                .iter()
+                .any(|h| self.gateways.destinations.contains(h))
+    }
+
+    /// Builds every gateway resource, remembering what they were built from.
+    pub(super) fn build_gateways(&mut self, mesh: &Mesh) -> Vec<(Selector, Resource)> {
+        let built = gateway::build(mesh);
+        let mut out = Vec::new();
+        let mut resources = BTreeSet::new();
+        for (selector, listener) in &built.listeners {
+            if let Some(r) = Resource::encode(listener.name.clone(), listener) {
+                resources.insert((selector.clone(), type_url::LISTENER, listener.name.clone()));
+                out.push((selector.clone(), r));
+            }
+        }
+        for (selector, config) in &built.routes {
+            if let Some(r) = Resource::encode(config.name.clone(), config) {
+                resources.insert((selector.clone(), type_url::ROUTE, config.name.clone()));
+                out.push((selector.clone(), r));
+            }
+        }
+        for (selector, secret) in &built.secrets {
+            if let Some(r) = Resource::encode(secret.name.clone(), secret) {
+                resources.insert((selector.clone(), type_url::SECRET, secret.name.clone()));
+                out.push((selector.clone(), r));
+            }
+        }
+        self.gateways = GatewayState {
+            resources,
+            bound: mesh
+                .virtual_services
+                .iter()
+                .filter(|(_, vs)| gateway::binds_gateways(vs))
+                .map(|(k, _)| k.clone())
+                .collect(),
+            destinations: built.destinations,
+            secrets: built.consulted_secrets,
+            problems: built.problems,
+        };
+        out
+    }
+}

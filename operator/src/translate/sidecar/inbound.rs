@@ -1,0 +1,179 @@
+//! The inbound side: a workload's `virtualInbound`, and the clusters it sends to.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, LbPolicy,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    BindConfig, Http2ProtocolOptions, SocketAddress, TrafficDirection,
+};
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+};
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions,
+};
+use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
+use envoy_types::util::pack_any;
+
+use super::{
+    INBOUND_CAPTURE_PORT, INBOUND_PASSTHROUGH, INBOUND_SOURCE, PASSTHROUGH, VIRTUAL_INBOUND,
+    inbound_cluster_name, socket, tcp_proxy,
+};
+use crate::translate::http_filters::http_filters;
+
+/// How a workload serves one of its ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    Http { http2: bool },
+    Tcp,
+}
+
+/// The workload's ports (the port it listens on → how it serves it) as filter chains keyed
+/// by the original destination port; anything else passes through to where it was headed.
+pub fn virtual_inbound(ports: &BTreeMap<u32, Served>) -> Listener {
+    let mut chains: Vec<FilterChain> = ports
+        .iter()
+        .map(|(port, served)| FilterChain {
+            name: inbound_cluster_name(*port),
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port: Some(UInt32Value { value: *port }),
+                ..Default::default()
+            }),
+            filters: vec![match served {
+                Served::Http { .. } => http_filter(*port),
+                Served::Tcp => {
+                    tcp_proxy(&inbound_cluster_name(*port), &inbound_cluster_name(*port))
+                }
+            }],
+            ..Default::default()
+        })
+        .collect();
+    chains.push(FilterChain {
+        name: INBOUND_PASSTHROUGH.to_string(),
+        filters: vec![tcp_proxy(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)],
+        ..Default::default()
+    });
+    Listener {
+        name: VIRTUAL_INBOUND.to_string(),
+        address: Some(socket("0.0.0.0", INBOUND_CAPTURE_PORT)),
+        traffic_direction: TrafficDirection::Inbound as i32,
+        // Chains match the port the connection was headed for, not 15006.
+        listener_filters: vec![ListenerFilter {
+            name: "envoy.filters.listener.original_dst".to_string(),
+            config_type: Some(ListenerFilterConfig::TypedConfig(pack_any(
+                OriginalDst::default(),
+            ))),
+            ..Default::default()
+        }],
+        filter_chains: chains,
+        ..Default::default()
+    }
+}
+
+/// Every request on the port to the workload, whatever its host.
+fn http_filter(port: u32) -> Filter {
+    let cluster = inbound_cluster_name(port);
+    let routes = RouteConfiguration {
+        name: cluster.clone(),
+        virtual_hosts: vec![VirtualHost {
+            name: format!("inbound|http|{port}"),
+            domains: vec!["*".to_string()],
+            routes: vec![Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".to_string())),
+                    ..Default::default()
+                }),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.clone())),
+                    // The caller's sidecar keeps time; the workload's side does not cut in.
+                    timeout: Some(Duration::default()),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let manager = HttpConnectionManager {
+        stat_prefix: cluster,
+        route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
+        http_filters: http_filters(),
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".to_string(),
+        config_type: Some(FilterConfig::TypedConfig(pack_any(manager))),
+    }
+}
+
+/// `inbound|<port>||`: to the address the connection was headed for (the workload's own),
+/// from 127.0.0.6 so that the capture lets it through.
+pub fn inbound_cluster(port: u32, served: Served) -> Cluster {
+    let mut cluster = original_destination(&inbound_cluster_name(port));
+    cluster.upstream_bind_config = Some(BindConfig {
+        source_address: Some(SocketAddress {
+            address: INBOUND_SOURCE.to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(0)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    if let Served::Http { http2: true } = served {
+        let options = HttpProtocolOptions {
+            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                        Http2ProtocolOptions::default(),
+                    )),
+                },
+            )),
+            ..Default::default()
+        };
+        cluster.typed_extension_protocol_options.insert(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+            pack_any(options),
+        );
+    }
+    cluster
+}
+
+/// `PassthroughCluster` and `InboundPassthroughCluster`: where connections no service or
+/// workload port claims go, as they were addressed.
+pub fn passthrough_clusters() -> Vec<Cluster> {
+    let mut inbound = original_destination(INBOUND_PASSTHROUGH);
+    inbound.upstream_bind_config = inbound_cluster(0, Served::Tcp).upstream_bind_config;
+    vec![original_destination(PASSTHROUGH), inbound]
+}
+
+fn original_destination(name: &str) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        connect_timeout: Some(Duration {
+            seconds: 10,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}

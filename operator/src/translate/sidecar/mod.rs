@@ -1,0 +1,93 @@
+//! Sidecar listeners as Istio models them behind its iptables capture (`--sidecar-listeners
+//! capture`): every outbound connection arrives at `virtualOutbound` (15001), which hands it
+//! to the listener of its original destination port — `0.0.0.0_<port>` for HTTP (routed by
+//! Host through RDS), `<vip>_<port>` or `0.0.0.0_<port>` for TCP (straight to the service's
+//! cluster) — or, for a destination no service has, through `PassthroughCluster`. Inbound
+//! connections arrive at `virtualInbound` (15006), one per workload address, whose filter
+//! chains send each of the workload's ports to its `inbound|<port>||` cluster.
+//!
+//! The listeners a port or workload gets depend only on the services using that port or
+//! having endpoints at that address; [`CaptureState`] keeps who uses what, so a change
+//! rebuilds only those listeners.
+
+mod inbound;
+mod outbound;
+mod state;
+
+pub use state::CaptureState;
+
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
+use envoy_types::pb::envoy::config::listener::v3::Filter;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
+use envoy_types::util::pack_any;
+
+/// Where iptables sends outbound and inbound connections (Istio's ports).
+pub const OUTBOUND_CAPTURE_PORT: u32 = 15001;
+pub const INBOUND_CAPTURE_PORT: u32 = 15006;
+pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
+pub const VIRTUAL_INBOUND: &str = "virtualInbound";
+/// Where connections to destinations no service has go, outbound and inbound.
+pub const PASSTHROUGH: &str = "PassthroughCluster";
+pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
+
+/// The source address inbound connections to the workload come from, which istio-init's
+/// rules let through instead of capturing them again.
+const INBOUND_SOURCE: &str = "127.0.0.6";
+
+/// Which listeners sidecars get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ListenerMode {
+    /// One outbound HTTP listener on `--outbound-bind:--outbound-port` that applications
+    /// dial directly (no iptables): the no-cluster default.
+    #[default]
+    Direct,
+    /// Istio's listeners behind an iptables capture: virtualOutbound on 15001 with a
+    /// listener per service port, virtualInbound on 15006 to the workload.
+    Capture,
+}
+
+impl std::str::FromStr for ListenerMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "direct" => Ok(Self::Direct),
+            "capture" => Ok(Self::Capture),
+            other => Err(format!("`{other}`: expected `direct` or `capture`")),
+        }
+    }
+}
+
+/// `outbound|<port>||<host>`'s inbound counterpart.
+pub fn inbound_cluster_name(port: u32) -> String {
+    format!("inbound|{port}||")
+}
+
+fn socket(address: &str, port: u32) -> Address {
+    Address {
+        address: Some(AddressKind::SocketAddress(SocketAddress {
+            address: address.to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
+    let proxy = TcpProxy {
+        stat_prefix: stat_prefix.to_string(),
+        cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.tcp_proxy".to_string(),
+        config_type: Some(FilterConfig::TypedConfig(pack_any(proxy))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,213 @@
+use super::*;
+
+const MIXED: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 50
+    - destination: {host: reviews, subset: v2}
+      weight: 40
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: custom}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+";
+
+#[test]
+fn reports_istio_problems_and_skips_other_objects() {
+    let mut report = Report::default();
+    report.check_text("mixed.yaml", MIXED);
+    let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "mixed.yaml:11: document 2 (VirtualService bookinfo/reviews): spec.http[0].route: weights must sum to 100, got 90",
+            "mixed.yaml:18: document 3 (EnvoyFilter custom): kind: unsupported kind `EnvoyFilter` (apiVersion `networking.istio.io/v1alpha3`); supported kinds: ServiceEntry, DestinationRule, VirtualService, Gateway, Sidecar, WorkloadEntry, WorkloadGroup, PeerAuthentication, AuthorizationPolicy, RequestAuthentication",
+        ]
+    );
+    assert_eq!(report.skipped, 1);
+    assert_eq!(report.documents, 3);
+    assert_eq!(
+        report.summary(),
+        "invalid: 2 errors in 2 of 3 Istio documents in 1 file; 1 document skipped (not Istio configuration)"
+    );
+}
+
+#[test]
+fn yaml_errors_are_file_problems() {
+    let mut report = Report::default();
+    report.check_text("broken.yaml", "a: [1, 2\n");
+    assert_eq!(report.problems.len(), 1);
+    let line = report.problems[0].to_string();
+    assert!(line.starts_with("broken.yaml:"), "{line}");
+    assert!(line.contains("invalid YAML"), "{line}");
+    assert_eq!(report.problems[0].document, None);
+}
+
+#[test]
+fn unhonoured_config_is_a_warning_not_an_error() {
+    let mut report = Report::default();
+    report.check_text(
+        "mesh.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: web}
+spec:
+  egress: [{hosts: ['./*']}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: web}
+spec:
+  host: db
+  trafficPolicy: {tunnel: {targetHost: proxy.example.com, targetPort: 443}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: web}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ['*']
+    tls: {mode: SIMPLE, credentialName: web-cert}
+",
+    );
+    report.finish();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let lines: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines[0].contains("(Sidecar web/default)") && lines[0].contains("does not apply"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with(
+            "mesh.yaml:12: document 2 (DestinationRule web/db): spec.trafficPolicy.tunnel:"
+        ),
+        "{}",
+        lines[1]
+    );
+    // credentialName is served; its Secret is not among the files.
+    assert!(
+        lines[2].starts_with(
+            "mesh.yaml:22: document 3 (Gateway web/gw): spec.servers[0].tls.credentialName: \
+                 Secret web/web-cert not found"
+        ) && lines[2].contains("not in the files checked"),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        report
+            .summary()
+            .starts_with("valid: 3 Istio documents in 1 file (3 warnings")
+    );
+}
+
+fn tls_secret(name: &str, entries: &[(&str, &str)]) -> String {
+    use base64::Engine;
+    let data: Vec<String> = entries
+        .iter()
+        .map(|(k, v)| {
+            let value = base64::engine::general_purpose::STANDARD.encode(v);
+            format!("  {k}: {value}\n")
+        })
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: web}}\ndata:\n{}",
+        data.concat()
+    )
+}
+
+#[test]
+fn credential_names_are_checked_against_the_secrets_of_every_file() {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["web.example.com".into()]).expect("params");
+    let cert = params.self_signed(&key).expect("cert").pem();
+    let key = key.serialize_pem();
+    let gateway = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: web}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ['web.example.com']
+    tls: {mode: SIMPLE, credentialName: web-cert}
+  - port: {number: 8443, name: https-mutual, protocol: HTTPS}
+    hosts: ['api.example.com']
+    tls: {mode: MUTUAL, credentialName: api-cert}
+  - port: {number: 9443, name: https-broken, protocol: HTTPS}
+    hosts: ['old.example.com']
+    tls: {mode: SIMPLE, credentialName: broken-cert}
+";
+    let secrets = [
+        tls_secret("web-cert", &[("tls.crt", &cert), ("tls.key", &key)]),
+        // MUTUAL without ca.crt and without api-cert-cacert: no CA for clients.
+        tls_secret("api-cert", &[("cert", &cert), ("key", &key)]),
+        tls_secret("broken-cert", &[("tls.crt", "junk"), ("tls.key", &key)]),
+    ]
+    .join("---\n");
+    let mut report = Report::default();
+    report.check_text("gateway.yaml", gateway);
+    report.check_text("secrets.yaml", &secrets);
+    report.finish();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let lines: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with(
+            "gateway.yaml:12: document 1 (Gateway web/gw): spec.servers[1].tls.credentialName: \
+                 MUTUAL needs a CA"
+        ),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains(
+            "spec.servers[2].tls.credentialName: Secret web/broken-cert cannot be used: \
+                 tls.crt holds no PEM certificate; this server is not served"
+        ),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(report.skipped, 3, "Secrets are not Istio documents");
+
+    // The CA in a separate Secret, as Istio names it, settles the MUTUAL server.
+    let mut report = Report::default();
+    report.check_text("gateway.yaml", gateway);
+    report.check_text("secrets.yaml", &secrets);
+    report.check_text(
+        "ca.yaml",
+        &tls_secret("api-cert-cacert", &[("cacert", &cert)]),
+    );
+    report.finish();
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+}
+
+#[test]
+fn valid_summary() {
+    let mut report = Report::default();
+    report.check_text(
+            "ok.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: r}\n",
+        );
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.summary(), "valid: 1 Istio document in 1 file");
+}
