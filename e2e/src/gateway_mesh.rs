@@ -112,6 +112,34 @@ pub async fn start_gateway(
     .await
 }
 
+/// `bootstrap` (a gateway's) with the static cluster `sds-grpc` to an agent's SDS socket,
+/// as Istio's gateway pods have it: where the listeners of ISTIO_MUTUAL servers take the
+/// workload certificate (`default`) and the mesh roots (`ROOTCA`) from.
+pub fn with_agent_sds(bootstrap: &Bootstrap, sds_socket: &Path) -> serde_json::Value {
+    let mut json = bootstrap.to_json();
+    let cluster = serde_json::json!({
+        "name": "sds-grpc",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "sds-grpc",
+            "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": {
+                "pipe": { "path": sds_socket.to_string_lossy() }
+            } } } ] } ],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} },
+            },
+        },
+    });
+    if let Some(clusters) = json["static_resources"]["clusters"].as_array_mut() {
+        clusters.push(cluster);
+    }
+    json
+}
+
 /// Waits until `GET path` with Host `host` is answered by an upstream of `service`.
 pub async fn wait_for_service(
     client: &mut HttpClient,

@@ -1,5 +1,5 @@
 //! A throwaway CA for traffic tests (gateway TLS termination, TLS origination) and an HTTPS
-//! client that trusts only it.
+//! client that trusts only it (checking the server's name, or only its chain).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,8 +14,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 
 use crate::http::{HttpResponse, REQUEST_TIMEOUT};
@@ -106,14 +108,56 @@ pub fn connector(
     ca_pem: &str,
     client: Option<&Issued>,
 ) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    connector_with_alpn(ca_pem, client, &["http/1.1"])
+}
+
+/// [`connector`] offering the ALPN protocols `alpn` (say Istio's `istio-http/1.1`, which an
+/// AUTO_PASSTHROUGH gateway requires).
+pub fn connector_with_alpn(
+    ca_pem: &str,
+    client: Option<&Issued>,
+    alpn: &[&str],
+) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let builder = client_builder()?.with_root_certificates(roots(ca_pem)?);
+    finish(builder, client, alpn)
+}
+
+/// A TLS client accepting a server certificate that chains to `ca_pem` whatever names it
+/// carries (a mesh workload certificate names a SPIFFE id, no host), presenting `client` if
+/// given.
+pub fn connector_any_name(
+    ca_pem: &str,
+    client: Option<&Issued>,
+) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider).build()?;
+    let builder = client_builder()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyName(chain)));
+    finish(builder, client, &["http/1.1"])
+}
+
+fn roots(ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert?)?;
     }
+    Ok(roots)
+}
+
+fn client_builder()
+-> anyhow::Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?)
+}
+
+fn finish(
+    builder: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
+    client: Option<&Issued>,
+    alpn: &[&str],
+) -> anyhow::Result<tokio_rustls::TlsConnector> {
     let mut config = match client {
         None => builder.with_no_client_auth(),
         Some(issued) => {
@@ -122,8 +166,57 @@ pub fn connector(
             builder.with_client_auth_cert(chain, key)?
         }
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Checks the chain as usual and lets a certificate that is valid for some other name pass.
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // The name is checked after the chain: this error means the chain was good.
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// `GET path` over a new TLS connection to `addr` with SNI and Host `host`.

@@ -17,7 +17,8 @@ use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy};
 use capstan_e2e::http::{HttpClient, UpstreamReply};
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv};
 use capstan_e2e::netns::pod_ip;
-use capstan_e2e::upstreams::Upstreams;
+use capstan_e2e::tls_pki::{TestCa, connector, https_get};
+use capstan_e2e::upstreams::{UpstreamTls, Upstreams};
 use capstan_e2e::wait_until;
 
 capstan_e2e::private_network!();
@@ -193,4 +194,133 @@ async fn captured_traffic_goes_out_and_back_in_through_the_sidecar() -> anyhow::
         "ratings counted nothing"
     );
     mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// A ServiceEntry for an HTTPS host on 443 whose one endpoint is the workload on `target`.
+fn https_entry(host: &str, target: u16, workload: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {}, namespace: bookinfo}}
+spec:
+  hosts: [{host}]
+  location: MESH_EXTERNAL
+  ports: [{{number: 443, name: https, protocol: HTTPS}}]
+  resolution: STATIC
+  endpoints: [{{address: {workload}, ports: {{https: {target}}}}}]
+",
+        host.replace('.', "-")
+    )
+}
+
+/// A VirtualService `tcp` route sends db's connections to db2; two HTTPS hosts share port 443
+/// and one address, told apart by SNI and never decrypted by the sidecar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_routes_and_tls_by_sni_on_sidecars() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    capture::install()?;
+    let name = "tcp_routes_and_tls_by_sni_on_sidecars";
+    let env = TestEnv::new(name)?;
+    let workload = pod_ip(263);
+    let at = |port: u16| SocketAddr::from((workload, port));
+    let ca = TestCa::new(&env.log_dir, "external")?;
+    let server = ca.server(
+        "external-server",
+        &["secure.example.com", "other.example.com"],
+    )?;
+    let tls = UpstreamTls {
+        cert: server.cert.clone(),
+        key: server.key.clone(),
+        client_ca: None,
+    };
+    let upstreams = Upstreams::start_with_tls(
+        Path::new(UPSTREAM_BIN),
+        &[("db", "v1", at(5432)), ("db2", "v1", at(5433))],
+        &[("secure", "v1", at(8443)), ("other", "v1", at(8444))],
+        Some(&tls),
+        &env.log_dir,
+        "apps",
+    )
+    .await?;
+    let address = workload.to_string();
+    env.write_config("db.yaml", &service_entry("db", 20, 5432, "TCP", &address))?;
+    env.write_config("db2.yaml", &service_entry("db2", 21, 5433, "TCP", &address))?;
+    env.write_config(
+        "secure.yaml",
+        &https_entry("secure.example.com", 8443, &address),
+    )?;
+    env.write_config(
+        "other.yaml",
+        &https_entry("other.example.com", 8444, &address),
+    )?;
+    let capstan = Capstan::start_folder_with(
+        &env.config_dir,
+        &["--sidecar-listeners", "capture"],
+        &env.log_dir,
+        "capstan",
+    )
+    .await?;
+    let mut bootstrap = Bootstrap::new(AdsMode::Delta, capstan.xds_port);
+    bootstrap.workload = "app-0".to_string();
+    bootstrap.address = address;
+    let envoy = Envoy::start_as(
+        &capstan_e2e::locate::envoy_bin()?,
+        &bootstrap,
+        &env.log_dir,
+        "sidecar",
+        capture::PROXY,
+    )
+    .await?;
+    let log_dir = env.log_dir.clone();
+    let logs = || format!("logs in {}", log_dir.display());
+
+    // Both HTTPS hosts on one address and port: the SNI picks the workload port.
+    let connector = connector(&ca.cert_pem, None)?;
+    let vip = SocketAddr::from((service_ip(40), 443));
+    for (host, service) in [
+        ("secure.example.com", "secure"),
+        ("other.example.com", "other"),
+    ] {
+        let response = wait_until(&format!("{host} by SNI"), CONFIG_TIMEOUT, async || {
+            https_get(&connector, vip, host, "/").await
+        })
+        .await
+        .with_context(logs)?;
+        let reply: UpstreamReply = serde_json::from_slice(&response.body)?;
+        ensure!(reply.service == service, "{host}: {reply:?}");
+        ensure!(
+            !reply.headers.contains_key("x-request-id"),
+            "the sidecar decrypted {host}: {reply:?}"
+        );
+    }
+
+    // db straight to db, then a tcp route sends db's connections to db2.
+    let db = SocketAddr::from((service_ip(20), 5432));
+    let reply = wait_until("db through the capture", CONFIG_TIMEOUT, async || {
+        call(db, "db").await
+    })
+    .await
+    .with_context(logs)?;
+    ensure!(reply.service == "db", "{reply:?}");
+    env.write_config(
+        "db-vs.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: bookinfo}
+spec:
+  hosts: [db.bookinfo.svc.cluster.local]
+  tcp:
+  - match: [{port: 5432}]
+    route: [{destination: {host: db2.bookinfo.svc.cluster.local, port: {number: 5433}}}]
+",
+    )?;
+    wait_until("db's connections at db2", CONFIG_TIMEOUT, async || {
+        let reply = call(db, "db").await?;
+        ensure!(reply.service == "db2", "{reply:?}");
+        Ok(())
+    })
+    .await
+    .with_context(logs)?;
+    ensure!(upstreams.count("db2", "v1").await? >= 1);
+    envoy.ensure_no_rejected_updates().await
 }

@@ -11,7 +11,9 @@
 //!   affects, the cache applying the update;
 //! - one EndpointSlice changed: the same for an endpoint change — the slice applied, the
 //!   service's endpoints re-read (`Mesh::refresh_endpoints`), its load assignments rebuilt and
-//!   encoded (`Translator::endpoints`) and applied to the cache.
+//!   encoded (`Translator::endpoints`) and applied to the cache;
+//! - the same in capture mode (`--sidecar-listeners capture`): each of the slice's 10 pods'
+//!   `virtualInbound` is rebuilt too, among N × 10 workloads' (the cost must not grow with N).
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -60,6 +62,7 @@ fn service(i: usize) -> Record {
         }],
         headless: false,
         cluster_ips: Vec::new(),
+        export_to: Vec::new(),
         external_name: None,
     })
 }
@@ -223,10 +226,24 @@ fn one_virtual_service_changed(c: &mut Criterion) {
 }
 
 fn one_endpoint_slice_changed(c: &mut Criterion) {
-    let mut group = c.benchmark_group("one EndpointSlice changed");
+    endpoint_slice_changed(c, "one EndpointSlice changed", options(), 3);
+}
+
+fn one_endpoint_slice_changed_capture(c: &mut Criterion) {
+    let capture = translate::Options {
+        sidecar_listeners: translate::ListenerMode::Capture,
+        ..options()
+    };
+    // Also the 10 pods' inbound listeners (their port changed).
+    endpoint_slice_changed(c, "one EndpointSlice changed, capture mode", capture, 13);
+}
+
+fn endpoint_slice_changed(c: &mut Criterion, name: &str, options: translate::Options, puts: usize) {
+    let mut group = c.benchmark_group(name);
     group.warm_up_time(Duration::from_secs(1));
     for n in SIZES {
-        let mut pipeline = pipeline(n);
+        let mut pipeline = Pipeline::new(options.clone(), DOMAIN);
+        pipeline.index = index(n);
         let cache = SnapshotCache::new();
         cache.replace(pipeline.full());
         let changed = n / 2;
@@ -237,7 +254,10 @@ fn one_endpoint_slice_changed(c: &mut Criterion) {
                 let changes = pipeline.index.apply(slice(changed, port));
                 // What Reconciler::reconcile does for an endpoint change.
                 let update = pipeline.update(&changes);
-                assert_eq!(update.len(), 3, "whole, v1 and v2 load assignments");
+                assert!(
+                    update.len() >= puts,
+                    "whole, v1 and v2 load assignments (and listeners)"
+                );
                 black_box(cache.apply(update))
             })
         });
@@ -249,6 +269,7 @@ criterion_group!(
     benches,
     full_translation,
     one_virtual_service_changed,
-    one_endpoint_slice_changed
+    one_endpoint_slice_changed,
+    one_endpoint_slice_changed_capture
 );
 criterion_main!(benches);

@@ -15,7 +15,7 @@ mod credentials;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use capstan_crds::{DocumentError, DocumentErrorReason, parse_documents};
+use capstan_crds::{DocumentError, DocumentErrorReason, IstioObject, parse_documents};
 
 use crate::model::unsupported;
 use crate::source::secret::is_secret_document;
@@ -210,7 +210,19 @@ impl Report {
                 unsupported::kind_message(object.kind()),
             ));
         }
-        for problem in unsupported::fields(object) {
+        let mut problems = unsupported::fields(object);
+        if let IstioObject::VirtualService(vs) = object {
+            let spec = &vs.spec;
+            let for_sidecars =
+                spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
+            problems.extend(unsupported::sidecar_stream_routes(
+                &object.key(),
+                for_sidecars,
+                !spec.tcp.is_empty(),
+                !spec.tls.is_empty(),
+            ));
+        }
+        for problem in problems {
             let line = document.line_of(&problem.field);
             self.warnings
                 .push(warning(line, Some(problem.field), problem.message));

@@ -82,6 +82,8 @@ pub struct KubeService {
     pub headless: bool,
     /// `clusterIPs`: the addresses clients dial (a sidecar's TCP listeners match them).
     pub cluster_ips: Vec<String>,
+    /// The `networking.istio.io/exportTo` annotation's entries (none: every namespace).
+    pub export_to: Vec<String>,
     /// `type: ExternalName`: a DNS alias of this name.
     pub external_name: Option<String>,
 }

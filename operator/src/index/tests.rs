@@ -46,6 +46,7 @@ fn service(name: &str, port: u32) -> Record {
         }],
         headless: false,
         cluster_ips: Vec::new(),
+        export_to: Vec::new(),
         external_name: None,
     })
 }

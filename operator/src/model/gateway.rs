@@ -2,6 +2,8 @@
 //! hosts each server accepts, read once from the API structs. What a server asks for that
 //! translation cannot do yet is reported here, by field.
 
+mod termination;
+
 use std::collections::BTreeMap;
 
 use capstan_crds::networking::gateway::{self as api, ServerTlsMode};
@@ -41,6 +43,10 @@ pub enum ServerKind {
     Https(TlsTermination),
     /// TLS passed through untouched, routed by SNI (`tls` routes).
     Passthrough,
+    /// TLS passed through untouched to the mesh cluster its SNI names
+    /// (`outbound_.<port>_.<subset>_.<host>`), no VirtualService needed: the east-west
+    /// gateway of a multi-network mesh.
+    AutoPassthrough,
     /// Opaque TCP (`tcp` routes).
     Tcp,
 }
@@ -51,7 +57,7 @@ impl ServerKind {
     pub fn family(&self) -> &'static str {
         match self {
             ServerKind::Http => "plain HTTP",
-            ServerKind::Https(_) | ServerKind::Passthrough => "TLS",
+            ServerKind::Https(_) | ServerKind::Passthrough | ServerKind::AutoPassthrough => "TLS",
             ServerKind::Tcp => "TCP",
         }
     }
@@ -61,9 +67,12 @@ impl ServerKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsTermination {
     pub certificate: ServerCertificate,
-    /// `MUTUAL`: the CA bundle client certificates must chain to.
+    /// `MUTUAL`, `OPTIONAL_MUTUAL`, `ISTIO_MUTUAL`: what client certificates must chain to.
     pub client_ca: Option<ClientCa>,
-    /// `MUTUAL`: accepted client certificate SANs (any, when empty).
+    /// `OPTIONAL_MUTUAL`: a client without a certificate is admitted too (one presenting a
+    /// certificate must still chain to `client_ca`).
+    pub client_certificate_optional: bool,
+    /// Accepted client certificate SANs (any, when empty); only with a `client_ca`.
     pub subject_alt_names: Vec<String>,
 }
 
@@ -78,6 +87,9 @@ pub enum ServerCertificate {
     /// Secrets of the Gateway's namespace (`credentialName`, or each of `credentialNames`),
     /// served to the proxy over SDS.
     Secrets(Vec<Credential>),
+    /// `ISTIO_MUTUAL`: the gateway proxy's own workload certificate, which its agent serves
+    /// over SDS.
+    Workload,
 }
 
 /// A credential a server names, and where (for problems).
@@ -88,7 +100,7 @@ pub struct Credential {
     pub field: String,
 }
 
-/// Where a MUTUAL server's client CA comes from.
+/// Where a server's client CA comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientCa {
     /// A PEM file on the gateway proxy (`caCertificates`).
@@ -96,6 +108,8 @@ pub enum ClientCa {
     /// The CA of credential `name`: Secret `<name>-cacert`, else the CA entry of Secret
     /// `<name>` (istiod's order).
     Secret(String),
+    /// `ISTIO_MUTUAL`: the mesh's roots, which the proxy's agent serves over SDS.
+    MeshRoots,
 }
 
 /// A server host, `[namespace/]dnsName`: which VirtualServices may bind to it (those of
@@ -152,7 +166,6 @@ pub fn gateway(key: &ObjectKey, spec: &api::GatewaySpec) -> (Gateway, Vec<Proble
             report(format!("{field}.port"), "no port; server not served".into());
             continue;
         };
-        let protocol = Protocol::parse(&port.protocol);
         let tls = server.tls.as_ref();
         if !server.bind.is_empty() {
             report(
@@ -166,35 +179,8 @@ pub fn gateway(key: &ObjectKey, spec: &api::GatewaySpec) -> (Gateway, Vec<Proble
                 "defaultEndpoint is not applied on gateways".into(),
             );
         }
-        let passthrough =
-            tls.is_some_and(|t| t.mode.unwrap_or_default() == ServerTlsMode::Passthrough);
-        let kind = match (protocol.map(Protocol::class), protocol) {
-            (Some(ProtocolClass::Http), _) => ServerKind::Http,
-            (Some(ProtocolClass::Tls), Some(Protocol::Https)) if !passthrough => {
-                match terminate(tls, &field, &mut report) {
-                    Some(termination) => ServerKind::Https(termination),
-                    None => continue,
-                }
-            }
-            // A TLS server without settings passes TLS through, as in Istio.
-            (Some(ProtocolClass::Tls), _) if passthrough || tls.is_none() => {
-                ServerKind::Passthrough
-            }
-            (Some(ProtocolClass::Opaque), Some(p)) if p != Protocol::Udp => ServerKind::Tcp,
-            _ => {
-                let what = match tls.and_then(|t| t.mode) {
-                    Some(mode) if protocol == Some(Protocol::Tls) => format!("TLS {mode:?}"),
-                    _ => port.protocol.clone(),
-                };
-                report(
-                    format!("{field}.port.protocol"),
-                    format!(
-                        "{what} servers are not served yet (HTTP, HTTP2, GRPC, HTTPS with SIMPLE or \
-                         MUTUAL TLS, TLS PASSTHROUGH and TCP are); this server is not served"
-                    ),
-                );
-                continue;
-            }
+        let Some(kind) = kind(port, tls, &field, &mut report) else {
+            continue;
         };
         if matches!(kind, ServerKind::Http)
             && let Some(tls) = tls
@@ -230,120 +216,47 @@ pub fn gateway(key: &ObjectKey, spec: &api::GatewaySpec) -> (Gateway, Vec<Proble
     (gateway, problems)
 }
 
-/// The termination of an HTTPS server, or `None` (reported) when it asks for what is not
-/// served yet.
-fn terminate(
+/// What a server on `port` does, or `None` (reported) when translation cannot serve it.
+fn kind(
+    port: &api::Port,
     tls: Option<&api::ServerTlsSettings>,
     field: &str,
     report: &mut impl FnMut(String, String),
-) -> Option<TlsTermination> {
-    let Some(tls) = tls else {
-        report(
-            format!("{field}.tls"),
-            "an HTTPS server needs tls settings; this server is not served".into(),
-        );
-        return None;
-    };
-    let mode = tls.mode.unwrap_or_default();
-    if !matches!(mode, ServerTlsMode::Simple | ServerTlsMode::Mutual) {
-        report(
-            format!("{field}.tls.mode"),
-            format!(
-                "{mode:?} is not served yet on HTTPS servers (SIMPLE and MUTUAL are); this \
-                 server is not served"
-            ),
-        );
-        return None;
+) -> Option<ServerKind> {
+    let protocol = Protocol::parse(&port.protocol);
+    // Istio's default mode is PASSTHROUGH: settings without a mode pass TLS through.
+    let mode = tls.map(|t| t.mode.unwrap_or_default());
+    match (protocol.map(Protocol::class), protocol, mode) {
+        (Some(ProtocolClass::Http), _, _) => return Some(ServerKind::Http),
+        (Some(ProtocolClass::Tls), _, Some(ServerTlsMode::Passthrough)) => {
+            return Some(ServerKind::Passthrough);
+        }
+        (Some(ProtocolClass::Tls), _, Some(ServerTlsMode::AutoPassthrough)) => {
+            return Some(ServerKind::AutoPassthrough);
+        }
+        (Some(ProtocolClass::Tls), Some(Protocol::Https), _) => {
+            return termination::terminate(tls, field, report).map(ServerKind::Https);
+        }
+        // A TLS server without settings passes TLS through, as in Istio.
+        (Some(ProtocolClass::Tls), _, None) => return Some(ServerKind::Passthrough),
+        (Some(ProtocolClass::Opaque), Some(p), _) if p != Protocol::Udp => {
+            return Some(ServerKind::Tcp);
+        }
+        _ => {}
     }
-    let mut unapplied = |name: &str, set: bool| {
-        if set {
-            report(
-                format!("{field}.tls.{name}"),
-                format!("{name} is not applied yet; the rest of the TLS settings are"),
-            );
-        }
+    let what = match tls.and_then(|t| t.mode) {
+        Some(mode) if protocol == Some(Protocol::Tls) => format!("TLS {mode:?}"),
+        _ => port.protocol.clone(),
     };
-    unapplied("tlsCertificates", !tls.tls_certificates.is_empty());
-    unapplied("caCrl", !tls.ca_crl.is_empty());
-    unapplied(
-        "verifyCertificateSpki",
-        !tls.verify_certificate_spki.is_empty(),
+    report(
+        format!("{field}.port.protocol"),
+        format!(
+            "{what} servers are not served yet (HTTP, HTTP2, GRPC, HTTPS with SIMPLE, MUTUAL, \
+             OPTIONAL_MUTUAL or ISTIO_MUTUAL TLS, TLS PASSTHROUGH and AUTO_PASSTHROUGH, and TCP \
+             are); this server is not served"
+        ),
     );
-    unapplied(
-        "verifyCertificateHash",
-        !tls.verify_certificate_hash.is_empty(),
-    );
-    unapplied("minProtocolVersion", tls.min_protocol_version.is_some());
-    unapplied("maxProtocolVersion", tls.max_protocol_version.is_some());
-    unapplied("cipherSuites", !tls.cipher_suites.is_empty());
-    let mutual = mode == ServerTlsMode::Mutual;
-    if mutual && !tls.ca_cert_credential_name.is_empty() {
-        // Serving another CA than the one named would accept the wrong clients.
-        report(
-            format!("{field}.tls.caCertCredentialName"),
-            "caCertCredentialName is not applied yet; this server is not served (put the CA \
-             in Secret <credentialName>-cacert)"
-                .into(),
-        );
-        return None;
-    }
-    let credentials: Vec<Credential> = if tls.credential_name.is_empty() {
-        let field = |k| format!("{field}.tls.credentialNames[{k}]");
-        (tls.credential_names.iter().enumerate())
-            .map(|(k, name)| Credential {
-                name: name.clone(),
-                field: field(k),
-            })
-            .collect()
-    } else {
-        vec![Credential {
-            name: tls.credential_name.clone(),
-            field: format!("{field}.tls.credentialName"),
-        }]
-    };
-    // Validation allows one source of certificates: a credential, or files.
-    let (certificate, client_ca) = match credentials.first() {
-        Some(first) => {
-            let ca = mutual.then(|| ClientCa::Secret(first.name.clone()));
-            (ServerCertificate::Secrets(credentials), ca)
-        }
-        None => {
-            if tls.server_certificate.is_empty() || tls.private_key.is_empty() {
-                report(
-                    format!("{field}.tls.serverCertificate"),
-                    "SIMPLE and MUTUAL need credentialName, or serverCertificate and \
-                     privateKey; this server is not served"
-                        .into(),
-                );
-                return None;
-            }
-            if mutual && tls.ca_certificates.is_empty() {
-                report(
-                    format!("{field}.tls.caCertificates"),
-                    "MUTUAL needs caCertificates to verify clients; this server is not served"
-                        .into(),
-                );
-                return None;
-            }
-            let files = ServerCertificate::Files {
-                certificate: tls.server_certificate.clone(),
-                private_key: tls.private_key.clone(),
-            };
-            (
-                files,
-                mutual.then(|| ClientCa::File(tls.ca_certificates.clone())),
-            )
-        }
-    };
-    Some(TlsTermination {
-        certificate,
-        client_ca,
-        subject_alt_names: if mutual {
-            tls.subject_alt_names.clone()
-        } else {
-            Vec::new()
-        },
-    })
+    None
 }
 
 /// Whether `gateways`, as written in a VirtualService of `namespace`, name the Gateway
@@ -565,3 +478,6 @@ spec:
         );
     }
 }
+
+#[cfg(test)]
+mod tls_tests;

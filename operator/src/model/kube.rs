@@ -3,7 +3,7 @@
 //! of the Pods and Nodes behind them.
 
 use crate::index::{Health, Index, KubeService, NsName, SliceRecord};
-use crate::model::service::{Endpoint, Origin, Port, Resolution, Service};
+use crate::model::service::{Endpoint, ExportTo, Origin, Port, Resolution, Service};
 
 /// The host of a Kubernetes Service.
 pub fn host(id: &NsName, domain_suffix: &str) -> String {
@@ -55,6 +55,7 @@ pub fn service(index: &Index, service: &KubeService, domain_suffix: &str) -> Ser
         host: host(&service.id, domain_suffix),
         origin: Origin::Kubernetes(service.id.clone()),
         addresses: service.cluster_ips.clone(),
+        export_to: ExportTo::parse(&service.export_to, &service.id.namespace),
         ports,
         resolution,
         endpoints,
@@ -135,6 +136,7 @@ mod tests {
             }],
             headless: false,
             cluster_ips: Vec::new(),
+            export_to: Vec::new(),
             external_name: None,
         }));
         let endpoint = |address: &str, health, pod: Option<&str>| SliceEndpoint {

@@ -1,7 +1,7 @@
 //! Services of the mesh, whichever registry they come from (ServiceEntry or Kubernetes
 //! Service), in capstan's own types: translation reads these, never API structs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -94,6 +94,41 @@ impl Endpoint {
     }
 }
 
+/// Which namespaces' proxies see a service (`exportTo`; Istio's mesh default: all).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ExportTo {
+    #[default]
+    All,
+    /// These namespaces only (none: `~`, hidden from every proxy).
+    Namespaces(BTreeSet<String>),
+}
+
+impl ExportTo {
+    /// Reads `exportTo` of an object in `namespace`: `*` all, `.` its own namespace, `~` none,
+    /// any other entry a namespace; empty: the default, all.
+    pub fn parse<S: AsRef<str>>(entries: &[S], namespace: &str) -> Self {
+        if entries.is_empty() || entries.iter().any(|e| e.as_ref().trim() == "*") {
+            return ExportTo::All;
+        }
+        ExportTo::Namespaces(
+            entries
+                .iter()
+                .map(|e| e.as_ref().trim())
+                .filter(|e| *e != "~" && !e.is_empty())
+                .map(|e| if e == "." { namespace } else { e }.to_string())
+                .collect(),
+        )
+    }
+
+    /// Whether proxies of `namespace` (`None`: a proxy that says none) see it.
+    pub fn includes(&self, namespace: Option<&str>) -> bool {
+        match self {
+            ExportTo::All => true,
+            ExportTo::Namespaces(set) => namespace.is_some_and(|ns| set.contains(ns)),
+        }
+    }
+}
+
 /// A service in the registry: one host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
@@ -102,6 +137,7 @@ pub struct Service {
     /// The virtual addresses clients dial (ServiceEntry `addresses`, a Service's cluster
     /// IPs): what tells TCP services on one port apart.
     pub addresses: Vec<String>,
+    pub export_to: ExportTo,
     pub ports: Vec<Port>,
     pub resolution: Resolution,
     pub endpoints: Vec<Endpoint>,
@@ -114,10 +150,12 @@ impl Service {
         origin: ObjectKey,
         spec: &se::ServiceEntrySpec,
     ) -> Self {
+        let export_to = ExportTo::parse(&spec.export_to, &origin.namespace);
         Service {
             host,
             origin: Origin::Istio(origin),
             addresses: spec.addresses.clone(),
+            export_to,
             ports: spec
                 .ports
                 .iter()

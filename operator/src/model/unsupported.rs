@@ -2,7 +2,7 @@
 //! and the object's status says so instead of the config being ignored silently.
 
 use capstan_crds::networking::destination_rule as dr;
-use capstan_crds::{IstioObject, Kind};
+use capstan_crds::{IstioObject, Kind, ObjectKey};
 
 use crate::model::Problem;
 
@@ -22,6 +22,33 @@ pub fn kind_is_translated(kind: Kind) -> bool {
 /// does not translate.
 pub fn kind_message(kind: Kind) -> String {
     format!("capstan validates {kind} but does not apply it to proxies yet")
+}
+
+/// `tcp` and `tls` routes a VirtualService has for sidecars, which only the capture-mode
+/// listeners (`--sidecar-listeners capture`) apply: `validate` says so always (it cannot
+/// know the mode), `run` in direct mode.
+pub fn sidecar_stream_routes(
+    key: &ObjectKey,
+    for_sidecars: bool,
+    tcp: bool,
+    tls: bool,
+) -> Vec<Problem> {
+    let problem = |field: &str, what: &str| Problem {
+        object: key.clone(),
+        field: field.into(),
+        message: format!(
+            "{what} routing reaches sidecars only with `capstan run --sidecar-listeners \
+             capture` (gateways apply it in every mode)"
+        ),
+    };
+    let mut out = Vec::new();
+    if for_sidecars && tcp {
+        out.push(problem("spec.tcp", "TCP"));
+    }
+    if for_sidecars && tls {
+        out.push(problem("spec.tls", "TLS"));
+    }
+    out
 }
 
 /// The fields of `object` that are set and not honoured. Kinds capstan does not translate at
@@ -44,9 +71,6 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
             if spec.addresses.iter().any(|a| a.contains('/')) {
                 not_applied("spec.addresses".into(), "CIDR addresses");
             }
-            if !spec.export_to.is_empty() {
-                not_applied("spec.exportTo".into(), "exportTo (visible everywhere)");
-            }
         }
         IstioObject::DestinationRule(dr) => {
             let spec = &dr.spec;
@@ -68,24 +92,6 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
         }
         IstioObject::VirtualService(vs) => {
             let spec = &vs.spec;
-            // Gateways serve tcp and tls routes; sidecars have no listener per port yet.
-            let sidecars = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
-            if sidecars && !spec.tls.is_empty() {
-                extra.push(Problem {
-                    object: key.clone(),
-                    field: "spec.tls".into(),
-                    message: "TLS routing is not applied on sidecars yet (gateways apply it)"
-                        .into(),
-                });
-            }
-            if sidecars && !spec.tcp.is_empty() {
-                extra.push(Problem {
-                    object: key.clone(),
-                    field: "spec.tcp".into(),
-                    message: "TCP routing is not applied on sidecars yet (gateways apply it)"
-                        .into(),
-                });
-            }
             if !spec.export_to.is_empty() {
                 not_applied("spec.exportTo".into(), "exportTo (visible everywhere)");
             }
@@ -236,9 +242,16 @@ spec:
         .expect("valid");
         let problems = fields(&document.object);
         let named: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
-        // The http policies are applied; derivePort and TCP routing (on sidecars) are not.
-        assert_eq!(named, vec!["spec.http[1].redirect.derivePort", "spec.tcp"]);
+        // The http policies are applied; derivePort is not. TCP routing on sidecars depends on
+        // the listener mode, and is said by `sidecar_stream_routes`.
+        assert_eq!(named, vec!["spec.http[1].redirect.derivePort"]);
         assert!(problems[0].message.contains("not applied"));
+        let key = document.object.key();
+        let stream = sidecar_stream_routes(&key, true, true, false);
+        assert_eq!(stream.len(), 1);
+        assert_eq!(stream[0].field, "spec.tcp");
+        assert!(stream[0].message.contains("--sidecar-listeners capture"));
+        assert!(sidecar_stream_routes(&key, false, true, true).is_empty());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 mod lb;
 mod outlier;
 mod pool;
-mod tls;
+pub(super) mod tls;
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbPolicy,

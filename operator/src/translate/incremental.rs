@@ -21,6 +21,7 @@ use prost::Message;
 
 use super::sidecar::{CaptureState, ListenerMode};
 use super::{OUTBOUND_HTTP, Options, listener, route};
+use crate::model::service::ExportTo;
 use crate::model::{Affected, Mesh, Problem, hostname};
 
 /// The namespace of a cluster-local host, `None` for any other host: the group of its
@@ -35,6 +36,9 @@ type VirtualHostKey = (Group, String, u32);
 struct Segment {
     own: Parts,
     other: Parts,
+    /// For a namespace some of the group's hosts are exported to by name: what it reads
+    /// instead of `other` (the hosts exported to all, and those).
+    exported: BTreeMap<String, Parts>,
 }
 
 /// One service port's virtual host.
@@ -48,6 +52,8 @@ struct VirtualHostEntry {
     /// The VirtualService whose routes it carries, and the hosts those routes send to.
     virtual_service: Option<ObjectKey>,
     destinations: Vec<String>,
+    /// The namespaces whose proxies see it (the service's `exportTo`).
+    visible: ExportTo,
 }
 
 pub struct Translator {
@@ -160,6 +166,7 @@ impl Translator {
         }
         if let Some(capture) = &mut self.capture {
             capture.update(mesh, affected.hosts.iter().map(String::as_str), &mut update);
+            capture.routes_changed(mesh, &affected.routes, &mut update);
         }
         if self.rebuild(mesh, affected, &mut update) {
             let (variants, gone) = self.assemble_routes(mesh);
@@ -373,13 +380,49 @@ impl Translator {
             self.segments.remove(&group);
             return;
         }
-        let other = Parts::join(entries.iter().map(|e| e.other.clone()));
+        let other = Parts::join(
+            entries
+                .iter()
+                .filter(|e| e.visible == ExportTo::All)
+                .map(|e| e.other.clone()),
+        );
         // Hosts outside the cluster have no namespace whose variant reads them by bare name.
-        let own = match group {
-            Some(_) => Parts::join(entries.iter().map(|e| e.own.clone())),
+        let own = match &group {
+            Some(ns) => Parts::join(
+                entries
+                    .iter()
+                    .filter(|e| e.visible.includes(Some(ns)))
+                    .map(|e| e.own.clone()),
+            ),
             None => other.clone(),
         };
-        self.segments.insert(group, Segment { own, other });
+        let named: BTreeSet<&String> = entries
+            .iter()
+            .filter_map(|e| match &e.visible {
+                ExportTo::Namespaces(set) => Some(set),
+                ExportTo::All => None,
+            })
+            .flatten()
+            .filter(|ns| group.as_ref() != Some(*ns))
+            .collect();
+        let exported = named
+            .into_iter()
+            .map(|ns| {
+                let visible = entries
+                    .iter()
+                    .filter(|e| e.visible.includes(Some(ns)))
+                    .map(|e| e.other.clone());
+                (ns.clone(), Parts::join(visible))
+            })
+            .collect();
+        self.segments.insert(
+            group,
+            Segment {
+                own,
+                other,
+                exported,
+            },
+        );
     }
 
     /// Hosts no service has, for the VirtualServices that changed and those covering a host
@@ -392,7 +435,15 @@ impl Translator {
         for key in keys {
             self.unbound.remove(key);
             if let Some(vs) = mesh.virtual_services.get(key) {
-                let problems = route::unbound(mesh, vs);
+                let mut problems = route::unbound(mesh, vs);
+                if self.options.sidecar_listeners == ListenerMode::Direct {
+                    problems.extend(crate::model::unsupported::sidecar_stream_routes(
+                        &vs.origin,
+                        vs.applies_to_sidecars(),
+                        !vs.tcp.is_empty(),
+                        !vs.tls.is_empty(),
+                    ));
+                }
                 if !problems.is_empty() {
                     self.unbound.insert(key.clone(), problems);
                 }
@@ -424,18 +475,24 @@ impl Translator {
                 .filter_map(|(ns, config)| Some((ns, Resource::encode(OUTBOUND_HTTP, &config)?)))
                 .collect();
         }
-        // A variant per namespace with cluster-local hosts, and one for every other proxy.
-        let namespaces = self.segments.keys().filter(|group| group.is_some());
-        std::iter::once(&None)
-            .chain(namespaces)
+        // A variant per namespace with cluster-local hosts or hosts exported to it by name, and
+        // one for every other proxy.
+        let mut namespaces: BTreeSet<Option<String>> = BTreeSet::from([None]);
+        for (group, segment) in &self.segments {
+            namespaces.extend(group.iter().cloned().map(Some));
+            namespaces.extend(segment.exported.keys().cloned().map(Some));
+        }
+        namespaces
+            .iter()
             .map(|namespace| {
-                let segments = self.segments.iter().map(|(group, segment)| {
-                    if group.is_some() && group == namespace {
-                        segment.own.clone()
-                    } else {
-                        segment.other.clone()
-                    }
-                });
+                let segments = self
+                    .segments
+                    .iter()
+                    .map(|(group, segment)| match namespace {
+                        Some(_) if group == namespace => segment.own.clone(),
+                        Some(ns) => segment.exported.get(ns).unwrap_or(&segment.other).clone(),
+                        None => segment.other.clone(),
+                    });
                 let parts = Parts::join(std::iter::once(self.header.clone()).chain(segments));
                 let resource = Resource::from_parts(type_url::ROUTE, OUTBOUND_HTTP, parts);
                 (namespace.clone(), resource)
@@ -502,6 +559,7 @@ fn build_virtual_hosts(mesh: &Mesh, host: &str) -> Option<BuiltVirtualHosts> {
             domains: own_domains,
             virtual_service: virtual_service.map(|vs| vs.origin.clone()),
             destinations: destinations.clone(),
+            visible: service.export_to.clone(),
         };
         entries.push((port.number, entry));
     }
@@ -573,3 +631,6 @@ mod locality_tests;
 
 #[cfg(test)]
 mod capture_tests;
+
+#[cfg(test)]
+mod export_tests;

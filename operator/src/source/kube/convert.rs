@@ -79,9 +79,17 @@ pub fn service(service: &Service) -> Option<Record> {
             .into_iter()
             .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
             .collect(),
+        export_to: service
+            .annotations()
+            .get(EXPORT_TO_ANNOTATION)
+            .map(|list| list.split(',').map(|e| e.trim().to_string()).collect())
+            .unwrap_or_default(),
         external_name,
     }))
 }
+
+/// Istio's annotation limiting which namespaces see a Service.
+const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
 
 pub fn slice_key(slice: &EndpointSlice) -> RecordKey {
     RecordKey::Slice(id(slice))
@@ -228,6 +236,32 @@ mod tests {
             ]
         );
         assert!(!s.headless);
+        assert!(s.cluster_ips.is_empty());
+        assert!(s.export_to.is_empty());
+    }
+
+    #[test]
+    fn service_addresses_and_export_to_are_read() {
+        let svc: Service = from_json(serde_json::json!({
+            "metadata": {"name": "db", "namespace": "finance",
+                         "annotations": {"networking.istio.io/exportTo": ". , shop"}},
+            "spec": {"clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20", "fd00::20"],
+                     "ports": [{"name": "tcp", "port": 5432}]}
+        }));
+        let Some(Record::Service(s)) = service(&svc) else {
+            panic!("a service record")
+        };
+        assert_eq!(s.cluster_ips, vec!["10.96.0.20", "fd00::20"]);
+        assert_eq!(s.export_to, vec![".", "shop"]);
+        let headless: Service = from_json(serde_json::json!({
+            "metadata": {"name": "db", "namespace": "finance"},
+            "spec": {"clusterIP": "None", "ports": [{"name": "tcp", "port": 5432}]}
+        }));
+        let Some(Record::Service(s)) = service(&headless) else {
+            panic!("a service record")
+        };
+        assert!(s.headless);
+        assert!(s.cluster_ips.is_empty(), "`None` is no address");
     }
 
     #[test]

@@ -1,17 +1,13 @@
 //! LDS for gateways: one listener per port on every address. Plain HTTP servers share one
 //! filter chain and one route configuration; each HTTPS server gets a filter chain of its
-//! own, chosen by SNI, terminating TLS with its certificate (files on the proxy, or Secrets
-//! served over SDS).
+//! own, chosen by SNI, terminating TLS (see `tls_context`); TCP, PASSTHROUGH and
+//! AUTO_PASSTHROUGH servers forward connections unread (see `stream`, `auto_passthrough`).
 
 use std::collections::BTreeSet;
 
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
-use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
-use envoy_types::pb::envoy::config::core::v3::{
-    Address, DataSource, SocketAddress, TransportSocket,
-};
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::{
@@ -24,22 +20,11 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, Rds,
 };
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
-    CombinedCertificateValidationContext, ValidationContextType,
-};
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SubjectAltNameMatcher,
-    TlsCertificate,
-};
-use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
-use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 
-use super::credentials::{ca_sds_name, certificate_sds_name, sds_config};
-use super::{Bound, GatewayConfig, stream};
-use crate::model::gateway::{ClientCa, ServerCertificate, ServerKind, TlsTermination};
+use super::{Bound, GatewayConfig, auto_passthrough, stream, tls_context};
+use crate::model::gateway::ServerKind;
 use crate::model::{Mesh, Problem};
 use crate::translate::ads_config_source;
 use crate::translate::http_filters::http_filters;
@@ -87,6 +72,15 @@ pub fn listener<'a, 'b>(
             }
             ServerKind::Passthrough => {
                 chains.extend(stream::passthrough_chains(
+                    mesh,
+                    port,
+                    bound,
+                    &mut names_taken,
+                    out,
+                ));
+            }
+            ServerKind::AutoPassthrough => {
+                chains.extend(auto_passthrough::chains(
                     mesh,
                     port,
                     bound,
@@ -144,7 +138,7 @@ pub fn listener<'a, 'b>(
                         ..Default::default()
                     }),
                     filters: vec![manager(port, &route)],
-                    transport_socket: Some(downstream_tls(tls)),
+                    transport_socket: Some(tls_context::downstream_tls(tls)),
                     ..Default::default()
                 });
                 served.push((bound, route));
@@ -215,84 +209,5 @@ fn manager(port: u32, route: &str) -> Filter {
     Filter {
         name: "envoy.filters.network.http_connection_manager".to_string(),
         config_type: Some(FilterConfig::TypedConfig(pack_any(manager))),
-    }
-}
-
-fn file(path: &str) -> DataSource {
-    DataSource {
-        specifier: Some(Specifier::Filename(path.to_string())),
-        ..Default::default()
-    }
-}
-
-fn downstream_tls(tls: &TlsTermination) -> TransportSocket {
-    let subject_alt_names: Vec<SubjectAltNameMatcher> = tls
-        .subject_alt_names
-        .iter()
-        .flat_map(|san| {
-            [SanType::Dns, SanType::Uri].map(|san_type| SubjectAltNameMatcher {
-                san_type: san_type as i32,
-                matcher: Some(StringMatcher {
-                    match_pattern: Some(MatchPattern::Exact(san.clone())),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-        })
-        .collect();
-    let validation = tls.client_ca.as_ref().map(|ca| match ca {
-        ClientCa::File(path) => {
-            ValidationContextType::ValidationContext(CertificateValidationContext {
-                trusted_ca: Some(file(path)),
-                match_typed_subject_alt_names: subject_alt_names,
-                ..Default::default()
-            })
-        }
-        // As istiod: the SANs here, the CA from SDS (Envoy merges the two).
-        ClientCa::Secret(name) => {
-            ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
-                default_validation_context: Some(CertificateValidationContext {
-                    match_typed_subject_alt_names: subject_alt_names,
-                    ..Default::default()
-                }),
-                validation_context_sds_secret_config: Some(sds_config(ca_sds_name(name))),
-                ..Default::default()
-            })
-        }
-    });
-    let (tls_certificates, tls_certificate_sds_secret_configs) = match &tls.certificate {
-        ServerCertificate::Files {
-            certificate,
-            private_key,
-        } => (
-            vec![TlsCertificate {
-                certificate_chain: Some(file(certificate)),
-                private_key: Some(file(private_key)),
-                ..Default::default()
-            }],
-            Vec::new(),
-        ),
-        ServerCertificate::Secrets(credentials) => (
-            Vec::new(),
-            credentials
-                .iter()
-                .map(|c| sds_config(certificate_sds_name(&c.name)))
-                .collect(),
-        ),
-    };
-    let context = DownstreamTlsContext {
-        common_tls_context: Some(CommonTlsContext {
-            tls_certificates,
-            tls_certificate_sds_secret_configs,
-            alpn_protocols: vec!["h2".to_string(), "http/1.1".to_string()],
-            validation_context_type: validation,
-            ..Default::default()
-        }),
-        require_client_certificate: tls.client_ca.as_ref().map(|_| BoolValue { value: true }),
-        ..Default::default()
-    };
-    TransportSocket {
-        name: "envoy.transport_sockets.tls".to_string(),
-        config_type: Some(SocketConfig::TypedConfig(pack_any(context))),
     }
 }

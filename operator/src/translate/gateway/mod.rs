@@ -4,18 +4,22 @@
 //! `https.<port>.<port name>.<gateway>.<namespace>` for each HTTPS server).
 //!
 //! Any change that could touch them (a Gateway, a VirtualService bound to one, a service their
-//! routes send to) rebuilds them all; other changes cost them nothing. A rebuild scans the
-//! mesh's VirtualServices once per server for those bound to it (no index from Gateway to its
+//! routes send to or an AUTO_PASSTHROUGH server covers) rebuilds them all; other changes cost
+//! them nothing. A service *added* under an AUTO_PASSTHROUGH server's hosts is not among
+//! them: the trigger knows hosts, not host patterns. A rebuild scans the mesh's
+//! VirtualServices once per server for those bound to it (no index from Gateway to its
 //! VirtualServices yet), so it grows with the mesh's VirtualServices, not with the change.
 //!
 //! Certificates named by `credentialName` are served as SDS Secret resources to the same
 //! proxies as the listener (see `credentials`); a change to a Secret a Gateway reads
 //! rebuilds the gateways too.
 
+mod auto_passthrough;
 pub mod credentials;
 mod listener;
 mod routes;
 mod stream;
+mod tls_context;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,6 +41,9 @@ pub struct GatewayConfig {
     pub problems: Vec<Problem>,
     /// The service hosts the routes send to: a change to one rebuilds the gateways.
     pub destinations: BTreeSet<String>,
+    /// Host patterns whose every service is forwarded to (AUTO_PASSTHROUGH): a service
+    /// arriving under one rebuilds the gateways.
+    pub destination_patterns: BTreeSet<String>,
     /// The certificates and CAs of `credentialName` servers (SDS).
     pub secrets: Vec<(Selector, Secret)>,
     /// Every Secret looked for, found or not: its arrival or change rebuilds the gateways.
@@ -115,7 +122,11 @@ pub fn build(mesh: &Mesh) -> GatewayConfig {
                     routes::shared_http_configuration(mesh, port, &http, &http_servers, &mut out);
                 out.routes.push((selector.clone(), config));
             }
-            out.listeners.push((selector.clone(), built.listener));
+            // Envoy refuses a listener without filter chains (the whole update with it);
+            // nothing on the port would be served anyway, and why is reported.
+            if !built.listener.filter_chains.is_empty() {
+                out.listeners.push((selector.clone(), built.listener));
+            }
         }
     }
     unbound_gateways(mesh, &mut out.problems);
@@ -208,3 +219,6 @@ mod tests;
 
 #[cfg(test)]
 mod credential_tests;
+
+#[cfg(test)]
+mod mode_tests;

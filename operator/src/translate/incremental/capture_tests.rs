@@ -58,3 +58,56 @@ fn capture_listeners_follow_services_and_workloads() {
         ],
     );
 }
+
+fn https_entry(name: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: bookinfo}}
+spec:
+  hosts: [{name}.example.com]
+  ports: [{{number: 443, name: https, protocol: HTTPS}}]
+  resolution: DNS
+"
+    )
+}
+
+fn stream_vs(kind: &str, body: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: routes, namespace: bookinfo}}
+spec:
+  hosts: [db.bookinfo.svc.cluster.local, secure.example.com]
+  {kind}:
+{body}"
+    )
+}
+
+#[test]
+fn capture_stream_routes_follow_virtual_services_and_destinations() {
+    check_with(
+        capture(),
+        vec![
+            istio(&tcp_entry("db", 5432, "240.0.0.5", &["10.0.0.1"])),
+            istio(&tcp_entry("db2", 5433, "240.0.0.8", &["10.0.0.2"])),
+            istio(&https_entry("secure")),
+            istio(&https_entry("other")),
+            // A tcp route: db's listener sends to db2.
+            istio(&stream_vs(
+                "tcp",
+                "  - route: [{destination: {host: db2.bookinfo.svc.cluster.local}}]\n",
+            )),
+            // db2's only port changes: the route's cluster follows.
+            istio(&tcp_entry("db2", 6543, "240.0.0.8", &["10.0.0.2"])),
+            // A tls route instead, by SNI.
+            istio(&stream_vs(
+                "tls",
+                "  - match: [{sniHosts: [secure.example.com]}]\n    \
+                 route: [{destination: {host: other.example.com}}]\n",
+            )),
+            delete(Kind::VirtualService, "bookinfo", "routes"),
+            delete(Kind::ServiceEntry, "bookinfo", "other"),
+        ],
+    );
+}

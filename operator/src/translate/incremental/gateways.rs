@@ -19,6 +19,8 @@ pub(super) struct GatewayState {
     /// The VirtualServices bound to a gateway, and the hosts their routes send to.
     pub(super) bound: BTreeSet<ObjectKey>,
     pub(super) destinations: BTreeSet<String>,
+    /// Host patterns under which every service is a destination (AUTO_PASSTHROUGH).
+    pub(super) destination_patterns: BTreeSet<String>,
     /// The Secrets the gateways looked for (found or not).
     pub(super) secrets: BTreeSet<crate::index::NsName>,
     pub(super) problems: Vec<Problem>,
@@ -40,10 +42,11 @@ impl Translator {
                         .get(key)
                         .is_some_and(gateway::binds_gateways)
             })
-            || affected
-                .hosts
-                .iter()
-                .any(|h| self.gateways.destinations.contains(h))
+            || affected.hosts.iter().any(|h| {
+                self.gateways.destinations.contains(h)
+                    || (self.gateways.destination_patterns.iter())
+                        .any(|p| crate::model::hostname::matches(p, h))
+            })
     }
 
     /// Builds every gateway resource, remembering what they were built from.
@@ -78,6 +81,7 @@ impl Translator {
                 .map(|(k, _)| k.clone())
                 .collect(),
             destinations: built.destinations,
+            destination_patterns: built.destination_patterns,
             secrets: built.consulted_secrets,
             problems: built.problems,
         };

@@ -48,6 +48,7 @@ pub(super) fn service(name: &str, ports: &[(&str, u32)]) -> Event {
             .collect(),
         headless: false,
         cluster_ips: Vec::new(),
+        export_to: Vec::new(),
         external_name: None,
     }))
 }
@@ -363,7 +364,7 @@ fn assembled_route_variants_decode_as_the_route_configurations() {
 
 /// Every route variant a full build serves decodes as the configuration the one-piece
 /// generator builds for that namespace.
-fn assert_routes_decode_as_route_configurations(mesh: &Mesh) {
+pub(super) fn assert_routes_decode_as_route_configurations(mesh: &Mesh) {
     let cache = SnapshotCache::new();
     cache.replace(Translator::new(options()).full(mesh));
     let state = cache.current();
@@ -402,6 +403,7 @@ fn a_change_reassembles_only_its_own_namespace() {
             }],
             headless: false,
             cluster_ips: Vec::new(),
+            export_to: Vec::new(),
             external_name: None,
         }))
     };

@@ -26,6 +26,7 @@ use tracing::debug;
 
 use super::{OUTBOUND_HTTP, cluster_name};
 use crate::model::hostname;
+use crate::model::service::ExportTo;
 use crate::model::{Mesh, Port, Problem, Service, VirtualService};
 
 /// The outbound route configuration as seen from each namespace. Short names resolve in the
@@ -57,8 +58,13 @@ pub fn route_configurations(
     for vs in mesh.virtual_services.values() {
         problems.extend(unbound(mesh, vs));
     }
+    let exported_to = entries.iter().flat_map(|e| match &e.service.export_to {
+        ExportTo::Namespaces(set) => set.iter().map(|ns| Some(ns.as_str())).collect(),
+        ExportTo::All => Vec::new(),
+    });
     let namespaces: BTreeSet<Option<&str>> = std::iter::once(None)
         .chain(entries.iter().filter_map(|e| e.namespace.map(Some)))
+        .chain(exported_to)
         .collect();
     let configs = namespaces
         .into_iter()
@@ -119,6 +125,7 @@ fn config_for(
     let mut taken = BTreeSet::new();
     let virtual_hosts = entries
         .iter()
+        .filter(|entry| entry.service.export_to.includes(namespace))
         .filter_map(|entry| {
             let same_namespace = entry.namespace.is_some() && entry.namespace == namespace;
             let domains = domains(entry, same_namespace, domain_suffix, &mut taken);

@@ -13,6 +13,7 @@
 mod inbound;
 mod outbound;
 mod state;
+mod stream;
 
 pub use state::CaptureState;
 

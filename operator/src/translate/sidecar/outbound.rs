@@ -49,27 +49,35 @@ pub fn http_port(port: u32) -> Listener {
         name: "envoy.filters.network.http_connection_manager".to_string(),
         config_type: Some(FilterConfig::TypedConfig(pack_any(manager))),
     };
-    bound_by_capture(name, "0.0.0.0", port, filter)
+    bound_by_capture(name, "0.0.0.0", port, vec![one_chain(filter)])
 }
 
-/// `<address>_<port>`: TCP to one service's cluster.
-pub fn tcp_port(address: &str, port: u32, cluster: &str) -> Listener {
+/// `<address>_<port>`: TCP to one service (its cluster, or where its `tcp` route says).
+pub fn tcp_port(address: &str, port: u32, filter: Filter) -> Listener {
     let name = format!("{address}_{port}");
-    let filter = tcp_proxy(cluster, cluster);
-    bound_by_capture(name, address, port, filter)
+    bound_by_capture(name, address, port, vec![one_chain(filter)])
+}
+
+fn one_chain(filter: Filter) -> FilterChain {
+    FilterChain {
+        filters: vec![filter],
+        ..Default::default()
+    }
 }
 
 /// A listener no socket is opened for: `virtualOutbound` hands it its connections.
-fn bound_by_capture(name: String, address: &str, port: u32, filter: Filter) -> Listener {
+pub(super) fn bound_by_capture(
+    name: String,
+    address: &str,
+    port: u32,
+    filter_chains: Vec<FilterChain>,
+) -> Listener {
     Listener {
         name,
         address: Some(socket(address, port)),
         bind_to_port: Some(BoolValue { value: false }),
         traffic_direction: TrafficDirection::Outbound as i32,
-        filter_chains: vec![FilterChain {
-            filters: vec![filter],
-            ..Default::default()
-        }],
+        filter_chains,
         ..Default::default()
     }
 }

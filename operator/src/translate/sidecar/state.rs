@@ -7,15 +7,17 @@ use capstan_xds::{Resource, Role, Selector, Update, type_url};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 
 use super::inbound::{self, Served};
-use super::{VIRTUAL_INBOUND, VIRTUAL_OUTBOUND, inbound_cluster_name, outbound};
+use super::{VIRTUAL_INBOUND, VIRTUAL_OUTBOUND, inbound_cluster_name, outbound, stream};
 use crate::model::service::Origin;
 use crate::model::{Mesh, Problem, Service};
-use crate::translate::cluster_name;
+use capstan_crds::ProtocolClass;
 
 /// How a host uses one of its ports, outbound.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum PortUse {
     Http,
+    /// TLS (HTTPS included): told apart by SNI.
+    Tls,
     /// The addresses clients dial for it (none: only the port tells it apart).
     Tcp(Vec<String>),
 }
@@ -37,6 +39,9 @@ pub struct CaptureState {
     workloads: BTreeMap<String, BTreeSet<String>>,
     /// The listeners built per port, and each workload's inbound ports.
     port_listeners: BTreeMap<u32, BTreeSet<String>>,
+    /// Per port, the hosts its routes send to besides its own (a change to one of them
+    /// rebuilds the port).
+    port_destinations: BTreeMap<u32, BTreeSet<String>>,
     inbound: BTreeMap<String, BTreeMap<u32, Served>>,
     /// Inbound port → how many workloads serve it (its cluster exists while any does).
     inbound_clusters: BTreeMap<u32, usize>,
@@ -87,7 +92,8 @@ impl CaptureState {
         self.problems.values().flatten()
     }
 
-    /// Recounts `hosts` (changed, new or gone) and rebuilds the listeners that depend on them.
+    /// Recounts `hosts` (changed, new or gone) and rebuilds the listeners that depend on them:
+    /// their ports', their workloads', and those of ports whose routes send to them.
     pub fn update<'a>(
         &mut self,
         mesh: &Mesh,
@@ -97,20 +103,29 @@ impl CaptureState {
         let mut ports = BTreeSet::new();
         let mut workloads = BTreeSet::new();
         for host in hosts {
+            for (port, destinations) in &self.port_destinations {
+                if destinations.contains(host) {
+                    ports.insert(*port);
+                }
+            }
             let old = self.hosts.remove(host).unwrap_or_default();
             let new = mesh.services.get(host).map(host_use).unwrap_or_default();
-            for (port, _) in &old.ports {
-                if let Some(users) = self.ports.get_mut(port) {
-                    users.remove(host);
+            // A port's listeners read only how its hosts use it (and their routes, see
+            // `routes_changed`): an endpoint change leaves them be.
+            if old.ports != new.ports {
+                for (port, _) in &old.ports {
+                    if let Some(users) = self.ports.get_mut(port) {
+                        users.remove(host);
+                    }
+                    ports.insert(*port);
                 }
-                ports.insert(*port);
-            }
-            for (port, how) in &new.ports {
-                self.ports
-                    .entry(*port)
-                    .or_default()
-                    .insert(host.to_string(), how.clone());
-                ports.insert(*port);
+                for (port, how) in &new.ports {
+                    self.ports
+                        .entry(*port)
+                        .or_default()
+                        .insert(host.to_string(), how.clone());
+                    ports.insert(*port);
+                }
             }
             for address in &old.workloads {
                 if let Some(hosts) = self.workloads.get_mut(address) {
@@ -137,13 +152,39 @@ impl CaptureState {
         }
     }
 
+    /// Rebuilds the ports of the services `patterns` (the hosts of changed VirtualServices,
+    /// wildcards included) name: their `tcp` and `tls` routes may have changed.
+    pub fn routes_changed<'a>(
+        &mut self,
+        mesh: &Mesh,
+        patterns: impl IntoIterator<Item = &'a String>,
+        update: &mut Update,
+    ) {
+        let mut ports = BTreeSet::new();
+        for pattern in patterns {
+            let named = |host: &&String| crate::model::hostname::matches(pattern, host);
+            for host in self.hosts.keys().filter(named) {
+                ports.extend(self.hosts[host].ports.iter().map(|(p, _)| *p));
+            }
+        }
+        for port in ports {
+            self.rebuild_port(mesh, port, update);
+        }
+    }
+
     fn rebuild_port(&mut self, mesh: &Mesh, port: u32, update: &mut Update) {
-        let users = self.ports.get(&port).cloned().unwrap_or_default();
-        if users.is_empty() {
+        if self.ports.get(&port).is_some_and(BTreeMap::is_empty) {
             self.ports.remove(&port);
         }
         let mut problems = Vec::new();
-        let listeners = port_listeners(mesh, port, &users, &mut problems);
+        let no_users = BTreeMap::new();
+        let users = self.ports.get(&port).unwrap_or(&no_users);
+        let (listeners, destinations) = port_listeners(mesh, port, users, &mut problems);
+        if destinations.is_empty() {
+            self.port_destinations.remove(&port);
+        } else {
+            self.port_destinations.insert(port, destinations);
+        }
         let names: BTreeSet<String> = listeners.iter().map(|l| l.name.clone()).collect();
         for gone in self
             .port_listeners
@@ -244,8 +285,11 @@ fn host_use(service: &Service) -> HostUse {
             .ports
             .iter()
             .map(|p| {
+                let tls = p.protocol.is_some_and(|p| p.class() == ProtocolClass::Tls);
                 let how = if p.is_http() {
                     PortUse::Http
+                } else if tls {
+                    PortUse::Tls
                 } else {
                     let ips = service
                         .addresses
@@ -267,25 +311,47 @@ fn host_use(service: &Service) -> HostUse {
     }
 }
 
-/// The outbound listeners of `port`: one for its HTTP services, one per TCP service address,
-/// and one for a TCP service without an address when nothing else claims the port.
+/// The outbound listeners of `port`: one for its HTTP services, one for its TLS services
+/// (by SNI), one per TCP service address, and one for a TCP service without an address when
+/// nothing else claims the port; and the hosts their routes send to.
 fn port_listeners(
     mesh: &Mesh,
     port: u32,
     users: &BTreeMap<String, PortUse>,
     problems: &mut Vec<Problem>,
-) -> Vec<Listener> {
+) -> (Vec<Listener>, BTreeSet<String>) {
     let mut out = Vec::new();
+    let mut destinations = BTreeSet::new();
     let http = users.values().any(|u| *u == PortUse::Http);
+    let tls: Vec<&str> = users
+        .iter()
+        .filter(|(_, u)| **u == PortUse::Tls)
+        .map(|(h, _)| h.as_str())
+        .collect();
     if http {
         out.push(outbound::http_port(port));
+        for host in &tls {
+            report(
+                mesh,
+                host,
+                problems,
+                format!(
+                    "TLS port {port} is also an HTTP port of other services; its connections are \
+                 served as HTTP, not by SNI"
+                ),
+            );
+        }
+    } else if !tls.is_empty() {
+        let built = stream::tls_listener(mesh, port, &tls, problems);
+        destinations.extend(built.destinations);
+        out.push(built.value);
     }
+    let wildcard_taken = http || !tls.is_empty();
     let mut claimed: BTreeMap<String, &str> = BTreeMap::new();
     for (host, how) in users {
         let PortUse::Tcp(addresses) = how else {
             continue;
         };
-        let cluster = cluster_name(port, "", host);
         let wildcard = ["0.0.0.0".to_string()];
         let addresses = if addresses.is_empty() {
             &wildcard[..]
@@ -293,14 +359,15 @@ fn port_listeners(
             &addresses[..]
         };
         for address in addresses {
-            if address == "0.0.0.0" && http {
+            if address == "0.0.0.0" && wildcard_taken {
                 report(
                     mesh,
                     host,
                     problems,
                     format!(
-                        "TCP port {port} has no address to tell it apart from the HTTP services on \
-                     port {port}; give the service an address (ServiceEntry `addresses`)"
+                        "TCP port {port} has no address to tell it apart from the HTTP or TLS \
+                     services on port {port}; give the service an address (ServiceEntry \
+                     `addresses`)"
                     ),
                 );
                 continue;
@@ -318,10 +385,12 @@ fn port_listeners(
                 continue;
             }
             claimed.insert(address.clone(), host);
-            out.push(outbound::tcp_port(address, port, &cluster));
+            let built = stream::tcp_filter(mesh, host, port, problems);
+            destinations.extend(built.destinations);
+            out.push(outbound::tcp_port(address, port, built.value));
         }
     }
-    out
+    (out, destinations)
 }
 
 fn report(mesh: &Mesh, host: &str, problems: &mut Vec<Problem>, message: String) {

@@ -195,3 +195,137 @@ fn listener_modes_read_from_flags() {
     assert_eq!("direct".parse(), Ok(ListenerMode::Direct));
     assert!("iptables".parse::<ListenerMode>().is_err());
 }
+
+fn tcp_clusters(listener: &Listener) -> Vec<(String, u32)> {
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
+    let chain = &listener.filter_chains[0];
+    let Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any)) =
+        &chain.filters[0].config_type
+    else {
+        panic!("no typed config");
+    };
+    let proxy = TcpProxy::decode(any.value.as_slice()).expect("a tcp proxy");
+    match proxy.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(c)) => vec![(c, 100)],
+        Some(ClusterSpecifier::WeightedClusters(w)) => {
+            w.clusters.into_iter().map(|c| (c.name, c.weight)).collect()
+        }
+        None => Vec::new(),
+    }
+}
+
+#[test]
+fn tcp_routes_split_a_services_listener() {
+    let yaml = format!(
+        "{MESH}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: db, namespace: bookinfo}}
+spec:
+  host: db.bookinfo.svc.cluster.local
+  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: bookinfo}}
+spec:
+  hosts: [db.bookinfo.svc.cluster.local]
+  tcp:
+  - match: [{{port: 5432}}]
+    route:
+    - {{destination: {{host: db.bookinfo.svc.cluster.local, subset: v1}}, weight: 80}}
+    - {{destination: {{host: db.bookinfo.svc.cluster.local, subset: v2}}, weight: 20}}
+"
+    );
+    let (listeners, _) = served(&yaml, &sidecar("10.9.9.9"));
+    assert_eq!(
+        tcp_clusters(&listeners["240.0.0.5_5432"]),
+        vec![
+            (
+                "outbound|5432|v1|db.bookinfo.svc.cluster.local".to_string(),
+                80
+            ),
+            (
+                "outbound|5432|v2|db.bookinfo.svc.cluster.local".to_string(),
+                20
+            )
+        ]
+    );
+    // A route bound to a gateway only leaves the sidecars alone.
+    let gateway_only = yaml.replace(
+        "  hosts: [db.bookinfo.svc.cluster.local]\n  tcp:",
+        "  hosts: [db.bookinfo.svc.cluster.local]\n  gateways: [gw]\n  tcp:",
+    );
+    let (listeners, _) = served(&gateway_only, &sidecar("10.9.9.9"));
+    assert_eq!(
+        tcp_clusters(&listeners["240.0.0.5_5432"]),
+        vec![(
+            "outbound|5432||db.bookinfo.svc.cluster.local".to_string(),
+            100
+        )]
+    );
+}
+
+#[test]
+fn tls_hosts_share_a_port_by_sni() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: apis, namespace: default}
+spec:
+  hosts: [api.example.com, "*.storage.example.com"]
+  ports: [{number: 443, name: https, protocol: HTTPS}]
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.example.com]
+  tls:
+  - match: [{sniHosts: [api.example.com]}]
+    route: [{destination: {host: "eu.storage.example.com"}}]
+"#;
+    let (listeners, _) = served(yaml, &sidecar("10.9.9.9"));
+    let listener = &listeners["0.0.0.0_443"];
+    assert_eq!(
+        listener.listener_filters[0].name,
+        "envoy.filters.listener.tls_inspector"
+    );
+    let names: Vec<(Vec<String>, String)> = listener
+        .filter_chains
+        .iter()
+        .map(|c| {
+            let names = c
+                .filter_chain_match
+                .as_ref()
+                .map(|m| m.server_names.clone())
+                .unwrap_or_default();
+            (names, c.name.clone())
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            (
+                vec!["*.storage.example.com".to_string()],
+                "outbound|443||*.storage.example.com".to_string()
+            ),
+            (
+                vec!["api.example.com".to_string()],
+                "outbound|443||api.example.com".to_string()
+            ),
+            (Vec::new(), PASSTHROUGH.to_string()),
+        ]
+    );
+    // The tls route sends api.example.com's connections elsewhere.
+    let api = Listener {
+        filter_chains: vec![listener.filter_chains[1].clone()],
+        ..Default::default()
+    };
+    assert_eq!(
+        tcp_clusters(&api),
+        vec![("outbound|443||eu.storage.example.com".to_string(), 100)]
+    );
+}

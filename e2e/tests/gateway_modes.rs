@@ -1,0 +1,406 @@
+//! The Gateway server TLS modes beyond SIMPLE, MUTUAL and PASSTHROUGH, through a real gateway
+//! Envoy and real TLS clients: OPTIONAL_MUTUAL (a client certificate checked when sent),
+//! AUTO_PASSTHROUGH (the east-west gateway: forwarded unread by Istio's SNI, no
+//! VirtualService) and ISTIO_MUTUAL (the gateway's workload certificate and the mesh roots
+//! from a real `capstan agent`, a mesh workload's Envoy on the other side). Logs:
+//! `<target>/debug/e2e-logs/<test name>/` (the ISTIO_MUTUAL test's dir has a short name: its
+//! agents' Unix sockets live there). Runs in a network namespace of its own, as
+//! e2e/tests/gateway.rs does.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use capstan_ca::SpiffeId;
+use capstan_e2e::agent::{self, Agent, AgentSpec, StaticEnvoy, client_bootstrap};
+use capstan_e2e::capstan::Capstan;
+use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy, loopback};
+use capstan_e2e::fixtures::reviews_vs_header_match;
+use capstan_e2e::gateway_mesh::{
+    GatewayMesh, INGRESS_LABELS, gateway_port, shop, start_gateway, with_agent_sds,
+};
+use capstan_e2e::http::HttpClient;
+use capstan_e2e::locate::{capstan_bin, envoy_bin};
+use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv, start_reviews};
+use capstan_e2e::tls_pki::{
+    TestCa, connector, connector_any_name, connector_with_alpn, https_get, served_certificate,
+};
+use capstan_e2e::upstreams::{UpstreamTls, Upstreams};
+
+capstan_e2e::private_network!();
+
+const UPSTREAM_BIN: &str = env!("CARGO_BIN_EXE_capstan-upstream");
+
+/// The sum of the gateway listeners' counters named `ssl.<name>`.
+async fn ssl_stat(envoy: &Envoy, name: &str) -> anyhow::Result<u64> {
+    let stats = envoy
+        .stats(&format!(r"^listener\..*\.ssl\.{name}$"))
+        .await?;
+    Ok(stats.values().sum())
+}
+
+/// A Gateway in istio-system with one HTTPS server on `port` for every host, with `tls`.
+fn https_gateway(port: u16, tls: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: ingress, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: https, protocol: HTTPS}}
+    hosts: [\"*\"]
+    tls: {tls}
+"
+    )
+}
+
+/// OPTIONAL_MUTUAL: the client CA is configured, yet a client without a certificate gets
+/// through; one with a certificate from that CA too; one presenting another CA's
+/// certificate is refused at the handshake (and Envoy counts a verification failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_mutual_admits_clients_without_a_certificate_and_checks_those_sent()
+-> anyhow::Result<()> {
+    let certs = tempfile::tempdir()?;
+    let ca = TestCa::new(certs.path(), "ingress")?;
+    let server = ca.server("shop", &["shop.example.com"])?;
+    let clients = TestCa::new(certs.path(), "clients")?;
+    let member = clients.client("member", "spiffe://example.com/ns/shop/sa/buyer")?;
+    let stranger = TestCa::new(certs.path(), "stranger")?;
+    let foreign = stranger.client("foreign", "spiffe://example.com/ns/shop/sa/buyer")?;
+    let port = gateway_port();
+    let path = |p: &Path| p.display().to_string();
+    let tls = format!(
+        "{{mode: OPTIONAL_MUTUAL, serverCertificate: {}, privateKey: {}, caCertificates: {}}}",
+        path(&server.cert),
+        path(&server.key),
+        path(&clients.cert_path)
+    );
+    let mesh = GatewayMesh::start(
+        "optional_mutual_admits_clients_without_a_certificate_and_checks_those_sent",
+        Path::new(UPSTREAM_BIN),
+        &format!("{}---\n{}", https_gateway(port, &tls), shop("v2")),
+    )
+    .await?;
+    let addr = mesh.listening(port).await?;
+
+    let anonymous = connector(&ca.cert_pem, None)?;
+    let reply = capstan_e2e::wait_until(
+        "HTTPS without a client certificate",
+        CONFIG_TIMEOUT,
+        async || {
+            https_get(&anonymous, addr, "shop.example.com", "/reviews/1")
+                .await?
+                .upstream_reply()
+        },
+    )
+    .await?;
+    ensure!(reply.version == "v2", "no certificate: reached {reply:?}");
+
+    let with_member = connector(&ca.cert_pem, Some(&member))?;
+    let reply = https_get(&with_member, addr, "shop.example.com", "/reviews/1")
+        .await?
+        .upstream_reply()
+        .context("a certificate from the client CA")?;
+    ensure!(
+        reply.version == "v2",
+        "member certificate: reached {reply:?}"
+    );
+
+    let failures = ssl_stat(&mesh.gateway, "fail_verify_error").await?;
+    let refused = https_get(
+        &connector(&ca.cert_pem, Some(&foreign))?,
+        addr,
+        "shop.example.com",
+        "/reviews/1",
+    )
+    .await;
+    ensure!(
+        refused.is_err(),
+        "a certificate from another CA got {:?}",
+        refused.map(|r| r.status)
+    );
+    let after = ssl_stat(&mesh.gateway, "fail_verify_error").await?;
+    ensure!(
+        after > failures,
+        "the gateway counted no verification failure ({failures} -> {after})"
+    );
+    mesh.gateway.ensure_no_rejected_updates().await
+}
+
+/// Istio's SNI for a cluster (`outbound_.<port>_.<subset>_.<host>`).
+fn istio_sni(port: u16, subset: &str, host: &str) -> String {
+    format!("outbound_.{port}_.{subset}_.{host}")
+}
+
+/// AUTO_PASSTHROUGH with no VirtualService: a client speaking Istio's mTLS ALPN with the SNI
+/// of a mesh cluster reaches that cluster (the whole service, or the subset the SNI names)
+/// and completes its handshake with the upstream's own certificate, which the gateway does
+/// not hold; a host capstan does not know, or a client without Istio's ALPN, gets no chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_passthrough_forwards_by_istio_sni_without_decrypting() -> anyhow::Result<()> {
+    capstan_e2e::netns::network_up()?;
+    let env = TestEnv::new("auto_passthrough_forwards_by_istio_sni_without_decrypting")?;
+    let host = "secure.shop.svc.cluster.local";
+    let snis = ["", "a", "b"].map(|subset| istio_sni(443, subset, host));
+    let certs = tempfile::tempdir()?;
+    let ca = TestCa::new(certs.path(), "workloads")?;
+    let sni_refs: Vec<&str> = snis.iter().map(String::as_str).collect();
+    let upstream_cert = ca.server("secure", &sni_refs)?;
+    let any: SocketAddr = "127.0.0.1:0".parse()?;
+    let upstreams = Upstreams::start_with_tls(
+        Path::new(UPSTREAM_BIN),
+        &[],
+        &[("secure", "a", any), ("secure", "b", any)],
+        Some(&UpstreamTls {
+            cert: upstream_cert.cert.clone(),
+            key: upstream_cert.key.clone(),
+            client_ca: None,
+        }),
+        &env.log_dir,
+        "upstreams",
+    )
+    .await?;
+    let port = gateway_port();
+    env.write_config(
+        "east-west.yaml",
+        &format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: secure, namespace: shop}}
+spec:
+  hosts: [{host}]
+  location: MESH_INTERNAL
+  ports: [{{number: 443, name: tls, protocol: TLS}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{tls: {a}}}, labels: {{version: a}}}}
+  - {{address: 127.0.0.1, ports: {{tls: {b}}}, labels: {{version: b}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: secure, namespace: shop}}
+spec:
+  host: {host}
+  subsets:
+  - {{name: a, labels: {{version: a}}}}
+  - {{name: b, labels: {{version: b}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: cross-network-gateway, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: tls, protocol: TLS}}
+    hosts: ["*.local"]
+    tls: {{mode: AUTO_PASSTHROUGH}}
+"#,
+            a = upstreams.port("secure", "a")?,
+            b = upstreams.port("secure", "b")?,
+        ),
+    )?;
+    let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
+    let gateway = start_gateway(&env, &capstan, AdsMode::Sotw).await?;
+    gateway
+        .wait_listener_port(&format!("0.0.0.0_{port}"), CONFIG_TIMEOUT)
+        .await?;
+    let addr = loopback(port);
+    // What a sidecar offers for HTTP over mTLS, and plain HTTP/1.1 for the upstream.
+    let mesh_client = connector_with_alpn(&ca.cert_pem, None, &["istio-http/1.1", "http/1.1"])?;
+
+    for (sni, version) in [(&snis[1], "a"), (&snis[2], "b")] {
+        let reply = capstan_e2e::wait_until(&format!("TLS to {sni}"), CONFIG_TIMEOUT, async || {
+            https_get(&mesh_client, addr, sni, "/")
+                .await?
+                .upstream_reply()
+        })
+        .await?;
+        ensure!(
+            (reply.service.as_str(), reply.version.as_str()) == ("secure", version),
+            "SNI {sni} reached {reply:?}"
+        );
+    }
+    let reply = https_get(&mesh_client, addr, &snis[0], "/")
+        .await?
+        .upstream_reply()?;
+    ensure!(
+        reply.service == "secure",
+        "SNI {} reached {reply:?}",
+        snis[0]
+    );
+    ensure!(
+        served_certificate(&mesh_client, addr, &snis[0]).await? == upstream_cert.cert_der()?,
+        "the client was not shown the upstream's own certificate"
+    );
+
+    let unknown = istio_sni(443, "", "unknown.shop.svc.cluster.local");
+    let refused = https_get(&mesh_client, addr, &unknown, "/").await;
+    ensure!(
+        refused.is_err(),
+        "an SNI of no known host got {:?}",
+        refused.map(|r| r.status)
+    );
+    let plain_tls = https_get(&connector(&ca.cert_pem, None)?, addr, &snis[1], "/").await;
+    ensure!(
+        plain_tls.is_err(),
+        "a client without Istio's ALPN got {:?}",
+        plain_tls.map(|r| r.status)
+    );
+    drop(upstreams);
+    gateway.ensure_no_rejected_updates().await
+}
+
+/// An agent, with a certificate valid for an hour, for `id`.
+fn spec<'a>(name: &'a str, id: &'a SpiffeId, token: &'a str) -> AgentSpec<'a> {
+    AgentSpec {
+        name,
+        namespace: &id.namespace,
+        service_account: &id.service_account,
+        token,
+        cert_ttl: "1h",
+        extra_args: &[],
+    }
+}
+
+const GATEWAY_SAN: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway";
+
+/// ISTIO_MUTUAL: the gateway Envoy (bootstrapped like Istio's gateway pods, with cluster
+/// `sds-grpc` to a real `capstan agent`) terminates TLS with its workload certificate and
+/// requires a client certificate the mesh roots certify. A mesh workload (its own agent
+/// and Envoy, which checks the gateway's SPIFFE id) is routed; a client without a
+/// certificate, or with one another CA issued for the same identity, is refused, and Envoy
+/// counts why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_mutual_terminates_with_the_agents_workload_certificate() -> anyhow::Result<()> {
+    capstan_e2e::netns::network_up()?;
+    let env = TestEnv::new("gateway_istio_mutual")?;
+    let _upstreams = start_reviews(
+        &env,
+        Path::new(UPSTREAM_BIN),
+        &reviews_vs_header_match("jason", "v2", "v1"),
+    )
+    .await?;
+    let port = gateway_port();
+    env.write_config(
+        "gateway.yaml",
+        &format!(
+            "{}---\n{}",
+            https_gateway(port, "{mode: ISTIO_MUTUAL}"),
+            shop("v2")
+        ),
+    )?;
+    let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
+    let gateway_id = SpiffeId::new("cluster.local", "istio-system", "istio-ingressgateway");
+    let client_id = SpiffeId::new("cluster.local", "bookinfo", "productpage");
+    let ca = agent::TestCa::start(
+        &env.log_dir,
+        "mesh-ca",
+        &[
+            ("gateway-token", gateway_id.clone()),
+            ("client-token", client_id.clone()),
+        ],
+        Duration::from_secs(3600),
+    )
+    .await?;
+    let capstan_bin = capstan_bin()?;
+    let gateway_agent = Agent::start(
+        &capstan_bin,
+        &ca.target(),
+        &env.log_dir,
+        &spec("gw-agent", &gateway_id, "gateway-token"),
+    )
+    .await?;
+    let bootstrap = with_agent_sds(
+        &Bootstrap::gateway(AdsMode::Sotw, capstan.xds_port, INGRESS_LABELS),
+        &gateway_agent.sds_socket,
+    );
+    let envoy_bin = envoy_bin()?;
+    let gateway = Envoy::start_json(&envoy_bin, &bootstrap, &env.log_dir, "gateway", None).await?;
+    // The listener warms until both secrets have come over SDS.
+    gateway
+        .wait_listener_port(&format!("0.0.0.0_{port}"), CONFIG_TIMEOUT)
+        .await
+        .with_context(|| format!("logs in {}", env.log_dir.display()))?;
+    let addr = loopback(port);
+
+    let client_agent = Agent::start(
+        &capstan_bin,
+        &ca.target(),
+        &env.log_dir,
+        &spec("client-agent", &client_id, "client-token"),
+    )
+    .await?;
+    let workload = StaticEnvoy::start(
+        &envoy_bin,
+        &client_bootstrap(&client_agent.sds_socket, GATEWAY_SAN, port),
+        &env.log_dir,
+        "client-envoy",
+    )
+    .await?;
+    let mut client = HttpClient::new(loopback(workload.wait_listener_port("plain").await?));
+    let reply = capstan_e2e::wait_until(
+        "a mesh workload through the gateway",
+        CONFIG_TIMEOUT,
+        async || {
+            client
+                .get("shop.example.com", "/reviews/1", &[])
+                .await?
+                .upstream_reply()
+        },
+    )
+    .await?;
+    ensure!(reply.version == "v2", "the mesh workload reached {reply:?}");
+
+    // The certificate the gateway presents chains to the mesh root and names the gateway.
+    let anonymous = connector_any_name(&ca.workload_root_pem, None)?;
+    let leaf = served_certificate(&anonymous, addr, "shop.example.com").await?;
+    ensure!(
+        leaf.windows(GATEWAY_SAN.len())
+            .any(|w| w == GATEWAY_SAN.as_bytes()),
+        "the gateway's certificate does not name {GATEWAY_SAN}"
+    );
+
+    let no_cert = ssl_stat(&gateway, "fail_verify_no_cert").await?;
+    let refused = https_get(&anonymous, addr, "shop.example.com", "/reviews/1").await;
+    ensure!(
+        refused.is_err(),
+        "a client without a certificate got {:?}",
+        refused.map(|r| r.status)
+    );
+    let after = ssl_stat(&gateway, "fail_verify_no_cert").await?;
+    ensure!(
+        after > no_cert,
+        "no missing certificate counted ({no_cert} -> {after})"
+    );
+
+    let certs = tempfile::tempdir()?;
+    let rogue = TestCa::new(certs.path(), "rogue")?;
+    let forged = rogue.client("forged", &client_id.to_string())?;
+    let failures = ssl_stat(&gateway, "fail_verify_error").await?;
+    let refused = https_get(
+        &connector_any_name(&ca.workload_root_pem, Some(&forged))?,
+        addr,
+        "shop.example.com",
+        "/reviews/1",
+    )
+    .await;
+    ensure!(
+        refused.is_err(),
+        "a certificate from outside the mesh got {:?}",
+        refused.map(|r| r.status)
+    );
+    let after = ssl_stat(&gateway, "fail_verify_error").await?;
+    ensure!(
+        after > failures,
+        "no verification failure counted ({failures} -> {after})"
+    );
+
+    client
+        .get("shop.example.com", "/reviews/1", &[])
+        .await?
+        .upstream_reply()
+        .context("the mesh workload after the refusals")?;
+    gateway.ensure_no_rejected_updates().await
+}

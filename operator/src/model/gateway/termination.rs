@@ -1,0 +1,192 @@
+//! The TLS an HTTPS server terminates: its certificate, and which client certificates it
+//! asks for, per `tls.mode` as istiod builds them.
+
+use capstan_crds::networking::gateway::{self as api, ServerTlsMode};
+
+use super::{ClientCa, Credential, ServerCertificate, TlsTermination};
+
+/// Istio's name of a mode, for problems.
+fn mode_name(mode: ServerTlsMode) -> &'static str {
+    match mode {
+        ServerTlsMode::Passthrough => "PASSTHROUGH",
+        ServerTlsMode::Simple => "SIMPLE",
+        ServerTlsMode::Mutual => "MUTUAL",
+        ServerTlsMode::AutoPassthrough => "AUTO_PASSTHROUGH",
+        ServerTlsMode::IstioMutual => "ISTIO_MUTUAL",
+        ServerTlsMode::OptionalMutual => "OPTIONAL_MUTUAL",
+    }
+}
+
+/// The termination of an HTTPS server, or `None` (reported) when it asks for what is not
+/// served yet.
+pub(super) fn terminate(
+    tls: Option<&api::ServerTlsSettings>,
+    field: &str,
+    report: &mut impl FnMut(String, String),
+) -> Option<TlsTermination> {
+    let Some(tls) = tls else {
+        report(
+            format!("{field}.tls"),
+            "an HTTPS server needs tls settings; this server is not served".into(),
+        );
+        return None;
+    };
+    let mode = tls.mode.unwrap_or_default();
+    match mode {
+        ServerTlsMode::IstioMutual => return Some(istio_mutual(tls, field, report)),
+        ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {}
+        ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough => {
+            report(
+                format!("{field}.tls.mode"),
+                format!(
+                    "{} does not terminate TLS; this server is not served",
+                    mode_name(mode)
+                ),
+            );
+            return None;
+        }
+    }
+    let name = mode_name(mode);
+    let mut unapplied = |setting: &str, set: bool| {
+        if set {
+            report(
+                format!("{field}.tls.{setting}"),
+                format!("{setting} is not applied yet; the rest of the TLS settings are"),
+            );
+        }
+    };
+    unapplied("tlsCertificates", !tls.tls_certificates.is_empty());
+    unapplied("caCrl", !tls.ca_crl.is_empty());
+    unapplied(
+        "verifyCertificateSpki",
+        !tls.verify_certificate_spki.is_empty(),
+    );
+    unapplied(
+        "verifyCertificateHash",
+        !tls.verify_certificate_hash.is_empty(),
+    );
+    unapplied("minProtocolVersion", tls.min_protocol_version.is_some());
+    unapplied("maxProtocolVersion", tls.max_protocol_version.is_some());
+    unapplied("cipherSuites", !tls.cipher_suites.is_empty());
+    let verifies = matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual);
+    if verifies && !tls.ca_cert_credential_name.is_empty() {
+        // Serving another CA than the one named would accept the wrong clients.
+        report(
+            format!("{field}.tls.caCertCredentialName"),
+            "caCertCredentialName is not applied yet; this server is not served (put the CA \
+             in Secret <credentialName>-cacert)"
+                .into(),
+        );
+        return None;
+    }
+    let credentials: Vec<Credential> = if tls.credential_name.is_empty() {
+        let field = |k| format!("{field}.tls.credentialNames[{k}]");
+        (tls.credential_names.iter().enumerate())
+            .map(|(k, name)| Credential {
+                name: name.clone(),
+                field: field(k),
+            })
+            .collect()
+    } else {
+        vec![Credential {
+            name: tls.credential_name.clone(),
+            field: format!("{field}.tls.credentialName"),
+        }]
+    };
+    // Validation allows one source of certificates: a credential, or files.
+    let (certificate, client_ca) = match credentials.first() {
+        Some(first) => {
+            let ca = verifies.then(|| ClientCa::Secret(first.name.clone()));
+            (ServerCertificate::Secrets(credentials), ca)
+        }
+        None => {
+            if tls.server_certificate.is_empty() || tls.private_key.is_empty() {
+                report(
+                    format!("{field}.tls.serverCertificate"),
+                    format!(
+                        "{name} needs credentialName, or serverCertificate and privateKey; this \
+                         server is not served"
+                    ),
+                );
+                return None;
+            }
+            if verifies && tls.ca_certificates.is_empty() {
+                report(
+                    format!("{field}.tls.caCertificates"),
+                    format!(
+                        "{name} needs caCertificates to verify clients; this server is not served"
+                    ),
+                );
+                return None;
+            }
+            let files = ServerCertificate::Files {
+                certificate: tls.server_certificate.clone(),
+                private_key: tls.private_key.clone(),
+            };
+            (
+                files,
+                verifies.then(|| ClientCa::File(tls.ca_certificates.clone())),
+            )
+        }
+    };
+    Some(TlsTermination {
+        certificate,
+        client_ca,
+        // Envoy asks every client for a certificate and checks one that is sent; only the
+        // refusal of a client sending none is left out.
+        client_certificate_optional: mode == ServerTlsMode::OptionalMutual,
+        subject_alt_names: if verifies {
+            tls.subject_alt_names.clone()
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+/// `ISTIO_MUTUAL`: the gateway's own workload certificate, and clients must present one the
+/// mesh's roots certify (both from the proxy's agent, as istiod has it). Validation forbids
+/// certificates and credentials with this mode.
+fn istio_mutual(
+    tls: &api::ServerTlsSettings,
+    field: &str,
+    report: &mut impl FnMut(String, String),
+) -> TlsTermination {
+    // istiod applies these to SIMPLE, MUTUAL and OPTIONAL_MUTUAL servers only.
+    let ignored = [
+        ("minProtocolVersion", tls.min_protocol_version.is_some()),
+        ("maxProtocolVersion", tls.max_protocol_version.is_some()),
+        ("cipherSuites", !tls.cipher_suites.is_empty()),
+        (
+            "verifyCertificateSpki",
+            !tls.verify_certificate_spki.is_empty(),
+        ),
+        (
+            "verifyCertificateHash",
+            !tls.verify_certificate_hash.is_empty(),
+        ),
+        (
+            "caCertCredentialName",
+            !tls.ca_cert_credential_name.is_empty(),
+        ),
+    ];
+    for (setting, set) in ignored {
+        if set {
+            report(
+                format!("{field}.tls.{setting}"),
+                format!("{setting} is ignored with ISTIO_MUTUAL, as istiod ignores it"),
+            );
+        }
+    }
+    if !tls.ca_crl.is_empty() {
+        report(
+            format!("{field}.tls.caCrl"),
+            "caCrl is not applied yet; the rest of the TLS settings are".into(),
+        );
+    }
+    TlsTermination {
+        certificate: ServerCertificate::Workload,
+        client_ca: Some(ClientCa::MeshRoots),
+        client_certificate_optional: false,
+        subject_alt_names: tls.subject_alt_names.clone(),
+    }
+}

@@ -1,0 +1,178 @@
+//! The TCP and TLS ports of a sidecar's outbound side: where a VirtualService's `tcp` or `tls`
+//! route takes the mesh's connections (a split by weight, a subset), else straight to the
+//! service. TLS is routed by the client hello's SNI, never decrypted.
+
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+};
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::weighted_cluster::ClusterWeight;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::{
+    ClusterSpecifier, WeightedCluster,
+};
+use envoy_types::util::pack_any;
+
+use super::outbound;
+use super::{PASSTHROUGH, tcp_proxy};
+use crate::model::stream_routes::{Destination, StreamRoute};
+use crate::model::{Mesh, Problem};
+use crate::translate::cluster_name;
+use crate::translate::route::cluster_for;
+
+/// A filter and the hosts it sends to (a change to one of them rebuilds it).
+pub struct Built<T> {
+    pub value: T,
+    pub destinations: Vec<String>,
+}
+
+/// The first route of `routes` that takes the mesh's connections on `port`.
+fn mesh_route<'a>(
+    routes: &'a [StreamRoute],
+    port: u32,
+    sni: Option<&str>,
+) -> Option<&'a StreamRoute> {
+    routes.iter().find(|route| {
+        route.matches.is_empty()
+            || route.matches.iter().any(|m| {
+                m.port.is_none_or(|p| p == port)
+                    && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+                    && sni.is_none_or(|name| m.sni_hosts.iter().any(|s| s == name))
+            })
+    })
+}
+
+/// A TCP proxy to `destinations` (weighted when several with a weight), `None` when every
+/// weight is 0.
+fn to_destinations(
+    mesh: &Mesh,
+    port: u32,
+    destinations: &[Destination],
+    stat_prefix: &str,
+) -> Option<Built<Filter>> {
+    let live: Vec<&Destination> = if destinations.len() > 1 {
+        destinations.iter().filter(|d| d.weight > 0).collect()
+    } else {
+        destinations.iter().collect()
+    };
+    let cluster = |d: &Destination| cluster_for(mesh, &d.host, d.subset.as_deref(), d.port, port);
+    let specifier = match live.as_slice() {
+        [] => return None,
+        [only] => ClusterSpecifier::Cluster(cluster(only)),
+        several => ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: several
+                .iter()
+                .map(|d| ClusterWeight {
+                    name: cluster(d),
+                    weight: d.weight,
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+    };
+    let proxy = TcpProxy {
+        stat_prefix: stat_prefix.to_string(),
+        cluster_specifier: Some(specifier),
+        ..Default::default()
+    };
+    Some(Built {
+        value: Filter {
+            name: "envoy.filters.network.tcp_proxy".to_string(),
+            config_type: Some(FilterConfig::TypedConfig(pack_any(proxy))),
+        },
+        destinations: live.iter().map(|d| d.host.clone()).collect(),
+    })
+}
+
+/// The filter for `host`'s TCP port: its VirtualService's `tcp` route for the mesh, else its
+/// own cluster.
+pub fn tcp_filter(
+    mesh: &Mesh,
+    host: &str,
+    port: u32,
+    problems: &mut Vec<Problem>,
+) -> Built<Filter> {
+    let own = cluster_name(port, "", host);
+    if let Some(vs) = mesh.virtual_service_for(host)
+        && let Some(route) = mesh_route(&vs.tcp, port, None)
+    {
+        match to_destinations(mesh, port, &route.destinations, &own) {
+            Some(built) => return built,
+            None => problems.push(no_weight(&vs.origin, "spec.tcp")),
+        }
+    }
+    Built {
+        value: tcp_proxy(&own, &own),
+        destinations: Vec::new(),
+    }
+}
+
+/// `0.0.0.0_<port>` for TLS services: a chain per SNI name — a VirtualService's `tls` route
+/// where one applies, else the host itself to its own cluster — and the rest passed through.
+pub fn tls_listener(
+    mesh: &Mesh,
+    port: u32,
+    hosts: &[&str],
+    problems: &mut Vec<Problem>,
+) -> Built<Listener> {
+    let mut chains = Vec::new();
+    let mut destinations = Vec::new();
+    for host in hosts {
+        let own = cluster_name(port, "", host);
+        let routed = mesh.virtual_service_for(host).and_then(|vs| {
+            let route = mesh_route(&vs.tls, port, Some(host))?;
+            let built = to_destinations(mesh, port, &route.destinations, &own);
+            if built.is_none() {
+                problems.push(no_weight(&vs.origin, "spec.tls"));
+            }
+            built
+        });
+        let filter = match routed {
+            Some(built) => {
+                destinations.extend(built.destinations);
+                built.value
+            }
+            None => tcp_proxy(&own, &own),
+        };
+        chains.push(FilterChain {
+            name: own.clone(),
+            filter_chain_match: Some(FilterChainMatch {
+                server_names: vec![host.to_string()],
+                ..Default::default()
+            }),
+            filters: vec![filter],
+            ..Default::default()
+        });
+    }
+    // Names no service has go where they were headed (Istio's ALLOW_ANY).
+    chains.push(FilterChain {
+        name: PASSTHROUGH.to_string(),
+        filters: vec![tcp_proxy(PASSTHROUGH, PASSTHROUGH)],
+        ..Default::default()
+    });
+    let mut listener =
+        outbound::bound_by_capture(format!("0.0.0.0_{port}"), "0.0.0.0", port, chains);
+    listener.listener_filters = vec![ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".to_string(),
+        config_type: Some(ListenerFilterConfig::TypedConfig(pack_any(
+            TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }];
+    Built {
+        value: listener,
+        destinations,
+    }
+}
+
+fn no_weight(object: &capstan_crds::ObjectKey, field: &str) -> Problem {
+    Problem {
+        object: object.clone(),
+        field: field.to_string(),
+        message: "a route has no destination with a weight above 0; the service's own cluster \
+                  takes its connections"
+            .to_string(),
+    }
+}
