@@ -50,6 +50,8 @@ pub struct DestinationRule {
     pub subsets: Vec<Subset>,
     /// Its traffic policy (top level and per subset); `None` when it sets none.
     pub traffic_policy: Option<std::sync::Arc<traffic_policy::Policies>>,
+    /// The namespaces whose proxies it applies to (`exportTo`).
+    pub export_to: service::ExportTo,
 }
 
 /// A VirtualService's HTTP routing with its hosts resolved.
@@ -59,9 +61,11 @@ pub struct VirtualService {
     pub hosts: Vec<String>,
     pub gateways: Vec<String>,
     pub http: Vec<routing::HttpRoute>,
-    /// Served on gateways only (sidecars have no listener per port yet).
+    /// Served on gateways, and on sidecars with capture-mode listeners.
     pub tcp: Vec<stream_routes::StreamRoute>,
     pub tls: Vec<stream_routes::StreamRoute>,
+    /// The namespaces whose sidecars it routes (`exportTo`).
+    pub export_to: service::ExportTo,
 }
 
 impl VirtualService {
@@ -336,6 +340,7 @@ impl Mesh {
                         http,
                         tcp,
                         tls,
+                        export_to: service::ExportTo::parse(&vs.spec.export_to, &key.namespace),
                     },
                 );
             }
@@ -437,6 +442,7 @@ impl Mesh {
                             .collect(),
                         traffic_policy: traffic_policy::Policies::from_api(&dr.spec)
                             .map(std::sync::Arc::new),
+                        export_to: service::ExportTo::parse(&dr.spec.export_to, &key.namespace),
                     })
                 }
                 Some(existing) => {

@@ -78,9 +78,12 @@ pub struct HttpMatch {
     pub port: Option<u32>,
     /// Overrides the VirtualService's gateways for this match; empty: no override.
     pub gateways: Vec<String>,
-    /// The match selects by the calling workload (`sourceLabels`, `sourceNamespace`), which
-    /// translation cannot honour yet and reports.
-    pub by_source: bool,
+    /// The calling proxy's namespace must be this one (`sourceNamespace`); sidecars of
+    /// other namespaces skip the match.
+    pub source_namespace: Option<String>,
+    /// The match selects by the calling workload's labels (`sourceLabels`), which translation
+    /// cannot honour yet and reports.
+    pub source_labels: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,7 +236,8 @@ fn http_match(m: &api::HttpMatchRequest) -> HttpMatch {
         query_params: map(&m.query_params),
         port: (m.port != 0).then_some(m.port),
         gateways: m.gateways.clone(),
-        by_source: !m.source_labels.is_empty() || !m.source_namespace.is_empty(),
+        source_namespace: non_empty(&m.source_namespace),
+        source_labels: !m.source_labels.is_empty(),
     }
 }
 

@@ -83,20 +83,24 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                     traffic_policy(&field, policy, &mut not_applied);
                 }
             }
-            if !spec.export_to.is_empty() {
-                not_applied("spec.exportTo".into(), "exportTo (visible everywhere)");
-            }
             if spec.workload_selector.is_some() {
                 not_applied("spec.workloadSelector".into(), "workloadSelector");
             }
         }
         IstioObject::VirtualService(vs) => {
             let spec = &vs.spec;
-            if !spec.export_to.is_empty() {
-                not_applied("spec.exportTo".into(), "exportTo (visible everywhere)");
+            let exported_everywhere =
+                spec.export_to.is_empty() || spec.export_to.iter().any(|e| e == "*");
+            let gateways = spec.gateways.iter().any(|g| g != "mesh");
+            if !exported_everywhere && (gateways || !spec.tcp.is_empty() || !spec.tls.is_empty()) {
+                not_applied(
+                    "spec.exportTo".into(),
+                    "exportTo on gateways and on tcp/tls routes (it limits sidecars' HTTP \
+                     routes only)",
+                );
             }
             // The http routes' retries, fault, mirrors, headers and corsPolicy are applied
-            // (docs/traffic-routes.md); sourceLabels/sourceNamespace matches are reported
+            // (docs/traffic-routes.md); sourceLabels (and sourceNamespace on gateways) are reported
             // by translation, per match.
             for (i, http) in spec.http.iter().enumerate() {
                 let field = |name: &str| format!("spec.http[{i}].{name}");

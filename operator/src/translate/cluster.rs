@@ -24,7 +24,9 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::google::protobuf::Duration;
 use envoy_types::util::pack_any;
 
-use super::{ServiceCluster, ads_config_source, endpoint, service_clusters_of};
+use super::{
+    RuleScope, ServiceCluster, ads_config_source, endpoint, rule_scopes, service_clusters_in,
+};
 use crate::model::traffic_policy::Policy;
 use crate::model::{Mesh, Resolution, Service};
 
@@ -52,15 +54,19 @@ pub struct ClusterVariant {
     pub cluster: Cluster,
 }
 
-/// The clusters of one service.
+/// The clusters of one service, per scope of its DestinationRule (`rule_scopes`).
 pub fn clusters_of(mesh: &Mesh, service: &Service) -> Vec<ClusterVariant> {
-    service_clusters_of(mesh, service)
-        .flat_map(|c| {
+    let mut out = Vec::new();
+    for scope in rule_scopes(mesh, &service.host) {
+        for c in service_clusters_in(mesh, service, scope.with_rule) {
             let port = c.port.number;
-            let (name, cluster) = cluster(mesh, c);
-            locality_variants(mesh, service, port, name, cluster)
-        })
-        .collect()
+            let (name, cluster) = cluster_in(mesh, c, scope.with_rule);
+            out.extend(locality_variants(
+                mesh, service, port, name, cluster, &scope,
+            ));
+        }
+    }
+    out
 }
 
 /// A cluster that carries its endpoints (DNS) once per locality its proxies can be told
@@ -71,8 +77,9 @@ fn locality_variants(
     port: u32,
     name: String,
     cluster: Cluster,
+    scope: &RuleScope,
 ) -> Vec<ClusterVariant> {
-    let policy = policy_of(mesh, &service.host, subset_of(&name), port);
+    let policy = policy_in(mesh, &service.host, subset_of(&name), port, scope.with_rule);
     let outlier = policy.outlier_detection.is_some();
     let rules = policy
         .locality_lb()
@@ -80,7 +87,7 @@ fn locality_variants(
     let (Some(rules), Some(assignment)) = (rules, cluster.load_assignment.as_ref()) else {
         return vec![ClusterVariant {
             name,
-            key: endpoint::VariantKey::default(),
+            key: endpoint::VariantKey::in_scope(scope),
             cluster,
         }];
     };
@@ -88,7 +95,7 @@ fn locality_variants(
         .into_iter()
         .map(|(key, assignment)| ClusterVariant {
             name: name.clone(),
-            key,
+            key: key.scoped(scope),
             cluster: Cluster {
                 load_assignment: Some(assignment),
                 ..cluster.clone()
@@ -105,6 +112,21 @@ fn subset_of(name: &str) -> Option<&str> {
 /// The traffic policy of a cluster: its host's DestinationRule's, merged for the subset and
 /// port (none: every setting at istiod's default).
 pub(super) fn policy_of(mesh: &Mesh, host: &str, subset: Option<&str>, port: u32) -> Policy {
+    policy_in(mesh, host, subset, port, true)
+}
+
+/// [`policy_of`], or every setting at istiod's default when the rule is left out (for proxies
+/// of namespaces it is not exported to).
+pub(super) fn policy_in(
+    mesh: &Mesh,
+    host: &str,
+    subset: Option<&str>,
+    port: u32,
+    with_rule: bool,
+) -> Policy {
+    if !with_rule {
+        return Policy::default();
+    }
     mesh.destination_rules
         .get(host)
         .and_then(|dr| dr.traffic_policy.as_ref())
@@ -112,7 +134,12 @@ pub(super) fn policy_of(mesh: &Mesh, host: &str, subset: Option<&str>, port: u32
         .unwrap_or_default()
 }
 
+#[cfg(test)]
 fn cluster(mesh: &Mesh, spec: ServiceCluster<'_>) -> (String, Cluster) {
+    cluster_in(mesh, spec, true)
+}
+
+fn cluster_in(mesh: &Mesh, spec: ServiceCluster<'_>, with_rule: bool) -> (String, Cluster) {
     let ServiceCluster {
         name,
         service,
@@ -172,7 +199,7 @@ fn cluster(mesh: &Mesh, spec: ServiceCluster<'_>) -> (String, Cluster) {
         set_http2(&mut http_options);
     }
     let subset = subset_of(&name);
-    let policy = policy_of(mesh, &service.host, subset, port.number);
+    let policy = policy_in(mesh, &service.host, subset, port.number, with_rule);
     pool::apply(
         &mut cluster,
         &mut http_options,

@@ -19,7 +19,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 
-use super::{ServiceCluster, service_clusters_of};
+use super::{RuleScope, ServiceCluster, rule_scopes, service_clusters_in};
 use crate::index::Health;
 use crate::model::{Mesh, Port, Resolution, Service};
 
@@ -45,15 +45,27 @@ pub fn load_assignments(mesh: &Mesh) -> Vec<(String, ClusterLoadAssignment)> {
 
 /// The load assignments of one service: what an endpoint change of that service rebuilds.
 pub fn load_assignments_of(mesh: &Mesh, service: &Service) -> Vec<Assignment> {
-    service_clusters_of(mesh, service)
-        .filter(|c| c.service.resolution == Resolution::Static)
-        .flat_map(|c| eds_assignments(mesh, c))
-        .collect()
+    if service.resolution != Resolution::Static {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for scope in rule_scopes(mesh, &service.host) {
+        for c in service_clusters_in(mesh, service, scope.with_rule) {
+            out.extend(eds_assignments(mesh, c, &scope));
+        }
+    }
+    out
 }
 
-fn eds_assignments(mesh: &Mesh, c: ServiceCluster<'_>) -> Vec<Assignment> {
+fn eds_assignments(mesh: &Mesh, c: ServiceCluster<'_>, scope: &RuleScope) -> Vec<Assignment> {
     let base = load_assignment(&c.name, c.service, c.port, c.labels);
-    let policy = super::cluster::policy_of(mesh, &c.service.host, c.subset(), c.port.number);
+    let policy = super::cluster::policy_in(
+        mesh,
+        &c.service.host,
+        c.subset(),
+        c.port.number,
+        scope.with_rule,
+    );
     let outlier = policy.outlier_detection.is_some();
     match policy.locality_lb() {
         Some(rules) if locality::applies(&rules, outlier) => {
@@ -62,14 +74,14 @@ fn eds_assignments(mesh: &Mesh, c: ServiceCluster<'_>) -> Vec<Assignment> {
                 .into_iter()
                 .map(|(key, assignment)| Assignment {
                     name: c.name.clone(),
-                    key,
+                    key: key.scoped(scope),
                     assignment,
                 })
                 .collect()
         }
         _ => vec![Assignment {
             name: c.name,
-            key: VariantKey::default(),
+            key: VariantKey::in_scope(scope),
             assignment: base,
         }],
     }

@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use capstan_crds::ObjectKey;
 use capstan_xds::{Parts, Resource, Role, Selector, SnapshotBuilder, Update, type_url};
-use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use prost::Message;
 
 use super::sidecar::{CaptureState, ListenerMode};
@@ -36,8 +35,8 @@ type VirtualHostKey = (Group, String, u32);
 struct Segment {
     own: Parts,
     other: Parts,
-    /// For a namespace some of the group's hosts are exported to by name: what it reads
-    /// instead of `other` (the hosts exported to all, and those).
+    /// For a namespace some of the group's hosts are exported to by name, or whose sidecars
+    /// a VirtualService match names by `sourceNamespace`: what it reads instead of `other`.
     exported: BTreeMap<String, Parts>,
 }
 
@@ -54,6 +53,9 @@ struct VirtualHostEntry {
     destinations: Vec<String>,
     /// The namespaces whose proxies see it (the service's `exportTo`).
     visible: ExportTo,
+    /// The form the proxies of a namespace its VirtualService names by `sourceNamespace`
+    /// read instead (own or other domains, as for any namespace).
+    by_namespace: BTreeMap<String, Parts>,
 }
 
 pub struct Translator {
@@ -380,39 +382,39 @@ impl Translator {
             self.segments.remove(&group);
             return;
         }
-        let other = Parts::join(
-            entries
-                .iter()
-                .filter(|e| e.visible == ExportTo::All)
-                .map(|e| e.other.clone()),
-        );
+        // What proxies of `namespace` read of one virtual host (`None`: of a namespace no
+        // host or match names); nothing when it is not exported to them.
+        let form = |e: &VirtualHostEntry, namespace: Option<&str>| -> Option<Parts> {
+            if !e.visible.includes(namespace) {
+                return None;
+            }
+            if let Some(form) = namespace.and_then(|ns| e.by_namespace.get(ns)) {
+                return Some(form.clone());
+            }
+            let own = namespace.is_some() && group.as_deref() == namespace;
+            Some(if own { e.own.clone() } else { e.other.clone() })
+        };
+        let other = Parts::join(entries.iter().filter_map(|e| form(e, None)));
         // Hosts outside the cluster have no namespace whose variant reads them by bare name.
         let own = match &group {
-            Some(ns) => Parts::join(
-                entries
-                    .iter()
-                    .filter(|e| e.visible.includes(Some(ns)))
-                    .map(|e| e.own.clone()),
-            ),
+            Some(ns) => Parts::join(entries.iter().filter_map(|e| form(e, Some(ns)))),
             None => other.clone(),
         };
-        let named: BTreeSet<&String> = entries
+        let mut named: BTreeSet<&String> = entries
             .iter()
             .filter_map(|e| match &e.visible {
                 ExportTo::Namespaces(set) => Some(set),
                 ExportTo::All => None,
             })
             .flatten()
-            .filter(|ns| group.as_ref() != Some(*ns))
             .collect();
+        named.extend(entries.iter().flat_map(|e| e.by_namespace.keys()));
         let exported = named
             .into_iter()
+            .filter(|ns| group.as_ref() != Some(*ns))
             .map(|ns| {
-                let visible = entries
-                    .iter()
-                    .filter(|e| e.visible.includes(Some(ns)))
-                    .map(|e| e.other.clone());
-                (ns.clone(), Parts::join(visible))
+                let forms = entries.iter().filter_map(|e| form(e, Some(ns)));
+                (ns.clone(), Parts::join(forms))
             })
             .collect();
         self.segments.insert(
@@ -501,79 +503,6 @@ impl Translator {
     }
 }
 
-/// The virtual hosts of one service host, built from the mesh alone (so many can be built
-/// at once), with what installing them records.
-struct BuiltVirtualHosts {
-    entries: Vec<(u32, VirtualHostEntry)>,
-    virtual_service: Option<ObjectKey>,
-    problems: Vec<Problem>,
-}
-
-fn build_virtual_hosts(mesh: &Mesh, host: &str) -> Option<BuiltVirtualHosts> {
-    let service = mesh.services.get(host)?;
-    let virtual_service = mesh.virtual_service_for(host);
-    let destinations: Vec<String> = virtual_service
-        .map(|vs| {
-            let mut hosts: Vec<String> = vs
-                .http
-                .iter()
-                .flat_map(|h| h.destination_hosts())
-                .map(str::to_string)
-                .collect();
-            hosts.sort();
-            hosts.dedup();
-            hosts
-        })
-        .unwrap_or_default();
-    let mut problems = Vec::new();
-    let mut entries = Vec::new();
-    for (i, port) in route::http_ports(service).into_iter().enumerate() {
-        let routes = route::host_port_routes(mesh, service, port.number, &mut problems);
-        let domains = |same_namespace| {
-            route::candidate_domains(
-                host,
-                port.number,
-                i == 0,
-                same_namespace,
-                &mesh.domain_suffix,
-            )
-        };
-        let own_domains = domains(true);
-        let encode = |domains: Vec<String>| {
-            Parts::leaf(
-                RouteConfiguration {
-                    virtual_hosts: vec![VirtualHost {
-                        name: format!("{host}:{}", port.number),
-                        domains,
-                        routes: routes.clone(),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }
-                .encode_to_vec(),
-            )
-        };
-        let entry = VirtualHostEntry {
-            own: encode(own_domains.clone()),
-            other: encode(domains(false)),
-            domains: own_domains,
-            virtual_service: virtual_service.map(|vs| vs.origin.clone()),
-            destinations: destinations.clone(),
-            visible: service.export_to.clone(),
-        };
-        entries.push((port.number, entry));
-    }
-    Some(BuiltVirtualHosts {
-        entries,
-        virtual_service: virtual_service.map(|vs| vs.origin.clone()),
-        problems,
-    })
-}
-
-fn group_of(host: &str, domain_suffix: &str) -> Group {
-    hostname::local_namespace(host, domain_suffix).map(str::to_string)
-}
-
 /// Below this many hosts, building them on one thread is quicker than starting others.
 const PARALLEL_HOSTS: usize = 256;
 
@@ -617,11 +546,13 @@ fn per_host<'a, T: Send>(
 
 mod gateways;
 mod hosts;
+mod virtual_hosts;
 
 use gateways::GatewayState;
 #[cfg(test)]
 use hosts::host_resources;
 use hosts::{HostResources, build_hosts, encoded_assignments, replace_variants};
+use virtual_hosts::{BuiltVirtualHosts, build_virtual_hosts, group_of};
 
 #[cfg(test)]
 mod tests;

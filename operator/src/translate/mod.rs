@@ -21,6 +21,7 @@ use capstan_xds::SnapshotBuilder;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{AggregatedConfigSource, ApiVersion, ConfigSource};
 
+use crate::model::service::ExportTo;
 use crate::model::{Mesh, Port, Problem, Service};
 
 /// The name of the outbound HTTP listener and of its route configuration.
@@ -70,10 +71,45 @@ pub fn service_clusters(mesh: &Mesh) -> impl Iterator<Item = ServiceCluster<'_>>
         .flat_map(move |service| service_clusters_of(mesh, service))
 }
 
+/// Which proxies a host's clusters are built for, and whether with its DestinationRule: one
+/// scope for all (the rule applies to all, or there is none), or, for a rule exported to
+/// some namespaces only, one without it for all and one with it per such namespace.
+pub fn rule_scopes(mesh: &Mesh, host: &str) -> Vec<RuleScope> {
+    match mesh.destination_rules.get(host).map(|dr| &dr.export_to) {
+        Some(ExportTo::Namespaces(namespaces)) => std::iter::once(RuleScope::default())
+            .chain(namespaces.iter().map(|ns| RuleScope {
+                namespace: Some(ns.clone()),
+                with_rule: true,
+            }))
+            .collect(),
+        _ => vec![RuleScope {
+            namespace: None,
+            with_rule: true,
+        }],
+    }
+}
+
+/// See [`rule_scopes`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleScope {
+    /// `None`: every proxy.
+    pub namespace: Option<String>,
+    pub with_rule: bool,
+}
+
 /// The clusters of one service: per port, the whole service and each subset.
 pub fn service_clusters_of<'a>(
     mesh: &'a Mesh,
     service: &'a Service,
+) -> impl Iterator<Item = ServiceCluster<'a>> {
+    service_clusters_in(mesh, service, true)
+}
+
+/// [`service_clusters_of`], without the subsets when the rule is left out.
+pub fn service_clusters_in<'a>(
+    mesh: &'a Mesh,
+    service: &'a Service,
+    with_rule: bool,
 ) -> impl Iterator<Item = ServiceCluster<'a>> {
     {
         service.ports.iter().flat_map(move |port| {
@@ -83,15 +119,17 @@ pub fn service_clusters_of<'a>(
                 port,
                 labels: &NO_LABELS,
             };
-            let subsets = mesh
-                .subsets(&service.host)
-                .iter()
-                .map(move |subset| ServiceCluster {
-                    name: cluster_name(port.number, &subset.name, &service.host),
-                    service,
-                    port,
-                    labels: &subset.labels,
-                });
+            let subsets = if with_rule {
+                mesh.subsets(&service.host)
+            } else {
+                &[]
+            };
+            let subsets = subsets.iter().map(move |subset| ServiceCluster {
+                name: cluster_name(port.number, &subset.name, &service.host),
+                service,
+                port,
+                labels: &subset.labels,
+            });
             std::iter::once(whole).chain(subsets)
         })
     }

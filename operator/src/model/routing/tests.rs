@@ -140,23 +140,27 @@ fn empty_map_matches_mean_present() {
 }
 
 #[test]
-fn source_matches_are_flagged() {
-    let flagged = |http: &str| only_match(http).by_source;
-    assert!(flagged(
+fn source_matches_are_read() {
+    let labels = only_match(
         "  - match: [{sourceLabels: {app: productpage}}]
     route: [{destination: {host: reviews}}]
-"
-    ));
-    assert!(flagged(
+",
+    );
+    assert!(labels.source_labels);
+    assert_eq!(labels.source_namespace, None);
+    let namespace = only_match(
         "  - match: [{sourceNamespace: frontend}]
     route: [{destination: {host: reviews}}]
-"
-    ));
-    assert!(!flagged(
+",
+    );
+    assert_eq!(namespace.source_namespace.as_deref(), Some("frontend"));
+    assert!(!namespace.source_labels);
+    let neither = only_match(
         "  - match: [{uri: {prefix: /}}]
     route: [{destination: {host: reviews}}]
-"
-    ));
+",
+    );
+    assert!(!neither.source_labels && neither.source_namespace.is_none());
 }
 
 #[test]

@@ -22,6 +22,8 @@ use crate::model::traffic_policy::LocalityLb;
 pub struct VariantKey {
     pub labels: Vec<(String, String)>,
     pub locality: Vec<String>,
+    /// The namespace whose proxies a DestinationRule exported by name applies to.
+    pub namespace: Option<String>,
 }
 
 impl VariantKey {
@@ -29,8 +31,20 @@ impl VariantKey {
         let parts: Vec<&str> = self.locality.iter().map(String::as_str).collect();
         Selector {
             labels: self.labels.iter().cloned().collect(),
+            namespace: self.namespace.as_deref().map(Into::into),
             ..Selector::locality(&parts)
         }
+    }
+
+    /// The key for every proxy of `scope`.
+    pub fn in_scope(scope: &crate::translate::RuleScope) -> Self {
+        Self::default().scoped(scope)
+    }
+
+    /// This key narrowed to the proxies of `scope`.
+    pub fn scoped(mut self, scope: &crate::translate::RuleScope) -> Self {
+        self.namespace = scope.namespace.clone();
+        self
     }
 }
 
@@ -79,6 +93,7 @@ pub fn variants(
             locality_prefixes.iter().map(|locality| VariantKey {
                 labels: labels.clone(),
                 locality: locality.clone(),
+                namespace: None,
             })
         })
         .collect();
@@ -110,11 +125,11 @@ pub fn variants(
 fn ancestors(key: &VariantKey) -> impl Iterator<Item = VariantKey> + '_ {
     let labels = (0..key.labels.len()).rev().map(|len| VariantKey {
         labels: key.labels[..len].to_vec(),
-        locality: key.locality.clone(),
+        ..key.clone()
     });
     let localities = (0..key.locality.len()).rev().map(|len| VariantKey {
-        labels: key.labels.clone(),
         locality: key.locality[..len].to_vec(),
+        ..key.clone()
     });
     labels.chain(localities)
 }

@@ -2,6 +2,8 @@
 //! its virtual hosts), and AUTO_PASSTHROUGH gateways (every service under their hosts). Built
 //! incrementally as a full build, and as the one-piece generator builds them.
 
+use std::collections::BTreeSet;
+
 use capstan_crds::Kind;
 use capstan_xds::{ProxyInfo, SnapshotCache, type_index};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
@@ -123,5 +125,254 @@ spec:
         istio(&entry("billing", "finance", "[\"*\"]")),
         istio(&entry("ledger", "audit", "[\"*\"]")),
         delete(Kind::ServiceEntry, "finance", "billing"),
+    ]);
+}
+
+const REVIEWS: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews.bookinfo.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1, labels: {version: v1}}, {address: 10.0.0.2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  host: reviews.bookinfo.svc.cluster.local
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+";
+
+fn by_source(namespace: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: bookinfo}}
+spec:
+  hosts: [reviews.bookinfo.svc.cluster.local]
+  http:
+  - match: [{{sourceNamespace: {namespace}}}]
+    route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: v2}}}}]
+  - route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: v1}}}}]
+"
+    )
+}
+
+/// The clusters the routes of `reviews` send proxies of `namespace` to, in order.
+fn reviews_clusters(mesh: &Mesh, namespace: Option<&str>) -> Vec<String> {
+    use envoy_types::pb::envoy::config::route::v3::route::Action;
+    use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+    let cache = SnapshotCache::new();
+    cache.replace(Translator::new(options()).full(mesh));
+    let state = cache.current();
+    let proxy = ProxyInfo {
+        namespace: namespace.map(Into::into),
+        ..ProxyInfo::default()
+    };
+    let index = type_index(type_url::ROUTE).expect("RDS");
+    let resource = state
+        .snapshot
+        .resource_for(index, OUTBOUND_HTTP, &proxy)
+        .expect("routes");
+    let config = RouteConfiguration::decode(resource.body()).expect("decodes");
+    config
+        .virtual_hosts
+        .iter()
+        .filter(|vh| vh.name.starts_with("reviews."))
+        .flat_map(|vh| &vh.routes)
+        .filter_map(|r| match &r.action {
+            Some(Action::Route(a)) => match &a.cluster_specifier {
+                Some(ClusterSpecifier::Cluster(c)) => Some(c.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn source_namespace_matches_route_only_their_namespaces_sidecars() {
+    let mut index = Index::new();
+    for document in REVIEWS.split("---\n").chain([by_source("shop").as_str()]) {
+        index.handle(istio(document));
+    }
+    let (mesh, problems) = Mesh::build(&index, "cluster.local");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_routes_decode_as_route_configurations(&mesh);
+    let v1 = "outbound|9080|v1|reviews.bookinfo.svc.cluster.local";
+    let v2 = "outbound|9080|v2|reviews.bookinfo.svc.cluster.local";
+    assert_eq!(reviews_clusters(&mesh, Some("shop")), vec![v2, v1]);
+    assert_eq!(reviews_clusters(&mesh, Some("bookinfo")), vec![v1]);
+    assert_eq!(reviews_clusters(&mesh, Some("elsewhere")), vec![v1]);
+    assert_eq!(reviews_clusters(&mesh, None), vec![v1]);
+    // The namespace the service lives in, too.
+    let mut index = Index::new();
+    for document in REVIEWS
+        .split("---\n")
+        .chain([by_source("bookinfo").as_str()])
+    {
+        index.handle(istio(document));
+    }
+    let (mesh, _) = Mesh::build(&index, "cluster.local");
+    assert_routes_decode_as_route_configurations(&mesh);
+    assert_eq!(reviews_clusters(&mesh, Some("bookinfo")), vec![v2, v1]);
+    assert_eq!(reviews_clusters(&mesh, Some("shop")), vec![v1]);
+}
+
+#[test]
+fn source_namespace_updates_match_a_full_build() {
+    let mut steps: Vec<_> = REVIEWS.split("---\n").map(istio).collect();
+    steps.extend([
+        istio(&by_source("shop")),
+        istio(&by_source("bookinfo")),
+        istio(&by_source("marketing")),
+        delete(Kind::VirtualService, "bookinfo", "reviews"),
+    ]);
+    check(steps);
+}
+
+fn exported_vs(export_to: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: bookinfo}}
+spec:
+  hosts: [reviews.bookinfo.svc.cluster.local]
+  exportTo: {export_to}
+  http:
+  - match: [{{sourceNamespace: shop}}]
+    route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: v1}}}}]
+  - route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: v2}}}}]
+"
+    )
+}
+
+#[test]
+fn a_virtual_service_routes_only_the_sidecars_it_is_exported_to() {
+    let mut index = Index::new();
+    for document in REVIEWS.split("---\n").chain([exported_vs("[.]").as_str()]) {
+        index.handle(istio(document));
+    }
+    let (mesh, problems) = Mesh::build(&index, "cluster.local");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_routes_decode_as_route_configurations(&mesh);
+    let whole = "outbound|9080||reviews.bookinfo.svc.cluster.local";
+    let v1 = "outbound|9080|v1|reviews.bookinfo.svc.cluster.local";
+    let v2 = "outbound|9080|v2|reviews.bookinfo.svc.cluster.local";
+    assert_eq!(reviews_clusters(&mesh, Some("bookinfo")), vec![v2]);
+    // `shop` is named by a match, but the VirtualService is not exported there.
+    assert_eq!(reviews_clusters(&mesh, Some("shop")), vec![whole]);
+    assert_eq!(reviews_clusters(&mesh, Some("elsewhere")), vec![whole]);
+    assert_eq!(reviews_clusters(&mesh, None), vec![whole]);
+
+    let mut index = Index::new();
+    for document in REVIEWS
+        .split("---\n")
+        .chain([exported_vs("[., shop]").as_str()])
+    {
+        index.handle(istio(document));
+    }
+    let (mesh, _) = Mesh::build(&index, "cluster.local");
+    assert_routes_decode_as_route_configurations(&mesh);
+    assert_eq!(reviews_clusters(&mesh, Some("shop")), vec![v1, v2]);
+    assert_eq!(reviews_clusters(&mesh, Some("elsewhere")), vec![whole]);
+}
+
+#[test]
+fn virtual_service_export_to_updates_match_a_full_build() {
+    let mut steps: Vec<_> = REVIEWS.split("---\n").map(istio).collect();
+    steps.extend([
+        istio(&exported_vs("[.]")),
+        istio(&exported_vs("[., shop]")),
+        istio(&exported_vs("[\"*\"]")),
+        istio(&exported_vs("[\"~\"]")),
+        delete(Kind::VirtualService, "bookinfo", "reviews"),
+    ]);
+    check(steps);
+}
+
+fn exported_dr(export_to: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: bookinfo}}
+spec:
+  host: reviews.bookinfo.svc.cluster.local
+  exportTo: {export_to}
+  trafficPolicy: {{loadBalancer: {{simple: RANDOM}}}}
+  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
+"
+    )
+}
+
+/// The clusters of reviews proxies of `namespace` get, with their load balancer.
+fn reviews_cluster_policies(mesh: &Mesh, namespace: Option<&str>) -> Vec<(String, i32)> {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    let cache = SnapshotCache::new();
+    cache.replace(Translator::new(options()).full(mesh));
+    let state = cache.current();
+    let proxy = ProxyInfo {
+        namespace: namespace.map(Into::into),
+        ..ProxyInfo::default()
+    };
+    let index = type_index(type_url::CLUSTER).expect("CDS");
+    state
+        .snapshot
+        .view(index, &proxy)
+        .filter(|r| r.name().contains("reviews"))
+        .map(|r| {
+            let cluster = Cluster::decode(r.body()).expect("decodes");
+            (cluster.name, cluster.lb_policy)
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn a_destination_rule_applies_only_to_the_namespaces_it_is_exported_to() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+    let service_entry = REVIEWS.split("---\n").next().expect("the ServiceEntry");
+    let mut index = Index::new();
+    for document in [service_entry, exported_dr("[.]").as_str()] {
+        index.handle(istio(document));
+    }
+    let (mesh, problems) = Mesh::build(&index, "cluster.local");
+    assert!(problems.is_empty(), "{problems:?}");
+    let name = |subset: &str| format!("outbound|9080|{subset}|reviews.bookinfo.svc.cluster.local");
+    let random = LbPolicy::Random as i32;
+    let least_request = LbPolicy::LeastRequest as i32;
+    // Its own namespace: the rule's subsets and policy.
+    assert_eq!(
+        reviews_cluster_policies(&mesh, Some("bookinfo")),
+        // By name: `|v1|` and `|v2|` sort before `||`.
+        vec![
+            (name("v1"), random),
+            (name("v2"), random),
+            (name(""), random)
+        ]
+    );
+    // Anyone else: the service as if there were no rule (istiod's defaults, no subsets).
+    for other in [Some("shop"), None] {
+        assert_eq!(
+            reviews_cluster_policies(&mesh, other),
+            vec![(name(""), least_request)],
+            "{other:?}"
+        );
+    }
+}
+
+#[test]
+fn destination_rule_export_to_updates_match_a_full_build() {
+    let service_entry = REVIEWS.split("---\n").next().expect("the ServiceEntry");
+    check(vec![
+        istio(service_entry),
+        istio(&exported_dr("[.]")),
+        istio(&exported_dr("[., shop]")),
+        istio(&exported_dr("[\"*\"]")),
+        istio(&exported_dr("[shop]")),
+        delete(Kind::DestinationRule, "bookinfo", "reviews"),
     ]);
 }

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use capstan_crds::parse_single;
 use capstan_xds::{SnapshotCache, TYPES};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
 use super::*;
 use crate::index::{

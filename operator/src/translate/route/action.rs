@@ -45,7 +45,8 @@ pub const NO_TIMEOUT: Duration = Duration {
 /// of one Gateway, as (namespace, name).
 #[derive(Debug, Clone, Copy)]
 pub enum Binding<'a> {
-    Mesh,
+    /// Sidecars; of one namespace when some match names its `sourceNamespace`.
+    Mesh(Option<&'a str>),
     Gateway(&'a str, &'a str),
 }
 
@@ -53,7 +54,7 @@ impl Binding<'_> {
     /// Whether a match's `gateways` (as written in a VirtualService of `namespace`) name this.
     fn named_in(self, gateways: &[String], namespace: &str) -> bool {
         match self {
-            Binding::Mesh => gateways.iter().any(|g| g == "mesh"),
+            Binding::Mesh(_) => gateways.iter().any(|g| g == "mesh"),
             Binding::Gateway(ns, name) => {
                 crate::model::gateway::names(gateways, namespace, (ns, name))
             }
@@ -61,14 +62,16 @@ impl Binding<'_> {
     }
 }
 
-/// The Envoy routes of `vs` for requests arriving for service port `port`, in order.
+/// The Envoy routes of `vs` for requests arriving for service port `port` from sidecars of
+/// `namespace` (`None`: of a namespace no match names), in order.
 pub fn routes(
     mesh: &Mesh,
     vs: &VirtualService,
     port: u32,
+    namespace: Option<&str>,
     problems: &mut Vec<Problem>,
 ) -> Vec<Route> {
-    routes_bound(mesh, vs, port, Binding::Mesh, problems)
+    routes_bound(mesh, vs, port, Binding::Mesh(namespace), problems)
 }
 
 /// [`routes`] for the proxies of `binding`: a match naming other gateways is left out.
@@ -98,15 +101,32 @@ pub fn routes_bound(
                 if !m.gateways.is_empty() && !binding.named_in(&m.gateways, &vs.origin.namespace) {
                     continue;
                 }
-                if m.by_source {
+                if m.source_labels {
                     problems.push(Problem {
                         object: vs.origin.clone(),
-                        field: format!("{field}.match[{j}]"),
-                        message: "sourceLabels and sourceNamespace matches are not supported yet; \
-                                  this match is not served"
+                        field: format!("{field}.match[{j}].sourceLabels"),
+                        message: "sourceLabels matches are not supported yet; this match is not \
+                                  served"
                             .into(),
                     });
                     continue;
+                }
+                if let Some(wanted) = &m.source_namespace {
+                    match binding {
+                        Binding::Mesh(namespace) if namespace == Some(wanted.as_str()) => {}
+                        // Another namespace's sidecars: the match is not theirs.
+                        Binding::Mesh(_) => continue,
+                        Binding::Gateway(..) => {
+                            problems.push(Problem {
+                                object: vs.origin.clone(),
+                                field: format!("{field}.match[{j}].sourceNamespace"),
+                                message: "sourceNamespace matches are not applied on gateways \
+                                          yet; this match is not served there"
+                                    .into(),
+                            });
+                            continue;
+                        }
+                    }
                 }
             }
             out.push(Route {

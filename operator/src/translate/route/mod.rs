@@ -14,7 +14,7 @@ mod retry;
 
 pub(super) use action::{Binding, cluster_for, routes_bound};
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
@@ -37,11 +37,14 @@ pub fn route_configurations(
     mesh: &Mesh,
 ) -> (Vec<(Option<String>, RouteConfiguration)>, Vec<Problem>) {
     let mut problems = Vec::new();
-    // Routes are built once per service port; only the domains differ between variants.
+    // Routes are built once per service port (and per namespace a match names by source);
+    // only the domains differ between variants.
     let mut entries = Vec::new();
+    let mut by_source: BTreeSet<String> = BTreeSet::new();
     for service in mesh.services.values() {
         for (i, port) in http_ports(service).into_iter().enumerate() {
             let routes = host_port_routes(mesh, service, port.number, &mut problems);
+            by_source.extend(routes.by_namespace.keys().cloned());
             entries.push(HostPort {
                 service,
                 namespace: hostname::local_namespace(&service.host, &mesh.domain_suffix),
@@ -65,6 +68,7 @@ pub fn route_configurations(
     let namespaces: BTreeSet<Option<&str>> = std::iter::once(None)
         .chain(entries.iter().filter_map(|e| e.namespace.map(Some)))
         .chain(exported_to)
+        .chain(by_source.iter().map(|ns| Some(ns.as_str())))
         .collect();
     let configs = namespaces
         .into_iter()
@@ -83,7 +87,7 @@ struct HostPort<'a> {
     namespace: Option<&'a str>,
     port: u32,
     first_port: bool,
-    routes: Vec<Route>,
+    routes: PortRoutes,
 }
 
 /// A service's HTTP ports, lowest first (the first also answers to names without a port).
@@ -93,17 +97,54 @@ pub(super) fn http_ports(service: &Service) -> Vec<&Port> {
     ports
 }
 
+/// The routes of a service port's virtual host: for sidecars of the namespaces its
+/// VirtualService's matches name by `sourceNamespace`, and for every other sidecar.
+pub(super) struct PortRoutes {
+    pub rest: Vec<Route>,
+    pub by_namespace: BTreeMap<String, Vec<Route>>,
+}
+
 /// The routes of a service port's virtual host: its VirtualService's, or one default route.
 pub(super) fn host_port_routes(
     mesh: &Mesh,
     service: &Service,
     port: u32,
     problems: &mut Vec<Problem>,
-) -> Vec<Route> {
-    match mesh.virtual_service_for(&service.host) {
-        Some(vs) => action::routes(mesh, vs, port, problems),
-        None => vec![default_route(service, port)],
-    }
+) -> PortRoutes {
+    let Some(vs) = mesh.virtual_service_for(&service.host) else {
+        return PortRoutes {
+            rest: vec![default_route(service, port)],
+            by_namespace: BTreeMap::new(),
+        };
+    };
+    // Sidecars of namespaces a match names by `sourceNamespace` get routes of their own; so
+    // do those of the namespaces a VirtualService exported by name is exported to, while
+    // every other sidecar routes as if there were none.
+    let mut named: BTreeSet<&str> = vs
+        .http
+        .iter()
+        .flat_map(|h| &h.matches)
+        .filter_map(|m| m.source_namespace.as_deref())
+        .collect();
+    let rest = match &vs.export_to {
+        ExportTo::All => action::routes(mesh, vs, port, None, problems),
+        ExportTo::Namespaces(exported) => {
+            named.extend(exported.iter().map(String::as_str));
+            // Its problems, said once, as for any VirtualService.
+            action::routes(mesh, vs, port, None, problems);
+            vec![default_route(service, port)]
+        }
+    };
+    let by_namespace = named
+        .into_iter()
+        .filter(|ns| vs.export_to.includes(Some(ns)))
+        .map(|ns| {
+            // The same problems as for the rest, said once.
+            let routes = action::routes(mesh, vs, port, Some(ns), &mut Vec::new());
+            (ns.to_string(), routes)
+        })
+        .collect();
+    PortRoutes { rest, by_namespace }
 }
 
 /// The route configuration without virtual hosts: name and settings.
@@ -129,10 +170,13 @@ fn config_for(
         .filter_map(|entry| {
             let same_namespace = entry.namespace.is_some() && entry.namespace == namespace;
             let domains = domains(entry, same_namespace, domain_suffix, &mut taken);
+            let routes = namespace
+                .and_then(|ns| entry.routes.by_namespace.get(ns))
+                .unwrap_or(&entry.routes.rest);
             (!domains.is_empty()).then(|| VirtualHost {
                 name: format!("{}:{}", entry.service.host, entry.port),
                 domains,
-                routes: entry.routes.clone(),
+                routes: routes.clone(),
                 ..Default::default()
             })
         })

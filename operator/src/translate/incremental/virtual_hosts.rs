@@ -1,0 +1,93 @@
+//! The virtual hosts of one service host, in the forms the route variants read them in.
+
+use capstan_crds::ObjectKey;
+use capstan_xds::Parts;
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
+use prost::Message;
+
+use super::{Group, VirtualHostEntry};
+use crate::model::{Mesh, Problem, hostname};
+use crate::translate::route;
+
+/// The virtual hosts of one service host, built from the mesh alone (so many can be built
+/// at once), with what installing them records.
+pub(super) struct BuiltVirtualHosts {
+    pub(super) entries: Vec<(u32, VirtualHostEntry)>,
+    pub(super) virtual_service: Option<ObjectKey>,
+    pub(super) problems: Vec<Problem>,
+}
+
+pub(super) fn build_virtual_hosts(mesh: &Mesh, host: &str) -> Option<BuiltVirtualHosts> {
+    let service = mesh.services.get(host)?;
+    let virtual_service = mesh.virtual_service_for(host);
+    let destinations: Vec<String> = virtual_service
+        .map(|vs| {
+            let mut hosts: Vec<String> = vs
+                .http
+                .iter()
+                .flat_map(|h| h.destination_hosts())
+                .map(str::to_string)
+                .collect();
+            hosts.sort();
+            hosts.dedup();
+            hosts
+        })
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    let mut entries = Vec::new();
+    for (i, port) in route::http_ports(service).into_iter().enumerate() {
+        let routes = route::host_port_routes(mesh, service, port.number, &mut problems);
+        let domains = |same_namespace| {
+            route::candidate_domains(
+                host,
+                port.number,
+                i == 0,
+                same_namespace,
+                &mesh.domain_suffix,
+            )
+        };
+        let own_domains = domains(true);
+        let encode = |domains: Vec<String>, routes: &Vec<Route>| {
+            Parts::leaf(
+                RouteConfiguration {
+                    virtual_hosts: vec![VirtualHost {
+                        name: format!("{host}:{}", port.number),
+                        domains,
+                        routes: routes.clone(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            )
+        };
+        let group = group_of(host, &mesh.domain_suffix);
+        let by_namespace = routes
+            .by_namespace
+            .iter()
+            .map(|(ns, routes)| {
+                let own = group.as_deref() == Some(ns.as_str());
+                (ns.clone(), encode(domains(own), routes))
+            })
+            .collect();
+        let entry = VirtualHostEntry {
+            own: encode(own_domains.clone(), &routes.rest),
+            other: encode(domains(false), &routes.rest),
+            by_namespace,
+            domains: own_domains,
+            virtual_service: virtual_service.map(|vs| vs.origin.clone()),
+            destinations: destinations.clone(),
+            visible: service.export_to.clone(),
+        };
+        entries.push((port.number, entry));
+    }
+    Some(BuiltVirtualHosts {
+        entries,
+        virtual_service: virtual_service.map(|vs| vs.origin.clone()),
+        problems,
+    })
+}
+
+pub(super) fn group_of(host: &str, domain_suffix: &str) -> Group {
+    hostname::local_namespace(host, domain_suffix).map(str::to_string)
+}
