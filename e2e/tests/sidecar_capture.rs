@@ -58,6 +58,38 @@ async fn call(address: SocketAddr, host: &str) -> anyhow::Result<UpstreamReply> 
     serde_json::from_slice(&response.body).context("an upstream's reply")
 }
 
+/// capstan in capture mode on `env`'s folder, and the sidecar (uid 1337, behind the capture)
+/// of the workload at `address`, with its inbound listener up.
+async fn capstan_and_captured_sidecar(
+    env: &TestEnv,
+    mode: AdsMode,
+    address: &str,
+) -> anyhow::Result<(Capstan, Envoy)> {
+    let capstan = Capstan::start_folder_with(
+        &env.config_dir,
+        &["--sidecar-listeners", "capture"],
+        &env.log_dir,
+        "capstan",
+    )
+    .await?;
+    let mut bootstrap = Bootstrap::new(mode, capstan.xds_port);
+    bootstrap.workload = "app-0".to_string();
+    bootstrap.address = address.to_string();
+    let envoy = Envoy::start_as(
+        &capstan_e2e::locate::envoy_bin()?,
+        &bootstrap,
+        &env.log_dir,
+        "sidecar",
+        capture::PROXY,
+    )
+    .await?;
+    envoy
+        .wait_listener_port("virtualInbound", CONFIG_TIMEOUT)
+        .await
+        .with_context(|| format!("logs in {}", env.log_dir.display()))?;
+    Ok((capstan, envoy))
+}
+
 struct CaptureMesh {
     envoy: Envoy,
     _capstan: Capstan,
@@ -84,28 +116,7 @@ async fn start(name: &str) -> anyhow::Result<CaptureMesh> {
         &service_entry("reviews", 10, 9080, "HTTP", &workload),
     )?;
     env.write_config("db.yaml", &service_entry("db", 20, 5432, "TCP", &workload))?;
-    let capstan = Capstan::start_folder_with(
-        &env.config_dir,
-        &["--sidecar-listeners", "capture"],
-        &env.log_dir,
-        "capstan",
-    )
-    .await?;
-    let mut bootstrap = Bootstrap::new(AdsMode::Sotw, capstan.xds_port);
-    bootstrap.workload = "reviews-v1-0".to_string();
-    bootstrap.address = workload;
-    let envoy = Envoy::start_as(
-        &capstan_e2e::locate::envoy_bin()?,
-        &bootstrap,
-        &env.log_dir,
-        "sidecar",
-        capture::PROXY,
-    )
-    .await?;
-    envoy
-        .wait_listener_port("virtualInbound", CONFIG_TIMEOUT)
-        .await
-        .with_context(|| format!("logs in {}", env.log_dir.display()))?;
+    let (capstan, envoy) = capstan_and_captured_sidecar(&env, AdsMode::Sotw, &workload).await?;
     Ok(CaptureMesh {
         envoy,
         _capstan: capstan,
@@ -253,24 +264,7 @@ async fn tcp_routes_and_tls_by_sni_on_sidecars() -> anyhow::Result<()> {
         "other.yaml",
         &https_entry("other.example.com", 8444, &address),
     )?;
-    let capstan = Capstan::start_folder_with(
-        &env.config_dir,
-        &["--sidecar-listeners", "capture"],
-        &env.log_dir,
-        "capstan",
-    )
-    .await?;
-    let mut bootstrap = Bootstrap::new(AdsMode::Delta, capstan.xds_port);
-    bootstrap.workload = "app-0".to_string();
-    bootstrap.address = address;
-    let envoy = Envoy::start_as(
-        &capstan_e2e::locate::envoy_bin()?,
-        &bootstrap,
-        &env.log_dir,
-        "sidecar",
-        capture::PROXY,
-    )
-    .await?;
+    let (_capstan, envoy) = capstan_and_captured_sidecar(&env, AdsMode::Delta, &address).await?;
     let log_dir = env.log_dir.clone();
     let logs = || format!("logs in {}", log_dir.display());
 

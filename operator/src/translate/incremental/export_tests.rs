@@ -39,8 +39,8 @@ fn export_to_updates_match_a_full_build() {
     ]);
 }
 
-/// The virtual host names proxies of `namespace` get.
-fn seen(mesh: &Mesh, namespace: Option<&str>) -> Vec<String> {
+/// The resources of `type_url` a full build of `mesh` serves proxies of `namespace`.
+fn served(mesh: &Mesh, namespace: Option<&str>, type_url: &str) -> Vec<capstan_xds::Resource> {
     let cache = SnapshotCache::new();
     cache.replace(Translator::new(options()).full(mesh));
     let state = cache.current();
@@ -48,13 +48,23 @@ fn seen(mesh: &Mesh, namespace: Option<&str>) -> Vec<String> {
         namespace: namespace.map(Into::into),
         ..ProxyInfo::default()
     };
-    let index = type_index(type_url::ROUTE).expect("RDS");
-    let resource = state
-        .snapshot
-        .resource_for(index, OUTBOUND_HTTP, &proxy)
+    let index = type_index(type_url).expect("a served type");
+    state.snapshot.view(index, &proxy).cloned().collect()
+}
+
+/// The outbound route configuration proxies of `namespace` get.
+fn routes(mesh: &Mesh, namespace: Option<&str>) -> RouteConfiguration {
+    let served = served(mesh, namespace, type_url::ROUTE);
+    let resource = served
+        .iter()
+        .find(|r| r.name() == OUTBOUND_HTTP)
         .expect("every proxy gets the routes");
-    RouteConfiguration::decode(resource.body())
-        .expect("decodes")
+    RouteConfiguration::decode(resource.body()).expect("decodes")
+}
+
+/// The virtual host names proxies of `namespace` get.
+fn seen(mesh: &Mesh, namespace: Option<&str>) -> Vec<String> {
+    routes(mesh, namespace)
         .virtual_hosts
         .into_iter()
         .map(|vh| vh.name)
@@ -160,24 +170,24 @@ spec:
     )
 }
 
+/// reviews with its subsets and `virtual_service`, checked: no problems, and the route
+/// variants decode as the one-piece generator builds them.
+fn reviews_mesh(virtual_service: &str) -> Mesh {
+    let mut index = Index::new();
+    for document in REVIEWS.split("---\n").chain([virtual_service]) {
+        index.handle(istio(document));
+    }
+    let (mesh, problems) = Mesh::build(&index, "cluster.local");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_routes_decode_as_route_configurations(&mesh);
+    mesh
+}
+
 /// The clusters the routes of `reviews` send proxies of `namespace` to, in order.
 fn reviews_clusters(mesh: &Mesh, namespace: Option<&str>) -> Vec<String> {
     use envoy_types::pb::envoy::config::route::v3::route::Action;
     use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
-    let cache = SnapshotCache::new();
-    cache.replace(Translator::new(options()).full(mesh));
-    let state = cache.current();
-    let proxy = ProxyInfo {
-        namespace: namespace.map(Into::into),
-        ..ProxyInfo::default()
-    };
-    let index = type_index(type_url::ROUTE).expect("RDS");
-    let resource = state
-        .snapshot
-        .resource_for(index, OUTBOUND_HTTP, &proxy)
-        .expect("routes");
-    let config = RouteConfiguration::decode(resource.body()).expect("decodes");
-    config
+    routes(mesh, namespace)
         .virtual_hosts
         .iter()
         .filter(|vh| vh.name.starts_with("reviews."))
@@ -194,13 +204,7 @@ fn reviews_clusters(mesh: &Mesh, namespace: Option<&str>) -> Vec<String> {
 
 #[test]
 fn source_namespace_matches_route_only_their_namespaces_sidecars() {
-    let mut index = Index::new();
-    for document in REVIEWS.split("---\n").chain([by_source("shop").as_str()]) {
-        index.handle(istio(document));
-    }
-    let (mesh, problems) = Mesh::build(&index, "cluster.local");
-    assert!(problems.is_empty(), "{problems:?}");
-    assert_routes_decode_as_route_configurations(&mesh);
+    let mesh = reviews_mesh(&by_source("shop"));
     let v1 = "outbound|9080|v1|reviews.bookinfo.svc.cluster.local";
     let v2 = "outbound|9080|v2|reviews.bookinfo.svc.cluster.local";
     assert_eq!(reviews_clusters(&mesh, Some("shop")), vec![v2, v1]);
@@ -208,15 +212,7 @@ fn source_namespace_matches_route_only_their_namespaces_sidecars() {
     assert_eq!(reviews_clusters(&mesh, Some("elsewhere")), vec![v1]);
     assert_eq!(reviews_clusters(&mesh, None), vec![v1]);
     // The namespace the service lives in, too.
-    let mut index = Index::new();
-    for document in REVIEWS
-        .split("---\n")
-        .chain([by_source("bookinfo").as_str()])
-    {
-        index.handle(istio(document));
-    }
-    let (mesh, _) = Mesh::build(&index, "cluster.local");
-    assert_routes_decode_as_route_configurations(&mesh);
+    let mesh = reviews_mesh(&by_source("bookinfo"));
     assert_eq!(reviews_clusters(&mesh, Some("bookinfo")), vec![v2, v1]);
     assert_eq!(reviews_clusters(&mesh, Some("shop")), vec![v1]);
 }
@@ -251,13 +247,7 @@ spec:
 
 #[test]
 fn a_virtual_service_routes_only_the_sidecars_it_is_exported_to() {
-    let mut index = Index::new();
-    for document in REVIEWS.split("---\n").chain([exported_vs("[.]").as_str()]) {
-        index.handle(istio(document));
-    }
-    let (mesh, problems) = Mesh::build(&index, "cluster.local");
-    assert!(problems.is_empty(), "{problems:?}");
-    assert_routes_decode_as_route_configurations(&mesh);
+    let mesh = reviews_mesh(&exported_vs("[.]"));
     let whole = "outbound|9080||reviews.bookinfo.svc.cluster.local";
     let v1 = "outbound|9080|v1|reviews.bookinfo.svc.cluster.local";
     let v2 = "outbound|9080|v2|reviews.bookinfo.svc.cluster.local";
@@ -267,15 +257,7 @@ fn a_virtual_service_routes_only_the_sidecars_it_is_exported_to() {
     assert_eq!(reviews_clusters(&mesh, Some("elsewhere")), vec![whole]);
     assert_eq!(reviews_clusters(&mesh, None), vec![whole]);
 
-    let mut index = Index::new();
-    for document in REVIEWS
-        .split("---\n")
-        .chain([exported_vs("[., shop]").as_str()])
-    {
-        index.handle(istio(document));
-    }
-    let (mesh, _) = Mesh::build(&index, "cluster.local");
-    assert_routes_decode_as_route_configurations(&mesh);
+    let mesh = reviews_mesh(&exported_vs("[., shop]"));
     assert_eq!(reviews_clusters(&mesh, Some("shop")), vec![v1, v2]);
     assert_eq!(reviews_clusters(&mesh, Some("elsewhere")), vec![whole]);
 }
@@ -310,17 +292,8 @@ spec:
 /// The clusters of reviews proxies of `namespace` get, with their load balancer.
 fn reviews_cluster_policies(mesh: &Mesh, namespace: Option<&str>) -> Vec<(String, i32)> {
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-    let cache = SnapshotCache::new();
-    cache.replace(Translator::new(options()).full(mesh));
-    let state = cache.current();
-    let proxy = ProxyInfo {
-        namespace: namespace.map(Into::into),
-        ..ProxyInfo::default()
-    };
-    let index = type_index(type_url::CLUSTER).expect("CDS");
-    state
-        .snapshot
-        .view(index, &proxy)
+    served(mesh, namespace, type_url::CLUSTER)
+        .iter()
         .filter(|r| r.name().contains("reviews"))
         .map(|r| {
             let cluster = Cluster::decode(r.body()).expect("decodes");
