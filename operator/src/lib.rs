@@ -11,6 +11,7 @@ pub mod identity;
 pub mod index;
 pub mod model;
 pub mod monitoring;
+pub mod pod_localities;
 pub mod proxy_status;
 pub mod reconcile;
 pub mod run;

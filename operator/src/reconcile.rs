@@ -9,6 +9,7 @@
 //! everything (and replaces the snapshot).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use capstan_crds::ObjectKey;
@@ -22,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::index::{Changes, Event, Index, IstioRecord, RecordKey};
 use crate::model::{Mesh, Problem, unsupported};
+use crate::pod_localities::PodLocalities;
 use crate::status::writer::{StatusItem, StatusSet, StatusWriter};
 use crate::status::{ConditionStatus, Desired, Reason};
 use crate::translate::{self, Translator};
@@ -143,6 +145,7 @@ pub struct Reconciler {
     queue: PushQueue,
     status: Option<StatusWriter>,
     metrics: ReconcileMetrics,
+    pod_localities: Arc<PodLocalities>,
 }
 
 impl Reconciler {
@@ -162,12 +165,20 @@ impl Reconciler {
             queue,
             status,
             metrics,
+            pod_localities: Arc::default(),
         }
     }
 
     /// Applies one source event to the index; nothing is rebuilt until [`Self::reconcile`].
     pub fn handle(&mut self, event: Event) -> Changes {
+        self.pod_localities.observe(&event);
         self.pipeline.index.handle(event)
+    }
+
+    /// Where pods run, kept from the events [`Self::handle`] gets: the cache's resolver for
+    /// proxies that send no locality.
+    pub fn pod_localities(&self) -> Arc<PodLocalities> {
+        self.pod_localities.clone()
     }
 
     /// Rebuilds what `changes` names and queues it for the proxies.

@@ -2,7 +2,9 @@
 //! stream when it changes.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
 use std::time::Instant;
 
 use tokio::sync::watch;
@@ -11,6 +13,7 @@ use crate::ads::wire::SotwResources;
 use crate::connections::Connections;
 use crate::history::{ChangeSet, History};
 use crate::metrics::Metrics;
+use crate::proxy::{ProxyInfo, ProxyResolver};
 use crate::resource::type_url;
 use crate::snapshot::{Snapshot, SnapshotBuilder, TYPES, Update};
 
@@ -101,6 +104,17 @@ struct Inner {
     nacks: Mutex<VecDeque<Nack>>,
     metrics: Metrics,
     connections: Connections,
+    resolver: RwLock<Option<Resolver>>,
+}
+
+/// What the control plane knows of proxies beyond their nodes.
+#[derive(Clone)]
+struct Resolver(Arc<dyn ProxyResolver>);
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProxyResolver")
+    }
 }
 
 impl Default for SnapshotCache {
@@ -122,8 +136,37 @@ impl SnapshotCache {
                 nacks: Mutex::new(VecDeque::new()),
                 metrics,
                 connections: Connections::new(),
+                resolver: RwLock::new(None),
             }),
         }
+    }
+
+    /// From now on, proxies that connect are completed by `resolver` (see [`ProxyResolver`]).
+    pub fn set_proxy_resolver(&self, resolver: Arc<dyn ProxyResolver>) {
+        let mut slot = self
+            .inner
+            .resolver
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = Some(Resolver(resolver));
+    }
+
+    /// Who the proxy of `node` is: what its node says, completed by the resolver, if any.
+    pub fn proxy_info(&self, node: &Node) -> ProxyInfo {
+        let mut proxy = ProxyInfo::from_node(node);
+        let resolver = self
+            .inner
+            .resolver
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(Resolver(resolver)) = resolver {
+            resolver.resolve(&mut proxy);
+            // A locality found this way is in its labels too, as one the node sent would be.
+            let labels = std::mem::take(&mut proxy.labels);
+            proxy.labels = proxy.locality.with_topology_labels(labels);
+        }
+        proxy
     }
 
     /// Applies `update`; costs time proportional to the update. Returns what took effect, or
@@ -240,5 +283,31 @@ mod tests {
         let nacks = cache.nacks();
         assert_eq!(nacks.len(), NACK_HISTORY);
         assert_eq!(nacks[0].node_id, "n5");
+    }
+
+    #[test]
+    fn a_resolver_completes_proxies_as_they_connect() {
+        struct Zones;
+        impl ProxyResolver for Zones {
+            fn resolve(&self, proxy: &mut ProxyInfo) {
+                if proxy.locality.region.is_empty() && proxy.pod_name() == Some("sleep-0") {
+                    proxy.locality = crate::proxy::Locality::parse("us-east-1/us-east-1a");
+                }
+            }
+        }
+        let cache = SnapshotCache::new();
+        let node = Node {
+            id: "sidecar~10.0.0.1~sleep-0.bookinfo~bookinfo.svc.cluster.local".into(),
+            ..Default::default()
+        };
+        assert_eq!(cache.proxy_info(&node).locality, Default::default());
+        cache.set_proxy_resolver(Arc::new(Zones));
+        let proxy = cache.proxy_info(&node);
+        assert_eq!(proxy.locality.zone, "us-east-1a");
+        assert_eq!(
+            proxy.namespace.as_deref(),
+            Some("bookinfo"),
+            "the node's facts stay"
+        );
     }
 }

@@ -28,7 +28,7 @@ pub use connections::{
 pub use history::{History, Since};
 pub use metrics::Metrics;
 pub use parts::Parts;
-pub use proxy::{Locality, ProxyInfo, Role, Selector};
+pub use proxy::{Locality, ProxyInfo, ProxyResolver, Role, Selector};
 pub use queue::{DEFAULT_MAX_DELAY, DEFAULT_QUIET, PushQueue};
 pub use resource::{Resource, type_url};
 pub use snapshot::{Entry, Snapshot, SnapshotBuilder, TYPES, Update, type_index};

@@ -75,6 +75,13 @@ impl Locality {
     }
 }
 
+/// Fills in what a proxy's node leaves out from what the control plane knows of it, once,
+/// when the proxy connects: istiod, for one, takes a pod's locality from its Kubernetes Node
+/// when the proxy sends none.
+pub trait ProxyResolver: Send + Sync {
+    fn resolve(&self, proxy: &mut ProxyInfo);
+}
+
 /// The labels Kubernetes and Istio put a workload's locality in.
 pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";

@@ -288,13 +288,15 @@ impl Serving {
         domain_suffix: &str,
         status: Option<crate::status::writer::StatusWriter>,
     ) -> Reconciler {
-        Reconciler::new(
+        let reconciler = Reconciler::new(
             self.options.clone(),
             domain_suffix.to_string(),
             self.queue.clone(),
             status,
             self.reconcile_metrics.clone(),
-        )
+        );
+        self.cache.set_proxy_resolver(reconciler.pod_localities());
+        reconciler
     }
 }
 

@@ -319,7 +319,7 @@ impl Context {
                 self.fail(status);
                 return None;
             }
-            self.proxy = Arc::new(ProxyInfo::from_node(node));
+            self.proxy = Arc::new(self.cache.proxy_info(node));
             self.connection.identify(self.proxy.clone(), node);
         }
         let index = type_index(type_url);
