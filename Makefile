@@ -14,6 +14,8 @@
 #               once, capstan's CA vs istiod's, on a real kube-apiserver
 #   make bench-routes  VirtualService edit to a real Envoy serving the new route, with 3,000 routes
 #               configured (100 edits; p50/p99/max from the file's rename to the first request served)
+#   make bench-scope   bytes and memory one sidecar's Envoy takes, with and without a Sidecar scope
+#                      (1,000 services)
 #   make crds   regenerate the CRD manifests in crds/generated (a test fails when they are stale)
 #
 # Respects CARGO_TARGET_DIR (cargo reads it) and CAPSTAN_TOOLS_DIR (default: ./.tools).
@@ -120,6 +122,13 @@ bench-routes: tools
 	@$(CARGO) build --quiet --release -p capstan -p capstan-e2e --bin capstan --bin capstan-upstream --bin capstan-route-bench
 	@ENVOY_BIN="$(ENVOY_BIN_VALUE)" CAPSTAN_BIN="$${CAPSTAN_BIN:-$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/capstan}" \
 		$(CARGO) run --quiet --release -p capstan-e2e --bin capstan-route-bench
+
+.PHONY: bench-scope
+bench-scope: tools
+	$(call step,bench-scope: capstan-scope-bench (what one sidecar receives, with and without a Sidecar scope))
+	@$(CARGO) build --quiet --release -p capstan -p capstan-e2e --bin capstan --bin capstan-scope-bench
+	@ENVOY_BIN="$(ENVOY_BIN_VALUE)" CAPSTAN_BIN="$${CAPSTAN_BIN:-$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/capstan}" \
+		$(CARGO) run --quiet --release -p capstan-e2e --bin capstan-scope-bench
 
 bench-faults:
 	$(call step,bench-faults: capstan-fault-bench (well-behaved proxies alone and beside hostile clients))

@@ -407,6 +407,20 @@ impl Envoy {
         self.admin_get(path).await?.json()
     }
 
+    /// The names of the clusters capstan gave Envoy (`outbound|…`), sorted, from `/clusters`.
+    pub async fn outbound_clusters(&self) -> anyhow::Result<Vec<String>> {
+        let text = self.admin_get("/clusters").await?.text();
+        let mut names: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.split("::").next())
+            .filter(|name| name.starts_with("outbound|"))
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
     /// Counters and gauges from `/stats` whose names match the regex `filter`.
     /// Histograms (which have no single value) are left out.
     pub async fn stats(&self, filter: &str) -> anyhow::Result<BTreeMap<String, u64>> {

@@ -17,8 +17,10 @@
 //! - [`kube`]: a real etcd + kube-apiserver on loopback (CRDs, RBAC, kubectl) for Kubernetes tests
 //! - [`moto`]: AWS Private CA on loopback (patched moto) for the Private CA issuer tests
 //! - [`tls_pki`]: a throwaway CA and an HTTPS client for gateway and TLS-origination tests
+//! - [`bench_info`]: the machine and commit a benchmark ran on, for its report
 
 pub mod agent;
+pub mod bench_info;
 pub mod capstan;
 pub mod capture;
 pub mod envoy;

@@ -157,6 +157,29 @@ impl ReviewsMesh {
         })
     }
 
+    /// [`ReviewsMesh::start`] on SotW with the VirtualService `reviews` whose `http` routes
+    /// are `http` (YAML list items, indented two spaces).
+    pub async fn start_http(name: &str, upstream_bin: &Path, http: &str) -> anyhow::Result<Self> {
+        let vs = format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: bookinfo}}
+spec:
+  hosts: [{}]
+  http:
+{http}",
+            fixtures::REVIEWS_HOST
+        );
+        Self::start(
+            name,
+            &locate::envoy_bin()?,
+            upstream_bin,
+            AdsMode::Sotw,
+            &vs,
+        )
+        .await
+    }
+
     /// One request to `reviews` through Envoy; the reply must come from a reviews upstream.
     pub async fn reviews(
         &mut self,
@@ -199,5 +222,30 @@ impl ReviewsMesh {
         })
         .await
         .with_context(|| format!("logs in {}", log_dir.display()))
+    }
+
+    /// Another sidecar, of workload `workload` in `namespace`, on the same capstan; and a
+    /// client for its outbound listener once it has one.
+    pub async fn start_sidecar(
+        &self,
+        mode: AdsMode,
+        namespace: &str,
+        workload: &str,
+    ) -> anyhow::Result<(Envoy, HttpClient)> {
+        let mut bootstrap = Bootstrap::new(mode, self.capstan.xds_port);
+        bootstrap.namespace = namespace.to_string();
+        bootstrap.workload = workload.to_string();
+        let envoy = Envoy::start(
+            &locate::envoy_bin()?,
+            &bootstrap,
+            &self.env.log_dir,
+            namespace,
+        )
+        .await?;
+        let port = envoy
+            .wait_listener_port(OUTBOUND_LISTENER, CONFIG_TIMEOUT)
+            .await
+            .with_context(|| format!("logs in {}", self.env.log_dir.display()))?;
+        Ok((envoy, HttpClient::new(loopback(port))))
     }
 }

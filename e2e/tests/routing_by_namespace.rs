@@ -7,31 +7,14 @@
 use std::path::Path;
 
 use anyhow::{Context, ensure};
-use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy, loopback};
+use capstan_e2e::envoy::AdsMode;
 use capstan_e2e::fixtures::REVIEWS_HOST;
-use capstan_e2e::http::HttpClient;
-use capstan_e2e::mesh::{CONFIG_TIMEOUT, OUTBOUND_LISTENER, ReviewsMesh};
+use capstan_e2e::mesh::{CONFIG_TIMEOUT, ReviewsMesh};
 
 const UPSTREAM_BIN: &str = env!("CARGO_BIN_EXE_capstan-upstream");
 
 async fn start(name: &str, http: &str) -> anyhow::Result<ReviewsMesh> {
-    let vs = format!(
-        "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews, namespace: bookinfo}}
-spec:
-  hosts: [{REVIEWS_HOST}]
-  http:
-{http}"
-    );
-    ReviewsMesh::start(
-        name,
-        &capstan_e2e::locate::envoy_bin()?,
-        Path::new(UPSTREAM_BIN),
-        AdsMode::Sotw,
-        &vs,
-    )
-    .await
+    ReviewsMesh::start_http(name, Path::new(UPSTREAM_BIN), http).await
 }
 
 /// `sourceNamespace`: the sidecars of `shop` are sent to v2, every other namespace's to v1 —
@@ -48,20 +31,7 @@ async fn source_namespace_routes_by_the_callers_namespace() -> anyhow::Result<()
         ),
     )
     .await?;
-    let mut bootstrap = Bootstrap::new(AdsMode::Delta, mesh.capstan.xds_port);
-    bootstrap.namespace = "shop".to_string();
-    bootstrap.workload = "cart-0".to_string();
-    let shop_envoy = Envoy::start(
-        &capstan_e2e::locate::envoy_bin()?,
-        &bootstrap,
-        &mesh.env.log_dir,
-        "shop",
-    )
-    .await?;
-    let port = shop_envoy
-        .wait_listener_port(OUTBOUND_LISTENER, CONFIG_TIMEOUT)
-        .await?;
-    let mut shop = HttpClient::new(loopback(port));
+    let (shop_envoy, mut shop) = mesh.start_sidecar(AdsMode::Delta, "shop", "cart-0").await?;
     // `shop` is another namespace: the full name, as its applications would use.
     let seen = capstan_e2e::wait_until("shop's requests at v2", CONFIG_TIMEOUT, async || {
         let mut versions = std::collections::BTreeMap::<String, usize>::new();
@@ -96,20 +66,7 @@ async fn destination_rule_export_to_scopes_its_subsets() -> anyhow::Result<()> {
         &capstan_e2e::fixtures::reviews_destination_rule(&["v1", "v2", "v3"])
             .replace("spec:\n", "spec:\n  exportTo: [.]\n"),
     )?;
-    let mut bootstrap = Bootstrap::new(AdsMode::Sotw, mesh.capstan.xds_port);
-    bootstrap.namespace = "shop".to_string();
-    bootstrap.workload = "cart-0".to_string();
-    let shop_envoy = Envoy::start(
-        &capstan_e2e::locate::envoy_bin()?,
-        &bootstrap,
-        &mesh.env.log_dir,
-        "shop",
-    )
-    .await?;
-    let port = shop_envoy
-        .wait_listener_port(OUTBOUND_LISTENER, CONFIG_TIMEOUT)
-        .await?;
-    let mut shop = HttpClient::new(loopback(port));
+    let (shop_envoy, mut shop) = mesh.start_sidecar(AdsMode::Sotw, "shop", "cart-0").await?;
     capstan_e2e::wait_until("shop without the subset", CONFIG_TIMEOUT, async || {
         let response = shop.get(REVIEWS_HOST, "/reviews/1", &[]).await?;
         ensure!(response.status.as_u16() == 503, "{}", response.status);

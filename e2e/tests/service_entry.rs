@@ -122,6 +122,10 @@ spec:
         status(shop).await? == 404,
         "shop reached a ledger exported to `.`"
     );
+    // Not exported to shop: its sidecar does not even hold the ledger's cluster.
+    let ledger_cluster = vec![format!("outbound|80||{host}")];
+    ensure!(envoys[0].outbound_clusters().await? == ledger_cluster);
+    ensure!(envoys[1].outbound_clusters().await?.is_empty());
 
     env.write_config("ledger.yaml", &ledger("[., shop]"))?;
     wait_until(
@@ -134,6 +138,7 @@ spec:
     )
     .await?;
     ensure!(status(finance).await? == 200);
+    ensure!(envoys[1].outbound_clusters().await? == ledger_cluster);
     for envoy in &envoys {
         envoy.ensure_no_rejected_updates().await?;
     }

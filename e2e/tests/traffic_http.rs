@@ -12,7 +12,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use capstan_e2e::envoy::AdsMode;
 use capstan_e2e::fixtures::REVIEWS_HOST;
 use capstan_e2e::http::HttpResponse;
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, ReviewsMesh};
@@ -22,24 +21,7 @@ const UPSTREAM_BIN: &str = env!("CARGO_BIN_EXE_capstan-upstream");
 const PATH: &str = "/reviews/1";
 
 async fn start(name: &str, http: &str) -> anyhow::Result<ReviewsMesh> {
-    let envoy_bin = capstan_e2e::locate::envoy_bin()?;
-    let vs = format!(
-        "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews, namespace: bookinfo}}
-spec:
-  hosts: [{REVIEWS_HOST}]
-  http:
-{http}"
-    );
-    ReviewsMesh::start(
-        name,
-        &envoy_bin,
-        Path::new(UPSTREAM_BIN),
-        AdsMode::Sotw,
-        &vs,
-    )
-    .await
+    ReviewsMesh::start_http(name, Path::new(UPSTREAM_BIN), http).await
 }
 
 /// A route for requests carrying `x-case: <case>`, to `subset`, with `policy` (YAML lines

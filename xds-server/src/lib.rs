@@ -20,6 +20,7 @@ mod resource;
 mod snapshot;
 #[cfg(test)]
 mod test_support;
+mod visibility;
 
 pub use cache::{Applied, Nack, SnapshotCache, State};
 pub use connections::{
@@ -32,3 +33,4 @@ pub use proxy::{Locality, ProxyInfo, ProxyResolver, Role, Selector};
 pub use queue::{DEFAULT_MAX_DELAY, DEFAULT_QUIET, PushQueue};
 pub use resource::{Resource, type_url};
 pub use snapshot::{Entry, Snapshot, SnapshotBuilder, TYPES, Update, type_index};
+pub use visibility::Visibility;

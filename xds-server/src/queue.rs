@@ -27,8 +27,8 @@ pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(1);
 
 enum Change {
     Update(Update),
-    /// Serve exactly these resources.
-    Replace(SnapshotBuilder),
+    /// Serve exactly these resources (boxed: a builder is far larger than an update).
+    Replace(Box<SnapshotBuilder>),
 }
 
 struct Submission {
@@ -48,7 +48,7 @@ impl Batch {
         match change {
             // A replacement makes everything queued before it moot.
             Change::Replace(target) => {
-                self.target = Some(target);
+                self.target = Some(*target);
                 self.updates = Update::new();
             }
             Change::Update(update) => self.updates.merge(update),
@@ -98,7 +98,7 @@ impl PushQueue {
     /// Queues a complete replacement of the served resources and waits until it is applied;
     /// returns what changed (`None`: nothing, or the queue stopped).
     pub async fn replace(&self, target: SnapshotBuilder) -> Option<Applied> {
-        self.send_and_wait(Change::Replace(target)).await
+        self.send_and_wait(Change::Replace(Box::new(target))).await
     }
 
     async fn send(&self, change: Change, done: Option<oneshot::Sender<Option<Applied>>>) -> bool {

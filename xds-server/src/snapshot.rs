@@ -11,6 +11,7 @@ use imbl::OrdMap;
 
 use crate::proxy::{ProxyInfo, Selector};
 use crate::resource::{Resource, type_url};
+use crate::visibility::Visibility;
 
 /// Number of resource types; type indices follow [`type_url::PUSH_ORDER`].
 pub const TYPES: usize = type_url::PUSH_ORDER.len();
@@ -24,10 +25,14 @@ pub fn type_index(type_url: &str) -> Option<usize> {
 /// the first variant whose selector matches it. Variants for one workload address (a sidecar's
 /// inbound listener: one per workload, thousands of them) are kept apart, by address, so that
 /// finding or changing one costs the same however many there are.
+///
+/// Apart from its variants, an entry may be hidden from some proxies ([`Visibility`]): those
+/// get no variant at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     variants: Arc<[(Selector, Resource)]>,
     by_address: imbl::HashMap<Arc<str>, Arc<[(Selector, Resource)]>>,
+    visibility: Option<Visibility>,
 }
 
 impl Entry {
@@ -51,11 +56,25 @@ impl Entry {
         Self {
             variants: sorted(variants).into(),
             by_address,
+            visibility: None,
         }
     }
 
-    /// The variant `proxy` receives, if any selects it.
+    fn with_visibility(mut self, visibility: Option<Visibility>) -> Self {
+        self.visibility = visibility;
+        self
+    }
+
+    /// Who may see the entry at all; `None`: every proxy a variant selects.
+    pub fn visibility(&self) -> Option<&Visibility> {
+        self.visibility.as_ref()
+    }
+
+    /// The variant `proxy` receives, if any selects it and the entry is not hidden from it.
     pub fn for_proxy(&self, proxy: &ProxyInfo) -> Option<&Resource> {
+        if self.visibility.as_ref().is_some_and(|v| !v.allows(proxy)) {
+            return None;
+        }
         // An address selector outranks any other (see `Selector::specificity`).
         let own = proxy
             .address
@@ -82,7 +101,8 @@ impl Entry {
 
     /// Whether some proxies see something else than others under this name.
     pub fn is_scoped(&self) -> bool {
-        !self.by_address.is_empty()
+        self.visibility.is_some()
+            || !self.by_address.is_empty()
             || !matches!(&*self.variants, [(selector, _)] if *selector == Selector::all())
     }
 
@@ -103,6 +123,7 @@ impl Entry {
         Some(Self {
             variants: sorted(variants).into(),
             by_address: self.by_address.clone(),
+            visibility: self.visibility.clone(),
         })
     }
 
@@ -263,6 +284,23 @@ impl Snapshot {
                         changed[index].push(name);
                     }
                 }
+                Change::Visibility {
+                    index,
+                    name,
+                    visibility,
+                } => {
+                    // Hiding what does not exist hides nothing: translation sets the
+                    // visibility with the variants it puts.
+                    let Some(existing) = next.types[index].get(&name) else {
+                        continue;
+                    };
+                    let visibility = visibility.filter(|v| !v.is_everyone());
+                    if existing.visibility != visibility {
+                        let entry = existing.clone().with_visibility(visibility);
+                        next.set_entry(index, name.clone(), Some(entry));
+                        changed[index].push(name);
+                    }
+                }
             }
         }
         for names in &mut changed {
@@ -282,8 +320,10 @@ impl Snapshot {
         let mut update = Update::new();
         for (index, wanted) in target.types.into_iter().enumerate() {
             let current = &self.types[index];
+            let visible = &target.visibility[index];
             for (name, variants) in &wanted {
-                let entry = Entry::new(variants.clone());
+                let visibility = visible.get(name).cloned();
+                let entry = Entry::new(variants.clone()).with_visibility(visibility.clone());
                 if current.get(name) != Some(&entry) {
                     // Replace the whole entry: drop it, then put every variant.
                     if current.contains_key(name) {
@@ -295,6 +335,13 @@ impl Snapshot {
                     }
                     for (selector, resource) in variants {
                         update.put_for(selector.clone(), resource.clone());
+                    }
+                    if visibility.is_some() {
+                        update.changes.push(Change::Visibility {
+                            index,
+                            name: name.clone(),
+                            visibility,
+                        });
                     }
                 }
             }
@@ -323,6 +370,12 @@ enum Change {
         name: Arc<str>,
         /// `None`: every variant.
         selector: Option<Selector>,
+    },
+    /// Sets who may see an existing entry (`None`: whoever its variants select).
+    Visibility {
+        index: usize,
+        name: Arc<str>,
+        visibility: Option<Visibility>,
     },
 }
 
@@ -372,6 +425,25 @@ impl Update {
         self
     }
 
+    /// Sets who may see the resource `name` of `type_url` (`None`: every proxy a variant
+    /// selects). Applies to the resource as it is once the update's puts and removes before
+    /// this change are done; a resource removed later loses it.
+    pub fn set_visibility(
+        &mut self,
+        type_url: &str,
+        name: &str,
+        visibility: Option<Visibility>,
+    ) -> &mut Self {
+        if let Some(index) = type_index(type_url) {
+            self.changes.push(Change::Visibility {
+                index,
+                name: name.into(),
+                visibility,
+            });
+        }
+        self
+    }
+
     /// Appends `other`'s changes after this update's (later changes win).
     pub fn merge(&mut self, other: Update) {
         self.changes.extend(other.changes);
@@ -393,6 +465,8 @@ type Variants = BTreeMap<Arc<str>, Vec<(Selector, Resource)>>;
 #[derive(Debug, Default)]
 pub struct SnapshotBuilder {
     types: [Variants; TYPES],
+    /// Per type, the resources hidden from some proxies.
+    visibility: [BTreeMap<Arc<str>, Visibility>; TYPES],
 }
 
 impl SnapshotBuilder {
@@ -440,11 +514,38 @@ impl SnapshotBuilder {
                     }
                     if variants.is_empty() {
                         self.types[index].remove(&name);
+                        self.visibility[index].remove(&name);
                     }
+                }
+                Change::Visibility {
+                    index,
+                    name,
+                    visibility,
+                } => {
+                    if !self.types[index].contains_key(&name) {
+                        continue;
+                    }
+                    match visibility.filter(|v| !v.is_everyone()) {
+                        Some(v) => self.visibility[index].insert(name, v),
+                        None => self.visibility[index].remove(&name),
+                    };
                 }
             }
         }
         self
+    }
+
+    /// Sets who may see the resource `name` of `type_url`, once added (see
+    /// [`Update::set_visibility`]).
+    pub fn set_visibility(
+        &mut self,
+        type_url: &str,
+        name: &str,
+        visibility: Visibility,
+    ) -> &mut Self {
+        let mut update = Update::new();
+        update.set_visibility(type_url, name, Some(visibility));
+        self.apply(update)
     }
 
     pub fn len(&self) -> usize {

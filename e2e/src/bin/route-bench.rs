@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use capstan_e2e::bench_info::{commit, machine, write_results};
 use capstan_e2e::capstan::Capstan;
 use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy, loopback};
 use capstan_e2e::http::{HttpClient, UpstreamReply};
@@ -363,33 +364,6 @@ fn metric_total(text: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpus} × {model}")
-}
-
-fn commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .current_dir(locate::repo_dir())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map_or_else(
-            || "unknown".into(),
-            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        )
-}
-
 async fn setup(cli: &Cli, log_dir: &Path, tmp: &Path) -> anyhow::Result<Bench> {
     let config_dir = tmp.join("config");
     let scratch = tmp.join("scratch");
@@ -544,21 +518,6 @@ async fn main() -> anyhow::Result<()> {
             fmt_ms(run.convergence_mean_ms)
         );
     }
-    let out = match &cli.out {
-        Some(p) => p.clone(),
-        None => locate::profile_dir()?
-            .join("bench")
-            .join("route-bench.json"),
-    };
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&out, serde_json::to_string_pretty(&results)?)
-        .with_context(|| format!("writing {}", out.display()))?;
-    eprintln!(
-        "results in {}; logs in {}",
-        out.display(),
-        log_dir.display()
-    );
+    write_results(&results, cli.out.as_deref(), "route-bench.json", &log_dir)?;
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod kube;
 pub mod routing;
 pub mod secret;
 pub mod service;
+pub mod sidecar_scope;
 pub mod stream_routes;
 pub mod traffic_policy;
 pub mod unsupported;
@@ -86,6 +87,8 @@ enum Topic {
     Host(String),
     /// VirtualService routes the model could not read in full (`routing`).
     Routes,
+    /// A Sidecar scoping the same sidecars as another.
+    Scope,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +99,8 @@ pub struct Mesh {
     /// By kind, namespace and name: for a host claimed by several, the first wins.
     pub virtual_services: BTreeMap<ObjectKey, VirtualService>,
     pub gateways: BTreeMap<ObjectKey, gateway::Gateway>,
+    /// The `Sidecar` resources' egress scopes.
+    pub sidecar_scopes: sidecar_scope::Scopes,
     /// The TLS Secrets gateways may read credentials from, read (or why they cannot be).
     secrets: BTreeMap<NsName, Result<secret::TlsSecret, secret::SecretError>>,
     /// Exact host → the VirtualServices naming it; and those with a wildcard host. Finding
@@ -133,6 +138,8 @@ pub struct Affected {
     pub gateways: BTreeSet<ObjectKey>,
     /// The Secrets that changed (or went).
     pub secrets: BTreeSet<NsName>,
+    /// Whether a Sidecar changed (or went): what each sidecar sees is worked out again.
+    pub sidecars: bool,
 }
 
 impl Mesh {
@@ -181,7 +188,27 @@ impl Mesh {
         for host in &affected.hosts {
             self.refresh_host(index, host);
         }
+        if affected.sidecars {
+            self.refresh_scope_conflicts();
+        }
         affected
+    }
+
+    /// Reports the Sidecars that lose to another scoping the same sidecars.
+    fn refresh_scope_conflicts(&mut self) {
+        for topics in self.problems.values_mut() {
+            topics.remove(&Topic::Scope);
+        }
+        let (_, conflicts) = self.sidecar_scopes.in_force();
+        for problem in conflicts {
+            self.problems
+                .entry(problem.object.clone())
+                .or_default()
+                .entry(Topic::Scope)
+                .or_default()
+                .push(problem);
+        }
+        self.problems.retain(|_, topics| !topics.is_empty());
     }
 
     fn reread(&mut self, index: &Index, key: &ObjectKey, affected: &mut Affected) {
@@ -227,6 +254,10 @@ impl Mesh {
         if key.kind == capstan_crds::Kind::Gateway {
             affected.gateways.insert(key.clone());
             self.gateways.remove(key);
+        }
+        if key.kind == capstan_crds::Kind::Sidecar {
+            affected.sidecars = true;
+            self.sidecar_scopes.by_key.remove(key);
         }
         if key.kind == capstan_crds::Kind::WorkloadEntry {
             for entry in self.selecting.get(&key.namespace).into_iter().flatten() {
@@ -349,8 +380,12 @@ impl Mesh {
                 let (gateway, _) = gateway::gateway(key, &gw.spec);
                 self.gateways.insert(key.clone(), gateway);
             }
-            // Sidecars, workloads and security policies are parsed and validated, but not
-            // translated yet (their status condition says so).
+            IstioObject::Sidecar(sc) => {
+                let scope = sidecar_scope::SidecarScope::new(key.clone(), &sc.spec);
+                self.sidecar_scopes.by_key.insert(key.clone(), scope);
+            }
+            // Workloads and security policies are parsed and validated, but not translated
+            // yet (their status condition says so).
             _ => {}
         }
     }

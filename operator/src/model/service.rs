@@ -144,6 +144,14 @@ pub struct Service {
 }
 
 impl Service {
+    /// The namespace that defines it: its ServiceEntry's or its Kubernetes Service's.
+    pub fn namespace(&self) -> &str {
+        match &self.origin {
+            Origin::Istio(key) => &key.namespace,
+            Origin::Kubernetes(id) => &id.namespace,
+        }
+    }
+
     /// One host of a ServiceEntry.
     pub fn from_service_entry(
         host: String,

@@ -15,6 +15,7 @@ pub fn kind_is_translated(kind: Kind) -> bool {
             | Kind::VirtualService
             | Kind::Gateway
             | Kind::WorkloadEntry
+            | Kind::Sidecar
     )
 }
 
@@ -114,6 +115,36 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                 let body = http.direct_response.as_ref().and_then(|d| d.body.as_ref());
                 if body.is_some_and(|b| b.bytes.is_some()) {
                     not_applied(field("directResponse.body.bytes"), "a bytes body");
+                }
+            }
+        }
+        IstioObject::Sidecar(sc) => {
+            // Only the egress hosts are applied: they scope what sidecars receive.
+            let spec = &sc.spec;
+            if !spec.ingress.is_empty() {
+                not_applied("spec.ingress".into(), "ingress listeners");
+            }
+            if spec.inbound_connection_pool.is_some() {
+                not_applied("spec.inboundConnectionPool".into(), "inboundConnectionPool");
+            }
+            if spec.outbound_traffic_policy.is_some() {
+                not_applied("spec.outboundTrafficPolicy".into(), "outboundTrafficPolicy");
+            }
+            for (i, egress) in spec.egress.iter().enumerate() {
+                if egress.port.is_some() {
+                    extra.push(Problem {
+                        object: key.clone(),
+                        field: format!("spec.egress[{i}].port"),
+                        message: "egress listener ports are not applied yet; its hosts are \
+                                  visible on every port"
+                            .into(),
+                    });
+                }
+                if !egress.bind.is_empty() {
+                    not_applied(format!("spec.egress[{i}].bind"), "bind");
+                }
+                if egress.capture_mode.is_some() {
+                    not_applied(format!("spec.egress[{i}].captureMode"), "captureMode");
                 }
             }
         }

@@ -21,6 +21,7 @@ use prost::Message;
 use super::sidecar::{CaptureState, ListenerMode};
 use super::{OUTBOUND_HTTP, Options, listener, route};
 use crate::model::service::ExportTo;
+use crate::model::sidecar_scope::ScopeViews;
 use crate::model::{Affected, Mesh, Problem, hostname};
 
 /// The namespace of a cluster-local host, `None` for any other host: the group of its
@@ -46,8 +47,10 @@ struct VirtualHostEntry {
     /// own namespace's variant) and without (for every other variant), and a hash of each.
     own: Parts,
     other: Parts,
-    /// Every domain of the `own` form, to find two hosts claiming one name.
+    /// Every domain of the `other` form (in every variant), and those only the `own` form
+    /// has (in its namespace's variant only), to find two hosts claiming one name.
     domains: Vec<String>,
+    own_only_domains: Vec<String>,
     /// The VirtualService whose routes it carries, and the hosts those routes send to.
     virtual_service: Option<ObjectKey>,
     destinations: Vec<String>,
@@ -74,10 +77,11 @@ pub struct Translator {
     carried_by: HashMap<ObjectKey, BTreeSet<String>>,
     /// How many virtual hosts claim each domain; above one, Envoy would reject the
     /// configuration, and the route variants are built the slow way that drops repeats.
-    domain_claims: HashMap<String, u32>,
-    repeated_domains: usize,
-    /// The route variants last built: `None` for proxies of other namespaces.
-    route_variants: BTreeSet<Option<String>>,
+    domain_claims: domain_claims::DomainClaims,
+    /// The selectors of the route variants last built.
+    route_variants: BTreeSet<Selector>,
+    /// Hosts some sidecars do not see (`Sidecar` egress scoping), and who does.
+    visibility: scoping::HostVisibility,
     /// Problems found building routes: per VirtualService, per service host; and hosts
     /// that no service has.
     route_problems: BTreeMap<ObjectKey, BTreeMap<String, Vec<Problem>>>,
@@ -97,9 +101,9 @@ impl Translator {
             header: Parts::leaf(route::empty_config().encode_to_vec()),
             routed_through: HashMap::new(),
             carried_by: HashMap::new(),
-            domain_claims: HashMap::new(),
-            repeated_domains: 0,
+            domain_claims: Default::default(),
             route_variants: BTreeSet::new(),
+            visibility: Default::default(),
             route_problems: BTreeMap::new(),
             unbound: BTreeMap::new(),
             gateways: GatewayState::default(),
@@ -116,6 +120,7 @@ impl Translator {
             virtual_services: mesh.virtual_services.keys().cloned().collect(),
             gateways: mesh.gateways.keys().cloned().collect(),
             secrets: BTreeSet::new(),
+            sidecars: true,
         };
         // Everything is new: what is kept afterwards is the snapshot.
         self.rebuild(mesh, &everything, &mut Update::new());
@@ -126,6 +131,9 @@ impl Translator {
         for (selector, resource) in self.by_host.values().flat_map(|h| h.assignments.iter()) {
             out.add_for(selector.clone(), resource.clone());
         }
+        let mut scoped = Update::new();
+        self.scope_all_hosts(mesh, &mut scoped);
+        out.apply(scoped);
         match self.options.sidecar_listeners {
             ListenerMode::Direct => {
                 for (name, listener) in listener::listeners(&self.options) {
@@ -145,11 +153,8 @@ impl Translator {
             out.add_for(selector, resource);
         }
         let (variants, _) = self.assemble_routes(mesh);
-        for (namespace, resource) in variants {
-            match namespace {
-                Some(ns) => out.add_for(Selector::namespace(&ns), resource),
-                None => out.add(resource),
-            };
+        for (selector, resource) in variants {
+            out.add_for(selector, resource);
         }
         out
     }
@@ -170,16 +175,19 @@ impl Translator {
             capture.update(mesh, affected.hosts.iter().map(String::as_str), &mut update);
             capture.routes_changed(mesh, &affected.routes, &mut update);
         }
-        if self.rebuild(mesh, affected, &mut update) {
+        let rebuilt = self.rebuild(mesh, affected, &mut update);
+        self.scope_rebuilt_hosts(mesh, &affected.hosts, &mut update);
+        // What a scope sees includes the destinations of the VirtualServices it names.
+        if affected.sidecars || !affected.virtual_services.is_empty() {
+            self.scope_all_hosts(mesh, &mut update);
+        }
+        if rebuilt || affected.sidecars {
             let (variants, gone) = self.assemble_routes(mesh);
-            for (namespace, resource) in variants {
-                match namespace {
-                    Some(ns) => update.put_for(Selector::namespace(&ns), resource),
-                    None => update.put(resource),
-                };
+            for (selector, resource) in variants {
+                update.put_for(selector, resource);
             }
-            for ns in gone {
-                update.remove_for(Selector::namespace(&ns), type_url::ROUTE, OUTBOUND_HTTP);
+            for selector in gone {
+                update.remove_for(selector, type_url::ROUTE, OUTBOUND_HTTP);
             }
         }
         update
@@ -244,6 +252,7 @@ impl Translator {
             }
             None => replace_variants(type_url::ENDPOINT, &[], &assignments, &mut update),
         }
+        self.rescope_assignments(host, &mut update);
         update
     }
 
@@ -287,14 +296,14 @@ impl Translator {
             .collect();
         for key in old {
             if let Some(entry) = self.virtual_hosts.remove(&key) {
-                self.forget(host, &entry);
+                self.forget(host, group, &entry);
             }
         }
         let Some(built) = built else {
             return;
         };
         for (port, entry) in built.entries {
-            self.remember(host, &entry);
+            self.remember(host, group, &entry);
             self.virtual_hosts.insert(key(port), entry);
         }
         if let Some(vs) = built.virtual_service {
@@ -308,7 +317,7 @@ impl Translator {
     }
 
     /// Records what a new virtual host depends on and claims.
-    fn remember(&mut self, host: &str, entry: &VirtualHostEntry) {
+    fn remember(&mut self, host: &str, group: &Group, entry: &VirtualHostEntry) {
         if let Some(vs) = &entry.virtual_service {
             self.carried_by
                 .entry(vs.clone())
@@ -322,16 +331,15 @@ impl Translator {
                 .insert(host.to_string());
         }
         for domain in &entry.domains {
-            let claims = self.domain_claims.entry(domain.clone()).or_default();
-            *claims += 1;
-            if *claims == 2 {
-                self.repeated_domains += 1;
-            }
+            self.domain_claims.claim(domain, None);
+        }
+        for domain in &entry.own_only_domains {
+            self.domain_claims.claim(domain, Some(group));
         }
     }
 
     /// Undoes [`Self::remember`] for a virtual host being replaced or removed.
-    fn forget(&mut self, host: &str, entry: &VirtualHostEntry) {
+    fn forget(&mut self, host: &str, group: &Group, entry: &VirtualHostEntry) {
         if let Some(vs) = &entry.virtual_service
             && let Some(hosts) = self.carried_by.get_mut(vs)
         {
@@ -349,15 +357,10 @@ impl Translator {
             }
         }
         for domain in &entry.domains {
-            if let Some(claims) = self.domain_claims.get_mut(domain) {
-                if *claims == 2 {
-                    self.repeated_domains -= 1;
-                }
-                *claims -= 1;
-                if *claims == 0 {
-                    self.domain_claims.remove(domain);
-                }
-            }
+            self.domain_claims.release(domain, None);
+        }
+        for domain in &entry.own_only_domains {
+            self.domain_claims.release(domain, Some(group));
         }
         if let Some(vs) = &entry.virtual_service
             && let Some(by_host) = self.route_problems.get_mut(vs)
@@ -382,18 +385,7 @@ impl Translator {
             self.segments.remove(&group);
             return;
         }
-        // What proxies of `namespace` read of one virtual host (`None`: of a namespace no
-        // host or match names); nothing when it is not exported to them.
-        let form = |e: &VirtualHostEntry, namespace: Option<&str>| -> Option<Parts> {
-            if !e.visible.includes(namespace) {
-                return None;
-            }
-            if let Some(form) = namespace.and_then(|ns| e.by_namespace.get(ns)) {
-                return Some(form.clone());
-            }
-            let own = namespace.is_some() && group.as_deref() == namespace;
-            Some(if own { e.own.clone() } else { e.other.clone() })
-        };
+        let form = |e: &VirtualHostEntry, namespace: Option<&str>| form(e, &group, namespace);
         let other = Parts::join(entries.iter().filter_map(|e| form(e, None)));
         // Hosts outside the cluster have no namespace whose variant reads them by bare name.
         let own = match &group {
@@ -453,53 +445,64 @@ impl Translator {
         }
     }
 
-    /// The route variants from the kept virtual hosts, and the namespaces whose variant is
+    /// The route variants from the kept virtual hosts, and the selectors whose variant is
     /// gone.
-    fn assemble_routes(&mut self, mesh: &Mesh) -> (Vec<(Option<String>, Resource)>, Vec<String>) {
+    fn assemble_routes(&mut self, mesh: &Mesh) -> (Vec<(Selector, Resource)>, Vec<Selector>) {
         let variants = self.routes(mesh);
-        let now: BTreeSet<Option<String>> = variants.iter().map(|(ns, _)| ns.clone()).collect();
-        let gone = self
-            .route_variants
-            .difference(&now)
-            .filter_map(Clone::clone)
-            .collect();
+        let now: BTreeSet<Selector> = variants.iter().map(|(s, _)| s.clone()).collect();
+        let gone = self.route_variants.difference(&now).cloned().collect();
         self.route_variants = now;
         (variants, gone)
     }
 
-    fn routes(&self, mesh: &Mesh) -> Vec<(Option<String>, Resource)> {
-        if self.repeated_domains > 0 {
+    fn routes(&self, mesh: &Mesh) -> Vec<(Selector, Resource)> {
+        let selector = |ns: Option<&str>| ns.map_or_else(Selector::all, Selector::namespace);
+        if self.domain_claims.any_repeated() {
             // Two hosts claim one name: the slow path drops the later claims, as a full
-            // build always has.
+            // build always has (not scoped by Sidecar; docs/traffic.md says so).
             let (configs, _) = route::route_configurations(mesh);
             return configs
                 .into_iter()
-                .filter_map(|(ns, config)| Some((ns, Resource::encode(OUTBOUND_HTTP, &config)?)))
+                .filter_map(|(ns, config)| {
+                    Some((
+                        selector(ns.as_deref()),
+                        Resource::encode(OUTBOUND_HTTP, &config)?,
+                    ))
+                })
                 .collect();
+        }
+        if !mesh.sidecar_scopes.is_empty() {
+            let views = ScopeViews::new(mesh);
+            if !views.is_empty() {
+                return self.scoped_routes(mesh, &views);
+            }
         }
         // A variant per namespace with cluster-local hosts or hosts exported to it by name, and
         // one for every other proxy.
-        let mut namespaces: BTreeSet<Option<String>> = BTreeSet::from([None]);
+        let mut namespaces: BTreeSet<Option<&str>> = BTreeSet::from([None]);
         for (group, segment) in &self.segments {
-            namespaces.extend(group.iter().cloned().map(Some));
-            namespaces.extend(segment.exported.keys().cloned().map(Some));
+            namespaces.extend(group.as_deref().map(Some));
+            namespaces.extend(segment.exported.keys().map(|ns| Some(ns.as_str())));
         }
         namespaces
-            .iter()
-            .map(|namespace| {
-                let segments = self
-                    .segments
-                    .iter()
-                    .map(|(group, segment)| match namespace {
-                        Some(_) if group == namespace => segment.own.clone(),
-                        Some(ns) => segment.exported.get(ns).unwrap_or(&segment.other).clone(),
-                        None => segment.other.clone(),
-                    });
-                let parts = Parts::join(std::iter::once(self.header.clone()).chain(segments));
-                let resource = Resource::from_parts(type_url::ROUTE, OUTBOUND_HTTP, parts);
-                (namespace.clone(), resource)
-            })
+            .into_iter()
+            .map(|ns| (selector(ns), self.assembled_routes(ns)))
             .collect()
+    }
+
+    /// The route configuration of the proxies of `namespace` (`None`: of a namespace no
+    /// host or match names), from the joined segments.
+    fn assembled_routes(&self, namespace: Option<&str>) -> Resource {
+        let segments = self
+            .segments
+            .iter()
+            .map(|(group, segment)| match namespace {
+                Some(ns) if group.as_deref() == Some(ns) => segment.own.clone(),
+                Some(ns) => segment.exported.get(ns).unwrap_or(&segment.other).clone(),
+                None => segment.other.clone(),
+            });
+        let parts = Parts::join(std::iter::once(self.header.clone()).chain(segments));
+        Resource::from_parts(type_url::ROUTE, OUTBOUND_HTTP, parts)
     }
 }
 
@@ -544,14 +547,17 @@ fn per_host<'a, T: Send>(
     })
 }
 
+mod domain_claims;
 mod gateways;
 mod hosts;
+mod scoping;
 mod virtual_hosts;
 
 use gateways::GatewayState;
 #[cfg(test)]
 use hosts::host_resources;
 use hosts::{HostResources, build_hosts, encoded_assignments, replace_variants};
+use scoping::form;
 use virtual_hosts::{BuiltVirtualHosts, build_virtual_hosts, group_of};
 
 #[cfg(test)]
@@ -565,3 +571,6 @@ mod capture_tests;
 
 #[cfg(test)]
 mod export_tests;
+
+#[cfg(test)]
+mod scoping_tests;

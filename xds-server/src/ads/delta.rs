@@ -222,10 +222,17 @@ fn push(
                 match snapshot.get(index, name) {
                     // A name just asked for is answered whatever was sent before.
                     Some(entry) if entry.is_scoped() && !ts.pending.contains(name) => {
-                        // Another proxy's variant may be what changed.
-                        let sent = ts.scoped_sent.get(name);
+                        // Another proxy's variant may be what changed. An entry that was
+                        // the same for everyone when last synced was sent as such.
+                        let sent = ts.scoped_sent.get(name).copied().or_else(|| {
+                            ts.held
+                                .get(index, name)
+                                .filter(|held| !held.is_scoped())
+                                .and_then(|held| held.for_proxy(proxy))
+                                .map(Resource::version)
+                        });
                         match entry.for_proxy(proxy) {
-                            Some(r) if sent == Some(&r.version()) => {}
+                            Some(r) if sent == Some(r.version()) => {}
                             Some(r) => resources.push(r.clone()),
                             None if sent.is_some() => removed.push(name.clone()),
                             None => {}

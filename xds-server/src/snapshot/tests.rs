@@ -217,3 +217,105 @@ fn workload_variants_are_found_by_address() {
     let (s3, _) = s2.apply(u).expect("changed");
     assert!(s3.get(LDS, "in").is_none());
 }
+
+fn sidecar_in(namespace: &str) -> ProxyInfo {
+    ProxyInfo {
+        role: Role::Sidecar,
+        namespace: Some(namespace.into()),
+        ..ProxyInfo::default()
+    }
+}
+
+fn sidecars_of(namespace: &str) -> Selector {
+    Selector {
+        role: Some(Role::Sidecar),
+        namespace: Some(namespace.into()),
+        ..Selector::default()
+    }
+}
+
+#[test]
+fn hidden_entries_are_absent_for_those_they_are_hidden_from() {
+    // Sidecars see the cluster only in "shop"; gateways see it whatever the rules say.
+    let hidden = Visibility::new([
+        (Selector::role(Role::Sidecar), false),
+        (sidecars_of("shop"), true),
+    ]);
+    let mut u = Update::new();
+    u.put(res(type_url::CLUSTER, "c", b"1"))
+        .put_for(sidecars_of("shop"), res(type_url::CLUSTER, "c", b"shop"))
+        .set_visibility(type_url::CLUSTER, "c", Some(hidden.clone()))
+        // Nothing to hide: ignored.
+        .set_visibility(type_url::CLUSTER, "absent", Some(hidden.clone()));
+    let (s1, changed) = Snapshot::default().apply(u).expect("changed");
+    assert_eq!(names(&changed[CDS]), vec!["c"]);
+    assert!(s1.get(CDS, "absent").is_none());
+    let body = |s: &Snapshot, p: &ProxyInfo| s.resource_for(CDS, "c", p).map(|r| r.body());
+    assert_eq!(
+        body(&s1, &sidecar_in("shop")),
+        Some(Bytes::from_static(b"shop"))
+    );
+    assert_eq!(body(&s1, &sidecar_in("web")), None);
+    assert_eq!(s1.view(CDS, &sidecar_in("web")).count(), 0);
+    let gateway = ProxyInfo {
+        role: Role::Router,
+        ..sidecar_in("web")
+    };
+    assert_eq!(body(&s1, &gateway), Some(Bytes::from_static(b"1")));
+    assert!(
+        !s1.is_uniform(CDS),
+        "a hidden entry is not the same for everyone"
+    );
+
+    // A new variant keeps the visibility; setting the same one again changes nothing.
+    let mut u = Update::new();
+    u.put(res(type_url::CLUSTER, "c", b"2"))
+        .set_visibility(type_url::CLUSTER, "c", Some(hidden));
+    let (s2, changed) = s1.apply(u).expect("changed");
+    assert_eq!(names(&changed[CDS]), vec!["c"]);
+    assert_eq!(body(&s2, &sidecar_in("web")), None);
+    assert_eq!(body(&s2, &gateway), Some(Bytes::from_static(b"2")));
+
+    // Shown to everyone again: the name changes, and the type is uniform once more.
+    let mut u = Update::new();
+    u.remove_for(sidecars_of("shop"), type_url::CLUSTER, "c")
+        .set_visibility(type_url::CLUSTER, "c", None);
+    let (s3, changed) = s2.apply(u).expect("changed");
+    assert_eq!(names(&changed[CDS]), vec!["c"]);
+    assert_eq!(
+        body(&s3, &sidecar_in("web")),
+        Some(Bytes::from_static(b"2"))
+    );
+    assert!(s3.is_uniform(CDS));
+}
+
+#[test]
+fn a_full_set_carries_visibility_and_diffs_on_it() {
+    let build = |hidden_from: Option<&str>| {
+        let mut b = SnapshotBuilder::new();
+        b.add(res(type_url::CLUSTER, "a", b"1"))
+            .add(res(type_url::CLUSTER, "b", b"1"));
+        if let Some(ns) = hidden_from {
+            b.set_visibility(
+                type_url::CLUSTER,
+                "a",
+                Visibility::new([(sidecars_of(ns), false)]),
+            );
+        }
+        b
+    };
+    let (s1, _) = Snapshot::default()
+        .apply(Snapshot::default().update_to(build(Some("web"))))
+        .expect("first");
+    assert!(s1.resource_for(CDS, "a", &sidecar_in("web")).is_none());
+    assert!(s1.resource_for(CDS, "a", &sidecar_in("shop")).is_some());
+    assert!(s1.apply(s1.update_to(build(Some("web")))).is_none());
+
+    let (s2, changed) = s1.apply(s1.update_to(build(None))).expect("changed");
+    assert_eq!(
+        names(&changed[CDS]),
+        vec!["a"],
+        "only the entry whose visibility changed"
+    );
+    assert!(s2.resource_for(CDS, "a", &sidecar_in("web")).is_some());
+}

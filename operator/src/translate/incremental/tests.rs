@@ -83,6 +83,10 @@ fn contents(cache: &SnapshotCache) -> BTreeMap<(usize, String), Vec<(String, u64
                 .map(|(selector, r)| (format!("{selector:?}"), r.version()))
                 .collect();
             variants.sort();
+            // Who may see it at all (Sidecar scoping), as one more line.
+            if let Some(visibility) = entry.visibility() {
+                variants.push((format!("visibility {:?}", visibility.rules()), 0));
+            }
             out.insert((i, name.to_string()), variants);
         }
     }

@@ -70,11 +70,18 @@ pub(super) fn build_virtual_hosts(mesh: &Mesh, host: &str) -> Option<BuiltVirtua
                 (ns.clone(), encode(domains(own), routes))
             })
             .collect();
+        let other_domains = domains(false);
+        let own_only_domains = own_domains
+            .iter()
+            .filter(|d| !other_domains.contains(d))
+            .cloned()
+            .collect();
         let entry = VirtualHostEntry {
-            own: encode(own_domains.clone(), &routes.rest),
-            other: encode(domains(false), &routes.rest),
+            own: encode(own_domains, &routes.rest),
+            other: encode(other_domains.clone(), &routes.rest),
             by_namespace,
-            domains: own_domains,
+            domains: other_domains,
+            own_only_domains,
             virtual_service: virtual_service.map(|vs| vs.origin.clone()),
             destinations: destinations.clone(),
             visible: service.export_to.clone(),

@@ -27,10 +27,10 @@ fn removed(r: &DeltaResponse) -> Vec<&str> {
     r.removed_resources.iter().map(|n| n.as_ref()).collect()
 }
 
-#[test]
-fn wildcard_then_only_what_changed() {
-    let cache = SnapshotCache::new();
-    let s1 = apply(&cache, &[(CLUSTER, "a", b"1"), (CLUSTER, "b", b"1")]);
+/// A stream subscribed to every cluster that has received and acknowledged clusters "a" and
+/// "b" (both at content "1").
+fn wildcard_synced_on_a_and_b(cache: &SnapshotCache) -> DeltaStream {
+    let s1 = apply(cache, &[(CLUSTER, "a", b"1"), (CLUSTER, "b", b"1")]);
     let mut stream = DeltaStream::new(cache.clone());
     let first = stream.on_request(request(CLUSTER, &[], ""), &s1);
     assert_eq!(names(&first[0]), vec!["a", "b"]);
@@ -39,6 +39,13 @@ fn wildcard_then_only_what_changed() {
             .on_request(request(CLUSTER, &[], &first[0].nonce), &s1)
             .is_empty()
     );
+    stream
+}
+
+#[test]
+fn wildcard_then_only_what_changed() {
+    let cache = SnapshotCache::new();
+    let mut stream = wildcard_synced_on_a_and_b(&cache);
 
     let s2 = apply(
         &cache,
@@ -288,6 +295,37 @@ fn another_scopes_variant_changing_sends_nothing() {
     let pushed = stream.on_state(&cache.current());
     assert!(names(&pushed[0]).is_empty());
     assert_eq!(removed(&pushed[0]), vec!["a"]);
+}
+
+/// A resource every proxy had, then hidden from the stream's namespace (a Sidecar scope):
+/// removed by name, though it was never sent as a scoped one; shown again, sent again.
+#[test]
+fn a_resource_hidden_after_it_was_sent_is_removed() {
+    let cache = SnapshotCache::new();
+    let mut stream = wildcard_synced_on_a_and_b(&cache);
+
+    let hidden =
+        |namespace: &str| crate::Visibility::new([(Selector::namespace(namespace), false)]);
+    let mut update = crate::Update::new();
+    update.set_visibility(CLUSTER, "a", Some(hidden("ns1")));
+    update.set_visibility(CLUSTER, "b", Some(hidden("ns2")));
+    cache.apply(update);
+    let pushed = stream.on_state(&cache.current());
+    assert_eq!(pushed.len(), 1);
+    assert!(names(&pushed[0]).is_empty(), "b is as it was for ns1");
+    assert_eq!(removed(&pushed[0]), vec!["a"]);
+    assert!(
+        stream
+            .on_request(request(CLUSTER, &[], &pushed[0].nonce), &cache.current())
+            .is_empty()
+    );
+
+    let mut update = crate::Update::new();
+    update.set_visibility(CLUSTER, "a", None);
+    cache.apply(update);
+    let pushed = stream.on_state(&cache.current());
+    assert_eq!(names(&pushed[0]), vec!["a"]);
+    assert!(removed(&pushed[0]).is_empty());
 }
 
 #[test]

@@ -1,0 +1,374 @@
+//! Istio's `Sidecar` egress hosts: which services a namespace's or a workload's sidecars
+//! receive.
+//!
+//! As in Istio, a `Sidecar` without a `workloadSelector` in the root namespace is the default
+//! for every namespace without one of its own; one without a selector elsewhere covers its
+//! namespace; one with a selector covers the workloads it selects. A service is visible under a
+//! scope when an egress host names it (`namespace/dnsName`, with `*`, `.` and `~` for the
+//! namespace), or when it is a destination of a VirtualService an egress host names (Istio
+//! infers those, so that a route the sidecar receives has its clusters).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use capstan_crds::ObjectKey;
+use capstan_crds::networking::sidecar::SidecarSpec;
+use capstan_xds::{Role, Selector, Visibility};
+
+use super::service::ExportTo;
+use super::{Mesh, Problem, VirtualService, hostname};
+
+/// Istio's default `meshConfig.rootNamespace`.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+
+/// The namespace part of an egress host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NamespacePattern {
+    Any,
+    /// `.`: the namespace of the proxy.
+    Own,
+    Named(String),
+}
+
+/// One `namespace/dnsName` of an egress listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EgressHost {
+    namespace: NamespacePattern,
+    /// `*`, `*.suffix` or a host.
+    host: String,
+}
+
+impl EgressHost {
+    /// `None` for `~/…` (no namespace) and for text validation rejects.
+    fn parse(text: &str) -> Option<Self> {
+        let (namespace, host) = text.trim().split_once('/')?;
+        let namespace = match namespace {
+            "*" => NamespacePattern::Any,
+            "." => NamespacePattern::Own,
+            "~" | "" => return None,
+            ns => NamespacePattern::Named(ns.to_string()),
+        };
+        Some(Self {
+            namespace,
+            host: host.to_string(),
+        })
+    }
+
+    /// Whether it names `host` of an object in `namespace`; `own`: that namespace is the
+    /// proxy's.
+    fn names(&self, own: bool, namespace: &str, host: &str) -> bool {
+        let namespace_matches = match &self.namespace {
+            NamespacePattern::Any => true,
+            NamespacePattern::Own => own,
+            NamespacePattern::Named(ns) => ns == namespace,
+        };
+        namespace_matches && (self.host == "*" || hostname::matches(&self.host, host))
+    }
+}
+
+/// The egress hosts of one `Sidecar`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarScope {
+    pub origin: ObjectKey,
+    /// The workloads it selects; empty: its whole namespace.
+    pub labels: BTreeMap<String, String>,
+    hosts: Vec<EgressHost>,
+}
+
+impl SidecarScope {
+    pub fn new(origin: ObjectKey, spec: &SidecarSpec) -> Self {
+        Self {
+            origin,
+            labels: spec
+                .workload_selector
+                .as_ref()
+                .map(|s| s.labels.clone())
+                .unwrap_or_default(),
+            hosts: spec
+                .egress
+                .iter()
+                .flat_map(|listener| &listener.hosts)
+                .filter_map(|h| EgressHost::parse(h))
+                .collect(),
+        }
+    }
+
+    /// Whether an egress host names `host` of an object in `namespace`, for a proxy whose
+    /// namespace is `own` (or is not that namespace).
+    fn names(&self, own: bool, namespace: &str, host: &str) -> bool {
+        self.hosts.iter().any(|h| h.names(own, namespace, host))
+    }
+}
+
+/// Which proxies a scope covers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Covers {
+    /// Every sidecar without a scope of its own namespace or workload (the root namespace's
+    /// `Sidecar` without selector).
+    Default,
+    Namespace(String),
+    Workload(String, BTreeMap<String, String>),
+}
+
+impl Covers {
+    pub fn selector(&self) -> Selector {
+        let mut selector = Selector::role(Role::Sidecar);
+        match self {
+            Covers::Default => {}
+            Covers::Namespace(ns) => selector.namespace = Some(ns.as_str().into()),
+            Covers::Workload(ns, labels) => {
+                selector.namespace = Some(ns.as_str().into());
+                selector.labels = labels.clone();
+            }
+        }
+        selector
+    }
+}
+
+/// Every `Sidecar`'s egress scope, by object.
+#[derive(Debug)]
+pub struct Scopes {
+    pub(super) root_namespace: String,
+    pub(super) by_key: BTreeMap<ObjectKey, SidecarScope>,
+}
+
+impl Default for Scopes {
+    fn default() -> Self {
+        Self {
+            root_namespace: DEFAULT_ROOT_NAMESPACE.to_string(),
+            by_key: BTreeMap::new(),
+        }
+    }
+}
+
+impl Scopes {
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// The scopes in force, each with what it covers, and the `Sidecar`s that lose to
+    /// another covering the same proxies (Istio too applies one per namespace or workload
+    /// set: the first by name here).
+    pub fn in_force(&self) -> (Vec<(Covers, &SidecarScope)>, Vec<Problem>) {
+        let mut chosen: BTreeMap<Covers, &SidecarScope> = BTreeMap::new();
+        let mut problems = Vec::new();
+        for scope in self.by_key.values() {
+            let ns = scope.origin.namespace.clone();
+            let covers = if !scope.labels.is_empty() {
+                Covers::Workload(ns, scope.labels.clone())
+            } else if ns == self.root_namespace {
+                Covers::Default
+            } else {
+                Covers::Namespace(ns)
+            };
+            // The root namespace's own sidecars read the default as their namespace's.
+            match chosen.get(&covers) {
+                Some(first) => problems.push(Problem {
+                    object: scope.origin.clone(),
+                    field: "spec".into(),
+                    message: format!(
+                        "{} already scopes the same sidecars; this Sidecar is not applied",
+                        first.origin
+                    ),
+                }),
+                None => {
+                    chosen.insert(covers, scope);
+                }
+            }
+        }
+        (chosen.into_iter().collect(), problems)
+    }
+}
+
+/// A scope as one set of proxies reads it: the proxies' namespace decides what `.` means.
+pub struct ScopeView<'a> {
+    scope: &'a SidecarScope,
+    /// `None`: proxies of a namespace the view is not about (`.` names nothing of interest).
+    namespace: Option<&'a str>,
+    /// Destinations of the VirtualServices its egress hosts name.
+    inferred: HashSet<&'a str>,
+}
+
+impl<'a> ScopeView<'a> {
+    fn new(mesh: &'a Mesh, scope: &'a SidecarScope, namespace: Option<&'a str>) -> Self {
+        let inferred = mesh
+            .virtual_services
+            .values()
+            .filter(|vs| vs.applies_to_sidecars() && vs.export_to.includes(namespace))
+            .filter(|vs| {
+                let vs_ns = vs.origin.namespace.as_str();
+                let own = namespace == Some(vs_ns);
+                vs.hosts.iter().any(|h| scope.names(own, vs_ns, h))
+            })
+            .flat_map(destinations)
+            .collect();
+        Self {
+            scope,
+            namespace,
+            inferred,
+        }
+    }
+
+    /// Whether the proxies see the service `host` (defined in `namespace`).
+    pub fn sees(&self, namespace: &str, host: &str) -> bool {
+        let own = self.namespace == Some(namespace);
+        self.scope.names(own, namespace, host) || self.inferred.contains(host)
+    }
+}
+
+fn destinations(vs: &VirtualService) -> impl Iterator<Item = &str> {
+    vs.http.iter().flat_map(|r| r.destination_hosts()).chain(
+        vs.tcp
+            .iter()
+            .chain(&vs.tls)
+            .flat_map(|r| r.destinations.iter().map(|d| d.host.as_str())),
+    )
+}
+
+/// The scopes in force, read once per change: what each set of sidecars sees.
+pub struct ScopeViews<'a> {
+    /// The view of each scope in force; the default's as read by a namespace it says nothing
+    /// particular about.
+    views: Vec<(Selector, ScopeView<'a>)>,
+    /// The default as read by each namespace it covers where `.` or a VirtualService may
+    /// make a difference (those with services or VirtualServices).
+    default_by_namespace: BTreeMap<&'a str, ScopeView<'a>>,
+    /// Host → the namespaces of the VirtualServices routing to it.
+    routed_from: BTreeMap<&'a str, BTreeSet<&'a str>>,
+}
+
+impl<'a> ScopeViews<'a> {
+    pub fn new(mesh: &'a Mesh) -> Self {
+        let (in_force, _) = mesh.sidecar_scopes.in_force();
+        let mut views = Vec::new();
+        let mut default = None;
+        let mut own_scope = BTreeSet::new();
+        for (covers, scope) in in_force {
+            let view = match &covers {
+                Covers::Default => {
+                    default = Some(scope);
+                    ScopeView::new(mesh, scope, None)
+                }
+                Covers::Namespace(_) | Covers::Workload(..) => {
+                    let ns = scope.origin.namespace.as_str();
+                    if matches!(covers, Covers::Namespace(_)) {
+                        own_scope.insert(ns);
+                    }
+                    ScopeView::new(mesh, scope, Some(ns))
+                }
+            };
+            views.push((covers.selector(), view));
+        }
+        let mut routed_from: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        let mut default_by_namespace = BTreeMap::new();
+        if let Some(default) = default {
+            for vs in mesh.virtual_services.values() {
+                for host in destinations(vs) {
+                    routed_from
+                        .entry(host)
+                        .or_default()
+                        .insert(vs.origin.namespace.as_str());
+                }
+            }
+            let mut namespaces: BTreeSet<&str> =
+                mesh.services.values().map(|s| s.namespace()).collect();
+            namespaces.extend(routed_from.values().flatten().copied());
+            for ns in namespaces.difference(&own_scope) {
+                default_by_namespace.insert(*ns, ScopeView::new(mesh, default, Some(*ns)));
+            }
+        }
+        Self {
+            views,
+            default_by_namespace,
+            routed_from,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.views.is_empty()
+    }
+
+    /// The view of the sidecars of `namespace` (all of them, or those `labels` select when
+    /// a workload scope does).
+    pub fn for_proxies(&self, selector: &Selector) -> Option<&ScopeView<'a>> {
+        if let Some((_, view)) = self.views.iter().find(|(s, _)| s == selector) {
+            return Some(view);
+        }
+        let namespace = selector.namespace.as_deref()?;
+        match self.default_by_namespace.get(namespace) {
+            Some(view) => Some(view),
+            // A namespace with neither services nor VirtualServices reads the default as any
+            // other namespace does.
+            None => self
+                .views
+                .iter()
+                .find(|(s, _)| *s == Covers::Default.selector())
+                .map(|(_, view)| view),
+        }
+    }
+
+    /// The selectors of the scopes in force (namespace and workload ones; the default is the
+    /// variant for everyone else).
+    pub fn selectors(&self) -> impl Iterator<Item = &Selector> {
+        self.views.iter().map(|(s, _)| s)
+    }
+
+    /// Which sidecars see the service `host` defined in `namespace` and exported to
+    /// `export_to`; `None`: all of them.
+    pub fn visibility(
+        &self,
+        namespace: &str,
+        host: &str,
+        export_to: &ExportTo,
+    ) -> Option<Visibility> {
+        let mut rules: Vec<(Selector, bool)> = self
+            .views
+            .iter()
+            .map(|(selector, view)| (selector.clone(), view.sees(namespace, host)))
+            .collect();
+        // The default reads `.` and VirtualServices differently in the service's own
+        // namespace and in those with VirtualServices routing to it: a rule each (a
+        // namespace with its own scope has none of these).
+        let namespaces = std::iter::once(namespace)
+            .chain(self.routed_from.get(host).into_iter().flatten().copied());
+        for ns in namespaces {
+            if let Some(view) = self.default_by_namespace.get(ns) {
+                let selector = Covers::Namespace(ns.to_string()).selector();
+                rules.push((selector, view.sees(namespace, host)));
+            }
+        }
+        let visibility = Visibility::new(exported_only(rules, export_to));
+        (!visibility.is_everyone()).then_some(visibility)
+    }
+}
+
+/// `rules` narrowed to the namespaces a service is exported to: a sidecar sees it when its
+/// scope does and it is exported to the sidecar's namespace.
+fn exported_only(mut rules: Vec<(Selector, bool)>, export_to: &ExportTo) -> Vec<(Selector, bool)> {
+    let ExportTo::Namespaces(exported) = export_to else {
+        return rules;
+    };
+    let everyone = Covers::Default.selector();
+    // What a namespace without a rule of its own reads: the default's rule, if any.
+    let by_default = rules
+        .iter()
+        .find(|(s, _)| *s == everyone)
+        .is_none_or(|(_, visible)| *visible);
+    rules.retain(|(s, _)| *s != everyone);
+    for (selector, visible) in &mut rules {
+        let namespace = selector.namespace.as_deref();
+        *visible &= namespace.is_some_and(|ns| exported.contains(ns));
+    }
+    for ns in exported {
+        let selector = Covers::Namespace(ns.clone()).selector();
+        if !rules.iter().any(|(s, _)| *s == selector) {
+            rules.push((selector, by_default));
+        }
+    }
+    rules.push((everyone, false));
+    rules
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
+mod tests;

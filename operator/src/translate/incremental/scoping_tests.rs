@@ -1,0 +1,132 @@
+//! Sidecar egress scoping: what scoped sidecars are served (clusters, load assignments and
+//! virtual hosts of the services they see, nothing else), built incrementally as a full build.
+
+use capstan_crds::Kind;
+use capstan_xds::{ProxyInfo, Role, SnapshotCache, type_index};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+
+use super::tests::{check, delete, istio, options};
+use super::*;
+use crate::index::Index;
+use crate::model::sidecar_scope::fixtures::{
+    service_entry as entry, sidecar, sidecar_proxy as proxy,
+};
+
+const ROUTE_CART: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: front, namespace: web}
+spec:
+  hosts: [front.web.svc.cluster.local]
+  http: [{route: [{destination: {host: cart.shop.svc.cluster.local}}]}]
+";
+
+const CART_SUBSETS: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cart, namespace: shop}
+spec:
+  host: cart.shop.svc.cluster.local
+  subsets: [{name: v1, labels: {version: v1}}]
+";
+
+#[test]
+fn scoping_updates_match_a_full_build() {
+    check(vec![
+        istio(&entry("cart", "shop")),
+        istio(&entry("front", "web")),
+        istio(&entry("telemetry", "istio-system")),
+        istio(&sidecar("default", "web", None, "[\"./*\"]")),
+        // The VirtualService makes cart a destination web's scope names.
+        istio(ROUTE_CART),
+        istio(CART_SUBSETS),
+        istio(&sidecar(
+            "default",
+            "istio-system",
+            None,
+            "[\"./*\", \"istio-system/*\"]",
+        )),
+        istio(&sidecar("admin", "web", Some("app: admin"), "[\"*/*\"]")),
+        istio(&entry("basket", "shop")),
+        delete(Kind::VirtualService, "web", "front"),
+        delete(Kind::Sidecar, "web", "default"),
+        delete(Kind::Sidecar, "istio-system", "default"),
+        delete(Kind::Sidecar, "web", "admin"),
+    ]);
+}
+
+/// The names of `type_url` a full build of `mesh` serves `proxy`, and its virtual hosts.
+fn served(mesh: &Mesh, proxy: &ProxyInfo, type_url: &str) -> Vec<String> {
+    let cache = SnapshotCache::new();
+    cache.replace(Translator::new(options()).full(mesh));
+    let state = cache.current();
+    let index = type_index(type_url).expect("a served type");
+    let resources: Vec<_> = state.snapshot.view(index, proxy).cloned().collect();
+    if type_url != type_url::ROUTE {
+        return resources.iter().map(|r| r.name().to_string()).collect();
+    }
+    let routes = resources
+        .iter()
+        .find(|r| r.name() == OUTBOUND_HTTP)
+        .expect("every sidecar gets the routes");
+    RouteConfiguration::decode(routes.body())
+        .expect("decodes")
+        .virtual_hosts
+        .into_iter()
+        .map(|vh| vh.name)
+        .collect()
+}
+
+#[test]
+fn scoped_sidecars_get_only_what_they_see() {
+    let mut index = Index::new();
+    for yaml in [
+        entry("cart", "shop"),
+        entry("front", "web"),
+        entry("telemetry", "istio-system"),
+        CART_SUBSETS.to_string(),
+        sidecar(
+            "default",
+            "istio-system",
+            None,
+            "[\"./*\", \"istio-system/*\"]",
+        ),
+        sidecar("admin", "web", Some("app: admin"), "[\"*/*\"]"),
+    ] {
+        index.handle(istio(&yaml));
+    }
+    let (mesh, problems) = Mesh::build(&index, "cluster.local");
+    assert!(problems.is_empty(), "{problems:?}");
+    // By name.
+    let cart = [
+        "outbound|80|v1|cart.shop.svc.cluster.local",
+        "outbound|80||cart.shop.svc.cluster.local",
+    ];
+    let front = "outbound|80||front.web.svc.cluster.local";
+    let telemetry = "outbound|80||telemetry.istio-system.svc.cluster.local";
+
+    let web = proxy("web", &[]);
+    for type_url in [type_url::CLUSTER, type_url::ENDPOINT] {
+        assert_eq!(served(&mesh, &web, type_url), vec![front, telemetry]);
+    }
+    assert_eq!(
+        served(&mesh, &web, type_url::ROUTE),
+        // By namespace, as unscoped routes are.
+        vec![
+            "telemetry.istio-system.svc.cluster.local:80",
+            "front.web.svc.cluster.local:80"
+        ]
+    );
+    let shop = proxy("shop", &[]);
+    let mut expected: Vec<&str> = cart.to_vec();
+    expected.push(telemetry);
+    assert_eq!(served(&mesh, &shop, type_url::CLUSTER), expected);
+    // The admin workload's own scope sees everything; so do gateways, never scoped.
+    let admin = proxy("web", &[("app", "admin")]);
+    let gateway = ProxyInfo {
+        role: Role::Router,
+        ..proxy("web", &[])
+    };
+    for everything in [&admin, &gateway] {
+        assert_eq!(served(&mesh, everything, type_url::CLUSTER).len(), 4);
+    }
+    assert_eq!(served(&mesh, &admin, type_url::ROUTE).len(), 3);
+}
