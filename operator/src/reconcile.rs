@@ -91,9 +91,12 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(options: translate::Options, domain_suffix: &str) -> Self {
+        let mut mesh = Mesh::new(domain_suffix);
+        mesh.sidecar_scopes
+            .set_root_namespace(&options.root_namespace);
         Self {
             index: Index::new(),
-            mesh: Mesh::new(domain_suffix),
+            mesh,
             translator: Translator::new(options),
             domain_suffix: domain_suffix.to_string(),
         }
@@ -101,7 +104,9 @@ impl Pipeline {
 
     /// Builds the model and every resource anew from the index.
     pub fn full(&mut self) -> SnapshotBuilder {
+        let root_namespace = self.mesh.sidecar_scopes.root_namespace().to_string();
         self.mesh = Mesh::new(&self.domain_suffix);
+        self.mesh.sidecar_scopes.set_root_namespace(&root_namespace);
         self.mesh
             .update(&self.index, &crate::model::everything(&self.index));
         self.translator.full(&self.mesh)

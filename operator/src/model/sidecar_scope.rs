@@ -8,7 +8,8 @@
 //! namespace), or when it is a destination of a VirtualService an egress host names (Istio
 //! infers those, so that a route the sidecar receives has its clusters).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use capstan_crds::ObjectKey;
 use capstan_crds::networking::sidecar::SidecarSpec;
@@ -141,6 +142,16 @@ impl Default for Scopes {
 }
 
 impl Scopes {
+    /// Where a `Sidecar` without selector is every namespace's default (Istio's
+    /// `meshConfig.rootNamespace`); set before any `Sidecar` is read.
+    pub fn set_root_namespace(&mut self, namespace: &str) {
+        self.root_namespace = namespace.to_string();
+    }
+
+    pub fn root_namespace(&self) -> &str {
+        &self.root_namespace
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }
@@ -184,8 +195,11 @@ pub struct ScopeView<'a> {
     scope: &'a SidecarScope,
     /// `None`: proxies of a namespace the view is not about (`.` names nothing of interest).
     namespace: Option<&'a str>,
-    /// Destinations of the VirtualServices its egress hosts name.
-    inferred: HashSet<&'a str>,
+    /// Destinations of the VirtualServices its egress hosts name: for the default, those any
+    /// namespace's proxies see (shared by every namespace's view), and those only this
+    /// namespace's do (`.`, or exported to it alone).
+    inferred: Arc<HashSet<&'a str>>,
+    own_inferred: HashSet<&'a str>,
 }
 
 impl<'a> ScopeView<'a> {
@@ -199,23 +213,101 @@ impl<'a> ScopeView<'a> {
                 let own = namespace == Some(vs_ns);
                 vs.hosts.iter().any(|h| scope.names(own, vs_ns, h))
             })
-            .flat_map(destinations)
+            .flat_map(virtual_service_destinations)
             .collect();
         Self {
             scope,
             namespace,
-            inferred,
+            inferred: Arc::new(inferred),
+            own_inferred: HashSet::new(),
         }
     }
 
     /// Whether the proxies see the service `host` (defined in `namespace`).
     pub fn sees(&self, namespace: &str, host: &str) -> bool {
         let own = self.namespace == Some(namespace);
-        self.scope.names(own, namespace, host) || self.inferred.contains(host)
+        self.scope.names(own, namespace, host)
+            || self.inferred.contains(host)
+            || self.own_inferred.contains(host)
     }
 }
 
-fn destinations(vs: &VirtualService) -> impl Iterator<Item = &str> {
+/// The default scope as every namespace reads it, from one pass over the VirtualServices:
+/// the view of a namespace it says nothing particular about, each namespace's where `.` or
+/// `exportTo` make a difference, and host → the namespaces of the VirtualServices routing to
+/// it.
+struct DefaultViews<'a> {
+    scope: &'a SidecarScope,
+    general: Arc<HashSet<&'a str>>,
+    by_namespace: HashMap<&'a str, HashSet<&'a str>>,
+    routed_from: HashMap<&'a str, BTreeSet<&'a str>>,
+}
+
+impl<'a> DefaultViews<'a> {
+    fn new(mesh: &'a Mesh, default: &'a SidecarScope) -> Self {
+        let mut general: HashSet<&str> = HashSet::new();
+        let mut by_namespace: HashMap<&str, HashSet<&str>> = HashMap::new();
+        let mut routed_from: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+        for vs in mesh.virtual_services.values() {
+            let vs_ns = vs.origin.namespace.as_str();
+            // The namespaces whose view of the host this VirtualService may decide.
+            for host in virtual_service_destinations(vs) {
+                let namespaces = routed_from.entry(host).or_default();
+                namespaces.insert(vs_ns);
+                if let ExportTo::Namespaces(exported) = &vs.export_to {
+                    namespaces.extend(exported.iter().map(String::as_str));
+                }
+            }
+            if !vs.applies_to_sidecars() {
+                continue;
+            }
+            let anywhere = vs.hosts.iter().any(|h| default.names(false, vs_ns, h));
+            let at_home = anywhere || vs.hosts.iter().any(|h| default.names(true, vs_ns, h));
+            let add = |set: &mut HashSet<&'a str>| set.extend(virtual_service_destinations(vs));
+            match &vs.export_to {
+                ExportTo::All if anywhere => add(&mut general),
+                ExportTo::All if at_home => add(by_namespace.entry(vs_ns).or_default()),
+                ExportTo::All => {}
+                ExportTo::Namespaces(exported) => {
+                    for ns in exported {
+                        if anywhere || (at_home && ns == vs_ns) {
+                            add(by_namespace.entry(ns.as_str()).or_default());
+                        }
+                    }
+                }
+            }
+        }
+        Self {
+            scope: default,
+            general: Arc::new(general),
+            by_namespace,
+            routed_from,
+        }
+    }
+
+    /// The default as the proxies of a namespace it says nothing particular about read it.
+    fn general(&self) -> ScopeView<'a> {
+        ScopeView {
+            scope: self.scope,
+            namespace: None,
+            inferred: self.general.clone(),
+            own_inferred: HashSet::new(),
+        }
+    }
+
+    /// The default as the proxies of `namespace` read it.
+    fn view(&mut self, namespace: &'a str) -> ScopeView<'a> {
+        ScopeView {
+            scope: self.scope,
+            namespace: Some(namespace),
+            inferred: self.general.clone(),
+            own_inferred: self.by_namespace.remove(namespace).unwrap_or_default(),
+        }
+    }
+}
+
+/// Every host `vs` sends to (routes and mirrors, http, tcp and tls).
+pub(crate) fn virtual_service_destinations(vs: &VirtualService) -> impl Iterator<Item = &str> {
     vs.http.iter().flat_map(|r| r.destination_hosts()).chain(
         vs.tcp
             .iter()
@@ -232,8 +324,9 @@ pub struct ScopeViews<'a> {
     /// The default as read by each namespace it covers where `.` or a VirtualService may
     /// make a difference (those with services or VirtualServices).
     default_by_namespace: BTreeMap<&'a str, ScopeView<'a>>,
-    /// Host → the namespaces of the VirtualServices routing to it.
-    routed_from: BTreeMap<&'a str, BTreeSet<&'a str>>,
+    /// Host → the namespaces of the VirtualServices routing to it, and those they are
+    /// exported to by name.
+    routed_from: HashMap<&'a str, BTreeSet<&'a str>>,
 }
 
 impl<'a> ScopeViews<'a> {
@@ -245,8 +338,10 @@ impl<'a> ScopeViews<'a> {
         for (covers, scope) in in_force {
             let view = match &covers {
                 Covers::Default => {
-                    default = Some(scope);
-                    ScopeView::new(mesh, scope, None)
+                    let views = DefaultViews::new(mesh, scope);
+                    let general = views.general();
+                    default = Some(views);
+                    general
                 }
                 Covers::Namespace(_) | Covers::Workload(..) => {
                     let ns = scope.origin.namespace.as_str();
@@ -258,23 +353,17 @@ impl<'a> ScopeViews<'a> {
             };
             views.push((covers.selector(), view));
         }
-        let mut routed_from: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        let mut routed_from = HashMap::new();
         let mut default_by_namespace = BTreeMap::new();
-        if let Some(default) = default {
-            for vs in mesh.virtual_services.values() {
-                for host in destinations(vs) {
-                    routed_from
-                        .entry(host)
-                        .or_default()
-                        .insert(vs.origin.namespace.as_str());
-                }
-            }
+        if let Some(mut default) = default {
             let mut namespaces: BTreeSet<&str> =
                 mesh.services.values().map(|s| s.namespace()).collect();
-            namespaces.extend(routed_from.values().flatten().copied());
+            namespaces.extend(default.routed_from.values().flatten().copied());
+            namespaces.extend(default.by_namespace.keys().copied());
             for ns in namespaces.difference(&own_scope) {
-                default_by_namespace.insert(*ns, ScopeView::new(mesh, default, Some(*ns)));
+                default_by_namespace.insert(*ns, default.view(ns));
             }
+            routed_from = default.routed_from;
         }
         Self {
             views,

@@ -79,6 +79,10 @@ pub struct RunArgs {
     /// `bookinfo` is `reviews.bookinfo.svc.<suffix>`).
     #[arg(long, default_value = "cluster.local")]
     pub domain_suffix: String,
+    /// Istio's `meshConfig.rootNamespace`: a `Sidecar` without `workloadSelector` in it is
+    /// the default egress scope of every namespace without one of its own.
+    #[arg(long, default_value = crate::model::sidecar_scope::DEFAULT_ROOT_NAMESPACE)]
+    pub root_namespace: String,
     /// How long a burst of file changes must be quiet before the folder is read again, in
     /// milliseconds (editors write a file in several steps).
     #[arg(long, default_value_t = 50)]

@@ -71,6 +71,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             outbound_bind: args.outbound_bind.clone(),
             outbound_port: args.outbound_port,
             sidecar_listeners: args.sidecar_listeners,
+            root_namespace: args.root_namespace.clone(),
         },
         ads,
         ads_tls,

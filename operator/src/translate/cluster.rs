@@ -470,11 +470,7 @@ spec:
             let document = capstan_crds::parse_single("t.yaml", yaml).expect("valid");
             Event::Apply(Record::Istio(IstioRecord::valid(document.object)))
         };
-        let options = super::super::Options {
-            outbound_bind: "127.0.0.1".into(),
-            outbound_port: 15001,
-            sidecar_listeners: Default::default(),
-        };
+        let options = crate::translate::test_support::options();
         let mut pipeline = Pipeline::new(options, "cluster.local");
         let cache = SnapshotCache::new();
         cache.replace(pipeline.full());

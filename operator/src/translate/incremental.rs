@@ -82,6 +82,13 @@ pub struct Translator {
     route_variants: BTreeSet<Selector>,
     /// Hosts some sidecars do not see (`Sidecar` egress scoping), and who does.
     visibility: scoping::HostVisibility,
+    /// Scoped route variants' pieces, per variant and group, and the groups whose pieces
+    /// must be filtered again (their virtual hosts or who sees them changed).
+    scoped_segments: HashMap<(Selector, Group), Parts>,
+    dirty_groups: BTreeSet<Group>,
+    /// With a `Sidecar` in the mesh, each VirtualService's destinations: a change to one
+    /// changes who sees those hosts only.
+    vs_destinations: HashMap<ObjectKey, BTreeSet<String>>,
     /// Problems found building routes: per VirtualService, per service host; and hosts
     /// that no service has.
     route_problems: BTreeMap<ObjectKey, BTreeMap<String, Vec<Problem>>>,
@@ -104,6 +111,9 @@ impl Translator {
             domain_claims: Default::default(),
             route_variants: BTreeSet::new(),
             visibility: Default::default(),
+            scoped_segments: HashMap::new(),
+            dirty_groups: BTreeSet::new(),
+            vs_destinations: HashMap::new(),
             route_problems: BTreeMap::new(),
             unbound: BTreeMap::new(),
             gateways: GatewayState::default(),
@@ -131,8 +141,9 @@ impl Translator {
         for (selector, resource) in self.by_host.values().flat_map(|h| h.assignments.iter()) {
             out.add_for(selector.clone(), resource.clone());
         }
+        let views = ScopeViews::new(mesh);
         let mut scoped = Update::new();
-        self.scope_all_hosts(mesh, &mut scoped);
+        self.scope_all_hosts(mesh, &views, &mut scoped);
         out.apply(scoped);
         match self.options.sidecar_listeners {
             ListenerMode::Direct => {
@@ -152,7 +163,7 @@ impl Translator {
         for (selector, resource) in self.build_gateways(mesh) {
             out.add_for(selector, resource);
         }
-        let (variants, _) = self.assemble_routes(mesh);
+        let (variants, _) = self.assemble_routes(mesh, &views);
         for (selector, resource) in variants {
             out.add_for(selector, resource);
         }
@@ -176,13 +187,17 @@ impl Translator {
             capture.routes_changed(mesh, &affected.routes, &mut update);
         }
         let rebuilt = self.rebuild(mesh, affected, &mut update);
-        self.scope_rebuilt_hosts(mesh, &affected.hosts, &mut update);
-        // What a scope sees includes the destinations of the VirtualServices it names.
-        if affected.sidecars || !affected.virtual_services.is_empty() {
-            self.scope_all_hosts(mesh, &mut update);
+        let views = ScopeViews::new(mesh);
+        self.scope_rebuilt_hosts(mesh, &views, &affected.hosts, &mut update);
+        if affected.sidecars {
+            self.scoped_segments.clear();
+            self.scope_all_hosts(mesh, &views, &mut update);
+        } else if !affected.virtual_services.is_empty() {
+            // What a scope sees includes the destinations of the VirtualServices it names.
+            self.scope_destinations(mesh, &views, &affected.virtual_services, &mut update);
         }
-        if rebuilt || affected.sidecars {
-            let (variants, gone) = self.assemble_routes(mesh);
+        if rebuilt || affected.sidecars || !self.dirty_groups.is_empty() {
+            let (variants, gone) = self.assemble_routes(mesh, &views);
             for (selector, resource) in variants {
                 update.put_for(selector, resource);
             }
@@ -228,7 +243,8 @@ impl Translator {
             groups.insert(group);
         }
         for group in groups {
-            self.rejoin(group);
+            self.rejoin(group.clone());
+            self.dirty_groups.insert(group);
         }
         self.refresh_unbound(mesh, affected);
         !hosts.is_empty()
@@ -447,19 +463,25 @@ impl Translator {
 
     /// The route variants from the kept virtual hosts, and the selectors whose variant is
     /// gone.
-    fn assemble_routes(&mut self, mesh: &Mesh) -> (Vec<(Selector, Resource)>, Vec<Selector>) {
-        let variants = self.routes(mesh);
+    fn assemble_routes(
+        &mut self,
+        mesh: &Mesh,
+        views: &ScopeViews,
+    ) -> (Vec<(Selector, Resource)>, Vec<Selector>) {
+        let variants = self.routes(mesh, views);
+        self.dirty_groups.clear();
         let now: BTreeSet<Selector> = variants.iter().map(|(s, _)| s.clone()).collect();
         let gone = self.route_variants.difference(&now).cloned().collect();
         self.route_variants = now;
         (variants, gone)
     }
 
-    fn routes(&self, mesh: &Mesh) -> Vec<(Selector, Resource)> {
+    fn routes(&mut self, mesh: &Mesh, views: &ScopeViews) -> Vec<(Selector, Resource)> {
         let selector = |ns: Option<&str>| ns.map_or_else(Selector::all, Selector::namespace);
         if self.domain_claims.any_repeated() {
             // Two hosts claim one name: the slow path drops the later claims, as a full
             // build always has (not scoped by Sidecar; docs/traffic.md says so).
+            self.scoped_segments.clear();
             let (configs, _) = route::route_configurations(mesh);
             return configs
                 .into_iter()
@@ -471,12 +493,10 @@ impl Translator {
                 })
                 .collect();
         }
-        if !mesh.sidecar_scopes.is_empty() {
-            let views = ScopeViews::new(mesh);
-            if !views.is_empty() {
-                return self.scoped_routes(mesh, &views);
-            }
+        if !views.is_empty() {
+            return self.scoped_routes(mesh, views);
         }
+        self.scoped_segments.clear();
         // A variant per namespace with cluster-local hosts or hosts exported to it by name, and
         // one for every other proxy.
         let mut namespaces: BTreeSet<Option<&str>> = BTreeSet::from([None]);

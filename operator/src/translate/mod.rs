@@ -33,6 +33,9 @@ pub struct Options {
     pub outbound_bind: String,
     pub outbound_port: u16,
     pub sidecar_listeners: ListenerMode,
+    /// Istio's `meshConfig.rootNamespace`: a `Sidecar` without selector there is every
+    /// namespace's default.
+    pub root_namespace: String,
 }
 
 /// Builds every resource for `mesh`. Config that cannot be honoured is reported and left

@@ -4,6 +4,18 @@ use capstan_crds::parse::parse_documents;
 
 use crate::index::{Index, Record, Tag};
 use crate::model::Mesh;
+use crate::model::sidecar_scope::DEFAULT_ROOT_NAMESPACE;
+use crate::translate::Options;
+
+/// Options as the tests use them: direct listeners on 127.0.0.1:15001.
+pub fn options() -> Options {
+    Options {
+        outbound_bind: "127.0.0.1".into(),
+        outbound_port: 15001,
+        sidecar_listeners: Default::default(),
+        root_namespace: DEFAULT_ROOT_NAMESPACE.into(),
+    }
+}
 
 /// The mesh of `yaml`, which must be valid.
 pub fn mesh(yaml: &str) -> Mesh {

@@ -185,3 +185,43 @@ fn export_to_narrows_what_a_scope_sees() {
         "neither"
     );
 }
+
+#[test]
+fn the_default_infers_destinations_per_namespace() {
+    let routed = |exported: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: front, namespace: web}}
+spec:
+  hosts: [front.web.svc.cluster.local]
+  exportTo: {exported}
+  http: [{{route: [{{destination: {{host: cart.shop.svc.cluster.local}}}}]}}]
+"
+        )
+    };
+    let root = sidecar(
+        "default",
+        "istio-system",
+        None,
+        "[\"./*\", \"*/front.web.svc.cluster.local\"]",
+    );
+    // `./*` names web's VirtualService for web's sidecars only; exported to `api` too, and
+    // named there by `*/front…`, it is api's as well.
+    let (mesh, _) = mesh(&[
+        entry("cart", "shop"),
+        entry("front", "web"),
+        routed("[., api]"),
+        root,
+    ]);
+    assert!(sees(&mesh, &sidecar_in("web", &[]), "cart.shop"));
+    assert!(sees(&mesh, &sidecar_in("api", &[]), "cart.shop"));
+    assert!(
+        !sees(&mesh, &sidecar_in("other", &[]), "cart.shop"),
+        "not exported there"
+    );
+    assert!(
+        sees(&mesh, &sidecar_in("shop", &[]), "cart.shop"),
+        "its own namespace"
+    );
+}

@@ -3,18 +3,21 @@
 //! route variants of scoped sidecars, which carry only the virtual hosts they see.
 //!
 //! Without any `Sidecar`, none of this runs: the route variants are assembled from the joined
-//! segments as before. With one, a scoped route variant walks every virtual host (a pointer
-//! per host, nothing encoded again), so a route change costs time proportional to the number
-//! of virtual hosts times the number of scoped variants.
+//! segments as before. With one, each scoped route variant is assembled from a piece per
+//! group of virtual hosts (a namespace's), kept per variant; a change filters again only the
+//! groups whose virtual hosts, or whose hosts' visibility, changed (a pointer per virtual
+//! host, nothing encoded again), and a `Sidecar` change all of them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use capstan_crds::ObjectKey;
 use capstan_xds::{Parts, Resource, Selector, Update, Visibility, type_url};
 
-use super::{Group, HostResources, Translator, VirtualHostEntry};
+use super::{Group, HostResources, Translator, VirtualHostEntry, group_of};
 use crate::model::Mesh;
+use crate::model::VirtualService;
 use crate::model::service::ExportTo;
-use crate::model::sidecar_scope::{Covers, ScopeView, ScopeViews};
+use crate::model::sidecar_scope::{Covers, ScopeView, ScopeViews, virtual_service_destinations};
 use crate::translate::OUTBOUND_HTTP;
 
 /// The visibility last set per host, for the hosts some sidecars do not see.
@@ -26,6 +29,7 @@ impl Translator {
     pub(super) fn scope_rebuilt_hosts(
         &mut self,
         mesh: &Mesh,
+        views: &ScopeViews,
         hosts: &BTreeSet<String>,
         update: &mut Update,
     ) {
@@ -34,32 +38,62 @@ impl Translator {
                 .get(host)
                 .is_some_and(|s| s.export_to != ExportTo::All)
         };
-        if mesh.sidecar_scopes.is_empty()
-            && self.visibility.is_empty()
-            && !hosts.iter().any(restricted)
-        {
+        if views.is_empty() && self.visibility.is_empty() && !hosts.iter().any(restricted) {
             return;
         }
-        let views = ScopeViews::new(mesh);
         for host in hosts {
-            self.scope_host(mesh, &views, host, true, update);
+            self.scope_host(mesh, views, host, true, update);
         }
     }
 
-    /// Works out again who sees every host (a Sidecar or VirtualService changed); only
-    /// what changed is set.
-    pub(super) fn scope_all_hosts(&mut self, mesh: &Mesh, update: &mut Update) {
+    /// Works out again who sees every host (a Sidecar changed, or everything was built);
+    /// only what changed is set.
+    pub(super) fn scope_all_hosts(&mut self, mesh: &Mesh, views: &ScopeViews, update: &mut Update) {
+        self.vs_destinations = if views.is_empty() {
+            HashMap::new()
+        } else {
+            mesh.virtual_services
+                .iter()
+                .map(|(key, vs)| (key.clone(), destinations(vs)))
+                .collect()
+        };
         let restricted = mesh.services.values().any(|s| s.export_to != ExportTo::All);
-        if mesh.sidecar_scopes.is_empty() && self.visibility.is_empty() && !restricted {
+        if views.is_empty() && self.visibility.is_empty() && !restricted {
             return;
         }
-        let views = ScopeViews::new(mesh);
         let hosts: Vec<String> = self.by_host.keys().cloned().collect();
         for host in hosts {
-            self.scope_host(mesh, &views, &host, false, update);
+            self.scope_host(mesh, views, &host, false, update);
         }
         self.visibility
             .retain(|host, _| self.by_host.contains_key(host));
+    }
+
+    /// Works out again who sees the destinations, before and after, of the VirtualServices
+    /// `changed`: the only hosts whose visibility they decide.
+    pub(super) fn scope_destinations(
+        &mut self,
+        mesh: &Mesh,
+        views: &ScopeViews,
+        changed: &BTreeSet<ObjectKey>,
+        update: &mut Update,
+    ) {
+        if views.is_empty() {
+            self.vs_destinations.clear();
+            return;
+        }
+        let mut hosts = BTreeSet::new();
+        for key in changed {
+            hosts.extend(self.vs_destinations.remove(key).unwrap_or_default());
+            if let Some(vs) = mesh.virtual_services.get(key) {
+                let now = destinations(vs);
+                hosts.extend(now.iter().cloned());
+                self.vs_destinations.insert(key.clone(), now);
+            }
+        }
+        for host in hosts {
+            self.scope_host(mesh, views, &host, false, update);
+        }
     }
 
     /// Sets again the visibility of `host`'s load assignments (they were just replaced).
@@ -88,10 +122,16 @@ impl Translator {
             .services
             .get(host)
             .and_then(|s| views.visibility(s.namespace(), host, &s.export_to));
-        if !force && self.visibility.get(host) == visibility.as_ref() {
+        let unchanged = self.visibility.get(host) == visibility.as_ref();
+        if unchanged && !force {
             return;
         }
         set_visibility(kept, visibility.as_ref(), update);
+        if !unchanged {
+            // The scoped route variants read its virtual hosts differently.
+            self.dirty_groups
+                .insert(group_of(host, &mesh.domain_suffix));
+        }
         match visibility {
             Some(v) => self.visibility.insert(host.to_string(), v),
             None => self.visibility.remove(host),
@@ -100,59 +140,95 @@ impl Translator {
 
     /// The route variants when some Sidecar scopes what sidecars see: per namespace as
     /// without scoping, plus one per workload scope; each scoped one has only the virtual
-    /// hosts its sidecars see.
+    /// hosts its sidecars see. Each is assembled from one piece per group of virtual hosts,
+    /// kept per variant; only the groups that changed are filtered again.
     pub(super) fn scoped_routes(
-        &self,
+        &mut self,
         mesh: &Mesh,
         views: &ScopeViews,
     ) -> Vec<(Selector, Resource)> {
-        let mut namespaces: BTreeSet<Option<&str>> = BTreeSet::from([None]);
+        let mut namespaces: BTreeSet<Option<String>> = BTreeSet::from([None]);
         for (group, segment) in &self.segments {
-            namespaces.extend(group.as_deref().map(Some));
-            namespaces.extend(segment.exported.keys().map(|ns| Some(ns.as_str())));
+            namespaces.extend(group.iter().cloned().map(Some));
+            namespaces.extend(segment.exported.keys().cloned().map(Some));
         }
         namespaces.extend(
             views
                 .selectors()
-                .filter_map(|s| s.namespace.as_deref().map(Some)),
+                .filter_map(|s| s.namespace.as_deref().map(|ns| Some(ns.to_string()))),
         );
         let mut out = Vec::new();
-        for namespace in namespaces {
+        let mut kept = HashMap::new();
+        for namespace in &namespaces {
             let (selector, covers) = match namespace {
-                Some(ns) => (Selector::namespace(ns), Covers::Namespace(ns.to_string())),
+                Some(ns) => (Selector::namespace(ns), Covers::Namespace(ns.clone())),
                 None => (Selector::all(), Covers::Default),
             };
             let resource = match views.for_proxies(&covers.selector()) {
-                Some(view) => self.filtered_routes(mesh, namespace, view),
-                None => self.assembled_routes(namespace),
+                Some(view) => {
+                    let namespace = namespace.as_deref();
+                    self.filtered_routes(mesh, &selector, namespace, view, &mut kept)
+                }
+                None => self.assembled_routes(namespace.as_deref()),
             };
             out.push((selector, resource));
         }
         for selector in views.selectors().filter(|s| !s.labels.is_empty()) {
             if let Some(view) = views.for_proxies(selector) {
                 let namespace = selector.namespace.as_deref();
-                out.push((
-                    selector.clone(),
-                    self.filtered_routes(mesh, namespace, view),
-                ));
+                let resource = self.filtered_routes(mesh, selector, namespace, view, &mut kept);
+                out.push((selector.clone(), resource));
             }
         }
+        // Pieces of variants or groups that are gone are dropped.
+        self.scoped_segments = kept;
         out
     }
 
-    /// The route configuration of the sidecars of `namespace` that see what `view` sees.
-    fn filtered_routes(&self, mesh: &Mesh, namespace: Option<&str>, view: &ScopeView) -> Resource {
+    /// The route configuration of the sidecars `selector` picks (of `namespace`), which see
+    /// what `view` sees: a piece per group, kept in `kept`.
+    fn filtered_routes(
+        &self,
+        mesh: &Mesh,
+        selector: &Selector,
+        namespace: Option<&str>,
+        view: &ScopeView,
+        kept: &mut HashMap<(Selector, Group), Parts>,
+    ) -> Resource {
+        let mut pieces = vec![self.header.clone()];
+        for group in self.segments.keys() {
+            let key = (selector.clone(), group.clone());
+            let piece = match self.scoped_segments.get(&key) {
+                Some(piece) if !self.dirty_groups.contains(group) => piece.clone(),
+                _ => self.filtered_group(mesh, group, namespace, view),
+            };
+            pieces.push(piece.clone());
+            kept.insert(key, piece);
+        }
+        Resource::from_parts(type_url::ROUTE, OUTBOUND_HTTP, Parts::join(pieces))
+    }
+
+    /// The virtual hosts of `group` the sidecars of `namespace` that see what `view` sees
+    /// get, joined.
+    fn filtered_group(
+        &self,
+        mesh: &Mesh,
+        group: &Group,
+        namespace: Option<&str>,
+        view: &ScopeView,
+    ) -> Parts {
+        let first = (group.clone(), String::new(), 0);
         let seen = self
             .virtual_hosts
-            .iter()
+            .range(first..)
+            .take_while(|((g, _, _), _)| g == group)
             .filter(|((_, host, _), _)| {
                 mesh.services
                     .get(host)
                     .is_some_and(|s| view.sees(s.namespace(), host))
             })
-            .filter_map(|((group, _, _), entry)| form(entry, group, namespace));
-        let parts = Parts::join(std::iter::once(self.header.clone()).chain(seen));
-        Resource::from_parts(type_url::ROUTE, OUTBOUND_HTTP, parts)
+            .filter_map(|(_, entry)| form(entry, group, namespace));
+        Parts::join(seen)
     }
 }
 
@@ -167,6 +243,13 @@ pub(super) fn form(e: &VirtualHostEntry, group: &Group, namespace: Option<&str>)
     }
     let own = namespace.is_some() && group.as_deref() == namespace;
     Some(if own { e.own.clone() } else { e.other.clone() })
+}
+
+/// The hosts `vs` sends to.
+fn destinations(vs: &VirtualService) -> BTreeSet<String> {
+    virtual_service_destinations(vs)
+        .map(str::to_string)
+        .collect()
 }
 
 fn names(variants: &[(Selector, Resource)]) -> BTreeSet<&str> {

@@ -46,6 +46,10 @@ fn scoping_updates_match_a_full_build() {
         )),
         istio(&sidecar("admin", "web", Some("app: admin"), "[\"*/*\"]")),
         istio(&entry("basket", "shop")),
+        // The route now sends to basket: web's sidecars see basket, not cart.
+        istio(&ROUTE_CART.replace("cart.shop", "basket.shop")),
+        istio(&entry("cart", "shop").replace("  resolution", "  exportTo: [web]\n  resolution")),
+        istio(&entry("front", "web").replace("80", "8080")),
         delete(Kind::VirtualService, "web", "front"),
         delete(Kind::Sidecar, "web", "default"),
         delete(Kind::Sidecar, "istio-system", "default"),
@@ -129,4 +133,39 @@ fn scoped_sidecars_get_only_what_they_see() {
         assert_eq!(served(&mesh, everything, type_url::CLUSTER).len(), 4);
     }
     assert_eq!(served(&mesh, &admin, type_url::ROUTE).len(), 3);
+}
+
+/// `--root-namespace`: a Sidecar there without selector is the default; one in
+/// `istio-system` is then only that namespace's.
+#[test]
+fn the_root_namespace_is_the_configured_one() {
+    let options = Options {
+        root_namespace: "mesh-root".into(),
+        ..options()
+    };
+    let mut pipeline = crate::reconcile::Pipeline::new(options, "cluster.local");
+    for yaml in [
+        entry("cart", "shop"),
+        entry("front", "web"),
+        sidecar("default", "mesh-root", None, "[\"./*\"]"),
+        sidecar("default", "istio-system", None, "[\"*/*\"]"),
+    ] {
+        pipeline.index.handle(istio(&yaml));
+    }
+    let cache = SnapshotCache::new();
+    cache.replace(pipeline.full());
+    let state = cache.current();
+    let clusters = |proxy: &ProxyInfo| -> Vec<String> {
+        let index = type_index(type_url::CLUSTER).expect("a served type");
+        state
+            .snapshot
+            .view(index, proxy)
+            .map(|r| r.name().to_string())
+            .collect()
+    };
+    assert_eq!(
+        clusters(&proxy("web", &[])),
+        vec!["outbound|80||front.web.svc.cluster.local"]
+    );
+    assert_eq!(clusters(&proxy("istio-system", &[])).len(), 2);
 }

@@ -13,13 +13,7 @@ use crate::index::{
 };
 use crate::reconcile::Pipeline;
 
-pub(super) fn options() -> Options {
-    Options {
-        outbound_bind: "127.0.0.1".into(),
-        outbound_port: 15001,
-        sidecar_listeners: Default::default(),
-    }
-}
+pub(super) use crate::translate::test_support::options;
 
 pub(super) fn istio(yaml: &str) -> Event {
     let document = parse_single("t.yaml", yaml).expect("valid yaml");

@@ -48,9 +48,8 @@ spec:
 
 fn capture() -> Options {
     Options {
-        outbound_bind: "127.0.0.1".into(),
-        outbound_port: 15001,
         sidecar_listeners: ListenerMode::Capture,
+        ..crate::translate::test_support::options()
     }
 }
 
