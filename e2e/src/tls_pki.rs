@@ -20,7 +20,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 
-use crate::http::{HttpResponse, REQUEST_TIMEOUT};
+use crate::http::{HttpResponse, REQUEST_TIMEOUT, UpstreamReply};
+use crate::mesh::CONFIG_TIMEOUT;
 
 /// A CA whose certificate is written to `<dir>/<name>-ca.pem`.
 pub struct TestCa {
@@ -217,6 +218,37 @@ impl ServerCertVerifier for AnyName {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.supported_verify_schemes()
     }
+}
+
+/// Polls `GET https://<host><path>` through `connector` at `addr` until an upstream
+/// answers; its reply. `what` names the wait in the timeout error.
+pub async fn wait_https_reply(
+    connector: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    what: &str,
+) -> anyhow::Result<UpstreamReply> {
+    crate::wait_until(what, CONFIG_TIMEOUT, async || {
+        https_get(connector, addr, host, path)
+            .await?
+            .upstream_reply()
+    })
+    .await
+}
+
+/// Fails unless `GET https://<host><path>` through `connector` at `addr` fails (in the
+/// handshake or the request); `who` names the client in the error.
+pub async fn ensure_https_refused(
+    connector: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    who: &str,
+) -> anyhow::Result<()> {
+    let result = https_get(connector, addr, host, path).await;
+    anyhow::ensure!(result.is_err(), "{who} got {:?}", result.map(|r| r.status));
+    Ok(())
 }
 
 /// `GET path` over a new TLS connection to `addr` with SNI and Host `host`.

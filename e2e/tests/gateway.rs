@@ -15,7 +15,7 @@ use capstan_e2e::envoy::{AdsMode, loopback};
 use capstan_e2e::gateway_mesh::{GatewayMesh, http_gateway, shop, start_gateway, wait_for_service};
 use capstan_e2e::http::HttpClient;
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv};
-use capstan_e2e::tls_pki::{TestCa, connector, https_get};
+use capstan_e2e::tls_pki::{TestCa, connector, ensure_https_refused, wait_https_reply};
 use capstan_e2e::upstreams::Upstreams;
 
 capstan_e2e::private_network!();
@@ -146,54 +146,54 @@ spec:
     let mutual = mesh.listening(mutual_port).await?;
 
     let trusting = connector(&ca.cert_pem, None)?;
-    let reply = capstan_e2e::wait_until("HTTPS to shop.example.com", CONFIG_TIMEOUT, async || {
-        https_get(&trusting, simple, "shop.example.com", "/reviews/1")
-            .await?
-            .upstream_reply()
-    })
+    let reply = wait_https_reply(
+        &trusting,
+        simple,
+        "shop.example.com",
+        "/reviews/1",
+        "HTTPS to shop.example.com",
+    )
     .await?;
     ensure!(reply.version == "v2", "HTTPS reached {reply:?}");
 
     let distrusting = connector(&stranger.cert_pem, None)?;
-    let refused = https_get(&distrusting, simple, "shop.example.com", "/reviews/1").await;
-    ensure!(
-        refused.is_err(),
-        "a client trusting another CA got {:?}",
-        refused.map(|r| r.status)
-    );
+    ensure_https_refused(
+        &distrusting,
+        simple,
+        "shop.example.com",
+        "/reviews/1",
+        "a client trusting another CA",
+    )
+    .await?;
 
     // MUTUAL: the client's certificate is checked against caCertificates.
     let with_cert = connector(&ca.cert_pem, Some(&client_cert))?;
-    let reply = capstan_e2e::wait_until(
+    let reply = wait_https_reply(
+        &with_cert,
+        mutual,
+        "shop.example.com",
+        "/reviews/1",
         "mutual TLS with a client certificate",
-        CONFIG_TIMEOUT,
-        async || {
-            https_get(&with_cert, mutual, "shop.example.com", "/reviews/1")
-                .await?
-                .upstream_reply()
-        },
     )
     .await?;
     ensure!(reply.version == "v2", "mutual TLS reached {reply:?}");
-    let anonymous = https_get(&trusting, mutual, "shop.example.com", "/reviews/1").await;
-    ensure!(
-        anonymous.is_err(),
-        "a client without a certificate got {:?}",
-        anonymous.map(|r| r.status)
-    );
+    ensure_https_refused(
+        &trusting,
+        mutual,
+        "shop.example.com",
+        "/reviews/1",
+        "a client without a certificate",
+    )
+    .await?;
     let foreign_cert = stranger.client("foreign", "spiffe://example.com/ns/x/sa/y")?;
-    let foreign = https_get(
+    ensure_https_refused(
         &connector(&ca.cert_pem, Some(&foreign_cert))?,
         mutual,
         "shop.example.com",
         "/reviews/1",
+        "a client certificate from another CA",
     )
-    .await;
-    ensure!(
-        foreign.is_err(),
-        "a client certificate from another CA got {:?}",
-        foreign.map(|r| r.status)
-    );
+    .await?;
     mesh.gateway.ensure_no_rejected_updates().await
 }
 

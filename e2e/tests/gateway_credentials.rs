@@ -12,7 +12,10 @@ use base64::Engine;
 use capstan_e2e::envoy::AdsMode;
 use capstan_e2e::gateway_mesh::{GatewayMesh, gateway_port, shop};
 use capstan_e2e::mesh::CONFIG_TIMEOUT;
-use capstan_e2e::tls_pki::{Issued, TestCa, connector, https_get, served_certificate};
+use capstan_e2e::tls_pki::{
+    Issued, TestCa, connector, ensure_https_refused, https_get, served_certificate,
+    wait_https_reply,
+};
 
 capstan_e2e::private_network!();
 
@@ -109,14 +112,12 @@ async fn credential_name_serves_the_secrets_certificate_and_follows_its_rotation
     .await?;
     let addr = mesh.listening(port).await?;
     let client = connector(&ca.cert_pem, None)?;
-    let reply = capstan_e2e::wait_until(
+    let reply = wait_https_reply(
+        &client,
+        addr,
+        "shop.example.com",
+        "/reviews/1",
         "HTTPS with the Secret's certificate",
-        CONFIG_TIMEOUT,
-        async || {
-            https_get(&client, addr, "shop.example.com", "/reviews/1")
-                .await?
-                .upstream_reply()
-        },
     )
     .await?;
     ensure!(reply.version == "v2", "HTTPS reached {reply:?}");
@@ -200,14 +201,12 @@ async fn mutual_tls_takes_the_client_ca_from_the_cacert_secret() -> anyhow::Resu
     let addr = mesh.listening(port).await?;
 
     let with_cert = connector(&ca.cert_pem, Some(&client_cert))?;
-    let reply = capstan_e2e::wait_until(
+    let reply = wait_https_reply(
+        &with_cert,
+        addr,
+        "shop.example.com",
+        "/reviews/1",
         "mutual TLS with a client certificate",
-        CONFIG_TIMEOUT,
-        async || {
-            https_get(&with_cert, addr, "shop.example.com", "/reviews/1")
-                .await?
-                .upstream_reply()
-        },
     )
     .await?;
     ensure!(reply.version == "v2", "mutual TLS reached {reply:?}");
@@ -216,30 +215,22 @@ async fn mutual_tls_takes_the_client_ca_from_the_cacert_secret() -> anyhow::Resu
         "the gateway does not present the Secret's certificate"
     );
 
-    let anonymous = https_get(
+    ensure_https_refused(
         &connector(&ca.cert_pem, None)?,
         addr,
         "shop.example.com",
         "/reviews/1",
+        "a client without a certificate",
     )
-    .await;
-    ensure!(
-        anonymous.is_err(),
-        "a client without a certificate got {:?}",
-        anonymous.map(|r| r.status)
-    );
+    .await?;
     let foreign_cert = stranger.client("foreign", "spiffe://example.com/ns/x/sa/y")?;
-    let foreign = https_get(
+    ensure_https_refused(
         &connector(&ca.cert_pem, Some(&foreign_cert))?,
         addr,
         "shop.example.com",
         "/reviews/1",
+        "a client certificate from another CA",
     )
-    .await;
-    ensure!(
-        foreign.is_err(),
-        "a client certificate from another CA got {:?}",
-        foreign.map(|r| r.status)
-    );
+    .await?;
     mesh.gateway.ensure_no_rejected_updates().await
 }

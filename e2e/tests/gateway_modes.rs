@@ -24,7 +24,8 @@ use capstan_e2e::http::HttpClient;
 use capstan_e2e::locate::{capstan_bin, envoy_bin};
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv, start_reviews};
 use capstan_e2e::tls_pki::{
-    TestCa, connector, connector_any_name, connector_with_alpn, https_get, served_certificate,
+    TestCa, connector, connector_any_name, connector_with_alpn, ensure_https_refused, https_get,
+    served_certificate, wait_https_reply,
 };
 use capstan_e2e::upstreams::{UpstreamTls, Upstreams};
 
@@ -86,14 +87,12 @@ async fn optional_mutual_admits_clients_without_a_certificate_and_checks_those_s
     let addr = mesh.listening(port).await?;
 
     let anonymous = connector(&ca.cert_pem, None)?;
-    let reply = capstan_e2e::wait_until(
+    let reply = wait_https_reply(
+        &anonymous,
+        addr,
+        "shop.example.com",
+        "/reviews/1",
         "HTTPS without a client certificate",
-        CONFIG_TIMEOUT,
-        async || {
-            https_get(&anonymous, addr, "shop.example.com", "/reviews/1")
-                .await?
-                .upstream_reply()
-        },
     )
     .await?;
     ensure!(reply.version == "v2", "no certificate: reached {reply:?}");
@@ -109,18 +108,14 @@ async fn optional_mutual_admits_clients_without_a_certificate_and_checks_those_s
     );
 
     let failures = ssl_stat(&mesh.gateway, "fail_verify_error").await?;
-    let refused = https_get(
+    ensure_https_refused(
         &connector(&ca.cert_pem, Some(&foreign))?,
         addr,
         "shop.example.com",
         "/reviews/1",
+        "a certificate from another CA",
     )
-    .await;
-    ensure!(
-        refused.is_err(),
-        "a certificate from another CA got {:?}",
-        refused.map(|r| r.status)
-    );
+    .await?;
     let after = ssl_stat(&mesh.gateway, "fail_verify_error").await?;
     ensure!(
         after > failures,
@@ -236,18 +231,15 @@ spec:
     );
 
     let unknown = istio_sni(443, "", "unknown.shop.svc.cluster.local");
-    let refused = https_get(&mesh_client, addr, &unknown, "/").await;
-    ensure!(
-        refused.is_err(),
-        "an SNI of no known host got {:?}",
-        refused.map(|r| r.status)
-    );
-    let plain_tls = https_get(&connector(&ca.cert_pem, None)?, addr, &snis[1], "/").await;
-    ensure!(
-        plain_tls.is_err(),
-        "a client without Istio's ALPN got {:?}",
-        plain_tls.map(|r| r.status)
-    );
+    ensure_https_refused(&mesh_client, addr, &unknown, "/", "an SNI of no known host").await?;
+    ensure_https_refused(
+        &connector(&ca.cert_pem, None)?,
+        addr,
+        &snis[1],
+        "/",
+        "a client without Istio's ALPN",
+    )
+    .await?;
     drop(upstreams);
     gateway.ensure_no_rejected_updates().await
 }
@@ -363,12 +355,14 @@ async fn istio_mutual_terminates_with_the_agents_workload_certificate() -> anyho
     );
 
     let no_cert = ssl_stat(&gateway, "fail_verify_no_cert").await?;
-    let refused = https_get(&anonymous, addr, "shop.example.com", "/reviews/1").await;
-    ensure!(
-        refused.is_err(),
-        "a client without a certificate got {:?}",
-        refused.map(|r| r.status)
-    );
+    ensure_https_refused(
+        &anonymous,
+        addr,
+        "shop.example.com",
+        "/reviews/1",
+        "a client without a certificate",
+    )
+    .await?;
     let after = ssl_stat(&gateway, "fail_verify_no_cert").await?;
     ensure!(
         after > no_cert,
@@ -379,18 +373,14 @@ async fn istio_mutual_terminates_with_the_agents_workload_certificate() -> anyho
     let rogue = TestCa::new(certs.path(), "rogue")?;
     let forged = rogue.client("forged", &client_id.to_string())?;
     let failures = ssl_stat(&gateway, "fail_verify_error").await?;
-    let refused = https_get(
+    ensure_https_refused(
         &connector_any_name(&ca.workload_root_pem, Some(&forged))?,
         addr,
         "shop.example.com",
         "/reviews/1",
+        "a certificate from outside the mesh",
     )
-    .await;
-    ensure!(
-        refused.is_err(),
-        "a certificate from outside the mesh got {:?}",
-        refused.map(|r| r.status)
-    );
+    .await?;
     let after = ssl_stat(&gateway, "fail_verify_error").await?;
     ensure!(
         after > failures,
