@@ -220,6 +220,38 @@ impl ServerCertVerifier for AnyName {
     }
 }
 
+/// The certificates of the gateway TLS tests: `ca` issued the server's for
+/// `shop.example.com`, `clients` the client certificate of `spiffe://example.com/ns/shop/sa/
+/// buyer`, and `stranger` is a CA nothing trusts. The files live as long as this does.
+pub struct ShopPki {
+    pub ca: TestCa,
+    pub server: Issued,
+    pub clients: TestCa,
+    pub client_cert: Issued,
+    pub stranger: TestCa,
+    /// Holds the files.
+    _dir: tempfile::TempDir,
+}
+
+impl ShopPki {
+    pub fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ca = TestCa::new(dir.path(), "ingress")?;
+        let server = ca.server("shop", &["shop.example.com"])?;
+        let clients = TestCa::new(dir.path(), "clients")?;
+        let client_cert = clients.client("buyer", "spiffe://example.com/ns/shop/sa/buyer")?;
+        let stranger = TestCa::new(dir.path(), "stranger")?;
+        Ok(Self {
+            ca,
+            server,
+            clients,
+            client_cert,
+            stranger,
+            _dir: dir,
+        })
+    }
+}
+
 /// Polls `GET https://<host><path>` through `connector` at `addr` until an upstream
 /// answers; its reply. `what` names the wait in the timeout error.
 pub async fn wait_https_reply(

@@ -15,7 +15,7 @@ use capstan_e2e::envoy::{AdsMode, loopback};
 use capstan_e2e::gateway_mesh::{GatewayMesh, http_gateway, shop, start_gateway, wait_for_service};
 use capstan_e2e::http::HttpClient;
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv};
-use capstan_e2e::tls_pki::{TestCa, connector, ensure_https_refused, wait_https_reply};
+use capstan_e2e::tls_pki::{ShopPki, connector, ensure_https_refused, wait_https_reply};
 use capstan_e2e::upstreams::Upstreams;
 
 capstan_e2e::private_network!();
@@ -106,12 +106,14 @@ async fn ingress_routes_only_what_is_bound_to_the_gateway() -> anyhow::Result<()
 /// gets through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_terminates_tls_simple_and_mutual() -> anyhow::Result<()> {
-    let certs = tempfile::tempdir()?;
-    let ca = TestCa::new(certs.path(), "ingress")?;
-    let server = ca.server("shop", &["shop.example.com"])?;
-    let clients = TestCa::new(certs.path(), "clients")?;
-    let client_cert = clients.client("client", "spiffe://example.com/ns/shop/sa/buyer")?;
-    let stranger = TestCa::new(certs.path(), "stranger")?;
+    let ShopPki {
+        ca,
+        server,
+        clients,
+        client_cert,
+        stranger,
+        ..
+    } = &ShopPki::new()?;
 
     let simple_port = capstan_e2e::gateway_mesh::gateway_port();
     let mutual_port = capstan_e2e::gateway_mesh::gateway_port();
@@ -167,7 +169,7 @@ spec:
     .await?;
 
     // MUTUAL: the client's certificate is checked against caCertificates.
-    let with_cert = connector(&ca.cert_pem, Some(&client_cert))?;
+    let with_cert = connector(&ca.cert_pem, Some(client_cert))?;
     let reply = wait_https_reply(
         &with_cert,
         mutual,

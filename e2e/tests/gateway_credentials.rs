@@ -13,7 +13,7 @@ use capstan_e2e::envoy::AdsMode;
 use capstan_e2e::gateway_mesh::{GatewayMesh, gateway_port, shop};
 use capstan_e2e::mesh::CONFIG_TIMEOUT;
 use capstan_e2e::tls_pki::{
-    Issued, TestCa, connector, ensure_https_refused, https_get, served_certificate,
+    Issued, ShopPki, TestCa, connector, ensure_https_refused, https_get, served_certificate,
     wait_https_reply,
 };
 
@@ -177,12 +177,14 @@ async fn credential_name_serves_the_secrets_certificate_and_follows_its_rotation
 /// the two Secrets by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_takes_the_client_ca_from_the_cacert_secret() -> anyhow::Result<()> {
-    let certs = tempfile::tempdir()?;
-    let ca = TestCa::new(certs.path(), "ingress")?;
-    let server = ca.server("shop", &["shop.example.com"])?;
-    let clients = TestCa::new(certs.path(), "clients")?;
-    let client_cert = clients.client("buyer", "spiffe://example.com/ns/shop/sa/buyer")?;
-    let stranger = TestCa::new(certs.path(), "stranger")?;
+    let ShopPki {
+        ca,
+        server,
+        clients,
+        client_cert,
+        stranger,
+        ..
+    } = &ShopPki::new()?;
     let port = gateway_port();
     let yaml = [
         credential_gateway(&[(port, "{mode: MUTUAL, credentialName: shop-mtls}")]),
@@ -200,7 +202,7 @@ async fn mutual_tls_takes_the_client_ca_from_the_cacert_secret() -> anyhow::Resu
     .await?;
     let addr = mesh.listening(port).await?;
 
-    let with_cert = connector(&ca.cert_pem, Some(&client_cert))?;
+    let with_cert = connector(&ca.cert_pem, Some(client_cert))?;
     let reply = wait_https_reply(
         &with_cert,
         addr,
