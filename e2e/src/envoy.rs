@@ -421,6 +421,12 @@ impl Envoy {
         Ok(names)
     }
 
+    /// The counter or gauge named exactly `name` (0 when Envoy has none by that name).
+    pub async fn stat(&self, name: &str) -> anyhow::Result<u64> {
+        let stats = self.stats(&format!("^{}$", regex_escape(name))).await?;
+        Ok(stats.get(name).copied().unwrap_or(0))
+    }
+
     /// Counters and gauges from `/stats` whose names match the regex `filter`.
     /// Histograms (which have no single value) are left out.
     pub async fn stats(&self, filter: &str) -> anyhow::Result<BTreeMap<String, u64>> {
@@ -560,6 +566,37 @@ fn ensure_user_may(user: RunAs, path: &Path, want: u32) -> anyhow::Result<()> {
         check(dir, 0o1)?;
     }
     check(path, want)
+}
+
+/// `s` with the characters a regex gives a meaning to escaped.
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}
+
+/// (virtual hosts, routes) in the dynamic route configurations of a `/config_dump`.
+pub fn route_counts(dump: &Value) -> (usize, usize) {
+    let vhosts: Vec<&Value> = dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["dynamic_route_configs"].as_array().into_iter().flatten())
+        .flat_map(|r| {
+            r["route_config"]["virtual_hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+        })
+        .collect();
+    let routes = vhosts
+        .iter()
+        .map(|vh| vh["routes"].as_array().map_or(0, Vec::len))
+        .sum();
+    (vhosts.len(), routes)
 }
 
 /// The one weighted split in a `/config_dump`, as (subset, host, weight) read off its cluster

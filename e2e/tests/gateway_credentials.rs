@@ -81,11 +81,6 @@ fn generic_secret(name: &str, entries: &[(&str, &Path)]) -> anyhow::Result<Strin
     Ok(out)
 }
 
-async fn stat(mesh: &GatewayMesh, name: &str) -> anyhow::Result<u64> {
-    let stats = mesh.gateway.stats(&format!("^{name}$")).await?;
-    Ok(stats.get(name).copied().unwrap_or(0))
-}
-
 /// A Gateway's `credentialName` names a TLS Secret in the folder: HTTPS through the gateway
 /// reaches the routed upstream with the Secret's certificate. A server naming a Secret that
 /// does not exist is reported and left out, the other served. Replacing the Secret's
@@ -140,8 +135,11 @@ async fn credential_name_serves_the_secrets_certificate_and_follows_its_rotation
         "the gateway holds listeners {listeners:?}"
     );
 
-    let modified = stat(&mesh, "listener_manager.listener_modified").await?;
-    let added = stat(&mesh, "listener_manager.listener_added").await?;
+    let modified = mesh
+        .gateway
+        .stat("listener_manager.listener_modified")
+        .await?;
+    let added = mesh.gateway.stat("listener_manager.listener_added").await?;
     mesh.env
         .write_config("gateway.yaml", &config(&tls_secret("shop-cert", &second)?))?;
     let wanted = second.cert_der()?;
@@ -163,8 +161,11 @@ async fn credential_name_serves_the_secrets_certificate_and_follows_its_rotation
         "after the rotation HTTPS reached {reply:?}"
     );
     ensure!(
-        stat(&mesh, "listener_manager.listener_modified").await? == modified
-            && stat(&mesh, "listener_manager.listener_added").await? == added,
+        mesh.gateway
+            .stat("listener_manager.listener_modified")
+            .await?
+            == modified
+            && mesh.gateway.stat("listener_manager.listener_added").await? == added,
         "the listener changed with the certificate"
     );
     mesh.gateway.ensure_no_rejected_updates().await

@@ -294,7 +294,6 @@ impl Snapshot {
                     let Some(existing) = next.types[index].get(&name) else {
                         continue;
                     };
-                    let visibility = visibility.filter(|v| !v.is_everyone());
                     if existing.visibility != visibility {
                         let entry = existing.clone().with_visibility(visibility);
                         next.set_entry(index, name.clone(), Some(entry));
@@ -438,7 +437,9 @@ impl Update {
             self.changes.push(Change::Visibility {
                 index,
                 name: name.into(),
-                visibility,
+                // Hiding from no one is the same as no rules: one form for both, so that
+                // entries compare equal.
+                visibility: visibility.filter(|v| !v.is_everyone()),
             });
         }
         self
@@ -525,7 +526,7 @@ impl SnapshotBuilder {
                     if !self.types[index].contains_key(&name) {
                         continue;
                     }
-                    match visibility.filter(|v| !v.is_everyone()) {
+                    match visibility {
                         Some(v) => self.visibility[index].insert(name, v),
                         None => self.visibility[index].remove(&name),
                     };

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use capstan_e2e::bench_info::{commit, machine, write_results};
 use capstan_e2e::capstan::Capstan;
-use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy, loopback};
+use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy, loopback, route_counts};
 use capstan_e2e::http::{HttpClient, UpstreamReply};
 use capstan_e2e::locate;
 use capstan_e2e::mesh::OUTBOUND_LISTENER;
@@ -38,7 +38,6 @@ use capstan_e2e::wait_until;
 use capstan_load::stats::{Percentiles, fmt_ms};
 use clap::Parser;
 use serde::Serialize;
-use serde_json::Value;
 
 const NAMESPACE: &str = "bench";
 const EDITED_HOST: &str = "edited.bench.svc.cluster.local";
@@ -210,27 +209,6 @@ spec:
     route: [{{destination: {{host: {EDITED_HOST}, subset: v1}}}}]
 "
     )
-}
-
-/// (virtual hosts, routes) in Envoy's route configurations.
-fn envoy_route_counts(dump: &Value) -> (usize, usize) {
-    let vhosts: Vec<&Value> = dump["configs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|c| c["dynamic_route_configs"].as_array().into_iter().flatten())
-        .flat_map(|r| {
-            r["route_config"]["virtual_hosts"]
-                .as_array()
-                .into_iter()
-                .flatten()
-        })
-        .collect();
-    let routes = vhosts
-        .iter()
-        .map(|vh| vh["routes"].as_array().map_or(0, Vec::len))
-        .sum();
-    (vhosts.len(), routes)
 }
 
 struct Bench {
@@ -452,7 +430,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("setting up; logs in {}", log_dir.display()))?;
 
     let dump = bench.envoy.config_dump(false).await?;
-    let (envoy_virtual_hosts, envoy_routes) = envoy_route_counts(&dump);
+    let (envoy_virtual_hosts, envoy_routes) = route_counts(&dump);
     let routes_configured = cli.hosts * cli.routes_per_host + 3;
     eprintln!(
         "Envoy holds {envoy_routes} routes in {envoy_virtual_hosts} virtual hosts \

@@ -21,12 +21,11 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use capstan_e2e::bench_info::{commit, machine, write_results};
 use capstan_e2e::capstan::Capstan;
-use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy};
+use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy, route_counts};
 use capstan_e2e::locate;
 use capstan_e2e::wait_until;
 use clap::Parser;
 use serde::Serialize;
-use serde_json::Value;
 
 /// Envoy's static cluster for capstan (see `Bootstrap::to_json`).
 const XDS_CLUSTER: &str = "xds_cluster";
@@ -112,20 +111,6 @@ spec:
     Ok(())
 }
 
-fn virtual_hosts(dump: &Value) -> usize {
-    match dump {
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| match (k.as_str(), v) {
-                ("virtual_hosts", Value::Array(hosts)) => hosts.len(),
-                _ => virtual_hosts(v),
-            })
-            .sum(),
-        Value::Array(items) => items.iter().map(virtual_hosts).sum(),
-        _ => 0,
-    }
-}
-
 async fn measure(
     cli: &Cli,
     mode: AdsMode,
@@ -164,41 +149,22 @@ async fn measure(
     let what = format!("{name}: {expected} clusters and {QUIET:?} without xDS bytes");
     let mut last: Option<u64> = None;
     let (clusters, bytes) = wait_until(&what, SYNC_TIMEOUT, async || {
-        let stats = envoy.stats("cluster_manager.active_clusters").await?;
-        let clusters = stats
-            .get("cluster_manager.active_clusters")
-            .copied()
-            .unwrap_or_default();
+        let clusters = envoy.stat("cluster_manager.active_clusters").await?;
         ensure!(clusters == expected, "{clusters} clusters");
-        let bytes = envoy
-            .stats(&rx)
-            .await?
-            .get(&rx)
-            .copied()
-            .unwrap_or_default();
+        let bytes = envoy.stat(&rx).await?;
         let settled = last == Some(bytes);
         last = Some(bytes);
         ensure!(settled, "{bytes} bytes, still receiving");
         tokio::time::sleep(QUIET).await;
-        let again = envoy
-            .stats(&rx)
-            .await?
-            .get(&rx)
-            .copied()
-            .unwrap_or_default();
+        let again = envoy.stat(&rx).await?;
         ensure!(again == bytes, "{again} bytes, still receiving");
         Ok((clusters - 1, bytes))
     })
     .await
     .with_context(|| format!("logs in {}", log_dir.display()))?;
     envoy.ensure_no_rejected_updates().await?;
-    let memory = envoy
-        .stats("server.memory_allocated")
-        .await?
-        .get("server.memory_allocated")
-        .copied()
-        .unwrap_or_default();
-    let virtual_hosts = virtual_hosts(&envoy.config_dump(false).await?);
+    let memory = envoy.stat("server.memory_allocated").await?;
+    let (virtual_hosts, _) = route_counts(&envoy.config_dump(false).await?);
     drop(envoy);
     drop(capstan);
     Ok(Row {

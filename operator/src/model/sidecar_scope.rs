@@ -195,34 +195,14 @@ pub struct ScopeView<'a> {
     scope: &'a SidecarScope,
     /// `None`: proxies of a namespace the view is not about (`.` names nothing of interest).
     namespace: Option<&'a str>,
-    /// Destinations of the VirtualServices its egress hosts name: for the default, those any
-    /// namespace's proxies see (shared by every namespace's view), and those only this
+    /// Destinations of the VirtualServices its egress hosts name: those any namespace's
+    /// proxies see (shared by every namespace's view of the scope), and those only this
     /// namespace's do (`.`, or exported to it alone).
     inferred: Arc<HashSet<&'a str>>,
     own_inferred: HashSet<&'a str>,
 }
 
 impl<'a> ScopeView<'a> {
-    fn new(mesh: &'a Mesh, scope: &'a SidecarScope, namespace: Option<&'a str>) -> Self {
-        let inferred = mesh
-            .virtual_services
-            .values()
-            .filter(|vs| vs.applies_to_sidecars() && vs.export_to.includes(namespace))
-            .filter(|vs| {
-                let vs_ns = vs.origin.namespace.as_str();
-                let own = namespace == Some(vs_ns);
-                vs.hosts.iter().any(|h| scope.names(own, vs_ns, h))
-            })
-            .flat_map(virtual_service_destinations)
-            .collect();
-        Self {
-            scope,
-            namespace,
-            inferred: Arc::new(inferred),
-            own_inferred: HashSet::new(),
-        }
-    }
-
     /// Whether the proxies see the service `host` (defined in `namespace`).
     pub fn sees(&self, namespace: &str, host: &str) -> bool {
         let own = self.namespace == Some(namespace);
@@ -232,37 +212,26 @@ impl<'a> ScopeView<'a> {
     }
 }
 
-/// The default scope as every namespace reads it, from one pass over the VirtualServices:
-/// the view of a namespace it says nothing particular about, each namespace's where `.` or
-/// `exportTo` make a difference, and host → the namespaces of the VirtualServices routing to
-/// it.
-struct DefaultViews<'a> {
+/// A scope as every namespace reads it, from one pass over the VirtualServices: what the
+/// VirtualServices it names send to, for any namespace and for each namespace where `.` or
+/// `exportTo` make a difference.
+struct ScopeReadings<'a> {
     scope: &'a SidecarScope,
     general: Arc<HashSet<&'a str>>,
     by_namespace: HashMap<&'a str, HashSet<&'a str>>,
-    routed_from: HashMap<&'a str, BTreeSet<&'a str>>,
 }
 
-impl<'a> DefaultViews<'a> {
-    fn new(mesh: &'a Mesh, default: &'a SidecarScope) -> Self {
+impl<'a> ScopeReadings<'a> {
+    fn new(mesh: &'a Mesh, scope: &'a SidecarScope) -> Self {
         let mut general: HashSet<&str> = HashSet::new();
         let mut by_namespace: HashMap<&str, HashSet<&str>> = HashMap::new();
-        let mut routed_from: HashMap<&str, BTreeSet<&str>> = HashMap::new();
         for vs in mesh.virtual_services.values() {
-            let vs_ns = vs.origin.namespace.as_str();
-            // The namespaces whose view of the host this VirtualService may decide.
-            for host in virtual_service_destinations(vs) {
-                let namespaces = routed_from.entry(host).or_default();
-                namespaces.insert(vs_ns);
-                if let ExportTo::Namespaces(exported) = &vs.export_to {
-                    namespaces.extend(exported.iter().map(String::as_str));
-                }
-            }
             if !vs.applies_to_sidecars() {
                 continue;
             }
-            let anywhere = vs.hosts.iter().any(|h| default.names(false, vs_ns, h));
-            let at_home = anywhere || vs.hosts.iter().any(|h| default.names(true, vs_ns, h));
+            let vs_ns = vs.origin.namespace.as_str();
+            let anywhere = vs.hosts.iter().any(|h| scope.names(false, vs_ns, h));
+            let at_home = anywhere || vs.hosts.iter().any(|h| scope.names(true, vs_ns, h));
             let add = |set: &mut HashSet<&'a str>| set.extend(virtual_service_destinations(vs));
             match &vs.export_to {
                 ExportTo::All if anywhere => add(&mut general),
@@ -278,14 +247,13 @@ impl<'a> DefaultViews<'a> {
             }
         }
         Self {
-            scope: default,
+            scope,
             general: Arc::new(general),
             by_namespace,
-            routed_from,
         }
     }
 
-    /// The default as the proxies of a namespace it says nothing particular about read it.
+    /// The scope as the proxies of a namespace it says nothing particular about read it.
     fn general(&self) -> ScopeView<'a> {
         ScopeView {
             scope: self.scope,
@@ -295,7 +263,7 @@ impl<'a> DefaultViews<'a> {
         }
     }
 
-    /// The default as the proxies of `namespace` read it.
+    /// The scope as the proxies of `namespace` read it.
     fn view(&mut self, namespace: &'a str) -> ScopeView<'a> {
         ScopeView {
             scope: self.scope,
@@ -336,11 +304,11 @@ impl<'a> ScopeViews<'a> {
         let mut default = None;
         let mut own_scope = BTreeSet::new();
         for (covers, scope) in in_force {
+            let mut readings = ScopeReadings::new(mesh, scope);
             let view = match &covers {
                 Covers::Default => {
-                    let views = DefaultViews::new(mesh, scope);
-                    let general = views.general();
-                    default = Some(views);
+                    let general = readings.general();
+                    default = Some(readings);
                     general
                 }
                 Covers::Namespace(_) | Covers::Workload(..) => {
@@ -348,22 +316,32 @@ impl<'a> ScopeViews<'a> {
                     if matches!(covers, Covers::Namespace(_)) {
                         own_scope.insert(ns);
                     }
-                    ScopeView::new(mesh, scope, Some(ns))
+                    readings.view(ns)
                 }
             };
             views.push((covers.selector(), view));
         }
-        let mut routed_from = HashMap::new();
+        let mut routed_from: HashMap<&str, BTreeSet<&str>> = HashMap::new();
         let mut default_by_namespace = BTreeMap::new();
         if let Some(mut default) = default {
+            // The namespaces whose view of a host a VirtualService sending there may decide:
+            // its own, and those it is exported to by name.
+            for vs in mesh.virtual_services.values() {
+                for host in virtual_service_destinations(vs) {
+                    let namespaces = routed_from.entry(host).or_default();
+                    namespaces.insert(vs.origin.namespace.as_str());
+                    if let ExportTo::Namespaces(exported) = &vs.export_to {
+                        namespaces.extend(exported.iter().map(String::as_str));
+                    }
+                }
+            }
             let mut namespaces: BTreeSet<&str> =
                 mesh.services.values().map(|s| s.namespace()).collect();
-            namespaces.extend(default.routed_from.values().flatten().copied());
+            namespaces.extend(routed_from.values().flatten().copied());
             namespaces.extend(default.by_namespace.keys().copied());
             for ns in namespaces.difference(&own_scope) {
                 default_by_namespace.insert(*ns, default.view(ns));
             }
-            routed_from = default.routed_from;
         }
         Self {
             views,

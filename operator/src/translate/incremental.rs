@@ -390,13 +390,8 @@ impl Translator {
 
     /// Joins the virtual hosts of `group` again (after some of them changed).
     fn rejoin(&mut self, group: Group) {
-        let first = (group.clone(), String::new(), 0);
-        let entries: Vec<&VirtualHostEntry> = self
-            .virtual_hosts
-            .range(first..)
-            .take_while(|((g, _, _), _)| *g == group)
-            .map(|(_, entry)| entry)
-            .collect();
+        let entries: Vec<&VirtualHostEntry> =
+            self.group_entries(&group).map(|(_, entry)| entry).collect();
         if entries.is_empty() {
             self.segments.remove(&group);
             return;
@@ -497,17 +492,32 @@ impl Translator {
             return self.scoped_routes(mesh, views);
         }
         self.scoped_segments.clear();
-        // A variant per namespace with cluster-local hosts or hosts exported to it by name, and
-        // one for every other proxy.
-        let mut namespaces: BTreeSet<Option<&str>> = BTreeSet::from([None]);
+        self.route_namespaces()
+            .into_iter()
+            .map(|ns| (selector(ns), self.assembled_routes(ns)))
+            .collect()
+    }
+
+    /// The namespaces with a route variant of their own: those with cluster-local hosts or
+    /// hosts exported to them by name; and `None`, the variant of every other proxy.
+    fn route_namespaces(&self) -> BTreeSet<Option<&str>> {
+        let mut namespaces = BTreeSet::from([None]);
         for (group, segment) in &self.segments {
             namespaces.extend(group.as_deref().map(Some));
             namespaces.extend(segment.exported.keys().map(|ns| Some(ns.as_str())));
         }
         namespaces
-            .into_iter()
-            .map(|ns| (selector(ns), self.assembled_routes(ns)))
-            .collect()
+    }
+
+    /// The virtual hosts of `group`, in their order in the route configuration.
+    fn group_entries<'a>(
+        &'a self,
+        group: &'a Group,
+    ) -> impl Iterator<Item = (&'a VirtualHostKey, &'a VirtualHostEntry)> + 'a {
+        let first = (group.clone(), String::new(), 0);
+        self.virtual_hosts
+            .range(first..)
+            .take_while(move |((g, _, _), _)| g == group)
     }
 
     /// The route configuration of the proxies of `namespace` (`None`: of a namespace no

@@ -183,6 +183,15 @@ fn reviews_mesh(virtual_service: &str) -> Mesh {
     mesh
 }
 
+/// [`check`] of `steps` after reviews' ServiceEntry and DestinationRule are applied.
+fn check_after_reviews(steps: impl IntoIterator<Item = crate::index::Event>) {
+    check(REVIEWS.split("---\n").map(istio).chain(steps).collect());
+}
+
+const WHOLE: &str = "outbound|9080||reviews.bookinfo.svc.cluster.local";
+const V1: &str = "outbound|9080|v1|reviews.bookinfo.svc.cluster.local";
+const V2: &str = "outbound|9080|v2|reviews.bookinfo.svc.cluster.local";
+
 /// The clusters the routes of `reviews` send proxies of `namespace` to, in order.
 fn reviews_clusters(mesh: &Mesh, namespace: Option<&str>) -> Vec<String> {
     use envoy_types::pb::envoy::config::route::v3::route::Action;
@@ -205,8 +214,7 @@ fn reviews_clusters(mesh: &Mesh, namespace: Option<&str>) -> Vec<String> {
 #[test]
 fn source_namespace_matches_route_only_their_namespaces_sidecars() {
     let mesh = reviews_mesh(&by_source("shop"));
-    let v1 = "outbound|9080|v1|reviews.bookinfo.svc.cluster.local";
-    let v2 = "outbound|9080|v2|reviews.bookinfo.svc.cluster.local";
+    let (v1, v2) = (V1, V2);
     assert_eq!(reviews_clusters(&mesh, Some("shop")), vec![v2, v1]);
     assert_eq!(reviews_clusters(&mesh, Some("bookinfo")), vec![v1]);
     assert_eq!(reviews_clusters(&mesh, Some("elsewhere")), vec![v1]);
@@ -219,14 +227,12 @@ fn source_namespace_matches_route_only_their_namespaces_sidecars() {
 
 #[test]
 fn source_namespace_updates_match_a_full_build() {
-    let mut steps: Vec<_> = REVIEWS.split("---\n").map(istio).collect();
-    steps.extend([
+    check_after_reviews([
         istio(&by_source("shop")),
         istio(&by_source("bookinfo")),
         istio(&by_source("marketing")),
         delete(Kind::VirtualService, "bookinfo", "reviews"),
     ]);
-    check(steps);
 }
 
 fn exported_vs(export_to: &str) -> String {
@@ -248,9 +254,7 @@ spec:
 #[test]
 fn a_virtual_service_routes_only_the_sidecars_it_is_exported_to() {
     let mesh = reviews_mesh(&exported_vs("[.]"));
-    let whole = "outbound|9080||reviews.bookinfo.svc.cluster.local";
-    let v1 = "outbound|9080|v1|reviews.bookinfo.svc.cluster.local";
-    let v2 = "outbound|9080|v2|reviews.bookinfo.svc.cluster.local";
+    let (whole, v1, v2) = (WHOLE, V1, V2);
     assert_eq!(reviews_clusters(&mesh, Some("bookinfo")), vec![v2]);
     // `shop` is named by a match, but the VirtualService is not exported there.
     assert_eq!(reviews_clusters(&mesh, Some("shop")), vec![whole]);
@@ -264,15 +268,13 @@ fn a_virtual_service_routes_only_the_sidecars_it_is_exported_to() {
 
 #[test]
 fn virtual_service_export_to_updates_match_a_full_build() {
-    let mut steps: Vec<_> = REVIEWS.split("---\n").map(istio).collect();
-    steps.extend([
+    check_after_reviews([
         istio(&exported_vs("[.]")),
         istio(&exported_vs("[., shop]")),
         istio(&exported_vs("[\"*\"]")),
         istio(&exported_vs("[\"~\"]")),
         delete(Kind::VirtualService, "bookinfo", "reviews"),
     ]);
-    check(steps);
 }
 
 fn exported_dr(export_to: &str) -> String {

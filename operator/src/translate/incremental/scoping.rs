@@ -147,29 +147,18 @@ impl Translator {
         mesh: &Mesh,
         views: &ScopeViews,
     ) -> Vec<(Selector, Resource)> {
-        let mut namespaces: BTreeSet<Option<String>> = BTreeSet::from([None]);
-        for (group, segment) in &self.segments {
-            namespaces.extend(group.iter().cloned().map(Some));
-            namespaces.extend(segment.exported.keys().cloned().map(Some));
-        }
-        namespaces.extend(
-            views
-                .selectors()
-                .filter_map(|s| s.namespace.as_deref().map(|ns| Some(ns.to_string()))),
-        );
+        let mut namespaces = self.route_namespaces();
+        namespaces.extend(views.selectors().map(|s| s.namespace.as_deref()));
         let mut out = Vec::new();
         let mut kept = HashMap::new();
-        for namespace in &namespaces {
+        for namespace in namespaces {
             let (selector, covers) = match namespace {
-                Some(ns) => (Selector::namespace(ns), Covers::Namespace(ns.clone())),
+                Some(ns) => (Selector::namespace(ns), Covers::Namespace(ns.to_string())),
                 None => (Selector::all(), Covers::Default),
             };
             let resource = match views.for_proxies(&covers.selector()) {
-                Some(view) => {
-                    let namespace = namespace.as_deref();
-                    self.filtered_routes(mesh, &selector, namespace, view, &mut kept)
-                }
-                None => self.assembled_routes(namespace.as_deref()),
+                Some(view) => self.filtered_routes(mesh, &selector, namespace, view, &mut kept),
+                None => self.assembled_routes(namespace),
             };
             out.push((selector, resource));
         }
@@ -217,11 +206,8 @@ impl Translator {
         namespace: Option<&str>,
         view: &ScopeView,
     ) -> Parts {
-        let first = (group.clone(), String::new(), 0);
         let seen = self
-            .virtual_hosts
-            .range(first..)
-            .take_while(|((g, _, _), _)| g == group)
+            .group_entries(group)
             .filter(|((_, host, _), _)| {
                 mesh.services
                     .get(host)
