@@ -14,7 +14,10 @@
 //!   one is not captured, while Envoy reaching one goes to 15006, which is how this one
 //!   sidecar's inbound side gets traffic "from another pod";
 //! - 127.0.0.1 is never captured, and neither is anything from [`INBOUND_PASSTHROUGH_SOURCE`]
-//!   (Envoy's inbound passthrough connections to the app).
+//!   (Envoy's inbound passthrough connections to the app);
+//! - [`EXTERNAL_HOST`] is a host outside the mesh: routed like a VIP, so the app's
+//!   connections to it are captured, and delivered to [`EXTERNAL_SERVER`] when the sidecar
+//!   passes one on, as a network would deliver it to a host no service describes.
 //!
 //! The `PREROUTING` rules are installed too, so the table reads like a pod's, but connections
 //! made inside the namespace never pass the nat table's `PREROUTING`: all capture here
@@ -57,6 +60,14 @@ pub const DEVICE_PEER: &str = "capture0-peer";
 /// [`DEVICE`]'s address: the source of connections to service VIPs, as a pod's own IP would
 /// be. Outside both the pod and the service network, so it is nobody's pod.
 pub const DEVICE_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 240, 0, 1);
+
+/// A host outside the mesh (and outside the service network): what no ServiceEntry has.
+pub const EXTERNAL_HOST: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
+
+/// Where the sidecar's connections to [`EXTERNAL_HOST`] arrive (a DNAT rule for [`PROXY`]'s
+/// connections only, so the app cannot reach it but through its sidecar): a local pod-network
+/// address no test uses for a workload. A test's "external" server listens here.
+pub const EXTERNAL_SERVER: Ipv4Addr = Ipv4Addr::new(10, 244, 250, 1);
 
 /// The address Istio's inbound passthrough cluster binds to; connections from it are
 /// never captured, so the sidecar can reach the app on the pod's own address.
@@ -144,6 +155,15 @@ fn configure() -> anyhow::Result<()> {
             "src",
             &source,
         ],
+        &[
+            "route",
+            "add",
+            &format!("{EXTERNAL_HOST}/32"),
+            "dev",
+            DEVICE,
+            "src",
+            &source,
+        ],
     ] {
         run("ip", args, None).context("setting up the capture device (Debian package iproute2)")?;
     }
@@ -211,6 +231,10 @@ pub fn nat_rules() -> String {
     }
     lines.push("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN".to_string());
     lines.push("-A ISTIO_OUTPUT -j ISTIO_REDIRECT".to_string());
+    // After the capture: only the sidecar's own connections get here with this destination.
+    lines.push(format!(
+        "-A OUTPUT -d {EXTERNAL_HOST}/32 -p tcp -m owner --uid-owner {uid} -j DNAT --to-destination {EXTERNAL_SERVER}"
+    ));
     lines.push("COMMIT".to_string());
     let mut text = lines.join("\n");
     text.push('\n');

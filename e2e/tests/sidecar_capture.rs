@@ -318,3 +318,111 @@ spec:
     ensure!(upstreams.count("db2", "v1").await? >= 1);
     envoy.ensure_no_rejected_updates().await
 }
+
+/// Istio's `outboundTrafficPolicy`, with real traffic to a host outside the mesh. Under the
+/// mesh's default `ALLOW_ANY`, a request for a Host no service has on a service's port, and a
+/// connection to a port no service uses, go on to where they were headed; a `Sidecar` in the
+/// namespace with `REGISTRY_ONLY` (and no egress listeners: it still sees every service) makes
+/// the first a 502 and closes the second, while the mesh's services still answer; removing
+/// it lets both through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbound_traffic_policy_decides_where_unknown_destinations_go() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mesh = start("the_outbound_traffic_policy_decides_where_unknown_destinations_go").await?;
+    let log_dir = mesh.env.log_dir.clone();
+    let logs = || format!("logs in {}", log_dir.display());
+    // The outside host serves HTTP on reviews' port (9080) and on one no service uses.
+    let server = |port: u16| SocketAddr::from((capture::EXTERNAL_SERVER, port));
+    let _outside = Upstreams::start(
+        Path::new(UPSTREAM_BIN),
+        &[
+            ("outside", "v1", server(9080)),
+            ("outside-tcp", "v1", server(7070)),
+        ],
+        &log_dir,
+        "outside",
+    )
+    .await?;
+    let unknown_host = async || {
+        HttpClient::new(SocketAddr::from((capture::EXTERNAL_HOST, 9080)))
+            .get("unknown.example.org", "/whoami", &[])
+            .await
+    };
+    let unknown_port = SocketAddr::from((capture::EXTERNAL_HOST, 7070));
+    let reviews = SocketAddr::from((service_ip(10), 9080));
+
+    wait_until("reviews through the capture", CONFIG_TIMEOUT, async || {
+        call(reviews, "reviews").await
+    })
+    .await
+    .with_context(logs)?;
+    let response = unknown_host().await?;
+    let reply: UpstreamReply = serde_json::from_slice(&response.body).with_context(|| {
+        format!(
+            "{} {}",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        )
+    })?;
+    ensure!(reply.service == "outside", "allow_any: {reply:?}");
+    ensure!(
+        reply.headers.contains_key("x-request-id"),
+        "not through the port's HTTP listener: {reply:?}"
+    );
+    let reply = call(unknown_port, "anything").await?;
+    ensure!(reply.service == "outside-tcp", "passthrough: {reply:?}");
+    ensure!(
+        !reply.headers.contains_key("x-request-id"),
+        "a port no service uses went through an HTTP listener: {reply:?}"
+    );
+
+    mesh.env.write_config(
+        "registry-only.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bookinfo}
+spec:
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+",
+    )?;
+    wait_until("a 502 for the unknown Host", CONFIG_TIMEOUT, async || {
+        let response = unknown_host().await?;
+        ensure!(response.status == 502, "{}", response.status);
+        Ok(())
+    })
+    .await
+    .with_context(logs)?;
+    wait_until("the unknown port refused", CONFIG_TIMEOUT, async || {
+        let outcome = call(unknown_port, "anything").await;
+        ensure!(outcome.is_err(), "still passed through: {outcome:?}");
+        Ok(())
+    })
+    .await
+    .with_context(logs)?;
+    let reply = call(reviews, "reviews").await?;
+    ensure!(
+        reply.service == "reviews",
+        "a service of the mesh: {reply:?}"
+    );
+    let db = call(SocketAddr::from((service_ip(20), 5432)), "db").await?;
+    ensure!(db.service == "db", "a TCP service of the mesh: {db:?}");
+
+    std::fs::remove_file(mesh.env.config_dir.join("registry-only.yaml"))?;
+    wait_until(
+        "the unknown Host passed again",
+        CONFIG_TIMEOUT,
+        async || {
+            let response = unknown_host().await?;
+            ensure!(response.status.is_success(), "{}", response.status);
+            Ok(())
+        },
+    )
+    .await
+    .with_context(logs)?;
+    let reply = call(unknown_port, "anything").await?;
+    ensure!(
+        reply.service == "outside-tcp",
+        "passthrough again: {reply:?}"
+    );
+    mesh.envoy.ensure_no_rejected_updates().await
+}

@@ -52,6 +52,7 @@ fn options() -> translate::Options {
         outbound_port: 15001,
         sidecar_listeners: Default::default(),
         root_namespace: "istio-system".into(),
+        outbound_traffic_policy: Default::default(),
     }
 }
 

@@ -66,13 +66,15 @@ impl EgressHost {
     }
 }
 
-/// The egress hosts of one `Sidecar`.
+/// The egress hosts of one `Sidecar`, and its outbound traffic policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SidecarScope {
     pub origin: ObjectKey,
     /// The workloads it selects; empty: its whole namespace.
     pub labels: BTreeMap<String, String>,
     hosts: Vec<EgressHost>,
+    /// `None`: the mesh's.
+    outbound: Option<OutboundMode>,
 }
 
 impl SidecarScope {
@@ -84,12 +86,21 @@ impl SidecarScope {
                 .as_ref()
                 .map(|s| s.labels.clone())
                 .unwrap_or_default(),
-            hosts: spec
-                .egress
-                .iter()
-                .flat_map(|listener| &listener.hosts)
-                .filter_map(|h| EgressHost::parse(h))
-                .collect(),
+            hosts: if spec.egress.is_empty() {
+                // As istiod: a Sidecar without egress listeners sees what a sidecar without
+                // a Sidecar would (its other settings are why it is there).
+                vec![EgressHost {
+                    namespace: NamespacePattern::Any,
+                    host: "*".into(),
+                }]
+            } else {
+                spec.egress
+                    .iter()
+                    .flat_map(|listener| &listener.hosts)
+                    .filter_map(|h| EgressHost::parse(h))
+                    .collect()
+            },
+            outbound: spec.outbound_traffic_policy.as_ref().map(OutboundMode::of),
         }
     }
 
@@ -434,6 +445,9 @@ fn exported_only(mut rules: Vec<(Selector, bool)>, export_to: &ExportTo) -> Vec<
     rules.push((everyone, false));
     rules
 }
+
+mod outbound;
+pub use outbound::{OutboundMode, OutboundModes};
 
 #[cfg(test)]
 pub(crate) mod fixtures;

@@ -119,7 +119,8 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
             }
         }
         IstioObject::Sidecar(sc) => {
-            // Only the egress hosts are applied: they scope what sidecars receive.
+            // The egress hosts scope what sidecars receive; the outbound traffic policy's
+            // mode applies to capture-mode sidecars (translation reports it in direct mode).
             let spec = &sc.spec;
             if !spec.ingress.is_empty() {
                 not_applied("spec.ingress".into(), "ingress listeners");
@@ -127,8 +128,18 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
             if spec.inbound_connection_pool.is_some() {
                 not_applied("spec.inboundConnectionPool".into(), "inboundConnectionPool");
             }
-            if spec.outbound_traffic_policy.is_some() {
-                not_applied("spec.outboundTrafficPolicy".into(), "outboundTrafficPolicy");
+            if spec
+                .outbound_traffic_policy
+                .as_ref()
+                .is_some_and(|p| p.egress_proxy.is_some())
+            {
+                extra.push(Problem {
+                    object: key.clone(),
+                    field: "spec.outboundTrafficPolicy.egressProxy".into(),
+                    message: "egressProxy is not applied yet: destinations no service has are \
+                              reached directly under ALLOW_ANY"
+                        .into(),
+                });
             }
             for (i, egress) in spec.egress.iter().enumerate() {
                 if egress.port.is_some() {

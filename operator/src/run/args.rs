@@ -83,6 +83,11 @@ pub struct RunArgs {
     /// the default egress scope of every namespace without one of its own.
     #[arg(long, default_value = crate::model::sidecar_scope::DEFAULT_ROOT_NAMESPACE)]
     pub root_namespace: String,
+    /// Istio's `meshConfig.outboundTrafficPolicy.mode` for capture-mode sidecars: where a
+    /// connection to a destination no service has goes when no `Sidecar` says otherwise —
+    /// `ALLOW_ANY` (on to where it was headed) or `REGISTRY_ONLY` (refused).
+    #[arg(long, default_value = "ALLOW_ANY")]
+    pub outbound_traffic_policy: crate::model::sidecar_scope::OutboundMode,
     /// How long a burst of file changes must be quiet before the folder is read again, in
     /// milliseconds (editors write a file in several steps).
     #[arg(long, default_value_t = 50)]

@@ -18,7 +18,7 @@ use capstan_crds::ObjectKey;
 use capstan_xds::{Parts, Resource, Role, Selector, SnapshotBuilder, Update, type_url};
 use prost::Message;
 
-use super::sidecar::{CaptureState, ListenerMode};
+use super::sidecar::{CaptureState, ListenerMode, fallback_virtual_host};
 use super::{OUTBOUND_HTTP, Options, listener, route};
 use crate::model::service::ExportTo;
 use crate::model::sidecar_scope::ScopeViews;
@@ -96,10 +96,15 @@ pub struct Translator {
     gateways: GatewayState,
     /// Sidecar listeners behind an iptables capture (`ListenerMode::Capture` only).
     capture: Option<CaptureState>,
+    /// Capture mode: the last virtual host of the route variants, per outbound mode.
+    fallbacks: Option<Fallbacks>,
+    /// Direct mode: the `Sidecar`s whose outbound traffic policy has nothing to apply to.
+    policy_problems: Vec<Problem>,
 }
 
 impl Translator {
     pub fn new(options: Options) -> Self {
+        let fallbacks = (options.sidecar_listeners == ListenerMode::Capture).then(Fallbacks::new);
         Self {
             options,
             by_host: HashMap::new(),
@@ -118,6 +123,8 @@ impl Translator {
             unbound: BTreeMap::new(),
             gateways: GatewayState::default(),
             capture: None,
+            fallbacks,
+            policy_problems: Vec::new(),
         }
     }
 
@@ -141,6 +148,7 @@ impl Translator {
         for (selector, resource) in self.by_host.values().flat_map(|h| h.assignments.iter()) {
             out.add_for(selector.clone(), resource.clone());
         }
+        self.refresh_policy_problems(mesh);
         let views = ScopeViews::new(mesh);
         let mut scoped = Update::new();
         self.scope_all_hosts(mesh, &views, &mut scoped);
@@ -155,7 +163,7 @@ impl Translator {
                 }
             }
             ListenerMode::Capture => {
-                let (state, update) = CaptureState::full(mesh);
+                let (state, update) = CaptureState::full(mesh, &self.outbound_modes(mesh));
                 out.apply(update);
                 self.capture = Some(state);
             }
@@ -182,14 +190,19 @@ impl Translator {
                 update.remove_for(selector.clone(), type_url, name);
             }
         }
+        let modes = affected.sidecars.then(|| self.outbound_modes(mesh));
         if let Some(capture) = &mut self.capture {
             capture.update(mesh, affected.hosts.iter().map(String::as_str), &mut update);
             capture.routes_changed(mesh, &affected.routes, &mut update);
+            if let Some(modes) = &modes {
+                capture.set_outbound_modes(modes, &mut update);
+            }
         }
         let rebuilt = self.rebuild(mesh, affected, &mut update);
         let views = ScopeViews::new(mesh);
         self.scope_rebuilt_hosts(mesh, &views, &affected.hosts, &mut update);
         if affected.sidecars {
+            self.refresh_policy_problems(mesh);
             self.scoped_segments.clear();
             self.scope_all_hosts(mesh, &views, &mut update);
         } else if !affected.virtual_services.is_empty() {
@@ -280,6 +293,7 @@ impl Translator {
             .chain(self.unbound.values().flatten())
             .chain(&self.gateways.problems)
             .chain(self.capture.iter().flat_map(CaptureState::problems))
+            .chain(&self.policy_problems)
     }
 
     /// Keeps `new` as the resources of `host`; what it no longer has is removed.
@@ -473,28 +487,33 @@ impl Translator {
 
     fn routes(&mut self, mesh: &Mesh, views: &ScopeViews) -> Vec<(Selector, Resource)> {
         let selector = |ns: Option<&str>| ns.map_or_else(Selector::all, Selector::namespace);
+        let modes = self.outbound_modes(mesh);
         if self.domain_claims.any_repeated() {
             // Two hosts claim one name: the slow path drops the later claims, as a full
             // build always has (not scoped by Sidecar; docs/traffic.md says so).
             self.scoped_segments.clear();
             let (configs, _) = route::route_configurations(mesh);
+            let capture = self.fallbacks.is_some();
             return configs
                 .into_iter()
-                .filter_map(|(ns, config)| {
-                    Some((
-                        selector(ns.as_deref()),
-                        Resource::encode(OUTBOUND_HTTP, &config)?,
-                    ))
+                .filter_map(|(ns, mut config)| {
+                    let selector = selector(ns.as_deref());
+                    if capture {
+                        let mode = modes.for_proxies(&selector);
+                        config.virtual_hosts.push(fallback_virtual_host(mode));
+                    }
+                    Some((selector, Resource::encode(OUTBOUND_HTTP, &config)?))
                 })
                 .collect();
         }
         if !views.is_empty() {
-            return self.scoped_routes(mesh, views);
+            return self.scoped_routes(mesh, views, &modes);
         }
         self.scoped_segments.clear();
+        let fallback = self.fallback(modes.everyone);
         self.route_namespaces()
             .into_iter()
-            .map(|ns| (selector(ns), self.assembled_routes(ns)))
+            .map(|ns| (selector(ns), self.assembled_routes(ns, fallback.clone())))
             .collect()
     }
 
@@ -521,8 +540,8 @@ impl Translator {
     }
 
     /// The route configuration of the proxies of `namespace` (`None`: of a namespace no
-    /// host or match names), from the joined segments.
-    fn assembled_routes(&self, namespace: Option<&str>) -> Resource {
+    /// host or match names), from the joined segments, ending with `fallback`.
+    fn assembled_routes(&self, namespace: Option<&str>, fallback: Option<Parts>) -> Resource {
         let segments = self
             .segments
             .iter()
@@ -531,7 +550,11 @@ impl Translator {
                 Some(ns) => segment.exported.get(ns).unwrap_or(&segment.other).clone(),
                 None => segment.other.clone(),
             });
-        let parts = Parts::join(std::iter::once(self.header.clone()).chain(segments));
+        let parts = Parts::join(
+            std::iter::once(self.header.clone())
+                .chain(segments)
+                .chain(fallback),
+        );
         Resource::from_parts(type_url::ROUTE, OUTBOUND_HTTP, parts)
     }
 }
@@ -580,6 +603,7 @@ fn per_host<'a, T: Send>(
 mod domain_claims;
 mod gateways;
 mod hosts;
+mod outbound_policy;
 mod scoping;
 mod virtual_hosts;
 
@@ -587,6 +611,7 @@ use gateways::GatewayState;
 #[cfg(test)]
 use hosts::host_resources;
 use hosts::{HostResources, build_hosts, encoded_assignments, replace_variants};
+use outbound_policy::Fallbacks;
 use scoping::form;
 use virtual_hosts::{BuiltVirtualHosts, build_virtual_hosts, group_of};
 
@@ -604,3 +629,6 @@ mod export_tests;
 
 #[cfg(test)]
 mod scoping_tests;
+
+#[cfg(test)]
+mod outbound_policy_tests;

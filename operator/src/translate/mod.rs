@@ -22,6 +22,7 @@ use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifi
 use envoy_types::pb::envoy::config::core::v3::{AggregatedConfigSource, ApiVersion, ConfigSource};
 
 use crate::model::service::ExportTo;
+use crate::model::sidecar_scope::OutboundMode;
 use crate::model::{Mesh, Port, Problem, Service};
 
 /// The name of the outbound HTTP listener and of its route configuration.
@@ -36,6 +37,9 @@ pub struct Options {
     /// Istio's `meshConfig.rootNamespace`: a `Sidecar` without selector there is every
     /// namespace's default.
     pub root_namespace: String,
+    /// Istio's `meshConfig.outboundTrafficPolicy.mode`, for sidecars no `Sidecar` sets one
+    /// for (capture mode: the direct listener has no original destination to pass to).
+    pub outbound_traffic_policy: OutboundMode,
 }
 
 /// Builds every resource for `mesh`. Config that cannot be honoured is reported and left

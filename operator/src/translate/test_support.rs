@@ -14,6 +14,7 @@ pub fn options() -> Options {
         outbound_port: 15001,
         sidecar_listeners: Default::default(),
         root_namespace: DEFAULT_ROOT_NAMESPACE.into(),
+        outbound_traffic_policy: Default::default(),
     }
 }
 

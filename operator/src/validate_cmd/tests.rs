@@ -69,7 +69,9 @@ kind: Sidecar
 metadata: {name: default, namespace: web}
 spec:
   egress: [{hosts: ['./*']}]
-  outboundTrafficPolicy: {mode: ALLOW_ANY}
+  outboundTrafficPolicy:
+    mode: ALLOW_ANY
+    egressProxy: {host: proxy.example.com, port: {number: 3128}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -94,14 +96,14 @@ spec:
     let lines: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert!(
-        lines[0].contains("(Sidecar web/default): spec.outboundTrafficPolicy:")
+        lines[0].contains("(Sidecar web/default): spec.outboundTrafficPolicy.egressProxy:")
             && lines[0].contains("not applied"),
         "{}",
         lines[0]
     );
     assert!(
         lines[1].starts_with(
-            "mesh.yaml:13: document 2 (DestinationRule web/db): spec.trafficPolicy.tunnel:"
+            "mesh.yaml:15: document 2 (DestinationRule web/db): spec.trafficPolicy.tunnel:"
         ),
         "{}",
         lines[1]
@@ -109,7 +111,7 @@ spec:
     // credentialName is served; its Secret is not among the files.
     assert!(
         lines[2].starts_with(
-            "mesh.yaml:23: document 3 (Gateway web/gw): spec.servers[0].tls.credentialName: \
+            "mesh.yaml:25: document 3 (Gateway web/gw): spec.servers[0].tls.credentialName: \
                  Secret web/web-cert not found"
         ) && lines[2].contains("not in the files checked"),
         "{}",

@@ -21,6 +21,17 @@ spec:
 /// A Sidecar with one egress listener of `hosts` (a YAML list), selecting workloads by the
 /// labels `selector` (YAML map entries) when given.
 pub(crate) fn sidecar(name: &str, namespace: &str, selector: Option<&str>, hosts: &str) -> String {
+    let egress = format!("  egress: [{{hosts: {hosts}}}]\n");
+    sidecar_with(name, namespace, selector, &egress)
+}
+
+/// A Sidecar whose spec is `spec` (YAML lines indented by two) and a selector as above.
+pub(crate) fn sidecar_with(
+    name: &str,
+    namespace: &str,
+    selector: Option<&str>,
+    spec: &str,
+) -> String {
     let selector = selector
         .map(|l| format!("  workloadSelector: {{labels: {{{l}}}}}\n"))
         .unwrap_or_default();
@@ -29,8 +40,7 @@ pub(crate) fn sidecar(name: &str, namespace: &str, selector: Option<&str>, hosts
 kind: Sidecar
 metadata: {{name: {name}, namespace: {namespace}}}
 spec:
-{selector}  egress: [{{hosts: {hosts}}}]
-"
+{selector}{spec}"
     )
 }
 

@@ -225,3 +225,90 @@ spec:
         "its own namespace"
     );
 }
+
+/// A Sidecar that sets only an outbound traffic policy (`policy` YAML).
+fn policy_sidecar(name: &str, namespace: &str, selector: Option<&str>, policy: &str) -> String {
+    let spec = format!("  outboundTrafficPolicy: {policy}\n");
+    super::fixtures::sidecar_with(name, namespace, selector, &spec)
+}
+
+#[test]
+fn a_sidecar_without_egress_sees_every_service() {
+    let (mesh, problems) = mesh(&[
+        entry("cart", "shop"),
+        entry("pages", "web"),
+        policy_sidecar("default", "web", None, "{mode: REGISTRY_ONLY}"),
+    ]);
+    assert!(problems.is_empty(), "{problems:?}");
+    let web = sidecar_in("web", &[]);
+    assert!(sees(&mesh, &web, "cart.shop") && sees(&mesh, &web, "pages.web"));
+}
+
+#[test]
+fn each_sidecar_reads_the_outbound_mode_of_its_scope_or_the_mesh() {
+    use OutboundMode::{AllowAny, RegistryOnly};
+    let (unscoped, _) = mesh(&[entry("cart", "shop")]);
+    for mode in [AllowAny, RegistryOnly] {
+        let modes = unscoped.sidecar_scopes.outbound_modes(mode);
+        assert_eq!((modes.everyone, modes.scoped.len()), (mode, 0));
+    }
+
+    let (mesh, _) = mesh(&[
+        // The root default narrows egress but leaves the mode to the mesh.
+        sidecar("default", "istio-system", None, "[\"./*\"]"),
+        // A policy without a mode is REGISTRY_ONLY, as in Istio's API.
+        policy_sidecar("default", "shop", None, "{}"),
+        // Workloads of shop whose own Sidecar sets nothing read the mesh's mode, not
+        // shop's: one Sidecar applies to a sidecar.
+        sidecar("admin", "shop", Some("app: admin"), "[\"*/*\"]"),
+        policy_sidecar(
+            "payments",
+            "shop",
+            Some("app: pay"),
+            "{mode: REGISTRY_ONLY}",
+        ),
+        policy_sidecar("open", "web", None, "{mode: ALLOW_ANY}"),
+    ]);
+    let modes = mesh.sidecar_scopes.outbound_modes(AllowAny);
+    assert_eq!(modes.everyone, AllowAny);
+    let scoped: Vec<(String, OutboundMode)> = modes
+        .scoped
+        .iter()
+        .map(|(s, m)| (format!("{:?}/{:?}", s.namespace, s.labels), *m))
+        .collect();
+    // Only those apart from what their sidecars would read without them: not `open`
+    // (ALLOW_ANY like the mesh), not `payments` (REGISTRY_ONLY like its namespace).
+    assert_eq!(
+        scoped,
+        vec![
+            ("Some(\"shop\")/{}".to_string(), RegistryOnly),
+            ("Some(\"shop\")/{\"app\": \"admin\"}".to_string(), AllowAny),
+        ]
+    );
+    let of = |ns: &str, labels: &[(&str, &str)]| {
+        let proxy = sidecar_in(ns, labels);
+        let mut selector = Selector::namespace(ns);
+        selector.labels = proxy.labels.clone();
+        modes.for_proxies(&selector)
+    };
+    assert_eq!(of("shop", &[]), RegistryOnly);
+    assert_eq!(of("shop", &[("app", "pay")]), RegistryOnly);
+    assert_eq!(of("shop", &[("app", "admin")]), AllowAny);
+    assert_eq!(of("web", &[]), AllowAny);
+    assert_eq!(of("bookinfo", &[]), AllowAny);
+
+    // The mesh's mode REGISTRY_ONLY: now `open` stands apart, and admin does not.
+    let modes = mesh.sidecar_scopes.outbound_modes(RegistryOnly);
+    assert_eq!(modes.everyone, RegistryOnly);
+    let selectors: Vec<_> = modes
+        .scoped
+        .iter()
+        .map(|(s, m)| (s.namespace.clone(), *m))
+        .collect();
+    assert_eq!(selectors, vec![(Some("web".into()), AllowAny)]);
+    assert_eq!(
+        mesh.sidecar_scopes.setting_outbound().count(),
+        3,
+        "shop, payments and open set one"
+    );
+}

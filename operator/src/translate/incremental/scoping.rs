@@ -17,7 +17,9 @@ use super::{Group, HostResources, Translator, VirtualHostEntry, group_of};
 use crate::model::Mesh;
 use crate::model::VirtualService;
 use crate::model::service::ExportTo;
-use crate::model::sidecar_scope::{Covers, ScopeView, ScopeViews, virtual_service_destinations};
+use crate::model::sidecar_scope::{
+    Covers, OutboundModes, ScopeView, ScopeViews, virtual_service_destinations,
+};
 use crate::translate::OUTBOUND_HTTP;
 
 /// The visibility last set per host, for the hosts some sidecars do not see.
@@ -146,6 +148,7 @@ impl Translator {
         &mut self,
         mesh: &Mesh,
         views: &ScopeViews,
+        modes: &OutboundModes,
     ) -> Vec<(Selector, Resource)> {
         let mut namespaces = self.route_namespaces();
         namespaces.extend(views.selectors().map(|s| s.namespace.as_deref()));
@@ -156,17 +159,22 @@ impl Translator {
                 Some(ns) => (Selector::namespace(ns), Covers::Namespace(ns.to_string())),
                 None => (Selector::all(), Covers::Default),
             };
+            let fallback = self.fallback(modes.for_proxies(&selector));
             let resource = match views.for_proxies(&covers.selector()) {
-                Some(view) => self.filtered_routes(mesh, &selector, namespace, view, &mut kept),
-                None => self.assembled_routes(namespace),
+                Some(view) => {
+                    let pieces = self.filtered_routes(mesh, &selector, namespace, view, &mut kept);
+                    routes_of(pieces.chain(fallback))
+                }
+                None => self.assembled_routes(namespace, fallback),
             };
             out.push((selector, resource));
         }
         for selector in views.selectors().filter(|s| !s.labels.is_empty()) {
             if let Some(view) = views.for_proxies(selector) {
                 let namespace = selector.namespace.as_deref();
-                let resource = self.filtered_routes(mesh, selector, namespace, view, &mut kept);
-                out.push((selector.clone(), resource));
+                let fallback = self.fallback(modes.for_proxies(selector));
+                let pieces = self.filtered_routes(mesh, selector, namespace, view, &mut kept);
+                out.push((selector.clone(), routes_of(pieces.chain(fallback))));
             }
         }
         // Pieces of variants or groups that are gone are dropped.
@@ -175,7 +183,7 @@ impl Translator {
     }
 
     /// The route configuration of the sidecars `selector` picks (of `namespace`), which see
-    /// what `view` sees: a piece per group, kept in `kept`.
+    /// what `view` sees: the header and a piece per group, kept in `kept`.
     fn filtered_routes(
         &self,
         mesh: &Mesh,
@@ -183,7 +191,7 @@ impl Translator {
         namespace: Option<&str>,
         view: &ScopeView,
         kept: &mut HashMap<(Selector, Group), Parts>,
-    ) -> Resource {
+    ) -> std::vec::IntoIter<Parts> {
         let mut pieces = vec![self.header.clone()];
         for group in self.segments.keys() {
             let key = (selector.clone(), group.clone());
@@ -194,7 +202,7 @@ impl Translator {
             pieces.push(piece.clone());
             kept.insert(key, piece);
         }
-        Resource::from_parts(type_url::ROUTE, OUTBOUND_HTTP, Parts::join(pieces))
+        pieces.into_iter()
     }
 
     /// The virtual hosts of `group` the sidecars of `namespace` that see what `view` sees
@@ -229,6 +237,10 @@ pub(super) fn form(e: &VirtualHostEntry, group: &Group, namespace: Option<&str>)
     }
     let own = namespace.is_some() && group.as_deref() == namespace;
     Some(if own { e.own.clone() } else { e.other.clone() })
+}
+
+fn routes_of(pieces: impl Iterator<Item = Parts>) -> Resource {
+    Resource::from_parts(type_url::ROUTE, OUTBOUND_HTTP, Parts::join(pieces))
 }
 
 /// The hosts `vs` sends to.

@@ -4,7 +4,9 @@
 //! Host through RDS), `<vip>_<port>` or `0.0.0.0_<port>` for TCP (straight to the service's
 //! cluster) — or, for a destination no service has, through `PassthroughCluster`. Inbound
 //! connections arrive at `virtualInbound` (15006), one per workload address, whose filter
-//! chains send each of the workload's ports to its `inbound|<port>||` cluster.
+//! chains send each of the workload's ports to its `inbound|<port>||` cluster. Under
+//! `REGISTRY_ONLY` ([`crate::model::sidecar_scope::OutboundMode`]), what no service has goes to
+//! `BlackHoleCluster` instead, and an HTTP request for a Host no service has gets a 502.
 //!
 //! The listeners a port or workload gets depend only on the services using that port or
 //! having endpoints at that address; [`CaptureState`] keeps who uses what, so a change
@@ -15,6 +17,7 @@ mod outbound;
 mod state;
 mod stream;
 
+pub use outbound::fallback_virtual_host;
 pub use state::CaptureState;
 
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
@@ -34,6 +37,8 @@ pub const VIRTUAL_INBOUND: &str = "virtualInbound";
 /// Where connections to destinations no service has go, outbound and inbound.
 pub const PASSTHROUGH: &str = "PassthroughCluster";
 pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
+/// Where outbound connections no service has go under `REGISTRY_ONLY`.
+pub const BLACKHOLE: &str = "BlackHoleCluster";
 
 /// The source address inbound connections to the workload come from, which istio-init's
 /// rules let through instead of capturing them again.

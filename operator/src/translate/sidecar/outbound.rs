@@ -1,31 +1,99 @@
 //! The outbound side: `virtualOutbound`, and one listener per service port that its original
-//! destination dispatches to.
+//! destination dispatches to; where what no service has goes (the sidecar's
+//! `outboundTrafficPolicy`).
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{
+    DirectResponseAction, Route, RouteAction, RouteMatch, VirtualHost,
+};
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, Rds,
 };
-use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::pb::google::protobuf::{BoolValue, Duration};
 use envoy_types::util::pack_any;
 
-use super::{OUTBOUND_CAPTURE_PORT, PASSTHROUGH, VIRTUAL_OUTBOUND, socket, tcp_proxy};
+use super::{BLACKHOLE, OUTBOUND_CAPTURE_PORT, PASSTHROUGH, VIRTUAL_OUTBOUND, socket, tcp_proxy};
+use crate::model::sidecar_scope::OutboundMode;
 use crate::translate::http_filters::http_filters;
 use crate::translate::{OUTBOUND_HTTP, ads_config_source};
 
 /// Catches every outbound connection; one to a port without a listener of its own goes where
-/// it was headed (Istio's `ALLOW_ANY`).
-pub fn virtual_outbound() -> Listener {
+/// it was headed (`ALLOW_ANY`) or is closed (`REGISTRY_ONLY`).
+pub fn virtual_outbound(mode: OutboundMode) -> Listener {
+    let cluster = unknown_destinations(mode);
     Listener {
         name: VIRTUAL_OUTBOUND.to_string(),
         address: Some(socket("0.0.0.0", OUTBOUND_CAPTURE_PORT)),
         use_original_dst: Some(BoolValue { value: true }),
         traffic_direction: TrafficDirection::Outbound as i32,
         filter_chains: vec![FilterChain {
-            name: PASSTHROUGH.to_string(),
-            filters: vec![tcp_proxy(PASSTHROUGH, PASSTHROUGH)],
+            name: cluster.to_string(),
+            filters: vec![tcp_proxy(cluster, cluster)],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn unknown_destinations(mode: OutboundMode) -> &'static str {
+    match mode {
+        OutboundMode::AllowAny => PASSTHROUGH,
+        OutboundMode::RegistryOnly => BLACKHOLE,
+    }
+}
+
+/// A cluster without endpoints: a connection sent to it is closed at once.
+pub fn blackhole_cluster() -> Cluster {
+    Cluster {
+        name: BLACKHOLE.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        connect_timeout: Some(Duration {
+            seconds: 10,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The outbound route configuration's last virtual host, for Host names no service has:
+/// Istio's `allow_any` (to where the request was headed, without a timeout: it may be a
+/// long stream) or `block_all` (502).
+pub fn fallback_virtual_host(mode: OutboundMode) -> VirtualHost {
+    let (name, action) = match mode {
+        OutboundMode::AllowAny => (
+            "allow_any",
+            Action::Route(RouteAction {
+                cluster_specifier: Some(ClusterSpecifier::Cluster(PASSTHROUGH.to_string())),
+                timeout: Some(Duration::default()),
+                ..Default::default()
+            }),
+        ),
+        OutboundMode::RegistryOnly => (
+            "block_all",
+            Action::DirectResponse(DirectResponseAction {
+                status: 502,
+                ..Default::default()
+            }),
+        ),
+    };
+    VirtualHost {
+        name: name.to_string(),
+        domains: vec!["*".to_string()],
+        routes: vec![Route {
+            name: name.to_string(),
+            r#match: Some(RouteMatch {
+                path_specifier: Some(PathSpecifier::Prefix("/".to_string())),
+                ..Default::default()
+            }),
+            action: Some(action),
             ..Default::default()
         }],
         ..Default::default()

@@ -9,6 +9,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use super::inbound::{self, Served};
 use super::{VIRTUAL_INBOUND, VIRTUAL_OUTBOUND, inbound_cluster_name, outbound, stream};
 use crate::model::service::Origin;
+use crate::model::sidecar_scope::OutboundModes;
 use crate::model::{Mesh, Problem, Service};
 use capstan_crds::ProtocolClass;
 
@@ -46,6 +47,8 @@ pub struct CaptureState {
     /// Inbound port → how many workloads serve it (its cluster exists while any does).
     inbound_clusters: BTreeMap<u32, usize>,
     problems: BTreeMap<u32, Vec<Problem>>,
+    /// The outbound modes `virtualOutbound` was last built for.
+    outbound_modes: Option<OutboundModes>,
 }
 
 fn sidecars() -> Selector {
@@ -54,7 +57,7 @@ fn sidecars() -> Selector {
 
 impl CaptureState {
     /// Everything for `mesh`, from nothing.
-    pub fn full(mesh: &Mesh) -> (Self, Update) {
+    pub fn full(mesh: &Mesh, outbound_modes: &OutboundModes) -> (Self, Update) {
         let mut state = Self::default();
         let mut update = Update::new();
         for cluster in inbound::passthrough_clusters() {
@@ -66,14 +69,15 @@ impl CaptureState {
                 &cluster,
             );
         }
-        let outbound = outbound::virtual_outbound();
+        let blackhole = outbound::blackhole_cluster();
         put(
             &mut update,
             sidecars(),
-            type_url::LISTENER,
-            VIRTUAL_OUTBOUND,
-            &outbound,
+            type_url::CLUSTER,
+            &blackhole.name.clone(),
+            &blackhole,
         );
+        state.set_outbound_modes(outbound_modes, &mut update);
         // A sidecar whose address has no endpoints still gets its inbound passthrough.
         let inbound = inbound::virtual_inbound(&BTreeMap::new());
         put(
@@ -86,6 +90,39 @@ impl CaptureState {
         let hosts: Vec<&str> = mesh.services.keys().map(String::as_str).collect();
         state.update(mesh, hosts, &mut update);
         (state, update)
+    }
+
+    /// Builds `virtualOutbound` again for each set of sidecars whose outbound mode changed
+    /// (a `Sidecar` changed); the variants of sets no longer apart are removed.
+    pub fn set_outbound_modes(&mut self, modes: &OutboundModes, update: &mut Update) {
+        let before = self.outbound_modes.replace(modes.clone());
+        if before.as_ref() == Some(modes) {
+            return;
+        }
+        let mut put_mode = |selector: Selector, mode| {
+            let listener = outbound::virtual_outbound(mode);
+            put(
+                update,
+                selector,
+                type_url::LISTENER,
+                VIRTUAL_OUTBOUND,
+                &listener,
+            );
+        };
+        if before.as_ref().map(|b| b.everyone) != Some(modes.everyone) {
+            put_mode(sidecars(), modes.everyone);
+        }
+        let old = before.map(|b| b.scoped).unwrap_or_default();
+        for (selector, mode) in &modes.scoped {
+            if !old.contains(&(selector.clone(), *mode)) {
+                put_mode(selector.clone(), *mode);
+            }
+        }
+        for (selector, _) in old {
+            if !modes.scoped.iter().any(|(s, _)| *s == selector) {
+                update.remove_for(selector, type_url::LISTENER, VIRTUAL_OUTBOUND);
+            }
+        }
     }
 
     pub fn problems(&self) -> impl Iterator<Item = &Problem> {

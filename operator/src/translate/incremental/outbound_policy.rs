@@ -1,0 +1,71 @@
+//! The sidecars' outbound traffic policy in translation: the last virtual host of each route
+//! variant in capture mode (for Host names no service has), and what direct mode reports.
+
+use capstan_xds::Parts;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use prost::Message;
+
+use super::Translator;
+use crate::model::sidecar_scope::{OutboundMode, OutboundModes};
+use crate::model::{Mesh, Problem};
+use crate::translate::sidecar::{ListenerMode, fallback_virtual_host};
+
+/// [`fallback_virtual_host`] of each outbound mode, encoded once.
+pub(super) struct Fallbacks {
+    allow_any: Parts,
+    registry_only: Parts,
+}
+
+impl Fallbacks {
+    pub(super) fn new() -> Self {
+        let encode = |mode| {
+            let config = RouteConfiguration {
+                virtual_hosts: vec![fallback_virtual_host(mode)],
+                ..Default::default()
+            };
+            Parts::leaf(config.encode_to_vec())
+        };
+        Self {
+            allow_any: encode(OutboundMode::AllowAny),
+            registry_only: encode(OutboundMode::RegistryOnly),
+        }
+    }
+
+    fn of(&self, mode: OutboundMode) -> &Parts {
+        match mode {
+            OutboundMode::AllowAny => &self.allow_any,
+            OutboundMode::RegistryOnly => &self.registry_only,
+        }
+    }
+}
+
+impl Translator {
+    pub(super) fn outbound_modes(&self, mesh: &Mesh) -> OutboundModes {
+        let default = self.options.outbound_traffic_policy;
+        mesh.sidecar_scopes.outbound_modes(default)
+    }
+
+    /// The virtual host for Host names no service has, in capture mode.
+    pub(super) fn fallback(&self, mode: OutboundMode) -> Option<Parts> {
+        Some(self.fallbacks.as_ref()?.of(mode).clone())
+    }
+
+    /// In direct mode, reports the `Sidecar`s setting an outbound traffic policy: the
+    /// listener applications dial has no original destination to pass a request on to.
+    pub(super) fn refresh_policy_problems(&mut self, mesh: &Mesh) {
+        if self.options.sidecar_listeners != ListenerMode::Direct {
+            return;
+        }
+        self.policy_problems = mesh
+            .sidecar_scopes
+            .setting_outbound()
+            .map(|key| Problem {
+                object: key.clone(),
+                field: "spec.outboundTrafficPolicy".into(),
+                message: "applies to capture-mode sidecars (`capstan run --sidecar-listeners \
+                          capture`); the direct listener answers 404 for a Host no service has"
+                    .into(),
+            })
+            .collect();
+    }
+}

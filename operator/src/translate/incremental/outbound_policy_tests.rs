@@ -1,0 +1,165 @@
+//! The outbound traffic policy: what capture-mode sidecars do with what no service has, per
+//! `Sidecar` and mesh mode, built incrementally as a full build; and what direct mode says.
+
+use capstan_crds::Kind;
+use capstan_xds::{ProxyInfo, SnapshotCache, type_index};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
+
+use super::tests::{check_with, delete, istio, options};
+use super::*;
+use crate::model::sidecar_scope::OutboundMode;
+use crate::model::sidecar_scope::fixtures::{
+    service_entry as entry, sidecar, sidecar_proxy as proxy,
+};
+use crate::reconcile::Pipeline;
+
+fn capture(mesh_mode: OutboundMode) -> Options {
+    Options {
+        sidecar_listeners: ListenerMode::Capture,
+        outbound_traffic_policy: mesh_mode,
+        ..options()
+    }
+}
+
+/// `sidecar` with an outbound traffic policy of `mode`.
+fn with_mode(sidecar: String, mode: &str) -> String {
+    format!("{sidecar}  outboundTrafficPolicy: {{mode: {mode}}}\n")
+}
+
+fn steps() -> Vec<crate::index::Event> {
+    vec![
+        istio(&entry("cart", "shop")),
+        istio(&entry("front", "web")),
+        istio(&with_mode(
+            sidecar("default", "shop", None, "[\"*/*\"]"),
+            "REGISTRY_ONLY",
+        )),
+        istio(&with_mode(
+            sidecar("open", "shop", Some("app: open"), "[\"./*\"]"),
+            "ALLOW_ANY",
+        )),
+        // The root default sets the mode of every namespace without a Sidecar.
+        istio(&with_mode(
+            sidecar("default", "istio-system", None, "[\"*/*\"]"),
+            "REGISTRY_ONLY",
+        )),
+        istio(&sidecar("default", "shop", None, "[\"*/*\"]")),
+        delete(Kind::Sidecar, "istio-system", "default"),
+        delete(Kind::Sidecar, "shop", "open"),
+        delete(Kind::Sidecar, "shop", "default"),
+    ]
+}
+
+#[test]
+fn outbound_policy_updates_match_a_full_build() {
+    check_with(capture(OutboundMode::AllowAny), steps());
+    check_with(capture(OutboundMode::RegistryOnly), steps());
+}
+
+/// What a full build of `yamls` serves `proxy` for what no service has: virtualOutbound's
+/// cluster and the route configuration's last virtual host.
+fn unknown_destinations(options: Options, yamls: &[String], proxy: &ProxyInfo) -> (String, String) {
+    let mut pipeline = Pipeline::new(options, "cluster.local");
+    for yaml in yamls {
+        pipeline.index.handle(istio(yaml));
+    }
+    let cache = SnapshotCache::new();
+    cache.replace(pipeline.full());
+    let state = cache.current();
+    let served = |type_url: &str, name: &str| {
+        let index = type_index(type_url).expect("a served type");
+        state
+            .snapshot
+            .view(index, proxy)
+            .find(|r| r.name() == name)
+            .map(|r| r.body().clone())
+            .unwrap_or_else(|| panic!("{name} is served"))
+    };
+    let listener =
+        Listener::decode(served(type_url::LISTENER, "virtualOutbound")).expect("decodes");
+    let chain = &listener.filter_chains[0];
+    let proxy_config = match &chain.filters[0].config_type {
+        Some(FilterConfig::TypedConfig(any)) => TcpProxy::decode(any.value.as_slice()),
+        other => panic!("{other:?}"),
+    }
+    .expect("a tcp_proxy");
+    let Some(ClusterSpecifier::Cluster(cluster)) = proxy_config.cluster_specifier else {
+        panic!("one cluster");
+    };
+    let routes =
+        RouteConfiguration::decode(served(type_url::ROUTE, OUTBOUND_HTTP)).expect("decodes");
+    let last = routes.virtual_hosts.last().expect("virtual hosts");
+    assert_eq!(last.domains, vec!["*"]);
+    (cluster, last.name.clone())
+}
+
+#[test]
+fn what_no_service_has_goes_where_each_sidecars_mode_says() {
+    let yamls = [
+        entry("cart", "shop"),
+        entry("front", "web"),
+        with_mode(
+            sidecar("default", "shop", None, "[\"*/*\"]"),
+            "REGISTRY_ONLY",
+        ),
+        with_mode(
+            sidecar("open", "shop", Some("app: open"), "[\"./*\"]"),
+            "ALLOW_ANY",
+        ),
+    ];
+    let passed = ("PassthroughCluster".to_string(), "allow_any".to_string());
+    let blocked = ("BlackHoleCluster".to_string(), "block_all".to_string());
+    let allow_any = capture(OutboundMode::AllowAny);
+    let of = |options: &Options, ns: &str, labels: &[(&str, &str)]| {
+        unknown_destinations(options.clone(), &yamls, &proxy(ns, labels))
+    };
+    assert_eq!(of(&allow_any, "web", &[]), passed);
+    assert_eq!(of(&allow_any, "shop", &[]), blocked);
+    assert_eq!(of(&allow_any, "shop", &[("app", "open")]), passed);
+    // The mesh's mode decides for sidecars no Sidecar sets one for.
+    let registry_only = capture(OutboundMode::RegistryOnly);
+    assert_eq!(of(&registry_only, "web", &[]), blocked);
+    assert_eq!(of(&registry_only, "bookinfo", &[]), blocked);
+    assert_eq!(of(&registry_only, "shop", &[("app", "open")]), passed);
+}
+
+#[test]
+fn direct_mode_reports_an_outbound_policy_and_serves_no_fallback() {
+    let mut pipeline = Pipeline::new(options(), "cluster.local");
+    for yaml in [
+        entry("cart", "shop"),
+        with_mode(sidecar("default", "shop", None, "[\"*/*\"]"), "ALLOW_ANY"),
+    ] {
+        pipeline.index.handle(istio(&yaml));
+    }
+    let cache = SnapshotCache::new();
+    cache.replace(pipeline.full());
+    let problems: Vec<String> = pipeline
+        .translator
+        .problems()
+        .map(|p| format!("{} {}", p.object, p.field))
+        .collect();
+    assert_eq!(
+        problems,
+        vec!["Sidecar shop/default spec.outboundTrafficPolicy"]
+    );
+    let state = cache.current();
+    let index = type_index(type_url::ROUTE).expect("a served type");
+    let routes = state
+        .snapshot
+        .view(index, &proxy("shop", &[]))
+        .find(|r| r.name() == OUTBOUND_HTTP)
+        .map(|r| RouteConfiguration::decode(r.body().clone()).expect("decodes"))
+        .expect("routes");
+    assert!(
+        routes
+            .virtual_hosts
+            .iter()
+            .all(|vh| !vh.domains.contains(&"*".to_string())),
+        "{routes:?}"
+    );
+}
