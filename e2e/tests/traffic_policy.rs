@@ -616,3 +616,38 @@ async fn tls_origination_simple_and_mutual() -> anyhow::Result<()> {
     .await?;
     mesh.envoy.ensure_no_rejected_updates().await
 }
+
+/// A DestinationRule for the whole mesh (`host: "*.local"` in the root namespace, as Istio
+/// users write mesh-wide defaults) applies to a service no rule names; a rule naming the
+/// service wins over it, and the wildcard applies again once that rule is gone. Here the
+/// wildcard's subset `v2` selects the pods labelled v3, so which rule applies shows in which
+/// version answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_destination_rule_applies_where_no_rule_names_the_host() -> anyhow::Result<()> {
+    let mut mesh = start(
+        "a_wildcard_destination_rule_applies_where_no_rule_names_the_host",
+        &reviews_vs_weighted(&[("v2", 100)]),
+    )
+    .await?;
+    mesh.wait_for_all(&[], "v2", 10).await?;
+    let own_rule = std::fs::read_to_string(mesh.env.config_dir.join(DR_FILE))?;
+
+    mesh.env.write_config(
+        "mesh-dr.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: mesh-defaults, namespace: istio-system}
+spec:
+  host: \"*.local\"
+  subsets:
+  - name: v2
+    labels: {version: v3}
+",
+    )?;
+    std::fs::remove_file(mesh.env.config_dir.join(DR_FILE))?;
+    mesh.wait_for_all(&[], "v3", 10).await?;
+
+    mesh.env.write_config(DR_FILE, &own_rule)?;
+    mesh.wait_for_all(&[], "v2", 10).await?;
+    mesh.envoy.ensure_no_rejected_updates().await
+}

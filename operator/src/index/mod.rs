@@ -417,5 +417,13 @@ fn service_of(slice: &SliceRecord) -> NsName {
     NsName::new(&slice.id.namespace, &slice.service)
 }
 
+/// Applying the one Istio object in `yaml`, which must be valid (for tests).
+#[cfg(test)]
+pub(crate) fn istio_event(yaml: &str) -> Event {
+    let document = capstan_crds::parse_single("t.yaml", yaml).expect("valid yaml");
+    assert!(document.validate().is_empty(), "{:?}", document.validate());
+    Event::Apply(Record::Istio(IstioRecord::valid(document.object)))
+}
+
 #[cfg(test)]
 mod tests;

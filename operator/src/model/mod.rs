@@ -6,6 +6,7 @@ pub mod gateway;
 pub mod hostname;
 pub mod kube;
 pub mod routing;
+mod rule_lookup;
 pub mod secret;
 pub mod service;
 pub mod sidecar_scope;
@@ -113,6 +114,9 @@ pub struct Mesh {
     /// Host → the ServiceEntries, and the DestinationRules, claiming it.
     entry_claimants: HashMap<String, BTreeSet<ObjectKey>>,
     rule_claimants: HashMap<String, BTreeSet<ObjectKey>>,
+    /// The wildcard hosts DestinationRules claim (`*.local`, `*`): a service no rule names
+    /// takes the most specific of them that covers it.
+    wildcard_rules: BTreeSet<String>,
     /// Namespace → the ServiceEntries there with a `workloadSelector`: a WorkloadEntry change
     /// in the namespace rebuilds their hosts.
     selecting: HashMap<String, BTreeSet<ObjectKey>>,
@@ -246,6 +250,12 @@ impl Mesh {
                     }
                 }
             }
+            if key.kind == capstan_crds::Kind::DestinationRule && is_wildcard(&host) {
+                if !self.rule_claimants.contains_key(&host) {
+                    self.wildcard_rules.remove(&host);
+                }
+                affected.hosts.extend(self.covered_by_rule(&host));
+            }
             affected.hosts.insert(host);
         }
         if key.kind == capstan_crds::Kind::VirtualService {
@@ -316,6 +326,10 @@ impl Mesh {
             IstioObject::DestinationRule(dr) => {
                 let host = resolve(&dr.spec.host);
                 claim(&mut self.rule_claimants, &host, key);
+                if is_wildcard(&host) {
+                    self.wildcard_rules.insert(host.clone());
+                    affected.hosts.extend(self.covered_by_rule(&host));
+                }
                 affected.hosts.insert(host.clone());
                 self.claims.insert(key.clone(), vec![host]);
             }
@@ -398,13 +412,8 @@ impl Mesh {
             .get(host)
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
-        let rules: Vec<ObjectKey> = self
-            .rule_claimants
-            .get(host)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
         let topic = Topic::Host(host.to_string());
-        for key in entries.iter().chain(&rules) {
+        for key in &entries {
             if let Some(topics) = self.problems.get_mut(key) {
                 topics.remove(&topic);
             }
@@ -454,49 +463,7 @@ impl Mesh {
             None => self.services.remove(host),
         };
 
-        let mut rule: Option<DestinationRule> = None;
-        for key in &rules {
-            let Some(IstioObject::DestinationRule(dr)) =
-                index.istio(key).and_then(|r| r.object.as_deref())
-            else {
-                continue;
-            };
-            match &rule {
-                None => {
-                    rule = Some(DestinationRule {
-                        host: host.to_string(),
-                        origin: key.clone(),
-                        subsets: dr
-                            .spec
-                            .subsets
-                            .iter()
-                            .map(|s| Subset {
-                                name: s.name.clone(),
-                                labels: s.labels.clone(),
-                            })
-                            .collect(),
-                        traffic_policy: traffic_policy::Policies::from_api(&dr.spec)
-                            .map(std::sync::Arc::new),
-                        export_to: service::ExportTo::parse(&dr.spec.export_to, &key.namespace),
-                    })
-                }
-                Some(existing) => {
-                    let problem = Problem {
-                        object: key.clone(),
-                        field: "spec.host".into(),
-                        message: format!(
-                            "host {host} already has {}; this rule is ignored",
-                            existing.origin
-                        ),
-                    };
-                    self.report(key, topic.clone(), problem);
-                }
-            }
-        }
-        match rule {
-            Some(rule) => self.destination_rules.insert(host.to_string(), rule),
-            None => self.destination_rules.remove(host),
-        };
+        self.refresh_rule(index, host);
     }
 
     fn report(&mut self, key: &ObjectKey, topic: Topic, problem: Problem) {

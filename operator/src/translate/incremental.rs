@@ -632,3 +632,6 @@ mod scoping_tests;
 
 #[cfg(test)]
 mod outbound_policy_tests;
+
+#[cfg(test)]
+mod wildcard_rule_tests;

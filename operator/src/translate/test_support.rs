@@ -71,3 +71,16 @@ spec:
   - {name: v2, labels: {version: v2}}
   - {name: v3, labels: {version: v3}}
 "#;
+
+/// A DestinationRule `namespace/name` for `host` (quoted: it may be a wildcard) whose spec
+/// goes on with `rest` (YAML lines indented by two).
+pub fn destination_rule(namespace: &str, name: &str, host: &str, rest: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  host: \"{host}\"
+{rest}"
+    )
+}

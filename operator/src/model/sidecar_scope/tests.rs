@@ -1,16 +1,10 @@
-use capstan_crds::{Kind, parse_single};
+use capstan_crds::Kind;
 use capstan_xds::{ProxyInfo, Role};
 
 use super::fixtures::{service_entry as entry, sidecar, sidecar_proxy as sidecar_in};
 
 use super::*;
-use crate::index::{Event, Index, IstioRecord, Record};
-
-fn istio(yaml: &str) -> Event {
-    let document = parse_single("t.yaml", yaml).expect("valid yaml");
-    assert!(document.validate().is_empty(), "{:?}", document.validate());
-    Event::Apply(Record::Istio(IstioRecord::valid(document.object)))
-}
+use crate::index::{Index, istio_event as istio};
 
 fn mesh(yamls: &[String]) -> (Mesh, Vec<Problem>) {
     let mut index = Index::new();

@@ -2,24 +2,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use capstan_crds::parse_single;
 use capstan_xds::{SnapshotCache, TYPES};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
 use super::*;
 use crate::index::{
-    Event, Health, Index, IstioRecord, KubeService, KubeServicePort, NsName, Record, RecordKey,
-    SliceEndpoint, SliceRecord,
+    Event, Health, Index, KubeService, KubeServicePort, NsName, Record, RecordKey, SliceEndpoint,
+    SliceRecord,
 };
 use crate::reconcile::Pipeline;
 
 pub(super) use crate::translate::test_support::options;
 
-pub(super) fn istio(yaml: &str) -> Event {
-    let document = parse_single("t.yaml", yaml).expect("valid yaml");
-    assert!(document.validate().is_empty(), "{:?}", document.validate());
-    Event::Apply(Record::Istio(IstioRecord::valid(document.object)))
-}
+pub(super) use crate::index::istio_event as istio;
 
 pub(super) fn delete(kind: capstan_crds::Kind, namespace: &str, name: &str) -> Event {
     Event::Delete(RecordKey::Istio(ObjectKey {
