@@ -426,3 +426,67 @@ spec:
     );
     mesh.envoy.ensure_no_rejected_updates().await
 }
+
+/// A `Sidecar` with an ingress listener: connections to the workload's port 9080 go to its
+/// `defaultEndpoint`, an app listening on 127.0.0.1 only, instead of the port its
+/// ServiceEntry names; without the Sidecar they reach the port again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_ingress_listener_sends_inbound_traffic_to_its_default_endpoint()
+-> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mesh =
+        start("a_sidecar_ingress_listener_sends_inbound_traffic_to_its_default_endpoint").await?;
+    let log_dir = mesh.env.log_dir.clone();
+    let logs = || format!("logs in {}", log_dir.display());
+    let local = SocketAddr::from(([127, 0, 0, 1], 18080));
+    let _local_app = Upstreams::start(
+        Path::new(UPSTREAM_BIN),
+        &[("reviews-on-loopback", "v1", local)],
+        &log_dir,
+        "loopback-app",
+    )
+    .await?;
+    let reviews = SocketAddr::from((service_ip(10), 9080));
+    let reply = wait_until("reviews through the capture", CONFIG_TIMEOUT, async || {
+        call(reviews, "reviews").await
+    })
+    .await
+    .with_context(logs)?;
+    ensure!(reply.service == "reviews", "{reply:?}");
+
+    mesh.env.write_config(
+        "ingress.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bookinfo}
+spec:
+  ingress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    defaultEndpoint: 127.0.0.1:18080
+",
+    )?;
+    let reply = wait_until("the app on loopback", CONFIG_TIMEOUT, async || {
+        let reply = call(reviews, "reviews").await?;
+        ensure!(reply.service == "reviews-on-loopback", "{reply:?}");
+        Ok(reply)
+    })
+    .await
+    .with_context(logs)?;
+    ensure!(
+        reply.headers.contains_key("x-request-id") && reply.peer.starts_with("127.0.0.1:"),
+        "not through the sidecar's inbound HTTP chain: {reply:?}"
+    );
+    // Ports the Sidecar does not list pass through to the workload: db on 5432.
+    let db = call(SocketAddr::from((service_ip(20), 5432)), "db").await?;
+    ensure!(db.service == "db", "{db:?}");
+
+    std::fs::remove_file(mesh.env.config_dir.join("ingress.yaml"))?;
+    wait_until("the workload's port again", CONFIG_TIMEOUT, async || {
+        let reply = call(reviews, "reviews").await?;
+        ensure!(reply.service == "reviews", "{reply:?}");
+        Ok(())
+    })
+    .await
+    .with_context(logs)?;
+    mesh.envoy.ensure_no_rejected_updates().await
+}

@@ -202,13 +202,16 @@ impl StaticEnvoy {
         Ok(resp)
     }
 
-    /// Waits until `listener` is bound (its certificates have arrived over SDS: an SDS
-    /// listener stays warming until then) and returns its port.
+    /// Waits until `listener` accepts connections (its certificates have arrived over SDS:
+    /// an SDS listener stays warming until then) and returns its port. A bound port is not
+    /// enough: Envoy binds static listeners at once but listens only when the server is
+    /// initialized (`/ready`), which waits for its clusters' certificates too.
     pub async fn wait_listener_port(&self, listener: &str) -> anyhow::Result<u16> {
         wait_until(
             &format!("listener {listener}"),
             ENVOY_START_TIMEOUT,
             async || {
+                self.admin_get("/ready").await?;
                 let v: Value = self.admin_get("/listeners?format=json").await?.json()?;
                 let port = v["listener_statuses"]
                     .as_array()

@@ -119,11 +119,33 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
             }
         }
         IstioObject::Sidecar(sc) => {
-            // The egress hosts scope what sidecars receive; the outbound traffic policy's
-            // mode applies to capture-mode sidecars (translation reports it in direct mode).
+            // The egress hosts scope what sidecars receive; ingress listeners (port and
+            // defaultEndpoint) and the outbound traffic policy's mode apply to capture-mode
+            // sidecars (translation reports them in direct mode).
             let spec = &sc.spec;
-            if !spec.ingress.is_empty() {
-                not_applied("spec.ingress".into(), "ingress listeners");
+            for (i, ingress) in spec.ingress.iter().enumerate() {
+                let field = |name: &str| format!("spec.ingress[{i}].{name}");
+                if !ingress.bind.is_empty() {
+                    not_applied(field("bind"), "bind");
+                }
+                if ingress.capture_mode.is_some() {
+                    not_applied(field("captureMode"), "captureMode");
+                }
+                if ingress.tls.is_some() {
+                    not_applied(field("tls"), "TLS termination on an ingress listener");
+                }
+                if ingress.connection_pool.is_some() {
+                    not_applied(field("connectionPool"), "connectionPool");
+                }
+                if ingress.port.as_ref().is_some_and(|p| p.protocol.is_empty()) {
+                    extra.push(Problem {
+                        object: key.clone(),
+                        field: field("port.protocol"),
+                        message: "no protocol: the port is forwarded as TCP (Istio would detect \
+                                  HTTP; capstan does not detect protocols yet)"
+                            .into(),
+                    });
+                }
             }
             if spec.inbound_connection_pool.is_some() {
                 not_applied("spec.inboundConnectionPool".into(), "inboundConnectionPool");

@@ -196,6 +196,7 @@ impl Translator {
             capture.routes_changed(mesh, &affected.routes, &mut update);
             if let Some(modes) = &modes {
                 capture.set_outbound_modes(modes, &mut update);
+                capture.set_ingress(mesh, &mesh.sidecar_scopes.ingress_variants(), &mut update);
             }
         }
         let rebuilt = self.rebuild(mesh, affected, &mut update);
@@ -635,3 +636,6 @@ mod outbound_policy_tests;
 
 #[cfg(test)]
 mod wildcard_rule_tests;
+
+#[cfg(test)]
+mod sidecar_ingress_tests;

@@ -8,7 +8,7 @@ use capstan_crds::ObjectKey;
 use capstan_crds::networking::sidecar::{OutboundTrafficMode, OutboundTrafficPolicy};
 use capstan_xds::Selector;
 
-use super::{Covers, Scopes};
+use super::Scopes;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutboundMode {
@@ -66,30 +66,8 @@ impl Scopes {
     /// Every sidecar's mode, from the scopes in force; `mesh`: the mode of sidecars whose
     /// `Sidecar` sets none (`meshConfig.outboundTrafficPolicy`).
     pub fn outbound_modes(&self, mesh: OutboundMode) -> OutboundModes {
-        let (in_force, _) = self.in_force();
-        let mode_of = |scope: &super::SidecarScope| scope.outbound.unwrap_or(mesh);
-        let everyone = in_force
-            .iter()
-            .find(|(covers, _)| *covers == Covers::Default)
-            .map_or(mesh, |(_, scope)| mode_of(scope));
-        let namespace_mode = |ns: &str| {
-            in_force
-                .iter()
-                .find(|(covers, _)| matches!(covers, Covers::Namespace(n) if n == ns))
-                .map_or(everyone, |(_, scope)| mode_of(scope))
-        };
-        let scoped = in_force
-            .iter()
-            .filter_map(|(covers, scope)| {
-                let inherited = match covers {
-                    Covers::Default => return None,
-                    Covers::Namespace(_) => everyone,
-                    Covers::Workload(ns, _) => namespace_mode(ns),
-                };
-                let mode = mode_of(scope);
-                (mode != inherited).then(|| (covers.selector(), mode))
-            })
-            .collect();
+        let (everyone, scoped) =
+            self.per_scope(|scope| scope.and_then(|s| s.outbound).unwrap_or(mesh));
         OutboundModes { everyone, scoped }
     }
 }

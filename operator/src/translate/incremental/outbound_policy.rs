@@ -1,5 +1,6 @@
 //! The sidecars' outbound traffic policy in translation: the last virtual host of each route
-//! variant in capture mode (for Host names no service has), and what direct mode reports.
+//! variant in capture mode (for Host names no service has), and what direct mode reports of
+//! it and of `Sidecar` ingress listeners.
 
 use capstan_xds::Parts;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
@@ -50,22 +51,35 @@ impl Translator {
         Some(self.fallbacks.as_ref()?.of(mode).clone())
     }
 
-    /// In direct mode, reports the `Sidecar`s setting an outbound traffic policy: the
-    /// listener applications dial has no original destination to pass a request on to.
+    /// In direct mode, reports the `Sidecar`s setting an outbound traffic policy (the
+    /// listener applications dial has no original destination to pass a request on to) or
+    /// ingress listeners (there is no inbound listener).
     pub(super) fn refresh_policy_problems(&mut self, mesh: &Mesh) {
         if self.options.sidecar_listeners != ListenerMode::Direct {
             return;
         }
-        self.policy_problems = mesh
-            .sidecar_scopes
+        let problem = |key: &capstan_crds::ObjectKey, field: &str, message: &str| Problem {
+            object: key.clone(),
+            field: field.into(),
+            message: format!(
+                "applies to capture-mode sidecars (`capstan run --sidecar-listeners capture`); \
+                 {message}"
+            ),
+        };
+        let scopes = &mesh.sidecar_scopes;
+        self.policy_problems = scopes
             .setting_outbound()
-            .map(|key| Problem {
-                object: key.clone(),
-                field: "spec.outboundTrafficPolicy".into(),
-                message: "applies to capture-mode sidecars (`capstan run --sidecar-listeners \
-                          capture`); the direct listener answers 404 for a Host no service has"
-                    .into(),
+            .map(|key| {
+                let message = "the direct listener answers 404 for a Host no service has";
+                problem(key, "spec.outboundTrafficPolicy", message)
             })
+            .chain(scopes.setting_ingress().map(|key| {
+                problem(
+                    key,
+                    "spec.ingress",
+                    "direct-mode sidecars have no inbound listener",
+                )
+            }))
             .collect();
     }
 }

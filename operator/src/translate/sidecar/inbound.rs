@@ -48,19 +48,25 @@ pub enum Served {
 /// The workload's ports (the port it listens on → how it serves it) as filter chains keyed
 /// by the original destination port; anything else passes through to where it was headed.
 pub fn virtual_inbound(ports: &BTreeMap<u32, Served>) -> Listener {
+    virtual_inbound_to(
+        ports
+            .iter()
+            .map(|(port, served)| (*port, *served, inbound_cluster_name(*port))),
+    )
+}
+
+/// [`virtual_inbound`] with a cluster named for each port.
+pub fn virtual_inbound_to(ports: impl Iterator<Item = (u32, Served, String)>) -> Listener {
     let mut chains: Vec<FilterChain> = ports
-        .iter()
-        .map(|(port, served)| FilterChain {
-            name: inbound_cluster_name(*port),
+        .map(|(port, served, cluster)| FilterChain {
+            name: cluster.clone(),
             filter_chain_match: Some(FilterChainMatch {
-                destination_port: Some(UInt32Value { value: *port }),
+                destination_port: Some(UInt32Value { value: port }),
                 ..Default::default()
             }),
             filters: vec![match served {
-                Served::Http { .. } => http_filter(*port),
-                Served::Tcp => {
-                    tcp_proxy(&inbound_cluster_name(*port), &inbound_cluster_name(*port))
-                }
+                Served::Http { .. } => http_filter(port, &cluster),
+                Served::Tcp => tcp_proxy(&cluster, &cluster),
             }],
             ..Default::default()
         })
@@ -88,8 +94,8 @@ pub fn virtual_inbound(ports: &BTreeMap<u32, Served>) -> Listener {
 }
 
 /// Every request on the port to the workload, whatever its host.
-fn http_filter(port: u32) -> Filter {
-    let cluster = inbound_cluster_name(port);
+fn http_filter(port: u32, cluster: &str) -> Filter {
+    let cluster = cluster.to_string();
     let routes = RouteConfiguration {
         name: cluster.clone(),
         virtual_hosts: vec![VirtualHost {

@@ -13,6 +13,7 @@
 //! rebuilds only those listeners.
 
 mod inbound;
+mod ingress;
 mod outbound;
 mod state;
 mod stream;

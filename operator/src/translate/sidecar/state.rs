@@ -7,9 +7,9 @@ use capstan_xds::{Resource, Role, Selector, Update, type_url};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 
 use super::inbound::{self, Served};
-use super::{VIRTUAL_INBOUND, VIRTUAL_OUTBOUND, inbound_cluster_name, outbound, stream};
+use super::{VIRTUAL_INBOUND, VIRTUAL_OUTBOUND, inbound_cluster_name, ingress, outbound, stream};
 use crate::model::service::Origin;
-use crate::model::sidecar_scope::OutboundModes;
+use crate::model::sidecar_scope::{IngressPort, IngressVariants, OutboundModes};
 use crate::model::{Mesh, Problem, Service};
 use capstan_crds::ProtocolClass;
 
@@ -49,6 +49,10 @@ pub struct CaptureState {
     problems: BTreeMap<u32, Vec<Problem>>,
     /// The outbound modes `virtualOutbound` was last built for.
     outbound_modes: Option<OutboundModes>,
+    /// The `Sidecar` ingress listeners `virtualInbound` was last built for, and the
+    /// clusters they send to.
+    ingress: IngressVariants,
+    ingress_clusters: BTreeSet<String>,
 }
 
 fn sidecars() -> Selector {
@@ -78,7 +82,8 @@ impl CaptureState {
             &blackhole,
         );
         state.set_outbound_modes(outbound_modes, &mut update);
-        // A sidecar whose address has no endpoints still gets its inbound passthrough.
+        // A sidecar whose address has no endpoints still gets its inbound passthrough, or
+        // the ingress listeners of its Sidecar.
         let inbound = inbound::virtual_inbound(&BTreeMap::new());
         put(
             &mut update,
@@ -87,6 +92,7 @@ impl CaptureState {
             VIRTUAL_INBOUND,
             &inbound,
         );
+        state.set_ingress(mesh, &mesh.sidecar_scopes.ingress_variants(), &mut update);
         let hosts: Vec<&str> = mesh.services.keys().map(String::as_str).collect();
         state.update(mesh, hosts, &mut update);
         (state, update)
@@ -123,6 +129,86 @@ impl CaptureState {
                 update.remove_for(selector, type_url::LISTENER, VIRTUAL_OUTBOUND);
             }
         }
+    }
+
+    /// Builds `virtualInbound` for the sets of sidecars whose `Sidecar` lists ingress
+    /// listeners (a `Sidecar` changed); the listeners of their workloads' addresses give way
+    /// to it.
+    pub fn set_ingress(&mut self, mesh: &Mesh, variants: &IngressVariants, update: &mut Update) {
+        if self.ingress == *variants {
+            return;
+        }
+        let before = std::mem::replace(&mut self.ingress, variants.clone());
+        let listener = ingress::virtual_inbound(&variants.everyone);
+        put(
+            update,
+            sidecars(),
+            type_url::LISTENER,
+            VIRTUAL_INBOUND,
+            &listener,
+        );
+        for (selector, ports) in &variants.scoped {
+            let listener = ingress::virtual_inbound(ports);
+            put(
+                update,
+                selector.clone(),
+                type_url::LISTENER,
+                VIRTUAL_INBOUND,
+                &listener,
+            );
+        }
+        for (selector, _) in &before.scoped {
+            if !variants.scoped.iter().any(|(s, _)| s == selector) {
+                update.remove_for(selector.clone(), type_url::LISTENER, VIRTUAL_INBOUND);
+            }
+        }
+        let clusters: BTreeMap<String, &IngressPort> = variants
+            .everyone
+            .iter()
+            .chain(variants.scoped.iter().flat_map(|(_, ports)| ports))
+            .map(|p| (ingress::cluster_name(p), p))
+            .collect();
+        for gone in self
+            .ingress_clusters
+            .iter()
+            .filter(|c| !clusters.contains_key(*c))
+        {
+            update.remove_for(sidecars(), type_url::CLUSTER, gone);
+        }
+        for (name, port) in &clusters {
+            if !self.ingress_clusters.contains(name) {
+                put(
+                    update,
+                    sidecars(),
+                    type_url::CLUSTER,
+                    name,
+                    &ingress::cluster(port),
+                );
+            }
+        }
+        self.ingress_clusters = clusters.into_keys().collect();
+        let addresses: Vec<String> = self.workloads.keys().cloned().collect();
+        for address in addresses {
+            self.rebuild_workload(mesh, &address, update);
+        }
+    }
+
+    /// Whether the workload at `address` (serving `hosts`) has a `Sidecar` listing ingress
+    /// listeners. Its labels and namespace are read from its endpoints: the listener is
+    /// built per address, before any proxy says who it is.
+    fn has_ingress(&self, mesh: &Mesh, address: &str, hosts: &BTreeSet<String>) -> bool {
+        if self.ingress.is_empty() {
+            return false;
+        }
+        let mut namespace = None;
+        let mut labels = BTreeMap::new();
+        for service in hosts.iter().filter_map(|h| mesh.services.get(h)) {
+            for endpoint in service.endpoints.iter().filter(|e| &*e.address == address) {
+                namespace.get_or_insert(service.namespace());
+                labels.extend(endpoint.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        namespace.is_some_and(|ns| !mesh.sidecar_scopes.ingress_of(ns, &labels).is_empty())
     }
 
     pub fn problems(&self) -> impl Iterator<Item = &Problem> {
@@ -255,7 +341,12 @@ impl CaptureState {
         if hosts.is_empty() {
             self.workloads.remove(address);
         }
-        let served = workload_ports(mesh, address, &hosts);
+        let served = if self.has_ingress(mesh, address, &hosts) {
+            // The listener of its Sidecar's selector applies.
+            BTreeMap::new()
+        } else {
+            workload_ports(mesh, address, &hosts)
+        };
         let old = self.inbound.remove(address).unwrap_or_default();
         let selector = Selector::workload(address);
         if served.is_empty() {

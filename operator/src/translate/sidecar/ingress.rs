@@ -1,0 +1,103 @@
+//! A `Sidecar`'s ingress listeners: the `virtualInbound` of the sidecars it covers, with a
+//! filter chain per listed port instead of per service port, each to a cluster that goes
+//! where the listener's `defaultEndpoint` says.
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, LbConfig, OriginalDstLbConfig,
+};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::{Address, Pipe};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::google::protobuf::UInt32Value;
+
+use super::inbound::{self, Served};
+use super::socket;
+use crate::model::sidecar_scope::{IngressEndpoint, IngressPort, IngressProtocol};
+
+/// The name of the cluster an ingress listener's connections go to: what it does, so that
+/// Sidecars listing the same port and endpoint share one.
+pub fn cluster_name(ingress: &IngressPort) -> String {
+    let protocol = match ingress.served {
+        IngressProtocol::Http { http2: false } => "http",
+        IngressProtocol::Http { http2: true } => "http2",
+        IngressProtocol::Tcp => "tcp",
+    };
+    let to = match &ingress.to {
+        IngressEndpoint::Passthrough => "passthrough".to_string(),
+        IngressEndpoint::Loopback { address, port } => format!("{address}_{port}"),
+        IngressEndpoint::Instance { port } => format!("instance_{port}"),
+        IngressEndpoint::Unix(path) => format!("unix_{path}"),
+    };
+    format!("inbound|{}|{protocol}|{to}", ingress.port)
+}
+
+fn served(ingress: &IngressPort) -> Served {
+    match ingress.served {
+        IngressProtocol::Http { http2 } => Served::Http { http2 },
+        IngressProtocol::Tcp => Served::Tcp,
+    }
+}
+
+/// `virtualInbound` for sidecars with these ingress listeners (none: every port passes
+/// through, as for a workload without services).
+pub fn virtual_inbound(ports: &[IngressPort]) -> Listener {
+    inbound::virtual_inbound_to(ports.iter().map(|p| (p.port, served(p), cluster_name(p))))
+}
+
+/// The cluster behind one ingress listener.
+pub fn cluster(ingress: &IngressPort) -> Cluster {
+    let served = served(ingress);
+    // The workload's own address, as for a service port: connections were headed there.
+    let mut cluster = inbound::inbound_cluster(ingress.port, served);
+    cluster.name = cluster_name(ingress);
+    match &ingress.to {
+        IngressEndpoint::Passthrough => {}
+        IngressEndpoint::Instance { port } => {
+            cluster.lb_config = Some(LbConfig::OriginalDstLbConfig(OriginalDstLbConfig {
+                upstream_port_override: Some(UInt32Value { value: *port }),
+                ..Default::default()
+            }));
+        }
+        IngressEndpoint::Loopback { address, port } => {
+            // The capture lets the sidecar's connections to loopback through: no 127.0.0.6.
+            cluster.upstream_bind_config = None;
+            static_endpoint(&mut cluster, socket(address, *port));
+        }
+        IngressEndpoint::Unix(path) => {
+            cluster.upstream_bind_config = None;
+            let pipe = Address {
+                address: Some(AddressKind::Pipe(Pipe {
+                    path: path.clone(),
+                    mode: 0,
+                })),
+            };
+            static_endpoint(&mut cluster, pipe);
+        }
+    }
+    cluster
+}
+
+/// Makes `cluster` a STATIC one with `address` its one endpoint.
+fn static_endpoint(cluster: &mut Cluster, address: Address) {
+    cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
+    cluster.lb_policy = 0;
+    cluster.load_assignment = Some(ClusterLoadAssignment {
+        cluster_name: cluster.name.clone(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: vec![LbEndpoint {
+                host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                    address: Some(address),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+}
