@@ -88,8 +88,9 @@ pub struct RunArgs {
     /// `ALLOW_ANY` (on to where it was headed) or `REGISTRY_ONLY` (refused).
     #[arg(long, default_value = "ALLOW_ANY")]
     pub outbound_traffic_policy: crate::model::sidecar_scope::OutboundMode,
-    /// How long a burst of file changes must be quiet before the folder is read again, in
-    /// milliseconds (editors write a file in several steps).
+    /// A file change after a quiet spell is read at once; the changes that follow it (a
+    /// burst: editors write a file in several steps) are read once they have been quiet
+    /// this long, in milliseconds.
     #[arg(long, default_value_t = 50)]
     pub debounce_ms: u64,
     /// Folder mode: let a rescan that finds no objects at all replace a config that had some

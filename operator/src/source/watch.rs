@@ -5,17 +5,20 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::event::ModifyKind;
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-/// Notifications of changes in a directory, delivered in quiet-separated bursts.
+/// Notifications of changes in a directory: a change after a quiet spell at once, the rest of
+/// its burst once that has gone quiet.
 pub struct FolderWatch {
     dir: PathBuf,
     quiet: Duration,
+    /// When [`FolderWatch::changed`] last returned.
+    woke: Option<Instant>,
     tx: mpsc::Sender<()>,
     events: mpsc::Receiver<()>,
     /// Watches the directory's parent for the directory's own name being replaced. Dropping a
@@ -51,6 +54,7 @@ impl FolderWatch {
         Self {
             dir: std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()),
             quiet,
+            woke: None,
             tx,
             events,
             parent: None,
@@ -127,12 +131,19 @@ impl FolderWatch {
         Ok(watcher)
     }
 
-    /// Waits for a change, then for the burst it starts to go quiet (editors write a file in
-    /// several steps), then makes sure the directory now at the path is the one watched.
+    /// Waits for a change, then makes sure the directory now at the path is the one watched.
+    /// A change after a quiet spell returns at once: a file renamed into place (git-sync, a
+    /// ConfigMap volume, an atomic writer) is complete, and one still being written is left
+    /// for later by the folder's settle window. A change during a burst (editors write a
+    /// file in several steps) waits for the burst to go quiet, so a burst costs two reads
+    /// of the folder at most.
     pub async fn changed(&mut self) {
         // `self` holds a sender: the channel never closes.
         let _ = self.events.recv().await;
-        while let Ok(Some(())) = timeout(self.quiet, self.events.recv()).await {}
+        if self.woke.is_some_and(|at| at.elapsed() < self.quiet) {
+            while let Ok(Some(())) = timeout(self.quiet, self.events.recv()).await {}
+        }
+        self.woke = Some(Instant::now());
         // A failure is reported by the caller's own `ensure`.
         let _ = self.ensure();
     }

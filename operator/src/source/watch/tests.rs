@@ -54,3 +54,19 @@ async fn a_repointed_symlink_is_followed() {
         "a file written in the new target went unnoticed"
     );
 }
+
+/// The quiet spell matters only within a burst: the first change wakes the watch long before
+/// a quiet spell (here 30 s) could pass, and the changes right after it wait for one.
+#[tokio::test]
+async fn a_change_after_a_quiet_spell_wakes_at_once_and_its_burst_waits() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut watch = FolderWatch::new(root.path(), Duration::from_secs(30)).expect("watch");
+    fs::write(root.path().join("a.yaml"), "x: 1\n").expect("write");
+    assert!(
+        wakes(&mut watch).await,
+        "the first change waited for a quiet spell"
+    );
+    fs::write(root.path().join("b.yaml"), "x: 2\n").expect("write");
+    let early = tokio::time::timeout(Duration::from_millis(500), watch.changed()).await;
+    assert!(early.is_err(), "a change within the burst did not wait");
+}
