@@ -18,7 +18,7 @@ use capstan_crds::ObjectKey;
 use capstan_xds::{Parts, Resource, Role, Selector, SnapshotBuilder, Update, type_url};
 use prost::Message;
 
-use super::sidecar::{CaptureState, ListenerMode, fallback_virtual_host};
+use super::sidecar::{CaptureState, ListenerMode};
 use super::{OUTBOUND_HTTP, Options, listener, route};
 use crate::model::service::ExportTo;
 use crate::model::sidecar_scope::ScopeViews;
@@ -403,48 +403,6 @@ impl Translator {
         }
     }
 
-    /// Joins the virtual hosts of `group` again (after some of them changed).
-    fn rejoin(&mut self, group: Group) {
-        let entries: Vec<&VirtualHostEntry> =
-            self.group_entries(&group).map(|(_, entry)| entry).collect();
-        if entries.is_empty() {
-            self.segments.remove(&group);
-            return;
-        }
-        let form = |e: &VirtualHostEntry, namespace: Option<&str>| form(e, &group, namespace);
-        let other = Parts::join(entries.iter().filter_map(|e| form(e, None)));
-        // Hosts outside the cluster have no namespace whose variant reads them by bare name.
-        let own = match &group {
-            Some(ns) => Parts::join(entries.iter().filter_map(|e| form(e, Some(ns)))),
-            None => other.clone(),
-        };
-        let mut named: BTreeSet<&String> = entries
-            .iter()
-            .filter_map(|e| match &e.visible {
-                ExportTo::Namespaces(set) => Some(set),
-                ExportTo::All => None,
-            })
-            .flatten()
-            .collect();
-        named.extend(entries.iter().flat_map(|e| e.by_namespace.keys()));
-        let exported = named
-            .into_iter()
-            .filter(|ns| group.as_ref() != Some(*ns))
-            .map(|ns| {
-                let forms = entries.iter().filter_map(|e| form(e, Some(ns)));
-                (ns.clone(), Parts::join(forms))
-            })
-            .collect();
-        self.segments.insert(
-            group,
-            Segment {
-                own,
-                other,
-                exported,
-            },
-        );
-    }
-
     /// Hosts no service has, for the VirtualServices that changed and those covering a host
     /// that came or went.
     fn refresh_unbound(&mut self, mesh: &Mesh, affected: &Affected) {
@@ -469,94 +427,6 @@ impl Translator {
                 }
             }
         }
-    }
-
-    /// The route variants from the kept virtual hosts, and the selectors whose variant is
-    /// gone.
-    fn assemble_routes(
-        &mut self,
-        mesh: &Mesh,
-        views: &ScopeViews,
-    ) -> (Vec<(Selector, Resource)>, Vec<Selector>) {
-        let variants = self.routes(mesh, views);
-        self.dirty_groups.clear();
-        let now: BTreeSet<Selector> = variants.iter().map(|(s, _)| s.clone()).collect();
-        let gone = self.route_variants.difference(&now).cloned().collect();
-        self.route_variants = now;
-        (variants, gone)
-    }
-
-    fn routes(&mut self, mesh: &Mesh, views: &ScopeViews) -> Vec<(Selector, Resource)> {
-        let selector = |ns: Option<&str>| ns.map_or_else(Selector::all, Selector::namespace);
-        let modes = self.outbound_modes(mesh);
-        if self.domain_claims.any_repeated() {
-            // Two hosts claim one name: the slow path drops the later claims, as a full
-            // build always has (not scoped by Sidecar; docs/traffic.md says so).
-            self.scoped_segments.clear();
-            let (configs, _) = route::route_configurations(mesh);
-            let capture = self.fallbacks.is_some();
-            return configs
-                .into_iter()
-                .filter_map(|(ns, mut config)| {
-                    let selector = selector(ns.as_deref());
-                    if capture {
-                        let mode = modes.for_proxies(&selector);
-                        config.virtual_hosts.push(fallback_virtual_host(mode));
-                    }
-                    Some((selector, Resource::encode(OUTBOUND_HTTP, &config)?))
-                })
-                .collect();
-        }
-        if !views.is_empty() {
-            return self.scoped_routes(mesh, views, &modes);
-        }
-        self.scoped_segments.clear();
-        let fallback = self.fallback(modes.everyone);
-        self.route_namespaces()
-            .into_iter()
-            .map(|ns| (selector(ns), self.assembled_routes(ns, fallback.clone())))
-            .collect()
-    }
-
-    /// The namespaces with a route variant of their own: those with cluster-local hosts or
-    /// hosts exported to them by name; and `None`, the variant of every other proxy.
-    fn route_namespaces(&self) -> BTreeSet<Option<&str>> {
-        let mut namespaces = BTreeSet::from([None]);
-        for (group, segment) in &self.segments {
-            namespaces.extend(group.as_deref().map(Some));
-            namespaces.extend(segment.exported.keys().map(|ns| Some(ns.as_str())));
-        }
-        namespaces
-    }
-
-    /// The virtual hosts of `group`, in their order in the route configuration.
-    fn group_entries<'a>(
-        &'a self,
-        group: &'a Group,
-    ) -> impl Iterator<Item = (&'a VirtualHostKey, &'a VirtualHostEntry)> + 'a {
-        let first = (group.clone(), String::new(), 0);
-        self.virtual_hosts
-            .range(first..)
-            .take_while(move |((g, _, _), _)| g == group)
-    }
-
-    /// The route configuration of the proxies of `namespace` (`None`: of a namespace no
-    /// host or match names), from the joined segments, ending with `fallback`.
-    fn assembled_routes(&self, namespace: Option<&str>, fallback: Option<Parts>) -> Resource {
-        let segments = self
-            .segments
-            .iter()
-            .map(|(group, segment)| match namespace {
-                Some(ns) if group.as_deref() == Some(ns) => segment.own.clone(),
-                Some(ns) => segment.exported.get(ns).unwrap_or(&segment.other).clone(),
-                None => segment.other.clone(),
-            });
-        let parts = Parts::join(
-            std::iter::once(self.header.clone())
-                .chain(segments)
-                .chain(fallback),
-        );
-        Resource::from_parts(type_url::ROUTE, OUTBOUND_HTTP, parts)
     }
 }
 
@@ -605,6 +475,7 @@ mod domain_claims;
 mod gateways;
 mod hosts;
 mod outbound_policy;
+mod route_variants;
 mod scoping;
 mod virtual_hosts;
 
