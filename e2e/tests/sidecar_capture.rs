@@ -29,6 +29,16 @@ const UPSTREAM_BIN: &str = env!("CARGO_BIN_EXE_capstan-upstream");
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn service_entry(name: &str, address: u16, port: u16, protocol: &str, workload: &str) -> String {
+    let port = format!(
+        "{{number: {port}, name: {}, protocol: {protocol}}}",
+        protocol.to_lowercase()
+    );
+    entry(name, address, &port, workload)
+}
+
+/// A ServiceEntry `name` on service address `address` with the one port `port` (flow
+/// YAML), its one endpoint `workload`.
+fn entry(name: &str, address: u16, port: &str, workload: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -37,12 +47,11 @@ spec:
   hosts: [{name}.bookinfo.svc.cluster.local]
   addresses: [{}]
   location: MESH_INTERNAL
-  ports: [{{number: {port}, name: {}, protocol: {protocol}}}]
+  ports: [{port}]
   resolution: STATIC
   endpoints: [{{address: {workload}}}]
 ",
         service_ip(address),
-        protocol.to_lowercase(),
     )
 }
 
@@ -488,5 +497,81 @@ spec:
     })
     .await
     .with_context(logs)?;
+    mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// A ServiceEntry port without a protocol, on its own address.
+fn undeclared_entry(name: &str, address: u16, port: u16, target: u16, workload: &str) -> String {
+    let port = format!("{{number: {port}, name: {name}, targetPort: {target}}}");
+    entry(name, address, &port, workload)
+}
+
+/// Ports without a declared protocol, as many Kubernetes Services have: the sidecar reads the
+/// first bytes of each connection, out and in. HTTP is routed (an HTTP connection manager on
+/// both sides); TLS, which is not HTTP, passes through untouched to the workload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_without_a_protocol_carry_http_and_anything_else() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mesh = start("ports_without_a_protocol_carry_http_and_anything_else").await?;
+    let log_dir = mesh.env.log_dir.clone();
+    let logs = || format!("logs in {}", log_dir.display());
+    let workload = pod_ip(263);
+    let ca = TestCa::new(&log_dir, "undeclared")?;
+    let server = ca.server("legacy-tls", &["legacy-tls.bookinfo.svc.cluster.local"])?;
+    let tls = UpstreamTls {
+        cert: server.cert.clone(),
+        key: server.key.clone(),
+        client_ca: None,
+    };
+    let _tls_app = Upstreams::start_with_tls(
+        Path::new(UPSTREAM_BIN),
+        &[],
+        &[("legacy-tls", "v1", SocketAddr::from((workload, 8443)))],
+        Some(&tls),
+        &log_dir,
+        "tls-app",
+    )
+    .await?;
+    let address = workload.to_string();
+    // HTTP on 7070 to ratings' app (9090); TLS on 7443 to the TLS app (8443).
+    mesh.env.write_config(
+        "legacy-http.yaml",
+        &undeclared_entry("legacy-http", 60, 7070, 9090, &address),
+    )?;
+    mesh.env.write_config(
+        "legacy-tls.yaml",
+        &undeclared_entry("legacy-tls", 61, 7443, 8443, &address),
+    )?;
+
+    let http = SocketAddr::from((service_ip(60), 7070));
+    let reply = wait_until(
+        "HTTP on a port without a protocol",
+        CONFIG_TIMEOUT,
+        async || call(http, "legacy-http").await,
+    )
+    .await
+    .with_context(logs)?;
+    ensure!(reply.service == "ratings", "{reply:?}");
+    ensure!(
+        reply.headers.contains_key("x-request-id") && reply.peer.starts_with("127.0.0.6:"),
+        "not routed as HTTP out and in: {reply:?}"
+    );
+
+    let connector = connector(&ca.cert_pem, None)?;
+    let vip = SocketAddr::from((service_ip(61), 7443));
+    let response = https_get(
+        &connector,
+        vip,
+        "legacy-tls.bookinfo.svc.cluster.local",
+        "/",
+    )
+    .await
+    .with_context(logs)?;
+    let reply: UpstreamReply = serde_json::from_slice(&response.body)?;
+    ensure!(reply.service == "legacy-tls", "{reply:?}");
+    ensure!(
+        !reply.headers.contains_key("x-request-id"),
+        "TLS went through an HTTP connection manager: {reply:?}"
+    );
     mesh.envoy.ensure_no_rejected_updates().await
 }

@@ -137,15 +137,6 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                 if ingress.connection_pool.is_some() {
                     not_applied(field("connectionPool"), "connectionPool");
                 }
-                if ingress.port.as_ref().is_some_and(|p| p.protocol.is_empty()) {
-                    extra.push(Problem {
-                        object: key.clone(),
-                        field: field("port.protocol"),
-                        message: "no protocol: the port is forwarded as TCP (Istio would detect \
-                                  HTTP; capstan does not detect protocols yet)"
-                            .into(),
-                    });
-                }
             }
             if spec.inbound_connection_pool.is_some() {
                 not_applied("spec.inboundConnectionPool".into(), "inboundConnectionPool");

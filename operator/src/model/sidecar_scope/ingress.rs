@@ -22,9 +22,10 @@ pub enum IngressProtocol {
     Http {
         http2: bool,
     },
-    /// Bytes passed on unread: TCP, TLS, and a port without a protocol (Istio would sniff
-    /// it; capstan does not yet).
+    /// Bytes passed on unread: TCP, TLS and the like.
     Tcp,
+    /// No protocol: HTTP when a connection's first bytes are, else TCP.
+    Detected,
 }
 
 /// Where an ingress listener's connections go.
@@ -46,10 +47,11 @@ impl IngressPort {
         let port = listener.port.as_ref()?;
         let protocol = Protocol::parse(&port.protocol);
         let served = match protocol.map(Protocol::class) {
+            None => IngressProtocol::Detected,
             Some(ProtocolClass::Http) => IngressProtocol::Http {
                 http2: protocol.is_some_and(Protocol::is_http2),
             },
-            _ => IngressProtocol::Tcp,
+            Some(_) => IngressProtocol::Tcp,
         };
         Some(Self {
             port: port.number,

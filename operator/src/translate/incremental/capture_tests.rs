@@ -111,3 +111,25 @@ fn capture_stream_routes_follow_virtual_services_and_destinations() {
         ],
     );
 }
+
+/// Ports without a declared protocol: a detecting listener per address (or on 0.0.0.0 when
+/// nothing else has the port), left to the HTTP listener on a port HTTP services share.
+#[test]
+fn undeclared_protocol_listeners_follow_services() {
+    let undeclared = |name: &str, port: u32, addresses: &str, endpoints: &[&str]| {
+        tcp_entry(name, port, addresses, endpoints).replace(", protocol: TCP", "")
+    };
+    check_with(
+        capture(),
+        vec![
+            service("reviews", &[("http", 9080)]),
+            istio(&undeclared("legacy", 7070, "240.0.0.9", &["10.0.0.1"])),
+            istio(&undeclared("bare", 7171, "", &["10.0.0.2"]).replace("  addresses: []\n", "")),
+            // Without an address on reviews' HTTP port: the HTTP listener serves it.
+            istio(&undeclared("shared", 9080, "", &["10.0.0.3"]).replace("  addresses: []\n", "")),
+            istio(&undeclared("legacy", 7070, "240.0.0.9", &["10.0.0.4"])),
+            delete(Kind::ServiceEntry, "bookinfo", "shared"),
+            delete(Kind::ServiceEntry, "bookinfo", "legacy"),
+        ],
+    );
+}

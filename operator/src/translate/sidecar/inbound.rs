@@ -33,16 +33,20 @@ use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
 use envoy_types::util::pack_any;
 
 use super::{
-    INBOUND_CAPTURE_PORT, INBOUND_PASSTHROUGH, INBOUND_SOURCE, PASSTHROUGH, VIRTUAL_INBOUND,
-    inbound_cluster_name, socket, tcp_proxy,
+    DETECTED_HTTP, INBOUND_CAPTURE_PORT, INBOUND_PASSTHROUGH, INBOUND_SOURCE, PASSTHROUGH,
+    VIRTUAL_INBOUND, http_inspector, inbound_cluster_name, socket, tcp_proxy,
 };
 use crate::translate::http_filters::http_filters;
 
 /// How a workload serves one of its ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Served {
-    Http { http2: bool },
+    Http {
+        http2: bool,
+    },
     Tcp,
+    /// No protocol declared: HTTP when the connection's first bytes are, else TCP.
+    Detected,
 }
 
 /// The workload's ports (the port it listens on → how it serves it) as filter chains keyed
@@ -57,20 +61,37 @@ pub fn virtual_inbound(ports: &BTreeMap<u32, Served>) -> Listener {
 
 /// [`virtual_inbound`] with a cluster named for each port.
 pub fn virtual_inbound_to(ports: impl Iterator<Item = (u32, Served, String)>) -> Listener {
-    let mut chains: Vec<FilterChain> = ports
-        .map(|(port, served, cluster)| FilterChain {
-            name: cluster.clone(),
+    let mut detecting = false;
+    let mut chains = Vec::new();
+    for (port, served, cluster) in ports {
+        let chain = |filter: Filter, application_protocols: &[&str]| FilterChain {
+            // Chain names are unique in a listener: a detected port's HTTP one is told apart.
+            name: if application_protocols.is_empty() {
+                cluster.clone()
+            } else {
+                format!("{cluster}http")
+            },
             filter_chain_match: Some(FilterChainMatch {
                 destination_port: Some(UInt32Value { value: port }),
+                application_protocols: application_protocols
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect(),
                 ..Default::default()
             }),
-            filters: vec![match served {
-                Served::Http { .. } => http_filter(port, &cluster),
-                Served::Tcp => tcp_proxy(&cluster, &cluster),
-            }],
+            filters: vec![filter],
             ..Default::default()
-        })
-        .collect();
+        };
+        match served {
+            Served::Http { .. } => chains.push(chain(http_filter(port, &cluster), &[])),
+            Served::Tcp => chains.push(chain(tcp_proxy(&cluster, &cluster), &[])),
+            Served::Detected => {
+                detecting = true;
+                chains.push(chain(http_filter(port, &cluster), &DETECTED_HTTP));
+                chains.push(chain(tcp_proxy(&cluster, &cluster), &[]));
+            }
+        }
+    }
     chains.push(FilterChain {
         name: INBOUND_PASSTHROUGH.to_string(),
         filters: vec![tcp_proxy(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)],
@@ -81,13 +102,15 @@ pub fn virtual_inbound_to(ports: impl Iterator<Item = (u32, Served, String)>) ->
         address: Some(socket("0.0.0.0", INBOUND_CAPTURE_PORT)),
         traffic_direction: TrafficDirection::Inbound as i32,
         // Chains match the port the connection was headed for, not 15006.
-        listener_filters: vec![ListenerFilter {
+        listener_filters: std::iter::once(ListenerFilter {
             name: "envoy.filters.listener.original_dst".to_string(),
             config_type: Some(ListenerFilterConfig::TypedConfig(pack_any(
                 OriginalDst::default(),
             ))),
             ..Default::default()
-        }],
+        })
+        .chain(detecting.then(http_inspector))
+        .collect(),
         filter_chains: chains,
         ..Default::default()
     }

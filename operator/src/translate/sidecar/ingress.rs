@@ -26,6 +26,7 @@ pub fn cluster_name(ingress: &IngressPort) -> String {
         IngressProtocol::Http { http2: false } => "http",
         IngressProtocol::Http { http2: true } => "http2",
         IngressProtocol::Tcp => "tcp",
+        IngressProtocol::Detected => "detected",
     };
     let to = match &ingress.to {
         IngressEndpoint::Passthrough => "passthrough".to_string(),
@@ -40,6 +41,7 @@ fn served(ingress: &IngressPort) -> Served {
     match ingress.served {
         IngressProtocol::Http { http2 } => Served::Http { http2 },
         IngressProtocol::Tcp => Served::Tcp,
+        IngressProtocol::Detected => Served::Detected,
     }
 }
 

@@ -24,8 +24,10 @@ pub use state::CaptureState;
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
-use envoy_types::pb::envoy::config::listener::v3::Filter;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, ListenerFilter};
+use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
 use envoy_types::util::pack_any;
@@ -40,6 +42,21 @@ pub const PASSTHROUGH: &str = "PassthroughCluster";
 pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
 /// Where outbound connections no service has go under `REGISTRY_ONLY`.
 pub const BLACKHOLE: &str = "BlackHoleCluster";
+
+/// What Envoy's `http_inspector` calls the HTTP it detects (without TLS).
+const DETECTED_HTTP: [&str; 3] = ["http/1.1", "http/1.0", "h2c"];
+
+/// Reads a connection's first bytes to tell HTTP from anything else, for ports without a
+/// declared protocol.
+fn http_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.http_inspector".to_string(),
+        config_type: Some(ListenerFilterConfig::TypedConfig(pack_any(
+            HttpInspector::default(),
+        ))),
+        ..Default::default()
+    }
+}
 
 /// The source address inbound connections to the workload come from, which istio-init's
 /// rules let through instead of capturing them again.

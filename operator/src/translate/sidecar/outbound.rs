@@ -12,7 +12,9 @@ use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, Route, RouteAction, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener,
+};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, Rds,
@@ -104,6 +106,32 @@ pub fn fallback_virtual_host(mode: OutboundMode) -> VirtualHost {
 /// the outbound route configuration, whose virtual hosts name `host:port`.
 pub fn http_port(port: u32) -> Listener {
     let name = format!("0.0.0.0_{port}");
+    bound_by_capture(name, "0.0.0.0", port, vec![one_chain(http_routes(port))])
+}
+
+/// `<address>_<port>` for a service without a declared protocol: a connection whose first
+/// bytes are HTTP/1.1 or HTTP/2 without TLS (Envoy's `http_inspector`) is routed by Host as
+/// on an HTTP port; any other goes where `tcp` sends it. As istiod's protocol detection, a
+/// protocol whose server speaks first waits for the inspector's timeout: declare those.
+pub fn detected_port(address: &str, port: u32, tcp: Filter) -> Listener {
+    let name = format!("{address}_{port}");
+    let http = FilterChain {
+        filter_chain_match: Some(FilterChainMatch {
+            application_protocols: super::DETECTED_HTTP.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        }),
+        filters: vec![http_routes(port)],
+        ..Default::default()
+    };
+    let mut listener = bound_by_capture(name, address, port, vec![http, one_chain(tcp)]);
+    listener.listener_filters = vec![super::http_inspector()];
+    listener
+}
+
+/// The HTTP connection manager of outbound HTTP on `port`: routed by Host through the
+/// outbound route configuration.
+fn http_routes(port: u32) -> Filter {
+    let name = format!("0.0.0.0_{port}");
     let manager = HttpConnectionManager {
         stat_prefix: format!("outbound_{name}"),
         route_specifier: Some(RouteSpecifier::Rds(Rds {
@@ -113,11 +141,10 @@ pub fn http_port(port: u32) -> Listener {
         http_filters: http_filters(),
         ..Default::default()
     };
-    let filter = Filter {
+    Filter {
         name: "envoy.filters.network.http_connection_manager".to_string(),
         config_type: Some(FilterConfig::TypedConfig(pack_any(manager))),
-    };
-    bound_by_capture(name, "0.0.0.0", port, vec![one_chain(filter)])
+    }
 }
 
 /// `<address>_<port>`: TCP to one service (its cluster, or where its `tcp` route says).

@@ -21,6 +21,9 @@ enum PortUse {
     Tls,
     /// The addresses clients dial for it (none: only the port tells it apart).
     Tcp(Vec<String>),
+    /// No protocol declared: HTTP or TCP, as the first bytes of each connection say (its
+    /// addresses as for TCP).
+    Detected(Vec<String>),
 }
 
 /// What a host was last counted under.
@@ -414,18 +417,22 @@ fn host_use(service: &Service) -> HostUse {
             .iter()
             .map(|p| {
                 let tls = p.protocol.is_some_and(|p| p.class() == ProtocolClass::Tls);
-                let how = if p.is_http() {
-                    PortUse::Http
-                } else if tls {
-                    PortUse::Tls
-                } else {
-                    let ips = service
+                let ips = || {
+                    service
                         .addresses
                         .iter()
                         .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
                         .cloned()
-                        .collect();
-                    PortUse::Tcp(ips)
+                        .collect()
+                };
+                let how = if p.protocol.is_none() {
+                    PortUse::Detected(ips())
+                } else if p.is_http() {
+                    PortUse::Http
+                } else if tls {
+                    PortUse::Tls
+                } else {
+                    PortUse::Tcp(ips())
                 };
                 (p.number, how)
             })
@@ -440,8 +447,9 @@ fn host_use(service: &Service) -> HostUse {
 }
 
 /// The outbound listeners of `port`: one for its HTTP services, one for its TLS services
-/// (by SNI), one per TCP service address, and one for a TCP service without an address when
-/// nothing else claims the port; and the hosts their routes send to.
+/// (by SNI), one per address of a TCP service or of one without a declared protocol, and
+/// one for such a service without an address when nothing else claims the port; and the
+/// hosts their routes send to.
 fn port_listeners(
     mesh: &Mesh,
     port: u32,
@@ -477,8 +485,10 @@ fn port_listeners(
     let wildcard_taken = http || !tls.is_empty();
     let mut claimed: BTreeMap<String, &str> = BTreeMap::new();
     for (host, how) in users {
-        let PortUse::Tcp(addresses) = how else {
-            continue;
+        let (addresses, detected) = match how {
+            PortUse::Tcp(addresses) => (addresses, false),
+            PortUse::Detected(addresses) => (addresses, true),
+            PortUse::Http | PortUse::Tls => continue,
         };
         let wildcard = ["0.0.0.0".to_string()];
         let addresses = if addresses.is_empty() {
@@ -487,6 +497,10 @@ fn port_listeners(
             &addresses[..]
         };
         for address in addresses {
+            if address == "0.0.0.0" && wildcard_taken && detected && http {
+                // The port's HTTP listener serves it, as an HTTP port (no TCP then).
+                continue;
+            }
             if address == "0.0.0.0" && wildcard_taken {
                 report(
                     mesh,
@@ -515,7 +529,11 @@ fn port_listeners(
             claimed.insert(address.clone(), host);
             let built = stream::tcp_filter(mesh, host, port, problems);
             destinations.extend(built.destinations);
-            out.push(outbound::tcp_port(address, port, built.value));
+            out.push(if detected {
+                outbound::detected_port(address, port, built.value)
+            } else {
+                outbound::tcp_port(address, port, built.value)
+            });
         }
     }
     (out, destinations)
@@ -538,7 +556,9 @@ fn workload_ports(mesh: &Mesh, address: &str, hosts: &BTreeSet<String>) -> BTree
     for service in hosts.iter().filter_map(|h| mesh.services.get(h)) {
         for endpoint in service.endpoints.iter().filter(|e| &*e.address == address) {
             for port in &service.ports {
-                let served = if port.is_http() {
+                let served = if port.protocol.is_none() {
+                    Served::Detected
+                } else if port.is_http() {
                     Served::Http {
                         http2: port.is_http2(),
                     }
