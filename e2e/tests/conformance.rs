@@ -199,8 +199,8 @@ async fn conformance(name: &str, mode: AdsMode) -> anyhow::Result<()> {
         "nack metric {counted:?}"
     );
     // Fixing the config is accepted again.
-    std::fs::remove_file(env.config_dir.join("reviews-vs.yaml"))?;
     let accepted_before = envoy.stats("rds.outbound_http.update_success").await?;
+    std::fs::remove_file(env.config_dir.join("reviews-vs.yaml"))?;
     wait_until(
         "Envoy to accept the fixed routes",
         CONFIG_TIMEOUT,
