@@ -149,10 +149,7 @@ impl Translator {
             out.add_for(selector.clone(), resource.clone());
         }
         self.refresh_policy_problems(mesh);
-        let views = ScopeViews::new(mesh);
-        let mut scoped = Update::new();
-        self.scope_all_hosts(mesh, &views, &mut scoped);
-        out.apply(scoped);
+        // Listeners first: the capture-mode ones of a service are scoped with it.
         match self.options.sidecar_listeners {
             ListenerMode::Direct => {
                 for (name, listener) in listener::listeners(&self.options) {
@@ -168,6 +165,11 @@ impl Translator {
                 self.capture = Some(state);
             }
         }
+        let views = ScopeViews::new(mesh);
+        let mut scoped = Update::new();
+        self.scope_all_hosts(mesh, &views, &mut scoped);
+        self.rescope_listeners(&mut scoped);
+        out.apply(scoped);
         for (selector, resource) in self.build_gateways(mesh) {
             out.add_for(selector, resource);
         }
@@ -210,6 +212,7 @@ impl Translator {
             // What a scope sees includes the destinations of the VirtualServices it names.
             self.scope_destinations(mesh, &views, &affected.virtual_services, &mut update);
         }
+        self.rescope_listeners(&mut update);
         if rebuilt || affected.sidecars || !self.dirty_groups.is_empty() {
             let (variants, gone) = self.assemble_routes(mesh, &views);
             for (selector, resource) in variants {
@@ -283,6 +286,7 @@ impl Translator {
             None => replace_variants(type_url::ENDPOINT, &[], &assignments, &mut update),
         }
         self.rescope_assignments(host, &mut update);
+        self.rescope_listeners(&mut update);
         update
     }
 

@@ -133,3 +133,54 @@ fn undeclared_protocol_listeners_follow_services() {
         ],
     );
 }
+
+/// A TCP service's address listeners are seen by the sidecars that see the service: under a
+/// Sidecar or `exportTo` that hides it, its listener is gone too, so the connection goes
+/// where the outbound traffic policy says instead of to a cluster the sidecar lacks.
+#[test]
+fn tcp_listeners_are_scoped_with_their_service() {
+    use crate::model::sidecar_scope::fixtures::{sidecar, sidecar_proxy};
+    let db = || tcp_entry("db", 5432, "240.0.0.5", &["10.0.0.1"]);
+    let hidden = || db().replace("  resolution", "  exportTo: [\".\"]\n  resolution");
+    let steps = || {
+        vec![
+            istio(&db()),
+            istio(&tcp_entry("db2", 5432, "240.0.0.6", &["10.0.0.2"])),
+            istio(&sidecar("default", "web", None, "[\"web/*\"]")),
+            // A change to db2 rebuilds the port's listeners, db's among them.
+            istio(&tcp_entry("db2", 5432, "240.0.0.6", &["10.0.0.3"])),
+            istio(&hidden()),
+            // A TCP service without an address gets 0.0.0.0 once the HTTP service sharing
+            // its port is gone: a new listener, though it did not change.
+            service("front", &[("http", 6000)]),
+            istio(&tcp_entry("bare", 6000, "", &["10.0.0.4"]).replace("  addresses: []\n", "")),
+            crate::index::Event::Delete(crate::index::RecordKey::Service(
+                crate::index::NsName::new("bookinfo", "front"),
+            )),
+            // And back: the shared HTTP listener of the same name is everyone's again.
+            service("front", &[("http", 6000)]),
+            delete(Kind::Sidecar, "web", "default"),
+            istio(&db()),
+        ]
+    };
+    check_with(capture(), steps());
+
+    let mut pipeline = crate::reconcile::Pipeline::new(capture(), "cluster.local");
+    for event in steps().into_iter().take(3) {
+        pipeline.index.handle(event);
+    }
+    let cache = capstan_xds::SnapshotCache::new();
+    cache.replace(pipeline.full());
+    let state = cache.current();
+    let listeners = |ns: &str| -> Vec<String> {
+        let index = capstan_xds::type_index(type_url::LISTENER).expect("a served type");
+        state
+            .snapshot
+            .view(index, &sidecar_proxy(ns, &[]))
+            .map(|r| r.name().to_string())
+            .filter(|n| n.ends_with("_5432"))
+            .collect()
+    };
+    assert_eq!(listeners("bookinfo"), ["240.0.0.5_5432", "240.0.0.6_5432"]);
+    assert!(listeners("web").is_empty(), "{:?}", listeners("web"));
+}

@@ -108,6 +108,20 @@ impl Translator {
         }
     }
 
+    /// Sets again the visibility of the capture-mode listeners of one service just put (a
+    /// port's listeners are rebuilt together, whichever service changed).
+    pub(super) fn rescope_listeners(&mut self, update: &mut Update) {
+        let Some(capture) = &mut self.capture else {
+            return;
+        };
+        // Set even to everyone: a listener keeps its visibility when it is put again, and
+        // one name may have belonged to another service.
+        for (name, host) in capture.take_put() {
+            let visibility = self.visibility.get(&host).cloned();
+            update.set_visibility(type_url::LISTENER, &name, visibility);
+        }
+    }
+
     fn scope_host(
         &mut self,
         mesh: &Mesh,
@@ -129,6 +143,11 @@ impl Translator {
             return;
         }
         set_visibility(kept, visibility.as_ref(), update);
+        // The listeners of its TCP addresses: a sidecar that does not see the service lets a
+        // connection to them go where the outbound traffic policy says, as istiod.
+        for name in self.capture.iter().flat_map(|c| c.listeners_of(host)) {
+            update.set_visibility(type_url::LISTENER, name, visibility.clone());
+        }
         if !unchanged {
             // The scoped route variants read its virtual hosts differently.
             self.dirty_groups

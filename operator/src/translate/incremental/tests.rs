@@ -32,7 +32,7 @@ pub(super) fn service(name: &str, ports: &[(&str, u32)]) -> Event {
             .map(|(n, p)| KubeServicePort {
                 name: n.to_string(),
                 port: *p,
-                protocol: None,
+                protocol: capstan_crds::Protocol::of_kubernetes_port(None, n),
                 target_port: 0,
             })
             .collect(),
@@ -392,7 +392,7 @@ fn a_change_reassembles_only_its_own_namespace() {
             ports: vec![KubeServicePort {
                 name: "http".into(),
                 port: 80,
-                protocol: None,
+                protocol: Some(capstan_crds::Protocol::Http),
                 target_port: 8080,
             }],
             headless: false,

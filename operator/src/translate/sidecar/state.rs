@@ -50,6 +50,12 @@ pub struct CaptureState {
     /// Inbound port → how many workloads serve it (its cluster exists while any does).
     inbound_clusters: BTreeMap<u32, usize>,
     problems: BTreeMap<u32, Vec<Problem>>,
+    /// The listeners of one service's address (TCP, or a port without a protocol), by name,
+    /// and their service; by service: who sees it sees them ([`Self::listeners_of`]).
+    owners: BTreeMap<String, String>,
+    owned: HashMap<String, BTreeSet<String>>,
+    /// Such listeners put since [`Self::take_put`] last ran, with their service.
+    put_owned: Vec<(String, String)>,
     /// The outbound modes `virtualOutbound` was last built for.
     outbound_modes: Option<OutboundModes>,
     /// The `Sidecar` ingress listeners `virtualInbound` was last built for, and the
@@ -99,6 +105,17 @@ impl CaptureState {
         let hosts: Vec<&str> = mesh.services.keys().map(String::as_str).collect();
         state.update(mesh, hosts, &mut update);
         (state, update)
+    }
+
+    /// The listeners that belong to the service `host` alone (its TCP addresses).
+    pub fn listeners_of(&self, host: &str) -> impl Iterator<Item = &String> {
+        self.owned.get(host).into_iter().flatten()
+    }
+
+    /// The listeners of one service put since the last call, with their service: their
+    /// visibility is set again.
+    pub fn take_put(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.put_owned)
     }
 
     pub fn problems(&self) -> impl Iterator<Item = &Problem> {
@@ -192,20 +209,39 @@ impl CaptureState {
         let mut problems = Vec::new();
         let no_users = BTreeMap::new();
         let users = self.ports.get(&port).unwrap_or(&no_users);
-        let (listeners, destinations) = port_listeners(mesh, port, users, &mut problems);
+        let (listeners, destinations, owners) = port_listeners(mesh, port, users, &mut problems);
         if destinations.is_empty() {
             self.port_destinations.remove(&port);
         } else {
             self.port_destinations.insert(port, destinations);
         }
         let names: BTreeSet<String> = listeners.iter().map(|l| l.name.clone()).collect();
-        for gone in self
-            .port_listeners
-            .remove(&port)
-            .unwrap_or_default()
-            .difference(&names)
-        {
+        let before = self.port_listeners.remove(&port).unwrap_or_default();
+        for gone in before.difference(&names) {
             update.remove_for(sidecars(), type_url::LISTENER, gone);
+        }
+        let owned_now: BTreeSet<&String> = owners.iter().map(|(name, _)| name).collect();
+        for name in &before {
+            if let Some(host) = self.owners.remove(name) {
+                if let Some(set) = self.owned.get_mut(&host) {
+                    set.remove(name);
+                    if set.is_empty() {
+                        self.owned.remove(&host);
+                    }
+                }
+                // Still there, now shared (an HTTP or TLS port's): seen by every sidecar.
+                if names.contains(name) && !owned_now.contains(name) {
+                    update.set_visibility(type_url::LISTENER, name, None);
+                }
+            }
+        }
+        for (name, host) in owners {
+            self.owned
+                .entry(host.clone())
+                .or_default()
+                .insert(name.clone());
+            self.owners.insert(name.clone(), host.clone());
+            self.put_owned.push((name, host));
         }
         for listener in &listeners {
             put(
@@ -342,8 +378,9 @@ fn port_listeners(
     port: u32,
     users: &BTreeMap<String, PortUse>,
     problems: &mut Vec<Problem>,
-) -> (Vec<Listener>, BTreeSet<String>) {
+) -> (Vec<Listener>, BTreeSet<String>, Vec<(String, String)>) {
     let mut out = Vec::new();
+    let mut owners = Vec::new();
     let mut destinations = BTreeSet::new();
     let http = users.values().any(|u| *u == PortUse::Http);
     let tls: Vec<&str> = users
@@ -416,14 +453,16 @@ fn port_listeners(
             claimed.insert(address.clone(), host);
             let built = stream::tcp_filter(mesh, host, port, problems);
             destinations.extend(built.destinations);
-            out.push(if detected {
+            let listener = if detected {
                 outbound::detected_port(address, port, built.value)
             } else {
                 outbound::tcp_port(address, port, built.value)
-            });
+            };
+            owners.push((listener.name.clone(), host.clone()));
+            out.push(listener);
         }
     }
-    (out, destinations)
+    (out, destinations, owners)
 }
 
 fn report(mesh: &Mesh, host: &str, problems: &mut Vec<Problem>, message: String) {
