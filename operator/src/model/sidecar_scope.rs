@@ -203,38 +203,6 @@ impl Scopes {
     }
 }
 
-impl Scopes {
-    /// A setting every sidecar reads from the scope in force for it (`read(None)`: without
-    /// one): the setting of everyone, and the sets of sidecars (a scope's) that read another
-    /// — only those apart from what their sidecars would read without their own scope, so a
-    /// mesh where no `Sidecar` sets it has none.
-    pub(crate) fn per_scope<'a, T: PartialEq + Clone>(
-        &'a self,
-        read: impl Fn(Option<&'a SidecarScope>) -> T,
-    ) -> (T, Vec<(Selector, T)>) {
-        let (in_force, _) = self.in_force();
-        let find = |wanted: &Covers| in_force.iter().find(|(c, _)| c == wanted).map(|(_, s)| *s);
-        let everyone = read(find(&Covers::Default));
-        let namespace_setting = |ns: &str| match find(&Covers::Namespace(ns.to_string())) {
-            Some(scope) => read(Some(scope)),
-            None => everyone.clone(),
-        };
-        let scoped = in_force
-            .iter()
-            .filter_map(|(covers, scope)| {
-                let inherited = match covers {
-                    Covers::Default => return None,
-                    Covers::Namespace(_) => everyone.clone(),
-                    Covers::Workload(ns, _) => namespace_setting(ns),
-                };
-                let setting = read(Some(scope));
-                (setting != inherited).then(|| (covers.selector(), setting))
-            })
-            .collect();
-        (everyone, scoped)
-    }
-}
-
 /// A scope as one set of proxies reads it: the proxies' namespace decides what `.` means.
 pub struct ScopeView<'a> {
     scope: &'a SidecarScope,
@@ -482,8 +450,10 @@ fn exported_only(mut rules: Vec<(Selector, bool)>, export_to: &ExportTo) -> Vec<
 
 mod ingress;
 mod outbound;
+mod per_scope;
 pub use ingress::{IngressEndpoint, IngressPort, IngressProtocol, IngressVariants};
 pub use outbound::{OutboundMode, OutboundModes};
+pub use per_scope::PerScope;
 
 #[cfg(test)]
 pub(crate) mod fixtures;

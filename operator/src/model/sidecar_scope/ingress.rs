@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use capstan_crds::networking::sidecar::IstioIngressListener;
 use capstan_crds::{Protocol, ProtocolClass};
 
-use super::{Covers, Scopes, SidecarScope};
+use super::{Covers, PerScope, Scopes, SidecarScope};
 
 /// One ingress listener: connections to the workload on `port` go to `to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,9 +125,7 @@ impl Scopes {
     /// Every sidecar's ingress listeners (empty: none, the ports of its services apply):
     /// everyone's, and those of the sets of sidecars (a scope's) that have others.
     pub fn ingress_variants(&self) -> IngressVariants {
-        let (everyone, scoped) =
-            self.per_scope(|scope| scope.map(|s| s.ingress.clone()).unwrap_or_default());
-        IngressVariants { everyone, scoped }
+        self.per_scope(|scope| scope.map(|s| s.ingress.clone()).unwrap_or_default())
     }
 
     /// The `Sidecar`s with ingress listeners.
@@ -140,11 +138,7 @@ impl Scopes {
 }
 
 /// See [`Scopes::ingress_variants`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IngressVariants {
-    pub everyone: Vec<IngressPort>,
-    pub scoped: Vec<(capstan_xds::Selector, Vec<IngressPort>)>,
-}
+pub type IngressVariants = PerScope<Vec<IngressPort>>;
 
 impl IngressVariants {
     pub fn is_empty(&self) -> bool {

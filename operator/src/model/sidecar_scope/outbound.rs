@@ -4,11 +4,9 @@
 //! nowhere (`REGISTRY_ONLY`). A `Sidecar` that sets it decides for the sidecars it scopes;
 //! the others follow the mesh's (a translation option, like the rest of mesh config).
 
+use super::{PerScope, Scopes};
 use capstan_crds::ObjectKey;
 use capstan_crds::networking::sidecar::{OutboundTrafficMode, OutboundTrafficPolicy};
-use capstan_xds::Selector;
-
-use super::Scopes;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutboundMode {
@@ -45,14 +43,8 @@ impl std::str::FromStr for OutboundMode {
     }
 }
 
-/// The mode of every sidecar: one for all, and the sets of sidecars (a `Sidecar` scope's)
-/// that read another. Only scopes that differ from what their sidecars would read without
-/// them are listed, so a mesh where no `Sidecar` sets a policy has none.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboundModes {
-    pub everyone: OutboundMode,
-    pub scoped: Vec<(Selector, OutboundMode)>,
-}
+/// The mode of every sidecar.
+pub type OutboundModes = PerScope<OutboundMode>;
 
 impl Scopes {
     /// The `Sidecar`s that set a mode.
@@ -66,28 +58,6 @@ impl Scopes {
     /// Every sidecar's mode, from the scopes in force; `mesh`: the mode of sidecars whose
     /// `Sidecar` sets none (`meshConfig.outboundTrafficPolicy`).
     pub fn outbound_modes(&self, mesh: OutboundMode) -> OutboundModes {
-        let (everyone, scoped) =
-            self.per_scope(|scope| scope.and_then(|s| s.outbound).unwrap_or(mesh));
-        OutboundModes { everyone, scoped }
-    }
-}
-
-impl OutboundModes {
-    /// The mode of the sidecars of `selector`'s namespace and labels: the most specific
-    /// listed scope that covers them (the same order the snapshot picks variants in).
-    pub fn for_proxies(&self, selector: &Selector) -> OutboundMode {
-        let exact = self
-            .scoped
-            .iter()
-            .find(|(s, _)| s.namespace == selector.namespace && s.labels == selector.labels);
-        let namespace = || {
-            let ns = selector.namespace.as_deref()?;
-            self.scoped
-                .iter()
-                .find(|(s, _)| s.labels.is_empty() && s.namespace.as_deref() == Some(ns))
-        };
-        exact
-            .or_else(namespace)
-            .map_or(self.everyone, |(_, mode)| *mode)
+        self.per_scope(|scope| scope.and_then(|s| s.outbound).unwrap_or(mesh))
     }
 }

@@ -283,7 +283,7 @@ fn each_sidecar_reads_the_outbound_mode_of_its_scope_or_the_mesh() {
         let proxy = sidecar_in(ns, labels);
         let mut selector = Selector::namespace(ns);
         selector.labels = proxy.labels.clone();
-        modes.for_proxies(&selector)
+        *modes.for_proxies(&selector)
     };
     assert_eq!(of("shop", &[]), RegistryOnly);
     assert_eq!(of("shop", &[("app", "pay")]), RegistryOnly);

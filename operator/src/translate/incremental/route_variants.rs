@@ -85,7 +85,7 @@ impl Translator {
                 .filter_map(|(ns, mut config)| {
                     let selector = selector(ns.as_deref());
                     if capture {
-                        let mode = modes.for_proxies(&selector);
+                        let mode = *modes.for_proxies(&selector);
                         config.virtual_hosts.push(fallback_virtual_host(mode));
                     }
                     Some((selector, Resource::encode(OUTBOUND_HTTP, &config)?))

@@ -178,7 +178,7 @@ impl Translator {
                 Some(ns) => (Selector::namespace(ns), Covers::Namespace(ns.to_string())),
                 None => (Selector::all(), Covers::Default),
             };
-            let fallback = self.fallback(modes.for_proxies(&selector));
+            let fallback = self.fallback(*modes.for_proxies(&selector));
             let resource = match views.for_proxies(&covers.selector()) {
                 Some(view) => {
                     let pieces = self.filtered_routes(mesh, &selector, namespace, view, &mut kept);
@@ -191,7 +191,7 @@ impl Translator {
         for selector in views.selectors().filter(|s| !s.labels.is_empty()) {
             if let Some(view) = views.for_proxies(selector) {
                 let namespace = selector.namespace.as_deref();
-                let fallback = self.fallback(modes.for_proxies(selector));
+                let fallback = self.fallback(*modes.for_proxies(selector));
                 let pieces = self.filtered_routes(mesh, selector, namespace, view, &mut kept);
                 out.push((selector.clone(), routes_of(pieces.chain(fallback))));
             }

@@ -5,44 +5,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use capstan_xds::{Selector, Update, type_url};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 
 use super::super::{VIRTUAL_INBOUND, VIRTUAL_OUTBOUND, ingress, outbound};
 use super::{CaptureState, put, sidecars};
 use crate::model::Mesh;
-use crate::model::sidecar_scope::{IngressPort, IngressVariants, OutboundModes};
+use crate::model::sidecar_scope::{IngressPort, IngressVariants, OutboundModes, PerScope};
 
 impl CaptureState {
     /// Builds `virtualOutbound` again for each set of sidecars whose outbound mode changed
     /// (a `Sidecar` changed); the variants of sets no longer apart are removed.
     pub fn set_outbound_modes(&mut self, modes: &OutboundModes, update: &mut Update) {
         let before = self.outbound_modes.replace(modes.clone());
-        if before.as_ref() == Some(modes) {
-            return;
-        }
-        let mut put_mode = |selector: Selector, mode| {
-            let listener = outbound::virtual_outbound(mode);
-            put(
-                update,
-                selector,
-                type_url::LISTENER,
-                VIRTUAL_OUTBOUND,
-                &listener,
-            );
-        };
-        if before.as_ref().map(|b| b.everyone) != Some(modes.everyone) {
-            put_mode(sidecars(), modes.everyone);
-        }
-        let old = before.map(|b| b.scoped).unwrap_or_default();
-        for (selector, mode) in &modes.scoped {
-            if !old.contains(&(selector.clone(), *mode)) {
-                put_mode(selector.clone(), *mode);
-            }
-        }
-        for (selector, _) in old {
-            if !modes.scoped.iter().any(|(s, _)| *s == selector) {
-                update.remove_for(selector, type_url::LISTENER, VIRTUAL_OUTBOUND);
-            }
-        }
+        put_variants(VIRTUAL_OUTBOUND, before.as_ref(), modes, update, |mode| {
+            outbound::virtual_outbound(*mode)
+        });
     }
 
     /// Builds `virtualInbound` for the sets of sidecars whose `Sidecar` lists ingress
@@ -53,29 +30,9 @@ impl CaptureState {
             return;
         }
         let before = std::mem::replace(&mut self.ingress, variants.clone());
-        let listener = ingress::virtual_inbound(&variants.everyone);
-        put(
-            update,
-            sidecars(),
-            type_url::LISTENER,
-            VIRTUAL_INBOUND,
-            &listener,
-        );
-        for (selector, ports) in &variants.scoped {
-            let listener = ingress::virtual_inbound(ports);
-            put(
-                update,
-                selector.clone(),
-                type_url::LISTENER,
-                VIRTUAL_INBOUND,
-                &listener,
-            );
-        }
-        for (selector, _) in &before.scoped {
-            if !variants.scoped.iter().any(|(s, _)| s == selector) {
-                update.remove_for(selector.clone(), type_url::LISTENER, VIRTUAL_INBOUND);
-            }
-        }
+        put_variants(VIRTUAL_INBOUND, Some(&before), variants, update, |ports| {
+            ingress::virtual_inbound(ports)
+        });
         let clusters: BTreeMap<String, &IngressPort> = variants
             .everyone
             .iter()
@@ -123,5 +80,45 @@ impl CaptureState {
             }
         }
         namespace.is_some_and(|ns| !mesh.sidecar_scopes.ingress_of(ns, &labels).is_empty())
+    }
+}
+
+/// Puts the variants of listener `name` that `now` has and `before` (none: nothing was put)
+/// had otherwise, and removes those of sets of sidecars no longer apart.
+fn put_variants<T: PartialEq>(
+    name: &str,
+    before: Option<&PerScope<T>>,
+    now: &PerScope<T>,
+    update: &mut Update,
+    build: impl Fn(&T) -> Listener,
+) {
+    if before == Some(now) {
+        return;
+    }
+    if before.is_none_or(|b| b.everyone != now.everyone) {
+        put(
+            update,
+            sidecars(),
+            type_url::LISTENER,
+            name,
+            &build(&now.everyone),
+        );
+    }
+    let old: &[(Selector, T)] = before.map_or(&[], |b| &b.scoped);
+    for (selector, setting) in &now.scoped {
+        if !old.iter().any(|(s, t)| s == selector && t == setting) {
+            put(
+                update,
+                selector.clone(),
+                type_url::LISTENER,
+                name,
+                &build(setting),
+            );
+        }
+    }
+    for (selector, _) in old {
+        if !now.scoped.iter().any(|(s, _)| s == selector) {
+            update.remove_for(selector.clone(), type_url::LISTENER, name);
+        }
     }
 }

@@ -1,0 +1,65 @@
+//! A setting each sidecar reads from the `Sidecar` scope in force for it (its outbound
+//! traffic policy, its ingress listeners), as the snapshot's variants carry it: one value
+//! for everyone, and one per set of sidecars that reads another.
+
+use capstan_xds::Selector;
+
+use super::{Covers, Scopes, SidecarScope};
+
+/// A setting of every sidecar. Only the scopes apart from what their sidecars would read
+/// without them are in `scoped`, so a mesh where no `Sidecar` sets it has none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PerScope<T> {
+    pub everyone: T,
+    pub scoped: Vec<(Selector, T)>,
+}
+
+impl<T> PerScope<T> {
+    /// The setting of the sidecars of `selector`'s namespace and labels: the most specific
+    /// listed scope that covers them (the same order the snapshot picks variants in).
+    pub fn for_proxies(&self, selector: &Selector) -> &T {
+        let exact = self
+            .scoped
+            .iter()
+            .find(|(s, _)| s.namespace == selector.namespace && s.labels == selector.labels);
+        let namespace = || {
+            let ns = selector.namespace.as_deref()?;
+            self.scoped
+                .iter()
+                .find(|(s, _)| s.labels.is_empty() && s.namespace.as_deref() == Some(ns))
+        };
+        exact
+            .or_else(namespace)
+            .map_or(&self.everyone, |(_, setting)| setting)
+    }
+}
+
+impl Scopes {
+    /// The setting `read` takes from each scope in force (`read(None)`: a sidecar without
+    /// one).
+    pub(crate) fn per_scope<'a, T: PartialEq + Clone>(
+        &'a self,
+        read: impl Fn(Option<&'a SidecarScope>) -> T,
+    ) -> PerScope<T> {
+        let (in_force, _) = self.in_force();
+        let find = |wanted: &Covers| in_force.iter().find(|(c, _)| c == wanted).map(|(_, s)| *s);
+        let everyone = read(find(&Covers::Default));
+        let namespace_setting = |ns: &str| match find(&Covers::Namespace(ns.to_string())) {
+            Some(scope) => read(Some(scope)),
+            None => everyone.clone(),
+        };
+        let scoped = in_force
+            .iter()
+            .filter_map(|(covers, scope)| {
+                let inherited = match covers {
+                    Covers::Default => return None,
+                    Covers::Namespace(_) => everyone.clone(),
+                    Covers::Workload(ns, _) => namespace_setting(ns),
+                };
+                let setting = read(Some(scope));
+                (setting != inherited).then(|| (covers.selector(), setting))
+            })
+            .collect();
+        PerScope { everyone, scoped }
+    }
+}
