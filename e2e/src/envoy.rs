@@ -578,9 +578,9 @@ fn regex_escape(s: &str) -> String {
         .collect()
 }
 
-/// (virtual hosts, routes) in the dynamic route configurations of a `/config_dump`.
-pub fn route_counts(dump: &Value) -> (usize, usize) {
-    let vhosts: Vec<&Value> = dump["configs"]
+/// The virtual hosts of every dynamic route configuration in a `/config_dump`.
+pub fn dynamic_virtual_hosts(dump: &Value) -> impl Iterator<Item = &Value> {
+    dump["configs"]
         .as_array()
         .into_iter()
         .flatten()
@@ -591,7 +591,11 @@ pub fn route_counts(dump: &Value) -> (usize, usize) {
                 .into_iter()
                 .flatten()
         })
-        .collect();
+}
+
+/// (virtual hosts, routes) in the dynamic route configurations of a `/config_dump`.
+pub fn route_counts(dump: &Value) -> (usize, usize) {
+    let vhosts: Vec<&Value> = dynamic_virtual_hosts(dump).collect();
     let routes = vhosts
         .iter()
         .map(|vh| vh["routes"].as_array().map_or(0, Vec::len))

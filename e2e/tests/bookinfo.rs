@@ -327,15 +327,7 @@ fn apply(env: &TestEnv, text: &str) -> anyhow::Result<()> {
 
 /// Whether a virtual host answering `domain` has a route matching on header `header`.
 fn has_header_route(dump: &Value, domain: &str, header: &str) -> bool {
-    let configs = dump["configs"].as_array().into_iter().flatten();
-    configs
-        .flat_map(|c| c["dynamic_route_configs"].as_array().into_iter().flatten())
-        .flat_map(|r| {
-            r["route_config"]["virtual_hosts"]
-                .as_array()
-                .into_iter()
-                .flatten()
-        })
+    capstan_e2e::envoy::dynamic_virtual_hosts(dump)
         .filter(|vh| {
             vh["domains"]
                 .as_array()

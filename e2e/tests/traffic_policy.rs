@@ -86,14 +86,7 @@ fn clusters(dump: &Value) -> BTreeMap<String, Value> {
 
 /// The routes of every dynamic route configuration of a config dump.
 fn routes(dump: &Value) -> Vec<Value> {
-    dump["configs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["dynamic_route_configs"].as_array())
-        .flatten()
-        .filter_map(|r| r["route_config"]["virtual_hosts"].as_array())
-        .flatten()
+    capstan_e2e::envoy::dynamic_virtual_hosts(dump)
         .filter_map(|vh| vh["routes"].as_array())
         .flatten()
         .cloned()
