@@ -1,12 +1,10 @@
 //! A `Sidecar`'s `ingress` listeners: the ports its workloads accept inbound connections on,
 //! and where each goes (`defaultEndpoint`), instead of the ports their services declare.
 
-use std::collections::BTreeMap;
-
 use capstan_crds::networking::sidecar::IstioIngressListener;
 use capstan_crds::{Protocol, ProtocolClass};
 
-use super::{Covers, PerScope, Scopes, SidecarScope};
+use super::{PerScope, Scopes};
 
 /// One ingress listener: connections to the workload on `port` go to `to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,41 +85,6 @@ impl IngressEndpoint {
 }
 
 impl Scopes {
-    /// The scope in force for a workload of `namespace` with `labels`: its own (a
-    /// selector matching its labels), else its namespace's, else the root default.
-    pub fn for_workload(
-        &self,
-        namespace: &str,
-        labels: &BTreeMap<String, String>,
-    ) -> Option<&SidecarScope> {
-        let (in_force, _) = self.in_force();
-        let own = in_force.iter().find(|(covers, _)| match covers {
-            Covers::Workload(ns, selector) => {
-                ns == namespace && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-            }
-            _ => false,
-        });
-        let namespace_scope = || {
-            in_force
-                .iter()
-                .find(|(covers, _)| matches!(covers, Covers::Namespace(ns) if ns == namespace))
-        };
-        let default = || {
-            in_force
-                .iter()
-                .find(|(covers, _)| *covers == Covers::Default)
-        };
-        own.or_else(namespace_scope)
-            .or_else(default)
-            .map(|(_, scope)| *scope)
-    }
-
-    /// The ingress listeners of a workload of `namespace` with `labels` (empty: none).
-    pub fn ingress_of(&self, namespace: &str, labels: &BTreeMap<String, String>) -> &[IngressPort] {
-        self.for_workload(namespace, labels)
-            .map_or(&[], |scope| scope.ingress.as_slice())
-    }
-
     /// Every sidecar's ingress listeners (empty: none, the ports of its services apply):
     /// everyone's, and those of the sets of sidecars (a scope's) that have others.
     pub fn ingress_variants(&self) -> IngressVariants {

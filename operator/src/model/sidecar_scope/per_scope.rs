@@ -2,7 +2,7 @@
 //! traffic policy, its ingress listeners), as the snapshot's variants carry it: one value
 //! for everyone, and one per set of sidecars that reads another.
 
-use capstan_xds::Selector;
+use capstan_xds::{ProxyInfo, Role, Selector};
 
 use super::{Covers, Scopes, SidecarScope};
 
@@ -15,21 +15,19 @@ pub struct PerScope<T> {
 }
 
 impl<T> PerScope<T> {
-    /// The setting of the sidecars of `selector`'s namespace and labels: the most specific
-    /// listed scope that covers them (the same order the snapshot picks variants in).
+    /// The setting of a sidecar with `selector`'s namespace and labels: that of the most
+    /// specific listed scope picking it, as the snapshot picks a proxy's variant.
     pub fn for_proxies(&self, selector: &Selector) -> &T {
-        let exact = self
-            .scoped
-            .iter()
-            .find(|(s, _)| s.namespace == selector.namespace && s.labels == selector.labels);
-        let namespace = || {
-            let ns = selector.namespace.as_deref()?;
-            self.scoped
-                .iter()
-                .find(|(s, _)| s.labels.is_empty() && s.namespace.as_deref() == Some(ns))
+        let sidecar = ProxyInfo {
+            role: Role::Sidecar,
+            namespace: selector.namespace.clone(),
+            labels: selector.labels.clone(),
+            ..ProxyInfo::default()
         };
-        exact
-            .or_else(namespace)
+        self.scoped
+            .iter()
+            .filter(|(s, _)| s.matches(&sidecar))
+            .max_by_key(|(s, _)| s.specificity())
             .map_or(&self.everyone, |(_, setting)| setting)
     }
 }

@@ -71,15 +71,17 @@ impl CaptureState {
         if self.ingress.is_empty() {
             return false;
         }
-        let mut namespace = None;
-        let mut labels = BTreeMap::new();
+        let mut workload = Selector::default();
         for service in hosts.iter().filter_map(|h| mesh.services.get(h)) {
             for endpoint in service.endpoints.iter().filter(|e| &*e.address == address) {
-                namespace.get_or_insert(service.namespace());
-                labels.extend(endpoint.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                workload
+                    .namespace
+                    .get_or_insert_with(|| service.namespace().into());
+                let labels = endpoint.labels.iter().map(|(k, v)| (k.clone(), v.clone()));
+                workload.labels.extend(labels);
             }
         }
-        namespace.is_some_and(|ns| !mesh.sidecar_scopes.ingress_of(ns, &labels).is_empty())
+        workload.namespace.is_some() && !self.ingress.for_proxies(&workload).is_empty()
     }
 }
 
