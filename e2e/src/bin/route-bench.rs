@@ -107,6 +107,11 @@ struct Run {
     /// route configuration).
     reconcile_mean_ms: Option<f64>,
     convergence_mean_ms: Option<f64>,
+    /// From the change reaching the push queue to its response handed to the proxy's stream
+    /// (`capstan_xds_push_latency_seconds`): capstan's part of the previous figure.
+    handed_mean_ms: Option<f64>,
+    /// Route configuration bytes pushed per edit (`capstan_xds_push_bytes_total`, rds).
+    route_bytes_per_edit: Option<f64>,
     /// Requests sent while waiting, per edit (median).
     polls_p50: usize,
     samples_ms: Vec<Option<f64>>,
@@ -317,10 +322,14 @@ impl Bench {
             );
             (count > 0.0).then(|| sum / count * 1e3)
         };
+        let route_bytes = metric_total(&after, "capstan_xds_push_bytes_total", "type=\"rds\"")
+            - metric_total(&before, "capstan_xds_push_bytes_total", "type=\"rds\"");
         Ok(Run {
             latency: Percentiles::of(&samples),
             reconcile_mean_ms: mean("capstan_reconcile_seconds", "scope=\"objects\""),
             convergence_mean_ms: mean("capstan_xds_convergence_seconds", ""),
+            handed_mean_ms: mean("capstan_xds_push_latency_seconds", ""),
+            route_bytes_per_edit: (edits > 0).then(|| route_bytes / edits as f64),
             polls_p50: polls.get(polls.len() / 2).copied().unwrap_or(0),
             samples_ms: samples
                 .iter()
@@ -479,13 +488,14 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "| edit | edits | p50 ms | p99 ms | max ms | missed | polls per edit (p50) | \
-         capstan rebuild, mean ms | change to Envoy's ACK, mean ms |"
+         capstan rebuild, mean ms | change to Envoy's ACK, mean ms | of which to the stream, \
+         mean ms | route bytes per edit |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, run) in [("prepared", &results.prepared), ("fresh", &results.fresh)] {
         let l = &run.latency;
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             l.count,
             fmt_ms(l.p50_ms),
             fmt_ms(l.p99_ms),
@@ -493,9 +503,22 @@ async fn main() -> anyhow::Result<()> {
             l.missing(),
             run.polls_p50,
             fmt_ms(run.reconcile_mean_ms),
-            fmt_ms(run.convergence_mean_ms)
+            fmt_ms(run.convergence_mean_ms),
+            fmt_ms(run.handed_mean_ms),
+            run.route_bytes_per_edit
+                .map_or_else(|| "-".to_string(), |b| format!("{b:.0}"))
         );
     }
+    // Envoy's own account of applying each route configuration (its subscription's
+    // `update_duration` histogram), to tell its share from capstan's.
+    let durations = bench
+        .envoy
+        .admin_get("/stats?filter=rds\\..*update_duration")
+        .await?;
+    println!(
+        "Envoy's RDS update_duration: {}",
+        String::from_utf8_lossy(&durations.body).trim()
+    );
     write_results(&results, cli.out.as_deref(), "route-bench.json", &log_dir)?;
     Ok(())
 }

@@ -11,7 +11,7 @@ use envoy_types::pb::google::protobuf::BoolValue;
 use super::{Bound, GatewayConfig, domain_for};
 use crate::model::gateway::names;
 use crate::model::{Mesh, VirtualService};
-use crate::translate::route::{Binding, routes_bound};
+use crate::translate::route::{self, Binding, routes_bound};
 
 /// The route configuration of one HTTPS server.
 pub fn route_configuration(
@@ -83,7 +83,7 @@ fn configuration(
                     .map(str::to_string),
             );
         }
-        virtual_hosts.push(VirtualHost {
+        let mut virtual_host = VirtualHost {
             name: format!("{domain}:{port}"),
             domains: vec![domain],
             routes,
@@ -93,7 +93,9 @@ fn configuration(
                 TlsRequirementType::None as i32
             },
             ..Default::default()
-        });
+        };
+        route::hoist_shared_policy(&mut virtual_host);
+        virtual_hosts.push(virtual_host);
     }
     RouteConfiguration {
         name,

@@ -2,7 +2,7 @@
 
 use capstan_crds::ObjectKey;
 use capstan_xds::Parts;
-use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration};
 use prost::Message;
 
 use super::{Group, VirtualHostEntry};
@@ -50,12 +50,11 @@ pub(super) fn build_virtual_hosts(mesh: &Mesh, host: &str) -> Option<BuiltVirtua
         let encode = |domains: Vec<String>, routes: &Vec<Route>| {
             Parts::leaf(
                 RouteConfiguration {
-                    virtual_hosts: vec![VirtualHost {
-                        name: format!("{host}:{}", port.number),
+                    virtual_hosts: vec![route::virtual_host(
+                        format!("{host}:{}", port.number),
                         domains,
-                        routes: routes.clone(),
-                        ..Default::default()
-                    }],
+                        routes.clone(),
+                    )],
                     ..Default::default()
                 }
                 .encode_to_vec(),

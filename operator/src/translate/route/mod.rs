@@ -12,6 +12,8 @@ mod matching;
 mod mirror;
 mod retry;
 
+pub(super) use retry::hoist_shared_policy;
+
 pub(super) use action::{Binding, cluster_for, routes_bound};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -147,6 +149,18 @@ pub(super) fn host_port_routes(
     PortRoutes { rest, by_namespace }
 }
 
+/// A service port's virtual host, its routes' shared retry policy said once.
+pub(super) fn virtual_host(name: String, domains: Vec<String>, routes: Vec<Route>) -> VirtualHost {
+    let mut virtual_host = VirtualHost {
+        name,
+        domains,
+        routes,
+        ..Default::default()
+    };
+    hoist_shared_policy(&mut virtual_host);
+    virtual_host
+}
+
 /// The route configuration without virtual hosts: name and settings.
 pub(super) fn empty_config() -> RouteConfiguration {
     RouteConfiguration {
@@ -173,11 +187,9 @@ fn config_for(
             let routes = namespace
                 .and_then(|ns| entry.routes.by_namespace.get(ns))
                 .unwrap_or(&entry.routes.rest);
-            (!domains.is_empty()).then(|| VirtualHost {
-                name: format!("{}:{}", entry.service.host, entry.port),
-                domains,
-                routes: routes.clone(),
-                ..Default::default()
+            (!domains.is_empty()).then(|| {
+                let name = format!("{}:{}", entry.service.host, entry.port);
+                virtual_host(name, domains, routes.clone())
             })
         })
         .collect();

@@ -7,7 +7,9 @@ use envoy_types::pb::envoy::config::route::v3::route_action::{
     ClusterSpecifier, HostRewriteSpecifier,
 };
 use envoy_types::pb::envoy::config::route::v3::weighted_cluster::cluster_weight;
-use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, RouteConfiguration};
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, VirtualHost,
+};
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
@@ -18,6 +20,21 @@ use crate::translate::http_filters::{CORS, FAULT};
 use crate::translate::test_support::{REVIEWS, mesh};
 
 const VHOST: &str = "reviews.bookinfo.svc.cluster.local:9080";
+
+/// The routes of a virtual host as Envoy applies them: a forwarding route without a retry
+/// policy of its own has its virtual host's.
+fn as_applied(virtual_host: VirtualHost) -> Vec<Route> {
+    let shared = virtual_host.retry_policy;
+    let mut routes = virtual_host.routes;
+    for route in &mut routes {
+        if let Some(Action::Route(action)) = &mut route.action
+            && action.retry_policy.is_none()
+        {
+            action.retry_policy = shared.clone();
+        }
+    }
+    routes
+}
 
 /// The routes of reviews' virtual host, as a proxy in `bookinfo` gets them, for a
 /// VirtualService with this `http` list.
@@ -39,12 +56,13 @@ spec:
         .find(|(ns, _)| ns.as_deref() == Some("bookinfo"))
         .map(|(_, c)| c)
         .expect("a bookinfo variant");
-    config
-        .virtual_hosts
-        .into_iter()
-        .find(|v| v.name == VHOST)
-        .expect("reviews' virtual host")
-        .routes
+    as_applied(
+        config
+            .virtual_hosts
+            .into_iter()
+            .find(|v| v.name == VHOST)
+            .expect("reviews' virtual host"),
+    )
 }
 
 fn forward(route: &Route) -> &RouteAction {
@@ -166,8 +184,8 @@ fn istio_default_retries_unless_attempts_is_zero() {
 fn the_default_route_retries_as_istio_does() {
     let (configs, _) = route_configurations(&mesh(REVIEWS));
     let (_, config) = configs.into_iter().next().expect("a variant");
-    let route = &config.virtual_hosts[0].routes[0];
-    let retry = forward(route).retry_policy.as_ref().expect("retries");
+    let routes = as_applied(config.virtual_hosts[0].clone());
+    let retry = forward(&routes[0]).retry_policy.as_ref().expect("retries");
     assert_eq!(retry.num_retries.as_ref().map(|n| n.value), Some(2));
     assert_eq!(
         retry.retry_on,
@@ -323,8 +341,8 @@ spec:
         .into_iter()
         .find(|(ns, _)| ns.as_deref() == Some("bookinfo"))
         .expect("a bookinfo variant");
-    let route = &config.virtual_hosts[0].routes[0];
-    let action = forward(route);
+    let routes = as_applied(config.virtual_hosts[0].clone());
+    let action = forward(&routes[0]);
     assert_eq!(action.hash_policy.len(), 1, "{action:?}");
     let retry = action.retry_policy.as_ref().expect("retries");
     assert_eq!(retry.num_retries.as_ref().map(|n| n.value), Some(2));

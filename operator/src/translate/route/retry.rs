@@ -3,10 +3,11 @@
 //! default policy, `attempts: 0` none, and a `retries` block overrides the default's fields
 //! it sets.
 
-use envoy_types::pb::envoy::config::route::v3::RetryPolicy;
 use envoy_types::pb::envoy::config::route::v3::retry_policy::{
     RetryBackOff, RetryHostPredicate, RetryPriority, retry_host_predicate, retry_priority,
 };
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::{RetryPolicy, VirtualHost};
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 use envoy_types::pb::google::protobuf::UInt32Value;
@@ -102,6 +103,37 @@ fn previous_hosts() -> RetryHostPredicate {
     }
 }
 
+/// A virtual host whose routes all carry one retry policy: the policy said once, on the
+/// virtual host, and not on each route. Envoy reads a route without a policy of its own as
+/// having its virtual host's, so what is served is the same; but Envoy builds a policy (and
+/// its host predicate) per route that states one, and with Istio's default on every route
+/// that was half the time Envoy took to apply a large route configuration (BENCHMARKS.md).
+/// (Redirects and direct responses send nothing upstream: a policy does not apply to them.)
+/// When the forwarding routes differ (a `retries` block, retries off), each keeps its own
+/// and nothing is moved: a route without a policy would take the virtual host's.
+pub fn hoist_shared_policy(virtual_host: &mut VirtualHost) {
+    let mut policies = virtual_host
+        .routes
+        .iter()
+        .filter_map(|route| match &route.action {
+            Some(Action::Route(action)) => Some(action.retry_policy.as_ref()),
+            _ => None,
+        });
+    let Some(Some(first)) = policies.next() else {
+        return;
+    };
+    if !policies.all(|p| p == Some(first)) {
+        return;
+    }
+    let shared = first.clone();
+    for route in &mut virtual_host.routes {
+        if let Some(Action::Route(action)) = &mut route.action {
+            action.retry_policy = None;
+        }
+    }
+    virtual_host.retry_policy = Some(shared);
+}
+
 /// Splits `retryOn` into Envoy conditions and HTTP status codes (a number that is a known
 /// HTTP status, as Go's `http.StatusText` knows them).
 fn parse_retry_on(retry_on: &str) -> (String, Vec<u32>) {
@@ -141,6 +173,8 @@ fn is_known_status(code: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction};
 
     use super::*;
     use crate::model::routing::RetryPolicy as Policy;
@@ -253,5 +287,70 @@ mod tests {
         assert!(out.retry_host_predicate.is_empty());
         let backoff = out.retry_back_off.and_then(|b| b.base_interval);
         assert_eq!(backoff.map(|d| d.nanos), Some(40_000_000));
+    }
+
+    fn forwarding(policy: Option<RetryPolicy>) -> Route {
+        Route {
+            action: Some(Action::Route(RouteAction {
+                retry_policy: policy,
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn redirect() -> Route {
+        Route {
+            action: Some(Action::Redirect(Default::default())),
+            ..Default::default()
+        }
+    }
+
+    fn route_policies(vh: &VirtualHost) -> Vec<Option<&RetryPolicy>> {
+        vh.routes
+            .iter()
+            .filter_map(|r| match &r.action {
+                Some(Action::Route(a)) => Some(a.retry_policy.as_ref()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_policy_on_every_forwarding_route_is_said_once_on_the_virtual_host() {
+        let default = default_policy();
+        let mut vh = VirtualHost {
+            routes: vec![
+                forwarding(Some(default.clone())),
+                redirect(),
+                forwarding(Some(default.clone())),
+            ],
+            ..Default::default()
+        };
+        hoist_shared_policy(&mut vh);
+        assert_eq!(vh.retry_policy, Some(default));
+        assert_eq!(route_policies(&vh), [None, None]);
+    }
+
+    #[test]
+    fn routes_with_different_policies_keep_their_own() {
+        let default = default_policy();
+        let three = retry_policy(&Retries::Policy(policy(3, None)), false);
+        for routes in [
+            // Retries off on one route: it would take the virtual host's policy.
+            vec![forwarding(Some(default.clone())), forwarding(None)],
+            vec![forwarding(None), forwarding(Some(default.clone()))],
+            vec![forwarding(Some(default.clone())), forwarding(three.clone())],
+            vec![forwarding(None), forwarding(None)],
+            vec![redirect()],
+        ] {
+            let mut vh = VirtualHost {
+                routes: routes.clone(),
+                ..Default::default()
+            };
+            hoist_shared_policy(&mut vh);
+            assert_eq!(vh.retry_policy, None);
+            assert_eq!(vh.routes, routes);
+        }
     }
 }
