@@ -1,5 +1,6 @@
-//! Folder mode: the Istio YAML in one directory, watched; each rescan is a `reset` of the
-//! Istio kinds and of Secrets in the index.
+//! Folder mode: the Istio YAML in one directory, watched; a rescan hands the index the
+//! objects the changed files add, change or drop (a restart of the watcher, a `reset` of
+//! everything).
 //!
 //! The watcher task and the push queue are supervised: a watcher that dies is restarted, a
 //! queue that dies cannot be, and while either is down `/readyz` says so, as it does while
@@ -7,19 +8,20 @@
 
 mod supervise;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use capstan_crds::Kind;
+use capstan_crds::{Kind, ObjectKey};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::RunArgs;
 use super::{Serving, bind};
-use crate::index::{Event, IstioRecord, Record, Tag};
+use crate::index::{Changes, Event, IstioRecord, Record, RecordKey, Tag};
 use crate::reconcile::Reconciler;
 use crate::source::folder::{FolderSource, SETTLE_WINDOW};
 use crate::source::watch::FolderWatch;
@@ -199,9 +201,19 @@ impl Folder {
             );
         }
         self.unsettled = report.unsettled;
-        if !report.changed && !force {
+        let changes = if force {
+            self.reset()
+        } else if report.changed {
+            self.apply(&report.affected, report.secrets_changed)
+        } else {
             return Ok(report.rescan_after);
-        }
+        };
+        self.reconciler.reconcile(changes).await;
+        Ok(report.rescan_after)
+    }
+
+    /// Hands the index every object and Secret served, for it to compare with what it has.
+    fn reset(&mut self) -> Changes {
         let (objects, duplicates) = self.source.objects();
         let (secrets, duplicate_secrets) = self.source.secrets();
         for problem in duplicates.iter().chain(&duplicate_secrets) {
@@ -217,8 +229,33 @@ impl Folder {
             .map(|k| Tag::Istio(*k))
             .chain([Tag::Secret])
             .collect();
-        let changes = self.reconciler.handle(Event::Reset(tags, records));
-        self.reconciler.reconcile(changes).await;
-        Ok(report.rescan_after)
+        self.reconciler.handle(Event::Reset(tags, records))
+    }
+
+    /// Hands the index what is now served as each of `affected` (or its deletion), and every
+    /// Secret when the files that changed had or have some: an edit costs work in proportion
+    /// to the objects it touched, not to the folder.
+    fn apply(&mut self, affected: &BTreeSet<ObjectKey>, secrets_changed: bool) -> Changes {
+        let mut changes = Changes::default();
+        for key in affected {
+            let event = match self.source.served(key) {
+                Some(object) => Event::Apply(Record::Istio(IstioRecord::valid(object.clone()))),
+                None => Event::Delete(RecordKey::Istio(key.clone())),
+            };
+            changes.merge(self.reconciler.handle(event));
+        }
+        for problem in self.source.duplicates_of(affected) {
+            warn!("{problem}");
+        }
+        if secrets_changed {
+            let (secrets, duplicates) = self.source.secrets();
+            for problem in &duplicates {
+                warn!("{problem}");
+            }
+            let records = secrets.into_iter().map(|s| Record::Secret(s.clone()));
+            let event = Event::Reset(vec![Tag::Secret], records.collect());
+            changes.merge(self.reconciler.handle(event));
+        }
+        changes
     }
 }

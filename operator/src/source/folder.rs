@@ -47,6 +47,11 @@ pub type Problems = Vec<String>;
 pub struct ScanReport {
     /// Whether the served objects changed.
     pub changed: bool,
+    /// The objects added, changed or dropped by the files that changed (what is served as
+    /// each is [`FolderSource::served`]).
+    pub affected: BTreeSet<ObjectKey>,
+    /// Whether the files that changed had or have Secrets.
+    pub secrets_changed: bool,
     /// Problems met in files that changed since the last scan.
     pub problems: Problems,
     /// Files with new content that has not settled yet: they keep their last good content.
@@ -55,7 +60,7 @@ pub struct ScanReport {
     pub rescan_after: Option<Duration>,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 struct FileState {
     /// Hash of the content last parsed, to skip files that did not change.
     fingerprint: Option<u64>,
@@ -67,6 +72,12 @@ struct FileState {
     pending: Option<(u64, Instant)>,
     /// The inspection or read problem last reported, so that a lasting one is reported once.
     reported: Option<String>,
+}
+
+impl FileState {
+    fn count(&self) -> usize {
+        self.objects.len() + self.secrets.len()
+    }
 }
 
 #[derive(Debug)]
@@ -108,18 +119,36 @@ impl FolderSource {
         count(&self.files)
     }
 
-    /// Re-reads the folder.
+    /// Re-reads the folder: only files whose bytes changed are parsed, and only the objects
+    /// they add, change or drop are reported (`affected`), so an edit costs work in
+    /// proportion to the files it touched.
     pub fn scan(&mut self) -> io::Result<ScanReport> {
         let mut report = ScanReport::default();
-        let mut next = BTreeMap::new();
-        for path in yaml_files(&self.dir)? {
-            let previous = self.files.get(&path);
-            if let Some(state) = self.scan_file(&path, previous, &mut report) {
-                next.insert(path, state);
+        let paths = yaml_files(&self.dir)?;
+        let mut gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|path| !paths.contains(*path))
+            .cloned()
+            .collect();
+        let mut fresh = Vec::new();
+        for path in paths {
+            let state = self.files.entry(path.clone()).or_default();
+            match scan_file(self.settle, &path, state, &mut report) {
+                FileScan::Kept => {}
+                FileScan::Fresh(content) => fresh.push((path, content)),
+                FileScan::NotAFile => gone.push(path),
             }
         }
-        let (before, after) = (count(&self.files), count(&next));
-        if after == 0 && before > 0 && !self.allow_empty {
+        let before = count(&self.files);
+        let dropped: usize = gone
+            .iter()
+            .chain(fresh.iter().map(|(path, _)| path))
+            .filter_map(|path| self.files.get(path))
+            .map(FileState::count)
+            .sum();
+        let added: usize = fresh.iter().map(|(_, content)| content.count()).sum();
+        if before > 0 && before - dropped + added == 0 && !self.allow_empty {
             report.problems.push(format!(
                 "{}: no objects left in the folder (it served {before}); keeping the last good \
                  config (run with --allow-empty-config to serve an empty one)",
@@ -127,92 +156,50 @@ impl FolderSource {
             ));
             return Ok(report);
         }
-        report.changed = !self.files.keys().eq(next.keys())
-            || next.iter().any(|(path, state)| {
-                self.files.get(path).map(|s| (&s.objects, &s.secrets))
-                    != Some((&state.objects, &state.secrets))
-            });
-        self.files = next;
+        for path in gone {
+            if let Some(old) = self.files.remove(&path) {
+                report
+                    .affected
+                    .extend(old.objects.iter().map(IstioObject::key));
+                report.secrets_changed |= !old.secrets.is_empty();
+            }
+        }
+        for (path, content) in fresh {
+            let state = self.files.entry(path).or_default();
+            report
+                .affected
+                .extend(changed_keys(&state.objects, &content.objects));
+            report.secrets_changed |= state.secrets != content.secrets;
+            state.fingerprint = Some(content.fingerprint);
+            state.objects = content.objects;
+            state.secrets = content.secrets;
+        }
+        report.changed = !report.affected.is_empty() || report.secrets_changed;
         Ok(report)
     }
 
-    /// The state of one file after this scan; `None` when it is not config after all.
-    fn scan_file(
-        &self,
-        path: &Path,
-        previous: Option<&FileState>,
-        report: &mut ScanReport,
-    ) -> Option<FileState> {
-        let mut state = previous.cloned().unwrap_or_default();
-        let before = match std::fs::metadata(path) {
-            Ok(meta) if meta.is_file() => meta,
-            // A directory (or a device) named *.yaml is not config.
-            Ok(_) => return None,
-            Err(err) => {
-                // Not the same as deleted: a dangling symlink mid-swap, a denied directory.
-                unreadable(&mut state, path, "cannot inspect", &err, report);
-                return Some(state);
-            }
-        };
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(err) => {
-                unreadable(&mut state, path, "cannot read", &err, report);
-                return Some(state);
-            }
-        };
-        state.reported = None;
-        let fingerprint = xxhash_rust::xxh3::xxh3_64(&bytes);
-        if state.fingerprint == Some(fingerprint) {
-            state.pending = None;
-            return Some(state);
-        }
-        let after = std::fs::metadata(path).ok();
-        if let Some(wait) = self.settling(&mut state, fingerprint, &before, after.as_ref()) {
-            report.unsettled.push(path.to_path_buf());
-            report.rescan_after = Some(report.rescan_after.map_or(wait, |w| w.min(wait)));
-            return Some(state);
-        }
-        state.pending = None;
-        state.fingerprint = Some(fingerprint);
-        let text = String::from_utf8_lossy(&bytes);
-        let previous = (&state.objects[..], &state.secrets[..]);
-        (state.objects, state.secrets) = load(path, &text, previous, &mut report.problems);
-        Some(state)
+    /// The object served as `key`: its first definition, in the first file that has one.
+    pub fn served(&self, key: &ObjectKey) -> Option<&IstioObject> {
+        self.files
+            .values()
+            .find_map(|state| state.objects.iter().find(|o| is(o, key)))
     }
 
-    /// How much longer new content (hash `fingerprint`, file metadata `before` and `after`
-    /// reading it) must wait to settle; `None` once it has.
-    fn settling(
-        &self,
-        state: &mut FileState,
-        fingerprint: u64,
-        before: &Metadata,
-        after: Option<&Metadata>,
-    ) -> Option<Duration> {
-        if self.settle.is_zero() {
-            return None;
+    /// The repeated definitions of `keys`, as [`Self::objects`] reports them.
+    pub fn duplicates_of<'a>(&self, keys: impl IntoIterator<Item = &'a ObjectKey>) -> Problems {
+        let mut problems = Vec::new();
+        for key in keys {
+            let mut first: Option<&Path> = None;
+            for (path, state) in &self.files {
+                for _ in state.objects.iter().filter(|o| is(o, key)) {
+                    match first {
+                        None => first = Some(path),
+                        Some(first) => problems.push(duplicate(path, key, first)),
+                    }
+                }
+            }
         }
-        let first_seen = match state.pending {
-            Some((pending, since)) if pending == fingerprint => since,
-            _ => Instant::now(),
-        };
-        state.pending = Some((fingerprint, first_seen));
-        let still_writing = after.is_none_or(|after| {
-            after.len() != before.len() || after.modified().ok() != before.modified().ok()
-        });
-        if still_writing {
-            return Some(self.settle);
-        }
-        // By its modification time, or (for a time in the future or none at all) by how long
-        // this process has seen the same content.
-        let age = before
-            .modified()
-            .ok()
-            .and_then(|modified| SystemTime::now().duration_since(modified).ok());
-        let unchanged_for = first_seen.elapsed();
-        let settled_for = age.map_or(unchanged_for, |age| age.max(unchanged_for));
-        (settled_for < self.settle).then(|| (self.settle - settled_for).max(RECHECK_FLOOR))
+        problems
     }
 
     /// Every object served, each (kind, namespace, name) once: where two files define the
@@ -225,15 +212,7 @@ impl FolderSource {
             for object in &state.objects {
                 let key = object.key();
                 match seen.get(&key) {
-                    Some(first) if *first != path.as_path() => problems.push(format!(
-                        "{}: {key} is also defined in {}; using that one",
-                        path.display(),
-                        first.display()
-                    )),
-                    Some(_) => problems.push(format!(
-                        "{}: {key} is defined twice in this file; using the first",
-                        path.display()
-                    )),
+                    Some(first) => problems.push(duplicate(path, &key, first)),
                     None => {
                         seen.insert(key, path);
                         out.push(object);
@@ -270,10 +249,155 @@ impl FolderSource {
 }
 
 fn count(files: &BTreeMap<PathBuf, FileState>) -> usize {
-    files
-        .values()
-        .map(|state| state.objects.len() + state.secrets.len())
-        .sum()
+    files.values().map(FileState::count).sum()
+}
+
+/// Whether `object` is the one `key` names (without building its key).
+fn is(object: &IstioObject, key: &ObjectKey) -> bool {
+    object.kind() == key.kind
+        && object.name() == key.name
+        && object.namespace_or_default() == key.namespace
+}
+
+/// A repeated definition of `key` in `path`, after the one in `first` that is served.
+fn duplicate(path: &Path, key: &ObjectKey, first: &Path) -> String {
+    if path == first {
+        format!(
+            "{}: {key} is defined twice in this file; using the first",
+            path.display()
+        )
+    } else {
+        format!(
+            "{}: {key} is also defined in {}; using that one",
+            path.display(),
+            first.display()
+        )
+    }
+}
+
+/// The keys whose served object differs between two versions of one file's objects (the
+/// first definition of each), or that are defined a different number of times (a repeat to
+/// report, or no longer to report).
+fn changed_keys(old: &[IstioObject], new: &[IstioObject]) -> BTreeSet<ObjectKey> {
+    fn by_key(objects: &[IstioObject]) -> HashMap<ObjectKey, (&IstioObject, usize)> {
+        let mut out: HashMap<ObjectKey, (&IstioObject, usize)> = HashMap::new();
+        for object in objects {
+            out.entry(object.key()).or_insert((object, 0)).1 += 1;
+        }
+        out
+    }
+    let (old, new) = (by_key(old), by_key(new));
+    let mut changed: BTreeSet<ObjectKey> = old
+        .iter()
+        .filter(|(key, was)| new.get(*key) != Some(*was))
+        .map(|(key, _)| key.clone())
+        .collect();
+    changed.extend(new.keys().filter(|key| !old.contains_key(*key)).cloned());
+    changed
+}
+
+/// What one file's scan found.
+enum FileScan {
+    /// Nothing new to serve: the same bytes, new bytes still settling, or a file that
+    /// cannot be read (its last good content stays).
+    Kept,
+    /// New content, settled and read: served unless the scan is given up.
+    Fresh(Content),
+    /// Not a file after all (a directory named `*.yaml`): it serves nothing.
+    NotAFile,
+}
+
+struct Content {
+    fingerprint: u64,
+    objects: Vec<IstioObject>,
+    secrets: Vec<SecretRecord>,
+}
+
+impl Content {
+    fn count(&self) -> usize {
+        self.objects.len() + self.secrets.len()
+    }
+}
+
+/// Scans one file, recording in `state` what it reported and what is settling; its new
+/// content, if any, is returned, not yet served.
+fn scan_file(
+    settle: Duration,
+    path: &Path,
+    state: &mut FileState,
+    report: &mut ScanReport,
+) -> FileScan {
+    let before = match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => meta,
+        Ok(_) => return FileScan::NotAFile,
+        Err(err) => {
+            // Not the same as deleted: a dangling symlink mid-swap, a denied directory.
+            unreadable(state, path, "cannot inspect", &err, report);
+            return FileScan::Kept;
+        }
+    };
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            unreadable(state, path, "cannot read", &err, report);
+            return FileScan::Kept;
+        }
+    };
+    state.reported = None;
+    let fingerprint = xxhash_rust::xxh3::xxh3_64(&bytes);
+    if state.fingerprint == Some(fingerprint) {
+        state.pending = None;
+        return FileScan::Kept;
+    }
+    let after = std::fs::metadata(path).ok();
+    if let Some(wait) = settling(settle, state, fingerprint, &before, after.as_ref()) {
+        report.unsettled.push(path.to_path_buf());
+        report.rescan_after = Some(report.rescan_after.map_or(wait, |w| w.min(wait)));
+        return FileScan::Kept;
+    }
+    state.pending = None;
+    let text = String::from_utf8_lossy(&bytes);
+    let previous = (&state.objects[..], &state.secrets[..]);
+    let (objects, secrets) = load(path, &text, previous, &mut report.problems);
+    FileScan::Fresh(Content {
+        fingerprint,
+        objects,
+        secrets,
+    })
+}
+
+/// How much longer new content (hash `fingerprint`, file metadata `before` and `after`
+/// reading it) must wait to settle; `None` once it has.
+fn settling(
+    settle: Duration,
+    state: &mut FileState,
+    fingerprint: u64,
+    before: &Metadata,
+    after: Option<&Metadata>,
+) -> Option<Duration> {
+    if settle.is_zero() {
+        return None;
+    }
+    let first_seen = match state.pending {
+        Some((pending, since)) if pending == fingerprint => since,
+        _ => Instant::now(),
+    };
+    state.pending = Some((fingerprint, first_seen));
+    let still_writing = after.is_none_or(|after| {
+        after.len() != before.len() || after.modified().ok() != before.modified().ok()
+    });
+    if still_writing {
+        return Some(settle);
+    }
+    // By its modification time, or (for a time in the future or none at all) by how long
+    // this process has seen the same content.
+    let age = before
+        .modified()
+        .ok()
+        .and_then(|modified| SystemTime::now().duration_since(modified).ok());
+    let unchanged_for = first_seen.elapsed();
+    let settled_for = age.map_or(unchanged_for, |age| age.max(unchanged_for));
+    (settled_for < settle).then(|| (settle - settled_for).max(RECHECK_FLOOR))
 }
 
 /// Keeps the file's last good content and reports why, once per distinct problem.

@@ -12,6 +12,12 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
+/// How long a change after a quiet spell waits for others close behind it: one command's
+/// changes (`rm *.yaml`, a `cp` of several files) arrive microseconds apart, and reading the
+/// folder between them would serve a state nobody meant, such as routes without the
+/// services they send to.
+const LEADING_GRACE: Duration = Duration::from_millis(5);
+
 /// Notifications of changes in a directory: a change after a quiet spell at once, the rest of
 /// its burst once that has gone quiet.
 pub struct FolderWatch {
@@ -132,17 +138,20 @@ impl FolderWatch {
     }
 
     /// Waits for a change, then makes sure the directory now at the path is the one watched.
-    /// A change after a quiet spell returns at once: a file renamed into place (git-sync, a
-    /// ConfigMap volume, an atomic writer) is complete, and one still being written is left
-    /// for later by the folder's settle window. A change during a burst (editors write a
-    /// file in several steps) waits for the burst to go quiet, so a burst costs two reads
-    /// of the folder at most.
+    /// A change after a quiet spell returns almost at once ([`LEADING_GRACE`]): a file
+    /// renamed into place (git-sync, a ConfigMap volume, an atomic writer) is complete, and
+    /// one still being written is left for later by the folder's settle window. A change
+    /// during a burst (editors write a file in several steps) waits for the burst to go
+    /// quiet, so a burst costs two reads of the folder at most.
     pub async fn changed(&mut self) {
         // `self` holds a sender: the channel never closes.
         let _ = self.events.recv().await;
-        if self.woke.is_some_and(|at| at.elapsed() < self.quiet) {
-            while let Ok(Some(())) = timeout(self.quiet, self.events.recv()).await {}
-        }
+        let wait = if self.woke.is_some_and(|at| at.elapsed() < self.quiet) {
+            self.quiet
+        } else {
+            LEADING_GRACE.min(self.quiet)
+        };
+        while let Ok(Some(())) = timeout(wait, self.events.recv()).await {}
         self.woke = Some(Instant::now());
         // A failure is reported by the caller's own `ensure`.
         let _ = self.ensure();

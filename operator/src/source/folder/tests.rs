@@ -411,3 +411,88 @@ fn tls_secrets_are_read_beside_istio_objects_and_keep_their_last_good_version() 
     assert!(scan(&mut source).0);
     assert!(source.secrets().0.is_empty());
 }
+
+fn affected(source: &mut FolderSource) -> Vec<String> {
+    let report = source.scan().expect("scan");
+    assert_eq!(report.changed, !report.affected.is_empty());
+    report.affected.iter().map(|k| k.to_string()).collect()
+}
+
+fn served_subsets(source: &FolderSource) -> Option<usize> {
+    let key = "DestinationRule bookinfo/reviews";
+    let object = source
+        .objects()
+        .0
+        .into_iter()
+        .find(|o| o.key().to_string() == key)?;
+    let served = source.served(&object.key()).expect("served");
+    assert_eq!(served, object, "served() agrees with objects()");
+    served.as_destination_rule().map(|dr| dr.spec.subsets.len())
+}
+
+#[test]
+fn a_rescan_names_only_the_objects_an_edit_touched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("a.yaml"), format!("{SE}---\n{DR}")).expect("write");
+    fs::write(dir.path().join("b.yaml"), SE.replace("reviews", "ratings")).expect("write");
+    let mut source = source(dir.path());
+    assert_eq!(
+        affected(&mut source),
+        [
+            "ServiceEntry bookinfo/ratings",
+            "ServiceEntry bookinfo/reviews",
+            "DestinationRule bookinfo/reviews"
+        ]
+    );
+    // One object of a.yaml edited: it alone, though the file was read again.
+    let two_subsets = DR.replace(
+        "labels: {version: v1}}",
+        "labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}",
+    );
+    fs::write(dir.path().join("a.yaml"), format!("{SE}---\n{two_subsets}")).expect("write");
+    assert_eq!(affected(&mut source), ["DestinationRule bookinfo/reviews"]);
+    assert_eq!(served_subsets(&source), Some(2));
+    // Rewritten with the same objects in another order, or touched: nothing.
+    fs::write(dir.path().join("a.yaml"), format!("{two_subsets}---\n{SE}")).expect("write");
+    assert_eq!(affected(&mut source), Vec::<String>::new());
+    // A file removed: its objects.
+    fs::remove_file(dir.path().join("b.yaml")).expect("remove");
+    assert_eq!(affected(&mut source), ["ServiceEntry bookinfo/ratings"]);
+    assert!(
+        source
+            .objects()
+            .0
+            .iter()
+            .all(|o| o.key().to_string() != "ServiceEntry bookinfo/ratings")
+    );
+}
+
+#[test]
+fn an_object_defined_twice_is_served_from_the_first_file_until_it_goes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let two_subsets = DR.replace(
+        "labels: {version: v1}}",
+        "labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}",
+    );
+    fs::write(dir.path().join("a.yaml"), DR).expect("write");
+    fs::write(dir.path().join("b.yaml"), &two_subsets).expect("write");
+    let mut source = source(dir.path());
+    scan(&mut source);
+    assert_eq!(served_subsets(&source), Some(1));
+    let key = source.objects().0[0].key();
+    let duplicates = source.duplicates_of([&key]);
+    assert_eq!(duplicates.len(), 1, "{duplicates:?}");
+    assert!(duplicates[0].contains("b.yaml") && duplicates[0].contains("a.yaml"));
+    assert_eq!(duplicates, source.objects().1);
+    // The second definition edited: named, and still the first is served.
+    fs::write(dir.path().join("b.yaml"), DR).expect("write");
+    assert_eq!(affected(&mut source), ["DestinationRule bookinfo/reviews"]);
+    assert_eq!(served_subsets(&source), Some(1));
+    fs::write(dir.path().join("b.yaml"), &two_subsets).expect("write");
+    scan(&mut source);
+    // The first file gone: the second definition is served.
+    fs::remove_file(dir.path().join("a.yaml")).expect("remove");
+    assert_eq!(affected(&mut source), ["DestinationRule bookinfo/reviews"]);
+    assert_eq!(served_subsets(&source), Some(2));
+    assert!(source.duplicates_of([&key]).is_empty());
+}
