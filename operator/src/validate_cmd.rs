@@ -222,6 +222,14 @@ impl Report {
                 !spec.tls.is_empty(),
             ));
         }
+        if let IstioObject::Sidecar(sidecar) = object {
+            let spec = &sidecar.spec;
+            problems.extend(unsupported::sidecar_capture_only(
+                &object.key(),
+                spec.outbound_traffic_policy.is_some(),
+                !spec.ingress.is_empty(),
+            ));
+        }
         for problem in problems {
             let line = document.line_of(&problem.field);
             self.warnings

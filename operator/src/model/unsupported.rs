@@ -52,6 +52,33 @@ pub fn sidecar_stream_routes(
     out
 }
 
+/// A `Sidecar`'s settings that only capture-mode sidecars (`--sidecar-listeners capture`)
+/// apply: `validate` says so always (it cannot know the mode), `run` in direct mode.
+pub fn sidecar_capture_only(key: &ObjectKey, outbound_policy: bool, ingress: bool) -> Vec<Problem> {
+    let problem = |field: &str, message: &str| Problem {
+        object: key.clone(),
+        field: field.into(),
+        message: format!(
+            "applies to capture-mode sidecars (`capstan run --sidecar-listeners capture`); \
+             {message}"
+        ),
+    };
+    let mut out = Vec::new();
+    if outbound_policy {
+        out.push(problem(
+            "spec.outboundTrafficPolicy",
+            "the direct listener answers 404 for a Host no service has",
+        ));
+    }
+    if ingress {
+        out.push(problem(
+            "spec.ingress",
+            "direct-mode sidecars have no inbound listener",
+        ));
+    }
+    out
+}
+
 /// The fields of `object` that are set and not honoured. Kinds capstan does not translate at
 /// all are reported by the caller, once for the whole object.
 pub fn fields(object: &IstioObject) -> Vec<Problem> {

@@ -7,8 +7,9 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use prost::Message;
 
 use super::Translator;
+use crate::model::Mesh;
 use crate::model::sidecar_scope::{OutboundMode, OutboundModes};
-use crate::model::{Mesh, Problem};
+use crate::model::unsupported::sidecar_capture_only;
 use crate::translate::sidecar::{ListenerMode, fallback_virtual_host};
 
 /// [`fallback_virtual_host`] of each outbound mode, encoded once.
@@ -58,28 +59,15 @@ impl Translator {
         if self.options.sidecar_listeners != ListenerMode::Direct {
             return;
         }
-        let problem = |key: &capstan_crds::ObjectKey, field: &str, message: &str| Problem {
-            object: key.clone(),
-            field: field.into(),
-            message: format!(
-                "applies to capture-mode sidecars (`capstan run --sidecar-listeners capture`); \
-                 {message}"
-            ),
-        };
         let scopes = &mesh.sidecar_scopes;
         self.policy_problems = scopes
             .setting_outbound()
-            .map(|key| {
-                let message = "the direct listener answers 404 for a Host no service has";
-                problem(key, "spec.outboundTrafficPolicy", message)
-            })
-            .chain(scopes.setting_ingress().map(|key| {
-                problem(
-                    key,
-                    "spec.ingress",
-                    "direct-mode sidecars have no inbound listener",
-                )
-            }))
+            .flat_map(|key| sidecar_capture_only(key, true, false))
+            .chain(
+                scopes
+                    .setting_ingress()
+                    .flat_map(|key| sidecar_capture_only(key, false, true)),
+            )
             .collect();
     }
 }
