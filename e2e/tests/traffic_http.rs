@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
+use capstan_e2e::envoy::dynamic_virtual_hosts;
 use capstan_e2e::fixtures::REVIEWS_HOST;
 use capstan_e2e::http::HttpResponse;
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, ReviewsMesh};
@@ -157,6 +158,49 @@ async fn retries_attempts_zero_and_istio_default() -> anyhow::Result<()> {
         not_retried == [0, N, 0],
         "Istio's default on 500: expected v2 to answer {N} requests, got {not_retried:?}"
     );
+    mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// Routes without `retries` share Istio's default, which Envoy is given once on the virtual
+/// host instead of on each route (Envoy builds a policy per route that states one): each
+/// route still retries a 503 twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_retry_policy_said_once_per_virtual_host_applies_to_every_route()
+-> anyhow::Result<()> {
+    let http = [case_route("matched", "v1", ""), default_route("v2")].concat();
+    let mut mesh = start("default_retries_on_the_virtual_host", &http).await?;
+    mesh.wait_for_all(&case("matched"), "v1", 5).await?;
+    mesh.expect_all(&[], "v2", 5).await?;
+
+    // What Envoy holds: the policy on the virtual host, none on its routes.
+    let dump = mesh.envoy.config_dump(false).await?;
+    let name = format!("{REVIEWS_HOST}:9080");
+    let reviews = dynamic_virtual_hosts(&dump)
+        .find(|v| v["name"] == name.as_str())
+        .context("reviews' virtual host in Envoy's config")?;
+    ensure!(
+        reviews["retry_policy"]["num_retries"] == 2,
+        "expected Istio's default on the virtual host: {reviews}"
+    );
+    let routes = reviews["routes"].as_array().context("routes")?;
+    ensure!(
+        routes.len() == 2 && routes.iter().all(|r| r["route"]["retry_policy"].is_null()),
+        "expected two routes without a policy of their own: {routes:?}"
+    );
+
+    const N: u64 = 5;
+    for (headers, subset, index) in [(&case("matched")[..], "v1", 0), (&[][..], "v2", 1)] {
+        mesh.upstreams.fail("reviews", subset, 503).await?;
+        let tried =
+            requests_per_instance(&mut mesh, headers, N, StatusCode::SERVICE_UNAVAILABLE).await?;
+        mesh.upstreams.recover("reviews", subset).await?;
+        let mut expected = [0; 3];
+        expected[index] = N * (1 + 2);
+        ensure!(
+            tried == expected,
+            "{subset}: expected {expected:?} requests (v1, v2, v3) for {N}, got {tried:?}"
+        );
+    }
     mesh.envoy.ensure_no_rejected_updates().await
 }
 
