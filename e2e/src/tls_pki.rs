@@ -123,6 +123,25 @@ pub fn connector_with_alpn(
     finish(builder, client, alpn)
 }
 
+/// [`connector`] speaking only the TLS `versions` and, when `suites` is not empty, only
+/// those cipher suites.
+pub fn connector_limited(
+    ca_pem: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    suites: &[rustls::CipherSuite],
+) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !suites.is_empty() {
+        provider
+            .cipher_suites
+            .retain(|s| suites.contains(&s.suite()));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)?
+        .with_root_certificates(roots(ca_pem)?);
+    finish(builder, None, &["http/1.1"])
+}
+
 /// A TLS client accepting a server certificate that chains to `ca_pem` whatever names it
 /// carries (a mesh workload certificate names a SPIFFE id, no host), presenting `client` if
 /// given.

@@ -24,8 +24,8 @@ use capstan_e2e::http::HttpClient;
 use capstan_e2e::locate::{capstan_bin, envoy_bin};
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv, start_reviews};
 use capstan_e2e::tls_pki::{
-    TestCa, connector, connector_any_name, connector_with_alpn, ensure_https_refused, https_get,
-    served_certificate, wait_https_reply,
+    TestCa, connector, connector_any_name, connector_limited, connector_with_alpn,
+    ensure_https_refused, https_get, served_certificate, wait_https_reply,
 };
 use capstan_e2e::upstreams::{UpstreamTls, Upstreams};
 
@@ -121,6 +121,68 @@ async fn optional_mutual_admits_clients_without_a_certificate_and_checks_those_s
         after > failures,
         "the gateway counted no verification failure ({failures} -> {after})"
     );
+    mesh.gateway.ensure_no_rejected_updates().await
+}
+
+/// `minProtocolVersion`, `maxProtocolVersion` and `cipherSuites` on two SIMPLE servers: one
+/// refuses TLS 1.2 clients and serves TLS 1.3 ones; the other refuses TLS 1.3 and, on TLS
+/// 1.2, every cipher suite but the one named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_versions_and_cipher_suites_limit_the_handshakes_a_gateway_accepts()
+-> anyhow::Result<()> {
+    use rustls::CipherSuite::{
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 as AES128,
+        TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 as AES256,
+    };
+    use rustls::version::{TLS12, TLS13};
+
+    let certs = tempfile::tempdir()?;
+    let ca = TestCa::new(certs.path(), "ingress")?;
+    // An ECDSA certificate: the suites named are ECDHE-ECDSA ones.
+    let server = ca.server("shop", &["shop.example.com"])?;
+    let (modern, legacy) = (gateway_port(), gateway_port());
+    let files = format!(
+        "serverCertificate: {}, privateKey: {}",
+        server.cert.display(),
+        server.key.display()
+    );
+    let gateway = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: ingress, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {modern}, name: https-modern, protocol: HTTPS}}
+    hosts: [\"*\"]
+    tls: {{mode: SIMPLE, {files}, minProtocolVersion: TLSV1_3}}
+  - port: {{number: {legacy}, name: https-legacy, protocol: HTTPS}}
+    hosts: [\"*\"]
+    tls: {{mode: SIMPLE, {files}, maxProtocolVersion: TLSV1_2, cipherSuites: [ECDHE-ECDSA-AES256-GCM-SHA384]}}
+"
+    );
+    let mesh = GatewayMesh::start(
+        "tls_versions_and_cipher_suites_limit_the_handshakes_a_gateway_accepts",
+        Path::new(UPSTREAM_BIN),
+        &format!("{gateway}---\n{}", shop("v2")),
+    )
+    .await?;
+    let (host, path) = ("shop.example.com", "/reviews/1");
+    let tls13 = connector_limited(&ca.cert_pem, &[&TLS13], &[])?;
+    let tls12 = connector_limited(&ca.cert_pem, &[&TLS12], &[])?;
+
+    let addr = mesh.listening(modern).await?;
+    let reply = wait_https_reply(&tls13, addr, host, path, "TLS 1.3 to the modern server").await?;
+    ensure!(reply.version == "v2", "TLS 1.3: reached {reply:?}");
+    ensure_https_refused(&tls12, addr, host, path, "a TLS 1.2 client (minimum 1.3)").await?;
+
+    let addr = mesh.listening(legacy).await?;
+    let aes256 = connector_limited(&ca.cert_pem, &[&TLS12], &[AES256])?;
+    let reply = wait_https_reply(&aes256, addr, host, path, "TLS 1.2 with the suite named").await?;
+    ensure!(reply.version == "v2", "TLS 1.2, AES-256: reached {reply:?}");
+    ensure_https_refused(&tls13, addr, host, path, "a TLS 1.3 client (maximum 1.2)").await?;
+    let aes128 = connector_limited(&ca.cert_pem, &[&TLS12], &[AES128])?;
+    ensure_https_refused(&aes128, addr, host, path, "a suite not named").await?;
     mesh.gateway.ensure_no_rejected_updates().await
 }
 

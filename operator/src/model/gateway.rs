@@ -6,7 +6,7 @@ mod termination;
 
 use std::collections::BTreeMap;
 
-use capstan_crds::networking::gateway::{self as api, ServerTlsMode};
+use capstan_crds::networking::gateway::{self as api, ServerTlsMode, TlsProtocol};
 use capstan_crds::{ObjectKey, Protocol, ProtocolClass};
 
 use super::Problem;
@@ -74,6 +74,22 @@ pub struct TlsTermination {
     pub client_certificate_optional: bool,
     /// Accepted client certificate SANs (any, when empty); only with a `client_ca`.
     pub subject_alt_names: Vec<String>,
+    /// Pins on client certificates (`verifyCertificateSpki`, `verifyCertificateHash`); only
+    /// with a `client_ca`.
+    pub client_spki: Vec<String>,
+    pub client_hash: Vec<String>,
+    /// TLS versions and cipher suites offered (`SIMPLE`, `MUTUAL`, `OPTIONAL_MUTUAL`).
+    pub params: TlsParams,
+}
+
+/// `minProtocolVersion`, `maxProtocolVersion` and `cipherSuites` of a server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsParams {
+    /// `None`: Envoy's default (`TLS_AUTO`).
+    pub min: Option<TlsProtocol>,
+    pub max: Option<TlsProtocol>,
+    /// Known to Envoy, each once, in the order given; empty: Envoy's default list.
+    pub cipher_suites: Vec<String>,
 }
 
 /// Where a terminating server's certificate and key come from.

@@ -1,9 +1,9 @@
 //! The TLS an HTTPS server terminates: its certificate, and which client certificates it
 //! asks for, per `tls.mode` as istiod builds them.
 
-use capstan_crds::networking::gateway::{self as api, ServerTlsMode};
+use capstan_crds::networking::gateway::{self as api, ServerTlsMode, TlsProtocol};
 
-use super::{ClientCa, Credential, ServerCertificate, TlsTermination};
+use super::{ClientCa, Credential, ServerCertificate, TlsParams, TlsTermination};
 
 /// Istio's name of a mode, for problems.
 fn mode_name(mode: ServerTlsMode) -> &'static str {
@@ -57,18 +57,28 @@ pub(super) fn terminate(
     };
     unapplied("tlsCertificates", !tls.tls_certificates.is_empty());
     unapplied("caCrl", !tls.ca_crl.is_empty());
-    unapplied(
-        "verifyCertificateSpki",
-        !tls.verify_certificate_spki.is_empty(),
-    );
-    unapplied(
-        "verifyCertificateHash",
-        !tls.verify_certificate_hash.is_empty(),
-    );
-    unapplied("minProtocolVersion", tls.min_protocol_version.is_some());
-    unapplied("maxProtocolVersion", tls.max_protocol_version.is_some());
-    unapplied("cipherSuites", !tls.cipher_suites.is_empty());
     let verifies = matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual);
+    if !verifies {
+        // As istiod: without client certificates there is nothing to pin.
+        for (setting, set) in [
+            (
+                "verifyCertificateSpki",
+                !tls.verify_certificate_spki.is_empty(),
+            ),
+            (
+                "verifyCertificateHash",
+                !tls.verify_certificate_hash.is_empty(),
+            ),
+        ] {
+            if set {
+                report(
+                    format!("{field}.tls.{setting}"),
+                    format!("{setting} is ignored with {name}: no client certificate is asked for"),
+                );
+            }
+        }
+    }
+    let params = params(tls, field, report);
     if verifies && !tls.ca_cert_credential_name.is_empty() {
         // Serving another CA than the one named would accept the wrong clients.
         report(
@@ -140,7 +150,72 @@ pub(super) fn terminate(
         } else {
             Vec::new()
         },
+        client_spki: if verifies {
+            tls.verify_certificate_spki.clone()
+        } else {
+            Vec::new()
+        },
+        client_hash: if verifies {
+            tls.verify_certificate_hash.clone()
+        } else {
+            Vec::new()
+        },
+        params,
     })
+}
+
+/// The cipher suites Envoy's TLS library knows by these names (each checked with `envoy
+/// --mode validate`): Envoy rejects a listener naming any other, so an unknown name is left
+/// out and reported rather than passed on (istiod filters them likewise).
+const KNOWN_CIPHER_SUITES: &[&str] = &[
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+    "ECDHE-PSK-CHACHA20-POLY1305",
+    "ECDHE-ECDSA-AES128-SHA",
+    "ECDHE-RSA-AES128-SHA",
+    "ECDHE-PSK-AES128-CBC-SHA",
+    "ECDHE-ECDSA-AES256-SHA",
+    "ECDHE-RSA-AES256-SHA",
+    "ECDHE-PSK-AES256-CBC-SHA",
+    "AES128-GCM-SHA256",
+    "AES256-GCM-SHA384",
+    "AES128-SHA",
+    "PSK-AES128-CBC-SHA",
+    "AES256-SHA",
+    "PSK-AES256-CBC-SHA",
+    "DES-CBC3-SHA",
+];
+
+/// The TLS versions and cipher suites of a server, as istiod sets them: `TLS_AUTO` (or
+/// nothing) leaves Envoy's default; cipher suites it does not know, and repeats, are left
+/// out and reported.
+fn params(
+    tls: &api::ServerTlsSettings,
+    field: &str,
+    report: &mut impl FnMut(String, String),
+) -> TlsParams {
+    let version = |v: Option<TlsProtocol>| v.filter(|v| *v != TlsProtocol::TlsAuto);
+    let mut cipher_suites: Vec<String> = Vec::new();
+    for (i, suite) in tls.cipher_suites.iter().enumerate() {
+        let suite = suite.trim();
+        if !KNOWN_CIPHER_SUITES.contains(&suite) {
+            report(
+                format!("{field}.tls.cipherSuites[{i}]"),
+                format!("{suite} is not a cipher suite Envoy knows; it is left out"),
+            );
+        } else if !cipher_suites.iter().any(|s| s == suite) {
+            cipher_suites.push(suite.to_string());
+        }
+    }
+    TlsParams {
+        min: version(tls.min_protocol_version),
+        max: version(tls.max_protocol_version),
+        cipher_suites,
+    }
 }
 
 /// `ISTIO_MUTUAL`: the gateway's own workload certificate, and clients must present one the
@@ -188,5 +263,8 @@ fn istio_mutual(
         client_ca: Some(ClientCa::MeshRoots),
         client_certificate_optional: false,
         subject_alt_names: tls.subject_alt_names.clone(),
+        client_spki: Vec::new(),
+        client_hash: Vec::new(),
+        params: TlsParams::default(),
     }
 }

@@ -1,6 +1,7 @@
 //! The TLS modes beyond SIMPLE and MUTUAL: OPTIONAL_MUTUAL, ISTIO_MUTUAL, AUTO_PASSTHROUGH.
 
 use capstan_crds::IstioObject;
+use capstan_crds::networking::gateway::TlsProtocol;
 
 use super::*;
 
@@ -113,8 +114,63 @@ fn istio_mutual_takes_the_workload_certificate_and_the_mesh_roots() {
             client_ca: Some(ClientCa::MeshRoots),
             client_certificate_optional: false,
             subject_alt_names: vec!["spiffe://cluster.local/ns/shop/sa/buyer".into()],
+            client_spki: Vec::new(),
+            client_hash: Vec::new(),
+            params: TlsParams::default(),
         }
     );
+}
+
+#[test]
+fn versions_cipher_suites_and_pins_are_applied_and_unknown_suites_left_out() {
+    let (gw, problems) = read(
+        r#"  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [shop.example.com]
+    tls:
+      mode: MUTUAL
+      credentialName: shop-cert
+      minProtocolVersion: TLSV1_2
+      maxProtocolVersion: TLSV1_3
+      cipherSuites: [ECDHE-RSA-AES256-GCM-SHA384, TLS_BOGUS, ECDHE-RSA-AES256-GCM-SHA384, AES128-SHA]
+      verifyCertificateSpki: [spki-pin]
+      verifyCertificateHash: ["AB:CD"]
+  - port: {number: 8443, name: https-simple, protocol: HTTPS}
+    hosts: [shop.example.com]
+    tls: {mode: SIMPLE, credentialName: shop-cert, minProtocolVersion: TLS_AUTO, verifyCertificateHash: ["AB:CD"]}
+"#,
+    );
+    assert_eq!(
+        fields(&problems),
+        [
+            "spec.servers[0].tls.cipherSuites[1]",
+            "spec.servers[1].tls.verifyCertificateHash"
+        ]
+    );
+    assert!(
+        problems[0]
+            .message
+            .contains("TLS_BOGUS is not a cipher suite Envoy knows")
+    );
+    assert!(problems[1].message.contains("ignored with SIMPLE"));
+    let mutual = termination(&gw.servers[0]);
+    assert_eq!(
+        mutual.params,
+        TlsParams {
+            min: Some(TlsProtocol::TlsV1_2),
+            max: Some(TlsProtocol::TlsV1_3),
+            // Repeats dropped, order kept.
+            cipher_suites: vec!["ECDHE-RSA-AES256-GCM-SHA384".into(), "AES128-SHA".into()],
+        }
+    );
+    assert_eq!(mutual.client_spki, ["spki-pin"]);
+    assert_eq!(mutual.client_hash, ["AB:CD"]);
+    let simple = termination(&gw.servers[1]);
+    assert_eq!(
+        simple.params,
+        TlsParams::default(),
+        "TLS_AUTO is Envoy's default"
+    );
+    assert!(simple.client_hash.is_empty());
 }
 
 #[test]

@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_c
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
-    SubjectAltNameMatcher, TlsCertificate,
+    SubjectAltNameMatcher, TlsCertificate, TlsParameters, tls_parameters,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
@@ -22,7 +22,9 @@ use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 
 use super::credentials::{ca_sds_name, certificate_sds_name, sds_config};
-use crate::model::gateway::{ClientCa, ServerCertificate, TlsTermination};
+use capstan_crds::networking::gateway::TlsProtocol;
+
+use crate::model::gateway::{ClientCa, ServerCertificate, TlsParams, TlsTermination};
 use crate::translate::cluster::tls::{SDS_CERTIFICATE, SDS_ROOTS, sds_secret};
 
 fn file(path: &str) -> DataSource {
@@ -30,6 +32,31 @@ fn file(path: &str) -> DataSource {
         specifier: Some(Specifier::Filename(path.to_string())),
         ..Default::default()
     }
+}
+
+/// Envoy's name of a TLS version.
+fn protocol(version: TlsProtocol) -> tls_parameters::TlsProtocol {
+    match version {
+        TlsProtocol::TlsAuto => tls_parameters::TlsProtocol::TlsAuto,
+        TlsProtocol::TlsV1_0 => tls_parameters::TlsProtocol::TlSv10,
+        TlsProtocol::TlsV1_1 => tls_parameters::TlsProtocol::TlSv11,
+        TlsProtocol::TlsV1_2 => tls_parameters::TlsProtocol::TlSv12,
+        TlsProtocol::TlsV1_3 => tls_parameters::TlsProtocol::TlSv13,
+    }
+}
+
+/// `None` when nothing is set: Envoy's defaults.
+fn tls_params(params: &TlsParams) -> Option<TlsParameters> {
+    if *params == TlsParams::default() {
+        return None;
+    }
+    let version = |v: Option<TlsProtocol>| protocol(v.unwrap_or(TlsProtocol::TlsAuto)) as i32;
+    Some(TlsParameters {
+        tls_minimum_protocol_version: version(params.min),
+        tls_maximum_protocol_version: version(params.max),
+        cipher_suites: params.cipher_suites.clone(),
+        ..Default::default()
+    })
 }
 
 /// The TLS transport socket of a filter chain terminating `tls`.
@@ -50,12 +77,16 @@ pub fn downstream_tls(tls: &TlsTermination) -> TransportSocket {
         })
         .collect();
     // As istiod: the SANs here, the CA from SDS (Envoy merges the two).
+    // What is checked of a client certificate besides its chain: SANs and pins.
+    let checks = |sans: Vec<SubjectAltNameMatcher>| CertificateValidationContext {
+        match_typed_subject_alt_names: sans,
+        verify_certificate_spki: tls.client_spki.clone(),
+        verify_certificate_hash: tls.client_hash.clone(),
+        ..Default::default()
+    };
     let combined = |sds: SdsSecretConfig, sans: Vec<SubjectAltNameMatcher>| {
         ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
-            default_validation_context: Some(CertificateValidationContext {
-                match_typed_subject_alt_names: sans,
-                ..Default::default()
-            }),
+            default_validation_context: Some(checks(sans)),
             validation_context_sds_secret_config: Some(sds),
             ..Default::default()
         })
@@ -64,8 +95,7 @@ pub fn downstream_tls(tls: &TlsTermination) -> TransportSocket {
         ClientCa::File(path) => {
             ValidationContextType::ValidationContext(CertificateValidationContext {
                 trusted_ca: Some(file(path)),
-                match_typed_subject_alt_names: subject_alt_names,
-                ..Default::default()
+                ..checks(subject_alt_names)
             })
         }
         ClientCa::Secret(name) => combined(sds_config(ca_sds_name(name)), subject_alt_names),
@@ -102,6 +132,7 @@ pub fn downstream_tls(tls: &TlsTermination) -> TransportSocket {
             tls_certificates,
             tls_certificate_sds_secret_configs,
             alpn_protocols: vec!["h2".to_string(), "http/1.1".to_string()],
+            tls_params: tls_params(&tls.params),
             validation_context_type: validation,
             ..Default::default()
         }),
