@@ -11,8 +11,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper::{Request, header};
 use hyper_util::rt::TokioIo;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber, date_time_ymd,
 };
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -36,7 +37,12 @@ pub struct TestCa {
 pub struct Issued {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Its serial number, unique among the certificates this process issues.
+    pub serial: u64,
 }
+
+/// Serial numbers for [`Issued`] certificates: a CRL names certificates by theirs.
+static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_000);
 
 impl Issued {
     /// The certificate, DER, as a server presents it.
@@ -90,13 +96,42 @@ impl TestCa {
         self.issue(file, params)
     }
 
+    /// A certificate revocation list of this CA revoking `revoked`, written to
+    /// `<dir>/<file>.pem`; valid until 2099.
+    pub fn crl(&self, file: &str, revoked: &[&Issued]) -> anyhow::Result<PathBuf> {
+        let revoked_certs = revoked
+            .iter()
+            .map(|issued| RevokedCertParams {
+                serial_number: SerialNumber::from(issued.serial),
+                revocation_time: date_time_ymd(2025, 1, 1),
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect();
+        let params = CertificateRevocationListParams {
+            this_update: date_time_ymd(2025, 1, 1),
+            next_update: date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer)?;
+        let path = self.dir.join(format!("{file}.pem"));
+        std::fs::write(&path, crl.pem()?)?;
+        Ok(path)
+    }
+
     fn issue(&self, file: &str, mut params: CertificateParams) -> anyhow::Result<Issued> {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let serial = NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        params.serial_number = Some(SerialNumber::from(serial));
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         let issued = Issued {
             cert: self.dir.join(format!("{file}.pem")),
             key: self.dir.join(format!("{file}-key.pem")),
+            serial,
         };
         std::fs::write(&issued.cert, cert.pem())?;
         std::fs::write(&issued.key, key.serialize_pem())?;

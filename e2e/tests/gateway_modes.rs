@@ -186,6 +186,48 @@ spec:
     mesh.gateway.ensure_no_rejected_updates().await
 }
 
+/// MUTUAL with `caCrl`: a client certificate the CRL revokes is refused at the handshake,
+/// another from the same CA admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_refuses_client_certificates_the_crl_revokes() -> anyhow::Result<()> {
+    let certs = tempfile::tempdir()?;
+    let ca = TestCa::new(certs.path(), "ingress")?;
+    let server = ca.server("shop", &["shop.example.com"])?;
+    let clients = TestCa::new(certs.path(), "clients")?;
+    let member = clients.client("member", "spiffe://example.com/ns/shop/sa/buyer")?;
+    let revoked = clients.client("revoked", "spiffe://example.com/ns/shop/sa/buyer")?;
+    let crl = clients.crl("clients-crl", &[&revoked])?;
+    let port = gateway_port();
+    let tls = format!(
+        "{{mode: MUTUAL, serverCertificate: {}, privateKey: {}, caCertificates: {}, caCrl: {}}}",
+        server.cert.display(),
+        server.key.display(),
+        clients.cert_path.display(),
+        crl.display()
+    );
+    let mesh = GatewayMesh::start(
+        "mutual_refuses_client_certificates_the_crl_revokes",
+        Path::new(UPSTREAM_BIN),
+        &format!("{}---\n{}", https_gateway(port, &tls), shop("v2")),
+    )
+    .await?;
+    let addr = mesh.listening(port).await?;
+    let (host, path) = ("shop.example.com", "/reviews/1");
+    let with_member = connector(&ca.cert_pem, Some(&member))?;
+    let reply =
+        wait_https_reply(&with_member, addr, host, path, "a certificate not revoked").await?;
+    ensure!(reply.version == "v2", "member: reached {reply:?}");
+    let failures = ssl_stat(&mesh.gateway, "fail_verify_error").await?;
+    let with_revoked = connector(&ca.cert_pem, Some(&revoked))?;
+    ensure_https_refused(&with_revoked, addr, host, path, "a revoked certificate").await?;
+    let after = ssl_stat(&mesh.gateway, "fail_verify_error").await?;
+    ensure!(
+        after > failures,
+        "the gateway counted no verification failure ({failures} -> {after})"
+    );
+    mesh.gateway.ensure_no_rejected_updates().await
+}
+
 /// Istio's SNI for a cluster (`outbound_.<port>_.<subset>_.<host>`).
 fn istio_sni(port: u16, subset: &str, host: &str) -> String {
     format!("outbound_.{port}_.{subset}_.{host}")

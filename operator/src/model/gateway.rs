@@ -40,7 +40,7 @@ pub enum ServerKind {
     /// Plain HTTP, routed by the Host header.
     Http,
     /// TLS terminated at the gateway, then HTTP routed by the Host header.
-    Https(TlsTermination),
+    Https(Box<TlsTermination>),
     /// TLS passed through untouched, routed by SNI (`tls` routes).
     Passthrough,
     /// TLS passed through untouched to the mesh cluster its SNI names
@@ -78,6 +78,8 @@ pub struct TlsTermination {
     /// with a `client_ca`.
     pub client_spki: Vec<String>,
     pub client_hash: Vec<String>,
+    /// `caCrl`: client certificates it revokes are refused; only with a client CA file.
+    pub client_crl: Option<String>,
     /// TLS versions and cipher suites offered (`SIMPLE`, `MUTUAL`, `OPTIONAL_MUTUAL`).
     pub params: TlsParams,
 }
@@ -251,7 +253,8 @@ fn kind(
             return Some(ServerKind::AutoPassthrough);
         }
         (Some(ProtocolClass::Tls), Some(Protocol::Https), _) => {
-            return termination::terminate(tls, field, report).map(ServerKind::Https);
+            return termination::terminate(tls, field, report)
+                .map(|t| ServerKind::Https(Box::new(t)));
         }
         // A TLS server without settings passes TLS through, as in Istio.
         (Some(ProtocolClass::Tls), _, None) => return Some(ServerKind::Passthrough),
@@ -443,7 +446,7 @@ spec:
             .servers
             .iter()
             .map(|s| match &s.kind {
-                ServerKind::Https(t) => t,
+                ServerKind::Https(t) => &**t,
                 other => panic!("{other:?}"),
             })
             .collect();

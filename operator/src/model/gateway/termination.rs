@@ -56,7 +56,6 @@ pub(super) fn terminate(
         }
     };
     unapplied("tlsCertificates", !tls.tls_certificates.is_empty());
-    unapplied("caCrl", !tls.ca_crl.is_empty());
     let verifies = matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual);
     if !verifies {
         // As istiod: without client certificates there is nothing to pin.
@@ -139,6 +138,22 @@ pub(super) fn terminate(
             )
         }
     };
+    // Validation allows a CRL file with client CA files only (a credential's CRL would be
+    // in its Secret); otherwise it has nothing to apply to.
+    let client_crl = (!tls.ca_crl.is_empty()).then(|| tls.ca_crl.clone());
+    let client_crl = match (&client_ca, client_crl) {
+        (Some(ClientCa::File(_)), crl) => crl,
+        (_, None) => None,
+        (_, Some(_)) => {
+            report(
+                format!("{field}.tls.caCrl"),
+                "caCrl applies with caCertificates only; not applied (put a CRL in the \
+                 credential's Secret instead: not read yet)"
+                    .into(),
+            );
+            None
+        }
+    };
     Some(TlsTermination {
         certificate,
         client_ca,
@@ -160,6 +175,7 @@ pub(super) fn terminate(
         } else {
             Vec::new()
         },
+        client_crl,
         params,
     })
 }
@@ -265,6 +281,7 @@ fn istio_mutual(
         subject_alt_names: tls.subject_alt_names.clone(),
         client_spki: Vec::new(),
         client_hash: Vec::new(),
+        client_crl: None,
         params: TlsParams::default(),
     }
 }

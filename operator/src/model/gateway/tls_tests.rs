@@ -116,6 +116,7 @@ fn istio_mutual_takes_the_workload_certificate_and_the_mesh_roots() {
             subject_alt_names: vec!["spiffe://cluster.local/ns/shop/sa/buyer".into()],
             client_spki: Vec::new(),
             client_hash: Vec::new(),
+            client_crl: None,
             params: TlsParams::default(),
         }
     );
@@ -230,5 +231,20 @@ fn tls_servers_terminating_tls_are_still_not_served() {
             .contains("TLS IstioMutual servers are not served yet"),
         "{}",
         problems[0].message
+    );
+}
+
+#[test]
+fn a_crl_file_goes_with_client_ca_files() {
+    let (gw, problems) = read(
+        r#"  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [shop.example.com]
+    tls: {mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem, caCrl: /crl.pem}
+"#,
+    );
+    assert_eq!(problems, vec![]);
+    assert_eq!(
+        termination(&gw.servers[0]).client_crl.as_deref(),
+        Some("/crl.pem")
     );
 }

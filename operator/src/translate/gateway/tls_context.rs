@@ -95,6 +95,7 @@ pub fn downstream_tls(tls: &TlsTermination) -> TransportSocket {
         ClientCa::File(path) => {
             ValidationContextType::ValidationContext(CertificateValidationContext {
                 trusted_ca: Some(file(path)),
+                crl: tls.client_crl.as_deref().map(file),
                 ..checks(subject_alt_names)
             })
         }
