@@ -174,6 +174,20 @@ spec:
     )
 }
 
+/// Gateway `ingress` in istio-system (the gateway Envoy's namespace), selecting Istio's
+/// ingress gateway pods, with `servers` (YAML list items, indented two spaces).
+pub fn ingress_gateway(servers: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: ingress, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+{servers}"
+    )
+}
+
 /// The VirtualService bound to the gateway: `/reviews` on shop.example.com to `subset`.
 pub fn shop(subset: &str) -> String {
     format!(

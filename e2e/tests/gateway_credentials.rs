@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, ensure};
 use base64::Engine;
 use capstan_e2e::envoy::AdsMode;
-use capstan_e2e::gateway_mesh::{GatewayMesh, gateway_port, shop};
+use capstan_e2e::gateway_mesh::{GatewayMesh, gateway_port, ingress_gateway, shop};
 use capstan_e2e::mesh::CONFIG_TIMEOUT;
 use capstan_e2e::tls_pki::{
     Issued, ShopPki, TestCa, connector, ensure_https_refused, https_get, served_certificate,
@@ -33,15 +33,7 @@ fn credential_gateway(servers: &[(u16, &str)]) -> String {
             )
         })
         .collect();
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: ingress, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-{servers}"
-    )
+    ingress_gateway(&servers)
 }
 
 /// A `kubernetes.io/tls` Secret (base64 `data`) holding `issued`.

@@ -18,13 +18,13 @@ use capstan_e2e::capstan::Capstan;
 use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy, loopback};
 use capstan_e2e::fixtures::reviews_vs_header_match;
 use capstan_e2e::gateway_mesh::{
-    GatewayMesh, INGRESS_LABELS, gateway_port, shop, start_gateway, with_agent_sds,
+    GatewayMesh, INGRESS_LABELS, gateway_port, ingress_gateway, shop, start_gateway, with_agent_sds,
 };
 use capstan_e2e::http::HttpClient;
 use capstan_e2e::locate::{capstan_bin, envoy_bin};
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv, start_reviews};
 use capstan_e2e::tls_pki::{
-    TestCa, connector, connector_any_name, connector_limited, connector_with_alpn,
+    Issued, TestCa, connector, connector_any_name, connector_limited, connector_with_alpn,
     ensure_https_refused, https_get, served_certificate, wait_https_reply,
 };
 use capstan_e2e::upstreams::{UpstreamTls, Upstreams};
@@ -43,18 +43,36 @@ async fn ssl_stat(envoy: &Envoy, name: &str) -> anyhow::Result<u64> {
 
 /// A Gateway in istio-system with one HTTPS server on `port` for every host, with `tls`.
 fn https_gateway(port: u16, tls: &str) -> String {
+    ingress_gateway(&https_server(port, tls))
+}
+
+fn https_server(port: u16, tls: &str) -> String {
     format!(
-        "apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: ingress, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: {port}, name: https, protocol: HTTPS}}
+        "  - port: {{number: {port}, name: https-{port}, protocol: HTTPS}}
     hosts: [\"*\"]
     tls: {tls}
 "
     )
+}
+
+/// The gateway mesh of test `name` with one HTTPS server terminating with `server`'s
+/// certificate files and the further `tls` settings (`mode: …, …`), and that server's
+/// address once it listens.
+async fn files_gateway(
+    name: &str,
+    server: &Issued,
+    tls: &str,
+) -> anyhow::Result<(GatewayMesh, SocketAddr)> {
+    let port = gateway_port();
+    let tls = format!(
+        "{{serverCertificate: {}, privateKey: {}, {tls}}}",
+        server.cert.display(),
+        server.key.display()
+    );
+    let yaml = format!("{}---\n{}", https_gateway(port, &tls), shop("v2"));
+    let mesh = GatewayMesh::start(name, Path::new(UPSTREAM_BIN), &yaml).await?;
+    let addr = mesh.listening(port).await?;
+    Ok((mesh, addr))
 }
 
 /// OPTIONAL_MUTUAL: the client CA is configured, yet a client without a certificate gets
@@ -70,21 +88,16 @@ async fn optional_mutual_admits_clients_without_a_certificate_and_checks_those_s
     let member = clients.client("member", "spiffe://example.com/ns/shop/sa/buyer")?;
     let stranger = TestCa::new(certs.path(), "stranger")?;
     let foreign = stranger.client("foreign", "spiffe://example.com/ns/shop/sa/buyer")?;
-    let port = gateway_port();
-    let path = |p: &Path| p.display().to_string();
     let tls = format!(
-        "{{mode: OPTIONAL_MUTUAL, serverCertificate: {}, privateKey: {}, caCertificates: {}}}",
-        path(&server.cert),
-        path(&server.key),
-        path(&clients.cert_path)
+        "mode: OPTIONAL_MUTUAL, caCertificates: {}",
+        clients.cert_path.display()
     );
-    let mesh = GatewayMesh::start(
+    let (mesh, addr) = files_gateway(
         "optional_mutual_admits_clients_without_a_certificate_and_checks_those_sent",
-        Path::new(UPSTREAM_BIN),
-        &format!("{}---\n{}", https_gateway(port, &tls), shop("v2")),
+        &server,
+        &tls,
     )
     .await?;
-    let addr = mesh.listening(port).await?;
 
     let anonymous = connector(&ca.cert_pem, None)?;
     let reply = wait_https_reply(
@@ -146,21 +159,20 @@ async fn tls_versions_and_cipher_suites_limit_the_handshakes_a_gateway_accepts()
         server.cert.display(),
         server.key.display()
     );
-    let gateway = format!(
-        "apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: ingress, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: {modern}, name: https-modern, protocol: HTTPS}}
-    hosts: [\"*\"]
-    tls: {{mode: SIMPLE, {files}, minProtocolVersion: TLSV1_3}}
-  - port: {{number: {legacy}, name: https-legacy, protocol: HTTPS}}
-    hosts: [\"*\"]
-    tls: {{mode: SIMPLE, {files}, maxProtocolVersion: TLSV1_2, cipherSuites: [ECDHE-ECDSA-AES256-GCM-SHA384]}}
-"
-    );
+    let gateway = ingress_gateway(&format!(
+        "{}{}",
+        https_server(
+            modern,
+            &format!("{{mode: SIMPLE, {files}, minProtocolVersion: TLSV1_3}}")
+        ),
+        https_server(
+            legacy,
+            &format!(
+                "{{mode: SIMPLE, {files}, maxProtocolVersion: TLSV1_2, \
+                 cipherSuites: [ECDHE-ECDSA-AES256-GCM-SHA384]}}"
+            )
+        ),
+    ));
     let mesh = GatewayMesh::start(
         "tls_versions_and_cipher_suites_limit_the_handshakes_a_gateway_accepts",
         Path::new(UPSTREAM_BIN),
@@ -197,21 +209,17 @@ async fn mutual_refuses_client_certificates_the_crl_revokes() -> anyhow::Result<
     let member = clients.client("member", "spiffe://example.com/ns/shop/sa/buyer")?;
     let revoked = clients.client("revoked", "spiffe://example.com/ns/shop/sa/buyer")?;
     let crl = clients.crl("clients-crl", &[&revoked])?;
-    let port = gateway_port();
     let tls = format!(
-        "{{mode: MUTUAL, serverCertificate: {}, privateKey: {}, caCertificates: {}, caCrl: {}}}",
-        server.cert.display(),
-        server.key.display(),
+        "mode: MUTUAL, caCertificates: {}, caCrl: {}",
         clients.cert_path.display(),
         crl.display()
     );
-    let mesh = GatewayMesh::start(
+    let (mesh, addr) = files_gateway(
         "mutual_refuses_client_certificates_the_crl_revokes",
-        Path::new(UPSTREAM_BIN),
-        &format!("{}---\n{}", https_gateway(port, &tls), shop("v2")),
+        &server,
+        &tls,
     )
     .await?;
-    let addr = mesh.listening(port).await?;
     let (host, path) = ("shop.example.com", "/reviews/1");
     let with_member = connector(&ca.cert_pem, Some(&member))?;
     let reply =
