@@ -169,7 +169,7 @@ async fn credential_name_serves_the_secrets_certificate_and_follows_its_rotation
 /// The gateway speaks Delta ADS here (the other test, state of the world), subscribing to
 /// the two Secrets by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mutual_tls_takes_the_client_ca_from_the_cacert_secret() -> anyhow::Result<()> {
+async fn mutual_tls_takes_the_client_ca_and_crl_from_the_cacert_secret() -> anyhow::Result<()> {
     let ShopPki {
         ca,
         server,
@@ -178,16 +178,21 @@ async fn mutual_tls_takes_the_client_ca_from_the_cacert_secret() -> anyhow::Resu
         stranger,
         ..
     } = &ShopPki::new()?;
+    let revoked = clients.client("revoked", "spiffe://example.com/ns/shop/sa/buyer")?;
+    let crl = clients.crl("clients-crl", &[&revoked])?;
     let port = gateway_port();
     let yaml = [
         credential_gateway(&[(port, "{mode: MUTUAL, credentialName: shop-mtls}")]),
         shop("v2"),
         generic_secret("shop-mtls", &[("cert", &server.cert), ("key", &server.key)])?,
-        generic_secret("shop-mtls-cacert", &[("cacert", &clients.cert_path)])?,
+        generic_secret(
+            "shop-mtls-cacert",
+            &[("cacert", &clients.cert_path), ("ca.crl", &crl)],
+        )?,
     ]
     .join("---\n");
     let mesh = GatewayMesh::start_with(
-        "mutual_tls_takes_the_client_ca_from_the_cacert_secret",
+        "mutual_tls_takes_the_client_ca_and_crl_from_the_cacert_secret",
         Path::new(UPSTREAM_BIN),
         &yaml,
         AdsMode::Delta,
@@ -225,6 +230,15 @@ async fn mutual_tls_takes_the_client_ca_from_the_cacert_secret() -> anyhow::Resu
         "shop.example.com",
         "/reviews/1",
         "a client certificate from another CA",
+    )
+    .await?;
+    // The CA's Secret also holds its revocation list (`ca.crl`).
+    ensure_https_refused(
+        &connector(&ca.cert_pem, Some(&revoked))?,
+        addr,
+        "shop.example.com",
+        "/reviews/1",
+        "a client certificate the ca.crl revokes",
     )
     .await?;
     mesh.gateway.ensure_no_rejected_updates().await

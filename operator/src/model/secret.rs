@@ -1,7 +1,7 @@
 //! Gateway credentials read from Secrets (`tls.credentialName`), in either of the forms
 //! istiod reads: Kubernetes' TLS Secret (`tls.crt`, `tls.key`, optional `ca.crt`) or Istio's
 //! generic one (`cert`, `key`, optional `cacert`); a Secret may also hold a CA alone (the
-//! `<name>-cacert` Secret of a MUTUAL server).
+//! `<name>-cacert` Secret of a MUTUAL server), with the CA's revocation list in `ca.crl`.
 //!
 //! The PEM is checked here, once per Secret change: a certificate that does not parse or a
 //! key that is not a PEM private key would be refused by Envoy, and is better reported on
@@ -42,6 +42,8 @@ pub struct TlsSecret {
     pub certificate: Option<CertificateAndKey>,
     /// CA certificates client certificates must chain to (MUTUAL), PEM.
     pub ca: Option<SecretBytes>,
+    /// `ca.crl`: the client certificates the CA revoked, PEM (read with a CA only).
+    pub crl: Option<SecretBytes>,
 }
 
 /// Why a Secret cannot serve as a credential. Messages name entries, never values.
@@ -68,12 +70,16 @@ pub enum SecretError {
     },
     #[error("{entry} holds no unencrypted PEM private key")]
     NoPrivateKey { entry: &'static str },
+    #[error("{entry} holds no PEM certificate revocation list")]
+    NoCrl { entry: &'static str },
 }
 
 /// The certificate/key pairs, Istio's generic form first (as istiod reads them), and the CA
 /// entries in the same order.
 const PAIRS: [(&str, &str); 2] = [("cert", "key"), ("tls.crt", "tls.key")];
 const CAS: [&str; 2] = ["cacert", "ca.crt"];
+/// Istio's entry for the CRL that goes with the CA.
+const CRL: &str = "ca.crl";
 
 /// Reads a Secret's certificate, key and CA, checking each is well-formed PEM.
 pub fn read(record: &SecretRecord) -> Result<TlsSecret, SecretError> {
@@ -113,7 +119,19 @@ pub fn read(record: &SecretRecord) -> Result<TlsSecret, SecretError> {
     if certificate.is_none() && ca.is_none() {
         return Err(SecretError::Empty);
     }
-    Ok(TlsSecret { certificate, ca })
+    let mut crl = None;
+    if let Some(bytes) = entry(CRL).filter(|_| ca.is_some()) {
+        let blocks = pem_blocks(CRL, bytes)?;
+        if !blocks.iter().any(|b| b.tag() == "X509 CRL") {
+            return Err(SecretError::NoCrl { entry: CRL });
+        }
+        crl = Some(SecretBytes(bytes.clone()));
+    }
+    Ok(TlsSecret {
+        certificate,
+        ca,
+        crl,
+    })
 }
 
 fn pem_blocks(entry: &'static str, bytes: &[u8]) -> Result<Vec<pem::Pem>, SecretError> {
@@ -175,6 +193,49 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), Arc::from(v.as_bytes())))
                 .collect::<BTreeMap<_, _>>(),
         }
+    }
+
+    /// A CA certificate and a CRL it signed, PEM.
+    fn ca_and_crl() -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca = params.self_signed(&key).expect("CA");
+        let issuer = rcgen::Issuer::new(params, key);
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2025, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)
+        .expect("CRL");
+        (ca.pem(), crl.pem().expect("PEM"))
+    }
+
+    #[test]
+    fn a_crl_is_read_with_its_ca_and_must_be_one() {
+        let (ca, crl) = ca_and_crl();
+        let read_ok = read(&record("", &[("cacert", &ca), ("ca.crl", &crl)])).expect("CA + CRL");
+        assert_eq!(read_ok.crl.map(|c| c.bytes().to_vec()), Some(crl.into()));
+        assert_eq!(
+            read(&record("", &[("cacert", &ca), ("ca.crl", &ca)])),
+            Err(SecretError::NoCrl { entry: "ca.crl" }),
+            "a certificate where the CRL should be"
+        );
+        let (cert, key) = certificate_and_key();
+        let without_ca = read(&record(
+            "",
+            &[("cert", &cert), ("key", &key), ("ca.crl", &ca)],
+        ))
+        .expect("a CRL without a CA is not read");
+        assert!(without_ca.crl.is_none());
     }
 
     #[test]

@@ -14,8 +14,11 @@ use crate::index::{NsName, Record, RecordKey, SecretRecord};
 /// Kubernetes' TLS Secret type: `tls.crt` and `tls.key`, optionally `ca.crt`.
 pub const TLS_TYPE: &str = "kubernetes.io/tls";
 
-/// The entries kept: Kubernetes' TLS keys and Istio's generic ones (`cert`, `key`, `cacert`).
-pub const TLS_ENTRIES: [&str; 6] = ["tls.crt", "tls.key", "ca.crt", "cert", "key", "cacert"];
+/// The entries kept: Kubernetes' TLS keys and Istio's generic ones (`cert`, `key`, `cacert`),
+/// and the CA's revocation list (`ca.crl`).
+pub const TLS_ENTRIES: [&str; 7] = [
+    "tls.crt", "tls.key", "ca.crt", "cert", "key", "cacert", "ca.crl",
+];
 
 /// Secret types that never hold a gateway credential and can be large or numerous (Helm
 /// keeps every release in one; every service account may have a token): the watch leaves

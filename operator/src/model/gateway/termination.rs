@@ -147,8 +147,8 @@ pub(super) fn terminate(
         (_, Some(_)) => {
             report(
                 format!("{field}.tls.caCrl"),
-                "caCrl applies with caCertificates only; not applied (put a CRL in the \
-                 credential's Secret instead: not read yet)"
+                "caCrl applies with caCertificates only; not applied (with a credential, the \
+                 CRL is the ca.crl entry of its CA's Secret)"
                     .into(),
             );
             None

@@ -140,7 +140,7 @@ pub fn resolve(
         });
     }
     if let Some(ClientCa::Secret(name)) = &tls.client_ca {
-        let (from, ca) = client_ca(secrets, namespace, name, consulted)
+        let (from, ca, crl) = client_ca(secrets, namespace, name, consulted)
             .map_err(|err| (first_field(server), err))?;
         served.push(Served {
             from,
@@ -149,6 +149,7 @@ pub fn resolve(
                 r#type: Some(SecretType::ValidationContext(
                     CertificateValidationContext {
                         trusted_ca: Some(inline(ca)),
+                        crl: crl.map(inline),
                         ..Default::default()
                     },
                 )),
@@ -158,14 +159,17 @@ pub fn resolve(
     Ok(served)
 }
 
+/// A client CA, and the revocation list that goes with it, if any.
+type CaAndCrl<'s> = (NsName, &'s SecretBytes, Option<&'s SecretBytes>);
+
 /// The client CA of credential `name`: Secret `<name>-cacert` when there is one, else the CA
-/// entry of Secret `<name>`.
+/// entry of Secret `<name>`; with the `ca.crl` of the same Secret.
 fn client_ca<'s>(
     secrets: &'s impl SecretLookup,
     namespace: &str,
     name: &str,
     consulted: &mut BTreeSet<NsName>,
-) -> Result<(NsName, &'s SecretBytes), CredentialError> {
+) -> Result<CaAndCrl<'s>, CredentialError> {
     let separate = NsName::new(namespace, format!("{name}{CA_SUFFIX}"));
     let same = NsName::new(namespace, name);
     consulted.insert(separate.clone());
@@ -173,15 +177,13 @@ fn client_ca<'s>(
     match secrets.secret(&separate) {
         Some(Err(err)) => Err(CredentialError::Unusable(separate, err.clone())),
         Some(Ok(secret)) => match &secret.ca {
-            Some(ca) => Ok((separate, ca)),
+            Some(ca) => Ok((separate, ca, secret.crl.as_ref())),
             None => Err(CredentialError::NoCa(separate)),
         },
         None => {
-            let ca = secrets
-                .secret(&same)
-                .and_then(|s| s.as_ref().ok()?.ca.as_ref());
-            match ca {
-                Some(ca) => Ok((same, ca)),
+            let secret = secrets.secret(&same).and_then(|s| s.as_ref().ok());
+            match secret.and_then(|s| Some((s.ca.as_ref()?, s.crl.as_ref()))) {
+                Some((ca, crl)) => Ok((same, ca, crl)),
                 None => Err(CredentialError::NoClientCa { separate, same }),
             }
         }
