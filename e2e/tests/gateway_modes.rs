@@ -41,6 +41,24 @@ async fn ssl_stat(envoy: &Envoy, name: &str) -> anyhow::Result<u64> {
     Ok(stats.values().sum())
 }
 
+/// Fails unless the client `who` is refused by the gateway at `addr` and the gateway counts a
+/// failed verification of a client certificate for it.
+async fn refused_at_verification(
+    mesh: &GatewayMesh,
+    client: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    who: &str,
+) -> anyhow::Result<()> {
+    let failures = ssl_stat(&mesh.gateway, "fail_verify_error").await?;
+    ensure_https_refused(client, addr, "shop.example.com", "/reviews/1", who).await?;
+    let after = ssl_stat(&mesh.gateway, "fail_verify_error").await?;
+    ensure!(
+        after > failures,
+        "{who}: the gateway counted no verification failure ({failures} -> {after})"
+    );
+    Ok(())
+}
+
 /// A Gateway in istio-system with one HTTPS server on `port` for every host, with `tls`.
 fn https_gateway(port: u16, tls: &str) -> String {
     ingress_gateway(&https_server(port, tls))
@@ -120,20 +138,8 @@ async fn optional_mutual_admits_clients_without_a_certificate_and_checks_those_s
         "member certificate: reached {reply:?}"
     );
 
-    let failures = ssl_stat(&mesh.gateway, "fail_verify_error").await?;
-    ensure_https_refused(
-        &connector(&ca.cert_pem, Some(&foreign))?,
-        addr,
-        "shop.example.com",
-        "/reviews/1",
-        "a certificate from another CA",
-    )
-    .await?;
-    let after = ssl_stat(&mesh.gateway, "fail_verify_error").await?;
-    ensure!(
-        after > failures,
-        "the gateway counted no verification failure ({failures} -> {after})"
-    );
+    let foreign = connector(&ca.cert_pem, Some(&foreign))?;
+    refused_at_verification(&mesh, &foreign, addr, "a certificate from another CA").await?;
     mesh.gateway.ensure_no_rejected_updates().await
 }
 
@@ -225,14 +231,52 @@ async fn mutual_refuses_client_certificates_the_crl_revokes() -> anyhow::Result<
     let reply =
         wait_https_reply(&with_member, addr, host, path, "a certificate not revoked").await?;
     ensure!(reply.version == "v2", "member: reached {reply:?}");
-    let failures = ssl_stat(&mesh.gateway, "fail_verify_error").await?;
     let with_revoked = connector(&ca.cert_pem, Some(&revoked))?;
-    ensure_https_refused(&with_revoked, addr, host, path, "a revoked certificate").await?;
-    let after = ssl_stat(&mesh.gateway, "fail_verify_error").await?;
-    ensure!(
-        after > failures,
-        "the gateway counted no verification failure ({failures} -> {after})"
+    refused_at_verification(&mesh, &with_revoked, addr, "a revoked certificate").await?;
+    mesh.gateway.ensure_no_rejected_updates().await
+}
+
+/// `tlsCertificates`: each pair is served; Envoy presents the one whose names match the
+/// client's SNI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_of_tls_certificates_is_served() -> anyhow::Result<()> {
+    let certs = tempfile::tempdir()?;
+    let ca = TestCa::new(certs.path(), "ingress")?;
+    let shop_cert = ca.server("shop", &["shop.example.com"])?;
+    let admin_cert = ca.server("admin", &["admin.example.com"])?;
+    let pair = |c: &Issued| {
+        format!(
+            "{{serverCertificate: {}, privateKey: {}}}",
+            c.cert.display(),
+            c.key.display()
+        )
+    };
+    let port = gateway_port();
+    let tls = format!(
+        "{{mode: SIMPLE, tlsCertificates: [{}, {}]}}",
+        pair(&shop_cert),
+        pair(&admin_cert)
     );
+    let yaml = format!("{}---\n{}", https_gateway(port, &tls), shop("v2"));
+    let mesh = GatewayMesh::start(
+        "each_of_tls_certificates_is_served",
+        Path::new(UPSTREAM_BIN),
+        &yaml,
+    )
+    .await?;
+    let addr = mesh.listening(port).await?;
+    let client = connector(&ca.cert_pem, None)?;
+    let reply = wait_https_reply(&client, addr, "shop.example.com", "/reviews/1", "HTTPS").await?;
+    ensure!(reply.version == "v2", "reached {reply:?}");
+    for (host, cert) in [
+        ("shop.example.com", &shop_cert),
+        ("admin.example.com", &admin_cert),
+    ] {
+        ensure!(
+            served_certificate(&client, addr, host).await? == cert.cert_der()?,
+            "{host}: the gateway does not present the certificate for it"
+        );
+    }
     mesh.gateway.ensure_no_rejected_updates().await
 }
 

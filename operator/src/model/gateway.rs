@@ -97,17 +97,22 @@ pub struct TlsParams {
 /// Where a terminating server's certificate and key come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerCertificate {
-    /// PEM files on the gateway proxy (`serverCertificate`, `privateKey`).
-    Files {
-        certificate: String,
-        private_key: String,
-    },
+    /// PEM files on the gateway proxy (`serverCertificate` and `privateKey`, or each pair of
+    /// `tlsCertificates`: say an RSA and an ECDSA one, Envoy picking what the client takes).
+    Files(Vec<CertificateFiles>),
     /// Secrets of the Gateway's namespace (`credentialName`, or each of `credentialNames`),
     /// served to the proxy over SDS.
     Secrets(Vec<Credential>),
     /// `ISTIO_MUTUAL`: the gateway proxy's own workload certificate, which its agent serves
     /// over SDS.
     Workload,
+}
+
+/// A certificate chain file and its private key file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub certificate: String,
+    pub private_key: String,
 }
 
 /// A credential a server names, and where (for problems).
@@ -358,10 +363,10 @@ spec:
             ServerKind::Https(t) => {
                 assert_eq!(
                     t.certificate,
-                    ServerCertificate::Files {
+                    ServerCertificate::Files(vec![CertificateFiles {
                         certificate: "/etc/certs/cert.pem".into(),
                         private_key: "/etc/certs/key.pem".into()
-                    }
+                    }])
                 );
                 assert_eq!(t.client_ca, None);
             }

@@ -76,7 +76,7 @@ impl Credentials {
             .filter_map(|s| match &s.kind {
                 ServerKind::Https(tls) => match &tls.certificate {
                     ServerCertificate::Secrets(credentials) => Some(credentials),
-                    ServerCertificate::Files { .. } | ServerCertificate::Workload => None,
+                    ServerCertificate::Files(_) | ServerCertificate::Workload => None,
                 },
                 _ => None,
             })

@@ -3,7 +3,7 @@
 
 use capstan_crds::networking::gateway::{self as api, ServerTlsMode, TlsProtocol};
 
-use super::{ClientCa, Credential, ServerCertificate, TlsParams, TlsTermination};
+use super::{CertificateFiles, ClientCa, Credential, ServerCertificate, TlsParams, TlsTermination};
 
 /// Istio's name of a mode, for problems.
 fn mode_name(mode: ServerTlsMode) -> &'static str {
@@ -55,7 +55,12 @@ pub(super) fn terminate(
             );
         }
     };
-    unapplied("tlsCertificates", !tls.tls_certificates.is_empty());
+    for (k, pair) in tls.tls_certificates.iter().enumerate() {
+        unapplied(
+            &format!("tlsCertificates[{k}].caCertificates"),
+            !pair.ca_certificates.is_empty(),
+        );
+    }
     let verifies = matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual);
     if !verifies {
         // As istiod: without client certificates there is nothing to pin.
@@ -109,12 +114,13 @@ pub(super) fn terminate(
             (ServerCertificate::Secrets(credentials), ca)
         }
         None => {
-            if tls.server_certificate.is_empty() || tls.private_key.is_empty() {
+            let pairs = certificate_files(tls);
+            if pairs.is_empty() {
                 report(
                     format!("{field}.tls.serverCertificate"),
                     format!(
-                        "{name} needs credentialName, or serverCertificate and privateKey; this \
-                         server is not served"
+                        "{name} needs credentialName, serverCertificate and privateKey, or \
+                         tlsCertificates; this server is not served"
                     ),
                 );
                 return None;
@@ -128,10 +134,7 @@ pub(super) fn terminate(
                 );
                 return None;
             }
-            let files = ServerCertificate::Files {
-                certificate: tls.server_certificate.clone(),
-                private_key: tls.private_key.clone(),
-            };
+            let files = ServerCertificate::Files(pairs);
             (
                 files,
                 verifies.then(|| ClientCa::File(tls.ca_certificates.clone())),
@@ -178,6 +181,28 @@ pub(super) fn terminate(
         client_crl,
         params,
     })
+}
+
+/// The certificate files of a server: `tlsCertificates`, or `serverCertificate` and
+/// `privateKey`; none when a pair is incomplete (validation refuses that).
+fn certificate_files(tls: &api::ServerTlsSettings) -> Vec<CertificateFiles> {
+    let pairs: Vec<(&String, &String)> = if tls.tls_certificates.is_empty() {
+        vec![(&tls.server_certificate, &tls.private_key)]
+    } else {
+        (tls.tls_certificates.iter())
+            .map(|c| (&c.server_certificate, &c.private_key))
+            .collect()
+    };
+    if pairs.iter().any(|(c, k)| c.is_empty() || k.is_empty()) {
+        return Vec::new();
+    }
+    pairs
+        .into_iter()
+        .map(|(certificate, private_key)| CertificateFiles {
+            certificate: certificate.clone(),
+            private_key: private_key.clone(),
+        })
+        .collect()
 }
 
 /// The cipher suites Envoy's TLS library knows by these names (each checked with `envoy

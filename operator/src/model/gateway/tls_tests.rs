@@ -248,3 +248,32 @@ fn a_crl_file_goes_with_client_ca_files() {
         Some("/crl.pem")
     );
 }
+
+#[test]
+fn tls_certificates_are_each_served() {
+    let (gw, problems) = read(
+        r#"  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [shop.example.com]
+    tls:
+      mode: SIMPLE
+      tlsCertificates:
+      - {serverCertificate: /rsa.pem, privateKey: /rsa-key.pem}
+      - {serverCertificate: /ec.pem, privateKey: /ec-key.pem, caCertificates: /ca.pem}
+"#,
+    );
+    assert_eq!(
+        fields(&problems),
+        ["spec.servers[0].tls.tlsCertificates[1].caCertificates"]
+    );
+    let pair = |certificate: &str, private_key: &str| CertificateFiles {
+        certificate: certificate.into(),
+        private_key: private_key.into(),
+    };
+    assert_eq!(
+        termination(&gw.servers[0]).certificate,
+        ServerCertificate::Files(vec![
+            pair("/rsa.pem", "/rsa-key.pem"),
+            pair("/ec.pem", "/ec-key.pem")
+        ])
+    );
+}

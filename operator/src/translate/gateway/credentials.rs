@@ -232,7 +232,7 @@ pub fn first_field(server: &Server) -> String {
     match &server.kind {
         ServerKind::Https(tls) => match &tls.certificate {
             ServerCertificate::Secrets(credentials) => credentials.first().map(|c| c.field.clone()),
-            ServerCertificate::Files { .. } | ServerCertificate::Workload => None,
+            ServerCertificate::Files(_) | ServerCertificate::Workload => None,
         },
         _ => None,
     }

@@ -103,15 +103,15 @@ pub fn downstream_tls(tls: &TlsTermination) -> TransportSocket {
         ClientCa::MeshRoots => combined(sds_secret(SDS_ROOTS), subject_alt_names),
     });
     let (tls_certificates, tls_certificate_sds_secret_configs) = match &tls.certificate {
-        ServerCertificate::Files {
-            certificate,
-            private_key,
-        } => (
-            vec![TlsCertificate {
-                certificate_chain: Some(file(certificate)),
-                private_key: Some(file(private_key)),
-                ..Default::default()
-            }],
+        ServerCertificate::Files(pairs) => (
+            pairs
+                .iter()
+                .map(|pair| TlsCertificate {
+                    certificate_chain: Some(file(&pair.certificate)),
+                    private_key: Some(file(&pair.private_key)),
+                    ..Default::default()
+                })
+                .collect(),
             Vec::new(),
         ),
         ServerCertificate::Secrets(credentials) => (
