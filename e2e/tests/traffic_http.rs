@@ -204,6 +204,70 @@ async fn the_default_retry_policy_said_once_per_virtual_host_applies_to_every_ro
     mesh.envoy.ensure_no_rejected_updates().await
 }
 
+/// A redirect is answered by Envoy with the Location the VirtualService asks for, the port
+/// of `derivePort: FROM_REQUEST_PORT` being the one the request came to; a rewrite reaches
+/// the upstream with the new path and Host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_and_rewrites_as_the_client_and_upstream_see_them() -> anyhow::Result<()> {
+    let redirect = |case: &str, redirect: &str| {
+        format!(
+            "  - name: {case}
+    match: [{{headers: {{x-case: {{exact: {case}}}}}}}]
+    redirect: {redirect}
+"
+        )
+    };
+    let http = [
+        redirect(
+            "moved",
+            "{uri: /new/place, authority: shop.example, redirectCode: 302}",
+        ),
+        redirect(
+            "same-port",
+            "{authority: other.example, derivePort: FROM_REQUEST_PORT}",
+        ),
+        case_route(
+            "rewritten",
+            "v2",
+            "    rewrite: {uri: /v2/, authority: reviews-internal}\n",
+        ),
+        default_route("v1"),
+    ]
+    .concat();
+    let mut mesh = start("redirects_and_rewrites", &http).await?;
+    mesh.wait_for_all(&case("rewritten"), "v2", 5).await?;
+
+    let moved = send(&mut mesh, &case("moved")).await?;
+    ensure!(
+        moved.status == StatusCode::FOUND
+            && header(&moved, "location").as_deref() == Some("http://shop.example/new/place"),
+        "redirect with uri, authority and 302: got {} {:?}",
+        moved.status,
+        header(&moved, "location")
+    );
+    let same_port = send(&mut mesh, &case("same-port")).await?;
+    ensure!(
+        same_port.status == StatusCode::MOVED_PERMANENTLY
+            && header(&same_port, "location").as_deref()
+                == Some(&format!("http://other.example:9080{PATH}")[..]),
+        "derivePort FROM_REQUEST_PORT: got {} {:?}",
+        same_port.status,
+        header(&same_port, "location")
+    );
+    let reply = send(&mut mesh, &case("rewritten"))
+        .await?
+        .upstream_reply()
+        .context("the rewritten request")?;
+    // The route matched no URI prefix: the whole path's "/" prefix is what is replaced.
+    ensure!(
+        reply.version == "v2"
+            && reply.path == format!("/v2/{}", &PATH[1..])
+            && reply.host == "reviews-internal",
+        "rewrite: the upstream saw {reply:?}"
+    );
+    mesh.envoy.ensure_no_rejected_updates().await
+}
+
 /// An abort at 100% answers every request itself, so the upstream sees none; one without a
 /// percentage aborts none; a fixed delay at 100% holds each request at least that long; an
 /// abort at 50% hits about half.

@@ -131,6 +131,8 @@ pub struct Redirect {
     pub scheme: Option<String>,
     pub authority: Option<String>,
     pub port: Option<u32>,
+    /// `derivePort: FROM_REQUEST_PORT`: the port the request came in on.
+    pub port_from_request: bool,
     pub path: Option<RedirectPath>,
     /// As written; 0 is the default (301).
     pub code: u32,
@@ -288,6 +290,8 @@ fn redirect(r: &api_policy::HttpRedirect) -> Redirect {
         scheme: non_empty(&r.scheme),
         authority: non_empty(&r.authority),
         port: r.port,
+        port_from_request: r.derive_port
+            == Some(api_policy::RedirectPortSelection::FromRequestPort),
         path,
         code: r.redirect_code,
     }

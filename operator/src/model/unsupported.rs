@@ -132,13 +132,6 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
             // by translation, per match.
             for (i, http) in spec.http.iter().enumerate() {
                 let field = |name: &str| format!("spec.http[{i}].{name}");
-                if http
-                    .redirect
-                    .as_ref()
-                    .is_some_and(|r| r.derive_port.is_some())
-                {
-                    not_applied(field("redirect.derivePort"), "derivePort");
-                }
                 let body = http.direct_response.as_ref().and_then(|d| d.body.as_ref());
                 if body.is_some_and(|b| b.bytes.is_some()) {
                     not_applied(field("directResponse.body.bytes"), "a bytes body");
@@ -320,7 +313,7 @@ spec:
     mirror: {host: reviews}
     headers: {response: {remove: [x-b]}}
     corsPolicy: {allowOrigins: [{exact: "https://a.example"}]}
-  - redirect: {authority: other.example, derivePort: FROM_REQUEST_PORT}
+  - directResponse: {status: 200, body: {bytes: aGk=}}
   tcp:
   - route: [{destination: {host: reviews}}]
 "#,
@@ -328,9 +321,9 @@ spec:
         .expect("valid");
         let problems = fields(&document.object);
         let named: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
-        // The http policies are applied; derivePort is not. TCP routing on sidecars depends on
-        // the listener mode, and is said by `sidecar_stream_routes`.
-        assert_eq!(named, vec!["spec.http[1].redirect.derivePort"]);
+        // The http policies are applied; a bytes body is not. TCP routing on sidecars depends
+        // on the listener mode, and is said by `sidecar_stream_routes`.
+        assert_eq!(named, vec!["spec.http[1].directResponse.body.bytes"]);
         assert!(problems[0].message.contains("not applied"));
         let key = document.object.key();
         let stream = sidecar_stream_routes(&key, true, true, false);

@@ -173,7 +173,7 @@ fn route_template(
         ..Default::default()
     };
     let action = match &http.action {
-        routing::Action::Redirect(redirect) => Action::Redirect(redirect_action(redirect)),
+        routing::Action::Redirect(redirect) => Action::Redirect(redirect_action(redirect, port)),
         routing::Action::DirectResponse(response) => {
             Action::DirectResponse(direct_response(response))
         }
@@ -368,7 +368,9 @@ pub(in crate::translate) fn cluster_for(
     cluster_name(port, subset.unwrap_or(""), host)
 }
 
-fn redirect_action(r: &routing::Redirect) -> RedirectAction {
+/// `port`: the port the route serves, which is the request's (Envoy cannot read the port
+/// from the request; istiod does the same).
+fn redirect_action(r: &routing::Redirect, port: u32) -> RedirectAction {
     let response_code = match r.code {
         302 => RedirectResponseCode::Found,
         303 => RedirectResponseCode::SeeOther,
@@ -378,7 +380,12 @@ fn redirect_action(r: &routing::Redirect) -> RedirectAction {
     };
     RedirectAction {
         host_redirect: r.authority.clone().unwrap_or_default(),
-        port_redirect: r.port.unwrap_or(0),
+        // 0: the scheme's default port (`derivePort: FROM_PROTOCOL_DEFAULT`, or none set).
+        port_redirect: if r.port_from_request {
+            port
+        } else {
+            r.port.unwrap_or(0)
+        },
         response_code: response_code as i32,
         scheme_rewrite_specifier: r.scheme.clone().map(SchemeRewriteSpecifier::SchemeRedirect),
         path_rewrite_specifier: r.path.as_ref().map(|path| match path {
