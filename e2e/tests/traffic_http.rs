@@ -205,10 +205,12 @@ async fn the_default_retry_policy_said_once_per_virtual_host_applies_to_every_ro
 }
 
 /// A redirect is answered by Envoy with the Location the VirtualService asks for, the port
-/// of `derivePort: FROM_REQUEST_PORT` being the one the request came to; a rewrite reaches
-/// the upstream with the new path and Host.
+/// of `derivePort: FROM_REQUEST_PORT` being the one the request came to; a direct response
+/// with its status and body (text, or bytes given in base64); a rewrite reaches the upstream
+/// with the new path and Host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redirects_and_rewrites_as_the_client_and_upstream_see_them() -> anyhow::Result<()> {
+async fn redirects_direct_responses_and_rewrites_as_client_and_upstream_see_them()
+-> anyhow::Result<()> {
     let redirect = |case: &str, redirect: &str| {
         format!(
             "  - name: {case}
@@ -226,6 +228,14 @@ async fn redirects_and_rewrites_as_the_client_and_upstream_see_them() -> anyhow:
             "same-port",
             "{authority: other.example, derivePort: FROM_REQUEST_PORT}",
         ),
+        "  - name: answered
+    match: [{headers: {x-case: {exact: answered}}}]
+    directResponse: {status: 418, body: {string: teapot}}
+  - name: answered-bytes
+    match: [{headers: {x-case: {exact: answered-bytes}}}]
+    directResponse: {status: 503, body: {bytes: 3q2+7w==}}
+"
+        .to_string(),
         case_route(
             "rewritten",
             "v2",
@@ -253,6 +263,21 @@ async fn redirects_and_rewrites_as_the_client_and_upstream_see_them() -> anyhow:
         "derivePort FROM_REQUEST_PORT: got {} {:?}",
         same_port.status,
         header(&same_port, "location")
+    );
+    let answered = send(&mut mesh, &case("answered")).await?;
+    ensure!(
+        answered.status == StatusCode::IM_A_TEAPOT && answered.body.as_ref() == b"teapot",
+        "directResponse with a string body: got {} {:?}",
+        answered.status,
+        answered.body
+    );
+    let bytes = send(&mut mesh, &case("answered-bytes")).await?;
+    ensure!(
+        bytes.status == StatusCode::SERVICE_UNAVAILABLE
+            && bytes.body.as_ref() == [0xde, 0xad, 0xbe, 0xef],
+        "directResponse with a bytes body: got {} {:?}",
+        bytes.status,
+        bytes.body
     );
     let reply = send(&mut mesh, &case("rewritten"))
         .await?

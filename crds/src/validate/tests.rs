@@ -268,6 +268,12 @@ const INVALID: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "VirtualService",
+        "  hosts: [ratings]\n  http:\n  - directResponse: {status: 200, body: {bytes: 'not base64!'}}\n",
+        "spec.http[0].directResponse.body.bytes",
+        "must be base64",
+    ),
+    (
+        "VirtualService",
         "  hosts: [ratings]\n  http:\n  - redirect: {uri: /x, redirectCode: 200}\n",
         "spec.http[0].redirect.redirectCode",
         "not one of",

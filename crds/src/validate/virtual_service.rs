@@ -170,6 +170,15 @@ fn http_route(errors: &mut Errors, field: &str, route: &HttpRoute) {
                     false,
                 ),
             );
+            if let Some(bytes) = &body.bytes {
+                use base64::Engine as _;
+                if base64::engine::general_purpose::STANDARD
+                    .decode(bytes)
+                    .is_err()
+                {
+                    errors.add(format!("{df}.body.bytes"), "bytes must be base64");
+                }
+            }
         }
     }
     if let Some(delegate) = &route.delegate {

@@ -149,8 +149,8 @@ pub enum RedirectPath {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectResponse {
     pub status: u32,
-    /// Only a `string` body; a `bytes` body is not served.
-    pub body: Option<String>,
+    /// `string`, or `bytes` decoded (validation checked it is base64).
+    pub body: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -260,7 +260,7 @@ fn action(route: &api::HttpRoute, namespace: &str, domain_suffix: &str) -> Actio
     if let Some(r) = &route.direct_response {
         return Action::DirectResponse(DirectResponse {
             status: r.status,
-            body: r.body.as_ref().and_then(|b| b.string.clone()),
+            body: r.body.as_ref().and_then(body_bytes),
         });
     }
     if route.delegate.is_some() {
@@ -278,6 +278,15 @@ fn action(route: &api::HttpRoute, namespace: &str, domain_suffix: &str) -> Actio
         })
         .collect();
     Action::Forward(destinations)
+}
+
+fn body_bytes(body: &api_policy::HttpBody) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    match (&body.string, &body.bytes) {
+        (Some(text), _) => Some(text.clone().into_bytes()),
+        (None, Some(bytes)) => base64::engine::general_purpose::STANDARD.decode(bytes).ok(),
+        (None, None) => None,
+    }
 }
 
 fn redirect(r: &api_policy::HttpRedirect) -> Redirect {

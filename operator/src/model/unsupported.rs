@@ -127,16 +127,8 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                      routes only)",
                 );
             }
-            // The http routes' retries, fault, mirrors, headers and corsPolicy are applied
-            // (docs/traffic-routes.md); sourceLabels (and sourceNamespace on gateways) are reported
-            // by translation, per match.
-            for (i, http) in spec.http.iter().enumerate() {
-                let field = |name: &str| format!("spec.http[{i}].{name}");
-                let body = http.direct_response.as_ref().and_then(|d| d.body.as_ref());
-                if body.is_some_and(|b| b.bytes.is_some()) {
-                    not_applied(field("directResponse.body.bytes"), "a bytes body");
-                }
-            }
+            // Every http route field is applied (docs/traffic-routes.md) but sourceLabels
+            // (and sourceNamespace on gateways), which translation reports per match.
         }
         IstioObject::Sidecar(sc) => {
             // The egress hosts scope what sidecars receive; ingress listeners (port and
@@ -295,7 +287,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn set_but_unhonoured_fields_are_named() {
+    fn applied_route_fields_are_not_named_and_stream_routes_say_where_they_apply() {
         let document = capstan_crds::parse_single(
             "t.yaml",
             r#"
@@ -321,10 +313,9 @@ spec:
         .expect("valid");
         let problems = fields(&document.object);
         let named: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
-        // The http policies are applied; a bytes body is not. TCP routing on sidecars depends
-        // on the listener mode, and is said by `sidecar_stream_routes`.
-        assert_eq!(named, vec!["spec.http[1].directResponse.body.bytes"]);
-        assert!(problems[0].message.contains("not applied"));
+        // The http policies and a bytes body are applied. TCP routing on sidecars depends on
+        // the listener mode, and is said by `sidecar_stream_routes`.
+        assert!(named.is_empty(), "{named:?}");
         let key = document.object.key();
         let stream = sidecar_stream_routes(&key, true, true, false);
         assert_eq!(stream.len(), 1);

@@ -399,8 +399,11 @@ fn redirect_action(r: &routing::Redirect, port: u32) -> RedirectAction {
 fn direct_response(r: &routing::DirectResponse) -> DirectResponseAction {
     DirectResponseAction {
         status: r.status,
-        body: r.body.clone().map(|s| DataSource {
-            specifier: Some(Specifier::InlineString(s)),
+        body: r.body.clone().map(|body| DataSource {
+            specifier: Some(match String::from_utf8(body) {
+                Ok(text) => Specifier::InlineString(text),
+                Err(bytes) => Specifier::InlineBytes(bytes.into_bytes()),
+            }),
             ..Default::default()
         }),
         ..Default::default()
