@@ -200,10 +200,11 @@ impl Folder {
                 files.join(", ")
             );
         }
+        let changed = report.changed();
         self.unsettled = report.unsettled;
         let changes = if force {
             self.reset()
-        } else if report.changed {
+        } else if changed {
             self.apply(&report.affected, report.secrets_changed)
         } else {
             return Ok(report.rescan_after);

@@ -43,8 +43,6 @@ pub type Problems = Vec<String>;
 /// The outcome of one scan.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ScanReport {
-    /// Whether the served objects changed.
-    pub changed: bool,
     /// The objects added, changed or dropped by the files that changed (what is served as
     /// each is [`FolderSource::served`]).
     pub affected: BTreeSet<ObjectKey>,
@@ -56,6 +54,13 @@ pub struct ScanReport {
     pub unsettled: Vec<PathBuf>,
     /// When to scan again so that the unsettled files are read once they settle.
     pub rescan_after: Option<Duration>,
+}
+
+impl ScanReport {
+    /// Whether the served objects or Secrets changed.
+    pub fn changed(&self) -> bool {
+        !self.affected.is_empty() || self.secrets_changed
+    }
 }
 
 #[derive(Debug, Default)]
@@ -172,7 +177,6 @@ impl FolderSource {
             state.objects = content.objects;
             state.secrets = content.secrets;
         }
-        report.changed = !report.affected.is_empty() || report.secrets_changed;
         Ok(report)
     }
 

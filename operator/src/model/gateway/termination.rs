@@ -143,11 +143,10 @@ pub(super) fn terminate(
     };
     // Validation allows a CRL file with client CA files only (a credential's CRL would be
     // in its Secret); otherwise it has nothing to apply to.
-    let client_crl = (!tls.ca_crl.is_empty()).then(|| tls.ca_crl.clone());
-    let client_crl = match (&client_ca, client_crl) {
-        (Some(ClientCa::File(_)), crl) => crl,
-        (_, None) => None,
-        (_, Some(_)) => {
+    let client_crl = match &client_ca {
+        _ if tls.ca_crl.is_empty() => None,
+        Some(ClientCa::File(_)) => Some(tls.ca_crl.clone()),
+        _ => {
             report(
                 format!("{field}.tls.caCrl"),
                 "caCrl applies with caCertificates only; not applied (with a credential, the \
@@ -157,27 +156,17 @@ pub(super) fn terminate(
             None
         }
     };
+    // What is checked of client certificates; nothing when none is asked for.
+    let of_clients = |checks: &Vec<String>| if verifies { checks.clone() } else { Vec::new() };
     Some(TlsTermination {
         certificate,
         client_ca,
         // Envoy asks every client for a certificate and checks one that is sent; only the
         // refusal of a client sending none is left out.
         client_certificate_optional: mode == ServerTlsMode::OptionalMutual,
-        subject_alt_names: if verifies {
-            tls.subject_alt_names.clone()
-        } else {
-            Vec::new()
-        },
-        client_spki: if verifies {
-            tls.verify_certificate_spki.clone()
-        } else {
-            Vec::new()
-        },
-        client_hash: if verifies {
-            tls.verify_certificate_hash.clone()
-        } else {
-            Vec::new()
-        },
+        subject_alt_names: of_clients(&tls.subject_alt_names),
+        client_spki: of_clients(&tls.verify_certificate_spki),
+        client_hash: of_clients(&tls.verify_certificate_hash),
         client_crl,
         params,
     })
