@@ -51,6 +51,17 @@ impl GatewayMesh {
         gateway_yaml: &str,
         mode: AdsMode,
     ) -> anyhow::Result<Self> {
+        Self::start_labelled(name, upstream_bin, gateway_yaml, mode, INGRESS_LABELS).await
+    }
+
+    /// [`GatewayMesh::start_with`] with a gateway Envoy (of istio-system) labelled `labels`.
+    pub async fn start_labelled(
+        name: &str,
+        upstream_bin: &Path,
+        gateway_yaml: &str,
+        mode: AdsMode,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         crate::netns::network_up()?;
         let env = TestEnv::new(name)?;
         let upstreams = start_reviews(
@@ -61,7 +72,13 @@ impl GatewayMesh {
         .await?;
         env.write_config("gateway.yaml", gateway_yaml)?;
         let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
-        let gateway = start_gateway(&env, &capstan, mode).await?;
+        let gateway = Envoy::start(
+            &crate::locate::envoy_bin()?,
+            &Bootstrap::gateway(mode, capstan.xds_port, labels),
+            &env.log_dir,
+            "gateway",
+        )
+        .await?;
         Ok(Self {
             gateway,
             capstan,
@@ -190,17 +207,25 @@ spec:
 
 /// The VirtualService bound to the gateway: `/reviews` on shop.example.com to `subset`.
 pub fn shop(subset: &str) -> String {
+    shop_routes(&format!(
+        "  - match: [{{uri: {{prefix: /reviews}}}}]
+    route: [{{destination: {{host: reviews, subset: {subset}}}}}]
+"
+    ))
+}
+
+/// The VirtualService for shop.example.com bound to the gateway, with `http` routes (YAML
+/// list items, indented two spaces).
+pub fn shop_routes(http: &str) -> String {
     format!(
-        r#"apiVersion: networking.istio.io/v1
+        "apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: shop, namespace: bookinfo}}
 spec:
   hosts: [shop.example.com]
   gateways: [istio-system/ingress]
   http:
-  - match: [{{uri: {{prefix: /reviews}}}}]
-    route: [{{destination: {{host: reviews, subset: {subset}}}}}]
-"#
+{http}"
     )
 }
 

@@ -232,14 +232,31 @@ spec:
         namespace: &str,
         workload: &str,
     ) -> anyhow::Result<(Envoy, HttpClient)> {
+        self.start_labelled_sidecar(mode, namespace, workload, &[])
+            .await
+    }
+
+    /// [`ReviewsMesh::start_sidecar`] of a workload with `labels` (its `LABELS` node
+    /// metadata, as Istio's agent sends its pod's labels).
+    pub async fn start_labelled_sidecar(
+        &self,
+        mode: AdsMode,
+        namespace: &str,
+        workload: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<(Envoy, HttpClient)> {
         let mut bootstrap = Bootstrap::new(mode, self.capstan.xds_port);
         bootstrap.namespace = namespace.to_string();
         bootstrap.workload = workload.to_string();
+        bootstrap.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let envoy = Envoy::start(
             &locate::envoy_bin()?,
             &bootstrap,
             &self.env.log_dir,
-            namespace,
+            workload,
         )
         .await?;
         let port = envoy

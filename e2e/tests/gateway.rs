@@ -12,7 +12,9 @@ use std::path::Path;
 use anyhow::{Context, ensure};
 use capstan_e2e::capstan::Capstan;
 use capstan_e2e::envoy::{AdsMode, loopback};
-use capstan_e2e::gateway_mesh::{GatewayMesh, http_gateway, shop, start_gateway, wait_for_service};
+use capstan_e2e::gateway_mesh::{
+    GatewayMesh, http_gateway, shop, shop_routes, start_gateway, wait_for_service,
+};
 use capstan_e2e::http::HttpClient;
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv};
 use capstan_e2e::tls_pki::{ShopPki, connector, ensure_https_refused, wait_https_reply};
@@ -97,6 +99,53 @@ async fn ingress_routes_only_what_is_bound_to_the_gateway() -> anyhow::Result<()
         },
     )
     .await?;
+    mesh.gateway.ensure_no_rejected_updates().await
+}
+
+/// `sourceLabels` and `sourceNamespace` on a gateway are the gateway proxy's own, as with
+/// istiod: a canary-labelled gateway of istio-system takes the canary route, not the one
+/// for another namespace's gateways; when the labels match no more, the general route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_matches_on_a_gateway_read_the_gateway_proxys_labels_and_namespace()
+-> anyhow::Result<()> {
+    let port = capstan_e2e::gateway_mesh::gateway_port();
+    let routed = |labels: &str, namespace: &str| {
+        let http = format!(
+            "  - match: [{{sourceNamespace: {namespace}, uri: {{prefix: /reviews}}}}]
+    route: [{{destination: {{host: reviews, subset: v1}}}}]
+  - match: [{{sourceLabels: {labels}, uri: {{prefix: /reviews}}}}]
+    route: [{{destination: {{host: reviews, subset: v3}}}}]
+  - route: [{{destination: {{host: reviews, subset: v2}}}}]
+"
+        );
+        format!("{}---\n{}", http_gateway(port, ""), shop_routes(&http))
+    };
+    let mesh = GatewayMesh::start_labelled(
+        "source_matches_on_a_gateway_read_the_gateway_proxys_labels_and_namespace",
+        Path::new(UPSTREAM_BIN),
+        &routed("{version: canary}", "edge"),
+        AdsMode::Delta,
+        &[("istio", "ingressgateway"), ("version", "canary")],
+    )
+    .await?;
+    let addr = mesh.listening(port).await?;
+    let mut client = HttpClient::new(addr);
+    let mut all_at = async |version: &str| {
+        capstan_e2e::wait_until(&format!("shop at {version}"), CONFIG_TIMEOUT, async || {
+            let counts = versions(&mut client, "shop.example.com", 10).await?;
+            ensure!(counts.keys().eq([version]), "{counts:?}");
+            Ok(())
+        })
+        .await
+        .with_context(|| format!("logs in {}", mesh.env.log_dir.display()))
+    };
+    all_at("v3").await?;
+    mesh.env
+        .write_config("gateway.yaml", &routed("{version: stable}", "edge"))?;
+    all_at("v2").await?;
+    mesh.env
+        .write_config("gateway.yaml", &routed("{version: stable}", "istio-system"))?;
+    all_at("v1").await?;
     mesh.gateway.ensure_no_rejected_updates().await
 }
 

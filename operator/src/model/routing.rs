@@ -81,9 +81,8 @@ pub struct HttpMatch {
     /// The calling proxy's namespace must be this one (`sourceNamespace`); sidecars of
     /// other namespaces skip the match.
     pub source_namespace: Option<String>,
-    /// The match selects by the calling workload's labels (`sourceLabels`), which translation
-    /// cannot honour yet and reports.
-    pub source_labels: bool,
+    /// The calling workload's labels must include these (`sourceLabels`); empty: any.
+    pub source_labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,7 +238,7 @@ fn http_match(m: &api::HttpMatchRequest) -> HttpMatch {
         port: (m.port != 0).then_some(m.port),
         gateways: m.gateways.clone(),
         source_namespace: non_empty(&m.source_namespace),
-        source_labels: !m.source_labels.is_empty(),
+        source_labels: m.source_labels.clone(),
     }
 }
 

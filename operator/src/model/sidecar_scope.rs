@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use capstan_crds::ObjectKey;
 use capstan_crds::networking::sidecar::SidecarSpec;
-use capstan_xds::{Role, Selector, Visibility};
+use capstan_xds::{ProxyInfo, Role, Selector, Visibility};
 
 use super::service::ExportTo;
 use super::{Mesh, Problem, VirtualService, hostname};
@@ -367,23 +367,37 @@ impl<'a> ScopeViews<'a> {
         self.views.is_empty()
     }
 
-    /// The view of the sidecars of `namespace` (all of them, or those `labels` select when
-    /// a workload scope does).
+    /// The view of the sidecars `selector` picks by namespace and labels: that of the most
+    /// specific scope picking them, as the snapshot picks a proxy's variant; else the
+    /// default's, as their namespace reads it.
     pub fn for_proxies(&self, selector: &Selector) -> Option<&ScopeView<'a>> {
-        if let Some((_, view)) = self.views.iter().find(|(s, _)| s == selector) {
+        let sidecar = ProxyInfo {
+            role: Role::Sidecar,
+            namespace: selector.namespace.clone(),
+            labels: selector.labels.clone(),
+            ..ProxyInfo::default()
+        };
+        let default = Covers::Default.selector();
+        let scoped = self
+            .views
+            .iter()
+            .filter(|(s, _)| *s != default && s.matches(&sidecar))
+            .max_by_key(|(s, _)| s.specificity());
+        if let Some((_, view)) = scoped {
             return Some(view);
         }
-        let namespace = selector.namespace.as_deref()?;
-        match self.default_by_namespace.get(namespace) {
-            Some(view) => Some(view),
-            // A namespace with neither services nor VirtualServices reads the default as any
-            // other namespace does.
-            None => self
-                .views
+        let by_namespace = selector
+            .namespace
+            .as_deref()
+            .and_then(|ns| self.default_by_namespace.get(ns));
+        // A namespace with neither services nor VirtualServices reads the default as any
+        // other namespace does.
+        by_namespace.or_else(|| {
+            self.views
                 .iter()
-                .find(|(s, _)| *s == Covers::Default.selector())
-                .map(|(_, view)| view),
-        }
+                .find(|(s, _)| *s == default)
+                .map(|(_, view)| view)
+        })
     }
 
     /// The selectors of the scopes in force (namespace and workload ones; the default is the

@@ -127,8 +127,8 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                      routes only)",
                 );
             }
-            // Every http route field is applied (docs/traffic-routes.md) but sourceLabels
-            // (and sourceNamespace on gateways), which translation reports per match.
+            // Every http route field is applied (docs/traffic-routes.md) but sourceLabels and
+            // sourceNamespace on gateways, which translation reports per match.
         }
         IstioObject::Sidecar(sc) => {
             // The egress hosts scope what sidecars receive; ingress listeners (port and

@@ -18,6 +18,7 @@ use capstan_crds::ObjectKey;
 use capstan_xds::{Parts, Resource, Role, Selector, SnapshotBuilder, Update, type_url};
 use prost::Message;
 
+use super::route::{Caller, Labels};
 use super::sidecar::{CaptureState, ListenerMode};
 use super::{OUTBOUND_HTTP, Options, listener, route};
 use crate::model::service::ExportTo;
@@ -31,14 +32,33 @@ type Group = Option<String>;
 /// A virtual host's place in the route configuration: by group, then host, then port.
 type VirtualHostKey = (Group, String, u32);
 
-/// One group's virtual hosts, joined in both forms: `own` for its namespace's variant,
-/// `other` for every other variant.
+/// One group's virtual hosts, joined in the forms the variants read, per label class of the
+/// `sourceLabels` selectors of its VirtualServices.
 struct Segment {
+    selectors: Vec<Labels>,
+    /// Always has the empty class: what sidecars no `sourceLabels` match picks read.
+    by_class: BTreeMap<Labels, SegmentForms>,
+}
+
+/// One group's virtual hosts joined for one label class: `own` for its namespace's variant,
+/// `other` for every other variant.
+struct SegmentForms {
     own: Parts,
     other: Parts,
     /// For a namespace some of the group's hosts are exported to by name, or whose sidecars
     /// a VirtualService match names by `sourceNamespace`: what it reads instead of `other`.
     exported: BTreeMap<String, Parts>,
+}
+
+impl Segment {
+    /// What sidecars whose labels include `labels` read.
+    fn forms(&self, labels: &Labels) -> &SegmentForms {
+        let class = route::class_of(&self.selectors, labels);
+        self.by_class
+            .get(&class)
+            .or_else(|| self.by_class.get(&Labels::new()))
+            .expect("a segment has the empty label class")
+    }
 }
 
 /// One service port's virtual host.
@@ -56,9 +76,11 @@ struct VirtualHostEntry {
     destinations: Vec<String>,
     /// The namespaces whose proxies see it (the service's `exportTo`).
     visible: ExportTo,
-    /// The form the proxies of a namespace its VirtualService names by `sourceNamespace`
-    /// read instead (own or other domains, as for any namespace).
-    by_namespace: BTreeMap<String, Parts>,
+    /// The forms the callers its VirtualService's matches name by source (or it is exported
+    /// to by name) read instead, with the bare name (`true`) or without.
+    by_caller: BTreeMap<(Caller, bool), Parts>,
+    /// Its VirtualService's `sourceLabels` selectors.
+    selectors: Vec<Labels>,
 }
 
 pub struct Translator {
@@ -80,6 +102,9 @@ pub struct Translator {
     domain_claims: domain_claims::DomainClaims,
     /// The selectors of the route variants last built.
     route_variants: BTreeSet<Selector>,
+    /// How many virtual hosts' VirtualServices have each `sourceLabels` selector: the label
+    /// classes of the route variants are their unions.
+    source_selectors: BTreeMap<Labels, usize>,
     /// Hosts some sidecars do not see (`Sidecar` egress scoping), and who does.
     visibility: scoping::HostVisibility,
     /// Scoped route variants' pieces, per variant and group, and the groups whose pieces
@@ -115,6 +140,7 @@ impl Translator {
             carried_by: HashMap::new(),
             domain_claims: Default::default(),
             route_variants: BTreeSet::new(),
+            source_selectors: BTreeMap::new(),
             visibility: Default::default(),
             scoped_segments: HashMap::new(),
             dirty_groups: BTreeSet::new(),
@@ -371,6 +397,9 @@ impl Translator {
         for domain in &entry.own_only_domains {
             self.domain_claims.claim(domain, Some(group));
         }
+        for selector in &entry.selectors {
+            *self.source_selectors.entry(selector.clone()).or_default() += 1;
+        }
     }
 
     /// Undoes [`Self::remember`] for a virtual host being replaced or removed.
@@ -396,6 +425,14 @@ impl Translator {
         }
         for domain in &entry.own_only_domains {
             self.domain_claims.release(domain, Some(group));
+        }
+        for selector in &entry.selectors {
+            if let Some(count) = self.source_selectors.get_mut(selector) {
+                *count -= 1;
+                if *count == 0 {
+                    self.source_selectors.remove(selector);
+                }
+            }
         }
         if let Some(vs) = &entry.virtual_service
             && let Some(by_host) = self.route_problems.get_mut(vs)
@@ -514,3 +551,6 @@ mod wildcard_rule_tests;
 
 #[cfg(test)]
 mod sidecar_ingress_tests;
+
+#[cfg(test)]
+mod source_labels_tests;

@@ -146,7 +146,10 @@ fn source_matches_are_read() {
     route: [{destination: {host: reviews}}]
 ",
     );
-    assert!(labels.source_labels);
+    assert_eq!(
+        labels.source_labels,
+        BTreeMap::from([("app".to_string(), "productpage".to_string())])
+    );
     assert_eq!(labels.source_namespace, None);
     let namespace = only_match(
         "  - match: [{sourceNamespace: frontend}]
@@ -154,13 +157,13 @@ fn source_matches_are_read() {
 ",
     );
     assert_eq!(namespace.source_namespace.as_deref(), Some("frontend"));
-    assert!(!namespace.source_labels);
+    assert!(namespace.source_labels.is_empty());
     let neither = only_match(
         "  - match: [{uri: {prefix: /}}]
     route: [{destination: {host: reviews}}]
 ",
     );
-    assert!(!neither.source_labels && neither.source_namespace.is_none());
+    assert!(neither.source_labels.is_empty() && neither.source_namespace.is_none());
 }
 
 #[test]

@@ -3,6 +3,10 @@
 //! (listener `0.0.0.0_<port>`, routes `http.<port>` for plain HTTP servers and
 //! `https.<port>.<port name>.<gateway>.<namespace>` for each HTTPS server).
 //!
+//! Route configurations come once more for gateway proxies of a namespace or with labels a
+//! bound VirtualService's `sourceNamespace` or `sourceLabels` match names (as istiod compares
+//! them with the gateway proxy's own), beside the listeners' selector.
+//!
 //! Any change that could touch them (a Gateway, a VirtualService bound to one, a service their
 //! routes send to or an AUTO_PASSTHROUGH server covers) rebuilds them all; other changes cost
 //! them nothing. A service *added* under an AUTO_PASSTHROUGH server's hosts is not among
@@ -106,21 +110,39 @@ pub fn build(mesh: &Mesh) -> GatewayConfig {
     }
     for (labels, ports) in by_selector {
         let selector = router_selector(labels);
+        let gateways = ports
+            .values()
+            .flatten()
+            .map(|b| &b.gateway.origin)
+            .collect();
+        // Routes per set of these proxies bound VirtualServices' source matches tell apart.
+        let variants = routes::source_variants(mesh, labels, &gateways);
         for (port, servers) in ports {
             let servers = one_kind_per_port(port, servers, &mut out.problems);
             let built = listener::listener(mesh, port, &servers, &mut out);
-            for server in built.served {
-                let config = routes::route_configuration(mesh, port, server, &mut out);
-                out.routes.push((selector.clone(), config));
-            }
-            if let Some(http) = built.http_route {
-                let http_servers: Vec<&Bound<'_>> = servers
-                    .iter()
-                    .filter(|b| b.server.kind == ServerKind::Http)
-                    .collect();
-                let config =
-                    routes::shared_http_configuration(mesh, port, &http, &http_servers, &mut out);
-                out.routes.push((selector.clone(), config));
+            let http_servers: Vec<&Bound<'_>> = servers
+                .iter()
+                .filter(|b| b.server.kind == ServerKind::Http)
+                .collect();
+            for proxies in &variants {
+                let mut selector = router_selector(&proxies.labels);
+                selector.namespace = proxies.namespace.as_deref().map(Into::into);
+                for (bound, name) in &built.served {
+                    let config =
+                        routes::route_configuration(mesh, port, (bound, name), proxies, &mut out);
+                    out.routes.push((selector.clone(), config));
+                }
+                if let Some(http) = &built.http_route {
+                    let config = routes::shared_http_configuration(
+                        mesh,
+                        port,
+                        http,
+                        &http_servers,
+                        proxies,
+                        &mut out,
+                    );
+                    out.routes.push((selector.clone(), config));
+                }
             }
             // Envoy refuses a listener without filter chains (the whole update with it);
             // nothing on the port would be served anyway, and why is reported.

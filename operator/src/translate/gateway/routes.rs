@@ -2,8 +2,9 @@
 //! server's host, carrying the routes of every VirtualService bound there (in namespace and
 //! name order, as istiod merges them on gateways).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use capstan_crds::ObjectKey;
 use envoy_types::pb::envoy::config::route::v3::virtual_host::TlsRequirementType;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use envoy_types::pb::google::protobuf::BoolValue;
@@ -11,16 +12,18 @@ use envoy_types::pb::google::protobuf::BoolValue;
 use super::{Bound, GatewayConfig, domain_for};
 use crate::model::gateway::names;
 use crate::model::{Mesh, VirtualService};
-use crate::translate::route::{self, Binding, routes_bound};
+use crate::translate::route::{self, Binding, Caller, Labels, routes_bound};
 
-/// The route configuration of one HTTPS server.
+/// The route configuration of one HTTPS server, as the gateway proxies `proxies` stands for
+/// get it.
 pub fn route_configuration(
     mesh: &Mesh,
     port: u32,
-    (bound, name): (&Bound<'_>, String),
+    (bound, name): (&Bound<'_>, &str),
+    proxies: &Caller,
     out: &mut GatewayConfig,
 ) -> RouteConfiguration {
-    configuration(mesh, port, name, &[bound], out)
+    configuration(mesh, port, name, &[bound], proxies, out)
 }
 
 /// The route configuration the plain HTTP servers of one port share.
@@ -29,16 +32,63 @@ pub fn shared_http_configuration(
     port: u32,
     name: &str,
     servers: &[&Bound<'_>],
+    proxies: &Caller,
     out: &mut GatewayConfig,
 ) -> RouteConfiguration {
-    configuration(mesh, port, name.to_string(), servers, out)
+    configuration(mesh, port, name, servers, proxies, out)
+}
+
+/// The gateway proxies a Gateway selector (`labels`) picks that the source conditions of the
+/// VirtualServices bound to `gateways` tell apart, as with istiod, which compares
+/// `sourceNamespace` and `sourceLabels` with the gateway proxy's own: per namespace a match
+/// names (and any other), per label class of the matches' `sourceLabels` (with the selector's
+/// labels, which every proxy it picks has). Without such matches, one: all of them.
+pub fn source_variants(
+    mesh: &Mesh,
+    labels: &Labels,
+    gateways: &BTreeSet<&ObjectKey>,
+) -> BTreeSet<Caller> {
+    let mut namespaces: BTreeSet<Option<&str>> = BTreeSet::from([None]);
+    let mut selectors: BTreeSet<&Labels> = BTreeSet::new();
+    for vs in mesh.virtual_services.values() {
+        let bound = gateways.iter().any(|g| {
+            names(
+                &vs.gateways,
+                &vs.origin.namespace,
+                (g.namespace.as_str(), g.name.as_str()),
+            )
+        });
+        if !bound {
+            continue;
+        }
+        // A match naming its own gateways is not narrowed by source.
+        for m in vs.http.iter().flat_map(|h| &h.matches) {
+            if m.gateways.is_empty() {
+                namespaces.extend(m.source_namespace.as_deref().map(Some));
+                if !m.source_labels.is_empty() && route::union(labels, &m.source_labels).is_some() {
+                    selectors.insert(&m.source_labels);
+                }
+            }
+        }
+    }
+    let classes = route::label_classes(selectors);
+    let mut out = BTreeSet::new();
+    for namespace in namespaces {
+        for class in &classes {
+            if let Some(joined) = route::union(labels, class) {
+                out.insert(Caller::new(namespace, &joined));
+            }
+        }
+    }
+    out
 }
 
 fn configuration(
     mesh: &Mesh,
     port: u32,
-    name: String,
+    name: &str,
     servers: &[&Bound<'_>],
+    proxies: &Caller,
     out: &mut GatewayConfig,
 ) -> RouteConfiguration {
     // Domain → the first server that claimed it and the VirtualServices bound there.
@@ -72,7 +122,7 @@ fn configuration(
     let mut virtual_hosts = Vec::new();
     for (domain, (bound, virtual_services)) in by_domain {
         let origin = &bound.gateway.origin;
-        let binding = Binding::Gateway(&origin.namespace, &origin.name);
+        let binding = Binding::Gateway((&origin.namespace, &origin.name), proxies);
         let mut routes = Vec::new();
         for vs in virtual_services {
             routes.extend(routes_bound(mesh, vs, port, binding, &mut out.problems));
@@ -98,7 +148,7 @@ fn configuration(
         virtual_hosts.push(virtual_host);
     }
     RouteConfiguration {
-        name,
+        name: name.to_string(),
         virtual_hosts,
         // As for sidecars: a route to a service that does not exist (yet) answers 503.
         validate_clusters: Some(BoolValue { value: false }),

@@ -259,3 +259,59 @@ spec:
         && m.contains("already terminates TLS")));
     assert!(messages.iter().any(|m| m.contains("spec.servers[1].port")));
 }
+
+#[test]
+fn source_matches_pick_gateway_proxies_by_their_own_namespace_and_labels() {
+    let vs = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: bookinfo}
+spec:
+  hosts: ["shop.example.com"]
+  gateways: [edge/ingress]
+  http:
+  - match: [{sourceNamespace: edge-canary, uri: {prefix: /reviews}}]
+    route: [{destination: {host: reviews, subset: v3}}]
+  - match: [{sourceLabels: {version: canary}, uri: {prefix: /reviews}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{sourceLabels: {istio: egressgateway}, uri: {prefix: /reviews}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{sourceLabels: {istio: ingressgateway}, uri: {prefix: /reviews}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+"#;
+    let gateway = INGRESS.split("---").next().expect("the Gateway");
+    let config = build(&mesh(&format!("{REVIEWS}---{gateway}---{vs}")));
+    assert_eq!(config.problems, vec![]);
+    // The route configuration a gateway proxy gets, as the snapshot picks its variant.
+    let clusters = |namespace: &str, labels: &[(&str, &str)]| {
+        let proxy = ProxyInfo {
+            namespace: Some(namespace.into()),
+            ..router(labels)
+        };
+        let (_, route) = config
+            .routes
+            .iter()
+            .filter(|(s, r)| r.name == "http.8080" && s.matches(&proxy))
+            .max_by_key(|(s, _)| s.specificity())
+            .expect("a route configuration for the proxy");
+        cluster_of(route, "shop.example.com")
+            .into_iter()
+            .map(|c| c.split('|').nth(2).unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    let ingress = [("istio", "ingressgateway")];
+    assert_eq!(
+        clusters("edge", &ingress),
+        ["v2"],
+        "the selector's labels: every proxy"
+    );
+    assert_eq!(clusters("edge-canary", &ingress), ["v3", "v2"]);
+    let canary = [("istio", "ingressgateway"), ("version", "canary")];
+    assert_eq!(clusters("edge", &canary), ["v1", "v2"]);
+    assert_eq!(clusters("edge-canary", &canary), ["v3", "v1", "v2"]);
+    // Listeners are the same for all of them: the Gateway selector's.
+    assert_eq!(config.listeners.len(), 2);
+    for (selector, _) in &config.listeners {
+        assert_eq!(*selector, router_selector(&router(&ingress).labels));
+    }
+}

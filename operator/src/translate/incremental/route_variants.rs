@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 
 use capstan_xds::{Parts, Resource, Selector, type_url};
 
-use super::{Group, Segment, Translator, VirtualHostEntry, VirtualHostKey, form};
+use super::{
+    Group, Labels, Segment, SegmentForms, Translator, VirtualHostEntry, VirtualHostKey, form,
+};
 use crate::model::Mesh;
 use crate::model::service::ExportTo;
 use crate::model::sidecar_scope::ScopeViews;
@@ -22,13 +24,6 @@ impl Translator {
             self.segments.remove(&group);
             return;
         }
-        let form = |e: &VirtualHostEntry, namespace: Option<&str>| form(e, &group, namespace);
-        let other = Parts::join(entries.iter().filter_map(|e| form(e, None)));
-        // Hosts outside the cluster have no namespace whose variant reads them by bare name.
-        let own = match &group {
-            Some(ns) => Parts::join(entries.iter().filter_map(|e| form(e, Some(ns)))),
-            None => other.clone(),
-        };
         let mut named: BTreeSet<&String> = entries
             .iter()
             .filter_map(|e| match &e.visible {
@@ -37,21 +32,49 @@ impl Translator {
             })
             .flatten()
             .collect();
-        named.extend(entries.iter().flat_map(|e| e.by_namespace.keys()));
-        let exported = named
+        named.extend(
+            entries
+                .iter()
+                .flat_map(|e| e.by_caller.keys())
+                .filter_map(|(caller, _)| caller.namespace.as_ref()),
+        );
+        let selectors: BTreeSet<&Labels> = entries.iter().flat_map(|e| &e.selectors).collect();
+        let by_class = route::label_classes(selectors.iter().copied())
             .into_iter()
-            .filter(|ns| group.as_ref() != Some(*ns))
-            .map(|ns| {
-                let forms = entries.iter().filter_map(|e| form(e, Some(ns)));
-                (ns.clone(), Parts::join(forms))
+            .map(|class| {
+                let join = |namespace: Option<&str>| {
+                    Parts::join(
+                        entries
+                            .iter()
+                            .filter_map(|e| form(e, &group, namespace, &class)),
+                    )
+                };
+                let other = join(None);
+                // Hosts outside the cluster have no namespace whose variant reads them by
+                // bare name.
+                let own = match &group {
+                    Some(ns) => join(Some(ns)),
+                    None => other.clone(),
+                };
+                let exported = named
+                    .iter()
+                    .filter(|ns| group.as_ref() != Some(**ns))
+                    .map(|ns| ((*ns).clone(), join(Some(ns))))
+                    .collect();
+                let forms = SegmentForms {
+                    own,
+                    other,
+                    exported,
+                };
+                (class, forms)
             })
             .collect();
+        let selectors = selectors.into_iter().cloned().collect();
         self.segments.insert(
             group,
             Segment {
-                own,
-                other,
-                exported,
+                selectors,
+                by_class,
             },
         );
     }
@@ -72,7 +95,6 @@ impl Translator {
     }
 
     fn routes(&mut self, mesh: &Mesh, views: &ScopeViews) -> Vec<(Selector, Resource)> {
-        let selector = |ns: Option<&str>| ns.map_or_else(Selector::all, Selector::namespace);
         let modes = self.outbound_modes(mesh);
         if self.domain_claims.any_repeated() {
             // Two hosts claim one name: the slow path drops the later claims, as a full
@@ -82,8 +104,8 @@ impl Translator {
             let capture = self.fallbacks.is_some();
             return configs
                 .into_iter()
-                .filter_map(|(ns, mut config)| {
-                    let selector = selector(ns.as_deref());
+                .filter_map(|(caller, mut config)| {
+                    let selector = variant_selector(caller.namespace.as_deref(), &caller.labels);
                     if capture {
                         let mode = *modes.for_proxies(&selector);
                         config.virtual_hosts.push(fallback_virtual_host(mode));
@@ -96,11 +118,22 @@ impl Translator {
             return self.scoped_routes(mesh, views, &modes);
         }
         self.scoped_segments.clear();
-        let fallback = self.fallback(modes.everyone);
-        self.route_namespaces()
-            .into_iter()
-            .map(|ns| (selector(ns), self.assembled_routes(ns, fallback.clone())))
-            .collect()
+        let classes = self.label_classes();
+        let mut out = Vec::new();
+        for ns in self.route_namespaces() {
+            for labels in &classes {
+                let selector = variant_selector(ns, labels);
+                let fallback = self.fallback(*modes.for_proxies(&selector));
+                out.push((selector, self.assembled_routes(ns, labels, fallback)));
+            }
+        }
+        out
+    }
+
+    /// The label classes of the route variants: the unions of the `sourceLabels` selectors
+    /// of every VirtualService some virtual host carries (the empty class first).
+    pub(super) fn label_classes(&self) -> Vec<Labels> {
+        route::label_classes(self.source_selectors.keys())
     }
 
     /// The namespaces with a route variant of their own: those with cluster-local hosts or
@@ -109,7 +142,8 @@ impl Translator {
         let mut namespaces = BTreeSet::from([None]);
         for (group, segment) in &self.segments {
             namespaces.extend(group.as_deref().map(Some));
-            namespaces.extend(segment.exported.keys().map(|ns| Some(ns.as_str())));
+            let forms = segment.forms(&Labels::new());
+            namespaces.extend(forms.exported.keys().map(|ns| Some(ns.as_str())));
         }
         namespaces
     }
@@ -126,20 +160,22 @@ impl Translator {
     }
 
     /// The route configuration of the proxies of `namespace` (`None`: of a namespace no
-    /// host or match names), from the joined segments, ending with `fallback`.
+    /// host or match names) whose labels include `labels`, from the joined segments, ending
+    /// with `fallback`.
     pub(super) fn assembled_routes(
         &self,
         namespace: Option<&str>,
+        labels: &Labels,
         fallback: Option<Parts>,
     ) -> Resource {
-        let segments = self
-            .segments
-            .iter()
-            .map(|(group, segment)| match namespace {
-                Some(ns) if group.as_deref() == Some(ns) => segment.own.clone(),
-                Some(ns) => segment.exported.get(ns).unwrap_or(&segment.other).clone(),
-                None => segment.other.clone(),
-            });
+        let segments = self.segments.iter().map(|(group, segment)| {
+            let forms = segment.forms(labels);
+            match namespace {
+                Some(ns) if group.as_deref() == Some(ns) => forms.own.clone(),
+                Some(ns) => forms.exported.get(ns).unwrap_or(&forms.other).clone(),
+                None => forms.other.clone(),
+            }
+        });
         let parts = Parts::join(
             std::iter::once(self.header.clone())
                 .chain(segments)
@@ -147,4 +183,12 @@ impl Translator {
         );
         Resource::from_parts(type_url::ROUTE, OUTBOUND_HTTP, parts)
     }
+}
+
+/// The selector of the route variant of the sidecars of `namespace` (`None`: any) whose
+/// labels include `labels`.
+pub(super) fn variant_selector(namespace: Option<&str>, labels: &Labels) -> Selector {
+    let mut selector = namespace.map_or_else(Selector::all, Selector::namespace);
+    selector.labels = labels.clone();
+    selector
 }

@@ -13,14 +13,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use capstan_crds::ObjectKey;
 use capstan_xds::{Parts, Resource, Selector, Update, Visibility, type_url};
 
-use super::{Group, HostResources, Translator, VirtualHostEntry, group_of};
+use super::route_variants::variant_selector;
+use super::{Caller, Group, HostResources, Labels, Translator, VirtualHostEntry, group_of};
 use crate::model::Mesh;
 use crate::model::VirtualService;
 use crate::model::service::ExportTo;
 use crate::model::sidecar_scope::{
-    Covers, OutboundModes, ScopeView, ScopeViews, virtual_service_destinations,
+    OutboundModes, ScopeView, ScopeViews, virtual_service_destinations,
 };
-use crate::translate::OUTBOUND_HTTP;
+use crate::translate::{OUTBOUND_HTTP, route};
 
 /// The visibility last set per host, for the hosts some sidecars do not see.
 pub(super) type HostVisibility = BTreeMap<String, Visibility>;
@@ -169,45 +170,51 @@ impl Translator {
         views: &ScopeViews,
         modes: &OutboundModes,
     ) -> Vec<(Selector, Resource)> {
+        let classes = self.label_classes();
         let mut namespaces = self.route_namespaces();
         namespaces.extend(views.selectors().map(|s| s.namespace.as_deref()));
+        // Per namespace and label class as without scoping; and per workload scope, with
+        // each label class its labels can carry too.
+        let mut selectors = BTreeSet::new();
+        for namespace in namespaces {
+            for labels in &classes {
+                selectors.insert(variant_selector(namespace, labels));
+            }
+        }
+        for scope in views.selectors().filter(|s| !s.labels.is_empty()) {
+            for labels in &classes {
+                if let Some(joined) = route::union(&scope.labels, labels) {
+                    let mut selector = scope.clone();
+                    selector.labels = joined;
+                    selectors.insert(selector);
+                }
+            }
+        }
         let mut out = Vec::new();
         let mut kept = HashMap::new();
-        for namespace in namespaces {
-            let (selector, covers) = match namespace {
-                Some(ns) => (Selector::namespace(ns), Covers::Namespace(ns.to_string())),
-                None => (Selector::all(), Covers::Default),
-            };
+        for selector in selectors {
+            let namespace = selector.namespace.as_deref();
             let fallback = self.fallback(*modes.for_proxies(&selector));
-            let resource = match views.for_proxies(&covers.selector()) {
+            let resource = match views.for_proxies(&selector) {
                 Some(view) => {
-                    let pieces = self.filtered_routes(mesh, &selector, namespace, view, &mut kept);
+                    let pieces = self.filtered_routes(mesh, &selector, view, &mut kept);
                     routes_of(pieces.chain(fallback))
                 }
-                None => self.assembled_routes(namespace, fallback),
+                None => self.assembled_routes(namespace, &selector.labels, fallback),
             };
             out.push((selector, resource));
-        }
-        for selector in views.selectors().filter(|s| !s.labels.is_empty()) {
-            if let Some(view) = views.for_proxies(selector) {
-                let namespace = selector.namespace.as_deref();
-                let fallback = self.fallback(*modes.for_proxies(selector));
-                let pieces = self.filtered_routes(mesh, selector, namespace, view, &mut kept);
-                out.push((selector.clone(), routes_of(pieces.chain(fallback))));
-            }
         }
         // Pieces of variants or groups that are gone are dropped.
         self.scoped_segments = kept;
         out
     }
 
-    /// The route configuration of the sidecars `selector` picks (of `namespace`), which see
-    /// what `view` sees: the header and a piece per group, kept in `kept`.
+    /// The route configuration of the sidecars `selector` picks, which see what `view`
+    /// sees: the header and a piece per group, kept in `kept`.
     fn filtered_routes(
         &self,
         mesh: &Mesh,
         selector: &Selector,
-        namespace: Option<&str>,
         view: &ScopeView,
         kept: &mut HashMap<(Selector, Group), Parts>,
     ) -> std::vec::IntoIter<Parts> {
@@ -216,7 +223,7 @@ impl Translator {
             let key = (selector.clone(), group.clone());
             let piece = match self.scoped_segments.get(&key) {
                 Some(piece) if !self.dirty_groups.contains(group) => piece.clone(),
-                _ => self.filtered_group(mesh, group, namespace, view),
+                _ => self.filtered_group(mesh, group, selector, view),
             };
             pieces.push(piece.clone());
             kept.insert(key, piece);
@@ -224,15 +231,16 @@ impl Translator {
         pieces.into_iter()
     }
 
-    /// The virtual hosts of `group` the sidecars of `namespace` that see what `view` sees
-    /// get, joined.
+    /// The virtual hosts of `group` the sidecars `selector` picks, which see what `view`
+    /// sees, get, joined.
     fn filtered_group(
         &self,
         mesh: &Mesh,
         group: &Group,
-        namespace: Option<&str>,
+        selector: &Selector,
         view: &ScopeView,
     ) -> Parts {
+        let namespace = selector.namespace.as_deref();
         let seen = self
             .group_entries(group)
             .filter(|((_, host, _), _)| {
@@ -240,21 +248,31 @@ impl Translator {
                     .get(host)
                     .is_some_and(|s| view.sees(s.namespace(), host))
             })
-            .filter_map(|(_, entry)| form(entry, group, namespace));
+            .filter_map(|(_, entry)| form(entry, group, namespace, &selector.labels));
         Parts::join(seen)
     }
 }
 
-/// What proxies of `namespace` (`None`: of a namespace no host or match names) read of one
-/// virtual host of `group`; nothing when it is not exported to them.
-pub(super) fn form(e: &VirtualHostEntry, group: &Group, namespace: Option<&str>) -> Option<Parts> {
+/// What proxies of `namespace` (`None`: of a namespace no host or match names) whose labels
+/// include `labels` read of one virtual host of `group`; nothing when it is not exported to
+/// them.
+pub(super) fn form(
+    e: &VirtualHostEntry,
+    group: &Group,
+    namespace: Option<&str>,
+    labels: &Labels,
+) -> Option<Parts> {
     if !e.visible.includes(namespace) {
         return None;
     }
-    if let Some(form) = namespace.and_then(|ns| e.by_namespace.get(ns)) {
-        return Some(form.clone());
-    }
     let own = namespace.is_some() && group.as_deref() == namespace;
+    if !e.by_caller.is_empty() {
+        let class = route::class_of(&e.selectors, labels);
+        let named = namespace.and_then(|ns| e.by_caller.get(&(Caller::new(Some(ns), &class), own)));
+        if let Some(form) = named.or_else(|| e.by_caller.get(&(Caller::new(None, &class), own))) {
+            return Some(form.clone());
+        }
+    }
     Some(if own { e.own.clone() } else { e.other.clone() })
 }
 

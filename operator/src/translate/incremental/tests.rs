@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use capstan_xds::{SnapshotCache, TYPES};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
+use super::route_variants::variant_selector;
 use super::*;
 use crate::index::{
     Event, Health, Index, KubeService, KubeServicePort, NsName, Record, RecordKey, SliceEndpoint,
@@ -369,18 +370,15 @@ pub(super) fn assert_routes_decode_as_route_configurations(mesh: &Mesh) {
         .expect("the routes are served");
     let (expected, _) = route::route_configurations(mesh);
     assert_eq!(entry.variants().len(), expected.len());
-    for (namespace, config) in expected {
-        let selector = match &namespace {
-            Some(ns) => Selector::namespace(ns),
-            None => Selector::all(),
-        };
+    for (caller, config) in expected {
+        let selector = variant_selector(caller.namespace.as_deref(), &caller.labels);
         let (_, resource) = entry
             .variants()
             .iter()
             .find(|(s, _)| *s == selector)
-            .unwrap_or_else(|| panic!("no variant for {namespace:?}"));
+            .unwrap_or_else(|| panic!("no variant for {caller:?}"));
         let decoded = RouteConfiguration::decode(resource.body()).expect("a RouteConfiguration");
-        assert_eq!(decoded, config, "variant {namespace:?}");
+        assert_eq!(decoded, config, "variant {caller:?}");
     }
 }
 
@@ -428,7 +426,7 @@ spec:
     let mut translator = Translator::new(options());
     translator.full(&mesh);
     let segment = |t: &Translator, ns: &str| {
-        let s = &t.segments[&Some(ns.to_string())];
+        let s = t.segments[&Some(ns.to_string())].forms(&Labels::new());
         (s.own.clone(), s.other.clone())
     };
     let (one_own, one_other) = segment(&translator, "one");

@@ -1,5 +1,7 @@
 //! The virtual hosts of one service host, in the forms the route variants read them in.
 
+use std::collections::BTreeMap;
+
 use capstan_crds::ObjectKey;
 use capstan_xds::Parts;
 use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration};
@@ -61,14 +63,18 @@ pub(super) fn build_virtual_hosts(mesh: &Mesh, host: &str) -> Option<BuiltVirtua
             )
         };
         let group = group_of(host, &mesh.domain_suffix);
-        let by_namespace = routes
-            .by_namespace
-            .iter()
-            .map(|(ns, routes)| {
-                let own = group.as_deref() == Some(ns.as_str());
-                (ns.clone(), encode(domains(own), routes))
-            })
-            .collect();
+        let mut by_caller = BTreeMap::new();
+        for (caller, routes) in &routes.by_caller {
+            // A named namespace reads the bare name if the host is its own; any other
+            // namespace reads it in the group's own namespace only.
+            let owns = match &caller.namespace {
+                Some(ns) => vec![group.as_ref() == Some(ns)],
+                None => vec![true, false],
+            };
+            for own in owns {
+                by_caller.insert((caller.clone(), own), encode(domains(own), routes));
+            }
+        }
         let other_domains = domains(false);
         let own_only_domains = own_domains
             .iter()
@@ -78,7 +84,8 @@ pub(super) fn build_virtual_hosts(mesh: &Mesh, host: &str) -> Option<BuiltVirtua
         let entry = VirtualHostEntry {
             own: encode(own_domains, &routes.rest),
             other: encode(other_domains.clone(), &routes.rest),
-            by_namespace,
+            by_caller,
+            selectors: routes.selectors.clone(),
             domains: other_domains,
             own_only_domains,
             virtual_service: virtual_service.map(|vs| vs.origin.clone()),

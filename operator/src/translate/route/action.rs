@@ -23,6 +23,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatchAndSubstitute, Regex
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 
+use super::caller::Caller;
 use super::convert::duration;
 use super::cors::cors_policy;
 use super::fault::http_fault;
@@ -42,36 +43,42 @@ pub const NO_TIMEOUT: Duration = Duration {
 };
 
 /// Which proxies routes are built for: sidecars (the reserved gateway `mesh`) or the proxies
-/// of one Gateway, as (namespace, name).
+/// of one Gateway, as (namespace, name); of one namespace and label class when matches name
+/// them by source (a gateway proxy's own labels and namespace, as with istiod).
 #[derive(Debug, Clone, Copy)]
 pub enum Binding<'a> {
-    /// Sidecars; of one namespace when some match names its `sourceNamespace`.
-    Mesh(Option<&'a str>),
-    Gateway(&'a str, &'a str),
+    Mesh(&'a Caller),
+    Gateway((&'a str, &'a str), &'a Caller),
 }
 
-impl Binding<'_> {
+impl<'a> Binding<'a> {
     /// Whether a match's `gateways` (as written in a VirtualService of `namespace`) name this.
     fn named_in(self, gateways: &[String], namespace: &str) -> bool {
         match self {
             Binding::Mesh(_) => gateways.iter().any(|g| g == "mesh"),
-            Binding::Gateway(ns, name) => {
-                crate::model::gateway::names(gateways, namespace, (ns, name))
+            Binding::Gateway(gateway, _) => {
+                crate::model::gateway::names(gateways, namespace, gateway)
             }
+        }
+    }
+
+    fn caller(self) -> &'a Caller {
+        match self {
+            Binding::Mesh(caller) | Binding::Gateway(_, caller) => caller,
         }
     }
 }
 
-/// The Envoy routes of `vs` for requests arriving for service port `port` from sidecars of
-/// `namespace` (`None`: of a namespace no match names), in order.
+/// The Envoy routes of `vs` for requests arriving for service port `port` from the sidecars
+/// `caller` stands for, in order.
 pub fn routes(
     mesh: &Mesh,
     vs: &VirtualService,
     port: u32,
-    namespace: Option<&str>,
+    caller: &Caller,
     problems: &mut Vec<Problem>,
 ) -> Vec<Route> {
-    routes_bound(mesh, vs, port, Binding::Mesh(namespace), problems)
+    routes_bound(mesh, vs, port, Binding::Mesh(caller), problems)
 }
 
 /// [`routes`] for the proxies of `binding`: a match naming other gateways is left out.
@@ -93,40 +100,19 @@ pub fn routes_bound(
         } else {
             http.matches.iter().map(Some).collect()
         };
-        for (j, m) in matches.into_iter().enumerate() {
+        for m in matches {
             if let Some(m) = m {
                 if m.port.is_some_and(|p| p != port) {
                     continue;
                 }
-                if !m.gateways.is_empty() && !binding.named_in(&m.gateways, &vs.origin.namespace) {
+                let applies = if !m.gateways.is_empty() {
+                    // As istiod: a match naming its gateways is not narrowed by source.
+                    binding.named_in(&m.gateways, &vs.origin.namespace)
+                } else {
+                    binding.caller().selects(m)
+                };
+                if !applies {
                     continue;
-                }
-                if m.source_labels {
-                    problems.push(Problem {
-                        object: vs.origin.clone(),
-                        field: format!("{field}.match[{j}].sourceLabels"),
-                        message: "sourceLabels matches are not supported yet; this match is not \
-                                  served"
-                            .into(),
-                    });
-                    continue;
-                }
-                if let Some(wanted) = &m.source_namespace {
-                    match binding {
-                        Binding::Mesh(namespace) if namespace == Some(wanted.as_str()) => {}
-                        // Another namespace's sidecars: the match is not theirs.
-                        Binding::Mesh(_) => continue,
-                        Binding::Gateway(..) => {
-                            problems.push(Problem {
-                                object: vs.origin.clone(),
-                                field: format!("{field}.match[{j}].sourceNamespace"),
-                                message: "sourceNamespace matches are not applied on gateways \
-                                          yet; this match is not served there"
-                                    .into(),
-                            });
-                            continue;
-                        }
-                    }
                 }
             }
             out.push(Route {

@@ -1,7 +1,7 @@
 //! The route and match fields translation handles besides the policies, checked on the
 //! Envoy routes built from VirtualService YAML: regex and case-insensitive paths, absent
 //! headers, query parameters, port-specific matches, the timeout and prefix rewrite, and
-//! what is reported instead of served (source matches).
+//! the routes sidecars get by their namespace and labels (source matches).
 
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier;
@@ -10,12 +10,21 @@ use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration};
 use envoy_types::pb::google::protobuf::BoolValue;
 
-use super::route_configurations;
+use super::{Labels, route_configurations};
 use crate::translate::test_support::{REVIEWS, mesh};
 
 /// Reviews' routes (port 9080) for a VirtualService with this `http` list, and the
 /// problems translation reported.
 fn routes_and_problems(http: &str) -> (Vec<Route>, Vec<String>) {
+    routes_for(http, Some("bookinfo"), &[])
+}
+
+/// [`routes_and_problems`] as the sidecars of `namespace` with `labels` get them.
+fn routes_for(
+    http: &str,
+    namespace: Option<&str>,
+    labels: &[(&str, &str)],
+) -> (Vec<Route>, Vec<String>) {
     let yaml = format!(
         "{REVIEWS}---
 apiVersion: networking.istio.io/v1
@@ -26,12 +35,16 @@ spec:
   http:
 {http}"
     );
+    let labels: Labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let (configs, problems) = route_configurations(&mesh(&yaml));
     let config: RouteConfiguration = configs
         .into_iter()
-        .find(|(ns, _)| ns.as_deref() == Some("bookinfo"))
+        .find(|(caller, _)| caller.namespace.as_deref() == namespace && caller.labels == labels)
         .map(|(_, c)| c)
-        .expect("a bookinfo variant");
+        .unwrap_or_else(|| panic!("no variant for {namespace:?} {labels:?}"));
     let routes = config
         .virtual_hosts
         .into_iter()
@@ -105,24 +118,68 @@ fn match_fields_timeout_and_rewrite_on_the_envoy_route() {
 }
 
 #[test]
-fn source_matches_are_reported_not_served() {
-    let (routes, problems) = routes_and_problems(
-        "  - match: [{sourceLabels: {app: productpage}}, {uri: {prefix: /all}}]
+fn source_labels_matches_are_in_the_routes_of_the_sidecars_they_select() {
+    let http = "  - match: [{sourceLabels: {app: productpage}}, {uri: {prefix: /all}}]
     route: [{destination: {host: reviews, subset: v1}}]
-",
+  - name: front-v2
+    match: [{sourceLabels: {version: v2}, sourceNamespace: front}]
+    route: [{destination: {host: reviews, subset: v2}}]
+";
+    // Each route as (name, path prefix).
+    let shape = |namespace: Option<&str>, labels: &[(&str, &str)]| {
+        let (routes, problems) = routes_for(http, namespace, labels);
+        assert_eq!(problems, Vec::<String>::new());
+        routes
+            .iter()
+            .map(|r| {
+                let prefix = match r.r#match.as_ref().and_then(|m| m.path_specifier.clone()) {
+                    Some(PathSpecifier::Prefix(p)) => p,
+                    other => panic!("{other:?}"),
+                };
+                (r.name.clone(), prefix)
+            })
+            .collect::<Vec<_>>()
+    };
+    let all = ("http[0]".to_string(), "/all".to_string());
+    let productpage = ("http[0]".to_string(), "/".to_string());
+    let front_v2 = ("front-v2".to_string(), "/".to_string());
+    assert_eq!(shape(Some("bookinfo"), &[]), vec![all.clone()]);
+    assert_eq!(shape(None, &[]), vec![all.clone()]);
+    assert_eq!(
+        shape(Some("bookinfo"), &[("app", "productpage")]),
+        [productpage.clone(), all.clone()]
     );
     assert_eq!(
-        routes.len(),
-        1,
-        "only the match without a source: {routes:?}"
+        shape(None, &[("app", "productpage")]),
+        [productpage.clone(), all.clone()],
+        "sourceLabels picks workloads of any namespace"
     );
-    assert!(matches!(
-        &routes[0].r#match.as_ref().and_then(|m| m.path_specifier.clone()),
-        Some(PathSpecifier::Prefix(p)) if p == "/all"
-    ));
-    assert_eq!(problems.len(), 1, "{problems:?}");
-    assert!(
-        problems[0].contains("spec.http[0].match[0]"),
-        "{problems:?}"
+    assert_eq!(
+        shape(Some("bookinfo"), &[("version", "v2")]),
+        vec![all.clone()],
+        "sourceNamespace still holds"
     );
+    assert_eq!(
+        shape(Some("front"), &[("version", "v2")]),
+        [all.clone(), front_v2.clone()]
+    );
+    assert_eq!(
+        shape(Some("front"), &[("app", "productpage"), ("version", "v2")]),
+        [productpage, all, front_v2],
+        "a workload both selectors pick gets both matches"
+    );
+}
+
+#[test]
+fn a_match_naming_its_gateways_is_not_narrowed_by_source() {
+    // As istiod: `gateways` on a match decides alone whether sidecars get it.
+    let http =
+        "  - match: [{sourceLabels: {app: productpage}, gateways: [mesh], uri: {prefix: /a}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{sourceNamespace: front, gateways: [mesh], uri: {prefix: /b}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+";
+    let (routes, problems) = routes_for(http, Some("bookinfo"), &[]);
+    assert_eq!(problems, Vec::<String>::new());
+    assert_eq!(routes.len(), 2, "{routes:?}");
 }

@@ -3,6 +3,7 @@
 //! host, or a single default route to the service when there is none.
 
 mod action;
+mod caller;
 mod convert;
 mod cors;
 mod fault;
@@ -15,6 +16,7 @@ mod retry;
 pub(super) use retry::hoist_shared_policy;
 
 pub(super) use action::{Binding, cluster_for, routes_bound};
+pub(crate) use caller::{Caller, Labels, class_of, label_classes, union};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,22 +33,23 @@ use crate::model::hostname;
 use crate::model::service::ExportTo;
 use crate::model::{Mesh, Port, Problem, Service, VirtualService};
 
-/// The outbound route configuration as seen from each namespace. Short names resolve in the
-/// proxy's namespace, as with Istio: `reviews` means `reviews.<proxy namespace>.svc...`, so a
-/// namespace with services of its own gets its own variant (`Some(ns)`); `None` is the
-/// variant for every other proxy, which answers only to qualified names.
-pub fn route_configurations(
-    mesh: &Mesh,
-) -> (Vec<(Option<String>, RouteConfiguration)>, Vec<Problem>) {
+/// The outbound route configuration as seen by each set of sidecars. Short names resolve in
+/// the proxy's namespace, as with Istio: `reviews` means `reviews.<proxy namespace>.svc...`,
+/// so a namespace with services of its own gets its own variant; so do the namespaces and
+/// label classes VirtualService matches name by source. [`Caller::anyone`] is the variant
+/// for every other sidecar, which answers only to qualified names.
+pub fn route_configurations(mesh: &Mesh) -> (Vec<(Caller, RouteConfiguration)>, Vec<Problem>) {
     let mut problems = Vec::new();
-    // Routes are built once per service port (and per namespace a match names by source);
+    // Routes are built once per service port (and per caller its matches name by source);
     // only the domains differ between variants.
     let mut entries = Vec::new();
     let mut by_source: BTreeSet<String> = BTreeSet::new();
+    let mut selectors: BTreeSet<Labels> = BTreeSet::new();
     for service in mesh.services.values() {
         for (i, port) in http_ports(service).into_iter().enumerate() {
             let routes = host_port_routes(mesh, service, port.number, &mut problems);
-            by_source.extend(routes.by_namespace.keys().cloned());
+            by_source.extend(routes.by_caller.keys().filter_map(|c| c.namespace.clone()));
+            selectors.extend(routes.selectors.iter().cloned());
             entries.push(HostPort {
                 service,
                 namespace: hostname::local_namespace(&service.host, &mesh.domain_suffix),
@@ -72,13 +75,15 @@ pub fn route_configurations(
         .chain(exported_to)
         .chain(by_source.iter().map(|ns| Some(ns.as_str())))
         .collect();
-    let configs = namespaces
-        .into_iter()
-        .map(|namespace| {
-            let config = config_for(&entries, namespace, &mesh.domain_suffix);
-            (namespace.map(str::to_string), config)
-        })
-        .collect();
+    let classes = label_classes(&selectors);
+    let mut configs = Vec::new();
+    for namespace in namespaces {
+        for labels in &classes {
+            let caller = Caller::new(namespace, labels);
+            let config = config_for(&entries, &caller, &mesh.domain_suffix);
+            configs.push((caller, config));
+        }
+    }
     (configs, problems)
 }
 
@@ -99,11 +104,24 @@ pub(super) fn http_ports(service: &Service) -> Vec<&Port> {
     ports
 }
 
-/// The routes of a service port's virtual host: for sidecars of the namespaces its
-/// VirtualService's matches name by `sourceNamespace`, and for every other sidecar.
+/// The routes of a service port's virtual host: for the callers its VirtualService's matches
+/// name by source (or it is exported to by name), and for every other sidecar.
 pub(super) struct PortRoutes {
     pub rest: Vec<Route>,
-    pub by_namespace: BTreeMap<String, Vec<Route>>,
+    pub by_caller: BTreeMap<Caller, Vec<Route>>,
+    /// The VirtualService's `sourceLabels` selectors.
+    pub selectors: Vec<Labels>,
+}
+
+impl PortRoutes {
+    /// The routes the sidecars of `namespace` whose labels include `labels` get.
+    pub fn for_caller(&self, namespace: Option<&str>, labels: &Labels) -> &Vec<Route> {
+        let class = class_of(&self.selectors, labels);
+        let named = namespace.and_then(|ns| self.by_caller.get(&Caller::new(Some(ns), &class)));
+        named
+            .or_else(|| self.by_caller.get(&Caller::new(None, &class)))
+            .unwrap_or(&self.rest)
+    }
 }
 
 /// The routes of a service port's virtual host: its VirtualService's, or one default route.
@@ -116,37 +134,55 @@ pub(super) fn host_port_routes(
     let Some(vs) = mesh.virtual_service_for(&service.host) else {
         return PortRoutes {
             rest: vec![default_route(service, port)],
-            by_namespace: BTreeMap::new(),
+            by_caller: BTreeMap::new(),
+            selectors: Vec::new(),
         };
     };
     // Sidecars of namespaces a match names by `sourceNamespace` get routes of their own; so
     // do those of the namespaces a VirtualService exported by name is exported to, while
-    // every other sidecar routes as if there were none.
+    // every other sidecar routes as if there were none. Each of these, and every other
+    // sidecar, has routes per label class of the matches' `sourceLabels`.
     let mut named: BTreeSet<&str> = vs
         .http
         .iter()
         .flat_map(|h| &h.matches)
         .filter_map(|m| m.source_namespace.as_deref())
         .collect();
-    let rest = match &vs.export_to {
-        ExportTo::All => action::routes(mesh, vs, port, None, problems),
-        ExportTo::Namespaces(exported) => {
-            named.extend(exported.iter().map(String::as_str));
-            // Its problems, said once, as for any VirtualService.
-            action::routes(mesh, vs, port, None, problems);
-            vec![default_route(service, port)]
-        }
+    // Its problems, said once, as for any VirtualService.
+    let anyone = action::routes(mesh, vs, port, &Caller::anyone(), problems);
+    let exported_to_all = vs.export_to == ExportTo::All;
+    let rest = if exported_to_all {
+        anyone
+    } else {
+        vec![default_route(service, port)]
     };
-    let by_namespace = named
-        .into_iter()
-        .filter(|ns| vs.export_to.includes(Some(ns)))
-        .map(|ns| {
-            // The same problems as for the rest, said once.
-            let routes = action::routes(mesh, vs, port, Some(ns), &mut Vec::new());
-            (ns.to_string(), routes)
-        })
-        .collect();
-    PortRoutes { rest, by_namespace }
+    if let ExportTo::Namespaces(exported) = &vs.export_to {
+        named.extend(exported.iter().map(String::as_str));
+    }
+    let selectors: Vec<Labels> = caller::source_selectors(vs).into_iter().collect();
+    let classes = label_classes(&selectors);
+    let mut by_caller = BTreeMap::new();
+    for labels in &classes {
+        if !labels.is_empty() {
+            let caller = Caller::new(None, labels);
+            let routes = if exported_to_all {
+                action::routes(mesh, vs, port, &caller, &mut Vec::new())
+            } else {
+                rest.clone()
+            };
+            by_caller.insert(caller, routes);
+        }
+        for ns in named.iter().filter(|ns| vs.export_to.includes(Some(ns))) {
+            let caller = Caller::new(Some(ns), labels);
+            let routes = action::routes(mesh, vs, port, &caller, &mut Vec::new());
+            by_caller.insert(caller, routes);
+        }
+    }
+    PortRoutes {
+        rest,
+        by_caller,
+        selectors,
+    }
 }
 
 /// A service port's virtual host, its routes' shared retry policy said once.
@@ -174,9 +210,10 @@ pub(super) fn empty_config() -> RouteConfiguration {
 
 fn config_for(
     entries: &[HostPort<'_>],
-    namespace: Option<&str>,
+    caller: &Caller,
     domain_suffix: &str,
 ) -> RouteConfiguration {
+    let namespace = caller.namespace.as_deref();
     let mut taken = BTreeSet::new();
     let virtual_hosts = entries
         .iter()
@@ -184,9 +221,7 @@ fn config_for(
         .filter_map(|entry| {
             let same_namespace = entry.namespace.is_some() && entry.namespace == namespace;
             let domains = domains(entry, same_namespace, domain_suffix, &mut taken);
-            let routes = namespace
-                .and_then(|ns| entry.routes.by_namespace.get(ns))
-                .unwrap_or(&entry.routes.rest);
+            let routes = entry.routes.for_caller(namespace, &caller.labels);
             (!domains.is_empty()).then(|| {
                 let name = format!("{}:{}", entry.service.host, entry.port);
                 virtual_host(name, domains, routes.clone())

@@ -53,7 +53,9 @@ spec:
     assert!(problems.is_empty(), "{problems:?}");
     let config: RouteConfiguration = configs
         .into_iter()
-        .find(|(ns, _)| ns.as_deref() == Some("bookinfo"))
+        .find(|(caller, _)| {
+            caller.namespace.as_deref() == Some("bookinfo") && caller.labels.is_empty()
+        })
         .map(|(_, c)| c)
         .expect("a bookinfo variant");
     as_applied(
@@ -339,7 +341,9 @@ spec:
     assert!(problems.is_empty(), "{problems:?}");
     let (_, config) = configs
         .into_iter()
-        .find(|(ns, _)| ns.as_deref() == Some("bookinfo"))
+        .find(|(caller, _)| {
+            caller.namespace.as_deref() == Some("bookinfo") && caller.labels.is_empty()
+        })
         .expect("a bookinfo variant");
     let routes = as_applied(config.virtual_hosts[0].clone());
     let action = forward(&routes[0]);

@@ -23,7 +23,7 @@ fn config_in(yaml: &str, namespace: Option<&str>) -> (RouteConfiguration, Vec<St
     let (configs, problems) = route_configurations(&mesh(yaml));
     let config = configs
         .into_iter()
-        .find(|(ns, _)| ns.as_deref() == namespace)
+        .find(|(caller, _)| caller.namespace.as_deref() == namespace && caller.labels.is_empty())
         .map(|(_, c)| c)
         .unwrap_or_else(|| panic!("no variant for namespace {namespace:?}"));
     (config, problems.iter().map(ToString::to_string).collect())

@@ -1,6 +1,7 @@
-//! Routing that depends on who calls: a VirtualService match on `sourceNamespace` sends the
-//! sidecars of one namespace elsewhere than everybody else's, proven with two real Envoys of
-//! different namespaces asking for the same host. Logs: `<target>/debug/e2e-logs/<test name>/`.
+//! Routing that depends on who calls: VirtualService matches on `sourceNamespace` and
+//! `sourceLabels` send the sidecars of one namespace, or of workloads with some labels,
+//! elsewhere than everybody else's, proven with real Envoys of different namespaces and
+//! labels asking for the same host. Logs: `<target>/debug/e2e-logs/<test name>/`.
 //!
 //! Envoy must be installed (`make test` installs it); a missing Envoy fails the tests.
 
@@ -9,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, ensure};
 use capstan_e2e::envoy::AdsMode;
 use capstan_e2e::fixtures::REVIEWS_HOST;
-use capstan_e2e::mesh::{CONFIG_TIMEOUT, ReviewsMesh};
+use capstan_e2e::mesh::{CONFIG_TIMEOUT, REVIEWS_VS_FILE, ReviewsMesh};
 
 const UPSTREAM_BIN: &str = env!("CARGO_BIN_EXE_capstan-upstream");
 
@@ -48,6 +49,67 @@ async fn source_namespace_routes_by_the_callers_namespace() -> anyhow::Result<()
     mesh.expect_all(&[], "v1", 10).await?;
     shop_envoy.ensure_no_rejected_updates().await?;
     mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// `sourceLabels`: productpage's sidecars are sent to v2, those of `version: canary`
+/// workloads to v3, every other sidecar to v1 — three Envoys of one namespace asking for the
+/// same host, told apart by their workloads' labels. When the matches go, the labelled
+/// sidecars are routed as everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_labels_route_by_the_callers_labels() -> anyhow::Result<()> {
+    let mut mesh = start(
+        "source_labels_route_by_the_callers_labels",
+        &format!(
+            "  - match: [{{sourceLabels: {{app: productpage}}}}]
+    route: [{{destination: {{host: {REVIEWS_HOST}, subset: v2}}}}]
+  - match: [{{sourceLabels: {{version: canary}}}}]
+    route: [{{destination: {{host: {REVIEWS_HOST}, subset: v3}}}}]
+  - route: [{{destination: {{host: {REVIEWS_HOST}, subset: v1}}}}]
+"
+        ),
+    )
+    .await?;
+    let productpage_labels = [("app", "productpage"), ("version", "v1")];
+    let (productpage_envoy, mut productpage) = mesh
+        .start_labelled_sidecar(
+            AdsMode::Delta,
+            "bookinfo",
+            "productpage-0",
+            &productpage_labels,
+        )
+        .await?;
+    let canary_labels = [("app", "ratings"), ("version", "canary")];
+    let (canary_envoy, mut canary) = mesh
+        .start_labelled_sidecar(
+            AdsMode::Sotw,
+            "bookinfo",
+            "ratings-canary-0",
+            &canary_labels,
+        )
+        .await?;
+    let log_dir = mesh.env.log_dir.clone();
+    let all_at = async |client: &mut capstan_e2e::http::HttpClient, version: &str| {
+        let what = format!("10 requests at reviews {version}");
+        capstan_e2e::wait_until(&what, CONFIG_TIMEOUT, async || {
+            client.expect_all_reviews(&[], version, 10).await
+        })
+        .await
+        .with_context(|| format!("logs in {}", log_dir.display()))
+    };
+    all_at(&mut productpage, "v2").await?;
+    all_at(&mut canary, "v3").await?;
+    mesh.expect_all(&[], "v1", 10).await?;
+
+    // A VirtualService without source matches: one route for everyone.
+    let plain = capstan_e2e::fixtures::reviews_vs_weighted(&[("v1", 100)]);
+    mesh.env.write_config(REVIEWS_VS_FILE, &plain)?;
+    all_at(&mut productpage, "v1").await?;
+    all_at(&mut canary, "v1").await?;
+    mesh.expect_all(&[], "v1", 10).await?;
+    for envoy in [&productpage_envoy, &canary_envoy, &mesh.envoy] {
+        envoy.ensure_no_rejected_updates().await?;
+    }
+    Ok(())
 }
 
 /// A DestinationRule exported to its own namespace only: its subsets exist for that
