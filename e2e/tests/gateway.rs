@@ -102,11 +102,12 @@ async fn ingress_routes_only_what_is_bound_to_the_gateway() -> anyhow::Result<()
     mesh.gateway.ensure_no_rejected_updates().await
 }
 
-/// `sourceLabels` and `sourceNamespace` on a gateway are the gateway proxy's own, as with
-/// istiod: a canary-labelled gateway of istio-system takes the canary route, not the one
-/// for another namespace's gateways; when the labels match no more, the general route.
+/// `sourceLabels`, `sourceNamespace` and `exportTo` on a gateway read the gateway proxy's own
+/// labels and namespace, as with istiod: a canary-labelled gateway of istio-system takes the
+/// canary route, not the one for another namespace's gateways; when the labels match no more,
+/// the general route; exported to its own namespace only, the VirtualService routes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn source_matches_on_a_gateway_read_the_gateway_proxys_labels_and_namespace()
+async fn virtual_services_on_a_gateway_read_the_gateway_proxys_labels_and_namespace()
 -> anyhow::Result<()> {
     let port = capstan_e2e::gateway_mesh::gateway_port();
     let routed = |labels: &str, namespace: &str| {
@@ -121,7 +122,7 @@ async fn source_matches_on_a_gateway_read_the_gateway_proxys_labels_and_namespac
         format!("{}---\n{}", http_gateway(port, ""), shop_routes(&http))
     };
     let mesh = GatewayMesh::start_labelled(
-        "source_matches_on_a_gateway_read_the_gateway_proxys_labels_and_namespace",
+        "virtual_services_on_a_gateway_read_the_gateway_proxys_labels_and_namespace",
         Path::new(UPSTREAM_BIN),
         &routed("{version: canary}", "edge"),
         AdsMode::Delta,
@@ -146,6 +147,17 @@ async fn source_matches_on_a_gateway_read_the_gateway_proxys_labels_and_namespac
     mesh.env
         .write_config("gateway.yaml", &routed("{version: stable}", "istio-system"))?;
     all_at("v1").await?;
+    // Exported to its own namespace only, the VirtualService is not the gateway's (istio-system)
+    // any more: no route for the host.
+    let private = routed("{version: stable}", "istio-system")
+        .replace("  http:\n", "  exportTo: [.]\n  http:\n");
+    mesh.env.write_config("gateway.yaml", &private)?;
+    capstan_e2e::wait_until("shop unrouted", CONFIG_TIMEOUT, async || {
+        let reply = client.get("shop.example.com", "/reviews/1", &[]).await?;
+        ensure!(reply.status == 404, "{}", reply.status);
+        Ok(())
+    })
+    .await?;
     mesh.gateway.ensure_no_rejected_updates().await
 }
 

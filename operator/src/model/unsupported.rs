@@ -119,12 +119,10 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
             let spec = &vs.spec;
             let exported_everywhere =
                 spec.export_to.is_empty() || spec.export_to.iter().any(|e| e == "*");
-            let gateways = spec.gateways.iter().any(|g| g != "mesh");
-            if !exported_everywhere && (gateways || !spec.tcp.is_empty() || !spec.tls.is_empty()) {
+            if !exported_everywhere && (!spec.tcp.is_empty() || !spec.tls.is_empty()) {
                 not_applied(
                     "spec.exportTo".into(),
-                    "exportTo on gateways and on tcp/tls routes (it limits sidecars' HTTP \
-                     routes only)",
+                    "exportTo on tcp/tls routes (it limits HTTP routes only)",
                 );
             }
             // Every http route field is applied (docs/traffic-routes.md) but sourceLabels and

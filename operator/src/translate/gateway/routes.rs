@@ -11,6 +11,7 @@ use envoy_types::pb::google::protobuf::BoolValue;
 
 use super::{Bound, GatewayConfig, domain_for};
 use crate::model::gateway::names;
+use crate::model::service::ExportTo;
 use crate::model::{Mesh, VirtualService};
 use crate::translate::route::{self, Binding, Caller, Labels, routes_bound};
 
@@ -38,11 +39,12 @@ pub fn shared_http_configuration(
     configuration(mesh, port, name, servers, proxies, out)
 }
 
-/// The gateway proxies a Gateway selector (`labels`) picks that the source conditions of the
-/// VirtualServices bound to `gateways` tell apart, as with istiod, which compares
-/// `sourceNamespace` and `sourceLabels` with the gateway proxy's own: per namespace a match
-/// names (and any other), per label class of the matches' `sourceLabels` (with the selector's
-/// labels, which every proxy it picks has). Without such matches, one: all of them.
+/// The gateway proxies a Gateway selector (`labels`) picks that the VirtualServices bound to
+/// `gateways` tell apart, as with istiod, which compares their `exportTo`, `sourceNamespace`
+/// and `sourceLabels` with the gateway proxy's own namespace and labels: per namespace one is
+/// exported to or a match names (and any other), per label class of the matches'
+/// `sourceLabels` (with the selector's labels, which every proxy it picks has). Without such
+/// VirtualServices, one: all of them.
 pub fn source_variants(
     mesh: &Mesh,
     labels: &Labels,
@@ -60,6 +62,10 @@ pub fn source_variants(
         });
         if !bound {
             continue;
+        }
+        // Gateway proxies of the namespaces it is exported to by name see it; others not.
+        if let ExportTo::Namespaces(exported) = &vs.export_to {
+            namespaces.extend(exported.iter().map(|ns| Some(ns.as_str())));
         }
         // A match naming its own gateways is not narrowed by source.
         for m in vs.http.iter().flat_map(|h| &h.matches) {
@@ -98,7 +104,7 @@ fn configuration(
         for vs in mesh.virtual_services.values() {
             let gateway = (origin.namespace.as_str(), origin.name.as_str());
             let bound_here = names(&vs.gateways, &vs.origin.namespace, gateway);
-            if !bound_here {
+            if !bound_here || !vs.export_to.includes(proxies.namespace.as_deref()) {
                 continue;
             }
             for vs_host in &vs.hosts {

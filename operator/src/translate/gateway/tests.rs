@@ -315,3 +315,54 @@ spec:
         assert_eq!(*selector, router_selector(&router(&ingress).labels));
     }
 }
+
+#[test]
+fn a_bound_virtual_service_serves_the_gateway_proxies_of_the_namespaces_it_is_exported_to() {
+    let gateway = INGRESS.split("---").next().expect("the Gateway");
+    let domains = |export_to: &str, namespace: &str| {
+        let vs = format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: bookinfo}}
+spec:
+  hosts: ["shop.example.com"]
+  gateways: [edge/ingress]
+  exportTo: {export_to}
+  http:
+  - route: [{{destination: {{host: reviews, subset: v2}}}}]
+"#
+        );
+        let config = build(&mesh(&format!("{REVIEWS}---{gateway}---{vs}")));
+        assert_eq!(config.problems, vec![]);
+        let proxy = ProxyInfo {
+            namespace: Some(namespace.into()),
+            ..router(&[("istio", "ingressgateway")])
+        };
+        let (_, route) = config
+            .routes
+            .iter()
+            .filter(|(s, r)| r.name == "http.8080" && s.matches(&proxy))
+            .max_by_key(|(s, _)| s.specificity())
+            .expect("a route configuration for the proxy");
+        route
+            .virtual_hosts
+            .iter()
+            .flat_map(|vh| vh.domains.clone())
+            .collect::<Vec<_>>()
+    };
+    let shop = ["shop.example.com".to_string()];
+    assert_eq!(domains("[\"*\"]", "edge"), shop);
+    assert_eq!(
+        domains("[.]", "edge"),
+        [] as [String; 0],
+        "its own namespace only"
+    );
+    assert_eq!(
+        domains("[.]", "bookinfo"),
+        shop,
+        "a gateway of its namespace"
+    );
+    assert_eq!(domains("[edge]", "edge"), shop);
+    assert_eq!(domains("[edge]", "istio-system"), [] as [String; 0]);
+}
