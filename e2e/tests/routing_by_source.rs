@@ -114,7 +114,10 @@ async fn source_labels_route_by_the_callers_labels() -> anyhow::Result<()> {
 
 /// A DestinationRule exported to its own namespace only: its subsets exist for that
 /// namespace's sidecars; another namespace's sidecar, routed to a subset by the same
-/// VirtualService, finds no such cluster (503), as with istiod.
+/// VirtualService, finds no such cluster (503), as with istiod. Then each sidecar reads the
+/// rule istiod would give it: a mesh-wide rule of the root namespace for `shop` (its `v2`
+/// picks v3 pods), and once `shop` has a rule of its own for the host, that one (`v2` → v1
+/// pods), while bookinfo keeps its own throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destination_rule_export_to_scopes_its_subsets() -> anyhow::Result<()> {
     let mut mesh = start(
@@ -137,6 +140,41 @@ async fn destination_rule_export_to_scopes_its_subsets() -> anyhow::Result<()> {
     .await
     .with_context(|| format!("logs in {}", mesh.env.log_dir.display()))?;
     // bookinfo keeps its subset.
+    mesh.expect_all(&[], "v2", 10).await?;
+
+    // A rule whose subset `v2` picks `picks` pods, for `host`, in `namespace`.
+    let rule = |namespace: &str, name: &str, host: &str, picks: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  host: \"{host}\"
+  subsets: [{{name: v2, labels: {{version: {picks}}}}}]
+"
+        )
+    };
+    let log_dir = mesh.env.log_dir.clone();
+    let mut shop_at = async |version: &str| {
+        capstan_e2e::wait_until(&format!("shop at {version}"), CONFIG_TIMEOUT, async || {
+            for _ in 0..10 {
+                let reply = shop.reviews(REVIEWS_HOST, &[]).await?;
+                ensure!(reply.version == version, "{}", reply.version);
+            }
+            Ok(())
+        })
+        .await
+        .with_context(|| format!("logs in {}", log_dir.display()))
+    };
+    mesh.env.write_config(
+        "mesh-dr.yaml",
+        &rule("istio-system", "mesh", "*.local", "v3"),
+    )?;
+    shop_at("v3").await?;
+    mesh.expect_all(&[], "v2", 10).await?;
+    mesh.env
+        .write_config("shop-dr.yaml", &rule("shop", "reviews", REVIEWS_HOST, "v1"))?;
+    shop_at("v1").await?;
     mesh.expect_all(&[], "v2", 10).await?;
     shop_envoy.ensure_no_rejected_updates().await?;
     mesh.envoy.ensure_no_rejected_updates().await

@@ -7,6 +7,7 @@ pub mod hostname;
 pub mod kube;
 pub mod routing;
 mod rule_lookup;
+pub use rule_lookup::HostRules;
 pub mod secret;
 pub mod service;
 pub mod sidecar_scope;
@@ -96,7 +97,8 @@ enum Topic {
 pub struct Mesh {
     pub domain_suffix: String,
     pub services: BTreeMap<String, Service>,
-    pub destination_rules: BTreeMap<String, DestinationRule>,
+    /// Host → the DestinationRule the proxies of each namespace read.
+    pub destination_rules: BTreeMap<String, rule_lookup::HostRules>,
     /// By kind, namespace and name: for a host claimed by several, the first wins.
     pub virtual_services: BTreeMap<ObjectKey, VirtualService>,
     pub gateways: BTreeMap<ObjectKey, gateway::Gateway>,
@@ -502,11 +504,12 @@ impl Mesh {
         self.secrets.get(id)
     }
 
-    /// The subsets declared for `host` (none without a DestinationRule).
-    pub fn subsets(&self, host: &str) -> &[Subset] {
+    /// The DestinationRule the proxies of `namespace` (`None`: of a namespace no rule names)
+    /// read for `host`.
+    pub fn rule_for(&self, host: &str, namespace: Option<&str>) -> Option<&DestinationRule> {
         self.destination_rules
             .get(host)
-            .map_or(&[], |dr| dr.subsets.as_slice())
+            .and_then(|rules| rules.for_namespace(namespace))
     }
 
     /// The VirtualService routing `host`: the first (by namespace/name) naming it exactly,

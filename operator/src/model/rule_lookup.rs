@@ -1,72 +1,115 @@
-//! Which DestinationRule applies to a service host: the first (by namespace and name) naming
-//! the host, else — as Istio's most specific host match — the first claiming the longest
-//! wildcard host that covers it (`*.bookinfo.svc.cluster.local` before `*.local` before `*`).
-//! Rules naming one host that lose are reported on that host; those of a wildcard host,
-//! once, when the wildcard host itself is refreshed.
+//! Which DestinationRule applies to a service host, for the proxies of each namespace, as
+//! istiod looks it up: the rule of the proxy's own namespace, else one the service's
+//! namespace exports to it, else one the root namespace exports to it (a proxy of the root
+//! namespace reads only the rules there exported to `.` as its own). Among one namespace's
+//! rules the most specific host wins: one naming the host, else the longest wildcard
+//! covering it (`*.bookinfo.svc.cluster.local` before `*.local` before `*`), first by name.
+//! A rule of another namespace (not the proxy's, the service's or the root) applies to
+//! nobody else. Rules naming one host in one namespace that lose are reported on that host;
+//! those of a wildcard host, once, when the wildcard host itself is refreshed.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use capstan_crds::{IstioObject, ObjectKey};
 
 use super::{DestinationRule, Mesh, Problem, Subset, Topic, hostname, service, traffic_policy};
 use crate::index::Index;
+use service::ExportTo;
+
+/// The DestinationRules of one host, per namespace of the proxies reading them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostRules {
+    /// The rule of proxies of a namespace not in `by_namespace`.
+    pub everyone: Option<DestinationRule>,
+    /// The namespaces whose proxies read another rule (or none).
+    pub by_namespace: BTreeMap<String, Option<DestinationRule>>,
+}
+
+impl HostRules {
+    /// The rule the proxies of `namespace` read.
+    pub fn for_namespace(&self, namespace: Option<&str>) -> Option<&DestinationRule> {
+        match namespace.and_then(|ns| self.by_namespace.get(ns)) {
+            Some(rule) => rule.as_ref(),
+            None => self.everyone.as_ref(),
+        }
+    }
+}
 
 impl Mesh {
-    /// Decides which DestinationRule applies to `host` now; the losers are reported.
+    /// Decides which DestinationRule applies to `host` now, per namespace; the losers among
+    /// one namespace's rules naming the host are reported.
     pub(super) fn refresh_rule(&mut self, index: &Index, host: &str) {
-        let rules: Vec<ObjectKey> = self
+        let exact: Vec<ObjectKey> = self
             .rule_claimants
             .get(host)
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
         let topic = Topic::Host(host.to_string());
-        for key in &rules {
+        for key in &exact {
             if let Some(topics) = self.problems.get_mut(key) {
                 topics.remove(&topic);
             }
         }
-        let inherited = rules.is_empty();
-        let rules: Vec<ObjectKey> = match self.wildcard_rule_for(host).filter(|_| inherited) {
-            Some(pattern) => self
-                .rule_claimants
-                .get(pattern)
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect(),
-            None => rules,
+        let rules = self.rules_by_namespace(index, host, &exact, &topic);
+        let root = self.sidecar_scopes.root_namespace().to_string();
+        let service_namespace = self.services.get(host).map(|s| s.namespace().to_string());
+        let choose = |client: Option<&str>| {
+            choose(&rules, client, service_namespace.as_deref(), &root).cloned()
         };
-        let mut rule: Option<DestinationRule> = None;
-        for key in &rules {
-            let Some(IstioObject::DestinationRule(dr)) =
-                index.istio(key).and_then(|r| r.object.as_deref())
-            else {
+        let everyone = choose(None);
+        // The namespaces whose proxies may read another rule: those with rules of their own,
+        // those a rule is exported to by name, and the root namespace.
+        let mut named: BTreeSet<&str> = rules.keys().map(String::as_str).collect();
+        named.insert(&root);
+        for rule in rules.values().flatten() {
+            if let ExportTo::Namespaces(set) = &rule.export_to {
+                named.extend(set.iter().map(String::as_str));
+            }
+        }
+        let origin = |rule: &Option<DestinationRule>| rule.as_ref().map(|r| r.origin.clone());
+        let by_namespace: BTreeMap<String, Option<DestinationRule>> = named
+            .into_iter()
+            .map(|ns| (ns.to_string(), choose(Some(ns))))
+            .filter(|(_, rule)| origin(rule) != origin(&everyone))
+            .collect();
+        if everyone.is_none() && by_namespace.is_empty() {
+            self.destination_rules.remove(host);
+        } else {
+            let rules = HostRules {
+                everyone,
+                by_namespace,
+            };
+            self.destination_rules.insert(host.to_string(), rules);
+        }
+    }
+
+    /// Per namespace, its rules for `host`, most specific first: the first naming it
+    /// (`exact`, the later ones reported), then those claiming wildcards covering it, longest
+    /// first.
+    fn rules_by_namespace(
+        &mut self,
+        index: &Index,
+        host: &str,
+        exact: &[ObjectKey],
+        topic: &Topic,
+    ) -> BTreeMap<String, Vec<DestinationRule>> {
+        let mut out: BTreeMap<String, Vec<DestinationRule>> = BTreeMap::new();
+        for key in exact {
+            let Some(rule) = read_rule(index, key, host) else {
                 continue;
             };
-            match &rule {
-                None => {
-                    rule = Some(DestinationRule {
-                        host: host.to_string(),
-                        origin: key.clone(),
-                        subsets: dr
-                            .spec
-                            .subsets
-                            .iter()
-                            .map(|s| Subset {
-                                name: s.name.clone(),
-                                labels: s.labels.clone(),
-                            })
-                            .collect(),
-                        traffic_policy: traffic_policy::Policies::from_api(&dr.spec)
-                            .map(std::sync::Arc::new),
-                        export_to: service::ExportTo::parse(&dr.spec.export_to, &key.namespace),
-                    })
-                }
-                Some(_) if inherited => {}
+            let rules = out.entry(key.namespace.clone()).or_default();
+            // One exported as another is never read; one exported otherwise may be, by the
+            // proxies it is exported to (istiod merges such rules; capstan takes the first).
+            match rules.iter().find(|r| r.export_to == rule.export_to) {
+                None => rules.push(rule),
                 Some(existing) => {
                     let problem = Problem {
                         object: key.clone(),
                         field: "spec.host".into(),
                         message: format!(
-                            "host {host} already has {}; this rule is ignored",
+                            "host {host} already has {} in this namespace, exported alike; this \
+                             rule is ignored",
                             existing.origin
                         ),
                     };
@@ -74,10 +117,25 @@ impl Mesh {
                 }
             }
         }
-        match rule {
-            Some(rule) => self.destination_rules.insert(host.to_string(), rule),
-            None => self.destination_rules.remove(host),
-        };
+        let mut patterns: Vec<&String> = self
+            .wildcard_rules
+            .iter()
+            .filter(|p| *p != host && hostname::matches(p, host))
+            .collect();
+        patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for pattern in patterns {
+            for key in self
+                .rule_claimants
+                .get(pattern.as_str())
+                .into_iter()
+                .flatten()
+            {
+                if let Some(rule) = read_rule(index, key, host) {
+                    out.entry(key.namespace.clone()).or_default().push(rule);
+                }
+            }
+        }
+        out
     }
 
     /// The services the wildcard DestinationRule host `pattern` covers (not itself: a
@@ -91,136 +149,59 @@ impl Mesh {
             .filter(move |h| *h != pattern && hostname::matches(pattern, h))
             .cloned()
     }
+}
 
-    /// The most specific wildcard DestinationRule host covering `host`, as Istio picks it:
-    /// the longest.
-    fn wildcard_rule_for(&self, host: &str) -> Option<&String> {
-        self.wildcard_rules
+/// The rule proxies of `client` (`None`: a namespace no rule names) read, from each
+/// namespace's rules for the host, most specific first.
+fn choose<'a>(
+    rules: &'a BTreeMap<String, Vec<DestinationRule>>,
+    client: Option<&str>,
+    service_namespace: Option<&str>,
+    root: &str,
+) -> Option<&'a DestinationRule> {
+    let of = |ns: &str| rules.get(ns).into_iter().flatten();
+    let private = |ns: &str, rule: &DestinationRule| {
+        rule.export_to == ExportTo::Namespaces(BTreeSet::from([ns.to_string()]))
+    };
+    let own = match client {
+        // The root namespace's rules are everyone's; its proxies read as their own only
+        // those kept to it.
+        Some(ns) if ns == root => of(ns).find(|r| private(ns, r)),
+        Some(ns) => of(ns).next(),
+        None => None,
+    };
+    // A namespace's most specific rule exported beyond it, if exported to the client.
+    let exported = |ns: &str| {
+        of(ns)
+            .find(|r| !private(ns, r))
+            .filter(|r| r.export_to.includes(client))
+    };
+    own.or_else(|| service_namespace.and_then(exported))
+        .or_else(|| exported(root))
+}
+
+/// DestinationRule `key` as the rule of `host`.
+fn read_rule(index: &Index, key: &ObjectKey, host: &str) -> Option<DestinationRule> {
+    let Some(IstioObject::DestinationRule(dr)) = index.istio(key).and_then(|r| r.object.as_deref())
+    else {
+        return None;
+    };
+    Some(DestinationRule {
+        host: host.to_string(),
+        origin: key.clone(),
+        subsets: dr
+            .spec
+            .subsets
             .iter()
-            .filter(|p| *p != host && hostname::matches(p, host))
-            .max_by_key(|p| p.len())
-    }
+            .map(|s| Subset {
+                name: s.name.clone(),
+                labels: s.labels.clone(),
+            })
+            .collect(),
+        traffic_policy: traffic_policy::Policies::from_api(&dr.spec).map(std::sync::Arc::new),
+        export_to: ExportTo::parse(&dr.spec.export_to, &key.namespace),
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use capstan_crds::Kind;
-
-    use super::*;
-    use crate::index::{Event, RecordKey, istio_event as istio};
-    use crate::translate::test_support::destination_rule;
-
-    fn entry(host: &str) -> String {
-        format!(
-            "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: {}, namespace: bookinfo}}
-spec:
-  hosts: [{host}]
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 10.0.0.1}}]
-",
-            host.replace(['.', '*'], "-").trim_matches('-')
-        )
-    }
-
-    fn rule(namespace: &str, name: &str, host: &str) -> String {
-        let subsets = format!("  subsets: [{{name: {name}, labels: {{rule: {name}}}}}]\n");
-        destination_rule(namespace, name, host, &subsets)
-    }
-
-    /// Which rule (namespace/name) applies to each host, after `events` one by one.
-    fn applied(events: Vec<Event>, hosts: &[&str]) -> (Vec<String>, Vec<String>) {
-        let mut index = Index::new();
-        let mut mesh = Mesh::new("cluster.local");
-        for event in events {
-            let changes = index.handle(event);
-            mesh.update(&index, &changes.objects);
-        }
-        let rules = hosts
-            .iter()
-            .map(|h| {
-                mesh.destination_rules
-                    .get(*h)
-                    .map_or("none".to_string(), |r| r.origin.to_string())
-            })
-            .collect();
-        let problems = mesh.problems().map(|p| p.to_string()).collect();
-        (rules, problems)
-    }
-
-    const REVIEWS: &str = "reviews.bookinfo.svc.cluster.local";
-    const RATINGS: &str = "ratings.shop.svc.cluster.local";
-    const EXTERNAL: &str = "api.example.com";
-
-    #[test]
-    fn a_host_no_rule_names_takes_the_most_specific_wildcard_rule() {
-        let services = || [REVIEWS, RATINGS, EXTERNAL].map(|h| istio(&entry(h)));
-        let mut events: Vec<Event> = services().into();
-        events.extend([
-            istio(&rule("istio-system", "mesh", "*.local")),
-            istio(&rule(
-                "bookinfo",
-                "bookinfo",
-                "*.bookinfo.svc.cluster.local",
-            )),
-            istio(&rule("istio-system", "everything", "*")),
-        ]);
-        let (rules, problems) = applied(events, &[REVIEWS, RATINGS, EXTERNAL]);
-        assert_eq!(
-            rules,
-            [
-                "DestinationRule bookinfo/bookinfo",
-                "DestinationRule istio-system/mesh",
-                "DestinationRule istio-system/everything"
-            ]
-        );
-        assert!(problems.is_empty(), "{problems:?}");
-
-        // A rule naming the host wins; a second one for the same wildcard is reported once;
-        // a service added later, and a rule deleted, are followed.
-        let (rules, problems) = applied(
-            vec![
-                istio(&rule("istio-system", "mesh", "*.local")),
-                istio(&rule("istio-system", "zz-mesh", "*.local")),
-                istio(&entry(REVIEWS)),
-                istio(&rule("bookinfo", "reviews", REVIEWS)),
-                istio(&entry(RATINGS)),
-                Event::Delete(RecordKey::Istio(ObjectKey {
-                    kind: Kind::DestinationRule,
-                    namespace: "bookinfo".into(),
-                    name: "reviews".into(),
-                })),
-                istio(&rule("bookinfo", "reviews-again", REVIEWS)),
-            ],
-            &[REVIEWS, RATINGS],
-        );
-        assert_eq!(
-            rules,
-            [
-                "DestinationRule bookinfo/reviews-again",
-                "DestinationRule istio-system/mesh"
-            ]
-        );
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(
-            problems[0].contains("istio-system/zz-mesh") && problems[0].contains("*.local"),
-            "{problems:?}"
-        );
-
-        let (rules, _) = applied(
-            vec![
-                istio(&entry(RATINGS)),
-                istio(&rule("istio-system", "mesh", "*.local")),
-                Event::Delete(RecordKey::Istio(ObjectKey {
-                    kind: Kind::DestinationRule,
-                    namespace: "istio-system".into(),
-                    name: "mesh".into(),
-                })),
-            ],
-            &[RATINGS],
-        );
-        assert_eq!(rules, ["none"]);
-    }
-}
+mod tests;

@@ -27,6 +27,7 @@ use envoy_types::util::pack_any;
 use super::{
     RuleScope, ServiceCluster, ads_config_source, endpoint, rule_scopes, service_clusters_in,
 };
+use crate::model::DestinationRule;
 use crate::model::traffic_policy::Policy;
 use crate::model::{Mesh, Resolution, Service};
 
@@ -58,12 +59,10 @@ pub struct ClusterVariant {
 pub fn clusters_of(mesh: &Mesh, service: &Service) -> Vec<ClusterVariant> {
     let mut out = Vec::new();
     for scope in rule_scopes(mesh, &service.host) {
-        for c in service_clusters_in(mesh, service, scope.with_rule) {
+        for c in service_clusters_in(service, scope.rule) {
             let port = c.port.number;
-            let (name, cluster) = cluster_in(mesh, c, scope.with_rule);
-            out.extend(locality_variants(
-                mesh, service, port, name, cluster, &scope,
-            ));
+            let (name, cluster) = cluster_in(c, scope.rule);
+            out.extend(locality_variants(port, name, cluster, &scope));
         }
     }
     out
@@ -72,14 +71,12 @@ pub fn clusters_of(mesh: &Mesh, service: &Service) -> Vec<ClusterVariant> {
 /// A cluster that carries its endpoints (DNS) once per locality its proxies can be told
 /// apart by, as EDS assignments are (`endpoint::locality`); any other cluster once.
 fn locality_variants(
-    mesh: &Mesh,
-    service: &Service,
     port: u32,
     name: String,
     cluster: Cluster,
-    scope: &RuleScope,
+    scope: &RuleScope<'_>,
 ) -> Vec<ClusterVariant> {
-    let policy = policy_in(mesh, &service.host, subset_of(&name), port, scope.with_rule);
+    let policy = policy_in(scope.rule, subset_of(&name), port);
     let outlier = policy.outlier_detection.is_some();
     let rules = policy
         .locality_lb()
@@ -109,37 +106,28 @@ fn subset_of(name: &str) -> Option<&str> {
     name.split('|').nth(2).filter(|s| !s.is_empty())
 }
 
-/// The traffic policy of a cluster: its host's DestinationRule's, merged for the subset and
-/// port (none: every setting at istiod's default).
+/// The traffic policy of a cluster: its host's DestinationRule's (as proxies of a namespace
+/// no rule names read it), merged for the subset and port (none: every setting at istiod's
+/// default).
 pub(super) fn policy_of(mesh: &Mesh, host: &str, subset: Option<&str>, port: u32) -> Policy {
-    policy_in(mesh, host, subset, port, true)
+    policy_in(mesh.rule_for(host, None), subset, port)
 }
 
-/// [`policy_of`], or every setting at istiod's default when the rule is left out (for proxies
-/// of namespaces it is not exported to).
-pub(super) fn policy_in(
-    mesh: &Mesh,
-    host: &str,
-    subset: Option<&str>,
-    port: u32,
-    with_rule: bool,
-) -> Policy {
-    if !with_rule {
-        return Policy::default();
-    }
-    mesh.destination_rules
-        .get(host)
-        .and_then(|dr| dr.traffic_policy.as_ref())
+/// `rule`'s traffic policy merged for the subset and port (no rule: every setting at
+/// istiod's default).
+pub(super) fn policy_in(rule: Option<&DestinationRule>, subset: Option<&str>, port: u32) -> Policy {
+    rule.and_then(|dr| dr.traffic_policy.as_ref())
         .and_then(|p| p.for_cluster(subset, port))
         .unwrap_or_default()
 }
 
 #[cfg(test)]
 fn cluster(mesh: &Mesh, spec: ServiceCluster<'_>) -> (String, Cluster) {
-    cluster_in(mesh, spec, true)
+    let rule = mesh.rule_for(&spec.service.host, None);
+    cluster_in(spec, rule)
 }
 
-fn cluster_in(mesh: &Mesh, spec: ServiceCluster<'_>, with_rule: bool) -> (String, Cluster) {
+fn cluster_in(spec: ServiceCluster<'_>, rule: Option<&DestinationRule>) -> (String, Cluster) {
     let ServiceCluster {
         name,
         service,
@@ -199,7 +187,7 @@ fn cluster_in(mesh: &Mesh, spec: ServiceCluster<'_>, with_rule: bool) -> (String
         set_http2(&mut http_options);
     }
     let subset = subset_of(&name);
-    let policy = policy_in(mesh, &service.host, subset, port.number, with_rule);
+    let policy = policy_in(rule, subset, port.number);
     pool::apply(
         &mut cluster,
         &mut http_options,

@@ -50,22 +50,16 @@ pub fn load_assignments_of(mesh: &Mesh, service: &Service) -> Vec<Assignment> {
     }
     let mut out = Vec::new();
     for scope in rule_scopes(mesh, &service.host) {
-        for c in service_clusters_in(mesh, service, scope.with_rule) {
-            out.extend(eds_assignments(mesh, c, &scope));
+        for c in service_clusters_in(service, scope.rule) {
+            out.extend(eds_assignments(c, &scope));
         }
     }
     out
 }
 
-fn eds_assignments(mesh: &Mesh, c: ServiceCluster<'_>, scope: &RuleScope) -> Vec<Assignment> {
+fn eds_assignments(c: ServiceCluster<'_>, scope: &RuleScope<'_>) -> Vec<Assignment> {
     let base = load_assignment(&c.name, c.service, c.port, c.labels);
-    let policy = super::cluster::policy_in(
-        mesh,
-        &c.service.host,
-        c.subset(),
-        c.port.number,
-        scope.with_rule,
-    );
+    let policy = super::cluster::policy_in(scope.rule, c.subset(), c.port.number);
     let outlier = policy.outlier_detection.is_some();
     match policy.locality_lb() {
         Some(rules) if locality::applies(&rules, outlier) => {

@@ -21,9 +21,8 @@ use capstan_xds::SnapshotBuilder;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{AggregatedConfigSource, ApiVersion, ConfigSource};
 
-use crate::model::service::ExportTo;
 use crate::model::sidecar_scope::OutboundMode;
-use crate::model::{Mesh, Port, Problem, Service};
+use crate::model::{DestinationRule, Mesh, Port, Problem, Service};
 
 /// The name of the outbound HTTP listener and of its route configuration.
 pub const OUTBOUND_HTTP: &str = "outbound_http";
@@ -78,45 +77,46 @@ pub fn service_clusters(mesh: &Mesh) -> impl Iterator<Item = ServiceCluster<'_>>
         .flat_map(move |service| service_clusters_of(mesh, service))
 }
 
-/// Which proxies a host's clusters are built for, and whether with its DestinationRule: one
-/// scope for all (the rule applies to all, or there is none), or, for a rule exported to
-/// some namespaces only, one without it for all and one with it per such namespace.
-pub fn rule_scopes(mesh: &Mesh, host: &str) -> Vec<RuleScope> {
-    match mesh.destination_rules.get(host).map(|dr| &dr.export_to) {
-        Some(ExportTo::Namespaces(namespaces)) => std::iter::once(RuleScope::default())
-            .chain(namespaces.iter().map(|ns| RuleScope {
-                namespace: Some(ns.clone()),
-                with_rule: true,
-            }))
-            .collect(),
-        _ => vec![RuleScope {
-            namespace: None,
-            with_rule: true,
-        }],
-    }
+/// Which proxies a host's clusters are built for, with which DestinationRule: one scope for
+/// every proxy, with the rule the proxies of a namespace no rule names read, and one per
+/// namespace whose proxies read another (or none).
+pub fn rule_scopes<'a>(mesh: &'a Mesh, host: &str) -> Vec<RuleScope<'a>> {
+    let Some(rules) = mesh.destination_rules.get(host) else {
+        return vec![RuleScope::default()];
+    };
+    let by_namespace = rules.by_namespace.iter().map(|(ns, rule)| RuleScope {
+        namespace: Some(ns.clone()),
+        rule: rule.as_ref(),
+    });
+    std::iter::once(RuleScope {
+        namespace: None,
+        rule: rules.everyone.as_ref(),
+    })
+    .chain(by_namespace)
+    .collect()
 }
 
 /// See [`rule_scopes`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RuleScope {
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuleScope<'a> {
     /// `None`: every proxy.
     pub namespace: Option<String>,
-    pub with_rule: bool,
+    pub rule: Option<&'a DestinationRule>,
 }
 
-/// The clusters of one service: per port, the whole service and each subset.
+/// The clusters of one service: per port, the whole service and each subset of the rule of
+/// proxies of a namespace no rule names.
 pub fn service_clusters_of<'a>(
     mesh: &'a Mesh,
     service: &'a Service,
 ) -> impl Iterator<Item = ServiceCluster<'a>> {
-    service_clusters_in(mesh, service, true)
+    service_clusters_in(service, mesh.rule_for(&service.host, None))
 }
 
-/// [`service_clusters_of`], without the subsets when the rule is left out.
+/// The clusters of one service with `rule`'s subsets.
 pub fn service_clusters_in<'a>(
-    mesh: &'a Mesh,
     service: &'a Service,
-    with_rule: bool,
+    rule: Option<&'a DestinationRule>,
 ) -> impl Iterator<Item = ServiceCluster<'a>> {
     {
         service.ports.iter().flat_map(move |port| {
@@ -126,11 +126,7 @@ pub fn service_clusters_in<'a>(
                 port,
                 labels: &NO_LABELS,
             };
-            let subsets = if with_rule {
-                mesh.subsets(&service.host)
-            } else {
-                &[]
-            };
+            let subsets = rule.map_or(&[][..], |r| r.subsets.as_slice());
             let subsets = subsets.iter().map(move |subset| ServiceCluster {
                 name: cluster_name(port.number, &subset.name, &service.host),
                 service,

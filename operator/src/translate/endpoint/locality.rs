@@ -37,12 +37,12 @@ impl VariantKey {
     }
 
     /// The key for every proxy of `scope`.
-    pub fn in_scope(scope: &crate::translate::RuleScope) -> Self {
+    pub fn in_scope(scope: &crate::translate::RuleScope<'_>) -> Self {
         Self::default().scoped(scope)
     }
 
     /// This key narrowed to the proxies of `scope`.
-    pub fn scoped(mut self, scope: &crate::translate::RuleScope) -> Self {
+    pub fn scoped(mut self, scope: &crate::translate::RuleScope<'_>) -> Self {
         self.namespace = scope.namespace.clone();
         self
     }

@@ -55,3 +55,35 @@ fn wildcard_destination_rules_update_match_a_full_build() {
         delete(Kind::DestinationRule, "istio-system", "everything"),
     ]);
 }
+
+/// Rules per client namespace (the client's own, the service's, the root's) built
+/// incrementally as a full build, as rules of each come and go.
+#[test]
+fn per_namespace_destination_rules_update_match_a_full_build() {
+    let pool = "{connectionPool: {tcp: {maxConnections: 7}}}";
+    let lb = "{loadBalancer: {simple: RANDOM}}";
+    let kept = |namespace: &str, name: &str, host: &str| {
+        let rest = format!(
+            "  exportTo: [.]\n  trafficPolicy: {lb}\n  subsets: [{{name: v2, labels: {{version: v2}}}}]\n"
+        );
+        destination_rule(namespace, name, host, &rest)
+    };
+    check(vec![
+        service("reviews", &[("http", 9080)]),
+        istio(TO_V1),
+        istio(&rule("istio-system", "mesh", "*.local", pool)),
+        istio(&rule(
+            "team-a",
+            "reviews",
+            "reviews.bookinfo.svc.cluster.local",
+            lb,
+        )),
+        istio(&kept("bookinfo", "reviews", "reviews")),
+        istio(&kept("istio-system", "gateways", "*.local")),
+        istio(&rule("bookinfo", "reviews", "reviews", lb)),
+        delete(Kind::DestinationRule, "istio-system", "mesh"),
+        delete(Kind::DestinationRule, "team-a", "reviews"),
+        delete(Kind::DestinationRule, "bookinfo", "reviews"),
+        delete(Kind::DestinationRule, "istio-system", "gateways"),
+    ]);
+}

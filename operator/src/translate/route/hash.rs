@@ -15,8 +15,7 @@ use crate::translate::cluster::proto_duration;
 /// service port `port`: one, when the host's DestinationRule sets a consistent hash key that
 /// applies there (subset port-level, subset, port-level, top level, in that order), else none.
 pub fn hash_policies(mesh: &Mesh, host: &str, subset: Option<&str>, port: u32) -> Vec<HashPolicy> {
-    mesh.destination_rules
-        .get(host)
+    mesh.rule_for(host, None)
         .and_then(|dr| dr.traffic_policy.as_ref())
         .and_then(|p| p.consistent_hash(subset, port))
         .and_then(|hash| hash.key.as_ref())
