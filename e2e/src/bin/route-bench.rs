@@ -75,6 +75,10 @@ struct Cli {
     /// Use Delta xDS instead of state-of-the-world.
     #[arg(long)]
     delta: bool,
+    /// Give Envoy the stats inclusion list of Istio's proxy bootstrap (only the stats Istio
+    /// keeps by default, plus RDS's, which the bench reads), as Istio's sidecars run.
+    #[arg(long)]
+    istio_stats: bool,
     /// A further flag for `capstan run`, e.g. `--capstan-arg=--debounce-ms=10`; may be
     /// repeated.
     #[arg(long = "capstan-arg", allow_hyphen_values = true)]
@@ -84,12 +88,43 @@ struct Cli {
     out: Option<PathBuf>,
 }
 
+/// The stats Istio's proxy bootstrap keeps by default (its `stats_matcher` inclusion list),
+/// and RDS's and the control plane connection's, which the bench reads: per-virtual-host and
+/// per-cluster stats are not kept.
+fn istio_stats_config() -> serde_json::Value {
+    let prefixes = [
+        "reporter=",
+        "cluster_manager",
+        "listener_manager",
+        "server",
+        "cluster.xds-grpc",
+        "wasm",
+        "component",
+        "control_plane",
+    ];
+    let suffixes = [
+        "rbac.allowed",
+        "rbac.denied",
+        "shadow_allowed",
+        "shadow_denied",
+        "downstream_cx_active",
+    ];
+    let mut patterns: Vec<serde_json::Value> = prefixes
+        .iter()
+        .map(|p| serde_json::json!({ "prefix": p }))
+        .chain(suffixes.iter().map(|s| serde_json::json!({ "suffix": s })))
+        .collect();
+    patterns.push(serde_json::json!({ "safe_regex": { "regex": ".*\\.rds\\..*" } }));
+    serde_json::json!({ "stats_matcher": { "inclusion_list": { "patterns": patterns } } })
+}
+
 #[derive(Debug, Serialize)]
 struct Results {
     machine: String,
     commit: String,
     xds: &'static str,
     capstan_args: Vec<String>,
+    istio_stats: bool,
     hosts: usize,
     routes_configured: usize,
     envoy_virtual_hosts: usize,
@@ -389,7 +424,11 @@ async fn setup(cli: &Cli, log_dir: &Path, tmp: &Path) -> anyhow::Result<Bench> {
     let mut bootstrap = Bootstrap::new(mode, capstan.xds_port);
     bootstrap.namespace = NAMESPACE.to_string();
     let envoy_bin = locate::envoy_bin()?;
-    let envoy = Envoy::start(&envoy_bin, &bootstrap, log_dir, "envoy").await?;
+    let mut json = bootstrap.to_json();
+    if cli.istio_stats {
+        json["stats_config"] = istio_stats_config();
+    }
+    let envoy = Envoy::start_json(&envoy_bin, &json, log_dir, "envoy", None).await?;
     let port = envoy
         .wait_listener_port(OUTBOUND_LISTENER, Duration::from_secs(60))
         .await?;
@@ -471,6 +510,7 @@ async fn main() -> anyhow::Result<()> {
         commit: commit(),
         xds: if cli.delta { "delta" } else { "sotw" },
         capstan_args: cli.capstan_args.clone(),
+        istio_stats: cli.istio_stats,
         hosts: cli.hosts + 1,
         routes_configured,
         envoy_virtual_hosts,

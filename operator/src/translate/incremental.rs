@@ -36,7 +36,9 @@ type VirtualHostKey = (Group, String, u32);
 /// `sourceLabels` selectors of its VirtualServices.
 struct Segment {
     selectors: Vec<Labels>,
-    /// Always has the empty class: what sidecars no `sourceLabels` match picks read.
+    /// What sidecars no `sourceLabels` match picks read (the empty class).
+    plain: SegmentForms,
+    /// Per non-empty label class.
     by_class: BTreeMap<Labels, SegmentForms>,
 }
 
@@ -53,11 +55,11 @@ struct SegmentForms {
 impl Segment {
     /// What sidecars whose labels include `labels` read.
     fn forms(&self, labels: &Labels) -> &SegmentForms {
+        if self.by_class.is_empty() {
+            return &self.plain;
+        }
         let class = route::class_of(&self.selectors, labels);
-        self.by_class
-            .get(&class)
-            .or_else(|| self.by_class.get(&Labels::new()))
-            .expect("a segment has the empty label class")
+        self.by_class.get(&class).unwrap_or(&self.plain)
     }
 }
 

@@ -2,7 +2,7 @@
 //! and each variant assembled from the header, one joined piece per group, and the
 //! capture-mode fallback, without building or encoding any virtual host again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use capstan_xds::{Parts, Resource, Selector, type_url};
 
@@ -39,41 +39,48 @@ impl Translator {
                 .filter_map(|(caller, _)| caller.namespace.as_ref()),
         );
         let selectors: BTreeSet<&Labels> = entries.iter().flat_map(|e| &e.selectors).collect();
-        let by_class = route::label_classes(selectors.iter().copied())
-            .into_iter()
-            .map(|class| {
-                let join = |namespace: Option<&str>| {
-                    Parts::join(
-                        entries
-                            .iter()
-                            .filter_map(|e| form(e, &group, namespace, &class)),
-                    )
-                };
-                let other = join(None);
-                // Hosts outside the cluster have no namespace whose variant reads them by
-                // bare name.
-                let own = match &group {
-                    Some(ns) => join(Some(ns)),
-                    None => other.clone(),
-                };
-                let exported = named
-                    .iter()
-                    .filter(|ns| group.as_ref() != Some(**ns))
-                    .map(|ns| ((*ns).clone(), join(Some(ns))))
-                    .collect();
-                let forms = SegmentForms {
-                    own,
-                    other,
-                    exported,
-                };
-                (class, forms)
-            })
-            .collect();
+        let mut by_class: BTreeMap<Labels, SegmentForms> =
+            route::label_classes(selectors.iter().copied())
+                .into_iter()
+                .map(|class| {
+                    let join = |namespace: Option<&str>| {
+                        Parts::join(
+                            entries
+                                .iter()
+                                .filter_map(|e| form(e, &group, namespace, &class)),
+                        )
+                    };
+                    let other = join(None);
+                    // Hosts outside the cluster have no namespace whose variant reads them by
+                    // bare name.
+                    let own = match &group {
+                        Some(ns) => join(Some(ns)),
+                        None => other.clone(),
+                    };
+                    let exported = named
+                        .iter()
+                        .filter(|ns| group.as_ref() != Some(**ns))
+                        .map(|ns| ((*ns).clone(), join(Some(ns))))
+                        .collect();
+                    let forms = SegmentForms {
+                        own,
+                        other,
+                        exported,
+                    };
+                    (class, forms)
+                })
+                .collect();
+        // `label_classes` always yields the empty class.
+        let Some(plain) = by_class.remove(&Labels::new()) else {
+            self.segments.remove(&group);
+            return;
+        };
         let selectors = selectors.into_iter().cloned().collect();
         self.segments.insert(
             group,
             Segment {
                 selectors,
+                plain,
                 by_class,
             },
         );
