@@ -13,7 +13,7 @@ use anyhow::{Context, ensure};
 use capstan_e2e::envoy::AdsMode;
 use capstan_e2e::fixtures::{REVIEWS_HOST, reviews_vs_weighted};
 use capstan_e2e::http::{HttpClient, HttpResponse};
-use capstan_e2e::mesh::{CONFIG_TIMEOUT, ReviewsMesh};
+use capstan_e2e::mesh::{CONFIG_TIMEOUT, REVIEWS_VS_FILE, ReviewsMesh};
 use capstan_e2e::upstreams::{UpstreamTls, Upstreams};
 use capstan_e2e::wait_until;
 use hyper::StatusCode;
@@ -276,7 +276,8 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_readmits_it() -> anyhow
 }
 
 /// Consistent hash on a header: one value always reaches the same endpoint, different values
-/// spread over several.
+/// spread over several; through a VirtualService's route, and, once it is gone, through the
+/// service's default route, which takes the rule's hash as istiod's does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_hash_on_a_header_sticks_to_one_endpoint() -> anyhow::Result<()> {
     let mut mesh = start(
@@ -296,17 +297,36 @@ async fn consistent_hash_on_a_header_sticks_to_one_endpoint() -> anyhow::Result<
         c["lb_policy"] == "RING_HASH"
     })
     .await?;
-    wait_until("the route hashing on x-user", CONFIG_TIMEOUT, async || {
-        let dump = mesh.envoy.config_dump(false).await?;
-        let hashed = routes(&dump).into_iter().any(|r| {
-            r["route"]["cluster"] == whole.as_str()
-                && r["route"]["hash_policy"][0]["header"]["header_name"] == "x-user"
-        });
-        ensure!(hashed, "no route to {whole} hashes on x-user");
-        Ok(())
-    })
-    .await?;
+    wait_hashed_route(&mesh, &whole, "http[0]").await?;
+    sticks_per_user(&mut mesh).await?;
 
+    std::fs::remove_file(mesh.env.config_dir.join(REVIEWS_VS_FILE))?;
+    wait_hashed_route(&mesh, &whole, "default").await?;
+    sticks_per_user(&mut mesh).await?;
+    mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// Waits for the route `name` to `cluster` hashing on `x-user` in Envoy's config.
+async fn wait_hashed_route(mesh: &ReviewsMesh, cluster: &str, name: &str) -> anyhow::Result<()> {
+    wait_until(
+        &format!("route {name} hashing on x-user"),
+        CONFIG_TIMEOUT,
+        async || {
+            let dump = mesh.envoy.config_dump(false).await?;
+            let hashed = routes(&dump).into_iter().any(|r| {
+                r["name"] == name
+                    && r["route"]["cluster"] == cluster
+                    && r["route"]["hash_policy"][0]["header"]["header_name"] == "x-user"
+            });
+            ensure!(hashed, "no route {name} to {cluster} hashes on x-user");
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// One `x-user` value always reaches one endpoint; 30 values reach more than one.
+async fn sticks_per_user(mesh: &mut ReviewsMesh) -> anyhow::Result<()> {
     for user in ["alice", "bob", "carol", "dave"] {
         let versions = mesh.versions(&[("x-user", user)], 25).await?;
         ensure!(
@@ -325,7 +345,7 @@ async fn consistent_hash_on_a_header_sticks_to_one_endpoint() -> anyhow::Result<
         reached.len() > 1,
         "30 different users all reached {reached:?}"
     );
-    mesh.envoy.ensure_no_rejected_updates().await
+    Ok(())
 }
 
 /// The simple load balancers land in Envoy's clusters, merged per subset as istiod merges:

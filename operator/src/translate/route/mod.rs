@@ -133,7 +133,7 @@ pub(super) fn host_port_routes(
 ) -> PortRoutes {
     let Some(vs) = mesh.virtual_service_for(&service.host) else {
         return PortRoutes {
-            rest: vec![default_route(service, port)],
+            rest: vec![default_route(mesh, service, port)],
             by_caller: BTreeMap::new(),
             selectors: Vec::new(),
         };
@@ -154,7 +154,7 @@ pub(super) fn host_port_routes(
     let rest = if exported_to_all {
         anyone
     } else {
-        vec![default_route(service, port)]
+        vec![default_route(mesh, service, port)]
     };
     if let ExportTo::Namespaces(exported) = &vs.export_to {
         named.extend(exported.iter().map(String::as_str));
@@ -288,7 +288,9 @@ fn domains(
         .collect()
 }
 
-fn default_route(service: &Service, port: u32) -> Route {
+/// The route of a service port no VirtualService routes: to the whole service, with Istio's
+/// default retries and, as istiod, the hash policy of the service's DestinationRule.
+fn default_route(mesh: &Mesh, service: &Service, port: u32) -> Route {
     Route {
         name: "default".to_string(),
         r#match: Some(RouteMatch {
@@ -304,6 +306,7 @@ fn default_route(service: &Service, port: u32) -> Route {
             timeout: Some(action::NO_TIMEOUT),
             // Istio's default retries, as on a VirtualService route without `retries`.
             retry_policy: Some(retry::default_policy()),
+            hash_policy: hash::hash_policies(mesh, &service.host, None, port),
             ..Default::default()
         })),
         ..Default::default()

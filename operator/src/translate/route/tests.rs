@@ -316,3 +316,29 @@ spec:
         "{problems:?}"
     );
 }
+
+#[test]
+fn a_default_route_hashes_as_the_services_destination_rule_says() {
+    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+    // reviews' rule, replaced by one hashing on a header; no VirtualService.
+    let rule = REVIEWS.split("---").nth(1).expect("the rule").replace(
+        "spec:\n",
+        "spec:\n  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}\n",
+    );
+    let se = REVIEWS.split("---").next().expect("the entry");
+    let (config, problems) = config(&format!("{se}---{rule}"));
+    assert!(problems.is_empty(), "{problems:?}");
+    let vh = vhost(&config, "reviews.bookinfo.svc.cluster.local:9080");
+    let hashes = &route_action(&vh.routes[0]).hash_policy;
+    assert!(
+        matches!(
+            hashes.as_slice(),
+            [h] if matches!(&h.policy_specifier, Some(PolicySpecifier::Header(x)) if x.header_name == "x-user")
+        ),
+        "{hashes:?}"
+    );
+    // Without the rule's hash, none.
+    let (plain, _) = self::config(REVIEWS);
+    let vh = vhost(&plain, "reviews.bookinfo.svc.cluster.local:9080");
+    assert!(route_action(&vh.routes[0]).hash_policy.is_empty());
+}
