@@ -92,7 +92,9 @@ pub fn routes_bound(
     let mut out = Vec::new();
     for (i, http) in vs.http.iter().enumerate() {
         let field = format!("spec.http[{i}]");
-        let Some(template) = route_template(mesh, vs, http, port, &field, problems) else {
+        let namespace = binding.caller().namespace.as_deref();
+        let Some(template) = route_template(mesh, vs, http, port, namespace, &field, problems)
+        else {
             continue;
         };
         let matches: Vec<_> = if http.matches.is_empty() {
@@ -145,6 +147,7 @@ fn route_template(
     vs: &VirtualService,
     http: &HttpRoute,
     port: u32,
+    namespace: Option<&str>,
     field: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<Route> {
@@ -176,6 +179,7 @@ fn route_template(
                 all,
                 port,
                 authority,
+                namespace,
             };
             Action::Route(forward.action(mesh, vs, http, &mut route, field, problems)?)
         }
@@ -212,6 +216,8 @@ struct Forward<'a> {
     port: u32,
     /// From the route's `headers` (`:authority`/`host`); `rewrite.authority` wins over it.
     authority: Option<String>,
+    /// The namespace of the proxies routing: whose DestinationRule a hash policy comes from.
+    namespace: Option<&'a str>,
 }
 
 impl Forward<'_> {
@@ -229,6 +235,7 @@ impl Forward<'_> {
             all,
             port,
             authority,
+            namespace,
         } = self;
         let destinations: Vec<&Destination> = if all.len() > 1 {
             // Istio drops zero-weight destinations from a split.
@@ -271,7 +278,7 @@ impl Forward<'_> {
         action.cluster_specifier = Some(cluster_specifier);
         // A single destination balanced by consistent hash: the DestinationRule's hash key.
         if let Some(ClusterSpecifier::Cluster(name)) = &action.cluster_specifier {
-            action.hash_policy = super::hash::for_cluster(mesh, name);
+            action.hash_policy = super::hash::for_cluster(mesh, name, namespace);
         }
         if let Some(d) = http.timeout {
             action.timeout = Some(duration(d));

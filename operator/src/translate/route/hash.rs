@@ -11,11 +11,18 @@ use crate::model::Mesh;
 use crate::model::traffic_policy::HashKey;
 use crate::translate::cluster::proto_duration;
 
-/// The hash policies for requests routed to `subset` (none: the whole service) of `host` on
-/// service port `port`: one, when the host's DestinationRule sets a consistent hash key that
-/// applies there (subset port-level, subset, port-level, top level, in that order), else none.
-pub fn hash_policies(mesh: &Mesh, host: &str, subset: Option<&str>, port: u32) -> Vec<HashPolicy> {
-    mesh.rule_for(host, None)
+/// The hash policies for requests from proxies of `namespace` routed to `subset` (none: the
+/// whole service) of `host` on service port `port`: one, when the DestinationRule they read
+/// for the host sets a consistent hash key that applies there (subset port-level, subset,
+/// port-level, top level, in that order), else none.
+pub fn hash_policies(
+    mesh: &Mesh,
+    host: &str,
+    subset: Option<&str>,
+    port: u32,
+    namespace: Option<&str>,
+) -> Vec<HashPolicy> {
+    mesh.rule_for(host, namespace)
         .and_then(|dr| dr.traffic_policy.as_ref())
         .and_then(|p| p.consistent_hash(subset, port))
         .and_then(|hash| hash.key.as_ref())
@@ -26,11 +33,14 @@ pub fn hash_policies(mesh: &Mesh, host: &str, subset: Option<&str>, port: u32) -
 
 /// [`hash_policies`] for the cluster a route sends to, named `outbound|port|subset|host`
 /// (none for any other name).
-pub fn for_cluster(mesh: &Mesh, cluster: &str) -> Vec<HashPolicy> {
+pub fn for_cluster(mesh: &Mesh, cluster: &str, namespace: Option<&str>) -> Vec<HashPolicy> {
     let mut parts = cluster.splitn(4, '|');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some("outbound"), Some(port), Some(subset), Some(host)) => match port.parse() {
-            Ok(port) => hash_policies(mesh, host, Some(subset).filter(|s| !s.is_empty()), port),
+            Ok(port) => {
+                let subset = Some(subset).filter(|s| !s.is_empty());
+                hash_policies(mesh, host, subset, port, namespace)
+            }
             Err(_) => Vec::new(),
         },
         _ => Vec::new(),
@@ -96,7 +106,7 @@ spec:
     }
 
     fn specifier(m: &Mesh, subset: Option<&str>) -> Option<PolicySpecifier> {
-        let mut policies = hash_policies(m, HOST, subset, 9080);
+        let mut policies = hash_policies(m, HOST, subset, 9080, None);
         assert!(policies.len() <= 1);
         policies.pop().and_then(|p| p.policy_specifier)
     }
@@ -165,16 +175,16 @@ spec:
         assert_eq!(header(specifier(&m, Some("v1"))), "x-v1");
         assert_eq!(header(specifier(&m, None)), "x-top");
         assert_eq!(
-            for_cluster(&m, &format!("outbound|9080|v1|{HOST}")),
-            hash_policies(&m, HOST, Some("v1"), 9080)
+            for_cluster(&m, &format!("outbound|9080|v1|{HOST}"), None),
+            hash_policies(&m, HOST, Some("v1"), 9080, None)
         );
         assert_eq!(
-            for_cluster(&m, &format!("outbound|9080||{HOST}")),
-            hash_policies(&m, HOST, None, 9080)
+            for_cluster(&m, &format!("outbound|9080||{HOST}"), None),
+            hash_policies(&m, HOST, None, 9080, None)
         );
-        assert!(for_cluster(&m, "inbound|9080||x").is_empty());
+        assert!(for_cluster(&m, "inbound|9080||x", None).is_empty());
         let plain = with_rule("{loadBalancer: {simple: RANDOM}}", "{}");
-        assert!(hash_policies(&plain, HOST, Some("v1"), 9080).is_empty());
-        assert!(hash_policies(&plain, "other.host", None, 9080).is_empty());
+        assert!(hash_policies(&plain, HOST, Some("v1"), 9080, None).is_empty());
+        assert!(hash_policies(&plain, "other.host", None, 9080, None).is_empty());
     }
 }

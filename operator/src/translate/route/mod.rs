@@ -131,10 +131,17 @@ pub(super) fn host_port_routes(
     port: u32,
     problems: &mut Vec<Problem>,
 ) -> PortRoutes {
+    let default = |namespace: Option<&str>| vec![default_route(mesh, service, port, namespace)];
     let Some(vs) = mesh.virtual_service_for(&service.host) else {
+        let rest = default(None);
+        // Proxies reading another DestinationRule for the host may hash otherwise.
+        let by_caller = rule_namespaces(mesh, [service.host.as_str()])
+            .map(|ns| (Caller::new(Some(ns), &Labels::new()), default(Some(ns))))
+            .filter(|(_, routes)| *routes != rest)
+            .collect();
         return PortRoutes {
-            rest: vec![default_route(mesh, service, port)],
-            by_caller: BTreeMap::new(),
+            rest,
+            by_caller,
             selectors: Vec::new(),
         };
     };
@@ -154,11 +161,29 @@ pub(super) fn host_port_routes(
     let rest = if exported_to_all {
         anyone
     } else {
-        vec![default_route(mesh, service, port)]
+        default(None)
     };
     if let ExportTo::Namespaces(exported) = &vs.export_to {
         named.extend(exported.iter().map(String::as_str));
     }
+    let routes_for = |caller: &Caller| {
+        if vs.export_to.includes(caller.namespace.as_deref()) {
+            action::routes(mesh, vs, port, caller, &mut Vec::new())
+        } else {
+            default(caller.namespace.as_deref())
+        }
+    };
+    // Proxies reading another DestinationRule for a host the routes send to (or this one,
+    // for the default route) may hash otherwise: those whose routes differ get their own.
+    let destinations = vs
+        .http
+        .iter()
+        .flat_map(|h| h.destination_hosts())
+        .chain([service.host.as_str()]);
+    let hashing: BTreeSet<&str> = rule_namespaces(mesh, destinations)
+        .filter(|ns| !named.contains(ns))
+        .filter(|ns| routes_for(&Caller::new(Some(ns), &Labels::new())) != rest)
+        .collect();
     let selectors: Vec<Labels> = caller::source_selectors(vs).into_iter().collect();
     let classes = label_classes(&selectors);
     let mut by_caller = BTreeMap::new();
@@ -172,9 +197,10 @@ pub(super) fn host_port_routes(
             };
             by_caller.insert(caller, routes);
         }
-        for ns in named.iter().filter(|ns| vs.export_to.includes(Some(ns))) {
+        let exported = named.iter().filter(|ns| vs.export_to.includes(Some(ns)));
+        for ns in exported.chain(&hashing) {
             let caller = Caller::new(Some(ns), labels);
-            let routes = action::routes(mesh, vs, port, &caller, &mut Vec::new());
+            let routes = routes_for(&caller);
             by_caller.insert(caller, routes);
         }
     }
@@ -183,6 +209,21 @@ pub(super) fn host_port_routes(
         by_caller,
         selectors,
     }
+}
+
+/// The namespaces whose proxies read another DestinationRule for one of `hosts` than the
+/// proxies of namespaces no rule names.
+fn rule_namespaces<'a>(
+    mesh: &'a Mesh,
+    hosts: impl IntoIterator<Item = &'a str>,
+) -> impl Iterator<Item = &'a str> {
+    let namespaces: BTreeSet<&str> = hosts
+        .into_iter()
+        .filter_map(|host| mesh.destination_rules.get(host))
+        .flat_map(|rules| rules.by_namespace.keys())
+        .map(String::as_str)
+        .collect();
+    namespaces.into_iter()
 }
 
 /// A service port's virtual host, its routes' shared retry policy said once.
@@ -289,8 +330,9 @@ fn domains(
 }
 
 /// The route of a service port no VirtualService routes: to the whole service, with Istio's
-/// default retries and, as istiod, the hash policy of the service's DestinationRule.
-fn default_route(mesh: &Mesh, service: &Service, port: u32) -> Route {
+/// default retries and, as istiod, the hash policy of the DestinationRule the proxies of
+/// `namespace` read for it.
+fn default_route(mesh: &Mesh, service: &Service, port: u32, namespace: Option<&str>) -> Route {
     Route {
         name: "default".to_string(),
         r#match: Some(RouteMatch {
@@ -306,7 +348,7 @@ fn default_route(mesh: &Mesh, service: &Service, port: u32) -> Route {
             timeout: Some(action::NO_TIMEOUT),
             // Istio's default retries, as on a VirtualService route without `retries`.
             retry_policy: Some(retry::default_policy()),
-            hash_policy: hash::hash_policies(mesh, &service.host, None, port),
+            hash_policy: hash::hash_policies(mesh, &service.host, None, port, namespace),
             ..Default::default()
         })),
         ..Default::default()

@@ -342,3 +342,46 @@ fn a_default_route_hashes_as_the_services_destination_rule_says() {
     let vh = vhost(&plain, "reviews.bookinfo.svc.cluster.local:9080");
     assert!(route_action(&vh.routes[0]).hash_policy.is_empty());
 }
+
+#[test]
+fn routes_hash_as_the_destination_rule_of_the_callers_namespace_says() {
+    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+    let hashing = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: team-a}
+spec:
+  host: reviews.bookinfo.svc.cluster.local
+  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-team}}}
+"#;
+    let vs = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews}}]}]
+"#;
+    let header = |yaml: &str, namespace: Option<&str>| {
+        let (config, problems) = config_in(yaml, namespace);
+        assert!(problems.is_empty(), "{problems:?}");
+        let vh = vhost(&config, "reviews.bookinfo.svc.cluster.local:9080");
+        route_action(&vh.routes[0])
+            .hash_policy
+            .iter()
+            .filter_map(|h| match &h.policy_specifier {
+                Some(PolicySpecifier::Header(x)) => Some(x.header_name.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // The default route, then a VirtualService's.
+    for yaml in [
+        format!("{REVIEWS}---{hashing}"),
+        format!("{REVIEWS}---{hashing}---{vs}"),
+    ] {
+        assert_eq!(header(&yaml, Some("team-a")), ["x-team"]);
+        assert_eq!(header(&yaml, Some("bookinfo")), [] as [String; 0]);
+        assert_eq!(header(&yaml, None), [] as [String; 0]);
+    }
+}
