@@ -41,8 +41,9 @@ pub fn shared_http_configuration(
 
 /// The gateway proxies a Gateway selector (`labels`) picks that the VirtualServices bound to
 /// `gateways` tell apart, as with istiod, which compares their `exportTo`, `sourceNamespace`
-/// and `sourceLabels` with the gateway proxy's own namespace and labels: per namespace one is
-/// exported to or a match names (and any other), per label class of the matches'
+/// and `sourceLabels` with the gateway proxy's own namespace and labels, and hashes as the
+/// DestinationRule of the proxy's namespace says: per namespace one is exported to, a match
+/// names or reads another rule for a destination (and any other), per label class of the matches'
 /// `sourceLabels` (with the selector's labels, which every proxy it picks has). Without such
 /// VirtualServices, one: all of them.
 pub fn source_variants(
@@ -67,6 +68,17 @@ pub fn source_variants(
         if let ExportTo::Namespaces(exported) = &vs.export_to {
             namespaces.extend(exported.iter().map(|ns| Some(ns.as_str())));
         }
+        // Those reading another DestinationRule for a destination may hash otherwise.
+        let rules = vs
+            .http
+            .iter()
+            .flat_map(|h| h.destination_hosts())
+            .filter_map(|host| mesh.destination_rules.get(host));
+        namespaces.extend(
+            rules
+                .flat_map(|r| r.by_namespace.keys())
+                .map(|ns| Some(ns.as_str())),
+        );
         // A match naming its own gateways is not narrowed by source.
         for m in vs.http.iter().flat_map(|h| &h.matches) {
             if m.gateways.is_empty() {

@@ -64,6 +64,26 @@ fn router(labels: &[(&str, &str)]) -> ProxyInfo {
     }
 }
 
+/// The `http.8080` route configuration a gateway proxy of `namespace` with `labels` gets, as
+/// the snapshot picks its variant (the most specific selector picking it).
+fn http_routes_of<'a>(
+    config: &'a GatewayConfig,
+    namespace: &str,
+    labels: &[(&str, &str)],
+) -> &'a RouteConfiguration {
+    let proxy = ProxyInfo {
+        namespace: Some(namespace.into()),
+        ..router(labels)
+    };
+    let (_, route) = config
+        .routes
+        .iter()
+        .filter(|(s, r)| r.name == "http.8080" && s.matches(&proxy))
+        .max_by_key(|(s, _)| s.specificity())
+        .expect("a route configuration for the proxy");
+    route
+}
+
 #[test]
 fn a_gateway_gets_a_listener_per_port_and_routes_named_as_istiod_names_them() {
     let config = build(&mesh(&format!("{REVIEWS}---{INGRESS}")));
@@ -284,16 +304,7 @@ spec:
     assert_eq!(config.problems, vec![]);
     // The route configuration a gateway proxy gets, as the snapshot picks its variant.
     let clusters = |namespace: &str, labels: &[(&str, &str)]| {
-        let proxy = ProxyInfo {
-            namespace: Some(namespace.into()),
-            ..router(labels)
-        };
-        let (_, route) = config
-            .routes
-            .iter()
-            .filter(|(s, r)| r.name == "http.8080" && s.matches(&proxy))
-            .max_by_key(|(s, _)| s.specificity())
-            .expect("a route configuration for the proxy");
+        let route = http_routes_of(&config, namespace, labels);
         cluster_of(route, "shop.example.com")
             .into_iter()
             .map(|c| c.split('|').nth(2).unwrap_or_default().to_string())
@@ -335,16 +346,7 @@ spec:
         );
         let config = build(&mesh(&format!("{REVIEWS}---{gateway}---{vs}")));
         assert_eq!(config.problems, vec![]);
-        let proxy = ProxyInfo {
-            namespace: Some(namespace.into()),
-            ..router(&[("istio", "ingressgateway")])
-        };
-        let (_, route) = config
-            .routes
-            .iter()
-            .filter(|(s, r)| r.name == "http.8080" && s.matches(&proxy))
-            .max_by_key(|(s, _)| s.specificity())
-            .expect("a route configuration for the proxy");
+        let route = http_routes_of(&config, namespace, &[("istio", "ingressgateway")]);
         route
             .virtual_hosts
             .iter()
@@ -365,4 +367,41 @@ spec:
     );
     assert_eq!(domains("[edge]", "edge"), shop);
     assert_eq!(domains("[edge]", "istio-system"), [] as [String; 0]);
+}
+
+#[test]
+fn gateway_routes_hash_as_the_destination_rule_of_the_gateways_namespace_says() {
+    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+    let gateway = INGRESS.split("---").next().expect("the Gateway");
+    let vs = INGRESS.split("---").nth(1).expect("the VirtualService");
+    // The root namespace's rule kept to its own proxies: the gateways of istio-system.
+    let rule = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: gateways, namespace: istio-system}
+spec:
+  host: "*.local"
+  exportTo: [.]
+  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-gw}}}
+  subsets: [{name: v2, labels: {version: v2}}]
+"#;
+    let config = build(&mesh(&format!("{REVIEWS}---{gateway}---{vs}---{rule}")));
+    assert_eq!(config.problems, vec![]);
+    let headers = |namespace: &str| {
+        let route = http_routes_of(&config, namespace, &[("istio", "ingressgateway")]);
+        let vh = &route.virtual_hosts[0];
+        let Some(Action::Route(action)) = &vh.routes[0].action else {
+            panic!("not forwarded");
+        };
+        action
+            .hash_policy
+            .iter()
+            .filter_map(|h| match &h.policy_specifier {
+                Some(PolicySpecifier::Header(x)) => Some(x.header_name.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(headers("istio-system"), ["x-gw"]);
+    assert_eq!(headers("edge"), [] as [String; 0]);
 }
