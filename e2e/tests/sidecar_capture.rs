@@ -333,7 +333,7 @@ spec:
 /// connection to a port no service uses, go on to where they were headed; a `Sidecar` in the
 /// namespace with `REGISTRY_ONLY` (and no egress listeners: it still sees every service) makes
 /// the first a 502 and closes the second, while the mesh's services still answer; removing
-/// it lets both through again.
+/// it lets both through again; one naming an `egressProxy` sends both there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbound_traffic_policy_decides_where_unknown_destinations_go() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
@@ -432,6 +432,51 @@ spec:
     ensure!(
         reply.service == "outside-tcp",
         "passthrough again: {reply:?}"
+    );
+
+    // An egress proxy (here an app of the workload on 3128, a service of the mesh) takes
+    // what no service has: the request for the unknown Host and the connection to the
+    // unknown port both land there instead of outside.
+    let workload = pod_ip(263);
+    let _squid = Upstreams::start(
+        Path::new(UPSTREAM_BIN),
+        &[("squid", "v1", SocketAddr::from((workload, 3128)))],
+        &log_dir,
+        "squid",
+    )
+    .await?;
+    let squid = service_entry("squid", 30, 3128, "TCP", &workload.to_string());
+    mesh.env.write_config("squid.yaml", &squid)?;
+    mesh.env.write_config(
+        "egress-proxy.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bookinfo}
+spec:
+  outboundTrafficPolicy:
+    mode: ALLOW_ANY
+    egressProxy: {host: squid.bookinfo.svc.cluster.local, port: {number: 3128}}
+",
+    )?;
+    wait_until(
+        "the unknown Host at the egress proxy",
+        CONFIG_TIMEOUT,
+        async || {
+            let response = unknown_host().await?;
+            let reply: UpstreamReply = serde_json::from_slice(&response.body)
+                .with_context(|| format!("{}", response.status))?;
+            ensure!(reply.service == "squid", "{reply:?}");
+            Ok(())
+        },
+    )
+    .await
+    .with_context(logs)?;
+    let reply = call(unknown_port, "anything").await?;
+    ensure!(reply.service == "squid", "the unknown port: {reply:?}");
+    let reply = call(reviews, "reviews").await?;
+    ensure!(
+        reply.service == "reviews",
+        "a service of the mesh: {reply:?}"
     );
     mesh.envoy.ensure_no_rejected_updates().await
 }

@@ -397,7 +397,8 @@ impl Mesh {
                 self.gateways.insert(key.clone(), gateway);
             }
             IstioObject::Sidecar(sc) => {
-                let scope = sidecar_scope::SidecarScope::new(key.clone(), &sc.spec);
+                let scope =
+                    sidecar_scope::SidecarScope::new(key.clone(), &sc.spec, &self.domain_suffix);
                 self.sidecar_scopes.by_key.insert(key.clone(), scope);
             }
             // Workloads and security policies are parsed and validated, but not translated

@@ -79,7 +79,12 @@ pub struct SidecarScope {
 }
 
 impl SidecarScope {
-    pub fn new(origin: ObjectKey, spec: &SidecarSpec) -> Self {
+    /// The scope of `Sidecar` `origin`; names resolve with `domain_suffix`.
+    pub fn new(origin: ObjectKey, spec: &SidecarSpec, domain_suffix: &str) -> Self {
+        let outbound = spec
+            .outbound_traffic_policy
+            .as_ref()
+            .map(|p| OutboundMode::of(p, &origin.namespace, domain_suffix));
         Self {
             origin,
             labels: spec
@@ -101,7 +106,7 @@ impl SidecarScope {
                     .filter_map(|h| EgressHost::parse(h))
                     .collect()
             },
-            outbound: spec.outbound_traffic_policy.as_ref().map(OutboundMode::of),
+            outbound,
             ingress: spec.ingress.iter().filter_map(IngressPort::new).collect(),
         }
     }
@@ -466,7 +471,7 @@ mod ingress;
 mod outbound;
 mod per_scope;
 pub use ingress::{IngressEndpoint, IngressPort, IngressProtocol, IngressVariants};
-pub use outbound::{OutboundMode, OutboundModes};
+pub use outbound::{EgressProxy, OutboundMode, OutboundModes};
 pub use per_scope::PerScope;
 
 #[cfg(test)]

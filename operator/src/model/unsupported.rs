@@ -151,19 +151,6 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
             if spec.inbound_connection_pool.is_some() {
                 not_applied("spec.inboundConnectionPool".into(), "inboundConnectionPool");
             }
-            if spec
-                .outbound_traffic_policy
-                .as_ref()
-                .is_some_and(|p| p.egress_proxy.is_some())
-            {
-                extra.push(Problem {
-                    object: key.clone(),
-                    field: "spec.outboundTrafficPolicy.egressProxy".into(),
-                    message: "egressProxy is not applied yet: destinations no service has are \
-                              reached directly under ALLOW_ANY"
-                        .into(),
-                });
-            }
             for (i, egress) in spec.egress.iter().enumerate() {
                 if egress.port.is_some() {
                     extra.push(Problem {

@@ -72,7 +72,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             outbound_port: args.outbound_port,
             sidecar_listeners: args.sidecar_listeners,
             root_namespace: args.root_namespace.clone(),
-            outbound_traffic_policy: args.outbound_traffic_policy,
+            outbound_traffic_policy: args.outbound_traffic_policy.clone(),
         },
         ads,
         ads_tls,

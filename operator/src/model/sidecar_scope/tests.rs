@@ -243,7 +243,7 @@ fn each_sidecar_reads_the_outbound_mode_of_its_scope_or_the_mesh() {
     use OutboundMode::{AllowAny, RegistryOnly};
     let (unscoped, _) = mesh(&[entry("cart", "shop")]);
     for mode in [AllowAny, RegistryOnly] {
-        let modes = unscoped.sidecar_scopes.outbound_modes(mode);
+        let modes = unscoped.sidecar_scopes.outbound_modes(mode.clone());
         assert_eq!((modes.everyone, modes.scoped.len()), (mode, 0));
     }
 
@@ -268,7 +268,7 @@ fn each_sidecar_reads_the_outbound_mode_of_its_scope_or_the_mesh() {
     let scoped: Vec<(String, OutboundMode)> = modes
         .scoped
         .iter()
-        .map(|(s, m)| (format!("{:?}/{:?}", s.namespace, s.labels), *m))
+        .map(|(s, m)| (format!("{:?}/{:?}", s.namespace, s.labels), m.clone()))
         .collect();
     // Only those apart from what their sidecars would read without them: not `open`
     // (ALLOW_ANY like the mesh), not `payments` (REGISTRY_ONLY like its namespace).
@@ -283,7 +283,7 @@ fn each_sidecar_reads_the_outbound_mode_of_its_scope_or_the_mesh() {
         let proxy = sidecar_in(ns, labels);
         let mut selector = Selector::namespace(ns);
         selector.labels = proxy.labels.clone();
-        *modes.for_proxies(&selector)
+        modes.for_proxies(&selector).clone()
     };
     assert_eq!(of("shop", &[]), RegistryOnly);
     assert_eq!(of("shop", &[("app", "pay")]), RegistryOnly);
@@ -297,7 +297,7 @@ fn each_sidecar_reads_the_outbound_mode_of_its_scope_or_the_mesh() {
     let selectors: Vec<_> = modes
         .scoped
         .iter()
-        .map(|(s, m)| (s.namespace.clone(), *m))
+        .map(|(s, m)| (s.namespace.clone(), m.clone()))
         .collect();
     assert_eq!(selectors, vec![(Some("web".into()), AllowAny)]);
     assert_eq!(

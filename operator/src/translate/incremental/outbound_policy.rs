@@ -20,36 +20,40 @@ pub(super) struct Fallbacks {
 
 impl Fallbacks {
     pub(super) fn new() -> Self {
-        let encode = |mode| {
-            let config = RouteConfiguration {
-                virtual_hosts: vec![fallback_virtual_host(mode)],
-                ..Default::default()
-            };
-            Parts::leaf(config.encode_to_vec())
-        };
         Self {
-            allow_any: encode(OutboundMode::AllowAny),
-            registry_only: encode(OutboundMode::RegistryOnly),
+            allow_any: encode(&OutboundMode::AllowAny),
+            registry_only: encode(&OutboundMode::RegistryOnly),
         }
     }
 
-    fn of(&self, mode: OutboundMode) -> &Parts {
+    /// The two fixed ones kept; one to an egress proxy encoded when asked for (a few
+    /// hundred bytes, for the few variants whose `Sidecar` names one).
+    fn of(&self, mode: &OutboundMode) -> Parts {
         match mode {
-            OutboundMode::AllowAny => &self.allow_any,
-            OutboundMode::RegistryOnly => &self.registry_only,
+            OutboundMode::AllowAny => self.allow_any.clone(),
+            OutboundMode::RegistryOnly => self.registry_only.clone(),
+            OutboundMode::EgressProxy(_) => encode(mode),
         }
     }
 }
 
+fn encode(mode: &OutboundMode) -> Parts {
+    let config = RouteConfiguration {
+        virtual_hosts: vec![fallback_virtual_host(mode)],
+        ..Default::default()
+    };
+    Parts::leaf(config.encode_to_vec())
+}
+
 impl Translator {
     pub(super) fn outbound_modes(&self, mesh: &Mesh) -> OutboundModes {
-        let default = self.options.outbound_traffic_policy;
+        let default = self.options.outbound_traffic_policy.clone();
         mesh.sidecar_scopes.outbound_modes(default)
     }
 
     /// The virtual host for Host names no service has, in capture mode.
-    pub(super) fn fallback(&self, mode: OutboundMode) -> Option<Parts> {
-        Some(self.fallbacks.as_ref()?.of(mode).clone())
+    pub(super) fn fallback(&self, mode: &OutboundMode) -> Option<Parts> {
+        Some(self.fallbacks.as_ref()?.of(mode))
     }
 
     /// In direct mode, reports the `Sidecar`s setting an outbound traffic policy (the

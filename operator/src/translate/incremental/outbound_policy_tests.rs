@@ -6,6 +6,8 @@ use capstan_xds::{ProxyInfo, SnapshotCache, type_index};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as RouteCluster;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
 
@@ -48,6 +50,7 @@ fn steps() -> Vec<crate::index::Event> {
             "REGISTRY_ONLY",
         )),
         istio(&sidecar("default", "shop", None, "[\"*/*\"]")),
+        istio(&through_proxy(sidecar("proxied", "web", None, "[\"*/*\"]"))),
         delete(Kind::Sidecar, "istio-system", "default"),
         delete(Kind::Sidecar, "shop", "open"),
         delete(Kind::Sidecar, "shop", "default"),
@@ -61,8 +64,13 @@ fn outbound_policy_updates_match_a_full_build() {
 }
 
 /// What a full build of `yamls` serves `proxy` for what no service has: virtualOutbound's
-/// cluster and the route configuration's last virtual host.
-fn unknown_destinations(options: Options, yamls: &[String], proxy: &ProxyInfo) -> (String, String) {
+/// cluster, and the route configuration's last virtual host and the cluster it routes to
+/// (empty for a direct response).
+fn unknown_destinations(
+    options: Options,
+    yamls: &[String],
+    proxy: &ProxyInfo,
+) -> (String, String, String) {
     let mut pipeline = Pipeline::new(options, "cluster.local");
     for yaml in yamls {
         pipeline.index.handle(istio(yaml));
@@ -94,7 +102,14 @@ fn unknown_destinations(options: Options, yamls: &[String], proxy: &ProxyInfo) -
         RouteConfiguration::decode(served(type_url::ROUTE, OUTBOUND_HTTP)).expect("decodes");
     let last = routes.virtual_hosts.last().expect("virtual hosts");
     assert_eq!(last.domains, vec!["*"]);
-    (cluster, last.name.clone())
+    let routed = match &last.routes[0].action {
+        Some(Action::Route(action)) => match &action.cluster_specifier {
+            Some(RouteCluster::Cluster(c)) => c.clone(),
+            other => panic!("{other:?}"),
+        },
+        _ => String::new(),
+    };
+    (cluster, last.name.clone(), routed)
 }
 
 #[test]
@@ -111,8 +126,13 @@ fn what_no_service_has_goes_where_each_sidecars_mode_says() {
             "ALLOW_ANY",
         ),
     ];
-    let passed = ("PassthroughCluster".to_string(), "allow_any".to_string());
-    let blocked = ("BlackHoleCluster".to_string(), "block_all".to_string());
+    let passthrough = "PassthroughCluster".to_string();
+    let passed = (passthrough.clone(), "allow_any".to_string(), passthrough);
+    let blocked = (
+        "BlackHoleCluster".to_string(),
+        "block_all".to_string(),
+        String::new(),
+    );
     let allow_any = capture(OutboundMode::AllowAny);
     let of = |options: &Options, ns: &str, labels: &[(&str, &str)]| {
         unknown_destinations(options.clone(), &yamls, &proxy(ns, labels))
@@ -125,6 +145,38 @@ fn what_no_service_has_goes_where_each_sidecars_mode_says() {
     assert_eq!(of(&registry_only, "web", &[]), blocked);
     assert_eq!(of(&registry_only, "bookinfo", &[]), blocked);
     assert_eq!(of(&registry_only, "shop", &[("app", "open")]), passed);
+}
+
+/// `sidecar` sending what no service has to the egress proxy `squid.shop` on 3128.
+fn through_proxy(sidecar: String) -> String {
+    format!(
+        "{sidecar}  outboundTrafficPolicy:\n    mode: ALLOW_ANY\n    egressProxy: {{host: squid.shop.svc.cluster.local, port: {{number: 3128}}}}\n"
+    )
+}
+
+#[test]
+fn an_egress_proxy_takes_what_no_service_has() {
+    let yamls = [
+        entry("cart", "shop"),
+        entry("front", "web"),
+        through_proxy(sidecar("default", "web", None, "[\"*/*\"]")),
+    ];
+    let proxy_cluster = "outbound|3128||squid.shop.svc.cluster.local".to_string();
+    let of =
+        |ns: &str| unknown_destinations(capture(OutboundMode::AllowAny), &yamls, &proxy(ns, &[]));
+    assert_eq!(
+        of("web"),
+        (
+            proxy_cluster.clone(),
+            "allow_any".to_string(),
+            proxy_cluster
+        )
+    );
+    let passthrough = "PassthroughCluster".to_string();
+    assert_eq!(
+        of("shop"),
+        (passthrough.clone(), "allow_any".to_string(), passthrough)
+    );
 }
 
 #[test]

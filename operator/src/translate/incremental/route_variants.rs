@@ -114,7 +114,7 @@ impl Translator {
                 .filter_map(|(caller, mut config)| {
                     let selector = variant_selector(caller.namespace.as_deref(), &caller.labels);
                     if capture {
-                        let mode = *modes.for_proxies(&selector);
+                        let mode = modes.for_proxies(&selector);
                         config.virtual_hosts.push(fallback_virtual_host(mode));
                     }
                     Some((selector, Resource::encode(OUTBOUND_HTTP, &config)?))
@@ -130,7 +130,7 @@ impl Translator {
         for ns in self.route_namespaces() {
             for labels in &classes {
                 let selector = variant_selector(ns, labels);
-                let fallback = self.fallback(*modes.for_proxies(&selector));
+                let fallback = self.fallback(modes.for_proxies(&selector));
                 out.push((selector, self.assembled_routes(ns, labels, fallback)));
             }
         }

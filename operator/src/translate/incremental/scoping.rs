@@ -194,7 +194,7 @@ impl Translator {
         let mut kept = HashMap::new();
         for selector in selectors {
             let namespace = selector.namespace.as_deref();
-            let fallback = self.fallback(*modes.for_proxies(&selector));
+            let fallback = self.fallback(modes.for_proxies(&selector));
             let resource = match views.for_proxies(&selector) {
                 Some(view) => {
                     let pieces = self.filtered_routes(mesh, &selector, view, &mut kept);

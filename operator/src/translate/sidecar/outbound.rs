@@ -23,14 +23,16 @@ use envoy_types::pb::google::protobuf::{BoolValue, Duration};
 use envoy_types::util::pack_any;
 
 use super::{BLACKHOLE, OUTBOUND_CAPTURE_PORT, PASSTHROUGH, VIRTUAL_OUTBOUND, socket, tcp_proxy};
-use crate::model::sidecar_scope::OutboundMode;
+use crate::model::sidecar_scope::{EgressProxy, OutboundMode};
 use crate::translate::http_filters::http_filters;
-use crate::translate::{OUTBOUND_HTTP, ads_config_source};
+use crate::translate::{OUTBOUND_HTTP, ads_config_source, cluster_name};
 
 /// Catches every outbound connection; one to a port without a listener of its own goes where
-/// it was headed (`ALLOW_ANY`) or is closed (`REGISTRY_ONLY`).
-pub fn virtual_outbound(mode: OutboundMode) -> Listener {
+/// it was headed (`ALLOW_ANY`), to the egress proxy (`egressProxy`) or is closed
+/// (`REGISTRY_ONLY`).
+pub fn virtual_outbound(mode: &OutboundMode) -> Listener {
     let cluster = unknown_destinations(mode);
+    let cluster = cluster.as_str();
     Listener {
         name: VIRTUAL_OUTBOUND.to_string(),
         address: Some(socket("0.0.0.0", OUTBOUND_CAPTURE_PORT)),
@@ -45,11 +47,17 @@ pub fn virtual_outbound(mode: OutboundMode) -> Listener {
     }
 }
 
-fn unknown_destinations(mode: OutboundMode) -> &'static str {
+fn unknown_destinations(mode: &OutboundMode) -> String {
     match mode {
-        OutboundMode::AllowAny => PASSTHROUGH,
-        OutboundMode::RegistryOnly => BLACKHOLE,
+        OutboundMode::AllowAny => PASSTHROUGH.to_string(),
+        OutboundMode::EgressProxy(proxy) => egress_proxy_cluster(proxy),
+        OutboundMode::RegistryOnly => BLACKHOLE.to_string(),
     }
+}
+
+/// The cluster of the service port an `egressProxy` names.
+fn egress_proxy_cluster(proxy: &EgressProxy) -> String {
+    cluster_name(proxy.port, &proxy.subset, &proxy.host)
 }
 
 /// A cluster without endpoints: a connection sent to it is closed at once.
@@ -66,18 +74,19 @@ pub fn blackhole_cluster() -> Cluster {
 }
 
 /// The outbound route configuration's last virtual host, for Host names no service has:
-/// Istio's `allow_any` (to where the request was headed, without a timeout: it may be a
-/// long stream) or `block_all` (502).
-pub fn fallback_virtual_host(mode: OutboundMode) -> VirtualHost {
+/// Istio's `allow_any` (to where the request was headed, or to the egress proxy, without a
+/// timeout: it may be a long stream) or `block_all` (502).
+pub fn fallback_virtual_host(mode: &OutboundMode) -> VirtualHost {
+    let onwards = |cluster: String| {
+        Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster(cluster)),
+            timeout: Some(Duration::default()),
+            ..Default::default()
+        })
+    };
     let (name, action) = match mode {
-        OutboundMode::AllowAny => (
-            "allow_any",
-            Action::Route(RouteAction {
-                cluster_specifier: Some(ClusterSpecifier::Cluster(PASSTHROUGH.to_string())),
-                timeout: Some(Duration::default()),
-                ..Default::default()
-            }),
-        ),
+        OutboundMode::AllowAny => ("allow_any", onwards(PASSTHROUGH.to_string())),
+        OutboundMode::EgressProxy(proxy) => ("allow_any", onwards(egress_proxy_cluster(proxy))),
         OutboundMode::RegistryOnly => (
             "block_all",
             Action::DirectResponse(DirectResponseAction {

@@ -18,7 +18,7 @@ impl CaptureState {
     pub fn set_outbound_modes(&mut self, modes: &OutboundModes, update: &mut Update) {
         let before = self.outbound_modes.replace(modes.clone());
         put_variants(VIRTUAL_OUTBOUND, before.as_ref(), modes, update, |mode| {
-            outbound::virtual_outbound(*mode)
+            outbound::virtual_outbound(mode)
         });
     }
 
