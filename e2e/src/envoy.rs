@@ -407,6 +407,21 @@ impl Envoy {
         self.admin_get(path).await?.json()
     }
 
+    /// The dynamic cluster `name` as Envoy holds it (from `/config_dump`), if it has one.
+    pub async fn active_cluster(&self, name: &str) -> anyhow::Result<Option<Value>> {
+        let dump = self.config_dump(false).await?;
+        let found = dump["configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["dynamic_active_clusters"].as_array())
+            .flatten()
+            .map(|c| &c["cluster"])
+            .find(|c| c["name"] == name)
+            .cloned();
+        Ok(found)
+    }
+
     /// The names of the clusters capstan gave Envoy (`outbound|…`), sorted, from `/clusters`.
     pub async fn outbound_clusters(&self) -> anyhow::Result<Vec<String>> {
         let text = self.admin_get("/clusters").await?.text();

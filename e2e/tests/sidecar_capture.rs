@@ -545,6 +545,122 @@ spec:
     mesh.envoy.ensure_no_rejected_updates().await
 }
 
+/// `concurrency` requests at once to reviews through the capture, each held `delay_ms` by
+/// the app: how many were answered OK and how many shed by a sidecar (503 with
+/// `x-envoy-overloaded`), and how many reached the app.
+async fn send_burst(
+    mesh: &CaptureMesh,
+    concurrency: usize,
+    delay_ms: u64,
+) -> anyhow::Result<Burst> {
+    let reviews = SocketAddr::from((service_ip(10), 9080));
+    let before = mesh.upstreams.count("reviews", "v1").await?;
+    let delay = delay_ms.to_string();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let delay = delay.clone();
+            tokio::spawn(async move {
+                HttpClient::new(reviews)
+                    .get("reviews", "/slow", &[("x-upstream-delay-ms", &delay)])
+                    .await
+            })
+        })
+        .collect();
+    let mut burst = Burst::default();
+    for task in tasks {
+        let response = task.await??;
+        let shed = response
+            .headers
+            .get("x-envoy-overloaded")
+            .is_some_and(|v| v == "true");
+        match response.status.as_u16() {
+            200 => burst.ok += 1,
+            503 if shed => burst.shed += 1,
+            status => burst.other.push(format!("{status} {}", response.text())),
+        }
+    }
+    burst.reached = mesh.upstreams.count("reviews", "v1").await? - before;
+    Ok(burst)
+}
+
+/// Fails unless the sidecar's `inbound|9080||` allows `expected` connections.
+async fn max_inbound_connections(mesh: &CaptureMesh, expected: u64) -> anyhow::Result<()> {
+    let cluster = mesh.envoy.active_cluster("inbound|9080||").await?;
+    let limit = cluster
+        .as_ref()
+        .and_then(|c| c["circuit_breakers"]["thresholds"][0]["max_connections"].as_u64());
+    ensure!(limit == Some(expected), "max_connections {limit:?}");
+    Ok(())
+}
+
+#[derive(Debug, Default)]
+struct Burst {
+    ok: u64,
+    shed: u64,
+    other: Vec<String>,
+    reached: u64,
+}
+
+/// A `Sidecar`'s `inboundConnectionPool` limits what its sidecar passes on to the workload:
+/// with one connection and one pending request allowed, a burst of slow requests is partly
+/// shed by the sidecar's inbound side and never reaches the app; without the Sidecar, the
+/// same burst all gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_connection_pool_sheds_what_the_workload_is_not_to_take() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mesh = start("an_inbound_connection_pool_sheds_what_the_workload_is_not_to_take").await?;
+    let log_dir = mesh.env.log_dir.clone();
+    let logs = || format!("logs in {}", log_dir.display());
+    let reviews = SocketAddr::from((service_ip(10), 9080));
+    wait_until("reviews through the capture", CONFIG_TIMEOUT, async || {
+        call(reviews, "reviews").await
+    })
+    .await
+    .with_context(logs)?;
+
+    mesh.env.write_config(
+        "limits.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bookinfo}
+spec:
+  inboundConnectionPool:
+    tcp: {maxConnections: 1}
+    http: {http1MaxPendingRequests: 1}
+",
+    )?;
+    wait_until("the inbound limit in Envoy", CONFIG_TIMEOUT, async || {
+        max_inbound_connections(&mesh, 1).await
+    })
+    .await
+    .with_context(logs)?;
+    let burst = send_burst(&mesh, 8, 1500).await?;
+    ensure!(burst.other.is_empty(), "unexpected answers: {burst:?}");
+    ensure!(
+        burst.ok >= 1 && burst.shed >= 1,
+        "expected some OK and some shed: {burst:?}"
+    );
+    ensure!(
+        burst.reached == burst.ok,
+        "the app saw {} requests, {} were answered OK: shed ones reached it ({burst:?})",
+        burst.reached,
+        burst.ok
+    );
+
+    std::fs::remove_file(mesh.env.config_dir.join("limits.yaml"))?;
+    wait_until("no inbound limit", CONFIG_TIMEOUT, async || {
+        max_inbound_connections(&mesh, u32::MAX.into()).await
+    })
+    .await
+    .with_context(logs)?;
+    let burst = send_burst(&mesh, 8, 300).await?;
+    ensure!(
+        burst.ok == 8 && burst.reached == 8,
+        "without the Sidecar every request gets through: {burst:?}"
+    );
+    mesh.envoy.ensure_no_rejected_updates().await
+}
+
 /// A ServiceEntry port without a protocol, on its own address.
 fn undeclared_entry(name: &str, address: u16, port: u16, target: u16, workload: &str) -> String {
     let port = format!("{{number: {port}, name: {name}, targetPort: {target}}}");

@@ -224,11 +224,12 @@ impl Report {
         }
         if let IstioObject::Sidecar(sidecar) = object {
             let spec = &sidecar.spec;
-            problems.extend(unsupported::sidecar_capture_only(
-                &object.key(),
-                spec.outbound_traffic_policy.is_some(),
-                !spec.ingress.is_empty(),
-            ));
+            let sets = unsupported::CaptureOnly {
+                outbound_policy: spec.outbound_traffic_policy.is_some(),
+                ingress: !spec.ingress.is_empty(),
+                inbound_pool: spec.inbound_connection_pool.is_some(),
+            };
+            problems.extend(unsupported::sidecar_capture_only(&object.key(), sets));
         }
         for problem in problems {
             let line = document.line_of(&problem.field);

@@ -16,6 +16,7 @@ use capstan_crds::networking::sidecar::SidecarSpec;
 use capstan_xds::{ProxyInfo, Role, Selector, Visibility};
 
 use super::service::ExportTo;
+use super::traffic_policy::{ConnectionPool, connection_pool};
 use super::{Mesh, Problem, VirtualService, hostname};
 
 /// Istio's default `meshConfig.rootNamespace`.
@@ -76,6 +77,8 @@ pub struct SidecarScope {
     /// `None`: the mesh's.
     outbound: Option<OutboundMode>,
     ingress: Vec<IngressPort>,
+    /// `inboundConnectionPool`: the limits of its sidecars' inbound clusters.
+    inbound_pool: Option<ConnectionPool>,
 }
 
 impl SidecarScope {
@@ -85,8 +88,8 @@ impl SidecarScope {
             .outbound_traffic_policy
             .as_ref()
             .map(|p| OutboundMode::of(p, &origin.namespace, domain_suffix));
+        let inbound_pool = spec.inbound_connection_pool.as_ref().map(connection_pool);
         Self {
-            origin,
             labels: spec
                 .workload_selector
                 .as_ref()
@@ -106,8 +109,14 @@ impl SidecarScope {
                     .filter_map(|h| EgressHost::parse(h))
                     .collect()
             },
+            ingress: spec
+                .ingress
+                .iter()
+                .filter_map(|listener| IngressPort::new(listener, &origin, inbound_pool.as_ref()))
+                .collect(),
             outbound,
-            ingress: spec.ingress.iter().filter_map(IngressPort::new).collect(),
+            origin,
+            inbound_pool,
         }
     }
 
@@ -467,9 +476,11 @@ fn exported_only(mut rules: Vec<(Selector, bool)>, export_to: &ExportTo) -> Vec<
     rules
 }
 
+mod inbound_pool;
 mod ingress;
 mod outbound;
 mod per_scope;
+pub use inbound_pool::InboundPools;
 pub use ingress::{IngressEndpoint, IngressPort, IngressProtocol, IngressVariants};
 pub use outbound::{EgressProxy, OutboundMode, OutboundModes};
 pub use per_scope::PerScope;

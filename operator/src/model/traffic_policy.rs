@@ -396,7 +396,8 @@ fn consistent_hash(ch: &api::ConsistentHashLb) -> ConsistentHash {
     ConsistentHash { key, algorithm }
 }
 
-fn connection_pool(pool: &api::ConnectionPoolSettings) -> ConnectionPool {
+/// A `connectionPool` as read from a DestinationRule or a `Sidecar`.
+pub(crate) fn connection_pool(pool: &api::ConnectionPoolSettings) -> ConnectionPool {
     ConnectionPool {
         tcp: pool.tcp.as_ref().map(|t| TcpPool {
             max_connections: positive(t.max_connections),

@@ -54,7 +54,7 @@ pub fn sidecar_stream_routes(
 
 /// A `Sidecar`'s settings that only capture-mode sidecars (`--sidecar-listeners capture`)
 /// apply: `validate` says so always (it cannot know the mode), `run` in direct mode.
-pub fn sidecar_capture_only(key: &ObjectKey, outbound_policy: bool, ingress: bool) -> Vec<Problem> {
+pub fn sidecar_capture_only(key: &ObjectKey, sets: CaptureOnly) -> Vec<Problem> {
     let problem = |field: &str, message: &str| Problem {
         object: key.clone(),
         field: field.into(),
@@ -64,19 +64,33 @@ pub fn sidecar_capture_only(key: &ObjectKey, outbound_policy: bool, ingress: boo
         ),
     };
     let mut out = Vec::new();
-    if outbound_policy {
+    if sets.outbound_policy {
         out.push(problem(
             "spec.outboundTrafficPolicy",
             "the direct listener answers 404 for a Host no service has",
         ));
     }
-    if ingress {
+    if sets.ingress {
         out.push(problem(
             "spec.ingress",
             "direct-mode sidecars have no inbound listener",
         ));
     }
+    if sets.inbound_pool {
+        out.push(problem(
+            "spec.inboundConnectionPool",
+            "direct-mode sidecars have no inbound clusters",
+        ));
+    }
     out
+}
+
+/// Which of a `Sidecar`'s capture-mode settings it sets.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CaptureOnly {
+    pub outbound_policy: bool,
+    pub ingress: bool,
+    pub inbound_pool: bool,
 }
 
 /// The fields of `object` that are set and not honoured. Kinds capstan does not translate at
@@ -129,9 +143,10 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
             // sourceNamespace on gateways, which translation reports per match.
         }
         IstioObject::Sidecar(sc) => {
-            // The egress hosts scope what sidecars receive; ingress listeners (port and
-            // defaultEndpoint) and the outbound traffic policy's mode apply to capture-mode
-            // sidecars (translation reports them in direct mode).
+            // The egress hosts scope what sidecars receive; ingress listeners (port,
+            // defaultEndpoint, connectionPool), inboundConnectionPool and the outbound
+            // traffic policy apply to capture-mode sidecars (translation reports them in
+            // direct mode).
             let spec = &sc.spec;
             for (i, ingress) in spec.ingress.iter().enumerate() {
                 let field = |name: &str| format!("spec.ingress[{i}].{name}");
@@ -144,12 +159,6 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                 if ingress.tls.is_some() {
                     not_applied(field("tls"), "TLS termination on an ingress listener");
                 }
-                if ingress.connection_pool.is_some() {
-                    not_applied(field("connectionPool"), "connectionPool");
-                }
-            }
-            if spec.inbound_connection_pool.is_some() {
-                not_applied("spec.inboundConnectionPool".into(), "inboundConnectionPool");
             }
             for (i, egress) in spec.egress.iter().enumerate() {
                 if egress.port.is_some() {

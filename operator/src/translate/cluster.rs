@@ -6,6 +6,8 @@
 mod lb;
 mod outlier;
 mod pool;
+
+pub use pool::apply_inbound;
 pub(super) mod tls;
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -23,6 +25,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 };
 use envoy_types::pb::google::protobuf::Duration;
 use envoy_types::util::pack_any;
+use prost::Message;
 
 use super::{
     RuleScope, ServiceCluster, ads_config_source, endpoint, rule_scopes, service_clusters_in,
@@ -191,7 +194,6 @@ fn cluster_in(spec: ServiceCluster<'_>, rule: Option<&DestinationRule>) -> (Stri
     pool::apply(
         &mut cluster,
         &mut http_options,
-        port,
         policy.connection_pool.as_ref(),
     );
     outlier::apply(&mut cluster, policy.outlier_detection.as_ref());
@@ -219,22 +221,37 @@ fn cluster_in(spec: ServiceCluster<'_>, rule: Option<&DestinationRule>) -> (Stri
         };
         tls::apply(&mut cluster, &mut http_options, settings, &target);
     }
-    if http_options != HttpProtocolOptions::default() {
-        // Envoy requires the upstream protocol to be chosen: HTTP/1.1 unless set above.
-        if http_options.upstream_protocol_options.is_none() {
-            http_options.upstream_protocol_options = Some(
-                UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
-                    protocol_config: Some(ProtocolConfig::HttpProtocolOptions(
-                        Http1ProtocolOptions::default(),
-                    )),
-                }),
-            );
-        }
-        cluster
-            .typed_extension_protocol_options
-            .insert(HTTP_PROTOCOL_OPTIONS.into(), pack_any(http_options));
-    }
+    set_protocol_options(&mut cluster, http_options);
     (name, cluster)
+}
+
+/// The HTTP protocol options `cluster` carries (default: none).
+fn protocol_options(cluster: &Cluster) -> HttpProtocolOptions {
+    cluster
+        .typed_extension_protocol_options
+        .get(HTTP_PROTOCOL_OPTIONS)
+        .and_then(|any| HttpProtocolOptions::decode(any.value.as_slice()).ok())
+        .unwrap_or_default()
+}
+
+/// Makes `options` the cluster's HTTP protocol options, unless they are the defaults.
+fn set_protocol_options(cluster: &mut Cluster, mut options: HttpProtocolOptions) {
+    if options == HttpProtocolOptions::default() {
+        return;
+    }
+    // Envoy requires the upstream protocol to be chosen: HTTP/1.1 unless set already.
+    if options.upstream_protocol_options.is_none() {
+        options.upstream_protocol_options = Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::HttpProtocolOptions(
+                    Http1ProtocolOptions::default(),
+                )),
+            },
+        ));
+    }
+    cluster
+        .typed_extension_protocol_options
+        .insert(HTTP_PROTOCOL_OPTIONS.into(), pack_any(options));
 }
 
 /// Makes the cluster speak HTTP/2 upstream, unless its protocol is already chosen.

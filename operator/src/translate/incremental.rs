@@ -227,6 +227,7 @@ impl Translator {
             if let Some(modes) = &modes {
                 capture.set_outbound_modes(modes, &mut update);
                 capture.set_ingress(mesh, &mesh.sidecar_scopes.ingress_variants(), &mut update);
+                capture.set_inbound_pools(mesh, &mesh.sidecar_scopes.inbound_pools(), &mut update);
             }
         }
         let rebuilt = self.rebuild(mesh, affected, &mut update);

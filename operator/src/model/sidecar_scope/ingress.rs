@@ -2,9 +2,10 @@
 //! and where each goes (`defaultEndpoint`), instead of the ports their services declare.
 
 use capstan_crds::networking::sidecar::IstioIngressListener;
-use capstan_crds::{Protocol, ProtocolClass};
+use capstan_crds::{ObjectKey, Protocol, ProtocolClass};
 
 use super::{PerScope, Scopes};
+use crate::model::traffic_policy::{ConnectionPool, connection_pool};
 
 /// One ingress listener: connections to the workload on `port` go to `to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +13,16 @@ pub struct IngressPort {
     pub port: u32,
     pub served: IngressProtocol,
     pub to: IngressEndpoint,
+    /// The listener's `connectionPool`, or else its `Sidecar`'s `inboundConnectionPool`.
+    pub pool: Option<IngressPool>,
+}
+
+/// The connection limits of one ingress listener, and the `Sidecar` that sets them: a
+/// cluster with limits is that `Sidecar`'s own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressPool {
+    pub sidecar: ObjectKey,
+    pub limits: ConnectionPool,
 }
 
 /// How the sidecar handles a port's connections.
@@ -40,8 +51,13 @@ pub enum IngressEndpoint {
 }
 
 impl IngressPort {
-    /// `None` for a listener validation rejects (no port, a malformed endpoint).
-    pub fn new(listener: &IstioIngressListener) -> Option<Self> {
+    /// A listener of `Sidecar` `sidecar`, whose `inboundConnectionPool` is `default_pool`;
+    /// `None` for one validation rejects (no port, a malformed endpoint).
+    pub fn new(
+        listener: &IstioIngressListener,
+        sidecar: &ObjectKey,
+        default_pool: Option<&ConnectionPool>,
+    ) -> Option<Self> {
         let port = listener.port.as_ref()?;
         let protocol = Protocol::parse(&port.protocol);
         let served = match protocol.map(Protocol::class) {
@@ -55,6 +71,15 @@ impl IngressPort {
             port: port.number,
             served,
             to: IngressEndpoint::parse(&listener.default_endpoint)?,
+            pool: listener
+                .connection_pool
+                .as_ref()
+                .map(connection_pool)
+                .or_else(|| default_pool.cloned())
+                .map(|limits| IngressPool {
+                    sidecar: sidecar.clone(),
+                    limits,
+                }),
         })
     }
 }

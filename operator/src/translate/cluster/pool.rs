@@ -18,7 +18,6 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::{proto_duration, set_http2};
-use crate::model::Port;
 use crate::model::traffic_policy::{ConnectionPool, H2Upgrade};
 
 fn value(v: u32) -> Option<UInt32Value> {
@@ -40,7 +39,6 @@ pub fn default_thresholds() -> Thresholds {
 pub fn apply(
     cluster: &mut Cluster,
     options: &mut HttpProtocolOptions,
-    port: &Port,
     pool: Option<&ConnectionPool>,
 ) {
     let http = pool.and_then(|p| p.http.as_ref());
@@ -54,7 +52,6 @@ pub fn apply(
     }
     // (The mesh-wide h2UpgradePolicy is istiod's default, DO_NOT_UPGRADE, and DEFAULT
     // follows it; a port that is not HTTP is never upgraded unless asked for.)
-    let _ = port;
 
     let mut threshold = default_thresholds();
     let mut idle_timeout = None;
@@ -161,20 +158,27 @@ pub fn apply(
     }
 }
 
+/// `pool` on a cluster to the workload (a sidecar's inbound side), as istiod applies it
+/// there: the limits and timeouts, but not the protocol (neither `h2UpgradePolicy` nor
+/// `useClientProtocol`: the workload's port decides it).
+pub fn apply_inbound(cluster: &mut Cluster, pool: Option<&ConnectionPool>) {
+    let limits = pool.cloned().map(|mut pool| {
+        if let Some(http) = &mut pool.http {
+            http.h2_upgrade = H2Upgrade::DoNotUpgrade;
+            http.use_client_protocol = false;
+        }
+        pool
+    });
+    let mut options = super::protocol_options(cluster);
+    apply(cluster, &mut options, limits.as_ref());
+    super::set_protocol_options(cluster, options);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::traffic_policy::{HttpPool, TcpKeepalive as Keepalive, TcpPool};
     use std::time::Duration;
-
-    fn http_port() -> Port {
-        Port {
-            name: "http".into(),
-            number: 9080,
-            protocol: None,
-            target_port: 0,
-        }
-    }
 
     fn thresholds(c: &Cluster) -> &Thresholds {
         &c.circuit_breakers
@@ -187,7 +191,7 @@ mod tests {
     fn without_settings_every_limit_is_lifted() {
         let mut c = Cluster::default();
         let mut options = HttpProtocolOptions::default();
-        apply(&mut c, &mut options, &http_port(), None);
+        apply(&mut c, &mut options, None);
         assert_eq!(thresholds(&c), &default_thresholds());
         assert_eq!(thresholds(&c).max_connections, value(u32::MAX));
         assert!(thresholds(&c).track_remaining);
@@ -220,7 +224,7 @@ mod tests {
         };
         let mut c = Cluster::default();
         let mut options = HttpProtocolOptions::default();
-        apply(&mut c, &mut options, &http_port(), Some(&pool));
+        apply(&mut c, &mut options, Some(&pool));
         let t = thresholds(&c);
         assert_eq!(
             (
@@ -272,12 +276,7 @@ mod tests {
                 }),
             };
             let mut options = HttpProtocolOptions::default();
-            apply(
-                &mut Cluster::default(),
-                &mut options,
-                &http_port(),
-                Some(&pool),
-            );
+            apply(&mut Cluster::default(), &mut options, Some(&pool));
             options.upstream_protocol_options
         };
         match upgrade(false) {

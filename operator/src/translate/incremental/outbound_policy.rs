@@ -2,6 +2,9 @@
 //! variant in capture mode (for Host names no service has), and what direct mode reports of
 //! it and of `Sidecar` ingress listeners.
 
+use std::collections::BTreeMap;
+
+use capstan_crds::ObjectKey;
 use capstan_xds::Parts;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use prost::Message;
@@ -9,7 +12,7 @@ use prost::Message;
 use super::Translator;
 use crate::model::Mesh;
 use crate::model::sidecar_scope::{OutboundMode, OutboundModes};
-use crate::model::unsupported::sidecar_capture_only;
+use crate::model::unsupported::{CaptureOnly, sidecar_capture_only};
 use crate::translate::sidecar::{ListenerMode, fallback_virtual_host};
 
 /// [`fallback_virtual_host`] of each outbound mode, encoded once.
@@ -57,21 +60,26 @@ impl Translator {
     }
 
     /// In direct mode, reports the `Sidecar`s setting an outbound traffic policy (the
-    /// listener applications dial has no original destination to pass a request on to) or
-    /// ingress listeners (there is no inbound listener).
+    /// listener applications dial has no original destination to pass a request on to),
+    /// ingress listeners or inbound limits (there is no inbound side).
     pub(super) fn refresh_policy_problems(&mut self, mesh: &Mesh) {
         if self.options.sidecar_listeners != ListenerMode::Direct {
             return;
         }
         let scopes = &mesh.sidecar_scopes;
-        self.policy_problems = scopes
-            .setting_outbound()
-            .flat_map(|key| sidecar_capture_only(key, true, false))
-            .chain(
-                scopes
-                    .setting_ingress()
-                    .flat_map(|key| sidecar_capture_only(key, false, true)),
-            )
+        let mut sets: BTreeMap<&ObjectKey, CaptureOnly> = BTreeMap::new();
+        for key in scopes.setting_outbound() {
+            sets.entry(key).or_default().outbound_policy = true;
+        }
+        for key in scopes.setting_ingress() {
+            sets.entry(key).or_default().ingress = true;
+        }
+        for key in scopes.setting_inbound_pool() {
+            sets.entry(key).or_default().inbound_pool = true;
+        }
+        self.policy_problems = sets
+            .into_iter()
+            .flat_map(|(key, sets)| sidecar_capture_only(key, sets))
             .collect();
     }
 }

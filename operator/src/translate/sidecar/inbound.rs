@@ -36,6 +36,8 @@ use super::{
     DETECTED_HTTP, INBOUND_CAPTURE_PORT, INBOUND_PASSTHROUGH, INBOUND_SOURCE, PASSTHROUGH,
     VIRTUAL_INBOUND, http_inspector, inbound_cluster_name, socket, tcp_proxy,
 };
+use crate::model::traffic_policy::ConnectionPool;
+use crate::translate::cluster::apply_inbound;
 use crate::translate::http_filters::http_filters;
 
 /// How a workload serves one of its ports.
@@ -154,8 +156,9 @@ fn http_filter(port: u32, cluster: &str) -> Filter {
 }
 
 /// `inbound|<port>||`: to the address the connection was headed for (the workload's own),
-/// from 127.0.0.6 so that the capture lets it through.
-pub fn inbound_cluster(port: u32, served: Served) -> Cluster {
+/// from 127.0.0.6 so that the capture lets it through; limited as `pool` says (none: no
+/// limits but Envoy's, istiod's defaults).
+pub fn inbound_cluster(port: u32, served: Served, pool: Option<&ConnectionPool>) -> Cluster {
     let mut cluster = original_destination(&inbound_cluster_name(port));
     cluster.upstream_bind_config = Some(BindConfig {
         source_address: Some(SocketAddress {
@@ -181,6 +184,7 @@ pub fn inbound_cluster(port: u32, served: Served) -> Cluster {
             pack_any(options),
         );
     }
+    apply_inbound(&mut cluster, pool);
     cluster
 }
 
@@ -188,7 +192,7 @@ pub fn inbound_cluster(port: u32, served: Served) -> Cluster {
 /// workload port claims go, as they were addressed.
 pub fn passthrough_clusters() -> Vec<Cluster> {
     let mut inbound = original_destination(INBOUND_PASSTHROUGH);
-    inbound.upstream_bind_config = inbound_cluster(0, Served::Tcp).upstream_bind_config;
+    inbound.upstream_bind_config = inbound_cluster(0, Served::Tcp, None).upstream_bind_config;
     vec![original_destination(PASSTHROUGH), inbound]
 }
 

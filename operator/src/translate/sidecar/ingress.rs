@@ -34,7 +34,14 @@ pub fn cluster_name(ingress: &IngressPort) -> String {
         IngressEndpoint::Instance { port } => format!("instance_{port}"),
         IngressEndpoint::Unix(path) => format!("unix_{path}"),
     };
-    format!("inbound|{}|{protocol}|{to}", ingress.port)
+    match &ingress.pool {
+        None => format!("inbound|{}|{protocol}|{to}", ingress.port),
+        // Two Sidecars may list the same port and endpoint with other limits.
+        Some(pool) => format!(
+            "inbound|{}|{protocol}|{to}|{}.{}",
+            ingress.port, pool.sidecar.name, pool.sidecar.namespace
+        ),
+    }
 }
 
 fn served(ingress: &IngressPort) -> Served {
@@ -55,7 +62,8 @@ pub fn virtual_inbound(ports: &[IngressPort]) -> Listener {
 pub fn cluster(ingress: &IngressPort) -> Cluster {
     let served = served(ingress);
     // The workload's own address, as for a service port: connections were headed there.
-    let mut cluster = inbound::inbound_cluster(ingress.port, served);
+    let pool = ingress.pool.as_ref().map(|p| &p.limits);
+    let mut cluster = inbound::inbound_cluster(ingress.port, served, pool);
     cluster.name = cluster_name(ingress);
     match &ingress.to {
         IngressEndpoint::Passthrough => {}

@@ -9,7 +9,8 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use super::inbound::{self, Served};
 use super::{VIRTUAL_INBOUND, inbound_cluster_name, outbound, stream};
 use crate::model::service::Origin;
-use crate::model::sidecar_scope::{IngressVariants, OutboundModes};
+use crate::model::sidecar_scope::{InboundPools, IngressVariants, OutboundModes};
+use crate::model::traffic_policy::ConnectionPool;
 use crate::model::{Mesh, Problem, Service};
 use capstan_crds::ProtocolClass;
 
@@ -47,8 +48,13 @@ pub struct CaptureState {
     /// rebuilds the port).
     port_destinations: BTreeMap<u32, BTreeSet<String>>,
     inbound: BTreeMap<String, BTreeMap<u32, Served>>,
-    /// Inbound port → how many workloads serve it (its cluster exists while any does).
-    inbound_clusters: BTreeMap<u32, usize>,
+    /// Inbound port → how many workloads serve it (its cluster exists while any does), and
+    /// how the first served it.
+    inbound_clusters: BTreeMap<u32, (usize, Served)>,
+    /// The limits the inbound clusters were last built with, and the workloads' own (from
+    /// their services' DestinationRules), by address and port.
+    inbound_pools: InboundPools,
+    workload_limits: BTreeMap<String, BTreeMap<u32, ConnectionPool>>,
     problems: BTreeMap<u32, Vec<Problem>>,
     /// The listeners of one service's address (TCP, or a port without a protocol), by name,
     /// and their service; by service: who sees it sees them ([`Self::listeners_of`]).
@@ -91,6 +97,8 @@ impl CaptureState {
             &blackhole,
         );
         state.set_outbound_modes(outbound_modes, &mut update);
+        // Before the workloads' clusters are built, which read them.
+        state.inbound_pools = mesh.sidecar_scopes.inbound_pools();
         // A sidecar whose address has no endpoints still gets its inbound passthrough, or
         // the ingress listeners of its Sidecar.
         let inbound = inbound::virtual_inbound(&BTreeMap::new());
@@ -290,26 +298,26 @@ impl CaptureState {
             );
         }
         for port in old.keys().filter(|p| !served.contains_key(p)) {
-            if let Some(count) = self.inbound_clusters.get_mut(port) {
+            if let Some((count, _)) = self.inbound_clusters.get_mut(port) {
                 *count -= 1;
                 if *count == 0 {
                     self.inbound_clusters.remove(port);
-                    update.remove_for(sidecars(), type_url::CLUSTER, &inbound_cluster_name(*port));
+                    update.remove(type_url::CLUSTER, &inbound_cluster_name(*port));
                 }
             }
         }
         for (port, how) in &served {
             if !old.contains_key(port) {
-                let count = self.inbound_clusters.entry(*port).or_default();
+                let (count, _) = self.inbound_clusters.entry(*port).or_insert((0, *how));
                 *count += 1;
                 if *count == 1 {
-                    let cluster = inbound::inbound_cluster(*port, *how);
-                    put(
-                        update,
-                        sidecars(),
+                    sidecar_settings::put_variants(
                         type_url::CLUSTER,
-                        &cluster.name.clone(),
-                        &cluster,
+                        &inbound_cluster_name(*port),
+                        None,
+                        &self.inbound_pools,
+                        update,
+                        |pool| inbound::inbound_cluster(*port, *how, pool.as_ref()),
                     );
                 }
             }
@@ -317,6 +325,7 @@ impl CaptureState {
         if !served.is_empty() {
             self.inbound.insert(address.to_string(), served);
         }
+        self.set_workload_limits(mesh, address, &hosts, update);
     }
 }
 
@@ -498,4 +507,5 @@ fn workload_ports(mesh: &Mesh, address: &str, hosts: &BTreeSet<String>) -> BTree
     out
 }
 
+mod inbound_limits;
 mod sidecar_settings;

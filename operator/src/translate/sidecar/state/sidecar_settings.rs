@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use capstan_xds::{Selector, Update, type_url};
-use envoy_types::pb::envoy::config::listener::v3::Listener;
 
 use super::super::{VIRTUAL_INBOUND, VIRTUAL_OUTBOUND, ingress, outbound};
 use super::{CaptureState, put, sidecars};
@@ -17,9 +16,14 @@ impl CaptureState {
     /// (a `Sidecar` changed); the variants of sets no longer apart are removed.
     pub fn set_outbound_modes(&mut self, modes: &OutboundModes, update: &mut Update) {
         let before = self.outbound_modes.replace(modes.clone());
-        put_variants(VIRTUAL_OUTBOUND, before.as_ref(), modes, update, |mode| {
-            outbound::virtual_outbound(mode)
-        });
+        put_variants(
+            type_url::LISTENER,
+            VIRTUAL_OUTBOUND,
+            before.as_ref(),
+            modes,
+            update,
+            outbound::virtual_outbound,
+        );
     }
 
     /// Builds `virtualInbound` for the sets of sidecars whose `Sidecar` lists ingress
@@ -30,9 +34,14 @@ impl CaptureState {
             return;
         }
         let before = std::mem::replace(&mut self.ingress, variants.clone());
-        put_variants(VIRTUAL_INBOUND, Some(&before), variants, update, |ports| {
-            ingress::virtual_inbound(ports)
-        });
+        put_variants(
+            type_url::LISTENER,
+            VIRTUAL_INBOUND,
+            Some(&before),
+            variants,
+            update,
+            |ports| ingress::virtual_inbound(ports),
+        );
         let clusters: BTreeMap<String, &IngressPort> = variants
             .everyone
             .iter()
@@ -65,62 +74,60 @@ impl CaptureState {
     }
 
     /// Whether the workload at `address` (serving `hosts`) has a `Sidecar` listing ingress
-    /// listeners. Its labels and namespace are read from its endpoints: the listener is
-    /// built per address, before any proxy says who it is.
+    /// listeners.
     pub(super) fn has_ingress(&self, mesh: &Mesh, address: &str, hosts: &BTreeSet<String>) -> bool {
-        if self.ingress.is_empty() {
-            return false;
-        }
-        let mut workload = Selector::default();
-        for service in hosts.iter().filter_map(|h| mesh.services.get(h)) {
-            for endpoint in service.endpoints.iter().filter(|e| &*e.address == address) {
-                workload
-                    .namespace
-                    .get_or_insert_with(|| service.namespace().into());
-                let labels = endpoint.labels.iter().map(|(k, v)| (k.clone(), v.clone()));
-                workload.labels.extend(labels);
-            }
-        }
-        workload.namespace.is_some() && !self.ingress.for_proxies(&workload).is_empty()
+        !self.ingress.is_empty()
+            && workload_selector(mesh, address, hosts)
+                .is_some_and(|workload| !self.ingress.for_proxies(&workload).is_empty())
     }
 }
 
-/// Puts the variants of listener `name` that `now` has and `before` (none: nothing was put)
+/// The namespace and labels of the workload at `address` (serving `hosts`), as a selector of
+/// its sidecar, read from its endpoints: the listeners and clusters of an address are built
+/// before any proxy says who it is. `None`: no endpoint there.
+pub(super) fn workload_selector(
+    mesh: &Mesh,
+    address: &str,
+    hosts: &BTreeSet<String>,
+) -> Option<Selector> {
+    let mut workload = Selector::default();
+    for service in hosts.iter().filter_map(|h| mesh.services.get(h)) {
+        for endpoint in service.endpoints.iter().filter(|e| &*e.address == address) {
+            workload
+                .namespace
+                .get_or_insert_with(|| service.namespace().into());
+            let labels = endpoint.labels.iter().map(|(k, v)| (k.clone(), v.clone()));
+            workload.labels.extend(labels);
+        }
+    }
+    workload.namespace.is_some().then_some(workload)
+}
+
+/// Puts the variants of resource `name` that `now` has and `before` (none: nothing was put)
 /// had otherwise, and removes those of sets of sidecars no longer apart.
-fn put_variants<T: PartialEq>(
+pub(super) fn put_variants<T: PartialEq, M: prost::Message + prost::Name>(
+    type_url: &'static str,
     name: &str,
     before: Option<&PerScope<T>>,
     now: &PerScope<T>,
     update: &mut Update,
-    build: impl Fn(&T) -> Listener,
+    build: impl Fn(&T) -> M,
 ) {
     if before == Some(now) {
         return;
     }
     if before.is_none_or(|b| b.everyone != now.everyone) {
-        put(
-            update,
-            sidecars(),
-            type_url::LISTENER,
-            name,
-            &build(&now.everyone),
-        );
+        put(update, sidecars(), type_url, name, &build(&now.everyone));
     }
     let old: &[(Selector, T)] = before.map_or(&[], |b| &b.scoped);
     for (selector, setting) in &now.scoped {
         if !old.iter().any(|(s, t)| s == selector && t == setting) {
-            put(
-                update,
-                selector.clone(),
-                type_url::LISTENER,
-                name,
-                &build(setting),
-            );
+            put(update, selector.clone(), type_url, name, &build(setting));
         }
     }
     for (selector, _) in old {
         if !now.scoped.iter().any(|(s, _)| s == selector) {
-            update.remove_for(selector.clone(), type_url::LISTENER, name);
+            update.remove_for(selector.clone(), type_url, name);
         }
     }
 }

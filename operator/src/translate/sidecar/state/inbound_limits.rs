@@ -1,0 +1,128 @@
+//! The limits of the clusters to a workload (`inbound|<port>||`), as istiod sets them: a
+//! `Sidecar`'s `inboundConnectionPool` for the sidecars it covers, else the `connectionPool`
+//! of the DestinationRule of the service the workload serves on that port.
+//!
+//! The clusters are shared by every sidecar; the `Sidecar`s' limits are variants per set of
+//! sidecars ([`InboundPools`]), a DestinationRule's a variant for the workload's own address.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use capstan_xds::{Selector, Update, type_url};
+
+use super::super::{inbound, inbound_cluster_name};
+use super::sidecar_settings::{put_variants, workload_selector};
+use super::{CaptureState, put};
+use crate::model::Mesh;
+use crate::model::sidecar_scope::InboundPools;
+use crate::model::traffic_policy::ConnectionPool;
+use crate::translate::cluster::policy_in;
+
+impl CaptureState {
+    /// Builds the inbound clusters again for each set of sidecars whose limits changed (a
+    /// `Sidecar`'s `inboundConnectionPool`), removing the variants of sets no longer apart,
+    /// and the workloads' own variants, which give way to a `Sidecar`'s limits.
+    pub fn set_inbound_pools(&mut self, mesh: &Mesh, pools: &InboundPools, update: &mut Update) {
+        if self.inbound_pools == *pools {
+            return;
+        }
+        let before = std::mem::replace(&mut self.inbound_pools, pools.clone());
+        for (port, (_, served)) in &self.inbound_clusters {
+            put_variants(
+                type_url::CLUSTER,
+                &inbound_cluster_name(*port),
+                Some(&before),
+                pools,
+                update,
+                |pool| inbound::inbound_cluster(*port, *served, pool.as_ref()),
+            );
+        }
+        let addresses: Vec<String> = self.workload_limits.keys().cloned().collect();
+        let with_rules = addresses.into_iter().chain(self.workloads.keys().cloned());
+        for address in with_rules.collect::<BTreeSet<_>>() {
+            let hosts = self.workloads.get(&address).cloned().unwrap_or_default();
+            self.set_workload_limits(mesh, &address, &hosts, update);
+        }
+    }
+
+    /// Puts the inbound clusters the workload at `address` (serving `hosts`, on the ports
+    /// [`Self::inbound`] holds for it) reads from its services' DestinationRules, and removes
+    /// those it no longer does.
+    pub(super) fn set_workload_limits(
+        &mut self,
+        mesh: &Mesh,
+        address: &str,
+        hosts: &BTreeSet<String>,
+        update: &mut Update,
+    ) {
+        let served = self.inbound.get(address);
+        let wanted = match workload_selector(mesh, address, hosts) {
+            // The workload's `Sidecar` sets limits: its variant applies.
+            Some(workload) if self.inbound_pools.for_proxies(&workload).is_some() => {
+                BTreeMap::new()
+            }
+            Some(workload) => served.map_or_else(BTreeMap::new, |served| {
+                let ports: BTreeSet<u32> = served.keys().copied().collect();
+                rule_limits(mesh, address, hosts, workload.namespace.as_deref(), &ports)
+            }),
+            None => BTreeMap::new(),
+        };
+        let old = self.workload_limits.remove(address).unwrap_or_default();
+        let selector = Selector::workload(address);
+        for port in old.keys().filter(|p| !wanted.contains_key(p)) {
+            update.remove_for(
+                selector.clone(),
+                type_url::CLUSTER,
+                &inbound_cluster_name(*port),
+            );
+        }
+        for (port, pool) in &wanted {
+            if old.get(port) == Some(pool) {
+                continue;
+            }
+            let Some(served) = served.and_then(|s| s.get(port)) else {
+                continue;
+            };
+            let cluster = inbound::inbound_cluster(*port, *served, Some(pool));
+            put(
+                update,
+                selector.clone(),
+                type_url::CLUSTER,
+                &cluster.name.clone(),
+                &cluster,
+            );
+        }
+        if !wanted.is_empty() {
+            self.workload_limits.insert(address.to_string(), wanted);
+        }
+    }
+}
+
+/// For each of `ports` the workload at `address` listens on, the `connectionPool` of the
+/// DestinationRule (as the proxies of `namespace` read it) of the first of `hosts` served
+/// there, at that service port: as istiod, one service's, when several share the port.
+fn rule_limits(
+    mesh: &Mesh,
+    address: &str,
+    hosts: &BTreeSet<String>,
+    namespace: Option<&str>,
+    ports: &BTreeSet<u32>,
+) -> BTreeMap<u32, ConnectionPool> {
+    let mut first: BTreeMap<u32, Option<ConnectionPool>> = BTreeMap::new();
+    for service in hosts.iter().filter_map(|h| mesh.services.get(h)) {
+        let rule = mesh.rule_for(&service.host, namespace);
+        for endpoint in service.endpoints.iter().filter(|e| &*e.address == address) {
+            for port in &service.ports {
+                let target = endpoint.port_for(port);
+                if ports.contains(&target) {
+                    first
+                        .entry(target)
+                        .or_insert_with(|| policy_in(rule, None, port.number).connection_pool);
+                }
+            }
+        }
+    }
+    first
+        .into_iter()
+        .filter_map(|(port, pool)| Some((port, pool?)))
+        .collect()
+}
