@@ -25,6 +25,14 @@ capstan_e2e::private_network!();
 
 const UPSTREAM_BIN: &str = env!("CARGO_BIN_EXE_capstan-upstream");
 
+/// bookinfo's `Sidecar` locking its sidecars' egress down to the mesh's services.
+const REGISTRY_ONLY_SIDECAR: &str = "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bookinfo}
+spec:
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+";
+
 /// Every test listens on 15001 and 15006 in the one namespace this binary has.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -385,15 +393,8 @@ async fn the_outbound_traffic_policy_decides_where_unknown_destinations_go() -> 
         "a port no service uses went through an HTTP listener: {reply:?}"
     );
 
-    mesh.env.write_config(
-        "registry-only.yaml",
-        "apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {name: default, namespace: bookinfo}
-spec:
-  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
-",
-    )?;
+    mesh.env
+        .write_config("registry-only.yaml", REGISTRY_ONLY_SIDECAR)?;
     wait_until("a 502 for the unknown Host", CONFIG_TIMEOUT, async || {
         let response = unknown_host().await?;
         ensure!(response.status == 502, "{}", response.status);
@@ -543,6 +544,94 @@ spec:
     .await
     .with_context(logs)?;
     mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// A TLS port's names no service has follow the sidecar's outbound traffic policy, as Istio's
+/// fallthrough chain: with a service's HTTPS port 443 in the mesh, a connection on 443 to a
+/// host outside the mesh, with a name no service has, passes through under `ALLOW_ANY`
+/// (reaching the outside server) and is closed under a `Sidecar`'s `REGISTRY_ONLY`, while the
+/// mesh's own name still reaches its workload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_names_no_service_has_follow_the_outbound_policy() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    capture::install()?;
+    let env = TestEnv::new("tls_names_no_service_has_follow_the_outbound_policy")?;
+    let workload = pod_ip(263);
+    let ca = TestCa::new(&env.log_dir, "external")?;
+    let server = ca.server("tls-server", &["secure.example.com", "unknown.example.org"])?;
+    let tls = UpstreamTls {
+        cert: server.cert.clone(),
+        key: server.key.clone(),
+        client_ca: None,
+    };
+    let _upstreams = Upstreams::start_with_tls(
+        Path::new(UPSTREAM_BIN),
+        &[],
+        &[
+            ("secure", "v1", SocketAddr::from((workload, 8443))),
+            (
+                "outside-tls",
+                "v1",
+                SocketAddr::from((capture::EXTERNAL_SERVER, 443)),
+            ),
+        ],
+        Some(&tls),
+        &env.log_dir,
+        "apps",
+    )
+    .await?;
+    let address = workload.to_string();
+    env.write_config(
+        "secure.yaml",
+        &https_entry("secure.example.com", 8443, &address),
+    )?;
+    let (_capstan, envoy) = capstan_and_captured_sidecar(&env, AdsMode::Sotw, &address).await?;
+    let log_dir = env.log_dir.clone();
+    let logs = || format!("logs in {}", log_dir.display());
+    let connector = connector(&ca.cert_pem, None)?;
+    let outside = SocketAddr::from((capture::EXTERNAL_HOST, 443));
+    let reached = async |name: &str| -> anyhow::Result<String> {
+        let response = https_get(&connector, outside, name, "/").await?;
+        let reply: UpstreamReply = serde_json::from_slice(&response.body)?;
+        Ok(reply.service)
+    };
+
+    let service = wait_until("the mesh's name by SNI", CONFIG_TIMEOUT, async || {
+        reached("secure.example.com").await
+    })
+    .await
+    .with_context(logs)?;
+    ensure!(service == "secure", "secure.example.com reached {service}");
+    let service = reached("unknown.example.org").await?;
+    ensure!(service == "outside-tls", "allow_any: reached {service}");
+
+    env.write_config("registry-only.yaml", REGISTRY_ONLY_SIDECAR)?;
+    wait_until("the unknown name refused", CONFIG_TIMEOUT, async || {
+        let outcome = reached("unknown.example.org").await;
+        ensure!(outcome.is_err(), "still passed through: {outcome:?}");
+        Ok(())
+    })
+    .await
+    .with_context(logs)?;
+    let service = reached("secure.example.com").await?;
+    ensure!(
+        service == "secure",
+        "registry_only, the mesh's name: {service}"
+    );
+
+    std::fs::remove_file(env.config_dir.join("registry-only.yaml"))?;
+    wait_until(
+        "the unknown name passed again",
+        CONFIG_TIMEOUT,
+        async || {
+            let service = reached("unknown.example.org").await?;
+            ensure!(service == "outside-tls", "{service}");
+            Ok(())
+        },
+    )
+    .await
+    .with_context(logs)?;
+    envoy.ensure_no_rejected_updates().await
 }
 
 /// `concurrency` requests at once to reviews through the capture, each held `delay_ms` by

@@ -15,6 +15,14 @@ pub struct PerScope<T> {
 }
 
 impl<T> PerScope<T> {
+    /// `setting` for every sidecar.
+    pub fn everyone(setting: T) -> Self {
+        Self {
+            everyone: setting,
+            scoped: Vec::new(),
+        }
+    }
+
     /// The setting of a sidecar with `selector`'s namespace and labels: that of the most
     /// specific listed scope picking it, as the snapshot picks a proxy's variant.
     pub fn for_proxies(&self, selector: &Selector) -> &T {

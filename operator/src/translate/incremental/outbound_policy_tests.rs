@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
 
-use super::tests::{check_with, delete, istio, options};
+use super::tests::{check_with, delete, istio, options, served_to};
 use super::*;
 use crate::model::sidecar_scope::OutboundMode;
 use crate::model::sidecar_scope::fixtures::{
@@ -32,24 +32,52 @@ fn with_mode(sidecar: String, mode: &str) -> String {
     format!("{sidecar}  outboundTrafficPolicy: {{mode: {mode}}}\n")
 }
 
+/// An HTTPS ServiceEntry `secure.example.com` on 443: the port's TLS listener.
+fn https_entry() -> String {
+    "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: secure, namespace: web}
+spec:
+  hosts: [secure.example.com]
+  ports: [{number: 443, name: https, protocol: HTTPS}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.3}]
+"
+    .to_string()
+}
+
+/// shop's Sidecars: `REGISTRY_ONLY` for the namespace, `ALLOW_ANY` for its `app: open`
+/// workloads.
+fn shop_sidecars() -> [String; 2] {
+    [
+        with_mode(
+            sidecar("default", "shop", None, "[\"*/*\"]"),
+            "REGISTRY_ONLY",
+        ),
+        with_mode(
+            sidecar("open", "shop", Some("app: open"), "[\"./*\"]"),
+            "ALLOW_ANY",
+        ),
+    ]
+}
+
 fn steps() -> Vec<crate::index::Event> {
+    let [locked, open] = shop_sidecars();
     vec![
         istio(&entry("cart", "shop")),
         istio(&entry("front", "web")),
-        istio(&with_mode(
-            sidecar("default", "shop", None, "[\"*/*\"]"),
-            "REGISTRY_ONLY",
-        )),
-        istio(&with_mode(
-            sidecar("open", "shop", Some("app: open"), "[\"./*\"]"),
-            "ALLOW_ANY",
-        )),
+        istio(&https_entry()),
+        istio(&locked),
+        istio(&open),
         // The root default sets the mode of every namespace without a Sidecar.
         istio(&with_mode(
             sidecar("default", "istio-system", None, "[\"*/*\"]"),
             "REGISTRY_ONLY",
         )),
         istio(&sidecar("default", "shop", None, "[\"*/*\"]")),
+        // The TLS port goes and comes back while Sidecars set modes.
+        delete(Kind::ServiceEntry, "web", "secure"),
+        istio(&https_entry()),
         istio(&through_proxy(sidecar("proxied", "web", None, "[\"*/*\"]"))),
         delete(Kind::Sidecar, "istio-system", "default"),
         delete(Kind::Sidecar, "shop", "open"),
@@ -71,24 +99,10 @@ fn unknown_destinations(
     yamls: &[String],
     proxy: &ProxyInfo,
 ) -> (String, String, String) {
-    let mut pipeline = Pipeline::new(options, "cluster.local");
-    for yaml in yamls {
-        pipeline.index.handle(istio(yaml));
-    }
-    let cache = SnapshotCache::new();
-    cache.replace(pipeline.full());
-    let state = cache.current();
-    let served = |type_url: &str, name: &str| {
-        let index = type_index(type_url).expect("a served type");
-        state
-            .snapshot
-            .view(index, proxy)
-            .find(|r| r.name() == name)
-            .map(|r| r.body().clone())
-            .unwrap_or_else(|| panic!("{name} is served"))
-    };
-    let listener =
-        Listener::decode(served(type_url::LISTENER, "virtualOutbound")).expect("decodes");
+    let listener = served_to::<Listener>(options.clone(), yamls, type_url::LISTENER, proxy)
+        .into_iter()
+        .find(|l| l.name == "virtualOutbound")
+        .expect("virtualOutbound is served");
     let chain = &listener.filter_chains[0];
     let proxy_config = match &chain.filters[0].config_type {
         Some(FilterConfig::TypedConfig(any)) => TcpProxy::decode(any.value.as_slice()),
@@ -98,8 +112,10 @@ fn unknown_destinations(
     let Some(ClusterSpecifier::Cluster(cluster)) = proxy_config.cluster_specifier else {
         panic!("one cluster");
     };
-    let routes =
-        RouteConfiguration::decode(served(type_url::ROUTE, OUTBOUND_HTTP)).expect("decodes");
+    let routes = served_to::<RouteConfiguration>(options, yamls, type_url::ROUTE, proxy)
+        .into_iter()
+        .find(|r| r.name == OUTBOUND_HTTP)
+        .expect("the outbound route configuration is served");
     let last = routes.virtual_hosts.last().expect("virtual hosts");
     assert_eq!(last.domains, vec!["*"]);
     let routed = match &last.routes[0].action {
@@ -114,18 +130,8 @@ fn unknown_destinations(
 
 #[test]
 fn what_no_service_has_goes_where_each_sidecars_mode_says() {
-    let yamls = [
-        entry("cart", "shop"),
-        entry("front", "web"),
-        with_mode(
-            sidecar("default", "shop", None, "[\"*/*\"]"),
-            "REGISTRY_ONLY",
-        ),
-        with_mode(
-            sidecar("open", "shop", Some("app: open"), "[\"./*\"]"),
-            "ALLOW_ANY",
-        ),
-    ];
+    let [locked, open] = shop_sidecars();
+    let yamls = [entry("cart", "shop"), entry("front", "web"), locked, open];
     let passthrough = "PassthroughCluster".to_string();
     let passed = (passthrough.clone(), "allow_any".to_string(), passthrough);
     let blocked = (
@@ -145,6 +151,51 @@ fn what_no_service_has_goes_where_each_sidecars_mode_says() {
     assert_eq!(of(&registry_only, "web", &[]), blocked);
     assert_eq!(of(&registry_only, "bookinfo", &[]), blocked);
     assert_eq!(of(&registry_only, "shop", &[("app", "open")]), passed);
+}
+
+/// Where a full build of `yamls` has `proxy` send a name no service has on the TLS port 443:
+/// the cluster of the listener's last filter chain.
+fn tls_fallthrough(options: Options, yamls: &[String], proxy: &ProxyInfo) -> String {
+    let listener = served_to::<Listener>(options, yamls, type_url::LISTENER, proxy)
+        .into_iter()
+        .find(|l| l.name == "0.0.0.0_443")
+        .expect("the TLS port's listener");
+    let last = listener.filter_chains.last().expect("filter chains");
+    assert!(
+        last.filter_chain_match.is_none(),
+        "the last chain takes every name: {last:?}"
+    );
+    last.name.clone()
+}
+
+#[test]
+fn tls_names_no_service_has_go_where_each_sidecars_mode_says() {
+    let [locked, open] = shop_sidecars();
+    let yamls = [
+        entry("cart", "shop"),
+        https_entry(),
+        locked,
+        open,
+        through_proxy(sidecar("default", "web", None, "[\"*/*\"]")),
+    ];
+    let of = |mode: OutboundMode, ns: &str, labels: &[(&str, &str)]| {
+        tls_fallthrough(capture(mode), &yamls, &proxy(ns, labels))
+    };
+    assert_eq!(
+        of(OutboundMode::AllowAny, "bookinfo", &[]),
+        "PassthroughCluster"
+    );
+    assert_eq!(of(OutboundMode::AllowAny, "shop", &[]), "BlackHoleCluster");
+    assert_eq!(
+        of(OutboundMode::AllowAny, "shop", &[("app", "open")]),
+        "PassthroughCluster"
+    );
+    assert_eq!(
+        of(OutboundMode::RegistryOnly, "bookinfo", &[]),
+        "BlackHoleCluster"
+    );
+    // As istiod: an egress proxy takes only what reaches virtualOutbound.
+    assert_eq!(of(OutboundMode::AllowAny, "web", &[]), "PassthroughCluster");
 }
 
 /// `sidecar` sending what no service has to the egress proxy `squid.shop` on 3128.

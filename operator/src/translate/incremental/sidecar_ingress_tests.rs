@@ -4,11 +4,11 @@
 //! `connectionPool`, the service's DestinationRule), built incrementally as a full build.
 
 use capstan_crds::Kind;
-use capstan_xds::{ProxyInfo, SnapshotCache, type_index};
+use capstan_xds::ProxyInfo;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 
-use super::tests::{check_with, delete, istio, options};
+use super::tests::{check_with, delete, istio, options, served_to};
 use super::*;
 use crate::model::sidecar_scope::fixtures::{service_entry, sidecar_proxy, sidecar_with};
 use crate::reconcile::Pipeline;
@@ -73,21 +73,9 @@ fn ingress_listener_updates_match_a_full_build() {
     );
 }
 
-/// The resources of `type_url` a full build of `yamls` serves `proxy`.
+/// The resources of `type_url` a full build of `yamls` serves `proxy`, in capture mode.
 fn served<M: Message + Default>(yamls: &[String], type_url: &str, proxy: &ProxyInfo) -> Vec<M> {
-    let mut pipeline = Pipeline::new(capture(), "cluster.local");
-    for yaml in yamls {
-        pipeline.index.handle(istio(yaml));
-    }
-    let cache = SnapshotCache::new();
-    cache.replace(pipeline.full());
-    let state = cache.current();
-    let index = type_index(type_url).expect("a served type");
-    state
-        .snapshot
-        .view(index, proxy)
-        .map(|r| M::decode(r.body().clone()).expect("decodes"))
-        .collect()
+    served_to(capture(), yamls, type_url, proxy)
 }
 
 /// The filter chains (their clusters) of the `virtualInbound` a full build serves `proxy`.

@@ -89,6 +89,28 @@ fn problems<'a>(found: impl Iterator<Item = &'a Problem>) -> BTreeSet<String> {
 
 /// Applies each event incrementally, through the reconciler's pipeline, and compares with a
 /// full build of the same index after every step.
+/// The resources of `type_url` a full build of `yamls` with `options` serves `proxy`.
+pub(super) fn served_to<M: Message + Default>(
+    options: Options,
+    yamls: &[String],
+    type_url: &str,
+    proxy: &capstan_xds::ProxyInfo,
+) -> Vec<M> {
+    let mut pipeline = Pipeline::new(options, "cluster.local");
+    for yaml in yamls {
+        pipeline.index.handle(istio(yaml));
+    }
+    let cache = SnapshotCache::new();
+    cache.replace(pipeline.full());
+    let state = cache.current();
+    let index = capstan_xds::type_index(type_url).expect("a served type");
+    state
+        .snapshot
+        .view(index, proxy)
+        .map(|r| M::decode(r.body().clone()).expect("decodes"))
+        .collect()
+}
+
 pub(super) fn check(steps: Vec<Event>) {
     check_with(options(), steps);
 }

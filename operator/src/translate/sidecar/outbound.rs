@@ -55,6 +55,15 @@ fn unknown_destinations(mode: &OutboundMode) -> String {
     }
 }
 
+/// Where a connection on a TLS port goes when no service has its name, as istiod's
+/// fallthrough chain: an `egressProxy` takes only what reaches `virtualOutbound`.
+pub fn fallthrough_cluster(mode: &OutboundMode) -> &'static str {
+    match mode {
+        OutboundMode::RegistryOnly => BLACKHOLE,
+        OutboundMode::AllowAny | OutboundMode::EgressProxy(_) => PASSTHROUGH,
+    }
+}
+
 /// The cluster of the service port an `egressProxy` names.
 fn egress_proxy_cluster(proxy: &EgressProxy) -> String {
     cluster_name(proxy.port, &proxy.subset, &proxy.host)

@@ -7,12 +7,12 @@ use capstan_xds::{Resource, Role, Selector, Update, type_url};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 
 use super::inbound::{self, Served};
-use super::{VIRTUAL_INBOUND, inbound_cluster_name, outbound, stream};
-use crate::model::service::Origin;
+use super::{VIRTUAL_INBOUND, inbound_cluster_name, outbound};
 use crate::model::sidecar_scope::{InboundPools, IngressVariants, OutboundModes};
 use crate::model::traffic_policy::ConnectionPool;
 use crate::model::{Mesh, Problem, Service};
 use capstan_crds::ProtocolClass;
+use port_listeners::{PortListeners, port_listeners};
 
 /// How a host uses one of its ports, outbound.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,8 +62,11 @@ pub struct CaptureState {
     owned: HashMap<String, BTreeSet<String>>,
     /// Such listeners put since [`Self::take_put`] last ran, with their service.
     put_owned: Vec<(String, String)>,
-    /// The outbound modes `virtualOutbound` was last built for.
+    /// The outbound modes `virtualOutbound` and the TLS ports' fallthrough chains were last
+    /// built for.
     outbound_modes: Option<OutboundModes>,
+    /// Each TLS port's listener, without its fallthrough chain.
+    tls_listeners: BTreeMap<u32, Listener>,
     /// The `Sidecar` ingress listeners `virtualInbound` was last built for, and the
     /// clusters they send to.
     ingress: IngressVariants,
@@ -217,16 +220,27 @@ impl CaptureState {
         let mut problems = Vec::new();
         let no_users = BTreeMap::new();
         let users = self.ports.get(&port).unwrap_or(&no_users);
-        let (listeners, destinations, owners) = port_listeners(mesh, port, users, &mut problems);
+        let PortListeners {
+            same,
+            tls,
+            destinations,
+            owners,
+        } = port_listeners(mesh, port, users, &mut problems);
         if destinations.is_empty() {
             self.port_destinations.remove(&port);
         } else {
             self.port_destinations.insert(port, destinations);
         }
-        let names: BTreeSet<String> = listeners.iter().map(|l| l.name.clone()).collect();
+        let names: BTreeSet<String> = same.iter().chain(&tls).map(|l| l.name.clone()).collect();
         let before = self.port_listeners.remove(&port).unwrap_or_default();
         for gone in before.difference(&names) {
-            update.remove_for(sidecars(), type_url::LISTENER, gone);
+            update.remove(type_url::LISTENER, gone);
+        }
+        if let Some(old) = self.tls_listeners.remove(&port)
+            && tls.as_ref().is_none_or(|l| l.name != old.name)
+        {
+            // Now another kind of listener by that name: its variants go first.
+            update.remove(type_url::LISTENER, &old.name);
         }
         let owned_now: BTreeSet<&String> = owners.iter().map(|(name, _)| name).collect();
         for name in &before {
@@ -251,7 +265,7 @@ impl CaptureState {
             self.owners.insert(name.clone(), host.clone());
             self.put_owned.push((name, host));
         }
-        for listener in &listeners {
+        for listener in &same {
             put(
                 update,
                 sidecars(),
@@ -259,6 +273,10 @@ impl CaptureState {
                 &listener.name,
                 listener,
             );
+        }
+        if let Some(listener) = tls {
+            self.put_tls_listener(None, &listener, update);
+            self.tls_listeners.insert(port, listener);
         }
         if !names.is_empty() {
             self.port_listeners.insert(port, names);
@@ -378,113 +396,6 @@ fn host_use(service: &Service) -> HostUse {
     }
 }
 
-/// The outbound listeners of `port`: one for its HTTP services, one for its TLS services
-/// (by SNI), one per address of a TCP service or of one without a declared protocol, and
-/// one for such a service without an address when nothing else claims the port; and the
-/// hosts their routes send to.
-fn port_listeners(
-    mesh: &Mesh,
-    port: u32,
-    users: &BTreeMap<String, PortUse>,
-    problems: &mut Vec<Problem>,
-) -> (Vec<Listener>, BTreeSet<String>, Vec<(String, String)>) {
-    let mut out = Vec::new();
-    let mut owners = Vec::new();
-    let mut destinations = BTreeSet::new();
-    let http = users.values().any(|u| *u == PortUse::Http);
-    let tls: Vec<&str> = users
-        .iter()
-        .filter(|(_, u)| **u == PortUse::Tls)
-        .map(|(h, _)| h.as_str())
-        .collect();
-    if http {
-        out.push(outbound::http_port(port));
-        for host in &tls {
-            report(
-                mesh,
-                host,
-                problems,
-                format!(
-                    "TLS port {port} is also an HTTP port of other services; its connections are \
-                 served as HTTP, not by SNI"
-                ),
-            );
-        }
-    } else if !tls.is_empty() {
-        let built = stream::tls_listener(mesh, port, &tls, problems);
-        destinations.extend(built.destinations);
-        out.push(built.value);
-    }
-    let wildcard_taken = http || !tls.is_empty();
-    let mut claimed: BTreeMap<String, &str> = BTreeMap::new();
-    for (host, how) in users {
-        let (addresses, detected) = match how {
-            PortUse::Tcp(addresses) => (addresses, false),
-            PortUse::Detected(addresses) => (addresses, true),
-            PortUse::Http | PortUse::Tls => continue,
-        };
-        let wildcard = ["0.0.0.0".to_string()];
-        let addresses = if addresses.is_empty() {
-            &wildcard[..]
-        } else {
-            &addresses[..]
-        };
-        for address in addresses {
-            if address == "0.0.0.0" && wildcard_taken && detected && http {
-                // The port's HTTP listener serves it, as an HTTP port (no TCP then).
-                continue;
-            }
-            if address == "0.0.0.0" && wildcard_taken {
-                report(
-                    mesh,
-                    host,
-                    problems,
-                    format!(
-                        "TCP port {port} has no address to tell it apart from the HTTP or TLS \
-                     services on port {port}; give the service an address (ServiceEntry \
-                     `addresses`)"
-                    ),
-                );
-                continue;
-            }
-            if let Some(first) = claimed.get(address) {
-                report(
-                    mesh,
-                    host,
-                    problems,
-                    format!(
-                        "{address}:{port} is already the TCP listener of {first}; this service's \
-                     traffic on it is not routed"
-                    ),
-                );
-                continue;
-            }
-            claimed.insert(address.clone(), host);
-            let built = stream::tcp_filter(mesh, host, port, problems);
-            destinations.extend(built.destinations);
-            let listener = if detected {
-                outbound::detected_port(address, port, built.value)
-            } else {
-                outbound::tcp_port(address, port, built.value)
-            };
-            owners.push((listener.name.clone(), host.clone()));
-            out.push(listener);
-        }
-    }
-    (out, destinations, owners)
-}
-
-fn report(mesh: &Mesh, host: &str, problems: &mut Vec<Problem>, message: String) {
-    match mesh.services.get(host).map(|s| &s.origin) {
-        Some(Origin::Istio(object)) => problems.push(Problem {
-            object: object.clone(),
-            field: "spec.ports".to_string(),
-            message,
-        }),
-        _ => tracing::warn!(%host, "{message}"),
-    }
-}
-
 /// The ports the workload at `address` listens on, from the services with endpoints there.
 fn workload_ports(mesh: &Mesh, address: &str, hosts: &BTreeSet<String>) -> BTreeMap<u32, Served> {
     let mut out = BTreeMap::new();
@@ -508,4 +419,5 @@ fn workload_ports(mesh: &Mesh, address: &str, hosts: &BTreeSet<String>) -> BTree
 }
 
 mod inbound_limits;
+mod port_listeners;
 mod sidecar_settings;

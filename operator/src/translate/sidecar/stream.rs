@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use envoy_types::util::pack_any;
 
 use super::outbound;
-use super::{PASSTHROUGH, tcp_proxy};
+use super::tcp_proxy;
 use crate::model::stream_routes::{Destination, StreamRoute};
 use crate::model::{Mesh, Problem};
 use crate::translate::cluster_name;
@@ -110,7 +110,8 @@ pub fn tcp_filter(
 }
 
 /// `0.0.0.0_<port>` for TLS services: a chain per SNI name — a VirtualService's `tls` route
-/// where one applies, else the host itself to its own cluster — and the rest passed through.
+/// where one applies, else the host itself to its own cluster. The chain for the rest is
+/// each sidecar's outbound traffic policy's, added per set of sidecars.
 pub fn tls_listener(
     mesh: &Mesh,
     port: u32,
@@ -146,12 +147,6 @@ pub fn tls_listener(
             ..Default::default()
         });
     }
-    // Names no service has go where they were headed (Istio's ALLOW_ANY).
-    chains.push(FilterChain {
-        name: PASSTHROUGH.to_string(),
-        filters: vec![tcp_proxy(PASSTHROUGH, PASSTHROUGH)],
-        ..Default::default()
-    });
     let mut listener =
         outbound::bound_by_capture(format!("0.0.0.0_{port}"), "0.0.0.0", port, chains);
     listener.listener_filters = vec![ListenerFilter {

@@ -5,9 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use capstan_xds::{Selector, Update, type_url};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 
-use super::super::{VIRTUAL_INBOUND, VIRTUAL_OUTBOUND, ingress, outbound};
-use super::{CaptureState, put, sidecars};
+use super::super::{PASSTHROUGH, VIRTUAL_INBOUND, VIRTUAL_OUTBOUND, ingress, outbound};
+use super::{CaptureState, port_listeners, put, sidecars};
 use crate::model::Mesh;
 use crate::model::sidecar_scope::{IngressPort, IngressVariants, OutboundModes, PerScope};
 
@@ -23,6 +24,32 @@ impl CaptureState {
             modes,
             update,
             outbound::virtual_outbound,
+        );
+        let fallthroughs_before = before.as_ref().map(fallthroughs);
+        for listener in self.tls_listeners.values() {
+            self.put_tls_listener(fallthroughs_before.as_ref(), listener, update);
+        }
+    }
+
+    /// Puts the variants of a TLS port's listener whose fallthrough chain differs from what
+    /// `before` (none: nothing was put) had, and removes those of sets no longer apart.
+    pub(super) fn put_tls_listener(
+        &self,
+        before: Option<&PerScope<&'static str>>,
+        listener: &Listener,
+        update: &mut Update,
+    ) {
+        let now = self
+            .outbound_modes
+            .as_ref()
+            .map_or_else(|| PerScope::everyone(PASSTHROUGH), fallthroughs);
+        put_variants(
+            type_url::LISTENER,
+            &listener.name,
+            before,
+            &now,
+            update,
+            |cluster| port_listeners::with_fallthrough(listener, cluster),
         );
     }
 
@@ -101,6 +128,19 @@ pub(super) fn workload_selector(
         }
     }
     workload.namespace.is_some().then_some(workload)
+}
+
+/// Where each set of sidecars sends a TLS port's names no service has. Every set apart in
+/// `modes` stays apart, even when its cluster is everyone's: a set inside it may not be.
+fn fallthroughs(modes: &OutboundModes) -> PerScope<&'static str> {
+    PerScope {
+        everyone: outbound::fallthrough_cluster(&modes.everyone),
+        scoped: modes
+            .scoped
+            .iter()
+            .map(|(selector, mode)| (selector.clone(), outbound::fallthrough_cluster(mode)))
+            .collect(),
+    }
 }
 
 /// Puts the variants of resource `name` that `now` has and `before` (none: nothing was put)
