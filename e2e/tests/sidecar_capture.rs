@@ -8,6 +8,7 @@
 //! Logs: `<target>/debug/e2e-logs/<test name>/`.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context, ensure};
@@ -746,6 +747,105 @@ spec:
     ensure!(
         burst.ok == 8 && burst.reached == 8,
         "without the Sidecar every request gets through: {burst:?}"
+    );
+    mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// A `Sidecar` ingress listener with `tls` terminates it, as in Istio's "ingress sidecar TLS
+/// termination" task: HTTPS to the workload's port 9443 is decrypted by its sidecar (a
+/// SIMPLE server certificate the client verifies) and reaches the app's plain HTTP port 9080;
+/// with MUTUAL, a client without a certificate is refused and one with a certificate of the
+/// named CA is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_ingress_listener_terminates_tls() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mesh = start("a_sidecar_ingress_listener_terminates_tls").await?;
+    let log_dir = mesh.env.log_dir.clone();
+    let logs = || format!("logs in {}", log_dir.display());
+    // Files the sidecar (uid 1337) reads: outside root's private home.
+    let certs = tempfile::Builder::new()
+        .prefix("capstan-e2e-ingress-tls-")
+        .tempdir()?;
+    std::fs::set_permissions(certs.path(), std::fs::Permissions::from_mode(0o755))?;
+    let ca = TestCa::new(certs.path(), "ingress")?;
+    let host = "secure-reviews.bookinfo.svc.cluster.local";
+    let server = ca.server("secure-reviews", &[host])?;
+    let client = ca.client("client", "spiffe://example.org/outside")?;
+    let workload = pod_ip(263).to_string();
+    mesh.env.write_config(
+        "secure-reviews.yaml",
+        &entry(
+            "secure-reviews",
+            50,
+            "{number: 9443, name: https, protocol: HTTPS}",
+            &workload,
+        ),
+    )?;
+    let sidecar = |tls: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: bookinfo}}
+spec:
+  ingress:
+  - port: {{number: 9443, protocol: HTTPS, name: external}}
+    defaultEndpoint: 0.0.0.0:9080
+    tls: {tls}
+"
+        )
+    };
+    let files = format!(
+        "serverCertificate: {}, privateKey: {}",
+        server.cert.display(),
+        server.key.display()
+    );
+    mesh.env.write_config(
+        "ingress.yaml",
+        &sidecar(&format!("{{mode: SIMPLE, {files}}}")),
+    )?;
+    let secure = SocketAddr::from((service_ip(50), 9443));
+    let anonymous = connector(&ca.cert_pem, None)?;
+    let reply = wait_until(
+        "HTTPS terminated by the sidecar",
+        CONFIG_TIMEOUT,
+        async || {
+            let response = https_get(&anonymous, secure, host, "/whoami").await?;
+            let reply: UpstreamReply = serde_json::from_slice(&response.body)?;
+            Ok(reply)
+        },
+    )
+    .await
+    .with_context(logs)?;
+    ensure!(reply.service == "reviews", "{reply:?}");
+    ensure!(
+        reply.headers.contains_key("x-request-id"),
+        "not decrypted into the sidecar's inbound HTTP chain: {reply:?}"
+    );
+
+    mesh.env.write_config(
+        "ingress.yaml",
+        &sidecar(&format!(
+            "{{mode: MUTUAL, {files}, caCertificates: {}}}",
+            ca.cert_path.display()
+        )),
+    )?;
+    wait_until(
+        "a client without a certificate refused",
+        CONFIG_TIMEOUT,
+        async || {
+            let outcome = https_get(&anonymous, secure, host, "/whoami").await;
+            ensure!(outcome.is_err(), "still served: {outcome:?}");
+            Ok(())
+        },
+    )
+    .await
+    .with_context(logs)?;
+    let identified = connector(&ca.cert_pem, Some(&client))?;
+    let response = https_get(&identified, secure, host, "/whoami").await?;
+    let reply: UpstreamReply = serde_json::from_slice(&response.body)?;
+    ensure!(
+        reply.service == "reviews",
+        "with a client certificate: {reply:?}"
     );
     mesh.envoy.ensure_no_rejected_updates().await
 }

@@ -4,6 +4,8 @@
 
 mod termination;
 
+pub(crate) use termination::terminate;
+
 use std::collections::BTreeMap;
 
 use capstan_crds::networking::gateway::{self as api, ServerTlsMode, TlsProtocol};

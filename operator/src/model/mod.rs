@@ -200,7 +200,8 @@ impl Mesh {
         affected
     }
 
-    /// Reports the Sidecars that lose to another scoping the same sidecars.
+    /// Reports the Sidecars that lose to another scoping the same sidecars, and what of each
+    /// is not applied.
     fn refresh_scope_conflicts(&mut self) {
         for topics in self.problems.values_mut() {
             topics.remove(&Topic::Scope);

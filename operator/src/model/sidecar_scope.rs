@@ -79,6 +79,8 @@ pub struct SidecarScope {
     ingress: Vec<IngressPort>,
     /// `inboundConnectionPool`: the limits of its sidecars' inbound clusters.
     inbound_pool: Option<ConnectionPool>,
+    /// What of it is not applied.
+    problems: Vec<Problem>,
 }
 
 impl SidecarScope {
@@ -89,6 +91,14 @@ impl SidecarScope {
             .as_ref()
             .map(|p| OutboundMode::of(p, &origin.namespace, domain_suffix));
         let inbound_pool = spec.inbound_connection_pool.as_ref().map(connection_pool);
+        let mut problems = Vec::new();
+        let mut report = |field: String, message: String| {
+            problems.push(Problem {
+                object: origin.clone(),
+                field,
+                message,
+            })
+        };
         Self {
             labels: spec
                 .workload_selector
@@ -112,8 +122,19 @@ impl SidecarScope {
             ingress: spec
                 .ingress
                 .iter()
-                .filter_map(|listener| IngressPort::new(listener, &origin, inbound_pool.as_ref()))
+                .enumerate()
+                .filter_map(|(i, listener)| {
+                    let field = format!("spec.ingress[{i}]");
+                    IngressPort::new(
+                        listener,
+                        &origin,
+                        inbound_pool.as_ref(),
+                        &field,
+                        &mut report,
+                    )
+                })
                 .collect(),
+            problems,
             outbound,
             origin,
             inbound_pool,
@@ -183,13 +204,15 @@ impl Scopes {
         self.by_key.is_empty()
     }
 
-    /// The scopes in force, each with what it covers, and the `Sidecar`s that lose to
-    /// another covering the same proxies (Istio too applies one per namespace or workload
-    /// set: the first by name here).
+    /// The scopes in force, each with what it covers; and the problems: the `Sidecar`s that
+    /// lose to another covering the same proxies (Istio too applies one per namespace or
+    /// workload set: the first by name here), and what each `Sidecar` sets that is not
+    /// applied.
     pub fn in_force(&self) -> (Vec<(Covers, &SidecarScope)>, Vec<Problem>) {
         let mut chosen: BTreeMap<Covers, &SidecarScope> = BTreeMap::new();
         let mut problems = Vec::new();
         for scope in self.by_key.values() {
+            problems.extend(scope.problems.iter().cloned());
             let ns = scope.origin.namespace.clone();
             let covers = if !scope.labels.is_empty() {
                 Covers::Workload(ns, scope.labels.clone())

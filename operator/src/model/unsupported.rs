@@ -144,7 +144,7 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
         }
         IstioObject::Sidecar(sc) => {
             // The egress hosts scope what sidecars receive; ingress listeners (port,
-            // defaultEndpoint, connectionPool), inboundConnectionPool and the outbound
+            // defaultEndpoint, connectionPool, tls), inboundConnectionPool and the outbound
             // traffic policy apply to capture-mode sidecars (translation reports them in
             // direct mode).
             let spec = &sc.spec;
@@ -155,9 +155,6 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                 }
                 if ingress.capture_mode.is_some() {
                     not_applied(field("captureMode"), "captureMode");
-                }
-                if ingress.tls.is_some() {
-                    not_applied(field("tls"), "TLS termination on an ingress listener");
                 }
             }
             for (i, egress) in spec.egress.iter().enumerate() {

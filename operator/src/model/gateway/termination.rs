@@ -19,7 +19,7 @@ fn mode_name(mode: ServerTlsMode) -> &'static str {
 
 /// The termination of an HTTPS server, or `None` (reported) when it asks for what is not
 /// served yet.
-pub(super) fn terminate(
+pub(crate) fn terminate(
     tls: Option<&api::ServerTlsSettings>,
     field: &str,
     report: &mut impl FnMut(String, String),

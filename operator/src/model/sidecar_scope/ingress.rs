@@ -1,10 +1,12 @@
 //! A `Sidecar`'s `ingress` listeners: the ports its workloads accept inbound connections on,
 //! and where each goes (`defaultEndpoint`), instead of the ports their services declare.
 
+use capstan_crds::networking::gateway::{ServerTlsMode, ServerTlsSettings};
 use capstan_crds::networking::sidecar::IstioIngressListener;
 use capstan_crds::{ObjectKey, Protocol, ProtocolClass};
 
 use super::{PerScope, Scopes};
+use crate::model::gateway::{TlsTermination, terminate};
 use crate::model::traffic_policy::{ConnectionPool, connection_pool};
 
 /// One ingress listener: connections to the workload on `port` go to `to`.
@@ -15,6 +17,8 @@ pub struct IngressPort {
     pub to: IngressEndpoint,
     /// The listener's `connectionPool`, or else its `Sidecar`'s `inboundConnectionPool`.
     pub pool: Option<IngressPool>,
+    /// `tls`: the TLS the sidecar terminates on the port (files on the sidecar's disk).
+    pub tls: Option<TlsTermination>,
 }
 
 /// The connection limits of one ingress listener, and the `Sidecar` that sets them: a
@@ -51,20 +55,31 @@ pub enum IngressEndpoint {
 }
 
 impl IngressPort {
-    /// A listener of `Sidecar` `sidecar`, whose `inboundConnectionPool` is `default_pool`;
-    /// `None` for one validation rejects (no port, a malformed endpoint).
+    /// A listener of `Sidecar` `sidecar`, whose `inboundConnectionPool` is `default_pool`, at
+    /// `field`; `None` for one validation rejects (no port, a malformed endpoint). What is
+    /// not applied of its `tls` goes to `report` (field, message).
     pub fn new(
         listener: &IstioIngressListener,
         sidecar: &ObjectKey,
         default_pool: Option<&ConnectionPool>,
+        field: &str,
+        report: &mut impl FnMut(String, String),
     ) -> Option<Self> {
         let port = listener.port.as_ref()?;
         let protocol = Protocol::parse(&port.protocol);
+        let tls = listener
+            .tls
+            .as_ref()
+            .and_then(|tls| terminated(tls, field, report));
         let served = match protocol.map(Protocol::class) {
             None => IngressProtocol::Detected,
             Some(ProtocolClass::Http) => IngressProtocol::Http {
                 http2: protocol.is_some_and(Protocol::is_http2),
             },
+            // As istiod: HTTPS decrypted by the sidecar is HTTP.
+            Some(ProtocolClass::Tls) if tls.is_some() && protocol == Some(Protocol::Https) => {
+                IngressProtocol::Http { http2: false }
+            }
             Some(_) => IngressProtocol::Tcp,
         };
         Some(Self {
@@ -80,8 +95,43 @@ impl IngressPort {
                     sidecar: sidecar.clone(),
                     limits,
                 }),
+            tls,
         })
     }
+}
+
+/// The termination an ingress listener's `tls` asks for: `SIMPLE` or `MUTUAL` (and
+/// `OPTIONAL_MUTUAL`) with files, as a gateway server's. Anything else is reported, and the
+/// port's connections pass through undecrypted.
+fn terminated(
+    tls: &ServerTlsSettings,
+    field: &str,
+    report: &mut impl FnMut(String, String),
+) -> Option<TlsTermination> {
+    let mode = tls.mode.unwrap_or_default();
+    if !matches!(
+        mode,
+        ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual
+    ) {
+        report(
+            format!("{field}.tls.mode"),
+            "only SIMPLE and MUTUAL terminate TLS on a sidecar; the port's connections pass \
+             through undecrypted"
+                .into(),
+        );
+        return None;
+    }
+    // The gateway's wording is about servers; a sidecar's port still passes connections on.
+    let mut reworded = |field: String, message: String| {
+        report(
+            field,
+            message.replace(
+                "this server is not served",
+                "the port's connections pass through undecrypted",
+            ),
+        );
+    };
+    terminate(Some(tls), field, &mut reworded)
 }
 
 impl IngressEndpoint {
@@ -162,6 +212,60 @@ mod tests {
             parse("10.0.0.1:8080"),
             None,
             "validation refuses other hosts"
+        );
+    }
+
+    /// An ingress listener on 9443 (`protocol`) with `tls` (flow YAML).
+    fn tls_port(protocol: &str, tls: &str) -> (Option<IngressPort>, Vec<String>) {
+        let yaml = format!(
+            "port: {{number: 9443, protocol: {protocol}, name: in}}\ndefaultEndpoint: 0.0.0.0:9080\ntls: {tls}\n"
+        );
+        let listener: IstioIngressListener = serde_saphyr::from_str(&yaml).expect("a listener");
+        let sidecar = ObjectKey {
+            kind: capstan_crds::Kind::Sidecar,
+            namespace: "shop".into(),
+            name: "default".into(),
+        };
+        let mut problems = Vec::new();
+        let mut report =
+            |field: String, message: String| problems.push(format!("{field}: {message}"));
+        let port = IngressPort::new(&listener, &sidecar, None, "spec.ingress[0]", &mut report);
+        (port, problems)
+    }
+
+    #[test]
+    fn tls_on_an_ingress_port_is_terminated_and_https_served_as_http() {
+        let simple = "{mode: SIMPLE, serverCertificate: /etc/certs/cert.pem, privateKey: /etc/certs/key.pem}";
+        let (port, problems) = tls_port("HTTPS", simple);
+        let port = port.expect("a port");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(port.served, IngressProtocol::Http { http2: false });
+        let tls = port.tls.expect("terminated");
+        assert_eq!(tls.client_ca, None);
+
+        let (port, _) = tls_port("TLS", simple);
+        assert_eq!(
+            port.expect("a port").served,
+            IngressProtocol::Tcp,
+            "TLS stays bytes"
+        );
+
+        let mutual = "{mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem}";
+        let (port, _) = tls_port("HTTPS", mutual);
+        let tls = port.and_then(|p| p.tls).expect("terminated");
+        assert_eq!(
+            tls.client_ca,
+            Some(crate::model::gateway::ClientCa::File("/ca.pem".into()))
+        );
+
+        // PASSTHROUGH terminates nothing: said, and the port's bytes pass on.
+        let (port, problems) = tls_port("HTTPS", "{mode: PASSTHROUGH}");
+        let port = port.expect("a port");
+        assert_eq!((port.tls, port.served), (None, IngressProtocol::Tcp));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("spec.ingress[0].tls.mode: "),
+            "{problems:?}"
         );
     }
 }

@@ -25,6 +25,8 @@ mod routes;
 mod stream;
 mod tls_context;
 
+pub(crate) use tls_context::downstream_tls;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use capstan_xds::{Role, Selector};

@@ -64,6 +64,7 @@ fn ingress_listener_updates_match_a_full_build() {
                 "0.0.0.0:8081",
             )),
             delete(Kind::Sidecar, "shop", "v1"),
+            istio(&tls_ingress()),
             // The root default lists ingress listeners for everyone else.
             istio(&ingress("default", "istio-system", None, 7070, "GRPC", "")),
             istio(&service_entry("basket", "shop")),
@@ -85,6 +86,48 @@ fn inbound_chains(yamls: &[String], proxy: &ProxyInfo) -> Vec<String> {
         .find(|l| l.name == "virtualInbound")
         .expect("every sidecar has virtualInbound");
     listener.filter_chains.into_iter().map(|c| c.name).collect()
+}
+
+/// shop's Sidecar: HTTP on 9080, and HTTPS on 9443 terminated (SIMPLE) to the workload's
+/// 9080.
+fn tls_ingress() -> String {
+    sidecar_with(
+        "default",
+        "shop",
+        None,
+        "  ingress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+  - port: {number: 9443, protocol: HTTPS, name: https}
+    defaultEndpoint: 0.0.0.0:9080
+    tls: {mode: SIMPLE, serverCertificate: /etc/certs/cert.pem, privateKey: /etc/certs/key.pem}
+",
+    )
+}
+
+#[test]
+fn an_ingress_port_with_tls_terminates_it() {
+    let cart = ProxyInfo {
+        address: Some("10.0.0.1".into()),
+        ..sidecar_proxy("shop", &[])
+    };
+    let yamls = [service_entry("cart", "shop"), tls_ingress()];
+    let listener = served::<Listener>(&yamls, type_url::LISTENER, &cart)
+        .into_iter()
+        .find(|l| l.name == "virtualInbound")
+        .expect("virtualInbound");
+    let terminated: Vec<(String, bool)> = listener
+        .filter_chains
+        .iter()
+        .map(|c| (c.name.clone(), c.transport_socket.is_some()))
+        .collect();
+    assert_eq!(
+        terminated,
+        [
+            ("inbound|9080|http|passthrough".to_string(), false),
+            ("inbound|9443|http|instance_9080".to_string(), true),
+            ("InboundPassthroughCluster".to_string(), false),
+        ]
+    );
 }
 
 #[test]

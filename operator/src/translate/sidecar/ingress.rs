@@ -18,6 +18,7 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 use super::inbound::{self, Served};
 use super::socket;
 use crate::model::sidecar_scope::{IngressEndpoint, IngressPort, IngressProtocol};
+use crate::translate::gateway::downstream_tls;
 
 /// The name of the cluster an ingress listener's connections go to: what it does, so that
 /// Sidecars listing the same port and endpoint share one.
@@ -53,9 +54,26 @@ fn served(ingress: &IngressPort) -> Served {
 }
 
 /// `virtualInbound` for sidecars with these ingress listeners (none: every port passes
-/// through, as for a workload without services).
+/// through, as for a workload without services); the chains of a port with `tls` terminate
+/// it.
 pub fn virtual_inbound(ports: &[IngressPort]) -> Listener {
-    inbound::virtual_inbound_to(ports.iter().map(|p| (p.port, served(p), cluster_name(p))))
+    let mut listener =
+        inbound::virtual_inbound_to(ports.iter().map(|p| (p.port, served(p), cluster_name(p))));
+    for port in ports {
+        let Some(tls) = &port.tls else { continue };
+        let socket = downstream_tls(tls);
+        for chain in &mut listener.filter_chains {
+            let on_port = chain
+                .filter_chain_match
+                .as_ref()
+                .and_then(|m| m.destination_port.as_ref())
+                .is_some_and(|p| p.value == port.port);
+            if on_port {
+                chain.transport_socket = Some(socket.clone());
+            }
+        }
+    }
+    listener
 }
 
 /// The cluster behind one ingress listener.
