@@ -242,8 +242,9 @@ spec:
     )
 }
 
-/// A VirtualService `tcp` route sends db's connections to db2; two HTTPS hosts share port 443
-/// and one address, told apart by SNI and never decrypted by the sidecar.
+/// A VirtualService `tcp` route sends db's connections to db2, for the sidecars of the
+/// namespace its `sourceNamespace` and `exportTo` name; two HTTPS hosts share port 443 and one
+/// address, told apart by SNI and never decrypted by the sidecar.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_routes_and_tls_by_sni_on_sidecars() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
@@ -334,6 +335,39 @@ spec:
     .await
     .with_context(logs)?;
     ensure!(upstreams.count("db2", "v1").await? >= 1);
+
+    // The route read by the caller's namespace (this sidecar's is bookinfo): a match for
+    // another namespace's sidecars leaves it on db, one for bookinfo's sends it to db2, and
+    // the VirtualService exported elsewhere only leaves it on db again.
+    let db_routes = |source: &str, export_to: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: bookinfo}}
+spec:
+  hosts: [db.bookinfo.svc.cluster.local]
+  exportTo: {export_to}
+  tcp:
+  - match: [{{port: 5432, sourceNamespace: {source}}}]
+    route: [{{destination: {{host: db2.bookinfo.svc.cluster.local, port: {{number: 5433}}}}}}]
+"
+        )
+    };
+    for (source, export_to, expected) in [
+        ("elsewhere", "[\"*\"]", "db"),
+        ("bookinfo", "[\"*\"]", "db2"),
+        ("bookinfo", "[elsewhere]", "db"),
+    ] {
+        env.write_config("db-vs.yaml", &db_routes(source, export_to))?;
+        let step = format!("sourceNamespace {source}, exportTo {export_to}: {expected}");
+        wait_until(&step, CONFIG_TIMEOUT, async || {
+            let reply = call(db, "db").await?;
+            ensure!(reply.service == expected, "{reply:?}");
+            Ok(())
+        })
+        .await
+        .with_context(logs)?;
+    }
     envoy.ensure_no_rejected_updates().await
 }
 

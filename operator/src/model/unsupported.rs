@@ -133,10 +133,13 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
             let spec = &vs.spec;
             let exported_everywhere =
                 spec.export_to.is_empty() || spec.export_to.iter().any(|e| e == "*");
-            if !exported_everywhere && (!spec.tcp.is_empty() || !spec.tls.is_empty()) {
+            let on_gateways = spec.gateways.iter().any(|g| g != "mesh");
+            if !exported_everywhere && on_gateways && (!spec.tcp.is_empty() || !spec.tls.is_empty())
+            {
                 not_applied(
                     "spec.exportTo".into(),
-                    "exportTo on tcp/tls routes (it limits HTTP routes only)",
+                    "exportTo on the tcp/tls routes of a gateway (it limits them on sidecars, and \
+                     HTTP routes everywhere)",
                 );
             }
             // Every http route field is applied (docs/traffic-routes.md) but sourceLabels and

@@ -557,3 +557,6 @@ mod sidecar_ingress_tests;
 
 #[cfg(test)]
 mod source_labels_tests;
+
+#[cfg(test)]
+mod stream_source_tests;

@@ -13,7 +13,8 @@ fn capture() -> Options {
     }
 }
 
-fn tcp_entry(name: &str, port: u32, addresses: &str, endpoints: &[&str]) -> String {
+/// A ServiceEntry `name.bookinfo`, TCP on `port` at `addresses` (YAML list items).
+pub(super) fn tcp_entry(name: &str, port: u32, addresses: &str, endpoints: &[&str]) -> String {
     let endpoints: String = endpoints
         .iter()
         .map(|a| format!("  - {{address: {a}}}\n"))

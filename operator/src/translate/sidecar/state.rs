@@ -8,11 +8,11 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 
 use super::inbound::{self, Served};
 use super::{VIRTUAL_INBOUND, inbound_cluster_name, outbound};
-use crate::model::sidecar_scope::{InboundPools, IngressVariants, OutboundModes};
+use crate::model::sidecar_scope::{Covers, InboundPools, IngressVariants, OutboundModes};
 use crate::model::traffic_policy::ConnectionPool;
 use crate::model::{Mesh, Problem, Service};
 use capstan_crds::ProtocolClass;
-use port_listeners::{PortListeners, port_listeners};
+use port_listeners::{PortListener, PortListeners, port_listeners};
 
 /// How a host uses one of its ports, outbound.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +66,9 @@ pub struct CaptureState {
     /// built for.
     outbound_modes: Option<OutboundModes>,
     /// Each TLS port's listener, without its fallthrough chain.
-    tls_listeners: BTreeMap<u32, Listener>,
+    tls_listeners: BTreeMap<u32, PortListener>,
+    /// The sets of sidecars (beside everyone) each port listener was last put for.
+    variant_selectors: BTreeMap<String, BTreeSet<Selector>>,
     /// The `Sidecar` ingress listeners `virtualInbound` was last built for, and the
     /// clusters they send to.
     ingress: IngressVariants,
@@ -231,17 +233,17 @@ impl CaptureState {
         } else {
             self.port_destinations.insert(port, destinations);
         }
-        let names: BTreeSet<String> = same.iter().chain(&tls).map(|l| l.name.clone()).collect();
+        let names: BTreeSet<String> = same
+            .iter()
+            .chain(&tls)
+            .map(|l| l.name().to_string())
+            .collect();
         let before = self.port_listeners.remove(&port).unwrap_or_default();
         for gone in before.difference(&names) {
             update.remove(type_url::LISTENER, gone);
+            self.variant_selectors.remove(gone);
         }
-        if let Some(old) = self.tls_listeners.remove(&port)
-            && tls.as_ref().is_none_or(|l| l.name != old.name)
-        {
-            // Now another kind of listener by that name: its variants go first.
-            update.remove(type_url::LISTENER, &old.name);
-        }
+        self.tls_listeners.remove(&port);
         let owned_now: BTreeSet<&String> = owners.iter().map(|(name, _)| name).collect();
         for name in &before {
             if let Some(host) = self.owners.remove(name) {
@@ -266,16 +268,15 @@ impl CaptureState {
             self.put_owned.push((name, host));
         }
         for listener in &same {
-            put(
-                update,
-                sidecars(),
-                type_url::LISTENER,
-                &listener.name,
-                listener,
-            );
+            let variants = listener
+                .by_namespace
+                .iter()
+                .map(|(ns, l)| (Covers::Namespace(ns.clone()).selector(), l.clone()))
+                .collect();
+            self.put_port_listener(&listener.everyone, variants, update);
         }
         if let Some(listener) = tls {
-            self.put_tls_listener(None, &listener, update);
+            self.put_tls_listener(&listener, update);
             self.tls_listeners.insert(port, listener);
         }
         if !names.is_empty() {
@@ -285,6 +286,29 @@ impl CaptureState {
             self.problems.remove(&port);
         } else {
             self.problems.insert(port, problems);
+        }
+    }
+
+    /// Puts `everyone` for every sidecar and each of `variants` for its set of sidecars, and
+    /// removes the variants of sets it was put for before and is not now.
+    fn put_port_listener(
+        &mut self,
+        everyone: &Listener,
+        variants: Vec<(Selector, Listener)>,
+        update: &mut Update,
+    ) {
+        let name = everyone.name.clone();
+        put(update, sidecars(), type_url::LISTENER, &name, everyone);
+        let selectors: BTreeSet<Selector> = variants.iter().map(|(s, _)| s.clone()).collect();
+        let before = self.variant_selectors.remove(&name).unwrap_or_default();
+        for gone in before.difference(&selectors) {
+            update.remove_for(gone.clone(), type_url::LISTENER, &name);
+        }
+        for (selector, listener) in variants {
+            put(update, selector, type_url::LISTENER, &name, &listener);
+        }
+        if !selectors.is_empty() {
+            self.variant_selectors.insert(name, selectors);
         }
     }
 

@@ -2,6 +2,8 @@
 //! route takes the mesh's connections (a split by weight, a subset), else straight to the
 //! service. TLS is routed by the client hello's SNI, never decrypted.
 
+use std::collections::BTreeSet;
+
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::{
@@ -17,8 +19,9 @@ use envoy_types::util::pack_any;
 
 use super::outbound;
 use super::tcp_proxy;
+use crate::model::service::ExportTo;
 use crate::model::stream_routes::{Destination, StreamRoute};
-use crate::model::{Mesh, Problem};
+use crate::model::{Mesh, Problem, VirtualService};
 use crate::translate::cluster_name;
 use crate::translate::route::cluster_for;
 
@@ -28,11 +31,13 @@ pub struct Built<T> {
     pub destinations: Vec<String>,
 }
 
-/// The first route of `routes` that takes the mesh's connections on `port`.
+/// The first route of `routes` that takes the connections on `port` of the sidecars of
+/// namespace `caller` (`None`: of a namespace no match names).
 fn mesh_route<'a>(
     routes: &'a [StreamRoute],
     port: u32,
     sni: Option<&str>,
+    caller: Option<&str>,
 ) -> Option<&'a StreamRoute> {
     routes.iter().find(|route| {
         route.matches.is_empty()
@@ -40,8 +45,38 @@ fn mesh_route<'a>(
                 m.port.is_none_or(|p| p == port)
                     && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
                     && sni.is_none_or(|name| m.sni_hosts.iter().any(|s| s == name))
+                    && m.source_namespace
+                        .as_deref()
+                        .is_none_or(|ns| caller == Some(ns))
             })
     })
+}
+
+/// The VirtualService routing `host` for the sidecars of namespace `caller`: none where it is
+/// not exported to (they connect to the service itself, as with HTTP routes).
+fn routing<'a>(mesh: &'a Mesh, host: &str, caller: Option<&str>) -> Option<&'a VirtualService> {
+    mesh.virtual_service_for(host)
+        .filter(|vs| vs.export_to.includes(caller))
+}
+
+/// The namespaces whose sidecars may route `host`'s connections otherwise than the rest:
+/// those its VirtualService's `tcp`/`tls` matches name by `sourceNamespace`, and those it is
+/// exported to by name.
+pub fn caller_namespaces(mesh: &Mesh, host: &str) -> BTreeSet<String> {
+    let Some(vs) = mesh.virtual_service_for(host) else {
+        return BTreeSet::new();
+    };
+    let mut named: BTreeSet<String> = vs
+        .tcp
+        .iter()
+        .chain(&vs.tls)
+        .flat_map(|r| &r.matches)
+        .filter_map(|m| m.source_namespace.clone())
+        .collect();
+    if let ExportTo::Namespaces(exported) = &vs.export_to {
+        named.extend(exported.iter().cloned());
+    }
+    named
 }
 
 /// A TCP proxy to `destinations` (weighted when several with a weight), `None` when every
@@ -92,11 +127,12 @@ pub fn tcp_filter(
     mesh: &Mesh,
     host: &str,
     port: u32,
+    caller: Option<&str>,
     problems: &mut Vec<Problem>,
 ) -> Built<Filter> {
     let own = cluster_name(port, "", host);
-    if let Some(vs) = mesh.virtual_service_for(host)
-        && let Some(route) = mesh_route(&vs.tcp, port, None)
+    if let Some(vs) = routing(mesh, host, caller)
+        && let Some(route) = mesh_route(&vs.tcp, port, None, caller)
     {
         match to_destinations(mesh, port, &route.destinations, &own) {
             Some(built) => return built,
@@ -116,14 +152,15 @@ pub fn tls_listener(
     mesh: &Mesh,
     port: u32,
     hosts: &[&str],
+    caller: Option<&str>,
     problems: &mut Vec<Problem>,
 ) -> Built<Listener> {
     let mut chains = Vec::new();
     let mut destinations = Vec::new();
     for host in hosts {
         let own = cluster_name(port, "", host);
-        let routed = mesh.virtual_service_for(host).and_then(|vs| {
-            let route = mesh_route(&vs.tls, port, Some(host))?;
+        let routed = routing(mesh, host, caller).and_then(|vs| {
+            let route = mesh_route(&vs.tls, port, Some(host), caller)?;
             let built = to_destinations(mesh, port, &route.destinations, &own);
             if built.is_none() {
                 problems.push(no_weight(&vs.origin, "spec.tls"));

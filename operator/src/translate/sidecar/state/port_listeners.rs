@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
 
-use super::super::{outbound, stream, tcp_proxy};
+use super::super::stream::{self, Built};
+use super::super::{outbound, tcp_proxy};
 use super::PortUse;
 use crate::model::service::Origin;
 use crate::model::{Mesh, Problem};
@@ -12,15 +13,61 @@ use crate::model::{Mesh, Problem};
 /// The outbound listeners of one port.
 #[derive(Default)]
 pub(super) struct PortListeners {
-    /// Those every sidecar gets alike.
-    pub same: Vec<Listener>,
+    /// Those whose filter chains are complete.
+    pub same: Vec<PortListener>,
     /// The TLS services' (by SNI), whose last filter chain, for names no service has, each
     /// sidecar's outbound traffic policy decides ([`with_fallthrough`]).
-    pub tls: Option<Listener>,
+    pub tls: Option<PortListener>,
     /// The hosts their routes send to.
     pub destinations: BTreeSet<String>,
     /// The listeners of one service's address, with their service.
     pub owners: Vec<(String, String)>,
+}
+
+/// One listener as every sidecar gets it, and as the sidecars of some namespaces get it
+/// instead (their `tcp`/`tls` routes differ: `sourceNamespace`, `exportTo`).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct PortListener {
+    pub everyone: Listener,
+    pub by_namespace: BTreeMap<String, Listener>,
+}
+
+impl PortListener {
+    fn alike(listener: Listener) -> Self {
+        Self {
+            everyone: listener,
+            by_namespace: BTreeMap::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.everyone.name
+    }
+
+    /// `build` for every sidecar, and for each of `namespaces` where it differs; the hosts
+    /// the routes of any of them send to go to `destinations`. Problems are said once, for
+    /// every sidecar's.
+    fn per_namespace(
+        namespaces: &BTreeSet<String>,
+        destinations: &mut BTreeSet<String>,
+        problems: &mut Vec<Problem>,
+        build: impl Fn(Option<&str>, &mut Vec<Problem>) -> Built<Listener>,
+    ) -> Self {
+        let everyone = build(None, problems);
+        destinations.extend(everyone.destinations);
+        let mut by_namespace = BTreeMap::new();
+        for ns in namespaces {
+            let built = build(Some(ns), &mut Vec::new());
+            destinations.extend(built.destinations);
+            if built.value != everyone.value {
+                by_namespace.insert(ns.clone(), built.value);
+            }
+        }
+        Self {
+            everyone: everyone.value,
+            by_namespace,
+        }
+    }
 }
 
 /// The outbound listeners of `port`: one for its HTTP services, one for its TLS services
@@ -43,7 +90,7 @@ pub(super) fn port_listeners(
         .map(|(h, _)| h.as_str())
         .collect();
     if http {
-        out.push(outbound::http_port(port));
+        out.push(PortListener::alike(outbound::http_port(port)));
         for host in &tls {
             report(
                 mesh,
@@ -56,9 +103,16 @@ pub(super) fn port_listeners(
             );
         }
     } else if !tls.is_empty() {
-        let built = stream::tls_listener(mesh, port, &tls, problems);
-        destinations.extend(built.destinations);
-        tls_listener = Some(built.value);
+        let namespaces: BTreeSet<String> = tls
+            .iter()
+            .flat_map(|host| stream::caller_namespaces(mesh, host))
+            .collect();
+        tls_listener = Some(PortListener::per_namespace(
+            &namespaces,
+            &mut destinations,
+            problems,
+            |caller, problems| stream::tls_listener(mesh, port, &tls, caller, problems),
+        ));
     }
     let wildcard_taken = http || !tls.is_empty();
     let mut claimed: BTreeMap<String, &str> = BTreeMap::new();
@@ -105,14 +159,25 @@ pub(super) fn port_listeners(
                 continue;
             }
             claimed.insert(address.clone(), host);
-            let built = stream::tcp_filter(mesh, host, port, problems);
-            destinations.extend(built.destinations);
-            let listener = if detected {
-                outbound::detected_port(address, port, built.value)
-            } else {
-                outbound::tcp_port(address, port, built.value)
-            };
-            owners.push((listener.name.clone(), host.clone()));
+            let namespaces = stream::caller_namespaces(mesh, host);
+            let listener = PortListener::per_namespace(
+                &namespaces,
+                &mut destinations,
+                problems,
+                |caller, problems| {
+                    let built = stream::tcp_filter(mesh, host, port, caller, problems);
+                    let value = if detected {
+                        outbound::detected_port(address, port, built.value)
+                    } else {
+                        outbound::tcp_port(address, port, built.value)
+                    };
+                    Built {
+                        value,
+                        destinations: built.destinations,
+                    }
+                },
+            );
+            owners.push((listener.name().to_string(), host.clone()));
             out.push(listener);
         }
     }

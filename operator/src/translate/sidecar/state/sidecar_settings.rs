@@ -8,9 +8,10 @@ use capstan_xds::{Selector, Update, type_url};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 
 use super::super::{PASSTHROUGH, VIRTUAL_INBOUND, VIRTUAL_OUTBOUND, ingress, outbound};
-use super::{CaptureState, port_listeners, put, sidecars};
+use super::port_listeners::{self, PortListener};
+use super::{CaptureState, put, sidecars};
 use crate::model::Mesh;
-use crate::model::sidecar_scope::{IngressPort, IngressVariants, OutboundModes, PerScope};
+use crate::model::sidecar_scope::{Covers, IngressPort, IngressVariants, OutboundModes, PerScope};
 
 impl CaptureState {
     /// Builds `virtualOutbound` again for each set of sidecars whose outbound mode changed
@@ -25,32 +26,48 @@ impl CaptureState {
             update,
             outbound::virtual_outbound,
         );
-        let fallthroughs_before = before.as_ref().map(fallthroughs);
-        for listener in self.tls_listeners.values() {
-            self.put_tls_listener(fallthroughs_before.as_ref(), listener, update);
+        if before.as_ref().map(fallthroughs) != Some(fallthroughs(modes)) {
+            let listeners: Vec<PortListener> = self.tls_listeners.values().cloned().collect();
+            for listener in &listeners {
+                self.put_tls_listener(listener, update);
+            }
         }
     }
 
-    /// Puts the variants of a TLS port's listener whose fallthrough chain differs from what
-    /// `before` (none: nothing was put) had, and removes those of sets no longer apart.
-    pub(super) fn put_tls_listener(
-        &self,
-        before: Option<&PerScope<&'static str>>,
-        listener: &Listener,
-        update: &mut Update,
-    ) {
-        let now = self
+    /// Puts a TLS port's listener with the fallthrough chain of each set of sidecars: those
+    /// its routes tell apart by namespace ([`PortListener::by_namespace`]) and those whose
+    /// outbound traffic policy differs. Each such set has a namespace (a `Sidecar` scopes a
+    /// namespace or workloads in one), so the sidecars of a namespace read one variant.
+    pub(super) fn put_tls_listener(&mut self, listener: &PortListener, update: &mut Update) {
+        let fallthroughs = self
             .outbound_modes
             .as_ref()
             .map_or_else(|| PerScope::everyone(PASSTHROUGH), fallthroughs);
-        put_variants(
-            type_url::LISTENER,
-            &listener.name,
-            before,
-            &now,
-            update,
-            |cluster| port_listeners::with_fallthrough(listener, cluster),
-        );
+        let routed = |namespace: Option<&str>| {
+            namespace
+                .and_then(|ns| listener.by_namespace.get(ns))
+                .unwrap_or(&listener.everyone)
+        };
+        let mut variants: Vec<(Selector, Listener)> = fallthroughs
+            .scoped
+            .iter()
+            .map(|(selector, cluster)| {
+                let base = routed(selector.namespace.as_deref());
+                (
+                    selector.clone(),
+                    port_listeners::with_fallthrough(base, cluster),
+                )
+            })
+            .collect();
+        for (ns, base) in &listener.by_namespace {
+            let selector = Covers::Namespace(ns.clone()).selector();
+            if !variants.iter().any(|(s, _)| *s == selector) {
+                let cluster = fallthroughs.for_proxies(&selector);
+                variants.push((selector, port_listeners::with_fallthrough(base, cluster)));
+            }
+        }
+        let everyone = port_listeners::with_fallthrough(&listener.everyone, fallthroughs.everyone);
+        self.put_port_listener(&everyone, variants, update);
     }
 
     /// Builds `virtualInbound` for the sets of sidecars whose `Sidecar` lists ingress
