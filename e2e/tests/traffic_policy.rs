@@ -348,7 +348,8 @@ async fn sticks_per_user(mesh: &mut ReviewsMesh) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The simple load balancers land in Envoy's clusters, merged per subset as istiod merges:
+/// The simple load balancers, their slow start (`warmup`) and the retry budget land in
+/// Envoy's clusters, merged per subset as istiod merges:
 /// the top level's for the whole service, a subset's own where it has one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_load_balancers_reach_envoy_per_subset() -> anyhow::Result<()> {
@@ -360,10 +361,15 @@ async fn simple_load_balancers_reach_envoy_per_subset() -> anyhow::Result<()> {
     mesh.env.write_config(
         DR_FILE,
         &reviews_dr(
-            "{loadBalancer: {simple: LEAST_REQUEST}}",
+            "{loadBalancer: {simple: LEAST_REQUEST, warmupDurationSecs: 30s}, \
+             retryBudget: {percent: 25, minRetryConcurrency: 2}}",
             &[
                 ("v1", "{loadBalancer: {simple: RANDOM}}"),
-                ("v2", "{loadBalancer: {simple: ROUND_ROBIN}}"),
+                (
+                    "v2",
+                    "{loadBalancer: {simple: ROUND_ROBIN, \
+                     warmup: {duration: 20s, minimumPercent: 5, aggression: 1.5}}}",
+                ),
             ],
         ),
     )?;
@@ -391,6 +397,29 @@ async fn simple_load_balancers_reach_envoy_per_subset() -> anyhow::Result<()> {
         policy("v3").as_deref() == Some("LEAST_REQUEST"),
         "v3 (inherits the top level): {:?}",
         policy("v3")
+    );
+    // Slow start (warmup) and the retry budget, as Envoy holds them.
+    let whole = &found[&cluster_name("", REVIEWS_HOST)];
+    ensure!(
+        whole["least_request_lb_config"]["slow_start_config"]["slow_start_window"] == "30s",
+        "whole service's slow start: {whole}"
+    );
+    let budget = &whole["circuit_breakers"]["thresholds"][0]["retry_budget"];
+    ensure!(
+        budget["budget_percent"]["value"] == 25.0 && budget["min_retry_concurrency"] == 2,
+        "retry budget: {budget}"
+    );
+    let v2 = &found[&cluster_name("v2", REVIEWS_HOST)];
+    let slow_start = &v2["round_robin_lb_config"]["slow_start_config"];
+    ensure!(
+        slow_start["slow_start_window"] == "20s"
+            && slow_start["min_weight_percent"]["value"] == 5.0
+            && slow_start["aggression"]["default_value"] == 1.5,
+        "v2's slow start: {v2}"
+    );
+    ensure!(
+        v2["circuit_breakers"]["thresholds"][0]["retry_budget"]["budget_percent"]["value"] == 25.0,
+        "v2 keeps the destination's retry budget: {v2}"
     );
     // Traffic still flows over every endpoint of the least-request cluster.
     let versions = mesh.versions(&[], 30).await?;

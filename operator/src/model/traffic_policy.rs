@@ -31,6 +31,8 @@ pub struct Policy {
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
     pub tls: Option<ClientTls>,
+    /// Destination and subset level only (Istio has none per port).
+    pub retry_budget: Option<RetryBudget>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,29 @@ pub struct LoadBalancer {
     pub consistent_hash: Option<ConsistentHash>,
     /// `None`: unset, the mesh's default (enabled, no rules).
     pub locality: Option<LocalitySetting>,
+    /// `warmup` (or the older `warmupDurationSecs`): new endpoints' share ramps up.
+    pub warmup: Option<Warmup>,
+}
+
+/// Slow start: an endpoint's weight grows over `duration` after it joins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Warmup {
+    pub duration: Duration,
+    /// The weight it starts at, in percent (`None`: Envoy's 10).
+    pub minimum_percent: Option<f64>,
+    /// How fast it grows (`None`: Envoy's 1.0, linear).
+    pub aggression: Option<f64>,
+}
+
+/// `retryBudget`: retries at most a share of the active requests, instead of a fixed count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryBudget {
+    /// `None`: Envoy's 20.
+    pub percent: Option<f64>,
+    /// 0: Envoy's 3.
+    pub min_retry_concurrency: u32,
+    /// The window the share is counted over (`None`: Envoy's).
+    pub interval: Option<Duration>,
 }
 
 /// `localityLbSetting` as written.
@@ -93,6 +118,8 @@ pub enum HashKey {
         name: String,
         path: String,
         ttl: Option<Duration>,
+        /// Attributes of a cookie Envoy sets (`SameSite`, …): (name, value).
+        attributes: Vec<(String, String)>,
     },
     SourceIp,
     QueryParameter(String),
@@ -236,6 +263,9 @@ impl Policies {
         if subset_policy.tls.is_some() || port_level {
             merged.tls = subset_policy.tls;
         }
+        if subset_policy.retry_budget.is_some() {
+            merged.retry_budget = subset_policy.retry_budget;
+        }
         Some(merged)
     }
 
@@ -268,6 +298,7 @@ impl TrafficPolicy {
                 api.connection_pool.as_ref(),
                 api.outlier_detection.as_ref(),
                 api.tls.as_ref(),
+                api.retry_budget.as_ref(),
             ),
             ports: api
                 .port_level_settings
@@ -279,6 +310,8 @@ impl TrafficPolicy {
                         p.connection_pool.as_ref(),
                         p.outlier_detection.as_ref(),
                         p.tls.as_ref(),
+                        // Not a port-level setting: the destination's applies on every port.
+                        api.retry_budget.as_ref(),
                     );
                     Some((number, policy))
                 })
@@ -314,12 +347,18 @@ impl Policy {
         pool: Option<&api::ConnectionPoolSettings>,
         outlier: Option<&api::OutlierDetection>,
         tls: Option<&api::ClientTlsSettings>,
+        retry_budget: Option<&api::RetryBudget>,
     ) -> Policy {
         Policy {
             load_balancer: lb.map(load_balancer),
             connection_pool: pool.map(connection_pool),
             outlier_detection: outlier.map(outlier_detection),
             tls: tls.map(client_tls),
+            retry_budget: retry_budget.map(|b| RetryBudget {
+                percent: b.percent,
+                min_retry_concurrency: b.min_retry_concurrency,
+                interval: duration(b.budget_interval.as_ref()),
+            }),
         }
     }
 }
@@ -337,6 +376,23 @@ fn load_balancer(lb: &api::LoadBalancerSettings) -> LoadBalancer {
         },
         consistent_hash: lb.consistent_hash.as_ref().map(consistent_hash),
         locality: lb.locality_lb_setting.as_ref().map(locality_setting),
+        warmup: warmup(lb),
+    }
+}
+
+/// `warmup`, else `warmupDurationSecs` (a duration validation accepted).
+fn warmup(lb: &api::LoadBalancerSettings) -> Option<Warmup> {
+    match &lb.warmup {
+        Some(w) => Some(Warmup {
+            duration: parse_duration(&w.duration)?,
+            minimum_percent: w.minimum_percent,
+            aggression: w.aggression,
+        }),
+        None => Some(Warmup {
+            duration: duration(lb.warmup_duration_secs.as_ref())?,
+            minimum_percent: None,
+            aggression: None,
+        }),
     }
 }
 
@@ -370,6 +426,11 @@ fn consistent_hash(ch: &api::ConsistentHashLb) -> ConsistentHash {
             name: cookie.name.clone(),
             path: cookie.path.clone(),
             ttl: duration(cookie.ttl.as_ref()),
+            attributes: cookie
+                .attributes
+                .iter()
+                .map(|a| (a.name.clone(), a.value.clone()))
+                .collect(),
         })
     } else if ch.use_source_ip == Some(true) {
         Some(HashKey::SourceIp)

@@ -204,9 +204,6 @@ fn traffic_policy(
     if policy.proxy_protocol.is_some() {
         not_applied(format!("{at}.proxyProtocol"), "proxyProtocol");
     }
-    if policy.retry_budget.is_some() {
-        not_applied(format!("{at}.retryBudget"), "retryBudget");
-    }
     port_policy(
         at,
         policy.load_balancer.as_ref(),
@@ -237,21 +234,22 @@ fn port_policy(
         if lb.zone_aware_lb_setting.is_some() {
             not_applied(field("zoneAwareLbSetting"), "zoneAwareLbSetting");
         }
-        if lb.warmup.is_some() {
-            not_applied(field("warmup"), "warmup");
-        }
-        if lb.warmup_duration_secs.is_some() {
-            not_applied(field("warmupDurationSecs"), "warmupDurationSecs");
-        }
-        if lb
-            .consistent_hash
-            .as_ref()
-            .and_then(|h| h.http_cookie.as_ref())
-            .is_some_and(|c| !c.attributes.is_empty())
-        {
+        let warmup = lb.warmup.is_some() || lb.warmup_duration_secs.is_some();
+        let without_slow_start = lb.consistent_hash.is_some()
+            || matches!(
+                lb.simple,
+                Some(dr::SimpleLb::Random | dr::SimpleLb::Passthrough)
+            );
+        if warmup && without_slow_start {
+            let name = if lb.warmup.is_some() {
+                "warmup"
+            } else {
+                "warmupDurationSecs"
+            };
             not_applied(
-                field("consistentHash.httpCookie.attributes"),
-                "httpCookie.attributes",
+                field(name),
+                "warmup with this load balancer (Envoy ramps up endpoints under ROUND_ROBIN and \
+                 LEAST_REQUEST only)",
             );
         }
     }
@@ -334,14 +332,27 @@ spec:
     outlierDetection: {consecutive5xxErrors: 1}
     tls: {mode: ISTIO_MUTUAL}
     tunnel: {targetHost: example.com, targetPort: 443}
+    retryBudget: {percent: 10, minRetryConcurrency: 2}
     portLevelSettings:
     - port: {number: 9080}
       outlierDetection: {consecutive5xxErrors: 2, outlierDetectionHttpErrorCodes: [500]}
+    - port: {number: 9081}
+      loadBalancer: {consistentHash: {httpHeaderName: x-user}, warmupDurationSecs: 10s}
   subsets:
   - name: v1
     labels: {version: v1}
     trafficPolicy:
       tls: {mode: SIMPLE, credentialName: reviews-tls}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      loadBalancer:
+        warmup: {duration: 30s}
+        consistentHash: {httpCookie: {name: s, ttl: 0s, attributes: [{name: SameSite, value: Lax}]}}
+  - name: v3
+    labels: {version: v3}
+    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 30s, minimumPercent: 5, aggression: 2}}
 "#,
         )
         .expect("valid");
@@ -352,7 +363,9 @@ spec:
             vec![
                 "spec.trafficPolicy.tunnel",
                 "spec.trafficPolicy.portLevelSettings[0].outlierDetection.outlierDetectionHttpErrorCodes",
+                "spec.trafficPolicy.portLevelSettings[1].loadBalancer.warmupDurationSecs",
                 "spec.subsets[0].trafficPolicy.tls.credentialName",
+                "spec.subsets[1].trafficPolicy.loadBalancer.warmup",
             ]
         );
     }

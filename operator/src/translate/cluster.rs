@@ -196,6 +196,9 @@ fn cluster_in(spec: ServiceCluster<'_>, rule: Option<&DestinationRule>) -> (Stri
         &mut http_options,
         policy.connection_pool.as_ref(),
     );
+    if let Some(budget) = &policy.retry_budget {
+        pool::apply_retry_budget(&mut cluster, budget);
+    }
     outlier::apply(&mut cluster, policy.outlier_detection.as_ref());
     lb::apply(&mut cluster, policy.load_balancer.as_ref());
     // Only assignments (EDS, or a DNS cluster's own) carry the locality weights; an original

@@ -1,23 +1,48 @@
 //! `loadBalancer` as istiod's `applyLoadBalancer`: the simple policy (LEAST_REQUEST when
-//! unset), PASSTHROUGH as an original-destination cluster, and a consistent hash as a ring
-//! hash or Maglev cluster (the hash key itself is a route's hash policy, `route/hash.rs`).
+//! unset) with its slow start (`warmup`), PASSTHROUGH as an original-destination cluster,
+//! and a consistent hash as a ring hash or Maglev cluster (the hash key itself is a route's
+//! hash policy, `route/hash.rs`).
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy, MaglevLbConfig, RingHashLbConfig,
+    ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy, LeastRequestLbConfig, MaglevLbConfig,
+    RingHashLbConfig, RoundRobinLbConfig, SlowStartConfig,
 };
+use envoy_types::pb::envoy::config::core::v3::RuntimeDouble;
+use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::UInt64Value;
 
-use crate::model::traffic_policy::{HashAlgorithm, LoadBalancer, SimpleLb};
+use super::proto_duration;
+use crate::model::traffic_policy::{HashAlgorithm, LoadBalancer, SimpleLb, Warmup};
 
 pub fn apply(cluster: &mut Cluster, lb: Option<&LoadBalancer>) {
     // Original-destination clusters balance themselves.
     if cluster.lb_policy == LbPolicy::ClusterProvided as i32 {
         return;
     }
+    // Envoy's ring hash and Maglev have no slow start (validation's report says so).
+    let slow_start = lb
+        .filter(|l| l.consistent_hash.is_none())
+        .and_then(|l| l.warmup.as_ref())
+        .map(slow_start);
     match lb.and_then(|l| l.simple) {
-        None | Some(SimpleLb::LeastRequest) => cluster.lb_policy = LbPolicy::LeastRequest as i32,
-        Some(SimpleLb::RoundRobin) => cluster.lb_policy = LbPolicy::RoundRobin as i32,
+        None | Some(SimpleLb::LeastRequest) => {
+            cluster.lb_policy = LbPolicy::LeastRequest as i32;
+            if let Some(slow_start_config) = slow_start.clone() {
+                cluster.lb_config = Some(LbConfig::LeastRequestLbConfig(LeastRequestLbConfig {
+                    slow_start_config: Some(slow_start_config),
+                    ..Default::default()
+                }));
+            }
+        }
+        Some(SimpleLb::RoundRobin) => {
+            cluster.lb_policy = LbPolicy::RoundRobin as i32;
+            if let Some(slow_start_config) = slow_start.clone() {
+                cluster.lb_config = Some(LbConfig::RoundRobinLbConfig(RoundRobinLbConfig {
+                    slow_start_config: Some(slow_start_config),
+                }));
+            }
+        }
         Some(SimpleLb::Random) => cluster.lb_policy = LbPolicy::Random as i32,
         Some(SimpleLb::Passthrough) => {
             cluster.lb_policy = LbPolicy::ClusterProvided as i32;
@@ -51,6 +76,19 @@ pub fn apply(cluster: &mut Cluster, lb: Option<&LoadBalancer>) {
             cluster.lb_policy = LbPolicy::RingHash as i32;
             cluster.lb_config = Some(ring_hash(minimum_ring_size));
         }
+    }
+}
+
+/// Envoy's slow start for `warmup`, as istiod sets it (round robin and least request only:
+/// Envoy has it for those).
+fn slow_start(warmup: &Warmup) -> SlowStartConfig {
+    SlowStartConfig {
+        slow_start_window: Some(proto_duration(warmup.duration)),
+        aggression: warmup.aggression.map(|value| RuntimeDouble {
+            default_value: value,
+            runtime_key: "upstream.slow_start.aggression".to_string(),
+        }),
+        min_weight_percent: warmup.minimum_percent.map(|value| Percent { value }),
     }
 }
 
@@ -151,6 +189,54 @@ mod tests {
             Some(LbConfig::MaglevLbConfig(MaglevLbConfig {
                 table_size: Some(UInt64Value { value: 65537 })
             }))
+        );
+    }
+
+    fn warming(simple: Option<SimpleLb>, hash: bool) -> Cluster {
+        let consistent_hash = hash.then_some(ConsistentHash {
+            key: Some(HashKey::SourceIp),
+            algorithm: HashAlgorithm::Default {
+                minimum_ring_size: 1024,
+            },
+        });
+        with(Some(LoadBalancer {
+            simple,
+            consistent_hash,
+            warmup: Some(Warmup {
+                duration: std::time::Duration::from_secs(30),
+                minimum_percent: Some(5.0),
+                aggression: None,
+            }),
+            ..LoadBalancer::default()
+        }))
+    }
+
+    #[test]
+    fn warmup_is_envoys_slow_start_where_envoy_has_one() {
+        let expected = SlowStartConfig {
+            slow_start_window: Some(proto_duration(std::time::Duration::from_secs(30))),
+            aggression: None,
+            min_weight_percent: Some(Percent { value: 5.0 }),
+        };
+        match warming(None, false).lb_config {
+            Some(LbConfig::LeastRequestLbConfig(c)) => {
+                assert_eq!(c.slow_start_config, Some(expected.clone()));
+            }
+            other => panic!("istiod's default, least request: {other:?}"),
+        }
+        match warming(Some(SimpleLb::RoundRobin), false).lb_config {
+            Some(LbConfig::RoundRobinLbConfig(c)) => {
+                assert_eq!(c.slow_start_config, Some(expected));
+            }
+            other => panic!("round robin: {other:?}"),
+        }
+        assert_eq!(warming(Some(SimpleLb::Random), false).lb_config, None);
+        let hashed = warming(None, true);
+        assert_eq!(policy(&hashed), LbPolicy::RingHash);
+        assert!(
+            matches!(hashed.lb_config, Some(LbConfig::RingHashLbConfig(_))),
+            "{:?}",
+            hashed.lb_config
         );
     }
 }

@@ -3,6 +3,8 @@
 //! Applied to every cluster, with or without a DestinationRule, as istiod does.
 
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget as ThresholdRetryBudget;
+use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, UpstreamConnectionOptions,
 };
@@ -18,7 +20,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::{proto_duration, set_http2};
-use crate::model::traffic_policy::{ConnectionPool, H2Upgrade};
+use crate::model::traffic_policy::{ConnectionPool, H2Upgrade, RetryBudget};
 
 fn value(v: u32) -> Option<UInt32Value> {
     Some(UInt32Value { value: v })
@@ -156,6 +158,25 @@ pub fn apply(
             }),
         );
     }
+}
+
+/// `retryBudget`: the cluster's retries are limited by a share of its active requests (Envoy
+/// then ignores `max_retries`).
+pub fn apply_retry_budget(cluster: &mut Cluster, budget: &RetryBudget) {
+    let Some(threshold) = cluster
+        .circuit_breakers
+        .as_mut()
+        .and_then(|c| c.thresholds.first_mut())
+    else {
+        return;
+    };
+    threshold.retry_budget = Some(ThresholdRetryBudget {
+        budget_percent: budget.percent.map(|value| Percent { value }),
+        min_retry_concurrency: (budget.min_retry_concurrency > 0).then_some(UInt32Value {
+            value: budget.min_retry_concurrency,
+        }),
+        budget_interval: budget.interval.map(proto_duration),
+    });
 }
 
 /// `pool` on a cluster to the workload (a sidecar's inbound side), as istiod applies it

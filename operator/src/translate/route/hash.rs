@@ -3,6 +3,7 @@
 //! cluster side, ring hash or Maglev, is `cluster/lb.rs`).
 
 use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy;
+use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::CookieAttribute;
 use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
     ConnectionProperties, Cookie, Header, PolicySpecifier, QueryParameter,
 };
@@ -53,11 +54,22 @@ fn hash_policy(key: &HashKey) -> HashPolicy {
             header_name: name.clone(),
             ..Default::default()
         }),
-        HashKey::Cookie { name, path, ttl } => PolicySpecifier::Cookie(Cookie {
+        HashKey::Cookie {
+            name,
+            path,
+            ttl,
+            attributes,
+        } => PolicySpecifier::Cookie(Cookie {
             name: name.clone(),
             path: path.clone(),
             ttl: ttl.map(proto_duration),
-            ..Default::default()
+            attributes: attributes
+                .iter()
+                .map(|(name, value)| CookieAttribute {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
         }),
         HashKey::SourceIp => {
             PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true })
@@ -125,9 +137,14 @@ spec:
             }))
         );
         let cookie = with_rule(
-            "{loadBalancer: {consistentHash: {httpCookie: {name: session, path: /, ttl: 10s}}}}",
+            "{loadBalancer: {consistentHash: {httpCookie: {name: session, path: /, ttl: 10s, \
+             attributes: [{name: SameSite, value: Lax}, {name: Secure}]}}}}",
             "{}",
         );
+        let attribute = |name: &str, value: &str| CookieAttribute {
+            name: name.into(),
+            value: value.into(),
+        };
         assert_eq!(
             specifier(&cookie, None),
             Some(PolicySpecifier::Cookie(Cookie {
@@ -137,7 +154,7 @@ spec:
                     seconds: 10,
                     nanos: 0
                 }),
-                ..Default::default()
+                attributes: vec![attribute("SameSite", "Lax"), attribute("Secure", "")],
             }))
         );
         let source = with_rule(
