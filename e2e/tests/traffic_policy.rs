@@ -1,6 +1,7 @@
 //! DestinationRule traffic policy through capstan and a real Envoy, proven by real requests:
 //! circuit breaking, outlier detection, consistent hashing, the simple load balancers in
-//! Envoy's config, and TLS origination (SIMPLE and MUTUAL) to TLS upstreams.
+//! Envoy's config, TLS origination (SIMPLE and MUTUAL) to TLS upstreams, and the PROXY
+//! protocol header.
 //! Logs: `<target>/debug/e2e-logs/<test name>/`.
 //!
 //! Envoy must be installed (`make test` installs it); a missing Envoy fails the tests.
@@ -508,6 +509,97 @@ spec:
         ));
     }
     out
+}
+
+/// A server that answers one HTTP request per connection with the first line the connection
+/// began with (a PROXY protocol header, when the client sent one).
+async fn first_line_server() -> anyhow::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The PROXY line and the request's headers; a request has no body here.
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") && seen.len() < 65536 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let first = seen.split(|b| *b == b'\n').next().unwrap_or_default();
+                let body = String::from_utf8_lossy(first).trim_end().to_string();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// `proxyProtocol`: Envoy starts each connection to the destination with a PROXY protocol
+/// (v1) header naming the client, which the upstream reads before the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_heads_each_upstream_connection() -> anyhow::Result<()> {
+    let mesh = start(
+        "proxy_protocol_heads_each_upstream_connection",
+        &reviews_vs_whole(),
+    )
+    .await?;
+    let port = first_line_server().await?;
+    let host = host("legacy");
+    mesh.env.write_config(
+        "legacy.yaml",
+        &format!(
+            "{}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: legacy, namespace: bookinfo}}
+spec:
+  host: {host}
+  trafficPolicy: {{proxyProtocol: {{version: V1}}}}
+",
+            tls_service("legacy", port, None)
+        ),
+    )?;
+    let addr = mesh.proxy.addr();
+    let line = wait_until(
+        "the upstream reading a PROXY header",
+        CONFIG_TIMEOUT,
+        async || {
+            let response = HttpClient::new(addr).get(&host, "/", &[]).await?;
+            let text = response.text();
+            ensure!(
+                response.status == StatusCode::OK,
+                "{} {text}",
+                response.status
+            );
+            ensure!(
+                text.starts_with("PROXY "),
+                "no PROXY header first: {text:?}"
+            );
+            Ok(text)
+        },
+    )
+    .await
+    .with_context(|| format!("logs in {}", mesh.env.log_dir.display()))?;
+    // v1: `PROXY TCP4 <client> <address it dialled> <client port> <port it dialled>`: the
+    // test's own connection to Envoy's listener.
+    let fields: Vec<&str> = line.split(' ').collect();
+    ensure!(
+        fields.len() == 6 && fields[1] == "TCP4" && fields[2] == "127.0.0.1",
+        "{line:?}"
+    );
+    ensure!(
+        fields[5] == addr.port().to_string(),
+        "the port the client dialled, Envoy's: {line:?}"
+    );
+    mesh.envoy.ensure_no_rejected_updates().await
 }
 
 /// TLS origination: the client speaks plain HTTP to Envoy, which speaks TLS to the upstream.

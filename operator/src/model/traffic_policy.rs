@@ -33,6 +33,15 @@ pub struct Policy {
     pub tls: Option<ClientTls>,
     /// Destination and subset level only (Istio has none per port).
     pub retry_budget: Option<RetryBudget>,
+    /// `proxyProtocol`: the PROXY header version sent first on each upstream connection
+    /// (destination and subset level, as the budget).
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocolVersion {
+    V1,
+    V2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +275,9 @@ impl Policies {
         if subset_policy.retry_budget.is_some() {
             merged.retry_budget = subset_policy.retry_budget;
         }
+        if subset_policy.proxy_protocol.is_some() {
+            merged.proxy_protocol = subset_policy.proxy_protocol;
+        }
         Some(merged)
     }
 
@@ -299,6 +311,7 @@ impl TrafficPolicy {
                 api.outlier_detection.as_ref(),
                 api.tls.as_ref(),
                 api.retry_budget.as_ref(),
+                api.proxy_protocol.as_ref(),
             ),
             ports: api
                 .port_level_settings
@@ -310,8 +323,9 @@ impl TrafficPolicy {
                         p.connection_pool.as_ref(),
                         p.outlier_detection.as_ref(),
                         p.tls.as_ref(),
-                        // Not a port-level setting: the destination's applies on every port.
+                        // Not port-level settings: the destination's apply on every port.
                         api.retry_budget.as_ref(),
+                        api.proxy_protocol.as_ref(),
                     );
                     Some((number, policy))
                 })
@@ -348,6 +362,7 @@ impl Policy {
         outlier: Option<&api::OutlierDetection>,
         tls: Option<&api::ClientTlsSettings>,
         retry_budget: Option<&api::RetryBudget>,
+        proxy_protocol: Option<&api::ProxyProtocol>,
     ) -> Policy {
         Policy {
             load_balancer: lb.map(load_balancer),
@@ -358,6 +373,10 @@ impl Policy {
                 percent: b.percent,
                 min_retry_concurrency: b.min_retry_concurrency,
                 interval: duration(b.budget_interval.as_ref()),
+            }),
+            proxy_protocol: proxy_protocol.map(|p| match p.version {
+                api::ProxyProtocolVersion::V1 => ProxyProtocolVersion::V1,
+                api::ProxyProtocolVersion::V2 => ProxyProtocolVersion::V2,
             }),
         }
     }

@@ -201,9 +201,6 @@ fn traffic_policy(
     if policy.tunnel.is_some() {
         not_applied(format!("{at}.tunnel"), "tunnel");
     }
-    if policy.proxy_protocol.is_some() {
-        not_applied(format!("{at}.proxyProtocol"), "proxyProtocol");
-    }
     port_policy(
         at,
         policy.load_balancer.as_ref(),

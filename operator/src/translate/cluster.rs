@@ -6,6 +6,7 @@
 mod lb;
 mod outlier;
 mod pool;
+mod proxy_protocol;
 
 pub use pool::apply_inbound;
 pub(super) mod tls;
@@ -223,6 +224,9 @@ fn cluster_in(spec: ServiceCluster<'_>, rule: Option<&DestinationRule>) -> (Stri
             http2: is_http2(&http_options),
         };
         tls::apply(&mut cluster, &mut http_options, settings, &target);
+    }
+    if let Some(version) = policy.proxy_protocol {
+        proxy_protocol::apply(&mut cluster, version);
     }
     set_protocol_options(&mut cluster, http_options);
     (name, cluster)
