@@ -248,3 +248,101 @@ spec:
     envoy.ensure_no_rejected_updates().await?;
     ensure_no_watch_errors(&mesh).await
 }
+
+/// A ServiceEntry's `workloadSelector` picks Pods too, as in Istio: a pod of the namespace
+/// carrying the selector's labels is an endpoint of the entry's host once its status (set
+/// here as a kubelet would) gives it an address and it is ready, and stops getting requests
+/// when it is no longer ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_entry_selecting_pods_routes_to_the_ready_ones() -> anyhow::Result<()> {
+    use capstan_e2e::upstreams::Upstreams;
+
+    let name = "a_service_entry_selecting_pods_routes_to_the_ready_ones";
+    let upstream = Path::new(UPSTREAM_BIN);
+    let mut mesh = KubeReviewsMesh::start(name, upstream, AdsMode::Sotw, None, NO_STATUS).await?;
+    let ns = mesh.namespace.clone();
+    let pod = TestPod::answering("ratings", "v1");
+    let _app = Upstreams::start(
+        upstream,
+        &[("ratings", "v1", pod.addr)],
+        &mesh.log_dir,
+        &pod.name,
+    )
+    .await?;
+    let host = "ratings.mesh.internal";
+    mesh.apply(
+        "ratings",
+        &format!(
+            "apiVersion: v1
+kind: Pod
+metadata: {{name: {pod_name}, namespace: {ns}, labels: {{app: ratings}}}}
+spec:
+  serviceAccountName: bookinfo-ratings
+  containers: [{{name: ratings, image: example.invalid/ratings:v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings, namespace: {ns}}}
+spec:
+  hosts: [{host}]
+  location: MESH_INTERNAL
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: ratings}}}}
+",
+            pod_name = pod.name,
+        ),
+    )
+    .await?;
+    let status = |ready: bool| {
+        let ip = pod.addr.ip();
+        let ready = if ready { "True" } else { "False" };
+        format!(
+            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":[{{"type":"Ready","status":"{ready}"}}]}}}}"#
+        )
+    };
+    let set_status = async |ready: bool| {
+        let patch = status(ready);
+        mesh.cluster
+            .kubectl(&[
+                "-n",
+                &ns,
+                "patch",
+                "pod",
+                &pod.name,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &patch,
+            ])
+            .await
+    };
+    set_status(true).await?;
+    let reply = wait_until("the selected pod answering", CONFIG_TIMEOUT, async || {
+        mesh.proxy
+            .get(host, "/ratings/1", &[])
+            .await?
+            .upstream_reply()
+    })
+    .await?;
+    ensure!(reply.service == "ratings", "{reply:?}");
+
+    set_status(false).await?;
+    wait_until(
+        "the pod no longer ready, no longer sent to",
+        CONFIG_TIMEOUT,
+        async || {
+            let response = mesh.proxy.get(host, "/ratings/1", &[]).await?;
+            ensure!(
+                response.status == 503,
+                "{} {}",
+                response.status,
+                response.text()
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    ensure_no_watch_errors(&mesh).await?;
+    mesh.envoy.ensure_no_rejected_updates().await
+}

@@ -110,6 +110,9 @@ fn pod(i: usize, j: usize) -> Record {
         ])),
         service_account: service_name(i).into(),
         node: None,
+        // Behind EndpointSlices, which carry the address and readiness the mesh reads.
+        ip: None,
+        ready: true,
     })
 }
 

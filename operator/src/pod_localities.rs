@@ -111,6 +111,8 @@ mod tests {
             labels: Arc::default(),
             service_account: "default".into(),
             node: node.map(str::to_string),
+            ip: None,
+            ready: true,
         })
     }
 

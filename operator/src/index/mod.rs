@@ -118,7 +118,7 @@ impl Index {
                 let id = pod.id.clone();
                 match self.pods.insert(id.clone(), pod.clone()) {
                     Some(old) if old == pod => Changes::default(),
-                    _ => Changes::endpoints(self.users_of_pod(&id)),
+                    _ => self.pod_changed(&id),
                 }
             }
             Record::Node(node) => {
@@ -167,7 +167,7 @@ impl Index {
                 None => Changes::default(),
             },
             RecordKey::Pod(id) => match self.pods.remove(id) {
-                Some(_) => Changes::endpoints(self.users_of_pod(id)),
+                Some(_) => self.pod_changed(id),
                 None => Changes::default(),
             },
             RecordKey::Node(name) => match self.nodes.remove(name) {
@@ -298,6 +298,22 @@ impl Index {
         }
     }
 
+    /// What a change to Pod `id` changes: the endpoints of the Services whose slices name
+    /// it, and, when a ServiceEntry of its namespace selects workloads, the pod as an object
+    /// (the model reads it as that entry's endpoint).
+    fn pod_changed(&self, id: &NsName) -> Changes {
+        let mut changes = Changes::endpoints(self.users_of_pod(id));
+        let selecting = self
+            .istio_in(capstan_crds::Kind::ServiceEntry, &id.namespace)
+            .any(|object| {
+                matches!(object, IstioObject::ServiceEntry(se) if se.spec.workload_selector.is_some())
+            });
+        if selecting {
+            changes.objects.insert(RecordKey::Pod(id.clone()));
+        }
+        changes
+    }
+
     fn users_of_pod(&self, pod: &NsName) -> Vec<NsName> {
         self.pod_users
             .get(pod)
@@ -335,6 +351,16 @@ impl Index {
     }
 
     /// The served objects of one kind in one namespace, by name.
+    /// The Pods of `namespace`.
+    pub fn pods_in<'a>(&'a self, namespace: &str) -> impl Iterator<Item = &'a PodRecord> + 'a {
+        let first = NsName::new(namespace, "");
+        let namespace = namespace.to_string();
+        self.pods
+            .range(first..)
+            .take_while(move |(id, _)| id.namespace == namespace)
+            .map(|(_, pod)| pod)
+    }
+
     pub fn istio_in<'a>(
         &'a self,
         kind: capstan_crds::Kind,

@@ -130,7 +130,8 @@ pub struct SliceEndpoint {
     pub zone: Option<String>,
 }
 
-/// What the mesh reads of a Pod: labels select subsets, the service account is the identity.
+/// What the mesh reads of a Pod: labels select subsets, the service account is the identity;
+/// its address and readiness make it the endpoint of a ServiceEntry selecting it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodRecord {
     pub id: NsName,
@@ -138,6 +139,10 @@ pub struct PodRecord {
     pub labels: Arc<BTreeMap<String, String>>,
     pub service_account: Arc<str>,
     pub node: Option<String>,
+    /// `status.podIP` (none before the pod has one).
+    pub ip: Option<Arc<str>>,
+    /// Its `Ready` condition is true and it is not being deleted.
+    pub ready: bool,
 }
 
 /// A Node's place: `topology.kubernetes.io/region` and `/zone`.

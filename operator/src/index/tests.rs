@@ -32,6 +32,8 @@ fn pod(name: &str, version: &str) -> Record {
         )])),
         service_account: "cart".into(),
         node: Some("node-a".into()),
+        ip: None,
+        ready: true,
     })
 }
 

@@ -2,7 +2,7 @@
 //! protocol, endpoints from the EndpointSlices with the labels, service account and locality
 //! of the Pods and Nodes behind them.
 
-use crate::index::{Health, Index, KubeService, NsName, SliceRecord};
+use crate::index::{Health, Index, KubeService, NodeRecord, NsName, SliceRecord};
 use crate::model::service::{Endpoint, ExportTo, Origin, Port, Resolution, Service};
 
 /// The host of a Kubernetes Service.
@@ -80,6 +80,17 @@ pub fn endpoints(index: &Index, id: &NsName) -> Vec<Endpoint> {
     out
 }
 
+/// `region/zone` of an endpoint on `node`, its zone as `zone` says when given (the slice's).
+pub(super) fn locality(node: Option<&NodeRecord>, zone: Option<&str>) -> String {
+    let region = node.map(|n| n.region.as_str()).unwrap_or_default();
+    let zone = zone.or(node.map(|n| n.zone.as_str())).unwrap_or_default();
+    match (region, zone) {
+        ("", "") => String::new(),
+        (region, "") => region.to_string(),
+        (region, zone) => format!("{region}/{zone}"),
+    }
+}
+
 fn endpoint_of(
     index: &Index,
     slice: &SliceRecord,
@@ -94,17 +105,7 @@ fn endpoint_of(
         .as_deref()
         .or_else(|| pod.and_then(|p| p.node.as_deref()));
     let node = node_name.and_then(|n| index.node(n));
-    let region = node.map(|n| n.region.as_str()).unwrap_or_default();
-    let zone = endpoint
-        .zone
-        .as_deref()
-        .or(node.map(|n| n.zone.as_str()))
-        .unwrap_or_default();
-    let locality = match (region, zone) {
-        ("", "") => String::new(),
-        (region, "") => region.to_string(),
-        (region, zone) => format!("{region}/{zone}"),
-    };
+    let locality = locality(node, endpoint.zone.as_deref());
     Endpoint {
         address: endpoint.address.clone(),
         ports: slice.ports.clone(),
@@ -170,6 +171,8 @@ mod tests {
             labels: Arc::new(BTreeMap::from([("version".to_string(), "v1".to_string())])),
             service_account: "cart".into(),
             node: Some("node-a".into()),
+            ip: None,
+            ready: true,
         }));
         index.apply(Record::Node(NodeRecord {
             name: "node-a".into(),

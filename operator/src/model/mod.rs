@@ -181,6 +181,14 @@ impl Mesh {
                     affected.hosts.insert(kube::host(id, &self.domain_suffix));
                 }
                 RecordKey::Istio(key) => self.reread(index, key, &mut affected),
+                // A pod a ServiceEntry's `workloadSelector` may pick: its entries' hosts.
+                RecordKey::Pod(id) => {
+                    for entry in self.selecting.get(&id.namespace).into_iter().flatten() {
+                        affected
+                            .hosts
+                            .extend(self.claims.get(entry).into_iter().flatten().cloned());
+                    }
+                }
                 RecordKey::Secret(id) => {
                     match index.secret(id) {
                         Some(record) => self.secrets.insert(id.clone(), secret::read(record)),

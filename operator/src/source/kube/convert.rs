@@ -161,6 +161,7 @@ pub fn pod_key(pod: &Pod) -> RecordKey {
 
 pub fn pod(pod: &Pod) -> Option<Record> {
     let spec = pod.spec.as_ref();
+    let status = pod.status.as_ref();
     Some(Record::Pod(PodRecord {
         id: id(pod),
         labels: std::sync::Arc::new(pod.labels().clone()),
@@ -169,6 +170,14 @@ pub fn pod(pod: &Pod) -> Option<Record> {
             .unwrap_or("default")
             .into(),
         node: spec.and_then(|s| s.node_name.clone()),
+        ip: status
+            .and_then(|s| s.pod_ip.as_deref())
+            .filter(|ip| !ip.is_empty())
+            .map(Into::into),
+        ready: pod.metadata.deletion_timestamp.is_none()
+            && status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
     }))
 }
 

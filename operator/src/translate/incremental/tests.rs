@@ -562,6 +562,37 @@ spec:
     ]);
 }
 
+fn billing_pod(name: &str, app: &str, ip: Option<&str>, ready: bool) -> Event {
+    use crate::index::{NsName, PodRecord, Record};
+    Event::Apply(Record::Pod(PodRecord {
+        id: NsName::new("vms", name),
+        labels: std::sync::Arc::new(BTreeMap::from([("app".to_string(), app.to_string())])),
+        service_account: "billing".into(),
+        node: None,
+        ip: ip.map(Into::into),
+        ready,
+    }))
+}
+
+/// Pods are endpoints of the ServiceEntries of their namespace selecting them, as in Istio:
+/// a pod getting an address, turning ready and not, relabelled and deleted, and a selector
+/// added after the pods, must each equal a full build.
+#[test]
+fn selected_pod_updates_match_a_full_build() {
+    use crate::index::{NsName, RecordKey};
+    let entry = istio(&crate::model::workloads::billing_entry());
+    check(vec![
+        billing_pod("billing-a", "billing", Some("10.0.6.1"), true),
+        entry,
+        billing_pod("billing-b", "billing", None, false),
+        billing_pod("billing-b", "billing", Some("10.0.6.2"), false),
+        billing_pod("billing-b", "billing", Some("10.0.6.2"), true),
+        billing_pod("billing-a", "payroll", Some("10.0.6.1"), true),
+        Event::Delete(RecordKey::Pod(NsName::new("vms", "billing-b"))),
+        workload_entry("vm-1", "billing", "10.0.5.1"),
+    ]);
+}
+
 /// A root VirtualService's delegating route takes the delegate's routes: editing, deleting
 /// and restoring the delegate, and editing the root, must each equal a full build (for the
 /// sidecars and the gateway the root is bound to).
