@@ -884,6 +884,74 @@ spec:
     mesh.envoy.ensure_no_rejected_updates().await
 }
 
+/// A ServiceEntry whose address is a CIDR range (an external network, say a VPC's): a
+/// connection to any address in it on the entry's port goes to the entry's endpoints, by a
+/// filter chain on the port's listener; without the entry it passes through to where it was
+/// headed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cidr_address_takes_connections_to_its_whole_range() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mesh = start("a_cidr_address_takes_connections_to_its_whole_range").await?;
+    let log_dir = mesh.env.log_dir.clone();
+    let logs = || format!("logs in {}", log_dir.display());
+    let _outside = Upstreams::start(
+        Path::new(UPSTREAM_BIN),
+        &[(
+            "outside-tcp",
+            "v1",
+            SocketAddr::from((capture::EXTERNAL_SERVER, 7070)),
+        )],
+        &log_dir,
+        "outside",
+    )
+    .await?;
+    let in_range = SocketAddr::from((capture::EXTERNAL_HOST, 7070));
+    let reply = wait_until(
+        "the outside server, passed through",
+        CONFIG_TIMEOUT,
+        async || call(in_range, "anything").await,
+    )
+    .await
+    .with_context(logs)?;
+    ensure!(reply.service == "outside-tcp", "{reply:?}");
+
+    let range = format!("{}/24", capture::EXTERNAL_HOST);
+    mesh.env.write_config(
+        "vpc.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: vpc-db, namespace: bookinfo}}
+spec:
+  hosts: [vpc-db.bookinfo.svc.cluster.local]
+  addresses: [{range}]
+  location: MESH_EXTERNAL
+  ports: [{{number: 7070, name: tcp, protocol: TCP, targetPort: 5432}}]
+  resolution: STATIC
+  endpoints: [{{address: {}}}]
+",
+            pod_ip(263)
+        ),
+    )?;
+    wait_until("the range's endpoint", CONFIG_TIMEOUT, async || {
+        let reply = call(in_range, "anything").await?;
+        ensure!(reply.service == "db", "{reply:?}");
+        Ok(())
+    })
+    .await
+    .with_context(logs)?;
+
+    std::fs::remove_file(mesh.env.config_dir.join("vpc.yaml"))?;
+    wait_until("passed through again", CONFIG_TIMEOUT, async || {
+        let reply = call(in_range, "anything").await?;
+        ensure!(reply.service == "outside-tcp", "{reply:?}");
+        Ok(())
+    })
+    .await
+    .with_context(logs)?;
+    mesh.envoy.ensure_no_rejected_updates().await
+}
+
 /// A ServiceEntry port without a protocol, on its own address.
 fn undeclared_entry(name: &str, address: u16, port: u16, target: u16, workload: &str) -> String {
     let port = format!("{{number: {port}, name: {name}, targetPort: {target}}}");

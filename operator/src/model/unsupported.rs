@@ -108,12 +108,6 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
         })
     };
     match object {
-        IstioObject::ServiceEntry(se) => {
-            let spec = &se.spec;
-            if spec.addresses.iter().any(|a| a.contains('/')) {
-                not_applied("spec.addresses".into(), "CIDR addresses");
-            }
-        }
         IstioObject::DestinationRule(dr) => {
             let spec = &dr.spec;
             if let Some(policy) = &spec.traffic_policy {

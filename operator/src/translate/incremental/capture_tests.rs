@@ -185,3 +185,93 @@ fn tcp_listeners_are_scoped_with_their_service() {
     assert_eq!(listeners("bookinfo"), ["240.0.0.5_5432", "240.0.0.6_5432"]);
     assert!(listeners("web").is_empty(), "{:?}", listeners("web"));
 }
+
+/// CIDR addresses: filter chains by destination on the port's `0.0.0.0` listener — one of
+/// their own (ending with the fallthrough chain), the TLS services' or the HTTP services'.
+#[test]
+fn cidr_addresses_update_as_a_full_build() {
+    check_with(
+        capture(),
+        vec![
+            istio(&tcp_entry("vpc-db", 5432, "10.8.0.0/16", &["10.8.0.5"])),
+            istio(&tcp_entry(
+                "onprem-db",
+                5432,
+                "192.168.0.0/24, 240.0.0.9",
+                &["192.168.0.7"],
+            )),
+            // The same range again: reported, not routed.
+            istio(&tcp_entry("copy", 5432, "10.8.0.0/16", &["10.8.0.6"])),
+            // On an HTTP port, and on a TLS port.
+            service("reviews", &[("http", 9080)]),
+            istio(&tcp_entry("metrics", 9080, "10.9.0.0/16", &["10.9.0.1"])),
+            istio(&https_entry("secure")),
+            istio(&tcp_entry("vault", 443, "10.10.0.0/16", &["10.10.0.1"])),
+            delete(Kind::ServiceEntry, "bookinfo", "secure"),
+            delete(Kind::ServiceEntry, "bookinfo", "vpc-db"),
+            delete(Kind::ServiceEntry, "bookinfo", "copy"),
+            delete(Kind::ServiceEntry, "bookinfo", "onprem-db"),
+        ],
+    );
+}
+
+#[test]
+fn a_cidr_address_takes_the_connections_to_its_range() {
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+
+    use super::tests::served_to;
+    use crate::model::sidecar_scope::fixtures::sidecar_proxy;
+
+    let yamls = [
+        tcp_entry("vpc-db", 5432, "10.8.0.0/16", &["10.8.0.5"]),
+        tcp_entry("metrics", 9080, "10.9.0.0/16", &["10.9.0.1"]),
+        tcp_entry("reviews", 9080, "240.0.0.3", &["10.0.0.3"])
+            .replace("name: tcp, protocol: TCP", "name: http, protocol: HTTP"),
+    ];
+    let listeners = served_to::<Listener>(
+        capture(),
+        &yamls,
+        type_url::LISTENER,
+        &sidecar_proxy("bookinfo", &[]),
+    );
+    let chains = |name: &str| -> Vec<(String, Vec<String>)> {
+        let listener = listeners
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap_or_else(|| panic!("{name} is served"));
+        listener
+            .filter_chains
+            .iter()
+            .map(|c| {
+                let ranges = c
+                    .filter_chain_match
+                    .iter()
+                    .flat_map(|m| &m.prefix_ranges)
+                    .map(|r| {
+                        let len = r.prefix_len.as_ref().map_or(0, |l| l.value);
+                        format!("{}/{len}", r.address_prefix)
+                    })
+                    .collect();
+                (c.name.clone(), ranges)
+            })
+            .collect()
+    };
+    let range_chain = |range: &str, host: &str| {
+        (
+            format!("{range}|{host}.bookinfo.svc.cluster.local"),
+            vec![range.to_string()],
+        )
+    };
+    // A port of CIDR addresses alone: its own listener, the rest where the policy says.
+    assert_eq!(
+        chains("0.0.0.0_5432"),
+        vec![
+            range_chain("10.8.0.0/16", "vpc-db"),
+            ("PassthroughCluster".to_string(), vec![])
+        ]
+    );
+    // On an HTTP port: a chain beside the HTTP one.
+    let http = chains("0.0.0.0_9080");
+    assert_eq!(http.len(), 2, "{http:?}");
+    assert_eq!(http[1], range_chain("10.9.0.0/16", "metrics"));
+}

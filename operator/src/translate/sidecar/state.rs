@@ -65,8 +65,9 @@ pub struct CaptureState {
     /// The outbound modes `virtualOutbound` and the TLS ports' fallthrough chains were last
     /// built for.
     outbound_modes: Option<OutboundModes>,
-    /// Each TLS port's listener, without its fallthrough chain.
-    tls_listeners: BTreeMap<u32, PortListener>,
+    /// The open-ended listeners by port (TLS services', CIDR addresses'), without their
+    /// fallthrough chain.
+    open_listeners: BTreeMap<u32, PortListener>,
     /// The sets of sidecars (beside everyone) each port listener was last put for.
     variant_selectors: BTreeMap<String, BTreeSet<Selector>>,
     /// The `Sidecar` ingress listeners `virtualInbound` was last built for, and the
@@ -224,7 +225,7 @@ impl CaptureState {
         let users = self.ports.get(&port).unwrap_or(&no_users);
         let PortListeners {
             same,
-            tls,
+            open,
             destinations,
             owners,
         } = port_listeners(mesh, port, users, &mut problems);
@@ -235,7 +236,7 @@ impl CaptureState {
         }
         let names: BTreeSet<String> = same
             .iter()
-            .chain(&tls)
+            .chain(&open)
             .map(|l| l.name().to_string())
             .collect();
         let before = self.port_listeners.remove(&port).unwrap_or_default();
@@ -243,7 +244,7 @@ impl CaptureState {
             update.remove(type_url::LISTENER, gone);
             self.variant_selectors.remove(gone);
         }
-        self.tls_listeners.remove(&port);
+        self.open_listeners.remove(&port);
         let owned_now: BTreeSet<&String> = owners.iter().map(|(name, _)| name).collect();
         for name in &before {
             if let Some(host) = self.owners.remove(name) {
@@ -275,9 +276,9 @@ impl CaptureState {
                 .collect();
             self.put_port_listener(&listener.everyone, variants, update);
         }
-        if let Some(listener) = tls {
-            self.put_tls_listener(&listener, update);
-            self.tls_listeners.insert(port, listener);
+        if let Some(listener) = open {
+            self.put_open_listener(&listener, update);
+            self.open_listeners.insert(port, listener);
         }
         if !names.is_empty() {
             self.port_listeners.insert(port, names);
@@ -391,11 +392,15 @@ fn host_use(service: &Service) -> HostUse {
             .iter()
             .map(|p| {
                 let tls = p.protocol.is_some_and(|p| p.class() == ProtocolClass::Tls);
+                // Addresses and CIDR ranges (`a.b.c.d/n`) clients dial for it.
                 let ips = || {
                     service
                         .addresses
                         .iter()
-                        .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+                        .filter(|a| {
+                            let ip = a.split_once('/').map_or(a.as_str(), |(ip, _)| ip);
+                            ip.parse::<std::net::IpAddr>().is_ok()
+                        })
                         .cloned()
                         .collect()
                 };

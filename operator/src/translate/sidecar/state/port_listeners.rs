@@ -2,7 +2,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
+use envoy_types::pb::envoy::config::core::v3::CidrRange;
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
+use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::super::stream::{self, Built};
 use super::super::{outbound, tcp_proxy};
@@ -15,9 +17,10 @@ use crate::model::{Mesh, Problem};
 pub(super) struct PortListeners {
     /// Those whose filter chains are complete.
     pub same: Vec<PortListener>,
-    /// The TLS services' (by SNI), whose last filter chain, for names no service has, each
-    /// sidecar's outbound traffic policy decides ([`with_fallthrough`]).
-    pub tls: Option<PortListener>,
+    /// The open-ended one, `0.0.0.0_<port>` of TLS services (by SNI) or of CIDR addresses
+    /// alone, whose last filter chain, for what no service has, each sidecar's outbound
+    /// traffic policy decides ([`with_fallthrough`]).
+    pub open: Option<PortListener>,
     /// The hosts their routes send to.
     pub destinations: BTreeSet<String>,
     /// The listeners of one service's address, with their service.
@@ -33,13 +36,6 @@ pub(super) struct PortListener {
 }
 
 impl PortListener {
-    fn alike(listener: Listener) -> Self {
-        Self {
-            everyone: listener,
-            by_namespace: BTreeMap::new(),
-        }
-    }
-
     pub fn name(&self) -> &str {
         &self.everyone.name
     }
@@ -72,7 +68,9 @@ impl PortListener {
 
 /// The outbound listeners of `port`: one for its HTTP services, one for its TLS services
 /// (by SNI), one per address of a TCP service or of one without a declared protocol, and
-/// one for such a service without an address when nothing else claims the port.
+/// one for such a service without an address when nothing else claims the port. A TCP
+/// service's CIDR addresses are filter chains (by destination) of the port's `0.0.0.0`
+/// listener, the HTTP or TLS one or one of their own.
 pub(super) fn port_listeners(
     mesh: &Mesh,
     port: u32,
@@ -82,7 +80,6 @@ pub(super) fn port_listeners(
     let mut out = Vec::new();
     let mut owners = Vec::new();
     let mut destinations = BTreeSet::new();
-    let mut tls_listener = None;
     let http = users.values().any(|u| *u == PortUse::Http);
     let tls: Vec<&str> = users
         .iter()
@@ -90,7 +87,6 @@ pub(super) fn port_listeners(
         .map(|(h, _)| h.as_str())
         .collect();
     if http {
-        out.push(PortListener::alike(outbound::http_port(port)));
         for host in &tls {
             report(
                 mesh,
@@ -102,33 +98,39 @@ pub(super) fn port_listeners(
                 ),
             );
         }
-    } else if !tls.is_empty() {
-        let namespaces: BTreeSet<String> = tls
-            .iter()
-            .flat_map(|host| stream::caller_namespaces(mesh, host))
-            .collect();
-        tls_listener = Some(PortListener::per_namespace(
-            &namespaces,
-            &mut destinations,
-            problems,
-            |caller, problems| stream::tls_listener(mesh, port, &tls, caller, problems),
-        ));
     }
     let wildcard_taken = http || !tls.is_empty();
     let mut claimed: BTreeMap<String, &str> = BTreeMap::new();
+    let mut ranges: Vec<(&str, &str)> = Vec::new();
+    let wildcard = ["0.0.0.0".to_string()];
     for (host, how) in users {
         let (addresses, detected) = match how {
             PortUse::Tcp(addresses) => (addresses, false),
             PortUse::Detected(addresses) => (addresses, true),
             PortUse::Http | PortUse::Tls => continue,
         };
-        let wildcard = ["0.0.0.0".to_string()];
         let addresses = if addresses.is_empty() {
             &wildcard[..]
         } else {
             &addresses[..]
         };
         for address in addresses {
+            if address.contains('/') {
+                if detected {
+                    report(
+                        mesh,
+                        host,
+                        problems,
+                        format!(
+                            "CIDR address {address} of port {port} without a protocol is not \
+                         routed: declare the port's protocol"
+                        ),
+                    );
+                } else {
+                    ranges.push((host, address));
+                }
+                continue;
+            }
             if address == "0.0.0.0" && wildcard_taken && detected && http {
                 // The port's HTTP listener serves it, as an HTTP port (no TCP then).
                 continue;
@@ -181,12 +183,151 @@ pub(super) fn port_listeners(
             out.push(listener);
         }
     }
+    if let Some(owner) = claimed.get("0.0.0.0").filter(|_| !ranges.is_empty()) {
+        // That listener is the service's own (seen by who sees it); others' ranges stay out.
+        for (host, range) in ranges.drain(..) {
+            report(
+                mesh,
+                host,
+                problems,
+                format!(
+                    "CIDR address {range} is not routed: port {port} is taken by {owner}, a TCP \
+                 service without an address"
+                ),
+            );
+        }
+    }
+    let ranges = distinct_ranges(mesh, port, ranges, problems);
+    let mut namespaces: BTreeSet<String> = ranges
+        .iter()
+        .flat_map(|(host, _)| stream::caller_namespaces(mesh, host))
+        .collect();
+    let mut open = None;
+    if http {
+        out.push(PortListener::per_namespace(
+            &namespaces,
+            &mut destinations,
+            problems,
+            |caller, problems| {
+                with_ranges(
+                    mesh,
+                    port,
+                    &ranges,
+                    caller,
+                    problems,
+                    outbound::http_port(port),
+                )
+            },
+        ));
+    } else if !tls.is_empty() || !ranges.is_empty() {
+        namespaces.extend(
+            tls.iter()
+                .flat_map(|host| stream::caller_namespaces(mesh, host)),
+        );
+        open = Some(PortListener::per_namespace(
+            &namespaces,
+            &mut destinations,
+            problems,
+            |caller, problems| {
+                let sni = if tls.is_empty() {
+                    Built {
+                        value: outbound::bound_by_capture(
+                            format!("0.0.0.0_{port}"),
+                            "0.0.0.0",
+                            port,
+                            Vec::new(),
+                        ),
+                        destinations: Vec::new(),
+                    }
+                } else {
+                    stream::tls_listener(mesh, port, &tls, caller, problems)
+                };
+                let mut built = with_ranges(mesh, port, &ranges, caller, problems, sni.value);
+                built.destinations.extend(sni.destinations);
+                built
+            },
+        ));
+    }
     PortListeners {
         same: out,
-        tls: tls_listener,
+        open,
         destinations,
         owners,
     }
+}
+
+/// `ranges` (host, CIDR) without the CIDRs an earlier host took (reported).
+fn distinct_ranges<'a>(
+    mesh: &Mesh,
+    port: u32,
+    ranges: Vec<(&'a str, &'a str)>,
+    problems: &mut Vec<Problem>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut taken: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (host, range) in ranges {
+        match taken.get(range) {
+            Some(first) => report(
+                mesh,
+                host,
+                problems,
+                format!(
+                    "{range}:{port} is already an address of {first}; this service's traffic to \
+                 it is not routed"
+                ),
+            ),
+            None => {
+                taken.insert(range, host);
+                out.push((host, range));
+            }
+        }
+    }
+    out
+}
+
+/// `listener` with a filter chain per CIDR range of `ranges` (host, CIDR): connections to
+/// an address in it go where the host's `tcp` routes for `caller`'s sidecars say.
+fn with_ranges(
+    mesh: &Mesh,
+    port: u32,
+    ranges: &[(&str, &str)],
+    caller: Option<&str>,
+    problems: &mut Vec<Problem>,
+    mut listener: Listener,
+) -> Built<Listener> {
+    let mut destinations = Vec::new();
+    for (host, range) in ranges {
+        let Some(cidr) = cidr_range(range) else {
+            continue;
+        };
+        let built = stream::tcp_filter(mesh, host, port, caller, problems);
+        destinations.extend(built.destinations);
+        listener.filter_chains.push(FilterChain {
+            name: format!("{range}|{host}"),
+            filter_chain_match: Some(FilterChainMatch {
+                prefix_ranges: vec![cidr],
+                ..Default::default()
+            }),
+            filters: vec![built.value],
+            ..Default::default()
+        });
+    }
+    Built {
+        value: listener,
+        destinations,
+    }
+}
+
+/// `a.b.c.d/n` (or IPv6) as Envoy's range; `None` for text validation refuses.
+fn cidr_range(text: &str) -> Option<CidrRange> {
+    let (address, length) = text.split_once('/')?;
+    let address: std::net::IpAddr = address.parse().ok()?;
+    let prefix_len: u32 = length.parse().ok()?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    (prefix_len <= max).then(|| CidrRange {
+        address_prefix: address.to_string(),
+        prefix_len: Some(UInt32Value { value: prefix_len }),
+    })
 }
 
 /// `listener` (a TLS port's) ending with the filter chain for names no service has, to

@@ -27,18 +27,19 @@ impl CaptureState {
             outbound::virtual_outbound,
         );
         if before.as_ref().map(fallthroughs) != Some(fallthroughs(modes)) {
-            let listeners: Vec<PortListener> = self.tls_listeners.values().cloned().collect();
+            let listeners: Vec<PortListener> = self.open_listeners.values().cloned().collect();
             for listener in &listeners {
-                self.put_tls_listener(listener, update);
+                self.put_open_listener(listener, update);
             }
         }
     }
 
-    /// Puts a TLS port's listener with the fallthrough chain of each set of sidecars: those
+    /// Puts a port's open-ended listener (its TLS services' by SNI, its CIDR addresses') with
+    /// the fallthrough chain of each set of sidecars, for what no service has: those
     /// its routes tell apart by namespace ([`PortListener::by_namespace`]) and those whose
     /// outbound traffic policy differs. Each such set has a namespace (a `Sidecar` scopes a
     /// namespace or workloads in one), so the sidecars of a namespace read one variant.
-    pub(super) fn put_tls_listener(&mut self, listener: &PortListener, update: &mut Update) {
+    pub(super) fn put_open_listener(&mut self, listener: &PortListener, update: &mut Update) {
         let fallthroughs = self
             .outbound_modes
             .as_ref()
