@@ -23,6 +23,7 @@ pub mod agent;
 pub mod bench_info;
 pub mod capstan;
 pub mod capture;
+pub mod capture_mesh;
 pub mod envoy;
 pub mod fixtures;
 pub mod folder_mesh;

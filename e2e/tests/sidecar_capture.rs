@@ -4,17 +4,19 @@
 //! service address is captured into `virtualOutbound`, handed to the port's listener, sent to
 //! the workload's address, captured again into `virtualInbound` and delivered to the
 //! application from 127.0.0.6 — the path every request takes between two pods with Istio.
-//! Here both pods are one: the sidecar of workload 10.244.1.7 calls its own services.
-//! Logs: `<target>/debug/e2e-logs/<test name>/`.
+//! Here both pods are one: the sidecar of workload 10.244.1.7 calls its own services. The
+//! inbound side's own settings (a `Sidecar`'s ingress listeners and limits) are in
+//! `sidecar_inbound.rs`. Logs: `<target>/debug/e2e-logs/<test name>/`.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context, ensure};
-use capstan_e2e::capstan::Capstan;
 use capstan_e2e::capture::{self, service_ip};
-use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy};
+use capstan_e2e::capture_mesh::{
+    CaptureMesh, call, capstan_and_captured_sidecar, entry, service_entry,
+};
+use capstan_e2e::envoy::AdsMode;
 use capstan_e2e::http::{HttpClient, UpstreamReply};
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv};
 use capstan_e2e::netns::pod_ip;
@@ -37,110 +39,8 @@ spec:
 /// Every test listens on 15001 and 15006 in the one namespace this binary has.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn service_entry(name: &str, address: u16, port: u16, protocol: &str, workload: &str) -> String {
-    let port = format!(
-        "{{number: {port}, name: {}, protocol: {protocol}}}",
-        protocol.to_lowercase()
-    );
-    entry(name, address, &port, workload)
-}
-
-/// A ServiceEntry `name` on service address `address` with the one port `port` (flow
-/// YAML), its one endpoint `workload`.
-fn entry(name: &str, address: u16, port: &str, workload: &str) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: {name}, namespace: bookinfo}}
-spec:
-  hosts: [{name}.bookinfo.svc.cluster.local]
-  addresses: [{}]
-  location: MESH_INTERNAL
-  ports: [{port}]
-  resolution: STATIC
-  endpoints: [{{address: {workload}}}]
-",
-        service_ip(address),
-    )
-}
-
-/// One request to `address` (a service's address, so the capture takes it) as `host`.
-async fn call(address: SocketAddr, host: &str) -> anyhow::Result<UpstreamReply> {
-    let response = HttpClient::new(address).get(host, "/whoami", &[]).await?;
-    ensure!(
-        response.status.is_success(),
-        "{address} as {host}: {} {}",
-        response.status,
-        String::from_utf8_lossy(&response.body)
-    );
-    serde_json::from_slice(&response.body).context("an upstream's reply")
-}
-
-/// capstan in capture mode on `env`'s folder, and the sidecar (uid 1337, behind the capture)
-/// of the workload at `address`, with its inbound listener up.
-async fn capstan_and_captured_sidecar(
-    env: &TestEnv,
-    mode: AdsMode,
-    address: &str,
-) -> anyhow::Result<(Capstan, Envoy)> {
-    let capstan = Capstan::start_folder_with(
-        &env.config_dir,
-        &["--sidecar-listeners", "capture"],
-        &env.log_dir,
-        "capstan",
-    )
-    .await?;
-    let mut bootstrap = Bootstrap::new(mode, capstan.xds_port);
-    bootstrap.workload = "app-0".to_string();
-    bootstrap.address = address.to_string();
-    let envoy = Envoy::start_as(
-        &capstan_e2e::locate::envoy_bin()?,
-        &bootstrap,
-        &env.log_dir,
-        "sidecar",
-        capture::PROXY,
-    )
-    .await?;
-    envoy
-        .wait_listener_port("virtualInbound", CONFIG_TIMEOUT)
-        .await
-        .with_context(|| format!("logs in {}", env.log_dir.display()))?;
-    Ok((capstan, envoy))
-}
-
-struct CaptureMesh {
-    envoy: Envoy,
-    _capstan: Capstan,
-    upstreams: Upstreams,
-    env: TestEnv,
-}
-
-/// The workload's apps (`reviews` on 9080, `db` on 5432, `ratings` on 9090), capstan in
-/// capture mode on their ServiceEntries (reviews and db; ratings comes later), and the
-/// workload's sidecar.
 async fn start(name: &str) -> anyhow::Result<CaptureMesh> {
-    capture::install()?;
-    let env = TestEnv::new(name)?;
-    let workload = pod_ip(263); // 10.244.1.7
-    let apps = [
-        ("reviews", "v1", SocketAddr::from((workload, 9080))),
-        ("db", "v1", SocketAddr::from((workload, 5432))),
-        ("ratings", "v1", SocketAddr::from((workload, 9090))),
-    ];
-    let upstreams = Upstreams::start(Path::new(UPSTREAM_BIN), &apps, &env.log_dir, "apps").await?;
-    let workload = workload.to_string();
-    env.write_config(
-        "reviews.yaml",
-        &service_entry("reviews", 10, 9080, "HTTP", &workload),
-    )?;
-    env.write_config("db.yaml", &service_entry("db", 20, 5432, "TCP", &workload))?;
-    let (capstan, envoy) = capstan_and_captured_sidecar(&env, AdsMode::Sotw, &workload).await?;
-    Ok(CaptureMesh {
-        envoy,
-        _capstan: capstan,
-        upstreams,
-        env,
-    })
+    capstan_e2e::capture_mesh::start(name, Path::new(UPSTREAM_BIN)).await
 }
 
 /// HTTP by service address and Host, and TCP by service address, out through virtualOutbound
@@ -517,70 +417,6 @@ spec:
     mesh.envoy.ensure_no_rejected_updates().await
 }
 
-/// A `Sidecar` with an ingress listener: connections to the workload's port 9080 go to its
-/// `defaultEndpoint`, an app listening on 127.0.0.1 only, instead of the port its
-/// ServiceEntry names; without the Sidecar they reach the port again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sidecar_ingress_listener_sends_inbound_traffic_to_its_default_endpoint()
--> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let mesh =
-        start("a_sidecar_ingress_listener_sends_inbound_traffic_to_its_default_endpoint").await?;
-    let log_dir = mesh.env.log_dir.clone();
-    let logs = || format!("logs in {}", log_dir.display());
-    let local = SocketAddr::from(([127, 0, 0, 1], 18080));
-    let _local_app = Upstreams::start(
-        Path::new(UPSTREAM_BIN),
-        &[("reviews-on-loopback", "v1", local)],
-        &log_dir,
-        "loopback-app",
-    )
-    .await?;
-    let reviews = SocketAddr::from((service_ip(10), 9080));
-    let reply = wait_until("reviews through the capture", CONFIG_TIMEOUT, async || {
-        call(reviews, "reviews").await
-    })
-    .await
-    .with_context(logs)?;
-    ensure!(reply.service == "reviews", "{reply:?}");
-
-    mesh.env.write_config(
-        "ingress.yaml",
-        "apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {name: default, namespace: bookinfo}
-spec:
-  ingress:
-  - port: {number: 9080, protocol: HTTP, name: http}
-    defaultEndpoint: 127.0.0.1:18080
-",
-    )?;
-    let reply = wait_until("the app on loopback", CONFIG_TIMEOUT, async || {
-        let reply = call(reviews, "reviews").await?;
-        ensure!(reply.service == "reviews-on-loopback", "{reply:?}");
-        Ok(reply)
-    })
-    .await
-    .with_context(logs)?;
-    ensure!(
-        reply.headers.contains_key("x-request-id") && reply.peer.starts_with("127.0.0.1:"),
-        "not through the sidecar's inbound HTTP chain: {reply:?}"
-    );
-    // Ports the Sidecar does not list pass through to the workload: db on 5432.
-    let db = call(SocketAddr::from((service_ip(20), 5432)), "db").await?;
-    ensure!(db.service == "db", "{db:?}");
-
-    std::fs::remove_file(mesh.env.config_dir.join("ingress.yaml"))?;
-    wait_until("the workload's port again", CONFIG_TIMEOUT, async || {
-        let reply = call(reviews, "reviews").await?;
-        ensure!(reply.service == "reviews", "{reply:?}");
-        Ok(())
-    })
-    .await
-    .with_context(logs)?;
-    mesh.envoy.ensure_no_rejected_updates().await
-}
-
 /// A TLS port's names no service has follow the sidecar's outbound traffic policy, as Istio's
 /// fallthrough chain: with a service's HTTPS port 443 in the mesh, a connection on 443 to a
 /// host outside the mesh, with a name no service has, passes through under `ALLOW_ANY`
@@ -667,221 +503,6 @@ async fn tls_names_no_service_has_follow_the_outbound_policy() -> anyhow::Result
     .await
     .with_context(logs)?;
     envoy.ensure_no_rejected_updates().await
-}
-
-/// `concurrency` requests at once to reviews through the capture, each held `delay_ms` by
-/// the app: how many were answered OK and how many shed by a sidecar (503 with
-/// `x-envoy-overloaded`), and how many reached the app.
-async fn send_burst(
-    mesh: &CaptureMesh,
-    concurrency: usize,
-    delay_ms: u64,
-) -> anyhow::Result<Burst> {
-    let reviews = SocketAddr::from((service_ip(10), 9080));
-    let before = mesh.upstreams.count("reviews", "v1").await?;
-    let delay = delay_ms.to_string();
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let delay = delay.clone();
-            tokio::spawn(async move {
-                HttpClient::new(reviews)
-                    .get("reviews", "/slow", &[("x-upstream-delay-ms", &delay)])
-                    .await
-            })
-        })
-        .collect();
-    let mut burst = Burst::default();
-    for task in tasks {
-        let response = task.await??;
-        let shed = response
-            .headers
-            .get("x-envoy-overloaded")
-            .is_some_and(|v| v == "true");
-        match response.status.as_u16() {
-            200 => burst.ok += 1,
-            503 if shed => burst.shed += 1,
-            status => burst.other.push(format!("{status} {}", response.text())),
-        }
-    }
-    burst.reached = mesh.upstreams.count("reviews", "v1").await? - before;
-    Ok(burst)
-}
-
-/// Fails unless the sidecar's `inbound|9080||` allows `expected` connections.
-async fn max_inbound_connections(mesh: &CaptureMesh, expected: u64) -> anyhow::Result<()> {
-    let cluster = mesh.envoy.active_cluster("inbound|9080||").await?;
-    let limit = cluster
-        .as_ref()
-        .and_then(|c| c["circuit_breakers"]["thresholds"][0]["max_connections"].as_u64());
-    ensure!(limit == Some(expected), "max_connections {limit:?}");
-    Ok(())
-}
-
-#[derive(Debug, Default)]
-struct Burst {
-    ok: u64,
-    shed: u64,
-    other: Vec<String>,
-    reached: u64,
-}
-
-/// A `Sidecar`'s `inboundConnectionPool` limits what its sidecar passes on to the workload:
-/// with one connection and one pending request allowed, a burst of slow requests is partly
-/// shed by the sidecar's inbound side and never reaches the app; without the Sidecar, the
-/// same burst all gets through.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_inbound_connection_pool_sheds_what_the_workload_is_not_to_take() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let mesh = start("an_inbound_connection_pool_sheds_what_the_workload_is_not_to_take").await?;
-    let log_dir = mesh.env.log_dir.clone();
-    let logs = || format!("logs in {}", log_dir.display());
-    let reviews = SocketAddr::from((service_ip(10), 9080));
-    wait_until("reviews through the capture", CONFIG_TIMEOUT, async || {
-        call(reviews, "reviews").await
-    })
-    .await
-    .with_context(logs)?;
-
-    mesh.env.write_config(
-        "limits.yaml",
-        "apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {name: default, namespace: bookinfo}
-spec:
-  inboundConnectionPool:
-    tcp: {maxConnections: 1}
-    http: {http1MaxPendingRequests: 1}
-",
-    )?;
-    wait_until("the inbound limit in Envoy", CONFIG_TIMEOUT, async || {
-        max_inbound_connections(&mesh, 1).await
-    })
-    .await
-    .with_context(logs)?;
-    let burst = send_burst(&mesh, 8, 1500).await?;
-    ensure!(burst.other.is_empty(), "unexpected answers: {burst:?}");
-    ensure!(
-        burst.ok >= 1 && burst.shed >= 1,
-        "expected some OK and some shed: {burst:?}"
-    );
-    ensure!(
-        burst.reached == burst.ok,
-        "the app saw {} requests, {} were answered OK: shed ones reached it ({burst:?})",
-        burst.reached,
-        burst.ok
-    );
-
-    std::fs::remove_file(mesh.env.config_dir.join("limits.yaml"))?;
-    wait_until("no inbound limit", CONFIG_TIMEOUT, async || {
-        max_inbound_connections(&mesh, u32::MAX.into()).await
-    })
-    .await
-    .with_context(logs)?;
-    let burst = send_burst(&mesh, 8, 300).await?;
-    ensure!(
-        burst.ok == 8 && burst.reached == 8,
-        "without the Sidecar every request gets through: {burst:?}"
-    );
-    mesh.envoy.ensure_no_rejected_updates().await
-}
-
-/// A `Sidecar` ingress listener with `tls` terminates it, as in Istio's "ingress sidecar TLS
-/// termination" task: HTTPS to the workload's port 9443 is decrypted by its sidecar (a
-/// SIMPLE server certificate the client verifies) and reaches the app's plain HTTP port 9080;
-/// with MUTUAL, a client without a certificate is refused and one with a certificate of the
-/// named CA is served.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sidecar_ingress_listener_terminates_tls() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let mesh = start("a_sidecar_ingress_listener_terminates_tls").await?;
-    let log_dir = mesh.env.log_dir.clone();
-    let logs = || format!("logs in {}", log_dir.display());
-    // Files the sidecar (uid 1337) reads: outside root's private home.
-    let certs = tempfile::Builder::new()
-        .prefix("capstan-e2e-ingress-tls-")
-        .tempdir()?;
-    std::fs::set_permissions(certs.path(), std::fs::Permissions::from_mode(0o755))?;
-    let ca = TestCa::new(certs.path(), "ingress")?;
-    let host = "secure-reviews.bookinfo.svc.cluster.local";
-    let server = ca.server("secure-reviews", &[host])?;
-    let client = ca.client("client", "spiffe://example.org/outside")?;
-    let workload = pod_ip(263).to_string();
-    mesh.env.write_config(
-        "secure-reviews.yaml",
-        &entry(
-            "secure-reviews",
-            50,
-            "{number: 9443, name: https, protocol: HTTPS}",
-            &workload,
-        ),
-    )?;
-    let sidecar = |tls: &str| {
-        format!(
-            "apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: default, namespace: bookinfo}}
-spec:
-  ingress:
-  - port: {{number: 9443, protocol: HTTPS, name: external}}
-    defaultEndpoint: 0.0.0.0:9080
-    tls: {tls}
-"
-        )
-    };
-    let files = format!(
-        "serverCertificate: {}, privateKey: {}",
-        server.cert.display(),
-        server.key.display()
-    );
-    mesh.env.write_config(
-        "ingress.yaml",
-        &sidecar(&format!("{{mode: SIMPLE, {files}}}")),
-    )?;
-    let secure = SocketAddr::from((service_ip(50), 9443));
-    let anonymous = connector(&ca.cert_pem, None)?;
-    let reply = wait_until(
-        "HTTPS terminated by the sidecar",
-        CONFIG_TIMEOUT,
-        async || {
-            let response = https_get(&anonymous, secure, host, "/whoami").await?;
-            let reply: UpstreamReply = serde_json::from_slice(&response.body)?;
-            Ok(reply)
-        },
-    )
-    .await
-    .with_context(logs)?;
-    ensure!(reply.service == "reviews", "{reply:?}");
-    ensure!(
-        reply.headers.contains_key("x-request-id"),
-        "not decrypted into the sidecar's inbound HTTP chain: {reply:?}"
-    );
-
-    mesh.env.write_config(
-        "ingress.yaml",
-        &sidecar(&format!(
-            "{{mode: MUTUAL, {files}, caCertificates: {}}}",
-            ca.cert_path.display()
-        )),
-    )?;
-    wait_until(
-        "a client without a certificate refused",
-        CONFIG_TIMEOUT,
-        async || {
-            let outcome = https_get(&anonymous, secure, host, "/whoami").await;
-            ensure!(outcome.is_err(), "still served: {outcome:?}");
-            Ok(())
-        },
-    )
-    .await
-    .with_context(logs)?;
-    let identified = connector(&ca.cert_pem, Some(&client))?;
-    let response = https_get(&identified, secure, host, "/whoami").await?;
-    let reply: UpstreamReply = serde_json::from_slice(&response.body)?;
-    ensure!(
-        reply.service == "reviews",
-        "with a client certificate: {reply:?}"
-    );
-    mesh.envoy.ensure_no_rejected_updates().await
 }
 
 /// A ServiceEntry whose address is a CIDR range (an external network, say a VPC's): a
