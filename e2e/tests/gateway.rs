@@ -7,13 +7,14 @@
 //! open the port it names (8080) without meeting anything else on the machine; every other
 //! test here takes a free port.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context, ensure};
 use capstan_e2e::capstan::Capstan;
 use capstan_e2e::envoy::{AdsMode, loopback};
 use capstan_e2e::gateway_mesh::{
-    GatewayMesh, http_gateway, shop, shop_routes, start_gateway, wait_for_service,
+    GatewayMesh, http_gateway, ingress_gateway, shop, shop_routes, start_gateway, wait_for_service,
 };
 use capstan_e2e::http::HttpClient;
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv};
@@ -436,5 +437,55 @@ spec:
         .get("shop.example.com", "/ratings/1", &[])
         .await?;
     ensure!(outside.status == 404, "/ratings: {}", outside.status);
+    mesh.gateway.ensure_no_rejected_updates().await
+}
+
+/// Servers bound to addresses (`bind`) on one port are listeners of their own: each answers
+/// on its address only, with the hosts of its own server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_server_listens_on_its_address_only() -> anyhow::Result<()> {
+    let port = capstan_e2e::gateway_mesh::gateway_port();
+    let gateway = ingress_gateway(&format!(
+        "  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: [shop.example.com]
+    bind: 127.0.0.1
+  - port: {{number: {port}, name: http-internal, protocol: HTTP}}
+    hosts: [internal.example.com]
+    bind: 127.0.0.2
+"
+    ));
+    let mesh = GatewayMesh::start(
+        "a_bound_server_listens_on_its_address_only",
+        Path::new(UPSTREAM_BIN),
+        &format!("{gateway}---\n{}", shop("v2")),
+    )
+    .await?;
+    for address in ["127.0.0.1", "127.0.0.2"] {
+        let name = format!("{address}_{port}");
+        let bound = mesh
+            .gateway
+            .wait_listener_port(&name, CONFIG_TIMEOUT)
+            .await
+            .with_context(|| format!("logs in {}", mesh.env.log_dir.display()))?;
+        ensure!(bound == port, "{name} bound {bound}");
+    }
+    let at = |last: u8| SocketAddr::from(([127, 0, 0, last], port));
+    let reply = capstan_e2e::wait_until("shop on its address", CONFIG_TIMEOUT, async || {
+        HttpClient::new(at(1))
+            .get("shop.example.com", "/reviews/1", &[])
+            .await?
+            .upstream_reply()
+    })
+    .await?;
+    ensure!(reply.version == "v2", "{reply:?}");
+    // The other address serves the other server's hosts only; a third has no listener.
+    let other = HttpClient::new(at(2))
+        .get("shop.example.com", "/reviews/1", &[])
+        .await?;
+    ensure!(other.status == 404, "{} {}", other.status, other.text());
+    let unbound = HttpClient::new(at(3))
+        .get("shop.example.com", "/reviews/1", &[])
+        .await;
+    ensure!(unbound.is_err(), "127.0.0.3 answered: {unbound:?}");
     mesh.gateway.ensure_no_rejected_updates().await
 }

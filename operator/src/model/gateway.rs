@@ -34,6 +34,9 @@ pub struct Server {
     pub hosts: Vec<HostPattern>,
     /// Plain HTTP servers only: answer every request with a redirect to HTTPS.
     pub https_redirect: bool,
+    /// `bind`: the one address (or Unix socket, `unix://…`) its listener is bound to;
+    /// empty: every address.
+    pub bind: String,
 }
 
 /// What a server does with a connection.
@@ -192,12 +195,6 @@ pub fn gateway(key: &ObjectKey, spec: &api::GatewaySpec) -> (Gateway, Vec<Proble
             continue;
         };
         let tls = server.tls.as_ref();
-        if !server.bind.is_empty() {
-            report(
-                format!("{field}.bind"),
-                "bind is not applied yet; the server listens on every address".into(),
-            );
-        }
         if !server.default_endpoint.is_empty() {
             report(
                 format!("{field}.defaultEndpoint"),
@@ -231,6 +228,7 @@ pub fn gateway(key: &ObjectKey, spec: &api::GatewaySpec) -> (Gateway, Vec<Proble
                 .map(|h| HostPattern::parse(h, &key.namespace))
                 .collect(),
             https_redirect: tls.is_some_and(|t| t.https_redirect),
+            bind: server.bind.clone(),
         });
     }
     let gateway = Gateway {

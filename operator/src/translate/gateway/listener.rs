@@ -1,4 +1,5 @@
-//! LDS for gateways: one listener per port on every address. Plain HTTP servers share one
+//! LDS for gateways: one listener per port, on every address or the one its servers `bind`
+//! (an address, or a Unix socket). Plain HTTP servers share one
 //! filter chain and one route configuration; each HTTPS server gets a filter chain of its
 //! own, chosen by SNI, terminating TLS (see `tls_context`); TCP, PASSTHROUGH and
 //! AUTO_PASSTHROUGH servers forward connections unread (see `stream`, `auto_passthrough`).
@@ -7,7 +8,7 @@ use std::collections::BTreeSet;
 
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
+use envoy_types::pb::envoy::config::core::v3::{Address, Pipe, SocketAddress};
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::{
@@ -38,18 +39,44 @@ pub struct BuiltListener<'a, 'b> {
     pub http_route: Option<String>,
 }
 
-/// istiod's name for a gateway listener.
-pub fn listener_name(port: u32) -> String {
-    format!("0.0.0.0_{port}")
+/// istiod's name for a gateway listener on `bind` (empty: every address).
+pub fn listener_name(bind: &str, port: u32) -> String {
+    let address = if bind.is_empty() { "0.0.0.0" } else { bind };
+    format!("{address}_{port}")
 }
 
-/// The listener of `port` for `servers` (all of one family, see [`ServerKind::family`]).
+/// Where a listener on `bind` (empty: every address) and `port` listens.
+fn bound_address(bind: &str, port: u32) -> Address {
+    let address = match bind.strip_prefix("unix://") {
+        Some(path) => AddressKind::Pipe(Pipe {
+            path: path.to_string(),
+            mode: 0,
+        }),
+        None => AddressKind::SocketAddress(SocketAddress {
+            address: if bind.is_empty() { "0.0.0.0" } else { bind }.to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(port)),
+            ..Default::default()
+        }),
+    };
+    Address {
+        address: Some(address),
+    }
+}
+
+/// The listener of `port` on `bind` for `servers` (all of one family, see
+/// [`ServerKind::family`]).
 pub fn listener<'a, 'b>(
     mesh: &Mesh,
-    port: u32,
+    (bind, port): (&str, u32),
     servers: &'b [Bound<'a>],
     out: &mut GatewayConfig,
 ) -> BuiltListener<'a, 'b> {
+    // As istiod: route configurations of a bound server name its address.
+    let on_bind = if bind.is_empty() {
+        String::new()
+    } else {
+        format!(".{bind}")
+    };
     let mut chains = Vec::new();
     let mut served = Vec::new();
     let mut http_route = None;
@@ -90,7 +117,7 @@ pub fn listener<'a, 'b>(
             }
             ServerKind::Http => {
                 if http_route.is_none() {
-                    let name = format!("http.{port}");
+                    let name = format!("http.{port}{on_bind}");
                     chains.push(FilterChain {
                         filters: vec![manager(port, &name)],
                         ..Default::default()
@@ -129,7 +156,7 @@ pub fn listener<'a, 'b>(
                     bound.server.port_name.clone()
                 };
                 let route = format!(
-                    "https.{port}.{port_name}.{}.{}",
+                    "https.{port}.{port_name}.{}.{}{on_bind}",
                     origin.name, origin.namespace
                 );
                 chains.push(FilterChain {
@@ -147,14 +174,8 @@ pub fn listener<'a, 'b>(
     }
     let tls = servers.iter().any(|b| b.server.kind.family() == "TLS");
     let listener = Listener {
-        name: listener_name(port),
-        address: Some(Address {
-            address: Some(AddressKind::SocketAddress(SocketAddress {
-                address: "0.0.0.0".to_string(),
-                port_specifier: Some(PortSpecifier::PortValue(port)),
-                ..Default::default()
-            })),
-        }),
+        name: listener_name(bind, port),
+        address: Some(bound_address(bind, port)),
         filter_chains: chains,
         // SNI is read off the client hello before a filter chain is chosen.
         listener_filters: if tls {

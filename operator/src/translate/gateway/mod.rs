@@ -62,11 +62,15 @@ struct Bound<'a> {
     server: &'a Server,
 }
 
+/// Servers by the listener they share: (`bind`, empty for every address; port).
+type ServersByListener<'a> = BTreeMap<(&'a str, u32), Vec<Bound<'a>>>;
+
 /// Builds every gateway listener and route configuration of `mesh`.
 pub fn build(mesh: &Mesh) -> GatewayConfig {
     let mut out = GatewayConfig::default();
-    // Gateways selecting the same proxies share their listeners, port by port.
-    let mut by_selector: BTreeMap<&BTreeMap<String, String>, BTreeMap<u32, Vec<Bound<'_>>>> =
+    // Gateways selecting the same proxies share their listeners, address and port by
+    // address and port (`bind`, empty: every address).
+    let mut by_selector: BTreeMap<&BTreeMap<String, String>, ServersByListener<'_>> =
         BTreeMap::new();
     let mut secrets: BTreeMap<&BTreeMap<String, String>, credentials::SelectorSecrets> =
         BTreeMap::new();
@@ -100,7 +104,7 @@ pub fn build(mesh: &Mesh) -> GatewayConfig {
             by_selector
                 .entry(&gateway.selector)
                 .or_default()
-                .entry(server.port)
+                .entry((server.bind.as_str(), server.port))
                 .or_default()
                 .push(Bound { gateway, server });
         }
@@ -119,9 +123,9 @@ pub fn build(mesh: &Mesh) -> GatewayConfig {
             .collect();
         // Routes per set of these proxies bound VirtualServices' source matches tell apart.
         let variants = routes::source_variants(mesh, labels, &gateways);
-        for (port, servers) in ports {
+        for ((bind, port), servers) in ports {
             let servers = one_kind_per_port(port, servers, &mut out.problems);
-            let built = listener::listener(mesh, port, &servers, &mut out);
+            let built = listener::listener(mesh, (bind, port), &servers, &mut out);
             let http_servers: Vec<&Bound<'_>> = servers
                 .iter()
                 .filter(|b| b.server.kind == ServerKind::Http)

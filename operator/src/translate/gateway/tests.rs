@@ -1,6 +1,8 @@
 use capstan_xds::{ProxyInfo, Role};
 use envoy_types::pb::envoy::config::core::v3::DataSource;
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
@@ -82,6 +84,62 @@ fn http_routes_of<'a>(
         .max_by_key(|(s, _)| s.specificity())
         .expect("a route configuration for the proxy");
     route
+}
+
+/// Servers on one port bound to other addresses (and a Unix socket) are listeners of their
+/// own, their route configurations named with the address as istiod names them.
+#[test]
+fn bound_servers_get_listeners_of_their_own() {
+    let bound = INGRESS.replace(
+        "  - port: {number: 8443, name: https, protocol: HTTPS}",
+        "  - port: {number: 8080, name: http-internal, protocol: HTTP}
+    hosts: [\"internal.example.com\"]
+    bind: 127.0.0.2
+  - port: {number: 0, name: http-uds, protocol: HTTP}
+    hosts: [\"*\"]
+    bind: unix:///var/run/gateway.sock
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    bind: 127.0.0.3",
+    );
+    let config = build(&mesh(&format!("{REVIEWS}---{bound}")));
+    assert_eq!(config.problems, vec![]);
+    let listeners: Vec<(&str, String)> = config
+        .listeners
+        .iter()
+        .map(|(_, l)| {
+            let address = match l.address.as_ref().and_then(|a| a.address.as_ref()) {
+                Some(AddressKind::SocketAddress(s)) => {
+                    format!("{}:{:?}", s.address, s.port_specifier)
+                }
+                Some(AddressKind::Pipe(p)) => p.path.clone(),
+                other => format!("{other:?}"),
+            };
+            (l.name.as_str(), address)
+        })
+        .collect();
+    let socket = |ip: &str, port: u32| format!("{ip}:{:?}", Some(PortSpecifier::PortValue(port)));
+    assert_eq!(
+        listeners,
+        [
+            ("0.0.0.0_8080", socket("0.0.0.0", 8080)),
+            ("127.0.0.2_8080", socket("127.0.0.2", 8080)),
+            ("127.0.0.3_8443", socket("127.0.0.3", 8443)),
+            (
+                "unix:///var/run/gateway.sock_0",
+                "/var/run/gateway.sock".to_string()
+            ),
+        ]
+    );
+    let routes: Vec<&str> = config.routes.iter().map(|(_, r)| r.name.as_str()).collect();
+    assert_eq!(
+        routes,
+        [
+            "http.8080",
+            "http.8080.127.0.0.2",
+            "https.8443.https.ingress.edge.127.0.0.3",
+            "http.0.unix:///var/run/gateway.sock",
+        ]
+    );
 }
 
 #[test]
