@@ -276,6 +276,61 @@ spec:
         "an SNI no route names",
     )
     .await?;
+
+    // The routes read the gateway proxy's namespace (istio-system), as with istiod: db's
+    // VirtualService exported elsewhere leaves the TCP server without a route; exported to
+    // istio-system it serves again.
+    let db_exported = |to: &str| {
+        yaml.replace(
+            "  hosts: [db]\n  gateways: [istio-system/edge]\n",
+            &format!("  hosts: [db]\n  exportTo: [{to}]\n  gateways: [istio-system/edge]\n"),
+        )
+    };
+    env.write_config("edge.yaml", &db_exported("elsewhere"))?;
+    capstan_e2e::wait_until("db exported elsewhere", CONFIG_TIMEOUT, async || {
+        let outcome = HttpClient::new(loopback(tcp_port))
+            .get("anything", "/db", &[])
+            .await;
+        ensure!(outcome.is_err(), "still forwarded: {outcome:?}");
+        Ok(())
+    })
+    .await?;
+    env.write_config("edge.yaml", &db_exported("istio-system"))?;
+    let reply = capstan_e2e::wait_until("db exported here", CONFIG_TIMEOUT, async || {
+        HttpClient::new(loopback(tcp_port))
+            .get("anything", "/db", &[])
+            .await?
+            .upstream_reply()
+    })
+    .await?;
+    ensure!(reply.service == "db", "{reply:?}");
+    // A `tls` match for another namespace's gateway proxies does not hold here.
+    env.write_config(
+        "edge.yaml",
+        &yaml.replace(
+            "sniHosts: [a.example.com]}",
+            "sniHosts: [a.example.com], sourceNamespace: elsewhere}",
+        ),
+    )?;
+    capstan_e2e::wait_until(
+        "a match for another namespace",
+        CONFIG_TIMEOUT,
+        async || {
+            ensure_https_refused(
+                &trusting,
+                loopback(tls_port),
+                "a.example.com",
+                "/",
+                "a match for another namespace",
+            )
+            .await
+        },
+    )
+    .await?;
+    let reply = https_get(&trusting, loopback(tls_port), "b.example.com", "/")
+        .await?
+        .upstream_reply()?;
+    ensure!(reply.version == "b", "{reply:?}");
     drop(upstreams);
     gateway.ensure_no_rejected_updates().await
 }

@@ -349,11 +349,10 @@ impl Mesh {
                 affected.routes.extend(hosts.iter().cloned());
                 let (http, mut problems) =
                     routing::http_routes(&vs.spec.http, key, &self.domain_suffix);
-                let gateways = &vs.spec.gateways;
                 let (tcp, tcp_problems) =
-                    stream_routes::tcp_routes(&vs.spec.tcp, key, &self.domain_suffix, gateways);
+                    stream_routes::tcp_routes(&vs.spec.tcp, key, &self.domain_suffix);
                 let (tls, tls_problems) =
-                    stream_routes::tls_routes(&vs.spec.tls, key, &self.domain_suffix, gateways);
+                    stream_routes::tls_routes(&vs.spec.tls, key, &self.domain_suffix);
                 problems.extend(tcp_problems);
                 problems.extend(tls_problems);
                 let mut delegates = Vec::new();

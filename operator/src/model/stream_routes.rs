@@ -34,7 +34,7 @@ pub struct StreamMatch {
     pub port: Option<u32>,
     /// Overrides the VirtualService's gateways for this match; empty: no override.
     pub gateways: Vec<String>,
-    /// `sourceNamespace`: the sidecars of this namespace only (gateways do not read it yet).
+    /// `sourceNamespace`: the proxies (sidecars, gateways) of this namespace only.
     pub source_namespace: Option<String>,
 }
 
@@ -53,7 +53,6 @@ pub fn tcp_routes(
     routes: &[api::TcpRoute],
     key: &ObjectKey,
     domain_suffix: &str,
-    gateways: &[String],
 ) -> (Vec<StreamRoute>, Vec<Problem>) {
     let routes = routes.iter().map(|r| (&r.matches[..], &r.route[..]));
     stream_routes(
@@ -72,8 +71,6 @@ pub fn tcp_routes(
                 destination_subnets: !m.destination_subnets.is_empty(),
                 source_subnet: !m.source_subnet.is_empty(),
                 source_labels: !m.source_labels.is_empty(),
-                namespace_on_gateways: !m.source_namespace.is_empty()
-                    && on_gateways(gateways, &m.gateways),
             };
             (read, unapplied)
         },
@@ -85,7 +82,6 @@ pub fn tls_routes(
     routes: &[api::TlsRoute],
     key: &ObjectKey,
     domain_suffix: &str,
-    gateways: &[String],
 ) -> (Vec<StreamRoute>, Vec<Problem>) {
     let routes = routes.iter().map(|r| (&r.matches[..], &r.route[..]));
     stream_routes(
@@ -104,8 +100,6 @@ pub fn tls_routes(
                 destination_subnets: !m.destination_subnets.is_empty(),
                 source_subnet: false,
                 source_labels: !m.source_labels.is_empty(),
-                namespace_on_gateways: !m.source_namespace.is_empty()
-                    && on_gateways(gateways, &m.gateways),
             };
             (read, unapplied)
         },
@@ -116,20 +110,11 @@ fn source_namespace(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_string())
 }
 
-/// Whether a match with its own `gateways` (else the VirtualService's `gateways`) binds a
-/// gateway, not only the mesh's sidecars.
-fn on_gateways(virtual_service: &[String], own: &[String]) -> bool {
-    let gateways = if own.is_empty() { virtual_service } else { own };
-    gateways.iter().any(|g| g != "mesh")
-}
-
 /// Which match conditions are set that translation does not apply.
 struct Unapplied {
     destination_subnets: bool,
     source_subnet: bool,
     source_labels: bool,
-    /// `sourceNamespace` on a match that binds gateways, which do not read it yet.
-    namespace_on_gateways: bool,
 }
 
 /// Reads the `list` (`tcp` or `tls`) routes, each as its matches and destinations.
@@ -179,15 +164,6 @@ fn report_unapplied(
             });
         }
     }
-    if unapplied.namespace_on_gateways {
-        problems.push(Problem {
-            object: key.clone(),
-            field: format!("{field}.sourceNamespace"),
-            message: "sourceNamespace is applied on sidecars only; on gateways the match holds \
-                      without it"
-                .into(),
-        });
-    }
 }
 
 fn read_destinations(
@@ -235,12 +211,12 @@ spec:
             panic!("not a VirtualService");
         };
         let key = document.object.key();
-        let (tls, problems) = tls_routes(&vs.spec.tls, &key, "cluster.local", &vs.spec.gateways);
+        let (tls, problems) = tls_routes(&vs.spec.tls, &key, "cluster.local");
         assert_eq!(problems, vec![]);
         assert_eq!(tls[0].matches[0].sni_hosts, ["secure.example.com"]);
         assert_eq!(tls[0].destinations[0].host, "secure.shop.svc.cluster.local");
         assert_eq!(tls[0].destinations[0].port, Some(8443));
-        let (tcp, problems) = tcp_routes(&vs.spec.tcp, &key, "cluster.local", &vs.spec.gateways);
+        let (tcp, problems) = tcp_routes(&vs.spec.tcp, &key, "cluster.local");
         assert_eq!(tcp[0].destinations[0].subset.as_deref(), Some("primary"));
         assert_eq!(tcp[0].matches[0].port, Some(5432));
         assert_eq!(problems.len(), 1);
@@ -250,43 +226,28 @@ spec:
     }
 
     #[test]
-    fn source_namespace_is_read_and_said_unapplied_only_on_gateways() {
-        let read = |gateways: &str| {
-            let document = capstan_crds::parse_single(
-                "vs.yaml",
-                &format!(
-                    r#"
+    fn source_namespace_is_read_and_source_labels_said_unapplied() {
+        let document = capstan_crds::parse_single(
+            "vs.yaml",
+            r#"
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {{name: db, namespace: shop}}
+metadata: {name: db, namespace: shop}
 spec:
   hosts: [db]
-  gateways: {gateways}
+  gateways: [mesh, istio-system/edge]
   tcp:
-  - match: [{{sourceNamespace: front, sourceLabels: {{app: a}}}}]
-    route: [{{destination: {{host: db2}}}}]
-"#
-                ),
-            )
-            .expect("valid");
-            let IstioObject::VirtualService(vs) = &document.object else {
-                panic!("not a VirtualService");
-            };
-            let (tcp, problems) = tcp_routes(
-                &vs.spec.tcp,
-                &document.object.key(),
-                "cluster.local",
-                &vs.spec.gateways,
-            );
-            let fields: Vec<String> = problems.into_iter().map(|p| p.field).collect();
-            (tcp[0].matches[0].source_namespace.clone(), fields)
+  - match: [{sourceNamespace: front, sourceLabels: {app: a}}]
+    route: [{destination: {host: db2}}]
+"#,
+        )
+        .expect("valid");
+        let IstioObject::VirtualService(vs) = &document.object else {
+            panic!("not a VirtualService");
         };
-        let labels = "spec.tcp[0].match[0].sourceLabels".to_string();
-        assert_eq!(read("[mesh]"), (Some("front".into()), vec![labels.clone()]));
-        assert_eq!(read("[]"), (Some("front".into()), vec![labels.clone()]));
-        assert_eq!(
-            read("[istio-system/edge]").1,
-            vec![labels, "spec.tcp[0].match[0].sourceNamespace".to_string()]
-        );
+        let (tcp, problems) = tcp_routes(&vs.spec.tcp, &document.object.key(), "cluster.local");
+        let fields: Vec<String> = problems.into_iter().map(|p| p.field).collect();
+        assert_eq!(tcp[0].matches[0].source_namespace.as_deref(), Some("front"));
+        assert_eq!(fields, ["spec.tcp[0].match[0].sourceLabels"]);
     }
 }

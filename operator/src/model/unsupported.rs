@@ -123,22 +123,6 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                 not_applied("spec.workloadSelector".into(), "workloadSelector");
             }
         }
-        IstioObject::VirtualService(vs) => {
-            let spec = &vs.spec;
-            let exported_everywhere =
-                spec.export_to.is_empty() || spec.export_to.iter().any(|e| e == "*");
-            let on_gateways = spec.gateways.iter().any(|g| g != "mesh");
-            if !exported_everywhere && on_gateways && (!spec.tcp.is_empty() || !spec.tls.is_empty())
-            {
-                not_applied(
-                    "spec.exportTo".into(),
-                    "exportTo on the tcp/tls routes of a gateway (it limits them on sidecars, and \
-                     HTTP routes everywhere)",
-                );
-            }
-            // Every http route field is applied (docs/traffic-routes.md) but sourceLabels and
-            // sourceNamespace on gateways, which translation reports per match.
-        }
         IstioObject::Sidecar(sc) => {
             // The egress hosts scope what sidecars receive; ingress listeners (port,
             // defaultEndpoint, connectionPool, tls), inboundConnectionPool and the outbound

@@ -64,11 +64,13 @@ fn bound_address(bind: &str, port: u32) -> Address {
 }
 
 /// The listener of `port` on `bind` for `servers` (all of one family, see
-/// [`ServerKind::family`]).
+/// [`ServerKind::family`]), as the gateway proxies of namespace `caller` (`None`: of a
+/// namespace no VirtualService's `exportTo` or `sourceNamespace` names) get it.
 pub fn listener<'a, 'b>(
     mesh: &Mesh,
     (bind, port): (&str, u32),
     servers: &'b [Bound<'a>],
+    caller: Option<&str>,
     out: &mut GatewayConfig,
 ) -> BuiltListener<'a, 'b> {
     // As istiod: route configurations of a bound server name its address.
@@ -95,13 +97,14 @@ pub fn listener<'a, 'b>(
             }),
             ServerKind::Tcp => {
                 tcp_served = true;
-                chains.extend(stream::tcp_chain(mesh, port, bound, out));
+                chains.extend(stream::tcp_chain(mesh, port, bound, caller, out));
             }
             ServerKind::Passthrough => {
                 chains.extend(stream::passthrough_chains(
                     mesh,
                     port,
                     bound,
+                    caller,
                     &mut names_taken,
                     out,
                 ));

@@ -125,7 +125,7 @@ pub fn build(mesh: &Mesh) -> GatewayConfig {
         let variants = routes::source_variants(mesh, labels, &gateways);
         for ((bind, port), servers) in ports {
             let servers = one_kind_per_port(port, servers, &mut out.problems);
-            let built = listener::listener(mesh, (bind, port), &servers, &mut out);
+            let built = listener::listener(mesh, (bind, port), &servers, None, &mut out);
             let http_servers: Vec<&Bound<'_>> = servers
                 .iter()
                 .filter(|b| b.server.kind == ServerKind::Http)
@@ -153,7 +153,24 @@ pub fn build(mesh: &Mesh) -> GatewayConfig {
             // Envoy refuses a listener without filter chains (the whole update with it);
             // nothing on the port would be served anyway, and why is reported.
             if !built.listener.filter_chains.is_empty() {
-                out.listeners.push((selector.clone(), built.listener));
+                out.listeners
+                    .push((selector.clone(), built.listener.clone()));
+            }
+            // The proxies of a namespace whose `tcp`/`tls` routes differ (`exportTo`,
+            // `sourceNamespace`) get the port's listener of their own; said once, above.
+            let namespaces: BTreeSet<&str> = variants
+                .iter()
+                .filter_map(|p| p.namespace.as_deref())
+                .collect();
+            for ns in namespaces {
+                let mut said = GatewayConfig::default();
+                let theirs =
+                    listener::listener(mesh, (bind, port), &servers, Some(ns), &mut said).listener;
+                if theirs != built.listener && !theirs.filter_chains.is_empty() {
+                    let mut selector = selector.clone();
+                    selector.namespace = Some(ns.into());
+                    out.listeners.push((selector, theirs));
+                }
             }
         }
     }

@@ -345,3 +345,52 @@ fn a_port_left_without_filter_chains_gets_no_listener() {
         ]
     );
 }
+
+/// `tcp` routes on a gateway read the gateway proxy's namespace, as istiod: a match's
+/// `sourceNamespace` holds for the proxies of that namespace, and `exportTo` limits a
+/// VirtualService to the proxies of the namespaces named. Those proxies get the port's
+/// listener of their own; the others share one.
+#[test]
+fn stream_routes_on_a_gateway_read_the_proxys_namespace() {
+    let routes = |export_to: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: bookinfo}}
+spec:
+  hosts: [\"*\"]
+  gateways: [edge/ingress]
+  exportTo: {export_to}
+  tcp:
+  - match: [{{sourceNamespace: canary}}]
+    route: [{{destination: {{host: reviews, subset: v2, port: {{number: 9080}}}}}}]
+  - route: [{{destination: {{host: reviews, subset: v1, port: {{number: 9080}}}}}}]
+"
+        )
+    };
+    let server = "  - port: {number: 5432, name: tcp, protocol: TCP}\n    hosts: [\"*\"]\n";
+    let listeners = |export_to: &str| -> Vec<(Option<String>, String)> {
+        let config = build(&mesh(&format!(
+            "{REVIEWS}---\n{}---\n{}",
+            gateway(server),
+            routes(export_to)
+        )));
+        config
+            .listeners
+            .iter()
+            .map(|(selector, listener)| {
+                let namespace = selector.namespace.as_deref().map(str::to_string);
+                (namespace, forwarded(listener)[0].2.clone())
+            })
+            .collect()
+    };
+    let v1 = "outbound|9080|v1|reviews.bookinfo.svc.cluster.local".to_string();
+    let v2 = "outbound|9080|v2|reviews.bookinfo.svc.cluster.local".to_string();
+    assert_eq!(
+        listeners("[\"*\"]"),
+        [(None, v1.clone()), (Some("canary".into()), v2.clone())]
+    );
+    // Exported to edge only: the proxies of edge route it, no one else; canary's match
+    // would hold for canary's proxies, which do not see the VirtualService.
+    assert_eq!(listeners("[edge]"), [(Some("edge".into()), v1)]);
+}

@@ -79,6 +79,9 @@ pub fn source_variants(
                 .flat_map(|r| r.by_namespace.keys())
                 .map(|ns| Some(ns.as_str())),
         );
+        // `tcp`/`tls` matches name the proxies of a namespace for the port's listener.
+        let stream_matches = vs.tcp.iter().chain(&vs.tls).flat_map(|r| &r.matches);
+        namespaces.extend(stream_matches.filter_map(|m| m.source_namespace.as_deref().map(Some)));
         // A match naming its own gateways is not narrowed by source.
         for m in vs.http.iter().flat_map(|h| &h.matches) {
             if m.gateways.is_empty() {

@@ -15,7 +15,7 @@ use envoy_types::util::pack_any;
 
 use super::{Bound, GatewayConfig, domain_for};
 use crate::model::gateway::names;
-use crate::model::stream_routes::{Destination, StreamRoute};
+use crate::model::stream_routes::{Destination, StreamMatch, StreamRoute};
 use crate::model::{Mesh, Problem, VirtualService};
 use crate::translate::route::cluster_for;
 
@@ -29,6 +29,31 @@ fn bound_virtual_services<'m>(
         let gateway = (origin.namespace.as_str(), origin.name.as_str());
         names(&vs.gateways, &vs.origin.namespace, gateway)
     })
+}
+
+/// The bound VirtualServices the server admits that the gateway proxies of namespace
+/// `caller` (`None`: of a namespace no export or match names) see.
+fn serving<'m>(
+    mesh: &'m Mesh,
+    bound: &Bound<'_>,
+    caller: Option<&str>,
+) -> impl Iterator<Item = &'m VirtualService> {
+    bound_virtual_services(mesh, bound)
+        .filter(move |vs| admitted(bound, vs) && vs.export_to.includes(caller))
+}
+
+/// Whether `m` holds on `port` of the gateway for the proxies of namespace `caller`.
+fn holds(
+    m: &StreamMatch,
+    port: u32,
+    gateway: (&str, &str),
+    vs: &VirtualService,
+    caller: Option<&str>,
+) -> bool {
+    m.applies_on(port, gateway, &vs.origin.namespace)
+        && m.source_namespace
+            .as_deref()
+            .is_none_or(|ns| caller == Some(ns))
 }
 
 /// Whether the server admits `vs`: one of its hosts meets a server host open to its namespace.
@@ -47,16 +72,17 @@ pub fn tcp_chain(
     mesh: &Mesh,
     port: u32,
     bound: &Bound<'_>,
+    caller: Option<&str>,
     out: &mut GatewayConfig,
 ) -> Option<FilterChain> {
     let origin = &bound.gateway.origin;
     let gateway = (origin.namespace.as_str(), origin.name.as_str());
-    for vs in bound_virtual_services(mesh, bound).filter(|vs| admitted(bound, vs)) {
+    for vs in serving(mesh, bound, caller) {
         let applies = |r: &&StreamRoute| {
             r.matches.is_empty()
                 || r.matches
                     .iter()
-                    .any(|m| m.applies_on(port, gateway, &vs.origin.namespace))
+                    .any(|m| holds(m, port, gateway, vs, caller))
         };
         if let Some(route) = vs.tcp.iter().find(applies) {
             let proxy = tcp_proxy(mesh, port, &route.destinations, vs, out)?;
@@ -83,16 +109,17 @@ pub fn passthrough_chains(
     mesh: &Mesh,
     port: u32,
     bound: &Bound<'_>,
+    caller: Option<&str>,
     names_taken: &mut BTreeSet<String>,
     out: &mut GatewayConfig,
 ) -> Vec<FilterChain> {
     let origin = &bound.gateway.origin;
     let gateway = (origin.namespace.as_str(), origin.name.as_str());
     let mut chains = Vec::new();
-    for vs in bound_virtual_services(mesh, bound).filter(|vs| admitted(bound, vs)) {
+    for vs in serving(mesh, bound, caller) {
         for route in &vs.tls {
             for m in &route.matches {
-                if !m.applies_on(port, gateway, &vs.origin.namespace) {
+                if !holds(m, port, gateway, vs, caller) {
                     continue;
                 }
                 let names: Vec<String> = m
