@@ -323,6 +323,32 @@ pub async fn wait_https_reply(
     .await
 }
 
+impl ShopPki {
+    /// Waits until a client trusting `ca` and presenting `client` (if any) gets shop's
+    /// `/reviews/1` from the gateway at `addr`; `what` names the client in the error.
+    pub async fn shop_reply(
+        &self,
+        addr: SocketAddr,
+        client: Option<&Issued>,
+        what: &str,
+    ) -> anyhow::Result<UpstreamReply> {
+        let connector = connector(&self.ca.cert_pem, client)?;
+        wait_https_reply(&connector, addr, "shop.example.com", "/reviews/1", what).await
+    }
+
+    /// Fails unless a client trusting `ca` and presenting `client` (if any) is refused
+    /// shop's `/reviews/1` at `addr`.
+    pub async fn ensure_shop_refused(
+        &self,
+        addr: SocketAddr,
+        client: Option<&Issued>,
+        who: &str,
+    ) -> anyhow::Result<()> {
+        let connector = connector(&self.ca.cert_pem, client)?;
+        ensure_https_refused(&connector, addr, "shop.example.com", "/reviews/1", who).await
+    }
+}
+
 /// Fails unless `GET https://<host><path>` through `connector` at `addr` fails (in the
 /// handshake or the request); `who` names the client in the error.
 pub async fn ensure_https_refused(

@@ -243,3 +243,45 @@ async fn mutual_tls_takes_the_client_ca_and_crl_from_the_cacert_secret() -> anyh
     .await?;
     mesh.gateway.ensure_no_rejected_updates().await
 }
+
+/// MUTUAL with `caCertCredentialName`: the CA for client certificates is the Secret it
+/// names, not `<credentialName>-cacert` (here holding another CA, to tell them apart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_takes_the_client_ca_from_the_secret_ca_cert_credential_name_names()
+-> anyhow::Result<()> {
+    let pki = ShopPki::new()?;
+    let ShopPki {
+        server,
+        clients,
+        client_cert,
+        stranger,
+        ..
+    } = &pki;
+    let port = gateway_port();
+    let yaml = [
+        credential_gateway(&[(
+            port,
+            "{mode: MUTUAL, credentialName: shop-mtls, caCertCredentialName: client-roots}",
+        )]),
+        shop("v2"),
+        generic_secret("shop-mtls", &[("cert", &server.cert), ("key", &server.key)])?,
+        generic_secret("client-roots", &[("cacert", &clients.cert_path)])?,
+        generic_secret("shop-mtls-cacert", &[("cacert", &stranger.cert_path)])?,
+    ]
+    .join("---\n");
+    let mesh = GatewayMesh::start(
+        "mutual_tls_takes_the_client_ca_from_the_secret_ca_cert_credential_name_names",
+        Path::new(UPSTREAM_BIN),
+        &yaml,
+    )
+    .await?;
+    let addr = mesh.listening(port).await?;
+    let named = "a client certificate of the named CA";
+    let reply = pki.shop_reply(addr, Some(client_cert), named).await?;
+    ensure!(reply.version == "v2", "mutual TLS reached {reply:?}");
+    let foreign_cert = stranger.client("foreign", "spiffe://example.com/ns/x/sa/y")?;
+    let other = "a client certificate of the -cacert Secret's CA";
+    pki.ensure_shop_refused(addr, Some(&foreign_cert), other)
+        .await?;
+    mesh.gateway.ensure_no_rejected_updates().await
+}

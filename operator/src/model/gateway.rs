@@ -136,6 +136,8 @@ pub enum ClientCa {
     /// The CA of credential `name`: Secret `<name>-cacert`, else the CA entry of Secret
     /// `<name>` (istiod's order).
     Secret(String),
+    /// `caCertCredentialName`: the CA entry of Secret `<name>` itself.
+    NamedSecret(String),
     /// `ISTIO_MUTUAL`: the mesh's roots, which the proxy's agent serves over SDS.
     MeshRoots,
 }
@@ -400,8 +402,10 @@ spec:
 "#,
         );
         let kinds: Vec<(u32, &ServerKind)> = gw.servers.iter().map(|s| (s.port, &s.kind)).collect();
+        assert_eq!(kinds.len(), 4, "{kinds:?}");
+        assert_eq!(kinds[0].0, 8443, "caCertCredentialName is served");
         assert_eq!(
-            kinds,
+            kinds[1..],
             [
                 (8080, &ServerKind::Http),
                 (9443, &ServerKind::Passthrough),
@@ -409,13 +413,7 @@ spec:
             ]
         );
         let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
-        assert_eq!(
-            fields,
-            vec![
-                "spec.servers[0].port.protocol",
-                "spec.servers[1].tls.caCertCredentialName"
-            ]
-        );
+        assert_eq!(fields, vec!["spec.servers[0].port.protocol"]);
         assert!(
             problems[0]
                 .message

@@ -83,16 +83,6 @@ pub(crate) fn terminate(
         }
     }
     let params = params(tls, field, report);
-    if verifies && !tls.ca_cert_credential_name.is_empty() {
-        // Serving another CA than the one named would accept the wrong clients.
-        report(
-            format!("{field}.tls.caCertCredentialName"),
-            "caCertCredentialName is not applied yet; this server is not served (put the CA \
-             in Secret <credentialName>-cacert)"
-                .into(),
-        );
-        return None;
-    }
     let credentials: Vec<Credential> = if tls.credential_name.is_empty() {
         let field = |k| format!("{field}.tls.credentialNames[{k}]");
         (tls.credential_names.iter().enumerate())
@@ -107,11 +97,15 @@ pub(crate) fn terminate(
             field: format!("{field}.tls.credentialName"),
         }]
     };
+    // `caCertCredentialName` names the client CA's Secret outright, whatever the
+    // certificate's source.
+    let named_ca = (verifies && !tls.ca_cert_credential_name.is_empty())
+        .then(|| ClientCa::NamedSecret(tls.ca_cert_credential_name.clone()));
     // Validation allows one source of certificates: a credential, or files.
     let (certificate, client_ca) = match credentials.first() {
         Some(first) => {
             let ca = verifies.then(|| ClientCa::Secret(first.name.clone()));
-            (ServerCertificate::Secrets(credentials), ca)
+            (ServerCertificate::Secrets(credentials), named_ca.or(ca))
         }
         None => {
             let pairs = certificate_files(tls);
@@ -125,7 +119,7 @@ pub(crate) fn terminate(
                 );
                 return None;
             }
-            if verifies && tls.ca_certificates.is_empty() {
+            if verifies && tls.ca_certificates.is_empty() && named_ca.is_none() {
                 report(
                     format!("{field}.tls.caCertificates"),
                     format!(
@@ -135,10 +129,8 @@ pub(crate) fn terminate(
                 return None;
             }
             let files = ServerCertificate::Files(pairs);
-            (
-                files,
-                verifies.then(|| ClientCa::File(tls.ca_certificates.clone())),
-            )
+            let ca = verifies.then(|| ClientCa::File(tls.ca_certificates.clone()));
+            (files, named_ca.or(ca))
         }
     };
     // Validation allows a CRL file with client CA files only (a credential's CRL would be

@@ -85,17 +85,27 @@ fn optional_mutual_without_a_ca_or_with_a_ca_credential_is_not_served() {
         problems[0].1
     );
 
-    let (gw, problems) = read(
-        r#"  - port: {number: 443, name: https, protocol: HTTPS}
+    // The client CA from the Secret `caCertCredentialName` names, with a credential or files.
+    for certificate in [
+        "credentialName: shop-cert",
+        "serverCertificate: /c.pem, privateKey: /k.pem",
+    ] {
+        let (gw, problems) = read(&format!(
+            r#"  - port: {{number: 443, name: https, protocol: HTTPS}}
     hosts: ["*"]
-    tls: {mode: OPTIONAL_MUTUAL, credentialName: shop-cert, caCertCredentialName: shop-ca}
-"#,
-    );
-    assert_eq!(gw.servers, vec![]);
-    assert_eq!(
-        fields(&problems),
-        ["spec.servers[0].tls.caCertCredentialName"]
-    );
+    tls: {{mode: OPTIONAL_MUTUAL, {certificate}, caCertCredentialName: shop-ca}}
+"#
+        ));
+        assert!(problems.is_empty(), "{problems:?}");
+        let ServerKind::Https(tls) = &gw.servers[0].kind else {
+            panic!("{:?}", gw.servers);
+        };
+        assert_eq!(
+            tls.client_ca,
+            Some(ClientCa::NamedSecret("shop-ca".into())),
+            "{certificate}"
+        );
+    }
 }
 
 #[test]

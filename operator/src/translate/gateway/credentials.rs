@@ -110,8 +110,10 @@ pub fn resolve(
     let ServerKind::Https(tls) = &server.kind else {
         return Ok(Vec::new());
     };
-    let ServerCertificate::Secrets(credentials) = &tls.certificate else {
-        return Ok(Vec::new());
+    // Files need no Secret, but a client CA from `caCertCredentialName` still does.
+    let credentials: &[crate::model::gateway::Credential] = match &tls.certificate {
+        ServerCertificate::Secrets(credentials) => credentials,
+        ServerCertificate::Files(_) | ServerCertificate::Workload => &[],
     };
     let namespace = &gateway.origin.namespace;
     let mut served = Vec::new();
@@ -139,9 +141,17 @@ pub fn resolve(
             },
         });
     }
-    if let Some(ClientCa::Secret(name)) = &tls.client_ca {
-        let (from, ca, crl) = client_ca(secrets, namespace, name, consulted)
-            .map_err(|err| (first_field(server), err))?;
+    let ca_of = |consulted: &mut BTreeSet<NsName>| match &tls.client_ca {
+        Some(ClientCa::Secret(name)) => {
+            Some((name, client_ca(secrets, namespace, name, consulted)))
+        }
+        Some(ClientCa::NamedSecret(name)) => {
+            Some((name, named_client_ca(secrets, namespace, name, consulted)))
+        }
+        _ => None,
+    };
+    if let Some((name, found)) = ca_of(consulted) {
+        let (from, ca, crl) = found.map_err(|err| (first_field(server), err))?;
         served.push(Served {
             from,
             secret: Secret {
@@ -187,6 +197,26 @@ fn client_ca<'s>(
                 None => Err(CredentialError::NoClientCa { separate, same }),
             }
         }
+    }
+}
+
+/// The client CA of `caCertCredentialName` `name`: the CA entry of Secret `<name>`, with
+/// its `ca.crl`.
+fn named_client_ca<'s>(
+    secrets: &'s impl SecretLookup,
+    namespace: &str,
+    name: &str,
+    consulted: &mut BTreeSet<NsName>,
+) -> Result<CaAndCrl<'s>, CredentialError> {
+    let id = NsName::new(namespace, name);
+    consulted.insert(id.clone());
+    match secrets.secret(&id) {
+        None => Err(CredentialError::Missing(id)),
+        Some(Err(err)) => Err(CredentialError::Unusable(id, err.clone())),
+        Some(Ok(secret)) => match &secret.ca {
+            Some(ca) => Ok((id, ca, secret.crl.as_ref())),
+            None => Err(CredentialError::NoCa(id)),
+        },
     }
 }
 

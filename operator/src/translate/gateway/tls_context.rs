@@ -99,7 +99,9 @@ pub fn downstream_tls(tls: &TlsTermination) -> TransportSocket {
                 ..checks(subject_alt_names)
             })
         }
-        ClientCa::Secret(name) => combined(sds_config(ca_sds_name(name)), subject_alt_names),
+        ClientCa::Secret(name) | ClientCa::NamedSecret(name) => {
+            combined(sds_config(ca_sds_name(name)), subject_alt_names)
+        }
         ClientCa::MeshRoots => combined(sds_secret(SDS_ROOTS), subject_alt_names),
     });
     let (tls_certificates, tls_certificate_sds_secret_configs) = match &tls.certificate {
