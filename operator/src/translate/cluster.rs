@@ -26,7 +26,6 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 };
 use envoy_types::pb::google::protobuf::Duration;
 use envoy_types::util::pack_any;
-use prost::Message;
 
 use super::{
     RuleScope, ServiceCluster, ads_config_source, endpoint, rule_scopes, service_clusters_in,
@@ -230,15 +229,6 @@ fn cluster_in(spec: ServiceCluster<'_>, rule: Option<&DestinationRule>) -> (Stri
     }
     set_protocol_options(&mut cluster, http_options);
     (name, cluster)
-}
-
-/// The HTTP protocol options `cluster` carries (default: none).
-fn protocol_options(cluster: &Cluster) -> HttpProtocolOptions {
-    cluster
-        .typed_extension_protocol_options
-        .get(HTTP_PROTOCOL_OPTIONS)
-        .and_then(|any| HttpProtocolOptions::decode(any.value.as_slice()).ok())
-        .unwrap_or_default()
 }
 
 /// Makes `options` the cluster's HTTP protocol options, unless they are the defaults.

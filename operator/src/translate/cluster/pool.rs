@@ -182,7 +182,12 @@ pub fn apply_retry_budget(cluster: &mut Cluster, budget: &RetryBudget) {
 /// `pool` on a cluster to the workload (a sidecar's inbound side), as istiod applies it
 /// there: the limits and timeouts, but not the protocol (neither `h2UpgradePolicy` nor
 /// `useClientProtocol`: the workload's port decides it).
-pub fn apply_inbound(cluster: &mut Cluster, pool: Option<&ConnectionPool>) {
+/// `options`: the cluster's HTTP protocol options so far (made its own here).
+pub fn apply_inbound(
+    cluster: &mut Cluster,
+    mut options: HttpProtocolOptions,
+    pool: Option<&ConnectionPool>,
+) {
     let limits = pool.cloned().map(|mut pool| {
         if let Some(http) = &mut pool.http {
             http.h2_upgrade = H2Upgrade::DoNotUpgrade;
@@ -190,7 +195,6 @@ pub fn apply_inbound(cluster: &mut Cluster, pool: Option<&ConnectionPool>) {
         }
         pool
     });
-    let mut options = super::protocol_options(cluster);
     apply(cluster, &mut options, limits.as_ref());
     super::set_protocol_options(cluster, options);
 }

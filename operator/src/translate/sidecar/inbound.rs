@@ -168,23 +168,17 @@ pub fn inbound_cluster(port: u32, served: Served, pool: Option<&ConnectionPool>)
         }),
         ..Default::default()
     });
+    let mut options = HttpProtocolOptions::default();
     if let Served::Http { http2: true } = served {
-        let options = HttpProtocolOptions {
-            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-                ExplicitHttpConfig {
-                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
-                        Http2ProtocolOptions::default(),
-                    )),
-                },
-            )),
-            ..Default::default()
-        };
-        cluster.typed_extension_protocol_options.insert(
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
-            pack_any(options),
-        );
+        options.upstream_protocol_options = Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            },
+        ));
     }
-    apply_inbound(&mut cluster, pool);
+    apply_inbound(&mut cluster, options, pool);
     cluster
 }
 

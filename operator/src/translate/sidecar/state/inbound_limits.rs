@@ -12,9 +12,9 @@ use capstan_xds::{Selector, Update, type_url};
 use super::super::{inbound, inbound_cluster_name};
 use super::sidecar_settings::{put_variants, workload_selector};
 use super::{CaptureState, put};
-use crate::model::Mesh;
 use crate::model::sidecar_scope::InboundPools;
 use crate::model::traffic_policy::ConnectionPool;
+use crate::model::{DestinationRule, Mesh};
 use crate::translate::cluster::policy_in;
 
 impl CaptureState {
@@ -55,16 +55,20 @@ impl CaptureState {
         update: &mut Update,
     ) {
         let served = self.inbound.get(address);
-        let wanted = match workload_selector(mesh, address, hosts) {
-            // The workload's `Sidecar` sets limits: its variant applies.
-            Some(workload) if self.inbound_pools.for_proxies(&workload).is_some() => {
-                BTreeMap::new()
-            }
-            Some(workload) => served.map_or_else(BTreeMap::new, |served| {
-                let ports: BTreeSet<u32> = served.keys().copied().collect();
-                rule_limits(mesh, address, hosts, workload.namespace.as_deref(), &ports)
-            }),
-            None => BTreeMap::new(),
+        // Most workloads read no limits from a rule: found without looking them up (an
+        // endpoint change rebuilds its workloads).
+        let pooled = hosts.iter().any(|host| {
+            mesh.destination_rules.get(host).is_some_and(|rules| {
+                let mut all = rules
+                    .everyone
+                    .iter()
+                    .chain(rules.by_namespace.values().flatten());
+                all.any(sets_pool)
+            })
+        });
+        let wanted = match served {
+            Some(served) if pooled => self.rule_limits_of(mesh, address, hosts, served),
+            _ => BTreeMap::new(),
         };
         let old = self.workload_limits.remove(address).unwrap_or_default();
         let selector = Selector::workload(address);
@@ -95,6 +99,39 @@ impl CaptureState {
             self.workload_limits.insert(address.to_string(), wanted);
         }
     }
+}
+
+impl CaptureState {
+    /// The limits the workload at `address` reads from its services' rules on the ports it
+    /// serves, unless its `Sidecar` sets limits (its variant applies then).
+    fn rule_limits_of(
+        &self,
+        mesh: &Mesh,
+        address: &str,
+        hosts: &BTreeSet<String>,
+        served: &BTreeMap<u32, inbound::Served>,
+    ) -> BTreeMap<u32, ConnectionPool> {
+        let Some(workload) = workload_selector(mesh, address, hosts) else {
+            return BTreeMap::new();
+        };
+        if self.inbound_pools.for_proxies(&workload).is_some() {
+            return BTreeMap::new();
+        }
+        let ports: BTreeSet<u32> = served.keys().copied().collect();
+        rule_limits(mesh, address, hosts, workload.namespace.as_deref(), &ports)
+    }
+}
+
+/// Whether `rule` sets a `connectionPool` at its top level or on a port (what the inbound
+/// side reads; a subset's is for clients picking the subset).
+fn sets_pool(rule: &DestinationRule) -> bool {
+    rule.traffic_policy
+        .as_ref()
+        .and_then(|p| p.top.as_ref())
+        .is_some_and(|top| {
+            top.policy.connection_pool.is_some()
+                || top.ports.values().any(|p| p.connection_pool.is_some())
+        })
 }
 
 /// For each of `ports` the workload at `address` listens on, the `connectionPool` of the
