@@ -181,14 +181,8 @@ impl Mesh {
                     affected.hosts.insert(kube::host(id, &self.domain_suffix));
                 }
                 RecordKey::Istio(key) => self.reread(index, key, &mut affected),
-                // A pod a ServiceEntry's `workloadSelector` may pick: its entries' hosts.
-                RecordKey::Pod(id) => {
-                    for entry in self.selecting.get(&id.namespace).into_iter().flatten() {
-                        affected
-                            .hosts
-                            .extend(self.claims.get(entry).into_iter().flatten().cloned());
-                    }
-                }
+                // A pod a ServiceEntry's `workloadSelector` may pick.
+                RecordKey::Pod(id) => affected.hosts.extend(self.selecting_hosts(&id.namespace)),
                 RecordKey::Secret(id) => {
                     match index.secret(id) {
                         Some(record) => self.secrets.insert(id.clone(), secret::read(record)),
@@ -206,6 +200,15 @@ impl Mesh {
             self.refresh_scope_conflicts();
         }
         affected
+    }
+
+    /// The hosts of the ServiceEntries of `namespace` with a `workloadSelector`: a workload
+    /// there (WorkloadEntry, Pod) may be their endpoint.
+    fn selecting_hosts(&self, namespace: &str) -> Vec<String> {
+        let entries = self.selecting.get(namespace).into_iter().flatten();
+        entries
+            .flat_map(|entry| self.claims.get(entry).into_iter().flatten().cloned())
+            .collect()
     }
 
     /// Reports the Sidecars that lose to another scoping the same sidecars, and what of each
@@ -281,11 +284,8 @@ impl Mesh {
             self.sidecar_scopes.by_key.remove(key);
         }
         if key.kind == capstan_crds::Kind::WorkloadEntry {
-            for entry in self.selecting.get(&key.namespace).into_iter().flatten() {
-                affected
-                    .hosts
-                    .extend(self.claims.get(entry).into_iter().flatten().cloned());
-            }
+            let hosts = self.selecting_hosts(&key.namespace);
+            affected.hosts.extend(hosts);
         }
         if key.kind == capstan_crds::Kind::ServiceEntry
             && let Some(set) = self.selecting.get_mut(&key.namespace)

@@ -39,6 +39,14 @@ pub struct StreamMatch {
 }
 
 impl StreamMatch {
+    /// Whether its `sourceNamespace` (if any) names `caller`, the proxies' namespace (`None`:
+    /// of a namespace no match names).
+    pub fn names_caller(&self, caller: Option<&str>) -> bool {
+        self.source_namespace
+            .as_deref()
+            .is_none_or(|ns| caller == Some(ns))
+    }
+
     /// Whether this match holds on `port` of the gateway (namespace, name), for a
     /// VirtualService of `namespace`.
     pub fn applies_on(&self, port: u32, gateway: (&str, &str), namespace: &str) -> bool {

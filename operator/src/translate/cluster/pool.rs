@@ -182,12 +182,12 @@ pub fn apply_retry_budget(cluster: &mut Cluster, budget: &RetryBudget) {
 /// `pool` on a cluster to the workload (a sidecar's inbound side), as istiod applies it
 /// there: the limits and timeouts, but not the protocol (neither `h2UpgradePolicy` nor
 /// `useClientProtocol`: the workload's port decides it).
-/// `options`: the cluster's HTTP protocol options so far (made its own here).
-pub fn apply_inbound(
-    cluster: &mut Cluster,
-    mut options: HttpProtocolOptions,
-    pool: Option<&ConnectionPool>,
-) {
+/// `http2`: the workload speaks HTTP/2 on the port.
+pub fn apply_inbound(cluster: &mut Cluster, http2: bool, pool: Option<&ConnectionPool>) {
+    let mut options = HttpProtocolOptions::default();
+    if http2 {
+        set_http2(&mut options);
+    }
     let limits = pool.cloned().map(|mut pool| {
         if let Some(http) = &mut pool.http {
             http.h2_upgrade = H2Upgrade::DoNotUpgrade;

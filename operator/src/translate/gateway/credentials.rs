@@ -184,12 +184,8 @@ fn client_ca<'s>(
     let same = NsName::new(namespace, name);
     consulted.insert(separate.clone());
     consulted.insert(same.clone());
-    match secrets.secret(&separate) {
-        Some(Err(err)) => Err(CredentialError::Unusable(separate, err.clone())),
-        Some(Ok(secret)) => match &secret.ca {
-            Some(ca) => Ok((separate, ca, secret.crl.as_ref())),
-            None => Err(CredentialError::NoCa(separate)),
-        },
+    match ca_in(secrets, separate.clone()) {
+        Some(found) => found,
         None => {
             let secret = secrets.secret(&same).and_then(|s| s.as_ref().ok());
             match secret.and_then(|s| Some((s.ca.as_ref()?, s.crl.as_ref()))) {
@@ -210,14 +206,18 @@ fn named_client_ca<'s>(
 ) -> Result<CaAndCrl<'s>, CredentialError> {
     let id = NsName::new(namespace, name);
     consulted.insert(id.clone());
-    match secrets.secret(&id) {
-        None => Err(CredentialError::Missing(id)),
-        Some(Err(err)) => Err(CredentialError::Unusable(id, err.clone())),
-        Some(Ok(secret)) => match &secret.ca {
+    ca_in(secrets, id.clone()).unwrap_or(Err(CredentialError::Missing(id)))
+}
+
+/// The CA entry (and `ca.crl`) of Secret `id`; `None` when there is no such Secret.
+fn ca_in(secrets: &impl SecretLookup, id: NsName) -> Option<Result<CaAndCrl<'_>, CredentialError>> {
+    Some(match secrets.secret(&id)? {
+        Err(err) => Err(CredentialError::Unusable(id, err.clone())),
+        Ok(secret) => match &secret.ca {
             Some(ca) => Ok((id, ca, secret.crl.as_ref())),
             None => Err(CredentialError::NoCa(id)),
         },
-    }
+    })
 }
 
 fn inline(bytes: &SecretBytes) -> DataSource {

@@ -50,10 +50,7 @@ fn holds(
     vs: &VirtualService,
     caller: Option<&str>,
 ) -> bool {
-    m.applies_on(port, gateway, &vs.origin.namespace)
-        && m.source_namespace
-            .as_deref()
-            .is_none_or(|ns| caller == Some(ns))
+    m.applies_on(port, gateway, &vs.origin.namespace) && m.names_caller(caller)
 }
 
 /// Whether the server admits `vs`: one of its hosts meets a server host open to its namespace.

@@ -7,7 +7,7 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, LbPolicy,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    BindConfig, Http2ProtocolOptions, SocketAddress, TrafficDirection,
+    BindConfig, SocketAddress, TrafficDirection,
 };
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
@@ -24,11 +24,6 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
-    ExplicitHttpConfig, UpstreamProtocolOptions,
-};
 use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
 use envoy_types::util::pack_any;
 
@@ -168,17 +163,8 @@ pub fn inbound_cluster(port: u32, served: Served, pool: Option<&ConnectionPool>)
         }),
         ..Default::default()
     });
-    let mut options = HttpProtocolOptions::default();
-    if let Served::Http { http2: true } = served {
-        options.upstream_protocol_options = Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-            ExplicitHttpConfig {
-                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
-                    Http2ProtocolOptions::default(),
-                )),
-            },
-        ));
-    }
-    apply_inbound(&mut cluster, options, pool);
+    let http2 = matches!(served, Served::Http { http2: true });
+    apply_inbound(&mut cluster, http2, pool);
     cluster
 }
 

@@ -45,9 +45,7 @@ fn mesh_route<'a>(
                 m.port.is_none_or(|p| p == port)
                     && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
                     && sni.is_none_or(|name| m.sni_hosts.iter().any(|s| s == name))
-                    && m.source_namespace
-                        .as_deref()
-                        .is_none_or(|ns| caller == Some(ns))
+                    && m.names_caller(caller)
             })
     })
 }

@@ -36,10 +36,14 @@ impl CaptureState {
                 |pool| inbound::inbound_cluster(*port, *served, pool.as_ref()),
             );
         }
-        let addresses: Vec<String> = self.workload_limits.keys().cloned().collect();
-        let with_rules = addresses.into_iter().chain(self.workloads.keys().cloned());
-        for address in with_rules.collect::<BTreeSet<_>>() {
-            let hosts = self.workloads.get(&address).cloned().unwrap_or_default();
+        // Every workload with limits of its own is among `workloads` (one losing its last
+        // host has them removed as it goes).
+        let workloads: Vec<(String, BTreeSet<String>)> = self
+            .workloads
+            .iter()
+            .map(|(address, hosts)| (address.clone(), hosts.clone()))
+            .collect();
+        for (address, hosts) in workloads {
             self.set_workload_limits(mesh, &address, &hosts, update);
         }
     }
@@ -99,9 +103,7 @@ impl CaptureState {
             self.workload_limits.insert(address.to_string(), wanted);
         }
     }
-}
 
-impl CaptureState {
     /// The limits the workload at `address` reads from its services' rules on the ports it
     /// serves, unless its `Sidecar` sets limits (its variant applies then).
     fn rule_limits_of(
