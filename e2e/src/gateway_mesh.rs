@@ -235,3 +235,67 @@ pub async fn cluster_requests(envoy: &Envoy, cluster: &str) -> anyhow::Result<u6
         .stat(&format!("cluster.{cluster}.upstream_rq_total"))
         .await
 }
+
+/// A ServiceEntry standing in for the `istio-egressgateway` Service: port 80 of
+/// `istio-egressgateway.istio-system.svc.cluster.local` reaches the gateway's listener on
+/// `egress_port`. Ends with a document separator.
+pub fn egress_gateway_service(egress_port: u16) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  hosts: [istio-egressgateway.istio-system.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {egress_port}}}}}]
+---
+"#
+    )
+}
+
+/// An egress gateway Envoy and a client's sidecar Envoy on one capstan.
+pub struct EgressPair {
+    pub egress: Envoy,
+    pub sidecar: Envoy,
+    /// The sidecar's outbound listener.
+    pub outbound: SocketAddr,
+}
+
+/// Starts an egress gateway (`istio: egressgateway`, ADS `mode`) and a sidecar (Delta) on
+/// `capstan`, and waits for the gateway's listener on `egress_port` and the sidecar's
+/// outbound listener.
+pub async fn start_egress_and_sidecar(
+    env: &TestEnv,
+    capstan: &Capstan,
+    mode: AdsMode,
+    egress_port: u16,
+) -> anyhow::Result<EgressPair> {
+    let envoy_bin = crate::locate::envoy_bin()?;
+    let egress = Envoy::start(
+        &envoy_bin,
+        &Bootstrap::gateway(mode, capstan.xds_port, &[("istio", "egressgateway")]),
+        &env.log_dir,
+        "egress-gateway",
+    )
+    .await?;
+    let sidecar = Envoy::start(
+        &envoy_bin,
+        &Bootstrap::new(AdsMode::Delta, capstan.xds_port),
+        &env.log_dir,
+        "sidecar",
+    )
+    .await?;
+    egress
+        .wait_listener_port(&format!("0.0.0.0_{egress_port}"), CONFIG_TIMEOUT)
+        .await?;
+    let outbound = sidecar
+        .wait_listener_port(crate::mesh::OUTBOUND_LISTENER, CONFIG_TIMEOUT)
+        .await?;
+    Ok(EgressPair {
+        egress,
+        sidecar,
+        outbound: loopback(outbound),
+    })
+}

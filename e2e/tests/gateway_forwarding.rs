@@ -9,8 +9,11 @@ use std::path::Path;
 
 use anyhow::ensure;
 use capstan_e2e::capstan::Capstan;
-use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy, loopback};
-use capstan_e2e::gateway_mesh::{cluster_requests, start_gateway, wait_for_service};
+use capstan_e2e::envoy::{AdsMode, loopback};
+use capstan_e2e::gateway_mesh::{
+    EgressPair, cluster_requests, egress_gateway_service, start_egress_and_sidecar, start_gateway,
+    wait_for_service,
+};
 use capstan_e2e::http::HttpClient;
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv};
 use capstan_e2e::tls_pki::{TestCa, connector, ensure_https_refused, https_get};
@@ -49,18 +52,7 @@ spec:
   resolution: STATIC
   endpoints: [{{address: 127.0.0.1, ports: {{http: {external_port}}}}}]
 ---
-# Stands in for the istio-egressgateway Service: its pods' port is the gateway's listener.
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: istio-egressgateway, namespace: istio-system}}
-spec:
-  hosts: [istio-egressgateway.istio-system.svc.cluster.local]
-  location: MESH_INTERNAL
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {egress_port}}}}}]
----
-apiVersion: networking.istio.io/v1
+{egress_service}apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: istio-egressgateway, namespace: shop}}
 spec:
@@ -80,36 +72,17 @@ spec:
     route: [{{destination: {{host: istio-egressgateway.istio-system.svc.cluster.local, port: {{number: 80}}}}}}]
   - match: [{{gateways: [istio-egressgateway], port: {egress_port}}}]
     route: [{{destination: {{host: httpbin.example.com, port: {{number: 80}}}}}}]
-"#
+"#,
+            egress_service = egress_gateway_service(egress_port),
         ),
     )?;
     let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
-    let envoy_bin = capstan_e2e::locate::envoy_bin()?;
-    let egress = Envoy::start(
-        &envoy_bin,
-        &Bootstrap::gateway(
-            AdsMode::Sotw,
-            capstan.xds_port,
-            &[("istio", "egressgateway")],
-        ),
-        &env.log_dir,
-        "egress-gateway",
-    )
-    .await?;
-    let sidecar = Envoy::start(
-        &envoy_bin,
-        &Bootstrap::new(AdsMode::Delta, capstan.xds_port),
-        &env.log_dir,
-        "sidecar",
-    )
-    .await?;
-    egress
-        .wait_listener_port(&format!("0.0.0.0_{egress_port}"), CONFIG_TIMEOUT)
-        .await?;
-    let outbound = sidecar
-        .wait_listener_port(capstan_e2e::mesh::OUTBOUND_LISTENER, CONFIG_TIMEOUT)
-        .await?;
-    let mut client = HttpClient::new(loopback(outbound));
+    let EgressPair {
+        egress,
+        sidecar,
+        outbound,
+    } = start_egress_and_sidecar(&env, &capstan, AdsMode::Sotw, egress_port).await?;
+    let mut client = HttpClient::new(outbound);
     wait_for_service(&mut client, "httpbin.example.com", "/get", "httpbin").await?;
     const N: u64 = 20;
     let before = upstreams.count("httpbin", "v1").await?;

@@ -238,6 +238,8 @@ impl Report {
         }
         self.credentials
             .note_gateway(document, warning(None, None, String::new()));
+        self.credentials
+            .note_rule(document, warning(None, None, String::new()));
     }
 
     /// The closing line.

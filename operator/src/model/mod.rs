@@ -514,6 +514,14 @@ impl Mesh {
         self.secrets.get(id)
     }
 
+    /// The namespaces holding a Secret named `name` (a scan of every Secret).
+    pub fn namespaces_with_secret<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> {
+        self.secrets
+            .keys()
+            .filter(move |id| id.name == name)
+            .map(|id| id.namespace.as_str())
+    }
+
     /// The DestinationRule the proxies of `namespace` (`None`: of a namespace no rule names)
     /// read for `host`.
     pub fn rule_for(&self, host: &str, namespace: Option<&str>) -> Option<&DestinationRule> {

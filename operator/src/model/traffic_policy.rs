@@ -14,6 +14,8 @@ pub struct Policies {
     pub top: Option<TrafficPolicy>,
     /// Subset name → its own traffic policy (subsets without one are absent).
     pub subsets: BTreeMap<String, TrafficPolicy>,
+    /// The TLS settings that read a Secret (`credentialName`), with where they are.
+    pub credentials: Vec<(String, ClientTls)>,
 }
 
 /// A traffic policy with its port-level overrides.
@@ -229,6 +231,17 @@ pub struct ClientTls {
     pub subject_alt_names: Vec<String>,
     pub sni: String,
     pub insecure_skip_verify: bool,
+    /// `credentialName`: the client certificate and CA come from this Secret, in the
+    /// namespace of each gateway proxy reading the rule (served over SDS).
+    pub credential_name: String,
+}
+
+impl ClientTls {
+    /// The Secret SIMPLE or MUTUAL TLS reads its certificate and CA from, if any.
+    pub fn credential(&self) -> Option<&str> {
+        let reads = matches!(self.mode, TlsMode::Simple | TlsMode::Mutual);
+        (reads && !self.credential_name.is_empty()).then_some(self.credential_name.as_str())
+    }
 }
 
 impl Policies {
@@ -244,7 +257,11 @@ impl Policies {
             })
             .collect();
         let top = spec.traffic_policy.as_ref().map(TrafficPolicy::from_api);
-        (top.is_some() || !subsets.is_empty()).then_some(Policies { top, subsets })
+        (top.is_some() || !subsets.is_empty()).then(|| Policies {
+            top,
+            subsets,
+            credentials: credentials(spec),
+        })
     }
 
     /// The policy of the cluster for `subset` (none: the whole service) on service port
@@ -524,6 +541,34 @@ fn outlier_detection(o: &api::OutlierDetection) -> OutlierDetection {
     }
 }
 
+/// The TLS settings of a rule that read a Secret, by field path.
+fn credentials(spec: &api::DestinationRuleSpec) -> Vec<(String, ClientTls)> {
+    let top = spec
+        .traffic_policy
+        .iter()
+        .map(|p| ("spec.trafficPolicy".to_string(), p));
+    let subsets = spec.subsets.iter().enumerate().filter_map(|(i, s)| {
+        let policy = s.traffic_policy.as_ref()?;
+        Some((format!("spec.subsets[{i}].trafficPolicy"), policy))
+    });
+    let mut out = Vec::new();
+    for (at, policy) in top.chain(subsets) {
+        let ports = policy.port_level_settings.iter().enumerate();
+        let settings = std::iter::once((format!("{at}.tls"), policy.tls.as_ref())).chain(
+            ports.map(|(i, p)| (format!("{at}.portLevelSettings[{i}].tls"), p.tls.as_ref())),
+        );
+        for (field, tls) in settings {
+            let Some(tls) = tls.map(client_tls) else {
+                continue;
+            };
+            if tls.credential().is_some() {
+                out.push((field, tls));
+            }
+        }
+    }
+    out
+}
+
 fn client_tls(t: &api::ClientTlsSettings) -> ClientTls {
     ClientTls {
         mode: match t.mode {
@@ -539,6 +584,7 @@ fn client_tls(t: &api::ClientTlsSettings) -> ClientTls {
         subject_alt_names: t.subject_alt_names.clone(),
         sni: t.sni.clone(),
         insecure_skip_verify: t.insecure_skip_verify == Some(true),
+        credential_name: t.credential_name.clone(),
     }
 }
 

@@ -183,7 +183,6 @@ fn traffic_policy(
         at,
         policy.load_balancer.as_ref(),
         policy.outlier_detection.as_ref(),
-        policy.tls.as_ref(),
         not_applied,
     );
     for (i, port) in policy.port_level_settings.iter().enumerate() {
@@ -191,7 +190,6 @@ fn traffic_policy(
             &format!("{at}.portLevelSettings[{i}]"),
             port.load_balancer.as_ref(),
             port.outlier_detection.as_ref(),
-            port.tls.as_ref(),
             not_applied,
         );
     }
@@ -201,7 +199,6 @@ fn port_policy(
     at: &str,
     lb: Option<&dr::LoadBalancerSettings>,
     outlier: Option<&dr::OutlierDetection>,
-    tls: Option<&dr::ClientTlsSettings>,
     not_applied: &mut impl FnMut(String, &str),
 ) {
     if let Some(lb) = lb {
@@ -241,11 +238,6 @@ fn port_policy(
                 "outlierDetectionHttpErrorCodes",
             );
         }
-    }
-    if let Some(tls) = tls
-        && !tls.credential_name.is_empty()
-    {
-        not_applied(format!("{at}.tls.credentialName"), "tls.credentialName");
     }
 }
 
@@ -339,7 +331,6 @@ spec:
                 "spec.trafficPolicy.tunnel",
                 "spec.trafficPolicy.portLevelSettings[0].outlierDetection.outlierDetectionHttpErrorCodes",
                 "spec.trafficPolicy.portLevelSettings[1].loadBalancer.warmupDurationSecs",
-                "spec.subsets[0].trafficPolicy.tls.credentialName",
                 "spec.subsets[1].trafficPolicy.loadBalancer.warmup",
             ]
         );

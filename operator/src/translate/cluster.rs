@@ -58,13 +58,26 @@ pub struct ClusterVariant {
     pub cluster: Cluster,
 }
 
-/// The clusters of one service, per scope of its DestinationRule (`rule_scopes`).
+/// The clusters of one service, per scope of its DestinationRule (`rule_scopes`). A cluster
+/// whose TLS reads a Secret (`credentialName`) comes twice: gateway proxies' with it, and
+/// sidecars' without (see `tls`).
 pub fn clusters_of(mesh: &Mesh, service: &Service) -> Vec<ClusterVariant> {
     let mut out = Vec::new();
     for scope in rule_scopes(mesh, &service.host) {
         for c in service_clusters_in(service, scope.rule) {
             let port = c.port.number;
-            let (name, cluster) = cluster_in(c, scope.rule);
+            let reads_secret = policy_in(scope.rule, subset_of(&c.name), port)
+                .tls
+                .is_some_and(|tls| tls.credential().is_some());
+            if reads_secret {
+                let (name, cluster) = cluster_in(c.clone(), scope.rule, true);
+                let for_gateways = locality_variants(port, name, cluster, &scope);
+                out.extend(for_gateways.into_iter().map(|mut v| {
+                    v.key.role = Some(capstan_xds::Role::Router);
+                    v
+                }));
+            }
+            let (name, cluster) = cluster_in(c, scope.rule, false);
             out.extend(locality_variants(port, name, cluster, &scope));
         }
     }
@@ -127,10 +140,15 @@ pub(super) fn policy_in(rule: Option<&DestinationRule>, subset: Option<&str>, po
 #[cfg(test)]
 fn cluster(mesh: &Mesh, spec: ServiceCluster<'_>) -> (String, Cluster) {
     let rule = mesh.rule_for(&spec.service.host, None);
-    cluster_in(spec, rule)
+    cluster_in(spec, rule, false)
 }
 
-fn cluster_in(spec: ServiceCluster<'_>, rule: Option<&DestinationRule>) -> (String, Cluster) {
+/// The cluster for sidecars, or (`gateway`) for gateway proxies.
+fn cluster_in(
+    spec: ServiceCluster<'_>,
+    rule: Option<&DestinationRule>,
+    gateway: bool,
+) -> (String, Cluster) {
     let ServiceCluster {
         name,
         service,
@@ -221,6 +239,7 @@ fn cluster_in(spec: ServiceCluster<'_>, rule: Option<&DestinationRule>) -> (Stri
             subset,
             trust_domain: tls::TRUST_DOMAIN,
             http2: is_http2(&http_options),
+            gateway,
         };
         tls::apply(&mut cluster, &mut http_options, settings, &target);
     }

@@ -121,6 +121,8 @@ pub struct Translator {
     route_problems: BTreeMap<ObjectKey, BTreeMap<String, Vec<Problem>>>,
     unbound: BTreeMap<ObjectKey, Vec<Problem>>,
     gateways: GatewayState,
+    /// The Secrets DestinationRules' `credentialName` has gateway proxies read.
+    upstream_credentials: upstream_credentials::CredentialState,
     /// Sidecar listeners behind an iptables capture (`ListenerMode::Capture` only).
     capture: Option<CaptureState>,
     /// Capture mode: the last virtual host of the route variants, per outbound mode.
@@ -150,6 +152,7 @@ impl Translator {
             route_problems: BTreeMap::new(),
             unbound: BTreeMap::new(),
             gateways: GatewayState::default(),
+            upstream_credentials: Default::default(),
             capture: None,
             fallbacks,
             policy_problems: Vec::new(),
@@ -170,6 +173,9 @@ impl Translator {
         // Everything is new: what is kept afterwards is the snapshot.
         self.rebuild(mesh, &everything, &mut Update::new());
         let mut out = SnapshotBuilder::new();
+        let mut credentials = Update::new();
+        self.refresh_upstream_credentials(mesh, &everything, &mut credentials);
+        out.apply(credentials);
         for (selector, resource) in self.by_host.values().flat_map(|h| h.clusters.iter()) {
             out.add_for(selector.clone(), resource.clone());
         }
@@ -231,6 +237,7 @@ impl Translator {
             }
         }
         let rebuilt = self.rebuild(mesh, affected, &mut update);
+        self.refresh_upstream_credentials(mesh, affected, &mut update);
         let views = ScopeViews::new(mesh);
         self.scope_rebuilt_hosts(mesh, &views, &affected.hosts, &mut update);
         if affected.sidecars {
@@ -326,6 +333,7 @@ impl Translator {
             .flat_map(|by_host| by_host.values().flatten())
             .chain(self.unbound.values().flatten())
             .chain(&self.gateways.problems)
+            .chain(&self.upstream_credentials.problems)
             .chain(self.capture.iter().flat_map(CaptureState::problems))
             .chain(&self.policy_problems)
     }
@@ -521,6 +529,7 @@ mod hosts;
 mod outbound_policy;
 mod route_variants;
 mod scoping;
+mod upstream_credentials;
 mod virtual_hosts;
 
 use gateways::GatewayState;
@@ -560,3 +569,6 @@ mod source_labels_tests;
 
 #[cfg(test)]
 mod stream_source_tests;
+
+#[cfg(test)]
+mod upstream_credential_tests;

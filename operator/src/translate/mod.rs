@@ -11,6 +11,7 @@ mod incremental;
 mod listener;
 mod route;
 mod sidecar;
+pub(crate) mod upstream_credentials;
 
 pub use incremental::Translator;
 pub use sidecar::ListenerMode;
@@ -51,6 +52,7 @@ pub fn build(mesh: &Mesh, options: &Options) -> (SnapshotBuilder, Vec<Problem>) 
 }
 
 /// One cluster capstan builds: a service port, whole or restricted to a subset's labels.
+#[derive(Clone)]
 pub struct ServiceCluster<'a> {
     pub name: String,
     pub service: &'a Service,

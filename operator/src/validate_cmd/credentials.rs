@@ -1,6 +1,7 @@
-//! What `capstan validate` says about Gateway certificates from Secrets (`credentialName`):
-//! a Secret that is not among the files checked, or is there but cannot be used. Secrets
-//! may come from any file given, so Gateways are checked once every file has been read.
+//! What `capstan validate` says about certificates from Secrets (`credentialName`) of
+//! Gateways and DestinationRules: a Secret that is not among the files checked, or is there
+//! but cannot be used. Secrets may come from any file given, so they are checked once every
+//! file has been read.
 
 use std::collections::BTreeMap;
 
@@ -10,14 +11,25 @@ use super::Problem;
 use crate::index::NsName;
 use crate::model::gateway::{self, Gateway, ServerCertificate, ServerKind};
 use crate::model::secret::{self, SecretError, TlsSecret};
+use crate::model::traffic_policy::Policies;
 use crate::source::secret::{SecretDocument, secrets_in_yaml};
 use crate::translate::gateway::credentials;
+use crate::translate::upstream_credentials::{self, CredentialUse};
 
 /// The Secrets seen so far, and the Gateways naming credentials.
 #[derive(Debug, Default)]
 pub struct Credentials {
     secrets: BTreeMap<NsName, Result<TlsSecret, SecretError>>,
     gateways: Vec<Pending>,
+    rules: Vec<PendingRule>,
+}
+
+/// A DestinationRule naming credentials, to check once every file is read.
+#[derive(Debug)]
+struct PendingRule {
+    uses: Vec<CredentialUse>,
+    warning: Problem,
+    lines: BTreeMap<String, Option<u64>>,
 }
 
 /// A Gateway to check once every file is read: its servers, how to report on it, and the
@@ -96,9 +108,48 @@ impl Credentials {
         }
     }
 
-    /// Warnings for the credentials of the Gateways noted, against every Secret read.
+    /// Notes a valid DestinationRule's credentials, as [`Self::note_gateway`].
+    pub fn note_rule(&mut self, document: &Document, warning: Problem) {
+        let IstioObject::DestinationRule(dr) = &document.object else {
+            return;
+        };
+        let Some(policies) = Policies::from_api(&dr.spec) else {
+            return;
+        };
+        let uses = upstream_credentials::uses_in(&document.object.key(), &dr.spec.host, &policies);
+        if uses.is_empty() {
+            return;
+        }
+        let lines = uses
+            .iter()
+            .map(|u| {
+                let field = format!("{}.credentialName", u.field);
+                let line = document.line_of(&field);
+                (field, line)
+            })
+            .collect();
+        self.rules.push(PendingRule {
+            uses,
+            warning,
+            lines,
+        });
+    }
+
+    /// Warnings for the credentials of the Gateways and DestinationRules noted, against every
+    /// Secret read.
     pub fn warnings(&self) -> Vec<Problem> {
         let mut out = Vec::new();
+        for pending in &self.rules {
+            let built = upstream_credentials::build(&self.secrets, &pending.uses);
+            for problem in built.problems {
+                out.push(Problem {
+                    line: pending.lines.get(&problem.field).copied().flatten(),
+                    field: Some(problem.field),
+                    message: problem.message,
+                    ..pending.warning.clone()
+                });
+            }
+        }
         for pending in &self.gateways {
             for server in &pending.gateway.servers {
                 let mut consulted = Default::default();

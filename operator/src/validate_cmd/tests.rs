@@ -125,6 +125,14 @@ spec:
     );
 }
 
+/// A self-signed certificate for `name` and its key, PEM.
+fn self_signed(name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec![name.into()]).expect("params");
+    let cert = params.self_signed(&key).expect("cert").pem();
+    (cert, key.serialize_pem())
+}
+
 fn tls_secret(name: &str, entries: &[(&str, &str)]) -> String {
     use base64::Engine;
     let data: Vec<String> = entries
@@ -142,10 +150,7 @@ fn tls_secret(name: &str, entries: &[(&str, &str)]) -> String {
 
 #[test]
 fn credential_names_are_checked_against_the_secrets_of_every_file() {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let params = rcgen::CertificateParams::new(vec!["web.example.com".into()]).expect("params");
-    let cert = params.self_signed(&key).expect("cert").pem();
-    let key = key.serialize_pem();
+    let (cert, key) = self_signed("web.example.com");
     let gateway = "apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: gw, namespace: web}
@@ -204,6 +209,73 @@ spec:
     );
     report.finish();
     assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+}
+
+/// A DestinationRule's `credentialName` is checked as a Gateway's: against the Secrets of
+/// every file, in whichever namespace they are (each gateway proxy reads its own).
+#[test]
+fn destination_rule_credentials_are_checked_against_the_secrets() {
+    let (cert, key) = self_signed("client");
+    let rule = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: web}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 443}
+      tls: {mode: MUTUAL, credentialName: api-client}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      tls: {mode: SIMPLE, credentialName: nowhere}
+";
+    let mut report = Report::default();
+    report.check_text("rule.yaml", rule);
+    // A certificate and key, but no CA to verify the server with.
+    report.check_text(
+        "secrets.yaml",
+        &tls_secret("api-client", &[("tls.crt", &cert), ("tls.key", &key)]),
+    );
+    report.finish();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let lines: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with(
+            "rule.yaml:9: document 1 (DestinationRule web/api): \
+             spec.trafficPolicy.portLevelSettings[0].tls.credentialName: no CA to verify the \
+             server with"
+        ),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with(
+            "rule.yaml:14: document 1 (DestinationRule web/api): \
+             spec.subsets[0].trafficPolicy.tls.credentialName: no Secret nowhere (or \
+             nowhere-cacert) in any namespace"
+        ),
+        "{}",
+        lines[1]
+    );
+
+    // The CA in a separate Secret settles the MUTUAL setting.
+    let mut report = Report::default();
+    report.check_text("rule.yaml", rule);
+    report.check_text(
+        "secrets.yaml",
+        &[
+            tls_secret("api-client", &[("tls.crt", &cert), ("tls.key", &key)]),
+            tls_secret("api-client-cacert", &[("ca.crt", &cert)]),
+        ]
+        .join("---\n"),
+    );
+    report.finish();
+    let lines: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("no Secret nowhere"), "{lines:?}");
 }
 
 #[test]

@@ -3,7 +3,11 @@
 //! over SDS from the agent's `sds-grpc` cluster, verifies the service accounts of the
 //! destination's endpoints, and advertises Istio's ALPN. SIMPLE and MUTUAL read the files the
 //! DestinationRule names (Envoy reads them itself: istiod has its agent serve them over SDS
-//! instead, which capstan's agent does not do).
+//! instead, which capstan's agent does not do), or, with `credentialName`, the Secret's
+//! certificate and CA, which capstan serves over SDS on the ADS stream
+//! (`translate::upstream_credentials`). As istiod, only gateway proxies read a Secret: a
+//! sidecar's cluster for such a rule originates no TLS at all (istiod keeps Secrets from
+//! every sidecar a rule without a `workloadSelector` reaches).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -60,6 +64,8 @@ pub struct Target<'a> {
     pub trust_domain: &'a str,
     /// The cluster speaks HTTP/2 upstream.
     pub http2: bool,
+    /// The cluster is for gateway proxies (the only ones a `credentialName` applies to).
+    pub gateway: bool,
 }
 
 pub fn apply(
@@ -71,6 +77,13 @@ pub fn apply(
     let context = match tls.mode {
         TlsMode::Disable => return,
         TlsMode::IstioMutual => istio_mutual(tls, target),
+        TlsMode::Simple | TlsMode::Mutual if tls.credential().is_some() => {
+            if !target.gateway {
+                return;
+            }
+            set_auto_sni_and_san_validation(options, tls);
+            secret_tls(tls, target)
+        }
         TlsMode::Simple | TlsMode::Mutual => {
             let mutual = tls.mode == TlsMode::Mutual;
             if mutual && (tls.client_certificate.is_empty() || tls.private_key.is_empty()) {
@@ -199,16 +212,7 @@ fn istio_mutual(tls: &ClientTls, target: &Target<'_>) -> UpstreamTlsContext {
     UpstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
             tls_certificate_sds_secret_configs: vec![sds_secret(SDS_CERTIFICATE)],
-            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
-                CombinedCertificateValidationContext {
-                    default_validation_context: Some(CertificateValidationContext {
-                        match_typed_subject_alt_names: san_matchers(&sans),
-                        ..Default::default()
-                    }),
-                    validation_context_sds_secret_config: Some(sds_secret(SDS_ROOTS)),
-                    ..Default::default()
-                },
-            )),
+            validation_context_type: Some(combined_validation(&sans, sds_secret(SDS_ROOTS))),
             alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
             ..common_defaults()
         }),
@@ -224,6 +228,63 @@ fn file(path: &str) -> Option<DataSource> {
     })
 }
 
+/// SIMPLE or MUTUAL with `credentialName`: the client certificate (MUTUAL) and the CA from
+/// SDS secrets `kubernetes://<name>` and `kubernetes://<name>-cacert`, as istiod's
+/// `ApplyCustomSDSToClientCommonTLSContext`.
+fn secret_tls(tls: &ClientTls, target: &Target<'_>) -> UpstreamTlsContext {
+    use crate::translate::gateway::credentials::{ca_sds_name, certificate_sds_name, sds_config};
+    let name = tls.credential_name.as_str();
+    let mut common = common_defaults();
+    if tls.mode == TlsMode::Mutual {
+        common.tls_certificate_sds_secret_configs = vec![sds_config(certificate_sds_name(name))];
+    }
+    if !tls.insecure_skip_verify {
+        let sans = expected_sans(tls, target);
+        common.validation_context_type =
+            Some(combined_validation(&sans, sds_config(ca_sds_name(name))));
+    }
+    with_h2_alpn(common, tls, target)
+}
+
+/// SIMPLE and MUTUAL contexts: `h2` advertised for HTTP/2 clusters, the rule's SNI.
+fn with_h2_alpn(
+    mut common: CommonTlsContext,
+    tls: &ClientTls,
+    target: &Target<'_>,
+) -> UpstreamTlsContext {
+    if target.http2 {
+        common.alpn_protocols = vec!["h2".into()];
+    }
+    UpstreamTlsContext {
+        common_tls_context: Some(common),
+        sni: tls.sni.clone(),
+        ..Default::default()
+    }
+}
+
+/// Validation by `sans` against the CA of SDS secret `ca`.
+fn combined_validation(sans: &[String], ca: SdsSecretConfig) -> ValidationContextType {
+    ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
+        default_validation_context: Some(CertificateValidationContext {
+            match_typed_subject_alt_names: san_matchers(sans),
+            ..Default::default()
+        }),
+        validation_context_sds_secret_config: Some(ca),
+        ..Default::default()
+    })
+}
+
+/// The SANs the server's certificate must carry: the rule's, or, for a ServiceEntry's
+/// destination when it names none, its endpoints' service accounts (istiod: for its
+/// "External" registry).
+fn expected_sans(tls: &ClientTls, target: &Target<'_>) -> Vec<String> {
+    if tls.subject_alt_names.is_empty() && matches!(target.service.origin, Origin::Istio(_)) {
+        service_accounts(target.service, target.trust_domain)
+    } else {
+        tls.subject_alt_names.clone()
+    }
+}
+
 fn file_tls(tls: &ClientTls, target: &Target<'_>, mutual: bool) -> UpstreamTlsContext {
     let mut common = common_defaults();
     if mutual {
@@ -233,14 +294,7 @@ fn file_tls(tls: &ClientTls, target: &Target<'_>, mutual: bool) -> UpstreamTlsCo
             ..Default::default()
         }];
     }
-    // A ServiceEntry's destination is verified against its endpoints' service accounts
-    // when the rule names no SAN (istiod: for its "External" registry).
-    let sans =
-        if tls.subject_alt_names.is_empty() && matches!(target.service.origin, Origin::Istio(_)) {
-            service_accounts(target.service, target.trust_domain)
-        } else {
-            tls.subject_alt_names.clone()
-        };
+    let sans = expected_sans(tls, target);
     common.validation_context_type = Some(ValidationContextType::ValidationContext(
         if tls.insecure_skip_verify {
             CertificateValidationContext::default()
@@ -260,14 +314,7 @@ fn file_tls(tls: &ClientTls, target: &Target<'_>, mutual: bool) -> UpstreamTlsCo
             }
         },
     ));
-    if target.http2 {
-        common.alpn_protocols = vec!["h2".into()];
-    }
-    UpstreamTlsContext {
-        common_tls_context: Some(common),
-        sni: tls.sni.clone(),
-        ..Default::default()
-    }
+    with_h2_alpn(common, tls, target)
 }
 
 /// istiod's `setAutoSniAndAutoSanValidation`: without an SNI, the request's host is sent as
@@ -333,6 +380,7 @@ mod tests {
             subset: Some("v1"),
             trust_domain: TRUST_DOMAIN,
             http2,
+            gateway: false,
         };
         apply(&mut c, &mut options, tls, &target);
         (c, options)

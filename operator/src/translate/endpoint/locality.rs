@@ -24,6 +24,8 @@ pub struct VariantKey {
     pub locality: Vec<String>,
     /// The namespace whose proxies a DestinationRule exported by name applies to.
     pub namespace: Option<String>,
+    /// Gateway proxies only, or sidecars only (none: either).
+    pub role: Option<capstan_xds::Role>,
 }
 
 impl VariantKey {
@@ -32,6 +34,7 @@ impl VariantKey {
         Selector {
             labels: self.labels.iter().cloned().collect(),
             namespace: self.namespace.as_deref().map(Into::into),
+            role: self.role,
             ..Selector::locality(&parts)
         }
     }
@@ -94,6 +97,7 @@ pub fn variants(
                 labels: labels.clone(),
                 locality: locality.clone(),
                 namespace: None,
+                role: None,
             })
         })
         .collect();

@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use crate::index::NsName;
 use crate::model::Mesh;
 use crate::model::gateway::{ClientCa, Gateway, Server, ServerCertificate, ServerKind};
-use crate::model::secret::{SecretBytes, SecretError, TlsSecret};
+use crate::model::secret::{CertificateAndKey, SecretBytes, SecretError, TlsSecret};
 use crate::translate::ads_config_source;
 
 /// istiod's SDS name of a credential's certificate and key.
@@ -55,17 +55,30 @@ pub struct Served {
 /// Where Secrets are looked up: the mesh, or (`capstan validate`) the files checked.
 pub trait SecretLookup {
     fn secret(&self, id: &NsName) -> Option<&Result<TlsSecret, SecretError>>;
+    /// The namespaces holding a Secret named `name`.
+    fn namespaces_with(&self, name: &str) -> Vec<String>;
 }
 
 impl SecretLookup for Mesh {
     fn secret(&self, id: &NsName) -> Option<&Result<TlsSecret, SecretError>> {
         Mesh::secret(self, id)
     }
+
+    fn namespaces_with(&self, name: &str) -> Vec<String> {
+        self.namespaces_with_secret(name).map(Into::into).collect()
+    }
 }
 
 impl SecretLookup for BTreeMap<NsName, Result<TlsSecret, SecretError>> {
     fn secret(&self, id: &NsName) -> Option<&Result<TlsSecret, SecretError>> {
         self.get(id)
+    }
+
+    fn namespaces_with(&self, name: &str) -> Vec<String> {
+        self.keys()
+            .filter(|id| id.name == name)
+            .map(|id| id.namespace.clone())
+            .collect()
     }
 }
 
@@ -131,14 +144,7 @@ pub fn resolve(
         };
         served.push(Served {
             from: id,
-            secret: Secret {
-                name: certificate_sds_name(&credential.name),
-                r#type: Some(SecretType::TlsCertificate(TlsCertificate {
-                    certificate_chain: Some(inline(&pair.chain)),
-                    private_key: Some(inline(&pair.key)),
-                    ..Default::default()
-                })),
-            },
+            secret: certificate_secret(&credential.name, pair),
         });
     }
     let ca_of = |consulted: &mut BTreeSet<NsName>| match &tls.client_ca {
@@ -154,27 +160,44 @@ pub fn resolve(
         let (from, ca, crl) = found.map_err(|err| (first_field(server), err))?;
         served.push(Served {
             from,
-            secret: Secret {
-                name: ca_sds_name(name),
-                r#type: Some(SecretType::ValidationContext(
-                    CertificateValidationContext {
-                        trusted_ca: Some(inline(ca)),
-                        crl: crl.map(inline),
-                        ..Default::default()
-                    },
-                )),
-            },
+            secret: ca_secret(name, ca, crl),
         });
     }
     Ok(served)
 }
 
+/// The SDS resource of credential `name`'s certificate and key.
+pub fn certificate_secret(name: &str, pair: &CertificateAndKey) -> Secret {
+    Secret {
+        name: certificate_sds_name(name),
+        r#type: Some(SecretType::TlsCertificate(TlsCertificate {
+            certificate_chain: Some(inline(&pair.chain)),
+            private_key: Some(inline(&pair.key)),
+            ..Default::default()
+        })),
+    }
+}
+
+/// The SDS resource of credential `name`'s CA, with its revocation list.
+pub fn ca_secret(name: &str, ca: &SecretBytes, crl: Option<&SecretBytes>) -> Secret {
+    Secret {
+        name: ca_sds_name(name),
+        r#type: Some(SecretType::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: Some(inline(ca)),
+                crl: crl.map(inline),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
 /// A client CA, and the revocation list that goes with it, if any.
-type CaAndCrl<'s> = (NsName, &'s SecretBytes, Option<&'s SecretBytes>);
+pub type CaAndCrl<'s> = (NsName, &'s SecretBytes, Option<&'s SecretBytes>);
 
 /// The client CA of credential `name`: Secret `<name>-cacert` when there is one, else the CA
 /// entry of Secret `<name>`; with the `ca.crl` of the same Secret.
-fn client_ca<'s>(
+pub fn client_ca<'s>(
     secrets: &'s impl SecretLookup,
     namespace: &str,
     name: &str,

@@ -643,8 +643,13 @@ spec:
 }
 
 fn gateway_secret(name: &str, entries: &[(&str, &str)]) -> Event {
+    secret_in("istio-system", name, entries)
+}
+
+/// Secret `namespace/name` with `entries`, arriving or changing.
+pub(super) fn secret_in(namespace: &str, name: &str, entries: &[(&str, &str)]) -> Event {
     Event::Apply(Record::Secret(crate::index::SecretRecord {
-        id: NsName::new("istio-system", name),
+        id: NsName::new(namespace, name),
         secret_type: String::new(),
         data: entries
             .iter()
@@ -653,7 +658,8 @@ fn gateway_secret(name: &str, entries: &[(&str, &str)]) -> Event {
     }))
 }
 
-fn pem_pair(name: &str) -> (String, String) {
+/// A self-signed certificate for `name` and its key, PEM.
+pub(super) fn pem_pair(name: &str) -> (String, String) {
     let key = rcgen::KeyPair::generate().expect("key");
     let params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
     (

@@ -355,7 +355,7 @@ fn failover_priority_with_failover_rules_keeps_both_dimensions() {
     let key = VariantKey {
         labels: version("v1"),
         locality: vec!["east".into(), "a".into()],
-        namespace: None,
+        ..Default::default()
     };
     // v1 first (east before west: same region), then v2 in north.
     assert_eq!(
