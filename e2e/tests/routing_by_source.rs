@@ -179,3 +179,60 @@ spec:
     shop_envoy.ensure_no_rejected_updates().await?;
     mesh.envoy.ensure_no_rejected_updates().await
 }
+
+/// A DestinationRule with a `workloadSelector` is the rule of the workloads it selects in its
+/// namespace, and of nobody else: its subset `v2` picks the v3 pods for `app: productpage`
+/// sidecars, while the default sidecar (same namespace, other labels) and a sidecar of
+/// another namespace with the same labels keep bookinfo's rule (v2 is v2). When the rule
+/// goes, the selected sidecar is routed as everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_selector_gives_the_rule_to_the_selected_workloads_only() -> anyhow::Result<()> {
+    let mut mesh = start(
+        "a_workload_selector_gives_the_rule_to_the_selected_workloads_only",
+        &format!("  - route: [{{destination: {{host: {REVIEWS_HOST}, subset: v2}}}}]\n"),
+    )
+    .await?;
+    let labels = [("app", "productpage")];
+    let (selected_envoy, mut selected) = mesh
+        .start_labelled_sidecar(AdsMode::Delta, "bookinfo", "productpage-0", &labels)
+        .await?;
+    let (elsewhere_envoy, mut elsewhere) = mesh
+        .start_labelled_sidecar(AdsMode::Sotw, "shop", "productpage-0", &labels)
+        .await?;
+    let selecting = format!(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews-for-productpage, namespace: bookinfo}}
+spec:
+  host: {REVIEWS_HOST}
+  workloadSelector: {{matchLabels: {{app: productpage}}}}
+  subsets: [{{name: v2, labels: {{version: v3}}}}]
+"
+    );
+    mesh.env.write_config("selecting-dr.yaml", &selecting)?;
+    let log_dir = mesh.env.log_dir.clone();
+    let at = async |client: &mut capstan_e2e::http::HttpClient, version: &str| {
+        capstan_e2e::wait_until(
+            &format!("replies from {version}"),
+            CONFIG_TIMEOUT,
+            async || {
+                for _ in 0..10 {
+                    let reply = client.reviews(REVIEWS_HOST, &[]).await?;
+                    ensure!(reply.version == version, "{}", reply.version);
+                }
+                Ok(())
+            },
+        )
+        .await
+        .with_context(|| format!("logs in {}", log_dir.display()))
+    };
+    at(&mut selected, "v3").await?;
+    // The rule applies in its own namespace only, and to the labels it selects only.
+    at(&mut elsewhere, "v2").await?;
+    mesh.expect_all(&[], "v2", 10).await?;
+    std::fs::remove_file(mesh.env.config_dir.join("selecting-dr.yaml"))?;
+    at(&mut selected, "v2").await?;
+    selected_envoy.ensure_no_rejected_updates().await?;
+    elsewhere_envoy.ensure_no_rejected_updates().await?;
+    mesh.envoy.ensure_no_rejected_updates().await
+}

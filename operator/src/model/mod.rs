@@ -55,6 +55,8 @@ pub struct DestinationRule {
     pub traffic_policy: Option<std::sync::Arc<traffic_policy::Policies>>,
     /// The namespaces whose proxies it applies to (`exportTo`).
     pub export_to: service::ExportTo,
+    /// `workloadSelector`: the labels of the proxies of its own namespace it alone applies to.
+    pub workload_selector: Option<BTreeMap<String, String>>,
 }
 
 /// A VirtualService's HTTP routing with its hosts resolved.

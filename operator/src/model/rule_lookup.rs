@@ -7,6 +7,10 @@
 //! A rule of another namespace (not the proxy's, the service's or the root) applies to
 //! nobody else. Rules naming one host in one namespace that lose are reported on that host;
 //! those of a wildcard host, once, when the wildcard host itself is refreshed.
+//!
+//! A rule with a `workloadSelector` stands apart, as in istiod's sidecar scope: it applies to
+//! the proxies of its own namespace carrying its labels, and to them it is the rule, before
+//! any other; it is never exported and never another namespace's.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,6 +27,9 @@ pub struct HostRules {
     pub everyone: Option<DestinationRule>,
     /// The namespaces whose proxies read another rule (or none).
     pub by_namespace: BTreeMap<String, Option<DestinationRule>>,
+    /// Per namespace, its rules with a `workloadSelector`, by name: the first selecting a
+    /// proxy of that namespace is the proxy's rule, whatever the others say.
+    pub by_workload: BTreeMap<String, Vec<DestinationRule>>,
 }
 
 impl HostRules {
@@ -50,7 +57,18 @@ impl Mesh {
                 topics.remove(&topic);
             }
         }
-        let rules = self.rules_by_namespace(index, host, &exact, &topic);
+        let mut rules = self.rules_by_namespace(index, host, &exact, &topic);
+        let mut by_workload: BTreeMap<String, Vec<DestinationRule>> = BTreeMap::new();
+        for (ns, list) in &mut rules {
+            let (selecting, rest): (Vec<_>, Vec<_>) = std::mem::take(list)
+                .into_iter()
+                .partition(|r| r.workload_selector.is_some());
+            *list = rest;
+            if !selecting.is_empty() {
+                by_workload.insert(ns.clone(), selecting);
+            }
+        }
+        rules.retain(|_, list| !list.is_empty());
         let root = self.sidecar_scopes.root_namespace().to_string();
         let service_namespace = self.services.get(host).map(|s| s.namespace().to_string());
         let choose = |client: Option<&str>| {
@@ -72,12 +90,13 @@ impl Mesh {
             .map(|ns| (ns.to_string(), choose(Some(ns))))
             .filter(|(_, rule)| origin(rule) != origin(&everyone))
             .collect();
-        if everyone.is_none() && by_namespace.is_empty() {
+        if everyone.is_none() && by_namespace.is_empty() && by_workload.is_empty() {
             self.destination_rules.remove(host);
         } else {
             let rules = HostRules {
                 everyone,
                 by_namespace,
+                by_workload,
             };
             self.destination_rules.insert(host.to_string(), rules);
         }
@@ -101,15 +120,18 @@ impl Mesh {
             let rules = out.entry(key.namespace.clone()).or_default();
             // One exported as another is never read; one exported otherwise may be, by the
             // proxies it is exported to (istiod merges such rules; capstan takes the first).
-            match rules.iter().find(|r| r.export_to == rule.export_to) {
+            let alike = |r: &&DestinationRule| {
+                r.export_to == rule.export_to && r.workload_selector == rule.workload_selector
+            };
+            match rules.iter().find(alike) {
                 None => rules.push(rule),
                 Some(existing) => {
                     let problem = Problem {
                         object: key.clone(),
                         field: "spec.host".into(),
                         message: format!(
-                            "host {host} already has {} in this namespace, exported alike; this \
-                             rule is ignored",
+                            "host {host} already has {} in this namespace, exported and \
+                             selecting alike; this rule is ignored",
                             existing.origin
                         ),
                     };
@@ -200,6 +222,11 @@ fn read_rule(index: &Index, key: &ObjectKey, host: &str) -> Option<DestinationRu
             .collect(),
         traffic_policy: traffic_policy::Policies::from_api(&dr.spec).map(std::sync::Arc::new),
         export_to: ExportTo::parse(&dr.spec.export_to, &key.namespace),
+        workload_selector: dr
+            .spec
+            .workload_selector
+            .as_ref()
+            .map(|s| s.match_labels.clone()),
     })
 }
 

@@ -60,7 +60,8 @@ pub struct ClusterVariant {
 
 /// The clusters of one service, per scope of its DestinationRule (`rule_scopes`). A cluster
 /// whose TLS reads a Secret (`credentialName`) comes twice: gateway proxies' with it, and
-/// sidecars' without (see `tls`).
+/// sidecars' without (see `tls`), unless its rule selects workloads: those read the Secret
+/// whatever their role, as with istiod.
 pub fn clusters_of(mesh: &Mesh, service: &Service) -> Vec<ClusterVariant> {
     let mut out = Vec::new();
     for scope in rule_scopes(mesh, &service.host) {
@@ -69,6 +70,12 @@ pub fn clusters_of(mesh: &Mesh, service: &Service) -> Vec<ClusterVariant> {
             let reads_secret = policy_in(scope.rule, subset_of(&c.name), port)
                 .tls
                 .is_some_and(|tls| tls.credential().is_some());
+            // A rule selecting workloads gives its Secret to the sidecars it selects too.
+            if scope.workload.is_some() {
+                let (name, cluster) = cluster_in(c, scope.rule, true);
+                out.extend(locality_variants(port, name, cluster, &scope));
+                continue;
+            }
             if reads_secret {
                 let (name, cluster) = cluster_in(c.clone(), scope.rule, true);
                 let for_gateways = locality_variants(port, name, cluster, &scope);
@@ -143,7 +150,7 @@ fn cluster(mesh: &Mesh, spec: ServiceCluster<'_>) -> (String, Cluster) {
     cluster_in(spec, rule, false)
 }
 
-/// The cluster for sidecars, or (`gateway`) for gateway proxies.
+/// The cluster for sidecars, or (`gateway`) for proxies that may read a Secret.
 fn cluster_in(
     spec: ServiceCluster<'_>,
     rule: Option<&DestinationRule>,

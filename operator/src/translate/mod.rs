@@ -89,12 +89,22 @@ pub fn rule_scopes<'a>(mesh: &'a Mesh, host: &str) -> Vec<RuleScope<'a>> {
     let by_namespace = rules.by_namespace.iter().map(|(ns, rule)| RuleScope {
         namespace: Some(ns.clone()),
         rule: rule.as_ref(),
+        workload: None,
+    });
+    let by_workload = rules.by_workload.iter().flat_map(|(ns, list)| {
+        list.iter().map(move |rule| RuleScope {
+            namespace: Some(ns.clone()),
+            rule: Some(rule),
+            workload: rule.workload_selector.as_ref(),
+        })
     });
     std::iter::once(RuleScope {
         namespace: None,
         rule: rules.everyone.as_ref(),
+        workload: None,
     })
     .chain(by_namespace)
+    .chain(by_workload)
     .collect()
 }
 
@@ -104,6 +114,8 @@ pub struct RuleScope<'a> {
     /// `None`: every proxy.
     pub namespace: Option<String>,
     pub rule: Option<&'a DestinationRule>,
+    /// The labels the namespace's proxies must carry (a rule's `workloadSelector`).
+    pub workload: Option<&'a BTreeMap<String, String>>,
 }
 
 /// The clusters of one service: per port, the whole service and each subset of the rule of

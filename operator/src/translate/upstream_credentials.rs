@@ -34,6 +34,9 @@ pub struct CredentialUse {
     pub credential: String,
     pub mutual: bool,
     pub verifies: bool,
+    /// The rule's `workloadSelector`: its Secret goes to the workloads it selects, in its
+    /// namespace, rather than to gateway proxies.
+    pub workload: Option<Labels>,
 }
 
 /// The credentials the DestinationRules of `host` (for every namespace's proxies) name.
@@ -41,16 +44,20 @@ pub fn uses_of(mesh: &Mesh, host: &str) -> Vec<CredentialUse> {
     let Some(rules) = mesh.destination_rules.get(host) else {
         return Vec::new();
     };
-    let rules = rules
-        .everyone
-        .iter()
-        .chain(rules.by_namespace.values().flatten());
+    let rules = (rules.everyone.iter())
+        .chain(rules.by_namespace.values().flatten())
+        .chain(rules.by_workload.values().flatten());
     let mut out: Vec<CredentialUse> = Vec::new();
     for rule in rules {
         let Some(policies) = &rule.traffic_policy else {
             continue;
         };
-        for found in uses_in(&rule.origin, host, policies) {
+        for found in uses_in(
+            &rule.origin,
+            host,
+            policies,
+            rule.workload_selector.as_ref(),
+        ) {
             if !out.contains(&found) {
                 out.push(found);
             }
@@ -59,8 +66,13 @@ pub fn uses_of(mesh: &Mesh, host: &str) -> Vec<CredentialUse> {
     out
 }
 
-/// Where rule `origin` for `host` names credentials.
-pub fn uses_in(origin: &ObjectKey, host: &str, policies: &Policies) -> Vec<CredentialUse> {
+/// Where rule `origin` for `host` (selecting `workload`, if any) names credentials.
+pub fn uses_in(
+    origin: &ObjectKey,
+    host: &str,
+    policies: &Policies,
+    workload: Option<&Labels>,
+) -> Vec<CredentialUse> {
     (policies.credentials.iter())
         .filter_map(|(field, tls)| {
             Some(CredentialUse {
@@ -70,6 +82,7 @@ pub fn uses_in(origin: &ObjectKey, host: &str, policies: &Policies) -> Vec<Crede
                 credential: tls.credential()?.to_string(),
                 mutual: tls.mode == TlsMode::Mutual,
                 verifies: verifies(tls),
+                workload: workload.cloned(),
             })
         })
         .collect()
@@ -86,17 +99,28 @@ pub struct UpstreamCredentials {
     pub problems: Vec<Problem>,
 }
 
-/// The Secrets every use needs, per namespace holding one of that name.
+/// The Secrets every use needs: for gateway proxies, per namespace holding one of that
+/// name; for the workloads a rule selects, from the rule's own namespace.
 pub fn build<'a>(
     secrets: &impl SecretLookup,
     uses: impl IntoIterator<Item = &'a CredentialUse>,
 ) -> UpstreamCredentials {
-    let mut by_name: BTreeMap<&str, Vec<&CredentialUse>> = BTreeMap::new();
+    let mut for_gateways: BTreeMap<&str, Vec<&CredentialUse>> = BTreeMap::new();
+    let mut for_workloads: BTreeMap<(&str, &str, &Labels), Vec<&CredentialUse>> = BTreeMap::new();
     for u in uses {
-        by_name.entry(u.credential.as_str()).or_default().push(u);
+        match &u.workload {
+            None => for_gateways
+                .entry(u.credential.as_str())
+                .or_default()
+                .push(u),
+            Some(labels) => {
+                let key = (u.credential.as_str(), u.rule.namespace.as_str(), labels);
+                for_workloads.entry(key).or_default().push(u);
+            }
+        }
     }
     let mut out = UpstreamCredentials::default();
-    for (name, uses) in by_name {
+    for (name, uses) in for_gateways {
         let ca_name = format!("{name}-cacert");
         let mut namespaces = secrets.namespaces_with(name);
         namespaces.extend(secrets.namespaces_with(&ca_name));
@@ -114,48 +138,65 @@ pub fn build<'a>(
             }
             continue;
         }
-        let mutual = uses.iter().any(|u| u.mutual);
-        let verifies = uses.iter().any(|u| u.verifies);
         for namespace in &namespaces {
-            let namespace = namespace.as_str();
             let selector = Selector {
                 role: Some(Role::Router),
-                namespace: Some(namespace.into()),
+                namespace: Some(namespace.as_str().into()),
                 ..Selector::default()
             };
-            let id = NsName::new(namespace, name);
-            let certificate = match secrets.secret(&id) {
-                Some(Ok(secret)) => secret
-                    .certificate
-                    .as_ref()
-                    .ok_or(CredentialError::NoCertificate(id)),
-                Some(Err(err)) => Err(CredentialError::Unusable(id, err.clone())),
-                None => Err(CredentialError::Missing(id)),
-            };
-            match certificate {
-                Ok(pair) => out
-                    .secrets
-                    .push((selector.clone(), certificate_secret(name, pair))),
-                Err(err) if mutual => {
-                    for u in uses.iter().filter(|u| u.mutual) {
-                        out.problems.push(unserved(u, namespace, &err));
-                    }
-                }
-                Err(_) => {}
-            }
-            let mut consulted = BTreeSet::new();
-            match client_ca(secrets, namespace, name, &mut consulted) {
-                Ok((_, ca, crl)) => out.secrets.push((selector, ca_secret(name, ca, crl))),
-                Err(err) if verifies => {
-                    for u in uses.iter().filter(|u| u.verifies) {
-                        out.problems.push(unserved(u, namespace, &err));
-                    }
-                }
-                Err(_) => {}
-            }
+            serve(secrets, (namespace, name), selector, &uses, &mut out);
         }
     }
+    for ((name, namespace, labels), uses) in for_workloads {
+        let selector = Selector {
+            namespace: Some(namespace.into()),
+            labels: labels.clone(),
+            ..Selector::default()
+        };
+        serve(secrets, (namespace, name), selector, &uses, &mut out);
+    }
     out
+}
+
+type Labels = BTreeMap<String, String>;
+
+/// Serves credential `name` of `namespace` to `to`; what it lacks for `uses` is reported.
+fn serve(
+    secrets: &impl SecretLookup,
+    (namespace, name): (&str, &str),
+    to: Selector,
+    uses: &[&CredentialUse],
+    out: &mut UpstreamCredentials,
+) {
+    let mutual = uses.iter().any(|u| u.mutual);
+    let verifies = uses.iter().any(|u| u.verifies);
+    let id = NsName::new(namespace, name);
+    let certificate = match secrets.secret(&id) {
+        Some(Ok(secret)) => (secret.certificate.as_ref()).ok_or(CredentialError::NoCertificate(id)),
+        Some(Err(err)) => Err(CredentialError::Unusable(id, err.clone())),
+        None => Err(CredentialError::Missing(id)),
+    };
+    match certificate {
+        Ok(pair) => out
+            .secrets
+            .push((to.clone(), certificate_secret(name, pair))),
+        Err(err) if mutual => {
+            for u in uses.iter().filter(|u| u.mutual) {
+                out.problems.push(unserved(u, namespace, &err));
+            }
+        }
+        Err(_) => {}
+    }
+    let mut consulted = BTreeSet::new();
+    match client_ca(secrets, namespace, name, &mut consulted) {
+        Ok((_, ca, crl)) => out.secrets.push((to, ca_secret(name, ca, crl))),
+        Err(err) if verifies => {
+            for u in uses.iter().filter(|u| u.verifies) {
+                out.problems.push(unserved(u, namespace, &err));
+            }
+        }
+        Err(_) => {}
+    }
 }
 
 fn problem(u: &CredentialUse, message: String) -> Problem {
@@ -175,11 +216,12 @@ fn unserved(u: &CredentialUse, namespace: &str, err: &CredentialError) -> Proble
         ),
         other => other.to_string(),
     };
+    let who = match u.workload {
+        None => format!("gateway proxies in namespace {namespace}"),
+        Some(_) => "the workloads this rule selects".to_string(),
+    };
     problem(
         u,
-        format!(
-            "{why}; gateway proxies in namespace {namespace} cannot originate TLS to {}",
-            u.host
-        ),
+        format!("{why}; {who} cannot originate TLS to {}", u.host),
     )
 }

@@ -116,7 +116,13 @@ impl Credentials {
         let Some(policies) = Policies::from_api(&dr.spec) else {
             return;
         };
-        let uses = upstream_credentials::uses_in(&document.object.key(), &dr.spec.host, &policies);
+        let selector = dr.spec.workload_selector.as_ref().map(|s| &s.match_labels);
+        let uses = upstream_credentials::uses_in(
+            &document.object.key(),
+            &dr.spec.host,
+            &policies,
+            selector,
+        );
         if uses.is_empty() {
             return;
         }

@@ -253,3 +253,55 @@ fn root_namespace_proxies_read_the_root_rules_kept_to_it_first() {
         "its own namespace reads it as its own, exported or not"
     );
 }
+
+/// A rule with a `workloadSelector` stands beside its namespace's plain rule (neither is
+/// reported), is kept for its namespace's selected workloads, and is never another
+/// namespace's rule nor the rule of proxies the lookup does not know the labels of.
+#[test]
+fn a_rule_selecting_workloads_stands_apart() {
+    let selecting = destination_rule(
+        "bookinfo",
+        "for-productpage",
+        REVIEWS,
+        "  workloadSelector: {matchLabels: {app: productpage}}\n",
+    );
+    let mut index = Index::new();
+    let mut mesh = Mesh::new("cluster.local");
+    for event in [
+        istio(&entry(REVIEWS)),
+        istio(&rule("bookinfo", "plain", REVIEWS)),
+        istio(&selecting),
+    ] {
+        let changes = index.handle(event);
+        mesh.update(&index, &changes.objects);
+    }
+    let problems: Vec<String> = mesh.problems().map(|p| p.to_string()).collect();
+    assert!(problems.is_empty(), "{problems:?}");
+    let rules = mesh.destination_rules.get(REVIEWS).expect("rules");
+    let origin = |r: Option<&DestinationRule>| r.map(|r| r.origin.to_string());
+    assert_eq!(
+        origin(rules.for_namespace(Some("bookinfo"))),
+        Some("DestinationRule bookinfo/plain".to_string())
+    );
+    assert_eq!(
+        origin(rules.for_namespace(Some("shop"))),
+        Some("DestinationRule bookinfo/plain".to_string())
+    );
+    let selecting: Vec<String> = rules.by_workload["bookinfo"]
+        .iter()
+        .map(|r| r.origin.to_string())
+        .collect();
+    assert_eq!(selecting, ["DestinationRule bookinfo/for-productpage"]);
+    assert_eq!(rules.by_workload.len(), 1);
+
+    // Without the plain rule, the selecting one is still nobody else's.
+    let changes = index.handle(Event::Delete(RecordKey::Istio(ObjectKey {
+        kind: Kind::DestinationRule,
+        namespace: "bookinfo".into(),
+        name: "plain".into(),
+    })));
+    mesh.update(&index, &changes.objects);
+    let rules = mesh.destination_rules.get(REVIEWS).expect("rules");
+    assert!(rules.everyone.is_none() && rules.for_namespace(Some("bookinfo")).is_none());
+    assert_eq!(rules.by_workload["bookinfo"].len(), 1);
+}

@@ -64,7 +64,8 @@ pub struct Target<'a> {
     pub trust_domain: &'a str,
     /// The cluster speaks HTTP/2 upstream.
     pub http2: bool,
-    /// The cluster is for gateway proxies (the only ones a `credentialName` applies to).
+    /// The cluster is for proxies a `credentialName` applies to: gateways, and the workloads
+    /// a rule's `workloadSelector` picks.
     pub gateway: bool,
 }
 

@@ -47,6 +47,12 @@ impl VariantKey {
     /// This key narrowed to the proxies of `scope`.
     pub fn scoped(mut self, scope: &crate::translate::RuleScope<'_>) -> Self {
         self.namespace = scope.namespace.clone();
+        if let Some(selector) = scope.workload {
+            let mut labels: BTreeMap<String, String> = self.labels.into_iter().collect();
+            // A workload label wins over a failover-priority label of the same key.
+            labels.extend(selector.iter().map(|(k, v)| (k.clone(), v.clone())));
+            self.labels = labels.into_iter().collect();
+        }
         self
     }
 }

@@ -247,3 +247,85 @@ fn credential_updates_match_a_full_build() {
         gone("istio-system", "api-client"),
     ]);
 }
+
+fn selecting_rule(tls: &str) -> String {
+    rule(tls).replace(
+        "spec:\n",
+        "spec:\n  workloadSelector: {matchLabels: {app: client}}\n",
+    )
+}
+
+fn labelled(role: Role, namespace: &str, labels: &[(&str, &str)]) -> ProxyInfo {
+    ProxyInfo {
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..proxy(role, namespace)
+    }
+}
+
+/// With a `workloadSelector`, the selected sidecars originate TLS with the Secret of the
+/// rule's namespace (as istiod lets them); other sidecars, and the rule's namespace's
+/// gateways without those labels, do not read this rule at all.
+#[test]
+fn a_rule_selecting_workloads_gives_them_its_secret() {
+    let (cert, key) = pem_pair("client");
+    let (ca, _) = pem_pair("ca");
+    let (_, cache) = served(vec![
+        istio(EXTERNAL),
+        istio(&selecting_rule(MUTUAL)),
+        secret(
+            "istio-system",
+            "api-client",
+            &[("tls.crt", &cert), ("tls.key", &key), ("ca.crt", &ca)],
+        ),
+    ]);
+    let selected = labelled(Role::Sidecar, "istio-system", &[("app", "client")]);
+    assert!(upstream_context(&api_cluster(&cache, &selected)).is_some());
+    assert_eq!(
+        secret_names(&cache, &selected),
+        ["kubernetes://api-client", "kubernetes://api-client-cacert"]
+    );
+    for other in [
+        labelled(Role::Sidecar, "istio-system", &[("app", "other")]),
+        labelled(Role::Sidecar, "shop", &[("app", "client")]),
+        proxy(Role::Router, "istio-system"),
+    ] {
+        assert!(
+            upstream_context(&api_cluster(&cache, &other)).is_none(),
+            "{other:?}"
+        );
+        assert!(secret_names(&cache, &other).is_empty(), "{other:?}");
+    }
+}
+
+/// Rules selecting workloads arriving, changing and going equal a full build each step.
+#[test]
+fn selecting_rule_updates_match_a_full_build() {
+    let (cert, key) = pem_pair("client");
+    check(vec![
+        istio(EXTERNAL),
+        istio(&rule("{mode: SIMPLE}")),
+        istio(&selecting_rule(MUTUAL).replace("name: api,", "name: api-for-client,")),
+        secret(
+            "istio-system",
+            "api-client",
+            &[("tls.crt", &cert), ("tls.key", &key), ("ca.crt", &cert)],
+        ),
+        istio(
+            &selecting_rule("{mode: DISABLE}")
+                .replace("name: api,", "name: api-for-client,")
+                .replace(
+                    "trafficPolicy: {tls: {mode: DISABLE}}",
+                    "subsets: [{name: v1, labels: {v: '1'}}]",
+                ),
+        ),
+        super::tests::delete(capstan_crds::Kind::DestinationRule, "istio-system", "api"),
+        super::tests::delete(
+            capstan_crds::Kind::DestinationRule,
+            "istio-system",
+            "api-for-client",
+        ),
+    ]);
+}
