@@ -18,12 +18,14 @@
 //! - [`moto`]: AWS Private CA on loopback (patched moto) for the Private CA issuer tests
 //! - [`tls_pki`]: a throwaway CA and an HTTPS client for gateway and TLS-origination tests
 //! - [`bench_info`]: the machine and commit a benchmark ran on, for its report
+//! - [`connect_proxy`]: an HTTP CONNECT proxy in the test process, for tunnelling tests
 
 pub mod agent;
 pub mod bench_info;
 pub mod capstan;
 pub mod capture;
 pub mod capture_mesh;
+pub mod connect_proxy;
 pub mod envoy;
 pub mod fixtures;
 pub mod folder_mesh;

@@ -1,14 +1,17 @@
 //! Gateways that forward what they do not terminate, through real Envoys: Istio's egress
 //! gateway pattern (a client's sidecar sends an external host's traffic to the egress gateway,
-//! which sends it out), and TCP and TLS-passthrough servers. Logs:
+//! which sends it out), TCP and TLS-passthrough servers, and TCP tunnelled through an HTTP
+//! proxy (DestinationRule `tunnel`). Logs:
 //! `<target>/debug/e2e-logs/<test name>/`. Runs in a network namespace of its own, as
 //! e2e/tests/gateway.rs does.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::ensure;
 use capstan_e2e::capstan::Capstan;
+use capstan_e2e::connect_proxy::ConnectProxy;
 use capstan_e2e::envoy::{AdsMode, loopback};
 use capstan_e2e::gateway_mesh::{
     EgressPair, cluster_requests, egress_gateway_service, start_egress_and_sidecar, start_gateway,
@@ -305,5 +308,122 @@ spec:
         .upstream_reply()?;
     ensure!(reply.version == "b", "{reply:?}");
     drop(upstreams);
+    gateway.ensure_no_rejected_updates().await
+}
+
+/// A DestinationRule's `tunnel`: a gateway TCP server's route sends connections to an HTTP
+/// proxy, and the rule for the proxy's host has Envoy open an HTTP CONNECT tunnel through it
+/// to `targetHost:targetPort`. The proxy (in this test) is asked for exactly that authority
+/// and relays to the database behind it; without the tunnel, the proxy receives the
+/// client's bytes as they are, refuses them, and nothing reaches the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_route_tunnels_through_the_proxy_its_rule_names() -> anyhow::Result<()> {
+    capstan_e2e::netns::network_up()?;
+    let name = "a_tcp_route_tunnels_through_the_proxy_its_rule_names";
+    let env = TestEnv::new(name)?;
+    let upstreams =
+        Upstreams::start_on_free_ports(Path::new(UPSTREAM_BIN), &[("db", "v1")], &env.log_dir)
+            .await?;
+    let db: SocketAddr = ([127, 0, 0, 1], upstreams.port("db", "v1")?).into();
+    let proxy =
+        ConnectProxy::start(HashMap::from([("db.example.com:5432".to_string(), db)])).await?;
+    let tcp_port = capstan_e2e::gateway_mesh::gateway_port();
+    let mesh = |tunnel: &str| {
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: corp-proxy, namespace: istio-system}}
+spec:
+  hosts: [proxy.corp.internal]
+  location: MESH_EXTERNAL
+  ports: [{{number: 3128, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tcp: {proxy_port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: corp-proxy, namespace: istio-system}}
+spec:
+  host: proxy.corp.internal
+{tunnel}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {tcp_port}, name: tcp, protocol: TCP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db-through-proxy, namespace: istio-system}}
+spec:
+  hosts: [db.example.com]
+  gateways: [edge]
+  tcp:
+  - route: [{{destination: {{host: proxy.corp.internal, port: {{number: 3128}}}}}}]
+"#,
+            proxy_port = proxy.port
+        )
+    };
+    let tunnel = "  trafficPolicy:\n    tunnel: {protocol: CONNECT, targetHost: db.example.com, targetPort: 5432}\n";
+    env.write_config("edge.yaml", &mesh(tunnel))?;
+    let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
+    let gateway = start_gateway(&env, &capstan, AdsMode::Delta).await?;
+    gateway
+        .wait_listener_port(&format!("0.0.0.0_{tcp_port}"), CONFIG_TIMEOUT)
+        .await?;
+    let reply = capstan_e2e::wait_until(
+        "the database through the tunnel",
+        CONFIG_TIMEOUT,
+        async || {
+            HttpClient::new(loopback(tcp_port))
+                .get("db.example.com", "/rows", &[])
+                .await?
+                .upstream_reply()
+        },
+    )
+    .await?;
+    ensure!(
+        (reply.service.as_str(), reply.path.as_str()) == ("db", "/rows"),
+        "{reply:?}"
+    );
+    let asked = proxy.requests();
+    ensure!(
+        asked.first().map(String::as_str) == Some("CONNECT db.example.com:5432 HTTP/1.1"),
+        "the proxy was asked {asked:?}"
+    );
+
+    // The rule without its tunnel: the proxy gets the request itself and refuses it.
+    env.write_config("edge.yaml", &mesh("  trafficPolicy: {}\n"))?;
+    capstan_e2e::wait_until(
+        "the proxy refusing plain bytes",
+        CONFIG_TIMEOUT,
+        async || {
+            let response = HttpClient::new(loopback(tcp_port))
+                .get("db.example.com", "/rows", &[])
+                .await?;
+            ensure!(response.status.as_u16() == 502, "{}", response.status);
+            Ok(())
+        },
+    )
+    .await?;
+    ensure!(
+        proxy.requests().iter().any(|r| r == "GET /rows HTTP/1.1"),
+        "{:?}",
+        proxy.requests()
+    );
+    let before = upstreams.count("db", "v1").await?;
+    for _ in 0..3 {
+        let response = HttpClient::new(loopback(tcp_port))
+            .get("db.example.com", "/rows", &[])
+            .await?;
+        ensure!(response.status.as_u16() == 502, "{}", response.status);
+    }
+    ensure!(
+        upstreams.count("db", "v1").await? == before,
+        "the database was reached without the tunnel"
+    );
     gateway.ensure_no_rejected_updates().await
 }

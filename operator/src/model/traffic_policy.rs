@@ -38,6 +38,27 @@ pub struct Policy {
     /// `proxyProtocol`: the PROXY header version sent first on each upstream connection
     /// (destination and subset level, as the budget).
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// `tunnel`: TCP routes to the host go through it as an HTTP tunnel (destination and
+    /// subset level, as the budget).
+    pub tunnel: Option<Tunnel>,
+}
+
+/// Where a tunnelling proxy is asked to connect, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnel {
+    /// `targetHost:targetPort` (an IPv6 address in brackets), what CONNECT asks for.
+    pub authority: String,
+    /// `protocol: POST` (HTTP POST rather than CONNECT).
+    pub use_post: bool,
+}
+
+/// `host:port`, brackets around an IPv6 address, as Go's `net.JoinHostPort`.
+fn format_authority(host: &str, port: u32) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,6 +316,9 @@ impl Policies {
         if subset_policy.proxy_protocol.is_some() {
             merged.proxy_protocol = subset_policy.proxy_protocol;
         }
+        if subset_policy.tunnel.is_some() {
+            merged.tunnel = subset_policy.tunnel;
+        }
         Some(merged)
     }
 
@@ -327,8 +351,7 @@ impl TrafficPolicy {
                 api.connection_pool.as_ref(),
                 api.outlier_detection.as_ref(),
                 api.tls.as_ref(),
-                api.retry_budget.as_ref(),
-                api.proxy_protocol.as_ref(),
+                api,
             ),
             ports: api
                 .port_level_settings
@@ -341,8 +364,7 @@ impl TrafficPolicy {
                         p.outlier_detection.as_ref(),
                         p.tls.as_ref(),
                         // Not port-level settings: the destination's apply on every port.
-                        api.retry_budget.as_ref(),
-                        api.proxy_protocol.as_ref(),
+                        api,
                     );
                     Some((number, policy))
                 })
@@ -378,9 +400,10 @@ impl Policy {
         pool: Option<&api::ConnectionPoolSettings>,
         outlier: Option<&api::OutlierDetection>,
         tls: Option<&api::ClientTlsSettings>,
-        retry_budget: Option<&api::RetryBudget>,
-        proxy_protocol: Option<&api::ProxyProtocol>,
+        destination: &api::TrafficPolicy,
     ) -> Policy {
+        let retry_budget = destination.retry_budget.as_ref();
+        let proxy_protocol = destination.proxy_protocol.as_ref();
         Policy {
             load_balancer: lb.map(load_balancer),
             connection_pool: pool.map(connection_pool),
@@ -394,6 +417,10 @@ impl Policy {
             proxy_protocol: proxy_protocol.map(|p| match p.version {
                 api::ProxyProtocolVersion::V1 => ProxyProtocolVersion::V1,
                 api::ProxyProtocolVersion::V2 => ProxyProtocolVersion::V2,
+            }),
+            tunnel: destination.tunnel.as_ref().map(|t| Tunnel {
+                authority: format_authority(&t.target_host, t.target_port),
+                use_post: t.protocol.eq_ignore_ascii_case("POST"),
             }),
         }
     }

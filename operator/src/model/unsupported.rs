@@ -196,9 +196,6 @@ fn traffic_policy(
     policy: &dr::TrafficPolicy,
     not_applied: &mut impl FnMut(String, &str),
 ) {
-    if policy.tunnel.is_some() {
-        not_applied(format!("{at}.tunnel"), "tunnel");
-    }
     port_policy(
         at,
         policy.load_balancer.as_ref(),
@@ -318,7 +315,6 @@ spec:
     connectionPool: {tcp: {maxConnections: 1}}
     outlierDetection: {consecutive5xxErrors: 1}
     tls: {mode: ISTIO_MUTUAL}
-    tunnel: {targetHost: example.com, targetPort: 443}
     retryBudget: {percent: 10, minRetryConcurrency: 2}
     portLevelSettings:
     - port: {number: 9080}
@@ -348,7 +344,6 @@ spec:
         assert_eq!(
             named,
             vec![
-                "spec.trafficPolicy.tunnel",
                 "spec.trafficPolicy.portLevelSettings[0].outlierDetection.outlierDetectionHttpErrorCodes",
                 "spec.trafficPolicy.portLevelSettings[1].loadBalancer.warmupDurationSecs",
                 "spec.subsets[1].trafficPolicy.loadBalancer.warmup",

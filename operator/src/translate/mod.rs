@@ -10,6 +10,7 @@ mod http_filters;
 mod incremental;
 mod listener;
 mod route;
+mod route_tcp_proxy;
 mod sidecar;
 pub(crate) mod upstream_credentials;
 

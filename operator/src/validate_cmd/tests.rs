@@ -78,7 +78,7 @@ kind: DestinationRule
 metadata: {name: db, namespace: web}
 spec:
   host: db
-  trafficPolicy: {tunnel: {targetHost: proxy.example.com, targetPort: 443}}
+  trafficPolicy: {loadBalancer: {zoneAwareLbSetting: {enabled: true}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -104,7 +104,7 @@ spec:
     );
     assert!(
         lines[1].starts_with(
-            "mesh.yaml:15: document 2 (DestinationRule web/db): spec.trafficPolicy.tunnel:"
+            "mesh.yaml:15: document 2 (DestinationRule web/db): spec.trafficPolicy.loadBalancer.zoneAwareLbSetting:"
         ),
         "{}",
         lines[1]

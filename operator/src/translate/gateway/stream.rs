@@ -4,20 +4,13 @@
 
 use std::collections::BTreeSet;
 
-use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch};
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::weighted_cluster::ClusterWeight;
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::{
-    ClusterSpecifier, WeightedCluster,
-};
-use envoy_types::util::pack_any;
 
 use super::{Bound, GatewayConfig, domain_for};
 use crate::model::gateway::names;
 use crate::model::stream_routes::{Destination, StreamMatch, StreamRoute};
 use crate::model::{Mesh, Problem, VirtualService};
-use crate::translate::route::cluster_for;
+use crate::translate::route_tcp_proxy::route_proxy;
 
 /// The VirtualServices bound to the gateway of `bound`, in namespace and name order.
 fn bound_virtual_services<'m>(
@@ -82,7 +75,7 @@ pub fn tcp_chain(
                     .any(|m| holds(m, port, gateway, vs, caller))
         };
         if let Some(route) = vs.tcp.iter().find(applies) {
-            let proxy = tcp_proxy(mesh, port, &route.destinations, vs, out)?;
+            let proxy = tcp_proxy(mesh, port, (&route.destinations, vs), caller, out)?;
             return Some(FilterChain {
                 filters: vec![proxy],
                 ..Default::default()
@@ -128,7 +121,8 @@ pub fn passthrough_chains(
                 if names.is_empty() {
                     continue;
                 }
-                let Some(proxy) = tcp_proxy(mesh, port, &route.destinations, vs, out) else {
+                let Some(proxy) = tcp_proxy(mesh, port, (&route.destinations, vs), caller, out)
+                else {
                     continue;
                 };
                 chains.push(FilterChain {
@@ -145,51 +139,25 @@ pub fn passthrough_chains(
     chains
 }
 
-/// A TCP proxy to `destinations` (weighted when several), or `None` (reported) when every
-/// weight is 0.
+/// The route's TCP proxy (see `route_tcp_proxy`) for the gateway proxies of namespace
+/// `caller`, or `None` (reported) when every weight is 0.
 fn tcp_proxy(
     mesh: &Mesh,
     port: u32,
-    destinations: &[Destination],
-    vs: &VirtualService,
+    route: (&[Destination], &VirtualService),
+    caller: Option<&str>,
     out: &mut GatewayConfig,
 ) -> Option<Filter> {
-    let live: Vec<&Destination> = if destinations.len() > 1 {
-        destinations.iter().filter(|d| d.weight > 0).collect()
-    } else {
-        destinations.iter().collect()
+    let (destinations, vs) = route;
+    let stat_prefix = format!("gateway_{port}");
+    let Some(built) = route_proxy(mesh, port, destinations, caller, &stat_prefix) else {
+        out.problems.push(Problem {
+            object: vs.origin.clone(),
+            field: "spec.tcp".into(),
+            message: "a route has no destination with a weight above 0; it is not served".into(),
+        });
+        return None;
     };
-    out.destinations.extend(live.iter().map(|d| d.host.clone()));
-    let cluster = |d: &Destination| cluster_for(mesh, &d.host, d.subset.as_deref(), d.port, port);
-    let specifier = match live.as_slice() {
-        [] => {
-            out.problems.push(Problem {
-                object: vs.origin.clone(),
-                field: "spec.tcp".into(),
-                message: "a route has no destination with a weight above 0; it is not served"
-                    .into(),
-            });
-            return None;
-        }
-        [only] => ClusterSpecifier::Cluster(cluster(only)),
-        several => ClusterSpecifier::WeightedClusters(WeightedCluster {
-            clusters: several
-                .iter()
-                .map(|d| ClusterWeight {
-                    name: cluster(d),
-                    weight: d.weight,
-                    ..Default::default()
-                })
-                .collect(),
-        }),
-    };
-    let proxy = TcpProxy {
-        stat_prefix: format!("gateway_{port}"),
-        cluster_specifier: Some(specifier),
-        ..Default::default()
-    };
-    Some(Filter {
-        name: "envoy.filters.network.tcp_proxy".to_string(),
-        config_type: Some(FilterConfig::TypedConfig(pack_any(proxy))),
-    })
+    out.destinations.extend(built.destinations);
+    Some(built.filter)
 }

@@ -4,17 +4,11 @@
 
 use std::collections::BTreeSet;
 
-use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
 };
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::weighted_cluster::ClusterWeight;
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::{
-    ClusterSpecifier, WeightedCluster,
-};
 use envoy_types::util::pack_any;
 
 use super::outbound;
@@ -23,7 +17,7 @@ use crate::model::service::ExportTo;
 use crate::model::stream_routes::{Destination, StreamRoute};
 use crate::model::{Mesh, Problem, VirtualService};
 use crate::translate::cluster_name;
-use crate::translate::route::cluster_for;
+use crate::translate::route_tcp_proxy::route_proxy;
 
 /// A filter and the hosts it sends to (a change to one of them rebuilds it).
 pub struct Built<T> {
@@ -77,45 +71,18 @@ pub fn caller_namespaces(mesh: &Mesh, host: &str) -> BTreeSet<String> {
     named
 }
 
-/// A TCP proxy to `destinations` (weighted when several with a weight), `None` when every
-/// weight is 0.
+/// The route's TCP proxy (see `route_tcp_proxy`), `None` when every weight is 0.
 fn to_destinations(
     mesh: &Mesh,
     port: u32,
     destinations: &[Destination],
+    caller: Option<&str>,
     stat_prefix: &str,
 ) -> Option<Built<Filter>> {
-    let live: Vec<&Destination> = if destinations.len() > 1 {
-        destinations.iter().filter(|d| d.weight > 0).collect()
-    } else {
-        destinations.iter().collect()
-    };
-    let cluster = |d: &Destination| cluster_for(mesh, &d.host, d.subset.as_deref(), d.port, port);
-    let specifier = match live.as_slice() {
-        [] => return None,
-        [only] => ClusterSpecifier::Cluster(cluster(only)),
-        several => ClusterSpecifier::WeightedClusters(WeightedCluster {
-            clusters: several
-                .iter()
-                .map(|d| ClusterWeight {
-                    name: cluster(d),
-                    weight: d.weight,
-                    ..Default::default()
-                })
-                .collect(),
-        }),
-    };
-    let proxy = TcpProxy {
-        stat_prefix: stat_prefix.to_string(),
-        cluster_specifier: Some(specifier),
-        ..Default::default()
-    };
+    let built = route_proxy(mesh, port, destinations, caller, stat_prefix)?;
     Some(Built {
-        value: Filter {
-            name: "envoy.filters.network.tcp_proxy".to_string(),
-            config_type: Some(FilterConfig::TypedConfig(pack_any(proxy))),
-        },
-        destinations: live.iter().map(|d| d.host.clone()).collect(),
+        value: built.filter,
+        destinations: built.destinations,
     })
 }
 
@@ -132,7 +99,7 @@ pub fn tcp_filter(
     if let Some(vs) = routing(mesh, host, caller)
         && let Some(route) = mesh_route(&vs.tcp, port, None, caller)
     {
-        match to_destinations(mesh, port, &route.destinations, &own) {
+        match to_destinations(mesh, port, &route.destinations, caller, &own) {
             Some(built) => return built,
             None => problems.push(no_weight(&vs.origin, "spec.tcp")),
         }
@@ -159,7 +126,7 @@ pub fn tls_listener(
         let own = cluster_name(port, "", host);
         let routed = routing(mesh, host, caller).and_then(|vs| {
             let route = mesh_route(&vs.tls, port, Some(host), caller)?;
-            let built = to_destinations(mesh, port, &route.destinations, &own);
+            let built = to_destinations(mesh, port, &route.destinations, caller, &own);
             if built.is_none() {
                 problems.push(no_weight(&vs.origin, "spec.tls"));
             }
