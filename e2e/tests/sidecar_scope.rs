@@ -104,3 +104,52 @@ async fn sidecar_egress_hosts_scope_what_each_namespace_receives() -> anyhow::Re
     shop_envoy.ensure_no_rejected_updates().await?;
     mesh.envoy.ensure_no_rejected_updates().await
 }
+
+/// An egress listener with a port: its hosts are routed on that port only. shop's Sidecar
+/// imports bookinfo on port 9090: reviews (port 9080) has no route for shop, though its
+/// clusters stay (as istiod's, which imports a listener's services' clusters on every port);
+/// the same listener on 9080 routes shop to reviews.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_egress_listener_port_routes_its_hosts_on_that_port_only() -> anyhow::Result<()> {
+    let mesh = ReviewsMesh::start_http(
+        "an_egress_listener_port_routes_its_hosts_on_that_port_only",
+        Path::new(UPSTREAM_BIN),
+        &format!("  - route: [{{destination: {{host: {REVIEWS_HOST}, subset: v1}}}}]\n"),
+    )
+    .await?;
+    let logs = format!("logs in {}", mesh.env.log_dir.display());
+    let (shop_envoy, mut shop) = mesh.start_sidecar(AdsMode::Delta, "shop", "cart-0").await?;
+    wait_status(&mut shop, 200, "shop routed to reviews")
+        .await
+        .context(logs.clone())?;
+    let on_port = |port: u16| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: shop}}
+spec:
+  egress:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: [bookinfo/*]
+  - hosts: [./*]
+"
+        )
+    };
+    mesh.env.write_config("shop-sidecar.yaml", &on_port(9090))?;
+    wait_status(&mut shop, 404, "shop without a route to reviews on 9080")
+        .await
+        .context(logs.clone())?;
+    let clusters = shop_envoy.outbound_clusters().await?;
+    ensure!(
+        clusters.iter().any(|c| c.ends_with(REVIEWS_HOST)),
+        "shop keeps reviews' clusters: {clusters:?}"
+    );
+    mesh.env.write_config("shop-sidecar.yaml", &on_port(9080))?;
+    wait_status(&mut shop, 200, "shop routed to reviews on 9080")
+        .await
+        .context(logs.clone())?;
+    let reply = shop.reviews(REVIEWS_HOST, &[]).await?;
+    ensure!(reply.version == "v1", "{reply:?}");
+    shop_envoy.ensure_no_rejected_updates().await?;
+    mesh.envoy.ensure_no_rejected_updates().await
+}

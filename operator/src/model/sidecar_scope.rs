@@ -37,6 +37,9 @@ struct EgressHost {
     namespace: NamespacePattern,
     /// `*`, `*.suffix` or a host.
     host: String,
+    /// The egress listener's port: the host is seen on that port only (its routes); `None`:
+    /// on every port.
+    port: Option<u32>,
 }
 
 impl EgressHost {
@@ -52,6 +55,7 @@ impl EgressHost {
         Some(Self {
             namespace,
             host: host.to_string(),
+            port: None,
         })
     }
 
@@ -111,12 +115,17 @@ impl SidecarScope {
                 vec![EgressHost {
                     namespace: NamespacePattern::Any,
                     host: "*".into(),
+                    port: None,
                 }]
             } else {
                 spec.egress
                     .iter()
-                    .flat_map(|listener| &listener.hosts)
-                    .filter_map(|h| EgressHost::parse(h))
+                    .flat_map(|listener| {
+                        let port = listener.port.as_ref().map(|p| p.number);
+                        listener.hosts.iter().filter_map(move |h| {
+                            EgressHost::parse(h).map(|host| EgressHost { port, ..host })
+                        })
+                    })
                     .collect()
             },
             ingress: spec
@@ -145,6 +154,19 @@ impl SidecarScope {
     /// namespace is `own` (or is not that namespace).
     fn names(&self, own: bool, namespace: &str, host: &str) -> bool {
         self.hosts.iter().any(|h| h.names(own, namespace, host))
+    }
+
+    /// As [`Self::names`], on `port`: by an egress listener of that port or of none.
+    fn names_on(&self, own: bool, namespace: &str, host: &str, port: u32) -> bool {
+        self.hosts
+            .iter()
+            .any(|h| h.port.is_none_or(|p| p == port) && h.names(own, namespace, host))
+    }
+
+    /// Whether an egress listener has a port (the scope then sees some hosts on some ports
+    /// only).
+    fn has_ports(&self) -> bool {
+        self.hosts.iter().any(|h| h.port.is_some())
     }
 }
 
@@ -256,9 +278,28 @@ impl<'a> ScopeView<'a> {
     /// Whether the proxies see the service `host` (defined in `namespace`).
     pub fn sees(&self, namespace: &str, host: &str) -> bool {
         let own = self.namespace == Some(namespace);
-        self.scope.names(own, namespace, host)
-            || self.inferred.contains(host)
-            || self.own_inferred.contains(host)
+        self.scope.names(own, namespace, host) || self.infers(host)
+    }
+
+    /// Whether the proxies see the service `host` on `port` (its routes and listeners there):
+    /// an egress listener of that port, or of none, names it. In a scope without listener
+    /// ports, a VirtualService it names sending to the host counts too, as for [`Self::sees`];
+    /// with them, as istiod, only the listeners' hosts are routed on their ports. Clusters
+    /// are seen by [`Self::sees`], as istiod gives a sidecar the clusters of every service
+    /// in its scope whatever the listener's port.
+    pub fn sees_on(&self, namespace: &str, host: &str, port: u32) -> bool {
+        let own = self.namespace == Some(namespace);
+        self.scope.names_on(own, namespace, host, port)
+            || (!self.scope.has_ports() && self.infers(host))
+    }
+
+    /// Whether the scope has egress listeners with a port.
+    pub fn has_ports(&self) -> bool {
+        self.scope.has_ports()
+    }
+
+    fn infers(&self, host: &str) -> bool {
+        self.inferred.contains(host) || self.own_inferred.contains(host)
     }
 }
 
@@ -451,10 +492,40 @@ impl<'a> ScopeViews<'a> {
         host: &str,
         export_to: &ExportTo,
     ) -> Option<Visibility> {
+        self.visibility_by(namespace, host, export_to, |view| {
+            view.sees(namespace, host)
+        })
+    }
+
+    /// Which sidecars see the service on `port` (its listeners there), as [`Self::visibility`].
+    pub fn visibility_on(
+        &self,
+        namespace: &str,
+        host: &str,
+        export_to: &ExportTo,
+        port: u32,
+    ) -> Option<Visibility> {
+        self.visibility_by(namespace, host, export_to, |view| {
+            view.sees_on(namespace, host, port)
+        })
+    }
+
+    /// Whether some scope in force sees hosts on some ports only.
+    pub fn have_ports(&self) -> bool {
+        self.views.iter().any(|(_, view)| view.has_ports())
+    }
+
+    fn visibility_by(
+        &self,
+        namespace: &str,
+        host: &str,
+        export_to: &ExportTo,
+        sees: impl Fn(&ScopeView<'a>) -> bool,
+    ) -> Option<Visibility> {
         let mut rules: Vec<(Selector, bool)> = self
             .views
             .iter()
-            .map(|(selector, view)| (selector.clone(), view.sees(namespace, host)))
+            .map(|(selector, view)| (selector.clone(), sees(view)))
             .collect();
         // The default reads `.` and VirtualServices differently in the service's own
         // namespace and in those with VirtualServices routing to it: a rule each (a
@@ -464,7 +535,7 @@ impl<'a> ScopeViews<'a> {
         for ns in namespaces {
             if let Some(view) = self.default_by_namespace.get(ns) {
                 let selector = Covers::Namespace(ns.to_string()).selector();
-                rules.push((selector, view.sees(namespace, host)));
+                rules.push((selector, sees(view)));
             }
         }
         let visibility = Visibility::new(exported_only(rules, export_to));

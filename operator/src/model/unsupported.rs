@@ -159,15 +159,6 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                 }
             }
             for (i, egress) in spec.egress.iter().enumerate() {
-                if egress.port.is_some() {
-                    extra.push(Problem {
-                        object: key.clone(),
-                        field: format!("spec.egress[{i}].port"),
-                        message: "egress listener ports are not applied yet; its hosts are \
-                                  visible on every port"
-                            .into(),
-                    });
-                }
                 if !egress.bind.is_empty() {
                     not_applied(format!("spec.egress[{i}].bind"), "bind");
                 }

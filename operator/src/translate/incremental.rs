@@ -109,6 +109,8 @@ pub struct Translator {
     source_selectors: BTreeMap<Labels, usize>,
     /// Hosts some sidecars do not see (`Sidecar` egress scoping), and who does.
     visibility: scoping::HostVisibility,
+    /// Listeners whose visibility differs from their host's (egress listener ports).
+    listener_visibility: scoping::ListenerVisibility,
     /// Scoped route variants' pieces, per variant and group, and the groups whose pieces
     /// must be filtered again (their virtual hosts or who sees them changed).
     scoped_segments: HashMap<(Selector, Group), Parts>,
@@ -146,6 +148,7 @@ impl Translator {
             route_variants: BTreeSet::new(),
             source_selectors: BTreeMap::new(),
             visibility: Default::default(),
+            listener_visibility: Default::default(),
             scoped_segments: HashMap::new(),
             dirty_groups: BTreeSet::new(),
             vs_destinations: HashMap::new(),

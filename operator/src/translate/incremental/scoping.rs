@@ -26,6 +26,16 @@ use crate::translate::{OUTBOUND_HTTP, route};
 /// The visibility last set per host, for the hosts some sidecars do not see.
 pub(super) type HostVisibility = BTreeMap<String, Visibility>;
 
+/// Per host, its listeners whose visibility differs from the host's (a `Sidecar` egress
+/// listener's port), and what it is.
+pub(super) type ListenerVisibility = HashMap<String, BTreeMap<String, Option<Visibility>>>;
+
+/// The port of a capture-mode listener named `<address>_<port>`.
+fn listener_port(name: &str) -> Option<u32> {
+    name.rsplit_once('_')
+        .and_then(|(_, port)| port.parse().ok())
+}
+
 impl Translator {
     /// Sets who sees the clusters and load assignments of `hosts`, just put (so set again
     /// even when unchanged: a new entry starts visible to all).
@@ -41,7 +51,8 @@ impl Translator {
                 .get(host)
                 .is_some_and(|s| s.export_to != ExportTo::All)
         };
-        if views.is_empty() && self.visibility.is_empty() && !hosts.iter().any(restricted) {
+        let quiet = self.visibility.is_empty() && self.listener_visibility.is_empty();
+        if views.is_empty() && quiet && !hosts.iter().any(restricted) {
             return;
         }
         for host in hosts {
@@ -61,7 +72,8 @@ impl Translator {
                 .collect()
         };
         let restricted = mesh.services.values().any(|s| s.export_to != ExportTo::All);
-        if views.is_empty() && self.visibility.is_empty() && !restricted {
+        let quiet = self.visibility.is_empty() && self.listener_visibility.is_empty();
+        if views.is_empty() && quiet && !restricted {
             return;
         }
         let hosts: Vec<String> = self.by_host.keys().cloned().collect();
@@ -69,6 +81,8 @@ impl Translator {
             self.scope_host(mesh, views, &host, false, update);
         }
         self.visibility
+            .retain(|host, _| self.by_host.contains_key(host));
+        self.listener_visibility
             .retain(|host, _| self.by_host.contains_key(host));
     }
 
@@ -118,7 +132,14 @@ impl Translator {
         // Set even to everyone: a listener keeps its visibility when it is put again, and
         // one name may have belonged to another service.
         for (name, host) in capture.take_put() {
-            let visibility = self.visibility.get(&host).cloned();
+            let by_port = self
+                .listener_visibility
+                .get(&host)
+                .and_then(|l| l.get(&name));
+            let visibility = match by_port {
+                Some(seen) => seen.clone(),
+                None => self.visibility.get(&host).cloned(),
+            };
             update.set_visibility(type_url::LISTENER, &name, visibility);
         }
     }
@@ -133,6 +154,7 @@ impl Translator {
     ) {
         let Some(kept) = self.by_host.get(host) else {
             self.visibility.remove(host);
+            self.listener_visibility.remove(host);
             return;
         };
         let visibility = mesh
@@ -140,14 +162,38 @@ impl Translator {
             .get(host)
             .and_then(|s| views.visibility(s.namespace(), host, &s.export_to));
         let unchanged = self.visibility.get(host) == visibility.as_ref();
-        if unchanged && !force {
+        // Egress listeners with a port scope a host's listeners port by port.
+        let by_port = views.have_ports();
+        if unchanged && !force && !by_port && !self.listener_visibility.contains_key(host) {
             return;
         }
-        set_visibility(kept, visibility.as_ref(), update);
-        // The listeners of its TCP addresses: a sidecar that does not see the service lets a
-        // connection to them go where the outbound traffic policy says, as istiod.
+        if !unchanged || force {
+            set_visibility(kept, visibility.as_ref(), update);
+        }
+        // The listeners of its TCP addresses: a sidecar that does not see the service (on
+        // that port) lets a connection to them go where the outbound traffic policy says, as
+        // istiod.
+        let mut per_port = BTreeMap::new();
         for name in self.capture.iter().flat_map(|c| c.listeners_of(host)) {
-            update.set_visibility(type_url::LISTENER, name, visibility.clone());
+            let port = listener_port(name);
+            let seen = match (mesh.services.get(host), port) {
+                (Some(s), Some(port)) if by_port => {
+                    views.visibility_on(s.namespace(), host, &s.export_to, port)
+                }
+                _ => visibility.clone(),
+            };
+            if seen != visibility {
+                per_port.insert(name.clone(), seen.clone());
+            }
+            update.set_visibility(type_url::LISTENER, name, seen);
+        }
+        if per_port.is_empty() {
+            self.listener_visibility.remove(host);
+        } else {
+            self.listener_visibility.insert(host.to_string(), per_port);
+        }
+        if unchanged && !force {
+            return;
         }
         if !unchanged {
             // The scoped route variants read its virtual hosts differently.
@@ -243,10 +289,10 @@ impl Translator {
         let namespace = selector.namespace.as_deref();
         let seen = self
             .group_entries(group)
-            .filter(|((_, host, _), _)| {
+            .filter(|((_, host, port), _)| {
                 mesh.services
                     .get(host)
-                    .is_some_and(|s| view.sees(s.namespace(), host))
+                    .is_some_and(|s| view.sees_on(s.namespace(), host, *port))
             })
             .filter_map(|(_, entry)| form(entry, group, namespace, &selector.labels));
         Parts::join(seen)

@@ -5,11 +5,11 @@ use capstan_crds::Kind;
 use capstan_xds::{ProxyInfo, Role, SnapshotCache, type_index};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
-use super::tests::{check, delete, istio, options};
+use super::tests::{check, check_with, delete, istio, options};
 use super::*;
 use crate::index::Index;
 use crate::model::sidecar_scope::fixtures::{
-    service_entry as entry, sidecar, sidecar_proxy as proxy,
+    service_entry as entry, sidecar, sidecar_proxy as proxy, sidecar_with,
 };
 
 const ROUTE_CART: &str = "apiVersion: networking.istio.io/v1
@@ -168,4 +168,123 @@ fn the_root_namespace_is_the_configured_one() {
         vec!["outbound|80||front.web.svc.cluster.local"]
     );
     assert_eq!(clusters(&proxy("istio-system", &[])).len(), 2);
+}
+
+/// cart in shop, HTTP on 80 and 9080, and a database in shop at 10.9.0.1, TCP on 5432 and
+/// 5433.
+const TWO_PORTS: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cart, namespace: shop}
+spec:
+  hosts: [cart.shop.svc.cluster.local]
+  ports: [{number: 80, name: http, protocol: HTTP}, {number: 9080, name: http-alt, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: shop}
+spec:
+  hosts: [db.shop.svc.cluster.local]
+  addresses: [10.9.0.1]
+  ports: [{number: 5432, name: tcp, protocol: TCP}, {number: 5433, name: tcp-replica, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.2}]
+";
+
+/// web's Sidecar: shop's services on 9080 and 5432 only, its own namespace's on every port.
+fn port_scoped_sidecar() -> String {
+    sidecar_with(
+        "default",
+        "web",
+        None,
+        "  egress:
+  - port: {number: 9080, name: http-alt, protocol: HTTP}
+    hosts: [shop/*]
+  - port: {number: 5432, name: tcp, protocol: TCP}
+    hosts: [shop/*]
+  - hosts: [./*]
+",
+    )
+}
+
+/// An egress listener with a port: its hosts' routes and listeners on that port only; their
+/// clusters on every port (istiod gives a sidecar the clusters of every service its scope
+/// imports, whatever the listener's port).
+#[test]
+fn an_egress_listener_port_scopes_routes_and_listeners_by_port() {
+    let mut index = Index::new();
+    let documents = TWO_PORTS.split("---\n").map(str::to_string);
+    for yaml in documents.chain([entry("front", "web"), port_scoped_sidecar()]) {
+        index.handle(istio(&yaml));
+    }
+    let (mesh, problems) = Mesh::build(&index, "cluster.local");
+    assert!(problems.is_empty(), "{problems:?}");
+    let web = proxy("web", &[]);
+    assert_eq!(
+        served(&mesh, &web, type_url::ROUTE),
+        vec![
+            "cart.shop.svc.cluster.local:9080",
+            "front.web.svc.cluster.local:80"
+        ]
+    );
+    let clusters = served(&mesh, &web, type_url::CLUSTER);
+    assert!(
+        clusters.contains(&"outbound|80||cart.shop.svc.cluster.local".to_string())
+            && clusters.contains(&"outbound|9080||cart.shop.svc.cluster.local".to_string()),
+        "{clusters:?}"
+    );
+    // Capture mode: the database's listener on 5432 is web's, the one on 5433 not.
+    let cache = SnapshotCache::new();
+    let capture = Options {
+        sidecar_listeners: crate::translate::sidecar::ListenerMode::Capture,
+        ..options()
+    };
+    cache.replace(Translator::new(capture).full(&mesh));
+    let listeners = type_index(type_url::LISTENER).expect("LDS");
+    let names: Vec<String> = (cache.current().snapshot.view(listeners, &web))
+        .map(|r| r.name().to_string())
+        .collect();
+    assert!(
+        names.contains(&"10.9.0.1_5432".to_string())
+            && !names.contains(&"10.9.0.1_5433".to_string()),
+        "{names:?}"
+    );
+    // A sidecar of shop (unscoped) sees both.
+    let shop = proxy("shop", &[]);
+    let names: Vec<String> = (cache.current().snapshot.view(listeners, &shop))
+        .map(|r| r.name().to_string())
+        .collect();
+    assert!(names.contains(&"10.9.0.1_5433".to_string()), "{names:?}");
+}
+
+#[test]
+fn egress_port_updates_match_a_full_build() {
+    let steps = || {
+        vec![
+            istio(TWO_PORTS.split("---\n").next().expect("cart")),
+            istio(TWO_PORTS.split("---\n").nth(1).expect("db")),
+            istio(&entry("front", "web")),
+            istio(&port_scoped_sidecar()),
+            istio(&port_scoped_sidecar().replace("number: 5432", "number: 5433")),
+            istio(
+                &TWO_PORTS
+                    .split("---\n")
+                    .nth(1)
+                    .expect("db")
+                    .replace("5433", "5434"),
+            ),
+            istio(&sidecar("default", "web", None, "[\"./*\"]")),
+            istio(&port_scoped_sidecar()),
+            delete(Kind::Sidecar, "web", "default"),
+        ]
+    };
+    check(steps());
+    check_with(
+        Options {
+            sidecar_listeners: crate::translate::sidecar::ListenerMode::Capture,
+            ..options()
+        },
+        steps(),
+    );
 }
