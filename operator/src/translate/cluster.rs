@@ -67,9 +67,14 @@ pub fn clusters_of(mesh: &Mesh, service: &Service) -> Vec<ClusterVariant> {
     for scope in rule_scopes(mesh, &service.host) {
         for c in service_clusters_in(service, scope.rule) {
             let port = c.port.number;
-            let reads_secret = policy_in(scope.rule, subset_of(&c.name), port)
-                .tls
-                .is_some_and(|tls| tls.credential().is_some());
+            // Most rules name no Secret: their clusters' policies are not merged twice.
+            let names_secrets = (scope.rule)
+                .and_then(|r| r.traffic_policy.as_ref())
+                .is_some_and(|p| !p.credentials.is_empty());
+            let reads_secret = names_secrets
+                && policy_in(scope.rule, subset_of(&c.name), port)
+                    .tls
+                    .is_some_and(|tls| tls.credential().is_some());
             // A rule selecting workloads gives its Secret to the sidecars it selects too.
             if scope.workload.is_some() {
                 let (name, cluster) = cluster_in(c, scope.rule, true);
