@@ -5,8 +5,9 @@
 //! `<name>-cacert` or the CA entry of Secret `<name>`, as for gateway servers); this module
 //! serves them. istiod looks a rule's Secret up in the namespace of each gateway proxy
 //! reading the rule, so each namespace holding such a Secret has it served to its gateway
-//! proxies (selector: role router, that namespace). Sidecars never get these clusters' TLS
-//! (see `cluster::tls`).
+//! proxies (selector: role router, that namespace). Sidecars get these clusters' TLS only
+//! from a rule with a `workloadSelector`, which hands them the Secret of its own namespace
+//! (selector: that namespace and the rule's labels); see `cluster::tls`.
 //!
 //! Rebuilt whole when a rule naming a credential or a Secret of such a name changes: a scan
 //! of the Secrets per credential name, nothing per proxy.
@@ -18,7 +19,7 @@ use capstan_xds::{Role, Selector};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
 use crate::index::NsName;
-use crate::model::traffic_policy::{ClientTls, Policies, TlsMode};
+use crate::model::traffic_policy::{Policies, TlsMode};
 use crate::model::{Mesh, Problem};
 use crate::translate::gateway::credentials::{
     CredentialError, SecretLookup, ca_secret, certificate_secret, client_ca,
@@ -32,7 +33,9 @@ pub struct CredentialUse {
     pub field: String,
     pub host: String,
     pub credential: String,
+    /// MUTUAL: the Secret must hold a certificate and key.
     pub mutual: bool,
+    /// Not `insecureSkipVerify`: the Secret (or its `-cacert`) must hold a CA.
     pub verifies: bool,
     /// The rule's `workloadSelector`: its Secret goes to the workloads it selects, in its
     /// namespace, rather than to gateway proxies.
@@ -81,18 +84,14 @@ pub fn uses_in(
                 host: host.to_string(),
                 credential: tls.credential()?.to_string(),
                 mutual: tls.mode == TlsMode::Mutual,
-                verifies: verifies(tls),
+                verifies: !tls.insecure_skip_verify,
                 workload: workload.cloned(),
             })
         })
         .collect()
 }
 
-fn verifies(tls: &ClientTls) -> bool {
-    !tls.insecure_skip_verify
-}
-
-/// The Secret resources for gateway proxies, and what cannot be served.
+/// The Secret resources to serve, and what cannot be served.
 #[derive(Debug, Default)]
 pub struct UpstreamCredentials {
     pub secrets: Vec<(Selector, Secret)>,

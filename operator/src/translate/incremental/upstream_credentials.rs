@@ -10,6 +10,7 @@ use super::Translator;
 use crate::model::{Affected, Mesh, Problem};
 use crate::translate::upstream_credentials::{self, CredentialUse};
 
+/// What the credential Secrets were last built from and into.
 #[derive(Default)]
 pub(super) struct CredentialState {
     /// Host → where its rules name credentials (hosts naming none are absent).
@@ -20,6 +21,7 @@ pub(super) struct CredentialState {
 }
 
 impl CredentialState {
+    /// Whether Secret `secret` is a credential some rule names, or its `-cacert`.
     fn names_secret(&self, secret: &str) -> bool {
         let base = secret.strip_suffix("-cacert").unwrap_or(secret);
         self.uses
