@@ -141,6 +141,15 @@ async fn run(
             }
         }
         let applied = batch.apply(&cache);
+        // What each batch changed, incremental or not (a full rebuild is also logged at info by
+        // its caller).
+        if let Some(applied) = &applied {
+            tracing::debug!(
+                version = applied.version,
+                changed = %applied.summary(),
+                "config applied"
+            );
+        }
         last_applied = Some(Instant::now());
         for waiter in waiters {
             let _ = waiter.send(applied.clone());

@@ -200,7 +200,8 @@ pub fn gateway(key: &ObjectKey, spec: &api::GatewaySpec) -> (Gateway, Vec<Proble
         if !server.default_endpoint.is_empty() {
             report(
                 format!("{field}.defaultEndpoint"),
-                "defaultEndpoint is not applied on gateways (istiod does not apply it either)".into(),
+                "defaultEndpoint is not applied on gateways (istiod does not apply it either)"
+                    .into(),
             );
         }
         let Some(kind) = kind(port, tls, &field, &mut report) else {
