@@ -106,6 +106,8 @@ pub struct Mesh {
     pub gateways: BTreeMap<ObjectKey, gateway::Gateway>,
     /// The `Sidecar` resources' egress scopes.
     pub sidecar_scopes: sidecar_scope::Scopes,
+    /// What the scopes see through VirtualServices, kept across changes.
+    pub inferred_destinations: sidecar_scope::InferredDestinations,
     /// The TLS Secrets gateways may read credentials from, read (or why they cannot be).
     secrets: BTreeMap<NsName, Result<secret::TlsSecret, secret::SecretError>>,
     /// Exact host → the VirtualServices naming it; and those with a wildcard host. Finding
@@ -201,6 +203,12 @@ impl Mesh {
         if affected.sidecars {
             self.refresh_scope_conflicts();
         }
+        self.inferred_destinations.refresh(
+            &self.sidecar_scopes,
+            &self.virtual_services,
+            &affected.virtual_services,
+            affected.sidecars,
+        );
         affected
     }
 

@@ -8,8 +8,7 @@
 //! namespace), or when it is a destination of a VirtualService an egress host names (Istio
 //! infers those, so that a route the sidecar receives has its clusters).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 
 use capstan_crds::ObjectKey;
 use capstan_crds::networking::sidecar::SidecarSpec;
@@ -270,8 +269,8 @@ pub struct ScopeView<'a> {
     /// Destinations of the VirtualServices its egress hosts name: those any namespace's
     /// proxies see (shared by every namespace's view of the scope), and those only this
     /// namespace's do (`.`, or exported to it alone).
-    inferred: Arc<HashSet<&'a str>>,
-    own_inferred: HashSet<&'a str>,
+    inferred: Option<&'a Counts>,
+    own_inferred: Option<&'a Counts>,
 }
 
 impl<'a> ScopeView<'a> {
@@ -299,68 +298,37 @@ impl<'a> ScopeView<'a> {
     }
 
     fn infers(&self, host: &str) -> bool {
-        self.inferred.contains(host) || self.own_inferred.contains(host)
+        let has = |counts: Option<&Counts>| counts.is_some_and(|c| c.contains_key(host));
+        has(self.inferred) || has(self.own_inferred)
     }
 }
 
-/// A scope as every namespace reads it, from one pass over the VirtualServices: what the
-/// VirtualServices it names send to, for any namespace and for each namespace where `.` or
-/// `exportTo` make a difference.
+/// A scope as every namespace reads it: what the VirtualServices it names send to, for any
+/// namespace and for each namespace where `.` or `exportTo` make a difference (kept in
+/// [`InferredDestinations`]).
 struct ScopeReadings<'a> {
     scope: &'a SidecarScope,
-    general: Arc<HashSet<&'a str>>,
-    by_namespace: HashMap<&'a str, HashSet<&'a str>>,
+    inferred: &'a InferredDestinations,
 }
 
 impl<'a> ScopeReadings<'a> {
-    fn new(mesh: &'a Mesh, scope: &'a SidecarScope) -> Self {
-        let mut general: HashSet<&str> = HashSet::new();
-        let mut by_namespace: HashMap<&str, HashSet<&str>> = HashMap::new();
-        for vs in mesh.virtual_services.values() {
-            if !vs.applies_to_sidecars() {
-                continue;
-            }
-            let vs_ns = vs.origin.namespace.as_str();
-            let anywhere = vs.hosts.iter().any(|h| scope.names(false, vs_ns, h));
-            let at_home = anywhere || vs.hosts.iter().any(|h| scope.names(true, vs_ns, h));
-            let add = |set: &mut HashSet<&'a str>| set.extend(virtual_service_destinations(vs));
-            match &vs.export_to {
-                ExportTo::All if anywhere => add(&mut general),
-                ExportTo::All if at_home => add(by_namespace.entry(vs_ns).or_default()),
-                ExportTo::All => {}
-                ExportTo::Namespaces(exported) => {
-                    for ns in exported {
-                        if anywhere || (at_home && ns == vs_ns) {
-                            add(by_namespace.entry(ns.as_str()).or_default());
-                        }
-                    }
-                }
-            }
-        }
-        Self {
-            scope,
-            general: Arc::new(general),
-            by_namespace,
-        }
-    }
-
     /// The scope as the proxies of a namespace it says nothing particular about read it.
     fn general(&self) -> ScopeView<'a> {
         ScopeView {
             scope: self.scope,
             namespace: None,
-            inferred: self.general.clone(),
-            own_inferred: HashSet::new(),
+            inferred: self.inferred.general(&self.scope.origin),
+            own_inferred: None,
         }
     }
 
     /// The scope as the proxies of `namespace` read it.
-    fn view(&mut self, namespace: &'a str) -> ScopeView<'a> {
+    fn view(&self, namespace: &'a str) -> ScopeView<'a> {
         ScopeView {
             scope: self.scope,
             namespace: Some(namespace),
-            inferred: self.general.clone(),
-            own_inferred: self.by_namespace.remove(namespace).unwrap_or_default(),
+            inferred: self.inferred.general(&self.scope.origin),
+            own_inferred: self.inferred.own(&self.scope.origin, namespace),
         }
     }
 }
@@ -383,19 +351,19 @@ pub struct ScopeViews<'a> {
     /// The default as read by each namespace it covers where `.` or a VirtualService may
     /// make a difference (those with services or VirtualServices).
     default_by_namespace: BTreeMap<&'a str, ScopeView<'a>>,
-    /// Host → the namespaces of the VirtualServices routing to it, and those they are
-    /// exported to by name.
-    routed_from: HashMap<&'a str, BTreeSet<&'a str>>,
+    /// Which namespaces' VirtualServices route to each host.
+    inferred: &'a InferredDestinations,
 }
 
 impl<'a> ScopeViews<'a> {
     pub fn new(mesh: &'a Mesh) -> Self {
         let (in_force, _) = mesh.sidecar_scopes.in_force();
+        let inferred = &mesh.inferred_destinations;
         let mut views = Vec::new();
         let mut default = None;
         let mut own_scope = BTreeSet::new();
         for (covers, scope) in in_force {
-            let mut readings = ScopeReadings::new(mesh, scope);
+            let readings = ScopeReadings { scope, inferred };
             let view = match &covers {
                 Covers::Default => {
                     let general = readings.general();
@@ -412,24 +380,15 @@ impl<'a> ScopeViews<'a> {
             };
             views.push((covers.selector(), view));
         }
-        let mut routed_from: HashMap<&str, BTreeSet<&str>> = HashMap::new();
         let mut default_by_namespace = BTreeMap::new();
-        if let Some(mut default) = default {
-            // The namespaces whose view of a host a VirtualService sending there may decide:
-            // its own, and those it is exported to by name.
-            for vs in mesh.virtual_services.values() {
-                for host in virtual_service_destinations(vs) {
-                    let namespaces = routed_from.entry(host).or_default();
-                    namespaces.insert(vs.origin.namespace.as_str());
-                    if let ExportTo::Namespaces(exported) = &vs.export_to {
-                        namespaces.extend(exported.iter().map(String::as_str));
-                    }
-                }
-            }
+        if let Some(default) = default {
+            // The namespaces whose view of a host `.` or a VirtualService sending there may
+            // decide: those with services, those VirtualServices route from, and those the
+            // default reads apart.
             let mut namespaces: BTreeSet<&str> =
                 mesh.services.values().map(|s| s.namespace()).collect();
-            namespaces.extend(routed_from.values().flatten().copied());
-            namespaces.extend(default.by_namespace.keys().copied());
+            namespaces.extend(inferred.routing_namespaces());
+            namespaces.extend(inferred.namespaces_of(&default.scope.origin));
             for ns in namespaces.difference(&own_scope) {
                 default_by_namespace.insert(*ns, default.view(ns));
             }
@@ -437,7 +396,7 @@ impl<'a> ScopeViews<'a> {
         Self {
             views,
             default_by_namespace,
-            routed_from,
+            inferred,
         }
     }
 
@@ -530,8 +489,7 @@ impl<'a> ScopeViews<'a> {
         // The default reads `.` and VirtualServices differently in the service's own
         // namespace and in those with VirtualServices routing to it: a rule each (a
         // namespace with its own scope has none of these).
-        let namespaces = std::iter::once(namespace)
-            .chain(self.routed_from.get(host).into_iter().flatten().copied());
+        let namespaces = std::iter::once(namespace).chain(self.inferred.routed_from(host));
         for ns in namespaces {
             if let Some(view) = self.default_by_namespace.get(ns) {
                 let selector = Covers::Namespace(ns.to_string()).selector();
@@ -571,10 +529,13 @@ fn exported_only(mut rules: Vec<(Selector, bool)>, export_to: &ExportTo) -> Vec<
 }
 
 mod inbound_pool;
+mod inferred;
 mod ingress;
 mod outbound;
 mod per_scope;
 pub use inbound_pool::InboundPools;
+use inferred::Counts;
+pub use inferred::InferredDestinations;
 pub use ingress::{IngressEndpoint, IngressPort, IngressProtocol, IngressVariants};
 pub use outbound::{EgressProxy, OutboundMode, OutboundModes};
 pub use per_scope::PerScope;
