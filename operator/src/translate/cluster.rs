@@ -67,6 +67,12 @@ pub fn clusters_of(mesh: &Mesh, service: &Service) -> Vec<ClusterVariant> {
     for scope in rule_scopes(mesh, &service.host) {
         for c in service_clusters_in(service, scope.rule) {
             let port = c.port.number;
+            // A rule selecting workloads gives its Secret to the sidecars it selects too.
+            if scope.workload.is_some() {
+                let (name, cluster) = cluster_in(c, scope.rule, true);
+                out.extend(locality_variants(port, name, cluster, &scope));
+                continue;
+            }
             // Most rules name no Secret: their clusters' policies are not merged twice.
             let names_secrets = (scope.rule)
                 .and_then(|r| r.traffic_policy.as_ref())
@@ -75,12 +81,6 @@ pub fn clusters_of(mesh: &Mesh, service: &Service) -> Vec<ClusterVariant> {
                 && policy_in(scope.rule, subset_of(&c.name), port)
                     .tls
                     .is_some_and(|tls| tls.credential().is_some());
-            // A rule selecting workloads gives its Secret to the sidecars it selects too.
-            if scope.workload.is_some() {
-                let (name, cluster) = cluster_in(c, scope.rule, true);
-                out.extend(locality_variants(port, name, cluster, &scope));
-                continue;
-            }
             if reads_secret {
                 let (name, cluster) = cluster_in(c.clone(), scope.rule, true);
                 let for_gateways = locality_variants(port, name, cluster, &scope);
@@ -155,11 +155,11 @@ fn cluster(mesh: &Mesh, spec: ServiceCluster<'_>) -> (String, Cluster) {
     cluster_in(spec, rule, false)
 }
 
-/// The cluster for sidecars, or (`gateway`) for proxies that may read a Secret.
+/// The cluster for sidecars, or (`reads_secrets`) for proxies that may read a Secret.
 fn cluster_in(
     spec: ServiceCluster<'_>,
     rule: Option<&DestinationRule>,
-    gateway: bool,
+    reads_secrets: bool,
 ) -> (String, Cluster) {
     let ServiceCluster {
         name,
@@ -251,7 +251,7 @@ fn cluster_in(
             subset,
             trust_domain: tls::TRUST_DOMAIN,
             http2: is_http2(&http_options),
-            gateway,
+            reads_secrets,
         };
         tls::apply(&mut cluster, &mut http_options, settings, &target);
     }

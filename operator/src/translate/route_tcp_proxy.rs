@@ -18,9 +18,9 @@ use crate::model::stream_routes::Destination;
 use crate::translate::cluster::policy_in;
 use crate::translate::route::cluster_for;
 
-/// A route's TCP proxy filter and the hosts it sends to.
-pub struct RouteProxy {
-    pub filter: Filter,
+/// A piece of config and the hosts it sends to (a change to one of them rebuilds it).
+pub struct Built<T> {
+    pub value: T,
     pub destinations: Vec<String>,
 }
 
@@ -32,7 +32,7 @@ pub fn route_proxy(
     destinations: &[Destination],
     caller: Option<&str>,
     stat_prefix: &str,
-) -> Option<RouteProxy> {
+) -> Option<Built<Filter>> {
     let live: Vec<&Destination> = if destinations.len() > 1 {
         destinations.iter().filter(|d| d.weight > 0).collect()
     } else {
@@ -69,8 +69,8 @@ pub fn route_proxy(
         tunneling_config,
         ..Default::default()
     };
-    Some(RouteProxy {
-        filter: Filter {
+    Some(Built {
+        value: Filter {
             name: "envoy.filters.network.tcp_proxy".to_string(),
             config_type: Some(FilterConfig::TypedConfig(pack_any(proxy))),
         },
@@ -112,7 +112,7 @@ spec:
     ) -> Option<(String, bool)> {
         let m = mesh(&format!("{PROXY}{yaml}"));
         let built = route_proxy(&m, 5432, destinations, caller, "stat").expect("a proxy");
-        let Some(FilterConfig::TypedConfig(any)) = built.filter.config_type else {
+        let Some(FilterConfig::TypedConfig(any)) = built.value.config_type else {
             panic!("no typed config");
         };
         let proxy = TcpProxy::decode(any.value.as_slice()).expect("decodes");

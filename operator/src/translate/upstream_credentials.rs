@@ -22,7 +22,7 @@ use crate::index::NsName;
 use crate::model::traffic_policy::{Policies, TlsMode};
 use crate::model::{Mesh, Problem};
 use crate::translate::gateway::credentials::{
-    CredentialError, SecretLookup, ca_secret, certificate_secret, client_ca,
+    CredentialError, SecretLookup, ca_secret, certificate_in, certificate_secret, client_ca,
 };
 
 /// One place a DestinationRule names a credential.
@@ -170,12 +170,7 @@ fn serve(
     let mutual = uses.iter().any(|u| u.mutual);
     let verifies = uses.iter().any(|u| u.verifies);
     let id = NsName::new(namespace, name);
-    let certificate = match secrets.secret(&id) {
-        Some(Ok(secret)) => (secret.certificate.as_ref()).ok_or(CredentialError::NoCertificate(id)),
-        Some(Err(err)) => Err(CredentialError::Unusable(id, err.clone())),
-        None => Err(CredentialError::Missing(id)),
-    };
-    match certificate {
+    match certificate_in(secrets, &id) {
         Ok(pair) => out
             .secrets
             .push((to.clone(), certificate_secret(name, pair))),

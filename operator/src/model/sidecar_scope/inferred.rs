@@ -83,7 +83,8 @@ impl InferredDestinations {
         self.by_namespace.get(scope)?.get(namespace)
     }
 
-    /// The namespaces of the namespaces each scope reads apart (`.`, exported by name).
+    /// The namespaces whose proxies read `scope`'s VirtualServices apart (`.`, exported by
+    /// name).
     pub(super) fn namespaces_of(&self, scope: &ObjectKey) -> impl Iterator<Item = &str> {
         self.by_namespace
             .get(scope)

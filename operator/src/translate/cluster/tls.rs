@@ -66,7 +66,7 @@ pub struct Target<'a> {
     pub http2: bool,
     /// The cluster is for proxies a `credentialName` applies to: gateways, and the workloads
     /// a rule's `workloadSelector` picks.
-    pub gateway: bool,
+    pub reads_secrets: bool,
 }
 
 pub fn apply(
@@ -79,7 +79,7 @@ pub fn apply(
         TlsMode::Disable => return,
         TlsMode::IstioMutual => istio_mutual(tls, target),
         TlsMode::Simple | TlsMode::Mutual if tls.credential().is_some() => {
-            if !target.gateway {
+            if !target.reads_secrets {
                 return;
             }
             set_auto_sni_and_san_validation(options, tls);
@@ -381,7 +381,7 @@ mod tests {
             subset: Some("v1"),
             trust_domain: TRUST_DOMAIN,
             http2,
-            gateway: false,
+            reads_secrets: false,
         };
         apply(&mut c, &mut options, tls, &target);
         (c, options)

@@ -133,15 +133,7 @@ pub fn resolve(
     for credential in credentials {
         let id = NsName::new(namespace.as_str(), credential.name.as_str());
         consulted.insert(id.clone());
-        let fail = |err| Err((credential.field.clone(), err));
-        let secret = match secrets.secret(&id) {
-            None => return fail(CredentialError::Missing(id)),
-            Some(Err(err)) => return fail(CredentialError::Unusable(id, err.clone())),
-            Some(Ok(secret)) => secret,
-        };
-        let Some(pair) = &secret.certificate else {
-            return fail(CredentialError::NoCertificate(id));
-        };
+        let pair = certificate_in(secrets, &id).map_err(|err| (credential.field.clone(), err))?;
         served.push(Served {
             from: id,
             secret: certificate_secret(&credential.name, pair),
@@ -164,6 +156,20 @@ pub fn resolve(
         });
     }
     Ok(served)
+}
+
+/// The certificate and key of Secret `id`, or why it has none to give.
+pub fn certificate_in<'s>(
+    secrets: &'s impl SecretLookup,
+    id: &NsName,
+) -> Result<&'s CertificateAndKey, CredentialError> {
+    match secrets.secret(id) {
+        None => Err(CredentialError::Missing(id.clone())),
+        Some(Err(err)) => Err(CredentialError::Unusable(id.clone(), err.clone())),
+        Some(Ok(secret)) => {
+            (secret.certificate.as_ref()).ok_or_else(|| CredentialError::NoCertificate(id.clone()))
+        }
+    }
 }
 
 /// The SDS resource of credential `name`'s certificate and key.

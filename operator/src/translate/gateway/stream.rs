@@ -159,5 +159,5 @@ fn tcp_proxy(
         return None;
     };
     out.destinations.extend(built.destinations);
-    Some(built.filter)
+    Some(built.value)
 }

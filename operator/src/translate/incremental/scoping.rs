@@ -157,17 +157,16 @@ impl Translator {
             self.listener_visibility.remove(host);
             return;
         };
-        let visibility = mesh
-            .services
-            .get(host)
-            .and_then(|s| views.visibility(s.namespace(), host, &s.export_to));
+        let service = mesh.services.get(host);
+        let visibility = service.and_then(|s| views.visibility(s.namespace(), host, &s.export_to));
         let unchanged = self.visibility.get(host) == visibility.as_ref();
+        let redo = !unchanged || force;
         // Egress listeners with a port scope a host's listeners port by port.
         let by_port = views.have_ports();
-        if unchanged && !force && !by_port && !self.listener_visibility.contains_key(host) {
+        if !redo && !by_port && !self.listener_visibility.contains_key(host) {
             return;
         }
-        if !unchanged || force {
+        if redo {
             set_visibility(kept, visibility.as_ref(), update);
         }
         // The listeners of its TCP addresses: a sidecar that does not see the service (on
@@ -175,8 +174,7 @@ impl Translator {
         // istiod.
         let mut per_port = BTreeMap::new();
         for name in self.capture.iter().flat_map(|c| c.listeners_of(host)) {
-            let port = listener_port(name);
-            let seen = match (mesh.services.get(host), port) {
+            let seen = match (service, listener_port(name)) {
                 (Some(s), Some(port)) if by_port => {
                     views.visibility_on(s.namespace(), host, &s.export_to, port)
                 }
@@ -192,7 +190,7 @@ impl Translator {
         } else {
             self.listener_visibility.insert(host.to_string(), per_port);
         }
-        if unchanged && !force {
+        if !redo {
             return;
         }
         if !unchanged {

@@ -14,16 +14,12 @@ use envoy_types::util::pack_any;
 use super::outbound;
 use super::tcp_proxy;
 use crate::model::service::ExportTo;
-use crate::model::stream_routes::{Destination, StreamRoute};
+use crate::model::stream_routes::StreamRoute;
 use crate::model::{Mesh, Problem, VirtualService};
 use crate::translate::cluster_name;
 use crate::translate::route_tcp_proxy::route_proxy;
 
-/// A filter and the hosts it sends to (a change to one of them rebuilds it).
-pub struct Built<T> {
-    pub value: T,
-    pub destinations: Vec<String>,
-}
+pub use crate::translate::route_tcp_proxy::Built;
 
 /// The first route of `routes` that takes the connections on `port` of the sidecars of
 /// namespace `caller` (`None`: of a namespace no match names).
@@ -71,21 +67,6 @@ pub fn caller_namespaces(mesh: &Mesh, host: &str) -> BTreeSet<String> {
     named
 }
 
-/// The route's TCP proxy (see `route_tcp_proxy`), `None` when every weight is 0.
-fn to_destinations(
-    mesh: &Mesh,
-    port: u32,
-    destinations: &[Destination],
-    caller: Option<&str>,
-    stat_prefix: &str,
-) -> Option<Built<Filter>> {
-    let built = route_proxy(mesh, port, destinations, caller, stat_prefix)?;
-    Some(Built {
-        value: built.filter,
-        destinations: built.destinations,
-    })
-}
-
 /// The filter for `host`'s TCP port: its VirtualService's `tcp` route for the mesh, else its
 /// own cluster.
 pub fn tcp_filter(
@@ -99,7 +80,7 @@ pub fn tcp_filter(
     if let Some(vs) = routing(mesh, host, caller)
         && let Some(route) = mesh_route(&vs.tcp, port, None, caller)
     {
-        match to_destinations(mesh, port, &route.destinations, caller, &own) {
+        match route_proxy(mesh, port, &route.destinations, caller, &own) {
             Some(built) => return built,
             None => problems.push(no_weight(&vs.origin, "spec.tcp")),
         }
@@ -126,7 +107,7 @@ pub fn tls_listener(
         let own = cluster_name(port, "", host);
         let routed = routing(mesh, host, caller).and_then(|vs| {
             let route = mesh_route(&vs.tls, port, Some(host), caller)?;
-            let built = to_destinations(mesh, port, &route.destinations, caller, &own);
+            let built = route_proxy(mesh, port, &route.destinations, caller, &own);
             if built.is_none() {
                 problems.push(no_weight(&vs.origin, "spec.tls"));
             }
