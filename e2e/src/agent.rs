@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::envoy::{RunAs, command_as, dir_owned_by, ensure_user_may};
 use crate::process::ChildProcess;
 
 pub use ca::{CA_SERVER_NAME, TestCa};
-pub use envoy::{StaticEnvoy, client_bootstrap, server_bootstrap};
+pub use envoy::{StaticEnvoy, client_bootstrap, server_bootstrap, with_agent_sds};
 
 /// The log line an agent prints each time it starts serving a certificate.
 pub const SERVING_LINE: &str = "serving a new certificate over SDS";
@@ -23,6 +24,11 @@ pub const SERVING_LINE: &str = "serving a new certificate over SDS";
 pub struct Agent {
     pub process: ChildProcess,
     pub sds_socket: PathBuf,
+    /// Where the agent writes its Envoy bootstrap.
+    pub bootstrap: PathBuf,
+    /// The files of an agent run as another user ([`Agent::spawn_as`]): its token, socket
+    /// and bootstrap. Declared after `process`, so it is removed once the agent has stopped.
+    _runtime_dir: Option<tempfile::TempDir>,
 }
 
 /// What one agent is started with.
@@ -71,11 +77,47 @@ impl Agent {
         dir: &Path,
         spec: &AgentSpec<'_>,
     ) -> anyhow::Result<Self> {
-        let token_file = dir.join(format!("{}.token", spec.name));
-        std::fs::write(&token_file, spec.token)
-            .with_context(|| format!("writing {}", token_file.display()))?;
-        let sds_socket = dir.join(format!("{}.sock", spec.name));
-        let mut cmd = Command::new(capstan_bin);
+        Self::spawn_with(capstan_bin, target, dir, spec, None)
+    }
+
+    /// As [`Agent::spawn`], the agent running as `user`, as Istio's pilot-agent runs as the
+    /// proxy's uid 1337: the SDS socket it makes (mode 0600) is then that user's, so an Envoy
+    /// run as the same user may connect to it. Its token, socket and bootstrap live in a
+    /// private directory of `user`'s under the system temp dir (the log dir may be out of
+    /// its reach); only its log goes to `dir`. `target`'s roots file must be readable by
+    /// `user`.
+    pub fn spawn_as(
+        capstan_bin: &Path,
+        target: &AgentTarget,
+        dir: &Path,
+        spec: &AgentSpec<'_>,
+        user: RunAs,
+    ) -> anyhow::Result<Self> {
+        Self::spawn_with(capstan_bin, target, dir, spec, Some(user))
+    }
+
+    fn spawn_with(
+        capstan_bin: &Path,
+        target: &AgentTarget,
+        dir: &Path,
+        spec: &AgentSpec<'_>,
+        user: Option<RunAs>,
+    ) -> anyhow::Result<Self> {
+        let runtime_dir = match user {
+            Some(user) => Some(runtime_dir_for(user, spec.name, target)?),
+            None => None,
+        };
+        let files = runtime_dir.as_ref().map_or(dir, |rt| rt.path());
+        let token_file = write_token(files, spec, user)?;
+        let sds_socket = files.join(format!("{}.sock", spec.name));
+        let bootstrap = bootstrap_file(files, spec.name);
+        let (mut cmd, binary) = match user {
+            Some(user) => {
+                let (cmd, binary) = command_as(capstan_bin, user)?;
+                (cmd, Some(binary))
+            }
+            None => (Command::new(capstan_bin), None),
+        };
         cmd.arg("agent")
             .args(["--ca-address", &target.ca_url])
             .arg("--ca-root-cert")
@@ -93,14 +135,18 @@ impl Agent {
             .args(["--xds-address", &target.xds_address])
             .args(["--xds-server-name", &target.server_name])
             .arg("--bootstrap-out")
-            .arg(bootstrap_file(dir, spec.name))
+            .arg(&bootstrap)
             .args(spec.extra_args)
             .env("CAPSTAN_LOG", "info,capstan=debug,capstan_ca=debug");
         let process =
             ChildProcess::spawn(spec.name, &mut cmd, &dir.join(format!("{}.log", spec.name)))?;
+        // Kept open until the child has exec'd the binary through it (see `command_as`).
+        drop(binary);
         Ok(Self {
             process,
             sds_socket,
+            bootstrap,
+            _runtime_dir: runtime_dir,
         })
     }
 
@@ -112,17 +158,62 @@ impl Agent {
         spec: &AgentSpec<'_>,
     ) -> anyhow::Result<Self> {
         let mut agent = Self::spawn(capstan_bin, target, dir, spec)?;
-        agent
-            .process
+        agent.wait_first_certificate().await?;
+        Ok(agent)
+    }
+
+    /// [`Agent::spawn_as`], then waits until the agent serves its first certificate.
+    pub async fn start_as(
+        capstan_bin: &Path,
+        target: &AgentTarget,
+        dir: &Path,
+        spec: &AgentSpec<'_>,
+        user: RunAs,
+    ) -> anyhow::Result<Self> {
+        let mut agent = Self::spawn_as(capstan_bin, target, dir, spec, user)?;
+        agent.wait_first_certificate().await?;
+        Ok(agent)
+    }
+
+    async fn wait_first_certificate(&mut self) -> anyhow::Result<()> {
+        self.process
             .wait_for_log("the first certificate", FIRST_CERTIFICATE_TIMEOUT, |l| {
                 l.contains(SERVING_LINE)
             })
             .await?;
-        Ok(agent)
+        Ok(())
     }
 
     /// How many certificates the agent has served so far.
     pub fn certificates_served(&self) -> usize {
         self.process.log_lines(|l| l.contains(SERVING_LINE)).len()
     }
+}
+
+/// The private directory of an agent run as `user`, after checking that `user` may read the
+/// roots it is given (which it re-reads at every rotation, so they are not copied).
+fn runtime_dir_for(
+    user: RunAs,
+    name: &str,
+    target: &AgentTarget,
+) -> anyhow::Result<tempfile::TempDir> {
+    ensure_user_may(user, &target.roots_file, 0o4).with_context(|| {
+        format!(
+            "agent {name} runs as uid {} and reads the CA roots; keep them out of root's home",
+            user.uid
+        )
+    })?;
+    dir_owned_by(user, &format!("capstan-agent-{name}-"))
+}
+
+/// Writes `spec`'s token to `<dir>/<name>.token`, owned by `user` when the agent runs as one.
+fn write_token(dir: &Path, spec: &AgentSpec<'_>, user: Option<RunAs>) -> anyhow::Result<PathBuf> {
+    let token_file = dir.join(format!("{}.token", spec.name));
+    std::fs::write(&token_file, spec.token)
+        .with_context(|| format!("writing {}", token_file.display()))?;
+    if let Some(user) = user {
+        std::os::unix::fs::chown(&token_file, Some(user.uid), Some(user.gid))
+            .with_context(|| format!("giving {} to uid {}", token_file.display(), user.uid))?;
+    }
+    Ok(token_file)
 }

@@ -23,14 +23,17 @@
 //! made inside the namespace never pass the nat table's `PREROUTING`: all capture here
 //! happens in `OUTPUT`.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::envoy::RunAs;
+use crate::http::HttpClient;
 use crate::netns;
 
 /// The sidecar's user and group (Istio's `istio-proxy`, 1337): Envoy must run as this for
@@ -304,6 +307,115 @@ pub fn original_dst(socket: &impl AsFd) -> std::io::Result<SocketAddrV4> {
         Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
         u16::from_be(addr.sin_port),
     ))
+}
+
+/// Where [`Capture::connect_from_another_pod`] connections come from: pod 264's address, a
+/// pod-network address no test gives a workload, standing for a pod without a sidecar.
+pub const ANOTHER_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 8);
+
+/// How long a connection from another pod may take to be accepted.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Capture {
+    /// A plain TCP connection to `to` (a workload's pod address, e.g. `10.244.1.7:9080`) as
+    /// from another pod without a sidecar, which the capture delivers into the workload
+    /// sidecar's inbound port ([`INBOUND_CAPTURE_PORT`]) as Istio's `PREROUTING` rule would.
+    ///
+    /// Connections made inside the namespace never pass `PREROUTING`, so this one takes the
+    /// other way in: the sidecar's own (`OUTPUT`, owner [`PROXY`], to a pod address). Its
+    /// socket is made as [`PROXY`]'s ([`socket_owned_by`]) and bound to [`ANOTHER_POD`], so
+    /// the sidecar sees it come from there. `to` must be on a local pod address: anything
+    /// else is not redirected, 127.0.0.1 and port 15008 included.
+    pub async fn connect_from_another_pod(&self, to: SocketAddr) -> anyhow::Result<TcpStream> {
+        let socket = socket_owned_by(PROXY)?;
+        let from = SocketAddr::from((ANOTHER_POD, 0));
+        socket
+            .bind(from)
+            .with_context(|| format!("binding a socket to {from}"))?;
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(to))
+            .await
+            .with_context(|| {
+                format!("connecting to {to} from {ANOTHER_POD}: over {CONNECT_TIMEOUT:?}")
+            })?
+            .with_context(|| format!("connecting to {to} from {ANOTHER_POD}"))?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// An HTTP/1.1 client for `to` whose every connection is made by
+    /// [`Capture::connect_from_another_pod`]: plain-text requests from a pod without a sidecar.
+    pub fn another_pod_client(&self, to: SocketAddr) -> HttpClient {
+        let capture = *self;
+        HttpClient::with_connector(
+            to,
+            Arc::new(move |to| Box::pin(async move { capture.connect_from_another_pod(to).await })),
+        )
+    }
+}
+
+/// A TCP socket the kernel's owner match takes for `user`'s. `-m owner --uid-owner` and
+/// `--gid-owner` read the filesystem ids of the credentials the socket's file was created
+/// with, so the socket is made on a thread of its own with `setfsuid`/`setfsgid` switched to
+/// `user`: those change the calling thread only (unlike `setuid`), and the thread switches
+/// back and ends. Needs root; the rest of the process keeps its ids. Blocks for as long as
+/// starting a thread takes.
+pub fn socket_owned_by(user: RunAs) -> anyhow::Result<TcpSocket> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let _ids = FsIds::switch_to(user)?;
+                TcpSocket::new_v4().context("creating a TCP socket")
+            })
+            .join()
+            .map_err(|_| {
+                anyhow::anyhow!("the thread making a socket for uid {} panicked", user.uid)
+            })?
+    })
+}
+
+/// The calling thread's filesystem ids, switched to a user's until dropped.
+struct FsIds {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+}
+
+impl FsIds {
+    /// Switches this thread's filesystem ids to `user`'s; fails unless both took.
+    fn switch_to(user: RunAs) -> anyhow::Result<Self> {
+        // SAFETY: plain syscalls on this thread's credentials; they take no pointers.
+        let (gid, uid) = unsafe { (libc::setfsgid(user.gid), libc::setfsuid(user.uid)) };
+        // Built first, so the old ids come back even when the check below fails.
+        let previous = Self {
+            uid: uid as libc::uid_t,
+            gid: gid as libc::gid_t,
+        };
+        let (now_uid, now_gid) = current_fs_ids();
+        ensure!(
+            (now_uid, now_gid) == (user.uid, user.gid),
+            "could not switch this thread's filesystem ids to {}:{} (have {now_uid}:{now_gid}; needs root)",
+            user.uid,
+            user.gid
+        );
+        Ok(previous)
+    }
+}
+
+impl Drop for FsIds {
+    fn drop(&mut self) {
+        // SAFETY: as in `switch_to`.
+        unsafe {
+            libc::setfsuid(self.uid);
+            libc::setfsgid(self.gid);
+        }
+    }
+}
+
+/// This thread's filesystem uid and gid. The calls report no failure, so they are asked with
+/// an invalid id (-1), which changes nothing and returns the current one.
+fn current_fs_ids() -> (u32, u32) {
+    // SAFETY: as in `FsIds::switch_to`; -1 is refused, so nothing changes.
+    let (uid, gid) = unsafe { (libc::setfsuid(u32::MAX), libc::setfsgid(u32::MAX)) };
+    (uid as u32, gid as u32)
 }
 
 /// Runs `program args` (with `stdin` piped in), returning stdout; fails with stderr.

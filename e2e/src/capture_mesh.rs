@@ -30,29 +30,55 @@ pub fn service_entry(
     protocol: &str,
     workload: &str,
 ) -> String {
-    let port = format!(
-        "{{number: {port}, name: {}, protocol: {protocol}}}",
-        protocol.to_lowercase()
-    );
-    entry(name, address, &port, workload)
+    entry(name, address, &service_port(port, protocol), workload)
 }
 
 /// A ServiceEntry `name` on service address `address` with the one port `port` (flow
 /// YAML), its one endpoint `workload`.
 pub fn entry(name: &str, address: u16, port: &str, workload: &str) -> String {
+    entry_in("bookinfo", name, address, port, &endpoint(workload))
+}
+
+/// A ServiceEntry `name` in `namespace` (host `<name>.<namespace>.svc.cluster.local`) on
+/// service address `address`, with the one port `port` and the one endpoint `endpoint` (both
+/// flow YAML; see [`service_port`], [`endpoint`] and [`sidecar_endpoint`]).
+pub fn entry_in(namespace: &str, name: &str, address: u16, port: &str, endpoint: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
-metadata: {{name: {name}, namespace: bookinfo}}
+metadata: {{name: {name}, namespace: {namespace}}}
 spec:
-  hosts: [{name}.bookinfo.svc.cluster.local]
+  hosts: [{name}.{namespace}.svc.cluster.local]
   addresses: [{}]
   location: MESH_INTERNAL
   ports: [{port}]
   resolution: STATIC
-  endpoints: [{{address: {workload}}}]
+  endpoints: [{endpoint}]
 ",
         service_ip(address),
+    )
+}
+
+/// A ServiceEntry port `number` of `protocol` (flow YAML), named after the protocol.
+pub fn service_port(number: u16, protocol: &str) -> String {
+    format!(
+        "{{number: {number}, name: {}, protocol: {protocol}}}",
+        protocol.to_lowercase()
+    )
+}
+
+/// A ServiceEntry endpoint at `address` (flow YAML), with nothing said of a sidecar.
+pub fn endpoint(address: &str) -> String {
+    format!("{{address: {address}}}")
+}
+
+/// A ServiceEntry endpoint at `address` (flow YAML) described as Istio describes a workload
+/// with a sidecar: the label `security.istio.io/tlsMode: istio` (what lets clients send it
+/// mutual TLS), `app: <service account>` (for policies to select it) and `serviceAccount`, a field of the endpoint (a WorkloadEntry's), which names
+/// the identity its certificate carries (in the ServiceEntry's namespace).
+pub fn sidecar_endpoint(address: &str, service_account: &str) -> String {
+    format!(
+        "{{address: {address}, labels: {{app: {service_account}, security.istio.io/tlsMode: istio}}, serviceAccount: {service_account}}}"
     )
 }
 
@@ -75,29 +101,51 @@ pub async fn capstan_and_captured_sidecar(
     mode: AdsMode,
     address: &str,
 ) -> anyhow::Result<(Capstan, Envoy)> {
-    let capstan = Capstan::start_folder_with(
+    let capstan = start_capstan(env).await?;
+    let bootstrap = sidecar_bootstrap(mode, capstan.xds_port, address);
+    let envoy = start_captured_sidecar(env, &bootstrap.to_json()).await?;
+    Ok((capstan, envoy))
+}
+
+/// capstan in capture mode (`--sidecar-listeners capture`) on `env`'s folder.
+pub async fn start_capstan(env: &TestEnv) -> anyhow::Result<Capstan> {
+    Capstan::start_folder_with(
         &env.config_dir,
         &["--sidecar-listeners", "capture"],
         &env.log_dir,
         "capstan",
     )
-    .await?;
-    let mut bootstrap = Bootstrap::new(mode, capstan.xds_port);
+    .await
+}
+
+/// The bootstrap of workload `app-0`'s sidecar (namespace `bookinfo`) at `address`, on ADS
+/// `mode` to capstan's `xds_port`.
+pub fn sidecar_bootstrap(mode: AdsMode, xds_port: u16, address: &str) -> Bootstrap {
+    let mut bootstrap = Bootstrap::new(mode, xds_port);
     bootstrap.workload = "app-0".to_string();
     bootstrap.address = address.to_string();
-    let envoy = Envoy::start_as(
+    bootstrap
+}
+
+/// The workload's sidecar Envoy on `bootstrap`, run as [`capture::PROXY`] (so the capture
+/// tells its traffic from the app's), once its inbound listener is up.
+pub async fn start_captured_sidecar(
+    env: &TestEnv,
+    bootstrap: &serde_json::Value,
+) -> anyhow::Result<Envoy> {
+    let envoy = Envoy::start_json(
         &crate::locate::envoy_bin()?,
-        &bootstrap,
+        bootstrap,
         &env.log_dir,
         "sidecar",
-        capture::PROXY,
+        Some(capture::PROXY),
     )
     .await?;
     envoy
         .wait_listener_port("virtualInbound", CONFIG_TIMEOUT)
         .await
         .with_context(|| format!("logs in {}", env.log_dir.display()))?;
-    Ok((capstan, envoy))
+    Ok(envoy)
 }
 
 /// capstan in capture mode, a workload's apps and its captured sidecar.
@@ -114,19 +162,9 @@ pub struct CaptureMesh {
 pub async fn start(name: &str, upstream_bin: &Path) -> anyhow::Result<CaptureMesh> {
     capture::install()?;
     let env = TestEnv::new(name)?;
-    let workload = workload();
-    let apps = [
-        ("reviews", "v1", SocketAddr::from((workload, 9080))),
-        ("db", "v1", SocketAddr::from((workload, 5432))),
-        ("ratings", "v1", SocketAddr::from((workload, 9090))),
-    ];
-    let upstreams = Upstreams::start(upstream_bin, &apps, &env.log_dir, "apps").await?;
-    let workload = workload.to_string();
-    env.write_config(
-        "reviews.yaml",
-        &service_entry("reviews", 10, 9080, "HTTP", &workload),
-    )?;
-    env.write_config("db.yaml", &service_entry("db", 20, 5432, "TCP", &workload))?;
+    let upstreams = start_apps(&env, upstream_bin).await?;
+    let workload = workload().to_string();
+    write_service_entries(&env, "bookinfo", &endpoint(&workload))?;
     let (capstan, envoy) = capstan_and_captured_sidecar(&env, AdsMode::Sotw, &workload).await?;
     Ok(CaptureMesh {
         envoy,
@@ -134,4 +172,67 @@ pub async fn start(name: &str, upstream_bin: &Path) -> anyhow::Result<CaptureMes
         upstreams,
         env,
     })
+}
+
+/// The workload's apps at its address: `reviews` on 9080, `db` on 5432 and `ratings` on
+/// 9090 (each version v1), from `upstream_bin`.
+pub async fn start_apps(env: &TestEnv, upstream_bin: &Path) -> anyhow::Result<Upstreams> {
+    let workload = workload();
+    let apps = [
+        ("reviews", "v1", SocketAddr::from((workload, 9080))),
+        ("db", "v1", SocketAddr::from((workload, 5432))),
+        ("ratings", "v1", SocketAddr::from((workload, 9090))),
+    ];
+    Upstreams::start(upstream_bin, &apps, &env.log_dir, "apps").await
+}
+
+/// `reviews.yaml` (HTTP 9080 on 10.96.0.10) and `db.yaml` (TCP 5432 on 10.96.0.20):
+/// ServiceEntries in `namespace` whose one endpoint is `endpoint` (flow YAML).
+pub fn write_service_entries(env: &TestEnv, namespace: &str, endpoint: &str) -> anyhow::Result<()> {
+    env.write_config(
+        "reviews.yaml",
+        &entry_in(
+            namespace,
+            "reviews",
+            10,
+            &service_port(9080, "HTTP"),
+            endpoint,
+        ),
+    )?;
+    env.write_config(
+        "db.yaml",
+        &entry_in(namespace, "db", 20, &service_port(5432, "TCP"), endpoint),
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_entry_is_as_it_was() {
+        assert_eq!(
+            service_entry("db", 20, 5432, "TCP", "10.244.1.7"),
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: bookinfo}
+spec:
+  hosts: [db.bookinfo.svc.cluster.local]
+  addresses: [10.96.0.20]
+  location: MESH_INTERNAL
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 10.244.1.7}]
+"
+        );
+    }
+
+    #[test]
+    fn a_sidecar_endpoint_has_the_tls_mode_label_and_the_account() {
+        assert_eq!(
+            sidecar_endpoint("10.244.1.7", "reviews"),
+            "{address: 10.244.1.7, labels: {app: reviews, security.istio.io/tlsMode: istio}, serviceAccount: reviews}"
+        );
+    }
 }

@@ -490,32 +490,43 @@ impl Envoy {
     }
 }
 
-/// `envoy_bin` to be run as `user`, and the descriptor it is executed through: the user may
-/// not be allowed to walk to the binary (a venv under /root), but exec through a descriptor
-/// root opened needs only the file's own mode bits. Keep the file open until spawned.
-fn command_as(envoy_bin: &Path, user: RunAs) -> anyhow::Result<(Command, std::fs::File)> {
+/// `bin` to be run as `user`, and the descriptor it is executed through: the user may not be
+/// allowed to walk to the binary (a venv or a target dir under /root), but exec through a
+/// descriptor root opened needs only the file's own mode bits. Keep the file open until
+/// spawned.
+pub(crate) fn command_as(bin: &Path, user: RunAs) -> anyhow::Result<(Command, std::fs::File)> {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    let binary = std::fs::File::open(envoy_bin)
-        .with_context(|| format!("opening {}", envoy_bin.display()))?;
+    let binary = std::fs::File::open(bin).with_context(|| format!("opening {}", bin.display()))?;
     let mut cmd = Command::new(format!("/proc/self/fd/{}", binary.as_raw_fd()));
     // Supplementary groups go too: std clears them when root sets a uid.
-    cmd.arg0(envoy_bin).uid(user.uid).gid(user.gid);
+    cmd.arg0(bin).uid(user.uid).gid(user.gid);
     Ok((cmd, binary))
 }
 
-/// A fresh directory owned by `user`, under the system temp dir.
+/// A fresh directory for Envoy `name` owned by `user`, under the system temp dir.
 fn runtime_dir_for(user: RunAs, name: &str) -> anyhow::Result<tempfile::TempDir> {
+    dir_owned_by(user, &format!("capstan-envoy-{name}-"))
+}
+
+/// A fresh directory (mode 0700) named `<prefix>…` under the system temp dir, owned by
+/// `user`: where a process run as `user` keeps what it reads and writes, since the log dir
+/// may be out of its reach (under a home directory only root can enter, in CI).
+pub(crate) fn dir_owned_by(user: RunAs, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
     use std::os::unix::fs::chown;
     let base = std::env::temp_dir();
     // TMPDIR could point into a home directory the user cannot enter; say so rather than
-    // leave Envoy to fail on its bootstrap.
-    ensure_user_may(user, &base, 0o1)
-        .context("the temp dir must be usable by the user Envoy runs as (set TMPDIR)")?;
+    // leave the process to fail on its first file.
+    ensure_user_may(user, &base, 0o1).with_context(|| {
+        format!(
+            "the temp dir must be usable by uid {} (set TMPDIR)",
+            user.uid
+        )
+    })?;
     let rt = tempfile::Builder::new()
-        .prefix(&format!("capstan-envoy-{name}-"))
+        .prefix(prefix)
         .tempdir_in(&base)
-        .with_context(|| format!("creating a directory for {name} in {}", base.display()))?;
+        .with_context(|| format!("creating a directory {prefix}… in {}", base.display()))?;
     chown(rt.path(), Some(user.uid), Some(user.gid))
         .with_context(|| format!("giving {} to uid {}", rt.path().display(), user.uid))?;
     Ok(rt)
@@ -550,7 +561,7 @@ fn ensure_user_may_read_files(bootstrap: &Value, user: RunAs) -> anyhow::Result<
 
 /// Fails unless `user` (with no supplementary groups) may search every directory above
 /// `path` and has the `want` bits (0o4 read, 0o2 write, 0o1 execute/search) on `path`.
-fn ensure_user_may(user: RunAs, path: &Path, want: u32) -> anyhow::Result<()> {
+pub(crate) fn ensure_user_may(user: RunAs, path: &Path, want: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let check = |p: &Path, want: u32| -> anyhow::Result<()> {
         let meta = std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?;

@@ -13,6 +13,9 @@ use crate::http::HttpClient;
 use crate::mesh::{CONFIG_TIMEOUT, TestEnv, start_reviews};
 use crate::upstreams::Upstreams;
 
+/// Gateways take their ISTIO_MUTUAL certificates from an agent as sidecars do.
+pub use crate::agent::with_agent_sds;
+
 /// A port for a gateway listener, distinct within this process and below the kernel's
 /// ephemeral range (32768 and up by default). The gateway tests run in a network namespace of
 /// their own, where only their own processes bind: a port the kernel hands out for `:0` (an
@@ -127,34 +130,6 @@ pub async fn start_gateway(
         "gateway",
     )
     .await
-}
-
-/// `bootstrap` (a gateway's) with the static cluster `sds-grpc` to an agent's SDS socket,
-/// as Istio's gateway pods have it: where the listeners of ISTIO_MUTUAL servers take the
-/// workload certificate (`default`) and the mesh roots (`ROOTCA`) from.
-pub fn with_agent_sds(bootstrap: &Bootstrap, sds_socket: &Path) -> serde_json::Value {
-    let mut json = bootstrap.to_json();
-    let cluster = serde_json::json!({
-        "name": "sds-grpc",
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": "sds-grpc",
-            "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": {
-                "pipe": { "path": sds_socket.to_string_lossy() }
-            } } } ] } ],
-        },
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": { "http2_protocol_options": {} },
-            },
-        },
-    });
-    if let Some(clusters) = json["static_resources"]["clusters"].as_array_mut() {
-        clusters.push(cluster);
-    }
-    json
 }
 
 /// Waits until `GET path` with Host `host` is answered by an upstream of `service`.

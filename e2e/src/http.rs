@@ -2,6 +2,8 @@
 //! when needed, plus the upstream's JSON reply.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -65,11 +67,20 @@ pub struct UpstreamReply {
     pub peer: String,
 }
 
+/// A connection opened to an address.
+pub type Connecting = Pin<Box<dyn Future<Output = anyhow::Result<TcpStream>> + Send>>;
+
+/// How an [`HttpClient`] opens its connections, when not with a plain `connect` (e.g. from a
+/// socket the capture takes for another pod's, see
+/// [`crate::capture::Capture::another_pod_client`]).
+pub type Connector = Arc<dyn Fn(SocketAddr) -> Connecting + Send + Sync>;
+
 /// An HTTP/1.1 client for one address (e.g. an Envoy listener or admin port).
 pub struct HttpClient {
     addr: SocketAddr,
     sender: Option<SendRequest<Empty<Bytes>>>,
     resets: usize,
+    connector: Option<Connector>,
 }
 
 impl HttpClient {
@@ -78,6 +89,16 @@ impl HttpClient {
             addr,
             sender: None,
             resets: 0,
+            connector: None,
+        }
+    }
+
+    /// A client for `addr` that opens each connection (the first, and any after the peer
+    /// closed one) with `connector`.
+    pub fn with_connector(addr: SocketAddr, connector: Connector) -> Self {
+        Self {
+            connector: Some(connector),
+            ..Self::new(addr)
         }
     }
 
@@ -94,9 +115,11 @@ impl HttpClient {
     }
 
     async fn connect(&self) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
-        let stream = TcpStream::connect(self.addr)
-            .await
-            .with_context(|| format!("connecting to {}", self.addr))?;
+        let stream = match &self.connector {
+            Some(connect) => connect(self.addr).await,
+            None => TcpStream::connect(self.addr).await.map_err(Into::into),
+        }
+        .with_context(|| format!("connecting to {}", self.addr))?;
         stream.set_nodelay(true)?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await

@@ -13,6 +13,9 @@
 //! - [`netns`]: a private network namespace (with a pod network) for the Kubernetes tests
 //! - [`hostile_ads`]: raw ADS clients that misbehave on purpose, for the fault tests
 //! - [`fixtures`], [`mesh`]: Istio YAML and the reviews mesh most tests start from
+//! - [`capture`], [`capture_mesh`], [`capture_identity`]: Istio's traffic capture in a private
+//!   namespace, a workload behind it with its sidecar, and that workload with an identity
+//!   (CA, agent, `sds-grpc`) and clients from another pod
 //! - [`gateway_mesh`]: the reviews mesh with an ingress gateway Envoy, for the gateway tests
 //! - [`kube`]: a real etcd + kube-apiserver on loopback (CRDs, RBAC, kubectl) for Kubernetes tests
 //! - [`moto`]: AWS Private CA on loopback (patched moto) for the Private CA issuer tests
@@ -24,6 +27,7 @@ pub mod agent;
 pub mod bench_info;
 pub mod capstan;
 pub mod capture;
+pub mod capture_identity;
 pub mod capture_mesh;
 pub mod connect_proxy;
 pub mod envoy;

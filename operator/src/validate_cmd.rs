@@ -222,6 +222,9 @@ impl Report {
                 !spec.tls.is_empty(),
             ));
         }
+        if let IstioObject::PeerAuthentication(_) = object {
+            problems.push(unsupported::peer_authentication_capture_only(&object.key()));
+        }
         if let IstioObject::Sidecar(sidecar) = object {
             let spec = &sidecar.spec;
             let sets = unsupported::CaptureOnly {

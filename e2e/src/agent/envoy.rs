@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{Context, ensure};
 use serde_json::{Value, json};
 
-use crate::envoy::{ENVOY_START_TIMEOUT, parse_stats};
+use crate::envoy::{Bootstrap, ENVOY_START_TIMEOUT, parse_stats};
 use crate::http::{HttpClient, HttpResponse, percent_encode};
 use crate::process::ChildProcess;
 use crate::wait::wait_until;
@@ -70,6 +70,17 @@ fn sds_cluster(socket: &Path) -> Value {
             },
         },
     })
+}
+
+/// `bootstrap` with the static cluster `sds-grpc` to an agent's SDS socket, as Istio's pods
+/// have it (a sidecar's and a gateway's alike): where the listeners and clusters capstan sends
+/// take the workload certificate (`default`) and the mesh roots (`ROOTCA`) from.
+pub fn with_agent_sds(bootstrap: &Bootstrap, sds_socket: &Path) -> Value {
+    let mut json = bootstrap.to_json();
+    if let Some(clusters) = json["static_resources"]["clusters"].as_array_mut() {
+        clusters.push(sds_cluster(sds_socket));
+    }
+    json
 }
 
 /// An HTTP listener on 127.0.0.1 (port 0: Envoy picks) routing everything to `cluster`.

@@ -59,6 +59,7 @@ pub fn service(index: &Index, service: &KubeService, domain_suffix: &str) -> Ser
         ports,
         resolution,
         endpoints,
+        mesh_external: false,
     }
 }
 

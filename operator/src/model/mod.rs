@@ -5,6 +5,7 @@ pub mod delegate;
 pub mod gateway;
 pub mod hostname;
 pub mod kube;
+pub mod peer_authentication;
 pub mod routing;
 mod rule_lookup;
 pub use rule_lookup::HostRules;
@@ -108,6 +109,8 @@ pub struct Mesh {
     pub sidecar_scopes: sidecar_scope::Scopes,
     /// What the scopes see through VirtualServices, kept across changes.
     pub inferred_destinations: sidecar_scope::InferredDestinations,
+    /// The PeerAuthentications, by namespace.
+    pub peer_authentications: peer_authentication::PeerAuthentications,
     /// The TLS Secrets gateways may read credentials from, read (or why they cannot be).
     secrets: BTreeMap<NsName, Result<secret::TlsSecret, secret::SecretError>>,
     /// Exact host → the VirtualServices naming it; and those with a wildcard host. Finding
@@ -150,6 +153,10 @@ pub struct Affected {
     pub secrets: BTreeSet<NsName>,
     /// Whether a Sidecar changed (or went): what each sidecar sees is worked out again.
     pub sidecars: bool,
+    /// The namespaces where a PeerAuthentication changed (or went): what their workloads
+    /// accept and how clients reach them are worked out again (everywhere for the root
+    /// namespace).
+    pub peer_authentications: BTreeSet<String>,
 }
 
 impl Mesh {
@@ -199,6 +206,20 @@ impl Mesh {
         }
         for host in &affected.hosts {
             self.refresh_host(index, host);
+        }
+        // Clients reach these services' endpoints with mutual TLS or without, by the modes
+        // of the services' namespaces and of the endpoints' workloads.
+        if !affected.peer_authentications.is_empty() {
+            let everywhere = affected
+                .peer_authentications
+                .contains(self.sidecar_scopes.root_namespace());
+            let hosts: Vec<String> = self
+                .services
+                .values()
+                .filter(|s| everywhere || affected.peer_authentications.contains(s.namespace()))
+                .map(|s| s.host.clone())
+                .collect();
+            affected.hosts.extend(hosts);
         }
         if affected.sidecars {
             self.refresh_scope_conflicts();
@@ -292,6 +313,10 @@ impl Mesh {
         if key.kind == capstan_crds::Kind::Sidecar {
             affected.sidecars = true;
             self.sidecar_scopes.by_key.remove(key);
+        }
+        if key.kind == capstan_crds::Kind::PeerAuthentication {
+            self.peer_authentications.remove(key);
+            affected.peer_authentications.insert(key.namespace.clone());
         }
         if key.kind == capstan_crds::Kind::WorkloadEntry {
             let hosts = self.selecting_hosts(&key.namespace);
@@ -420,8 +445,12 @@ impl Mesh {
                     sidecar_scope::SidecarScope::new(key.clone(), &sc.spec, &self.domain_suffix);
                 self.sidecar_scopes.by_key.insert(key.clone(), scope);
             }
-            // Workloads and security policies are parsed and validated, but not translated
-            // yet (their status condition says so).
+            IstioObject::PeerAuthentication(pa) => {
+                let created = pa.metadata.creation_timestamp.as_ref();
+                self.peer_authentications.insert(key, &pa.spec, created);
+            }
+            // The other security policies are parsed and validated, but not translated yet
+            // (their status condition says so).
             _ => {}
         }
     }
@@ -517,6 +546,22 @@ impl Mesh {
         }
         service.endpoints = kube::endpoints(index, id);
         self.services.get(&host)
+    }
+
+    /// What the workload in `namespace` with `labels` accepts (its PeerAuthentication modes).
+    pub fn workload_mtls(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> peer_authentication::WorkloadMtls {
+        let root = self.sidecar_scopes.root_namespace();
+        self.peer_authentications.workload(root, namespace, labels)
+    }
+
+    /// The mode of `namespace` as a whole, which clients read.
+    pub fn namespace_mtls(&self, namespace: &str) -> peer_authentication::MtlsMode {
+        let root = self.sidecar_scopes.root_namespace();
+        self.peer_authentications.namespace_mode(root, namespace)
     }
 
     /// Secret `id` as a credential: `None` when there is no such TLS Secret.

@@ -141,6 +141,9 @@ pub struct Service {
     pub ports: Vec<Port>,
     pub resolution: Resolution,
     pub endpoints: Vec<Endpoint>,
+    /// A ServiceEntry's `location: MESH_EXTERNAL` (its default): clients never originate the
+    /// mesh's mutual TLS to it on their own.
+    pub mesh_external: bool,
 }
 
 impl Service {
@@ -194,6 +197,7 @@ impl Service {
                     health: Health::Ready,
                 })
                 .collect(),
+            mesh_external: spec.location == se::Location::MeshExternal,
         }
     }
 }

@@ -16,7 +16,36 @@ pub fn kind_is_translated(kind: Kind) -> bool {
             | Kind::Gateway
             | Kind::WorkloadEntry
             | Kind::Sidecar
+            | Kind::PeerAuthentication
     )
+}
+
+/// A PeerAuthentication says what workloads' inbound sides accept, which only capture-mode
+/// sidecars have: `validate` says so always (it cannot know the mode), `run` in direct mode.
+pub fn peer_authentication_capture_only(key: &ObjectKey) -> Problem {
+    Problem {
+        object: key.clone(),
+        field: "spec".into(),
+        message: "applies to the inbound listeners of capture-mode sidecars (`capstan run \
+                  --sidecar-listeners capture`); direct-mode sidecars have none (clients still \
+                  originate mutual TLS to the endpoints it leaves it on)"
+            .into(),
+    }
+}
+
+/// A `Sidecar`'s ingress listeners in capture mode: their ports pass connections on as they
+/// come, so neither PeerAuthentication nor the mesh's mutual TLS applies there yet.
+pub fn ingress_without_mutual_tls(key: &ObjectKey) -> Problem {
+    Problem {
+        object: key.clone(),
+        field: "spec.ingress".into(),
+        message: "PeerAuthentication is not applied to ingress listener ports yet: they pass \
+                  connections on as they come, and do not terminate the mesh's mutual TLS \
+                  (clients originate it to endpoints labelled `security.istio.io/tlsMode: \
+                  istio`; a DestinationRule with `tls.mode: DISABLE` for their services stops \
+                  that)"
+            .into(),
+    }
 }
 
 /// What `validate`, `run` and the status condition say about an object of a kind capstan

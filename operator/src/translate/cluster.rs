@@ -31,6 +31,7 @@ use super::{
     RuleScope, ServiceCluster, ads_config_source, endpoint, rule_scopes, service_clusters_in,
 };
 use crate::model::DestinationRule;
+use crate::model::peer_authentication::MtlsMode;
 use crate::model::traffic_policy::Policy;
 use crate::model::{Mesh, Resolution, Service};
 
@@ -64,6 +65,8 @@ pub struct ClusterVariant {
 /// whatever their role, as with istiod.
 pub fn clusters_of(mesh: &Mesh, service: &Service) -> Vec<ClusterVariant> {
     let mut out = Vec::new();
+    let auto_mtls = auto_mtls(mesh, service);
+    let cluster_in = |c, rule, reads_secrets| cluster_in(mesh, c, rule, reads_secrets, auto_mtls);
     for scope in rule_scopes(mesh, &service.host) {
         for c in service_clusters_in(service, scope.rule) {
             let port = c.port.number;
@@ -94,6 +97,20 @@ pub fn clusters_of(mesh: &Mesh, service: &Service) -> Vec<ClusterVariant> {
         }
     }
     out
+}
+
+/// Whether clients originate the mesh's mutual TLS to `service`'s endpoints that take it,
+/// where no DestinationRule sets TLS (istiod's auto mTLS): not to a service outside the mesh,
+/// one whose clients go where they dialled (no endpoints to tell apart), or one whose
+/// namespace's (or the mesh's) PeerAuthentication is DISABLE; and only where some endpoint
+/// says it has a sidecar (`security.istio.io/tlsMode: istio`). istiod sets the transport socket
+/// matches on every such cluster; without such an endpoint they would select plain text
+/// anyway, and proxies without an agent (no `sds-grpc` cluster) keep clusters they can load.
+pub fn auto_mtls(mesh: &Mesh, service: &Service) -> bool {
+    !service.mesh_external
+        && service.resolution != Resolution::Passthrough
+        && service.endpoints.iter().any(endpoint::has_identity)
+        && mesh.namespace_mtls(service.namespace()) != MtlsMode::Disable
 }
 
 /// A cluster that carries its endpoints (DNS) once per locality its proxies can be told
@@ -152,14 +169,17 @@ pub(super) fn policy_in(rule: Option<&DestinationRule>, subset: Option<&str>, po
 #[cfg(test)]
 fn cluster(mesh: &Mesh, spec: ServiceCluster<'_>) -> (String, Cluster) {
     let rule = mesh.rule_for(&spec.service.host, None);
-    cluster_in(spec, rule, false)
+    let auto_mtls = auto_mtls(mesh, spec.service);
+    cluster_in(mesh, spec, rule, false, auto_mtls)
 }
 
 /// The cluster for sidecars, or (`reads_secrets`) for proxies that may read a Secret.
 fn cluster_in(
+    mesh: &Mesh,
     spec: ServiceCluster<'_>,
     rule: Option<&DestinationRule>,
     reads_secrets: bool,
+    auto_mtls: bool,
 ) -> (String, Cluster) {
     let ServiceCluster {
         name,
@@ -197,7 +217,7 @@ fn cluster_in(
             cluster.dns_lookup_family =
                 envoy_types::pb::envoy::config::cluster::v3::cluster::DnsLookupFamily::V4Preferred
                     as i32;
-            let mut assignment = endpoint::load_assignment(&name, service, port, labels);
+            let mut assignment = endpoint::load_assignment(mesh, &name, service, port, labels);
             if discovery == DiscoveryType::LogicalDns {
                 // A logical DNS cluster takes exactly one name.
                 assignment.endpoints.truncate(1);
@@ -244,16 +264,18 @@ fn cluster_in(
             LocalityWeightedLbConfig {},
         ));
     }
-    if let Some(settings) = &policy.tls {
-        let target = tls::Target {
-            service,
-            port: port.number,
-            subset,
-            trust_domain: tls::TRUST_DOMAIN,
-            http2: is_http2(&http_options),
-            reads_secrets,
-        };
-        tls::apply(&mut cluster, &mut http_options, settings, &target);
+    let target = tls::Target {
+        service,
+        port: port.number,
+        subset,
+        trust_domain: tls::TRUST_DOMAIN,
+        http2: is_http2(&http_options),
+        reads_secrets,
+    };
+    match &policy.tls {
+        Some(settings) => tls::apply(&mut cluster, &mut http_options, settings, &target),
+        None if auto_mtls => tls::apply_auto(&mut cluster, &target),
+        None => {}
     }
     if let Some(version) = policy.proxy_protocol {
         proxy_protocol::apply(&mut cluster, version);

@@ -12,16 +12,24 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use envoy_types::pb::envoy::config::core::v3::{Address, HealthStatus, Locality, SocketAddress};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, HealthStatus, Locality, Metadata, SocketAddress,
+};
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{Struct, Value};
 
 use super::{RuleScope, ServiceCluster, rule_scopes, service_clusters_in};
 use crate::index::Health;
+use crate::model::peer_authentication::MtlsMode;
+use crate::model::service::Endpoint as ServiceEndpoint;
 use crate::model::{Mesh, Port, Resolution, Service};
+use crate::translate::cluster::tls::{TLS_MODE_KEY, TRANSPORT_SOCKET_MATCH};
+use crate::translate::sidecar::mtls::{TLS_MODE_ISTIO, TLS_MODE_LABEL};
 
 /// One load assignment, for the proxies `key` names (the default: every proxy; a more
 /// specific variant of the same name wins).
@@ -51,14 +59,14 @@ pub fn load_assignments_of(mesh: &Mesh, service: &Service) -> Vec<Assignment> {
     let mut out = Vec::new();
     for scope in rule_scopes(mesh, &service.host) {
         for c in service_clusters_in(service, scope.rule) {
-            out.extend(eds_assignments(c, &scope));
+            out.extend(eds_assignments(mesh, c, &scope));
         }
     }
     out
 }
 
-fn eds_assignments(c: ServiceCluster<'_>, scope: &RuleScope<'_>) -> Vec<Assignment> {
-    let base = load_assignment(&c.name, c.service, c.port, c.labels);
+fn eds_assignments(mesh: &Mesh, c: ServiceCluster<'_>, scope: &RuleScope<'_>) -> Vec<Assignment> {
+    let base = load_assignment(mesh, &c.name, c.service, c.port, c.labels);
     let policy = super::cluster::policy_in(scope.rule, c.subset(), c.port.number);
     let outlier = policy.outlier_detection.is_some();
     match policy.locality_lb() {
@@ -97,9 +105,47 @@ fn endpoint_labels(
     by_locality.into_values().collect()
 }
 
+/// Whether the endpoint says it has a sidecar with an identity
+/// (`security.istio.io/tlsMode: istio`).
+pub fn has_identity(endpoint: &ServiceEndpoint) -> bool {
+    endpoint.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO)
+}
+
+/// Whether clients reach the endpoint on `port` (its own) with the mesh's mutual TLS where
+/// they choose (istiod's `checkMtlsEnabled` without a DestinationRule, which sets TLS for the
+/// whole cluster): it has an identity, and its workload's PeerAuthentication does not
+/// DISABLE the port.
+fn takes_mutual_tls(mesh: &Mesh, namespace: &str, endpoint: &ServiceEndpoint, port: u32) -> bool {
+    has_identity(endpoint)
+        && (mesh.peer_authentications.is_empty()
+            || mesh
+                .workload_mtls(namespace, &endpoint.labels)
+                .for_port(port)
+                != MtlsMode::Disable)
+}
+
+/// `envoy.transport_socket_match: {tlsMode: istio}`: what auto mTLS clusters match on.
+fn mutual_tls_metadata() -> Metadata {
+    let fields = [(
+        TLS_MODE_KEY.to_string(),
+        Value {
+            kind: Some(Kind::StringValue(TLS_MODE_ISTIO.into())),
+        },
+    )];
+    let mut metadata = Metadata::default();
+    metadata.filter_metadata.insert(
+        TRANSPORT_SOCKET_MATCH.into(),
+        Struct {
+            fields: fields.into_iter().collect(),
+        },
+    );
+    metadata
+}
+
 /// The endpoints of `service` on `port` carrying `labels`, grouped by locality. A DNS service
 /// without endpoints resolves its own host name.
 pub fn load_assignment(
+    mesh: &Mesh,
     cluster: &str,
     service: &Service,
     port: &Port,
@@ -114,16 +160,22 @@ pub fn load_assignment(
             Health::Ready,
         ));
     }
+    let namespace = service.namespace();
     for endpoint in service.endpoints.iter().filter(|e| e.selected_by(labels)) {
+        let endpoint_port = endpoint.port_for(port);
+        let mut lb_endpoint = lb_endpoint(
+            &endpoint.address,
+            endpoint_port,
+            endpoint.weight,
+            endpoint.health,
+        );
+        if takes_mutual_tls(mesh, namespace, endpoint, endpoint_port) {
+            lb_endpoint.metadata = Some(mutual_tls_metadata());
+        }
         by_locality
             .entry(endpoint.locality.as_str())
             .or_default()
-            .push(lb_endpoint(
-                &endpoint.address,
-                endpoint.port_for(port),
-                endpoint.weight,
-                endpoint.health,
-            ));
+            .push(lb_endpoint);
     }
     ClusterLoadAssignment {
         cluster_name: cluster.to_string(),

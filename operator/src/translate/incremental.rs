@@ -172,6 +172,7 @@ impl Translator {
             gateways: mesh.gateways.keys().cloned().collect(),
             secrets: BTreeSet::new(),
             sidecars: true,
+            peer_authentications: BTreeSet::new(),
         };
         // Everything is new: what is kept afterwards is the snapshot.
         self.rebuild(mesh, &everything, &mut Update::new());
@@ -233,6 +234,9 @@ impl Translator {
         if let Some(capture) = &mut self.capture {
             capture.update(mesh, affected.hosts.iter().map(String::as_str), &mut update);
             capture.routes_changed(mesh, &affected.routes, &mut update);
+            if !affected.peer_authentications.is_empty() {
+                capture.rebuild_workloads(mesh, &mut update);
+            }
             if let Some(modes) = &modes {
                 capture.set_outbound_modes(modes, &mut update);
                 capture.set_ingress(mesh, &mesh.sidecar_scopes.ingress_variants(), &mut update);
@@ -243,8 +247,10 @@ impl Translator {
         self.refresh_upstream_credentials(mesh, affected, &mut update);
         let views = ScopeViews::new(mesh);
         self.scope_rebuilt_hosts(mesh, &views, &affected.hosts, &mut update);
-        if affected.sidecars {
+        if affected.sidecars || !affected.peer_authentications.is_empty() {
             self.refresh_policy_problems(mesh);
+        }
+        if affected.sidecars {
             self.scoped_segments.clear();
             self.scope_all_hosts(mesh, &views, &mut update);
         } else if !affected.virtual_services.is_empty() {
@@ -313,10 +319,22 @@ impl Translator {
         let Some(service) = mesh.services.get(host) else {
             return update;
         };
-        let assignments = encoded_assignments(mesh, service);
         if let Some(capture) = &mut self.capture {
             capture.update(mesh, [host], &mut update);
         }
+        // Its first endpoint with a sidecar, or its last one gone: clients' TLS changes.
+        let auto_mtls = super::cluster::auto_mtls(mesh, service);
+        if self
+            .by_host
+            .get(host)
+            .is_some_and(|kept| kept.auto_mtls != auto_mtls)
+        {
+            self.replace_host(host, hosts::host_resources(mesh, service), &mut update);
+            self.rescope_assignments(host, &mut update);
+            self.rescope_listeners(&mut update);
+            return update;
+        }
+        let assignments = encoded_assignments(mesh, service);
         match self.by_host.get_mut(host) {
             Some(kept) => {
                 let old = std::mem::replace(&mut kept.assignments, assignments);
@@ -575,3 +593,6 @@ mod stream_source_tests;
 
 #[cfg(test)]
 mod upstream_credential_tests;
+
+#[cfg(test)]
+mod peer_authentication_tests;

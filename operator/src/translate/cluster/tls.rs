@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
 use envoy_types::pb::envoy::config::core::v3::api_config_source::ApiType;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
@@ -22,6 +23,7 @@ use envoy_types::pb::envoy::config::core::v3::{
     ApiConfigSource, ApiVersion, ConfigSource, DataSource, GrpcService, TransportSocket,
     UpstreamHttpProtocolOptions,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
     CombinedCertificateValidationContext, ValidationContextType,
 };
@@ -35,12 +37,15 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::Duration;
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{Struct, Value};
 use envoy_types::util::pack_any;
 use tracing::warn;
 
 use crate::model::Service;
 use crate::model::service::Origin;
 use crate::model::traffic_policy::{ClientTls, TlsMode};
+use crate::translate::sidecar::mtls::TLS_MODE_ISTIO;
 
 /// Istio's default trust domain (capstan's translation has no setting for it yet).
 pub const TRUST_DOMAIN: &str = "cluster.local";
@@ -101,6 +106,44 @@ pub fn apply(
         config_type: Some(ConfigType::TypedConfig(pack_any(context))),
     });
 }
+
+/// Auto mTLS (istiod's, `enableAutoMtls`): where no DestinationRule sets TLS, the mesh's
+/// mutual TLS to endpoints whose load-assignment metadata says they take it
+/// (`envoy.transport_socket_match: {tlsMode: istio}`, see `endpoint`), plain text to the
+/// rest, through Envoy's transport socket matches.
+pub fn apply_auto(cluster: &mut Cluster, target: &Target<'_>) {
+    let context = istio_mutual(&ClientTls::default(), target);
+    let mut tls_mode = Struct::default();
+    tls_mode.fields.insert(
+        TLS_MODE_KEY.into(),
+        Value {
+            kind: Some(Kind::StringValue(TLS_MODE_ISTIO.into())),
+        },
+    );
+    cluster.transport_socket_matches = vec![
+        TransportSocketMatch {
+            name: format!("tlsMode-{TLS_MODE_ISTIO}"),
+            r#match: Some(tls_mode),
+            transport_socket: Some(TransportSocket {
+                name: TLS_SOCKET.into(),
+                config_type: Some(ConfigType::TypedConfig(pack_any(context))),
+            }),
+        },
+        TransportSocketMatch {
+            name: "tlsMode-disabled".into(),
+            r#match: Some(Struct::default()),
+            transport_socket: Some(TransportSocket {
+                name: "envoy.transport_sockets.raw_buffer".into(),
+                config_type: Some(ConfigType::TypedConfig(pack_any(RawBuffer::default()))),
+            }),
+        },
+    ];
+}
+
+/// The endpoint metadata key auto mTLS matches on (under
+/// `envoy.transport_socket_match`), and the value saying the endpoint takes mutual TLS.
+pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+pub const TLS_MODE_KEY: &str = "tlsMode";
 
 fn common_defaults() -> CommonTlsContext {
     CommonTlsContext {

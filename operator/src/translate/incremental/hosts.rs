@@ -15,6 +15,8 @@ pub(super) struct HostResources {
     /// Each for the proxies its selector picks (locality variants; most are for all).
     pub(super) clusters: Vec<(Selector, Resource)>,
     pub(super) assignments: Vec<(Selector, Resource)>,
+    /// Whether its clusters were built with auto mTLS (an endpoint change can change that).
+    pub(super) auto_mtls: bool,
 }
 
 /// The resources of each of `hosts` (empty for a host no service has any more).
@@ -40,6 +42,7 @@ pub(super) fn host_resources(mesh: &Mesh, service: &Service) -> HostResources {
             })
             .collect(),
         assignments: encoded_assignments(mesh, service),
+        auto_mtls: cluster::auto_mtls(mesh, service),
     }
 }
 

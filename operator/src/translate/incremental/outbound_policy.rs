@@ -1,6 +1,7 @@
 //! The sidecars' outbound traffic policy in translation: the last virtual host of each route
 //! variant in capture mode (for Host names no service has), and what direct mode reports of
-//! it and of `Sidecar` ingress listeners.
+//! it, of `Sidecar` ingress listeners and of PeerAuthentications (capture mode: that ingress
+//! listeners do not terminate the mesh's mutual TLS).
 
 use std::collections::BTreeMap;
 
@@ -12,7 +13,7 @@ use prost::Message;
 use super::Translator;
 use crate::model::Mesh;
 use crate::model::sidecar_scope::{OutboundMode, OutboundModes};
-use crate::model::unsupported::{CaptureOnly, sidecar_capture_only};
+use crate::model::unsupported::{self, CaptureOnly, sidecar_capture_only};
 use crate::translate::sidecar::{ListenerMode, fallback_virtual_host};
 
 /// [`fallback_virtual_host`] of each outbound mode, encoded once.
@@ -63,10 +64,14 @@ impl Translator {
     /// listener applications dial has no original destination to pass a request on to),
     /// ingress listeners or inbound limits (there is no inbound side).
     pub(super) fn refresh_policy_problems(&mut self, mesh: &Mesh) {
+        let scopes = &mesh.sidecar_scopes;
         if self.options.sidecar_listeners != ListenerMode::Direct {
+            self.policy_problems = scopes
+                .setting_ingress()
+                .map(unsupported::ingress_without_mutual_tls)
+                .collect();
             return;
         }
-        let scopes = &mesh.sidecar_scopes;
         let mut sets: BTreeMap<&ObjectKey, CaptureOnly> = BTreeMap::new();
         for key in scopes.setting_outbound() {
             sets.entry(key).or_default().outbound_policy = true;
@@ -80,6 +85,11 @@ impl Translator {
         self.policy_problems = sets
             .into_iter()
             .flat_map(|(key, sets)| sidecar_capture_only(key, sets))
+            .chain(
+                mesh.peer_authentications
+                    .keys()
+                    .map(unsupported::peer_authentication_capture_only),
+            )
             .collect();
     }
 }

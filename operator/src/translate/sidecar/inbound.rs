@@ -23,13 +23,16 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
-use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    ForwardClientCertDetails, RouteSpecifier, SetCurrentClientCertDetails,
+};
+use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 
+use super::mtls::{self, Accepts, InboundMtls, chain_options};
 use super::{
-    DETECTED_HTTP, INBOUND_CAPTURE_PORT, INBOUND_PASSTHROUGH, INBOUND_SOURCE, PASSTHROUGH,
-    VIRTUAL_INBOUND, http_inspector, inbound_cluster_name, socket, tcp_proxy,
+    INBOUND_CAPTURE_PORT, INBOUND_PASSTHROUGH, INBOUND_SOURCE, PASSTHROUGH, VIRTUAL_INBOUND,
+    http_inspector, inbound_cluster_name, socket, tcp_proxy,
 };
 use crate::model::traffic_policy::ConnectionPool;
 use crate::translate::cluster::apply_inbound;
@@ -47,46 +50,63 @@ pub enum Served {
 }
 
 /// The workload's ports (the port it listens on → how it serves it) as filter chains keyed
-/// by the original destination port; anything else passes through to where it was headed.
-pub fn virtual_inbound(ports: &BTreeMap<u32, Served>) -> Listener {
-    virtual_inbound_to(
-        ports
-            .iter()
-            .map(|(port, served)| (*port, *served, inbound_cluster_name(*port))),
-    )
+/// by the original destination port, each accepting what `mtls` says; anything else passes
+/// through to where it was headed.
+pub fn virtual_inbound(ports: &BTreeMap<u32, Served>, mtls: &InboundMtls) -> Listener {
+    virtual_inbound_to(ports.iter().map(|(port, served)| InboundPort {
+        port: *port,
+        served: *served,
+        cluster: inbound_cluster_name(*port),
+        accepts: mtls.for_port(*port),
+    }))
+}
+
+/// One port of `virtualInbound`.
+pub struct InboundPort {
+    pub port: u32,
+    pub served: Served,
+    /// Where its connections go.
+    pub cluster: String,
+    pub accepts: Accepts,
 }
 
 /// [`virtual_inbound`] with a cluster named for each port.
-pub fn virtual_inbound_to(ports: impl Iterator<Item = (u32, Served, String)>) -> Listener {
+pub fn virtual_inbound_to(ports: impl Iterator<Item = InboundPort>) -> Listener {
     let mut detecting = false;
+    let mut inspecting_tls = false;
     let mut chains = Vec::new();
-    for (port, served, cluster) in ports {
-        let chain = |filter: Filter, application_protocols: &[&str]| FilterChain {
-            // Chain names are unique in a listener: a detected port's HTTP one is told apart.
-            name: if application_protocols.is_empty() {
-                cluster.clone()
+    for InboundPort {
+        port,
+        served,
+        cluster,
+        accepts,
+    } in ports
+    {
+        detecting |= served == Served::Detected;
+        inspecting_tls |= accepts != Accepts::Anything;
+        for option in chain_options(served, accepts) {
+            let filter = if option.http {
+                http_filter(port, &cluster)
             } else {
-                format!("{cluster}http")
-            },
-            filter_chain_match: Some(FilterChainMatch {
-                destination_port: Some(UInt32Value { value: port }),
-                application_protocols: application_protocols
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect(),
+                tcp_proxy(&cluster, &cluster)
+            };
+            chains.push(FilterChain {
+                // Chain names are unique in a listener.
+                name: format!("{cluster}{}", option.suffix),
+                filter_chain_match: Some(FilterChainMatch {
+                    destination_port: Some(UInt32Value { value: port }),
+                    transport_protocol: option.transport.to_string(),
+                    application_protocols: option
+                        .application_protocols
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect(),
+                    ..Default::default()
+                }),
+                filters: vec![filter],
+                transport_socket: option.mtls.then(|| mtls::server_socket(option.http)),
                 ..Default::default()
-            }),
-            filters: vec![filter],
-            ..Default::default()
-        };
-        match served {
-            Served::Http { .. } => chains.push(chain(http_filter(port, &cluster), &[])),
-            Served::Tcp => chains.push(chain(tcp_proxy(&cluster, &cluster), &[])),
-            Served::Detected => {
-                detecting = true;
-                chains.push(chain(http_filter(port, &cluster), &DETECTED_HTTP));
-                chains.push(chain(tcp_proxy(&cluster, &cluster), &[]));
-            }
+            });
         }
     }
     chains.push(FilterChain {
@@ -99,6 +119,7 @@ pub fn virtual_inbound_to(ports: impl Iterator<Item = (u32, Served, String)>) ->
         address: Some(socket("0.0.0.0", INBOUND_CAPTURE_PORT)),
         traffic_direction: TrafficDirection::Inbound as i32,
         // Chains match the port the connection was headed for, not 15006.
+        // The TLS inspector first: the HTTP inspector leaves TLS connections alone.
         listener_filters: std::iter::once(ListenerFilter {
             name: "envoy.filters.listener.original_dst".to_string(),
             config_type: Some(ListenerFilterConfig::TypedConfig(pack_any(
@@ -106,6 +127,7 @@ pub fn virtual_inbound_to(ports: impl Iterator<Item = (u32, Served, String)>) ->
             ))),
             ..Default::default()
         })
+        .chain(inspecting_tls.then(super::tls_inspector))
         .chain(detecting.then(http_inspector))
         .collect(),
         filter_chains: chains,
@@ -142,6 +164,15 @@ fn http_filter(port: u32, cluster: &str) -> Filter {
         stat_prefix: cluster,
         route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
         http_filters: http_filters(),
+        // As istiod's inbound: the workload learns its caller's identity from
+        // `x-forwarded-client-cert` (`By` itself, `URI` the peer's SPIFFE id).
+        forward_client_cert_details: ForwardClientCertDetails::AppendForward as i32,
+        set_current_client_cert_details: Some(SetCurrentClientCertDetails {
+            subject: Some(BoolValue { value: true }),
+            uri: true,
+            dns: true,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     Filter {

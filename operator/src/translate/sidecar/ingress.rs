@@ -16,6 +16,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::inbound::{self, Served};
+use super::mtls::Accepts;
 use super::socket;
 use crate::model::sidecar_scope::{IngressEndpoint, IngressPort, IngressProtocol};
 use crate::translate::gateway::downstream_tls;
@@ -57,8 +58,13 @@ fn served(ingress: &IngressPort) -> Served {
 /// through, as for a workload without services); the chains of a port with `tls` terminate
 /// it.
 pub fn virtual_inbound(ports: &[IngressPort]) -> Listener {
-    let mut listener =
-        inbound::virtual_inbound_to(ports.iter().map(|p| (p.port, served(p), cluster_name(p))));
+    let mut listener = inbound::virtual_inbound_to(ports.iter().map(|p| inbound::InboundPort {
+        port: p.port,
+        served: served(p),
+        cluster: cluster_name(p),
+        // PeerAuthentication is not applied here (reported on the policies).
+        accepts: Accepts::Anything,
+    }));
     for port in ports {
         let Some(tls) = &port.tls else { continue };
         let socket = downstream_tls(tls);

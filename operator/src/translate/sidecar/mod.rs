@@ -14,6 +14,7 @@
 
 mod inbound;
 mod ingress;
+pub mod mtls;
 mod outbound;
 mod state;
 mod stream;
@@ -28,6 +29,7 @@ use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterCo
 use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, ListenerFilter};
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
 use envoy_types::util::pack_any;
@@ -53,6 +55,18 @@ fn http_inspector() -> ListenerFilter {
         name: "envoy.filters.listener.http_inspector".to_string(),
         config_type: Some(ListenerFilterConfig::TypedConfig(pack_any(
             HttpInspector::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// Reads a TLS connection's ClientHello (SNI, ALPN) for filter chains to match on, and tells
+/// TLS from plain text (`tls` or `raw_buffer`).
+fn tls_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".to_string(),
+        config_type: Some(ListenerFilterConfig::TypedConfig(pack_any(
+            TlsInspector::default(),
         ))),
         ..Default::default()
     }

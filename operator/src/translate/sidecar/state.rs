@@ -7,6 +7,7 @@ use capstan_xds::{Resource, Role, Selector, Update, type_url};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 
 use super::inbound::{self, Served};
+use super::mtls::InboundMtls;
 use super::{VIRTUAL_INBOUND, inbound_cluster_name, outbound};
 use crate::model::sidecar_scope::{Covers, InboundPools, IngressVariants, OutboundModes};
 use crate::model::traffic_policy::ConnectionPool;
@@ -107,7 +108,7 @@ impl CaptureState {
         state.inbound_pools = mesh.sidecar_scopes.inbound_pools();
         // A sidecar whose address has no endpoints still gets its inbound passthrough, or
         // the ingress listeners of its Sidecar.
-        let inbound = inbound::virtual_inbound(&BTreeMap::new());
+        let inbound = inbound::virtual_inbound(&BTreeMap::new(), &InboundMtls::none());
         put(
             &mut update,
             sidecars(),
@@ -313,6 +314,14 @@ impl CaptureState {
         }
     }
 
+    /// Rebuilds every workload's inbound side (what their ports accept changed).
+    pub fn rebuild_workloads(&mut self, mesh: &Mesh, update: &mut Update) {
+        let addresses: Vec<String> = self.workloads.keys().cloned().collect();
+        for address in addresses {
+            self.rebuild_workload(mesh, &address, update);
+        }
+    }
+
     fn rebuild_workload(&mut self, mesh: &Mesh, address: &str, update: &mut Update) {
         let hosts = self.workloads.get(address).cloned().unwrap_or_default();
         if hosts.is_empty() {
@@ -324,6 +333,13 @@ impl CaptureState {
         } else {
             workload_ports(mesh, address, &hosts)
         };
+        let mtls = match sidecar_settings::workload_selector(mesh, address, &hosts) {
+            Some(workload) => {
+                let namespace = workload.namespace.as_deref().unwrap_or_default();
+                InboundMtls::of(mesh, namespace, &workload.labels)
+            }
+            None => InboundMtls::none(),
+        };
         let old = self.inbound.remove(address).unwrap_or_default();
         let selector = Selector::workload(address);
         if served.is_empty() {
@@ -331,7 +347,7 @@ impl CaptureState {
                 update.remove_for(selector, type_url::LISTENER, VIRTUAL_INBOUND);
             }
         } else {
-            let listener = inbound::virtual_inbound(&served);
+            let listener = inbound::virtual_inbound(&served, &mtls);
             put(
                 update,
                 selector,

@@ -4,12 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::{
-    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+    Filter, FilterChain, FilterChainMatch, Listener,
 };
-use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
-use envoy_types::util::pack_any;
 
 use super::outbound;
 use super::tcp_proxy;
@@ -132,13 +129,7 @@ pub fn tls_listener(
     }
     let mut listener =
         outbound::bound_by_capture(format!("0.0.0.0_{port}"), "0.0.0.0", port, chains);
-    listener.listener_filters = vec![ListenerFilter {
-        name: "envoy.filters.listener.tls_inspector".to_string(),
-        config_type: Some(ListenerFilterConfig::TypedConfig(pack_any(
-            TlsInspector::default(),
-        ))),
-        ..Default::default()
-    }];
+    listener.listener_filters = vec![super::tls_inspector()];
     Built {
         value: listener,
         destinations,

@@ -1,0 +1,271 @@
+//! PeerAuthentication and auto mTLS with real traffic through a real captured sidecar that
+//! has a workload identity (see `capstan_e2e::capture_identity`: an in-test CA, a real
+//! `capstan agent`, the sidecar's `sds-grpc`). The workload's app calls its own services
+//! through the capture, so its sidecar is both the client (auto mTLS out of
+//! `virtualOutbound`) and the server (`virtualInbound`); a pod without a sidecar is played by
+//! plain-text connections the capture delivers into `virtualInbound` from another address.
+//! Logs: `<target>/debug/e2e-logs/<test name>/`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, bail, ensure};
+use capstan_e2e::capture::service_ip;
+use capstan_e2e::capture_identity::{IdentityMesh, start_with_identity};
+use capstan_e2e::capture_mesh::call;
+use capstan_e2e::http::{HttpClient, UpstreamReply};
+use capstan_e2e::mesh::CONFIG_TIMEOUT;
+use capstan_e2e::wait_until;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+capstan_e2e::private_network!();
+
+const UPSTREAM_BIN: &str = env!("CARGO_BIN_EXE_capstan-upstream");
+
+/// Every test listens on 15001 and 15006 in the one namespace this binary has.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Connections `virtualInbound` closed because no filter chain takes them.
+const NO_CHAIN: &str = "listener.0.0.0.0_15006.no_filter_chain_match";
+
+/// The workload (its endpoints' labels: `app: reviews`, `security.istio.io/tlsMode: istio`)
+/// runs as `spiffe://cluster.local/ns/bookinfo/sa/reviews`.
+async fn start(name: &str) -> anyhow::Result<IdentityMesh> {
+    start_with_identity(name, Path::new(UPSTREAM_BIN), "bookinfo", "reviews").await
+}
+
+fn policy(name: &str, body: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: {name}, namespace: bookinfo}}
+spec:
+{body}"
+    )
+}
+
+const STRICT: &str = "  mtls: {mode: STRICT}\n";
+/// The workload's port 5432 (db) in plain text, the rest as the namespace says.
+const DB_PLAIN: &str = "  selector: {matchLabels: {app: reviews}}
+  portLevelMtls:
+    \"5432\": {mode: DISABLE}
+";
+
+fn reviews_vip() -> SocketAddr {
+    SocketAddr::from((service_ip(10), 9080))
+}
+
+fn db_vip() -> SocketAddr {
+    SocketAddr::from((service_ip(20), 5432))
+}
+
+/// The app calling reviews through the capture; fails unless the workload's side saw the
+/// caller's certificate: `x-forwarded-client-cert` naming the caller (`URI`) and itself
+/// (`By`), both the workload's own identity here.
+async fn call_over_mutual_tls(mesh: &IdentityMesh) -> anyhow::Result<UpstreamReply> {
+    let reply = call(reviews_vip(), "reviews").await?;
+    let id = mesh.spiffe_id();
+    let xfcc = reply
+        .headers
+        .get("x-forwarded-client-cert")
+        .with_context(|| format!("no x-forwarded-client-cert reached the app: {reply:?}"))?;
+    ensure!(
+        xfcc.contains(&format!("URI={id}")) && xfcc.contains(&format!("By={id}")),
+        "x-forwarded-client-cert {xfcc:?} does not name {id}"
+    );
+    Ok(reply)
+}
+
+/// Plain HTTP from another pod (no sidecar) to reviews at the workload's address.
+async fn plain_http(mesh: &IdentityMesh) -> anyhow::Result<UpstreamReply> {
+    let mut client = mesh.capture.another_pod_client(mesh.workload_port(9080));
+    let response = client.get("reviews", "/whoami", &[]).await?;
+    ensure!(
+        response.status.is_success(),
+        "plain HTTP from another pod: {}",
+        response.status
+    );
+    let reply: UpstreamReply = serde_json::from_slice(&response.body)?;
+    ensure!(
+        !reply.headers.contains_key("x-forwarded-client-cert"),
+        "a plain-text caller was given a certificate: {reply:?}"
+    );
+    Ok(reply)
+}
+
+/// Plain TCP from another pod to db at the workload's address: the bytes of one HTTP/1.0
+/// request, and what comes back before the connection closes (empty when it is refused).
+async fn plain_tcp(mesh: &IdentityMesh) -> anyhow::Result<String> {
+    let mut stream = mesh
+        .capture
+        .connect_from_another_pod(mesh.workload_port(5432))
+        .await?;
+    // A refused connection may be reset while this is written: that reads as refused too.
+    let request = b"GET /whoami HTTP/1.0\r\nHost: db\r\n\r\n";
+    if stream.write_all(request).await.is_err() {
+        return Ok(String::new());
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        capstan_e2e::http::REQUEST_TIMEOUT,
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .context("the answer over plain TCP took too long")?;
+    if read.is_err() {
+        return Ok(String::new());
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// Waits until plain HTTP from another pod is refused: the connection closed by
+/// `virtualInbound` for want of a filter chain taking plain text.
+async fn wait_plain_http_refused(mesh: &IdentityMesh) -> anyhow::Result<()> {
+    let envoy = &mesh.mesh.envoy;
+    wait_until("plain HTTP refused", CONFIG_TIMEOUT, async || {
+        let before = envoy.stat(NO_CHAIN).await?;
+        match plain_http(mesh).await {
+            Ok(reply) => bail!("still served: {reply:?}"),
+            Err(_) => {
+                let after = envoy.stat(NO_CHAIN).await?;
+                ensure!(after > before, "refused, but not by the inbound listener");
+                Ok(())
+            }
+        }
+    })
+    .await
+}
+
+/// Istio's default and its two modes, as a workload's clients see them:
+/// - PERMISSIVE (no policy): the app's call through its sidecar goes over mutual TLS (auto
+///   mTLS: the endpoint says it has a sidecar), and the app sees the caller's SPIFFE id in
+///   `x-forwarded-client-cert`; another pod's plain text is served too;
+/// - namespace STRICT: plain HTTP and TCP from another pod are closed by the sidecar, the
+///   mesh's calls still served — without Envoy restarting;
+/// - a workload policy DISABLEs port 5432: another pod's plain TCP reaches db again, and the
+///   app's own call to db (sent in plain text now: the endpoint no longer takes mutual TLS on
+///   that port) is served, while HTTP on 9080 stays STRICT;
+/// - an invalid version of that policy (`portLevelMtls` without a selector) is refused and
+///   the last good one kept;
+/// - both policies deleted: plain text is served on every port again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_refuses_plain_text_and_a_port_level_disable_opens_one_port() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mesh = start("peer_authentication_modes").await?;
+    let env = &mesh.mesh.env;
+    let logs = || format!("logs in {}", env.log_dir.display());
+    let envoy_pid = mesh.mesh.envoy.pid();
+
+    wait_until("mutual TLS to reviews", CONFIG_TIMEOUT, async || {
+        call_over_mutual_tls(&mesh).await
+    })
+    .await
+    .with_context(logs)?;
+    plain_http(&mesh).await.context("PERMISSIVE: plain HTTP")?;
+    let answer = plain_tcp(&mesh).await?;
+    ensure!(
+        answer.contains("\"db\""),
+        "PERMISSIVE: plain TCP: {answer:?}"
+    );
+
+    env.write_config("strict.yaml", &policy("default", STRICT))?;
+    wait_plain_http_refused(&mesh).await.with_context(logs)?;
+    let answer = plain_tcp(&mesh).await?;
+    ensure!(answer.is_empty(), "STRICT: plain TCP answered {answer:?}");
+    call_over_mutual_tls(&mesh)
+        .await
+        .context("STRICT: the mesh")?;
+
+    env.write_config("db-plain.yaml", &policy("db-plain", DB_PLAIN))?;
+    let answer = wait_until("plain TCP to db", CONFIG_TIMEOUT, async || {
+        let answer = plain_tcp(&mesh).await?;
+        ensure!(answer.contains("\"db\""), "{answer:?}");
+        Ok(answer)
+    })
+    .await
+    .with_context(logs)?;
+    ensure!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    let reply = call(db_vip(), "db").await.context("the app to db")?;
+    ensure!(reply.service == "db", "{reply:?}");
+    ensure!(
+        plain_http(&mesh).await.is_err(),
+        "port 9080 stopped being STRICT"
+    );
+
+    let invalid = "  portLevelMtls:\n    \"5432\": {mode: STRICT}\n";
+    env.write_config("db-plain.yaml", &policy("db-plain", invalid))?;
+    wait_until("the invalid policy refused", CONFIG_TIMEOUT, async || {
+        let refused = mesh
+            .mesh
+            .capstan
+            .process
+            .log_lines(|l| l.contains("db-plain") && l.contains("portLevelMtls"));
+        ensure!(!refused.is_empty(), "capstan logged no refusal");
+        Ok(())
+    })
+    .await
+    .with_context(logs)?;
+    let answer = plain_tcp(&mesh).await?;
+    ensure!(
+        answer.contains("\"db\""),
+        "the last good policy was not kept: plain TCP answered {answer:?}"
+    );
+
+    for file in ["db-plain.yaml", "strict.yaml"] {
+        std::fs::remove_file(env.config_dir.join(file))?;
+    }
+    wait_until("plain HTTP served again", CONFIG_TIMEOUT, async || {
+        plain_http(&mesh).await
+    })
+    .await
+    .with_context(logs)?;
+    call_over_mutual_tls(&mesh).await?;
+    ensure!(mesh.mesh.envoy.pid() == envoy_pid, "the sidecar restarted");
+    mesh.mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// A DestinationRule's TLS wins over auto mTLS: told `tls.mode: DISABLE`, the client sidecar
+/// sends plain text, which the STRICT workload refuses (the app gets a 503); without the
+/// rule, auto mTLS reaches it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_plain_text_by_its_destination_rule_is_refused_by_strict()
+-> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mesh = start("peer_authentication_rule").await?;
+    let env = &mesh.mesh.env;
+    let logs = || format!("logs in {}", env.log_dir.display());
+    env.write_config("strict.yaml", &policy("default", STRICT))?;
+    wait_plain_http_refused(&mesh).await.with_context(logs)?;
+
+    env.write_config(
+        "plain-rule.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  host: reviews
+  trafficPolicy: {tls: {mode: DISABLE}}
+",
+    )?;
+    wait_until(
+        "the app refused by its own STRICT side",
+        CONFIG_TIMEOUT,
+        async || {
+            let response = HttpClient::new(reviews_vip())
+                .get("reviews", "/whoami", &[])
+                .await?;
+            ensure!(response.status == 503, "{}", response.status);
+            Ok(())
+        },
+    )
+    .await
+    .with_context(logs)?;
+
+    std::fs::remove_file(env.config_dir.join("plain-rule.yaml"))?;
+    wait_until("auto mTLS again", CONFIG_TIMEOUT, async || {
+        call_over_mutual_tls(&mesh).await
+    })
+    .await
+    .with_context(logs)?;
+    mesh.mesh.envoy.ensure_no_rejected_updates().await
+}

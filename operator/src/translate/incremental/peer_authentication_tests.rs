@@ -1,0 +1,368 @@
+//! PeerAuthentication and auto mTLS: what a workload's `virtualInbound` accepts, how clients'
+//! clusters and load assignments reach it, and incremental builds equal to full ones.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use capstan_crds::Kind;
+use capstan_xds::ProxyInfo;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+use prost::Message;
+
+use super::tests::{check_with, delete, istio, options, served_to, service};
+use super::*;
+use crate::index::{Event, Health, NsName, PodRecord, Record, SliceEndpoint, SliceRecord};
+
+fn capture() -> Options {
+    Options {
+        sidecar_listeners: ListenerMode::Capture,
+        ..options()
+    }
+}
+
+/// `reviews` (HTTP 9080) and `db` (TCP 5432) in `bookinfo`, both on workload 10.0.0.1 (`app:
+/// bookinfo`), whose endpoints carry `extra` labels too; `location` MESH_INTERNAL unless `external`.
+fn entries(extra: &str, external: bool) -> Vec<String> {
+    let location = if external {
+        "MESH_EXTERNAL"
+    } else {
+        "MESH_INTERNAL"
+    };
+    [("reviews", 9080, "HTTP", 10), ("db", 5432, "TCP", 20)]
+        .iter()
+        .map(|(name, port, protocol, vip)| {
+            format!(
+                "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: bookinfo}}
+spec:
+  hosts: [{name}.bookinfo.svc.cluster.local]
+  addresses: [240.0.0.{vip}]
+  location: {location}
+  ports: [{{number: {port}, name: {}, protocol: {protocol}}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 10.0.0.1, serviceAccount: bookinfo-app, labels: {{app: bookinfo{extra}}}}}
+",
+                protocol.to_lowercase()
+            )
+        })
+        .collect()
+}
+
+const IN_MESH: &str = ", security.istio.io/tlsMode: istio";
+
+fn policy(namespace: &str, name: &str, body: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+{body}"
+    )
+}
+
+fn workload() -> ProxyInfo {
+    ProxyInfo {
+        id: "sidecar~10.0.0.1~app-0.bookinfo~bookinfo.svc.cluster.local".into(),
+        namespace: Some("bookinfo".into()),
+        address: Some("10.0.0.1".into()),
+        ..Default::default()
+    }
+}
+
+fn virtual_inbound(yamls: &[String]) -> Listener {
+    served_to::<Listener>(
+        capture(),
+        yamls,
+        capstan_xds::type_url::LISTENER,
+        &workload(),
+    )
+    .into_iter()
+    .find(|l| l.name == "virtualInbound")
+    .expect("virtualInbound")
+}
+
+/// Per chain of `port`: (transport protocol, ALPN, terminates TLS requiring a client
+/// certificate).
+fn chains_of(listener: &Listener, port: u32) -> Vec<(String, Vec<String>, bool)> {
+    let on_port = |c: &&FilterChain| {
+        c.filter_chain_match
+            .as_ref()
+            .and_then(|m| m.destination_port)
+            .is_some_and(|p| p.value == port)
+    };
+    listener
+        .filter_chains
+        .iter()
+        .filter(on_port)
+        .map(|c| {
+            let m = c.filter_chain_match.clone().unwrap_or_default();
+            let mtls = c.transport_socket.as_ref().is_some_and(|socket| {
+                let Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) =
+                    &socket.config_type
+                else {
+                    return false;
+                };
+                let context = DownstreamTlsContext::decode(any.value.as_slice()).expect("decodes");
+                let common = context.common_tls_context.unwrap_or_default();
+                context.require_client_certificate.is_some_and(|b| b.value)
+                    && common.tls_certificate_sds_secret_configs[0].name == "default"
+            });
+            (m.transport_protocol, m.application_protocols, mtls)
+        })
+        .collect()
+}
+
+fn listener_filters(listener: &Listener) -> Vec<String> {
+    listener
+        .listener_filters
+        .iter()
+        .map(|f| f.name.clone())
+        .collect()
+}
+
+fn plain(transport: &str) -> (String, Vec<String>, bool) {
+    (transport.into(), Vec::new(), false)
+}
+
+fn mutual(alpn: &[&str]) -> (String, Vec<String>, bool) {
+    (
+        "tls".into(),
+        alpn.iter().map(|s| s.to_string()).collect(),
+        true,
+    )
+}
+
+const ISTIO_ALPN: [&str; 5] = [
+    "istio",
+    "istio-peer-exchange",
+    "istio-http/1.0",
+    "istio-http/1.1",
+    "istio-h2",
+];
+
+#[test]
+fn a_workload_with_a_sidecar_accepts_mutual_tls_and_plain_text_by_default() {
+    let listener = virtual_inbound(&entries(IN_MESH, false));
+    assert!(listener_filters(&listener).contains(&"envoy.filters.listener.tls_inspector".into()));
+    assert_eq!(
+        chains_of(&listener, 9080),
+        vec![mutual(&ISTIO_ALPN), plain("raw_buffer")]
+    );
+    // TCP: Istio's mutual TLS, TLS the app speaks itself (passed on), plain text.
+    assert_eq!(
+        chains_of(&listener, 5432),
+        vec![mutual(&ISTIO_ALPN), plain("tls"), plain("raw_buffer")]
+    );
+}
+
+#[test]
+fn strict_accepts_mutual_tls_only_and_disable_plain_text_only() {
+    let mut yamls = entries(IN_MESH, false);
+    yamls.push(policy("bookinfo", "default", "  mtls: {mode: STRICT}\n"));
+    let strict = virtual_inbound(&yamls);
+    assert_eq!(chains_of(&strict, 9080), vec![mutual(&[])]);
+    assert_eq!(chains_of(&strict, 5432), vec![mutual(&[])]);
+
+    yamls.push(policy(
+        "bookinfo",
+        "db",
+        "  selector: {matchLabels: {app: bookinfo}}\n  portLevelMtls:\n    \"5432\": {mode: DISABLE}\n",
+    ));
+    let mixed = virtual_inbound(&yamls);
+    assert_eq!(chains_of(&mixed, 9080), vec![mutual(&[])]);
+    assert_eq!(chains_of(&mixed, 5432), vec![plain("raw_buffer")]);
+}
+
+#[test]
+fn a_workload_without_a_sidecar_label_accepts_anything_unless_strict() {
+    let mut yamls = entries("", false);
+    let before = virtual_inbound(&yamls);
+    assert_eq!(chains_of(&before, 9080), vec![plain("")]);
+    assert!(!listener_filters(&before).contains(&"envoy.filters.listener.tls_inspector".into()));
+    yamls.push(policy(
+        "istio-system",
+        "default",
+        "  mtls: {mode: STRICT}\n",
+    ));
+    assert_eq!(chains_of(&virtual_inbound(&yamls), 9080), vec![mutual(&[])]);
+}
+
+fn clusters(yamls: &[String]) -> BTreeMap<String, Cluster> {
+    served_to::<Cluster>(
+        options(),
+        yamls,
+        capstan_xds::type_url::CLUSTER,
+        &workload(),
+    )
+    .into_iter()
+    .map(|c| (c.name.clone(), c))
+    .collect()
+}
+
+fn auto_matches(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .transport_socket_matches
+        .iter()
+        .map(|m| m.name.clone())
+        .collect()
+}
+
+const REVIEWS: &str = "outbound|9080||reviews.bookinfo.svc.cluster.local";
+
+#[test]
+fn clients_originate_mutual_tls_to_endpoints_with_sidecars() {
+    let in_mesh = clusters(&entries(IN_MESH, false));
+    let reviews = &in_mesh[REVIEWS];
+    assert_eq!(auto_matches(reviews), ["tlsMode-istio", "tlsMode-disabled"]);
+    assert!(reviews.transport_socket.is_none());
+
+    // Outside the mesh, without sidecars, or DISABLE for the namespace: no mutual TLS.
+    assert!(auto_matches(&clusters(&entries(IN_MESH, true))[REVIEWS]).is_empty());
+    assert!(auto_matches(&clusters(&entries("", false))[REVIEWS]).is_empty());
+    let mut disabled = entries(IN_MESH, false);
+    disabled.push(policy("bookinfo", "default", "  mtls: {mode: DISABLE}\n"));
+    assert!(auto_matches(&clusters(&disabled)[REVIEWS]).is_empty());
+
+    // A DestinationRule's TLS wins.
+    let mut ruled = entries(IN_MESH, false);
+    ruled.push(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  host: reviews
+  trafficPolicy: {tls: {mode: DISABLE}}
+"
+        .into(),
+    );
+    assert!(auto_matches(&clusters(&ruled)[REVIEWS]).is_empty());
+}
+
+fn tls_modes(yamls: &[String], cluster: &str) -> Vec<bool> {
+    served_to::<ClusterLoadAssignment>(
+        options(),
+        yamls,
+        capstan_xds::type_url::ENDPOINT,
+        &workload(),
+    )
+    .into_iter()
+    .filter(|a| a.cluster_name == cluster)
+    .flat_map(|a| a.endpoints)
+    .flat_map(|l| l.lb_endpoints)
+    .map(|e| {
+        e.metadata
+            .and_then(|m| {
+                m.filter_metadata
+                    .get("envoy.transport_socket_match")
+                    .cloned()
+            })
+            .and_then(|s| s.fields.get("tlsMode").cloned())
+            .is_some()
+    })
+    .collect()
+}
+
+#[test]
+fn an_endpoint_takes_mutual_tls_unless_its_workload_disables_the_port() {
+    const DB: &str = "outbound|5432||db.bookinfo.svc.cluster.local";
+    let mut yamls = entries(IN_MESH, false);
+    assert_eq!(tls_modes(&yamls, DB), [true]);
+    assert_eq!(tls_modes(&entries("", false), DB), [false]);
+    yamls.push(policy(
+        "bookinfo",
+        "db",
+        "  selector: {matchLabels: {app: bookinfo}}\n  portLevelMtls:\n    \"5432\": {mode: DISABLE}\n",
+    ));
+    assert_eq!(tls_modes(&yamls, DB), [false]);
+    assert_eq!(tls_modes(&yamls, REVIEWS), [true]);
+}
+
+/// Policies added, changed and deleted at every level, and a ServiceEntry's endpoints
+/// gaining the sidecar label, must each equal a full build (listeners, clusters and load
+/// assignments).
+#[test]
+fn peer_authentication_updates_match_a_full_build() {
+    let plain = entries("", false);
+    let in_mesh = entries(IN_MESH, false);
+    check_with(
+        capture(),
+        vec![
+            istio(&plain[0]),
+            istio(&plain[1]),
+            istio(&policy(
+                "istio-system",
+                "default",
+                "  mtls: {mode: STRICT}\n",
+            )),
+            istio(&in_mesh[0]),
+            istio(&in_mesh[1]),
+            istio(&policy(
+                "bookinfo",
+                "default",
+                "  mtls: {mode: PERMISSIVE}\n",
+            )),
+            istio(&policy(
+                "bookinfo",
+                "db",
+                "  selector: {matchLabels: {app: bookinfo}}\n  portLevelMtls:\n    \"5432\": {mode: DISABLE}\n",
+            )),
+            istio(&policy("bookinfo", "default", "  mtls: {mode: DISABLE}\n")),
+            delete(Kind::PeerAuthentication, "bookinfo", "db"),
+            delete(Kind::PeerAuthentication, "bookinfo", "default"),
+            delete(Kind::PeerAuthentication, "istio-system", "default"),
+            istio(&plain[0]),
+        ],
+    );
+}
+
+fn pod(name: &str, labels: &[(&str, &str)]) -> Event {
+    Event::Apply(Record::Pod(PodRecord {
+        id: NsName::new("bookinfo", name),
+        labels: Arc::new(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        service_account: "reviews".into(),
+        node: None,
+        ip: Some("10.0.1.1".into()),
+        ready: true,
+    }))
+}
+
+/// A Kubernetes Service whose one pod gains, then loses, the sidecar label: its clusters
+/// switch to auto mTLS and back through the endpoint path alone.
+#[test]
+fn a_pod_gaining_a_sidecar_switches_its_services_clusters() {
+    let slice = Event::Apply(Record::Slice(SliceRecord {
+        id: NsName::new("bookinfo", "reviews-1"),
+        service: "reviews".into(),
+        ports: Arc::new(BTreeMap::from([("http".to_string(), 9080)])),
+        endpoints: vec![SliceEndpoint {
+            address: "10.0.1.1".into(),
+            health: Health::Ready,
+            pod: Some("reviews-0".into()),
+            node: None,
+            zone: None,
+        }],
+    }));
+    check_with(
+        capture(),
+        vec![
+            pod("reviews-0", &[("app", "reviews")]),
+            service("reviews", &[("http", 9080)]),
+            slice,
+            pod(
+                "reviews-0",
+                &[("app", "reviews"), ("security.istio.io/tlsMode", "istio")],
+            ),
+            pod("reviews-0", &[("app", "reviews")]),
+        ],
+    );
+}
