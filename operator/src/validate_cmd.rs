@@ -222,8 +222,8 @@ impl Report {
                 !spec.tls.is_empty(),
             ));
         }
-        if let IstioObject::PeerAuthentication(_) = object {
-            problems.push(unsupported::peer_authentication_capture_only(&object.key()));
+        if let IstioObject::PeerAuthentication(_) | IstioObject::AuthorizationPolicy(_) = object {
+            problems.push(unsupported::inbound_policy_capture_only(&object.key()));
         }
         if let IstioObject::Sidecar(sidecar) = object {
             let spec = &sidecar.spec;

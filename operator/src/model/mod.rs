@@ -1,6 +1,8 @@
 //! The config model: Istio objects indexed the way translation looks them up, with every host
 //! name resolved to its fully qualified form.
 
+pub mod authorization;
+mod by_namespace;
 pub mod delegate;
 pub mod gateway;
 pub mod hostname;
@@ -111,6 +113,8 @@ pub struct Mesh {
     pub inferred_destinations: sidecar_scope::InferredDestinations,
     /// The PeerAuthentications, by namespace.
     pub peer_authentications: peer_authentication::PeerAuthentications,
+    /// The AuthorizationPolicies, by namespace.
+    pub authorization_policies: authorization::AuthorizationPolicies,
     /// The TLS Secrets gateways may read credentials from, read (or why they cannot be).
     secrets: BTreeMap<NsName, Result<secret::TlsSecret, secret::SecretError>>,
     /// Exact host → the VirtualServices naming it; and those with a wildcard host. Finding
@@ -157,6 +161,9 @@ pub struct Affected {
     /// accept and how clients reach them are worked out again (everywhere for the root
     /// namespace).
     pub peer_authentications: BTreeSet<String>,
+    /// Whether an AuthorizationPolicy changed (or went): every workload's inbound filters
+    /// are built again.
+    pub authorization: bool,
 }
 
 impl Mesh {
@@ -314,6 +321,10 @@ impl Mesh {
             affected.sidecars = true;
             self.sidecar_scopes.by_key.remove(key);
         }
+        if key.kind == capstan_crds::Kind::AuthorizationPolicy {
+            self.authorization_policies.remove(key);
+            affected.authorization = true;
+        }
         if key.kind == capstan_crds::Kind::PeerAuthentication {
             self.peer_authentications.remove(key);
             affected.peer_authentications.insert(key.namespace.clone());
@@ -445,12 +456,15 @@ impl Mesh {
                     sidecar_scope::SidecarScope::new(key.clone(), &sc.spec, &self.domain_suffix);
                 self.sidecar_scopes.by_key.insert(key.clone(), scope);
             }
+            IstioObject::AuthorizationPolicy(ap) => {
+                self.authorization_policies.insert(key, &ap.spec);
+            }
             IstioObject::PeerAuthentication(pa) => {
                 let created = pa.metadata.creation_timestamp.as_ref();
                 self.peer_authentications.insert(key, &pa.spec, created);
             }
-            // The other security policies are parsed and validated, but not translated yet
-            // (their status condition says so).
+            // RequestAuthentication is parsed and validated, but not translated yet (its
+            // status condition says so).
             _ => {}
         }
     }
@@ -556,6 +570,18 @@ impl Mesh {
     ) -> peer_authentication::WorkloadMtls {
         let root = self.sidecar_scopes.root_namespace();
         self.peer_authentications.workload(root, namespace, labels)
+    }
+
+    /// The AuthorizationPolicies applying to the sidecar of the workload in `namespace` with
+    /// `labels`.
+    pub fn authorization_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> authorization::WorkloadPolicies<'_> {
+        let root = self.sidecar_scopes.root_namespace();
+        self.authorization_policies
+            .for_workload(root, namespace, labels)
     }
 
     /// The mode of `namespace` as a whole, which clients read.

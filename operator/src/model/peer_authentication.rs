@@ -12,6 +12,8 @@ use capstan_crds::ObjectKey;
 use capstan_crds::security::peer_authentication::{MutualTlsMode, PeerAuthenticationSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::by_namespace::ByNamespace;
+
 /// What a workload port accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum MtlsMode {
@@ -87,7 +89,7 @@ impl Policy {
 /// Every PeerAuthentication, by namespace.
 #[derive(Debug, Default, Clone)]
 pub struct PeerAuthentications {
-    by_namespace: BTreeMap<String, BTreeMap<ObjectKey, Policy>>,
+    by_namespace: ByNamespace<Policy>,
 }
 
 impl PeerAuthentications {
@@ -116,26 +118,16 @@ impl PeerAuthentications {
                 })
                 .collect(),
         };
-        self.by_namespace
-            .entry(key.namespace.clone())
-            .or_default()
-            .insert(key.clone(), policy);
+        self.by_namespace.insert(key, policy);
     }
 
     /// Forgets `key`'s policy; whether there was one.
     pub fn remove(&mut self, key: &ObjectKey) -> bool {
-        let Some(policies) = self.by_namespace.get_mut(&key.namespace) else {
-            return false;
-        };
-        let removed = policies.remove(key).is_some();
-        if policies.is_empty() {
-            self.by_namespace.remove(&key.namespace);
-        }
-        removed
+        self.by_namespace.remove(key)
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &ObjectKey> {
-        self.by_namespace.values().flat_map(BTreeMap::keys)
+        self.by_namespace.iter().map(|(k, _)| k)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -146,8 +138,7 @@ impl PeerAuthentications {
     fn namespace_wide(&self, namespace: &str) -> Option<&Policy> {
         oldest(
             self.by_namespace
-                .get(namespace)?
-                .values()
+                .in_namespace(namespace)
                 .filter(|p| p.selector.is_empty()),
         )
     }
@@ -176,13 +167,11 @@ impl PeerAuthentications {
         if namespace == root_namespace {
             return out;
         }
-        let selecting = self.by_namespace.get(namespace).and_then(|policies| {
-            oldest(
-                policies
-                    .values()
-                    .filter(|p| !p.selector.is_empty() && p.selects(labels)),
-            )
-        });
+        let selecting = oldest(
+            self.by_namespace
+                .in_namespace(namespace)
+                .filter(|p| !p.selector.is_empty() && p.selects(labels)),
+        );
         if let Some(policy) = selecting {
             if let Some(mode) = policy.mode {
                 out.mode = mode;

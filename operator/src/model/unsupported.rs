@@ -17,29 +17,53 @@ pub fn kind_is_translated(kind: Kind) -> bool {
             | Kind::WorkloadEntry
             | Kind::Sidecar
             | Kind::PeerAuthentication
+            | Kind::AuthorizationPolicy
     )
 }
 
-/// A PeerAuthentication says what workloads' inbound sides accept, which only capture-mode
-/// sidecars have: `validate` says so always (it cannot know the mode), `run` in direct mode.
-pub fn peer_authentication_capture_only(key: &ObjectKey) -> Problem {
+/// A PeerAuthentication or AuthorizationPolicy applies to workloads' inbound sides, which
+/// only capture-mode sidecars have: `validate` says so always (it cannot know the mode),
+/// `run` in direct mode.
+pub fn inbound_policy_capture_only(key: &ObjectKey) -> Problem {
+    let message = match key.kind {
+        Kind::PeerAuthentication => {
+            "applies to the inbound listeners of capture-mode sidecars (`capstan run \
+             --sidecar-listeners capture`); direct-mode sidecars have none (clients still \
+             originate mutual TLS to the endpoints it leaves it on)"
+        }
+        _ => {
+            "applies to the inbound listeners of capture-mode sidecars (`capstan run \
+             --sidecar-listeners capture`); direct-mode sidecars have none, and gateway \
+             proxies do not enforce AuthorizationPolicy yet"
+        }
+    };
     Problem {
         object: key.clone(),
         field: "spec".into(),
-        message: "applies to the inbound listeners of capture-mode sidecars (`capstan run \
-                  --sidecar-listeners capture`); direct-mode sidecars have none (clients still \
-                  originate mutual TLS to the endpoints it leaves it on)"
+        message: message.into(),
+    }
+}
+
+/// An AuthorizationPolicy that may select gateway proxies, which do not enforce it yet.
+pub fn authorization_on_gateways(key: &ObjectKey) -> Problem {
+    Problem {
+        object: key.clone(),
+        field: "spec".into(),
+        message: "gateway proxies do not enforce AuthorizationPolicy yet: it applies to the \
+                  sidecars it selects only"
             .into(),
     }
 }
 
 /// A `Sidecar`'s ingress listeners in capture mode: their ports pass connections on as they
-/// come, so neither PeerAuthentication nor the mesh's mutual TLS applies there yet.
+/// come, so neither PeerAuthentication, AuthorizationPolicy nor the mesh's mutual TLS
+/// applies there yet.
 pub fn ingress_without_mutual_tls(key: &ObjectKey) -> Problem {
     Problem {
         object: key.clone(),
         field: "spec.ingress".into(),
-        message: "PeerAuthentication is not applied to ingress listener ports yet: they pass \
+        message: "PeerAuthentication and AuthorizationPolicy are not applied to ingress \
+                  listener ports yet: they pass \
                   connections on as they come, and do not terminate the mesh's mutual TLS \
                   (clients originate it to endpoints labelled `security.istio.io/tlsMode: \
                   istio`; a DestinationRule with `tls.mode: DISABLE` for their services stops \
@@ -193,6 +217,48 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                 }
                 if egress.capture_mode.is_some() {
                     not_applied(format!("spec.egress[{i}].captureMode"), "captureMode");
+                }
+            }
+        }
+        IstioObject::AuthorizationPolicy(ap) => {
+            use capstan_crds::security::authorization_policy::Action;
+            let spec = &ap.spec;
+            let annotations = ap.metadata.annotations.as_ref();
+            if annotations.is_some_and(|a| a.contains_key("istio.io/dry-run")) {
+                not_applied(
+                    "metadata.annotations[istio.io/dry-run]".into(),
+                    "dry-run (the policy is enforced)",
+                );
+            }
+            if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
+                let field = if spec.target_ref.is_some() {
+                    "spec.targetRef"
+                } else {
+                    "spec.targetRefs"
+                };
+                extra.push(Problem {
+                    object: key.clone(),
+                    field: field.into(),
+                    message: "attaches the policy to Gateway API gateways and waypoints, which \
+                              capstan does not serve: it applies to no sidecar"
+                        .into(),
+                });
+            }
+            if spec.action == Some(Action::Custom) {
+                not_applied(
+                    "spec.action".into(),
+                    "CUSTOM (an external authorizer from the mesh config)",
+                );
+            }
+            for (i, rule) in spec.rules.iter().enumerate() {
+                for (j, condition) in rule.when.iter().enumerate() {
+                    if condition.key.starts_with("experimental.") {
+                        not_applied(
+                            format!("spec.rules[{i}].when[{j}].key"),
+                            "this condition (ALLOW: its rule allows nothing; DENY, AUDIT: \
+                             it is left out of its rule)",
+                        );
+                    }
                 }
             }
         }

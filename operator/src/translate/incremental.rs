@@ -173,6 +173,7 @@ impl Translator {
             secrets: BTreeSet::new(),
             sidecars: true,
             peer_authentications: BTreeSet::new(),
+            authorization: false,
         };
         // Everything is new: what is kept afterwards is the snapshot.
         self.rebuild(mesh, &everything, &mut Update::new());
@@ -234,7 +235,7 @@ impl Translator {
         if let Some(capture) = &mut self.capture {
             capture.update(mesh, affected.hosts.iter().map(String::as_str), &mut update);
             capture.routes_changed(mesh, &affected.routes, &mut update);
-            if !affected.peer_authentications.is_empty() {
+            if !affected.peer_authentications.is_empty() || affected.authorization {
                 capture.rebuild_workloads(mesh, &mut update);
             }
             if let Some(modes) = &modes {
@@ -247,7 +248,12 @@ impl Translator {
         self.refresh_upstream_credentials(mesh, affected, &mut update);
         let views = ScopeViews::new(mesh);
         self.scope_rebuilt_hosts(mesh, &views, &affected.hosts, &mut update);
-        if affected.sidecars || !affected.peer_authentications.is_empty() {
+        // Which policies are reported depends on the Sidecars, the policies and the Gateways.
+        if affected.sidecars
+            || !affected.peer_authentications.is_empty()
+            || affected.authorization
+            || !affected.gateways.is_empty()
+        {
             self.refresh_policy_problems(mesh);
         }
         if affected.sidecars {
@@ -596,3 +602,6 @@ mod upstream_credential_tests;
 
 #[cfg(test)]
 mod peer_authentication_tests;
+
+#[cfg(test)]
+mod authorization_tests;

@@ -3,6 +3,7 @@
 //! Names follow Istio so that users' tooling and habits carry over: clusters are
 //! `outbound|<port>|<subset>|<host>`, EDS load assignments share their cluster's name.
 
+mod authorization;
 mod cluster;
 mod endpoint;
 pub(crate) mod gateway;

@@ -69,6 +69,12 @@ impl Translator {
             self.policy_problems = scopes
                 .setting_ingress()
                 .map(unsupported::ingress_without_mutual_tls)
+                .chain(
+                    mesh.authorization_policies
+                        .policies()
+                        .filter(|p| may_select_gateways(mesh, p))
+                        .map(|p| unsupported::authorization_on_gateways(&p.key)),
+                )
                 .collect();
             return;
         }
@@ -88,8 +94,29 @@ impl Translator {
             .chain(
                 mesh.peer_authentications
                     .keys()
-                    .map(unsupported::peer_authentication_capture_only),
+                    .chain(mesh.authorization_policies.policies().map(|p| &p.key))
+                    .map(unsupported::inbound_policy_capture_only),
             )
             .collect();
+    }
+}
+
+/// Whether `policy` may select gateway proxies: it has no selector and is mesh-wide or in a
+/// namespace with a Gateway, or its selector's labels are all in some Gateway's selector.
+/// (Gateway pods' labels are not known here; a Gateway's selector names some of them.)
+fn may_select_gateways(mesh: &Mesh, policy: &crate::model::authorization::Policy) -> bool {
+    let selector = policy.spec.selector.as_ref().map(|s| &s.match_labels);
+    match selector.filter(|labels| !labels.is_empty()) {
+        None => {
+            policy.key.namespace == mesh.sidecar_scopes.root_namespace()
+                || mesh
+                    .gateways
+                    .keys()
+                    .any(|g| g.namespace == policy.key.namespace)
+        }
+        Some(labels) => mesh
+            .gateways
+            .values()
+            .any(|g| labels.iter().all(|(k, v)| g.selector.get(k) == Some(v))),
     }
 }

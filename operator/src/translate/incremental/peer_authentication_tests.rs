@@ -16,7 +16,7 @@ use super::tests::{check_with, delete, istio, options, served_to, service};
 use super::*;
 use crate::index::{Event, Health, NsName, PodRecord, Record, SliceEndpoint, SliceRecord};
 
-fn capture() -> Options {
+pub(super) fn capture() -> Options {
     Options {
         sidecar_listeners: ListenerMode::Capture,
         ..options()
@@ -25,7 +25,7 @@ fn capture() -> Options {
 
 /// `reviews` (HTTP 9080) and `db` (TCP 5432) in `bookinfo`, both on workload 10.0.0.1 (`app:
 /// bookinfo`), whose endpoints carry `extra` labels too; `location` MESH_INTERNAL unless `external`.
-fn entries(extra: &str, external: bool) -> Vec<String> {
+pub(super) fn entries(extra: &str, external: bool) -> Vec<String> {
     let location = if external {
         "MESH_EXTERNAL"
     } else {
@@ -53,7 +53,7 @@ spec:
         .collect()
 }
 
-const IN_MESH: &str = ", security.istio.io/tlsMode: istio";
+pub(super) const IN_MESH: &str = ", security.istio.io/tlsMode: istio";
 
 fn policy(namespace: &str, name: &str, body: &str) -> String {
     format!(
@@ -74,7 +74,7 @@ fn workload() -> ProxyInfo {
     }
 }
 
-fn virtual_inbound(yamls: &[String]) -> Listener {
+pub(super) fn virtual_inbound(yamls: &[String]) -> Listener {
     served_to::<Listener>(
         capture(),
         yamls,

@@ -22,7 +22,9 @@ use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter,
+};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
     ForwardClientCertDetails, RouteSpecifier, SetCurrentClientCertDetails,
 };
@@ -35,6 +37,7 @@ use super::{
     http_inspector, inbound_cluster_name, socket, tcp_proxy,
 };
 use crate::model::traffic_policy::ConnectionPool;
+use crate::translate::authorization::InboundAuthz;
 use crate::translate::cluster::apply_inbound;
 use crate::translate::http_filters::http_filters;
 
@@ -52,13 +55,18 @@ pub enum Served {
 /// The workload's ports (the port it listens on → how it serves it) as filter chains keyed
 /// by the original destination port, each accepting what `mtls` says; anything else passes
 /// through to where it was headed.
-pub fn virtual_inbound(ports: &BTreeMap<u32, Served>, mtls: &InboundMtls) -> Listener {
-    virtual_inbound_to(ports.iter().map(|(port, served)| InboundPort {
+pub fn virtual_inbound(
+    ports: &BTreeMap<u32, Served>,
+    mtls: &InboundMtls,
+    authz: &InboundAuthz,
+) -> Listener {
+    let ports = ports.iter().map(|(port, served)| InboundPort {
         port: *port,
         served: *served,
         cluster: inbound_cluster_name(*port),
         accepts: mtls.for_port(*port),
-    }))
+    });
+    virtual_inbound_to(ports, authz)
 }
 
 /// One port of `virtualInbound`.
@@ -70,8 +78,12 @@ pub struct InboundPort {
     pub accepts: Accepts,
 }
 
-/// [`virtual_inbound`] with a cluster named for each port.
-pub fn virtual_inbound_to(ports: impl Iterator<Item = InboundPort>) -> Listener {
+/// [`virtual_inbound`] with a cluster named for each port, and `authz`'s filters on every
+/// chain to the workload.
+pub fn virtual_inbound_to(
+    ports: impl Iterator<Item = InboundPort>,
+    authz: &InboundAuthz,
+) -> Listener {
     let mut detecting = false;
     let mut inspecting_tls = false;
     let mut chains = Vec::new();
@@ -85,10 +97,11 @@ pub fn virtual_inbound_to(ports: impl Iterator<Item = InboundPort>) -> Listener 
         detecting |= served == Served::Detected;
         inspecting_tls |= accepts != Accepts::Anything;
         for option in chain_options(served, accepts) {
-            let filter = if option.http {
-                http_filter(port, &cluster)
+            let filters = if option.http {
+                vec![http_filter(port, &cluster, &authz.http)]
             } else {
-                tcp_proxy(&cluster, &cluster)
+                let proxy = tcp_proxy(&cluster, &cluster);
+                authz.tcp.iter().cloned().chain([proxy]).collect()
             };
             chains.push(FilterChain {
                 // Chain names are unique in a listener.
@@ -103,7 +116,7 @@ pub fn virtual_inbound_to(ports: impl Iterator<Item = InboundPort>) -> Listener 
                         .collect(),
                     ..Default::default()
                 }),
-                filters: vec![filter],
+                filters,
                 transport_socket: option.mtls.then(|| mtls::server_socket(option.http)),
                 ..Default::default()
             });
@@ -135,8 +148,8 @@ pub fn virtual_inbound_to(ports: impl Iterator<Item = InboundPort>) -> Listener 
     }
 }
 
-/// Every request on the port to the workload, whatever its host.
-fn http_filter(port: u32, cluster: &str) -> Filter {
+/// Every request on the port to the workload, whatever its host, past `authz` first.
+fn http_filter(port: u32, cluster: &str, authz: &[HttpFilter]) -> Filter {
     let cluster = cluster.to_string();
     let routes = RouteConfiguration {
         name: cluster.clone(),
@@ -163,7 +176,7 @@ fn http_filter(port: u32, cluster: &str) -> Filter {
     let manager = HttpConnectionManager {
         stat_prefix: cluster,
         route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
-        http_filters: http_filters(),
+        http_filters: authz.iter().cloned().chain(http_filters()).collect(),
         // As istiod's inbound: the workload learns its caller's identity from
         // `x-forwarded-client-cert` (`By` itself, `URI` the peer's SPIFFE id).
         forward_client_cert_details: ForwardClientCertDetails::AppendForward as i32,

@@ -58,13 +58,14 @@ fn served(ingress: &IngressPort) -> Served {
 /// through, as for a workload without services); the chains of a port with `tls` terminate
 /// it.
 pub fn virtual_inbound(ports: &[IngressPort]) -> Listener {
-    let mut listener = inbound::virtual_inbound_to(ports.iter().map(|p| inbound::InboundPort {
+    let inbound_ports = ports.iter().map(|p| inbound::InboundPort {
         port: p.port,
         served: served(p),
         cluster: cluster_name(p),
-        // PeerAuthentication is not applied here (reported on the policies).
+        // Security policies are not applied here (reported on the Sidecars).
         accepts: Accepts::Anything,
-    }));
+    });
+    let mut listener = inbound::virtual_inbound_to(inbound_ports, &Default::default());
     for port in ports {
         let Some(tls) = &port.tls else { continue };
         let socket = downstream_tls(tls);

@@ -12,6 +12,7 @@ use super::{VIRTUAL_INBOUND, inbound_cluster_name, outbound};
 use crate::model::sidecar_scope::{Covers, InboundPools, IngressVariants, OutboundModes};
 use crate::model::traffic_policy::ConnectionPool;
 use crate::model::{Mesh, Problem, Service};
+use crate::translate::authorization::InboundAuthz;
 use capstan_crds::ProtocolClass;
 use port_listeners::{PortListener, PortListeners, port_listeners};
 
@@ -108,7 +109,8 @@ impl CaptureState {
         state.inbound_pools = mesh.sidecar_scopes.inbound_pools();
         // A sidecar whose address has no endpoints still gets its inbound passthrough, or
         // the ingress listeners of its Sidecar.
-        let inbound = inbound::virtual_inbound(&BTreeMap::new(), &InboundMtls::none());
+        let inbound =
+            inbound::virtual_inbound(&BTreeMap::new(), &InboundMtls::none(), &Default::default());
         put(
             &mut update,
             sidecars(),
@@ -333,12 +335,15 @@ impl CaptureState {
         } else {
             workload_ports(mesh, address, &hosts)
         };
-        let mtls = match sidecar_settings::workload_selector(mesh, address, &hosts) {
+        let (mtls, authz) = match sidecar_settings::workload_selector(mesh, address, &hosts) {
             Some(workload) => {
                 let namespace = workload.namespace.as_deref().unwrap_or_default();
-                InboundMtls::of(mesh, namespace, &workload.labels)
+                (
+                    InboundMtls::of(mesh, namespace, &workload.labels),
+                    InboundAuthz::for_workload(mesh, namespace, &workload.labels),
+                )
             }
-            None => InboundMtls::none(),
+            None => (InboundMtls::none(), InboundAuthz::default()),
         };
         let old = self.inbound.remove(address).unwrap_or_default();
         let selector = Selector::workload(address);
@@ -347,7 +352,7 @@ impl CaptureState {
                 update.remove_for(selector, type_url::LISTENER, VIRTUAL_INBOUND);
             }
         } else {
-            let listener = inbound::virtual_inbound(&served, &mtls);
+            let listener = inbound::virtual_inbound(&served, &mtls, &authz);
             put(
                 update,
                 selector,

@@ -1,0 +1,200 @@
+//! AuthorizationPolicy with real traffic through a real captured sidecar that has a workload
+//! identity (see `capstan_e2e::capture_identity`). The workload's app calls its own services
+//! through the capture over auto mTLS, so its requests arrive at its sidecar's inbound side
+//! with its own SPIFFE id as the peer (`spiffe://cluster.local/ns/bookinfo/sa/reviews`);
+//! another pod without a sidecar (10.244.1.8) sends plain text, with no identity.
+//! Logs: `<target>/debug/e2e-logs/<test name>/`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, ensure};
+use capstan_e2e::capture::service_ip;
+use capstan_e2e::capture_identity::{IdentityMesh, start_with_identity};
+use capstan_e2e::http::HttpClient;
+use capstan_e2e::mesh::CONFIG_TIMEOUT;
+use capstan_e2e::wait_until;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+capstan_e2e::private_network!();
+
+const UPSTREAM_BIN: &str = env!("CARGO_BIN_EXE_capstan-upstream");
+
+/// Every test listens on 15001 and 15006 in the one namespace this binary has.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn start(name: &str) -> anyhow::Result<IdentityMesh> {
+    start_with_identity(name, Path::new(UPSTREAM_BIN), "bookinfo", "reviews").await
+}
+
+fn policy(name: &str, body: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: {name}, namespace: bookinfo}}
+spec:
+{body}"
+    )
+}
+
+/// The status the app gets for `GET path` to reviews through its sidecar (mutual TLS).
+async fn app_status(path: &str) -> anyhow::Result<u16> {
+    let reviews = SocketAddr::from((service_ip(10), 9080));
+    Ok(HttpClient::new(reviews)
+        .get("reviews", path, &[])
+        .await?
+        .status
+        .as_u16())
+}
+
+/// The status another pod (plain text, no identity) gets for `GET path` to reviews.
+async fn other_pod_status(mesh: &IdentityMesh, path: &str) -> anyhow::Result<u16> {
+    let mut client = mesh.capture.another_pod_client(mesh.workload_port(9080));
+    Ok(client.get("reviews", path, &[]).await?.status.as_u16())
+}
+
+/// Whether another pod's plain TCP to db is answered (else the sidecar closed it).
+async fn other_pod_tcp_answered(mesh: &IdentityMesh) -> anyhow::Result<bool> {
+    let mut stream = mesh
+        .capture
+        .connect_from_another_pod(mesh.workload_port(5432))
+        .await?;
+    if stream
+        .write_all(b"GET /whoami HTTP/1.0\r\nHost: db\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return Ok(false);
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        capstan_e2e::http::REQUEST_TIMEOUT,
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .context("the answer over plain TCP took too long")?;
+    Ok(read.is_ok() && String::from_utf8_lossy(&answer).contains("\"db\""))
+}
+
+/// Waits until each of `checks` (what, status) holds.
+async fn wait_statuses(
+    mesh: &IdentityMesh,
+    app: &[(&str, u16)],
+    other_pod: &[(&str, u16)],
+) -> anyhow::Result<()> {
+    wait_until("the policy in force", CONFIG_TIMEOUT, async || {
+        for (path, want) in app {
+            let got = app_status(path).await?;
+            ensure!(got == *want, "the app's GET {path}: {got}, expected {want}");
+        }
+        for (path, want) in other_pod {
+            let got = other_pod_status(mesh, path).await?;
+            ensure!(
+                got == *want,
+                "another pod's GET {path}: {got}, expected {want}"
+            );
+        }
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("logs in {}", mesh.mesh.env.log_dir.display()))
+}
+
+/// Istio's "deny all, then allow one thing" pattern: `spec: {}` in the namespace refuses
+/// every request (403) and every TCP connection to the workload; an ALLOW for the workload's
+/// own principal, GET and `/whoami` then opens exactly that: the app's (mutual TLS, that
+/// principal) `GET /whoami` is served, its `GET /ratings` and another pod's `GET /whoami`
+/// (no principal) stay refused, and so does TCP (an HTTP rule cannot allow TCP). Edits apply
+/// without restarting Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_all_then_one_allow_opens_one_path_for_one_principal() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mesh = start("authorization_deny_all").await?;
+    let env = &mesh.mesh.env;
+    let pid = mesh.mesh.envoy.pid();
+    wait_statuses(&mesh, &[("/whoami", 200)], &[("/whoami", 200)]).await?;
+    ensure!(
+        other_pod_tcp_answered(&mesh).await?,
+        "TCP before any policy"
+    );
+
+    env.write_config("deny-all.yaml", &policy("deny-all", "  {}\n"))?;
+    wait_statuses(&mesh, &[("/whoami", 403)], &[("/whoami", 403)]).await?;
+    ensure!(
+        !other_pod_tcp_answered(&mesh).await?,
+        "deny-all let TCP through"
+    );
+
+    env.write_config(
+        "allow-whoami.yaml",
+        &policy(
+            "allow-whoami",
+            "  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/bookinfo/sa/reviews]}}]
+    to: [{operation: {methods: [GET], paths: [/whoami]}}]
+",
+        ),
+    )?;
+    wait_statuses(
+        &mesh,
+        &[("/whoami", 200), ("/ratings", 403)],
+        &[("/whoami", 403)],
+    )
+    .await?;
+    ensure!(
+        !other_pod_tcp_answered(&mesh).await?,
+        "an HTTP-only rule allowed TCP"
+    );
+    ensure!(mesh.mesh.envoy.pid() == pid, "the sidecar restarted");
+    mesh.mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// DENY beats ALLOW, and `ipBlocks` is the connection's source: with everything allowed, a
+/// DENY for another pod's address refuses it and not the app (whose sidecar connects from the
+/// workload's own address), and a DENY for `/admin*` refuses the app there while `/whoami`
+/// is still served; with the DENY policy gone, everyone is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_beats_allow_and_ip_blocks_match_the_source() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mesh = start("authorization_deny").await?;
+    let env = &mesh.mesh.env;
+    env.write_config(
+        "allow-all.yaml",
+        &policy("allow-all", "  action: ALLOW\n  rules: [{}]\n"),
+    )?;
+    env.write_config(
+        "deny.yaml",
+        &policy(
+            "deny",
+            "  action: DENY
+  rules:
+  - from: [{source: {ipBlocks: [10.244.1.8/32]}}]
+  - to: [{operation: {paths: [/admin*]}}]
+",
+        ),
+    )?;
+    wait_statuses(
+        &mesh,
+        &[("/whoami", 200), ("/admin/users", 403)],
+        &[("/whoami", 403)],
+    )
+    .await?;
+    ensure!(
+        !other_pod_tcp_answered(&mesh).await?,
+        "the address DENY let another pod's TCP through"
+    );
+
+    std::fs::remove_file(env.config_dir.join("deny.yaml"))?;
+    wait_statuses(
+        &mesh,
+        &[("/whoami", 200), ("/admin/users", 200)],
+        &[("/whoami", 200)],
+    )
+    .await?;
+    ensure!(
+        other_pod_tcp_answered(&mesh).await?,
+        "TCP after the DENY went"
+    );
+    mesh.mesh.envoy.ensure_no_rejected_updates().await
+}

@@ -1,0 +1,584 @@
+//! One AuthorizationPolicy rule as an Envoy RBAC policy, as istiod's `authz/model` builds it:
+//! per `to` (or one, when there is none) a permission ANDing the operation's fields and the
+//! `when` conditions about the destination; per `from` (or one) a principal ANDing the
+//! source's fields and the conditions about the source. Each field ORs its values; its `not`
+//! list is a NOT of an OR.
+//!
+//! On a TCP filter chain, a field only HTTP has (hosts, methods, paths, request principals,
+//! request headers, JWT claims) cannot be checked: in an ALLOW policy the whole rule is then
+//! dropped (allowing less), in a DENY or AUDIT policy only that field (denying more), as
+//! istiod does.
+
+use envoy_types::pb::envoy::config::core::v3::{CidrRange, TypedExtensionConfig};
+use envoy_types::pb::envoy::config::rbac::v3::principal::Set as PrincipalSet;
+use envoy_types::pb::envoy::config::rbac::v3::principal::{Authenticated, Identifier};
+use envoy_types::pb::envoy::config::rbac::v3::{Permission, Policy, Principal, permission};
+use envoy_types::pb::envoy::config::route::v3::HeaderMatcher;
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::extensions::path::r#match::uri_template::v3::UriTemplateMatchConfig;
+use envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::PathSegment;
+use envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::path_segment::Segment;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use envoy_types::pb::envoy::r#type::matcher::v3::value_matcher::MatchPattern as ValuePattern;
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    ListMatcher, MetadataMatcher, OrMatcher, PathMatcher, RegexMatcher, StringMatcher,
+    ValueMatcher, list_matcher, path_matcher,
+};
+use envoy_types::pb::google::protobuf::UInt32Value;
+use envoy_types::util::pack_any;
+
+use capstan_crds::security::authorization_policy::Rule;
+
+/// Whether a field the chain cannot check (an HTTP-only one on a TCP chain, or a condition
+/// capstan does not read) makes the whole rule go (ALLOW: allowing less) or only itself
+/// (DENY, AUDIT: denying more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfUnusable {
+    DropRule,
+    DropField,
+}
+
+/// A rule's policy for an HTTP (`for_tcp` false) or TCP filter chain; `None` when the rule
+/// cannot be checked there (see [`IfUnusable`]), or names something capstan cannot express.
+pub fn policy(
+    rule: &Rule,
+    namespace: &str,
+    for_tcp: bool,
+    if_unusable: IfUnusable,
+) -> Option<Policy> {
+    let ctx = Ctx {
+        for_tcp,
+        if_unusable,
+        namespace,
+    };
+    // The `when` conditions, split as istiod splits them.
+    let mut base_permission = Vec::new();
+    let mut base_principal = Vec::new();
+    for condition in &rule.when {
+        let key = condition.key.as_str();
+        let values = (&condition.values, &condition.not_values);
+        match key {
+            "destination.ip" => base_permission.push(ctx.permissions(values, destination_ip)?),
+            "destination.port" => base_permission.push(ctx.permissions(values, destination_port)?),
+            "connection.sni" => base_permission.push(ctx.permissions(values, sni)?),
+            "source.ip" => base_principal.push(ctx.principals(values, direct_remote_ip)?),
+            "remote.ip" => base_principal.push(ctx.principals(values, remote_ip)?),
+            "source.namespace" => base_principal.push(ctx.principals(values, source_namespace)?),
+            "source.principal" => base_principal.push(ctx.principals(values, source_principal)?),
+            "source.serviceAccount" => {
+                base_principal.push(ctx.principals(values, |v| ctx.service_account(v))?)
+            }
+            "source.trustDomain" => base_principal.push(ctx.principals(values, trust_domain)?),
+            "request.auth.principal" => {
+                base_principal.push(ctx.http_principals(values, request_principal)?)
+            }
+            "request.auth.audiences" => {
+                base_principal.push(ctx.http_principals(values, |v| claim(&["aud"], v))?)
+            }
+            "request.auth.presenter" => {
+                base_principal.push(ctx.http_principals(values, |v| claim(&["azp"], v))?)
+            }
+            _ if key.starts_with("request.headers[") => {
+                let name = bracketed(&key["request.headers".len()..])?;
+                base_principal.push(ctx.http_principals(values, |v| {
+                    Some(principal_of(Identifier::Header(header(&name, v, false))))
+                })?)
+            }
+            _ if key.starts_with("request.auth.claims[") => {
+                let claims = nested_brackets(&key["request.auth.claims".len()..])?;
+                let claims: Vec<&str> = claims.iter().map(String::as_str).collect();
+                base_principal.push(ctx.http_principals(values, |v| claim(&claims, v))?)
+            }
+            // `experimental.envoy.filters.*` (reported as not applied): as a field a chain
+            // cannot check.
+            _ => match ctx.if_unusable {
+                IfUnusable::DropRule => return None,
+                IfUnusable::DropField => continue,
+            },
+        }
+    }
+    let mut permissions = Vec::new();
+    for to in rule
+        .to
+        .iter()
+        .map(|t| t.operation.clone().unwrap_or_default())
+    {
+        let mut and = vec![
+            ctx.http_permissions((&to.hosts, &to.not_hosts), |v| {
+                Some(permission_of(permission::Rule::Header(header(
+                    ":authority",
+                    v,
+                    true,
+                ))))
+            })?,
+            ctx.http_permissions((&to.methods, &to.not_methods), |v| {
+                Some(permission_of(permission::Rule::Header(header(
+                    ":method", v, false,
+                ))))
+            })?,
+            ctx.http_permissions((&to.paths, &to.not_paths), path)?,
+            ctx.permissions((&to.ports, &to.not_ports), destination_port)?,
+        ];
+        and.extend(base_permission.iter().cloned());
+        permissions.push(and_permissions(and.into_iter().flatten().collect()));
+    }
+    if rule.to.is_empty() {
+        permissions.push(and_permissions(
+            base_permission.into_iter().flatten().collect(),
+        ));
+    }
+    let mut principals = Vec::new();
+    for from in rule
+        .from
+        .iter()
+        .map(|f| f.source.clone().unwrap_or_default())
+    {
+        let mut and = vec![
+            ctx.principals((&from.principals, &from.not_principals), source_principal)?,
+            ctx.http_principals(
+                (&from.request_principals, &from.not_request_principals),
+                request_principal,
+            )?,
+            ctx.principals((&from.service_accounts, &from.not_service_accounts), |v| {
+                ctx.service_account(v)
+            })?,
+            ctx.principals((&from.trust_domains, &from.not_trust_domains), trust_domain)?,
+            ctx.principals((&from.namespaces, &from.not_namespaces), source_namespace)?,
+            ctx.principals(
+                (&from.remote_ip_blocks, &from.not_remote_ip_blocks),
+                remote_ip,
+            )?,
+            ctx.principals((&from.ip_blocks, &from.not_ip_blocks), direct_remote_ip)?,
+        ];
+        and.extend(base_principal.iter().cloned());
+        principals.push(and_principals(and.into_iter().flatten().collect()));
+    }
+    if rule.from.is_empty() {
+        principals.push(and_principals(
+            base_principal.into_iter().flatten().collect(),
+        ));
+    }
+    Some(Policy {
+        permissions,
+        principals,
+        ..Default::default()
+    })
+}
+
+/// The policy no request matches: what a policy without rules is (an ALLOW one allows
+/// nothing, as `spec: {}` denies all).
+pub fn never() -> Policy {
+    Policy {
+        permissions: vec![permission_of(permission::Rule::NotRule(Box::new(
+            permission_of(permission::Rule::Any(true)),
+        )))],
+        principals: vec![principal_of(Identifier::NotId(Box::new(principal_of(
+            Identifier::Any(true),
+        ))))],
+        ..Default::default()
+    }
+}
+
+struct Ctx<'a> {
+    for_tcp: bool,
+    if_unusable: IfUnusable,
+    /// The policy's namespace: a bare service account is in it.
+    namespace: &'a str,
+}
+
+type Values<'a> = (&'a Vec<String>, &'a Vec<String>);
+
+impl Ctx<'_> {
+    /// `values` ORed, and `not` values NOTed, as permissions; `Some(None)` when the field is
+    /// empty (or dropped), `None` when the whole rule goes.
+    fn permissions(
+        &self,
+        (values, not): Values<'_>,
+        each: impl Fn(&str) -> Option<Permission>,
+    ) -> Option<Option<Permission>> {
+        let or = |list: &Vec<String>| -> Option<Option<Permission>> {
+            let mut out = Vec::new();
+            for value in list {
+                out.push(each(value)?);
+            }
+            Some((!out.is_empty()).then(|| or_permissions(out)))
+        };
+        let yes = or(values)?;
+        let no = or(not)?.map(|p| permission_of(permission::Rule::NotRule(Box::new(p))));
+        Some(and_some_permissions(yes, no))
+    }
+
+    fn principals(
+        &self,
+        (values, not): Values<'_>,
+        each: impl Fn(&str) -> Option<Principal>,
+    ) -> Option<Option<Principal>> {
+        let or = |list: &Vec<String>| -> Option<Option<Principal>> {
+            let mut out = Vec::new();
+            for value in list {
+                out.push(each(value)?);
+            }
+            Some((!out.is_empty()).then(|| or_principals(out)))
+        };
+        let yes = or(values)?;
+        let no = or(not)?.map(|p| principal_of(Identifier::NotId(Box::new(p))));
+        Some(and_some_principals(yes, no))
+    }
+
+    /// An HTTP-only field: on a TCP chain, the rule goes or the field does.
+    fn http_permissions(
+        &self,
+        values: Values<'_>,
+        each: impl Fn(&str) -> Option<Permission>,
+    ) -> Option<Option<Permission>> {
+        if self.for_tcp && !(values.0.is_empty() && values.1.is_empty()) {
+            return match self.if_unusable {
+                IfUnusable::DropRule => None,
+                IfUnusable::DropField => Some(None),
+            };
+        }
+        self.permissions(values, each)
+    }
+
+    fn http_principals(
+        &self,
+        values: Values<'_>,
+        each: impl Fn(&str) -> Option<Principal>,
+    ) -> Option<Option<Principal>> {
+        if self.for_tcp && !(values.0.is_empty() && values.1.is_empty()) {
+            return match self.if_unusable {
+                IfUnusable::DropRule => None,
+                IfUnusable::DropField => Some(None),
+            };
+        }
+        self.principals(values, each)
+    }
+
+    /// `sa` or `ns/sa`: the peer's SPIFFE id names that account.
+    fn service_account(&self, value: &str) -> Option<Principal> {
+        let (ns, sa) = value.split_once('/').unwrap_or((self.namespace, value));
+        let pattern = format!(
+            "spiffe://.+/ns/{}/(.+/|)sa/{}(/.+)?",
+            regex::escape(ns),
+            regex::escape(sa)
+        );
+        Some(authenticated(regex(&pattern)))
+    }
+}
+
+fn permission_of(rule: permission::Rule) -> Permission {
+    Permission { rule: Some(rule) }
+}
+
+fn principal_of(identifier: Identifier) -> Principal {
+    Principal {
+        identifier: Some(identifier),
+    }
+}
+
+fn or_permissions(mut list: Vec<Permission>) -> Permission {
+    if list.len() == 1 {
+        return list.remove(0);
+    }
+    permission_of(permission::Rule::OrRules(permission::Set { rules: list }))
+}
+
+fn and_permissions(list: Vec<Permission>) -> Permission {
+    let rules = if list.is_empty() {
+        vec![permission_of(permission::Rule::Any(true))]
+    } else {
+        list
+    };
+    permission_of(permission::Rule::AndRules(permission::Set { rules }))
+}
+
+fn and_some_permissions(a: Option<Permission>, b: Option<Permission>) -> Option<Permission> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(permission_of(permission::Rule::AndRules(permission::Set {
+            rules: vec![a, b],
+        }))),
+        (a, b) => a.or(b),
+    }
+}
+
+fn or_principals(mut list: Vec<Principal>) -> Principal {
+    if list.len() == 1 {
+        return list.remove(0);
+    }
+    principal_of(Identifier::OrIds(PrincipalSet { ids: list }))
+}
+
+fn and_principals(list: Vec<Principal>) -> Principal {
+    let ids = if list.is_empty() {
+        vec![principal_of(Identifier::Any(true))]
+    } else {
+        list
+    };
+    principal_of(Identifier::AndIds(PrincipalSet { ids }))
+}
+
+fn and_some_principals(a: Option<Principal>, b: Option<Principal>) -> Option<Principal> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(principal_of(Identifier::AndIds(PrincipalSet {
+            ids: vec![a, b],
+        }))),
+        (a, b) => a.or(b),
+    }
+}
+
+fn string_matcher(pattern: MatchPattern, ignore_case: bool) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(pattern),
+        ignore_case,
+    }
+}
+
+fn regex(pattern: &str) -> StringMatcher {
+    string_matcher(
+        MatchPattern::SafeRegex(RegexMatcher {
+            regex: pattern.to_string(),
+            ..Default::default()
+        }),
+        false,
+    )
+}
+
+/// Istio's value forms: `*` any non-empty value, `*x` a suffix, `x*` a prefix, else exact;
+/// `prefix` goes before the value (`spiffe://` for principals).
+fn istio_string(value: &str, prefix: &str) -> StringMatcher {
+    if value == "*" {
+        return regex(".+");
+    }
+    if let Some(suffix) = value.strip_prefix('*') {
+        if prefix.is_empty() {
+            return string_matcher(MatchPattern::Suffix(suffix.to_string()), false);
+        }
+        return regex(&format!("{prefix}.*{}", regex::escape(suffix)));
+    }
+    if let Some(start) = value.strip_suffix('*') {
+        return string_matcher(MatchPattern::Prefix(format!("{prefix}{start}")), false);
+    }
+    string_matcher(MatchPattern::Exact(format!("{prefix}{value}")), false)
+}
+
+/// A header matcher in Istio's value forms (`*` presence; `ignore_case` for hosts).
+fn header(name: &str, value: &str, ignore_case: bool) -> HeaderMatcher {
+    let specifier = if value == "*" {
+        HeaderMatchSpecifier::PresentMatch(true)
+    } else if let Some(suffix) = value.strip_prefix('*') {
+        HeaderMatchSpecifier::StringMatch(string_matcher(
+            MatchPattern::Suffix(suffix.into()),
+            ignore_case,
+        ))
+    } else if let Some(start) = value.strip_suffix('*') {
+        HeaderMatchSpecifier::StringMatch(string_matcher(
+            MatchPattern::Prefix(start.into()),
+            ignore_case,
+        ))
+    } else {
+        HeaderMatchSpecifier::StringMatch(string_matcher(
+            MatchPattern::Exact(value.into()),
+            ignore_case,
+        ))
+    };
+    HeaderMatcher {
+        name: name.to_string(),
+        header_match_specifier: Some(specifier),
+        ..Default::default()
+    }
+}
+
+fn cidr(value: &str) -> Option<CidrRange> {
+    let (address, length) = match value.split_once('/') {
+        Some((address, length)) => (address, length.parse().ok()?),
+        None => {
+            let ip: std::net::IpAddr = value.parse().ok()?;
+            (value, if ip.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    address.parse::<std::net::IpAddr>().ok()?;
+    Some(CidrRange {
+        address_prefix: address.to_string(),
+        prefix_len: Some(UInt32Value { value: length }),
+    })
+}
+
+fn destination_ip(value: &str) -> Option<Permission> {
+    Some(permission_of(permission::Rule::DestinationIp(cidr(value)?)))
+}
+
+fn destination_port(value: &str) -> Option<Permission> {
+    let port: u32 = value.parse().ok().filter(|p| *p <= 65535)?;
+    Some(permission_of(permission::Rule::DestinationPort(port)))
+}
+
+fn sni(value: &str) -> Option<Permission> {
+    Some(permission_of(permission::Rule::RequestedServerName(
+        istio_string(value, ""),
+    )))
+}
+
+/// A path: a `{*}`/`{**}` template through Envoy's URI template matcher, else Istio's forms.
+fn path(value: &str) -> Option<Permission> {
+    if value.contains("{*}") || value.contains("{**}") {
+        let config = UriTemplateMatchConfig {
+            path_template: value.to_string(),
+        };
+        return Some(permission_of(permission::Rule::UriTemplate(
+            TypedExtensionConfig {
+                name: "uri-template".into(),
+                typed_config: Some(pack_any(config)),
+            },
+        )));
+    }
+    Some(permission_of(permission::Rule::UrlPath(PathMatcher {
+        rule: Some(path_matcher::Rule::Path(istio_string(value, ""))),
+    })))
+}
+
+fn authenticated(name: StringMatcher) -> Principal {
+    principal_of(Identifier::Authenticated(Authenticated {
+        principal_name: Some(name),
+    }))
+}
+
+fn direct_remote_ip(value: &str) -> Option<Principal> {
+    Some(principal_of(Identifier::DirectRemoteIp(cidr(value)?)))
+}
+
+fn remote_ip(value: &str) -> Option<Principal> {
+    Some(principal_of(Identifier::RemoteIp(cidr(value)?)))
+}
+
+fn source_principal(value: &str) -> Option<Principal> {
+    Some(authenticated(istio_string(value, "spiffe://")))
+}
+
+fn source_namespace(value: &str) -> Option<Principal> {
+    let namespace: Vec<String> = value.split('*').map(regex::escape).collect();
+    Some(authenticated(regex(&format!(
+        ".*/ns/{}/.*",
+        namespace.join(".*")
+    ))))
+}
+
+fn trust_domain(value: &str) -> Option<Principal> {
+    let matcher = if value == "*" {
+        string_matcher(MatchPattern::Prefix("spiffe://".into()), false)
+    } else if let Some((start, end)) = value.split_once('*') {
+        regex(&format!(
+            "spiffe://{}[^/]*{}/.*",
+            regex::escape(start),
+            regex::escape(end)
+        ))
+    } else {
+        string_matcher(MatchPattern::Prefix(format!("spiffe://{value}/")), false)
+    };
+    Some(authenticated(matcher))
+}
+
+/// The JWT filter's payload in the request's dynamic metadata (what RequestAuthentication
+/// will put there; without it, nothing matches).
+const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
+const JWT_PAYLOAD: &str = "payload";
+
+// Deprecated for `sourced_metadata` (Envoy 1.31+), which says the same for the request's
+// metadata; istiod still sends this form, which every Envoy it supports reads.
+#[allow(deprecated)]
+fn metadata(path: &[&str], value: ValueMatcher) -> Principal {
+    principal_of(Identifier::Metadata(MetadataMatcher {
+        filter: JWT_FILTER.into(),
+        path: std::iter::once(JWT_PAYLOAD)
+            .chain(path.iter().copied())
+            .map(|key| PathSegment {
+                segment: Some(Segment::Key(key.to_string())),
+            })
+            .collect(),
+        value: Some(value),
+        ..Default::default()
+    }))
+}
+
+fn string_value(matcher: StringMatcher) -> ValueMatcher {
+    ValueMatcher {
+        match_pattern: Some(ValuePattern::StringMatch(matcher)),
+    }
+}
+
+/// A claim holding `value` (itself, or one of its list's items).
+fn claim(path: &[&str], value: &str) -> Option<Principal> {
+    let one = string_value(istio_string(value, ""));
+    let either = ValueMatcher {
+        match_pattern: Some(ValuePattern::OrMatch(OrMatcher {
+            value_matchers: vec![
+                one.clone(),
+                ValueMatcher {
+                    match_pattern: Some(ValuePattern::ListMatch(Box::new(ListMatcher {
+                        match_pattern: Some(list_matcher::MatchPattern::OneOf(Box::new(one))),
+                    }))),
+                },
+            ],
+        })),
+    };
+    Some(metadata(path, either))
+}
+
+/// `iss/sub` (the issuer may hold `/`: split at the last one), with Istio's `*` forms.
+fn request_principal(value: &str) -> Option<Principal> {
+    let any = regex(".+");
+    let exact = |v: &str| string_matcher(MatchPattern::Exact(v.into()), false);
+    let (issuer, subject) = match value.rsplit_once('/') {
+        _ if value == "*" => (any.clone(), any),
+        Some((iss, sub)) if value.starts_with('*') => (
+            if iss == "*" {
+                any
+            } else {
+                string_matcher(MatchPattern::Suffix(iss[1..].into()), false)
+            },
+            exact(sub),
+        ),
+        None if value.starts_with('*') => (
+            any,
+            string_matcher(MatchPattern::Suffix(value[1..].into()), false),
+        ),
+        Some((iss, sub)) if value.ends_with('*') => (
+            exact(iss),
+            if sub == "*" {
+                any
+            } else {
+                string_matcher(MatchPattern::Prefix(sub[..sub.len() - 1].into()), false)
+            },
+        ),
+        None if value.ends_with('*') => (
+            string_matcher(MatchPattern::Prefix(value[..value.len() - 1].into()), false),
+            any,
+        ),
+        Some((iss, sub)) => (exact(iss), exact(sub)),
+        None => (exact(value), exact("")),
+    };
+    Some(and_principals(vec![
+        metadata(&["iss"], string_value(issuer)),
+        metadata(&["sub"], string_value(subject)),
+    ]))
+}
+
+/// `[name]`'s name.
+fn bracketed(text: &str) -> Option<String> {
+    Some(text.strip_prefix('[')?.strip_suffix(']')?.to_string())
+}
+
+/// `[a][b]` as `a`, `b`; a single `[a.b]` as one name.
+fn nested_brackets(text: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[')?;
+        let end = inner.find(']')?;
+        if inner[..end].contains('[') {
+            return bracketed(text).map(|n| vec![n]);
+        }
+        out.push(inner[..end].to_string());
+        rest = &inner[end + 1..];
+    }
+    (!out.is_empty()).then_some(out)
+}

@@ -1,0 +1,126 @@
+//! AuthorizationPolicy on a workload's `virtualInbound`: RBAC filters on its HTTP and TCP
+//! chains where a policy selects it, and incremental builds equal to full ones.
+
+use capstan_crds::Kind;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use prost::Message;
+
+use super::peer_authentication_tests::{capture, entries, virtual_inbound};
+use super::tests::{check_with, delete, istio};
+
+fn policy(namespace: &str, name: &str, body: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+{body}"
+    )
+}
+
+/// Per chain of `port`: its network filters, and for an HTTP chain its HTTP filters.
+fn filters_on(listener: &Listener, port: u32) -> Vec<(Vec<String>, Vec<String>)> {
+    listener
+        .filter_chains
+        .iter()
+        .filter(|c| {
+            c.filter_chain_match
+                .as_ref()
+                .and_then(|m| m.destination_port)
+                .is_some_and(|p| p.value == port)
+        })
+        .map(|c| {
+            let network: Vec<String> = c.filters.iter().map(|f| f.name.clone()).collect();
+            let http = c
+                .filters
+                .iter()
+                .filter_map(|f| match &f.config_type {
+                    Some(ConfigType::TypedConfig(any))
+                        if f.name == "envoy.filters.network.http_connection_manager" =>
+                    {
+                        HttpConnectionManager::decode(any.value.as_slice()).ok()
+                    }
+                    _ => None,
+                })
+                .flat_map(|m| m.http_filters.into_iter().map(|f| f.name))
+                .collect();
+            (network, http)
+        })
+        .collect()
+}
+
+const DENY_DELETE: &str = "  action: DENY
+  rules: [{to: [{operation: {methods: [DELETE]}}]}]
+";
+
+#[test]
+fn rbac_filters_go_before_the_router_and_the_tcp_proxy_of_selected_workloads() {
+    let mut yamls = entries(super::peer_authentication_tests::IN_MESH, false);
+    let plain = virtual_inbound(&yamls);
+    let (network, http) = &filters_on(&plain, 9080)[0];
+    assert_eq!(network, &["envoy.filters.network.http_connection_manager"]);
+    assert!(!http.iter().any(|f| f.contains("rbac")), "{http:?}");
+
+    yamls.push(policy("istio-system", "deny-delete", DENY_DELETE));
+    yamls.push(policy(
+        "bookinfo",
+        "allow-bookinfo",
+        "  selector: {matchLabels: {app: bookinfo}}\n  rules: [{}]\n",
+    ));
+    let guarded = virtual_inbound(&yamls);
+    for (_, http) in filters_on(&guarded, 9080) {
+        assert_eq!(
+            http[..2],
+            ["envoy.filters.http.rbac", "envoy.filters.http.rbac"],
+            "DENY, then ALLOW, before the rest: {http:?}"
+        );
+    }
+    for (network, _) in filters_on(&guarded, 5432) {
+        assert_eq!(
+            network,
+            [
+                "envoy.filters.network.rbac",
+                "envoy.filters.network.rbac",
+                "envoy.filters.network.tcp_proxy"
+            ]
+        );
+    }
+
+    // A selector the workload does not match: nothing.
+    let other = [
+        entries(super::peer_authentication_tests::IN_MESH, false),
+        vec![policy(
+            "bookinfo",
+            "ratings",
+            "  selector: {matchLabels: {app: ratings}}\n  rules: [{}]\n",
+        )],
+    ]
+    .concat();
+    let (network, _) = &filters_on(&virtual_inbound(&other), 5432)[0];
+    assert_eq!(network, &["envoy.filters.network.tcp_proxy"]);
+}
+
+/// Policies added, edited and deleted, mesh-wide and per namespace, must each equal a full
+/// build.
+#[test]
+fn authorization_policy_updates_match_a_full_build() {
+    let in_mesh = entries(super::peer_authentication_tests::IN_MESH, false);
+    check_with(
+        capture(),
+        vec![
+            istio(&in_mesh[0]),
+            istio(&in_mesh[1]),
+            istio(&policy("bookinfo", "deny-all", "  {}\n")),
+            istio(&policy("istio-system", "deny-delete", DENY_DELETE)),
+            istio(&policy(
+                "bookinfo",
+                "deny-all",
+                "  rules: [{from: [{source: {principals: [cluster.local/ns/bookinfo/sa/x]}}]}]\n",
+            )),
+            delete(Kind::AuthorizationPolicy, "istio-system", "deny-delete"),
+            delete(Kind::AuthorizationPolicy, "bookinfo", "deny-all"),
+        ],
+    );
+}
