@@ -143,21 +143,55 @@ impl DeltaStream {
             }
         }
         let change_driven = answered && ts.pending.is_empty() && !ts.full;
-        push(&mut self.context, index, ts, state, change_driven)
-            .into_iter()
-            .collect()
+        let held = change_driven && self.held_before(index, state);
+        let mut out: Vec<DeltaResponse> = if held {
+            Vec::new()
+        } else {
+            let ts = self.types[index].get_or_insert_with(TypeState::default);
+            push(&mut self.context, index, ts, state, change_driven)
+                .into_iter()
+                .collect()
+        };
+        // An answer may release the changes of the types after it.
+        out.extend(self.push_changes(index + 1, state));
+        out
     }
 
-    /// Responses for every subscribed type with changes for this proxy, in push order.
-    pub fn on_state(&mut self, state: &State) -> Vec<DeltaResponse> {
+    /// Whether a type before `index` has a change it cannot send yet.
+    fn held_before(&self, index: usize, state: &State) -> bool {
+        self.types[..index]
+            .iter()
+            .flatten()
+            .any(|ts| holding(ts, state))
+    }
+
+    /// The changes of the types from `first` on, in push order; a type with a change it cannot
+    /// send yet holds back the types after it (see the SotW stream's `push_changes`).
+    fn push_changes(&mut self, first: usize, state: &State) -> Vec<DeltaResponse> {
         let mut out = Vec::new();
-        for (index, ts) in self.types.iter_mut().enumerate() {
-            if let Some(ts) = ts {
+        let mut held = self.held_before(first, state);
+        for (index, ts) in self.types.iter_mut().enumerate().skip(first) {
+            let Some(ts) = ts else {
+                continue;
+            };
+            if holding(ts, state) {
+                held = true;
+            } else if !held {
                 out.extend(push(&mut self.context, index, ts, state, true));
             }
         }
         out
     }
+
+    /// Responses for every subscribed type with changes for this proxy, in push order.
+    pub fn on_state(&mut self, state: &State) -> Vec<DeltaResponse> {
+        self.push_changes(0, state)
+    }
+}
+
+/// A response of the type is unanswered and something is due after it.
+fn holding(ts: &TypeState, state: &State) -> bool {
+    ts.in_flight.is_some() && (ts.synced != state.snapshot.version() || !ts.pending.is_empty())
 }
 
 fn push(

@@ -125,16 +125,47 @@ impl SotwStream {
         } else {
             Trigger::Request
         };
-        push(&mut self.context, index, type_state, state, trigger)
-            .into_iter()
-            .collect()
+        let held = matches!(trigger, Trigger::Change) && self.held_before(index, state);
+        let mut out: Vec<SotwResponse> = if held {
+            Vec::new()
+        } else {
+            let type_state = self.types[index].get_or_insert_with(TypeState::default);
+            push(&mut self.context, index, type_state, state, trigger)
+                .into_iter()
+                .collect()
+        };
+        // An answer may release the changes of the types after it.
+        out.extend(self.push_changes(index + 1, state));
+        out
     }
 
     /// Responses for every subscribed type whose view changed, in push order.
     pub fn on_state(&mut self, state: &State) -> Vec<SotwResponse> {
+        self.push_changes(0, state)
+    }
+
+    /// Whether a type before `index` has a change it cannot send yet.
+    fn held_before(&self, index: usize, state: &State) -> bool {
+        self.types[..index]
+            .iter()
+            .flatten()
+            .any(|ts| holding(ts, state))
+    }
+
+    /// The changes of the types from `first` on, in push order. A type with a change it cannot
+    /// send yet (its last response unanswered) holds back the types after it: their new
+    /// resources may name its new ones (a listener a new cluster), which the proxy would
+    /// refuse before it has them.
+    fn push_changes(&mut self, first: usize, state: &State) -> Vec<SotwResponse> {
         let mut out = Vec::new();
-        for (index, type_state) in self.types.iter_mut().enumerate() {
-            if let Some(type_state) = type_state {
+        let mut held = self.held_before(first, state);
+        for (index, type_state) in self.types.iter_mut().enumerate().skip(first) {
+            let Some(type_state) = type_state else {
+                continue;
+            };
+            if holding(type_state, state) {
+                held = true;
+            } else if !held {
                 out.extend(push(
                     &mut self.context,
                     index,
@@ -146,6 +177,11 @@ impl SotwStream {
         }
         out
     }
+}
+
+/// A response of the type is unanswered and the snapshot has moved on since it was sent.
+fn holding(ts: &TypeState, state: &State) -> bool {
+    ts.in_flight.is_some() && ts.synced != state.snapshot.version()
 }
 
 /// Why a type's response is being considered.

@@ -387,3 +387,28 @@ fn the_connection_registry_follows_sent_acked_and_nacked_responses() {
             .is_none()
     );
 }
+
+/// As with SotW: new listeners wait for the new clusters of their change while the proxy has
+/// not answered the clusters sent before, then come right after them.
+#[test]
+fn listeners_wait_for_the_clusters_of_their_change() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(CLUSTER, "a", b"1"), (LISTENER, "l", b"1")]);
+    let mut stream = DeltaStream::new(cache.clone());
+    let clusters = stream.on_request(request(CLUSTER, &[], ""), &s1);
+    let listeners = stream.on_request(request(LISTENER, &[], ""), &s1);
+    assert_eq!(listeners.len(), 1);
+    let acked = stream.on_request(request(LISTENER, &[], &listeners[0].nonce), &s1);
+    assert!(acked.is_empty());
+
+    let s2 = apply(&cache, &[(CLUSTER, "b", b"1"), (LISTENER, "l", b"2")]);
+    assert!(
+        stream.on_state(&s2).is_empty(),
+        "the listener went before its cluster"
+    );
+
+    let next = stream.on_request(request(CLUSTER, &[], &clusters[0].nonce), &s2);
+    let types: Vec<&str> = next.iter().map(|r| r.type_url).collect();
+    assert_eq!(types, [CLUSTER, LISTENER]);
+    assert_eq!(names(&next[0]), ["b"]);
+}

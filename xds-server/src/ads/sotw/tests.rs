@@ -318,3 +318,31 @@ fn the_connection_registry_follows_sent_acked_and_nacked_responses() {
     drop(stream);
     assert!(connections.is_empty(), "removed when the stream ends");
 }
+
+/// A listener may name a cluster the same change adds: while the proxy has not answered the
+/// clusters sent before, the new listeners wait for the new clusters, and come right after
+/// them once it answers — never before them.
+#[test]
+fn listeners_wait_for_the_clusters_of_their_change() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(&cache, &[(CLUSTER, "a", b"1"), (LISTENER, "l", b"1")]);
+    let mut stream = SotwStream::new(cache.clone());
+    let clusters = stream.on_request(request(CLUSTER, &[], ""), &s1);
+    let listeners = stream.on_request(request(LISTENER, &[], ""), &s1);
+    assert_eq!(listeners.len(), 1);
+    let acked = stream.on_request(request(LISTENER, &[], &listeners[0].nonce), &s1);
+    assert!(acked.is_empty());
+
+    // A cluster and the listener naming it change while the clusters are unanswered.
+    let s2 = apply(&cache, &[(CLUSTER, "b", b"1"), (LISTENER, "l", b"2")]);
+    assert!(
+        stream.on_state(&s2).is_empty(),
+        "the listener went before its cluster"
+    );
+
+    // The clusters' answer releases both, clusters first.
+    let next = stream.on_request(request(CLUSTER, &[], &clusters[0].nonce), &s2);
+    let types: Vec<&str> = next.iter().map(|r| r.type_url).collect();
+    assert_eq!(types, [CLUSTER, LISTENER]);
+    assert_eq!(names(&next[0]), ["a", "b"]);
+}
