@@ -37,6 +37,7 @@ pub mod gateway_mesh;
 pub mod hostile_ads;
 pub mod http;
 pub mod identity;
+pub mod jwt;
 pub mod kube;
 pub mod kube_mesh;
 pub mod locate;

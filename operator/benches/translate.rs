@@ -16,7 +16,11 @@
 //!   `virtualInbound` is rebuilt too, among N × 10 workloads' (the cost must not grow with N);
 //! - both changes again with a root-namespace default `Sidecar` (`./*`, `istio-system/*`), so
 //!   that every service is hidden from nine namespaces' sidecars and every namespace's route
-//!   variant is a scoped one.
+//!   variant is a scoped one;
+//! - capture mode with one AuthorizationPolicy per service (selecting its pods; principals,
+//!   methods, paths and a header condition), N = 1,000 being Istio's "1,000 policies": the full
+//!   translation against the same mesh without policies, and one policy edited (its 10 pods'
+//!   `virtualInbound` rebuilt, no other workload's).
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -192,6 +196,123 @@ spec:
     index
 }
 
+/// An AuthorizationPolicy for service `i`'s pods: GET on `/api/*` for the next service's
+/// account, with a header condition; `generation` changes the path.
+fn authorization_policy(i: usize, generation: i64) -> Record {
+    istio(&format!(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: svc-{i}, namespace: {ns}, generation: {generation}}}
+spec:
+  selector: {{matchLabels: {{app: svc-{i}}}}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{principals: [cluster.local/ns/{next_ns}/sa/svc-{next}]}}}}]
+    to: [{{operation: {{methods: [GET], paths: [/api/v{generation}/*]}}}}]
+    when: [{{key: request.headers[x-user], values: [alice*]}}]
+",
+        ns = namespace(i),
+        next = i + 1,
+        next_ns = namespace(i + 1),
+    ))
+}
+
+/// [`index`] with one AuthorizationPolicy per service.
+fn authorized_index(n: usize) -> Index {
+    let mut index = index(n);
+    for i in 0..n {
+        index.apply(authorization_policy(i, 1));
+    }
+    index
+}
+
+fn capture_options() -> translate::Options {
+    translate::Options {
+        sidecar_listeners: translate::ListenerMode::Capture,
+        ..options()
+    }
+}
+
+fn full_translation_with_policies(c: &mut Criterion) {
+    let mut group = c.benchmark_group("full translation, capture mode");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1));
+    for n in [1_000, 3_000] {
+        for (label, index) in [
+            ("no policies", index(n)),
+            ("a policy per service", authorized_index(n)),
+        ] {
+            group.bench_with_input(BenchmarkId::new(label, n), &index, |b, index| {
+                b.iter(|| {
+                    let (mesh, _) = Mesh::build(index, DOMAIN);
+                    black_box(translate::build(&mesh, &capture_options()))
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn one_authorization_policy_changed(c: &mut Criterion) {
+    let mut group = c.benchmark_group("one AuthorizationPolicy changed, capture mode");
+    group.warm_up_time(Duration::from_secs(1));
+    for n in [1_000, 3_000] {
+        let mut pipeline = Pipeline::new(capture_options(), DOMAIN);
+        pipeline.index = authorized_index(n);
+        let cache = SnapshotCache::new();
+        cache.replace(pipeline.full());
+        let changed = n / 2;
+        report_policy_edit(&mut pipeline, &cache, changed);
+        let mut generation = 2;
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                generation += 1;
+                let changes = pipeline
+                    .index
+                    .apply(authorization_policy(changed, generation));
+                let update = pipeline.update(&changes);
+                assert!(update.len() >= ENDPOINTS, "the service's pods' listeners");
+                black_box(cache.apply(update))
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Prints, once, what one policy edit changes: the listeners whose bytes differ afterwards
+/// (the pods the policy selects, and no other), and their size.
+fn report_policy_edit(pipeline: &mut Pipeline, cache: &SnapshotCache, changed: usize) {
+    let listeners = capstan_xds::type_index(capstan_xds::type_url::LISTENER).expect("listeners");
+    let versions = |cache: &SnapshotCache| -> BTreeMap<String, (u64, usize)> {
+        let state = cache.current();
+        state
+            .snapshot
+            .entries(listeners)
+            .flat_map(|(name, entry)| {
+                entry.all_variants().map(move |(selector, r)| {
+                    (format!("{name} {selector}"), (r.version(), r.body().len()))
+                })
+            })
+            .collect()
+    };
+    let before = versions(cache);
+    let changes = pipeline.index.apply(authorization_policy(changed, 2));
+    cache.apply(pipeline.update(&changes));
+    let after = versions(cache);
+    let differing: Vec<(&String, usize)> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k).map(|b| b.0) != Some(v.0))
+        .map(|(k, v)| (k, v.1))
+        .collect();
+    let bytes: usize = differing.iter().map(|(_, len)| len).sum();
+    eprintln!(
+        "one AuthorizationPolicy edited among {} workloads' listeners: {} listener variants \
+         changed, {bytes} bytes; e.g. {:?}",
+        after.len(),
+        differing.len(),
+        differing.first()
+    );
+}
+
 fn full_translation(c: &mut Criterion) {
     let mut group = c.benchmark_group("full translation");
     group.sample_size(10).warm_up_time(Duration::from_secs(1));
@@ -314,6 +435,8 @@ criterion_group!(
     one_endpoint_slice_changed,
     one_endpoint_slice_changed_capture,
     one_virtual_service_changed_scoped,
-    one_endpoint_slice_changed_scoped
+    one_endpoint_slice_changed_scoped,
+    full_translation_with_policies,
+    one_authorization_policy_changed
 );
 criterion_main!(benches);

@@ -222,7 +222,10 @@ impl Report {
                 !spec.tls.is_empty(),
             ));
         }
-        if let IstioObject::PeerAuthentication(_) | IstioObject::AuthorizationPolicy(_) = object {
+        if let IstioObject::PeerAuthentication(_)
+        | IstioObject::AuthorizationPolicy(_)
+        | IstioObject::RequestAuthentication(_) = object
+        {
             problems.push(unsupported::inbound_policy_capture_only(&object.key()));
         }
         if let IstioObject::Sidecar(sidecar) = object {

@@ -67,8 +67,8 @@ impl AuthorizationPolicies {
         self.by_namespace.insert(key, policy);
     }
 
-    /// Forgets `key`'s policy; whether there was one.
-    pub fn remove(&mut self, key: &ObjectKey) -> bool {
+    /// Forgets `key`'s policy, returning it.
+    pub fn remove(&mut self, key: &ObjectKey) -> Option<Policy> {
         self.by_namespace.remove(key)
     }
 

@@ -26,12 +26,10 @@ impl<T> ByNamespace<T> {
             .insert(key.clone(), value);
     }
 
-    /// Forgets `key`'s value; whether there was one.
-    pub fn remove(&mut self, key: &ObjectKey) -> bool {
-        let Some(values) = self.map.get_mut(&key.namespace) else {
-            return false;
-        };
-        let removed = values.remove(key).is_some();
+    /// Forgets `key`'s value, returning it.
+    pub fn remove(&mut self, key: &ObjectKey) -> Option<T> {
+        let values = self.map.get_mut(&key.namespace)?;
+        let removed = values.remove(key);
         if values.is_empty() {
             self.map.remove(&key.namespace);
         }

@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod hostname;
 pub mod kube;
 pub mod peer_authentication;
+pub mod request_authentication;
 pub mod routing;
 mod rule_lookup;
 pub use rule_lookup::HostRules;
@@ -115,6 +116,8 @@ pub struct Mesh {
     pub peer_authentications: peer_authentication::PeerAuthentications,
     /// The AuthorizationPolicies, by namespace.
     pub authorization_policies: authorization::AuthorizationPolicies,
+    /// The RequestAuthentications, by namespace.
+    pub request_authentications: request_authentication::RequestAuthentications,
     /// The TLS Secrets gateways may read credentials from, read (or why they cannot be).
     secrets: BTreeMap<NsName, Result<secret::TlsSecret, secret::SecretError>>,
     /// Exact host → the VirtualServices naming it; and those with a wildcard host. Finding
@@ -161,9 +164,37 @@ pub struct Affected {
     /// accept and how clients reach them are worked out again (everywhere for the root
     /// namespace).
     pub peer_authentications: BTreeSet<String>,
-    /// Whether an AuthorizationPolicy changed (or went): every workload's inbound filters
-    /// are built again.
-    pub authorization: bool,
+    /// Where AuthorizationPolicies or RequestAuthentications that changed (or went) applied
+    /// before and apply now: the inbound filters of the workloads there are built again.
+    pub authorization: Vec<PolicyScope>,
+}
+
+/// The workloads a security policy selects: those of `namespace` (every namespace, for the
+/// root namespace) carrying every label of `selector` (empty: all of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyScope {
+    pub namespace: String,
+    pub selector: BTreeMap<String, String>,
+}
+
+impl PolicyScope {
+    fn of(key: &ObjectKey, selector: Option<&capstan_crds::types::MatchLabelsSelector>) -> Self {
+        Self {
+            namespace: key.namespace.clone(),
+            selector: selector.map(|s| s.match_labels.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Whether it covers a workload of `namespace` with `labels`.
+    pub fn covers(
+        &self,
+        root_namespace: &str,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        (self.namespace == root_namespace || self.namespace == namespace)
+            && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
 }
 
 impl Mesh {
@@ -321,9 +352,18 @@ impl Mesh {
             affected.sidecars = true;
             self.sidecar_scopes.by_key.remove(key);
         }
-        if key.kind == capstan_crds::Kind::AuthorizationPolicy {
-            self.authorization_policies.remove(key);
-            affected.authorization = true;
+        if key.kind == capstan_crds::Kind::AuthorizationPolicy
+            && let Some(old) = self.authorization_policies.remove(key)
+        {
+            let selector = old.spec.selector.as_ref();
+            affected.authorization.push(PolicyScope::of(key, selector));
+        }
+        if key.kind == capstan_crds::Kind::RequestAuthentication
+            && let Some(old) = self.request_authentications.remove(key)
+        {
+            affected
+                .authorization
+                .push(PolicyScope::of(key, old.selector.as_ref()));
         }
         if key.kind == capstan_crds::Kind::PeerAuthentication {
             self.peer_authentications.remove(key);
@@ -458,14 +498,19 @@ impl Mesh {
             }
             IstioObject::AuthorizationPolicy(ap) => {
                 self.authorization_policies.insert(key, &ap.spec);
+                let selector = ap.spec.selector.as_ref();
+                affected.authorization.push(PolicyScope::of(key, selector));
+            }
+            IstioObject::RequestAuthentication(ra) => {
+                self.request_authentications.insert(key, &ra.spec);
+                let selector = ra.spec.selector.as_ref();
+                affected.authorization.push(PolicyScope::of(key, selector));
             }
             IstioObject::PeerAuthentication(pa) => {
                 let created = pa.metadata.creation_timestamp.as_ref();
                 self.peer_authentications.insert(key, &pa.spec, created);
             }
-            // RequestAuthentication is parsed and validated, but not translated yet (its
-            // status condition says so).
-            _ => {}
+            IstioObject::WorkloadGroup(_) | IstioObject::WorkloadEntry(_) => {}
         }
     }
 

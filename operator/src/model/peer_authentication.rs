@@ -123,7 +123,7 @@ impl PeerAuthentications {
 
     /// Forgets `key`'s policy; whether there was one.
     pub fn remove(&mut self, key: &ObjectKey) -> bool {
-        self.by_namespace.remove(key)
+        self.by_namespace.remove(key).is_some()
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &ObjectKey> {

@@ -18,6 +18,7 @@ pub fn kind_is_translated(kind: Kind) -> bool {
             | Kind::Sidecar
             | Kind::PeerAuthentication
             | Kind::AuthorizationPolicy
+            | Kind::RequestAuthentication
     )
 }
 
@@ -34,7 +35,7 @@ pub fn inbound_policy_capture_only(key: &ObjectKey) -> Problem {
         _ => {
             "applies to the inbound listeners of capture-mode sidecars (`capstan run \
              --sidecar-listeners capture`); direct-mode sidecars have none, and gateway \
-             proxies do not enforce AuthorizationPolicy yet"
+             proxies do not apply it yet"
         }
     };
     Problem {
@@ -44,14 +45,32 @@ pub fn inbound_policy_capture_only(key: &ObjectKey) -> Problem {
     }
 }
 
-/// An AuthorizationPolicy that may select gateway proxies, which do not enforce it yet.
-pub fn authorization_on_gateways(key: &ObjectKey) -> Problem {
+/// A security policy attached by `targetRef` (`single`) or `targetRefs`, if `by_reference`.
+fn target_references(key: &ObjectKey, by_reference: bool, single: bool) -> Option<Problem> {
+    by_reference.then(|| Problem {
+        object: key.clone(),
+        field: if single {
+            "spec.targetRef"
+        } else {
+            "spec.targetRefs"
+        }
+        .into(),
+        message: "attaches it to Gateway API gateways and waypoints, which capstan does not \
+                  serve: it applies to no sidecar"
+            .into(),
+    })
+}
+
+/// An AuthorizationPolicy or RequestAuthentication that may select gateway proxies, which do
+/// not apply either kind yet.
+pub fn security_on_gateways(key: &ObjectKey) -> Problem {
     Problem {
         object: key.clone(),
         field: "spec".into(),
-        message: "gateway proxies do not enforce AuthorizationPolicy yet: it applies to the \
-                  sidecars it selects only"
-            .into(),
+        message: format!(
+            "gateway proxies do not apply {} yet: it applies to the sidecars it selects only",
+            key.kind
+        ),
     }
 }
 
@@ -230,20 +249,12 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                     "dry-run (the policy is enforced)",
                 );
             }
-            if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
-                let field = if spec.target_ref.is_some() {
-                    "spec.targetRef"
-                } else {
-                    "spec.targetRefs"
-                };
-                extra.push(Problem {
-                    object: key.clone(),
-                    field: field.into(),
-                    message: "attaches the policy to Gateway API gateways and waypoints, which \
-                              capstan does not serve: it applies to no sidecar"
-                        .into(),
-                });
-            }
+            let by_reference = spec.target_ref.is_some() || !spec.target_refs.is_empty();
+            extra.extend(target_references(
+                &key,
+                by_reference,
+                spec.target_ref.is_some(),
+            ));
             if spec.action == Some(Action::Custom) {
                 not_applied(
                     "spec.action".into(),
@@ -261,6 +272,15 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                     }
                 }
             }
+        }
+        IstioObject::RequestAuthentication(ra) => {
+            let spec = &ra.spec;
+            let by_reference = spec.target_ref.is_some() || !spec.target_refs.is_empty();
+            extra.extend(target_references(
+                &key,
+                by_reference,
+                spec.target_ref.is_some(),
+            ));
         }
         IstioObject::WorkloadEntry(we) if !we.spec.network.is_empty() => {
             not_applied("spec.network".into(), "network (multi-network meshes)");

@@ -5,8 +5,8 @@
 //! policies apply, one of them must match (none of their rules left: nothing is allowed, as
 //! `spec: {}` says). Each rule is one RBAC policy named `ns[<ns>]-policy[<name>]-rule[<i>]`.
 //!
-//! The RBAC policies are a protobuf map, which prost encodes in hash order: they are encoded
-//! here by name instead, so the same policies always give the same bytes (and version).
+//! The RBAC policies are a protobuf map, encoded in name order (`sorted_map`), so the same
+//! policies always give the same bytes (and version).
 
 mod rules;
 
@@ -23,11 +23,13 @@ use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as Netw
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
+use super::sorted_map;
 use crate::model::Mesh;
 use crate::model::authorization::{Policy as AuthzPolicy, WorkloadPolicies};
 pub use rules::IfUnusable;
 
-/// The RBAC filters of one workload's inbound side.
+/// The security filters of one workload's inbound side: RequestAuthentication's JWT filter
+/// (HTTP only), then the RBAC filters.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InboundAuthz {
     /// Before the router of every HTTP chain.
@@ -39,12 +41,18 @@ pub struct InboundAuthz {
 impl InboundAuthz {
     /// The filters for the workload in `namespace` with `labels`.
     pub fn for_workload(mesh: &Mesh, namespace: &str, labels: &BTreeMap<String, String>) -> Self {
-        let policies = mesh.authorization_for(namespace, labels);
-        if policies.is_empty() {
-            return Self::default();
-        }
-        let WorkloadPolicies { deny, allow, audit } = policies;
-        let mut out = Self::default();
+        let root = mesh.sidecar_scopes.root_namespace();
+        let jwt_rules = mesh
+            .request_authentications
+            .for_workload(root, namespace, labels);
+        let mut out = Self {
+            // Before RBAC, which reads the payload of the token it accepted.
+            http: super::authentication::jwt_filter(jwt_rules)
+                .into_iter()
+                .collect(),
+            tcp: Vec::new(),
+        };
+        let WorkloadPolicies { deny, allow, audit } = mesh.authorization_for(namespace, labels);
         for (action, list) in [
             (RbacAction::Log, audit),
             (RbacAction::Deny, deny),
@@ -91,29 +99,18 @@ fn named_policies(
 
 /// `envoy.config.rbac.v3.RBAC` with its policies in name order.
 fn rbac_bytes(action: RbacAction, policies: &BTreeMap<String, Policy>) -> Vec<u8> {
-    use prost::encoding::{WireType, encode_key, encode_varint, message, string};
     let mut bytes = Rbac {
         action: action as i32,
         ..Default::default()
     }
     .encode_to_vec();
-    for (name, policy) in policies {
-        // A map entry is a message: key (1) and value (2).
-        let len = string::encoded_len(1, name) + message::encoded_len(2, policy);
-        encode_key(2, WireType::LengthDelimited, &mut bytes);
-        encode_varint(len as u64, &mut bytes);
-        string::encode(1, name, &mut bytes);
-        message::encode(2, policy, &mut bytes);
-    }
+    sorted_map::append_map(2, policies, &mut bytes);
     bytes
 }
 
 /// `message` (encoded, without its `rules`) with `rules` set to the encoded RBAC `rules`.
 fn with_rules(mut message: Vec<u8>, rules: &[u8]) -> Vec<u8> {
-    use prost::encoding::{WireType, encode_key, encode_varint};
-    encode_key(1, WireType::LengthDelimited, &mut message);
-    encode_varint(rules.len() as u64, &mut message);
-    message.extend_from_slice(rules);
+    sorted_map::append_message(1, rules, &mut message);
     message
 }
 

@@ -131,6 +131,9 @@ pub struct Translator {
     fallbacks: Option<Fallbacks>,
     /// Direct mode: the `Sidecar`s whose outbound traffic policy has nothing to apply to.
     policy_problems: Vec<Problem>,
+    /// RequestAuthentication rules whose `jwksUri` no service serves (read again on every
+    /// change: a service may come or go).
+    jwks_problems: Vec<Problem>,
 }
 
 impl Translator {
@@ -159,6 +162,7 @@ impl Translator {
             capture: None,
             fallbacks,
             policy_problems: Vec::new(),
+            jwks_problems: Vec::new(),
         }
     }
 
@@ -173,7 +177,7 @@ impl Translator {
             secrets: BTreeSet::new(),
             sidecars: true,
             peer_authentications: BTreeSet::new(),
-            authorization: false,
+            authorization: Vec::new(),
         };
         // Everything is new: what is kept afterwards is the snapshot.
         self.rebuild(mesh, &everything, &mut Update::new());
@@ -188,6 +192,7 @@ impl Translator {
             out.add_for(selector.clone(), resource.clone());
         }
         self.refresh_policy_problems(mesh);
+        self.jwks_problems = outbound_policy::jwks_problems(mesh);
         // Listeners first: the capture-mode ones of a service are scoped with it.
         match self.options.sidecar_listeners {
             ListenerMode::Direct => {
@@ -235,8 +240,10 @@ impl Translator {
         if let Some(capture) = &mut self.capture {
             capture.update(mesh, affected.hosts.iter().map(String::as_str), &mut update);
             capture.routes_changed(mesh, &affected.routes, &mut update);
-            if !affected.peer_authentications.is_empty() || affected.authorization {
+            if !affected.peer_authentications.is_empty() {
                 capture.rebuild_workloads(mesh, &mut update);
+            } else if !affected.authorization.is_empty() {
+                capture.rebuild_workloads_in(mesh, &affected.authorization, &mut update);
             }
             if let Some(modes) = &modes {
                 capture.set_outbound_modes(modes, &mut update);
@@ -245,13 +252,16 @@ impl Translator {
             }
         }
         let rebuilt = self.rebuild(mesh, affected, &mut update);
+        if !mesh.request_authentications.is_empty() || !self.jwks_problems.is_empty() {
+            self.jwks_problems = outbound_policy::jwks_problems(mesh);
+        }
         self.refresh_upstream_credentials(mesh, affected, &mut update);
         let views = ScopeViews::new(mesh);
         self.scope_rebuilt_hosts(mesh, &views, &affected.hosts, &mut update);
         // Which policies are reported depends on the Sidecars, the policies and the Gateways.
         if affected.sidecars
             || !affected.peer_authentications.is_empty()
-            || affected.authorization
+            || !affected.authorization.is_empty()
             || !affected.gateways.is_empty()
         {
             self.refresh_policy_problems(mesh);
@@ -363,6 +373,7 @@ impl Translator {
             .chain(&self.upstream_credentials.problems)
             .chain(self.capture.iter().flat_map(CaptureState::problems))
             .chain(&self.policy_problems)
+            .chain(&self.jwks_problems)
     }
 
     /// Keeps `new` as the resources of `host`; what it no longer has is removed.

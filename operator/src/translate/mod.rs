@@ -3,6 +3,7 @@
 //! Names follow Istio so that users' tooling and habits carry over: clusters are
 //! `outbound|<port>|<subset>|<host>`, EDS load assignments share their cluster's name.
 
+mod authentication;
 mod authorization;
 mod cluster;
 mod endpoint;
@@ -13,6 +14,7 @@ mod listener;
 mod route;
 mod route_tcp_proxy;
 mod sidecar;
+mod sorted_map;
 pub(crate) mod upstream_credentials;
 
 pub use incremental::Translator;

@@ -84,7 +84,7 @@ fn referenced_and_custom_policies_apply_to_no_sidecar() {
         namespace: "bookinfo".into(),
         name: "ext".into(),
     };
-    assert!(all.remove(&key));
-    assert!(!all.remove(&key));
+    assert!(all.remove(&key).is_some());
+    assert!(all.remove(&key).is_none());
     assert_eq!(all.policies().count(), 1);
 }

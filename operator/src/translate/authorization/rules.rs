@@ -477,10 +477,9 @@ fn trust_domain(value: &str) -> Option<Principal> {
     Some(authenticated(matcher))
 }
 
-/// The JWT filter's payload in the request's dynamic metadata (what RequestAuthentication
-/// will put there; without it, nothing matches).
-const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
-const JWT_PAYLOAD: &str = "payload";
+/// Where RequestAuthentication's filter puts the payload of the token it accepted (without
+/// one, nothing matches).
+use crate::translate::authentication::{JWT_FILTER, JWT_PAYLOAD};
 
 // Deprecated for `sourced_metadata` (Envoy 1.31+), which says the same for the request's
 // metadata; istiod still sends this form, which every Envoy it supports reads.

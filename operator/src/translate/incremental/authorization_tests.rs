@@ -114,6 +114,17 @@ fn authorization_policy_updates_match_a_full_build() {
             istio(&in_mesh[1]),
             istio(&policy("bookinfo", "deny-all", "  {}\n")),
             istio(&policy("istio-system", "deny-delete", DENY_DELETE)),
+            // A selector that stops covering the workload: the old scope is rebuilt too.
+            istio(&policy(
+                "bookinfo",
+                "selecting",
+                "  selector: {matchLabels: {app: bookinfo}}\n  rules: [{}]\n",
+            )),
+            istio(&policy(
+                "bookinfo",
+                "selecting",
+                "  selector: {matchLabels: {app: ratings}}\n  rules: [{}]\n",
+            )),
             istio(&policy(
                 "bookinfo",
                 "deny-all",
@@ -121,6 +132,39 @@ fn authorization_policy_updates_match_a_full_build() {
             )),
             delete(Kind::AuthorizationPolicy, "istio-system", "deny-delete"),
             delete(Kind::AuthorizationPolicy, "bookinfo", "deny-all"),
+        ],
+    );
+}
+
+/// RequestAuthentications added, edited (a `jwksUri` no service has, reported) and deleted
+/// must each equal a full build.
+#[test]
+fn request_authentication_updates_match_a_full_build() {
+    let in_mesh = entries(super::peer_authentication_tests::IN_MESH, false);
+    let request_authentication = |name: &str, rules: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: {name}, namespace: bookinfo}}
+spec:
+  jwtRules: {rules}
+"
+        )
+    };
+    check_with(
+        capture(),
+        vec![
+            istio(&in_mesh[0]),
+            istio(&request_authentication(
+                "jwt",
+                "[{issuer: issuer-a, jwks: '{\"keys\": []}'}]",
+            )),
+            istio(&in_mesh[1]),
+            istio(&request_authentication(
+                "jwt",
+                "[{issuer: issuer-b, jwksUri: 'https://keys.example.com/jwks'}]",
+            )),
+            delete(Kind::RequestAuthentication, "bookinfo", "jwt"),
         ],
     );
 }

@@ -11,9 +11,10 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use prost::Message;
 
 use super::Translator;
-use crate::model::Mesh;
 use crate::model::sidecar_scope::{OutboundMode, OutboundModes};
 use crate::model::unsupported::{self, CaptureOnly, sidecar_capture_only};
+use crate::model::{Mesh, Problem};
+use crate::translate::authentication;
 use crate::translate::sidecar::{ListenerMode, fallback_virtual_host};
 
 /// [`fallback_virtual_host`] of each outbound mode, encoded once.
@@ -72,8 +73,14 @@ impl Translator {
                 .chain(
                     mesh.authorization_policies
                         .policies()
-                        .filter(|p| may_select_gateways(mesh, p))
-                        .map(|p| unsupported::authorization_on_gateways(&p.key)),
+                        .map(|p| (&p.key, p.spec.selector.as_ref()))
+                        .chain(
+                            mesh.request_authentications
+                                .iter()
+                                .map(|(key, spec)| (key, spec.selector.as_ref())),
+                        )
+                        .filter(|(key, selector)| may_select_gateways(mesh, key, *selector))
+                        .map(|(key, _)| unsupported::security_on_gateways(key)),
                 )
                 .collect();
             return;
@@ -95,28 +102,53 @@ impl Translator {
                 mesh.peer_authentications
                     .keys()
                     .chain(mesh.authorization_policies.policies().map(|p| &p.key))
+                    .chain(mesh.request_authentications.iter().map(|(key, _)| key))
                     .map(unsupported::inbound_policy_capture_only),
             )
             .collect();
     }
 }
 
-/// Whether `policy` may select gateway proxies: it has no selector and is mesh-wide or in a
+/// Whether a policy may select gateway proxies: it has no selector and is mesh-wide or in a
 /// namespace with a Gateway, or its selector's labels are all in some Gateway's selector.
 /// (Gateway pods' labels are not known here; a Gateway's selector names some of them.)
-fn may_select_gateways(mesh: &Mesh, policy: &crate::model::authorization::Policy) -> bool {
-    let selector = policy.spec.selector.as_ref().map(|s| &s.match_labels);
-    match selector.filter(|labels| !labels.is_empty()) {
+fn may_select_gateways(
+    mesh: &Mesh,
+    key: &ObjectKey,
+    selector: Option<&capstan_crds::types::MatchLabelsSelector>,
+) -> bool {
+    match selector.map(|s| &s.match_labels).filter(|l| !l.is_empty()) {
         None => {
-            policy.key.namespace == mesh.sidecar_scopes.root_namespace()
-                || mesh
-                    .gateways
-                    .keys()
-                    .any(|g| g.namespace == policy.key.namespace)
+            key.namespace == mesh.sidecar_scopes.root_namespace()
+                || mesh.gateways.keys().any(|g| g.namespace == key.namespace)
         }
         Some(labels) => mesh
             .gateways
             .values()
             .any(|g| labels.iter().all(|(k, v)| g.selector.get(k) == Some(v))),
     }
+}
+
+/// The RequestAuthentication rules whose `jwksUri` no service serves: Envoy cannot fetch
+/// their keys, and refuses every token they are for (istiod asks for a ServiceEntry too).
+pub(super) fn jwks_problems(mesh: &Mesh) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for (key, spec) in mesh.request_authentications.iter() {
+        for (i, rule) in spec.jwt_rules.iter().enumerate() {
+            let fetched = rule.jwks.is_empty() && !rule.jwks_uri.is_empty();
+            if fetched && !authentication::jwks_service_exists(mesh, &rule.jwks_uri) {
+                out.push(Problem {
+                    object: key.clone(),
+                    field: format!("spec.jwtRules[{i}].jwksUri"),
+                    message: format!(
+                        "no service has the host and port of {}: Envoy cannot fetch the keys \
+                         and refuses every token of this issuer; add a ServiceEntry for it, as \
+                         with Istio",
+                        rule.jwks_uri
+                    ),
+                });
+            }
+        }
+    }
+    out
 }

@@ -11,7 +11,7 @@ use super::mtls::InboundMtls;
 use super::{VIRTUAL_INBOUND, inbound_cluster_name, outbound};
 use crate::model::sidecar_scope::{Covers, InboundPools, IngressVariants, OutboundModes};
 use crate::model::traffic_policy::ConnectionPool;
-use crate::model::{Mesh, Problem, Service};
+use crate::model::{Mesh, PolicyScope, Problem, Service};
 use crate::translate::authorization::InboundAuthz;
 use capstan_crds::ProtocolClass;
 use port_listeners::{PortListener, PortListeners, port_listeners};
@@ -320,6 +320,32 @@ impl CaptureState {
     pub fn rebuild_workloads(&mut self, mesh: &Mesh, update: &mut Update) {
         let addresses: Vec<String> = self.workloads.keys().cloned().collect();
         for address in addresses {
+            self.rebuild_workload(mesh, &address, update);
+        }
+    }
+
+    /// Rebuilds the inbound side of the workloads `scopes` cover (a security policy there
+    /// changed): a check of each workload's namespace and labels, and a rebuild of those
+    /// covered only.
+    pub fn rebuild_workloads_in(
+        &mut self,
+        mesh: &Mesh,
+        scopes: &[PolicyScope],
+        update: &mut Update,
+    ) {
+        let root = mesh.sidecar_scopes.root_namespace();
+        let covered: Vec<String> = self
+            .workloads
+            .iter()
+            .filter(|(address, hosts)| {
+                sidecar_settings::workload_selector(mesh, address, hosts).is_some_and(|w| {
+                    let namespace = w.namespace.as_deref().unwrap_or_default();
+                    scopes.iter().any(|s| s.covers(root, namespace, &w.labels))
+                })
+            })
+            .map(|(address, _)| address.clone())
+            .collect();
+        for address in covered {
             self.rebuild_workload(mesh, &address, update);
         }
     }

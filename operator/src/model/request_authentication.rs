@@ -1,0 +1,58 @@
+//! `RequestAuthentication`: the JWT rules a workload's sidecar checks, selected as istiod
+//! selects them (the root namespace's, mesh-wide, and the workload's namespace's, without a
+//! `selector` or selecting it). Rules attached by `targetRef(s)` are for Gateway API gateways
+//! and waypoints, which capstan does not serve (reported).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use capstan_crds::ObjectKey;
+use capstan_crds::security::request_authentication::{JwtRule, RequestAuthenticationSpec};
+
+use super::by_namespace::ByNamespace;
+
+/// Every RequestAuthentication, by namespace.
+#[derive(Debug, Default, Clone)]
+pub struct RequestAuthentications {
+    by_namespace: ByNamespace<Arc<RequestAuthenticationSpec>>,
+}
+
+impl RequestAuthentications {
+    pub fn insert(&mut self, key: &ObjectKey, spec: &RequestAuthenticationSpec) {
+        self.by_namespace.insert(key, Arc::new(spec.clone()));
+    }
+
+    /// Forgets `key`'s rules, returning them.
+    pub fn remove(&mut self, key: &ObjectKey) -> Option<Arc<RequestAuthenticationSpec>> {
+        self.by_namespace.remove(key)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_namespace.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<RequestAuthenticationSpec>)> {
+        self.by_namespace.iter()
+    }
+
+    /// The JWT rules of the policies applying to the sidecar of a workload in `namespace`
+    /// with `labels`: the root namespace's first, then by name.
+    pub fn for_workload<'a>(
+        &'a self,
+        root_namespace: &'a str,
+        namespace: &'a str,
+        labels: &'a BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &'a JwtRule> + 'a {
+        let own = (namespace != root_namespace).then_some(namespace);
+        std::iter::once(root_namespace)
+            .chain(own)
+            .flat_map(|ns| self.by_namespace.in_namespace(ns))
+            .filter(|spec| spec.target_ref.is_none() && spec.target_refs.is_empty())
+            .filter(move |spec| {
+                spec.selector
+                    .as_ref()
+                    .is_none_or(|s| s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            })
+            .flat_map(|spec| spec.jwt_rules.iter())
+    }
+}
