@@ -31,6 +31,7 @@ pub mod capture_identity;
 pub mod capture_mesh;
 pub mod connect_proxy;
 pub mod envoy;
+pub mod explain;
 pub mod fixtures;
 pub mod folder_mesh;
 pub mod gateway_mesh;

@@ -76,7 +76,8 @@ async fn other_pod_tcp_answered(mesh: &IdentityMesh) -> anyhow::Result<bool> {
     Ok(read.is_ok() && String::from_utf8_lossy(&answer).contains("\"db\""))
 }
 
-/// Waits until each of `checks` (what, status) holds.
+/// Waits until each of `checks` (what, status) holds, then has `capstan explain` say the same
+/// of each request (200 allowed, 403 denied).
 async fn wait_statuses(
     mesh: &IdentityMesh,
     app: &[(&str, u16)],
@@ -97,7 +98,33 @@ async fn wait_statuses(
         Ok(())
     })
     .await
-    .with_context(|| format!("logs in {}", mesh.mesh.env.log_dir.display()))
+    .with_context(|| format!("logs in {}", mesh.mesh.env.log_dir.display()))?;
+    let config = &mesh.mesh.env.config_dir;
+    for (caller, checks) in [(APP, app), (OTHER_POD, other_pod)] {
+        for (path, status) in checks {
+            let args: Vec<&str> = caller
+                .iter()
+                .copied()
+                .chain([REVIEWS, "--path", path])
+                .collect();
+            capstan_e2e::explain::agrees(config, &args, *status == 200)?;
+        }
+    }
+    Ok(())
+}
+
+/// `capstan explain` callers: the workload's app through its own sidecar, and another pod.
+const APP: [&str; 4] = ["--from", "bookinfo/reviews", "--source-ip", "10.244.1.7"];
+const OTHER_POD: [&str; 4] = ["--from-outside", "bookinfo", "--source-ip", "10.244.1.8"];
+const REVIEWS: &str = "--to=reviews.bookinfo.svc.cluster.local:9080";
+const DB: &str = "--to=db.bookinfo.svc.cluster.local:5432";
+
+/// Whether another pod's TCP to db is answered, and that `capstan explain` says so too.
+async fn other_pod_tcp_explained(mesh: &IdentityMesh) -> anyhow::Result<bool> {
+    let answered = other_pod_tcp_answered(mesh).await?;
+    let args: Vec<&str> = OTHER_POD.iter().copied().chain([DB]).collect();
+    capstan_e2e::explain::agrees(&mesh.mesh.env.config_dir, &args, answered)?;
+    Ok(answered)
 }
 
 /// Istio's "deny all, then allow one thing" pattern: `spec: {}` in the namespace refuses
@@ -114,14 +141,14 @@ async fn deny_all_then_one_allow_opens_one_path_for_one_principal() -> anyhow::R
     let pid = mesh.mesh.envoy.pid();
     wait_statuses(&mesh, &[("/whoami", 200)], &[("/whoami", 200)]).await?;
     ensure!(
-        other_pod_tcp_answered(&mesh).await?,
+        other_pod_tcp_explained(&mesh).await?,
         "TCP before any policy"
     );
 
     env.write_config("deny-all.yaml", &policy("deny-all", "  {}\n"))?;
     wait_statuses(&mesh, &[("/whoami", 403)], &[("/whoami", 403)]).await?;
     ensure!(
-        !other_pod_tcp_answered(&mesh).await?,
+        !other_pod_tcp_explained(&mesh).await?,
         "deny-all let TCP through"
     );
 
@@ -143,7 +170,7 @@ async fn deny_all_then_one_allow_opens_one_path_for_one_principal() -> anyhow::R
     )
     .await?;
     ensure!(
-        !other_pod_tcp_answered(&mesh).await?,
+        !other_pod_tcp_explained(&mesh).await?,
         "an HTTP-only rule allowed TCP"
     );
     ensure!(mesh.mesh.envoy.pid() == pid, "the sidecar restarted");
@@ -181,7 +208,7 @@ async fn deny_beats_allow_and_ip_blocks_match_the_source() -> anyhow::Result<()>
     )
     .await?;
     ensure!(
-        !other_pod_tcp_answered(&mesh).await?,
+        !other_pod_tcp_explained(&mesh).await?,
         "the address DENY let another pod's TCP through"
     );
 
@@ -193,7 +220,7 @@ async fn deny_beats_allow_and_ip_blocks_match_the_source() -> anyhow::Result<()>
     )
     .await?;
     ensure!(
-        other_pod_tcp_answered(&mesh).await?,
+        other_pod_tcp_explained(&mesh).await?,
         "TCP after the DENY went"
     );
     mesh.mesh.envoy.ensure_no_rejected_updates().await
@@ -293,6 +320,24 @@ spec:
     for (path, token, want, what) in cases {
         let got = app_status_with(path, token.as_deref()).await?;
         ensure!(got == want, "{what} on {path}: {got}, expected {want}");
+    }
+    // capstan explain, for the tokens it models (a valid one, or none).
+    let config = &env.config_dir;
+    let with_token = ["--jwt-issuer", &issuer.issuer, "--jwt-subject", "alice"];
+    for (path, token, allowed) in [
+        ("/private", true, true),
+        ("/whoami", false, true),
+        ("/private", false, false),
+    ] {
+        let mut args: Vec<&str> = APP
+            .iter()
+            .copied()
+            .chain([REVIEWS, "--path", path])
+            .collect();
+        if token {
+            args.extend(with_token);
+        }
+        capstan_e2e::explain::agrees(config, &args, allowed)?;
     }
     mesh.mesh.envoy.ensure_no_rejected_updates().await
 }

@@ -51,6 +51,24 @@ const DB_PLAIN: &str = "  selector: {matchLabels: {app: reviews}}
     \"5432\": {mode: DISABLE}
 ";
 
+/// `capstan explain` callers and destinations: the workload's app through its own sidecar,
+/// another pod without one.
+const APP: &[&str] = &["--from", "bookinfo/reviews", "--source-ip", "10.244.1.7"];
+const OTHER_POD: &[&str] = &["--from-outside", "bookinfo", "--source-ip", "10.244.1.8"];
+const REVIEWS: &str = "--to=reviews.bookinfo.svc.cluster.local:9080";
+const DB: &str = "--to=db.bookinfo.svc.cluster.local:5432";
+
+/// Fails unless `capstan explain` decides as the Envoys just did.
+fn explained(
+    env: &capstan_e2e::mesh::TestEnv,
+    caller: &[&str],
+    to: &str,
+    allowed: bool,
+) -> anyhow::Result<()> {
+    let args: Vec<&str> = caller.iter().copied().chain([to]).collect();
+    capstan_e2e::explain::agrees(&env.config_dir, &args, allowed)
+}
+
 fn reviews_vip() -> SocketAddr {
     SocketAddr::from((service_ip(10), 9080))
 }
@@ -175,6 +193,9 @@ async fn strict_refuses_plain_text_and_a_port_level_disable_opens_one_port() -> 
     call_over_mutual_tls(&mesh)
         .await
         .context("STRICT: the mesh")?;
+    explained(env, OTHER_POD, REVIEWS, false)?;
+    explained(env, OTHER_POD, DB, false)?;
+    explained(env, APP, REVIEWS, true)?;
 
     env.write_config("db-plain.yaml", &policy("db-plain", DB_PLAIN))?;
     let answer = wait_until("plain TCP to db", CONFIG_TIMEOUT, async || {
@@ -187,6 +208,9 @@ async fn strict_refuses_plain_text_and_a_port_level_disable_opens_one_port() -> 
     ensure!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     let reply = call(db_vip(), "db").await.context("the app to db")?;
     ensure!(reply.service == "db", "{reply:?}");
+    explained(env, OTHER_POD, DB, true)?;
+    explained(env, APP, DB, true)?;
+    explained(env, OTHER_POD, REVIEWS, false)?;
     ensure!(
         plain_http(&mesh).await.is_err(),
         "port 9080 stopped being STRICT"
@@ -220,6 +244,7 @@ async fn strict_refuses_plain_text_and_a_port_level_disable_opens_one_port() -> 
     .await
     .with_context(logs)?;
     call_over_mutual_tls(&mesh).await?;
+    explained(env, OTHER_POD, REVIEWS, true)?;
     ensure!(mesh.mesh.envoy.pid() == envoy_pid, "the sidecar restarted");
     mesh.mesh.envoy.ensure_no_rejected_updates().await
 }
@@ -260,6 +285,7 @@ spec:
     )
     .await
     .with_context(logs)?;
+    explained(env, APP, REVIEWS, false)?;
 
     std::fs::remove_file(env.config_dir.join("plain-rule.yaml"))?;
     wait_until("auto mTLS again", CONFIG_TIMEOUT, async || {

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod ca_store;
+pub mod explain;
 pub mod http_connection;
 pub mod identity;
 pub mod index;

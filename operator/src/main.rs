@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 
-use capstan::{RunArgs, agent, proxy_status, run, validate_cmd, webhook};
+use capstan::{RunArgs, agent, explain, proxy_status, run, validate_cmd, webhook};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -24,6 +24,9 @@ enum Command {
     Run(RunArgs),
     /// Check Istio YAML files (like `istioctl validate`); exit status 1 if any is invalid.
     Validate(validate_cmd::ValidateArgs),
+    /// Why a call from A to B is allowed or denied: mutual TLS on each side, the
+    /// authorization rules in Envoy's order, the decision and the rule (file:line) behind it.
+    Explain(explain::ExplainArgs),
     /// Serve the ValidatingAdmissionWebhook (HTTPS, POST /validate) for Istio objects.
     Webhook(webhook::WebhookArgs),
     /// Show where every connected proxy stands, per xDS type (like `istioctl proxy-status`).
@@ -47,6 +50,9 @@ fn main() -> anyhow::Result<()> {
     if let Command::Validate(args) = &cli.command {
         std::process::exit(validate_cmd::run(args));
     }
+    if let Command::Explain(args) = &cli.command {
+        std::process::exit(explain::run(args));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -55,6 +61,6 @@ fn main() -> anyhow::Result<()> {
         Command::Webhook(args) => runtime.block_on(webhook::run(args)),
         Command::ProxyStatus(args) => runtime.block_on(proxy_status::run(args)),
         Command::Agent(args) => runtime.block_on(agent::run(args)),
-        Command::Validate(_) => Ok(()),
+        Command::Validate(_) | Command::Explain(_) => Ok(()),
     }
 }

@@ -305,7 +305,7 @@ fn is_istio(err: &DocumentError) -> bool {
 }
 
 /// The files an argument names: itself, or the YAML/JSON files under a directory.
-fn expand(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+pub(crate) fn expand(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     if !path.is_dir() {
         // Reading it reports a missing file.
         out.push(path.to_owned());

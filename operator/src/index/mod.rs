@@ -90,6 +90,17 @@ pub enum Event {
 }
 
 impl Index {
+    /// An index of these Istio records alone, as one listing of every Istio kind.
+    pub fn of_istio(records: Vec<Record>) -> Self {
+        let mut index = Index::new();
+        let tags: Vec<Tag> = capstan_crds::Kind::ALL
+            .iter()
+            .map(|k| Tag::Istio(*k))
+            .collect();
+        index.reset(&tags, records);
+        index
+    }
+
     pub fn new() -> Self {
         Self::default()
     }

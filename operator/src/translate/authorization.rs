@@ -9,8 +9,7 @@
 //! policies always give the same bytes (and version).
 
 mod rules;
-
-use std::collections::BTreeMap;
+pub use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::listener::v3::Filter;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
@@ -52,27 +51,42 @@ impl InboundAuthz {
                 .collect(),
             tcp: Vec::new(),
         };
-        let WorkloadPolicies { deny, allow, audit } = mesh.authorization_for(namespace, labels);
-        for (action, list) in [
-            (RbacAction::Log, audit),
-            (RbacAction::Deny, deny),
-            (RbacAction::Allow, allow),
-        ] {
-            if list.is_empty() {
-                continue;
-            }
-            let if_unusable = if action == RbacAction::Allow {
-                IfUnusable::DropRule
-            } else {
-                IfUnusable::DropField
-            };
-            let http = rbac_bytes(action, &named_policies(&list, false, if_unusable));
-            out.http.push(http_filter(&http));
-            let tcp = rbac_bytes(action, &named_policies(&list, true, if_unusable));
-            out.tcp.push(network_filter(&tcp));
+        for (action, http) in workload_rbac(mesh, namespace, labels, false) {
+            out.http.push(http_filter(&rbac_bytes(action, &http)));
+        }
+        for (action, tcp) in workload_rbac(mesh, namespace, labels, true) {
+            out.tcp.push(network_filter(&rbac_bytes(action, &tcp)));
         }
         out
     }
+}
+
+/// The RBAC rules of a workload's HTTP (or TCP) chains, in the order its filters run: AUDIT
+/// (LOG), DENY, ALLOW, each only when a policy of that action applies.
+pub fn workload_rbac(
+    mesh: &Mesh,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    for_tcp: bool,
+) -> Vec<(RbacAction, BTreeMap<String, Policy>)> {
+    let WorkloadPolicies { deny, allow, audit } = mesh.authorization_for(namespace, labels);
+    let mut out = Vec::new();
+    for (action, list) in [
+        (RbacAction::Log, audit),
+        (RbacAction::Deny, deny),
+        (RbacAction::Allow, allow),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        let if_unusable = if action == RbacAction::Allow {
+            IfUnusable::DropRule
+        } else {
+            IfUnusable::DropField
+        };
+        out.push((action, named_policies(&list, for_tcp, if_unusable)));
+    }
+    out
 }
 
 /// Every rule of `policies` that can be checked on the chain, by its RBAC policy name.
@@ -83,18 +97,24 @@ fn named_policies(
 ) -> BTreeMap<String, Policy> {
     let mut out = BTreeMap::new();
     for policy in policies {
-        let key = &policy.key;
-        let name = |i: usize| format!("ns[{}]-policy[{}]-rule[{i}]", key.namespace, key.name);
+        let name = |i: usize| rule_name(&policy.key, i);
         if policy.spec.rules.is_empty() {
             out.insert(name(0), rules::never());
         }
         for (i, rule) in policy.spec.rules.iter().enumerate() {
-            if let Some(generated) = rules::policy(rule, &key.namespace, for_tcp, if_unusable) {
+            if let Some(generated) =
+                rules::policy(rule, &policy.key.namespace, for_tcp, if_unusable)
+            {
                 out.insert(name(i), generated);
             }
         }
     }
     out
+}
+
+/// The RBAC policy name of rule `i` of the AuthorizationPolicy `key` (istiod's).
+pub fn rule_name(key: &capstan_crds::ObjectKey, i: usize) -> String {
+    format!("ns[{}]-policy[{}]-rule[{i}]", key.namespace, key.name)
 }
 
 /// `envoy.config.rbac.v3.RBAC` with its policies in name order.

@@ -160,7 +160,7 @@ pub(super) fn policy_of(mesh: &Mesh, host: &str, subset: Option<&str>, port: u32
 
 /// `rule`'s traffic policy merged for the subset and port (no rule: every setting at
 /// istiod's default).
-pub(super) fn policy_in(rule: Option<&DestinationRule>, subset: Option<&str>, port: u32) -> Policy {
+pub(crate) fn policy_in(rule: Option<&DestinationRule>, subset: Option<&str>, port: u32) -> Policy {
     rule.and_then(|dr| dr.traffic_policy.as_ref())
         .and_then(|p| p.for_cluster(subset, port))
         .unwrap_or_default()

@@ -115,7 +115,12 @@ pub fn has_identity(endpoint: &ServiceEndpoint) -> bool {
 /// they choose (istiod's `checkMtlsEnabled` without a DestinationRule, which sets TLS for the
 /// whole cluster): it has an identity, and its workload's PeerAuthentication does not
 /// DISABLE the port.
-fn takes_mutual_tls(mesh: &Mesh, namespace: &str, endpoint: &ServiceEndpoint, port: u32) -> bool {
+pub(crate) fn takes_mutual_tls(
+    mesh: &Mesh,
+    namespace: &str,
+    endpoint: &ServiceEndpoint,
+    port: u32,
+) -> bool {
     has_identity(endpoint)
         && (mesh.peer_authentications.is_empty()
             || mesh

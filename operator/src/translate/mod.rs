@@ -4,7 +4,7 @@
 //! `outbound|<port>|<subset>|<host>`, EDS load assignments share their cluster's name.
 
 mod authentication;
-mod authorization;
+pub mod authorization;
 mod cluster;
 mod endpoint;
 pub(crate) mod gateway;
@@ -19,6 +19,12 @@ pub(crate) mod upstream_credentials;
 
 pub use incremental::Translator;
 pub use sidecar::ListenerMode;
+// What `capstan explain` reads of translation's decisions.
+pub(crate) use cluster::auto_mtls;
+pub(crate) use cluster::policy_in;
+pub(crate) use cluster::tls::TRUST_DOMAIN;
+pub(crate) use endpoint::takes_mutual_tls;
+pub(crate) use sidecar::mtls::{Accepts, InboundMtls};
 
 use std::collections::BTreeMap;
 

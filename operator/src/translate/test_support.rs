@@ -2,7 +2,7 @@
 
 use capstan_crds::parse::parse_documents;
 
-use crate::index::{Index, Record, Tag};
+use crate::index::{Index, Record};
 use crate::model::Mesh;
 use crate::model::sidecar_scope::DEFAULT_ROOT_NAMESPACE;
 use crate::translate::Options;
@@ -33,12 +33,7 @@ pub fn mesh(yaml: &str) -> Mesh {
             Record::Istio(crate::index::IstioRecord::valid(d.object))
         })
         .collect();
-    let mut index = Index::new();
-    let tags: Vec<Tag> = capstan_crds::Kind::ALL
-        .iter()
-        .map(|k| Tag::Istio(*k))
-        .collect();
-    index.reset(&tags, records);
+    let index = Index::of_istio(records);
     let (mesh, problems) = Mesh::build(&index, "cluster.local");
     assert!(problems.is_empty(), "model problems: {problems:?}");
     mesh

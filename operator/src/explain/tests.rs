@@ -1,0 +1,157 @@
+use super::*;
+
+/// reviews (HTTP 9080, a workload with a sidecar running as `reviews`) and db (TCP 5432) in
+/// bookinfo, with `policies` in a second file.
+fn folder(policies: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let entries = ["reviews:9080:HTTP:10", "db:5432:TCP:20"]
+        .iter()
+        .map(|e| {
+            let parts: Vec<&str> = e.split(':').collect();
+            let (name, port, protocol, vip) = (parts[0], parts[1], parts[2], parts[3]);
+            format!(
+                "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: bookinfo}}
+spec:
+  hosts: [{name}.bookinfo.svc.cluster.local]
+  addresses: [240.0.0.{vip}]
+  location: MESH_INTERNAL
+  ports: [{{number: {port}, name: {}, protocol: {protocol}}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 10.0.0.1, serviceAccount: reviews, labels: {{app: reviews, security.istio.io/tlsMode: istio}}}}
+",
+                protocol.to_lowercase()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n");
+    std::fs::write(dir.path().join("services.yaml"), entries).expect("written");
+    std::fs::write(dir.path().join("policies.yaml"), policies).expect("written");
+    dir
+}
+
+fn args(dir: &tempfile::TempDir, from: &[&str], to: &str, path: Option<&str>) -> ExplainArgs {
+    let mut argv = vec![
+        "explain".to_string(),
+        "-f".into(),
+        dir.path().display().to_string(),
+        "--to".into(),
+        to.into(),
+    ];
+    argv.extend(from.iter().map(|s| s.to_string()));
+    if let Some(path) = path {
+        argv.extend(["--path".to_string(), path.to_string()]);
+    }
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ExplainArgs,
+    }
+    use clap::Parser;
+    Cli::try_parse_from(argv).expect("valid arguments").args
+}
+
+const SIDECAR: [&str; 2] = ["--from", "bookinfo/productpage"];
+const OUTSIDE: [&str; 4] = ["--from-outside", "bookinfo", "--source-ip", "10.9.9.9"];
+
+#[test]
+fn without_policies_a_mesh_caller_goes_over_mutual_tls_and_is_allowed() {
+    let dir = folder("");
+    let (text, allowed) = explain(&args(&dir, &SIDECAR, "reviews:9080", None)).expect("explained");
+    assert!(allowed, "{text}");
+    assert!(
+        text.contains("mutual TLS, peer spiffe://cluster.local/ns/bookinfo/sa/productpage"),
+        "{text}"
+    );
+    assert!(text.contains("auto mTLS"), "{text}");
+}
+
+#[test]
+fn strict_refuses_a_caller_without_a_sidecar() {
+    let dir = folder(
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: bookinfo}
+spec: {mtls: {mode: STRICT}}
+",
+    );
+    let (text, allowed) = explain(&args(&dir, &OUTSIDE, "reviews:9080", None)).expect("explained");
+    assert!(!allowed, "{text}");
+    assert!(
+        text.contains("refused: plain text to a port whose PeerAuthentication is STRICT"),
+        "{text}"
+    );
+    let (text, allowed) = explain(&args(&dir, &SIDECAR, "reviews:9080", None)).expect("explained");
+    assert!(allowed, "{text}");
+}
+
+const DENY_ALL_ALLOW_ONE: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all, namespace: bookinfo}
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-api, namespace: bookinfo}
+spec:
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/bookinfo/sa/productpage]}}]
+    to: [{operation: {paths: [/api/*]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: bookinfo}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [/api/admin*]}}]
+";
+
+#[test]
+fn the_deciding_rule_is_named_with_its_file_and_line() {
+    let dir = folder(DENY_ALL_ALLOW_ONE);
+    let api = explain(&args(&dir, &SIDECAR, "reviews:9080", Some("/api/books")));
+    let (text, allowed) = api.expect("explained");
+    assert!(allowed, "{text}");
+    assert!(
+        text.contains(
+            "decision: ALLOW: an ALLOW rule matches it, ns[bookinfo]-policy[allow-api]-rule[0] ("
+        ) && text.contains("policies.yaml:11)"),
+        "{text}"
+    );
+    let (text, allowed) =
+        explain(&args(&dir, &SIDECAR, "reviews:9080", Some("/api/admin/x"))).expect("explained");
+    assert!(!allowed, "{text}");
+    assert!(
+        text.contains(
+            "decision: DENY: a DENY rule matches it, ns[bookinfo]-policy[no-admin]-rule[0]"
+        ),
+        "{text}"
+    );
+    let (text, allowed) =
+        explain(&args(&dir, &SIDECAR, "reviews:9080", Some("/other"))).expect("explained");
+    assert!(!allowed, "{text}");
+    assert!(text.contains("no ALLOW policy matches it"), "{text}");
+    // No identity: the principal rule cannot match.
+    let (text, allowed) =
+        explain(&args(&dir, &OUTSIDE, "reviews:9080", Some("/api/books"))).expect("explained");
+    assert!(!allowed, "{text}");
+    // TCP: the HTTP-only ALLOW rule is dropped there, the path DENY rule's path too.
+    let (text, allowed) = explain(&args(&dir, &SIDECAR, "db:5432", None)).expect("explained");
+    assert!(!allowed, "{text}");
+    assert!(text.contains("(TCP)"), "{text}");
+}
+
+#[test]
+fn usage_errors_name_what_is_wrong() {
+    let dir = folder("");
+    let err = explain(&args(&dir, &SIDECAR, "ratings:9080", None)).expect_err("no service");
+    assert!(
+        err.contains("no service has host ratings.bookinfo.svc.cluster.local"),
+        "{err}"
+    );
+    let err = explain(&args(&dir, &SIDECAR, "reviews:1", None)).expect_err("no port");
+    assert!(err.contains("has no port 1"), "{err}");
+}
