@@ -4,7 +4,7 @@
 //! snapshot shares everything it did not change with its predecessor, so applying an update
 //! costs time proportional to the update, not to the mesh.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use imbl::OrdMap;
@@ -321,6 +321,10 @@ impl Snapshot {
             let current = &self.types[index];
             let visible = &target.visibility[index];
             for (name, variants) in &wanted {
+                let variants: Vec<(Selector, Resource)> = variants
+                    .iter()
+                    .map(|(s, r)| (s.clone(), r.clone()))
+                    .collect();
                 let visibility = visible.get(name).cloned();
                 let entry = Entry::new(variants.clone()).with_visibility(visibility.clone());
                 if current.get(name) != Some(&entry) {
@@ -333,7 +337,7 @@ impl Snapshot {
                         });
                     }
                     for (selector, resource) in variants {
-                        update.put_for(selector.clone(), resource.clone());
+                        update.put_for(selector, resource);
                     }
                     if visibility.is_some() {
                         update.changes.push(Change::Visibility {
@@ -460,7 +464,9 @@ impl Update {
 }
 
 /// The variants of each resource of one type, by name.
-type Variants = BTreeMap<Arc<str>, Vec<(Selector, Resource)>>;
+/// Per name, its variants by selector: replacing one costs the same however many there are
+/// (a sidecar's inbound listener has one per workload).
+type Variants = BTreeMap<Arc<str>, HashMap<Selector, Resource>>;
 
 /// Collects the complete set of resources for a snapshot.
 #[derive(Debug, Default)]
@@ -486,11 +492,10 @@ impl SnapshotBuilder {
         let Some(index) = type_index(resource.type_url()) else {
             return self;
         };
-        let variants = self.types[index]
+        self.types[index]
             .entry(resource.name_arc().clone())
-            .or_default();
-        variants.retain(|(s, _)| *s != selector);
-        variants.push((selector, resource));
+            .or_default()
+            .insert(selector, resource);
         self
     }
 
@@ -510,7 +515,9 @@ impl SnapshotBuilder {
                         continue;
                     };
                     match selector {
-                        Some(selector) => variants.retain(|(s, _)| *s != selector),
+                        Some(selector) => {
+                            variants.remove(&selector);
+                        }
                         None => variants.clear(),
                     }
                     if variants.is_empty() {
@@ -552,7 +559,7 @@ impl SnapshotBuilder {
     pub fn len(&self) -> usize {
         self.types
             .iter()
-            .map(|t| t.values().map(Vec::len).sum::<usize>())
+            .map(|t| t.values().map(HashMap::len).sum::<usize>())
             .sum()
     }
 
