@@ -209,7 +209,7 @@ spec:
   rules:
   - from: [{{source: {{principals: [cluster.local/ns/{next_ns}/sa/svc-{next}]}}}}]
     to: [{{operation: {{methods: [GET], paths: [/api/v{generation}/*]}}}}]
-    when: [{{key: request.headers[x-user], values: [alice*]}}]
+    when: [{{key: 'request.headers[x-user]', values: ['alice*']}}]
 ",
         ns = namespace(i),
         next = i + 1,

@@ -334,9 +334,18 @@ impl CaptureState {
         update: &mut Update,
     ) {
         let root = mesh.sidecar_scopes.root_namespace();
+        let everywhere = scopes.iter().any(|s| s.namespace == root);
         let covered: Vec<String> = self
             .workloads
             .iter()
+            // Most workloads are ruled out by their namespace, read without copying anything.
+            .filter(|(_, hosts)| {
+                everywhere
+                    || hosts
+                        .iter()
+                        .filter_map(|h| mesh.services.get(h))
+                        .any(|s| scopes.iter().any(|scope| scope.namespace == s.namespace()))
+            })
             .filter(|(address, hosts)| {
                 sidecar_settings::workload_selector(mesh, address, hosts).is_some_and(|w| {
                     let namespace = w.namespace.as_deref().unwrap_or_default();
