@@ -155,3 +155,104 @@ fn usage_errors_name_what_is_wrong() {
     let err = explain(&args(&dir, &SIDECAR, "reviews:1", None)).expect_err("no port");
     assert!(err.contains("has no port 1"), "{err}");
 }
+
+/// Istio's "Authorization for HTTP traffic" task on bookinfo, as its steps describe it: an
+/// allow-nothing policy for the namespace, then GET on productpage for anyone, and GET on
+/// details and reviews for productpage's account only, and on ratings for reviews' only.
+#[test]
+fn istios_http_authorization_task_decides_as_its_steps_say() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let services: String = [("productpage", 9080, "bookinfo-productpage"), ("details", 9080, "bookinfo-details"), ("reviews", 9080, "bookinfo-reviews"), ("ratings", 9080, "bookinfo-ratings")]
+        .iter()
+        .enumerate()
+        .map(|(i, (name, port, account))| {
+            format!(
+                "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: [{name}.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 10.0.1.{}, serviceAccount: {account}, labels: {{app: {name}, security.istio.io/tlsMode: istio}}}}
+---
+",
+                i + 1
+            )
+        })
+        .collect();
+    let viewer = |name: &str, from: Option<&str>| {
+        let source = from.map_or(String::new(), |sa| {
+            format!("  - from:\n    - source:\n        principals: [\"cluster.local/ns/default/sa/{sa}\"]\n    to:\n")
+        });
+        let to = if source.is_empty() { "  - to:\n" } else { "" };
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: {name}-viewer
+  namespace: default
+spec:
+  selector:
+    matchLabels:
+      app: {name}
+  action: ALLOW
+  rules:
+{source}{to}    - operation:
+        methods: [\"GET\"]
+---
+"
+        )
+    };
+    let policies = [
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: allow-nothing\n  namespace: default\nspec:\n  {}\n---\n".to_string(),
+        viewer("productpage", None),
+        viewer("details", Some("bookinfo-productpage")),
+        viewer("reviews", Some("bookinfo-productpage")),
+        viewer("ratings", Some("bookinfo-reviews")),
+    ]
+    .concat();
+    std::fs::write(dir.path().join("bookinfo.yaml"), services + &policies).expect("written");
+    let decide = |from: &[&str], to: &str, method: &str| {
+        let mut args = args(&dir, from, to, Some("/"));
+        args.method = Some(method.into());
+        let (text, allowed) = explain(&args).expect("explained");
+        (allowed, text)
+    };
+    let gateway = [
+        "--from",
+        "istio-system/istio-ingressgateway-service-account",
+    ];
+    let productpage = ["--from", "default/bookinfo-productpage"];
+    let reviews = ["--from", "default/bookinfo-reviews"];
+    for (from, to, method, allowed) in [
+        (
+            &gateway[..],
+            "productpage.default.svc.cluster.local:9080",
+            "GET",
+            true,
+        ),
+        (
+            &gateway,
+            "productpage.default.svc.cluster.local:9080",
+            "POST",
+            false,
+        ),
+        (&productpage, "details:9080", "GET", true),
+        (&productpage, "reviews:9080", "GET", true),
+        (
+            &gateway,
+            "details.default.svc.cluster.local:9080",
+            "GET",
+            false,
+        ),
+        (&productpage, "ratings:9080", "GET", false),
+        (&reviews, "ratings:9080", "GET", true),
+        (&reviews, "ratings:9080", "DELETE", false),
+    ] {
+        let (said, text) = decide(from, to, method);
+        assert_eq!(said, allowed, "{from:?} {method} {to}:\n{text}");
+    }
+}
