@@ -34,8 +34,8 @@ pub fn inbound_policy_capture_only(key: &ObjectKey) -> Problem {
         }
         _ => {
             "applies to the inbound listeners of capture-mode sidecars (`capstan run \
-             --sidecar-listeners capture`); direct-mode sidecars have none, and gateway \
-             proxies do not apply it yet"
+             --sidecar-listeners capture`) and to gateway proxies; direct-mode sidecars have no \
+             inbound listener"
         }
     };
     Problem {
@@ -61,14 +61,16 @@ fn target_references(key: &ObjectKey, by_reference: bool, single: bool) -> Optio
     })
 }
 
-/// An AuthorizationPolicy or RequestAuthentication that may select gateway proxies, which do
-/// not apply either kind yet.
+/// An AuthorizationPolicy or RequestAuthentication outside the root namespace that may
+/// select gateway proxies: those get the root namespace's policies only.
 pub fn security_on_gateways(key: &ObjectKey) -> Problem {
     Problem {
         object: key.clone(),
         field: "spec".into(),
         message: format!(
-            "gateway proxies do not apply {} yet: it applies to the sidecars it selects only",
+            "gateway proxies get the {} of the root namespace only (they are taken to run \
+             there, as Istio installs them): this one applies to the sidecars it selects, not \
+             to gateway proxies",
             key.kind
         ),
     }

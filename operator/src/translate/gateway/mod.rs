@@ -22,6 +22,7 @@ mod auto_passthrough;
 pub mod credentials;
 mod listener;
 mod routes;
+mod security;
 mod stream;
 mod tls_context;
 
@@ -178,6 +179,9 @@ pub fn build(mesh: &Mesh) -> GatewayConfig {
                 }
             }
         }
+    }
+    for (selector, listener) in &mut out.listeners {
+        security::secure(mesh, selector, listener);
     }
     unbound_gateways(mesh, &mut out.problems);
     // A VirtualService's routes are read once per server they bind to.

@@ -168,3 +168,92 @@ spec:
         ],
     );
 }
+
+/// Policies selecting gateway proxies go on the gateway's listeners: added, edited and
+/// deleted, each must equal a full build.
+#[test]
+fn gateway_policy_updates_match_a_full_build() {
+    use super::tests::{INGRESS, check, shop_vs};
+    let on_gateway = |name: &str, body: &str| {
+        policy(
+            "istio-system",
+            name,
+            &format!("  selector: {{matchLabels: {{istio: ingressgateway}}}}\n{body}"),
+        )
+    };
+    check(vec![
+        istio(&in_mesh_reviews()),
+        istio(&shop_vs("[istio-system/ingress]", "v1")),
+        istio(INGRESS),
+        istio(&on_gateway("deny-admin", DENY_DELETE)),
+        istio(&on_gateway(
+            "deny-admin",
+            "  action: DENY\n  rules: [{to: [{operation: {paths: [/admin*]}}]}]\n",
+        )),
+        delete(Kind::AuthorizationPolicy, "istio-system", "deny-admin"),
+    ]);
+}
+
+fn in_mesh_reviews() -> String {
+    entries(super::peer_authentication_tests::IN_MESH, false)[0].clone()
+}
+
+/// A gateway proxy labelled as the policy selects gets its RBAC filter before the router on
+/// the Gateway's listener; a policy selecting other labels puts none there.
+#[test]
+fn a_gateway_listener_carries_the_policies_selecting_its_proxies() {
+    use super::tests::{INGRESS, served_to, shop_vs};
+    let gateway = capstan_xds::ProxyInfo {
+        id: "router~10.0.9.1~gw-0.istio-system~istio-system.svc.cluster.local".into(),
+        role: capstan_xds::Role::Router,
+        namespace: Some("istio-system".into()),
+        labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
+        ..Default::default()
+    };
+    let http_filters = |selector: &str| {
+        let yamls = vec![
+            in_mesh_reviews(),
+            shop_vs("[istio-system/ingress]", "v1"),
+            INGRESS.to_string(),
+            policy(
+                "istio-system",
+                "deny-admin",
+                &format!("  selector: {{matchLabels: {{{selector}}}}}\n{DENY_DELETE}"),
+            ),
+        ];
+        let listeners: Vec<Listener> = served_to(
+            super::tests::options(),
+            &yamls,
+            capstan_xds::type_url::LISTENER,
+            &gateway,
+        );
+        listeners
+            .iter()
+            .flat_map(filters_on_any)
+            .collect::<Vec<String>>()
+    };
+    let selected = http_filters("istio: ingressgateway");
+    assert_eq!(
+        selected.first().map(String::as_str),
+        Some("envoy.filters.http.rbac"),
+        "{selected:?}"
+    );
+    let other = http_filters("istio: egressgateway");
+    assert!(!other.iter().any(|f| f.contains("rbac")), "{other:?}");
+}
+
+/// The HTTP filters of every connection manager of `listener`.
+fn filters_on_any(listener: &Listener) -> Vec<String> {
+    listener
+        .filter_chains
+        .iter()
+        .flat_map(|c| c.filters.iter())
+        .filter_map(|f| match &f.config_type {
+            Some(ConfigType::TypedConfig(any)) if f.name.ends_with("http_connection_manager") => {
+                HttpConnectionManager::decode(any.value.as_slice()).ok()
+            }
+            _ => None,
+        })
+        .flat_map(|m| m.http_filters.into_iter().map(|f| f.name))
+        .collect()
+}

@@ -31,6 +31,8 @@ impl Translator {
     /// or after), a service their routes send to, or a Secret they read.
     pub(super) fn gateways_affected(&self, mesh: &Mesh, affected: &Affected) -> bool {
         !affected.gateways.is_empty()
+            // Security policies may select gateway proxies.
+            || !affected.authorization.is_empty()
             || affected
                 .secrets
                 .iter()

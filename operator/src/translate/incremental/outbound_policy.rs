@@ -79,6 +79,8 @@ impl Translator {
                                 .iter()
                                 .map(|(key, spec)| (key, spec.selector.as_ref())),
                         )
+                        // Gateway proxies get the root namespace's policies.
+                        .filter(|(key, _)| key.namespace != mesh.sidecar_scopes.root_namespace())
                         .filter(|(key, selector)| may_select_gateways(mesh, key, *selector))
                         .map(|(key, _)| unsupported::security_on_gateways(key)),
                 )

@@ -472,7 +472,7 @@ spec:
     assert_routes_decode_as_route_configurations(&mesh);
 }
 
-const INGRESS: &str = "apiVersion: networking.istio.io/v1
+pub(super) const INGRESS: &str = "apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: ingress, namespace: istio-system}
 spec:
@@ -482,7 +482,7 @@ spec:
     hosts: ['*']
 ";
 
-fn shop_vs(gateways: &str, subset: &str) -> String {
+pub(super) fn shop_vs(gateways: &str, subset: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
 kind: VirtualService
