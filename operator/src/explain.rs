@@ -112,10 +112,11 @@ pub fn explain(args: &ExplainArgs) -> Result<(String, bool), String> {
     if verdicts.is_empty() {
         return Err(format!("{host} has no endpoints"));
     }
+    let http = verdicts.iter().any(|v| v.http);
     let mut text = format!(
         "{} -> {host}:{port}{}\n",
         describe_caller(&caller),
-        describe_call(&call, service_port.is_http())
+        describe_call(&call, http)
     );
     for verdict in &verdicts {
         text.push_str(&describe(verdict, &locations));

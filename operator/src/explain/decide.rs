@@ -61,6 +61,8 @@ pub struct Verdict {
     /// Why, and the rule that decided (an RBAC policy name), if one did.
     pub because: String,
     pub rule: Option<String>,
+    /// Checked as an HTTP request (else as a TCP connection).
+    pub http: bool,
 }
 
 /// The verdict for every workload of `service` on `port`.
@@ -113,12 +115,20 @@ pub fn explain(
             allowed: false,
             because: String::new(),
             rule: None,
+            http: port.is_http(),
         };
         if let Transport::Refused(why) = &transport {
             verdict.because = why.clone();
             out.push(verdict);
             continue;
         }
+        // A port without a declared protocol is HTTP when the sidecar sees HTTP: plain text
+        // it inspects; mutual TLS from capstan's sidecars carries no per-request HTTP ALPN
+        // (Istio's `istio.alpn` filter), so it takes the TCP chain.
+        let http = match port.protocol {
+            Some(_) => port.is_http(),
+            None => !matches!(transport, Transport::MutualTls { .. }),
+        };
         let request = Request {
             peer: match &transport {
                 Transport::MutualTls { peer } => Some(peer.clone()),
@@ -127,17 +137,18 @@ pub fn explain(
             source: caller.address,
             destination: endpoint.address.parse().ok(),
             port: target,
-            headers: request_headers(service, call, port.is_http()),
+            headers: request_headers(service, call, http),
             jwt: call.jwt.clone(),
         };
         authorize(
             mesh,
             namespace,
             &endpoint.labels,
-            !port.is_http(),
+            !http,
             &request,
             &mut verdict,
         );
+        verdict.http = http;
         out.push(verdict);
     }
     out

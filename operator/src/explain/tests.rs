@@ -256,3 +256,36 @@ spec:
         assert_eq!(said, allowed, "{from:?} {method} {to}:\n{text}");
     }
 }
+
+/// A port without a declared protocol: another pod's plain-text request is inspected as HTTP
+/// and matched by a path rule; the mesh's mutual TLS from a sidecar takes the TCP chain, where
+/// the HTTP-only ALLOW rule is dropped.
+#[test]
+fn a_port_without_a_protocol_is_http_in_plain_text_and_tcp_over_mutual_tls() {
+    let dir = folder(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: bookinfo}
+spec:
+  hosts: [web.bookinfo.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 8000, name: web}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.9, serviceAccount: web, labels: {app: web, security.istio.io/tlsMode: istio}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: api, namespace: bookinfo}
+spec:
+  selector: {matchLabels: {app: web}}
+  rules: [{to: [{operation: {paths: [/api/*]}}]}]
+",
+    );
+    let (text, allowed) =
+        explain(&args(&dir, &OUTSIDE, "web:8000", Some("/api/x"))).expect("explained");
+    assert!(allowed && text.contains("GET /api/x"), "{text}");
+    let (text, allowed) =
+        explain(&args(&dir, &SIDECAR, "web:8000", Some("/api/x"))).expect("explained");
+    assert!(!allowed && text.contains("(TCP)"), "{text}");
+}
