@@ -191,12 +191,9 @@ fn client_mutual_tls(
 }
 
 fn caller_identity(caller: &Caller) -> String {
-    format!(
-        "spiffe://{}/ns/{}/sa/{}",
-        crate::translate::TRUST_DOMAIN,
-        caller.namespace,
-        caller.service_account.as_deref().unwrap_or("default")
-    )
+    let account = caller.service_account.as_deref().unwrap_or("default");
+    capstan_ca::SpiffeId::new(crate::translate::TRUST_DOMAIN, &caller.namespace, account)
+        .to_string()
 }
 
 fn request_headers(service: &Service, call: &Call, http: bool) -> BTreeMap<String, String> {

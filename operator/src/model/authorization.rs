@@ -25,7 +25,7 @@ impl Policy {
         self.spec
             .selector
             .as_ref()
-            .is_none_or(|s| s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            .is_none_or(|s| super::service::labels_include(labels, &s.match_labels))
     }
 
     /// Attached to gateways or waypoints by reference, not to workloads by labels.
@@ -88,15 +88,7 @@ impl AuthorizationPolicies {
         labels: &BTreeMap<String, String>,
     ) -> WorkloadPolicies<'_> {
         let mut out = WorkloadPolicies::default();
-        let namespaces = if namespace == root_namespace {
-            vec![root_namespace]
-        } else {
-            vec![root_namespace, namespace]
-        };
-        let candidates = namespaces
-            .into_iter()
-            .flat_map(|ns| self.by_namespace.in_namespace(ns));
-        for policy in candidates {
+        for policy in self.by_namespace.for_workload_in(root_namespace, namespace) {
             if policy.targets_references() || !policy.selects(labels) {
                 continue;
             }

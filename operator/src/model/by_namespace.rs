@@ -48,6 +48,20 @@ impl<T> ByNamespace<T> {
             .flat_map(BTreeMap::values)
     }
 
+    /// The values a workload of `namespace` reads: the root namespace's (mesh-wide), then its
+    /// own namespace's, each by key.
+    pub fn for_workload_in<'a>(
+        &'a self,
+        root_namespace: &str,
+        namespace: &str,
+    ) -> impl Iterator<Item = &'a T> + use<'a, T> {
+        let root = self.map.get(root_namespace);
+        let own = (namespace != root_namespace)
+            .then(|| self.map.get(namespace))
+            .flatten();
+        root.into_iter().chain(own).flat_map(BTreeMap::values)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&ObjectKey, &T)> {
         self.map.values().flat_map(BTreeMap::iter)
     }

@@ -164,9 +164,10 @@ pub struct Affected {
     /// accept and how clients reach them are worked out again (everywhere for the root
     /// namespace).
     pub peer_authentications: BTreeSet<String>,
-    /// Where AuthorizationPolicies or RequestAuthentications that changed (or went) applied
-    /// before and apply now: the inbound filters of the workloads there are built again.
-    pub authorization: Vec<PolicyScope>,
+    /// Where security policies (PeerAuthentication, AuthorizationPolicy,
+    /// RequestAuthentication) that changed (or went) applied before and apply now: the
+    /// inbound side of the workloads there is built again.
+    pub policy_scopes: Vec<PolicyScope>,
 }
 
 /// The workloads a security policy selects: those of `namespace` (every namespace, for the
@@ -179,9 +180,14 @@ pub struct PolicyScope {
 
 impl PolicyScope {
     fn of(key: &ObjectKey, selector: Option<&capstan_crds::types::MatchLabelsSelector>) -> Self {
+        let labels = selector.map(|s| s.match_labels.clone()).unwrap_or_default();
+        Self::with_labels(key, labels)
+    }
+
+    fn with_labels(key: &ObjectKey, selector: BTreeMap<String, String>) -> Self {
         Self {
             namespace: key.namespace.clone(),
-            selector: selector.map(|s| s.match_labels.clone()).unwrap_or_default(),
+            selector,
         }
     }
 
@@ -193,7 +199,7 @@ impl PolicyScope {
         labels: &BTreeMap<String, String>,
     ) -> bool {
         (self.namespace == root_namespace || self.namespace == namespace)
-            && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && service::labels_include(labels, &self.selector)
     }
 }
 
@@ -356,17 +362,21 @@ impl Mesh {
             && let Some(old) = self.authorization_policies.remove(key)
         {
             let selector = old.spec.selector.as_ref();
-            affected.authorization.push(PolicyScope::of(key, selector));
+            affected.policy_scopes.push(PolicyScope::of(key, selector));
         }
         if key.kind == capstan_crds::Kind::RequestAuthentication
             && let Some(old) = self.request_authentications.remove(key)
         {
             affected
-                .authorization
+                .policy_scopes
                 .push(PolicyScope::of(key, old.selector.as_ref()));
         }
         if key.kind == capstan_crds::Kind::PeerAuthentication {
-            self.peer_authentications.remove(key);
+            if let Some(selector) = self.peer_authentications.remove(key) {
+                affected
+                    .policy_scopes
+                    .push(PolicyScope::with_labels(key, selector));
+            }
             affected.peer_authentications.insert(key.namespace.clone());
         }
         if key.kind == capstan_crds::Kind::WorkloadEntry {
@@ -499,16 +509,18 @@ impl Mesh {
             IstioObject::AuthorizationPolicy(ap) => {
                 self.authorization_policies.insert(key, &ap.spec);
                 let selector = ap.spec.selector.as_ref();
-                affected.authorization.push(PolicyScope::of(key, selector));
+                affected.policy_scopes.push(PolicyScope::of(key, selector));
             }
             IstioObject::RequestAuthentication(ra) => {
                 self.request_authentications.insert(key, &ra.spec);
                 let selector = ra.spec.selector.as_ref();
-                affected.authorization.push(PolicyScope::of(key, selector));
+                affected.policy_scopes.push(PolicyScope::of(key, selector));
             }
             IstioObject::PeerAuthentication(pa) => {
                 let created = pa.metadata.creation_timestamp.as_ref();
                 self.peer_authentications.insert(key, &pa.spec, created);
+                let selector = pa.spec.selector.as_ref();
+                affected.policy_scopes.push(PolicyScope::of(key, selector));
             }
             IstioObject::WorkloadGroup(_) | IstioObject::WorkloadEntry(_) => {}
         }

@@ -82,7 +82,7 @@ struct Policy {
 
 impl Policy {
     fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        super::service::labels_include(labels, &self.selector)
     }
 }
 
@@ -121,9 +121,9 @@ impl PeerAuthentications {
         self.by_namespace.insert(key, policy);
     }
 
-    /// Forgets `key`'s policy; whether there was one.
-    pub fn remove(&mut self, key: &ObjectKey) -> bool {
-        self.by_namespace.remove(key).is_some()
+    /// Forgets `key`'s policy, returning its selector (empty: namespace- or mesh-wide).
+    pub fn remove(&mut self, key: &ObjectKey) -> Option<BTreeMap<String, String>> {
+        self.by_namespace.remove(key).map(|p| p.selector)
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &ObjectKey> {

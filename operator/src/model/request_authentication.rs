@@ -43,15 +43,13 @@ impl RequestAuthentications {
         namespace: &'a str,
         labels: &'a BTreeMap<String, String>,
     ) -> impl Iterator<Item = &'a JwtRule> + 'a {
-        let own = (namespace != root_namespace).then_some(namespace);
-        std::iter::once(root_namespace)
-            .chain(own)
-            .flat_map(|ns| self.by_namespace.in_namespace(ns))
+        self.by_namespace
+            .for_workload_in(root_namespace, namespace)
             .filter(|spec| spec.target_ref.is_none() && spec.target_refs.is_empty())
             .filter(move |spec| {
                 spec.selector
                     .as_ref()
-                    .is_none_or(|s| s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
+                    .is_none_or(|s| super::service::labels_include(labels, &s.match_labels))
             })
             .flat_map(|spec| spec.jwt_rules.iter())
     }

@@ -90,8 +90,16 @@ impl Endpoint {
 
     /// Whether the endpoint carries every label of `selector` (a subset's labels).
     pub fn selected_by(&self, selector: &BTreeMap<String, String>) -> bool {
-        selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+        labels_include(&self.labels, selector)
     }
+}
+
+/// Whether `labels` has every label of `selector` (a selector without labels: any).
+pub fn labels_include(
+    labels: &BTreeMap<String, String>,
+    selector: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// Which namespaces' proxies see a service (`exportTo`; Istio's mesh default: all).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use capstan_crds::{IstioObject, Kind};
 
-use super::service::Endpoint;
+use super::service::{Endpoint, labels_include};
 use crate::index::{Health, Index};
 
 /// The WorkloadEntries and Pods of `namespace` carrying every label of `selector`, as
@@ -18,8 +18,7 @@ pub fn selected_endpoints(
     namespace: &str,
     selector: &BTreeMap<String, String>,
 ) -> Vec<Endpoint> {
-    let selects =
-        |labels: &BTreeMap<String, String>| selector.iter().all(|(k, v)| labels.get(k) == Some(v));
+    let selects = |labels: &BTreeMap<String, String>| labels_include(labels, selector);
     let entries = index
         .istio_in(Kind::WorkloadEntry, namespace)
         .filter_map(|object| match object {

@@ -29,7 +29,7 @@ use crate::model::peer_authentication::MtlsMode;
 use crate::model::service::Endpoint as ServiceEndpoint;
 use crate::model::{Mesh, Port, Resolution, Service};
 use crate::translate::cluster::tls::{TLS_MODE_KEY, TRANSPORT_SOCKET_MATCH};
-use crate::translate::sidecar::mtls::{TLS_MODE_ISTIO, TLS_MODE_LABEL};
+use crate::translate::sidecar::mtls::{TLS_MODE_ISTIO, has_sidecar_label};
 
 /// One load assignment, for the proxies `key` names (the default: every proxy; a more
 /// specific variant of the same name wins).
@@ -108,7 +108,7 @@ fn endpoint_labels(
 /// Whether the endpoint says it has a sidecar with an identity
 /// (`security.istio.io/tlsMode: istio`).
 pub fn has_identity(endpoint: &ServiceEndpoint) -> bool {
-    endpoint.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO)
+    has_sidecar_label(&endpoint.labels)
 }
 
 /// Whether clients reach the endpoint on `port` (its own) with the mesh's mutual TLS where

@@ -177,7 +177,7 @@ impl Translator {
             secrets: BTreeSet::new(),
             sidecars: true,
             peer_authentications: BTreeSet::new(),
-            authorization: Vec::new(),
+            policy_scopes: Vec::new(),
         };
         // Everything is new: what is kept afterwards is the snapshot.
         self.rebuild(mesh, &everything, &mut Update::new());
@@ -240,10 +240,8 @@ impl Translator {
         if let Some(capture) = &mut self.capture {
             capture.update(mesh, affected.hosts.iter().map(String::as_str), &mut update);
             capture.routes_changed(mesh, &affected.routes, &mut update);
-            if !affected.peer_authentications.is_empty() {
-                capture.rebuild_workloads(mesh, &mut update);
-            } else if !affected.authorization.is_empty() {
-                capture.rebuild_workloads_in(mesh, &affected.authorization, &mut update);
+            if !affected.policy_scopes.is_empty() {
+                capture.rebuild_workloads_in(mesh, &affected.policy_scopes, &mut update);
             }
             if let Some(modes) = &modes {
                 capture.set_outbound_modes(modes, &mut update);
@@ -259,10 +257,7 @@ impl Translator {
         let views = ScopeViews::new(mesh);
         self.scope_rebuilt_hosts(mesh, &views, &affected.hosts, &mut update);
         // Which policies are reported depends on the Sidecars, the policies and the Gateways.
-        if affected.sidecars
-            || !affected.peer_authentications.is_empty()
-            || !affected.authorization.is_empty()
-            || !affected.gateways.is_empty()
+        if affected.sidecars || !affected.policy_scopes.is_empty() || !affected.gateways.is_empty()
         {
             self.refresh_policy_problems(mesh);
         }

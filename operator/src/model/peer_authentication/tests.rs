@@ -155,7 +155,7 @@ fn removing_a_policy_restores_the_parent_mode() {
         namespace: "bookinfo".into(),
         name: "default".into(),
     };
-    assert!(all.remove(&key));
-    assert!(!all.remove(&key));
+    assert!(all.remove(&key).is_some());
+    assert!(all.remove(&key).is_none());
     assert_eq!(all.namespace_mode(ROOT, "bookinfo"), MtlsMode::Strict);
 }

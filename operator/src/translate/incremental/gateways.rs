@@ -32,7 +32,7 @@ impl Translator {
     pub(super) fn gateways_affected(&self, mesh: &Mesh, affected: &Affected) -> bool {
         !affected.gateways.is_empty()
             // Security policies may select gateway proxies.
-            || !affected.authorization.is_empty()
+            || !affected.policy_scopes.is_empty()
             || affected
                 .secrets
                 .iter()

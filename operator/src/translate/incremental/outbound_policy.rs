@@ -127,7 +127,7 @@ fn may_select_gateways(
         Some(labels) => mesh
             .gateways
             .values()
-            .any(|g| labels.iter().all(|(k, v)| g.selector.get(k) == Some(v))),
+            .any(|g| crate::model::service::labels_include(&g.selector, labels)),
     }
 }
 

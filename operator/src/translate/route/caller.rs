@@ -52,7 +52,7 @@ impl Caller {
 
 /// Whether `labels` has every label of `selector`.
 pub fn includes(labels: &Labels, selector: &Labels) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    crate::model::service::labels_include(labels, selector)
 }
 
 /// The `sourceLabels` selectors of `vs`'s HTTP matches that narrow sidecars' routes (a match

@@ -59,6 +59,11 @@ const CIPHERS: [&str; 6] = [
     "AES128-GCM-SHA256",
 ];
 
+/// Whether `labels` say the workload has a sidecar with an identity.
+pub fn has_sidecar_label(labels: &BTreeMap<String, String>) -> bool {
+    labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO)
+}
+
 /// What one inbound port accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accepts {
@@ -92,7 +97,7 @@ impl InboundMtls {
     /// For the workload in `namespace` with `labels` (its endpoints' labels together).
     pub fn of(mesh: &Mesh, namespace: &str, labels: &BTreeMap<String, String>) -> Self {
         Self {
-            identity: labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO),
+            identity: has_sidecar_label(labels),
             modes: mesh.workload_mtls(namespace, labels),
         }
     }

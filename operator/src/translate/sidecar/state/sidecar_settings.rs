@@ -112,10 +112,7 @@ impl CaptureState {
             }
         }
         self.ingress_clusters = clusters.into_keys().collect();
-        let addresses: Vec<String> = self.workloads.keys().cloned().collect();
-        for address in addresses {
-            self.rebuild_workload(mesh, &address, update);
-        }
+        self.rebuild_workloads(mesh, update);
     }
 
     /// Whether the workload at `address` (serving `hosts`) has a `Sidecar` listing ingress
