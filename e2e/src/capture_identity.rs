@@ -24,7 +24,7 @@ use capstan_ca::SpiffeId;
 use crate::agent::{Agent, AgentSpec, SERVING_LINE, TestCa, with_agent_sds};
 use crate::capture::{self, Capture};
 use crate::capture_mesh::{
-    CaptureMesh, sidecar_bootstrap, sidecar_endpoint, start_apps, start_capstan,
+    CaptureMesh, sidecar_bootstrap, sidecar_endpoint, start_apps, start_capstan_with,
     start_captured_sidecar, workload, write_service_entries,
 };
 use crate::envoy::AdsMode;
@@ -75,6 +75,17 @@ pub async fn start_with_identity(
     namespace: &str,
     service_account: &str,
 ) -> anyhow::Result<IdentityMesh> {
+    start_with_identity_and(name, upstream_bin, namespace, service_account, &[]).await
+}
+
+/// [`start_with_identity`], with further `capstan run` flags.
+pub async fn start_with_identity_and(
+    name: &str,
+    upstream_bin: &Path,
+    namespace: &str,
+    service_account: &str,
+    capstan_args: &[&str],
+) -> anyhow::Result<IdentityMesh> {
     let capture = capture::install()?;
     let env = TestEnv::new(name)?;
     let upstreams = start_apps(&env, upstream_bin).await?;
@@ -84,7 +95,7 @@ pub async fn start_with_identity(
         namespace,
         &sidecar_endpoint(&address, service_account),
     )?;
-    let capstan = start_capstan(&env).await?;
+    let capstan = start_capstan_with(&env, capstan_args).await?;
     let identity = SpiffeId::new(TRUST_DOMAIN, namespace, service_account);
     let shared = shared_dir()?;
     let (ca, agent) = start_ca_and_agent(&env, shared.path(), &identity).await?;

@@ -109,13 +109,14 @@ pub async fn capstan_and_captured_sidecar(
 
 /// capstan in capture mode (`--sidecar-listeners capture`) on `env`'s folder.
 pub async fn start_capstan(env: &TestEnv) -> anyhow::Result<Capstan> {
-    Capstan::start_folder_with(
-        &env.config_dir,
-        &["--sidecar-listeners", "capture"],
-        &env.log_dir,
-        "capstan",
-    )
-    .await
+    start_capstan_with(env, &[]).await
+}
+
+/// [`start_capstan`] with further flags.
+pub async fn start_capstan_with(env: &TestEnv, extra: &[&str]) -> anyhow::Result<Capstan> {
+    let mut args = vec!["--sidecar-listeners", "capture"];
+    args.extend_from_slice(extra);
+    Capstan::start_folder_with(&env.config_dir, &args, &env.log_dir, "capstan").await
 }
 
 /// The bootstrap of workload `app-0`'s sidecar (namespace `bookinfo`) at `address`, on ADS

@@ -6,6 +6,7 @@
 //! rule that made it. Exit status: 0 when every workload allows the call, 1 when any refuses
 //! it, 2 on usage errors.
 
+mod cluster;
 mod decide;
 mod rbac_eval;
 
@@ -27,9 +28,14 @@ pub struct ExplainArgs {
         short = 'f',
         long = "filename",
         value_name = "FILE|DIR",
-        required = true
+        required_unless_present = "kubeconfig",
+        conflicts_with = "kubeconfig"
     )]
     pub files: Vec<String>,
+    /// Read the cluster's objects instead (Istio's kinds, Services, EndpointSlices, Pods and
+    /// Namespaces), as `capstan run --kubeconfig` does.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<std::path::PathBuf>,
     /// The caller, a workload with a sidecar: NAMESPACE/SERVICE_ACCOUNT.
     #[arg(
         long,
@@ -60,9 +66,23 @@ pub struct ExplainArgs {
     /// ...for this subject (`sub`).
     #[arg(long, value_name = "SUBJECT", requires = "jwt_issuer")]
     pub jwt_subject: Option<String>,
+    /// What the external authorizer of a CUSTOM AuthorizationPolicy answers when a rule of
+    /// the policy puts the call to it: capstan cannot ask it.
+    #[arg(long, value_enum, default_value = "allow")]
+    pub ext_authz: ExtAuthzAnswer,
+    /// Istio's MeshConfig YAML, as `capstan run --mesh-config` (its `rootNamespace` wins over
+    /// --root-namespace; CUSTOM policies name its extension providers).
+    #[arg(long)]
+    pub mesh_config: Option<std::path::PathBuf>,
     /// Istio's `meshConfig.rootNamespace`, as `capstan run --root-namespace`.
     #[arg(long, default_value = crate::model::sidecar_scope::DEFAULT_ROOT_NAMESPACE)]
     pub root_namespace: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExtAuthzAnswer {
+    Allow,
+    Deny,
 }
 
 /// Where an object was read: file and line of its document, and of each AuthorizationPolicy
@@ -87,9 +107,20 @@ pub fn run(args: &ExplainArgs) -> i32 {
 
 /// The explanation as printed, and whether every workload allows the call.
 pub fn explain(args: &ExplainArgs) -> Result<(String, bool), String> {
-    let (index, locations) = load(&args.files)?;
+    let (index, locations) = match &args.kubeconfig {
+        Some(kubeconfig) => cluster::load(kubeconfig)?,
+        None => load(&args.files)?,
+    };
     let mut mesh = Mesh::new("cluster.local");
-    mesh.sidecar_scopes.set_root_namespace(&args.root_namespace);
+    let mut root_namespace = args.root_namespace.clone();
+    if let Some(path) = &args.mesh_config {
+        let config = crate::mesh_config::MeshConfig::read(path).map_err(|e| e.to_string())?;
+        if let Some(root) = config.root_namespace {
+            root_namespace = root;
+        }
+        mesh.extension_providers = std::sync::Arc::new(config.extension_providers);
+    }
+    mesh.sidecar_scopes.set_root_namespace(&root_namespace);
     mesh.update(&index, &crate::model::everything(&index));
     let caller = caller(args)?;
     let (host, port) = args
@@ -166,6 +197,7 @@ fn call(args: &ExplainArgs) -> Result<Call, String> {
         method: args.method.clone(),
         headers,
         jwt,
+        ext_authz_allows: args.ext_authz == ExtAuthzAnswer::Allow,
     })
 }
 
@@ -231,10 +263,14 @@ fn describe_call(call: &Call, http: bool) -> String {
 }
 
 fn describe(verdict: &Verdict, locations: &Locations) -> String {
+    // CUSTOM rules carry a provider prefix, or a suffix when they deny: the file's rule is
+    // the `ns[…]-policy[…]-rule[…]` within.
     let at = |name: &str| {
+        let plain = name.find("ns[").map_or(name, |i| &name[i..]);
+        let plain = plain.trim_end_matches("-deny-due-to-bad-CUSTOM-action");
         locations
             .rules
-            .get(name)
+            .get(plain)
             .map_or(name.to_string(), |l| format!("{name} ({l})"))
     };
     let mut out = format!("workload {}:{}\n", verdict.address, verdict.port);
@@ -249,6 +285,19 @@ fn describe(verdict: &Verdict, locations: &Locations) -> String {
         Transport::Refused(why) => format!("refused: {why}"),
     };
     out.push_str(&format!("  connection: {connection}\n"));
+    if let Some((provider, matched)) = &verdict.custom {
+        let what = match (provider, matched) {
+            (_, None) => "no rule matches".to_string(),
+            (Some(provider), Some(name)) => {
+                format!(
+                    "{} matches: the call is put to the external authorizer {provider:?}",
+                    at(name)
+                )
+            }
+            (None, Some(name)) => format!("{} matches", at(name)),
+        };
+        out.push_str(&format!("  CUSTOM filter: {what}\n"));
+    }
     for (action, matched) in &verdict.filters {
         let what = matched
             .as_deref()

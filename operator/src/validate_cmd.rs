@@ -43,6 +43,10 @@ pub struct ValidateArgs {
         required = true
     )]
     pub files: Vec<String>,
+    /// Istio's MeshConfig YAML `capstan run --mesh-config` reads: the extension providers
+    /// `CUSTOM` AuthorizationPolicies name are looked up in it.
+    #[arg(long)]
+    pub mesh_config: Option<PathBuf>,
     /// Output format: one line per problem, or a JSON array of problems.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
     pub output: Format,
@@ -108,6 +112,8 @@ pub struct Report {
     pub skipped: usize,
     /// Secrets read and Gateways naming them, checked by [`Report::finish`].
     credentials: credentials::Credentials,
+    /// The extension providers of `--mesh-config` (none given: `None`).
+    pub extension_providers: Option<crate::mesh_config::ExtensionProviders>,
 }
 
 impl Report {
@@ -211,6 +217,13 @@ impl Report {
             ));
         }
         let mut problems = unsupported::fields(object);
+        if let IstioObject::AuthorizationPolicy(ap) = object {
+            problems.extend(unsupported::custom_provider(
+                &object.key(),
+                &ap.spec,
+                self.extension_providers.as_ref(),
+            ));
+        }
         if let IstioObject::VirtualService(vs) = object {
             let spec = &vs.spec;
             let for_sidecars =
@@ -338,6 +351,23 @@ pub(crate) fn expand(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()>
 /// Runs the command; returns the exit status.
 pub fn run(args: &ValidateArgs) -> i32 {
     let mut report = Report::default();
+    if let Some(path) = &args.mesh_config {
+        match crate::mesh_config::MeshConfig::read(path) {
+            Ok(config) => {
+                for field in &config.not_applied {
+                    eprintln!(
+                        "warning: {}: {field}: not applied by capstan",
+                        path.display()
+                    );
+                }
+                report.extension_providers = Some(config.extension_providers);
+            }
+            Err(err) => {
+                eprintln!("capstan validate: {err}");
+                return EXIT_USAGE;
+            }
+        }
+    }
     for arg in &args.files {
         if arg == "-" {
             let mut text = String::new();

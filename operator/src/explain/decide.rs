@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::config::rbac::v3::rbac::Action as RbacAction;
 use super::rbac_eval::{Request, policy_matches};
 use crate::model::traffic_policy::TlsMode;
 use crate::model::{Mesh, Port, Service};
-use crate::translate::authorization::workload_rbac;
+use crate::translate::authorization::{CustomCheck, workload_custom, workload_rbac};
 use crate::translate::{Accepts, InboundMtls, auto_mtls, policy_in, takes_mutual_tls};
 
 /// Who calls.
@@ -33,6 +33,8 @@ pub struct Call {
     pub headers: BTreeMap<String, String>,
     /// `iss` and `sub` of a valid token the caller presents.
     pub jwt: BTreeMap<String, String>,
+    /// What a CUSTOM policy's external authorizer answers, if asked (capstan cannot ask).
+    pub ext_authz_allows: bool,
 }
 
 /// How the connection fares before any request is read.
@@ -55,6 +57,9 @@ pub struct Verdict {
     pub client_tls: String,
     pub server_mode: String,
     pub transport: Transport,
+    /// The CUSTOM policies' check, first: its provider (none: unusable, its rules deny),
+    /// and the first of its rules matching (if any).
+    pub custom: Option<(Option<String>, Option<String>)>,
     /// Each RBAC filter on the way, with the first of its rules matching (if any).
     pub filters: Vec<(RbacAction, Option<String>)>,
     pub allowed: bool,
@@ -111,6 +116,7 @@ pub fn explain(
             client_tls,
             server_mode,
             transport: transport.clone(),
+            custom: None,
             filters: Vec::new(),
             allowed: false,
             because: String::new(),
@@ -146,6 +152,7 @@ pub fn explain(
             &endpoint.labels,
             !http,
             &request,
+            call.ext_authz_allows,
             &mut verdict,
         );
         verdict.http = http;
@@ -218,19 +225,62 @@ fn request_headers(service: &Service, call: &Call, http: bool) -> BTreeMap<Strin
     headers
 }
 
-/// Runs the workload's RBAC filters in order: the first DENY match refuses, then, with ALLOW
-/// policies, the first ALLOW match lets through (none: refused).
+/// Runs the workload's filters in order: the CUSTOM check (a matching rule puts the call to
+/// the external authorizer, whose answer `ext_authz_allows` stands for), then the RBAC
+/// filters: the first DENY match refuses, then, with ALLOW policies, the first ALLOW match
+/// lets through (none: refused).
 fn authorize(
     mesh: &Mesh,
     namespace: &str,
     labels: &BTreeMap<String, String>,
     for_tcp: bool,
     request: &Request,
+    ext_authz_allows: bool,
     verdict: &mut Verdict,
 ) {
     verdict.allowed = true;
     verdict.because = "no AuthorizationPolicy refuses it".into();
     verdict.rule = None;
+    let first_match =
+        |rules: &BTreeMap<String, envoy_types::pb::envoy::config::rbac::v3::Policy>| {
+            rules
+                .iter()
+                .find(|(_, p)| policy_matches(p, request))
+                .map(|(name, _)| name.clone())
+        };
+    match workload_custom(mesh, namespace, labels, for_tcp) {
+        None => {}
+        Some(CustomCheck::Deny { reason, rules }) => {
+            let matched = first_match(&rules);
+            verdict.custom = Some((None, matched.clone()));
+            if let Some(name) = matched {
+                verdict.allowed = false;
+                verdict.because =
+                    format!("a CUSTOM rule matches it and its provider cannot be used ({reason})");
+                verdict.rule = Some(name);
+                return;
+            }
+        }
+        Some(CustomCheck::Ask { provider, rules }) => {
+            let matched = first_match(&rules);
+            verdict.custom = Some((Some(provider.clone()), matched.clone()));
+            if let Some(name) = matched {
+                verdict.rule = Some(name);
+                if !ext_authz_allows {
+                    verdict.allowed = false;
+                    verdict.because = format!(
+                        "a CUSTOM rule puts it to the external authorizer {provider:?}, which \
+                         denies it (as --ext-authz deny says)"
+                    );
+                    return;
+                }
+                verdict.because = format!(
+                    "the external authorizer {provider:?} allows it (as --ext-authz allow \
+                     says), and no AuthorizationPolicy refuses it"
+                );
+            }
+        }
+    }
     for (action, policies) in workload_rbac(mesh, namespace, labels, for_tcp) {
         let matched = policies
             .iter()

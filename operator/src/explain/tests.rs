@@ -289,3 +289,90 @@ spec:
         explain(&args(&dir, &SIDECAR, "web:8000", Some("/api/x"))).expect("explained");
     assert!(!allowed && text.contains("(TCP)"), "{text}");
 }
+
+const AUTHZ_AND_CUSTOM: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: authz, namespace: bookinfo}
+spec:
+  hosts: [authz.bookinfo.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.9}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: bookinfo}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: CUSTOM
+  provider: {name: authz}
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+";
+
+fn with_mesh_config(
+    mut args: ExplainArgs,
+    dir: &tempfile::TempDir,
+    providers: &str,
+) -> ExplainArgs {
+    let path = dir.path().join("mesh.config");
+    std::fs::write(&path, providers).expect("written");
+    args.mesh_config = Some(path);
+    args
+}
+
+#[test]
+fn a_custom_rule_puts_the_call_to_the_authorizer_whose_answer_is_given() {
+    let dir = folder(AUTHZ_AND_CUSTOM);
+    let providers = "extensionProviders:\n- name: authz\n  envoyExtAuthzHttp: {service: authz.bookinfo.svc.cluster.local, port: 8000}\n";
+    let config = tempfile::tempdir().expect("a temp dir");
+    let ask = |path: &str, answer: ExtAuthzAnswer| {
+        let mut args = with_mesh_config(
+            args(&dir, &SIDECAR, "reviews:9080", Some(path)),
+            &config,
+            providers,
+        );
+        args.ext_authz = answer;
+        explain(&args).expect("explained")
+    };
+    let (text, allowed) = ask("/admin", ExtAuthzAnswer::Allow);
+    assert!(allowed, "{text}");
+    assert!(
+        text.contains("CUSTOM filter: istio-ext-authz-authz-ns[bookinfo]-policy[ext]-rule[0] (")
+            && text.contains(
+                "policies.yaml:18) matches: the call is put to the external authorizer \"authz\""
+            ),
+        "{text}"
+    );
+    assert!(
+        text.contains("decision: ALLOW: the external authorizer \"authz\" allows it"),
+        "{text}"
+    );
+    let (text, allowed) = ask("/admin", ExtAuthzAnswer::Deny);
+    assert!(!allowed, "{text}");
+    assert!(
+        text.contains("which denies it (as --ext-authz deny says)"),
+        "{text}"
+    );
+    let (text, allowed) = ask("/other", ExtAuthzAnswer::Deny);
+    assert!(allowed, "{text}");
+    assert!(text.contains("CUSTOM filter: no rule matches"), "{text}");
+}
+
+#[test]
+fn a_custom_rule_without_a_usable_provider_denies_what_it_matches() {
+    let dir = folder(AUTHZ_AND_CUSTOM);
+    let config = tempfile::tempdir().expect("a temp dir");
+    let args = with_mesh_config(
+        args(&dir, &SIDECAR, "reviews:9080", Some("/admin")),
+        &config,
+        "extensionProviders: []\n",
+    );
+    let (text, allowed) = explain(&args).expect("explained");
+    assert!(!allowed, "{text}");
+    assert!(
+        text.contains("decision: DENY: a CUSTOM rule matches it and its provider cannot be used (no extension provider \"authz\" in the mesh config"),
+        "{text}"
+    );
+    assert!(text.contains("-deny-due-to-bad-CUSTOM-action ("), "{text}");
+}

@@ -2,8 +2,8 @@
 //! (`ListAuthorizationPolicies`): those of the root namespace (mesh-wide; with a `selector`,
 //! for the workloads of any namespace it selects) and those of the workload's namespace
 //! (without a `selector`, or selecting it). Policies attached by `targetRef(s)` apply to
-//! gateways and waypoints only, never to sidecars; `CUSTOM` policies need an extension
-//! provider from the mesh config, which capstan has not. Both are reported, not applied.
+//! gateways and waypoints only, never to sidecars (reported, not applied). `CUSTOM` policies
+//! name an extension provider of the mesh config (`--mesh-config`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,11 +36,17 @@ impl Policy {
     pub fn action(&self) -> Action {
         self.spec.action.unwrap_or(Action::Allow)
     }
+
+    /// The extension provider a `CUSTOM` policy names (empty when it names none).
+    pub fn provider(&self) -> &str {
+        self.spec.provider.as_ref().map_or("", |p| p.name.as_str())
+    }
 }
 
 /// The policies applying to one workload, per action, each list by namespace and name.
 #[derive(Debug, Default, PartialEq)]
 pub struct WorkloadPolicies<'a> {
+    pub custom: Vec<&'a Policy>,
     pub deny: Vec<&'a Policy>,
     pub allow: Vec<&'a Policy>,
     pub audit: Vec<&'a Policy>,
@@ -48,7 +54,10 @@ pub struct WorkloadPolicies<'a> {
 
 impl WorkloadPolicies<'_> {
     pub fn is_empty(&self) -> bool {
-        self.deny.is_empty() && self.allow.is_empty() && self.audit.is_empty()
+        self.custom.is_empty()
+            && self.deny.is_empty()
+            && self.allow.is_empty()
+            && self.audit.is_empty()
     }
 }
 
@@ -96,7 +105,7 @@ impl AuthorizationPolicies {
                 Action::Allow => out.allow.push(policy),
                 Action::Deny => out.deny.push(policy),
                 Action::Audit => out.audit.push(policy),
-                Action::Custom => {}
+                Action::Custom => out.custom.push(policy),
             }
         }
         out

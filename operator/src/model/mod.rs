@@ -118,6 +118,8 @@ pub struct Mesh {
     pub authorization_policies: authorization::AuthorizationPolicies,
     /// The RequestAuthentications, by namespace.
     pub request_authentications: request_authentication::RequestAuthentications,
+    /// The mesh config's extension providers, which `CUSTOM` AuthorizationPolicies name.
+    pub extension_providers: std::sync::Arc<crate::mesh_config::ExtensionProviders>,
     /// The TLS Secrets gateways may read credentials from, read (or why they cannot be).
     secrets: BTreeMap<NsName, Result<secret::TlsSecret, secret::SecretError>>,
     /// Exact host → the VirtualServices naming it; and those with a wildcard host. Finding
@@ -251,6 +253,7 @@ impl Mesh {
         for host in &affected.hosts {
             self.refresh_host(index, host);
         }
+        self.rescope_custom_policies(&mut affected);
         // Clients reach these services' endpoints with mutual TLS or without, by the modes
         // of the services' namespaces and of the endpoints' workloads.
         if !affected.peer_authentications.is_empty() {
@@ -631,6 +634,26 @@ impl Mesh {
 
     /// The AuthorizationPolicies applying to the sidecar of the workload in `namespace` with
     /// `labels`.
+    /// CUSTOM AuthorizationPolicies reach their authorizer through its service's cluster:
+    /// when that service changes (comes, goes), the workloads they apply to are built again.
+    fn rescope_custom_policies(&self, affected: &mut Affected) {
+        if affected.hosts.is_empty() || self.extension_providers.is_empty() {
+            return;
+        }
+        let scopes: Vec<PolicyScope> = self
+            .authorization_policies
+            .policies()
+            .filter(|p| p.action() == capstan_crds::security::authorization_policy::Action::Custom)
+            .filter(|p| {
+                self.extension_providers
+                    .service_host(p.provider())
+                    .is_some_and(|host| affected.hosts.contains(host))
+            })
+            .map(|p| PolicyScope::of(&p.key, p.spec.selector.as_ref()))
+            .collect();
+        affected.policy_scopes.extend(scopes);
+    }
+
     pub fn authorization_for(
         &self,
         namespace: &str,

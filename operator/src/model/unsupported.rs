@@ -45,6 +45,45 @@ pub fn inbound_policy_capture_only(key: &ObjectKey) -> Problem {
     }
 }
 
+/// A `CUSTOM` AuthorizationPolicy whose provider `validate` cannot find among `providers`
+/// (the mesh config's; `None`: none was given). Whether its service exists is for `run`.
+pub fn custom_provider(
+    key: &ObjectKey,
+    spec: &capstan_crds::security::authorization_policy::AuthorizationPolicySpec,
+    providers: Option<&crate::mesh_config::ExtensionProviders>,
+) -> Option<Problem> {
+    use crate::mesh_config::Provider;
+    use capstan_crds::security::authorization_policy::Action;
+    if spec.action != Some(Action::Custom) {
+        return None;
+    }
+    let name = spec.provider.as_ref().map_or("", |p| p.name.as_str());
+    let message = match providers.map(|p| p.get(name)) {
+        None => format!(
+            "CUSTOM asks the extension provider {name:?}, which `capstan run --mesh-config` \
+             must define (give --mesh-config to check it here)"
+        ),
+        Some(None) => format!(
+            "no extension provider {name:?} in the mesh config: the policy's rules would deny \
+             every request they match"
+        ),
+        Some(Some(Provider::Invalid(reason))) => format!(
+            "the extension provider {name:?} is unusable ({reason}): the policy's rules would \
+             deny every request they match"
+        ),
+        Some(Some(Provider::Unsupported(kind))) => format!(
+            "the extension provider {name:?} is {kind}, not an external authorizer: the \
+             policy's rules would deny every request they match"
+        ),
+        Some(Some(Provider::ExtAuthzHttp(_) | Provider::ExtAuthzGrpc(_))) => return None,
+    };
+    Some(Problem {
+        object: key.clone(),
+        field: "spec.provider.name".into(),
+        message,
+    })
+}
+
 /// A security policy attached by `targetRef` (`single`) or `targetRefs`, if `by_reference`.
 fn target_references(key: &ObjectKey, by_reference: bool, single: bool) -> Option<Problem> {
     by_reference.then(|| Problem {
@@ -242,7 +281,6 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
             }
         }
         IstioObject::AuthorizationPolicy(ap) => {
-            use capstan_crds::security::authorization_policy::Action;
             let spec = &ap.spec;
             let annotations = ap.metadata.annotations.as_ref();
             if annotations.is_some_and(|a| a.contains_key("istio.io/dry-run")) {
@@ -257,12 +295,6 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                 by_reference,
                 spec.target_ref.is_some(),
             ));
-            if spec.action == Some(Action::Custom) {
-                not_applied(
-                    "spec.action".into(),
-                    "CUSTOM (an external authorizer from the mesh config)",
-                );
-            }
             for (i, rule) in spec.rules.iter().enumerate() {
                 for (j, condition) in rule.when.iter().enumerate() {
                     if condition.key.starts_with("experimental.") {

@@ -178,17 +178,22 @@ impl KubeArgs {
     }
 
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
-        let config = match &self.kubeconfig {
-            Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                    .with_context(|| format!("reading --kubeconfig {}", path.display()))?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                    .await
-                    .with_context(|| format!("using --kubeconfig {}", path.display()))?
-            }
-            None => kube::Config::incluster()
-                .context("--in-cluster: no service account here (not running in a pod?)")?,
-        };
-        kube::Client::try_from(config).context("creating the Kubernetes client")
+        client(self.kubeconfig.as_deref()).await
     }
+}
+
+/// A client from the kubeconfig at `path`, or (none) from the pod's service account.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading --kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .with_context(|| format!("using --kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::incluster()
+            .context("--in-cluster: no service account here (not running in a pod?)")?,
+    };
+    kube::Client::try_from(config).context("creating the Kubernetes client")
 }

@@ -1,5 +1,6 @@
 //! AuthorizationPolicy on a workload's inbound side: Envoy RBAC filters in front of its
-//! HTTP routes and TCP proxies, as istiod builds them (`authz/builder`): an AUDIT filter
+//! HTTP routes and TCP proxies, as istiod builds them (`authz/builder`): the CUSTOM policies'
+//! external authorization (`custom`), an AUDIT filter
 //! (action LOG), a DENY filter, then an ALLOW filter, each present only when some policy of
 //! its action applies. A request any DENY policy matches is refused; else, when ALLOW
 //! policies apply, one of them must match (none of their rules left: nothing is allowed, as
@@ -8,6 +9,8 @@
 //! The RBAC policies are a protobuf map, encoded in name order (`sorted_map`), so the same
 //! policies always give the same bytes (and version).
 
+mod custom;
+pub use custom::{CustomCheck, unusable as custom_unusable};
 mod rules;
 pub use std::collections::BTreeMap;
 
@@ -27,8 +30,11 @@ use crate::model::Mesh;
 use crate::model::authorization::{Policy as AuthzPolicy, WorkloadPolicies};
 pub use rules::IfUnusable;
 
+const HTTP_RBAC: &str = "envoy.filters.http.rbac";
+const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
+
 /// The security filters of one workload's inbound side: RequestAuthentication's JWT filter
-/// (HTTP only), then the RBAC filters.
+/// (HTTP only), the CUSTOM policies' external authorization, then the RBAC filters.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InboundAuthz {
     /// Before the router of every HTTP chain.
@@ -51,6 +57,9 @@ impl InboundAuthz {
                 .collect(),
             tcp: Vec::new(),
         };
+        let custom = custom::filters(mesh, &mesh.authorization_for(namespace, labels).custom);
+        out.http.extend(custom.http);
+        out.tcp.extend(custom.tcp);
         for (action, http) in workload_rbac(mesh, namespace, labels, false) {
             out.http.push(http_filter(&rbac_bytes(action, &http)));
         }
@@ -61,6 +70,21 @@ impl InboundAuthz {
     }
 }
 
+/// The check a workload's CUSTOM policies make on its HTTP (or TCP) chains, before its RBAC
+/// filters (none: no check).
+pub fn workload_custom(
+    mesh: &Mesh,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    for_tcp: bool,
+) -> Option<CustomCheck> {
+    custom::check(
+        mesh,
+        &mesh.authorization_for(namespace, labels).custom,
+        for_tcp,
+    )
+}
+
 /// The RBAC rules of a workload's HTTP (or TCP) chains, in the order its filters run: AUDIT
 /// (LOG), DENY, ALLOW, each only when a policy of that action applies.
 pub fn workload_rbac(
@@ -69,7 +93,9 @@ pub fn workload_rbac(
     labels: &BTreeMap<String, String>,
     for_tcp: bool,
 ) -> Vec<(RbacAction, BTreeMap<String, Policy>)> {
-    let WorkloadPolicies { deny, allow, audit } = mesh.authorization_for(namespace, labels);
+    let WorkloadPolicies {
+        deny, allow, audit, ..
+    } = mesh.authorization_for(namespace, labels);
     let mut out = Vec::new();
     for (action, list) in [
         (RbacAction::Log, audit),
@@ -137,7 +163,7 @@ fn with_rules(mut message: Vec<u8>, rules: &[u8]) -> Vec<u8> {
 fn http_filter(rules: &[u8]) -> HttpFilter {
     let config = with_rules(HttpRbac::default().encode_to_vec(), rules);
     HttpFilter {
-        name: "envoy.filters.http.rbac".into(),
+        name: HTTP_RBAC.into(),
         config_type: Some(HttpFilterConfig::TypedConfig(Any {
             type_url: HttpRbac::type_url(),
             value: config,
@@ -152,7 +178,7 @@ fn network_filter(rules: &[u8]) -> Filter {
         ..Default::default()
     };
     Filter {
-        name: "envoy.filters.network.rbac".into(),
+        name: NETWORK_RBAC.into(),
         config_type: Some(FilterConfig::TypedConfig(Any {
             type_url: NetworkRbac::type_url(),
             value: with_rules(base.encode_to_vec(), rules),

@@ -133,7 +133,7 @@ pub struct Translator {
     policy_problems: Vec<Problem>,
     /// RequestAuthentication rules whose `jwksUri` no service serves (read again on every
     /// change: a service may come or go).
-    jwks_problems: Vec<Problem>,
+    reference_problems: Vec<Problem>,
 }
 
 impl Translator {
@@ -162,7 +162,7 @@ impl Translator {
             capture: None,
             fallbacks,
             policy_problems: Vec::new(),
-            jwks_problems: Vec::new(),
+            reference_problems: Vec::new(),
         }
     }
 
@@ -192,7 +192,7 @@ impl Translator {
             out.add_for(selector.clone(), resource.clone());
         }
         self.refresh_policy_problems(mesh);
-        self.jwks_problems = outbound_policy::jwks_problems(mesh);
+        self.reference_problems = outbound_policy::reference_problems(mesh);
         // Listeners first: the capture-mode ones of a service are scoped with it.
         match self.options.sidecar_listeners {
             ListenerMode::Direct => {
@@ -250,8 +250,11 @@ impl Translator {
             }
         }
         let rebuilt = self.rebuild(mesh, affected, &mut update);
-        if !mesh.request_authentications.is_empty() || !self.jwks_problems.is_empty() {
-            self.jwks_problems = outbound_policy::jwks_problems(mesh);
+        if !mesh.request_authentications.is_empty()
+            || !mesh.authorization_policies.is_empty()
+            || !self.reference_problems.is_empty()
+        {
+            self.reference_problems = outbound_policy::reference_problems(mesh);
         }
         self.refresh_upstream_credentials(mesh, affected, &mut update);
         let views = ScopeViews::new(mesh);
@@ -368,7 +371,7 @@ impl Translator {
             .chain(&self.upstream_credentials.problems)
             .chain(self.capture.iter().flat_map(CaptureState::problems))
             .chain(&self.policy_problems)
-            .chain(&self.jwks_problems)
+            .chain(&self.reference_problems)
     }
 
     /// Keeps `new` as the resources of `host`; what it no longer has is removed.

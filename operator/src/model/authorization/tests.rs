@@ -60,7 +60,7 @@ fn root_and_own_namespace_policies_apply_by_selector_and_action() {
 }
 
 #[test]
-fn referenced_and_custom_policies_apply_to_no_sidecar() {
+fn referenced_policies_apply_to_no_sidecar_and_custom_ones_are_kept_apart() {
     let yaml = [
         policy(
             "bookinfo",
@@ -75,10 +75,14 @@ fn referenced_and_custom_policies_apply_to_no_sidecar() {
     ]
     .concat();
     let mut all = parse(&yaml);
-    assert!(
-        all.for_workload(ROOT, "bookinfo", &app("reviews"))
-            .is_empty()
-    );
+    let found = all.for_workload(ROOT, "bookinfo", &app("reviews"));
+    let custom: Vec<_> = found
+        .custom
+        .iter()
+        .map(|p| (p.key.name.as_str(), p.provider()))
+        .collect();
+    assert_eq!(custom, [("ext", "opa")]);
+    assert!(found.allow.is_empty() && found.deny.is_empty() && found.audit.is_empty());
     let key = ObjectKey {
         kind: capstan_crds::Kind::AuthorizationPolicy,
         namespace: "bookinfo".into(),

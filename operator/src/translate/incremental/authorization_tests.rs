@@ -9,6 +9,7 @@ use prost::Message;
 
 use super::peer_authentication_tests::{capture, entries, virtual_inbound};
 use super::tests::{check_with, delete, istio};
+use crate::translate::Options;
 
 fn policy(namespace: &str, name: &str, body: &str) -> String {
     format!(
@@ -132,6 +133,48 @@ fn authorization_policy_updates_match_a_full_build() {
             )),
             delete(Kind::AuthorizationPolicy, "istio-system", "deny-delete"),
             delete(Kind::AuthorizationPolicy, "bookinfo", "deny-all"),
+        ],
+    );
+}
+
+/// A CUSTOM policy whose authorizer's service comes later (denying until then, reported),
+/// goes, and the policy deleted: each must equal a full build.
+#[test]
+fn custom_policy_updates_match_a_full_build() {
+    let in_mesh = entries(super::peer_authentication_tests::IN_MESH, false);
+    let config = crate::mesh_config::MeshConfig::parse(
+        "mesh",
+        "extensionProviders:\n- name: authz\n  envoyExtAuthzGrpc: {service: authz.bookinfo.svc.cluster.local, port: 9000}\n",
+    )
+    .expect("valid");
+    let options = Options {
+        extension_providers: std::sync::Arc::new(config.extension_providers),
+        ..capture()
+    };
+    let authz = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: authz, namespace: bookinfo}
+spec:
+  hosts: [authz.bookinfo.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9000, name: grpc, protocol: GRPC}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.9}]
+";
+    check_with(
+        options,
+        vec![
+            istio(&in_mesh[0]),
+            istio(&in_mesh[1]),
+            istio(&policy(
+                "bookinfo",
+                "ext",
+                "  action: CUSTOM\n  provider: {name: authz}\n  rules: [{}]\n",
+            )),
+            istio(authz),
+            delete(Kind::ServiceEntry, "bookinfo", "authz"),
+            istio(authz),
+            delete(Kind::AuthorizationPolicy, "bookinfo", "ext"),
         ],
     );
 }

@@ -131,9 +131,39 @@ fn may_select_gateways(
     }
 }
 
+/// What security policies name that the mesh lacks: see [`jwks_problems`] and
+/// [`custom_problems`].
+pub(super) fn reference_problems(mesh: &Mesh) -> Vec<Problem> {
+    let mut out = jwks_problems(mesh);
+    out.extend(custom_problems(mesh));
+    out
+}
+
+/// The CUSTOM AuthorizationPolicies whose extension provider is missing, unusable, or names
+/// a service the mesh lacks: they deny what they match instead, as with istiod.
+fn custom_problems(mesh: &Mesh) -> Vec<Problem> {
+    use capstan_crds::security::authorization_policy::Action;
+    mesh.authorization_policies
+        .policies()
+        .filter(|p| p.action() == Action::Custom)
+        .filter_map(|policy| {
+            let provider = std::collections::BTreeSet::from([policy.provider()]);
+            let reason = crate::translate::authorization::custom_unusable(mesh, &provider)?;
+            Some(Problem {
+                object: policy.key.clone(),
+                field: "spec.provider.name".into(),
+                message: format!(
+                    "{reason}: the policy's rules deny every request they match instead of \
+                     asking the authorizer, as istiod does"
+                ),
+            })
+        })
+        .collect()
+}
+
 /// The RequestAuthentication rules whose `jwksUri` no service serves: Envoy cannot fetch
 /// their keys, and refuses every token they are for (istiod asks for a ServiceEntry too).
-pub(super) fn jwks_problems(mesh: &Mesh) -> Vec<Problem> {
+fn jwks_problems(mesh: &Mesh) -> Vec<Problem> {
     let mut out = Vec::new();
     for (key, spec) in mesh.request_authentications.iter() {
         for (i, rule) in spec.jwt_rules.iter().enumerate() {

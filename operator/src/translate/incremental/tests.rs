@@ -125,7 +125,8 @@ pub(super) fn check_with(options: Options, steps: Vec<Event>) {
         let changes = pipeline.index.handle(event);
         cache.apply(pipeline.update(&changes));
 
-        let (full_mesh, model_problems) = Mesh::build(&pipeline.index, "cluster.local");
+        let (mut full_mesh, model_problems) = Mesh::build(&pipeline.index, "cluster.local");
+        full_mesh.extension_providers = options.extension_providers.clone();
         let mut full = Translator::new(options.clone());
         let expected = SnapshotCache::new();
         expected.replace(full.full(&full_mesh));
