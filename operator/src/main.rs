@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 
-use capstan::{RunArgs, agent, explain, proxy_status, run, validate_cmd, webhook};
+use capstan::{RunArgs, agent, capture_rules, explain, proxy_status, run, validate_cmd, webhook};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -27,8 +27,12 @@ enum Command {
     /// Why a call from A to B is allowed or denied: mutual TLS on each side, the
     /// authorization rules in Envoy's order, the decision and the rule (file:line) behind it.
     Explain(explain::ExplainArgs),
-    /// Serve the ValidatingAdmissionWebhook (HTTPS, POST /validate) for Istio objects.
+    /// Serve the admission webhooks (HTTPS): POST /validate for Istio objects, POST /inject
+    /// for sidecar injection.
     Webhook(webhook::WebhookArgs),
+    /// Install a sidecar pod's traffic capture (istio-init's iptables rules), or print it
+    /// with --dry-run.
+    Iptables(capture_rules::IptablesArgs),
     /// Show where every connected proxy stands, per xDS type (like `istioctl proxy-status`).
     ProxyStatus(proxy_status::ProxyStatusArgs),
     /// Run beside a workload's Envoy (Istio's pilot-agent): get its certificate from the CA,
@@ -53,6 +57,9 @@ fn main() -> anyhow::Result<()> {
     if let Command::Explain(args) = &cli.command {
         std::process::exit(explain::run(args));
     }
+    if let Command::Iptables(args) = &cli.command {
+        return capture_rules::run(args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -61,6 +68,6 @@ fn main() -> anyhow::Result<()> {
         Command::Webhook(args) => runtime.block_on(webhook::run(args)),
         Command::ProxyStatus(args) => runtime.block_on(proxy_status::run(args)),
         Command::Agent(args) => runtime.block_on(agent::run(args)),
-        Command::Validate(_) | Command::Explain(_) => Ok(()),
+        Command::Validate(_) | Command::Explain(_) | Command::Iptables(_) => Ok(()),
     }
 }

@@ -31,6 +31,9 @@ pub struct RunArgs {
     /// enum and stays small).
     #[command(flatten)]
     pub tls: Box<TlsArgs>,
+    /// The admission webhooks served in-process (boxed, as `tls`).
+    #[command(flatten)]
+    pub webhook: Box<super::WebhookRunArgs>,
     /// Address of the monitoring server: /metrics, /healthz, /readyz, /debug/syncz,
     /// /debug/config_dump, /debug/nacks, /debug/snapshot (like istiod's 15014).
     #[arg(long, default_value = "127.0.0.1:15014")]
@@ -79,6 +82,12 @@ pub struct RunArgs {
     /// `bookinfo` is `reviews.bookinfo.svc.<suffix>`).
     #[arg(long, default_value = "cluster.local")]
     pub domain_suffix: String,
+    /// Istio's MeshConfig YAML (the `mesh` key of the `istio` ConfigMap, as istiod reads it at
+    /// `/etc/istio/config/mesh`): its `rootNamespace`, `trustDomain` and
+    /// `outboundTrafficPolicy` win over the flags of the same names, and its
+    /// `extensionProviders` serve `CUSTOM` AuthorizationPolicies. Read at start.
+    #[arg(long, env = "CAPSTAN_MESH_CONFIG")]
+    pub mesh_config: Option<PathBuf>,
     /// Istio's `meshConfig.rootNamespace`: a `Sidecar` without `workloadSelector` in it is
     /// the default egress scope of every namespace without one of its own.
     #[arg(long, default_value = crate::model::sidecar_scope::DEFAULT_ROOT_NAMESPACE)]

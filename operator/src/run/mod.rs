@@ -6,10 +6,12 @@ mod ca;
 mod ca_mode;
 mod folder;
 mod kube;
+mod webhook;
 
 pub use args::{OptionalAddr, RunArgs, TlsArgs};
 pub use ca_mode::CaArgs;
-pub use kube::KubeArgs;
+pub use kube::{KubeArgs, client as kube_client};
+pub use webhook::WebhookRunArgs;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -44,7 +46,8 @@ pub(crate) struct Serving {
     pub queue_task: Option<tokio::task::JoinHandle<()>>,
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
+    let extension_providers = apply_mesh_config(&mut args)?;
     let metrics = capstan_xds::Metrics::new();
     let mut registry = prometheus_client::registry::Registry::with_prefix("capstan");
     metrics.register(&mut registry);
@@ -61,6 +64,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // proxies only once the first complete config is in the cache.
     let ads = bind(args.xds_addr, "the ADS server").await?;
     let ads_tls = xds_tls(&args, &mut registry).await?;
+    let authority = ads_tls.as_ref().map(|tls| tls._ca.authority.clone());
+    let _webhook = webhook::start(&args, authority).await?;
     let (ready, _) = watch::channel(ReadyState::waiting(vec!["the first config".into()]));
     let serving = Serving {
         cache,
@@ -73,6 +78,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             sidecar_listeners: args.sidecar_listeners,
             root_namespace: args.root_namespace.clone(),
             outbound_traffic_policy: args.outbound_traffic_policy.clone(),
+            extension_providers,
         },
         ads,
         ads_tls,
@@ -91,6 +97,33 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             "no config source: give --config-dir DIR (a folder of Istio YAML) or --kubeconfig FILE / --in-cluster (a Kubernetes API server)"
         ),
     }
+}
+
+/// Reads `--mesh-config`, if given, into the flags it overrides; returns its extension
+/// providers.
+fn apply_mesh_config(
+    args: &mut RunArgs,
+) -> anyhow::Result<std::sync::Arc<crate::mesh_config::ExtensionProviders>> {
+    let Some(path) = &args.mesh_config else {
+        return Ok(Default::default());
+    };
+    let config = crate::mesh_config::MeshConfig::read(path)?;
+    config.warn(path);
+    if let Some(root) = config.root_namespace {
+        args.root_namespace = root;
+    }
+    if let Some(domain) = config.trust_domain {
+        args.tls.trust_domain = domain;
+    }
+    if let Some(mode) = config.outbound_traffic_policy {
+        args.outbound_traffic_policy = mode.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    info!(
+        mesh_config = %path.display(),
+        providers = ?config.extension_providers.names().collect::<Vec<_>>(),
+        "mesh config read"
+    );
+    Ok(std::sync::Arc::new(config.extension_providers))
 }
 
 /// Refuses plaintext xDS beyond loopback unless asked for: whoever reaches it is served

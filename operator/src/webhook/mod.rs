@@ -1,11 +1,14 @@
-//! `capstan webhook`: the ValidatingAdmissionWebhook for Istio configuration.
+//! `capstan webhook`: the admission webhooks, standalone (`capstan run --webhook-addr` serves
+//! the same in-process, with a certificate from capstan's CA).
 //!
 //! Serves HTTPS (rustls, HTTP/1.1): `POST /validate` answers `admission.k8s.io/v1`
-//! AdmissionReviews (see [`review`]); `GET /ready` answers 200. The API server reaches
-//! it through the `capstan` Service in `capstan-system` (see
-//! `charts/manifests/validating-webhook.yaml`).
+//! AdmissionReviews of Istio objects (see [`review`]); `POST /inject` adds the sidecar to
+//! pods (see [`inject`]); `GET /ready` answers 200. The API server reaches it through the
+//! `capstan` Service (see `charts/manifests/validating-webhook.yaml`).
 
+pub mod inject;
 pub mod review;
+pub mod tls;
 
 #[cfg(test)]
 mod tests;
@@ -87,6 +90,14 @@ pub struct WebhookArgs {
     /// closed at once.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP)]
     pub max_connections_per_ip: usize,
+    /// The namespace capstan runs in (the default xDS address of injected proxies).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+    pub namespace: String,
+    /// SPIFFE trust domain of the mesh, for injected proxies.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    #[command(flatten)]
+    pub inject: inject::InjectArgs,
 }
 
 impl WebhookArgs {
@@ -114,9 +125,20 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
-    tracing::info!(addr = %args.addr, path = VALIDATE_PATH, "validation webhook listening");
-    serve_with(listener, args.limits(), Arc::new(config), shutdown_signal()).await;
-    tracing::info!("validation webhook stopped");
+    let inject = inject::InjectConfig::new(&args.inject, &args.namespace, &args.trust_domain);
+    tracing::info!(addr = %args.addr, "admission webhook listening (/validate, /inject)");
+    let routes = Arc::new(Routes {
+        inject: Some(inject),
+    });
+    serve_routes(
+        listener,
+        args.limits(),
+        Arc::new(config),
+        routes,
+        shutdown_signal(),
+    )
+    .await;
+    tracing::info!("admission webhook stopped");
     Ok(())
 }
 
@@ -155,11 +177,31 @@ pub async fn serve(
 }
 
 /// Accepts connections on `listener`, at most `limits` open at once, until `shutdown`
-/// completes.
+/// completes; validation only.
 pub async fn serve_with(
     listener: TcpListener,
     limits: ConnectionLimits,
     config: Arc<ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let routes = Arc::new(Routes::default());
+    serve_routes(listener, limits, config, routes, shutdown).await;
+}
+
+/// What the server answers beside `/validate` and `/ready`.
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    /// `/inject`, when set (404 otherwise).
+    pub inject: Option<inject::InjectConfig>,
+}
+
+/// [`serve_with`] answering `routes` too. `config` may resolve its certificate per
+/// handshake (see [`tls`]), so a renewed one is served without a restart.
+pub async fn serve_routes(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    config: Arc<ServerConfig>,
+    routes: Arc<Routes>,
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(config);
@@ -172,6 +214,7 @@ pub async fn serve_with(
         };
         let peer = tcp.peer();
         let acceptor = acceptor.clone();
+        let routes = routes.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -190,25 +233,52 @@ pub async fn serve_with(
                 grace: SHUTDOWN_GRACE,
             };
             let io = TokioIo::new(tls);
-            http_connection::serve(io, service_fn(handle), timeouts, "webhook", peer).await;
+            let service = service_fn(move |request| handle(request, routes.clone()));
+            http_connection::serve(io, service, timeouts, "webhook", peer).await;
         });
     }
 }
 
 async fn handle(
     request: Request<Incoming>,
+    routes: Arc<Routes>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let response = match (request.method(), request.uri().path()) {
-        (&Method::POST, VALIDATE_PATH) => validate(request.into_body(), BODY_READ_TIMEOUT).await,
-        (_, VALIDATE_PATH) => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
-        (&Method::GET, "/ready") => text(StatusCode::OK, "ok\n"),
+    let response = match (request.method(), request.uri().path(), &routes.inject) {
+        (&Method::POST, VALIDATE_PATH, _) => {
+            answer(request.into_body(), BODY_READ_TIMEOUT, review::respond).await
+        }
+        (&Method::POST, inject::INJECT_PATH, Some(config)) => {
+            answer(request.into_body(), BODY_READ_TIMEOUT, |body| {
+                inject::respond(body, config)
+            })
+            .await
+        }
+        (_, VALIDATE_PATH, _) | (_, inject::INJECT_PATH, Some(_)) => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n")
+        }
+        (&Method::GET, "/ready", _) => text(StatusCode::OK, "ok\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(response)
 }
 
-/// Reads a review of at most `MAX_BODY` bytes arriving within `read_timeout`, and answers it.
+/// Validates a review of at most `MAX_BODY` bytes arriving within `read_timeout`.
+#[cfg(test)]
 async fn validate<B>(body: B, read_timeout: Duration) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    answer(body, read_timeout, review::respond).await
+}
+
+/// Reads a review of at most `MAX_BODY` bytes arriving within `read_timeout`, and answers it
+/// with `respond`.
+async fn answer<B>(
+    body: B,
+    read_timeout: Duration,
+    respond: impl FnOnce(&[u8]) -> Result<Vec<u8>, review::ReviewError>,
+) -> Response<Full<Bytes>>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -232,7 +302,7 @@ where
             );
         }
     };
-    match review::respond(&body) {
+    match respond(&body) {
         Ok(answer) => {
             let mut response = Response::new(Full::new(Bytes::from(answer)));
             response.headers_mut().insert(

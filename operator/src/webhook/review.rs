@@ -32,16 +32,31 @@ struct AdmissionReview {
     request: Option<AdmissionRequest>,
 }
 
+/// The request of an AdmissionReview, as both webhooks read it.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct AdmissionRequest {
-    uid: String,
+pub(crate) struct AdmissionRequest {
+    pub uid: String,
     #[serde(default)]
-    namespace: Option<String>,
+    pub namespace: Option<String>,
     #[serde(default)]
-    operation: Option<String>,
+    pub operation: Option<String>,
     #[serde(default)]
-    object: Option<Value>,
+    pub object: Option<Value>,
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+}
+
+/// The request of a serialized `admission.k8s.io/v1` AdmissionReview.
+pub(crate) fn read_request(body: &[u8]) -> Result<AdmissionRequest, ReviewError> {
+    let review: AdmissionReview = serde_json::from_slice(body)?;
+    if review.api_version != API_VERSION || review.kind != KIND {
+        return Err(ReviewError::Version {
+            api_version: review.api_version,
+            kind: review.kind,
+        });
+    }
+    review.request.ok_or(ReviewError::NoRequest)
 }
 
 /// The webhook's answer.
@@ -69,14 +84,7 @@ pub fn respond(body: &[u8]) -> Result<Vec<u8>, ReviewError> {
 
 /// Decides on a serialized AdmissionReview.
 pub fn decide(body: &[u8]) -> Result<AdmissionResponse, ReviewError> {
-    let review: AdmissionReview = serde_json::from_slice(body)?;
-    if review.api_version != API_VERSION || review.kind != KIND {
-        return Err(ReviewError::Version {
-            api_version: review.api_version,
-            kind: review.kind,
-        });
-    }
-    let request = review.request.ok_or(ReviewError::NoRequest)?;
+    let request = read_request(body)?;
     let allow = |warnings: Vec<String>| AdmissionResponse {
         uid: request.uid.clone(),
         allowed: true,

@@ -249,3 +249,92 @@ async fn a_body_that_stops_arriving_gets_408() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&body).contains("did not arrive within 50 ms"));
 }
+
+/// `/inject` next to `/validate`, on a certificate swapped while the server runs (as the
+/// in-process webhook's is renewed): the next handshake presents the new one.
+#[tokio::test]
+async fn inject_is_served_and_a_swapped_certificate_is_presented() {
+    use super::inject::{InjectArgs, InjectConfig};
+    use super::tls::SwappableCert;
+    use super::{Routes, serve_routes};
+
+    let first = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .unwrap_or_else(|e| panic!("rcgen: {e}"));
+    let cert = SwappableCert::new(&first.cert.pem(), &first.signing_key.serialize_pem())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = cert.server_config().unwrap_or_else(|e| panic!("{e}"));
+    let inject = InjectConfig::new(
+        &InjectArgs {
+            proxy_image: "capstan-proxy:test".into(),
+            proxy_xds_address: None,
+            native_sidecars: true,
+            revision: "default".into(),
+            inject_fail_closed: false,
+        },
+        "istio-system",
+        "cluster.local",
+    );
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let limits = capstan_xds::net::ConnectionLimits {
+        max_connections: 16,
+        max_per_ip: 16,
+    };
+    let routes = Arc::new(Routes {
+        inject: Some(inject),
+    });
+    let task = tokio::spawn(serve_routes(
+        listener,
+        limits,
+        Arc::new(config),
+        routes,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut server = Server {
+        addr,
+        ca: first.cert.der().clone(),
+        stop: Some(stop),
+        task,
+        _dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
+    };
+
+    let pod_review = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "pod-1",
+            "namespace": "bookinfo",
+            "operation": "CREATE",
+            "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+                       "spec": {"containers": [{"name": "web", "image": "web"}]}},
+        }
+    });
+    let body = serde_json::to_vec(&pod_review).unwrap_or_default();
+    let (status, answer) = send(&server, Method::POST, "/inject", body).await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_slice(&answer).unwrap_or_default();
+    assert_eq!(answer["response"]["uid"], "pod-1");
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    let (status, _) = send(&server, Method::GET, "/inject", Vec::new()).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    let second = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .unwrap_or_else(|e| panic!("rcgen: {e}"));
+    cert.set(&second.cert.pem(), &second.signing_key.serialize_pem())
+        .unwrap_or_else(|e| panic!("{e}"));
+    // `send` trusts only `server.ca`: the handshake fails unless the new one is presented.
+    server.ca = second.cert.der().clone();
+    let (status, _) = send(&server, Method::GET, "/ready", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(cert.set("not a certificate", "nor a key").is_err());
+
+    if let Some(stop) = server.stop.take() {
+        let _ = stop.send(());
+    }
+    let _ = (&mut server.task).await;
+}
