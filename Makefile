@@ -8,6 +8,8 @@
 #   make bench-quick  the ADS load matrix at smoke-test size (100 proxies, 100 services)
 #   make bench-kube  Kubernetes mode vs istiod on a real kube-apiserver (1,000 services and proxies;
 #               builds istiod's pilot-discovery from Go modules, ~5 min cold)
+#   make bench-policy  one AuthorizationPolicy edit → the proxies of its namespace ACK their inbound
+#               listener (and no other proxy is pushed), capstan vs istiod, same objects as bench-kube
 #   make bench-faults  1,000 Delta proxies' endpoint-change latency and the server's memory, alone
 #               and while the hostile clients of e2e/tests/faults_*.rs run against the same port
 #   make bench-ca  CSR signings per second (TLS, TokenReview cached) and latency with 1,000 agents at
@@ -47,7 +49,7 @@ step = @echo "==> $(1)"
 # Steps of `test` and `run` must run in order, even under `make -j`.
 .NOTPARALLEL:
 
-.PHONY: all tools kube-tools build run test fmt fmt-check clippy clean-tools help bench bench-quick bench-kube bench-faults bench-ca peer crds
+.PHONY: all tools kube-tools build run test fmt fmt-check clippy clean-tools help bench bench-quick bench-kube bench-policy bench-faults bench-ca peer crds
 .PHONY: helm images kind-e2e
 
 all: build
@@ -133,6 +135,13 @@ bench-kube: kube-tools
 	$(call step,bench-kube: capstan-kube-bench (capstan vs istiod on a real kube-apiserver))
 	@$(CARGO) build --quiet --release -p capstan -p capstan-e2e --bin capstan --bin capstan-kube-bench
 	@CAPSTAN_KUBE_BIN_DIR="$(KUBE_BIN_DIR_VALUE)" CAPSTAN_ISTIOD="$(ISTIOD_VALUE)" $(CARGO) run --quiet --release -p capstan-e2e --bin capstan-kube-bench
+
+bench-policy: kube-tools
+	$(call step,bench-policy: istiod (pilot-discovery) into $(CAPSTAN_TOOLS_DIR)/istiod)
+	@scripts/build-istiod.sh >/dev/null || echo "istiod not built: capstan-kube-bench will skip the istiod row"
+	$(call step,bench-policy: capstan-kube-bench --change policy (one AuthorizationPolicy edit, capstan vs istiod))
+	@$(CARGO) build --quiet --release -p capstan -p capstan-e2e --bin capstan --bin capstan-kube-bench
+	@CAPSTAN_KUBE_BIN_DIR="$(KUBE_BIN_DIR_VALUE)" CAPSTAN_ISTIOD="$(ISTIOD_VALUE)" $(CARGO) run --quiet --release -p capstan-e2e --bin capstan-kube-bench -- --change policy
 
 bench-ca: kube-tools
 	$(call step,bench-ca: capstan-ca-bench (capstan's CA vs istiod's; istiod built by scripts/build-istiod.sh))

@@ -301,9 +301,9 @@ impl Webhook {
         let mut process = capstan_e2e::capstan::Capstan::spawn(cmd, log_dir, "webhook")?;
         process
             .wait_for_log(
-                "`validation webhook listening`",
+                "`admission webhook listening`",
                 Duration::from_secs(30),
-                |l| l.contains("validation webhook listening"),
+                |l| l.contains("admission webhook listening"),
             )
             .await?;
         let mut roots = rustls::RootCertStore::empty();

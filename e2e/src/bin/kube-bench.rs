@@ -17,6 +17,8 @@
 //!    has received and ACKed the changed load assignment; and the server's CPU per change
 //!    (`/proc/PID/stat`, from the PATCH until 500 ms after the last proxy converged).
 //!
+//! `--change policy` measures an AuthorizationPolicy edit instead (see `kube_bench/policy.rs`).
+//!
 //! `--quick`: 100 services and 100 proxies. Results: JSON to `--out` (default
 //! `<target dir>/bench/kube.json`) and a markdown table on stdout.
 
@@ -49,6 +51,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
+
+#[path = "kube_bench/policy.rs"]
+mod policy;
 
 const NAMESPACES: usize = 10;
 const ENDPOINTS: usize = 10;
@@ -104,9 +109,23 @@ struct Cli {
     /// Extra environment of istiod, `NAME=VALUE` (repeatable), e.g. PILOT_DEBOUNCE_AFTER=10ms.
     #[arg(long = "istiod-env", value_name = "NAME=VALUE")]
     istiod_env: Vec<String>,
-    /// Where to write the JSON results [default: <target dir>/bench/kube.json].
+    /// What changes in each round.
+    #[arg(long, value_enum, default_value = "endpoint")]
+    change: Change,
+    /// Where to write the JSON results [default: <target dir>/bench/kube.json, or
+    /// kube-policy.json].
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Change {
+    /// The port of one EndpointSlice: every proxy that sees the service waits for it.
+    Endpoint,
+    /// One namespace-wide AuthorizationPolicy: the proxies of its namespace wait for their
+    /// `virtualInbound`; the others should receive nothing.
+    Policy,
 }
 
 #[derive(Debug, Serialize)]
@@ -126,8 +145,12 @@ struct Row {
     /// Peak RSS at the end (proxies connected, changes made).
     hwm_end_kib: Option<u64>,
     rss_end_kib: Option<u64>,
-    /// Per proxy, over all rounds: PATCH sent → changed load assignment received and ACKed.
+    /// Per proxy, over all rounds: PATCH sent → changed load assignment (or, `--change
+    /// policy`, `virtualInbound`) received and ACKed.
     endpoint: Percentiles,
+    /// `--change policy`: proxies outside the policy's namespace that received a listener
+    /// during the edits.
+    outside_pushed: Option<usize>,
     /// The PATCH's own round trip (apiserver + etcd), per round.
     patch_ms: Vec<f64>,
     /// Server CPU per change.
@@ -143,6 +166,7 @@ struct Row {
 #[derive(Debug, Serialize)]
 struct Results {
     machine: BTreeMap<String, String>,
+    change: Change,
     services: usize,
     endpoints_per_service: usize,
     proxies: usize,
@@ -163,6 +187,12 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let services = cli.services.unwrap_or(if cli.quick { 100 } else { 1000 });
     let proxies = cli.proxies.unwrap_or(if cli.quick { 100 } else { 1000 });
+    let policy_mode = cli.change == Change::Policy;
+    // Proxy k is endpoint 0 of service k.
+    ensure!(
+        !policy_mode || proxies <= services,
+        "--change policy needs a service per proxy ({proxies} proxies, {services} services)"
+    );
     let rounds = cli.rounds.unwrap_or(if cli.quick { 2 } else { 5 });
     let capstan_bin = match &cli.capstan {
         Some(p) => p.clone(),
@@ -193,6 +223,9 @@ async fn main() -> anyhow::Result<()> {
         seconds = create_objects_ms / 1e3,
         "objects created"
     );
+    if policy_mode {
+        cluster.kubectl_apply_yaml(&policy::initial()).await?;
+    }
     let kube_proxy = KubectlProxy::start(&cluster)?;
     kube_proxy.wait_ready().await?;
 
@@ -204,7 +237,7 @@ async fn main() -> anyhow::Result<()> {
             None => (server.as_str(), false),
         };
         let mut spec = match base {
-            "capstan" => ServerSpec::capstan(&capstan_bin, &cluster)?,
+            "capstan" => ServerSpec::capstan(&capstan_bin, &cluster, policy_mode)?,
             "istiod" => {
                 if !istiod_bin.is_file() {
                     warn!(
@@ -226,11 +259,11 @@ async fn main() -> anyhow::Result<()> {
         }
         let row = measure(
             &spec,
-            &cluster,
             &kube_proxy,
             proxies,
             rounds,
             scoped,
+            cli.change,
             &mut change,
         )
         .await
@@ -246,6 +279,7 @@ async fn main() -> anyhow::Result<()> {
 
     let results = Results {
         machine: machine(),
+        change: cli.change,
         services,
         endpoints_per_service: ENDPOINTS,
         proxies,
@@ -262,11 +296,9 @@ async fn main() -> anyhow::Result<()> {
                 .context("target dir")?
                 .join("bench");
             std::fs::create_dir_all(&dir)?;
-            dir.join(if cli.quick {
-                "kube-quick.json"
-            } else {
-                "kube.json"
-            })
+            let base = if policy_mode { "kube-policy" } else { "kube" };
+            let suffix = if cli.quick { "-quick" } else { "" };
+            dir.join(format!("{base}{suffix}.json"))
         }
     };
     std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
@@ -471,6 +503,23 @@ impl KubectlProxy {
         ensure!(status == 200, "PATCH {path}: {status} {text}");
         Ok(took)
     }
+
+    /// Makes edit `n` of the benchmark's AuthorizationPolicy; returns the PATCH's round trip.
+    async fn edit_policy(&self, n: u64) -> anyhow::Result<Duration> {
+        let (path, body) = policy::patch(n);
+        let t = Instant::now();
+        let (status, text) = http(
+            self.addr,
+            "PATCH",
+            &path,
+            Some("application/merge-patch+json"),
+            &body,
+        )
+        .await?;
+        let took = t.elapsed();
+        ensure!(status == 200, "PATCH {path}: {status} {text}");
+        Ok(took)
+    }
 }
 
 /// One HTTP/1.1 request on a fresh connection; the status and body.
@@ -534,7 +583,8 @@ fn loopback_port() -> anyhow::Result<SocketAddr> {
 }
 
 impl ServerSpec {
-    fn capstan(bin: &Path, cluster: &KubeCluster) -> anyhow::Result<Self> {
+    /// capstan; `capture`: sidecars with inbound listeners (`--sidecar-listeners capture`).
+    fn capstan(bin: &Path, cluster: &KubeCluster, capture: bool) -> anyhow::Result<Self> {
         let ads = loopback_port()?;
         let monitoring = loopback_port()?;
         let mut command = Command::new(bin);
@@ -547,6 +597,9 @@ impl ServerSpec {
             .arg(format!("--monitoring-addr={monitoring}"))
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
+        if capture {
+            command.arg("--sidecar-listeners=capture");
+        }
         Ok(Self {
             name: "capstan",
             command,
@@ -599,9 +652,23 @@ impl ServerSpec {
 
 /// The node of simulated proxy `k`: an Istio sidecar's id (`sidecar~<ip>~<pod>.<ns>~<ns>.svc.
 /// cluster.local`) and metadata (NAMESPACE, CLUSTER_ID, NAME, LABELS from `capstan_load`,
-/// plus ISTIO_VERSION and the rest istiod reads).
-fn node(k: usize) -> Bytes {
+/// plus ISTIO_VERSION and the rest istiod reads). As a `workload`, it claims endpoint 0 of
+/// service `k` as its address.
+fn node(k: usize, workload: bool) -> Bytes {
     let mut node = capstan_load::request::node(k);
+    if workload {
+        let ip = address(k, 0);
+        let ns = namespace(k);
+        node.id = format!("sidecar~{ip}~load-{k}.{ns}~{ns}.svc.cluster.local");
+        if let Some(metadata) = node.metadata.as_mut() {
+            metadata.fields.insert(
+                "INSTANCE_IPS".into(),
+                Value {
+                    kind: Some(value::Kind::StringValue(ip)),
+                },
+            );
+        }
+    }
     let metadata = node.metadata.get_or_insert_with(Default::default);
     let string = |s: &str| Value {
         kind: Some(value::Kind::StringValue(s.to_string())),
@@ -633,17 +700,24 @@ fn carries_change(message: &[u8], port: u32) -> anyhow::Result<bool> {
     Ok(false)
 }
 
-async fn run_proxy(
-    index: usize,
-    ads: SocketAddr,
+/// What a proxy shares with the run.
+struct Shared {
     tracker: Arc<Tracker>,
     interner: Arc<Interner>,
     semaphore: Arc<Semaphore>,
-) -> anyhow::Result<()> {
-    let permit = semaphore.acquire_owned().await?;
+    listeners: Arc<policy::ListenerCounts>,
+    change: Change,
+}
+
+async fn run_proxy(index: usize, ads: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let Shared {
+        tracker, interner, ..
+    } = &*shared;
+    let permit = shared.semaphore.clone().acquire_owned().await?;
     tracker.started(index);
     let connection = capstan_load::proxy::stream::connect(ads).await?;
-    let mut proxy = DeltaProxy::new(node(index), interner.empty());
+    let policy_mode = shared.change == Change::Policy;
+    let mut proxy = DeltaProxy::new(node(index, policy_mode), interner.empty());
     let first = grpc::frame_all(&proxy.start());
     let mut stream = grpc::open(connection, ads, DELTA_PATH, first).await?;
     let mut permit = Some(permit);
@@ -653,10 +727,7 @@ async fn run_proxy(
         };
         tracker.received(message.len());
         let target = tracker.target();
-        let env = Env {
-            interner: &interner,
-            target,
-        };
+        let env = Env { interner, target };
         let step = proxy.on_response(&message, &env)?;
         if !step.requests.is_empty() {
             stream.send(grpc::frame_all(&step.requests))?;
@@ -665,9 +736,15 @@ async fn run_proxy(
             tracker.synced(index);
             drop(permit.take());
         }
-        if let Some(port) = target.endpoint_port
-            && carries_change(&message, port)?
-        {
+        if policy::is_listener(&message) {
+            shared.listeners.received(index);
+        }
+        let converged = match (shared.change, target.endpoint_port, target.marker) {
+            (Change::Endpoint, Some(port), _) => carries_change(&message, port)?,
+            (Change::Policy, _, Some(edit)) => policy::carries_edit(&message, edit)?,
+            _ => false,
+        };
+        if converged {
             tracker.converged(index, target.generation);
         }
     }
@@ -700,16 +777,19 @@ async fn wait_idle(pid: u32, limit: Duration) -> Duration {
 
 async fn measure(
     spec: &ServerSpec,
-    cluster: &KubeCluster,
     kube_proxy: &KubectlProxy,
     proxies: usize,
     rounds: usize,
     scoped: bool,
+    mode: Change,
     change: &mut u32,
 ) -> anyhow::Result<Row> {
     // The proxies that see the changed service: all, or its namespace's under the root
-    // Sidecar (proxy k is in namespace ns-(k % 10), as `node` says).
-    let sees_change = |index: usize| !scoped || namespace(index) == CHANGED_NS;
+    // Sidecar (proxy k is in namespace ns-(k % 10), as `node` says); the policy's namespace's.
+    let sees_change = |index: usize| match mode {
+        Change::Endpoint => !scoped || namespace(index) == CHANGED_NS,
+        Change::Policy => namespace(index) == policy::POLICY_NS,
+    };
     let mut command = Command::new(spec.command.get_program());
     command.args(spec.command.get_args());
     for (k, v) in spec.command.get_envs() {
@@ -757,16 +837,23 @@ async fn measure(
 
     // Connect the proxies.
     let tracker = Arc::new(Tracker::new(proxies));
-    let interner = Arc::new(Interner::new());
-    let semaphore = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let listeners = Arc::new(policy::ListenerCounts::new(proxies));
+    let shared = Arc::new(Shared {
+        tracker: tracker.clone(),
+        interner: Arc::new(Interner::new()),
+        semaphore: Arc::new(Semaphore::new(CONNECT_CONCURRENCY)),
+        listeners: listeners.clone(),
+        change: mode,
+    });
     let mut tasks = JoinSet::new();
     let sync_start = tracker.now();
     for index in 0..proxies {
-        let (tracker, interner, semaphore) = (tracker.clone(), interner.clone(), semaphore.clone());
-        let ads = spec.ads;
+        let (shared, ads) = (shared.clone(), spec.ads);
         tasks.spawn(async move {
-            if let Err(e) = run_proxy(index, ads, tracker.clone(), interner, semaphore).await {
-                tracker.failed(index, format!("proxy {index}: {e:#}"));
+            if let Err(e) = run_proxy(index, ads, shared.clone()).await {
+                shared
+                    .tracker
+                    .failed(index, format!("proxy {index}: {e:#}"));
             }
         });
     }
@@ -817,13 +904,24 @@ async fn measure(
         .filter(|(index, synced)| synced.is_some() && sees_change(*index))
         .count();
     let (bytes_before, responses_before) = tracker.traffic();
+    let listeners_before = listeners.snapshot();
     let cpu_before = capstan_load::cpu::CpuClock::read(Some(pid));
     for round in 0..rounds {
         *change += 1;
-        let port = 9000 + *change;
-        let generation = tracker.expect_endpoint_port(port);
-        let start = tracker.now();
-        let took = kube_proxy.set_slice_port(port).await?;
+        let (generation, start, took) = match mode {
+            Change::Endpoint => {
+                let port = 9000 + *change;
+                let generation = tracker.expect_endpoint_port(port);
+                let start = tracker.now();
+                (generation, start, kube_proxy.set_slice_port(port).await?)
+            }
+            Change::Policy => {
+                let edit = u64::from(*change);
+                let generation = tracker.expect_marker(edit);
+                let start = tracker.now();
+                (generation, start, kube_proxy.edit_policy(edit).await?)
+            }
+        };
         patch_ms.push(ms(took));
         let deadline = Instant::now() + ROUND_TIMEOUT;
         while tracker.converged_count(generation) < expected && Instant::now() < deadline {
@@ -848,7 +946,8 @@ async fn measure(
             p99 = fmt_ms(round_stats.p99_ms),
             max = fmt_ms(round_stats.max_ms),
             patch_ms = ms(took),
-            "EndpointSlice change"
+            change = ?mode,
+            "change"
         );
         samples.append(&mut round_samples);
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -868,6 +967,11 @@ async fn measure(
         hwm_end_kib: status_kib(pid, "VmHWM:"),
         rss_end_kib: status_kib(pid, "VmRSS:"),
         endpoint: Percentiles::of(&samples),
+        outside_pushed: (mode == Change::Policy).then(|| {
+            policy::pushed_outside(&listeners_before, &listeners.snapshot(), |k| {
+                !sees_change(k)
+            })
+        }),
         patch_ms,
         cpu_ms_per_change: cpu,
         load_cpu_ms_per_change: load_cpu,
@@ -877,7 +981,6 @@ async fn measure(
     };
     tasks.shutdown().await;
     process.stop();
-    let _ = cluster;
     Ok(row)
 }
 
@@ -937,7 +1040,7 @@ fn kib(v: Option<u64>) -> String {
 
 fn print_row(row: &Row) {
     eprintln!(
-        "{}: ready {:.0} ms, peak RSS at ready {} MiB, sync {:.0} ms ({} proxies), endpoint p50/p99/max {}/{}/{} ms, server CPU {:.1} ms per change",
+        "{}: ready {:.0} ms, peak RSS at ready {} MiB, sync {:.0} ms ({} proxies), change p50/p99/max {}/{}/{} ms, server CPU {:.1} ms per change",
         row.server,
         row.ready_ms,
         kib(row.hwm_ready_kib),
@@ -951,8 +1054,12 @@ fn print_row(row: &Row) {
 }
 
 fn print_table(results: &Results) {
+    let changes = match results.change {
+        Change::Endpoint => "EndpointSlice changes",
+        Change::Policy => "AuthorizationPolicy edits (ns-3, namespace-wide)",
+    };
     println!(
-        "{} services × {} endpoints, {} DestinationRules, {} VirtualServices; {} Delta proxies; {} EndpointSlice changes per server; objects created in {:.1} s",
+        "{} services × {} endpoints, {} DestinationRules, {} VirtualServices; {} Delta proxies; {} {changes} per server; objects created in {:.1} s",
         results.services,
         results.endpoints_per_service,
         results.services,
@@ -963,15 +1070,15 @@ fn print_table(results: &Results) {
     );
     println!();
     println!(
-        "| server | start → ready ms | start → ADS listening ms | peak RSS at ready MiB | RSS idle MiB | proxies synced | sync s | endpoint change p50/p99/max ms | missed | PATCH ms (median) | server CPU ms per change | load generator CPU ms per change | received per proxy per change | peak RSS at end MiB |"
+        "| server | start → ready ms | start → ADS listening ms | peak RSS at ready MiB | RSS idle MiB | proxies synced | sync s | change → ACKed p50/p99/max ms | missed | others pushed | PATCH ms (median) | server CPU ms per change | load generator CPU ms per change | received per proxy per change | peak RSS at end MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in &results.rows {
         let mut patch = row.patch_ms.clone();
         patch.sort_by(f64::total_cmp);
         let median = patch.get(patch.len() / 2).copied();
         println!(
-            "| {} | {:.0} | {} | {} | {} | {} | {:.2} | {} / {} / {} | {} | {} | {} | {} | {:.1} responses, {} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {:.2} | {} / {} / {} | {} | {} | {} | {} | {} | {:.1} responses, {} | {} |",
             row.server,
             row.ready_ms,
             row.ads_listening_ms
@@ -984,6 +1091,7 @@ fn print_table(results: &Results) {
             fmt_ms(row.endpoint.p99_ms),
             fmt_ms(row.endpoint.max_ms),
             row.endpoint.missing(),
+            row.outside_pushed.map_or("–".into(), |n| n.to_string()),
             median.map_or("–".into(), |v| format!("{v:.1}")),
             row.cpu_ms_per_change
                 .map_or("–".into(), |v| format!("{v:.0}")),
