@@ -65,6 +65,26 @@ impl GatewayMesh {
         mode: AdsMode,
         labels: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::start_in(
+            name,
+            upstream_bin,
+            gateway_yaml,
+            mode,
+            labels,
+            "istio-system",
+        )
+        .await
+    }
+
+    /// [`GatewayMesh::start_labelled`] with the gateway Envoy's pod in `namespace`.
+    pub async fn start_in(
+        name: &str,
+        upstream_bin: &Path,
+        gateway_yaml: &str,
+        mode: AdsMode,
+        labels: &[(&str, &str)],
+        namespace: &str,
+    ) -> anyhow::Result<Self> {
         crate::netns::network_up()?;
         let env = TestEnv::new(name)?;
         let upstreams = start_reviews(
@@ -75,9 +95,13 @@ impl GatewayMesh {
         .await?;
         env.write_config("gateway.yaml", gateway_yaml)?;
         let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
+        let bootstrap = Bootstrap {
+            namespace: namespace.to_string(),
+            ..Bootstrap::gateway(mode, capstan.xds_port, labels)
+        };
         let gateway = Envoy::start(
             &crate::locate::envoy_bin()?,
-            &Bootstrap::gateway(mode, capstan.xds_port, labels),
+            &bootstrap,
             &env.log_dir,
             "gateway",
         )

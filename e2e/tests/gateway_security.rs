@@ -1,12 +1,14 @@
 //! AuthorizationPolicy and RequestAuthentication on a real ingress gateway Envoy (a `router`
 //! labelled `istio: ingressgateway`, as Istio's gateway pods are), with policies in the root
-//! namespace selecting it, as Istio's "JWT at the ingress gateway" task sets them up.
+//! namespace selecting it, as Istio's "JWT at the ingress gateway" task sets them up; and a
+//! gateway whose pod runs in its own namespace, which gets that namespace's policies.
 //! Logs: `<target>/debug/e2e-logs/<test name>/`.
 
 use std::path::Path;
 
 use anyhow::ensure;
-use capstan_e2e::gateway_mesh::{GatewayMesh, http_gateway, shop};
+use capstan_e2e::envoy::AdsMode;
+use capstan_e2e::gateway_mesh::{GatewayMesh, INGRESS_LABELS, http_gateway, shop};
 use capstan_e2e::http::HttpClient;
 use capstan_e2e::jwt::{Issuer, now};
 use capstan_e2e::mesh::CONFIG_TIMEOUT;
@@ -115,5 +117,65 @@ spec:
         Ok(())
     })
     .await?;
+    mesh.gateway.ensure_no_rejected_updates().await
+}
+
+/// A gateway pod in `istio-ingress` (as Istio's gateway chart installs it): a DENY policy of
+/// that namespace selecting it refuses `/reviews/admin*` there, while `/reviews/1` is served;
+/// a deny-all of another namespace does not touch it. Without the DENY, admin is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_in_its_own_namespace_gets_that_namespaces_policies() -> anyhow::Result<()> {
+    let port = capstan_e2e::gateway_mesh::gateway_port();
+    let mesh = GatewayMesh::start_in(
+        "gateway_security_namespace",
+        Path::new(UPSTREAM_BIN),
+        &format!("{}---\n{}", http_gateway(port, ""), shop("v2")),
+        AdsMode::Delta,
+        INGRESS_LABELS,
+        "istio-ingress",
+    )
+    .await?;
+    let addr = mesh.listening(port).await?;
+    let status = async |path: &str| -> anyhow::Result<u16> {
+        let response = HttpClient::new(addr)
+            .get("shop.example.com", path, &[])
+            .await?;
+        Ok(response.status.as_u16())
+    };
+    let expect = async |what: &str, checks: &[(&str, u16)]| {
+        capstan_e2e::wait_until(what, CONFIG_TIMEOUT, async || {
+            for (path, want) in checks {
+                let got = status(path).await?;
+                ensure!(got == *want, "{path}: {got}, expected {want}");
+            }
+            Ok(())
+        })
+        .await
+    };
+    expect("served before any policy", &[("/reviews/admin/1", 200)]).await?;
+    mesh.env.write_config(
+        "policies.yaml",
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: istio-ingress}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ['/reviews/admin*']}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all, namespace: bookinfo}
+spec: {}
+",
+    )?;
+    expect(
+        "the gateway namespace's DENY in force",
+        &[("/reviews/admin/1", 403), ("/reviews/1", 200)],
+    )
+    .await?;
+    std::fs::remove_file(mesh.env.config_dir.join("policies.yaml"))?;
+    expect("admin served again", &[("/reviews/admin/1", 200)]).await?;
     mesh.gateway.ensure_no_rejected_updates().await
 }

@@ -100,21 +100,6 @@ fn target_references(key: &ObjectKey, by_reference: bool, single: bool) -> Optio
     })
 }
 
-/// An AuthorizationPolicy or RequestAuthentication outside the root namespace that may
-/// select gateway proxies: those get the root namespace's policies only.
-pub fn security_on_gateways(key: &ObjectKey) -> Problem {
-    Problem {
-        object: key.clone(),
-        field: "spec".into(),
-        message: format!(
-            "gateway proxies get the {} of the root namespace only (they are taken to run \
-             there, as Istio installs them): this one applies to the sidecars it selects, not \
-             to gateway proxies",
-            key.kind
-        ),
-    }
-}
-
 /// A `Sidecar`'s ingress listeners in capture mode: their ports pass connections on as they
 /// come, so neither PeerAuthentication, AuthorizationPolicy nor the mesh's mutual TLS
 /// applies there yet.

@@ -180,6 +180,7 @@ pub fn build(mesh: &Mesh) -> GatewayConfig {
             }
         }
     }
+    security::namespace_variants(mesh, &mut out.listeners);
     for (selector, listener) in &mut out.listeners {
         security::secure(mesh, selector, listener);
     }

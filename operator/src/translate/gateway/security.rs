@@ -4,7 +4,11 @@
 //! proxies. A gateway listener is built per Gateway selector, before any proxy says who it
 //! is: the proxies are taken to carry the selector's labels and to run in the listener's
 //! namespace if it has one, else in the root namespace (where Istio installs its gateways).
-//! Policies elsewhere that may select gateway proxies are reported.
+//! Where a policy of another namespace may select them, the listener gets a variant for the
+//! proxies running there ([`namespace_variants`]), which carries that namespace's policies
+//! too, as istiod gives a gateway pod its own namespace's.
+
+use std::collections::BTreeSet;
 
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
@@ -19,6 +23,52 @@ use crate::translate::authorization::InboundAuthz;
 
 const MANAGER: &str = "envoy.filters.network.http_connection_manager";
 const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+
+/// For each listener whose selector names no namespace, a copy for the proxies of each
+/// namespace (not the root) with an AuthorizationPolicy or RequestAuthentication that may
+/// select them, unless the listener already has a variant there.
+pub fn namespace_variants(mesh: &Mesh, listeners: &mut Vec<(Selector, Listener)>) {
+    let root = mesh.sidecar_scopes.root_namespace();
+    let mut extra = Vec::new();
+    for (selector, listener) in listeners.iter().filter(|(s, _)| s.namespace.is_none()) {
+        for namespace in policy_namespaces(mesh, &selector.labels) {
+            let has_one = |(s, l): &(Selector, Listener)| {
+                s.namespace.as_deref() == Some(namespace)
+                    && s.labels == selector.labels
+                    && l.name == listener.name
+            };
+            if namespace == root || listeners.iter().any(has_one) {
+                continue;
+            }
+            let mut theirs = selector.clone();
+            theirs.namespace = Some(namespace.into());
+            extra.push((theirs, listener.clone()));
+        }
+    }
+    listeners.extend(extra);
+}
+
+/// The namespaces with a policy that may select proxies carrying `labels`: one without a
+/// selector, or whose selector's labels they all carry.
+fn policy_namespaces<'a>(
+    mesh: &'a Mesh,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> BTreeSet<&'a str> {
+    let selects = |selector: Option<&capstan_crds::types::MatchLabelsSelector>| {
+        selector.is_none_or(|s| crate::model::service::labels_include(labels, &s.match_labels))
+    };
+    mesh.authorization_policies
+        .policies()
+        .filter(|p| selects(p.spec.selector.as_ref()))
+        .map(|p| p.key.namespace.as_str())
+        .chain(
+            mesh.request_authentications
+                .iter()
+                .filter(|(_, spec)| selects(spec.selector.as_ref()))
+                .map(|(key, _)| key.namespace.as_str()),
+        )
+        .collect()
+}
 
 /// Puts the security filters of the proxies `selector` picks into `listener`.
 pub fn secure(mesh: &Mesh, selector: &Selector, listener: &mut Listener) {

@@ -234,6 +234,14 @@ fn gateway_policy_updates_match_a_full_build() {
             "  action: DENY\n  rules: [{to: [{operation: {paths: [/admin*]}}]}]\n",
         )),
         delete(Kind::AuthorizationPolicy, "istio-system", "deny-admin"),
+        // A policy in the namespace the gateway pods may run in: a variant there.
+        istio(&policy("istio-ingress", "deny-all", "  {}\n")),
+        istio(&policy(
+            "istio-ingress",
+            "deny-all",
+            "  selector: {matchLabels: {istio: egressgateway}}\n",
+        )),
+        delete(Kind::AuthorizationPolicy, "istio-ingress", "deny-all"),
     ]);
 }
 
@@ -283,6 +291,52 @@ fn a_gateway_listener_carries_the_policies_selecting_its_proxies() {
     );
     let other = http_filters("istio: egressgateway");
     assert!(!other.iter().any(|f| f.contains("rbac")), "{other:?}");
+}
+
+/// A gateway proxy running in `istio-ingress` gets that namespace's policies (and the root
+/// namespace's); one in the root namespace, or in a namespace without policies, does not.
+#[test]
+fn a_gateway_proxy_gets_the_policies_of_its_own_namespace() {
+    use super::tests::{INGRESS, served_to, shop_vs};
+    let gateway_in = |namespace: &str| capstan_xds::ProxyInfo {
+        id: format!("router~10.0.9.1~gw-0.{namespace}~{namespace}.svc.cluster.local"),
+        role: capstan_xds::Role::Router,
+        namespace: Some(namespace.into()),
+        labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
+        ..Default::default()
+    };
+    let yamls = vec![
+        in_mesh_reviews(),
+        shop_vs("[istio-system/ingress]", "v1"),
+        INGRESS.to_string(),
+        policy("istio-ingress", "deny-all", "  {}\n"),
+    ];
+    let http_filters = |namespace: &str| {
+        let listeners: Vec<Listener> = served_to(
+            super::tests::options(),
+            &yamls,
+            capstan_xds::type_url::LISTENER,
+            &gateway_in(namespace),
+        );
+        assert!(!listeners.is_empty(), "{namespace}: no listener");
+        listeners
+            .iter()
+            .flat_map(filters_on_any)
+            .collect::<Vec<String>>()
+    };
+    let there = http_filters("istio-ingress");
+    assert_eq!(
+        there.first().map(String::as_str),
+        Some("envoy.filters.http.rbac"),
+        "{there:?}"
+    );
+    for elsewhere in ["istio-system", "other"] {
+        let filters = http_filters(elsewhere);
+        assert!(
+            !filters.iter().any(|f| f.contains("rbac")),
+            "{elsewhere}: {filters:?}"
+        );
+    }
 }
 
 /// The HTTP filters of every connection manager of `listener`.

@@ -70,20 +70,6 @@ impl Translator {
             self.policy_problems = scopes
                 .setting_ingress()
                 .map(unsupported::ingress_without_mutual_tls)
-                .chain(
-                    mesh.authorization_policies
-                        .policies()
-                        .map(|p| (&p.key, p.spec.selector.as_ref()))
-                        .chain(
-                            mesh.request_authentications
-                                .iter()
-                                .map(|(key, spec)| (key, spec.selector.as_ref())),
-                        )
-                        // Gateway proxies get the root namespace's policies.
-                        .filter(|(key, _)| key.namespace != mesh.sidecar_scopes.root_namespace())
-                        .filter(|(key, selector)| may_select_gateways(mesh, key, *selector))
-                        .map(|(key, _)| unsupported::security_on_gateways(key)),
-                )
                 .collect();
             return;
         }
@@ -108,26 +94,6 @@ impl Translator {
                     .map(unsupported::inbound_policy_capture_only),
             )
             .collect();
-    }
-}
-
-/// Whether a policy may select gateway proxies: it has no selector and is mesh-wide or in a
-/// namespace with a Gateway, or its selector's labels are all in some Gateway's selector.
-/// (Gateway pods' labels are not known here; a Gateway's selector names some of them.)
-fn may_select_gateways(
-    mesh: &Mesh,
-    key: &ObjectKey,
-    selector: Option<&capstan_crds::types::MatchLabelsSelector>,
-) -> bool {
-    match selector.map(|s| &s.match_labels).filter(|l| !l.is_empty()) {
-        None => {
-            key.namespace == mesh.sidecar_scopes.root_namespace()
-                || mesh.gateways.keys().any(|g| g.namespace == key.namespace)
-        }
-        Some(labels) => mesh
-            .gateways
-            .values()
-            .any(|g| crate::model::service::labels_include(&g.selector, labels)),
     }
 }
 
