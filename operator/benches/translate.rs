@@ -57,7 +57,7 @@ fn options() -> translate::Options {
         sidecar_listeners: Default::default(),
         root_namespace: "istio-system".into(),
         outbound_traffic_policy: Default::default(),
-        extension_providers: Default::default(),
+        mesh_settings: Default::default(),
     }
 }
 

@@ -115,10 +115,10 @@ pub fn explain(args: &ExplainArgs) -> Result<(String, bool), String> {
     let mut root_namespace = args.root_namespace.clone();
     if let Some(path) = &args.mesh_config {
         let config = crate::mesh_config::MeshConfig::read(path).map_err(|e| e.to_string())?;
-        if let Some(root) = config.root_namespace {
+        if let Some(root) = config.root_namespace.clone() {
             root_namespace = root;
         }
-        mesh.extension_providers = std::sync::Arc::new(config.extension_providers);
+        mesh.settings = std::sync::Arc::new(config.settings());
     }
     mesh.sidecar_scopes.set_root_namespace(&root_namespace);
     mesh.update(&index, &crate::model::everything(&index));

@@ -1,9 +1,9 @@
 //! Istio's MeshConfig: the YAML istiod reads from the `mesh` key of the `istio` ConfigMap
 //! (mounted at `/etc/istio/config/mesh`), given to capstan as `--mesh-config FILE`.
 //!
-//! capstan reads `rootNamespace`, `trustDomain`, `outboundTrafficPolicy.mode` and the
-//! `extensionProviders` an AuthorizationPolicy's `CUSTOM` action names (`envoyExtAuthzHttp`,
-//! `envoyExtAuthzGrpc`). Every other field is kept as a path in [`MeshConfig::not_applied`], so
+//! capstan reads `rootNamespace`, `trustDomain`, `outboundTrafficPolicy.mode`,
+//! `enableAutoMtls` and the `extensionProviders` an AuthorizationPolicy's `CUSTOM` action names
+//! (`envoyExtAuthzHttp`, `envoyExtAuthzGrpc`). Every other field is kept as a path in [`MeshConfig::not_applied`], so
 //! `run`, `validate` and `explain` say it is not applied instead of ignoring it.
 //!
 //! A provider with a bad field is kept as [`Provider::Invalid`] with the reason: as istiod
@@ -53,9 +53,28 @@ pub struct MeshConfig {
     pub trust_domain: Option<String>,
     /// `outboundTrafficPolicy.mode`: `ALLOW_ANY` or `REGISTRY_ONLY`.
     pub outbound_traffic_policy: Option<String>,
+    pub enable_auto_mtls: Option<bool>,
     pub extension_providers: ExtensionProviders,
     /// Fields given that capstan does not apply (`defaultConfig`, `accessLogFile`, …).
     pub not_applied: Vec<String>,
+}
+
+/// What translation reads of the mesh config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshSettings {
+    pub extension_providers: ExtensionProviders,
+    /// `enableAutoMtls` (Istio's default: on): clients send the mesh's mutual TLS to
+    /// endpoints with sidecars where no DestinationRule sets TLS.
+    pub enable_auto_mtls: bool,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        Self {
+            extension_providers: ExtensionProviders::default(),
+            enable_auto_mtls: true,
+        }
+    }
 }
 
 /// The `extensionProviders`, by name.
@@ -108,6 +127,8 @@ struct RawMeshConfig {
     #[serde(default)]
     outbound_traffic_policy: Option<RawOutboundTrafficPolicy>,
     #[serde(default)]
+    enable_auto_mtls: Option<bool>,
+    #[serde(default)]
     extension_providers: Vec<serde_json::Value>,
     #[serde(flatten)]
     other: BTreeMap<String, serde_json::Value>,
@@ -156,6 +177,7 @@ impl MeshConfig {
         let mut out = Self {
             root_namespace: raw.root_namespace.filter(|s| !s.is_empty()),
             trust_domain: raw.trust_domain.filter(|s| !s.is_empty()),
+            enable_auto_mtls: raw.enable_auto_mtls,
             not_applied: raw.other.into_keys().collect(),
             ..Self::default()
         };
@@ -199,6 +221,14 @@ impl MeshConfig {
             out.extension_providers.by_name.insert(name, provider);
         }
         Ok(out)
+    }
+
+    /// What translation reads of it.
+    pub fn settings(&self) -> MeshSettings {
+        MeshSettings {
+            extension_providers: self.extension_providers.clone(),
+            enable_auto_mtls: self.enable_auto_mtls.unwrap_or(true),
+        }
     }
 
     /// One warning per field given that capstan does not apply, and per unusable provider.

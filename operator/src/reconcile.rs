@@ -94,7 +94,7 @@ impl Pipeline {
         let mut mesh = Mesh::new(domain_suffix);
         mesh.sidecar_scopes
             .set_root_namespace(&options.root_namespace);
-        mesh.extension_providers = options.extension_providers.clone();
+        mesh.settings = options.mesh_settings.clone();
         Self {
             index: Index::new(),
             mesh,
@@ -106,10 +106,10 @@ impl Pipeline {
     /// Builds the model and every resource anew from the index.
     pub fn full(&mut self) -> SnapshotBuilder {
         let root_namespace = self.mesh.sidecar_scopes.root_namespace().to_string();
-        let extension_providers = self.mesh.extension_providers.clone();
+        let settings = self.mesh.settings.clone();
         self.mesh = Mesh::new(&self.domain_suffix);
         self.mesh.sidecar_scopes.set_root_namespace(&root_namespace);
-        self.mesh.extension_providers = extension_providers;
+        self.mesh.settings = settings;
         self.mesh
             .update(&self.index, &crate::model::everything(&self.index));
         self.translator.full(&self.mesh)

@@ -12,11 +12,14 @@ fn reads_what_capstan_applies_and_lists_the_rest() {
          accessLogFile: /dev/stdout\n\
          defaultConfig:\n  holdApplicationUntilProxyStarts: true\n\
          outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n\
+         enableAutoMtls: false\n\
          extensionProviders:\n\
          - name: zipkin\n  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}\n",
     );
     assert_eq!(config.root_namespace.as_deref(), Some("mesh-root"));
     assert_eq!(config.trust_domain.as_deref(), Some("example.org"));
+    assert!(!config.settings().enable_auto_mtls);
+    assert!(MeshSettings::default().enable_auto_mtls, "Istio's default");
     assert_eq!(
         config.outbound_traffic_policy.as_deref(),
         Some("REGISTRY_ONLY")

@@ -118,8 +118,8 @@ pub struct Mesh {
     pub authorization_policies: authorization::AuthorizationPolicies,
     /// The RequestAuthentications, by namespace.
     pub request_authentications: request_authentication::RequestAuthentications,
-    /// The mesh config's extension providers, which `CUSTOM` AuthorizationPolicies name.
-    pub extension_providers: std::sync::Arc<crate::mesh_config::ExtensionProviders>,
+    /// What translation reads of the mesh config (`CUSTOM` providers, auto mTLS).
+    pub settings: std::sync::Arc<crate::mesh_config::MeshSettings>,
     /// The TLS Secrets gateways may read credentials from, read (or why they cannot be).
     secrets: BTreeMap<NsName, Result<secret::TlsSecret, secret::SecretError>>,
     /// Exact host → the VirtualServices naming it; and those with a wildcard host. Finding
@@ -637,7 +637,8 @@ impl Mesh {
     /// CUSTOM AuthorizationPolicies reach their authorizer through its service's cluster:
     /// when that service changes (comes, goes), the workloads they apply to are built again.
     fn rescope_custom_policies(&self, affected: &mut Affected) {
-        if affected.hosts.is_empty() || self.extension_providers.is_empty() {
+        let providers = &self.settings.extension_providers;
+        if affected.hosts.is_empty() || providers.is_empty() {
             return;
         }
         let scopes: Vec<PolicyScope> = self
@@ -645,7 +646,7 @@ impl Mesh {
             .policies()
             .filter(|p| p.action() == capstan_crds::security::authorization_policy::Action::Custom)
             .filter(|p| {
-                self.extension_providers
+                providers
                     .service_host(p.provider())
                     .is_some_and(|host| affected.hosts.contains(host))
             })

@@ -84,8 +84,9 @@ pub struct RunArgs {
     pub domain_suffix: String,
     /// Istio's MeshConfig YAML (the `mesh` key of the `istio` ConfigMap, as istiod reads it at
     /// `/etc/istio/config/mesh`): its `rootNamespace`, `trustDomain` and
-    /// `outboundTrafficPolicy` win over the flags of the same names, and its
-    /// `extensionProviders` serve `CUSTOM` AuthorizationPolicies. Read at start.
+    /// `outboundTrafficPolicy` win over the flags of the same names, `enableAutoMtls: false`
+    /// turns auto mTLS off, and its `extensionProviders` serve `CUSTOM` AuthorizationPolicies.
+    /// Read at start.
     #[arg(long, env = "CAPSTAN_MESH_CONFIG")]
     pub mesh_config: Option<PathBuf>,
     /// Istio's `meshConfig.rootNamespace`: a `Sidecar` without `workloadSelector` in it is

@@ -47,7 +47,7 @@ pub(crate) struct Serving {
 }
 
 pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
-    let extension_providers = apply_mesh_config(&mut args)?;
+    let mesh_settings = apply_mesh_config(&mut args)?;
     let metrics = capstan_xds::Metrics::new();
     let mut registry = prometheus_client::registry::Registry::with_prefix("capstan");
     metrics.register(&mut registry);
@@ -78,7 +78,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             sidecar_listeners: args.sidecar_listeners,
             root_namespace: args.root_namespace.clone(),
             outbound_traffic_policy: args.outbound_traffic_policy.clone(),
-            extension_providers,
+            mesh_settings,
         },
         ads,
         ads_tls,
@@ -99,16 +99,17 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Reads `--mesh-config`, if given, into the flags it overrides; returns its extension
-/// providers.
+/// Reads `--mesh-config`, if given, into the flags it overrides; returns what translation
+/// reads of it.
 fn apply_mesh_config(
     args: &mut RunArgs,
-) -> anyhow::Result<std::sync::Arc<crate::mesh_config::ExtensionProviders>> {
+) -> anyhow::Result<std::sync::Arc<crate::mesh_config::MeshSettings>> {
     let Some(path) = &args.mesh_config else {
         return Ok(Default::default());
     };
     let config = crate::mesh_config::MeshConfig::read(path)?;
     config.warn(path);
+    let settings = config.settings();
     if let Some(root) = config.root_namespace {
         args.root_namespace = root;
     }
@@ -120,10 +121,11 @@ fn apply_mesh_config(
     }
     info!(
         mesh_config = %path.display(),
-        providers = ?config.extension_providers.names().collect::<Vec<_>>(),
+        providers = ?settings.extension_providers.names().collect::<Vec<_>>(),
+        auto_mtls = settings.enable_auto_mtls,
         "mesh config read"
     );
-    Ok(std::sync::Arc::new(config.extension_providers))
+    Ok(std::sync::Arc::new(settings))
 }
 
 /// Refuses plaintext xDS beyond loopback unless asked for: whoever reaches it is served

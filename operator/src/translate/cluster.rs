@@ -107,7 +107,8 @@ pub fn clusters_of(mesh: &Mesh, service: &Service) -> Vec<ClusterVariant> {
 /// matches on every such cluster; without such an endpoint they would select plain text
 /// anyway, and proxies without an agent (no `sds-grpc` cluster) keep clusters they can load.
 pub fn auto_mtls(mesh: &Mesh, service: &Service) -> bool {
-    !service.mesh_external
+    mesh.settings.enable_auto_mtls
+        && !service.mesh_external
         && service.resolution != Resolution::Passthrough
         && service.endpoints.iter().any(endpoint::has_identity)
         && mesh.namespace_mtls(service.namespace()) != MtlsMode::Disable

@@ -50,8 +50,8 @@ pub struct Options {
     /// Istio's `meshConfig.outboundTrafficPolicy.mode`, for sidecars no `Sidecar` sets one
     /// for (capture mode: the direct listener has no original destination to pass to).
     pub outbound_traffic_policy: OutboundMode,
-    /// The mesh config's `extensionProviders` (`CUSTOM` AuthorizationPolicies name them).
-    pub extension_providers: std::sync::Arc<crate::mesh_config::ExtensionProviders>,
+    /// What translation reads of the mesh config (`--mesh-config`).
+    pub mesh_settings: std::sync::Arc<crate::mesh_config::MeshSettings>,
 }
 
 /// Builds every resource for `mesh`. Config that cannot be honoured is reported and left

@@ -15,7 +15,7 @@ pub fn options() -> Options {
         sidecar_listeners: Default::default(),
         root_namespace: DEFAULT_ROOT_NAMESPACE.into(),
         outbound_traffic_policy: Default::default(),
-        extension_providers: Default::default(),
+        mesh_settings: Default::default(),
     }
 }
 

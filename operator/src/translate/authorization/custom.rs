@@ -78,10 +78,11 @@ enum Authorizer<'a> {
 }
 
 fn resolve<'a>(mesh: &'a Mesh, name: &str) -> Result<Resolved<'a>, String> {
-    let authorizer = match mesh.extension_providers.get(name) {
+    let providers = &mesh.settings.extension_providers;
+    let authorizer = match providers.get(name) {
         None if name.is_empty() => return Err("it names no provider".into()),
         None => {
-            let known: Vec<&str> = mesh.extension_providers.names().collect();
+            let known: Vec<&str> = providers.names().collect();
             return Err(format!(
                 "no extension provider {name:?} in the mesh config (--mesh-config); it has {known:?}"
             ));

@@ -148,7 +148,7 @@ fn custom_policy_updates_match_a_full_build() {
     )
     .expect("valid");
     let options = Options {
-        extension_providers: std::sync::Arc::new(config.extension_providers),
+        mesh_settings: std::sync::Arc::new(config.settings()),
         ..capture()
     };
     let authz = "apiVersion: networking.istio.io/v1

@@ -23,7 +23,7 @@ fn capture(mesh_mode: OutboundMode) -> Options {
     Options {
         sidecar_listeners: ListenerMode::Capture,
         outbound_traffic_policy: mesh_mode,
-        extension_providers: Default::default(),
+        mesh_settings: Default::default(),
         ..options()
     }
 }

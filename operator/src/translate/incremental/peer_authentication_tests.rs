@@ -241,6 +241,22 @@ spec:
         .into(),
     );
     assert!(auto_matches(&clusters(&ruled)[REVIEWS]).is_empty());
+
+    // The mesh config's `enableAutoMtls: false`: none either.
+    let off =
+        crate::mesh_config::MeshConfig::parse("mesh", "enableAutoMtls: false\n").expect("valid");
+    let options = super::super::Options {
+        mesh_settings: std::sync::Arc::new(off.settings()),
+        ..options()
+    };
+    let without = served_to::<Cluster>(
+        options,
+        &entries(IN_MESH, false),
+        capstan_xds::type_url::CLUSTER,
+        &workload(),
+    );
+    let reviews = without.iter().find(|c| c.name == REVIEWS).expect("reviews");
+    assert!(auto_matches(reviews).is_empty());
 }
 
 fn tls_modes(yamls: &[String], cluster: &str) -> Vec<bool> {

@@ -126,7 +126,7 @@ pub(super) fn check_with(options: Options, steps: Vec<Event>) {
         cache.apply(pipeline.update(&changes));
 
         let (mut full_mesh, model_problems) = Mesh::build(&pipeline.index, "cluster.local");
-        full_mesh.extension_providers = options.extension_providers.clone();
+        full_mesh.settings = options.mesh_settings.clone();
         let mut full = Translator::new(options.clone());
         let expected = SnapshotCache::new();
         expected.replace(full.full(&full_mesh));

@@ -60,7 +60,7 @@ spec: {rules: [{}]}
 fn mesh(objects: &str) -> crate::model::Mesh {
     let mut mesh = test_support::mesh(&format!("{AUTHZ_SERVICE}{objects}"));
     let config = MeshConfig::parse("mesh", PROVIDERS).expect("valid");
-    mesh.extension_providers = Arc::new(config.extension_providers);
+    mesh.settings = Arc::new(config.settings());
     mesh
 }
 
