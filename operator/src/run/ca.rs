@@ -72,16 +72,38 @@ pub(crate) async fn xds_tls(
     })
 }
 
-fn issue(state: &CaState, names: &ServingNames) -> anyhow::Result<capstan_ca::IssuedCertificate> {
+/// A serving certificate from `state`'s signer for `names`.
+pub(crate) fn issue(
+    state: &CaState,
+    names: &ServingNames,
+) -> anyhow::Result<capstan_ca::IssuedCertificate> {
     state
         .signer
         .issue_server(&names.dns, &names.ips, None, SERVING_VALIDITY)
-        .context("issuing capstan's serving certificate")
+        .context("issuing a serving certificate")
 }
 
-/// Keeps the TLS port's certificate and trusted roots current: a new certificate at half
-/// life, and a new certificate and roots whenever the authority swaps.
-async fn renew(mut swaps: watch::Receiver<Arc<CaState>>, tls: ServerTls, names: ServingNames) {
+/// Keeps the TLS port's certificate and trusted roots current.
+async fn renew(swaps: watch::Receiver<Arc<CaState>>, tls: ServerTls, names: ServingNames) {
+    renew_serving(swaps, names, "xDS TLS", |state, swapped, issued| {
+        if swapped && let Err(err) = tls.set_roots(&state.trust_bundle) {
+            // The old roots stay: better than trusting none.
+            error!(%err, "the CA's new trust bundle is unusable for TLS; keeping the old one");
+        }
+        Ok(tls.set_certificate(&issued.certificate_pem, &issued.private_key_pem)?)
+    })
+    .await
+}
+
+/// Keeps a serving certificate for `names` current: a new one at half life, and at once when
+/// the authority swaps; `install` puts it in place (`swapped`: the authority changed). A
+/// failure is retried after [`RETRY_AFTER_FAILURE`]; the old certificate serves meanwhile.
+pub(crate) async fn renew_serving(
+    mut swaps: watch::Receiver<Arc<CaState>>,
+    names: ServingNames,
+    what: &'static str,
+    mut install: impl FnMut(&CaState, bool, &capstan_ca::IssuedCertificate) -> anyhow::Result<()>,
+) {
     let mut wait = SERVING_VALIDITY / 2;
     loop {
         let swapped = tokio::select! {
@@ -94,21 +116,15 @@ async fn renew(mut swaps: watch::Receiver<Arc<CaState>>, tls: ServerTls, names: 
             }
         };
         let state = swaps.borrow_and_update().clone();
-        if swapped && let Err(err) = tls.set_roots(&state.trust_bundle) {
-            // The old roots stay: better than trusting none.
-            error!(%err, "the CA's new trust bundle is unusable for TLS; keeping the old one");
-        }
-        wait = match issue(&state, &names)
-            .and_then(|c| Ok(tls.set_certificate(&c.certificate_pem, &c.private_key_pem)?))
-        {
+        wait = match issue(&state, &names).and_then(|c| install(&state, swapped, &c)) {
             Ok(()) => {
-                info!(swapped, "xDS TLS serving certificate renewed");
+                info!(swapped, "{what} serving certificate renewed");
                 SERVING_VALIDITY / 2
             }
             Err(err) => {
                 warn!(
                     err = format!("{err:#}"),
-                    "renewing the xDS TLS serving certificate failed; retrying"
+                    "renewing the {what} serving certificate failed; retrying"
                 );
                 RETRY_AFTER_FAILURE
             }

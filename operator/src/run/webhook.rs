@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::RunArgs;
-use super::ca::SERVING_VALIDITY;
+use super::ca::ServingNames;
 use crate::webhook::inject::{InjectArgs, InjectConfig};
 use crate::webhook::tls::SwappableCert;
 use crate::webhook::{self, Routes};
@@ -84,7 +84,7 @@ pub(crate) async fn start(
     )?;
     let namespace = &args.kube.namespace;
     let service = &flags.webhook_service;
-    let names = Names {
+    let names = ServingNames {
         dns: vec![
             format!("{service}.{namespace}.svc"),
             format!("{service}.{namespace}.svc.{}", args.domain_suffix),
@@ -94,7 +94,7 @@ pub(crate) async fn start(
     };
     let mut swaps = authority.subscribe();
     let state = swaps.borrow_and_update().clone();
-    let issued = issue(&state, &names)?;
+    let issued = super::ca::issue(&state, &names)?;
     let cert = SwappableCert::new(&issued.certificate_pem, &issued.private_key_pem)
         .context("the webhook's serving certificate")?;
     let config = Arc::new(cert.server_config().context("the webhook's TLS settings")?);
@@ -153,50 +153,12 @@ pub(crate) async fn start(
     Ok(Some(RunningWebhook { tasks }))
 }
 
-/// What the webhook's serving certificate names.
-#[derive(Debug, Clone)]
-struct Names {
-    dns: Vec<String>,
-    ips: Vec<std::net::IpAddr>,
-}
-
-fn issue(state: &CaState, names: &Names) -> anyhow::Result<capstan_ca::IssuedCertificate> {
-    state
-        .signer
-        .issue_server(&names.dns, &names.ips, None, SERVING_VALIDITY)
-        .context("issuing the webhook's serving certificate")
-}
-
 /// A new certificate at half life, and at once when the CA swaps.
-async fn renew(mut swaps: watch::Receiver<Arc<CaState>>, cert: SwappableCert, names: Names) {
-    let mut wait = SERVING_VALIDITY / 2;
-    loop {
-        let swapped = tokio::select! {
-            () = tokio::time::sleep(wait) => false,
-            changed = swaps.changed() => {
-                if changed.is_err() {
-                    return; // the CA is gone: shutting down
-                }
-                true
-            }
-        };
-        let state = swaps.borrow_and_update().clone();
-        wait = match issue(&state, &names)
-            .and_then(|c| Ok(cert.set(&c.certificate_pem, &c.private_key_pem)?))
-        {
-            Ok(()) => {
-                info!(swapped, "webhook serving certificate renewed");
-                SERVING_VALIDITY / 2
-            }
-            Err(err) => {
-                warn!(
-                    err = format!("{err:#}"),
-                    "renewing the webhook serving certificate failed; retrying"
-                );
-                RETRY_AFTER_FAILURE
-            }
-        };
-    }
+async fn renew(swaps: watch::Receiver<Arc<CaState>>, cert: SwappableCert, names: ServingNames) {
+    super::ca::renew_serving(swaps, names, "webhook", |_, _, issued| {
+        Ok(cert.set(&issued.certificate_pem, &issued.private_key_pem)?)
+    })
+    .await
 }
 
 /// The caBundle for `state`: its trust bundle, base64 of the PEMs.
