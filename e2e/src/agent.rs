@@ -26,6 +26,9 @@ pub struct Agent {
     pub sds_socket: PathBuf,
     /// Where the agent writes its Envoy bootstrap.
     pub bootstrap: PathBuf,
+    /// The port of the bootstrap's readiness listener (`/healthz/ready`), free when chosen:
+    /// several agents' Envoys run side by side.
+    pub health_port: u16,
     /// The files of an agent run as another user ([`Agent::spawn_as`]): its token, socket
     /// and bootstrap. Declared after `process`, so it is removed once the agent has stopped.
     _runtime_dir: Option<tempfile::TempDir>,
@@ -111,6 +114,7 @@ impl Agent {
         let token_file = write_token(files, spec, user)?;
         let sds_socket = files.join(format!("{}.sock", spec.name));
         let bootstrap = bootstrap_file(files, spec.name);
+        let health_port = crate::ports::free_port()?;
         let (mut cmd, binary) = match user {
             Some(user) => {
                 let (cmd, binary) = command_as(capstan_bin, user)?;
@@ -136,6 +140,7 @@ impl Agent {
             .args(["--xds-server-name", &target.server_name])
             .arg("--bootstrap-out")
             .arg(&bootstrap)
+            .args(["--health-port", &health_port.to_string()])
             .args(spec.extra_args)
             .env("CAPSTAN_LOG", "info,capstan=debug,capstan_ca=debug");
         let process =
@@ -146,6 +151,7 @@ impl Agent {
             process,
             sds_socket,
             bootstrap,
+            health_port,
             _runtime_dir: runtime_dir,
         })
     }

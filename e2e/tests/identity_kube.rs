@@ -191,6 +191,18 @@ async fn a_pod_gets_its_certificate_from_capstan_and_its_config_over_tls() -> an
         "{counts:?}"
     );
 
+    // The kubelet's readiness probe (`/healthz/ready` on the health port): Envoy has its
+    // config; any other path is not found.
+    let mut health = HttpClient::new(loopback(agent.health_port));
+    let ready = health.get("health", "/healthz/ready", &[]).await?;
+    ensure!(ready.status == 200, "readiness: {}", ready.status);
+    let other = health.get("health", "/stats", &[]).await?;
+    ensure!(
+        other.status == 404,
+        "/stats on the health port: {}",
+        other.status
+    );
+
     // Connected over TLS, with capstan's listener and clusters accepted.
     let stats = admin
         .stats(r"^(control_plane\.connected_state|cluster\.xds-grpc\.ssl\.handshake|listener_manager\.lds\.update_(success|rejected)|cluster_manager\.cds\.update_(success|rejected))$")

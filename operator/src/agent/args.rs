@@ -76,6 +76,11 @@ pub struct AgentArgs {
     /// Envoy's admin port, on 127.0.0.1.
     #[arg(long, default_value_t = 15000)]
     pub admin_port: u16,
+    /// Where Envoy answers `GET /healthz/ready` for the kubelet's readiness probe (Istio's
+    /// 15021), on every address: 200 once Envoy has its first config; before, nothing
+    /// listens there (0: no such listener).
+    #[arg(long, default_value_t = 15021)]
+    pub health_port: u16,
     /// Start this Envoy with the bootstrap once the first certificate is served, and exit
     /// when it exits.
     #[arg(long)]

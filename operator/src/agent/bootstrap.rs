@@ -13,6 +13,8 @@ use super::{AgentArgs, AgentError};
 pub const SDS_CLUSTER: &str = "sds-grpc";
 /// The cluster Envoy reaches capstan's xDS through (Istio's name).
 pub const XDS_CLUSTER: &str = "xds-grpc";
+/// The readiness listener.
+const HEALTH_LISTENER: &str = "health";
 
 /// Istio's node id: `sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local` (`router~` for
 /// gateways).
@@ -62,6 +64,38 @@ fn http2() -> Value {
     })
 }
 
+/// The listener answering readiness probes: `/healthz/ready` 200, anything else 404. Envoy
+/// starts its listeners only once its first clusters and listeners are in, so the probe
+/// fails until then (connection refused) — readiness without reaching the admin port.
+fn health_listener(args: &AgentArgs) -> Value {
+    json!({
+        "name": HEALTH_LISTENER,
+        "address": { "socket_address": { "address": "0.0.0.0", "port_value": args.health_port } },
+        "filter_chains": [ { "filters": [ {
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": HEALTH_LISTENER,
+                "route_config": { "virtual_hosts": [ {
+                    "name": HEALTH_LISTENER,
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": { "path": "/healthz/ready" },
+                            "direct_response": { "status": 200, "body": { "inline_string": "LIVE\n" } },
+                        },
+                        { "match": { "prefix": "/" }, "direct_response": { "status": 404 } },
+                    ],
+                } ] },
+                "http_filters": [ {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+                } ],
+            },
+        } ] } ],
+    })
+}
+
 /// The bootstrap for `args`, with SDS at `sds_socket` (an absolute path: Envoy may run in
 /// another directory).
 pub fn bootstrap_json(args: &AgentArgs, sds_socket: &Path) -> Result<Value, AgentError> {
@@ -81,7 +115,7 @@ pub fn bootstrap_json(args: &AgentArgs, sds_socket: &Path) -> Result<Value, Agen
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
     let ads_source = json!({ "ads": {}, "resource_api_version": "V3" });
-    Ok(json!({
+    let mut bootstrap = json!({
         "node": {
             "id": node_id(args),
             "cluster": format!("{}.{}", args.pod_name, args.namespace),
@@ -157,7 +191,11 @@ pub fn bootstrap_json(args: &AgentArgs, sds_socket: &Path) -> Result<Value, Agen
                 },
             ],
         },
-    }))
+    });
+    if args.health_port != 0 {
+        bootstrap["static_resources"]["listeners"] = json!([health_listener(args)]);
+    }
+    Ok(bootstrap)
 }
 
 #[cfg(test)]

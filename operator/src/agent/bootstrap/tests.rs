@@ -136,3 +136,18 @@ fn envoy_accepts_the_bootstrap() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn readiness_is_answered_on_the_health_port() {
+    let bootstrap = bootstrap_json(&args(&[]), Path::new("/sds")).expect("a bootstrap");
+    let listener = &bootstrap["static_resources"]["listeners"][0];
+    assert_eq!(listener["address"]["socket_address"]["port_value"], 15021);
+    let routes = &listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]
+        [0]["routes"];
+    assert_eq!(routes[0]["match"]["path"], "/healthz/ready");
+    assert_eq!(routes[0]["direct_response"]["status"], 200);
+    assert_eq!(routes[1]["direct_response"]["status"], 404);
+    let off =
+        bootstrap_json(&args(&["--health-port", "0"]), Path::new("/sds")).expect("a bootstrap");
+    assert!(off["static_resources"]["listeners"].is_null());
+}

@@ -384,7 +384,18 @@ fn proxy_container(
             {"name": "CA_ADDR", "value": format!("https://{}", config.discovery_address)},
             {"name": "TRUST_DOMAIN", "value": config.trust_domain},
         ],
-        "ports": [{"name": "http-envoy-prom", "containerPort": 15090, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http-envoy-prom", "containerPort": 15090, "protocol": "TCP"},
+            {"name": "health", "containerPort": 15021, "protocol": "TCP"},
+        ],
+        // The agent's bootstrap answers on 15021 once Envoy has its first config (Istio's
+        // probe, path and port).
+        "readinessProbe": {
+            "httpGet": {"path": "/healthz/ready", "port": 15021},
+            "initialDelaySeconds": 1,
+            "periodSeconds": 2,
+            "failureThreshold": 30,
+        },
         "resources": {
             "requests": {"cpu": "100m", "memory": "128Mi"},
             "limits": {"cpu": "2", "memory": "1Gi"},
