@@ -77,8 +77,8 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 15000)]
     pub admin_port: u16,
     /// Where Envoy answers `GET /healthz/ready` for the kubelet's readiness probe (Istio's
-    /// 15021), on every address: 200 once Envoy has its first config; before, nothing
-    /// listens there (0: no such listener).
+    /// 15021), on every address: 200 once Envoy has its first config (it waits for it
+    /// however long it takes); before, nothing listens there (0: no such listener).
     #[arg(long, default_value_t = 15021)]
     pub health_port: u16,
     /// Start this Envoy with the bootstrap once the first certificate is served, and exit

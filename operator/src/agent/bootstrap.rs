@@ -114,7 +114,11 @@ pub fn bootstrap_json(args: &AgentArgs, sds_socket: &Path) -> Result<Value, Agen
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
-    let ads_source = json!({ "ads": {}, "resource_api_version": "V3" });
+    // No initial fetch timeout, as Istio's bootstrap: Envoy waits for its first clusters and
+    // listeners however long capstan takes, so it starts no listener (15021 included) on an
+    // empty config.
+    let ads_source =
+        json!({ "ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3" });
     let mut bootstrap = json!({
         "node": {
             "id": node_id(args),

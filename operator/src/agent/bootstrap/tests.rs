@@ -147,6 +147,14 @@ fn readiness_is_answered_on_the_health_port() {
     assert_eq!(routes[0]["match"]["path"], "/healthz/ready");
     assert_eq!(routes[0]["direct_response"]["status"], 200);
     assert_eq!(routes[1]["direct_response"]["status"], 404);
+    // Envoy waits for its first config however long it takes (else it would start the
+    // listener, and pass the probe, on an empty config after 15 s).
+    for source in ["cds_config", "lds_config"] {
+        assert_eq!(
+            bootstrap["dynamic_resources"][source]["initial_fetch_timeout"],
+            "0s"
+        );
+    }
     let off =
         bootstrap_json(&args(&["--health-port", "0"]), Path::new("/sds")).expect("a bootstrap");
     assert!(off["static_resources"]["listeners"].is_null());
