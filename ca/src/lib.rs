@@ -11,6 +11,7 @@
 pub mod api;
 pub mod authn;
 mod authority;
+pub mod aws;
 mod identity;
 pub mod pca;
 mod root;

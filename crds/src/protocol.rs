@@ -55,6 +55,14 @@ impl Protocol {
         NAMES.iter().map(|(n, _)| *n)
     }
 
+    /// Its name as Istio spells it (`HTTP2`, `GRPC-WEB`).
+    pub fn name(self) -> &'static str {
+        NAMES
+            .iter()
+            .find(|(_, p)| *p == self)
+            .map_or("TCP", |(n, _)| *n)
+    }
+
     /// A protocol name, case-insensitive (`http2`, `GRPC-WEB`).
     pub fn parse(name: &str) -> Option<Protocol> {
         NAMES

@@ -187,6 +187,12 @@ impl Capstan {
             cmd.env("RUST_LOG", "info");
         }
         cmd.env("NO_COLOR", "1");
+        // Whatever AWS client a test configures talks to moto on loopback with test
+        // credentials; the credential chain must never reach for instance metadata.
+        cmd.env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", crate::moto::REGION);
         ChildProcess::spawn(name, &mut cmd, &log_dir.join(format!("{name}.log")))
     }
 

@@ -359,3 +359,26 @@ pub fn all_to_yaml(namespace: &str, version: &str) -> String {
         &format!("  - route: [{{destination: {{host: reviews, subset: {version}}}}}]\n"),
     )
 }
+
+/// What the chart grants capstan when Cloud Map's materialised mode is on
+/// (`charts/capstan/templates/cloud-map.yaml`): ServiceEntries of the mesh namespace, written
+/// and deleted; nothing elsewhere.
+pub fn cloud_map_role_yaml(namespace: &str) -> String {
+    format!(
+        "apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: capstan-cloud-map, namespace: {namespace}}}
+rules:
+- apiGroups: [networking.istio.io]
+  resources: [serviceentries]
+  verbs: [get, list, watch, create, patch, update, delete]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: capstan-cloud-map, namespace: {namespace}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: capstan-cloud-map}}
+subjects:
+- {{kind: ServiceAccount, name: capstan, namespace: istio-system}}
+"
+    )
+}

@@ -19,6 +19,7 @@
 //! - [`gateway_mesh`]: the reviews mesh with an ingress gateway Envoy, for the gateway tests
 //! - [`kube`]: a real etcd + kube-apiserver on loopback (CRDs, RBAC, kubectl) for Kubernetes tests
 //! - [`moto`]: AWS Private CA on loopback (patched moto) for the Private CA issuer tests
+//! - [`cloudmap`]: AWS Cloud Map on that moto, for the Cloud Map source tests
 //! - [`tls_pki`]: a throwaway CA and an HTTPS client for gateway and TLS-origination tests
 //! - [`bench_info`]: the machine and commit a benchmark ran on, for its report
 //! - [`connect_proxy`]: an HTTP CONNECT proxy in the test process, for tunnelling tests
@@ -29,6 +30,7 @@ pub mod capstan;
 pub mod capture;
 pub mod capture_identity;
 pub mod capture_mesh;
+pub mod cloudmap;
 pub mod connect_proxy;
 pub mod envoy;
 pub mod explain;

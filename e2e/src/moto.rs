@@ -1,6 +1,7 @@
-//! AWS Private CA on loopback: moto 5.2.5, patched in-process by `e2e/moto/capstan_moto.py`
-//! (installed by scripts/tools.sh into the tools venv), one server per test, and a root
-//! Private CA created in it through the Rust SDK as an operator would.
+//! AWS Private CA and Cloud Map on loopback: moto 5.2.5, patched in-process by
+//! `e2e/moto/capstan_moto.py` (installed by scripts/tools.sh into the tools venv), one server
+//! per test, and a root Private CA created in it through the Rust SDK as an operator would
+//! (Cloud Map: [`crate::cloudmap`]).
 //!
 //! Nothing here reaches beyond 127.0.0.1: the endpoint is the child's loopback port, the
 //! region and the credentials are fixed, and the child runs with
@@ -42,6 +43,8 @@ pub struct MotoFaults {
     pub throttle_issues: i64,
     /// GetCertificate's chain stops below the root.
     pub chain_without_root: bool,
+    /// The next N servicediscovery calls (any operation) are throttled; -1 throttles all.
+    pub sd_throttle: i64,
 }
 
 /// A root Private CA, active, with its self-signed certificate.
@@ -92,7 +95,8 @@ impl Moto {
             .env(
                 "MOTO_PCA_CHAIN_WITHOUT_ROOT",
                 if faults.chain_without_root { "1" } else { "0" },
-            );
+            )
+            .env("MOTO_SD_THROTTLE", faults.sd_throttle.to_string());
         let mut process = ChildProcess::spawn("moto", &mut cmd, &log_dir.join("moto.log"))?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let mut client = HttpClient::new(addr);
@@ -151,7 +155,8 @@ impl Moto {
     }
 
     /// The server's fault settings and call counters (`counts.issue`, `counts.throttled`,
-    /// `counts.get`, `counts.in_progress`).
+    /// `counts.get`, `counts.in_progress`; `counts.sd`, servicediscovery calls per operation,
+    /// and `counts.sd_throttled`).
     pub async fn faults(&self) -> anyhow::Result<serde_json::Value> {
         self.faults_request("GET", "").await
     }

@@ -135,6 +135,14 @@ impl Pipeline {
             }
             update.merge(self.translator.endpoints(&self.mesh, &host));
         }
+        for id in &changes.cloud_map_endpoints {
+            let Some(host) = self.mesh.refresh_cloud_map_endpoints(&self.index, id) else {
+                continue;
+            };
+            if !rebuilt_hosts.contains(&host) {
+                update.merge(self.translator.endpoints(&self.mesh, &host));
+            }
+        }
         update
     }
 }
@@ -215,7 +223,10 @@ impl Reconciler {
         } else {
             "endpoints"
         };
-        if changes.config() || !changes.endpoints.is_empty() {
+        if changes.config()
+            || !changes.endpoints.is_empty()
+            || !changes.cloud_map_endpoints.is_empty()
+        {
             self.metrics.observe(scope, started);
         }
         if !statuses.is_empty() {

@@ -3,15 +3,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::SdkConfig;
 use aws_sdk_acmpca::Client;
 use aws_sdk_acmpca::config::SharedCredentialsProvider;
 use aws_sdk_acmpca::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_acmpca::primitives::Blob;
 use aws_sdk_acmpca::types::{SigningAlgorithm, Validity, ValidityPeriodType};
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
@@ -30,32 +27,18 @@ pub struct PcaIssuer {
 }
 
 /// The SDK configuration for `config`: its region and endpoint, credentials from
-/// `credentials` or else the standard chain (environment, IRSA web identity, profile, ECS,
-/// instance metadata), ring-based rustls over hyper 1, and no SDK retries (the issuer's own
-/// policy bounds the whole issuance).
+/// `credentials` or else the standard chain, and no SDK retries (the issuer's own policy
+/// bounds the whole issuance).
 pub async fn sdk_config(
     config: &PcaConfig,
     credentials: Option<SharedCredentialsProvider>,
 ) -> SdkConfig {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    let timeouts = TimeoutConfig::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .operation_attempt_timeout(Duration::from_secs(20))
-        .build();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(config.region.clone()))
-        .http_client(http)
-        .retry_config(RetryConfig::disabled())
-        .timeout_config(timeouts);
-    if let Some(url) = &config.endpoint_url {
-        loader = loader.endpoint_url(url);
-    }
-    if let Some(credentials) = credentials {
-        loader = loader.credentials_provider(credentials);
-    }
-    loader.load().await
+    crate::aws::sdk_config(
+        Some(&config.region),
+        config.endpoint_url.as_deref(),
+        credentials,
+    )
+    .await
 }
 
 impl PcaIssuer {

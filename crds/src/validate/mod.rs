@@ -18,6 +18,34 @@ mod workload;
 #[cfg(test)]
 mod tests;
 
+/// The syntax checks of names that sources outside Istio YAML (the Cloud Map source) must
+/// meet before their data becomes an object here; each error says what is wrong.
+pub mod names {
+    use super::rules::{self, HostRules};
+
+    /// A Kubernetes label (`[prefix/]name` and value).
+    pub fn label(key: &str, value: &str) -> Result<(), String> {
+        rules::label(key, value)
+    }
+
+    /// A DNS-1123 label: a namespace or object name.
+    pub fn dns1123_label(value: &str) -> Result<(), String> {
+        rules::dns1123_label(value)
+    }
+
+    /// A service's host name: a DNS name, no wildcard, no address.
+    pub fn service_host(host: &str) -> Result<(), String> {
+        rules::host(
+            host,
+            HostRules {
+                wildcard: false,
+                star_alone: false,
+                ip: false,
+            },
+        )
+    }
+}
+
 use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

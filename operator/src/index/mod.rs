@@ -15,8 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use capstan_crds::{IstioObject, ObjectKey};
 
 pub use records::{
-    Health, IstioRecord, KubeService, KubeServicePort, NamespaceRecord, NodeRecord, NsName,
-    PodRecord, Record, RecordKey, SecretRecord, SliceEndpoint, SliceRecord, Tag,
+    CloudMapEndpoint, CloudMapService, Health, IstioRecord, KubeService, KubeServicePort,
+    NamespaceRecord, NodeRecord, NsName, PodRecord, Record, RecordKey, SecretRecord, SliceEndpoint,
+    SliceRecord, Tag,
 };
 
 /// What a call changed.
@@ -27,6 +28,8 @@ pub struct Changes {
     pub objects: BTreeSet<RecordKey>,
     /// Services whose endpoints changed; only their load assignments are rebuilt.
     pub endpoints: BTreeSet<NsName>,
+    /// Cloud Map services whose instances alone changed.
+    pub cloud_map_endpoints: BTreeSet<NsName>,
     /// Istio objects whose status as seen (capstan's condition on them) changed, and nothing
     /// else: nothing to push, but the status writer compares again.
     pub statuses: BTreeSet<ObjectKey>,
@@ -36,11 +39,15 @@ impl Changes {
     pub fn merge(&mut self, other: Changes) {
         self.objects.extend(other.objects);
         self.endpoints.extend(other.endpoints);
+        self.cloud_map_endpoints.extend(other.cloud_map_endpoints);
         self.statuses.extend(other.statuses);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.objects.is_empty() && self.endpoints.is_empty() && self.statuses.is_empty()
+        self.objects.is_empty()
+            && self.endpoints.is_empty()
+            && self.cloud_map_endpoints.is_empty()
+            && self.statuses.is_empty()
     }
 
     /// Whether config (not only endpoints or status) changed.
@@ -78,6 +85,7 @@ pub struct Index {
     namespaces: BTreeMap<String, NamespaceRecord>,
     /// TLS-shaped Secrets only (the sources drop the others).
     secrets: BTreeMap<NsName, SecretRecord>,
+    cloud_map: BTreeMap<NsName, CloudMapService>,
 }
 
 /// One call on the index, as a value: what sources send to the task that owns the index.
@@ -151,17 +159,32 @@ impl Index {
                     _ => Changes::object(RecordKey::Secret(id)),
                 }
             }
+            Record::CloudMap(service) => {
+                let id = service.id.clone();
+                match self.cloud_map.insert(id.clone(), service.clone()) {
+                    Some(old) if old == service => Changes::default(),
+                    Some(old) if old.same_config(&service) => Changes {
+                        cloud_map_endpoints: BTreeSet::from([id]),
+                        ..Changes::default()
+                    },
+                    _ => Changes::object(RecordKey::CloudMap(id)),
+                }
+            }
         }
     }
 
     /// Removes one record; removing what is not there changes nothing.
     pub fn delete(&mut self, key: &RecordKey) -> Changes {
         match key {
-            RecordKey::Istio(_) | RecordKey::Service(_) | RecordKey::Secret(_) => {
+            RecordKey::Istio(_)
+            | RecordKey::Service(_)
+            | RecordKey::Secret(_)
+            | RecordKey::CloudMap(_) => {
                 let removed = match key {
                     RecordKey::Istio(k) => self.istio.remove(k).is_some(),
                     RecordKey::Service(id) => self.services.remove(id).is_some(),
                     RecordKey::Secret(id) => self.secrets.remove(id).is_some(),
+                    RecordKey::CloudMap(id) => self.cloud_map.remove(id).is_some(),
                     _ => false,
                 };
                 if removed {
@@ -222,6 +245,7 @@ impl Index {
         let nodes = self.nodes.keys().cloned().map(RecordKey::Node);
         let namespaces = self.namespaces.keys().cloned().map(RecordKey::Namespace);
         let secrets = self.secrets.keys().cloned().map(RecordKey::Secret);
+        let cloud_map = self.cloud_map.keys().cloned().map(RecordKey::CloudMap);
         istio
             .chain(services)
             .chain(slices)
@@ -229,6 +253,7 @@ impl Index {
             .chain(nodes)
             .chain(namespaces)
             .chain(secrets)
+            .chain(cloud_map)
     }
 
     fn apply_istio(&mut self, mut record: IstioRecord) -> Changes {
@@ -430,6 +455,14 @@ impl Index {
         self.secrets.values()
     }
 
+    pub fn cloud_map_services(&self) -> impl Iterator<Item = &CloudMapService> {
+        self.cloud_map.values()
+    }
+
+    pub fn cloud_map_service(&self, id: &NsName) -> Option<&CloudMapService> {
+        self.cloud_map.get(id)
+    }
+
     /// How many records of each kind are held, for logs and metrics.
     pub fn counts(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
@@ -443,6 +476,7 @@ impl Index {
             (Tag::Node, self.nodes.len()),
             (Tag::Namespace, self.namespaces.len()),
             (Tag::Secret, self.secrets.len()),
+            (Tag::CloudMap, self.cloud_map.len()),
         ] {
             out.insert(tag.to_string(), n);
         }

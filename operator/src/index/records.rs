@@ -187,6 +187,43 @@ impl std::fmt::Debug for SecretRecord {
     }
 }
 
+/// A service of AWS Cloud Map as the Cloud Map source made it: one host, its ports, and the
+/// instances that may take traffic (the source drops the others). Config (host, ports) and
+/// endpoints are compared apart: an instance change rebuilds only load assignments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudMapService {
+    /// Cloud Map namespace name / service name.
+    pub id: NsName,
+    pub host: String,
+    /// The Kubernetes namespace it belongs to: its DestinationRules' and `exportTo`'s.
+    pub namespace: String,
+    pub ports: Vec<KubeServicePort>,
+    /// The instances are DNS names (`AWS_INSTANCE_CNAME`), not addresses.
+    pub dns: bool,
+    pub endpoints: Vec<CloudMapEndpoint>,
+}
+
+impl CloudMapService {
+    /// Whether `other` differs in more than its endpoints.
+    pub fn same_config(&self, other: &CloudMapService) -> bool {
+        self.host == other.host
+            && self.namespace == other.namespace
+            && self.ports == other.ports
+            && self.dns == other.dns
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudMapEndpoint {
+    /// `AWS_INSTANCE_IPV4` (or the CNAME).
+    pub address: Arc<str>,
+    /// Port name → the instance's port for it (`AWS_INSTANCE_PORT` or the port map).
+    pub ports: Arc<BTreeMap<String, u32>>,
+    pub labels: Arc<BTreeMap<String, String>>,
+    /// `region/zone` from the `REGION` and `AVAILABILITY_ZONE` attributes.
+    pub locality: String,
+}
+
 /// The kinds of record, each fed by one watcher (or, for Istio kinds, the folder).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Tag {
@@ -197,6 +234,7 @@ pub enum Tag {
     Node,
     Namespace,
     Secret,
+    CloudMap,
 }
 
 impl std::fmt::Display for Tag {
@@ -209,6 +247,7 @@ impl std::fmt::Display for Tag {
             Tag::Node => f.write_str("Node"),
             Tag::Namespace => f.write_str("Namespace"),
             Tag::Secret => f.write_str("Secret"),
+            Tag::CloudMap => f.write_str("Cloud Map service"),
         }
     }
 }
@@ -223,6 +262,7 @@ pub enum Record {
     Node(NodeRecord),
     Namespace(NamespaceRecord),
     Secret(SecretRecord),
+    CloudMap(CloudMapService),
 }
 
 /// The identity of a record.
@@ -235,6 +275,7 @@ pub enum RecordKey {
     Node(String),
     Namespace(String),
     Secret(NsName),
+    CloudMap(NsName),
 }
 
 impl Record {
@@ -247,6 +288,7 @@ impl Record {
             Record::Node(r) => RecordKey::Node(r.name.clone()),
             Record::Namespace(r) => RecordKey::Namespace(r.name.clone()),
             Record::Secret(r) => RecordKey::Secret(r.id.clone()),
+            Record::CloudMap(r) => RecordKey::CloudMap(r.id.clone()),
         }
     }
 
@@ -265,6 +307,7 @@ impl RecordKey {
             RecordKey::Node(_) => Tag::Node,
             RecordKey::Namespace(_) => Tag::Namespace,
             RecordKey::Secret(_) => Tag::Secret,
+            RecordKey::CloudMap(_) => Tag::CloudMap,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod authorization;
 mod by_namespace;
+pub mod cloud_map;
 pub mod delegate;
 pub mod gateway;
 pub mod hostname;
@@ -143,6 +144,8 @@ pub struct Mesh {
     delegated_by: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     delegates_of: HashMap<ObjectKey, Vec<ObjectKey>>,
     problems: BTreeMap<ObjectKey, BTreeMap<Topic, Vec<Problem>>>,
+    /// The hosts Cloud Map services claim.
+    cloud_map: cloud_map::CloudMapHosts,
 }
 
 /// What an update changed, for translation to rebuild.
@@ -238,6 +241,7 @@ impl Mesh {
                     affected.hosts.insert(kube::host(id, &self.domain_suffix));
                 }
                 RecordKey::Istio(key) => self.reread(index, key, &mut affected),
+                RecordKey::CloudMap(id) => affected.hosts.extend(self.cloud_map.reread(index, id)),
                 // A pod a ServiceEntry's `workloadSelector` may pick.
                 RecordKey::Pod(id) => affected.hosts.extend(self.selecting_hosts(&id.namespace)),
                 RecordKey::Secret(id) => {
@@ -583,6 +587,17 @@ impl Mesh {
                 }
             }
         }
+        for id in self.cloud_map.claimants(host) {
+            match &service {
+                None => service = index.cloud_map_service(id).map(cloud_map::service),
+                Some(existing) => tracing::warn!(
+                    %host,
+                    cloud_map_service = %id,
+                    "host is already defined by {}; the Cloud Map service is not served under it",
+                    existing.origin
+                ),
+            }
+        }
         match service {
             Some(service) => self.services.insert(host.to_string(), service),
             None => self.services.remove(host),
@@ -620,6 +635,19 @@ impl Mesh {
         }
         service.endpoints = kube::endpoints(index, id);
         self.services.get(&host)
+    }
+
+    /// Re-reads the instances of Cloud Map service `id`; returns its host when the mesh
+    /// serves it (no Kubernetes Service or ServiceEntry took the host).
+    pub fn refresh_cloud_map_endpoints(&mut self, index: &Index, id: &NsName) -> Option<String> {
+        let host = self.cloud_map.host_of(id)?.to_string();
+        let record = index.cloud_map_service(id)?;
+        let service = self.services.get_mut(&host)?;
+        if !matches!(&service.origin, Origin::CloudMap { service, .. } if service == id) {
+            return None;
+        }
+        service.endpoints = cloud_map::endpoints(record);
+        Some(host)
     }
 
     /// What the workload in `namespace` with `labels` accepts (its PeerAuthentication modes).
@@ -751,6 +779,11 @@ pub fn everything(index: &Index) -> Vec<RecordKey> {
         .map(|r| RecordKey::Istio(r.key.clone()))
         .chain(index.services().map(|s| RecordKey::Service(s.id.clone())))
         .chain(index.secrets().map(|s| RecordKey::Secret(s.id.clone())))
+        .chain(
+            index
+                .cloud_map_services()
+                .map(|s| RecordKey::CloudMap(s.id.clone())),
+        )
         .collect()
 }
 

@@ -15,6 +15,11 @@ use crate::index::{Health, NsName};
 pub enum Origin {
     Istio(ObjectKey),
     Kubernetes(NsName),
+    /// A Cloud Map service (its namespace / name there), placed in a Kubernetes namespace.
+    CloudMap {
+        service: NsName,
+        namespace: String,
+    },
 }
 
 impl fmt::Display for Origin {
@@ -22,6 +27,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::Istio(key) => write!(f, "{key}"),
             Origin::Kubernetes(id) => write!(f, "Service {id}"),
+            Origin::CloudMap { service, .. } => write!(f, "Cloud Map service {service}"),
         }
     }
 }
@@ -155,11 +161,13 @@ pub struct Service {
 }
 
 impl Service {
-    /// The namespace that defines it: its ServiceEntry's or its Kubernetes Service's.
+    /// The namespace that defines it: its ServiceEntry's or its Kubernetes Service's (a
+    /// Cloud Map service's: the one it was placed in).
     pub fn namespace(&self) -> &str {
         match &self.origin {
             Origin::Istio(key) => &key.namespace,
             Origin::Kubernetes(id) => &id.namespace,
+            Origin::CloudMap { namespace, .. } => namespace,
         }
     }
 

@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// Read at start.
     #[arg(long, env = "CAPSTAN_MESH_CONFIG")]
     pub mesh_config: Option<PathBuf>,
+    /// AWS Cloud Map as a registry: a YAML file naming the Cloud Map namespaces to serve and
+    /// how (docs/cloud-map.md). Credentials come from the standard AWS chain (IRSA on EKS).
+    #[arg(long, env = "CAPSTAN_CLOUD_MAP_CONFIG")]
+    pub cloud_map_config: Option<PathBuf>,
     /// Istio's `meshConfig.rootNamespace`: a `Sidecar` without `workloadSelector` in it is
     /// the default egress scope of every namespace without one of its own.
     #[arg(long, default_value = crate::model::sidecar_scope::DEFAULT_ROOT_NAMESPACE)]

@@ -80,6 +80,7 @@ pub async fn run(args: &RunArgs, dir: &Path, mut serving: Serving) -> anyhow::Re
         .take()
         .map(|task| tokio::spawn(supervise::watch_task(PUSH_QUEUE, task, readiness.clone())));
     let folder = Arc::new(Mutex::new(folder));
+    let cloud_map_folder = folder.clone();
     let mut first_watch = Some(watch);
     let dir = dir.to_path_buf();
     let watcher = tokio::spawn(supervise::restarting(
@@ -100,7 +101,25 @@ pub async fn run(args: &RunArgs, dir: &Path, mut serving: Serving) -> anyhow::Re
             )
         },
     ));
+    // Cloud Map services (in-memory mode) join the folder's objects in the one index.
+    let cloud_map = serving.cloud_map.take().map(|feed| {
+        let folder = cloud_map_folder;
+        tokio::spawn(super::cloud_map::feed(feed.events, move |batch| {
+            let folder = folder.clone();
+            async move {
+                let mut folder = folder.lock().await;
+                let mut changes = Changes::default();
+                for event in batch {
+                    changes.merge(folder.reconciler.handle(event));
+                }
+                folder.reconciler.reconcile(changes).await;
+            }
+        }))
+    });
     let result = serving.serve_ads().await;
+    if let Some(cloud_map) = cloud_map {
+        cloud_map.abort();
+    }
     // The queue's supervisor first: stopping the watcher drops the last handle on the queue,
     // and its task ending then is shutdown, not a failure.
     if let Some(queue) = queue {

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tracing::{info, warn};
 
@@ -13,6 +14,7 @@ use super::{Serving, bind};
 use crate::index::{Changes, Event, Tag};
 use crate::monitoring::ReadyState;
 use crate::reconcile::Reconciler;
+use crate::source::cloud_map::{Mode, materialize};
 use crate::source::kube::{self as source, KubeSource, SYNC_REPORT_AFTER, WatchMetrics};
 use crate::status::lease::{Elector, LeaseConfig};
 use crate::status::writer::StatusWriter;
@@ -49,13 +51,27 @@ pub async fn run(args: &RunArgs, mut serving: Serving) -> anyhow::Result<()> {
         (None, None)
     };
     let reconciler = serving.reconciler(&args.domain_suffix, status);
-    let source = source::start(client, watch_metrics);
+    let source = source::start(client.clone(), watch_metrics);
     info!(
         kinds = source.tags.len(),
         "watching the Kubernetes API server"
     );
 
-    let feeder = tokio::spawn(feed(source, reconciler, serving.ready.clone()));
+    // In-memory Cloud Map events join the watchers'; materialised ones are written to the
+    // cluster and come back through the ServiceEntry watch.
+    let cloud_map = match serving.cloud_map.take() {
+        Some(feed) if feed.mode == Mode::Materialize => {
+            tokio::spawn(materialize::run(
+                client.clone(),
+                feed.mesh_namespace,
+                feed.events,
+            ));
+            None
+        }
+        Some(feed) => Some(feed.events),
+        None => None,
+    };
+    let feeder = tokio::spawn(feed(source, cloud_map, reconciler, serving.ready.clone()));
     // The feeder marks readiness through `ready`; ADS waits for it.
     let mut ready = serving.ready.subscribe();
     let waited = ready
@@ -79,6 +95,7 @@ pub async fn run(args: &RunArgs, mut serving: Serving) -> anyhow::Result<()> {
 /// every kind has been listed. Until then nothing is served: a proxy never sees a partial mesh.
 async fn feed(
     mut source: KubeSource,
+    mut cloud_map: Option<mpsc::Receiver<Event>>,
     mut reconciler: Reconciler,
     ready: tokio::sync::watch::Sender<ReadyState>,
 ) {
@@ -91,6 +108,7 @@ async fn feed(
     loop {
         let event = tokio::select! {
             event = source.events.recv() => event,
+            Some(event) = recv(&mut cloud_map) => Some(event),
             _ = sleep_until(report_at), if !synced => {
                 let missing: Vec<String> = all.difference(&listed).map(Tag::to_string).collect();
                 warn!(
@@ -136,6 +154,14 @@ async fn feed(
             continue;
         }
         reconciler.reconcile(std::mem::take(&mut pending)).await;
+    }
+}
+
+/// The next event of an optional source (none: never).
+async fn recv(events: &mut Option<mpsc::Receiver<Event>>) -> Option<Event> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
     }
 }
 

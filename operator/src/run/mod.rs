@@ -4,6 +4,7 @@
 mod args;
 mod ca;
 mod ca_mode;
+mod cloud_map;
 mod folder;
 mod kube;
 mod webhook;
@@ -44,6 +45,9 @@ pub(crate) struct Serving {
     pub monitoring_limits: ConnectionLimits,
     /// The push queue's task, for a mode to supervise (taken by the folder mode).
     pub queue_task: Option<tokio::task::JoinHandle<()>>,
+    /// The Cloud Map source, when configured: its events, for the mode to apply (in-memory)
+    /// or write (materialised).
+    pub cloud_map: Option<cloud_map::CloudMapFeed>,
 }
 
 pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
@@ -53,6 +57,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     metrics.register(&mut registry);
     let reconcile_metrics = ReconcileMetrics::default();
     reconcile_metrics.register(&mut registry);
+    let cloud_map = cloud_map::start(&args, &mut registry).await?;
     let cache = SnapshotCache::with_metrics(metrics);
     let (queue, queue_task) = PushQueue::start(
         cache.clone(),
@@ -86,6 +91,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         ads_limits: ads_limits(&args),
         monitoring_limits: monitoring_limits(&args),
         queue_task: Some(queue_task),
+        cloud_map,
     };
     match (&args.config_dir, args.kube.kubernetes()) {
         (Some(dir), false) => folder::run(&args, dir, serving).await,

@@ -212,10 +212,7 @@ pub fn san_matchers(names: &[String]) -> Vec<SubjectAltNameMatcher> {
 /// `spiffe://<trust domain>/ns/<ns>/sa/<sa>` of every service account the service's
 /// endpoints run as (istiod's service accounts of a service), sorted.
 pub fn service_accounts(service: &Service, trust_domain: &str) -> Vec<String> {
-    let namespace = match &service.origin {
-        Origin::Istio(key) => key.namespace.as_str(),
-        Origin::Kubernetes(id) => id.namespace.as_str(),
-    };
+    let namespace = service.namespace();
     let accounts: BTreeSet<String> = service
         .endpoints
         .iter()

@@ -1,0 +1,274 @@
+//! The Cloud Map calls the poller makes, behind a trait so the poller is tested without AWS;
+//! [`SdkApi`] makes them with the AWS SDK.
+
+use aws_sdk_servicediscovery::Client;
+use aws_sdk_servicediscovery::config::interceptors::BeforeTransmitInterceptorContextMut;
+use aws_sdk_servicediscovery::config::{
+    ConfigBag, Intercept, RuntimeComponents, SharedCredentialsProvider,
+};
+use aws_sdk_servicediscovery::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_servicediscovery::types::{
+    FilterCondition, HealthStatusFilter, ServiceFilter, ServiceFilterName,
+};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::endpoint::EndpointPrefix;
+use std::collections::BTreeMap;
+
+use super::convert::{Instance, InstanceHealth};
+
+/// Most pages read of one listing: 100 pages of 100 is more than an account's quota of
+/// namespaces or of services per namespace.
+const MAX_PAGES: usize = 100;
+/// DiscoverInstances' largest page (it has no paging).
+const MAX_INSTANCES: i32 = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceInfo {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub id: String,
+    pub name: String,
+    /// A Route 53 or custom health check is configured.
+    pub health_checked: bool,
+}
+
+/// A failed call: which, AWS's error code, and whether AWS asked to slow down.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("Cloud Map {operation}: {message}")]
+pub struct ApiError {
+    pub operation: &'static str,
+    /// AWS's code (`ThrottlingException`, `AccessDeniedException`…); `None` when no answer
+    /// came (connection, timeout).
+    pub code: Option<String>,
+    pub message: String,
+    pub throttled: bool,
+}
+
+impl ApiError {
+    fn of<E, R>(operation: &'static str, err: SdkError<E, R>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let code = err.code().map(str::to_string);
+        let throttled = matches!(
+            code.as_deref(),
+            Some(
+                "ThrottlingException"
+                    | "Throttling"
+                    | "RequestLimitExceeded"
+                    | "TooManyRequestsException"
+                    | "RequestThrottledException"
+            )
+        );
+        ApiError {
+            operation,
+            code,
+            message: DisplayErrorContext(&err).to_string(),
+            throttled,
+        }
+    }
+}
+
+/// The calls a poll makes. Each returns the whole answer (every page).
+#[allow(async_fn_in_trait)]
+pub trait CloudMapApi {
+    async fn namespaces(&self) -> Result<Vec<NamespaceInfo>, ApiError>;
+    async fn services(&self, namespace_id: &str) -> Result<Vec<ServiceInfo>, ApiError>;
+    /// `DiscoverInstancesRevision`: changes when instances register, deregister or change
+    /// attributes (not when their health changes).
+    async fn revision(&self, namespace: &str, service: &str) -> Result<i64, ApiError>;
+    /// Every instance, whatever its health, with its health.
+    async fn instances(&self, namespace: &str, service: &str) -> Result<Vec<Instance>, ApiError>;
+    /// Instance id → health, for services with a health check.
+    async fn health(&self, service_id: &str) -> Result<BTreeMap<String, InstanceHealth>, ApiError>;
+}
+
+/// Cloud Map through the AWS SDK.
+#[derive(Debug, Clone)]
+pub struct SdkApi {
+    client: Client,
+}
+
+impl SdkApi {
+    /// A client for `region` (else the standard chain's) and `endpoint` (else the region's),
+    /// credentials from `credentials` or else the standard chain (IRSA on EKS), no SDK
+    /// retries (the poller backs off on its own).
+    pub async fn new(
+        region: Option<&str>,
+        endpoint: Option<&str>,
+        credentials: Option<SharedCredentialsProvider>,
+    ) -> Self {
+        let sdk = capstan_ca::aws::sdk_config(region, endpoint, credentials).await;
+        let mut config = aws_sdk_servicediscovery::config::Builder::from(&sdk);
+        if endpoint.is_some() {
+            config = config.interceptor(NoHostPrefix);
+        }
+        SdkApi {
+            client: Client::from_conf(config.build()),
+        }
+    }
+}
+
+/// Keeps the `data-` host prefix of DiscoverInstances off an endpoint given explicitly: the
+/// prefix names AWS's data-plane host, and on another endpoint (a test server on
+/// `127.0.0.1`) it makes a name that does not resolve.
+#[derive(Debug)]
+struct NoHostPrefix;
+
+impl Intercept for NoHostPrefix {
+    fn name(&self) -> &'static str {
+        "NoHostPrefix"
+    }
+
+    fn modify_before_retry_loop(
+        &self,
+        _context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        cfg.interceptor_state().unset::<EndpointPrefix>();
+        Ok(())
+    }
+}
+
+impl CloudMapApi for SdkApi {
+    async fn namespaces(&self) -> Result<Vec<NamespaceInfo>, ApiError> {
+        let mut out = Vec::new();
+        let mut token = None;
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .client
+                .list_namespaces()
+                .max_results(100)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| ApiError::of("ListNamespaces", e))?;
+            out.extend(page.namespaces().iter().filter_map(|ns| {
+                Some(NamespaceInfo {
+                    id: ns.id()?.to_string(),
+                    name: ns.name()?.to_string(),
+                })
+            }));
+            token = page.next_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn services(&self, namespace_id: &str) -> Result<Vec<ServiceInfo>, ApiError> {
+        let filter = ServiceFilter::builder()
+            .name(ServiceFilterName::NamespaceId)
+            .values(namespace_id)
+            .condition(FilterCondition::Eq)
+            .build()
+            .map_err(|e| ApiError {
+                operation: "ListServices",
+                code: None,
+                message: e.to_string(),
+                throttled: false,
+            })?;
+        let mut out = Vec::new();
+        let mut token = None;
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .client
+                .list_services()
+                .filters(filter.clone())
+                .max_results(100)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| ApiError::of("ListServices", e))?;
+            out.extend(page.services().iter().filter_map(|s| {
+                Some(ServiceInfo {
+                    id: s.id()?.to_string(),
+                    name: s.name()?.to_string(),
+                    health_checked: s.health_check_config().is_some()
+                        || s.health_check_custom_config().is_some(),
+                })
+            }));
+            token = page.next_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn revision(&self, namespace: &str, service: &str) -> Result<i64, ApiError> {
+        let out = self
+            .client
+            .discover_instances_revision()
+            .namespace_name(namespace)
+            .service_name(service)
+            .send()
+            .await
+            .map_err(|e| ApiError::of("DiscoverInstancesRevision", e))?;
+        Ok(out.instances_revision().unwrap_or_default())
+    }
+
+    async fn instances(&self, namespace: &str, service: &str) -> Result<Vec<Instance>, ApiError> {
+        let out = self
+            .client
+            .discover_instances()
+            .namespace_name(namespace)
+            .service_name(service)
+            .health_status(HealthStatusFilter::All)
+            .max_results(MAX_INSTANCES)
+            .send()
+            .await
+            .map_err(|e| ApiError::of("DiscoverInstances", e))?;
+        Ok(out
+            .instances()
+            .iter()
+            .filter_map(|i| {
+                Some(Instance {
+                    id: i.instance_id()?.to_string(),
+                    attributes: i
+                        .attributes()
+                        .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                        .unwrap_or_default(),
+                    health: i.health_status().map_or(InstanceHealth::Unknown, |h| {
+                        InstanceHealth::parse(h.as_str())
+                    }),
+                })
+            })
+            .collect())
+    }
+
+    async fn health(&self, service_id: &str) -> Result<BTreeMap<String, InstanceHealth>, ApiError> {
+        let mut out = BTreeMap::new();
+        let mut token = None;
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .client
+                .get_instances_health_status()
+                .service_id(service_id)
+                .max_results(100)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| ApiError::of("GetInstancesHealthStatus", e))?;
+            if let Some(status) = page.status() {
+                out.extend(
+                    status
+                        .iter()
+                        .map(|(id, h)| (id.clone(), InstanceHealth::parse(h.as_str()))),
+                );
+            }
+            token = page.next_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,96 @@
+//! AWS Cloud Map as a service registry: the configured namespaces' services become mesh
+//! services, their healthy instances endpoints.
+//!
+//! A [`poll::Poller`] reads Cloud Map on an interval (with jitter) and turns what changed
+//! into index events. In the in-memory mode they go straight to the index, as Istio's
+//! registries feed istiod; in the materialised mode [`materialize`] writes them to the
+//! cluster as ServiceEntries, which come back through the Kubernetes source like any other.
+//! Failed calls back off (throttling included) and keep the last good view.
+
+pub mod api;
+pub mod config;
+pub mod convert;
+pub mod materialize;
+pub mod metrics;
+pub mod poll;
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+pub use config::{CloudMapConfig, Mode};
+pub use metrics::CloudMapMetrics;
+
+use crate::index::Event;
+
+/// The first wait after a failure; it doubles up to the poll interval.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Polls until `events` closes, sending what changed.
+pub async fn run<A: api::CloudMapApi>(
+    mut poller: poll::Poller<A>,
+    events: mpsc::Sender<Event>,
+    metrics: CloudMapMetrics,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let started = std::time::Instant::now();
+        let wait = match poller.poll().await {
+            Ok(poll) => {
+                metrics.polled(&poll.calls, poll.services, started.elapsed());
+                if failures > 0 {
+                    info!(after_failures = failures, "Cloud Map read again");
+                }
+                failures = 0;
+                for event in poll.events {
+                    if events.send(event).await.is_err() {
+                        return;
+                    }
+                }
+                poller.config().next_wait()
+            }
+            Err((err, calls)) => {
+                metrics.failed(&calls, &err);
+                failures += 1;
+                let wait = backoff(failures, poller.config().interval);
+                warn!(
+                    operation = err.operation,
+                    code = ?err.code,
+                    throttled = err.throttled,
+                    retry_in = ?wait,
+                    "Cloud Map poll failed; serving the last good view: {}",
+                    err.message
+                );
+                wait
+            }
+        };
+        if events.is_closed() {
+            return;
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// 1 s, 2 s, 4 s… up to `cap`, each moved by up to a fifth of itself so replicas spread out.
+fn backoff(failures: u32, cap: Duration) -> Duration {
+    let base = FIRST_BACKOFF
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(cap);
+    base.mul_f64(0.8 + fastrand::f64() * 0.4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_interval() {
+        let cap = Duration::from_secs(30);
+        let seconds = |n| backoff(n, cap).as_secs_f64();
+        assert!((0.8..=1.2).contains(&seconds(1)));
+        assert!((1.6..=2.4).contains(&seconds(2)));
+        assert!((24.0..=36.0).contains(&seconds(10)));
+        assert!((24.0..=36.0).contains(&seconds(1000)));
+    }
+}
