@@ -380,6 +380,62 @@ spec:
         "{hand}"
     );
 
+    // Synced, then throttled: the condition says the object is the last good view.
+    let condition = |se: &serde_json::Value| -> Option<(String, String)> {
+        se["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "CloudMapSynced")
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap_or_default().to_string(),
+                    c["reason"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+    };
+    wait_until("CloudMapSynced True", CONFIG_TIMEOUT, async || {
+        let se = get("orders-example-local").await?;
+        ensure!(
+            condition(&se) == Some(("True".into(), "Polled".into())),
+            "{}",
+            se["status"]
+        );
+        Ok(())
+    })
+    .await?;
+    cloud_map
+        .throttle_only(-1, &["ListNamespaces", "ListServices"])
+        .await?;
+    wait_until(
+        "CloudMapSynced False",
+        Duration::from_secs(45),
+        async || {
+            let se = get("orders-example-local").await?;
+            ensure!(
+                condition(&se) == Some(("False".into(), "Throttled".into())),
+                "{}",
+                se["status"]
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    cloud_map.throttle(0).await?;
+    wait_until(
+        "CloudMapSynced True again",
+        Duration::from_secs(45),
+        async || {
+            let se = get("orders-example-local").await?;
+            ensure!(
+                condition(&se) == Some(("True".into(), "Polled".into())),
+                "{}",
+                se["status"]
+            );
+            Ok(())
+        },
+    )
+    .await?;
+
     // A deleted Cloud Map service takes its object with it.
     cloud_map.deregister(&orders, "i-1").await?;
     cloud_map.delete_service(&orders).await?;

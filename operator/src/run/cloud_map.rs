@@ -1,11 +1,11 @@
 //! Starting the Cloud Map source for `capstan run --cloud-map-config`.
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::info;
 
 use super::RunArgs;
 use crate::index::Event;
-use crate::source::cloud_map::{self, CloudMapConfig, CloudMapMetrics, Mode, api, poll};
+use crate::source::cloud_map::{self, CloudMapConfig, CloudMapMetrics, Mode, SyncState, api, poll};
 
 /// Events the poller has sent and the mode has not yet taken. A poll sends one event per
 /// changed service; a full one waits here rather than growing without bound.
@@ -16,6 +16,8 @@ pub struct CloudMapFeed {
     pub mode: Mode,
     pub mesh_namespace: String,
     pub events: mpsc::Receiver<Event>,
+    /// Whether Cloud Map's polls succeed (the materialised mode writes it as a condition).
+    pub sync: watch::Receiver<SyncState>,
 }
 
 /// Reads the Cloud Map config, if given, and starts polling.
@@ -36,6 +38,7 @@ pub async fn start(
     metrics.register(registry);
     let api = api::SdkApi::new(config.region.as_deref(), config.endpoint.as_deref(), None).await;
     let (tx, events) = mpsc::channel(QUEUE);
+    let (sync_tx, sync) = watch::channel(SyncState::synced());
     info!(
         namespaces = ?config.namespaces,
         mode = ?config.mode,
@@ -46,8 +49,14 @@ pub async fn start(
         mode: config.mode,
         mesh_namespace: config.mesh_namespace.clone(),
         events,
+        sync,
     };
-    tokio::spawn(cloud_map::run(poll::Poller::new(api, config), tx, metrics));
+    tokio::spawn(cloud_map::run(
+        poll::Poller::new(api, config),
+        tx,
+        sync_tx,
+        metrics,
+    ));
     Ok(Some(feed))
 }
 

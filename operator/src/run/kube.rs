@@ -65,6 +65,7 @@ pub async fn run(args: &RunArgs, mut serving: Serving) -> anyhow::Result<()> {
                 client.clone(),
                 feed.mesh_namespace,
                 feed.events,
+                feed.sync,
             ));
             None
         }

@@ -577,3 +577,6 @@ mod peer_authentication_tests;
 
 #[cfg(test)]
 mod authorization_tests;
+
+#[cfg(test)]
+mod cloud_map_tests;

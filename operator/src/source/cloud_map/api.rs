@@ -26,6 +26,9 @@ const MAX_INSTANCES: i32 = 1000;
 pub struct NamespaceInfo {
     pub id: String,
     pub name: String,
+    /// The name the discovery calls take: its `HttpName`, which AWS makes differ from the
+    /// name (a hash added) when a name is reused.
+    pub http_name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,10 +82,10 @@ impl ApiError {
 pub trait CloudMapApi {
     async fn namespaces(&self) -> Result<Vec<NamespaceInfo>, ApiError>;
     async fn services(&self, namespace_id: &str) -> Result<Vec<ServiceInfo>, ApiError>;
-    /// `DiscoverInstancesRevision`: changes when instances register, deregister or change
-    /// attributes (not when their health changes).
+    /// `DiscoverInstancesRevision` (`namespace`: its HttpName): changes when instances
+    /// register, deregister or change attributes (not when their health changes).
     async fn revision(&self, namespace: &str, service: &str) -> Result<i64, ApiError>;
-    /// Every instance, whatever its health, with its health.
+    /// Every instance, whatever its health, with its health (`namespace`: its HttpName).
     async fn instances(&self, namespace: &str, service: &str) -> Result<Vec<Instance>, ApiError>;
     /// Instance id → health, for services with a health check.
     async fn health(&self, service_id: &str) -> Result<BTreeMap<String, InstanceHealth>, ApiError>;
@@ -150,9 +153,16 @@ impl CloudMapApi for SdkApi {
                 .await
                 .map_err(|e| ApiError::of("ListNamespaces", e))?;
             out.extend(page.namespaces().iter().filter_map(|ns| {
+                let name = ns.name()?.to_string();
+                let http_name = ns
+                    .properties()
+                    .and_then(|p| p.http_properties())
+                    .and_then(|h| h.http_name())
+                    .map_or_else(|| name.clone(), str::to_string);
                 Some(NamespaceInfo {
                     id: ns.id()?.to_string(),
-                    name: ns.name()?.to_string(),
+                    name,
+                    http_name,
                 })
             }));
             token = page.next_token().map(str::to_string);

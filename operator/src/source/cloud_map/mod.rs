@@ -16,21 +16,26 @@ pub mod poll;
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 pub use config::{CloudMapConfig, Mode};
+pub use materialize::condition::SyncState;
 pub use metrics::CloudMapMetrics;
 
 use crate::index::Event;
 
 /// The first wait after a failure; it doubles up to the poll interval.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Failed polls in a row before Cloud Map counts as out of sync (one throttled call is
+/// retried and gone before anyone needs to hear of it).
+const FAILURES_BEFORE_UNSYNCED: u32 = 3;
 
-/// Polls until `events` closes, sending what changed.
+/// Polls until `events` closes, sending what changed, and whether polls succeed to `sync`.
 pub async fn run<A: api::CloudMapApi>(
     mut poller: poll::Poller<A>,
     events: mpsc::Sender<Event>,
+    sync: watch::Sender<SyncState>,
     metrics: CloudMapMetrics,
 ) {
     let mut failures: u32 = 0;
@@ -43,6 +48,7 @@ pub async fn run<A: api::CloudMapApi>(
                     info!(after_failures = failures, "Cloud Map read again");
                 }
                 failures = 0;
+                sync.send_if_modified(|s| replace(s, SyncState::synced()));
                 for event in poll.events {
                     if events.send(event).await.is_err() {
                         return;
@@ -53,6 +59,10 @@ pub async fn run<A: api::CloudMapApi>(
             Err((err, calls)) => {
                 metrics.failed(&calls, &err);
                 failures += 1;
+                if failures >= FAILURES_BEFORE_UNSYNCED {
+                    let state = SyncState::failed(err.throttled, &err.to_string());
+                    sync.send_if_modified(|s| replace(s, state));
+                }
                 let wait = backoff(failures, poller.config().interval);
                 warn!(
                     operation = err.operation,
@@ -70,6 +80,15 @@ pub async fn run<A: api::CloudMapApi>(
         }
         tokio::time::sleep(wait).await;
     }
+}
+
+/// Sets `state` to `new`; whether that changed it.
+fn replace(state: &mut SyncState, new: SyncState) -> bool {
+    if *state == new {
+        return false;
+    }
+    *state = new;
+    true
 }
 
 /// 1 s, 2 s, 4 s… up to `cap`, each moved by up to a fifth of itself so replicas spread out.

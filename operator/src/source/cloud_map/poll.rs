@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use futures::{StreamExt, TryStreamExt};
 use tracing::{info, warn};
 
-use super::api::{ApiError, CloudMapApi, ServiceInfo};
+use super::api::{ApiError, CloudMapApi, NamespaceInfo, ServiceInfo};
 use super::config::CloudMapConfig;
 use super::convert::{self, Instance, ServiceView, Skipped};
 use crate::index::{CloudMapService, Event, NsName, Record, RecordKey, Tag};
@@ -101,11 +101,14 @@ impl<A: CloudMapApi> Poller<A> {
             .filter(|ns| self.config.selects(&ns.id, &ns.name))
             .collect();
         self.report_missing(&namespaces);
-        let mut services: Vec<(String, ServiceInfo)> = Vec::new();
+        let mut services: Vec<(NsName, String, ServiceInfo)> = Vec::new();
         for ns in &namespaces {
             *calls.entry("ListServices").or_default() += 1;
             let listed = self.api.services(&ns.id).await?;
-            services.extend(listed.into_iter().map(|s| (ns.name.clone(), s)));
+            services.extend(listed.into_iter().map(|s| {
+                let id = NsName::new(&ns.name, s.name.clone());
+                (id, ns.http_name.clone(), s)
+            }));
         }
         let known = &self.known;
         let api = &self.api;
@@ -113,10 +116,9 @@ impl<A: CloudMapApi> Poller<A> {
         let counted = Mutex::new(std::mem::take(calls));
         let counted = &counted;
         let read: Result<Vec<(NsName, Known)>, ApiError> = futures::stream::iter(services)
-            .map(|(namespace, info)| async move {
-                let id = NsName::new(namespace, info.name.clone());
+            .map(|(id, http_name, info)| async move {
                 let previous = known.get(&id).filter(|k| k.service_id == info.id);
-                let known = read_service(api, &id, &info, previous, counted).await?;
+                let known = read_service(api, &http_name, &info, previous, counted).await?;
                 Ok::<_, ApiError>((id, known))
             })
             .buffer_unordered(CONCURRENCY)
@@ -126,7 +128,7 @@ impl<A: CloudMapApi> Poller<A> {
         Ok(read?.into_iter().collect())
     }
 
-    fn report_missing(&mut self, found: &[super::api::NamespaceInfo]) {
+    fn report_missing(&mut self, found: &[NamespaceInfo]) {
         let missing: Vec<String> = self
             .config
             .namespaces
@@ -217,7 +219,7 @@ impl<A: CloudMapApi> Poller<A> {
 /// else the health of its instances when it has a health check.
 async fn read_service<A: CloudMapApi>(
     api: &A,
-    id: &NsName,
+    http_name: &str,
     info: &ServiceInfo,
     previous: Option<&Known>,
     calls: &Mutex<Calls>,
@@ -228,12 +230,12 @@ async fn read_service<A: CloudMapApi>(
         }
     };
     count("DiscoverInstancesRevision");
-    let revision = api.revision(&id.namespace, &id.name).await?;
+    let revision = api.revision(http_name, &info.name).await?;
     let mut known = match previous {
         Some(p) if p.revision == revision => p.clone(),
         _ => {
             count("DiscoverInstances");
-            let instances = api.instances(&id.namespace, &id.name).await?;
+            let instances = api.instances(http_name, &info.name).await?;
             return Ok(Known {
                 service_id: info.id.clone(),
                 health_checked: info.health_checked,

@@ -63,7 +63,7 @@ fn slice(service: &str, addresses: &[&str]) -> Event {
 }
 
 /// Every resource of a snapshot: (type, name) → [(selector, version)].
-fn contents(cache: &SnapshotCache) -> BTreeMap<(usize, String), Vec<(String, u64)>> {
+pub(super) fn contents(cache: &SnapshotCache) -> BTreeMap<(usize, String), Vec<(String, u64)>> {
     let state = cache.current();
     let mut out = BTreeMap::new();
     for i in 0..TYPES {

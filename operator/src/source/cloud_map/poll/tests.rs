@@ -71,7 +71,9 @@ impl FakeMap {
         Ok(())
     }
 
-    fn find(&self, ns: &str, name: &str) -> Option<&Service> {
+    /// A service by its namespace's HttpName.
+    fn find(&self, http_name: &str, name: &str) -> Option<&Service> {
+        let ns = http_name.strip_suffix("#http")?;
         self.namespaces.get(ns).and_then(|(_, s)| s.get(name))
     }
 }
@@ -86,6 +88,9 @@ impl CloudMapApi for Fake {
             .map(|(name, (id, _))| NamespaceInfo {
                 id: id.clone(),
                 name: name.clone(),
+                // Not the name, as AWS makes it for a reused name: the discovery calls must
+                // use this one.
+                http_name: format!("{name}#http"),
             })
             .collect())
     }

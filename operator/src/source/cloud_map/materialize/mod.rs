@@ -4,7 +4,11 @@
 //! deleted: a hand-written ServiceEntry of the same name is left alone and reported.
 //!
 //! Writes that fail (API server away, conflicts) are retried until they succeed; the latest
-//! Cloud Map view is what gets written, not a queue of the views in between.
+//! Cloud Map view is what gets written, not a queue of the views in between. Each object
+//! carries a `CloudMapSynced` condition ([`condition`]): `False` while Cloud Map cannot be
+//! read and the object is the last good view.
+
+pub mod condition;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -14,10 +18,12 @@ use capstan_crds::networking::service_entry::{
 };
 use capstan_crds::networking::workload_entry::WorkloadEntrySpec;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
-use tokio::sync::mpsc;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::index::{CloudMapService, Event, NsName, Record, RecordKey};
+use condition::SyncState;
 
 pub const MANAGED_BY: &str = "capstan.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "cloudmap";
@@ -95,25 +101,42 @@ pub fn service_entry(record: &CloudMapService) -> ServiceEntry {
     entry
 }
 
-/// Writes what the poller sends until it stops.
-pub async fn run(client: kube::Client, namespace: String, mut events: mpsc::Receiver<Event>) {
+/// Writes what the poller sends until it stops; `sync` says whether its polls succeed.
+pub async fn run(
+    client: kube::Client,
+    namespace: String,
+    mut events: mpsc::Receiver<Event>,
+    mut sync: watch::Receiver<SyncState>,
+) {
     let api: Api<ServiceEntry> = Api::namespaced(client, &namespace);
     let mut writer = Writer {
         api,
         desired: BTreeMap::new(),
         pending: BTreeSet::new(),
         sweep: false,
+        state: sync.borrow_and_update().clone(),
+        unstated: BTreeSet::new(),
     };
     loop {
-        let event = if writer.pending.is_empty() && !writer.sweep {
-            events.recv().await
-        } else {
-            match tokio::time::timeout(RETRY, events.recv()).await {
-                Ok(event) => event,
-                Err(_) => {
-                    writer.flush().await;
-                    continue;
-                }
+        let idle = writer.pending.is_empty() && !writer.sweep && writer.unstated.is_empty();
+        let retry = async {
+            if idle {
+                std::future::pending::<()>().await
+            } else {
+                tokio::time::sleep(RETRY).await
+            }
+        };
+        let event = tokio::select! {
+            event = events.recv() => event,
+            Ok(()) = sync.changed() => {
+                writer.state = sync.borrow_and_update().clone();
+                writer.unstated = writer.desired.keys().cloned().collect();
+                writer.flush().await;
+                continue;
+            }
+            () = retry => {
+                writer.flush().await;
+                continue;
             }
         };
         let Some(event) = event else { return };
@@ -132,6 +155,9 @@ struct Writer {
     pending: BTreeSet<NsName>,
     /// Managed objects of services no longer listed are still to be deleted.
     sweep: bool,
+    /// Whether Cloud Map is being read; and the objects whose condition does not say so yet.
+    state: SyncState,
+    unstated: BTreeSet<NsName>,
 }
 
 impl Writer {
@@ -167,9 +193,25 @@ impl Writer {
                 Some(service) => self.write(service).await,
                 None => self.remove(&object_name(&id)).await,
             };
-            if let Err(e) = result {
-                warn!(service = %id, "writing the ServiceEntry of a Cloud Map service: {e}; retrying");
-                self.pending.insert(id);
+            match result {
+                Ok(()) if self.desired.contains_key(&id) => {
+                    self.unstated.insert(id);
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    warn!(service = %id, "writing the ServiceEntry of a Cloud Map service: {e}; retrying");
+                    self.pending.insert(id);
+                }
+            }
+        }
+        let unstated = std::mem::take(&mut self.unstated);
+        for id in unstated {
+            if !self.desired.contains_key(&id) {
+                continue;
+            }
+            if let Err(e) = self.state_condition(&object_name(&id)).await {
+                warn!(service = %id, "writing the {} condition: {e}; retrying", condition::CONDITION);
+                self.unstated.insert(id);
             }
         }
         if self.sweep {
@@ -198,6 +240,37 @@ impl Writer {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         self.api
             .patch(&name, &params, &Patch::Apply(&entry))
+            .await?;
+        Ok(())
+    }
+
+    /// Sets the object's `CloudMapSynced` condition to the current state, conditional on the
+    /// version read (a 409 is retried with the next).
+    async fn state_condition(&self, name: &str) -> Result<(), kube::Error> {
+        let Some(entry) = self.api.get_opt(name).await? else {
+            return Ok(());
+        };
+        if !is_managed(&entry.metadata) {
+            return Ok(());
+        }
+        let status = entry
+            .status
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok());
+        let now = crate::monitoring::syncz::rfc3339(std::time::SystemTime::now());
+        let Some(conditions) = condition::conditions(status.as_ref(), &self.state, &now) else {
+            return Ok(());
+        };
+        let body = json!({
+            "metadata": {"resourceVersion": entry.metadata.resource_version},
+            "status": {"conditions": conditions},
+        });
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        self.api
+            .patch_status(name, &params, &Patch::Merge(&body))
             .await?;
         Ok(())
     }
