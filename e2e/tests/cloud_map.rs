@@ -454,3 +454,96 @@ spec:
     .await?;
     Ok(())
 }
+
+/// EC2 instances in two zones, their `AVAILABILITY_ZONE` attributes as localities: a proxy in
+/// us-east-1a sends everything to its zone's instance and fails over to us-east-1b when that
+/// instance fails (outlier detection), as for Kubernetes endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn availability_zones_give_locality_failover() -> anyhow::Result<()> {
+    let env = TestEnv::new("cloud_map_locality")?;
+    let moto = Moto::start(&env.log_dir, &MotoFaults::default()).await?;
+    let cloud_map = CloudMap::new(&moto).await?;
+    let upstreams = Upstreams::start_on_free_ports(
+        Path::new(UPSTREAM_BIN),
+        &[("orders", "v1"), ("orders", "v2")],
+        &env.log_dir,
+    )
+    .await?;
+    let ns = cloud_map.create_http_namespace("example.local").await?;
+    let orders = cloud_map
+        .create_service(&ns, "orders", ServiceHealth::None)
+        .await?;
+    for (id, version, zone) in [("i-a", "v1", "us-east-1a"), ("i-b", "v2", "us-east-1b")] {
+        let port = upstreams.port("orders", version)?.to_string();
+        cloud_map
+            .register(
+                &orders,
+                id,
+                &[
+                    ("AWS_INSTANCE_IPV4", "127.0.0.1"),
+                    ("AWS_INSTANCE_PORT", port.as_str()),
+                    ("protocol", "HTTP"),
+                    ("AVAILABILITY_ZONE", zone),
+                    ("REGION", "us-east-1"),
+                ],
+            )
+            .await?;
+    }
+    env.write_config(
+        "orders-dr.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: orders, namespace: cloud-map}
+spec:
+  host: orders.example.local
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}
+",
+    )?;
+    let config = env.log_dir.join("cloud-map.yaml");
+    std::fs::write(&config, cloud_map_config(&moto, "in-memory", ""))?;
+    let capstan = Capstan::start_folder_with(
+        &env.config_dir,
+        &["--cloud-map-config", &config.display().to_string()],
+        &env.log_dir,
+        "capstan",
+    )
+    .await?;
+    let mut bootstrap = Bootstrap::new(AdsMode::Sotw, capstan.xds_port);
+    bootstrap.locality = Some("us-east-1/us-east-1a".into());
+    let envoy = Envoy::start(
+        &capstan_e2e::locate::envoy_bin()?,
+        &bootstrap,
+        &env.log_dir,
+        "envoy",
+    )
+    .await?;
+    let listener = envoy
+        .wait_listener_port(OUTBOUND_LISTENER, CONFIG_TIMEOUT)
+        .await
+        .with_context(|| format!("logs in {}", env.log_dir.display()))?;
+    let mut client = HttpClient::new(capstan_e2e::envoy::loopback(listener));
+
+    // Its own zone only, while it answers.
+    wait_answers(
+        "the local zone's instance",
+        &mut client,
+        HOST,
+        false,
+        &["v1"],
+    )
+    .await?;
+    let steady = answers(&mut client, HOST, false, 30).await?;
+    ensure!(steady.keys().eq(["v1"]), "left its zone: {steady:?}");
+
+    // The local instance fails: ejected, the other zone takes over.
+    upstreams.fail("orders", "v1", 503).await?;
+    wait_until("failover to us-east-1b", CONFIG_TIMEOUT, async || {
+        let counts = answers(&mut client, HOST, false, 12).await?;
+        ensure!(counts.get("v2") == Some(&12), "{counts:?}");
+        Ok(())
+    })
+    .await?;
+    drop(envoy);
+    Ok(())
+}
