@@ -5,20 +5,18 @@
 //!
 //! DiscoverInstances and DiscoverInstancesRevision carry the endpoint host prefix `data-` in
 //! the service model, and the Rust SDK applies it to an overridden endpoint too
-//! (`data-127.0.0.1`, which does not resolve); every client made here carries
-//! [`StripHostPrefix`], which undoes it for the overridden endpoint only.
+//! (`data-127.0.0.1`, which does not resolve); every client made here carries capstan's
+//! [`NoHostPrefix`], which keeps it off an overridden endpoint.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 use aws_sdk_servicediscovery::Client;
-use aws_sdk_servicediscovery::config::interceptors::BeforeTransmitInterceptorContextMut;
-use aws_sdk_servicediscovery::config::{ConfigBag, Intercept, RuntimeComponents};
-use aws_sdk_servicediscovery::error::BoxError;
 use aws_sdk_servicediscovery::operation::discover_instances::DiscoverInstancesOutput;
 use aws_sdk_servicediscovery::types::{
     CustomHealthStatus, HealthCheckCustomConfig, HealthStatusFilter, OperationTargetType,
 };
+use capstan_ca::aws::NoHostPrefix;
 use capstan_ca::pca::SdkConfig;
 use serde_json::json;
 
@@ -35,79 +33,12 @@ pub enum ServiceHealth {
     Custom,
 }
 
-/// An SDK interceptor that sends requests the SDK addressed to `<prefix><endpoint host>` (the
-/// `data-` host prefix of DiscoverInstances and DiscoverInstancesRevision) to the overridden
-/// endpoint itself.
-///
-/// It runs in `modify_before_signing`: the endpoint, prefix included, is applied to the
-/// request just before that hook, so the signature then covers the host actually contacted.
-/// Install it only when the endpoint is overridden ([`StripHostPrefix::for_sdk_config`]);
-/// real AWS endpoints need the prefix.
-#[derive(Debug, Clone)]
-pub struct StripHostPrefix {
-    authority: String,
-}
-
-impl StripHostPrefix {
-    /// For the endpoint `endpoint_url` (`http://127.0.0.1:PORT`).
-    pub fn new(endpoint_url: &str) -> anyhow::Result<Self> {
-        let authority = authority_of(endpoint_url)
-            .with_context(|| format!("no host in endpoint URL {endpoint_url:?}"))?;
-        Ok(Self {
-            authority: authority.to_string(),
-        })
-    }
-
-    /// The interceptor `sdk` needs: one when its endpoint is overridden, else none.
-    pub fn for_sdk_config(sdk: &SdkConfig) -> anyhow::Result<Option<Self>> {
-        sdk.endpoint_url().map(Self::new).transpose()
-    }
-
-    /// `uri` with the endpoint's authority in place of `<prefix><authority>`; None when `uri`
-    /// has no prefix or is for another host.
-    pub fn rewrite(&self, uri: &str) -> Option<String> {
-        let (scheme, rest) = uri.split_once("://")?;
-        let end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let authority = &rest[..end];
-        if authority.len() > self.authority.len() && authority.ends_with(&self.authority) {
-            Some(format!("{scheme}://{}{}", self.authority, &rest[end..]))
-        } else {
-            None
-        }
-    }
-}
-
-fn authority_of(url: &str) -> Option<&str> {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    (!authority.is_empty()).then_some(authority)
-}
-
-impl Intercept for StripHostPrefix {
-    fn name(&self) -> &'static str {
-        "StripHostPrefix"
-    }
-
-    fn modify_before_signing(
-        &self,
-        context: &mut BeforeTransmitInterceptorContextMut<'_>,
-        _runtime_components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        let request = context.request_mut();
-        if let Some(uri) = self.rewrite(request.uri()) {
-            request.set_uri(uri)?;
-        }
-        Ok(())
-    }
-}
-
-/// A servicediscovery client for `sdk`, with [`StripHostPrefix`] when its endpoint is
-/// overridden.
+/// A servicediscovery client for `sdk`, with capstan's [`NoHostPrefix`] when its endpoint is
+/// overridden (as capstan's own client has it).
 pub fn client(sdk: &SdkConfig) -> anyhow::Result<Client> {
     let mut config = aws_sdk_servicediscovery::config::Builder::from(sdk);
-    if let Some(strip) = StripHostPrefix::for_sdk_config(sdk)? {
-        config = config.interceptor(strip);
+    if sdk.endpoint_url().is_some() {
+        config = config.interceptor(NoHostPrefix);
     }
     Ok(Client::from_conf(config.build()))
 }
@@ -355,90 +286,5 @@ impl<'a> CloudMap<'a> {
             .await
             .with_context(|| format!("setting sd_throttle to {n} for {operations:?}"))?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use aws_sdk_servicediscovery::config::interceptors::BeforeTransmitInterceptorContextRef;
-    use aws_sdk_servicediscovery::config::{Credentials, Region};
-
-    use super::*;
-
-    /// Records the URI a request would be sent to, and stops it there.
-    #[derive(Debug, Clone, Default)]
-    struct RecordUri(Arc<Mutex<Option<String>>>);
-
-    impl Intercept for RecordUri {
-        fn name(&self) -> &'static str {
-            "RecordUri"
-        }
-
-        fn read_before_transmit(
-            &self,
-            context: &BeforeTransmitInterceptorContextRef<'_>,
-            _runtime_components: &RuntimeComponents,
-            _cfg: &mut ConfigBag,
-        ) -> Result<(), BoxError> {
-            *self.0.lock().unwrap() = Some(context.request().uri().to_string());
-            Err("recorded".into())
-        }
-    }
-
-    /// Where DiscoverInstances would go, with and without [`StripHostPrefix`]: nothing is sent.
-    async fn discover_uri(strip: bool) -> String {
-        let endpoint = "http://127.0.0.1:9";
-        let record = RecordUri::default();
-        let mut config = aws_sdk_servicediscovery::Config::builder()
-            .behavior_version_latest()
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
-            .endpoint_url(endpoint)
-            .interceptor(record.clone());
-        if strip {
-            config = config.interceptor(StripHostPrefix::new(endpoint).unwrap());
-        }
-        let client = Client::from_conf(config.build());
-        let result = client
-            .discover_instances()
-            .namespace_name("ns")
-            .service_name("svc")
-            .send()
-            .await;
-        assert!(result.is_err());
-        record
-            .0
-            .lock()
-            .unwrap()
-            .clone()
-            .expect("a request was built")
-    }
-
-    #[tokio::test]
-    async fn the_sdk_prefixes_an_overridden_endpoint_and_the_interceptor_undoes_it() {
-        assert_eq!(discover_uri(false).await, "http://data-127.0.0.1:9/");
-        assert_eq!(discover_uri(true).await, "http://127.0.0.1:9/");
-    }
-
-    #[test]
-    fn strips_any_prefix_of_the_endpoint_host_only() {
-        let strip = StripHostPrefix::new("http://127.0.0.1:4566").unwrap();
-        assert_eq!(
-            strip.rewrite("http://data-127.0.0.1:4566/").as_deref(),
-            Some("http://127.0.0.1:4566/")
-        );
-        assert_eq!(
-            strip.rewrite("http://data-127.0.0.1:4566?x=1").as_deref(),
-            Some("http://127.0.0.1:4566?x=1")
-        );
-        assert_eq!(strip.rewrite("http://127.0.0.1:4566/"), None);
-        assert_eq!(strip.rewrite("http://data-127.0.0.1:4567/"), None);
-        assert_eq!(
-            strip.rewrite("https://data-servicediscovery.us-east-1.amazonaws.com/"),
-            None
-        );
-        assert!(StripHostPrefix::new("http://").is_err());
     }
 }

@@ -92,6 +92,40 @@ async fn wait_answers(
     .await
 }
 
+/// capstan on `env`'s config folder and moto's Cloud Map (in-memory mode), and one sidecar
+/// Envoy (in `locality`, if given) with a client for its outbound listener.
+async fn capstan_and_sidecar(
+    env: &TestEnv,
+    moto: &Moto,
+    mode: AdsMode,
+    locality: Option<&str>,
+) -> anyhow::Result<(Capstan, Envoy, HttpClient)> {
+    let config = env.log_dir.join("cloud-map.yaml");
+    std::fs::write(&config, cloud_map_config(moto, "in-memory", ""))?;
+    let capstan = Capstan::start_folder_with(
+        &env.config_dir,
+        &["--cloud-map-config", &config.display().to_string()],
+        &env.log_dir,
+        "capstan",
+    )
+    .await?;
+    let mut bootstrap = Bootstrap::new(mode, capstan.xds_port);
+    bootstrap.locality = locality.map(str::to_string);
+    let envoy = Envoy::start(
+        &capstan_e2e::locate::envoy_bin()?,
+        &bootstrap,
+        &env.log_dir,
+        "envoy",
+    )
+    .await?;
+    let listener = envoy
+        .wait_listener_port(OUTBOUND_LISTENER, CONFIG_TIMEOUT)
+        .await
+        .with_context(|| format!("logs in {}", env.log_dir.display()))?;
+    let client = HttpClient::new(capstan_e2e::envoy::loopback(listener));
+    Ok((capstan, envoy, client))
+}
+
 /// The value of the metric line starting with `prefix` (0 when absent).
 async fn metric(capstan: &Capstan, prefix: &str) -> anyhow::Result<f64> {
     let text = capstan.monitoring_get("/metrics").await?.text();
@@ -150,27 +184,8 @@ async fn cloud_map_services_are_routed_by_name_and_follow_registrations_and_heal
         .await?;
 
     env.write_config("routing.yaml", ROUTING)?;
-    let config = env.log_dir.join("cloud-map.yaml");
-    std::fs::write(&config, cloud_map_config(&moto, "in-memory", ""))?;
-    let capstan = Capstan::start_folder_with(
-        &env.config_dir,
-        &["--cloud-map-config", &config.display().to_string()],
-        &env.log_dir,
-        "capstan",
-    )
-    .await?;
-    let envoy = Envoy::start(
-        &capstan_e2e::locate::envoy_bin()?,
-        &Bootstrap::new(AdsMode::Delta, capstan.xds_port),
-        &env.log_dir,
-        "envoy",
-    )
-    .await?;
-    let listener = envoy
-        .wait_listener_port(OUTBOUND_LISTENER, CONFIG_TIMEOUT)
-        .await
-        .with_context(|| format!("logs in {}", env.log_dir.display()))?;
-    let mut client = HttpClient::new(capstan_e2e::envoy::loopback(listener));
+    let (capstan, envoy, mut client) =
+        capstan_and_sidecar(&env, &moto, AdsMode::Delta, None).await?;
 
     // Reached by its Cloud Map name; the other namespace's service is not in the mesh.
     wait_answers(
@@ -500,29 +515,8 @@ spec:
     outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}
 ",
     )?;
-    let config = env.log_dir.join("cloud-map.yaml");
-    std::fs::write(&config, cloud_map_config(&moto, "in-memory", ""))?;
-    let capstan = Capstan::start_folder_with(
-        &env.config_dir,
-        &["--cloud-map-config", &config.display().to_string()],
-        &env.log_dir,
-        "capstan",
-    )
-    .await?;
-    let mut bootstrap = Bootstrap::new(AdsMode::Sotw, capstan.xds_port);
-    bootstrap.locality = Some("us-east-1/us-east-1a".into());
-    let envoy = Envoy::start(
-        &capstan_e2e::locate::envoy_bin()?,
-        &bootstrap,
-        &env.log_dir,
-        "envoy",
-    )
-    .await?;
-    let listener = envoy
-        .wait_listener_port(OUTBOUND_LISTENER, CONFIG_TIMEOUT)
-        .await
-        .with_context(|| format!("logs in {}", env.log_dir.display()))?;
-    let mut client = HttpClient::new(capstan_e2e::envoy::loopback(listener));
+    let (_capstan, envoy, mut client) =
+        capstan_and_sidecar(&env, &moto, AdsMode::Sotw, Some("us-east-1/us-east-1a")).await?;
 
     // Its own zone only, while it answers.
     wait_answers(

@@ -2,16 +2,11 @@
 //! [`SdkApi`] makes them with the AWS SDK.
 
 use aws_sdk_servicediscovery::Client;
-use aws_sdk_servicediscovery::config::interceptors::BeforeTransmitInterceptorContextMut;
-use aws_sdk_servicediscovery::config::{
-    ConfigBag, Intercept, RuntimeComponents, SharedCredentialsProvider,
-};
+use aws_sdk_servicediscovery::config::SharedCredentialsProvider;
 use aws_sdk_servicediscovery::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_servicediscovery::types::{
     FilterCondition, HealthStatusFilter, ServiceFilter, ServiceFilterName,
 };
-use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::endpoint::EndpointPrefix;
 use std::collections::BTreeMap;
 
 use super::convert::{Instance, InstanceHealth};
@@ -109,33 +104,11 @@ impl SdkApi {
         let sdk = capstan_ca::aws::sdk_config(region, endpoint, credentials).await;
         let mut config = aws_sdk_servicediscovery::config::Builder::from(&sdk);
         if endpoint.is_some() {
-            config = config.interceptor(NoHostPrefix);
+            config = config.interceptor(capstan_ca::aws::NoHostPrefix);
         }
         SdkApi {
             client: Client::from_conf(config.build()),
         }
-    }
-}
-
-/// Keeps the `data-` host prefix of DiscoverInstances off an endpoint given explicitly: the
-/// prefix names AWS's data-plane host, and on another endpoint (a test server on
-/// `127.0.0.1`) it makes a name that does not resolve.
-#[derive(Debug)]
-struct NoHostPrefix;
-
-impl Intercept for NoHostPrefix {
-    fn name(&self) -> &'static str {
-        "NoHostPrefix"
-    }
-
-    fn modify_before_retry_loop(
-        &self,
-        _context: &mut BeforeTransmitInterceptorContextMut<'_>,
-        _runtime_components: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        cfg.interceptor_state().unset::<EndpointPrefix>();
-        Ok(())
     }
 }
 
