@@ -341,11 +341,8 @@ spec:
     )?;
     let _capstan = Capstan::start_kube(
         cluster.capstan_kubeconfig(),
-        &[
-            "--cloud-map-config",
-            &config.display().to_string(),
-            "--leader-elect=false",
-        ],
+        // Elected (the Lease in istio-system): only the leader writes the ServiceEntries.
+        &["--cloud-map-config", &config.display().to_string()],
         &env.log_dir,
         "capstan",
     )

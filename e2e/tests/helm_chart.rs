@@ -17,13 +17,17 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{Context, ensure};
+use capstan::source::cloud_map::config::NamespaceRef;
+use capstan::source::cloud_map::{CloudMapConfig, Mode};
 use capstan_e2e::capstan::Capstan;
+use capstan_e2e::cloudmap::{CloudMap, ServiceHealth};
 use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy};
 use capstan_e2e::helm::{self, Helm, HelmVersion, chart_dir, count, find};
 use capstan_e2e::kube::{KubeCluster, KubeUser, pki};
-use capstan_e2e::kube_mesh::{TestPod, endpoint_slice_yaml, service_yaml};
+use capstan_e2e::kube_mesh::{TestPod, cloud_map_role_yaml, endpoint_slice_yaml, service_yaml};
 use capstan_e2e::locate;
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, OUTBOUND_LISTENER};
+use capstan_e2e::moto::{Moto, MotoFaults};
 use capstan_e2e::wait_until;
 use serde_json::Value;
 
@@ -93,6 +97,26 @@ async fn charts_lint_with_helm_3_and_4_for_every_values_file() -> anyhow::Result
                 .await
                 .with_context(|| format!("{version:?}, {file}"))?;
         }
+        // Cloud Map on, materialised, with the mesh namespace created: every key of its schema.
+        let chart = chart_dir("capstan").display().to_string();
+        helm.run(&[
+            "lint",
+            "--strict",
+            &chart,
+            "--set",
+            "cloudMap.enabled=true,cloudMap.createMeshNamespace=true,\
+             cloudMap.config.mode=materialize,cloudMap.config.namespaces[0].name=example.local,\
+             cloudMap.config.namespaces[1].id=ns-1,\
+             cloudMap.config.services[0].namespace=example.local,\
+             cloudMap.config.services[0].name=orders,\
+             cloudMap.config.services[0].ports[0].name=http,\
+             cloudMap.config.services[0].ports[0].number=80",
+            // `--set` would make 0.2 a string, which the schema refuses (capstan would too).
+            "--set-json",
+            "cloudMap.config.jitter=0.2",
+        ])
+        .await
+        .with_context(|| format!("{version:?}, Cloud Map"))?;
         let gateway = chart_dir("capstan-gateway").display().to_string();
         helm.run(&["lint", "--strict", &gateway])
             .await
@@ -405,11 +429,22 @@ async fn the_values_schema_refuses_a_typo_naming_it() -> anyhow::Result<()> {
     let text = format!("{}{}", out.stdout, out.stderr);
     ensure!(text.contains("enabeld"), "{text}");
 
-    // Values that are spelt right but wrong: a failure policy Kubernetes does not know, and
-    // Cloud Map, which is reserved but not implemented.
+    // Values that are spelt right but wrong: a failure policy Kubernetes does not know, Cloud
+    // Map enabled without a namespace to serve, a mode capstan does not have, a namespace
+    // given by both name and id, and a misspelt key of the Cloud Map config file (capstan
+    // refuses unknown keys too, but only once the pod starts).
     for (set, needle) in [
         ("webhooks.injection.failurePolicy=Maybe", "failurePolicy"),
-        ("cloudMap.enabled=true", "cloudMap.enabled"),
+        ("cloudMap.enabled=true", "cloudMap.config.namespaces"),
+        ("cloudMap.config.mode=materialise", "cloudMap.config.mode"),
+        (
+            "cloudMap.config.namespaces[0].name=a,cloudMap.config.namespaces[0].id=b",
+            "cloudMap.config.namespaces.0",
+        ),
+        (
+            "cloudMap.config.intervall=10s",
+            "Additional property intervall is not allowed",
+        ),
     ] {
         let out = helm
             .output(&["template", "capstan", &chart, "--set", set])
@@ -533,6 +568,16 @@ async fn templates_pass_only_flags_capstan_has() -> anyhow::Result<()> {
         rendered.extend(render_with(&helm, file).await?);
     }
     rendered.extend(render(&helm, &["--set", pca, "--set", "ca.pca.region=eu-west-1"]).await?);
+    rendered.extend(
+        render(
+            &helm,
+            &[
+                "--set",
+                "cloudMap.enabled=true,cloudMap.config.namespaces[0].name=example.local",
+            ],
+        )
+        .await?,
+    );
     let mut checked = 0;
     for deployment in rendered.iter().filter(|o| o["kind"] == "Deployment") {
         for arg in deployment_args(deployment)? {
@@ -1061,5 +1106,514 @@ async fn helm_install_then_capstan_serves_envoy_as_the_charts_service_account() 
     }
     kube.kubectl_apply_yaml(&pod_yaml("injected", "after", "app: web"))
         .await?;
+    Ok(())
+}
+
+const CLOUD_MAP_CONFIG_MAP: &str = "capstan-cloud-map";
+const CLOUD_MAP_FILE: &str = "/etc/capstan/cloud-map/config.yaml";
+/// The verbs the materialised mode needs on ServiceEntries of its mesh namespace.
+const CLOUD_MAP_VERBS: [&str; 7] = [
+    "get", "list", "watch", "create", "patch", "update", "delete",
+];
+
+/// A values file in `dir`; its path.
+fn write_values(dir: &Path, name: &str, yaml: &str) -> anyhow::Result<String> {
+    let path = dir.join(name);
+    std::fs::write(&path, yaml)?;
+    Ok(path.display().to_string())
+}
+
+/// The Cloud Map config file of a rendered or stored ConfigMap, read by capstan's own reader
+/// (what `capstan run --cloud-map-config` calls at start) from a file in `dir`.
+fn read_cloud_map_config(dir: &Path, text: &str) -> anyhow::Result<CloudMapConfig> {
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, text)?;
+    CloudMapConfig::read(&file).with_context(|| format!("capstan refuses the file:\n{text}"))
+}
+
+/// The deployment's volume mounting the ConfigMap `config_map`, and where it is mounted.
+fn config_map_mount(deployment: &Value, config_map: &str) -> anyhow::Result<(String, Value)> {
+    let volume = deployment
+        .pointer("/spec/template/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|v| v["configMap"]["name"] == config_map)
+        .with_context(|| format!("no volume of ConfigMap {config_map}: {deployment}"))?;
+    let name = volume["name"].as_str().context("a volume without name")?;
+    let mount = container(deployment)?["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == name)
+        .with_context(|| format!("volume {name} is not mounted"))?;
+    Ok((name.to_string(), mount.clone()))
+}
+
+/// Everything the chart adds for Cloud Map, absent: used with every preset's values.
+fn ensure_no_cloud_map(objects: &[Value], what: &str) -> anyhow::Result<()> {
+    for o in objects {
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        ensure!(
+            !name.contains("cloud-map"),
+            "{what}: {} {name} rendered with Cloud Map off",
+            o["kind"]
+        );
+    }
+    ensure!(
+        count(objects, "Role") == 1 && count(objects, "RoleBinding") == 1,
+        "{what}: only the release namespace's Role"
+    );
+    ensure!(count(objects, "Namespace") == 0, "{what}");
+    let deployment = find(objects, "Deployment", "capstan")?;
+    let args = deployment_args(deployment)?;
+    ensure!(
+        !args.iter().any(|a| a.contains("cloud-map")),
+        "{what}: {args:?}"
+    );
+    let text = deployment.to_string();
+    ensure!(
+        !text.contains("cloud-map"),
+        "{what}: the Deployment mentions Cloud Map: {deployment}"
+    );
+    Ok(())
+}
+
+/// Cloud Map in the materialised mode: the config file in a ConfigMap that capstan's own
+/// reader accepts, mounted where the `--cloud-map-config` argument points; a Role in the mesh
+/// namespace with exactly the ServiceEntry verbs the harness's (and so the materialised e2e
+/// test's) Role has; IRSA on the ServiceAccount. The in-memory mode: no Role. Off (every
+/// preset): none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_map_values_render_the_config_file_its_mount_and_the_materialised_role()
+-> anyhow::Result<()> {
+    let helm = Helm::new(HelmVersion::V3)?;
+    let dir = tempfile::tempdir()?;
+    let role_arn = "arn:aws:iam::123456789012:role/capstan-cloud-map";
+    let values = write_values(
+        dir.path(),
+        "cloud-map.yaml",
+        &format!(
+            "serviceAccount:
+  annotations:
+    eks.amazonaws.com/role-arn: {role_arn}
+cloudMap:
+  enabled: true
+  config:
+    namespaces: [{{name: example.local}}, {{id: ns-abc123}}]
+    mode: materialize
+    meshNamespace: aws-services
+    interval: 15s
+    hostTemplate: \"{{service}}.{{namespace}}.aws\"
+    services:
+    - namespace: example.local
+      name: orders
+      ports: [{{name: http, number: 80, protocol: HTTP, targetPort: 8080}}]
+"
+        ),
+    )?;
+    let objects = render(&helm, &["-f", &values]).await?;
+
+    // The file, as capstan reads it.
+    let config_map = find(&objects, "ConfigMap", CLOUD_MAP_CONFIG_MAP)?;
+    ensure!(
+        config_map["metadata"]["namespace"] == "istio-system",
+        "{config_map}"
+    );
+    let data = config_map["data"].as_object().context("no data")?;
+    ensure!(
+        data.keys().eq(["config.yaml"]),
+        "one key, config.yaml: {data:?}"
+    );
+    let text = data["config.yaml"].as_str().context("not a string")?;
+    let config = read_cloud_map_config(dir.path(), text)?;
+    ensure!(
+        config.namespaces
+            == [
+                NamespaceRef {
+                    name: Some("example.local".into()),
+                    id: None
+                },
+                NamespaceRef {
+                    name: None,
+                    id: Some("ns-abc123".into())
+                },
+            ],
+        "{config:?}"
+    );
+    ensure!(config.mode == Mode::Materialize, "{config:?}");
+    ensure!(config.mesh_namespace == "aws-services", "{config:?}");
+    ensure!(
+        config.interval == std::time::Duration::from_secs(15),
+        "{config:?}"
+    );
+    ensure!(
+        config.host("example.local", "orders") == "orders.example.local.aws",
+        "{config:?}"
+    );
+    let ports = config
+        .ports_of("example.local", "orders")
+        .context("the orders ports")?;
+    ensure!(
+        ports.len() == 1 && ports[0].number == 80 && ports[0].target_port == 8080,
+        "{ports:?}"
+    );
+    // What the values leave out keeps capstan's defaults.
+    let defaults = CloudMapConfig::default();
+    ensure!(
+        config.jitter == defaults.jitter && config.region.is_none() && config.endpoint.is_none()
+    );
+
+    // The argument names the file where the ConfigMap is mounted, read-only; a change of the
+    // file rolls the pods (capstan reads it at start).
+    let deployment = find(&objects, "Deployment", "capstan")?;
+    let args = deployment_args(deployment)?;
+    let arg = format!("--cloud-map-config={CLOUD_MAP_FILE}");
+    ensure!(
+        args.iter()
+            .filter(|a| a.starts_with("--cloud-map-config"))
+            .count()
+            == 1
+            && args.contains(&arg),
+        "{arg} not in {args:?}"
+    );
+    let (_, mount) = config_map_mount(deployment, CLOUD_MAP_CONFIG_MAP)?;
+    ensure!(mount["readOnly"] == true, "{mount}");
+    let dir_path = mount["mountPath"].as_str().context("no mountPath")?;
+    ensure!(
+        format!("{dir_path}/config.yaml") == CLOUD_MAP_FILE,
+        "mounted at {dir_path}"
+    );
+    ensure!(
+        deployment
+            .pointer("/spec/template/metadata/annotations/checksum~1cloud-map-config")
+            .is_some(),
+        "{deployment}"
+    );
+
+    // Credentials: IRSA.
+    let sa = find(&objects, "ServiceAccount", "capstan")?;
+    ensure!(
+        sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == role_arn,
+        "{sa}"
+    );
+
+    // The Role: in the mesh namespace, ServiceEntries only, exactly the harness's rules.
+    let role = find(&objects, "Role", "capstan-istio-system-cloud-map")?;
+    ensure!(role["metadata"]["namespace"] == "aws-services", "{role}");
+    let rules = role["rules"].as_array().context("no rules")?;
+    ensure!(rules.len() == 1, "{role}");
+    ensure!(
+        rules[0]["apiGroups"] == serde_json::json!(["networking.istio.io"])
+            && rules[0]["resources"] == serde_json::json!(["serviceentries"])
+            && rules[0].get("resourceNames").is_none(),
+        "{role}"
+    );
+    let verbs: BTreeSet<&str> = rules[0]["verbs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    ensure!(
+        verbs == BTreeSet::from(CLOUD_MAP_VERBS)
+            && rules[0]["verbs"].as_array().map(Vec::len) == Some(CLOUD_MAP_VERBS.len()),
+        "{role}"
+    );
+    let harness = helm::yaml_objects(&cloud_map_role_yaml("aws-services")).await?;
+    let harness_role = find(&harness, "Role", "capstan-cloud-map")?;
+    ensure!(
+        role["rules"] == harness_role["rules"],
+        "the chart's Role differs from the one the materialised e2e test runs under:\nchart: {}\nharness: {}",
+        role["rules"],
+        harness_role["rules"]
+    );
+    let binding = find(&objects, "RoleBinding", "capstan-istio-system-cloud-map")?;
+    ensure!(
+        binding["metadata"]["namespace"] == "aws-services",
+        "{binding}"
+    );
+    ensure!(
+        binding["roleRef"]
+            == serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "capstan-istio-system-cloud-map"}),
+        "{binding}"
+    );
+    ensure!(
+        binding["subjects"]
+            == serde_json::json!([{"kind": "ServiceAccount", "name": "capstan",
+                                   "namespace": "istio-system"}]),
+        "{binding}"
+    );
+    // Nothing else widens: the same ClusterRoles as without Cloud Map, no Namespace unless
+    // asked for.
+    let off = render_with(&helm, "values.yaml").await?;
+    for name in ["capstan-istio-system", "capstan-istio-system-webhooks"] {
+        ensure!(
+            find(&objects, "ClusterRole", name)?["rules"]
+                == find(&off, "ClusterRole", name)?["rules"],
+            "ClusterRole {name} changed with Cloud Map on"
+        );
+    }
+    ensure!(count(&objects, "ClusterRole") == 2 && count(&objects, "Namespace") == 0);
+
+    // createMeshNamespace: the Namespace, without the labels that would have its pods injected.
+    let created = render(
+        &helm,
+        &["-f", &values, "--set", "cloudMap.createMeshNamespace=true"],
+    )
+    .await?;
+    let namespace = find(&created, "Namespace", "aws-services")?;
+    let labels = &namespace["metadata"]["labels"];
+    ensure!(
+        labels.get("istio.io/rev").is_none() && labels.get("istio-injection").is_none(),
+        "{namespace}"
+    );
+    // ... but never the release namespace, which is not the release's to create.
+    let out = helm
+        .output(&[
+            "template",
+            "capstan",
+            &chart_dir("capstan").display().to_string(),
+            "--namespace",
+            "aws-services",
+            "-f",
+            &values,
+            "--set",
+            "cloudMap.createMeshNamespace=true",
+        ])
+        .await?;
+    ensure!(
+        !out.success && out.stderr.contains("cloudMap.createMeshNamespace"),
+        "{}",
+        out.stderr
+    );
+
+    // The in-memory mode (the default): the file and its mount, nothing written, no Role.
+    let in_memory = render(
+        &helm,
+        &[
+            "--set",
+            "cloudMap.enabled=true,cloudMap.config.namespaces[0].name=example.local",
+        ],
+    )
+    .await?;
+    let text = find(&in_memory, "ConfigMap", CLOUD_MAP_CONFIG_MAP)?["data"]["config.yaml"]
+        .as_str()
+        .context("no config.yaml")?;
+    let config = read_cloud_map_config(dir.path(), text)?;
+    ensure!(
+        config.mode == Mode::InMemory && config.mesh_namespace == "cloud-map",
+        "{config:?}"
+    );
+    let deployment = find(&in_memory, "Deployment", "capstan")?;
+    ensure!(deployment_args(deployment)?.contains(&arg));
+    config_map_mount(deployment, CLOUD_MAP_CONFIG_MAP)?;
+    ensure!(count(&in_memory, "Role") == 1 && count(&in_memory, "RoleBinding") == 1);
+
+    // Off, as every preset has it: none of the above.
+    for file in VALUES_FILES {
+        ensure_no_cloud_map(&render_with(&helm, file).await?, file)?;
+    }
+    Ok(())
+}
+
+/// The materialised mode on the shared apiserver, under the chart's RBAC alone: `helm install`
+/// (webhooks off: nothing serves them on the shared cluster) creates the mesh namespace, the
+/// ConfigMap and the Role; the apiserver lets the chart's ServiceAccount write ServiceEntries
+/// there and nowhere else; and capstan, run with a token of that ServiceAccount and the
+/// config file as the apiserver stores it (pointed at moto on loopback, never AWS), writes the
+/// ServiceEntry of a Cloud Map service with no forbidden call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_with_cloud_map_materialised_under_the_charts_rbac() -> anyhow::Result<()> {
+    let name = "helm_install_with_cloud_map_materialised_under_the_charts_rbac";
+    let log_dir = locate::fresh_log_dir(name)?;
+    let kube = KubeCluster::shared().await?;
+    let helm = Helm::new(HelmVersion::V3)?;
+    let release_ns = kube.create_namespace("cm-release").await?;
+    let mesh_ns = format!("{release_ns}-mesh");
+    let service_account = format!("system:serviceaccount:{release_ns}:capstan");
+
+    let moto = Moto::start(&log_dir, &MotoFaults::default()).await?;
+    let cloud_map = CloudMap::new(&moto).await?;
+    let ns = cloud_map.create_http_namespace("example.local").await?;
+    let orders = cloud_map
+        .create_service(&ns, "orders", ServiceHealth::None)
+        .await?;
+    cloud_map
+        .register(
+            &orders,
+            "i-1",
+            &[
+                ("AWS_INSTANCE_IPV4", "10.0.0.1"),
+                ("AWS_INSTANCE_PORT", "8080"),
+                ("protocol", "HTTP"),
+            ],
+        )
+        .await?;
+
+    let values = write_values(
+        &log_dir,
+        "values-cloud-map.yaml",
+        &format!(
+            "webhooks:
+  validation: {{enabled: false}}
+  injection: {{enabled: false}}
+cloudMap:
+  enabled: true
+  createMeshNamespace: true
+  config:
+    namespaces: [{{name: example.local}}]
+    mode: materialize
+    meshNamespace: {mesh_ns}
+    interval: 1s
+    jitter: 0
+    region: {}
+    endpoint: {}
+",
+            capstan_e2e::moto::REGION,
+            moto.endpoint_url()
+        ),
+    )?;
+    let kubeconfig = kube.admin_kubeconfig().display().to_string();
+    let chart = chart_dir("capstan").display().to_string();
+    let install = helm
+        .run(&[
+            "install",
+            "capstan",
+            &chart,
+            "--namespace",
+            &release_ns,
+            "--skip-crds",
+            "--kubeconfig",
+            &kubeconfig,
+            "-f",
+            &values,
+        ])
+        .await?;
+    std::fs::write(log_dir.join("helm-install.txt"), &install)?;
+    ensure!(install.contains("STATUS: deployed"), "{install}");
+    let role = format!("capstan-{release_ns}-cloud-map");
+    kube.kubectl(&["get", "namespace", &mesh_ns]).await?;
+    for kind in ["role", "rolebinding"] {
+        kube.kubectl(&["get", kind, &role, "-n", &mesh_ns]).await?;
+    }
+
+    // The apiserver's judgement of the chart's ServiceAccount.
+    let can = async |args: &[&str]| {
+        let mut full = vec!["--as", service_account.as_str()];
+        full.extend_from_slice(args);
+        kube.can_i(KubeUser::Admin, &full).await
+    };
+    for verb in CLOUD_MAP_VERBS {
+        ensure!(
+            can(&[verb, "serviceentries.networking.istio.io", "-n", &mesh_ns]).await?,
+            "the chart's SA cannot {verb} ServiceEntries in {mesh_ns}"
+        );
+    }
+    for args in [
+        &[
+            "create",
+            "serviceentries.networking.istio.io",
+            "-n",
+            &release_ns,
+        ][..],
+        &[
+            "delete",
+            "serviceentries.networking.istio.io",
+            "-n",
+            "default",
+        ],
+        &[
+            "create",
+            "virtualservices.networking.istio.io",
+            "-n",
+            &mesh_ns,
+        ],
+        &["delete", "configmaps", "-n", &mesh_ns],
+        &[
+            "deletecollection",
+            "serviceentries.networking.istio.io",
+            "-n",
+            &mesh_ns,
+        ],
+    ] {
+        ensure!(!can(args).await?, "the chart's SA can {args:?}");
+    }
+
+    // The file the pod would mount, as the apiserver stores it, read by capstan's reader.
+    let text = kube
+        .kubectl(&[
+            "get",
+            "configmap",
+            CLOUD_MAP_CONFIG_MAP,
+            "-n",
+            &release_ns,
+            "-o",
+            "jsonpath={.data.config\\.yaml}",
+        ])
+        .await?;
+    let config = read_cloud_map_config(&log_dir, &text)?;
+    ensure!(
+        config.mode == Mode::Materialize && config.mesh_namespace == mesh_ns,
+        "{config:?}"
+    );
+    let config_file = log_dir.join("config.yaml");
+
+    // capstan as the chart's ServiceAccount.
+    let token = kube
+        .kubectl(&["create", "token", "capstan", "-n", &release_ns])
+        .await?;
+    let sa_kubeconfig = log_dir.join("chart-sa.kubeconfig");
+    pki::write_kubeconfig(
+        &sa_kubeconfig,
+        kube.server(),
+        kube.ca_cert(),
+        &pki::token_user(token.trim()),
+    )?;
+    let dns_names = format!("capstan.{release_ns}.svc");
+    let capstan = Capstan::start_kube(
+        &sa_kubeconfig,
+        &[
+            "--namespace",
+            &release_ns,
+            "--xds-tls-dns-names",
+            &dns_names,
+            "--cloud-map-config",
+            &config_file.display().to_string(),
+        ],
+        &log_dir,
+        "capstan",
+    )
+    .await?;
+    wait_until(
+        "the orders ServiceEntry in the mesh namespace",
+        CONFIG_TIMEOUT,
+        async || {
+            let json = kube
+                .kubectl(&[
+                    "get",
+                    "serviceentry",
+                    "orders-example-local",
+                    "-n",
+                    &mesh_ns,
+                    "-o",
+                    "json",
+                ])
+                .await?;
+            let se: Value = serde_json::from_str(&json)?;
+            ensure!(
+                se["metadata"]["labels"]["capstan.io/managed-by"] == "cloudmap",
+                "{se}"
+            );
+            ensure!(se["spec"]["hosts"][0] == "orders.example.local", "{se}");
+            ensure!(se["spec"]["endpoints"][0]["address"] == "10.0.0.1", "{se}");
+            Ok(())
+        },
+    )
+    .await
+    .with_context(|| format!("logs in {}", log_dir.display()))?;
+    let forbidden = capstan.process.log_lines(|l| l.contains("forbidden"));
+    ensure!(forbidden.is_empty(), "forbidden calls: {forbidden:?}");
     Ok(())
 }

@@ -70,7 +70,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{- define "capstan.checks" -}}
 {{- if .Values.cloudMap.enabled -}}
-{{- fail "cloudMap.enabled: AWS Cloud Map is not implemented in capstan yet (docs/install.md)" -}}
+{{- if not .Values.cloudMap.config.namespaces -}}
+{{- fail "cloudMap.config.namespaces: name at least one Cloud Map namespace when cloudMap.enabled is true" -}}
+{{- end -}}
+{{- if and .Values.cloudMap.createMeshNamespace (eq (include "capstan.cloudMapMeshNamespace" .) .Release.Namespace) -}}
+{{- fail "cloudMap.createMeshNamespace: cloudMap.config.meshNamespace is the release namespace, which Helm does not create as an object of the release" -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" -}}
@@ -85,3 +90,19 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- include "capstan.fullname" . -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Cloud Map (cloudMap.*): the namespace its services belong to, and whether capstan writes them there. */}}
+{{- define "capstan.cloudMapMeshNamespace" -}}
+{{- .Values.cloudMap.config.meshNamespace | default "cloud-map" -}}
+{{- end -}}
+
+{{- define "capstan.cloudMapMaterialize" -}}
+{{- if and .Values.cloudMap.enabled (eq (.Values.cloudMap.config.mode | default "in-memory") "materialize") -}}true{{- end -}}
+{{- end -}}
+
+{{- define "capstan.cloudMapConfigMapName" -}}
+{{- printf "%s-cloud-map" (include "capstan.fullname" .) -}}
+{{- end -}}
+
+{{/* Where the container reads the Cloud Map config file. */}}
+{{- define "capstan.cloudMapConfigDir" -}}/etc/capstan/cloud-map{{- end -}}

@@ -31,7 +31,10 @@ pub async fn run(args: &RunArgs, mut serving: Serving) -> anyhow::Result<()> {
     let monitor = serving.monitor(monitoring);
 
     // Held for the life of the process: a closed channel would read as "not leader".
-    let mut _always_leader = None;
+    let (always_leader, always) = tokio::sync::watch::channel(true);
+    let _always_leader = always_leader;
+    // Who writes: the elected replica (status, materialised Cloud Map ServiceEntries).
+    let mut writer_leader = always;
     let (status, elector) = if args.kube.write_status {
         // Renew deadline and retry period scale with the lease, as client-go's defaults do.
         let config = LeaseConfig::new(args.kube.namespace.clone(), args.kube.identity())
@@ -41,10 +44,9 @@ pub async fn run(args: &RunArgs, mut serving: Serving) -> anyhow::Result<()> {
             (leader, Some(task))
         } else {
             // The only replica: always the writer.
-            let (tx, rx) = tokio::sync::watch::channel(true);
-            _always_leader = Some(tx);
-            (rx, None)
+            (writer_leader.clone(), None)
         };
+        writer_leader = leader.clone();
         let (writer, _task) = StatusWriter::start(client.clone(), leader);
         (Some(writer), elector)
     } else {
@@ -66,6 +68,7 @@ pub async fn run(args: &RunArgs, mut serving: Serving) -> anyhow::Result<()> {
                 feed.mesh_namespace,
                 feed.events,
                 feed.sync,
+                writer_leader,
             ));
             None
         }

@@ -101,12 +101,15 @@ pub fn service_entry(record: &CloudMapService) -> ServiceEntry {
     entry
 }
 
-/// Writes what the poller sends until it stops; `sync` says whether its polls succeed.
+/// Writes what the poller sends until it stops; `sync` says whether its polls succeed. Only
+/// while `leader` says so: of several replicas, the elected one writes, and one that becomes
+/// leader writes everything it holds.
 pub async fn run(
     client: kube::Client,
     namespace: String,
     mut events: mpsc::Receiver<Event>,
     mut sync: watch::Receiver<SyncState>,
+    mut leader: watch::Receiver<bool>,
 ) {
     let api: Api<ServiceEntry> = Api::namespaced(client, &namespace);
     let mut writer = Writer {
@@ -117,8 +120,10 @@ pub async fn run(
         state: sync.borrow_and_update().clone(),
         unstated: BTreeSet::new(),
     };
+    let mut leading = *leader.borrow_and_update();
     loop {
-        let idle = writer.pending.is_empty() && !writer.sweep && writer.unstated.is_empty();
+        let idle =
+            !leading || (writer.pending.is_empty() && !writer.sweep && writer.unstated.is_empty());
         let retry = async {
             if idle {
                 std::future::pending::<()>().await
@@ -131,7 +136,24 @@ pub async fn run(
             Ok(()) = sync.changed() => {
                 writer.state = sync.borrow_and_update().clone();
                 writer.unstated = writer.desired.keys().cloned().collect();
-                writer.flush().await;
+                if leading {
+                    writer.flush().await;
+                }
+                continue;
+            }
+            Ok(()) = leader.changed() => {
+                let now = *leader.borrow_and_update();
+                if now && !leading {
+                    // What the last leader wrote may be older than what this replica holds.
+                    writer.pending = writer.desired.keys().cloned().collect();
+                    writer.unstated = writer.pending.clone();
+                    writer.sweep = true;
+                    info!("leading: writing the Cloud Map ServiceEntries");
+                }
+                leading = now;
+                if leading {
+                    writer.flush().await;
+                }
                 continue;
             }
             () = retry => {
@@ -144,7 +166,9 @@ pub async fn run(
         while let Ok(event) = events.try_recv() {
             writer.take(event);
         }
-        writer.flush().await;
+        if leading {
+            writer.flush().await;
+        }
     }
 }
 
