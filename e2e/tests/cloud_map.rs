@@ -42,9 +42,10 @@ spec:
   - route: [{destination: {host: orders.example.local}}]
 ";
 
-fn cloud_map_config(moto: &Moto, mode: &str, extra: &str) -> String {
+/// The Cloud Map config for `moto`: `namespaces` (a YAML list), `mode`, 1 s polls.
+fn cloud_map_config(moto: &Moto, namespaces: &str, mode: &str, extra: &str) -> String {
     format!(
-        "namespaces: [{{name: example.local}}]
+        "namespaces: {namespaces}
 mode: {mode}
 interval: 1s
 jitter: 0
@@ -92,16 +93,17 @@ async fn wait_answers(
     .await
 }
 
-/// capstan on `env`'s config folder and moto's Cloud Map (in-memory mode), and one sidecar
-/// Envoy (in `locality`, if given) with a client for its outbound listener.
+/// capstan on `env`'s config folder and moto's Cloud Map `namespaces` (in-memory mode), and
+/// one sidecar Envoy (in `locality`, if given) with a client for its outbound listener.
 async fn capstan_and_sidecar(
     env: &TestEnv,
     moto: &Moto,
+    namespaces: &str,
     mode: AdsMode,
     locality: Option<&str>,
 ) -> anyhow::Result<(Capstan, Envoy, HttpClient)> {
     let config = env.log_dir.join("cloud-map.yaml");
-    std::fs::write(&config, cloud_map_config(moto, "in-memory", ""))?;
+    std::fs::write(&config, cloud_map_config(moto, namespaces, "in-memory", ""))?;
     let capstan = Capstan::start_folder_with(
         &env.config_dir,
         &["--cloud-map-config", &config.display().to_string()],
@@ -145,7 +147,12 @@ async fn cloud_map_services_are_routed_by_name_and_follow_registrations_and_heal
     let cloud_map = CloudMap::new(&moto).await?;
     let upstreams = Upstreams::start_on_free_ports(
         Path::new(UPSTREAM_BIN),
-        &[("orders", "v1"), ("orders", "v2"), ("hidden", "v1")],
+        &[
+            ("orders", "v1"),
+            ("orders", "v2"),
+            ("hidden", "v1"),
+            ("billing", "v1"),
+        ],
         &env.log_dir,
     )
     .await?;
@@ -183,15 +190,44 @@ async fn cloud_map_services_are_routed_by_name_and_follow_registrations_and_heal
         )
         .await?;
 
+    // A private DNS namespace, configured by its id.
+    let corp = cloud_map
+        .create_private_dns_namespace("corp.internal", "vpc-e2e")
+        .await?;
+    let billing = cloud_map
+        .create_service(&corp, "billing", ServiceHealth::None)
+        .await?;
+    let billing_port = upstreams.port("billing", "v1")?.to_string();
+    cloud_map
+        .register(
+            &billing,
+            "b-1",
+            &[
+                ("AWS_INSTANCE_IPV4", "127.0.0.1"),
+                ("AWS_INSTANCE_PORT", billing_port.as_str()),
+                ("protocol", "HTTP"),
+            ],
+        )
+        .await?;
+
     env.write_config("routing.yaml", ROUTING)?;
+    let namespaces = format!("[{{name: example.local}}, {{id: {corp}}}]");
     let (capstan, envoy, mut client) =
-        capstan_and_sidecar(&env, &moto, AdsMode::Delta, None).await?;
+        capstan_and_sidecar(&env, &moto, &namespaces, AdsMode::Delta, None).await?;
 
     // Reached by its Cloud Map name; the other namespace's service is not in the mesh.
     wait_answers(
         "orders by its Cloud Map name",
         &mut client,
         HOST,
+        false,
+        &["v1"],
+    )
+    .await?;
+    wait_answers(
+        "billing in the DNS namespace named by id",
+        &mut client,
+        "billing.corp.internal",
         false,
         &["v1"],
     )
@@ -337,7 +373,12 @@ spec:
     let config = env.log_dir.join("cloud-map.yaml");
     std::fs::write(
         &config,
-        cloud_map_config(&moto, "materialize", &format!("meshNamespace: {mesh_ns}\n")),
+        cloud_map_config(
+            &moto,
+            "[{name: example.local}]",
+            "materialize",
+            &format!("meshNamespace: {mesh_ns}\n"),
+        ),
     )?;
     let _capstan = Capstan::start_kube(
         cluster.capstan_kubeconfig(),
@@ -512,8 +553,14 @@ spec:
     outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}
 ",
     )?;
-    let (_capstan, envoy, mut client) =
-        capstan_and_sidecar(&env, &moto, AdsMode::Sotw, Some("us-east-1/us-east-1a")).await?;
+    let (_capstan, envoy, mut client) = capstan_and_sidecar(
+        &env,
+        &moto,
+        "[{name: example.local}]",
+        AdsMode::Sotw,
+        Some("us-east-1/us-east-1a"),
+    )
+    .await?;
 
     // Its own zone only, while it answers.
     wait_answers(
