@@ -10,6 +10,9 @@
 #               builds istiod's pilot-discovery from Go modules, ~5 min cold)
 #   make bench-policy  one AuthorizationPolicy edit → the proxies of its namespace ACK their inbound
 #               listener (and no other proxy is pushed), capstan vs istiod, same objects as bench-kube
+#   make bench-cloud-map  1,000 AWS Cloud Map services × 10 instances (moto): one poll's cost, and one
+#               registered instance → 1,000 proxies ACKed, capstan (in-memory, materialised) vs istiod
+#               reading capstan's ServiceEntries (--services/--instances/--proxies scale it down)
 #   make bench-faults  1,000 Delta proxies' endpoint-change latency and the server's memory, alone
 #               and while the hostile clients of e2e/tests/faults_*.rs run against the same port
 #   make bench-ca  CSR signings per second (TLS, TokenReview cached) and latency with 1,000 agents at
@@ -49,7 +52,7 @@ step = @echo "==> $(1)"
 # Steps of `test` and `run` must run in order, even under `make -j`.
 .NOTPARALLEL:
 
-.PHONY: all tools kube-tools build run test fmt fmt-check clippy clean-tools help bench bench-quick bench-kube bench-policy bench-faults bench-ca peer crds
+.PHONY: all tools kube-tools build run test fmt fmt-check clippy clean-tools help bench bench-quick bench-kube bench-policy bench-cloud-map bench-faults bench-ca peer crds
 .PHONY: helm images kind-e2e
 
 all: build
@@ -142,6 +145,13 @@ bench-policy: kube-tools
 	$(call step,bench-policy: capstan-kube-bench --change policy (one AuthorizationPolicy edit, capstan vs istiod))
 	@$(CARGO) build --quiet --release -p capstan -p capstan-e2e --bin capstan --bin capstan-kube-bench
 	@CAPSTAN_KUBE_BIN_DIR="$(KUBE_BIN_DIR_VALUE)" CAPSTAN_ISTIOD="$(ISTIOD_VALUE)" $(CARGO) run --quiet --release -p capstan-e2e --bin capstan-kube-bench -- --change policy
+
+bench-cloud-map: tools kube-tools
+	$(call step,bench-cloud-map: istiod (pilot-discovery) into $(CAPSTAN_TOOLS_DIR)/istiod)
+	@scripts/build-istiod.sh >/dev/null || echo "istiod not built: capstan-cloud-map-bench will skip the istiod row"
+	$(call step,bench-cloud-map: capstan-cloud-map-bench (Cloud Map in moto: poll cost and one instance change; capstan vs istiod))
+	@$(CARGO) build --quiet --release -p capstan -p capstan-e2e --bin capstan --bin capstan-cloud-map-bench
+	@CAPSTAN_KUBE_BIN_DIR="$(KUBE_BIN_DIR_VALUE)" CAPSTAN_ISTIOD="$(ISTIOD_VALUE)" $(CARGO) run --quiet --release -p capstan-e2e --bin capstan-cloud-map-bench
 
 bench-ca: kube-tools
 	$(call step,bench-ca: capstan-ca-bench (capstan's CA vs istiod's; istiod built by scripts/build-istiod.sh))

@@ -307,7 +307,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
@@ -523,7 +523,7 @@ impl KubectlProxy {
 }
 
 /// One HTTP/1.1 request on a fresh connection; the status and body.
-async fn http(
+pub(crate) async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -564,18 +564,18 @@ async fn http(
 
 // ---- The servers ----
 
-struct ServerSpec {
-    name: &'static str,
-    command: Command,
-    ads: SocketAddr,
-    ready: SocketAddr,
-    ready_path: &'static str,
+pub(crate) struct ServerSpec {
+    pub(crate) name: &'static str,
+    pub(crate) command: Command,
+    pub(crate) ads: SocketAddr,
+    pub(crate) ready: SocketAddr,
+    pub(crate) ready_path: &'static str,
     /// A log line that says the ADS server listens.
-    listening: Option<&'static str>,
-    log: PathBuf,
+    pub(crate) listening: Option<&'static str>,
+    pub(crate) log: PathBuf,
 }
 
-fn loopback_port() -> anyhow::Result<SocketAddr> {
+pub(crate) fn loopback_port() -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::from((
         [127, 0, 0, 1],
         capstan_e2e::ports::free_port()?,
@@ -584,7 +584,11 @@ fn loopback_port() -> anyhow::Result<SocketAddr> {
 
 impl ServerSpec {
     /// capstan; `capture`: sidecars with inbound listeners (`--sidecar-listeners capture`).
-    fn capstan(bin: &Path, cluster: &KubeCluster, capture: bool) -> anyhow::Result<Self> {
+    pub(crate) fn capstan(
+        bin: &Path,
+        cluster: &KubeCluster,
+        capture: bool,
+    ) -> anyhow::Result<Self> {
         let ads = loopback_port()?;
         let monitoring = loopback_port()?;
         let mut command = Command::new(bin);
@@ -611,7 +615,11 @@ impl ServerSpec {
         })
     }
 
-    fn istiod(bin: &Path, cluster: &KubeCluster, env: &[String]) -> anyhow::Result<Self> {
+    pub(crate) fn istiod(
+        bin: &Path,
+        cluster: &KubeCluster,
+        env: &[String],
+    ) -> anyhow::Result<Self> {
         let ads = loopback_port()?;
         let http = loopback_port()?;
         let mut command = Command::new(bin);
@@ -654,7 +662,7 @@ impl ServerSpec {
 /// cluster.local`) and metadata (NAMESPACE, CLUSTER_ID, NAME, LABELS from `capstan_load`,
 /// plus ISTIO_VERSION and the rest istiod reads). As a `workload`, it claims endpoint 0 of
 /// service `k` as its address.
-fn node(k: usize, workload: bool) -> Bytes {
+pub(crate) fn node(k: usize, workload: bool) -> Bytes {
     let mut node = capstan_load::request::node(k);
     if workload {
         let ip = address(k, 0);
@@ -750,7 +758,7 @@ async fn run_proxy(index: usize, ads: SocketAddr, shared: Arc<Shared>) -> anyhow
     }
 }
 
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
+pub(crate) fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -759,7 +767,7 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// Waits until `pid` used less than 2 % of a core over a second (at most `limit`).
-async fn wait_idle(pid: u32, limit: Duration) -> Duration {
+pub(crate) async fn wait_idle(pid: u32, limit: Duration) -> Duration {
     let start = Instant::now();
     let mut before = capstan_load::cpu::cpu_time(pid);
     while start.elapsed() < limit {
@@ -986,7 +994,7 @@ async fn measure(
 
 // ---- Reporting ----
 
-fn machine() -> BTreeMap<String, String> {
+pub(crate) fn machine() -> BTreeMap<String, String> {
     let run = |cmd: &str, args: &[&str]| {
         Command::new(cmd)
             .args(args)
@@ -1034,7 +1042,7 @@ fn machine() -> BTreeMap<String, String> {
     ])
 }
 
-fn kib(v: Option<u64>) -> String {
+pub(crate) fn kib(v: Option<u64>) -> String {
     v.map_or("–".into(), |k| format!("{:.1}", k as f64 / 1024.0))
 }
 

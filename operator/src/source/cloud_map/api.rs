@@ -72,18 +72,28 @@ impl ApiError {
     }
 }
 
+/// A listing read page by page: what it holds, and how many calls (pages) that took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paged<T> {
+    pub items: T,
+    pub pages: u64,
+}
+
 /// The calls a poll makes. Each returns the whole answer (every page).
 #[allow(async_fn_in_trait)]
 pub trait CloudMapApi {
-    async fn namespaces(&self) -> Result<Vec<NamespaceInfo>, ApiError>;
-    async fn services(&self, namespace_id: &str) -> Result<Vec<ServiceInfo>, ApiError>;
+    async fn namespaces(&self) -> Result<Paged<Vec<NamespaceInfo>>, ApiError>;
+    async fn services(&self, namespace_id: &str) -> Result<Paged<Vec<ServiceInfo>>, ApiError>;
     /// `DiscoverInstancesRevision` (`namespace`: its HttpName): changes when instances
     /// register, deregister or change attributes (not when their health changes).
     async fn revision(&self, namespace: &str, service: &str) -> Result<i64, ApiError>;
     /// Every instance, whatever its health, with its health (`namespace`: its HttpName).
     async fn instances(&self, namespace: &str, service: &str) -> Result<Vec<Instance>, ApiError>;
     /// Instance id → health, for services with a health check.
-    async fn health(&self, service_id: &str) -> Result<BTreeMap<String, InstanceHealth>, ApiError>;
+    async fn health(
+        &self,
+        service_id: &str,
+    ) -> Result<Paged<BTreeMap<String, InstanceHealth>>, ApiError>;
 }
 
 /// Cloud Map through the AWS SDK.
@@ -113,10 +123,12 @@ impl SdkApi {
 }
 
 impl CloudMapApi for SdkApi {
-    async fn namespaces(&self) -> Result<Vec<NamespaceInfo>, ApiError> {
+    async fn namespaces(&self) -> Result<Paged<Vec<NamespaceInfo>>, ApiError> {
         let mut out = Vec::new();
         let mut token = None;
+        let mut pages = 0;
         for _ in 0..MAX_PAGES {
+            pages += 1;
             let page = self
                 .client
                 .list_namespaces()
@@ -143,10 +155,10 @@ impl CloudMapApi for SdkApi {
                 break;
             }
         }
-        Ok(out)
+        Ok(Paged { items: out, pages })
     }
 
-    async fn services(&self, namespace_id: &str) -> Result<Vec<ServiceInfo>, ApiError> {
+    async fn services(&self, namespace_id: &str) -> Result<Paged<Vec<ServiceInfo>>, ApiError> {
         let filter = ServiceFilter::builder()
             .name(ServiceFilterName::NamespaceId)
             .values(namespace_id)
@@ -160,7 +172,9 @@ impl CloudMapApi for SdkApi {
             })?;
         let mut out = Vec::new();
         let mut token = None;
+        let mut pages = 0;
         for _ in 0..MAX_PAGES {
+            pages += 1;
             let page = self
                 .client
                 .list_services()
@@ -183,7 +197,7 @@ impl CloudMapApi for SdkApi {
                 break;
             }
         }
-        Ok(out)
+        Ok(Paged { items: out, pages })
     }
 
     async fn revision(&self, namespace: &str, service: &str) -> Result<i64, ApiError> {
@@ -227,10 +241,15 @@ impl CloudMapApi for SdkApi {
             .collect())
     }
 
-    async fn health(&self, service_id: &str) -> Result<BTreeMap<String, InstanceHealth>, ApiError> {
+    async fn health(
+        &self,
+        service_id: &str,
+    ) -> Result<Paged<BTreeMap<String, InstanceHealth>>, ApiError> {
         let mut out = BTreeMap::new();
         let mut token = None;
+        let mut pages = 0;
         for _ in 0..MAX_PAGES {
+            pages += 1;
             let page = self
                 .client
                 .get_instances_health_status()
@@ -252,6 +271,6 @@ impl CloudMapApi for SdkApi {
                 break;
             }
         }
-        Ok(out)
+        Ok(Paged { items: out, pages })
     }
 }

@@ -49,6 +49,13 @@ pub async fn run<A: api::CloudMapApi>(
                 }
                 failures = 0;
                 sync.send_if_modified(|s| replace(s, SyncState::synced()));
+                if !poll.events.is_empty() {
+                    tracing::debug!(
+                        changes = poll.events.len(),
+                        took = ?started.elapsed(),
+                        "Cloud Map poll found changes"
+                    );
+                }
                 for event in poll.events {
                     if events.send(event).await.is_err() {
                         return;

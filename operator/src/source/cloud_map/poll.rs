@@ -92,20 +92,23 @@ impl<A: CloudMapApi> Poller<A> {
     /// Reads what Cloud Map holds now, reusing what is known where the revision says nothing
     /// changed.
     async fn read(&mut self, calls: &mut Calls) -> Result<BTreeMap<NsName, Known>, ApiError> {
-        *calls.entry("ListNamespaces").or_default() += 1;
-        let namespaces: Vec<_> = self
-            .api
-            .namespaces()
-            .await?
+        let listed = self.api.namespaces().await.inspect_err(|_| {
+            *calls.entry("ListNamespaces").or_default() += 1;
+        })?;
+        *calls.entry("ListNamespaces").or_default() += listed.pages;
+        let namespaces: Vec<_> = listed
+            .items
             .into_iter()
             .filter(|ns| self.config.selects(&ns.id, &ns.name))
             .collect();
         self.report_missing(&namespaces);
         let mut services: Vec<(NsName, String, ServiceInfo)> = Vec::new();
         for ns in &namespaces {
-            *calls.entry("ListServices").or_default() += 1;
-            let listed = self.api.services(&ns.id).await?;
-            services.extend(listed.into_iter().map(|s| {
+            let listed = self.api.services(&ns.id).await.inspect_err(|_| {
+                *calls.entry("ListServices").or_default() += 1;
+            })?;
+            *calls.entry("ListServices").or_default() += listed.pages;
+            services.extend(listed.items.into_iter().map(|s| {
                 let id = NsName::new(&ns.name, s.name.clone());
                 (id, ns.http_name.clone(), s)
             }));
@@ -224,11 +227,12 @@ async fn read_service<A: CloudMapApi>(
     previous: Option<&Known>,
     calls: &Mutex<Calls>,
 ) -> Result<Known, ApiError> {
-    let count = |op: &'static str| {
+    let count_n = |op: &'static str, n: u64| {
         if let Ok(mut calls) = calls.lock() {
-            *calls.entry(op).or_default() += 1;
+            *calls.entry(op).or_default() += n;
         }
     };
+    let count = |op: &'static str| count_n(op, 1);
     count("DiscoverInstancesRevision");
     let revision = api.revision(http_name, &info.name).await?;
     let mut known = match previous {
@@ -250,10 +254,13 @@ async fn read_service<A: CloudMapApi>(
     };
     known.health_checked = info.health_checked;
     if info.health_checked && !known.instances.is_empty() {
-        count("GetInstancesHealthStatus");
-        let health = api.health(&info.id).await?;
+        let health = api
+            .health(&info.id)
+            .await
+            .inspect_err(|_| count("GetInstancesHealthStatus"))?;
+        count_n("GetInstancesHealthStatus", health.pages);
         for instance in &mut known.instances {
-            if let Some(h) = health.get(&instance.id) {
+            if let Some(h) = health.items.get(&instance.id) {
                 instance.health = *h;
             }
         }

@@ -4,7 +4,13 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use super::*;
-use crate::source::cloud_map::api::NamespaceInfo;
+use crate::source::cloud_map::api::{NamespaceInfo, Paged};
+
+/// A listing of `items` paged 100 at a time, as Cloud Map pages them.
+fn paged<T>(items: Vec<T>) -> Paged<Vec<T>> {
+    let pages = items.len().div_ceil(100).max(1) as u64;
+    Paged { items, pages }
+}
 use crate::source::cloud_map::config::NamespaceRef;
 use crate::source::cloud_map::convert::{IPV4, InstanceHealth, PORT};
 
@@ -79,36 +85,38 @@ impl FakeMap {
 }
 
 impl CloudMapApi for Fake {
-    async fn namespaces(&self) -> Result<Vec<NamespaceInfo>, ApiError> {
+    async fn namespaces(&self) -> Result<Paged<Vec<NamespaceInfo>>, ApiError> {
         let map = self.0.lock().expect("lock");
         map.check("ListNamespaces")?;
-        Ok(map
-            .namespaces
-            .iter()
-            .map(|(name, (id, _))| NamespaceInfo {
-                id: id.clone(),
-                name: name.clone(),
-                // Not the name, as AWS makes it for a reused name: the discovery calls must
-                // use this one.
-                http_name: format!("{name}#http"),
-            })
-            .collect())
+        Ok(paged(
+            map.namespaces
+                .iter()
+                .map(|(name, (id, _))| NamespaceInfo {
+                    id: id.clone(),
+                    name: name.clone(),
+                    // Not the name, as AWS makes it for a reused name: the discovery calls must
+                    // use this one.
+                    http_name: format!("{name}#http"),
+                })
+                .collect(),
+        ))
     }
 
-    async fn services(&self, namespace_id: &str) -> Result<Vec<ServiceInfo>, ApiError> {
+    async fn services(&self, namespace_id: &str) -> Result<Paged<Vec<ServiceInfo>>, ApiError> {
         let map = self.0.lock().expect("lock");
         map.check("ListServices")?;
-        Ok(map
-            .namespaces
-            .values()
-            .filter(|(id, _)| id == namespace_id)
-            .flat_map(|(_, services)| services.iter())
-            .map(|(name, s)| ServiceInfo {
-                id: s.id.clone(),
-                name: name.clone(),
-                health_checked: s.health_checked,
-            })
-            .collect())
+        Ok(paged(
+            map.namespaces
+                .values()
+                .filter(|(id, _)| id == namespace_id)
+                .flat_map(|(_, services)| services.iter())
+                .map(|(name, s)| ServiceInfo {
+                    id: s.id.clone(),
+                    name: name.clone(),
+                    health_checked: s.health_checked,
+                })
+                .collect(),
+        ))
     }
 
     async fn revision(&self, namespace: &str, service: &str) -> Result<i64, ApiError> {
@@ -126,7 +134,10 @@ impl CloudMapApi for Fake {
             .unwrap_or_default())
     }
 
-    async fn health(&self, service_id: &str) -> Result<BTreeMap<String, InstanceHealth>, ApiError> {
+    async fn health(
+        &self,
+        service_id: &str,
+    ) -> Result<Paged<BTreeMap<String, InstanceHealth>>, ApiError> {
         let map = self.0.lock().expect("lock");
         map.check("GetInstancesHealthStatus")?;
         let service = map
@@ -134,14 +145,15 @@ impl CloudMapApi for Fake {
             .values()
             .flat_map(|(_, s)| s.values())
             .find(|s| s.id == service_id);
-        Ok(service
+        let items = service
             .map(|s| {
                 s.instances
                     .iter()
                     .map(|i| (i.id.clone(), i.health))
                     .collect()
             })
-            .unwrap_or_default())
+            .unwrap_or_default();
+        Ok(Paged { items, pages: 1 })
     }
 }
 
@@ -176,7 +188,7 @@ fn applied(events: &[Event]) -> Vec<(String, Vec<String>)> {
 async fn an_instance_change_reads_only_its_service() {
     let mut poller = poller(&["example.local"]);
     poller.api.with(|m| {
-        for i in 0..100 {
+        for i in 0..150 {
             m.register("example.local", &format!("svc-{i}"), "i-1", "10.0.0.1");
         }
         // Not a configured namespace: never read past ListServices' filter.
@@ -187,13 +199,15 @@ async fn an_instance_change_reads_only_its_service() {
         panic!("{:?}", first.events);
     };
     assert_eq!(tags, &[Tag::CloudMap]);
-    assert_eq!(records.len(), 100);
-    assert_eq!(first.calls.get("DiscoverInstances"), Some(&100));
-    assert_eq!(first.services, 100);
+    assert_eq!(records.len(), 150);
+    assert_eq!(first.calls.get("DiscoverInstances"), Some(&150));
+    // Every page of the listing is a call.
+    assert_eq!(first.calls.get("ListServices"), Some(&2));
+    assert_eq!(first.services, 150);
 
     let quiet = poller.poll().await.expect("quiet poll");
     assert!(quiet.events.is_empty(), "{:?}", quiet.events);
-    assert_eq!(quiet.calls.get("DiscoverInstancesRevision"), Some(&100));
+    assert_eq!(quiet.calls.get("DiscoverInstancesRevision"), Some(&150));
     assert_eq!(quiet.calls.get("DiscoverInstances"), None);
 
     poller
