@@ -22,9 +22,12 @@
 //! - [`cloudmap`]: AWS Cloud Map on that moto, for the Cloud Map source tests
 //! - [`tls_pki`]: a throwaway CA and an HTTPS client for gateway and TLS-origination tests
 //! - [`bench_info`]: the machine and commit a benchmark ran on, for its report
+//! - [`bench`]: what `capstan-kube-bench` and `capstan-cloud-map-bench` share: the capstan and
+//!   istiod servers, the simulated proxy fleet, process memory and CPU idleness
 //! - [`connect_proxy`]: an HTTP CONNECT proxy in the test process, for tunnelling tests
 
 pub mod agent;
+pub mod bench;
 pub mod bench_info;
 pub mod capstan;
 pub mod capture;

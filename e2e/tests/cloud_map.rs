@@ -128,6 +128,27 @@ async fn capstan_and_sidecar(
     Ok((capstan, envoy, client))
 }
 
+/// Registers instance `id` of `service`: an HTTP server on 127.0.0.1:`port`.
+async fn register_http(
+    cloud_map: &CloudMap<'_>,
+    service: &str,
+    id: &str,
+    port: u16,
+) -> anyhow::Result<()> {
+    let port = port.to_string();
+    cloud_map
+        .register(
+            service,
+            id,
+            &[
+                ("AWS_INSTANCE_IPV4", "127.0.0.1"),
+                ("AWS_INSTANCE_PORT", port.as_str()),
+                ("protocol", "HTTP"),
+            ],
+        )
+        .await
+}
+
 /// The value of the metric line starting with `prefix` (0 when absent).
 async fn metric(capstan: &Capstan, prefix: &str) -> anyhow::Result<f64> {
     let text = capstan.monitoring_get("/metrics").await?.text();
@@ -177,18 +198,7 @@ async fn cloud_map_services_are_routed_by_name_and_follow_registrations_and_heal
     let hidden = cloud_map
         .create_service(&other, "hidden", ServiceHealth::None)
         .await?;
-    let hidden_port = upstreams.port("hidden", "v1")?.to_string();
-    cloud_map
-        .register(
-            &hidden,
-            "h-1",
-            &[
-                ("AWS_INSTANCE_IPV4", "127.0.0.1"),
-                ("AWS_INSTANCE_PORT", hidden_port.as_str()),
-                ("protocol", "HTTP"),
-            ],
-        )
-        .await?;
+    register_http(&cloud_map, &hidden, "h-1", upstreams.port("hidden", "v1")?).await?;
 
     // A private DNS namespace, configured by its id.
     let corp = cloud_map
@@ -197,18 +207,13 @@ async fn cloud_map_services_are_routed_by_name_and_follow_registrations_and_heal
     let billing = cloud_map
         .create_service(&corp, "billing", ServiceHealth::None)
         .await?;
-    let billing_port = upstreams.port("billing", "v1")?.to_string();
-    cloud_map
-        .register(
-            &billing,
-            "b-1",
-            &[
-                ("AWS_INSTANCE_IPV4", "127.0.0.1"),
-                ("AWS_INSTANCE_PORT", billing_port.as_str()),
-                ("protocol", "HTTP"),
-            ],
-        )
-        .await?;
+    register_http(
+        &cloud_map,
+        &billing,
+        "b-1",
+        upstreams.port("billing", "v1")?,
+    )
+    .await?;
 
     env.write_config("routing.yaml", ROUTING)?;
     let namespaces = format!("[{{name: example.local}}, {{id: {corp}}}]");
@@ -446,48 +451,25 @@ spec:
                 )
             })
     };
-    wait_until("CloudMapSynced True", CONFIG_TIMEOUT, async || {
-        let se = get("orders-example-local").await?;
-        ensure!(
-            condition(&se) == Some(("True".into(), "Polled".into())),
-            "{}",
-            se["status"]
-        );
-        Ok(())
-    })
-    .await?;
+    let wait_condition = |what: &'static str, status: &'static str, reason: &'static str| {
+        let (get, condition) = (&get, &condition);
+        async move {
+            wait_until(what, Duration::from_secs(45), async || {
+                let se = get("orders-example-local").await?;
+                let expected = Some((status.to_string(), reason.to_string()));
+                ensure!(condition(&se) == expected, "{}", se["status"]);
+                Ok(())
+            })
+            .await
+        }
+    };
+    wait_condition("CloudMapSynced True", "True", "Polled").await?;
     cloud_map
         .throttle_only(-1, &["ListNamespaces", "ListServices"])
         .await?;
-    wait_until(
-        "CloudMapSynced False",
-        Duration::from_secs(45),
-        async || {
-            let se = get("orders-example-local").await?;
-            ensure!(
-                condition(&se) == Some(("False".into(), "Throttled".into())),
-                "{}",
-                se["status"]
-            );
-            Ok(())
-        },
-    )
-    .await?;
+    wait_condition("CloudMapSynced False", "False", "Throttled").await?;
     cloud_map.throttle(0).await?;
-    wait_until(
-        "CloudMapSynced True again",
-        Duration::from_secs(45),
-        async || {
-            let se = get("orders-example-local").await?;
-            ensure!(
-                condition(&se) == Some(("True".into(), "Polled".into())),
-                "{}",
-                se["status"]
-            );
-            Ok(())
-        },
-    )
-    .await?;
+    wait_condition("CloudMapSynced True again", "True", "Polled").await?;
 
     // A deleted Cloud Map service takes its object with it.
     cloud_map.deregister(&orders, "i-1").await?;

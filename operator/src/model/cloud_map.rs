@@ -58,16 +58,7 @@ pub fn service(record: &CloudMapService) -> Service {
         },
         addresses: Vec::new(),
         export_to: ExportTo::All,
-        ports: record
-            .ports
-            .iter()
-            .map(|p| Port {
-                name: p.name.clone(),
-                number: p.port,
-                protocol: p.protocol,
-                target_port: p.target_port,
-            })
-            .collect(),
+        ports: record.ports.iter().map(Port::from).collect(),
         resolution: if record.dns {
             Resolution::Dns
         } else {

@@ -18,16 +18,7 @@ pub fn id_of_host(host: &str, domain_suffix: &str) -> Option<NsName> {
 
 /// The mesh service of `service`, with its endpoints as the index holds them now.
 pub fn service(index: &Index, service: &KubeService, domain_suffix: &str) -> Service {
-    let ports = service
-        .ports
-        .iter()
-        .map(|p| Port {
-            name: p.name.clone(),
-            number: p.port,
-            protocol: p.protocol,
-            target_port: p.target_port,
-        })
-        .collect();
+    let ports = service.ports.iter().map(Port::from).collect();
     let (resolution, endpoints) = match &service.external_name {
         // An alias: proxies resolve the name it points at.
         Some(name) => (

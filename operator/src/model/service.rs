@@ -55,6 +55,18 @@ pub struct Port {
     pub target_port: u32,
 }
 
+impl From<&crate::index::KubeServicePort> for Port {
+    /// A Kubernetes Service's port (or a Cloud Map service's, which has the same shape).
+    fn from(p: &crate::index::KubeServicePort) -> Self {
+        Port {
+            name: p.name.clone(),
+            number: p.port,
+            protocol: p.protocol,
+            target_port: p.target_port,
+        }
+    }
+}
+
 impl Port {
     /// Served through the outbound HTTP listener.
     pub fn is_http(&self) -> bool {

@@ -7,13 +7,16 @@ use aws_sdk_servicediscovery::error::{DisplayErrorContext, ProvideErrorMetadata,
 use aws_sdk_servicediscovery::types::{
     FilterCondition, HealthStatusFilter, ServiceFilter, ServiceFilterName,
 };
+use aws_smithy_async::future::pagination_stream::PaginationStream;
 use std::collections::BTreeMap;
 
 use super::convert::{Instance, InstanceHealth};
 
 /// Most pages read of one listing: 100 pages of 100 is more than an account's quota of
 /// namespaces or of services per namespace.
-const MAX_PAGES: usize = 100;
+const MAX_PAGES: u64 = 100;
+/// The largest page the listings take.
+const PAGE: i32 = 100;
 /// DiscoverInstances' largest page (it has no paging).
 const MAX_INSTANCES: i32 = 1000;
 
@@ -122,22 +125,34 @@ impl SdkApi {
     }
 }
 
+/// Reads up to [`MAX_PAGES`] pages of a listing, handing each to `read`; returns how many
+/// calls that took.
+async fn each_page<P, E, R>(
+    operation: &'static str,
+    mut pages: PaginationStream<Result<P, SdkError<E, R>>>,
+    mut read: impl FnMut(P),
+) -> Result<u64, ApiError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let mut count = 0;
+    while let Some(page) = pages.next().await {
+        read(page.map_err(|e| ApiError::of(operation, e))?);
+        count += 1;
+        if count == MAX_PAGES {
+            break;
+        }
+    }
+    Ok(count)
+}
+
 impl CloudMapApi for SdkApi {
     async fn namespaces(&self) -> Result<Paged<Vec<NamespaceInfo>>, ApiError> {
-        let mut out = Vec::new();
-        let mut token = None;
-        let mut pages = 0;
-        for _ in 0..MAX_PAGES {
-            pages += 1;
-            let page = self
-                .client
-                .list_namespaces()
-                .max_results(100)
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|e| ApiError::of("ListNamespaces", e))?;
-            out.extend(page.namespaces().iter().filter_map(|ns| {
+        let mut items = Vec::new();
+        let listing = self.client.list_namespaces().into_paginator();
+        let pages = each_page("ListNamespaces", listing.page_size(PAGE).send(), |page| {
+            items.extend(page.namespaces().iter().filter_map(|ns| {
                 let name = ns.name()?.to_string();
                 let http_name = ns
                     .properties()
@@ -150,12 +165,9 @@ impl CloudMapApi for SdkApi {
                     http_name,
                 })
             }));
-            token = page.next_token().map(str::to_string);
-            if token.is_none() {
-                break;
-            }
-        }
-        Ok(Paged { items: out, pages })
+        })
+        .await?;
+        Ok(Paged { items, pages })
     }
 
     async fn services(&self, namespace_id: &str) -> Result<Paged<Vec<ServiceInfo>>, ApiError> {
@@ -170,21 +182,10 @@ impl CloudMapApi for SdkApi {
                 message: e.to_string(),
                 throttled: false,
             })?;
-        let mut out = Vec::new();
-        let mut token = None;
-        let mut pages = 0;
-        for _ in 0..MAX_PAGES {
-            pages += 1;
-            let page = self
-                .client
-                .list_services()
-                .filters(filter.clone())
-                .max_results(100)
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|e| ApiError::of("ListServices", e))?;
-            out.extend(page.services().iter().filter_map(|s| {
+        let mut items = Vec::new();
+        let listing = self.client.list_services().filters(filter).into_paginator();
+        let pages = each_page("ListServices", listing.page_size(PAGE).send(), |page| {
+            items.extend(page.services().iter().filter_map(|s| {
                 Some(ServiceInfo {
                     id: s.id()?.to_string(),
                     name: s.name()?.to_string(),
@@ -192,12 +193,9 @@ impl CloudMapApi for SdkApi {
                         || s.health_check_custom_config().is_some(),
                 })
             }));
-            token = page.next_token().map(str::to_string);
-            if token.is_none() {
-                break;
-            }
-        }
-        Ok(Paged { items: out, pages })
+        })
+        .await?;
+        Ok(Paged { items, pages })
     }
 
     async fn revision(&self, namespace: &str, service: &str) -> Result<i64, ApiError> {
@@ -245,32 +243,25 @@ impl CloudMapApi for SdkApi {
         &self,
         service_id: &str,
     ) -> Result<Paged<BTreeMap<String, InstanceHealth>>, ApiError> {
-        let mut out = BTreeMap::new();
-        let mut token = None;
-        let mut pages = 0;
-        for _ in 0..MAX_PAGES {
-            pages += 1;
-            let page = self
-                .client
-                .get_instances_health_status()
-                .service_id(service_id)
-                .max_results(100)
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|e| ApiError::of("GetInstancesHealthStatus", e))?;
-            if let Some(status) = page.status() {
-                out.extend(
-                    status
-                        .iter()
+        let mut items = BTreeMap::new();
+        let listing = self
+            .client
+            .get_instances_health_status()
+            .service_id(service_id)
+            .into_paginator();
+        let pages = each_page(
+            "GetInstancesHealthStatus",
+            listing.page_size(PAGE).send(),
+            |page| {
+                items.extend(
+                    page.status()
+                        .into_iter()
+                        .flatten()
                         .map(|(id, h)| (id.clone(), InstanceHealth::parse(h.as_str()))),
                 );
-            }
-            token = page.next_token().map(str::to_string);
-            if token.is_none() {
-                break;
-            }
-        }
-        Ok(Paged { items: out, pages })
+            },
+        )
+        .await?;
+        Ok(Paged { items, pages })
     }
 }
