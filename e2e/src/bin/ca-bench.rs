@@ -19,13 +19,12 @@ mod client;
 #[path = "ca_bench/servers.rs"]
 mod servers;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use capstan_e2e::bench::report;
 use capstan_e2e::kube::KubeCluster;
 use capstan_load::stats::{Percentiles, fmt_ms};
 use clap::Parser;
@@ -93,12 +92,7 @@ struct Row {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    report::log_to_stderr();
     let cli = Cli::parse();
     let agents = cli.agents.unwrap_or(if cli.quick { 100 } else { 1000 });
     let seconds = cli.seconds.unwrap_or(if cli.quick { 3 } else { 10 });
@@ -143,20 +137,13 @@ async fn main() -> anyhow::Result<()> {
     }
 
     print_table(&rows, agents, seconds, &cli);
-    let out = match &cli.out {
-        Some(p) => p.clone(),
-        None => capstan_e2e::locate::profile_dir()?
-            .parent()
-            .context("target dir")?
-            .join("bench")
-            .join("ca.json"),
-    };
+    let out = report::results_path(cli.out.clone(), "ca.json")?;
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let results = serde_json::json!({
         "agents": agents, "seconds": seconds, "workers": cli.workers,
-        "connections": cli.connections, "rows": rows, "machine": machine(),
+        "connections": cli.connections, "rows": rows, "machine": report::machine(),
     });
     std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
     eprintln!("results: {}", out.display());
@@ -336,28 +323,4 @@ fn print_table(rows: &[Row], agents: usize, seconds: u64, cli: &Cli) {
             eprintln!("{}: {e}", r.server);
         }
     }
-}
-
-fn machine() -> BTreeMap<String, String> {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let cpu = read("/proc/cpuinfo")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
-    BTreeMap::from([
-        (
-            "nproc".to_string(),
-            std::thread::available_parallelism()
-                .map(|n| n.to_string())
-                .unwrap_or_default(),
-        ),
-        ("cpu".to_string(), cpu),
-        (
-            "loadavg".to_string(),
-            read("/proc/loadavg").trim().to_string(),
-        ),
-    ])
 }
