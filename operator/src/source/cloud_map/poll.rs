@@ -6,7 +6,7 @@
 //! A poll either completes or changes nothing: on any failed call the last good view stays.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
 use tracing::{info, warn};
@@ -26,7 +26,12 @@ struct Known {
     service_id: String,
     health_checked: bool,
     revision: i64,
-    instances: Vec<Instance>,
+    /// Shared with the view of the poll before when nothing moved (a quiet poll copies no
+    /// instance).
+    instances: Arc<Vec<Instance>>,
+    /// This poll read new instances or health for it: its record is made again. A quiet
+    /// service keeps the record it had.
+    changed: bool,
     /// The port it was last served on, kept for when its last instance goes.
     last_port: Option<u32>,
     /// What the index was given for it (`None`: it cannot be served; `problem` says why).
@@ -151,7 +156,7 @@ impl<A: CloudMapApi> Poller<A> {
 
     /// Makes `read` the known view; returns the events that bring the index to it.
     fn commit(&mut self, mut read: BTreeMap<NsName, Known>) -> Vec<Event> {
-        for (id, known) in read.iter_mut() {
+        for (id, known) in read.iter_mut().filter(|(_, k)| k.changed) {
             let view = ServiceView {
                 namespace: &id.namespace,
                 name: &id.name,
@@ -236,7 +241,10 @@ async fn read_service<A: CloudMapApi>(
     count("DiscoverInstancesRevision");
     let revision = api.revision(http_name, &info.name).await?;
     let mut known = match previous {
-        Some(p) if p.revision == revision => p.clone(),
+        Some(p) if p.revision == revision => Known {
+            changed: p.health_checked != info.health_checked,
+            ..p.clone()
+        },
         _ => {
             count("DiscoverInstances");
             let instances = api.instances(http_name, &info.name).await?;
@@ -244,7 +252,8 @@ async fn read_service<A: CloudMapApi>(
                 service_id: info.id.clone(),
                 health_checked: info.health_checked,
                 revision,
-                instances,
+                instances: Arc::new(instances),
+                changed: true,
                 last_port: previous.and_then(|p| p.last_port),
                 served: previous.and_then(|p| p.served.clone()),
                 problem: previous.and_then(|p| p.problem.clone()),
@@ -259,10 +268,14 @@ async fn read_service<A: CloudMapApi>(
             .await
             .inspect_err(|_| count("GetInstancesHealthStatus"))?;
         count_n("GetInstancesHealthStatus", health.pages);
-        for instance in &mut known.instances {
-            if let Some(h) = health.items.get(&instance.id) {
-                instance.health = *h;
+        let moved = |i: &Instance| health.items.get(&i.id).is_some_and(|h| *h != i.health);
+        if known.instances.iter().any(moved) {
+            for instance in Arc::make_mut(&mut known.instances) {
+                if let Some(h) = health.items.get(&instance.id) {
+                    instance.health = *h;
+                }
             }
+            known.changed = true;
         }
     }
     Ok(known)
