@@ -215,13 +215,18 @@ impl Writer {
         for id in pending {
             let result = match self.desired.get(&id) {
                 Some(service) => self.write(service).await,
-                None => self.remove(&object_name(&id)).await,
+                None => self.remove(&object_name(&id)).await.map(|()| None),
             };
             match result {
-                Ok(()) if self.desired.contains_key(&id) => {
-                    self.unstated.insert(id);
+                // The object as written carries its version and status: its condition is
+                // set from it, not from another read.
+                Ok(Some(entry)) => {
+                    if let Err(e) = self.set_condition(&entry).await {
+                        warn!(service = %id, "writing the {} condition: {e}; retrying", condition::CONDITION);
+                        self.unstated.insert(id);
+                    }
                 }
-                Ok(()) => {}
+                Ok(None) => {}
                 Err(e) => {
                     warn!(service = %id, "writing the ServiceEntry of a Cloud Map service: {e}; retrying");
                     self.pending.insert(id);
@@ -248,7 +253,9 @@ impl Writer {
         }
     }
 
-    async fn write(&self, service: &CloudMapService) -> Result<(), kube::Error> {
+    /// Writes the object of `service`; returns it as written (`None`: a hand-written object
+    /// holds the name).
+    async fn write(&self, service: &CloudMapService) -> Result<Option<ServiceEntry>, kube::Error> {
         let entry = service_entry(service);
         let name = object_name(&service.id);
         if let Some(existing) = self.api.get_opt(&name).await?
@@ -259,19 +266,28 @@ impl Writer {
                 object = %name,
                 "a ServiceEntry of this name exists and was not made by capstan for Cloud Map; it is left alone and the Cloud Map service is not materialised"
             );
-            return Ok(());
+            return Ok(None);
         }
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        self.api
+        let written = self
+            .api
             .patch(&name, &params, &Patch::Apply(&entry))
             .await?;
-        Ok(())
+        Ok(Some(written))
     }
 
-    /// Sets the object's `CloudMapSynced` condition to the current state, conditional on the
-    /// version read (a 409 is retried with the next).
+    /// Sets the object's `CloudMapSynced` condition to the current state (read afresh).
     async fn state_condition(&self, name: &str) -> Result<(), kube::Error> {
-        let Some(entry) = self.api.get_opt(name).await? else {
+        match self.api.get_opt(name).await? {
+            Some(entry) => self.set_condition(&entry).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Sets `entry`'s `CloudMapSynced` condition to the current state, conditional on the
+    /// version given (a 409 is retried with the next).
+    async fn set_condition(&self, entry: &ServiceEntry) -> Result<(), kube::Error> {
+        let Some(name) = entry.metadata.name.as_deref() else {
             return Ok(());
         };
         if !is_managed(&entry.metadata) {
@@ -299,14 +315,18 @@ impl Writer {
         Ok(())
     }
 
+    /// Deletes object `name` if capstan made it.
     async fn remove(&self, name: &str) -> Result<(), kube::Error> {
         match self.api.get_opt(name).await? {
-            Some(existing) if is_managed(&existing.metadata) => {
-                self.api.delete(name, &DeleteParams::default()).await?;
-                info!(object = %name, "deleted the ServiceEntry of a Cloud Map service that is gone");
-            }
-            _ => {}
+            Some(existing) if is_managed(&existing.metadata) => self.delete(name).await,
+            _ => Ok(()),
         }
+    }
+
+    /// Deletes object `name`, known to be one capstan made.
+    async fn delete(&self, name: &str) -> Result<(), kube::Error> {
+        self.api.delete(name, &DeleteParams::default()).await?;
+        info!(object = %name, "deleted the ServiceEntry of a Cloud Map service that is gone");
         Ok(())
     }
 
@@ -322,8 +342,9 @@ impl Writer {
             let Some(name) = entry.metadata.name.as_deref() else {
                 continue;
             };
+            // Listed by the managed label: capstan's, without reading it again.
             if !wanted.contains(name) {
-                self.remove(name).await?;
+                self.delete(name).await?;
             }
         }
         Ok(())
