@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod ca_store;
 pub mod capture_rules;
+pub mod config_file;
 pub mod explain;
 pub mod http_connection;
 pub mod identity;

@@ -19,6 +19,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::config_file::ReadError;
+
 pub use providers::{ExtAuthzGrpc, ExtAuthzHttp, Provider, RequestBody, status_on_error};
 
 /// The largest mesh config file read: Istio's are a few KiB.
@@ -147,15 +149,17 @@ impl MeshConfig {
     /// Reads `path` (at most [`MAX_FILE_BYTES`]).
     pub fn read(path: &Path) -> Result<Self, MeshConfigError> {
         let shown = path.display().to_string();
-        let read_error = |source| MeshConfigError::Read {
-            path: shown.clone(),
-            source,
-        };
-        let size = std::fs::metadata(path).map_err(read_error)?.len();
-        if size > MAX_FILE_BYTES {
-            return Err(MeshConfigError::TooLarge { path: shown, size });
-        }
-        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        let text =
+            crate::config_file::read_to_string(path, MAX_FILE_BYTES).map_err(|e| match e {
+                ReadError::Io(source) => MeshConfigError::Read {
+                    path: shown.clone(),
+                    source,
+                },
+                ReadError::TooLarge(size) => MeshConfigError::TooLarge {
+                    path: shown.clone(),
+                    size,
+                },
+            })?;
         Self::parse(&shown, &text)
     }
 

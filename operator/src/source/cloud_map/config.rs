@@ -25,6 +25,8 @@ use std::time::Duration;
 use capstan_crds::Protocol;
 use serde::Deserialize;
 
+use crate::config_file::ReadError;
+
 /// The largest configuration file read.
 const MAX_FILE_BYTES: u64 = 1 << 20;
 /// Polls more often than this would spend the account's Cloud Map request quota.
@@ -151,15 +153,17 @@ impl Default for CloudMapConfig {
 impl CloudMapConfig {
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let name = path.display().to_string();
-        let read = |source| ConfigError::Read {
-            path: name.clone(),
-            source,
-        };
-        let size = std::fs::metadata(path).map_err(read)?.len();
-        if size > MAX_FILE_BYTES {
-            return Err(ConfigError::TooLarge { path: name, size });
-        }
-        let text = std::fs::read_to_string(path).map_err(read)?;
+        let text =
+            crate::config_file::read_to_string(path, MAX_FILE_BYTES).map_err(|e| match e {
+                ReadError::Io(source) => ConfigError::Read {
+                    path: name.clone(),
+                    source,
+                },
+                ReadError::TooLarge(size) => ConfigError::TooLarge {
+                    path: name.clone(),
+                    size,
+                },
+            })?;
         Self::parse(&name, &text)
     }
 
