@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use capstan_ca::SpiffeId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::agent::{Agent, AgentSpec, SERVING_LINE, TestCa, with_agent_sds};
 use crate::capture::{self, Capture};
@@ -178,5 +179,31 @@ impl IdentityMesh {
     /// client from another pod connects, and the capture sends it into the sidecar.
     pub fn workload_port(&self, port: u16) -> SocketAddr {
         SocketAddr::from((workload(), port))
+    }
+
+    /// Plain TCP from another pod to db (5432) at the workload's address: the bytes of one
+    /// HTTP/1.0 request, and what comes back before the connection closes (empty when it is
+    /// refused).
+    pub async fn other_pod_tcp_to_db(&self) -> anyhow::Result<String> {
+        let mut stream = self
+            .capture
+            .connect_from_another_pod(self.workload_port(5432))
+            .await?;
+        // A refused connection may be reset while this is written: that reads as refused too.
+        let request = b"GET /whoami HTTP/1.0\r\nHost: db\r\n\r\n";
+        if stream.write_all(request).await.is_err() {
+            return Ok(String::new());
+        }
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(
+            crate::http::REQUEST_TIMEOUT,
+            stream.read_to_end(&mut answer),
+        )
+        .await
+        .context("the answer over plain TCP took too long")?;
+        if read.is_err() {
+            return Ok(String::new());
+        }
+        Ok(String::from_utf8_lossy(&answer).into_owned())
     }
 }

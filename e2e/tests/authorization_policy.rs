@@ -14,7 +14,6 @@ use capstan_e2e::capture_identity::{IdentityMesh, start_with_identity};
 use capstan_e2e::http::HttpClient;
 use capstan_e2e::mesh::CONFIG_TIMEOUT;
 use capstan_e2e::wait_until;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 capstan_e2e::private_network!();
 
@@ -55,25 +54,7 @@ async fn other_pod_status(mesh: &IdentityMesh, path: &str) -> anyhow::Result<u16
 
 /// Whether another pod's plain TCP to db is answered (else the sidecar closed it).
 async fn other_pod_tcp_answered(mesh: &IdentityMesh) -> anyhow::Result<bool> {
-    let mut stream = mesh
-        .capture
-        .connect_from_another_pod(mesh.workload_port(5432))
-        .await?;
-    if stream
-        .write_all(b"GET /whoami HTTP/1.0\r\nHost: db\r\n\r\n")
-        .await
-        .is_err()
-    {
-        return Ok(false);
-    }
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(
-        capstan_e2e::http::REQUEST_TIMEOUT,
-        stream.read_to_end(&mut answer),
-    )
-    .await
-    .context("the answer over plain TCP took too long")?;
-    Ok(read.is_ok() && String::from_utf8_lossy(&answer).contains("\"db\""))
+    Ok(mesh.other_pod_tcp_to_db().await?.contains("\"db\""))
 }
 
 /// Waits until each of `checks` (what, status) holds, then has `capstan explain` say the same

@@ -16,7 +16,6 @@ use capstan_e2e::ext_authz::{ALLOW_HEADER, Authorizer};
 use capstan_e2e::http::HttpClient;
 use capstan_e2e::mesh::CONFIG_TIMEOUT;
 use capstan_e2e::wait_until;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 capstan_e2e::private_network!();
 
@@ -156,27 +155,7 @@ async fn wait_app(setup: &Setup, checks: &[(&str, bool, u16)]) -> anyhow::Result
 /// Whether another pod's plain TCP to db (10.244.1.8, which the gRPC authorizer refuses) is
 /// answered, and that `capstan explain` says the same, told the authorizer refuses it.
 async fn other_pod_tcp_answered(setup: &Setup) -> anyhow::Result<bool> {
-    let mesh = &setup.mesh;
-    let mut stream = mesh
-        .capture
-        .connect_from_another_pod(mesh.workload_port(5432))
-        .await?;
-    let answered = if stream
-        .write_all(b"GET /whoami HTTP/1.0\r\nHost: db\r\n\r\n")
-        .await
-        .is_err()
-    {
-        false
-    } else {
-        let mut answer = Vec::new();
-        let read = tokio::time::timeout(
-            capstan_e2e::http::REQUEST_TIMEOUT,
-            stream.read_to_end(&mut answer),
-        )
-        .await
-        .context("the answer over plain TCP took too long")?;
-        read.is_ok() && String::from_utf8_lossy(&answer).contains("\"db\"")
-    };
+    let answered = setup.mesh.other_pod_tcp_to_db().await?.contains("\"db\"");
     let mesh_config = setup.mesh_config.display().to_string();
     let args = [
         "--from-outside",
@@ -189,7 +168,7 @@ async fn other_pod_tcp_answered(setup: &Setup) -> anyhow::Result<bool> {
         "--ext-authz",
         "deny",
     ];
-    capstan_e2e::explain::agrees(&mesh.mesh.env.config_dir, &args, answered)?;
+    capstan_e2e::explain::agrees(&setup.mesh.mesh.env.config_dir, &args, answered)?;
     Ok(answered)
 }
 

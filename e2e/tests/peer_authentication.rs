@@ -16,7 +16,6 @@ use capstan_e2e::capture_mesh::call;
 use capstan_e2e::http::{HttpClient, UpstreamReply};
 use capstan_e2e::mesh::CONFIG_TIMEOUT;
 use capstan_e2e::wait_until;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 capstan_e2e::private_network!();
 
@@ -111,31 +110,6 @@ async fn plain_http(mesh: &IdentityMesh) -> anyhow::Result<UpstreamReply> {
     Ok(reply)
 }
 
-/// Plain TCP from another pod to db at the workload's address: the bytes of one HTTP/1.0
-/// request, and what comes back before the connection closes (empty when it is refused).
-async fn plain_tcp(mesh: &IdentityMesh) -> anyhow::Result<String> {
-    let mut stream = mesh
-        .capture
-        .connect_from_another_pod(mesh.workload_port(5432))
-        .await?;
-    // A refused connection may be reset while this is written: that reads as refused too.
-    let request = b"GET /whoami HTTP/1.0\r\nHost: db\r\n\r\n";
-    if stream.write_all(request).await.is_err() {
-        return Ok(String::new());
-    }
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(
-        capstan_e2e::http::REQUEST_TIMEOUT,
-        stream.read_to_end(&mut answer),
-    )
-    .await
-    .context("the answer over plain TCP took too long")?;
-    if read.is_err() {
-        return Ok(String::new());
-    }
-    Ok(String::from_utf8_lossy(&answer).into_owned())
-}
-
 /// Waits until plain HTTP from another pod is refused: the connection closed by
 /// `virtualInbound` for want of a filter chain taking plain text.
 async fn wait_plain_http_refused(mesh: &IdentityMesh) -> anyhow::Result<()> {
@@ -180,7 +154,7 @@ async fn strict_refuses_plain_text_and_a_port_level_disable_opens_one_port() -> 
     .await
     .with_context(logs)?;
     plain_http(&mesh).await.context("PERMISSIVE: plain HTTP")?;
-    let answer = plain_tcp(&mesh).await?;
+    let answer = mesh.other_pod_tcp_to_db().await?;
     ensure!(
         answer.contains("\"db\""),
         "PERMISSIVE: plain TCP: {answer:?}"
@@ -188,7 +162,7 @@ async fn strict_refuses_plain_text_and_a_port_level_disable_opens_one_port() -> 
 
     env.write_config("strict.yaml", &policy("default", STRICT))?;
     wait_plain_http_refused(&mesh).await.with_context(logs)?;
-    let answer = plain_tcp(&mesh).await?;
+    let answer = mesh.other_pod_tcp_to_db().await?;
     ensure!(answer.is_empty(), "STRICT: plain TCP answered {answer:?}");
     call_over_mutual_tls(&mesh)
         .await
@@ -199,7 +173,7 @@ async fn strict_refuses_plain_text_and_a_port_level_disable_opens_one_port() -> 
 
     env.write_config("db-plain.yaml", &policy("db-plain", DB_PLAIN))?;
     let answer = wait_until("plain TCP to db", CONFIG_TIMEOUT, async || {
-        let answer = plain_tcp(&mesh).await?;
+        let answer = mesh.other_pod_tcp_to_db().await?;
         ensure!(answer.contains("\"db\""), "{answer:?}");
         Ok(answer)
     })
@@ -229,7 +203,7 @@ async fn strict_refuses_plain_text_and_a_port_level_disable_opens_one_port() -> 
     })
     .await
     .with_context(logs)?;
-    let answer = plain_tcp(&mesh).await?;
+    let answer = mesh.other_pod_tcp_to_db().await?;
     ensure!(
         answer.contains("\"db\""),
         "the last good policy was not kept: plain TCP answered {answer:?}"
