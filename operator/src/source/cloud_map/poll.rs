@@ -209,7 +209,8 @@ impl<A: CloudMapApi> Poller<A> {
                 gone.into_iter()
                     .map(|id| Event::Delete(RecordKey::CloudMap(id.clone()))),
             );
-            for (id, known) in &read {
+            // A service that did not change kept its record: nothing to compare.
+            for (id, known) in read.iter().filter(|(_, k)| k.changed) {
                 let before = self.known.get(id).and_then(|k| k.served.as_ref());
                 if let Some(now) = &known.served
                     && before != Some(now)
