@@ -619,6 +619,17 @@ pub fn dynamic_virtual_hosts(dump: &Value) -> impl Iterator<Item = &Value> {
         })
 }
 
+/// The names of the dynamic route configurations in a `/config_dump`.
+pub fn dynamic_route_config_names(dump: &Value) -> Vec<String> {
+    dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["dynamic_route_configs"].as_array().into_iter().flatten())
+        .filter_map(|r| r["route_config"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// (virtual hosts, routes) in the dynamic route configurations of a `/config_dump`.
 pub fn route_counts(dump: &Value) -> (usize, usize) {
     let vhosts: Vec<&Value> = dynamic_virtual_hosts(dump).collect();

@@ -16,7 +16,7 @@ use capstan_e2e::capture::{self, service_ip};
 use capstan_e2e::capture_mesh::{
     CaptureMesh, call, capstan_and_captured_sidecar, entry, service_entry,
 };
-use capstan_e2e::envoy::AdsMode;
+use capstan_e2e::envoy::{AdsMode, dynamic_route_config_names};
 use capstan_e2e::http::{HttpClient, UpstreamReply};
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv};
 use capstan_e2e::netns::pod_ip;
@@ -645,6 +645,52 @@ async fn ports_without_a_protocol_carry_http_and_anything_else() -> anyhow::Resu
     ensure!(
         !reply.headers.contains_key("x-request-id"),
         "TLS went through an HTTP connection manager: {reply:?}"
+    );
+    mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// A service with two HTTP ports: each port has a route configuration of its own (istiod's,
+/// named by the port), so a Host without a port — what clients send for the default port,
+/// or set by hand — reaches the port the connection was made to, not the service's first
+/// port; and as with istiod, the port a Host names is ignored on a port's listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_without_a_port_reaches_the_port_the_connection_was_made_to() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mesh = start("a_host_without_a_port_reaches_the_port_the_connection_was_made_to").await?;
+    let log_dir = mesh.env.log_dir.clone();
+    let logs = || format!("logs in {}", log_dir.display());
+    // `multi` on 9080 is reviews' app, on 9090 ratings' app.
+    let ports = "{number: 9080, name: http, protocol: HTTP}, \
+                 {number: 9090, name: http-alt, protocol: HTTP}";
+    mesh.env.write_config(
+        "multi.yaml",
+        &entry("multi", 40, ports, &pod_ip(263).to_string()),
+    )?;
+    let first = SocketAddr::from((service_ip(40), 9080));
+    let second = SocketAddr::from((service_ip(40), 9090));
+    let reply = wait_until("multi's second port", CONFIG_TIMEOUT, async || {
+        call(second, "multi").await
+    })
+    .await
+    .with_context(logs)?;
+    ensure!(
+        reply.service == "ratings",
+        "a bare Host on 9090 reached {}: {reply:?}",
+        reply.service
+    );
+    let reply = call(first, "multi").await.with_context(logs)?;
+    ensure!(reply.service == "reviews", "{reply:?}");
+    let reply = call(second, "multi.bookinfo.svc.cluster.local:9080")
+        .await
+        .with_context(logs)?;
+    ensure!(
+        reply.service == "ratings",
+        "the Host's port decided on 9090's listener: {reply:?}"
+    );
+    let routes = dynamic_route_config_names(&mesh.envoy.config_dump(false).await?);
+    ensure!(
+        routes.contains(&"9080".to_string()) && routes.contains(&"9090".to_string()),
+        "{routes:?}"
     );
     mesh.envoy.ensure_no_rejected_updates().await
 }

@@ -337,22 +337,38 @@ fn full_translation(c: &mut Criterion) {
 }
 
 fn one_virtual_service_changed(c: &mut Criterion) {
-    virtual_service_changed(c, "one VirtualService changed", index);
+    virtual_service_changed(c, "one VirtualService changed", options(), index);
 }
 
 fn one_virtual_service_changed_scoped(c: &mut Criterion) {
     virtual_service_changed(
         c,
         "one VirtualService changed, Sidecar-scoped",
+        options(),
         scoped_index,
     );
 }
 
-fn virtual_service_changed(c: &mut Criterion, name: &str, index: fn(usize) -> Index) {
+/// Capture mode: the route configurations are per port.
+fn one_virtual_service_changed_capture(c: &mut Criterion) {
+    virtual_service_changed(
+        c,
+        "one VirtualService changed, capture mode",
+        capture_options(),
+        index,
+    );
+}
+
+fn virtual_service_changed(
+    c: &mut Criterion,
+    name: &str,
+    options: translate::Options,
+    index: fn(usize) -> Index,
+) {
     let mut group = c.benchmark_group(name);
     group.warm_up_time(Duration::from_secs(1));
     for n in SIZES {
-        let mut pipeline = Pipeline::new(options(), DOMAIN);
+        let mut pipeline = Pipeline::new(options.clone(), DOMAIN);
         pipeline.index = index(n);
         let cache = SnapshotCache::new();
         cache.replace(pipeline.full());
@@ -433,6 +449,7 @@ criterion_group!(
     benches,
     full_translation,
     one_virtual_service_changed,
+    one_virtual_service_changed_capture,
     one_endpoint_slice_changed,
     one_endpoint_slice_changed_capture,
     one_virtual_service_changed_scoped,

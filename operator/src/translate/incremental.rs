@@ -7,27 +7,41 @@
 //! then reassembled from the kept encodings by concatenation (protobuf messages concatenate),
 //! without building or encoding the other virtual hosts again.
 //!
-//! The virtual hosts are grouped by namespace, and each group is kept joined ([`Parts`]) in
-//! both forms. A route variant is the header plus one joined group per namespace, so a
-//! change rejoins only its namespace's group and then assembles each variant from one piece
-//! per namespace: it never walks the virtual hosts of other namespaces.
+//! The virtual hosts are grouped by route configuration (one, or one per port:
+//! [`route::RouteLayout`]) and namespace, and each group is kept joined ([`Parts`]) in both
+//! forms. A route variant is the header plus one joined group per namespace, so a change
+//! rejoins only its groups and then assembles each variant from one piece per namespace: it
+//! never walks the virtual hosts of other namespaces.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use capstan_crds::ObjectKey;
 use capstan_xds::{Parts, Resource, Role, Selector, SnapshotBuilder, Update, type_url};
-use prost::Message;
 
 use super::route::{Caller, Labels};
 use super::sidecar::{CaptureState, ListenerMode};
-use super::{OUTBOUND_HTTP, Options, listener, route};
+use super::{Options, listener, route};
 use crate::model::service::ExportTo;
 use crate::model::sidecar_scope::ScopeViews;
 use crate::model::{Affected, Mesh, Problem, hostname};
 
-/// The namespace of a cluster-local host, `None` for any other host: the group of its
-/// virtual hosts within the route configuration.
-type Group = Option<String>;
+/// Where a virtual host sits: its route configuration, then the namespace of a cluster-local
+/// host (`None` for any other host).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Group {
+    route: String,
+    namespace: Option<String>,
+}
+
+impl Group {
+    /// The first group of route configuration `route`.
+    fn first_of(route: &str) -> Self {
+        Self {
+            route: route.to_string(),
+            namespace: None,
+        }
+    }
+}
 
 /// A virtual host's place in the route configuration: by group, then host, then port.
 type VirtualHostKey = (Group, String, u32);
@@ -90,10 +104,10 @@ pub struct Translator {
     by_host: HashMap<String, HostResources>,
     /// In the order of the virtual hosts in the route configuration.
     virtual_hosts: BTreeMap<VirtualHostKey, VirtualHostEntry>,
+    /// The places of each service host's virtual hosts.
+    host_keys: HashMap<String, Vec<VirtualHostKey>>,
     /// Per group with virtual hosts, all of them joined.
     segments: BTreeMap<Group, Segment>,
-    /// The route configuration without virtual hosts, encoded.
-    header: Parts,
     /// Destination host → the service hosts whose routes resolved a port through it.
     routed_through: HashMap<String, BTreeSet<String>>,
     /// VirtualService → the service hosts whose virtual hosts carry its routes. (A host's
@@ -102,8 +116,8 @@ pub struct Translator {
     /// How many virtual hosts claim each domain; above one, Envoy would reject the
     /// configuration, and the route variants are built the slow way that drops repeats.
     domain_claims: domain_claims::DomainClaims,
-    /// The selectors of the route variants last built.
-    route_variants: BTreeSet<Selector>,
+    /// The route variants last built: configuration name and selector.
+    route_variants: BTreeSet<route_variants::RouteVariant>,
     /// How many virtual hosts' VirtualServices have each `sourceLabels` selector: the label
     /// classes of the route variants are their unions.
     source_selectors: BTreeMap<Labels, usize>,
@@ -143,8 +157,8 @@ impl Translator {
             options,
             by_host: HashMap::new(),
             virtual_hosts: BTreeMap::new(),
+            host_keys: HashMap::new(),
             segments: BTreeMap::new(),
-            header: Parts::leaf(route::empty_config().encode_to_vec()),
             routed_through: HashMap::new(),
             carried_by: HashMap::new(),
             domain_claims: Default::default(),
@@ -277,8 +291,8 @@ impl Translator {
             for (selector, resource) in variants {
                 update.put_for(selector, resource);
             }
-            for selector in gone {
-                update.remove_for(selector, type_url::ROUTE, OUTBOUND_HTTP);
+            for (name, selector) in gone {
+                update.remove_for(selector, type_url::ROUTE, &name);
             }
         }
         update
@@ -313,10 +327,10 @@ impl Translator {
             hosts.extend(self.carried_by.get(key).into_iter().flatten().cloned());
         }
         let mut groups = BTreeSet::new();
-        for (host, built) in per_host(&hosts, |host| build_virtual_hosts(mesh, host)) {
-            let group = group_of(host, &mesh.domain_suffix);
-            self.install_virtual_hosts(host, &group, built);
-            groups.insert(group);
+        let layout = self.options.route_layout();
+        for (host, built) in per_host(&hosts, |host| build_virtual_hosts(mesh, host, layout)) {
+            let namespace = namespace_of(host, &mesh.domain_suffix);
+            groups.extend(self.install_virtual_hosts(host, &namespace, built));
         }
         for group in groups {
             self.rejoin(group.clone());
@@ -389,108 +403,6 @@ impl Translator {
         }
     }
 
-    /// Replaces the virtual hosts of `host` by `built` (none: the host is gone).
-    fn install_virtual_hosts(
-        &mut self,
-        host: &str,
-        group: &Group,
-        built: Option<BuiltVirtualHosts>,
-    ) {
-        let key = |port| (group.clone(), host.to_string(), port);
-        let old: Vec<VirtualHostKey> = self
-            .virtual_hosts
-            .range(key(0)..=key(u32::MAX))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in old {
-            if let Some(entry) = self.virtual_hosts.remove(&key) {
-                self.forget(host, group, &entry);
-            }
-        }
-        let Some(built) = built else {
-            return;
-        };
-        for (port, entry) in built.entries {
-            self.remember(host, group, &entry);
-            self.virtual_hosts.insert(key(port), entry);
-        }
-        if let Some(vs) = built.virtual_service {
-            let by_host = self.route_problems.entry(vs).or_default();
-            if built.problems.is_empty() {
-                by_host.remove(host);
-            } else {
-                by_host.insert(host.to_string(), built.problems);
-            }
-        }
-    }
-
-    /// Records what a new virtual host depends on and claims.
-    fn remember(&mut self, host: &str, group: &Group, entry: &VirtualHostEntry) {
-        if let Some(vs) = &entry.virtual_service {
-            self.carried_by
-                .entry(vs.clone())
-                .or_default()
-                .insert(host.to_string());
-        }
-        for destination in &entry.destinations {
-            self.routed_through
-                .entry(destination.clone())
-                .or_default()
-                .insert(host.to_string());
-        }
-        for domain in &entry.domains {
-            self.domain_claims.claim(domain, None);
-        }
-        for domain in &entry.own_only_domains {
-            self.domain_claims.claim(domain, Some(group));
-        }
-        for selector in &entry.selectors {
-            *self.source_selectors.entry(selector.clone()).or_default() += 1;
-        }
-    }
-
-    /// Undoes [`Self::remember`] for a virtual host being replaced or removed.
-    fn forget(&mut self, host: &str, group: &Group, entry: &VirtualHostEntry) {
-        if let Some(vs) = &entry.virtual_service
-            && let Some(hosts) = self.carried_by.get_mut(vs)
-        {
-            hosts.remove(host);
-            if hosts.is_empty() {
-                self.carried_by.remove(vs);
-            }
-        }
-        for destination in &entry.destinations {
-            if let Some(hosts) = self.routed_through.get_mut(destination) {
-                hosts.remove(host);
-                if hosts.is_empty() {
-                    self.routed_through.remove(destination);
-                }
-            }
-        }
-        for domain in &entry.domains {
-            self.domain_claims.release(domain, None);
-        }
-        for domain in &entry.own_only_domains {
-            self.domain_claims.release(domain, Some(group));
-        }
-        for selector in &entry.selectors {
-            if let Some(count) = self.source_selectors.get_mut(selector) {
-                *count -= 1;
-                if *count == 0 {
-                    self.source_selectors.remove(selector);
-                }
-            }
-        }
-        if let Some(vs) = &entry.virtual_service
-            && let Some(by_host) = self.route_problems.get_mut(vs)
-        {
-            by_host.remove(host);
-            if by_host.is_empty() {
-                self.route_problems.remove(vs);
-            }
-        }
-    }
-
     /// Hosts no service has, for the VirtualServices that changed and those covering a host
     /// that came or went.
     fn refresh_unbound(&mut self, mesh: &Mesh, affected: &Affected) {
@@ -537,7 +449,7 @@ use outbound_policy::Fallbacks;
 use per_host::PARALLEL_HOSTS;
 use per_host::per_host;
 use scoping::form;
-use virtual_hosts::{BuiltVirtualHosts, build_virtual_hosts, group_of};
+use virtual_hosts::{build_virtual_hosts, namespace_of};
 
 #[cfg(test)]
 mod tests;
@@ -580,3 +492,6 @@ mod authorization_tests;
 
 #[cfg(test)]
 mod cloud_map_tests;
+
+#[cfg(test)]
+mod per_port_route_tests;

@@ -54,6 +54,16 @@ pub struct Options {
     pub mesh_settings: std::sync::Arc<crate::mesh_config::MeshSettings>,
 }
 
+impl Options {
+    /// How sidecars' outbound HTTP is split into route configurations.
+    pub(crate) fn route_layout(&self) -> route::RouteLayout {
+        match self.sidecar_listeners {
+            ListenerMode::Direct => route::RouteLayout::Shared,
+            ListenerMode::Capture => route::RouteLayout::PerPort,
+        }
+    }
+}
+
 /// Builds every resource for `mesh`. Config that cannot be honoured is reported and left
 /// out; everything else is still built.
 pub fn build(mesh: &Mesh, options: &Options) -> (SnapshotBuilder, Vec<Problem>) {

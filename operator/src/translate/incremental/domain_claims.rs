@@ -1,9 +1,10 @@
 //! Which virtual-host domains more than one virtual host claims within one route variant:
 //! Envoy rejects a route configuration with a domain twice.
 //!
-//! A domain of the `other` form is in every variant; a domain only the `own` form has (a
-//! cluster-local host's short name) is only in its namespace's variant, so the same short
-//! name in two namespaces is no conflict.
+//! A domain of the `other` form is in every variant of its route configuration; a domain
+//! only the `own` form has (a cluster-local host's short name) is only in its namespace's
+//! variant, so the same short name in two namespaces is no conflict. Nor is one name in two
+//! route configurations (two ports).
 
 use std::collections::HashMap;
 
@@ -13,8 +14,8 @@ use super::Group;
 struct Claims {
     /// By virtual hosts whose every variant has the domain.
     everywhere: u32,
-    /// By virtual hosts of each group whose own variant only has it.
-    in_group: HashMap<Group, u32>,
+    /// By virtual hosts of each namespace whose own variant only has it.
+    in_group: HashMap<Option<String>, u32>,
 }
 
 impl Claims {
@@ -31,7 +32,8 @@ impl Claims {
 
 #[derive(Debug, Default)]
 pub(super) struct DomainClaims {
-    claims: HashMap<String, Claims>,
+    /// By route configuration and domain.
+    claims: HashMap<(String, String), Claims>,
     /// How many domains are claimed twice in some variant.
     repeated: usize,
 }
@@ -42,37 +44,38 @@ impl DomainClaims {
         self.repeated > 0
     }
 
-    /// Records a claim on `domain`: in every variant (`group` `None`), or only in the
-    /// variant of `group`'s namespace.
-    pub(super) fn claim(&mut self, domain: &str, group: Option<&Group>) {
-        self.change(domain, |claims| match group {
-            None => claims.everywhere += 1,
-            Some(g) => *claims.in_group.entry(g.clone()).or_default() += 1,
+    /// Records a claim on `domain` by a virtual host of `group`: in every variant of its
+    /// route configuration, or only in the variant of its namespace (`own_only`).
+    pub(super) fn claim(&mut self, domain: &str, group: &Group, own_only: bool) {
+        self.change(domain, group, |claims| match own_only {
+            false => claims.everywhere += 1,
+            true => *claims.in_group.entry(group.namespace.clone()).or_default() += 1,
         });
     }
 
     /// Undoes one [`Self::claim`] with the same arguments.
-    pub(super) fn release(&mut self, domain: &str, group: Option<&Group>) {
-        self.change(domain, |claims| match group {
-            None => claims.everywhere = claims.everywhere.saturating_sub(1),
-            Some(g) => {
-                if let Some(n) = claims.in_group.get_mut(g) {
+    pub(super) fn release(&mut self, domain: &str, group: &Group, own_only: bool) {
+        self.change(domain, group, |claims| match own_only {
+            false => claims.everywhere = claims.everywhere.saturating_sub(1),
+            true => {
+                if let Some(n) = claims.in_group.get_mut(&group.namespace) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
-                        claims.in_group.remove(g);
+                        claims.in_group.remove(&group.namespace);
                     }
                 }
             }
         });
     }
 
-    fn change(&mut self, domain: &str, f: impl FnOnce(&mut Claims)) {
-        let claims = self.claims.entry(domain.to_string()).or_default();
+    fn change(&mut self, domain: &str, group: &Group, f: impl FnOnce(&mut Claims)) {
+        let key = (group.route.clone(), domain.to_string());
+        let claims = self.claims.entry(key.clone()).or_default();
         let before = claims.repeated();
         f(claims);
         let after = claims.repeated();
         if claims.is_empty() {
-            self.claims.remove(domain);
+            self.claims.remove(&key);
         }
         match (before, after) {
             (false, true) => self.repeated += 1,
@@ -115,30 +118,47 @@ spec:
         assert_routes_decode_as_route_configurations(&mesh);
     }
 
+    fn group(route: &str, namespace: Option<&str>) -> Group {
+        Group {
+            route: route.to_string(),
+            namespace: namespace.map(str::to_string),
+        }
+    }
+
     #[test]
     fn the_same_short_name_in_two_namespaces_is_no_conflict() {
-        let shop: Group = Some("shop".into());
-        let web: Group = Some("web".into());
+        let shop = group("80", Some("shop"));
+        let web = group("80", Some("web"));
         let mut claims = DomainClaims::default();
-        claims.claim("api", Some(&shop));
-        claims.claim("api", Some(&web));
+        claims.claim("api", &shop, true);
+        claims.claim("api", &web, true);
         assert!(!claims.any_repeated());
         // Twice in one namespace's variant, or once there and once in every variant: both
         // would put it twice in a route configuration.
-        claims.claim("api", Some(&shop));
+        claims.claim("api", &shop, true);
         assert!(claims.any_repeated());
-        claims.release("api", Some(&shop));
+        claims.release("api", &shop, true);
         assert!(!claims.any_repeated());
-        claims.claim("api", None);
+        claims.claim("api", &web, false);
         assert!(claims.any_repeated());
-        claims.release("api", None);
-        claims.claim("api.example.com", None);
-        claims.claim("api.example.com", None);
+        claims.release("api", &web, false);
+        claims.claim("api.example.com", &group("80", None), false);
+        claims.claim("api.example.com", &group("80", None), false);
         assert!(claims.any_repeated());
-        claims.release("api.example.com", None);
-        claims.release("api", Some(&shop));
-        claims.release("api", Some(&web));
+        claims.release("api.example.com", &group("80", None), false);
+        claims.release("api", &shop, true);
+        claims.release("api", &web, true);
         assert!(!claims.any_repeated());
         assert!(claims.claims.len() == 1, "released domains are forgotten");
+    }
+
+    #[test]
+    fn one_name_in_two_route_configurations_is_no_conflict() {
+        let mut claims = DomainClaims::default();
+        claims.claim("api.example.com", &group("80", None), false);
+        claims.claim("api.example.com", &group("8080", None), false);
+        assert!(!claims.any_repeated());
+        claims.claim("api.example.com", &group("8080", None), false);
+        assert!(claims.any_repeated());
     }
 }

@@ -11,6 +11,8 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use super::tests::{assert_routes_decode_as_route_configurations, check, delete, istio, options};
 use super::*;
 use crate::index::Index;
+use crate::translate::OUTBOUND_HTTP;
+use prost::Message;
 
 fn entry(name: &str, namespace: &str, export_to: &str) -> String {
     format!(

@@ -13,6 +13,7 @@ use super::tests::{check, delete, istio, options, service};
 use super::*;
 use crate::index::{Event, Health, NodeRecord, NsName, Record, SliceEndpoint, SliceRecord};
 use crate::reconcile::Pipeline;
+use prost::Message;
 
 fn node(name: &str, region: &str, zone: &str) -> Event {
     Event::Apply(Record::Node(NodeRecord {

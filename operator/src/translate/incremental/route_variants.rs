@@ -1,10 +1,12 @@
 //! The route variants: each group's virtual hosts joined (in the forms the variants read),
-//! and each variant assembled from the header, one joined piece per group, and the
-//! capture-mode fallback, without building or encoding any virtual host again.
+//! and each variant of each route configuration assembled from the header, one joined piece
+//! per group of that configuration, and the capture-mode fallback, without building or
+//! encoding any virtual host again.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use capstan_xds::{Parts, Resource, Selector, type_url};
+use prost::Message;
 
 use super::{
     Group, Labels, Segment, SegmentForms, Translator, VirtualHostEntry, VirtualHostKey, form,
@@ -12,8 +14,11 @@ use super::{
 use crate::model::Mesh;
 use crate::model::service::ExportTo;
 use crate::model::sidecar_scope::ScopeViews;
+use crate::translate::route;
 use crate::translate::sidecar::fallback_virtual_host;
-use crate::translate::{OUTBOUND_HTTP, route};
+
+/// One variant of a route configuration: its name and whose it is.
+pub(super) type RouteVariant = (String, Selector);
 
 impl Translator {
     /// Joins the virtual hosts of `group` again (after some of them changed).
@@ -53,13 +58,13 @@ impl Translator {
                     let other = join(None);
                     // Hosts outside the cluster have no namespace whose variant reads them by
                     // bare name.
-                    let own = match &group {
+                    let own = match &group.namespace {
                         Some(ns) => join(Some(ns)),
                         None => other.clone(),
                     };
                     let exported = named
                         .iter()
-                        .filter(|ns| group.as_ref() != Some(**ns))
+                        .filter(|ns| group.namespace.as_ref() != Some(**ns))
                         .map(|ns| ((*ns).clone(), join(Some(ns))))
                         .collect();
                     let forms = SegmentForms {
@@ -86,16 +91,18 @@ impl Translator {
         );
     }
 
-    /// The route variants from the kept virtual hosts, and the selectors whose variant is
-    /// gone.
+    /// The route variants from the kept virtual hosts, and those that are gone.
     pub(super) fn assemble_routes(
         &mut self,
         mesh: &Mesh,
         views: &ScopeViews,
-    ) -> (Vec<(Selector, Resource)>, Vec<Selector>) {
+    ) -> (Vec<(Selector, Resource)>, Vec<RouteVariant>) {
         let variants = self.routes(mesh, views);
         self.dirty_groups.clear();
-        let now: BTreeSet<Selector> = variants.iter().map(|(s, _)| s.clone()).collect();
+        let now: BTreeSet<RouteVariant> = variants
+            .iter()
+            .map(|(s, r)| (r.name().to_string(), s.clone()))
+            .collect();
         let gone = self.route_variants.difference(&now).cloned().collect();
         self.route_variants = now;
         (variants, gone)
@@ -107,7 +114,7 @@ impl Translator {
             // Two hosts claim one name: the slow path drops the later claims, as a full
             // build always has (not scoped by Sidecar; docs/traffic.md says so).
             self.scoped_segments.clear();
-            let (configs, _) = route::route_configurations(mesh);
+            let (configs, _) = route::route_configurations(mesh, self.options.route_layout());
             let capture = self.fallbacks.is_some();
             return configs
                 .into_iter()
@@ -117,7 +124,8 @@ impl Translator {
                         let mode = modes.for_proxies(&selector);
                         config.virtual_hosts.push(fallback_virtual_host(mode));
                     }
-                    Some((selector, Resource::encode(OUTBOUND_HTTP, &config)?))
+                    let name = config.name.clone();
+                    Some((selector, Resource::encode(name, &config)?))
                 })
                 .collect();
         }
@@ -126,15 +134,48 @@ impl Translator {
         }
         self.scoped_segments.clear();
         let classes = self.label_classes();
+        let namespaces = self.route_namespaces();
         let mut out = Vec::new();
-        for ns in self.route_namespaces() {
-            for labels in &classes {
-                let selector = variant_selector(ns, labels);
-                let fallback = self.fallback(modes.for_proxies(&selector));
-                out.push((selector, self.assembled_routes(ns, labels, fallback)));
+        for name in self.route_names() {
+            for &ns in &namespaces {
+                for labels in &classes {
+                    let selector = variant_selector(ns, labels);
+                    let fallback = self.fallback(modes.for_proxies(&selector));
+                    let routes = self.assembled_routes(&name, ns, labels, fallback);
+                    out.push((selector, routes));
+                }
             }
         }
         out
+    }
+
+    /// The route configurations sidecars get: those with virtual hosts, and any the layout
+    /// always has.
+    pub(super) fn route_names(&self) -> BTreeSet<String> {
+        let layout = self.options.route_layout();
+        let mut names: BTreeSet<String> = layout
+            .fixed_routes()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        names.extend(self.segments.keys().map(|g| g.route.clone()));
+        names
+    }
+
+    /// Route configuration `name` without virtual hosts, encoded.
+    pub(super) fn header(&self, name: &str) -> Parts {
+        let config = route::empty_config(name, self.options.route_layout());
+        Parts::leaf(config.encode_to_vec())
+    }
+
+    /// The segments of route configuration `name`, in their order in it.
+    pub(super) fn segments_of<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = (&'a Group, &'a Segment)> + 'a {
+        self.segments
+            .range(Group::first_of(name)..)
+            .take_while(move |(g, _)| g.route == name)
     }
 
     /// The label classes of the route variants: the unions of the `sourceLabels` selectors
@@ -148,7 +189,7 @@ impl Translator {
     pub(super) fn route_namespaces(&self) -> BTreeSet<Option<&str>> {
         let mut namespaces = BTreeSet::from([None]);
         for (group, segment) in &self.segments {
-            namespaces.extend(group.as_deref().map(Some));
+            namespaces.extend(group.namespace.as_deref().map(Some));
             let forms = segment.forms(&Labels::new());
             namespaces.extend(forms.exported.keys().map(|ns| Some(ns.as_str())));
         }
@@ -166,29 +207,30 @@ impl Translator {
             .take_while(move |((g, _, _), _)| g == group)
     }
 
-    /// The route configuration of the proxies of `namespace` (`None`: of a namespace no
+    /// Route configuration `name` of the proxies of `namespace` (`None`: of a namespace no
     /// host or match names) whose labels include `labels`, from the joined segments, ending
     /// with `fallback`.
     pub(super) fn assembled_routes(
         &self,
+        name: &str,
         namespace: Option<&str>,
         labels: &Labels,
         fallback: Option<Parts>,
     ) -> Resource {
-        let segments = self.segments.iter().map(|(group, segment)| {
+        let segments = self.segments_of(name).map(|(group, segment)| {
             let forms = segment.forms(labels);
             match namespace {
-                Some(ns) if group.as_deref() == Some(ns) => forms.own.clone(),
+                Some(ns) if group.namespace.as_deref() == Some(ns) => forms.own.clone(),
                 Some(ns) => forms.exported.get(ns).unwrap_or(&forms.other).clone(),
                 None => forms.other.clone(),
             }
         });
         let parts = Parts::join(
-            std::iter::once(self.header.clone())
+            std::iter::once(self.header(name))
                 .chain(segments)
                 .chain(fallback),
         );
-        Resource::from_parts(type_url::ROUTE, OUTBOUND_HTTP, parts)
+        Resource::from_parts(type_url::ROUTE, name, parts)
     }
 }
 

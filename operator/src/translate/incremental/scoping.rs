@@ -14,14 +14,14 @@ use capstan_crds::ObjectKey;
 use capstan_xds::{Parts, Resource, Selector, Update, Visibility, type_url};
 
 use super::route_variants::variant_selector;
-use super::{Caller, Group, HostResources, Labels, Translator, VirtualHostEntry, group_of};
+use super::{Caller, Group, HostResources, Labels, Translator, VirtualHostEntry};
 use crate::model::Mesh;
 use crate::model::VirtualService;
 use crate::model::service::ExportTo;
 use crate::model::sidecar_scope::{
     OutboundModes, ScopeView, ScopeViews, virtual_service_destinations,
 };
-use crate::translate::{OUTBOUND_HTTP, route};
+use crate::translate::route;
 
 /// The visibility last set per host, for the hosts some sidecars do not see.
 pub(super) type HostVisibility = BTreeMap<String, Visibility>;
@@ -195,8 +195,8 @@ impl Translator {
         }
         if !unchanged {
             // The scoped route variants read its virtual hosts differently.
-            self.dirty_groups
-                .insert(group_of(host, &mesh.domain_suffix));
+            let groups: Vec<Group> = self.groups_of(host).cloned().collect();
+            self.dirty_groups.extend(groups);
         }
         match visibility {
             Some(v) => self.visibility.insert(host.to_string(), v),
@@ -236,34 +236,37 @@ impl Translator {
         }
         let mut out = Vec::new();
         let mut kept = HashMap::new();
-        for selector in selectors {
-            let namespace = selector.namespace.as_deref();
-            let fallback = self.fallback(modes.for_proxies(&selector));
-            let resource = match views.for_proxies(&selector) {
-                Some(view) => {
-                    let pieces = self.filtered_routes(mesh, &selector, view, &mut kept);
-                    routes_of(pieces.chain(fallback))
-                }
-                None => self.assembled_routes(namespace, &selector.labels, fallback),
-            };
-            out.push((selector, resource));
+        for name in self.route_names() {
+            for selector in &selectors {
+                let namespace = selector.namespace.as_deref();
+                let fallback = self.fallback(modes.for_proxies(selector));
+                let resource = match views.for_proxies(selector) {
+                    Some(view) => {
+                        let pieces = self.filtered_routes(mesh, &name, selector, view, &mut kept);
+                        routes_of(&name, pieces.chain(fallback))
+                    }
+                    None => self.assembled_routes(&name, namespace, &selector.labels, fallback),
+                };
+                out.push((selector.clone(), resource));
+            }
         }
         // Pieces of variants or groups that are gone are dropped.
         self.scoped_segments = kept;
         out
     }
 
-    /// The route configuration of the sidecars `selector` picks, which see what `view`
+    /// Route configuration `name` of the sidecars `selector` picks, which see what `view`
     /// sees: the header and a piece per group, kept in `kept`.
     fn filtered_routes(
         &self,
         mesh: &Mesh,
+        name: &str,
         selector: &Selector,
         view: &ScopeView,
         kept: &mut HashMap<(Selector, Group), Parts>,
     ) -> std::vec::IntoIter<Parts> {
-        let mut pieces = vec![self.header.clone()];
-        for group in self.segments.keys() {
+        let mut pieces = vec![self.header(name)];
+        for (group, _) in self.segments_of(name) {
             let key = (selector.clone(), group.clone());
             let piece = match self.scoped_segments.get(&key) {
                 Some(piece) if !self.dirty_groups.contains(group) => piece.clone(),
@@ -309,7 +312,7 @@ pub(super) fn form(
     if !e.visible.includes(namespace) {
         return None;
     }
-    let own = namespace.is_some() && group.as_deref() == namespace;
+    let own = namespace.is_some() && group.namespace.as_deref() == namespace;
     if !e.by_caller.is_empty() {
         let class = route::class_of(&e.selectors, labels);
         let named = namespace.and_then(|ns| e.by_caller.get(&(Caller::new(Some(ns), &class), own)));
@@ -320,8 +323,8 @@ pub(super) fn form(
     Some(if own { e.own.clone() } else { e.other.clone() })
 }
 
-fn routes_of(pieces: impl Iterator<Item = Parts>) -> Resource {
-    Resource::from_parts(type_url::ROUTE, OUTBOUND_HTTP, Parts::join(pieces))
+fn routes_of(name: &str, pieces: impl Iterator<Item = Parts>) -> Resource {
+    Resource::from_parts(type_url::ROUTE, name, Parts::join(pieces))
 }
 
 /// The hosts `vs` sends to.

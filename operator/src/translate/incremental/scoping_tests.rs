@@ -11,6 +11,8 @@ use crate::index::Index;
 use crate::model::sidecar_scope::fixtures::{
     service_entry as entry, sidecar, sidecar_proxy as proxy, sidecar_with,
 };
+use crate::translate::OUTBOUND_HTTP;
+use prost::Message;
 
 const ROUTE_CART: &str = "apiVersion: networking.istio.io/v1
 kind: VirtualService

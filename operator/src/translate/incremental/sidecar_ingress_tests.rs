@@ -12,6 +12,7 @@ use super::tests::{check_with, delete, istio, options, served_to};
 use super::*;
 use crate::model::sidecar_scope::fixtures::{service_entry, sidecar_proxy, sidecar_with};
 use crate::reconcile::Pipeline;
+use prost::Message;
 
 fn capture() -> Options {
     Options {

@@ -12,6 +12,8 @@ use super::tests::{assert_routes_decode_as_route_configurations, check, delete, 
 use super::*;
 use crate::index::Index;
 use crate::model::sidecar_scope::fixtures::sidecar_proxy;
+use crate::translate::OUTBOUND_HTTP;
+use prost::Message;
 
 const REVIEWS: &str = "apiVersion: networking.istio.io/v1
 kind: ServiceEntry

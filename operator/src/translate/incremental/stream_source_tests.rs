@@ -14,6 +14,7 @@ use super::capture_tests;
 use super::tests::{check_with, delete, istio, options, served_to};
 use super::*;
 use crate::model::sidecar_scope::fixtures::{sidecar, sidecar_proxy};
+use prost::Message;
 
 fn capture() -> Options {
     Options {

@@ -12,6 +12,9 @@ use crate::index::{
     SliceRecord,
 };
 use crate::reconcile::Pipeline;
+use crate::translate::OUTBOUND_HTTP;
+use crate::translate::sidecar::fallback_virtual_host;
+use prost::Message;
 
 pub(super) use crate::translate::test_support::options;
 
@@ -380,28 +383,47 @@ fn assembled_route_variants_decode_as_the_route_configurations() {
     assert_routes_decode_as_route_configurations(&mesh);
 }
 
-/// Every route variant a full build serves decodes as the configuration the one-piece
-/// generator builds for that namespace.
+/// Every route variant a full build serves, in direct mode (one route configuration) and in
+/// capture mode (one per port, ending with the fallback), decodes as the configuration the
+/// one-piece generator builds for that namespace.
 pub(super) fn assert_routes_decode_as_route_configurations(mesh: &Mesh) {
-    let cache = SnapshotCache::new();
-    cache.replace(Translator::new(options()).full(mesh));
-    let state = cache.current();
-    let route_type = capstan_xds::type_index(type_url::ROUTE).expect("a served type");
-    let entry = state
-        .snapshot
-        .get(route_type, OUTBOUND_HTTP)
-        .expect("the routes are served");
-    let (expected, _) = route::route_configurations(mesh);
-    assert_eq!(entry.variants().len(), expected.len());
-    for (caller, config) in expected {
-        let selector = variant_selector(caller.namespace.as_deref(), &caller.labels);
-        let (_, resource) = entry
-            .variants()
-            .iter()
-            .find(|(s, _)| *s == selector)
-            .unwrap_or_else(|| panic!("no variant for {caller:?}"));
-        let decoded = RouteConfiguration::decode(resource.body()).expect("a RouteConfiguration");
-        assert_eq!(decoded, config, "variant {caller:?}");
+    for mode in [ListenerMode::Direct, ListenerMode::Capture] {
+        let options = Options {
+            sidecar_listeners: mode,
+            ..options()
+        };
+        let mut translator = Translator::new(options.clone());
+        let cache = SnapshotCache::new();
+        cache.replace(translator.full(mesh));
+        let state = cache.current();
+        let route_type = capstan_xds::type_index(type_url::ROUTE).expect("a served type");
+        let (expected, _) = route::route_configurations(mesh, options.route_layout());
+        let served: usize = state
+            .snapshot
+            .entries(route_type)
+            .map(|(_, entry)| entry.variants().len())
+            .sum();
+        assert_eq!(served, expected.len(), "{mode:?}");
+        let modes = translator.outbound_modes(mesh);
+        for (caller, mut config) in expected {
+            let entry = state
+                .snapshot
+                .get(route_type, &config.name)
+                .unwrap_or_else(|| panic!("{mode:?}: {} is not served", config.name));
+            let selector = variant_selector(caller.namespace.as_deref(), &caller.labels);
+            let (_, resource) = entry
+                .variants()
+                .iter()
+                .find(|(s, _)| *s == selector)
+                .unwrap_or_else(|| panic!("{mode:?}: no variant for {caller:?}"));
+            if mode == ListenerMode::Capture {
+                let fallback = fallback_virtual_host(modes.for_proxies(&selector));
+                config.virtual_hosts.push(fallback);
+            }
+            let decoded =
+                RouteConfiguration::decode(resource.body()).expect("a RouteConfiguration");
+            assert_eq!(decoded, config, "{mode:?}: variant {caller:?}");
+        }
     }
 }
 
@@ -449,7 +471,11 @@ spec:
     let mut translator = Translator::new(options());
     translator.full(&mesh);
     let segment = |t: &Translator, ns: &str| {
-        let s = t.segments[&Some(ns.to_string())].forms(&Labels::new());
+        let group = Group {
+            route: OUTBOUND_HTTP.to_string(),
+            namespace: Some(ns.to_string()),
+        };
+        let s = t.segments[&group].forms(&Labels::new());
         (s.own.clone(), s.other.clone())
     };
     let (one_own, one_other) = segment(&translator, "one");

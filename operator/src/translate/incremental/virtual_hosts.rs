@@ -1,25 +1,31 @@
-//! The virtual hosts of one service host, in the forms the route variants read them in.
+//! The virtual hosts of one service host, in the forms the route variants read them in, and
+//! what keeping them records (who carries which VirtualService, which domains are claimed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use capstan_crds::ObjectKey;
 use capstan_xds::Parts;
 use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration};
 use prost::Message;
 
-use super::{Group, VirtualHostEntry};
+use super::{Group, Translator, VirtualHostEntry};
 use crate::model::{Mesh, Problem, hostname};
-use crate::translate::route;
+use crate::translate::route::{self, DomainPorts, RouteLayout};
 
 /// The virtual hosts of one service host, built from the mesh alone (so many can be built
 /// at once), with what installing them records.
 pub(super) struct BuiltVirtualHosts {
-    pub(super) entries: Vec<(u32, VirtualHostEntry)>,
+    /// Per HTTP port: its route configuration, the port and the virtual host.
+    pub(super) entries: Vec<(String, u32, VirtualHostEntry)>,
     pub(super) virtual_service: Option<ObjectKey>,
     pub(super) problems: Vec<Problem>,
 }
 
-pub(super) fn build_virtual_hosts(mesh: &Mesh, host: &str) -> Option<BuiltVirtualHosts> {
+pub(super) fn build_virtual_hosts(
+    mesh: &Mesh,
+    host: &str,
+    layout: RouteLayout,
+) -> Option<BuiltVirtualHosts> {
     let service = mesh.services.get(host)?;
     let virtual_service = mesh.virtual_service_for(host);
     let destinations: Vec<String> = virtual_service
@@ -43,7 +49,7 @@ pub(super) fn build_virtual_hosts(mesh: &Mesh, host: &str) -> Option<BuiltVirtua
             route::candidate_domains(
                 host,
                 port.number,
-                i == 0,
+                DomainPorts::of(layout, i == 0),
                 same_namespace,
                 &mesh.domain_suffix,
             )
@@ -62,13 +68,13 @@ pub(super) fn build_virtual_hosts(mesh: &Mesh, host: &str) -> Option<BuiltVirtua
                 .encode_to_vec(),
             )
         };
-        let group = group_of(host, &mesh.domain_suffix);
+        let namespace = namespace_of(host, &mesh.domain_suffix);
         let mut by_caller = BTreeMap::new();
         for (caller, routes) in &routes.by_caller {
             // A named namespace reads the bare name if the host is its own; any other
-            // namespace reads it in the group's own namespace only.
+            // namespace reads it in the host's own namespace only.
             let owns = match &caller.namespace {
-                Some(ns) => vec![group.as_ref() == Some(ns)],
+                Some(ns) => vec![namespace.as_ref() == Some(ns)],
                 None => vec![true, false],
             };
             for own in owns {
@@ -92,7 +98,7 @@ pub(super) fn build_virtual_hosts(mesh: &Mesh, host: &str) -> Option<BuiltVirtua
             destinations: destinations.clone(),
             visible: service.export_to.clone(),
         };
-        entries.push((port.number, entry));
+        entries.push((layout.route_name(port.number), port.number, entry));
     }
     Some(BuiltVirtualHosts {
         entries,
@@ -101,6 +107,125 @@ pub(super) fn build_virtual_hosts(mesh: &Mesh, host: &str) -> Option<BuiltVirtua
     })
 }
 
-pub(super) fn group_of(host: &str, domain_suffix: &str) -> Group {
+/// The namespace of a cluster-local host, `None` for any other host.
+pub(super) fn namespace_of(host: &str, domain_suffix: &str) -> Option<String> {
     hostname::local_namespace(host, domain_suffix).map(str::to_string)
+}
+
+impl Translator {
+    /// Replaces the virtual hosts of `host` (of `namespace`) by `built` (none: the host is
+    /// gone); returns the groups they were and are in.
+    pub(super) fn install_virtual_hosts(
+        &mut self,
+        host: &str,
+        namespace: &Option<String>,
+        built: Option<BuiltVirtualHosts>,
+    ) -> BTreeSet<Group> {
+        let mut groups = BTreeSet::new();
+        for key in self.host_keys.remove(host).unwrap_or_default() {
+            if let Some(entry) = self.virtual_hosts.remove(&key) {
+                self.forget(host, &key.0, &entry);
+            }
+            groups.insert(key.0);
+        }
+        let Some(built) = built else {
+            return groups;
+        };
+        let mut keys = Vec::new();
+        for (route, port, entry) in built.entries {
+            let group = Group {
+                route,
+                namespace: namespace.clone(),
+            };
+            self.remember(host, &group, &entry);
+            let key = (group.clone(), host.to_string(), port);
+            self.virtual_hosts.insert(key.clone(), entry);
+            keys.push(key);
+            groups.insert(group);
+        }
+        if !keys.is_empty() {
+            self.host_keys.insert(host.to_string(), keys);
+        }
+        if let Some(vs) = built.virtual_service {
+            let by_host = self.route_problems.entry(vs).or_default();
+            if built.problems.is_empty() {
+                by_host.remove(host);
+            } else {
+                by_host.insert(host.to_string(), built.problems);
+            }
+        }
+        groups
+    }
+
+    /// The groups of `host`'s virtual hosts.
+    pub(super) fn groups_of<'a>(&'a self, host: &str) -> impl Iterator<Item = &'a Group> + 'a {
+        self.host_keys.get(host).into_iter().flatten().map(|k| &k.0)
+    }
+
+    /// Records what a new virtual host depends on and claims.
+    fn remember(&mut self, host: &str, group: &Group, entry: &VirtualHostEntry) {
+        if let Some(vs) = &entry.virtual_service {
+            self.carried_by
+                .entry(vs.clone())
+                .or_default()
+                .insert(host.to_string());
+        }
+        for destination in &entry.destinations {
+            self.routed_through
+                .entry(destination.clone())
+                .or_default()
+                .insert(host.to_string());
+        }
+        for domain in &entry.domains {
+            self.domain_claims.claim(domain, group, false);
+        }
+        for domain in &entry.own_only_domains {
+            self.domain_claims.claim(domain, group, true);
+        }
+        for selector in &entry.selectors {
+            *self.source_selectors.entry(selector.clone()).or_default() += 1;
+        }
+    }
+
+    /// Undoes [`Self::remember`] for a virtual host being replaced or removed.
+    fn forget(&mut self, host: &str, group: &Group, entry: &VirtualHostEntry) {
+        if let Some(vs) = &entry.virtual_service
+            && let Some(hosts) = self.carried_by.get_mut(vs)
+        {
+            hosts.remove(host);
+            if hosts.is_empty() {
+                self.carried_by.remove(vs);
+            }
+        }
+        for destination in &entry.destinations {
+            if let Some(hosts) = self.routed_through.get_mut(destination) {
+                hosts.remove(host);
+                if hosts.is_empty() {
+                    self.routed_through.remove(destination);
+                }
+            }
+        }
+        for domain in &entry.domains {
+            self.domain_claims.release(domain, group, false);
+        }
+        for domain in &entry.own_only_domains {
+            self.domain_claims.release(domain, group, true);
+        }
+        for selector in &entry.selectors {
+            if let Some(count) = self.source_selectors.get_mut(selector) {
+                *count -= 1;
+                if *count == 0 {
+                    self.source_selectors.remove(selector);
+                }
+            }
+        }
+        if let Some(vs) = &entry.virtual_service
+            && let Some(by_host) = self.route_problems.get_mut(vs)
+        {
+            by_host.remove(host);
+            if by_host.is_empty() {
+                self.route_problems.remove(vs);
+            }
+        }
+    }
 }

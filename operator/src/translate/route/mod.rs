@@ -1,6 +1,8 @@
-//! RDS: the outbound route configuration. One virtual host per service host and HTTP port,
+//! RDS: the outbound route configurations. One virtual host per service host and HTTP port,
 //! answering to the names Istio gives it; its routes come from the VirtualService for the
-//! host, or a single default route to the service when there is none.
+//! host, or a single default route to the service when there is none. Direct-mode sidecars
+//! have one route configuration for every port; capture-mode sidecars one per port, as
+//! istiod's ([`RouteLayout`]).
 
 mod action;
 mod caller;
@@ -33,12 +35,47 @@ use crate::model::hostname;
 use crate::model::service::ExportTo;
 use crate::model::{Mesh, Port, Problem, Service, VirtualService};
 
-/// The outbound route configuration as seen by each set of sidecars. Short names resolve in
-/// the proxy's namespace, as with Istio: `reviews` means `reviews.<proxy namespace>.svc...`,
-/// so a namespace with services of its own gets its own variant; so do the namespaces and
-/// label classes VirtualService matches name by source. [`Caller::anyone`] is the variant
-/// for every other sidecar, which answers only to qualified names.
-pub fn route_configurations(mesh: &Mesh) -> (Vec<(Caller, RouteConfiguration)>, Vec<Problem>) {
+/// How sidecars' outbound HTTP is split into route configurations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteLayout {
+    /// One, `outbound_http`, for every port: the direct-mode listener takes every service's
+    /// requests, so the Host header's port picks the service port (a name without a port
+    /// means the service's first HTTP port).
+    Shared,
+    /// One per port, named by the port (istiod's RDS names), holding the services of that
+    /// port with names only: the listener the connection arrived at is the port, so the
+    /// Host header's port is ignored (`ignore_port_in_host_matching`), as with istiod.
+    PerPort,
+}
+
+impl RouteLayout {
+    /// The route configuration the virtual hosts of a service's `port` go into.
+    pub fn route_name(self, port: u32) -> String {
+        match self {
+            Self::Shared => OUTBOUND_HTTP.to_string(),
+            Self::PerPort => port.to_string(),
+        }
+    }
+
+    /// The route configurations a sidecar always has, whatever the services.
+    pub fn fixed_routes(self) -> &'static [&'static str] {
+        match self {
+            Self::Shared => &[OUTBOUND_HTTP],
+            Self::PerPort => &[],
+        }
+    }
+}
+
+/// The outbound route configurations as seen by each set of sidecars, by name. Short names
+/// resolve in the proxy's namespace, as with Istio: `reviews` means
+/// `reviews.<proxy namespace>.svc...`, so a namespace with services of its own gets its own
+/// variant; so do the namespaces and label classes VirtualService matches name by source.
+/// [`Caller::anyone`] is the variant for every other sidecar, which answers only to
+/// qualified names.
+pub fn route_configurations(
+    mesh: &Mesh,
+    layout: RouteLayout,
+) -> (Vec<(Caller, RouteConfiguration)>, Vec<Problem>) {
     let mut problems = Vec::new();
     // Routes are built once per service port (and per caller its matches name by source);
     // only the domains differ between variants.
@@ -53,16 +90,19 @@ pub fn route_configurations(mesh: &Mesh) -> (Vec<(Caller, RouteConfiguration)>, 
             entries.push(HostPort {
                 service,
                 namespace: hostname::local_namespace(&service.host, &mesh.domain_suffix),
+                route: layout.route_name(port.number),
                 port: port.number,
-                // Only the first HTTP port also answers to names without a port.
-                first_port: i == 0,
+                ports: DomainPorts::of(layout, i == 0),
                 routes,
             });
         }
     }
-    // Grouped by namespace (hosts outside the cluster first), so that a change touches one
-    // group of the configuration (see `Translator`); a stable sort keeps host and port order.
-    entries.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+    // Per route configuration, grouped by namespace (hosts outside the cluster first), so
+    // that a change touches one group of a configuration (see `Translator`); a stable sort
+    // keeps host and port order.
+    entries.sort_by(|a, b| (&a.route, a.namespace).cmp(&(&b.route, b.namespace)));
+    let mut names: BTreeSet<&str> = layout.fixed_routes().iter().copied().collect();
+    names.extend(entries.iter().map(|e| e.route.as_str()));
     for vs in mesh.virtual_services.values() {
         problems.extend(unbound(mesh, vs));
     }
@@ -77,11 +117,16 @@ pub fn route_configurations(mesh: &Mesh) -> (Vec<(Caller, RouteConfiguration)>, 
         .collect();
     let classes = label_classes(&selectors);
     let mut configs = Vec::new();
-    for namespace in namespaces {
-        for labels in &classes {
-            let caller = Caller::new(namespace, labels);
-            let config = config_for(&entries, &caller, &mesh.domain_suffix);
-            configs.push((caller, config));
+    for name in names {
+        let entries: Vec<&HostPort<'_>> = entries.iter().filter(|e| e.route == name).collect();
+        for &namespace in &namespaces {
+            for labels in &classes {
+                let caller = Caller::new(namespace, labels);
+                let mut config = config_for(&entries, &caller, &mesh.domain_suffix);
+                config.name = name.to_string();
+                config.ignore_port_in_host_matching = layout == RouteLayout::PerPort;
+                configs.push((caller, config));
+            }
         }
     }
     (configs, problems)
@@ -92,9 +137,31 @@ struct HostPort<'a> {
     service: &'a Service,
     /// The namespace of a cluster-local host (`name.ns.svc.<suffix>`).
     namespace: Option<&'a str>,
+    /// The route configuration it goes into.
+    route: String,
     port: u32,
-    first_port: bool,
+    ports: DomainPorts,
     routes: PortRoutes,
+}
+
+/// Whether a virtual host's domains carry the port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DomainPorts {
+    /// `name:port` for every name, and `name` too for a service's first HTTP port.
+    With { also_bare: bool },
+    /// `name` alone: the route configuration is the port's and ignores the Host's port.
+    Ignored,
+}
+
+impl DomainPorts {
+    pub(super) fn of(layout: RouteLayout, first_port: bool) -> Self {
+        match layout {
+            RouteLayout::Shared => Self::With {
+                also_bare: first_port,
+            },
+            RouteLayout::PerPort => Self::Ignored,
+        }
+    }
 }
 
 /// A service's HTTP ports, lowest first (the first also answers to names without a port).
@@ -238,19 +305,20 @@ pub(super) fn virtual_host(name: String, domains: Vec<String>, routes: Vec<Route
     virtual_host
 }
 
-/// The route configuration without virtual hosts: name and settings.
-pub(super) fn empty_config() -> RouteConfiguration {
+/// The route configuration `name` without virtual hosts: name and settings.
+pub(super) fn empty_config(name: &str, layout: RouteLayout) -> RouteConfiguration {
     RouteConfiguration {
-        name: OUTBOUND_HTTP.to_string(),
+        name: name.to_string(),
         // Routes may name clusters of services that do not exist (yet); Envoy answers those
         // requests with 503 instead of rejecting the whole configuration, as with istiod.
         validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+        ignore_port_in_host_matching: layout == RouteLayout::PerPort,
         ..Default::default()
     }
 }
 
 fn config_for(
-    entries: &[HostPort<'_>],
+    entries: &[&HostPort<'_>],
     caller: &Caller,
     domain_suffix: &str,
 ) -> RouteConfiguration {
@@ -271,16 +339,16 @@ fn config_for(
         .collect();
     RouteConfiguration {
         virtual_hosts,
-        ..empty_config()
+        ..empty_config(OUTBOUND_HTTP, RouteLayout::Shared)
     }
 }
 
-/// The Host header values that reach a service port: every alias with the port, and for the
-/// first HTTP port also without it; the bare service name only from its own namespace.
+/// The Host header values that reach a service port: every alias, with the port as `ports`
+/// says; the bare service name only from its own namespace.
 pub(super) fn candidate_domains(
     host: &str,
     port: u32,
-    first_port: bool,
+    ports: DomainPorts,
     same_namespace: bool,
     domain_suffix: &str,
 ) -> Vec<String> {
@@ -294,9 +362,14 @@ pub(super) fn candidate_domains(
     };
     let mut out = Vec::new();
     for alias in visible {
-        out.push(format!("{alias}:{port}"));
-        if first_port {
-            out.push(alias.clone());
+        match ports {
+            DomainPorts::With { also_bare } => {
+                out.push(format!("{alias}:{port}"));
+                if also_bare {
+                    out.push(alias.clone());
+                }
+            }
+            DomainPorts::Ignored => out.push(alias.clone()),
         }
     }
     out
@@ -313,7 +386,7 @@ fn domains(
     let candidates = candidate_domains(
         &entry.service.host,
         entry.port,
-        entry.first_port,
+        entry.ports,
         same_namespace,
         domain_suffix,
     );

@@ -25,7 +25,8 @@ use envoy_types::util::pack_any;
 use super::{BLACKHOLE, OUTBOUND_CAPTURE_PORT, PASSTHROUGH, VIRTUAL_OUTBOUND, socket, tcp_proxy};
 use crate::model::sidecar_scope::{EgressProxy, OutboundMode};
 use crate::translate::http_filters::http_filters;
-use crate::translate::{OUTBOUND_HTTP, ads_config_source, cluster_name};
+use crate::translate::route::RouteLayout;
+use crate::translate::{ads_config_source, cluster_name};
 
 /// Catches every outbound connection; one to a port without a listener of its own goes where
 /// it was headed (`ALLOW_ANY`), to the egress proxy (`egressProxy`) or is closed
@@ -120,8 +121,8 @@ pub fn fallback_virtual_host(mode: &OutboundMode) -> VirtualHost {
     }
 }
 
-/// `0.0.0.0_<port>`: HTTP to any service on the port, routed by Host. Every HTTP port shares
-/// the outbound route configuration, whose virtual hosts name `host:port`.
+/// `0.0.0.0_<port>`: HTTP to any service on the port, routed by Host through the port's
+/// route configuration (named by the port, as istiod's).
 pub fn http_port(port: u32) -> Listener {
     let name = format!("0.0.0.0_{port}");
     bound_by_capture(name, "0.0.0.0", port, vec![one_chain(http_routes(port))])
@@ -147,14 +148,14 @@ pub fn detected_port(address: &str, port: u32, tcp: Filter) -> Listener {
 }
 
 /// The HTTP connection manager of outbound HTTP on `port`: routed by Host through the
-/// outbound route configuration.
+/// port's route configuration.
 fn http_routes(port: u32) -> Filter {
     let name = format!("0.0.0.0_{port}");
     let manager = HttpConnectionManager {
         stat_prefix: format!("outbound_{name}"),
         route_specifier: Some(RouteSpecifier::Rds(Rds {
             config_source: Some(ads_config_source()),
-            route_config_name: OUTBOUND_HTTP.to_string(),
+            route_config_name: RouteLayout::PerPort.route_name(port),
         })),
         http_filters: http_filters(),
         ..Default::default()
