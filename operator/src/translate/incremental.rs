@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use capstan_crds::ObjectKey;
 use capstan_xds::{Parts, Resource, Role, Selector, SnapshotBuilder, Update, type_url};
 
-use super::route::{Caller, Labels};
+use super::route::{Caller, Labels, RouteName};
 use super::sidecar::{CaptureState, ListenerMode};
 use super::{Options, listener, route};
 use crate::model::service::ExportTo;
@@ -29,15 +29,15 @@ use crate::model::{Affected, Mesh, Problem, hostname};
 /// host (`None` for any other host).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct Group {
-    route: String,
+    route: RouteName,
     namespace: Option<String>,
 }
 
 impl Group {
     /// The first group of route configuration `route`.
-    fn first_of(route: &str) -> Self {
+    fn first_of(route: RouteName) -> Self {
         Self {
-            route: route.to_string(),
+            route,
             namespace: None,
         }
     }

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use super::Group;
+use crate::translate::route::RouteName;
 
 #[derive(Debug, Default)]
 struct Claims {
@@ -33,7 +34,7 @@ impl Claims {
 #[derive(Debug, Default)]
 pub(super) struct DomainClaims {
     /// By route configuration and domain.
-    claims: HashMap<(String, String), Claims>,
+    claims: HashMap<(RouteName, String), Claims>,
     /// How many domains are claimed twice in some variant.
     repeated: usize,
 }
@@ -69,13 +70,14 @@ impl DomainClaims {
     }
 
     fn change(&mut self, domain: &str, group: &Group, f: impl FnOnce(&mut Claims)) {
-        let key = (group.route.clone(), domain.to_string());
-        let claims = self.claims.entry(key.clone()).or_default();
+        let claims = (self.claims)
+            .entry((group.route, domain.to_string()))
+            .or_default();
         let before = claims.repeated();
         f(claims);
         let after = claims.repeated();
         if claims.is_empty() {
-            self.claims.remove(&key);
+            self.claims.remove(&(group.route, domain.to_string()));
         }
         match (before, after) {
             (false, true) => self.repeated += 1,
@@ -118,17 +120,17 @@ spec:
         assert_routes_decode_as_route_configurations(&mesh);
     }
 
-    fn group(route: &str, namespace: Option<&str>) -> Group {
+    fn group(port: u32, namespace: Option<&str>) -> Group {
         Group {
-            route: route.to_string(),
+            route: RouteName::Port(port),
             namespace: namespace.map(str::to_string),
         }
     }
 
     #[test]
     fn the_same_short_name_in_two_namespaces_is_no_conflict() {
-        let shop = group("80", Some("shop"));
-        let web = group("80", Some("web"));
+        let shop = group(80, Some("shop"));
+        let web = group(80, Some("web"));
         let mut claims = DomainClaims::default();
         claims.claim("api", &shop, true);
         claims.claim("api", &web, true);
@@ -142,10 +144,10 @@ spec:
         claims.claim("api", &web, false);
         assert!(claims.any_repeated());
         claims.release("api", &web, false);
-        claims.claim("api.example.com", &group("80", None), false);
-        claims.claim("api.example.com", &group("80", None), false);
+        claims.claim("api.example.com", &group(80, None), false);
+        claims.claim("api.example.com", &group(80, None), false);
         assert!(claims.any_repeated());
-        claims.release("api.example.com", &group("80", None), false);
+        claims.release("api.example.com", &group(80, None), false);
         claims.release("api", &shop, true);
         claims.release("api", &web, true);
         assert!(!claims.any_repeated());
@@ -155,10 +157,10 @@ spec:
     #[test]
     fn one_name_in_two_route_configurations_is_no_conflict() {
         let mut claims = DomainClaims::default();
-        claims.claim("api.example.com", &group("80", None), false);
-        claims.claim("api.example.com", &group("8080", None), false);
+        claims.claim("api.example.com", &group(80, None), false);
+        claims.claim("api.example.com", &group(8080, None), false);
         assert!(!claims.any_repeated());
-        claims.claim("api.example.com", &group("8080", None), false);
+        claims.claim("api.example.com", &group(8080, None), false);
         assert!(claims.any_repeated());
     }
 }

@@ -14,7 +14,7 @@ use super::{
 use crate::model::Mesh;
 use crate::model::service::ExportTo;
 use crate::model::sidecar_scope::ScopeViews;
-use crate::translate::route;
+use crate::translate::route::{self, RouteName};
 use crate::translate::sidecar::fallback_virtual_host;
 
 /// One variant of a route configuration: its name and whose it is.
@@ -137,11 +137,12 @@ impl Translator {
         let namespaces = self.route_namespaces();
         let mut out = Vec::new();
         for name in self.route_names() {
+            let header = self.header(name);
             for &ns in &namespaces {
                 for labels in &classes {
                     let selector = variant_selector(ns, labels);
                     let fallback = self.fallback(modes.for_proxies(&selector));
-                    let routes = self.assembled_routes(&name, ns, labels, fallback);
+                    let routes = self.assembled_routes(name, &header, ns, labels, fallback);
                     out.push((selector, routes));
                 }
             }
@@ -151,28 +152,24 @@ impl Translator {
 
     /// The route configurations sidecars get: those with virtual hosts, and any the layout
     /// always has.
-    pub(super) fn route_names(&self) -> BTreeSet<String> {
+    pub(super) fn route_names(&self) -> BTreeSet<RouteName> {
         let layout = self.options.route_layout();
-        let mut names: BTreeSet<String> = layout
-            .fixed_routes()
-            .iter()
-            .map(|n| n.to_string())
-            .collect();
-        names.extend(self.segments.keys().map(|g| g.route.clone()));
+        let mut names: BTreeSet<RouteName> = layout.fixed_routes().iter().copied().collect();
+        names.extend(self.segments.keys().map(|g| g.route));
         names
     }
 
     /// Route configuration `name` without virtual hosts, encoded.
-    pub(super) fn header(&self, name: &str) -> Parts {
-        let config = route::empty_config(name, self.options.route_layout());
+    pub(super) fn header(&self, name: RouteName) -> Parts {
+        let config = route::empty_config(&name.to_string(), self.options.route_layout());
         Parts::leaf(config.encode_to_vec())
     }
 
     /// The segments of route configuration `name`, in their order in it.
-    pub(super) fn segments_of<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> impl Iterator<Item = (&'a Group, &'a Segment)> + 'a {
+    pub(super) fn segments_of(
+        &self,
+        name: RouteName,
+    ) -> impl Iterator<Item = (&Group, &Segment)> + '_ {
         self.segments
             .range(Group::first_of(name)..)
             .take_while(move |(g, _)| g.route == name)
@@ -208,11 +205,12 @@ impl Translator {
     }
 
     /// Route configuration `name` of the proxies of `namespace` (`None`: of a namespace no
-    /// host or match names) whose labels include `labels`, from the joined segments, ending
-    /// with `fallback`.
+    /// host or match names) whose labels include `labels`, from `header` and the joined
+    /// segments, ending with `fallback`.
     pub(super) fn assembled_routes(
         &self,
-        name: &str,
+        name: RouteName,
+        header: &Parts,
         namespace: Option<&str>,
         labels: &Labels,
         fallback: Option<Parts>,
@@ -226,11 +224,11 @@ impl Translator {
             }
         });
         let parts = Parts::join(
-            std::iter::once(self.header(name))
+            std::iter::once(header.clone())
                 .chain(segments)
                 .chain(fallback),
         );
-        Resource::from_parts(type_url::ROUTE, name, parts)
+        Resource::from_parts(type_url::ROUTE, name.to_string(), parts)
     }
 }
 

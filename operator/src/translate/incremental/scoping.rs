@@ -21,7 +21,7 @@ use crate::model::service::ExportTo;
 use crate::model::sidecar_scope::{
     OutboundModes, ScopeView, ScopeViews, virtual_service_destinations,
 };
-use crate::translate::route;
+use crate::translate::route::{self, RouteName};
 
 /// The visibility last set per host, for the hosts some sidecars do not see.
 pub(super) type HostVisibility = BTreeMap<String, Visibility>;
@@ -237,15 +237,20 @@ impl Translator {
         let mut out = Vec::new();
         let mut kept = HashMap::new();
         for name in self.route_names() {
+            let header = self.header(name);
             for selector in &selectors {
                 let namespace = selector.namespace.as_deref();
+                let labels = &selector.labels;
                 let fallback = self.fallback(modes.for_proxies(selector));
                 let resource = match views.for_proxies(selector) {
                     Some(view) => {
-                        let pieces = self.filtered_routes(mesh, &name, selector, view, &mut kept);
-                        routes_of(&name, pieces.chain(fallback))
+                        let pieces = self.filtered_routes(mesh, name, selector, view, &mut kept);
+                        let parts = std::iter::once(header.clone())
+                            .chain(pieces)
+                            .chain(fallback);
+                        routes_of(name, parts)
                     }
-                    None => self.assembled_routes(&name, namespace, &selector.labels, fallback),
+                    None => self.assembled_routes(name, &header, namespace, labels, fallback),
                 };
                 out.push((selector.clone(), resource));
             }
@@ -255,17 +260,17 @@ impl Translator {
         out
     }
 
-    /// Route configuration `name` of the sidecars `selector` picks, which see what `view`
-    /// sees: the header and a piece per group, kept in `kept`.
+    /// The virtual hosts of route configuration `name` the sidecars `selector` picks, which
+    /// see what `view` sees: a piece per group, kept in `kept`.
     fn filtered_routes(
         &self,
         mesh: &Mesh,
-        name: &str,
+        name: RouteName,
         selector: &Selector,
         view: &ScopeView,
         kept: &mut HashMap<(Selector, Group), Parts>,
     ) -> std::vec::IntoIter<Parts> {
-        let mut pieces = vec![self.header(name)];
+        let mut pieces = Vec::new();
         for (group, _) in self.segments_of(name) {
             let key = (selector.clone(), group.clone());
             let piece = match self.scoped_segments.get(&key) {
@@ -323,8 +328,8 @@ pub(super) fn form(
     Some(if own { e.own.clone() } else { e.other.clone() })
 }
 
-fn routes_of(name: &str, pieces: impl Iterator<Item = Parts>) -> Resource {
-    Resource::from_parts(type_url::ROUTE, name, Parts::join(pieces))
+fn routes_of(name: RouteName, pieces: impl Iterator<Item = Parts>) -> Resource {
+    Resource::from_parts(type_url::ROUTE, name.to_string(), Parts::join(pieces))
 }
 
 /// The hosts `vs` sends to.

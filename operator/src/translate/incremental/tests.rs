@@ -12,7 +12,6 @@ use crate::index::{
     SliceRecord,
 };
 use crate::reconcile::Pipeline;
-use crate::translate::OUTBOUND_HTTP;
 use crate::translate::sidecar::fallback_virtual_host;
 use prost::Message;
 
@@ -472,7 +471,7 @@ spec:
     translator.full(&mesh);
     let segment = |t: &Translator, ns: &str| {
         let group = Group {
-            route: OUTBOUND_HTTP.to_string(),
+            route: RouteName::Shared,
             namespace: Some(ns.to_string()),
         };
         let s = t.segments[&group].forms(&Labels::new());

@@ -10,13 +10,13 @@ use prost::Message;
 
 use super::{Group, Translator, VirtualHostEntry};
 use crate::model::{Mesh, Problem, hostname};
-use crate::translate::route::{self, DomainPorts, RouteLayout};
+use crate::translate::route::{self, DomainPorts, RouteLayout, RouteName};
 
 /// The virtual hosts of one service host, built from the mesh alone (so many can be built
 /// at once), with what installing them records.
 pub(super) struct BuiltVirtualHosts {
     /// Per HTTP port: its route configuration, the port and the virtual host.
-    pub(super) entries: Vec<(String, u32, VirtualHostEntry)>,
+    pub(super) entries: Vec<(RouteName, u32, VirtualHostEntry)>,
     pub(super) virtual_service: Option<ObjectKey>,
     pub(super) problems: Vec<Problem>,
 }

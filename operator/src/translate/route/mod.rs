@@ -50,18 +50,34 @@ pub enum RouteLayout {
 
 impl RouteLayout {
     /// The route configuration the virtual hosts of a service's `port` go into.
-    pub fn route_name(self, port: u32) -> String {
+    pub fn route_name(self, port: u32) -> RouteName {
         match self {
-            Self::Shared => OUTBOUND_HTTP.to_string(),
-            Self::PerPort => port.to_string(),
+            Self::Shared => RouteName::Shared,
+            Self::PerPort => RouteName::Port(port),
         }
     }
 
     /// The route configurations a sidecar always has, whatever the services.
-    pub fn fixed_routes(self) -> &'static [&'static str] {
+    pub fn fixed_routes(self) -> &'static [RouteName] {
         match self {
-            Self::Shared => &[OUTBOUND_HTTP],
+            Self::Shared => &[RouteName::Shared],
             Self::PerPort => &[],
+        }
+    }
+}
+
+/// One of the sidecars' outbound route configurations: `outbound_http`, or a port's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteName {
+    Shared,
+    Port(u32),
+}
+
+impl std::fmt::Display for RouteName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Shared => f.write_str(OUTBOUND_HTTP),
+            Self::Port(port) => write!(f, "{port}"),
         }
     }
 }
@@ -100,9 +116,9 @@ pub fn route_configurations(
     // Per route configuration, grouped by namespace (hosts outside the cluster first), so
     // that a change touches one group of a configuration (see `Translator`); a stable sort
     // keeps host and port order.
-    entries.sort_by(|a, b| (&a.route, a.namespace).cmp(&(&b.route, b.namespace)));
-    let mut names: BTreeSet<&str> = layout.fixed_routes().iter().copied().collect();
-    names.extend(entries.iter().map(|e| e.route.as_str()));
+    entries.sort_by(|a, b| (a.route, a.namespace).cmp(&(b.route, b.namespace)));
+    let mut names: BTreeSet<RouteName> = layout.fixed_routes().iter().copied().collect();
+    names.extend(entries.iter().map(|e| e.route));
     for vs in mesh.virtual_services.values() {
         problems.extend(unbound(mesh, vs));
     }
@@ -138,7 +154,7 @@ struct HostPort<'a> {
     /// The namespace of a cluster-local host (`name.ns.svc.<suffix>`).
     namespace: Option<&'a str>,
     /// The route configuration it goes into.
-    route: String,
+    route: RouteName,
     port: u32,
     ports: DomainPorts,
     routes: PortRoutes,

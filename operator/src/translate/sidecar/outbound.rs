@@ -155,7 +155,7 @@ fn http_routes(port: u32) -> Filter {
         stat_prefix: format!("outbound_{name}"),
         route_specifier: Some(RouteSpecifier::Rds(Rds {
             config_source: Some(ads_config_source()),
-            route_config_name: RouteLayout::PerPort.route_name(port),
+            route_config_name: RouteLayout::PerPort.route_name(port).to_string(),
         })),
         http_filters: http_filters(),
         ..Default::default()
