@@ -694,3 +694,59 @@ async fn a_host_without_a_port_reaches_the_port_the_connection_was_made_to() -> 
     );
     mesh.envoy.ensure_no_rejected_updates().await
 }
+
+/// bookinfo's `Sidecar` binding an HTTP egress listener on 127.0.0.1:9080 (`captureMode:
+/// NONE`), as an application without an iptables capture (EKS Fargate) needs.
+const BOUND_EGRESS_SIDECAR: &str = "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bookinfo}
+spec:
+  egress:
+  - port: {number: 9080, name: http, protocol: HTTP}
+    captureMode: NONE
+    hosts: [./*]
+  - hosts: [./*]
+";
+
+/// An egress listener with `captureMode: NONE`: the sidecar listens on 127.0.0.1:9080 itself
+/// (the capture never takes loopback), and an application sending its request there is
+/// routed by Host as through the capture, out and back in through the workload's inbound
+/// listener; with the `Sidecar` gone, the socket closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_egress_listener_without_capture_listens_on_its_own_socket() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mesh = start("an_egress_listener_without_capture_listens_on_its_own_socket").await?;
+    let log_dir = mesh.env.log_dir.clone();
+    let logs = || format!("logs in {}", log_dir.display());
+    let bound = SocketAddr::from(([127, 0, 0, 1], 9080));
+    ensure!(
+        call(bound, "reviews").await.is_err(),
+        "something answered on {bound} before the Sidecar"
+    );
+    mesh.env
+        .write_config("sidecar.yaml", BOUND_EGRESS_SIDECAR)?;
+    let reply = wait_until(
+        "reviews through the bound listener",
+        CONFIG_TIMEOUT,
+        async || call(bound, "reviews").await,
+    )
+    .await
+    .with_context(logs)?;
+    ensure!(reply.service == "reviews", "{reply:?}");
+    ensure!(
+        reply.headers.contains_key("x-request-id") && reply.peer.starts_with("127.0.0.6:"),
+        "not routed by the sidecar out and back in: {reply:?}"
+    );
+    std::fs::remove_file(mesh.env.config_dir.join("sidecar.yaml"))?;
+    wait_until(
+        "the bound listener closed",
+        CONFIG_TIMEOUT,
+        async || match call(bound, "reviews").await {
+            Ok(reply) => anyhow::bail!("still answered: {reply:?}"),
+            Err(_) => Ok(()),
+        },
+    )
+    .await
+    .with_context(logs)?;
+    mesh.envoy.ensure_no_rejected_updates().await
+}

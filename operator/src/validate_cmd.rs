@@ -247,6 +247,8 @@ impl Report {
                 outbound_policy: spec.outbound_traffic_policy.is_some(),
                 ingress: !spec.ingress.is_empty(),
                 inbound_pool: spec.inbound_connection_pool.is_some(),
+                bound_egress: (spec.egress.iter())
+                    .any(|e| crate::model::sidecar_scope::BoundEgress::of(e).is_some()),
             };
             problems.extend(unsupported::sidecar_capture_only(&object.key(), sets));
         }

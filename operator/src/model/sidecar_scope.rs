@@ -80,6 +80,8 @@ pub struct SidecarScope {
     /// `None`: the mesh's.
     outbound: Option<OutboundMode>,
     ingress: Vec<IngressPort>,
+    /// Its egress listeners on sockets of their own (`captureMode: NONE`).
+    bound: Vec<BoundEgress>,
     /// `inboundConnectionPool`: the limits of its sidecars' inbound clusters.
     inbound_pool: Option<ConnectionPool>,
     /// What of it is not applied.
@@ -142,6 +144,7 @@ impl SidecarScope {
                     )
                 })
                 .collect(),
+            bound: spec.egress.iter().filter_map(BoundEgress::of).collect(),
             problems,
             outbound,
             origin,
@@ -528,11 +531,13 @@ fn exported_only(mut rules: Vec<(Selector, bool)>, export_to: &ExportTo) -> Vec<
     rules
 }
 
+mod bound_egress;
 mod inbound_pool;
 mod inferred;
 mod ingress;
 mod outbound;
 mod per_scope;
+pub use bound_egress::{BoundEgress, BoundEgressVariants};
 pub use inbound_pool::InboundPools;
 use inferred::Counts;
 pub use inferred::InferredDestinations;

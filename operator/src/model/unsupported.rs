@@ -2,9 +2,11 @@
 //! and the object's status says so instead of the config being ignored silently.
 
 use capstan_crds::networking::destination_rule as dr;
+use capstan_crds::networking::sidecar::CaptureMode;
 use capstan_crds::{IstioObject, Kind, ObjectKey};
 
 use crate::model::Problem;
+use crate::model::sidecar_scope::BoundEgress;
 
 /// The kinds whose objects capstan translates (partly, see [`fields`]).
 pub fn kind_is_translated(kind: Kind) -> bool {
@@ -180,6 +182,13 @@ pub fn sidecar_capture_only(key: &ObjectKey, sets: CaptureOnly) -> Vec<Problem> 
             "direct-mode sidecars have no inbound clusters",
         ));
     }
+    if sets.bound_egress {
+        out.push(problem(
+            "spec.egress",
+            "direct-mode sidecars have their one outbound listener; egress listeners with \
+             captureMode NONE are not bound",
+        ));
+    }
     out
 }
 
@@ -189,6 +198,7 @@ pub struct CaptureOnly {
     pub outbound_policy: bool,
     pub ingress: bool,
     pub inbound_pool: bool,
+    pub bound_egress: bool,
 }
 
 /// The fields of `object` that are set and not honoured. Kinds capstan does not translate at
@@ -256,12 +266,23 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                     not_applied(field("captureMode"), "captureMode");
                 }
             }
+            // An egress listener's captureMode DEFAULT or IPTABLES is what capture mode
+            // does; NONE binds the listener when it is HTTP on an IP address (`bind` with it).
             for (i, egress) in spec.egress.iter().enumerate() {
-                if !egress.bind.is_empty() {
-                    not_applied(format!("spec.egress[{i}].bind"), "bind");
+                if BoundEgress::of(egress).is_some() {
+                    continue;
                 }
-                if egress.capture_mode.is_some() {
-                    not_applied(format!("spec.egress[{i}].captureMode"), "captureMode");
+                if !egress.bind.is_empty() {
+                    not_applied(
+                        format!("spec.egress[{i}].bind"),
+                        "bind (applied with captureMode NONE on an HTTP port, to an IP address)",
+                    );
+                }
+                if egress.capture_mode == Some(CaptureMode::None) {
+                    not_applied(
+                        format!("spec.egress[{i}].captureMode"),
+                        "captureMode NONE (applied to an egress listener with an HTTP port, bound                          to an IP address)",
+                    );
                 }
             }
         }
@@ -386,6 +407,41 @@ fn port_policy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn egress_capture_mode_none_is_warned_where_it_is_not_bound() {
+        let document = capstan_crds::parse_single(
+            "t.yaml",
+            r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bookinfo}
+spec:
+  egress:
+  - port: {number: 9080, name: http, protocol: HTTP}
+    captureMode: NONE
+    bind: 127.0.0.2
+    hosts: [./*]
+  - port: {number: 5432, name: tcp, protocol: TCP}
+    captureMode: NONE
+    hosts: [./*]
+  - port: {number: 9090, name: http-alt, protocol: HTTP}
+    bind: 127.0.0.3
+    captureMode: IPTABLES
+    hosts: [./*]
+  - hosts: [./*]
+    captureMode: DEFAULT
+"#,
+        )
+        .expect("valid");
+        let problems = fields(&document.object);
+        let named: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            named,
+            ["spec.egress[1].captureMode", "spec.egress[2].bind"],
+            "{problems:?}"
+        );
+    }
 
     #[test]
     fn applied_route_fields_are_not_named_and_stream_routes_say_where_they_apply() {

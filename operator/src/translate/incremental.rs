@@ -261,6 +261,7 @@ impl Translator {
                 capture.set_outbound_modes(modes, &mut update);
                 capture.set_ingress(mesh, &mesh.sidecar_scopes.ingress_variants(), &mut update);
                 capture.set_inbound_pools(mesh, &mesh.sidecar_scopes.inbound_pools(), &mut update);
+                capture.set_bound_egress(&mesh.sidecar_scopes.bound_egress_variants(), &mut update);
             }
         }
         let rebuilt = self.rebuild(mesh, affected, &mut update);
@@ -495,3 +496,6 @@ mod cloud_map_tests;
 
 #[cfg(test)]
 mod per_port_route_tests;
+
+#[cfg(test)]
+mod bound_egress_tests;

@@ -83,6 +83,9 @@ impl Translator {
         for key in scopes.setting_inbound_pool() {
             sets.entry(key).or_default().inbound_pool = true;
         }
+        for key in scopes.binding_egress() {
+            sets.entry(key).or_default().bound_egress = true;
+        }
         self.policy_problems = sets
             .into_iter()
             .flat_map(|(key, sets)| sidecar_capture_only(key, sets))

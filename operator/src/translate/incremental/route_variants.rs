@@ -156,6 +156,8 @@ impl Translator {
         let layout = self.options.route_layout();
         let mut names: BTreeSet<RouteName> = layout.fixed_routes().iter().copied().collect();
         names.extend(self.segments.keys().map(|g| g.route));
+        let bound = self.capture.iter().flat_map(|c| c.bound_ports());
+        names.extend(bound.map(|port| layout.route_name(port)));
         names
     }
 

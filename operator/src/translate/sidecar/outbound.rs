@@ -128,6 +128,19 @@ pub fn http_port(port: u32) -> Listener {
     bound_by_capture(name, "0.0.0.0", port, vec![one_chain(http_routes(port))])
 }
 
+/// `<address>_<port>` on a socket of its own (a `Sidecar` egress listener with
+/// `captureMode: NONE`): HTTP an application sends there itself, routed by Host through the
+/// port's route configuration as on the port's captured listener.
+pub fn bound_http_port(address: &str, port: u32) -> Listener {
+    Listener {
+        name: format!("{address}_{port}"),
+        address: Some(socket(address, port)),
+        traffic_direction: TrafficDirection::Outbound as i32,
+        filter_chains: vec![one_chain(http_routes(port))],
+        ..Default::default()
+    }
+}
+
 /// `<address>_<port>` for a service without a declared protocol: a connection whose first
 /// bytes are HTTP/1.1 or HTTP/2 without TLS (Envoy's `http_inspector`) is routed by Host as
 /// on an HTTP port; any other goes where `tcp` sends it. As istiod's protocol detection, a

@@ -9,7 +9,9 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use super::inbound::{self, Served};
 use super::mtls::InboundMtls;
 use super::{VIRTUAL_INBOUND, inbound_cluster_name, outbound};
-use crate::model::sidecar_scope::{Covers, InboundPools, IngressVariants, OutboundModes};
+use crate::model::sidecar_scope::{
+    BoundEgressVariants, Covers, InboundPools, IngressVariants, OutboundModes,
+};
 use crate::model::traffic_policy::ConnectionPool;
 use crate::model::{Mesh, PolicyScope, Problem, Service};
 use crate::translate::authorization::InboundAuthz;
@@ -76,6 +78,8 @@ pub struct CaptureState {
     /// clusters they send to.
     ingress: IngressVariants,
     ingress_clusters: BTreeSet<String>,
+    /// The `Sidecar` egress listeners bound to sockets of their own, last put.
+    bound_egress: BoundEgressVariants,
 }
 
 pub(super) fn sidecars() -> Selector {
@@ -119,6 +123,7 @@ impl CaptureState {
             &inbound,
         );
         state.set_ingress(mesh, &mesh.sidecar_scopes.ingress_variants(), &mut update);
+        state.set_bound_egress(&mesh.sidecar_scopes.bound_egress_variants(), &mut update);
         let hosts: Vec<&str> = mesh.services.keys().map(String::as_str).collect();
         state.update(mesh, hosts, &mut update);
         (state, update)
@@ -503,6 +508,7 @@ fn workload_ports(mesh: &Mesh, address: &str, hosts: &BTreeSet<String>) -> BTree
     out
 }
 
+mod bound_egress;
 mod inbound_limits;
 mod port_listeners;
 mod sidecar_settings;
