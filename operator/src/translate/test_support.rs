@@ -19,6 +19,14 @@ pub fn options() -> Options {
     }
 }
 
+/// [`options`] with capture-mode sidecar listeners.
+pub fn capture_options() -> Options {
+    Options {
+        sidecar_listeners: crate::translate::ListenerMode::Capture,
+        ..options()
+    }
+}
+
 /// The mesh of `yaml`, which must be valid.
 pub fn mesh(yaml: &str) -> Mesh {
     let documents = parse_documents("test.yaml", yaml).expect("valid YAML");

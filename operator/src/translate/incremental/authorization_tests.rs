@@ -7,8 +7,8 @@ use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use prost::Message;
 
-use super::peer_authentication_tests::{capture, entries, virtual_inbound};
-use super::tests::{check_with, delete, istio};
+use super::peer_authentication_tests::{entries, virtual_inbound};
+use super::tests::{capture, check_with, delete, istio};
 use crate::translate::Options;
 
 fn policy(namespace: &str, name: &str, body: &str) -> String {

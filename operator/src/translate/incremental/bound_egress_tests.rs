@@ -11,17 +11,10 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use prost::Message;
 
-use super::tests::{check_with, delete, istio, options, served_to};
+use super::tests::{capture, check_with, delete, istio, options, served_to};
 use super::*;
 use crate::index::Index;
 use crate::model::sidecar_scope::fixtures::{service_entry, sidecar_proxy as proxy, sidecar_with};
-
-fn capture() -> Options {
-    Options {
-        sidecar_listeners: ListenerMode::Capture,
-        ..options()
-    }
-}
 
 /// `namespace`'s Sidecar (for workloads with `selector`, if given) binding an HTTP egress
 /// listener on 127.0.0.1:`port` to its namespace's services.

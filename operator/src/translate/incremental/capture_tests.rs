@@ -3,15 +3,8 @@
 
 use capstan_crds::Kind;
 
-use super::tests::{check_with, delete, istio, options, service};
+use super::tests::{capture, check_with, delete, istio, service};
 use super::*;
-
-fn capture() -> Options {
-    Options {
-        sidecar_listeners: ListenerMode::Capture,
-        ..options()
-    }
-}
 
 /// A ServiceEntry `name.bookinfo`, TCP on `port` at `addresses` (YAML list items).
 pub(super) fn tcp_entry(name: &str, port: u32, addresses: &str, endpoints: &[&str]) -> String {

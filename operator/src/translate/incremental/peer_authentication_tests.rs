@@ -12,16 +12,8 @@ use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 use prost::Message;
 
-use super::tests::{check_with, delete, istio, options, served_to, service};
-use super::*;
+use super::tests::{capture, check_with, delete, istio, options, served_to, service};
 use crate::index::{Event, Health, NsName, PodRecord, Record, SliceEndpoint, SliceRecord};
-
-pub(super) fn capture() -> Options {
-    Options {
-        sidecar_listeners: ListenerMode::Capture,
-        ..options()
-    }
-}
 
 /// `reviews` (HTTP 9080) and `db` (TCP 5432) in `bookinfo`, both on workload 10.0.0.1 (`app:
 /// bookinfo`), whose endpoints carry `extra` labels too; `location` MESH_INTERNAL unless `external`.

@@ -5,16 +5,9 @@
 use capstan_crds::Kind;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 
-use super::tests::{check_with, delete, istio, options, served_to};
+use super::tests::{capture, check_with, delete, istio, served_to};
 use super::*;
 use crate::model::sidecar_scope::fixtures::{service_entry, sidecar_proxy as proxy, sidecar_with};
-
-fn capture() -> Options {
-    Options {
-        sidecar_listeners: ListenerMode::Capture,
-        ..options()
-    }
-}
 
 /// `name` in shop, HTTP on `ports`.
 fn entry(name: &str, ports: &[u32]) -> String {
@@ -56,6 +49,18 @@ fn virtual_host<'a>(config: &'a RouteConfiguration, name: &str) -> Option<&'a Vi
     config.virtual_hosts.iter().find(|vh| vh.name == name)
 }
 
+/// The domains of virtual host `name` of `config`, which must have it.
+fn domains<'a>(config: &'a RouteConfiguration, name: &str) -> &'a [String] {
+    let found = virtual_host(config, name);
+    &found
+        .unwrap_or_else(|| panic!("{name} in {}", config.name))
+        .domains
+}
+
+fn has(domains: &[String], domain: &str) -> bool {
+    domains.iter().any(|d| d == domain)
+}
+
 #[test]
 fn each_port_has_its_services_under_names_without_a_port() {
     let yamls = [entry("cart", &[80, 9080]), entry("ratings", &[9080])];
@@ -72,37 +77,24 @@ fn each_port_has_its_services_under_names_without_a_port() {
         );
     }
     // A bare `cart` on port 9080 is cart's 9080, not its first port.
-    let cart = virtual_host(&shop["9080"], "cart.shop.svc.cluster.local:9080").expect("cart");
+    let cart = domains(&shop["9080"], "cart.shop.svc.cluster.local:9080");
     assert!(
-        cart.domains.iter().any(|d| d == "cart"),
-        "{:?}",
-        cart.domains
-    );
-    assert!(
-        cart.domains.iter().all(|d| !d.contains(':')),
-        "{:?}",
-        cart.domains
+        has(cart, "cart") && cart.iter().all(|d| !d.contains(':')),
+        "{cart:?}"
     );
     assert!(virtual_host(&shop["9080"], "ratings.shop.svc.cluster.local:9080").is_some());
-    let cart_80 = virtual_host(&shop["80"], "cart.shop.svc.cluster.local:80").expect("cart");
-    assert!(cart_80.domains.iter().any(|d| d == "cart"));
+    assert!(has(
+        domains(&shop["80"], "cart.shop.svc.cluster.local:80"),
+        "cart"
+    ));
     assert!(
         virtual_host(&shop["80"], "ratings.shop.svc.cluster.local:9080").is_none(),
         "ratings has no port 80"
     );
     // Another namespace reads qualified names only.
     let web = routes(&yamls, "web");
-    let cart = virtual_host(&web["9080"], "cart.shop.svc.cluster.local:9080").expect("cart");
-    assert!(
-        cart.domains.iter().any(|d| d == "cart.shop"),
-        "{:?}",
-        cart.domains
-    );
-    assert!(
-        !cart.domains.iter().any(|d| d == "cart"),
-        "{:?}",
-        cart.domains
-    );
+    let cart = domains(&web["9080"], "cart.shop.svc.cluster.local:9080");
+    assert!(has(cart, "cart.shop") && !has(cart, "cart"), "{cart:?}");
 }
 
 /// A Sidecar importing a service on its second port only: a Host without a port reaches it
@@ -126,12 +118,8 @@ fn an_egress_port_imports_a_service_on_that_port_under_its_names() {
         scoped,
     ];
     let web = routes(&yamls, "web");
-    let cart = virtual_host(&web["9080"], "cart.shop.svc.cluster.local:9080").expect("cart");
-    assert!(
-        cart.domains.iter().any(|d| d == "cart.shop"),
-        "{:?}",
-        cart.domains
-    );
+    let cart = domains(&web["9080"], "cart.shop.svc.cluster.local:9080");
+    assert!(has(cart, "cart.shop"), "{cart:?}");
     assert!(virtual_host(&web["80"], "cart.shop.svc.cluster.local:80").is_none());
     assert!(virtual_host(&web["80"], "front.web.svc.cluster.local:80").is_some());
 }

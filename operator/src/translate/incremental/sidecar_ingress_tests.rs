@@ -8,18 +8,11 @@ use capstan_xds::ProxyInfo;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 
-use super::tests::{check_with, delete, istio, options, served_to};
+use super::tests::{capture, check_with, delete, istio, options, served_to};
 use super::*;
 use crate::model::sidecar_scope::fixtures::{service_entry, sidecar_proxy, sidecar_with};
 use crate::reconcile::Pipeline;
 use prost::Message;
-
-fn capture() -> Options {
-    Options {
-        sidecar_listeners: ListenerMode::Capture,
-        ..options()
-    }
-}
 
 /// A Sidecar with one ingress listener: `port` (`protocol`) to `endpoint`.
 fn ingress(

@@ -11,17 +11,10 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProx
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
 
 use super::capture_tests;
-use super::tests::{check_with, delete, istio, options, served_to};
+use super::tests::{capture, check_with, delete, istio, served_to};
 use super::*;
 use crate::model::sidecar_scope::fixtures::{sidecar, sidecar_proxy};
 use prost::Message;
-
-fn capture() -> Options {
-    Options {
-        sidecar_listeners: ListenerMode::Capture,
-        ..options()
-    }
-}
 
 /// A ServiceEntry `name.bookinfo` on `address`, TCP on 5432.
 fn tcp_entry(name: &str, address: &str) -> String {

@@ -15,7 +15,7 @@ use crate::reconcile::Pipeline;
 use crate::translate::sidecar::fallback_virtual_host;
 use prost::Message;
 
-pub(super) use crate::translate::test_support::options;
+pub(super) use crate::translate::test_support::{capture_options as capture, options};
 
 pub(super) use crate::index::istio_event as istio;
 
