@@ -750,3 +750,50 @@ async fn an_egress_listener_without_capture_listens_on_its_own_socket() -> anyho
     .with_context(logs)?;
     mesh.envoy.ensure_no_rejected_updates().await
 }
+
+/// bookinfo's `Sidecar` with an ingress listener on 127.0.0.1:7080 of its own (`captureMode:
+/// NONE`), to the workload's app on 127.0.0.1:8088.
+const BOUND_INGRESS_SIDECAR: &str = "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bookinfo}
+spec:
+  ingress:
+  - port: {number: 7080, name: http, protocol: HTTP}
+    captureMode: NONE
+    bind: 127.0.0.1
+    defaultEndpoint: 127.0.0.1:8088
+";
+
+/// An ingress listener with `captureMode: NONE`: the sidecar listens on 127.0.0.1:7080
+/// itself, as a workload without an iptables capture needs for what reaches it, and sends
+/// the requests through its inbound HTTP chain to the app's loopback port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_listener_without_capture_listens_on_its_own_socket() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mesh = start("an_ingress_listener_without_capture_listens_on_its_own_socket").await?;
+    let log_dir = mesh.env.log_dir.clone();
+    let logs = || format!("logs in {}", log_dir.display());
+    let _app = Upstreams::start(
+        Path::new(UPSTREAM_BIN),
+        &[("local", "v1", SocketAddr::from(([127, 0, 0, 1], 8088)))],
+        &log_dir,
+        "local-app",
+    )
+    .await?;
+    let bound = SocketAddr::from(([127, 0, 0, 1], 7080));
+    mesh.env
+        .write_config("sidecar.yaml", BOUND_INGRESS_SIDECAR)?;
+    let reply = wait_until(
+        "the app through the bound listener",
+        CONFIG_TIMEOUT,
+        async || call(bound, "anything").await,
+    )
+    .await
+    .with_context(logs)?;
+    ensure!(reply.service == "local", "{reply:?}");
+    ensure!(
+        reply.headers.contains_key("x-request-id"),
+        "not through the sidecar's inbound HTTP chain: {reply:?}"
+    );
+    mesh.envoy.ensure_no_rejected_updates().await
+}

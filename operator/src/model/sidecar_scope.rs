@@ -541,7 +541,7 @@ pub use bound_egress::{BoundEgress, BoundEgressVariants};
 pub use inbound_pool::InboundPools;
 use inferred::Counts;
 pub use inferred::InferredDestinations;
-pub use ingress::{IngressEndpoint, IngressPort, IngressProtocol, IngressVariants};
+pub use ingress::{IngressEndpoint, IngressPort, IngressProtocol, IngressVariants, bound_address};
 pub use outbound::{EgressProxy, OutboundMode, OutboundModes};
 pub use per_scope::PerScope;
 

@@ -6,7 +6,7 @@ use capstan_crds::networking::sidecar::CaptureMode;
 use capstan_crds::{IstioObject, Kind, ObjectKey};
 
 use crate::model::Problem;
-use crate::model::sidecar_scope::BoundEgress;
+use crate::model::sidecar_scope::{BoundEgress, bound_address};
 
 /// The kinds whose objects capstan translates (partly, see [`fields`]).
 pub fn kind_is_translated(kind: Kind) -> bool {
@@ -257,13 +257,26 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
             // traffic policy apply to capture-mode sidecars (translation reports them in
             // direct mode).
             let spec = &sc.spec;
+            // An ingress listener's captureMode NONE binds it when it forwards to loopback or
+            // a Unix socket, on an IP address (`bind` with it); DEFAULT and IPTABLES are what
+            // capture mode does.
             for (i, ingress) in spec.ingress.iter().enumerate() {
+                if bound_address(ingress).is_some() {
+                    continue;
+                }
                 let field = |name: &str| format!("spec.ingress[{i}].{name}");
                 if !ingress.bind.is_empty() {
-                    not_applied(field("bind"), "bind");
+                    not_applied(
+                        field("bind"),
+                        "bind (applied with captureMode NONE, to an IP address)",
+                    );
                 }
-                if ingress.capture_mode.is_some() {
-                    not_applied(field("captureMode"), "captureMode");
+                if ingress.capture_mode == Some(CaptureMode::None) {
+                    not_applied(
+                        field("captureMode"),
+                        "captureMode NONE (applied to an ingress listener whose defaultEndpoint \
+                         is a loopback address or a Unix socket, bound to an IP address)",
+                    );
                 }
             }
             // An egress listener's captureMode DEFAULT or IPTABLES is what capture mode
@@ -409,7 +422,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn egress_capture_mode_none_is_warned_where_it_is_not_bound() {
+    fn capture_mode_none_is_warned_where_it_is_not_bound() {
         let document = capstan_crds::parse_single(
             "t.yaml",
             r#"
@@ -431,6 +444,15 @@ spec:
     hosts: [./*]
   - hosts: [./*]
     captureMode: DEFAULT
+  ingress:
+  - port: {number: 9080, name: http, protocol: HTTP}
+    captureMode: NONE
+    defaultEndpoint: 127.0.0.1:8080
+  - port: {number: 9081, name: http-b, protocol: HTTP}
+    captureMode: NONE
+  - port: {number: 9082, name: http-c, protocol: HTTP}
+    bind: 10.0.0.1
+    defaultEndpoint: 127.0.0.1:8082
 "#,
         )
         .expect("valid");
@@ -438,7 +460,12 @@ spec:
         let named: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(
             named,
-            ["spec.egress[1].captureMode", "spec.egress[2].bind"],
+            [
+                "spec.ingress[1].captureMode",
+                "spec.ingress[2].bind",
+                "spec.egress[1].captureMode",
+                "spec.egress[2].bind"
+            ],
             "{problems:?}"
         );
     }

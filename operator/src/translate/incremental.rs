@@ -498,4 +498,4 @@ mod cloud_map_tests;
 mod per_port_route_tests;
 
 #[cfg(test)]
-mod bound_egress_tests;
+mod bound_listener_tests;

@@ -2,7 +2,7 @@
 //! and where each goes (`defaultEndpoint`), instead of the ports their services declare.
 
 use capstan_crds::networking::gateway::{ServerTlsMode, ServerTlsSettings};
-use capstan_crds::networking::sidecar::IstioIngressListener;
+use capstan_crds::networking::sidecar::{CaptureMode, IstioIngressListener};
 use capstan_crds::{ObjectKey, Protocol, ProtocolClass};
 
 use super::{PerScope, Scopes};
@@ -19,6 +19,9 @@ pub struct IngressPort {
     pub pool: Option<IngressPool>,
     /// `tls`: the TLS the sidecar terminates on the port (files on the sidecar's disk).
     pub tls: Option<TlsTermination>,
+    /// `captureMode: NONE`: the address of the socket of its own it listens on; `None`: it
+    /// takes what the capture hands `virtualInbound`.
+    pub bound: Option<String>,
 }
 
 /// The connection limits of one ingress listener, and the `Sidecar` that sets them: a
@@ -96,8 +99,29 @@ impl IngressPort {
                     limits,
                 }),
             tls,
+            bound: bound_address(listener),
         })
     }
+}
+
+/// Where an ingress listener with `captureMode: NONE` listens on a socket of its own: `bind`
+/// (an IP address), or every address as istiod; `None` when it is not bound — another
+/// capture mode, a Unix socket, or a `defaultEndpoint` that needs the connection's original
+/// destination (none, or the instance's address), which a connection made to the sidecar's
+/// own socket does not have (reported, `model::unsupported`).
+pub fn bound_address(listener: &IstioIngressListener) -> Option<String> {
+    if listener.capture_mode != Some(CaptureMode::None) {
+        return None;
+    }
+    let to_loopback = matches!(
+        IngressEndpoint::parse(&listener.default_endpoint),
+        Some(IngressEndpoint::Loopback { .. } | IngressEndpoint::Unix(_))
+    );
+    let address = match listener.bind.as_str() {
+        "" => "0.0.0.0",
+        bind => bind,
+    };
+    (to_loopback && address.parse::<std::net::IpAddr>().is_ok()).then(|| address.to_string())
 }
 
 /// The termination an ingress listener's `tls` asks for: `SIMPLE` or `MUTUAL` (and

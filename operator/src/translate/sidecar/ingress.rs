@@ -56,8 +56,30 @@ fn served(ingress: &IngressPort) -> Served {
 
 /// `virtualInbound` for sidecars with these ingress listeners (none: every port passes
 /// through, as for a workload without services); the chains of a port with `tls` terminate
-/// it.
+/// it. A port bound to a socket of its own (`captureMode: NONE`) is not among them.
 pub fn virtual_inbound(ports: &[IngressPort]) -> Listener {
+    let captured: Vec<&IngressPort> = ports.iter().filter(|p| p.bound.is_none()).collect();
+    with_ports(&captured)
+}
+
+/// `<address>_<port>` on a socket of its own, for an ingress listener with `captureMode:
+/// NONE` bound to `address`: the port's filter chains as `virtualInbound` would have them,
+/// without an original destination to match on.
+pub fn bound_listener(port: &IngressPort, address: &str) -> Listener {
+    let mut listener = with_ports(&[port]);
+    listener.name = format!("{address}_{}", port.port);
+    listener.address = Some(socket(address, port.port));
+    (listener.listener_filters).retain(|f| f.name != "envoy.filters.listener.original_dst");
+    (listener.filter_chains).retain(|c| c.name != super::INBOUND_PASSTHROUGH);
+    for chain in &mut listener.filter_chains {
+        if let Some(on) = &mut chain.filter_chain_match {
+            on.destination_port = None;
+        }
+    }
+    listener
+}
+
+fn with_ports(ports: &[&IngressPort]) -> Listener {
     let inbound_ports = ports.iter().map(|p| inbound::InboundPort {
         port: p.port,
         served: served(p),

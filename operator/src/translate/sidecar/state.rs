@@ -78,8 +78,11 @@ pub struct CaptureState {
     /// clusters they send to.
     ingress: IngressVariants,
     ingress_clusters: BTreeSet<String>,
-    /// The `Sidecar` egress listeners bound to sockets of their own, last put.
+    /// The `Sidecar` egress listeners bound to sockets of their own, last put, and the
+    /// sets of sidecars each such listener, and each bound ingress listener, was put for.
     bound_egress: BoundEgressVariants,
+    bound_egress_put: bound_listeners::PutFor,
+    bound_ingress_put: bound_listeners::PutFor,
 }
 
 pub(super) fn sidecars() -> Selector {
@@ -508,7 +511,7 @@ fn workload_ports(mesh: &Mesh, address: &str, hosts: &BTreeSet<String>) -> BTree
     out
 }
 
-mod bound_egress;
+mod bound_listeners;
 mod inbound_limits;
 mod port_listeners;
 mod sidecar_settings;

@@ -112,6 +112,7 @@ impl CaptureState {
             }
         }
         self.ingress_clusters = clusters.into_keys().collect();
+        self.set_bound_ingress(variants, update);
         self.rebuild_workloads(mesh, update);
     }
 

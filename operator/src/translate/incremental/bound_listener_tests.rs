@@ -1,6 +1,7 @@
-//! `Sidecar` egress listeners with `captureMode: NONE`: a listener on a socket of its own for
-//! the sidecars whose scope binds it, routed through its port's route configuration; built
-//! incrementally as a full build.
+//! `Sidecar` listeners with `captureMode: NONE`: a listener on a socket of its own for the
+//! sidecars whose scope binds it — egress ones routed through their port's route
+//! configuration, ingress ones with their port's inbound chains; built incrementally as a
+//! full build.
 
 use capstan_crds::Kind;
 use capstan_xds::ProxyInfo;
@@ -146,6 +147,85 @@ fn bound_egress_listeners_built_incrementally_match_a_full_build() {
             istio(&binding("istio-system", None, 80)),
             delete(Kind::Sidecar, "bookinfo", "default"),
             delete(Kind::Sidecar, "istio-system", "default"),
+        ],
+    );
+}
+
+/// `namespace`'s Sidecar (for workloads with `selector`, if given) with an HTTP ingress
+/// listener on 127.0.0.1:`port` of its own, to the app on 127.0.0.1:8080.
+fn binding_ingress(namespace: &str, selector: Option<&str>, port: u32) -> String {
+    let ingress = format!(
+        "  ingress:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    captureMode: NONE
+    bind: 127.0.0.1
+    defaultEndpoint: 127.0.0.1:8080
+"
+    );
+    let name = if selector.is_some() { "app" } else { "default" };
+    sidecar_with(name, namespace, selector, &ingress)
+}
+
+#[test]
+fn a_bound_ingress_listener_has_its_port_chains_on_a_socket_of_its_own() {
+    let yamls = mesh_yamls(&[binding_ingress("bookinfo", None, 9080)]);
+    let bookinfo = proxy("bookinfo", &[]);
+    let listeners = served_to::<Listener>(capture(), &yamls, type_url::LISTENER, &bookinfo);
+    let bound = listeners
+        .iter()
+        .find(|l| l.name == "127.0.0.1_9080")
+        .expect("the bound ingress listener");
+    assert_eq!(
+        bound.bind_to_port, None,
+        "a socket of its own (Envoy's default)"
+    );
+    assert!(
+        bound
+            .listener_filters
+            .iter()
+            .all(|f| !f.name.contains("original_dst")),
+        "{bound:?}"
+    );
+    let [chain] = &bound.filter_chains[..] else {
+        panic!("one chain: {bound:?}");
+    };
+    let on = chain.filter_chain_match.as_ref();
+    assert!(on.is_none_or(|m| m.destination_port.is_none()), "{chain:?}");
+    assert_eq!(
+        chain.filters[0].name,
+        "envoy.filters.network.http_connection_manager"
+    );
+    // virtualInbound no longer takes the port.
+    let inbound = listeners
+        .iter()
+        .find(|l| l.name == "virtualInbound")
+        .expect("virtualInbound");
+    assert!(
+        inbound.filter_chains.iter().all(|c| {
+            c.filter_chain_match
+                .as_ref()
+                .and_then(|m| m.destination_port.as_ref())
+                .is_none_or(|p| p.value != 9080)
+        }),
+        "{inbound:?}"
+    );
+    assert!(
+        !listener_names(capture(), &yamls, &proxy("web", &[])).contains(&"127.0.0.1_9080".into())
+    );
+}
+
+#[test]
+fn bound_ingress_listeners_built_incrementally_match_a_full_build() {
+    check_with(
+        capture(),
+        vec![
+            istio(&service_entry("reviews", "bookinfo")),
+            istio(&binding_ingress("bookinfo", None, 9080)),
+            istio(&binding_ingress("bookinfo", Some("app: ratings"), 9080)),
+            istio(&binding_ingress("bookinfo", None, 9090)),
+            delete(Kind::Sidecar, "bookinfo", "app"),
+            istio(&binding("bookinfo", None, 80)),
+            delete(Kind::Sidecar, "bookinfo", "default"),
         ],
     );
 }

@@ -1,0 +1,113 @@
+//! Listeners `Sidecar`s bind to sockets of their own (`captureMode: NONE`), for workloads
+//! without an iptables capture: egress listeners on HTTP ports, routed through the port's
+//! route configuration, and ingress listeners, with the port's `virtualInbound` chains. Each
+//! is served to the sets of sidecars whose scope in force has it: a variant per set, and a
+//! visibility rule per set hiding it from the others.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use capstan_xds::{Selector, Update, Visibility, type_url};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+
+use super::super::{ingress, outbound};
+use super::{CaptureState, put, sidecars};
+use crate::model::sidecar_scope::{BoundEgress, BoundEgressVariants, IngressVariants, PerScope};
+
+/// Per listener name, the sets of sidecars a variant of it was put for.
+pub(super) type PutFor = BTreeMap<String, BTreeSet<Selector>>;
+
+impl CaptureState {
+    /// Puts the bound egress listeners of `variants` (a `Sidecar` changed); removes those no
+    /// scope binds any more.
+    pub fn set_bound_egress(&mut self, variants: &BoundEgressVariants, update: &mut Update) {
+        if self.bound_egress == *variants {
+            return;
+        }
+        let listeners = |bound: &Vec<BoundEgress>| -> BTreeMap<String, Listener> {
+            bound
+                .iter()
+                .map(|b| (b.name(), outbound::bound_http_port(&b.address, b.port)))
+                .collect()
+        };
+        let now = PerScope {
+            everyone: listeners(&variants.everyone),
+            scoped: (variants.scoped.iter())
+                .map(|(selector, bound)| (selector.clone(), listeners(bound)))
+                .collect(),
+        };
+        self.bound_egress_put = put_bound(&self.bound_egress_put, &now, update);
+        self.bound_egress = variants.clone();
+    }
+
+    /// The ports some sidecars have a bound egress listener on: each needs its route
+    /// configuration, with services on it or not.
+    pub fn bound_ports(&self) -> impl Iterator<Item = u32> + '_ {
+        (self.bound_egress.everyone.iter())
+            .chain(self.bound_egress.scoped.iter().flat_map(|(_, bound)| bound))
+            .map(|b| b.port)
+    }
+
+    /// Puts the ingress listeners of `variants` bound to sockets of their own.
+    pub(super) fn set_bound_ingress(&mut self, variants: &IngressVariants, update: &mut Update) {
+        let listeners = |ports: &Vec<crate::model::sidecar_scope::IngressPort>| {
+            ports
+                .iter()
+                .filter_map(|port| {
+                    let address = port.bound.as_deref()?;
+                    let listener = ingress::bound_listener(port, address);
+                    Some((listener.name.clone(), listener))
+                })
+                .collect::<BTreeMap<String, Listener>>()
+        };
+        let now = PerScope {
+            everyone: listeners(&variants.everyone),
+            scoped: (variants.scoped.iter())
+                .map(|(selector, ports)| (selector.clone(), listeners(ports)))
+                .collect(),
+        };
+        self.bound_ingress_put = put_bound(&self.bound_ingress_put, &now, update);
+    }
+}
+
+/// Puts each listener of `now` for the sets of sidecars that have it, visible to them alone,
+/// and removes the variants of `before` that no set has any more; returns what was put.
+fn put_bound(
+    before: &PutFor,
+    now: &PerScope<BTreeMap<String, Listener>>,
+    update: &mut Update,
+) -> PutFor {
+    let names: BTreeSet<&String> = (now.everyone.keys())
+        .chain(
+            now.scoped
+                .iter()
+                .flat_map(|(_, listeners)| listeners.keys()),
+        )
+        .collect();
+    let mut put_now = PutFor::new();
+    for name in names {
+        let sets = std::iter::once((sidecars(), &now.everyone))
+            .chain((now.scoped.iter()).map(|(selector, listeners)| (selector.clone(), listeners)));
+        let mut selectors = BTreeSet::new();
+        let mut rules = Vec::new();
+        for (selector, listeners) in sets {
+            let listener = listeners.get(name);
+            if let Some(listener) = listener {
+                put(update, selector.clone(), type_url::LISTENER, name, listener);
+                selectors.insert(selector.clone());
+            }
+            rules.push((selector, listener.is_some()));
+        }
+        update.set_visibility(type_url::LISTENER, name, Some(Visibility::new(rules)));
+        put_now.insert(name.clone(), selectors);
+    }
+    for (name, selectors) in before {
+        let kept = put_now.get(name);
+        for selector in selectors
+            .iter()
+            .filter(|s| kept.is_none_or(|k| !k.contains(*s)))
+        {
+            update.remove_for(selector.clone(), type_url::LISTENER, name);
+        }
+    }
+    put_now
+}
