@@ -229,3 +229,40 @@ fn bound_ingress_listeners_built_incrementally_match_a_full_build() {
         ],
     );
 }
+
+/// A ServiceEntry whose host is another host's short name: two virtual hosts claim one
+/// domain, and the routes are built the slow way.
+const ALIAS: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: alias, namespace: web}
+spec:
+  hosts: [reviews.bookinfo]
+  ports: [{number: 80, name: http}]
+  resolution: DNS
+";
+
+#[test]
+fn the_slow_route_assembly_serves_a_bound_port_without_services_too() {
+    let yamls = mesh_yamls(&[binding("bookinfo", None, 7070), ALIAS.to_string()]);
+    let routes = served_to::<RouteConfiguration>(
+        capture(),
+        &yamls,
+        type_url::ROUTE,
+        &proxy("bookinfo", &[]),
+    );
+    let config = routes
+        .iter()
+        .find(|r| r.name == "7070")
+        .expect("route 7070");
+    assert_eq!(config.virtual_hosts.len(), 1, "the fallback: {config:?}");
+    check_with(
+        capture(),
+        vec![
+            istio(&service_entry("reviews", "bookinfo")),
+            istio(&binding("bookinfo", None, 7070)),
+            istio(ALIAS),
+            istio(&binding("bookinfo", None, 7071)),
+            delete(Kind::ServiceEntry, "web", "alias"),
+        ],
+    );
+}
