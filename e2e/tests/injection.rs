@@ -185,6 +185,17 @@ async fn capstan_run_injects_sidecars_and_validates_through_the_api_server() -> 
         "{pod}"
     );
     ensure!(container_names(&pod, "containers") == ["app"], "{pod}");
+    // interceptionMode NONE (EKS Fargate): the proxy without istio-init.
+    let uncaptured = pod_yaml(&enabled, "uncaptured", &[]).replace(
+        "  labels:",
+        "  annotations: {sidecar.istio.io/interceptionMode: NONE}\n  labels:",
+    );
+    create(cluster, &uncaptured, false).await?;
+    let uncaptured = json(cluster, &["get", "pod", "uncaptured", "-n", &enabled]).await?;
+    ensure!(
+        container_names(&uncaptured, "initContainers") == ["istio-proxy"],
+        "{uncaptured}"
+    );
     let proxy = &pod["spec"]["initContainers"][1];
     ensure!(proxy["restartPolicy"] == "Always", "{proxy}");
     ensure!(

@@ -28,10 +28,15 @@ pub const EXCLUDE_OUTBOUND_RANGES: &str = "traffic.sidecar.istio.io/excludeOutbo
 pub const INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";
 pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
 pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+/// How the pod's traffic reaches the proxy: `REDIRECT` (iptables, the default) or `NONE`
+/// (no capture, no `istio-init`: where the pod may not change its iptables, as on EKS
+/// Fargate; its `Sidecar` binds the listeners it needs, `captureMode: NONE`).
+pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
 
 /// The annotations under Istio's prefixes this injector acts on; any other is warned about.
-pub const HONOURED_ANNOTATIONS: [&str; 9] = [
+pub const HONOURED_ANNOTATIONS: [&str; 10] = [
     INJECT,
+    INTERCEPTION_MODE,
     STATUS,
     NATIVE_SIDECAR,
     INCLUDE_OUTBOUND_RANGES,
@@ -127,26 +132,49 @@ pub fn inject(pod: &Value, config: &InjectConfig) -> Result<(Vec<Value>, Vec<Str
         .collect();
     all_labels.extend(new_labels.iter().map(|(k, v)| (k.to_string(), v.clone())));
 
-    let init = init_container(config, annotations)?;
+    let mut warnings = Vec::new();
+    let capture = match annotation(INTERCEPTION_MODE).map(str::trim) {
+        None | Some("REDIRECT") => true,
+        Some("NONE") => false,
+        Some(other) => {
+            warnings.push(format!(
+                "annotation {INTERCEPTION_MODE}: {other} is not honoured (REDIRECT and NONE \
+                 are); the pod's traffic is captured with REDIRECT"
+            ));
+            true
+        }
+    };
+    let init = if capture {
+        Some(init_container(config, annotations)?)
+    } else {
+        None
+    };
     let proxy = proxy_container(config, &all_labels, native);
 
     let mut ops = Vec::new();
     // istio-init first, so the capture is in place before any other init container runs;
     // a native sidecar right after it, so those containers' traffic has its proxy.
-    let mut front = vec![init];
+    let mut front: Vec<Value> = init.into_iter().collect();
     if native {
         front.push(proxy.clone());
     }
-    prepend(&mut ops, "/spec/initContainers", init_containers, front);
+    if !front.is_empty() {
+        prepend(&mut ops, "/spec/initContainers", init_containers, front);
+    }
     if !native {
         append(&mut ops, "/spec/containers", Some(containers), vec![proxy]);
     }
     append(&mut ops, "/spec/volumes", volumes, self::volumes());
 
-    let (init_names, container_names) = if native {
-        (vec![INIT_CONTAINER, PROXY_CONTAINER], vec![])
+    let mut init_names = Vec::new();
+    if capture {
+        init_names.push(INIT_CONTAINER);
+    }
+    let container_names = if native {
+        init_names.push(PROXY_CONTAINER);
+        vec![]
     } else {
-        (vec![INIT_CONTAINER], vec![PROXY_CONTAINER])
+        vec![PROXY_CONTAINER]
     };
     let status = json!({
         "initContainers": init_names,
@@ -174,16 +202,19 @@ pub fn inject(pod: &Value, config: &InjectConfig) -> Result<(Vec<Value>, Vec<Str
         new_annotations,
     );
 
-    let warnings = annotations
-        .into_iter()
-        .flatten()
-        .map(|(key, _)| key)
-        .filter(|key| ISTIO_ANNOTATION_PREFIXES.iter().any(|p| key.starts_with(p)))
-        .filter(|key| !HONOURED_ANNOTATIONS.contains(&key.as_str()))
-        .map(|key| {
-            format!("capstan's sidecar injector does not honour annotation {key}; it is ignored")
-        })
-        .collect();
+    warnings.extend(
+        annotations
+            .into_iter()
+            .flatten()
+            .map(|(key, _)| key)
+            .filter(|key| ISTIO_ANNOTATION_PREFIXES.iter().any(|p| key.starts_with(p)))
+            .filter(|key| !HONOURED_ANNOTATIONS.contains(&key.as_str()))
+            .map(|key| {
+                format!(
+                    "capstan's sidecar injector does not honour annotation {key}; it is ignored"
+                )
+            }),
+    );
     Ok((ops, warnings))
 }
 

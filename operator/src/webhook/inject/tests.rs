@@ -265,6 +265,45 @@ fn a_regular_sidecar_when_native_ones_are_off() {
     );
 }
 
+/// `sidecar.istio.io/interceptionMode: NONE`, as on EKS Fargate: no `istio-init` (the pod
+/// may not change its iptables), the proxy alone; another mode than REDIRECT is warned.
+#[test]
+fn interception_mode_none_injects_the_proxy_without_the_capture() {
+    let mut pod = pod();
+    pod["metadata"]["annotations"] = json!({"sidecar.istio.io/interceptionMode": "NONE"});
+    let response = answer("bookinfo", &pod, &config());
+    assert!(response.warnings.is_empty(), "{:?}", response.warnings);
+    let injected = applied(&pod, &response);
+    assert_eq!(names(&injected["spec"]["initContainers"]), ["istio-proxy"]);
+    let status: Value = serde_json::from_str(
+        injected["metadata"]["annotations"]["sidecar.istio.io/status"]
+            .as_str()
+            .unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status["initContainers"], json!(["istio-proxy"]));
+
+    let mut config = config();
+    config.native_sidecars = false;
+    let injected = applied(&pod, &answer("bookinfo", &pod, &config));
+    assert_eq!(injected["spec"].get("initContainers"), None);
+    assert_eq!(
+        names(&injected["spec"]["containers"]),
+        ["reviews", "istio-proxy"]
+    );
+
+    pod["metadata"]["annotations"] = json!({"sidecar.istio.io/interceptionMode": "TPROXY"});
+    let response = answer("bookinfo", &pod, &config);
+    assert_eq!(response.warnings.len(), 1, "{:?}", response.warnings);
+    assert!(
+        response.warnings[0].contains("TPROXY"),
+        "{:?}",
+        response.warnings
+    );
+    let injected = applied(&pod, &response);
+    assert_eq!(names(&injected["spec"]["initContainers"]), ["istio-init"]);
+}
+
 #[test]
 fn the_pod_label_and_annotation_switch_injection_off() {
     for (label, annotation, injected) in [
