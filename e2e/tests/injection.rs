@@ -193,7 +193,8 @@ async fn capstan_run_injects_sidecars_and_validates_through_the_api_server() -> 
     create(cluster, &uncaptured, false).await?;
     let uncaptured = json(cluster, &["get", "pod", "uncaptured", "-n", &enabled]).await?;
     ensure!(
-        container_names(&uncaptured, "initContainers") == ["istio-proxy"],
+        container_names(&uncaptured, "initContainers") == ["istio-proxy"]
+            && uncaptured["metadata"]["labels"]["security.istio.io/tlsMode"].is_null(),
         "{uncaptured}"
     );
     let proxy = &pod["spec"]["initContainers"][1];

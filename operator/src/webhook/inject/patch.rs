@@ -124,14 +124,6 @@ pub fn inject(pod: &Value, config: &InjectConfig) -> Result<(Vec<Value>, Vec<Str
         Some("false") => false,
         _ => config.native_sidecars,
     };
-    let new_labels = added_labels(pod, labels);
-    let mut all_labels: BTreeMap<String, String> = labels
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-        .collect();
-    all_labels.extend(new_labels.iter().map(|(k, v)| (k.to_string(), v.clone())));
-
     let mut warnings = Vec::new();
     let capture = match annotation(INTERCEPTION_MODE).map(str::trim) {
         None | Some("REDIRECT") => true,
@@ -144,6 +136,24 @@ pub fn inject(pod: &Value, config: &InjectConfig) -> Result<(Vec<Value>, Vec<Str
             true
         }
     };
+    let mut new_labels = added_labels(pod, labels);
+    if !capture && new_labels.iter().any(|(key, _)| *key == TLS_MODE_LABEL) {
+        // Clients send mutual TLS to workloads labelled so, and what reaches a pod without
+        // a capture is its Sidecar's ingress listeners, which do not terminate it yet.
+        new_labels.retain(|(key, _)| *key != TLS_MODE_LABEL);
+        warnings.push(format!(
+            "annotation {INTERCEPTION_MODE}: NONE: the pod is not labelled \
+             {TLS_MODE_LABEL}=istio, so the mesh calls it in plain text (its Sidecar's ingress \
+             listeners do not terminate mutual TLS)"
+        ));
+    }
+    let mut all_labels: BTreeMap<String, String> = labels
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect();
+    all_labels.extend(new_labels.iter().map(|(k, v)| (k.to_string(), v.clone())));
+
     let init = if capture {
         Some(init_container(config, annotations)?)
     } else {

@@ -272,9 +272,19 @@ fn interception_mode_none_injects_the_proxy_without_the_capture() {
     let mut pod = pod();
     pod["metadata"]["annotations"] = json!({"sidecar.istio.io/interceptionMode": "NONE"});
     let response = answer("bookinfo", &pod, &config());
-    assert!(response.warnings.is_empty(), "{:?}", response.warnings);
+    assert_eq!(response.warnings.len(), 1, "{:?}", response.warnings);
+    assert!(
+        response.warnings[0].contains("plain text"),
+        "{:?}",
+        response.warnings
+    );
     let injected = applied(&pod, &response);
     assert_eq!(names(&injected["spec"]["initContainers"]), ["istio-proxy"]);
+    // Callers would send it mutual TLS its ingress listeners cannot take.
+    assert_eq!(
+        injected["metadata"]["labels"].get("security.istio.io/tlsMode"),
+        None
+    );
     let status: Value = serde_json::from_str(
         injected["metadata"]["annotations"]["sidecar.istio.io/status"]
             .as_str()
