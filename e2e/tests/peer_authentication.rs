@@ -269,3 +269,49 @@ spec:
     .with_context(logs)?;
     mesh.mesh.envoy.ensure_no_rejected_updates().await
 }
+
+/// bookinfo's `Sidecar` listing port 9080 as an ingress listener (to where connections were
+/// headed: the app at the workload's address).
+const INGRESS_9080: &str = "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bookinfo}
+spec:
+  ingress:
+  - port: {number: 9080, name: http, protocol: HTTP}
+";
+
+/// A workload whose `Sidecar` lists ingress listeners: the mesh's mutual TLS is terminated on
+/// those ports (the app sees the caller's identity) and STRICT refuses plain text there, as
+/// on its service ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_ingress_port_takes_mutual_tls_and_strict_refuses_plain_text()
+-> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mesh =
+        start("a_sidecar_ingress_port_takes_mutual_tls_and_strict_refuses_plain_text").await?;
+    let env = &mesh.mesh.env;
+    let logs = || format!("logs in {}", env.log_dir.display());
+    env.write_config("sidecar.yaml", INGRESS_9080)?;
+    env.write_config("strict.yaml", &policy("default", STRICT))?;
+    wait_plain_http_refused(&mesh).await.with_context(logs)?;
+    let reply = wait_until(
+        "mutual TLS to the ingress port",
+        CONFIG_TIMEOUT,
+        async || call_over_mutual_tls(&mesh).await,
+    )
+    .await
+    .with_context(logs)?;
+    ensure!(reply.service == "reviews", "{reply:?}");
+    let stats = mesh
+        .mesh
+        .envoy
+        .stats("inbound|9080|http|passthrough")
+        .await?;
+    ensure!(
+        stats
+            .iter()
+            .any(|(k, v)| k.ends_with("upstream_rq_total") && *v > 0),
+        "not through the ingress listener's cluster: {stats:?}"
+    );
+    mesh.mesh.envoy.ensure_no_rejected_updates().await
+}

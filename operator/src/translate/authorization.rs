@@ -44,6 +44,11 @@ pub struct InboundAuthz {
 }
 
 impl InboundAuthz {
+    /// Whether it has no filter at all.
+    pub fn is_empty(&self) -> bool {
+        self.http.is_empty() && self.tcp.is_empty()
+    }
+
     /// The filters for the workload in `namespace` with `labels`.
     pub fn for_workload(mesh: &Mesh, namespace: &str, labels: &BTreeMap<String, String>) -> Self {
         let root = mesh.sidecar_scopes.root_namespace();

@@ -184,6 +184,59 @@ fn a_workload_without_a_sidecar_label_accepts_anything_unless_strict() {
     assert_eq!(chains_of(&virtual_inbound(&yamls), 9080), vec![mutual(&[])]);
 }
 
+/// bookinfo's Sidecar: an HTTP ingress listener on 7070 to the app's 127.0.0.1:8080.
+const INGRESS_7070: &str = "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bookinfo}
+spec:
+  ingress:
+  - port: {number: 7070, name: http, protocol: HTTP}
+    defaultEndpoint: 127.0.0.1:8080
+";
+
+/// A workload whose Sidecar lists ingress listeners: its identity and PeerAuthentication
+/// decide what those ports accept, as for its service ports; to the listener's cluster.
+#[test]
+fn ingress_listener_ports_accept_what_the_workloads_peer_authentication_says() {
+    let mut yamls = entries(IN_MESH, false);
+    yamls.push(INGRESS_7070.to_string());
+    let permissive = virtual_inbound(&yamls);
+    assert_eq!(
+        chains_of(&permissive, 7070),
+        vec![mutual(&ISTIO_ALPN), plain("raw_buffer")]
+    );
+    assert!(
+        chains_of(&permissive, 9080).is_empty(),
+        "the Sidecar's ports replace the service's"
+    );
+    let cluster_of = |chain: &FilterChain| chain.name.trim_end_matches("mtls").to_string();
+    let first = (permissive.filter_chains.first()).expect("a chain");
+    assert_eq!(cluster_of(first), "inbound|7070|http|127.0.0.1_8080");
+    yamls.push(policy("bookinfo", "default", "  mtls: {mode: STRICT}\n"));
+    assert_eq!(chains_of(&virtual_inbound(&yamls), 7070), vec![mutual(&[])]);
+    // Without an identity, as before: anything passes on.
+    let mut plain_yamls = entries("", false);
+    plain_yamls.push(INGRESS_7070.to_string());
+    assert_eq!(
+        chains_of(&virtual_inbound(&plain_yamls), 7070),
+        vec![plain("")]
+    );
+}
+
+#[test]
+fn ingress_listener_mtls_built_incrementally_matches_a_full_build() {
+    let mut steps: Vec<Event> = entries(IN_MESH, false).iter().map(|y| istio(y)).collect();
+    steps.extend([
+        istio(INGRESS_7070),
+        istio(&policy("bookinfo", "default", "  mtls: {mode: STRICT}\n")),
+        istio(&entries("", false)[0]),
+        istio(&entries(IN_MESH, false)[0]),
+        delete(Kind::PeerAuthentication, "bookinfo", "default"),
+        delete(Kind::Sidecar, "bookinfo", "default"),
+    ]);
+    check_with(capture(), steps);
+}
+
 fn clusters(yamls: &[String]) -> BTreeMap<String, Cluster> {
     served_to::<Cluster>(
         options(),

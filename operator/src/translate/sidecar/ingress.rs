@@ -16,9 +16,10 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::inbound::{self, Served};
-use super::mtls::Accepts;
+use super::mtls::{Accepts, InboundMtls};
 use super::socket;
 use crate::model::sidecar_scope::{IngressEndpoint, IngressPort, IngressProtocol};
+use crate::translate::authorization::InboundAuthz;
 use crate::translate::gateway::downstream_tls;
 
 /// The name of the cluster an ingress listener's connections go to: what it does, so that
@@ -59,14 +60,26 @@ fn served(ingress: &IngressPort) -> Served {
 /// it. A port bound to a socket of its own (`captureMode: NONE`) is not among them.
 pub fn virtual_inbound(ports: &[IngressPort]) -> Listener {
     let captured: Vec<&IngressPort> = ports.iter().filter(|p| p.bound.is_none()).collect();
-    with_ports(&captured)
+    with_ports(&captured, |_| Accepts::Anything, &InboundAuthz::default())
+}
+
+/// [`virtual_inbound`] for one workload with an identity or policies: each port accepts what
+/// the workload's PeerAuthentication says (a port with `tls` terminates that instead), and
+/// `authz` applies to every port's chains, as on the workload's service ports.
+pub fn workload_virtual_inbound(
+    ports: &[IngressPort],
+    mtls: &InboundMtls,
+    authz: &InboundAuthz,
+) -> Listener {
+    let captured: Vec<&IngressPort> = ports.iter().filter(|p| p.bound.is_none()).collect();
+    with_ports(&captured, |port| mtls.for_port(port), authz)
 }
 
 /// `<address>_<port>` on a socket of its own, for an ingress listener with `captureMode:
 /// NONE` bound to `address`: the port's filter chains as `virtualInbound` would have them,
 /// without an original destination to match on.
 pub fn bound_listener(port: &IngressPort, address: &str) -> Listener {
-    let mut listener = with_ports(&[port]);
+    let mut listener = with_ports(&[port], |_| Accepts::Anything, &InboundAuthz::default());
     listener.name = format!("{address}_{}", port.port);
     listener.address = Some(socket(address, port.port));
     (listener.listener_filters).retain(|f| f.name != "envoy.filters.listener.original_dst");
@@ -79,15 +92,22 @@ pub fn bound_listener(port: &IngressPort, address: &str) -> Listener {
     listener
 }
 
-fn with_ports(ports: &[&IngressPort]) -> Listener {
+fn with_ports(
+    ports: &[&IngressPort],
+    accepts: impl Fn(u32) -> Accepts,
+    authz: &InboundAuthz,
+) -> Listener {
     let inbound_ports = ports.iter().map(|p| inbound::InboundPort {
         port: p.port,
         served: served(p),
         cluster: cluster_name(p),
-        // Security policies are not applied here (reported on the Sidecars).
-        accepts: Accepts::Anything,
+        // A port's own `tls` is what it terminates.
+        accepts: match p.tls {
+            Some(_) => Accepts::Anything,
+            None => accepts(p.port),
+        },
     });
-    let mut listener = inbound::virtual_inbound_to(inbound_ports, &Default::default());
+    let mut listener = inbound::virtual_inbound_to(inbound_ports, authz);
     for port in ports {
         let Some(tls) = &port.tls else { continue };
         let socket = downstream_tls(tls);

@@ -7,8 +7,9 @@ use capstan_xds::{Resource, Role, Selector, Update, type_url};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 
 use super::inbound::{self, Served};
+use super::mtls::Accepts;
 use super::mtls::InboundMtls;
-use super::{VIRTUAL_INBOUND, inbound_cluster_name, outbound};
+use super::{VIRTUAL_INBOUND, inbound_cluster_name, ingress, outbound};
 use crate::model::sidecar_scope::{
     BoundEgressVariants, Covers, InboundPools, IngressVariants, OutboundModes,
 };
@@ -78,6 +79,9 @@ pub struct CaptureState {
     /// clusters they send to.
     ingress: IngressVariants,
     ingress_clusters: BTreeSet<String>,
+    /// The workloads whose ingress listeners are their own (`virtualInbound` per address:
+    /// their identity or policies apply).
+    ingress_workloads: BTreeSet<String>,
     /// The `Sidecar` egress listeners bound to sockets of their own, last put, and the
     /// sets of sidecars each such listener, and each bound ingress listener, was put for.
     bound_egress: BoundEgressVariants,
@@ -372,13 +376,19 @@ impl CaptureState {
         if hosts.is_empty() {
             self.workloads.remove(address);
         }
-        let served = if self.has_ingress(mesh, address, &hosts) {
-            // The listener of its Sidecar's selector applies.
+        let workload = sidecar_settings::workload_selector(mesh, address, &hosts);
+        // Its Sidecar's ingress listeners, if it lists any, instead of its service ports.
+        let ingress = (workload.as_ref())
+            .filter(|_| !self.ingress.is_empty())
+            .map(|w| self.ingress.for_proxies(w))
+            .filter(|ports| !ports.is_empty())
+            .cloned();
+        let served = if ingress.is_some() {
             BTreeMap::new()
         } else {
             workload_ports(mesh, address, &hosts)
         };
-        let (mtls, authz) = match sidecar_settings::workload_selector(mesh, address, &hosts) {
+        let (mtls, authz) = match &workload {
             Some(workload) => {
                 let namespace = workload.namespace.as_deref().unwrap_or_default();
                 (
@@ -390,8 +400,27 @@ impl CaptureState {
         };
         let old = self.inbound.remove(address).unwrap_or_default();
         let selector = Selector::workload(address);
-        if served.is_empty() {
-            if !old.is_empty() {
+        // The ingress listeners as its Sidecar's selector has them, unless the workload's
+        // identity or policies make its own differ.
+        let own_ingress = ingress.filter(|ports| {
+            !authz.is_empty()
+                || ports
+                    .iter()
+                    .any(|p| mtls.for_port(p.port) != Accepts::Anything)
+        });
+        let had_own_ingress = self.ingress_workloads.remove(address);
+        if let Some(ports) = own_ingress {
+            let listener = ingress::workload_virtual_inbound(&ports, &mtls, &authz);
+            put(
+                update,
+                selector,
+                type_url::LISTENER,
+                VIRTUAL_INBOUND,
+                &listener,
+            );
+            self.ingress_workloads.insert(address.to_string());
+        } else if served.is_empty() {
+            if !old.is_empty() || had_own_ingress {
                 update.remove_for(selector, type_url::LISTENER, VIRTUAL_INBOUND);
             }
         } else {

@@ -115,14 +115,6 @@ impl CaptureState {
         self.set_bound_ingress(variants, update);
         self.rebuild_workloads(mesh, update);
     }
-
-    /// Whether the workload at `address` (serving `hosts`) has a `Sidecar` listing ingress
-    /// listeners.
-    pub(super) fn has_ingress(&self, mesh: &Mesh, address: &str, hosts: &BTreeSet<String>) -> bool {
-        !self.ingress.is_empty()
-            && workload_selector(mesh, address, hosts)
-                .is_some_and(|workload| !self.ingress.for_proxies(&workload).is_empty())
-    }
 }
 
 /// The namespace and labels of the workload at `address` (serving `hosts`), as a selector of
