@@ -194,7 +194,7 @@ async fn capstan_run_injects_sidecars_and_validates_through_the_api_server() -> 
     let uncaptured = json(cluster, &["get", "pod", "uncaptured", "-n", &enabled]).await?;
     ensure!(
         container_names(&uncaptured, "initContainers") == ["istio-proxy"]
-            && uncaptured["metadata"]["labels"]["security.istio.io/tlsMode"].is_null(),
+            && uncaptured["metadata"]["labels"]["security.istio.io/tlsMode"] == "istio",
         "{uncaptured}"
     );
     let proxy = &pod["spec"]["initContainers"][1];

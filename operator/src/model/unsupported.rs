@@ -110,9 +110,9 @@ pub fn ingress_without_mutual_tls(key: &ObjectKey) -> Problem {
         object: key.clone(),
         field: "spec.ingress".into(),
         message: "PeerAuthentication and AuthorizationPolicy apply to ingress listener ports \
-                  of the workloads services have as endpoints, not yet to ports with \
-                  captureMode NONE nor on sidecars no service has an endpoint at: those pass \
-                  connections on as they come, and do not terminate the mesh's mutual TLS \
+                  of the workloads services have as endpoints, not yet on sidecars no \
+                  service has an endpoint at: their ingress ports pass connections on as they \
+                  come, and do not terminate the mesh's mutual TLS \
                   (clients originate it to endpoints labelled `security.istio.io/tlsMode: \
                   istio`; a DestinationRule with `tls.mode: DISABLE` for their services stops \
                   that)"

@@ -91,22 +91,32 @@ fn chains_of(listener: &Listener, port: u32) -> Vec<(String, Vec<String>, bool)>
         .filter_chains
         .iter()
         .filter(on_port)
-        .map(|c| {
-            let m = c.filter_chain_match.clone().unwrap_or_default();
-            let mtls = c.transport_socket.as_ref().is_some_and(|socket| {
-                let Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) =
-                    &socket.config_type
-                else {
-                    return false;
-                };
-                let context = DownstreamTlsContext::decode(any.value.as_slice()).expect("decodes");
-                let common = context.common_tls_context.unwrap_or_default();
-                context.require_client_certificate.is_some_and(|b| b.value)
-                    && common.tls_certificate_sds_secret_configs[0].name == "default"
-            });
-            (m.transport_protocol, m.application_protocols, mtls)
-        })
+        .map(chain_view)
         .collect()
+}
+
+/// [`chains_of`] every chain.
+fn chains(listener: &Listener) -> Vec<(String, Vec<String>, bool)> {
+    listener.filter_chains.iter().map(chain_view).collect()
+}
+
+fn chain_view(c: &FilterChain) -> (String, Vec<String>, bool) {
+    let m = c.filter_chain_match.clone().unwrap_or_default();
+    let mtls = c.transport_socket.as_ref().is_some_and(|socket| {
+        let Some(
+            envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+                any,
+            ),
+        ) = &socket.config_type
+        else {
+            return false;
+        };
+        let context = DownstreamTlsContext::decode(any.value.as_slice()).expect("decodes");
+        let common = context.common_tls_context.unwrap_or_default();
+        context.require_client_certificate.is_some_and(|b| b.value)
+            && common.tls_certificate_sds_secret_configs[0].name == "default"
+    });
+    (m.transport_protocol, m.application_protocols, mtls)
 }
 
 fn listener_filters(listener: &Listener) -> Vec<String> {
@@ -223,6 +233,47 @@ fn ingress_listener_ports_accept_what_the_workloads_peer_authentication_says() {
     );
 }
 
+/// bookinfo's Sidecar: an HTTP ingress listener on 127.0.0.1:7070 of its own (`captureMode:
+/// NONE`) to the app's 127.0.0.1:8080.
+const BOUND_7070: &str = "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bookinfo}
+spec:
+  ingress:
+  - port: {number: 7070, name: http, protocol: HTTP}
+    captureMode: NONE
+    bind: 127.0.0.1
+    defaultEndpoint: 127.0.0.1:8080
+";
+
+/// The bound listener of an ingress port, as the workload at 10.0.0.1 is served it.
+fn bound_7070(yamls: &[String]) -> Listener {
+    served_to::<Listener>(
+        capture(),
+        yamls,
+        capstan_xds::type_url::LISTENER,
+        &workload(),
+    )
+    .into_iter()
+    .find(|l| l.name == "127.0.0.1_7070")
+    .expect("the bound listener")
+}
+
+#[test]
+fn a_bound_ingress_port_accepts_what_the_workloads_peer_authentication_says() {
+    let mut yamls = entries(IN_MESH, false);
+    yamls.push(BOUND_7070.to_string());
+    assert_eq!(
+        chains(&bound_7070(&yamls)),
+        vec![mutual(&ISTIO_ALPN), plain("raw_buffer")]
+    );
+    yamls.push(policy("bookinfo", "default", "  mtls: {mode: STRICT}\n"));
+    assert_eq!(chains(&bound_7070(&yamls)), vec![mutual(&[])]);
+    let mut plain_yamls = entries("", false);
+    plain_yamls.push(BOUND_7070.to_string());
+    assert_eq!(chains(&bound_7070(&plain_yamls)), vec![plain("")]);
+}
+
 #[test]
 fn ingress_listener_mtls_built_incrementally_matches_a_full_build() {
     let mut steps: Vec<Event> = entries(IN_MESH, false).iter().map(|y| istio(y)).collect();
@@ -231,7 +282,9 @@ fn ingress_listener_mtls_built_incrementally_matches_a_full_build() {
         istio(&policy("bookinfo", "default", "  mtls: {mode: STRICT}\n")),
         istio(&entries("", false)[0]),
         istio(&entries(IN_MESH, false)[0]),
+        istio(BOUND_7070),
         delete(Kind::PeerAuthentication, "bookinfo", "default"),
+        istio(&entries("", false)[0]),
         delete(Kind::Sidecar, "bookinfo", "default"),
     ]);
     check_with(capture(), steps);

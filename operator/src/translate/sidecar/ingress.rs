@@ -79,7 +79,19 @@ pub fn workload_virtual_inbound(
 /// NONE` bound to `address`: the port's filter chains as `virtualInbound` would have them,
 /// without an original destination to match on.
 pub fn bound_listener(port: &IngressPort, address: &str) -> Listener {
-    let mut listener = with_ports(&[port], |_| Accepts::Anything, &InboundAuthz::default());
+    let anything = InboundMtls::none();
+    workload_bound_listener(port, address, &anything, &InboundAuthz::default())
+}
+
+/// [`bound_listener`] for one workload with an identity or policies, as
+/// [`workload_virtual_inbound`] has the port.
+pub fn workload_bound_listener(
+    port: &IngressPort,
+    address: &str,
+    mtls: &InboundMtls,
+    authz: &InboundAuthz,
+) -> Listener {
+    let mut listener = with_ports(&[port], |p| mtls.for_port(p), authz);
     listener.name = format!("{address}_{}", port.port);
     listener.address = Some(socket(address, port.port));
     (listener.listener_filters).retain(|f| f.name != "envoy.filters.listener.original_dst");

@@ -82,6 +82,9 @@ pub struct CaptureState {
     /// The workloads whose ingress listeners are their own (`virtualInbound` per address:
     /// their identity or policies apply).
     ingress_workloads: BTreeSet<String>,
+    /// Per such workload, its bound ingress listeners (`captureMode: NONE`) put for its
+    /// address.
+    workload_bound: BTreeMap<String, BTreeSet<String>>,
     /// The `Sidecar` egress listeners bound to sockets of their own, last put, and the
     /// sets of sidecars each such listener, and each bound ingress listener, was put for.
     bound_egress: BoundEgressVariants,
@@ -409,6 +412,31 @@ impl CaptureState {
                     .any(|p| mtls.for_port(p.port) != Accepts::Anything)
         });
         let had_own_ingress = self.ingress_workloads.remove(address);
+        let had_bound: BTreeSet<String> = self.workload_bound.remove(address).unwrap_or_default();
+        let mut bound = BTreeSet::new();
+        if let Some(ports) = &own_ingress {
+            // Its ports bound to sockets of their own, with its identity and policies too.
+            for port in ports {
+                let Some(at) = port.bound.as_deref() else {
+                    continue;
+                };
+                let listener = ingress::workload_bound_listener(port, at, &mtls, &authz);
+                put(
+                    update,
+                    selector.clone(),
+                    type_url::LISTENER,
+                    &listener.name,
+                    &listener,
+                );
+                bound.insert(listener.name);
+            }
+        }
+        for gone in had_bound.difference(&bound) {
+            update.remove_for(selector.clone(), type_url::LISTENER, gone);
+        }
+        if !bound.is_empty() {
+            self.workload_bound.insert(address.to_string(), bound);
+        }
         if let Some(ports) = own_ingress {
             let listener = ingress::workload_virtual_inbound(&ports, &mtls, &authz);
             put(

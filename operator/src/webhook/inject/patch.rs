@@ -136,17 +136,7 @@ pub fn inject(pod: &Value, config: &InjectConfig) -> Result<(Vec<Value>, Vec<Str
             true
         }
     };
-    let mut new_labels = added_labels(pod, labels);
-    if !capture && new_labels.iter().any(|(key, _)| *key == TLS_MODE_LABEL) {
-        // Clients send mutual TLS to workloads labelled so, and what reaches a pod without
-        // a capture is its Sidecar's ingress listeners, which do not terminate it yet.
-        new_labels.retain(|(key, _)| *key != TLS_MODE_LABEL);
-        warnings.push(format!(
-            "annotation {INTERCEPTION_MODE}: NONE: the pod is not labelled \
-             {TLS_MODE_LABEL}=istio, so the mesh calls it in plain text (its Sidecar's ingress \
-             listeners do not terminate mutual TLS)"
-        ));
-    }
+    let new_labels = added_labels(pod, labels);
     let mut all_labels: BTreeMap<String, String> = labels
         .into_iter()
         .flatten()
