@@ -313,5 +313,14 @@ async fn a_sidecar_ingress_port_takes_mutual_tls_and_strict_refuses_plain_text()
             .any(|(k, v)| k.ends_with("upstream_rq_total") && *v > 0),
         "not through the ingress listener's cluster: {stats:?}"
     );
+    // db's 5432 is not among the Sidecar's ports: passed through unread, STRICT or not.
+    let answer = mesh.other_pod_tcp_to_db().await?;
+    ensure!(
+        answer.contains("\"db\""),
+        "plain TCP to an unlisted port: {answer:?}"
+    );
+    explained(env, OTHER_POD, REVIEWS, false)?;
+    explained(env, APP, REVIEWS, true)?;
+    explained(env, OTHER_POD, DB, true)?;
     mesh.mesh.envoy.ensure_no_rejected_updates().await
 }

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use envoy_types::pb::envoy::config::rbac::v3::rbac::Action as RbacAction;
 
 use super::rbac_eval::{Request, policy_matches};
+use crate::model::sidecar_scope::{Covers, IngressPort};
 use crate::model::traffic_policy::TlsMode;
 use crate::model::{Mesh, Port, Service};
 use crate::translate::authorization::{CustomCheck, workload_custom, workload_rbac};
@@ -90,7 +91,20 @@ pub fn explain(
             takes_mutual_tls(mesh, namespace, endpoint, target)
         });
         let inbound = InboundMtls::of(mesh, namespace, &endpoint.labels);
-        let accepts = inbound.for_port(target);
+        // A Sidecar listing ingress listeners: its ports instead of the service's.
+        let ingress = sidecar_ingress(mesh, namespace, &endpoint.labels);
+        let listed = ingress.iter().find(|p| p.port == target);
+        if !ingress.is_empty() && listed.is_none() {
+            out.push(passed_through(
+                endpoint, target, client_tls, mtls_out, caller, port,
+            ));
+            continue;
+        }
+        let accepts = match listed {
+            // Its own `tls` is what the port terminates.
+            Some(listener) if listener.tls.is_some() => Accepts::Anything,
+            _ => inbound.for_port(target),
+        };
         let server_mode = match accepts {
             Accepts::Mutual => "mutual TLS only (STRICT)",
             Accepts::Both => "the mesh's mutual TLS and plain text (PERMISSIVE)",
@@ -159,6 +173,51 @@ pub fn explain(
         out.push(verdict);
     }
     out
+}
+
+/// The ingress listeners of the Sidecar in force for the workload in `namespace` with
+/// `labels` (empty: none, its service ports apply).
+fn sidecar_ingress(
+    mesh: &Mesh,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> Vec<IngressPort> {
+    let workload = Covers::Workload(namespace.to_string(), labels.clone()).selector();
+    let variants = mesh.sidecar_scopes.ingress_variants();
+    variants.for_proxies(&workload).clone()
+}
+
+/// The verdict on a port the workload's Sidecar does not list among its ingress listeners:
+/// the connection goes on to the app unread, nothing checked.
+fn passed_through(
+    endpoint: &crate::model::service::Endpoint,
+    target: u32,
+    client_tls: String,
+    mtls_out: bool,
+    caller: &Caller,
+    port: &Port,
+) -> Verdict {
+    Verdict {
+        address: endpoint.address.to_string(),
+        port: target,
+        client_tls,
+        server_mode: "passed through unread (its Sidecar's ingress listeners do not list \
+                      this port)"
+            .into(),
+        transport: if mtls_out {
+            Transport::MutualTls {
+                peer: caller_identity(caller),
+            }
+        } else {
+            Transport::Plain
+        },
+        custom: None,
+        filters: Vec::new(),
+        allowed: true,
+        because: "no policy applies to a port passed through".into(),
+        rule: None,
+        http: port.is_http(),
+    }
 }
 
 /// Whether the caller's sidecar originates the mesh's mutual TLS, and why.

@@ -376,3 +376,29 @@ fn a_custom_rule_without_a_usable_provider_denies_what_it_matches() {
     );
     assert!(text.contains("-deny-due-to-bad-CUSTOM-action ("), "{text}");
 }
+
+/// A workload whose Sidecar lists ingress listeners: a listed port is decided as a service
+/// port (its PeerAuthentication, its policies), an unlisted one is passed through unread.
+#[test]
+fn a_sidecars_ingress_ports_decide_and_other_ports_pass_through() {
+    let dir = folder(
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: bookinfo}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bookinfo}
+spec:
+  ingress:
+  - port: {number: 9080, name: http, protocol: HTTP}
+",
+    );
+    let (text, allowed) = explain(&args(&dir, &OUTSIDE, "reviews:9080", None)).expect("explained");
+    assert!(!allowed, "{text}");
+    assert!(text.contains("STRICT"), "{text}");
+    let (text, allowed) = explain(&args(&dir, &OUTSIDE, "db:5432", None)).expect("explained");
+    assert!(allowed, "{text}");
+    assert!(text.contains("passed through unread"), "{text}");
+}
