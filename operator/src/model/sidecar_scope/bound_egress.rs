@@ -5,10 +5,9 @@
 //! captured listener.
 
 use capstan_crds::networking::sidecar::{CaptureMode, IstioEgressListener};
-use capstan_crds::{Protocol, ProtocolClass};
+use capstan_crds::{ObjectKey, Protocol, ProtocolClass};
 
 use super::{PerScope, Scopes};
-use capstan_crds::ObjectKey;
 
 /// Where istiod binds a `captureMode: NONE` egress listener without `bind`.
 const LOOPBACK: &str = "127.0.0.1";

@@ -7,8 +7,7 @@ use capstan_xds::{Resource, Role, Selector, Update, type_url};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 
 use super::inbound::{self, Served};
-use super::mtls::Accepts;
-use super::mtls::InboundMtls;
+use super::mtls::{Accepts, InboundMtls};
 use super::{VIRTUAL_INBOUND, inbound_cluster_name, ingress, outbound};
 use crate::model::sidecar_scope::{
     BoundEgressVariants, Covers, InboundPools, IngressVariants, OutboundModes,

@@ -11,7 +11,9 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 
 use super::super::{ingress, outbound};
 use super::{CaptureState, put, sidecars};
-use crate::model::sidecar_scope::{BoundEgress, BoundEgressVariants, IngressVariants, PerScope};
+use crate::model::sidecar_scope::{
+    BoundEgress, BoundEgressVariants, IngressPort, IngressVariants, PerScope,
+};
 
 /// Per listener name, the sets of sidecars a variant of it was put for.
 pub(super) type PutFor = BTreeMap<String, BTreeSet<Selector>>;
@@ -49,7 +51,7 @@ impl CaptureState {
 
     /// Puts the ingress listeners of `variants` bound to sockets of their own.
     pub(super) fn set_bound_ingress(&mut self, variants: &IngressVariants, update: &mut Update) {
-        let listeners = |ports: &Vec<crate::model::sidecar_scope::IngressPort>| {
+        let listeners = |ports: &Vec<IngressPort>| {
             ports
                 .iter()
                 .filter_map(|port| {
