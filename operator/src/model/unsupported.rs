@@ -295,7 +295,8 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                 if egress.capture_mode == Some(CaptureMode::None) {
                     not_applied(
                         format!("spec.egress[{i}].captureMode"),
-                        "captureMode NONE (applied to an egress listener with an HTTP port, bound                          to an IP address)",
+                        "captureMode NONE (applied to an egress listener with an HTTP port, bound \
+                         to an IP address)",
                     );
                 }
             }
