@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use envoy_types::pb::envoy::config::rbac::v3::rbac::Action as RbacAction;
 
 use super::rbac_eval::{Request, policy_matches};
-use crate::model::sidecar_scope::{Covers, IngressPort};
+use crate::model::sidecar_scope::{Covers, IngressPort, IngressVariants};
 use crate::model::traffic_policy::TlsMode;
 use crate::model::{Mesh, Port, Service};
 use crate::translate::authorization::{CustomCheck, workload_custom, workload_rbac};
@@ -80,6 +80,7 @@ pub fn explain(
     call: &Call,
 ) -> Vec<Verdict> {
     let namespace = service.namespace();
+    let ingress_variants = mesh.sidecar_scopes.ingress_variants();
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     for endpoint in &service.endpoints {
@@ -92,7 +93,7 @@ pub fn explain(
         });
         let inbound = InboundMtls::of(mesh, namespace, &endpoint.labels);
         // A Sidecar listing ingress listeners: its ports instead of the service's.
-        let ingress = sidecar_ingress(mesh, namespace, &endpoint.labels);
+        let ingress = sidecar_ingress(&ingress_variants, namespace, &endpoint.labels);
         let listed = ingress.iter().find(|p| p.port == target);
         if !ingress.is_empty() && listed.is_none() {
             out.push(passed_through(
@@ -177,14 +178,13 @@ pub fn explain(
 
 /// The ingress listeners of the Sidecar in force for the workload in `namespace` with
 /// `labels` (empty: none, its service ports apply).
-fn sidecar_ingress(
-    mesh: &Mesh,
+fn sidecar_ingress<'a>(
+    variants: &'a IngressVariants,
     namespace: &str,
     labels: &BTreeMap<String, String>,
-) -> Vec<IngressPort> {
+) -> &'a [IngressPort] {
     let workload = Covers::Workload(namespace.to_string(), labels.clone()).selector();
-    let variants = mesh.sidecar_scopes.ingress_variants();
-    variants.for_proxies(&workload).clone()
+    variants.for_proxies(&workload)
 }
 
 /// The verdict on a port the workload's Sidecar does not list among its ingress listeners:

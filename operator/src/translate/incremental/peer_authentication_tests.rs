@@ -67,6 +67,11 @@ fn workload() -> ProxyInfo {
 }
 
 pub(super) fn virtual_inbound(yamls: &[String]) -> Listener {
+    listener_named(yamls, "virtualInbound")
+}
+
+/// Listener `name` as the workload at 10.0.0.1 is served it by a full build of `yamls`.
+fn listener_named(yamls: &[String], name: &str) -> Listener {
     served_to::<Listener>(
         capture(),
         yamls,
@@ -74,8 +79,8 @@ pub(super) fn virtual_inbound(yamls: &[String]) -> Listener {
         &workload(),
     )
     .into_iter()
-    .find(|l| l.name == "virtualInbound")
-    .expect("virtualInbound")
+    .find(|l| l.name == name)
+    .unwrap_or_else(|| panic!("{name} is not served"))
 }
 
 /// Per chain of `port`: (transport protocol, ALPN, terminates TLS requiring a client
@@ -248,15 +253,7 @@ spec:
 
 /// The bound listener of an ingress port, as the workload at 10.0.0.1 is served it.
 fn bound_7070(yamls: &[String]) -> Listener {
-    served_to::<Listener>(
-        capture(),
-        yamls,
-        capstan_xds::type_url::LISTENER,
-        &workload(),
-    )
-    .into_iter()
-    .find(|l| l.name == "127.0.0.1_7070")
-    .expect("the bound listener")
+    listener_named(yamls, "127.0.0.1_7070")
 }
 
 #[test]

@@ -9,8 +9,7 @@ use capstan_xds::{Parts, Resource, Selector, type_url};
 use prost::Message;
 
 use super::{
-    Caller, Group, Labels, Segment, SegmentForms, Translator, VirtualHostEntry, VirtualHostKey,
-    form,
+    Group, Labels, Segment, SegmentForms, Translator, VirtualHostEntry, VirtualHostKey, form,
 };
 use crate::model::Mesh;
 use crate::model::service::ExportTo;
@@ -116,16 +115,7 @@ impl Translator {
             // build always has (not scoped by Sidecar; docs/traffic.md says so).
             self.scoped_segments.clear();
             let layout = self.options.route_layout();
-            let (mut configs, _) = route::route_configurations(mesh, layout);
-            // A port only a bound egress listener has gets its configuration too.
-            let built: BTreeSet<String> = configs.iter().map(|(_, c)| c.name.clone()).collect();
-            let callers: BTreeSet<Caller> = configs.iter().map(|(c, _)| c.clone()).collect();
-            for name in self.route_names().iter().map(RouteName::to_string) {
-                if !built.contains(&name) {
-                    let empty = route::empty_config(&name, layout);
-                    configs.extend(callers.iter().map(|c| (c.clone(), empty.clone())));
-                }
-            }
+            let (configs, _) = route::route_configurations(mesh, layout, self.route_names());
             let capture = self.fallbacks.is_some();
             return configs
                 .into_iter()

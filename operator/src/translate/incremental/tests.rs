@@ -396,7 +396,7 @@ pub(super) fn assert_routes_decode_as_route_configurations(mesh: &Mesh) {
         cache.replace(translator.full(mesh));
         let state = cache.current();
         let route_type = capstan_xds::type_index(type_url::ROUTE).expect("a served type");
-        let (expected, _) = route::route_configurations(mesh, options.route_layout());
+        let (expected, _) = route::route_configurations(mesh, options.route_layout(), []);
         let served: usize = state
             .snapshot
             .entries(route_type)

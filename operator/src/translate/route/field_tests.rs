@@ -39,7 +39,7 @@ spec:
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let (configs, problems) = route_configurations(&mesh(&yaml), super::RouteLayout::Shared);
+    let (configs, problems) = route_configurations(&mesh(&yaml), super::RouteLayout::Shared, []);
     let config: RouteConfiguration = configs
         .into_iter()
         .find(|(caller, _)| caller.namespace.as_deref() == namespace && caller.labels == labels)

@@ -87,10 +87,12 @@ impl std::fmt::Display for RouteName {
 /// `reviews.<proxy namespace>.svc...`, so a namespace with services of its own gets its own
 /// variant; so do the namespaces and label classes VirtualService matches name by source.
 /// [`Caller::anyone`] is the variant for every other sidecar, which answers only to
-/// qualified names.
+/// qualified names. Configurations `required` are built even where no service has a virtual host (a port
+/// only a bound egress listener has): their variants hold none.
 pub fn route_configurations(
     mesh: &Mesh,
     layout: RouteLayout,
+    required: impl IntoIterator<Item = RouteName>,
 ) -> (Vec<(Caller, RouteConfiguration)>, Vec<Problem>) {
     let mut problems = Vec::new();
     // Routes are built once per service port (and per caller its matches name by source);
@@ -119,6 +121,7 @@ pub fn route_configurations(
     entries.sort_by(|a, b| (a.route, a.namespace).cmp(&(b.route, b.namespace)));
     let mut names: BTreeSet<RouteName> = layout.fixed_routes().iter().copied().collect();
     names.extend(entries.iter().map(|e| e.route));
+    names.extend(required);
     for vs in mesh.virtual_services.values() {
         problems.extend(unbound(mesh, vs));
     }
@@ -138,9 +141,8 @@ pub fn route_configurations(
         for &namespace in &namespaces {
             for labels in &classes {
                 let caller = Caller::new(namespace, labels);
-                let mut config = config_for(&entries, &caller, &mesh.domain_suffix);
-                config.name = name.to_string();
-                config.ignore_port_in_host_matching = layout == RouteLayout::PerPort;
+                let header = empty_config(&name.to_string(), layout);
+                let config = config_for(header, &entries, &caller, &mesh.domain_suffix);
                 configs.push((caller, config));
             }
         }
@@ -333,7 +335,9 @@ pub(super) fn empty_config(name: &str, layout: RouteLayout) -> RouteConfiguratio
     }
 }
 
+/// `header` with the virtual hosts of `entries` the sidecars of `caller` read.
 fn config_for(
+    header: RouteConfiguration,
     entries: &[&HostPort<'_>],
     caller: &Caller,
     domain_suffix: &str,
@@ -355,7 +359,7 @@ fn config_for(
         .collect();
     RouteConfiguration {
         virtual_hosts,
-        ..empty_config(OUTBOUND_HTTP, RouteLayout::Shared)
+        ..header
     }
 }
 

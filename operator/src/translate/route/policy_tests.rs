@@ -49,7 +49,7 @@ spec:
   http:
 {http}"
     );
-    let (configs, problems) = route_configurations(&mesh(&yaml), super::RouteLayout::Shared);
+    let (configs, problems) = route_configurations(&mesh(&yaml), super::RouteLayout::Shared, []);
     assert!(problems.is_empty(), "{problems:?}");
     let config: RouteConfiguration = configs
         .into_iter()
@@ -184,7 +184,7 @@ fn istio_default_retries_unless_attempts_is_zero() {
 
 #[test]
 fn the_default_route_retries_as_istio_does() {
-    let (configs, _) = route_configurations(&mesh(REVIEWS), super::RouteLayout::Shared);
+    let (configs, _) = route_configurations(&mesh(REVIEWS), super::RouteLayout::Shared, []);
     let (_, config) = configs.into_iter().next().expect("a variant");
     let routes = as_applied(config.virtual_hosts[0].clone());
     let retry = forward(&routes[0]).retry_policy.as_ref().expect("retries");
@@ -337,7 +337,7 @@ spec:
   http:
   - route: [{destination: {host: reviews}}]
 "#;
-    let (configs, problems) = route_configurations(&mesh(yaml), super::RouteLayout::Shared);
+    let (configs, problems) = route_configurations(&mesh(yaml), super::RouteLayout::Shared, []);
     assert!(problems.is_empty(), "{problems:?}");
     let (_, config) = configs
         .into_iter()

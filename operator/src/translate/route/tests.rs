@@ -20,7 +20,7 @@ fn config(yaml: &str) -> (RouteConfiguration, Vec<String>) {
 }
 
 fn config_in(yaml: &str, namespace: Option<&str>) -> (RouteConfiguration, Vec<String>) {
-    let (configs, problems) = route_configurations(&mesh(yaml), super::RouteLayout::Shared);
+    let (configs, problems) = route_configurations(&mesh(yaml), super::RouteLayout::Shared, []);
     let config = configs
         .into_iter()
         .find(|(caller, _)| caller.namespace.as_deref() == namespace && caller.labels.is_empty())

@@ -59,8 +59,7 @@ fn served(ingress: &IngressPort) -> Served {
 /// through, as for a workload without services); the chains of a port with `tls` terminate
 /// it. A port bound to a socket of its own (`captureMode: NONE`) is not among them.
 pub fn virtual_inbound(ports: &[IngressPort]) -> Listener {
-    let captured: Vec<&IngressPort> = ports.iter().filter(|p| p.bound.is_none()).collect();
-    with_ports(&captured, |_| Accepts::Anything, &InboundAuthz::default())
+    workload_virtual_inbound(ports, &InboundMtls::none(), &InboundAuthz::default())
 }
 
 /// [`virtual_inbound`] for one workload with an identity or policies: each port accepts what
