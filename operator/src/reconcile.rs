@@ -207,6 +207,10 @@ impl Reconciler {
         }
         let started = Instant::now();
         let update = self.pipeline.update(&changes);
+        // The proxies first: problems and statuses are bookkeeping they need not wait for.
+        if !update.is_empty() {
+            self.queue.submit(update).await;
+        }
         let mut statuses: BTreeSet<ObjectKey> = changes.statuses.clone();
         if changes.config() {
             statuses.extend(self.report_problems(changes.objects.iter()));
@@ -214,9 +218,6 @@ impl Reconciler {
                 RecordKey::Istio(key) => Some(key.clone()),
                 _ => None,
             }));
-        }
-        if !update.is_empty() {
-            self.queue.submit(update).await;
         }
         let scope = if changes.config() {
             "objects"

@@ -54,6 +54,8 @@ pub struct ScanReport {
     pub unsettled: Vec<PathBuf>,
     /// When to scan again so that the unsettled files are read once they settle.
     pub rescan_after: Option<Duration>,
+    /// How many files were read: those whose metadata left open that they had changed.
+    pub files_read: usize,
 }
 
 impl ScanReport {
@@ -67,6 +69,9 @@ impl ScanReport {
 struct FileState {
     /// Hash of the content last parsed, to skip files that did not change.
     fingerprint: Option<u64>,
+    /// The file's metadata when its content was last read and found to be the content
+    /// served, if it can vouch for that content: while it matches, the file is not read.
+    stamp: Option<Stamp>,
     /// The objects this file serves: its last good content.
     objects: Vec<IstioObject>,
     /// The TLS Secrets it serves, likewise.
@@ -87,6 +92,8 @@ impl FileState {
 pub struct FolderSource {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    /// Where each object served is defined among `files`.
+    definitions: Definitions,
     settle: Duration,
     allow_empty: bool,
 }
@@ -96,6 +103,7 @@ impl FolderSource {
         Self {
             dir: dir.into(),
             files: BTreeMap::new(),
+            definitions: Definitions::default(),
             settle: SETTLE_WINDOW,
             allow_empty: false,
         }
@@ -122,9 +130,10 @@ impl FolderSource {
         count(&self.files)
     }
 
-    /// Re-reads the folder: only files whose bytes changed are parsed, and only the objects
-    /// they add, change or drop are reported (`affected`), so an edit costs work in
-    /// proportion to the files it touched.
+    /// Re-reads the folder: only files whose metadata leaves open that they changed are read
+    /// ([`Stamp`]), only those whose bytes changed are parsed, and only the objects they add,
+    /// change or drop are reported (`affected`), so an edit costs work in proportion to the
+    /// files it touched.
     pub fn scan(&mut self) -> io::Result<ScanReport> {
         let mut report = ScanReport::default();
         let paths = yaml_files(&self.dir)?;
@@ -161,6 +170,7 @@ impl FolderSource {
         }
         for path in gone {
             if let Some(old) = self.files.remove(&path) {
+                self.definitions.remove(&path, &old.objects);
                 report
                     .affected
                     .extend(old.objects.iter().map(IstioObject::key));
@@ -168,12 +178,15 @@ impl FolderSource {
             }
         }
         for (path, content) in fresh {
-            let state = self.files.entry(path).or_default();
+            let state = self.files.entry(path.clone()).or_default();
             report
                 .affected
                 .extend(changed_keys(&state.objects, &content.objects));
             report.secrets_changed |= state.secrets != content.secrets;
+            self.definitions.remove(&path, &state.objects);
+            self.definitions.add(&path, &content.objects);
             state.fingerprint = Some(content.fingerprint);
+            state.stamp = content.stamp;
             state.objects = content.objects;
             state.secrets = content.secrets;
         }
@@ -182,9 +195,8 @@ impl FolderSource {
 
     /// The object served as `key`: its first definition, in the first file that has one.
     pub fn served(&self, key: &ObjectKey) -> Option<&IstioObject> {
-        self.files
-            .values()
-            .find_map(|state| state.objects.iter().find(|o| is(o, key)))
+        let (path, positions) = self.definitions.of(key).next()?;
+        self.files.get(path)?.objects.get(*positions.first()?)
     }
 
     /// The repeated definitions of `keys`, as [`Self::objects`] reports them.
@@ -192,8 +204,8 @@ impl FolderSource {
         let mut problems = Vec::new();
         for key in keys {
             let mut first: Option<&Path> = None;
-            for (path, state) in &self.files {
-                for _ in state.objects.iter().filter(|o| is(o, key)) {
+            for (path, positions) in self.definitions.of(key) {
+                for _ in positions {
                     match first {
                         None => first = Some(path),
                         Some(first) => problems.push(duplicate(path, key, first)),
@@ -254,13 +266,6 @@ fn count(files: &BTreeMap<PathBuf, FileState>) -> usize {
     files.values().map(FileState::count).sum()
 }
 
-/// Whether `object` is the one `key` names (without building its key).
-fn is(object: &IstioObject, key: &ObjectKey) -> bool {
-    object.kind() == key.kind
-        && object.name() == key.name
-        && object.namespace_or_default() == key.namespace
-}
-
 /// A repeated definition of `key` in `path`, after the one in `first` that is served.
 fn duplicate(path: &Path, key: &ObjectKey, first: &Path) -> String {
     if path == first {
@@ -311,6 +316,7 @@ enum FileScan {
 
 struct Content {
     fingerprint: u64,
+    stamp: Option<Stamp>,
     objects: Vec<IstioObject>,
     secrets: Vec<SecretRecord>,
 }
@@ -329,6 +335,7 @@ fn scan_file(
     state: &mut FileState,
     report: &mut ScanReport,
 ) -> FileScan {
+    let read_at = SystemTime::now();
     let before = match std::fs::metadata(path) {
         Ok(meta) if meta.is_file() => meta,
         Ok(_) => return FileScan::NotAFile,
@@ -338,6 +345,11 @@ fn scan_file(
             return FileScan::Kept;
         }
     };
+    if state.stamp.is_some_and(|stamp| stamp.matches(&before)) {
+        state.reported = None;
+        return FileScan::Kept;
+    }
+    report.files_read += 1;
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(err) => {
@@ -349,9 +361,12 @@ fn scan_file(
     let fingerprint = xxhash_rust::xxh3::xxh3_64(&bytes);
     if state.fingerprint == Some(fingerprint) {
         state.pending = None;
+        state.stamp = Stamp::trusted(&before, read_at);
         return FileScan::Kept;
     }
     let after = std::fs::metadata(path).ok();
+    let stamp = Stamp::trusted(&before, read_at)
+        .filter(|stamp| after.as_ref().is_some_and(|after| stamp.matches(after)));
     if let Some(wait) = settling(settle, state, fingerprint, &before, after.as_ref()) {
         report.unsettled.push(path.to_path_buf());
         report.rescan_after = Some(report.rescan_after.map_or(wait, |w| w.min(wait)));
@@ -363,6 +378,7 @@ fn scan_file(
     let (objects, secrets) = load(path, &text, previous, &mut report.problems);
     FileScan::Fresh(Content {
         fingerprint,
+        stamp,
         objects,
         secrets,
     })
@@ -444,9 +460,13 @@ fn yaml_files(dir: &Path) -> io::Result<BTreeSet<PathBuf>> {
     Ok(out)
 }
 
+mod definitions;
 mod load;
+mod stamp;
 
+use definitions::Definitions;
 use load::load;
+use stamp::Stamp;
 
 #[cfg(test)]
 mod tests;

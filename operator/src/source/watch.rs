@@ -13,10 +13,12 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 /// How long a change after a quiet spell waits for others close behind it: one command's
-/// changes (`rm *.yaml`, a `cp` of several files) arrive microseconds apart, and reading the
-/// folder between them would serve a state nobody meant, such as routes without the
-/// services they send to.
-const LEADING_GRACE: Duration = Duration::from_millis(5);
+/// changes (`rm *.yaml`, a `cp` of several files, a `mv` of several) arrive microseconds
+/// apart, and reading the folder between them would serve a state nobody meant, such as
+/// routes without the services they send to. Files written in place wait out the settle
+/// window anyway; this only has to cover one command's system calls, and every millisecond
+/// of it is added to every edit (tokio's timer rounds it up to the next millisecond tick).
+const LEADING_GRACE: Duration = Duration::from_millis(1);
 
 /// Notifications of changes in a directory: a change after a quiet spell at once, the rest of
 /// its burst once that has gone quiet.

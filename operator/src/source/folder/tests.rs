@@ -497,3 +497,101 @@ fn an_object_defined_twice_is_served_from_the_first_file_until_it_goes() {
     assert_eq!(served_subsets(&source), Some(2));
     assert!(source.duplicates_of([&key]).is_empty());
 }
+
+#[test]
+fn an_object_defined_twice_in_one_file_is_reported_as_objects_reports_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("a.yaml"), format!("{DR}---\n{SE}---\n{DR}")).expect("write");
+    fs::write(dir.path().join("b.yaml"), DR).expect("write");
+    let mut source = source(dir.path());
+    scan(&mut source);
+    let key = source
+        .objects()
+        .0
+        .iter()
+        .find(|o| o.as_destination_rule().is_some())
+        .expect("the DestinationRule")
+        .key();
+    let duplicates = source.duplicates_of([&key]);
+    assert_eq!(duplicates.len(), 2, "{duplicates:?}");
+    assert!(duplicates[0].contains("defined twice in this file"));
+    assert!(duplicates[1].contains("b.yaml"));
+    assert_eq!(duplicates, source.objects().1);
+    assert_eq!(served_subsets(&source), Some(1));
+}
+
+/// The name of the first subset of the DestinationRule served.
+fn served_subset_name(source: &FolderSource) -> Option<String> {
+    let key = source
+        .objects()
+        .0
+        .into_iter()
+        .find(|o| o.as_destination_rule().is_some())?
+        .key();
+    let dr = source.served(&key)?.as_destination_rule()?;
+    dr.spec.subsets.first().map(|s| s.name.clone())
+}
+
+/// Waits until files changed now are old enough for their metadata to vouch for them.
+fn past_racy_window() {
+    std::thread::sleep(Duration::from_millis(150));
+}
+
+fn files_read(source: &mut FolderSource) -> (usize, Vec<String>) {
+    let report = source.scan().expect("scan");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let affected = report.affected.iter().map(|k| k.to_string()).collect();
+    (report.files_read, affected)
+}
+
+#[test]
+fn a_rescan_reads_only_the_files_whose_metadata_changed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+    fs::write(&a, SE).expect("write");
+    fs::write(&b, DR).expect("write");
+    let mut source = source(dir.path());
+    assert_eq!(files_read(&mut source).0, 2);
+    // Read right after being written: not vouched for yet, so read once more.
+    past_racy_window();
+    assert_eq!(files_read(&mut source), (2, vec![]));
+    assert_eq!(files_read(&mut source), (0, vec![]));
+    // Rewritten in place with as many bytes: read, and its object reported.
+    fs::write(&b, DR.replace("name: v1", "name: v2")).expect("write");
+    assert_eq!(
+        files_read(&mut source),
+        (1, vec!["DestinationRule bookinfo/reviews".to_string()])
+    );
+    assert_eq!(served_subset_name(&source).as_deref(), Some("v2"));
+    // Another file renamed over it, same size and modification time: another inode.
+    past_racy_window();
+    files_read(&mut source);
+    let modified = fs::metadata(&b).and_then(|m| m.modified()).expect("mtime");
+    let staged = dir.path().join("staged.txt");
+    fs::write(&staged, DR.replace("name: v1", "name: v3")).expect("write");
+    fs::File::options()
+        .write(true)
+        .open(&staged)
+        .and_then(|f| f.set_modified(modified))
+        .expect("set mtime");
+    fs::rename(&staged, &b).expect("rename");
+    assert_eq!(
+        files_read(&mut source),
+        (1, vec!["DestinationRule bookinfo/reviews".to_string()])
+    );
+    assert_eq!(served_subset_name(&source).as_deref(), Some("v3"));
+    // A file gone and one added: only the new one read.
+    past_racy_window();
+    files_read(&mut source);
+    fs::remove_file(&a).expect("remove");
+    fs::write(dir.path().join("c.yaml"), SE.replace("reviews", "ratings")).expect("write");
+    let (read, affected) = files_read(&mut source);
+    assert_eq!(read, 1);
+    assert_eq!(
+        affected,
+        [
+            "ServiceEntry bookinfo/ratings",
+            "ServiceEntry bookinfo/reviews"
+        ]
+    );
+}
