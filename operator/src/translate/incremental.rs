@@ -102,8 +102,9 @@ struct VirtualHostEntry {
 pub struct Translator {
     options: Options,
     by_host: HashMap<String, HostResources>,
-    /// In the order of the virtual hosts in the route configuration.
-    virtual_hosts: BTreeMap<VirtualHostKey, VirtualHostEntry>,
+    /// Per group, its virtual hosts by (host, port): their order in the route configuration.
+    /// Kept per group so that joining one group's again walks only its own entries.
+    virtual_hosts: BTreeMap<Group, BTreeMap<(String, u32), VirtualHostEntry>>,
     /// The places of each service host's virtual hosts.
     host_keys: HashMap<String, Vec<VirtualHostKey>>,
     /// Per group with virtual hosts, all of them joined.

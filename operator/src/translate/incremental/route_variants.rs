@@ -8,9 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use capstan_xds::{Parts, Resource, Selector, type_url};
 use prost::Message;
 
-use super::{
-    Group, Labels, Segment, SegmentForms, Translator, VirtualHostEntry, VirtualHostKey, form,
-};
+use super::{Group, Labels, Segment, SegmentForms, Translator, VirtualHostEntry, form};
 use crate::model::Mesh;
 use crate::model::service::ExportTo;
 use crate::model::sidecar_scope::ScopeViews;
@@ -200,11 +198,8 @@ impl Translator {
     pub(super) fn group_entries<'a>(
         &'a self,
         group: &'a Group,
-    ) -> impl Iterator<Item = (&'a VirtualHostKey, &'a VirtualHostEntry)> + 'a {
-        let first = (group.clone(), String::new(), 0);
-        self.virtual_hosts
-            .range(first..)
-            .take_while(move |((g, _, _), _)| g == group)
+    ) -> impl Iterator<Item = (&'a (String, u32), &'a VirtualHostEntry)> + 'a {
+        self.virtual_hosts.get(group).into_iter().flatten()
     }
 
     /// Route configuration `name` of the proxies of `namespace` (`None`: of a namespace no

@@ -295,7 +295,7 @@ impl Translator {
         let namespace = selector.namespace.as_deref();
         let seen = self
             .group_entries(group)
-            .filter(|((_, host, port), _)| {
+            .filter(|((host, port), _)| {
                 mesh.services
                     .get(host)
                     .is_some_and(|s| view.sees_on(s.namespace(), host, *port))

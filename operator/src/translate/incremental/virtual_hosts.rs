@@ -122,11 +122,20 @@ impl Translator {
         built: Option<BuiltVirtualHosts>,
     ) -> BTreeSet<Group> {
         let mut groups = BTreeSet::new();
-        for key in self.host_keys.remove(host).unwrap_or_default() {
-            if let Some(entry) = self.virtual_hosts.remove(&key) {
-                self.forget(host, &key.0, &entry);
+        for (group, host_key, port) in self.host_keys.remove(host).unwrap_or_default() {
+            let entries = self.virtual_hosts.get_mut(&group);
+            let entry = entries.and_then(|entries| entries.remove(&(host_key, port)));
+            if let Some(entry) = entry {
+                self.forget(host, &group, &entry);
             }
-            groups.insert(key.0);
+            if self
+                .virtual_hosts
+                .get(&group)
+                .is_some_and(BTreeMap::is_empty)
+            {
+                self.virtual_hosts.remove(&group);
+            }
+            groups.insert(group);
         }
         let Some(built) = built else {
             return groups;
@@ -138,9 +147,11 @@ impl Translator {
                 namespace: namespace.clone(),
             };
             self.remember(host, &group, &entry);
-            let key = (group.clone(), host.to_string(), port);
-            self.virtual_hosts.insert(key.clone(), entry);
-            keys.push(key);
+            self.virtual_hosts
+                .entry(group.clone())
+                .or_default()
+                .insert((host.to_string(), port), entry);
+            keys.push((group.clone(), host.to_string(), port));
             groups.insert(group);
         }
         if !keys.is_empty() {
