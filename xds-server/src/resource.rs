@@ -1,7 +1,7 @@
 //! One xDS resource, encoded once.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
@@ -58,9 +58,26 @@ pub struct Resource {
     /// Where the message itself (`Any.value`) starts within `any` (its end, with parts).
     body_start: usize,
     /// The message in pieces, kept as they are: a large message assembled from pieces that
-    /// other resources share (route configurations) is never copied into one buffer; each
-    /// response writes the pieces where it would have written the whole.
-    parts: Option<Parts>,
+    /// other resources share (route configurations) is kept in one buffer only while some
+    /// response holds it ([`Self::any_bytes`]).
+    parts: Option<Pieces>,
+}
+
+/// A message kept in pieces, and the joined copy of its `Any` while any response holds one:
+/// every proxy sent the resource in the meantime shares that copy.
+#[derive(Clone)]
+struct Pieces {
+    parts: Parts,
+    joined: Arc<Mutex<Weak<Vec<u8>>>>,
+}
+
+/// A joined copy, owned by the `Bytes` of the responses that carry it.
+struct Joined(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Joined {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 impl Resource {
@@ -106,7 +123,10 @@ impl Resource {
             version_hex: hex(version),
             body_start: any.len(),
             any,
-            parts: Some(parts),
+            parts: Some(Pieces {
+                parts,
+                joined: Arc::default(),
+            }),
         }
     }
 
@@ -172,22 +192,42 @@ impl Resource {
     pub fn body(&self) -> Bytes {
         match &self.parts {
             None => self.any.slice(self.body_start..),
-            Some(parts) => parts.to_bytes(),
+            Some(pieces) => pieces.parts.to_bytes(),
         }
     }
 
     /// Length of the encoded `google.protobuf.Any` carrying the resource.
     pub fn any_len(&self) -> usize {
-        self.any.len() + self.parts.as_ref().map_or(0, Parts::len)
+        self.any.len() + self.parts.as_ref().map_or(0, |p| p.parts.len())
     }
 
     /// Writes the encoded `google.protobuf.Any` carrying the resource ([`Self::any_len`]
     /// bytes).
     pub fn write_any(&self, buf: &mut impl BufMut) {
         buf.put_slice(&self.any);
-        if let Some(parts) = &self.parts {
-            parts.write(buf);
+        if let Some(pieces) = &self.parts {
+            pieces.parts.write(buf);
         }
+    }
+
+    /// The encoded `google.protobuf.Any` in one buffer shared with every response that
+    /// carries it: the resource's own bytes, or for one assembled from parts a joined copy,
+    /// made by the first response that needs it and shared by all the others (to every proxy
+    /// the resource goes to) while any of them is held. Writing a large resource's pieces
+    /// once per proxy would copy it, from pieces scattered over memory, once per proxy.
+    pub fn any_bytes(&self) -> Bytes {
+        let Some(pieces) = &self.parts else {
+            return self.any.clone();
+        };
+        let mut joined = pieces.joined.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(copy) = joined.upgrade() {
+            return Bytes::from_owner(Joined(copy));
+        }
+        let mut copy = Vec::with_capacity(self.any_len());
+        self.write_any(&mut copy);
+        let copy = Arc::new(copy);
+        *joined = Arc::downgrade(&copy);
+        Bytes::from_owner(Joined(copy))
     }
 
     /// The resource as a generated `Any` (a copy; for tests and tools, not the push path).
@@ -272,8 +312,8 @@ mod tests {
         assert_eq!(r.to_any(), any);
     }
 
-    #[test]
-    fn parts_write_the_same_any_as_the_whole() {
+    /// Cluster `split` encoded whole, and in two pieces (with an empty branch between).
+    fn split_cluster() -> (Resource, Resource) {
         let c = cluster("split");
         let whole = Resource::encode("split", &c).expect("served");
         let bytes = c.encode_to_vec();
@@ -287,6 +327,12 @@ mod tests {
                 Parts::leaf(Bytes::copy_from_slice(b)),
             ]),
         );
+        (whole, parts)
+    }
+
+    #[test]
+    fn parts_write_the_same_any_as_the_whole() {
+        let (whole, parts) = split_cluster();
         let written = |r: &Resource| {
             let mut out = Vec::new();
             r.write_any(&mut out);
@@ -296,6 +342,21 @@ mod tests {
         assert_eq!(parts.any_len(), whole.any_len());
         assert_eq!(parts.body(), whole.body());
         assert_eq!(parts.to_any(), whole.to_any());
+    }
+
+    #[test]
+    fn a_resource_from_parts_is_joined_once_while_a_response_holds_it() {
+        let (whole, parts) = split_cluster();
+        let first = parts.any_bytes();
+        assert_eq!(first, whole.any_bytes());
+        // A clone (the snapshot's, another proxy's view) shares the one copy.
+        let second = parts.clone().any_bytes();
+        assert_eq!(first.as_ptr(), second.as_ptr());
+        drop((first, second));
+        // None held: the next response joins the pieces again, the same bytes.
+        assert_eq!(parts.any_bytes(), whole.any_bytes());
+        // A resource encoded whole is its own buffer.
+        assert_eq!(whole.any_bytes().as_ptr(), whole.any_bytes().as_ptr());
     }
 
     #[test]

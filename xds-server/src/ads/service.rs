@@ -2,8 +2,9 @@
 //! HTTP/2 bodies.
 //!
 //! Framing responses ourselves does two things tonic's generated server cannot: each response
-//! is written from the resources' shared pre-encoded bytes ([`WireMessage`]), and each goes
-//! into a buffer of exactly its size that is freed once sent. (tonic encodes every message of a
+//! is sent as the chunks [`WireMessage`] makes of it, its own fields and small resources in a
+//! buffer of exactly their size that is freed once sent and large resources as the buffers
+//! every proxy's response shares, never copied per proxy. (tonic encodes every message of a
 //! stream into one growing buffer that it keeps for the stream's life, so a proxy that was once
 //! sent a large response would pin that much memory for as long as it stays connected.)
 //! Requests are read with a [`Deframer`] for the same reason: it holds no buffer between
@@ -192,7 +193,7 @@ fn grpc_response<R: WireMessage>(
 ) -> http::Response<tonic::body::Body> {
     let mut response = http::Response::new(tonic::body::Body::new(FramedBody {
         responses,
-        tail: None,
+        chunks: VecDeque::new(),
         finished: false,
     }));
     response
@@ -201,12 +202,13 @@ fn grpc_response<R: WireMessage>(
     response
 }
 
-/// The response body of a stream: each message as a length-prefixed gRPC frame (its own
-/// bytes, then its shared tail without copying), then the trailers carrying the final status.
+/// The response body of a stream: each message as a length-prefixed gRPC frame (its prefix
+/// and first chunk, then its other chunks as they are), then the trailers carrying the final
+/// status.
 struct FramedBody<R> {
     responses: ResponseStream<R>,
-    /// The shared tail of the message whose head was just sent.
-    tail: Option<Bytes>,
+    /// The rest of the message whose start was just sent.
+    chunks: VecDeque<Bytes>,
     finished: bool,
 }
 
@@ -218,8 +220,8 @@ impl<R: WireMessage> http_body::Body for FramedBody<R> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        if let Some(tail) = self.tail.take() {
-            return Poll::Ready(Some(Ok(Frame::data(tail))));
+        if let Some(chunk) = self.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         if self.finished {
             return Poll::Ready(None);
@@ -227,8 +229,9 @@ impl<R: WireMessage> http_body::Body for FramedBody<R> {
         match Pin::new(&mut self.responses).poll_next(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(message))) => {
-                self.tail = message.shared_tail().filter(|t| !t.is_empty());
-                Poll::Ready(Some(Ok(Frame::data(head(&message)))))
+                let (start, rest) = frames(&message);
+                self.chunks = rest;
+                Poll::Ready(Some(Ok(Frame::data(start))))
             }
             Poll::Ready(Some(Err(status))) => {
                 self.finished = true;
@@ -242,19 +245,20 @@ impl<R: WireMessage> http_body::Body for FramedBody<R> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished && self.tail.is_none()
+        self.finished && self.chunks.is_empty()
     }
 }
 
-/// The start of a gRPC message frame: uncompressed flag, big-endian length of the whole
-/// message, and the message's own fields (its shared tail follows separately).
-fn head(message: &impl WireMessage) -> Bytes {
-    let len = message.encoded_len();
-    let own = len - message.shared_tail().map_or(0, |t| t.len());
-    let mut buf = BytesMut::with_capacity(PREFIX + own);
-    put_prefix(&mut buf, len);
-    message.encode(&mut buf);
-    buf.freeze()
+/// A message as a gRPC frame: its start (uncompressed flag, big-endian length, and the
+/// message's first chunk, its own fields) and the chunks that follow, empty ones left out.
+fn frames(message: &impl WireMessage) -> (Bytes, VecDeque<Bytes>) {
+    let mut chunks: VecDeque<Bytes> = message.chunks().into();
+    let first = chunks.pop_front().unwrap_or_default();
+    let mut start = BytesMut::with_capacity(PREFIX + first.len());
+    put_prefix(&mut start, message.encoded_len());
+    start.extend_from_slice(&first);
+    chunks.retain(|c| !c.is_empty());
+    (start.freeze(), chunks)
 }
 
 fn trailers(status: &Status) -> http::HeaderMap {
@@ -287,8 +291,9 @@ mod tests {
             type_url: type_url::CLUSTER,
             nonce: "n".into(),
         };
-        let mut bytes = head(&message).to_vec();
-        bytes.extend_from_slice(&message.shared_tail().expect("resources"));
+        let (start, rest) = frames(&message);
+        let mut bytes = start.to_vec();
+        rest.iter().for_each(|c| bytes.extend_from_slice(c));
         assert_eq!(bytes[0], 0, "not compressed");
         let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
         assert_eq!(len, bytes.len() - 5);

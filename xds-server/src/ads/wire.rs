@@ -2,8 +2,11 @@
 //! written to the wire without re-encoding a single resource.
 //!
 //! These encode exactly as `DiscoveryResponse` and `DeltaDiscoveryResponse` would (the tests
-//! decode them with the generated types), but the resources are copied from the bytes each
-//! [`Resource`] encoded once instead of being re-encoded per proxy.
+//! decode them with the generated types), but a response is a list of chunks sent in order:
+//! its own fields and small resources copied into one, and each large resource's shared
+//! buffer ([`Resource::any_bytes`]) as it is, so a large route configuration sent to a
+//! thousand proxies is not copied a thousand times. Protobuf fields may come in any order,
+//! which is what lets a response's own fields go first and a Delta resource's `Any` last.
 
 use std::sync::Arc;
 
@@ -12,6 +15,10 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, k
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::resource::Resource;
+
+/// From this size on, a resource goes out as its own shared buffer instead of being copied
+/// into the response: below it, the copy costs less than sending one more chunk.
+const SHARED_FROM: usize = 16 * 1024;
 
 /// The resources of a state-of-the-world response, with their `repeated Any resources` field
 /// encoded once. Where every proxy sees the same set (a wildcard subscription to a type no
@@ -23,24 +30,34 @@ pub struct SotwResources {
     resources: Vec<Resource>,
     /// Names exactly this set of resources at these versions.
     hash: u64,
-    encoded: Bytes,
+    /// The encoded field, in order: small resources copied together, large ones shared.
+    chunks: Vec<Bytes>,
+    len: usize,
 }
 
 impl SotwResources {
     pub fn new(resources: Vec<Resource>) -> Self {
         let mut hasher = Xxh3::new();
-        let len: usize = resources.iter().map(|r| message_len(2, r.any_len())).sum();
-        let mut encoded = BytesMut::with_capacity(len);
+        let mut chunks = Chunks::new(
+            resources
+                .iter()
+                .map(|r| inline_len(r, message_len(2, r.any_len()) - r.any_len()))
+                .sum(),
+        );
         for r in &resources {
             hasher.update(r.name().as_bytes());
             hasher.update(&[0]);
             hasher.update(&r.version().to_le_bytes());
-            put_any(2, r, &mut encoded);
+            encode_key(2, WireType::LengthDelimited, &mut chunks.pending);
+            encode_varint(r.any_len() as u64, &mut chunks.pending);
+            chunks.put_any(r);
         }
+        let (chunks, len) = chunks.finish();
         Self {
             resources,
             hash: hasher.digest(),
-            encoded: encoded.freeze(),
+            chunks,
+            len,
         }
     }
 
@@ -58,6 +75,51 @@ impl SotwResources {
 
     pub fn is_empty(&self) -> bool {
         self.resources.is_empty()
+    }
+}
+
+/// Bytes of `r` written into a response's own buffer, `prefix` included: all of it for a
+/// small resource, only the prefix for one sent as its own chunk.
+fn inline_len(r: &Resource, prefix: usize) -> usize {
+    if r.any_len() >= SHARED_FROM {
+        prefix
+    } else {
+        prefix + r.any_len()
+    }
+}
+
+/// Chunks being gathered: what is copied waits in `pending` until a shared buffer follows.
+struct Chunks {
+    pending: BytesMut,
+    done: Vec<Bytes>,
+}
+
+impl Chunks {
+    fn new(inline: usize) -> Self {
+        Self {
+            pending: BytesMut::with_capacity(inline),
+            done: Vec::new(),
+        }
+    }
+
+    /// `r`'s `Any`: copied if small, else its shared buffer as a chunk of its own.
+    fn put_any(&mut self, r: &Resource) {
+        if r.any_len() < SHARED_FROM {
+            r.write_any(&mut self.pending);
+            return;
+        }
+        if !self.pending.is_empty() {
+            self.done.push(self.pending.split().freeze());
+        }
+        self.done.push(r.any_bytes());
+    }
+
+    fn finish(mut self) -> (Vec<Bytes>, usize) {
+        if !self.pending.is_empty() {
+            self.done.push(self.pending.freeze());
+        }
+        let len = self.done.iter().map(Bytes::len).sum();
+        (self.done, len)
     }
 }
 
@@ -80,15 +142,12 @@ pub struct DeltaResponse {
     pub nonce: String,
 }
 
-/// A message capstan writes by hand: [`encode`](Self::encode) writes its own fields, and
-/// [`shared_tail`](Self::shared_tail), if any, follows as-is (protobuf fields may come in any
-/// order), so it can be sent without copying. `encoded_len` counts both.
+/// A message capstan writes by hand, as the chunks that make its encoding in order.
 pub trait WireMessage: Send + 'static {
     fn encoded_len(&self) -> usize;
-    fn encode(&self, buf: &mut impl BufMut);
-    fn shared_tail(&self) -> Option<Bytes> {
-        None
-    }
+    /// The encoding: its own fields first, then what follows them, large resources as their
+    /// shared buffers.
+    fn chunks(&self) -> Vec<Bytes>;
 }
 
 fn string_len(tag: u32, s: &str) -> usize {
@@ -111,33 +170,31 @@ fn put_bytes(tag: u32, b: &[u8], buf: &mut impl BufMut) {
     buf.put_slice(b);
 }
 
-/// A resource's `Any` as field `tag`.
-fn put_any(tag: u32, r: &Resource, buf: &mut impl BufMut) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(r.any_len() as u64, buf);
-    r.write_any(buf);
-}
-
 fn message_len(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
-impl WireMessage for SotwResponse {
-    fn encoded_len(&self) -> usize {
+impl SotwResponse {
+    fn own_len(&self) -> usize {
         string_len(1, &self.version_info)
-            + self.resources.encoded.len()
             + string_len(4, self.type_url)
             + string_len(5, &self.nonce)
     }
+}
 
-    fn encode(&self, buf: &mut impl BufMut) {
-        put_string(1, &self.version_info, buf);
-        put_string(4, self.type_url, buf);
-        put_string(5, &self.nonce, buf);
+impl WireMessage for SotwResponse {
+    fn encoded_len(&self) -> usize {
+        self.own_len() + self.resources.len
     }
 
-    fn shared_tail(&self) -> Option<Bytes> {
-        Some(self.resources.encoded.clone())
+    fn chunks(&self) -> Vec<Bytes> {
+        let mut own = BytesMut::with_capacity(self.own_len());
+        put_string(1, &self.version_info, &mut own);
+        put_string(4, self.type_url, &mut own);
+        put_string(5, &self.nonce, &mut own);
+        std::iter::once(own.freeze())
+            .chain(self.resources.chunks.iter().cloned())
+            .collect()
     }
 }
 
@@ -146,14 +203,9 @@ fn delta_resource_len(r: &Resource, version: &str) -> usize {
     string_len(1, version) + message_len(2, r.any_len()) + string_len(3, r.name())
 }
 
-impl WireMessage for DeltaResponse {
-    fn encoded_len(&self) -> usize {
+impl DeltaResponse {
+    fn own_len(&self) -> usize {
         string_len(1, &self.system_version_info)
-            + self
-                .resources
-                .iter()
-                .map(|r| message_len(2, delta_resource_len(r, r.version_hex())))
-                .sum::<usize>()
             + string_len(4, self.type_url)
             + string_len(5, &self.nonce)
             + self
@@ -162,31 +214,59 @@ impl WireMessage for DeltaResponse {
                 .map(|n| key_len(6) + encoded_len_varint(n.len() as u64) + n.len())
                 .sum::<usize>()
     }
+}
 
-    fn encode(&self, buf: &mut impl BufMut) {
-        put_string(1, &self.system_version_info, buf);
-        for r in &self.resources {
-            let version = r.version_hex();
-            encode_key(2, WireType::LengthDelimited, buf);
-            encode_varint(delta_resource_len(r, version) as u64, buf);
-            put_string(1, version, buf);
-            put_any(2, r, buf);
-            put_string(3, r.name(), buf);
-        }
-        put_string(4, self.type_url, buf);
-        put_string(5, &self.nonce, buf);
+impl WireMessage for DeltaResponse {
+    fn encoded_len(&self) -> usize {
+        self.own_len()
+            + self
+                .resources
+                .iter()
+                .map(|r| message_len(2, delta_resource_len(r, r.version_hex())))
+                .sum::<usize>()
+    }
+
+    fn chunks(&self) -> Vec<Bytes> {
+        let inline: usize = self
+            .resources
+            .iter()
+            .map(|r| {
+                let whole = message_len(2, delta_resource_len(r, r.version_hex()));
+                inline_len(r, whole - r.any_len())
+            })
+            .sum();
+        let mut chunks = Chunks::new(self.own_len() + inline);
+        let own = &mut chunks.pending;
+        put_string(1, &self.system_version_info, own);
+        put_string(4, self.type_url, own);
+        put_string(5, &self.nonce, own);
         for name in &self.removed_resources {
             // Repeated strings are written even when empty.
-            put_bytes(6, name.as_bytes(), buf);
+            put_bytes(6, name.as_bytes(), own);
         }
+        for r in &self.resources {
+            let version = r.version_hex();
+            let own = &mut chunks.pending;
+            encode_key(2, WireType::LengthDelimited, own);
+            encode_varint(delta_resource_len(r, version) as u64, own);
+            put_string(1, version, own);
+            put_string(3, r.name(), own);
+            // The `Any` last, so that a large one can follow as its own chunk.
+            encode_key(2, WireType::LengthDelimited, own);
+            encode_varint(r.any_len() as u64, own);
+            chunks.put_any(r);
+        }
+        chunks.finish().0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Parts;
     use crate::resource::type_url;
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
     use envoy_types::pb::envoy::service::discovery::v3::{
         DeltaDiscoveryResponse, DiscoveryResponse,
     };
@@ -209,11 +289,7 @@ mod tests {
     }
 
     fn encode(m: &impl WireMessage) -> Vec<u8> {
-        let mut buf = Vec::new();
-        m.encode(&mut buf);
-        if let Some(tail) = m.shared_tail() {
-            buf.extend_from_slice(&tail);
-        }
+        let buf = m.chunks().concat();
         assert_eq!(buf.len(), m.encoded_len());
         buf
     }
@@ -274,6 +350,82 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(decoded, want);
+    }
+
+    /// A route configuration of `hosts` virtual hosts, kept in parts as the translator keeps
+    /// one, and the same encoded whole.
+    fn large_route(hosts: usize) -> (Resource, RouteConfiguration) {
+        let config = RouteConfiguration {
+            name: "8080".into(),
+            virtual_hosts: (0..hosts)
+                .map(|i| VirtualHost {
+                    name: format!("svc-{i}.bench.svc.cluster.local:8080"),
+                    domains: vec![format!("svc-{i}.bench.svc.cluster.local")],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let pieces = config.virtual_hosts.iter().map(|vh| {
+            let one = RouteConfiguration {
+                virtual_hosts: vec![vh.clone()],
+                ..Default::default()
+            };
+            Parts::leaf(one.encode_to_vec())
+        });
+        let head = RouteConfiguration {
+            name: config.name.clone(),
+            ..Default::default()
+        };
+        let parts = Parts::join(std::iter::once(Parts::leaf(head.encode_to_vec())).chain(pieces));
+        let resource = Resource::from_parts(type_url::ROUTE, "8080", parts);
+        assert!(
+            resource.any_len() >= SHARED_FROM,
+            "large enough to be shared"
+        );
+        (resource, config)
+    }
+
+    #[test]
+    fn a_large_resource_is_shared_by_every_response_not_copied_into_each() {
+        let (route, config) = large_route(1000);
+        let small = resources();
+        // Two proxies' responses, each with its own set of resources.
+        let responses: Vec<SotwResponse> = (0..2)
+            .map(|i| SotwResponse {
+                version_info: i.to_string(),
+                resources: Arc::new(SotwResources::new(
+                    [small[0].clone(), route.clone(), small[1].clone()].to_vec(),
+                )),
+                type_url: type_url::ROUTE,
+                nonce: i.to_string(),
+            })
+            .collect();
+        let [one, two] = [&responses[0], &responses[1]].map(|r| r.chunks());
+        assert_eq!(one.len(), 4, "own fields, small, the route, small");
+        assert_eq!(one[2].as_ptr(), two[2].as_ptr(), "one copy of the route");
+        let decoded = DiscoveryResponse::decode(encode(&responses[1]).as_slice()).expect("decodes");
+        assert_eq!(decoded.resources.len(), 3);
+        assert_eq!(decoded.resources[1], route.to_any());
+        let value = decoded.resources[1].value.as_slice();
+        assert_eq!(RouteConfiguration::decode(value).expect("a route"), config);
+
+        let delta = DeltaResponse {
+            system_version_info: "1".into(),
+            resources: vec![route.clone(), small[2].clone()],
+            type_url: type_url::ROUTE,
+            removed_resources: vec!["gone".into()],
+            nonce: "5".into(),
+        };
+        let chunks = delta.chunks();
+        assert_eq!(chunks[1].as_ptr(), one[2].as_ptr(), "the same copy again");
+        let decoded = DeltaDiscoveryResponse::decode(encode(&delta).as_slice()).expect("decodes");
+        assert_eq!(decoded.resources.len(), 2);
+        assert_eq!(decoded.resources[0].name, "8080");
+        assert_eq!(decoded.resources[0].version, route.version_string());
+        assert_eq!(decoded.resources[0].resource, Some(route.to_any()));
+        assert_eq!(decoded.resources[1].resource, Some(small[2].to_any()));
+        assert_eq!(decoded.removed_resources, ["gone"]);
     }
 
     #[test]
