@@ -120,6 +120,10 @@ async fn a_large_route_configuration_reaches_sotw_and_delta_proxies_whole() -> a
         )
         .await?;
     }
+    // The edit was timed from the folder to the push queue.
+    let text = mesh.capstan.monitoring_get("/metrics").await?.text();
+    let timed = metric(&text, "capstan_folder_change_seconds_count").unwrap_or(0.0);
+    ensure!(timed >= 1.0, "folder changes timed: {timed}");
     let filler = mesh.proxy.reviews("filler-299", &[]).await?;
     ensure!(
         filler.version == "v1",

@@ -42,6 +42,7 @@ struct ScopeLabel {
 pub struct ReconcileMetrics {
     reconciles: Family<ScopeLabel, Counter>,
     seconds: Family<ScopeLabel, Histogram>,
+    folder_change: Histogram,
 }
 
 impl Default for ReconcileMetrics {
@@ -51,6 +52,7 @@ impl Default for ReconcileMetrics {
             seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0001, 4.0, 10))
             }),
+            folder_change: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
         }
     }
 }
@@ -67,6 +69,16 @@ impl ReconcileMetrics {
             "Time to rebuild and hand proxy config to the push queue, by scope",
             self.seconds.clone(),
         );
+        registry.register(
+            "folder_change_seconds",
+            "From a change in the config folder being noticed to the proxy config it makes being handed to the push queue: rescan, parse and rebuild, after the settle window for a file still being written",
+            self.folder_change.clone(),
+        );
+    }
+
+    /// A folder change noticed at `noticed` is now with the push queue.
+    pub fn observe_folder_change(&self, noticed: Instant) {
+        self.folder_change.observe(noticed.elapsed().as_secs_f64());
     }
 
     fn observe(&self, scope: &str, started: Instant) {
@@ -183,6 +195,10 @@ impl Reconciler {
             metrics,
             pod_localities: Arc::default(),
         }
+    }
+
+    pub fn metrics(&self) -> &ReconcileMetrics {
+        &self.metrics
     }
 
     /// Applies one source event to the index; nothing is rebuilt until [`Self::reconcile`].

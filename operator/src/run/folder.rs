@@ -141,6 +141,8 @@ async fn follow(
 ) {
     // A restart re-applies the whole folder: the task that died may have died mid-update.
     let mut force = restarted;
+    // When the oldest change not yet served was noticed.
+    let mut noticed = None;
     loop {
         let watching = watch.ensure();
         let tick = if watching.is_ok() {
@@ -149,7 +151,7 @@ async fn follow(
             REWATCH_INTERVAL
         };
         readiness.set(FOLDER_WATCH, watching.err());
-        let rescan_after = match folder.lock().await.refresh(force).await {
+        let rescan_after = match folder.lock().await.refresh(force, &mut noticed).await {
             Ok(rescan_after) => {
                 readiness.set(FOLDER_READ, None);
                 rescan_after
@@ -169,7 +171,7 @@ async fn follow(
         readiness.set(WATCHER_TASK, None);
         let wait = rescan_after.map_or(tick, |after| after.min(tick));
         tokio::select! {
-            () = watch.changed() => {}
+            at = watch.changed() => noticed = noticed.or(Some(at)),
             () = tokio::time::sleep(wait) => {}
         }
     }
@@ -188,7 +190,7 @@ impl Folder {
     /// that the first proxies do not get half a file.
     async fn first_load(&mut self) -> std::io::Result<()> {
         let give_up = Instant::now() + STARTUP_SETTLE_LIMIT;
-        while let Some(after) = self.refresh(false).await? {
+        while let Some(after) = self.refresh(false, &mut None).await? {
             if Instant::now() + after > give_up {
                 warn!(
                     files = ?self.unsettled,
@@ -201,9 +203,15 @@ impl Folder {
         Ok(())
     }
 
-    /// Rescans the folder and, if the objects changed (or `force`), rebuilds. Returns when to
-    /// rescan for files still settling.
-    async fn refresh(&mut self, force: bool) -> std::io::Result<Option<Duration>> {
+    /// Rescans the folder and, if the objects changed (or `force`), rebuilds; the change
+    /// `noticed` (when it was) is timed to the push queue once served, which for a file still
+    /// being written is after the settle window. Returns when to rescan for files still
+    /// settling.
+    async fn refresh(
+        &mut self,
+        force: bool,
+        noticed: &mut Option<std::time::Instant>,
+    ) -> std::io::Result<Option<Duration>> {
         let report = self.source.scan()?;
         for problem in &report.problems {
             warn!("{problem}");
@@ -226,9 +234,16 @@ impl Folder {
         } else if changed {
             self.apply(&report.affected, report.secrets_changed)
         } else {
+            if self.unsettled.is_empty() {
+                // Nothing changed and nothing waits: the change noticed made no difference.
+                *noticed = None;
+            }
             return Ok(report.rescan_after);
         };
         self.reconciler.reconcile(changes).await;
+        if let Some(at) = noticed.take() {
+            self.reconciler.metrics().observe_folder_change(at);
+        }
         Ok(report.rescan_after)
     }
 

@@ -144,10 +144,12 @@ impl FolderWatch {
     /// renamed into place (git-sync, a ConfigMap volume, an atomic writer) is complete, and
     /// one still being written is left for later by the folder's settle window. A change
     /// during a burst (editors write a file in several steps) waits for the burst to go
-    /// quiet, so a burst costs two reads of the folder at most.
-    pub async fn changed(&mut self) {
+    /// quiet, so a burst costs two reads of the folder at most. Returns when the change was
+    /// noticed.
+    pub async fn changed(&mut self) -> Instant {
         // `self` holds a sender: the channel never closes.
         let _ = self.events.recv().await;
+        let noticed = Instant::now();
         let wait = if self.woke.is_some_and(|at| at.elapsed() < self.quiet) {
             self.quiet
         } else {
@@ -157,6 +159,7 @@ impl FolderWatch {
         self.woke = Some(Instant::now());
         // A failure is reported by the caller's own `ensure`.
         let _ = self.ensure();
+        noticed
     }
 }
 
