@@ -249,15 +249,22 @@ impl<R: WireMessage> http_body::Body for FramedBody<R> {
     }
 }
 
+/// A first chunk up to this size is copied in with the frame's prefix rather than sent on
+/// its own.
+const MERGED_FIRST_CHUNK: usize = 4096;
+
 /// A message as a gRPC frame: its start (uncompressed flag, big-endian length, and the
-/// message's first chunk, its own fields) and the chunks that follow, empty ones left out.
+/// message's first chunk if small, usually its own fields) and the chunks that follow, empty
+/// ones left out.
 fn frames(message: &impl WireMessage) -> (Bytes, VecDeque<Bytes>) {
     let mut chunks: VecDeque<Bytes> = message.chunks().into();
-    let first = chunks.pop_front().unwrap_or_default();
+    chunks.retain(|c| !c.is_empty());
+    let first = chunks
+        .pop_front_if(|c| c.len() <= MERGED_FIRST_CHUNK)
+        .unwrap_or_default();
     let mut start = BytesMut::with_capacity(PREFIX + first.len());
     put_prefix(&mut start, message.encoded_len());
     start.extend_from_slice(&first);
-    chunks.retain(|c| !c.is_empty());
     (start.freeze(), chunks)
 }
 
@@ -272,9 +279,11 @@ fn trailers(status: &Status) -> http::HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ads::wire::{SotwResources, SotwResponse};
+    use crate::ads::wire::{DeltaResponse, SotwResources, SotwResponse};
     use crate::resource::type_url;
-    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryResponse, DiscoveryResponse,
+    };
     use prost::Message;
 
     #[test]
@@ -300,6 +309,36 @@ mod tests {
         let decoded = DiscoveryResponse::decode(&bytes[5..]).expect("a DiscoveryResponse");
         assert_eq!(decoded.nonce, "n");
         assert_eq!(decoded.resources.len(), 1);
+    }
+
+    #[test]
+    fn a_large_first_chunk_follows_the_prefix_uncopied() {
+        // Many small clusters: one Delta chunk of its own fields and every resource, > 4 KiB.
+        let resources: Vec<crate::Resource> = (0..200)
+            .map(|i| {
+                let cluster = envoy_types::pb::envoy::config::cluster::v3::Cluster {
+                    name: format!("cluster-{i}"),
+                    ..Default::default()
+                };
+                crate::Resource::encode(cluster.name.clone(), &cluster).expect("served")
+            })
+            .collect();
+        let message = DeltaResponse {
+            system_version_info: "1".into(),
+            resources,
+            type_url: type_url::CLUSTER,
+            removed_resources: Vec::new(),
+            nonce: "n".into(),
+        };
+        let (start, rest) = frames(&message);
+        assert_eq!(start.len(), PREFIX, "the prefix alone");
+        assert_eq!(rest.len(), 1);
+        let bytes = [start.to_vec(), rest[0].to_vec()].concat();
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        assert_eq!(len, bytes.len() - PREFIX);
+        let decoded = DeltaDiscoveryResponse::decode(&bytes[PREFIX..]).expect("decodes");
+        assert_eq!(decoded.resources.len(), 200);
+        assert_eq!(decoded.nonce, "n");
     }
 
     #[test]
