@@ -341,11 +341,22 @@ impl Envoy {
         &self.bootstrap_path
     }
 
-    /// GET an admin path (e.g. `/stats?filter=x`), requiring 200.
+    /// GET an admin path (e.g. `/stats?filter=x`), requiring 200. A request that fails
+    /// before any answer (a connection reset on loopback, seen once in CI on a host slowed to
+    /// a crawl) is sent once more on a new connection: admin reads are idempotent.
     pub async fn admin_get(&self, path: &str) -> anyhow::Result<HttpResponse> {
-        let resp = HttpClient::new(self.admin)
-            .get(&self.admin.to_string(), path, &[])
-            .await?;
+        let host = self.admin.to_string();
+        let resp = match HttpClient::new(self.admin).get(&host, path, &[]).await {
+            Ok(resp) => resp,
+            Err(first) => {
+                tracing::warn!("Envoy admin {path} failed, trying once more: {first:#}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                HttpClient::new(self.admin)
+                    .get(&host, path, &[])
+                    .await
+                    .with_context(|| format!("after a first failure: {first:#}"))?
+            }
+        };
         ensure!(
             resp.status.is_success(),
             "Envoy admin {path} answered {}: {}",
