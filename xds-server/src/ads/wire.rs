@@ -32,7 +32,8 @@ pub struct SotwResources {
     hash: u64,
     /// The encoded field, in order: small resources copied together, large ones shared.
     chunks: Vec<Bytes>,
-    len: usize,
+    /// Bytes in `chunks`.
+    encoded_len: usize,
 }
 
 impl SotwResources {
@@ -48,16 +49,14 @@ impl SotwResources {
             hasher.update(r.name().as_bytes());
             hasher.update(&[0]);
             hasher.update(&r.version().to_le_bytes());
-            encode_key(2, WireType::LengthDelimited, &mut chunks.pending);
-            encode_varint(r.any_len() as u64, &mut chunks.pending);
-            chunks.put_any(r);
+            chunks.put_any(2, r);
         }
-        let (chunks, len) = chunks.finish();
+        let (chunks, encoded_len) = chunks.finish();
         Self {
             resources,
             hash: hasher.digest(),
             chunks,
-            len,
+            encoded_len,
         }
     }
 
@@ -102,8 +101,11 @@ impl Chunks {
         }
     }
 
-    /// `r`'s `Any`: copied if small, else its shared buffer as a chunk of its own.
-    fn put_any(&mut self, r: &Resource) {
+    /// `r`'s `Any` as field `tag`: copied if small, else its shared buffer as a chunk of its
+    /// own after the field's key and length.
+    fn put_any(&mut self, tag: u32, r: &Resource) {
+        encode_key(tag, WireType::LengthDelimited, &mut self.pending);
+        encode_varint(r.any_len() as u64, &mut self.pending);
         if r.any_len() < SHARED_FROM {
             r.write_any(&mut self.pending);
             return;
@@ -184,7 +186,7 @@ impl SotwResponse {
 
 impl WireMessage for SotwResponse {
     fn encoded_len(&self) -> usize {
-        self.own_len() + self.resources.len
+        self.own_len() + self.resources.encoded_len
     }
 
     fn chunks(&self) -> Vec<Bytes> {
@@ -252,9 +254,7 @@ impl WireMessage for DeltaResponse {
             put_string(1, version, own);
             put_string(3, r.name(), own);
             // The `Any` last, so that a large one can follow as its own chunk.
-            encode_key(2, WireType::LengthDelimited, own);
-            encode_varint(r.any_len() as u64, own);
-            chunks.put_any(r);
+            chunks.put_any(2, r);
         }
         chunks.finish().0
     }

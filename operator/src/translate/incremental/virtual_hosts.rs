@@ -123,17 +123,15 @@ impl Translator {
     ) -> BTreeSet<Group> {
         let mut groups = BTreeSet::new();
         for (group, host_key, port) in self.host_keys.remove(host).unwrap_or_default() {
-            let entries = self.virtual_hosts.get_mut(&group);
-            let entry = entries.and_then(|entries| entries.remove(&(host_key, port)));
+            let (entry, emptied) = match self.virtual_hosts.get_mut(&group) {
+                Some(entries) => (entries.remove(&(host_key, port)), entries.is_empty()),
+                None => (None, false),
+            };
+            if emptied {
+                self.virtual_hosts.remove(&group);
+            }
             if let Some(entry) = entry {
                 self.forget(host, &group, &entry);
-            }
-            if self
-                .virtual_hosts
-                .get(&group)
-                .is_some_and(BTreeMap::is_empty)
-            {
-                self.virtual_hosts.remove(&group);
             }
             groups.insert(group);
         }
