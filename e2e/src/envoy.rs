@@ -463,6 +463,22 @@ impl Envoy {
         Ok(parse_stats(&text))
     }
 
+    /// Envoy's CDS and LDS `update_success` counters; an error if either is missing. Whether
+    /// a proxy was ever served, which `control_plane.connected_state` cannot say: Envoy sets
+    /// it to 1 as it opens each stream, before the server has read a request.
+    pub async fn accepted_updates(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let stats = self
+            .stats(r"^(cluster_manager\.cds|listener_manager\.lds)\.update_success$")
+            .await?;
+        for required in [
+            "cluster_manager.cds.update_success",
+            "listener_manager.lds.update_success",
+        ] {
+            ensure!(stats.contains_key(required), "no {required} in {stats:?}");
+        }
+        Ok(stats)
+    }
+
     /// Fails unless Envoy is connected to the control plane and has rejected nothing:
     /// no `error_state` (or NACKED `client_status`) anywhere in `/config_dump?include_eds`
     /// and every `*update_rejected` stat is 0 (the LDS and CDS ones must exist).
