@@ -15,7 +15,8 @@ use crate::envoy::{AdsMode, Bootstrap, Envoy};
 use crate::http::{HttpClient, UpstreamReply};
 use crate::mesh::{CONFIG_TIMEOUT, TestEnv};
 use crate::netns::pod_ip;
-use crate::upstreams::Upstreams;
+use crate::tls_pki::{TestCa, connector, https_get};
+use crate::upstreams::{UpstreamTls, Upstreams};
 
 /// The workload's address (pod 263: 10.244.1.7).
 pub fn workload() -> std::net::Ipv4Addr {
@@ -205,6 +206,50 @@ pub fn write_service_entries(env: &TestEnv, namespace: &str, endpoint: &str) -> 
         &entry_in(namespace, "db", 20, &service_port(5432, "TCP"), endpoint),
     )?;
     Ok(())
+}
+
+/// TLS apps for SNI tests behind the capture: each `(service, address)` serves HTTPS with one
+/// certificate for `names` from a CA of its own, and a client trusting that CA asks
+/// [`capture::EXTERNAL_HOST`]:443 (captured, so the sidecar routes it by SNI).
+pub struct SniApps {
+    _upstreams: Upstreams,
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl SniApps {
+    pub async fn start(
+        env: &TestEnv,
+        upstream_bin: &Path,
+        names: &[&str],
+        apps: &[(&str, SocketAddr)],
+    ) -> anyhow::Result<Self> {
+        let ca = TestCa::new(&env.log_dir, "external")?;
+        let server = ca.server("tls-server", names)?;
+        let tls = UpstreamTls {
+            cert: server.cert.clone(),
+            key: server.key.clone(),
+            client_ca: None,
+        };
+        let apps: Vec<(&str, &str, SocketAddr)> = apps
+            .iter()
+            .map(|(service, addr)| (*service, "v1", *addr))
+            .collect();
+        let upstreams =
+            Upstreams::start_with_tls(upstream_bin, &[], &apps, Some(&tls), &env.log_dir, "apps")
+                .await?;
+        Ok(Self {
+            _upstreams: upstreams,
+            connector: connector(&ca.cert_pem, None)?,
+        })
+    }
+
+    /// The app answering a request over TLS with SNI `name` to the outside host's 443.
+    pub async fn reached(&self, name: &str) -> anyhow::Result<String> {
+        let outside = SocketAddr::from((capture::EXTERNAL_HOST, 443));
+        let response = https_get(&self.connector, outside, name, "/").await?;
+        let reply: UpstreamReply = serde_json::from_slice(&response.body)?;
+        Ok(reply.service)
+    }
 }
 
 #[cfg(test)]

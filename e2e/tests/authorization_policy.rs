@@ -171,17 +171,15 @@ async fn deny_beats_allow_and_ip_blocks_match_the_source() -> anyhow::Result<()>
         "allow-all.yaml",
         &policy("allow-all", "  action: ALLOW\n  rules: [{}]\n"),
     )?;
-    env.write_config(
-        "deny.yaml",
-        &policy(
-            "deny",
-            "  action: DENY
+    let deny = policy(
+        "deny",
+        "  action: DENY
   rules:
   - from: [{source: {ipBlocks: [10.244.1.8/32]}}]
   - to: [{operation: {paths: [/admin*]}}]
 ",
-        ),
-    )?;
+    );
+    env.write_config("deny.yaml", &deny)?;
     wait_statuses(
         &mesh,
         &[("/whoami", 200), ("/admin/users", 403)],
@@ -194,17 +192,60 @@ async fn deny_beats_allow_and_ip_blocks_match_the_source() -> anyhow::Result<()>
     );
 
     std::fs::remove_file(env.config_dir.join("deny.yaml"))?;
+    nothing_denied(&mesh, "after the DENY went").await?;
+
+    // The same DENY in dry run (`istio.io/dry-run`): evaluated and counted by Envoy as a
+    // shadow denial, never enforced, as istiod's.
+    env.write_config("deny.yaml", &dry_run(&deny))?;
+    wait_until("the dry-run DENY to count", CONFIG_TIMEOUT, async || {
+        let status = app_status("/admin/users").await?;
+        ensure!(
+            status == 200,
+            "the dry-run DENY refused /admin/users: {status}"
+        );
+        let denied = shadow_denied(&mesh).await?;
+        ensure!(denied > 0, "no shadow denial counted yet");
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("logs in {}", env.log_dir.display()))?;
+    nothing_denied(&mesh, "with the DENY in dry run").await?;
+    mesh.mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// Waits until the ALLOW-all policy alone decides: every request served, another pod's TCP
+/// answered (`when` says in which state of the test).
+async fn nothing_denied(mesh: &IdentityMesh, when: &str) -> anyhow::Result<()> {
     wait_statuses(
-        &mesh,
+        mesh,
         &[("/whoami", 200), ("/admin/users", 200)],
         &[("/whoami", 200)],
     )
-    .await?;
+    .await
+    .with_context(|| format!("requests {when}"))?;
     ensure!(
-        other_pod_tcp_explained(&mesh).await?,
-        "TCP after the DENY went"
+        other_pod_tcp_explained(mesh).await?,
+        "another pod's TCP refused {when}"
     );
-    mesh.mesh.envoy.ensure_no_rejected_updates().await
+    Ok(())
+}
+
+/// `policy` annotated as a dry run.
+fn dry_run(policy: &str) -> String {
+    policy.replace(
+        "namespace: bookinfo}",
+        "namespace: bookinfo, annotations: {istio.io/dry-run: \"true\"}}",
+    )
+}
+
+/// How many requests the sidecar's dry-run DENY rules would have refused.
+async fn shadow_denied(mesh: &IdentityMesh) -> anyhow::Result<u64> {
+    let stats = mesh
+        .mesh
+        .envoy
+        .stats(r"\.rbac\.istio_dry_run_deny_\.shadow_denied$")
+        .await?;
+    Ok(stats.values().sum())
 }
 
 /// The app's `GET path` to reviews with `token` as `Authorization: Bearer` (none: no header).

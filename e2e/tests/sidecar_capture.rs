@@ -14,7 +14,7 @@ use std::path::Path;
 use anyhow::{Context, ensure};
 use capstan_e2e::capture::{self, service_ip};
 use capstan_e2e::capture_mesh::{
-    CaptureMesh, call, capstan_and_captured_sidecar, entry, service_entry,
+    CaptureMesh, SniApps, call, capstan_and_captured_sidecar, entry, service_entry,
 };
 use capstan_e2e::envoy::{AdsMode, dynamic_route_config_names};
 use capstan_e2e::http::{HttpClient, UpstreamReply};
@@ -69,6 +69,10 @@ async fn captured_traffic_goes_out_and_back_in_through_the_sidecar() -> anyhow::
         reply.headers.contains_key("x-request-id"),
         "no Envoy on the way: {reply:?}"
     );
+    // By its address as Host (a client using REVIEWS_SERVICE_HOST): routed as by name, as
+    // istiod routes it, not passed through to an address nothing listens on.
+    let reply = call(reviews, &reviews.to_string()).await?;
+    ensure!(reply.service == "reviews", "by address: {reply:?}");
 
     // TCP: db's address and port, straight to its cluster, bytes untouched.
     let db = SocketAddr::from((service_ip(20), 5432));
@@ -428,27 +432,17 @@ async fn tls_names_no_service_has_follow_the_outbound_policy() -> anyhow::Result
     capture::install()?;
     let env = TestEnv::new("tls_names_no_service_has_follow_the_outbound_policy")?;
     let workload = pod_ip(263);
-    let ca = TestCa::new(&env.log_dir, "external")?;
-    let server = ca.server("tls-server", &["secure.example.com", "unknown.example.org"])?;
-    let tls = UpstreamTls {
-        cert: server.cert.clone(),
-        key: server.key.clone(),
-        client_ca: None,
-    };
-    let _upstreams = Upstreams::start_with_tls(
+    let apps = SniApps::start(
+        &env,
         Path::new(UPSTREAM_BIN),
-        &[],
+        &["secure.example.com", "unknown.example.org"],
         &[
-            ("secure", "v1", SocketAddr::from((workload, 8443))),
+            ("secure", SocketAddr::from((workload, 8443))),
             (
                 "outside-tls",
-                "v1",
                 SocketAddr::from((capture::EXTERNAL_SERVER, 443)),
             ),
         ],
-        Some(&tls),
-        &env.log_dir,
-        "apps",
     )
     .await?;
     let address = workload.to_string();
@@ -459,13 +453,7 @@ async fn tls_names_no_service_has_follow_the_outbound_policy() -> anyhow::Result
     let (_capstan, envoy) = capstan_and_captured_sidecar(&env, AdsMode::Sotw, &address).await?;
     let log_dir = env.log_dir.clone();
     let logs = || format!("logs in {}", log_dir.display());
-    let connector = connector(&ca.cert_pem, None)?;
-    let outside = SocketAddr::from((capture::EXTERNAL_HOST, 443));
-    let reached = async |name: &str| -> anyhow::Result<String> {
-        let response = https_get(&connector, outside, name, "/").await?;
-        let reply: UpstreamReply = serde_json::from_slice(&response.body)?;
-        Ok(reply.service)
-    };
+    let reached = async |name: &str| apps.reached(name).await;
 
     let service = wait_until("the mesh's name by SNI", CONFIG_TIMEOUT, async || {
         reached("secure.example.com").await
@@ -581,7 +569,8 @@ fn undeclared_entry(name: &str, address: u16, port: u16, target: u16, workload: 
 
 /// Ports without a declared protocol, as many Kubernetes Services have: the sidecar reads the
 /// first bytes of each connection, out and in. HTTP is routed (an HTTP connection manager on
-/// both sides); TLS, which is not HTTP, passes through untouched to the workload.
+/// both sides), to the service whose address was dialled whatever the Host; TLS, which is not
+/// HTTP, passes through untouched to the workload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ports_without_a_protocol_carry_http_and_anything_else() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
@@ -628,6 +617,13 @@ async fn ports_without_a_protocol_carry_http_and_anything_else() -> anyhow::Resu
     ensure!(
         reply.headers.contains_key("x-request-id") && reply.peer.starts_with("127.0.0.6:"),
         "not routed as HTTP out and in: {reply:?}"
+    );
+    // The address is the service's, whatever the Host says (istiod's `<host>:<port>` route
+    // configuration, any Host): a name no service has still reaches it as HTTP.
+    let reply = call(http, "legacy.example.net").await.with_context(logs)?;
+    ensure!(
+        reply.service == "ratings" && reply.headers.contains_key("x-request-id"),
+        "a Host the service does not have was not routed to it: {reply:?}"
     );
 
     let connector = connector(&ca.cert_pem, None)?;

@@ -20,7 +20,11 @@
 //! - capture mode with one AuthorizationPolicy per service (selecting its pods; principals,
 //!   methods, paths and a header condition), N = 1,000 being Istio's "1,000 policies": the full
 //!   translation against the same mesh without policies, and one policy edited (its 10 pods'
-//!   `virtualInbound` rebuilt, no other workload's).
+//!   `virtualInbound` rebuilt, no other workload's);
+//! - capture mode with N / 10 external HTTPS ServiceEntries on 443 (one filter chain each, by
+//!   SNI, in the port's one listener), without and with the root `Sidecar`: one entry's host
+//!   renamed, so the port's listener is rebuilt, and with the scope each namespace's sidecars
+//!   get it with only the chains of what they see.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -227,6 +231,58 @@ fn authorized_index(n: usize) -> Index {
     index
 }
 
+/// An external HTTPS ServiceEntry `ext-<i>` on 443 in service `i`'s namespace, its host
+/// `ext-<i>-<generation>.example.com`.
+fn tls_entry(i: usize, generation: i64) -> Record {
+    istio(&format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ext-{i}, namespace: {ns}, generation: {generation}}}
+spec:
+  hosts: [ext-{i}-{generation}.example.com]
+  location: MESH_EXTERNAL
+  ports: [{{number: 443, name: https, protocol: HTTPS}}]
+  resolution: DNS
+",
+        ns = namespace(i),
+    ))
+}
+
+/// [`index`] with an HTTPS ServiceEntry on 443 for every tenth service.
+fn tls_index(n: usize) -> Index {
+    let mut index = index(n);
+    for i in (0..n).step_by(10) {
+        index.apply(tls_entry(i, 1));
+    }
+    index
+}
+
+/// [`tls_index`] with the root `Sidecar` of [`scoped_index`].
+fn scoped_tls_index(n: usize) -> Index {
+    let mut index = scoped_index(n);
+    for i in (0..n).step_by(10) {
+        index.apply(tls_entry(i, 1));
+    }
+    index
+}
+
+fn one_tls_entry_renamed(c: &mut Criterion) {
+    for (name, index) in [
+        (
+            "one TLS ServiceEntry renamed, capture mode",
+            tls_index as fn(usize) -> Index,
+        ),
+        (
+            "one TLS ServiceEntry renamed, capture mode, Sidecar-scoped",
+            scoped_tls_index,
+        ),
+    ] {
+        config_changed(c, name, capture_options(), index, |n, generation| {
+            tls_entry(n / 2, generation)
+        });
+    }
+}
+
 fn capture_options() -> translate::Options {
     translate::Options {
         sidecar_listeners: translate::ListenerMode::Capture,
@@ -365,6 +421,21 @@ fn virtual_service_changed(
     options: translate::Options,
     index: fn(usize) -> Index,
 ) {
+    config_changed(c, name, options, index, |n, generation| {
+        let weight = if generation % 2 == 0 { 20 } else { 10 };
+        virtual_service(n / 2, generation, weight)
+    });
+}
+
+/// Group `name`: per size, a pipeline on `index(n)` built in full, then one object replaced
+/// per iteration by `change(n, generation)` and translated incrementally.
+fn config_changed(
+    c: &mut Criterion,
+    name: &str,
+    options: translate::Options,
+    index: fn(usize) -> Index,
+    change: impl Fn(usize, i64) -> Record,
+) {
     let mut group = c.benchmark_group(name);
     group.warm_up_time(Duration::from_secs(1));
     for n in SIZES {
@@ -376,10 +447,7 @@ fn virtual_service_changed(
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
                 generation += 1;
-                let weight = if generation % 2 == 0 { 20 } else { 10 };
-                let changes = pipeline
-                    .index
-                    .apply(virtual_service(n / 2, generation, weight));
+                let changes = pipeline.index.apply(change(n, generation));
                 assert!(changes.config());
                 // What Reconciler::reconcile does for a config change: the model re-reads the
                 // changed objects, translation rebuilds what they affect, the cache applies it.
@@ -455,6 +523,7 @@ criterion_group!(
     one_virtual_service_changed_scoped,
     one_endpoint_slice_changed_scoped,
     full_translation_with_policies,
-    one_authorization_policy_changed
+    one_authorization_policy_changed,
+    one_tls_entry_renamed
 );
 criterion_main!(benches);

@@ -306,6 +306,15 @@ fn describe(verdict: &Verdict, locations: &Locations) -> String {
             });
         out.push_str(&format!("  {} filter: {what}\n", action.as_str_name()));
     }
+    for (action, matched) in &verdict.dry_run {
+        let what = matched
+            .as_deref()
+            .map_or("no rule matches".to_string(), |n| {
+                format!("{} would match", at(n))
+            });
+        let action = action.as_str_name();
+        out.push_str(&format!("  {action} dry run (not enforced): {what}\n"));
+    }
     let decision = if verdict.allowed { "ALLOW" } else { "DENY" };
     out.push_str(&format!("  decision: {decision}: {}", verdict.because));
     if let Some(rule) = &verdict.rule {

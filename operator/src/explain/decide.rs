@@ -12,7 +12,9 @@ use super::rbac_eval::{Request, policy_matches};
 use crate::model::sidecar_scope::{Covers, IngressPort, IngressVariants};
 use crate::model::traffic_policy::TlsMode;
 use crate::model::{Mesh, Port, Service};
-use crate::translate::authorization::{CustomCheck, workload_custom, workload_rbac};
+use crate::translate::authorization::{
+    CustomCheck, workload_custom, workload_rbac, workload_shadow_rbac,
+};
 use crate::translate::{Accepts, InboundMtls, auto_mtls, policy_in, takes_mutual_tls};
 
 /// Who calls.
@@ -63,6 +65,9 @@ pub struct Verdict {
     pub custom: Option<(Option<String>, Option<String>)>,
     /// Each RBAC filter on the way, with the first of its rules matching (if any).
     pub filters: Vec<(RbacAction, Option<String>)>,
+    /// The dry-run policies' rules (`istio.io/dry-run`) per action, with the first matching:
+    /// what Envoy counts and does not enforce.
+    pub dry_run: Vec<(RbacAction, Option<String>)>,
     pub allowed: bool,
     /// Why, and the rule that decided (an RBAC policy name), if one did.
     pub because: String,
@@ -133,6 +138,7 @@ pub fn explain(
             transport: transport.clone(),
             custom: None,
             filters: Vec::new(),
+            dry_run: Vec::new(),
             allowed: false,
             because: String::new(),
             rule: None,
@@ -213,6 +219,7 @@ fn passed_through(
         },
         custom: None,
         filters: Vec::new(),
+        dry_run: Vec::new(),
         allowed: true,
         because: "no policy applies to a port passed through".into(),
         rule: None,
@@ -307,6 +314,10 @@ fn authorize(
                 .find(|(_, p)| policy_matches(p, request))
                 .map(|(name, _)| name.clone())
         };
+    // Counted whatever the enforced filters decide.
+    for (action, policies) in workload_shadow_rbac(mesh, namespace, labels, for_tcp) {
+        verdict.dry_run.push((action, first_match(&policies)));
+    }
     match workload_custom(mesh, namespace, labels, for_tcp) {
         None => {}
         Some(CustomCheck::Deny { reason, rules }) => {

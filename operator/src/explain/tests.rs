@@ -402,3 +402,34 @@ spec:
     assert!(allowed, "{text}");
     assert!(text.contains("passed through unread"), "{text}");
 }
+
+#[test]
+fn a_dry_run_policy_is_said_to_match_and_decides_nothing() {
+    let dir = folder(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: probe
+  namespace: bookinfo
+  annotations: {istio.io/dry-run: \"true\"}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin*]}}]}]
+",
+    );
+    let (text, allowed) =
+        explain(&args(&dir, &SIDECAR, "reviews:9080", Some("/admin/x"))).expect("explained");
+    assert!(allowed, "{text}");
+    assert!(
+        text.contains("DENY dry run (not enforced): ns[bookinfo]-policy[probe]-rule[0]")
+            && text.contains("would match"),
+        "{text}"
+    );
+    let (text, allowed) =
+        explain(&args(&dir, &SIDECAR, "reviews:9080", Some("/ok"))).expect("explained");
+    assert!(allowed, "{text}");
+    assert!(
+        text.contains("DENY dry run (not enforced): no rule matches"),
+        "{text}"
+    );
+}

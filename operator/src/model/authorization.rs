@@ -18,6 +18,8 @@ use super::by_namespace::ByNamespace;
 pub struct Policy {
     pub key: ObjectKey,
     pub spec: Arc<AuthorizationPolicySpec>,
+    /// Annotated `istio.io/dry-run: "true"`: evaluated and counted, never enforced.
+    pub dry_run: bool,
 }
 
 impl Policy {
@@ -43,21 +45,34 @@ impl Policy {
     }
 }
 
-/// The policies applying to one workload, per action, each list by namespace and name.
+/// The policies applying to one workload, per action, each list by namespace and name. The
+/// DENY and ALLOW lists hold the enforced policies; their dry-run ones are apart, as istiod's
+/// shadow rules (validation allows dry runs of ALLOW and DENY policies only).
 #[derive(Debug, Default, PartialEq)]
 pub struct WorkloadPolicies<'a> {
     pub custom: Vec<&'a Policy>,
     pub deny: Vec<&'a Policy>,
     pub allow: Vec<&'a Policy>,
     pub audit: Vec<&'a Policy>,
+    pub dry_run: DryRun<'a>,
+}
+
+/// The dry-run DENY and ALLOW policies applying to one workload.
+#[derive(Debug, Default, PartialEq)]
+pub struct DryRun<'a> {
+    pub deny: Vec<&'a Policy>,
+    pub allow: Vec<&'a Policy>,
 }
 
 impl WorkloadPolicies<'_> {
     pub fn is_empty(&self) -> bool {
+        let dry_run = &self.dry_run;
         self.custom.is_empty()
             && self.deny.is_empty()
             && self.allow.is_empty()
             && self.audit.is_empty()
+            && dry_run.deny.is_empty()
+            && dry_run.allow.is_empty()
     }
 }
 
@@ -68,10 +83,11 @@ pub struct AuthorizationPolicies {
 }
 
 impl AuthorizationPolicies {
-    pub fn insert(&mut self, key: &ObjectKey, spec: &AuthorizationPolicySpec) {
+    pub fn insert(&mut self, key: &ObjectKey, spec: &AuthorizationPolicySpec, dry_run: bool) {
         let policy = Policy {
             key: key.clone(),
             spec: Arc::new(spec.clone()),
+            dry_run,
         };
         self.by_namespace.insert(key, policy);
     }
@@ -101,7 +117,10 @@ impl AuthorizationPolicies {
             if policy.targets_references() || !policy.selects(labels) {
                 continue;
             }
+            let dry_run = policy.dry_run;
             match policy.action() {
+                Action::Allow if dry_run => out.dry_run.allow.push(policy),
+                Action::Deny if dry_run => out.dry_run.deny.push(policy),
                 Action::Allow => out.allow.push(policy),
                 Action::Deny => out.deny.push(policy),
                 Action::Audit => out.audit.push(policy),
@@ -109,6 +128,25 @@ impl AuthorizationPolicies {
             }
         }
         out
+    }
+}
+
+/// The `istio.io/dry-run` annotation of a policy, read as istiod reads it (Go's
+/// `strconv.ParseBool`); absent or unreadable: not a dry run.
+pub fn dry_run(metadata: &kube::api::ObjectMeta) -> bool {
+    let value = metadata.annotations.as_ref().and_then(|a| a.get(DRY_RUN));
+    value.and_then(|v| parse_bool(v)).unwrap_or(false)
+}
+
+/// The annotation that makes an AuthorizationPolicy a dry run.
+const DRY_RUN: &str = "istio.io/dry-run";
+
+/// Go's `strconv.ParseBool`.
+fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
     }
 }
 
@@ -123,7 +161,7 @@ pub fn parse(yaml: &str) -> AuthorizationPolicies {
         let IstioObject::AuthorizationPolicy(ap) = &document.object else {
             panic!("not an AuthorizationPolicy");
         };
-        out.insert(&document.object.key(), &ap.spec);
+        out.insert(&document.object.key(), &ap.spec, dry_run(&ap.metadata));
     }
     out
 }

@@ -514,7 +514,8 @@ impl Mesh {
                 self.sidecar_scopes.by_key.insert(key.clone(), scope);
             }
             IstioObject::AuthorizationPolicy(ap) => {
-                self.authorization_policies.insert(key, &ap.spec);
+                let dry_run = authorization::dry_run(&ap.metadata);
+                self.authorization_policies.insert(key, &ap.spec, dry_run);
                 let selector = ap.spec.selector.as_ref();
                 affected.policy_scopes.push(PolicyScope::of(key, selector));
             }

@@ -265,6 +265,7 @@ impl Scopes {
 }
 
 /// A scope as one set of proxies reads it: the proxies' namespace decides what `.` means.
+#[derive(Clone, Copy)]
 pub struct ScopeView<'a> {
     scope: &'a SidecarScope,
     /// `None`: proxies of a namespace the view is not about (`.` names nothing of interest).
@@ -309,6 +310,7 @@ impl<'a> ScopeView<'a> {
 /// A scope as every namespace reads it: what the VirtualServices it names send to, for any
 /// namespace and for each namespace where `.` or `exportTo` make a difference (kept in
 /// [`InferredDestinations`]).
+#[derive(Clone, Copy)]
 struct ScopeReadings<'a> {
     scope: &'a SidecarScope,
     inferred: &'a InferredDestinations,
@@ -326,7 +328,10 @@ impl<'a> ScopeReadings<'a> {
     }
 
     /// The scope as the proxies of `namespace` read it.
-    fn view(&self, namespace: &'a str) -> ScopeView<'a> {
+    fn view<'b>(&self, namespace: &'b str) -> ScopeView<'b>
+    where
+        'a: 'b,
+    {
         ScopeView {
             scope: self.scope,
             namespace: Some(namespace),
@@ -351,9 +356,13 @@ pub struct ScopeViews<'a> {
     /// The view of each scope in force; the default's as read by a namespace it says nothing
     /// particular about.
     views: Vec<(Selector, ScopeView<'a>)>,
-    /// The default as read by each namespace it covers where `.` or a VirtualService may
-    /// make a difference (those with services or VirtualServices).
-    default_by_namespace: BTreeMap<&'a str, ScopeView<'a>>,
+    /// The default scope, which each namespace without a scope of its own reads as that
+    /// namespace does (`.`, VirtualServices exported to it): read per namespace on demand
+    /// (reading it for every namespace of the mesh up front took a pass over every service
+    /// per change).
+    default: Option<ScopeReadings<'a>>,
+    /// The namespaces with a scope of their own.
+    own_scope: BTreeSet<&'a str>,
     /// Which namespaces' VirtualServices route to each host.
     inferred: &'a InferredDestinations,
 }
@@ -383,24 +392,21 @@ impl<'a> ScopeViews<'a> {
             };
             views.push((covers.selector(), view));
         }
-        let mut default_by_namespace = BTreeMap::new();
-        if let Some(default) = default {
-            // The namespaces whose view of a host `.` or a VirtualService sending there may
-            // decide: those with services, those VirtualServices route from, and those the
-            // default reads apart.
-            let mut namespaces: BTreeSet<&str> =
-                mesh.services.values().map(|s| s.namespace()).collect();
-            namespaces.extend(inferred.routing_namespaces());
-            namespaces.extend(inferred.namespaces_of(&default.scope.origin));
-            for ns in namespaces.difference(&own_scope) {
-                default_by_namespace.insert(*ns, default.view(ns));
-            }
-        }
         Self {
             views,
-            default_by_namespace,
+            default,
+            own_scope,
             inferred,
         }
+    }
+
+    /// The default scope as the proxies of `namespace` read it; `None` where the namespace
+    /// has a scope of its own, or there is no default.
+    fn default_for<'b>(&'b self, namespace: &'b str) -> Option<ScopeView<'b>> {
+        if self.own_scope.contains(namespace) {
+            return None;
+        }
+        Some(self.default?.view(namespace))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -410,7 +416,7 @@ impl<'a> ScopeViews<'a> {
     /// The view of the sidecars `selector` picks by namespace and labels: that of the most
     /// specific scope picking them, as the snapshot picks a proxy's variant; else the
     /// default's, as their namespace reads it.
-    pub fn for_proxies(&self, selector: &Selector) -> Option<&ScopeView<'a>> {
+    pub fn for_proxies<'b>(&'b self, selector: &'b Selector) -> Option<ScopeView<'b>> {
         let sidecar = ProxyInfo {
             role: Role::Sidecar,
             namespace: selector.namespace.clone(),
@@ -424,19 +430,17 @@ impl<'a> ScopeViews<'a> {
             .filter(|(s, _)| *s != default && s.matches(&sidecar))
             .max_by_key(|(s, _)| s.specificity());
         if let Some((_, view)) = scoped {
-            return Some(view);
+            return Some(*view);
         }
         let by_namespace = selector
             .namespace
             .as_deref()
-            .and_then(|ns| self.default_by_namespace.get(ns));
-        // A namespace with neither services nor VirtualServices reads the default as any
-        // other namespace does.
+            .and_then(|ns| self.default_for(ns));
         by_namespace.or_else(|| {
             self.views
                 .iter()
                 .find(|(s, _)| *s == default)
-                .map(|(_, view)| view)
+                .map(|(_, view)| *view)
         })
     }
 
@@ -482,7 +486,7 @@ impl<'a> ScopeViews<'a> {
         namespace: &str,
         host: &str,
         export_to: &ExportTo,
-        sees: impl Fn(&ScopeView<'a>) -> bool,
+        sees: impl Fn(&ScopeView<'_>) -> bool,
     ) -> Option<Visibility> {
         let mut rules: Vec<(Selector, bool)> = self
             .views
@@ -494,9 +498,9 @@ impl<'a> ScopeViews<'a> {
         // namespace with its own scope has none of these).
         let namespaces = std::iter::once(namespace).chain(self.inferred.routed_from(host));
         for ns in namespaces {
-            if let Some(view) = self.default_by_namespace.get(ns) {
+            if let Some(view) = self.default_for(ns) {
                 let selector = Covers::Namespace(ns.to_string()).selector();
-                rules.push((selector, sees(view)));
+                rules.push((selector, sees(&view)));
             }
         }
         let visibility = Visibility::new(exported_only(rules, export_to));

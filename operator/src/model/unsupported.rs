@@ -303,13 +303,6 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
         }
         IstioObject::AuthorizationPolicy(ap) => {
             let spec = &ap.spec;
-            let annotations = ap.metadata.annotations.as_ref();
-            if annotations.is_some_and(|a| a.contains_key("istio.io/dry-run")) {
-                not_applied(
-                    "metadata.annotations[istio.io/dry-run]".into(),
-                    "dry-run (the policy is enforced)",
-                );
-            }
             let by_reference = spec.target_ref.is_some() || !spec.target_refs.is_empty();
             extra.extend(target_references(
                 &key,

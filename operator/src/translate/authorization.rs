@@ -62,17 +62,89 @@ impl InboundAuthz {
                 .collect(),
             tcp: Vec::new(),
         };
-        let custom = custom::filters(mesh, &mesh.authorization_for(namespace, labels).custom);
+        let policies = mesh.authorization_for(namespace, labels);
+        let custom = custom::filters(mesh, &policies.custom);
         out.http.extend(custom.http);
         out.tcp.extend(custom.tcp);
-        for (action, http) in workload_rbac(mesh, namespace, labels, false) {
-            out.http.push(http_filter(&rbac_bytes(action, &http)));
+        for filter in action_filters(&policies, false) {
+            out.http.push(http_filter(&filter));
         }
-        for (action, tcp) in workload_rbac(mesh, namespace, labels, true) {
-            out.tcp.push(network_filter(&rbac_bytes(action, &tcp)));
+        for filter in action_filters(&policies, true) {
+            out.tcp.push(network_filter(&filter));
         }
         out
     }
+}
+
+/// What one action's RBAC filter holds: the enforced policies' rules and the dry-run ones'
+/// (shadow rules: evaluated and counted under `istio_dry_run_<action>_`, never enforced), each
+/// present only when a policy of its kind applies, as istiod builds them.
+#[derive(Debug)]
+struct ActionFilter {
+    action: RbacAction,
+    rules: Option<Vec<u8>>,
+    shadow: Option<Vec<u8>>,
+}
+
+/// The RBAC filters of a workload's HTTP (or TCP) chains, in the order they run: AUDIT (LOG),
+/// DENY, ALLOW.
+fn action_filters(policies: &WorkloadPolicies, for_tcp: bool) -> Vec<ActionFilter> {
+    let mut filters: Vec<ActionFilter> = [RbacAction::Log, RbacAction::Deny, RbacAction::Allow]
+        .into_iter()
+        .map(|action| ActionFilter {
+            action,
+            rules: None,
+            shadow: None,
+        })
+        .collect();
+    let enforced = enforced_rbac(policies, for_tcp);
+    let shadow = shadow_rbac(policies, for_tcp);
+    for filter in &mut filters {
+        let of_action = |rules: &[(RbacAction, BTreeMap<String, Policy>)]| {
+            let policies = rules.iter().find(|(a, _)| *a == filter.action)?;
+            Some(rbac_bytes(filter.action, &policies.1))
+        };
+        filter.rules = of_action(&enforced);
+        filter.shadow = of_action(&shadow);
+    }
+    filters.retain(|f| f.rules.is_some() || f.shadow.is_some());
+    filters
+}
+
+/// The rules of the dry-run policies of a workload's HTTP (or TCP) chains, per action, as
+/// [`workload_rbac`] gives the enforced ones.
+pub fn workload_shadow_rbac(
+    mesh: &Mesh,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    for_tcp: bool,
+) -> Vec<(RbacAction, BTreeMap<String, Policy>)> {
+    shadow_rbac(&mesh.authorization_for(namespace, labels), for_tcp)
+}
+
+/// The rules of `policies`' dry-run policies, per action.
+fn shadow_rbac(
+    policies: &WorkloadPolicies,
+    for_tcp: bool,
+) -> Vec<(RbacAction, BTreeMap<String, Policy>)> {
+    let dry_run = &policies.dry_run;
+    rbac_by_action(
+        [
+            (RbacAction::Deny, &dry_run.deny),
+            (RbacAction::Allow, &dry_run.allow),
+        ],
+        for_tcp,
+    )
+}
+
+/// The shadow rules' stat prefix of `filter` (istiod's; none without shadow rules).
+fn shadow_stat_prefix(filter: &ActionFilter) -> String {
+    let prefix = match (&filter.shadow, filter.action) {
+        (Some(_), RbacAction::Allow) => "istio_dry_run_allow_",
+        (Some(_), RbacAction::Deny) => "istio_dry_run_deny_",
+        _ => "",
+    };
+    prefix.to_string()
 }
 
 /// The check a workload's CUSTOM policies make on its HTTP (or TCP) chains, before its RBAC
@@ -98,15 +170,31 @@ pub fn workload_rbac(
     labels: &BTreeMap<String, String>,
     for_tcp: bool,
 ) -> Vec<(RbacAction, BTreeMap<String, Policy>)> {
-    let WorkloadPolicies {
-        deny, allow, audit, ..
-    } = mesh.authorization_for(namespace, labels);
+    enforced_rbac(&mesh.authorization_for(namespace, labels), for_tcp)
+}
+
+/// The rules of `policies`' enforced AUDIT, DENY and ALLOW policies, per action.
+fn enforced_rbac(
+    policies: &WorkloadPolicies,
+    for_tcp: bool,
+) -> Vec<(RbacAction, BTreeMap<String, Policy>)> {
+    rbac_by_action(
+        [
+            (RbacAction::Log, &policies.audit),
+            (RbacAction::Deny, &policies.deny),
+            (RbacAction::Allow, &policies.allow),
+        ],
+        for_tcp,
+    )
+}
+
+/// Each action's rules from its policies, for the actions some policy has.
+fn rbac_by_action<const N: usize>(
+    lists: [(RbacAction, &Vec<&AuthzPolicy>); N],
+    for_tcp: bool,
+) -> Vec<(RbacAction, BTreeMap<String, Policy>)> {
     let mut out = Vec::new();
-    for (action, list) in [
-        (RbacAction::Log, audit),
-        (RbacAction::Deny, deny),
-        (RbacAction::Allow, allow),
-    ] {
+    for (action, list) in lists {
         if list.is_empty() {
             continue;
         }
@@ -115,7 +203,7 @@ pub fn workload_rbac(
         } else {
             IfUnusable::DropField
         };
-        out.push((action, named_policies(&list, for_tcp, if_unusable)));
+        out.push((action, named_policies(list, for_tcp, if_unusable)));
     }
     out
 }
@@ -159,14 +247,24 @@ fn rbac_bytes(action: RbacAction, policies: &BTreeMap<String, Policy>) -> Vec<u8
     bytes
 }
 
-/// `message` (encoded, without its `rules`) with `rules` set to the encoded RBAC `rules`.
-fn with_rules(mut message: Vec<u8>, rules: &[u8]) -> Vec<u8> {
-    sorted_map::append_message(1, rules, &mut message);
+/// `message` (encoded, without its `rules` and `shadow_rules`) with them set to `filter`'s
+/// encoded RBAC rules (both are fields 1 and 2 of the HTTP and the network RBAC filter).
+fn with_rules(mut message: Vec<u8>, filter: &ActionFilter) -> Vec<u8> {
+    if let Some(rules) = &filter.rules {
+        sorted_map::append_message(1, rules, &mut message);
+    }
+    if let Some(shadow) = &filter.shadow {
+        sorted_map::append_message(2, shadow, &mut message);
+    }
     message
 }
 
-fn http_filter(rules: &[u8]) -> HttpFilter {
-    let config = with_rules(HttpRbac::default().encode_to_vec(), rules);
+fn http_filter(filter: &ActionFilter) -> HttpFilter {
+    let base = HttpRbac {
+        shadow_rules_stat_prefix: shadow_stat_prefix(filter),
+        ..Default::default()
+    };
+    let config = with_rules(base.encode_to_vec(), filter);
     HttpFilter {
         name: HTTP_RBAC.into(),
         config_type: Some(HttpFilterConfig::TypedConfig(Any {
@@ -177,19 +275,32 @@ fn http_filter(rules: &[u8]) -> HttpFilter {
     }
 }
 
-fn network_filter(rules: &[u8]) -> Filter {
+fn network_filter(filter: &ActionFilter) -> Filter {
     let base = NetworkRbac {
         stat_prefix: "tcp.".into(),
+        shadow_rules_stat_prefix: shadow_stat_prefix(filter),
         ..Default::default()
     };
     Filter {
         name: NETWORK_RBAC.into(),
         config_type: Some(FilterConfig::TypedConfig(Any {
             type_url: NetworkRbac::type_url(),
-            value: with_rules(base.encode_to_vec(), rules),
+            value: with_rules(base.encode_to_vec(), filter),
         })),
+    }
+}
+
+/// The `action` RBAC filter enforcing `rules` (encoded `envoy.config.rbac.v3.RBAC`) alone.
+fn enforcing(action: RbacAction, rules: Vec<u8>) -> ActionFilter {
+    ActionFilter {
+        action,
+        rules: Some(rules),
+        shadow: None,
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod dry_run_tests;

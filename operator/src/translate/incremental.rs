@@ -119,6 +119,9 @@ pub struct Translator {
     domain_claims: domain_claims::DomainClaims,
     /// The route variants last built: configuration name and selector.
     route_variants: BTreeSet<route_variants::RouteVariant>,
+    /// Capture mode: per service host, the route configurations of its ports without a
+    /// declared protocol on its own addresses (rebuilt with its virtual hosts).
+    sniffed_routes: HashMap<String, Vec<(Selector, Resource)>>,
     /// How many virtual hosts' VirtualServices have each `sourceLabels` selector: the label
     /// classes of the route variants are their unions.
     source_selectors: BTreeMap<Labels, usize>,
@@ -126,10 +129,10 @@ pub struct Translator {
     visibility: scoping::HostVisibility,
     /// Listeners whose visibility differs from their host's (egress listener ports).
     listener_visibility: scoping::ListenerVisibility,
-    /// Scoped route variants' pieces, per variant and group, and the groups whose pieces
-    /// must be filtered again (their virtual hosts or who sees them changed).
-    scoped_segments: HashMap<(Selector, Group), Parts>,
-    dirty_groups: BTreeSet<Group>,
+    /// Scoped route variants' pieces, per variant and group, and per group the hosts whose
+    /// virtual hosts must be filtered again (they, or who sees them, changed).
+    scoped_segments: HashMap<(Selector, Group), scoping::ScopedPiece>,
+    dirty_groups: BTreeMap<Group, BTreeSet<String>>,
     /// With a `Sidecar` in the mesh, each VirtualService's destinations: a change to one
     /// changes who sees those hosts only.
     vs_destinations: HashMap<ObjectKey, BTreeSet<String>>,
@@ -164,11 +167,12 @@ impl Translator {
             carried_by: HashMap::new(),
             domain_claims: Default::default(),
             route_variants: BTreeSet::new(),
+            sniffed_routes: HashMap::new(),
             source_selectors: BTreeMap::new(),
             visibility: Default::default(),
             listener_visibility: Default::default(),
             scoped_segments: HashMap::new(),
-            dirty_groups: BTreeSet::new(),
+            dirty_groups: BTreeMap::new(),
             vs_destinations: HashMap::new(),
             route_problems: BTreeMap::new(),
             unbound: BTreeMap::new(),
@@ -235,6 +239,9 @@ impl Translator {
         let (variants, _) = self.assemble_routes(mesh, &views);
         for (selector, resource) in variants {
             out.add_for(selector, resource);
+        }
+        for (selector, resource) in self.sniffed_routes.values().flatten() {
+            out.add_for(selector.clone(), resource.clone());
         }
         out
     }
@@ -330,16 +337,36 @@ impl Translator {
         }
         let mut groups = BTreeSet::new();
         let layout = self.options.route_layout();
-        for (host, built) in per_host(&hosts, |host| build_virtual_hosts(mesh, host, layout)) {
+        for (host, mut built) in per_host(&hosts, |host| build_virtual_hosts(mesh, host, layout)) {
+            let sniffed = built.as_mut().map(|b| std::mem::take(&mut b.sniffed));
+            self.replace_sniffed_routes(host, sniffed.unwrap_or_default(), update);
             let namespace = namespace_of(host, &mesh.domain_suffix);
-            groups.extend(self.install_virtual_hosts(host, &namespace, built));
+            for group in self.install_virtual_hosts(host, &namespace, built) {
+                let dirty = self.dirty_groups.entry(group.clone()).or_default();
+                dirty.insert(host.to_string());
+                groups.insert(group);
+            }
         }
         for group in groups {
-            self.rejoin(group.clone());
-            self.dirty_groups.insert(group);
+            self.rejoin(group);
         }
         self.refresh_unbound(mesh, affected);
         !hosts.is_empty()
+    }
+
+    /// Keeps `new` as `host`'s sniffed route configurations, putting them and removing what
+    /// of the old ones they no longer have.
+    fn replace_sniffed_routes(
+        &mut self,
+        host: &str,
+        new: Vec<(Selector, Resource)>,
+        update: &mut Update,
+    ) {
+        let old = self.sniffed_routes.remove(host).unwrap_or_default();
+        hosts::replace_variants(type_url::ROUTE, &old, &new, update);
+        if !new.is_empty() {
+            self.sniffed_routes.insert(host.to_string(), new);
+        }
     }
 
     /// The load assignments of `host` again (its endpoints changed): kept, and what to put
@@ -500,3 +527,6 @@ mod per_port_route_tests;
 
 #[cfg(test)]
 mod bound_listener_tests;
+
+#[cfg(test)]
+mod sniffed_route_tests;

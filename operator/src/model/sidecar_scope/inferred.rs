@@ -83,27 +83,11 @@ impl InferredDestinations {
         self.by_namespace.get(scope)?.get(namespace)
     }
 
-    /// The namespaces whose proxies read `scope`'s VirtualServices apart (`.`, exported by
-    /// name).
-    pub(super) fn namespaces_of(&self, scope: &ObjectKey) -> impl Iterator<Item = &str> {
-        self.by_namespace
-            .get(scope)
-            .into_iter()
-            .flat_map(|m| m.keys().map(String::as_str))
-    }
-
     /// The namespaces whose VirtualServices route to `host` (or are exported there by name).
     pub(super) fn routed_from(&self, host: &str) -> BTreeSet<&str> {
         (self.routed_from.get(host).into_iter())
             .flat_map(|m| m.keys().map(String::as_str))
             .collect()
-    }
-
-    /// Every namespace some VirtualService routes from.
-    pub(super) fn routing_namespaces(&self) -> impl Iterator<Item = &str> {
-        self.routed_from
-            .values()
-            .flat_map(|m| m.keys().map(String::as_str))
     }
 
     fn add(&mut self, key: &ObjectKey, vs: &VirtualService, scopes: &[&SidecarScope]) {

@@ -167,11 +167,12 @@ pub fn filters(mesh: &Mesh, policies: &[&AuthzPolicy]) -> CustomFilters {
         match check(mesh, policies, for_tcp) {
             None => {}
             Some(CustomCheck::Deny { rules, .. }) => {
-                let rules = rbac_bytes(RbacAction::Deny, &rules);
+                let filter =
+                    super::enforcing(RbacAction::Deny, rbac_bytes(RbacAction::Deny, &rules));
                 if for_tcp {
-                    out.tcp.push(super::network_filter(&rules));
+                    out.tcp.push(super::network_filter(&filter));
                 } else {
-                    out.http.push(super::http_filter(&rules));
+                    out.http.push(super::http_filter(&filter));
                 }
             }
             Some(CustomCheck::Ask { provider, rules }) => {

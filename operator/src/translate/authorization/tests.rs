@@ -162,7 +162,7 @@ fn rbac_policies_encode_in_name_order_whatever_the_map_order() {
         rbac_bytes(RbacAction::Deny, &again.policies.into_iter().collect()),
         bytes
     );
-    let filter = http_filter(&bytes);
+    let filter = http_filter(&enforcing(RbacAction::Deny, bytes));
     let Some(HttpFilterConfig::TypedConfig(any)) = filter.config_type else {
         panic!("typed config");
     };

@@ -56,9 +56,10 @@ pub fn chains(
     let mut originating = Vec::new();
     let mut covered_any = false;
     for service in mesh.services.values() {
-        // An SNI names one host: a wildcard ServiceEntry host has none to send.
+        // An SNI names one host: a wildcard ServiceEntry host has none to send. A service
+        // outside the mesh (`MESH_EXTERNAL`) is not one east-west traffic reaches, as istiod.
         let covered = patterns.iter().any(|p| hostname::matches(p, &service.host));
-        if service.host.contains('*') || !covered {
+        if service.host.contains('*') || !covered || service.mesh_external {
             continue;
         }
         covered_any = true;

@@ -199,6 +199,14 @@ spec:
   ports: [{{number: 443, name: tls, protocol: TLS}}]
   resolution: DNS
 ---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: partner, namespace: bookinfo}}
+spec:
+  hosts: [partner.bookinfo.svc.cluster.local]
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: DNS
+---
 {}"#,
         gateway(
             r#"  - port: {number: 15443, name: tls, protocol: TLS}
@@ -227,7 +235,8 @@ spec:
             )
         })
         .collect();
-    // api.example.com is not under *.local: no chain, so its name is refused.
+    // api.example.com is not under *.local, and partner, under it, is outside the mesh
+    // (`location` defaults to MESH_EXTERNAL): no chain, so their names are refused.
     assert_eq!(forwarded(listener), expected);
     assert!(
         config.destinations.contains(host),
@@ -245,6 +254,7 @@ kind: ServiceEntry
 metadata: {{name: ratings, namespace: bookinfo}}
 spec:
   hosts: [ratings.bookinfo.svc.cluster.local]
+  location: MESH_INTERNAL
   ports: [{{number: 9080, name: http, protocol: HTTP}}]
   resolution: STATIC
   endpoints: [{{address: 127.0.0.4}}]

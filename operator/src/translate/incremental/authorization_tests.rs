@@ -131,10 +131,30 @@ fn authorization_policy_updates_match_a_full_build() {
                 "deny-all",
                 "  rules: [{from: [{source: {principals: [cluster.local/ns/bookinfo/sa/x]}}]}]\n",
             )),
+            // Put in dry run and back: only the annotation changes.
+            istio(&dry_run(&policy(
+                "istio-system",
+                "deny-delete",
+                DENY_DELETE,
+            ))),
+            istio(&policy("istio-system", "deny-delete", DENY_DELETE)),
+            istio(&dry_run(&policy(
+                "istio-system",
+                "deny-delete",
+                DENY_DELETE,
+            ))),
             delete(Kind::AuthorizationPolicy, "istio-system", "deny-delete"),
             delete(Kind::AuthorizationPolicy, "bookinfo", "deny-all"),
         ],
     );
+}
+
+/// `policy` (YAML) annotated as a dry run.
+fn dry_run(policy: &str) -> String {
+    policy.replace(
+        "namespace: istio-system}",
+        "namespace: istio-system, annotations: {istio.io/dry-run: \"true\"}}",
+    )
 }
 
 /// A CUSTOM policy whose authorizer's service comes later (denying until then, reported),

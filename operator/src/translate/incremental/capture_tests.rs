@@ -268,3 +268,195 @@ fn a_cidr_address_takes_the_connections_to_its_range() {
     assert_eq!(http.len(), 2, "{http:?}");
     assert_eq!(http[1], range_chain("10.9.0.0/16", "metrics"));
 }
+
+/// A port's shared listeners are scoped chain by chain: a sidecar that does not see a TLS
+/// service (a `Sidecar`'s egress hosts, its `exportTo`, an egress listener's port) or a CIDR
+/// address's service gets the listener without its chain, so the connection goes where its
+/// outbound traffic policy says. Built incrementally as a full build.
+#[test]
+fn shared_chains_are_scoped_with_their_service() {
+    use crate::model::sidecar_scope::fixtures::{sidecar, sidecar_with};
+    let partner = || https_entry("partner").replace("namespace: bookinfo", "namespace: web");
+    let hidden =
+        || https_entry("secure").replace("  resolution", "  exportTo: [\".\"]\n  resolution");
+    let web_only = || sidecar("default", "web", None, "[\"web/*\"]");
+    check_with(
+        capture(),
+        vec![
+            istio(&https_entry("secure")),
+            istio(&partner()),
+            istio(&tcp_entry("vault", 443, "10.10.0.0/16", &["10.10.0.1"])),
+            service("reviews", &[("http", 9080)]),
+            istio(&tcp_entry("metrics", 9080, "10.9.0.0/16", &["10.9.0.1"])),
+            istio(&web_only()),
+            istio(&hidden()),
+            istio(&https_entry("secure")),
+            // One workload of bookinfo scoped apart.
+            istio(&sidecar(
+                "cart",
+                "bookinfo",
+                Some("app: cart"),
+                "[\"web/*\"]",
+            )),
+            // Hosts on one port only.
+            istio(&sidecar_with(
+                "default",
+                "web",
+                None,
+                "  egress: [{port: {number: 443, protocol: HTTPS, name: https}, hosts: [\"*/*\"]}]\n",
+            )),
+            istio(&web_only()),
+            delete(Kind::Sidecar, "web", "default"),
+            delete(Kind::ServiceEntry, "bookinfo", "vault"),
+            delete(Kind::Sidecar, "bookinfo", "cart"),
+            istio(&hidden()),
+        ],
+    );
+}
+
+/// The names of the filter chains of listener `name` as `proxy` is served it from `yamls`.
+fn chain_names(yamls: &[String], proxy: &capstan_xds::ProxyInfo, name: &str) -> Vec<String> {
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    let listeners =
+        super::tests::served_to::<Listener>(capture(), yamls, type_url::LISTENER, proxy);
+    let listener = listeners.iter().find(|l| l.name == name);
+    let listener = listener.unwrap_or_else(|| panic!("{name} is served"));
+    listener
+        .filter_chains
+        .iter()
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+#[test]
+fn a_sidecar_gets_the_chains_of_the_services_it_sees() {
+    use crate::model::sidecar_scope::fixtures::{sidecar, sidecar_proxy};
+
+    let yamls = [
+        https_entry("secure"),
+        https_entry("partner").replace("namespace: bookinfo", "namespace: web"),
+        tcp_entry("vault", 443, "10.10.0.0/16", &["10.10.0.1"]),
+        tcp_entry("reviews", 9080, "240.0.0.3", &["10.0.0.3"])
+            .replace("name: tcp, protocol: TCP", "name: http, protocol: HTTP"),
+        tcp_entry("metrics", 9080, "10.9.0.0/16", &["10.9.0.1"]),
+        sidecar("default", "web", None, "[\"web/*\"]"),
+        sidecar("cart", "bookinfo", Some("app: cart"), "[\"web/*\"]"),
+    ];
+    let chains = |proxy, name: &str| chain_names(&yamls, &proxy, name);
+    let secure = "outbound|443||secure.example.com";
+    let partner = "outbound|443||partner.example.com";
+    let vault = "10.10.0.0/16|vault.bookinfo.svc.cluster.local";
+    let metrics = "10.9.0.0/16|metrics.bookinfo.svc.cluster.local";
+    let everything = vec![partner, secure, vault, "PassthroughCluster"];
+    assert_eq!(
+        chains(sidecar_proxy("bookinfo", &[]), "0.0.0.0_443"),
+        everything
+    );
+    assert_eq!(
+        chains(sidecar_proxy("other", &[]), "0.0.0.0_443"),
+        everything
+    );
+    // Web's own service only; the rest passes through, as ALLOW_ANY says.
+    assert_eq!(
+        chains(sidecar_proxy("web", &[]), "0.0.0.0_443"),
+        [partner, "PassthroughCluster"]
+    );
+    assert_eq!(
+        chains(sidecar_proxy("bookinfo", &[("app", "cart")]), "0.0.0.0_443"),
+        [partner, "PassthroughCluster"]
+    );
+    // The HTTP port's CIDR chain too (the HTTP chain first, and no fallthrough chain).
+    let http = chains(sidecar_proxy("bookinfo", &[]), "0.0.0.0_9080");
+    assert_eq!(http.len(), 2, "{http:?}");
+    assert_eq!(http[1], metrics);
+    assert_eq!(chains(sidecar_proxy("web", &[]), "0.0.0.0_9080").len(), 1);
+
+    // A service exported to its own namespace only: no other namespace gets its chain.
+    let yamls = [
+        https_entry("secure").replace("  resolution", "  exportTo: [\".\"]\n  resolution"),
+        https_entry("partner").replace("namespace: bookinfo", "namespace: web"),
+    ];
+    let chains = |proxy| chain_names(&yamls, &proxy, "0.0.0.0_443");
+    assert_eq!(
+        chains(sidecar_proxy("bookinfo", &[])),
+        [partner, secure, "PassthroughCluster"]
+    );
+    assert_eq!(
+        chains(sidecar_proxy("other", &[])),
+        [partner, "PassthroughCluster"]
+    );
+}
+
+/// A TLS route for one namespace's sidecars (`sourceNamespace`) and a scope hiding a service
+/// from them: their listener both routes as their namespace reads it and lacks the hidden
+/// chain; a VirtualService's destination is seen where its host is (as istiod infers it).
+#[test]
+fn a_namespace_route_and_a_scope_combine_in_the_shared_listener() {
+    use crate::model::sidecar_scope::fixtures::{sidecar, sidecar_proxy};
+    let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: partner, namespace: web}
+spec:
+  hosts: [partner.example.com]
+  tls:
+  - match: [{sniHosts: [partner.example.com], sourceNamespace: web}]
+    route: [{destination: {host: secure.example.com}}]
+";
+    let yamls = [
+        https_entry("secure"),
+        https_entry("partner").replace("namespace: bookinfo", "namespace: web"),
+        https_entry("vault"),
+        vs.to_string(),
+        sidecar("default", "web", None, "[\"web/*\"]"),
+    ];
+    let listener = |proxy| {
+        use envoy_types::pb::envoy::config::listener::v3::Listener;
+        let listeners =
+            super::tests::served_to::<Listener>(capture(), &yamls, type_url::LISTENER, &proxy);
+        listeners
+            .into_iter()
+            .find(|l| l.name == "0.0.0.0_443")
+            .expect("served")
+    };
+    // The chain's filters as text (the tcp_proxy's cluster name is in its encoded config).
+    let routed = |l: &envoy_types::pb::envoy::config::listener::v3::Listener, chain: &str| {
+        use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+        let chain = l
+            .filter_chains
+            .iter()
+            .find(|c| c.name == chain)
+            .expect("chain");
+        let configs = chain.filters.iter().filter_map(|f| match &f.config_type {
+            Some(ConfigType::TypedConfig(any)) => Some(String::from_utf8_lossy(&any.value)),
+            _ => None,
+        });
+        configs.collect::<Vec<_>>().join(" ")
+    };
+    let web = listener(sidecar_proxy("web", &[]));
+    let names: Vec<&str> = web.filter_chains.iter().map(|c| c.name.as_str()).collect();
+    // vault is hidden; secure is seen through the VirtualService web's scope names.
+    assert_eq!(
+        names,
+        [
+            "outbound|443||partner.example.com",
+            "outbound|443||secure.example.com",
+            "PassthroughCluster"
+        ]
+    );
+    assert!(
+        routed(&web, "outbound|443||partner.example.com")
+            .contains("outbound|443||secure.example.com"),
+        "web's partner chain goes to secure"
+    );
+    let bookinfo = listener(sidecar_proxy("bookinfo", &[]));
+    assert_eq!(
+        bookinfo.filter_chains.len(),
+        4,
+        "{:?}",
+        bookinfo.filter_chains
+    );
+    assert!(
+        !routed(&bookinfo, "outbound|443||partner.example.com").contains("secure"),
+        "bookinfo's partner chain goes to partner"
+    );
+}

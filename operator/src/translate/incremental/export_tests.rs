@@ -132,10 +132,14 @@ spec:
     tls: {mode: AUTO_PASSTHROUGH}
     hosts: [\"*.local\"]
 ";
+    let internal = |name, namespace| {
+        let yaml = entry(name, namespace, "[\"*\"]");
+        yaml.replace("  resolution:", "  location: MESH_INTERNAL\n  resolution:")
+    };
     check(vec![
         istio(gateway),
-        istio(&entry("billing", "finance", "[\"*\"]")),
-        istio(&entry("ledger", "audit", "[\"*\"]")),
+        istio(&internal("billing", "finance")),
+        istio(&internal("ledger", "audit")),
         delete(Kind::ServiceEntry, "finance", "billing"),
     ]);
 }

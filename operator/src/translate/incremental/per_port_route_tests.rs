@@ -153,3 +153,51 @@ fn per_port_routes_built_incrementally_match_a_full_build() {
         ],
     );
 }
+
+/// As istiod, a headless Kubernetes Service answers to every name under its own (a
+/// StatefulSet pod's `db-0.db.shop.svc.cluster.local`): its cluster sends to where the
+/// client connected. Other services do not.
+#[test]
+fn a_headless_service_answers_to_the_names_of_its_pods() {
+    use crate::index::{Event, KubeService, KubeServicePort, NsName, Record};
+    use prost::Message;
+    let kube_service = |name: &str, headless: bool| {
+        Event::Apply(Record::Service(KubeService {
+            id: NsName::new("shop", name),
+            ports: vec![KubeServicePort {
+                name: "http".into(),
+                port: 8080,
+                protocol: Some(capstan_crds::Protocol::Http),
+                target_port: 0,
+            }],
+            headless,
+            cluster_ips: if headless {
+                Vec::new()
+            } else {
+                vec!["10.96.0.9".into()]
+            },
+            export_to: Vec::new(),
+            external_name: None,
+        }))
+    };
+    let mut pipeline = crate::reconcile::Pipeline::new(capture(), "cluster.local");
+    pipeline.index.handle(kube_service("db", true));
+    pipeline.index.handle(kube_service("web", false));
+    let cache = capstan_xds::SnapshotCache::new();
+    cache.replace(pipeline.full());
+    let index = capstan_xds::type_index(type_url::ROUTE).expect("a served type");
+    let state = cache.current();
+    let config = state
+        .snapshot
+        .view(index, &proxy("shop", &[]))
+        .map(|r| RouteConfiguration::decode(r.body().clone()).expect("decodes"))
+        .find(|c| c.name == "8080")
+        .expect("route configuration 8080");
+    let db = domains(&config, "db.shop.svc.cluster.local:8080");
+    for domain in ["*.db.shop.svc.cluster.local", "*.db.shop", "*.db", "db"] {
+        assert!(has(db, domain), "{domain} in {db:?}");
+    }
+    let web = domains(&config, "web.shop.svc.cluster.local:8080");
+    assert!(!web.iter().any(|d| d.starts_with('*')), "{web:?}");
+    assert!(has(web, "10.96.0.9"), "{web:?}");
+}

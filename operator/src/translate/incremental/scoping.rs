@@ -51,8 +51,7 @@ impl Translator {
                 .get(host)
                 .is_some_and(|s| s.export_to != ExportTo::All)
         };
-        let quiet = self.visibility.is_empty() && self.listener_visibility.is_empty();
-        if views.is_empty() && quiet && !hosts.iter().any(restricted) {
+        if views.is_empty() && self.quiet() && !hosts.iter().any(restricted) {
             return;
         }
         for host in hosts {
@@ -72,8 +71,7 @@ impl Translator {
                 .collect()
         };
         let restricted = mesh.services.values().any(|s| s.export_to != ExportTo::All);
-        let quiet = self.visibility.is_empty() && self.listener_visibility.is_empty();
-        if views.is_empty() && quiet && !restricted {
+        if views.is_empty() && self.quiet() && !restricted {
             return;
         }
         let hosts: Vec<String> = self.by_host.keys().cloned().collect();
@@ -123,12 +121,24 @@ impl Translator {
         }
     }
 
+    /// Whether every sidecar sees every host (nothing hidden to set visible again).
+    fn quiet(&self) -> bool {
+        self.visibility.is_empty()
+            && self.listener_visibility.is_empty()
+            && !self
+                .capture
+                .as_ref()
+                .is_some_and(|c| c.hides_shared_chains())
+    }
+
     /// Sets again the visibility of the capture-mode listeners of one service just put (a
-    /// port's listeners are rebuilt together, whichever service changed).
+    /// port's listeners are rebuilt together, whichever service changed), and puts the
+    /// shared listeners whose chains' visibility changed.
     pub(super) fn rescope_listeners(&mut self, update: &mut Update) {
         let Some(capture) = &mut self.capture else {
             return;
         };
+        capture.put_scoped_chains(update);
         // Set even to everyone: a listener keeps its visibility when it is put again, and
         // one name may have belonged to another service.
         for (name, host) in capture.take_put() {
@@ -163,6 +173,20 @@ impl Translator {
         let redo = !unchanged || force;
         // Egress listeners with a port scope a host's listeners port by port.
         let by_port = views.have_ports();
+        let seen_on = |port: Option<u32>| match (service, port) {
+            (Some(s), Some(port)) if by_port => {
+                views.visibility_on(s.namespace(), host, &s.export_to, port)
+            }
+            _ => visibility.clone(),
+        };
+        // Its chains in the listeners it shares (TLS by SNI, CIDR addresses): a sidecar that
+        // does not see it gets the listener without them. Set even when nothing else about
+        // it changed: they may have been seen port by port before.
+        if let Some(capture) = &mut self.capture {
+            for port in capture.shared_chain_ports(host) {
+                capture.scope_shared_chain(host, port, seen_on(Some(port)));
+            }
+        }
         if !redo && !by_port && !self.listener_visibility.contains_key(host) {
             return;
         }
@@ -174,12 +198,7 @@ impl Translator {
         // istiod.
         let mut per_port = BTreeMap::new();
         for name in self.capture.iter().flat_map(|c| c.listeners_of(host)) {
-            let seen = match (service, listener_port(name)) {
-                (Some(s), Some(port)) if by_port => {
-                    views.visibility_on(s.namespace(), host, &s.export_to, port)
-                }
-                _ => visibility.clone(),
-            };
+            let seen = seen_on(listener_port(name));
             if seen != visibility {
                 per_port.insert(name.clone(), seen.clone());
             }
@@ -196,7 +215,10 @@ impl Translator {
         if !unchanged {
             // The scoped route variants read its virtual hosts differently.
             let groups: Vec<Group> = self.groups_of(host).cloned().collect();
-            self.dirty_groups.extend(groups);
+            for group in groups {
+                let dirty = self.dirty_groups.entry(group).or_default();
+                dirty.insert(host.to_string());
+            }
         }
         match visibility {
             Some(v) => self.visibility.insert(host.to_string(), v),
@@ -235,6 +257,7 @@ impl Translator {
             }
         }
         let mut out = Vec::new();
+        let mut old = std::mem::take(&mut self.scoped_segments);
         let mut kept = HashMap::new();
         for name in self.route_names() {
             let header = self.header(name);
@@ -244,7 +267,8 @@ impl Translator {
                 let fallback = self.fallback(modes.for_proxies(selector));
                 let resource = match views.for_proxies(selector) {
                     Some(view) => {
-                        let pieces = self.filtered_routes(mesh, name, selector, view, &mut kept);
+                        let pieces =
+                            self.filtered_routes(mesh, name, selector, &view, &mut old, &mut kept);
                         let parts = std::iter::once(header.clone())
                             .chain(pieces)
                             .chain(fallback);
@@ -261,23 +285,32 @@ impl Translator {
     }
 
     /// The virtual hosts of route configuration `name` the sidecars `selector` picks, which
-    /// see what `view` sees: a piece per group, kept in `kept`.
+    /// see what `view` sees: a piece per group, taken from `old` (filtered again only for the
+    /// hosts that changed) and kept in `kept`.
     fn filtered_routes(
         &self,
         mesh: &Mesh,
         name: RouteName,
         selector: &Selector,
         view: &ScopeView,
-        kept: &mut HashMap<(Selector, Group), Parts>,
+        old: &mut HashMap<(Selector, Group), ScopedPiece>,
+        kept: &mut HashMap<(Selector, Group), ScopedPiece>,
     ) -> std::vec::IntoIter<Parts> {
         let mut pieces = Vec::new();
         for (group, _) in self.segments_of(name) {
             let key = (selector.clone(), group.clone());
-            let piece = match self.scoped_segments.get(&key) {
-                Some(piece) if !self.dirty_groups.contains(group) => piece.clone(),
-                _ => self.filtered_group(mesh, group, selector, view),
+            let piece = match (old.remove(&key), self.dirty_groups.get(group)) {
+                (Some(piece), None) => piece,
+                (Some(mut piece), Some(hosts)) => {
+                    for host in hosts {
+                        self.filter_host(mesh, group, host, selector, view, &mut piece.seen);
+                    }
+                    piece.joined = Parts::join(piece.seen.values().cloned());
+                    piece
+                }
+                (None, _) => self.filtered_group(mesh, group, selector, view),
             };
-            pieces.push(piece.clone());
+            pieces.push(piece.joined.clone());
             kept.insert(key, piece);
         }
         pieces.into_iter()
@@ -291,18 +324,66 @@ impl Translator {
         group: &Group,
         selector: &Selector,
         view: &ScopeView,
-    ) -> Parts {
+    ) -> ScopedPiece {
         let namespace = selector.namespace.as_deref();
-        let seen = self
+        let seen: BTreeMap<(String, u32), Parts> = self
             .group_entries(group)
-            .filter(|((host, port), _)| {
-                mesh.services
-                    .get(host)
-                    .is_some_and(|s| view.sees_on(s.namespace(), host, *port))
+            .filter(|((host, port), _)| sees(mesh, view, host, *port))
+            .filter_map(|(key, entry)| {
+                let form = form(entry, group, namespace, &selector.labels)?;
+                Some((key.clone(), form))
             })
-            .filter_map(|(_, entry)| form(entry, group, namespace, &selector.labels));
-        Parts::join(seen)
+            .collect();
+        let joined = Parts::join(seen.values().cloned());
+        ScopedPiece { seen, joined }
     }
+
+    /// Filters `host`'s virtual hosts in `group` again into `seen`.
+    fn filter_host(
+        &self,
+        mesh: &Mesh,
+        group: &Group,
+        host: &str,
+        selector: &Selector,
+        view: &ScopeView,
+        seen: &mut BTreeMap<(String, u32), Parts>,
+    ) {
+        let of_host = (host.to_string(), 0)..=(host.to_string(), u32::MAX);
+        let gone: Vec<(String, u32)> = seen
+            .range(of_host.clone())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            seen.remove(&key);
+        }
+        let Some(entries) = self.virtual_hosts.get(group) else {
+            return;
+        };
+        let namespace = selector.namespace.as_deref();
+        for ((host, port), entry) in entries.range(of_host) {
+            if !sees(mesh, view, host, *port) {
+                continue;
+            }
+            if let Some(form) = form(entry, group, namespace, &selector.labels) {
+                seen.insert((host.clone(), *port), form);
+            }
+        }
+    }
+}
+
+/// One scoped route variant's piece of one group: the forms of the virtual hosts its
+/// sidecars see, by host and port (the group's order), and those joined.
+#[derive(Debug, Clone)]
+pub(super) struct ScopedPiece {
+    seen: BTreeMap<(String, u32), Parts>,
+    joined: Parts,
+}
+
+/// Whether the sidecars with `view` see `host`'s virtual host on `port`.
+fn sees(mesh: &Mesh, view: &ScopeView, host: &str, port: u32) -> bool {
+    mesh.services
+        .get(host)
+        .is_some_and(|s| view.sees_on(s.namespace(), host, port))
 }
 
 /// What proxies of `namespace` (`None`: of a namespace no host or match names) whose labels

@@ -4,10 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use capstan_crds::ObjectKey;
-use capstan_xds::Parts;
+use capstan_xds::{Parts, Resource, Selector};
 use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration};
 use prost::Message;
 
+use super::route_variants::variant_selector;
 use super::{Group, Translator, VirtualHostEntry};
 use crate::model::{Mesh, Problem, hostname};
 use crate::translate::route::{self, DomainPorts, RouteLayout, RouteName};
@@ -19,6 +20,9 @@ pub(super) struct BuiltVirtualHosts {
     pub(super) entries: Vec<(RouteName, u32, VirtualHostEntry)>,
     pub(super) virtual_service: Option<ObjectKey>,
     pub(super) problems: Vec<Problem>,
+    /// Capture mode: the route configurations of its ports without a declared protocol on
+    /// its own addresses ([`route::sniffed_configs`]), each for the proxies its selector picks.
+    pub(super) sniffed: Vec<(Selector, Resource)>,
 }
 
 pub(super) fn build_virtual_hosts(
@@ -43,11 +47,19 @@ pub(super) fn build_virtual_hosts(
         .unwrap_or_default();
     let mut problems = Vec::new();
     let mut entries = Vec::new();
+    let mut sniffed = Vec::new();
     for (i, port) in route::http_ports(service).into_iter().enumerate() {
         let routes = route::host_port_routes(mesh, service, port.number, &mut problems);
+        if layout == RouteLayout::PerPort && route::is_sniffed(service, port) {
+            let configs = route::sniffed_configs(service, port.number, &routes);
+            sniffed.extend(configs.into_iter().filter_map(|(caller, config)| {
+                let selector = variant_selector(caller.namespace.as_deref(), &caller.labels);
+                Some((selector, Resource::encode(config.name.clone(), &config)?))
+            }));
+        }
         let domains = |same_namespace| {
             route::candidate_domains(
-                host,
+                service,
                 port.number,
                 DomainPorts::of(layout, i == 0),
                 same_namespace,
@@ -104,6 +116,7 @@ pub(super) fn build_virtual_hosts(
         entries,
         virtual_service: virtual_service.map(|vs| vs.origin.clone()),
         problems,
+        sniffed,
     })
 }
 

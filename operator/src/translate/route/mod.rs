@@ -14,11 +14,13 @@ mod headers;
 mod matching;
 mod mirror;
 mod retry;
+mod sniffed;
 
 pub(super) use retry::hoist_shared_policy;
 
 pub(super) use action::{Binding, cluster_for, routes_bound};
 pub(crate) use caller::{Caller, Labels, class_of, label_classes, union};
+pub(crate) use sniffed::{detected_routes, is_sniffed, sniffed_configs};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -32,7 +34,7 @@ use tracing::debug;
 
 use super::{OUTBOUND_HTTP, cluster_name};
 use crate::model::hostname;
-use crate::model::service::ExportTo;
+use crate::model::service::{ExportTo, Origin, Resolution};
 use crate::model::{Mesh, Port, Problem, Service, VirtualService};
 
 /// How sidecars' outbound HTTP is split into route configurations.
@@ -364,14 +366,19 @@ fn config_for(
 }
 
 /// The Host header values that reach a service port: every alias, with the port as `ports`
-/// says; the bare service name only from its own namespace.
+/// says; the bare service name only from its own namespace; as istiod, every name under each
+/// alias for a headless Kubernetes Service (`pod-0.db.shop.svc.cluster.local`, a StatefulSet
+/// pod's name: its cluster sends to where the client connected); and each of the service's
+/// addresses (a Kubernetes Service's cluster IP, a ServiceEntry's `addresses`), so a client
+/// calling it by address is routed as by name (IPv6 in brackets, as a Host carries it).
 pub(super) fn candidate_domains(
-    host: &str,
+    service: &Service,
     port: u32,
     ports: DomainPorts,
     same_namespace: bool,
     domain_suffix: &str,
 ) -> Vec<String> {
+    let host = &service.host;
     let aliases = hostname::aliases(host, domain_suffix);
     let local = hostname::local_namespace(host, domain_suffix).is_some();
     let visible = if local && !same_namespace {
@@ -380,19 +387,42 @@ pub(super) fn candidate_domains(
     } else {
         &aliases[..]
     };
+    let headless = service.resolution == Resolution::Passthrough
+        && matches!(service.origin, Origin::Kubernetes(_));
+    let under = visible
+        .iter()
+        .filter(|_| headless)
+        .map(|alias| format!("*.{alias}"));
+    let addresses = service.addresses.iter().filter_map(|a| host_address(a));
     let mut out = Vec::new();
-    for alias in visible {
+    for name in visible.iter().cloned().chain(under).chain(addresses) {
         match ports {
             DomainPorts::With { also_bare } => {
-                out.push(format!("{alias}:{port}"));
+                out.push(format!("{name}:{port}"));
                 if also_bare {
-                    out.push(alias.clone());
+                    out.push(name);
                 }
             }
-            DomainPorts::Ignored => out.push(alias.clone()),
+            DomainPorts::Ignored => out.push(name),
         }
     }
     out
+}
+
+/// A service address as a Host header carries it: an IP (IPv6 in brackets); `None` for what
+/// names no one destination ([`destination_ip`]).
+fn host_address(address: &str) -> Option<String> {
+    match destination_ip(address)? {
+        std::net::IpAddr::V4(ip) => Some(ip.to_string()),
+        std::net::IpAddr::V6(ip) => Some(format!("[{ip}]")),
+    }
+}
+
+/// A service address that names one destination: an IP, not a CIDR range nor the
+/// unspecified address.
+fn destination_ip(address: &str) -> Option<std::net::IpAddr> {
+    let ip = address.parse::<std::net::IpAddr>().ok()?;
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 /// [`candidate_domains`] less those an earlier virtual host claimed: Envoy rejects a route
@@ -404,7 +434,7 @@ fn domains(
     taken: &mut BTreeSet<String>,
 ) -> Vec<String> {
     let candidates = candidate_domains(
-        &entry.service.host,
+        entry.service,
         entry.port,
         entry.ports,
         same_namespace,

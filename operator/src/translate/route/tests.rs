@@ -208,6 +208,35 @@ fn domains_are_never_claimed_twice() {
     }
 }
 
+/// As istiod, a service's addresses are Host values that reach it (a client calling a
+/// Kubernetes Service by its cluster IP, say from `REVIEWS_SERVICE_HOST`); a CIDR range is not
+/// one destination and is left out.
+#[test]
+fn a_service_is_reached_by_its_addresses_too() {
+    let yaml = REVIEWS.replace(
+        "  resolution: STATIC",
+        "  addresses: [240.0.0.7, \"2001:db8::7\", 10.1.0.0/24]\n  resolution: STATIC",
+    );
+    let (config, problems) = config(&yaml);
+    assert!(problems.is_empty(), "{problems:?}");
+    let domains = &vhost(&config, "reviews.bookinfo.svc.cluster.local:9080").domains;
+    for domain in [
+        "240.0.0.7:9080",
+        "240.0.0.7",
+        "[2001:db8::7]:9080",
+        "[2001:db8::7]",
+    ] {
+        assert!(
+            domains.iter().any(|d| d == domain),
+            "{domain} in {domains:?}"
+        );
+    }
+    assert!(
+        !domains.iter().any(|d| d.starts_with("10.1.0.0")),
+        "{domains:?}"
+    );
+}
+
 #[test]
 fn short_names_resolve_in_the_proxys_namespace() {
     let yaml = format!("{REVIEWS}---\n{OTHER_REVIEWS}");

@@ -142,17 +142,18 @@ pub fn bound_http_port(address: &str, port: u32) -> Listener {
 }
 
 /// `<address>_<port>` for a service without a declared protocol: a connection whose first
-/// bytes are HTTP/1.1 or HTTP/2 without TLS (Envoy's `http_inspector`) is routed by Host as
-/// on an HTTP port; any other goes where `tcp` sends it. As istiod's protocol detection, a
+/// bytes are HTTP/1.1 or HTTP/2 without TLS (Envoy's `http_inspector`) is routed through
+/// route configuration `routes` (the service's own on its address, the port's on 0.0.0.0,
+/// as istiod's); any other goes where `tcp` sends it. As istiod's protocol detection, a
 /// protocol whose server speaks first waits for the inspector's timeout: declare those.
-pub fn detected_port(address: &str, port: u32, tcp: Filter) -> Listener {
+pub fn detected_port(address: &str, port: u32, routes: &str, tcp: Filter) -> Listener {
     let name = format!("{address}_{port}");
     let http = FilterChain {
         filter_chain_match: Some(FilterChainMatch {
             application_protocols: super::DETECTED_HTTP.iter().map(|p| p.to_string()).collect(),
             ..Default::default()
         }),
-        filters: vec![http_routes(port)],
+        filters: vec![http_routes_by(port, routes)],
         ..Default::default()
     };
     let mut listener = bound_by_capture(name, address, port, vec![http, one_chain(tcp)]);
@@ -163,12 +164,17 @@ pub fn detected_port(address: &str, port: u32, tcp: Filter) -> Listener {
 /// The HTTP connection manager of outbound HTTP on `port`: routed by Host through the
 /// port's route configuration.
 fn http_routes(port: u32) -> Filter {
+    http_routes_by(port, &RouteLayout::PerPort.route_name(port).to_string())
+}
+
+/// The HTTP connection manager of outbound HTTP on `port`, routed through `routes`.
+fn http_routes_by(port: u32, routes: &str) -> Filter {
     let name = format!("0.0.0.0_{port}");
     let manager = HttpConnectionManager {
         stat_prefix: format!("outbound_{name}"),
         route_specifier: Some(RouteSpecifier::Rds(Rds {
             config_source: Some(ads_config_source()),
-            route_config_name: RouteLayout::PerPort.route_name(port).to_string(),
+            route_config_name: routes.to_string(),
         })),
         http_filters: http_filters(),
         ..Default::default()

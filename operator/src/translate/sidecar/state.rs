@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use capstan_xds::{Resource, Role, Selector, Update, type_url};
-use envoy_types::pb::envoy::config::listener::v3::Listener;
 
 use super::inbound::{self, Served};
 use super::mtls::{Accepts, InboundMtls};
@@ -16,7 +15,8 @@ use crate::model::traffic_policy::ConnectionPool;
 use crate::model::{Mesh, PolicyScope, Problem, Service};
 use crate::translate::authorization::InboundAuthz;
 use capstan_crds::ProtocolClass;
-use port_listeners::{PortListener, PortListeners, port_listeners};
+use port_listeners::{PortListeners, port_listeners};
+use shared_chains::{ChainScopes, KeptListener, SharedListener};
 
 /// How a host uses one of its ports, outbound.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,9 +69,10 @@ pub struct CaptureState {
     /// The outbound modes `virtualOutbound` and the TLS ports' fallthrough chains were last
     /// built for.
     outbound_modes: Option<OutboundModes>,
-    /// The open-ended listeners by port (TLS services', CIDR addresses'), without their
-    /// fallthrough chain.
-    open_listeners: BTreeMap<u32, PortListener>,
+    /// The listeners services share by port (TLS services', CIDR addresses'), open-ended
+    /// ones without their fallthrough chain, and who sees their chains.
+    shared: BTreeMap<u32, KeptListener>,
+    chain_scopes: ChainScopes,
     /// The sets of sidecars (beside everyone) each port listener was last put for.
     variant_selectors: BTreeMap<String, BTreeSet<Selector>>,
     /// The `Sidecar` ingress listeners `virtualInbound` was last built for, and the
@@ -135,6 +136,7 @@ impl CaptureState {
         state.set_bound_egress(&mesh.sidecar_scopes.bound_egress_variants(), &mut update);
         let hosts: Vec<&str> = mesh.services.keys().map(String::as_str).collect();
         state.update(mesh, hosts, &mut update);
+        state.put_scoped_chains(&mut update);
         (state, update)
     }
 
@@ -261,7 +263,6 @@ impl CaptureState {
             update.remove(type_url::LISTENER, gone);
             self.variant_selectors.remove(gone);
         }
-        self.open_listeners.remove(&port);
         let owned_now: BTreeSet<&String> = owners.iter().map(|(name, _)| name).collect();
         for name in &before {
             if let Some(host) = self.owners.remove(name) {
@@ -285,7 +286,19 @@ impl CaptureState {
             self.owners.insert(name.clone(), host.clone());
             self.put_owned.push((name, host));
         }
-        for listener in &same {
+        let mut shared = open.map(|listener| SharedListener {
+            listener,
+            open: true,
+        });
+        for listener in same {
+            if !listener.chain_hosts.is_empty() {
+                // The port's HTTP listener, with CIDR addresses' chains.
+                shared = Some(SharedListener {
+                    listener,
+                    open: false,
+                });
+                continue;
+            }
             let variants = listener
                 .by_namespace
                 .iter()
@@ -293,10 +306,7 @@ impl CaptureState {
                 .collect();
             self.put_port_listener(&listener.everyone, variants, update);
         }
-        if let Some(listener) = open {
-            self.put_open_listener(&listener, update);
-            self.open_listeners.insert(port, listener);
-        }
+        self.set_shared(port, shared);
         if !names.is_empty() {
             self.port_listeners.insert(port, names);
         }
@@ -304,29 +314,6 @@ impl CaptureState {
             self.problems.remove(&port);
         } else {
             self.problems.insert(port, problems);
-        }
-    }
-
-    /// Puts `everyone` for every sidecar and each of `variants` for its set of sidecars, and
-    /// removes the variants of sets it was put for before and is not now.
-    fn put_port_listener(
-        &mut self,
-        everyone: &Listener,
-        variants: Vec<(Selector, Listener)>,
-        update: &mut Update,
-    ) {
-        let name = everyone.name.clone();
-        put(update, sidecars(), type_url::LISTENER, &name, everyone);
-        let selectors: BTreeSet<Selector> = variants.iter().map(|(s, _)| s.clone()).collect();
-        let before = self.variant_selectors.remove(&name).unwrap_or_default();
-        for gone in before.difference(&selectors) {
-            update.remove_for(gone.clone(), type_url::LISTENER, &name);
-        }
-        for (selector, listener) in variants {
-            put(update, selector, type_url::LISTENER, &name, &listener);
-        }
-        if !selectors.is_empty() {
-            self.variant_selectors.insert(name, selectors);
         }
     }
 
@@ -570,4 +557,6 @@ fn workload_ports(mesh: &Mesh, address: &str, hosts: &BTreeSet<String>) -> BTree
 mod bound_listeners;
 mod inbound_limits;
 mod port_listeners;
+mod shared_chains;
 mod sidecar_settings;
+mod split_listener;

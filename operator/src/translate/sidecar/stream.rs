@@ -118,7 +118,7 @@ pub fn tls_listener(
             None => tcp_proxy(&own, &own),
         };
         chains.push(FilterChain {
-            name: own.clone(),
+            name: sni_chain_name(port, host),
             filter_chain_match: Some(FilterChainMatch {
                 server_names: vec![host.to_string()],
                 ..Default::default()
@@ -134,6 +134,11 @@ pub fn tls_listener(
         value: listener,
         destinations,
     }
+}
+
+/// The filter chain of TLS service `host` on `port` (named for its cluster).
+pub fn sni_chain_name(port: u32, host: &str) -> String {
+    cluster_name(port, "", host)
 }
 
 fn no_weight(object: &capstan_crds::ObjectKey, field: &str) -> Problem {

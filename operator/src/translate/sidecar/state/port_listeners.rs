@@ -1,4 +1,5 @@
-//! The outbound listeners of one port, from the services using it and how.
+//! The outbound listeners of one port, from the services using it and how; and how a port
+//! listener is put for every sidecar and its variants.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -8,9 +9,11 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::super::stream::{self, Built};
 use super::super::{outbound, tcp_proxy};
-use super::PortUse;
+use super::{CaptureState, PortUse, sidecars};
 use crate::model::service::Origin;
 use crate::model::{Mesh, Problem};
+use crate::translate::route;
+use capstan_xds::{Resource, Selector, Update, type_url};
 
 /// The outbound listeners of one port.
 #[derive(Default)]
@@ -19,7 +22,7 @@ pub(super) struct PortListeners {
     pub same: Vec<PortListener>,
     /// The open-ended one, `0.0.0.0_<port>` of TLS services (by SNI) or of CIDR addresses
     /// alone, whose last filter chain, for what no service has, each sidecar's outbound
-    /// traffic policy decides ([`with_fallthrough`]).
+    /// traffic policy decides ([`fallthrough_chain`]).
     pub open: Option<PortListener>,
     /// The hosts their routes send to.
     pub destinations: BTreeSet<String>,
@@ -33,6 +36,10 @@ pub(super) struct PortListeners {
 pub(super) struct PortListener {
     pub everyone: Listener,
     pub by_namespace: BTreeMap<String, Listener>,
+    /// The filter chains that are one service's in a listener services share (a TLS
+    /// service's by SNI, a CIDR address's by destination), by chain name: a sidecar that does
+    /// not see the service does not get its chain ([`super::shared_chains`]).
+    pub chain_hosts: BTreeMap<String, String>,
 }
 
 impl PortListener {
@@ -62,6 +69,55 @@ impl PortListener {
         Self {
             everyone: everyone.value,
             by_namespace,
+            chain_hosts: BTreeMap::new(),
+        }
+    }
+
+    fn with_chains(mut self, chains: impl IntoIterator<Item = (String, String)>) -> Self {
+        // Collected, not inserted one by one: built in one pass from the sorted names.
+        self.chain_hosts = self.chain_hosts.into_iter().chain(chains).collect();
+        self
+    }
+}
+
+impl CaptureState {
+    /// Puts `everyone` for every sidecar and each of `variants` for its set of sidecars, and
+    /// removes the variants of sets it was put for before and is not now.
+    pub(super) fn put_port_listener(
+        &mut self,
+        everyone: &Listener,
+        variants: Vec<(Selector, Listener)>,
+        update: &mut Update,
+    ) {
+        let encode = |listener: &Listener| Resource::encode(listener.name.clone(), listener);
+        let variants = variants
+            .iter()
+            .filter_map(|(selector, listener)| Some((selector.clone(), encode(listener)?)));
+        let variants = variants.collect();
+        if let Some(everyone) = encode(everyone) {
+            self.put_port_resources(everyone, variants, update);
+        }
+    }
+
+    /// [`Self::put_port_listener`] with the listeners encoded.
+    pub(super) fn put_port_resources(
+        &mut self,
+        everyone: Resource,
+        variants: Vec<(Selector, Resource)>,
+        update: &mut Update,
+    ) {
+        let name = everyone.name().to_string();
+        update.put_for(sidecars(), everyone);
+        let selectors: BTreeSet<Selector> = variants.iter().map(|(s, _)| s.clone()).collect();
+        let before = self.variant_selectors.remove(&name).unwrap_or_default();
+        for gone in before.difference(&selectors) {
+            update.remove_for(gone.clone(), type_url::LISTENER, &name);
+        }
+        for (selector, resource) in variants {
+            update.put_for(selector, resource);
+        }
+        if !selectors.is_empty() {
+            self.variant_selectors.insert(name, selectors);
         }
     }
 }
@@ -169,7 +225,8 @@ pub(super) fn port_listeners(
                 |caller, problems| {
                     let built = stream::tcp_filter(mesh, host, port, caller, problems);
                     let value = if detected {
-                        outbound::detected_port(address, port, built.value)
+                        let routes = route::detected_routes(host, port, address);
+                        outbound::detected_port(address, port, &routes, built.value)
                     } else {
                         outbound::tcp_port(address, port, built.value)
                     };
@@ -203,8 +260,12 @@ pub(super) fn port_listeners(
         .flat_map(|(host, _)| stream::caller_namespaces(mesh, host))
         .collect();
     let mut open = None;
+    let range_chains = ranges
+        .iter()
+        .filter(|(_, range)| cidr_range(range).is_some())
+        .map(|(host, range)| (range_chain_name(range, host), host.to_string()));
     if http {
-        out.push(PortListener::per_namespace(
+        let listener = PortListener::per_namespace(
             &namespaces,
             &mut destinations,
             problems,
@@ -218,35 +279,43 @@ pub(super) fn port_listeners(
                     outbound::http_port(port),
                 )
             },
-        ));
+        );
+        out.push(listener.with_chains(range_chains));
     } else if !tls.is_empty() || !ranges.is_empty() {
         namespaces.extend(
             tls.iter()
                 .flat_map(|host| stream::caller_namespaces(mesh, host)),
         );
-        open = Some(PortListener::per_namespace(
-            &namespaces,
-            &mut destinations,
-            problems,
-            |caller, problems| {
-                let sni = if tls.is_empty() {
-                    Built {
-                        value: outbound::bound_by_capture(
-                            format!("0.0.0.0_{port}"),
-                            "0.0.0.0",
-                            port,
-                            Vec::new(),
-                        ),
-                        destinations: Vec::new(),
-                    }
-                } else {
-                    stream::tls_listener(mesh, port, &tls, caller, problems)
-                };
-                let mut built = with_ranges(mesh, port, &ranges, caller, problems, sni.value);
-                built.destinations.extend(sni.destinations);
-                built
-            },
-        ));
+        open = Some(
+            PortListener::per_namespace(
+                &namespaces,
+                &mut destinations,
+                problems,
+                |caller, problems| {
+                    let sni = if tls.is_empty() {
+                        Built {
+                            value: outbound::bound_by_capture(
+                                format!("0.0.0.0_{port}"),
+                                "0.0.0.0",
+                                port,
+                                Vec::new(),
+                            ),
+                            destinations: Vec::new(),
+                        }
+                    } else {
+                        stream::tls_listener(mesh, port, &tls, caller, problems)
+                    };
+                    let mut built = with_ranges(mesh, port, &ranges, caller, problems, sni.value);
+                    built.destinations.extend(sni.destinations);
+                    built
+                },
+            )
+            .with_chains(
+                tls.iter()
+                    .map(|host| (stream::sni_chain_name(port, host), host.to_string()))
+                    .chain(range_chains),
+            ),
+        );
     }
     PortListeners {
         same: out,
@@ -303,7 +372,7 @@ fn with_ranges(
         let built = stream::tcp_filter(mesh, host, port, caller, problems);
         destinations.extend(built.destinations);
         listener.filter_chains.push(FilterChain {
-            name: format!("{range}|{host}"),
+            name: range_chain_name(range, host),
             filter_chain_match: Some(FilterChainMatch {
                 prefix_ranges: vec![cidr],
                 ..Default::default()
@@ -318,6 +387,11 @@ fn with_ranges(
     }
 }
 
+/// The filter chain of `host`'s CIDR address `range`.
+fn range_chain_name(range: &str, host: &str) -> String {
+    format!("{range}|{host}")
+}
+
 /// `a.b.c.d/n` (or IPv6) as Envoy's range; `None` for text validation refuses.
 fn cidr_range(text: &str) -> Option<CidrRange> {
     let (address, length) = text.split_once('/')?;
@@ -330,16 +404,14 @@ fn cidr_range(text: &str) -> Option<CidrRange> {
     })
 }
 
-/// `listener` (a TLS port's) ending with the filter chain for names no service has, to
+/// The filter chain ending an open listener (a TLS port's) for names no service has, to
 /// `cluster`.
-pub(super) fn with_fallthrough(listener: &Listener, cluster: &str) -> Listener {
-    let mut listener = listener.clone();
-    listener.filter_chains.push(FilterChain {
+pub(super) fn fallthrough_chain(cluster: &str) -> FilterChain {
+    FilterChain {
         name: cluster.to_string(),
         filters: vec![tcp_proxy(cluster, cluster)],
         ..Default::default()
-    });
-    listener
+    }
 }
 
 pub(super) fn report(mesh: &Mesh, host: &str, problems: &mut Vec<Problem>, message: String) {

@@ -5,13 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use capstan_xds::{Selector, Update, type_url};
-use envoy_types::pb::envoy::config::listener::v3::Listener;
 
-use super::super::{PASSTHROUGH, VIRTUAL_INBOUND, VIRTUAL_OUTBOUND, ingress, outbound};
-use super::port_listeners::{self, PortListener};
+use super::super::{VIRTUAL_INBOUND, VIRTUAL_OUTBOUND, ingress, outbound};
 use super::{CaptureState, put, sidecars};
 use crate::model::Mesh;
-use crate::model::sidecar_scope::{Covers, IngressPort, IngressVariants, OutboundModes, PerScope};
+use crate::model::sidecar_scope::{IngressPort, IngressVariants, OutboundModes, PerScope};
 
 impl CaptureState {
     /// Builds `virtualOutbound` again for each set of sidecars whose outbound mode changed
@@ -27,48 +25,8 @@ impl CaptureState {
             outbound::virtual_outbound,
         );
         if before.as_ref().map(fallthroughs) != Some(fallthroughs(modes)) {
-            let listeners: Vec<PortListener> = self.open_listeners.values().cloned().collect();
-            for listener in &listeners {
-                self.put_open_listener(listener, update);
-            }
+            self.rescope_open_listeners();
         }
-    }
-
-    /// Puts a port's open-ended listener (its TLS services' by SNI, its CIDR addresses') with
-    /// the fallthrough chain of each set of sidecars, for what no service has: those
-    /// its routes tell apart by namespace ([`PortListener::by_namespace`]) and those whose
-    /// outbound traffic policy differs. Each such set has a namespace (a `Sidecar` scopes a
-    /// namespace or workloads in one), so the sidecars of a namespace read one variant.
-    pub(super) fn put_open_listener(&mut self, listener: &PortListener, update: &mut Update) {
-        let fallthroughs = self
-            .outbound_modes
-            .as_ref()
-            .map_or_else(|| PerScope::everyone(PASSTHROUGH), fallthroughs);
-        let routed = |namespace: Option<&str>| {
-            namespace
-                .and_then(|ns| listener.by_namespace.get(ns))
-                .unwrap_or(&listener.everyone)
-        };
-        let mut variants: Vec<(Selector, Listener)> = fallthroughs
-            .scoped
-            .iter()
-            .map(|(selector, cluster)| {
-                let base = routed(selector.namespace.as_deref());
-                (
-                    selector.clone(),
-                    port_listeners::with_fallthrough(base, cluster),
-                )
-            })
-            .collect();
-        for (ns, base) in &listener.by_namespace {
-            let selector = Covers::Namespace(ns.clone()).selector();
-            if !variants.iter().any(|(s, _)| *s == selector) {
-                let cluster = fallthroughs.for_proxies(&selector);
-                variants.push((selector, port_listeners::with_fallthrough(base, cluster)));
-            }
-        }
-        let everyone = port_listeners::with_fallthrough(&listener.everyone, fallthroughs.everyone);
-        self.put_port_listener(&everyone, variants, update);
     }
 
     /// Builds `virtualInbound` for the sets of sidecars whose `Sidecar` lists ingress
@@ -140,7 +98,7 @@ pub(super) fn workload_selector(
 
 /// Where each set of sidecars sends a TLS port's names no service has. Every set apart in
 /// `modes` stays apart, even when its cluster is everyone's: a set inside it may not be.
-fn fallthroughs(modes: &OutboundModes) -> PerScope<&'static str> {
+pub(super) fn fallthroughs(modes: &OutboundModes) -> PerScope<&'static str> {
     PerScope {
         everyone: outbound::fallthrough_cluster(&modes.everyone),
         scoped: modes
