@@ -15,6 +15,7 @@ use anyhow::{Context, ensure};
 use capstan_e2e::capture::{self, service_ip};
 use capstan_e2e::capture_mesh::{
     CaptureMesh, SniApps, call, capstan_and_captured_sidecar, entry, service_entry,
+    sidecar_bootstrap, start_capstan, start_captured_sidecar,
 };
 use capstan_e2e::envoy::{AdsMode, dynamic_route_config_names};
 use capstan_e2e::http::{HttpClient, UpstreamReply};
@@ -147,8 +148,9 @@ spec:
 }
 
 /// A VirtualService `tcp` route sends db's connections to db2, for the sidecars of the
-/// namespace its `sourceNamespace` and `exportTo` name; two HTTPS hosts share port 443 and one
-/// address, told apart by SNI and never decrypted by the sidecar.
+/// namespace its `sourceNamespace` and `exportTo` name, and `tcp` and `tls` routes for the
+/// workloads their `sourceLabels` name; two HTTPS hosts share port 443 and one address, told
+/// apart by SNI and never decrypted by the sidecar.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_routes_and_tls_by_sni_on_sidecars() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
@@ -187,7 +189,13 @@ async fn tcp_routes_and_tls_by_sni_on_sidecars() -> anyhow::Result<()> {
         "other.yaml",
         &https_entry("other.example.com", 8444, &address),
     )?;
-    let (_capstan, envoy) = capstan_and_captured_sidecar(&env, AdsMode::Delta, &address).await?;
+    // The workload is labelled `app: productpage`, which `sourceLabels` matches below.
+    let capstan = start_capstan(&env).await?;
+    let mut bootstrap = sidecar_bootstrap(AdsMode::Delta, capstan.xds_port, &address);
+    bootstrap.labels = [("app", "productpage"), ("version", "v1")]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+    let envoy = start_captured_sidecar(&env, &bootstrap.to_json()).await?;
     let log_dir = env.log_dir.clone();
     let logs = || format!("logs in {}", log_dir.display());
 
@@ -267,6 +275,48 @@ spec:
         wait_until(&step, CONFIG_TIMEOUT, async || {
             let reply = call(db, "db").await?;
             ensure!(reply.service == expected, "{reply:?}");
+            Ok(())
+        })
+        .await
+        .with_context(logs)?;
+    }
+
+    // Read by the caller's labels: a `tcp` and a `tls` route for another app's workloads
+    // leave this sidecar's connections where they were headed; for its own app they move
+    // db's to db2 and secure.example.com's to other.example.com.
+    let by_labels = |app: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: bookinfo}}
+spec:
+  hosts: [db.bookinfo.svc.cluster.local]
+  tcp:
+  - match: [{{sourceLabels: {{app: {app}}}}}]
+    route: [{{destination: {{host: db2.bookinfo.svc.cluster.local, port: {{number: 5433}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: secure, namespace: bookinfo}}
+spec:
+  hosts: [secure.example.com]
+  tls:
+  - match: [{{sniHosts: [secure.example.com], sourceLabels: {{app: {app}}}}}]
+    route: [{{destination: {{host: other.example.com}}}}]
+"
+        )
+    };
+    for (app, db_service, secure_service) in
+        [("reports", "db", "secure"), ("productpage", "db2", "other")]
+    {
+        env.write_config("db-vs.yaml", &by_labels(app))?;
+        let step = format!("sourceLabels app={app}: {db_service}, {secure_service}");
+        wait_until(&step, CONFIG_TIMEOUT, async || {
+            let reply = call(db, "db").await?;
+            ensure!(reply.service == db_service, "db: {reply:?}");
+            let response = https_get(&connector, vip, "secure.example.com", "/").await?;
+            let reply: UpstreamReply = serde_json::from_slice(&response.body)?;
+            ensure!(reply.service == secure_service, "secure: {reply:?}");
             Ok(())
         })
         .await

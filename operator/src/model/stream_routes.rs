@@ -1,6 +1,8 @@
 //! VirtualService `tcp` and `tls` routes in capstan's own types: connections routed by port
 //! and, for TLS, by the SNI name of the client hello, never decrypted.
 
+use std::collections::BTreeMap;
+
 use capstan_crds::ObjectKey;
 use capstan_crds::networking::virtual_service as api;
 
@@ -36,6 +38,9 @@ pub struct StreamMatch {
     pub gateways: Vec<String>,
     /// `sourceNamespace`: the proxies (sidecars, gateways) of this namespace only.
     pub source_namespace: Option<String>,
+    /// `sourceLabels`: the sidecars whose workload has these labels only (gateways do not
+    /// read it, as with istiod).
+    pub source_labels: BTreeMap<String, String>,
 }
 
 impl StreamMatch {
@@ -74,11 +79,11 @@ pub fn tcp_routes(
                 port: (m.port != 0).then_some(m.port),
                 gateways: m.gateways.clone(),
                 source_namespace: source_namespace(&m.source_namespace),
+                source_labels: m.source_labels.clone(),
             };
             let unapplied = Unapplied {
                 destination_subnets: !m.destination_subnets.is_empty(),
                 source_subnet: !m.source_subnet.is_empty(),
-                source_labels: !m.source_labels.is_empty(),
             };
             (read, unapplied)
         },
@@ -103,11 +108,11 @@ pub fn tls_routes(
                 port: (m.port != 0).then_some(m.port),
                 gateways: m.gateways.clone(),
                 source_namespace: source_namespace(&m.source_namespace),
+                source_labels: m.source_labels.clone(),
             };
             let unapplied = Unapplied {
                 destination_subnets: !m.destination_subnets.is_empty(),
                 source_subnet: false,
-                source_labels: !m.source_labels.is_empty(),
             };
             (read, unapplied)
         },
@@ -122,7 +127,6 @@ fn source_namespace(text: &str) -> Option<String> {
 struct Unapplied {
     destination_subnets: bool,
     source_subnet: bool,
-    source_labels: bool,
 }
 
 /// Reads the `list` (`tcp` or `tls`) routes, each as its matches and destinations.
@@ -162,7 +166,6 @@ fn report_unapplied(
     for (name, set) in [
         ("destinationSubnets", unapplied.destination_subnets),
         ("sourceSubnet", unapplied.source_subnet),
-        ("sourceLabels", unapplied.source_labels),
     ] {
         if set {
             problems.push(Problem {
@@ -234,7 +237,7 @@ spec:
     }
 
     #[test]
-    fn source_namespace_is_read_and_source_labels_said_unapplied() {
+    fn source_namespace_and_source_labels_are_read() {
         let document = capstan_crds::parse_single(
             "vs.yaml",
             r#"
@@ -256,6 +259,8 @@ spec:
         let (tcp, problems) = tcp_routes(&vs.spec.tcp, &document.object.key(), "cluster.local");
         let fields: Vec<String> = problems.into_iter().map(|p| p.field).collect();
         assert_eq!(tcp[0].matches[0].source_namespace.as_deref(), Some("front"));
-        assert_eq!(fields, ["spec.tcp[0].match[0].sourceLabels"]);
+        let labels = BTreeMap::from([("app".to_string(), "a".to_string())]);
+        assert_eq!(tcp[0].matches[0].source_labels, labels);
+        assert_eq!(fields, Vec::<String>::new());
     }
 }

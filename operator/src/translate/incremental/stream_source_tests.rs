@@ -1,7 +1,7 @@
-//! `tcp` and `tls` routes told apart by the caller's namespace in capture mode: a match's
-//! `sourceNamespace` and the VirtualService's `exportTo` give the sidecars of the namespaces
+//! `tcp` and `tls` routes told apart by the caller in capture mode: a match's
+//! `sourceNamespace` and `sourceLabels` and the VirtualService's `exportTo` give the sidecars
 //! they name listeners of their own, which compose with the TLS port's fallthrough chain per
-//! outbound traffic policy; built incrementally as a full build.
+//! outbound traffic policy and with `Sidecar` scopes; built incrementally as a full build.
 
 use capstan_crds::Kind;
 use capstan_xds::ProxyInfo;
@@ -103,7 +103,17 @@ fn stream_routes_by_namespace_update_as_a_full_build() {
 
 /// The listener `name` a full build of `yamls` serves a sidecar of `namespace`.
 fn listener(yamls: &[String], namespace: &str, name: &str) -> Listener {
-    let proxy: ProxyInfo = sidecar_proxy(namespace, &[]);
+    labelled_listener(yamls, namespace, &[], name)
+}
+
+/// [`listener`] for a sidecar with `labels`.
+fn labelled_listener(
+    yamls: &[String],
+    namespace: &str,
+    labels: &[(&str, &str)],
+    name: &str,
+) -> Listener {
+    let proxy: ProxyInfo = sidecar_proxy(namespace, labels);
     served_to::<Listener>(capture(), yamls, type_url::LISTENER, &proxy)
         .into_iter()
         .find(|l| l.name == name)
@@ -163,5 +173,162 @@ fn each_namespace_gets_the_stream_routes_it_is_meant_to() {
     assert_eq!(
         tls("web"),
         vec![own(&other), own(&secure), own("PassthroughCluster")]
+    );
+}
+
+/// db's VirtualService: the sidecars labelled `app: reports` to db2 (of namespace `only`, if
+/// set), every other to db.
+fn db_by_labels(only: Option<&str>) -> String {
+    let namespace = only.map_or(String::new(), |ns| format!(", sourceNamespace: {ns}"));
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: bookinfo}}
+spec:
+  hosts: [db.bookinfo.svc.cluster.local]
+  tcp:
+  - match: [{{sourceLabels: {{app: reports}}{namespace}}}]
+    route: [{{destination: {{host: db2.bookinfo.svc.cluster.local}}}}]
+  - route: [{{destination: {{host: db.bookinfo.svc.cluster.local}}}}]
+"
+    )
+}
+
+/// secure.example.com's VirtualService: connections of sidecars labelled `tier: batch` to
+/// other.example.com.
+const SECURE_BY_LABELS: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: secure, namespace: shop}
+spec:
+  hosts: [secure.example.com]
+  tls:
+  - match: [{sniHosts: [secure.example.com], sourceLabels: {tier: batch}}]
+    route: [{destination: {host: other.example.com}}]
+";
+
+/// A `Sidecar` for the workloads of `namespace` labelled `app: reports`, seeing only
+/// secure.example.com and REGISTRY_ONLY.
+fn reports_scope(namespace: &str) -> String {
+    format!(
+        "{}  outboundTrafficPolicy: {{mode: REGISTRY_ONLY}}\n",
+        sidecar(
+            "reports",
+            namespace,
+            Some("app: reports"),
+            "[\"shop/secure.example.com\", \"./*\"]"
+        )
+    )
+}
+
+#[test]
+fn source_labels_pick_the_sidecars_whose_workloads_have_them() {
+    let yamls = [
+        tcp_entry("db", "240.0.0.5"),
+        tcp_entry("db2", "240.0.0.6"),
+        db_by_labels(None),
+        tls_entry("secure"),
+        tls_entry("other"),
+        SECURE_BY_LABELS.to_string(),
+        registry_only("front"),
+    ];
+    let db = "outbound|5432||db.bookinfo.svc.cluster.local".to_string();
+    let db2 = "outbound|5432||db2.bookinfo.svc.cluster.local".to_string();
+    let tcp = |ns: &str, labels: &[(&str, &str)]| {
+        chains(&labelled_listener(&yamls, ns, labels, "240.0.0.5_5432"))[0]
+            .1
+            .clone()
+    };
+    assert_eq!(tcp("bookinfo", &[]), db);
+    assert_eq!(tcp("bookinfo", &[("app", "reports")]), db2);
+    assert_eq!(tcp("web", &[("app", "reports"), ("version", "v1")]), db2);
+    assert_eq!(tcp("web", &[("app", "billing")]), db);
+
+    let secure = "outbound|443||secure.example.com".to_string();
+    let other = "outbound|443||other.example.com".to_string();
+    let own = |name: &str| (name.to_string(), name.to_string());
+    let tls = |ns: &str, labels: &[(&str, &str)]| {
+        chains(&labelled_listener(&yamls, ns, labels, "0.0.0.0_443"))
+    };
+    let routed = (secure.clone(), other.clone());
+    assert_eq!(
+        tls("web", &[("tier", "batch")]),
+        vec![own(&other), routed.clone(), own("PassthroughCluster")]
+    );
+    assert_eq!(
+        tls("web", &[]),
+        vec![own(&other), own(&secure), own("PassthroughCluster")]
+    );
+    // front's REGISTRY_ONLY (a variant by namespace) and the label's route (a variant by
+    // labels) both hold for a batch sidecar of front.
+    assert_eq!(
+        tls("front", &[("tier", "batch")]),
+        vec![own(&other), routed, own("BlackHoleCluster")]
+    );
+    assert_eq!(
+        tls("front", &[]),
+        vec![own(&other), own(&secure), own("BlackHoleCluster")]
+    );
+}
+
+/// A scope by workload labels hides a service's chain from the sidecars it picks (archive;
+/// other stays, as the scope's VirtualService sends there), whose other chains the routes'
+/// labels decide: both hold for a sidecar both pick.
+#[test]
+fn source_labels_compose_with_a_workload_scope() {
+    let yamls = [
+        tls_entry("secure"),
+        tls_entry("other"),
+        tls_entry("archive"),
+        SECURE_BY_LABELS.to_string(),
+        reports_scope("web"),
+    ];
+    let secure = "outbound|443||secure.example.com".to_string();
+    let other = "outbound|443||other.example.com".to_string();
+    let archive = "outbound|443||archive.example.com".to_string();
+    let own = |name: &str| (name.to_string(), name.to_string());
+    let routed = (secure.clone(), other.clone());
+    let tls =
+        |labels: &[(&str, &str)]| chains(&labelled_listener(&yamls, "web", labels, "0.0.0.0_443"));
+    assert_eq!(
+        tls(&[("app", "reports"), ("tier", "batch")]),
+        vec![own(&other), routed.clone(), own("BlackHoleCluster")]
+    );
+    assert_eq!(
+        tls(&[("app", "reports")]),
+        vec![own(&other), own(&secure), own("BlackHoleCluster")]
+    );
+    assert_eq!(
+        tls(&[("tier", "batch")]),
+        vec![
+            own(&archive),
+            own(&other),
+            routed,
+            own("PassthroughCluster")
+        ]
+    );
+}
+
+#[test]
+fn stream_routes_by_labels_update_as_a_full_build() {
+    check_with(
+        capture(),
+        vec![
+            istio(&tcp_entry("db", "240.0.0.5")),
+            istio(&tcp_entry("db2", "240.0.0.6")),
+            istio(&db_by_labels(None)),
+            istio(&tls_entry("secure")),
+            istio(&tls_entry("other")),
+            istio(&tls_entry("archive")),
+            istio(SECURE_BY_LABELS),
+            istio(&registry_only("front")),
+            istio(&reports_scope("web")),
+            istio(&db_by_labels(Some("front"))),
+            istio(&secure_routes("[front]")),
+            delete(Kind::Sidecar, "front", "default"),
+            istio(SECURE_BY_LABELS),
+            delete(Kind::VirtualService, "bookinfo", "db"),
+            delete(Kind::Sidecar, "web", "reports"),
+            delete(Kind::VirtualService, "shop", "secure"),
+        ],
     );
 }

@@ -19,7 +19,7 @@ mod sniffed;
 pub(super) use retry::hoist_shared_policy;
 
 pub(super) use action::{Binding, cluster_for, routes_bound};
-pub(crate) use caller::{Caller, Labels, class_of, label_classes, union};
+pub(crate) use caller::{Caller, Labels, class_of, includes, label_classes, union};
 pub(crate) use sniffed::{detected_routes, is_sniffed, sniffed_configs};
 
 use std::collections::{BTreeMap, BTreeSet};

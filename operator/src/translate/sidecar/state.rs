@@ -9,7 +9,7 @@ use super::inbound::{self, Served};
 use super::mtls::{Accepts, InboundMtls};
 use super::{VIRTUAL_INBOUND, inbound_cluster_name, ingress, outbound};
 use crate::model::sidecar_scope::{
-    BoundEgressVariants, Covers, InboundPools, IngressVariants, OutboundModes,
+    BoundEgressVariants, InboundPools, IngressVariants, OutboundModes,
 };
 use crate::model::traffic_policy::ConnectionPool;
 use crate::model::{Mesh, PolicyScope, Problem, Service};
@@ -299,12 +299,7 @@ impl CaptureState {
                 });
                 continue;
             }
-            let variants = listener
-                .by_namespace
-                .iter()
-                .map(|(ns, l)| (Covers::Namespace(ns.clone()).selector(), l.clone()))
-                .collect();
-            self.put_port_listener(&listener.everyone, variants, update);
+            self.put_port_listener(&listener.everyone, listener.variants(), update);
         }
         self.set_shared(port, shared);
         if !names.is_empty() {

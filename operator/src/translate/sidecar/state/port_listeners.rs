@@ -7,12 +7,12 @@ use envoy_types::pb::envoy::config::core::v3::CidrRange;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
 use envoy_types::pb::google::protobuf::UInt32Value;
 
-use super::super::stream::{self, Built};
+use super::super::stream::{self, Built, Sources};
 use super::super::{outbound, tcp_proxy};
 use super::{CaptureState, PortUse, sidecars};
 use crate::model::service::Origin;
 use crate::model::{Mesh, Problem};
-use crate::translate::route;
+use crate::translate::route::{self, Caller, Labels};
 use capstan_xds::{Resource, Selector, Update, type_url};
 
 /// The outbound listeners of one port.
@@ -30,12 +30,18 @@ pub(super) struct PortListeners {
     pub owners: Vec<(String, String)>,
 }
 
-/// One listener as every sidecar gets it, and as the sidecars of some namespaces get it
-/// instead (their `tcp`/`tls` routes differ: `sourceNamespace`, `exportTo`).
+/// One listener as every sidecar gets it, and as some sets of sidecars get it instead (their
+/// `tcp`/`tls` routes differ: `sourceNamespace`, `sourceLabels`, `exportTo`).
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct PortListener {
     pub everyone: Listener,
-    pub by_namespace: BTreeMap<String, Listener>,
+    /// Without label selectors, only the variants that differ from `everyone`; with them,
+    /// every caller's: a sidecar takes the most specific variant selecting it, which must
+    /// then be its own.
+    pub by_caller: BTreeMap<Caller, Listener>,
+    /// The routes' `sourceLabels` selectors: a sidecar's label class among them picks its
+    /// variant.
+    pub selectors: Vec<Labels>,
     /// The filter chains that are one service's in a listener services share (a TLS
     /// service's by SNI, a CIDR address's by destination), by chain name: a sidecar that does
     /// not see the service does not get its chain ([`super::shared_chains`]).
@@ -47,28 +53,29 @@ impl PortListener {
         &self.everyone.name
     }
 
-    /// `build` for every sidecar, and for each of `namespaces` where it differs; the hosts
-    /// the routes of any of them send to go to `destinations`. Problems are said once, for
-    /// every sidecar's.
-    fn per_namespace(
-        namespaces: &BTreeSet<String>,
+    /// `build` for every sidecar, and for each set of sidecars `sources` tells apart; the
+    /// hosts the routes of any of them send to go to `destinations`. Problems are said once,
+    /// for every sidecar's.
+    fn per_caller(
+        sources: &Sources,
         destinations: &mut BTreeSet<String>,
         problems: &mut Vec<Problem>,
-        build: impl Fn(Option<&str>, &mut Vec<Problem>) -> Built<Listener>,
+        build: impl Fn(&Caller, &mut Vec<Problem>) -> Built<Listener>,
     ) -> Self {
-        let everyone = build(None, problems);
+        let everyone = build(&Caller::anyone(), problems);
         destinations.extend(everyone.destinations);
-        let mut by_namespace = BTreeMap::new();
-        for ns in namespaces {
-            let built = build(Some(ns), &mut Vec::new());
+        let mut by_caller = BTreeMap::new();
+        for caller in sources.callers() {
+            let built = build(&caller, &mut Vec::new());
             destinations.extend(built.destinations);
-            if built.value != everyone.value {
-                by_namespace.insert(ns.clone(), built.value);
+            if sources.by_labels() || built.value != everyone.value {
+                by_caller.insert(caller, built.value);
             }
         }
         Self {
             everyone: everyone.value,
-            by_namespace,
+            by_caller,
+            selectors: sources.selectors.iter().cloned().collect(),
             chain_hosts: BTreeMap::new(),
         }
     }
@@ -78,6 +85,22 @@ impl PortListener {
         self.chain_hosts = self.chain_hosts.into_iter().chain(chains).collect();
         self
     }
+
+    /// Each set of sidecars' variant, with the selector picking them.
+    pub fn variants(&self) -> Vec<(Selector, Listener)> {
+        let variants = self.by_caller.iter();
+        variants
+            .map(|(c, l)| (caller_selector(c), l.clone()))
+            .collect()
+    }
+}
+
+/// The sidecars `caller` names.
+pub(super) fn caller_selector(caller: &Caller) -> Selector {
+    let mut selector = sidecars();
+    selector.namespace = caller.namespace.as_deref().map(Into::into);
+    selector.labels = caller.labels.clone();
+    selector
 }
 
 impl CaptureState {
@@ -217,9 +240,9 @@ pub(super) fn port_listeners(
                 continue;
             }
             claimed.insert(address.clone(), host);
-            let namespaces = stream::caller_namespaces(mesh, host);
-            let listener = PortListener::per_namespace(
-                &namespaces,
+            let sources = Sources::of(mesh, [host.as_str()]);
+            let listener = PortListener::per_caller(
+                &sources,
                 &mut destinations,
                 problems,
                 |caller, problems| {
@@ -255,21 +278,15 @@ pub(super) fn port_listeners(
         }
     }
     let ranges = distinct_ranges(mesh, port, ranges, problems);
-    let mut namespaces: BTreeSet<String> = ranges
-        .iter()
-        .flat_map(|(host, _)| stream::caller_namespaces(mesh, host))
-        .collect();
+    let mut sources = Sources::of(mesh, ranges.iter().map(|(host, _)| *host));
     let mut open = None;
     let range_chains = ranges
         .iter()
         .filter(|(_, range)| cidr_range(range).is_some())
         .map(|(host, range)| (range_chain_name(range, host), host.to_string()));
     if http {
-        let listener = PortListener::per_namespace(
-            &namespaces,
-            &mut destinations,
-            problems,
-            |caller, problems| {
+        let listener =
+            PortListener::per_caller(&sources, &mut destinations, problems, |caller, problems| {
                 with_ranges(
                     mesh,
                     port,
@@ -278,38 +295,31 @@ pub(super) fn port_listeners(
                     problems,
                     outbound::http_port(port),
                 )
-            },
-        );
+            });
         out.push(listener.with_chains(range_chains));
     } else if !tls.is_empty() || !ranges.is_empty() {
-        namespaces.extend(
-            tls.iter()
-                .flat_map(|host| stream::caller_namespaces(mesh, host)),
-        );
+        for host in &tls {
+            sources.add(mesh, host);
+        }
         open = Some(
-            PortListener::per_namespace(
-                &namespaces,
-                &mut destinations,
-                problems,
-                |caller, problems| {
-                    let sni = if tls.is_empty() {
-                        Built {
-                            value: outbound::bound_by_capture(
-                                format!("0.0.0.0_{port}"),
-                                "0.0.0.0",
-                                port,
-                                Vec::new(),
-                            ),
-                            destinations: Vec::new(),
-                        }
-                    } else {
-                        stream::tls_listener(mesh, port, &tls, caller, problems)
-                    };
-                    let mut built = with_ranges(mesh, port, &ranges, caller, problems, sni.value);
-                    built.destinations.extend(sni.destinations);
-                    built
-                },
-            )
+            PortListener::per_caller(&sources, &mut destinations, problems, |caller, problems| {
+                let sni = if tls.is_empty() {
+                    Built {
+                        value: outbound::bound_by_capture(
+                            format!("0.0.0.0_{port}"),
+                            "0.0.0.0",
+                            port,
+                            Vec::new(),
+                        ),
+                        destinations: Vec::new(),
+                    }
+                } else {
+                    stream::tls_listener(mesh, port, &tls, caller, problems)
+                };
+                let mut built = with_ranges(mesh, port, &ranges, caller, problems, sni.value);
+                built.destinations.extend(sni.destinations);
+                built
+            })
             .with_chains(
                 tls.iter()
                     .map(|host| (stream::sni_chain_name(port, host), host.to_string()))
@@ -360,7 +370,7 @@ fn with_ranges(
     mesh: &Mesh,
     port: u32,
     ranges: &[(&str, &str)],
-    caller: Option<&str>,
+    caller: &Caller,
     problems: &mut Vec<Problem>,
     mut listener: Listener,
 ) -> Built<Listener> {

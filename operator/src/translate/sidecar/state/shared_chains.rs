@@ -10,11 +10,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use capstan_xds::{ProxyInfo, Resource, Role, Selector, Update, Visibility, type_url};
 
 use super::super::PASSTHROUGH;
-use super::port_listeners::{PortListener, fallthrough_chain};
+use super::port_listeners::{PortListener, caller_selector, fallthrough_chain};
 use super::sidecar_settings::fallthroughs;
 use super::split_listener::{SplitListener, chain_field};
 use super::{CaptureState, sidecars};
-use crate::model::sidecar_scope::{Covers, PerScope};
+use crate::model::sidecar_scope::PerScope;
+use crate::translate::route::{Caller, Labels, class_of, union};
+use tracing::warn;
 
 /// A port's listener that services share, as built for every sidecar.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,7 +33,8 @@ pub(super) struct SharedListener {
 #[derive(Debug)]
 pub(super) struct KeptListener {
     everyone: SplitListener,
-    by_namespace: BTreeMap<String, SplitListener>,
+    by_caller: BTreeMap<Caller, SplitListener>,
+    selectors: Vec<Labels>,
     /// The host of each chain that is one service's, by chain name.
     chain_hosts: BTreeMap<String, String>,
     open: bool,
@@ -41,18 +44,35 @@ impl KeptListener {
     fn new(shared: SharedListener) -> Self {
         let PortListener {
             everyone,
-            by_namespace,
+            by_caller,
+            selectors,
             chain_hosts,
         } = shared.listener;
         Self {
             everyone: SplitListener::new(everyone),
-            by_namespace: by_namespace
+            by_caller: by_caller
                 .into_iter()
-                .map(|(ns, l)| (ns, SplitListener::new(l)))
+                .map(|(caller, l)| (caller, SplitListener::new(l)))
                 .collect(),
+            selectors,
             chain_hosts,
             open: shared.open,
         }
+    }
+
+    /// The variant the sidecars `selector` picks read (`None`: everyone's): their namespace's
+    /// for their label class, else any namespace's for it.
+    fn caller_for(&self, selector: &Selector) -> Option<&Caller> {
+        if self.by_caller.is_empty() {
+            return None;
+        }
+        let class = class_of(&self.selectors, &selector.labels);
+        let named = selector.namespace.as_deref().and_then(|ns| {
+            let caller = Caller::new(Some(ns), &class);
+            self.by_caller.get_key_value(&caller)
+        });
+        let found = named.or_else(|| self.by_caller.get_key_value(&Caller::new(None, &class)));
+        found.map(|(caller, _)| caller)
     }
 }
 
@@ -148,7 +168,7 @@ impl CaptureState {
     }
 
     /// Puts `port`'s shared listener for every set of sidecars that reads it differently:
-    /// the namespaces its routes tell apart ([`PortListener::by_namespace`]), the scopes
+    /// the callers its routes tell apart ([`PortListener::by_caller`]), the scopes
     /// whose outbound traffic policy differs (an open listener's last chain), and the sets of
     /// sidecars some chain's visibility names — each with the chains of what it sees. Sets
     /// that read the same listener share one encoding of it.
@@ -162,11 +182,8 @@ impl CaptureState {
                 .map_or_else(|| PerScope::everyone(PASSTHROUGH), fallthroughs)
         });
         let hidden = self.hidden_chains(kept, port);
-        let mut selectors: BTreeSet<Selector> = kept
-            .by_namespace
-            .keys()
-            .map(|ns| Covers::Namespace(ns.clone()).selector())
-            .collect();
+        let mut selectors: BTreeSet<Selector> =
+            kept.by_caller.keys().map(caller_selector).collect();
         if let Some(fallthroughs) = &fallthroughs {
             selectors.extend(fallthroughs.scoped.iter().map(|(s, _)| s.clone()));
         }
@@ -177,17 +194,18 @@ impl CaptureState {
         );
         let everyone = sidecars();
         selectors.remove(&everyone);
+        if !kept.selectors.is_empty() {
+            // Variants by labels alone overlap those by namespace: a sidecar both pick must
+            // find a variant made for it.
+            selectors = with_meets(selectors);
+        }
         let base_of =
-            |namespace: Option<&str>| namespace.map_or(&kept.everyone, |ns| &kept.by_namespace[ns]);
+            |caller: Option<&Caller>| caller.map_or(&kept.everyone, |c| &kept.by_caller[c]);
         let reading = |selector: &Selector| -> Reading {
-            let namespace = selector
-                .namespace
-                .as_deref()
-                .and_then(|ns| kept.by_namespace.get_key_value(ns))
-                .map(|(ns, _)| ns.as_str());
-            let seen = seen_chains(base_of(namespace), &hidden, selector);
+            let caller = kept.caller_for(selector);
+            let seen = seen_chains(base_of(caller), &hidden, selector);
             let fallthrough = fallthroughs.as_ref().map(|f| *f.for_proxies(selector));
-            (namespace, seen, fallthrough)
+            (caller, seen, fallthrough)
         };
         let mut encoded: HashMap<Reading, Resource> = HashMap::new();
         let mut resource = |selector: &Selector| {
@@ -195,8 +213,8 @@ impl CaptureState {
             if let Some(resource) = encoded.get(&key) {
                 return resource.clone();
             }
-            let (namespace, seen, fallthrough) = &key;
-            let base = base_of(*namespace);
+            let (caller, seen, fallthrough) = &key;
+            let base = base_of(*caller);
             let last = fallthrough.map(|cluster| chain_field(&fallthrough_chain(cluster)));
             let body = base.encode(seen, last.as_deref());
             let resource = Resource::from_bytes(type_url::LISTENER, base.name.clone(), body);
@@ -229,9 +247,61 @@ impl CaptureState {
     }
 }
 
-/// What a set of sidecars reads of a shared listener: the namespace whose base listener it
+/// What a set of sidecars reads of a shared listener: the caller whose base listener it
 /// reads (`None`: everyone's), which of its chains it sees, and its fallthrough cluster.
-type Reading<'a> = (Option<&'a str>, Vec<bool>, Option<&'a str>);
+type Reading<'a> = (Option<&'a Caller>, Vec<bool>, Option<&'a str>);
+
+/// Beyond this many, selectors are not joined further (a sidecar several pick may then read
+/// a less specific variant); bounds what hostile config can make a put cost.
+const MAX_SELECTORS: usize = 1024;
+
+/// `selectors` with the meet of every two one sidecar can satisfy together, until none is
+/// missing: where several select a sidecar, the most specific is the one it reads, and it
+/// must be made for everything that selects it.
+fn with_meets(mut selectors: BTreeSet<Selector>) -> BTreeSet<Selector> {
+    loop {
+        let list: Vec<&Selector> = selectors.iter().collect();
+        let mut missing = BTreeSet::new();
+        for (i, a) in list.iter().enumerate() {
+            for b in &list[i + 1..] {
+                if let Some(both) = meet(a, b).filter(|m| !selectors.contains(m)) {
+                    missing.insert(both);
+                }
+            }
+        }
+        if missing.is_empty() {
+            return selectors;
+        }
+        if selectors.len() + missing.len() > MAX_SELECTORS {
+            warn!(
+                limit = MAX_SELECTORS,
+                "sidecar variants of a shared listener exceed the limit; some sidecars \
+                 matching several read a less specific one"
+            );
+            return selectors;
+        }
+        selectors.extend(missing);
+    }
+}
+
+/// The sidecars both `a` and `b` select, if one can be selected by both.
+fn meet(a: &Selector, b: &Selector) -> Option<Selector> {
+    fn either<T: Clone + PartialEq>(a: &Option<T>, b: &Option<T>) -> Result<Option<T>, ()> {
+        match (a, b) {
+            (Some(x), Some(y)) if x != y => Err(()),
+            (x, y) => Ok(x.clone().or_else(|| y.clone())),
+        }
+    }
+    if a.locality != b.locality || a.address != b.address {
+        return None;
+    }
+    Some(Selector {
+        role: either(&a.role, &b.role).ok()?,
+        namespace: either(&a.namespace, &b.namespace).ok()?,
+        labels: union(&a.labels, &b.labels)?,
+        ..a.clone()
+    })
+}
 
 /// Which of `listener`'s chains the sidecars `selector` picks see. A set of sidecars is
 /// judged by its namespace and labels: every narrower set a visibility rule names is a set of
