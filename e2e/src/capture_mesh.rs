@@ -252,6 +252,78 @@ impl SniApps {
     }
 }
 
+/// A ServiceEntry (bookinfo) for the HTTPS host `host` on 443 without an address (told
+/// apart by SNI), whose one endpoint is `workload` on `target`.
+pub fn https_entry(host: &str, target: u16, workload: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {}, namespace: bookinfo}}
+spec:
+  hosts: [{host}]
+  location: MESH_EXTERNAL
+  ports: [{{number: 443, name: https, protocol: HTTPS}}]
+  resolution: STATIC
+  endpoints: [{{address: {workload}, ports: {{https: {target}}}}}]
+",
+        host.replace('.', "-")
+    )
+}
+
+/// The apps of the `tcp`/`tls` route tests, all on one workload address: db and db2 (HTTP
+/// over TCP) on 5432 and 5433, secure.example.com and other.example.com (HTTPS, one
+/// certificate for both) on 8443 and 8444; and the ServiceEntries of db2 (service address
+/// 21, TCP 5433) and of the two HTTPS hosts. db's ServiceEntry is the test's.
+pub struct StreamApps {
+    pub upstreams: Upstreams,
+    pub connector: tokio_rustls::TlsConnector,
+}
+
+impl StreamApps {
+    pub async fn start(
+        env: &TestEnv,
+        upstream_bin: &Path,
+        workload: std::net::Ipv4Addr,
+    ) -> anyhow::Result<Self> {
+        let at = |port: u16| SocketAddr::from((workload, port));
+        let ca = TestCa::new(&env.log_dir, "external")?;
+        let server = ca.server(
+            "external-server",
+            &["secure.example.com", "other.example.com"],
+        )?;
+        let tls = UpstreamTls {
+            cert: server.cert.clone(),
+            key: server.key.clone(),
+            client_ca: None,
+        };
+        let upstreams = Upstreams::start_with_tls(
+            upstream_bin,
+            &[("db", "v1", at(5432)), ("db2", "v1", at(5433))],
+            &[("secure", "v1", at(8443)), ("other", "v1", at(8444))],
+            Some(&tls),
+            &env.log_dir,
+            "apps",
+        )
+        .await?;
+        let address = workload.to_string();
+        env.write_config("db2.yaml", &service_entry("db2", 21, 5433, "TCP", &address))?;
+        for (host, target) in [("secure.example.com", 8443), ("other.example.com", 8444)] {
+            let file = format!("{}.yaml", host.replace('.', "-"));
+            env.write_config(&file, &https_entry(host, target, &address))?;
+        }
+        Ok(Self {
+            upstreams,
+            connector: connector(&ca.cert_pem, None)?,
+        })
+    }
+
+    /// What answers HTTPS with SNI `name` to `to`.
+    pub async fn https_reply(&self, to: SocketAddr, name: &str) -> anyhow::Result<UpstreamReply> {
+        let response = https_get(&self.connector, to, name, "/").await?;
+        serde_json::from_slice(&response.body).context("an upstream's reply")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -280,26 +280,31 @@ spec:
     })
     .await?;
     ensure!(reply.service == "db", "{reply:?}");
-    // A `tls` match for another namespace's gateway proxies does not hold here.
-    env.write_config(
-        "edge.yaml",
-        &yaml.replace(
+    // As istiod's gateways, a `tls` match's `sourceNamespace` is not read on a gateway: a
+    // match naming another namespace, now sending a.example.com to b, still holds here.
+    let elsewhere = yaml
+        .replace(
             "sniHosts: [a.example.com]}",
             "sniHosts: [a.example.com], sourceNamespace: elsewhere}",
-        ),
-    )?;
+        )
+        .replace(
+            "route: [{destination: {host: a.example.com}}]",
+            "route: [{destination: {host: b.example.com}}]",
+        );
+    ensure!(
+        elsewhere.matches("b.example.com}}]").count() == 2,
+        "{elsewhere}"
+    );
+    env.write_config("edge.yaml", &elsewhere)?;
     capstan_e2e::wait_until(
-        "a match for another namespace",
+        "a match naming another namespace",
         CONFIG_TIMEOUT,
         async || {
-            ensure_https_refused(
-                &trusting,
-                loopback(tls_port),
-                "a.example.com",
-                "/",
-                "a match for another namespace",
-            )
-            .await
+            let reply = https_get(&trusting, loopback(tls_port), "a.example.com", "/")
+                .await?
+                .upstream_reply()?;
+            ensure!(reply.version == "b", "{reply:?}");
+            Ok(())
         },
     )
     .await?;

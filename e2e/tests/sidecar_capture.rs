@@ -14,8 +14,8 @@ use std::path::Path;
 use anyhow::{Context, ensure};
 use capstan_e2e::capture::{self, service_ip};
 use capstan_e2e::capture_mesh::{
-    CaptureMesh, SniApps, call, capstan_and_captured_sidecar, entry, service_entry,
-    sidecar_bootstrap, start_capstan, start_captured_sidecar,
+    CaptureMesh, SniApps, StreamApps, call, capstan_and_captured_sidecar, entry, https_entry,
+    service_entry, sidecar_bootstrap, start_capstan, start_captured_sidecar,
 };
 use capstan_e2e::envoy::{AdsMode, dynamic_route_config_names};
 use capstan_e2e::http::{HttpClient, UpstreamReply};
@@ -130,23 +130,6 @@ async fn captured_traffic_goes_out_and_back_in_through_the_sidecar() -> anyhow::
     mesh.envoy.ensure_no_rejected_updates().await
 }
 
-/// A ServiceEntry for an HTTPS host on 443 whose one endpoint is the workload on `target`.
-fn https_entry(host: &str, target: u16, workload: &str) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: {}, namespace: bookinfo}}
-spec:
-  hosts: [{host}]
-  location: MESH_EXTERNAL
-  ports: [{{number: 443, name: https, protocol: HTTPS}}]
-  resolution: STATIC
-  endpoints: [{{address: {workload}, ports: {{https: {target}}}}}]
-",
-        host.replace('.', "-")
-    )
-}
-
 /// A VirtualService `tcp` route sends db's connections to db2, for the sidecars of the
 /// namespace its `sourceNamespace` and `exportTo` name, and `tcp` and `tls` routes for the
 /// workloads their `sourceLabels` name; two HTTPS hosts share port 443 and one address, told
@@ -158,37 +141,9 @@ async fn tcp_routes_and_tls_by_sni_on_sidecars() -> anyhow::Result<()> {
     let name = "tcp_routes_and_tls_by_sni_on_sidecars";
     let env = TestEnv::new(name)?;
     let workload = pod_ip(263);
-    let at = |port: u16| SocketAddr::from((workload, port));
-    let ca = TestCa::new(&env.log_dir, "external")?;
-    let server = ca.server(
-        "external-server",
-        &["secure.example.com", "other.example.com"],
-    )?;
-    let tls = UpstreamTls {
-        cert: server.cert.clone(),
-        key: server.key.clone(),
-        client_ca: None,
-    };
-    let upstreams = Upstreams::start_with_tls(
-        Path::new(UPSTREAM_BIN),
-        &[("db", "v1", at(5432)), ("db2", "v1", at(5433))],
-        &[("secure", "v1", at(8443)), ("other", "v1", at(8444))],
-        Some(&tls),
-        &env.log_dir,
-        "apps",
-    )
-    .await?;
+    let apps = StreamApps::start(&env, Path::new(UPSTREAM_BIN), workload).await?;
     let address = workload.to_string();
     env.write_config("db.yaml", &service_entry("db", 20, 5432, "TCP", &address))?;
-    env.write_config("db2.yaml", &service_entry("db2", 21, 5433, "TCP", &address))?;
-    env.write_config(
-        "secure.yaml",
-        &https_entry("secure.example.com", 8443, &address),
-    )?;
-    env.write_config(
-        "other.yaml",
-        &https_entry("other.example.com", 8444, &address),
-    )?;
     // The workload is labelled `app: productpage`, which `sourceLabels` matches below.
     let capstan = start_capstan(&env).await?;
     let mut bootstrap = sidecar_bootstrap(AdsMode::Delta, capstan.xds_port, &address);
@@ -200,18 +155,16 @@ async fn tcp_routes_and_tls_by_sni_on_sidecars() -> anyhow::Result<()> {
     let logs = || format!("logs in {}", log_dir.display());
 
     // Both HTTPS hosts on one address and port: the SNI picks the workload port.
-    let connector = connector(&ca.cert_pem, None)?;
     let vip = SocketAddr::from((service_ip(40), 443));
     for (host, service) in [
         ("secure.example.com", "secure"),
         ("other.example.com", "other"),
     ] {
-        let response = wait_until(&format!("{host} by SNI"), CONFIG_TIMEOUT, async || {
-            https_get(&connector, vip, host, "/").await
+        let reply = wait_until(&format!("{host} by SNI"), CONFIG_TIMEOUT, async || {
+            apps.https_reply(vip, host).await
         })
         .await
         .with_context(logs)?;
-        let reply: UpstreamReply = serde_json::from_slice(&response.body)?;
         ensure!(reply.service == service, "{host}: {reply:?}");
         ensure!(
             !reply.headers.contains_key("x-request-id"),
@@ -246,7 +199,7 @@ spec:
     })
     .await
     .with_context(logs)?;
-    ensure!(upstreams.count("db2", "v1").await? >= 1);
+    ensure!(apps.upstreams.count("db2", "v1").await? >= 1);
 
     // The route read by the caller's namespace (this sidecar's is bookinfo): a match for
     // another namespace's sidecars leaves it on db, one for bookinfo's sends it to db2, and
@@ -314,8 +267,7 @@ spec:
         wait_until(&step, CONFIG_TIMEOUT, async || {
             let reply = call(db, "db").await?;
             ensure!(reply.service == db_service, "db: {reply:?}");
-            let response = https_get(&connector, vip, "secure.example.com", "/").await?;
-            let reply: UpstreamReply = serde_json::from_slice(&response.body)?;
+            let reply = apps.https_reply(vip, "secure.example.com").await?;
             ensure!(reply.service == secure_service, "secure: {reply:?}");
             Ok(())
         })

@@ -41,6 +41,10 @@ pub struct StreamMatch {
     /// `sourceLabels`: the sidecars whose workload has these labels only (gateways do not
     /// read it, as with istiod).
     pub source_labels: BTreeMap<String, String>,
+    /// `destinationSubnets`, each `address/length` (an address alone as its one-address
+    /// range): on sidecars, connections to an address in one of them only (gateways do not
+    /// read it, as with istiod).
+    pub destination_subnets: Vec<String>,
 }
 
 impl StreamMatch {
@@ -80,9 +84,9 @@ pub fn tcp_routes(
                 gateways: m.gateways.clone(),
                 source_namespace: source_namespace(&m.source_namespace),
                 source_labels: m.source_labels.clone(),
+                destination_subnets: subnets(&m.destination_subnets),
             };
             let unapplied = Unapplied {
-                destination_subnets: !m.destination_subnets.is_empty(),
                 source_subnet: !m.source_subnet.is_empty(),
             };
             (read, unapplied)
@@ -109,9 +113,9 @@ pub fn tls_routes(
                 gateways: m.gateways.clone(),
                 source_namespace: source_namespace(&m.source_namespace),
                 source_labels: m.source_labels.clone(),
+                destination_subnets: subnets(&m.destination_subnets),
             };
             let unapplied = Unapplied {
-                destination_subnets: !m.destination_subnets.is_empty(),
                 source_subnet: false,
             };
             (read, unapplied)
@@ -123,9 +127,35 @@ fn source_namespace(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_string())
 }
 
+/// `destinationSubnets` as `address/length`, in order, each once (validation refuses what is
+/// neither an address nor a range; such text is left out).
+fn subnets(texts: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for text in texts {
+        if let Some(subnet) = subnet(text).filter(|s| !out.contains(s)) {
+            out.push(subnet);
+        }
+    }
+    out
+}
+
+/// An address or range as `address/length`; `None` for neither.
+pub fn subnet(text: &str) -> Option<String> {
+    let (address, length) = match text.split_once('/') {
+        Some((address, length)) => (address, Some(length)),
+        None => (text, None),
+    };
+    let address: std::net::IpAddr = address.parse().ok()?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    let length: u32 = match length {
+        Some(length) => length.parse().ok().filter(|l| *l <= max)?,
+        None => max,
+    };
+    Some(format!("{address}/{length}"))
+}
+
 /// Which match conditions are set that translation does not apply.
 struct Unapplied {
-    destination_subnets: bool,
     source_subnet: bool,
 }
 
@@ -163,15 +193,15 @@ fn report_unapplied(
     unapplied: &Unapplied,
     problems: &mut Vec<Problem>,
 ) {
-    for (name, set) in [
-        ("destinationSubnets", unapplied.destination_subnets),
-        ("sourceSubnet", unapplied.source_subnet),
-    ] {
+    for (name, set) in [("sourceSubnet", unapplied.source_subnet)] {
         if set {
             problems.push(Problem {
                 object: key.clone(),
                 field: format!("{field}.{name}"),
-                message: format!("{name} is not applied yet; the match holds without it"),
+                message: format!(
+                    "{name} is not applied, as istiod does not apply it; the match holds \
+                     without it"
+                ),
             });
         }
     }
@@ -262,5 +292,22 @@ spec:
         let labels = BTreeMap::from([("app".to_string(), "a".to_string())]);
         assert_eq!(tcp[0].matches[0].source_labels, labels);
         assert_eq!(fields, Vec::<String>::new());
+    }
+
+    #[test]
+    fn destination_subnets_are_read_as_ranges_each_once() {
+        let texts = [
+            "10.1.0.0/16",
+            "10.2.0.7",
+            "10.1.0.0/16",
+            "fd00::1",
+            "10.0.0.0/33",
+            "db",
+        ];
+        let texts: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+        assert_eq!(
+            subnets(&texts),
+            ["10.1.0.0/16", "10.2.0.7/32", "fd00::1/128"]
+        );
     }
 }

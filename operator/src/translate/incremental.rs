@@ -511,6 +511,9 @@ mod source_labels_tests;
 mod stream_source_tests;
 
 #[cfg(test)]
+mod subnet_route_tests;
+
+#[cfg(test)]
 mod upstream_credential_tests;
 
 #[cfg(test)]

@@ -40,8 +40,9 @@ pub fn shared_http_configuration(
 }
 
 /// The gateway proxies a Gateway selector (`labels`) picks that the VirtualServices bound to
-/// `gateways` tell apart, as with istiod, which compares their `exportTo`, `sourceNamespace`
-/// and `sourceLabels` with the gateway proxy's own namespace and labels, and hashes as the
+/// `gateways` tell apart, as with istiod, which compares their `exportTo` and their HTTP
+/// matches' `sourceNamespace` and `sourceLabels` (not their `tcp`/`tls` matches') with the
+/// gateway proxy's own namespace and labels, and hashes as the
 /// DestinationRule of the proxy's namespace says: per namespace one is exported to, a match
 /// names or reads another rule for a destination (and any other), per label class of the matches'
 /// `sourceLabels` (with the selector's labels, which every proxy it picks has). Without such
@@ -79,9 +80,6 @@ pub fn source_variants(
                 .flat_map(|r| r.by_namespace.keys())
                 .map(|ns| Some(ns.as_str())),
         );
-        // `tcp`/`tls` matches name the proxies of a namespace for the port's listener.
-        let stream_matches = vs.tcp.iter().chain(&vs.tls).flat_map(|r| &r.matches);
-        namespaces.extend(stream_matches.filter_map(|m| m.source_namespace.as_deref().map(Some)));
         // A match naming its own gateways is not narrowed by source.
         for m in vs.http.iter().flat_map(|h| &h.matches) {
             if m.gateways.is_empty() {

@@ -35,15 +35,11 @@ fn serving<'m>(
         .filter(move |vs| admitted(bound, vs) && vs.export_to.includes(caller))
 }
 
-/// Whether `m` holds on `port` of the gateway for the proxies of namespace `caller`.
-fn holds(
-    m: &StreamMatch,
-    port: u32,
-    gateway: (&str, &str),
-    vs: &VirtualService,
-    caller: Option<&str>,
-) -> bool {
-    m.applies_on(port, gateway, &vs.origin.namespace) && m.names_caller(caller)
+/// Whether `m` holds on `port` of the gateway. As istiod's gateways, a `tcp`/`tls` match's
+/// `sourceNamespace`, `sourceLabels` and `destinationSubnets` are not read here: its port and
+/// gateways decide.
+fn holds(m: &StreamMatch, port: u32, gateway: (&str, &str), vs: &VirtualService) -> bool {
+    m.applies_on(port, gateway, &vs.origin.namespace)
 }
 
 /// Whether the server admits `vs`: one of its hosts meets a server host open to its namespace.
@@ -69,10 +65,7 @@ pub fn tcp_chain(
     let gateway = (origin.namespace.as_str(), origin.name.as_str());
     for vs in serving(mesh, bound, caller) {
         let applies = |r: &&StreamRoute| {
-            r.matches.is_empty()
-                || r.matches
-                    .iter()
-                    .any(|m| holds(m, port, gateway, vs, caller))
+            r.matches.is_empty() || r.matches.iter().any(|m| holds(m, port, gateway, vs))
         };
         if let Some(route) = vs.tcp.iter().find(applies) {
             let proxy = tcp_proxy(mesh, port, (&route.destinations, vs), caller, out)?;
@@ -109,7 +102,7 @@ pub fn passthrough_chains(
     for vs in serving(mesh, bound, caller) {
         for route in &vs.tls {
             for m in &route.matches {
-                if !holds(m, port, gateway, vs, caller) {
+                if !holds(m, port, gateway, vs) {
                     continue;
                 }
                 let names: Vec<String> = m

@@ -22,7 +22,7 @@ fn tcp_entry(name: &str, address: &str) -> String {
 }
 
 /// An HTTPS ServiceEntry `name.example.com` on 443.
-fn tls_entry(name: &str) -> String {
+pub(super) fn tls_entry(name: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -107,7 +107,7 @@ fn listener(yamls: &[String], namespace: &str, name: &str) -> Listener {
 }
 
 /// [`listener`] for a sidecar with `labels`.
-fn labelled_listener(
+pub(super) fn labelled_listener(
     yamls: &[String],
     namespace: &str,
     labels: &[(&str, &str)],
@@ -121,7 +121,7 @@ fn labelled_listener(
 }
 
 /// Each filter chain of `listener`: its name and the cluster its TCP proxy sends to.
-fn chains(listener: &Listener) -> Vec<(String, String)> {
+pub(super) fn chains(listener: &Listener) -> Vec<(String, String)> {
     listener
         .filter_chains
         .iter()

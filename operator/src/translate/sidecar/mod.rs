@@ -18,6 +18,7 @@ pub mod mtls;
 mod outbound;
 mod state;
 mod stream;
+mod subnet_chains;
 
 pub use outbound::fallback_virtual_host;
 pub use state::CaptureState;

@@ -22,6 +22,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::google::protobuf::{BoolValue, Duration};
 use envoy_types::util::pack_any;
 
+use super::subnet_chains::{StreamChains, prefix_ranges};
 use super::{BLACKHOLE, OUTBOUND_CAPTURE_PORT, PASSTHROUGH, VIRTUAL_OUTBOUND, socket, tcp_proxy};
 use crate::model::sidecar_scope::{EgressProxy, OutboundMode};
 use crate::translate::http_filters::http_filters;
@@ -146,17 +147,27 @@ pub fn bound_http_port(address: &str, port: u32) -> Listener {
 /// route configuration `routes` (the service's own on its address, the port's on 0.0.0.0,
 /// as istiod's); any other goes where `tcp` sends it. As istiod's protocol detection, a
 /// protocol whose server speaks first waits for the inspector's timeout: declare those.
-pub fn detected_port(address: &str, port: u32, routes: &str, tcp: Filter) -> Listener {
+pub fn detected_port(address: &str, port: u32, routes: &str, tcp: StreamChains) -> Listener {
     let name = format!("{address}_{port}");
-    let http = FilterChain {
+    let http = |prefix_ranges| FilterChain {
         filter_chain_match: Some(FilterChainMatch {
+            prefix_ranges,
             application_protocols: super::DETECTED_HTTP.iter().map(|p| p.to_string()).collect(),
             ..Default::default()
         }),
         filters: vec![http_routes_by(port, routes)],
         ..Default::default()
     };
-    let mut listener = bound_by_capture(name, address, port, vec![http, one_chain(tcp)]);
+    // A destination range is matched before the protocol: each subnet chain of the TCP
+    // routes has the HTTP chain beside it, so HTTP to those addresses is still routed.
+    let mut chains: Vec<FilterChain> = tcp
+        .by_subnets
+        .iter()
+        .map(|(subnets, _)| http(prefix_ranges(subnets)))
+        .collect();
+    chains.push(http(Vec::new()));
+    chains.extend(tcp.into_chains(&name, FilterChainMatch::default()));
+    let mut listener = bound_by_capture(name, address, port, chains);
     listener.listener_filters = vec![super::http_inspector()];
     listener
 }
@@ -186,9 +197,10 @@ fn http_routes_by(port: u32, routes: &str) -> Filter {
 }
 
 /// `<address>_<port>`: TCP to one service (its cluster, or where its `tcp` route says).
-pub fn tcp_port(address: &str, port: u32, filter: Filter) -> Listener {
+pub fn tcp_port(address: &str, port: u32, chains: StreamChains) -> Listener {
     let name = format!("{address}_{port}");
-    bound_by_capture(name, address, port, vec![one_chain(filter)])
+    let chains = chains.into_chains(&name, FilterChainMatch::default());
+    bound_by_capture(name, address, port, chains)
 }
 
 fn one_chain(filter: Filter) -> FilterChain {

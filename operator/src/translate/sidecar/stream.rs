@@ -4,14 +4,13 @@
 
 use std::collections::BTreeSet;
 
-use envoy_types::pb::envoy::config::listener::v3::{
-    Filter, FilterChain, FilterChainMatch, Listener,
-};
+use envoy_types::pb::envoy::config::listener::v3::{FilterChainMatch, Listener};
 
 use super::outbound;
+use super::subnet_chains::{Claim, Claimed, StreamChains};
 use super::tcp_proxy;
 use crate::model::service::ExportTo;
-use crate::model::stream_routes::StreamRoute;
+use crate::model::stream_routes::StreamMatch;
 use crate::model::{Mesh, Problem, VirtualService};
 use crate::translate::cluster_name;
 use crate::translate::route::{Caller, Labels, includes, label_classes};
@@ -19,24 +18,14 @@ use crate::translate::route_tcp_proxy::route_proxy;
 
 pub use crate::translate::route_tcp_proxy::Built;
 
-/// The first route of `routes` that takes the connections on `port` of the sidecars
-/// `caller` names.
-fn mesh_route<'a>(
-    routes: &'a [StreamRoute],
-    port: u32,
-    sni: Option<&str>,
-    caller: &Caller,
-) -> Option<&'a StreamRoute> {
-    routes.iter().find(|route| {
-        route.matches.is_empty()
-            || route.matches.iter().any(|m| {
-                m.port.is_none_or(|p| p == port)
-                    && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
-                    && sni.is_none_or(|name| m.sni_hosts.iter().any(|s| s == name))
-                    && m.names_caller(caller.namespace.as_deref())
-                    && includes(&caller.labels, &m.source_labels)
-            })
-    })
+/// Whether `m` holds, on `port` (for a TLS server name `sni`), for the sidecars `caller`
+/// names — all but its destination subnets, which the listener's chains match.
+fn holds(m: &StreamMatch, port: u32, sni: Option<&str>, caller: &Caller) -> bool {
+    m.port.is_none_or(|p| p == port)
+        && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+        && sni.is_none_or(|name| m.sni_hosts.iter().any(|s| s == name))
+        && m.names_caller(caller.namespace.as_deref())
+        && includes(&caller.labels, &m.source_labels)
 }
 
 /// The VirtualService routing `host` for the sidecars of namespace `caller`: none where it is
@@ -105,83 +94,140 @@ impl Sources {
     }
 }
 
-/// The filter for `host`'s TCP port: its VirtualService's `tcp` route for the mesh, else its
-/// own cluster.
-pub fn tcp_filter(
+/// Where `host`'s connections on `port` go for `caller`'s sidecars: its VirtualService's
+/// `tcp` (or, for a TLS host, `tls`) routes for the mesh, else its own cluster. A route
+/// whose matches all name destination subnets takes the connections to those (each subnet
+/// once on the listener: `claimed`); the first route with a match for any destination
+/// takes the rest — and, for TCP, ends the list, as with istiod.
+pub fn stream_chains(
     mesh: &Mesh,
     host: &str,
     port: u32,
+    tls: bool,
     caller: &Caller,
+    claimed: &mut Claimed,
     problems: &mut Vec<Problem>,
-) -> Built<Filter> {
+) -> Built<StreamChains> {
     let own = cluster_name(port, "", host);
-    if let Some(vs) = routing(mesh, host, caller)
-        && let Some(route) = mesh_route(&vs.tcp, port, None, caller)
-    {
-        let namespace = caller.namespace.as_deref();
-        match route_proxy(mesh, port, &route.destinations, namespace, &own) {
-            Some(built) => return built,
-            None => problems.push(no_weight(&vs.origin, "spec.tcp")),
+    let mut by_subnets = Vec::new();
+    let mut destinations = Vec::new();
+    let mut rest = None;
+    if let Some(vs) = routing(mesh, host, caller) {
+        let (routes, list) = if tls {
+            (&vs.tls, "spec.tls")
+        } else {
+            (&vs.tcp, "spec.tcp")
+        };
+        let sni = tls.then_some(host);
+        for route in routes {
+            let holding: Vec<&StreamMatch> = route
+                .matches
+                .iter()
+                .filter(|m| holds(m, port, sni, caller))
+                .collect();
+            let any_destination = route.matches.is_empty()
+                || holding.iter().any(|m| m.destination_subnets.is_empty());
+            if any_destination && rest.is_some() {
+                continue;
+            }
+            let mut subnets = Vec::new();
+            if !any_destination {
+                for subnet in holding.iter().flat_map(|m| &m.destination_subnets) {
+                    match claimed.claim(subnet, host) {
+                        Claim::New => subnets.push(subnet.clone()),
+                        Claim::Again => {}
+                        Claim::Taken(owner) => {
+                            problems.push(subnet_taken(vs, list, subnet, &owner))
+                        }
+                    }
+                }
+                if subnets.is_empty() {
+                    continue;
+                }
+            }
+            let namespace = caller.namespace.as_deref();
+            let built = route_proxy(mesh, port, &route.destinations, namespace, &own);
+            let Some(built) = built else {
+                problems.push(no_weight(&vs.origin, list));
+                if any_destination {
+                    break;
+                }
+                continue;
+            };
+            destinations.extend(built.destinations);
+            if !any_destination {
+                by_subnets.push((subnets, built.value));
+                continue;
+            }
+            rest = Some(built.value);
+            if !tls {
+                break;
+            }
         }
     }
     Built {
-        value: tcp_proxy(&own, &own),
-        destinations: Vec::new(),
+        value: StreamChains {
+            by_subnets,
+            rest: rest.unwrap_or_else(|| tcp_proxy(&own, &own)),
+        },
+        destinations,
     }
 }
 
-/// `0.0.0.0_<port>` for TLS services: a chain per SNI name — a VirtualService's `tls` route
-/// where one applies, else the host itself to its own cluster. The chain for the rest is
-/// each sidecar's outbound traffic policy's, added per set of sidecars.
+/// `0.0.0.0_<port>` for TLS services: chains per SNI name — a VirtualService's `tls` routes
+/// where they apply (by destination subnet first), else the host itself to its own cluster.
+/// The chain for the rest is each sidecar's outbound traffic policy's, added per set of
+/// sidecars. Each chain's host goes to `chain_hosts`.
 pub fn tls_listener(
     mesh: &Mesh,
     port: u32,
     hosts: &[&str],
     caller: &Caller,
     problems: &mut Vec<Problem>,
-) -> Built<Listener> {
+) -> (Built<Listener>, Vec<(String, String)>) {
     let mut chains = Vec::new();
     let mut destinations = Vec::new();
+    let mut chain_hosts = Vec::new();
     for host in hosts {
-        let own = cluster_name(port, "", host);
-        let routed = routing(mesh, host, caller).and_then(|vs| {
-            let route = mesh_route(&vs.tls, port, Some(host), caller)?;
-            let namespace = caller.namespace.as_deref();
-            let built = route_proxy(mesh, port, &route.destinations, namespace, &own);
-            if built.is_none() {
-                problems.push(no_weight(&vs.origin, "spec.tls"));
-            }
-            built
-        });
-        let filter = match routed {
-            Some(built) => {
-                destinations.extend(built.destinations);
-                built.value
-            }
-            None => tcp_proxy(&own, &own),
-        };
-        chains.push(FilterChain {
-            name: sni_chain_name(port, host),
-            filter_chain_match: Some(FilterChainMatch {
-                server_names: vec![host.to_string()],
-                ..Default::default()
-            }),
-            filters: vec![filter],
+        let mut claimed = Claimed::default();
+        let built = stream_chains(mesh, host, port, true, caller, &mut claimed, problems);
+        destinations.extend(built.destinations);
+        let by_sni = FilterChainMatch {
+            server_names: vec![host.to_string()],
             ..Default::default()
-        });
+        };
+        let host_chains = built.value.into_chains(&sni_chain_name(port, host), by_sni);
+        chain_hosts.extend(
+            host_chains
+                .iter()
+                .map(|c| (c.name.clone(), host.to_string())),
+        );
+        chains.extend(host_chains);
     }
     let mut listener =
         outbound::bound_by_capture(format!("0.0.0.0_{port}"), "0.0.0.0", port, chains);
     listener.listener_filters = vec![super::tls_inspector()];
-    Built {
+    let built = Built {
         value: listener,
         destinations,
-    }
+    };
+    (built, chain_hosts)
 }
 
 /// The filter chain of TLS service `host` on `port` (named for its cluster).
 pub fn sni_chain_name(port: u32, host: &str) -> String {
     cluster_name(port, "", host)
+}
+
+fn subnet_taken(vs: &VirtualService, field: &str, subnet: &str, owner: &str) -> Problem {
+    Problem {
+        object: vs.origin.clone(),
+        field: format!("{field}.match.destinationSubnets"),
+        message: format!(
+            "{subnet} is matched already on this port by {owner}'s chain; this route does not \
+             take connections to it"
+        ),
+    }
 }
 
 fn no_weight(object: &capstan_crds::ObjectKey, field: &str) -> Problem {

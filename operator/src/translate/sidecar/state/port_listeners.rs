@@ -3,14 +3,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use envoy_types::pb::envoy::config::core::v3::CidrRange;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
-use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::super::stream::{self, Built, Sources};
+use super::super::subnet_chains::{
+    Claimed, StreamChains, cidr_range, prefix_ranges, subnet_chain_name,
+};
 use super::super::{outbound, tcp_proxy};
 use super::{CaptureState, PortUse, sidecars};
 use crate::model::service::Origin;
+use crate::model::stream_routes;
 use crate::model::{Mesh, Problem};
 use crate::translate::route::{self, Caller, Labels};
 use capstan_xds::{Resource, Selector, Update, type_url};
@@ -55,19 +57,21 @@ impl PortListener {
 
     /// `build` for every sidecar, and for each set of sidecars `sources` tells apart; the
     /// hosts the routes of any of them send to go to `destinations`. Problems are said once,
-    /// for every sidecar's.
+    /// for every sidecar's. `build` also gives the chains that are one service's, with
+    /// their host.
     fn per_caller(
         sources: &Sources,
         destinations: &mut BTreeSet<String>,
         problems: &mut Vec<Problem>,
-        build: impl Fn(&Caller, &mut Vec<Problem>) -> Built<Listener>,
+        build: impl Fn(&Caller, &mut Vec<Problem>) -> Variant,
     ) -> Self {
-        let everyone = build(&Caller::anyone(), problems);
+        let (everyone, mut chain_hosts) = build(&Caller::anyone(), problems);
         destinations.extend(everyone.destinations);
         let mut by_caller = BTreeMap::new();
         for caller in sources.callers() {
-            let built = build(&caller, &mut Vec::new());
+            let (built, chains) = build(&caller, &mut Vec::new());
             destinations.extend(built.destinations);
+            chain_hosts.extend(chains);
             if sources.by_labels() || built.value != everyone.value {
                 by_caller.insert(caller, built.value);
             }
@@ -76,14 +80,8 @@ impl PortListener {
             everyone: everyone.value,
             by_caller,
             selectors: sources.selectors.iter().cloned().collect(),
-            chain_hosts: BTreeMap::new(),
+            chain_hosts: chain_hosts.into_iter().collect(),
         }
-    }
-
-    fn with_chains(mut self, chains: impl IntoIterator<Item = (String, String)>) -> Self {
-        // Collected, not inserted one by one: built in one pass from the sorted names.
-        self.chain_hosts = self.chain_hosts.into_iter().chain(chains).collect();
-        self
     }
 
     /// Each set of sidecars' variant, with the selector picking them.
@@ -102,6 +100,10 @@ pub(super) fn caller_selector(caller: &Caller) -> Selector {
     selector.labels = caller.labels.clone();
     selector
 }
+
+/// One set of sidecars' listener, with the (chain name, host) of each chain that is one
+/// service's in a listener services share.
+type Variant = (Built<Listener>, Vec<(String, String)>);
 
 impl CaptureState {
     /// Puts `everyone` for every sidecar and each of `variants` for its set of sidecars, and
@@ -246,17 +248,27 @@ pub(super) fn port_listeners(
                 &mut destinations,
                 problems,
                 |caller, problems| {
-                    let built = stream::tcp_filter(mesh, host, port, caller, problems);
+                    let mut claimed = Claimed::default();
+                    let built = stream::stream_chains(
+                        mesh,
+                        host,
+                        port,
+                        false,
+                        caller,
+                        &mut claimed,
+                        problems,
+                    );
                     let value = if detected {
                         let routes = route::detected_routes(host, port, address);
                         outbound::detected_port(address, port, &routes, built.value)
                     } else {
                         outbound::tcp_port(address, port, built.value)
                     };
-                    Built {
+                    let built = Built {
                         value,
                         destinations: built.destinations,
-                    }
+                    };
+                    (built, Vec::new())
                 },
             );
             owners.push((listener.name().to_string(), host.clone()));
@@ -280,10 +292,6 @@ pub(super) fn port_listeners(
     let ranges = distinct_ranges(mesh, port, ranges, problems);
     let mut sources = Sources::of(mesh, ranges.iter().map(|(host, _)| *host));
     let mut open = None;
-    let range_chains = ranges
-        .iter()
-        .filter(|(_, range)| cidr_range(range).is_some())
-        .map(|(host, range)| (range_chain_name(range, host), host.to_string()));
     if http {
         let listener =
             PortListener::per_caller(&sources, &mut destinations, problems, |caller, problems| {
@@ -296,36 +304,38 @@ pub(super) fn port_listeners(
                     outbound::http_port(port),
                 )
             });
-        out.push(listener.with_chains(range_chains));
+        out.push(listener);
     } else if !tls.is_empty() || !ranges.is_empty() {
         for host in &tls {
             sources.add(mesh, host);
         }
-        open = Some(
-            PortListener::per_caller(&sources, &mut destinations, problems, |caller, problems| {
-                let sni = if tls.is_empty() {
-                    Built {
-                        value: outbound::bound_by_capture(
-                            format!("0.0.0.0_{port}"),
-                            "0.0.0.0",
-                            port,
-                            Vec::new(),
-                        ),
+        open = Some(PortListener::per_caller(
+            &sources,
+            &mut destinations,
+            problems,
+            |caller, problems| {
+                let (sni, mut chain_hosts) = if tls.is_empty() {
+                    let listener = outbound::bound_by_capture(
+                        format!("0.0.0.0_{port}"),
+                        "0.0.0.0",
+                        port,
+                        Vec::new(),
+                    );
+                    let built = Built {
+                        value: listener,
                         destinations: Vec::new(),
-                    }
+                    };
+                    (built, Vec::new())
                 } else {
                     stream::tls_listener(mesh, port, &tls, caller, problems)
                 };
-                let mut built = with_ranges(mesh, port, &ranges, caller, problems, sni.value);
+                let (mut built, range_chains) =
+                    with_ranges(mesh, port, &ranges, caller, problems, sni.value);
                 built.destinations.extend(sni.destinations);
-                built
-            })
-            .with_chains(
-                tls.iter()
-                    .map(|host| (stream::sni_chain_name(port, host), host.to_string()))
-                    .chain(range_chains),
-            ),
-        );
+                chain_hosts.extend(range_chains);
+                (built, chain_hosts)
+            },
+        ));
     }
     PortListeners {
         same: out,
@@ -364,8 +374,10 @@ fn distinct_ranges<'a>(
     out
 }
 
-/// `listener` with a filter chain per CIDR range of `ranges` (host, CIDR): connections to
-/// an address in it go where the host's `tcp` routes for `caller`'s sidecars say.
+/// `listener` with the chains of `ranges` (host, CIDR): per host, the chains of its routes'
+/// destination subnets, then one per range of its, where connections go as its `tcp`
+/// routes for `caller`'s sidecars say (a route naming the range itself as a subnet takes
+/// the range's chain, as with istiod). Also each chain's (name, host).
 fn with_ranges(
     mesh: &Mesh,
     port: u32,
@@ -373,45 +385,72 @@ fn with_ranges(
     caller: &Caller,
     problems: &mut Vec<Problem>,
     mut listener: Listener,
-) -> Built<Listener> {
+) -> Variant {
+    let owned = ranges.iter().filter_map(|(host, range)| {
+        let range = stream_routes::subnet(range)?;
+        Some((range, host.to_string()))
+    });
+    let mut claimed = Claimed::with_ranges(owned);
     let mut destinations = Vec::new();
-    for (host, range) in ranges {
-        let Some(cidr) = cidr_range(range) else {
-            continue;
-        };
-        let built = stream::tcp_filter(mesh, host, port, caller, problems);
+    let mut chain_hosts = Vec::new();
+    let mut hosts: Vec<&str> = Vec::new();
+    for (host, _) in ranges {
+        if !hosts.contains(host) {
+            hosts.push(host);
+        }
+    }
+    for host in hosts {
+        let built = stream::stream_chains(mesh, host, port, false, caller, &mut claimed, problems);
         destinations.extend(built.destinations);
-        listener.filter_chains.push(FilterChain {
-            name: range_chain_name(range, host),
+        let StreamChains {
+            mut by_subnets,
+            rest,
+        } = built.value;
+        let mut chains = Vec::new();
+        for (_, range) in ranges.iter().filter(|(h, _)| *h == host) {
+            let Some(cidr) = cidr_range(range) else {
+                continue;
+            };
+            let own = stream_routes::subnet(range);
+            let routed = by_subnets.iter_mut().find_map(|(subnets, filter)| {
+                let at = subnets.iter().position(|s| Some(s) == own.as_ref())?;
+                subnets.remove(at);
+                Some(filter.clone())
+            });
+            chains.push(FilterChain {
+                name: range_chain_name(range, host),
+                filter_chain_match: Some(FilterChainMatch {
+                    prefix_ranges: vec![cidr],
+                    ..Default::default()
+                }),
+                filters: vec![routed.unwrap_or_else(|| rest.clone())],
+                ..Default::default()
+            });
+        }
+        by_subnets.retain(|(subnets, _)| !subnets.is_empty());
+        let subnet_chains = by_subnets.into_iter().map(|(subnets, filter)| FilterChain {
+            name: subnet_chain_name(&subnets, host),
             filter_chain_match: Some(FilterChainMatch {
-                prefix_ranges: vec![cidr],
+                prefix_ranges: prefix_ranges(&subnets),
                 ..Default::default()
             }),
-            filters: vec![built.value],
+            filters: vec![filter],
             ..Default::default()
         });
+        let chains: Vec<FilterChain> = subnet_chains.chain(chains).collect();
+        chain_hosts.extend(chains.iter().map(|c| (c.name.clone(), host.to_string())));
+        listener.filter_chains.extend(chains);
     }
-    Built {
+    let built = Built {
         value: listener,
         destinations,
-    }
+    };
+    (built, chain_hosts)
 }
 
 /// The filter chain of `host`'s CIDR address `range`.
 fn range_chain_name(range: &str, host: &str) -> String {
     format!("{range}|{host}")
-}
-
-/// `a.b.c.d/n` (or IPv6) as Envoy's range; `None` for text validation refuses.
-fn cidr_range(text: &str) -> Option<CidrRange> {
-    let (address, length) = text.split_once('/')?;
-    let address: std::net::IpAddr = address.parse().ok()?;
-    let prefix_len: u32 = length.parse().ok()?;
-    let max = if address.is_ipv4() { 32 } else { 128 };
-    (prefix_len <= max).then(|| CidrRange {
-        address_prefix: address.to_string(),
-        prefix_len: Some(UInt32Value { value: prefix_len }),
-    })
 }
 
 /// The filter chain ending an open listener (a TLS port's) for names no service has, to
