@@ -13,8 +13,9 @@ use anyhow::{Context, bail, ensure};
 use capstan_e2e::capture::service_ip;
 use capstan_e2e::capture_identity::{IdentityMesh, start_with_identity};
 use capstan_e2e::capture_mesh::call;
-use capstan_e2e::http::{HttpClient, UpstreamReply};
+use capstan_e2e::http::{HttpClient, HttpResponse, UpstreamReply};
 use capstan_e2e::mesh::CONFIG_TIMEOUT;
+use capstan_e2e::upstreams::Upstreams;
 use capstan_e2e::wait_until;
 
 capstan_e2e::private_network!();
@@ -223,6 +224,102 @@ async fn strict_refuses_plain_text_and_a_port_level_disable_opens_one_port() -> 
     mesh.mesh.envoy.ensure_no_rejected_updates().await
 }
 
+/// Plain HTTP from another pod to the workload's port 7777, which no service declares.
+async fn undeclared_port(mesh: &IdentityMesh) -> anyhow::Result<HttpResponse> {
+    let mut client = mesh.capture.another_pod_client(mesh.workload_port(7777));
+    client.get("undeclared", "/whoami", &[]).await
+}
+
+/// As istiod's passthrough chains, a connection to a port no service declares is held to the
+/// workload's mode and behind its AuthorizationPolicies:
+/// - PERMISSIVE: another pod's plain HTTP to the app on 7777 is served;
+/// - namespace STRICT: it is closed by `virtualInbound`;
+/// - a workload policy DISABLEs 7777 alone: served again, while 9080 stays STRICT;
+/// - those gone, a DENY policy for the workload: a 403 from its sidecar on 7777.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_no_service_declares_are_held_to_the_workloads_policies() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mesh = start("passthrough_policies").await?;
+    let env = &mesh.mesh.env;
+    let logs = || format!("logs in {}", env.log_dir.display());
+    let app = mesh.workload_port(7777);
+    let _undeclared = Upstreams::start(
+        Path::new(UPSTREAM_BIN),
+        &[("undeclared", "v1", app)],
+        &env.log_dir,
+        "undeclared",
+    )
+    .await?;
+    let served = async || -> anyhow::Result<()> {
+        let response = undeclared_port(&mesh).await?;
+        ensure!(response.status.is_success(), "{}", response.status);
+        let reply = response.upstream_reply()?;
+        ensure!(reply.service == "undeclared", "{reply:?}");
+        Ok(())
+    };
+    wait_until("mutual TLS to reviews", CONFIG_TIMEOUT, async || {
+        call_over_mutual_tls(&mesh).await
+    })
+    .await
+    .with_context(logs)?;
+    served().await.context("PERMISSIVE: the undeclared port")?;
+
+    env.write_config("strict.yaml", &policy("default", STRICT))?;
+    let envoy = &mesh.mesh.envoy;
+    wait_until(
+        "STRICT: the undeclared port refused",
+        CONFIG_TIMEOUT,
+        async || {
+            let before = envoy.stat(NO_CHAIN).await?;
+            let outcome = undeclared_port(&mesh).await;
+            ensure!(outcome.is_err(), "still served: {outcome:?}");
+            ensure!(envoy.stat(NO_CHAIN).await? > before, "refused elsewhere");
+            Ok(())
+        },
+    )
+    .await
+    .with_context(logs)?;
+    call_over_mutual_tls(&mesh)
+        .await
+        .context("STRICT: the mesh")?;
+
+    let open_7777 = "  selector: {matchLabels: {app: reviews}}
+  portLevelMtls:
+    \"7777\": {mode: DISABLE}
+";
+    env.write_config("open-7777.yaml", &policy("open-7777", open_7777))?;
+    wait_until("7777 DISABLEd", CONFIG_TIMEOUT, served)
+        .await
+        .with_context(logs)?;
+    ensure!(
+        plain_http(&mesh).await.is_err(),
+        "9080 stopped being STRICT"
+    );
+
+    for file in ["open-7777.yaml", "strict.yaml"] {
+        std::fs::remove_file(env.config_dir.join(file))?;
+    }
+    env.write_config(
+        "deny.yaml",
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-whoami, namespace: bookinfo}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: DENY
+  rules: [{to: [{operation: {paths: [/whoami]}}]}]
+",
+    )?;
+    wait_until("DENY on the undeclared port", CONFIG_TIMEOUT, async || {
+        let response = undeclared_port(&mesh).await?;
+        ensure!(response.status.as_u16() == 403, "{}", response.status);
+        Ok(())
+    })
+    .await
+    .with_context(logs)?;
+    mesh.mesh.envoy.ensure_no_rejected_updates().await
+}
+
 /// A DestinationRule's TLS wins over auto mTLS: told `tls.mode: DISABLE`, the client sidecar
 /// sends plain text, which the STRICT workload refuses (the app gets a 503); without the
 /// rule, auto mTLS reaches it again.
@@ -313,14 +410,15 @@ async fn a_sidecar_ingress_port_takes_mutual_tls_and_strict_refuses_plain_text()
             .any(|(k, v)| k.ends_with("upstream_rq_total") && *v > 0),
         "not through the ingress listener's cluster: {stats:?}"
     );
-    // db's 5432 is not among the Sidecar's ports: passed through unread, STRICT or not.
+    // db's 5432 is not among the Sidecar's ports: the passthrough takes it, STRICT too, as
+    // istiod's: plain TCP is closed.
     let answer = mesh.other_pod_tcp_to_db().await?;
     ensure!(
-        answer.contains("\"db\""),
+        answer.is_empty(),
         "plain TCP to an unlisted port: {answer:?}"
     );
     explained(env, OTHER_POD, REVIEWS, false)?;
     explained(env, APP, REVIEWS, true)?;
-    explained(env, OTHER_POD, DB, true)?;
+    explained(env, OTHER_POD, DB, false)?;
     mesh.mesh.envoy.ensure_no_rejected_updates().await
 }

@@ -100,12 +100,9 @@ pub fn explain(
         // A Sidecar listing ingress listeners: its ports instead of the service's.
         let ingress = sidecar_ingress(&ingress_variants, namespace, &endpoint.labels);
         let listed = ingress.iter().find(|p| p.port == target);
-        if !ingress.is_empty() && listed.is_none() {
-            out.push(passed_through(
-                endpoint, target, client_tls, mtls_out, caller, port,
-            ));
-            continue;
-        }
+        // Not listed: the passthrough takes it, held to the workload's mode and policies
+        // as the listed ports are, HTTP by what the sidecar sees.
+        let passthrough = !ingress.is_empty() && listed.is_none();
         let accepts = match listed {
             // Its own `tls` is what the port terminates.
             Some(listener) if listener.tls.is_some() => Accepts::Anything,
@@ -118,6 +115,14 @@ pub fn explain(
             Accepts::Anything => "any connection, passed on undecrypted (no sidecar label)",
         }
         .to_string();
+        let server_mode = if passthrough {
+            format!(
+                "{server_mode}, on the passthrough (its Sidecar's ingress listeners do not list \
+                 this port)"
+            )
+        } else {
+            server_mode
+        };
         let transport = match (mtls_out, accepts) {
             (true, Accepts::Plain) => Transport::Refused(
                 "mutual TLS to a port whose PeerAuthentication is DISABLE".into(),
@@ -153,8 +158,8 @@ pub fn explain(
         // it inspects; mutual TLS from capstan's sidecars carries no per-request HTTP ALPN
         // (Istio's `istio.alpn` filter), so it takes the TCP chain.
         let http = match port.protocol {
-            Some(_) => port.is_http(),
-            None => !matches!(transport, Transport::MutualTls { .. }),
+            Some(_) if !passthrough => port.is_http(),
+            _ => !matches!(transport, Transport::MutualTls { .. }),
         };
         let request = Request {
             peer: match &transport {
@@ -191,40 +196,6 @@ fn sidecar_ingress<'a>(
 ) -> &'a [IngressPort] {
     let workload = Covers::Workload(namespace.to_string(), labels.clone()).selector();
     variants.for_proxies(&workload)
-}
-
-/// The verdict on a port the workload's Sidecar does not list among its ingress listeners:
-/// the connection goes on to the app unread, nothing checked.
-fn passed_through(
-    endpoint: &crate::model::service::Endpoint,
-    target: u32,
-    client_tls: String,
-    mtls_out: bool,
-    caller: &Caller,
-    port: &Port,
-) -> Verdict {
-    Verdict {
-        address: endpoint.address.to_string(),
-        port: target,
-        client_tls,
-        server_mode: "passed through unread (its Sidecar's ingress listeners do not list \
-                      this port)"
-            .into(),
-        transport: if mtls_out {
-            Transport::MutualTls {
-                peer: caller_identity(caller),
-            }
-        } else {
-            Transport::Plain
-        },
-        custom: None,
-        filters: Vec::new(),
-        dry_run: Vec::new(),
-        allowed: true,
-        because: "no policy applies to a port passed through".into(),
-        rule: None,
-        http: port.is_http(),
-    }
 }
 
 /// Whether the caller's sidecar originates the mesh's mutual TLS, and why.

@@ -378,7 +378,8 @@ fn a_custom_rule_without_a_usable_provider_denies_what_it_matches() {
 }
 
 /// A workload whose Sidecar lists ingress listeners: a listed port is decided as a service
-/// port (its PeerAuthentication, its policies), an unlisted one is passed through unread.
+/// port (its PeerAuthentication, its policies), an unlisted one goes to the passthrough,
+/// which is held to the same, as istiod's.
 #[test]
 fn a_sidecars_ingress_ports_decide_and_other_ports_pass_through() {
     let dir = folder(
@@ -399,8 +400,24 @@ spec:
     assert!(!allowed, "{text}");
     assert!(text.contains("STRICT"), "{text}");
     let (text, allowed) = explain(&args(&dir, &OUTSIDE, "db:5432", None)).expect("explained");
+    assert!(!allowed, "{text}");
+    assert!(
+        text.contains("mutual TLS only (STRICT), on the passthrough"),
+        "{text}"
+    );
+    let permissive = folder(
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bookinfo}
+spec:
+  ingress:
+  - port: {number: 9080, name: http, protocol: HTTP}
+",
+    );
+    let (text, allowed) =
+        explain(&args(&permissive, &OUTSIDE, "db:5432", None)).expect("explained");
     assert!(allowed, "{text}");
-    assert!(text.contains("passed through unread"), "{text}");
+    assert!(text.contains("on the passthrough"), "{text}");
 }
 
 #[test]

@@ -2,8 +2,8 @@
 //! chains where a policy selects it, and incremental builds equal to full ones.
 
 use capstan_crds::Kind;
-use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use prost::Message;
 
@@ -32,24 +32,27 @@ fn filters_on(listener: &Listener, port: u32) -> Vec<(Vec<String>, Vec<String>)>
                 .and_then(|m| m.destination_port)
                 .is_some_and(|p| p.value == port)
         })
-        .map(|c| {
-            let network: Vec<String> = c.filters.iter().map(|f| f.name.clone()).collect();
-            let http = c
-                .filters
-                .iter()
-                .filter_map(|f| match &f.config_type {
-                    Some(ConfigType::TypedConfig(any))
-                        if f.name == "envoy.filters.network.http_connection_manager" =>
-                    {
-                        HttpConnectionManager::decode(any.value.as_slice()).ok()
-                    }
-                    _ => None,
-                })
-                .flat_map(|m| m.http_filters.into_iter().map(|f| f.name))
-                .collect();
-            (network, http)
-        })
+        .map(filters_of)
         .collect()
+}
+
+/// A chain's network filters, and for an HTTP chain its HTTP filters.
+fn filters_of(chain: &FilterChain) -> (Vec<String>, Vec<String>) {
+    let network: Vec<String> = chain.filters.iter().map(|f| f.name.clone()).collect();
+    let http = chain
+        .filters
+        .iter()
+        .filter_map(|f| match &f.config_type {
+            Some(ConfigType::TypedConfig(any))
+                if f.name == "envoy.filters.network.http_connection_manager" =>
+            {
+                HttpConnectionManager::decode(any.value.as_slice()).ok()
+            }
+            _ => None,
+        })
+        .flat_map(|m| m.http_filters.into_iter().map(|f| f.name))
+        .collect();
+    (network, http)
 }
 
 const DENY_DELETE: &str = "  action: DENY
@@ -101,6 +104,49 @@ fn rbac_filters_go_before_the_router_and_the_tcp_proxy_of_selected_workloads() {
     .concat();
     let (network, _) = &filters_on(&virtual_inbound(&other), 5432)[0];
     assert_eq!(network, &["envoy.filters.network.tcp_proxy"]);
+}
+
+/// The passthrough (connections to a port no service declares) is behind the workload's
+/// policies too, as istiod's passthrough chains: HTTP by detection through the RBAC filters,
+/// anything else through the network ones.
+#[test]
+fn the_passthrough_is_behind_the_workloads_policies() {
+    let mut yamls = entries("", false);
+    yamls.push(policy("istio-system", "deny-delete", DENY_DELETE));
+    let guarded = virtual_inbound(&yamls);
+    let passing: Vec<_> = guarded
+        .filter_chains
+        .iter()
+        .filter(|c| c.name.starts_with("InboundPassthroughCluster"))
+        .collect();
+    let names: Vec<&str> = passing.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["InboundPassthroughClusterhttp", "InboundPassthroughCluster"]
+    );
+    let http = filters_of(passing[0]);
+    assert_eq!(
+        http.0,
+        ["envoy.filters.network.http_connection_manager"],
+        "{http:?}"
+    );
+    assert_eq!(http.1[0], "envoy.filters.http.rbac");
+    assert_eq!(
+        filters_of(passing[1]).0,
+        [
+            "envoy.filters.network.rbac",
+            "envoy.filters.network.tcp_proxy"
+        ]
+    );
+    let inspectors: Vec<&str> = guarded
+        .listener_filters
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    assert!(
+        inspectors.contains(&"envoy.filters.listener.http_inspector"),
+        "{inspectors:?}"
+    );
 }
 
 /// Policies added, edited and deleted, mesh-wide and per namespace, must each equal a full

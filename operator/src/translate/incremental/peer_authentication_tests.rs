@@ -105,7 +105,10 @@ fn chains(listener: &Listener) -> Vec<(String, Vec<String>, bool)> {
     listener.filter_chains.iter().map(chain_view).collect()
 }
 
-fn chain_view(c: &FilterChain) -> (String, Vec<String>, bool) {
+/// A chain's transport protocol, ALPN, and whether it terminates mutual TLS.
+type ChainView = (String, Vec<String>, bool);
+
+fn chain_view(c: &FilterChain) -> ChainView {
     let m = c.filter_chain_match.clone().unwrap_or_default();
     let mtls = c.transport_socket.as_ref().is_some_and(|socket| {
         let Some(
@@ -197,6 +200,94 @@ fn a_workload_without_a_sidecar_label_accepts_anything_unless_strict() {
         "  mtls: {mode: STRICT}\n",
     ));
     assert_eq!(chains_of(&virtual_inbound(&yamls), 9080), vec![mutual(&[])]);
+}
+
+/// The passthrough's chains (what no port of the workload claims): per chain its name,
+/// port and view.
+fn passthrough(listener: &Listener) -> Vec<(String, Option<u32>, ChainView)> {
+    let chains = listener.filter_chains.iter();
+    let passing = chains.filter(|c| c.name.starts_with("InboundPassthroughCluster"));
+    passing
+        .map(|c| {
+            let port = c
+                .filter_chain_match
+                .as_ref()
+                .and_then(|m| m.destination_port);
+            (c.name.clone(), port.map(|p| p.value), chain_view(c))
+        })
+        .collect()
+}
+
+const DETECTED_HTTP: [&str; 3] = ["http/1.1", "http/1.0", "h2c"];
+
+/// As istiod's passthrough chains: a connection to a port no service declares is held to
+/// the workload's mode (STRICT: mutual TLS only), and a port-level mode for such a port gets
+/// chains of its own; with nothing to require, one chain takes everything as before.
+#[test]
+fn the_passthrough_accepts_what_the_workloads_mode_says() {
+    let mut yamls = entries(IN_MESH, false);
+    let name = |suffix: &str| format!("InboundPassthroughCluster{suffix}");
+    let permissive = passthrough(&virtual_inbound(&yamls));
+    let any = |t: &str| (t.to_string(), Vec::new(), false);
+    let http = |t: &str| {
+        let alpn = DETECTED_HTTP.iter().map(|p| p.to_string()).collect();
+        (t.to_string(), alpn, false)
+    };
+    assert_eq!(
+        permissive,
+        vec![
+            (name("mtlshttp"), None, mutual(&ISTIO_ALPN[2..])),
+            (name("http"), None, http("raw_buffer")),
+            (
+                name("mtls"),
+                None,
+                mutual(&["istio-peer-exchange", "istio"])
+            ),
+            (name(""), None, any("raw_buffer")),
+            (name("tls"), None, any("tls")),
+        ]
+    );
+    yamls.push(policy(
+        "bookinfo",
+        "default",
+        "  mtls: {mode: STRICT}
+",
+    ));
+    let strict = virtual_inbound(&yamls);
+    assert_eq!(
+        passthrough(&strict),
+        vec![
+            (name("mtlshttp"), None, mutual(&ISTIO_ALPN[2..])),
+            (name("mtls"), None, mutual(&[])),
+        ]
+    );
+    assert!(listener_filters(&strict).contains(&"envoy.filters.listener.tls_inspector".into()));
+    // A port-level mode for an undeclared port (7777) gets chains for that port; one for a
+    // declared port (5432) is that port's.
+    yamls.push(policy(
+        "bookinfo",
+        "ports",
+        "  selector: {matchLabels: {app: bookinfo}}
+  portLevelMtls:
+    \"7777\": {mode: DISABLE}
+    \"5432\": {mode: DISABLE}
+",
+    ));
+    let ports = passthrough(&virtual_inbound(&yamls));
+    let port_names: Vec<(String, Option<u32>)> =
+        ports.iter().map(|(n, p, _)| (n.clone(), *p)).collect();
+    assert_eq!(
+        port_names,
+        [
+            (name("mtlshttp"), None),
+            (name("mtls"), None),
+            (name("|7777http"), Some(7777)),
+            (name("|7777"), Some(7777)),
+        ]
+    );
+    // No identity, no policy: one chain, as before.
+    let before = passthrough(&virtual_inbound(&entries("", false)));
+    assert_eq!(before, vec![(name(""), None, any(""))]);
 }
 
 /// bookinfo's Sidecar: an HTTP ingress listener on 7070 to the app's 127.0.0.1:8080.

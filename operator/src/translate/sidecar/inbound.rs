@@ -60,13 +60,14 @@ pub fn virtual_inbound(
     mtls: &InboundMtls,
     authz: &InboundAuthz,
 ) -> Listener {
+    let passthrough = mtls.passthrough(|port| ports.contains_key(&port));
     let ports = ports.iter().map(|(port, served)| InboundPort {
         port: *port,
         served: *served,
         cluster: inbound_cluster_name(*port),
         accepts: mtls.for_port(*port),
     });
-    virtual_inbound_to(ports, authz)
+    virtual_inbound_to(ports, &passthrough, authz)
 }
 
 /// One port of `virtualInbound`.
@@ -79,9 +80,12 @@ pub struct InboundPort {
 }
 
 /// [`virtual_inbound`] with a cluster named for each port, and `authz`'s filters on every
-/// chain to the workload.
+/// chain to the workload. What no port claims passes through, accepting what `passthrough`
+/// says (see [`InboundMtls::passthrough`]) behind the same filters, as istiod's passthrough
+/// chains.
 pub fn virtual_inbound_to(
     ports: impl Iterator<Item = InboundPort>,
+    passthrough: &[(Option<u32>, Accepts)],
     authz: &InboundAuthz,
 ) -> Listener {
     let mut detecting = false;
@@ -96,37 +100,33 @@ pub fn virtual_inbound_to(
     {
         detecting |= served == Served::Detected;
         inspecting_tls |= accepts != Accepts::Anything;
-        for option in chain_options(served, accepts) {
-            let filters = if option.http {
-                vec![http_filter(port, &cluster, &authz.http)]
-            } else {
-                let proxy = tcp_proxy(&cluster, &cluster);
-                authz.tcp.iter().cloned().chain([proxy]).collect()
-            };
+        let name = |suffix: &str| format!("{cluster}{suffix}");
+        chains.extend(port_chains(
+            Some(port),
+            served,
+            accepts,
+            &cluster,
+            name,
+            authz,
+        ));
+    }
+    for (port, accepts) in passthrough {
+        if *accepts == Accepts::Anything && authz.is_empty() && port.is_none() {
+            // Nothing to terminate or enforce: every connection as it comes.
             chains.push(FilterChain {
-                // Chain names are unique in a listener.
-                name: format!("{cluster}{}", option.suffix),
-                filter_chain_match: Some(FilterChainMatch {
-                    destination_port: Some(UInt32Value { value: port }),
-                    transport_protocol: option.transport.to_string(),
-                    application_protocols: option
-                        .application_protocols
-                        .iter()
-                        .map(|p| p.to_string())
-                        .collect(),
-                    ..Default::default()
-                }),
-                filters,
-                transport_socket: option.mtls.then(|| mtls::server_socket(option.http)),
+                name: INBOUND_PASSTHROUGH.to_string(),
+                filters: vec![tcp_proxy(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)],
                 ..Default::default()
             });
+            continue;
         }
+        detecting = true;
+        inspecting_tls |= *accepts != Accepts::Anything;
+        let name = |suffix: &str| passthrough_chain_name(*port, suffix);
+        let served = Served::Detected;
+        let cluster = INBOUND_PASSTHROUGH;
+        chains.extend(port_chains(*port, served, *accepts, cluster, name, authz));
     }
-    chains.push(FilterChain {
-        name: INBOUND_PASSTHROUGH.to_string(),
-        filters: vec![tcp_proxy(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)],
-        ..Default::default()
-    });
     Listener {
         name: VIRTUAL_INBOUND.to_string(),
         address: Some(socket("0.0.0.0", INBOUND_CAPTURE_PORT)),
@@ -146,6 +146,59 @@ pub fn virtual_inbound_to(
         filter_chains: chains,
         ..Default::default()
     }
+}
+
+/// The chains of one port (`None`: any port) served as `served`, accepting `accepts`, to
+/// `cluster`, each named by `name` from its option's suffix.
+fn port_chains(
+    port: Option<u32>,
+    served: Served,
+    accepts: Accepts,
+    cluster: &str,
+    name: impl Fn(&str) -> String,
+    authz: &InboundAuthz,
+) -> Vec<FilterChain> {
+    let options = chain_options(served, accepts).into_iter();
+    let chains = options.map(|option| {
+        let filters = if option.http {
+            vec![http_filter(port.unwrap_or(0), cluster, &authz.http)]
+        } else {
+            let proxy = tcp_proxy(cluster, cluster);
+            authz.tcp.iter().cloned().chain([proxy]).collect()
+        };
+        FilterChain {
+            // Chain names are unique in a listener.
+            name: name(option.suffix),
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port: port.map(|value| UInt32Value { value }),
+                transport_protocol: option.transport.to_string(),
+                application_protocols: option
+                    .application_protocols
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect(),
+                ..Default::default()
+            }),
+            filters,
+            transport_socket: option.mtls.then(|| mtls::server_socket(option.http)),
+            ..Default::default()
+        }
+    });
+    chains.collect()
+}
+
+/// A passthrough chain's name: `InboundPassthroughCluster`, with the port it is for (if any)
+/// and its option's suffix.
+fn passthrough_chain_name(port: Option<u32>, suffix: &str) -> String {
+    match port {
+        Some(port) => format!("{INBOUND_PASSTHROUGH}|{port}{suffix}"),
+        None => format!("{INBOUND_PASSTHROUGH}{suffix}"),
+    }
+}
+
+/// Whether the chain `name` is one of the passthrough's.
+pub fn is_passthrough_chain(name: &str) -> bool {
+    name.starts_with(INBOUND_PASSTHROUGH)
 }
 
 /// Every request on the port to the workload, whatever its host, past `authz` first.

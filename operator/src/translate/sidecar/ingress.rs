@@ -71,7 +71,7 @@ pub fn workload_virtual_inbound(
     authz: &InboundAuthz,
 ) -> Listener {
     let captured: Vec<&IngressPort> = ports.iter().filter(|p| p.bound.is_none()).collect();
-    with_ports(&captured, |port| mtls.for_port(port), authz)
+    with_ports(&captured, mtls, authz)
 }
 
 /// `<address>_<port>` on a socket of its own, for an ingress listener with `captureMode:
@@ -90,11 +90,11 @@ pub fn workload_bound_listener(
     mtls: &InboundMtls,
     authz: &InboundAuthz,
 ) -> Listener {
-    let mut listener = with_ports(&[port], |p| mtls.for_port(p), authz);
+    let mut listener = with_ports(&[port], mtls, authz);
     listener.name = format!("{address}_{}", port.port);
     listener.address = Some(socket(address, port.port));
     (listener.listener_filters).retain(|f| f.name != "envoy.filters.listener.original_dst");
-    (listener.filter_chains).retain(|c| c.name != super::INBOUND_PASSTHROUGH);
+    (listener.filter_chains).retain(|c| !inbound::is_passthrough_chain(&c.name));
     for chain in &mut listener.filter_chains {
         if let Some(on) = &mut chain.filter_chain_match {
             on.destination_port = None;
@@ -103,11 +103,7 @@ pub fn workload_bound_listener(
     listener
 }
 
-fn with_ports(
-    ports: &[&IngressPort],
-    accepts: impl Fn(u32) -> Accepts,
-    authz: &InboundAuthz,
-) -> Listener {
+fn with_ports(ports: &[&IngressPort], mtls: &InboundMtls, authz: &InboundAuthz) -> Listener {
     let inbound_ports = ports.iter().map(|p| inbound::InboundPort {
         port: p.port,
         served: served(p),
@@ -115,10 +111,12 @@ fn with_ports(
         // A port's own `tls` is what it terminates.
         accepts: match p.tls {
             Some(_) => Accepts::Anything,
-            None => accepts(p.port),
+            None => mtls.for_port(p.port),
         },
     });
-    let mut listener = inbound::virtual_inbound_to(inbound_ports, authz);
+    let declared: Vec<u32> = ports.iter().map(|p| p.port).collect();
+    let passthrough = mtls.passthrough(|port| declared.contains(&port));
+    let mut listener = inbound::virtual_inbound_to(inbound_ports, &passthrough, authz);
     for port in ports {
         let Some(tls) = &port.tls else { continue };
         let socket = downstream_tls(tls);

@@ -103,7 +103,26 @@ impl InboundMtls {
     }
 
     pub fn for_port(&self, port: u32) -> Accepts {
-        match (self.modes.for_port(port), self.identity) {
+        self.accepts(self.modes.for_port(port))
+    }
+
+    /// What the passthrough takes (connections to a port the workload does not declare), as
+    /// istiod: the workload's mode (`None`: any port), and each port a port-level mode names
+    /// that `declared` does not hold, with that mode.
+    pub fn passthrough(&self, declared: impl Fn(u32) -> bool) -> Vec<(Option<u32>, Accepts)> {
+        let ports = self
+            .modes
+            .ports
+            .iter()
+            .filter(|(port, _)| !declared(**port));
+        let ports = ports.map(|(port, mode)| (Some(*port), self.accepts(*mode)));
+        std::iter::once((None, self.accepts(self.modes.mode)))
+            .chain(ports)
+            .collect()
+    }
+
+    fn accepts(&self, mode: MtlsMode) -> Accepts {
+        match (mode, self.identity) {
             (MtlsMode::Strict, _) => Accepts::Mutual,
             (_, false) => Accepts::Anything,
             (MtlsMode::Permissive, true) => Accepts::Both,
