@@ -1,6 +1,7 @@
 //! A `Sidecar`'s inbound settings with real traffic through a real captured sidecar (see
 //! `capstan_e2e::capture_mesh`): ingress listeners and their default endpoints, TLS
-//! termination on an ingress port, and the limits of the clusters to the workload.
+//! termination on an ingress port, the limits of the clusters to the workload; and the
+//! policies of a sidecar no service has an endpoint at.
 //! Logs: `<target>/debug/e2e-logs/<test name>/`.
 
 use std::net::SocketAddr;
@@ -8,10 +9,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context, ensure};
-use capstan_e2e::capture::service_ip;
-use capstan_e2e::capture_mesh::{CaptureMesh, call, entry};
+use capstan_e2e::capture::{self, service_ip};
+use capstan_e2e::capture_mesh::{CaptureMesh, call, capstan_and_captured_sidecar, entry};
+use capstan_e2e::envoy::AdsMode;
 use capstan_e2e::http::{HttpClient, UpstreamReply};
-use capstan_e2e::mesh::CONFIG_TIMEOUT;
+use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv};
 use capstan_e2e::netns::pod_ip;
 use capstan_e2e::tls_pki::{TestCa, connector, https_get};
 use capstan_e2e::upstreams::Upstreams;
@@ -305,4 +307,76 @@ spec:
         "with a client certificate: {reply:?}"
     );
     mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// A sidecar no service has an endpoint at is held to the policies that select it by
+/// namespace and labels, as istiod holds every sidecar: a DENY AuthorizationPolicy of its
+/// namespace refuses another pod's request for the path it names with 403 and lets the rest
+/// through; removed, that path is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_without_an_endpoint_is_held_to_its_namespaces_policies() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let capture = capture::install()?;
+    let env = TestEnv::new("a_sidecar_without_an_endpoint_is_held_to_its_namespaces_policies")?;
+    // No ServiceEntry names this address: its sidecar gets the mesh's default inbound side.
+    let workload = pod_ip(300);
+    let app = SocketAddr::from((workload, 7777));
+    let _apps = Upstreams::start(
+        Path::new(UPSTREAM_BIN),
+        &[("lonely", "v1", app)],
+        &env.log_dir,
+        "apps",
+    )
+    .await?;
+    // Another workload's service (capstan serves nothing from an empty folder).
+    let other = pod_ip(263).to_string();
+    let port = "{number: 9080, name: http, protocol: HTTP}";
+    env.write_config("reviews.yaml", &entry("reviews", 10, port, &other))?;
+    let address = workload.to_string();
+    let (_capstan, envoy) = capstan_and_captured_sidecar(&env, AdsMode::Delta, &address).await?;
+    let logs = || format!("logs in {}", env.log_dir.display());
+    let status = async |path: &str| -> anyhow::Result<u16> {
+        let response = capture
+            .another_pod_client(app)
+            .get("lonely", path, &[])
+            .await?;
+        Ok(response.status.as_u16())
+    };
+    wait_until(
+        "the app through the passthrough",
+        CONFIG_TIMEOUT,
+        async || {
+            ensure!(status("/admin").await? == 200, "not served");
+            Ok(())
+        },
+    )
+    .await
+    .with_context(logs)?;
+
+    env.write_config(
+        "deny.yaml",
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: bookinfo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+",
+    )?;
+    wait_until("/admin denied", CONFIG_TIMEOUT, async || {
+        ensure!(status("/admin").await? == 403, "not denied");
+        Ok(())
+    })
+    .await
+    .with_context(logs)?;
+    ensure!(status("/whoami").await? == 200, "/whoami refused too");
+
+    std::fs::remove_file(env.config_dir.join("deny.yaml"))?;
+    wait_until("/admin served again", CONFIG_TIMEOUT, async || {
+        ensure!(status("/admin").await? == 200, "still denied");
+        Ok(())
+    })
+    .await
+    .with_context(logs)?;
+    envoy.ensure_no_rejected_updates().await
 }

@@ -105,6 +105,16 @@ impl AuthorizationPolicies {
         self.by_namespace.iter().map(|(_, p)| p)
     }
 
+    /// The namespace and selector (empty: the namespace, or the mesh) of each policy that
+    /// applies to workloads by their labels.
+    pub fn workload_scopes(&self) -> impl Iterator<Item = (&str, BTreeMap<String, String>)> {
+        let by_labels = self.policies().filter(|p| !p.targets_references());
+        by_labels.map(|p| {
+            let labels = p.spec.selector.as_ref().map(|s| s.match_labels.clone());
+            (p.key.namespace.as_str(), labels.unwrap_or_default())
+        })
+    }
+
     /// The policies applying to the sidecar of a workload in `namespace` with `labels`.
     pub fn for_workload(
         &self,

@@ -130,6 +130,11 @@ impl PeerAuthentications {
         self.by_namespace.iter().map(|(k, _)| k)
     }
 
+    /// Each policy's namespace and selector (empty: the namespace, or the mesh).
+    pub fn scopes(&self) -> impl Iterator<Item = (&str, &BTreeMap<String, String>)> {
+        (self.by_namespace.iter()).map(|(k, p)| (k.namespace.as_str(), &p.selector))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_namespace.is_empty()
     }

@@ -35,6 +35,18 @@ impl RequestAuthentications {
         self.by_namespace.iter()
     }
 
+    /// The namespace and selector (empty: the namespace, or the mesh) of each policy that
+    /// applies to workloads by their labels.
+    pub fn workload_scopes(&self) -> impl Iterator<Item = (&str, BTreeMap<String, String>)> {
+        let by_labels = self.iter();
+        let by_labels =
+            by_labels.filter(|(_, s)| s.target_ref.is_none() && s.target_refs.is_empty());
+        by_labels.map(|(key, spec)| {
+            let labels = spec.selector.as_ref().map(|s| s.match_labels.clone());
+            (key.namespace.as_str(), labels.unwrap_or_default())
+        })
+    }
+
     /// The JWT rules of the policies applying to the sidecar of a workload in `namespace`
     /// with `labels`: the root namespace's first, then by name.
     pub fn for_workload<'a>(

@@ -102,24 +102,6 @@ fn target_references(key: &ObjectKey, by_reference: bool, single: bool) -> Optio
     })
 }
 
-/// A `Sidecar`'s ingress listeners in capture mode: their ports pass connections on as they
-/// come, so neither PeerAuthentication, AuthorizationPolicy nor the mesh's mutual TLS
-/// applies there yet.
-pub fn ingress_without_mutual_tls(key: &ObjectKey) -> Problem {
-    Problem {
-        object: key.clone(),
-        field: "spec.ingress".into(),
-        message: "PeerAuthentication and AuthorizationPolicy apply to ingress listener ports \
-                  of the workloads services have as endpoints, not yet on sidecars no \
-                  service has an endpoint at: their ingress ports pass connections on as they \
-                  come, and do not terminate the mesh's mutual TLS \
-                  (clients originate it to endpoints labelled `security.istio.io/tlsMode: \
-                  istio`; a DestinationRule with `tls.mode: DISABLE` for their services stops \
-                  that)"
-            .into(),
-    }
-}
-
 /// What `validate`, `run` and the status condition say about an object of a kind capstan
 /// does not translate.
 pub fn kind_message(kind: Kind) -> String {

@@ -514,6 +514,9 @@ mod stream_source_tests;
 mod subnet_route_tests;
 
 #[cfg(test)]
+mod default_inbound_tests;
+
+#[cfg(test)]
 mod upstream_credential_tests;
 
 #[cfg(test)]

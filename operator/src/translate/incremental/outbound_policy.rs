@@ -67,10 +67,7 @@ impl Translator {
     pub(super) fn refresh_policy_problems(&mut self, mesh: &Mesh) {
         let scopes = &mesh.sidecar_scopes;
         if self.options.sidecar_listeners != ListenerMode::Direct {
-            self.policy_problems = scopes
-                .setting_ingress()
-                .map(unsupported::ingress_without_mutual_tls)
-                .collect();
+            self.policy_problems = Vec::new();
             return;
         }
         let mut sets: BTreeMap<&ObjectKey, CaptureOnly> = BTreeMap::new();

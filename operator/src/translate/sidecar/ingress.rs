@@ -56,15 +56,10 @@ fn served(ingress: &IngressPort) -> Served {
 }
 
 /// `virtualInbound` for sidecars with these ingress listeners (none: every port passes
-/// through, as for a workload without services); the chains of a port with `tls` terminate
-/// it. A port bound to a socket of its own (`captureMode: NONE`) is not among them.
-pub fn virtual_inbound(ports: &[IngressPort]) -> Listener {
-    workload_virtual_inbound(ports, &InboundMtls::none(), &InboundAuthz::default())
-}
-
-/// [`virtual_inbound`] for one workload with an identity or policies: each port accepts what
-/// the workload's PeerAuthentication says (a port with `tls` terminates that instead), and
-/// `authz` applies to every port's chains, as on the workload's service ports.
+/// through, as for a workload without services): each port accepts what `mtls` says (a port
+/// with `tls` terminates that instead), and `authz` applies to every port's chains, as on a
+/// workload's service ports. A port bound to a socket of its own (`captureMode: NONE`) is
+/// not among them.
 pub fn workload_virtual_inbound(
     ports: &[IngressPort],
     mtls: &InboundMtls,

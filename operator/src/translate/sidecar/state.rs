@@ -79,6 +79,11 @@ pub struct CaptureState {
     /// clusters they send to.
     ingress: IngressVariants,
     ingress_clusters: BTreeSet<String>,
+    /// `virtualInbound` as last put for the sets of sidecars without a listener of their
+    /// own ([`default_inbound`]).
+    default_inbound: BTreeMap<Selector, envoy_types::pb::envoy::config::listener::v3::Listener>,
+    /// The sets of sidecars the policies and `Sidecar`s set apart, before they were joined.
+    default_apart: BTreeSet<Selector>,
     /// The workloads whose ingress listeners are their own (`virtualInbound` per address:
     /// their identity or policies apply).
     ingress_workloads: BTreeSet<String>,
@@ -121,18 +126,10 @@ impl CaptureState {
         state.set_outbound_modes(outbound_modes, &mut update);
         // Before the workloads' clusters are built, which read them.
         state.inbound_pools = mesh.sidecar_scopes.inbound_pools();
-        // A sidecar whose address has no endpoints still gets its inbound passthrough, or
-        // the ingress listeners of its Sidecar.
-        let inbound =
-            inbound::virtual_inbound(&BTreeMap::new(), &InboundMtls::none(), &Default::default());
-        put(
-            &mut update,
-            sidecars(),
-            type_url::LISTENER,
-            VIRTUAL_INBOUND,
-            &inbound,
-        );
         state.set_ingress(mesh, &mesh.sidecar_scopes.ingress_variants(), &mut update);
+        // A sidecar whose address has no endpoints still gets its inbound passthrough, or
+        // the ingress listeners of its Sidecar, under the policies that select it.
+        state.put_default_inbound(mesh, None, &mut update);
         state.set_bound_egress(&mesh.sidecar_scopes.bound_egress_variants(), &mut update);
         let hosts: Vec<&str> = mesh.services.keys().map(String::as_str).collect();
         state.update(mesh, hosts, &mut update);
@@ -353,6 +350,7 @@ impl CaptureState {
         for address in covered {
             self.rebuild_workload(mesh, &address, update);
         }
+        self.put_default_inbound(mesh, Some(scopes), update);
     }
 
     fn rebuild_workload(&mut self, mesh: &Mesh, address: &str, update: &mut Update) {
@@ -550,8 +548,10 @@ fn workload_ports(mesh: &Mesh, address: &str, hosts: &BTreeSet<String>) -> BTree
 }
 
 mod bound_listeners;
+mod default_inbound;
 mod inbound_limits;
 mod port_listeners;
+mod selector_meets;
 mod shared_chains;
 mod sidecar_settings;
 mod split_listener;

@@ -11,12 +11,12 @@ use capstan_xds::{ProxyInfo, Resource, Role, Selector, Update, Visibility, type_
 
 use super::super::PASSTHROUGH;
 use super::port_listeners::{PortListener, caller_selector, fallthrough_chain};
+use super::selector_meets::with_meets;
 use super::sidecar_settings::fallthroughs;
 use super::split_listener::{SplitListener, chain_field};
 use super::{CaptureState, sidecars};
 use crate::model::sidecar_scope::PerScope;
-use crate::translate::route::{Caller, Labels, class_of, union};
-use tracing::warn;
+use crate::translate::route::{Caller, Labels, class_of};
 
 /// A port's listener that services share, as built for every sidecar.
 #[derive(Debug, Clone, PartialEq)]
@@ -250,58 +250,6 @@ impl CaptureState {
 /// What a set of sidecars reads of a shared listener: the caller whose base listener it
 /// reads (`None`: everyone's), which of its chains it sees, and its fallthrough cluster.
 type Reading<'a> = (Option<&'a Caller>, Vec<bool>, Option<&'a str>);
-
-/// Beyond this many, selectors are not joined further (a sidecar several pick may then read
-/// a less specific variant); bounds what hostile config can make a put cost.
-const MAX_SELECTORS: usize = 1024;
-
-/// `selectors` with the meet of every two one sidecar can satisfy together, until none is
-/// missing: where several select a sidecar, the most specific is the one it reads, and it
-/// must be made for everything that selects it.
-fn with_meets(mut selectors: BTreeSet<Selector>) -> BTreeSet<Selector> {
-    loop {
-        let list: Vec<&Selector> = selectors.iter().collect();
-        let mut missing = BTreeSet::new();
-        for (i, a) in list.iter().enumerate() {
-            for b in &list[i + 1..] {
-                if let Some(both) = meet(a, b).filter(|m| !selectors.contains(m)) {
-                    missing.insert(both);
-                }
-            }
-        }
-        if missing.is_empty() {
-            return selectors;
-        }
-        if selectors.len() + missing.len() > MAX_SELECTORS {
-            warn!(
-                limit = MAX_SELECTORS,
-                "sidecar variants of a shared listener exceed the limit; some sidecars \
-                 matching several read a less specific one"
-            );
-            return selectors;
-        }
-        selectors.extend(missing);
-    }
-}
-
-/// The sidecars both `a` and `b` select, if one can be selected by both.
-fn meet(a: &Selector, b: &Selector) -> Option<Selector> {
-    fn either<T: Clone + PartialEq>(a: &Option<T>, b: &Option<T>) -> Result<Option<T>, ()> {
-        match (a, b) {
-            (Some(x), Some(y)) if x != y => Err(()),
-            (x, y) => Ok(x.clone().or_else(|| y.clone())),
-        }
-    }
-    if a.locality != b.locality || a.address != b.address {
-        return None;
-    }
-    Some(Selector {
-        role: either(&a.role, &b.role).ok()?,
-        namespace: either(&a.namespace, &b.namespace).ok()?,
-        labels: union(&a.labels, &b.labels)?,
-        ..a.clone()
-    })
-}
 
 /// Which of `listener`'s chains the sidecars `selector` picks see. A set of sidecars is
 /// judged by its namespace and labels: every narrower set a visibility rule names is a set of

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use capstan_xds::{Selector, Update, type_url};
 
-use super::super::{VIRTUAL_INBOUND, VIRTUAL_OUTBOUND, ingress, outbound};
+use super::super::{VIRTUAL_OUTBOUND, ingress, outbound};
 use super::{CaptureState, put, sidecars};
 use crate::model::Mesh;
 use crate::model::sidecar_scope::{IngressPort, IngressVariants, OutboundModes, PerScope};
@@ -36,15 +36,8 @@ impl CaptureState {
         if self.ingress == *variants {
             return;
         }
-        let before = std::mem::replace(&mut self.ingress, variants.clone());
-        put_variants(
-            type_url::LISTENER,
-            VIRTUAL_INBOUND,
-            Some(&before),
-            variants,
-            update,
-            |ports| ingress::virtual_inbound(ports),
-        );
+        self.ingress = variants.clone();
+        self.put_default_inbound(mesh, None, update);
         let clusters: BTreeMap<String, &IngressPort> = variants
             .everyone
             .iter()
