@@ -105,6 +105,17 @@ impl AuthorizationPolicies {
         self.by_namespace.iter().map(|(_, p)| p)
     }
 
+    /// Whether a policy of `namespace` applying to workloads by their labels has the
+    /// selector `labels`.
+    pub fn has_scope(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        let by_labels = self.by_namespace.in_namespace(namespace);
+        let by_labels = by_labels.filter(|p| !p.targets_references());
+        by_labels.into_iter().any(|p| {
+            let selector = p.spec.selector.as_ref().map(|s| &s.match_labels);
+            selector.map_or(labels.is_empty(), |s| s == labels)
+        })
+    }
+
     /// The namespace and selector (empty: the namespace, or the mesh) of each policy that
     /// applies to workloads by their labels.
     pub fn workload_scopes(&self) -> impl Iterator<Item = (&str, BTreeMap<String, String>)> {

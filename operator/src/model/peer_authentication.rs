@@ -135,6 +135,11 @@ impl PeerAuthentications {
         (self.by_namespace.iter()).map(|(k, p)| (k.namespace.as_str(), &p.selector))
     }
 
+    /// Whether a policy of `namespace` has the selector `labels`.
+    pub fn has_scope(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        (self.by_namespace.in_namespace(namespace)).any(|p| p.selector == *labels)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_namespace.is_empty()
     }

@@ -35,6 +35,18 @@ impl RequestAuthentications {
         self.by_namespace.iter()
     }
 
+    /// Whether a policy of `namespace` applying to workloads by their labels has the
+    /// selector `labels`.
+    pub fn has_scope(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        let in_namespace = self.by_namespace.in_namespace(namespace);
+        in_namespace
+            .filter(|s| s.target_ref.is_none() && s.target_refs.is_empty())
+            .any(|spec| {
+                let selector = spec.selector.as_ref().map(|s| &s.match_labels);
+                selector.map_or(labels.is_empty(), |s| s == labels)
+            })
+    }
+
     /// The namespace and selector (empty: the namespace, or the mesh) of each policy that
     /// applies to workloads by their labels.
     pub fn workload_scopes(&self) -> impl Iterator<Item = (&str, BTreeMap<String, String>)> {

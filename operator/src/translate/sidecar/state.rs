@@ -81,7 +81,12 @@ pub struct CaptureState {
     ingress_clusters: BTreeSet<String>,
     /// `virtualInbound` as last put for the sets of sidecars without a listener of their
     /// own ([`default_inbound`]).
-    default_inbound: BTreeMap<Selector, envoy_types::pb::envoy::config::listener::v3::Listener>,
+    /// (`None`: to be built.)
+    default_inbound: BTreeMap<Selector, Option<Resource>>,
+    /// Each workload's namespace and labels as its listeners were last built from its
+    /// endpoints (see [`sidecar_settings::workload_selector`]): a policy change finds the
+    /// workloads it covers from these.
+    workload_selectors: HashMap<String, Selector>,
     /// The sets of sidecars the policies and `Sidecar`s set apart, before they were joined.
     default_apart: BTreeSet<Selector>,
     /// The workloads whose ingress listeners are their own (`virtualInbound` per address:
@@ -327,23 +332,14 @@ impl CaptureState {
         update: &mut Update,
     ) {
         let root = mesh.sidecar_scopes.root_namespace();
-        let everywhere = scopes.iter().any(|s| s.namespace == root);
+        // Read from the namespace and labels kept when each workload was last built: the
+        // endpoints of every workload of a namespace need not be walked again.
         let covered: Vec<String> = self
-            .workloads
+            .workload_selectors
             .iter()
-            // Most workloads are ruled out by their namespace, read without copying anything.
-            .filter(|(_, hosts)| {
-                everywhere
-                    || hosts
-                        .iter()
-                        .filter_map(|h| mesh.services.get(h))
-                        .any(|s| scopes.iter().any(|scope| scope.namespace == s.namespace()))
-            })
-            .filter(|(address, hosts)| {
-                sidecar_settings::workload_selector(mesh, address, hosts).is_some_and(|w| {
-                    let namespace = w.namespace.as_deref().unwrap_or_default();
-                    scopes.iter().any(|s| s.covers(root, namespace, &w.labels))
-                })
+            .filter(|(_, w)| {
+                let namespace = w.namespace.as_deref().unwrap_or_default();
+                scopes.iter().any(|s| s.covers(root, namespace, &w.labels))
             })
             .map(|(address, _)| address.clone())
             .collect();
@@ -380,6 +376,18 @@ impl CaptureState {
             }
             None => (InboundMtls::none(), InboundAuthz::default()),
         };
+        // Kept for policy changes to find the workloads they cover (moved, not copied).
+        match workload {
+            Some(selector) => match self.workload_selectors.get_mut(address) {
+                Some(kept) => *kept = selector,
+                None => {
+                    (self.workload_selectors).insert(address.to_string(), selector);
+                }
+            },
+            None => {
+                self.workload_selectors.remove(address);
+            }
+        }
         let old = self.inbound.remove(address).unwrap_or_default();
         let selector = Selector::workload(address);
         // The ingress listeners as its Sidecar's selector has them, unless the workload's

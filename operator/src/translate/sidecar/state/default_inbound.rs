@@ -7,13 +7,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use capstan_xds::{Selector, Update, type_url};
+use capstan_xds::{Resource, Selector, Update, type_url};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 
 use super::super::mtls::InboundMtls;
 use super::super::{VIRTUAL_INBOUND, inbound, ingress};
 use super::selector_meets::with_meets;
-use super::{CaptureState, put, sidecars};
+use super::{CaptureState, sidecars};
 use crate::model::sidecar_scope::IngressVariants;
 use crate::model::{Mesh, PolicyScope};
 use crate::translate::authorization::InboundAuthz;
@@ -30,18 +30,42 @@ impl CaptureState {
         update: &mut Update,
     ) {
         let root = mesh.sidecar_scopes.root_namespace();
-        let mut apart = policy_selectors(mesh);
-        apart.extend(self.ingress.scoped.iter().map(|(s, _)| s.clone()));
-        // Joined again only when the sets apart changed (a policy's rules edited leave them).
-        let joined_before = !self.default_inbound.is_empty() && apart == self.default_apart;
-        let selectors: BTreeSet<Selector> = if joined_before {
-            self.default_inbound.keys().cloned().collect()
+        // The sets apart are read again only when a changed policy may have added or taken
+        // one away; they are joined again only when they changed (a policy's rules edited
+        // leave them).
+        let same_sets = changed.is_some_and(|scopes| {
+            scopes
+                .iter()
+                .all(|scope| match scope_selector(root, scope) {
+                    Some(selector) => {
+                        self.default_apart.contains(&selector) == in_use(mesh, scope)
+                            && !self.default_inbound.is_empty()
+                    }
+                    None => !self.default_inbound.is_empty(),
+                })
+        });
+        let apart = if same_sets {
+            None
         } else {
+            let mut apart = policy_selectors(mesh);
+            apart.extend(self.ingress.scoped.iter().map(|(s, _)| s.clone()));
+            Some(apart)
+        };
+        if let Some(apart) =
+            apart.filter(|a| self.default_inbound.is_empty() || *a != self.default_apart)
+        {
             let mut joined = with_meets(apart.clone());
             joined.insert(sidecars());
             self.default_apart = apart;
-            joined
-        };
+            let gone = (self.default_inbound.keys()).filter(|s| !joined.contains(*s));
+            for selector in gone.cloned().collect::<Vec<_>>() {
+                self.default_inbound.remove(&selector);
+                update.remove_for(selector, type_url::LISTENER, VIRTUAL_INBOUND);
+            }
+            for selector in joined {
+                self.default_inbound.entry(selector).or_insert(None);
+            }
+        }
         let stale = |selector: &Selector| {
             changed.is_none_or(|scopes| {
                 let namespace = selector.namespace.as_deref().unwrap_or_default();
@@ -50,30 +74,18 @@ impl CaptureState {
                     .any(|s| s.covers(root, namespace, &selector.labels))
             })
         };
-        let mut before = std::mem::take(&mut self.default_inbound);
-        for selector in selectors {
-            let old = before.remove(&selector);
-            let listener = match old {
-                Some(listener) if !stale(&selector) => listener,
-                old => {
-                    let listener = default_inbound(mesh, &self.ingress, &selector);
-                    if old.as_ref() != Some(&listener) {
-                        let name = VIRTUAL_INBOUND;
-                        put(
-                            update,
-                            selector.clone(),
-                            type_url::LISTENER,
-                            name,
-                            &listener,
-                        );
-                    }
-                    listener
-                }
+        for (selector, put) in &mut self.default_inbound {
+            if put.is_some() && !stale(selector) {
+                continue;
+            }
+            let listener = default_inbound(mesh, &self.ingress, selector);
+            let Some(resource) = Resource::encode(VIRTUAL_INBOUND, &listener) else {
+                continue;
             };
-            self.default_inbound.insert(selector, listener);
-        }
-        for gone in before.into_keys() {
-            update.remove_for(gone, type_url::LISTENER, VIRTUAL_INBOUND);
+            if put.as_ref() != Some(&resource) {
+                update.put_for(selector.clone(), resource.clone());
+                *put = Some(resource);
+            }
         }
     }
 }
@@ -101,6 +113,27 @@ fn policy_selectors(mesh: &Mesh) -> BTreeSet<Selector> {
             selector
         })
         .collect()
+}
+
+/// The set of sidecars a policy of `scope` sets apart (see [`policy_selectors`]); `None`:
+/// every sidecar's, or none.
+fn scope_selector(root: &str, scope: &PolicyScope) -> Option<Selector> {
+    if scope.namespace == root && scope.selector.is_empty() {
+        return None;
+    }
+    let mut selector = sidecars();
+    selector.namespace = (scope.namespace != root).then(|| scope.namespace.as_str().into());
+    selector.labels = scope.selector.clone();
+    Some(selector)
+}
+
+/// Whether some policy has `scope` (and so sets its sidecars apart).
+fn in_use(mesh: &Mesh, scope: &PolicyScope) -> bool {
+    let (namespace, labels) = (scope.namespace.as_str(), &scope.selector);
+    let root = mesh.sidecar_scopes.root_namespace();
+    (namespace != root && mesh.peer_authentications.has_scope(namespace, labels))
+        || mesh.authorization_policies.has_scope(namespace, labels)
+        || mesh.request_authentications.has_scope(namespace, labels)
 }
 
 /// `virtualInbound` of the sidecars `selector` picks: their `Sidecar`'s ingress listeners,
