@@ -56,6 +56,11 @@ impl StreamMatch {
             .is_none_or(|ns| caller == Some(ns))
     }
 
+    /// Whether it applies to sidecars: it names no gateways, or names `mesh`.
+    pub fn for_mesh(&self) -> bool {
+        self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh")
+    }
+
     /// Whether this match holds on `port` of the gateway (namespace, name), for a
     /// VirtualService of `namespace`.
     pub fn applies_on(&self, port: u32, gateway: (&str, &str), namespace: &str) -> bool {

@@ -196,11 +196,6 @@ fn passthrough_chain_name(port: Option<u32>, suffix: &str) -> String {
     }
 }
 
-/// Whether the chain `name` is one of the passthrough's.
-pub fn is_passthrough_chain(name: &str) -> bool {
-    name.starts_with(INBOUND_PASSTHROUGH)
-}
-
 /// Every request on the port to the workload, whatever its host, past `authz` first.
 fn http_filter(port: u32, cluster: &str, authz: &[HttpFilter]) -> Filter {
     let cluster = cluster.to_string();

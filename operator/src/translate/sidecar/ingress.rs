@@ -66,7 +66,9 @@ pub fn workload_virtual_inbound(
     authz: &InboundAuthz,
 ) -> Listener {
     let captured: Vec<&IngressPort> = ports.iter().filter(|p| p.bound.is_none()).collect();
-    with_ports(&captured, mtls, authz)
+    let declared: Vec<u32> = captured.iter().map(|p| p.port).collect();
+    let passthrough = mtls.passthrough(|port| declared.contains(&port));
+    with_ports(&captured, &passthrough, mtls, authz)
 }
 
 /// `<address>_<port>` on a socket of its own, for an ingress listener with `captureMode:
@@ -85,11 +87,11 @@ pub fn workload_bound_listener(
     mtls: &InboundMtls,
     authz: &InboundAuthz,
 ) -> Listener {
-    let mut listener = with_ports(&[port], mtls, authz);
+    // Its own socket: no passthrough, every connection there is the port's.
+    let mut listener = with_ports(&[port], &[], mtls, authz);
     listener.name = format!("{address}_{}", port.port);
     listener.address = Some(socket(address, port.port));
     (listener.listener_filters).retain(|f| f.name != "envoy.filters.listener.original_dst");
-    (listener.filter_chains).retain(|c| !inbound::is_passthrough_chain(&c.name));
     for chain in &mut listener.filter_chains {
         if let Some(on) = &mut chain.filter_chain_match {
             on.destination_port = None;
@@ -98,7 +100,12 @@ pub fn workload_bound_listener(
     listener
 }
 
-fn with_ports(ports: &[&IngressPort], mtls: &InboundMtls, authz: &InboundAuthz) -> Listener {
+fn with_ports(
+    ports: &[&IngressPort],
+    passthrough: &[(Option<u32>, Accepts)],
+    mtls: &InboundMtls,
+    authz: &InboundAuthz,
+) -> Listener {
     let inbound_ports = ports.iter().map(|p| inbound::InboundPort {
         port: p.port,
         served: served(p),
@@ -109,9 +116,7 @@ fn with_ports(ports: &[&IngressPort], mtls: &InboundMtls, authz: &InboundAuthz) 
             None => mtls.for_port(p.port),
         },
     });
-    let declared: Vec<u32> = ports.iter().map(|p| p.port).collect();
-    let passthrough = mtls.passthrough(|port| declared.contains(&port));
-    let mut listener = inbound::virtual_inbound_to(inbound_ports, &passthrough, authz);
+    let mut listener = inbound::virtual_inbound_to(inbound_ports, passthrough, authz);
     for port in ports {
         let Some(tls) = &port.tls else { continue };
         let socket = downstream_tls(tls);

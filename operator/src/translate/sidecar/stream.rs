@@ -22,7 +22,7 @@ pub use crate::translate::route_tcp_proxy::Built;
 /// names — all but its destination subnets, which the listener's chains match.
 fn holds(m: &StreamMatch, port: u32, sni: Option<&str>, caller: &Caller) -> bool {
     m.port.is_none_or(|p| p == port)
-        && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+        && m.for_mesh()
         && sni.is_none_or(|name| m.sni_hosts.iter().any(|s| s == name))
         && m.names_caller(caller.namespace.as_deref())
         && includes(&caller.labels, &m.source_labels)
@@ -53,8 +53,7 @@ impl Sources {
         let matches = vs.tcp.iter().chain(&vs.tls).flat_map(|r| &r.matches);
         for m in matches {
             self.namespaces.extend(m.source_namespace.clone());
-            let for_sidecars = m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh");
-            if for_sidecars && !m.source_labels.is_empty() {
+            if m.for_mesh() && !m.source_labels.is_empty() {
                 self.selectors.insert(m.source_labels.clone());
             }
         }

@@ -24,15 +24,7 @@ impl StreamChains {
         let mut chains: Vec<FilterChain> = self
             .by_subnets
             .into_iter()
-            .map(|(subnets, filter)| FilterChain {
-                name: subnet_chain_name(&subnets, base),
-                filter_chain_match: Some(FilterChainMatch {
-                    prefix_ranges: prefix_ranges(&subnets),
-                    ..base_match.clone()
-                }),
-                filters: vec![filter],
-                ..Default::default()
-            })
+            .map(|(subnets, filter)| subnet_chain(&subnets, filter, base, &base_match))
             .collect();
         let matches_any = base_match == FilterChainMatch::default();
         chains.push(FilterChain {
@@ -45,9 +37,23 @@ impl StreamChains {
     }
 }
 
-/// The chain of `subnets` before the chain `base`.
-pub fn subnet_chain_name(subnets: &[String], base: &str) -> String {
-    format!("{}|{base}", subnets.join(","))
+/// The chain of `subnets` to `filter`, named after the chain `base` it comes before and
+/// matching what `base_match` does too.
+pub fn subnet_chain(
+    subnets: &[String],
+    filter: Filter,
+    base: &str,
+    base_match: &FilterChainMatch,
+) -> FilterChain {
+    FilterChain {
+        name: format!("{}|{base}", subnets.join(",")),
+        filter_chain_match: Some(FilterChainMatch {
+            prefix_ranges: prefix_ranges(subnets),
+            ..base_match.clone()
+        }),
+        filters: vec![filter],
+        ..Default::default()
+    }
 }
 
 /// What the subnet chains of one listener (and one server name) claim already: Envoy refuses

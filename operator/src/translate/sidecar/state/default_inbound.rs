@@ -33,17 +33,13 @@ impl CaptureState {
         // The sets apart are read again only when a changed policy may have added or taken
         // one away; they are joined again only when they changed (a policy's rules edited
         // leave them).
-        let same_sets = changed.is_some_and(|scopes| {
-            scopes
-                .iter()
-                .all(|scope| match scope_selector(root, scope) {
-                    Some(selector) => {
-                        self.default_apart.contains(&selector) == in_use(mesh, scope)
-                            && !self.default_inbound.is_empty()
-                    }
-                    None => !self.default_inbound.is_empty(),
+        let same_sets = !self.default_inbound.is_empty()
+            && changed.is_some_and(|scopes| {
+                scopes.iter().all(|scope| {
+                    let selector = selector_for(root, &scope.namespace, &scope.selector);
+                    selector.is_none_or(|s| self.default_apart.contains(&s) == in_use(mesh, scope))
                 })
-        });
+            });
         let apart = if same_sets {
             None
         } else {
@@ -90,11 +86,8 @@ impl CaptureState {
     }
 }
 
-/// The sets of sidecars a policy selects apart from the rest: a namespace's (with its
-/// selector's labels), or — a policy of the root namespace with a selector — the workloads
-/// with those labels in every namespace. A root-namespace policy without a selector is every
-/// sidecar's; a root-namespace PeerAuthentication with one selects no sidecar, as with
-/// istiod.
+/// The sets of sidecars a policy selects apart from the rest ([`selector_for`]); a
+/// root-namespace PeerAuthentication with a selector selects no sidecar, as with istiod.
 fn policy_selectors(mesh: &Mesh) -> BTreeSet<Selector> {
     let root = mesh.sidecar_scopes.root_namespace();
     let peer = mesh.peer_authentications.scopes();
@@ -105,25 +98,25 @@ fn policy_selectors(mesh: &Mesh) -> BTreeSet<Selector> {
     let jwt = mesh.request_authentications.workload_scopes();
     let scopes = peer.chain(authorization).chain(jwt);
     scopes
-        .filter(|(ns, labels)| *ns != root || !labels.is_empty())
-        .map(|(namespace, labels)| {
-            let mut selector = sidecars();
-            selector.namespace = (namespace != root).then(|| namespace.into());
-            selector.labels = labels;
-            selector
-        })
+        .filter_map(|(namespace, labels)| selector_for(root, namespace, &labels))
         .collect()
 }
 
-/// The set of sidecars a policy of `scope` sets apart (see [`policy_selectors`]); `None`:
-/// every sidecar's, or none.
-fn scope_selector(root: &str, scope: &PolicyScope) -> Option<Selector> {
-    if scope.namespace == root && scope.selector.is_empty() {
+/// The sidecars a policy of `namespace` with the selector `labels` sets apart: that
+/// namespace's with those labels, or — in the root namespace — those with the labels in
+/// every namespace. `None`: a root-namespace policy without a selector, which is every
+/// sidecar's.
+fn selector_for(
+    root: &str,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> Option<Selector> {
+    if namespace == root && labels.is_empty() {
         return None;
     }
     let mut selector = sidecars();
-    selector.namespace = (scope.namespace != root).then(|| scope.namespace.as_str().into());
-    selector.labels = scope.selector.clone();
+    selector.namespace = (namespace != root).then(|| namespace.into());
+    selector.labels = labels.clone();
     Some(selector)
 }
 

@@ -6,9 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
 
 use super::super::stream::{self, Built, Sources};
-use super::super::subnet_chains::{
-    Claimed, StreamChains, cidr_range, prefix_ranges, subnet_chain_name,
-};
+use super::super::subnet_chains::{Claimed, StreamChains, cidr_range, subnet_chain};
 use super::super::{outbound, tcp_proxy};
 use super::{CaptureState, PortUse, sidecars};
 use crate::model::service::Origin;
@@ -428,15 +426,9 @@ fn with_ranges(
             });
         }
         by_subnets.retain(|(subnets, _)| !subnets.is_empty());
-        let subnet_chains = by_subnets.into_iter().map(|(subnets, filter)| FilterChain {
-            name: subnet_chain_name(&subnets, host),
-            filter_chain_match: Some(FilterChainMatch {
-                prefix_ranges: prefix_ranges(&subnets),
-                ..Default::default()
-            }),
-            filters: vec![filter],
-            ..Default::default()
-        });
+        let any = FilterChainMatch::default();
+        let subnet_chains = (by_subnets.into_iter())
+            .map(|(subnets, filter)| subnet_chain(&subnets, filter, host, &any));
         let chains: Vec<FilterChain> = subnet_chains.chain(chains).collect();
         chain_hosts.extend(chains.iter().map(|c| (c.name.clone(), host.to_string())));
         listener.filter_chains.extend(chains);
