@@ -307,6 +307,75 @@ async fn consistent_hash_on_a_header_sticks_to_one_endpoint() -> anyhow::Result<
     mesh.envoy.ensure_no_rejected_updates().await
 }
 
+/// A split between two destinations balanced by consistent hash hashes on their key, as
+/// istiod's: each user sticks to one endpoint per destination (at most two of the three),
+/// where without the key the ring picks at random on every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_between_hashed_destinations_keeps_each_user_on_one_endpoint_of_each()
+-> anyhow::Result<()> {
+    let split = format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: bookinfo}}
+spec:
+  hosts: [{REVIEWS_HOST}]
+  http:
+  - route:
+    - {{destination: {{host: {REVIEWS_HOST}, subset: all}}, weight: 50}}
+    - {{destination: {{host: {REVIEWS_HOST}, subset: v3}}, weight: 50}}
+"
+    );
+    let mut mesh = start(
+        "a_split_between_hashed_destinations_keeps_each_user_on_one_endpoint_of_each",
+        &split,
+    )
+    .await?;
+    mesh.env.write_config(
+        DR_FILE,
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: bookinfo}}
+spec:
+  host: {REVIEWS_HOST}
+  trafficPolicy: {{loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}}}
+  subsets:
+  - {{name: all, labels: {{app: reviews}}}}
+  - {{name: v3, labels: {{version: v3}}}}
+"
+        ),
+    )?;
+    let all = cluster_name("all", REVIEWS_HOST);
+    wait_cluster(&mesh, &all, "RING_HASH", |c| c["lb_policy"] == "RING_HASH").await?;
+    wait_until("the split hashing on x-user", CONFIG_TIMEOUT, async || {
+        let dump = mesh.envoy.config_dump(false).await?;
+        let hashed = routes(&dump).into_iter().any(|r| {
+            r["route"]["weighted_clusters"]["clusters"][0]["name"] == all.as_str()
+                && r["route"]["hash_policy"][0]["header"]["header_name"] == "x-user"
+        });
+        ensure!(hashed, "no split to {all} hashing on x-user");
+        Ok(())
+    })
+    .await?;
+    for user in ["alice", "bob", "carol", "dave"] {
+        let versions = mesh.versions(&[("x-user", user)], 25).await?;
+        ensure!(
+            versions.len() <= 2,
+            "x-user: {user} reached {versions:?}: more than one endpoint per destination"
+        );
+    }
+    let mut reached = BTreeSet::new();
+    for i in 0..30 {
+        let user = format!("user-{i}");
+        reached.extend(mesh.versions(&[("x-user", &user)], 4).await?.into_keys());
+    }
+    ensure!(
+        reached.len() == 3,
+        "30 different users reached only {reached:?}"
+    );
+    mesh.envoy.ensure_no_rejected_updates().await
+}
+
 /// Waits for the route `name` to `cluster` hashing on `x-user` in Envoy's config.
 async fn wait_hashed_route(mesh: &ReviewsMesh, cluster: &str, name: &str) -> anyhow::Result<()> {
     wait_until(

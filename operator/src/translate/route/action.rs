@@ -276,10 +276,25 @@ impl Forward<'_> {
         };
         let single = matches!(cluster_specifier, ClusterSpecifier::Cluster(_));
         action.cluster_specifier = Some(cluster_specifier);
-        // A single destination balanced by consistent hash: the DestinationRule's hash key.
-        if let Some(ClusterSpecifier::Cluster(name)) = &action.cluster_specifier {
-            action.hash_policy = super::hash::for_cluster(mesh, name, namespace);
-        }
+        // Each destination balanced by consistent hash adds its DestinationRule's hash key,
+        // as istiod; a key repeated across a split is said once (the same requests stick).
+        action.hash_policy = match &action.cluster_specifier {
+            Some(ClusterSpecifier::Cluster(name)) => {
+                super::hash::for_cluster(mesh, name, namespace)
+            }
+            Some(ClusterSpecifier::WeightedClusters(split)) => {
+                let mut policies = Vec::new();
+                for cluster in &split.clusters {
+                    for policy in super::hash::for_cluster(mesh, &cluster.name, namespace) {
+                        if !policies.contains(&policy) {
+                            policies.push(policy);
+                        }
+                    }
+                }
+                policies
+            }
+            _ => Vec::new(),
+        };
         if let Some(d) = http.timeout {
             action.timeout = Some(duration(d));
         }

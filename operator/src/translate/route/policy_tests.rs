@@ -352,3 +352,78 @@ spec:
     assert_eq!(retry.num_retries.as_ref().map(|n| n.value), Some(2));
     assert!(retry.retry_host_predicate.is_empty(), "{retry:?}");
 }
+
+#[test]
+fn a_split_hashes_on_each_destinations_key_once_and_keeps_the_default_retries() {
+    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews.bookinfo.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  host: reviews
+  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: session, ttl: 0s}}}}
+  - name: v3
+    labels: {version: v3}
+    trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 40}
+    - {destination: {host: reviews}, weight: 30}
+    - {destination: {host: reviews, subset: v2}, weight: 20}
+    - {destination: {host: reviews, subset: v3}, weight: 10}
+"#;
+    let (configs, problems) = route_configurations(&mesh(yaml), super::RouteLayout::Shared, []);
+    assert!(problems.is_empty(), "{problems:?}");
+    let (_, config) = configs
+        .into_iter()
+        .find(|(caller, _)| {
+            caller.namespace.as_deref() == Some("bookinfo") && caller.labels.is_empty()
+        })
+        .expect("a bookinfo variant");
+    let routes = as_applied(config.virtual_hosts[0].clone());
+    let action = forward(&routes[0]);
+    assert!(
+        matches!(
+            &action.cluster_specifier,
+            Some(ClusterSpecifier::WeightedClusters(split)) if split.clusters.len() == 4
+        ),
+        "{action:?}"
+    );
+    // v1 and the whole service share the top level's header key: said once; v2's cookie
+    // after it; v3 balances round robin and adds none.
+    let keys: Vec<String> = action
+        .hash_policy
+        .iter()
+        .map(|p| match &p.policy_specifier {
+            Some(PolicySpecifier::Header(h)) => format!("header {}", h.header_name),
+            Some(PolicySpecifier::Cookie(c)) => format!("cookie {}", c.name),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(keys, ["header x-user", "cookie session"]);
+    // A split retries as any route: on other hosts too, as istiod's split does.
+    let retry = action.retry_policy.as_ref().expect("retries");
+    assert!(!retry.retry_host_predicate.is_empty(), "{retry:?}");
+}
