@@ -452,12 +452,8 @@ impl Mesh {
                 affected.routes.extend(hosts.iter().cloned());
                 let (http, mut problems) =
                     routing::http_routes(&vs.spec.http, key, &self.domain_suffix);
-                let (tcp, tcp_problems) =
-                    stream_routes::tcp_routes(&vs.spec.tcp, key, &self.domain_suffix);
-                let (tls, tls_problems) =
-                    stream_routes::tls_routes(&vs.spec.tls, key, &self.domain_suffix);
-                problems.extend(tcp_problems);
-                problems.extend(tls_problems);
+                let tcp = stream_routes::tcp_routes(&vs.spec.tcp, key, &self.domain_suffix);
+                let tls = stream_routes::tls_routes(&vs.spec.tls, key, &self.domain_suffix);
                 let mut delegates = Vec::new();
                 let http = delegate::expand(
                     index,

@@ -70,62 +70,50 @@ impl StreamMatch {
     }
 }
 
-/// The `tcp` routes of VirtualService `key`, and what in them cannot be honoured.
+/// The `tcp` routes of VirtualService `key`.
 pub fn tcp_routes(
     routes: &[api::TcpRoute],
     key: &ObjectKey,
     domain_suffix: &str,
-) -> (Vec<StreamRoute>, Vec<Problem>) {
-    let routes = routes.iter().map(|r| (&r.matches[..], &r.route[..]));
-    stream_routes(
-        "tcp",
-        routes,
-        key,
-        domain_suffix,
-        |m: &api::L4MatchAttributes| {
-            let read = StreamMatch {
-                sni_hosts: Vec::new(),
-                port: (m.port != 0).then_some(m.port),
-                gateways: m.gateways.clone(),
-                source_namespace: source_namespace(&m.source_namespace),
-                source_labels: m.source_labels.clone(),
-                destination_subnets: subnets(&m.destination_subnets),
-            };
-            let unapplied = Unapplied {
-                source_subnet: !m.source_subnet.is_empty(),
-            };
-            (read, unapplied)
-        },
-    )
+) -> Vec<StreamRoute> {
+    let read = |m: &api::L4MatchAttributes| StreamMatch {
+        sni_hosts: Vec::new(),
+        port: (m.port != 0).then_some(m.port),
+        gateways: m.gateways.clone(),
+        source_namespace: source_namespace(&m.source_namespace),
+        source_labels: m.source_labels.clone(),
+        destination_subnets: subnets(&m.destination_subnets),
+    };
+    routes
+        .iter()
+        .map(|r| StreamRoute {
+            matches: r.matches.iter().map(read).collect(),
+            destinations: read_destinations(&r.route, &key.namespace, domain_suffix),
+        })
+        .collect()
 }
 
-/// The `tls` routes of VirtualService `key`, and what in them cannot be honoured.
+/// The `tls` routes of VirtualService `key`.
 pub fn tls_routes(
     routes: &[api::TlsRoute],
     key: &ObjectKey,
     domain_suffix: &str,
-) -> (Vec<StreamRoute>, Vec<Problem>) {
-    let routes = routes.iter().map(|r| (&r.matches[..], &r.route[..]));
-    stream_routes(
-        "tls",
-        routes,
-        key,
-        domain_suffix,
-        |m: &api::TlsMatchAttributes| {
-            let read = StreamMatch {
-                sni_hosts: m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
-                port: (m.port != 0).then_some(m.port),
-                gateways: m.gateways.clone(),
-                source_namespace: source_namespace(&m.source_namespace),
-                source_labels: m.source_labels.clone(),
-                destination_subnets: subnets(&m.destination_subnets),
-            };
-            let unapplied = Unapplied {
-                source_subnet: false,
-            };
-            (read, unapplied)
-        },
-    )
+) -> Vec<StreamRoute> {
+    let read = |m: &api::TlsMatchAttributes| StreamMatch {
+        sni_hosts: m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        port: (m.port != 0).then_some(m.port),
+        gateways: m.gateways.clone(),
+        source_namespace: source_namespace(&m.source_namespace),
+        source_labels: m.source_labels.clone(),
+        destination_subnets: subnets(&m.destination_subnets),
+    };
+    routes
+        .iter()
+        .map(|r| StreamRoute {
+            matches: r.matches.iter().map(read).collect(),
+            destinations: read_destinations(&r.route, &key.namespace, domain_suffix),
+        })
+        .collect()
 }
 
 fn source_namespace(text: &str) -> Option<String> {
@@ -159,55 +147,91 @@ pub fn subnet(text: &str) -> Option<String> {
     Some(format!("{address}/{length}"))
 }
 
-/// Which match conditions are set that translation does not apply.
-struct Unapplied {
-    source_subnet: bool,
-}
-
-/// Reads the `list` (`tcp` or `tls`) routes, each as its matches and destinations.
-fn stream_routes<'a, M: 'a>(
-    list: &str,
-    routes: impl Iterator<Item = (&'a [M], &'a [api::RouteDestination])>,
-    key: &ObjectKey,
-    domain_suffix: &str,
-    read: impl Fn(&M) -> (StreamMatch, Unapplied),
-) -> (Vec<StreamRoute>, Vec<Problem>) {
+/// The conditions of VirtualService `key`'s `tcp` and `tls` matches that are set and not
+/// applied where the match applies: `sourceSubnet` anywhere (istiod does not apply it), and
+/// on gateways `sourceNamespace`, `sourceLabels` and `destinationSubnets` (istiod's gateways
+/// match on port and gateway only).
+pub fn unapplied(key: &ObjectKey, spec: &api::VirtualServiceSpec) -> Vec<Problem> {
     let mut problems = Vec::new();
-    let routes = routes
-        .enumerate()
-        .map(|(i, (matches, destinations))| StreamRoute {
-            matches: matches
-                .iter()
-                .enumerate()
-                .map(|(j, m)| {
-                    let (read, unapplied) = read(m);
-                    let field = format!("spec.{list}[{i}].match[{j}]");
-                    report_unapplied(key, &field, &unapplied, &mut problems);
-                    read
-                })
-                .collect(),
-            destinations: read_destinations(destinations, &key.namespace, domain_suffix),
-        })
-        .collect();
-    (routes, problems)
+    let tcp = spec.tcp.iter().map(|r| {
+        let conditions = r.matches.iter().map(|m| Conditions {
+            gateways: &m.gateways,
+            source_subnet: !m.source_subnet.is_empty(),
+            source_namespace: !m.source_namespace.is_empty(),
+            source_labels: !m.source_labels.is_empty(),
+            destination_subnets: !m.destination_subnets.is_empty(),
+        });
+        conditions.collect::<Vec<_>>()
+    });
+    let tls = spec.tls.iter().map(|r| {
+        let conditions = r.matches.iter().map(|m| Conditions {
+            gateways: &m.gateways,
+            source_subnet: false,
+            source_namespace: !m.source_namespace.is_empty(),
+            source_labels: !m.source_labels.is_empty(),
+            destination_subnets: !m.destination_subnets.is_empty(),
+        });
+        conditions.collect::<Vec<_>>()
+    });
+    for (list, routes) in [("tcp", tcp.collect::<Vec<_>>()), ("tls", tls.collect())] {
+        for (i, matches) in routes.iter().enumerate() {
+            for (j, m) in matches.iter().enumerate() {
+                let field = format!("spec.{list}[{i}].match[{j}]");
+                m.report(key, &field, &spec.gateways, &mut problems);
+            }
+        }
+    }
+    problems
 }
 
-fn report_unapplied(
-    key: &ObjectKey,
-    field: &str,
-    unapplied: &Unapplied,
-    problems: &mut Vec<Problem>,
-) {
-    for (name, set) in [("sourceSubnet", unapplied.source_subnet)] {
-        if set {
-            problems.push(Problem {
+/// Which conditions one `tcp` or `tls` match sets, and the gateways it names itself.
+struct Conditions<'a> {
+    gateways: &'a [String],
+    source_subnet: bool,
+    source_namespace: bool,
+    source_labels: bool,
+    destination_subnets: bool,
+}
+
+impl Conditions<'_> {
+    fn report(&self, key: &ObjectKey, field: &str, vs_gateways: &[String], out: &mut Vec<Problem>) {
+        let mut say = |name: &str, message: String| {
+            out.push(Problem {
                 object: key.clone(),
                 field: format!("{field}.{name}"),
-                message: format!(
-                    "{name} is not applied, as istiod does not apply it; the match holds \
-                     without it"
+                message,
+            })
+        };
+        if self.source_subnet {
+            say(
+                "sourceSubnet",
+                "sourceSubnet is not applied, as istiod does not apply it; the match holds \
+                 without it"
+                    .into(),
+            );
+        }
+        // The match's own gateways, else the VirtualService's; none at all: sidecars only.
+        let gateways = if self.gateways.is_empty() {
+            vs_gateways
+        } else {
+            self.gateways
+        };
+        if gateways.iter().all(|g| g == "mesh") {
+            return;
+        }
+        let on_gateways = [
+            ("sourceNamespace", self.source_namespace),
+            ("sourceLabels", self.source_labels),
+            ("destinationSubnets", self.destination_subnets),
+        ];
+        for (name, _) in on_gateways.into_iter().filter(|(_, set)| *set) {
+            say(
+                name,
+                format!(
+                    "{name} is not read by gateways, as istiod's gateways do not read it: on \
+                     the gateways this match names it holds without it"
                 ),
-            });
+            );
         }
     }
 }
@@ -257,14 +281,14 @@ spec:
             panic!("not a VirtualService");
         };
         let key = document.object.key();
-        let (tls, problems) = tls_routes(&vs.spec.tls, &key, "cluster.local");
-        assert_eq!(problems, vec![]);
+        let tls = tls_routes(&vs.spec.tls, &key, "cluster.local");
         assert_eq!(tls[0].matches[0].sni_hosts, ["secure.example.com"]);
         assert_eq!(tls[0].destinations[0].host, "secure.shop.svc.cluster.local");
         assert_eq!(tls[0].destinations[0].port, Some(8443));
-        let (tcp, problems) = tcp_routes(&vs.spec.tcp, &key, "cluster.local");
+        let tcp = tcp_routes(&vs.spec.tcp, &key, "cluster.local");
         assert_eq!(tcp[0].destinations[0].subset.as_deref(), Some("primary"));
         assert_eq!(tcp[0].matches[0].port, Some(5432));
+        let problems = unapplied(&key, &vs.spec);
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].field, "spec.tcp[0].match[0].sourceSubnet");
         assert!(tcp[0].matches[0].applies_on(5432, ("istio-system", "edge"), "shop"));
@@ -281,9 +305,8 @@ kind: VirtualService
 metadata: {name: db, namespace: shop}
 spec:
   hosts: [db]
-  gateways: [mesh, istio-system/edge]
   tcp:
-  - match: [{sourceNamespace: front, sourceLabels: {app: a}}]
+  - match: [{sourceNamespace: front, sourceLabels: {app: a}, destinationSubnets: [10.0.0.0/8]}]
     route: [{destination: {host: db2}}]
 "#,
         )
@@ -291,12 +314,67 @@ spec:
         let IstioObject::VirtualService(vs) = &document.object else {
             panic!("not a VirtualService");
         };
-        let (tcp, problems) = tcp_routes(&vs.spec.tcp, &document.object.key(), "cluster.local");
-        let fields: Vec<String> = problems.into_iter().map(|p| p.field).collect();
+        let key = document.object.key();
+        let tcp = tcp_routes(&vs.spec.tcp, &key, "cluster.local");
         assert_eq!(tcp[0].matches[0].source_namespace.as_deref(), Some("front"));
         let labels = BTreeMap::from([("app".to_string(), "a".to_string())]);
         assert_eq!(tcp[0].matches[0].source_labels, labels);
-        assert_eq!(fields, Vec::<String>::new());
+        assert_eq!(tcp[0].matches[0].destination_subnets, ["10.0.0.0/8"]);
+        // For sidecars only: all of it applies.
+        assert_eq!(unapplied(&key, &vs.spec), vec![]);
+    }
+
+    /// Gateways read none of a match's source or destination conditions (as istiod's): a
+    /// match naming a gateway, by itself or through the VirtualService, is warned about each
+    /// one set; a match for sidecars only is not.
+    #[test]
+    fn source_and_destination_conditions_on_gateways_are_warned() {
+        let yaml = |gateways: &str| {
+            format!(
+                r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: shop}}
+spec:
+  hosts: [db]
+  gateways: {gateways}
+  tcp:
+  - match:
+    - {{sourceNamespace: front, sourceLabels: {{app: a}}}}
+    - {{destinationSubnets: [10.0.0.0/8], gateways: [mesh]}}
+    - {{sourceLabels: {{app: a}}, gateways: [edge]}}
+    route: [{{destination: {{host: db2}}}}]
+  tls:
+  - match: [{{sniHosts: [db], destinationSubnets: [10.0.0.0/8]}}]
+    route: [{{destination: {{host: db2}}}}]
+"#
+            )
+        };
+        let fields = |gateways: &str| {
+            let document = capstan_crds::parse_single("vs.yaml", &yaml(gateways)).expect("valid");
+            let IstioObject::VirtualService(vs) = &document.object else {
+                panic!("not a VirtualService");
+            };
+            let problems = unapplied(&document.object.key(), &vs.spec);
+            assert!(
+                problems
+                    .iter()
+                    .all(|p| p.message.contains("not read by gateways")),
+                "{problems:?}"
+            );
+            problems.into_iter().map(|p| p.field).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            fields("[mesh, istio-system/edge]"),
+            [
+                "spec.tcp[0].match[0].sourceNamespace",
+                "spec.tcp[0].match[0].sourceLabels",
+                "spec.tcp[0].match[2].sourceLabels",
+                "spec.tls[0].match[0].destinationSubnets",
+            ]
+        );
+        // Bound to sidecars only: only the match naming a gateway itself.
+        assert_eq!(fields("[]"), ["spec.tcp[0].match[2].sourceLabels"]);
     }
 
     #[test]

@@ -312,6 +312,9 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                 spec.target_ref.is_some(),
             ));
         }
+        IstioObject::VirtualService(vs) => {
+            extra.extend(crate::model::stream_routes::unapplied(&key, &vs.spec));
+        }
         IstioObject::WorkloadEntry(we) if !we.spec.network.is_empty() => {
             not_applied("spec.network".into(), "network (multi-network meshes)");
         }

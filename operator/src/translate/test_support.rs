@@ -27,8 +27,15 @@ pub fn capture_options() -> Options {
     }
 }
 
-/// The mesh of `yaml`, which must be valid.
+/// The mesh of `yaml`, which must be valid and raise no problem.
 pub fn mesh(yaml: &str) -> Mesh {
+    let (mesh, problems) = mesh_and_problems(yaml);
+    assert!(problems.is_empty(), "model problems: {problems:?}");
+    mesh
+}
+
+/// The mesh of `yaml`, which must be valid, and the problems building it raised.
+pub fn mesh_and_problems(yaml: &str) -> (Mesh, Vec<crate::model::Problem>) {
     let documents = parse_documents("test.yaml", yaml).expect("valid YAML");
     let records: Vec<Record> = documents
         .into_iter()
@@ -43,9 +50,7 @@ pub fn mesh(yaml: &str) -> Mesh {
         })
         .collect();
     let index = Index::of_istio(records);
-    let (mesh, problems) = Mesh::build(&index, "cluster.local");
-    assert!(problems.is_empty(), "model problems: {problems:?}");
-    mesh
+    Mesh::build(&index, "cluster.local")
 }
 
 /// A STATIC ServiceEntry for `reviews` in `bookinfo` with three versioned endpoints, and a

@@ -288,3 +288,35 @@ fn valid_summary() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(report.summary(), "valid: 1 Istio document in 1 file");
 }
+
+/// A `tcp` match's conditions a gateway does not read are warned by `validate` too, with
+/// the line of the match.
+#[test]
+fn stream_match_conditions_gateways_do_not_read_are_warned() {
+    let mut report = Report::default();
+    report.check_text(
+        "vs.yaml",
+        "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: shop}
+spec:
+  hosts: [\"*\"]
+  gateways: [istio-system/edge]
+  tcp:
+  - match: [{sourceLabels: {app: a}, port: 5432}]
+    route: [{destination: {host: db}}]
+",
+    );
+    report.finish();
+    let lines: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "vs.yaml:8: document 1 (VirtualService shop/db): spec.tcp[0].match[0].sourceLabels: \
+          sourceLabels is not read by gateways, as istiod's gateways do not read it: on the \
+          gateways this match names it holds without it"
+        ]
+    );
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use prost::Message;
 
 use super::*;
-use crate::translate::test_support::{REVIEWS, mesh};
+use crate::translate::test_support::{REVIEWS, mesh, mesh_and_problems};
 
 fn gateway(servers: &str) -> String {
     format!(
@@ -359,7 +359,7 @@ fn a_port_left_without_filter_chains_gets_no_listener() {
 /// `tcp` routes on a gateway read the gateway proxy's namespace for `exportTo`, as istiod: it
 /// limits a VirtualService to the proxies of the namespaces named, which get the port's
 /// listener of their own. A match's `sourceNamespace` is not read on a gateway, as istiod's
-/// gateways do not: the match holds for every gateway proxy.
+/// gateways do not: the match holds for every gateway proxy (and the VirtualService is warned).
 #[test]
 fn stream_routes_on_a_gateway_read_the_proxys_namespace() {
     let routes = |export_to: &str| {
@@ -380,11 +380,14 @@ spec:
     };
     let server = "  - port: {number: 5432, name: tcp, protocol: TCP}\n    hosts: [\"*\"]\n";
     let listeners = |export_to: &str| -> Vec<(Option<String>, String)> {
-        let config = build(&mesh(&format!(
+        let (mesh, problems) = mesh_and_problems(&format!(
             "{REVIEWS}---\n{}---\n{}",
             gateway(server),
             routes(export_to)
-        )));
+        ));
+        let said: Vec<String> = problems.iter().map(|p| p.field.clone()).collect();
+        assert_eq!(said, ["spec.tcp[0].match[0].sourceNamespace"]);
+        let config = build(&mesh);
         config
             .listeners
             .iter()
