@@ -142,6 +142,51 @@ async fn conformance(name: &str, mode: AdsMode) -> anyhow::Result<()> {
     .with_context(logs)?;
     std::fs::remove_file(env.config_dir.join("details.yaml"))?;
 
+    // A cluster updated (its DestinationRule's load balancer) while its endpoints stay: Envoy
+    // warms the new cluster until a load assignment arrives, and on Delta does not ask again
+    // for one it holds, so capstan sends it again; without it the cluster would wait out
+    // Envoy's initial fetch timeout (15 s) and count no EDS update.
+    let eds_updates = format!("cluster.{RATINGS_CLUSTER}.update_success");
+    let eds_before = envoy.stat(&eds_updates).await?;
+    env.write_config(
+        "ratings-dr.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: bookinfo}
+spec:
+  host: ratings.bookinfo.svc.cluster.local
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+",
+    )?;
+    wait_until(
+        "ratings' cluster to balance at random",
+        CONFIG_TIMEOUT,
+        async || {
+            let dump = envoy.config_dump(false).await?;
+            let random = dump["configs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["dynamic_active_clusters"].as_array())
+                .flatten()
+                .any(|c| {
+                    c["cluster"]["name"] == RATINGS_CLUSTER && c["cluster"]["lb_policy"] == "RANDOM"
+                });
+            ensure!(random, "ratings' active cluster is not RANDOM yet");
+            Ok(())
+        },
+    )
+    .await
+    .with_context(logs)?;
+    let eds_after = envoy.stat(&eds_updates).await?;
+    ensure!(
+        eds_after > eds_before,
+        "the updated cluster got no load assignment ({eds_updates}: {eds_before} → {eds_after})"
+    );
+    let reply = proxy.upstream("ratings", "/", &[]).await?;
+    ensure!(reply.version == "v2", "ratings answered by {reply:?}");
+    std::fs::remove_file(env.config_dir.join("ratings-dr.yaml"))?;
+
     // Removal: without its ServiceEntry the ratings cluster and route go away.
     std::fs::remove_file(env.config_dir.join("ratings.yaml"))?;
     wait_until(

@@ -148,9 +148,11 @@ impl DeltaStream {
             Vec::new()
         } else {
             let ts = self.types[index].get_or_insert_with(TypeState::default);
-            push(&mut self.context, index, ts, state, change_driven)
-                .into_iter()
-                .collect()
+            let response = push(&mut self.context, index, ts, state, change_driven);
+            if let Some(response) = &response {
+                self.warm_clusters(index, response);
+            }
+            response.into_iter().collect()
         };
         // An answer may release the changes of the types after it.
         out.extend(self.push_changes(index + 1, state));
@@ -170,17 +172,40 @@ impl DeltaStream {
     fn push_changes(&mut self, first: usize, state: &State) -> Vec<DeltaResponse> {
         let mut out = Vec::new();
         let mut held = self.held_before(first, state);
-        for (index, ts) in self.types.iter_mut().enumerate().skip(first) {
-            let Some(ts) = ts else {
+        for index in first..TYPES {
+            let Some(ts) = &mut self.types[index] else {
                 continue;
             };
             if holding(ts, state) {
                 held = true;
-            } else if !held {
-                out.extend(push(&mut self.context, index, ts, state, true));
+            } else if !held && let Some(response) = push(&mut self.context, index, ts, state, true)
+            {
+                self.warm_clusters(index, &response);
+                out.push(response);
             }
         }
         out
+    }
+
+    /// After clusters are sent, their load assignments are due again, changed or not: Envoy
+    /// warms an updated cluster until an assignment arrives, and on Delta it does not ask
+    /// for one it is subscribed to already (envoyproxy/envoy#33607; istiod pushes EDS after
+    /// CDS for the same reason). Without it an updated cluster waits out Envoy's initial
+    /// fetch timeout (15 s) before it serves. A cluster's assignment has the cluster's name.
+    fn warm_clusters(&mut self, index: usize, response: &DeltaResponse) {
+        if type_url::PUSH_ORDER[index] != type_url::CLUSTER {
+            return;
+        }
+        let Some(eds) = type_url::PUSH_ORDER
+            .iter()
+            .position(|t| *t == type_url::ENDPOINT)
+            .and_then(|i| self.types[i].as_mut())
+        else {
+            return;
+        };
+        let sent = response.resources.iter().map(Resource::name_arc);
+        eds.pending
+            .extend(sent.filter(|name| eds.subscription.wants(name)).cloned());
     }
 
     /// Responses for every subscribed type with changes for this proxy, in push order.

@@ -33,6 +33,9 @@ struct TypeState {
     responded: bool,
     sent_nonce: Option<String>,
     in_flight: Option<InFlight>,
+    /// Names to send again though unchanged: the load assignments of clusters just updated
+    /// (see [`SotwStream::warm_clusters`]).
+    due: BTreeSet<Arc<str>>,
 }
 
 /// One SotW stream's protocol state: requests and new states in, responses out.
@@ -129,10 +132,7 @@ impl SotwStream {
         let mut out: Vec<SotwResponse> = if held {
             Vec::new()
         } else {
-            let type_state = self.types[index].get_or_insert_with(TypeState::default);
-            push(&mut self.context, index, type_state, state, trigger)
-                .into_iter()
-                .collect()
+            self.push_type(index, state, trigger).into_iter().collect()
         };
         // An answer may release the changes of the types after it.
         out.extend(self.push_changes(index + 1, state));
@@ -159,23 +159,67 @@ impl SotwStream {
     fn push_changes(&mut self, first: usize, state: &State) -> Vec<SotwResponse> {
         let mut out = Vec::new();
         let mut held = self.held_before(first, state);
-        for (index, type_state) in self.types.iter_mut().enumerate().skip(first) {
-            let Some(type_state) = type_state else {
+        for index in first..TYPES {
+            let Some(type_state) = &self.types[index] else {
                 continue;
             };
             if holding(type_state, state) {
                 held = true;
             } else if !held {
-                out.extend(push(
-                    &mut self.context,
-                    index,
-                    type_state,
-                    state,
-                    Trigger::Change,
-                ));
+                out.extend(self.push_type(index, state, Trigger::Change));
             }
         }
         out
+    }
+
+    /// The response due for type `index` (subscribed), if any.
+    fn push_type(&mut self, index: usize, state: &State, trigger: Trigger) -> Option<SotwResponse> {
+        let ts = self.types[index].as_mut()?;
+        let before = ts.responded.then_some(ts.synced);
+        let response = push(&mut self.context, index, ts, state, trigger)?;
+        self.warm_clusters(index, before, &response, state);
+        Some(response)
+    }
+
+    /// After clusters are sent, the load assignments of those that changed are due again,
+    /// changed or not: Envoy warms an updated cluster until an assignment arrives, and the
+    /// request it sends for one it holds reads as an acknowledgement (envoyproxy/envoy#13009;
+    /// istiod pushes EDS with CDS for the same reason). Without it an updated cluster waits
+    /// out Envoy's initial fetch timeout (15 s) before it serves. A SotW response carries
+    /// every cluster; those changed since `before` (the version the last one was built at;
+    /// `None`: all) are the ones Envoy warms. A cluster's assignment has the cluster's name.
+    fn warm_clusters(
+        &mut self,
+        index: usize,
+        before: Option<u64>,
+        response: &SotwResponse,
+        state: &State,
+    ) {
+        if type_url::PUSH_ORDER[index] != type_url::CLUSTER {
+            return;
+        }
+        let Some(eds) = type_url::PUSH_ORDER
+            .iter()
+            .position(|t| *t == type_url::ENDPOINT)
+            .and_then(|i| self.types[i].as_mut())
+        else {
+            return;
+        };
+        // The changed names, not the response, are walked: a response holds every cluster.
+        match before.map(|v| state.history.since(index, v)) {
+            Some(Since::Names(changed)) => eds
+                .due
+                .extend(changed.into_iter().filter(|n| eds.subscription.wants(n))),
+            Some(Since::Unknown) | None => {
+                let sent = response
+                    .resources
+                    .resources()
+                    .iter()
+                    .map(Resource::name_arc);
+                eds.due
+                    .extend(sent.filter(|n| eds.subscription.wants(n)).cloned());
+            }
+        }
     }
 }
 
@@ -208,9 +252,10 @@ fn push(
     }
     let snapshot = &state.snapshot;
     let version = snapshot.version();
-    if matches!(trigger, Trigger::Change) && ts.synced == version {
+    if matches!(trigger, Trigger::Change) && ts.synced == version && ts.due.is_empty() {
         return None;
     }
+    let due = std::mem::take(&mut ts.due);
     let proxy = &context.proxy;
     let since = if ts.responded && !matches!(trigger, Trigger::Request) {
         state.history.since(index, ts.synced)
@@ -231,6 +276,7 @@ fn push(
             .iter()
             .filter(|n| ts.subscription.wants(n))
             .chain(added)
+            .chain(&due)
             .collect();
         if wanted.is_empty() {
             // Nothing the proxy subscribes to changed: no need to look at its view.
@@ -277,7 +323,7 @@ fn push(
     };
     let hash = view.hash();
     ts.synced = version;
-    if ts.sent_hash == Some(hash) {
+    if ts.sent_hash == Some(hash) && due.is_empty() {
         return None;
     }
     ts.sent_hash = Some(hash);

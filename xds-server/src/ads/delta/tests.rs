@@ -412,3 +412,55 @@ fn listeners_wait_for_the_clusters_of_their_change() {
     assert_eq!(types, [CLUSTER, LISTENER]);
     assert_eq!(names(&next[0]), ["b"]);
 }
+
+/// An updated cluster is followed by its load assignment, unchanged or not: Envoy warms the
+/// new cluster until one arrives and, on Delta, does not ask again for a name it holds. A
+/// cluster without an assignment subscribed, and assignments of clusters not sent, are not
+/// resent.
+#[test]
+fn an_updated_cluster_is_followed_by_its_load_assignment() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(
+        &cache,
+        &[
+            (CLUSTER, "a", b"1"),
+            (CLUSTER, "b", b"1"),
+            (CLUSTER, "static", b"1"),
+            (ENDPOINT, "a", b"1"),
+            (ENDPOINT, "b", b"1"),
+        ],
+    );
+    let mut stream = DeltaStream::new(cache.clone());
+    let cds = stream.on_request(request(CLUSTER, &[], ""), &s1);
+    assert_eq!(names(&cds[0]), vec!["a", "b", "static"]);
+    let eds = stream.on_request(request(ENDPOINT, &["a", "b"], ""), &s1);
+    assert_eq!(names(&eds[0]), vec!["a", "b"]);
+    assert!(
+        stream
+            .on_request(request(CLUSTER, &[], &cds[0].nonce), &s1)
+            .is_empty()
+    );
+    assert!(
+        stream
+            .on_request(request(ENDPOINT, &[], &eds[0].nonce), &s1)
+            .is_empty()
+    );
+    // Cluster a changes (its policy, say), its endpoints do not; so does the static one.
+    let s2 = apply(&cache, &[(CLUSTER, "a", b"2"), (CLUSTER, "static", b"2")]);
+    let pushed = stream.on_state(&s2);
+    let types: Vec<&str> = pushed.iter().map(|r| r.type_url).collect();
+    assert_eq!(types, vec![CLUSTER, ENDPOINT]);
+    assert_eq!(names(&pushed[0]), vec!["a", "static"]);
+    assert_eq!(names(&pushed[1]), vec!["a"]);
+    // Acknowledged, nothing more is due.
+    assert!(
+        stream
+            .on_request(request(CLUSTER, &[], &pushed[0].nonce), &s2)
+            .is_empty()
+    );
+    assert!(
+        stream
+            .on_request(request(ENDPOINT, &[], &pushed[1].nonce), &s2)
+            .is_empty()
+    );
+}

@@ -149,15 +149,21 @@ fn endpoint_changes_send_only_the_changed_load_assignments() {
         &[
             (ENDPOINT, "a", b"1"),
             (ENDPOINT, "b", b"1"),
+            (ENDPOINT, "z", b"1"),
             (CLUSTER, "a", b"1"),
         ],
     );
     let mut stream = SotwStream::new(cache.clone());
-    let eds = stream.on_request(request(ENDPOINT, &["a", "b"], ""), &s1);
-    assert_eq!(names(&eds[0]), vec!["a", "b"]);
-    stream.on_request(request(ENDPOINT, &["a", "b"], &eds[0].nonce), &s1);
+    let eds = stream.on_request(request(ENDPOINT, &["a", "b", "z"], ""), &s1);
+    assert_eq!(names(&eds[0]), vec!["a", "b", "z"]);
+    stream.on_request(request(ENDPOINT, &["a", "b", "z"], &eds[0].nonce), &s1);
+    // Clusters after load assignments (a reconnect): the clusters' assignments are sent
+    // again, whatever the proxy held, as they may have changed while it was away.
     let cds = stream.on_request(request(CLUSTER, &[], ""), &s1);
+    assert_eq!(cds.len(), 2);
+    assert_eq!((cds[1].type_url, names(&cds[1])), (ENDPOINT, vec!["a"]));
     stream.on_request(request(CLUSTER, &[], &cds[0].nonce), &s1);
+    stream.on_request(request(ENDPOINT, &["a", "b", "z"], &cds[1].nonce), &s1);
 
     let s2 = apply(&cache, &[(ENDPOINT, "b", b"2"), (CLUSTER, "a", b"2")]);
     let pushed = stream.on_state(&s2);
@@ -165,8 +171,8 @@ fn endpoint_changes_send_only_the_changed_load_assignments() {
     let by_type = |t: &str| pushed.iter().find(|r| r.type_url == t).expect("pushed");
     assert_eq!(
         names(by_type(ENDPOINT)),
-        vec!["b"],
-        "only the changed load assignment"
+        vec!["a", "b"],
+        "only the changed load assignment, and the updated cluster's"
     );
     assert_eq!(
         names(by_type(CLUSTER)),
@@ -177,7 +183,7 @@ fn endpoint_changes_send_only_the_changed_load_assignments() {
     // Subscribing to one more load assignment sends just that one.
     let eds_nonce = by_type(ENDPOINT).nonce.clone();
     let s3 = apply(&cache, &[(ENDPOINT, "c", b"1")]);
-    let more = stream.on_request(request(ENDPOINT, &["a", "b", "c"], &eds_nonce), &s3);
+    let more = stream.on_request(request(ENDPOINT, &["a", "b", "c", "z"], &eds_nonce), &s3);
     assert_eq!(names(&more[0]), vec!["c"]);
 }
 
@@ -345,4 +351,55 @@ fn listeners_wait_for_the_clusters_of_their_change() {
     let types: Vec<&str> = next.iter().map(|r| r.type_url).collect();
     assert_eq!(types, [CLUSTER, LISTENER]);
     assert_eq!(names(&next[0]), ["a", "b"]);
+}
+
+/// The clusters that changed in a SotW response (which carries them all) are followed by
+/// their load assignments, unchanged or not, and only theirs: Envoy warms an updated cluster
+/// until one arrives, and the request it sends for a name it holds reads as an ACK.
+#[test]
+fn updated_clusters_are_followed_by_their_load_assignments() {
+    let cache = SnapshotCache::new();
+    let s1 = apply(
+        &cache,
+        &[
+            (CLUSTER, "a", b"1"),
+            (CLUSTER, "b", b"1"),
+            (CLUSTER, "static", b"1"),
+            (ENDPOINT, "a", b"1"),
+            (ENDPOINT, "b", b"1"),
+        ],
+    );
+    let mut stream = SotwStream::new(cache.clone());
+    let cds = stream.on_request(request(CLUSTER, &[], ""), &s1);
+    assert_eq!(names(&cds[0]), vec!["a", "b", "static"]);
+    let eds = stream.on_request(request(ENDPOINT, &["a", "b"], ""), &s1);
+    assert_eq!(names(&eds[0]), vec!["a", "b"]);
+    assert!(
+        stream
+            .on_request(request(CLUSTER, &[], &cds[0].nonce), &s1)
+            .is_empty()
+    );
+    assert!(
+        stream
+            .on_request(request(ENDPOINT, &["a", "b"], &eds[0].nonce), &s1)
+            .is_empty()
+    );
+    // Cluster a changes, its endpoints do not; so does the static one.
+    let s2 = apply(&cache, &[(CLUSTER, "a", b"2"), (CLUSTER, "static", b"2")]);
+    let pushed = stream.on_state(&s2);
+    let types: Vec<&str> = pushed.iter().map(|r| r.type_url).collect();
+    assert_eq!(types, vec![CLUSTER, ENDPOINT]);
+    assert_eq!(names(&pushed[0]), vec!["a", "b", "static"]);
+    assert_eq!(names(&pushed[1]), vec!["a"]);
+    // Envoy's request for the warming cluster's assignment, and the ACKs, ask for nothing more.
+    assert!(
+        stream
+            .on_request(request(CLUSTER, &[], &pushed[0].nonce), &s2)
+            .is_empty()
+    );
+    assert!(
+        stream
+            .on_request(request(ENDPOINT, &["a", "b"], &pushed[1].nonce), &s2)
+            .is_empty()
+    );
 }
