@@ -236,3 +236,117 @@ spec:
     elsewhere_envoy.ensure_no_rejected_updates().await?;
     mesh.envoy.ensure_no_rejected_updates().await
 }
+
+/// A rule selecting workloads that balances by consistent hash gives the routes of the
+/// sidecars it selects its hash key, as istiod's: each user of the selected sidecar sticks to
+/// one endpoint of reviews, while a sidecar of the same namespace it does not select, reading
+/// bookinfo's rule (least request), spreads one user's requests. The rule gone, the selected
+/// sidecar's routes hash no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selecting_rules_hash_key_reaches_the_selected_sidecars_routes() -> anyhow::Result<()> {
+    let mut mesh = start(
+        "a_selecting_rules_hash_key_reaches_the_selected_sidecars_routes",
+        &format!("  - route: [{{destination: {{host: {REVIEWS_HOST}}}}}]\n"),
+    )
+    .await?;
+    let (selected_envoy, mut selected) = mesh
+        .start_labelled_sidecar(
+            AdsMode::Delta,
+            "bookinfo",
+            "productpage-0",
+            &[("app", "productpage")],
+        )
+        .await?;
+    let selecting = format!(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews-for-productpage, namespace: bookinfo}}
+spec:
+  host: {REVIEWS_HOST}
+  workloadSelector: {{matchLabels: {{app: productpage}}}}
+  trafficPolicy: {{loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}}}
+"
+    );
+    mesh.env.write_config("selecting-dr.yaml", &selecting)?;
+    let hashes = async |envoy: &capstan_e2e::envoy::Envoy| -> anyhow::Result<bool> {
+        let dump = envoy.config_dump(false).await?;
+        Ok(capstan_e2e::envoy::dynamic_virtual_hosts(&dump)
+            .filter(|vh| {
+                vh["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(REVIEWS_HOST))
+            })
+            .flat_map(|vh| vh["routes"].as_array().cloned().unwrap_or_default())
+            .any(|r| r["route"]["hash_policy"][0]["header"]["header_name"] == "x-user"))
+    };
+    capstan_e2e::wait_until(
+        "the selected sidecar's route hashing on x-user",
+        CONFIG_TIMEOUT,
+        async || {
+            ensure!(
+                hashes(&selected_envoy).await?,
+                "no route to reviews hashes on x-user"
+            );
+            // The route may come before the cluster is warm.
+            let dump = selected_envoy.config_dump(false).await?;
+            let ring = dump["configs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["dynamic_active_clusters"].as_array())
+                .flatten()
+                .map(|c| &c["cluster"])
+                .any(|c| {
+                    c["name"] == format!("outbound|9080||{REVIEWS_HOST}").as_str()
+                        && c["lb_policy"] == "RING_HASH"
+                });
+            ensure!(ring, "reviews' cluster is not balanced by a ring yet");
+            Ok(())
+        },
+    )
+    .await
+    .with_context(|| format!("logs in {}", mesh.env.log_dir.display()))?;
+    for user in ["alice", "bob", "carol", "dave"] {
+        let versions = selected.reviews_versions(&[("x-user", user)], 25).await?;
+        ensure!(versions.len() == 1, "x-user: {user} reached {versions:?}");
+    }
+    let mut reached = std::collections::BTreeSet::new();
+    for i in 0..30 {
+        let user = format!("user-{i}");
+        reached.extend(
+            selected
+                .reviews_versions(&[("x-user", &user)], 3)
+                .await?
+                .into_keys(),
+        );
+    }
+    ensure!(
+        reached.len() > 1,
+        "30 different users all reached {reached:?}"
+    );
+    // The namespace's other sidecar reads bookinfo's rule: no hash, one user spreads.
+    ensure!(
+        !hashes(&mesh.envoy).await?,
+        "the unselected sidecar hashes too"
+    );
+    let spread = mesh.versions(&[("x-user", "alice")], 30).await?;
+    ensure!(
+        spread.len() > 1,
+        "the unselected sidecar kept alice at {spread:?}"
+    );
+    std::fs::remove_file(mesh.env.config_dir.join("selecting-dr.yaml"))?;
+    capstan_e2e::wait_until(
+        "the selected sidecar's routes without a hash",
+        CONFIG_TIMEOUT,
+        async || {
+            ensure!(
+                !hashes(&selected_envoy).await?,
+                "a route to reviews still hashes"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    selected_envoy.ensure_no_rejected_updates().await?;
+    mesh.envoy.ensure_no_rejected_updates().await
+}

@@ -717,6 +717,19 @@ impl Mesh {
             .and_then(|rules| rules.for_namespace(namespace))
     }
 
+    /// The DestinationRule the proxies of `namespace` carrying `labels` read for `host`: one
+    /// selecting them by `workloadSelector`, else [`Self::rule_for`].
+    pub fn rule_for_workload(
+        &self,
+        host: &str,
+        namespace: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<&DestinationRule> {
+        self.destination_rules
+            .get(host)
+            .and_then(|rules| rules.for_workload(namespace, labels))
+    }
+
     /// The VirtualService routing `host`: the first (by namespace/name) naming it exactly,
     /// else the first whose wildcard host covers it.
     pub fn virtual_service_for(&self, host: &str) -> Option<&VirtualService> {

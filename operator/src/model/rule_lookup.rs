@@ -40,6 +40,38 @@ impl HostRules {
             None => self.everyone.as_ref(),
         }
     }
+
+    /// The rule the proxies of `namespace` carrying `labels` read: the rule of their
+    /// namespace selecting them (the one with the most selector labels; with as many, the
+    /// one whose labels sort first, as their clusters), else [`Self::for_namespace`].
+    pub fn for_workload(
+        &self,
+        namespace: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<&DestinationRule> {
+        let selecting = namespace
+            .and_then(|ns| self.by_workload.get(ns))
+            .into_iter()
+            .flatten()
+            .filter_map(|rule| {
+                let selector = rule.workload_selector.as_ref()?;
+                service::labels_include(labels, selector).then_some((selector, rule))
+            })
+            .min_by_key(|(selector, _)| (std::cmp::Reverse(selector.len()), *selector));
+        match selecting {
+            Some((_, rule)) => Some(rule),
+            None => self.for_namespace(namespace),
+        }
+    }
+
+    /// Per namespace, the `workloadSelector`s of its rules.
+    pub fn workload_selectors(&self) -> impl Iterator<Item = (&str, &BTreeMap<String, String>)> {
+        self.by_workload.iter().flat_map(|(ns, rules)| {
+            rules
+                .iter()
+                .filter_map(move |r| Some((ns.as_str(), r.workload_selector.as_ref()?)))
+        })
+    }
 }
 
 impl Mesh {

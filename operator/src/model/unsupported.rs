@@ -210,29 +210,6 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                     traffic_policy(&field, policy, &mut not_applied);
                 }
             }
-            // Routes are built per namespace, not per workload: the selected workloads'
-            // clusters hash, their routes carry their namespace's hash policy.
-            let policies = spec.traffic_policy.iter().chain(
-                spec.subsets
-                    .iter()
-                    .filter_map(|s| s.traffic_policy.as_ref()),
-            );
-            let hashes = policies.into_iter().any(|p| {
-                let levels = p.load_balancer.iter().chain(
-                    p.port_level_settings
-                        .iter()
-                        .filter_map(|l| l.load_balancer.as_ref()),
-                );
-                levels.into_iter().any(|lb| lb.consistent_hash.is_some())
-            });
-            if spec.workload_selector.is_some() && hashes {
-                not_applied(
-                    "spec.workloadSelector".into(),
-                    "the routes' hash policy (consistentHash) for the workloads a \
-                     workloadSelector picks: their clusters hash, but their routes hash as their \
-                     namespace's rule says",
-                );
-            }
         }
         IstioObject::Sidecar(sc) => {
             // The egress hosts scope what sidecars receive; ingress listeners (port,

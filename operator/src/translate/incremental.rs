@@ -508,6 +508,9 @@ mod sidecar_ingress_tests;
 mod source_labels_tests;
 
 #[cfg(test)]
+mod selecting_hash_tests;
+
+#[cfg(test)]
 mod stream_source_tests;
 
 #[cfg(test)]

@@ -45,7 +45,8 @@ pub fn shared_http_configuration(
 /// gateway proxy's own namespace and labels, and hashes as the
 /// DestinationRule of the proxy's namespace says: per namespace one is exported to, a match
 /// names or reads another rule for a destination (and any other), per label class of the matches'
-/// `sourceLabels` (with the selector's labels, which every proxy it picks has). Without such
+/// `sourceLabels` and of the `workloadSelector`s of the destinations' rules (with the
+/// selector's labels, which every proxy it picks has). Without such
 /// VirtualServices, one: all of them.
 pub fn source_variants(
     mesh: &Mesh,
@@ -69,17 +70,22 @@ pub fn source_variants(
         if let ExportTo::Namespaces(exported) = &vs.export_to {
             namespaces.extend(exported.iter().map(|ns| Some(ns.as_str())));
         }
-        // Those reading another DestinationRule for a destination may hash otherwise.
+        // Those reading another DestinationRule for a destination (their namespace's, or
+        // one selecting them) may hash otherwise.
         let rules = vs
             .http
             .iter()
             .flat_map(|h| h.destination_hosts())
             .filter_map(|host| mesh.destination_rules.get(host));
-        namespaces.extend(
-            rules
-                .flat_map(|r| r.by_namespace.keys())
-                .map(|ns| Some(ns.as_str())),
-        );
+        for rules in rules {
+            namespaces.extend(rules.by_namespace.keys().map(|ns| Some(ns.as_str())));
+            for (ns, selector) in rules.workload_selectors() {
+                if route::union(labels, selector).is_some() {
+                    namespaces.insert(Some(ns));
+                    selectors.insert(selector);
+                }
+            }
+        }
         // A match naming its own gateways is not narrowed by source.
         for m in vs.http.iter().flat_map(|h| &h.matches) {
             if m.gateways.is_empty() {

@@ -463,3 +463,55 @@ spec:
     assert_eq!(headers("istio-system"), ["x-gw"]);
     assert_eq!(headers("edge"), [] as [String; 0]);
 }
+
+/// A rule of the gateway proxies' namespace selecting some of them by label gives those its
+/// hash key, as istiod looks a gateway proxy's rule up (by its labels); the others of the
+/// namespace read its rule without a selector.
+#[test]
+fn gateway_routes_hash_as_a_rule_selecting_the_gateway_proxy_says() {
+    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+    let gateway = INGRESS.split("---").next().expect("the Gateway");
+    let vs = INGRESS.split("---").nth(1).expect("the VirtualService");
+    let rules = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: gateways, namespace: istio-system}
+spec:
+  host: "*.local"
+  exportTo: [.]
+  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-gw}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: canary-gateways, namespace: istio-system}
+spec:
+  host: reviews.bookinfo.svc.cluster.local
+  workloadSelector: {matchLabels: {istio: ingressgateway, track: canary}}
+  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-canary}}}
+"#;
+    let config = build(&mesh(&format!("{REVIEWS}---{gateway}---{vs}---{rules}")));
+    assert_eq!(config.problems, vec![]);
+    let headers = |namespace: &str, labels: &[(&str, &str)]| {
+        let route = http_routes_of(&config, namespace, labels);
+        let vh = &route.virtual_hosts[0];
+        let Some(Action::Route(action)) = &vh.routes[0].action else {
+            panic!("not forwarded");
+        };
+        action
+            .hash_policy
+            .iter()
+            .filter_map(|h| match &h.policy_specifier {
+                Some(PolicySpecifier::Header(x)) => Some(x.header_name.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let canary = [("istio", "ingressgateway"), ("track", "canary")];
+    assert_eq!(headers("istio-system", &canary), ["x-canary"]);
+    assert_eq!(
+        headers("istio-system", &[("istio", "ingressgateway")]),
+        ["x-gw"]
+    );
+    // The selecting rule is istio-system's: a canary gateway elsewhere does not read it.
+    assert_eq!(headers("edge", &canary), [] as [String; 0]);
+}

@@ -92,9 +92,8 @@ pub fn routes_bound(
     let mut out = Vec::new();
     for (i, http) in vs.http.iter().enumerate() {
         let field = format!("spec.http[{i}]");
-        let namespace = binding.caller().namespace.as_deref();
-        let Some(template) = route_template(mesh, vs, http, port, namespace, &field, problems)
-        else {
+        let caller = binding.caller();
+        let Some(template) = route_template(mesh, vs, http, port, caller, &field, problems) else {
             continue;
         };
         let matches: Vec<_> = if http.matches.is_empty() {
@@ -147,7 +146,7 @@ fn route_template(
     vs: &VirtualService,
     http: &HttpRoute,
     port: u32,
-    namespace: Option<&str>,
+    caller: &Caller,
     field: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<Route> {
@@ -179,7 +178,7 @@ fn route_template(
                 all,
                 port,
                 authority,
-                namespace,
+                caller,
             };
             Action::Route(forward.action(mesh, vs, http, &mut route, field, problems)?)
         }
@@ -216,8 +215,8 @@ struct Forward<'a> {
     port: u32,
     /// From the route's `headers` (`:authority`/`host`); `rewrite.authority` wins over it.
     authority: Option<String>,
-    /// The namespace of the proxies routing: whose DestinationRule a hash policy comes from.
-    namespace: Option<&'a str>,
+    /// The proxies routing: whose DestinationRule a hash policy comes from.
+    caller: &'a Caller,
 }
 
 impl Forward<'_> {
@@ -235,7 +234,7 @@ impl Forward<'_> {
             all,
             port,
             authority,
-            namespace,
+            caller,
         } = self;
         let destinations: Vec<&Destination> = if all.len() > 1 {
             // Istio drops zero-weight destinations from a split.
@@ -279,13 +278,11 @@ impl Forward<'_> {
         // Each destination balanced by consistent hash adds its DestinationRule's hash key,
         // as istiod; a key repeated across a split is said once (the same requests stick).
         action.hash_policy = match &action.cluster_specifier {
-            Some(ClusterSpecifier::Cluster(name)) => {
-                super::hash::for_cluster(mesh, name, namespace)
-            }
+            Some(ClusterSpecifier::Cluster(name)) => super::hash::for_cluster(mesh, name, caller),
             Some(ClusterSpecifier::WeightedClusters(split)) => {
                 let mut policies = Vec::new();
                 for cluster in &split.clusters {
-                    for policy in super::hash::for_cluster(mesh, &cluster.name, namespace) {
+                    for policy in super::hash::for_cluster(mesh, &cluster.name, caller) {
                         if !policies.contains(&policy) {
                             policies.push(policy);
                         }

@@ -80,8 +80,9 @@ pub fn label_classes<'a>(selectors: impl IntoIterator<Item = &'a Labels>) -> Vec
             if classes.len() >= MAX_LABEL_CLASSES {
                 warn!(
                     limit = MAX_LABEL_CLASSES,
-                    "sourceLabels selectors combine into more label classes than the limit; \
-                     a sidecar matching several of them gets the routes of fewer"
+                    "sourceLabels and workloadSelector selectors combine into more label \
+                     classes than the limit; a sidecar matching several of them gets the \
+                     routes of fewer"
                 );
                 return classes.into_iter().collect();
             }

@@ -8,22 +8,24 @@ use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
     ConnectionProperties, Cookie, Header, PolicySpecifier, QueryParameter,
 };
 
+use super::Caller;
 use crate::model::Mesh;
 use crate::model::traffic_policy::HashKey;
 use crate::translate::cluster::proto_duration;
 
-/// The hash policies for requests from proxies of `namespace` routed to `subset` (none: the
-/// whole service) of `host` on service port `port`: one, when the DestinationRule they read
-/// for the host sets a consistent hash key that applies there (subset port-level, subset,
-/// port-level, top level, in that order), else none.
+/// The hash policies for requests from the proxies `caller` stands for routed to `subset`
+/// (none: the whole service) of `host` on service port `port`: one, when the
+/// DestinationRule they read for the host (one selecting their labels first) sets a
+/// consistent hash key that applies there (subset port-level, subset, port-level, top
+/// level, in that order), else none.
 pub fn hash_policies(
     mesh: &Mesh,
     host: &str,
     subset: Option<&str>,
     port: u32,
-    namespace: Option<&str>,
+    caller: &Caller,
 ) -> Vec<HashPolicy> {
-    mesh.rule_for(host, namespace)
+    mesh.rule_for_workload(host, caller.namespace.as_deref(), &caller.labels)
         .and_then(|dr| dr.traffic_policy.as_ref())
         .and_then(|p| p.consistent_hash(subset, port))
         .and_then(|hash| hash.key.as_ref())
@@ -34,13 +36,13 @@ pub fn hash_policies(
 
 /// [`hash_policies`] for the cluster a route sends to, named `outbound|port|subset|host`
 /// (none for any other name).
-pub fn for_cluster(mesh: &Mesh, cluster: &str, namespace: Option<&str>) -> Vec<HashPolicy> {
+pub fn for_cluster(mesh: &Mesh, cluster: &str, caller: &Caller) -> Vec<HashPolicy> {
     let mut parts = cluster.splitn(4, '|');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some("outbound"), Some(port), Some(subset), Some(host)) => match port.parse() {
             Ok(port) => {
                 let subset = Some(subset).filter(|s| !s.is_empty());
-                hash_policies(mesh, host, subset, port, namespace)
+                hash_policies(mesh, host, subset, port, caller)
             }
             Err(_) => Vec::new(),
         },
@@ -118,7 +120,7 @@ spec:
     }
 
     fn specifier(m: &Mesh, subset: Option<&str>) -> Option<PolicySpecifier> {
-        let mut policies = hash_policies(m, HOST, subset, 9080, None);
+        let mut policies = hash_policies(m, HOST, subset, 9080, &Caller::anyone());
         assert!(policies.len() <= 1);
         policies.pop().and_then(|p| p.policy_specifier)
     }
@@ -192,16 +194,16 @@ spec:
         assert_eq!(header(specifier(&m, Some("v1"))), "x-v1");
         assert_eq!(header(specifier(&m, None)), "x-top");
         assert_eq!(
-            for_cluster(&m, &format!("outbound|9080|v1|{HOST}"), None),
-            hash_policies(&m, HOST, Some("v1"), 9080, None)
+            for_cluster(&m, &format!("outbound|9080|v1|{HOST}"), &Caller::anyone()),
+            hash_policies(&m, HOST, Some("v1"), 9080, &Caller::anyone())
         );
         assert_eq!(
-            for_cluster(&m, &format!("outbound|9080||{HOST}"), None),
-            hash_policies(&m, HOST, None, 9080, None)
+            for_cluster(&m, &format!("outbound|9080||{HOST}"), &Caller::anyone()),
+            hash_policies(&m, HOST, None, 9080, &Caller::anyone())
         );
-        assert!(for_cluster(&m, "inbound|9080||x", None).is_empty());
+        assert!(for_cluster(&m, "inbound|9080||x", &Caller::anyone()).is_empty());
         let plain = with_rule("{loadBalancer: {simple: RANDOM}}", "{}");
-        assert!(hash_policies(&plain, HOST, Some("v1"), 9080, None).is_empty());
-        assert!(hash_policies(&plain, "other.host", None, 9080, None).is_empty());
+        assert!(hash_policies(&plain, HOST, Some("v1"), 9080, &Caller::anyone()).is_empty());
+        assert!(hash_policies(&plain, "other.host", None, 9080, &Caller::anyone()).is_empty());
     }
 }

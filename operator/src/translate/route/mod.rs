@@ -13,6 +13,7 @@ mod hash;
 mod headers;
 mod matching;
 mod mirror;
+mod port_routes;
 mod retry;
 mod sniffed;
 
@@ -20,19 +21,15 @@ pub(super) use retry::hoist_shared_policy;
 
 pub(super) use action::{Binding, cluster_for, routes_bound};
 pub(crate) use caller::{Caller, Labels, class_of, includes, label_classes, union};
+pub(super) use port_routes::{PortRoutes, host_port_routes};
 pub(crate) use sniffed::{detected_routes, is_sniffed, sniffed_configs};
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use envoy_types::pb::envoy::config::route::v3::route::Action;
-use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
-use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
-use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
-};
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
 use tracing::debug;
 
-use super::{OUTBOUND_HTTP, cluster_name};
+use super::OUTBOUND_HTTP;
 use crate::model::hostname;
 use crate::model::service::{ExportTo, Origin, Resolution};
 use crate::model::{Mesh, Port, Problem, Service, VirtualService};
@@ -191,128 +188,6 @@ pub(super) fn http_ports(service: &Service) -> Vec<&Port> {
     ports
 }
 
-/// The routes of a service port's virtual host: for the callers its VirtualService's matches
-/// name by source (or it is exported to by name), and for every other sidecar.
-pub(super) struct PortRoutes {
-    pub rest: Vec<Route>,
-    pub by_caller: BTreeMap<Caller, Vec<Route>>,
-    /// The VirtualService's `sourceLabels` selectors.
-    pub selectors: Vec<Labels>,
-}
-
-impl PortRoutes {
-    /// The routes the sidecars of `namespace` whose labels include `labels` get.
-    pub fn for_caller(&self, namespace: Option<&str>, labels: &Labels) -> &Vec<Route> {
-        let class = class_of(&self.selectors, labels);
-        let named = namespace.and_then(|ns| self.by_caller.get(&Caller::new(Some(ns), &class)));
-        named
-            .or_else(|| self.by_caller.get(&Caller::new(None, &class)))
-            .unwrap_or(&self.rest)
-    }
-}
-
-/// The routes of a service port's virtual host: its VirtualService's, or one default route.
-pub(super) fn host_port_routes(
-    mesh: &Mesh,
-    service: &Service,
-    port: u32,
-    problems: &mut Vec<Problem>,
-) -> PortRoutes {
-    let default = |namespace: Option<&str>| vec![default_route(mesh, service, port, namespace)];
-    let Some(vs) = mesh.virtual_service_for(&service.host) else {
-        let rest = default(None);
-        // Proxies reading another DestinationRule for the host may hash otherwise.
-        let by_caller = rule_namespaces(mesh, [service.host.as_str()])
-            .map(|ns| (Caller::new(Some(ns), &Labels::new()), default(Some(ns))))
-            .filter(|(_, routes)| *routes != rest)
-            .collect();
-        return PortRoutes {
-            rest,
-            by_caller,
-            selectors: Vec::new(),
-        };
-    };
-    // Sidecars of namespaces a match names by `sourceNamespace` get routes of their own; so
-    // do those of the namespaces a VirtualService exported by name is exported to, while
-    // every other sidecar routes as if there were none. Each of these, and every other
-    // sidecar, has routes per label class of the matches' `sourceLabels`.
-    let mut named: BTreeSet<&str> = vs
-        .http
-        .iter()
-        .flat_map(|h| &h.matches)
-        .filter_map(|m| m.source_namespace.as_deref())
-        .collect();
-    // Its problems, said once, as for any VirtualService.
-    let anyone = action::routes(mesh, vs, port, &Caller::anyone(), problems);
-    let exported_to_all = vs.export_to == ExportTo::All;
-    let rest = if exported_to_all {
-        anyone
-    } else {
-        default(None)
-    };
-    if let ExportTo::Namespaces(exported) = &vs.export_to {
-        named.extend(exported.iter().map(String::as_str));
-    }
-    let routes_for = |caller: &Caller| {
-        if vs.export_to.includes(caller.namespace.as_deref()) {
-            action::routes(mesh, vs, port, caller, &mut Vec::new())
-        } else {
-            default(caller.namespace.as_deref())
-        }
-    };
-    // Proxies reading another DestinationRule for a host the routes send to (or this one,
-    // for the default route) may hash otherwise: those whose routes differ get their own.
-    let destinations = vs
-        .http
-        .iter()
-        .flat_map(|h| h.destination_hosts())
-        .chain([service.host.as_str()]);
-    let hashing: BTreeSet<&str> = rule_namespaces(mesh, destinations)
-        .filter(|ns| !named.contains(ns))
-        .filter(|ns| routes_for(&Caller::new(Some(ns), &Labels::new())) != rest)
-        .collect();
-    let selectors: Vec<Labels> = caller::source_selectors(vs).into_iter().collect();
-    let classes = label_classes(&selectors);
-    let mut by_caller = BTreeMap::new();
-    for labels in &classes {
-        if !labels.is_empty() {
-            let caller = Caller::new(None, labels);
-            let routes = if exported_to_all {
-                action::routes(mesh, vs, port, &caller, &mut Vec::new())
-            } else {
-                rest.clone()
-            };
-            by_caller.insert(caller, routes);
-        }
-        let exported = named.iter().filter(|ns| vs.export_to.includes(Some(ns)));
-        for ns in exported.chain(&hashing) {
-            let caller = Caller::new(Some(ns), labels);
-            let routes = routes_for(&caller);
-            by_caller.insert(caller, routes);
-        }
-    }
-    PortRoutes {
-        rest,
-        by_caller,
-        selectors,
-    }
-}
-
-/// The namespaces whose proxies read another DestinationRule for one of `hosts` than the
-/// proxies of namespaces no rule names.
-fn rule_namespaces<'a>(
-    mesh: &'a Mesh,
-    hosts: impl IntoIterator<Item = &'a str>,
-) -> impl Iterator<Item = &'a str> {
-    let namespaces: BTreeSet<&str> = hosts
-        .into_iter()
-        .filter_map(|host| mesh.destination_rules.get(host))
-        .flat_map(|rules| rules.by_namespace.keys())
-        .map(String::as_str)
-        .collect();
-    namespaces.into_iter()
-}
-
 /// A service port's virtual host, its routes' shared retry policy said once.
 pub(super) fn virtual_host(name: String, domains: Vec<String>, routes: Vec<Route>) -> VirtualHost {
     let mut virtual_host = VirtualHost {
@@ -450,32 +325,6 @@ fn domains(
             new
         })
         .collect()
-}
-
-/// The route of a service port no VirtualService routes: to the whole service, with Istio's
-/// default retries and, as istiod, the hash policy of the DestinationRule the proxies of
-/// `namespace` read for it.
-fn default_route(mesh: &Mesh, service: &Service, port: u32, namespace: Option<&str>) -> Route {
-    Route {
-        name: "default".to_string(),
-        r#match: Some(RouteMatch {
-            path_specifier: Some(PathSpecifier::Prefix("/".to_string())),
-            ..Default::default()
-        }),
-        action: Some(Action::Route(RouteAction {
-            cluster_specifier: Some(ClusterSpecifier::Cluster(cluster_name(
-                port,
-                "",
-                &service.host,
-            ))),
-            timeout: Some(action::NO_TIMEOUT),
-            // Istio's default retries, as on a VirtualService route without `retries`.
-            retry_policy: Some(retry::default_policy()),
-            hash_policy: hash::hash_policies(mesh, &service.host, None, port, namespace),
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
 }
 
 /// A sidecar VirtualService's hosts that no service has: reported, since no proxy can route
