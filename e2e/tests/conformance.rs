@@ -162,16 +162,8 @@ spec:
         "ratings' cluster to balance at random",
         CONFIG_TIMEOUT,
         async || {
-            let dump = envoy.config_dump(false).await?;
-            let random = dump["configs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c["dynamic_active_clusters"].as_array())
-                .flatten()
-                .any(|c| {
-                    c["cluster"]["name"] == RATINGS_CLUSTER && c["cluster"]["lb_policy"] == "RANDOM"
-                });
+            let cluster = envoy.active_cluster(RATINGS_CLUSTER).await?;
+            let random = cluster.is_some_and(|c| c["lb_policy"] == "RANDOM");
             ensure!(random, "ratings' active cluster is not RANDOM yet");
             Ok(())
         },

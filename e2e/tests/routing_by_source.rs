@@ -288,18 +288,10 @@ spec:
                 "no route to reviews hashes on x-user"
             );
             // The route may come before the cluster is warm.
-            let dump = selected_envoy.config_dump(false).await?;
-            let ring = dump["configs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c["dynamic_active_clusters"].as_array())
-                .flatten()
-                .map(|c| &c["cluster"])
-                .any(|c| {
-                    c["name"] == format!("outbound|9080||{REVIEWS_HOST}").as_str()
-                        && c["lb_policy"] == "RING_HASH"
-                });
+            let cluster = selected_envoy
+                .active_cluster(&format!("outbound|9080||{REVIEWS_HOST}"))
+                .await?;
+            let ring = cluster.is_some_and(|c| c["lb_policy"] == "RING_HASH");
             ensure!(ring, "reviews' cluster is not balanced by a ring yet");
             Ok(())
         },

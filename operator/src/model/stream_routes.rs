@@ -76,21 +76,8 @@ pub fn tcp_routes(
     key: &ObjectKey,
     domain_suffix: &str,
 ) -> Vec<StreamRoute> {
-    let read = |m: &api::L4MatchAttributes| StreamMatch {
-        sni_hosts: Vec::new(),
-        port: (m.port != 0).then_some(m.port),
-        gateways: m.gateways.clone(),
-        source_namespace: source_namespace(&m.source_namespace),
-        source_labels: m.source_labels.clone(),
-        destination_subnets: subnets(&m.destination_subnets),
-    };
-    routes
-        .iter()
-        .map(|r| StreamRoute {
-            matches: r.matches.iter().map(read).collect(),
-            destinations: read_destinations(&r.route, &key.namespace, domain_suffix),
-        })
-        .collect()
+    let routes = routes.iter().map(|r| (&r.matches[..], &r.route[..]));
+    read_routes(routes, key, domain_suffix)
 }
 
 /// The `tls` routes of VirtualService `key`.
@@ -99,21 +86,64 @@ pub fn tls_routes(
     key: &ObjectKey,
     domain_suffix: &str,
 ) -> Vec<StreamRoute> {
-    let read = |m: &api::TlsMatchAttributes| StreamMatch {
-        sni_hosts: m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
-        port: (m.port != 0).then_some(m.port),
-        gateways: m.gateways.clone(),
-        source_namespace: source_namespace(&m.source_namespace),
-        source_labels: m.source_labels.clone(),
-        destination_subnets: subnets(&m.destination_subnets),
-    };
+    let routes = routes.iter().map(|r| (&r.matches[..], &r.route[..]));
+    read_routes(routes, key, domain_suffix)
+}
+
+fn read_routes<'a, M: L4Match + 'a>(
+    routes: impl Iterator<Item = (&'a [M], &'a [api::RouteDestination])>,
+    key: &ObjectKey,
+    domain_suffix: &str,
+) -> Vec<StreamRoute> {
     routes
-        .iter()
-        .map(|r| StreamRoute {
-            matches: r.matches.iter().map(read).collect(),
-            destinations: read_destinations(&r.route, &key.namespace, domain_suffix),
+        .map(|(matches, destinations)| StreamRoute {
+            matches: matches.iter().map(L4Match::read).collect(),
+            destinations: read_destinations(destinations, &key.namespace, domain_suffix),
         })
         .collect()
+}
+
+/// A `tcp` or `tls` match as written.
+trait L4Match {
+    fn read(&self) -> StreamMatch;
+    /// Whether it sets `sourceSubnet` (`tcp` only).
+    fn sets_source_subnet(&self) -> bool {
+        false
+    }
+}
+
+impl L4Match for api::L4MatchAttributes {
+    fn read(&self) -> StreamMatch {
+        StreamMatch {
+            sni_hosts: Vec::new(),
+            port: (self.port != 0).then_some(self.port),
+            gateways: self.gateways.clone(),
+            source_namespace: source_namespace(&self.source_namespace),
+            source_labels: self.source_labels.clone(),
+            destination_subnets: subnets(&self.destination_subnets),
+        }
+    }
+
+    fn sets_source_subnet(&self) -> bool {
+        !self.source_subnet.is_empty()
+    }
+}
+
+impl L4Match for api::TlsMatchAttributes {
+    fn read(&self) -> StreamMatch {
+        StreamMatch {
+            sni_hosts: self
+                .sni_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            port: (self.port != 0).then_some(self.port),
+            gateways: self.gateways.clone(),
+            source_namespace: source_namespace(&self.source_namespace),
+            source_labels: self.source_labels.clone(),
+            destination_subnets: subnets(&self.destination_subnets),
+        }
+    }
 }
 
 fn source_namespace(text: &str) -> Option<String> {
@@ -153,85 +183,62 @@ pub fn subnet(text: &str) -> Option<String> {
 /// match on port and gateway only).
 pub fn unapplied(key: &ObjectKey, spec: &api::VirtualServiceSpec) -> Vec<Problem> {
     let mut problems = Vec::new();
-    let tcp = spec.tcp.iter().map(|r| {
-        let conditions = r.matches.iter().map(|m| Conditions {
-            gateways: &m.gateways,
-            source_subnet: !m.source_subnet.is_empty(),
-            source_namespace: !m.source_namespace.is_empty(),
-            source_labels: !m.source_labels.is_empty(),
-            destination_subnets: !m.destination_subnets.is_empty(),
-        });
-        conditions.collect::<Vec<_>>()
-    });
-    let tls = spec.tls.iter().map(|r| {
-        let conditions = r.matches.iter().map(|m| Conditions {
-            gateways: &m.gateways,
-            source_subnet: false,
-            source_namespace: !m.source_namespace.is_empty(),
-            source_labels: !m.source_labels.is_empty(),
-            destination_subnets: !m.destination_subnets.is_empty(),
-        });
-        conditions.collect::<Vec<_>>()
-    });
-    for (list, routes) in [("tcp", tcp.collect::<Vec<_>>()), ("tls", tls.collect())] {
-        for (i, matches) in routes.iter().enumerate() {
-            for (j, m) in matches.iter().enumerate() {
-                let field = format!("spec.{list}[{i}].match[{j}]");
-                m.report(key, &field, &spec.gateways, &mut problems);
-            }
-        }
-    }
+    let tcp = spec.tcp.iter().map(|r| &r.matches[..]);
+    report_unapplied(("tcp", key), tcp, &spec.gateways, &mut problems);
+    let tls = spec.tls.iter().map(|r| &r.matches[..]);
+    report_unapplied(("tls", key), tls, &spec.gateways, &mut problems);
     problems
 }
 
-/// Which conditions one `tcp` or `tls` match sets, and the gateways it names itself.
-struct Conditions<'a> {
-    gateways: &'a [String],
-    source_subnet: bool,
-    source_namespace: bool,
-    source_labels: bool,
-    destination_subnets: bool,
-}
-
-impl Conditions<'_> {
-    fn report(&self, key: &ObjectKey, field: &str, vs_gateways: &[String], out: &mut Vec<Problem>) {
-        let mut say = |name: &str, message: String| {
-            out.push(Problem {
-                object: key.clone(),
-                field: format!("{field}.{name}"),
-                message,
-            })
-        };
-        if self.source_subnet {
-            say(
-                "sourceSubnet",
-                "sourceSubnet is not applied, as istiod does not apply it; the match holds \
-                 without it"
-                    .into(),
-            );
-        }
-        // The match's own gateways, else the VirtualService's; none at all: sidecars only.
-        let gateways = if self.gateways.is_empty() {
-            vs_gateways
-        } else {
-            self.gateways
-        };
-        if gateways.iter().all(|g| g == "mesh") {
-            return;
-        }
-        let on_gateways = [
-            ("sourceNamespace", self.source_namespace),
-            ("sourceLabels", self.source_labels),
-            ("destinationSubnets", self.destination_subnets),
-        ];
-        for (name, _) in on_gateways.into_iter().filter(|(_, set)| *set) {
-            say(
-                name,
-                format!(
-                    "{name} is not read by gateways, as istiod's gateways do not read it: on \
-                     the gateways this match names it holds without it"
-                ),
-            );
+/// [`unapplied`] for the matches of each route of `list`.
+fn report_unapplied<'a, M: L4Match + 'a>(
+    (list, key): (&str, &ObjectKey),
+    routes: impl Iterator<Item = &'a [M]>,
+    vs_gateways: &[String],
+    out: &mut Vec<Problem>,
+) {
+    for (i, matches) in routes.enumerate() {
+        for (j, m) in matches.iter().enumerate() {
+            let field = format!("spec.{list}[{i}].match[{j}]");
+            let mut say = |name: &str, message: String| {
+                out.push(Problem {
+                    object: key.clone(),
+                    field: format!("{field}.{name}"),
+                    message,
+                })
+            };
+            if m.sets_source_subnet() {
+                say(
+                    "sourceSubnet",
+                    "sourceSubnet is not applied, as istiod does not apply it; the match holds \
+                     without it"
+                        .into(),
+                );
+            }
+            let read = m.read();
+            // The match's own gateways, else the VirtualService's; none at all: sidecars only.
+            let gateways = if read.gateways.is_empty() {
+                vs_gateways
+            } else {
+                &read.gateways[..]
+            };
+            if gateways.iter().all(|g| g == "mesh") {
+                continue;
+            }
+            let on_gateways = [
+                ("sourceNamespace", read.source_namespace.is_some()),
+                ("sourceLabels", !read.source_labels.is_empty()),
+                ("destinationSubnets", !read.destination_subnets.is_empty()),
+            ];
+            for (name, _) in on_gateways.into_iter().filter(|(_, set)| *set) {
+                say(
+                    name,
+                    format!(
+                        "{name} is not read by gateways, as istiod's gateways do not read it: \
+                         on the gateways this match names it holds without it"
+                    ),
+                );
+            }
         }
     }
 }

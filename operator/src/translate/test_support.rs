@@ -93,3 +93,22 @@ spec:
 {rest}"
     )
 }
+
+/// What a forwarding route's requests are hashed by, one line per hash policy: a header's
+/// name, `cookie <name>`, or the policy as debug text; empty for any other action.
+pub fn hash_keys(route: &envoy_types::pb::envoy::config::route::v3::Route) -> Vec<String> {
+    use envoy_types::pb::envoy::config::route::v3::route::Action;
+    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+    let Some(Action::Route(action)) = &route.action else {
+        return Vec::new();
+    };
+    action
+        .hash_policy
+        .iter()
+        .map(|h| match &h.policy_specifier {
+            Some(PolicySpecifier::Header(h)) => h.header_name.clone(),
+            Some(PolicySpecifier::Cookie(c)) => format!("cookie {}", c.name),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}

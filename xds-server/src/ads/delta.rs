@@ -196,10 +196,8 @@ impl DeltaStream {
         if type_url::PUSH_ORDER[index] != type_url::CLUSTER {
             return;
         }
-        let Some(eds) = type_url::PUSH_ORDER
-            .iter()
-            .position(|t| *t == type_url::ENDPOINT)
-            .and_then(|i| self.types[i].as_mut())
+        let Some(eds) =
+            crate::snapshot::type_index(type_url::ENDPOINT).and_then(|i| self.types[i].as_mut())
         else {
             return;
         };

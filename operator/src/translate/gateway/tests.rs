@@ -429,7 +429,6 @@ spec:
 
 #[test]
 fn gateway_routes_hash_as_the_destination_rule_of_the_gateways_namespace_says() {
-    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
     let gateway = INGRESS.split("---").next().expect("the Gateway");
     let vs = INGRESS.split("---").nth(1).expect("the VirtualService");
     // The root namespace's rule kept to its own proxies: the gateways of istio-system.
@@ -447,18 +446,7 @@ spec:
     assert_eq!(config.problems, vec![]);
     let headers = |namespace: &str| {
         let route = http_routes_of(&config, namespace, &[("istio", "ingressgateway")]);
-        let vh = &route.virtual_hosts[0];
-        let Some(Action::Route(action)) = &vh.routes[0].action else {
-            panic!("not forwarded");
-        };
-        action
-            .hash_policy
-            .iter()
-            .filter_map(|h| match &h.policy_specifier {
-                Some(PolicySpecifier::Header(x)) => Some(x.header_name.clone()),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
+        crate::translate::test_support::hash_keys(&route.virtual_hosts[0].routes[0])
     };
     assert_eq!(headers("istio-system"), ["x-gw"]);
     assert_eq!(headers("edge"), [] as [String; 0]);
@@ -469,7 +457,6 @@ spec:
 /// namespace read its rule without a selector.
 #[test]
 fn gateway_routes_hash_as_a_rule_selecting_the_gateway_proxy_says() {
-    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
     let gateway = INGRESS.split("---").next().expect("the Gateway");
     let vs = INGRESS.split("---").nth(1).expect("the VirtualService");
     let rules = r#"
@@ -493,18 +480,7 @@ spec:
     assert_eq!(config.problems, vec![]);
     let headers = |namespace: &str, labels: &[(&str, &str)]| {
         let route = http_routes_of(&config, namespace, labels);
-        let vh = &route.virtual_hosts[0];
-        let Some(Action::Route(action)) = &vh.routes[0].action else {
-            panic!("not forwarded");
-        };
-        action
-            .hash_policy
-            .iter()
-            .filter_map(|h| match &h.policy_specifier {
-                Some(PolicySpecifier::Header(x)) => Some(x.header_name.clone()),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
+        crate::translate::test_support::hash_keys(&route.virtual_hosts[0].routes[0])
     };
     let canary = [("istio", "ingressgateway"), ("track", "canary")];
     assert_eq!(headers("istio-system", &canary), ["x-canary"]);

@@ -4,17 +4,11 @@
 //! full build.
 
 use capstan_crds::Kind;
-use capstan_xds::{SnapshotCache, type_index};
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::config::route::v3::route::Action;
-use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
-use prost::Message;
 
-use super::tests::{check, delete, istio, options};
+use super::tests::{check, delete, istio, outbound_routes_served};
 use super::*;
 use crate::index::Index;
-use crate::model::sidecar_scope::fixtures::sidecar_proxy;
-use crate::translate::OUTBOUND_HTTP;
+use crate::translate::test_support::hash_keys;
 
 const REVIEWS: &str = "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -82,35 +76,13 @@ fn mesh_of(documents: &[&str]) -> Mesh {
 /// Per route of reviews' virtual host, as a sidecar of `namespace` with `labels` is served
 /// it by a full build: the keys its requests are hashed by.
 fn keys(mesh: &Mesh, namespace: &str, labels: &[(&str, &str)]) -> Vec<Vec<String>> {
-    let cache = SnapshotCache::new();
-    cache.replace(Translator::new(options()).full(mesh));
-    let state = cache.current();
-    let proxy = sidecar_proxy(namespace, labels);
-    let index = type_index(type_url::ROUTE).expect("a served type");
-    let resource = state
-        .snapshot
-        .view(index, &proxy)
-        .find(|r| r.name() == OUTBOUND_HTTP)
-        .cloned()
-        .expect("every sidecar gets the routes");
-    let config = RouteConfiguration::decode(resource.body()).expect("decodes");
+    let config = outbound_routes_served(mesh, namespace, labels);
     config
         .virtual_hosts
         .iter()
         .filter(|vh| vh.name.starts_with("reviews."))
         .flat_map(|vh| &vh.routes)
-        .map(|r| match &r.action {
-            Some(Action::Route(a)) => a
-                .hash_policy
-                .iter()
-                .map(|h| match &h.policy_specifier {
-                    Some(PolicySpecifier::Header(h)) => h.header_name.clone(),
-                    Some(PolicySpecifier::Cookie(c)) => format!("cookie {}", c.name),
-                    other => format!("{other:?}"),
-                })
-                .collect(),
-            _ => Vec::new(),
-        })
+        .map(hash_keys)
         .collect()
 }
 

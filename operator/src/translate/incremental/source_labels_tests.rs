@@ -3,17 +3,15 @@
 //! workload `Sidecar` scope, built incrementally as a full build.
 
 use capstan_crds::Kind;
-use capstan_xds::{SnapshotCache, type_index};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 
-use super::tests::{assert_routes_decode_as_route_configurations, check, delete, istio, options};
+use super::tests::{
+    assert_routes_decode_as_route_configurations, check, delete, istio, outbound_routes_served,
+};
 use super::*;
 use crate::index::Index;
-use crate::model::sidecar_scope::fixtures::sidecar_proxy;
-use crate::translate::OUTBOUND_HTTP;
-use prost::Message;
 
 const REVIEWS: &str = "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -98,22 +96,6 @@ fn mesh_of(documents: &[&str]) -> Mesh {
     mesh
 }
 
-/// The outbound routes a sidecar of `namespace` with `labels` is served by a full build.
-fn routes_of(mesh: &Mesh, namespace: &str, labels: &[(&str, &str)]) -> RouteConfiguration {
-    let cache = SnapshotCache::new();
-    cache.replace(Translator::new(options()).full(mesh));
-    let state = cache.current();
-    let proxy = sidecar_proxy(namespace, labels);
-    let index = type_index(type_url::ROUTE).expect("a served type");
-    let resource = state
-        .snapshot
-        .view(index, &proxy)
-        .find(|r| r.name() == OUTBOUND_HTTP)
-        .cloned()
-        .expect("every sidecar gets the routes");
-    RouteConfiguration::decode(resource.body()).expect("decodes")
-}
-
 /// The (route name, cluster) pairs of `host`'s virtual host in `config`.
 fn routes_to(config: &RouteConfiguration, host: &str) -> Vec<(String, String)> {
     config
@@ -132,7 +114,7 @@ fn routes_to(config: &RouteConfiguration, host: &str) -> Vec<(String, String)> {
 }
 
 fn clusters(mesh: &Mesh, namespace: &str, labels: &[(&str, &str)]) -> Vec<String> {
-    routes_to(&routes_of(mesh, namespace, labels), "reviews.")
+    routes_to(&outbound_routes_served(mesh, namespace, labels), "reviews.")
         .into_iter()
         .map(|(_, cluster)| cluster)
         .collect()
@@ -171,7 +153,7 @@ fn each_sidecar_reads_the_matches_its_labels_select() {
 fn label_classes_of_several_virtual_services_combine() {
     let mesh = mesh_of(&[REVIEWS, BY_LABELS, RATINGS_BY_SOURCE]);
     let names = |namespace: &str, labels: &[(&str, &str)]| -> Vec<String> {
-        let config = routes_of(&mesh, namespace, labels);
+        let config = outbound_routes_served(&mesh, namespace, labels);
         routes_to(&config, "ratings.")
             .into_iter()
             .map(|(name, _)| name)
@@ -199,7 +181,7 @@ fn label_classes_of_several_virtual_services_combine() {
 fn a_workload_scope_and_label_classes_combine() {
     // The productpage Sidecar sees reviews only; ratings' routes are not its own.
     let mesh = mesh_of(&[REVIEWS, BY_LABELS, SIDECAR]);
-    let config = routes_of(&mesh, "bookinfo", &[("app", "productpage")]);
+    let config = outbound_routes_served(&mesh, "bookinfo", &[("app", "productpage")]);
     assert_eq!(routes_to(&config, "ratings."), []);
     assert_eq!(
         clusters(&mesh, "bookinfo", &[("app", "productpage")]),
@@ -213,7 +195,7 @@ fn a_workload_scope_and_label_classes_combine() {
         ),
         [V2, V3, V1]
     );
-    let canary = routes_of(&mesh, "bookinfo", &[("version", "canary")]);
+    let canary = outbound_routes_served(&mesh, "bookinfo", &[("version", "canary")]);
     assert_eq!(routes_to(&canary, "ratings.").len(), 1, "not scoped");
 }
 

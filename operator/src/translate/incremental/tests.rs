@@ -113,6 +113,27 @@ pub(super) fn served_to<M: Message + Default>(
         .collect()
 }
 
+/// The outbound routes (`outbound_http`) a sidecar of `namespace` with `labels` is served by
+/// a full build of `mesh`.
+pub(super) fn outbound_routes_served(
+    mesh: &Mesh,
+    namespace: &str,
+    labels: &[(&str, &str)],
+) -> RouteConfiguration {
+    let cache = SnapshotCache::new();
+    cache.replace(Translator::new(options()).full(mesh));
+    let state = cache.current();
+    let proxy = crate::model::sidecar_scope::fixtures::sidecar_proxy(namespace, labels);
+    let index = capstan_xds::type_index(type_url::ROUTE).expect("a served type");
+    let resource = state
+        .snapshot
+        .view(index, &proxy)
+        .find(|r| r.name() == crate::translate::OUTBOUND_HTTP)
+        .cloned()
+        .expect("every sidecar gets the routes");
+    RouteConfiguration::decode(resource.body()).expect("decodes")
+}
+
 pub(super) fn check(steps: Vec<Event>) {
     check_with(options(), steps);
 }

@@ -309,10 +309,21 @@ fn regex_rewrite_wins_over_uri_and_matches_keep_their_stat_prefix() {
     assert_eq!(routes[1].stat_prefix, "");
 }
 
-#[test]
-fn a_consistent_hash_destination_retries_without_the_previous_hosts_predicate() {
-    let yaml = r#"
-apiVersion: networking.istio.io/v1
+/// The routes of the first virtual host a bookinfo sidecar gets from `yaml`, as applied.
+fn bookinfo_routes(yaml: &str) -> Vec<Route> {
+    let (configs, problems) = route_configurations(&mesh(yaml), super::RouteLayout::Shared, []);
+    assert!(problems.is_empty(), "{problems:?}");
+    let (_, config) = configs
+        .into_iter()
+        .find(|(caller, _)| {
+            caller.namespace.as_deref() == Some("bookinfo") && caller.labels.is_empty()
+        })
+        .expect("a bookinfo variant");
+    as_applied(config.virtual_hosts[0].clone())
+}
+
+/// reviews with one endpoint, for the hash policy tests.
+const ONE_ENDPOINT: &str = "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: reviews, namespace: bookinfo}
 spec:
@@ -322,6 +333,12 @@ spec:
   resolution: STATIC
   endpoints: [{address: 127.0.0.1, labels: {version: v1}}]
 ---
+";
+
+#[test]
+fn a_consistent_hash_destination_retries_without_the_previous_hosts_predicate() {
+    let yaml = ONE_ENDPOINT.to_string()
+        + r#"
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: reviews, namespace: bookinfo}
@@ -337,15 +354,7 @@ spec:
   http:
   - route: [{destination: {host: reviews}}]
 "#;
-    let (configs, problems) = route_configurations(&mesh(yaml), super::RouteLayout::Shared, []);
-    assert!(problems.is_empty(), "{problems:?}");
-    let (_, config) = configs
-        .into_iter()
-        .find(|(caller, _)| {
-            caller.namespace.as_deref() == Some("bookinfo") && caller.labels.is_empty()
-        })
-        .expect("a bookinfo variant");
-    let routes = as_applied(config.virtual_hosts[0].clone());
+    let routes = bookinfo_routes(&yaml);
     let action = forward(&routes[0]);
     assert_eq!(action.hash_policy.len(), 1, "{action:?}");
     let retry = action.retry_policy.as_ref().expect("retries");
@@ -355,18 +364,8 @@ spec:
 
 #[test]
 fn a_split_hashes_on_each_destinations_key_once_and_keeps_the_default_retries() {
-    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
-    let yaml = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  hosts: [reviews.bookinfo.svc.cluster.local]
-  location: MESH_INTERNAL
-  ports: [{number: 9080, name: http, protocol: HTTP}]
-  resolution: STATIC
-  endpoints: [{address: 127.0.0.1, labels: {version: v1}}]
----
+    let yaml = ONE_ENDPOINT.to_string()
+        + r#"
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: reviews, namespace: bookinfo}
@@ -394,15 +393,7 @@ spec:
     - {destination: {host: reviews, subset: v2}, weight: 20}
     - {destination: {host: reviews, subset: v3}, weight: 10}
 "#;
-    let (configs, problems) = route_configurations(&mesh(yaml), super::RouteLayout::Shared, []);
-    assert!(problems.is_empty(), "{problems:?}");
-    let (_, config) = configs
-        .into_iter()
-        .find(|(caller, _)| {
-            caller.namespace.as_deref() == Some("bookinfo") && caller.labels.is_empty()
-        })
-        .expect("a bookinfo variant");
-    let routes = as_applied(config.virtual_hosts[0].clone());
+    let routes = bookinfo_routes(&yaml);
     let action = forward(&routes[0]);
     assert!(
         matches!(
@@ -413,16 +404,10 @@ spec:
     );
     // v1 and the whole service share the top level's header key: said once; v2's cookie
     // after it; v3 balances round robin and adds none.
-    let keys: Vec<String> = action
-        .hash_policy
-        .iter()
-        .map(|p| match &p.policy_specifier {
-            Some(PolicySpecifier::Header(h)) => format!("header {}", h.header_name),
-            Some(PolicySpecifier::Cookie(c)) => format!("cookie {}", c.name),
-            other => format!("{other:?}"),
-        })
-        .collect();
-    assert_eq!(keys, ["header x-user", "cookie session"]);
+    assert_eq!(
+        crate::translate::test_support::hash_keys(&routes[0]),
+        ["x-user", "cookie session"]
+    );
     // A split retries as any route: on other hosts too, as istiod's split does.
     let retry = action.retry_policy.as_ref().expect("retries");
     assert!(!retry.retry_host_predicate.is_empty(), "{retry:?}");

@@ -374,7 +374,6 @@ fn a_default_route_hashes_as_the_services_destination_rule_says() {
 
 #[test]
 fn routes_hash_as_the_destination_rule_of_the_callers_namespace_says() {
-    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
     let hashing = r#"
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -395,14 +394,7 @@ spec:
         let (config, problems) = config_in(yaml, namespace);
         assert!(problems.is_empty(), "{problems:?}");
         let vh = vhost(&config, "reviews.bookinfo.svc.cluster.local:9080");
-        route_action(&vh.routes[0])
-            .hash_policy
-            .iter()
-            .filter_map(|h| match &h.policy_specifier {
-                Some(PolicySpecifier::Header(x)) => Some(x.header_name.clone()),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
+        crate::translate::test_support::hash_keys(&vh.routes[0])
     };
     // The default route, then a VirtualService's.
     for yaml in [
