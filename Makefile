@@ -19,6 +19,8 @@
 #               once, capstan's CA vs istiod's, on a real kube-apiserver
 #   make bench-routes  VirtualService edit to a real Envoy serving the new route, with 3,000 routes
 #               configured (100 edits; p50/p99/max from the file's rename to the first request served)
+#   make bench-rules   the same for DestinationRule edits (a load balancer switched), to Envoy
+#                      holding the new cluster in service (SotW and Delta)
 #   make bench-scope   bytes and memory one sidecar's Envoy takes, with and without a Sidecar scope
 #                      (1,000 services)
 #   make crds   regenerate the CRD manifests in crds/generated and the Helm chart's copy in
@@ -167,6 +169,15 @@ bench-routes: tools
 	@$(CARGO) build --quiet --release -p capstan -p capstan-e2e --bin capstan --bin capstan-upstream --bin capstan-route-bench
 	@ENVOY_BIN="$(ENVOY_BIN_VALUE)" CAPSTAN_BIN="$${CAPSTAN_BIN:-$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/capstan}" \
 		$(CARGO) run --quiet --release -p capstan-e2e --bin capstan-route-bench
+
+.PHONY: bench-rules
+bench-rules: tools
+	$(call step,bench-rules: capstan-route-bench --edit rule (DestinationRule edits to a real Envoy, SotW and Delta))
+	@$(CARGO) build --quiet --release -p capstan -p capstan-e2e --bin capstan --bin capstan-upstream --bin capstan-route-bench
+	@for xds in "" --delta; do \
+		ENVOY_BIN="$(ENVOY_BIN_VALUE)" CAPSTAN_BIN="$${CAPSTAN_BIN:-$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/capstan}" \
+			$(CARGO) run --quiet --release -p capstan-e2e --bin capstan-route-bench -- --edit rule --edits 30 --fresh-edits 0 $$xds || exit 1; \
+	done
 
 .PHONY: bench-scope
 bench-scope: tools

@@ -433,6 +433,23 @@ impl Envoy {
         Ok(found)
     }
 
+    /// [`Self::active_cluster`], asking Envoy for that one cluster only (cheap to poll in a
+    /// mesh of thousands).
+    pub async fn active_cluster_alone(&self, name: &str) -> anyhow::Result<Option<Value>> {
+        let path = format!(
+            "/config_dump?resource=dynamic_active_clusters&name_regex={}",
+            percent_encode(&format!("^{}$", regex_escape(name)))
+        );
+        let dump: Value = self.admin_get(&path).await?.json()?;
+        Ok(dump["configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| &c["cluster"])
+            .find(|c| c["name"] == name)
+            .cloned())
+    }
+
     /// The names of the clusters capstan gave Envoy (`outbound|…`), sorted, from `/clusters`.
     pub async fn outbound_clusters(&self) -> anyhow::Result<Vec<String>> {
         let text = self.admin_get("/clusters").await?.text();

@@ -17,6 +17,11 @@
 //! operator/src/source/folder.rs), so this measures capstan and Envoy. `fresh`: the file is
 //! written and renamed at once, so the settle window is included.
 //!
+//! `--edit rule` times DestinationRule edits instead: each one switches the load balancer of
+//! `edited`'s rule (ROUND_ROBIN ↔ RANDOM), which changes its clusters and not their endpoints,
+//! and is timed from the rename to Envoy holding the new `outbound|8080|v1|edited…` cluster
+//! as active (warmed, in service), asked of Envoy's admin for that cluster alone.
+//!
 //! Run: `make bench-routes`, or `cargo build --release -p capstan -p capstan-e2e --bin capstan
 //! --bin capstan-upstream --bin capstan-route-bench` and run `capstan-route-bench` from the
 //! release directory (Envoy from `$ENVOY_BIN` or `make tools`; capstan from `$CAPSTAN_BIN`,
@@ -42,15 +47,29 @@ use serde::Serialize;
 const NAMESPACE: &str = "bench";
 const EDITED_HOST: &str = "edited.bench.svc.cluster.local";
 const EDITED_FILE: &str = "edited-vs.yaml";
+const EDITED_RULE_FILE: &str = "edited-dr.yaml";
+/// The cluster a rule edit is read from.
+const EDITED_CLUSTER: &str = "outbound|8080|v1|edited.bench.svc.cluster.local";
 const JASON: &[(&str, &str)] = &[("end-user", "jason")];
-/// How long one edit may take before it counts as missed.
-const EDIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// capstan's settle window for a file (operator/src/source/folder.rs).
 const SETTLE_WINDOW: Duration = Duration::from_millis(500);
+
+/// What each edit changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EditKind {
+    /// The VirtualService: jason's route to the other subset (timed to the first request
+    /// answered there).
+    VirtualService,
+    /// The DestinationRule: its load balancer (timed to Envoy holding the new cluster active).
+    Rule,
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "capstan-route-bench")]
 struct Cli {
+    /// What each edit changes.
+    #[arg(long, value_enum, default_value = "virtual-service")]
+    edit: EditKind,
     /// ServiceEntry hosts besides the edited one, each with its own VirtualService.
     #[arg(long, default_value_t = 1000)]
     hosts: usize,
@@ -72,6 +91,9 @@ struct Cli {
     /// Pause between polls of Envoy while waiting for an edit, in µs (0: none).
     #[arg(long, default_value_t = 1000)]
     poll_us: u64,
+    /// How long one edit may take before it counts as missed, in ms.
+    #[arg(long, default_value_t = 10_000)]
+    edit_timeout_ms: u64,
     /// Use Delta xDS instead of state-of-the-world.
     #[arg(long)]
     delta: bool,
@@ -83,7 +105,8 @@ struct Cli {
     /// repeated.
     #[arg(long = "capstan-arg", allow_hyphen_values = true)]
     capstan_args: Vec<String>,
-    /// Where to write the JSON results (default: `<profile dir>/bench/route-bench.json`).
+    /// Where to write the JSON results (default: `<profile dir>/bench/route-bench.json`,
+    /// `rule-bench.json` for rule edits).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -122,6 +145,7 @@ fn istio_stats_config() -> serde_json::Value {
 struct Results {
     machine: String,
     commit: String,
+    edit: &'static str,
     xds: &'static str,
     capstan_args: Vec<String>,
     istio_stats: bool,
@@ -220,12 +244,19 @@ spec:
   endpoints:
   - {{address: 127.0.0.1, ports: {{http: {v1}}}, labels: {{version: v1}}}}
   - {{address: 127.0.0.1, ports: {{http: {v2}}}, labels: {{version: v2}}}}
----
-apiVersion: networking.istio.io/v1
+"
+    )
+}
+
+/// The edited host's DestinationRule: subsets v1 and v2, balanced by `simple` (Istio's name).
+fn edited_rule(simple: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: edited, namespace: {NAMESPACE}}}
 spec:
   host: {EDITED_HOST}
+  trafficPolicy: {{loadBalancer: {{simple: {simple}}}}}
   subsets:
   - {{name: v1, labels: {{version: v1}}}}
   - {{name: v2, labels: {{version: v2}}}}
@@ -264,8 +295,12 @@ struct Bench {
     scratch: PathBuf,
     log_dir: PathBuf,
     poll: Duration,
+    kind: EditKind,
+    edit_timeout: Duration,
     /// Where jason's requests go now.
     jason_at: String,
+    /// The edited rule's load balancer now.
+    balancer: &'static str,
     edits: usize,
 }
 
@@ -277,40 +312,55 @@ impl Bench {
         Ok(reply.version)
     }
 
-    /// One edit: jason to the other subset; the time from the rename to the first request
-    /// answered by it (`None`: not within [`EDIT_TIMEOUT`]) and the requests it took.
+    /// One edit, prepared `prepare` ahead if set; the time from the rename to the edit
+    /// served (`None`: not within `--edit-timeout-ms`) and the polls it took.
     async fn edit(
         &mut self,
         prepare: Option<Duration>,
     ) -> anyhow::Result<(Option<Duration>, usize)> {
-        let target = if self.jason_at == "v1" { "v2" } else { "v1" };
         self.edits += 1;
-        let staged = self.scratch.join(EDITED_FILE);
-        std::fs::write(&staged, edited_vs(target, self.edits))
-            .with_context(|| format!("writing {}", staged.display()))?;
+        let (file, text, target) = match self.kind {
+            EditKind::VirtualService => {
+                let target = if self.jason_at == "v1" { "v2" } else { "v1" };
+                (EDITED_FILE, edited_vs(target, self.edits), target)
+            }
+            EditKind::Rule => {
+                let target = if self.balancer == "ROUND_ROBIN" {
+                    "RANDOM"
+                } else {
+                    "ROUND_ROBIN"
+                };
+                (EDITED_RULE_FILE, edited_rule(target), target)
+            }
+        };
+        let staged = self.scratch.join(file);
+        std::fs::write(&staged, text).with_context(|| format!("writing {}", staged.display()))?;
         if let Some(prepare) = prepare {
             tokio::time::sleep(prepare).await;
         }
-        let into = self.config_dir.join(EDITED_FILE);
+        let into = self.config_dir.join(file);
         let renamed = Instant::now();
         std::fs::rename(&staged, &into)
             .with_context(|| format!("renaming into {}", into.display()))?;
         let mut polls = 0;
         let arrived = loop {
             polls += 1;
-            match self.jason_version().await {
-                Ok(v) if v == target => break Some(renamed.elapsed()),
-                Ok(_) => {}
+            match self.served(target).await {
+                Ok(true) => break Some(renamed.elapsed()),
+                Ok(false) => {}
                 Err(e) => tracing::warn!("poll failed: {e:#}"),
             }
-            if renamed.elapsed() > EDIT_TIMEOUT {
+            if renamed.elapsed() > self.edit_timeout {
                 break None;
             }
             if !self.poll.is_zero() {
                 tokio::time::sleep(self.poll).await;
             }
         };
-        self.jason_at = target.to_string();
+        match self.kind {
+            EditKind::VirtualService => self.jason_at = target.to_string(),
+            EditKind::Rule => self.balancer = target,
+        }
         if arrived.is_none() {
             // Let it land before the next edit, so edits stay independent.
             let log_dir = self.log_dir.clone();
@@ -318,8 +368,7 @@ impl Bench {
                 "the missed edit to land",
                 Duration::from_secs(30),
                 async || {
-                    let v = self.jason_version().await?;
-                    ensure!(v == target, "jason still reaches {v}");
+                    ensure!(self.served(target).await?, "not served yet");
                     Ok(())
                 },
             )
@@ -327,6 +376,20 @@ impl Bench {
             .with_context(|| format!("logs in {}", log_dir.display()))?;
         }
         Ok((arrived, polls))
+    }
+
+    /// Whether the edit to `target` is served: jason's request answered by that subset, or
+    /// the edited cluster active with that load balancer.
+    async fn served(&mut self, target: &str) -> anyhow::Result<bool> {
+        Ok(match self.kind {
+            EditKind::VirtualService => self.jason_version().await? == target,
+            EditKind::Rule => self
+                .envoy
+                .active_cluster_alone(EDITED_CLUSTER)
+                .await?
+                // Envoy's dump leaves out the default, ROUND_ROBIN.
+                .is_some_and(|c| c["lb_policy"].as_str().unwrap_or("ROUND_ROBIN") == target),
+        })
     }
 
     async fn run(
@@ -415,6 +478,10 @@ async fn setup(cli: &Cli, log_dir: &Path, tmp: &Path) -> anyhow::Result<Bench> {
             upstreams.port("edited", "v2")?,
         ),
     )?;
+    std::fs::write(
+        config_dir.join(EDITED_RULE_FILE),
+        edited_rule("ROUND_ROBIN"),
+    )?;
     std::fs::write(config_dir.join(EDITED_FILE), edited_vs("v1", 0))?;
     // Files written just now wait out the settle window at startup: let them settle first.
     tokio::time::sleep(SETTLE_WINDOW + Duration::from_millis(100)).await;
@@ -446,7 +513,10 @@ async fn setup(cli: &Cli, log_dir: &Path, tmp: &Path) -> anyhow::Result<Bench> {
         scratch,
         log_dir: log_dir.to_path_buf(),
         poll: Duration::from_micros(cli.poll_us),
+        kind: cli.edit,
+        edit_timeout: Duration::from_millis(cli.edit_timeout_ms),
         jason_at: "v1".into(),
+        balancer: "ROUND_ROBIN",
         edits: 0,
     };
     wait_until(
@@ -513,6 +583,10 @@ async fn main() -> anyhow::Result<()> {
     let results = Results {
         machine: machine(),
         commit: commit(),
+        edit: match cli.edit {
+            EditKind::VirtualService => "VirtualService",
+            EditKind::Rule => "DestinationRule",
+        },
         xds: if cli.delta { "delta" } else { "sotw" },
         capstan_args: cli.capstan_args.clone(),
         istio_stats: cli.istio_stats,
@@ -524,7 +598,8 @@ async fn main() -> anyhow::Result<()> {
         fresh,
     };
     println!(
-        "VirtualService edit to a serving Envoy: {} routes in {} virtual hosts, {} xDS, {}, commit {}",
+        "{} edit to a serving Envoy: {} routes in {} virtual hosts, {} xDS, {}, commit {}",
+        results.edit,
         results.envoy_routes,
         results.envoy_virtual_hosts,
         results.xds,
@@ -565,6 +640,10 @@ async fn main() -> anyhow::Result<()> {
         "Envoy's RDS update_duration: {}",
         String::from_utf8_lossy(&durations.body).trim()
     );
-    write_results(&results, cli.out.as_deref(), "route-bench.json", &log_dir)?;
+    let file = match cli.edit {
+        EditKind::VirtualService => "route-bench.json",
+        EditKind::Rule => "rule-bench.json",
+    };
+    write_results(&results, cli.out.as_deref(), file, &log_dir)?;
     Ok(())
 }
