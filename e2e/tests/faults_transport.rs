@@ -140,7 +140,8 @@ async fn idle_tcp_connections_beyond_the_cap() -> anyhow::Result<()> {
     .await?;
     fault.ensure_memory_bounded()?;
     envoy.process().ensure_running()?;
-    envoy.ensure_no_rejected_updates().await
+    // It connected while capstan was at its cap: its first requests may wait.
+    envoy.ensure_nothing_rejected().await
 }
 
 /// Thousands of HTTP/2 connections that send the preface and SETTINGS and then nothing:
