@@ -415,6 +415,36 @@ fn one_virtual_service_changed_capture(c: &mut Criterion) {
     );
 }
 
+/// A `Sidecar` for service `i`'s pods with one ingress listener, on port 8080 to the app on
+/// `127.0.0.1:<8080 + generation % 2>`.
+fn ingress_sidecar(i: usize, generation: i64) -> Record {
+    istio(&format!(
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: svc-{i}, namespace: {ns}, generation: {generation}}}
+spec:
+  workloadSelector: {{labels: {{app: svc-{i}}}}}
+  ingress:
+  - port: {{number: 8080, protocol: HTTP, name: http}}
+    defaultEndpoint: 127.0.0.1:{port}
+",
+        ns = namespace(i),
+        port = 8080 + generation % 2,
+    ))
+}
+
+/// Capture mode: one workload's Sidecar ingress listener edited; the other workloads'
+/// inbound sides are not rebuilt.
+fn one_ingress_sidecar_changed(c: &mut Criterion) {
+    config_changed(
+        c,
+        "one Sidecar ingress listener changed, capture mode",
+        capture_options(),
+        index,
+        |n, generation| ingress_sidecar(n / 2, generation),
+    );
+}
+
 fn virtual_service_changed(
     c: &mut Criterion,
     name: &str,
@@ -524,6 +554,7 @@ criterion_group!(
     one_endpoint_slice_changed_scoped,
     full_translation_with_policies,
     one_authorization_policy_changed,
-    one_tls_entry_renamed
+    one_tls_entry_renamed,
+    one_ingress_sidecar_changed
 );
 criterion_main!(benches);

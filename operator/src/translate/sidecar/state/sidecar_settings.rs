@@ -36,7 +36,7 @@ impl CaptureState {
         if self.ingress == *variants {
             return;
         }
-        self.ingress = variants.clone();
+        let before = std::mem::replace(&mut self.ingress, variants.clone());
         self.put_default_inbound(mesh, None, update);
         let clusters: BTreeMap<String, &IngressPort> = variants
             .everyone
@@ -64,8 +64,50 @@ impl CaptureState {
         }
         self.ingress_clusters = clusters.into_keys().collect();
         self.set_bound_ingress(variants, update);
-        self.rebuild_workloads(mesh, update);
+        if before.everyone != variants.everyone {
+            self.rebuild_workloads(mesh, update);
+            return;
+        }
+        // Only the workloads of the sets whose listeners changed (appeared, went or differ):
+        // a Sidecar edit does not rebuild the inbound side of the whole mesh.
+        let changed: Vec<&Selector> = changed_sets(&before, variants).collect();
+        let covered: Vec<String> = self
+            .workload_selectors
+            .iter()
+            .filter(|(_, workload)| changed.iter().any(|set| covers(set, workload)))
+            .map(|(address, _)| address.clone())
+            .collect();
+        for address in covered {
+            self.rebuild_workload(mesh, &address, update);
+        }
     }
+}
+
+/// The selectors of the sets of sidecars whose ingress listeners differ between `before` and
+/// `now`.
+fn changed_sets<'a>(
+    before: &'a IngressVariants,
+    now: &'a IngressVariants,
+) -> impl Iterator<Item = &'a Selector> {
+    let differs = |from: &'a IngressVariants, to: &'a IngressVariants| {
+        from.scoped.iter().filter_map(move |(selector, ports)| {
+            let same = to.scoped.iter().any(|(s, p)| s == selector && p == ports);
+            (!same).then_some(selector)
+        })
+    };
+    differs(before, now).chain(differs(now, before))
+}
+
+/// Whether the set of sidecars `set` selects takes in the workload `workload` (its namespace
+/// and labels).
+fn covers(set: &Selector, workload: &Selector) -> bool {
+    set.namespace
+        .as_ref()
+        .is_none_or(|ns| workload.namespace.as_ref() == Some(ns))
+        && set
+            .labels
+            .iter()
+            .all(|(k, v)| workload.labels.get(k) == Some(v))
 }
 
 /// The namespace and labels of the workload at `address` (serving `hosts`), as a selector of
