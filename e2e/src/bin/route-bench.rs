@@ -385,7 +385,7 @@ impl Bench {
             EditKind::VirtualService => self.jason_version().await? == target,
             EditKind::Rule => self
                 .envoy
-                .active_cluster_alone(EDITED_CLUSTER)
+                .active_cluster(EDITED_CLUSTER)
                 .await?
                 // Envoy's dump leaves out the default, ROUND_ROBIN.
                 .is_some_and(|c| c["lb_policy"].as_str().unwrap_or("ROUND_ROBIN") == target),

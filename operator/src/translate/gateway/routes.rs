@@ -71,19 +71,14 @@ pub fn source_variants(
             namespaces.extend(exported.iter().map(|ns| Some(ns.as_str())));
         }
         // Those reading another DestinationRule for a destination (their namespace's, or
-        // one selecting them) may hash otherwise.
-        let rules = vs
-            .http
-            .iter()
-            .flat_map(|h| h.destination_hosts())
-            .filter_map(|host| mesh.destination_rules.get(host));
-        for rules in rules {
-            namespaces.extend(rules.by_namespace.keys().map(|ns| Some(ns.as_str())));
-            for (ns, selector) in rules.workload_selectors() {
-                if route::union(labels, selector).is_some() {
-                    namespaces.insert(Some(ns));
-                    selectors.insert(selector);
-                }
+        // one that can select them) may hash otherwise.
+        let destinations = vs.http.iter().flat_map(|h| h.destination_hosts());
+        let readers = route::rule_readers(mesh, destinations);
+        namespaces.extend(readers.namespaces.into_iter().map(Some));
+        for (ns, selector) in readers.selecting {
+            if route::union(labels, selector).is_some() {
+                namespaces.insert(Some(ns));
+                selectors.insert(selector);
             }
         }
         // A match naming its own gateways is not narrowed by source.

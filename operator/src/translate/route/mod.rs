@@ -21,7 +21,7 @@ pub(super) use retry::hoist_shared_policy;
 
 pub(super) use action::{Binding, cluster_for, routes_bound};
 pub(crate) use caller::{Caller, Labels, class_of, includes, label_classes, union};
-pub(super) use port_routes::{PortRoutes, host_port_routes};
+pub(super) use port_routes::{PortRoutes, host_port_routes, rule_readers};
 pub(crate) use sniffed::{detected_routes, is_sniffed, sniffed_configs};
 
 use std::collections::BTreeSet;

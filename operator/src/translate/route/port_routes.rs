@@ -55,7 +55,8 @@ pub(crate) fn host_port_routes(
 ) -> PortRoutes {
     let Some(vs) = mesh.virtual_service_for(&service.host) else {
         let default = |caller: &Caller| vec![default_route(mesh, service, port, caller)];
-        let (namespaces, selectors) = rule_readers(mesh, [service.host.as_str()]);
+        let (namespaces, selectors) =
+            namespaces_and_selectors(rule_readers(mesh, [service.host.as_str()]));
         let mut routes = PortRoutes {
             rest: default(&Caller::anyone()),
             by_caller: BTreeMap::new(),
@@ -105,7 +106,7 @@ pub(crate) fn host_port_routes(
         .iter()
         .flat_map(|h| h.destination_hosts())
         .chain([service.host.as_str()]);
-    let (hashing, rule_selectors) = rule_readers(mesh, destinations);
+    let (hashing, rule_selectors) = namespaces_and_selectors(rule_readers(mesh, destinations));
     let mut selectors: BTreeSet<Labels> = caller::source_selectors(vs);
     selectors.extend(rule_selectors);
     let mut routes = PortRoutes {
@@ -139,24 +140,42 @@ pub(crate) fn host_port_routes(
     routes
 }
 
-/// The namespaces whose proxies read a DestinationRule of their own for one of `hosts` (of
-/// their namespace, or selecting some of them), and the `workloadSelector`s of those
-/// selecting.
-fn rule_readers<'a>(
+/// The proxies that read a DestinationRule of their own for one of some hosts, whose hash
+/// policies may differ from everyone's: see [`rule_readers`].
+pub(crate) struct RuleReaders<'a> {
+    /// The namespaces whose proxies read another rule than everyone's.
+    pub namespaces: BTreeSet<&'a str>,
+    /// Per namespace, the `workloadSelector`s of its rules selecting some of its proxies.
+    pub selecting: BTreeSet<(&'a str, &'a Labels)>,
+}
+
+/// The [`RuleReaders`] of `hosts`.
+pub(crate) fn rule_readers<'a>(
     mesh: &'a Mesh,
     hosts: impl IntoIterator<Item = &'a str>,
-) -> (BTreeSet<&'a str>, Vec<Labels>) {
-    let mut namespaces = BTreeSet::new();
-    let mut selectors = BTreeSet::new();
+) -> RuleReaders<'a> {
+    let mut readers = RuleReaders {
+        namespaces: BTreeSet::new(),
+        selecting: BTreeSet::new(),
+    };
     for rules in hosts
         .into_iter()
         .filter_map(|host| mesh.destination_rules.get(host))
     {
-        namespaces.extend(rules.by_namespace.keys().map(String::as_str));
-        for (ns, selector) in rules.workload_selectors() {
-            namespaces.insert(ns);
-            selectors.insert(selector.clone());
-        }
+        (readers.namespaces).extend(rules.by_namespace.keys().map(String::as_str));
+        readers.selecting.extend(rules.workload_selectors());
+    }
+    readers
+}
+
+/// The namespaces of `readers`, those of the selecting rules among them, and the selecting
+/// rules' selectors, each once.
+fn namespaces_and_selectors<'a>(readers: RuleReaders<'a>) -> (BTreeSet<&'a str>, Vec<Labels>) {
+    let mut namespaces = readers.namespaces;
+    let mut selectors = BTreeSet::new();
+    for (ns, selector) in readers.selecting {
+        namespaces.insert(ns);
+        selectors.insert(selector.clone());
     }
     (namespaces, selectors.into_iter().collect())
 }

@@ -92,10 +92,7 @@ fn meet(a: &Selector, b: &Selector) -> Option<Selector> {
     let within = |inner: &Selector, outer: &Selector| {
         (outer.role.is_none() || outer.role == inner.role)
             && (outer.namespace.is_none() || outer.namespace == inner.namespace)
-            && outer
-                .labels
-                .iter()
-                .all(|(k, v)| inner.labels.get(k) == Some(v))
+            && crate::model::service::labels_include(&inner.labels, &outer.labels)
     };
     if within(a, b) || within(b, a) {
         return None;

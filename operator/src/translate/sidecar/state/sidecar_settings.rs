@@ -104,10 +104,7 @@ fn covers(set: &Selector, workload: &Selector) -> bool {
     set.namespace
         .as_ref()
         .is_none_or(|ns| workload.namespace.as_ref() == Some(ns))
-        && set
-            .labels
-            .iter()
-            .all(|(k, v)| workload.labels.get(k) == Some(v))
+        && crate::model::service::labels_include(&workload.labels, &set.labels)
 }
 
 /// The namespace and labels of the workload at `address` (serving `hosts`), as a selector of
