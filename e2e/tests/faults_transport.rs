@@ -180,7 +180,8 @@ async fn half_open_http2_connections() -> anyhow::Result<()> {
     .await?;
     fault.ensure_memory_bounded()?;
     envoy.process().ensure_running()?;
-    envoy.ensure_no_rejected_updates().await
+    // It connected while capstan was at its cap: its first requests may wait.
+    envoy.ensure_nothing_rejected().await
 }
 
 /// One HTTP/2 connection opening ADS streams and resetting them, as fast as it can: capstan
