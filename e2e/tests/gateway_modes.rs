@@ -18,7 +18,7 @@ use capstan_e2e::capstan::Capstan;
 use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy, loopback};
 use capstan_e2e::fixtures::reviews_vs_header_match;
 use capstan_e2e::gateway_mesh::{
-    GatewayMesh, INGRESS_LABELS, gateway_port, ingress_gateway, shop, start_gateway, with_agent_sds,
+    GatewayMesh, INGRESS_LABELS, gateway_port, ingress_gateway, shop, with_agent_sds,
 };
 use capstan_e2e::http::HttpClient;
 use capstan_e2e::locate::{capstan_bin, envoy_bin};
@@ -289,12 +289,17 @@ fn istio_sni(port: u16, subset: &str, host: &str) -> String {
 /// of a mesh cluster reaches that cluster (the whole service, or the subset the SNI names)
 /// and completes its handshake with the upstream's own certificate, which the gateway does
 /// not hold; a host capstan does not know, or a client without Istio's ALPN, gets no chain.
+/// As istiod, the gateway forwards to clusters of its own (SNI-DNAT) holding only the
+/// endpoints clients would speak the mesh's mTLS to: without TLS in the DestinationRule, those
+/// with a sidecar (subset `c` has none: refused); with the rule's ISTIO_MUTUAL, every one —
+/// and the gateway still never wraps the passed-through TLS in its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_passthrough_forwards_by_istio_sni_without_decrypting() -> anyhow::Result<()> {
     capstan_e2e::netns::network_up()?;
-    let env = TestEnv::new("auto_passthrough_forwards_by_istio_sni_without_decrypting")?;
+    // A short name: the gateway agent's Unix socket lives in the log dir.
+    let env = TestEnv::new("gateway_auto_pt")?;
     let host = "secure.shop.svc.cluster.local";
-    let snis = ["", "a", "b"].map(|subset| istio_sni(443, subset, host));
+    let snis = ["", "a", "b", "c"].map(|subset| istio_sni(443, subset, host));
     let certs = tempfile::tempdir()?;
     let ca = TestCa::new(certs.path(), "workloads")?;
     let sni_refs: Vec<&str> = snis.iter().map(String::as_str).collect();
@@ -303,7 +308,11 @@ async fn auto_passthrough_forwards_by_istio_sni_without_decrypting() -> anyhow::
     let upstreams = Upstreams::start_with_tls(
         Path::new(UPSTREAM_BIN),
         &[],
-        &[("secure", "a", any), ("secure", "b", any)],
+        &[
+            ("secure", "a", any),
+            ("secure", "b", any),
+            ("secure", "c", any),
+        ],
         Some(&UpstreamTls {
             cert: upstream_cert.cert.clone(),
             key: upstream_cert.key.clone(),
@@ -314,9 +323,8 @@ async fn auto_passthrough_forwards_by_istio_sni_without_decrypting() -> anyhow::
     )
     .await?;
     let port = gateway_port();
-    env.write_config(
-        "east-west.yaml",
-        &format!(
+    let config = |rule_tls: &str| -> anyhow::Result<String> {
+        Ok(format!(
             r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: secure, namespace: shop}}
@@ -326,17 +334,20 @@ spec:
   ports: [{{number: 443, name: tls, protocol: TLS}}]
   resolution: STATIC
   endpoints:
-  - {{address: 127.0.0.1, ports: {{tls: {a}}}, labels: {{version: a}}}}
-  - {{address: 127.0.0.1, ports: {{tls: {b}}}, labels: {{version: b}}}}
+  - {{address: 127.0.0.1, ports: {{tls: {a}}}, labels: {{version: a, {SIDECAR}}}}}
+  - {{address: 127.0.0.1, ports: {{tls: {b}}}, labels: {{version: b, {SIDECAR}}}}}
+  - {{address: 127.0.0.1, ports: {{tls: {c}}}, labels: {{version: c}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: secure, namespace: shop}}
 spec:
   host: {host}
+  {rule_tls}
   subsets:
   - {{name: a, labels: {{version: a}}}}
   - {{name: b, labels: {{version: b}}}}
+  - {{name: c, labels: {{version: c}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -350,18 +361,21 @@ spec:
 "#,
             a = upstreams.port("secure", "a")?,
             b = upstreams.port("secure", "b")?,
-        ),
-    )?;
+            c = upstreams.port("secure", "c")?,
+        ))
+    };
+    env.write_config("east-west.yaml", &config("")?)?;
     let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
-    let gateway = start_gateway(&env, &capstan, AdsMode::Sotw).await?;
+    // Endpoints with a sidecar make the gateway's own clusters to the service originate the
+    // mesh's mTLS (auto mTLS), which needs the agent's `sds-grpc`, as an Istio gateway has.
+    let (gateway, _agent, _ca) = start_gateway_with_agent(&env, &capstan, &[]).await?;
     gateway
         .wait_listener_port(&format!("0.0.0.0_{port}"), CONFIG_TIMEOUT)
         .await?;
     let addr = loopback(port);
     // What a sidecar offers for HTTP over mTLS, and plain HTTP/1.1 for the upstream.
     let mesh_client = connector_with_alpn(&ca.cert_pem, None, &["istio-http/1.1", "http/1.1"])?;
-
-    for (sni, version) in [(&snis[1], "a"), (&snis[2], "b")] {
+    let reaches = async |sni: &str, version: &str| -> anyhow::Result<()> {
         let reply = capstan_e2e::wait_until(&format!("TLS to {sni}"), CONFIG_TIMEOUT, async || {
             https_get(&mesh_client, addr, sni, "/")
                 .await?
@@ -372,20 +386,33 @@ spec:
             (reply.service.as_str(), reply.version.as_str()) == ("secure", version),
             "SNI {sni} reached {reply:?}"
         );
+        Ok(())
+    };
+
+    reaches(&snis[1], "a").await?;
+    reaches(&snis[2], "b").await?;
+    for _ in 0..6 {
+        let reply = https_get(&mesh_client, addr, &snis[0], "/")
+            .await?
+            .upstream_reply()?;
+        ensure!(
+            reply.service == "secure" && reply.version != "c",
+            "SNI {} reached {reply:?}: c has no sidecar",
+            snis[0]
+        );
     }
-    let reply = https_get(&mesh_client, addr, &snis[0], "/")
-        .await?
-        .upstream_reply()?;
-    ensure!(
-        reply.service == "secure",
-        "SNI {} reached {reply:?}",
-        snis[0]
-    );
     ensure!(
         served_certificate(&mesh_client, addr, &snis[0]).await? == upstream_cert.cert_der()?,
         "the client was not shown the upstream's own certificate"
     );
-
+    ensure_https_refused(
+        &mesh_client,
+        addr,
+        &snis[3],
+        "/",
+        "a subset without a sidecar",
+    )
+    .await?;
     let unknown = istio_sni(443, "", "unknown.shop.svc.cluster.local");
     ensure_https_refused(&mesh_client, addr, &unknown, "/", "an SNI of no known host").await?;
     ensure_https_refused(
@@ -396,8 +423,53 @@ spec:
         "a client without Istio's ALPN",
     )
     .await?;
+
+    // The rule says clients speak the mesh's mTLS to every endpoint: c is reached too, and
+    // the gateway's clusters still pass the client's TLS on as it is.
+    env.write_config(
+        "east-west.yaml",
+        &config("trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}")?,
+    )?;
+    reaches(&snis[3], "c").await?;
+    ensure!(
+        served_certificate(&mesh_client, addr, &snis[3]).await? == upstream_cert.cert_der()?,
+        "with the rule's ISTIO_MUTUAL the client was not shown the upstream's own certificate"
+    );
+    reaches(&snis[1], "a").await?;
     drop(upstreams);
     gateway.ensure_no_rejected_updates().await
+}
+
+/// `security.istio.io/tlsMode: istio`: the endpoint has a sidecar taking the mesh's mTLS.
+const SIDECAR: &str = "security.istio.io/tlsMode: istio";
+
+/// A gateway Envoy (labels `istio: ingressgateway`) bootstrapped as Istio's gateway pods are,
+/// with cluster `sds-grpc` to a real `capstan agent` for the gateway's identity, and the CA
+/// that agent signs with, which also takes the tokens of `others`.
+async fn start_gateway_with_agent(
+    env: &TestEnv,
+    capstan: &Capstan,
+    others: &[(&str, SpiffeId)],
+) -> anyhow::Result<(Envoy, Agent, agent::TestCa)> {
+    let gateway_id = SpiffeId::new("cluster.local", "istio-system", "istio-ingressgateway");
+    let mut tokens = vec![("gateway-token", gateway_id.clone())];
+    tokens.extend(others.iter().cloned());
+    let ca =
+        agent::TestCa::start(&env.log_dir, "mesh-ca", &tokens, Duration::from_secs(3600)).await?;
+    let gateway_agent = Agent::start(
+        &capstan_bin()?,
+        &ca.target(),
+        &env.log_dir,
+        &spec("gw-agent", &gateway_id, "gateway-token"),
+    )
+    .await?;
+    let bootstrap = with_agent_sds(
+        &Bootstrap::gateway(AdsMode::Sotw, capstan.xds_port, INGRESS_LABELS),
+        &gateway_agent.sds_socket,
+    );
+    let gateway =
+        Envoy::start_json(&envoy_bin()?, &bootstrap, &env.log_dir, "gateway", None).await?;
+    Ok((gateway, gateway_agent, ca))
 }
 
 /// An agent, with a certificate valid for an hour, for `id`.
@@ -440,32 +512,10 @@ async fn istio_mutual_terminates_with_the_agents_workload_certificate() -> anyho
         ),
     )?;
     let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
-    let gateway_id = SpiffeId::new("cluster.local", "istio-system", "istio-ingressgateway");
     let client_id = SpiffeId::new("cluster.local", "bookinfo", "productpage");
-    let ca = agent::TestCa::start(
-        &env.log_dir,
-        "mesh-ca",
-        &[
-            ("gateway-token", gateway_id.clone()),
-            ("client-token", client_id.clone()),
-        ],
-        Duration::from_secs(3600),
-    )
-    .await?;
-    let capstan_bin = capstan_bin()?;
-    let gateway_agent = Agent::start(
-        &capstan_bin,
-        &ca.target(),
-        &env.log_dir,
-        &spec("gw-agent", &gateway_id, "gateway-token"),
-    )
-    .await?;
-    let bootstrap = with_agent_sds(
-        &Bootstrap::gateway(AdsMode::Sotw, capstan.xds_port, INGRESS_LABELS),
-        &gateway_agent.sds_socket,
-    );
-    let envoy_bin = envoy_bin()?;
-    let gateway = Envoy::start_json(&envoy_bin, &bootstrap, &env.log_dir, "gateway", None).await?;
+    let others = [("client-token", client_id.clone())];
+    let (gateway, _gateway_agent, ca) = start_gateway_with_agent(&env, &capstan, &others).await?;
+    let (capstan_bin, envoy_bin) = (capstan_bin()?, envoy_bin()?);
     // The listener warms until both secrets have come over SDS.
     gateway
         .wait_listener_port(&format!("0.0.0.0_{port}"), CONFIG_TIMEOUT)

@@ -21,6 +21,8 @@
 //!   methods, paths and a header condition), N = 1,000 being Istio's "1,000 policies": the full
 //!   translation against the same mesh without policies, and one policy edited (its 10 pods'
 //!   `virtualInbound` rebuilt, no other workload's);
+//! - one EndpointSlice changed again with an east-west gateway (an AUTO_PASSTHROUGH server
+//!   covering `*.local`): each service's SNI-DNAT load assignments are rebuilt with its own;
 //! - capture mode with N / 10 external HTTPS ServiceEntries on 443 (one filter chain each, by
 //!   SNI, in the port's one listener), without and with the root `Sidecar`: one entry's host
 //!   renamed, so the port's listener is rebuilt, and with the scope each namespace's sidecars
@@ -196,6 +198,25 @@ kind: Sidecar
 metadata: {name: default, namespace: istio-system}
 spec:
   egress: [{hosts: [\"./*\", \"istio-system/*\"]}]
+",
+    ));
+    index
+}
+
+/// [`index`] with an east-west gateway: an AUTO_PASSTHROUGH server covering every service
+/// (`*.local`), so each has SNI-DNAT clusters and load assignments too.
+fn east_west_index(n: usize) -> Index {
+    let mut index = index(n);
+    index.apply(istio(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: cross-network-gateway, namespace: istio-system}
+spec:
+  selector: {istio: eastwestgateway}
+  servers:
+  - port: {number: 15443, name: tls, protocol: TLS}
+    hosts: [\"*.local\"]
+    tls: {mode: AUTO_PASSTHROUGH}
 ",
     ));
     index
@@ -500,6 +521,12 @@ fn one_endpoint_slice_changed_scoped(c: &mut Criterion) {
     endpoint_slice_changed(c, name, options(), scoped_index, 6);
 }
 
+fn one_endpoint_slice_changed_east_west(c: &mut Criterion) {
+    // And the SNI-DNAT load assignments of the same three clusters.
+    let name = "one EndpointSlice changed, east-west gateway";
+    endpoint_slice_changed(c, name, options(), east_west_index, 6);
+}
+
 fn one_endpoint_slice_changed_capture(c: &mut Criterion) {
     let capture = translate::Options {
         sidecar_listeners: translate::ListenerMode::Capture,
@@ -549,6 +576,7 @@ criterion_group!(
     one_virtual_service_changed,
     one_virtual_service_changed_capture,
     one_endpoint_slice_changed,
+    one_endpoint_slice_changed_east_west,
     one_endpoint_slice_changed_capture,
     one_virtual_service_changed_scoped,
     one_endpoint_slice_changed_scoped,

@@ -2,6 +2,7 @@
 //! hosts each server accepts, read once from the API structs. What a server asks for that
 //! translation cannot do yet is reported here, by field.
 
+pub mod auto_passthrough;
 mod termination;
 
 pub(crate) use termination::terminate;

@@ -7,6 +7,7 @@ mod lb;
 mod outlier;
 mod pool;
 mod proxy_protocol;
+mod sni_dnat;
 
 pub use pool::apply_inbound;
 pub(super) mod tls;
@@ -53,6 +54,7 @@ pub fn clusters(mesh: &Mesh) -> Vec<(String, Cluster)> {
 
 /// One cluster, for the proxies `key` names (the default: every proxy; a more specific
 /// variant of the same name wins).
+#[derive(Clone)]
 pub struct ClusterVariant {
     pub name: String,
     pub key: endpoint::VariantKey,
@@ -66,7 +68,13 @@ pub struct ClusterVariant {
 pub fn clusters_of(mesh: &Mesh, service: &Service) -> Vec<ClusterVariant> {
     let mut out = Vec::new();
     let auto_mtls = auto_mtls(mesh, service);
-    let cluster_in = |c, rule, reads_secrets| cluster_in(mesh, c, rule, reads_secrets, auto_mtls);
+    let cluster_in = |c, rule, reads_secrets| {
+        let purpose = Purpose::Service {
+            reads_secrets,
+            auto_mtls,
+        };
+        cluster_in(mesh, c, rule, purpose)
+    };
     for scope in rule_scopes(mesh, &service.host) {
         for c in service_clusters_in(service, scope.rule) {
             let port = c.port.number;
@@ -96,6 +104,7 @@ pub fn clusters_of(mesh: &Mesh, service: &Service) -> Vec<ClusterVariant> {
             out.extend(locality_variants(port, name, cluster, &scope));
         }
     }
+    out.extend(sni_dnat::clusters(mesh, service));
     out
 }
 
@@ -147,16 +156,15 @@ fn locality_variants(
         .collect()
 }
 
-/// The subset of a cluster named `outbound|port|subset|host` (`None` for the whole service).
+/// The subset of a cluster named `outbound|port|subset|host`, or after its SNI
+/// (`outbound_.port_.subset_.host`, see [`sni_dnat`]); `None` for the whole service.
 fn subset_of(name: &str) -> Option<&str> {
-    name.split('|').nth(2).filter(|s| !s.is_empty())
-}
-
-/// The traffic policy of a cluster: its host's DestinationRule's (as proxies of a namespace
-/// no rule names read it), merged for the subset and port (none: every setting at istiod's
-/// default).
-pub(super) fn policy_of(mesh: &Mesh, host: &str, subset: Option<&str>, port: u32) -> Policy {
-    policy_in(mesh.rule_for(host, None), subset, port)
+    let subset = match name.strip_prefix("outbound_.") {
+        // Neither a port nor a subset name (a DNS label) has an underscore.
+        Some(rest) => rest.split("_.").nth(1),
+        None => name.split('|').nth(2),
+    };
+    subset.filter(|s| !s.is_empty())
 }
 
 /// `rule`'s traffic policy merged for the subset and port (no rule: every setting at
@@ -171,23 +179,45 @@ pub(crate) fn policy_in(rule: Option<&DestinationRule>, subset: Option<&str>, po
 fn cluster(mesh: &Mesh, spec: ServiceCluster<'_>) -> (String, Cluster) {
     let rule = mesh.rule_for(&spec.service.host, None);
     let auto_mtls = auto_mtls(mesh, spec.service);
-    cluster_in(mesh, spec, rule, false, auto_mtls)
+    let purpose = Purpose::Service {
+        reads_secrets: false,
+        auto_mtls,
+    };
+    cluster_in(mesh, spec, rule, purpose)
 }
 
-/// The cluster for sidecars, or (`reads_secrets`) for proxies that may read a Secret.
+/// What a cluster is built for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Purpose {
+    /// The service's own `outbound|…` cluster: for sidecars, or (`reads_secrets`) for
+    /// proxies that may read a Secret; `auto_mtls`: see [`auto_mtls`].
+    Service {
+        reads_secrets: bool,
+        auto_mtls: bool,
+    },
+    /// An AUTO_PASSTHROUGH gateway's SNI-DNAT cluster (see [`sni_dnat`]).
+    SniDnat,
+}
+
+/// The cluster of `spec` for `purpose`.
 fn cluster_in(
     mesh: &Mesh,
     spec: ServiceCluster<'_>,
     rule: Option<&DestinationRule>,
-    reads_secrets: bool,
-    auto_mtls: bool,
+    purpose: Purpose,
 ) -> (String, Cluster) {
+    let subset = spec.subset().map(str::to_string);
+    let subset = subset.as_deref();
     let ServiceCluster {
         name,
         service,
         port,
         labels,
     } = spec;
+    let name = match purpose {
+        Purpose::SniDnat => tls::istio_sni(port.number, subset, &service.host),
+        Purpose::Service { .. } => name,
+    };
     let mut cluster = Cluster {
         name: name.clone(),
         connect_timeout: Some(CONNECT_TIMEOUT),
@@ -240,7 +270,6 @@ fn cluster_in(
     if port.is_http2() {
         set_http2(&mut http_options);
     }
-    let subset = subset_of(&name);
     let policy = policy_in(rule, subset, port.number);
     pool::apply(
         &mut cluster,
@@ -265,6 +294,18 @@ fn cluster_in(
             LocalityWeightedLbConfig {},
         ));
     }
+    let Purpose::Service {
+        reads_secrets,
+        auto_mtls,
+    } = purpose
+    else {
+        // The client's own mutual TLS passes through: no TLS (or PROXY protocol) of its own.
+        if let Some(assignment) = &mut cluster.load_assignment {
+            endpoint::keep_mutual_tls_endpoints(assignment, &policy);
+        }
+        set_protocol_options(&mut cluster, http_options);
+        return (name, cluster);
+    };
     let target = tls::Target {
         service,
         port: port.number,

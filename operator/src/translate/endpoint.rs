@@ -23,12 +23,16 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Struct, Value};
 
+use capstan_crds::Protocol;
+
 use super::{RuleScope, ServiceCluster, rule_scopes, service_clusters_in};
 use crate::index::Health;
+use crate::model::gateway::auto_passthrough;
 use crate::model::peer_authentication::MtlsMode;
 use crate::model::service::Endpoint as ServiceEndpoint;
+use crate::model::traffic_policy::{Policy, TlsMode};
 use crate::model::{Mesh, Port, Resolution, Service};
-use crate::translate::cluster::tls::{TLS_MODE_KEY, TRANSPORT_SOCKET_MATCH};
+use crate::translate::cluster::tls::{TLS_MODE_KEY, TRANSPORT_SOCKET_MATCH, istio_sni};
 use crate::translate::sidecar::mtls::{TLS_MODE_ISTIO, has_sidecar_label};
 
 /// One load assignment, for the proxies `key` names (the default: every proxy; a more
@@ -52,17 +56,67 @@ pub fn load_assignments(mesh: &Mesh) -> Vec<(String, ClusterLoadAssignment)> {
 }
 
 /// The load assignments of one service: what an endpoint change of that service rebuilds.
+/// Those of its SNI-DNAT clusters (`cluster::sni_dnat`) come with them, for the gateway
+/// proxies of the AUTO_PASSTHROUGH servers covering it, with only the endpoints clients
+/// speak the mesh's mutual TLS to.
 pub fn load_assignments_of(mesh: &Mesh, service: &Service) -> Vec<Assignment> {
     if service.resolution != Resolution::Static {
         return Vec::new();
     }
+    let gateways = auto_passthrough::selectors(mesh, service);
     let mut out = Vec::new();
     for scope in rule_scopes(mesh, &service.host) {
         for c in service_clusters_in(service, scope.rule) {
-            out.extend(eds_assignments(mesh, c, &scope));
+            let sni_dnat =
+                (!gateways.is_empty() && c.port.protocol != Some(Protocol::Udp)).then(|| {
+                    let (port, subset) = (c.port.number, c.subset());
+                    let policy = super::cluster::policy_in(scope.rule, subset, port);
+                    (istio_sni(port, subset, &service.host), policy)
+                });
+            let assignments = eds_assignments(mesh, c, &scope);
+            if let Some((name, policy)) = sni_dnat {
+                for a in &assignments {
+                    let mut assignment = ClusterLoadAssignment {
+                        cluster_name: name.clone(),
+                        ..a.assignment.clone()
+                    };
+                    keep_mutual_tls_endpoints(&mut assignment, &policy);
+                    out.extend(gateways.iter().filter_map(|labels| {
+                        Some(Assignment {
+                            name: name.clone(),
+                            key: a.key.clone().for_gateways(labels)?,
+                            assignment: assignment.clone(),
+                        })
+                    }));
+                }
+            }
+            out.extend(assignments);
         }
     }
     out
+}
+
+/// Keeps the endpoints of `assignment` a client of a cluster with `policy` would speak the
+/// mesh's mutual TLS to: every one where the policy's TLS is ISTIO_MUTUAL, none where it is
+/// another mode, and without TLS in the policy those auto mTLS reaches (marked `tlsMode:
+/// istio`, see `endpoint`). Groups left empty stay, as with istiod.
+pub(super) fn keep_mutual_tls_endpoints(assignment: &mut ClusterLoadAssignment, policy: &Policy) {
+    let keep: fn(&LbEndpoint) -> bool = match policy.tls.as_ref().map(|t| t.mode) {
+        Some(TlsMode::IstioMutual) => return,
+        Some(_) => |_| false,
+        None => marked_mutual_tls,
+    };
+    for group in &mut assignment.endpoints {
+        group.lb_endpoints.retain(keep);
+    }
+}
+
+/// Whether the endpoint's metadata says it takes the mesh's mutual TLS.
+fn marked_mutual_tls(endpoint: &LbEndpoint) -> bool {
+    (endpoint.metadata.as_ref())
+        .and_then(|m| m.filter_metadata.get(TRANSPORT_SOCKET_MATCH))
+        .and_then(|s| s.fields.get(TLS_MODE_KEY))
+        .is_some_and(|v| matches!(&v.kind, Some(Kind::StringValue(mode)) if mode == TLS_MODE_ISTIO))
 }
 
 fn eds_assignments(mesh: &Mesh, c: ServiceCluster<'_>, scope: &RuleScope<'_>) -> Vec<Assignment> {

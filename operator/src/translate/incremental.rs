@@ -249,13 +249,14 @@ impl Translator {
     /// Rebuilds what `affected` names; returns the resources to put and remove.
     pub fn update(&mut self, mesh: &Mesh, affected: &Affected) -> Update {
         let mut update = Update::new();
+        // Hosts whose clusters are rebuilt for the gateways alone: SNI-DNAT clusters came or
+        // went with an AUTO_PASSTHROUGH server.
+        let mut for_gateways = BTreeSet::new();
         if self.gateways_affected(mesh, affected) {
-            let before = std::mem::take(&mut self.gateways.resources);
-            for (selector, resource) in self.build_gateways(mesh) {
-                update.put_for(selector, resource);
-            }
-            for (selector, type_url, name) in before.difference(&self.gateways.resources) {
-                update.remove_for(selector.clone(), type_url, name);
+            for_gateways = self.rebuild_gateways(mesh, &mut update);
+            for_gateways.retain(|h| !affected.hosts.contains(h));
+            for (host, new) in build_hosts(mesh, &for_gateways) {
+                self.replace_host(host, new, &mut update);
             }
         }
         let modes = affected.sidecars.then(|| self.outbound_modes(mesh));
@@ -281,7 +282,12 @@ impl Translator {
         }
         self.refresh_upstream_credentials(mesh, affected, &mut update);
         let views = ScopeViews::new(mesh);
-        self.scope_rebuilt_hosts(mesh, &views, &affected.hosts, &mut update);
+        if for_gateways.is_empty() {
+            self.scope_rebuilt_hosts(mesh, &views, &affected.hosts, &mut update);
+        } else {
+            for_gateways.extend(affected.hosts.iter().cloned());
+            self.scope_rebuilt_hosts(mesh, &views, &for_gateways, &mut update);
+        }
         // Which policies are reported depends on the Sidecars, the policies and the Gateways.
         if affected.sidecars || !affected.policy_scopes.is_empty() || !affected.gateways.is_empty()
         {

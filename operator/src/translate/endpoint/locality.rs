@@ -55,6 +55,23 @@ impl VariantKey {
         }
         self
     }
+
+    /// This key narrowed to the gateway proxies a Gateway `selector` picks; `None` where a
+    /// label of the key asks another value of the same label (no proxy would match).
+    pub fn for_gateways(mut self, selector: &BTreeMap<String, String>) -> Option<Self> {
+        let mut labels: BTreeMap<String, String> = self.labels.into_iter().collect();
+        for (k, v) in selector {
+            if labels
+                .insert(k.clone(), v.clone())
+                .is_some_and(|old| old != *v)
+            {
+                return None;
+            }
+        }
+        self.labels = labels.into_iter().collect();
+        self.role = Some(capstan_xds::Role::Router);
+        Some(self)
+    }
 }
 
 /// A variant's proxies and the load assignment they get.

@@ -144,6 +144,85 @@ spec:
     ]);
 }
 
+/// The SNI-DNAT clusters and load assignments an AUTO_PASSTHROUGH server gives the services
+/// under its hosts come with the server, follow the services' rules and endpoints, and go
+/// with it; incremental builds match full ones at every step.
+#[test]
+fn sni_dnat_clusters_come_and_go_with_auto_passthrough_servers() {
+    let gateway = |hosts: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: eastwest, namespace: istio-system}}
+spec:
+  selector: {{istio: eastwestgateway}}
+  servers:
+  - port: {{number: 15443, name: tls, protocol: TLS}}
+    tls: {{mode: AUTO_PASSTHROUGH}}
+    hosts: [\"{hosts}\"]
+"
+        )
+    };
+    let internal = REVIEWS.replace("  resolution:", "  location: MESH_INTERNAL\n  resolution:");
+    let rule = |tls: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: bookinfo}}
+spec:
+  host: reviews.bookinfo.svc.cluster.local
+  trafficPolicy: {{tls: {{mode: {tls}}}}}
+  subsets: [{{name: v1, labels: {{version: v1}}}}]
+"
+        )
+    };
+    let steps: Vec<(crate::index::Event, &[&str])> = vec![
+        (
+            istio(internal.split("---\n").next().expect("the entry")),
+            &[],
+        ),
+        (istio(&gateway("*.local")), &[""]),
+        (istio(&rule("ISTIO_MUTUAL")), &["", "v1"]),
+        (istio(&gateway("*.example.com")), &[]),
+        (istio(&gateway("*.bookinfo.svc.cluster.local")), &["", "v1"]),
+        (delete(Kind::Gateway, "istio-system", "eastwest"), &[]),
+    ];
+    check(steps.iter().map(|(e, _)| e.clone()).collect());
+
+    let mut pipeline = crate::reconcile::Pipeline::new(options(), "cluster.local");
+    let cache = SnapshotCache::new();
+    cache.replace(pipeline.full());
+    for (step, (event, subsets)) in steps.into_iter().enumerate() {
+        let changes = pipeline.index.handle(event);
+        cache.apply(pipeline.update(&changes));
+        let state = cache.current();
+        let gateway = ProxyInfo {
+            role: capstan_xds::Role::Router,
+            labels: [("istio".to_string(), "eastwestgateway".to_string())].into(),
+            ..ProxyInfo::default()
+        };
+        for type_url in [type_url::CLUSTER, type_url::ENDPOINT] {
+            let index = type_index(type_url).expect("a served type");
+            let names = |proxy: &ProxyInfo| -> Vec<String> {
+                (state.snapshot.view(index, proxy))
+                    .map(|r| r.name().to_string())
+                    .filter(|n| n.starts_with("outbound_."))
+                    .collect()
+            };
+            let expected: Vec<String> = subsets
+                .iter()
+                .map(|s| format!("outbound_.9080_.{s}_.reviews.bookinfo.svc.cluster.local"))
+                .collect();
+            assert_eq!(names(&gateway), expected, "step {step}: {type_url}");
+            let sidecar = names(&ProxyInfo::default());
+            assert!(
+                sidecar.is_empty(),
+                "step {step}: a sidecar gets {sidecar:?}"
+            );
+        }
+    }
+}
+
 const REVIEWS: &str = "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: reviews, namespace: bookinfo}

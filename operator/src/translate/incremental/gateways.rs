@@ -4,9 +4,10 @@
 use std::collections::BTreeSet;
 
 use capstan_crds::ObjectKey;
-use capstan_xds::{Resource, Selector, type_url};
+use capstan_xds::{Resource, Selector, Update, type_url};
 
 use super::Translator;
+use crate::model::gateway::auto_passthrough;
 use crate::model::{Affected, Mesh, Problem};
 use crate::translate::gateway;
 
@@ -24,6 +25,9 @@ pub(super) struct GatewayState {
     /// The Secrets the gateways looked for (found or not).
     pub(super) secrets: BTreeSet<crate::index::NsName>,
     pub(super) problems: Vec<Problem>,
+    /// The AUTO_PASSTHROUGH servers, by selector and host pattern: the services under them
+    /// have SNI-DNAT clusters, built with their other clusters.
+    pub(super) passthrough: BTreeSet<(auto_passthrough::Labels, String)>,
 }
 
 impl Translator {
@@ -86,7 +90,28 @@ impl Translator {
             destination_patterns: built.destination_patterns,
             secrets: built.consulted_secrets,
             problems: built.problems,
+            passthrough: auto_passthrough::servers(mesh),
         };
         out
+    }
+
+    /// Rebuilds the gateway resources into `update`; returns the hosts whose SNI-DNAT
+    /// clusters may have come or gone with them (under an AUTO_PASSTHROUGH server that came
+    /// or went), whose clusters and load assignments are to be built again.
+    pub(super) fn rebuild_gateways(
+        &mut self,
+        mesh: &Mesh,
+        update: &mut Update,
+    ) -> BTreeSet<String> {
+        let before = std::mem::take(&mut self.gateways.resources);
+        let passthrough = std::mem::take(&mut self.gateways.passthrough);
+        for (selector, resource) in self.build_gateways(mesh) {
+            update.put_for(selector, resource);
+        }
+        for (selector, type_url, name) in before.difference(&self.gateways.resources) {
+            update.remove_for(selector.clone(), type_url, name);
+        }
+        let changed = passthrough.symmetric_difference(&self.gateways.passthrough);
+        auto_passthrough::hosts_under(mesh, changed)
     }
 }
