@@ -188,20 +188,19 @@ async fn connection_pool_limits_overflow_with_503_overloaded() -> anyhow::Result
     mesh.envoy.ensure_no_rejected_updates().await
 }
 
-/// Outlier detection: v1 made to fail is ejected after one 5xx (requests stop reaching it),
-/// and once it recovers and the ejection time has passed it gets traffic again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outlier_detection_ejects_a_failing_endpoint_and_readmits_it() -> anyhow::Result<()> {
-    let mut mesh = start(
-        "outlier_detection_ejects_a_failing_endpoint_and_readmits_it",
-        &reviews_vs_whole(),
-    )
-    .await?;
+/// The reviews mesh with a round-robin rule ejecting an endpoint after one error for 10 s
+/// (`more`: further `outlierDetection` fields), once Envoy holds the whole service's cluster
+/// with it (returned, as Envoy dumps it) and all three versions answer.
+async fn outlier_mesh(name: &str, more: &str) -> anyhow::Result<(ReviewsMesh, Value)> {
+    let mut mesh = start(name, &reviews_vs_whole()).await?;
     mesh.env.write_config(
         DR_FILE,
         &reviews_dr(
-            "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 1, \
-             interval: 1s, baseEjectionTime: 10s, maxEjectionPercent: 100}}",
+            &format!(
+                "{{loadBalancer: {{simple: ROUND_ROBIN}}, outlierDetection: \
+                 {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 10s, \
+                 maxEjectionPercent: 100{more}}}}}"
+            ),
             &[],
         ),
     )?;
@@ -210,39 +209,35 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_readmits_it() -> anyhow
         c["outlier_detection"]["consecutive_5xx"] == 1
     })
     .await?;
-    ensure!(
-        cluster["outlier_detection"]["enforcing_consecutive_5xx"] == 100
-            && cluster["common_lb_config"]["healthy_panic_threshold"].is_object(),
-        "outlier detection not as istiod sets it: {cluster}"
-    );
-    // All three versions answer before anything fails.
     wait_until("all three versions answering", CONFIG_TIMEOUT, async || {
         let versions = mesh.versions(&[], 12).await?;
         ensure!(versions.len() == 3, "{versions:?}");
         Ok(())
     })
     .await?;
+    Ok((mesh, cluster))
+}
+
+/// Outlier detection: v1 made to fail is ejected after one 5xx (requests stop reaching it),
+/// and once it recovers and the ejection time has passed it gets traffic again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_a_failing_endpoint_and_readmits_it() -> anyhow::Result<()> {
+    let (mut mesh, cluster) = outlier_mesh(
+        "outlier_detection_ejects_a_failing_endpoint_and_readmits_it",
+        "",
+    )
+    .await?;
+    ensure!(
+        cluster["outlier_detection"]["enforcing_consecutive_5xx"] == 100
+            && cluster["common_lb_config"]["healthy_panic_threshold"].is_object(),
+        "outlier detection not as istiod sets it: {cluster}"
+    );
 
     let before_failing = mesh.upstreams.count("reviews", "v1").await?;
     mesh.upstreams.fail("reviews", "v1", 503).await?;
     // Requests reach v1 and fail (Envoy's default retries send them elsewhere), until Envoy
     // ejects it; then requests go only to v2 and v3.
-    let addr = mesh.proxy.addr();
-    let envoy = &mesh.envoy;
-    wait_until("v1 ejected", CONFIG_TIMEOUT, async || {
-        for _ in 0..10 {
-            request(addr, &[]).await?;
-        }
-        let stats = envoy
-            .stats("outbound.9080..reviews.*outlier_detection.ejections_enforced_consecutive_5xx")
-            .await?;
-        ensure!(
-            stats.values().any(|n| *n >= 1),
-            "no ejection yet: {stats:?}"
-        );
-        Ok(())
-    })
-    .await?;
+    wait_ejection(&mesh, "ejections_enforced_consecutive_5xx").await?;
     ensure!(
         mesh.upstreams.count("reviews", "v1").await? > before_failing,
         "v1 got no request while failing"
@@ -273,6 +268,56 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_readmits_it() -> anyhow
         },
     )
     .await?;
+    mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// Sends requests to reviews until Envoy counts an ejection from its whole cluster in
+/// outlier-detection counter `counter`.
+async fn wait_ejection(mesh: &ReviewsMesh, counter: &str) -> anyhow::Result<()> {
+    let addr = mesh.proxy.addr();
+    let pattern = format!("outbound.9080..reviews.*outlier_detection.{counter}");
+    wait_until(
+        &format!("an ejection ({counter})"),
+        CONFIG_TIMEOUT,
+        async || {
+            for _ in 0..10 {
+                request(addr, &[]).await?;
+            }
+            let stats = mesh.envoy.stats(&pattern).await?;
+            ensure!(
+                stats.values().any(|n| *n >= 1),
+                "no ejection yet: {stats:?}"
+            );
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// `outlierDetectionHttpErrorCodes`: a code outside 5xx (429) that the rule names counts as
+/// an error, so v1 answering it is ejected as one answering 503 would be (Envoy's default
+/// counts 5xx only: without the codes v1 would keep its share of the 429s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_counts_the_codes_the_rule_names_as_errors() -> anyhow::Result<()> {
+    let (mut mesh, cluster) = outlier_mesh(
+        "outlier_detection_counts_the_codes_the_rule_names_as_errors",
+        ", outlierDetectionHttpErrorCodes: [429]",
+    )
+    .await?;
+    let options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    let matcher = &cluster["typed_extension_protocol_options"][options]["outlier_detection"];
+    ensure!(
+        matcher.to_string().contains("429"),
+        "no error matcher naming 429: {cluster}"
+    );
+
+    mesh.upstreams.fail("reviews", "v1", 429).await?;
+    wait_ejection(&mesh, "ejections_enforced_total").await?;
+    let versions = mesh.versions(&[], 30).await?;
+    ensure!(
+        versions.keys().all(|v| v == "v2" || v == "v3"),
+        "the ejected v1 still answered: {versions:?}"
+    );
     mesh.envoy.ensure_no_rejected_updates().await
 }
 

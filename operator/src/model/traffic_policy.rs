@@ -231,6 +231,8 @@ pub struct OutlierDetection {
     pub min_health_percent: u32,
     pub split_external_local_origin_errors: bool,
     pub consecutive_local_origin_failures: Option<u32>,
+    /// `outlierDetectionHttpErrorCodes`: the response codes counted as errors (none: 5xx).
+    pub http_error_codes: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -565,6 +567,7 @@ fn outlier_detection(o: &api::OutlierDetection) -> OutlierDetection {
         min_health_percent: positive(o.min_health_percent),
         split_external_local_origin_errors: o.split_external_local_origin_errors,
         consecutive_local_origin_failures: o.consecutive_local_origin_failures,
+        http_error_codes: o.outlier_detection_http_error_codes.clone(),
     }
 }
 

@@ -358,19 +358,13 @@ fn port_policy(
             );
         }
     }
-    if let Some(outlier) = outlier {
-        if outlier.consecutive_errors != 0 {
-            not_applied(
-                format!("{at}.outlierDetection.consecutiveErrors"),
-                "consecutiveErrors (deprecated: use consecutive5xxErrors)",
-            );
-        }
-        if !outlier.outlier_detection_http_error_codes.is_empty() {
-            not_applied(
-                format!("{at}.outlierDetection.outlierDetectionHttpErrorCodes"),
-                "outlierDetectionHttpErrorCodes",
-            );
-        }
+    if let Some(outlier) = outlier
+        && outlier.consecutive_errors != 0
+    {
+        not_applied(
+            format!("{at}.outlierDetection.consecutiveErrors"),
+            "consecutiveErrors (deprecated: use consecutive5xxErrors)",
+        );
     }
 }
 
@@ -509,7 +503,6 @@ spec:
         assert_eq!(
             named,
             vec![
-                "spec.trafficPolicy.portLevelSettings[0].outlierDetection.outlierDetectionHttpErrorCodes",
                 "spec.trafficPolicy.portLevelSettings[1].loadBalancer.warmupDurationSecs",
                 "spec.subsets[1].trafficPolicy.loadBalancer.warmup",
             ]

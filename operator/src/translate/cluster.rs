@@ -280,6 +280,7 @@ fn cluster_in(
         pool::apply_retry_budget(&mut cluster, budget);
     }
     outlier::apply(&mut cluster, policy.outlier_detection.as_ref());
+    outlier::apply_error_codes(&mut http_options, policy.outlier_detection.as_ref());
     lb::apply(&mut cluster, policy.load_balancer.as_ref());
     // Only assignments (EDS, or a DNS cluster's own) carry the locality weights; an original
     // destination cluster has none, and Envoy would send a weighed cluster nothing.

@@ -1,9 +1,20 @@
 //! `outlierDetection` as istiod's `applyOutlierDetection`: consecutive 5xx and gateway errors
 //! enforced at 100%, success-rate ejection off, and the panic threshold set to
-//! `minHealthPercent` (0 unless set, which turns Envoy's panic mode off).
+//! `minHealthPercent` (0 unless set, which turns Envoy's panic mode off). Its
+//! `outlierDetectionHttpErrorCodes` as istiod's `applyOutlierDetectionErrorCodes`: the
+//! responses the cluster's outlier detection counts as errors, in its HTTP protocol options.
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::CommonLbConfig;
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection as Envoy};
+use envoy_types::pb::envoy::config::common::matcher::v3::HttpHeadersMatch;
+use envoy_types::pb::envoy::config::common::matcher::v3::MatchPredicate;
+use envoy_types::pb::envoy::config::common::matcher::v3::match_predicate::{MatchSet, Rule};
+use envoy_types::pb::envoy::config::route::v3::HeaderMatcher;
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::OutlierDetection as HttpOutlierDetection;
+use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::UInt32Value;
 
@@ -57,6 +68,45 @@ pub fn apply(cluster: &mut Cluster, outlier: Option<&OutlierDetection>) {
         .healthy_panic_threshold = Some(Percent {
         value: f64::from(o.min_health_percent),
     });
+}
+
+/// With `outlierDetectionHttpErrorCodes`, the responses outlier detection counts as errors
+/// are those with one of the codes (any code: a 429 or a 404 too), and no longer every 5xx.
+pub fn apply_error_codes(options: &mut HttpProtocolOptions, outlier: Option<&OutlierDetection>) {
+    let Some(codes) = outlier
+        .map(|o| &o.http_error_codes)
+        .filter(|c| !c.is_empty())
+    else {
+        return;
+    };
+    let mut rules: Vec<MatchPredicate> = codes.iter().map(|code| status_is(*code)).collect();
+    let matcher = if rules.len() == 1 {
+        rules.remove(0)
+    } else {
+        MatchPredicate {
+            rule: Some(Rule::OrMatch(MatchSet { rules })),
+        }
+    };
+    options.outlier_detection = Some(HttpOutlierDetection {
+        error_matcher: Some(matcher),
+    });
+}
+
+/// A response whose `:status` is `code`.
+fn status_is(code: u32) -> MatchPredicate {
+    let status = HeaderMatcher {
+        name: ":status".into(),
+        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+            match_pattern: Some(MatchPattern::Exact(code.to_string())),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    MatchPredicate {
+        rule: Some(Rule::HttpResponseHeadersMatch(HttpHeadersMatch {
+            headers: vec![status],
+        })),
+    }
 }
 
 #[cfg(test)]
@@ -123,5 +173,37 @@ mod tests {
             c.common_lb_config.and_then(|l| l.healthy_panic_threshold),
             Some(Percent { value: 30.0 })
         );
+    }
+
+    #[test]
+    fn error_codes_become_the_error_matcher() {
+        let mut options = HttpProtocolOptions::default();
+        apply_error_codes(&mut options, Some(&OutlierDetection::default()));
+        assert_eq!(
+            options,
+            HttpProtocolOptions::default(),
+            "no codes: 5xx, Envoy's"
+        );
+        let codes = |codes: &[u32]| {
+            let mut options = HttpProtocolOptions::default();
+            let outlier = OutlierDetection {
+                http_error_codes: codes.to_vec(),
+                ..Default::default()
+            };
+            apply_error_codes(&mut options, Some(&outlier));
+            options.outlier_detection.and_then(|o| o.error_matcher)
+        };
+        assert_eq!(codes(&[429]), Some(status_is(429)));
+        let Some(MatchPredicate {
+            rule: Some(Rule::OrMatch(set)),
+        }) = codes(&[429, 503])
+        else {
+            panic!("two codes: either")
+        };
+        assert_eq!(set.rules, [status_is(429), status_is(503)]);
+        let Some(Rule::HttpResponseHeadersMatch(m)) = status_is(404).rule else {
+            panic!("a response header match")
+        };
+        assert_eq!(m.headers[0].name, ":status");
     }
 }
