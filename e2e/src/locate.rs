@@ -55,15 +55,18 @@ pub fn capstan_bin() -> anyhow::Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
-/// Runs `cargo build -p capstan --bin capstan` into the target dir and profile of the running
+/// Runs `cargo build --workspace --bin capstan` into the target dir and profile of the running
 /// executable (a no-op when the binary is fresh; cargo decides, from the sources). The e2e
 /// crate cannot depend on a binary (artifact dependencies are unstable), so it builds it.
+/// `--workspace`, as `make build` builds: with `-p capstan` alone cargo resolves the
+/// dependencies' features for that one package, a unit set of its own, and rebuilt capstan
+/// after every `make build` (a CI run's first e2e test paid ~40 s for it).
 pub fn build_capstan() -> anyhow::Result<PathBuf> {
     let profile_dir = profile_dir()?;
     let build = BuildDirs::of(&profile_dir)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let mut cmd = Command::new(&cargo);
-    cmd.args(["build", "--quiet", "-p", "capstan", "--bin", "capstan"])
+    cmd.args(["build", "--quiet", "--workspace", "--bin", "capstan"])
         .arg("--target-dir")
         .arg(&build.target_dir)
         .args(["--profile", &build.profile])
