@@ -393,6 +393,18 @@ mod tests {
     }
 
     #[test]
+    fn the_subset_is_read_from_either_form_of_cluster_name() {
+        let host = "reviews.bookinfo.svc.cluster.local";
+        assert_eq!(subset_of(&format!("outbound|9080|v1|{host}")), Some("v1"));
+        assert_eq!(subset_of(&format!("outbound|9080||{host}")), None);
+        assert_eq!(
+            subset_of(&format!("outbound_.9080_.v1_.{host}")),
+            Some("v1")
+        );
+        assert_eq!(subset_of(&format!("outbound_.9080_._.{host}")), None);
+    }
+
+    #[test]
     fn static_service_has_an_eds_cluster_per_port_and_subset() {
         let clusters = clusters(&mesh(REVIEWS));
         let names: Vec<&str> = clusters.iter().map(|(n, _)| n.as_str()).collect();
