@@ -289,27 +289,7 @@ fn locality_of(locality: &str) -> Option<Locality> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::test_support::{REVIEWS, mesh};
-
-    fn addresses(cla: &ClusterLoadAssignment) -> Vec<(String, u32)> {
-        cla.endpoints
-            .iter()
-            .flat_map(|l| &l.lb_endpoints)
-            .map(|e| match &e.host_identifier {
-                Some(HostIdentifier::Endpoint(Endpoint {
-                    address:
-                        Some(Address {
-                            address: Some(AddressKind::SocketAddress(s)),
-                        }),
-                    ..
-                })) => match s.port_specifier {
-                    Some(PortSpecifier::PortValue(p)) => (s.address.clone(), p),
-                    _ => panic!("no port"),
-                },
-                other => panic!("unexpected endpoint {other:?}"),
-            })
-            .collect()
-    }
+    use crate::translate::test_support::{REVIEWS, endpoint_addresses as addresses, mesh};
 
     #[test]
     fn subsets_select_endpoints_by_label_with_their_port_mapping() {

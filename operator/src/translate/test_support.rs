@@ -1,6 +1,11 @@
 //! Builds a model from YAML for translation tests.
 
 use capstan_crds::parse::parse_documents;
+use envoy_types::pb::envoy::config::core::v3::Address;
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::endpoint::v3::Endpoint;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 
 use crate::index::{Index, Record};
 use crate::model::Mesh;
@@ -109,6 +114,29 @@ pub fn hash_keys(route: &envoy_types::pb::envoy::config::route::v3::Route) -> Ve
             Some(PolicySpecifier::Header(h)) => h.header_name.clone(),
             Some(PolicySpecifier::Cookie(c)) => format!("cookie {}", c.name),
             other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+/// The address and port of each endpoint of `cla`, group by group.
+pub fn endpoint_addresses(
+    cla: &envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
+) -> Vec<(String, u32)> {
+    cla.endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .map(|e| match &e.host_identifier {
+            Some(HostIdentifier::Endpoint(Endpoint {
+                address:
+                    Some(Address {
+                        address: Some(AddressKind::SocketAddress(s)),
+                    }),
+                ..
+            })) => match s.port_specifier {
+                Some(PortSpecifier::PortValue(p)) => (s.address.clone(), p),
+                _ => panic!("no port"),
+            },
+            other => panic!("unexpected endpoint {other:?}"),
         })
         .collect()
 }

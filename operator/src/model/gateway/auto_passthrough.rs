@@ -18,19 +18,20 @@ pub fn reachable(service: &Service) -> bool {
     !service.host.contains('*') && !service.mesh_external
 }
 
-/// The host patterns of an AUTO_PASSTHROUGH server, lower-cased (the namespace part of a
-/// host is ignored, as istiod ignores it); none for another kind of server.
-pub fn patterns(server: &Server) -> impl Iterator<Item = String> + '_ {
+/// The host patterns of an AUTO_PASSTHROUGH server (the namespace part of a host is
+/// ignored, as istiod ignores it); none for another kind of server.
+pub fn patterns(server: &Server) -> impl Iterator<Item = &str> + '_ {
     (server.kind == ServerKind::AutoPassthrough)
         .then_some(&server.hosts)
         .into_iter()
         .flatten()
-        .map(|h| h.host.to_ascii_lowercase())
+        .map(|h| h.host.as_str())
 }
 
-/// Whether one of `patterns` covers `host`.
-fn covered(patterns: impl IntoIterator<Item = String>, host: &str) -> bool {
-    patterns.into_iter().any(|p| hostname::matches(&p, host))
+/// Whether `server` is an AUTO_PASSTHROUGH server one of whose hosts covers `host` (either
+/// case).
+pub fn covers(server: &Server, host: &str) -> bool {
+    patterns(server).any(|p| hostname::matches(p, host))
 }
 
 /// The selectors of the Gateways with an AUTO_PASSTHROUGH server covering `service`, none
@@ -41,7 +42,7 @@ pub fn selectors<'a>(mesh: &'a Mesh, service: &Service) -> Vec<&'a Labels> {
     }
     let mut found: Vec<&Labels> = Vec::new();
     for gateway in mesh.gateways.values() {
-        let forwards = (gateway.servers.iter()).any(|s| covered(patterns(s), &service.host));
+        let forwards = (gateway.servers.iter()).any(|s| covers(s, &service.host));
         if forwards && !found.contains(&&gateway.selector) {
             found.push(&gateway.selector);
         }
@@ -60,7 +61,8 @@ pub fn servers(mesh: &Mesh) -> BTreeSet<(Labels, String)> {
     let mut out = BTreeSet::new();
     for gateway in mesh.gateways.values() {
         for server in &gateway.servers {
-            out.extend(patterns(server).map(|p| (gateway.selector.clone(), p)));
+            let lower = patterns(server).map(str::to_ascii_lowercase);
+            out.extend(lower.map(|p| (gateway.selector.clone(), p)));
         }
     }
     out

@@ -52,7 +52,7 @@ mod tests {
     use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
 
     use crate::translate::endpoint::load_assignments_of;
-    use crate::translate::test_support::{REVIEWS, destination_rule, mesh};
+    use crate::translate::test_support::{REVIEWS, destination_rule, endpoint_addresses, mesh};
 
     const HOST: &str = "reviews.bookinfo.svc.cluster.local";
 
@@ -115,27 +115,13 @@ spec:
 
     /// The addresses of the SNI-DNAT load assignment named `name`.
     fn addresses(mesh: &crate::model::Mesh, name: &str) -> Vec<String> {
-        use envoy_types::pb::envoy::config::core::v3::address::Address;
-        use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
         let assignments = load_assignments_of(mesh, &mesh.services[HOST]);
         let found: Vec<_> = assignments.iter().filter(|a| a.name == name).collect();
         assert_eq!(found.len(), 1, "one variant of {name}");
         assert_eq!(found[0].key.selector(), eastwest_gateways());
         assert_eq!(found[0].assignment.cluster_name, name);
-        let endpoints = found[0]
-            .assignment
-            .endpoints
-            .iter()
-            .flat_map(|g| &g.lb_endpoints);
-        endpoints
-            .filter_map(|e| match &e.host_identifier {
-                Some(HostIdentifier::Endpoint(e)) => match e.address.as_ref()?.address.as_ref()? {
-                    Address::SocketAddress(s) => Some(s.address.clone()),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect()
+        let addresses = endpoint_addresses(&found[0].assignment).into_iter();
+        addresses.map(|(address, _)| address).collect()
     }
 
     #[test]

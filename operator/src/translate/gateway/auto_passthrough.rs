@@ -17,7 +17,7 @@ use envoy_types::util::pack_any;
 
 use super::{Bound, GatewayConfig};
 use crate::model::gateway::auto_passthrough;
-use crate::model::{Mesh, Problem, hostname};
+use crate::model::{Mesh, Problem};
 use crate::translate::cluster::tls::istio_sni;
 use crate::translate::{rule_scopes, service_clusters_in};
 
@@ -40,12 +40,12 @@ pub fn chains(
     names_taken: &mut BTreeSet<String>,
     out: &mut GatewayConfig,
 ) -> Vec<FilterChain> {
-    let patterns: Vec<String> = auto_passthrough::patterns(bound.server).collect();
-    out.destination_patterns.extend(patterns.iter().cloned());
+    let patterns = auto_passthrough::patterns(bound.server).map(str::to_ascii_lowercase);
+    out.destination_patterns.extend(patterns);
     let mut chains = Vec::new();
     let mut covered_any = false;
     for service in mesh.services.values() {
-        let covered = patterns.iter().any(|p| hostname::matches(p, &service.host));
+        let covered = auto_passthrough::covers(bound.server, &service.host);
         if !covered || !auto_passthrough::reachable(service) {
             continue;
         }
