@@ -49,6 +49,21 @@ pub struct AgentSpec<'a> {
     pub extra_args: &'a [&'a str],
 }
 
+impl<'a> AgentSpec<'a> {
+    /// An agent named `name` for `id`, presenting `token`, with a certificate valid for an
+    /// hour.
+    pub fn for_identity(name: &'a str, id: &'a capstan_ca::SpiffeId, token: &'a str) -> Self {
+        AgentSpec {
+            name,
+            namespace: &id.namespace,
+            service_account: &id.service_account,
+            token,
+            cert_ttl: "1h",
+            extra_args: &[],
+        }
+    }
+}
+
 /// Where the agent named `name` writes its Envoy bootstrap.
 pub fn bootstrap_file(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.bootstrap.json"))

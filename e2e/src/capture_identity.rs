@@ -129,14 +129,7 @@ async fn start_ca_and_agent(
     identity: &SpiffeId,
 ) -> anyhow::Result<(TestCa, Agent)> {
     let ca = TestCa::start(shared, "mesh-ca", &[(TOKEN, identity.clone())], CERT_TTL).await?;
-    let spec = AgentSpec {
-        name: AGENT_NAME,
-        namespace: &identity.namespace,
-        service_account: &identity.service_account,
-        token: TOKEN,
-        cert_ttl: "1h",
-        extra_args: &[],
-    };
+    let spec = AgentSpec::for_identity(AGENT_NAME, identity, TOKEN);
     let agent = Agent::start_as(
         &capstan_bin()?,
         &ca.target(),

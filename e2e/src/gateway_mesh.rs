@@ -6,10 +6,12 @@ use std::path::Path;
 
 use anyhow::{Context, ensure};
 
+use crate::agent::{self, Agent, AgentSpec, StaticEnvoy, client_bootstrap};
 use crate::capstan::Capstan;
 use crate::envoy::{AdsMode, Bootstrap, Envoy, loopback};
 use crate::fixtures::reviews_vs_header_match;
 use crate::http::HttpClient;
+use crate::locate::{capstan_bin, envoy_bin};
 use crate::mesh::{CONFIG_TIMEOUT, TestEnv, start_reviews};
 use crate::upstreams::Upstreams;
 
@@ -297,4 +299,70 @@ pub async fn start_egress_and_sidecar(
         sidecar,
         outbound: loopback(outbound),
     })
+}
+
+/// A gateway Envoy (labels `istio: ingressgateway`) bootstrapped as Istio's gateway pods are,
+/// with cluster `sds-grpc` to a real `capstan agent` for the gateway's identity
+/// (`istio-system/istio-ingressgateway`), and the CA that agent signs with, which also takes
+/// the tokens of `others`.
+pub async fn start_gateway_with_agent(
+    env: &TestEnv,
+    capstan: &Capstan,
+    others: &[(&str, capstan_ca::SpiffeId)],
+) -> anyhow::Result<(Envoy, Agent, agent::TestCa)> {
+    let gateway_id = capstan_ca::SpiffeId::parse(GATEWAY_SAN).context("GATEWAY_SAN")?;
+    let mut tokens = vec![("gateway-token", gateway_id.clone())];
+    tokens.extend(others.iter().cloned());
+    let ca = agent::TestCa::start(
+        &env.log_dir,
+        "mesh-ca",
+        &tokens,
+        std::time::Duration::from_secs(3600),
+    )
+    .await?;
+    let gateway_agent = Agent::start(
+        &capstan_bin()?,
+        &ca.target(),
+        &env.log_dir,
+        &AgentSpec::for_identity("gw-agent", &gateway_id, "gateway-token"),
+    )
+    .await?;
+    let bootstrap = with_agent_sds(
+        &Bootstrap::gateway(AdsMode::Sotw, capstan.xds_port, INGRESS_LABELS),
+        &gateway_agent.sds_socket,
+    );
+    let gateway =
+        Envoy::start_json(&envoy_bin()?, &bootstrap, &env.log_dir, "gateway", None).await?;
+    Ok((gateway, gateway_agent, ca))
+}
+
+/// The SPIFFE id of the gateway [`start_gateway_with_agent`] starts.
+pub const GATEWAY_SAN: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway";
+
+/// A mesh workload with its own agent (identity `id`, presenting `token` to `ca`) and Envoy,
+/// whose listener `plain` sends HTTP/1.1 over the mesh's mTLS to the gateway on `port`,
+/// checking the gateway's SPIFFE id ([`GATEWAY_SAN`]); a client of that listener. Keep the
+/// agent and Envoy as long as the client is used.
+pub async fn start_mesh_client(
+    env: &TestEnv,
+    ca: &agent::TestCa,
+    (id, token): (&capstan_ca::SpiffeId, &str),
+    port: u16,
+) -> anyhow::Result<(Agent, StaticEnvoy, HttpClient)> {
+    let client_agent = Agent::start(
+        &capstan_bin()?,
+        &ca.target(),
+        &env.log_dir,
+        &AgentSpec::for_identity("client-agent", id, token),
+    )
+    .await?;
+    let workload = StaticEnvoy::start(
+        &envoy_bin()?,
+        &client_bootstrap(&client_agent.sds_socket, GATEWAY_SAN, port),
+        &env.log_dir,
+        "client-envoy",
+    )
+    .await?;
+    let client = HttpClient::new(loopback(workload.wait_listener_port("plain").await?));
+    Ok((client_agent, workload, client))
 }

@@ -9,19 +9,16 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use capstan_ca::SpiffeId;
-use capstan_e2e::agent::{self, Agent, AgentSpec, StaticEnvoy, client_bootstrap};
 use capstan_e2e::capstan::Capstan;
-use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy, loopback};
+use capstan_e2e::envoy::{Envoy, loopback};
 use capstan_e2e::fixtures::reviews_vs_header_match;
 use capstan_e2e::gateway_mesh::{
-    GatewayMesh, INGRESS_LABELS, gateway_port, ingress_gateway, shop, with_agent_sds,
+    GATEWAY_SAN, GatewayMesh, gateway_port, ingress_gateway, shop, start_gateway_with_agent,
+    start_mesh_client,
 };
-use capstan_e2e::http::HttpClient;
-use capstan_e2e::locate::{capstan_bin, envoy_bin};
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv, start_reviews};
 use capstan_e2e::tls_pki::{
     Issued, TestCa, connector, connector_any_name, connector_limited, connector_with_alpn,
@@ -443,49 +440,6 @@ spec:
 /// `security.istio.io/tlsMode: istio`: the endpoint has a sidecar taking the mesh's mTLS.
 const SIDECAR: &str = "security.istio.io/tlsMode: istio";
 
-/// A gateway Envoy (labels `istio: ingressgateway`) bootstrapped as Istio's gateway pods are,
-/// with cluster `sds-grpc` to a real `capstan agent` for the gateway's identity, and the CA
-/// that agent signs with, which also takes the tokens of `others`.
-async fn start_gateway_with_agent(
-    env: &TestEnv,
-    capstan: &Capstan,
-    others: &[(&str, SpiffeId)],
-) -> anyhow::Result<(Envoy, Agent, agent::TestCa)> {
-    let gateway_id = SpiffeId::new("cluster.local", "istio-system", "istio-ingressgateway");
-    let mut tokens = vec![("gateway-token", gateway_id.clone())];
-    tokens.extend(others.iter().cloned());
-    let ca =
-        agent::TestCa::start(&env.log_dir, "mesh-ca", &tokens, Duration::from_secs(3600)).await?;
-    let gateway_agent = Agent::start(
-        &capstan_bin()?,
-        &ca.target(),
-        &env.log_dir,
-        &spec("gw-agent", &gateway_id, "gateway-token"),
-    )
-    .await?;
-    let bootstrap = with_agent_sds(
-        &Bootstrap::gateway(AdsMode::Sotw, capstan.xds_port, INGRESS_LABELS),
-        &gateway_agent.sds_socket,
-    );
-    let gateway =
-        Envoy::start_json(&envoy_bin()?, &bootstrap, &env.log_dir, "gateway", None).await?;
-    Ok((gateway, gateway_agent, ca))
-}
-
-/// An agent, with a certificate valid for an hour, for `id`.
-fn spec<'a>(name: &'a str, id: &'a SpiffeId, token: &'a str) -> AgentSpec<'a> {
-    AgentSpec {
-        name,
-        namespace: &id.namespace,
-        service_account: &id.service_account,
-        token,
-        cert_ttl: "1h",
-        extra_args: &[],
-    }
-}
-
-const GATEWAY_SAN: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway";
-
 /// ISTIO_MUTUAL: the gateway Envoy (bootstrapped like Istio's gateway pods, with cluster
 /// `sds-grpc` to a real `capstan agent`) terminates TLS with its workload certificate and
 /// requires a client certificate the mesh roots certify. A mesh workload (its own agent
@@ -515,7 +469,6 @@ async fn istio_mutual_terminates_with_the_agents_workload_certificate() -> anyho
     let client_id = SpiffeId::new("cluster.local", "bookinfo", "productpage");
     let others = [("client-token", client_id.clone())];
     let (gateway, _gateway_agent, ca) = start_gateway_with_agent(&env, &capstan, &others).await?;
-    let (capstan_bin, envoy_bin) = (capstan_bin()?, envoy_bin()?);
     // The listener warms until both secrets have come over SDS.
     gateway
         .wait_listener_port(&format!("0.0.0.0_{port}"), CONFIG_TIMEOUT)
@@ -523,21 +476,8 @@ async fn istio_mutual_terminates_with_the_agents_workload_certificate() -> anyho
         .with_context(|| format!("logs in {}", env.log_dir.display()))?;
     let addr = loopback(port);
 
-    let client_agent = Agent::start(
-        &capstan_bin,
-        &ca.target(),
-        &env.log_dir,
-        &spec("client-agent", &client_id, "client-token"),
-    )
-    .await?;
-    let workload = StaticEnvoy::start(
-        &envoy_bin,
-        &client_bootstrap(&client_agent.sds_socket, GATEWAY_SAN, port),
-        &env.log_dir,
-        "client-envoy",
-    )
-    .await?;
-    let mut client = HttpClient::new(loopback(workload.wait_listener_port("plain").await?));
+    let (_client_agent, _workload, mut client) =
+        start_mesh_client(&env, &ca, (&client_id, "client-token"), port).await?;
     let reply = capstan_e2e::wait_until(
         "a mesh workload through the gateway",
         CONFIG_TIMEOUT,

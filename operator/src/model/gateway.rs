@@ -55,6 +55,9 @@ pub enum ServerKind {
     AutoPassthrough,
     /// Opaque TCP (`tcp` routes).
     Tcp,
+    /// TLS terminated at the gateway, then the bytes forwarded by a `tcp` route (a `TLS`
+    /// server whose mode terminates: SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL).
+    TerminatedTcp(Box<TlsTermination>),
 }
 
 impl ServerKind {
@@ -63,8 +66,19 @@ impl ServerKind {
     pub fn family(&self) -> &'static str {
         match self {
             ServerKind::Http => "plain HTTP",
-            ServerKind::Https(_) | ServerKind::Passthrough | ServerKind::AutoPassthrough => "TLS",
+            ServerKind::Https(_)
+            | ServerKind::TerminatedTcp(_)
+            | ServerKind::Passthrough
+            | ServerKind::AutoPassthrough => "TLS",
             ServerKind::Tcp => "TCP",
+        }
+    }
+
+    /// The TLS the server terminates, if it does.
+    pub fn termination(&self) -> Option<&TlsTermination> {
+        match self {
+            ServerKind::Https(tls) | ServerKind::TerminatedTcp(tls) => Some(tls),
+            _ => None,
         }
     }
 }
@@ -265,6 +279,11 @@ fn kind(
             return termination::terminate(tls, field, report)
                 .map(|t| ServerKind::Https(Box::new(t)));
         }
+        // As istiod: a TLS server that terminates forwards what it decrypted by `tcp` routes.
+        (Some(ProtocolClass::Tls), Some(Protocol::Tls), Some(_)) => {
+            return termination::terminate(tls, field, report)
+                .map(|t| ServerKind::TerminatedTcp(Box::new(t)));
+        }
         // A TLS server without settings passes TLS through, as in Istio.
         (Some(ProtocolClass::Tls), _, None) => return Some(ServerKind::Passthrough),
         (Some(ProtocolClass::Opaque), Some(p), _) if p != Protocol::Udp => {
@@ -272,16 +291,12 @@ fn kind(
         }
         _ => {}
     }
-    let what = match tls.and_then(|t| t.mode) {
-        Some(mode) if protocol == Some(Protocol::Tls) => format!("TLS {mode:?}"),
-        _ => port.protocol.clone(),
-    };
     report(
         format!("{field}.port.protocol"),
         format!(
-            "{what} servers are not served yet (HTTP, HTTP2, GRPC, HTTPS with SIMPLE, MUTUAL, \
-             OPTIONAL_MUTUAL or ISTIO_MUTUAL TLS, TLS PASSTHROUGH and AUTO_PASSTHROUGH, and TCP \
-             are); this server is not served"
+            "{} servers are not served (HTTP, HTTP2, GRPC, HTTPS, TLS and TCP are); this server \
+             is not served",
+            port.protocol
         ),
     );
     None
@@ -379,7 +394,7 @@ spec:
     }
 
     #[test]
-    fn servers_not_served_yet_are_named_and_left_out() {
+    fn servers_not_served_are_named_and_left_out() {
         let (gw, problems) = read(
             r#"
 apiVersion: networking.istio.io/v1
@@ -388,9 +403,8 @@ metadata: {name: ingress, namespace: edge}
 spec:
   selector: {istio: ingressgateway}
   servers:
-  - port: {number: 443, name: tls, protocol: TLS}
+  - port: {number: 53, name: udp-dns, protocol: UDP}
     hosts: ["*"]
-    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}
   - port: {number: 8443, name: https, protocol: HTTPS}
     hosts: ["*"]
     tls: {mode: MUTUAL, credentialName: shop-cert, caCertCredentialName: shop-ca}
@@ -401,25 +415,36 @@ spec:
     tls: {mode: PASSTHROUGH}
   - port: {number: 5432, name: tcp-db, protocol: TCP}
     hosts: ["*"]
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}
 "#,
         );
         let kinds: Vec<(u32, &ServerKind)> = gw.servers.iter().map(|s| (s.port, &s.kind)).collect();
-        assert_eq!(kinds.len(), 4, "{kinds:?}");
+        assert_eq!(kinds.len(), 5, "{kinds:?}");
         assert_eq!(kinds[0].0, 8443, "caCertCredentialName is served");
         assert_eq!(
-            kinds[1..],
+            kinds[1..4],
             [
                 (8080, &ServerKind::Http),
                 (9443, &ServerKind::Passthrough),
                 (5432, &ServerKind::Tcp)
             ]
         );
+        let ServerKind::TerminatedTcp(tls) = kinds[4].1 else {
+            panic!("a TLS server with SIMPLE terminates: {:?}", kinds[4]);
+        };
+        assert_eq!(
+            tls.certificate,
+            ServerCertificate::Files(vec![CertificateFiles {
+                certificate: "/c.pem".into(),
+                private_key: "/k.pem".into()
+            }])
+        );
         let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, vec!["spec.servers[0].port.protocol"]);
         assert!(
-            problems[0]
-                .message
-                .contains("TLS Simple servers are not served yet"),
+            problems[0].message.contains("UDP servers are not served"),
             "{}",
             problems[0].message
         );

@@ -9,7 +9,7 @@ use capstan_crds::{Document, DocumentError, IstioObject};
 
 use super::Problem;
 use crate::index::NsName;
-use crate::model::gateway::{self, Gateway, ServerCertificate, ServerKind};
+use crate::model::gateway::{self, Gateway, ServerCertificate};
 use crate::model::secret::{self, SecretError, TlsSecret};
 use crate::model::traffic_policy::Policies;
 use crate::source::secret::{SecretDocument, secrets_in_yaml};
@@ -85,11 +85,8 @@ impl Credentials {
         let fields: Vec<&str> = gateway
             .servers
             .iter()
-            .filter_map(|s| match &s.kind {
-                ServerKind::Https(tls) => match &tls.certificate {
-                    ServerCertificate::Secrets(credentials) => Some(credentials),
-                    ServerCertificate::Files(_) | ServerCertificate::Workload => None,
-                },
+            .filter_map(|s| match s.kind.termination().map(|tls| &tls.certificate) {
+                Some(ServerCertificate::Secrets(credentials)) => Some(credentials),
                 _ => None,
             })
             .flatten()

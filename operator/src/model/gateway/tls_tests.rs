@@ -226,22 +226,32 @@ fn auto_passthrough_is_served_on_tls_and_https_ports() {
 }
 
 #[test]
-fn tls_servers_terminating_tls_are_still_not_served() {
+fn tls_servers_terminating_tls_forward_by_tcp_routes() {
     let (gw, problems) = read(
         r#"  - port: {number: 443, name: tls, protocol: TLS}
     hosts: ["*"]
     tls: {mode: ISTIO_MUTUAL}
+  - port: {number: 444, name: tls-mutual, protocol: TLS}
+    hosts: ["db.example.com"]
+    tls: {mode: MUTUAL, credentialName: db-cert}
 "#,
     );
-    assert_eq!(gw.servers, vec![]);
-    assert_eq!(fields(&problems), ["spec.servers[0].port.protocol"]);
-    assert!(
-        problems[0]
-            .message
-            .contains("TLS IstioMutual servers are not served yet"),
-        "{}",
-        problems[0].message
+    assert_eq!(problems, vec![]);
+    let terminations: Vec<&TlsTermination> = gw
+        .servers
+        .iter()
+        .map(|s| match &s.kind {
+            ServerKind::TerminatedTcp(t) => &**t,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(terminations[0].certificate, ServerCertificate::Workload);
+    assert_eq!(terminations[0].client_ca, Some(ClientCa::MeshRoots));
+    assert_eq!(
+        terminations[1].client_ca,
+        Some(ClientCa::Secret("db-cert".into()))
     );
+    assert_eq!(gw.servers[1].kind.family(), "TLS");
 }
 
 #[test]

@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 
 use crate::index::NsName;
 use crate::model::Mesh;
-use crate::model::gateway::{ClientCa, Gateway, Server, ServerCertificate, ServerKind};
+use crate::model::gateway::{ClientCa, Gateway, Server, ServerCertificate};
 use crate::model::secret::{CertificateAndKey, SecretBytes, SecretError, TlsSecret};
 use crate::translate::ads_config_source;
 
@@ -120,7 +120,7 @@ pub fn resolve(
     server: &Server,
     consulted: &mut BTreeSet<NsName>,
 ) -> Result<Vec<Served>, (String, CredentialError)> {
-    let ServerKind::Https(tls) = &server.kind else {
+    let Some(tls) = server.kind.termination() else {
         return Ok(Vec::new());
     };
     // Files need no Secret, but a client CA from `caCertCredentialName` still does.
@@ -288,11 +288,10 @@ impl SelectorSecrets {
 
 /// Where a server names its (first) credential, for problems about its Secrets.
 pub fn first_field(server: &Server) -> String {
-    match &server.kind {
-        ServerKind::Https(tls) => match &tls.certificate {
-            ServerCertificate::Secrets(credentials) => credentials.first().map(|c| c.field.clone()),
-            ServerCertificate::Files(_) | ServerCertificate::Workload => None,
-        },
+    match server.kind.termination().map(|tls| &tls.certificate) {
+        Some(ServerCertificate::Secrets(credentials)) => {
+            credentials.first().map(|c| c.field.clone())
+        }
         _ => None,
     }
     .unwrap_or_else(|| format!("spec.servers[{}].tls", server.index))

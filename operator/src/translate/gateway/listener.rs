@@ -1,7 +1,8 @@
 //! LDS for gateways: one listener per port, on every address or the one its servers `bind`
 //! (an address, or a Unix socket). Plain HTTP servers share one
 //! filter chain and one route configuration; each HTTPS server gets a filter chain of its
-//! own, chosen by SNI, terminating TLS (see `tls_context`); TCP, PASSTHROUGH and
+//! own, chosen by SNI, terminating TLS (see `tls_context`), and so does each TLS server that
+//! terminates, forwarding what it decrypted by a `tcp` route; TCP, PASSTHROUGH and
 //! AUTO_PASSTHROUGH servers forward connections unread (see `stream`, `auto_passthrough`).
 
 use std::collections::BTreeSet;
@@ -128,7 +129,7 @@ pub fn listener<'a, 'b>(
                     http_route = Some(name);
                 }
             }
-            ServerKind::Https(tls) => {
+            ServerKind::Https(tls) | ServerKind::TerminatedTcp(tls) => {
                 let names = server_names(bound);
                 let keys: Vec<String> = if names.is_empty() {
                     vec![String::new()]
@@ -145,33 +146,34 @@ pub fn listener<'a, 'b>(
                         object: bound.gateway.origin.clone(),
                         field: format!("spec.servers[{}].hosts", bound.server.index),
                         message: format!(
-                            "another HTTPS server on port {port} already terminates TLS for \
-                             {what}; this server is not served"
+                            "another TLS server on port {port} already terminates or forwards \
+                             TLS for {what}; this server is not served"
                         ),
                     });
                     continue;
                 }
-                names_taken.extend(keys);
-                let origin = &bound.gateway.origin;
-                let port_name = if bound.server.port_name.is_empty() {
-                    format!("server{}", bound.server.index)
+                let filter = if let ServerKind::Https(_) = &bound.server.kind {
+                    let route = https_route_name(bound, port, &on_bind);
+                    served.push((bound, route.clone()));
+                    manager(port, &route)
                 } else {
-                    bound.server.port_name.clone()
+                    // Reported when no route applies; the names stay free then.
+                    let Some(proxy) = stream::tcp_route_proxy(mesh, port, bound, caller, out)
+                    else {
+                        continue;
+                    };
+                    proxy
                 };
-                let route = format!(
-                    "https.{port}.{port_name}.{}.{}{on_bind}",
-                    origin.name, origin.namespace
-                );
+                names_taken.extend(keys);
                 chains.push(FilterChain {
                     filter_chain_match: (!names.is_empty()).then(|| FilterChainMatch {
                         server_names: names,
                         ..Default::default()
                     }),
-                    filters: vec![manager(port, &route)],
+                    filters: vec![filter],
                     transport_socket: Some(tls_context::downstream_tls(tls)),
                     ..Default::default()
                 });
-                served.push((bound, route));
             }
         }
     }
@@ -201,7 +203,21 @@ pub fn listener<'a, 'b>(
     }
 }
 
-/// The SNI names of an HTTPS server: its hosts without namespaces; none (any name) when one
+/// istiod's name for the route configuration of an HTTPS server on `port`.
+fn https_route_name(bound: &Bound<'_>, port: u32, on_bind: &str) -> String {
+    let origin = &bound.gateway.origin;
+    let port_name = if bound.server.port_name.is_empty() {
+        format!("server{}", bound.server.index)
+    } else {
+        bound.server.port_name.clone()
+    };
+    format!(
+        "https.{port}.{port_name}.{}.{}{on_bind}",
+        origin.name, origin.namespace
+    )
+}
+
+/// The SNI names of a terminating server: its hosts without namespaces; none (any name) when one
 /// of them is `*`.
 fn server_names(bound: &Bound<'_>) -> Vec<String> {
     let hosts: BTreeSet<String> = bound

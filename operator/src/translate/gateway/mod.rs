@@ -160,9 +160,12 @@ pub fn build(mesh: &Mesh) -> GatewayConfig {
             // The proxies of a namespace whose `tcp`/`tls` routes differ (`exportTo`,
             // `sourceNamespace`) get the port's listener of their own; said once, above.
             // Other servers' chains read no route.
-            let streams = servers
-                .iter()
-                .any(|b| matches!(b.server.kind, ServerKind::Tcp | ServerKind::Passthrough));
+            let streams = servers.iter().any(|b| {
+                matches!(
+                    b.server.kind,
+                    ServerKind::Tcp | ServerKind::Passthrough | ServerKind::TerminatedTcp(_)
+                )
+            });
             let namespaces: BTreeSet<&str> = variants
                 .iter()
                 .filter(|_| streams)

@@ -392,3 +392,110 @@ spec:
     // Exported to edge only: the proxies of edge route it, no one else.
     assert_eq!(listeners("[edge]"), [(Some("edge".into()), v2)]);
 }
+
+/// A TLS server that terminates: each one a filter chain for its hosts' SNI names with the
+/// server's TLS context, forwarding what it decrypted by the first `tcp` route applying on
+/// its port (istiod's `createGatewayTCPFilterChainOpts`); one without such a route has no
+/// chain, and its names stay free for the next server.
+#[test]
+fn tls_servers_that_terminate_forward_by_tcp_routes() {
+    let config = build(
+        &mesh_and_problems(&format!(
+            r#"{REVIEWS}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews-tls, namespace: bookinfo}}
+spec:
+  hosts: [reviews.example.com]
+  gateways: [edge/ingress]
+  tcp:
+  - match: [{{port: 8443}}]
+    route: [{{destination: {{host: reviews, subset: v2, port: {{number: 9080}}}}}}]
+  - route: [{{destination: {{host: reviews, subset: v1, port: {{number: 9080}}}}}}]
+---
+{}"#,
+            gateway(
+                r#"  - port: {number: 443, name: tls-db, protocol: TLS}
+    hosts: [db.example.com]
+    tls: {mode: SIMPLE, serverCertificate: /db.pem, privateKey: /db-key.pem}
+  - port: {number: 443, name: tls-reviews, protocol: TLS}
+    hosts: [reviews.example.com]
+    tls: {mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem}
+  - port: {number: 443, name: tls-again, protocol: TLS}
+    hosts: [reviews.example.com]
+    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}
+  - port: {number: 8443, name: tls-mesh, protocol: TLS}
+    hosts: ["*"]
+    tls: {mode: ISTIO_MUTUAL}
+"#
+            )
+        ))
+        .0,
+    );
+    // db.example.com: no VirtualService binds a host of it.
+    let problems: Vec<(&str, &str)> = (config.problems.iter())
+        .map(|p| (p.field.as_str(), p.message.as_str()))
+        .collect();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(problems[0].0, "spec.servers[0]");
+    assert!(problems[0].1.contains("no tcp route"), "{problems:?}");
+    assert_eq!(problems[1].0, "spec.servers[2].hosts");
+    assert!(
+        problems[1]
+            .1
+            .contains("already terminates or forwards TLS for reviews.example.com"),
+        "{problems:?}"
+    );
+    assert!(
+        config.routes.is_empty(),
+        "no HTTP is routed: {:?}",
+        config.routes
+    );
+
+    let on_443 = listener(&config, "0.0.0.0_443");
+    assert_eq!(
+        forwarded(on_443),
+        [(
+            vec!["reviews.example.com".to_string()],
+            vec![],
+            "outbound|9080|v1|reviews.bookinfo.svc.cluster.local".to_string()
+        )],
+        "the route matching port 8443 does not apply on 443"
+    );
+    let reviews = downstream(&on_443.filter_chains[0]);
+    assert_eq!(
+        reviews.require_client_certificate.map(|b| b.value),
+        Some(true)
+    );
+    let common = reviews.common_tls_context.expect("common context");
+    let certificate = common.tls_certificates[0]
+        .certificate_chain
+        .clone()
+        .and_then(|d| d.specifier);
+    assert_eq!(certificate, Some(Specifier::Filename("/c.pem".into())));
+    assert!(
+        on_443
+            .listener_filters
+            .iter()
+            .any(|f| f.name.contains("tls_inspector")),
+        "SNI is read before a chain is chosen"
+    );
+
+    let on_8443 = listener(&config, "0.0.0.0_8443");
+    assert_eq!(
+        forwarded(on_8443),
+        [(
+            vec![],
+            vec![],
+            "outbound|9080|v2|reviews.bookinfo.svc.cluster.local".to_string()
+        )]
+    );
+    let mesh_tls = downstream(&on_8443.filter_chains[0])
+        .common_tls_context
+        .expect("common");
+    let certificates: Vec<(&str, Option<String>)> =
+        (mesh_tls.tls_certificate_sds_secret_configs.iter())
+            .map(|c| (c.name.as_str(), sds_cluster(c)))
+            .collect();
+    assert_eq!(certificates, [("default", Some("sds-grpc".to_string()))]);
+}

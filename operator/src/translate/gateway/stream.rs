@@ -1,6 +1,7 @@
-//! Gateway filter chains that forward connections without reading them: TCP servers take the
-//! first `tcp` route of a bound VirtualService that applies on their port; TLS PASSTHROUGH
-//! servers get one filter chain per `tls` route match, chosen by the client hello's SNI.
+//! Gateway filter chains that forward connections without reading them: TCP servers (and TLS
+//! servers, once they have terminated TLS) take the first `tcp` route of a bound
+//! VirtualService that applies on their port; TLS PASSTHROUGH servers get one filter chain
+//! per `tls` route match, chosen by the client hello's SNI.
 
 use std::collections::BTreeSet;
 
@@ -61,6 +62,23 @@ pub fn tcp_chain(
     caller: Option<&str>,
     out: &mut GatewayConfig,
 ) -> Option<FilterChain> {
+    let proxy = tcp_route_proxy(mesh, port, bound, caller, out)?;
+    Some(FilterChain {
+        filters: vec![proxy],
+        ..Default::default()
+    })
+}
+
+/// The TCP proxy of the first `tcp` route of a bound VirtualService that applies on the
+/// server's port (a TCP server's, or what a terminating TLS server decrypted), or `None`
+/// (reported) when there is none.
+pub fn tcp_route_proxy(
+    mesh: &Mesh,
+    port: u32,
+    bound: &Bound<'_>,
+    caller: Option<&str>,
+    out: &mut GatewayConfig,
+) -> Option<Filter> {
     let origin = &bound.gateway.origin;
     let gateway = (origin.namespace.as_str(), origin.name.as_str());
     for vs in serving(mesh, bound, caller) {
@@ -68,11 +86,7 @@ pub fn tcp_chain(
             r.matches.is_empty() || r.matches.iter().any(|m| holds(m, port, gateway, vs))
         };
         if let Some(route) = vs.tcp.iter().find(applies) {
-            let proxy = tcp_proxy(mesh, port, (&route.destinations, vs), caller, out)?;
-            return Some(FilterChain {
-                filters: vec![proxy],
-                ..Default::default()
-            });
+            return tcp_proxy(mesh, port, (&route.destinations, vs), caller, out);
         }
     }
     out.problems.push(Problem {

@@ -334,7 +334,7 @@ spec:
     assert_eq!(messages.len(), 2, "{messages:?}");
     assert!(messages.iter().any(|m| m.contains("Gateway edge/b")
         && m.contains("spec.servers[0].hosts")
-        && m.contains("already terminates TLS")));
+        && m.contains("already terminates or forwards TLS")));
     assert!(messages.iter().any(|m| m.contains("spec.servers[1].port")));
 }
 
