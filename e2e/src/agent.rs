@@ -41,6 +41,8 @@ pub struct AgentSpec<'a> {
     pub name: &'a str,
     pub namespace: &'a str,
     pub service_account: &'a str,
+    /// `--trust-domain`: the one the agent asks its identity in.
+    pub trust_domain: &'a str,
     /// Written to the token file.
     pub token: &'a str,
     /// `--cert-ttl`, e.g. `20s`.
@@ -57,6 +59,7 @@ impl<'a> AgentSpec<'a> {
             name,
             namespace: &id.namespace,
             service_account: &id.service_account,
+            trust_domain: &id.trust_domain,
             token,
             cert_ttl: "1h",
             extra_args: &[],
@@ -146,6 +149,7 @@ impl Agent {
             .arg(&token_file)
             .args(["--namespace", spec.namespace])
             .args(["--service-account", spec.service_account])
+            .args(["--trust-domain", spec.trust_domain])
             .args(["--pod-name", &format!("{}-0", spec.name)])
             .args(["--pod-ip", "127.0.0.1"])
             .arg("--sds-socket")

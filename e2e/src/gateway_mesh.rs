@@ -303,14 +303,24 @@ pub async fn start_egress_and_sidecar(
 
 /// A gateway Envoy (labels `istio: ingressgateway`) bootstrapped as Istio's gateway pods are,
 /// with cluster `sds-grpc` to a real `capstan agent` for the gateway's identity
-/// (`istio-system/istio-ingressgateway`), and the CA that agent signs with, which also takes
-/// the tokens of `others`.
+/// ([`GATEWAY_SAN`]), and the CA that agent signs with, which also takes the tokens of
+/// `others`.
 pub async fn start_gateway_with_agent(
     env: &TestEnv,
     capstan: &Capstan,
     others: &[(&str, capstan_ca::SpiffeId)],
 ) -> anyhow::Result<(Envoy, Agent, agent::TestCa)> {
     let gateway_id = capstan_ca::SpiffeId::parse(GATEWAY_SAN).context("GATEWAY_SAN")?;
+    start_gateway_with_agent_as(env, capstan, &gateway_id, others).await
+}
+
+/// [`start_gateway_with_agent`] with the gateway's identity `gateway_id`.
+pub async fn start_gateway_with_agent_as(
+    env: &TestEnv,
+    capstan: &Capstan,
+    gateway_id: &capstan_ca::SpiffeId,
+    others: &[(&str, capstan_ca::SpiffeId)],
+) -> anyhow::Result<(Envoy, Agent, agent::TestCa)> {
     let mut tokens = vec![("gateway-token", gateway_id.clone())];
     tokens.extend(others.iter().cloned());
     let ca = agent::TestCa::start(
@@ -324,7 +334,7 @@ pub async fn start_gateway_with_agent(
         &capstan_bin()?,
         &ca.target(),
         &env.log_dir,
-        &AgentSpec::for_identity("gw-agent", &gateway_id, "gateway-token"),
+        &AgentSpec::for_identity("gw-agent", gateway_id, "gateway-token"),
     )
     .await?;
     let bootstrap = with_agent_sds(
@@ -340,27 +350,28 @@ pub async fn start_gateway_with_agent(
 pub const GATEWAY_SAN: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway";
 
 /// A mesh workload with its own agent (identity `id`, presenting `token` to `ca`) and Envoy,
-/// whose listener `plain` sends HTTP/1.1 over the mesh's mTLS to the gateway on `port`,
-/// checking the gateway's SPIFFE id ([`GATEWAY_SAN`]); a client of that listener. Keep the
-/// agent and Envoy as long as the client is used.
+/// whose listener `plain` sends HTTP/1.1 over the mesh's mTLS to the gateway `(gateway_san,
+/// port)`, checking the gateway's SPIFFE id; a client of that listener. Its files are named
+/// after the id's service account. Keep the agent and Envoy as long as the client is used.
 pub async fn start_mesh_client(
     env: &TestEnv,
     ca: &agent::TestCa,
     (id, token): (&capstan_ca::SpiffeId, &str),
-    port: u16,
+    (gateway_san, port): (&str, u16),
 ) -> anyhow::Result<(Agent, StaticEnvoy, HttpClient)> {
+    let account = &id.service_account;
     let client_agent = Agent::start(
         &capstan_bin()?,
         &ca.target(),
         &env.log_dir,
-        &AgentSpec::for_identity("client-agent", id, token),
+        &AgentSpec::for_identity(&format!("{account}-agent"), id, token),
     )
     .await?;
     let workload = StaticEnvoy::start(
         &envoy_bin()?,
-        &client_bootstrap(&client_agent.sds_socket, GATEWAY_SAN, port),
+        &client_bootstrap(&client_agent.sds_socket, gateway_san, port),
         &env.log_dir,
-        "client-envoy",
+        &format!("{account}-envoy"),
     )
     .await?;
     let client = HttpClient::new(loopback(workload.wait_listener_port("plain").await?));

@@ -193,6 +193,7 @@ pub async fn start_agent(
 fn agent_spec<'a>(spec: &KubeAgentSpec<'a>, extra_args: &'a [&'a str]) -> AgentSpec<'a> {
     AgentSpec {
         name: spec.name,
+        trust_domain: "cluster.local",
         namespace: spec.namespace,
         service_account: spec.service_account,
         token: spec.token,

@@ -34,6 +34,7 @@ fn server_id() -> SpiffeId {
 fn spec<'a>(name: &'a str, id: &'a SpiffeId, token: &'a str, ttl: &'a str) -> AgentSpec<'a> {
     AgentSpec {
         name,
+        trust_domain: &id.trust_domain,
         namespace: &id.namespace,
         service_account: &id.service_account,
         token,

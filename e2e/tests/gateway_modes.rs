@@ -477,7 +477,7 @@ async fn istio_mutual_terminates_with_the_agents_workload_certificate() -> anyho
     let addr = loopback(port);
 
     let (_client_agent, _workload, mut client) =
-        start_mesh_client(&env, &ca, (&client_id, "client-token"), port).await?;
+        start_mesh_client(&env, &ca, (&client_id, "client-token"), (GATEWAY_SAN, port)).await?;
     let reply = capstan_e2e::wait_until(
         "a mesh workload through the gateway",
         CONFIG_TIMEOUT,

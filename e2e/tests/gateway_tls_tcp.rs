@@ -14,7 +14,7 @@ use capstan_ca::SpiffeId;
 use capstan_e2e::capstan::Capstan;
 use capstan_e2e::envoy::{AdsMode, loopback};
 use capstan_e2e::gateway_mesh::{
-    gateway_port, start_gateway, start_gateway_with_agent, start_mesh_client,
+    GATEWAY_SAN, gateway_port, start_gateway, start_gateway_with_agent, start_mesh_client,
 };
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv};
 use capstan_e2e::tls_pki::{
@@ -232,7 +232,7 @@ spec:
         .wait_listener_port(&format!("0.0.0.0_{port}"), CONFIG_TIMEOUT)
         .await?;
     let (_client_agent, _workload, mut client) =
-        start_mesh_client(&env, &ca, (&client_id, "client-token"), port).await?;
+        start_mesh_client(&env, &ca, (&client_id, "client-token"), (GATEWAY_SAN, port)).await?;
     let reply = capstan_e2e::wait_until(
         "a mesh workload through the gateway",
         CONFIG_TIMEOUT,

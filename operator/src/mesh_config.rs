@@ -10,6 +10,7 @@
 //! does, the policies naming it then deny what they match (see `translate::authorization`).
 
 mod providers;
+pub mod trust_domains;
 
 #[cfg(test)]
 mod tests;
@@ -20,6 +21,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::config_file::ReadError;
+pub use trust_domains::TrustDomains;
 
 pub use providers::{ExtAuthzGrpc, ExtAuthzHttp, Provider, RequestBody, status_on_error};
 
@@ -53,6 +55,7 @@ pub enum MeshConfigError {
 pub struct MeshConfig {
     pub root_namespace: Option<String>,
     pub trust_domain: Option<String>,
+    pub trust_domain_aliases: Vec<String>,
     /// `outboundTrafficPolicy.mode`: `ALLOW_ANY` or `REGISTRY_ONLY`.
     pub outbound_traffic_policy: Option<String>,
     pub enable_auto_mtls: Option<bool>,
@@ -68,6 +71,8 @@ pub struct MeshSettings {
     /// `enableAutoMtls` (Istio's default: on): clients send the mesh's mutual TLS to
     /// endpoints with sidecars where no DestinationRule sets TLS.
     pub enable_auto_mtls: bool,
+    /// `trustDomain` (or `capstan run --trust-domain`) and `trustDomainAliases`.
+    pub trust_domains: TrustDomains,
 }
 
 impl Default for MeshSettings {
@@ -75,6 +80,7 @@ impl Default for MeshSettings {
         Self {
             extension_providers: ExtensionProviders::default(),
             enable_auto_mtls: true,
+            trust_domains: TrustDomains::default(),
         }
     }
 }
@@ -126,6 +132,8 @@ struct RawMeshConfig {
     root_namespace: Option<String>,
     #[serde(default)]
     trust_domain: Option<String>,
+    #[serde(default)]
+    trust_domain_aliases: Vec<String>,
     #[serde(default)]
     outbound_traffic_policy: Option<RawOutboundTrafficPolicy>,
     #[serde(default)]
@@ -181,6 +189,7 @@ impl MeshConfig {
         let mut out = Self {
             root_namespace: raw.root_namespace.filter(|s| !s.is_empty()),
             trust_domain: raw.trust_domain.filter(|s| !s.is_empty()),
+            trust_domain_aliases: raw.trust_domain_aliases,
             enable_auto_mtls: raw.enable_auto_mtls,
             not_applied: raw.other.into_keys().collect(),
             ..Self::default()
@@ -232,6 +241,12 @@ impl MeshConfig {
         MeshSettings {
             extension_providers: self.extension_providers.clone(),
             enable_auto_mtls: self.enable_auto_mtls.unwrap_or(true),
+            trust_domains: TrustDomains::new(
+                self.trust_domain
+                    .as_deref()
+                    .unwrap_or(trust_domains::DEFAULT),
+                &self.trust_domain_aliases,
+            ),
         }
     }
 

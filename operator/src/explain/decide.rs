@@ -131,7 +131,7 @@ pub fn explain(
                 Transport::Refused("plain text to a port whose PeerAuthentication is STRICT".into())
             }
             (true, _) => Transport::MutualTls {
-                peer: caller_identity(caller),
+                peer: caller_identity(mesh, caller),
             },
             (false, _) => Transport::Plain,
         };
@@ -234,10 +234,10 @@ fn client_mutual_tls(
     }
 }
 
-fn caller_identity(caller: &Caller) -> String {
+fn caller_identity(mesh: &Mesh, caller: &Caller) -> String {
     let account = caller.service_account.as_deref().unwrap_or("default");
-    capstan_ca::SpiffeId::new(crate::translate::TRUST_DOMAIN, &caller.namespace, account)
-        .to_string()
+    let trust_domain = mesh.settings.trust_domains.local();
+    capstan_ca::SpiffeId::new(trust_domain, &caller.namespace, account).to_string()
 }
 
 fn request_headers(service: &Service, call: &Call, http: bool) -> BTreeMap<String, String> {

@@ -18,6 +18,7 @@ fn reads_what_capstan_applies_and_lists_the_rest() {
     );
     assert_eq!(config.root_namespace.as_deref(), Some("mesh-root"));
     assert_eq!(config.trust_domain.as_deref(), Some("example.org"));
+    assert_eq!(config.settings().trust_domains.all(), ["example.org"]);
     assert!(!config.settings().enable_auto_mtls);
     assert!(MeshSettings::default().enable_auto_mtls, "Istio's default");
     assert_eq!(
@@ -35,6 +36,20 @@ fn reads_what_capstan_applies_and_lists_the_rest() {
     assert_eq!(
         config.extension_providers.get("zipkin"),
         Some(&Provider::Unsupported("zipkin".into()))
+    );
+}
+
+#[test]
+fn reads_trust_domain_aliases() {
+    let config = parse("trustDomainAliases: [old.example, cluster.local]\n");
+    assert_eq!(config.not_applied, Vec::<String>::new());
+    assert_eq!(
+        config.settings().trust_domains.all(),
+        ["cluster.local", "old.example"]
+    );
+    assert_eq!(
+        MeshSettings::default().trust_domains.all(),
+        ["cluster.local"]
     );
 }
 

@@ -106,29 +106,36 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Reads `--mesh-config`, if given, into the flags it overrides; returns what translation
-/// reads of it.
+/// reads of it and of those flags (the trust domain).
 fn apply_mesh_config(
     args: &mut RunArgs,
 ) -> anyhow::Result<std::sync::Arc<crate::mesh_config::MeshSettings>> {
     let Some(path) = &args.mesh_config else {
-        return Ok(Default::default());
+        let settings = crate::mesh_config::MeshSettings {
+            trust_domains: crate::mesh_config::TrustDomains::new(&args.tls.trust_domain, &[]),
+            ..Default::default()
+        };
+        return Ok(std::sync::Arc::new(settings));
     };
     let config = crate::mesh_config::MeshConfig::read(path)?;
     config.warn(path);
-    let settings = config.settings();
-    if let Some(root) = config.root_namespace {
-        args.root_namespace = root;
+    if let Some(root) = &config.root_namespace {
+        args.root_namespace = root.clone();
     }
-    if let Some(domain) = config.trust_domain {
-        args.tls.trust_domain = domain;
+    if let Some(domain) = &config.trust_domain {
+        args.tls.trust_domain = domain.clone();
     }
-    if let Some(mode) = config.outbound_traffic_policy {
+    if let Some(mode) = &config.outbound_traffic_policy {
         args.outbound_traffic_policy = mode.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     }
+    let mut settings = config.settings();
+    settings.trust_domains =
+        crate::mesh_config::TrustDomains::new(&args.tls.trust_domain, &config.trust_domain_aliases);
     info!(
         mesh_config = %path.display(),
         providers = ?settings.extension_providers.names().collect::<Vec<_>>(),
         auto_mtls = settings.enable_auto_mtls,
+        trust_domains = ?settings.trust_domains.all(),
         "mesh config read"
     );
     Ok(std::sync::Arc::new(settings))
@@ -394,5 +401,34 @@ mod tests {
         assert!(message.contains("--xds-plaintext-insecure"), "{message}");
         assert!(message.contains("0.0.0.0:15010"), "{message}");
         ensure_plaintext_allowed(&args("0.0.0.0:15010", true)).expect("insecure allowed");
+    }
+
+    /// Translation names identities in the trust domain the CA issues them in: the flag's,
+    /// unless the mesh config sets one; the mesh config's aliases come with it.
+    #[test]
+    fn translation_reads_the_trust_domain_of_the_flag_or_the_mesh_config() {
+        let parse = |argv: &[&str]| Cli::try_parse_from(argv).expect("flags").run;
+        let mut flag = parse(&["capstan", "--trust-domain", "example.org"]);
+        let settings = apply_mesh_config(&mut flag).expect("no mesh config");
+        assert_eq!(settings.trust_domains.all(), ["example.org"]);
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("mesh.yaml");
+        std::fs::write(
+            &path,
+            "trustDomain: new.example\ntrustDomainAliases: [old.example]\n",
+        )
+        .expect("written");
+        let path = path.to_str().expect("utf-8");
+        let mut both = parse(&[
+            "capstan",
+            "--trust-domain",
+            "example.org",
+            "--mesh-config",
+            path,
+        ]);
+        let settings = apply_mesh_config(&mut both).expect("mesh config");
+        assert_eq!(settings.trust_domains.all(), ["new.example", "old.example"]);
+        assert_eq!(both.tls.trust_domain, "new.example", "the CA's too");
     }
 }

@@ -26,6 +26,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
 use super::sorted_map;
+use crate::mesh_config::TrustDomains;
 use crate::model::Mesh;
 use crate::model::authorization::{Policy as AuthzPolicy, WorkloadPolicies};
 pub use rules::IfUnusable;
@@ -66,10 +67,11 @@ impl InboundAuthz {
         let custom = custom::filters(mesh, &policies.custom);
         out.http.extend(custom.http);
         out.tcp.extend(custom.tcp);
-        for filter in action_filters(&policies, false) {
+        let trust = &mesh.settings.trust_domains;
+        for filter in action_filters(&policies, false, trust) {
             out.http.push(http_filter(&filter));
         }
-        for filter in action_filters(&policies, true) {
+        for filter in action_filters(&policies, true, trust) {
             out.tcp.push(network_filter(&filter));
         }
         out
@@ -88,7 +90,11 @@ struct ActionFilter {
 
 /// The RBAC filters of a workload's HTTP (or TCP) chains, in the order they run: AUDIT (LOG),
 /// DENY, ALLOW.
-fn action_filters(policies: &WorkloadPolicies, for_tcp: bool) -> Vec<ActionFilter> {
+fn action_filters(
+    policies: &WorkloadPolicies,
+    for_tcp: bool,
+    trust: &TrustDomains,
+) -> Vec<ActionFilter> {
     let mut filters: Vec<ActionFilter> = [RbacAction::Log, RbacAction::Deny, RbacAction::Allow]
         .into_iter()
         .map(|action| ActionFilter {
@@ -97,8 +103,8 @@ fn action_filters(policies: &WorkloadPolicies, for_tcp: bool) -> Vec<ActionFilte
             shadow: None,
         })
         .collect();
-    let enforced = enforced_rbac(policies, for_tcp);
-    let shadow = shadow_rbac(policies, for_tcp);
+    let enforced = enforced_rbac(policies, for_tcp, trust);
+    let shadow = shadow_rbac(policies, for_tcp, trust);
     for filter in &mut filters {
         let of_action = |rules: &[(RbacAction, BTreeMap<String, Policy>)]| {
             let policies = rules.iter().find(|(a, _)| *a == filter.action)?;
@@ -119,13 +125,18 @@ pub fn workload_shadow_rbac(
     labels: &BTreeMap<String, String>,
     for_tcp: bool,
 ) -> Vec<(RbacAction, BTreeMap<String, Policy>)> {
-    shadow_rbac(&mesh.authorization_for(namespace, labels), for_tcp)
+    shadow_rbac(
+        &mesh.authorization_for(namespace, labels),
+        for_tcp,
+        &mesh.settings.trust_domains,
+    )
 }
 
 /// The rules of `policies`' dry-run policies, per action.
 fn shadow_rbac(
     policies: &WorkloadPolicies,
     for_tcp: bool,
+    trust: &TrustDomains,
 ) -> Vec<(RbacAction, BTreeMap<String, Policy>)> {
     let dry_run = &policies.dry_run;
     rbac_by_action(
@@ -134,6 +145,7 @@ fn shadow_rbac(
             (RbacAction::Allow, &dry_run.allow),
         ],
         for_tcp,
+        trust,
     )
 }
 
@@ -170,13 +182,18 @@ pub fn workload_rbac(
     labels: &BTreeMap<String, String>,
     for_tcp: bool,
 ) -> Vec<(RbacAction, BTreeMap<String, Policy>)> {
-    enforced_rbac(&mesh.authorization_for(namespace, labels), for_tcp)
+    enforced_rbac(
+        &mesh.authorization_for(namespace, labels),
+        for_tcp,
+        &mesh.settings.trust_domains,
+    )
 }
 
 /// The rules of `policies`' enforced AUDIT, DENY and ALLOW policies, per action.
 fn enforced_rbac(
     policies: &WorkloadPolicies,
     for_tcp: bool,
+    trust: &TrustDomains,
 ) -> Vec<(RbacAction, BTreeMap<String, Policy>)> {
     rbac_by_action(
         [
@@ -185,6 +202,7 @@ fn enforced_rbac(
             (RbacAction::Allow, &policies.allow),
         ],
         for_tcp,
+        trust,
     )
 }
 
@@ -192,6 +210,7 @@ fn enforced_rbac(
 fn rbac_by_action<const N: usize>(
     lists: [(RbacAction, &Vec<&AuthzPolicy>); N],
     for_tcp: bool,
+    trust: &TrustDomains,
 ) -> Vec<(RbacAction, BTreeMap<String, Policy>)> {
     let mut out = Vec::new();
     for (action, list) in lists {
@@ -203,7 +222,7 @@ fn rbac_by_action<const N: usize>(
         } else {
             IfUnusable::DropField
         };
-        out.push((action, named_policies(list, for_tcp, if_unusable)));
+        out.push((action, named_policies(list, (for_tcp, if_unusable), trust)));
     }
     out
 }
@@ -211,8 +230,8 @@ fn rbac_by_action<const N: usize>(
 /// Every rule of `policies` that can be checked on the chain, by its RBAC policy name.
 fn named_policies(
     policies: &[&AuthzPolicy],
-    for_tcp: bool,
-    if_unusable: IfUnusable,
+    (for_tcp, if_unusable): (bool, IfUnusable),
+    trust: &TrustDomains,
 ) -> BTreeMap<String, Policy> {
     let mut out = BTreeMap::new();
     for policy in policies {
@@ -221,9 +240,12 @@ fn named_policies(
             out.insert(name(0), rules::never());
         }
         for (i, rule) in policy.spec.rules.iter().enumerate() {
-            if let Some(generated) =
-                rules::policy(rule, &policy.key.namespace, for_tcp, if_unusable)
-            {
+            let chain = rules::Chain {
+                for_tcp,
+                if_unusable,
+                trust,
+            };
+            if let Some(generated) = rules::policy(rule, &policy.key.namespace, &chain) {
                 out.insert(name(i), generated);
             }
         }

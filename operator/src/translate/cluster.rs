@@ -311,7 +311,7 @@ fn cluster_in(
         service,
         port: port.number,
         subset,
-        trust_domain: tls::TRUST_DOMAIN,
+        trust_domains: &mesh.settings.trust_domains,
         http2: is_http2(&http_options),
         reads_secrets,
     };

@@ -22,7 +22,6 @@ pub use sidecar::ListenerMode;
 // What `capstan explain` reads of translation's decisions.
 pub(crate) use cluster::auto_mtls;
 pub(crate) use cluster::policy_in;
-pub(crate) use cluster::tls::TRUST_DOMAIN;
 pub(crate) use endpoint::takes_mutual_tls;
 pub(crate) use sidecar::mtls::{Accepts, InboundMtls};
 

@@ -142,7 +142,7 @@ pub fn check(mesh: &Mesh, policies: &[&AuthzPolicy], for_tcp: bool) -> Option<Cu
     let providers: BTreeSet<&str> = policies.iter().map(|p| p.provider()).collect();
     let provider = *providers.first()?;
     if let Some(reason) = unusable(mesh, &providers) {
-        let rules = named(policies, for_tcp, "")
+        let rules = named(mesh, policies, for_tcp, "")
             .into_iter()
             .map(|(name, policy)| (format!("{name}{BAD_ACTION_SUFFIX}"), policy))
             .collect();
@@ -156,7 +156,7 @@ pub fn check(mesh: &Mesh, policies: &[&AuthzPolicy], for_tcp: bool) -> Option<Cu
     let prefix = format!("{MATCH_PREFIX}-{provider}");
     Some(CustomCheck::Ask {
         provider: provider.to_string(),
-        rules: named(policies, for_tcp, &prefix),
+        rules: named(mesh, policies, for_tcp, &prefix),
     })
 }
 
@@ -219,8 +219,14 @@ fn ask(resolved: &Resolved, shadow: &[u8], prefix: &str, for_tcp: bool, out: &mu
 /// The policies' rules by name (`<prefix>-ns[…]-policy[…]-rule[i]`, or istiod's plain name
 /// without a prefix). Fields a TCP chain cannot check leave the rule matching more, as for
 /// DENY: more goes to the authorizer.
-fn named(policies: &[&AuthzPolicy], for_tcp: bool, prefix: &str) -> BTreeMap<String, Policy> {
-    let plain = named_policies(policies, for_tcp, IfUnusable::DropField);
+fn named(
+    mesh: &Mesh,
+    policies: &[&AuthzPolicy],
+    for_tcp: bool,
+    prefix: &str,
+) -> BTreeMap<String, Policy> {
+    let trust = &mesh.settings.trust_domains;
+    let plain = named_policies(policies, (for_tcp, IfUnusable::DropField), trust);
     if prefix.is_empty() {
         return plain;
     }

@@ -15,6 +15,8 @@ use envoy_types::pb::envoy::config::rbac::v3::{Permission, Policy, Principal, pe
 
 use capstan_crds::security::authorization_policy::Rule;
 
+use crate::mesh_config::TrustDomains;
+
 /// Whether a field the chain cannot check (an HTTP-only one on a TCP chain, or a condition
 /// capstan does not read) makes the whole rule go (ALLOW: allowing less) or only itself
 /// (DENY, AUDIT: denying more).
@@ -24,19 +26,26 @@ pub enum IfUnusable {
     DropField,
 }
 
-/// A rule's policy for an HTTP (`for_tcp` false) or TCP filter chain; `None` when the rule
-/// cannot be checked there (see [`IfUnusable`]), or names something capstan cannot express.
-pub fn policy(
-    rule: &Rule,
-    namespace: &str,
-    for_tcp: bool,
-    if_unusable: IfUnusable,
-) -> Option<Policy> {
+/// The filter chain a rule is checked on, and the mesh's trust domains its principals name.
+pub struct Chain<'a> {
+    /// A TCP chain (else HTTP).
+    pub for_tcp: bool,
+    pub if_unusable: IfUnusable,
+    pub trust: &'a TrustDomains,
+}
+
+/// A rule's policy for an HTTP or TCP filter chain; `None` when the rule cannot be checked
+/// there (see [`IfUnusable`]), or names something capstan cannot express. Principals and
+/// trust domains naming the mesh's trust domain (or `cluster.local`) name each of its
+/// trust domains, as istiod's `MigrateTrustDomain` makes them.
+pub fn policy(rule: &Rule, namespace: &str, chain: &Chain<'_>) -> Option<Policy> {
     let ctx = Ctx {
-        for_tcp,
-        if_unusable,
+        for_tcp: chain.for_tcp,
+        if_unusable: chain.if_unusable,
         namespace,
     };
+    let named = |list: &[String]| expand(list, |p| chain.trust.principals(p));
+    let domains = |list: &[String]| expand(list, |d| chain.trust.domains(d));
     // The `when` conditions, split as istiod splits them.
     let mut base_permission = Vec::new();
     let mut base_principal = Vec::new();
@@ -50,11 +59,17 @@ pub fn policy(
             "source.ip" => base_principal.push(ctx.principals(values, direct_remote_ip)?),
             "remote.ip" => base_principal.push(ctx.principals(values, remote_ip)?),
             "source.namespace" => base_principal.push(ctx.principals(values, source_namespace)?),
-            "source.principal" => base_principal.push(ctx.principals(values, source_principal)?),
+            "source.principal" => {
+                let values = (&named(values.0), &named(values.1));
+                base_principal.push(ctx.principals(values, source_principal)?)
+            }
             "source.serviceAccount" => {
                 base_principal.push(ctx.principals(values, |v| ctx.service_account(v))?)
             }
-            "source.trustDomain" => base_principal.push(ctx.principals(values, trust_domain)?),
+            "source.trustDomain" => {
+                let values = (&domains(values.0), &domains(values.1));
+                base_principal.push(ctx.principals(values, trust_domain)?)
+            }
             "request.auth.principal" => {
                 base_principal.push(ctx.http_principals(values, request_principal)?)
             }
@@ -119,8 +134,13 @@ pub fn policy(
         .iter()
         .map(|f| f.source.clone().unwrap_or_default())
     {
+        let from_principals = (&named(&from.principals), &named(&from.not_principals));
+        let from_domains = (
+            &domains(&from.trust_domains),
+            &domains(&from.not_trust_domains),
+        );
         let mut and = vec![
-            ctx.principals((&from.principals, &from.not_principals), source_principal)?,
+            ctx.principals(from_principals, source_principal)?,
             ctx.http_principals(
                 (&from.request_principals, &from.not_request_principals),
                 request_principal,
@@ -128,7 +148,7 @@ pub fn policy(
             ctx.principals((&from.service_accounts, &from.not_service_accounts), |v| {
                 ctx.service_account(v)
             })?,
-            ctx.principals((&from.trust_domains, &from.not_trust_domains), trust_domain)?,
+            ctx.principals(from_domains, trust_domain)?,
             ctx.principals((&from.namespaces, &from.not_namespaces), source_namespace)?,
             ctx.principals(
                 (&from.remote_ip_blocks, &from.not_remote_ip_blocks),
@@ -163,6 +183,17 @@ pub fn never() -> Policy {
         ))))],
         ..Default::default()
     }
+}
+
+/// Each value of `list` as the values it stands for, each once, in order.
+fn expand(list: &[String], each: impl Fn(&str) -> Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for value in list.iter().flat_map(|v| each(v)) {
+        if !out.contains(&value) {
+            out.push(value);
+        }
+    }
+    out
 }
 
 struct Ctx<'a> {

@@ -4,6 +4,7 @@ use envoy_types::pb::envoy::config::rbac::v3::{Permission, Principal};
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 
 use super::*;
+use crate::mesh_config::TrustDomains;
 
 fn policy(name: &str, body: &str) -> String {
     format!(
@@ -77,9 +78,17 @@ fn leaves(policy: &Policy) -> (Vec<String>, Vec<String>) {
 }
 
 fn named(yaml: &str, for_tcp: bool, if_unusable: IfUnusable) -> BTreeMap<String, Policy> {
+    named_in(yaml, (for_tcp, if_unusable), &TrustDomains::default())
+}
+
+fn named_in(
+    yaml: &str,
+    chain: (bool, IfUnusable),
+    trust: &TrustDomains,
+) -> BTreeMap<String, Policy> {
     let all = crate::model::authorization::parse(yaml);
     let list: Vec<&AuthzPolicy> = all.policies().collect();
-    named_policies(&list, for_tcp, if_unusable)
+    named_policies(&list, chain, trust)
 }
 
 const PRODUCTPAGE_GETS_API: &str = "  rules:
@@ -108,6 +117,51 @@ fn a_rule_is_its_sources_and_operations_each_or_ed_and_and_ed_together() {
             "peer ~.*/ns/front.*/.*",
             "ip 10.0.0.0/8",
         ]
+    );
+}
+
+/// As istiod's `MigrateTrustDomain`: a principal in `cluster.local` ("this mesh") or in one
+/// of the mesh's trust domains names the account in each of them; `trustDomains` values of
+/// the mesh name its aliases too; another trust domain's stays as written.
+#[test]
+fn principals_of_this_mesh_name_its_trust_domain_and_aliases() {
+    let yaml = policy(
+        "api",
+        "  rules:
+  - from: [{source: {principals: [cluster.local/ns/bookinfo/sa/productpage, other.org/ns/x/sa/y], trustDomains: [old.example]}}]
+  - when: [{key: source.principal, notValues: [old.example/ns/bookinfo/sa/legacy]}]
+",
+    );
+    let trust = TrustDomains::new("example.org", &["old.example".into()]);
+    let policies = named_in(&yaml, (false, IfUnusable::DropRule), &trust);
+    let (_, from) = leaves(&policies["ns[bookinfo]-policy[api]-rule[0]"]);
+    assert_eq!(
+        from,
+        [
+            "peer spiffe://example.org/ns/bookinfo/sa/productpage",
+            "peer spiffe://old.example/ns/bookinfo/sa/productpage",
+            "peer spiffe://other.org/ns/x/sa/y",
+            "peer Some(Prefix(\"spiffe://example.org/\"))",
+            "peer Some(Prefix(\"spiffe://old.example/\"))",
+        ]
+    );
+    let (_, when) = leaves(&policies["ns[bookinfo]-policy[api]-rule[1]"]);
+    assert_eq!(
+        when,
+        [
+            "not peer spiffe://example.org/ns/bookinfo/sa/legacy",
+            "not peer spiffe://old.example/ns/bookinfo/sa/legacy",
+        ]
+    );
+    let (_, default) =
+        leaves(&named(&yaml, false, IfUnusable::DropRule)["ns[bookinfo]-policy[api]-rule[0]"]);
+    assert_eq!(
+        default[..2],
+        [
+            "peer spiffe://cluster.local/ns/bookinfo/sa/productpage",
+            "peer spiffe://other.org/ns/x/sa/y"
+        ],
+        "the default trust domain keeps them as written"
     );
 }
 

@@ -42,13 +42,12 @@ use envoy_types::pb::google::protobuf::{Struct, Value};
 use envoy_types::util::pack_any;
 use tracing::warn;
 
+use crate::mesh_config::TrustDomains;
 use crate::model::Service;
 use crate::model::service::Origin;
 use crate::model::traffic_policy::{ClientTls, TlsMode};
 use crate::translate::sidecar::mtls::TLS_MODE_ISTIO;
 
-/// Istio's default trust domain (capstan's translation has no setting for it yet).
-pub const TRUST_DOMAIN: &str = "cluster.local";
 /// The cluster through which the agent serves SDS, and its secrets' names (as Istio's).
 pub const SDS_CLUSTER: &str = "sds-grpc";
 pub const SDS_CERTIFICATE: &str = "default";
@@ -66,7 +65,8 @@ pub struct Target<'a> {
     pub service: &'a Service,
     pub port: u32,
     pub subset: Option<&'a str>,
-    pub trust_domain: &'a str,
+    /// The mesh's: the identities of the service's accounts are in them.
+    pub trust_domains: &'a TrustDomains,
     /// The cluster speaks HTTP/2 upstream.
     pub http2: bool,
     /// The cluster is for proxies a `credentialName` applies to: gateways, and the workloads
@@ -210,20 +210,22 @@ pub fn san_matchers(names: &[String]) -> Vec<SubjectAltNameMatcher> {
 }
 
 /// `spiffe://<trust domain>/ns/<ns>/sa/<sa>` of every service account the service's
-/// endpoints run as (istiod's service accounts of a service), sorted.
-pub fn service_accounts(service: &Service, trust_domain: &str) -> Vec<String> {
+/// endpoints run as, in the mesh's trust domain and each alias (istiod's service accounts of
+/// a service), sorted.
+pub fn service_accounts(service: &Service, trust_domains: &TrustDomains) -> Vec<String> {
     let namespace = service.namespace();
     let accounts: BTreeSet<String> = service
         .endpoints
         .iter()
         .filter(|e| !e.service_account.is_empty())
-        .map(|e| {
+        .flat_map(|e| {
             let sa = &e.service_account;
-            if sa.starts_with("spiffe://") {
+            let id = if sa.starts_with("spiffe://") {
                 sa.to_string()
             } else {
-                format!("spiffe://{trust_domain}/ns/{namespace}/sa/{sa}")
-            }
+                trust_domains.identity(namespace, sa)
+            };
+            trust_domains.expand_identity(&id)
         })
         .collect();
     accounts.into_iter().collect()
@@ -236,7 +238,7 @@ pub fn istio_sni(port: u32, subset: Option<&str>, host: &str) -> String {
 
 fn istio_mutual(tls: &ClientTls, target: &Target<'_>) -> UpstreamTlsContext {
     let sans = if tls.subject_alt_names.is_empty() {
-        service_accounts(target.service, target.trust_domain)
+        service_accounts(target.service, target.trust_domains)
     } else {
         tls.subject_alt_names.clone()
     };
@@ -320,7 +322,7 @@ fn combined_validation(sans: &[String], ca: SdsSecretConfig) -> ValidationContex
 /// "External" registry).
 fn expected_sans(tls: &ClientTls, target: &Target<'_>) -> Vec<String> {
     if tls.subject_alt_names.is_empty() && matches!(target.service.origin, Origin::Istio(_)) {
-        service_accounts(target.service, target.trust_domain)
+        service_accounts(target.service, target.trust_domains)
     } else {
         tls.subject_alt_names.clone()
     }
@@ -419,12 +421,29 @@ mod tests {
             service,
             port: 9080,
             subset: Some("v1"),
-            trust_domain: TRUST_DOMAIN,
+            trust_domains: &TrustDomains::default(),
             http2,
             reads_secrets: false,
         };
         apply(&mut c, &mut options, tls, &target);
         (c, options)
+    }
+
+    /// istiod's `ExpandWithTrustDomains`: each account in the mesh's trust domain and in
+    /// each alias; a SPIFFE id written out keeps its own trust domain, with the aliases'.
+    #[test]
+    fn service_accounts_are_named_in_the_meshs_trust_domains() {
+        let service = reviews_with_service_accounts();
+        let trust = TrustDomains::new("example.org", &["old.example".into()]);
+        assert_eq!(
+            service_accounts(&service, &trust),
+            [
+                "spiffe://example.org/ns/bookinfo/sa/legacy",
+                "spiffe://example.org/ns/bookinfo/sa/reviews",
+                "spiffe://old.example/ns/bookinfo/sa/legacy",
+                "spiffe://old.example/ns/bookinfo/sa/reviews",
+            ]
+        );
     }
 
     #[test]
