@@ -8,7 +8,9 @@
 //!   handshake failed);
 //! - an AuthorizationPolicy naming principals as Istio's docs write them
 //!   (`cluster.local/ns/<ns>/sa/<sa>`, "this mesh") admits that account in the mesh's trust
-//!   domain, and still no other account.
+//!   domain, and still no other account;
+//! - a ServiceEntry's `subjectAltNames` say who its servers are: another identity there and
+//!   the gateway refuses the workload's certificate.
 //!
 //! Logs: `<target>/debug/e2e-logs/<test name>/` (a short name: the agents' Unix sockets live
 //! there). Runs in a network namespace of its own, as e2e/tests/gateway.rs does.
@@ -80,9 +82,10 @@ async fn identities_in_the_meshs_trust_domain_are_accepted_and_authorized() -> a
     .await?;
     let db_port = db_sidecar.wait_listener_port("mtls").await?;
 
-    env.write_config(
-        "mesh.yaml",
-        &format!(
+    // `db_identity`: how the ServiceEntry says who db's servers are.
+    let mesh = |db_identity: (&str, &str)| -> anyhow::Result<String> {
+        let (entry_sans, endpoint_account) = db_identity;
+        Ok(format!(
             r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: db, namespace: shop}}
@@ -91,8 +94,9 @@ spec:
   location: MESH_INTERNAL
   ports: [{{number: 80, name: http, protocol: HTTP}}]
   resolution: STATIC
+  subjectAltNames: [{entry_sans}]
   endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {db_port}}}, serviceAccount: db, labels: {{security.istio.io/tlsMode: istio}}}}
+  - {{address: 127.0.0.1, ports: {{http: {db_port}}}, {endpoint_account}labels: {{security.istio.io/tlsMode: istio}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -139,8 +143,9 @@ spec:
   - to: [{{operation: {{ports: ["{http_port}"]}}}}]
 "#,
             plain = upstreams.port("db", "v1")?,
-        ),
-    )?;
+        ))
+    };
+    env.write_config("mesh.yaml", &mesh(("", "serviceAccount: db, "))?)?;
     gateway
         .wait_listener_port(&format!("0.0.0.0_{tls_port}"), CONFIG_TIMEOUT)
         .await?;
@@ -192,6 +197,26 @@ spec:
         after.values().sum::<u64>() > denied.values().sum::<u64>(),
         "the gateway's RBAC denied nothing: {denied:?} -> {after:?}"
     );
+
+    // The ServiceEntry's `subjectAltNames` are who db's servers are: naming another account,
+    // the gateway refuses db's certificate; naming db's, it is accepted again.
+    let someone_else = format!("spiffe://{TRUST_DOMAIN}/ns/shop/sa/someone-else");
+    env.write_config("mesh.yaml", &mesh((&someone_else, ""))?)?;
+    capstan_e2e::wait_until("db's certificate refused", CONFIG_TIMEOUT, async || {
+        let response = plain.get("db.example.com", "/q", &[]).await?;
+        ensure!(response.upstream_reply().is_err(), "still reached db");
+        Ok(())
+    })
+    .await?;
+    env.write_config("mesh.yaml", &mesh((&db_id.to_string(), ""))?)?;
+    let reply = capstan_e2e::wait_until("db named by the entry", CONFIG_TIMEOUT, async || {
+        plain
+            .get("db.example.com", "/q", &[])
+            .await?
+            .upstream_reply()
+    })
+    .await?;
+    ensure!(reply.service == "db", "{reply:?}");
     drop(upstreams);
     gateway.ensure_no_rejected_updates().await
 }

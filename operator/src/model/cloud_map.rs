@@ -68,6 +68,7 @@ pub fn service(record: &CloudMapService) -> Service {
         // A registry's services are the mesh's own, as Istio treats its registries; clients
         // still send plain text to them, having no sidecar to say otherwise.
         mesh_external: false,
+        subject_alt_names: Vec::new(),
     }
 }
 

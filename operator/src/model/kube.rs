@@ -51,6 +51,7 @@ pub fn service(index: &Index, service: &KubeService, domain_suffix: &str) -> Ser
         resolution,
         endpoints,
         mesh_external: false,
+        subject_alt_names: Vec::new(),
     }
 }
 

@@ -170,6 +170,9 @@ pub struct Service {
     /// A ServiceEntry's `location: MESH_EXTERNAL` (its default): clients never originate the
     /// mesh's mutual TLS to it on their own.
     pub mesh_external: bool,
+    /// A ServiceEntry's `subjectAltNames`: identities its servers present besides those of
+    /// its endpoints' service accounts (what an ISTIO_MUTUAL client accepts).
+    pub subject_alt_names: Vec<String>,
 }
 
 impl Service {
@@ -226,6 +229,7 @@ impl Service {
                 })
                 .collect(),
             mesh_external: spec.location == se::Location::MeshExternal,
+            subject_alt_names: spec.subject_alt_names.clone(),
         }
     }
 }

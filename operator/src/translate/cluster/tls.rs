@@ -210,23 +210,25 @@ pub fn san_matchers(names: &[String]) -> Vec<SubjectAltNameMatcher> {
 }
 
 /// `spiffe://<trust domain>/ns/<ns>/sa/<sa>` of every service account the service's
-/// endpoints run as, in the mesh's trust domain and each alias (istiod's service accounts of
-/// a service), sorted.
+/// endpoints run as, and its ServiceEntry's `subjectAltNames`, in the mesh's trust domain
+/// and each alias (istiod's service accounts of a service), sorted.
 pub fn service_accounts(service: &Service, trust_domains: &TrustDomains) -> Vec<String> {
     let namespace = service.namespace();
-    let accounts: BTreeSet<String> = service
+    let of_endpoints = service
         .endpoints
         .iter()
         .filter(|e| !e.service_account.is_empty())
-        .flat_map(|e| {
+        .map(|e| {
             let sa = &e.service_account;
-            let id = if sa.starts_with("spiffe://") {
+            if sa.starts_with("spiffe://") {
                 sa.to_string()
             } else {
                 trust_domains.identity(namespace, sa)
-            };
-            trust_domains.expand_identity(&id)
-        })
+            }
+        });
+    let accounts: BTreeSet<String> = of_endpoints
+        .chain(service.subject_alt_names.iter().cloned())
+        .flat_map(|id| trust_domains.expand_identity(&id))
         .collect();
     accounts.into_iter().collect()
 }
@@ -442,6 +444,30 @@ mod tests {
                 "spiffe://example.org/ns/bookinfo/sa/reviews",
                 "spiffe://old.example/ns/bookinfo/sa/legacy",
                 "spiffe://old.example/ns/bookinfo/sa/reviews",
+            ]
+        );
+    }
+
+    /// istiod's `ServiceAccounts` of a ServiceEntry: its `subjectAltNames` beside its
+    /// endpoints' accounts.
+    #[test]
+    fn a_service_entrys_subject_alt_names_are_among_its_identities() {
+        let mut service = reviews_with_service_accounts();
+        service.subject_alt_names = vec![
+            "spiffe://cluster.local/ns/vm/sa/reviews-vm".into(),
+            "reviews.example.com".into(),
+        ];
+        let trust = TrustDomains::new("cluster.local", &["old.example".into()]);
+        assert_eq!(
+            service_accounts(&service, &trust),
+            [
+                "reviews.example.com",
+                "spiffe://cluster.local/ns/bookinfo/sa/legacy",
+                "spiffe://cluster.local/ns/bookinfo/sa/reviews",
+                "spiffe://cluster.local/ns/vm/sa/reviews-vm",
+                "spiffe://old.example/ns/bookinfo/sa/legacy",
+                "spiffe://old.example/ns/bookinfo/sa/reviews",
+                "spiffe://old.example/ns/vm/sa/reviews-vm",
             ]
         );
     }
