@@ -8,8 +8,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use capstan_e2e::capstan::Capstan;
 use capstan_e2e::connect_proxy::ConnectProxy;
 use capstan_e2e::envoy::{AdsMode, loopback};
@@ -431,4 +432,126 @@ spec:
         "the database was reached without the tunnel"
     );
     gateway.ensure_no_rejected_updates().await
+}
+
+/// A DestinationRule's `connectionPool.tcp.idleTimeout` closes a gateway TCP route's
+/// connections that stay idle that long (istiod puts it on the route's TCP proxy), and not
+/// one in use: a kept-alive HTTP/1.1 connection through the TCP server answers a second
+/// request, then is closed by the gateway once idle, which counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_routes_idle_connections_close_after_the_rules_idle_timeout() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    capstan_e2e::netns::network_up()?;
+    let env = TestEnv::new("a_tcp_routes_idle_connections_close_after_the_rules_idle_timeout")?;
+    let upstreams =
+        Upstreams::start_on_free_ports(Path::new(UPSTREAM_BIN), &[("db", "v1")], &env.log_dir)
+            .await?;
+    let tcp_port = capstan_e2e::gateway_mesh::gateway_port();
+    env.write_config(
+        "edge.yaml",
+        &format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: shop}}
+spec:
+  hosts: [db.shop.svc.cluster.local]
+  ports: [{{number: 5432, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tcp: {db}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: db, namespace: shop}}
+spec:
+  host: db.shop.svc.cluster.local
+  trafficPolicy: {{connectionPool: {{tcp: {{idleTimeout: 1s}}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {tcp_port}, name: tcp, protocol: TCP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: shop}}
+spec:
+  hosts: [db]
+  gateways: [istio-system/edge]
+  tcp:
+  - route: [{{destination: {{host: db, port: {{number: 5432}}}}}}]
+"#,
+            db = upstreams.port("db", "v1")?,
+        ),
+    )?;
+    let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
+    let gateway = start_gateway(&env, &capstan, AdsMode::Sotw).await?;
+    gateway
+        .wait_listener_port(&format!("0.0.0.0_{tcp_port}"), CONFIG_TIMEOUT)
+        .await?;
+    let mut tcp = HttpClient::new(loopback(tcp_port));
+    capstan_e2e::wait_until("the TCP server", CONFIG_TIMEOUT, async || {
+        tcp.get("anything", "/db", &[]).await?.upstream_reply()
+    })
+    .await?;
+
+    // One connection, two requests 300 ms apart: kept open while in use.
+    let mut conn = tokio::net::TcpStream::connect(loopback(tcp_port)).await?;
+    let request = b"GET /db HTTP/1.1\r\nHost: anything\r\n\r\n";
+    let mut buffer = vec![0u8; 1024];
+    for _ in 0..2 {
+        conn.write_all(request).await?;
+        let response = tokio::time::timeout(Duration::from_secs(5), read_response(&mut conn))
+            .await
+            .context("no reply in 5 s")??;
+        ensure!(response.starts_with("HTTP/1.1 200"), "no reply: {response}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let before = gateway.stats(r"^tcp\.gateway_.*\.idle_timeout$").await?;
+    // Then idle: the gateway closes it after about a second.
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buffer))
+        .await
+        .context("the idle connection was still open after 5 s")?;
+    ensure!(
+        matches!(read, Ok(0) | Err(_)),
+        "data on an idle connection: {read:?}"
+    );
+    let after = gateway.stats(r"^tcp\.gateway_.*\.idle_timeout$").await?;
+    ensure!(
+        after.values().sum::<u64>() > before.values().sum::<u64>(),
+        "the gateway counted no idle timeout: {before:?} -> {after:?}"
+    );
+    drop(upstreams);
+    gateway.ensure_no_rejected_updates().await
+}
+
+/// One whole HTTP/1.1 response with a `content-length` off `conn`, as text.
+async fn read_response(conn: &mut tokio::net::TcpStream) -> anyhow::Result<String> {
+    use tokio::io::AsyncReadExt;
+
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .context("no content-length")?;
+            if body.len() >= length {
+                return Ok(text);
+            }
+        }
+        let read = conn.read(&mut chunk).await?;
+        anyhow::ensure!(read > 0, "closed mid-response: {text}");
+        bytes.extend_from_slice(&chunk[..read]);
+    }
 }

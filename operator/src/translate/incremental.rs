@@ -517,6 +517,8 @@ mod source_labels_tests;
 mod selecting_hash_tests;
 
 #[cfg(test)]
+mod stream_rule_tests;
+#[cfg(test)]
 mod stream_source_tests;
 
 #[cfg(test)]

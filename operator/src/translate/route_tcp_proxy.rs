@@ -2,7 +2,11 @@
 //! the destination's cluster, or weighted clusters for a split; with one destination, the
 //! `tunnel` of the DestinationRule the caller reads for it (istiod's tunnelling config): the
 //! connection is carried through that host, an HTTP proxy, as an HTTP CONNECT (or POST)
-//! tunnel to the rule's `targetHost:targetPort`.
+//! tunnel to the rule's `targetHost:targetPort`. From the rule of the (first) destination
+//! too, as istiod's `buildOutboundNetworkFiltersWith*`: its `connectionPool.tcp.idleTimeout`
+//! and `maxConnectionDuration` (the rule's own, not a port's or a subset's) close idle and
+//! old connections, and a `consistentHash.useSourceIp` (the subset's load balancer, if it
+//! has one) hashes connections by client address.
 
 use envoy_types::pb::envoy::config::listener::v3::Filter;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
@@ -11,11 +15,14 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::{
     ClusterSpecifier, TunnelingConfig, WeightedCluster,
 };
+use envoy_types::pb::envoy::r#type::v3::HashPolicy;
+use envoy_types::pb::envoy::r#type::v3::hash_policy::{PolicySpecifier, SourceIp};
 use envoy_types::util::pack_any;
 
-use crate::model::Mesh;
 use crate::model::stream_routes::Destination;
-use crate::translate::cluster::policy_in;
+use crate::model::traffic_policy::{HashKey, Tunnel};
+use crate::model::{DestinationRule, Mesh};
+use crate::translate::cluster::{policy_in, proto_duration};
 use crate::translate::route::cluster_for;
 
 /// A piece of config and the hosts it sends to (a change to one of them rebuilds it).
@@ -40,16 +47,13 @@ pub fn route_proxy(
     };
     let cluster = |d: &Destination| cluster_for(mesh, &d.host, d.subset.as_deref(), d.port, port);
     let mut tunneling_config = None;
+    let first = live.first()?;
+    let rule = mesh.rule_for(&first.host, caller);
     let specifier = match live.as_slice() {
         [] => return None,
         [only] => {
-            let rule = mesh.rule_for(&only.host, caller);
             let policy = policy_in(rule, only.subset.as_deref(), only.port.unwrap_or(port));
-            tunneling_config = policy.tunnel.map(|t| TunnelingConfig {
-                hostname: t.authority,
-                use_post: t.use_post,
-                ..Default::default()
-            });
+            tunneling_config = policy.tunnel.map(tunneling);
             ClusterSpecifier::Cluster(cluster(only))
         }
         several => ClusterSpecifier::WeightedClusters(WeightedCluster {
@@ -63,19 +67,100 @@ pub fn route_proxy(
                 .collect(),
         }),
     };
-    let proxy = TcpProxy {
+    let subset = match live.as_slice() {
+        [only] => only.subset.as_deref(),
+        _ => None,
+    };
+    let mut proxy = TcpProxy {
         stat_prefix: stat_prefix.to_string(),
         cluster_specifier: Some(specifier),
         tunneling_config,
         ..Default::default()
     };
+    apply_rule(&mut proxy, rule, subset);
     Some(Built {
-        value: Filter {
-            name: "envoy.filters.network.tcp_proxy".to_string(),
-            config_type: Some(FilterConfig::TypedConfig(pack_any(proxy))),
-        },
+        value: filter(proxy),
         destinations: live.iter().map(|d| d.host.clone()).collect(),
     })
+}
+
+/// A connection's own TCP proxy to `host` on `port`, where no route says otherwise, as the
+/// proxies of namespace `caller` get it: to the host's cluster, with what its rule sets
+/// (as [`route_proxy`] with the one destination).
+pub fn own_proxy(
+    mesh: &Mesh,
+    host: &str,
+    port: u32,
+    caller: Option<&str>,
+    stat_prefix: &str,
+) -> Filter {
+    let own = Destination {
+        host: host.to_string(),
+        subset: None,
+        port: None,
+        weight: 100,
+    };
+    match route_proxy(mesh, port, std::slice::from_ref(&own), caller, stat_prefix) {
+        Some(built) => built.value,
+        // One destination always makes a proxy.
+        None => filter(TcpProxy::default()),
+    }
+}
+
+/// What `rule` sets on a TCP proxy to its host (tunnel, connection limits, hash), with no
+/// subset: a change to it rebuilds the listeners with the host's own chains.
+pub fn rule_effects(rule: Option<&DestinationRule>) -> TcpProxy {
+    let top = rule
+        .and_then(|r| r.traffic_policy.as_deref())
+        .and_then(|p| p.top.as_ref());
+    let mut proxy = TcpProxy {
+        tunneling_config: top.and_then(|t| t.policy.tunnel.clone()).map(tunneling),
+        ..Default::default()
+    };
+    apply_rule(&mut proxy, rule, None);
+    proxy
+}
+
+fn tunneling(tunnel: Tunnel) -> TunnelingConfig {
+    TunnelingConfig {
+        hostname: tunnel.authority,
+        use_post: tunnel.use_post,
+        ..Default::default()
+    }
+}
+
+fn filter(proxy: TcpProxy) -> Filter {
+    Filter {
+        name: "envoy.filters.network.tcp_proxy".to_string(),
+        config_type: Some(FilterConfig::TypedConfig(pack_any(proxy))),
+    }
+}
+
+/// The rule's connection limits and source-IP hash on `proxy` (see the module doc).
+fn apply_rule(proxy: &mut TcpProxy, rule: Option<&DestinationRule>, subset: Option<&str>) {
+    let Some(policies) = rule.and_then(|r| r.traffic_policy.as_deref()) else {
+        return;
+    };
+    let top = policies.top.as_ref().map(|t| &t.policy);
+    let tcp = top
+        .and_then(|p| p.connection_pool.as_ref())
+        .and_then(|pool| pool.tcp.as_ref());
+    if let Some(tcp) = tcp {
+        proxy.idle_timeout = tcp.idle_timeout.map(proto_duration);
+        proxy.max_downstream_connection_duration = tcp.max_connection_duration.map(proto_duration);
+    }
+    let subset_lb = subset
+        .and_then(|s| policies.subsets.get(s))
+        .and_then(|p| p.policy.load_balancer.as_ref());
+    let load_balancer = subset_lb.or(top.and_then(|p| p.load_balancer.as_ref()));
+    let by_source_ip = load_balancer
+        .and_then(|lb| lb.consistent_hash.as_ref())
+        .is_some_and(|hash| hash.key == Some(HashKey::SourceIp));
+    if by_source_ip {
+        proxy.hash_policy = vec![HashPolicy {
+            policy_specifier: Some(PolicySpecifier::SourceIp(SourceIp {})),
+        }];
+    }
 }
 
 #[cfg(test)]
@@ -117,6 +202,62 @@ spec:
         };
         let proxy = TcpProxy::decode(any.value.as_slice()).expect("decodes");
         proxy.tunneling_config.map(|t| (t.hostname, t.use_post))
+    }
+
+    fn proxy(yaml: &str, destinations: &[Destination]) -> TcpProxy {
+        let m = mesh(&format!("{PROXY}{yaml}"));
+        let built = route_proxy(&m, 5432, destinations, None, "stat").expect("a proxy");
+        let Some(FilterConfig::TypedConfig(any)) = built.value.config_type else {
+            panic!("no typed config");
+        };
+        TcpProxy::decode(any.value.as_slice()).expect("decodes")
+    }
+
+    /// As istiod: the rule's own idle timeout and connection lifetime, whatever the subset
+    /// (a subset's pool is the cluster's business); a source-IP hash from the subset's load
+    /// balancer when it has one, else the rule's; a split takes the first destination's rule.
+    #[test]
+    fn the_rule_sets_connection_limits_and_a_source_ip_hash() {
+        let rule = destination_rule(
+            "egress",
+            "proxy",
+            "proxy.corp.internal",
+            "  trafficPolicy:
+    connectionPool: {tcp: {idleTimeout: 90s, maxConnectionDuration: 10m}}
+    loadBalancer: {consistentHash: {useSourceIp: true}}
+  subsets:
+  - name: b
+    labels: {site: b}
+    trafficPolicy:
+      connectionPool: {tcp: {idleTimeout: 5s}}
+      loadBalancer: {simple: ROUND_ROBIN}
+",
+        );
+        let host = "proxy.corp.internal";
+        let whole = proxy(&rule, &[to(host, None, 100)]);
+        assert_eq!(whole.idle_timeout.map(|d| d.seconds), Some(90));
+        assert_eq!(
+            whole.max_downstream_connection_duration.map(|d| d.seconds),
+            Some(600)
+        );
+        assert_eq!(
+            whole.hash_policy[0].policy_specifier,
+            Some(PolicySpecifier::SourceIp(SourceIp {}))
+        );
+        let b = proxy(&rule, &[to(host, Some("b"), 100)]);
+        assert_eq!(b.idle_timeout.map(|d| d.seconds), Some(90));
+        assert!(b.hash_policy.is_empty(), "b balances round robin");
+        let split = proxy(&rule, &[to(host, Some("b"), 50), to(host, None, 50)]);
+        assert_eq!(split.idle_timeout.map(|d| d.seconds), Some(90));
+        assert_eq!(split.hash_policy.len(), 1);
+        assert_eq!(
+            proxy("", &[to(host, None, 100)]),
+            TcpProxy {
+                stat_prefix: "stat".into(),
+                cluster_specifier: whole.cluster_specifier.clone(),
+                ..Default::default()
+            }
+        );
     }
 
     #[test]

@@ -228,9 +228,14 @@ pub fn service_accounts(service: &Service, trust_domains: &TrustDomains) -> Vec<
         });
     let accounts: BTreeSet<String> = of_endpoints
         .chain(service.subject_alt_names.iter().cloned())
-        .flat_map(|id| trust_domains.expand_identity(&id))
         .collect();
-    accounts.into_iter().collect()
+    if trust_domains.all().len() == 1 {
+        return accounts.into_iter().collect();
+    }
+    let expanded: BTreeSet<String> = (accounts.iter())
+        .flat_map(|id| trust_domains.expand_identity(id))
+        .collect();
+    expanded.into_iter().collect()
 }
 
 /// istiod's SNI for in-mesh mTLS: `outbound_.<port>_.<subset>_.<host>`.

@@ -14,7 +14,9 @@ use crate::model::sidecar_scope::{
 use crate::model::traffic_policy::ConnectionPool;
 use crate::model::{Mesh, PolicyScope, Problem, Service};
 use crate::translate::authorization::InboundAuthz;
+use crate::translate::route_tcp_proxy::rule_effects;
 use capstan_crds::ProtocolClass;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use port_listeners::{PortListeners, port_listeners};
 use shared_chains::{ChainScopes, KeptListener, SharedListener};
 
@@ -35,6 +37,9 @@ enum PortUse {
 #[derive(Default)]
 struct HostUse {
     ports: Vec<(u32, PortUse)>,
+    /// What its DestinationRules set on its own TCP proxies, for the rest and per namespace
+    /// reading another rule: a change rebuilds its ports' listeners.
+    stream_rules: Vec<(Option<String>, TcpProxy)>,
     /// The workload addresses of its endpoints.
     workloads: BTreeSet<String>,
 }
@@ -174,10 +179,13 @@ impl CaptureState {
                 }
             }
             let old = self.hosts.remove(host).unwrap_or_default();
-            let new = mesh.services.get(host).map(host_use).unwrap_or_default();
-            // A port's listeners read only how its hosts use it (and their routes, see
-            // `routes_changed`): an endpoint change leaves them be.
-            if old.ports != new.ports {
+            let new = (mesh.services.get(host))
+                .map(|s| host_use(mesh, s))
+                .unwrap_or_default();
+            // A port's listeners read only how its hosts use it, what their rules set on
+            // their own chains (and their routes, see `routes_changed`): an endpoint change
+            // leaves them be.
+            if old.ports != new.ports || old.stream_rules != new.stream_rules {
                 for (port, _) in &old.ports {
                     if let Some(users) = self.ports.get_mut(port) {
                         users.remove(host);
@@ -493,8 +501,20 @@ pub(super) fn put<M: prost::Message + prost::Name>(
     }
 }
 
-fn host_use(service: &Service) -> HostUse {
+fn host_use(mesh: &Mesh, service: &Service) -> HostUse {
+    let rules = mesh.destination_rules.get(&service.host);
+    let mut stream_rules: Vec<(Option<String>, TcpProxy)> = match rules {
+        Some(rules) => std::iter::once((None, &rules.everyone))
+            .chain((rules.by_namespace.iter()).map(|(ns, rule)| (Some(ns.clone()), rule)))
+            .map(|(ns, rule)| (ns, rule_effects(rule.as_ref())))
+            .collect(),
+        None => Vec::new(),
+    };
+    if stream_rules.iter().all(|(_, e)| *e == TcpProxy::default()) {
+        stream_rules.clear();
+    }
     HostUse {
+        stream_rules,
         ports: service
             .ports
             .iter()

@@ -8,13 +8,12 @@ use envoy_types::pb::envoy::config::listener::v3::{FilterChainMatch, Listener};
 
 use super::outbound;
 use super::subnet_chains::{Claim, Claimed, StreamChains};
-use super::tcp_proxy;
 use crate::model::service::ExportTo;
 use crate::model::stream_routes::StreamMatch;
 use crate::model::{Mesh, Problem, VirtualService};
 use crate::translate::cluster_name;
 use crate::translate::route::{Caller, Labels, includes, label_classes};
-use crate::translate::route_tcp_proxy::route_proxy;
+use crate::translate::route_tcp_proxy::{own_proxy, route_proxy};
 
 pub use crate::translate::route_tcp_proxy::Built;
 
@@ -47,6 +46,7 @@ pub struct Sources {
 impl Sources {
     /// Adds what `host`'s VirtualService tells apart.
     pub fn add(&mut self, mesh: &Mesh, host: &str) {
+        self.add_rule_namespaces(mesh, host);
         let Some(vs) = mesh.virtual_service_for(host) else {
             return;
         };
@@ -59,6 +59,14 @@ impl Sources {
         }
         if let ExportTo::Namespaces(exported) = &vs.export_to {
             self.namespaces.extend(exported.iter().cloned());
+        }
+    }
+
+    /// Adds the namespaces whose sidecars read another DestinationRule for `host` than the
+    /// rest: its own chains carry what their rule sets.
+    fn add_rule_namespaces(&mut self, mesh: &Mesh, host: &str) {
+        if let Some(rules) = mesh.destination_rules.get(host) {
+            self.namespaces.extend(rules.by_namespace.keys().cloned());
         }
     }
 
@@ -167,7 +175,8 @@ pub fn stream_chains(
     Built {
         value: StreamChains {
             by_subnets,
-            rest: rest.unwrap_or_else(|| tcp_proxy(&own, &own)),
+            rest: rest
+                .unwrap_or_else(|| own_proxy(mesh, host, port, caller.namespace.as_deref(), &own)),
         },
         destinations,
     }
