@@ -363,7 +363,8 @@ spec:
 
 /// A root VirtualService bound to the gateway delegates `/reviews` to a VirtualService a team
 /// owns (no hosts): the team's routes serve under the root's match, and editing only the
-/// delegate reroutes the running gateway.
+/// delegate reroutes the running gateway. As istiod's `mergeHTTPRoute`, the root route's
+/// `headers` apply to a team route that sets none; one with its own keeps them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delegate_virtual_service_routes_under_its_root() -> anyhow::Result<()> {
     let port = capstan_e2e::gateway_mesh::gateway_port();
@@ -376,6 +377,7 @@ spec:
   http:
   - match: [{uri: {prefix: /reviews}}]
     delegate: {name: reviews-team, namespace: team}
+    headers: {request: {set: {x-root: applied}}}
 "#;
     let team = |jason: &str, others: &str| {
         format!(
@@ -386,6 +388,7 @@ spec:
   http:
   - match: [{{headers: {{end-user: {{exact: jason}}}}}}]
     route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: {jason}}}}}]
+    headers: {{request: {{set: {{x-team: jason}}}}}}
   - route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: {others}}}}}]
 "#
         )
@@ -419,6 +422,24 @@ spec:
         Ok(())
     })
     .await?;
+    let headers_of = async |headers: &[(&str, &str)]| -> anyhow::Result<_> {
+        let reply = HttpClient::new(addr)
+            .get("shop.example.com", "/reviews/1", headers)
+            .await?
+            .upstream_reply()?;
+        let header = |name: &str| reply.headers.get(name).cloned();
+        Ok((header("x-root"), header("x-team")))
+    };
+    let others = headers_of(&[]).await?;
+    ensure!(
+        others == (Some("applied".into()), None),
+        "the root route's headers on a team route without its own: {others:?}"
+    );
+    let jason = headers_of(&[("end-user", "jason")]).await?;
+    ensure!(
+        jason == (None, Some("jason".into())),
+        "a team route with headers of its own: {jason:?}"
+    );
     mesh.env.write_config("team.yaml", &team("v1", "v1"))?;
     capstan_e2e::wait_until("the edited delegate", CONFIG_TIMEOUT, async || {
         let (jason, others) = (

@@ -2,13 +2,15 @@
 //! routes of another VirtualService (one without hosts), each under the root's match and its
 //! own. The model expands them when it reads the root, so translation never sees a delegate;
 //! as in Istio, only one level is followed and a delegate's match that contradicts the root's
-//! is dropped (and reported).
+//! is dropped (and reported). As istiod's `mergeHTTPRoute`, what a delegate route leaves
+//! unset (rewrite, timeout, retries, fault, mirrors, headers, CORS) it takes from the root's
+//! route, and its matches keep the root's source conditions.
 
 use capstan_crds::networking::virtual_service as api;
 use capstan_crds::{IstioObject, Kind, ObjectKey};
 
 use super::Problem;
-use super::routing::{self, Action, HttpMatch, HttpRoute, StringMatch};
+use super::routing::{self, Action, HttpMatch, HttpRoute, Retries, Rewrite, StringMatch};
 use crate::index::Index;
 
 /// The VirtualService a root's route delegates to.
@@ -85,17 +87,45 @@ pub fn expand(
                 continue;
             }
             child_route.matches = merged;
-            if child_route.name.is_none() {
-                child_route.name = Some(format!(
+            child_route.name = Some(match (&route.name, &child_route.name) {
+                (Some(root), Some(own)) => format!("{root}-{own}"),
+                (None, Some(own)) => own.clone(),
+                (root, None) => format!(
                     "{}.{}.http[{j}]",
-                    route.name.clone().unwrap_or_else(|| format!("http[{i}]")),
+                    root.clone().unwrap_or_else(|| format!("http[{i}]")),
                     target.name
-                ));
-            }
+                ),
+            });
+            inherit(&route, &mut child_route);
             out.push(child_route);
         }
     }
     out
+}
+
+/// What `child` leaves unset, from the root's route (istiod's `mergeHTTPRoute`).
+fn inherit(root: &HttpRoute, child: &mut HttpRoute) {
+    if child.rewrite == Rewrite::default() {
+        child.rewrite = root.rewrite.clone();
+    }
+    if child.timeout.is_none() {
+        child.timeout = root.timeout;
+    }
+    if child.retries == Retries::Default {
+        child.retries = root.retries.clone();
+    }
+    if child.fault.is_none() {
+        child.fault = root.fault.clone();
+    }
+    if child.mirrors.is_empty() {
+        child.mirrors = root.mirrors.clone();
+    }
+    if child.headers.is_empty() {
+        child.headers = root.headers.clone();
+    }
+    if child.cors.is_none() {
+        child.cors = root.cors.clone();
+    }
 }
 
 /// Every root match combined with every delegate match (either side empty matches all); the
@@ -134,8 +164,29 @@ fn merge(root: &HttpMatch, child: &HttpMatch) -> Option<HttpMatch> {
             }
         }
     }
-    // Where the route applies is the root's business.
-    out.gateways = root.gateways.clone();
+    // The root's gateways, of which the delegate may name some (istiod's `hasConflict`).
+    if out.gateways.is_empty() {
+        out.gateways = root.gateways.clone();
+    } else if !root.gateways.is_empty() && !out.gateways.iter().all(|g| root.gateways.contains(g)) {
+        return None;
+    }
+    // The root's callers, which the delegate may narrow.
+    out.source_namespace = same(&root.source_namespace, &child.source_namespace)?;
+    for (name, value) in &root.source_labels {
+        match out.source_labels.get(name) {
+            Some(existing) if existing != value => return None,
+            _ => {
+                out.source_labels.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    out.name = match (&root.name, &child.name) {
+        (Some(r), Some(c)) => Some(format!("{r}-{c}")),
+        (r, c) => c.clone().or_else(|| r.clone()),
+    };
+    if out.stat_prefix.is_none() {
+        out.stat_prefix = root.stat_prefix.clone();
+    }
     Some(out)
 }
 
@@ -237,8 +288,80 @@ mod tests {
 
 #[cfg(test)]
 mod expansion_tests {
-    use crate::model::routing::Action;
-    use crate::translate::test_support::{REVIEWS, mesh};
+    use std::time::Duration;
+
+    use crate::model::routing::{Action, Retries};
+    use crate::translate::test_support::{REVIEWS, mesh, mesh_and_problems};
+
+    /// istiod's `mergeHTTPRoute`: a delegate route takes what it leaves unset from the
+    /// root's route, keeps what it sets; its matches keep the root's callers and gateways,
+    /// and one naming a gateway the root does not is dropped.
+    #[test]
+    fn delegate_routes_take_what_they_leave_unset_from_the_root() {
+        let (mesh, problems) = mesh_and_problems(&format!(
+            r#"{REVIEWS}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: root, namespace: bookinfo}}
+spec:
+  hosts: [reviews]
+  gateways: [mesh, edge]
+  http:
+  - name: root
+    match: [{{uri: {{prefix: /reviews}}, sourceLabels: {{app: web}}, gateways: [mesh]}}]
+    delegate: {{name: team, namespace: team}}
+    timeout: 3s
+    retries: {{attempts: 0}}
+    headers: {{request: {{set: {{x-root: "1"}}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: team, namespace: team}}
+spec:
+  http:
+  - name: two
+    match: [{{uri: {{prefix: /reviews/2}}}}]
+    route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: v2}}}}]
+    timeout: 1s
+  - match: [{{uri: {{prefix: /reviews/3}}, gateways: [edge]}}]
+    route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: v1}}}}]
+  - route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: v1}}}}]
+    headers: {{request: {{set: {{x-team: "1"}}}}}}
+"#
+        ));
+        let problems: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(
+            problems,
+            ["team/team http[1]: its match contradicts the root's; not served"]
+        );
+        let root = mesh
+            .virtual_service_for("reviews.bookinfo.svc.cluster.local")
+            .expect("routed");
+        let names: Vec<Option<&str>> = root.http.iter().map(|r| r.name.as_deref()).collect();
+        assert_eq!(
+            names,
+            [Some("root-two"), Some("root.team.http[2]")],
+            "the edge-only match is not within the root's gateways"
+        );
+        let (two, rest) = (&root.http[0], &root.http[1]);
+        assert_eq!(two.timeout, Some(Duration::from_secs(1)), "its own");
+        assert_eq!(rest.timeout, Some(Duration::from_secs(3)), "the root's");
+        assert_eq!(
+            (&two.retries, &rest.retries),
+            (&Retries::Disabled, &Retries::Disabled)
+        );
+        assert!(two.headers.request.set.contains_key("x-root"));
+        assert!(
+            !rest.headers.request.set.contains_key("x-root"),
+            "its own headers"
+        );
+        for route in &root.http {
+            let m = &route.matches[0];
+            assert_eq!(m.gateways, ["mesh"]);
+            assert_eq!(m.source_labels.get("app").map(String::as_str), Some("web"));
+        }
+    }
 
     #[test]
     fn the_root_carries_the_delegate_routes_that_narrow_its_match() {
