@@ -1,5 +1,6 @@
 //! ServiceEntry resolutions with a real Envoy: DNS and DNS_ROUND_ROBIN entries name their
-//! endpoints by DNS name, and Envoy resolves them itself (STRICT_DNS / LOGICAL_DNS clusters).
+//! endpoints by DNS name, and Envoy resolves them itself (STRICT_DNS / LOGICAL_DNS clusters);
+//! `exportTo`; a STATIC endpoint on a Unix socket.
 
 use std::path::Path;
 
@@ -143,4 +144,61 @@ spec:
         envoy.ensure_no_rejected_updates().await?;
     }
     Ok(())
+}
+
+/// A STATIC entry's endpoint `unix:///path`: the sidecar connects to that Unix socket (an
+/// Envoy `pipe` address, as istiod builds it), where a plain HTTP server answers; before,
+/// Envoy was sent the path as an IP address and rejected the load assignment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_endpoint_is_reached() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let env = TestEnv::new("a_unix_socket_endpoint_is_reached")?;
+    let socket = env.log_dir.join("local-api.sock");
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)?;
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = served.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = conn.read(&mut request).await;
+                let body = "from the unix socket";
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    env.write_config(
+        "local-api.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: local-api, namespace: shop}}
+spec:
+  hosts: [local-api.example.com]
+  location: MESH_EXTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 'unix://{}'}}]
+",
+            socket.display()
+        ),
+    )?;
+    let (_capstan, envoy, mut client) = capstan_and_sidecar(&env, AdsMode::Sotw).await?;
+    let body = capstan_e2e::wait_until("the unix socket endpoint", CONFIG_TIMEOUT, async || {
+        let response = client.get("local-api.example.com", "/", &[]).await?;
+        ensure!(response.status == 200, "{}", response.status);
+        Ok(response.text())
+    })
+    .await?;
+    ensure!(body == "from the unix socket", "{body}");
+    ensure!(served.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    server.abort();
+    envoy.ensure_no_rejected_updates().await
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, HealthStatus, Locality, Metadata, SocketAddress,
+    Address, HealthStatus, Locality, Metadata, Pipe, SocketAddress,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -251,14 +251,23 @@ pub fn load_assignment(
 }
 
 fn lb_endpoint(address: &str, port: u32, weight: u32, health: Health) -> LbEndpoint {
+    // A ServiceEntry endpoint `unix:///path` (or `unix://@abstract`) is a Unix socket, as
+    // istiod's `BuildAddress` makes it; Envoy refuses it as an IP address.
+    let kind = match address.strip_prefix("unix://") {
+        Some(path) => AddressKind::Pipe(Pipe {
+            path: path.to_string(),
+            mode: 0,
+        }),
+        None => AddressKind::SocketAddress(SocketAddress {
+            address: address.to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(port)),
+            ..Default::default()
+        }),
+    };
     LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
             address: Some(Address {
-                address: Some(AddressKind::SocketAddress(SocketAddress {
-                    address: address.to_string(),
-                    port_specifier: Some(PortSpecifier::PortValue(port)),
-                    ..Default::default()
-                })),
+                address: Some(kind),
             }),
             ..Default::default()
         })),
