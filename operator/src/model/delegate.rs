@@ -11,6 +11,7 @@ use capstan_crds::{IstioObject, Kind, ObjectKey};
 
 use super::Problem;
 use super::routing::{self, Action, HttpMatch, HttpRoute, Retries, Rewrite, StringMatch};
+use super::service::ExportTo;
 use crate::index::Index;
 
 /// The VirtualService a root's route delegates to.
@@ -64,6 +65,15 @@ pub fn expand(
             problems.push(report(format!(
                 "{}/{} has hosts, and a delegate must not; not followed",
                 target.namespace, target.name
+            )));
+            continue;
+        }
+        // As istiod: a delegate serves the roots of the namespaces it is exported to.
+        let export_to = ExportTo::parse(&child.spec.export_to, &target.namespace);
+        if !export_to.includes(Some(&key.namespace)) {
+            problems.push(report(format!(
+                "{}/{} is not exported to namespace {}; not followed",
+                target.namespace, target.name, key.namespace
             )));
             continue;
         }
@@ -328,12 +338,31 @@ spec:
     route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: v1}}}}]
   - route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: v1}}}}]
     headers: {{request: {{set: {{x-team: "1"}}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: private, namespace: team}}
+spec:
+  exportTo: [.]
+  http:
+  - route: [{{destination: {{host: reviews.bookinfo.svc.cluster.local, subset: v2}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: other-root, namespace: bookinfo}}
+spec:
+  hosts: [ratings.example.com]
+  http:
+  - delegate: {{name: private, namespace: team}}
 "#
         ));
         let problems: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
         assert_eq!(
             problems,
-            ["team/team http[1]: its match contradicts the root's; not served"]
+            [
+                "team/private is not exported to namespace bookinfo; not followed",
+                "team/team http[1]: its match contradicts the root's; not served"
+            ]
         );
         let root = mesh
             .virtual_service_for("reviews.bookinfo.svc.cluster.local")

@@ -2,6 +2,7 @@
 //! and the object's status says so instead of the config being ignored silently.
 
 use capstan_crds::networking::destination_rule as dr;
+use capstan_crds::networking::service_entry as se_api;
 use capstan_crds::networking::sidecar::CaptureMode;
 use capstan_crds::{IstioObject, Kind, ObjectKey};
 
@@ -210,6 +211,25 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                     traffic_policy(&field, policy, &mut not_applied);
                 }
             }
+            extra.extend(failover_without_outlier_detection(&key, spec));
+        }
+        IstioObject::ServiceEntry(se) => {
+            let spec = &se.spec;
+            if spec.resolution == se_api::Resolution::DynamicDns {
+                not_applied(
+                    "spec.resolution".into(),
+                    "DYNAMIC_DNS (served as DNS_ROUND_ROBIN: each endpoint's name is resolved, \
+                     a wildcard host is not resolved per request)",
+                );
+            }
+            for (i, endpoint) in spec.endpoints.iter().enumerate() {
+                if !endpoint.network.is_empty() {
+                    not_applied(
+                        format!("spec.endpoints[{i}].network"),
+                        "network (multi-network meshes)",
+                    );
+                }
+            }
         }
         IstioObject::Sidecar(sc) => {
             // The egress hosts scope what sidecars receive; ingress listeners (port,
@@ -302,6 +322,63 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
         _ => {}
     }
     out.extend(extra);
+    out
+}
+
+/// Locality `failover` and `failoverPriority` in a rule without `outlierDetection`: as in
+/// Istio they have no effect (Envoy leaves the nearest locality only for endpoints outlier
+/// detection ejects), which is said rather than left silent.
+fn failover_without_outlier_detection(
+    key: &ObjectKey,
+    spec: &dr::DestinationRuleSpec,
+) -> Vec<Problem> {
+    let policies = std::iter::once((
+        "spec.trafficPolicy".to_string(),
+        spec.traffic_policy.as_ref(),
+    ))
+    .chain(spec.subsets.iter().enumerate().map(|(i, s)| {
+        (
+            format!("spec.subsets[{i}].trafficPolicy"),
+            s.traffic_policy.as_ref(),
+        )
+    }))
+    .filter_map(|(at, policy)| Some((at, policy?)));
+    let levels: Vec<(String, &dr::TrafficPolicy)> = policies.collect();
+    let detects = levels.iter().any(|(_, p)| {
+        p.outlier_detection.is_some()
+            || p.port_level_settings
+                .iter()
+                .any(|port| port.outlier_detection.is_some())
+    });
+    if detects {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (at, policy) in &levels {
+        let lbs = std::iter::once((at.clone(), policy.load_balancer.as_ref())).chain(
+            (policy.port_level_settings.iter().enumerate()).map(|(i, port)| {
+                (
+                    format!("{at}.portLevelSettings[{i}]"),
+                    port.load_balancer.as_ref(),
+                )
+            }),
+        );
+        for (at, lb) in lbs {
+            let Some(locality) = lb.and_then(|lb| lb.locality_lb_setting.as_ref()) else {
+                continue;
+            };
+            if locality.failover.is_empty() && locality.failover_priority.is_empty() {
+                continue;
+            }
+            out.push(Problem {
+                object: key.clone(),
+                field: format!("{at}.loadBalancer.localityLbSetting"),
+                message: "failover and failoverPriority take effect only with outlierDetection \
+                          (as in Istio): without it, requests stay in the nearest locality"
+                    .into(),
+            });
+        }
+    }
     out
 }
 
@@ -419,6 +496,84 @@ spec:
             ],
             "{problems:?}"
         );
+    }
+
+    fn named_fields(yaml: &str) -> Vec<(String, String)> {
+        let document = capstan_crds::parse_single("t.yaml", yaml).expect("valid");
+        assert!(document.validate().is_empty(), "{:?}", document.validate());
+        (fields(&document.object).into_iter())
+            .map(|p| (p.field, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn dynamic_dns_and_endpoint_networks_are_named() {
+        let named = named_fields(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: shop}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+  endpoints: [{address: api.internal, network: vpc-b}, {address: api2.internal}]
+"#,
+        );
+        let fields: Vec<&str> = named.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["spec.endpoints[0].network"]);
+        let named = named_fields(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: any, namespace: shop}
+spec:
+  hosts: ["*.example.com"]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DYNAMIC_DNS
+"#,
+        );
+        assert_eq!(named.len(), 1, "{named:?}");
+        assert_eq!(named[0].0, "spec.resolution");
+        assert!(named[0].1.contains("DNS_ROUND_ROBIN"), "{named:?}");
+    }
+
+    /// As in Istio, failover needs outlier detection somewhere in the rule; said where a
+    /// rule has none.
+    #[test]
+    fn locality_failover_without_outlier_detection_is_named() {
+        let rule = |outlier: &str| {
+            format!(
+                r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: bookinfo}}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        failover: [{{from: us-east-1, to: us-west-2}}]
+{outlier}  subsets:
+  - name: v1
+    labels: {{version: v1}}
+    trafficPolicy:
+      loadBalancer: {{localityLbSetting: {{failoverPriority: [topology.kubernetes.io/zone]}}}}
+"#
+            )
+        };
+        let named = named_fields(&rule(""));
+        let fields: Vec<&str> = named.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.trafficPolicy.loadBalancer.localityLbSetting",
+                "spec.subsets[0].trafficPolicy.loadBalancer.localityLbSetting"
+            ]
+        );
+        assert!(named[0].1.contains("outlierDetection"), "{named:?}");
+        let detected = named_fields(&rule("    outlierDetection: {consecutive5xxErrors: 3}\n"));
+        assert_eq!(detected, vec![]);
     }
 
     #[test]

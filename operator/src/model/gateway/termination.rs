@@ -73,6 +73,12 @@ pub(crate) fn terminate(
                 "verifyCertificateHash",
                 !tls.verify_certificate_hash.is_empty(),
             ),
+            ("subjectAltNames", !tls.subject_alt_names.is_empty()),
+            ("caCertificates", !tls.ca_certificates.is_empty()),
+            (
+                "caCertCredentialName",
+                !tls.ca_cert_credential_name.is_empty(),
+            ),
         ] {
             if set {
                 report(

@@ -147,14 +147,16 @@ fn versions_cipher_suites_and_pins_are_applied_and_unknown_suites_left_out() {
       verifyCertificateHash: ["AB:CD"]
   - port: {number: 8443, name: https-simple, protocol: HTTPS}
     hosts: [shop.example.com]
-    tls: {mode: SIMPLE, credentialName: shop-cert, minProtocolVersion: TLS_AUTO, verifyCertificateHash: ["AB:CD"]}
+    tls: {mode: SIMPLE, credentialName: shop-cert, minProtocolVersion: TLS_AUTO, verifyCertificateHash: ["AB:CD"], subjectAltNames: [client.example.com], caCertCredentialName: shop-ca}
 "#,
     );
     assert_eq!(
         fields(&problems),
         [
             "spec.servers[0].tls.cipherSuites[1]",
-            "spec.servers[1].tls.verifyCertificateHash"
+            "spec.servers[1].tls.verifyCertificateHash",
+            "spec.servers[1].tls.subjectAltNames",
+            "spec.servers[1].tls.caCertCredentialName"
         ]
     );
     assert!(
