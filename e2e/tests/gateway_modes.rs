@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use capstan_ca::SpiffeId;
@@ -38,6 +39,18 @@ async fn ssl_stat(envoy: &Envoy, name: &str) -> anyhow::Result<u64> {
     Ok(stats.values().sum())
 }
 
+/// Waits until the gateway's `ssl.<name>` counters sum above `before`: Envoy may count a
+/// refused handshake after the client has seen it fail.
+async fn wait_ssl_stat_above(envoy: &Envoy, name: &str, before: u64) -> anyhow::Result<u64> {
+    let what = format!("ssl.{name} above {before}");
+    capstan_e2e::wait_until(&what, Duration::from_secs(5), async || {
+        let now = ssl_stat(envoy, name).await?;
+        ensure!(now > before, "{name}: {now}");
+        Ok(now)
+    })
+    .await
+}
+
 /// Fails unless the client `who` is refused by the gateway at `addr` and the gateway counts a
 /// failed verification of a client certificate for it.
 async fn refused_at_verification(
@@ -48,11 +61,9 @@ async fn refused_at_verification(
 ) -> anyhow::Result<()> {
     let failures = ssl_stat(&mesh.gateway, "fail_verify_error").await?;
     ensure_https_refused(client, addr, "shop.example.com", "/reviews/1", who).await?;
-    let after = ssl_stat(&mesh.gateway, "fail_verify_error").await?;
-    ensure!(
-        after > failures,
-        "{who}: the gateway counted no verification failure ({failures} -> {after})"
-    );
+    wait_ssl_stat_above(&mesh.gateway, "fail_verify_error", failures)
+        .await
+        .with_context(|| format!("{who}: the gateway counted no verification failure"))?;
     Ok(())
 }
 
@@ -509,11 +520,9 @@ async fn istio_mutual_terminates_with_the_agents_workload_certificate() -> anyho
         "a client without a certificate",
     )
     .await?;
-    let after = ssl_stat(&gateway, "fail_verify_no_cert").await?;
-    ensure!(
-        after > no_cert,
-        "no missing certificate counted ({no_cert} -> {after})"
-    );
+    wait_ssl_stat_above(&gateway, "fail_verify_no_cert", no_cert)
+        .await
+        .context("no missing certificate counted")?;
 
     let certs = tempfile::tempdir()?;
     let rogue = TestCa::new(certs.path(), "rogue")?;
@@ -527,11 +536,9 @@ async fn istio_mutual_terminates_with_the_agents_workload_certificate() -> anyho
         "a certificate from outside the mesh",
     )
     .await?;
-    let after = ssl_stat(&gateway, "fail_verify_error").await?;
-    ensure!(
-        after > failures,
-        "no verification failure counted ({failures} -> {after})"
-    );
+    wait_ssl_stat_above(&gateway, "fail_verify_error", failures)
+        .await
+        .context("no verification failure counted")?;
 
     client
         .get("shop.example.com", "/reviews/1", &[])

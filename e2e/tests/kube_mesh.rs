@@ -328,21 +328,88 @@ spec:
     ensure!(reply.service == "ratings", "{reply:?}");
 
     set_status(false).await?;
-    wait_until(
-        "the pod no longer ready, no longer sent to",
-        CONFIG_TIMEOUT,
-        async || {
-            let response = mesh.proxy.get(host, "/ratings/1", &[]).await?;
-            ensure!(
-                response.status == 503,
-                "{} {}",
-                response.status,
-                response.text()
-            );
-            Ok(())
-        },
-    )
-    .await?;
+    wait_no_endpoint(&mut mesh, host, "/ratings/1", "the pod no longer ready").await?;
     ensure_no_watch_errors(&mesh).await?;
     mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// A Kubernetes Service's selector picks WorkloadEntries too, as istiod's (VMs behind a
+/// Service name): a kubectl-applied Service without pods and a WorkloadEntry carrying its
+/// selector's labels route the Service's host to the entry's address and port; relabelled
+/// away, the entry gets no more requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_service_routes_to_the_workload_entries_it_selects() -> anyhow::Result<()> {
+    use capstan_e2e::upstreams::Upstreams;
+
+    let name = "a_kubernetes_service_routes_to_the_workload_entries_it_selects";
+    let upstream = Path::new(UPSTREAM_BIN);
+    let mut mesh = KubeReviewsMesh::start(name, upstream, AdsMode::Sotw, None, NO_STATUS).await?;
+    let ns = mesh.namespace.clone();
+    let vms = Upstreams::start_on_free_ports(upstream, &[("billing", "vm")], &mesh.log_dir).await?;
+    let vm_port = vms.port("billing", "vm")?;
+    let entry = |app: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: billing-vm-1, namespace: {ns}}}
+spec:
+  address: 127.0.0.1
+  ports: {{http: {vm_port}}}
+  labels: {{app: {app}}}
+"
+        )
+    };
+    mesh.apply(
+        "billing",
+        &format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: billing, namespace: {ns}}}
+spec:
+  selector: {{app: billing}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+{}",
+            entry("billing")
+        ),
+    )
+    .await?;
+    let host = format!("billing.{ns}.svc.cluster.local");
+    let reply = wait_until("the selected entry answering", CONFIG_TIMEOUT, async || {
+        mesh.proxy
+            .get(&host, "/bill/1", &[])
+            .await?
+            .upstream_reply()
+    })
+    .await?;
+    ensure!(
+        (reply.service.as_str(), reply.version.as_str()) == ("billing", "vm"),
+        "{reply:?}"
+    );
+    mesh.apply("billing-entry", &entry("payroll")).await?;
+    wait_no_endpoint(&mut mesh, &host, "/bill/1", "the relabelled entry").await?;
+    ensure_no_watch_errors(&mesh).await?;
+    mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// Waits until the sidecar answers `host` with 503: its service is left without endpoints
+/// (`what` says why, for the timeout's message).
+async fn wait_no_endpoint(
+    mesh: &mut KubeReviewsMesh,
+    host: &str,
+    path: &str,
+    what: &str,
+) -> anyhow::Result<()> {
+    let waiting = format!("{what}: no longer sent to");
+    wait_until(&waiting, CONFIG_TIMEOUT, async || {
+        let response = mesh.proxy.get(host, path, &[]).await?;
+        ensure!(
+            response.status == 503,
+            "{} {}",
+            response.status,
+            response.text()
+        );
+        Ok(())
+    })
+    .await
 }

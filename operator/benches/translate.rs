@@ -80,6 +80,7 @@ fn service(i: usize) -> Record {
         cluster_ips: Vec::new(),
         export_to: Vec::new(),
         external_name: None,
+        selector: Default::default(),
     })
 }
 

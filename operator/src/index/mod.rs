@@ -423,6 +423,19 @@ impl Index {
         self.services.values()
     }
 
+    /// The Services of `namespace`, by name.
+    pub fn services_in<'a>(
+        &'a self,
+        namespace: &str,
+    ) -> impl Iterator<Item = &'a KubeService> + 'a {
+        let first = NsName::new(namespace, "");
+        let namespace = namespace.to_string();
+        self.services
+            .range(first..)
+            .take_while(move |(id, _)| id.namespace == namespace)
+            .map(|(_, service)| service)
+    }
+
     pub fn service(&self, id: &NsName) -> Option<&KubeService> {
         self.services.get(id)
     }

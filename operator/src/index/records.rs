@@ -86,6 +86,9 @@ pub struct KubeService {
     pub export_to: Vec<String>,
     /// `type: ExternalName`: a DNS alias of this name.
     pub external_name: Option<String>,
+    /// `spec.selector`: the WorkloadEntries of its namespace carrying these labels are its
+    /// endpoints too, beside its EndpointSlices' (as istiod's); empty: none.
+    pub selector: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -50,6 +50,7 @@ fn service(name: &str, port: u32) -> Record {
         cluster_ips: Vec::new(),
         export_to: Vec::new(),
         external_name: None,
+        selector: Default::default(),
     })
 }
 

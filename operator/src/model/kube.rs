@@ -39,7 +39,7 @@ pub fn service(index: &Index, service: &KubeService, domain_suffix: &str) -> Ser
             } else {
                 Resolution::Static
             },
-            endpoints(index, &service.id),
+            endpoints_with_entries(index, service),
         ),
     };
     Service {
@@ -53,6 +53,21 @@ pub fn service(index: &Index, service: &KubeService, domain_suffix: &str) -> Ser
         mesh_external: false,
         subject_alt_names: Vec::new(),
     }
+}
+
+/// [`endpoints`], and the WorkloadEntries the Service's selector picks (istiod's Kubernetes
+/// Services selecting WorkloadEntries: VMs behind a Service name), after them by name.
+fn endpoints_with_entries(index: &Index, service: &KubeService) -> Vec<Endpoint> {
+    let mut out = endpoints(index, &service.id);
+    if !service.selector.is_empty() {
+        let namespace = &service.id.namespace;
+        out.extend(super::workloads::selected_entries(
+            index,
+            namespace,
+            &service.selector,
+        ));
+    }
+    out
 }
 
 /// Every endpoint of the service's slices that can take traffic, in a stable order (slices
@@ -132,6 +147,7 @@ mod tests {
             cluster_ips: Vec::new(),
             export_to: Vec::new(),
             external_name: None,
+            selector: Default::default(),
         }));
         let endpoint = |address: &str, health, pod: Option<&str>| SliceEndpoint {
             address: address.into(),
@@ -173,6 +189,52 @@ mod tests {
             zone: "us-east-1a".into(),
         }));
         index
+    }
+
+    /// istiod's Kubernetes Services selecting WorkloadEntries: the entries of the Service's
+    /// namespace its selector picks are endpoints beside the slices', with their own ports,
+    /// labels, identity and locality; entries elsewhere or without the labels are not.
+    #[test]
+    fn a_service_with_a_selector_takes_the_workload_entries_it_picks() {
+        let mut index = index();
+        let mut cart = index
+            .service(&NsName::new("shop", "cart"))
+            .expect("indexed")
+            .clone();
+        cart.selector = BTreeMap::from([("app".to_string(), "cart".to_string())]);
+        index.apply(Record::Service(cart.clone()));
+        let entry = |name: &str, namespace: &str, app: &str, address: &str| {
+            crate::index::istio_event(&format!(
+                "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  address: {address}
+  ports: {{http: 18080}}
+  labels: {{app: {app}, version: vm}}
+  serviceAccount: cart-vm
+  locality: us-east-1/us-east-1c
+"
+            ))
+        };
+        for event in [
+            entry("vm-1", "shop", "cart", "10.1.0.1"),
+            entry("vm-2", "shop", "other", "10.1.0.2"),
+            entry("vm-3", "elsewhere", "cart", "10.1.0.3"),
+        ] {
+            index.handle(event);
+        }
+        let service = service(&index, &cart, "cluster.local");
+        let addresses: Vec<&str> = service.endpoints.iter().map(|e| &*e.address).collect();
+        assert_eq!(addresses, ["10.0.0.1", "10.0.0.3", "10.1.0.1"]);
+        let vm = &service.endpoints[2];
+        assert_eq!(vm.port_for(&service.ports[0]), 18080);
+        assert_eq!(&*vm.service_account, "cart-vm");
+        assert_eq!(vm.locality, "us-east-1/us-east-1c");
+        assert_eq!(vm.labels.get("version").map(String::as_str), Some("vm"));
+        cart.selector.clear();
+        let without = super::service(&index, &cart, "cluster.local");
+        assert_eq!(without.endpoints.len(), 2, "no selector, no entries");
     }
 
     #[test]

@@ -389,6 +389,12 @@ impl Mesh {
         if key.kind == capstan_crds::Kind::WorkloadEntry {
             let hosts = self.selecting_hosts(&key.namespace);
             affected.hosts.extend(hosts);
+            // Kubernetes Services with a selector take the entries it picks.
+            let services = index.services_in(&key.namespace);
+            let selecting = services.filter(|s| !s.selector.is_empty());
+            affected
+                .hosts
+                .extend(selecting.map(|s| kube::host(&s.id, &self.domain_suffix)));
         }
         if key.kind == capstan_crds::Kind::ServiceEntry
             && let Some(set) = self.selecting.get_mut(&key.namespace)

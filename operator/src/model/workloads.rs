@@ -19,24 +19,7 @@ pub fn selected_endpoints(
     selector: &BTreeMap<String, String>,
 ) -> Vec<Endpoint> {
     let selects = |labels: &BTreeMap<String, String>| labels_include(labels, selector);
-    let entries = index
-        .istio_in(Kind::WorkloadEntry, namespace)
-        .filter_map(|object| match object {
-            IstioObject::WorkloadEntry(we) => Some(&we.spec),
-            _ => None,
-        })
-        .filter(|spec| selects(&spec.labels))
-        // An entry without an address has nowhere to send traffic.
-        .filter(|spec| !spec.address.is_empty())
-        .map(|spec| Endpoint {
-            address: spec.address.as_str().into(),
-            ports: Arc::new(spec.ports.clone()),
-            labels: Arc::new(spec.labels.clone()),
-            locality: spec.locality.clone(),
-            weight: spec.weight,
-            service_account: spec.service_account.as_str().into(),
-            health: Health::Ready,
-        });
+    let entries = selected_entries(index, namespace, selector);
     let pods = index
         .pods_in(namespace)
         .filter(|pod| pod.ready && selects(&pod.labels))
@@ -55,7 +38,36 @@ pub fn selected_endpoints(
                 health: Health::Ready,
             })
         });
-    entries.chain(pods).collect()
+    entries.into_iter().chain(pods).collect()
+}
+
+/// The WorkloadEntries of `namespace` carrying every label of `selector`, by name, as
+/// endpoints; one without an address is left out.
+pub fn selected_entries(
+    index: &Index,
+    namespace: &str,
+    selector: &BTreeMap<String, String>,
+) -> Vec<Endpoint> {
+    let selects = |labels: &BTreeMap<String, String>| labels_include(labels, selector);
+    index
+        .istio_in(Kind::WorkloadEntry, namespace)
+        .filter_map(|object| match object {
+            IstioObject::WorkloadEntry(we) => Some(&we.spec),
+            _ => None,
+        })
+        .filter(|spec| selects(&spec.labels))
+        // An entry without an address has nowhere to send traffic.
+        .filter(|spec| !spec.address.is_empty())
+        .map(|spec| Endpoint {
+            address: spec.address.as_str().into(),
+            ports: Arc::new(spec.ports.clone()),
+            labels: Arc::new(spec.labels.clone()),
+            locality: spec.locality.clone(),
+            weight: spec.weight,
+            service_account: spec.service_account.as_str().into(),
+            health: Health::Ready,
+        })
+        .collect()
 }
 
 /// A ServiceEntry `billing.vms` selecting `app: billing`, HTTP 8080 to the workloads' 18080.

@@ -85,6 +85,7 @@ pub fn service(service: &Service) -> Option<Record> {
             .map(|list| list.split(',').map(|e| e.trim().to_string()).collect())
             .unwrap_or_default(),
         external_name,
+        selector: spec.selector.clone().unwrap_or_default(),
     }))
 }
 

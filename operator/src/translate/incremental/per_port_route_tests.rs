@@ -178,6 +178,7 @@ fn a_headless_service_answers_to_the_names_of_its_pods() {
             },
             export_to: Vec::new(),
             external_name: None,
+            selector: Default::default(),
         }))
     };
     let mut pipeline = crate::reconcile::Pipeline::new(capture(), "cluster.local");

@@ -43,6 +43,7 @@ pub(super) fn service(name: &str, ports: &[(&str, u32)]) -> Event {
         cluster_ips: Vec::new(),
         export_to: Vec::new(),
         external_name: None,
+        selector: Default::default(),
     }))
 }
 
@@ -462,6 +463,7 @@ fn a_change_reassembles_only_its_own_namespace() {
             cluster_ips: Vec::new(),
             export_to: Vec::new(),
             external_name: None,
+            selector: Default::default(),
         }))
     };
     let vs = |path: &str| {
@@ -606,6 +608,41 @@ spec:
         entry("payroll"),
         delete(Kind::ServiceEntry, "vms", "billing"),
         workload_entry("vm-3", "billing", "10.0.5.3"),
+    ]);
+}
+
+/// A Kubernetes Service with a selector takes the WorkloadEntries it picks (istiod's VMs
+/// behind a Service name): adding, relabelling and deleting an entry, and changing the
+/// selector, must each equal a full build.
+#[test]
+fn workload_entries_selected_by_a_kubernetes_service_match_a_full_build() {
+    use crate::index::{KubeService, KubeServicePort, NsName, Record};
+    use capstan_crds::Kind;
+    let billing = |app: &str| {
+        Event::Apply(Record::Service(KubeService {
+            id: NsName::new("vms", "billing"),
+            ports: vec![KubeServicePort {
+                name: "http".into(),
+                port: 8080,
+                protocol: None,
+                target_port: 18080,
+            }],
+            headless: false,
+            cluster_ips: vec!["10.96.0.20".into()],
+            export_to: Vec::new(),
+            external_name: None,
+            selector: BTreeMap::from([("app".to_string(), app.to_string())]),
+        }))
+    };
+    check(vec![
+        workload_entry("vm-1", "billing", "10.0.5.1"),
+        billing("billing"),
+        workload_entry("vm-2", "payroll", "10.0.5.2"),
+        workload_entry("vm-2", "billing", "10.0.5.2"),
+        workload_entry("vm-1", "billing", "10.0.5.9"),
+        delete(Kind::WorkloadEntry, "vms", "vm-1"),
+        billing("payroll"),
+        workload_entry("vm-3", "payroll", "10.0.5.3"),
     ]);
 }
 
