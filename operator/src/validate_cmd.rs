@@ -226,6 +226,10 @@ impl Report {
         }
         if let IstioObject::VirtualService(vs) = object {
             let spec = &vs.spec;
+            // What `run` reports as it reads the routes (a fault it cannot apply, ...).
+            let (_, route_problems) =
+                crate::model::routing::http_routes(&spec.http, &object.key(), "cluster.local");
+            problems.extend(route_problems);
             let for_sidecars =
                 spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
             problems.extend(unsupported::sidecar_stream_routes(
@@ -243,6 +247,9 @@ impl Report {
         }
         if let IstioObject::Sidecar(sidecar) = object {
             let spec = &sidecar.spec;
+            let scope =
+                crate::model::sidecar_scope::SidecarScope::new(object.key(), spec, "cluster.local");
+            problems.extend(scope.problems().iter().cloned());
             let sets = unsupported::CaptureOnly {
                 outbound_policy: spec.outbound_traffic_policy.is_some(),
                 ingress: !spec.ingress.is_empty(),

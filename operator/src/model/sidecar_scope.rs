@@ -89,6 +89,11 @@ pub struct SidecarScope {
 }
 
 impl SidecarScope {
+    /// What of this `Sidecar` is not applied (said by `validate` too).
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
     /// The scope of `Sidecar` `origin`; names resolve with `domain_suffix`.
     pub fn new(origin: ObjectKey, spec: &SidecarSpec, domain_suffix: &str) -> Self {
         let outbound = spec

@@ -320,3 +320,45 @@ spec:
     );
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
+
+/// What `run` reports as it reads routes and `Sidecar` scopes, `validate` says too.
+#[test]
+fn route_and_sidecar_problems_run_reports_are_validate_warnings() {
+    let mut report = Report::default();
+    report.check_text(
+        "mesh.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: web}
+spec:
+  hosts: [ratings]
+  http:
+  - route: [{destination: {host: ratings}}]
+    fault: {delay: {exponentialDelay: 1s, percentage: {value: 10}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: web}
+spec:
+  ingress:
+  - port: {number: 9443, name: https, protocol: HTTPS}
+    defaultEndpoint: 127.0.0.1:8443
+    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem, cipherSuites: [TLS_BOGUS]}
+",
+    );
+    report.finish();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let fields: Vec<String> = (report.warnings.iter())
+        .filter_map(|w| w.field.clone())
+        .collect();
+    assert!(
+        fields.iter().any(|f| f.contains("fault.delay")),
+        "the fault run leaves out: {fields:?}"
+    );
+    assert!(
+        fields
+            .iter()
+            .any(|f| f.contains("ingress[0].tls.cipherSuites")),
+        "the cipher suite Envoy does not know: {fields:?}"
+    );
+}
