@@ -6,7 +6,7 @@ use capstan_crds::networking::sidecar::{CaptureMode, IstioIngressListener};
 use capstan_crds::{ObjectKey, Protocol, ProtocolClass};
 
 use super::{PerScope, Scopes};
-use crate::model::gateway::{TlsTermination, terminate};
+use crate::model::gateway::{ClientCa, TlsTermination, terminate};
 use crate::model::traffic_policy::{ConnectionPool, connection_pool};
 
 /// One ingress listener: connections to the workload on `port` go to `to`.
@@ -155,7 +155,25 @@ fn terminated(
             ),
         );
     };
-    terminate(Some(tls), field, &mut reworded)
+    let mut termination = terminate(Some(tls), field, &mut reworded)?;
+    // istiod reads a sidecar's client CA from its file alone; a Secret's would never be
+    // served to it (SDS credentials go to gateways).
+    if let Some(ClientCa::NamedSecret(_)) = &termination.client_ca {
+        let ignored = "caCertCredentialName is not read on a sidecar (as istiod): its client CA \
+                       is caCertificates";
+        report(format!("{field}.tls.caCertCredentialName"), ignored.into());
+        if tls.ca_certificates.is_empty() {
+            report(
+                format!("{field}.tls.caCertificates"),
+                "a sidecar needs caCertificates to ask for client certificates; the port's \
+                 connections pass through undecrypted"
+                    .into(),
+            );
+            return None;
+        }
+        termination.client_ca = Some(ClientCa::File(tls.ca_certificates.clone()));
+    }
+    Some(termination)
 }
 
 impl IngressEndpoint {
@@ -281,6 +299,22 @@ mod tests {
             tls.client_ca,
             Some(crate::model::gateway::ClientCa::File("/ca.pem".into()))
         );
+
+        // caCertCredentialName is not read on a sidecar (istiod's client CA is the file):
+        // said, and the file is the CA; without a file the port is not terminated.
+        let named = "{mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem, caCertCredentialName: web-ca}";
+        let (port, problems) = tls_port("HTTPS", named);
+        let tls = port.and_then(|p| p.tls).expect("terminated");
+        assert_eq!(
+            tls.client_ca,
+            Some(crate::model::gateway::ClientCa::File("/ca.pem".into()))
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("spec.ingress[0].tls.caCertCredentialName: "));
+        let secret_only = "{mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem, caCertCredentialName: web-ca}";
+        let (port, problems) = tls_port("HTTPS", secret_only);
+        assert_eq!(port.and_then(|p| p.tls), None);
+        assert_eq!(problems.len(), 2, "{problems:?}");
 
         // PASSTHROUGH terminates nothing: said, and the port's bytes pass on.
         let (port, problems) = tls_port("HTTPS", "{mode: PASSTHROUGH}");
