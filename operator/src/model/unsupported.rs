@@ -237,6 +237,37 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
             // traffic policy apply to capture-mode sidecars (translation reports them in
             // direct mode).
             let spec = &sc.spec;
+            // As istiod's inbound clusters, the workload's port decides the protocol: these
+            // two are not read there.
+            let pools = std::iter::once((
+                "spec.inboundConnectionPool".to_string(),
+                &spec.inbound_connection_pool,
+            ))
+            .chain(spec.ingress.iter().enumerate().map(|(i, l)| {
+                (
+                    format!("spec.ingress[{i}].connectionPool"),
+                    &l.connection_pool,
+                )
+            }));
+            for (at, pool) in pools {
+                let Some(http) = pool.as_ref().and_then(|p| p.http.as_ref()) else {
+                    continue;
+                };
+                if http.h2_upgrade_policy != dr::H2UpgradePolicy::Default {
+                    not_applied(
+                        format!("{at}.http.h2UpgradePolicy"),
+                        "h2UpgradePolicy on inbound clusters (the workload's port decides the \
+                         protocol, as with istiod)",
+                    );
+                }
+                if http.use_client_protocol {
+                    not_applied(
+                        format!("{at}.http.useClientProtocol"),
+                        "useClientProtocol on inbound clusters (the workload's port decides the \
+                         protocol, as with istiod)",
+                    );
+                }
+            }
             // An ingress listener's captureMode NONE binds it when it forwards to loopback or
             // a Unix socket, on an IP address (`bind` with it); DEFAULT and IPTABLES are what
             // capture mode does.
@@ -504,6 +535,31 @@ spec:
         (fields(&document.object).into_iter())
             .map(|p| (p.field, p.message))
             .collect()
+    }
+
+    #[test]
+    fn inbound_protocol_settings_are_named() {
+        let named = named_fields(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: web}
+spec:
+  inboundConnectionPool: {http: {h2UpgradePolicy: UPGRADE, http1MaxPendingRequests: 10}}
+  ingress:
+  - port: {number: 9080, name: http, protocol: HTTP}
+    defaultEndpoint: 127.0.0.1:8080
+    connectionPool: {http: {useClientProtocol: true}}
+"#,
+        );
+        let fields: Vec<&str> = named.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.inboundConnectionPool.http.h2UpgradePolicy",
+                "spec.ingress[0].connectionPool.http.useClientProtocol"
+            ]
+        );
     }
 
     #[test]
