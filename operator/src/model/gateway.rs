@@ -233,11 +233,8 @@ pub fn gateway(key: &ObjectKey, spec: &api::GatewaySpec) -> (Gateway, Vec<Proble
         }
         servers.push(Server {
             index,
-            port: if port.target_port != 0 {
-                port.target_port
-            } else {
-                port.number
-            },
+            // Validation refuses `targetPort` on gateways, as Istio's ("no impact").
+            port: port.number,
             port_name: port.name.clone(),
             kind,
             hosts: server
