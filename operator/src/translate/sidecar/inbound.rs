@@ -67,7 +67,7 @@ pub fn virtual_inbound(
         cluster: inbound_cluster_name(*port),
         accepts: mtls.for_port(*port),
     });
-    virtual_inbound_to(ports, &passthrough, authz)
+    virtual_inbound_to(ports, &passthrough, authz, mtls.peer_domains())
 }
 
 /// One port of `virtualInbound`.
@@ -87,6 +87,7 @@ pub fn virtual_inbound_to(
     ports: impl Iterator<Item = InboundPort>,
     passthrough: &[(Option<u32>, Accepts)],
     authz: &InboundAuthz,
+    peer_domains: &[String],
 ) -> Listener {
     let mut detecting = false;
     let mut inspecting_tls = false;
@@ -103,11 +104,10 @@ pub fn virtual_inbound_to(
         let name = |suffix: &str| format!("{cluster}{suffix}");
         chains.extend(port_chains(
             Some(port),
-            served,
-            accepts,
+            (served, accepts),
             &cluster,
             name,
-            authz,
+            (authz, peer_domains),
         ));
     }
     for (port, accepts) in passthrough {
@@ -125,7 +125,14 @@ pub fn virtual_inbound_to(
         let name = |suffix: &str| passthrough_chain_name(*port, suffix);
         let served = Served::Detected;
         let cluster = INBOUND_PASSTHROUGH;
-        chains.extend(port_chains(*port, served, *accepts, cluster, name, authz));
+        let security = (authz, peer_domains);
+        chains.extend(port_chains(
+            *port,
+            (served, *accepts),
+            cluster,
+            name,
+            security,
+        ));
     }
     Listener {
         name: VIRTUAL_INBOUND.to_string(),
@@ -152,11 +159,10 @@ pub fn virtual_inbound_to(
 /// `cluster`, each named by `name` from its option's suffix.
 fn port_chains(
     port: Option<u32>,
-    served: Served,
-    accepts: Accepts,
+    (served, accepts): (Served, Accepts),
     cluster: &str,
     name: impl Fn(&str) -> String,
-    authz: &InboundAuthz,
+    (authz, peer_domains): (&InboundAuthz, &[String]),
 ) -> Vec<FilterChain> {
     let options = chain_options(served, accepts).into_iter();
     let chains = options.map(|option| {
@@ -180,7 +186,7 @@ fn port_chains(
                 ..Default::default()
             }),
             filters,
-            transport_socket: option.mtls.then(|| mtls::server_socket(option.http)),
+            transport_socket: (option.mtls).then(|| mtls::server_socket(option.http, peer_domains)),
             ..Default::default()
         }
     });

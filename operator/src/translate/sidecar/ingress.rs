@@ -116,7 +116,8 @@ fn with_ports(
             None => mtls.for_port(p.port),
         },
     });
-    let mut listener = inbound::virtual_inbound_to(inbound_ports, passthrough, authz);
+    let peer_domains = mtls.peer_domains();
+    let mut listener = inbound::virtual_inbound_to(inbound_ports, passthrough, authz, peer_domains);
     for port in ports {
         let Some(tls) = &port.tls else { continue };
         let socket = downstream_tls(tls);

@@ -17,10 +17,14 @@ use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
     CombinedCertificateValidationContext, ValidationContextType,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::tls_parameters::TlsProtocol;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, TlsParameters,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SubjectAltNameMatcher,
+    TlsParameters,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 
@@ -83,6 +87,9 @@ pub struct InboundMtls {
     /// The workload's endpoints say it has a sidecar with an identity.
     identity: bool,
     modes: WorkloadMtls,
+    /// The trust domains a peer's SPIFFE id must be in (the mesh's and its aliases), as
+    /// istiod's `TrustDomainsForValidation`; none: any the roots certify.
+    peer_domains: Vec<String>,
 }
 
 impl InboundMtls {
@@ -91,6 +98,7 @@ impl InboundMtls {
         Self {
             identity: false,
             modes: WorkloadMtls::default(),
+            peer_domains: Vec::new(),
         }
     }
 
@@ -99,7 +107,13 @@ impl InboundMtls {
         Self {
             identity: has_sidecar_label(labels),
             modes: mesh.workload_mtls(namespace, labels),
+            peer_domains: mesh.settings.trust_domains.all().to_vec(),
         }
+    }
+
+    /// See the field.
+    pub fn peer_domains(&self) -> &[String] {
+        &self.peer_domains
     }
 
     pub fn for_port(&self, port: u32) -> Accepts {
@@ -204,7 +218,10 @@ pub fn chain_options(served: Served, accepts: Accepts) -> Vec<ChainOption> {
 /// mesh roots certify required, TLS 1.2 to 1.3 with istiod's ciphers; ALPN `h2` and
 /// `http/1.1` for HTTP (never Istio's own, which would stop HTTP/2 being negotiated), with
 /// `istio-peer-exchange` first for TCP.
-pub fn server_socket(http: bool) -> TransportSocket {
+///
+/// A client's certificate must name a SPIFFE id in one of `peer_domains` (URI SAN prefix
+/// `spiffe://<domain>/`), as istiod checks it; none: any certificate the roots certify.
+pub fn server_socket(http: bool, peer_domains: &[String]) -> TransportSocket {
     let alpn: &[&str] = if http {
         &["h2", "http/1.1"]
     } else {
@@ -223,7 +240,13 @@ pub fn server_socket(http: bool) -> TransportSocket {
             tls_certificate_sds_secret_configs: vec![sds_secret(SDS_CERTIFICATE)],
             validation_context_type: Some(ValidationContextType::CombinedValidationContext(
                 CombinedCertificateValidationContext {
-                    default_validation_context: Some(CertificateValidationContext::default()),
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: peer_domains
+                            .iter()
+                            .map(|d| uri_prefix(&format!("spiffe://{d}/")))
+                            .collect(),
+                        ..Default::default()
+                    }),
                     validation_context_sds_secret_config: Some(sds_secret(SDS_ROOTS)),
                     ..Default::default()
                 },
@@ -235,5 +258,67 @@ pub fn server_socket(http: bool) -> TransportSocket {
     TransportSocket {
         name: "envoy.transport_sockets.tls".into(),
         config_type: Some(ConfigType::TypedConfig(pack_any(context))),
+    }
+}
+
+/// A URI SAN starting with `prefix`.
+fn uri_prefix(prefix: &str) -> SubjectAltNameMatcher {
+    SubjectAltNameMatcher {
+        san_type: subject_alt_name_matcher::SanType::Uri as i32,
+        matcher: Some(StringMatcher {
+            match_pattern: Some(MatchPattern::Prefix(prefix.to_string())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    /// The URI SAN prefixes a sidecar's mutual TLS requires of a client.
+    fn required_prefixes(socket: &TransportSocket) -> Vec<String> {
+        let Some(ConfigType::TypedConfig(any)) = &socket.config_type else {
+            panic!("no typed config");
+        };
+        let context = DownstreamTlsContext::decode(any.value.as_slice()).expect("decodes");
+        let Some(ValidationContextType::CombinedValidationContext(combined)) = context
+            .common_tls_context
+            .and_then(|c| c.validation_context_type)
+        else {
+            panic!("no combined validation context");
+        };
+        let matchers = combined
+            .default_validation_context
+            .expect("a default context")
+            .match_typed_subject_alt_names;
+        matchers
+            .into_iter()
+            .map(|m| {
+                assert_eq!(m.san_type, subject_alt_name_matcher::SanType::Uri as i32);
+                match m.matcher.and_then(|m| m.match_pattern) {
+                    Some(MatchPattern::Prefix(p)) => p,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect()
+    }
+
+    /// istiod's `TrustDomainsForValidation`: a client's SPIFFE id must be in the mesh's trust
+    /// domain or an alias; without trust domains, any certificate of the roots.
+    #[test]
+    fn clients_must_be_of_the_meshs_trust_domains() {
+        let domains = ["example.org".to_string(), "old.example".to_string()];
+        assert_eq!(
+            required_prefixes(&server_socket(true, &domains)),
+            ["spiffe://example.org/", "spiffe://old.example/"]
+        );
+        assert_eq!(
+            required_prefixes(&server_socket(false, &[])),
+            Vec::<String>::new()
+        );
     }
 }
