@@ -46,30 +46,28 @@ pub fn route_proxy(
         destinations.iter().collect()
     };
     let cluster = |d: &Destination| cluster_for(mesh, &d.host, d.subset.as_deref(), d.port, port);
-    let mut tunneling_config = None;
+    // A split reads its first destination's rule (istiod's), and is never tunnelled.
     let first = live.first()?;
     let rule = mesh.rule_for(&first.host, caller);
-    let specifier = match live.as_slice() {
-        [] => return None,
+    let (specifier, tunneling_config, subset) = match live.as_slice() {
         [only] => {
             let policy = policy_in(rule, only.subset.as_deref(), only.port.unwrap_or(port));
-            tunneling_config = policy.tunnel.map(tunneling);
-            ClusterSpecifier::Cluster(cluster(only))
+            let tunnel = policy.tunnel.map(tunneling);
+            let subset = only.subset.as_deref();
+            (ClusterSpecifier::Cluster(cluster(only)), tunnel, subset)
         }
-        several => ClusterSpecifier::WeightedClusters(WeightedCluster {
-            clusters: several
+        several => {
+            let clusters = several
                 .iter()
                 .map(|d| ClusterWeight {
                     name: cluster(d),
                     weight: d.weight,
                     ..Default::default()
                 })
-                .collect(),
-        }),
-    };
-    let subset = match live.as_slice() {
-        [only] => only.subset.as_deref(),
-        _ => None,
+                .collect();
+            let split = ClusterSpecifier::WeightedClusters(WeightedCluster { clusters });
+            (split, None, None)
+        }
     };
     let mut proxy = TcpProxy {
         stat_prefix: stat_prefix.to_string(),
@@ -102,8 +100,14 @@ pub fn own_proxy(
     };
     match route_proxy(mesh, port, std::slice::from_ref(&own), caller, stat_prefix) {
         Some(built) => built.value,
-        // One destination always makes a proxy.
-        None => filter(TcpProxy::default()),
+        // Not reached: one destination always makes a proxy. The plain one, should it not.
+        None => filter(TcpProxy {
+            stat_prefix: stat_prefix.to_string(),
+            cluster_specifier: Some(ClusterSpecifier::Cluster(crate::translate::cluster_name(
+                port, "", host,
+            ))),
+            ..Default::default()
+        }),
     }
 }
 
