@@ -399,19 +399,27 @@ Press Ctrl-C to stop.",
     );
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
+/// SIGTERM or Ctrl-C, registered when this is called: one that arrives while the demo starts
+/// or right after its report stops it cleanly, rather than killing it by the signal's default
+/// action (the handlers used to be registered only once the report was printed).
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    }
-    let _ = tokio::signal::ctrl_c().await;
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 async fn run(args: &Args, log_dir: &Path) -> anyhow::Result<Demo> {
@@ -436,12 +444,16 @@ async fn main() -> anyhow::Result<()> {
         }
         None => locate::fresh_log_dir("demo")?,
     };
-    let mut demo = run(&args, &log_dir)
-        .await
-        .with_context(|| format!("logs in {}", log_dir.display()))?;
-
-    let shutdown = shutdown_signal();
+    let shutdown = shutdown_signal()?;
     tokio::pin!(shutdown);
+    let mut demo = tokio::select! {
+        demo = run(&args, &log_dir) => demo.with_context(|| format!("logs in {}", log_dir.display()))?,
+        _ = &mut shutdown => {
+            step("stopped before it was ready");
+            return Ok(());
+        }
+    };
+
     let result = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
