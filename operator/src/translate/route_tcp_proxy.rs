@@ -21,7 +21,7 @@ use envoy_types::util::pack_any;
 
 use crate::model::stream_routes::Destination;
 use crate::model::traffic_policy::{HashKey, Tunnel};
-use crate::model::{DestinationRule, Mesh};
+use crate::model::{DestinationRule, HostRules, Mesh};
 use crate::translate::cluster::{policy_in, proto_duration};
 use crate::translate::route::cluster_for;
 
@@ -111,9 +111,31 @@ pub fn own_proxy(
     }
 }
 
+/// What a host's rules set on the TCP proxies of its own chains: the rest's, then each
+/// namespace reading a rule whose effects differ from it; none when no rule sets any. Its
+/// sidecars get the host's chains per namespace listed, and a change to it rebuilds them.
+pub fn host_rule_effects(rules: Option<&HostRules>) -> Vec<(Option<&str>, TcpProxy)> {
+    let Some(rules) = rules else {
+        return Vec::new();
+    };
+    let everyone = rule_effects(rules.everyone.as_ref());
+    let mut out = vec![];
+    for (namespace, rule) in &rules.by_namespace {
+        let theirs = rule_effects(rule.as_ref());
+        if theirs != everyone {
+            out.push((Some(namespace.as_str()), theirs));
+        }
+    }
+    if out.is_empty() && everyone == TcpProxy::default() {
+        return out;
+    }
+    out.insert(0, (None, everyone));
+    out
+}
+
 /// What `rule` sets on a TCP proxy to its host (tunnel, connection limits, hash), with no
-/// subset: a change to it rebuilds the listeners with the host's own chains.
-pub fn rule_effects(rule: Option<&DestinationRule>) -> TcpProxy {
+/// subset.
+fn rule_effects(rule: Option<&DestinationRule>) -> TcpProxy {
     let top = rule
         .and_then(|r| r.traffic_policy.as_deref())
         .and_then(|p| p.top.as_ref());

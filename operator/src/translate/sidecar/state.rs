@@ -14,7 +14,7 @@ use crate::model::sidecar_scope::{
 use crate::model::traffic_policy::ConnectionPool;
 use crate::model::{Mesh, PolicyScope, Problem, Service};
 use crate::translate::authorization::InboundAuthz;
-use crate::translate::route_tcp_proxy::rule_effects;
+use crate::translate::route_tcp_proxy::host_rule_effects;
 use capstan_crds::ProtocolClass;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use port_listeners::{PortListeners, port_listeners};
@@ -503,16 +503,9 @@ pub(super) fn put<M: prost::Message + prost::Name>(
 
 fn host_use(mesh: &Mesh, service: &Service) -> HostUse {
     let rules = mesh.destination_rules.get(&service.host);
-    let mut stream_rules: Vec<(Option<String>, TcpProxy)> = match rules {
-        Some(rules) => std::iter::once((None, &rules.everyone))
-            .chain((rules.by_namespace.iter()).map(|(ns, rule)| (Some(ns.clone()), rule)))
-            .map(|(ns, rule)| (ns, rule_effects(rule.as_ref())))
-            .collect(),
-        None => Vec::new(),
-    };
-    if stream_rules.iter().all(|(_, e)| *e == TcpProxy::default()) {
-        stream_rules.clear();
-    }
+    let stream_rules = (host_rule_effects(rules).into_iter())
+        .map(|(namespace, effects)| (namespace.map(str::to_string), effects))
+        .collect();
     HostUse {
         stream_rules,
         ports: service

@@ -13,7 +13,7 @@ use crate::model::stream_routes::StreamMatch;
 use crate::model::{Mesh, Problem, VirtualService};
 use crate::translate::cluster_name;
 use crate::translate::route::{Caller, Labels, includes, label_classes};
-use crate::translate::route_tcp_proxy::{own_proxy, route_proxy};
+use crate::translate::route_tcp_proxy::{host_rule_effects, own_proxy, route_proxy};
 
 pub use crate::translate::route_tcp_proxy::Built;
 
@@ -62,12 +62,14 @@ impl Sources {
         }
     }
 
-    /// Adds the namespaces whose sidecars read another DestinationRule for `host` than the
-    /// rest: its own chains carry what their rule sets.
+    /// Adds the namespaces whose sidecars read a DestinationRule for `host` that sets
+    /// another thing than the rest's on its own chains' TCP proxies.
     fn add_rule_namespaces(&mut self, mesh: &Mesh, host: &str) {
-        if let Some(rules) = mesh.destination_rules.get(host) {
-            self.namespaces.extend(rules.by_namespace.keys().cloned());
-        }
+        let effects = host_rule_effects(mesh.destination_rules.get(host));
+        let namespaces = effects
+            .into_iter()
+            .filter_map(|(ns, _)| ns.map(str::to_string));
+        self.namespaces.extend(namespaces);
     }
 
     /// What `hosts` tell apart, together.
