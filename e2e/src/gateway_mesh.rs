@@ -177,6 +177,45 @@ pub async fn wait_for_service(
     .await
 }
 
+/// A ServiceEntry `name` (namespace shop) for `host`, with one port `number` of `protocol`,
+/// served by the upstream on 127.0.0.1:`port`; ends with `---`.
+pub fn loopback_entry(
+    name: &str,
+    host: &str,
+    (number, protocol): (u16, &str),
+    port: u16,
+) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  hosts: [{host}]
+  ports: [{{number: {number}, name: p, protocol: {protocol}}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{p: {port}}}}}]
+---
+"#
+    )
+}
+
+/// A VirtualService `name` (namespace shop) for `host`, bound to Gateway istio-system/edge,
+/// sending every connection to `destination`:`port`; ends with `---`.
+pub fn edge_tcp_route(name: &str, host: &str, destination: &str, port: u16) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  hosts: [{host}]
+  gateways: [istio-system/edge]
+  tcp:
+  - route: [{{destination: {{host: {destination}, port: {{number: {port}}}}}}}]
+---
+"#
+    )
+}
+
 /// A Gateway with one plain HTTP server on `port` for every host, with `tls` settings if any.
 pub fn http_gateway(port: u16, tls: &str) -> String {
     format!(

@@ -15,8 +15,8 @@ use capstan_e2e::capstan::Capstan;
 use capstan_e2e::connect_proxy::ConnectProxy;
 use capstan_e2e::envoy::{AdsMode, loopback};
 use capstan_e2e::gateway_mesh::{
-    EgressPair, cluster_requests, egress_gateway_service, start_egress_and_sidecar, start_gateway,
-    wait_for_service,
+    EgressPair, cluster_requests, edge_tcp_route, egress_gateway_service, loopback_entry,
+    start_egress_and_sidecar, start_gateway, wait_for_service,
 };
 use capstan_e2e::http::HttpClient;
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv};
@@ -146,20 +146,6 @@ async fn tcp_and_tls_passthrough_are_forwarded_unread() -> anyhow::Result<()> {
         capstan_e2e::gateway_mesh::gateway_port(),
         capstan_e2e::gateway_mesh::gateway_port(),
     );
-    let entry = |name: &str, host: &str, port: u16, protocol: &str, number: u16| {
-        format!(
-            r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: {name}, namespace: shop}}
-spec:
-  hosts: [{host}]
-  ports: [{{number: {number}, name: p, protocol: {protocol}}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{p: {port}}}}}]
----
-"#
-        )
-    };
     let yaml = format!(
         r#"{db}{a}{b}apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -195,26 +181,23 @@ spec:
   - match: [{{port: {tls_port}, sniHosts: [b.example.com]}}]
     route: [{{destination: {{host: b.example.com}}}}]
 "#,
-        db = entry(
+        db = loopback_entry(
             "db",
             "db.shop.svc.cluster.local",
-            upstreams.port("db", "v1")?,
-            "TCP",
-            5432
+            (5432, "TCP"),
+            upstreams.port("db", "v1")?
         ),
-        a = entry(
+        a = loopback_entry(
             "a",
             "a.example.com",
-            upstreams.port("secure", "a")?,
-            "TLS",
-            443
+            (443, "TLS"),
+            upstreams.port("secure", "a")?
         ),
-        b = entry(
+        b = loopback_entry(
             "b",
             "b.example.com",
-            upstreams.port("secure", "b")?,
-            "TLS",
-            443
+            (443, "TLS"),
+            upstreams.port("secure", "b")?
         ),
     );
     env.write_config("edge.yaml", &yaml)?;
@@ -451,16 +434,7 @@ async fn a_tcp_routes_idle_connections_close_after_the_rules_idle_timeout() -> a
     env.write_config(
         "edge.yaml",
         &format!(
-            r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: db, namespace: shop}}
-spec:
-  hosts: [db.shop.svc.cluster.local]
-  ports: [{{number: 5432, name: tcp, protocol: TCP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{tcp: {db}}}}}]
----
-apiVersion: networking.istio.io/v1
+            r#"{db}apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: db, namespace: shop}}
 spec:
@@ -476,16 +450,14 @@ spec:
   - port: {{number: {tcp_port}, name: tcp, protocol: TCP}}
     hosts: ["*"]
 ---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: db, namespace: shop}}
-spec:
-  hosts: [db]
-  gateways: [istio-system/edge]
-  tcp:
-  - route: [{{destination: {{host: db, port: {{number: 5432}}}}}}]
-"#,
-            db = upstreams.port("db", "v1")?,
+{route}"#,
+            route = edge_tcp_route("db", "db", "db", 5432),
+            db = loopback_entry(
+                "db",
+                "db.shop.svc.cluster.local",
+                (5432, "TCP"),
+                upstreams.port("db", "v1")?
+            ),
         ),
     )?;
     let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;

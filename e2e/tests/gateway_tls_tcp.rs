@@ -14,7 +14,8 @@ use capstan_ca::SpiffeId;
 use capstan_e2e::capstan::Capstan;
 use capstan_e2e::envoy::{AdsMode, loopback};
 use capstan_e2e::gateway_mesh::{
-    GATEWAY_SAN, gateway_port, start_gateway, start_gateway_with_agent, start_mesh_client,
+    GATEWAY_SAN, edge_tcp_route, gateway_port, loopback_entry, start_gateway,
+    start_gateway_with_agent, start_mesh_client, wait_for_service,
 };
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv};
 use capstan_e2e::tls_pki::{
@@ -26,40 +27,6 @@ use capstan_e2e::upstreams::Upstreams;
 capstan_e2e::private_network!();
 
 const UPSTREAM_BIN: &str = env!("CARGO_BIN_EXE_capstan-upstream");
-
-/// A ServiceEntry for `host` (namespace shop), one TCP port `number`, served by the upstream
-/// on 127.0.0.1:`port`.
-fn tcp_entry(name: &str, host: &str, number: u16, port: u16) -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: {name}, namespace: shop}}
-spec:
-  hosts: [{host}]
-  ports: [{{number: {number}, name: tcp, protocol: TCP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{tcp: {port}}}}}]
----
-"#
-    )
-}
-
-/// A VirtualService bound to Gateway istio-system/edge for `host`, sending every connection
-/// to `destination`:`port`.
-fn tcp_route(name: &str, host: &str, destination: &str, port: u16) -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: {name}, namespace: shop}}
-spec:
-  hosts: [{host}]
-  gateways: [istio-system/edge]
-  tcp:
-  - route: [{{destination: {{host: {destination}, port: {{number: {port}}}}}}}]
----
-"#
-    )
-}
 
 /// Two TLS servers on one port, a SIMPLE one for db.example.com and a MUTUAL one for
 /// cache.example.com: each connection is decrypted with the certificate of the server its SNI
@@ -99,16 +66,16 @@ spec:
     tls: {{mode: MUTUAL, serverCertificate: {cache_cert}, privateKey: {cache_key}, caCertificates: {clients_ca}}}
 ---
 {db_route}{cache_route}"#,
-            db = tcp_entry(
+            db = loopback_entry(
                 "db",
                 "db.shop.svc.cluster.local",
-                5432,
+                (5432, "TCP"),
                 upstreams.port("db", "v1")?
             ),
-            cache = tcp_entry(
+            cache = loopback_entry(
                 "cache",
                 "cache.shop.svc.cluster.local",
-                6379,
+                (6379, "TCP"),
                 upstreams.port("cache", "v1")?
             ),
             db_cert = db_cert.cert.display(),
@@ -116,8 +83,8 @@ spec:
             cache_cert = cache_cert.cert.display(),
             cache_key = cache_cert.key.display(),
             clients_ca = clients.cert_path.display(),
-            db_route = tcp_route("db", "db.example.com", db_destination, db_port),
-            cache_route = tcp_route(
+            db_route = edge_tcp_route("db", "db.example.com", db_destination, db_port),
+            cache_route = edge_tcp_route(
                 "cache",
                 "cache.example.com",
                 "cache.shop.svc.cluster.local",
@@ -214,13 +181,13 @@ spec:
     tls: {{mode: ISTIO_MUTUAL}}
 ---
 {route}"#,
-            db = tcp_entry(
+            db = loopback_entry(
                 "db",
                 "db.shop.svc.cluster.local",
-                5432,
+                (5432, "TCP"),
                 upstreams.port("db", "v1")?
             ),
-            route = tcp_route("db", "db.example.com", "db.shop.svc.cluster.local", 5432),
+            route = edge_tcp_route("db", "db.example.com", "db.shop.svc.cluster.local", 5432),
         ),
     )?;
     let capstan = Capstan::start(&env.config_dir, &env.log_dir).await?;
@@ -233,18 +200,8 @@ spec:
         .await?;
     let (_client_agent, _workload, mut client) =
         start_mesh_client(&env, &ca, (&client_id, "client-token"), (GATEWAY_SAN, port)).await?;
-    let reply = capstan_e2e::wait_until(
-        "a mesh workload through the gateway",
-        CONFIG_TIMEOUT,
-        async || {
-            client
-                .get("db.example.com", "/q", &[])
-                .await?
-                .upstream_reply()
-        },
-    )
-    .await?;
-    ensure!(reply.service == "db", "the mesh workload reached {reply:?}");
+    // A mesh workload through the gateway.
+    wait_for_service(&mut client, "db.example.com", "/q", "db").await?;
     ensure_https_refused(
         &connector_any_name(&ca.workload_root_pem, None)?,
         loopback(port),

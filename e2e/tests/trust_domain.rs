@@ -22,7 +22,9 @@ use capstan_ca::SpiffeId;
 use capstan_e2e::agent::{Agent, AgentSpec, StaticEnvoy, server_bootstrap};
 use capstan_e2e::capstan::Capstan;
 use capstan_e2e::envoy::loopback;
-use capstan_e2e::gateway_mesh::{gateway_port, start_gateway_with_agent_as, start_mesh_client};
+use capstan_e2e::gateway_mesh::{
+    gateway_port, loopback_entry, start_gateway_with_agent_as, start_mesh_client, wait_for_service,
+};
 use capstan_e2e::http::HttpClient;
 use capstan_e2e::locate::{capstan_bin, envoy_bin};
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv};
@@ -98,16 +100,7 @@ spec:
   endpoints:
   - {{address: 127.0.0.1, ports: {{http: {db_port}}}, {endpoint_account}labels: {{security.istio.io/tlsMode: istio}}}}
 ---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: db-plain, namespace: shop}}
-spec:
-  hosts: [db-plain.shop.svc.cluster.local]
-  ports: [{{number: 5432, name: tcp, protocol: TCP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{tcp: {plain}}}}}]
----
-apiVersion: networking.istio.io/v1
+{plain}apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: edge, namespace: istio-system}}
 spec:
@@ -142,7 +135,12 @@ spec:
     to: [{{operation: {{ports: ["{tls_port}"]}}}}]
   - to: [{{operation: {{ports: ["{http_port}"]}}}}]
 "#,
-            plain = upstreams.port("db", "v1")?,
+            plain = loopback_entry(
+                "db-plain",
+                "db-plain.shop.svc.cluster.local",
+                (5432, "TCP"),
+                upstreams.port("db", "v1")?
+            ),
         ))
     };
     env.write_config("mesh.yaml", &mesh(("", "serviceAccount: db, "))?)?;
@@ -152,14 +150,7 @@ spec:
 
     // The gateway's auto mTLS to db checks db's identity in the mesh's trust domain.
     let mut plain = HttpClient::new(loopback(http_port));
-    let reply = capstan_e2e::wait_until("db through the gateway", CONFIG_TIMEOUT, async || {
-        plain
-            .get("db.example.com", "/q", &[])
-            .await?
-            .upstream_reply()
-    })
-    .await?;
-    ensure!(reply.service == "db", "db.example.com reached {reply:?}");
+    wait_for_service(&mut plain, "db.example.com", "/q", "db").await?;
     let handshakes = gateway
         .stats(r"^cluster\.outbound\|80\|\|db\.shop\.svc\.cluster\.local\.ssl\.handshake$")
         .await?;
@@ -172,11 +163,7 @@ spec:
     let gateway_san = gateway_id.to_string();
     let (_app_agent, _app_envoy, mut app) =
         start_mesh_client(&env, &ca, (&app_id, "app-token"), (&gateway_san, tls_port)).await?;
-    let reply = capstan_e2e::wait_until("app through the gateway", CONFIG_TIMEOUT, async || {
-        app.get("db.example.com", "/q", &[]).await?.upstream_reply()
-    })
-    .await?;
-    ensure!(reply.service == "db", "app reached {reply:?}");
+    wait_for_service(&mut app, "db.example.com", "/q", "db").await?;
     let (_intruder_agent, _intruder_envoy, mut intruder) = start_mesh_client(
         &env,
         &ca,
@@ -216,14 +203,8 @@ spec:
     })
     .await?;
     env.write_config("mesh.yaml", &mesh((&db_id.to_string(), ""))?)?;
-    let reply = capstan_e2e::wait_until("db named by the entry", CONFIG_TIMEOUT, async || {
-        plain
-            .get("db.example.com", "/q", &[])
-            .await?
-            .upstream_reply()
-    })
-    .await?;
-    ensure!(reply.service == "db", "{reply:?}");
+    // Named by the entry: accepted again.
+    wait_for_service(&mut plain, "db.example.com", "/q", "db").await?;
     drop(upstreams);
     gateway.ensure_no_rejected_updates().await
 }
