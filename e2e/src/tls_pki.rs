@@ -184,13 +184,23 @@ pub fn connector_any_name(
     ca_pem: &str,
     client: Option<&Issued>,
 ) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    connector_any_name_with_alpn(ca_pem, client, &["http/1.1"])
+}
+
+/// [`connector_any_name`] offering the ALPN protocols `alpn` (say Istio's `istio-http/1.1`,
+/// which a sidecar's inbound mutual TLS chains match on).
+pub fn connector_any_name_with_alpn(
+    ca_pem: &str,
+    client: Option<&Issued>,
+    alpn: &[&str],
+) -> anyhow::Result<tokio_rustls::TlsConnector> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain =
         WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider).build()?;
     let builder = client_builder()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyName(chain)));
-    finish(builder, client, &["http/1.1"])
+    finish(builder, client, alpn)
 }
 
 fn roots(ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {

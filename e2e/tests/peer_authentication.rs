@@ -10,13 +10,17 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context, bail, ensure};
+use capstan_ca::SpiffeId;
 use capstan_e2e::capture::service_ip;
-use capstan_e2e::capture_identity::{IdentityMesh, start_with_identity};
+use capstan_e2e::capture_identity::{IdentityMesh, start_with_identity, start_with_identity_and};
 use capstan_e2e::capture_mesh::call;
-use capstan_e2e::http::{HttpClient, HttpResponse, UpstreamReply};
+use capstan_e2e::http::{HttpClient, HttpResponse, REQUEST_TIMEOUT, UpstreamReply};
 use capstan_e2e::mesh::CONFIG_TIMEOUT;
+use capstan_e2e::tls_pki::{Issued, connector_any_name_with_alpn};
 use capstan_e2e::upstreams::Upstreams;
 use capstan_e2e::wait_until;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 capstan_e2e::private_network!();
 
@@ -420,5 +424,97 @@ async fn a_sidecar_ingress_port_takes_mutual_tls_and_strict_refuses_plain_text()
     explained(env, OTHER_POD, REVIEWS, false)?;
     explained(env, APP, REVIEWS, true)?;
     explained(env, OTHER_POD, DB, false)?;
+    mesh.mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// What the workload's sidecar answers `GET /whoami` from another pod over mutual TLS as
+/// `client` (a certificate from the mesh's CA): the app's reply, or an error when the
+/// handshake or the connection is refused.
+async fn whoami_as(mesh: &IdentityMesh, client: &Issued) -> anyhow::Result<UpstreamReply> {
+    let connector = connector_any_name_with_alpn(
+        &mesh.ca.workload_root_pem,
+        Some(client),
+        &["istio-http/1.1"],
+    )?;
+    let tcp = mesh
+        .capture
+        .connect_from_another_pod(mesh.workload_port(9080))
+        .await?;
+    let mut tls = connector
+        .connect(ServerName::try_from("reviews")?, tcp)
+        .await
+        .context("TLS handshake")?;
+    tls.write_all(b"GET /whoami HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(REQUEST_TIMEOUT, tls.read_to_end(&mut answer))
+        .await
+        .context("no answer in time")??;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("not an HTTP answer: {answer:?}"))?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+    Ok(serde_json::from_str(body)?)
+}
+
+/// The inbound side's mutual TLS takes a client certificate only in the mesh's trust
+/// domains, even from the mesh's own root: a workload of a mesh sharing the root with
+/// another trust domain (`other.org`) is refused (Envoy counts a SAN mismatch), one of
+/// `cluster.local` is served; with `other.org` among the mesh config's
+/// `trustDomainAliases`, it is served too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_outside_the_meshs_trust_domains_is_refused() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let ours = SpiffeId::new("cluster.local", "bookinfo", "ratings");
+    let foreign = SpiffeId::new("other.org", "bookinfo", "ratings");
+    let name = "a_client_certificate_outside_the_meshs_trust_domains_is_refused";
+    {
+        let mesh = start(name).await?;
+        let env = &mesh.mesh.env;
+        let logs = || format!("logs in {}", env.log_dir.display());
+        let ours_cert = mesh.ca.issue(&env.log_dir, "ours", &ours)?;
+        let foreign_cert = mesh.ca.issue(&env.log_dir, "foreign", &foreign)?;
+        let reply = wait_until("mutual TLS as ours", CONFIG_TIMEOUT, async || {
+            whoami_as(&mesh, &ours_cert).await
+        })
+        .await
+        .with_context(logs)?;
+        let xfcc = reply.headers.get("x-forwarded-client-cert");
+        ensure!(
+            xfcc.is_some_and(|x| x.contains(&format!("URI={ours}"))),
+            "the app did not see {ours}: {reply:?}"
+        );
+        let san_failures = r"^listener\.0\.0\.0\.0_15006\.ssl\.fail_verify_san$";
+        let before: u64 = mesh.mesh.envoy.stats(san_failures).await?.values().sum();
+        let outcome = whoami_as(&mesh, &foreign_cert).await;
+        ensure!(outcome.is_err(), "{foreign} was served: {outcome:?}");
+        wait_until("the SAN mismatch counted", CONFIG_TIMEOUT, async || {
+            let after: u64 = mesh.mesh.envoy.stats(san_failures).await?.values().sum();
+            ensure!(after > before, "fail_verify_san {before} -> {after}");
+            Ok(())
+        })
+        .await
+        .with_context(logs)?;
+    }
+    let mesh_config = tempfile::NamedTempFile::new()?;
+    std::fs::write(mesh_config.path(), "trustDomainAliases: [other.org]\n")?;
+    let config_flag = mesh_config.path().to_string_lossy().into_owned();
+    let mesh = start_with_identity_and(
+        &format!("{name}_aliased"),
+        Path::new(UPSTREAM_BIN),
+        "bookinfo",
+        "reviews",
+        &["--mesh-config", &config_flag],
+    )
+    .await?;
+    let env = &mesh.mesh.env;
+    let foreign_cert = mesh.ca.issue(&env.log_dir, "foreign", &foreign)?;
+    let reply = wait_until("mutual TLS as an alias's", CONFIG_TIMEOUT, async || {
+        whoami_as(&mesh, &foreign_cert).await
+    })
+    .await
+    .with_context(|| format!("logs in {}", env.log_dir.display()))?;
+    ensure!(reply.service == "reviews", "{reply:?}");
     mesh.mesh.envoy.ensure_no_rejected_updates().await
 }

@@ -20,11 +20,13 @@ use rcgen::{
 use tokio::task::JoinHandle;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
+use crate::tls_pki::Issued;
+
 /// The name the CA's serving certificate carries (what agents pass as `--ca-server-name`).
 pub const CA_SERVER_NAME: &str = "localhost";
 
 struct TableSigner {
-    root: RootCa,
+    root: Arc<RootCa>,
     tokens: HashMap<String, SpiffeId>,
     max_ttl: Duration,
     issued: Arc<AtomicUsize>,
@@ -67,6 +69,7 @@ pub struct TestCa {
     pub roots_file: PathBuf,
     /// The root that signs workloads.
     pub workload_root_pem: String,
+    root: Arc<RootCa>,
     issued: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
@@ -82,7 +85,10 @@ impl TestCa {
     ) -> anyhow::Result<Self> {
         // Each CA's root gets a subject of its own: verifiers look a signer up by subject
         // name, and two roots named alike in one bundle make them pick the wrong one.
-        let root = RootCa::generate(&format!("{name}.test"), Duration::from_secs(86_400))?;
+        let root = Arc::new(RootCa::generate(
+            &format!("{name}.test"),
+            Duration::from_secs(86_400),
+        )?);
         let workload_root_pem = root.root_pem().to_string();
         let (serving_root_pem, serving) = serving_identity()?;
         let roots_file = dir.join(format!("{name}-roots.pem"));
@@ -94,7 +100,7 @@ impl TestCa {
 
         let issued = Arc::new(AtomicUsize::new(0));
         let signer = TableSigner {
-            root,
+            root: Arc::clone(&root),
             tokens: tokens
                 .iter()
                 .map(|(t, id)| (t.to_string(), id.clone()))
@@ -117,9 +123,32 @@ impl TestCa {
             addr,
             roots_file,
             workload_root_pem,
+            root,
             issued,
             task,
         })
+    }
+
+    /// A certificate for `identity` signed by the workload root, as the CA would grant it
+    /// to an agent, written to `<dir>/<file>.pem` (the chain) and `<dir>/<file>-key.pem`:
+    /// for a client the test plays itself, whatever trust domain `identity` is in.
+    pub fn issue(&self, dir: &Path, file: &str, identity: &SpiffeId) -> anyhow::Result<Issued> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let csr = CertificateParams::default()
+            .serialize_request(&key)?
+            .pem()?;
+        let ttl = Duration::from_secs(3600);
+        let signed = self.root.sign_csr(&csr, identity, ttl, ttl)?;
+        let issued = Issued {
+            cert: dir.join(format!("{file}.pem")),
+            key: dir.join(format!("{file}-key.pem")),
+            serial: 0,
+        };
+        std::fs::write(&issued.cert, signed.chain_pem.concat())
+            .with_context(|| format!("writing {}", issued.cert.display()))?;
+        std::fs::write(&issued.key, key.serialize_pem())
+            .with_context(|| format!("writing {}", issued.key.display()))?;
+        Ok(issued)
     }
 
     /// `https://127.0.0.1:PORT`, for `--ca-address`.
