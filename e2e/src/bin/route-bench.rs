@@ -22,27 +22,40 @@
 //! and is timed from the rename to Envoy holding the new `outbound|8080|v1|edited…` cluster
 //! as active (warmed, in service), asked of Envoy's admin for that cluster alone.
 //!
+//! `--capture` runs capstan with `--sidecar-listeners capture` (what the Helm chart installs)
+//! and the Envoy behind istio-init's iptables rules in the bench's own network namespace (the
+//! e2e `capture` harness): the polls go to a service address on 8080, are captured into
+//! `virtualOutbound` and routed by the port's own route configuration, `8080`, whose virtual
+//! hosts list each name once instead of with and without the port.
+//!
 //! Run: `make bench-routes`, or `cargo build --release -p capstan -p capstan-e2e --bin capstan
 //! --bin capstan-upstream --bin capstan-route-bench` and run `capstan-route-bench` from the
 //! release directory (Envoy from `$ENVOY_BIN` or `make tools`; capstan from `$CAPSTAN_BIN`,
 //! else built next to this binary).
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use capstan_e2e::bench_info::{commit, machine, write_results};
 use capstan_e2e::capstan::Capstan;
+use capstan_e2e::capture::{self, OUTBOUND_CAPTURE_PORT, service_ip};
 use capstan_e2e::envoy::{AdsMode, Bootstrap, Envoy, loopback, route_counts};
 use capstan_e2e::http::{HttpClient, UpstreamReply};
 use capstan_e2e::locate;
 use capstan_e2e::mesh::OUTBOUND_LISTENER;
+use capstan_e2e::netns;
 use capstan_e2e::upstreams::Upstreams;
 use capstan_e2e::wait_until;
 use capstan_load::stats::{Percentiles, fmt_ms};
 use clap::Parser;
 use serde::Serialize;
+
+// `--capture` needs a network namespace of its own for the capture rules; the other modes
+// run in it too, on its loopback.
+capstan_e2e::private_network!();
 
 const NAMESPACE: &str = "bench";
 const EDITED_HOST: &str = "edited.bench.svc.cluster.local";
@@ -101,6 +114,10 @@ struct Cli {
     /// keeps by default, plus RDS's, which the bench reads), as Istio's sidecars run.
     #[arg(long)]
     istio_stats: bool,
+    /// Capture-mode sidecar listeners (`--sidecar-listeners capture`, as the Helm chart
+    /// runs capstan), the Envoy behind iptables capture as in a pod.
+    #[arg(long)]
+    capture: bool,
     /// A further flag for `capstan run`, e.g. `--capstan-arg=--debounce-ms=10`; may be
     /// repeated.
     #[arg(long = "capstan-arg", allow_hyphen_values = true)]
@@ -149,6 +166,7 @@ struct Results {
     xds: &'static str,
     capstan_args: Vec<String>,
     istio_stats: bool,
+    sidecar_listeners: &'static str,
     hosts: usize,
     routes_configured: usize,
     envoy_virtual_hosts: usize,
@@ -454,7 +472,15 @@ fn metric_total(text: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
+fn sidecar_listeners(cli: &Cli) -> &'static str {
+    if cli.capture { "capture" } else { "direct" }
+}
+
 async fn setup(cli: &Cli, log_dir: &Path, tmp: &Path) -> anyhow::Result<Bench> {
+    netns::network_up()?;
+    if cli.capture {
+        capture::install()?;
+    }
     let config_dir = tmp.join("config");
     let scratch = tmp.join("scratch");
     std::fs::create_dir_all(&config_dir)?;
@@ -486,7 +512,8 @@ async fn setup(cli: &Cli, log_dir: &Path, tmp: &Path) -> anyhow::Result<Bench> {
     // Files written just now wait out the settle window at startup: let them settle first.
     tokio::time::sleep(SETTLE_WINDOW + Duration::from_millis(100)).await;
 
-    let flags: Vec<&str> = cli.capstan_args.iter().map(String::as_str).collect();
+    let mut flags = vec!["--sidecar-listeners", sidecar_listeners(cli)];
+    flags.extend(cli.capstan_args.iter().map(String::as_str));
     let capstan = Capstan::start_folder_with(&config_dir, &flags, log_dir, "capstan").await?;
     let mode = if cli.delta {
         AdsMode::Delta
@@ -500,12 +527,32 @@ async fn setup(cli: &Cli, log_dir: &Path, tmp: &Path) -> anyhow::Result<Bench> {
     if cli.istio_stats {
         json["stats_config"] = istio_stats_config();
     }
-    let envoy = Envoy::start_json(&envoy_bin, &json, log_dir, "envoy", None).await?;
-    let port = envoy
-        .wait_listener_port(OUTBOUND_LISTENER, Duration::from_secs(60))
-        .await?;
+    let proxy = if cli.capture {
+        // As uid 1337, so that its own connections are not captured.
+        let envoy =
+            Envoy::start_json(&envoy_bin, &json, log_dir, "envoy", Some(capture::PROXY)).await?;
+        let port = envoy
+            .wait_listener_port("virtualOutbound", Duration::from_secs(60))
+            .await?;
+        ensure!(
+            port == OUTBOUND_CAPTURE_PORT,
+            "virtualOutbound on {port}, not the capture port"
+        );
+        // Any service address on 8080 is captured and routed by Host.
+        (
+            envoy,
+            HttpClient::new(SocketAddr::from((service_ip(1), 8080))),
+        )
+    } else {
+        let envoy = Envoy::start_json(&envoy_bin, &json, log_dir, "envoy", None).await?;
+        let port = envoy
+            .wait_listener_port(OUTBOUND_LISTENER, Duration::from_secs(60))
+            .await?;
+        (envoy, HttpClient::new(loopback(port)))
+    };
+    let (envoy, proxy) = proxy;
     let mut bench = Bench {
-        proxy: HttpClient::new(loopback(port)),
+        proxy,
         envoy,
         capstan,
         _upstreams: upstreams,
@@ -590,6 +637,7 @@ async fn main() -> anyhow::Result<()> {
         xds: if cli.delta { "delta" } else { "sotw" },
         capstan_args: cli.capstan_args.clone(),
         istio_stats: cli.istio_stats,
+        sidecar_listeners: sidecar_listeners(&cli),
         hosts: cli.hosts + 1,
         routes_configured,
         envoy_virtual_hosts,
@@ -598,11 +646,13 @@ async fn main() -> anyhow::Result<()> {
         fresh,
     };
     println!(
-        "{} edit to a serving Envoy: {} routes in {} virtual hosts, {} xDS, {}, commit {}",
+        "{} edit to a serving Envoy: {} routes in {} virtual hosts, {} xDS, {} sidecar \
+         listeners, {}, commit {}",
         results.edit,
         results.envoy_routes,
         results.envoy_virtual_hosts,
         results.xds,
+        results.sidecar_listeners,
         results.machine,
         results.commit
     );
