@@ -187,7 +187,8 @@ metadata: {{name: ingress, namespace: istio-system}}
 spec:
   selector: {{istio: ingressgateway}}
   servers:
-  - port: {{number: {simple_port}, name: https, protocol: HTTPS}}
+  - name: shop-simple
+    port: {{number: {simple_port}, name: https, protocol: HTTPS}}
     hosts: [shop.example.com]
     tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}
   - port: {{number: {mutual_port}, name: https-mutual, protocol: HTTPS}}
@@ -219,6 +220,15 @@ spec:
     )
     .await?;
     ensure!(reply.version == "v2", "HTTPS reached {reply:?}");
+    // A named HTTPS server's requests count under its name (`servers[].name`), as istiod's.
+    let named = mesh
+        .gateway
+        .stats(r"^http\.shop-simple\.downstream_rq_2xx$")
+        .await?;
+    ensure!(
+        named.values().sum::<u64>() > 0,
+        "the SIMPLE server's requests are not counted under its name: {named:?}"
+    );
 
     let distrusting = connector(&stranger.cert_pem, None)?;
     ensure_https_refused(

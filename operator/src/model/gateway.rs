@@ -31,6 +31,8 @@ pub struct Server {
     pub port: u32,
     /// Istio's `port.name`, part of the route configuration name of a TLS server.
     pub port_name: String,
+    /// Istio's `name`: an HTTPS server's statistics prefix (its chain's `http.<name>.*`).
+    pub name: String,
     pub kind: ServerKind,
     pub hosts: Vec<HostPattern>,
     /// Plain HTTP servers only: answer every request with a redirect to HTTPS.
@@ -236,6 +238,7 @@ pub fn gateway(key: &ObjectKey, spec: &api::GatewaySpec) -> (Gateway, Vec<Proble
             // Validation refuses `targetPort` on gateways, as Istio's ("no impact").
             port: port.number,
             port_name: port.name.clone(),
+            name: server.name.clone(),
             kind,
             hosts: server
                 .hosts

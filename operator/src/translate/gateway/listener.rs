@@ -123,7 +123,7 @@ pub fn listener<'a, 'b>(
                 if http_route.is_none() {
                     let name = format!("http.{port}{on_bind}");
                     chains.push(FilterChain {
-                        filters: vec![manager(port, &name)],
+                        filters: vec![manager(&port_stat_prefix(port), &name)],
                         ..Default::default()
                     });
                     http_route = Some(name);
@@ -155,7 +155,12 @@ pub fn listener<'a, 'b>(
                 let filter = if let ServerKind::Https(_) = &bound.server.kind {
                     let route = https_route_name(bound, port, &on_bind);
                     served.push((bound, route.clone()));
-                    manager(port, &route)
+                    // As istiod, a named HTTPS server's chain counts under its name.
+                    let stats = match bound.server.name.as_str() {
+                        "" => port_stat_prefix(port),
+                        name => name.to_string(),
+                    };
+                    manager(&stats, &route)
                 } else {
                     // Reported when no route applies; the names stay free then.
                     let Some(proxy) = stream::tcp_route_proxy(mesh, port, bound, caller, out)
@@ -232,9 +237,13 @@ fn server_names(bound: &Bound<'_>) -> Vec<String> {
     hosts.into_iter().collect()
 }
 
-fn manager(port: u32, route: &str) -> Filter {
+fn port_stat_prefix(port: u32) -> String {
+    format!("outbound_0.0.0.0_{port}")
+}
+
+fn manager(stat_prefix: &str, route: &str) -> Filter {
     let manager = HttpConnectionManager {
-        stat_prefix: format!("outbound_0.0.0.0_{port}"),
+        stat_prefix: stat_prefix.to_string(),
         route_specifier: Some(RouteSpecifier::Rds(Rds {
             config_source: Some(ads_config_source()),
             route_config_name: route.to_string(),

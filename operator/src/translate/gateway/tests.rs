@@ -4,9 +4,11 @@ use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::config::route::v3::virtual_host::TlsRequirementType;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 use prost::Message;
 
@@ -490,4 +492,41 @@ spec:
     );
     // The selecting rule is istio-system's: a canary gateway elsewhere does not read it.
     assert_eq!(headers("edge", &canary), [] as [String; 0]);
+}
+
+#[test]
+fn a_named_https_server_counts_under_its_name_as_istiod_does() {
+    let named = INGRESS.replace(
+        "  - port: {number: 8443, name: https, protocol: HTTPS}",
+        "  - name: plain\n    port: {number: 9080, name: http-other, protocol: HTTP}\n    \
+         hosts: [\"*\"]\n  - name: shop-https\n    port: {number: 8443, name: https, protocol: HTTPS}",
+    );
+    let prefixes = |config: &GatewayConfig| -> Vec<String> {
+        config
+            .listeners
+            .iter()
+            .flat_map(|(_, l)| &l.filter_chains)
+            .flat_map(|c| &c.filters)
+            .filter_map(|f| match &f.config_type {
+                Some(FilterConfig::TypedConfig(any)) => {
+                    HttpConnectionManager::decode(any.value.as_slice()).ok()
+                }
+                _ => None,
+            })
+            .map(|m| m.stat_prefix)
+            .collect()
+    };
+    assert_eq!(
+        prefixes(&build(&mesh(&format!("{REVIEWS}---{INGRESS}")))),
+        ["outbound_0.0.0.0_8080", "outbound_0.0.0.0_8443"]
+    );
+    // A plain HTTP server's name is not its prefix, as with istiod: its chain is the port's.
+    assert_eq!(
+        prefixes(&build(&mesh(&format!("{REVIEWS}---{named}")))),
+        [
+            "outbound_0.0.0.0_8080",
+            "shop-https",
+            "outbound_0.0.0.0_9080"
+        ]
+    );
 }
