@@ -23,6 +23,8 @@
 //!   `virtualInbound` rebuilt, no other workload's);
 //! - one EndpointSlice changed again with an east-west gateway (an AUTO_PASSTHROUGH server
 //!   covering `*.local`): each service's SNI-DNAT load assignments are rebuilt with its own;
+//! - one WorkloadEntry's address changed where every Service has a selector (N / 10 of them
+//!   in its namespace): only the Service whose selector its labels meet is rebuilt;
 //! - capture mode with N / 10 external HTTPS ServiceEntries on 443 (one filter chain each, by
 //!   SNI, in the port's one listener), without and with the root `Sidecar`: one entry's host
 //!   renamed, so the port's listener is rebuilt, and with the scope each namespace's sidecars
@@ -68,6 +70,11 @@ fn options() -> translate::Options {
 }
 
 fn service(i: usize) -> Record {
+    service_selecting(i, BTreeMap::new())
+}
+
+/// Service `i` with `selector`: a Service with one picks WorkloadEntries too.
+fn service_selecting(i: usize, selector: BTreeMap<String, String>) -> Record {
     Record::Service(KubeService {
         id: NsName::new(namespace(i), service_name(i)),
         ports: vec![KubeServicePort {
@@ -80,7 +87,7 @@ fn service(i: usize) -> Record {
         cluster_ips: Vec::new(),
         export_to: Vec::new(),
         external_name: None,
-        selector: Default::default(),
+        selector,
     })
 }
 
@@ -251,6 +258,41 @@ fn authorized_index(n: usize) -> Index {
         index.apply(authorization_policy(i, 1));
     }
     index
+}
+
+/// [`index`] whose Services select their pods (`app: svc-<i>`), as Kubernetes Services do,
+/// and so also WorkloadEntries with that label: N / 10 of them in each namespace.
+fn selecting_index(n: usize) -> Index {
+    let mut index = index(n);
+    for i in 0..n {
+        let selector = BTreeMap::from([("app".to_string(), service_name(i))]);
+        index.apply(service_selecting(i, selector));
+        index.apply(workload_entry(i, 1));
+    }
+    index
+}
+
+/// A VM of service `i` (`app: svc-<i>`), its address moving with `generation`.
+fn workload_entry(i: usize, generation: i64) -> Record {
+    istio(&format!(
+        "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: vm-{i}, namespace: {ns}, generation: {generation}}}
+spec:
+  address: 10.10.{a}.{b}
+  labels: {{app: svc-{i}, version: v1}}
+",
+        ns = namespace(i),
+        a = generation % 200,
+        b = i % 250 + 1,
+    ))
+}
+
+fn one_workload_entry_changed(c: &mut Criterion) {
+    let name = "one WorkloadEntry changed, Services selecting";
+    config_changed(c, name, options(), selecting_index, |n, generation| {
+        workload_entry(n / 2, generation)
+    });
 }
 
 /// An external HTTPS ServiceEntry `ext-<i>` on 443 in service `i`'s namespace, its host
@@ -584,6 +626,7 @@ criterion_group!(
     full_translation_with_policies,
     one_authorization_policy_changed,
     one_tls_entry_renamed,
-    one_ingress_sidecar_changed
+    one_ingress_sidecar_changed,
+    one_workload_entry_changed
 );
 criterion_main!(benches);

@@ -137,8 +137,11 @@ pub struct Mesh {
     /// takes the most specific of them that covers it.
     wildcard_rules: BTreeSet<String>,
     /// Namespace → the ServiceEntries there with a `workloadSelector`: a WorkloadEntry change
-    /// in the namespace rebuilds their hosts.
+    /// in the namespace rebuilds the hosts of those its labels meet.
     selecting: HashMap<String, BTreeSet<ObjectKey>>,
+    /// Each WorkloadEntry's labels when last read: a change rebuilds the hosts its old labels
+    /// met, as well as those its new ones meet.
+    entry_labels: HashMap<ObjectKey, BTreeMap<String, String>>,
     /// VirtualService → the roots delegating to it, and root → its delegates: a delegate's
     /// change re-reads its roots.
     delegated_by: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
@@ -285,12 +288,47 @@ impl Mesh {
     }
 
     /// The hosts of the ServiceEntries of `namespace` with a `workloadSelector`: a workload
-    /// there (WorkloadEntry, Pod) may be their endpoint.
+    /// there (a Pod) may be their endpoint.
     fn selecting_hosts(&self, namespace: &str) -> Vec<String> {
         let entries = self.selecting.get(namespace).into_iter().flatten();
         entries
             .flat_map(|entry| self.claims.get(entry).into_iter().flatten().cloned())
             .collect()
+    }
+
+    /// A WorkloadEntry changed (or went): the hosts whose selector (a ServiceEntry's
+    /// `workloadSelector`, a Kubernetes Service's `selector`) its labels met before or meet
+    /// now are rebuilt, and no other.
+    fn reread_workload_entry(&mut self, index: &Index, key: &ObjectKey, affected: &mut Affected) {
+        let before = self.entry_labels.remove(key);
+        let now = match index.istio(key).and_then(|r| r.object.as_deref()) {
+            Some(IstioObject::WorkloadEntry(we)) => Some(we.spec.labels.clone()),
+            _ => None,
+        };
+        let labels: Vec<&BTreeMap<String, String>> = before.iter().chain(&now).collect();
+        let picks = |selector: &BTreeMap<String, String>| {
+            labels.iter().any(|l| service::labels_include(l, selector))
+        };
+        let entries = self.selecting.get(&key.namespace).into_iter().flatten();
+        for entry in entries {
+            let selector = match index.istio(entry).and_then(|r| r.object.as_deref()) {
+                Some(IstioObject::ServiceEntry(se)) => se.spec.workload_selector.as_ref(),
+                _ => None,
+            };
+            if selector.is_some_and(|s| picks(&s.labels)) {
+                let hosts = self.claims.get(entry).into_iter().flatten().cloned();
+                affected.hosts.extend(hosts);
+            }
+        }
+        // Kubernetes Services with a selector take the entries it picks.
+        let services = index.services_in(&key.namespace);
+        let selecting = services.filter(|s| !s.selector.is_empty() && picks(&s.selector));
+        affected
+            .hosts
+            .extend(selecting.map(|s| kube::host(&s.id, &self.domain_suffix)));
+        if let Some(now) = now {
+            self.entry_labels.insert(key.clone(), now);
+        }
     }
 
     /// Reports the Sidecars that lose to another scoping the same sidecars, and what of each
@@ -387,14 +425,7 @@ impl Mesh {
             affected.peer_authentications.insert(key.namespace.clone());
         }
         if key.kind == capstan_crds::Kind::WorkloadEntry {
-            let hosts = self.selecting_hosts(&key.namespace);
-            affected.hosts.extend(hosts);
-            // Kubernetes Services with a selector take the entries it picks.
-            let services = index.services_in(&key.namespace);
-            let selecting = services.filter(|s| !s.selector.is_empty());
-            affected
-                .hosts
-                .extend(selecting.map(|s| kube::host(&s.id, &self.domain_suffix)));
+            self.reread_workload_entry(index, key, affected);
         }
         if key.kind == capstan_crds::Kind::ServiceEntry
             && let Some(set) = self.selecting.get_mut(&key.namespace)

@@ -98,3 +98,87 @@ fn a_hosts_virtual_service_is_the_first_exact_one_else_the_first_wildcard() {
     );
     assert_eq!(chosen(&mesh), None);
 }
+
+/// A WorkloadEntry is an endpoint: its change rebuilds the hosts whose selectors its labels
+/// met before or meet now (a ServiceEntry's `workloadSelector`, a Kubernetes Service's
+/// `selector`), not every selecting host of its namespace.
+#[test]
+fn a_workload_entry_change_rebuilds_only_the_hosts_its_labels_meet() {
+    use crate::index::{KubeService, KubeServicePort, NsName};
+    let mut index = Index::new();
+    let mut mesh = Mesh::new("cluster.local");
+    let service = |name: &str| {
+        Event::Apply(Record::Service(KubeService {
+            id: NsName::new("vms", name),
+            ports: vec![KubeServicePort {
+                name: "http".into(),
+                port: 8080,
+                protocol: None,
+                target_port: 8080,
+            }],
+            headless: false,
+            cluster_ips: Vec::new(),
+            export_to: Vec::new(),
+            external_name: None,
+            selector: BTreeMap::from([("app".to_string(), name.to_string())]),
+        }))
+    };
+    let istio = |yaml: &str| {
+        let document = parse_single("t.yaml", yaml).expect("valid yaml");
+        Event::Apply(Record::Istio(IstioRecord::valid(document.object)))
+    };
+    let entry = |app: &str, address: &str| {
+        istio(&format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: vm-1, namespace: vms}}
+spec: {{address: {address}, labels: {{app: {app}}}}}
+"
+        ))
+    };
+    let selecting_entry = istio(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ledger, namespace: vms}
+spec:
+  hosts: [ledger.example.com]
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: ledger}}
+",
+    );
+    for event in [
+        service("billing"),
+        service("payroll"),
+        selecting_entry,
+        entry("billing", "10.0.5.1"),
+    ] {
+        let changes = index.handle(event);
+        mesh.update(&index, &changes.objects);
+    }
+    let mut rebuilt = |event| {
+        let changes = index.handle(event);
+        let affected = mesh.update(&index, &changes.objects);
+        affected.hosts.into_iter().collect::<Vec<_>>()
+    };
+    assert_eq!(
+        rebuilt(entry("billing", "10.0.5.2")),
+        ["billing.vms.svc.cluster.local"]
+    );
+    assert_eq!(
+        rebuilt(entry("ledger", "10.0.5.2")),
+        ["billing.vms.svc.cluster.local", "ledger.example.com"]
+    );
+    assert_eq!(
+        rebuilt(entry("payroll", "10.0.5.2")),
+        ["ledger.example.com", "payroll.vms.svc.cluster.local"]
+    );
+    assert_eq!(
+        rebuilt(Event::Delete(crate::index::RecordKey::Istio(ObjectKey {
+            kind: Kind::WorkloadEntry,
+            namespace: "vms".into(),
+            name: "vm-1".into(),
+        }))),
+        ["payroll.vms.svc.cluster.local"]
+    );
+}

@@ -604,6 +604,8 @@ spec:
         workload_entry("vm-2", "payroll", "10.0.5.2"),
         workload_entry("vm-2", "billing", "10.0.5.2"),
         workload_entry("vm-1", "billing", "10.0.5.9"),
+        // Relabelled away: the host its old labels met loses it.
+        workload_entry("vm-2", "payroll", "10.0.5.2"),
         delete(Kind::WorkloadEntry, "vms", "vm-1"),
         entry("payroll"),
         delete(Kind::ServiceEntry, "vms", "billing"),
@@ -640,9 +642,12 @@ fn workload_entries_selected_by_a_kubernetes_service_match_a_full_build() {
         workload_entry("vm-2", "payroll", "10.0.5.2"),
         workload_entry("vm-2", "billing", "10.0.5.2"),
         workload_entry("vm-1", "billing", "10.0.5.9"),
+        // Relabelled away: the Service its old labels met loses it.
+        workload_entry("vm-2", "payroll", "10.0.5.2"),
         delete(Kind::WorkloadEntry, "vms", "vm-1"),
         billing("payroll"),
         workload_entry("vm-3", "payroll", "10.0.5.3"),
+        workload_entry("vm-3", "billing", "10.0.5.3"),
     ]);
 }
 
