@@ -245,8 +245,12 @@ impl Mesh {
                 }
                 RecordKey::Istio(key) => self.reread(index, key, &mut affected),
                 RecordKey::CloudMap(id) => affected.hosts.extend(self.cloud_map.reread(index, id)),
-                // A pod a ServiceEntry's `workloadSelector` may pick.
-                RecordKey::Pod(id) => affected.hosts.extend(self.selecting_hosts(&id.namespace)),
+                // A pod a ServiceEntry's `workloadSelector` may pick (the index names only
+                // pods of namespaces with such entries, which are few).
+                RecordKey::Pod(id) => {
+                    let hosts = self.selecting_entry_hosts(index, &id.namespace, |_| true);
+                    affected.hosts.extend(hosts);
+                }
                 RecordKey::Secret(id) => {
                     match index.secret(id) {
                         Some(record) => self.secrets.insert(id.clone(), secret::read(record)),
@@ -287,11 +291,26 @@ impl Mesh {
         affected
     }
 
-    /// The hosts of the ServiceEntries of `namespace` with a `workloadSelector`: a workload
-    /// there (a Pod) may be their endpoint.
-    fn selecting_hosts(&self, namespace: &str) -> Vec<String> {
+    /// The hosts of the ServiceEntries of `namespace` whose `workloadSelector` `picks`: a
+    /// workload there (WorkloadEntry, Pod) those labels describe may be their endpoint.
+    fn selecting_entry_hosts(
+        &self,
+        index: &Index,
+        namespace: &str,
+        picks: impl Fn(&BTreeMap<String, String>) -> bool,
+    ) -> Vec<String> {
         let entries = self.selecting.get(namespace).into_iter().flatten();
         entries
+            .filter(
+                |entry| match index.istio(entry).and_then(|r| r.object.as_deref()) {
+                    Some(IstioObject::ServiceEntry(se)) => se
+                        .spec
+                        .workload_selector
+                        .as_ref()
+                        .is_some_and(|s| picks(&s.labels)),
+                    _ => false,
+                },
+            )
             .flat_map(|entry| self.claims.get(entry).into_iter().flatten().cloned())
             .collect()
     }
@@ -309,17 +328,9 @@ impl Mesh {
         let picks = |selector: &BTreeMap<String, String>| {
             labels.iter().any(|l| service::labels_include(l, selector))
         };
-        let entries = self.selecting.get(&key.namespace).into_iter().flatten();
-        for entry in entries {
-            let selector = match index.istio(entry).and_then(|r| r.object.as_deref()) {
-                Some(IstioObject::ServiceEntry(se)) => se.spec.workload_selector.as_ref(),
-                _ => None,
-            };
-            if selector.is_some_and(|s| picks(&s.labels)) {
-                let hosts = self.claims.get(entry).into_iter().flatten().cloned();
-                affected.hosts.extend(hosts);
-            }
-        }
+        affected
+            .hosts
+            .extend(self.selecting_entry_hosts(index, &key.namespace, picks));
         // Kubernetes Services with a selector take the entries it picks.
         let services = index.services_in(&key.namespace);
         let selecting = services.filter(|s| !s.selector.is_empty() && picks(&s.selector));
