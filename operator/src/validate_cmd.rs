@@ -11,6 +11,7 @@
 //! usage errors (a file that cannot be read).
 
 mod credentials;
+mod egress_protocols;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -112,6 +113,9 @@ pub struct Report {
     pub skipped: usize,
     /// Secrets read and Gateways naming them, checked by [`Report::finish`].
     credentials: credentials::Credentials,
+    /// Sidecars declaring egress port protocols and the services they may name, checked by
+    /// [`Report::finish`].
+    egress_protocols: egress_protocols::EgressProtocols,
     /// The extension providers of `--mesh-config` (none given: `None`).
     pub extension_providers: Option<crate::mesh_config::ExtensionProviders>,
 }
@@ -190,9 +194,12 @@ impl Report {
         self.warnings.extend(unreadable);
     }
 
-    /// Checks what needs every file read first: the Gateways' Secrets.
+    /// Checks what needs every file read first: the Gateways' Secrets, the Sidecars' egress
+    /// port protocols.
     pub fn finish(&mut self) {
         let warnings = self.credentials.warnings();
+        self.warnings.extend(warnings);
+        let warnings = self.egress_protocols.warnings();
         self.warnings.extend(warnings);
     }
 
@@ -268,6 +275,8 @@ impl Report {
             .note_gateway(document, warning(None, None, String::new()));
         self.credentials
             .note_rule(document, warning(None, None, String::new()));
+        self.egress_protocols
+            .note(document, warning(None, None, String::new()));
     }
 
     /// The closing line.

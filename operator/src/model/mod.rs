@@ -98,6 +98,8 @@ enum Topic {
     Routes,
     /// A Sidecar scoping the same sidecars as another.
     Scope,
+    /// A Sidecar egress listener declaring a protocol a service on its port does not have.
+    EgressProtocol(String),
 }
 
 #[derive(Debug, Default)]
@@ -139,6 +141,9 @@ pub struct Mesh {
     /// Namespace → the ServiceEntries there with a `workloadSelector`: a WorkloadEntry change
     /// in the namespace rebuilds the hosts of those its labels meet.
     selecting: HashMap<String, BTreeSet<ObjectKey>>,
+    /// The Sidecars whose egress listeners declare their ports' protocols: each service
+    /// refreshed is checked against them.
+    declaring_protocols: BTreeSet<ObjectKey>,
     /// Each WorkloadEntry's labels when last read: a change rebuilds the hosts its old labels
     /// met, as well as those its new ones meet.
     entry_labels: HashMap<ObjectKey, BTreeMap<String, String>>,
@@ -413,6 +418,7 @@ impl Mesh {
         if key.kind == capstan_crds::Kind::Sidecar {
             affected.sidecars = true;
             self.sidecar_scopes.by_key.remove(key);
+            self.declaring_protocols.remove(key);
         }
         if key.kind == capstan_crds::Kind::AuthorizationPolicy
             && let Some(old) = self.authorization_policies.remove(key)
@@ -555,6 +561,19 @@ impl Mesh {
             IstioObject::Sidecar(sc) => {
                 let scope =
                     sidecar_scope::SidecarScope::new(key.clone(), &sc.spec, &self.domain_suffix);
+                if scope.declares_protocols() {
+                    self.declaring_protocols.insert(key.clone());
+                    let root = self.sidecar_scopes.root_namespace();
+                    let problems: Vec<(String, Problem)> = (self.services.values())
+                        .flat_map(|service| {
+                            let found = scope.protocol_mismatches(service, root);
+                            found.into_iter().map(|p| (service.host.clone(), p))
+                        })
+                        .collect();
+                    for (host, problem) in problems {
+                        self.report(key, Topic::EgressProtocol(host), problem);
+                    }
+                }
                 self.sidecar_scopes.by_key.insert(key.clone(), scope);
             }
             IstioObject::AuthorizationPolicy(ap) => {
@@ -647,8 +666,32 @@ impl Mesh {
             Some(service) => self.services.insert(host.to_string(), service),
             None => self.services.remove(host),
         };
-
+        self.check_declared_protocols(host);
         self.refresh_rule(index, host);
+    }
+
+    /// Checks `host`'s service against the protocols Sidecar egress listeners declare.
+    fn check_declared_protocols(&mut self, host: &str) {
+        let topic = Topic::EgressProtocol(host.to_string());
+        let keys: Vec<ObjectKey> = self.declaring_protocols.iter().cloned().collect();
+        for key in keys {
+            if let Some(topics) = self.problems.get_mut(&key) {
+                topics.remove(&topic);
+                if topics.is_empty() {
+                    self.problems.remove(&key);
+                }
+            }
+            let (Some(scope), Some(service)) = (
+                self.sidecar_scopes.by_key.get(&key),
+                self.services.get(host),
+            ) else {
+                continue;
+            };
+            let root = self.sidecar_scopes.root_namespace();
+            for problem in scope.protocol_mismatches(service, root) {
+                self.report(&key, topic.clone(), problem);
+            }
+        }
     }
 
     fn report(&mut self, key: &ObjectKey, topic: Topic, problem: Problem) {

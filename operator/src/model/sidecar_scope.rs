@@ -84,6 +84,8 @@ pub struct SidecarScope {
     bound: Vec<BoundEgress>,
     /// `inboundConnectionPool`: the limits of its sidecars' inbound clusters.
     inbound_pool: Option<ConnectionPool>,
+    /// The protocols its egress listeners declare for their ports.
+    declared: Vec<DeclaredProtocol>,
     /// What of it is not applied.
     problems: Vec<Problem>,
 }
@@ -150,6 +152,7 @@ impl SidecarScope {
                 })
                 .collect(),
             bound: spec.egress.iter().filter_map(BoundEgress::of).collect(),
+            declared: DeclaredProtocol::of(spec),
             problems,
             outbound,
             origin,
@@ -541,12 +544,14 @@ fn exported_only(mut rules: Vec<(Selector, bool)>, export_to: &ExportTo) -> Vec<
 }
 
 mod bound_egress;
+mod declared_protocol;
 mod inbound_pool;
 mod inferred;
 mod ingress;
 mod outbound;
 mod per_scope;
 pub use bound_egress::{BoundEgress, BoundEgressVariants};
+use declared_protocol::DeclaredProtocol;
 pub use inbound_pool::InboundPools;
 use inferred::Counts;
 pub use inferred::InferredDestinations;

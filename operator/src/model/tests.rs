@@ -182,3 +182,78 @@ spec:
         ["payroll.vms.svc.cluster.local"]
     );
 }
+
+/// An egress listener's declared port protocol is reported where a service its hosts name
+/// has another kind of protocol on that port (capstan follows the service; istiod would build
+/// the listener with the declared one), and the report follows the services as they change.
+#[test]
+fn an_egress_port_protocol_other_than_a_named_services_is_reported() {
+    let mut index = Index::new();
+    let mut mesh = Mesh::new("cluster.local");
+    let apply = |index: &mut Index, mesh: &mut Mesh, event| {
+        let changes = index.handle(event);
+        mesh.update(index, &changes.objects);
+    };
+    let istio = |yaml: &str| {
+        let document = parse_single("t.yaml", yaml).expect("valid yaml");
+        Event::Apply(Record::Istio(IstioRecord::valid(document.object)))
+    };
+    let entry = |name: &str, namespace: &str, protocol: &str| {
+        istio(&format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  hosts: [{name}.{namespace}.svc.cluster.local]
+  ports: [{{number: 9080, name: p, protocol: {protocol}}}]
+  resolution: STATIC
+"
+        ))
+    };
+    let sidecar = istio(
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bookinfo}
+spec:
+  egress:
+  - port: {number: 9080, protocol: TCP, name: tcp}
+    hosts: [\"./*\"]
+  - hosts: [\"istio-system/*\"]
+",
+    );
+    let reported = |mesh: &Mesh| -> Vec<String> {
+        mesh.problems()
+            .filter(|p| p.object.kind == Kind::Sidecar)
+            .map(|p| format!("{}: {}", p.field, p.message.split(':').next().unwrap_or("")))
+            .collect()
+    };
+    for event in [
+        entry("reviews", "bookinfo", "HTTP"),
+        entry("db", "bookinfo", "TCP"),
+        entry("other", "elsewhere", "HTTP"),
+        sidecar,
+    ] {
+        apply(&mut index, &mut mesh, event);
+    }
+    let reviews = "spec.egress[0].port.protocol: reviews.bookinfo.svc.cluster.local is HTTP on port 9080, not TCP";
+    assert_eq!(reported(&mesh), [reviews]);
+    apply(&mut index, &mut mesh, entry("reviews", "bookinfo", "TCP"));
+    assert_eq!(reported(&mesh), Vec::<String>::new());
+    apply(&mut index, &mut mesh, entry("ratings", "bookinfo", "GRPC"));
+    assert_eq!(
+        reported(&mesh),
+        [
+            "spec.egress[0].port.protocol: ratings.bookinfo.svc.cluster.local is GRPC on port 9080, not TCP"
+        ]
+    );
+    apply(
+        &mut index,
+        &mut mesh,
+        Event::Delete(crate::index::RecordKey::Istio(ObjectKey {
+            kind: Kind::Sidecar,
+            namespace: "bookinfo".into(),
+            name: "default".into(),
+        })),
+    );
+    assert_eq!(reported(&mesh), Vec::<String>::new());
+}

@@ -362,3 +362,53 @@ spec:
         "the cipher suite Envoy does not know: {fields:?}"
     );
 }
+
+/// A Sidecar egress listener declaring TCP on a port where a ServiceEntry of another file
+/// (read after it) is HTTP is warned about once every file is read, at the field's line; a
+/// service of another namespace its hosts do not name is not.
+#[test]
+fn an_egress_port_protocol_other_than_a_named_services_is_warned_after_every_file() {
+    let mut report = Report::default();
+    report.check_text(
+        "sidecar.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bookinfo}
+spec:
+  egress:
+  - port: {number: 9080, protocol: TCP, name: tcp}
+    hosts: [\"./*\"]
+",
+    );
+    report.check_text(
+        "entries.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews.bookinfo.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: elsewhere}
+spec:
+  hosts: [reviews.elsewhere.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: DNS
+",
+    );
+    assert_eq!(report.problems, vec![]);
+    assert_eq!(report.warnings, vec![], "nothing before every file is read");
+    report.finish();
+    let lines: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "sidecar.yaml:6: document 1 (Sidecar bookinfo/default): spec.egress[0].port.protocol: \
+          reviews.bookinfo.svc.cluster.local is HTTP on port 9080, not TCP: capstan handles its \
+          traffic as HTTP (istiod would build the port's listener as TCP)"
+        ]
+    );
+}
