@@ -386,7 +386,6 @@ impl Index {
         self.istio.values()
     }
 
-    /// The served objects of one kind in one namespace, by name.
     /// The Pods of `namespace`.
     pub fn pods_in<'a>(&'a self, namespace: &str) -> impl Iterator<Item = &'a PodRecord> + 'a {
         let first = NsName::new(namespace, "");
@@ -397,6 +396,7 @@ impl Index {
             .map(|(_, pod)| pod)
     }
 
+    /// The served objects of one kind in one namespace, by name.
     pub fn istio_in<'a>(
         &'a self,
         kind: capstan_crds::Kind,
