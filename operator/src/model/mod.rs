@@ -5,6 +5,7 @@ pub mod authorization;
 mod by_namespace;
 pub mod cloud_map;
 pub mod delegate;
+mod egress_protocols;
 pub mod gateway;
 pub mod hostname;
 pub mod kube;
@@ -19,6 +20,7 @@ pub mod sidecar_scope;
 pub mod stream_routes;
 pub mod traffic_policy;
 pub mod unsupported;
+mod workload_changes;
 pub mod workloads;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -296,57 +298,6 @@ impl Mesh {
         affected
     }
 
-    /// The hosts of the ServiceEntries of `namespace` whose `workloadSelector` `picks`: a
-    /// workload there (WorkloadEntry, Pod) those labels describe may be their endpoint.
-    fn selecting_entry_hosts(
-        &self,
-        index: &Index,
-        namespace: &str,
-        picks: impl Fn(&BTreeMap<String, String>) -> bool,
-    ) -> Vec<String> {
-        let entries = self.selecting.get(namespace).into_iter().flatten();
-        entries
-            .filter(
-                |entry| match index.istio(entry).and_then(|r| r.object.as_deref()) {
-                    Some(IstioObject::ServiceEntry(se)) => se
-                        .spec
-                        .workload_selector
-                        .as_ref()
-                        .is_some_and(|s| picks(&s.labels)),
-                    _ => false,
-                },
-            )
-            .flat_map(|entry| self.claims.get(entry).into_iter().flatten().cloned())
-            .collect()
-    }
-
-    /// A WorkloadEntry changed (or went): the hosts whose selector (a ServiceEntry's
-    /// `workloadSelector`, a Kubernetes Service's `selector`) its labels met before or meet
-    /// now are rebuilt, and no other.
-    fn reread_workload_entry(&mut self, index: &Index, key: &ObjectKey, affected: &mut Affected) {
-        let before = self.entry_labels.remove(key);
-        let now = match index.istio(key).and_then(|r| r.object.as_deref()) {
-            Some(IstioObject::WorkloadEntry(we)) => Some(we.spec.labels.clone()),
-            _ => None,
-        };
-        let labels: Vec<&BTreeMap<String, String>> = before.iter().chain(&now).collect();
-        let picks = |selector: &BTreeMap<String, String>| {
-            labels.iter().any(|l| service::labels_include(l, selector))
-        };
-        affected
-            .hosts
-            .extend(self.selecting_entry_hosts(index, &key.namespace, picks));
-        // Kubernetes Services with a selector take the entries it picks.
-        let services = index.services_in(&key.namespace);
-        let selecting = services.filter(|s| !s.selector.is_empty() && picks(&s.selector));
-        affected
-            .hosts
-            .extend(selecting.map(|s| kube::host(&s.id, &self.domain_suffix)));
-        if let Some(now) = now {
-            self.entry_labels.insert(key.clone(), now);
-        }
-    }
-
     /// Reports the Sidecars that lose to another scoping the same sidecars, and what of each
     /// is not applied.
     fn refresh_scope_conflicts(&mut self) {
@@ -561,19 +512,7 @@ impl Mesh {
             IstioObject::Sidecar(sc) => {
                 let scope =
                     sidecar_scope::SidecarScope::new(key.clone(), &sc.spec, &self.domain_suffix);
-                if scope.declares_protocols() {
-                    self.declaring_protocols.insert(key.clone());
-                    let root = self.sidecar_scopes.root_namespace();
-                    let problems: Vec<(String, Problem)> = (self.services.values())
-                        .flat_map(|service| {
-                            let found = scope.protocol_mismatches(service, root);
-                            found.into_iter().map(|p| (service.host.clone(), p))
-                        })
-                        .collect();
-                    for (host, problem) in problems {
-                        self.report(key, Topic::EgressProtocol(host), problem);
-                    }
-                }
+                self.check_declared_protocols_of(key, &scope);
                 self.sidecar_scopes.by_key.insert(key.clone(), scope);
             }
             IstioObject::AuthorizationPolicy(ap) => {
@@ -668,30 +607,6 @@ impl Mesh {
         };
         self.check_declared_protocols(host);
         self.refresh_rule(index, host);
-    }
-
-    /// Checks `host`'s service against the protocols Sidecar egress listeners declare.
-    fn check_declared_protocols(&mut self, host: &str) {
-        let topic = Topic::EgressProtocol(host.to_string());
-        let keys: Vec<ObjectKey> = self.declaring_protocols.iter().cloned().collect();
-        for key in keys {
-            if let Some(topics) = self.problems.get_mut(&key) {
-                topics.remove(&topic);
-                if topics.is_empty() {
-                    self.problems.remove(&key);
-                }
-            }
-            let (Some(scope), Some(service)) = (
-                self.sidecar_scopes.by_key.get(&key),
-                self.services.get(host),
-            ) else {
-                continue;
-            };
-            let root = self.sidecar_scopes.root_namespace();
-            for problem in scope.protocol_mismatches(service, root) {
-                self.report(&key, topic.clone(), problem);
-            }
-        }
     }
 
     fn report(&mut self, key: &ObjectKey, topic: Topic, problem: Problem) {
