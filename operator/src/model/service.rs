@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use capstan_crds::networking::service_entry::{self as se, Resolution as SeResolution};
+use capstan_crds::networking::workload_entry::WorkloadEntrySpec;
 use capstan_crds::{ObjectKey, Protocol, ProtocolClass};
 
 use crate::index::{Health, NsName};
@@ -92,6 +93,21 @@ pub struct Endpoint {
     pub weight: u32,
     pub service_account: Arc<str>,
     pub health: Health,
+}
+
+impl From<&WorkloadEntrySpec> for Endpoint {
+    /// A ServiceEntry's endpoint or a WorkloadEntry (one type in Istio's API), ready.
+    fn from(entry: &WorkloadEntrySpec) -> Self {
+        Endpoint {
+            address: entry.address.as_str().into(),
+            ports: Arc::new(entry.ports.clone()),
+            labels: Arc::new(entry.labels.clone()),
+            locality: entry.locality.clone(),
+            weight: entry.weight,
+            service_account: entry.service_account.as_str().into(),
+            health: Health::Ready,
+        }
+    }
 }
 
 impl Endpoint {
@@ -215,19 +231,7 @@ impl Service {
                 SeResolution::DnsRoundRobin | SeResolution::DynamicDns => Resolution::DnsRoundRobin,
                 SeResolution::None => Resolution::Passthrough,
             },
-            endpoints: spec
-                .endpoints
-                .iter()
-                .map(|e| Endpoint {
-                    address: e.address.as_str().into(),
-                    ports: Arc::new(e.ports.clone()),
-                    labels: Arc::new(e.labels.clone()),
-                    locality: e.locality.clone(),
-                    weight: e.weight,
-                    service_account: e.service_account.as_str().into(),
-                    health: Health::Ready,
-                })
-                .collect(),
+            endpoints: spec.endpoints.iter().map(Endpoint::from).collect(),
             mesh_external: spec.location == se::Location::MeshExternal,
             subject_alt_names: spec.subject_alt_names.clone(),
         }

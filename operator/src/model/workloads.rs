@@ -58,15 +58,7 @@ pub fn selected_entries(
         .filter(|spec| selects(&spec.labels))
         // An entry without an address has nowhere to send traffic.
         .filter(|spec| !spec.address.is_empty())
-        .map(|spec| Endpoint {
-            address: spec.address.as_str().into(),
-            ports: Arc::new(spec.ports.clone()),
-            labels: Arc::new(spec.labels.clone()),
-            locality: spec.locality.clone(),
-            weight: spec.weight,
-            service_account: spec.service_account.as_str().into(),
-            health: Health::Ready,
-        })
+        .map(Endpoint::from)
         .collect()
 }
 

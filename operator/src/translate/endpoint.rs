@@ -10,11 +10,7 @@ pub use locality::{
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
-use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use envoy_types::pb::envoy::config::core::v3::{
-    Address, HealthStatus, Locality, Metadata, Pipe, SocketAddress,
-};
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -251,24 +247,10 @@ pub fn load_assignment(
 }
 
 fn lb_endpoint(address: &str, port: u32, weight: u32, health: Health) -> LbEndpoint {
-    // A ServiceEntry endpoint `unix:///path` (or `unix://@abstract`) is a Unix socket, as
-    // istiod's `BuildAddress` makes it; Envoy refuses it as an IP address.
-    let kind = match address.strip_prefix("unix://") {
-        Some(path) => AddressKind::Pipe(Pipe {
-            path: path.to_string(),
-            mode: 0,
-        }),
-        None => AddressKind::SocketAddress(SocketAddress {
-            address: address.to_string(),
-            port_specifier: Some(PortSpecifier::PortValue(port)),
-            ..Default::default()
-        }),
-    };
     LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-            address: Some(Address {
-                address: Some(kind),
-            }),
+            // A ServiceEntry endpoint may be a Unix socket (`unix:///path`).
+            address: Some(crate::translate::address::socket_or_pipe(address, port)),
             ..Default::default()
         })),
         load_balancing_weight: (weight > 0).then_some(UInt32Value { value: weight }),

@@ -3,6 +3,7 @@
 //! Names follow Istio so that users' tooling and habits carry over: clusters are
 //! `outbound|<port>|<subset>|<host>`, EDS load assignments share their cluster's name.
 
+mod address;
 mod authentication;
 pub mod authorization;
 mod cluster;

@@ -45,41 +45,68 @@ pub fn route_proxy(
     } else {
         destinations.iter().collect()
     };
-    let cluster = |d: &Destination| cluster_for(mesh, &d.host, d.subset.as_deref(), d.port, port);
-    // A split reads its first destination's rule (istiod's), and is never tunnelled.
-    let first = live.first()?;
-    let rule = mesh.rule_for(&first.host, caller);
-    let (specifier, tunneling_config, subset) = match live.as_slice() {
-        [only] => {
-            let policy = policy_in(rule, only.subset.as_deref(), only.port.unwrap_or(port));
-            let tunnel = policy.tunnel.map(tunneling);
-            let subset = only.subset.as_deref();
-            (ClusterSpecifier::Cluster(cluster(only)), tunnel, subset)
-        }
-        several => {
-            let clusters = several
-                .iter()
-                .map(|d| ClusterWeight {
-                    name: cluster(d),
-                    weight: d.weight,
-                    ..Default::default()
-                })
-                .collect();
-            let split = ClusterSpecifier::WeightedClusters(WeightedCluster { clusters });
-            (split, None, None)
-        }
+    let proxy = match live.as_slice() {
+        [] => return None,
+        [only] => one_destination(mesh, port, only, caller, stat_prefix),
+        several => split(mesh, port, several, caller, stat_prefix),
     };
-    let mut proxy = TcpProxy {
-        stat_prefix: stat_prefix.to_string(),
-        cluster_specifier: Some(specifier),
-        tunneling_config,
-        ..Default::default()
-    };
-    apply_rule(&mut proxy, rule, subset);
     Some(Built {
         value: filter(proxy),
         destinations: live.iter().map(|d| d.host.clone()).collect(),
     })
+}
+
+/// The TCP proxy to one destination: its cluster, through its rule's tunnel, with what the
+/// rule sets for its subset.
+fn one_destination(
+    mesh: &Mesh,
+    port: u32,
+    only: &Destination,
+    caller: Option<&str>,
+    stat_prefix: &str,
+) -> TcpProxy {
+    let rule = mesh.rule_for(&only.host, caller);
+    let subset = only.subset.as_deref();
+    let policy = policy_in(rule, subset, only.port.unwrap_or(port));
+    let mut proxy = TcpProxy {
+        stat_prefix: stat_prefix.to_string(),
+        cluster_specifier: Some(ClusterSpecifier::Cluster(cluster_for(
+            mesh, &only.host, subset, only.port, port,
+        ))),
+        tunneling_config: policy.tunnel.map(tunneling),
+        ..Default::default()
+    };
+    apply_rule(&mut proxy, rule, subset);
+    proxy
+}
+
+/// The TCP proxy splitting connections over `several` destinations by weight: it reads its
+/// first destination's rule (istiod's), and is never tunnelled.
+fn split(
+    mesh: &Mesh,
+    port: u32,
+    several: &[&Destination],
+    caller: Option<&str>,
+    stat_prefix: &str,
+) -> TcpProxy {
+    let clusters = several
+        .iter()
+        .map(|d| ClusterWeight {
+            name: cluster_for(mesh, &d.host, d.subset.as_deref(), d.port, port),
+            weight: d.weight,
+            ..Default::default()
+        })
+        .collect();
+    let mut proxy = TcpProxy {
+        stat_prefix: stat_prefix.to_string(),
+        cluster_specifier: Some(ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters,
+        })),
+        ..Default::default()
+    };
+    let rule = several.first().and_then(|d| mesh.rule_for(&d.host, caller));
+    apply_rule(&mut proxy, rule, None);
+    proxy
 }
 
 /// A connection's own TCP proxy to `host` on `port`, where no route says otherwise, as the
@@ -98,17 +125,7 @@ pub fn own_proxy(
         port: None,
         weight: 100,
     };
-    match route_proxy(mesh, port, std::slice::from_ref(&own), caller, stat_prefix) {
-        Some(built) => built.value,
-        // Not reached: one destination always makes a proxy. The plain one, should it not.
-        None => filter(TcpProxy {
-            stat_prefix: stat_prefix.to_string(),
-            cluster_specifier: Some(ClusterSpecifier::Cluster(crate::translate::cluster_name(
-                port, "", host,
-            ))),
-            ..Default::default()
-        }),
-    }
+    filter(one_destination(mesh, port, &own, caller, stat_prefix))
 }
 
 /// What a host's rules set on the TCP proxies of its own chains: the rest's, then each

@@ -7,9 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
-use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use envoy_types::pb::envoy::config::core::v3::{Address, Pipe, SocketAddress};
+use envoy_types::pb::envoy::config::core::v3::Address;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::{
@@ -46,22 +44,11 @@ pub fn listener_name(bind: &str, port: u32) -> String {
     format!("{address}_{port}")
 }
 
-/// Where a listener on `bind` (empty: every address) and `port` listens.
+/// Where a listener on `bind` (empty: every address; `unix://…`: a Unix socket) and `port`
+/// listens.
 fn bound_address(bind: &str, port: u32) -> Address {
-    let address = match bind.strip_prefix("unix://") {
-        Some(path) => AddressKind::Pipe(Pipe {
-            path: path.to_string(),
-            mode: 0,
-        }),
-        None => AddressKind::SocketAddress(SocketAddress {
-            address: if bind.is_empty() { "0.0.0.0" } else { bind }.to_string(),
-            port_specifier: Some(PortSpecifier::PortValue(port)),
-            ..Default::default()
-        }),
-    };
-    Address {
-        address: Some(address),
-    }
+    let address = if bind.is_empty() { "0.0.0.0" } else { bind };
+    crate::translate::address::socket_or_pipe(address, port)
 }
 
 /// The listener of `port` on `bind` for `servers` (all of one family, see
