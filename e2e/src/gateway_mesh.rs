@@ -199,6 +199,23 @@ spec:
     )
 }
 
+/// Gateway istio-system/edge, selecting Istio's ingress gateway pods, with one TCP server on
+/// `port` for every host; ends with `---`.
+pub fn edge_tcp_gateway(port: u16) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: tcp, protocol: TCP}}
+    hosts: ["*"]
+---
+"#
+    )
+}
+
 /// A VirtualService `name` (namespace shop) for `host`, bound to Gateway istio-system/edge,
 /// sending every connection to `destination`:`port`; ends with `---`.
 pub fn edge_tcp_route(name: &str, host: &str, destination: &str, port: u16) -> String {

@@ -15,8 +15,8 @@ use capstan_e2e::capstan::Capstan;
 use capstan_e2e::connect_proxy::ConnectProxy;
 use capstan_e2e::envoy::{AdsMode, loopback};
 use capstan_e2e::gateway_mesh::{
-    EgressPair, cluster_requests, edge_tcp_route, egress_gateway_service, loopback_entry,
-    start_egress_and_sidecar, start_gateway, wait_for_service,
+    EgressPair, cluster_requests, edge_tcp_gateway, edge_tcp_route, egress_gateway_service,
+    loopback_entry, start_egress_and_sidecar, start_gateway, wait_for_service,
 };
 use capstan_e2e::http::HttpClient;
 use capstan_e2e::mesh::{CONFIG_TIMEOUT, TestEnv};
@@ -335,16 +335,7 @@ metadata: {{name: corp-proxy, namespace: istio-system}}
 spec:
   host: proxy.corp.internal
 {tunnel}---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: edge, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: {tcp_port}, name: tcp, protocol: TCP}}
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
+{gateway}apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: db-through-proxy, namespace: istio-system}}
 spec:
@@ -353,7 +344,8 @@ spec:
   tcp:
   - route: [{{destination: {{host: proxy.corp.internal, port: {{number: 3128}}}}}}]
 "#,
-            proxy_port = proxy.port
+            proxy_port = proxy.port,
+            gateway = edge_tcp_gateway(tcp_port),
         )
     };
     let tunnel = "  trafficPolicy:\n    tunnel: {protocol: CONNECT, targetHost: db.example.com, targetPort: 5432}\n";
@@ -441,17 +433,9 @@ spec:
   host: db.shop.svc.cluster.local
   trafficPolicy: {{connectionPool: {{tcp: {{idleTimeout: 1s}}}}}}
 ---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: edge, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: {tcp_port}, name: tcp, protocol: TCP}}
-    hosts: ["*"]
----
-{route}"#,
+{gateway}{route}"#,
             route = edge_tcp_route("db", "db", "db", 5432),
+            gateway = edge_tcp_gateway(tcp_port),
             db = loopback_entry(
                 "db",
                 "db.shop.svc.cluster.local",
