@@ -29,6 +29,10 @@ impl Mesh {
 
     /// Checks `host`'s service against the protocols Sidecar egress listeners declare.
     pub(super) fn check_declared_protocols(&mut self, host: &str) {
+        // Every host refresh passes here: nothing to allocate for a mesh without them.
+        if self.declaring_protocols.is_empty() {
+            return;
+        }
         let topic = Topic::EgressProtocol(host.to_string());
         let keys: Vec<ObjectKey> = self.declaring_protocols.iter().cloned().collect();
         for key in keys {
