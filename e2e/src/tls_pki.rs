@@ -37,7 +37,8 @@ pub struct TestCa {
 pub struct Issued {
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// Its serial number, unique among the certificates this process issues.
+    /// Its serial number, unique among the certificates a [`TestCa`] of this process issues
+    /// (what a CRL names); 0 for one the mesh's in-test CA issued (`agent::TestCa::issue`).
     pub serial: u64,
 }
 

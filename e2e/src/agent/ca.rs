@@ -131,7 +131,8 @@ impl TestCa {
 
     /// A certificate for `identity` signed by the workload root, as the CA would grant it
     /// to an agent, written to `<dir>/<file>.pem` (the chain) and `<dir>/<file>-key.pem`:
-    /// for a client the test plays itself, whatever trust domain `identity` is in.
+    /// for a client the test plays itself, whatever trust domain `identity` is in. Its
+    /// `serial` is 0: the CA picks the certificate's own, and no test revokes these.
     pub fn issue(&self, dir: &Path, file: &str, identity: &SpiffeId) -> anyhow::Result<Issued> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let csr = CertificateParams::default()
