@@ -223,7 +223,7 @@ impl Folder {
                 .map(|p| p.display().to_string())
                 .collect();
             info!(
-                "{}: modified within the last {SETTLE_WINDOW:?}; serving the last good content until writes settle",
+                "{}: modified or removed within the last {SETTLE_WINDOW:?}; serving the last good content until the folder settles",
                 files.join(", ")
             );
         }

@@ -9,7 +9,10 @@
 //! Writers are not atomic: a file being written in place is empty or cut short, and a cut
 //! YAML file is often still valid YAML with fewer objects or fewer routes. So new content
 //! replaces a file's last good content only once the file has settled (not modified for
-//! [`SETTLE_WINDOW`]); a file that cannot be inspected or read (a dangling symlink, denied)
+//! [`SETTLE_WINDOW`]); a file that disappears keeps its objects until it has been gone that
+//! long (`rm -r` of the folder, a checkout replacing it, unlinks one file at a time, and a
+//! scan between two of them would serve routes without their services); a file that cannot
+//! be inspected or read (a dangling symlink, denied)
 //! keeps its last good content; and a scan that finds no objects at all where some were
 //! served keeps the last good config unless empty config is allowed.
 
@@ -63,6 +66,12 @@ impl ScanReport {
     pub fn changed(&self) -> bool {
         !self.affected.is_empty() || self.secrets_changed
     }
+
+    /// Records that `path` keeps its last good content for another `wait`.
+    fn unsettled(&mut self, path: &Path, wait: Duration) {
+        self.unsettled.push(path.to_path_buf());
+        self.rescan_after = Some(self.rescan_after.map_or(wait, |w| w.min(wait)));
+    }
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +87,9 @@ struct FileState {
     secrets: Vec<SecretRecord>,
     /// New content waiting to settle: its hash, and when it was first seen.
     pending: Option<(u64, Instant)>,
+    /// When a scan first found the file missing: it keeps serving until it has been gone
+    /// for the settle window.
+    missing_since: Option<Instant>,
     /// The inspection or read problem last reported, so that a lasting one is reported once.
     reported: Option<String>,
 }
@@ -137,15 +149,26 @@ impl FolderSource {
     pub fn scan(&mut self) -> io::Result<ScanReport> {
         let mut report = ScanReport::default();
         let paths = yaml_files(&self.dir)?;
-        let mut gone: Vec<PathBuf> = self
-            .files
-            .keys()
-            .filter(|path| !paths.contains(*path))
-            .cloned()
-            .collect();
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        let mut newly_missing = Vec::new();
+        for (path, state) in self.files.iter_mut() {
+            if paths.contains(path) {
+                continue;
+            }
+            let was_missing = state.missing_since.is_some();
+            match still_missing(self.settle, state, now) {
+                Some(wait) => report.unsettled(path, wait),
+                None => gone.push(path.clone()),
+            }
+            if !was_missing && state.missing_since.is_some() {
+                newly_missing.push(path.clone());
+            }
+        }
         let mut fresh = Vec::new();
         for path in paths {
             let state = self.files.entry(path.clone()).or_default();
+            state.missing_since = None;
             match scan_file(self.settle, &path, state, &mut report) {
                 FileScan::Kept => {}
                 FileScan::Fresh(content) => fresh.push((path, content)),
@@ -190,12 +213,61 @@ impl FolderSource {
             state.objects = content.objects;
             state.secrets = content.secrets;
         }
+        self.yield_to_present_files(&newly_missing, &mut report);
         Ok(report)
     }
 
-    /// The object served as `key`: its first definition, in the first file that has one.
+    /// A missing file's objects give way to other files' definitions of them at once (an
+    /// object moved to another file, a file renamed): reports the keys and Secrets whose
+    /// served definition that changes.
+    fn yield_to_present_files(&self, newly_missing: &[PathBuf], report: &mut ScanReport) {
+        for path in newly_missing {
+            let Some(state) = self.files.get(path) else {
+                continue;
+            };
+            for object in &state.objects {
+                let key = object.key();
+                let elsewhere = self.definitions.of(&key).any(|(p, _)| !self.missing(p));
+                if elsewhere {
+                    report.affected.insert(key);
+                }
+            }
+            report.secrets_changed |= state.secrets.iter().any(|secret| {
+                self.present_files()
+                    .any(|(_, other)| other.secrets.iter().any(|s| s.id == secret.id))
+            });
+        }
+    }
+
+    /// Whether `path` went missing and still serves, waiting out the settle window.
+    fn missing(&self, path: &Path) -> bool {
+        self.files
+            .get(path)
+            .is_some_and(|state| state.missing_since.is_some())
+    }
+
+    fn present_files(&self) -> impl Iterator<Item = (&PathBuf, &FileState)> {
+        self.files.iter().filter(|(_, s)| s.missing_since.is_none())
+    }
+
+    /// The files in the order their definitions win: present files by name, then missing
+    /// ones (which serve only what no present file defines, and are never reported as
+    /// repeating it).
+    fn files_by_precedence(&self) -> impl Iterator<Item = (&PathBuf, &FileState, bool)> {
+        let missing = self.files.iter().filter(|(_, s)| s.missing_since.is_some());
+        self.present_files()
+            .map(|(p, s)| (p, s, false))
+            .chain(missing.map(|(p, s)| (p, s, true)))
+    }
+
+    /// The object served as `key`: its first definition, in the first file that has one
+    /// (a file gone missing only if no other file has one).
     pub fn served(&self, key: &ObjectKey) -> Option<&IstioObject> {
-        let (path, positions) = self.definitions.of(key).next()?;
+        let (path, positions) = self
+            .definitions
+            .of(key)
+            .find(|(path, _)| !self.missing(path))
+            .or_else(|| self.definitions.of(key).next())?;
         self.files.get(path)?.objects.get(*positions.first()?)
     }
 
@@ -204,7 +276,8 @@ impl FolderSource {
         let mut problems = Vec::new();
         for key in keys {
             let mut first: Option<&Path> = None;
-            for (path, positions) in self.definitions.of(key) {
+            let present = self.definitions.of(key).filter(|(p, _)| !self.missing(p));
+            for (path, positions) in present {
                 for _ in positions {
                     match first {
                         None => first = Some(path),
@@ -217,15 +290,17 @@ impl FolderSource {
     }
 
     /// Every object served, each (kind, namespace, name) once: where two files define the
-    /// same object, the first file by name wins and the other is reported.
+    /// same object, the first file by name wins and the other is reported (see
+    /// [`Self::served`] for files gone missing).
     pub fn objects(&self) -> (Vec<&IstioObject>, Problems) {
         let mut seen: HashMap<ObjectKey, &Path> = HashMap::new();
         let mut out = Vec::new();
         let mut problems = Vec::new();
-        for (path, state) in &self.files {
+        for (path, state, missing) in self.files_by_precedence() {
             for object in &state.objects {
                 let key = object.key();
                 match seen.get(&key) {
+                    Some(_) if missing => {}
                     Some(first) => problems.push(duplicate(path, &key, first)),
                     None => {
                         seen.insert(key, path);
@@ -242,9 +317,10 @@ impl FolderSource {
         let mut seen: HashMap<&NsName, &Path> = HashMap::new();
         let mut out = Vec::new();
         let mut problems = Vec::new();
-        for (path, state) in &self.files {
+        for (path, state, missing) in self.files_by_precedence() {
             for secret in &state.secrets {
                 match seen.get(&secret.id) {
+                    Some(_) if missing => {}
                     Some(first) => problems.push(format!(
                         "{}: Secret {} is also defined in {}; using that one",
                         path.display(),
@@ -368,8 +444,7 @@ fn scan_file(
     let stamp = Stamp::trusted(&before, read_at)
         .filter(|stamp| after.as_ref().is_some_and(|after| stamp.matches(after)));
     if let Some(wait) = settling(settle, state, fingerprint, &before, after.as_ref()) {
-        report.unsettled.push(path.to_path_buf());
-        report.rescan_after = Some(report.rescan_after.map_or(wait, |w| w.min(wait)));
+        report.unsettled(path, wait);
         return FileScan::Kept;
     }
     state.pending = None;
@@ -382,6 +457,17 @@ fn scan_file(
         objects,
         secrets,
     })
+}
+
+/// How much longer a file a scan did not find keeps serving (first missed `now` or
+/// before); `None` once it has been gone for the settle window, or if it served nothing.
+fn still_missing(settle: Duration, state: &mut FileState, now: Instant) -> Option<Duration> {
+    if settle.is_zero() || state.count() == 0 {
+        return None;
+    }
+    let since = *state.missing_since.get_or_insert(now);
+    let gone_for = now.saturating_duration_since(since);
+    (gone_for < settle).then(|| (settle - gone_for).max(RECHECK_FLOOR))
 }
 
 /// How much longer new content (hash `fingerprint`, file metadata `before` and `after`

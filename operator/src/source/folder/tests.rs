@@ -225,13 +225,19 @@ fn a_truncated_file_keeps_its_last_good_content_until_writes_settle() {
     assert_eq!(subset_count(&source), 1);
 }
 
+/// A settling source serving `se.yaml` and `dr.yaml` written to `dir`.
+fn settled_service_and_rule(dir: &Path) -> FolderSource {
+    fs::write(dir.join("se.yaml"), SE).expect("write");
+    fs::write(dir.join("dr.yaml"), DR).expect("write");
+    let mut source = settling_source(dir, TEST_SETTLE);
+    settled_scan(&mut source);
+    source
+}
+
 #[test]
 fn an_emptied_file_keeps_its_objects_until_writes_settle() {
     let dir = tempfile::tempdir().expect("tempdir");
-    fs::write(dir.path().join("se.yaml"), SE).expect("write");
-    fs::write(dir.path().join("dr.yaml"), DR).expect("write");
-    let mut source = settling_source(dir.path(), TEST_SETTLE);
-    settled_scan(&mut source);
+    let mut source = settled_service_and_rule(dir.path());
     assert_eq!(names(&source).len(), 2);
 
     fs::write(dir.path().join("dr.yaml"), "").expect("truncate");
@@ -240,6 +246,96 @@ fn an_emptied_file_keeps_its_objects_until_writes_settle() {
 
     assert!(settled_scan(&mut source).0);
     assert_eq!(names(&source), vec!["ServiceEntry bookinfo/reviews"]);
+}
+
+#[test]
+fn a_removed_file_keeps_its_objects_until_it_has_been_gone_for_the_settle_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut source = settled_service_and_rule(dir.path());
+
+    fs::remove_file(dir.path().join("dr.yaml")).expect("remove");
+    let report = source.scan().expect("scan");
+    assert!(!report.changed(), "{report:?}");
+    assert_eq!(report.unsettled, vec![dir.path().join("dr.yaml")]);
+    assert!(
+        report
+            .rescan_after
+            .is_some_and(|after| after <= TEST_SETTLE)
+    );
+    assert_eq!(names(&source).len(), 2, "the removal was served at once");
+
+    assert!(settled_scan(&mut source).0);
+    assert_eq!(names(&source), vec!["ServiceEntry bookinfo/reviews"]);
+}
+
+#[test]
+fn a_file_removed_and_put_back_within_the_settle_window_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut source = settled_service_and_rule(dir.path());
+
+    fs::remove_file(dir.path().join("dr.yaml")).expect("remove");
+    assert!(!scan(&mut source).0);
+    fs::write(dir.path().join("dr.yaml"), DR).expect("write");
+    assert!(!settled_scan(&mut source).0);
+    assert_eq!(names(&source).len(), 2);
+}
+
+/// An object moved to another file (the old one removed, a settled new one renamed in):
+/// the new definition is served at once, and the old file waiting out its removal is not
+/// reported as repeating it.
+#[test]
+fn an_object_moved_to_another_file_is_served_from_it_at_once_without_a_duplicate_report() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("a.yaml"), DR).expect("write");
+    // Hidden files are not config: written aside, it settles before it is renamed in.
+    fs::write(dir.path().join(".b.yaml"), dr_v1_v2()).expect("write");
+    let mut source = settling_source(dir.path(), TEST_SETTLE);
+    settled_scan(&mut source);
+    assert_eq!(subset_count(&source), 1);
+
+    fs::remove_file(dir.path().join("a.yaml")).expect("remove");
+    fs::rename(dir.path().join(".b.yaml"), dir.path().join("b.yaml")).expect("rename");
+    let report = source.scan().expect("scan");
+    assert_eq!(report.unsettled, vec![dir.path().join("a.yaml")]);
+    assert!(report.changed());
+    assert_eq!(
+        subset_count(&source),
+        2,
+        "b.yaml's definition is not served"
+    );
+    assert_eq!(source.duplicates_of(&report.affected), Vec::<String>::new());
+    assert_eq!(source.objects().1, Vec::<String>::new());
+
+    assert!(settled_scan(&mut source).0);
+    assert_eq!(subset_count(&source), 2);
+    assert_eq!(source.objects().1, Vec::<String>::new());
+}
+
+/// `rm -r` unlinks one file at a time: a scan between two unlinks must not serve the files
+/// left (here, a DestinationRule without its ServiceEntry), and the folder put back as it was
+/// is no change at all.
+#[test]
+fn a_folder_removed_file_by_file_never_serves_what_is_left_midway() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("config");
+    fs::create_dir(&dir).expect("mkdir");
+    fs::write(dir.join("se.yaml"), SE).expect("write");
+    fs::write(dir.join("dr.yaml"), DR).expect("write");
+    let mut source = settling_source(&dir, TEST_SETTLE);
+    settled_scan(&mut source);
+
+    fs::remove_file(dir.join("se.yaml")).expect("remove");
+    assert!(!scan(&mut source).0, "the folder was served half removed");
+    fs::remove_dir_all(&dir).expect("remove the folder");
+    assert!(source.scan().is_err());
+    assert_eq!(names(&source).len(), 2);
+
+    std::thread::sleep(TEST_SETTLE);
+    fs::create_dir(&dir).expect("mkdir");
+    fs::write(dir.join("se.yaml"), SE).expect("write");
+    fs::write(dir.join("dr.yaml"), DR).expect("write");
+    assert!(!settled_scan(&mut source).0);
+    assert_eq!(names(&source).len(), 2);
 }
 
 #[cfg(unix)]
