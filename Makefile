@@ -19,7 +19,8 @@
 #               once, capstan's CA vs istiod's, on a real kube-apiserver
 #   make bench-routes  VirtualService edit to a real Envoy serving the new route, with 3,000 routes
 #               configured (100 edits; p50/p99/max from the file's rename to the first request served);
-#               ROUTE_BENCH_ARGS=--capture for capture-mode sidecars, as the Helm chart runs capstan
+#               ROUTE_BENCH_ARGS=--capture for capture-mode sidecars, as the Helm chart runs capstan;
+#               then the same edits replayed byte for byte by the go-control-plane peer
 #   make bench-rules   the same for DestinationRule edits (a load balancer switched), to Envoy
 #                      holding the new cluster in service (SotW and Delta)
 #   make bench-scope   bytes and memory one sidecar's Envoy takes, with and without a Sidecar scope
@@ -165,11 +166,12 @@ bench-ca: kube-tools
 # Release build of capstan, capstan-upstream and the bench; the bench runs that capstan
 # (CAPSTAN_BIN) rather than building it again under `cargo run`'s environment.
 .PHONY: bench-routes
-bench-routes: tools
+bench-routes: tools peer
 	$(call step,bench-routes: capstan-route-bench (VirtualService edits to a real Envoy, 3,000 routes))
 	@$(CARGO) build --quiet --release -p capstan -p capstan-e2e --bin capstan --bin capstan-upstream --bin capstan-route-bench
-	@ENVOY_BIN="$(ENVOY_BIN_VALUE)" CAPSTAN_BIN="$${CAPSTAN_BIN:-$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/capstan}" \
-		$(CARGO) run --quiet --release -p capstan-e2e --bin capstan-route-bench -- $(ROUTE_BENCH_ARGS)
+	@peer="$(GCP_PEER_VALUE)"; replay=""; [ -x "$$peer" ] && replay="--replay-peer"; \
+		ENVOY_BIN="$(ENVOY_BIN_VALUE)" CAPSTAN_BIN="$${CAPSTAN_BIN:-$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/capstan}" \
+		CAPSTAN_GCP_PEER="$$peer" $(CARGO) run --quiet --release -p capstan-e2e --bin capstan-route-bench -- $$replay $(ROUTE_BENCH_ARGS)
 
 .PHONY: bench-rules
 bench-rules: tools

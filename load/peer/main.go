@@ -92,6 +92,16 @@ func main() {
 	})
 	mux.HandleFunc("/endpoint", ctl.change(ctl.endpoint))
 	mux.HandleFunc("/cluster", ctl.change(ctl.cluster))
+	if sb, ok := b.(*snapshotBackend); ok {
+		r := newReplay(sb.snapshots)
+		mux.HandleFunc("/replay/capture", r.capture)
+		mux.HandleFunc("/replay/serve", r.serve)
+	} else {
+		refuse := func(w http.ResponseWriter, _ *http.Request) {
+			http.Error(w, errNoSnapshotCache.Error(), http.StatusBadRequest)
+		}
+		mux.HandleFunc("/replay/", refuse)
+	}
 	httpServer := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
 	go func() {

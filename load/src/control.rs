@@ -1,11 +1,12 @@
 //! The client side of the bench-server control API (HTTP/1.1): `GET /ready`,
-//! `POST /endpoint?service=I&port=P`, `POST /cluster?name=NAME`.
+//! `POST /endpoint?service=I&port=P`, `POST /cluster?name=NAME`, and the go-control-plane
+//! peer's `POST /replay/capture` and `POST /replay/serve`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -70,15 +71,45 @@ impl ControlClient {
             .await
     }
 
+    /// The peer only: subscribes to the control plane at `xds` as Envoy node `node` (the
+    /// `node` of an Envoy bootstrap, as JSON) and keeps what it serves as set `name`.
+    pub async fn replay_capture(
+        &self,
+        xds: SocketAddr,
+        name: &str,
+        node: &serde_json::Value,
+    ) -> Result<(), ControlError> {
+        let path = format!("/replay/capture?xds={xds}&as={name}");
+        self.call_with(Method::POST, &path, Bytes::from(node.to_string()))
+            .await
+    }
+
+    /// The peer only: serves captured set `name` to every node; returns once it is cached.
+    pub async fn replay_serve(&self, name: &str) -> Result<(), ControlError> {
+        self.call(Method::POST, &format!("/replay/serve?set={name}"))
+            .await
+    }
+
     async fn call(&self, method: Method, path: &str) -> Result<(), ControlError> {
+        self.call_with(method, path, Bytes::new()).await
+    }
+
+    async fn call_with(&self, method: Method, path: &str, body: Bytes) -> Result<(), ControlError> {
         let what = format!("{method} http://{}{path}", self.addr);
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, &what)).await {
+        let exchange = self.exchange(method, path, body, &what);
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
             Ok(result) => result,
             Err(_) => Err(ControlError::Timeout(what, REQUEST_TIMEOUT)),
         }
     }
 
-    async fn exchange(&self, method: Method, path: &str, what: &str) -> Result<(), ControlError> {
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        what: &str,
+    ) -> Result<(), ControlError> {
         let stream = TcpStream::connect(self.addr)
             .await
             .map_err(|e| ControlError::Io(what.to_string(), e))?;
@@ -91,7 +122,7 @@ impl ControlClient {
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, self.addr.to_string())
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(body))
             .map_err(|e| ControlError::Request(what.to_string(), e))?;
         let response = sender
             .send_request(request)

@@ -28,12 +28,17 @@
 //! `virtualOutbound` and routed by the port's own route configuration, `8080`, whose virtual
 //! hosts list each name once instead of with and without the port.
 //!
+//! `--replay-peer` then times the same edits served by the go-control-plane peer
+//! (`load/peer`) replaying, byte for byte, the two configurations capstan served, to a fresh
+//! Envoy: the peer watches and translates nothing, it only switches between two prepared
+//! snapshots, so its row is what a control plane that does no more than hand over the same
+//! bytes gets on this machine, in the same run (`route_bench/replay.rs`).
+//!
 //! Run: `make bench-routes`, or `cargo build --release -p capstan -p capstan-e2e --bin capstan
 //! --bin capstan-upstream --bin capstan-route-bench` and run `capstan-route-bench` from the
 //! release directory (Envoy from `$ENVOY_BIN` or `make tools`; capstan from `$CAPSTAN_BIN`,
 //! else built next to this binary).
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -53,6 +58,13 @@ use capstan_load::stats::{Percentiles, fmt_ms};
 use clap::Parser;
 use serde::Serialize;
 
+#[path = "route_bench/files.rs"]
+mod files;
+#[path = "route_bench/replay.rs"]
+mod replay;
+
+use files::{edited_rule, edited_service, edited_vs, filler_files, istio_stats_config};
+
 // `--capture` needs a network namespace of its own for the capture rules; the other modes
 // run in it too, on its loopback.
 capstan_e2e::private_network!();
@@ -64,6 +76,8 @@ const EDITED_RULE_FILE: &str = "edited-dr.yaml";
 /// The cluster a rule edit is read from.
 const EDITED_CLUSTER: &str = "outbound|8080|v1|edited.bench.svc.cluster.local";
 const JASON: &[(&str, &str)] = &[("end-user", "jason")];
+/// [`Run::served_by`] for capstan's runs.
+const CAPSTAN: &str = "capstan";
 /// capstan's settle window for a file (operator/src/source/folder.rs).
 const SETTLE_WINDOW: Duration = Duration::from_millis(500);
 
@@ -126,36 +140,14 @@ struct Cli {
     /// `rule-bench.json` for rule edits).
     #[arg(long)]
     out: Option<PathBuf>,
-}
-
-/// The stats Istio's proxy bootstrap keeps by default (its `stats_matcher` inclusion list),
-/// and RDS's and the control plane connection's, which the bench reads: per-virtual-host and
-/// per-cluster stats are not kept.
-fn istio_stats_config() -> serde_json::Value {
-    let prefixes = [
-        "reporter=",
-        "cluster_manager",
-        "listener_manager",
-        "server",
-        "cluster.xds-grpc",
-        "wasm",
-        "component",
-        "control_plane",
-    ];
-    let suffixes = [
-        "rbac.allowed",
-        "rbac.denied",
-        "shadow_allowed",
-        "shadow_denied",
-        "downstream_cx_active",
-    ];
-    let mut patterns: Vec<serde_json::Value> = prefixes
-        .iter()
-        .map(|p| serde_json::json!({ "prefix": p }))
-        .chain(suffixes.iter().map(|s| serde_json::json!({ "suffix": s })))
-        .collect();
-    patterns.push(serde_json::json!({ "safe_regex": { "regex": ".*\\.rds\\..*" } }));
-    serde_json::json!({ "stats_matcher": { "inclusion_list": { "patterns": patterns } } })
+    /// After capstan's edits, time as many served by the go-control-plane peer replaying
+    /// the two configurations capstan served, byte for byte, to a fresh Envoy: a control
+    /// plane that only hands over prepared snapshots (see `route_bench/replay.rs`).
+    #[arg(long)]
+    replay_peer: bool,
+    /// The peer binary for `--replay-peer` (default: `gcp-peer` in `$CAPSTAN_TOOLS_DIR`).
+    #[arg(long, env = "CAPSTAN_GCP_PEER")]
+    gcp_peer: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -173,10 +165,14 @@ struct Results {
     envoy_routes: usize,
     prepared: Run,
     fresh: Run,
+    /// `--replay-peer`: the prepared edits again, served by the go-control-plane peer.
+    replayed_by_peer: Option<Run>,
 }
 
 #[derive(Debug, Serialize)]
 struct Run {
+    /// `capstan`, or `go-control-plane replay` (`--replay-peer`).
+    served_by: &'static str,
     latency: Percentiles,
     /// Mean per edit from capstan's own metrics over the run: the rebuild after a folder
     /// rescan (`capstan_reconcile_seconds`, scope objects), and from the change reaching the
@@ -198,115 +194,13 @@ struct Run {
     samples_ms: Vec<Option<f64>>,
 }
 
-fn filler_files(cli: &Cli, port: u16) -> Vec<(String, String)> {
-    let mut files = Vec::new();
-    let per_file = cli.hosts_per_file.max(1);
-    for first in (0..cli.hosts).step_by(per_file) {
-        let mut text = String::new();
-        for i in first..(first + per_file).min(cli.hosts) {
-            let host = format!("svc-{i}.{NAMESPACE}.svc.cluster.local");
-            let _ = write!(
-                text,
-                "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: svc-{i}, namespace: {NAMESPACE}}}
-spec:
-  hosts: [{host}]
-  location: MESH_INTERNAL
-  ports: [{{number: 8080, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: svc-{i}, namespace: {NAMESPACE}}}
-spec:
-  hosts: [{host}]
-  http:
-"
-            );
-            for r in 0..cli.routes_per_host {
-                let dest = format!("    route: [{{destination: {{host: {host}}}}}]\n");
-                if r + 1 == cli.routes_per_host {
-                    text.push_str("  - name: default\n");
-                } else if r == 0 {
-                    let _ = writeln!(
-                        text,
-                        "  - name: tenant\n    match: [{{headers: {{x-tenant: {{exact: tenant-{i}}}}}}}]"
-                    );
-                } else {
-                    let _ = writeln!(
-                        text,
-                        "  - name: api-{r}\n    match: [{{uri: {{prefix: /api/{r}/}}}}]"
-                    );
-                }
-                text.push_str(&dest);
-            }
-            text.push_str("---\n");
-        }
-        files.push((format!("hosts-{first:05}.yaml"), text));
-    }
-    files
-}
-
-fn edited_service(v1: u16, v2: u16) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: edited, namespace: {NAMESPACE}}}
-spec:
-  hosts: [{EDITED_HOST}]
-  location: MESH_INTERNAL
-  ports: [{{number: 8080, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {v1}}}, labels: {{version: v1}}}}
-  - {{address: 127.0.0.1, ports: {{http: {v2}}}, labels: {{version: v2}}}}
-"
-    )
-}
-
-/// The edited host's DestinationRule: subsets v1 and v2, balanced by `simple` (Istio's name).
-fn edited_rule(simple: &str) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: edited, namespace: {NAMESPACE}}}
-spec:
-  host: {EDITED_HOST}
-  trafficPolicy: {{loadBalancer: {{simple: {simple}}}}}
-  subsets:
-  - {{name: v1, labels: {{version: v1}}}}
-  - {{name: v2, labels: {{version: v2}}}}
-"
-    )
-}
-
-/// The edited VirtualService: jason to `jason_to`, `/api/` and everything else to v1. `edit`
-/// names the jason route, so every edit is new content.
-fn edited_vs(jason_to: &str, edit: usize) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: edited, namespace: {NAMESPACE}}}
-spec:
-  hosts: [{EDITED_HOST}]
-  http:
-  - name: jason-edit-{edit}
-    match: [{{headers: {{end-user: {{exact: jason}}}}}}]
-    route: [{{destination: {{host: {EDITED_HOST}, subset: {jason_to}}}}}]
-  - name: api
-    match: [{{uri: {{prefix: /api/}}}}]
-    route: [{{destination: {{host: {EDITED_HOST}, subset: v1}}}}]
-  - name: default
-    route: [{{destination: {{host: {EDITED_HOST}, subset: v1}}}}]
-"
-    )
-}
-
 struct Bench {
     proxy: HttpClient,
     envoy: Envoy,
+    /// The Envoy's bootstrap (its node is what a replay captures as).
+    bootstrap: serde_json::Value,
+    capture: bool,
+    envoy_bin: PathBuf,
     capstan: Capstan,
     _upstreams: Upstreams,
     config_dir: PathBuf,
@@ -337,19 +231,10 @@ impl Bench {
         prepare: Option<Duration>,
     ) -> anyhow::Result<(Option<Duration>, usize)> {
         self.edits += 1;
-        let (file, text, target) = match self.kind {
-            EditKind::VirtualService => {
-                let target = if self.jason_at == "v1" { "v2" } else { "v1" };
-                (EDITED_FILE, edited_vs(target, self.edits), target)
-            }
-            EditKind::Rule => {
-                let target = if self.balancer == "ROUND_ROBIN" {
-                    "RANDOM"
-                } else {
-                    "ROUND_ROBIN"
-                };
-                (EDITED_RULE_FILE, edited_rule(target), target)
-            }
+        let target = self.next_target();
+        let (file, text) = match self.kind {
+            EditKind::VirtualService => (EDITED_FILE, edited_vs(target, self.edits)),
+            EditKind::Rule => (EDITED_RULE_FILE, edited_rule(target)),
         };
         let staged = self.scratch.join(file);
         std::fs::write(&staged, text).with_context(|| format!("writing {}", staged.display()))?;
@@ -360,15 +245,44 @@ impl Bench {
         let renamed = Instant::now();
         std::fs::rename(&staged, &into)
             .with_context(|| format!("renaming into {}", into.display()))?;
+        self.await_served(target, renamed).await
+    }
+
+    /// What the next edit changes to: the other subset, or the other load balancer.
+    fn next_target(&self) -> &'static str {
+        match self.kind {
+            EditKind::VirtualService if self.jason_at == "v1" => "v2",
+            EditKind::VirtualService => "v1",
+            EditKind::Rule if self.balancer == "ROUND_ROBIN" => "RANDOM",
+            EditKind::Rule => "ROUND_ROBIN",
+        }
+    }
+
+    /// What is served now (the previous edit's target).
+    fn current_target(&self) -> String {
+        match self.kind {
+            EditKind::VirtualService => self.jason_at.clone(),
+            EditKind::Rule => self.balancer.to_string(),
+        }
+    }
+
+    /// Polls until the edit to `target`, made at `started`, is served; the time it took
+    /// (`None`: not within `--edit-timeout-ms`, and then waited for before returning) and the
+    /// polls.
+    async fn await_served(
+        &mut self,
+        target: &'static str,
+        started: Instant,
+    ) -> anyhow::Result<(Option<Duration>, usize)> {
         let mut polls = 0;
         let arrived = loop {
             polls += 1;
             match self.served(target).await {
-                Ok(true) => break Some(renamed.elapsed()),
+                Ok(true) => break Some(started.elapsed()),
                 Ok(false) => {}
                 Err(e) => tracing::warn!("poll failed: {e:#}"),
             }
-            if renamed.elapsed() > self.edit_timeout {
+            if started.elapsed() > self.edit_timeout {
                 break None;
             }
             if !self.poll.is_zero() {
@@ -445,6 +359,7 @@ impl Bench {
         let route_bytes = metric_total(&after, "capstan_xds_push_bytes_total", "type=\"rds\"")
             - metric_total(&before, "capstan_xds_push_bytes_total", "type=\"rds\"");
         Ok(Run {
+            served_by: CAPSTAN,
             latency: Percentiles::of(&samples),
             reconcile_mean_ms: mean("capstan_reconcile_seconds", "scope=\"objects\""),
             folder_mean_ms: mean("capstan_folder_change_seconds", ""),
@@ -458,6 +373,15 @@ impl Bench {
                 .collect(),
         })
     }
+}
+
+/// Envoy's own account of applying each route configuration (its subscriptions'
+/// `update_duration` histograms), to tell its share from the control plane's.
+async fn rds_update_durations(envoy: &Envoy) -> anyhow::Result<String> {
+    let stats = envoy
+        .admin_get("/stats?filter=rds\\..*update_duration")
+        .await?;
+    Ok(String::from_utf8_lossy(&stats.body).trim().to_string())
 }
 
 /// The sum of a Prometheus text-format series over the label sets containing `label`.
@@ -474,6 +398,38 @@ fn metric_total(text: &str, name: &str, label: &str) -> f64 {
 
 fn sidecar_listeners(cli: &Cli) -> &'static str {
     if cli.capture { "capture" } else { "direct" }
+}
+
+/// Starts Envoy with `bootstrap` (as a captured sidecar with `capture`) and waits for its
+/// outbound listener; a client for the requests through it.
+async fn start_envoy(
+    capture: bool,
+    envoy_bin: &Path,
+    bootstrap: &serde_json::Value,
+    log_dir: &Path,
+    name: &str,
+) -> anyhow::Result<(Envoy, HttpClient)> {
+    if capture {
+        // As uid 1337, so that its own connections are not captured.
+        let envoy =
+            Envoy::start_json(envoy_bin, bootstrap, log_dir, name, Some(capture::PROXY)).await?;
+        let port = envoy
+            .wait_listener_port("virtualOutbound", Duration::from_secs(60))
+            .await?;
+        ensure!(
+            port == OUTBOUND_CAPTURE_PORT,
+            "virtualOutbound on {port}, not the capture port"
+        );
+        // Any service address on 8080 is captured and routed by Host.
+        let client = HttpClient::new(SocketAddr::from((service_ip(1), 8080)));
+        Ok((envoy, client))
+    } else {
+        let envoy = Envoy::start_json(envoy_bin, bootstrap, log_dir, name, None).await?;
+        let port = envoy
+            .wait_listener_port(OUTBOUND_LISTENER, Duration::from_secs(60))
+            .await?;
+        Ok((envoy, HttpClient::new(loopback(port))))
+    }
 }
 
 async fn setup(cli: &Cli, log_dir: &Path, tmp: &Path) -> anyhow::Result<Bench> {
@@ -527,33 +483,13 @@ async fn setup(cli: &Cli, log_dir: &Path, tmp: &Path) -> anyhow::Result<Bench> {
     if cli.istio_stats {
         json["stats_config"] = istio_stats_config();
     }
-    let proxy = if cli.capture {
-        // As uid 1337, so that its own connections are not captured.
-        let envoy =
-            Envoy::start_json(&envoy_bin, &json, log_dir, "envoy", Some(capture::PROXY)).await?;
-        let port = envoy
-            .wait_listener_port("virtualOutbound", Duration::from_secs(60))
-            .await?;
-        ensure!(
-            port == OUTBOUND_CAPTURE_PORT,
-            "virtualOutbound on {port}, not the capture port"
-        );
-        // Any service address on 8080 is captured and routed by Host.
-        (
-            envoy,
-            HttpClient::new(SocketAddr::from((service_ip(1), 8080))),
-        )
-    } else {
-        let envoy = Envoy::start_json(&envoy_bin, &json, log_dir, "envoy", None).await?;
-        let port = envoy
-            .wait_listener_port(OUTBOUND_LISTENER, Duration::from_secs(60))
-            .await?;
-        (envoy, HttpClient::new(loopback(port)))
-    };
-    let (envoy, proxy) = proxy;
+    let (envoy, proxy) = start_envoy(cli.capture, &envoy_bin, &json, log_dir, "envoy").await?;
     let mut bench = Bench {
         proxy,
         envoy,
+        bootstrap: json,
+        capture: cli.capture,
+        envoy_bin,
         capstan,
         _upstreams: upstreams,
         config_dir,
@@ -591,6 +527,11 @@ async fn main() -> anyhow::Result<()> {
         cli.routes_per_host >= 1,
         "--routes-per-host must be at least 1"
     );
+    // Found before the long part of the run, so that a missing peer fails at once.
+    let peer_bin = cli
+        .replay_peer
+        .then(|| replay::peer_bin(cli.gcp_peer.clone()))
+        .transpose()?;
     let log_dir = locate::fresh_log_dir("route-bench")?;
     let tmp = tempfile::Builder::new()
         .prefix("capstan-route-bench-")
@@ -621,6 +562,16 @@ async fn main() -> anyhow::Result<()> {
     let prepared = bench.run("prepared", cli.edits, Some(prepare)).await?;
     let fresh = bench.run("fresh", cli.fresh_edits, None).await?;
     bench.envoy.ensure_no_rejected_updates().await?;
+    let update_durations = rds_update_durations(&bench.envoy).await?;
+    let (replayed_by_peer, replayed_update_durations) = match peer_bin {
+        Some(bin) => {
+            let run = replay::run(&mut bench, &bin, cli.edits, prepare)
+                .await
+                .with_context(|| format!("replaying; logs in {}", log_dir.display()))?;
+            (Some(run), Some(rds_update_durations(&bench.envoy).await?))
+        }
+        None => (None, None),
+    };
     ensure!(
         bench.proxy.resets() == 0,
         "{} polls were reset on the kept-alive connection",
@@ -644,6 +595,7 @@ async fn main() -> anyhow::Result<()> {
         envoy_routes,
         prepared,
         fresh,
+        replayed_by_peer,
     };
     println!(
         "{} edit to a serving Envoy: {} routes in {} virtual hosts, {} xDS, {} sidecar \
@@ -662,8 +614,28 @@ async fn main() -> anyhow::Result<()> {
          Envoy's ACK, mean ms | of which to the stream, mean ms | route bytes per edit |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (name, run) in [("prepared", &results.prepared), ("fresh", &results.fresh)] {
+    let runs = [
+        ("prepared", Some(&results.prepared)),
+        ("fresh", Some(&results.fresh)),
+        (
+            "prepared, go-control-plane replaying capstan's configurations",
+            results.replayed_by_peer.as_ref(),
+        ),
+    ];
+    // Rows without edits are left out; capstan's metrics are "-" where capstan did not serve.
+    let timed = runs
+        .into_iter()
+        .filter_map(|(name, run)| Some((name, run?)))
+        .filter(|(_, run)| run.latency.count > 0);
+    for (name, run) in timed {
         let l = &run.latency;
+        let metric = |m: Option<f64>| {
+            if run.served_by == CAPSTAN {
+                fmt_ms(m)
+            } else {
+                "-".to_string()
+            }
+        };
         println!(
             "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             l.count,
@@ -672,24 +644,18 @@ async fn main() -> anyhow::Result<()> {
             fmt_ms(l.max_ms),
             l.missing(),
             run.polls_p50,
-            fmt_ms(run.folder_mean_ms),
-            fmt_ms(run.reconcile_mean_ms),
-            fmt_ms(run.convergence_mean_ms),
-            fmt_ms(run.handed_mean_ms),
+            metric(run.folder_mean_ms),
+            metric(run.reconcile_mean_ms),
+            metric(run.convergence_mean_ms),
+            metric(run.handed_mean_ms),
             run.route_bytes_per_edit
                 .map_or_else(|| "-".to_string(), |b| format!("{b:.0}"))
         );
     }
-    // Envoy's own account of applying each route configuration (its subscription's
-    // `update_duration` histogram), to tell its share from capstan's.
-    let durations = bench
-        .envoy
-        .admin_get("/stats?filter=rds\\..*update_duration")
-        .await?;
-    println!(
-        "Envoy's RDS update_duration: {}",
-        String::from_utf8_lossy(&durations.body).trim()
-    );
+    println!("Envoy's RDS update_duration: {update_durations}");
+    if let Some(replayed) = replayed_update_durations {
+        println!("Envoy's RDS update_duration, replayed by the peer: {replayed}");
+    }
     let file = match cli.edit {
         EditKind::VirtualService => "route-bench.json",
         EditKind::Rule => "rule-bench.json",
