@@ -9,12 +9,12 @@
 //! Writers are not atomic: a file being written in place is empty or cut short, and a cut
 //! YAML file is often still valid YAML with fewer objects or fewer routes. So new content
 //! replaces a file's last good content only once the file has settled (not modified for
-//! [`SETTLE_WINDOW`]); a file that disappears keeps its objects until it has been gone that
-//! long (`rm -r` of the folder, a checkout replacing it, unlinks one file at a time, and a
-//! scan between two of them would serve routes without their services); a file that cannot
-//! be inspected or read (a dangling symlink, denied)
-//! keeps its last good content; and a scan that finds no objects at all where some were
-//! served keeps the last good config unless empty config is allowed.
+//! [`SETTLE_WINDOW`]); a file that disappears keeps its objects until no file has
+//! disappeared for that long, and then the removals land together (`rm -r` of the folder or
+//! `rm *.yaml` unlinks one file at a time, and a scan between two unlinks would serve routes
+//! without their services); a file that cannot be inspected or read (a dangling symlink,
+//! denied) keeps its last good content; and a scan that finds no objects at all where some
+//! were served keeps the last good config unless empty config is allowed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::Metadata;
@@ -87,8 +87,8 @@ struct FileState {
     secrets: Vec<SecretRecord>,
     /// New content waiting to settle: its hash, and when it was first seen.
     pending: Option<(u64, Instant)>,
-    /// When a scan first found the file missing: it keeps serving until it has been gone
-    /// for the settle window.
+    /// When a scan first found the file missing: it keeps serving until no file has gone
+    /// missing for the settle window.
     missing_since: Option<Instant>,
     /// The inspection or read problem last reported, so that a lasting one is reported once.
     reported: Option<String>,
@@ -151,18 +151,34 @@ impl FolderSource {
         let paths = yaml_files(&self.dir)?;
         let now = Instant::now();
         let mut gone = Vec::new();
+        let mut missing = Vec::new();
         let mut newly_missing = Vec::new();
+        let mut last_missed: Option<Instant> = None;
         for (path, state) in self.files.iter_mut() {
             if paths.contains(path) {
                 continue;
             }
-            let was_missing = state.missing_since.is_some();
-            match still_missing(self.settle, state, now) {
-                Some(wait) => report.unsettled(path, wait),
-                None => gone.push(path.clone()),
+            if self.settle.is_zero() || state.count() == 0 {
+                gone.push(path.clone());
+                continue;
             }
-            if !was_missing && state.missing_since.is_some() {
+            if state.missing_since.is_none() {
+                state.missing_since = Some(now);
                 newly_missing.push(path.clone());
+            }
+            last_missed = last_missed.max(state.missing_since);
+            missing.push(path.clone());
+        }
+        // Removals land together, once the last of them is a settle window old: the unlinks
+        // of one `rm` spread over several scans are still served as one change.
+        if let Some(last) = last_missed {
+            let gone_for = now.saturating_duration_since(last);
+            if gone_for >= self.settle {
+                gone.append(&mut missing);
+            }
+            let wait = self.settle.saturating_sub(gone_for).max(RECHECK_FLOOR);
+            for path in &missing {
+                report.unsettled(path, wait);
             }
         }
         let mut fresh = Vec::new();
@@ -457,17 +473,6 @@ fn scan_file(
         objects,
         secrets,
     })
-}
-
-/// How much longer a file a scan did not find keeps serving (first missed `now` or
-/// before); `None` once it has been gone for the settle window, or if it served nothing.
-fn still_missing(settle: Duration, state: &mut FileState, now: Instant) -> Option<Duration> {
-    if settle.is_zero() || state.count() == 0 {
-        return None;
-    }
-    let since = *state.missing_since.get_or_insert(now);
-    let gone_for = now.saturating_duration_since(since);
-    (gone_for < settle).then(|| (settle - gone_for).max(RECHECK_FLOOR))
 }
 
 /// How much longer new content (hash `fingerprint`, file metadata `before` and `after`

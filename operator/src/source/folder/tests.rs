@@ -280,6 +280,37 @@ fn a_file_removed_and_put_back_within_the_settle_window_changes_nothing() {
     assert_eq!(names(&source).len(), 2);
 }
 
+/// `rm *.yaml` under load: the unlinks straddle scans, and the first file's window ends
+/// before the last's. Nothing is dropped until the last removal has settled, and then all
+/// are, together.
+#[test]
+fn removals_spread_over_scans_land_together_once_the_last_has_settled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other_rule = DR.replace("name: reviews", "name: ratings");
+    fs::write(dir.path().join("keep.yaml"), other_rule).expect("write");
+    let mut source = settled_service_and_rule(dir.path());
+
+    fs::remove_file(dir.path().join("se.yaml")).expect("remove");
+    assert!(!scan(&mut source).0);
+    std::thread::sleep(TEST_SETTLE * 3 / 4);
+    fs::remove_file(dir.path().join("dr.yaml")).expect("remove");
+    assert!(!scan(&mut source).0);
+    std::thread::sleep(TEST_SETTLE / 2);
+    // se.yaml has been gone longer than the window, dr.yaml not yet.
+    let report = source.scan().expect("scan");
+    assert!(!report.changed(), "{report:?}");
+    assert_eq!(report.unsettled.len(), 2, "{report:?}");
+    assert_eq!(names(&source).len(), 3, "one removal was served alone");
+
+    let report = {
+        std::thread::sleep(TEST_SETTLE);
+        source.scan().expect("scan")
+    };
+    assert!(report.unsettled.is_empty(), "{report:?}");
+    assert_eq!(report.affected.len(), 2, "{report:?}");
+    assert_eq!(names(&source), vec!["DestinationRule bookinfo/ratings"]);
+}
+
 /// An object moved to another file (the old one removed, a settled new one renamed in):
 /// the new definition is served at once, and the old file waiting out its removal is not
 /// reported as repeating it.
