@@ -245,8 +245,13 @@ impl SniApps {
 
     /// The app answering a request over TLS with SNI `name` to the outside host's 443.
     pub async fn reached(&self, name: &str) -> anyhow::Result<String> {
-        let outside = SocketAddr::from((capture::EXTERNAL_HOST, 443));
-        let response = https_get(&self.connector, outside, name, "/").await?;
+        self.reached_at(SocketAddr::from((capture::EXTERNAL_HOST, 443)), name)
+            .await
+    }
+
+    /// The app answering a request over TLS with SNI `name` to `address`.
+    pub async fn reached_at(&self, address: SocketAddr, name: &str) -> anyhow::Result<String> {
+        let response = https_get(&self.connector, address, name, "/").await?;
         let reply: UpstreamReply = serde_json::from_slice(&response.body)?;
         Ok(reply.service)
     }
@@ -255,6 +260,11 @@ impl SniApps {
 /// A ServiceEntry (bookinfo) for the HTTPS host `host` on 443 without an address (told
 /// apart by SNI), whose one endpoint is `workload` on `target`.
 pub fn https_entry(host: &str, target: u16, workload: &str) -> String {
+    sni_entry(host, 443, "HTTPS", target, workload)
+}
+
+/// As [`https_entry`], on port `number` of `protocol` (HTTPS or TLS).
+pub fn sni_entry(host: &str, number: u16, protocol: &str, target: u16, workload: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -262,9 +272,9 @@ metadata: {{name: {}, namespace: bookinfo}}
 spec:
   hosts: [{host}]
   location: MESH_EXTERNAL
-  ports: [{{number: 443, name: https, protocol: HTTPS}}]
+  ports: [{{number: {number}, name: sni, protocol: {protocol}}}]
   resolution: STATIC
-  endpoints: [{{address: {workload}, ports: {{https: {target}}}}}]
+  endpoints: [{{address: {workload}, ports: {{sni: {target}}}}}]
 ",
         host.replace('.', "-")
     )

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context, ensure};
-use capstan_e2e::capture_mesh::{CaptureMesh, call};
+use capstan_e2e::capture_mesh::{CaptureMesh, SniApps, call, sni_entry, workload};
 use capstan_e2e::mesh::CONFIG_TIMEOUT;
 use capstan_e2e::upstreams::Upstreams;
 use capstan_e2e::wait_until;
@@ -77,6 +77,114 @@ async fn an_egress_listener_without_capture_listens_on_its_own_socket() -> anyho
     )
     .await
     .with_context(logs)?;
+    mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// bookinfo's `Sidecar` binding a TCP egress listener on 127.0.0.1:5432 (`captureMode:
+/// NONE`): the listener carries its connections to `db`, the one TCP service on that port.
+const BOUND_TCP_EGRESS_SIDECAR: &str = "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bookinfo}
+spec:
+  egress:
+  - port: {number: 5432, name: tcp, protocol: TCP}
+    captureMode: NONE
+    hosts: [./*]
+  - hosts: [./*]
+";
+
+/// A TCP egress listener with `captureMode: NONE`: the sidecar listens on 127.0.0.1:5432
+/// itself, and a connection the application makes there is carried to `db` (its app answers
+/// HTTP over the TCP service) through the sidecar and back in through the workload's inbound
+/// listener — bytes only: no HTTP connection manager on the way adds a request id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_egress_listener_without_capture_carries_its_service() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mesh = start("a_tcp_egress_listener_without_capture_carries_its_service").await?;
+    let log_dir = mesh.env.log_dir.clone();
+    let logs = || format!("logs in {}", log_dir.display());
+    let bound = SocketAddr::from(([127, 0, 0, 1], 5432));
+    ensure!(
+        call(bound, "db").await.is_err(),
+        "something answered on {bound} before the Sidecar"
+    );
+    mesh.env
+        .write_config("sidecar.yaml", BOUND_TCP_EGRESS_SIDECAR)?;
+    let reply = wait_until(
+        "db through the bound TCP listener",
+        CONFIG_TIMEOUT,
+        async || call(bound, "anything").await,
+    )
+    .await
+    .with_context(logs)?;
+    ensure!(reply.service == "db", "{reply:?}");
+    ensure!(
+        reply.peer.starts_with("127.0.0.6:") && !reply.headers.contains_key("x-request-id"),
+        "not carried as bytes by the sidecar out and back in: {reply:?}"
+    );
+    let stats = mesh.envoy.stats("127.0.0.1_5432").await?;
+    ensure!(
+        stats
+            .get("listener.127.0.0.1_5432.downstream_cx_total")
+            .copied()
+            >= Some(1),
+        "the bound listener counted no connection: {stats:?}"
+    );
+    mesh.envoy.ensure_no_rejected_updates().await
+}
+
+/// A TLS egress listener with `captureMode: NONE`: the sidecar listens on 127.0.0.1:8443
+/// itself and passes each connection, still encrypted, to the service its SNI names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_egress_listener_without_capture_routes_by_server_name() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mesh = start("a_tls_egress_listener_without_capture_routes_by_server_name").await?;
+    let log_dir = mesh.env.log_dir.clone();
+    let logs = || format!("logs in {}", log_dir.display());
+    let workload = workload();
+    let apps = SniApps::start(
+        &mesh.env,
+        Path::new(UPSTREAM_BIN),
+        &["secure.example.com", "other.example.com"],
+        &[
+            ("secure", SocketAddr::from((workload, 8443))),
+            ("other", SocketAddr::from((workload, 8444))),
+        ],
+    )
+    .await?;
+    let address = workload.to_string();
+    for (host, target) in [("secure.example.com", 8443), ("other.example.com", 8444)] {
+        let file = format!("{}.yaml", host.replace('.', "-"));
+        mesh.env
+            .write_config(&file, &sni_entry(host, 8443, "TLS", target, &address))?;
+    }
+    mesh.env.write_config(
+        "sidecar.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bookinfo}
+spec:
+  egress:
+  - port: {number: 8443, name: tls, protocol: TLS}
+    captureMode: NONE
+    hosts: [./*]
+  - hosts: [./*]
+",
+    )?;
+    let bound = SocketAddr::from(([127, 0, 0, 1], 8443));
+    for (name, app) in [
+        ("secure.example.com", "secure"),
+        ("other.example.com", "other"),
+    ] {
+        let reached = wait_until(
+            &format!("{name} through the bound TLS listener"),
+            CONFIG_TIMEOUT,
+            async || apps.reached_at(bound, name).await,
+        )
+        .await
+        .with_context(logs)?;
+        ensure!(reached == app, "{name} reached {reached}");
+    }
     mesh.envoy.ensure_no_rejected_updates().await
 }
 

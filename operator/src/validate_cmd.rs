@@ -262,7 +262,7 @@ impl Report {
                 ingress: !spec.ingress.is_empty(),
                 inbound_pool: spec.inbound_connection_pool.is_some(),
                 bound_egress: (spec.egress.iter())
-                    .any(|e| crate::model::sidecar_scope::BoundEgress::of(e).is_some()),
+                    .any(crate::model::sidecar_scope::BoundEgress::binds),
             };
             problems.extend(unsupported::sidecar_capture_only(&object.key(), sets));
         }

@@ -22,7 +22,7 @@ use super::{Mesh, Problem, VirtualService, hostname};
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 
 /// The namespace part of an egress host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum NamespacePattern {
     Any,
     /// `.`: the namespace of the proxy.
@@ -31,7 +31,7 @@ enum NamespacePattern {
 }
 
 /// One `namespace/dnsName` of an egress listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct EgressHost {
     namespace: NamespacePattern,
     /// `*`, `*.suffix` or a host.
@@ -151,7 +151,9 @@ impl SidecarScope {
                     )
                 })
                 .collect(),
-            bound: spec.egress.iter().filter_map(BoundEgress::of).collect(),
+            bound: (spec.egress.iter().enumerate())
+                .filter_map(|(i, listener)| BoundEgress::of(listener, &origin, i))
+                .collect(),
             declared: DeclaredProtocol::of(spec),
             problems,
             outbound,
@@ -550,7 +552,7 @@ mod inferred;
 mod ingress;
 mod outbound;
 mod per_scope;
-pub use bound_egress::{BoundEgress, BoundEgressVariants};
+pub use bound_egress::{BoundEgress, BoundEgressVariants, Carries, Streams};
 use declared_protocol::DeclaredProtocol;
 pub use inbound_pool::InboundPools;
 use inferred::Counts;

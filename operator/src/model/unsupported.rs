@@ -291,22 +291,23 @@ pub fn fields(object: &IstioObject) -> Vec<Problem> {
                 }
             }
             // An egress listener's captureMode DEFAULT or IPTABLES is what capture mode
-            // does; NONE binds the listener when it is HTTP on an IP address (`bind` with it).
+            // does; NONE binds the listener when it has a port, on an IP address (`bind` with
+            // it).
             for (i, egress) in spec.egress.iter().enumerate() {
-                if BoundEgress::of(egress).is_some() {
+                if BoundEgress::binds(egress) {
                     continue;
                 }
                 if !egress.bind.is_empty() {
                     not_applied(
                         format!("spec.egress[{i}].bind"),
-                        "bind (applied with captureMode NONE on an HTTP port, to an IP address)",
+                        "bind (applied with captureMode NONE on a port, to an IP address)",
                     );
                 }
                 if egress.capture_mode == Some(CaptureMode::None) {
                     not_applied(
                         format!("spec.egress[{i}].captureMode"),
-                        "captureMode NONE (applied to an egress listener with an HTTP port, bound \
-                         to an IP address)",
+                        "captureMode NONE (applied to an egress listener with a port other than \
+                         HTTP_PROXY, bound to an IP address)",
                     );
                 }
             }
@@ -494,15 +495,18 @@ spec:
     captureMode: NONE
     bind: 127.0.0.2
     hosts: [./*]
-  - port: {number: 5432, name: tcp, protocol: TCP}
+  - port: {number: 8888, name: http-proxy, protocol: HTTP_PROXY}
     captureMode: NONE
     hosts: [./*]
   - port: {number: 9090, name: http-alt, protocol: HTTP}
     bind: 127.0.0.3
     captureMode: IPTABLES
     hosts: [./*]
+  - port: {number: 5432, name: tcp, protocol: TCP}
+    captureMode: NONE
+    hosts: [./*]
   - hosts: [./*]
-    captureMode: DEFAULT
+    captureMode: NONE
   ingress:
   - port: {number: 9080, name: http, protocol: HTTP}
     captureMode: NONE
@@ -523,7 +527,8 @@ spec:
                 "spec.ingress[1].captureMode",
                 "spec.ingress[2].bind",
                 "spec.egress[1].captureMode",
-                "spec.egress[2].bind"
+                "spec.egress[2].bind",
+                "spec.egress[4].captureMode"
             ],
             "{problems:?}"
         );

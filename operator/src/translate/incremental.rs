@@ -270,7 +270,11 @@ impl Translator {
                 capture.set_outbound_modes(modes, &mut update);
                 capture.set_ingress(mesh, &mesh.sidecar_scopes.ingress_variants(), &mut update);
                 capture.set_inbound_pools(mesh, &mesh.sidecar_scopes.inbound_pools(), &mut update);
-                capture.set_bound_egress(&mesh.sidecar_scopes.bound_egress_variants(), &mut update);
+                capture.set_bound_egress(
+                    mesh,
+                    &mesh.sidecar_scopes.bound_egress_variants(),
+                    &mut update,
+                );
             }
         }
         let rebuilt = self.rebuild(mesh, affected, &mut update);
@@ -544,6 +548,8 @@ mod per_port_route_tests;
 
 #[cfg(test)]
 mod bound_listener_tests;
+#[cfg(test)]
+mod bound_stream_tests;
 
 #[cfg(test)]
 mod sniffed_route_tests;

@@ -27,7 +27,7 @@ impl DeclaredProtocol {
             .iter()
             .enumerate()
             .filter(|(_, l)| l.capture_mode != Some(CaptureMode::None))
-            .filter(|(_, l)| BoundEgress::of(l).is_none())
+            .filter(|(_, l)| !BoundEgress::binds(l))
             .filter_map(|(listener, l)| {
                 let port = l.port.as_ref().filter(|p| p.number != 0)?;
                 Some(Self {

@@ -12,6 +12,7 @@
 //! having endpoints at that address; [`CaptureState`] keeps who uses what, so a change
 //! rebuilds only those listeners.
 
+mod bound_streams;
 mod inbound;
 mod ingress;
 pub mod mtls;

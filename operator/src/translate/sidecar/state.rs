@@ -105,6 +105,8 @@ pub struct CaptureState {
     bound_egress: BoundEgressVariants,
     bound_egress_put: bound_listeners::PutFor,
     bound_ingress_put: bound_listeners::PutFor,
+    /// What of the bound TLS and TCP egress listeners is not served as written.
+    bound_problems: Vec<Problem>,
 }
 
 pub(super) fn sidecars() -> Selector {
@@ -140,7 +142,11 @@ impl CaptureState {
         // A sidecar whose address has no endpoints still gets its inbound passthrough, or
         // the ingress listeners of its Sidecar, under the policies that select it.
         state.put_default_inbound(mesh, None, &mut update);
-        state.set_bound_egress(&mesh.sidecar_scopes.bound_egress_variants(), &mut update);
+        state.set_bound_egress(
+            mesh,
+            &mesh.sidecar_scopes.bound_egress_variants(),
+            &mut update,
+        );
         let hosts: Vec<&str> = mesh.services.keys().map(String::as_str).collect();
         state.update(mesh, hosts, &mut update);
         state.put_scoped_chains(&mut update);
@@ -159,7 +165,7 @@ impl CaptureState {
     }
 
     pub fn problems(&self) -> impl Iterator<Item = &Problem> {
-        self.problems.values().flatten()
+        self.problems.values().flatten().chain(&self.bound_problems)
     }
 
     /// Recounts `hosts` (changed, new or gone) and rebuilds the listeners that depend on them:
@@ -320,6 +326,7 @@ impl CaptureState {
         } else {
             self.problems.insert(port, problems);
         }
+        self.rebuild_bound_egress_on(mesh, port, update);
     }
 
     /// Rebuilds every workload's inbound side (what their ports accept changed).

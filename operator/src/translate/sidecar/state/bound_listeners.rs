@@ -1,6 +1,8 @@
 //! Listeners `Sidecar`s bind to sockets of their own (`captureMode: NONE`), for workloads
 //! without an iptables capture: egress listeners on HTTP ports, routed through the port's
-//! route configuration, and ingress listeners, with the port's `virtualInbound` chains. Each
+//! route configuration, and on TLS and TCP ports, to their services there
+//! ([`super::super::bound_streams`]); and ingress listeners, with the port's `virtualInbound`
+//! chains. Each
 //! is served to the sets of sidecars whose scope in force has it: a variant per set, and a
 //! visibility rule per set hiding it from the others.
 
@@ -9,11 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use capstan_xds::{Selector, Update, Visibility, type_url};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 
-use super::super::{ingress, outbound};
+use super::super::{bound_streams, ingress, outbound};
 use super::{CaptureState, put, sidecars};
 use crate::model::sidecar_scope::{
-    BoundEgress, BoundEgressVariants, IngressPort, IngressVariants, PerScope,
+    BoundEgress, BoundEgressVariants, Carries, IngressPort, IngressVariants, PerScope,
 };
+use crate::model::{Mesh, Problem};
 
 /// Per listener name, the sets of sidecars a variant of it was put for.
 pub(super) type PutFor = BTreeMap<String, BTreeSet<Selector>>;
@@ -21,31 +24,60 @@ pub(super) type PutFor = BTreeMap<String, BTreeSet<Selector>>;
 impl CaptureState {
     /// Puts the bound egress listeners of `variants` (a `Sidecar` changed); removes those no
     /// scope binds any more.
-    pub fn set_bound_egress(&mut self, variants: &BoundEgressVariants, update: &mut Update) {
+    pub fn set_bound_egress(
+        &mut self,
+        mesh: &Mesh,
+        variants: &BoundEgressVariants,
+        update: &mut Update,
+    ) {
         if self.bound_egress == *variants {
             return;
         }
-        let listeners = |bound: &Vec<BoundEgress>| -> BTreeMap<String, Listener> {
-            bound
-                .iter()
-                .map(|b| (b.name(), outbound::bound_http_port(&b.address, b.port)))
-                .collect()
-        };
+        self.bound_egress = variants.clone();
+        self.put_bound_egress(mesh, update);
+    }
+
+    /// Rebuilds the bound egress listeners if some carry TLS or TCP on `port`, whose
+    /// services or routes changed.
+    pub(super) fn rebuild_bound_egress_on(&mut self, mesh: &Mesh, port: u32, update: &mut Update) {
+        let carries_streams = self
+            .all_bound_egress()
+            .any(|b| b.port == port && matches!(b.carries, Carries::Streams(_)));
+        if carries_streams {
+            self.put_bound_egress(mesh, update);
+        }
+    }
+
+    fn put_bound_egress(&mut self, mesh: &Mesh, update: &mut Update) {
+        let mut problems = Vec::new();
+        let variants = &self.bound_egress;
         let now = PerScope {
-            everyone: listeners(&variants.everyone),
+            everyone: egress_listeners(mesh, &variants.everyone, &mut problems),
             scoped: (variants.scoped.iter())
-                .map(|(selector, bound)| (selector.clone(), listeners(bound)))
+                .map(|(selector, bound)| {
+                    let listeners = egress_listeners(mesh, bound, &mut problems);
+                    (selector.clone(), listeners)
+                })
                 .collect(),
         };
         self.bound_egress_put = put_bound(&self.bound_egress_put, &now, update);
-        self.bound_egress = variants.clone();
+        problems.sort_by(|a, b| {
+            (&a.object, &a.field, &a.message).cmp(&(&b.object, &b.field, &b.message))
+        });
+        problems.dedup();
+        self.bound_problems = problems;
     }
 
-    /// The ports some sidecars have a bound egress listener on: each needs its route
-    /// configuration, with services on it or not.
-    pub fn bound_ports(&self) -> impl Iterator<Item = u32> + '_ {
+    fn all_bound_egress(&self) -> impl Iterator<Item = &BoundEgress> {
         (self.bound_egress.everyone.iter())
             .chain(self.bound_egress.scoped.iter().flat_map(|(_, bound)| bound))
+    }
+
+    /// The ports some sidecars have a bound HTTP egress listener on: each needs its route
+    /// configuration, with services on it or not.
+    pub fn bound_ports(&self) -> impl Iterator<Item = u32> + '_ {
+        self.all_bound_egress()
+            .filter(|b| b.carries == Carries::Http)
             .map(|b| b.port)
     }
 
@@ -69,6 +101,24 @@ impl CaptureState {
         };
         self.bound_ingress_put = put_bound(&self.bound_ingress_put, &now, update);
     }
+}
+
+/// The listeners of one set of sidecars' bound egress listeners `bound`.
+fn egress_listeners(
+    mesh: &Mesh,
+    bound: &[BoundEgress],
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, Listener> {
+    bound
+        .iter()
+        .filter_map(|b| {
+            let listener = match &b.carries {
+                Carries::Http => outbound::bound_http_port(&b.address, b.port),
+                Carries::Streams(streams) => bound_streams::listener(mesh, b, streams, problems)?,
+            };
+            Some((b.name(), listener))
+        })
+        .collect()
 }
 
 /// Puts each listener of `now` for the sets of sidecars that have it, visible to them alone,
