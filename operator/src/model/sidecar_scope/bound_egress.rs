@@ -42,7 +42,8 @@ pub struct Streams {
     hosts: Vec<EgressHost>,
     /// The sidecars' namespace and the `Sidecar`'s workload labels (routes' `sourceNamespace`
     /// and `sourceLabels`, and `./` hosts, are read for them); `None`: the root namespace's
-    /// default, for sidecars of any namespace.
+    /// default, for sidecars of any namespace (the translation reads it again for each
+    /// namespace where `./` names a service on the port).
     pub caller: Option<(String, BTreeMap<String, String>)>,
     /// The `Sidecar`, and the listener's index among its egress listeners (for problems).
     pub origin: ObjectKey,

@@ -177,6 +177,40 @@ fn a_bound_tls_listener_routes_each_service_by_server_name() {
     );
 }
 
+/// The root namespace's default binding a TCP port to `./*`: each namespace's sidecars get
+/// the listener carrying their own namespace's service (as istiod reads `.` for each proxy),
+/// a namespace without one gets none, and one with a `Sidecar` of its own gets what that says.
+#[test]
+fn the_root_default_binds_each_namespaces_own_service() {
+    let mut yamls = vec![
+        entry("db", "bookinfo", 5432, "TCP"),
+        entry("db", "web", 5432, "TCP"),
+        binding("istio-system", 5432, "TCP", "[./*]"),
+    ];
+    let carried = |yamls: &[String], namespace: &str| {
+        bound_listener(yamls, namespace, "127.0.0.1_5432").map(|l| chain_clusters(&l))
+    };
+    let to = |host: &str| Some(vec![(vec![], format!("outbound|5432||{host}"))]);
+    assert_eq!(
+        carried(&yamls, "bookinfo"),
+        to("db.bookinfo.svc.cluster.local")
+    );
+    assert_eq!(carried(&yamls, "web"), to("db.web.svc.cluster.local"));
+    assert_eq!(carried(&yamls, "other"), None);
+
+    yamls.push(sidecar_with(
+        "default",
+        "web",
+        None,
+        "  egress: [{hosts: [./*]}]\n",
+    ));
+    assert_eq!(carried(&yamls, "web"), None);
+    assert_eq!(
+        carried(&yamls, "bookinfo"),
+        to("db.bookinfo.svc.cluster.local")
+    );
+}
+
 #[test]
 fn bound_stream_listeners_built_incrementally_match_a_full_build() {
     check_with(
@@ -204,6 +238,12 @@ spec:
             delete(Kind::ServiceEntry, "bookinfo", "api"),
             istio(&binding("istio-system", 5432, "TCP", "[bookinfo/*]")),
             delete(Kind::Sidecar, "bookinfo", "default"),
+            // The root default naming each namespace's own: namespaces come and go.
+            istio(&binding("istio-system", 5432, "TCP", "[./*]")),
+            istio(&entry("db", "web", 5432, "TCP")),
+            istio(&binding("web", 5432, "TCP", "[./*]")),
+            delete(Kind::Sidecar, "web", "default"),
+            delete(Kind::ServiceEntry, "web", "db"),
             delete(Kind::ServiceEntry, "bookinfo", "db"),
         ],
     );

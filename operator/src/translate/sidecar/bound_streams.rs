@@ -32,12 +32,11 @@ pub fn listener(
         field: format!("spec.egress[{}]", streams.index),
         message,
     };
-    if streams.caller.is_none() && bound.names_own_namespace() {
-        problems.push(problem(format!(
-            "in the root namespace's default Sidecar, `./` hosts name no service on {}: it is \
-             built once for every namespace's sidecars; name the namespaces",
-            bound.name()
-        )));
+    // The root namespace's default, as read where `./` names nothing: each namespace with a
+    // service on the port has a variant of its own.
+    let read_anywhere = streams.caller.is_none() && bound.names_own_namespace();
+    if hosts.is_empty() && read_anywhere {
+        return None;
     }
     if hosts.is_empty() {
         problems.push(problem(format!(

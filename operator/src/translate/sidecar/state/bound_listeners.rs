@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use super::super::{bound_streams, ingress, outbound};
 use super::{CaptureState, put, sidecars};
 use crate::model::sidecar_scope::{
-    BoundEgress, BoundEgressVariants, Carries, IngressPort, IngressVariants, PerScope,
+    BoundEgress, BoundEgressVariants, Carries, Covers, IngressPort, IngressVariants, PerScope,
 };
 use crate::model::{Mesh, Problem};
 
@@ -51,9 +51,10 @@ impl CaptureState {
     fn put_bound_egress(&mut self, mesh: &Mesh, update: &mut Update) {
         let mut problems = Vec::new();
         let variants = &self.bound_egress;
+        let by_namespace = own_namespace_variants(mesh, &variants.everyone);
         let now = PerScope {
             everyone: egress_listeners(mesh, &variants.everyone, &mut problems),
-            scoped: (variants.scoped.iter())
+            scoped: (variants.scoped.iter().chain(&by_namespace))
                 .map(|(selector, bound)| {
                     let listeners = egress_listeners(mesh, bound, &mut problems);
                     (selector.clone(), listeners)
@@ -101,6 +102,50 @@ impl CaptureState {
         };
         self.bound_ingress_put = put_bound(&self.bound_ingress_put, &now, update);
     }
+}
+
+/// The root namespace's default as each namespace's sidecars read it, where its TLS or TCP
+/// bound listeners name hosts by the sidecars' own namespace (`./`): a variant for each
+/// namespace with a service on such a listener's port and no `Sidecar` of its own (which
+/// would replace the default), its listeners' routes read for that namespace. The other
+/// namespaces' sidecars keep the default as built for anyone, in which `./` names nothing.
+fn own_namespace_variants(
+    mesh: &Mesh,
+    everyone: &[BoundEgress],
+) -> Vec<(Selector, Vec<BoundEgress>)> {
+    let ports: BTreeSet<u32> = (everyone.iter())
+        .filter(|b| b.names_own_namespace())
+        .map(|b| b.port)
+        .collect();
+    if ports.is_empty() {
+        return Vec::new();
+    }
+    let (in_force, _) = mesh.sidecar_scopes.in_force();
+    let scoped_apart: BTreeSet<&str> = (in_force.iter())
+        .filter_map(|(covers, _)| match covers {
+            Covers::Namespace(ns) => Some(ns.as_str()),
+            _ => None,
+        })
+        .collect();
+    let namespaces: BTreeSet<&str> = (mesh.services.values())
+        .filter(|s| s.ports.iter().any(|p| ports.contains(&p.number)))
+        .map(|s| s.namespace())
+        .filter(|ns| !scoped_apart.contains(ns))
+        .collect();
+    namespaces
+        .into_iter()
+        .map(|ns| {
+            let read_in_ns = |b: &BoundEgress| {
+                let mut b = b.clone();
+                if let Carries::Streams(streams) = &mut b.carries {
+                    streams.caller = Some((ns.to_string(), BTreeMap::new()));
+                }
+                b
+            };
+            let bound = everyone.iter().map(read_in_ns).collect();
+            (Covers::Namespace(ns.to_string()).selector(), bound)
+        })
+        .collect()
 }
 
 /// The listeners of one set of sidecars' bound egress listeners `bound`.
