@@ -124,24 +124,31 @@ fn a_bound_tcp_listener_carries_the_first_service_its_hosts_name_on_the_port() {
     );
 }
 
+/// db and db-replica on 5432, a listener bound to db alone, and db's VirtualService with
+/// `tcp` routes `routes` (YAML list items).
+fn db_routed(routes: &str) -> Vec<String> {
+    vec![
+        entry("db", "bookinfo", 5432, "TCP"),
+        entry("db-replica", "bookinfo", 5432, "TCP"),
+        binding("bookinfo", 5432, "TCP", "[./db.bookinfo.svc.cluster.local]"),
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: bookinfo}}
+spec:
+  hosts: [db.bookinfo.svc.cluster.local]
+  tcp:
+{routes}"
+        ),
+    ]
+}
+
 /// A VirtualService's `tcp` route for the host sends the bound listener's connections where
 /// it sends the captured ones.
 #[test]
 fn a_bound_tcp_listener_follows_the_hosts_tcp_routes() {
-    let yamls = vec![
-        entry("db", "bookinfo", 5432, "TCP"),
-        entry("db-replica", "bookinfo", 5432, "TCP"),
-        binding("bookinfo", 5432, "TCP", "[./db.bookinfo.svc.cluster.local]"),
-        "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: db, namespace: bookinfo}
-spec:
-  hosts: [db.bookinfo.svc.cluster.local]
-  tcp:
-  - route: [{destination: {host: db-replica.bookinfo.svc.cluster.local}}]
-"
-        .to_string(),
-    ];
+    let yamls =
+        db_routed("  - route: [{destination: {host: db-replica.bookinfo.svc.cluster.local}}]\n");
     let bound = bound_listener(&yamls, "bookinfo", "127.0.0.1_5432").expect("bound");
     assert_eq!(
         chain_clusters(&bound),
@@ -149,6 +156,38 @@ spec:
             vec![],
             "outbound|5432||db-replica.bookinfo.svc.cluster.local".to_string()
         )]
+    );
+}
+
+/// A `tcp` route matching `destinationSubnets` holds where the subnet has the listener's own
+/// address (what each connection to it is destined to), as on istiod's listener.
+#[test]
+fn a_bound_tcp_listeners_destination_is_its_own_address() {
+    let yamls = db_routed(
+        "  - match: [{destinationSubnets: [127.0.0.0/8]}]
+    route: [{destination: {host: db-replica.bookinfo.svc.cluster.local}}]
+  - route: [{destination: {host: db.bookinfo.svc.cluster.local}}]
+",
+    );
+    let bound = bound_listener(&yamls, "bookinfo", "127.0.0.1_5432").expect("bound");
+    let [subnet, rest] = &bound.filter_chains[..] else {
+        panic!("two chains: {bound:?}");
+    };
+    let ranges = &subnet
+        .filter_chain_match
+        .as_ref()
+        .expect("a match")
+        .prefix_ranges;
+    assert_eq!(ranges.len(), 1, "{subnet:?}");
+    assert_eq!(ranges[0].address_prefix, "127.0.0.0");
+    assert_eq!(rest.filter_chain_match, None, "{rest:?}");
+    let clusters: Vec<String> = chain_clusters(&bound).into_iter().map(|(_, c)| c).collect();
+    assert_eq!(
+        clusters,
+        [
+            "outbound|5432||db-replica.bookinfo.svc.cluster.local",
+            "outbound|5432||db.bookinfo.svc.cluster.local"
+        ]
     );
 }
 

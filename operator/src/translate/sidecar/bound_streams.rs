@@ -5,7 +5,7 @@
 //! apply); a TCP port's all go to one service, the first by name, through its VirtualService's
 //! `tcp` routes or to its own cluster.
 
-use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
+use envoy_types::pb::envoy::config::listener::v3::{FilterChainMatch, Listener};
 
 use super::stream::{self, sni_chain_name};
 use super::subnet_chains::Claimed;
@@ -75,19 +75,13 @@ pub fn listener(
             &mut claimed,
             &mut route_problems,
         );
-        if !built.value.by_subnets.is_empty() {
-            problems.push(problem(format!(
-                "{host}'s tcp routes matching destinationSubnets do not apply on {}: its \
-                 connections are all to that address",
-                bound.name()
-            )));
-        }
-        let chain = FilterChain {
-            name: sni_chain_name(bound.port, host),
-            filters: vec![built.value.rest],
-            ..Default::default()
-        };
-        outbound::bound_by_capture(String::new(), "", bound.port, vec![chain])
+        // As istiod's: a route's `destinationSubnets` match the connection's destination,
+        // which here is the listener's own address.
+        let chains = (built.value).into_chains(
+            &sni_chain_name(bound.port, host),
+            FilterChainMatch::default(),
+        );
+        outbound::bound_by_capture(String::new(), "", bound.port, chains)
     };
     listener.name = bound.name();
     listener.address = Some(socket(&bound.address, bound.port));
