@@ -182,9 +182,12 @@ impl FolderSource {
             }
         }
         let mut fresh = Vec::new();
+        let mut back = Vec::new();
         for path in paths {
             let state = self.files.entry(path.clone()).or_default();
-            state.missing_since = None;
+            if state.missing_since.take().is_some() {
+                back.push(path.clone());
+            }
             match scan_file(self.settle, &path, state, &mut report) {
                 FileScan::Kept => {}
                 FileScan::Fresh(content) => fresh.push((path, content)),
@@ -229,27 +232,35 @@ impl FolderSource {
             state.objects = content.objects;
             state.secrets = content.secrets;
         }
-        self.yield_to_present_files(&newly_missing, &mut report);
+        let precedence_moved = newly_missing.iter().chain(&back);
+        self.report_precedence_changes(precedence_moved, &mut report);
         Ok(report)
     }
 
     /// A missing file's objects give way to other files' definitions of them at once (an
-    /// object moved to another file, a file renamed): reports the keys and Secrets whose
-    /// served definition that changes.
-    fn yield_to_present_files(&self, newly_missing: &[PathBuf], report: &mut ScanReport) {
-        for path in newly_missing {
+    /// object moved to another file, a file renamed), and take precedence again by name if
+    /// the file comes back in time: for `paths`, files that went missing or came back,
+    /// reports the keys and Secrets another present file also defines, whose served
+    /// definition that changes.
+    fn report_precedence_changes<'a>(
+        &self,
+        paths: impl Iterator<Item = &'a PathBuf>,
+        report: &mut ScanReport,
+    ) {
+        for path in paths {
             let Some(state) = self.files.get(path) else {
                 continue;
             };
+            let other_present = |p: &Path| p != path && !self.missing(p);
             for object in &state.objects {
                 let key = object.key();
-                let elsewhere = self.definitions.of(&key).any(|(p, _)| !self.missing(p));
-                if elsewhere {
+                if self.definitions.of(&key).any(|(p, _)| other_present(p)) {
                     report.affected.insert(key);
                 }
             }
             report.secrets_changed |= state.secrets.iter().any(|secret| {
-                self.present_files()
+                (self.present_files())
+                    .filter(|(p, _)| *p != path)
                     .any(|(_, other)| other.secrets.iter().any(|s| s.id == secret.id))
             });
         }

@@ -342,6 +342,33 @@ fn an_object_moved_to_another_file_is_served_from_it_at_once_without_a_duplicate
     assert_eq!(source.objects().1, Vec::<String>::new());
 }
 
+/// Where two files define one object, the first by name is served; while it is missing the
+/// other is, and when it comes back in time it is again — each switch reported, so that the
+/// index always holds what is served.
+#[test]
+fn a_file_back_in_time_is_served_again_before_a_later_file_defining_the_same() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("a.yaml"), DR).expect("write");
+    fs::write(dir.path().join("b.yaml"), dr_v1_v2()).expect("write");
+    let mut source = settling_source(dir.path(), TEST_SETTLE);
+    settled_scan(&mut source);
+    assert_eq!(subset_count(&source), 1, "a.yaml's, first by name");
+
+    fs::remove_file(dir.path().join("a.yaml")).expect("remove");
+    let report = source.scan().expect("scan");
+    assert_eq!(subset_count(&source), 2, "b.yaml's while a.yaml is missing");
+    assert_eq!(report.affected.len(), 1, "{report:?}");
+
+    fs::write(dir.path().join("a.yaml"), DR).expect("write");
+    let report = source.scan().expect("scan");
+    assert_eq!(subset_count(&source), 1, "a.yaml's again");
+    assert_eq!(
+        report.affected.len(),
+        1,
+        "the switch back is not reported: {report:?}"
+    );
+}
+
 /// `rm -r` unlinks one file at a time: a scan between two unlinks must not serve the files
 /// left (here, a DestinationRule without its ServiceEntry), and the folder put back as it was
 /// is no change at all.
