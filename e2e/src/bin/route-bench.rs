@@ -345,7 +345,6 @@ impl Bench {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        polls.sort_unstable();
         let after = self.capstan.monitoring_get("/metrics").await?.text();
         let mean = |metric: &str, label: &str| {
             let (sum, count) = (
@@ -359,19 +358,34 @@ impl Bench {
         let route_bytes = metric_total(&after, "capstan_xds_push_bytes_total", "type=\"rds\"")
             - metric_total(&before, "capstan_xds_push_bytes_total", "type=\"rds\"");
         Ok(Run {
-            served_by: CAPSTAN,
-            latency: Percentiles::of(&samples),
             reconcile_mean_ms: mean("capstan_reconcile_seconds", "scope=\"objects\""),
             folder_mean_ms: mean("capstan_folder_change_seconds", ""),
             convergence_mean_ms: mean("capstan_xds_convergence_seconds", ""),
             handed_mean_ms: mean("capstan_xds_push_latency_seconds", ""),
             route_bytes_per_edit: (edits > 0).then(|| route_bytes / edits as f64),
+            ..Run::timed(CAPSTAN, &samples, polls)
+        })
+    }
+}
+
+impl Run {
+    /// The edits' times (`None`: missed) and polls, without capstan's metrics.
+    fn timed(served_by: &'static str, samples: &[Option<Duration>], mut polls: Vec<usize>) -> Self {
+        polls.sort_unstable();
+        Run {
+            served_by,
+            latency: Percentiles::of(samples),
+            reconcile_mean_ms: None,
+            folder_mean_ms: None,
+            convergence_mean_ms: None,
+            handed_mean_ms: None,
+            route_bytes_per_edit: None,
             polls_p50: polls.get(polls.len() / 2).copied().unwrap_or(0),
             samples_ms: samples
                 .iter()
                 .map(|s| s.map(|d| d.as_secs_f64() * 1e3))
                 .collect(),
-        })
+        }
     }
 }
 

@@ -238,6 +238,18 @@ impl Scopes {
         self.by_key.is_empty()
     }
 
+    /// Which proxies `scope` covers, if in force.
+    fn covers(&self, scope: &SidecarScope) -> Covers {
+        let ns = scope.origin.namespace.clone();
+        if !scope.labels.is_empty() {
+            Covers::Workload(ns, scope.labels.clone())
+        } else if ns == self.root_namespace {
+            Covers::Default
+        } else {
+            Covers::Namespace(ns)
+        }
+    }
+
     /// The scopes in force, each with what it covers; and the problems: the `Sidecar`s that
     /// lose to another covering the same proxies (Istio too applies one per namespace or
     /// workload set: the first by name here), and what each `Sidecar` sets that is not
@@ -247,14 +259,7 @@ impl Scopes {
         let mut problems = Vec::new();
         for scope in self.by_key.values() {
             problems.extend(scope.problems.iter().cloned());
-            let ns = scope.origin.namespace.clone();
-            let covers = if !scope.labels.is_empty() {
-                Covers::Workload(ns, scope.labels.clone())
-            } else if ns == self.root_namespace {
-                Covers::Default
-            } else {
-                Covers::Namespace(ns)
-            };
+            let covers = self.covers(scope);
             // The root namespace's own sidecars read the default as their namespace's.
             match chosen.get(&covers) {
                 Some(first) => problems.push(Problem {

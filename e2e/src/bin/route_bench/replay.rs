@@ -13,7 +13,6 @@ use capstan_e2e::envoy::loopback;
 use capstan_e2e::wait_until;
 use capstan_load::control::ControlClient;
 use capstan_load::server_process::ServerProcess;
-use capstan_load::stats::Percentiles;
 
 use super::{Bench, Run, start_envoy};
 
@@ -104,19 +103,5 @@ pub(crate) async fn run(
     }
     bench.envoy.ensure_no_rejected_updates().await?;
     peer.stop().await?;
-    polls.sort_unstable();
-    Ok(Run {
-        served_by: "go-control-plane replay",
-        latency: Percentiles::of(&samples),
-        reconcile_mean_ms: None,
-        folder_mean_ms: None,
-        convergence_mean_ms: None,
-        handed_mean_ms: None,
-        route_bytes_per_edit: None,
-        polls_p50: polls.get(polls.len() / 2).copied().unwrap_or(0),
-        samples_ms: samples
-            .iter()
-            .map(|s| s.map(|d| d.as_secs_f64() * 1e3))
-            .collect(),
-    })
+    Ok(Run::timed("go-control-plane replay", &samples, polls))
 }

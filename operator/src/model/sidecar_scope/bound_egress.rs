@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use capstan_crds::networking::sidecar::{CaptureMode, IstioEgressListener};
 use capstan_crds::{ObjectKey, Protocol, ProtocolClass};
 
-use super::{EgressHost, PerScope, Scopes, SidecarScope};
+use super::{Covers, EgressHost, PerScope, Scopes, SidecarScope};
 
 /// Where istiod binds a `captureMode: NONE` egress listener without `bind`.
 const LOOPBACK: &str = "127.0.0.1";
@@ -64,19 +64,7 @@ impl BoundEgress {
     /// (`model::unsupported`). A TLS or TCP listener's sidecars are set by
     /// [`Scopes::bound_egress_variants`]. `listener` is `origin`'s egress listener `index`.
     pub fn of(listener: &IstioEgressListener, origin: &ObjectKey, index: usize) -> Option<Self> {
-        if listener.capture_mode != Some(CaptureMode::None) {
-            return None;
-        }
-        let port = listener.port.as_ref().filter(|p| p.number != 0)?;
-        let protocol = Protocol::parse(&port.protocol);
-        if protocol == Some(Protocol::HttpProxy) {
-            return None;
-        }
-        let address = match listener.bind.as_str() {
-            "" => LOOPBACK,
-            bind => bind,
-        };
-        address.parse::<std::net::IpAddr>().ok()?;
+        let (address, port, protocol) = binding(listener)?;
         let carries = match protocol.map(Protocol::class) {
             None | Some(ProtocolClass::Http) => Carries::Http,
             Some(class) => Carries::Streams(Streams {
@@ -93,19 +81,14 @@ impl BoundEgress {
         };
         Some(Self {
             address: address.to_string(),
-            port: port.number,
+            port,
             carries,
         })
     }
 
     /// Whether capstan binds `listener` (see [`Self::of`]).
     pub fn binds(listener: &IstioEgressListener) -> bool {
-        let nobody = ObjectKey {
-            kind: capstan_crds::Kind::Sidecar,
-            namespace: String::new(),
-            name: String::new(),
-        };
-        Self::of(listener, &nobody, 0).is_some()
+        binding(listener).is_some()
     }
 
     /// Whether its hosts name services by the sidecars' own namespace (`./`).
@@ -124,6 +107,25 @@ impl BoundEgress {
     }
 }
 
+/// Where `listener` is bound, if capstan binds it (see [`BoundEgress::of`]): its address,
+/// port number and declared protocol.
+fn binding(listener: &IstioEgressListener) -> Option<(&str, u32, Option<Protocol>)> {
+    if listener.capture_mode != Some(CaptureMode::None) {
+        return None;
+    }
+    let port = listener.port.as_ref().filter(|p| p.number != 0)?;
+    let protocol = Protocol::parse(&port.protocol);
+    if protocol == Some(Protocol::HttpProxy) {
+        return None;
+    }
+    let address = match listener.bind.as_str() {
+        "" => LOOPBACK,
+        bind => bind,
+    };
+    address.parse::<std::net::IpAddr>().ok()?;
+    Some((address, port.number, protocol))
+}
+
 /// See [`Scopes::bound_egress_variants`].
 pub type BoundEgressVariants = PerScope<Vec<BoundEgress>>;
 
@@ -136,12 +138,12 @@ impl Scopes {
     }
 
     fn bound_of(&self, scope: &SidecarScope) -> Vec<BoundEgress> {
-        let namespace = &scope.origin.namespace;
-        let default = scope.labels.is_empty() && *namespace == self.root_namespace;
+        let default = self.covers(scope) == Covers::Default;
         let mut bound = scope.bound.clone();
         for listener in &mut bound {
             if let Carries::Streams(streams) = &mut listener.carries {
-                streams.caller = (!default).then(|| (namespace.clone(), scope.labels.clone()));
+                streams.caller =
+                    (!default).then(|| (scope.origin.namespace.clone(), scope.labels.clone()));
             }
         }
         bound

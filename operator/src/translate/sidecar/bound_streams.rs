@@ -53,10 +53,8 @@ pub fn listener(
             stream::tls_listener(mesh, bound.port, &hosts, &caller, &mut route_problems);
         built.value
     } else {
-        let host = hosts[0];
-        if let [_, others @ ..] = hosts.as_slice()
-            && !others.is_empty()
-        {
+        let (host, others) = (hosts[0], &hosts[1..]);
+        if !others.is_empty() {
             problems.push(problem(format!(
                 "{} services its hosts name have port {}; as istiod, a TCP listener bound \
                  without capture carries one's connections: {host}'s (not {})",
